@@ -1,0 +1,455 @@
+//! Configuration: the TOML file turned once into typed, checked values.
+//!
+//! Nothing outside this module sees a raw string from the file: durations, sizes, addresses and
+//! port lists arrive already parsed. [`Config::parse`] reports every problem in the file at once.
+
+mod reader;
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use reader::ConfigError;
+use reader::{Problems, Section};
+
+/// The built-in default: safe on any machine. Loopback only, memory only.
+pub const DEFAULT_CONFIG: &str = r#"
+[[listeners]]
+name = "http"
+kind = "http"
+listen = "127.0.0.1:3128"
+"#;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listeners: Vec<ListenerConfig>,
+    pub dns: DnsConfig,
+    pub upstream: UpstreamConfig,
+    pub access_log: AccessLogConfig,
+    pub admin: Option<AdminConfig>,
+    pub shutdown: ShutdownConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct ListenerConfig {
+    /// Unique name: shows in logs, metrics and (later) policy rules.
+    pub name: String,
+    pub listen: SocketAddr,
+    /// Connections served at once; further clients wait in the accept backlog.
+    pub max_connections: usize,
+    pub kind: ListenerKind,
+}
+
+#[derive(Debug, Clone)]
+pub enum ListenerKind {
+    Http(HttpListenerConfig),
+}
+
+impl ListenerKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            ListenerKind::Http(_) => "http",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpListenerConfig {
+    /// Request line plus headers, in bytes. Larger heads get 431.
+    pub max_header_bytes: usize,
+    /// Time allowed from the first byte of a request to the end of its head.
+    pub header_read_timeout: Duration,
+    /// How long an idle client connection is kept open between requests.
+    pub keepalive_timeout: Duration,
+    /// Longest wait for the upstream's response head, and between body reads either way.
+    pub read_timeout: Duration,
+    /// A CONNECT tunnel with no traffic either way for this long is closed.
+    pub tunnel_idle_timeout: Duration,
+    /// Ports CONNECT may reach.
+    pub connect_ports: Vec<PortRange>,
+    /// `Via` pseudonym; `None` when switched off.
+    pub via: Option<String>,
+    /// Whether to tell the upstream who the client is (X-Forwarded-For and Forwarded).
+    pub forwarded_for: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+impl PortRange {
+    pub fn contains(&self, port: u16) -> bool {
+        (self.first..=self.last).contains(&port)
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct DnsConfig {
+    /// Name servers to ask; empty means the system's (/etc/resolv.conf).
+    pub servers: Vec<SocketAddr>,
+    pub timeout: Duration,
+    pub attempts: usize,
+    /// Entries in the answer cache (answers are kept for their TTL).
+    pub cache_size: usize,
+    /// Static names, looked up before DNS.
+    pub hosts: BTreeMap<String, Vec<IpAddr>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub connect_timeout: Duration,
+    /// Happy Eyeballs (RFC 8305) delay before the next address is tried.
+    pub happy_eyeballs_delay: Duration,
+    /// Outgoing source address for IPv4 upstreams (the organisation's one address).
+    pub source_v4: Option<IpAddr>,
+    /// Outgoing source address for IPv6 upstreams.
+    pub source_v6: Option<IpAddr>,
+    /// Idle upstream connections are kept this long for reuse.
+    pub pool_idle_timeout: Duration,
+    pub pool_max_idle_per_host: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogTarget {
+    Off,
+    Stdout,
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct AccessLogConfig {
+    pub target: LogTarget,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone)]
+pub struct ShutdownConfig {
+    /// After SIGTERM, in-flight requests and tunnels get this long to finish.
+    pub drain_timeout: Duration,
+}
+
+impl Config {
+    /// The built-in default configuration.
+    pub fn builtin() -> Config {
+        match Config::parse(DEFAULT_CONFIG) {
+            Ok(c) => c,
+            Err(errs) => unreachable!("built-in config is valid: {errs:?}"),
+        }
+    }
+
+    /// Parses and checks a whole file, returning every problem found.
+    pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
+        let doc = toml_edit::Document::parse(text.to_string()).map_err(|e| {
+            let line = e.span().map(|s| reader::line_of(text, s.start));
+            vec![ConfigError {
+                path: "<syntax>".into(),
+                line,
+                message: e.message().trim().to_string(),
+            }]
+        })?;
+        let problems = Problems::new(text);
+        let root = Section::root(doc.as_table(), problems.clone());
+        let config = read_config(&root);
+        root.finish();
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(problems.into_vec())
+        }
+    }
+}
+
+fn read_config(root: &Section<'_>) -> Config {
+    let mut listeners = Vec::new();
+    let sections = root.tables("listeners");
+    if !root.has("listeners") {
+        root.error_at("listeners", "at least one [[listeners]] entry is required");
+    }
+    for l in &sections {
+        if let Some(cfg) = read_listener(l) {
+            if listeners.iter().any(|o: &ListenerConfig| o.name == cfg.name) {
+                l.error_at("name", format!("duplicate listener name {:?}", cfg.name));
+            }
+            if listeners.iter().any(|o: &ListenerConfig| o.listen == cfg.listen && cfg.listen.port() != 0) {
+                l.error_at("listen", format!("address {} is used by another listener", cfg.listen));
+            }
+            listeners.push(cfg);
+        }
+    }
+    for l in sections {
+        l.finish();
+    }
+
+    let dns = read_dns(&root.table("dns"));
+    let upstream = read_upstream(&root.table("upstream"));
+    let access_log = read_access_log(&root.table("access_log"));
+    let admin = if root.has_table("admin") {
+        let a = root.table("admin");
+        let listen = a.socket_addr("listen");
+        if !a.has("listen") {
+            a.error_here("`listen` is required in [admin]");
+        }
+        a.finish();
+        listen.map(|listen| AdminConfig { listen })
+    } else {
+        None
+    };
+    let s = root.table("shutdown");
+    let shutdown = ShutdownConfig {
+        drain_timeout: s.duration("drain_timeout", Duration::from_secs(30)),
+    };
+    s.finish();
+
+    Config {
+        listeners,
+        dns,
+        upstream,
+        access_log,
+        admin,
+        shutdown,
+    }
+}
+
+fn read_listener(l: &Section<'_>) -> Option<ListenerConfig> {
+    let name = l.string("name");
+    if !l.has("name") {
+        l.error_here("`name` is required");
+    }
+    let listen = l.socket_addr("listen");
+    if !l.has("listen") {
+        l.error_here("`listen` is required");
+    }
+    let max_connections = l.uint("max_connections", 10_000, 1, 1_000_000) as usize;
+    let kind = match l.string("kind").as_deref() {
+        Some("http") => Some(ListenerKind::Http(read_http(l))),
+        Some(other) => {
+            l.error_at("kind", format!("unknown listener kind {other:?}; expected \"http\""));
+            None
+        }
+        None => {
+            if !l.has("kind") {
+                l.error_here("`kind` is required (\"http\")");
+            }
+            None
+        }
+    };
+    Some(ListenerConfig {
+        name: name?,
+        listen: listen?,
+        max_connections,
+        kind: kind?,
+    })
+}
+
+fn read_http(l: &Section<'_>) -> HttpListenerConfig {
+    let via = match l.get("via", "a string or false", |v| {
+        if let Some(s) = v.as_str() {
+            (!s.is_empty() && s.bytes().all(|b| b.is_ascii_graphic())).then(|| Some(s.to_string()))
+        } else {
+            v.as_bool().filter(|b| !b).map(|_| None)
+        }
+    }) {
+        Some(v) => v,
+        None => Some("gatehouse".to_string()),
+    };
+    HttpListenerConfig {
+        max_header_bytes: l.size("max_header_bytes", 32 * 1024).clamp(1024, 1024 * 1024) as usize,
+        header_read_timeout: l.duration("header_read_timeout", Duration::from_secs(30)),
+        keepalive_timeout: l.duration("keepalive_timeout", Duration::from_secs(60)),
+        read_timeout: l.duration("read_timeout", Duration::from_secs(60)),
+        tunnel_idle_timeout: l.duration("tunnel_idle_timeout", Duration::from_secs(600)),
+        connect_ports: l
+            .array("connect_ports", "a port (443) or a range (\"8000-8999\")", parse_port_range)
+            .unwrap_or_else(|| vec![PortRange { first: 443, last: 443 }]),
+        via,
+        forwarded_for: l.bool("forwarded_for", false),
+    }
+}
+
+fn parse_port_range(v: &toml_edit::Value) -> Result<PortRange, String> {
+    if let Some(n) = v.as_integer() {
+        let p = u16::try_from(n).map_err(|_| "not a port".to_string())?;
+        return Ok(PortRange { first: p, last: p });
+    }
+    let s = v.as_str().ok_or("not a port or range")?;
+    let (a, b) = s.split_once('-').unwrap_or((s, s));
+    let first: u16 = a.trim().parse().map_err(|_| "not a port".to_string())?;
+    let last: u16 = b.trim().parse().map_err(|_| "not a port".to_string())?;
+    if first > last {
+        return Err("range runs backwards".into());
+    }
+    Ok(PortRange { first, last })
+}
+
+fn read_dns(d: &Section<'_>) -> DnsConfig {
+    let servers = d
+        .array("servers", "a name server address such as \"127.0.0.53:53\"", |v| {
+            let s = v.as_str().ok_or("not a string")?;
+            s.parse::<SocketAddr>()
+                .or_else(|_| s.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+                .map_err(|e| e.to_string())
+        })
+        .unwrap_or_default();
+    let hosts_section = d.table("hosts");
+    let mut hosts = BTreeMap::new();
+    for name in hosts_section.keys() {
+        let ips = hosts_section.parse(&name, "an IP address or an array of them", |v| {
+            let one = |v: &toml_edit::Value| -> Result<IpAddr, String> {
+                v.as_str()
+                    .ok_or("not a string")?
+                    .parse::<IpAddr>()
+                    .map_err(|e| e.to_string())
+            };
+            match v.as_array() {
+                Some(arr) => arr.iter().map(one).collect(),
+                None => one(v).map(|ip| vec![ip]),
+            }
+        });
+        if let Some(ips) = ips {
+            hosts.insert(name.trim_end_matches('.').to_ascii_lowercase(), ips);
+        }
+    }
+    hosts_section.finish();
+    let cfg = DnsConfig {
+        servers,
+        timeout: d.duration("timeout", Duration::from_secs(5)),
+        attempts: d.uint("attempts", 2, 1, 10) as usize,
+        cache_size: d.uint("cache_size", 4096, 0, 1_000_000) as usize,
+        hosts,
+    };
+    d.finish();
+    cfg
+}
+
+fn read_upstream(u: &Section<'_>) -> UpstreamConfig {
+    let source_v4 = u.ip_addr("source_address_v4");
+    if source_v4.is_some_and(|ip| !ip.is_ipv4()) {
+        u.error_at("source_address_v4", "expected an IPv4 address");
+    }
+    let source_v6 = u.ip_addr("source_address_v6");
+    if source_v6.is_some_and(|ip| !ip.is_ipv6()) {
+        u.error_at("source_address_v6", "expected an IPv6 address");
+    }
+    let cfg = UpstreamConfig {
+        connect_timeout: u.duration("connect_timeout", Duration::from_secs(10)),
+        happy_eyeballs_delay: u.duration("happy_eyeballs_delay", Duration::from_millis(250)),
+        source_v4,
+        source_v6,
+        pool_idle_timeout: u.duration("pool_idle_timeout", Duration::from_secs(90)),
+        pool_max_idle_per_host: u.uint("pool_max_idle_per_host", 32, 0, 10_000) as usize,
+    };
+    u.finish();
+    cfg
+}
+
+fn read_access_log(a: &Section<'_>) -> AccessLogConfig {
+    let target = match a.string("path").as_deref() {
+        None | Some("stdout") | Some("-") => LogTarget::Stdout,
+        Some("off") => LogTarget::Off,
+        Some(p) => LogTarget::File(PathBuf::from(p)),
+    };
+    let format = match a.string("format").as_deref() {
+        None | Some("text") => LogFormat::Text,
+        Some("json") => LogFormat::Json,
+        Some(other) => {
+            a.error_at("format", format!("expected \"text\" or \"json\", found {other:?}"));
+            LogFormat::Text
+        }
+    };
+    a.finish();
+    AccessLogConfig { target, format }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_default_is_loopback_http() {
+        let c = Config::builtin();
+        assert_eq!(c.listeners.len(), 1);
+        assert!(c.listeners[0].listen.ip().is_loopback());
+        assert_eq!(c.listeners[0].listen.port(), 3128);
+        assert!(c.admin.is_none());
+    }
+
+    #[test]
+    fn every_problem_reported_at_once() {
+        let text = r#"
+[[listeners]]
+name = "a"
+kind = "http"
+listen = "127.0.0.1:99999"
+keepalive_timeout = "forever"
+colour = "blue"
+
+[[listeners]]
+name = "a"
+kind = "gopher"
+listen = "127.0.0.1:1"
+
+[access_log]
+format = "xml"
+"#;
+        let errs = Config::parse(text).expect_err("invalid");
+        let paths: Vec<_> = errs.iter().map(|e| e.path.as_str()).collect();
+        for want in [
+            "listeners[0].listen",
+            "listeners[0].keepalive_timeout",
+            "listeners[0].colour",
+            "listeners[1].kind",
+            "access_log.format",
+        ] {
+            assert!(paths.contains(&want), "missing {want} in {errs:#?}");
+        }
+        let colour = errs.iter().find(|e| e.path == "listeners[0].colour").expect("colour");
+        assert_eq!(colour.line, Some(7));
+        assert_eq!(colour.message, "unknown key");
+    }
+
+    #[test]
+    fn syntax_error_has_line() {
+        let errs = Config::parse("[[listeners]]\nname = \n").expect_err("bad");
+        assert_eq!(errs[0].line, Some(2));
+    }
+
+    #[test]
+    fn port_ranges_and_via() {
+        let c = Config::parse(
+            r#"
+[[listeners]]
+name = "p"
+kind = "http"
+listen = "127.0.0.1:0"
+connect_ports = [443, "8000-8100"]
+via = false
+"#,
+        )
+        .expect("valid");
+        let ListenerKind::Http(h) = &c.listeners[0].kind;
+        assert!(h.via.is_none());
+        assert!(h.connect_ports.iter().any(|r| r.contains(8050)));
+        assert!(!h.connect_ports.iter().any(|r| r.contains(22)));
+    }
+
+    #[test]
+    fn duplicate_names_rejected() {
+        let text = "[[listeners]]\nname=\"a\"\nkind=\"http\"\nlisten=\"127.0.0.1:1\"\n[[listeners]]\nname=\"a\"\nkind=\"http\"\nlisten=\"127.0.0.1:2\"\n";
+        let errs = Config::parse(text).expect_err("dup");
+        assert!(errs.iter().any(|e| e.message.contains("duplicate")));
+    }
+}

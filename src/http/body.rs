@@ -1,0 +1,202 @@
+//! Streaming message bodies from one socket to another in bounded memory.
+//!
+//! Bytes already read past a head sit in the connection's buffer; each copy takes those first
+//! and then reads the socket, never past the end of the body (so a pipelined next request stays
+//! where it is). Every read and write is bounded by the idle timeout.
+
+use std::io;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::timeout;
+
+use super::chunked::{ChunkError, ChunkedDecoder};
+
+/// Largest single read while streaming a body.
+pub const READ_CHUNK: usize = 64 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CopyError {
+    #[error("reading: {0}")]
+    Read(io::Error),
+    #[error("connection closed before the body ended")]
+    Eof,
+    #[error("no data for {0:?}")]
+    ReadTimeout(Duration),
+    #[error("writing: {0}")]
+    Write(io::Error),
+    #[error("writing stalled for {0:?}")]
+    WriteTimeout(Duration),
+    #[error("bad chunked body: {0}")]
+    Chunk(#[from] ChunkError),
+}
+
+impl CopyError {
+    /// Whether the fault lies with the side being read (not the side written to).
+    pub fn is_source(&self) -> bool {
+        !matches!(self, CopyError::Write(_) | CopyError::WriteTimeout(_))
+    }
+}
+
+async fn fill<R: AsyncRead + Unpin>(r: &mut R, buf: &mut BytesMut, limit: usize, t: Duration) -> Result<usize, CopyError> {
+    buf.reserve(limit.clamp(1, READ_CHUNK));
+    let mut lim = (&mut *r).take(limit as u64);
+    match timeout(t, lim.read_buf(buf)).await {
+        Err(_) => Err(CopyError::ReadTimeout(t)),
+        Ok(Err(e)) => Err(CopyError::Read(e)),
+        Ok(Ok(0)) => Err(CopyError::Eof),
+        Ok(Ok(n)) => Ok(n),
+    }
+}
+
+pub async fn write_all<W: AsyncWrite + Unpin>(w: &mut W, data: &[u8], t: Duration) -> Result<(), CopyError> {
+    match timeout(t, w.write_all(data)).await {
+        Err(_) => Err(CopyError::WriteTimeout(t)),
+        Ok(Err(e)) => Err(CopyError::Write(e)),
+        Ok(Ok(())) => Ok(()),
+    }
+}
+
+/// Copies exactly `len` body bytes. Returns the bytes copied.
+pub async fn copy_length<R, W>(r: &mut R, buf: &mut BytesMut, w: &mut W, len: u64, t: Duration) -> Result<u64, CopyError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut left = len;
+    while left > 0 {
+        if buf.is_empty() {
+            fill(r, buf, usize::try_from(left).unwrap_or(usize::MAX).min(READ_CHUNK), t).await?;
+        }
+        let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        write_all(w, &buf[..n], t).await?;
+        buf.advance(n);
+        left -= n as u64;
+    }
+    Ok(len)
+}
+
+/// Copies a chunked body. `raw`: pass the chunked bytes on as they are (trailers included);
+/// otherwise write only the chunk data (for an HTTP/1.0 recipient). Returns bytes read.
+pub async fn copy_chunked<R, W>(
+    r: &mut R,
+    buf: &mut BytesMut,
+    w: &mut W,
+    raw: bool,
+    max_trailer: usize,
+    t: Duration,
+) -> Result<u64, CopyError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut dec = ChunkedDecoder::new(max_trailer);
+    let mut total = 0u64;
+    loop {
+        if buf.is_empty() {
+            fill(r, buf, READ_CHUNK, t).await?;
+        }
+        // Walk everything buffered; write it in one go when passing through.
+        let mut used = 0;
+        while used < buf.len() && !dec.is_done() {
+            let p = dec.advance(&buf[used..])?;
+            if !raw {
+                if let Some(range) = p.data {
+                    let (s, e) = (used + range.start, used + range.end);
+                    write_all(w, &buf[s..e], t).await?;
+                }
+            }
+            used += p.consumed;
+        }
+        if raw {
+            write_all(w, &buf[..used], t).await?;
+        }
+        buf.advance(used);
+        total += used as u64;
+        if dec.is_done() {
+            return Ok(total);
+        }
+    }
+}
+
+/// Copies until the source closes. `chunk`: wrap each read as a chunk and end with the last
+/// chunk, so an HTTP/1.1 client can keep its connection. Returns bytes read.
+pub async fn copy_until_close<R, W>(r: &mut R, buf: &mut BytesMut, w: &mut W, chunk: bool, t: Duration) -> Result<u64, CopyError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut total = 0u64;
+    loop {
+        if buf.is_empty() {
+            match fill(r, buf, READ_CHUNK, t).await {
+                Ok(_) => {}
+                Err(CopyError::Eof) => break,
+                Err(e) => return Err(e),
+            }
+        }
+        if chunk {
+            write_all(w, format!("{:x}\r\n", buf.len()).as_bytes(), t).await?;
+            write_all(w, buf, t).await?;
+            write_all(w, b"\r\n", t).await?;
+        } else {
+            write_all(w, buf, t).await?;
+        }
+        total += buf.len() as u64;
+        buf.clear();
+    }
+    if chunk {
+        write_all(w, b"0\r\n\r\n", t).await?;
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T: Duration = Duration::from_secs(5);
+
+    #[tokio::test]
+    async fn length_copy_leaves_the_next_message() {
+        let mut src: &[u8] = b"lo worldGET /next";
+        let mut buf = BytesMut::from(&b"hel"[..]);
+        let mut out = Vec::new();
+        let n = copy_length(&mut src, &mut buf, &mut out, 11, T).await.expect("copy");
+        assert_eq!((n, out.as_slice()), (11, &b"hello world"[..]));
+        assert!(buf.is_empty());
+        assert_eq!(src, b"GET /next");
+    }
+
+    #[tokio::test]
+    async fn short_body_is_an_error() {
+        let mut src: &[u8] = b"abc";
+        let mut out = Vec::new();
+        let e = copy_length(&mut src, &mut BytesMut::new(), &mut out, 10, T).await;
+        assert!(matches!(e, Err(CopyError::Eof)));
+    }
+
+    #[tokio::test]
+    async fn chunked_raw_and_decoded() {
+        let body = b"3\r\nabc\r\n0\r\nT: 1\r\n\r\n";
+        let mut out = Vec::new();
+        let mut src: &[u8] = b"NEXT";
+        let mut buf = BytesMut::from(&body[..]);
+        copy_chunked(&mut src, &mut buf, &mut out, true, 1024, T).await.expect("raw");
+        assert_eq!(out, body);
+        assert!(buf.is_empty());
+        let mut out = Vec::new();
+        let mut buf = BytesMut::from(&body[..]);
+        copy_chunked(&mut src, &mut buf, &mut out, false, 1024, T).await.expect("decoded");
+        assert_eq!(out, b"abc");
+    }
+
+    #[tokio::test]
+    async fn until_close_rechunks() {
+        let mut src: &[u8] = b"hello";
+        let mut out = Vec::new();
+        copy_until_close(&mut src, &mut BytesMut::new(), &mut out, true, T).await.expect("copy");
+        assert_eq!(out, b"5\r\nhello\r\n0\r\n\r\n");
+    }
+}

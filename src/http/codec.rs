@@ -1,0 +1,445 @@
+//! HTTP/1.x message heads: strict parsing (RFC 9112) and serialisation. No I/O here.
+//!
+//! Parsing is done by `httparse`; this module adds what a proxy must enforce on top of it:
+//! the request line's version, message framing (RFC 9112 section 6.3) with the request-smuggling
+//! defences (Content-Length together with Transfer-Encoding, differing Content-Lengths), and a
+//! bound on the head's size and header count.
+
+use std::fmt::Write as _;
+
+/// Most header fields accepted in one head.
+pub const MAX_HEADERS: usize = 128;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    Http10,
+    Http11,
+}
+
+impl Version {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Version::Http10 => "HTTP/1.0",
+            Version::Http11 => "HTTP/1.1",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    /// As received (case is kept when forwarding).
+    pub name: String,
+    pub value: Vec<u8>,
+}
+
+/// Header fields in order, with case-insensitive lookup.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Headers(pub Vec<Header>);
+
+impl Headers {
+    pub fn get(&self, name: &str) -> Option<&[u8]> {
+        self.0
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value.as_slice())
+    }
+
+    pub fn get_str(&self, name: &str) -> Option<&str> {
+        self.get(name).and_then(|v| std::str::from_utf8(v).ok())
+    }
+
+    pub fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.0
+            .iter()
+            .filter(move |h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value.as_slice())
+    }
+
+    pub fn count(&self, name: &str) -> usize {
+        self.get_all(name).count()
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+
+    /// Comma-separated list elements of every field with this name, trimmed, lower-cased.
+    pub fn tokens(&self, name: &str) -> Vec<String> {
+        self.get_all(name)
+            .flat_map(|v| v.split(|b| *b == b','))
+            .map(|t| String::from_utf8_lossy(t).trim().to_ascii_lowercase())
+            .filter(|t| !t.is_empty())
+            .collect()
+    }
+
+    pub fn has_token(&self, name: &str, token: &str) -> bool {
+        self.tokens(name).iter().any(|t| t == token)
+    }
+
+    pub fn remove(&mut self, name: &str) {
+        self.0.retain(|h| !h.name.eq_ignore_ascii_case(name));
+    }
+
+    pub fn push(&mut self, name: &str, value: impl Into<Vec<u8>>) {
+        self.0.push(Header {
+            name: name.to_string(),
+            value: value.into(),
+        });
+    }
+
+    pub fn set(&mut self, name: &str, value: impl Into<Vec<u8>>) {
+        self.remove(name);
+        self.push(name, value);
+    }
+
+    fn write_to(&self, out: &mut Vec<u8>) {
+        for h in &self.0 {
+            out.extend_from_slice(h.name.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(&h.value);
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestHead {
+    pub method: String,
+    pub target: String,
+    pub version: Version,
+    pub headers: Headers,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResponseHead {
+    pub version: Version,
+    pub status: u16,
+    pub reason: String,
+    pub headers: Headers,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HeadError {
+    #[error("message head larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("more than {MAX_HEADERS} header fields")]
+    TooManyHeaders,
+    #[error("malformed message: {0}")]
+    Invalid(&'static str),
+}
+
+/// How a message body is delimited (RFC 9112 section 6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    None,
+    Length(u64),
+    Chunked,
+    /// Response body that ends when the server closes the connection.
+    UntilClose,
+}
+
+fn version_of(v: Option<u8>) -> Result<Version, HeadError> {
+    match v {
+        Some(0) => Ok(Version::Http10),
+        Some(1) => Ok(Version::Http11),
+        _ => Err(HeadError::Invalid("unsupported HTTP version")),
+    }
+}
+
+fn collect_headers(raw: &[httparse::Header<'_>]) -> Result<Headers, HeadError> {
+    let mut out = Vec::with_capacity(raw.len());
+    for h in raw {
+        // httparse admits bytes that RFC 9110 section 5.5 forbids in field values.
+        if h.value.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0) {
+            return Err(HeadError::Invalid("forbidden character in header value"));
+        }
+        out.push(Header {
+            name: h.name.to_string(),
+            value: h.value.to_vec(),
+        });
+    }
+    Ok(Headers(out))
+}
+
+fn map_err(e: httparse::Error) -> HeadError {
+    match e {
+        httparse::Error::TooManyHeaders => HeadError::TooManyHeaders,
+        httparse::Error::Version => HeadError::Invalid("unsupported HTTP version"),
+        httparse::Error::HeaderName => HeadError::Invalid("invalid header name"),
+        httparse::Error::HeaderValue => HeadError::Invalid("invalid header value"),
+        httparse::Error::NewLine => HeadError::Invalid("invalid line ending"),
+        httparse::Error::Status => HeadError::Invalid("invalid status code"),
+        httparse::Error::Token => HeadError::Invalid("invalid request line"),
+    }
+}
+
+/// Parses a request head from the start of `buf`. `Ok(None)`: incomplete, read more.
+/// Returns the head and its length in bytes.
+pub fn parse_request(buf: &[u8], max_bytes: usize) -> Result<Option<(RequestHead, usize)>, HeadError> {
+    let mut raw = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut raw);
+    let status = httparse::ParserConfig::default()
+        .parse_request(&mut req, buf)
+        .map_err(map_err)?;
+    match status {
+        httparse::Status::Partial => {
+            if buf.len() > max_bytes {
+                Err(HeadError::TooLarge(max_bytes))
+            } else {
+                Ok(None)
+            }
+        }
+        httparse::Status::Complete(len) => {
+            if len > max_bytes {
+                return Err(HeadError::TooLarge(max_bytes));
+            }
+            let head = RequestHead {
+                method: req.method.unwrap_or_default().to_string(),
+                target: req.path.unwrap_or_default().to_string(),
+                version: version_of(req.version)?,
+                headers: collect_headers(req.headers)?,
+            };
+            Ok(Some((head, len)))
+        }
+    }
+}
+
+/// Parses a response head from the start of `buf`. `Ok(None)`: incomplete.
+pub fn parse_response(buf: &[u8], max_bytes: usize) -> Result<Option<(ResponseHead, usize)>, HeadError> {
+    let mut raw = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut raw);
+    let status = httparse::ParserConfig::default()
+        .parse_response(&mut resp, buf)
+        .map_err(map_err)?;
+    match status {
+        httparse::Status::Partial => {
+            if buf.len() > max_bytes {
+                Err(HeadError::TooLarge(max_bytes))
+            } else {
+                Ok(None)
+            }
+        }
+        httparse::Status::Complete(len) => {
+            if len > max_bytes {
+                return Err(HeadError::TooLarge(max_bytes));
+            }
+            let code = resp.code.unwrap_or(0);
+            if !(100..=999).contains(&code) {
+                return Err(HeadError::Invalid("invalid status code"));
+            }
+            Ok(Some((
+                ResponseHead {
+                    version: version_of(resp.version)?,
+                    status: code,
+                    reason: resp.reason.unwrap_or_default().to_string(),
+                    headers: collect_headers(resp.headers)?,
+                },
+                len,
+            )))
+        }
+    }
+}
+
+/// The one Content-Length a message declares. Repeated fields (or list members) must agree
+/// (RFC 9112 section 6.3 item 5); anything that is not 1*DIGIT is invalid.
+fn content_length(h: &Headers) -> Result<Option<u64>, HeadError> {
+    let mut found: Option<u64> = None;
+    for v in h.get_all("content-length") {
+        for part in v.split(|b| *b == b',') {
+            let s = std::str::from_utf8(part).map_err(|_| HeadError::Invalid("bad Content-Length"))?.trim();
+            if s.is_empty() || s.len() > 18 || !s.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(HeadError::Invalid("bad Content-Length"));
+            }
+            let n: u64 = s.parse().map_err(|_| HeadError::Invalid("bad Content-Length"))?;
+            match found {
+                Some(prev) if prev != n => return Err(HeadError::Invalid("differing Content-Length values")),
+                _ => found = Some(n),
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// Whether the final transfer coding is `chunked` (and `chunked` appears only there).
+fn chunked_last(h: &Headers) -> Result<bool, HeadError> {
+    let codings = h.tokens("transfer-encoding");
+    let n = codings.iter().filter(|c| *c == "chunked").count();
+    match (codings.last().map(String::as_str), n) {
+        (Some("chunked"), 1) => Ok(true),
+        (_, 0) => Ok(false),
+        _ => Err(HeadError::Invalid("chunked applied more than once or not last")),
+    }
+}
+
+/// Body framing of a request, rejecting the ambiguous forms smuggling attacks use.
+pub fn request_framing(head: &RequestHead) -> Result<Framing, HeadError> {
+    let has_te = head.headers.contains("transfer-encoding");
+    if has_te {
+        if head.headers.contains("content-length") {
+            return Err(HeadError::Invalid("both Content-Length and Transfer-Encoding"));
+        }
+        if head.version == Version::Http10 {
+            return Err(HeadError::Invalid("Transfer-Encoding in an HTTP/1.0 request"));
+        }
+        // RFC 9112 section 6.3 item 4: a request whose final coding is not chunked is an error.
+        return if chunked_last(&head.headers)? {
+            Ok(Framing::Chunked)
+        } else {
+            Err(HeadError::Invalid("request Transfer-Encoding without final chunked"))
+        };
+    }
+    match content_length(&head.headers)? {
+        None | Some(0) => Ok(Framing::None),
+        Some(n) => Ok(Framing::Length(n)),
+    }
+}
+
+/// Body framing of a response to a request with `method`.
+pub fn response_framing(method: &str, head: &ResponseHead) -> Result<Framing, HeadError> {
+    if method == "HEAD" || head.status < 200 || head.status == 204 || head.status == 304 {
+        return Ok(Framing::None);
+    }
+    if method == "CONNECT" && (200..300).contains(&head.status) {
+        return Ok(Framing::None);
+    }
+    if head.headers.contains("transfer-encoding") {
+        // Transfer-Encoding overrides Content-Length (item 3); not chunked: read until close.
+        return Ok(match chunked_last(&head.headers) {
+            Ok(true) => Framing::Chunked,
+            _ => Framing::UntilClose,
+        });
+    }
+    match content_length(&head.headers)? {
+        Some(n) => Ok(Framing::Length(n)),
+        None => Ok(Framing::UntilClose),
+    }
+}
+
+pub fn write_request_head(out: &mut Vec<u8>, method: &str, target: &str, headers: &Headers) {
+    out.extend_from_slice(method.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    headers.write_to(out);
+    out.extend_from_slice(b"\r\n");
+}
+
+pub fn write_response_head(out: &mut Vec<u8>, status: u16, reason: &str, headers: &Headers) {
+    let mut line = String::with_capacity(32);
+    let _ = write!(line, "HTTP/1.1 {status} {reason}\r\n");
+    out.extend_from_slice(line.as_bytes());
+    headers.write_to(out);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The standard reason phrase for statuses the proxy generates itself.
+pub fn reason(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        200 => "OK",
+        400 => "Bad Request",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        413 => "Content Too Large",
+        414 => "URI Too Long",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(s: &str) -> Result<Option<(RequestHead, usize)>, HeadError> {
+        parse_request(s.as_bytes(), 8192)
+    }
+
+    fn framing(s: &str) -> Result<Framing, HeadError> {
+        let (h, _) = req(s).expect("parses").expect("complete");
+        request_framing(&h)
+    }
+
+    #[test]
+    fn parses_absolute_form() {
+        let (h, n) = req("GET http://a.example/x?y HTTP/1.1\r\nHost: a.example\r\n\r\nextra")
+            .expect("ok")
+            .expect("complete");
+        assert_eq!(h.method, "GET");
+        assert_eq!(h.target, "http://a.example/x?y");
+        assert_eq!(h.version, Version::Http11);
+        assert_eq!(h.headers.get_str("host"), Some("a.example"));
+        assert_eq!(n, "GET http://a.example/x?y HTTP/1.1\r\nHost: a.example\r\n\r\n".len());
+    }
+
+    #[test]
+    fn partial_then_too_large() {
+        assert_eq!(req("GET / HTTP/1.1\r\nHost: a\r\n"), Ok(None));
+        let big = format!("GET / HTTP/1.1\r\nX: {}\r\n", "a".repeat(9000));
+        assert_eq!(req(&big), Err(HeadError::TooLarge(8192)));
+        let complete_big = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(9000));
+        assert_eq!(req(&complete_big), Err(HeadError::TooLarge(8192)));
+    }
+
+    #[test]
+    fn rejects_bad_request_lines() {
+        assert!(req("GARBAGE\r\n\r\n").is_err());
+        assert!(req("GET / HTTP/2.0\r\n\r\n").is_err());
+        assert!(req("GET / HTTP/1.1\r\nBad Name: x\r\n\r\n").is_err());
+    }
+
+    #[test]
+    fn rejects_obs_fold_and_bare_cr() {
+        assert!(req("GET / HTTP/1.1\r\nA: b\r\n  folded\r\n\r\n").is_err());
+        assert!(req("GET / HTTP/1.1\r\nA: b\rc\r\n\r\n").is_err());
+    }
+
+    #[test]
+    fn smuggling_defences() {
+        assert!(framing("POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n").is_err());
+        assert!(framing("POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n").is_err());
+        assert!(framing("POST / HTTP/1.1\r\nContent-Length: 3, 4\r\n\r\n").is_err());
+        assert!(framing("POST / HTTP/1.1\r\nContent-Length: +3\r\n\r\n").is_err());
+        assert!(framing("POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n").is_err());
+        assert!(framing("POST / HTTP/1.1\r\nTransfer-Encoding: chunked, chunked\r\n\r\n").is_err());
+        assert!(framing("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n").is_err());
+        assert_eq!(
+            framing("POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n"),
+            Ok(Framing::Length(3))
+        );
+        assert_eq!(framing("POST / HTTP/1.1\r\nTransfer-Encoding: Chunked\r\n\r\n"), Ok(Framing::Chunked));
+        assert_eq!(framing("GET / HTTP/1.1\r\n\r\n"), Ok(Framing::None));
+    }
+
+    #[test]
+    fn response_framing_rules() {
+        let resp = |s: &str| parse_response(s.as_bytes(), 8192).expect("ok").expect("complete").0;
+        let r = resp("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n");
+        assert_eq!(response_framing("GET", &r), Ok(Framing::Length(5)));
+        assert_eq!(response_framing("HEAD", &r), Ok(Framing::None));
+        let r = resp("HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n");
+        assert_eq!(response_framing("GET", &r), Ok(Framing::None));
+        let r = resp("HTTP/1.1 200 OK\r\n\r\n");
+        assert_eq!(response_framing("GET", &r), Ok(Framing::UntilClose));
+        let r = resp("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 9\r\n\r\n");
+        assert_eq!(response_framing("GET", &r), Ok(Framing::Chunked));
+        let r = resp("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n");
+        assert_eq!(response_framing("GET", &r), Ok(Framing::UntilClose));
+    }
+
+    #[test]
+    fn tokens_are_case_insensitive_lists() {
+        let (h, _) = req("GET / HTTP/1.1\r\nConnection: Keep-Alive, X-Foo\r\nconnection: close\r\n\r\n")
+            .expect("ok")
+            .expect("complete");
+        assert_eq!(h.headers.tokens("connection"), ["keep-alive", "x-foo", "close"]);
+        assert!(h.headers.has_token("Connection", "close"));
+    }
+}

@@ -1,0 +1,9 @@
+//! HTTP/1.1 forward proxying: codecs (pure) and the connection driver.
+
+pub mod body;
+pub mod chunked;
+pub mod codec;
+pub mod error;
+pub mod pool;
+pub mod proxy;
+pub mod target;

@@ -1,0 +1,107 @@
+//! Idle upstream connections kept for reuse across clients.
+//!
+//! A connection is returned only after a response ended cleanly with nothing left unread.
+//! Before reuse it is checked without blocking: if the server has closed it (EOF) or sent
+//! stray bytes, it is dropped. Idle connections expire after the pool's idle timeout.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpStream;
+
+use crate::connector::Host;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    pub host: Host,
+    pub port: u16,
+}
+
+struct Idle {
+    stream: TcpStream,
+    peer: SocketAddr,
+    since: Instant,
+}
+
+pub struct Pool {
+    idle: Mutex<HashMap<PoolKey, Vec<Idle>>>,
+    max_per_host: usize,
+    idle_timeout: Duration,
+}
+
+impl Pool {
+    pub fn new(max_per_host: usize, idle_timeout: Duration) -> Arc<Pool> {
+        let pool = Arc::new(Pool {
+            idle: Mutex::default(),
+            max_per_host,
+            idle_timeout,
+        });
+        if max_per_host > 0 {
+            tokio::spawn(sweep(Arc::downgrade(&pool), idle_timeout));
+        }
+        pool
+    }
+
+    /// The most recently used live connection for `key`, if any.
+    pub fn take(&self, key: &PoolKey) -> Option<(TcpStream, SocketAddr)> {
+        let mut idle = self.idle.lock().ok()?;
+        let list = idle.get_mut(key)?;
+        while let Some(c) = list.pop() {
+            if c.since.elapsed() < self.idle_timeout && is_quiet(&c.stream) {
+                if list.is_empty() {
+                    idle.remove(key);
+                }
+                return Some((c.stream, c.peer));
+            }
+        }
+        idle.remove(key);
+        None
+    }
+
+    pub fn put(&self, key: PoolKey, stream: TcpStream, peer: SocketAddr) {
+        if self.max_per_host == 0 {
+            return;
+        }
+        let Ok(mut idle) = self.idle.lock() else { return };
+        let list = idle.entry(key).or_default();
+        if list.len() >= self.max_per_host {
+            list.remove(0);
+        }
+        list.push(Idle {
+            stream,
+            peer,
+            since: Instant::now(),
+        });
+    }
+
+    pub fn idle_count(&self) -> usize {
+        self.idle.lock().map(|m| m.values().map(Vec::len).sum()).unwrap_or(0)
+    }
+
+    fn expire(&self) {
+        let Ok(mut idle) = self.idle.lock() else { return };
+        idle.retain(|_, list| {
+            list.retain(|c| c.since.elapsed() < self.idle_timeout && is_quiet(&c.stream));
+            !list.is_empty()
+        });
+    }
+}
+
+/// True when the socket has neither data nor EOF waiting: the server still holds it open.
+fn is_quiet(stream: &TcpStream) -> bool {
+    let mut probe = [0u8; 1];
+    matches!(stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+}
+
+async fn sweep(pool: Weak<Pool>, every: Duration) {
+    let every = every.max(Duration::from_millis(100)) / 2;
+    loop {
+        tokio::time::sleep(every).await;
+        match pool.upgrade() {
+            Some(p) => p.expire(),
+            None => return,
+        }
+    }
+}

@@ -1,0 +1,702 @@
+//! The HTTP forward proxy: one task per client connection, one request at a time (pipelined
+//! requests wait in the buffer and are answered in order).
+//!
+//! ```text
+//! idle (no buffer held) -> read head (header timeout, size bound) -> CONNECT? tunnel : forward
+//! forward: target + framing checks -> upstream from pool or connector -> send head
+//!          -> [request body -> upstream] concurrently with [1xx..., final head, body -> client]
+//!          -> connection back to pool when both ends are clean -> access log -> next request
+//! ```
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+use super::body::{self, CopyError};
+use super::codec::{self, Framing, HeadError, Headers, RequestHead, Version};
+use super::error::ProxyError;
+use super::pool::PoolKey;
+use super::target::{self, HttpTarget, TargetError};
+use crate::accesslog::AccessRecord;
+use crate::config::HttpListenerConfig;
+use crate::relay::{self, RelayEnd};
+use crate::server::Services;
+
+/// Per-listener state shared by its connections.
+pub struct HttpProxy {
+    pub name: Arc<str>,
+    pub cfg: HttpListenerConfig,
+    pub svc: Arc<Services>,
+}
+
+struct Client {
+    stream: TcpStream,
+    buf: BytesMut,
+    peer: SocketAddr,
+}
+
+/// What the access log gets to know about one request.
+struct Exchange {
+    started: Instant,
+    method: String,
+    target: String,
+    status: u16,
+    bytes_in: u64,
+    bytes_out: u64,
+    upstream: Option<SocketAddr>,
+    error: Option<&'static str>,
+}
+
+impl HttpProxy {
+    fn proxy_name(&self) -> &str {
+        self.cfg.via.as_deref().unwrap_or("gatehouse")
+    }
+
+    /// Serves one client connection until it closes, idles out, or the proxy drains.
+    pub async fn serve(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
+        let _ = stream.set_nodelay(true);
+        let mut client = Client {
+            stream,
+            buf: BytesMut::new(),
+            peer,
+        };
+        loop {
+            if client.buf.is_empty() {
+                // Idle: hold no buffer, only the socket, until the next request starts.
+                client.buf = BytesMut::new();
+                tokio::select! {
+                    r = timeout(self.cfg.keepalive_timeout, client.stream.readable()) => {
+                        if !matches!(r, Ok(Ok(()))) {
+                            return;
+                        }
+                    }
+                    _ = self.svc.shutdown.draining() => return,
+                }
+            }
+            let started = Instant::now();
+            let head = timeout(self.cfg.header_read_timeout, read_head(&mut client, self.cfg.max_header_bytes)).await;
+            let (head, head_len) = match head {
+                Ok(Ok(Some(h))) => h,
+                Ok(Ok(None)) => return,
+                Ok(Err(e)) => {
+                    let err = match e {
+                        HeadError::TooLarge(_) | HeadError::TooManyHeaders => {
+                            ProxyError::new(431, "http_request_error", e.to_string())
+                        }
+                        HeadError::Invalid(_) => ProxyError::bad_request(e.to_string()),
+                    };
+                    self.fail_early(&mut client, started, err).await;
+                    return;
+                }
+                Err(_) => {
+                    let err = ProxyError::new(408, "http_request_error", "request head not received in time");
+                    self.fail_early(&mut client, started, err).await;
+                    return;
+                }
+            };
+            let mut ex = Exchange {
+                started,
+                method: head.method.clone(),
+                target: head.target.clone(),
+                status: 0,
+                bytes_in: head_len as u64,
+                bytes_out: 0,
+                upstream: None,
+                error: None,
+            };
+            let keep = if head.method == "CONNECT" {
+                Box::pin(self.tunnel(&mut client, head, &mut ex)).await
+            } else {
+                Box::pin(self.forward(&mut client, head, &mut ex)).await
+            };
+            self.record(&client, &ex);
+            if !keep || self.svc.shutdown.is_draining() {
+                let _ = client.stream.shutdown().await;
+                return;
+            }
+        }
+    }
+
+    /// Answers a request whose head could not be read, then the connection closes.
+    async fn fail_early(&self, client: &mut Client, started: Instant, err: ProxyError) {
+        let mut ex = Exchange {
+            started,
+            method: "-".into(),
+            target: "-".into(),
+            status: 0,
+            bytes_in: client.buf.len() as u64,
+            bytes_out: 0,
+            upstream: None,
+            error: None,
+        };
+        self.send_error(client, &err, true, &mut ex).await;
+        self.record(client, &ex);
+        let _ = client.stream.shutdown().await;
+    }
+
+    fn record(&self, client: &Client, ex: &Exchange) {
+        let m = &self.svc.metrics;
+        m.request(&self.name, ex.status);
+        m.bytes(&self.name, ex.bytes_in, ex.bytes_out);
+        self.svc.access_log.log(AccessRecord {
+            time: SystemTime::now(),
+            listener: self.name.clone(),
+            client: client.peer,
+            user: None,
+            method: ex.method.clone(),
+            target: ex.target.clone(),
+            status: ex.status,
+            bytes_in: ex.bytes_in,
+            bytes_out: ex.bytes_out,
+            duration: ex.started.elapsed(),
+            upstream: ex.upstream,
+            cache: None,
+            error: ex.error,
+        });
+    }
+
+    /// Writes a short error response with a Proxy-Status field.
+    async fn send_error(&self, client: &mut Client, err: &ProxyError, close: bool, ex: &mut Exchange) {
+        tracing::debug!(client = %client.peer, status = err.status, error = err.kind, "{}", err.detail);
+        let body = format!("{} {}\n{}\n", err.status, codec::reason(err.status), err.detail);
+        let mut h = Headers::default();
+        h.push("Content-Type", "text/plain; charset=utf-8");
+        h.push("Content-Length", body.len().to_string());
+        h.push("Proxy-Status", err.proxy_status(self.proxy_name()));
+        if close {
+            h.push("Connection", "close");
+        }
+        let mut out = Vec::with_capacity(256 + body.len());
+        codec::write_response_head(&mut out, err.status, codec::reason(err.status), &h);
+        out.extend_from_slice(body.as_bytes());
+        let _ = body::write_all(&mut client.stream, &out, self.cfg.read_timeout).await;
+        ex.status = err.status;
+        ex.error = Some(err.kind);
+        ex.bytes_out += out.len() as u64;
+    }
+
+    /// A request the proxy answers itself (Max-Forwards: 0).
+    async fn respond_local(&self, client: &mut Client, mut h: Headers, body: &[u8], ex: &mut Exchange) -> bool {
+        h.push("Content-Length", body.len().to_string());
+        let mut out = Vec::new();
+        codec::write_response_head(&mut out, 200, "OK", &h);
+        out.extend_from_slice(body);
+        ex.status = 200;
+        ex.bytes_out += out.len() as u64;
+        body::write_all(&mut client.stream, &out, self.cfg.read_timeout).await.is_ok()
+    }
+
+    async fn tunnel(&self, client: &mut Client, head: RequestHead, ex: &mut Exchange) -> bool {
+        let (host, port) = match target::parse_authority(&head.target, None) {
+            Ok(t) => t,
+            Err(e) => {
+                self.send_error(client, &ProxyError::bad_request(e.to_string()), true, ex).await;
+                return false;
+            }
+        };
+        match codec::request_framing(&head) {
+            Ok(Framing::None) => {}
+            Ok(_) => {
+                let err = ProxyError::bad_request("CONNECT with a request body");
+                self.send_error(client, &err, true, ex).await;
+                return false;
+            }
+            Err(e) => {
+                self.send_error(client, &ProxyError::bad_request(e.to_string()), true, ex).await;
+                return false;
+            }
+        }
+        if !self.cfg.connect_ports.iter().any(|r| r.contains(port)) {
+            let err = ProxyError::denied(format!("CONNECT to port {port} is not allowed"));
+            self.send_error(client, &err, false, ex).await;
+            return true;
+        }
+        let up = match self.svc.connector.connect(&host, port).await {
+            Ok(c) => c,
+            Err(e) => {
+                self.send_error(client, &ProxyError::from(e), false, ex).await;
+                return true;
+            }
+        };
+        ex.upstream = Some(up.peer);
+        let mut upstream = up.stream;
+        let established = b"HTTP/1.1 200 Connection established\r\n\r\n";
+        if body::write_all(&mut client.stream, established, self.cfg.read_timeout).await.is_err() {
+            return false;
+        }
+        ex.status = 200;
+        ex.bytes_out += established.len() as u64;
+        // Bytes the client sent right behind the CONNECT head belong to the tunnel.
+        if !client.buf.is_empty() {
+            if body::write_all(&mut upstream, &client.buf, self.cfg.read_timeout).await.is_err() {
+                return false;
+            }
+            ex.bytes_in += client.buf.len() as u64;
+            client.buf.clear();
+        }
+        let (end, stats) = relay::relay(&mut client.stream, &mut upstream, self.cfg.tunnel_idle_timeout).await;
+        ex.bytes_in += stats.a_to_b;
+        ex.bytes_out += stats.b_to_a;
+        match end {
+            RelayEnd::Done => {}
+            RelayEnd::Idle => ex.error = Some("connection_read_timeout"),
+            RelayEnd::Error(_) => ex.error = Some("connection_terminated"),
+        }
+        false
+    }
+
+    async fn forward(&self, client: &mut Client, head: RequestHead, ex: &mut Exchange) -> bool {
+        let framing = match codec::request_framing(&head) {
+            Ok(f) => f,
+            Err(e) => {
+                self.send_error(client, &ProxyError::bad_request(e.to_string()), true, ex).await;
+                return false;
+            }
+        };
+        // With a body we cannot skip, a refused request ends the connection.
+        let close_on_error = framing != Framing::None;
+        if head.version == Version::Http11 && head.headers.count("host") != 1 {
+            let err = ProxyError::bad_request("HTTP/1.1 request without exactly one Host field");
+            self.send_error(client, &err, true, ex).await;
+            return false;
+        }
+        let target = match target::parse_absolute(&head.target) {
+            Ok(t) => t,
+            Err(e) => {
+                let status = if e == TargetError::Scheme { 501 } else { 400 };
+                let err = ProxyError::new(status, "http_request_error", e.to_string());
+                self.send_error(client, &err, close_on_error, ex).await;
+                return !close_on_error;
+            }
+        };
+        ex.target = format!("http://{}{}", target.authority, target.path);
+
+        // Max-Forwards (RFC 9110 section 7.6.2): TRACE and OPTIONS with 0 stop here.
+        let mut max_forwards = None;
+        if head.method == "TRACE" || head.method == "OPTIONS" {
+            if let Some(v) = head.headers.get_str("max-forwards") {
+                match v.trim().parse::<u32>() {
+                    Ok(0) => return self.answer_max_forwards(client, &head, ex).await && !close_on_error,
+                    Ok(n) => max_forwards = Some(n - 1),
+                    Err(_) => {
+                        self.send_error(client, &ProxyError::bad_request("bad Max-Forwards"), true, ex).await;
+                        return false;
+                    }
+                }
+            }
+        }
+
+        let req_head = self.upstream_request(&head, &target, client.peer, max_forwards);
+        let key = PoolKey {
+            host: target.host.clone(),
+            port: target.port,
+        };
+        let idempotent = matches!(head.method.as_str(), "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE");
+        let mut retried = false;
+        loop {
+            let (stream, peer, reused) = match self.svc.pool.take(&key) {
+                Some((s, p)) => (s, p, true),
+                None => match self.svc.connector.connect(&target.host, target.port).await {
+                    Ok(c) => (c.stream, c.peer, false),
+                    Err(e) => {
+                        self.send_error(client, &ProxyError::from(e), close_on_error, ex).await;
+                        return !close_on_error;
+                    }
+                },
+            };
+            ex.upstream = Some(peer);
+            let mut up = Upstream {
+                stream,
+                buf: BytesMut::new(),
+            };
+            match self.exchange(client, &mut up, &head, framing, &req_head, ex).await {
+                Ok(done) => {
+                    if done.upstream_reusable && up.buf.is_empty() {
+                        self.svc.pool.put(key, up.stream, peer);
+                    }
+                    return done.client_keep;
+                }
+                Err(Failure::Stale) if reused && !retried && idempotent && framing == Framing::None => {
+                    // A pooled connection the server had already closed: try a fresh one once.
+                    retried = true;
+                    continue;
+                }
+                Err(Failure::Stale) => {
+                    let err = ProxyError::new(502, "connection_terminated", "upstream closed the connection");
+                    self.send_error(client, &err, close_on_error, ex).await;
+                    return !close_on_error;
+                }
+                Err(Failure::BeforeResponse(err)) => {
+                    self.send_error(client, &err, close_on_error, ex).await;
+                    return !close_on_error;
+                }
+                Err(Failure::Abort(kind)) => {
+                    ex.error = Some(kind);
+                    return false;
+                }
+            }
+        }
+    }
+
+    async fn answer_max_forwards(&self, client: &mut Client, head: &RequestHead, ex: &mut Exchange) -> bool {
+        let mut h = Headers::default();
+        if head.method == "TRACE" {
+            // Echo the request as received, minus fields likely to hold credentials.
+            let mut echo = head.headers.clone();
+            for f in ["authorization", "proxy-authorization", "cookie"] {
+                echo.remove(f);
+            }
+            let mut body = Vec::new();
+            body.extend_from_slice(format!("{} {} {}\r\n", head.method, head.target, head.version.as_str()).as_bytes());
+            for f in &echo.0 {
+                body.extend_from_slice(f.name.as_bytes());
+                body.extend_from_slice(b": ");
+                body.extend_from_slice(&f.value);
+                body.extend_from_slice(b"\r\n");
+            }
+            body.extend_from_slice(b"\r\n");
+            h.push("Content-Type", "message/http");
+            self.respond_local(client, h, &body, ex).await
+        } else {
+            h.push("Allow", "GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH, CONNECT");
+            self.respond_local(client, h, b"", ex).await
+        }
+    }
+
+    /// The request head sent upstream: origin-form, Host from the target, hop-by-hop fields
+    /// removed, Via added, client identity only when configured.
+    fn upstream_request(&self, head: &RequestHead, target: &HttpTarget, peer: SocketAddr, max_forwards: Option<u32>) -> Vec<u8> {
+        let mut h = head.headers.clone();
+        let wants_trailers = h.has_token("te", "trailers");
+        strip_hop_by_hop(&mut h);
+        h.remove("proxy-authorization");
+        h.set("Host", target.authority.as_bytes());
+        if wants_trailers {
+            h.push("TE", "trailers");
+            h.push("Connection", "TE");
+        }
+        if head.version == Version::Http10 {
+            // RFC 9110 section 10.1.1: 100-continue from an HTTP/1.0 client is ignored.
+            h.remove("expect");
+        }
+        if let Some(n) = max_forwards {
+            h.set("Max-Forwards", n.to_string());
+        }
+        if let Some(via) = &self.cfg.via {
+            let v = if head.version == Version::Http10 { "1.0" } else { "1.1" };
+            h.push("Via", format!("{v} {via}"));
+        }
+        if self.cfg.forwarded_for {
+            let ip = peer.ip().to_canonical();
+            h.push("X-Forwarded-For", ip.to_string());
+            let node = if ip.is_ipv6() { format!("\"[{ip}]\"") } else { ip.to_string() };
+            h.push("Forwarded", format!("for={node};proto=http"));
+        }
+        let mut out = Vec::with_capacity(512);
+        codec::write_request_head(&mut out, &head.method, &target.path, &h);
+        out
+    }
+
+    /// Sends the request and relays the response. The request body goes upstream while the
+    /// response is awaited, so `Expect: 100-continue` and early responses both work.
+    async fn exchange(
+        &self,
+        client: &mut Client,
+        up: &mut Upstream,
+        head: &RequestHead,
+        framing: Framing,
+        req_head: &[u8],
+        ex: &mut Exchange,
+    ) -> Result<Done, Failure> {
+        let t = self.cfg.read_timeout;
+        if let Err(e) = body::write_all(&mut up.stream, req_head, t).await {
+            return Err(match e {
+                CopyError::Write(_) => Failure::Stale,
+                _ => Failure::BeforeResponse(ProxyError::new(504, "connection_write_timeout", e.to_string())),
+            });
+        }
+        let Client { stream, buf: cbuf, .. } = client;
+        let (mut cr, mut cw) = stream.split();
+        let (mut ur, mut uw) = up.stream.split();
+        let max_trailer = self.cfg.max_header_bytes;
+        let mut sent = 0u64;
+        let mut body_result: Option<Result<(), CopyError>> = None;
+        let response = {
+            let send = async {
+                let r = match framing {
+                    Framing::None | Framing::UntilClose => Ok(0),
+                    Framing::Length(n) => body::copy_length(&mut cr, cbuf, &mut uw, n, t).await,
+                    Framing::Chunked => body::copy_chunked(&mut cr, cbuf, &mut uw, true, max_trailer, t).await,
+                };
+                r.map(|n| sent = n)
+            };
+            let recv = self.relay_response(&mut ur, &mut up.buf, &mut cw, head, ex);
+            tokio::pin!(send, recv);
+            loop {
+                tokio::select! {
+                    r = &mut send, if body_result.is_none() => {
+                        match r {
+                            Err(e) if e.is_source() => {
+                                tracing::debug!(client = %self.name, "request body from client failed: {e}");
+                                body_result = Some(Err(e));
+                                break Err(Failure::Abort("http_request_error"));
+                            }
+                            r => body_result = Some(r),
+                        }
+                    }
+                    r = &mut recv => break r,
+                }
+            }
+        };
+        ex.bytes_in += sent;
+        let mut done = response?;
+        if !matches!(body_result, Some(Ok(()))) {
+            // The response ended before the request body did (or sending it failed): neither
+            // connection is at a message boundary any more.
+            done.client_keep = false;
+            done.upstream_reusable = false;
+        }
+        Ok(done)
+    }
+
+    /// Reads 1xx and final response heads from upstream, forwards them, and streams the body.
+    async fn relay_response<R, W>(
+        &self,
+        ur: &mut R,
+        ubuf: &mut BytesMut,
+        cw: &mut W,
+        req: &RequestHead,
+        ex: &mut Exchange,
+    ) -> Result<Done, Failure>
+    where
+        R: tokio::io::AsyncRead + Unpin,
+        W: tokio::io::AsyncWrite + Unpin,
+    {
+        let t = self.cfg.read_timeout;
+        let max = self.cfg.max_header_bytes.max(64 * 1024);
+        let mut got_any = false;
+        let resp = loop {
+            let head = loop {
+                match codec::parse_response(ubuf, max) {
+                    Ok(Some((h, len))) => {
+                        let _ = ubuf.split_to(len);
+                        break h;
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        let kind = if matches!(e, HeadError::Invalid(_)) {
+                            "http_protocol_error"
+                        } else {
+                            "http_response_header_section_size"
+                        };
+                        return Err(Failure::BeforeResponse(ProxyError::new(502, kind, e.to_string())));
+                    }
+                }
+                ubuf.reserve(8192);
+                match timeout(t, ur.read_buf(ubuf)).await {
+                    Err(_) => {
+                        let err = ProxyError::new(504, "connection_read_timeout", "no response from upstream in time");
+                        return Err(Failure::BeforeResponse(err));
+                    }
+                    Ok(Ok(0)) | Ok(Err(_)) if !got_any => return Err(Failure::Stale),
+                    Ok(Ok(0)) => {
+                        let err = ProxyError::new(502, "http_response_incomplete", "upstream closed mid-response head");
+                        return Err(Failure::BeforeResponse(err));
+                    }
+                    Ok(Err(e)) => {
+                        let err = ProxyError::new(502, "connection_terminated", e.to_string());
+                        return Err(Failure::BeforeResponse(err));
+                    }
+                    Ok(Ok(_)) => got_any = true,
+                }
+            };
+            got_any = true;
+            if head.status == 101 {
+                let err = ProxyError::new(502, "http_protocol_error", "unexpected 101 from upstream");
+                return Err(Failure::BeforeResponse(err));
+            }
+            if head.status >= 200 {
+                break head;
+            }
+            // 1xx: forward to HTTP/1.1 clients (RFC 9110 section 15.2), never to HTTP/1.0 ones.
+            if req.version == Version::Http11 {
+                let mut h = head.headers.clone();
+                strip_hop_by_hop(&mut h);
+                let mut out = Vec::new();
+                codec::write_response_head(&mut out, head.status, &head.reason, &h);
+                if body::write_all(cw, &out, t).await.is_err() {
+                    return Err(Failure::Abort("connection_terminated"));
+                }
+                ex.bytes_out += out.len() as u64;
+            }
+        };
+
+        let up_framing = match codec::response_framing(&req.method, &resp) {
+            Ok(f) => f,
+            Err(e) => return Err(Failure::BeforeResponse(ProxyError::new(502, "http_protocol_error", e.to_string()))),
+        };
+        let client_11 = req.version == Version::Http11;
+        // How the body reaches the client, and whether the client connection can stay open.
+        let (to_client, delimited) = match (up_framing, client_11) {
+            (Framing::UntilClose, true) => (Out::Rechunk, true),
+            (Framing::UntilClose, false) => (Out::Raw, false),
+            (Framing::Chunked, true) => (Out::Raw, true),
+            (Framing::Chunked, false) => (Out::Dechunk, false),
+            _ => (Out::Raw, true),
+        };
+        let client_wants_keep = if client_11 {
+            !req.headers.has_token("connection", "close")
+        } else {
+            req.headers.has_token("connection", "keep-alive")
+        };
+        let client_keep = client_wants_keep && delimited && !self.svc.shutdown.is_draining();
+        let upstream_reusable = up_framing != Framing::UntilClose
+            && !resp.headers.has_token("connection", "close")
+            && (resp.version == Version::Http11 || resp.headers.has_token("connection", "keep-alive"))
+            && !(resp.headers.contains("transfer-encoding") && resp.headers.contains("content-length"));
+
+        let mut h = resp.headers.clone();
+        strip_hop_by_hop(&mut h);
+        h.remove("proxy-authenticate");
+        match to_client {
+            Out::Rechunk => h.set("Transfer-Encoding", "chunked"),
+            Out::Dechunk => {
+                h.remove("transfer-encoding");
+                h.remove("trailer");
+            }
+            Out::Raw => {}
+        }
+        if let Some(via) = &self.cfg.via {
+            let v = if resp.version == Version::Http10 { "1.0" } else { "1.1" };
+            h.push("Via", format!("{v} {via}"));
+        }
+        if !client_keep {
+            h.push("Connection", "close");
+        } else if !client_11 {
+            h.push("Connection", "keep-alive");
+        }
+        let mut out = Vec::with_capacity(512);
+        codec::write_response_head(&mut out, resp.status, &resp.reason, &h);
+        if body::write_all(cw, &out, t).await.is_err() {
+            return Err(Failure::Abort("connection_terminated"));
+        }
+        ex.status = resp.status;
+        ex.bytes_out += out.len() as u64;
+
+        let copied = match (up_framing, to_client) {
+            (Framing::None, _) => Ok(0),
+            (Framing::Length(n), _) => body::copy_length(ur, ubuf, cw, n, t).await,
+            (Framing::Chunked, Out::Dechunk) => body::copy_chunked(ur, ubuf, cw, false, max, t).await,
+            (Framing::Chunked, _) => body::copy_chunked(ur, ubuf, cw, true, max, t).await,
+            (Framing::UntilClose, out) => body::copy_until_close(ur, ubuf, cw, out == Out::Rechunk, t).await,
+        };
+        match copied {
+            Ok(n) => ex.bytes_out += n,
+            Err(e) => {
+                tracing::debug!("response body relay failed: {e}");
+                return Err(Failure::Abort(if e.is_source() {
+                    "http_response_incomplete"
+                } else {
+                    "connection_terminated"
+                }));
+            }
+        }
+        if cw.flush().await.is_err() {
+            return Err(Failure::Abort("connection_terminated"));
+        }
+        Ok(Done {
+            client_keep,
+            upstream_reusable,
+        })
+    }
+}
+
+struct Upstream {
+    stream: TcpStream,
+    buf: BytesMut,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Out {
+    Raw,
+    Rechunk,
+    Dechunk,
+}
+
+struct Done {
+    client_keep: bool,
+    upstream_reusable: bool,
+}
+
+enum Failure {
+    /// The upstream closed before sending a byte: on a pooled connection, safe to retry.
+    Stale,
+    /// Failed before any response reached the client: answer with this error.
+    BeforeResponse(ProxyError),
+    /// Failed after the response started (or the client went away): close the connection.
+    Abort(&'static str),
+}
+
+/// Removes hop-by-hop fields (RFC 9110 section 7.6.1): Connection and every field it names,
+/// plus the classic list. Transfer-Encoding and Trailer stay: bodies are passed on in their
+/// original framing, and the caller rewrites them where it changes the framing.
+pub fn strip_hop_by_hop(h: &mut Headers) {
+    for name in h.tokens("connection") {
+        if !matches!(name.as_str(), "transfer-encoding" | "content-length" | "host") {
+            h.remove(&name);
+        }
+    }
+    for name in ["connection", "proxy-connection", "keep-alive", "te", "upgrade"] {
+        h.remove(name);
+    }
+}
+
+/// Reads one request head into the client's buffer. `Ok(None)`: the client closed cleanly
+/// before sending anything.
+async fn read_head(client: &mut Client, max: usize) -> Result<Option<(RequestHead, usize)>, HeadError> {
+    loop {
+        if !client.buf.is_empty() {
+            // Tolerate empty lines before a request (RFC 9112 section 2.2).
+            while client.buf.starts_with(b"\r\n") {
+                let _ = client.buf.split_to(2);
+            }
+            if let Some((head, len)) = codec::parse_request(&client.buf, max)? {
+                let _ = client.buf.split_to(len);
+                return Ok(Some((head, len)));
+            }
+        }
+        client.buf.reserve(4096);
+        match client.stream.read_buf(&mut client.buf).await {
+            Ok(0) if client.buf.is_empty() => return Ok(None),
+            Ok(0) => return Err(HeadError::Invalid("connection closed mid-head")),
+            Ok(_) => {}
+            Err(_) => return Ok(None),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_fields_go() {
+        let mut h = Headers::default();
+        h.push("Connection", "keep-alive, X-Secret");
+        h.push("X-Secret", "1");
+        h.push("Keep-Alive", "timeout=5");
+        h.push("Proxy-Connection", "keep-alive");
+        h.push("TE", "trailers");
+        h.push("Upgrade", "websocket");
+        h.push("Transfer-Encoding", "chunked");
+        h.push("X-Kept", "yes");
+        strip_hop_by_hop(&mut h);
+        let names: Vec<_> = h.0.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, ["Transfer-Encoding", "X-Kept"]);
+    }
+}

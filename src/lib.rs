@@ -1,0 +1,16 @@
+//! Gatehouse: one proxy server for every job, from one config file.
+//!
+//! See `docs/architecture.md` for how a connection flows through these modules.
+
+#![deny(unsafe_code)]
+
+pub mod accesslog;
+pub mod admin;
+pub mod config;
+pub mod connector;
+pub mod http;
+pub mod listener;
+pub mod metrics;
+pub mod relay;
+pub mod server;
+pub mod shutdown;

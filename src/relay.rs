@@ -1,0 +1,136 @@
+//! The one bidirectional copy, used by CONNECT tunnels, SOCKS and (later) tunnels.
+//!
+//! Each direction copies until EOF, then half-closes the other side (`shutdown(Write)`) and
+//! lets the opposite direction go on: one side's EOF is not the end of the conversation.
+//! Buffers start small and grow to [`MAX_BUF`] for bulk streams, so an idle tunnel costs
+//! little and a busy one moves large reads. A tunnel with no traffic either way for the idle
+//! timeout is closed.
+
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+const START_BUF: usize = 16 * 1024;
+const MAX_BUF: usize = 256 * 1024;
+
+/// Bytes moved each way, also when the relay ended with an error.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RelayStats {
+    /// From the first stream (the client) to the second (the upstream).
+    pub a_to_b: u64,
+    pub b_to_a: u64,
+}
+
+#[derive(Debug)]
+pub enum RelayEnd {
+    /// Both directions reached EOF.
+    Done,
+    /// Nothing moved for the idle timeout.
+    Idle,
+    /// A read or write failed (reset, broken pipe).
+    Error(io::Error),
+}
+
+/// Copies `a <-> b` until both directions finish, one fails, or the tunnel idles out.
+pub async fn relay<A, B>(a: A, b: B, idle_timeout: Duration) -> (RelayEnd, RelayStats)
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut ar, mut aw) = tokio::io::split(a);
+    let (mut br, mut bw) = tokio::io::split(b);
+    let epoch = Instant::now();
+    let last = AtomicU64::new(0);
+    let a_to_b = AtomicU64::new(0);
+    let b_to_a = AtomicU64::new(0);
+
+    let up = copy_half(&mut ar, &mut bw, &a_to_b, &last, epoch);
+    let down = copy_half(&mut br, &mut aw, &b_to_a, &last, epoch);
+    let both = async { tokio::try_join!(up, down).map(|_| ()) };
+    let idle = async {
+        loop {
+            let since = Duration::from_millis(last.load(Ordering::Relaxed));
+            let deadline = epoch + since + idle_timeout;
+            if Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
+    };
+    let end = tokio::select! {
+        r = both => match r {
+            Ok(()) => RelayEnd::Done,
+            Err(e) => RelayEnd::Error(e),
+        },
+        _ = idle => RelayEnd::Idle,
+    };
+    let stats = RelayStats {
+        a_to_b: a_to_b.load(Ordering::Relaxed),
+        b_to_a: b_to_a.load(Ordering::Relaxed),
+    };
+    (end, stats)
+}
+
+async fn copy_half<R, W>(r: &mut R, w: &mut W, count: &AtomicU64, last: &AtomicU64, epoch: Instant) -> io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; START_BUF];
+    loop {
+        let n = r.read(&mut buf).await?;
+        if n == 0 {
+            // Half-close: pass the EOF on; the other direction keeps going.
+            let _ = w.shutdown().await;
+            return Ok(());
+        }
+        last.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+        w.write_all(&buf[..n]).await?;
+        count.fetch_add(n as u64, Ordering::Relaxed);
+        last.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+        if n == buf.len() && buf.len() < MAX_BUF {
+            buf.resize(buf.len() * 4, 0);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::duplex;
+
+    #[tokio::test]
+    async fn half_close_keeps_other_direction() {
+        let (client, a) = duplex(64);
+        let (b, server) = duplex(64);
+        let relay = tokio::spawn(relay(a, b, Duration::from_secs(5)));
+        let (mut cr, mut cw) = tokio::io::split(client);
+        let (mut sr, mut sw) = tokio::io::split(server);
+        cw.write_all(b"ping").await.expect("write");
+        cw.shutdown().await.expect("shutdown");
+        let mut got = Vec::new();
+        sr.read_to_end(&mut got).await.expect("server reads to EOF");
+        assert_eq!(got, b"ping");
+        // The server answers after the client's EOF: must still arrive.
+        sw.write_all(b"pong").await.expect("write");
+        sw.shutdown().await.expect("shutdown");
+        let mut back = Vec::new();
+        cr.read_to_end(&mut back).await.expect("read");
+        assert_eq!(back, b"pong");
+        let (end, stats) = relay.await.expect("join");
+        assert!(matches!(end, RelayEnd::Done));
+        assert_eq!(stats, RelayStats { a_to_b: 4, b_to_a: 4 });
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_tunnel_closes() {
+        let (_client, a) = duplex(64);
+        let (b, _server) = duplex(64);
+        let (end, _) = relay(a, b, Duration::from_secs(30)).await;
+        assert!(matches!(end, RelayEnd::Idle));
+    }
+}
