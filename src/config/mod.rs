@@ -3,7 +3,7 @@
 //! Nothing outside this module sees a raw string from the file: durations, sizes, addresses and
 //! port lists arrive already parsed. [`Config::parse`] reports every problem in the file at once.
 
-mod reader;
+pub(crate) mod reader;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};

@@ -1,0 +1,381 @@
+//! Shared end-to-end harness: the real `gatehouse` binary on 127.0.0.1 port 0, readiness read
+//! from its log (no sleeps), origin servers built on hyper, a raw TCP origin for misbehaving
+//! upstreams, and a loopback DNS server so no test ever asks a real resolver.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::io::{BufRead, BufReader};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use tokio::net::{TcpListener, UdpSocket};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_gatehouse");
+
+/// A running gatehouse process. Killed on drop.
+pub struct Gatehouse {
+    pub child: Child,
+    pub addrs: HashMap<String, SocketAddr>,
+    pub dir: tempfile::TempDir,
+    stdout: mpsc::Receiver<String>,
+    pub stderr: mpsc::Receiver<String>,
+}
+
+impl Gatehouse {
+    /// Starts gatehouse with `config` (TOML) and waits until every listener is ready.
+    pub fn start(config: &str) -> Gatehouse {
+        Self::try_start(config).unwrap_or_else(|e| panic!("gatehouse did not start: {e}"))
+    }
+
+    pub fn try_start(config: &str) -> Result<Gatehouse, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let path = dir.path().join("gatehouse.toml");
+        std::fs::write(&path, config).map_err(|e| e.to_string())?;
+        let mut child = Command::new(BIN)
+            .arg("--config")
+            .arg(&path)
+            .env("GATEHOUSE_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        let (out_tx, stdout) = mpsc::channel();
+        let out = child.stdout.take().ok_or("no stdout")?;
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if out_tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let err = child.stderr.take().ok_or("no stderr")?;
+        let (err_tx, stderr) = mpsc::channel();
+        let (ready_tx, ready_rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut addrs = HashMap::new();
+            let mut ready_tx = Some(ready_tx);
+            let mut log = Vec::new();
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                if let Some(tx) = &ready_tx {
+                    log.push(line.clone());
+                    if line.contains(" ready ") {
+                        if let (Some(name), Some(addr)) = (field(&line, "listener="), field(&line, "addr=")) {
+                            if let Ok(a) = addr.parse::<SocketAddr>() {
+                                addrs.insert(name, a);
+                            }
+                        }
+                    }
+                    if line.contains("all listeners ready") {
+                        let _ = tx.send(Ok(std::mem::take(&mut addrs)));
+                        ready_tx = None;
+                    }
+                }
+                let _ = err_tx.send(line);
+            }
+            if let Some(tx) = ready_tx {
+                let _ = tx.send(Err(log.join("\n")));
+            }
+        });
+        match ready_rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(Ok(addrs)) => Ok(Gatehouse {
+                child,
+                addrs,
+                dir,
+                stdout,
+                stderr,
+            }),
+            Ok(Err(log)) => {
+                let _ = child.wait();
+                Err(format!("exited before ready:\n{log}"))
+            }
+            Err(_) => {
+                let _ = child.kill();
+                Err("not ready within 30s".into())
+            }
+        }
+    }
+
+    pub fn addr(&self, listener: &str) -> SocketAddr {
+        *self
+            .addrs
+            .get(listener)
+            .unwrap_or_else(|| panic!("no listener {listener:?} in {:?}", self.addrs))
+    }
+
+    pub fn proxy_url(&self, listener: &str) -> String {
+        format!("http://{}", self.addr(listener))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Next access-log line written to stdout, waiting up to 10 s.
+    pub fn next_log_line(&self) -> String {
+        self.stdout
+            .recv_timeout(Duration::from_secs(10))
+            .expect("an access log line within 10s")
+    }
+
+    /// Waits for an access-log line containing `needle`.
+    pub fn wait_log(&self, needle: &str) -> String {
+        loop {
+            let line = self.next_log_line();
+            if line.contains(needle) {
+                return line;
+            }
+        }
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// Waits for the process to exit, up to `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            if std::time::Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Resident set size in KiB, from /proc.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS")
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+impl Drop for Gatehouse {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn field(line: &str, key: &str) -> Option<String> {
+    let start = line.find(key)? + key.len();
+    let rest = &line[start..];
+    let end = rest.find(' ').unwrap_or(rest.len());
+    Some(rest[..end].trim_matches('"').to_string())
+}
+
+/// A listener config block for an HTTP proxy on port 0, plus extra keys.
+pub fn http_listener(name: &str, extra: &str) -> String {
+    format!("[[listeners]]\nname = \"{name}\"\nkind = \"http\"\nlisten = \"127.0.0.1:0\"\n{extra}\n")
+}
+
+/// A request as the hyper origin saw it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub uri: String,
+    pub version: hyper::Version,
+    pub headers: hyper::HeaderMap,
+    pub body: Bytes,
+    pub trailers: Option<hyper::HeaderMap>,
+}
+
+pub type Handler = Arc<dyn Fn(&Seen) -> Response<Full<Bytes>> + Send + Sync>;
+
+/// An origin server built on hyper: records every request, counts connections.
+pub struct Origin {
+    pub addr: SocketAddr,
+    pub connections: Arc<AtomicUsize>,
+    pub requests: Arc<std::sync::Mutex<Vec<Seen>>>,
+}
+
+impl Origin {
+    pub async fn start(handler: Handler) -> Origin {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind origin");
+        let addr = listener.local_addr().expect("addr");
+        let connections = Arc::new(AtomicUsize::new(0));
+        let requests = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (c, r) = (connections.clone(), requests.clone());
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                c.fetch_add(1, Ordering::SeqCst);
+                let (handler, r) = (handler.clone(), r.clone());
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let (handler, r) = (handler.clone(), r.clone());
+                        async move {
+                            let (parts, body) = req.into_parts();
+                            let collected = body.collect().await.ok();
+                            let trailers = collected.as_ref().and_then(|c| c.trailers().cloned());
+                            let body = collected.map(|c| c.to_bytes()).unwrap_or_default();
+                            let seen = Seen {
+                                method: parts.method.to_string(),
+                                uri: parts.uri.to_string(),
+                                version: parts.version,
+                                headers: parts.headers,
+                                body,
+                                trailers,
+                            };
+                            let resp = handler(&seen);
+                            if let Ok(mut v) = r.lock() {
+                                v.push(seen);
+                            }
+                            Ok::<_, Infallible>(resp)
+                        }
+                    });
+                    let io = hyper_util::rt::TokioIo::new(stream);
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(io, svc)
+                        .await;
+                });
+            }
+        });
+        Origin {
+            addr,
+            connections,
+            requests,
+        }
+    }
+
+    /// An origin answering every request with `200` and `body`.
+    pub async fn fixed(body: &'static str) -> Origin {
+        Self::start(Arc::new(move |_| Response::new(Full::new(Bytes::from_static(body.as_bytes()))))).await
+    }
+
+    /// An origin that echoes the request body back.
+    pub async fn echo() -> Origin {
+        Self::start(Arc::new(|s: &Seen| Response::new(Full::new(s.body.clone())))).await
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.requests.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+}
+
+/// A raw TCP origin: `script` gets each accepted connection.
+pub async fn raw_origin<F, Fut>(script: F) -> SocketAddr
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind raw origin");
+    let addr = listener.local_addr().expect("addr");
+    let script = Arc::new(script);
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            tokio::spawn(script(s));
+        }
+    });
+    addr
+}
+
+/// A loopback DNS server: answers A/AAAA from `records`, NXDOMAIN for everything else.
+/// Counts queries so tests can see the resolver's cache at work.
+pub struct Dns {
+    pub addr: SocketAddr,
+    pub queries: Arc<AtomicUsize>,
+}
+
+impl Dns {
+    pub async fn start(records: &[(&str, IpAddr)], ttl: u32) -> Dns {
+        use hickory_proto::op::{Message, OpCode, ResponseCode};
+        use hickory_proto::rr::{Name, RData, Record, RecordType};
+        let sock = UdpSocket::bind("127.0.0.1:0").await.expect("bind dns");
+        let addr = sock.local_addr().expect("addr");
+        let queries = Arc::new(AtomicUsize::new(0));
+        let q = queries.clone();
+        let table: Vec<(Name, IpAddr)> = records
+            .iter()
+            .map(|(n, ip)| (Name::from_ascii(format!("{n}.")).expect("name"), *ip))
+            .collect();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            while let Ok((n, from)) = sock.recv_from(&mut buf).await {
+                let Ok(req) = Message::from_vec(&buf[..n]) else { continue };
+                q.fetch_add(1, Ordering::SeqCst);
+                let mut resp = Message::response(req.metadata.id, OpCode::Query);
+                resp.metadata.recursion_desired = req.metadata.recursion_desired;
+                resp.metadata.recursion_available = true;
+                let mut known = false;
+                for query in &req.queries {
+                    resp.add_query(query.clone());
+                    for (name, ip) in &table {
+                        if name.eq_case(query.name()) || name == query.name() {
+                            known = true;
+                            let rdata = match (ip, query.query_type()) {
+                                (IpAddr::V4(v4), RecordType::A) => Some(RData::A((*v4).into())),
+                                (IpAddr::V6(v6), RecordType::AAAA) => Some(RData::AAAA((*v6).into())),
+                                _ => None,
+                            };
+                            if let Some(rdata) = rdata {
+                                resp.add_answer(Record::from_rdata(name.clone(), ttl, rdata));
+                            }
+                        }
+                    }
+                }
+                if !known {
+                    resp.metadata.response_code = ResponseCode::NXDomain;
+                }
+                if let Ok(bytes) = resp.to_vec() {
+                    let _ = sock.send_to(&bytes, from).await;
+                }
+            }
+        });
+        Dns { addr, queries }
+    }
+
+    /// The `[dns]` config section pointing at this server.
+    pub fn config(&self) -> String {
+        format!("[dns]\nservers = [\"{}\"]\ntimeout = \"2s\"\nattempts = 1\n", self.addr)
+    }
+}
+
+/// Runs curl with `args`; returns (exit code, stdout, stderr).
+pub async fn curl(args: &[&str]) -> (i32, Vec<u8>, String) {
+    let out = tokio::process::Command::new("curl")
+        .args(["-sS", "--max-time", "20"])
+        .args(args)
+        .output()
+        .await
+        .expect("curl is installed");
+    (
+        out.status.code().unwrap_or(-1),
+        out.stdout,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
