@@ -180,15 +180,22 @@ impl HttpProxy {
         ex.bytes_out += out.len() as u64;
     }
 
-    /// A request the proxy answers itself (Max-Forwards: 0).
-    async fn respond_local(&self, client: &mut Client, mut h: Headers, body: &[u8], ex: &mut Exchange) -> bool {
+    /// A request the proxy answers itself (Max-Forwards: 0). Returns whether to keep the
+    /// connection.
+    async fn respond_local(&self, client: &mut Client, req: &RequestHead, mut h: Headers, body: &[u8], ex: &mut Exchange) -> bool {
+        let keep = wants_keep_alive(req) && !self.svc.shutdown.is_draining();
         h.push("Content-Length", body.len().to_string());
+        if !keep {
+            h.push("Connection", "close");
+        } else if req.version == Version::Http10 {
+            h.push("Connection", "keep-alive");
+        }
         let mut out = Vec::new();
         codec::write_response_head(&mut out, 200, "OK", &h);
         out.extend_from_slice(body);
         ex.status = 200;
         ex.bytes_out += out.len() as u64;
-        body::write_all(&mut client.stream, &out, self.cfg.read_timeout).await.is_ok()
+        body::write_all(&mut client.stream, &out, self.cfg.read_timeout).await.is_ok() && keep
     }
 
     async fn tunnel(&self, client: &mut Client, head: RequestHead, ex: &mut Exchange) -> bool {
@@ -211,16 +218,17 @@ impl HttpProxy {
                 return false;
             }
         }
+        let keep = wants_keep_alive(&head);
         if !self.cfg.connect_ports.iter().any(|r| r.contains(port)) {
             let err = ProxyError::denied(format!("CONNECT to port {port} is not allowed"));
-            self.send_error(client, &err, false, ex).await;
-            return true;
+            self.send_error(client, &err, !keep, ex).await;
+            return keep;
         }
         let up = match self.svc.connector.connect(&host, port).await {
             Ok(c) => c,
             Err(e) => {
-                self.send_error(client, &ProxyError::from(e), false, ex).await;
-                return true;
+                self.send_error(client, &ProxyError::from(e), !keep, ex).await;
+                return keep;
             }
         };
         ex.upstream = Some(up.peer);
@@ -259,7 +267,7 @@ impl HttpProxy {
             }
         };
         // With a body we cannot skip, a refused request ends the connection.
-        let close_on_error = framing != Framing::None;
+        let close_on_error = framing != Framing::None || !wants_keep_alive(&head);
         if head.version == Version::Http11 && head.headers.count("host") != 1 {
             let err = ProxyError::bad_request("HTTP/1.1 request without exactly one Host field");
             self.send_error(client, &err, true, ex).await;
@@ -361,10 +369,10 @@ impl HttpProxy {
             }
             body.extend_from_slice(b"\r\n");
             h.push("Content-Type", "message/http");
-            self.respond_local(client, h, &body, ex).await
+            self.respond_local(client, head, h, &body, ex).await
         } else {
             h.push("Allow", "GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH, CONNECT");
-            self.respond_local(client, h, b"", ex).await
+            self.respond_local(client, head, h, b"", ex).await
         }
     }
 
@@ -549,12 +557,7 @@ impl HttpProxy {
             (Framing::Chunked, false) => (Out::Dechunk, false),
             _ => (Out::Raw, true),
         };
-        let client_wants_keep = if client_11 {
-            !req.headers.has_token("connection", "close")
-        } else {
-            req.headers.has_token("connection", "keep-alive")
-        };
-        let client_keep = client_wants_keep && delimited && !self.svc.shutdown.is_draining();
+        let client_keep = wants_keep_alive(req) && delimited && !self.svc.shutdown.is_draining();
         let upstream_reusable = up_framing != Framing::UntilClose
             && !resp.headers.has_token("connection", "close")
             && (resp.version == Version::Http11 || resp.headers.has_token("connection", "keep-alive"))
@@ -640,6 +643,14 @@ enum Failure {
     BeforeResponse(ProxyError),
     /// Failed after the response started (or the client went away): close the connection.
     Abort(&'static str),
+}
+
+/// Whether the client asked for its connection to stay open after this exchange.
+fn wants_keep_alive(req: &RequestHead) -> bool {
+    match req.version {
+        Version::Http11 => !req.headers.has_token("connection", "close"),
+        Version::Http10 => req.headers.has_token("connection", "keep-alive"),
+    }
 }
 
 /// Removes hop-by-hop fields (RFC 9110 section 7.6.1): Connection and every field it names,

@@ -205,6 +205,8 @@ pub struct Seen {
     pub headers: hyper::HeaderMap,
     pub body: Bytes,
     pub trailers: Option<hyper::HeaderMap>,
+    /// The address the request came from (the proxy's outgoing address).
+    pub peer: SocketAddr,
 }
 
 pub type Handler = Arc<dyn Fn(&Seen) -> Response<Full<Bytes>> + Send + Sync>;
@@ -224,7 +226,7 @@ impl Origin {
         let requests = Arc::new(std::sync::Mutex::new(Vec::new()));
         let (c, r) = (connections.clone(), requests.clone());
         tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
+            while let Ok((stream, peer)) = listener.accept().await {
                 c.fetch_add(1, Ordering::SeqCst);
                 let (handler, r) = (handler.clone(), r.clone());
                 tokio::spawn(async move {
@@ -242,6 +244,7 @@ impl Origin {
                                 headers: parts.headers,
                                 body,
                                 trailers,
+                                peer,
                             };
                             let resp = handler(&seen);
                             if let Ok(mut v) = r.lock() {
@@ -332,6 +335,7 @@ impl Dns {
                 resp.metadata.recursion_desired = req.metadata.recursion_desired;
                 resp.metadata.recursion_available = true;
                 let mut known = false;
+                let mut answered = false;
                 for query in &req.queries {
                     resp.add_query(query.clone());
                     for (name, ip) in &table {
@@ -343,6 +347,7 @@ impl Dns {
                                 _ => None,
                             };
                             if let Some(rdata) = rdata {
+                                answered = true;
                                 resp.add_answer(Record::from_rdata(name.clone(), ttl, rdata));
                             }
                         }
@@ -350,6 +355,12 @@ impl Dns {
                 }
                 if !known {
                     resp.metadata.response_code = ResponseCode::NXDomain;
+                }
+                if !answered {
+                    // Negative answers carry an SOA so resolvers may cache them (RFC 2308).
+                    let zone = Name::from_ascii("test.").expect("zone");
+                    let soa = hickory_proto::rr::rdata::SOA::new(zone.clone(), zone.clone(), 1, 60, 60, 60, ttl);
+                    resp.add_authority(Record::from_rdata(zone, ttl, RData::SOA(soa)));
                 }
                 if let Ok(bytes) = resp.to_vec() {
                     let _ = sock.send_to(&bytes, from).await;
