@@ -51,7 +51,12 @@ async fn get_through_proxy_with_curl() {
 #[tokio::test]
 async fn methods_and_bodies_with_reqwest() {
     let origin = Origin::start(Arc::new(|s: &Seen| {
-        let body = format!("{} {} {}", s.method, s.uri, String::from_utf8_lossy(&s.body));
+        let body = format!(
+            "{} {} {}",
+            s.method,
+            s.uri,
+            String::from_utf8_lossy(&s.body)
+        );
         hyper::Response::new(Full::new(Bytes::from(body)))
     }))
     .await;
@@ -59,9 +64,19 @@ async fn methods_and_bodies_with_reqwest() {
     let c = reqwest_client(&gh);
     let get = c.get(origin.url("/g?q=1")).send().await.expect("get");
     assert_eq!(get.text().await.expect("body"), "GET /g?q=1 ");
-    let post = c.post(origin.url("/p")).body("payload").send().await.expect("post");
+    let post = c
+        .post(origin.url("/p"))
+        .body("payload")
+        .send()
+        .await
+        .expect("post");
     assert_eq!(post.text().await.expect("body"), "POST /p payload");
-    let put = c.put(origin.url("/u")).body(vec![b'x'; 100_000]).send().await.expect("put");
+    let put = c
+        .put(origin.url("/u"))
+        .body(vec![b'x'; 100_000])
+        .send()
+        .await
+        .expect("put");
     let text = put.text().await.expect("body");
     assert!(text.starts_with("PUT /u xxx") && text.len() == "PUT /u ".len() + 100_000);
     let head = c.head(origin.url("/h")).send().await.expect("head");
@@ -81,7 +96,11 @@ async fn upstream_connections_are_reused_across_clients() {
         assert_eq!((code, body.as_slice()), (0, &b"ok"[..]), "{err}");
     }
     assert_eq!(origin.seen().len(), 3);
-    assert_eq!(origin.connection_count(), 1, "three curl processes, one upstream connection");
+    assert_eq!(
+        origin.connection_count(),
+        1,
+        "three curl processes, one upstream connection"
+    );
 }
 
 #[tokio::test]
@@ -122,34 +141,54 @@ async fn chunked_and_close_delimited_responses() {
     .await;
     let gh = Gatehouse::start(&http_listener("http", ""));
     let c = reqwest_client(&gh);
-    let r = c.get(format!("http://{origin}/chunked")).send().await.expect("chunked");
+    let r = c
+        .get(format!("http://{origin}/chunked"))
+        .send()
+        .await
+        .expect("chunked");
     assert_eq!(r.text().await.expect("body"), "abcdefg");
     // HTTP/1.1 client: the close-delimited body is re-chunked so the client can keep its connection.
     let resp = raw(
         gh.addr("http"),
-        format!("GET http://{origin}/close HTTP/1.1\r\nHost: {origin}\r\nConnection: close\r\n\r\n").as_bytes(),
+        format!(
+            "GET http://{origin}/close HTTP/1.1\r\nHost: {origin}\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
     )
     .await;
     assert!(resp.contains("Transfer-Encoding: chunked"), "{resp}");
-    assert!(resp.contains("10\r\nuntil-close-body\r\n0\r\n\r\n"), "{resp}");
+    assert!(
+        resp.contains("10\r\nuntil-close-body\r\n0\r\n\r\n"),
+        "{resp}"
+    );
     // HTTP/1.0 client: never chunked; the body ends with the connection.
     let resp = raw(
         gh.addr("http"),
         format!("GET http://{origin}/chunked HTTP/1.0\r\n\r\n").as_bytes(),
     )
     .await;
-    assert!(!resp.to_ascii_lowercase().contains("transfer-encoding"), "{resp}");
+    assert!(
+        !resp.to_ascii_lowercase().contains("transfer-encoding"),
+        "{resp}"
+    );
     assert!(resp.ends_with("\r\n\r\nabcdefg"), "{resp}");
 }
 
 #[tokio::test]
 async fn pipelined_requests_answered_in_order() {
-    let origin = Origin::start(Arc::new(|s: &Seen| hyper::Response::new(Full::new(Bytes::from(s.uri.clone()))))).await;
+    let origin = Origin::start(Arc::new(|s: &Seen| {
+        hyper::Response::new(Full::new(Bytes::from(s.uri.clone())))
+    }))
+    .await;
     let gh = Gatehouse::start(&http_listener("http", ""));
     let mut req = String::new();
     for (i, p) in ["/one", "/two", "/three"].iter().enumerate() {
         let close = if i == 2 { "Connection: close\r\n" } else { "" };
-        req.push_str(&format!("GET {} HTTP/1.1\r\nHost: {}\r\n{close}\r\n", origin.url(p), origin.addr));
+        req.push_str(&format!(
+            "GET {} HTTP/1.1\r\nHost: {}\r\n{close}\r\n",
+            origin.url(p),
+            origin.addr
+        ));
     }
     let resp = raw(gh.addr("http"), req.as_bytes()).await;
     let one = resp.find("\r\n\r\n/one").expect("first");
@@ -201,7 +240,14 @@ async fn hop_by_hop_headers_removed_both_ways() {
     );
     let resp = raw(gh.addr("http"), req.as_bytes()).await;
     let (head, seen) = resp.split_once("\r\n\r\n").expect("response");
-    for gone in ["X-Secret", "Keep-Alive", "Proxy-Connection", "Proxy-Authorization", "TE:", "Upgrade"] {
+    for gone in [
+        "X-Secret",
+        "Keep-Alive",
+        "Proxy-Connection",
+        "Proxy-Authorization",
+        "TE:",
+        "Upgrade",
+    ] {
         assert!(!seen.contains(gone), "{gone} reached the origin: {seen}");
     }
     assert!(seen.contains("X-Keep: k"), "{seen}");
@@ -215,7 +261,10 @@ async fn hop_by_hop_headers_removed_both_ways() {
 #[tokio::test]
 async fn via_pseudonym_and_forwarded_for_settings() {
     let origin = Origin::fixed("ok").await;
-    let gh = Gatehouse::start(&http_listener("http", "via = \"edge-7\"\nforwarded_for = true"));
+    let gh = Gatehouse::start(&http_listener(
+        "http",
+        "via = \"edge-7\"\nforwarded_for = true",
+    ));
     let (code, _, err) = curl(&["-x", &gh.proxy_url("http"), &origin.url("/")]).await;
     assert_eq!(code, 0, "{err}");
     let seen = &origin.seen()[0];
@@ -242,7 +291,10 @@ async fn max_forwards_for_trace_and_options() {
     let resp = raw(gh.addr("http"), req.as_bytes()).await;
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
     assert!(resp.contains("Content-Type: message/http"), "{resp}");
-    assert!(resp.contains("X-Probe: 1") && !resp.contains("secret"), "{resp}");
+    assert!(
+        resp.contains("X-Probe: 1") && !resp.contains("secret"),
+        "{resp}"
+    );
     assert_eq!(origin.seen().len(), 0, "Max-Forwards: 0 stops at the proxy");
 
     let req = format!(
@@ -259,11 +311,21 @@ async fn max_forwards_for_trace_and_options() {
 async fn http10_client_keepalive_only_when_asked() {
     let origin = Origin::fixed("ten").await;
     let gh = Gatehouse::start(&http_listener("http", ""));
-    let resp = raw(gh.addr("http"), format!("GET {} HTTP/1.0\r\n\r\n", origin.url("/")).as_bytes()).await;
-    assert!(resp.contains("Connection: close") && resp.ends_with("ten"), "{resp}");
+    let resp = raw(
+        gh.addr("http"),
+        format!("GET {} HTTP/1.0\r\n\r\n", origin.url("/")).as_bytes(),
+    )
+    .await;
+    assert!(
+        resp.contains("Connection: close") && resp.ends_with("ten"),
+        "{resp}"
+    );
     // With keep-alive asked for, the connection stays open for a second request.
     let mut s = TcpStream::connect(gh.addr("http")).await.expect("connect");
-    let one = format!("GET {} HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", origin.url("/a"));
+    let one = format!(
+        "GET {} HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+        origin.url("/a")
+    );
     s.write_all(one.as_bytes()).await.expect("write");
     let mut buf = vec![0u8; 4096];
     let mut got = String::new();
@@ -273,8 +335,14 @@ async fn http10_client_keepalive_only_when_asked() {
         got.push_str(&String::from_utf8_lossy(&buf[..n]));
     }
     assert!(got.contains("Connection: keep-alive"), "{got}");
-    s.write_all(format!("GET {} HTTP/1.0\r\n\r\n", origin.url("/b")).as_bytes()).await.expect("write");
+    s.write_all(format!("GET {} HTTP/1.0\r\n\r\n", origin.url("/b")).as_bytes())
+        .await
+        .expect("write");
     let mut rest = Vec::new();
     s.read_to_end(&mut rest).await.expect("read");
-    assert!(String::from_utf8_lossy(&rest).ends_with("ten"));
+    assert!(
+        String::from_utf8_lossy(&rest).ends_with("ten"),
+        "{}",
+        String::from_utf8_lossy(&rest)
+    );
 }
