@@ -346,3 +346,47 @@ async fn http10_client_keepalive_only_when_asked() {
         String::from_utf8_lossy(&rest)
     );
 }
+
+#[tokio::test]
+async fn upgrade_is_tunnelled_after_101() {
+    let origin = raw_origin(|mut s: TcpStream| async move {
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            if s.read_exact(&mut b).await.is_err() {
+                return;
+            }
+            head.push(b[0]);
+        }
+        let head = String::from_utf8_lossy(&head).to_string();
+        if !head.contains("Upgrade: echo/1") || !head.to_ascii_lowercase().contains("connection: upgrade") {
+            let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n").await;
+            return;
+        }
+        let _ = s
+            .write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo/1\r\nConnection: Upgrade\r\n\r\n")
+            .await;
+        let (mut r, mut w) = s.split();
+        let _ = tokio::io::copy(&mut r, &mut w).await;
+    })
+    .await;
+    let gh = Gatehouse::start(&http_listener("http", ""));
+    let mut s = TcpStream::connect(gh.addr("http")).await.expect("connect");
+    let req = format!("GET http://{origin}/ws HTTP/1.1\r\nHost: {origin}\r\nUpgrade: echo/1\r\nConnection: Upgrade\r\n\r\n");
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut b).await.expect("read head");
+        head.push(b[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(head.contains("Upgrade: echo/1"), "{head}");
+    s.write_all(b"framed bytes").await.expect("write");
+    let mut back = [0u8; 12];
+    s.read_exact(&mut back)
+        .await
+        .expect("echo through the upgraded tunnel");
+    assert_eq!(&back, b"framed bytes");
+}

@@ -384,6 +384,7 @@ impl HttpProxy {
                 .exchange(client, &mut up, &head, framing, &req_head, ex)
                 .await
             {
+                Ok(done) if done.upgraded => return self.tunnel_upgraded(client, up, ex).await,
                 Ok(done) => {
                     if done.upstream_reusable && up.buf.is_empty() {
                         self.svc.pool.put(key, up.stream, peer);
@@ -416,6 +417,48 @@ impl HttpProxy {
                 }
             }
         }
+    }
+
+    /// After a 101: relay both connections as a tunnel, bytes already read going first.
+    async fn tunnel_upgraded(
+        &self,
+        client: &mut Client,
+        mut up: Upstream,
+        ex: &mut Exchange,
+    ) -> bool {
+        let t = self.cfg.read_timeout;
+        if !client.buf.is_empty() {
+            if body::write_all(&mut up.stream, &client.buf, t)
+                .await
+                .is_err()
+            {
+                return false;
+            }
+            ex.bytes_in += client.buf.len() as u64;
+            client.buf.clear();
+        }
+        if !up.buf.is_empty() {
+            if body::write_all(&mut client.stream, &up.buf, t)
+                .await
+                .is_err()
+            {
+                return false;
+            }
+            ex.bytes_out += up.buf.len() as u64;
+            up.buf.clear();
+        }
+        let (end, stats) = relay::relay(
+            &mut client.stream,
+            &mut up.stream,
+            self.cfg.tunnel_idle_timeout,
+        )
+        .await;
+        ex.bytes_in += stats.a_to_b;
+        ex.bytes_out += stats.b_to_a;
+        if let RelayEnd::Error(_) = end {
+            ex.error = Some("connection_terminated");
+        }
+        false
     }
 
     async fn answer_max_forwards(
@@ -470,7 +513,13 @@ impl HttpProxy {
     ) -> Vec<u8> {
         let mut h = head.headers.clone();
         let wants_trailers = h.has_token("te", "trailers");
+        let upgrade = upgrade_request(head).map(<[u8]>::to_vec);
         strip_hop_by_hop(&mut h);
+        if let Some(protocols) = upgrade {
+            // Upgrade is hop-by-hop, but a proxy that tunnels it re-sends it (RFC 9110 7.8).
+            h.push("Upgrade", protocols);
+            h.push("Connection", "upgrade");
+        }
         h.remove("proxy-authorization");
         h.set("Host", target.authority.as_bytes());
         if wants_trailers {
@@ -536,7 +585,9 @@ impl HttpProxy {
         let (mut ur, mut uw) = up.stream.split();
         let max_trailer = self.cfg.max_header_bytes;
         let mut sent = 0u64;
-        let mut body_result: Option<Result<(), CopyError>> = None;
+        // No body to send: nothing to wait for on that side.
+        let mut body_result: Option<Result<(), CopyError>> =
+            (framing == Framing::None).then_some(Ok(()));
         let response = {
             let send = async {
                 let r = match framing {
@@ -642,9 +693,32 @@ impl HttpProxy {
             };
             got_any = true;
             if head.status == 101 {
-                let err =
-                    ProxyError::new(502, "http_protocol_error", "unexpected 101 from upstream");
-                return Err(Failure::BeforeResponse(err));
+                let Some(asked) = upgrade_request(req) else {
+                    let err =
+                        ProxyError::new(502, "http_protocol_error", "unexpected 101 from upstream");
+                    return Err(Failure::BeforeResponse(err));
+                };
+                // Switching protocols: pass the 101 on; the caller then tunnels both sockets.
+                let mut h = head.headers.clone();
+                let chosen = h.get("upgrade").unwrap_or(asked).to_vec();
+                strip_hop_by_hop(&mut h);
+                h.push("Upgrade", chosen);
+                h.push("Connection", "upgrade");
+                if let Some(via) = &self.cfg.via {
+                    h.push("Via", format!("1.1 {via}"));
+                }
+                let mut out = Vec::new();
+                codec::write_response_head(&mut out, 101, &head.reason, &h);
+                if body::write_all(cw, &out, t).await.is_err() {
+                    return Err(Failure::Abort("connection_terminated"));
+                }
+                ex.status = 101;
+                ex.bytes_out += out.len() as u64;
+                return Ok(Done {
+                    client_keep: false,
+                    upstream_reusable: false,
+                    upgraded: true,
+                });
             }
             if head.status >= 200 {
                 break head;
@@ -749,6 +823,7 @@ impl HttpProxy {
         Ok(Done {
             client_keep,
             upstream_reusable,
+            upgraded: false,
         })
     }
 }
@@ -768,6 +843,8 @@ enum Out {
 struct Done {
     client_keep: bool,
     upstream_reusable: bool,
+    /// The upstream answered 101 to an Upgrade request: tunnel from here on.
+    upgraded: bool,
 }
 
 enum Failure {
@@ -777,6 +854,15 @@ enum Failure {
     BeforeResponse(ProxyError),
     /// Failed after the response started (or the client went away): close the connection.
     Abort(&'static str),
+}
+
+/// The protocols an HTTP/1.1 request asks to upgrade to (`Connection: upgrade` + `Upgrade`).
+fn upgrade_request(req: &RequestHead) -> Option<&[u8]> {
+    if req.version == Version::Http11 && req.headers.has_token("connection", "upgrade") {
+        req.headers.get("upgrade")
+    } else {
+        None
+    }
 }
 
 /// Whether the client asked for its connection to stay open after this exchange.
