@@ -80,56 +80,65 @@ impl HttpProxy {
                     _ = self.svc.shutdown.draining() => return,
                 }
             }
-            let started = Instant::now();
-            let head = timeout(
-                self.cfg.header_read_timeout,
-                read_head(&mut client, self.cfg.max_header_bytes),
-            )
-            .await;
-            let (head, head_len) = match head {
-                Ok(Ok(Some(h))) => h,
-                Ok(Ok(None)) => return,
-                Ok(Err(e)) => {
-                    let err = match e {
-                        HeadError::TooLarge(_) | HeadError::TooManyHeaders => {
-                            ProxyError::new(431, "http_request_error", e.to_string())
-                        }
-                        HeadError::Invalid(_) => ProxyError::bad_request(e.to_string()),
-                    };
-                    self.fail_early(&mut client, started, err).await;
-                    return;
-                }
-                Err(_) => {
-                    let err = ProxyError::new(
-                        408,
-                        "http_request_error",
-                        "request head not received in time",
-                    );
-                    self.fail_early(&mut client, started, err).await;
-                    return;
-                }
-            };
-            let mut ex = Exchange {
-                started,
-                method: head.method.clone(),
-                target: head.target.clone(),
-                status: 0,
-                bytes_in: head_len as u64,
-                bytes_out: 0,
-                upstream: None,
-                error: None,
-            };
-            let keep = if head.method == "CONNECT" {
-                Box::pin(self.tunnel(&mut client, head, &mut ex)).await
-            } else {
-                Box::pin(self.forward(&mut client, head, &mut ex)).await
-            };
-            self.record(&client, &ex);
-            if !keep || self.svc.shutdown.is_draining() {
+            // Everything past the idle wait lives in its own heap future, so an idle
+            // connection's task stays small.
+            if !Box::pin(self.clone().one_request(&mut client)).await
+                || self.svc.shutdown.is_draining()
+            {
                 let _ = client.stream.shutdown().await;
                 return;
             }
         }
+    }
+
+    /// Reads one request head and answers it. Returns whether the connection stays open.
+    async fn one_request(self: Arc<Self>, client: &mut Client) -> bool {
+        let started = Instant::now();
+        let head = timeout(
+            self.cfg.header_read_timeout,
+            read_head(client, self.cfg.max_header_bytes),
+        )
+        .await;
+        let (head, head_len) = match head {
+            Ok(Ok(Some(h))) => h,
+            Ok(Ok(None)) => return false,
+            Ok(Err(e)) => {
+                let err = match e {
+                    HeadError::TooLarge(_) | HeadError::TooManyHeaders => {
+                        ProxyError::new(431, "http_request_error", e.to_string())
+                    }
+                    HeadError::Invalid(_) => ProxyError::bad_request(e.to_string()),
+                };
+                self.fail_early(client, started, err).await;
+                return false;
+            }
+            Err(_) => {
+                let err = ProxyError::new(
+                    408,
+                    "http_request_error",
+                    "request head not received in time",
+                );
+                self.fail_early(client, started, err).await;
+                return false;
+            }
+        };
+        let mut ex = Exchange {
+            started,
+            method: head.method.clone(),
+            target: head.target.clone(),
+            status: 0,
+            bytes_in: head_len as u64,
+            bytes_out: 0,
+            upstream: None,
+            error: None,
+        };
+        let keep = if head.method == "CONNECT" {
+            self.tunnel(client, head, &mut ex).await
+        } else {
+            self.forward(client, head, &mut ex).await
+        };
+        self.record(client, &ex);
+        keep
     }
 
     /// Answers a request whose head could not be read, then the connection closes.
