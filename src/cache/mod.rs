@@ -19,6 +19,7 @@ pub mod object;
 pub mod reuse;
 pub mod status;
 pub mod storable;
+pub mod store;
 pub mod validate;
 pub mod vary;
 
