@@ -11,6 +11,7 @@
 //! - [`engine`]: [`Cache`], the API the proxy calls (see its docs for the call sequence).
 //! - [`config`]: the `cache` config section.
 
+pub mod collapse;
 pub mod conditional;
 pub mod directives;
 pub mod freshness;
