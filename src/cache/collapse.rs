@@ -130,7 +130,8 @@ impl Leader {
 
     /// The response is storable: followers receive this head and then the body.
     pub fn publish_head(&mut self, head: ResponseHead, vary: SecondaryKey) {
-        self.flight.update(|s| s.head = Some(Arc::new(SharedHead { head, vary })));
+        self.flight
+            .update(|s| s.head = Some(Arc::new(SharedHead { head, vary })));
     }
 
     /// Passes one body chunk on. Returns false (and abandons the flight) when the buffered

@@ -60,10 +60,14 @@ async fn hundreds_of_concurrent_misses_make_one_fetch() {
 #[tokio::test]
 async fn late_joiner_replays_from_the_start() {
     let flights = Flights::new(1 << 20);
-    let Join::Leader(mut leader) = flights.join("k") else { panic!("first is leader") };
+    let Join::Leader(mut leader) = flights.join("k") else {
+        panic!("first is leader")
+    };
     leader.publish_head(resp(200, &[]), vec![]);
     leader.push(Bytes::from_static(b"early "));
-    let Join::Follower(f) = flights.join("k") else { panic!("second follows") };
+    let Join::Follower(f) = flights.join("k") else {
+        panic!("second follows")
+    };
     leader.push(Bytes::from_static(b"late"));
     leader.finish();
     let (_, body, end) = drain(f).await;
@@ -74,18 +78,29 @@ async fn late_joiner_replays_from_the_start() {
 #[tokio::test]
 async fn not_shared_sends_followers_upstream() {
     let flights = Flights::new(1 << 20);
-    let Join::Leader(leader) = flights.join("k") else { panic!("leader") };
-    let Join::Follower(mut f) = flights.join("k") else { panic!("follower") };
+    let Join::Leader(leader) = flights.join("k") else {
+        panic!("leader")
+    };
+    let Join::Follower(mut f) = flights.join("k") else {
+        panic!("follower")
+    };
     leader.not_shared();
     assert_eq!(f.next().await, Event::GoUpstream);
-    assert!(matches!(flights.join("k"), Join::Leader(_)), "a new request starts a new flight");
+    assert!(
+        matches!(flights.join("k"), Join::Leader(_)),
+        "a new request starts a new flight"
+    );
 }
 
 #[tokio::test]
 async fn leader_dropped_before_head_sends_followers_upstream() {
     let flights = Flights::new(1 << 20);
-    let Join::Leader(leader) = flights.join("k") else { panic!("leader") };
-    let Join::Follower(mut f) = flights.join("k") else { panic!("follower") };
+    let Join::Leader(leader) = flights.join("k") else {
+        panic!("leader")
+    };
+    let Join::Follower(mut f) = flights.join("k") else {
+        panic!("follower")
+    };
     let waiter = tokio::spawn(async move { f.next().await });
     tokio::task::yield_now().await;
     drop(leader);
@@ -96,8 +111,12 @@ async fn leader_dropped_before_head_sends_followers_upstream() {
 #[tokio::test]
 async fn leader_dropped_mid_body_aborts_followers() {
     let flights = Flights::new(1 << 20);
-    let Join::Leader(mut leader) = flights.join("k") else { panic!("leader") };
-    let Join::Follower(f) = flights.join("k") else { panic!("follower") };
+    let Join::Leader(mut leader) = flights.join("k") else {
+        panic!("leader")
+    };
+    let Join::Follower(f) = flights.join("k") else {
+        panic!("follower")
+    };
     leader.publish_head(resp(200, &[]), vec![]);
     leader.push(Bytes::from_static(b"part"));
     let (status, body, end) = {
@@ -113,9 +132,15 @@ async fn leader_dropped_mid_body_aborts_followers() {
 #[tokio::test]
 async fn buffer_bound_abandons_the_flight() {
     let flights = Flights::new(10);
-    let Join::Leader(mut leader) = flights.join("k") else { panic!("leader") };
-    let Join::Follower(mut started) = flights.join("k") else { panic!("follower") };
-    let Join::Follower(mut waiting) = flights.join("k") else { panic!("follower") };
+    let Join::Leader(mut leader) = flights.join("k") else {
+        panic!("leader")
+    };
+    let Join::Follower(mut started) = flights.join("k") else {
+        panic!("follower")
+    };
+    let Join::Follower(mut waiting) = flights.join("k") else {
+        panic!("follower")
+    };
     leader.publish_head(resp(200, &[]), vec![]);
     assert!(matches!(started.next().await, Event::Head(_)));
     assert!(leader.push(Bytes::from_static(b"12345")));
@@ -132,8 +157,12 @@ async fn buffer_bound_abandons_the_flight() {
 #[tokio::test]
 async fn follower_sees_the_leaders_vary_key() {
     let flights = Flights::new(1 << 20);
-    let Join::Leader(mut leader) = flights.join("k") else { panic!("leader") };
-    let Join::Follower(mut f) = flights.join("k") else { panic!("follower") };
+    let Join::Leader(mut leader) = flights.join("k") else {
+        panic!("leader")
+    };
+    let Join::Follower(mut f) = flights.join("k") else {
+        panic!("follower")
+    };
     let vary = vec![("accept".to_string(), Some("text/html".to_string()))];
     leader.publish_head(resp(200, &[("Vary", "Accept")]), vary.clone());
     match f.next().await {

@@ -13,16 +13,23 @@
 
 pub mod collapse;
 pub mod conditional;
+pub mod config;
 pub mod directives;
+pub mod engine;
 pub mod freshness;
 pub mod key;
 pub mod object;
 pub mod reuse;
+pub mod serve;
 pub mod status;
 pub mod storable;
 pub mod store;
 pub mod validate;
 pub mod vary;
+
+pub use config::CacheConfig;
+pub use engine::{Cache, Lookup, Served};
+pub use status::{CacheStatus, Fwd};
 
 #[cfg(test)]
 pub(crate) mod testutil {
