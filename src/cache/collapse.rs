@@ -112,7 +112,11 @@ impl Flights {
 
     /// Flights in progress (for tests and metrics).
     pub fn in_flight(&self) -> usize {
-        self.inner.map.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.inner
+            .map
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
     }
 }
 
@@ -173,7 +177,10 @@ impl Leader {
         }
         self.done = true;
         let mut map = self.inner.map.lock().unwrap_or_else(|e| e.into_inner());
-        if map.get(&self.key).is_some_and(|f| Arc::ptr_eq(f, &self.flight)) {
+        if map
+            .get(&self.key)
+            .is_some_and(|f| Arc::ptr_eq(f, &self.flight))
+        {
             map.remove(&self.key);
         }
         drop(map);

@@ -48,7 +48,10 @@ async fn hundreds_of_concurrent_misses_make_one_fetch() {
     }
     let deadline = Duration::from_secs(20);
     for t in tasks {
-        let (status, body, end) = tokio::time::timeout(deadline, t).await.expect("in time").expect("task");
+        let (status, body, end) = tokio::time::timeout(deadline, t)
+            .await
+            .expect("in time")
+            .expect("task");
         assert_eq!(status, Some(200));
         assert_eq!(body, b"abcdefghi");
         assert_eq!(end, Event::End);
@@ -126,7 +129,10 @@ async fn leader_dropped_mid_body_aborts_followers() {
         let (_, body, end) = drain(f).await;
         (Some(200), body, end)
     };
-    assert_eq!((status, &body[..], end), (Some(200), &b"part"[..], Event::Aborted));
+    assert_eq!(
+        (status, &body[..], end),
+        (Some(200), &b"part"[..], Event::Aborted)
+    );
 }
 
 #[tokio::test]

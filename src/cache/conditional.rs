@@ -122,7 +122,14 @@ pub fn has_origin_preconditions(req: &RequestHead) -> bool {
 
 /// Fields a 304 carries from the stored 200 (RFC 9110 section 15.4.5: "Content-Location,
 /// Date, ETag, and Vary; Cache-Control and Expires").
-const NOT_MODIFIED_FIELDS: &[&str] = &["cache-control", "content-location", "date", "etag", "expires", "vary"];
+const NOT_MODIFIED_FIELDS: &[&str] = &[
+    "cache-control",
+    "content-location",
+    "date",
+    "etag",
+    "expires",
+    "vary",
+];
 
 pub fn not_modified_head(stored: &ResponseHead) -> ResponseHead {
     let headers = stored
@@ -230,8 +237,10 @@ pub fn partial_head(stored: &ResponseHead, first: u64, last: u64, len: u64) -> R
     let mut head = stored.clone();
     head.status = 206;
     head.reason = "Partial Content".into();
-    head.headers.set("Content-Range", format!("bytes {first}-{last}/{len}"));
-    head.headers.set("Content-Length", (last - first + 1).to_string());
+    head.headers
+        .set("Content-Range", format!("bytes {first}-{last}/{len}"));
+    head.headers
+        .set("Content-Length", (last - first + 1).to_string());
     head
 }
 

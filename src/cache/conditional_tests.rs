@@ -37,7 +37,10 @@ fn if_none_match_uses_weak_comparison() {
         Condition::NotModified
     );
     assert_eq!(
-        eval(&[("If-None-Match", "\"x\", \"v1\"")], &[("ETag", "W/\"v1\"")]),
+        eval(
+            &[("If-None-Match", "\"x\", \"v1\"")],
+            &[("ETag", "W/\"v1\"")]
+        ),
         Condition::NotModified
     );
     assert_eq!(
@@ -50,7 +53,10 @@ fn if_none_match_uses_weak_comparison() {
 
 #[test]
 fn if_none_match_takes_precedence_over_if_modified_since() {
-    let rq = [("If-None-Match", "\"v2\""), ("If-Modified-Since", &*date(100))];
+    let rq = [
+        ("If-None-Match", "\"v2\""),
+        ("If-Modified-Since", &*date(100)),
+    ];
     assert_eq!(
         eval(&rq, &[("ETag", "\"v1\""), ("Last-Modified", &date(0))]),
         Condition::Full
@@ -60,11 +66,17 @@ fn if_none_match_takes_precedence_over_if_modified_since() {
 #[test]
 fn if_modified_since_against_last_modified_then_date() {
     assert_eq!(
-        eval(&[("If-Modified-Since", &date(10))], &[("Last-Modified", &date(10))]),
+        eval(
+            &[("If-Modified-Since", &date(10))],
+            &[("Last-Modified", &date(10))]
+        ),
         Condition::NotModified
     );
     assert_eq!(
-        eval(&[("If-Modified-Since", &date(9))], &[("Last-Modified", &date(10))]),
+        eval(
+            &[("If-Modified-Since", &date(9))],
+            &[("Last-Modified", &date(10))]
+        ),
         Condition::Full
     );
     assert_eq!(
@@ -72,9 +84,15 @@ fn if_modified_since_against_last_modified_then_date() {
         Condition::NotModified
     );
     // Falls back to the time the response was received (t(0)).
-    assert_eq!(eval(&[("If-Modified-Since", &date(-1))], &[]), Condition::Full);
     assert_eq!(
-        eval(&[("If-Modified-Since", "yesterday")], &[("Last-Modified", &date(0))]),
+        eval(&[("If-Modified-Since", &date(-1))], &[]),
+        Condition::Full
+    );
+    assert_eq!(
+        eval(
+            &[("If-Modified-Since", "yesterday")],
+            &[("Last-Modified", &date(0))]
+        ),
         Condition::Full
     );
 }
@@ -89,7 +107,11 @@ fn conditionals_only_for_get_and_head() {
 
 #[test]
 fn origin_preconditions_are_detected() {
-    assert!(has_origin_preconditions(&req("GET", "/", &[("If-Match", "\"a\"")])));
+    assert!(has_origin_preconditions(&req(
+        "GET",
+        "/",
+        &[("If-Match", "\"a\"")]
+    )));
     assert!(has_origin_preconditions(&req(
         "GET",
         "/",
@@ -135,11 +157,17 @@ fn single_byte_ranges() {
     );
     assert_eq!(
         rng(&[("Range", "bytes=90-")], 100),
-        RangeAnswer::Partial { first: 90, last: 99 }
+        RangeAnswer::Partial {
+            first: 90,
+            last: 99
+        }
     );
     assert_eq!(
         rng(&[("Range", "bytes=-10")], 100),
-        RangeAnswer::Partial { first: 90, last: 99 }
+        RangeAnswer::Partial {
+            first: 90,
+            last: 99
+        }
     );
     assert_eq!(
         rng(&[("Range", "bytes=-500")], 100),
@@ -147,14 +175,23 @@ fn single_byte_ranges() {
     );
     assert_eq!(
         rng(&[("Range", "Bytes=50-500")], 100),
-        RangeAnswer::Partial { first: 50, last: 99 }
+        RangeAnswer::Partial {
+            first: 50,
+            last: 99
+        }
     );
 }
 
 #[test]
 fn unsatisfiable_and_ignored_ranges() {
-    assert_eq!(rng(&[("Range", "bytes=100-")], 100), RangeAnswer::Unsatisfiable);
-    assert_eq!(rng(&[("Range", "bytes=-0")], 100), RangeAnswer::Unsatisfiable);
+    assert_eq!(
+        rng(&[("Range", "bytes=100-")], 100),
+        RangeAnswer::Unsatisfiable
+    );
+    assert_eq!(
+        rng(&[("Range", "bytes=-0")], 100),
+        RangeAnswer::Unsatisfiable
+    );
     assert_eq!(rng(&[("Range", "bytes=0-1, 5-6")], 100), RangeAnswer::Full);
     assert_eq!(rng(&[("Range", "items=0-1")], 100), RangeAnswer::Full);
     assert_eq!(rng(&[("Range", "bytes=9-1")], 100), RangeAnswer::Full);

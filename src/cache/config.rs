@@ -62,6 +62,8 @@ impl CacheConfig {
 
 /// Reads a `cache` table (absent keys take their defaults; a present section means
 /// `enabled = true` unless it says otherwise). Reports unknown keys.
+// Wired into `config` by the caller; until then only the tests use it.
+#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) fn read_cache(s: &Section<'_>) -> CacheConfig {
     let enabled = s.bool("enabled", true);
     let memory_size = s.size("memory_size", DEFAULT_MEMORY_SIZE);
@@ -181,9 +183,17 @@ mod tests {
 
     #[test]
     fn inconsistent_sizes_and_methods() {
-        let (_, errs) = read("[cache]\nmemory_size = \"1MiB\"\nmax_object_size = \"2MiB\"\nmethods = [\"HEAD\"]\n");
-        assert!(errs.iter().any(|e| e.contains("larger than `memory_size`")), "{errs:?}");
-        assert!(errs.iter().any(|e| e.contains("must include \"GET\"")), "{errs:?}");
+        let (_, errs) = read(
+            "[cache]\nmemory_size = \"1MiB\"\nmax_object_size = \"2MiB\"\nmethods = [\"HEAD\"]\n",
+        );
+        assert!(
+            errs.iter().any(|e| e.contains("larger than `memory_size`")),
+            "{errs:?}"
+        );
+        assert!(
+            errs.iter().any(|e| e.contains("must include \"GET\"")),
+            "{errs:?}"
+        );
         let (_, errs) = read("[cache]\nmemory_size = 0\n");
         assert!(errs.iter().any(|e| e.contains("store nothing")), "{errs:?}");
         let (c, errs) = read("[cache]\nmemory_size = 0\ndisk_dir = \"/tmp/x\"\n");

@@ -125,7 +125,10 @@ pub fn delta_seconds(s: &str) -> Option<u64> {
     if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    Some(s.parse::<u64>().map_or(DELTA_SECONDS_MAX, |n| n.min(DELTA_SECONDS_MAX)))
+    Some(
+        s.parse::<u64>()
+            .map_or(DELTA_SECONDS_MAX, |n| n.min(DELTA_SECONDS_MAX)),
+    )
 }
 
 fn is_tchar(c: char) -> bool {
@@ -247,7 +250,10 @@ mod tests {
         assert!(!cc.has("bad name"));
         assert_eq!(cc.seconds("max-age"), Seconds::Invalid);
         assert_eq!(cc.seconds("s-maxage"), Seconds::Invalid);
-        assert_eq!(CacheControl::parse("max-age").seconds("max-age"), Seconds::Invalid);
+        assert_eq!(
+            CacheControl::parse("max-age").seconds("max-age"),
+            Seconds::Invalid
+        );
     }
 
     #[test]
@@ -278,7 +284,10 @@ mod tests {
             CacheControl::parse("max-stale=x").optional_seconds("max-stale"),
             Some(Some(0))
         );
-        assert_eq!(CacheControl::parse("public").optional_seconds("max-stale"), None);
+        assert_eq!(
+            CacheControl::parse("public").optional_seconds("max-stale"),
+            None
+        );
     }
 
     #[test]

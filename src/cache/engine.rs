@@ -27,7 +27,7 @@
 //!      `Revalidate` steps in a spawned task without a client.
 //! 2. The access log takes `status.log_word()`; metrics read [`Cache::stats`].
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -42,9 +42,11 @@ use super::key::{invalidated_keys, is_safe_method, key_of_url, primary_key};
 use super::object::{Entry, StoredResponse};
 use super::reuse::{only_if_cached, request_cache_control, reuse, Reuse};
 use super::serve::{only_if_cached_miss, respond, ttl};
+pub use super::stats::CacheStats;
+use super::stats::{bump, Counters};
 use super::status::{CacheStatus, Fwd};
 use super::storable::{headers_to_store, storable, NotStorable};
-use super::store::{DiskTier, MemoryTier, StoreError, Tier, TierStats};
+use super::store::{DiskTier, MemoryTier, StoreError, Tier};
 use super::validate::{merge_not_modified, revalidation_headers, selected_for_update};
 use super::vary::secondary_key;
 use crate::http::codec::{Headers, RequestHead, ResponseHead};
@@ -81,42 +83,12 @@ pub enum Refusal {
     Disabled,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct CacheStats {
-    pub hits: u64,
-    pub stale_served: u64,
-    pub misses: u64,
-    pub revalidations: u64,
-    pub not_modified: u64,
-    pub stores: u64,
-    pub store_errors: u64,
-    pub invalidations: u64,
-    pub memory: Option<TierStats>,
-    pub disk: Option<TierStats>,
-}
-
-#[derive(Default)]
-struct Counters {
-    hits: AtomicU64,
-    stale_served: AtomicU64,
-    misses: AtomicU64,
-    revalidations: AtomicU64,
-    not_modified: AtomicU64,
-    stores: AtomicU64,
-    store_errors: AtomicU64,
-    invalidations: AtomicU64,
-}
-
-fn bump(c: &AtomicU64) {
-    c.fetch_add(1, Ordering::Relaxed);
-}
-
 pub struct Cache {
     cfg: CacheConfig,
-    memory: Option<MemoryTier>,
-    disk: Option<DiskTier>,
+    pub(super) memory: Option<MemoryTier>,
+    pub(super) disk: Option<DiskTier>,
     flights: Flights,
-    counters: Counters,
+    pub(super) counters: Counters,
 }
 
 impl Cache {
@@ -184,7 +156,11 @@ impl Cache {
         let entry = self.get(&key).await;
         let selected = entry.as_ref().and_then(|e| e.select(&req.headers)).cloned();
         let Some(stored) = selected else {
-            let fwd = if entry.is_some() { Fwd::VaryMiss } else { Fwd::UriMiss };
+            let fwd = if entry.is_some() {
+                Fwd::VaryMiss
+            } else {
+                Fwd::UriMiss
+            };
             return self.miss(key, &req_cc, CacheStatus::forward(fwd));
         };
         let resp_cc = CacheControl::from_headers(&stored.head.headers);
@@ -214,7 +190,9 @@ impl Cache {
             Reuse::Revalidate => {
                 if only_if_cached(&req_cc) {
                     bump(&self.counters.misses);
-                    return Lookup::OnlyIfCached(only_if_cached_miss(CacheStatus::forward(Fwd::Stale)));
+                    return Lookup::OnlyIfCached(only_if_cached_miss(CacheStatus::forward(
+                        Fwd::Stale,
+                    )));
                 }
                 bump(&self.counters.revalidations);
                 let fwd = if ttl > 0 { Fwd::Request } else { Fwd::Stale };
@@ -349,7 +327,8 @@ impl Cache {
             method: "GET".into(),
             ..req.clone()
         };
-        status.stored = storable(&get, &updated.head).is_ok() && self.put(&reval.key, Arc::new(updated.clone())).await;
+        status.stored = storable(&get, &updated.head).is_ok()
+            && self.put(&reval.key, Arc::new(updated.clone())).await;
         if !status.stored {
             self.remove(&reval.key).await;
         }
@@ -359,7 +338,12 @@ impl Cache {
 
     /// The origin failed (connection error, or 500/502/503/504): RFC 5861 section 4 lets a
     /// stale response be sent within its `stale-if-error` window.
-    pub fn stale_if_error(&self, reval: &Revalidation, req: &RequestHead, now: SystemTime) -> Option<Served> {
+    pub fn stale_if_error(
+        &self,
+        reval: &Revalidation,
+        req: &RequestHead,
+        now: SystemTime,
+    ) -> Option<Served> {
         let stored = &reval.stored;
         let resp_cc = CacheControl::from_headers(&stored.head.headers);
         let lifetime = freshness_lifetime(&stored.head, &resp_cc, stored.response_time);
@@ -384,7 +368,9 @@ impl Cache {
                 n += 1;
             }
         }
-        self.counters.invalidations.fetch_add(n as u64, Ordering::Relaxed);
+        self.counters
+            .invalidations
+            .fetch_add(n as u64, Ordering::Relaxed);
         n
     }
 
@@ -412,23 +398,6 @@ impl Cache {
             n = n.max(tier.remove_prefix(prefix).await);
         }
         n
-    }
-
-    pub fn stats(&self) -> CacheStats {
-        let c = &self.counters;
-        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        CacheStats {
-            hits: load(&c.hits),
-            stale_served: load(&c.stale_served),
-            misses: load(&c.misses),
-            revalidations: load(&c.revalidations),
-            not_modified: load(&c.not_modified),
-            stores: load(&c.stores),
-            store_errors: load(&c.store_errors),
-            invalidations: load(&c.invalidations),
-            memory: self.memory.as_ref().map(|m| m.stats()),
-            disk: self.disk.as_ref().map(|d| d.stats()),
-        }
     }
 }
 

@@ -15,7 +15,9 @@ fn get(hs: &[(&str, &str)]) -> RequestHead {
 async fn fill(c: &Cache, rq: &RequestHead, rs: &ResponseHead, body: &str) -> bool {
     match c.lookup(rq, t(0)).await {
         Lookup::Miss { key, .. } => {
-            c.storable(rq, rs).is_ok() && c.store(&key, rq, rs, Bytes::from(body.to_string()), t(0), t(0)).await
+            c.storable(rq, rs).is_ok()
+                && c.store(&key, rq, rs, Bytes::from(body.to_string()), t(0), t(0))
+                    .await
         }
         other => panic!("expected a miss, got {other:?}"),
     }
@@ -31,7 +33,11 @@ fn hit(l: Lookup) -> Served {
 fn fresh60() -> ResponseHead {
     resp(
         200,
-        &[("Date", &date(0)), ("Cache-Control", "max-age=60"), ("ETag", "\"v1\"")],
+        &[
+            ("Date", &date(0)),
+            ("Cache-Control", "max-age=60"),
+            ("ETag", "\"v1\""),
+        ],
     )
 }
 
@@ -42,7 +48,10 @@ async fn miss_store_hit_with_age_and_cache_status() {
     let s = hit(c.lookup(&get(&[]), t(10)).await);
     assert_eq!(&s.body[..], b"hello");
     assert_eq!(s.head.headers.get_str("age"), Some("10"));
-    assert_eq!(s.head.headers.get_str("cache-status"), Some("Gatehouse; hit; ttl=50"));
+    assert_eq!(
+        s.head.headers.get_str("cache-status"),
+        Some("Gatehouse; hit; ttl=50")
+    );
     assert_eq!(s.status.log_word(), "hit");
     let st = c.stats();
     assert_eq!((st.hits, st.misses, st.stores), (1, 1, 1));
@@ -67,13 +76,19 @@ async fn miss_statuses_say_why() {
         other => panic!("{other:?}"),
     }
     let off = Cache::new(CacheConfig::disabled()).expect("cache");
-    assert!(matches!(off.lookup(&get(&[]), t(0)).await, Lookup::Bypass(_)));
+    assert!(matches!(
+        off.lookup(&get(&[]), t(0)).await,
+        Lookup::Bypass(_)
+    ));
 }
 
 #[tokio::test]
 async fn variants_are_never_mixed() {
     let c = cache();
-    let vary = resp(200, &[("Cache-Control", "max-age=60"), ("Vary", "Accept-Language")]);
+    let vary = resp(
+        200,
+        &[("Cache-Control", "max-age=60"), ("Vary", "Accept-Language")],
+    );
     assert!(fill(&c, &get(&[("Accept-Language", "en")]), &vary, "hello").await);
     let de = get(&[("Accept-Language", "de")]);
     match c.lookup(&de, t(1)).await {
@@ -91,7 +106,10 @@ async fn variants_are_never_mixed() {
         b"hello"
     );
     assert_eq!(&hit(c.lookup(&de, t(2)).await).body[..], b"hallo");
-    assert!(matches!(c.lookup(&get(&[]), t(2)).await, Lookup::Miss { .. }));
+    assert!(matches!(
+        c.lookup(&get(&[]), t(2)).await,
+        Lookup::Miss { .. }
+    ));
 }
 
 #[tokio::test]
@@ -109,7 +127,13 @@ async fn private_and_authorized_responses_are_not_shared() {
         Err(Refusal::Rfc(NotStorable::Authorization))
     );
     assert!(!fill(&c, &auth, &fresh60(), "alice's").await);
-    let cookie = resp(200, &[("Cache-Control", "max-age=60"), ("Set-Cookie", "session=alice")]);
+    let cookie = resp(
+        200,
+        &[
+            ("Cache-Control", "max-age=60"),
+            ("Set-Cookie", "session=alice"),
+        ],
+    );
     assert!(!fill(&c, &get(&[]), &cookie, "x").await);
     assert_eq!(c.stats().stores, 0);
 }
@@ -171,7 +195,10 @@ async fn mismatched_304_is_not_used() {
         panic!("revalidate")
     };
     let nm = resp(304, &[("ETag", "\"v2\"")]);
-    assert!(c.revalidated(&reval, &get(&[]), &nm, t(5), t(5), t(5)).await.is_none());
+    assert!(c
+        .revalidated(&reval, &get(&[]), &nm, t(5), t(5), t(5))
+        .await
+        .is_none());
 }
 
 #[tokio::test]
@@ -207,7 +234,10 @@ async fn stale_while_revalidate_serves_and_refreshes() {
         }
         other => panic!("{other:?}"),
     }
-    assert!(matches!(c.lookup(&get(&[]), t(41)).await, Lookup::Revalidate(_)));
+    assert!(matches!(
+        c.lookup(&get(&[]), t(41)).await,
+        Lookup::Revalidate(_)
+    ));
 }
 
 #[tokio::test]
@@ -215,13 +245,18 @@ async fn stale_if_error_window() {
     let c = cache();
     let r = resp(
         200,
-        &[("Date", &date(0)), ("Cache-Control", "max-age=10, stale-if-error=60")],
+        &[
+            ("Date", &date(0)),
+            ("Cache-Control", "max-age=10, stale-if-error=60"),
+        ],
     );
     assert!(fill(&c, &get(&[]), &r, "old").await);
     let Lookup::Revalidate(reval) = c.lookup(&get(&[]), t(30)).await else {
         panic!("revalidate")
     };
-    let s = c.stale_if_error(&reval, &get(&[]), t(30)).expect("within window");
+    let s = c
+        .stale_if_error(&reval, &get(&[]), t(30))
+        .expect("within window");
     assert_eq!(&s.body[..], b"old");
     assert!(s
         .head
@@ -235,18 +270,23 @@ async fn stale_if_error_window() {
 #[tokio::test]
 async fn only_if_cached_gives_504_without_a_usable_response() {
     let c = cache();
-    match c.lookup(&get(&[("Cache-Control", "only-if-cached")]), t(0)).await {
+    match c
+        .lookup(&get(&[("Cache-Control", "only-if-cached")]), t(0))
+        .await
+    {
         Lookup::OnlyIfCached(s) => assert_eq!(s.head.status, 504),
         other => panic!("{other:?}"),
     }
     let r = resp(200, &[("Date", &date(0)), ("Cache-Control", "max-age=10")]);
     assert!(fill(&c, &get(&[]), &r, "x").await);
     assert!(matches!(
-        c.lookup(&get(&[("Cache-Control", "only-if-cached")]), t(5)).await,
+        c.lookup(&get(&[("Cache-Control", "only-if-cached")]), t(5))
+            .await,
         Lookup::Hit(_)
     ));
     assert!(matches!(
-        c.lookup(&get(&[("Cache-Control", "only-if-cached")]), t(50)).await,
+        c.lookup(&get(&[("Cache-Control", "only-if-cached")]), t(50))
+            .await,
         Lookup::OnlyIfCached(_)
     ));
 }
@@ -281,8 +321,15 @@ async fn unsafe_methods_invalidate() {
     assert!(fill(&c, &other, &fresh60(), "y").await);
     let post = req("POST", URL, &[]);
     assert_eq!(c.invalidate(&post, &resp(500, &[])).await, 0);
-    assert_eq!(c.invalidate(&post, &resp(303, &[("Location", "/other")])).await, 2);
-    assert!(matches!(c.lookup(&get(&[]), t(1)).await, Lookup::Miss { .. }));
+    assert_eq!(
+        c.invalidate(&post, &resp(303, &[("Location", "/other")]))
+            .await,
+        2
+    );
+    assert!(matches!(
+        c.lookup(&get(&[]), t(1)).await,
+        Lookup::Miss { .. }
+    ));
     assert!(matches!(c.lookup(&other, t(1)).await, Lookup::Miss { .. }));
 }
 
@@ -293,7 +340,10 @@ async fn size_limits() {
         ..CacheConfig::default()
     })
     .expect("cache");
-    let declared = resp(200, &[("Cache-Control", "max-age=60"), ("Content-Length", "5")]);
+    let declared = resp(
+        200,
+        &[("Cache-Control", "max-age=60"), ("Content-Length", "5")],
+    );
     assert_eq!(c.storable(&get(&[]), &declared), Err(Refusal::TooLarge));
     assert!(!fill(&c, &get(&[]), &fresh60(), "12345").await);
     assert!(fill(&c, &get(&[]), &fresh60(), "1234").await);

@@ -8,7 +8,8 @@ use super::directives::{delta_seconds, CacheControl, Seconds, DELTA_SECONDS_MAX}
 use crate::http::codec::{Headers, ResponseHead};
 
 /// Status codes "defined as heuristically cacheable" (RFC 9110 section 15.1).
-pub const HEURISTICALLY_CACHEABLE: &[u16] = &[200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501];
+pub const HEURISTICALLY_CACHEABLE: &[u16] =
+    &[200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501];
 
 /// An HTTP-date field (IMF-fixdate, RFC 850 or asctime, RFC 9110 section 5.6.7).
 pub fn http_date(headers: &Headers, name: &str) -> Option<SystemTime> {
@@ -42,7 +43,12 @@ pub fn age_value(headers: &Headers) -> u64 {
 ///
 /// `date_value` falls back to `response_time` when Date is absent or invalid (RFC 9110 section
 /// 6.6.1 has the recipient record the receive time as Date).
-pub fn current_age(head: &ResponseHead, request_time: SystemTime, response_time: SystemTime, now: SystemTime) -> u64 {
+pub fn current_age(
+    head: &ResponseHead,
+    request_time: SystemTime,
+    response_time: SystemTime,
+    now: SystemTime,
+) -> u64 {
     let date_value = http_date(&head.headers, "date").unwrap_or(response_time);
     let apparent_age = secs_between(response_time, date_value);
     let response_delay = secs_between(response_time, request_time);
@@ -68,7 +74,11 @@ pub fn current_age(head: &ResponseHead, request_time: SystemTime, response_time:
 /// information ... to be stale"); so does an invalid Expires (section 5.3: "A cache recipient
 /// MUST interpret invalid date formats, especially the value "0", as representing a time in
 /// the past").
-pub fn freshness_lifetime(head: &ResponseHead, cc: &CacheControl, response_time: SystemTime) -> u64 {
+pub fn freshness_lifetime(
+    head: &ResponseHead,
+    cc: &CacheControl,
+    response_time: SystemTime,
+) -> u64 {
     for name in ["s-maxage", "max-age"] {
         match cc.seconds(name) {
             Seconds::Valid(n) => return n,
@@ -100,7 +110,11 @@ pub fn freshness_lifetime(head: &ResponseHead, cc: &CacheControl, response_time:
 /// > interval since that time. A typical setting of this fraction might be 10%.
 ///
 /// `None` when no heuristic is allowed or possible (no Last-Modified).
-pub fn heuristic_lifetime(head: &ResponseHead, cc: &CacheControl, response_time: SystemTime) -> Option<u64> {
+pub fn heuristic_lifetime(
+    head: &ResponseHead,
+    cc: &CacheControl,
+    response_time: SystemTime,
+) -> Option<u64> {
     if cc.seconds("s-maxage") != Seconds::Absent
         || cc.seconds("max-age") != Seconds::Absent
         || head.headers.contains("expires")
@@ -129,14 +143,18 @@ pub fn has_explicit_expiration(head: &ResponseHead, cc: &CacheControl) -> bool {
 /// (s-maxage: section 5.2.2.10 "incorporates the semantics of the proxy-revalidate response
 /// directive" for a shared cache.)
 pub fn stale_forbidden(cc: &CacheControl) -> bool {
-    cc.has("no-cache") || cc.has("must-revalidate") || cc.has("proxy-revalidate") || cc.has("s-maxage")
+    cc.has("no-cache")
+        || cc.has("must-revalidate")
+        || cc.has("proxy-revalidate")
+        || cc.has("s-maxage")
 }
 
 /// RFC 5861 section 3: "stale-while-revalidate ... indicates that caches MAY serve the
 /// response in which it appears after it becomes stale, up to the indicated number of
 /// seconds." True when `staleness` is inside that window and nothing forbids stale.
 pub fn within_stale_while_revalidate(cc: &CacheControl, staleness: u64) -> bool {
-    !stale_forbidden(cc) && matches!(cc.seconds("stale-while-revalidate"), Seconds::Valid(n) if staleness <= n)
+    !stale_forbidden(cc)
+        && matches!(cc.seconds("stale-while-revalidate"), Seconds::Valid(n) if staleness <= n)
 }
 
 /// RFC 5861 section 4: "The stale-if-error Cache-Control extension indicates that when an
@@ -175,10 +193,16 @@ mod tests {
     fn s_maxage_beats_max_age_beats_expires() {
         let r = resp(
             200,
-            &[("Cache-Control", "max-age=60, s-maxage=30"), ("Expires", &date(500))],
+            &[
+                ("Cache-Control", "max-age=60, s-maxage=30"),
+                ("Expires", &date(500)),
+            ],
         );
         assert_eq!(lifetime(&r), 30);
-        let r = resp(200, &[("Cache-Control", "max-age=60"), ("Expires", &date(500))]);
+        let r = resp(
+            200,
+            &[("Cache-Control", "max-age=60"), ("Expires", &date(500))],
+        );
         assert_eq!(lifetime(&r), 60);
         let r = resp(200, &[("Date", &date(0)), ("Expires", &date(500))]);
         assert_eq!(lifetime(&r), 500);
@@ -209,7 +233,10 @@ mod tests {
     fn invalid_max_age_is_stale_not_heuristic() {
         let r = resp(
             200,
-            &[("Cache-Control", "max-age=soon"), ("Last-Modified", &date(-1000))],
+            &[
+                ("Cache-Control", "max-age=soon"),
+                ("Last-Modified", &date(-1000)),
+            ],
         );
         assert_eq!(lifetime(&r), 0);
     }
@@ -221,7 +248,10 @@ mod tests {
         // 302 is not heuristically cacheable unless public.
         let r = resp(302, &[("Last-Modified", &date(-1000))]);
         assert_eq!(lifetime(&r), 0);
-        let r = resp(302, &[("Last-Modified", &date(-1000)), ("Cache-Control", "public")]);
+        let r = resp(
+            302,
+            &[("Last-Modified", &date(-1000)), ("Cache-Control", "public")],
+        );
         assert_eq!(lifetime(&r), 100);
         // No Last-Modified: no heuristic.
         assert_eq!(lifetime(&resp(200, &[])), 0);
@@ -248,7 +278,12 @@ mod tests {
 
     #[test]
     fn stale_forbidden_by_revalidation_directives() {
-        for cc in ["no-cache", "must-revalidate", "proxy-revalidate", "s-maxage=5"] {
+        for cc in [
+            "no-cache",
+            "must-revalidate",
+            "proxy-revalidate",
+            "s-maxage=5",
+        ] {
             assert!(stale_forbidden(&CacheControl::parse(cc)), "{cc}");
         }
         assert!(!stale_forbidden(&CacheControl::parse("max-age=5, public")));
@@ -270,7 +305,11 @@ mod tests {
         assert!(within_stale_if_error(&resp_cc, &none, 60));
         assert!(!within_stale_if_error(&resp_cc, &none, 61));
         let req_cc = CacheControl::parse("stale-if-error=100");
-        assert!(within_stale_if_error(&CacheControl::parse("max-age=1"), &req_cc, 99));
+        assert!(within_stale_if_error(
+            &CacheControl::parse("max-age=1"),
+            &req_cc,
+            99
+        ));
         assert!(!within_stale_if_error(
             &CacheControl::parse("max-age=1, no-cache"),
             &req_cc,

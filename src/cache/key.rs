@@ -107,13 +107,19 @@ mod tests {
             Some("http://a.test/x?q=1")
         );
         assert_eq!(key("HTTP://a.test", &[]).as_deref(), Some("http://a.test/"));
-        assert_eq!(key("http://a.test:8080/", &[]).as_deref(), Some("http://a.test:8080/"));
+        assert_eq!(
+            key("http://a.test:8080/", &[]).as_deref(),
+            Some("http://a.test:8080/")
+        );
         assert_ne!(key("http://a.test/x", &[]), key("http://a.test/X", &[]));
     }
 
     #[test]
     fn origin_form_uses_host() {
-        assert_eq!(key("/p", &[("Host", "b.test")]).as_deref(), Some("http://b.test/p"));
+        assert_eq!(
+            key("/p", &[("Host", "b.test")]).as_deref(),
+            Some("http://b.test/p")
+        );
         assert_eq!(key("/p", &[]), None);
     }
 
@@ -128,14 +134,23 @@ mod tests {
     #[test]
     fn unsafe_methods_invalidate_on_success_only() {
         let post = req("POST", "http://a.test/x", &[]);
-        assert_eq!(invalidated_keys(&post, &resp(200, &[])), ["http://a.test/x"]);
-        assert_eq!(invalidated_keys(&post, &resp(303, &[])), ["http://a.test/x"]);
+        assert_eq!(
+            invalidated_keys(&post, &resp(200, &[])),
+            ["http://a.test/x"]
+        );
+        assert_eq!(
+            invalidated_keys(&post, &resp(303, &[])),
+            ["http://a.test/x"]
+        );
         assert!(invalidated_keys(&post, &resp(404, &[])).is_empty());
         assert!(invalidated_keys(&post, &resp(500, &[])).is_empty());
         let get = req("GET", "http://a.test/x", &[]);
         assert!(invalidated_keys(&get, &resp(200, &[])).is_empty());
         let unknown = req("FROB", "http://a.test/x", &[]);
-        assert_eq!(invalidated_keys(&unknown, &resp(204, &[])), ["http://a.test/x"]);
+        assert_eq!(
+            invalidated_keys(&unknown, &resp(204, &[])),
+            ["http://a.test/x"]
+        );
     }
 
     #[test]
@@ -144,7 +159,11 @@ mod tests {
         let r = resp(201, &[("Location", "/dir/y"), ("Content-Location", "z")]);
         assert_eq!(
             invalidated_keys(&put, &r),
-            ["http://a.test/dir/x", "http://a.test/dir/y", "http://a.test/dir/z"]
+            [
+                "http://a.test/dir/x",
+                "http://a.test/dir/y",
+                "http://a.test/dir/z"
+            ]
         );
         let r = resp(
             201,

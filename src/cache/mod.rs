@@ -21,6 +21,7 @@ pub mod key;
 pub mod object;
 pub mod reuse;
 pub mod serve;
+pub mod stats;
 pub mod status;
 pub mod storable;
 pub mod store;

@@ -143,14 +143,21 @@ pub fn decode(buf: Bytes) -> Result<Entry, DecodeError> {
     if crc32fast::hash(&payload) != crc {
         return Err(DecodeError::Checksum);
     }
-    let mut r = Reader { buf: payload, pos: 0 };
+    let mut r = Reader {
+        buf: payload,
+        pos: 0,
+    };
     let n = r.u16()?;
     let mut variants = Vec::with_capacity(usize::from(n).min(MAX_VARIANTS));
     for _ in 0..n {
         let request_time = from_unix(r.u64()?);
         let response_time = from_unix(r.u64()?);
         let status = r.u16()?;
-        let version = if r.u8()? == 1 { Version::Http11 } else { Version::Http10 };
+        let version = if r.u8()? == 1 {
+            Version::Http11
+        } else {
+            Version::Http10
+        };
         let reason = r.string()?;
         let mut headers = Vec::new();
         for _ in 0..r.u16()? {

@@ -25,7 +25,10 @@ pub enum Reuse {
 /// conservative reading, since HTTP/1.0 clients still send it to mean exactly that.)
 pub fn request_cache_control(headers: &Headers) -> CacheControl {
     let mut cc = CacheControl::from_headers(headers);
-    if cc.is_empty() && !headers.contains("cache-control") && headers.has_token("pragma", "no-cache") {
+    if cc.is_empty()
+        && !headers.contains("cache-control")
+        && headers.has_token("pragma", "no-cache")
+    {
         cc = CacheControl::parse("no-cache");
     }
     cc
@@ -103,7 +106,12 @@ mod tests {
     use super::*;
 
     fn r(req: &str, resp: &str, lifetime: u64, age: u64) -> Reuse {
-        reuse(&CacheControl::parse(req), &CacheControl::parse(resp), lifetime, age)
+        reuse(
+            &CacheControl::parse(req),
+            &CacheControl::parse(resp),
+            lifetime,
+            age,
+        )
     }
 
     #[test]
@@ -115,7 +123,10 @@ mod tests {
     #[test]
     fn response_no_cache_always_revalidates() {
         assert_eq!(r("", "no-cache, max-age=60", 60, 0), Reuse::Revalidate);
-        assert_eq!(r("", "no-cache=\"Set-Cookie\", max-age=60", 60, 0), Reuse::Revalidate);
+        assert_eq!(
+            r("", "no-cache=\"Set-Cookie\", max-age=60", 60, 0),
+            Reuse::Revalidate
+        );
         assert_eq!(r("max-stale", "no-cache", 0, 10), Reuse::Revalidate);
     }
 
@@ -146,9 +157,15 @@ mod tests {
 
     #[test]
     fn request_max_stale_accepts_staleness() {
-        assert_eq!(r("max-stale=30", "max-age=60", 60, 90), Reuse::StaleAccepted);
+        assert_eq!(
+            r("max-stale=30", "max-age=60", 60, 90),
+            Reuse::StaleAccepted
+        );
         assert_eq!(r("max-stale=30", "max-age=60", 60, 91), Reuse::Revalidate);
-        assert_eq!(r("max-stale", "max-age=60", 60, 100_000), Reuse::StaleAccepted);
+        assert_eq!(
+            r("max-stale", "max-age=60", 60, 100_000),
+            Reuse::StaleAccepted
+        );
     }
 
     #[test]

@@ -34,16 +34,25 @@ pub fn ttl(stored: &StoredResponse, now: SystemTime) -> i64 {
 ///
 /// Age: RFC 9111 section 5.1, "When a cache sends a stored response, it MUST include an Age
 /// header field whose value is the current age" (section 4.2.3); replaces any stored Age.
-pub fn respond(req: &RequestHead, stored: &StoredResponse, now: SystemTime, status: CacheStatus) -> Served {
+pub fn respond(
+    req: &RequestHead,
+    stored: &StoredResponse,
+    now: SystemTime,
+    status: CacheStatus,
+) -> Served {
     let len = stored.body.len() as u64;
-    let (mut head, mut body) = match conditional::evaluate(req, &stored.head, stored.response_time) {
+    let (mut head, mut body) = match conditional::evaluate(req, &stored.head, stored.response_time)
+    {
         Condition::NotModified => (conditional::not_modified_head(&stored.head), Bytes::new()),
         Condition::Full => match conditional::range(req, &stored.head, len) {
             RangeAnswer::Partial { first, last } => (
                 conditional::partial_head(&stored.head, first, last, len),
                 stored.body.slice(first as usize..=last as usize),
             ),
-            RangeAnswer::Unsatisfiable => (conditional::unsatisfiable_head(&stored.head, len), Bytes::new()),
+            RangeAnswer::Unsatisfiable => (
+                conditional::unsatisfiable_head(&stored.head, len),
+                Bytes::new(),
+            ),
             RangeAnswer::Full => {
                 let mut head = stored.head.clone();
                 if head.status != 204 && head.status != 304 {
@@ -114,12 +123,20 @@ mod tests {
 
     #[test]
     fn full_hit_sets_age_length_and_status() {
-        let s = respond(&get(&[]), &stored(), t(10), CacheStatus::hit(ttl(&stored(), t(10))));
+        let s = respond(
+            &get(&[]),
+            &stored(),
+            t(10),
+            CacheStatus::hit(ttl(&stored(), t(10))),
+        );
         assert_eq!(s.head.status, 200);
         assert_eq!(s.head.headers.get_str("age"), Some("13"));
         assert_eq!(s.head.headers.count("age"), 1);
         assert_eq!(s.head.headers.get_str("content-length"), Some("10"));
-        assert_eq!(s.head.headers.get_str("cache-status"), Some("Gatehouse; hit; ttl=87"));
+        assert_eq!(
+            s.head.headers.get_str("cache-status"),
+            Some("Gatehouse; hit; ttl=87")
+        );
         assert_eq!(&s.body[..], b"0123456789");
     }
 
@@ -151,11 +168,24 @@ mod tests {
 
     #[test]
     fn range_from_stored_body() {
-        let s = respond(&get(&[("Range", "bytes=2-4")]), &stored(), t(0), CacheStatus::hit(1));
+        let s = respond(
+            &get(&[("Range", "bytes=2-4")]),
+            &stored(),
+            t(0),
+            CacheStatus::hit(1),
+        );
         assert_eq!(s.head.status, 206);
         assert_eq!(&s.body[..], b"234");
-        assert_eq!(s.head.headers.get_str("content-range"), Some("bytes 2-4/10"));
-        let s = respond(&get(&[("Range", "bytes=20-")]), &stored(), t(0), CacheStatus::hit(1));
+        assert_eq!(
+            s.head.headers.get_str("content-range"),
+            Some("bytes 2-4/10")
+        );
+        let s = respond(
+            &get(&[("Range", "bytes=20-")]),
+            &stored(),
+            t(0),
+            CacheStatus::hit(1),
+        );
         assert_eq!(s.head.status, 416);
         assert!(s.body.is_empty());
     }
@@ -164,6 +194,9 @@ mod tests {
     fn only_if_cached_is_504() {
         let s = only_if_cached_miss(CacheStatus::forward(crate::cache::Fwd::UriMiss));
         assert_eq!(s.head.status, 504);
-        assert_eq!(s.head.headers.get_str("cache-status"), Some("Gatehouse; fwd=uri-miss"));
+        assert_eq!(
+            s.head.headers.get_str("cache-status"),
+            Some("Gatehouse; fwd=uri-miss")
+        );
     }
 }

@@ -156,7 +156,10 @@ mod tests {
         s.fwd_status = Some(304);
         s.stored = true;
         s.collapsed = true;
-        assert_eq!(s.value(), "Gatehouse; fwd=stale; fwd-status=304; stored; collapsed");
+        assert_eq!(
+            s.value(),
+            "Gatehouse; fwd=stale; fwd-status=304; stored; collapsed"
+        );
         assert_eq!(s.log_word(), "revalidated");
         let s = CacheStatus::forward(Fwd::UriMiss).with_detail("no-store");
         assert_eq!(s.value(), "Gatehouse; fwd=uri-miss; detail=\"no-store\"");

@@ -38,7 +38,9 @@ impl NotStorable {
 /// Statuses whose caching rules this cache implements (for `must-understand`, section
 /// 5.2.2.3). 206 is absent: partial responses are never stored, ranges are served from a
 /// complete stored body instead. 304 only ever updates a stored response (section 4.3.4).
-pub const UNDERSTOOD: &[u16] = &[200, 203, 204, 300, 301, 302, 303, 307, 308, 404, 405, 410, 414, 501];
+pub const UNDERSTOOD: &[u16] = &[
+    200, 203, 204, 300, 301, 302, 303, 307, 308, 404, 405, 410, 414, 501,
+];
 
 /// RFC 9111 section 3, for a shared cache that stores only GET responses:
 ///
@@ -97,7 +99,10 @@ pub fn storable(req: &RequestHead, resp: &ResponseHead) -> Result<(), NotStorabl
     if req.headers.contains("authorization") && !(explicitly_shared || cc.has("must-revalidate")) {
         return Err(NotStorable::Authorization);
     }
-    if !(cc.has("public") || has_explicit_expiration(resp, &cc) || HEURISTICALLY_CACHEABLE.contains(&resp.status)) {
+    if !(cc.has("public")
+        || has_explicit_expiration(resp, &cc)
+        || HEURISTICALLY_CACHEABLE.contains(&resp.status))
+    {
         return Err(NotStorable::NoFreshness);
     }
     if resp.headers.has_token("vary", "*") {
@@ -217,11 +222,19 @@ mod tests {
     #[test]
     fn must_understand_overrides_no_store_only_for_understood_status() {
         assert_eq!(
-            check(&[], 200, &[("Cache-Control", "must-understand, no-store, max-age=5")]),
+            check(
+                &[],
+                200,
+                &[("Cache-Control", "must-understand, no-store, max-age=5")]
+            ),
             Ok(())
         );
         assert_eq!(
-            check(&[], 299, &[("Cache-Control", "must-understand, no-store, max-age=5")]),
+            check(
+                &[],
+                299,
+                &[("Cache-Control", "must-understand, no-store, max-age=5")]
+            ),
             Err(NotStorable::Status)
         );
     }
@@ -233,7 +246,11 @@ mod tests {
             Err(NotStorable::Private)
         );
         assert_eq!(
-            check(&[], 200, &[("Cache-Control", "private=\"X-User\", max-age=60")]),
+            check(
+                &[],
+                200,
+                &[("Cache-Control", "private=\"X-User\", max-age=60")]
+            ),
             Err(NotStorable::Private)
         );
     }
@@ -246,25 +263,42 @@ mod tests {
             Err(NotStorable::Authorization)
         );
         assert_eq!(check(&auth, 200, &[("Cache-Control", "public")]), Ok(()));
-        assert_eq!(check(&auth, 200, &[("Cache-Control", "s-maxage=60")]), Ok(()));
         assert_eq!(
-            check(&auth, 200, &[("Cache-Control", "must-revalidate, max-age=60")]),
+            check(&auth, 200, &[("Cache-Control", "s-maxage=60")]),
+            Ok(())
+        );
+        assert_eq!(
+            check(
+                &auth,
+                200,
+                &[("Cache-Control", "must-revalidate, max-age=60")]
+            ),
             Ok(())
         );
     }
 
     #[test]
     fn vary_star_and_set_cookie() {
-        assert_eq!(check(&[], 200, &[("Vary", "Accept, *")]), Err(NotStorable::VaryStar));
         assert_eq!(
-            check(&[], 200, &[("Set-Cookie", "s=1"), ("Cache-Control", "max-age=60")]),
+            check(&[], 200, &[("Vary", "Accept, *")]),
+            Err(NotStorable::VaryStar)
+        );
+        assert_eq!(
+            check(
+                &[],
+                200,
+                &[("Set-Cookie", "s=1"), ("Cache-Control", "max-age=60")]
+            ),
             Err(NotStorable::SetCookie)
         );
         assert_eq!(
             check(
                 &[],
                 200,
-                &[("Set-Cookie", "s=1"), ("Cache-Control", "public, max-age=60")]
+                &[
+                    ("Set-Cookie", "s=1"),
+                    ("Cache-Control", "public, max-age=60")
+                ]
             ),
             Ok(())
         );

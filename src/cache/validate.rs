@@ -145,16 +145,28 @@ mod tests {
     #[test]
     fn strong_validator_must_match_exactly() {
         let stored = resp(200, &[("ETag", "\"v1\"")]);
-        assert!(selected_for_update(&stored, &resp(304, &[("ETag", "\"v1\"")])));
-        assert!(!selected_for_update(&stored, &resp(304, &[("ETag", "\"v2\"")])));
+        assert!(selected_for_update(
+            &stored,
+            &resp(304, &[("ETag", "\"v1\"")])
+        ));
+        assert!(!selected_for_update(
+            &stored,
+            &resp(304, &[("ETag", "\"v2\"")])
+        ));
         let weak_stored = resp(200, &[("ETag", "W/\"v1\"")]);
-        assert!(!selected_for_update(&weak_stored, &resp(304, &[("ETag", "\"v1\"")])));
+        assert!(!selected_for_update(
+            &weak_stored,
+            &resp(304, &[("ETag", "\"v1\"")])
+        ));
     }
 
     #[test]
     fn weak_validator_matches_weakly() {
         let stored = resp(200, &[("ETag", "\"v1\"")]);
-        assert!(selected_for_update(&stored, &resp(304, &[("ETag", "W/\"v1\"")])));
+        assert!(selected_for_update(
+            &stored,
+            &resp(304, &[("ETag", "W/\"v1\"")])
+        ));
         assert!(!selected_for_update(
             &resp(200, &[]),
             &resp(304, &[("ETag", "W/\"v1\"")])
@@ -164,14 +176,20 @@ mod tests {
     #[test]
     fn last_modified_and_no_validators() {
         let stored = resp(200, &[("Last-Modified", &date(0))]);
-        assert!(selected_for_update(&stored, &resp(304, &[("Last-Modified", &date(0))])));
+        assert!(selected_for_update(
+            &stored,
+            &resp(304, &[("Last-Modified", &date(0))])
+        ));
         assert!(!selected_for_update(
             &stored,
             &resp(304, &[("Last-Modified", &date(5))])
         ));
         assert!(selected_for_update(&stored, &resp(304, &[])));
         assert!(selected_for_update(&resp(200, &[]), &resp(304, &[])));
-        assert!(!selected_for_update(&resp(200, &[("ETag", "\"v1\"")]), &resp(304, &[])));
+        assert!(!selected_for_update(
+            &resp(200, &[("ETag", "\"v1\"")]),
+            &resp(304, &[])
+        ));
     }
 
     #[test]
@@ -203,7 +221,10 @@ mod tests {
         let m = merge_not_modified(&stored, &nm);
         assert_eq!(m.status, 200);
         assert_eq!(m.headers.get_str("cache-control"), Some("max-age=60"));
-        assert_eq!(m.headers.get_all("x-a").collect::<Vec<_>>(), [b"3".as_slice()]);
+        assert_eq!(
+            m.headers.get_all("x-a").collect::<Vec<_>>(),
+            [b"3".as_slice()]
+        );
         assert_eq!(m.headers.get_str("content-length"), Some("5"));
         assert_eq!(m.headers.get_str("content-encoding"), Some("gzip"));
         assert_eq!(m.headers.get_str("date"), Some(&*date(100)));

@@ -90,7 +90,9 @@ pub fn secondary_key(req: &Headers, resp: &ResponseHead) -> Option<SecondaryKey>
 /// Whether a request matches the stored secondary key (every nominated field equal after
 /// normalisation, absent only matching absent).
 pub fn matches(stored: &SecondaryKey, req: &Headers) -> bool {
-    stored.iter().all(|(name, value)| normalise(req, name) == *value)
+    stored
+        .iter()
+        .all(|(name, value)| normalise(req, name) == *value)
 }
 
 #[cfg(test)]
@@ -147,8 +149,16 @@ mod tests {
 
     #[test]
     fn other_fields_keep_case_and_order() {
-        assert!(!same(&[("X-Tenant", "Acme")], &[("X-Tenant", "acme")], "X-Tenant"));
-        assert!(!same(&[("Accept", "a, b")], &[("Accept", "b, a")], "Accept"));
+        assert!(!same(
+            &[("X-Tenant", "Acme")],
+            &[("X-Tenant", "acme")],
+            "X-Tenant"
+        ));
+        assert!(!same(
+            &[("Accept", "a, b")],
+            &[("Accept", "b, a")],
+            "Accept"
+        ));
     }
 
     #[test]
@@ -181,6 +191,9 @@ mod tests {
     fn no_vary_matches_everything() {
         let stored = secondary_key(&Headers::default(), &resp(200, &[])).expect("no vary");
         assert!(stored.is_empty());
-        assert!(matches(&stored, &req("GET", "/", &[("Accept", "x")]).headers));
+        assert!(matches(
+            &stored,
+            &req("GET", "/", &[("Accept", "x")]).headers
+        ));
     }
 }

@@ -119,7 +119,9 @@ impl DiskTier {
             evictions: AtomicU64::new(0),
         };
         inner.rebuild()?;
-        Ok(DiskTier { inner: Arc::new(inner) })
+        Ok(DiskTier {
+            inner: Arc::new(inner),
+        })
     }
 }
 
@@ -177,7 +179,9 @@ impl Inner {
     fn evict_to(&self, state: &mut State, target: u64) -> Result<(), StoreError> {
         let mut victims = Vec::new();
         while state.total > target {
-            let Some((_, key)) = state.order.pop_first() else { break };
+            let Some((_, key)) = state.order.pop_first() else {
+                break;
+            };
             if let Some(m) = state.entries.remove(&key) {
                 state.total -= m.size;
                 victims.push((key, m.id));
@@ -186,7 +190,8 @@ impl Inner {
         if victims.is_empty() {
             return Ok(());
         }
-        self.evictions.fetch_add(victims.len() as u64, Ordering::Relaxed);
+        self.evictions
+            .fetch_add(victims.len() as u64, Ordering::Relaxed);
         self.delete_rows(victims.iter().map(|v| v.0.as_str()))?;
         for (_, id) in victims {
             let _ = fs::remove_file(self.path(id));
@@ -214,7 +219,11 @@ impl Inner {
         match ok {
             Some(entry) => Some(Arc::new(entry)),
             None => {
-                tracing::warn!(key, id = meta.id, "cache: dropping unreadable or corrupt disk object");
+                tracing::warn!(
+                    key,
+                    id = meta.id,
+                    "cache: dropping unreadable or corrupt disk object"
+                );
                 self.remove_if(key, meta.id);
                 None
             }
@@ -289,9 +298,15 @@ impl Inner {
 }
 
 /// Runs blocking disk work off the async threads.
-async fn blocking<T: Send + 'static>(inner: &Arc<Inner>, f: impl FnOnce(&Inner) -> T + Send + 'static, or: T) -> T {
+async fn blocking<T: Send + 'static>(
+    inner: &Arc<Inner>,
+    f: impl FnOnce(&Inner) -> T + Send + 'static,
+    or: T,
+) -> T {
     let inner = inner.clone();
-    tokio::task::spawn_blocking(move || f(&inner)).await.unwrap_or(or)
+    tokio::task::spawn_blocking(move || f(&inner))
+        .await
+        .unwrap_or(or)
 }
 
 impl Tier for DiskTier {
@@ -317,7 +332,11 @@ impl Tier for DiskTier {
 
     fn remove<'a>(&'a self, key: &'a str) -> BoxFut<'a, bool> {
         let key = key.to_string();
-        Box::pin(blocking(&self.inner, move |i| i.remove_keys(vec![key]) > 0, false))
+        Box::pin(blocking(
+            &self.inner,
+            move |i| i.remove_keys(vec![key]) > 0,
+            false,
+        ))
     }
 
     fn remove_prefix<'a>(&'a self, prefix: &'a str) -> BoxFut<'a, usize> {

@@ -109,14 +109,20 @@ async fn leftover_temp_and_orphan_files_are_removed_at_start() {
     }
     // A kill -9 mid-write leaves a partial temp file; an index commit lost after the rename
     // leaves an unreferenced object.
-    fs::write(dir.path().join("objects/00000000000000ff.tmp"), b"GHC1 partial").expect("write");
+    fs::write(
+        dir.path().join("objects/00000000000000ff.tmp"),
+        b"GHC1 partial",
+    )
+    .expect("write");
     fs::write(dir.path().join("objects/00000000000000fe"), b"GHC1 orphan").expect("write");
     let d = DiskTier::open(dir.path(), 1 << 20).expect("reopen");
     assert_eq!(object_files(dir.path()).len(), 1);
     assert!(d.get(K).await.is_some());
     // New ids never reuse an id seen on disk.
     d.put("http://a.test/new", entry(b"n")).await.expect("put");
-    assert!(object_files(dir.path()).iter().any(|p| p.ends_with("00000000000000ff")));
+    assert!(object_files(dir.path())
+        .iter()
+        .any(|p| p.ends_with("00000000000000ff")));
 }
 
 #[tokio::test]
@@ -159,7 +165,10 @@ async fn size_limit_evicts_least_recently_used() {
         .map(|p| fs::metadata(p).expect("meta").len())
         .sum();
     assert_eq!(on_disk, s.bytes);
-    assert!(d.put("http://a.test/huge", entry(&[0u8; 30_000])).await.is_err());
+    assert!(d
+        .put("http://a.test/huge", entry(&[0u8; 30_000]))
+        .await
+        .is_err());
 }
 
 #[tokio::test]
@@ -175,7 +184,10 @@ async fn smaller_limit_at_start_is_enforced() {
     }
     let d = DiskTier::open(dir.path(), 10_000).expect("reopen");
     assert!(d.stats().bytes <= 10_000);
-    assert!(d.get("http://a.test/9").await.is_some(), "the newest survive");
+    assert!(
+        d.get("http://a.test/9").await.is_some(),
+        "the newest survive"
+    );
     assert!(d.get("http://a.test/0").await.is_none());
 }
 

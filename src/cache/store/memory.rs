@@ -74,7 +74,9 @@ impl Tier for MemoryTier {
                 .map(|(k, _)| k)
                 .filter(|k| k.starts_with(prefix))
                 .collect();
-            keys.iter().filter(|k| self.cache.remove(k.as_str()).is_some()).count()
+            keys.iter()
+                .filter(|k| self.cache.remove(k.as_str()).is_some())
+                .count()
         })
     }
 
@@ -129,7 +131,9 @@ mod tests {
     async fn stays_within_capacity_and_counts_evictions() {
         let m = MemoryTier::new(100_000);
         for i in 0..200 {
-            m.put(&format!("http://a.test/{i}"), entry(5_000)).await.expect("put");
+            m.put(&format!("http://a.test/{i}"), entry(5_000))
+                .await
+                .expect("put");
         }
         let s = m.stats();
         assert!(s.bytes <= 100_000, "{s:?}");
