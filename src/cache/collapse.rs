@@ -14,18 +14,45 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use tokio::sync::watch;
 
-use super::vary::SecondaryKey;
-use crate::http::codec::ResponseHead;
+use super::freshness::format_http_date;
+use super::storable::headers_to_store;
+use super::vary::{self, secondary_key, SecondaryKey};
+use crate::http::codec::{RequestHead, ResponseHead};
 
 /// The head a leader shares, with the request values its Vary nominated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SharedHead {
     pub head: ResponseHead,
     pub vary: SecondaryKey,
+}
+
+impl SharedHead {
+    /// What a leader publishes for an upstream response it found storable: the head as it
+    /// will be stored (hop-by-hop fields gone, Date added; see
+    /// [`crate::cache::storable::headers_to_store`]) and the leader's secondary key. The body
+    /// framing is the follower's own: Content-Length when the head has one, else chunked (or
+    /// close for an HTTP/1.0 client). `None` for `Vary: *` (never storable anyway).
+    pub fn new(
+        req: &RequestHead,
+        resp: &ResponseHead,
+        response_time: SystemTime,
+    ) -> Option<SharedHead> {
+        let vary = secondary_key(&req.headers, resp)?;
+        let mut head = resp.clone();
+        head.headers = headers_to_store(&resp.headers, &format_http_date(response_time));
+        Some(SharedHead { head, vary })
+    }
+
+    /// Whether a follower's request may take this response: the fields its Vary nominates
+    /// must match (RFC 9111 section 4.1). If not, the follower goes upstream itself.
+    pub fn accepts(&self, req: &RequestHead) -> bool {
+        vary::matches(&self.vary, &req.headers)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -176,3 +176,24 @@ async fn follower_sees_the_leaders_vary_key() {
         other => panic!("unexpected {other:?}"),
     }
 }
+
+#[test]
+fn shared_head_is_the_stored_head_and_checks_vary() {
+    use crate::cache::testutil::{req, t};
+    let leader_req = req("GET", "http://a.test/", &[("Accept-Language", "en")]);
+    let upstream = resp(
+        200,
+        &[
+            ("Vary", "Accept-Language"),
+            ("Transfer-Encoding", "chunked"),
+            ("Connection", "keep-alive"),
+        ],
+    );
+    let shared = SharedHead::new(&leader_req, &upstream, t(0)).expect("shareable");
+    assert!(!shared.head.headers.contains("transfer-encoding"));
+    assert!(!shared.head.headers.contains("connection"));
+    assert!(shared.head.headers.contains("date"));
+    assert!(shared.accepts(&req("GET", "http://a.test/", &[("Accept-Language", "EN")])));
+    assert!(!shared.accepts(&req("GET", "http://a.test/", &[("Accept-Language", "de")])));
+    assert!(SharedHead::new(&leader_req, &resp(200, &[("Vary", "*")]), t(0)).is_none());
+}

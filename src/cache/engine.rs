@@ -9,13 +9,19 @@
 //!    - `Bypass(status)`: forward the request unchanged and relay the response; add
 //!      `status` with [`CacheStatus::append_to`]. For an unsafe method, call
 //!      `cache.invalidate(&req, &resp_head).await` once the response head is in.
-//!    - `Miss { key, status }`: `cache.flights().join(&key)`. A follower replays the
-//!      leader's response (see [`super::collapse`]); a leader (or a follower told
-//!      `GoUpstream`) forwards the request, then asks `cache.storable(&req, &resp_head)`.
-//!      If `Ok`, it calls `leader.publish_head(..)` and `leader.push(chunk)` while relaying
-//!      the body, collects the body (at most `max_object_size`), calls
-//!      `cache.store(&key, &req, &resp_head, body, request_time, response_time).await`,
-//!      then `leader.finish()`. If `Err`, `leader.not_shared()` and relay as usual.
+//!    - `Miss { key, status }`: `cache.flights().join(&key)`.
+//!      - A follower calls `next()`: on `Head(shared)` it checks `shared.accepts(&req)` and
+//!        sends `shared.head` (Cache-Status `fwd=miss; collapsed`) then each `Chunk` until
+//!        `End`; on `GoUpstream` (or a head it does not accept) it proceeds as a leader
+//!        without a flight; on `Aborted` it ends its response like an upstream failure.
+//!      - A leader forwards the request and asks `cache.storable(&req, &resp_head)`. If `Ok`:
+//!        `leader.publish(SharedHead::new(&req, &resp_head, response_time)?)`, then
+//!        `leader.push(chunk)` for each body chunk while relaying it, collecting the body (at
+//!        most `max_object_size`; past it, stop collecting); at the end
+//!        `cache.store(&key, &req, &resp_head, body, request_time, response_time).await`
+//!        (its result is `status.stored`), then `leader.finish()`. If `Err`:
+//!        `leader.not_shared()` and relay as usual. Set `status.fwd_status` to the upstream
+//!        status and append `status` to the response.
 //!    - `Revalidate(reval)`: send a GET upstream with `reval.headers` (a HEAD client is
 //!      revalidated with GET too). On 304: `cache.revalidated(&reval, &req, &head304,
 //!      request_time, response_time, now).await` returns the response to send (`None`: the
