@@ -297,4 +297,27 @@ mod tests {
         assert!(cc.has("immutable"));
         assert_eq!(cc.seconds("stale-while-revalidate"), Seconds::Valid(30));
     }
+
+    #[test]
+    fn arbitrary_input_never_panics() {
+        let alphabet = [
+            ",", "=", "\"", "\\", " ", "max-age", "1", "no-cache", "é", "\t", ";",
+        ];
+        let mut seed: u64 = 42;
+        for _ in 0..5000 {
+            let mut s = String::new();
+            for _ in 0..12 {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                s.push_str(alphabet[(seed >> 33) as usize % alphabet.len()]);
+            }
+            let cc = CacheControl::parse(&s);
+            let _ = (
+                cc.seconds("max-age"),
+                cc.optional_seconds("max-stale"),
+                cc.field_names("no-cache"),
+            );
+        }
+    }
 }

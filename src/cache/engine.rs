@@ -100,7 +100,7 @@ pub struct Cache {
 impl Cache {
     /// Builds the tiers; opening the disk tier validates its index (blocking: call at start).
     pub fn new(cfg: CacheConfig) -> Result<Cache, StoreError> {
-        let memory = (cfg.memory_size > 0).then(|| MemoryTier::new(cfg.memory_size));
+        let memory = (cfg.enabled && cfg.memory_size > 0).then(|| MemoryTier::new(cfg.memory_size));
         let disk = match &cfg.disk_dir {
             Some(dir) if cfg.enabled => Some(DiskTier::open(dir, cfg.disk_size)?),
             _ => None,

@@ -310,4 +310,30 @@ mod tests {
         h.set("Accept", "image/png");
         assert!(e.select(&h).is_none());
     }
+
+    #[test]
+    fn mutated_bytes_never_panic_and_never_decode_wrongly() {
+        let good = encode(
+            &Entry::default().with(sample("body", vec![("accept".into(), Some("x".into()))])),
+        );
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..5000 {
+            let mut b = good.to_vec();
+            for _ in 0..1 + next() % 4 {
+                let i = (next() as usize) % b.len();
+                b[i] = next() as u8;
+            }
+            let cut = (next() as usize) % (b.len() + 1);
+            b.truncate(cut);
+            let changed = b != good[..];
+            // Any change is caught: by length, checksum or structure.
+            assert!(!changed || decode(Bytes::from(b)).is_err());
+        }
+    }
 }
