@@ -81,8 +81,11 @@ pub enum Condition {
 /// > otherwise, the Date field value; otherwise the time the response was received.
 ///
 /// Only for GET and HEAD; an invalid If-Modified-Since date is ignored (section 13.1.3).
+/// Only for a stored 2xx: RFC 9110 section 13.2.1, "A server MUST ignore all received
+/// preconditions if its response to the same request without those conditions ... would have
+/// been a status code other than a 2xx (Successful) or 412".
 pub fn evaluate(req: &RequestHead, stored: &ResponseHead, response_time: SystemTime) -> Condition {
-    if req.method != "GET" && req.method != "HEAD" {
+    if (req.method != "GET" && req.method != "HEAD") || !(200..300).contains(&stored.status) {
         return Condition::Full;
     }
     let inm: Vec<&[u8]> = req.headers.get_all("if-none-match").collect();

@@ -106,6 +106,17 @@ fn conditionals_only_for_get_and_head() {
 }
 
 #[test]
+fn conditionals_ignored_for_stored_non_2xx() {
+    let r = req("GET", "http://a.test/", &[("If-None-Match", "*")]);
+    assert_eq!(evaluate(&r, &resp(404, &[]), t(0)), Condition::Full);
+    let r = req("GET", "http://a.test/", &[("If-Modified-Since", &date(10))]);
+    assert_eq!(
+        evaluate(&r, &resp(301, &[("Date", &date(0))]), t(0)),
+        Condition::Full
+    );
+}
+
+#[test]
 fn origin_preconditions_are_detected() {
     assert!(has_origin_preconditions(&req(
         "GET",

@@ -201,7 +201,12 @@ impl Cache {
                     )));
                 }
                 bump(&self.counters.revalidations);
-                let fwd = if ttl > 0 { Fwd::Request } else { Fwd::Stale };
+                // RFC 9211 `request`: a fresh response the request's own directives refused.
+                let fwd = if ttl > 0 && !resp_cc.has("no-cache") {
+                    Fwd::Request
+                } else {
+                    Fwd::Stale
+                };
                 let mut status = CacheStatus::forward(fwd);
                 status.ttl = Some(ttl);
                 Lookup::Revalidate(self.revalidation(key, req, stored, status))

@@ -213,6 +213,20 @@ async fn request_no_cache_forces_validation_of_fresh_response() {
         Lookup::Revalidate(_) => {}
         other => panic!("{other:?}"),
     }
+    // A response's own no-cache is not the request's doing.
+    let c = cache();
+    let nc = resp(
+        200,
+        &[("Cache-Control", "no-cache, max-age=60"), ("ETag", "\"n\"")],
+    );
+    assert!(fill(&c, &get(&[]), &nc, "x").await);
+    match c.lookup(&get(&[]), t(1)).await {
+        Lookup::Revalidate(r) => {
+            assert_eq!(r.status.fwd, Some(Fwd::Stale));
+            assert_eq!(r.headers.get_str("if-none-match"), Some("\"n\""));
+        }
+        other => panic!("{other:?}"),
+    }
 }
 
 #[tokio::test]
