@@ -1,4 +1,7 @@
 use super::*;
+use crate::config::PortRange;
+use crate::policy::matcher::{Days, HostPattern};
+use crate::policy::Protocol;
 
 const LISTENERS: &[&str] = &["http", "socks"];
 

@@ -168,6 +168,7 @@ fn first_match_wins_over_every_condition() {
         (r("WWW.Facebook.COM."), &[], "deny:social"),
         (r("facebook.com"), pub1, "allow:default"),
         (r("fb.com"), &[], "deny:social"),
+        (r("xn--bad-.facebook.com"), &[], "deny:social"),
         (r("m.fb.com"), &[], "deny:social"),
         (r("shop.xn--bcher-kva.example"), &[], "deny:social"),
         (r("shop.bücher.example"), &[], "deny:social"),

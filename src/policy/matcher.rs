@@ -7,14 +7,16 @@ use std::net::IpAddr;
 use ipnet::{IpNet, Ipv4Net};
 
 /// Normalises a destination or pattern name for comparison: trailing dot dropped, ASCII
-/// lower-cased, Unicode labels converted to punycode (IDNA, UTS #46). `None` when the name
-/// is not a valid IDNA name.
+/// lower-cased, Unicode labels converted to punycode (IDNA, UTS #46). ASCII names are only
+/// lower-cased, never rejected: a malformed `xn--` label must still meet the host rules (a
+/// name that failed here would otherwise slip past every one of them). `None` for an empty
+/// name or Unicode that is not a valid IDNA name.
 pub fn normalise_name(name: &str) -> Option<Cow<'_, str>> {
     let name = name.strip_suffix('.').unwrap_or(name);
     if name.is_empty() {
         return None;
     }
-    if name.is_ascii() && !name.starts_with("xn--") && !name.contains(".xn--") {
+    if name.is_ascii() {
         if name.bytes().any(|b| b.is_ascii_uppercase()) {
             return Some(Cow::Owned(name.to_ascii_lowercase()));
         }
@@ -282,6 +284,11 @@ mod tests {
             ("xn--bcher-kva.example", Some("xn--bcher-kva.example")),
             ("XN--BCHER-KVA.example", Some("xn--bcher-kva.example")),
             ("_srv.example", Some("_srv.example")),
+            (
+                "xn--invalid-.facebook.com",
+                Some("xn--invalid-.facebook.com"),
+            ),
+            ("b\u{fc}cher\u{fffd}.example", None),
             (".", None),
             ("", None),
         ];

@@ -45,6 +45,7 @@ pub mod holder;
 mod index;
 pub mod login;
 pub mod matcher;
+mod rule_config;
 pub mod users;
 
 use std::net::IpAddr;
