@@ -68,13 +68,13 @@ pub struct Identity {
     pub groups: Vec<String>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 enum Hash {
     Bcrypt(String),
     Argon2(String),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 struct Entry {
     hash: Hash,
     groups: Vec<String>,
@@ -103,10 +103,18 @@ pub enum UsersError {
 }
 
 /// The loaded users file plus its cache of recent successful verifications.
-#[derive(Debug)]
 pub struct Users {
     entries: HashMap<String, Entry>,
     cache: Mutex<VerifiedCache>,
+}
+
+/// Shows the number of users only: hashes stay out of logs.
+impl std::fmt::Debug for Users {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Users")
+            .field("count", &self.entries.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Users {

@@ -144,6 +144,12 @@ fn secrets_never_print() {
         }
     );
     assert!(!shown.contains("hunter2"), "{shown}");
+    let u = users(&format!("alice:{}\n", bcrypt4("pw")));
+    assert_eq!(
+        format!("{u:?}"),
+        "Users { count: 1, .. }",
+        "no hashes in Debug"
+    );
 }
 
 #[test]
