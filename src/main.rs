@@ -132,13 +132,24 @@ fn main() -> ExitCode {
 }
 
 /// `gatehouse passwd`: the password comes from standard input (first line), never argv.
-fn passwd(user: &str, groups: &[String], bcrypt: bool, file: Option<&std::path::Path>) -> anyhow::Result<()> {
+fn passwd(
+    user: &str,
+    groups: &[String],
+    bcrypt: bool,
+    file: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
     use gatehouse::policy::users::{format_entry, hash_password, HashAlgorithm};
     let mut line = String::new();
-    std::io::stdin().read_line(&mut line).context("reading the password from stdin")?;
+    std::io::stdin()
+        .read_line(&mut line)
+        .context("reading the password from stdin")?;
     let password = line.trim_end_matches(['\r', '\n']);
     anyhow::ensure!(!password.is_empty(), "empty password on stdin");
-    let alg = if bcrypt { HashAlgorithm::Bcrypt { cost: 12 } } else { HashAlgorithm::Argon2id };
+    let alg = if bcrypt {
+        HashAlgorithm::Bcrypt { cost: 12 }
+    } else {
+        HashAlgorithm::Argon2id
+    };
     let hash = hash_password(&gatehouse::policy::Secret::new(password), alg)?;
     let entry = format_entry(user, &hash, groups).map_err(anyhow::Error::msg)?;
     let Some(path) = file else {
@@ -156,7 +167,8 @@ fn passwd(user: &str, groups: &[String], bcrypt: bool, file: Option<&std::path::
         .collect();
     out.push(&entry);
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, out.join("\n") + "\n").with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::write(&tmp, out.join("\n") + "\n")
+        .with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
     eprintln!("{}: entry for {user} written", path.display());
     Ok(())
