@@ -119,7 +119,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_START);
                 }
             };
-            match rt.block_on(run(config)) {
+            match rt.block_on(run(config, cli.config.clone())) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");
@@ -200,11 +200,46 @@ fn raise_fd_limit() {
     }
 }
 
-async fn run(config: Config) -> anyhow::Result<()> {
+/// Re-reads the config file; a valid one replaces the running config, an invalid one is
+/// reported and changes nothing.
+async fn reload(server: &mut Server, path: Option<&std::path::Path>) {
+    let Some(path) = path else {
+        tracing::warn!("SIGHUP: running on the built-in default; nothing to reload");
+        return;
+    };
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!(
+                "reload: cannot read {}: {e}; keeping the running config",
+                path.display()
+            );
+            return;
+        }
+    };
+    match Config::parse(&text) {
+        Err(errs) => {
+            for e in &errs {
+                tracing::error!("reload: {}: {e}", path.display());
+            }
+            tracing::error!(
+                "reload: {} problem(s); keeping the running config",
+                errs.len()
+            );
+        }
+        Ok(new) => match server.reload(new).await {
+            Ok(()) => tracing::info!("reload: {} applied", path.display()),
+            Err(e) => tracing::error!("reload: {e:#}"),
+        },
+    }
+}
+
+async fn run(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    let server = Server::start(&config).await?;
-    for (name, addr) in &server.bound {
+    let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
+    let mut server = Server::start(&config).await?;
+    for (name, addr) in server.bound() {
         tracing::info!(listener = %name, %addr, "ready");
     }
     if let Some(addr) = server.admin {
@@ -212,12 +247,16 @@ async fn run(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!("all listeners ready");
 
-    // SIGTERM: graceful drain. SIGINT: exit at once. A second signal during a drain: at once.
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {
-            tracing::info!("SIGINT: exiting now");
-            return Ok(());
+    // SIGHUP: reload. SIGTERM: graceful drain. SIGINT: exit at once. A second signal during
+    // a drain: at once.
+    loop {
+        tokio::select! {
+            _ = hup.recv() => reload(&mut server, path.as_deref()).await,
+            _ = term.recv() => break,
+            _ = int.recv() => {
+                tracing::info!("SIGINT: exiting now");
+                return Ok(());
+            }
         }
     }
     let shutdown = &server.services.shutdown;

@@ -67,9 +67,11 @@ pub fn compile_policy(config: &Config) -> anyhow::Result<Policy> {
 
 pub struct Server {
     pub services: Arc<Services>,
-    /// (listener name, bound address), in config order.
-    pub bound: Vec<(String, SocketAddr)>,
+    /// Running listeners, in config order.
+    pub listeners: Vec<listener::Running>,
     pub admin: Option<SocketAddr>,
+    /// The config in force (what a reload is compared with).
+    config: Config,
 }
 
 impl Server {
@@ -128,10 +130,9 @@ impl Server {
             None => None,
         };
 
-        let mut bound = Vec::new();
+        let mut listeners = Vec::new();
         for (l, socket) in sockets {
-            bound.push((l.name.clone(), socket.local_addr()?));
-            listener::spawn(socket, l, services.clone());
+            listeners.push(listener::spawn(socket, l, services.clone())?);
         }
         let admin = match admin_socket {
             Some(s) => {
@@ -143,9 +144,89 @@ impl Server {
         };
         Ok(Server {
             services,
-            bound,
+            listeners,
             admin,
+            config: config.clone(),
         })
+    }
+
+    /// (listener name, bound address), in config order.
+    pub fn bound(&self) -> Vec<(String, SocketAddr)> {
+        self.listeners
+            .iter()
+            .map(|r| (r.cfg.name.clone(), r.addr))
+            .collect()
+    }
+
+    /// Applies a new, already parsed config (SIGHUP). The policy is swapped at once for new
+    /// connections; listeners that were removed or changed stop accepting (their connections
+    /// go on), new or changed ones start. On an error the old policy stays in force.
+    /// Settings of the shared services ([dns], [upstream], [access_log], [admin], [cache],
+    /// [shutdown]) need a restart; a change there is reported, not applied.
+    pub async fn reload(&mut self, new: Config) -> anyhow::Result<()> {
+        let policy = compile_policy(&new)?;
+        let old = std::mem::take(&mut self.listeners);
+        let (keep, stop): (Vec<_>, Vec<_>) = old
+            .into_iter()
+            .partition(|r| new.listeners.iter().any(|l| *l == r.cfg));
+        for r in stop {
+            tracing::info!(listener = %r.cfg.name, addr = %r.addr, "reload: closing listener");
+            r.stop.cancel();
+            let _ = r.task.await;
+        }
+        let mut failed = None;
+        for l in &new.listeners {
+            if keep.iter().any(|r| r.cfg == *l) {
+                continue;
+            }
+            match bind(l.listen) {
+                Ok(socket) => match listener::spawn(socket, l.clone(), self.services.clone()) {
+                    Ok(r) => {
+                        tracing::info!(listener = %l.name, addr = %r.addr, "ready");
+                        self.listeners.push(r);
+                    }
+                    Err(e) => failed = Some(anyhow::anyhow!("listener {:?}: {e}", l.name)),
+                },
+                Err(e) => {
+                    failed = Some(anyhow::anyhow!(
+                        "listener {:?}: cannot listen on {}: {e}",
+                        l.name,
+                        l.listen
+                    ))
+                }
+            }
+        }
+        self.listeners.extend(keep);
+        self.services.policy.replace(policy);
+        let restart_needed = [
+            (
+                "dns",
+                format!("{:?}", self.config.dns) != format!("{:?}", new.dns),
+            ),
+            (
+                "upstream",
+                format!("{:?}", self.config.upstream) != format!("{:?}", new.upstream),
+            ),
+            (
+                "access_log",
+                format!("{:?}", self.config.access_log) != format!("{:?}", new.access_log),
+            ),
+            (
+                "admin",
+                format!("{:?}", self.config.admin) != format!("{:?}", new.admin),
+            ),
+            ("cache", self.config.cache != new.cache),
+        ];
+        for (section, changed) in restart_needed {
+            if changed {
+                tracing::warn!("reload: [{section}] changed; it takes effect at the next restart");
+            }
+        }
+        self.config = new;
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 }
 

@@ -36,7 +36,7 @@ pub struct Config {
     pub policy: crate::policy::PolicyConfig,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ListenerConfig {
     /// Unique name: shows in logs, metrics and (later) policy rules.
     pub name: String,
@@ -46,7 +46,7 @@ pub struct ListenerConfig {
     pub kind: ListenerKind,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum ListenerKind {
     Http(HttpListenerConfig),
 }
@@ -59,7 +59,7 @@ impl ListenerKind {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct HttpListenerConfig {
     /// Request line plus headers, in bytes. Larger heads get 431.
     pub max_header_bytes: usize,
