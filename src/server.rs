@@ -178,7 +178,7 @@ impl Server {
         let old = std::mem::take(&mut self.listeners);
         let (keep, stop): (Vec<_>, Vec<_>) = old
             .into_iter()
-            .partition(|r| new.listeners.iter().any(|l| *l == r.cfg));
+            .partition(|r| new.listeners.contains(&r.cfg));
         for r in stop {
             tracing::info!(listener = %r.cfg.name, addr = %r.addr, "reload: closing listener");
             r.stop.cancel();
