@@ -98,13 +98,45 @@ async fn accept_loop(
         let fut = match &handler {
             Handler::Http(h) => h.clone().serve(stream, peer),
         };
-        svc.shutdown.spawn(
-            async move {
-                fut.await;
-                open.dec();
-                drop(permit);
-            }
-            .instrument(span),
-        );
+        // Not an `async move` wrapper: that would hold the connection future twice over.
+        let guard = ConnGuard {
+            open,
+            _permit: permit,
+        };
+        svc.shutdown
+            .spawn(WithGuard { fut, _guard: guard }.instrument(span));
+    }
+}
+
+/// Held for a connection's life: counts it open and holds its `max_connections` slot.
+struct ConnGuard {
+    open: prometheus_client::metrics::gauge::Gauge,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.open.dec();
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A connection future with its guard: the guard drops when the future completes or is
+    /// dropped.
+    struct WithGuard<F> {
+        #[pin]
+        fut: F,
+        _guard: ConnGuard,
+    }
+}
+
+impl<F: std::future::Future<Output = ()>> std::future::Future for WithGuard<F> {
+    type Output = ();
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        self.project().fut.poll(cx)
     }
 }

@@ -83,15 +83,25 @@ impl HttpProxy {
             if client.buf.is_empty() {
                 // Idle: hold no buffer, only the socket, until the next request starts.
                 client.buf = BytesMut::new();
-                // peek, not readable(): it waits for a real byte (or EOF), never a spurious wakeup.
-                let mut first = [0u8; 1];
-                tokio::select! {
-                    r = timeout(self.cfg.keepalive_timeout, client.stream.peek(&mut first)) => {
-                        if !matches!(r, Ok(Ok(1))) {
-                            return;
-                        }
+                let idle = tokio::time::sleep(self.cfg.keepalive_timeout);
+                tokio::pin!(idle);
+                loop {
+                    tokio::select! {
+                        r = client.stream.readable() => if r.is_err() { return },
+                        _ = &mut idle => return,
+                        _ = self.svc.shutdown.draining() => return,
                     }
-                    _ = self.svc.shutdown.draining() => return,
+                    // Readiness can be spurious (a fresh socket): only a byte read, or EOF,
+                    // ends the wait; the first read goes straight into the head buffer.
+                    client.buf.reserve(4096);
+                    match client.stream.try_read_buf(&mut client.buf) {
+                        Ok(0) => return,
+                        Ok(_) => break,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            client.buf = BytesMut::new();
+                        }
+                        Err(_) => return,
+                    }
                 }
             }
             // Everything past the idle wait lives in its own heap future, so an idle
@@ -1034,6 +1044,14 @@ impl HttpProxy {
         }
         let mut out = Vec::with_capacity(512);
         codec::write_response_head(&mut out, resp.status, &resp.reason, &h);
+        // A small body already read with the head goes out in the same write.
+        let mut inline = 0u64;
+        if let (Framing::Length(n), false) = (up_framing, capture) {
+            if n <= 16 * 1024 && ubuf.len() as u64 >= n {
+                out.extend_from_slice(&ubuf.split_to(n as usize));
+                inline = n;
+            }
+        }
         if body::write_all(cw, &out, t).await.is_err() {
             return Err(Failure::Abort("connection_terminated"));
         }
@@ -1059,7 +1077,7 @@ impl HttpProxy {
                 r
             }
             (Framing::None, _, _) => Ok(0),
-            (Framing::Length(n), _, _) => body::copy_length(ur, ubuf, cw, n, t).await,
+            (Framing::Length(n), _, _) => body::copy_length(ur, ubuf, cw, n - inline, t).await,
             (Framing::Chunked, Out::Dechunk, _) => {
                 body::copy_chunked(ur, ubuf, cw, false, max, t).await
             }
