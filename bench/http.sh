@@ -123,6 +123,16 @@ rss_kib() {
     echo "$total"
 }
 
+# CPU time (clock ticks, user + system) used so far by a process and its children.
+cpu_ticks() {
+    local total=0 p t
+    for p in "$1" $(pgrep -P "$1" || true); do
+        t=$(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)
+        total=$((total + ${t:-0}))
+    done
+    echo "$total"
+}
+
 # Median of the numbers on stdin ("-" when there are none).
 median() {
     sort -g | awk '{v[NR] = $1} END {
@@ -330,12 +340,15 @@ measure_idle() {
     log "idle $s: $before -> $after KiB for $ready clients (held open: $held): ${IDLE[$s]} KiB each"
 }
 
-# One wrk run: prints "rps p99_ms errors".
+# One wrk run: prints "rps p99_ms errors cpu_us_per_request" (the server's CPU time per
+# request: steadier than req/s on a busy machine).
 wrk_once() {
-    local port=$1 out=$2
+    local port=$1 out=$2 pid=$3 c0 c1
+    c0=$(cpu_ticks "$pid")
     wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency -s "$WORK/absolute.lua" \
         "http://127.0.0.1:$port/" >"$out" 2>&1 || true
-    awk '
+    c1=$(cpu_ticks "$pid")
+    awk -v ticks=$((c1 - c0)) -v hz="$(getconf CLK_TCK)" '
         /^Requests\/sec:/ { rps = $2 }
         /^ +99%/ {
             v = $2; unit = v; sub(/[0-9.]+/, "", unit); sub(/[a-z]+$/, "", v)
@@ -343,18 +356,24 @@ wrk_once() {
         }
         /Non-2xx or 3xx responses:/ { err += $NF }
         /Socket errors:/ { for (i = 1; i <= NF; i++) if ($i ~ /^[0-9]+,?$/) err += $i + 0 }
-        END { if (rps == "") rps = 0; if (p99 == "") p99 = 0; printf "%s %.3f %d\n", rps, p99, err + 0 }
+        / requests in / { n = $1 }
+        END {
+            if (rps == "") rps = 0; if (p99 == "") p99 = 0
+            cpu = (n > 0) ? ticks * 1e6 / hz / n : 0
+            printf "%s %.3f %d %.1f\n", rps, p99, err + 0, cpu
+        }
     ' "$out"
 }
 
 measure_rps() {
-    local run s port_var r
+    local run s port_var pid_var r
     for run in $(seq "$RUNS"); do
         for s in origin "${SERVERS[@]}"; do
             port_var="P_${s^^}"
-            r=$(wrk_once "${!port_var}" "$WORK/wrk-$s-$run.out")
+            pid_var="PID_$s"
+            r=$(wrk_once "${!port_var}" "$WORK/wrk-$s-$run.out" "${!pid_var}")
             echo "$r" >>"$WORK/rps-$s.out"
-            log "wrk run $run $s: $r (req/s p99_ms errors)"
+            log "wrk run $run $s: $r (req/s p99_ms errors cpu_us_per_request)"
         done
     done
 }
@@ -386,7 +405,7 @@ col() {
 }
 
 report() {
-    local s rps p99 err gbit idle label
+    local s rps p99 err cpu gbit idle label
     local cpu kernel mem
     cpu=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
     kernel=$(uname -r)
@@ -398,8 +417,8 @@ report() {
     echo "Load: wrk -t$THREADS -c$CONNS -d$DURATION --latency, absolute-form GET of a 100-byte file; CONNECT: one stream of $BULK_BYTES bytes;"
     echo "idle: $IDLE_CLIENTS keep-alive clients after one GET each. Medians of $RUNS runs."
     echo
-    echo "| server | req/s | p99 (ms) | errors | CONNECT (Gbit/s) | KiB per idle connection |"
-    echo "| --- | ---: | ---: | ---: | ---: | ---: |"
+    echo "| server | req/s | p99 (ms) | wrk errors | CPU µs per request | CONNECT (Gbit/s) | KiB per idle connection |"
+    echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
     for s in origin gatehouse squid tinyproxy nginx haproxy direct; do
         case $s in
             origin) label="nginx origin, no proxy (reference)" ;;
@@ -412,9 +431,10 @@ report() {
         rps=$(col 1 "$WORK/rps-$s.out")
         p99=$(col 2 "$WORK/rps-$s.out")
         err=$(col 3 "$WORK/rps-$s.out")
+        cpu=$(col 4 "$WORK/rps-$s.out")
         gbit=$(col 1 "$WORK/connect-$s.out")
         idle=${IDLE[$s]:--}
-        echo "| $label | $rps | $p99 | $err | $gbit | $idle |"
+        echo "| $label | $rps | $p99 | $err | $cpu | $gbit | $idle |"
     done
     echo
     local g q d c
@@ -422,9 +442,17 @@ report() {
     q=$(col 1 "$WORK/rps-squid.out")
     c=$(col 1 "$WORK/connect-gatehouse.out")
     d=$(col 1 "$WORK/connect-direct.out")
-    awk -v g="$g" -v q="$q" -v c="$c" -v d="$d" 'BEGIN {
+    local gc qc pair
+    gc=$(col 4 "$WORK/rps-gatehouse.out")
+    qc=$(col 4 "$WORK/rps-squid.out")
+    # Each run measures direct and gatehouse back to back: the median of the per-run ratios
+    # is steadier than the ratio of the medians when the machine's load drifts.
+    pair=$(paste "$WORK/connect-direct.out" "$WORK/connect-gatehouse.out" 2>/dev/null |
+        awk 'NF == 2 && $1 > 0 {print 100 * $2 / $1}' | median)
+    awk -v g="$g" -v q="$q" -v c="$c" -v d="$d" -v gc="$gc" -v qc="$qc" -v pair="$pair" 'BEGIN {
         if (q > 0) printf "gatehouse / squid req/s: %.2fx (aim: at least 2.5x)\n", g / q;
-        if (d > 0) printf "gatehouse CONNECT / direct: %.0f%% (aim: at least 55%%)\n", 100 * c / d }'
+        if (gc > 0) printf "squid / gatehouse CPU per request: %.2fx\n", qc / gc;
+        if (d > 0) printf "gatehouse CONNECT / direct: %.0f%% of the medians, %.0f%% median of per-run ratios (aim: at least 55%%)\n", 100 * c / d, pair }'
     echo "gatehouse KiB per idle connection: ${IDLE[gatehouse]:--} (aim: HAProxy's figure, at most 4)"
 }
 

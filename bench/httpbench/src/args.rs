@@ -11,7 +11,7 @@ pub struct Args {
 }
 
 /// Options that take no value.
-const FLAGS: &[&str] = &["direct"];
+const FLAGS: &[&str] = &["direct", "connect-only"];
 
 impl Args {
     pub fn parse(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
@@ -47,7 +47,8 @@ impl Args {
     where
         T::Err: std::fmt::Display,
     {
-        self.opt(name)?.ok_or_else(|| format!("--{name} is required"))
+        self.opt(name)?
+            .ok_or_else(|| format!("--{name} is required"))
     }
 
     pub fn positional<T: FromStr>(&self, i: usize) -> Result<T, String>

@@ -4,7 +4,7 @@
 //! httpbench free-ports N
 //! httpbench sink --listen 127.0.0.1:0
 //! httpbench connect-throughput (--proxy ADDR | --direct) --target ADDR --bytes N
-//! httpbench idle-clients --proxy ADDR --url URL --count N --hold SECS [--parallel P]
+//! httpbench idle-clients --proxy ADDR --url URL --count N --hold SECS [--parallel P] [--connect-only]
 //! ```
 //!
 //! Every tool talks to the addresses it is given and to nothing else; every loop is bounded by
@@ -24,7 +24,7 @@ const USAGE: &str = "usage:
   httpbench free-ports N
   httpbench sink --listen ADDR
   httpbench connect-throughput (--proxy ADDR | --direct) --target ADDR --bytes N
-  httpbench idle-clients --proxy ADDR --url URL --count N --hold SECS [--parallel P]";
+  httpbench idle-clients --proxy ADDR --url URL --count N --hold SECS [--parallel P] [--connect-only]";
 
 fn main() -> ExitCode {
     let mut argv = std::env::args().skip(1);
@@ -41,7 +41,10 @@ fn main() -> ExitCode {
     };
     // Thousands of idle clients need thousands of descriptors.
     let _ = rlimit::increase_nofile_limit(u64::MAX);
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("httpbench: runtime: {e}");

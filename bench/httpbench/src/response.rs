@@ -36,7 +36,11 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, String> {
         };
         let value = value.trim();
         if name.eq_ignore_ascii_case("content-length") {
-            content_length = Some(value.parse::<u64>().map_err(|_| format!("bad Content-Length {value:?}"))?);
+            content_length = Some(
+                value
+                    .parse::<u64>()
+                    .map_err(|_| format!("bad Content-Length {value:?}"))?,
+            );
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
             return Err("chunked responses are not supported; serve a static file".into());
         } else if name.eq_ignore_ascii_case("connection") {
@@ -82,7 +86,9 @@ mod tests {
 
     #[test]
     fn connect_reply_and_close() {
-        let h = parse_head(b"HTTP/1.0 200 Connection established\r\n\r\n").expect("ok").expect("done");
+        let h = parse_head(b"HTTP/1.0 200 Connection established\r\n\r\n")
+            .expect("ok")
+            .expect("done");
         assert_eq!((h.status, h.content_length, h.close), (200, None, true));
         let h = parse_head(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
             .expect("ok")

@@ -27,7 +27,9 @@ pub async fn run(args: &Args) -> Result<(), String> {
     if !listen.ip().is_loopback() {
         return Err("the sink listens on loopback only".into());
     }
-    let l = TcpListener::bind(listen).await.map_err(|e| format!("bind {listen}: {e}"))?;
+    let l = TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("bind {listen}: {e}"))?;
     println!("LISTENING {}", l.local_addr().map_err(|e| e.to_string())?);
     loop {
         let (s, peer) = l.accept().await.map_err(|e| format!("accept: {e}"))?;

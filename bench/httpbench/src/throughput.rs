@@ -39,11 +39,19 @@ pub async fn run(args: &Args) -> Result<(), String> {
 }
 
 /// Returns the seconds from the first payload byte to the sink's reply, and the count it acked.
-async fn stream(hop: SocketAddr, connect_to: Option<SocketAddr>, bytes: u64) -> Result<(f64, u64), String> {
-    let mut s = TcpStream::connect(hop).await.map_err(|e| format!("connect {hop}: {e}"))?;
+async fn stream(
+    hop: SocketAddr,
+    connect_to: Option<SocketAddr>,
+    bytes: u64,
+) -> Result<(f64, u64), String> {
+    let mut s = TcpStream::connect(hop)
+        .await
+        .map_err(|e| format!("connect {hop}: {e}"))?;
     if let Some(t) = connect_to {
         let req = format!("CONNECT {t} HTTP/1.1\r\nHost: {t}\r\n\r\n");
-        s.write_all(req.as_bytes()).await.map_err(|e| format!("CONNECT: {e}"))?;
+        s.write_all(req.as_bytes())
+            .await
+            .map_err(|e| format!("CONNECT: {e}"))?;
         let mut buf = Vec::with_capacity(1024);
         let head = read_head(&mut s, &mut buf).await?;
         if head.status != 200 {
@@ -55,15 +63,21 @@ async fn stream(hop: SocketAddr, connect_to: Option<SocketAddr>, bytes: u64) -> 
     }
     let block = vec![0x5au8; BUF];
     let start = Instant::now();
-    s.write_all(&bytes.to_be_bytes()).await.map_err(|e| format!("write: {e}"))?;
+    s.write_all(&bytes.to_be_bytes())
+        .await
+        .map_err(|e| format!("write: {e}"))?;
     let mut left = bytes;
     while left > 0 {
         let n = left.min(BUF as u64) as usize;
-        s.write_all(&block[..n]).await.map_err(|e| format!("write after {} bytes: {e}", bytes - left))?;
+        s.write_all(&block[..n])
+            .await
+            .map_err(|e| format!("write after {} bytes: {e}", bytes - left))?;
         left -= n as u64;
     }
     let mut ack = [0u8; 8];
-    s.read_exact(&mut ack).await.map_err(|e| format!("sink reply: {e}"))?;
+    s.read_exact(&mut ack)
+        .await
+        .map_err(|e| format!("sink reply: {e}"))?;
     Ok((start.elapsed().as_secs_f64(), u64::from_be_bytes(ack)))
 }
 
@@ -77,7 +91,10 @@ pub async fn read_head(s: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Head, Str
             return Err("response head over 64 KiB".into());
         }
         let mut chunk = [0u8; 4096];
-        let n = s.read(&mut chunk).await.map_err(|e| format!("read head: {e}"))?;
+        let n = s
+            .read(&mut chunk)
+            .await
+            .map_err(|e| format!("read head: {e}"))?;
         if n == 0 {
             return Err("closed before a response head".into());
         }
