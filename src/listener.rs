@@ -31,7 +31,13 @@ pub fn spawn(socket: TcpListener, cfg: ListenerConfig, svc: Arc<Services>) {
     tokio::spawn(accept_loop(socket, cfg.max_connections, name, handler, svc));
 }
 
-async fn accept_loop(socket: TcpListener, max: usize, name: Arc<str>, handler: Handler, svc: Arc<Services>) {
+async fn accept_loop(
+    socket: TcpListener,
+    max: usize,
+    name: Arc<str>,
+    handler: Handler,
+    svc: Arc<Services>,
+) {
     let limit = Arc::new(Semaphore::new(max));
     let label = Metrics::listener(&name);
     loop {

@@ -69,57 +69,76 @@ impl HttpProxy {
             if client.buf.is_empty() {
                 // Idle: hold no buffer, only the socket, until the next request starts.
                 client.buf = BytesMut::new();
+                // peek, not readable(): it waits for a real byte (or EOF), never a spurious wakeup.
+                let mut first = [0u8; 1];
                 tokio::select! {
-                    r = timeout(self.cfg.keepalive_timeout, client.stream.readable()) => {
-                        if !matches!(r, Ok(Ok(()))) {
+                    r = timeout(self.cfg.keepalive_timeout, client.stream.peek(&mut first)) => {
+                        if !matches!(r, Ok(Ok(1))) {
                             return;
                         }
                     }
                     _ = self.svc.shutdown.draining() => return,
                 }
             }
-            let started = Instant::now();
-            let head = timeout(self.cfg.header_read_timeout, read_head(&mut client, self.cfg.max_header_bytes)).await;
-            let (head, head_len) = match head {
-                Ok(Ok(Some(h))) => h,
-                Ok(Ok(None)) => return,
-                Ok(Err(e)) => {
-                    let err = match e {
-                        HeadError::TooLarge(_) | HeadError::TooManyHeaders => {
-                            ProxyError::new(431, "http_request_error", e.to_string())
-                        }
-                        HeadError::Invalid(_) => ProxyError::bad_request(e.to_string()),
-                    };
-                    self.fail_early(&mut client, started, err).await;
-                    return;
-                }
-                Err(_) => {
-                    let err = ProxyError::new(408, "http_request_error", "request head not received in time");
-                    self.fail_early(&mut client, started, err).await;
-                    return;
-                }
-            };
-            let mut ex = Exchange {
-                started,
-                method: head.method.clone(),
-                target: head.target.clone(),
-                status: 0,
-                bytes_in: head_len as u64,
-                bytes_out: 0,
-                upstream: None,
-                error: None,
-            };
-            let keep = if head.method == "CONNECT" {
-                Box::pin(self.tunnel(&mut client, head, &mut ex)).await
-            } else {
-                Box::pin(self.forward(&mut client, head, &mut ex)).await
-            };
-            self.record(&client, &ex);
-            if !keep || self.svc.shutdown.is_draining() {
+            // Everything past the idle wait lives in its own heap future, so an idle
+            // connection's task stays small.
+            if !Box::pin(self.clone().one_request(&mut client)).await
+                || self.svc.shutdown.is_draining()
+            {
                 let _ = client.stream.shutdown().await;
                 return;
             }
         }
+    }
+
+    /// Reads one request head and answers it. Returns whether the connection stays open.
+    async fn one_request(self: Arc<Self>, client: &mut Client) -> bool {
+        let started = Instant::now();
+        let head = timeout(
+            self.cfg.header_read_timeout,
+            read_head(client, self.cfg.max_header_bytes),
+        )
+        .await;
+        let (head, head_len) = match head {
+            Ok(Ok(Some(h))) => h,
+            Ok(Ok(None)) => return false,
+            Ok(Err(e)) => {
+                let err = match e {
+                    HeadError::TooLarge(_) | HeadError::TooManyHeaders => {
+                        ProxyError::new(431, "http_request_error", e.to_string())
+                    }
+                    HeadError::Invalid(_) => ProxyError::bad_request(e.to_string()),
+                };
+                self.fail_early(client, started, err).await;
+                return false;
+            }
+            Err(_) => {
+                let err = ProxyError::new(
+                    408,
+                    "http_request_error",
+                    "request head not received in time",
+                );
+                self.fail_early(client, started, err).await;
+                return false;
+            }
+        };
+        let mut ex = Exchange {
+            started,
+            method: head.method.clone(),
+            target: head.target.clone(),
+            status: 0,
+            bytes_in: head_len as u64,
+            bytes_out: 0,
+            upstream: None,
+            error: None,
+        };
+        let keep = if head.method == "CONNECT" {
+            self.tunnel(client, head, &mut ex).await
+        } else {
+            self.forward(client, head, &mut ex).await
+        };
+        self.record(client, &ex);
+        keep
     }
 
     /// Answers a request whose head could not be read, then the connection closes.
@@ -161,9 +180,20 @@ impl HttpProxy {
     }
 
     /// Writes a short error response with a Proxy-Status field.
-    async fn send_error(&self, client: &mut Client, err: &ProxyError, close: bool, ex: &mut Exchange) {
+    async fn send_error(
+        &self,
+        client: &mut Client,
+        err: &ProxyError,
+        close: bool,
+        ex: &mut Exchange,
+    ) {
         tracing::debug!(client = %client.peer, status = err.status, error = err.kind, "{}", err.detail);
-        let body = format!("{} {}\n{}\n", err.status, codec::reason(err.status), err.detail);
+        let body = format!(
+            "{} {}\n{}\n",
+            err.status,
+            codec::reason(err.status),
+            err.detail
+        );
         let mut h = Headers::default();
         h.push("Content-Type", "text/plain; charset=utf-8");
         h.push("Content-Length", body.len().to_string());
@@ -180,22 +210,40 @@ impl HttpProxy {
         ex.bytes_out += out.len() as u64;
     }
 
-    /// A request the proxy answers itself (Max-Forwards: 0).
-    async fn respond_local(&self, client: &mut Client, mut h: Headers, body: &[u8], ex: &mut Exchange) -> bool {
+    /// A request the proxy answers itself (Max-Forwards: 0). Returns whether to keep the
+    /// connection.
+    async fn respond_local(
+        &self,
+        client: &mut Client,
+        req: &RequestHead,
+        mut h: Headers,
+        body: &[u8],
+        ex: &mut Exchange,
+    ) -> bool {
+        let keep = wants_keep_alive(req) && !self.svc.shutdown.is_draining();
         h.push("Content-Length", body.len().to_string());
+        if !keep {
+            h.push("Connection", "close");
+        } else if req.version == Version::Http10 {
+            h.push("Connection", "keep-alive");
+        }
         let mut out = Vec::new();
         codec::write_response_head(&mut out, 200, "OK", &h);
         out.extend_from_slice(body);
         ex.status = 200;
         ex.bytes_out += out.len() as u64;
-        body::write_all(&mut client.stream, &out, self.cfg.read_timeout).await.is_ok()
+        body::write_all(&mut client.stream, &out, self.cfg.read_timeout)
+            .await
+            .is_ok()
+            && keep
     }
 
     async fn tunnel(&self, client: &mut Client, head: RequestHead, ex: &mut Exchange) -> bool {
         let (host, port) = match target::parse_authority(&head.target, None) {
             Ok(t) => t,
             Err(e) => {
-                self.send_error(client, &ProxyError::bad_request(e.to_string()), true, ex).await;
+                self.send_error(client, &ProxyError::bad_request(e.to_string()), true, ex)
+                    .await;
                 return false;
             }
         };
@@ -207,39 +255,53 @@ impl HttpProxy {
                 return false;
             }
             Err(e) => {
-                self.send_error(client, &ProxyError::bad_request(e.to_string()), true, ex).await;
+                self.send_error(client, &ProxyError::bad_request(e.to_string()), true, ex)
+                    .await;
                 return false;
             }
         }
+        let keep = wants_keep_alive(&head);
         if !self.cfg.connect_ports.iter().any(|r| r.contains(port)) {
             let err = ProxyError::denied(format!("CONNECT to port {port} is not allowed"));
-            self.send_error(client, &err, false, ex).await;
-            return true;
+            self.send_error(client, &err, !keep, ex).await;
+            return keep;
         }
         let up = match self.svc.connector.connect(&host, port).await {
             Ok(c) => c,
             Err(e) => {
-                self.send_error(client, &ProxyError::from(e), false, ex).await;
-                return true;
+                self.send_error(client, &ProxyError::from(e), !keep, ex)
+                    .await;
+                return keep;
             }
         };
         ex.upstream = Some(up.peer);
         let mut upstream = up.stream;
         let established = b"HTTP/1.1 200 Connection established\r\n\r\n";
-        if body::write_all(&mut client.stream, established, self.cfg.read_timeout).await.is_err() {
+        if body::write_all(&mut client.stream, established, self.cfg.read_timeout)
+            .await
+            .is_err()
+        {
             return false;
         }
         ex.status = 200;
         ex.bytes_out += established.len() as u64;
         // Bytes the client sent right behind the CONNECT head belong to the tunnel.
         if !client.buf.is_empty() {
-            if body::write_all(&mut upstream, &client.buf, self.cfg.read_timeout).await.is_err() {
+            if body::write_all(&mut upstream, &client.buf, self.cfg.read_timeout)
+                .await
+                .is_err()
+            {
                 return false;
             }
             ex.bytes_in += client.buf.len() as u64;
             client.buf.clear();
         }
-        let (end, stats) = relay::relay(&mut client.stream, &mut upstream, self.cfg.tunnel_idle_timeout).await;
+        let (end, stats) = relay::relay(
+            &mut client.stream,
+            &mut upstream,
+            self.cfg.tunnel_idle_timeout,
+        )
+        .await;
         ex.bytes_in += stats.a_to_b;
         ex.bytes_out += stats.b_to_a;
         match end {
@@ -254,12 +316,13 @@ impl HttpProxy {
         let framing = match codec::request_framing(&head) {
             Ok(f) => f,
             Err(e) => {
-                self.send_error(client, &ProxyError::bad_request(e.to_string()), true, ex).await;
+                self.send_error(client, &ProxyError::bad_request(e.to_string()), true, ex)
+                    .await;
                 return false;
             }
         };
         // With a body we cannot skip, a refused request ends the connection.
-        let close_on_error = framing != Framing::None;
+        let close_on_error = framing != Framing::None || !wants_keep_alive(&head);
         if head.version == Version::Http11 && head.headers.count("host") != 1 {
             let err = ProxyError::bad_request("HTTP/1.1 request without exactly one Host field");
             self.send_error(client, &err, true, ex).await;
@@ -281,10 +344,18 @@ impl HttpProxy {
         if head.method == "TRACE" || head.method == "OPTIONS" {
             if let Some(v) = head.headers.get_str("max-forwards") {
                 match v.trim().parse::<u32>() {
-                    Ok(0) => return self.answer_max_forwards(client, &head, ex).await && !close_on_error,
+                    Ok(0) => {
+                        return self.answer_max_forwards(client, &head, ex).await && !close_on_error
+                    }
                     Ok(n) => max_forwards = Some(n - 1),
                     Err(_) => {
-                        self.send_error(client, &ProxyError::bad_request("bad Max-Forwards"), true, ex).await;
+                        self.send_error(
+                            client,
+                            &ProxyError::bad_request("bad Max-Forwards"),
+                            true,
+                            ex,
+                        )
+                        .await;
                         return false;
                     }
                 }
@@ -296,7 +367,10 @@ impl HttpProxy {
             host: target.host.clone(),
             port: target.port,
         };
-        let idempotent = matches!(head.method.as_str(), "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE");
+        let idempotent = matches!(
+            head.method.as_str(),
+            "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
+        );
         let mut retried = false;
         loop {
             let (stream, peer, reused) = match self.svc.pool.take(&key) {
@@ -304,7 +378,8 @@ impl HttpProxy {
                 None => match self.svc.connector.connect(&target.host, target.port).await {
                     Ok(c) => (c.stream, c.peer, false),
                     Err(e) => {
-                        self.send_error(client, &ProxyError::from(e), close_on_error, ex).await;
+                        self.send_error(client, &ProxyError::from(e), close_on_error, ex)
+                            .await;
                         return !close_on_error;
                     }
                 },
@@ -314,20 +389,30 @@ impl HttpProxy {
                 stream,
                 buf: BytesMut::new(),
             };
-            match self.exchange(client, &mut up, &head, framing, &req_head, ex).await {
+            match self
+                .exchange(client, &mut up, &head, framing, &req_head, ex)
+                .await
+            {
+                Ok(done) if done.upgraded => return self.tunnel_upgraded(client, up, ex).await,
                 Ok(done) => {
                     if done.upstream_reusable && up.buf.is_empty() {
                         self.svc.pool.put(key, up.stream, peer);
                     }
                     return done.client_keep;
                 }
-                Err(Failure::Stale) if reused && !retried && idempotent && framing == Framing::None => {
+                Err(Failure::Stale)
+                    if reused && !retried && idempotent && framing == Framing::None =>
+                {
                     // A pooled connection the server had already closed: try a fresh one once.
                     retried = true;
                     continue;
                 }
                 Err(Failure::Stale) => {
-                    let err = ProxyError::new(502, "connection_terminated", "upstream closed the connection");
+                    let err = ProxyError::new(
+                        502,
+                        "connection_terminated",
+                        "upstream closed the connection",
+                    );
                     self.send_error(client, &err, close_on_error, ex).await;
                     return !close_on_error;
                 }
@@ -343,7 +428,54 @@ impl HttpProxy {
         }
     }
 
-    async fn answer_max_forwards(&self, client: &mut Client, head: &RequestHead, ex: &mut Exchange) -> bool {
+    /// After a 101: relay both connections as a tunnel, bytes already read going first.
+    async fn tunnel_upgraded(
+        &self,
+        client: &mut Client,
+        mut up: Upstream,
+        ex: &mut Exchange,
+    ) -> bool {
+        let t = self.cfg.read_timeout;
+        if !client.buf.is_empty() {
+            if body::write_all(&mut up.stream, &client.buf, t)
+                .await
+                .is_err()
+            {
+                return false;
+            }
+            ex.bytes_in += client.buf.len() as u64;
+            client.buf.clear();
+        }
+        if !up.buf.is_empty() {
+            if body::write_all(&mut client.stream, &up.buf, t)
+                .await
+                .is_err()
+            {
+                return false;
+            }
+            ex.bytes_out += up.buf.len() as u64;
+            up.buf.clear();
+        }
+        let (end, stats) = relay::relay(
+            &mut client.stream,
+            &mut up.stream,
+            self.cfg.tunnel_idle_timeout,
+        )
+        .await;
+        ex.bytes_in += stats.a_to_b;
+        ex.bytes_out += stats.b_to_a;
+        if let RelayEnd::Error(_) = end {
+            ex.error = Some("connection_terminated");
+        }
+        false
+    }
+
+    async fn answer_max_forwards(
+        &self,
+        client: &mut Client,
+        head: &RequestHead,
+        ex: &mut Exchange,
+    ) -> bool {
         let mut h = Headers::default();
         if head.method == "TRACE" {
             // Echo the request as received, minus fields likely to hold credentials.
@@ -352,7 +484,15 @@ impl HttpProxy {
                 echo.remove(f);
             }
             let mut body = Vec::new();
-            body.extend_from_slice(format!("{} {} {}\r\n", head.method, head.target, head.version.as_str()).as_bytes());
+            body.extend_from_slice(
+                format!(
+                    "{} {} {}\r\n",
+                    head.method,
+                    head.target,
+                    head.version.as_str()
+                )
+                .as_bytes(),
+            );
             for f in &echo.0 {
                 body.extend_from_slice(f.name.as_bytes());
                 body.extend_from_slice(b": ");
@@ -361,19 +501,34 @@ impl HttpProxy {
             }
             body.extend_from_slice(b"\r\n");
             h.push("Content-Type", "message/http");
-            self.respond_local(client, h, &body, ex).await
+            self.respond_local(client, head, h, &body, ex).await
         } else {
-            h.push("Allow", "GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH, CONNECT");
-            self.respond_local(client, h, b"", ex).await
+            h.push(
+                "Allow",
+                "GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH, CONNECT",
+            );
+            self.respond_local(client, head, h, b"", ex).await
         }
     }
 
     /// The request head sent upstream: origin-form, Host from the target, hop-by-hop fields
     /// removed, Via added, client identity only when configured.
-    fn upstream_request(&self, head: &RequestHead, target: &HttpTarget, peer: SocketAddr, max_forwards: Option<u32>) -> Vec<u8> {
+    fn upstream_request(
+        &self,
+        head: &RequestHead,
+        target: &HttpTarget,
+        peer: SocketAddr,
+        max_forwards: Option<u32>,
+    ) -> Vec<u8> {
         let mut h = head.headers.clone();
         let wants_trailers = h.has_token("te", "trailers");
+        let upgrade = upgrade_request(head).map(<[u8]>::to_vec);
         strip_hop_by_hop(&mut h);
+        if let Some(protocols) = upgrade {
+            // Upgrade is hop-by-hop, but a proxy that tunnels it re-sends it (RFC 9110 7.8).
+            h.push("Upgrade", protocols);
+            h.push("Connection", "upgrade");
+        }
         h.remove("proxy-authorization");
         h.set("Host", target.authority.as_bytes());
         if wants_trailers {
@@ -388,13 +543,21 @@ impl HttpProxy {
             h.set("Max-Forwards", n.to_string());
         }
         if let Some(via) = &self.cfg.via {
-            let v = if head.version == Version::Http10 { "1.0" } else { "1.1" };
+            let v = if head.version == Version::Http10 {
+                "1.0"
+            } else {
+                "1.1"
+            };
             h.push("Via", format!("{v} {via}"));
         }
         if self.cfg.forwarded_for {
             let ip = peer.ip().to_canonical();
             h.push("X-Forwarded-For", ip.to_string());
-            let node = if ip.is_ipv6() { format!("\"[{ip}]\"") } else { ip.to_string() };
+            let node = if ip.is_ipv6() {
+                format!("\"[{ip}]\"")
+            } else {
+                ip.to_string()
+            };
             h.push("Forwarded", format!("for={node};proto=http"));
         }
         let mut out = Vec::with_capacity(512);
@@ -417,21 +580,31 @@ impl HttpProxy {
         if let Err(e) = body::write_all(&mut up.stream, req_head, t).await {
             return Err(match e {
                 CopyError::Write(_) => Failure::Stale,
-                _ => Failure::BeforeResponse(ProxyError::new(504, "connection_write_timeout", e.to_string())),
+                _ => Failure::BeforeResponse(ProxyError::new(
+                    504,
+                    "connection_write_timeout",
+                    e.to_string(),
+                )),
             });
         }
-        let Client { stream, buf: cbuf, .. } = client;
+        let Client {
+            stream, buf: cbuf, ..
+        } = client;
         let (mut cr, mut cw) = stream.split();
         let (mut ur, mut uw) = up.stream.split();
         let max_trailer = self.cfg.max_header_bytes;
         let mut sent = 0u64;
-        let mut body_result: Option<Result<(), CopyError>> = None;
+        // No body to send: nothing to wait for on that side.
+        let mut body_result: Option<Result<(), CopyError>> =
+            (framing == Framing::None).then_some(Ok(()));
         let response = {
             let send = async {
                 let r = match framing {
                     Framing::None | Framing::UntilClose => Ok(0),
                     Framing::Length(n) => body::copy_length(&mut cr, cbuf, &mut uw, n, t).await,
-                    Framing::Chunked => body::copy_chunked(&mut cr, cbuf, &mut uw, true, max_trailer, t).await,
+                    Framing::Chunked => {
+                        body::copy_chunked(&mut cr, cbuf, &mut uw, true, max_trailer, t).await
+                    }
                 };
                 r.map(|n| sent = n)
             };
@@ -494,18 +667,30 @@ impl HttpProxy {
                         } else {
                             "http_response_header_section_size"
                         };
-                        return Err(Failure::BeforeResponse(ProxyError::new(502, kind, e.to_string())));
+                        return Err(Failure::BeforeResponse(ProxyError::new(
+                            502,
+                            kind,
+                            e.to_string(),
+                        )));
                     }
                 }
                 ubuf.reserve(8192);
                 match timeout(t, ur.read_buf(ubuf)).await {
                     Err(_) => {
-                        let err = ProxyError::new(504, "connection_read_timeout", "no response from upstream in time");
+                        let err = ProxyError::new(
+                            504,
+                            "connection_read_timeout",
+                            "no response from upstream in time",
+                        );
                         return Err(Failure::BeforeResponse(err));
                     }
                     Ok(Ok(0)) | Ok(Err(_)) if !got_any => return Err(Failure::Stale),
                     Ok(Ok(0)) => {
-                        let err = ProxyError::new(502, "http_response_incomplete", "upstream closed mid-response head");
+                        let err = ProxyError::new(
+                            502,
+                            "http_response_incomplete",
+                            "upstream closed mid-response head",
+                        );
                         return Err(Failure::BeforeResponse(err));
                     }
                     Ok(Err(e)) => {
@@ -517,8 +702,32 @@ impl HttpProxy {
             };
             got_any = true;
             if head.status == 101 {
-                let err = ProxyError::new(502, "http_protocol_error", "unexpected 101 from upstream");
-                return Err(Failure::BeforeResponse(err));
+                let Some(asked) = upgrade_request(req) else {
+                    let err =
+                        ProxyError::new(502, "http_protocol_error", "unexpected 101 from upstream");
+                    return Err(Failure::BeforeResponse(err));
+                };
+                // Switching protocols: pass the 101 on; the caller then tunnels both sockets.
+                let mut h = head.headers.clone();
+                let chosen = h.get("upgrade").unwrap_or(asked).to_vec();
+                strip_hop_by_hop(&mut h);
+                h.push("Upgrade", chosen);
+                h.push("Connection", "upgrade");
+                if let Some(via) = &self.cfg.via {
+                    h.push("Via", format!("1.1 {via}"));
+                }
+                let mut out = Vec::new();
+                codec::write_response_head(&mut out, 101, &head.reason, &h);
+                if body::write_all(cw, &out, t).await.is_err() {
+                    return Err(Failure::Abort("connection_terminated"));
+                }
+                ex.status = 101;
+                ex.bytes_out += out.len() as u64;
+                return Ok(Done {
+                    client_keep: false,
+                    upstream_reusable: false,
+                    upgraded: true,
+                });
             }
             if head.status >= 200 {
                 break head;
@@ -538,7 +747,13 @@ impl HttpProxy {
 
         let up_framing = match codec::response_framing(&req.method, &resp) {
             Ok(f) => f,
-            Err(e) => return Err(Failure::BeforeResponse(ProxyError::new(502, "http_protocol_error", e.to_string()))),
+            Err(e) => {
+                return Err(Failure::BeforeResponse(ProxyError::new(
+                    502,
+                    "http_protocol_error",
+                    e.to_string(),
+                )))
+            }
         };
         let client_11 = req.version == Version::Http11;
         // How the body reaches the client, and whether the client connection can stay open.
@@ -549,16 +764,13 @@ impl HttpProxy {
             (Framing::Chunked, false) => (Out::Dechunk, false),
             _ => (Out::Raw, true),
         };
-        let client_wants_keep = if client_11 {
-            !req.headers.has_token("connection", "close")
-        } else {
-            req.headers.has_token("connection", "keep-alive")
-        };
-        let client_keep = client_wants_keep && delimited && !self.svc.shutdown.is_draining();
+        let client_keep = wants_keep_alive(req) && delimited && !self.svc.shutdown.is_draining();
         let upstream_reusable = up_framing != Framing::UntilClose
             && !resp.headers.has_token("connection", "close")
-            && (resp.version == Version::Http11 || resp.headers.has_token("connection", "keep-alive"))
-            && !(resp.headers.contains("transfer-encoding") && resp.headers.contains("content-length"));
+            && (resp.version == Version::Http11
+                || resp.headers.has_token("connection", "keep-alive"))
+            && !(resp.headers.contains("transfer-encoding")
+                && resp.headers.contains("content-length"));
 
         let mut h = resp.headers.clone();
         strip_hop_by_hop(&mut h);
@@ -572,7 +784,11 @@ impl HttpProxy {
             Out::Raw => {}
         }
         if let Some(via) = &self.cfg.via {
-            let v = if resp.version == Version::Http10 { "1.0" } else { "1.1" };
+            let v = if resp.version == Version::Http10 {
+                "1.0"
+            } else {
+                "1.1"
+            };
             h.push("Via", format!("{v} {via}"));
         }
         if !client_keep {
@@ -591,9 +807,13 @@ impl HttpProxy {
         let copied = match (up_framing, to_client) {
             (Framing::None, _) => Ok(0),
             (Framing::Length(n), _) => body::copy_length(ur, ubuf, cw, n, t).await,
-            (Framing::Chunked, Out::Dechunk) => body::copy_chunked(ur, ubuf, cw, false, max, t).await,
+            (Framing::Chunked, Out::Dechunk) => {
+                body::copy_chunked(ur, ubuf, cw, false, max, t).await
+            }
             (Framing::Chunked, _) => body::copy_chunked(ur, ubuf, cw, true, max, t).await,
-            (Framing::UntilClose, out) => body::copy_until_close(ur, ubuf, cw, out == Out::Rechunk, t).await,
+            (Framing::UntilClose, out) => {
+                body::copy_until_close(ur, ubuf, cw, out == Out::Rechunk, t).await
+            }
         };
         match copied {
             Ok(n) => ex.bytes_out += n,
@@ -612,6 +832,7 @@ impl HttpProxy {
         Ok(Done {
             client_keep,
             upstream_reusable,
+            upgraded: false,
         })
     }
 }
@@ -631,6 +852,8 @@ enum Out {
 struct Done {
     client_keep: bool,
     upstream_reusable: bool,
+    /// The upstream answered 101 to an Upgrade request: tunnel from here on.
+    upgraded: bool,
 }
 
 enum Failure {
@@ -642,23 +865,52 @@ enum Failure {
     Abort(&'static str),
 }
 
+/// The protocols an HTTP/1.1 request asks to upgrade to (`Connection: upgrade` + `Upgrade`).
+fn upgrade_request(req: &RequestHead) -> Option<&[u8]> {
+    if req.version == Version::Http11 && req.headers.has_token("connection", "upgrade") {
+        req.headers.get("upgrade")
+    } else {
+        None
+    }
+}
+
+/// Whether the client asked for its connection to stay open after this exchange.
+fn wants_keep_alive(req: &RequestHead) -> bool {
+    match req.version {
+        Version::Http11 => !req.headers.has_token("connection", "close"),
+        Version::Http10 => req.headers.has_token("connection", "keep-alive"),
+    }
+}
+
 /// Removes hop-by-hop fields (RFC 9110 section 7.6.1): Connection and every field it names,
 /// plus the classic list. Transfer-Encoding and Trailer stay: bodies are passed on in their
 /// original framing, and the caller rewrites them where it changes the framing.
 pub fn strip_hop_by_hop(h: &mut Headers) {
     for name in h.tokens("connection") {
-        if !matches!(name.as_str(), "transfer-encoding" | "content-length" | "host") {
+        if !matches!(
+            name.as_str(),
+            "transfer-encoding" | "content-length" | "host"
+        ) {
             h.remove(&name);
         }
     }
-    for name in ["connection", "proxy-connection", "keep-alive", "te", "upgrade"] {
+    for name in [
+        "connection",
+        "proxy-connection",
+        "keep-alive",
+        "te",
+        "upgrade",
+    ] {
         h.remove(name);
     }
 }
 
 /// Reads one request head into the client's buffer. `Ok(None)`: the client closed cleanly
 /// before sending anything.
-async fn read_head(client: &mut Client, max: usize) -> Result<Option<(RequestHead, usize)>, HeadError> {
+async fn read_head(
+    client: &mut Client,
+    max: usize,
+) -> Result<Option<(RequestHead, usize)>, HeadError> {
     loop {
         if !client.buf.is_empty() {
             // Tolerate empty lines before a request (RFC 9112 section 2.2).

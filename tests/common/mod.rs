@@ -70,7 +70,9 @@ impl Gatehouse {
                 if let Some(tx) = &ready_tx {
                     log.push(line.clone());
                     if line.contains(" ready ") {
-                        if let (Some(name), Some(addr)) = (field(&line, "listener="), field(&line, "addr=")) {
+                        if let (Some(name), Some(addr)) =
+                            (field(&line, "listener="), field(&line, "addr="))
+                        {
                             if let Ok(a) = addr.parse::<SocketAddr>() {
                                 addrs.insert(name, a);
                             }
@@ -164,7 +166,8 @@ impl Gatehouse {
 
     /// Resident set size in KiB, from /proc.
     pub fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("proc status");
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("proc status");
         status
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -193,7 +196,9 @@ fn field(line: &str, key: &str) -> Option<String> {
 
 /// A listener config block for an HTTP proxy on port 0, plus extra keys.
 pub fn http_listener(name: &str, extra: &str) -> String {
-    format!("[[listeners]]\nname = \"{name}\"\nkind = \"http\"\nlisten = \"127.0.0.1:0\"\n{extra}\n")
+    format!(
+        "[[listeners]]\nname = \"{name}\"\nkind = \"http\"\nlisten = \"127.0.0.1:0\"\n{extra}\n"
+    )
 }
 
 /// A request as the hyper origin saw it.
@@ -205,6 +210,8 @@ pub struct Seen {
     pub headers: hyper::HeaderMap,
     pub body: Bytes,
     pub trailers: Option<hyper::HeaderMap>,
+    /// The address the request came from (the proxy's outgoing address).
+    pub peer: SocketAddr,
 }
 
 pub type Handler = Arc<dyn Fn(&Seen) -> Response<Full<Bytes>> + Send + Sync>;
@@ -224,7 +231,7 @@ impl Origin {
         let requests = Arc::new(std::sync::Mutex::new(Vec::new()));
         let (c, r) = (connections.clone(), requests.clone());
         tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
+            while let Ok((stream, peer)) = listener.accept().await {
                 c.fetch_add(1, Ordering::SeqCst);
                 let (handler, r) = (handler.clone(), r.clone());
                 tokio::spawn(async move {
@@ -242,6 +249,7 @@ impl Origin {
                                 headers: parts.headers,
                                 body,
                                 trailers,
+                                peer,
                             };
                             let resp = handler(&seen);
                             if let Ok(mut v) = r.lock() {
@@ -266,12 +274,18 @@ impl Origin {
 
     /// An origin answering every request with `200` and `body`.
     pub async fn fixed(body: &'static str) -> Origin {
-        Self::start(Arc::new(move |_| Response::new(Full::new(Bytes::from_static(body.as_bytes()))))).await
+        Self::start(Arc::new(move |_| {
+            Response::new(Full::new(Bytes::from_static(body.as_bytes())))
+        }))
+        .await
     }
 
     /// An origin that echoes the request body back.
     pub async fn echo() -> Origin {
-        Self::start(Arc::new(|s: &Seen| Response::new(Full::new(s.body.clone())))).await
+        Self::start(Arc::new(|s: &Seen| {
+            Response::new(Full::new(s.body.clone()))
+        }))
+        .await
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -293,7 +307,9 @@ where
     F: Fn(tokio::net::TcpStream) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind raw origin");
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind raw origin");
     let addr = listener.local_addr().expect("addr");
     let script = Arc::new(script);
     tokio::spawn(async move {
@@ -326,12 +342,15 @@ impl Dns {
         tokio::spawn(async move {
             let mut buf = vec![0u8; 4096];
             while let Ok((n, from)) = sock.recv_from(&mut buf).await {
-                let Ok(req) = Message::from_vec(&buf[..n]) else { continue };
+                let Ok(req) = Message::from_vec(&buf[..n]) else {
+                    continue;
+                };
                 q.fetch_add(1, Ordering::SeqCst);
                 let mut resp = Message::response(req.metadata.id, OpCode::Query);
                 resp.metadata.recursion_desired = req.metadata.recursion_desired;
                 resp.metadata.recursion_available = true;
                 let mut known = false;
+                let mut answered = false;
                 for query in &req.queries {
                     resp.add_query(query.clone());
                     for (name, ip) in &table {
@@ -339,10 +358,13 @@ impl Dns {
                             known = true;
                             let rdata = match (ip, query.query_type()) {
                                 (IpAddr::V4(v4), RecordType::A) => Some(RData::A((*v4).into())),
-                                (IpAddr::V6(v6), RecordType::AAAA) => Some(RData::AAAA((*v6).into())),
+                                (IpAddr::V6(v6), RecordType::AAAA) => {
+                                    Some(RData::AAAA((*v6).into()))
+                                }
                                 _ => None,
                             };
                             if let Some(rdata) = rdata {
+                                answered = true;
                                 resp.add_answer(Record::from_rdata(name.clone(), ttl, rdata));
                             }
                         }
@@ -350,6 +372,20 @@ impl Dns {
                 }
                 if !known {
                     resp.metadata.response_code = ResponseCode::NXDomain;
+                }
+                if !answered {
+                    // Negative answers carry an SOA so resolvers may cache them (RFC 2308).
+                    let zone = Name::from_ascii("test.").expect("zone");
+                    let soa = hickory_proto::rr::rdata::SOA::new(
+                        zone.clone(),
+                        zone.clone(),
+                        1,
+                        60,
+                        60,
+                        60,
+                        ttl,
+                    );
+                    resp.add_authority(Record::from_rdata(zone, ttl, RData::SOA(soa)));
                 }
                 if let Ok(bytes) = resp.to_vec() {
                     let _ = sock.send_to(&bytes, from).await;
@@ -361,7 +397,10 @@ impl Dns {
 
     /// The `[dns]` config section pointing at this server.
     pub fn config(&self) -> String {
-        format!("[dns]\nservers = [\"{}\"]\ntimeout = \"2s\"\nattempts = 1\n", self.addr)
+        format!(
+            "[dns]\nservers = [\"{}\"]\ntimeout = \"2s\"\nattempts = 1\n",
+            self.addr
+        )
     }
 }
 

@@ -1,0 +1,417 @@
+//! [`Cache`]: the API the proxy calls. It joins the pure rules to the storage tiers.
+//!
+//! Call sequence for one request (`now` is the wall clock; `request_time` is taken just
+//! before the upstream request is sent, `response_time` when its head arrives):
+//!
+//! 1. `cache.lookup(&req, now).await` gives a [`Lookup`]:
+//!    - `Hit(served)`: send `served.head` and `served.body`. Done.
+//!    - `OnlyIfCached(served)`: send the 504 in `served`. Done.
+//!    - `Bypass(status)`: forward the request unchanged and relay the response; add
+//!      `status` with [`CacheStatus::append_to`]. For an unsafe method, call
+//!      `cache.invalidate(&req, &resp_head).await` once the response head is in.
+//!    - `Miss { key, status }`: `cache.flights().join(&key)`.
+//!      - A follower calls `next()`: on `Head(shared)` it checks `shared.accepts(&req)` and
+//!        sends `shared.head` (Cache-Status `fwd=miss; collapsed`) then each `Chunk` until
+//!        `End`; on `GoUpstream` (or a head it does not accept) it proceeds as a leader
+//!        without a flight; on `Aborted` it ends its response like an upstream failure.
+//!      - A leader forwards the request and asks `cache.storable(&req, &resp_head)`. If `Ok`:
+//!        `leader.publish(SharedHead::new(&req, &resp_head, response_time)?)`, then
+//!        `leader.push(chunk)` for each body chunk while relaying it, collecting the body (at
+//!        most `max_object_size`; past it, stop collecting); at the end
+//!        `cache.store(&key, &req, &resp_head, body, request_time, response_time).await`
+//!        (its result is `status.stored`), then `leader.finish()`. If `Err`:
+//!        `leader.not_shared()` and relay as usual. Set `status.fwd_status` to the upstream
+//!        status and append `status` to the response.
+//!    - `Revalidate(reval)`: send a GET upstream with `reval.headers` (a HEAD client is
+//!      revalidated with GET too). On 304: `cache.revalidated(&reval, &req, &head304,
+//!      request_time, response_time, now).await` returns the response to send (`None`: the
+//!      304 did not match the stored response; repeat the request without validators and
+//!      treat it as a miss). On any other response: treat as a miss (`storable`/`store`),
+//!      except that on a 500/502/503/504 or a connection failure, `cache.stale_if_error(
+//!      &reval, &req, now)` may give a stale response to send instead.
+//!    - `StaleWhileRevalidate { served, reval }`: send `served` now, and run the
+//!      `Revalidate` steps in a spawned task without a client.
+//! 2. The access log takes `status.log_word()`; metrics read [`Cache::stats`].
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+
+use super::collapse::Flights;
+use super::conditional::has_origin_preconditions;
+use super::config::CacheConfig;
+use super::directives::CacheControl;
+use super::freshness::{current_age, format_http_date, freshness_lifetime, within_stale_if_error};
+use super::key::{invalidated_keys, is_safe_method, key_of_url, primary_key};
+use super::object::{Entry, StoredResponse};
+use super::reuse::{only_if_cached, request_cache_control, reuse, Reuse};
+use super::serve::{only_if_cached_miss, respond, ttl};
+pub use super::stats::CacheStats;
+use super::stats::{bump, Counters};
+use super::status::{CacheStatus, Fwd};
+use super::storable::{headers_to_store, storable, NotStorable};
+use super::store::{DiskTier, MemoryTier, StoreError, Tier};
+use super::validate::{merge_not_modified, revalidation_headers, selected_for_update};
+use super::vary::secondary_key;
+use crate::http::codec::{Headers, RequestHead, ResponseHead};
+
+pub use super::serve::Served;
+
+/// A stored response that needs validation with the origin.
+#[derive(Debug, Clone)]
+pub struct Revalidation {
+    pub key: String,
+    pub stored: Arc<StoredResponse>,
+    /// Request header fields for the conditional GET sent upstream.
+    pub headers: Headers,
+    /// Cache-Status so far (`fwd=stale` or `fwd=request`).
+    pub status: CacheStatus,
+}
+
+#[derive(Debug)]
+pub enum Lookup {
+    Bypass(CacheStatus),
+    Hit(Served),
+    OnlyIfCached(Served),
+    Miss { key: String, status: CacheStatus },
+    Revalidate(Revalidation),
+    StaleWhileRevalidate { served: Served, reval: Revalidation },
+}
+
+/// Why [`Cache::storable`] refused a response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    Rfc(NotStorable),
+    /// Content-Length above `max_object_size`.
+    TooLarge,
+    Disabled,
+}
+
+pub struct Cache {
+    cfg: CacheConfig,
+    pub(super) memory: Option<MemoryTier>,
+    pub(super) disk: Option<DiskTier>,
+    flights: Flights,
+    pub(super) counters: Counters,
+}
+
+impl Cache {
+    /// Builds the tiers; opening the disk tier validates its index (blocking: call at start).
+    pub fn new(cfg: CacheConfig) -> Result<Cache, StoreError> {
+        let memory = (cfg.enabled && cfg.memory_size > 0).then(|| MemoryTier::new(cfg.memory_size));
+        let disk = match &cfg.disk_dir {
+            Some(dir) if cfg.enabled => Some(DiskTier::open(dir, cfg.disk_size)?),
+            _ => None,
+        };
+        let flights = Flights::new(usize::try_from(cfg.max_object_size).unwrap_or(usize::MAX));
+        Ok(Cache {
+            cfg,
+            memory,
+            disk,
+            flights,
+            counters: Counters::default(),
+        })
+    }
+
+    pub fn config(&self) -> &CacheConfig {
+        &self.cfg
+    }
+
+    pub fn flights(&self) -> &Flights {
+        &self.flights
+    }
+
+    fn tiers(&self) -> impl Iterator<Item = &dyn Tier> {
+        let m = self.memory.as_ref().map(|m| m as &dyn Tier);
+        let d = self.disk.as_ref().map(|d| d as &dyn Tier);
+        m.into_iter().chain(d)
+    }
+
+    async fn get(&self, key: &str) -> Option<Arc<Entry>> {
+        if let Some(e) = match &self.memory {
+            Some(m) => m.get(key).await,
+            None => None,
+        } {
+            return Some(e);
+        }
+        let e = self.disk.as_ref()?.get(key).await?;
+        if let Some(m) = &self.memory {
+            let _ = m.put(key, e.clone()).await;
+        }
+        Some(e)
+    }
+
+    /// Step 1 of the call sequence: what to do with this request.
+    pub async fn lookup(&self, req: &RequestHead, now: SystemTime) -> Lookup {
+        if !self.cfg.handles(&req.method) {
+            return Lookup::Bypass(CacheStatus::forward(if self.cfg.enabled {
+                Fwd::Method
+            } else {
+                Fwd::Bypass
+            }));
+        }
+        let Some(key) = primary_key(req) else {
+            return Lookup::Bypass(CacheStatus::forward(Fwd::Bypass).with_detail("target"));
+        };
+        if has_origin_preconditions(req) {
+            return Lookup::Bypass(CacheStatus::forward(Fwd::Request).with_detail("precondition"));
+        }
+        let req_cc = request_cache_control(&req.headers);
+        let entry = self.get(&key).await;
+        let selected = entry.as_ref().and_then(|e| e.select(&req.headers)).cloned();
+        let Some(stored) = selected else {
+            let fwd = if entry.is_some() {
+                Fwd::VaryMiss
+            } else {
+                Fwd::UriMiss
+            };
+            return self.miss(key, &req_cc, CacheStatus::forward(fwd));
+        };
+        let resp_cc = CacheControl::from_headers(&stored.head.headers);
+        let lifetime = freshness_lifetime(&stored.head, &resp_cc, stored.response_time);
+        let age = current_age(&stored.head, stored.request_time, stored.response_time, now);
+        let ttl = lifetime as i64 - age as i64;
+        match reuse(&req_cc, &resp_cc, lifetime, age) {
+            Reuse::Fresh => {
+                bump(&self.counters.hits);
+                Lookup::Hit(respond(req, &stored, now, CacheStatus::hit(ttl)))
+            }
+            Reuse::StaleAccepted => {
+                bump(&self.counters.stale_served);
+                Lookup::Hit(respond(req, &stored, now, CacheStatus::hit(ttl)))
+            }
+            Reuse::StaleWhileRevalidate => {
+                bump(&self.counters.stale_served);
+                let served = respond(
+                    req,
+                    &stored,
+                    now,
+                    CacheStatus::hit(ttl).with_detail("stale-while-revalidate"),
+                );
+                let reval = self.revalidation(key, req, stored, CacheStatus::forward(Fwd::Stale));
+                Lookup::StaleWhileRevalidate { served, reval }
+            }
+            Reuse::Revalidate => {
+                if only_if_cached(&req_cc) {
+                    bump(&self.counters.misses);
+                    return Lookup::OnlyIfCached(only_if_cached_miss(CacheStatus::forward(
+                        Fwd::Stale,
+                    )));
+                }
+                bump(&self.counters.revalidations);
+                // RFC 9211 `request`: a fresh response the request's own directives refused.
+                let fwd = if ttl > 0 && !resp_cc.has("no-cache") {
+                    Fwd::Request
+                } else {
+                    Fwd::Stale
+                };
+                let mut status = CacheStatus::forward(fwd);
+                status.ttl = Some(ttl);
+                Lookup::Revalidate(self.revalidation(key, req, stored, status))
+            }
+        }
+    }
+
+    fn miss(&self, key: String, req_cc: &CacheControl, status: CacheStatus) -> Lookup {
+        bump(&self.counters.misses);
+        if only_if_cached(req_cc) {
+            return Lookup::OnlyIfCached(only_if_cached_miss(status));
+        }
+        Lookup::Miss { key, status }
+    }
+
+    fn revalidation(
+        &self,
+        key: String,
+        req: &RequestHead,
+        stored: Arc<StoredResponse>,
+        status: CacheStatus,
+    ) -> Revalidation {
+        let headers = revalidation_headers(&req.headers, &stored.head);
+        Revalidation {
+            key,
+            stored,
+            headers,
+            status,
+        }
+    }
+
+    /// Whether the upstream response to `req` may be stored (RFC rules, size, config).
+    pub fn storable(&self, req: &RequestHead, resp: &ResponseHead) -> Result<(), Refusal> {
+        if !self.cfg.enabled {
+            return Err(Refusal::Disabled);
+        }
+        storable(req, resp).map_err(Refusal::Rfc)?;
+        let declared = resp
+            .headers
+            .get_str("content-length")
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if declared.is_some_and(|n| n > self.cfg.max_object_size) {
+            return Err(Refusal::TooLarge);
+        }
+        Ok(())
+    }
+
+    /// Stores a complete response (call after [`Cache::storable`] said yes and the whole body
+    /// arrived). Returns whether it was stored.
+    pub async fn store(
+        &self,
+        key: &str,
+        req: &RequestHead,
+        resp: &ResponseHead,
+        body: Bytes,
+        request_time: SystemTime,
+        response_time: SystemTime,
+    ) -> bool {
+        if self.storable(req, resp).is_err() || body.len() as u64 > self.cfg.max_object_size {
+            return false;
+        }
+        let Some(vary) = secondary_key(&req.headers, resp) else {
+            return false;
+        };
+        let mut head = resp.clone();
+        head.headers = headers_to_store(&resp.headers, &format_http_date(response_time));
+        let stored = Arc::new(StoredResponse {
+            head,
+            body,
+            request_time,
+            response_time,
+            vary,
+        });
+        self.put(key, stored).await
+    }
+
+    async fn put(&self, key: &str, stored: Arc<StoredResponse>) -> bool {
+        let entry = Arc::new(self.get(key).await.unwrap_or_default().with(stored));
+        let mut ok = false;
+        for tier in self.tiers() {
+            match tier.put(key, entry.clone()).await {
+                Ok(()) => ok = true,
+                Err(e) => {
+                    bump(&self.counters.store_errors);
+                    tracing::debug!(tier = tier.name(), key, error = %e, "cache: not stored");
+                }
+            }
+        }
+        if ok {
+            bump(&self.counters.stores);
+        }
+        ok
+    }
+
+    /// A 304 arrived for `reval`: merge it into the stored response (section 4.3.4), store
+    /// the result and build the client's response. `None`: the 304 does not match the
+    /// stored response; fetch again without validators.
+    pub async fn revalidated(
+        &self,
+        reval: &Revalidation,
+        req: &RequestHead,
+        not_modified: &ResponseHead,
+        request_time: SystemTime,
+        response_time: SystemTime,
+        now: SystemTime,
+    ) -> Option<Served> {
+        if !selected_for_update(&reval.stored.head, not_modified) {
+            return None;
+        }
+        bump(&self.counters.not_modified);
+        let mut head = merge_not_modified(&reval.stored.head, not_modified);
+        if !not_modified.headers.contains("date") {
+            head.headers.set("Date", format_http_date(response_time));
+        }
+        if !not_modified.headers.contains("age") {
+            head.headers.remove("age");
+        }
+        let updated = StoredResponse {
+            head,
+            body: reval.stored.body.clone(),
+            request_time,
+            response_time,
+            vary: reval.stored.vary.clone(),
+        };
+        let mut status = reval.status.clone();
+        status.fwd_status = Some(304);
+        // An update may have made the response unstorable (e.g. the 304 added no-store).
+        let get = RequestHead {
+            method: "GET".into(),
+            ..req.clone()
+        };
+        status.stored = storable(&get, &updated.head).is_ok()
+            && self.put(&reval.key, Arc::new(updated.clone())).await;
+        if !status.stored {
+            self.remove(&reval.key).await;
+        }
+        status.ttl = Some(ttl(&updated, now));
+        Some(respond(req, &updated, now, status))
+    }
+
+    /// The origin failed (connection error, or 500/502/503/504): RFC 5861 section 4 lets a
+    /// stale response be sent within its `stale-if-error` window.
+    pub fn stale_if_error(
+        &self,
+        reval: &Revalidation,
+        req: &RequestHead,
+        now: SystemTime,
+    ) -> Option<Served> {
+        let stored = &reval.stored;
+        let resp_cc = CacheControl::from_headers(&stored.head.headers);
+        let lifetime = freshness_lifetime(&stored.head, &resp_cc, stored.response_time);
+        let age = current_age(&stored.head, stored.request_time, stored.response_time, now);
+        let req_cc = request_cache_control(&req.headers);
+        if !within_stale_if_error(&resp_cc, &req_cc, age.saturating_sub(lifetime)) {
+            return None;
+        }
+        bump(&self.counters.stale_served);
+        let status = CacheStatus::hit(lifetime as i64 - age as i64).with_detail("stale-if-error");
+        Some(respond(req, stored, now, status))
+    }
+
+    /// Section 4.4: after a non-error response to an unsafe method, drop what it changed.
+    pub async fn invalidate(&self, req: &RequestHead, resp: &ResponseHead) -> usize {
+        if is_safe_method(&req.method) {
+            return 0;
+        }
+        let mut n = 0;
+        for key in invalidated_keys(req, resp) {
+            if self.remove(&key).await {
+                n += 1;
+            }
+        }
+        self.counters
+            .invalidations
+            .fetch_add(n as u64, Ordering::Relaxed);
+        n
+    }
+
+    async fn remove(&self, key: &str) -> bool {
+        let mut any = false;
+        for tier in self.tiers() {
+            any |= tier.remove(key).await;
+        }
+        any
+    }
+
+    /// Admin purge of one URL (normalised like a request target). Returns entries removed.
+    pub async fn purge(&self, url: &str) -> usize {
+        match key_of_url(url) {
+            Some(key) => usize::from(self.remove(&key).await),
+            None => 0,
+        }
+    }
+
+    /// Admin purge of every URL starting with `prefix` (compared with normalised keys, e.g.
+    /// `http://example.com/static/`). Returns the largest count any tier removed.
+    pub async fn purge_prefix(&self, prefix: &str) -> usize {
+        let mut n = 0;
+        for tier in self.tiers() {
+            n = n.max(tier.remove_prefix(prefix).await);
+        }
+        n
+    }
+}
+
+#[cfg(test)]
+#[path = "engine_tests.rs"]
+mod tests;

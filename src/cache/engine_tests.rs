@@ -1,0 +1,398 @@
+use super::*;
+use crate::cache::testutil::{date, req, resp, t};
+
+const URL: &str = "http://origin.test/page";
+
+fn cache() -> Cache {
+    Cache::new(CacheConfig::default()).expect("memory cache")
+}
+
+fn get(hs: &[(&str, &str)]) -> RequestHead {
+    req("GET", URL, hs)
+}
+
+/// Runs a miss through storing, as the proxy would, with the response received at t(0).
+async fn fill(c: &Cache, rq: &RequestHead, rs: &ResponseHead, body: &str) -> bool {
+    match c.lookup(rq, t(0)).await {
+        Lookup::Miss { key, .. } => {
+            c.storable(rq, rs).is_ok()
+                && c.store(&key, rq, rs, Bytes::from(body.to_string()), t(0), t(0))
+                    .await
+        }
+        other => panic!("expected a miss, got {other:?}"),
+    }
+}
+
+fn hit(l: Lookup) -> Served {
+    match l {
+        Lookup::Hit(s) => s,
+        other => panic!("expected a hit, got {other:?}"),
+    }
+}
+
+fn fresh60() -> ResponseHead {
+    resp(
+        200,
+        &[
+            ("Date", &date(0)),
+            ("Cache-Control", "max-age=60"),
+            ("ETag", "\"v1\""),
+        ],
+    )
+}
+
+#[tokio::test]
+async fn miss_store_hit_with_age_and_cache_status() {
+    let c = cache();
+    assert!(fill(&c, &get(&[]), &fresh60(), "hello").await);
+    let s = hit(c.lookup(&get(&[]), t(10)).await);
+    assert_eq!(&s.body[..], b"hello");
+    assert_eq!(s.head.headers.get_str("age"), Some("10"));
+    assert_eq!(
+        s.head.headers.get_str("cache-status"),
+        Some("Gatehouse; hit; ttl=50")
+    );
+    assert_eq!(s.status.log_word(), "hit");
+    let st = c.stats();
+    assert_eq!((st.hits, st.misses, st.stores), (1, 1, 1));
+}
+
+#[tokio::test]
+async fn miss_statuses_say_why() {
+    let c = cache();
+    match c.lookup(&get(&[]), t(0)).await {
+        Lookup::Miss { key, status } => {
+            assert_eq!(key, URL);
+            assert_eq!(status.fwd, Some(Fwd::UriMiss));
+        }
+        other => panic!("{other:?}"),
+    }
+    match c.lookup(&req("POST", URL, &[]), t(0)).await {
+        Lookup::Bypass(s) => assert_eq!(s.fwd, Some(Fwd::Method)),
+        other => panic!("{other:?}"),
+    }
+    match c.lookup(&get(&[("If-Match", "\"x\"")]), t(0)).await {
+        Lookup::Bypass(s) => assert_eq!(s.detail, Some("precondition")),
+        other => panic!("{other:?}"),
+    }
+    let off = Cache::new(CacheConfig::disabled()).expect("cache");
+    assert!(matches!(
+        off.lookup(&get(&[]), t(0)).await,
+        Lookup::Bypass(_)
+    ));
+}
+
+#[tokio::test]
+async fn variants_are_never_mixed() {
+    let c = cache();
+    let vary = resp(
+        200,
+        &[("Cache-Control", "max-age=60"), ("Vary", "Accept-Language")],
+    );
+    assert!(fill(&c, &get(&[("Accept-Language", "en")]), &vary, "hello").await);
+    let de = get(&[("Accept-Language", "de")]);
+    match c.lookup(&de, t(1)).await {
+        Lookup::Miss { key, status } => {
+            assert_eq!(status.fwd, Some(Fwd::VaryMiss));
+            assert!(
+                c.store(&key, &de, &vary, Bytes::from_static(b"hallo"), t(1), t(1))
+                    .await
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        &hit(c.lookup(&get(&[("Accept-Language", "en")]), t(2)).await).body[..],
+        b"hello"
+    );
+    assert_eq!(&hit(c.lookup(&de, t(2)).await).body[..], b"hallo");
+    assert!(matches!(
+        c.lookup(&get(&[]), t(2)).await,
+        Lookup::Miss { .. }
+    ));
+}
+
+#[tokio::test]
+async fn private_and_authorized_responses_are_not_shared() {
+    let c = cache();
+    let private = resp(200, &[("Cache-Control", "private, max-age=60")]);
+    assert!(!fill(&c, &get(&[("Cookie", "user=alice")]), &private, "alice's").await);
+    assert!(matches!(
+        c.lookup(&get(&[("Cookie", "user=bob")]), t(1)).await,
+        Lookup::Miss { .. }
+    ));
+    let auth = get(&[("Authorization", "Bearer alice")]);
+    assert_eq!(
+        c.storable(&auth, &fresh60()),
+        Err(Refusal::Rfc(NotStorable::Authorization))
+    );
+    assert!(!fill(&c, &auth, &fresh60(), "alice's").await);
+    let cookie = resp(
+        200,
+        &[
+            ("Cache-Control", "max-age=60"),
+            ("Set-Cookie", "session=alice"),
+        ],
+    );
+    assert!(!fill(&c, &get(&[]), &cookie, "x").await);
+    assert_eq!(c.stats().stores, 0);
+}
+
+#[tokio::test]
+async fn stale_revalidates_and_304_is_merged() {
+    let c = cache();
+    let stored = resp(
+        200,
+        &[
+            ("Date", &date(0)),
+            ("Cache-Control", "max-age=10"),
+            ("ETag", "\"v1\""),
+            ("X-V", "old"),
+        ],
+    );
+    assert!(fill(&c, &get(&[]), &stored, "body").await);
+    let client = get(&[("Accept", "text/plain")]);
+    let reval = match c.lookup(&client, t(20)).await {
+        Lookup::Revalidate(r) => r,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(reval.headers.get_str("if-none-match"), Some("\"v1\""));
+    assert_eq!(reval.headers.get_str("accept"), Some("text/plain"));
+    assert_eq!(reval.status.fwd, Some(Fwd::Stale));
+    let nm = resp(
+        304,
+        &[
+            ("Date", &date(20)),
+            ("ETag", "\"v1\""),
+            ("Cache-Control", "max-age=100"),
+            ("X-V", "new"),
+        ],
+    );
+    let s = c
+        .revalidated(&reval, &client, &nm, t(20), t(20), t(20))
+        .await
+        .expect("selected");
+    assert_eq!(s.head.status, 200);
+    assert_eq!(&s.body[..], b"body");
+    assert_eq!(s.head.headers.get_str("x-v"), Some("new"));
+    assert_eq!(
+        s.head.headers.get_str("cache-status"),
+        Some("Gatehouse; fwd=stale; fwd-status=304; ttl=100; stored")
+    );
+    assert_eq!(s.status.log_word(), "revalidated");
+    // Fresh again, from the merged head.
+    let h = hit(c.lookup(&client, t(50)).await);
+    assert_eq!(h.head.headers.get_str("age"), Some("30"));
+    assert_eq!(h.head.headers.get_str("x-v"), Some("new"));
+}
+
+#[tokio::test]
+async fn mismatched_304_is_not_used() {
+    let c = cache();
+    let stored = resp(200, &[("Cache-Control", "max-age=1"), ("ETag", "\"v1\"")]);
+    assert!(fill(&c, &get(&[]), &stored, "body").await);
+    let Lookup::Revalidate(reval) = c.lookup(&get(&[]), t(5)).await else {
+        panic!("revalidate")
+    };
+    let nm = resp(304, &[("ETag", "\"v2\"")]);
+    assert!(c
+        .revalidated(&reval, &get(&[]), &nm, t(5), t(5), t(5))
+        .await
+        .is_none());
+}
+
+#[tokio::test]
+async fn request_no_cache_forces_validation_of_fresh_response() {
+    let c = cache();
+    assert!(fill(&c, &get(&[]), &fresh60(), "x").await);
+    match c.lookup(&get(&[("Cache-Control", "no-cache")]), t(1)).await {
+        Lookup::Revalidate(r) => assert_eq!(r.status.fwd, Some(Fwd::Request)),
+        other => panic!("{other:?}"),
+    }
+    match c.lookup(&get(&[("Pragma", "no-cache")]), t(1)).await {
+        Lookup::Revalidate(_) => {}
+        other => panic!("{other:?}"),
+    }
+    // A response's own no-cache is not the request's doing.
+    let c = cache();
+    let nc = resp(
+        200,
+        &[("Cache-Control", "no-cache, max-age=60"), ("ETag", "\"n\"")],
+    );
+    assert!(fill(&c, &get(&[]), &nc, "x").await);
+    match c.lookup(&get(&[]), t(1)).await {
+        Lookup::Revalidate(r) => {
+            assert_eq!(r.status.fwd, Some(Fwd::Stale));
+            assert_eq!(r.headers.get_str("if-none-match"), Some("\"n\""));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn stale_while_revalidate_serves_and_refreshes() {
+    let c = cache();
+    let r = resp(
+        200,
+        &[
+            ("Date", &date(0)),
+            ("Cache-Control", "max-age=10, stale-while-revalidate=30"),
+        ],
+    );
+    assert!(fill(&c, &get(&[]), &r, "old").await);
+    match c.lookup(&get(&[]), t(25)).await {
+        Lookup::StaleWhileRevalidate { served, reval } => {
+            assert_eq!(&served.body[..], b"old");
+            assert_eq!(served.status.log_word(), "stale");
+            assert_eq!(reval.key, URL);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        c.lookup(&get(&[]), t(41)).await,
+        Lookup::Revalidate(_)
+    ));
+}
+
+#[tokio::test]
+async fn stale_if_error_window() {
+    let c = cache();
+    let r = resp(
+        200,
+        &[
+            ("Date", &date(0)),
+            ("Cache-Control", "max-age=10, stale-if-error=60"),
+        ],
+    );
+    assert!(fill(&c, &get(&[]), &r, "old").await);
+    let Lookup::Revalidate(reval) = c.lookup(&get(&[]), t(30)).await else {
+        panic!("revalidate")
+    };
+    let s = c
+        .stale_if_error(&reval, &get(&[]), t(30))
+        .expect("within window");
+    assert_eq!(&s.body[..], b"old");
+    assert!(s
+        .head
+        .headers
+        .get_str("cache-status")
+        .expect("status")
+        .contains("stale-if-error"));
+    assert!(c.stale_if_error(&reval, &get(&[]), t(71)).is_none());
+}
+
+#[tokio::test]
+async fn only_if_cached_gives_504_without_a_usable_response() {
+    let c = cache();
+    match c
+        .lookup(&get(&[("Cache-Control", "only-if-cached")]), t(0))
+        .await
+    {
+        Lookup::OnlyIfCached(s) => assert_eq!(s.head.status, 504),
+        other => panic!("{other:?}"),
+    }
+    let r = resp(200, &[("Date", &date(0)), ("Cache-Control", "max-age=10")]);
+    assert!(fill(&c, &get(&[]), &r, "x").await);
+    assert!(matches!(
+        c.lookup(&get(&[("Cache-Control", "only-if-cached")]), t(5))
+            .await,
+        Lookup::Hit(_)
+    ));
+    assert!(matches!(
+        c.lookup(&get(&[("Cache-Control", "only-if-cached")]), t(50))
+            .await,
+        Lookup::OnlyIfCached(_)
+    ));
+}
+
+#[tokio::test]
+async fn head_conditional_and_range_from_a_stored_get() {
+    let c = cache();
+    assert!(fill(&c, &get(&[]), &fresh60(), "0123456789").await);
+    let h = hit(c.lookup(&req("HEAD", URL, &[]), t(1)).await);
+    assert!(h.body.is_empty());
+    assert_eq!(h.head.headers.get_str("content-length"), Some("10"));
+    let nm = hit(c.lookup(&get(&[("If-None-Match", "W/\"v1\"")]), t(1)).await);
+    assert_eq!(nm.head.status, 304);
+    let part = hit(c.lookup(&get(&[("Range", "bytes=-3")]), t(1)).await);
+    assert_eq!((part.head.status, &part.body[..]), (206, &b"789"[..]));
+    let no_head = Cache::new(CacheConfig {
+        head: false,
+        ..CacheConfig::default()
+    })
+    .expect("cache");
+    assert!(matches!(
+        no_head.lookup(&req("HEAD", URL, &[]), t(0)).await,
+        Lookup::Bypass(_)
+    ));
+}
+
+#[tokio::test]
+async fn unsafe_methods_invalidate() {
+    let c = cache();
+    assert!(fill(&c, &get(&[]), &fresh60(), "x").await);
+    let other = req("GET", "http://origin.test/other", &[]);
+    assert!(fill(&c, &other, &fresh60(), "y").await);
+    let post = req("POST", URL, &[]);
+    assert_eq!(c.invalidate(&post, &resp(500, &[])).await, 0);
+    assert_eq!(
+        c.invalidate(&post, &resp(303, &[("Location", "/other")]))
+            .await,
+        2
+    );
+    assert!(matches!(
+        c.lookup(&get(&[]), t(1)).await,
+        Lookup::Miss { .. }
+    ));
+    assert!(matches!(c.lookup(&other, t(1)).await, Lookup::Miss { .. }));
+}
+
+#[tokio::test]
+async fn size_limits() {
+    let c = Cache::new(CacheConfig {
+        max_object_size: 4,
+        ..CacheConfig::default()
+    })
+    .expect("cache");
+    let declared = resp(
+        200,
+        &[("Cache-Control", "max-age=60"), ("Content-Length", "5")],
+    );
+    assert_eq!(c.storable(&get(&[]), &declared), Err(Refusal::TooLarge));
+    assert!(!fill(&c, &get(&[]), &fresh60(), "12345").await);
+    assert!(fill(&c, &get(&[]), &fresh60(), "1234").await);
+}
+
+#[tokio::test]
+async fn purge_one_and_by_prefix() {
+    let c = cache();
+    for p in ["a/1", "a/2", "b"] {
+        let r = req("GET", &format!("http://origin.test/{p}"), &[]);
+        assert!(fill(&c, &r, &fresh60(), p).await);
+    }
+    assert_eq!(c.purge("HTTP://Origin.test:80/b").await, 1);
+    assert_eq!(c.purge("http://origin.test/b").await, 0);
+    assert_eq!(c.purge_prefix("http://origin.test/a/").await, 2);
+    assert_eq!(c.stats().memory.expect("memory").entries, 0);
+}
+
+#[tokio::test]
+async fn disk_tier_serves_after_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = CacheConfig {
+        disk_dir: Some(dir.path().to_path_buf()),
+        disk_size: 1 << 20,
+        ..CacheConfig::default()
+    };
+    {
+        let c = Cache::new(cfg.clone()).expect("cache");
+        assert!(fill(&c, &get(&[]), &fresh60(), "persisted").await);
+    }
+    let c = Cache::new(cfg).expect("reopen");
+    let s = hit(c.lookup(&get(&[]), t(30)).await);
+    assert_eq!(&s.body[..], b"persisted");
+    assert_eq!(s.head.headers.get_str("age"), Some("30"));
+    let st = c.stats();
+    assert_eq!(st.disk.expect("disk").entries, 1);
+    assert_eq!(st.memory.expect("memory").entries, 1, "promoted to memory");
+}

@@ -1,0 +1,183 @@
+//! The Cache-Status response header field (RFC 9211).
+//!
+//! > Cache-Status = sf-list ... Each member of the list represents a cache that has handled
+//! > the request. The first member of the list represents the cache closest to the origin
+//! > server, and the last member of the list represents the cache closest to the user.
+//!
+//! So ours is appended after any the upstream sent.
+
+use crate::http::codec::Headers;
+
+/// The cache's name in Cache-Status (an sf-token).
+pub const CACHE_NAME: &str = "Gatehouse";
+
+/// RFC 9211 section 2.2: why the request went forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fwd {
+    /// "The cache was configured to not handle this request."
+    Bypass,
+    /// "The request method's semantics require the request to be forwarded."
+    Method,
+    /// "The cache did not contain any responses that matched the request URI."
+    UriMiss,
+    /// "The cache contained a response that matched the request URI, but it could not select
+    /// a response based upon this request's header fields and stored Vary header fields."
+    VaryMiss,
+    /// "The cache did not contain any responses that could be used to satisfy this request
+    /// (to be used when an implementation cannot distinguish between uri-miss and vary-miss)."
+    Miss,
+    /// "The cache was able to select a fresh response for the request, but the request's
+    /// semantics (e.g., Cache-Control request directives) did not allow its use."
+    Request,
+    /// "The cache was able to select a response for the request, but it was stale."
+    Stale,
+    /// "The cache was able to select a partial response for the request, but it did not
+    /// contain all of the requested ranges (or the request was for the complete response)."
+    Partial,
+}
+
+impl Fwd {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Fwd::Bypass => "bypass",
+            Fwd::Method => "method",
+            Fwd::UriMiss => "uri-miss",
+            Fwd::VaryMiss => "vary-miss",
+            Fwd::Miss => "miss",
+            Fwd::Request => "request",
+            Fwd::Stale => "stale",
+            Fwd::Partial => "partial",
+        }
+    }
+}
+
+/// One Cache-Status member, built up as the request is handled.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CacheStatus {
+    /// "hit: The request was satisfied by the cache; that is, it was not forwarded, and the
+    /// response was obtained from the cache."
+    pub hit: bool,
+    pub fwd: Option<Fwd>,
+    /// "fwd-status: The status code that the next-hop server sent in response".
+    pub fwd_status: Option<u16>,
+    /// "ttl: The response's remaining freshness lifetime ... in seconds. ... MAY be negative,
+    /// to indicate that the response is stale".
+    pub ttl: Option<i64>,
+    /// "stored: Whether the cache stored the response".
+    pub stored: bool,
+    /// "collapsed: Whether the request was collapsed with another request".
+    pub collapsed: bool,
+    /// "detail: Additional information not captured in other parameters".
+    pub detail: Option<&'static str>,
+}
+
+impl CacheStatus {
+    pub fn hit(ttl: i64) -> CacheStatus {
+        CacheStatus {
+            hit: true,
+            ttl: Some(ttl),
+            ..CacheStatus::default()
+        }
+    }
+
+    pub fn forward(fwd: Fwd) -> CacheStatus {
+        CacheStatus {
+            fwd: Some(fwd),
+            ..CacheStatus::default()
+        }
+    }
+
+    pub fn with_detail(mut self, detail: &'static str) -> CacheStatus {
+        self.detail = Some(detail);
+        self
+    }
+
+    /// A short word for the access log: hit, stale, miss, revalidated, bypass...
+    pub fn log_word(&self) -> &'static str {
+        match (self.hit, self.fwd) {
+            (true, _) if self.ttl.is_some_and(|t| t <= 0) => "stale",
+            (true, _) => "hit",
+            (false, Some(Fwd::Stale)) if self.fwd_status == Some(304) => "revalidated",
+            (false, Some(Fwd::Stale)) => "expired",
+            (false, Some(Fwd::Bypass)) | (false, Some(Fwd::Method)) => "bypass",
+            (false, Some(Fwd::Request)) => "refresh",
+            (false, _) => "miss",
+        }
+    }
+
+    /// The member's text, e.g. `Gatehouse; hit; ttl=376` or `Gatehouse; fwd=uri-miss; stored`.
+    pub fn value(&self) -> String {
+        let mut out = String::from(CACHE_NAME);
+        if self.hit {
+            out.push_str("; hit");
+        }
+        if let Some(fwd) = self.fwd {
+            out.push_str("; fwd=");
+            out.push_str(fwd.as_str());
+        }
+        if let Some(s) = self.fwd_status {
+            out.push_str(&format!("; fwd-status={s}"));
+        }
+        if let Some(t) = self.ttl {
+            out.push_str(&format!("; ttl={t}"));
+        }
+        if self.stored {
+            out.push_str("; stored");
+        }
+        if self.collapsed {
+            out.push_str("; collapsed");
+        }
+        if let Some(d) = self.detail {
+            // An sf-string: our details never contain '"' or '\'.
+            out.push_str(&format!("; detail=\"{d}\""));
+        }
+        out
+    }
+
+    /// Appends this member to a response's Cache-Status list.
+    pub fn append_to(&self, headers: &mut Headers) {
+        headers.push("Cache-Status", self.value());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hit_with_ttl() {
+        assert_eq!(CacheStatus::hit(376).value(), "Gatehouse; hit; ttl=376");
+        assert_eq!(CacheStatus::hit(-12).log_word(), "stale");
+    }
+
+    #[test]
+    fn forward_with_params() {
+        let mut s = CacheStatus::forward(Fwd::Stale);
+        s.fwd_status = Some(304);
+        s.stored = true;
+        s.collapsed = true;
+        assert_eq!(
+            s.value(),
+            "Gatehouse; fwd=stale; fwd-status=304; stored; collapsed"
+        );
+        assert_eq!(s.log_word(), "revalidated");
+        let s = CacheStatus::forward(Fwd::UriMiss).with_detail("no-store");
+        assert_eq!(s.value(), "Gatehouse; fwd=uri-miss; detail=\"no-store\"");
+        assert_eq!(s.log_word(), "miss");
+    }
+
+    #[test]
+    fn appended_after_upstream_members() {
+        let mut h = Headers::default();
+        h.push("Cache-Status", "OriginCache; hit; ttl=5");
+        CacheStatus::forward(Fwd::VaryMiss).append_to(&mut h);
+        let all: Vec<_> = h.get_all("cache-status").collect();
+        assert_eq!(
+            all,
+            [
+                b"OriginCache; hit; ttl=5".as_slice(),
+                b"Gatehouse; fwd=vary-miss".as_slice()
+            ]
+        );
+    }
+}
