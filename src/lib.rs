@@ -12,6 +12,7 @@ pub mod connector;
 pub mod http;
 pub mod listener;
 pub mod metrics;
+pub mod policy;
 pub mod relay;
 pub mod server;
 pub mod shutdown;

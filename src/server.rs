@@ -10,11 +10,15 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 
 use crate::accesslog::AccessLog;
+use crate::cache::Cache;
 use crate::config::Config;
+use crate::config::ListenerKind;
 use crate::connector::Connector;
 use crate::http::pool::Pool;
 use crate::listener;
 use crate::metrics::Metrics;
+use crate::policy::login::LoginLimiter;
+use crate::policy::{Policy, PolicyHolder};
 use crate::shutdown::Shutdown;
 
 /// What every listener shares: one connector, one upstream pool, metrics, the access log and
@@ -25,6 +29,40 @@ pub struct Services {
     pub metrics: Arc<Metrics>,
     pub access_log: AccessLog,
     pub shutdown: Shutdown,
+    /// The shared HTTP cache, when enabled and some listener uses it.
+    pub cache: Option<Arc<Cache>>,
+    /// The compiled policy; a reload swaps it, connections keep the one they started with.
+    pub policy: PolicyHolder,
+    /// Failed proxy logins per client address.
+    pub logins: LoginLimiter,
+    /// Bounds concurrent password hashing (bcrypt/argon2 are CPU-heavy on purpose).
+    pub auth_permits: tokio::sync::Semaphore,
+}
+
+/// The proxy's own addresses, refused as destinations: every listener's bound IP.
+pub fn own_addresses(config: &Config) -> Vec<std::net::IpAddr> {
+    let mut ips: Vec<_> = config
+        .listeners
+        .iter()
+        .map(|l| l.listen.ip())
+        .chain(config.admin.iter().map(|a| a.listen.ip()))
+        .filter(|ip| !ip.is_unspecified())
+        .collect();
+    ips.sort();
+    ips.dedup();
+    ips
+}
+
+/// Compiles the policy and applies the open-proxy guard to every listener.
+pub fn compile_policy(config: &Config) -> anyhow::Result<Policy> {
+    let policy =
+        Policy::compile(&config.policy, own_addresses(config)).context("compiling [policy]")?;
+    for l in &config.listeners {
+        if let Err(e) = policy.open_proxy_check(&l.name, l.listen.ip()) {
+            anyhow::bail!("{e}");
+        }
+    }
+    Ok(policy)
 }
 
 pub struct Server {
@@ -42,6 +80,22 @@ impl Server {
         let access_log = AccessLog::start(&config.access_log, metrics.clone()).await?;
         let connector = Connector::new(&config.dns, &config.upstream, metrics.clone())
             .context("setting up the DNS resolver")?;
+        let policy = compile_policy(config)?;
+        let wanted = config
+            .listeners
+            .iter()
+            .any(|l| matches!(&l.kind, ListenerKind::Http(h) if h.cache));
+        let cache = if config.cache.enabled && wanted {
+            // Opening the disk tier checks its index against its files: blocking work.
+            let cfg = config.cache.clone();
+            let cache = tokio::task::spawn_blocking(move || Cache::new(cfg))
+                .await
+                .context("opening the cache")?
+                .context("opening the cache")?;
+            Some(Arc::new(cache))
+        } else {
+            None
+        };
         let services = Arc::new(Services {
             connector,
             pool: Pool::new(
@@ -51,6 +105,14 @@ impl Server {
             metrics,
             access_log,
             shutdown: Shutdown::new(),
+            cache,
+            policy: PolicyHolder::new(policy),
+            logins: LoginLimiter::new(config.policy.login),
+            auth_permits: tokio::sync::Semaphore::new(
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(2),
+            ),
         });
 
         let mut sockets = Vec::new();

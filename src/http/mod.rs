@@ -1,6 +1,8 @@
 //! HTTP/1.1 forward proxying: codecs (pure) and the connection driver.
 
+mod access;
 pub mod body;
+mod cached;
 pub mod chunked;
 pub mod codec;
 pub mod error;

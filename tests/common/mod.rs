@@ -38,9 +38,16 @@ impl Gatehouse {
     }
 
     pub fn try_start(config: &str) -> Result<Gatehouse, String> {
+        // Test origins live on loopback, which the safe-by-default guard refuses: unless a
+        // test brings its own [policy], allow loopback destinations explicitly.
+        let config = if config.contains("[policy") {
+            config.to_string()
+        } else {
+            format!("{config}\n{LOOPBACK_POLICY}")
+        };
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let path = dir.path().join("gatehouse.toml");
-        std::fs::write(&path, config).map_err(|e| e.to_string())?;
+        std::fs::write(&path, &config).map_err(|e| e.to_string())?;
         let mut child = Command::new(BIN)
             .arg("--config")
             .arg(&path)
@@ -186,6 +193,14 @@ impl Drop for Gatehouse {
         let _ = self.child.wait();
     }
 }
+
+/// The policy the harness adds to configs without one: loopback destinations allowed.
+pub const LOOPBACK_POLICY: &str = r#"
+[[policy.rules]]
+name = "tests-reach-loopback"
+action = "allow"
+dest_addrs = ["127.0.0.0/8", "::1/128"]
+"#;
 
 fn field(line: &str, key: &str) -> Option<String> {
     let start = line.find(key)? + key.len();
