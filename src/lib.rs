@@ -10,6 +10,7 @@ pub mod cache;
 pub mod config;
 pub mod connector;
 pub mod http;
+pub mod limits;
 pub mod listener;
 pub mod metrics;
 pub mod policy;
