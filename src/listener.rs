@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::config::{ListenerConfig, ListenerKind};
@@ -18,7 +19,21 @@ enum Handler {
     Http(Arc<HttpProxy>),
 }
 
-pub fn spawn(socket: TcpListener, cfg: ListenerConfig, svc: Arc<Services>) {
+/// A listener's accept loop, as started: cancel `stop` to close it (connections it accepted
+/// go on), then await `task`.
+pub struct Running {
+    pub cfg: ListenerConfig,
+    pub addr: std::net::SocketAddr,
+    pub stop: CancellationToken,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+pub fn spawn(
+    socket: TcpListener,
+    cfg: ListenerConfig,
+    svc: Arc<Services>,
+) -> std::io::Result<Running> {
+    let addr = socket.local_addr()?;
     let name: Arc<str> = Arc::from(cfg.name.as_str());
     let handler = match &cfg.kind {
         ListenerKind::Http(h) => Handler::Http(Arc::new(HttpProxy {
@@ -27,8 +42,22 @@ pub fn spawn(socket: TcpListener, cfg: ListenerConfig, svc: Arc<Services>) {
             svc: svc.clone(),
         })),
     };
-    tracing::info!(listener = %name, kind = cfg.kind.name(), addr = %socket.local_addr().map(|a| a.to_string()).unwrap_or_default(), "listening");
-    tokio::spawn(accept_loop(socket, cfg.max_connections, name, handler, svc));
+    tracing::info!(listener = %name, kind = cfg.kind.name(), %addr, "listening");
+    let stop = svc.shutdown.child();
+    let task = tokio::spawn(accept_loop(
+        socket,
+        cfg.max_connections,
+        name,
+        handler,
+        svc,
+        stop.clone(),
+    ));
+    Ok(Running {
+        cfg,
+        addr,
+        stop,
+        task,
+    })
 }
 
 async fn accept_loop(
@@ -37,6 +66,7 @@ async fn accept_loop(
     name: Arc<str>,
     handler: Handler,
     svc: Arc<Services>,
+    stop: CancellationToken,
 ) {
     let limit = Arc::new(Semaphore::new(max));
     let label = Metrics::listener(&name);
@@ -47,7 +77,7 @@ async fn accept_loop(
                 Ok(p) => p,
                 Err(_) => return,
             },
-            _ = svc.shutdown.draining() => return,
+            _ = stop.cancelled() => return,
         };
         let (stream, peer) = tokio::select! {
             r = socket.accept() => match r {
@@ -59,7 +89,7 @@ async fn accept_loop(
                     continue;
                 }
             },
-            _ = svc.shutdown.draining() => return,
+            _ = stop.cancelled() => return,
         };
         svc.metrics.connections_total.get_or_create(&label).inc();
         let open = svc.metrics.connections_open.get_or_create(&label).clone();

@@ -32,9 +32,11 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     /// The one shared HTTP cache store; listeners opt in with `cache = true`.
     pub cache: crate::cache::config::CacheConfig,
+    /// Users, rules, the destination guard, parents: one policy for every listener.
+    pub policy: crate::policy::PolicyConfig,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ListenerConfig {
     /// Unique name: shows in logs, metrics and (later) policy rules.
     pub name: String,
@@ -44,7 +46,7 @@ pub struct ListenerConfig {
     pub kind: ListenerKind,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum ListenerKind {
     Http(HttpListenerConfig),
 }
@@ -57,7 +59,7 @@ impl ListenerKind {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct HttpListenerConfig {
     /// Request line plus headers, in bytes. Larger heads get 431.
     pub max_header_bytes: usize,
@@ -223,6 +225,8 @@ fn read_config(root: &Section<'_>) -> Config {
         None
     };
     let cache = crate::cache::config::read_cache(&root.table("cache"));
+    let names: Vec<&str> = listeners.iter().map(|l| l.name.as_str()).collect();
+    let policy = crate::policy::config::read_policy(&root.table("policy"), &names);
     let s = root.table("shutdown");
     let shutdown = ShutdownConfig {
         drain_timeout: s.duration("drain_timeout", Duration::from_secs(30)),
@@ -237,6 +241,7 @@ fn read_config(root: &Section<'_>) -> Config {
         admin,
         shutdown,
         cache,
+        policy,
     }
 }
 

@@ -38,9 +38,16 @@ impl Gatehouse {
     }
 
     pub fn try_start(config: &str) -> Result<Gatehouse, String> {
+        // Test origins live on loopback, which the safe-by-default guard refuses: unless a
+        // test brings its own [policy], allow loopback destinations explicitly.
+        let config = if config.contains("[policy") {
+            config.to_string()
+        } else {
+            format!("{config}\n{LOOPBACK_POLICY}")
+        };
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let path = dir.path().join("gatehouse.toml");
-        std::fs::write(&path, config).map_err(|e| e.to_string())?;
+        std::fs::write(&path, &config).map_err(|e| e.to_string())?;
         let mut child = Command::new(BIN)
             .arg("--config")
             .arg(&path)
@@ -140,6 +147,24 @@ impl Gatehouse {
         }
     }
 
+    /// Waits up to 10 s for a log line (stderr) containing `needle`.
+    pub fn wait_stderr(&self, needle: &str) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.stderr.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(_) => panic!("no log line containing {needle:?} within 10s"),
+            }
+        }
+    }
+
+    /// The config file the process was started with (rewrite it, then SIGHUP, to reload).
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("gatehouse.toml")
+    }
+
     pub fn signal(&self, sig: &str) {
         let ok = Command::new("kill")
             .arg(format!("-{sig}"))
@@ -186,6 +211,14 @@ impl Drop for Gatehouse {
         let _ = self.child.wait();
     }
 }
+
+/// The policy the harness adds to configs without one: loopback destinations allowed.
+pub const LOOPBACK_POLICY: &str = r#"
+[[policy.rules]]
+name = "tests-reach-loopback"
+action = "allow"
+dest_addrs = ["127.0.0.0/8", "::1/128"]
+"#;
 
 fn field(line: &str, key: &str) -> Option<String> {
     let start = line.find(key)? + key.len();
