@@ -17,3 +17,4 @@ pub mod policy;
 pub mod relay;
 pub mod server;
 pub mod shutdown;
+pub mod upstream;

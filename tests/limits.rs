@@ -130,5 +130,8 @@ async fn streams_of_one_client_share_its_bandwidth() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unlimited_relay_is_not_slowed() {
     let (up, down) = transfer(4 << 20, 4 << 20, None, None).await;
-    assert!(up < Duration::from_secs(2) && down < Duration::from_secs(2), "{up:?} {down:?}");
+    assert!(
+        up < Duration::from_secs(2) && down < Duration::from_secs(2),
+        "{up:?} {down:?}"
+    );
 }

@@ -174,7 +174,9 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> ScopeLimits<K> {
             scope,
             set: set.clone(),
             counts: Arc::new(Counts::new()),
-            conn_rate: set.connections_per_second.map(|r| Rate::new(r, max_tracked)),
+            conn_rate: set
+                .connections_per_second
+                .map(|r| Rate::new(r, max_tracked)),
             req_rate: set.requests_per_second.map(|r| Rate::new(r, max_tracked)),
             up: set.bandwidth_up.map(|r| Buckets::new(r, max_tracked)),
             down: set.bandwidth_down.map(|r| Buckets::new(r, max_tracked)),

@@ -99,9 +99,13 @@ fn connection_rate_is_a_burst_then_refused() {
         LimitSet::default(),
     );
     for i in 0..5 {
-        let _g = l.connection(ip("198.51.100.7")).unwrap_or_else(|e| panic!("{i}: {e}"));
+        let _g = l
+            .connection(ip("198.51.100.7"))
+            .unwrap_or_else(|e| panic!("{i}: {e}"));
     }
-    let err = l.connection(ip("198.51.100.7")).expect_err("sixth in the same second");
+    let err = l
+        .connection(ip("198.51.100.7"))
+        .expect_err("sixth in the same second");
     assert_eq!(err, LimitError::ConnectionRate(Scope::Client, 5));
     assert_eq!(err.kind(), "connection_rate_limit");
     let _other = l.connection(ip("198.51.100.8")).expect("other client");
@@ -150,12 +154,14 @@ fn requests_per_second_per_client_and_per_user() {
         Err(LimitError::RequestRate(Scope::Client, 3))
     );
     // Ann from another address: her fourth request is the user limit's last one.
-    l.request(ip("192.0.2.2"), Some("ann")).expect("fourth for ann");
+    l.request(ip("192.0.2.2"), Some("ann"))
+        .expect("fourth for ann");
     assert_eq!(
         l.request(ip("192.0.2.3"), Some("ann")),
         Err(LimitError::RequestRate(Scope::User, 4))
     );
-    l.request(ip("192.0.2.3"), None).expect("anonymous from there");
+    l.request(ip("192.0.2.3"), None)
+        .expect("anonymous from there");
 }
 
 #[test]
