@@ -13,6 +13,7 @@ pub mod http;
 pub mod limits;
 pub mod listener;
 pub mod metrics;
+pub mod pac;
 pub mod policy;
 pub mod relay;
 pub mod server;

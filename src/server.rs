@@ -37,6 +37,8 @@ pub struct Services {
     pub logins: LoginLimiter,
     /// Bounds concurrent password hashing (bcrypt/argon2 are CPU-heavy on purpose).
     pub auth_permits: tokio::sync::Semaphore,
+    /// The generated proxy auto-config file, regenerated on reload.
+    pub pac: arc_swap::ArcSwap<String>,
 }
 
 /// The proxy's own addresses, refused as destinations: every listener's bound IP.
@@ -115,6 +117,7 @@ impl Server {
                     .map(|n| n.get())
                     .unwrap_or(2),
             ),
+            pac: arc_swap::ArcSwap::from_pointee(String::new()),
         });
 
         let mut sockets = Vec::new();
@@ -134,6 +137,13 @@ impl Server {
         for (l, socket) in sockets {
             listeners.push(listener::spawn(socket, l, services.clone())?);
         }
+        let bound: Vec<_> = listeners
+            .iter()
+            .map(|r| (r.cfg.name.clone(), r.addr))
+            .collect();
+        services
+            .pac
+            .store(Arc::new(crate::pac::generate(config, &bound)));
         let admin = match admin_socket {
             Some(s) => {
                 let addr = s.local_addr()?;
@@ -168,7 +178,7 @@ impl Server {
         let old = std::mem::take(&mut self.listeners);
         let (keep, stop): (Vec<_>, Vec<_>) = old
             .into_iter()
-            .partition(|r| new.listeners.iter().any(|l| *l == r.cfg));
+            .partition(|r| new.listeners.contains(&r.cfg));
         for r in stop {
             tracing::info!(listener = %r.cfg.name, addr = %r.addr, "reload: closing listener");
             r.stop.cancel();
@@ -198,6 +208,9 @@ impl Server {
         }
         self.listeners.extend(keep);
         self.services.policy.replace(policy);
+        self.services
+            .pac
+            .store(Arc::new(crate::pac::generate(&new, &self.bound())));
         let restart_needed = [
             (
                 "dns",

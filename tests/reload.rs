@@ -93,7 +93,7 @@ async fn sighup_applies_a_valid_config_and_keeps_tunnels() {
     // Removing the second listener closes it; the first stays.
     std::fs::write(
         gh.config_path(),
-        &deny.replace(&http_listener("second", ""), ""),
+        deny.replace(&http_listener("second", ""), ""),
     )
     .expect("rewrite");
     gh.signal("HUP");

@@ -141,6 +141,35 @@ pub struct AccessLogConfig {
 #[derive(Debug, Clone)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
+    /// Destinations the generated `/proxy.pac` sends DIRECT: `name`, `*.suffix` or a CIDR.
+    pub pac_direct: Vec<PacDirect>,
+    /// The host name clients use to reach the proxy, for listeners bound to every address.
+    pub pac_host: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PacDirect {
+    Name(String),
+    /// `*.example.com`: the name and every name under it.
+    Suffix(String),
+    Net(ipnet::IpNet),
+}
+
+fn parse_pac_direct(v: &toml_edit::Value) -> Result<PacDirect, String> {
+    let s = v
+        .as_str()
+        .ok_or("not a string")?
+        .trim()
+        .to_ascii_lowercase();
+    if let Ok(net) = s.parse::<ipnet::IpNet>() {
+        return Ok(PacDirect::Net(net));
+    }
+    let name = s.strip_prefix("*.").unwrap_or(&s);
+    match crate::connector::Host::parse(name) {
+        Some(crate::connector::Host::Name(n)) if s.starts_with("*.") => Ok(PacDirect::Suffix(n)),
+        Some(crate::connector::Host::Name(n)) => Ok(PacDirect::Name(n)),
+        _ => Err("not a name, *.suffix or CIDR".into()),
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -219,8 +248,20 @@ fn read_config(root: &Section<'_>) -> Config {
         if !a.has("listen") {
             a.error_here("`listen` is required in [admin]");
         }
+        let pac_direct = a
+            .array(
+                "pac_direct",
+                "a name, \"*.suffix\" or CIDR",
+                parse_pac_direct,
+            )
+            .unwrap_or_default();
+        let pac_host = a.string("pac_host");
         a.finish();
-        listen.map(|listen| AdminConfig { listen })
+        listen.map(|listen| AdminConfig {
+            listen,
+            pac_direct,
+            pac_host,
+        })
     } else {
         None
     };
