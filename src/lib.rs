@@ -14,3 +14,4 @@ pub mod metrics;
 pub mod relay;
 pub mod server;
 pub mod shutdown;
+pub mod socks;

@@ -4,6 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context as _;
+
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tracing::Instrument;
@@ -12,13 +14,17 @@ use crate::config::{ListenerConfig, ListenerKind};
 use crate::http::proxy::HttpProxy;
 use crate::metrics::Metrics;
 use crate::server::Services;
+use crate::socks::SocksServer;
 
 /// The handler for one listener kind.
 enum Handler {
     Http(Arc<HttpProxy>),
+    Socks(Arc<SocksServer>),
 }
 
-pub fn spawn(socket: TcpListener, cfg: ListenerConfig, svc: Arc<Services>) {
+/// Starts a listener's accept loop. Fails (before serving anything) when the kind's own
+/// set-up does, e.g. a TLS certificate that cannot be loaded.
+pub fn spawn(socket: TcpListener, cfg: ListenerConfig, svc: Arc<Services>) -> anyhow::Result<()> {
     let name: Arc<str> = Arc::from(cfg.name.as_str());
     let handler = match &cfg.kind {
         ListenerKind::Http(h) => Handler::Http(Arc::new(HttpProxy {
@@ -26,12 +32,31 @@ pub fn spawn(socket: TcpListener, cfg: ListenerConfig, svc: Arc<Services>) {
             cfg: h.clone(),
             svc: svc.clone(),
         })),
+        ListenerKind::Socks(s) => Handler::Socks(Arc::new(SocksServer {
+            name: name.clone(),
+            cfg: s.clone(),
+            svc: svc.clone(),
+            tls: match &s.tls {
+                Some(files) => Some(
+                    crate::socks::tls::acceptor(files)
+                        .with_context(|| format!("listener {name:?}: TLS"))?,
+                ),
+                None => None,
+            },
+        })),
     };
     tracing::info!(listener = %name, kind = cfg.kind.name(), addr = %socket.local_addr().map(|a| a.to_string()).unwrap_or_default(), "listening");
     tokio::spawn(accept_loop(socket, cfg.max_connections, name, handler, svc));
+    Ok(())
 }
 
-async fn accept_loop(socket: TcpListener, max: usize, name: Arc<str>, handler: Handler, svc: Arc<Services>) {
+async fn accept_loop(
+    socket: TcpListener,
+    max: usize,
+    name: Arc<str>,
+    handler: Handler,
+    svc: Arc<Services>,
+) {
     let limit = Arc::new(Semaphore::new(max));
     let label = Metrics::listener(&name);
     loop {
@@ -60,7 +85,8 @@ async fn accept_loop(socket: TcpListener, max: usize, name: Arc<str>, handler: H
         open.inc();
         let span = tracing::debug_span!("conn", listener = %name, %peer);
         let fut = match &handler {
-            Handler::Http(h) => h.clone().serve(stream, peer),
+            Handler::Http(h) => futures_util::future::Either::Left(h.clone().serve(stream, peer)),
+            Handler::Socks(s) => futures_util::future::Either::Right(s.clone().serve(stream, peer)),
         };
         svc.shutdown.spawn(
             async move {

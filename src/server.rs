@@ -44,7 +44,10 @@ impl Server {
             .context("setting up the DNS resolver")?;
         let services = Arc::new(Services {
             connector,
-            pool: Pool::new(config.upstream.pool_max_idle_per_host, config.upstream.pool_idle_timeout),
+            pool: Pool::new(
+                config.upstream.pool_max_idle_per_host,
+                config.upstream.pool_idle_timeout,
+            ),
             metrics,
             access_log,
             shutdown: Shutdown::new(),
@@ -52,18 +55,21 @@ impl Server {
 
         let mut sockets = Vec::new();
         for l in &config.listeners {
-            let socket = bind(l.listen).with_context(|| format!("listener {:?}: cannot listen on {}", l.name, l.listen))?;
+            let socket = bind(l.listen)
+                .with_context(|| format!("listener {:?}: cannot listen on {}", l.name, l.listen))?;
             sockets.push((l.clone(), socket));
         }
         let admin_socket = match &config.admin {
-            Some(a) => Some(bind(a.listen).with_context(|| format!("admin: cannot listen on {}", a.listen))?),
+            Some(a) => Some(
+                bind(a.listen).with_context(|| format!("admin: cannot listen on {}", a.listen))?,
+            ),
             None => None,
         };
 
         let mut bound = Vec::new();
         for (l, socket) in sockets {
             bound.push((l.name.clone(), socket.local_addr()?));
-            listener::spawn(socket, l, services.clone());
+            listener::spawn(socket, l, services.clone())?;
         }
         let admin = match admin_socket {
             Some(s) => {
@@ -73,7 +79,11 @@ impl Server {
             }
             None => None,
         };
-        Ok(Server { services, bound, admin })
+        Ok(Server {
+            services,
+            bound,
+            admin,
+        })
     }
 }
 
