@@ -89,17 +89,12 @@ impl AccessLog {
                     .append(true)
                     .open(path)
                     .await
-                    .map_err(|e| {
-                        anyhow::anyhow!("cannot open access log {}: {e}", path.display())
-                    })?,
+                    .map_err(|e| anyhow::anyhow!("cannot open access log {}: {e}", path.display()))?,
             ),
         };
         let (tx, rx) = mpsc::channel(QUEUE);
         tokio::spawn(write_loop(rx, BufWriter::new(out), cfg.format));
-        Ok(AccessLog {
-            tx: Some(tx),
-            metrics,
-        })
+        Ok(AccessLog { tx: Some(tx), metrics })
     }
 
     pub fn disabled(metrics: Arc<Metrics>) -> AccessLog {

@@ -20,9 +20,7 @@ const MAX_CONNECTIONS: usize = 64;
 pub async fn serve(socket: TcpListener, svc: Arc<Services>) {
     let limit = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let Ok(permit) = limit.clone().acquire_owned().await else {
-            return;
-        };
+        let Ok(permit) = limit.clone().acquire_owned().await else { return };
         let stream = tokio::select! {
             r = socket.accept() => match r {
                 Ok((s, _)) => s,
@@ -54,10 +52,7 @@ async fn handle(mut stream: TcpStream, svc: &Services) -> std::io::Result<()> {
             return Ok(());
         }
     };
-    let (status, ctype, body) = match head
-        .as_ref()
-        .map(|h| (h.method.as_str(), h.target.as_str()))
-    {
+    let (status, ctype, body) = match head.as_ref().map(|h| (h.method.as_str(), h.target.as_str())) {
         None => (400, "text/plain", "bad request\n".to_string()),
         Some(("GET", "/healthz")) => {
             if svc.shutdown.is_draining() {
@@ -71,9 +66,7 @@ async fn handle(mut stream: TcpStream, svc: &Services) -> std::io::Result<()> {
             "text/plain; version=0.0.4; charset=utf-8",
             svc.metrics.encode(),
         ),
-        Some((_, "/healthz" | "/metrics")) => {
-            (405, "text/plain", "method not allowed\n".to_string())
-        }
+        Some((_, "/healthz" | "/metrics")) => (405, "text/plain", "method not allowed\n".to_string()),
         Some(_) => (404, "text/plain", "not found\n".to_string()),
     };
     let mut h = Headers::default();

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hickory_resolver::config::{NameServerConfig, ResolverConfig};
-use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::{DnsError, NetError};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::TokioResolver;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::task::JoinSet;
@@ -32,10 +32,7 @@ impl Host {
     /// Names are lower-cased and lose a trailing dot. `None` for characters no host can hold.
     pub fn parse(s: &str) -> Option<Host> {
         if let Some(inner) = s.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
-            return inner
-                .parse::<Ipv6Addr>()
-                .ok()
-                .map(|ip| Host::Ip(IpAddr::V6(ip)));
+            return inner.parse::<Ipv6Addr>().ok().map(|ip| Host::Ip(IpAddr::V6(ip)));
         }
         if let Ok(ip) = s.parse::<Ipv4Addr>() {
             return Some(Host::Ip(IpAddr::V4(ip)));
@@ -46,9 +43,7 @@ impl Host {
             && name.split('.').all(|label| {
                 !label.is_empty()
                     && label.len() <= 63
-                    && label
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                    && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
             });
         valid.then(|| Host::Name(name.to_ascii_lowercase()))
     }
@@ -103,11 +98,7 @@ pub struct Connector {
 }
 
 impl Connector {
-    pub fn new(
-        dns: &DnsConfig,
-        cfg: &UpstreamConfig,
-        metrics: Arc<Metrics>,
-    ) -> anyhow::Result<Connector> {
+    pub fn new(dns: &DnsConfig, cfg: &UpstreamConfig, metrics: Arc<Metrics>) -> anyhow::Result<Connector> {
         let mut builder = if dns.servers.is_empty() {
             TokioResolver::builder_tokio()?
         } else {
@@ -153,15 +144,11 @@ impl Connector {
             return Ok(ips.clone());
         }
         if name == "localhost" || name.ends_with(".localhost") {
-            return Ok(vec![
-                IpAddr::V6(Ipv6Addr::LOCALHOST),
-                IpAddr::V4(Ipv4Addr::LOCALHOST),
-            ]);
+            return Ok(vec![IpAddr::V6(Ipv6Addr::LOCALHOST), IpAddr::V4(Ipv4Addr::LOCALHOST)]);
         }
         // A fully qualified query: no search-domain guessing on behalf of clients.
         let fqdn = format!("{name}.");
-        let lookup =
-            tokio::time::timeout(self.dns_timeout, self.resolver.lookup_ip(fqdn.as_str())).await;
+        let lookup = tokio::time::timeout(self.dns_timeout, self.resolver.lookup_ip(fqdn.as_str())).await;
         let lookup = match lookup {
             Err(_) => return Err(ConnectError::DnsTimeout { host: name.clone() }),
             Ok(r) => r,
@@ -205,26 +192,17 @@ impl Connector {
     /// Resolves and connects, racing addresses per Happy Eyeballs, within the connect timeout.
     pub async fn connect(&self, host: &Host, port: u16) -> Result<Connected, ConnectError> {
         let ips = self.resolve(host).await?;
-        let addrs: Vec<SocketAddr> = interleave(ips)
-            .into_iter()
-            .map(|ip| SocketAddr::new(ip, port))
-            .collect();
+        let addrs: Vec<SocketAddr> = interleave(ips).into_iter().map(|ip| SocketAddr::new(ip, port)).collect();
         self.connect_addrs(&addrs, &format!("{host}:{port}")).await
     }
 
     /// Connects to the first address that answers (RFC 8305 section 5: staggered attempts).
-    pub async fn connect_addrs(
-        &self,
-        addrs: &[SocketAddr],
-        target: &str,
-    ) -> Result<Connected, ConnectError> {
+    pub async fn connect_addrs(&self, addrs: &[SocketAddr], target: &str) -> Result<Connected, ConnectError> {
         let started = Instant::now();
         let result = tokio::time::timeout(self.cfg.connect_timeout, self.race(addrs)).await;
         match result {
             Ok(Ok(c)) => {
-                self.metrics
-                    .upstream_connect_seconds
-                    .observe(started.elapsed().as_secs_f64());
+                self.metrics.upstream_connect_seconds.observe(started.elapsed().as_secs_f64());
                 Ok(c)
             }
             Ok(Err(e)) => Err(e),
@@ -256,27 +234,21 @@ impl Connector {
             // Wait for an attempt to finish, or (while more addresses remain) for the delay.
             let delay = tokio::time::sleep(self.cfg.happy_eyeballs_delay);
             tokio::pin!(delay);
-            loop {
-                tokio::select! {
-                    done = attempts.join_next() => {
-                        match done {
-                            Some(Ok((_, Ok(c)))) => return Ok(c),
-                            Some(Ok((addr, Err(e)))) => {
-                                last_err = Some(classify(addr, e));
-                                break; // a failure starts the next attempt at once
-                            }
-                            Some(Err(join)) => {
-                                last_err = Some(ConnectError::Io {
-                                    addr: SocketAddr::from(([0, 0, 0, 0], 0)),
-                                    source: io::Error::other(join.to_string()),
-                                });
-                                break;
-                            }
-                            None => break,
-                        }
+            tokio::select! {
+                done = attempts.join_next() => match done {
+                    Some(Ok((_, Ok(c)))) => return Ok(c),
+                    // A failure starts the next attempt at once.
+                    Some(Ok((addr, Err(e)))) => last_err = Some(classify(addr, e)),
+                    Some(Err(join)) => {
+                        last_err = Some(ConnectError::Io {
+                            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+                            source: io::Error::other(join.to_string()),
+                        })
                     }
-                    _ = &mut delay, if started_one && next.len() > 0 => break,
-                }
+                    None => {}
+                },
+                // Or, while more addresses remain, the delay passes first.
+                _ = &mut delay, if started_one && next.len() > 0 => {}
             }
         }
     }
@@ -334,18 +306,9 @@ mod tests {
 
     #[test]
     fn host_parsing() {
-        assert_eq!(
-            Host::parse("Example.COM."),
-            Some(Host::Name("example.com".into()))
-        );
-        assert_eq!(
-            Host::parse("[::1]"),
-            Some(Host::Ip("::1".parse().expect("ip")))
-        );
-        assert_eq!(
-            Host::parse("10.1.2.3"),
-            Some(Host::Ip("10.1.2.3".parse().expect("ip")))
-        );
+        assert_eq!(Host::parse("Example.COM."), Some(Host::Name("example.com".into())));
+        assert_eq!(Host::parse("[::1]"), Some(Host::Ip("::1".parse().expect("ip"))));
+        assert_eq!(Host::parse("10.1.2.3"), Some(Host::Ip("10.1.2.3".parse().expect("ip"))));
         assert_eq!(Host::parse("bad host"), None);
         assert_eq!(Host::parse(""), None);
         assert_eq!(Host::parse("a..b"), None);

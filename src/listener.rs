@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use futures_util::future::Either;
 
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -14,7 +15,7 @@ use crate::config::{ListenerConfig, ListenerKind};
 use crate::http::proxy::HttpProxy;
 use crate::metrics::Metrics;
 use crate::server::Services;
-use crate::socks::SocksServer;
+use crate::socks::{self, SocksServer};
 
 /// The handler for one listener kind.
 enum Handler {
@@ -37,10 +38,7 @@ pub fn spawn(socket: TcpListener, cfg: ListenerConfig, svc: Arc<Services>) -> an
             cfg: s.clone(),
             svc: svc.clone(),
             tls: match &s.tls {
-                Some(files) => Some(
-                    crate::socks::tls::acceptor(files)
-                        .with_context(|| format!("listener {name:?}: TLS"))?,
-                ),
+                Some(files) => Some(socks::tls::acceptor(files).with_context(|| format!("listener {name:?}: TLS"))?),
                 None => None,
             },
         })),
@@ -50,13 +48,7 @@ pub fn spawn(socket: TcpListener, cfg: ListenerConfig, svc: Arc<Services>) -> an
     Ok(())
 }
 
-async fn accept_loop(
-    socket: TcpListener,
-    max: usize,
-    name: Arc<str>,
-    handler: Handler,
-    svc: Arc<Services>,
-) {
+async fn accept_loop(socket: TcpListener, max: usize, name: Arc<str>, handler: Handler, svc: Arc<Services>) {
     let limit = Arc::new(Semaphore::new(max));
     let label = Metrics::listener(&name);
     loop {
@@ -85,8 +77,8 @@ async fn accept_loop(
         open.inc();
         let span = tracing::debug_span!("conn", listener = %name, %peer);
         let fut = match &handler {
-            Handler::Http(h) => futures_util::future::Either::Left(h.clone().serve(stream, peer)),
-            Handler::Socks(s) => futures_util::future::Either::Right(s.clone().serve(stream, peer)),
+            Handler::Http(h) => Either::Left(h.clone().serve(stream, peer)),
+            Handler::Socks(s) => Either::Right(s.clone().serve(stream, peer)),
         };
         svc.shutdown.spawn(
             async move {

@@ -15,11 +15,7 @@ const EXIT_CONFIG: u8 = 2;
 const EXIT_START: u8 = 3;
 
 #[derive(Parser)]
-#[command(
-    name = "gatehouse",
-    version,
-    about = "One proxy server for every job: HTTP forward proxy and CONNECT, SOCKS, reverse proxy"
-)]
+#[command(name = "gatehouse", version, about = "One proxy server for every job: HTTP forward proxy and CONNECT, SOCKS, reverse proxy")]
 struct Cli {
     /// Configuration file (TOML). Without it, the built-in safe default runs on loopback.
     #[arg(short, long, global = true)]
@@ -78,10 +74,7 @@ fn main() -> ExitCode {
             };
             init_logging();
             raise_fd_limit();
-            let rt = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
+            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("gatehouse: cannot start the runtime: {e}");
@@ -147,11 +140,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         }
     }
     let shutdown = &server.services.shutdown;
-    tracing::info!(
-        in_flight = shutdown.in_flight(),
-        "SIGTERM: draining for up to {:?}",
-        config.shutdown.drain_timeout
-    );
+    tracing::info!(in_flight = shutdown.in_flight(), "SIGTERM: draining for up to {:?}", config.shutdown.drain_timeout);
     shutdown.begin();
     let deadline: Duration = config.shutdown.drain_timeout;
     tokio::select! {

@@ -51,26 +51,10 @@ impl Metrics {
         let bytes_total = Family::<BytesLabels, Counter>::default();
         let upstream_connect_seconds = Histogram::new(exponential_buckets(0.0001, 4.0, 10));
         let access_log_dropped = Counter::default();
-        registry.register(
-            "connections_open",
-            "Client connections open now",
-            connections_open.clone(),
-        );
-        registry.register(
-            "connections",
-            "Client connections accepted",
-            connections_total.clone(),
-        );
-        registry.register(
-            "requests",
-            "Requests and tunnels answered, by status class",
-            requests_total.clone(),
-        );
-        registry.register(
-            "bytes",
-            "Bytes relayed to and from clients",
-            bytes_total.clone(),
-        );
+        registry.register("connections_open", "Client connections open now", connections_open.clone());
+        registry.register("connections", "Client connections accepted", connections_total.clone());
+        registry.register("requests", "Requests and tunnels answered, by status class", requests_total.clone());
+        registry.register("bytes", "Bytes relayed to and from clients", bytes_total.clone());
         registry.register(
             "upstream_connect_seconds",
             "Time to establish upstream TCP connections",

@@ -75,13 +75,7 @@ where
     (end, stats)
 }
 
-async fn copy_half<R, W>(
-    r: &mut R,
-    w: &mut W,
-    count: &AtomicU64,
-    last: &AtomicU64,
-    epoch: Instant,
-) -> io::Result<()>
+async fn copy_half<R, W>(r: &mut R, w: &mut W, count: &AtomicU64, last: &AtomicU64, epoch: Instant) -> io::Result<()>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -129,13 +123,7 @@ mod tests {
         assert_eq!(back, b"pong");
         let (end, stats) = relay.await.expect("join");
         assert!(matches!(end, RelayEnd::Done));
-        assert_eq!(
-            stats,
-            RelayStats {
-                a_to_b: 4,
-                b_to_a: 4
-            }
-        );
+        assert_eq!(stats, RelayStats { a_to_b: 4, b_to_a: 4 });
     }
 
     #[tokio::test(start_paused = true)]

@@ -44,10 +44,7 @@ impl Server {
             .context("setting up the DNS resolver")?;
         let services = Arc::new(Services {
             connector,
-            pool: Pool::new(
-                config.upstream.pool_max_idle_per_host,
-                config.upstream.pool_idle_timeout,
-            ),
+            pool: Pool::new(config.upstream.pool_max_idle_per_host, config.upstream.pool_idle_timeout),
             metrics,
             access_log,
             shutdown: Shutdown::new(),
@@ -55,14 +52,11 @@ impl Server {
 
         let mut sockets = Vec::new();
         for l in &config.listeners {
-            let socket = bind(l.listen)
-                .with_context(|| format!("listener {:?}: cannot listen on {}", l.name, l.listen))?;
+            let socket = bind(l.listen).with_context(|| format!("listener {:?}: cannot listen on {}", l.name, l.listen))?;
             sockets.push((l.clone(), socket));
         }
         let admin_socket = match &config.admin {
-            Some(a) => Some(
-                bind(a.listen).with_context(|| format!("admin: cannot listen on {}", a.listen))?,
-            ),
+            Some(a) => Some(bind(a.listen).with_context(|| format!("admin: cannot listen on {}", a.listen))?),
             None => None,
         };
 
@@ -79,11 +73,7 @@ impl Server {
             }
             None => None,
         };
-        Ok(Server {
-            services,
-            bound,
-            admin,
-        })
+        Ok(Server { services, bound, admin })
     }
 }
 

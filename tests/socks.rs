@@ -1,5 +1,8 @@
 //! End-to-end: the SOCKS listener driven by clients nobody on this project wrote (curl and
 //! tokio-socks), over plain TCP and TLS, with and without username/password.
+//!
+//! The tests run on a multi-threaded runtime: `wait_log` blocks its thread, and a session is
+//! logged only once the in-process origin has answered the relayed EOF.
 
 mod common;
 
@@ -15,7 +18,7 @@ fn proxy(gh: &Gatehouse) -> String {
     gh.addr("s").to_string()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curl_socks5_ipv4_connect_is_logged() {
     let origin = Origin::fixed("hello").await;
     let gh = Gatehouse::start(&socks_listener("s", ""));
@@ -29,7 +32,7 @@ async fn curl_socks5_ipv4_connect_is_logged() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curl_socks5_hostname_is_resolved_by_the_server() {
     let origin = Origin::fixed("remote dns").await;
     let gh = Gatehouse::start(&format!("{}{HOSTS}", socks_listener("s", "")));
@@ -47,7 +50,7 @@ async fn curl_socks5_hostname_is_resolved_by_the_server() {
     assert_eq!((code, body.as_slice()), (0, &b"remote dns"[..]), "{err}");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curl_socks4_and_socks4a() {
     let origin = Origin::fixed("four").await;
     let gh = Gatehouse::start(&format!("{}{HOSTS}", socks_listener("s", "")));
@@ -60,7 +63,7 @@ async fn curl_socks4_and_socks4a() {
     assert!(gh.wait_log("SOCKS4-CONNECT").contains("origin.test"));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn socks4_can_be_switched_off() {
     let origin = Origin::fixed("x").await;
     let gh = Gatehouse::start(&socks_listener("s", "socks4 = false"));
@@ -76,7 +79,7 @@ async fn socks4_can_be_switched_off() {
 
 const USERS: &str = "[[listeners.users]]\nname = \"alice\"\npassword = \"wonderland\"\n";
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curl_proxy_user_password_auth() {
     let origin = Origin::fixed("authed").await;
     let gh = Gatehouse::start(&socks_listener("s", USERS));
@@ -123,7 +126,7 @@ async fn curl_proxy_user_password_auth() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokio_socks_ipv4_ipv6_and_name_targets() {
     let echo4 = tcp_echo().await;
     let l6 = tokio::net::TcpListener::bind("[::1]:0")
@@ -167,7 +170,7 @@ async fn tokio_socks_ipv4_ipv6_and_name_targets() {
     assert_eq!(&back, b"four");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokio_socks_with_password() {
     let echo = tcp_echo().await;
     let gh = Gatehouse::start(&socks_listener("s", USERS));
@@ -182,7 +185,7 @@ async fn tokio_socks_with_password() {
     assert!(bad.is_err());
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bound_address_is_the_upstream_socket() {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<SocketAddr>();
     let origin = raw_origin(move |s| {
@@ -206,7 +209,7 @@ async fn bound_address_is_the_upstream_socket() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failures_map_to_reply_codes() {
     let closed = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -234,7 +237,7 @@ async fn failures_map_to_reply_codes() {
     assert!(gh.wait_log("SOCKS5-CONNECT").contains("dns_error"));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn socks5_over_tls() {
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("cert");
     let dir = tempfile::tempdir().expect("dir");

@@ -35,7 +35,7 @@ fn with_greeting(req: &[u8]) -> Vec<u8> {
     [&[5, 1, 0][..], req].concat()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_version_is_closed_without_an_answer() {
     let gh = Gatehouse::start(&socks_listener("s", ""));
     assert!(exchange(&gh, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", false)
@@ -51,7 +51,7 @@ async fn wrong_version_is_closed_without_an_answer() {
     still_serving(&gh).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zero_methods_get_no_acceptable_method() {
     let gh = Gatehouse::start(&socks_listener("s", ""));
     assert_eq!(exchange(&gh, &[5, 0], false).await, [5, 0xFF]);
@@ -63,7 +63,7 @@ async fn zero_methods_get_no_acceptable_method() {
     still_serving(&gh).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_command_and_address_type() {
     let gh = Gatehouse::start(&socks_listener("s", ""));
     let reply = |rep: u8| [&[5, 0][..], &[5, rep, 0, 1, 0, 0, 0, 0, 0, 0]].concat();
@@ -98,7 +98,7 @@ async fn unknown_command_and_address_type() {
     still_serving(&gh).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn truncated_messages_are_closed_quietly() {
     let gh = Gatehouse::start(&socks_listener("s", ""));
     assert!(
@@ -121,7 +121,7 @@ async fn truncated_messages_are_closed_quietly() {
     still_serving(&gh).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversize_socks4_fields_are_refused() {
     let gh = Gatehouse::start(&socks_listener("s", ""));
     let rejected = [0, 91, 0, 0, 0, 0, 0, 0];
@@ -132,7 +132,7 @@ async fn oversize_socks4_fields_are_refused() {
     still_serving(&gh).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_credentials_messages() {
     let gh = Gatehouse::start(&socks_listener(
         "s",
@@ -169,7 +169,7 @@ async fn bad_credentials_messages() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_clients_hit_the_handshake_timeout() {
     let gh = Gatehouse::start(&socks_listener("s", "handshake_timeout = \"300ms\""));
     // Stuck inside the greeting: answered with 0xFF, then closed.
@@ -186,7 +186,7 @@ async fn slow_clients_hit_the_handshake_timeout() {
     gh.wait_log("handshake_timeout");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_bytes_sent_ahead_reach_the_upstream() {
     // Pipelined greeting + request + data in one write: nothing is lost.
     let echo = tcp_echo().await;

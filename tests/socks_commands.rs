@@ -20,7 +20,7 @@ async fn connect_from(src: &str, to: SocketAddr) -> TcpStream {
     s.connect(to).await.expect("peer connects to the BIND port")
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bind_accepts_the_named_peer_and_relays() {
     let gh = Gatehouse::start(&socks_listener("s", ""));
     let mut control = socks5_open(gh.addr("s")).await;
@@ -64,7 +64,7 @@ async fn bind_accepts_the_named_peer_and_relays() {
     assert!(gh.wait_log("SOCKS5-BIND").contains(" 0 "));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bind_rejects_a_peer_from_another_address() {
     let gh = Gatehouse::start(&socks_listener("s", ""));
     let mut control = socks5_open(gh.addr("s")).await;
@@ -80,7 +80,7 @@ async fn bind_rejects_a_peer_from_another_address() {
     assert!(gh.wait_log("SOCKS5-BIND").contains("bind_wrong_peer"));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bind_times_out_when_nobody_connects() {
     let gh = Gatehouse::start(&socks_listener("s", "bind_timeout = \"300ms\""));
     let mut control = socks5_open(gh.addr("s")).await;
@@ -97,7 +97,7 @@ async fn bind_times_out_when_nobody_connects() {
     assert!(read_to_close(&mut control).await.is_empty());
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn socks4_bind() {
     let gh = Gatehouse::start(&socks_listener("s", ""));
     let mut control = TcpStream::connect(gh.addr("s")).await.expect("connect");
@@ -153,7 +153,7 @@ async fn recv(sock: &UdpSocket) -> Vec<u8> {
     buf
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn udp_associate_ipv4_and_name_targets() {
     let echo = UdpEcho::start(LOOPBACK).await;
     let gh = Gatehouse::start(&format!(
@@ -190,7 +190,7 @@ async fn udp_associate_ipv4_and_name_targets() {
     assert_eq!(echo.seen(), [b"hello v4".to_vec(), b"hello name".to_vec()]);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn udp_drops_foreign_senders_and_fragments() {
     let echo = UdpEcho::start(LOOPBACK).await;
     let gh = Gatehouse::start(&socks_listener("s", ""));
@@ -228,7 +228,7 @@ async fn udp_drops_foreign_senders_and_fragments() {
     assert_eq!(echo.seen(), [b"first".to_vec(), b"last".to_vec()]);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn udp_association_idles_out_and_closes_control() {
     let gh = Gatehouse::start(&socks_listener("s", "udp_idle_timeout = \"300ms\""));
     let (mut control, _relay) = associate(gh.addr("s")).await;

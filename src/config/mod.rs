@@ -190,20 +190,11 @@ fn read_config(root: &Section<'_>) -> Config {
     }
     for l in &sections {
         if let Some(cfg) = read_listener(l) {
-            if listeners
-                .iter()
-                .any(|o: &ListenerConfig| o.name == cfg.name)
-            {
+            if listeners.iter().any(|o: &ListenerConfig| o.name == cfg.name) {
                 l.error_at("name", format!("duplicate listener name {:?}", cfg.name));
             }
-            if listeners
-                .iter()
-                .any(|o: &ListenerConfig| o.listen == cfg.listen && cfg.listen.port() != 0)
-            {
-                l.error_at(
-                    "listen",
-                    format!("address {} is used by another listener", cfg.listen),
-                );
+            if listeners.iter().any(|o: &ListenerConfig| o.listen == cfg.listen && cfg.listen.port() != 0) {
+                l.error_at("listen", format!("address {} is used by another listener", cfg.listen));
             }
             listeners.push(cfg);
         }
@@ -256,10 +247,7 @@ fn read_listener(l: &Section<'_>) -> Option<ListenerConfig> {
         Some("http") => Some(ListenerKind::Http(read_http(l))),
         Some("socks") => Some(ListenerKind::Socks(socks::read_socks(l))),
         Some(other) => {
-            l.error_at(
-                "kind",
-                format!("unknown listener kind {other:?}; expected \"http\" or \"socks\""),
-            );
+            l.error_at("kind", format!("unknown listener kind {other:?}; expected \"http\" or \"socks\""));
             None
         }
         None => {
@@ -289,25 +277,14 @@ fn read_http(l: &Section<'_>) -> HttpListenerConfig {
         None => Some("gatehouse".to_string()),
     };
     HttpListenerConfig {
-        max_header_bytes: l
-            .size("max_header_bytes", 32 * 1024)
-            .clamp(1024, 1024 * 1024) as usize,
+        max_header_bytes: l.size("max_header_bytes", 32 * 1024).clamp(1024, 1024 * 1024) as usize,
         header_read_timeout: l.duration("header_read_timeout", Duration::from_secs(30)),
         keepalive_timeout: l.duration("keepalive_timeout", Duration::from_secs(60)),
         read_timeout: l.duration("read_timeout", Duration::from_secs(60)),
         tunnel_idle_timeout: l.duration("tunnel_idle_timeout", Duration::from_secs(600)),
         connect_ports: l
-            .array(
-                "connect_ports",
-                "a port (443) or a range (\"8000-8999\")",
-                parse_port_range,
-            )
-            .unwrap_or_else(|| {
-                vec![PortRange {
-                    first: 443,
-                    last: 443,
-                }]
-            }),
+            .array("connect_ports", "a port (443) or a range (\"8000-8999\")", parse_port_range)
+            .unwrap_or_else(|| vec![PortRange { first: 443, last: 443 }]),
         via,
         forwarded_for: l.bool("forwarded_for", false),
     }
@@ -330,16 +307,12 @@ fn parse_port_range(v: &toml_edit::Value) -> Result<PortRange, String> {
 
 fn read_dns(d: &Section<'_>) -> DnsConfig {
     let servers = d
-        .array(
-            "servers",
-            "a name server address such as \"127.0.0.53:53\"",
-            |v| {
-                let s = v.as_str().ok_or("not a string")?;
-                s.parse::<SocketAddr>()
-                    .or_else(|_| s.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
-                    .map_err(|e| e.to_string())
-            },
-        )
+        .array("servers", "a name server address such as \"127.0.0.53:53\"", |v| {
+            let s = v.as_str().ok_or("not a string")?;
+            s.parse::<SocketAddr>()
+                .or_else(|_| s.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+                .map_err(|e| e.to_string())
+        })
         .unwrap_or_default();
     let hosts_section = d.table("hosts");
     let mut hosts = BTreeMap::new();
@@ -403,10 +376,7 @@ fn read_access_log(a: &Section<'_>) -> AccessLogConfig {
         None | Some("text") => LogFormat::Text,
         Some("json") => LogFormat::Json,
         Some(other) => {
-            a.error_at(
-                "format",
-                format!("expected \"text\" or \"json\", found {other:?}"),
-            );
+            a.error_at("format", format!("expected \"text\" or \"json\", found {other:?}"));
             LogFormat::Text
         }
     };
@@ -462,10 +432,7 @@ format = "xml"
         ] {
             assert!(paths.contains(&want), "missing {want} in {errs:#?}");
         }
-        let colour = errs
-            .iter()
-            .find(|e| e.path == "listeners[0].colour")
-            .expect("colour");
+        let colour = errs.iter().find(|e| e.path == "listeners[0].colour").expect("colour");
         assert_eq!(colour.line, Some(7));
         assert_eq!(colour.message, "unknown key");
     }

@@ -47,12 +47,7 @@ impl Problems {
         }
     }
 
-    pub fn push(
-        &self,
-        path: &str,
-        span: Option<std::ops::Range<usize>>,
-        message: impl Into<String>,
-    ) {
+    pub fn push(&self, path: &str, span: Option<std::ops::Range<usize>>, message: impl Into<String>) {
         let line = span.map(|s| line_of(&self.source, s.start));
         self.inner.borrow_mut().push(ConfigError {
             path: path.to_string(),
@@ -73,11 +68,7 @@ impl Problems {
 
 pub fn line_of(source: &str, offset: usize) -> usize {
     let end = offset.min(source.len());
-    source.as_bytes()[..end]
-        .iter()
-        .filter(|b| **b == b'\n')
-        .count()
-        + 1
+    source.as_bytes()[..end].iter().filter(|b| **b == b'\n').count() + 1
 }
 
 /// A view of one table at a key path.
@@ -121,11 +112,7 @@ impl<'a> Section<'a> {
 
     /// Record a problem at this section itself.
     pub fn error_here(&self, message: impl Into<String>) {
-        let path = if self.path.is_empty() {
-            "<root>"
-        } else {
-            &self.path
-        };
+        let path = if self.path.is_empty() { "<root>" } else { &self.path };
         self.problems.push(path, self.span.clone(), message);
     }
 
@@ -155,22 +142,14 @@ impl<'a> Section<'a> {
         match item.as_value() {
             Some(v) => Some(v),
             None => {
-                self.error_at(
-                    key,
-                    format!("expected {expected}, found {}", item.type_name()),
-                );
+                self.error_at(key, format!("expected {expected}, found {}", item.type_name()));
                 None
             }
         }
     }
 
     /// Reads a value and converts it; a failed conversion is recorded and yields `None`.
-    pub fn get<T>(
-        &self,
-        key: &str,
-        expected: &str,
-        convert: impl FnOnce(&Value) -> Option<T>,
-    ) -> Option<T> {
+    pub fn get<T>(&self, key: &str, expected: &str, convert: impl FnOnce(&Value) -> Option<T>) -> Option<T> {
         let v = self.value(key, expected)?;
         match convert(v) {
             Some(t) => Some(t),
@@ -182,20 +161,12 @@ impl<'a> Section<'a> {
     }
 
     /// Like [`Section::get`] but the conversion explains its own failure.
-    pub fn parse<T>(
-        &self,
-        key: &str,
-        expected: &str,
-        convert: impl FnOnce(&Value) -> Result<T, String>,
-    ) -> Option<T> {
+    pub fn parse<T>(&self, key: &str, expected: &str, convert: impl FnOnce(&Value) -> Result<T, String>) -> Option<T> {
         let v = self.value(key, expected)?;
         match convert(v) {
             Ok(t) => Some(t),
             Err(why) => {
-                self.error_at(
-                    key,
-                    format!("expected {expected}, found {} ({why})", show(v)),
-                );
+                self.error_at(key, format!("expected {expected}, found {} ({why})", show(v)));
                 None
             }
         }
@@ -206,8 +177,7 @@ impl<'a> Section<'a> {
     }
 
     pub fn bool(&self, key: &str, default: bool) -> bool {
-        self.get(key, "true or false", Value::as_bool)
-            .unwrap_or(default)
+        self.get(key, "true or false", Value::as_bool).unwrap_or(default)
     }
 
     /// A non-negative integer within `min..=max`.
@@ -223,32 +193,22 @@ impl<'a> Section<'a> {
     }
 
     pub fn duration(&self, key: &str, default: Duration) -> Duration {
-        self.parse(
-            key,
-            "a duration such as \"30s\", \"5m\" or \"250ms\"",
-            |v| parse_duration(v),
-        )
-        .unwrap_or(default)
+        self.parse(key, "a duration such as \"30s\", \"5m\" or \"250ms\"", parse_duration)
+            .unwrap_or(default)
     }
 
     pub fn size(&self, key: &str, default: u64) -> u64 {
-        self.parse(key, "a size such as \"64KiB\" or \"10MiB\"", |v| {
-            parse_size(v)
-        })
-        .unwrap_or(default)
+        self.parse(key, "a size such as \"64KiB\" or \"10MiB\"", parse_size)
+            .unwrap_or(default)
     }
 
     pub fn socket_addr(&self, key: &str) -> Option<SocketAddr> {
-        self.parse(
-            key,
-            "an address such as \"127.0.0.1:3128\" or \"[::1]:3128\"",
-            |v| {
-                v.as_str()
-                    .ok_or_else(|| "not a string".to_string())?
-                    .parse::<SocketAddr>()
-                    .map_err(|e| e.to_string())
-            },
-        )
+        self.parse(key, "an address such as \"127.0.0.1:3128\" or \"[::1]:3128\"", |v| {
+            v.as_str()
+                .ok_or_else(|| "not a string".to_string())?
+                .parse::<SocketAddr>()
+                .map_err(|e| e.to_string())
+        })
     }
 
     pub fn ip_addr(&self, key: &str) -> Option<IpAddr> {
@@ -261,21 +221,10 @@ impl<'a> Section<'a> {
     }
 
     /// An array whose every element converts; bad elements are each reported.
-    pub fn array<T>(
-        &self,
-        key: &str,
-        expected: &str,
-        convert: impl Fn(&Value) -> Result<T, String>,
-    ) -> Option<Vec<T>> {
+    pub fn array<T>(&self, key: &str, expected: &str, convert: impl Fn(&Value) -> Result<T, String>) -> Option<Vec<T>> {
         let item = self.take(key)?;
         let Some(arr) = item.as_array() else {
-            self.error_at(
-                key,
-                format!(
-                    "expected an array of {expected}, found {}",
-                    item.type_name()
-                ),
-            );
+            self.error_at(key, format!("expected an array of {expected}, found {}", item.type_name()));
             return None;
         };
         let mut out = Vec::with_capacity(arr.len());
@@ -336,29 +285,19 @@ impl<'a> Section<'a> {
             problems: self.problems.clone(),
         };
         if let Some(aot) = item.as_array_of_tables() {
-            return aot
-                .iter()
-                .enumerate()
-                .map(|(i, t)| mk(i, t, t.span()))
-                .collect();
+            return aot.iter().enumerate().map(|(i, t)| mk(i, t, t.span())).collect();
         }
         if let Some(arr) = item.as_array() {
             let mut out = Vec::new();
             for (i, v) in arr.iter().enumerate() {
                 match v.as_inline_table() {
                     Some(t) => out.push(mk(i, t, v.span())),
-                    None => {
-                        self.problems
-                            .push(&format!("{base}[{i}]"), v.span(), "expected a table")
-                    }
+                    None => self.problems.push(&format!("{base}[{i}]"), v.span(), "expected a table"),
                 }
             }
             return out;
         }
-        self.error_at(
-            key,
-            format!("expected an array of tables, found {}", item.type_name()),
-        );
+        self.error_at(key, format!("expected an array of tables, found {}", item.type_name()));
         Vec::new()
     }
 
@@ -375,10 +314,7 @@ impl<'a> Section<'a> {
         let seen = self.seen.borrow();
         for (key, item) in table.iter() {
             if !seen.iter().any(|s| s == key) {
-                let span = table
-                    .key(key)
-                    .and_then(|k| k.span())
-                    .or_else(|| item_span(item));
+                let span = table.key(key).and_then(|k| k.span()).or_else(|| item_span(item));
                 self.problems.push(&self.path_of(key), span, "unknown key");
             }
         }
@@ -454,10 +390,7 @@ mod tests {
         assert_eq!(r.size("s1", 0), 65536);
         assert_eq!(r.size("s2", 0), 100);
         assert_eq!(r.duration("d", Duration::ZERO), Duration::from_secs(90));
-        assert_eq!(
-            r.duration("bad", Duration::from_secs(7)),
-            Duration::from_secs(7)
-        );
+        assert_eq!(r.duration("bad", Duration::from_secs(7)), Duration::from_secs(7));
         assert_eq!(p.into_vec().len(), 1);
     }
 }

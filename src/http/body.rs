@@ -39,12 +39,7 @@ impl CopyError {
     }
 }
 
-async fn fill<R: AsyncRead + Unpin>(
-    r: &mut R,
-    buf: &mut BytesMut,
-    limit: usize,
-    t: Duration,
-) -> Result<usize, CopyError> {
+async fn fill<R: AsyncRead + Unpin>(r: &mut R, buf: &mut BytesMut, limit: usize, t: Duration) -> Result<usize, CopyError> {
     buf.reserve(limit.clamp(1, READ_CHUNK));
     let mut lim = (&mut *r).take(limit as u64);
     match timeout(t, lim.read_buf(buf)).await {
@@ -55,11 +50,7 @@ async fn fill<R: AsyncRead + Unpin>(
     }
 }
 
-pub async fn write_all<W: AsyncWrite + Unpin>(
-    w: &mut W,
-    data: &[u8],
-    t: Duration,
-) -> Result<(), CopyError> {
+pub async fn write_all<W: AsyncWrite + Unpin>(w: &mut W, data: &[u8], t: Duration) -> Result<(), CopyError> {
     match timeout(t, w.write_all(data)).await {
         Err(_) => Err(CopyError::WriteTimeout(t)),
         Ok(Err(e)) => Err(CopyError::Write(e)),
@@ -68,13 +59,7 @@ pub async fn write_all<W: AsyncWrite + Unpin>(
 }
 
 /// Copies exactly `len` body bytes. Returns the bytes copied.
-pub async fn copy_length<R, W>(
-    r: &mut R,
-    buf: &mut BytesMut,
-    w: &mut W,
-    len: u64,
-    t: Duration,
-) -> Result<u64, CopyError>
+pub async fn copy_length<R, W>(r: &mut R, buf: &mut BytesMut, w: &mut W, len: u64, t: Duration) -> Result<u64, CopyError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -82,13 +67,7 @@ where
     let mut left = len;
     while left > 0 {
         if buf.is_empty() {
-            fill(
-                r,
-                buf,
-                usize::try_from(left).unwrap_or(usize::MAX).min(READ_CHUNK),
-                t,
-            )
-            .await?;
+            fill(r, buf, usize::try_from(left).unwrap_or(usize::MAX).min(READ_CHUNK), t).await?;
         }
         let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
         write_all(w, &buf[..n], t).await?;
@@ -143,13 +122,7 @@ where
 
 /// Copies until the source closes. `chunk`: wrap each read as a chunk and end with the last
 /// chunk, so an HTTP/1.1 client can keep its connection. Returns bytes read.
-pub async fn copy_until_close<R, W>(
-    r: &mut R,
-    buf: &mut BytesMut,
-    w: &mut W,
-    chunk: bool,
-    t: Duration,
-) -> Result<u64, CopyError>
+pub async fn copy_until_close<R, W>(r: &mut R, buf: &mut BytesMut, w: &mut W, chunk: bool, t: Duration) -> Result<u64, CopyError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -190,9 +163,7 @@ mod tests {
         let mut src: &[u8] = b"lo worldGET /next";
         let mut buf = BytesMut::from(&b"hel"[..]);
         let mut out = Vec::new();
-        let n = copy_length(&mut src, &mut buf, &mut out, 11, T)
-            .await
-            .expect("copy");
+        let n = copy_length(&mut src, &mut buf, &mut out, 11, T).await.expect("copy");
         assert_eq!((n, out.as_slice()), (11, &b"hello world"[..]));
         assert!(buf.is_empty());
         assert_eq!(src, b"GET /next");
@@ -212,16 +183,12 @@ mod tests {
         let mut out = Vec::new();
         let mut src: &[u8] = b"NEXT";
         let mut buf = BytesMut::from(&body[..]);
-        copy_chunked(&mut src, &mut buf, &mut out, true, 1024, T)
-            .await
-            .expect("raw");
+        copy_chunked(&mut src, &mut buf, &mut out, true, 1024, T).await.expect("raw");
         assert_eq!(out, body);
         assert!(buf.is_empty());
         let mut out = Vec::new();
         let mut buf = BytesMut::from(&body[..]);
-        copy_chunked(&mut src, &mut buf, &mut out, false, 1024, T)
-            .await
-            .expect("decoded");
+        copy_chunked(&mut src, &mut buf, &mut out, false, 1024, T).await.expect("decoded");
         assert_eq!(out, b"abc");
     }
 
@@ -229,9 +196,7 @@ mod tests {
     async fn until_close_rechunks() {
         let mut src: &[u8] = b"hello";
         let mut out = Vec::new();
-        copy_until_close(&mut src, &mut BytesMut::new(), &mut out, true, T)
-            .await
-            .expect("copy");
+        copy_until_close(&mut src, &mut BytesMut::new(), &mut out, true, T).await.expect("copy");
         assert_eq!(out, b"5\r\nhello\r\n0\r\n\r\n");
     }
 }

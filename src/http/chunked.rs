@@ -92,8 +92,7 @@ impl ChunkedDecoder {
             match self.state {
                 State::Done => break,
                 State::Data => {
-                    let take =
-                        (buf.len() - i).min(usize::try_from(self.size).unwrap_or(usize::MAX));
+                    let take = (buf.len() - i).min(usize::try_from(self.size).unwrap_or(usize::MAX));
                     self.size -= take as u64;
                     if self.size == 0 {
                         self.state = State::DataCr;
@@ -136,11 +135,7 @@ impl ChunkedDecoder {
                     }
                     self.line = 0;
                     self.digits = 0;
-                    self.state = if self.size == 0 {
-                        State::TrailerStart
-                    } else {
-                        State::Data
-                    };
+                    self.state = if self.size == 0 { State::TrailerStart } else { State::Data };
                 }
                 State::DataCr => {
                     if b != b'\r' {
@@ -268,28 +263,16 @@ mod tests {
         assert_eq!(decode(b"x\r\n", 10).err(), Some(ChunkError::BadSize));
         assert_eq!(decode(b"\r\n", 10).err(), Some(ChunkError::BadSize));
         assert_eq!(decode(b"5\nhello", 10).err(), Some(ChunkError::BadSize));
-        assert_eq!(
-            decode(b"11111111111111111\r\n", 40).err(),
-            Some(ChunkError::Overflow)
-        );
-        assert_eq!(
-            decode(b"3\r\nabcX\r\n", 10).err(),
-            Some(ChunkError::BadDataEnd)
-        );
+        assert_eq!(decode(b"11111111111111111\r\n", 40).err(), Some(ChunkError::Overflow));
+        assert_eq!(decode(b"3\r\nabcX\r\n", 10).err(), Some(ChunkError::BadDataEnd));
         let long = format!("1;{}\r\n", "a".repeat(5000));
-        assert_eq!(
-            decode(long.as_bytes(), 100).err(),
-            Some(ChunkError::LineTooLong)
-        );
+        assert_eq!(decode(long.as_bytes(), 100).err(), Some(ChunkError::LineTooLong));
     }
 
     #[test]
     fn bounds_trailers() {
         let t = format!("0\r\nX: {}\r\n\r\n", "a".repeat(2000));
-        assert_eq!(
-            decode(t.as_bytes(), 64).err(),
-            Some(ChunkError::TrailerTooLarge)
-        );
+        assert_eq!(decode(t.as_bytes(), 64).err(), Some(ChunkError::TrailerTooLarge));
     }
 
     #[test]

@@ -175,10 +175,7 @@ fn map_err(e: httparse::Error) -> HeadError {
 
 /// Parses a request head from the start of `buf`. `Ok(None)`: incomplete, read more.
 /// Returns the head and its length in bytes.
-pub fn parse_request(
-    buf: &[u8],
-    max_bytes: usize,
-) -> Result<Option<(RequestHead, usize)>, HeadError> {
+pub fn parse_request(buf: &[u8], max_bytes: usize) -> Result<Option<(RequestHead, usize)>, HeadError> {
     let mut raw = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut raw);
     let status = httparse::ParserConfig::default()
@@ -208,10 +205,7 @@ pub fn parse_request(
 }
 
 /// Parses a response head from the start of `buf`. `Ok(None)`: incomplete.
-pub fn parse_response(
-    buf: &[u8],
-    max_bytes: usize,
-) -> Result<Option<(ResponseHead, usize)>, HeadError> {
+pub fn parse_response(buf: &[u8], max_bytes: usize) -> Result<Option<(ResponseHead, usize)>, HeadError> {
     let mut raw = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut raw);
     let status = httparse::ParserConfig::default()
@@ -252,19 +246,13 @@ fn content_length(h: &Headers) -> Result<Option<u64>, HeadError> {
     let mut found: Option<u64> = None;
     for v in h.get_all("content-length") {
         for part in v.split(|b| *b == b',') {
-            let s = std::str::from_utf8(part)
-                .map_err(|_| HeadError::Invalid("bad Content-Length"))?
-                .trim();
+            let s = std::str::from_utf8(part).map_err(|_| HeadError::Invalid("bad Content-Length"))?.trim();
             if s.is_empty() || s.len() > 18 || !s.bytes().all(|b| b.is_ascii_digit()) {
                 return Err(HeadError::Invalid("bad Content-Length"));
             }
-            let n: u64 = s
-                .parse()
-                .map_err(|_| HeadError::Invalid("bad Content-Length"))?;
+            let n: u64 = s.parse().map_err(|_| HeadError::Invalid("bad Content-Length"))?;
             match found {
-                Some(prev) if prev != n => {
-                    return Err(HeadError::Invalid("differing Content-Length values"))
-                }
+                Some(prev) if prev != n => return Err(HeadError::Invalid("differing Content-Length values")),
                 _ => found = Some(n),
             }
         }
@@ -279,9 +267,7 @@ fn chunked_last(h: &Headers) -> Result<bool, HeadError> {
     match (codings.last().map(String::as_str), n) {
         (Some("chunked"), 1) => Ok(true),
         (_, 0) => Ok(false),
-        _ => Err(HeadError::Invalid(
-            "chunked applied more than once or not last",
-        )),
+        _ => Err(HeadError::Invalid("chunked applied more than once or not last")),
     }
 }
 
@@ -290,22 +276,16 @@ pub fn request_framing(head: &RequestHead) -> Result<Framing, HeadError> {
     let has_te = head.headers.contains("transfer-encoding");
     if has_te {
         if head.headers.contains("content-length") {
-            return Err(HeadError::Invalid(
-                "both Content-Length and Transfer-Encoding",
-            ));
+            return Err(HeadError::Invalid("both Content-Length and Transfer-Encoding"));
         }
         if head.version == Version::Http10 {
-            return Err(HeadError::Invalid(
-                "Transfer-Encoding in an HTTP/1.0 request",
-            ));
+            return Err(HeadError::Invalid("Transfer-Encoding in an HTTP/1.0 request"));
         }
         // RFC 9112 section 6.3 item 4: a request whose final coding is not chunked is an error.
         return if chunked_last(&head.headers)? {
             Ok(Framing::Chunked)
         } else {
-            Err(HeadError::Invalid(
-                "request Transfer-Encoding without final chunked",
-            ))
+            Err(HeadError::Invalid("request Transfer-Encoding without final chunked"))
         };
     }
     match content_length(&head.headers)? {
@@ -396,10 +376,7 @@ mod tests {
         assert_eq!(h.target, "http://a.example/x?y");
         assert_eq!(h.version, Version::Http11);
         assert_eq!(h.headers.get_str("host"), Some("a.example"));
-        assert_eq!(
-            n,
-            "GET http://a.example/x?y HTTP/1.1\r\nHost: a.example\r\n\r\n".len()
-        );
+        assert_eq!(n, "GET http://a.example/x?y HTTP/1.1\r\nHost: a.example\r\n\r\n".len());
     }
 
     #[test]
@@ -426,13 +403,8 @@ mod tests {
 
     #[test]
     fn smuggling_defences() {
-        assert!(framing(
-            "POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"
-        )
-        .is_err());
-        assert!(
-            framing("POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n").is_err()
-        );
+        assert!(framing("POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n").is_err());
+        assert!(framing("POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n").is_err());
         assert!(framing("POST / HTTP/1.1\r\nContent-Length: 3, 4\r\n\r\n").is_err());
         assert!(framing("POST / HTTP/1.1\r\nContent-Length: +3\r\n\r\n").is_err());
         assert!(framing("POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n").is_err());
@@ -442,21 +414,13 @@ mod tests {
             framing("POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n"),
             Ok(Framing::Length(3))
         );
-        assert_eq!(
-            framing("POST / HTTP/1.1\r\nTransfer-Encoding: Chunked\r\n\r\n"),
-            Ok(Framing::Chunked)
-        );
+        assert_eq!(framing("POST / HTTP/1.1\r\nTransfer-Encoding: Chunked\r\n\r\n"), Ok(Framing::Chunked));
         assert_eq!(framing("GET / HTTP/1.1\r\n\r\n"), Ok(Framing::None));
     }
 
     #[test]
     fn response_framing_rules() {
-        let resp = |s: &str| {
-            parse_response(s.as_bytes(), 8192)
-                .expect("ok")
-                .expect("complete")
-                .0
-        };
+        let resp = |s: &str| parse_response(s.as_bytes(), 8192).expect("ok").expect("complete").0;
         let r = resp("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n");
         assert_eq!(response_framing("GET", &r), Ok(Framing::Length(5)));
         assert_eq!(response_framing("HEAD", &r), Ok(Framing::None));
@@ -472,14 +436,10 @@ mod tests {
 
     #[test]
     fn tokens_are_case_insensitive_lists() {
-        let (h, _) =
-            req("GET / HTTP/1.1\r\nConnection: Keep-Alive, X-Foo\r\nconnection: close\r\n\r\n")
-                .expect("ok")
-                .expect("complete");
-        assert_eq!(
-            h.headers.tokens("connection"),
-            ["keep-alive", "x-foo", "close"]
-        );
+        let (h, _) = req("GET / HTTP/1.1\r\nConnection: Keep-Alive, X-Foo\r\nconnection: close\r\n\r\n")
+            .expect("ok")
+            .expect("complete");
+        assert_eq!(h.headers.tokens("connection"), ["keep-alive", "x-foo", "close"]);
         assert!(h.headers.has_token("Connection", "close"));
     }
 }

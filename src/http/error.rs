@@ -56,9 +56,7 @@ impl From<ConnectError> for ProxyError {
             ConnectError::DnsTimeout { .. } => ProxyError::new(504, "dns_timeout", detail),
             ConnectError::Refused { .. } => ProxyError::new(502, "connection_refused", detail),
             ConnectError::Timeout { .. } => ProxyError::new(504, "connection_timeout", detail),
-            ConnectError::Unreachable { .. } => {
-                ProxyError::new(502, "destination_ip_unroutable", detail)
-            }
+            ConnectError::Unreachable { .. } => ProxyError::new(502, "destination_ip_unroutable", detail),
             ConnectError::Io { .. } => ProxyError::new(502, "proxy_internal_error", detail),
         }
     }

@@ -64,9 +64,7 @@ impl Pool {
         if self.max_per_host == 0 {
             return;
         }
-        let Ok(mut idle) = self.idle.lock() else {
-            return;
-        };
+        let Ok(mut idle) = self.idle.lock() else { return };
         let list = idle.entry(key).or_default();
         if list.len() >= self.max_per_host {
             list.remove(0);
@@ -79,16 +77,11 @@ impl Pool {
     }
 
     pub fn idle_count(&self) -> usize {
-        self.idle
-            .lock()
-            .map(|m| m.values().map(Vec::len).sum())
-            .unwrap_or(0)
+        self.idle.lock().map(|m| m.values().map(Vec::len).sum()).unwrap_or(0)
     }
 
     fn expire(&self) {
-        let Ok(mut idle) = self.idle.lock() else {
-            return;
-        };
+        let Ok(mut idle) = self.idle.lock() else { return };
         idle.retain(|_, list| {
             list.retain(|c| c.since.elapsed() < self.idle_timeout && is_quiet(&c.stream));
             !list.is_empty()

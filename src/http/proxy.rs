@@ -79,11 +79,7 @@ impl HttpProxy {
                 }
             }
             let started = Instant::now();
-            let head = timeout(
-                self.cfg.header_read_timeout,
-                read_head(&mut client, self.cfg.max_header_bytes),
-            )
-            .await;
+            let head = timeout(self.cfg.header_read_timeout, read_head(&mut client, self.cfg.max_header_bytes)).await;
             let (head, head_len) = match head {
                 Ok(Ok(Some(h))) => h,
                 Ok(Ok(None)) => return,
@@ -98,11 +94,7 @@ impl HttpProxy {
                     return;
                 }
                 Err(_) => {
-                    let err = ProxyError::new(
-                        408,
-                        "http_request_error",
-                        "request head not received in time",
-                    );
+                    let err = ProxyError::new(408, "http_request_error", "request head not received in time");
                     self.fail_early(&mut client, started, err).await;
                     return;
                 }
@@ -169,20 +161,9 @@ impl HttpProxy {
     }
 
     /// Writes a short error response with a Proxy-Status field.
-    async fn send_error(
-        &self,
-        client: &mut Client,
-        err: &ProxyError,
-        close: bool,
-        ex: &mut Exchange,
-    ) {
+    async fn send_error(&self, client: &mut Client, err: &ProxyError, close: bool, ex: &mut Exchange) {
         tracing::debug!(client = %client.peer, status = err.status, error = err.kind, "{}", err.detail);
-        let body = format!(
-            "{} {}\n{}\n",
-            err.status,
-            codec::reason(err.status),
-            err.detail
-        );
+        let body = format!("{} {}\n{}\n", err.status, codec::reason(err.status), err.detail);
         let mut h = Headers::default();
         h.push("Content-Type", "text/plain; charset=utf-8");
         h.push("Content-Length", body.len().to_string());
@@ -200,30 +181,21 @@ impl HttpProxy {
     }
 
     /// A request the proxy answers itself (Max-Forwards: 0).
-    async fn respond_local(
-        &self,
-        client: &mut Client,
-        mut h: Headers,
-        body: &[u8],
-        ex: &mut Exchange,
-    ) -> bool {
+    async fn respond_local(&self, client: &mut Client, mut h: Headers, body: &[u8], ex: &mut Exchange) -> bool {
         h.push("Content-Length", body.len().to_string());
         let mut out = Vec::new();
         codec::write_response_head(&mut out, 200, "OK", &h);
         out.extend_from_slice(body);
         ex.status = 200;
         ex.bytes_out += out.len() as u64;
-        body::write_all(&mut client.stream, &out, self.cfg.read_timeout)
-            .await
-            .is_ok()
+        body::write_all(&mut client.stream, &out, self.cfg.read_timeout).await.is_ok()
     }
 
     async fn tunnel(&self, client: &mut Client, head: RequestHead, ex: &mut Exchange) -> bool {
         let (host, port) = match target::parse_authority(&head.target, None) {
             Ok(t) => t,
             Err(e) => {
-                self.send_error(client, &ProxyError::bad_request(e.to_string()), true, ex)
-                    .await;
+                self.send_error(client, &ProxyError::bad_request(e.to_string()), true, ex).await;
                 return false;
             }
         };
@@ -235,8 +207,7 @@ impl HttpProxy {
                 return false;
             }
             Err(e) => {
-                self.send_error(client, &ProxyError::bad_request(e.to_string()), true, ex)
-                    .await;
+                self.send_error(client, &ProxyError::bad_request(e.to_string()), true, ex).await;
                 return false;
             }
         }
@@ -248,39 +219,27 @@ impl HttpProxy {
         let up = match self.svc.connector.connect(&host, port).await {
             Ok(c) => c,
             Err(e) => {
-                self.send_error(client, &ProxyError::from(e), false, ex)
-                    .await;
+                self.send_error(client, &ProxyError::from(e), false, ex).await;
                 return true;
             }
         };
         ex.upstream = Some(up.peer);
         let mut upstream = up.stream;
         let established = b"HTTP/1.1 200 Connection established\r\n\r\n";
-        if body::write_all(&mut client.stream, established, self.cfg.read_timeout)
-            .await
-            .is_err()
-        {
+        if body::write_all(&mut client.stream, established, self.cfg.read_timeout).await.is_err() {
             return false;
         }
         ex.status = 200;
         ex.bytes_out += established.len() as u64;
         // Bytes the client sent right behind the CONNECT head belong to the tunnel.
         if !client.buf.is_empty() {
-            if body::write_all(&mut upstream, &client.buf, self.cfg.read_timeout)
-                .await
-                .is_err()
-            {
+            if body::write_all(&mut upstream, &client.buf, self.cfg.read_timeout).await.is_err() {
                 return false;
             }
             ex.bytes_in += client.buf.len() as u64;
             client.buf.clear();
         }
-        let (end, stats) = relay::relay(
-            &mut client.stream,
-            &mut upstream,
-            self.cfg.tunnel_idle_timeout,
-        )
-        .await;
+        let (end, stats) = relay::relay(&mut client.stream, &mut upstream, self.cfg.tunnel_idle_timeout).await;
         ex.bytes_in += stats.a_to_b;
         ex.bytes_out += stats.b_to_a;
         match end {
@@ -295,8 +254,7 @@ impl HttpProxy {
         let framing = match codec::request_framing(&head) {
             Ok(f) => f,
             Err(e) => {
-                self.send_error(client, &ProxyError::bad_request(e.to_string()), true, ex)
-                    .await;
+                self.send_error(client, &ProxyError::bad_request(e.to_string()), true, ex).await;
                 return false;
             }
         };
@@ -323,18 +281,10 @@ impl HttpProxy {
         if head.method == "TRACE" || head.method == "OPTIONS" {
             if let Some(v) = head.headers.get_str("max-forwards") {
                 match v.trim().parse::<u32>() {
-                    Ok(0) => {
-                        return self.answer_max_forwards(client, &head, ex).await && !close_on_error
-                    }
+                    Ok(0) => return self.answer_max_forwards(client, &head, ex).await && !close_on_error,
                     Ok(n) => max_forwards = Some(n - 1),
                     Err(_) => {
-                        self.send_error(
-                            client,
-                            &ProxyError::bad_request("bad Max-Forwards"),
-                            true,
-                            ex,
-                        )
-                        .await;
+                        self.send_error(client, &ProxyError::bad_request("bad Max-Forwards"), true, ex).await;
                         return false;
                     }
                 }
@@ -346,10 +296,7 @@ impl HttpProxy {
             host: target.host.clone(),
             port: target.port,
         };
-        let idempotent = matches!(
-            head.method.as_str(),
-            "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
-        );
+        let idempotent = matches!(head.method.as_str(), "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE");
         let mut retried = false;
         loop {
             let (stream, peer, reused) = match self.svc.pool.take(&key) {
@@ -357,8 +304,7 @@ impl HttpProxy {
                 None => match self.svc.connector.connect(&target.host, target.port).await {
                     Ok(c) => (c.stream, c.peer, false),
                     Err(e) => {
-                        self.send_error(client, &ProxyError::from(e), close_on_error, ex)
-                            .await;
+                        self.send_error(client, &ProxyError::from(e), close_on_error, ex).await;
                         return !close_on_error;
                     }
                 },
@@ -368,29 +314,20 @@ impl HttpProxy {
                 stream,
                 buf: BytesMut::new(),
             };
-            match self
-                .exchange(client, &mut up, &head, framing, &req_head, ex)
-                .await
-            {
+            match self.exchange(client, &mut up, &head, framing, &req_head, ex).await {
                 Ok(done) => {
                     if done.upstream_reusable && up.buf.is_empty() {
                         self.svc.pool.put(key, up.stream, peer);
                     }
                     return done.client_keep;
                 }
-                Err(Failure::Stale)
-                    if reused && !retried && idempotent && framing == Framing::None =>
-                {
+                Err(Failure::Stale) if reused && !retried && idempotent && framing == Framing::None => {
                     // A pooled connection the server had already closed: try a fresh one once.
                     retried = true;
                     continue;
                 }
                 Err(Failure::Stale) => {
-                    let err = ProxyError::new(
-                        502,
-                        "connection_terminated",
-                        "upstream closed the connection",
-                    );
+                    let err = ProxyError::new(502, "connection_terminated", "upstream closed the connection");
                     self.send_error(client, &err, close_on_error, ex).await;
                     return !close_on_error;
                 }
@@ -406,12 +343,7 @@ impl HttpProxy {
         }
     }
 
-    async fn answer_max_forwards(
-        &self,
-        client: &mut Client,
-        head: &RequestHead,
-        ex: &mut Exchange,
-    ) -> bool {
+    async fn answer_max_forwards(&self, client: &mut Client, head: &RequestHead, ex: &mut Exchange) -> bool {
         let mut h = Headers::default();
         if head.method == "TRACE" {
             // Echo the request as received, minus fields likely to hold credentials.
@@ -420,15 +352,7 @@ impl HttpProxy {
                 echo.remove(f);
             }
             let mut body = Vec::new();
-            body.extend_from_slice(
-                format!(
-                    "{} {} {}\r\n",
-                    head.method,
-                    head.target,
-                    head.version.as_str()
-                )
-                .as_bytes(),
-            );
+            body.extend_from_slice(format!("{} {} {}\r\n", head.method, head.target, head.version.as_str()).as_bytes());
             for f in &echo.0 {
                 body.extend_from_slice(f.name.as_bytes());
                 body.extend_from_slice(b": ");
@@ -439,23 +363,14 @@ impl HttpProxy {
             h.push("Content-Type", "message/http");
             self.respond_local(client, h, &body, ex).await
         } else {
-            h.push(
-                "Allow",
-                "GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH, CONNECT",
-            );
+            h.push("Allow", "GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH, CONNECT");
             self.respond_local(client, h, b"", ex).await
         }
     }
 
     /// The request head sent upstream: origin-form, Host from the target, hop-by-hop fields
     /// removed, Via added, client identity only when configured.
-    fn upstream_request(
-        &self,
-        head: &RequestHead,
-        target: &HttpTarget,
-        peer: SocketAddr,
-        max_forwards: Option<u32>,
-    ) -> Vec<u8> {
+    fn upstream_request(&self, head: &RequestHead, target: &HttpTarget, peer: SocketAddr, max_forwards: Option<u32>) -> Vec<u8> {
         let mut h = head.headers.clone();
         let wants_trailers = h.has_token("te", "trailers");
         strip_hop_by_hop(&mut h);
@@ -473,21 +388,13 @@ impl HttpProxy {
             h.set("Max-Forwards", n.to_string());
         }
         if let Some(via) = &self.cfg.via {
-            let v = if head.version == Version::Http10 {
-                "1.0"
-            } else {
-                "1.1"
-            };
+            let v = if head.version == Version::Http10 { "1.0" } else { "1.1" };
             h.push("Via", format!("{v} {via}"));
         }
         if self.cfg.forwarded_for {
             let ip = peer.ip().to_canonical();
             h.push("X-Forwarded-For", ip.to_string());
-            let node = if ip.is_ipv6() {
-                format!("\"[{ip}]\"")
-            } else {
-                ip.to_string()
-            };
+            let node = if ip.is_ipv6() { format!("\"[{ip}]\"") } else { ip.to_string() };
             h.push("Forwarded", format!("for={node};proto=http"));
         }
         let mut out = Vec::with_capacity(512);
@@ -510,16 +417,10 @@ impl HttpProxy {
         if let Err(e) = body::write_all(&mut up.stream, req_head, t).await {
             return Err(match e {
                 CopyError::Write(_) => Failure::Stale,
-                _ => Failure::BeforeResponse(ProxyError::new(
-                    504,
-                    "connection_write_timeout",
-                    e.to_string(),
-                )),
+                _ => Failure::BeforeResponse(ProxyError::new(504, "connection_write_timeout", e.to_string())),
             });
         }
-        let Client {
-            stream, buf: cbuf, ..
-        } = client;
+        let Client { stream, buf: cbuf, .. } = client;
         let (mut cr, mut cw) = stream.split();
         let (mut ur, mut uw) = up.stream.split();
         let max_trailer = self.cfg.max_header_bytes;
@@ -530,9 +431,7 @@ impl HttpProxy {
                 let r = match framing {
                     Framing::None | Framing::UntilClose => Ok(0),
                     Framing::Length(n) => body::copy_length(&mut cr, cbuf, &mut uw, n, t).await,
-                    Framing::Chunked => {
-                        body::copy_chunked(&mut cr, cbuf, &mut uw, true, max_trailer, t).await
-                    }
+                    Framing::Chunked => body::copy_chunked(&mut cr, cbuf, &mut uw, true, max_trailer, t).await,
                 };
                 r.map(|n| sent = n)
             };
@@ -595,30 +494,18 @@ impl HttpProxy {
                         } else {
                             "http_response_header_section_size"
                         };
-                        return Err(Failure::BeforeResponse(ProxyError::new(
-                            502,
-                            kind,
-                            e.to_string(),
-                        )));
+                        return Err(Failure::BeforeResponse(ProxyError::new(502, kind, e.to_string())));
                     }
                 }
                 ubuf.reserve(8192);
                 match timeout(t, ur.read_buf(ubuf)).await {
                     Err(_) => {
-                        let err = ProxyError::new(
-                            504,
-                            "connection_read_timeout",
-                            "no response from upstream in time",
-                        );
+                        let err = ProxyError::new(504, "connection_read_timeout", "no response from upstream in time");
                         return Err(Failure::BeforeResponse(err));
                     }
                     Ok(Ok(0)) | Ok(Err(_)) if !got_any => return Err(Failure::Stale),
                     Ok(Ok(0)) => {
-                        let err = ProxyError::new(
-                            502,
-                            "http_response_incomplete",
-                            "upstream closed mid-response head",
-                        );
+                        let err = ProxyError::new(502, "http_response_incomplete", "upstream closed mid-response head");
                         return Err(Failure::BeforeResponse(err));
                     }
                     Ok(Err(e)) => {
@@ -630,8 +517,7 @@ impl HttpProxy {
             };
             got_any = true;
             if head.status == 101 {
-                let err =
-                    ProxyError::new(502, "http_protocol_error", "unexpected 101 from upstream");
+                let err = ProxyError::new(502, "http_protocol_error", "unexpected 101 from upstream");
                 return Err(Failure::BeforeResponse(err));
             }
             if head.status >= 200 {
@@ -652,13 +538,7 @@ impl HttpProxy {
 
         let up_framing = match codec::response_framing(&req.method, &resp) {
             Ok(f) => f,
-            Err(e) => {
-                return Err(Failure::BeforeResponse(ProxyError::new(
-                    502,
-                    "http_protocol_error",
-                    e.to_string(),
-                )))
-            }
+            Err(e) => return Err(Failure::BeforeResponse(ProxyError::new(502, "http_protocol_error", e.to_string()))),
         };
         let client_11 = req.version == Version::Http11;
         // How the body reaches the client, and whether the client connection can stay open.
@@ -677,10 +557,8 @@ impl HttpProxy {
         let client_keep = client_wants_keep && delimited && !self.svc.shutdown.is_draining();
         let upstream_reusable = up_framing != Framing::UntilClose
             && !resp.headers.has_token("connection", "close")
-            && (resp.version == Version::Http11
-                || resp.headers.has_token("connection", "keep-alive"))
-            && !(resp.headers.contains("transfer-encoding")
-                && resp.headers.contains("content-length"));
+            && (resp.version == Version::Http11 || resp.headers.has_token("connection", "keep-alive"))
+            && !(resp.headers.contains("transfer-encoding") && resp.headers.contains("content-length"));
 
         let mut h = resp.headers.clone();
         strip_hop_by_hop(&mut h);
@@ -694,11 +572,7 @@ impl HttpProxy {
             Out::Raw => {}
         }
         if let Some(via) = &self.cfg.via {
-            let v = if resp.version == Version::Http10 {
-                "1.0"
-            } else {
-                "1.1"
-            };
+            let v = if resp.version == Version::Http10 { "1.0" } else { "1.1" };
             h.push("Via", format!("{v} {via}"));
         }
         if !client_keep {
@@ -717,13 +591,9 @@ impl HttpProxy {
         let copied = match (up_framing, to_client) {
             (Framing::None, _) => Ok(0),
             (Framing::Length(n), _) => body::copy_length(ur, ubuf, cw, n, t).await,
-            (Framing::Chunked, Out::Dechunk) => {
-                body::copy_chunked(ur, ubuf, cw, false, max, t).await
-            }
+            (Framing::Chunked, Out::Dechunk) => body::copy_chunked(ur, ubuf, cw, false, max, t).await,
             (Framing::Chunked, _) => body::copy_chunked(ur, ubuf, cw, true, max, t).await,
-            (Framing::UntilClose, out) => {
-                body::copy_until_close(ur, ubuf, cw, out == Out::Rechunk, t).await
-            }
+            (Framing::UntilClose, out) => body::copy_until_close(ur, ubuf, cw, out == Out::Rechunk, t).await,
         };
         match copied {
             Ok(n) => ex.bytes_out += n,
@@ -777,30 +647,18 @@ enum Failure {
 /// original framing, and the caller rewrites them where it changes the framing.
 pub fn strip_hop_by_hop(h: &mut Headers) {
     for name in h.tokens("connection") {
-        if !matches!(
-            name.as_str(),
-            "transfer-encoding" | "content-length" | "host"
-        ) {
+        if !matches!(name.as_str(), "transfer-encoding" | "content-length" | "host") {
             h.remove(&name);
         }
     }
-    for name in [
-        "connection",
-        "proxy-connection",
-        "keep-alive",
-        "te",
-        "upgrade",
-    ] {
+    for name in ["connection", "proxy-connection", "keep-alive", "te", "upgrade"] {
         h.remove(name);
     }
 }
 
 /// Reads one request head into the client's buffer. `Ok(None)`: the client closed cleanly
 /// before sending anything.
-async fn read_head(
-    client: &mut Client,
-    max: usize,
-) -> Result<Option<(RequestHead, usize)>, HeadError> {
+async fn read_head(client: &mut Client, max: usize) -> Result<Option<(RequestHead, usize)>, HeadError> {
     loop {
         if !client.buf.is_empty() {
             // Tolerate empty lines before a request (RFC 9112 section 2.2).

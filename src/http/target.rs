@@ -36,11 +36,9 @@ pub fn parse_authority(auth: &str, default: Option<u16>) -> Result<(Host, u16), 
         _ => (auth, None),
     };
     let port = match port {
-        Some(p) if !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()) => p
-            .parse::<u16>()
-            .ok()
-            .filter(|p| *p != 0)
-            .ok_or(TargetError::Authority)?,
+        Some(p) if !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()) => {
+            p.parse::<u16>().ok().filter(|p| *p != 0).ok_or(TargetError::Authority)?
+        }
         Some("") if default.is_some() => default.ok_or(TargetError::Authority)?,
         Some(_) => return Err(TargetError::Authority),
         None => default.ok_or(TargetError::Authority)?,
@@ -55,16 +53,11 @@ pub fn parse_absolute(target: &str) -> Result<HttpTarget, TargetError> {
         return Err(TargetError::NotAbsolute);
     };
     if !scheme.eq_ignore_ascii_case("http") {
-        return Err(
-            if scheme
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
-            {
-                TargetError::Scheme
-            } else {
-                TargetError::NotAbsolute
-            },
-        );
+        return Err(if scheme.bytes().all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b)) {
+            TargetError::Scheme
+        } else {
+            TargetError::NotAbsolute
+        });
     }
     let split = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let (authority, tail) = rest.split_at(split);
@@ -78,11 +71,7 @@ pub fn parse_absolute(target: &str) -> Result<HttpTarget, TargetError> {
         t if t.starts_with('?') => format!("/{t}"),
         t => t.to_string(),
     };
-    let authority = if port == 80 {
-        host.to_string()
-    } else {
-        format!("{host}:{port}")
-    };
+    let authority = if port == 80 { host.to_string() } else { format!("{host}:{port}") };
     Ok(HttpTarget {
         host,
         port,
@@ -99,39 +88,21 @@ mod tests {
     fn absolute_forms() {
         let t = parse_absolute("http://Example.com/a?b").expect("ok");
         assert_eq!(t.host, Host::Name("example.com".into()));
-        assert_eq!(
-            (t.port, t.path.as_str(), t.authority.as_str()),
-            (80, "/a?b", "example.com")
-        );
+        assert_eq!((t.port, t.path.as_str(), t.authority.as_str()), (80, "/a?b", "example.com"));
         let t = parse_absolute("HTTP://127.0.0.1:8080").expect("ok");
-        assert_eq!(
-            (t.port, t.path.as_str(), t.authority.as_str()),
-            (8080, "/", "127.0.0.1:8080")
-        );
+        assert_eq!((t.port, t.path.as_str(), t.authority.as_str()), (8080, "/", "127.0.0.1:8080"));
         let t = parse_absolute("http://[::1]:81?q").expect("ok");
-        assert_eq!(
-            (t.port, t.path.as_str(), t.authority.as_str()),
-            (81, "/?q", "[::1]:81")
-        );
+        assert_eq!((t.port, t.path.as_str(), t.authority.as_str()), (81, "/?q", "[::1]:81"));
         let t = parse_absolute("http://h:/x").expect("empty port means default");
         assert_eq!(t.port, 80);
     }
 
     #[test]
     fn rejected_targets() {
-        assert_eq!(
-            parse_absolute("/just/a/path"),
-            Err(TargetError::NotAbsolute)
-        );
+        assert_eq!(parse_absolute("/just/a/path"), Err(TargetError::NotAbsolute));
         assert_eq!(parse_absolute("https://a/"), Err(TargetError::Scheme));
-        assert_eq!(
-            parse_absolute("http://user:pw@a/"),
-            Err(TargetError::Authority)
-        );
-        assert_eq!(
-            parse_absolute("http://a:99999/"),
-            Err(TargetError::Authority)
-        );
+        assert_eq!(parse_absolute("http://user:pw@a/"), Err(TargetError::Authority));
+        assert_eq!(parse_absolute("http://a:99999/"), Err(TargetError::Authority));
         assert_eq!(parse_absolute("http://a:0/"), Err(TargetError::Authority));
         assert_eq!(parse_absolute("http:///x"), Err(TargetError::Authority));
         assert_eq!(parse_absolute("http://a/x#frag"), Err(TargetError::Path));
@@ -140,10 +111,7 @@ mod tests {
 
     #[test]
     fn connect_authorities() {
-        assert_eq!(
-            parse_authority("a.b:443", None),
-            Ok((Host::Name("a.b".into()), 443))
-        );
+        assert_eq!(parse_authority("a.b:443", None), Ok((Host::Name("a.b".into()), 443)));
         assert_eq!(
             parse_authority("[2001:db8::1]:8443", None),
             Ok((Host::Ip("2001:db8::1".parse().expect("ip")), 8443))

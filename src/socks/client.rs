@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::codec::{self, DecodeError, Malformed, MAX_MESSAGE};
+use super::codec::{self, DecodeError, Decoded, Malformed, MAX_MESSAGE};
 use super::reply::{Reply, SocksError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,10 +57,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
     }
 
     /// Reads until `decode` yields a message, rejects the bytes, or the client closes.
-    pub async fn read_msg<T>(
-        &mut self,
-        decode: fn(&[u8]) -> Result<(T, usize), DecodeError>,
-    ) -> Result<T, SocksError> {
+    pub async fn read_msg<T>(&mut self, decode: fn(&[u8]) -> Decoded<T>) -> Result<T, SocksError> {
         loop {
             match decode(&self.buf) {
                 Ok((msg, used)) => {

@@ -25,6 +25,9 @@ const ATYP_V4: u8 = 0x01;
 const ATYP_DOMAIN: u8 = 0x03;
 const ATYP_V6: u8 = 0x04;
 
+/// A decoder: the message and the bytes it used.
+pub type Decoded<T> = Result<(T, usize), DecodeError>;
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
     #[error("message incomplete")]

@@ -70,9 +70,7 @@ impl Gatehouse {
                 if let Some(tx) = &ready_tx {
                     log.push(line.clone());
                     if line.contains(" ready ") {
-                        if let (Some(name), Some(addr)) =
-                            (field(&line, "listener="), field(&line, "addr="))
-                        {
+                        if let (Some(name), Some(addr)) = (field(&line, "listener="), field(&line, "addr=")) {
                             if let Ok(a) = addr.parse::<SocketAddr>() {
                                 addrs.insert(name, a);
                             }
@@ -166,8 +164,7 @@ impl Gatehouse {
 
     /// Resident set size in KiB, from /proc.
     pub fn rss_kib(&self) -> u64 {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("proc status");
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("proc status");
         status
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -196,9 +193,7 @@ fn field(line: &str, key: &str) -> Option<String> {
 
 /// A listener config block for an HTTP proxy on port 0, plus extra keys.
 pub fn http_listener(name: &str, extra: &str) -> String {
-    format!(
-        "[[listeners]]\nname = \"{name}\"\nkind = \"http\"\nlisten = \"127.0.0.1:0\"\n{extra}\n"
-    )
+    format!("[[listeners]]\nname = \"{name}\"\nkind = \"http\"\nlisten = \"127.0.0.1:0\"\n{extra}\n")
 }
 
 /// A request as the hyper origin saw it.
@@ -271,18 +266,12 @@ impl Origin {
 
     /// An origin answering every request with `200` and `body`.
     pub async fn fixed(body: &'static str) -> Origin {
-        Self::start(Arc::new(move |_| {
-            Response::new(Full::new(Bytes::from_static(body.as_bytes())))
-        }))
-        .await
+        Self::start(Arc::new(move |_| Response::new(Full::new(Bytes::from_static(body.as_bytes()))))).await
     }
 
     /// An origin that echoes the request body back.
     pub async fn echo() -> Origin {
-        Self::start(Arc::new(|s: &Seen| {
-            Response::new(Full::new(s.body.clone()))
-        }))
-        .await
+        Self::start(Arc::new(|s: &Seen| Response::new(Full::new(s.body.clone())))).await
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -304,9 +293,7 @@ where
     F: Fn(tokio::net::TcpStream) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind raw origin");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind raw origin");
     let addr = listener.local_addr().expect("addr");
     let script = Arc::new(script);
     tokio::spawn(async move {
@@ -339,9 +326,7 @@ impl Dns {
         tokio::spawn(async move {
             let mut buf = vec![0u8; 4096];
             while let Ok((n, from)) = sock.recv_from(&mut buf).await {
-                let Ok(req) = Message::from_vec(&buf[..n]) else {
-                    continue;
-                };
+                let Ok(req) = Message::from_vec(&buf[..n]) else { continue };
                 q.fetch_add(1, Ordering::SeqCst);
                 let mut resp = Message::response(req.metadata.id, OpCode::Query);
                 resp.metadata.recursion_desired = req.metadata.recursion_desired;
@@ -354,9 +339,7 @@ impl Dns {
                             known = true;
                             let rdata = match (ip, query.query_type()) {
                                 (IpAddr::V4(v4), RecordType::A) => Some(RData::A((*v4).into())),
-                                (IpAddr::V6(v6), RecordType::AAAA) => {
-                                    Some(RData::AAAA((*v6).into()))
-                                }
+                                (IpAddr::V6(v6), RecordType::AAAA) => Some(RData::AAAA((*v6).into())),
                                 _ => None,
                             };
                             if let Some(rdata) = rdata {
@@ -378,10 +361,7 @@ impl Dns {
 
     /// The `[dns]` config section pointing at this server.
     pub fn config(&self) -> String {
-        format!(
-            "[dns]\nservers = [\"{}\"]\ntimeout = \"2s\"\nattempts = 1\n",
-            self.addr
-        )
+        format!("[dns]\nservers = [\"{}\"]\ntimeout = \"2s\"\nattempts = 1\n", self.addr)
     }
 }
 
