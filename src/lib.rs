@@ -15,3 +15,5 @@ pub mod relay;
 pub mod server;
 pub mod shutdown;
 pub mod socks;
+#[cfg(target_os = "linux")]
+pub mod splice;

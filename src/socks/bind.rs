@@ -14,7 +14,7 @@ use std::net::{IpAddr, SocketAddr};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 
-use super::client::{Client, Stage};
+use super::client::{Client, PlainTcp, Stage};
 use super::codec::{Target, MAX_MESSAGE};
 use super::reply::{Reply, SocksError};
 use super::server::{Session, SocksServer};
@@ -27,7 +27,7 @@ pub(super) async fn run<S>(
     target: &Target,
 ) -> Result<(), SocksError>
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + PlainTcp + Unpin,
 {
     // The peer the client named; `None` (0.0.0.0 or ::) lets anyone connect.
     let expected: Option<Vec<IpAddr>> = match &target.host {

@@ -7,9 +7,28 @@ use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 use super::codec::{self, DecodeError, Decoded, Malformed, MAX_MESSAGE};
 use super::reply::{Reply, SocksError};
+
+/// The plain TCP socket under a client stream, when there is one: the relay splices between
+/// two plain sockets and copies otherwise (TLS must see the bytes).
+pub trait PlainTcp {
+    fn plain_tcp(&self) -> Option<&TcpStream>;
+}
+
+impl PlainTcp for TcpStream {
+    fn plain_tcp(&self) -> Option<&TcpStream> {
+        Some(self)
+    }
+}
+
+impl PlainTcp for tokio_rustls::server::TlsStream<TcpStream> {
+    fn plain_tcp(&self) -> Option<&TcpStream> {
+        None
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Version {

@@ -18,7 +18,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
-use super::client::{Client, Stage, Version};
+use super::client::{Client, PlainTcp, Stage, Version};
 use super::codec::{self, Command, Target, METHOD_NONE, METHOD_PASSWORD};
 use super::reply::{Reply, SocksError};
 use super::{bind, udp};
@@ -100,7 +100,7 @@ impl SocksServer {
     /// Runs the handshake and the command; returns the client-side byte counts.
     async fn session<S>(&self, mut c: Client<S>, s: &mut Session) -> (u64, u64, Option<Version>)
     where
-        S: AsyncRead + AsyncWrite + Unpin + Send,
+        S: AsyncRead + AsyncWrite + PlainTcp + Unpin + Send,
     {
         let handshake = tokio::select! {
             r = tokio::time::timeout(self.cfg.handshake_timeout, self.handshake(&mut c)) => {
@@ -210,7 +210,7 @@ impl SocksServer {
         req: &SocksRequest,
     ) -> Result<(), SocksError>
     where
-        S: AsyncRead + AsyncWrite + Unpin + Send,
+        S: AsyncRead + AsyncWrite + PlainTcp + Unpin + Send,
     {
         match req.command {
             Command::Connect => self.connect(c, s, &req.target).await,
@@ -226,7 +226,7 @@ impl SocksServer {
         target: &Target,
     ) -> Result<(), SocksError>
     where
-        S: AsyncRead + AsyncWrite + Unpin,
+        S: AsyncRead + AsyncWrite + PlainTcp + Unpin,
     {
         let up = self
             .svc
@@ -241,10 +241,11 @@ impl SocksServer {
         Ok(())
     }
 
-    /// The established stream (CONNECT upstream or BIND peer) joined to the client.
+    /// The established stream (CONNECT upstream or BIND peer) joined to the client: spliced
+    /// in the kernel between plain sockets, copied through [`relay::relay`] otherwise.
     pub(super) async fn relay<S>(&self, c: &mut Client<S>, s: &mut Session, mut other: TcpStream)
     where
-        S: AsyncRead + AsyncWrite + Unpin,
+        S: AsyncRead + AsyncWrite + PlainTcp + Unpin,
     {
         // Bytes the client sent ahead of the reply belong to the stream.
         if !c.buf.is_empty() {
@@ -255,6 +256,12 @@ impl SocksServer {
             s.relayed_in += c.buf.len() as u64;
             c.buf.clear();
         }
+        #[cfg(target_os = "linux")]
+        let (end, stats) = match c.stream.plain_tcp() {
+            Some(tcp) => crate::splice::relay_tcp(tcp, &other, self.cfg.idle_timeout).await,
+            None => relay::relay(&mut c.stream, &mut other, self.cfg.idle_timeout).await,
+        };
+        #[cfg(not(target_os = "linux"))]
         let (end, stats) = relay::relay(&mut c.stream, &mut other, self.cfg.idle_timeout).await;
         s.relayed_in += stats.a_to_b;
         s.relayed_out += stats.b_to_a;
