@@ -468,7 +468,8 @@ impl<'a> Reader<'a> {
     fn address(&mut self) -> Result<Target, DecodeError> {
         let host = match self.u8()? {
             ATYP_V4 => Host::Ip(IpAddr::V4(Ipv4Addr::from(self.array::<4>()?))),
-            ATYP_V6 => Host::Ip(IpAddr::V6(Ipv6Addr::from(self.array::<16>()?))),
+            // An IPv4-mapped IPv6 address (::ffff:a.b.c.d) names the IPv4 host it maps.
+            ATYP_V6 => Host::Ip(IpAddr::V6(Ipv6Addr::from(self.array::<16>()?)).to_canonical()),
             ATYP_DOMAIN => {
                 let len = self.u8()? as usize;
                 if len == 0 {

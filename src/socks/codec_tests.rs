@@ -132,6 +132,16 @@ fn request_rejects_bad_fields_early() {
     assert_eq!(decode_request(&[4, 1]), Err(Malformed::Version(4).into()));
 }
 
+/// Found by the fuzz target: a v4-mapped IPv6 address did not survive encode/decode.
+#[test]
+fn v4_mapped_ipv6_is_the_ipv4_host() {
+    let mut m = vec![5, 1, 0, 4];
+    m.extend_from_slice(&"::ffff:10.1.2.3".parse::<Ipv6Addr>().expect("v6").octets());
+    m.extend_from_slice(&[0, 4]);
+    assert_eq!(decode_request(&m).expect("valid").0.target.host, Host::Ip(ip("10.1.2.3")));
+    check_all_decoders(&m);
+}
+
 #[test]
 fn domain_holding_an_address_is_the_address() {
     let mut m = vec![5, 1, 0, 3, 3];
