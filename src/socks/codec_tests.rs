@@ -138,7 +138,10 @@ fn v4_mapped_ipv6_is_the_ipv4_host() {
     let mut m = vec![5, 1, 0, 4];
     m.extend_from_slice(&"::ffff:10.1.2.3".parse::<Ipv6Addr>().expect("v6").octets());
     m.extend_from_slice(&[0, 4]);
-    assert_eq!(decode_request(&m).expect("valid").0.target.host, Host::Ip(ip("10.1.2.3")));
+    assert_eq!(
+        decode_request(&m).expect("valid").0.target.host,
+        Host::Ip(ip("10.1.2.3"))
+    );
     check_all_decoders(&m);
 }
 
