@@ -18,4 +18,7 @@ pub mod policy;
 pub mod relay;
 pub mod server;
 pub mod shutdown;
+pub mod socks;
+#[cfg(target_os = "linux")]
+pub mod splice;
 pub mod upstream;

@@ -4,6 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context as _;
+
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -13,10 +15,12 @@ use crate::config::{ListenerConfig, ListenerKind};
 use crate::http::proxy::HttpProxy;
 use crate::metrics::Metrics;
 use crate::server::Services;
+use crate::socks::{self, SocksServer};
 
 /// The handler for one listener kind.
 enum Handler {
     Http(Arc<HttpProxy>),
+    Socks(Arc<SocksServer>),
 }
 
 /// A listener's accept loop, as started: cancel `stop` to close it (connections it accepted
@@ -32,7 +36,7 @@ pub fn spawn(
     socket: TcpListener,
     cfg: ListenerConfig,
     svc: Arc<Services>,
-) -> std::io::Result<Running> {
+) -> anyhow::Result<Running> {
     let addr = socket.local_addr()?;
     let name: Arc<str> = Arc::from(cfg.name.as_str());
     let handler = match &cfg.kind {
@@ -40,6 +44,18 @@ pub fn spawn(
             name: name.clone(),
             cfg: h.clone(),
             svc: svc.clone(),
+        })),
+        ListenerKind::Socks(s) => Handler::Socks(Arc::new(SocksServer {
+            name: name.clone(),
+            cfg: s.clone(),
+            svc: svc.clone(),
+            tls: match &s.tls {
+                Some(files) => Some(
+                    socks::tls::acceptor(files)
+                        .with_context(|| format!("listener {name:?}: TLS"))?,
+                ),
+                None => None,
+            },
         })),
     };
     tracing::info!(listener = %name, kind = cfg.kind.name(), %addr, "listening");
@@ -95,16 +111,24 @@ async fn accept_loop(
         let open = svc.metrics.connections_open.get_or_create(&label).clone();
         open.inc();
         let span = tracing::debug_span!("conn", listener = %name, %peer);
-        let fut = match &handler {
-            Handler::Http(h) => h.clone().serve(stream, peer),
-        };
         // Not an `async move` wrapper: that would hold the connection future twice over.
-        let guard = ConnGuard {
+        // Each kind is spawned on its own, so an HTTP task is not sized for a SOCKS one.
+        let _guard = ConnGuard {
             open,
             _permit: permit,
         };
-        svc.shutdown
-            .spawn(WithGuard { fut, _guard: guard }.instrument(span));
+        match &handler {
+            Handler::Http(h) => {
+                let fut = h.clone().serve(stream, peer);
+                svc.shutdown
+                    .spawn(WithGuard { fut, _guard }.instrument(span));
+            }
+            Handler::Socks(s) => {
+                let fut = s.clone().serve(stream, peer);
+                svc.shutdown
+                    .spawn(WithGuard { fut, _guard }.instrument(span));
+            }
+        }
     }
 }
 

@@ -7,7 +7,8 @@ use std::net::{IpAddr, SocketAddr};
 use crate::config::{Config, ListenerKind, PacDirect};
 
 /// `FindProxyForURL` for this config: plain host names and the configured destinations go
-/// DIRECT; everything else goes through the HTTP listeners, in config order. There is no
+/// DIRECT; everything else goes through the HTTP listeners and the plain, password-less SOCKS
+/// listeners, in config order. There is no
 /// DIRECT fallback: a proxy that is part of the firewall must not be bypassed when it is down.
 /// `bound` gives each listener's actual address (port 0 in the config becomes a real port).
 pub fn generate(config: &Config, bound: &[(String, SocketAddr)]) -> String {
@@ -33,6 +34,11 @@ pub fn generate(config: &Config, bound: &[(String, SocketAddr)]) -> String {
                 ListenerKind::Http(_) => {
                     host_of(addr.ip()).map(|h| format!("PROXY {h}:{}", addr.port()))
                 }
+                // Browsers speak SOCKS5 without authentication only.
+                ListenerKind::Socks(s) if s.users.is_empty() && s.tls.is_none() => {
+                    host_of(addr.ip()).map(|h| format!("SOCKS5 {h}:{}", addr.port()))
+                }
+                ListenerKind::Socks(_) => None,
             }
         })
         .collect();
