@@ -100,6 +100,30 @@ impl HttpProxy {
             },
         };
         ex.rule = Some(verdict.rule.clone());
+        if verdict.action != Action::Deny {
+            if let Err(e) = self.svc.limits.request(ip, ex.user.as_deref()) {
+                let err = ProxyError::new(429, "http_request_denied", e.to_string());
+                let mut h = Headers::default();
+                h.push("Retry-After", "1");
+                h.push("Proxy-Status", err.proxy_status(self.proxy_name()));
+                ex.error = Some(err.kind);
+                let body = format!("429 Too Many Requests\n{e}\n");
+                let keep = self
+                    .send_local(
+                        client,
+                        head,
+                        429,
+                        "Too Many Requests",
+                        h,
+                        "text/plain; charset=utf-8",
+                        &body,
+                        close_on_error,
+                        ex,
+                    )
+                    .await;
+                return Access::Answered(keep);
+            }
+        }
         match verdict.action.clone() {
             Action::Deny => {
                 let keep = self
