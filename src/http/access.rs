@@ -101,7 +101,16 @@ impl HttpProxy {
         };
         ex.rule = Some(verdict.rule.clone());
         if verdict.action != Action::Deny {
-            if let Err(e) = self.svc.limits.request(ip, ex.user.as_deref()) {
+            // A logged-in user's requests and tunnels in flight count against its limit.
+            let user_slot = match &identity {
+                Some(id) => self.svc.limits.user_connection(&id.name).map(Some),
+                None => Ok(None),
+            };
+            let checked = user_slot.and_then(|slot| {
+                ex.user_slot = slot;
+                self.svc.limits.request(ip, ex.user.as_deref())
+            });
+            if let Err(e) = checked {
                 let err = ProxyError::new(429, "http_request_denied", e.to_string());
                 let mut h = Headers::default();
                 h.push("Retry-After", "1");

@@ -66,6 +66,8 @@ pub(super) struct Exchange {
     pub(super) rewrite: Option<Arc<Rewrite>>,
     /// The parent (or `direct`) a routed request went through.
     pub(super) route: Option<RouteUsed>,
+    /// Held while the request or tunnel lasts: the user's concurrent-connection slot.
+    pub(super) user_slot: Option<crate::limits::ConnGuard>,
 }
 
 impl HttpProxy {
@@ -163,6 +165,7 @@ impl HttpProxy {
             rule: None,
             rewrite: None,
             route: None,
+            user_slot: None,
         };
         let keep = if head.method == "CONNECT" {
             self.tunnel(client, head, &mut ex).await
@@ -189,6 +192,7 @@ impl HttpProxy {
             rule: None,
             rewrite: None,
             route: None,
+            user_slot: None,
         };
         self.send_error(client, &err, true, &mut ex).await;
         self.record(client, &ex);
