@@ -1,0 +1,630 @@
+//! End-to-end: the HTTP cache (RFC 9111, RFC 5861, RFC 9211) through the forward proxy.
+//!
+//! Each test runs the real binary with `cache = true` on its listener and a scripted hyper
+//! origin that records every request, so a hit is proved by the origin *not* being asked.
+//! A response that must be stale on arrival says so with `Age` (larger than its lifetime),
+//! so no test waits for a clock. Collapsing, size limits, purge and metrics are in
+//! `cache_ops.rs`; the disk tier in `cache_disk.rs`.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use common::*;
+use tokio::io::AsyncWriteExt;
+
+/// Gatehouse with a caching listener "http" and one reqwest client through it.
+struct Cached {
+    gh: Gatehouse,
+    client: reqwest::Client,
+}
+
+impl Cached {
+    fn start() -> Cached {
+        let cfg = format!(
+            "{}[cache]\nenabled = true\nmemory_size = \"16MiB\"\n",
+            http_listener("http", "cache = true")
+        );
+        let gh = Gatehouse::start(&cfg);
+        let client = proxied_client(&gh, "http");
+        Cached { gh, client }
+    }
+
+    /// Sends a request, reads the response and waits for its access-log line (written once
+    /// the proxy is done with the request, store included). Returns the log's cache word.
+    async fn send(&self, method: &str, url: &str, hs: &[(&str, &str)]) -> (Fetched, String) {
+        let r = fetch(&self.client, method, url, hs).await;
+        let line = self.gh.wait_log(&format!(" {method} {url} "));
+        (r, log_field(&line, 12).to_string())
+    }
+
+    async fn get(&self, url: &str, hs: &[(&str, &str)]) -> Fetched {
+        self.send("GET", url, hs).await.0
+    }
+}
+
+fn http_date(t: SystemTime) -> String {
+    httpdate::fmt_http_date(t)
+}
+
+/// A counter-numbered origin: the handler gets the request and its 1-based number.
+async fn numbered(
+    f: impl Fn(&Seen, usize) -> hyper::Response<http_body_util::Full<bytes::Bytes>>
+        + Send
+        + Sync
+        + 'static,
+) -> Origin {
+    let n = AtomicUsize::new(0);
+    Origin::start(Arc::new(move |s: &Seen| {
+        f(s, n.fetch_add(1, Ordering::SeqCst) + 1)
+    }))
+    .await
+}
+
+#[tokio::test]
+async fn fresh_response_is_served_again_without_the_origin() {
+    let origin = Origin::start(Arc::new(|_: &Seen| {
+        response(200, &[("Cache-Control", "max-age=600")], "hello")
+    }))
+    .await;
+    let c = Cached::start();
+    let url = origin.url("/fresh");
+    let (first, word) = c.send("GET", &url, &[]).await;
+    assert_eq!((first.status, first.text().as_str()), (200, "hello"));
+    assert_eq!(word, "miss");
+    let status = first.cache_status().expect("Cache-Status on a miss");
+    assert!(status.starts_with("Gatehouse; fwd=uri-miss"), "{status}");
+    let (second, word) = c.send("GET", &url, &[]).await;
+    assert_eq!((second.status, second.text().as_str()), (200, "hello"));
+    assert_eq!(word, "hit");
+    let age: u64 = second
+        .header("age")
+        .expect("Age on a hit")
+        .parse()
+        .expect("Age is a number");
+    assert!(age < 600, "age {age}");
+    let status = second.cache_status().expect("Cache-Status on a hit");
+    assert!(status.starts_with("Gatehouse; hit; ttl="), "{status}");
+    // Another client (curl, its own connection) gets the stored response too.
+    let (code, body, err) = curl(&["-x", &c.gh.proxy_url("http"), &url]).await;
+    assert_eq!((code, body.as_slice()), (0, &b"hello"[..]), "{err}");
+    assert_eq!(origin.count("/fresh"), 1);
+}
+
+#[tokio::test]
+async fn s_maxage_overrides_max_age() {
+    let origin = Origin::start(Arc::new(|s: &Seen| {
+        let cc = if s.uri == "/shared" {
+            "max-age=0, s-maxage=600"
+        } else {
+            "max-age=600, s-maxage=0"
+        };
+        response(200, &[("Cache-Control", cc)], "x")
+    }))
+    .await;
+    let c = Cached::start();
+    for path in ["/shared", "/shared", "/unshared", "/unshared"] {
+        assert_eq!(c.get(&origin.url(path), &[]).await.status, 200);
+    }
+    assert_eq!(origin.count("/shared"), 1, "s-maxage=600 is fresh");
+    assert_eq!(origin.count("/unshared"), 2, "s-maxage=0 is stale");
+}
+
+#[tokio::test]
+async fn expires_is_read_against_date() {
+    let origin = Origin::start(Arc::new(|s: &Seen| {
+        let now = SystemTime::now();
+        let expires = match s.uri.as_str() {
+            "/future" => http_date(now + Duration::from_secs(3600)),
+            "/past" => http_date(now - Duration::from_secs(60)),
+            _ => "0".to_string(), // invalid: already expired (RFC 9111 section 5.3)
+        };
+        response(
+            200,
+            &[("Date", &http_date(now)), ("Expires", &expires)],
+            "e",
+        )
+    }))
+    .await;
+    let c = Cached::start();
+    for path in ["/future", "/past", "/invalid"] {
+        c.get(&origin.url(path), &[]).await;
+        c.get(&origin.url(path), &[]).await;
+    }
+    assert_eq!(origin.count("/future"), 1);
+    assert_eq!(origin.count("/past"), 2);
+    assert_eq!(origin.count("/invalid"), 2);
+}
+
+#[tokio::test]
+async fn heuristic_freshness_needs_last_modified_and_a_status_cacheable_by_default() {
+    let origin = Origin::start(Arc::new(|s: &Seen| {
+        let ten_days_ago = http_date(SystemTime::now() - Duration::from_secs(10 * 86400));
+        let lm = [("Last-Modified", ten_days_ago.as_str())];
+        match s.uri.as_str() {
+            "/lm" => response(200, &lm, "a"),
+            "/lm-404" => response(404, &lm, "gone"),
+            "/lm-201" => response(201, &lm, "made"),
+            _ => response(200, &[], "no validator, no lifetime"),
+        }
+    }))
+    .await;
+    let c = Cached::start();
+    for path in ["/lm", "/lm-404", "/lm-201", "/plain"] {
+        c.get(&origin.url(path), &[]).await;
+        c.get(&origin.url(path), &[]).await;
+    }
+    assert_eq!(origin.count("/lm"), 1, "10% of 10 days is fresh");
+    assert_eq!(origin.count("/lm-404"), 1, "404 is heuristically cacheable");
+    assert_eq!(origin.count("/lm-201"), 2, "201 is not");
+    assert_eq!(origin.count("/plain"), 2, "no Last-Modified: no heuristic");
+}
+
+#[tokio::test]
+async fn no_store_private_and_set_cookie_never_reach_another_client() {
+    let origin = numbered(|s, n| {
+        let body = format!("response {n}");
+        let cookie = format!("session={n}");
+        match s.uri.as_str() {
+            "/no-store" => response(200, &[("Cache-Control", "no-store, max-age=600")], body),
+            "/private" => response(200, &[("Cache-Control", "private, max-age=600")], body),
+            _ => response(
+                200,
+                &[("Cache-Control", "max-age=600"), ("Set-Cookie", &cookie)],
+                body,
+            ),
+        }
+    })
+    .await;
+    let c = Cached::start();
+    let other = proxied_client(&c.gh, "http");
+    for path in ["/no-store", "/private", "/cookie"] {
+        let url = origin.url(path);
+        let mine = c.get(&url, &[]).await;
+        let theirs = fetch(&other, "GET", &url, &[]).await;
+        c.gh.wait_log(&url);
+        assert_ne!(mine.body, theirs.body, "{path} was shared");
+        assert_eq!(origin.count(path), 2, "{path}");
+        if path == "/cookie" {
+            assert_ne!(mine.header("set-cookie"), theirs.header("set-cookie"));
+        }
+    }
+}
+
+#[tokio::test]
+async fn authorized_responses_are_shared_only_with_public_or_s_maxage() {
+    let origin = Origin::start(Arc::new(|s: &Seen| {
+        let cc = match s.uri.as_str() {
+            "/plain" => "max-age=600",
+            "/public" => "public, max-age=600",
+            _ => "s-maxage=600",
+        };
+        let who = s
+            .headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("nobody")
+            .to_string();
+        response(200, &[("Cache-Control", cc)], who)
+    }))
+    .await;
+    let c = Cached::start();
+    let alice = [("Authorization", "Basic YWxpY2U6MQ==")];
+    let bob = [("Authorization", "Basic Ym9iOjI=")];
+    for path in ["/plain", "/public", "/smax"] {
+        let url = origin.url(path);
+        assert_eq!(c.get(&url, &alice).await.text(), alice[0].1);
+        let for_bob = c.get(&url, &bob).await.text();
+        if path == "/plain" {
+            assert_eq!(for_bob, bob[0].1, "alice's response went to bob");
+            assert_eq!(origin.count(path), 2);
+        } else {
+            assert_eq!(for_bob, alice[0].1, "{path} is explicitly shareable");
+            assert_eq!(origin.count(path), 1, "{path}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn request_no_cache_and_max_age_0_revalidate_with_a_304() {
+    let origin = Origin::start(Arc::new(|s: &Seen| {
+        let inm = s.headers.get("if-none-match").and_then(|v| v.to_str().ok());
+        let ims = s.headers.get("if-modified-since");
+        let lm = "Mon, 02 Jan 2023 03:04:05 GMT";
+        match (s.uri.as_str(), inm, ims) {
+            ("/etag", Some("\"v1\""), _) => response(
+                304,
+                &[
+                    ("Cache-Control", "max-age=600"),
+                    ("ETag", "\"v1\""),
+                    ("X-Version", "2"),
+                ],
+                "",
+            ),
+            ("/etag", _, _) => response(
+                200,
+                &[
+                    ("Cache-Control", "max-age=600"),
+                    ("ETag", "\"v1\""),
+                    ("X-Version", "1"),
+                ],
+                "stored body",
+            ),
+            (_, _, Some(_)) => response(
+                304,
+                &[("Cache-Control", "max-age=600"), ("X-Version", "2")],
+                "",
+            ),
+            _ => response(
+                200,
+                &[
+                    ("Cache-Control", "max-age=600"),
+                    ("Last-Modified", lm),
+                    ("X-Version", "1"),
+                ],
+                "dated body",
+            ),
+        }
+    }))
+    .await;
+    let c = Cached::start();
+    for (path, directive, body) in [
+        ("/etag", "no-cache", "stored body"),
+        ("/dated", "max-age=0", "dated body"),
+    ] {
+        let url = origin.url(path);
+        c.get(&url, &[]).await;
+        let (r, word) = c.send("GET", &url, &[("Cache-Control", directive)]).await;
+        assert_eq!((r.status, r.text().as_str()), (200, body), "{path}");
+        assert_eq!(r.header("x-version"), Some("2"), "304's fields merged");
+        assert_eq!(word, "refresh", "{path}");
+        let seen = origin.seen_for(path);
+        assert_eq!(seen.len(), 2, "{path}");
+        let validator = if path == "/etag" {
+            seen[1].headers.get("if-none-match")
+        } else {
+            seen[1].headers.get("if-modified-since")
+        };
+        assert!(validator.is_some(), "{path}: {:?}", seen[1].headers);
+        // The merged response was stored: a plain request is a hit with the new fields.
+        let r = c.get(&url, &[]).await;
+        assert_eq!(
+            (r.text().as_str(), r.header("x-version")),
+            (body, Some("2"))
+        );
+        assert_eq!(origin.count(path), 2, "{path}");
+    }
+    // Pragma: no-cache (no Cache-Control in the request) counts as no-cache.
+    c.get(&origin.url("/etag"), &[("Pragma", "no-cache")]).await;
+    assert_eq!(origin.count("/etag"), 3);
+}
+
+#[tokio::test]
+async fn max_stale_and_min_fresh() {
+    let origin = Origin::start(Arc::new(|s: &Seen| {
+        if s.uri == "/stale" {
+            // Stale by about 5 s on arrival.
+            response(200, &[("Cache-Control", "max-age=10"), ("Age", "15")], "s")
+        } else {
+            response(200, &[("Cache-Control", "max-age=100")], "f")
+        }
+    }))
+    .await;
+    let c = Cached::start();
+    let stale = origin.url("/stale");
+    c.get(&stale, &[]).await;
+    c.get(&stale, &[]).await;
+    assert_eq!(origin.count("/stale"), 2, "stale is not served by default");
+    let r = c.get(&stale, &[("Cache-Control", "max-stale=600")]).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "s"));
+    assert!(r.header("age").is_some());
+    c.get(&stale, &[("Cache-Control", "max-stale")]).await;
+    assert_eq!(
+        origin.count("/stale"),
+        2,
+        "max-stale accepts the stale response"
+    );
+    c.get(&stale, &[("Cache-Control", "max-stale=1")]).await;
+    assert_eq!(origin.count("/stale"), 3, "stale by more than 1 s");
+
+    let fresh = origin.url("/fresh");
+    c.get(&fresh, &[]).await;
+    c.get(&fresh, &[("Cache-Control", "min-fresh=10")]).await;
+    assert_eq!(origin.count("/fresh"), 1, "fresh for 10 more seconds");
+    c.get(&fresh, &[("Cache-Control", "min-fresh=1000")]).await;
+    assert_eq!(origin.count("/fresh"), 2, "not fresh for 1000 more seconds");
+}
+
+#[tokio::test]
+async fn only_if_cached_without_a_stored_response_is_504() {
+    let origin = Origin::start(Arc::new(|_: &Seen| {
+        response(200, &[("Cache-Control", "max-age=600")], "o")
+    }))
+    .await;
+    let c = Cached::start();
+    let url = origin.url("/o");
+    let oic = [("Cache-Control", "only-if-cached")];
+    assert_eq!(c.get(&url, &oic).await.status, 504);
+    assert_eq!(origin.count("/o"), 0);
+    c.get(&url, &[]).await;
+    let r = c.get(&url, &oic).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "o"));
+    assert_eq!(origin.count("/o"), 1);
+}
+
+#[tokio::test]
+async fn must_revalidate_is_never_served_stale() {
+    let origin = Origin::start(Arc::new(|s: &Seen| {
+        if s.headers
+            .get("if-none-match")
+            .is_some_and(|v| v == "\"m1\"")
+        {
+            response(
+                304,
+                &[("Cache-Control", "max-age=600"), ("ETag", "\"m1\"")],
+                "",
+            )
+        } else {
+            response(
+                200,
+                &[
+                    ("Cache-Control", "max-age=1, must-revalidate"),
+                    ("Age", "10"),
+                    ("ETag", "\"m1\""),
+                ],
+                "checked",
+            )
+        }
+    }))
+    .await;
+    let c = Cached::start();
+    let url = origin.url("/m");
+    c.get(&url, &[]).await;
+    // The client would take a stale response; must-revalidate forbids it.
+    let (r, word) = c
+        .send("GET", &url, &[("Cache-Control", "max-stale=600")])
+        .await;
+    assert_eq!((r.status, r.text().as_str()), (200, "checked"));
+    assert_eq!(word, "revalidated");
+    let seen = origin.seen_for("/m");
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[1].headers["if-none-match"], "\"m1\"");
+    // The 304 made it fresh for 600 s.
+    let (r, word) = c.send("GET", &url, &[]).await;
+    assert_eq!((r.text().as_str(), word.as_str()), ("checked", "hit"));
+    assert_eq!(origin.count("/m"), 2);
+}
+
+#[tokio::test]
+async fn vary_keeps_variants_apart_and_vary_star_is_not_stored() {
+    let origin = Origin::start(Arc::new(|s: &Seen| {
+        let lang = s
+            .headers
+            .get("accept-language")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("none");
+        let vary = if s.uri == "/star" {
+            "*"
+        } else {
+            "Accept-Language"
+        };
+        response(
+            200,
+            &[("Cache-Control", "max-age=600"), ("Vary", vary)],
+            format!("lang={lang}"),
+        )
+    }))
+    .await;
+    let c = Cached::start();
+    let url = origin.url("/v");
+    let en = [("Accept-Language", "en")];
+    let fr = [("Accept-Language", "fr")];
+    assert_eq!(c.get(&url, &en).await.text(), "lang=en");
+    let r = c.get(&url, &fr).await;
+    assert_eq!(r.text(), "lang=fr");
+    let status = r.cache_status().unwrap_or_default();
+    assert!(status.contains("fwd=vary-miss"), "{status}");
+    assert_eq!(c.get(&url, &en).await.text(), "lang=en");
+    assert_eq!(c.get(&url, &fr).await.text(), "lang=fr");
+    assert_eq!(origin.count("/v"), 2, "one origin request per variant");
+
+    let star = origin.url("/star");
+    c.get(&star, &en).await;
+    c.get(&star, &en).await;
+    assert_eq!(origin.count("/star"), 2);
+}
+
+#[tokio::test]
+async fn client_conditional_request_on_a_hit_gets_304_from_the_cache() {
+    let origin = Origin::start(Arc::new(|_: &Seen| {
+        response(
+            200,
+            &[("Cache-Control", "max-age=600"), ("ETag", "\"c1\"")],
+            "content",
+        )
+    }))
+    .await;
+    let c = Cached::start();
+    let url = origin.url("/c");
+    c.get(&url, &[]).await;
+    let r = c.get(&url, &[("If-None-Match", "\"c1\"")]).await;
+    assert_eq!(r.status, 304);
+    assert!(r.body.is_empty());
+    assert_eq!(r.header("etag"), Some("\"c1\""));
+    let r = c.get(&url, &[("If-None-Match", "\"other\"")]).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "content"));
+    assert_eq!(origin.count("/c"), 1);
+}
+
+#[tokio::test]
+async fn head_and_ranges_are_answered_from_a_stored_get() {
+    let origin = Origin::start(Arc::new(|_: &Seen| {
+        response(200, &[("Cache-Control", "max-age=600")], "0123456789")
+    }))
+    .await;
+    let c = Cached::start();
+    let url = origin.url("/r");
+    c.get(&url, &[]).await;
+    let (head, word) = c.send("HEAD", &url, &[]).await;
+    assert_eq!(head.status, 200);
+    assert_eq!(head.header("content-length"), Some("10"));
+    assert!(head.body.is_empty());
+    assert_eq!(word, "hit");
+    let r = c.get(&url, &[("Range", "bytes=0-3")]).await;
+    assert_eq!((r.status, r.text().as_str()), (206, "0123"));
+    assert_eq!(r.header("content-range"), Some("bytes 0-3/10"));
+    let r = c.get(&url, &[("Range", "bytes=50-")]).await;
+    assert_eq!(r.status, 416);
+    assert_eq!(
+        origin.seen().len(),
+        1,
+        "only the first GET reached the origin"
+    );
+}
+
+#[tokio::test]
+async fn successful_unsafe_request_invalidates_the_stored_get() {
+    let origin = Origin::start(Arc::new(|s: &Seen| match s.method.as_str() {
+        "GET" => response(200, &[("Cache-Control", "max-age=600")], "item"),
+        _ if s.uri == "/refused" => response(500, &[], "no"),
+        _ => response(204, &[], ""),
+    }))
+    .await;
+    let c = Cached::start();
+    let gets = |path: &str| {
+        origin
+            .seen_for(path)
+            .iter()
+            .filter(|s| s.method == "GET")
+            .count()
+    };
+    for path in ["/item", "/refused"] {
+        let url = origin.url(path);
+        c.get(&url, &[]).await;
+        c.get(&url, &[]).await;
+        assert_eq!(gets(path), 1, "{path}");
+        let (r, _) = c.send("POST", &url, &[]).await;
+        assert!(r.status == 204 || r.status == 500);
+        c.get(&url, &[]).await;
+    }
+    assert_eq!(gets("/item"), 2, "POST answered 204 dropped the stored GET");
+    assert_eq!(gets("/refused"), 1, "an error answer changes nothing");
+}
+
+#[tokio::test]
+async fn stale_while_revalidate_serves_stale_and_refreshes_in_the_background() {
+    let origin = numbered(|_, n| {
+        if n == 1 {
+            response(
+                200,
+                &[
+                    ("Cache-Control", "max-age=1, stale-while-revalidate=600"),
+                    ("Age", "30"),
+                ],
+                "v1",
+            )
+        } else {
+            response(200, &[("Cache-Control", "max-age=600")], "v2")
+        }
+    })
+    .await;
+    let c = Cached::start();
+    let url = origin.url("/swr");
+    c.get(&url, &[]).await;
+    // Background refreshes have no client; from here requests go without the log.
+    let r = fetch(&c.client, "GET", &url, &[]).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "v1"), "stale at once");
+    let status = r.cache_status().unwrap_or_default();
+    assert!(status.contains("hit"), "{status}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while origin.count("/swr") < 2 {
+        assert!(Instant::now() < deadline, "no background refresh");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The refreshed response replaces the stale one (its store may trail the origin's
+    // answer by a moment; every answer from here on is "v2").
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = fetch(&c.client, "GET", &url, &[]).await;
+        if r.text() == "v2" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "refreshed response never served");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let asked = origin.count("/swr");
+    let r = fetch(&c.client, "GET", &url, &[]).await;
+    assert_eq!(r.text(), "v2");
+    assert_eq!(origin.count("/swr"), asked, "v2 is fresh: a hit");
+}
+
+#[tokio::test]
+async fn stale_if_error_serves_stale_when_the_origin_fails() {
+    let failing = Arc::new(AtomicBool::new(false));
+    let f = failing.clone();
+    let origin = Origin::start(Arc::new(move |s: &Seen| {
+        if f.load(Ordering::SeqCst) {
+            return response(500, &[], "broken");
+        }
+        let cc = if s.uri == "/sie" {
+            "max-age=1, stale-if-error=600"
+        } else {
+            "max-age=1"
+        };
+        response(200, &[("Cache-Control", cc), ("Age", "30")], "good")
+    }))
+    .await;
+    let c = Cached::start();
+    let (sie, plain) = (origin.url("/sie"), origin.url("/plain"));
+    c.get(&sie, &[]).await;
+    c.get(&plain, &[]).await;
+    failing.store(true, Ordering::SeqCst);
+    let r = c.get(&sie, &[]).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "good"));
+    assert_eq!(origin.count("/sie"), 2, "the origin was asked first");
+    let r = c.get(&plain, &[]).await;
+    assert_eq!(r.status, 500, "no stale-if-error: the error goes through");
+}
+
+/// Reads one request head (up to 16 KiB); `false` on EOF or overflow.
+async fn read_head(s: &mut tokio::net::TcpStream) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut chunk).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+        if buf.len() > 16 * 1024 {
+            return false;
+        }
+    }
+    true
+}
+
+#[tokio::test]
+async fn stale_if_error_covers_an_origin_that_closes() {
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let a = accepted.clone();
+    let addr = raw_origin(move |mut s| {
+        let n = a.fetch_add(1, Ordering::SeqCst) + 1;
+        async move {
+            if !read_head(&mut s).await || n > 1 {
+                return; // every later connection is closed without an answer
+            }
+            let resp = "HTTP/1.1 200 OK\r\nCache-Control: max-age=1, stale-if-error=600\r\n\
+                        Age: 30\r\nContent-Length: 4\r\nConnection: close\r\n\r\ngood";
+            let _ = s.write_all(resp.as_bytes()).await;
+        }
+    })
+    .await;
+    let c = Cached::start();
+    let url = format!("http://{addr}/closing");
+    assert_eq!(c.get(&url, &[]).await.text(), "good");
+    let r = c.get(&url, &[]).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "good"));
+    assert!(accepted.load(Ordering::SeqCst) >= 2, "the origin was tried");
+}
