@@ -10,7 +10,9 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 
 use crate::accesslog::AccessLog;
+use crate::cache::Cache;
 use crate::config::Config;
+use crate::config::ListenerKind;
 use crate::connector::Connector;
 use crate::http::pool::Pool;
 use crate::listener;
@@ -25,6 +27,8 @@ pub struct Services {
     pub metrics: Arc<Metrics>,
     pub access_log: AccessLog,
     pub shutdown: Shutdown,
+    /// The shared HTTP cache, when enabled and some listener uses it.
+    pub cache: Option<Arc<Cache>>,
 }
 
 pub struct Server {
@@ -42,6 +46,21 @@ impl Server {
         let access_log = AccessLog::start(&config.access_log, metrics.clone()).await?;
         let connector = Connector::new(&config.dns, &config.upstream, metrics.clone())
             .context("setting up the DNS resolver")?;
+        let wanted = config
+            .listeners
+            .iter()
+            .any(|l| matches!(&l.kind, ListenerKind::Http(h) if h.cache));
+        let cache = if config.cache.enabled && wanted {
+            // Opening the disk tier checks its index against its files: blocking work.
+            let cfg = config.cache.clone();
+            let cache = tokio::task::spawn_blocking(move || Cache::new(cfg))
+                .await
+                .context("opening the cache")?
+                .context("opening the cache")?;
+            Some(Arc::new(cache))
+        } else {
+            None
+        };
         let services = Arc::new(Services {
             connector,
             pool: Pool::new(
@@ -51,6 +70,7 @@ impl Server {
             metrics,
             access_log,
             shutdown: Shutdown::new(),
+            cache,
         });
 
         let mut sockets = Vec::new();

@@ -62,8 +62,6 @@ impl CacheConfig {
 
 /// Reads a `cache` table (absent keys take their defaults; a present section means
 /// `enabled = true` unless it says otherwise). Reports unknown keys.
-// Wired into `config` by the caller; until then only the tests use it.
-#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) fn read_cache(s: &Section<'_>) -> CacheConfig {
     let enabled = s.bool("enabled", true);
     let memory_size = s.size("memory_size", DEFAULT_MEMORY_SIZE);

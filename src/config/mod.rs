@@ -19,6 +19,7 @@ pub const DEFAULT_CONFIG: &str = r#"
 name = "http"
 kind = "http"
 listen = "127.0.0.1:3128"
+cache = true
 "#;
 
 #[derive(Debug, Clone)]
@@ -29,6 +30,8 @@ pub struct Config {
     pub access_log: AccessLogConfig,
     pub admin: Option<AdminConfig>,
     pub shutdown: ShutdownConfig,
+    /// The one shared HTTP cache store; listeners opt in with `cache = true`.
+    pub cache: crate::cache::config::CacheConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -72,6 +75,8 @@ pub struct HttpListenerConfig {
     pub via: Option<String>,
     /// Whether to tell the upstream who the client is (X-Forwarded-For and Forwarded).
     pub forwarded_for: bool,
+    /// Whether responses go through the shared HTTP cache.
+    pub cache: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -217,6 +222,7 @@ fn read_config(root: &Section<'_>) -> Config {
     } else {
         None
     };
+    let cache = crate::cache::config::read_cache(&root.table("cache"));
     let s = root.table("shutdown");
     let shutdown = ShutdownConfig {
         drain_timeout: s.duration("drain_timeout", Duration::from_secs(30)),
@@ -230,6 +236,7 @@ fn read_config(root: &Section<'_>) -> Config {
         access_log,
         admin,
         shutdown,
+        cache,
     }
 }
 
@@ -300,6 +307,7 @@ fn read_http(l: &Section<'_>) -> HttpListenerConfig {
             }),
         via,
         forwarded_for: l.bool("forwarded_for", false),
+        cache: l.bool("cache", false),
     }
 }
 
@@ -415,6 +423,9 @@ mod tests {
         assert!(c.listeners[0].listen.ip().is_loopback());
         assert_eq!(c.listeners[0].listen.port(), 3128);
         assert!(c.admin.is_none());
+        // A memory-only cache, on for the default listener; nothing on disk.
+        assert!(matches!(&c.listeners[0].kind, ListenerKind::Http(h) if h.cache));
+        assert!(c.cache.enabled && c.cache.disk_dir.is_none());
     }
 
     #[test]

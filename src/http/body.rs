@@ -179,6 +179,107 @@ where
     Ok(total)
 }
 
+/// Writes one piece of decoded body data in the recipient's framing.
+async fn emit<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    data: &[u8],
+    chunk: bool,
+    t: Duration,
+) -> Result<(), CopyError> {
+    if data.is_empty() {
+        return Ok(());
+    }
+    if chunk {
+        write_all(w, format!("{:x}\r\n", data.len()).as_bytes(), t).await?;
+        write_all(w, data, t).await?;
+        write_all(w, b"\r\n", t).await
+    } else {
+        write_all(w, data, t).await
+    }
+}
+
+/// Decodes a body of any framing and re-sends its data, chunked when `chunk` (ending with the
+/// last chunk; trailers are not carried over), handing every piece to `on_data` too. Used
+/// where the proxy keeps a copy of the body (the cache). Returns the data bytes.
+#[allow(clippy::too_many_arguments)]
+pub async fn copy_decoded<R, W>(
+    r: &mut R,
+    buf: &mut BytesMut,
+    w: &mut W,
+    framing: super::codec::Framing,
+    chunk: bool,
+    on_data: &mut (dyn FnMut(&[u8]) + Send),
+    max_trailer: usize,
+    t: Duration,
+) -> Result<u64, CopyError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    use super::codec::Framing;
+    let mut total = 0u64;
+    match framing {
+        Framing::None => {}
+        Framing::Length(len) => {
+            let mut left = len;
+            while left > 0 {
+                if buf.is_empty() {
+                    fill(
+                        r,
+                        buf,
+                        usize::try_from(left).unwrap_or(usize::MAX).min(READ_CHUNK),
+                        t,
+                    )
+                    .await?;
+                }
+                let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+                emit(w, &buf[..n], chunk, t).await?;
+                on_data(&buf[..n]);
+                buf.advance(n);
+                left -= n as u64;
+            }
+            total = len;
+        }
+        Framing::Chunked => {
+            let mut dec = ChunkedDecoder::new(max_trailer);
+            while !dec.is_done() {
+                if buf.is_empty() {
+                    fill(r, buf, READ_CHUNK, t).await?;
+                }
+                let mut used = 0;
+                while used < buf.len() && !dec.is_done() {
+                    let p = dec.advance(&buf[used..])?;
+                    if let Some(range) = p.data {
+                        let piece = &buf[used + range.start..used + range.end];
+                        emit(w, piece, chunk, t).await?;
+                        on_data(piece);
+                        total += piece.len() as u64;
+                    }
+                    used += p.consumed;
+                }
+                buf.advance(used);
+            }
+        }
+        Framing::UntilClose => loop {
+            if buf.is_empty() {
+                match fill(r, buf, READ_CHUNK, t).await {
+                    Ok(_) => {}
+                    Err(CopyError::Eof) => break,
+                    Err(e) => return Err(e),
+                }
+            }
+            emit(w, buf, chunk, t).await?;
+            on_data(buf);
+            total += buf.len() as u64;
+            buf.clear();
+        },
+    }
+    if chunk {
+        write_all(w, b"0\r\n\r\n", t).await?;
+    }
+    Ok(total)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -223,6 +324,51 @@ mod tests {
             .await
             .expect("decoded");
         assert_eq!(out, b"abc");
+    }
+
+    #[tokio::test]
+    async fn decoded_copy_rechunks_and_keeps_a_copy() {
+        use crate::http::codec::Framing;
+        let mut kept = Vec::new();
+        let mut out = Vec::new();
+        let mut src: &[u8] = b"";
+        let mut buf = BytesMut::from(&b"3\r\nabc\r\n2\r\nde\r\n0\r\nT: 1\r\n\r\nNEXT"[..]);
+        let n = copy_decoded(
+            &mut src,
+            &mut buf,
+            &mut out,
+            Framing::Chunked,
+            true,
+            &mut |d| kept.extend_from_slice(d),
+            1024,
+            T,
+        )
+        .await
+        .expect("copy");
+        assert_eq!(n, 5);
+        assert_eq!(kept, b"abcde");
+        assert_eq!(out, b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n");
+        assert_eq!(&buf[..], b"NEXT");
+        let mut out = Vec::new();
+        let mut kept = Vec::new();
+        let mut src: &[u8] = b"lo";
+        let mut buf = BytesMut::from(&b"hel"[..]);
+        copy_decoded(
+            &mut src,
+            &mut buf,
+            &mut out,
+            Framing::Length(5),
+            false,
+            &mut |d| kept.extend_from_slice(d),
+            1024,
+            T,
+        )
+        .await
+        .expect("copy");
+        assert_eq!(
+            (out.as_slice(), kept.as_slice()),
+            (&b"hello"[..], &b"hello"[..])
+        );
     }
 
     #[tokio::test]

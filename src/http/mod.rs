@@ -1,6 +1,7 @@
 //! HTTP/1.1 forward proxying: codecs (pure) and the connection driver.
 
 pub mod body;
+mod cached;
 pub mod chunked;
 pub mod codec;
 pub mod error;

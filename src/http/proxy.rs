@@ -18,6 +18,7 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 
 use super::body::{self, CopyError};
+use super::cached::{CacheCtx, Finish, HeadAction, Step};
 use super::codec::{self, Framing, HeadError, Headers, RequestHead, Version};
 use super::error::ProxyError;
 use super::pool::PoolKey;
@@ -34,22 +35,24 @@ pub struct HttpProxy {
     pub svc: Arc<Services>,
 }
 
-struct Client {
-    stream: TcpStream,
-    buf: BytesMut,
-    peer: SocketAddr,
+pub(super) struct Client {
+    pub(super) stream: TcpStream,
+    pub(super) buf: BytesMut,
+    pub(super) peer: SocketAddr,
 }
 
 /// What the access log gets to know about one request.
-struct Exchange {
-    started: Instant,
-    method: String,
-    target: String,
-    status: u16,
-    bytes_in: u64,
-    bytes_out: u64,
-    upstream: Option<SocketAddr>,
-    error: Option<&'static str>,
+pub(super) struct Exchange {
+    pub(super) started: Instant,
+    pub(super) method: String,
+    pub(super) target: String,
+    pub(super) status: u16,
+    pub(super) bytes_in: u64,
+    pub(super) bytes_out: u64,
+    pub(super) upstream: Option<SocketAddr>,
+    /// The cache's word for the access log (hit, miss, ...).
+    pub(super) cache: Option<&'static str>,
+    pub(super) error: Option<&'static str>,
 }
 
 impl HttpProxy {
@@ -130,6 +133,7 @@ impl HttpProxy {
             bytes_in: head_len as u64,
             bytes_out: 0,
             upstream: None,
+            cache: None,
             error: None,
         };
         let keep = if head.method == "CONNECT" {
@@ -151,6 +155,7 @@ impl HttpProxy {
             bytes_in: client.buf.len() as u64,
             bytes_out: 0,
             upstream: None,
+            cache: None,
             error: None,
         };
         self.send_error(client, &err, true, &mut ex).await;
@@ -174,7 +179,7 @@ impl HttpProxy {
             bytes_out: ex.bytes_out,
             duration: ex.started.elapsed(),
             upstream: ex.upstream,
-            cache: None,
+            cache: ex.cache,
             error: ex.error,
         });
     }
@@ -362,7 +367,78 @@ impl HttpProxy {
             }
         }
 
-        let req_head = self.upstream_request(&head, &target, client.peer, max_forwards);
+        let mut cc = None;
+        let mut revalidation = None;
+        if self.cfg.cache {
+            if let Some(cache) = self.svc.cache.clone() {
+                match self.cache_step(&cache, client, &head, &target, ex).await {
+                    Step::Answered(keep) => return keep,
+                    Step::Forward(ctx, up) => {
+                        cc = Some(ctx);
+                        revalidation = up;
+                    }
+                }
+            }
+        }
+        let sent = revalidation.as_ref().unwrap_or(&head);
+        let req_head = self.upstream_request(sent, &target, client.peer, max_forwards);
+        let fetched = self
+            .fetch(
+                client,
+                sent,
+                &target,
+                framing,
+                &req_head,
+                cc.as_deref_mut(),
+                ex,
+            )
+            .await;
+        let keep = match fetched {
+            Fetched::Done(keep) => keep,
+            Fetched::Aborted => return false,
+            Fetched::Failed(err) => {
+                if let Some(served) = cc.as_ref().and_then(|c| c.stale_on_error()) {
+                    ex.error = Some(err.kind);
+                    return self.send_served(client, &head, served, ex).await && !close_on_error;
+                }
+                self.send_error(client, &err, close_on_error, ex).await;
+                return !close_on_error;
+            }
+        };
+        let Some(cc) = cc else { return keep };
+        match self.cache_finish(client, cc, keep, ex).await {
+            Finish::Done(keep) => keep,
+            Finish::Refetch if keep => {
+                // The 304 matched nothing stored: ask again, unconditionally, uncached.
+                let req_head = self.upstream_request(&head, &target, client.peer, max_forwards);
+                match self
+                    .fetch(client, &head, &target, framing, &req_head, None, ex)
+                    .await
+                {
+                    Fetched::Done(keep) => keep,
+                    Fetched::Aborted => false,
+                    Fetched::Failed(err) => {
+                        self.send_error(client, &err, close_on_error, ex).await;
+                        !close_on_error
+                    }
+                }
+            }
+            Finish::Refetch => false,
+        }
+    }
+
+    /// Sends `req_head` upstream (pooled or new connection) and relays the exchange.
+    #[allow(clippy::too_many_arguments)]
+    async fn fetch(
+        &self,
+        client: &mut Client,
+        head: &RequestHead,
+        target: &HttpTarget,
+        framing: Framing,
+        req_head: &[u8],
+        mut cache: Option<&mut CacheCtx>,
+        ex: &mut Exchange,
+    ) -> Fetched {
         let key = PoolKey {
             host: target.host.clone(),
             port: target.port,
@@ -377,11 +453,7 @@ impl HttpProxy {
                 Some((s, p)) => (s, p, true),
                 None => match self.svc.connector.connect(&target.host, target.port).await {
                     Ok(c) => (c.stream, c.peer, false),
-                    Err(e) => {
-                        self.send_error(client, &ProxyError::from(e), close_on_error, ex)
-                            .await;
-                        return !close_on_error;
-                    }
+                    Err(e) => return Fetched::Failed(ProxyError::from(e)),
                 },
             };
             ex.upstream = Some(peer);
@@ -389,16 +461,29 @@ impl HttpProxy {
                 stream,
                 buf: BytesMut::new(),
             };
+            if let Some(c) = cache.as_deref_mut() {
+                c.request_time = SystemTime::now();
+            }
             match self
-                .exchange(client, &mut up, &head, framing, &req_head, ex)
+                .exchange(
+                    client,
+                    &mut up,
+                    head,
+                    framing,
+                    req_head,
+                    cache.as_deref_mut(),
+                    ex,
+                )
                 .await
             {
-                Ok(done) if done.upgraded => return self.tunnel_upgraded(client, up, ex).await,
+                Ok(done) if done.upgraded => {
+                    return Fetched::Done(self.tunnel_upgraded(client, up, ex).await)
+                }
                 Ok(done) => {
                     if done.upstream_reusable && up.buf.is_empty() {
                         self.svc.pool.put(key, up.stream, peer);
                     }
-                    return done.client_keep;
+                    return Fetched::Done(done.client_keep);
                 }
                 Err(Failure::Stale)
                     if reused && !retried && idempotent && framing == Framing::None =>
@@ -408,21 +493,16 @@ impl HttpProxy {
                     continue;
                 }
                 Err(Failure::Stale) => {
-                    let err = ProxyError::new(
+                    return Fetched::Failed(ProxyError::new(
                         502,
                         "connection_terminated",
                         "upstream closed the connection",
-                    );
-                    self.send_error(client, &err, close_on_error, ex).await;
-                    return !close_on_error;
+                    ))
                 }
-                Err(Failure::BeforeResponse(err)) => {
-                    self.send_error(client, &err, close_on_error, ex).await;
-                    return !close_on_error;
-                }
+                Err(Failure::BeforeResponse(err)) => return Fetched::Failed(err),
                 Err(Failure::Abort(kind)) => {
                     ex.error = Some(kind);
-                    return false;
+                    return Fetched::Aborted;
                 }
             }
         }
@@ -513,7 +593,7 @@ impl HttpProxy {
 
     /// The request head sent upstream: origin-form, Host from the target, hop-by-hop fields
     /// removed, Via added, client identity only when configured.
-    fn upstream_request(
+    pub(super) fn upstream_request(
         &self,
         head: &RequestHead,
         target: &HttpTarget,
@@ -567,6 +647,7 @@ impl HttpProxy {
 
     /// Sends the request and relays the response. The request body goes upstream while the
     /// response is awaited, so `Expect: 100-continue` and early responses both work.
+    #[allow(clippy::too_many_arguments)]
     async fn exchange(
         &self,
         client: &mut Client,
@@ -574,6 +655,7 @@ impl HttpProxy {
         head: &RequestHead,
         framing: Framing,
         req_head: &[u8],
+        cache: Option<&mut CacheCtx>,
         ex: &mut Exchange,
     ) -> Result<Done, Failure> {
         let t = self.cfg.read_timeout;
@@ -608,7 +690,7 @@ impl HttpProxy {
                 };
                 r.map(|n| sent = n)
             };
-            let recv = self.relay_response(&mut ur, &mut up.buf, &mut cw, head, ex);
+            let recv = self.relay_response(&mut ur, &mut up.buf, &mut cw, head, cache, ex);
             tokio::pin!(send, recv);
             loop {
                 tokio::select! {
@@ -644,6 +726,7 @@ impl HttpProxy {
         ubuf: &mut BytesMut,
         cw: &mut W,
         req: &RequestHead,
+        mut cache: Option<&mut CacheCtx>,
         ex: &mut Exchange,
     ) -> Result<Done, Failure>
     where
@@ -756,25 +839,49 @@ impl HttpProxy {
             }
         };
         let client_11 = req.version == Version::Http11;
-        // How the body reaches the client, and whether the client connection can stay open.
-        let (to_client, delimited) = match (up_framing, client_11) {
-            (Framing::UntilClose, true) => (Out::Rechunk, true),
-            (Framing::UntilClose, false) => (Out::Raw, false),
-            (Framing::Chunked, true) => (Out::Raw, true),
-            (Framing::Chunked, false) => (Out::Dechunk, false),
-            _ => (Out::Raw, true),
-        };
-        let client_keep = wants_keep_alive(req) && delimited && !self.svc.shutdown.is_draining();
+        let draining = self.svc.shutdown.is_draining();
         let upstream_reusable = up_framing != Framing::UntilClose
             && !resp.headers.has_token("connection", "close")
             && (resp.version == Version::Http11
                 || resp.headers.has_token("connection", "keep-alive"))
             && !(resp.headers.contains("transfer-encoding")
                 && resp.headers.contains("content-length"));
+        let mut capture = false;
+        if let Some(cc) = cache.as_deref_mut() {
+            match cc.on_final_head(&resp).await {
+                HeadAction::Intercept => {
+                    // The cache answers the client; the upstream body (if any) is not read.
+                    return Ok(Done {
+                        client_keep: wants_keep_alive(req) && !draining,
+                        upstream_reusable: upstream_reusable && up_framing == Framing::None,
+                        upgraded: false,
+                    });
+                }
+                HeadAction::Capture => capture = true,
+                HeadAction::Relay => {}
+            }
+        }
+        // How the body reaches the client, and whether the client connection can stay open.
+        // A body the cache keeps is decoded, so it is re-chunked rather than passed through.
+        let (to_client, delimited) = match (up_framing, client_11) {
+            (Framing::UntilClose, true) => (Out::Rechunk, true),
+            (Framing::UntilClose, false) => (Out::Raw, false),
+            (Framing::Chunked, true) if capture => (Out::Rechunk, true),
+            (Framing::Chunked, true) => (Out::Raw, true),
+            (Framing::Chunked, false) => (Out::Dechunk, false),
+            _ => (Out::Raw, true),
+        };
+        let client_keep = wants_keep_alive(req) && delimited && !draining;
 
         let mut h = resp.headers.clone();
         strip_hop_by_hop(&mut h);
         h.remove("proxy-authenticate");
+        if capture {
+            h.remove("trailer");
+        }
+        if let Some(cc) = cache.as_deref() {
+            cc.status.append_to(&mut h);
+        }
         match to_client {
             Out::Rechunk => h.set("Transfer-Encoding", "chunked"),
             Out::Dechunk => {
@@ -804,14 +911,31 @@ impl HttpProxy {
         ex.status = resp.status;
         ex.bytes_out += out.len() as u64;
 
-        let copied = match (up_framing, to_client) {
-            (Framing::None, _) => Ok(0),
-            (Framing::Length(n), _) => body::copy_length(ur, ubuf, cw, n, t).await,
-            (Framing::Chunked, Out::Dechunk) => {
+        let copied = match (up_framing, to_client, cache) {
+            (_, out, Some(cc)) if capture => {
+                let r = body::copy_decoded(
+                    ur,
+                    ubuf,
+                    cw,
+                    up_framing,
+                    out == Out::Rechunk,
+                    &mut |d| cc.on_data(d),
+                    max,
+                    t,
+                )
+                .await;
+                if r.is_ok() {
+                    cc.on_body_end(&resp);
+                }
+                r
+            }
+            (Framing::None, _, _) => Ok(0),
+            (Framing::Length(n), _, _) => body::copy_length(ur, ubuf, cw, n, t).await,
+            (Framing::Chunked, Out::Dechunk, _) => {
                 body::copy_chunked(ur, ubuf, cw, false, max, t).await
             }
-            (Framing::Chunked, _) => body::copy_chunked(ur, ubuf, cw, true, max, t).await,
-            (Framing::UntilClose, out) => {
+            (Framing::Chunked, _, _) => body::copy_chunked(ur, ubuf, cw, true, max, t).await,
+            (Framing::UntilClose, out, _) => {
                 body::copy_until_close(ur, ubuf, cw, out == Out::Rechunk, t).await
             }
         };
@@ -840,6 +964,16 @@ impl HttpProxy {
 struct Upstream {
     stream: TcpStream,
     buf: BytesMut,
+}
+
+/// How one upstream fetch ended.
+enum Fetched {
+    /// Relayed; whether the client connection stays open.
+    Done(bool),
+    /// Nothing reached the client yet: answer with this error.
+    Failed(ProxyError),
+    /// Broken mid-way: close the client connection.
+    Aborted,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -875,7 +1009,7 @@ fn upgrade_request(req: &RequestHead) -> Option<&[u8]> {
 }
 
 /// Whether the client asked for its connection to stay open after this exchange.
-fn wants_keep_alive(req: &RequestHead) -> bool {
+pub(super) fn wants_keep_alive(req: &RequestHead) -> bool {
     match req.version {
         Version::Http11 => !req.headers.has_token("connection", "close"),
         Version::Http10 => req.headers.has_token("connection", "keep-alive"),

@@ -1,0 +1,536 @@
+//! The forward proxy's side of the shared cache: the lookup before going upstream, answers
+//! from the cache, request collapsing followers, what happens to a response head and body on
+//! the way through, and background refreshes. The RFC 9111 decisions themselves are in
+//! `crate::cache`; this module only drives them.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::AsyncReadExt;
+
+use super::body::{self, CopyError};
+use super::codec::{self, Framing, Headers, RequestHead, ResponseHead, Version};
+use super::pool::PoolKey;
+use super::proxy::{strip_hop_by_hop, wants_keep_alive, Client, Exchange, HttpProxy};
+use super::target::HttpTarget;
+use crate::cache::collapse::{Event, Follower, Join, Leader, SharedHead};
+use crate::cache::engine::Revalidation;
+use crate::cache::key::{is_safe_method, primary_key};
+use crate::cache::{Cache, CacheStatus, Lookup, Served};
+use crate::server::Services;
+
+/// What the cache decided before the upstream was asked.
+pub(super) enum Step {
+    /// The client has been answered from the cache; whether its connection stays open.
+    Answered(bool),
+    /// Go upstream with this context; `Some(head)` replaces the request sent (revalidation).
+    Forward(Box<CacheCtx>, Option<RequestHead>),
+}
+
+/// What happened to the upstream response, for [`HttpProxy::cache_finish`].
+pub(super) enum Outcome {
+    Relayed,
+    /// A 304 to our conditional request: nothing has been sent to the client yet.
+    NotModified(ResponseHead),
+    /// The origin failed and `stale-if-error` allows this stale response instead.
+    Stale(Served),
+    /// The response was relayed and its whole body kept, to be stored.
+    Captured {
+        head: ResponseHead,
+        body: Bytes,
+    },
+}
+
+/// What the relay should do with a final response head.
+pub(super) enum HeadAction {
+    /// Send nothing to the client: the outcome says what to answer.
+    Intercept,
+    /// Relay it and keep a copy of the body.
+    Capture,
+    Relay,
+}
+
+/// Per-request cache state carried through the upstream exchange.
+pub(super) struct CacheCtx {
+    pub cache: Arc<Cache>,
+    /// The client's request as received (the stored response's key and Vary values).
+    pub req: RequestHead,
+    pub key: Option<String>,
+    pub status: CacheStatus,
+    pub leader: Option<Leader>,
+    pub reval: Option<Revalidation>,
+    pub request_time: SystemTime,
+    pub response_time: SystemTime,
+    pub capture: Option<BytesMut>,
+    pub outcome: Outcome,
+}
+
+/// How [`HttpProxy::cache_finish`] ended.
+pub(super) enum Finish {
+    Done(bool),
+    /// The 304 did not match what is stored: ask again without validators.
+    Refetch,
+}
+
+impl CacheCtx {
+    fn new(
+        cache: Arc<Cache>,
+        req: &RequestHead,
+        key: Option<String>,
+        status: CacheStatus,
+    ) -> Box<CacheCtx> {
+        Box::new(CacheCtx {
+            cache,
+            req: req.clone(),
+            key,
+            status,
+            leader: None,
+            reval: None,
+            request_time: SystemTime::now(),
+            response_time: SystemTime::now(),
+            capture: None,
+            outcome: Outcome::Relayed,
+        })
+    }
+
+    /// Called with the final response head, before anything of it reaches the client.
+    pub async fn on_final_head(&mut self, resp: &ResponseHead) -> HeadAction {
+        self.response_time = SystemTime::now();
+        if let Some(reval) = &self.reval {
+            if resp.status == 304 {
+                self.outcome = Outcome::NotModified(resp.clone());
+                return HeadAction::Intercept;
+            }
+            if matches!(resp.status, 500 | 502 | 503 | 504) {
+                if let Some(s) = self
+                    .cache
+                    .stale_if_error(reval, &self.req, self.response_time)
+                {
+                    self.outcome = Outcome::Stale(s);
+                    return HeadAction::Intercept;
+                }
+            }
+        }
+        // RFC 9111 section 4.4: a non-error response to an unsafe method invalidates.
+        if !is_safe_method(&self.req.method) && resp.status < 400 {
+            self.cache.invalidate(&self.req, resp).await;
+        }
+        self.status.fwd_status = Some(resp.status);
+        match self.cache.storable(&self.req, resp) {
+            Ok(()) => {
+                if let (Some(l), Some(shared)) = (
+                    self.leader.as_mut(),
+                    SharedHead::new(&self.req, resp, self.response_time),
+                ) {
+                    l.publish_head(shared.head, shared.vary);
+                }
+                self.status.stored = true;
+                self.capture = Some(BytesMut::new());
+                HeadAction::Capture
+            }
+            Err(_) => {
+                if let Some(l) = self.leader.take() {
+                    l.not_shared();
+                }
+                HeadAction::Relay
+            }
+        }
+    }
+
+    /// A piece of the response body on its way to the client.
+    pub fn on_data(&mut self, data: &[u8]) {
+        let limit = usize::try_from(self.cache.config().max_object_size).unwrap_or(usize::MAX);
+        let Some(buf) = self.capture.as_mut() else {
+            return;
+        };
+        if buf.len() + data.len() > limit {
+            // Too large to keep: stop copying; followers were told by the leader's bound too.
+            self.capture = None;
+            self.status.stored = false;
+            return;
+        }
+        buf.extend_from_slice(data);
+        if let Some(l) = self.leader.as_mut() {
+            l.push(Bytes::copy_from_slice(data));
+        }
+    }
+
+    /// The body has been relayed completely.
+    pub fn on_body_end(&mut self, head: &ResponseHead) {
+        if let Some(body) = self.capture.take() {
+            self.outcome = Outcome::Captured {
+                head: head.clone(),
+                body: body.freeze(),
+            };
+        }
+    }
+
+    /// On an upstream failure, the stale response `stale-if-error` allows, if any.
+    pub fn stale_on_error(&self) -> Option<Served> {
+        let reval = self.reval.as_ref()?;
+        self.cache
+            .stale_if_error(reval, &self.req, SystemTime::now())
+    }
+}
+
+impl HttpProxy {
+    /// Looks the request up; answers it from the cache or says how to go upstream.
+    pub(super) async fn cache_step(
+        &self,
+        cache: &Arc<Cache>,
+        client: &mut Client,
+        head: &RequestHead,
+        target: &HttpTarget,
+        ex: &mut Exchange,
+    ) -> Step {
+        match cache.lookup(head, SystemTime::now()).await {
+            Lookup::Hit(served) | Lookup::OnlyIfCached(served) => {
+                Step::Answered(self.send_served(client, head, served, ex).await)
+            }
+            Lookup::Bypass(status) => {
+                let key = primary_key(head);
+                Step::Forward(CacheCtx::new(cache.clone(), head, key, status), None)
+            }
+            Lookup::Miss { key, status } => {
+                let mut ctx = CacheCtx::new(cache.clone(), head, Some(key.clone()), status.clone());
+                // Only GET collapses: a follower is sent the leader's body.
+                if head.method == "GET" {
+                    match cache.flights().join(&key) {
+                        Join::Leader(l) => ctx.leader = Some(l),
+                        Join::Follower(f) => {
+                            if let Some(keep) = self.follow(client, head, f, status, ex).await {
+                                return Step::Answered(keep);
+                            }
+                        }
+                    }
+                }
+                Step::Forward(ctx, None)
+            }
+            Lookup::Revalidate(reval) if head.method == "GET" => {
+                let up = RequestHead {
+                    headers: reval.headers.clone(),
+                    ..head.clone()
+                };
+                let mut ctx = CacheCtx::new(
+                    cache.clone(),
+                    head,
+                    Some(reval.key.clone()),
+                    reval.status.clone(),
+                );
+                ctx.reval = Some(reval);
+                Step::Forward(ctx, Some(up))
+            }
+            Lookup::Revalidate(reval) => {
+                // A HEAD whose stored GET needs validation: just ask the origin.
+                Step::Forward(CacheCtx::new(cache.clone(), head, None, reval.status), None)
+            }
+            Lookup::StaleWhileRevalidate { served, reval } => {
+                let up = RequestHead {
+                    method: "GET".into(),
+                    headers: reval.headers.clone(),
+                    ..head.clone()
+                };
+                let bytes = self.upstream_request(&up, target, client.peer, None);
+                tokio::spawn(refresh(
+                    self.svc.clone(),
+                    target.clone(),
+                    bytes,
+                    head.clone(),
+                    reval,
+                    self.cfg.read_timeout,
+                    self.cfg.max_header_bytes.max(64 * 1024),
+                ));
+                Step::Answered(self.send_served(client, head, served, ex).await)
+            }
+        }
+    }
+
+    /// After the upstream exchange: answer a 304 or stale response, store a captured one.
+    pub(super) async fn cache_finish(
+        &self,
+        client: &mut Client,
+        mut cc: Box<CacheCtx>,
+        keep: bool,
+        ex: &mut Exchange,
+    ) -> Finish {
+        ex.cache = Some(cc.status.log_word());
+        match std::mem::replace(&mut cc.outcome, Outcome::Relayed) {
+            Outcome::Relayed => Finish::Done(keep),
+            Outcome::Stale(served) => {
+                Finish::Done(self.send_served(client, &cc.req, served, ex).await && keep)
+            }
+            Outcome::NotModified(h304) => {
+                let Some(reval) = cc.reval.as_ref() else {
+                    return Finish::Done(false);
+                };
+                let now = SystemTime::now();
+                match cc
+                    .cache
+                    .revalidated(
+                        reval,
+                        &cc.req,
+                        &h304,
+                        cc.request_time,
+                        cc.response_time,
+                        now,
+                    )
+                    .await
+                {
+                    Some(served) => {
+                        Finish::Done(self.send_served(client, &cc.req, served, ex).await && keep)
+                    }
+                    None => Finish::Refetch,
+                }
+            }
+            Outcome::Captured { head, body } => {
+                let key = cc.key.clone().or_else(|| primary_key(&cc.req));
+                let leader = cc.leader.take();
+                if let Some(key) = key {
+                    // Store off the request path (the disk tier fsyncs); followers are done
+                    // once the leader finishes.
+                    let (cache, req, rt, st) = (
+                        cc.cache.clone(),
+                        cc.req.clone(),
+                        cc.request_time,
+                        cc.response_time,
+                    );
+                    tokio::spawn(async move {
+                        cache.store(&key, &req, &head, body, rt, st).await;
+                        if let Some(l) = leader {
+                            l.finish();
+                        }
+                    });
+                } else if let Some(l) = leader {
+                    l.finish();
+                }
+                Finish::Done(keep)
+            }
+        }
+    }
+
+    /// Sends a response made by the cache.
+    pub(super) async fn send_served(
+        &self,
+        client: &mut Client,
+        req: &RequestHead,
+        served: Served,
+        ex: &mut Exchange,
+    ) -> bool {
+        let keep = wants_keep_alive(req) && !self.svc.shutdown.is_draining();
+        let mut h = served.head.headers;
+        if let Some(via) = &self.cfg.via {
+            h.push("Via", format!("1.1 {via}"));
+        }
+        self.connection_header(&mut h, req, keep);
+        let mut out = Vec::with_capacity(512 + served.body.len());
+        codec::write_response_head(&mut out, served.head.status, &served.head.reason, &h);
+        out.extend_from_slice(&served.body);
+        ex.status = served.head.status;
+        ex.cache = Some(served.status.log_word());
+        ex.bytes_out += out.len() as u64;
+        body::write_all(&mut client.stream, &out, self.cfg.read_timeout)
+            .await
+            .is_ok()
+            && keep
+    }
+
+    fn connection_header(&self, h: &mut Headers, req: &RequestHead, keep: bool) {
+        if !keep {
+            h.push("Connection", "close");
+        } else if req.version == Version::Http10 {
+            h.push("Connection", "keep-alive");
+        }
+    }
+
+    /// A collapsed request: wait for the leader's response and stream it as it arrives.
+    /// `None`: go upstream instead (the response was not shareable, or not for this request).
+    async fn follow(
+        &self,
+        client: &mut Client,
+        req: &RequestHead,
+        mut f: Follower,
+        mut status: CacheStatus,
+        ex: &mut Exchange,
+    ) -> Option<bool> {
+        let shared = match f.next().await {
+            Event::Head(h) => h,
+            _ => return None,
+        };
+        if !shared.accepts(req) {
+            return None;
+        }
+        let t = self.cfg.read_timeout;
+        let head = &shared.head;
+        let framing = codec::response_framing(&req.method, head).ok()?;
+        let client_11 = req.version == Version::Http11;
+        let chunk = matches!(framing, Framing::Chunked | Framing::UntilClose) && client_11;
+        let keep = wants_keep_alive(req)
+            && (matches!(framing, Framing::None | Framing::Length(_)) || client_11)
+            && !self.svc.shutdown.is_draining();
+        let mut h = head.headers.clone();
+        strip_hop_by_hop(&mut h);
+        h.remove("trailer");
+        if chunk {
+            h.set("Transfer-Encoding", "chunked");
+        } else {
+            h.remove("transfer-encoding");
+        }
+        if let Some(via) = &self.cfg.via {
+            h.push("Via", format!("1.1 {via}"));
+        }
+        status.collapsed = true;
+        status.fwd_status = Some(head.status);
+        status.append_to(&mut h);
+        self.connection_header(&mut h, req, keep);
+        let mut out = Vec::with_capacity(512);
+        codec::write_response_head(&mut out, head.status, &head.reason, &h);
+        ex.status = head.status;
+        ex.cache = Some(status.log_word());
+        if body::write_all(&mut client.stream, &out, t).await.is_err() {
+            return Some(false);
+        }
+        ex.bytes_out += out.len() as u64;
+        loop {
+            match f.next().await {
+                Event::Chunk(b) => {
+                    let ok = if chunk {
+                        let mut piece = format!("{:x}\r\n", b.len()).into_bytes();
+                        piece.extend_from_slice(&b);
+                        piece.extend_from_slice(b"\r\n");
+                        body::write_all(&mut client.stream, &piece, t).await
+                    } else {
+                        body::write_all(&mut client.stream, &b, t).await
+                    };
+                    if ok.is_err() {
+                        return Some(false);
+                    }
+                    ex.bytes_out += b.len() as u64;
+                }
+                Event::End => {
+                    if chunk
+                        && body::write_all(&mut client.stream, b"0\r\n\r\n", t)
+                            .await
+                            .is_err()
+                    {
+                        return Some(false);
+                    }
+                    return Some(keep);
+                }
+                // The leader failed mid-body: end this response like an upstream failure.
+                _ => {
+                    ex.error = Some("http_response_incomplete");
+                    return Some(false);
+                }
+            }
+        }
+    }
+}
+
+/// stale-while-revalidate: one conditional request to the origin with no client waiting.
+async fn refresh(
+    svc: Arc<Services>,
+    target: HttpTarget,
+    request: Vec<u8>,
+    req: RequestHead,
+    reval: Revalidation,
+    t: Duration,
+    max_head: usize,
+) {
+    let Some(cache) = svc.cache.clone() else {
+        return;
+    };
+    let key = PoolKey {
+        host: target.host.clone(),
+        port: target.port,
+    };
+    let (mut stream, peer) = match svc.pool.take(&key) {
+        Some(s) => s,
+        None => match svc.connector.connect(&target.host, target.port).await {
+            Ok(c) => (c.stream, c.peer),
+            Err(e) => {
+                tracing::debug!("background refresh of {}: {e}", req.target);
+                return;
+            }
+        },
+    };
+    let request_time = SystemTime::now();
+    if body::write_all(&mut stream, &request, t).await.is_err() {
+        return;
+    }
+    let mut buf = BytesMut::new();
+    let head = loop {
+        match codec::parse_response(&buf, max_head) {
+            Ok(Some((h, len))) => {
+                let _ = buf.split_to(len);
+                if h.status >= 200 {
+                    break h;
+                }
+                continue;
+            }
+            Ok(None) => {}
+            Err(_) => return,
+        }
+        buf.reserve(8192);
+        match tokio::time::timeout(t, stream.read_buf(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return,
+        }
+    };
+    let response_time = SystemTime::now();
+    if head.status == 304 {
+        let _ = cache
+            .revalidated(
+                &reval,
+                &req,
+                &head,
+                request_time,
+                response_time,
+                response_time,
+            )
+            .await;
+        if buf.is_empty() && !head.headers.has_token("connection", "close") {
+            svc.pool.put(key, stream, peer);
+        }
+        return;
+    }
+    let Ok(framing) = codec::response_framing("GET", &head) else {
+        return;
+    };
+    if cache.storable(&req, &head).is_err() {
+        return;
+    }
+    let limit = usize::try_from(cache.config().max_object_size).unwrap_or(usize::MAX);
+    let mut kept = BytesMut::new();
+    let mut over = false;
+    let mut sink = tokio::io::sink();
+    let copied: Result<u64, CopyError> = body::copy_decoded(
+        &mut stream,
+        &mut buf,
+        &mut sink,
+        framing,
+        false,
+        &mut |d| {
+            if kept.len() + d.len() > limit {
+                over = true;
+            } else {
+                kept.extend_from_slice(d);
+            }
+        },
+        max_head,
+        t,
+    )
+    .await;
+    if copied.is_ok() && !over {
+        cache
+            .store(
+                &reval.key,
+                &req,
+                &head,
+                kept.freeze(),
+                request_time,
+                response_time,
+            )
+            .await;
+    }
+}
