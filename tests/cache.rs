@@ -170,6 +170,7 @@ async fn no_store_private_and_set_cookie_never_reach_another_client() {
         match s.uri.as_str() {
             "/no-store" => response(200, &[("Cache-Control", "no-store, max-age=600")], body),
             "/private" => response(200, &[("Cache-Control", "private, max-age=600")], body),
+            "/shared" => response(200, &[("Cache-Control", "max-age=600")], body),
             _ => response(
                 200,
                 &[("Cache-Control", "max-age=600"), ("Set-Cookie", &cookie)],
@@ -191,6 +192,11 @@ async fn no_store_private_and_set_cookie_never_reach_another_client() {
             assert_ne!(mine.header("set-cookie"), theirs.header("set-cookie"));
         }
     }
+    // The control: the same exchange without those fields is shared.
+    let url = origin.url("/shared");
+    let mine = c.get(&url, &[]).await;
+    assert_eq!(fetch(&other, "GET", &url, &[]).await.body, mine.body);
+    assert_eq!(origin.count("/shared"), 1);
 }
 
 #[tokio::test]
@@ -259,8 +265,11 @@ async fn request_no_cache_and_max_age_0_revalidate_with_a_304() {
             ),
             _ => response(
                 200,
+                // Age: request max-age=0 accepts a response whose age is 0 (section
+                // 5.2.1.1: "less than or equal to"); this one is 5 s old on arrival.
                 &[
                     ("Cache-Control", "max-age=600"),
+                    ("Age", "5"),
                     ("Last-Modified", lm),
                     ("X-Version", "1"),
                 ],
