@@ -86,6 +86,7 @@ async fn kill_9_during_writes_never_serves_a_torn_body() {
     let dir = tempfile::tempdir().expect("tmp");
     let cfg = disk_config(dir.path());
     let mut paths = Vec::new();
+    let mut torn_writes = 0;
     for round in 0..ROUNDS {
         let mut gh = Gatehouse::start(&cfg);
         let client = proxied_client(&gh, "http");
@@ -127,6 +128,11 @@ async fn kill_9_during_writes_never_serves_a_torn_body() {
         gh.signal("KILL");
         gh.wait_exit(Duration::from_secs(10)).expect("killed");
         tasks.abort_all();
+        // A leftover `<id>.tmp` shows the kill landed inside a write (reported, not required).
+        torn_writes += object_files(dir.path())
+            .iter()
+            .filter(|p| p.extension().is_some_and(|x| x == "tmp"))
+            .count();
         paths.extend(round_paths);
     }
 
@@ -149,7 +155,10 @@ async fn kill_9_during_writes_never_serves_a_torn_body() {
         }
         gh.wait_log(&url);
     }
-    eprintln!("after kill -9: {hits} clean hits, {misses} clean misses");
+    eprintln!(
+        "after kill -9 ({torn_writes} partial .tmp files left): \
+         {hits} clean hits, {misses} clean misses"
+    );
 }
 
 /// Every stored object file (the index database excluded).
