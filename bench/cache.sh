@@ -94,14 +94,25 @@ build() {
 
 # --- helpers ---------------------------------------------------------------------------------
 
-# N free loopback ports (bound then released: the window for a clash is tiny).
+# N free loopback ports below the kernel's ephemeral range, so no outgoing connection (ours
+# or another program's) takes one between this check and the server's bind.
 free_ports() {
     python3 - "$1" <<'EOF'
-import socket, sys
-socks = [socket.socket() for _ in range(int(sys.argv[1]))]
-for s in socks:
-    s.bind(("127.0.0.1", 0))
-print(" ".join(str(s.getsockname()[1]) for s in socks))
+import random, socket, sys
+low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+ports = []
+while len(ports) < int(sys.argv[1]):
+    p = random.randrange(max(1024, low - 12000), low)
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", p))
+    except OSError:
+        continue
+    finally:
+        s.close()
+    if p not in ports:
+        ports.append(p)
+print(" ".join(map(str, ports)))
 EOF
 }
 
@@ -385,6 +396,7 @@ report() {
     done
     echo
     echo "Date: $(date -u '+%Y-%m-%d %H:%M UTC'). Machine: $(nproc) cores, $(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo), Linux $(uname -r)."
+    echo "Load average before the runs: $LOAD_BEFORE; after: $(cut -d' ' -f1-3 /proc/loadavg)."
     echo "Versions: ${versions[*]}, nginx $(nginx -v 2>&1 | sed 's/.*\///') as origin, wrk $(wrk -v 2>&1 | head -1 | awk '{print $2}')."
     local pinned="load generator and servers share the cores"
     [ "$PIN" = 1 ] && pinned="servers pinned to CPU 0, wrk to CPU 1"
@@ -425,6 +437,7 @@ read -r P_ORIGIN P_GATEHOUSE P_VARNISH P_NGINX P_SQUID < <(free_ports 5)
 write_configs
 start_servers
 warm_and_check
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 log "load: wrk -t$THREADS -c$CONNS -d$DURATION, $RUNS runs per server and object"
 measure
 report
