@@ -13,9 +13,16 @@ use tokio::io::AsyncWriteExt;
 
 const ADMIN: &str = "[admin]\nlisten = \"127.0.0.1:0\"\n";
 
+/// A caching listener "http", the `[cache]` section (`enabled = true` unless `cache` says
+/// otherwise) and the admin listener.
 fn config(listener_extra: &str, cache: &str) -> String {
+    let enabled = if cache.contains("enabled") {
+        ""
+    } else {
+        "enabled = true\n"
+    };
     format!(
-        "{}[cache]\nenabled = true\n{cache}\n{ADMIN}",
+        "{}[cache]\n{enabled}{cache}\n{ADMIN}",
         http_listener("http", listener_extra)
     )
 }
@@ -247,4 +254,69 @@ async fn metrics_and_access_log_show_hits_and_misses() {
         assert!(text.contains(want), "missing {want:?} in\n{text}");
     }
     assert!(metric(admin, "gatehouse_cache_bytes").await > Some(0.0));
+}
+
+#[tokio::test]
+async fn enabled_false_and_methods_get_only() {
+    let origin = Origin::start(Arc::new(|_: &Seen| {
+        response(200, &[("Cache-Control", "max-age=600")], "body")
+    }))
+    .await;
+    // `enabled = false` turns the shared store off even for a listener that asks for it.
+    let gh = Gatehouse::start(&config("cache = true", "enabled = false"));
+    let client = proxied_client(&gh, "http");
+    let url = origin.url("/off");
+    for _ in 0..2 {
+        fetch(&client, "GET", &url, &[]).await;
+        gh.wait_log(&url);
+    }
+    assert_eq!(origin.count("/off"), 2);
+    drop((client, gh));
+
+    // `methods = ["GET"]`: HEAD is forwarded, not answered from the stored GET.
+    let gh = Gatehouse::start(&config("cache = true", "methods = [\"GET\"]"));
+    let client = proxied_client(&gh, "http");
+    let url = origin.url("/get-only");
+    fetch(&client, "GET", &url, &[]).await;
+    gh.wait_log(&format!(" GET {url} "));
+    let head = fetch(&client, "HEAD", &url, &[]).await;
+    assert_eq!(head.status, 200);
+    gh.wait_log(&format!(" HEAD {url} "));
+    fetch(&client, "GET", &url, &[]).await;
+    let methods: Vec<String> = origin
+        .seen_for("/get-only")
+        .into_iter()
+        .map(|s| s.method)
+        .collect();
+    assert_eq!(methods, ["GET", "HEAD"], "the second GET was a hit");
+}
+
+#[test]
+fn check_reports_bad_cache_settings() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        format!(
+            "{}[cache]\nmemory_size = \"1MiB\"\nmax_object_size = \"2MiB\"\n\
+             methods = [\"POST\"]\ndisk_size = \"1GiB\"\ncolour = 1\n",
+            http_listener("http", "cache = true")
+        ),
+    )
+    .expect("write");
+    let out = std::process::Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&bad)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for want in [
+        "cache.max_object_size",
+        "cache.methods",
+        "cache.disk_size",
+        "cache.colour: unknown key",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in {err}");
+    }
 }
