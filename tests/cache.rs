@@ -1,66 +1,21 @@
-//! End-to-end: the HTTP cache (RFC 9111, RFC 5861, RFC 9211) through the forward proxy.
+//! End-to-end: the HTTP cache (RFC 9111, RFC 9211) through the forward proxy.
 //!
 //! Each test runs the real binary with `cache = true` on its listener and a scripted hyper
 //! origin that records every request, so a hit is proved by the origin *not* being asked.
 //! A response that must be stale on arrival says so with `Age` (larger than its lifetime),
-//! so no test waits for a clock. Collapsing, size limits, purge and metrics are in
-//! `cache_ops.rs`; the disk tier in `cache_disk.rs`.
+//! so no test waits for a clock. The RFC 5861 extensions are in `cache_stale.rs`;
+//! collapsing, size limits, purge and metrics in `cache_ops.rs`; the disk tier in
+//! `cache_disk.rs`.
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use common::*;
-use tokio::io::AsyncWriteExt;
-
-/// Gatehouse with a caching listener "http" and one reqwest client through it.
-struct Cached {
-    gh: Gatehouse,
-    client: reqwest::Client,
-}
-
-impl Cached {
-    fn start() -> Cached {
-        let cfg = format!(
-            "{}[cache]\nenabled = true\nmemory_size = \"16MiB\"\n",
-            http_listener("http", "cache = true")
-        );
-        let gh = Gatehouse::start(&cfg);
-        let client = proxied_client(&gh, "http");
-        Cached { gh, client }
-    }
-
-    /// Sends a request, reads the response and waits for its access-log line (written once
-    /// the proxy is done with the request, store included). Returns the log's cache word.
-    async fn send(&self, method: &str, url: &str, hs: &[(&str, &str)]) -> (Fetched, String) {
-        let r = fetch(&self.client, method, url, hs).await;
-        let line = self.gh.wait_log(&format!(" {method} {url} "));
-        (r, log_field(&line, 12).to_string())
-    }
-
-    async fn get(&self, url: &str, hs: &[(&str, &str)]) -> Fetched {
-        self.send("GET", url, hs).await.0
-    }
-}
 
 fn http_date(t: SystemTime) -> String {
     httpdate::fmt_http_date(t)
-}
-
-/// A counter-numbered origin: the handler gets the request and its 1-based number.
-async fn numbered(
-    f: impl Fn(&Seen, usize) -> hyper::Response<http_body_util::Full<bytes::Bytes>>
-        + Send
-        + Sync
-        + 'static,
-) -> Origin {
-    let n = AtomicUsize::new(0);
-    Origin::start(Arc::new(move |s: &Seen| {
-        f(s, n.fetch_add(1, Ordering::SeqCst) + 1)
-    }))
-    .await
 }
 
 #[tokio::test]
@@ -520,120 +475,4 @@ async fn successful_unsafe_request_invalidates_the_stored_get() {
     }
     assert_eq!(gets("/item"), 2, "POST answered 204 dropped the stored GET");
     assert_eq!(gets("/refused"), 1, "an error answer changes nothing");
-}
-
-#[tokio::test]
-async fn stale_while_revalidate_serves_stale_and_refreshes_in_the_background() {
-    let origin = numbered(|_, n| {
-        if n == 1 {
-            response(
-                200,
-                &[
-                    ("Cache-Control", "max-age=1, stale-while-revalidate=600"),
-                    ("Age", "30"),
-                ],
-                "v1",
-            )
-        } else {
-            response(200, &[("Cache-Control", "max-age=600")], "v2")
-        }
-    })
-    .await;
-    let c = Cached::start();
-    let url = origin.url("/swr");
-    c.get(&url, &[]).await;
-    // Background refreshes have no client; from here requests go without the log.
-    let r = fetch(&c.client, "GET", &url, &[]).await;
-    assert_eq!((r.status, r.text().as_str()), (200, "v1"), "stale at once");
-    let status = r.cache_status().unwrap_or_default();
-    assert!(status.contains("hit"), "{status}");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while origin.count("/swr") < 2 {
-        assert!(Instant::now() < deadline, "no background refresh");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    // The refreshed response replaces the stale one (its store may trail the origin's
-    // answer by a moment; every answer from here on is "v2").
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let r = fetch(&c.client, "GET", &url, &[]).await;
-        if r.text() == "v2" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "refreshed response never served");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let asked = origin.count("/swr");
-    let r = fetch(&c.client, "GET", &url, &[]).await;
-    assert_eq!(r.text(), "v2");
-    assert_eq!(origin.count("/swr"), asked, "v2 is fresh: a hit");
-}
-
-#[tokio::test]
-async fn stale_if_error_serves_stale_when_the_origin_fails() {
-    let failing = Arc::new(AtomicBool::new(false));
-    let f = failing.clone();
-    let origin = Origin::start(Arc::new(move |s: &Seen| {
-        if f.load(Ordering::SeqCst) {
-            return response(500, &[], "broken");
-        }
-        let cc = if s.uri == "/sie" {
-            "max-age=1, stale-if-error=600"
-        } else {
-            "max-age=1"
-        };
-        response(200, &[("Cache-Control", cc), ("Age", "30")], "good")
-    }))
-    .await;
-    let c = Cached::start();
-    let (sie, plain) = (origin.url("/sie"), origin.url("/plain"));
-    c.get(&sie, &[]).await;
-    c.get(&plain, &[]).await;
-    failing.store(true, Ordering::SeqCst);
-    let r = c.get(&sie, &[]).await;
-    assert_eq!((r.status, r.text().as_str()), (200, "good"));
-    assert_eq!(origin.count("/sie"), 2, "the origin was asked first");
-    let r = c.get(&plain, &[]).await;
-    assert_eq!(r.status, 500, "no stale-if-error: the error goes through");
-}
-
-/// Reads one request head (up to 16 KiB); `false` on EOF or overflow.
-async fn read_head(s: &mut tokio::net::TcpStream) -> bool {
-    use tokio::io::AsyncReadExt;
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 1024];
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-        match s.read(&mut chunk).await {
-            Ok(0) | Err(_) => return false,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-        if buf.len() > 16 * 1024 {
-            return false;
-        }
-    }
-    true
-}
-
-#[tokio::test]
-async fn stale_if_error_covers_an_origin_that_closes() {
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let a = accepted.clone();
-    let addr = raw_origin(move |mut s| {
-        let n = a.fetch_add(1, Ordering::SeqCst) + 1;
-        async move {
-            if !read_head(&mut s).await || n > 1 {
-                return; // every later connection is closed without an answer
-            }
-            let resp = "HTTP/1.1 200 OK\r\nCache-Control: max-age=1, stale-if-error=600\r\n\
-                        Age: 30\r\nContent-Length: 4\r\nConnection: close\r\n\r\ngood";
-            let _ = s.write_all(resp.as_bytes()).await;
-        }
-    })
-    .await;
-    let c = Cached::start();
-    let url = format!("http://{addr}/closing");
-    assert_eq!(c.get(&url, &[]).await.text(), "good");
-    let r = c.get(&url, &[]).await;
-    assert_eq!((r.status, r.text().as_str()), (200, "good"));
-    assert!(accepted.load(Ordering::SeqCst) >= 2, "the origin was tried");
 }

@@ -1,5 +1,6 @@
 //! End-to-end: the cache under load and from the operator's side: request collapsing,
-//! the object size limit, the per-listener switch, admin purge, metrics and the access log.
+//! the object size limit, the per-listener switch and the other `[cache]` keys, admin purge,
+//! metrics and the access log.
 
 mod common;
 
@@ -39,23 +40,6 @@ async fn purge(admin: SocketAddr, param: &str, value: &str) -> (u16, String) {
         status,
         r.text().await.expect("purge body").trim().to_string(),
     )
-}
-
-/// Reads one request head (up to 16 KiB); `false` on EOF or overflow.
-async fn read_head(s: &mut tokio::net::TcpStream) -> bool {
-    use tokio::io::AsyncReadExt;
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 1024];
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-        match s.read(&mut chunk).await {
-            Ok(0) | Err(_) => return false,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-        if buf.len() > 16 * 1024 {
-            return false;
-        }
-    }
-    true
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -549,3 +549,62 @@ pub fn pattern(seed: u32, len: usize) -> Bytes {
         .collect::<Vec<u8>>()
         .into()
 }
+
+/// Gatehouse with a caching listener "http" and one reqwest client through it.
+pub struct Cached {
+    pub gh: Gatehouse,
+    pub client: reqwest::Client,
+}
+
+impl Cached {
+    pub fn start() -> Cached {
+        let cfg = format!(
+            "{}[cache]\nenabled = true\nmemory_size = \"16MiB\"\n",
+            http_listener("http", "cache = true")
+        );
+        let gh = Gatehouse::start(&cfg);
+        let client = proxied_client(&gh, "http");
+        Cached { gh, client }
+    }
+
+    /// Sends a request, reads the response and waits for its access-log line (written once
+    /// the proxy is done with the request, store included). Returns the log's cache word.
+    pub async fn send(&self, method: &str, url: &str, hs: &[(&str, &str)]) -> (Fetched, String) {
+        let r = fetch(&self.client, method, url, hs).await;
+        let line = self.gh.wait_log(&format!(" {method} {url} "));
+        (r, log_field(&line, 12).to_string())
+    }
+
+    pub async fn get(&self, url: &str, hs: &[(&str, &str)]) -> Fetched {
+        self.send("GET", url, hs).await.0
+    }
+}
+
+/// A counter-numbered origin: the handler gets the request and its 1-based number.
+pub async fn numbered(
+    f: impl Fn(&Seen, usize) -> hyper::Response<Full<Bytes>> + Send + Sync + 'static,
+) -> Origin {
+    let n = AtomicUsize::new(0);
+    Origin::start(Arc::new(move |s: &Seen| {
+        f(s, n.fetch_add(1, Ordering::SeqCst) + 1)
+    }))
+    .await
+}
+
+/// Reads one request head (up to 16 KiB) from a raw origin's connection; `false` on EOF or
+/// overflow.
+pub async fn read_head(s: &mut tokio::net::TcpStream) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut chunk).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+        if buf.len() > 16 * 1024 {
+            return false;
+        }
+    }
+    true
+}
