@@ -21,8 +21,10 @@ pub struct AccessRecord {
     pub time: SystemTime,
     pub listener: Arc<str>,
     pub client: SocketAddr,
-    /// The authenticated user; empty until authentication exists on the listener.
+    /// The authenticated user (or the name a failed login claimed).
     pub user: Option<String>,
+    /// The policy rule that decided (`default`, `guard`, or a rule's name).
+    pub rule: Option<Arc<str>>,
     pub method: String,
     pub target: String,
     pub status: u16,
@@ -51,7 +53,7 @@ impl AccessRecord {
     pub fn to_text(&self) -> String {
         let dash = |o: Option<String>| o.unwrap_or_else(|| "-".to_string());
         format!(
-            "{} {} {} {} {} {} {} {} {} {:.3}ms {} {} {}",
+            "{} {} {} {} {} {} {} {} {} {:.3}ms {} {} {} {}",
             humantime::format_rfc3339_millis(self.time),
             self.listener,
             self.client,
@@ -65,6 +67,7 @@ impl AccessRecord {
             dash(self.upstream.map(|a| a.to_string())),
             self.cache.unwrap_or("-"),
             self.error.unwrap_or("-"),
+            self.rule.as_deref().unwrap_or("-"),
         )
     }
 }

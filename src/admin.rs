@@ -73,6 +73,11 @@ async fn handle(mut stream: TcpStream, svc: &Services) -> std::io::Result<()> {
                 (200, "text/plain", "ok\n".to_string())
             }
         }
+        Some(("GET", "/proxy.pac")) => (
+            200,
+            "application/x-ns-proxy-autoconfig",
+            svc.pac.load().as_ref().clone(),
+        ),
         Some(("GET", "/metrics")) => (
             200,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",

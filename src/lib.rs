@@ -10,8 +10,15 @@ pub mod cache;
 pub mod config;
 pub mod connector;
 pub mod http;
+pub mod limits;
 pub mod listener;
 pub mod metrics;
+pub mod pac;
+pub mod policy;
 pub mod relay;
 pub mod server;
 pub mod shutdown;
+pub mod socks;
+#[cfg(target_os = "linux")]
+pub mod splice;
+pub mod upstream;

@@ -4,21 +4,40 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context as _;
+
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::config::{ListenerConfig, ListenerKind};
 use crate::http::proxy::HttpProxy;
 use crate::metrics::Metrics;
 use crate::server::Services;
+use crate::socks::{self, SocksServer};
 
 /// The handler for one listener kind.
 enum Handler {
     Http(Arc<HttpProxy>),
+    Socks(Arc<SocksServer>),
 }
 
-pub fn spawn(socket: TcpListener, cfg: ListenerConfig, svc: Arc<Services>) {
+/// A listener's accept loop, as started: cancel `stop` to close it (connections it accepted
+/// go on), then await `task`.
+pub struct Running {
+    pub cfg: ListenerConfig,
+    pub addr: std::net::SocketAddr,
+    pub stop: CancellationToken,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+pub fn spawn(
+    socket: TcpListener,
+    cfg: ListenerConfig,
+    svc: Arc<Services>,
+) -> anyhow::Result<Running> {
+    let addr = socket.local_addr()?;
     let name: Arc<str> = Arc::from(cfg.name.as_str());
     let handler = match &cfg.kind {
         ListenerKind::Http(h) => Handler::Http(Arc::new(HttpProxy {
@@ -26,9 +45,35 @@ pub fn spawn(socket: TcpListener, cfg: ListenerConfig, svc: Arc<Services>) {
             cfg: h.clone(),
             svc: svc.clone(),
         })),
+        ListenerKind::Socks(s) => Handler::Socks(Arc::new(SocksServer {
+            name: name.clone(),
+            cfg: s.clone(),
+            svc: svc.clone(),
+            tls: match &s.tls {
+                Some(files) => Some(
+                    socks::tls::acceptor(files)
+                        .with_context(|| format!("listener {name:?}: TLS"))?,
+                ),
+                None => None,
+            },
+        })),
     };
-    tracing::info!(listener = %name, kind = cfg.kind.name(), addr = %socket.local_addr().map(|a| a.to_string()).unwrap_or_default(), "listening");
-    tokio::spawn(accept_loop(socket, cfg.max_connections, name, handler, svc));
+    tracing::info!(listener = %name, kind = cfg.kind.name(), %addr, "listening");
+    let stop = svc.shutdown.child();
+    let task = tokio::spawn(accept_loop(
+        socket,
+        cfg.max_connections,
+        name,
+        handler,
+        svc,
+        stop.clone(),
+    ));
+    Ok(Running {
+        cfg,
+        addr,
+        stop,
+        task,
+    })
 }
 
 async fn accept_loop(
@@ -37,6 +82,7 @@ async fn accept_loop(
     name: Arc<str>,
     handler: Handler,
     svc: Arc<Services>,
+    stop: CancellationToken,
 ) {
     let limit = Arc::new(Semaphore::new(max));
     let label = Metrics::listener(&name);
@@ -47,7 +93,7 @@ async fn accept_loop(
                 Ok(p) => p,
                 Err(_) => return,
             },
-            _ = svc.shutdown.draining() => return,
+            _ = stop.cancelled() => return,
         };
         let (stream, peer) = tokio::select! {
             r = socket.accept() => match r {
@@ -59,22 +105,62 @@ async fn accept_loop(
                     continue;
                 }
             },
-            _ = svc.shutdown.draining() => return,
+            _ = stop.cancelled() => return,
         };
         svc.metrics.connections_total.get_or_create(&label).inc();
         let open = svc.metrics.connections_open.get_or_create(&label).clone();
         open.inc();
         let span = tracing::debug_span!("conn", listener = %name, %peer);
-        let fut = match &handler {
-            Handler::Http(h) => h.clone().serve(stream, peer),
+        // Not an `async move` wrapper: that would hold the connection future twice over.
+        // Each kind is spawned on its own, so an HTTP task is not sized for a SOCKS one.
+        let _guard = ConnGuard {
+            open,
+            _permit: permit,
         };
-        svc.shutdown.spawn(
-            async move {
-                fut.await;
-                open.dec();
-                drop(permit);
+        match &handler {
+            Handler::Http(h) => {
+                let fut = h.clone().serve(stream, peer);
+                svc.shutdown
+                    .spawn(WithGuard { fut, _guard }.instrument(span));
             }
-            .instrument(span),
-        );
+            Handler::Socks(s) => {
+                let fut = s.clone().serve(stream, peer);
+                svc.shutdown
+                    .spawn(WithGuard { fut, _guard }.instrument(span));
+            }
+        }
+    }
+}
+
+/// Held for a connection's life: counts it open and holds its `max_connections` slot.
+struct ConnGuard {
+    open: prometheus_client::metrics::gauge::Gauge,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.open.dec();
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A connection future with its guard: the guard drops when the future completes or is
+    /// dropped.
+    struct WithGuard<F> {
+        #[pin]
+        fut: F,
+        _guard: ConnGuard,
+    }
+}
+
+impl<F: std::future::Future<Output = ()>> std::future::Future for WithGuard<F> {
+    type Output = ();
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        self.project().fut.poll(cx)
     }
 }

@@ -34,10 +34,40 @@ enum Command {
     Check,
     /// Print the built-in default configuration.
     DefaultConfig,
+    /// Hash a password (read from standard input) into a users-file entry. With --file, the
+    /// user's line in that file is added or replaced; without it, the line is printed.
+    Passwd {
+        /// User name.
+        user: String,
+        /// Groups, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        groups: Vec<String>,
+        /// bcrypt (cost 12) instead of argon2id.
+        #[arg(long)]
+        bcrypt: bool,
+        /// Users file to update.
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Passwd {
+        user,
+        groups,
+        bcrypt,
+        file,
+    }) = &cli.command
+    {
+        return match passwd(user, groups, *bcrypt, file.as_deref()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("gatehouse passwd: {e:#}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        };
+    }
     let text = match &cli.config {
         Some(path) => match std::fs::read_to_string(path) {
             Ok(t) => t,
@@ -54,6 +84,7 @@ fn main() -> ExitCode {
         .map(|p| p.display().to_string())
         .unwrap_or_else(|| "<built-in default>".into());
     match cli.command {
+        Some(Command::Passwd { .. }) => ExitCode::SUCCESS,
         Some(Command::DefaultConfig) => {
             print!("{}", gatehouse::config::DEFAULT_CONFIG.trim_start());
             ExitCode::SUCCESS
@@ -88,7 +119,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_START);
                 }
             };
-            match rt.block_on(run(config)) {
+            match rt.block_on(run(config, cli.config.clone())) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");
@@ -98,6 +129,49 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// `gatehouse passwd`: the password comes from standard input (first line), never argv.
+fn passwd(
+    user: &str,
+    groups: &[String],
+    bcrypt: bool,
+    file: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    use gatehouse::policy::users::{format_entry, hash_password, HashAlgorithm};
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .context("reading the password from stdin")?;
+    let password = line.trim_end_matches(['\r', '\n']);
+    anyhow::ensure!(!password.is_empty(), "empty password on stdin");
+    let alg = if bcrypt {
+        HashAlgorithm::Bcrypt { cost: 12 }
+    } else {
+        HashAlgorithm::Argon2id
+    };
+    let hash = hash_password(&gatehouse::policy::Secret::new(password), alg)?;
+    let entry = format_entry(user, &hash, groups).map_err(anyhow::Error::msg)?;
+    let Some(path) = file else {
+        println!("{entry}");
+        return Ok(());
+    };
+    let old = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let mut out: Vec<&str> = old
+        .lines()
+        .filter(|l| l.split(':').next().map(str::trim) != Some(user))
+        .collect();
+    out.push(&entry);
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, out.join("\n") + "\n")
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
+    eprintln!("{}: entry for {user} written", path.display());
+    Ok(())
 }
 
 fn report(source: &str, errs: &[ConfigError]) {
@@ -126,11 +200,46 @@ fn raise_fd_limit() {
     }
 }
 
-async fn run(config: Config) -> anyhow::Result<()> {
+/// Re-reads the config file; a valid one replaces the running config, an invalid one is
+/// reported and changes nothing.
+async fn reload(server: &mut Server, path: Option<&std::path::Path>) {
+    let Some(path) = path else {
+        tracing::warn!("SIGHUP: running on the built-in default; nothing to reload");
+        return;
+    };
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!(
+                "reload: cannot read {}: {e}; keeping the running config",
+                path.display()
+            );
+            return;
+        }
+    };
+    match Config::parse(&text) {
+        Err(errs) => {
+            for e in &errs {
+                tracing::error!("reload: {}: {e}", path.display());
+            }
+            tracing::error!(
+                "reload: {} problem(s); keeping the running config",
+                errs.len()
+            );
+        }
+        Ok(new) => match server.reload(new).await {
+            Ok(()) => tracing::info!("reload: {} applied", path.display()),
+            Err(e) => tracing::error!("reload: {e:#}"),
+        },
+    }
+}
+
+async fn run(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    let server = Server::start(&config).await?;
-    for (name, addr) in &server.bound {
+    let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
+    let mut server = Server::start(&config).await?;
+    for (name, addr) in server.bound() {
         tracing::info!(listener = %name, %addr, "ready");
     }
     if let Some(addr) = server.admin {
@@ -138,12 +247,16 @@ async fn run(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!("all listeners ready");
 
-    // SIGTERM: graceful drain. SIGINT: exit at once. A second signal during a drain: at once.
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {
-            tracing::info!("SIGINT: exiting now");
-            return Ok(());
+    // SIGHUP: reload. SIGTERM: graceful drain. SIGINT: exit at once. A second signal during
+    // a drain: at once.
+    loop {
+        tokio::select! {
+            _ = hup.recv() => reload(&mut server, path.as_deref()).await,
+            _ = term.recv() => break,
+            _ = int.recv() => {
+                tracing::info!("SIGINT: exiting now");
+                return Ok(());
+            }
         }
     }
     let shutdown = &server.services.shutdown;

@@ -14,6 +14,8 @@ use tokio::time::Instant;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use crate::limits::Throttle;
+
 const START_BUF: usize = 16 * 1024;
 const MAX_BUF: usize = 256 * 1024;
 
@@ -41,6 +43,22 @@ where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
+    relay_limited(a, b, idle_timeout, None, None).await
+}
+
+/// [`relay`] with bandwidth limits: `up` paces `a -> b`, `down` paces `b -> a`. Each read is
+/// at most the throttle's chunk, and its bytes wait for the bucket before they are written.
+pub async fn relay_limited<A, B>(
+    a: A,
+    b: B,
+    idle_timeout: Duration,
+    up: Option<Throttle>,
+    down: Option<Throttle>,
+) -> (RelayEnd, RelayStats)
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
     let (mut ar, mut aw) = tokio::io::split(a);
     let (mut br, mut bw) = tokio::io::split(b);
     let epoch = Instant::now();
@@ -48,8 +66,8 @@ where
     let a_to_b = AtomicU64::new(0);
     let b_to_a = AtomicU64::new(0);
 
-    let up = copy_half(&mut ar, &mut bw, &a_to_b, &last, epoch);
-    let down = copy_half(&mut br, &mut aw, &b_to_a, &last, epoch);
+    let up = copy_half(&mut ar, &mut bw, &a_to_b, &last, epoch, up.as_ref());
+    let down = copy_half(&mut br, &mut aw, &b_to_a, &last, epoch, down.as_ref());
     let both = async { tokio::try_join!(up, down).map(|_| ()) };
     let idle = async {
         loop {
@@ -81,12 +99,14 @@ async fn copy_half<R, W>(
     count: &AtomicU64,
     last: &AtomicU64,
     epoch: Instant,
+    throttle: Option<&Throttle>,
 ) -> io::Result<()>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut buf = vec![0u8; START_BUF];
+    let chunk = throttle.map_or(MAX_BUF, |t| t.max_chunk().min(MAX_BUF));
+    let mut buf = vec![0u8; START_BUF.min(chunk)];
     loop {
         let n = r.read(&mut buf).await?;
         if n == 0 {
@@ -95,11 +115,14 @@ where
             return Ok(());
         }
         last.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+        if let Some(t) = throttle {
+            t.consume(n).await;
+        }
         w.write_all(&buf[..n]).await?;
         count.fetch_add(n as u64, Ordering::Relaxed);
         last.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
-        if n == buf.len() && buf.len() < MAX_BUF {
-            buf.resize(buf.len() * 4, 0);
+        if n == buf.len() && buf.len() < chunk {
+            buf.resize((buf.len() * 4).min(chunk), 0);
         }
     }
 }

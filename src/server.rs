@@ -17,6 +17,8 @@ use crate::connector::Connector;
 use crate::http::pool::Pool;
 use crate::listener;
 use crate::metrics::Metrics;
+use crate::policy::login::LoginLimiter;
+use crate::policy::{Policy, PolicyHolder};
 use crate::shutdown::Shutdown;
 
 /// What every listener shares: one connector, one upstream pool, metrics, the access log and
@@ -29,13 +31,49 @@ pub struct Services {
     pub shutdown: Shutdown,
     /// The shared HTTP cache, when enabled and some listener uses it.
     pub cache: Option<Arc<Cache>>,
+    /// The compiled policy; a reload swaps it, connections keep the one they started with.
+    pub policy: PolicyHolder,
+    /// Failed proxy logins per client address.
+    pub logins: LoginLimiter,
+    /// Bounds concurrent password hashing (bcrypt/argon2 are CPU-heavy on purpose).
+    pub auth_permits: tokio::sync::Semaphore,
+    /// The generated proxy auto-config file, regenerated on reload.
+    pub pac: arc_swap::ArcSwap<String>,
+}
+
+/// The proxy's own addresses, refused as destinations: every listener's bound IP.
+pub fn own_addresses(config: &Config) -> Vec<std::net::IpAddr> {
+    let mut ips: Vec<_> = config
+        .listeners
+        .iter()
+        .map(|l| l.listen.ip())
+        .chain(config.admin.iter().map(|a| a.listen.ip()))
+        .filter(|ip| !ip.is_unspecified())
+        .collect();
+    ips.sort();
+    ips.dedup();
+    ips
+}
+
+/// Compiles the policy and applies the open-proxy guard to every listener.
+pub fn compile_policy(config: &Config) -> anyhow::Result<Policy> {
+    let policy =
+        Policy::compile(&config.policy, own_addresses(config)).context("compiling [policy]")?;
+    for l in &config.listeners {
+        if let Err(e) = policy.open_proxy_check(&l.name, l.listen.ip()) {
+            anyhow::bail!("{e}");
+        }
+    }
+    Ok(policy)
 }
 
 pub struct Server {
     pub services: Arc<Services>,
-    /// (listener name, bound address), in config order.
-    pub bound: Vec<(String, SocketAddr)>,
+    /// Running listeners, in config order.
+    pub listeners: Vec<listener::Running>,
     pub admin: Option<SocketAddr>,
+    /// The config in force (what a reload is compared with).
+    config: Config,
 }
 
 impl Server {
@@ -46,6 +84,7 @@ impl Server {
         let access_log = AccessLog::start(&config.access_log, metrics.clone()).await?;
         let connector = Connector::new(&config.dns, &config.upstream, metrics.clone())
             .context("setting up the DNS resolver")?;
+        let policy = compile_policy(config)?;
         let wanted = config
             .listeners
             .iter()
@@ -71,6 +110,14 @@ impl Server {
             access_log,
             shutdown: Shutdown::new(),
             cache,
+            policy: PolicyHolder::new(policy),
+            logins: LoginLimiter::new(config.policy.login),
+            auth_permits: tokio::sync::Semaphore::new(
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(2),
+            ),
+            pac: arc_swap::ArcSwap::from_pointee(String::new()),
         });
 
         let mut sockets = Vec::new();
@@ -86,11 +133,17 @@ impl Server {
             None => None,
         };
 
-        let mut bound = Vec::new();
+        let mut listeners = Vec::new();
         for (l, socket) in sockets {
-            bound.push((l.name.clone(), socket.local_addr()?));
-            listener::spawn(socket, l, services.clone());
+            listeners.push(listener::spawn(socket, l, services.clone())?);
         }
+        let bound: Vec<_> = listeners
+            .iter()
+            .map(|r| (r.cfg.name.clone(), r.addr))
+            .collect();
+        services
+            .pac
+            .store(Arc::new(crate::pac::generate(config, &bound)));
         let admin = match admin_socket {
             Some(s) => {
                 let addr = s.local_addr()?;
@@ -101,9 +154,92 @@ impl Server {
         };
         Ok(Server {
             services,
-            bound,
+            listeners,
             admin,
+            config: config.clone(),
         })
+    }
+
+    /// (listener name, bound address), in config order.
+    pub fn bound(&self) -> Vec<(String, SocketAddr)> {
+        self.listeners
+            .iter()
+            .map(|r| (r.cfg.name.clone(), r.addr))
+            .collect()
+    }
+
+    /// Applies a new, already parsed config (SIGHUP). The policy is swapped at once for new
+    /// connections; listeners that were removed or changed stop accepting (their connections
+    /// go on), new or changed ones start. On an error the old policy stays in force.
+    /// Settings of the shared services ([dns], [upstream], [access_log], [admin], [cache],
+    /// [shutdown]) need a restart; a change there is reported, not applied.
+    pub async fn reload(&mut self, new: Config) -> anyhow::Result<()> {
+        let policy = compile_policy(&new)?;
+        let old = std::mem::take(&mut self.listeners);
+        let (keep, stop): (Vec<_>, Vec<_>) = old
+            .into_iter()
+            .partition(|r| new.listeners.contains(&r.cfg));
+        for r in stop {
+            tracing::info!(listener = %r.cfg.name, addr = %r.addr, "reload: closing listener");
+            r.stop.cancel();
+            let _ = r.task.await;
+        }
+        let mut failed = None;
+        for l in &new.listeners {
+            if keep.iter().any(|r| r.cfg == *l) {
+                continue;
+            }
+            match bind(l.listen) {
+                Ok(socket) => match listener::spawn(socket, l.clone(), self.services.clone()) {
+                    Ok(r) => {
+                        tracing::info!(listener = %l.name, addr = %r.addr, "ready");
+                        self.listeners.push(r);
+                    }
+                    Err(e) => failed = Some(anyhow::anyhow!("listener {:?}: {e}", l.name)),
+                },
+                Err(e) => {
+                    failed = Some(anyhow::anyhow!(
+                        "listener {:?}: cannot listen on {}: {e}",
+                        l.name,
+                        l.listen
+                    ))
+                }
+            }
+        }
+        self.listeners.extend(keep);
+        self.services.policy.replace(policy);
+        self.services
+            .pac
+            .store(Arc::new(crate::pac::generate(&new, &self.bound())));
+        let restart_needed = [
+            (
+                "dns",
+                format!("{:?}", self.config.dns) != format!("{:?}", new.dns),
+            ),
+            (
+                "upstream",
+                format!("{:?}", self.config.upstream) != format!("{:?}", new.upstream),
+            ),
+            (
+                "access_log",
+                format!("{:?}", self.config.access_log) != format!("{:?}", new.access_log),
+            ),
+            (
+                "admin",
+                format!("{:?}", self.config.admin) != format!("{:?}", new.admin),
+            ),
+            ("cache", self.config.cache != new.cache),
+        ];
+        for (section, changed) in restart_needed {
+            if changed {
+                tracing::warn!("reload: [{section}] changed; it takes effect at the next restart");
+            }
+        }
+        self.config = new;
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 }
 

@@ -26,6 +26,11 @@ impl Shutdown {
         self.tasks.close();
     }
 
+    /// A token cancelled with the drain, or earlier on its own (one listener closing).
+    pub fn child(&self) -> CancellationToken {
+        self.stop.child_token()
+    }
+
     pub fn is_draining(&self) -> bool {
         self.stop.is_cancelled()
     }

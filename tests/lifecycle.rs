@@ -305,7 +305,7 @@ async fn sigint_exits_at_once() {
 async fn admin_health_and_metrics() {
     let origin = Origin::fixed("m").await;
     let cfg = format!(
-        "{}[admin]\nlisten = \"127.0.0.1:0\"\n",
+        "{}[admin]\nlisten = \"127.0.0.1:0\"\npac_direct = [\"intranet.test\"]\n",
         http_listener("http", "")
     );
     let gh = Gatehouse::start(&cfg);
@@ -327,6 +327,14 @@ async fn admin_health_and_metrics() {
     ] {
         assert!(text.contains(want), "missing {want:?} in\n{text}");
     }
+    let (code, pac, err) = curl(&[&format!("http://{admin}/proxy.pac")]).await;
+    assert_eq!(code, 0, "{err}");
+    let pac = String::from_utf8_lossy(&pac);
+    assert!(
+        pac.contains(&format!("return \"PROXY {}\";", gh.addr("http"))),
+        "{pac}"
+    );
+    assert!(pac.contains("host == \"intranet.test\""), "{pac}");
     let (code, body, _) = curl(&[
         "-w",
         "%{http_code}",

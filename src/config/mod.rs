@@ -4,6 +4,7 @@
 //! port lists arrive already parsed. [`Config::parse`] reports every problem in the file at once.
 
 pub(crate) mod reader;
+mod socks;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -12,6 +13,7 @@ use std::time::Duration;
 
 pub use reader::ConfigError;
 use reader::{Problems, Section};
+pub use socks::{AuthMethod, Password, SocksListenerConfig, SocksUser, TlsFiles};
 
 /// The built-in default: safe on any machine. Loopback only, memory only.
 pub const DEFAULT_CONFIG: &str = r#"
@@ -20,6 +22,11 @@ name = "http"
 kind = "http"
 listen = "127.0.0.1:3128"
 cache = true
+
+[[listeners]]
+name = "socks"
+kind = "socks"
+listen = "127.0.0.1:1080"
 "#;
 
 #[derive(Debug, Clone)]
@@ -32,9 +39,11 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     /// The one shared HTTP cache store; listeners opt in with `cache = true`.
     pub cache: crate::cache::config::CacheConfig,
+    /// Users, rules, the destination guard, parents: one policy for every listener.
+    pub policy: crate::policy::PolicyConfig,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ListenerConfig {
     /// Unique name: shows in logs, metrics and (later) policy rules.
     pub name: String,
@@ -44,20 +53,22 @@ pub struct ListenerConfig {
     pub kind: ListenerKind,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum ListenerKind {
     Http(HttpListenerConfig),
+    Socks(SocksListenerConfig),
 }
 
 impl ListenerKind {
     pub fn name(&self) -> &'static str {
         match self {
             ListenerKind::Http(_) => "http",
+            ListenerKind::Socks(_) => "socks",
         }
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct HttpListenerConfig {
     /// Request line plus headers, in bytes. Larger heads get 431.
     pub max_header_bytes: usize,
@@ -139,6 +150,35 @@ pub struct AccessLogConfig {
 #[derive(Debug, Clone)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
+    /// Destinations the generated `/proxy.pac` sends DIRECT: `name`, `*.suffix` or a CIDR.
+    pub pac_direct: Vec<PacDirect>,
+    /// The host name clients use to reach the proxy, for listeners bound to every address.
+    pub pac_host: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PacDirect {
+    Name(String),
+    /// `*.example.com`: the name and every name under it.
+    Suffix(String),
+    Net(ipnet::IpNet),
+}
+
+fn parse_pac_direct(v: &toml_edit::Value) -> Result<PacDirect, String> {
+    let s = v
+        .as_str()
+        .ok_or("not a string")?
+        .trim()
+        .to_ascii_lowercase();
+    if let Ok(net) = s.parse::<ipnet::IpNet>() {
+        return Ok(PacDirect::Net(net));
+    }
+    let name = s.strip_prefix("*.").unwrap_or(&s);
+    match crate::connector::Host::parse(name) {
+        Some(crate::connector::Host::Name(n)) if s.starts_with("*.") => Ok(PacDirect::Suffix(n)),
+        Some(crate::connector::Host::Name(n)) => Ok(PacDirect::Name(n)),
+        _ => Err("not a name, *.suffix or CIDR".into()),
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -217,12 +257,26 @@ fn read_config(root: &Section<'_>) -> Config {
         if !a.has("listen") {
             a.error_here("`listen` is required in [admin]");
         }
+        let pac_direct = a
+            .array(
+                "pac_direct",
+                "a name, \"*.suffix\" or CIDR",
+                parse_pac_direct,
+            )
+            .unwrap_or_default();
+        let pac_host = a.string("pac_host");
         a.finish();
-        listen.map(|listen| AdminConfig { listen })
+        listen.map(|listen| AdminConfig {
+            listen,
+            pac_direct,
+            pac_host,
+        })
     } else {
         None
     };
     let cache = crate::cache::config::read_cache(&root.table("cache"));
+    let names: Vec<&str> = listeners.iter().map(|l| l.name.as_str()).collect();
+    let policy = crate::policy::config::read_policy(&root.table("policy"), &names);
     let s = root.table("shutdown");
     let shutdown = ShutdownConfig {
         drain_timeout: s.duration("drain_timeout", Duration::from_secs(30)),
@@ -237,6 +291,7 @@ fn read_config(root: &Section<'_>) -> Config {
         admin,
         shutdown,
         cache,
+        policy,
     }
 }
 
@@ -252,16 +307,17 @@ fn read_listener(l: &Section<'_>) -> Option<ListenerConfig> {
     let max_connections = l.uint("max_connections", 10_000, 1, 1_000_000) as usize;
     let kind = match l.string("kind").as_deref() {
         Some("http") => Some(ListenerKind::Http(read_http(l))),
+        Some("socks") => Some(ListenerKind::Socks(socks::read_socks(l))),
         Some(other) => {
             l.error_at(
                 "kind",
-                format!("unknown listener kind {other:?}; expected \"http\""),
+                format!("unknown listener kind {other:?}; expected \"http\" or \"socks\""),
             );
             None
         }
         None => {
             if !l.has("kind") {
-                l.error_here("`kind` is required (\"http\")");
+                l.error_here("`kind` is required (\"http\" or \"socks\")");
             }
             None
         }
@@ -417,11 +473,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn builtin_default_is_loopback_http() {
+    fn builtin_default_is_loopback_http_and_socks() {
         let c = Config::builtin();
-        assert_eq!(c.listeners.len(), 1);
-        assert!(c.listeners[0].listen.ip().is_loopback());
+        assert_eq!(c.listeners.len(), 2);
+        assert!(c.listeners.iter().all(|l| l.listen.ip().is_loopback()));
         assert_eq!(c.listeners[0].listen.port(), 3128);
+        assert_eq!(c.listeners[1].listen.port(), 1080);
+        let ListenerKind::Socks(s) = &c.listeners[1].kind else {
+            panic!("second listener is socks")
+        };
+        assert_eq!(s.auth, [AuthMethod::None]);
+        assert!(s.socks4 && s.users.is_empty() && s.tls.is_none());
         assert!(c.admin.is_none());
         // A memory-only cache, on for the default listener; nothing on disk.
         assert!(matches!(&c.listeners[0].kind, ListenerKind::Http(h) if h.cache));
@@ -484,7 +546,9 @@ via = false
 "#,
         )
         .expect("valid");
-        let ListenerKind::Http(h) = &c.listeners[0].kind;
+        let ListenerKind::Http(h) = &c.listeners[0].kind else {
+            panic!("http listener")
+        };
         assert!(h.via.is_none());
         assert!(h.connect_ports.iter().any(|r| r.contains(8050)));
         assert!(!h.connect_ports.iter().any(|r| r.contains(22)));
@@ -495,5 +559,91 @@ via = false
         let text = "[[listeners]]\nname=\"a\"\nkind=\"http\"\nlisten=\"127.0.0.1:1\"\n[[listeners]]\nname=\"a\"\nkind=\"http\"\nlisten=\"127.0.0.1:2\"\n";
         let errs = Config::parse(text).expect_err("dup");
         assert!(errs.iter().any(|e| e.message.contains("duplicate")));
+    }
+
+    fn socks(extra: &str) -> Result<SocksListenerConfig, Vec<ConfigError>> {
+        let text = format!(
+            "[[listeners]]\nname = \"s\"\nkind = \"socks\"\nlisten = \"127.0.0.1:0\"\n{extra}\n"
+        );
+        Config::parse(&text).map(|c| match &c.listeners[0].kind {
+            ListenerKind::Socks(s) => s.clone(),
+            other => panic!("not socks: {other:?}"),
+        })
+    }
+
+    #[test]
+    fn socks_defaults() {
+        let s = socks("").expect("valid");
+        assert_eq!(s.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(s.idle_timeout, Duration::from_secs(600));
+        assert_eq!(s.bind_timeout, Duration::from_secs(60));
+        assert_eq!(s.udp_idle_timeout, Duration::from_secs(120));
+        assert_eq!(s.auth, [AuthMethod::None]);
+        assert!(s.socks4);
+    }
+
+    #[test]
+    fn socks_users_imply_password_only_and_mask_secrets() {
+        let s =
+            socks("[[listeners.users]]\nname = \"alice\"\npassword = \"s3cret\"\n").expect("valid");
+        assert_eq!(s.auth, [AuthMethod::Password]);
+        assert!(!s.socks4, "SOCKS4 is off by default once users exist");
+        assert!(s.users[0].password.matches(b"s3cret"));
+        assert!(!s.users[0].password.matches(b"s3cre"));
+        assert!(!s.users[0].password.matches(b"s3cret!"));
+        let shown = format!("{s:?}");
+        assert!(
+            !shown.contains("s3cret") && shown.contains("***"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn socks_bad_settings_reported() {
+        let paths = |extra: &str| -> Vec<String> {
+            socks(extra)
+                .expect_err("invalid")
+                .into_iter()
+                .map(|e| e.path)
+                .collect()
+        };
+        assert_eq!(paths("auth = [\"password\"]"), ["listeners[0].auth"]);
+        assert_eq!(paths("auth = []"), ["listeners[0].auth"]);
+        assert_eq!(paths("auth = [\"kerberos\"]"), ["listeners[0].auth[0]"]);
+        let users = "[[listeners.users]]\nname = \"a\"\npassword = \"p\"\n";
+        assert_eq!(
+            paths(&format!("auth = [\"none\"]\n{users}")),
+            ["listeners[0].auth"]
+        );
+        assert_eq!(
+            paths(&format!("socks4 = true\n{users}")),
+            ["listeners[0].socks4"]
+        );
+        assert_eq!(
+            paths(&format!("{users}{users}")),
+            ["listeners[0].users[1].name"]
+        );
+        assert_eq!(
+            paths("[[listeners.users]]\nname = \"a\"\n"),
+            ["listeners[0].users[0]"]
+        );
+        assert_eq!(
+            paths(&format!(
+                "[[listeners.users]]\nname = \"a\"\npassword = \"{}\"\n",
+                "x".repeat(256)
+            )),
+            ["listeners[0].users[0].password"]
+        );
+        assert_eq!(paths("tls = { cert = \"c.pem\" }"), ["listeners[0].tls"]);
+        assert_eq!(
+            paths("bind_timeout = \"soon\""),
+            ["listeners[0].bind_timeout"]
+        );
+        assert_eq!(paths("udp = true"), ["listeners[0].udp"]);
+        let tls = socks("tls = { cert = \"c.pem\", key = \"k.pem\" }")
+            .expect("valid")
+            .tls
+            .expect("tls");
+        assert_eq!(tls.key, PathBuf::from("k.pem"));
     }
 }

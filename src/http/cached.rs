@@ -231,7 +231,8 @@ impl HttpProxy {
                     headers: reval.headers.clone(),
                     ..head.clone()
                 };
-                let bytes = self.upstream_request(&up, target, client.peer, None);
+                let bytes =
+                    self.upstream_request(&up, target, client.peer, None, ex.rewrite.as_deref());
                 tokio::spawn(refresh(
                     self.svc.clone(),
                     target.clone(),
@@ -319,6 +320,9 @@ impl HttpProxy {
     ) -> bool {
         let keep = wants_keep_alive(req) && !self.svc.shutdown.is_draining();
         let mut h = served.head.headers;
+        if let Some(r) = &ex.rewrite {
+            r.apply_response(&mut h);
+        }
         if let Some(via) = &self.cfg.via {
             h.push("Via", format!("1.1 {via}"));
         }
@@ -378,6 +382,9 @@ impl HttpProxy {
         }
         if let Some(via) = &self.cfg.via {
             h.push("Via", format!("1.1 {via}"));
+        }
+        if let Some(r) = &ex.rewrite {
+            r.apply_response(&mut h);
         }
         status.collapsed = true;
         status.fwd_status = Some(head.status);

@@ -470,6 +470,47 @@ mod tests {
         assert_eq!(response_framing("GET", &r), Ok(Framing::UntilClose));
     }
 
+    /// Random and mutated heads never panic, and a parse never reports more bytes than given.
+    #[test]
+    fn random_input_never_panics() {
+        let seeds: [&[u8]; 3] = [
+            b"GET http://a.example/x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST / HTTP/1.0\r\nX: y\r\n\r\n",
+        ];
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for i in 0..20_000 {
+            let mut input = seeds[i % seeds.len()].to_vec();
+            for _ in 0..(next() % 8) {
+                let pos = (next() as usize) % input.len();
+                match next() % 3 {
+                    0 => input[pos] = next() as u8,
+                    1 => input.insert(pos, next() as u8),
+                    _ => {
+                        input.remove(pos);
+                    }
+                }
+                if input.is_empty() {
+                    input.push(b'G');
+                }
+            }
+            if let Ok(Some((head, n))) = parse_request(&input, 8192) {
+                assert!(n <= input.len());
+                let _ = request_framing(&head);
+            }
+            if let Ok(Some((head, n))) = parse_response(&input, 8192) {
+                assert!(n <= input.len());
+                let _ = response_framing("GET", &head);
+            }
+        }
+    }
+
     #[test]
     fn tokens_are_case_insensitive_lists() {
         let (h, _) =

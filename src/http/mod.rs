@@ -1,5 +1,6 @@
 //! HTTP/1.1 forward proxying: codecs (pure) and the connection driver.
 
+mod access;
 pub mod body;
 mod cached;
 pub mod chunked;

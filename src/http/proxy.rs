@@ -17,6 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
+use super::access::Access;
 use super::body::{self, CopyError};
 use super::cached::{CacheCtx, Finish, HeadAction, Step};
 use super::codec::{self, Framing, HeadError, Headers, RequestHead, Version};
@@ -25,6 +26,7 @@ use super::pool::PoolKey;
 use super::target::{self, HttpTarget, TargetError};
 use crate::accesslog::AccessRecord;
 use crate::config::HttpListenerConfig;
+use crate::policy::{Policy, Protocol, Rewrite};
 use crate::relay::{self, RelayEnd};
 use crate::server::Services;
 
@@ -39,6 +41,8 @@ pub(super) struct Client {
     pub(super) stream: TcpStream,
     pub(super) buf: BytesMut,
     pub(super) peer: SocketAddr,
+    /// The policy in force when the connection was accepted; a reload does not change it.
+    pub(super) policy: Arc<Policy>,
 }
 
 /// What the access log gets to know about one request.
@@ -53,10 +57,16 @@ pub(super) struct Exchange {
     /// The cache's word for the access log (hit, miss, ...).
     pub(super) cache: Option<&'static str>,
     pub(super) error: Option<&'static str>,
+    /// The authenticated (or, on a failed login, claimed) user.
+    pub(super) user: Option<String>,
+    /// The policy rule that decided.
+    pub(super) rule: Option<Arc<str>>,
+    /// Header rewrites of that rule.
+    pub(super) rewrite: Option<Arc<Rewrite>>,
 }
 
 impl HttpProxy {
-    fn proxy_name(&self) -> &str {
+    pub(super) fn proxy_name(&self) -> &str {
         self.cfg.via.as_deref().unwrap_or("gatehouse")
     }
 
@@ -67,20 +77,31 @@ impl HttpProxy {
             stream,
             buf: BytesMut::new(),
             peer,
+            policy: self.svc.policy.current(),
         };
         loop {
             if client.buf.is_empty() {
                 // Idle: hold no buffer, only the socket, until the next request starts.
                 client.buf = BytesMut::new();
-                // peek, not readable(): it waits for a real byte (or EOF), never a spurious wakeup.
-                let mut first = [0u8; 1];
-                tokio::select! {
-                    r = timeout(self.cfg.keepalive_timeout, client.stream.peek(&mut first)) => {
-                        if !matches!(r, Ok(Ok(1))) {
-                            return;
-                        }
+                let idle = tokio::time::sleep(self.cfg.keepalive_timeout);
+                tokio::pin!(idle);
+                loop {
+                    tokio::select! {
+                        r = client.stream.readable() => if r.is_err() { return },
+                        _ = &mut idle => return,
+                        _ = self.svc.shutdown.draining() => return,
                     }
-                    _ = self.svc.shutdown.draining() => return,
+                    // Readiness can be spurious (a fresh socket): only a byte read, or EOF,
+                    // ends the wait; the first read goes straight into the head buffer.
+                    client.buf.reserve(4096);
+                    match client.stream.try_read_buf(&mut client.buf) {
+                        Ok(0) => return,
+                        Ok(_) => break,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            client.buf = BytesMut::new();
+                        }
+                        Err(_) => return,
+                    }
                 }
             }
             // Everything past the idle wait lives in its own heap future, so an idle
@@ -135,6 +156,9 @@ impl HttpProxy {
             upstream: None,
             cache: None,
             error: None,
+            user: None,
+            rule: None,
+            rewrite: None,
         };
         let keep = if head.method == "CONNECT" {
             self.tunnel(client, head, &mut ex).await
@@ -157,6 +181,9 @@ impl HttpProxy {
             upstream: None,
             cache: None,
             error: None,
+            user: None,
+            rule: None,
+            rewrite: None,
         };
         self.send_error(client, &err, true, &mut ex).await;
         self.record(client, &ex);
@@ -171,7 +198,8 @@ impl HttpProxy {
             time: SystemTime::now(),
             listener: self.name.clone(),
             client: client.peer,
-            user: None,
+            user: ex.user.clone(),
+            rule: ex.rule.clone(),
             method: ex.method.clone(),
             target: ex.target.clone(),
             status: ex.status,
@@ -185,7 +213,7 @@ impl HttpProxy {
     }
 
     /// Writes a short error response with a Proxy-Status field.
-    async fn send_error(
+    pub(super) async fn send_error(
         &self,
         client: &mut Client,
         err: &ProxyError,
@@ -271,7 +299,40 @@ impl HttpProxy {
             self.send_error(client, &err, !keep, ex).await;
             return keep;
         }
-        let up = match self.svc.connector.connect(&host, port).await {
+        ex.target = format!("{host}:{port}");
+        let policy = client.policy.clone();
+        let allowed = match self
+            .authorize(
+                &policy,
+                client,
+                &head,
+                &host,
+                port,
+                Protocol::Connect,
+                !keep,
+                ex,
+            )
+            .await
+        {
+            Access::Answered(keep) => return keep,
+            Access::Direct { addrs, .. } => addrs,
+            Access::Route { parents, .. } => {
+                let err = ProxyError::new(
+                    502,
+                    "proxy_internal_error",
+                    format!("routing through parents {parents:?} is not available yet"),
+                );
+                self.send_error(client, &err, !keep, ex).await;
+                return keep;
+            }
+        };
+        let target = HttpTarget {
+            authority: format!("{host}:{port}"),
+            host,
+            port,
+            path: String::new(),
+        };
+        let up = match self.connect_checked(&target, &allowed).await {
             Ok(c) => c,
             Err(e) => {
                 self.send_error(client, &ProxyError::from(e), !keep, ex)
@@ -367,6 +428,38 @@ impl HttpProxy {
             }
         }
 
+        let policy = client.policy.clone();
+        let allowed = match self
+            .authorize(
+                &policy,
+                client,
+                &head,
+                &target.host,
+                target.port,
+                Protocol::Http,
+                close_on_error,
+                ex,
+            )
+            .await
+        {
+            Access::Answered(keep) => return keep,
+            Access::Direct { addrs, verdict } => {
+                let r = &verdict.rewrite;
+                let edits = r.anonymous || !r.request.is_empty() || !r.response.is_empty();
+                ex.rewrite = edits.then(|| r.clone());
+                addrs
+            }
+            Access::Route { parents, verdict } => {
+                ex.rule = Some(verdict.rule.clone());
+                let err = ProxyError::new(
+                    502,
+                    "proxy_internal_error",
+                    format!("routing through parents {parents:?} is not available yet"),
+                );
+                self.send_error(client, &err, close_on_error, ex).await;
+                return !close_on_error;
+            }
+        };
         let mut cc = None;
         let mut revalidation = None;
         if self.cfg.cache {
@@ -381,12 +474,19 @@ impl HttpProxy {
             }
         }
         let sent = revalidation.as_ref().unwrap_or(&head);
-        let req_head = self.upstream_request(sent, &target, client.peer, max_forwards);
+        let req_head = self.upstream_request(
+            sent,
+            &target,
+            client.peer,
+            max_forwards,
+            ex.rewrite.as_deref(),
+        );
         let fetched = self
             .fetch(
                 client,
                 sent,
                 &target,
+                &allowed,
                 framing,
                 &req_head,
                 cc.as_deref_mut(),
@@ -410,9 +510,17 @@ impl HttpProxy {
             Finish::Done(keep) => keep,
             Finish::Refetch if keep => {
                 // The 304 matched nothing stored: ask again, unconditionally, uncached.
-                let req_head = self.upstream_request(&head, &target, client.peer, max_forwards);
+                let req_head = self.upstream_request(
+                    &head,
+                    &target,
+                    client.peer,
+                    max_forwards,
+                    ex.rewrite.as_deref(),
+                );
                 match self
-                    .fetch(client, &head, &target, framing, &req_head, None, ex)
+                    .fetch(
+                        client, &head, &target, &allowed, framing, &req_head, None, ex,
+                    )
                     .await
                 {
                     Fetched::Done(keep) => keep,
@@ -434,6 +542,7 @@ impl HttpProxy {
         client: &mut Client,
         head: &RequestHead,
         target: &HttpTarget,
+        allowed: &[SocketAddr],
         framing: Framing,
         req_head: &[u8],
         mut cache: Option<&mut CacheCtx>,
@@ -449,9 +558,15 @@ impl HttpProxy {
         );
         let mut retried = false;
         loop {
-            let (stream, peer, reused) = match self.svc.pool.take(&key) {
+            // A pooled connection is used only if its address passed this request's check.
+            let pooled = self
+                .svc
+                .pool
+                .take(&key)
+                .filter(|(_, p)| allowed.contains(p));
+            let (stream, peer, reused) = match pooled {
                 Some((s, p)) => (s, p, true),
-                None => match self.svc.connector.connect(&target.host, target.port).await {
+                None => match self.connect_checked(target, allowed).await {
                     Ok(c) => (c.stream, c.peer, false),
                     Err(e) => return Fetched::Failed(ProxyError::from(e)),
                 },
@@ -505,6 +620,23 @@ impl HttpProxy {
                     return Fetched::Aborted;
                 }
             }
+        }
+    }
+
+    /// Connects to the addresses the policy checked (for a name whose verdict needed no
+    /// address, the name is resolved here: only rules that cannot depend on it decided).
+    async fn connect_checked(
+        &self,
+        target: &HttpTarget,
+        allowed: &[SocketAddr],
+    ) -> Result<crate::connector::Connected, crate::connector::ConnectError> {
+        if allowed.is_empty() {
+            self.svc.connector.connect(&target.host, target.port).await
+        } else {
+            self.svc
+                .connector
+                .connect_addrs(allowed, &target.authority)
+                .await
         }
     }
 
@@ -599,6 +731,7 @@ impl HttpProxy {
         target: &HttpTarget,
         peer: SocketAddr,
         max_forwards: Option<u32>,
+        rewrite: Option<&Rewrite>,
     ) -> Vec<u8> {
         let mut h = head.headers.clone();
         let wants_trailers = h.has_token("te", "trailers");
@@ -639,6 +772,9 @@ impl HttpProxy {
                 ip.to_string()
             };
             h.push("Forwarded", format!("for={node};proto=http"));
+        }
+        if let Some(r) = rewrite {
+            r.apply_request(&mut h, &target.host);
         }
         let mut out = Vec::with_capacity(512);
         codec::write_request_head(&mut out, &head.method, &target.path, &h);
@@ -879,6 +1015,9 @@ impl HttpProxy {
         if capture {
             h.remove("trailer");
         }
+        if let Some(r) = &ex.rewrite {
+            r.apply_response(&mut h);
+        }
         if let Some(cc) = cache.as_deref() {
             cc.status.append_to(&mut h);
         }
@@ -905,6 +1044,14 @@ impl HttpProxy {
         }
         let mut out = Vec::with_capacity(512);
         codec::write_response_head(&mut out, resp.status, &resp.reason, &h);
+        // A small body already read with the head goes out in the same write.
+        let mut inline = 0u64;
+        if let (Framing::Length(n), false) = (up_framing, capture) {
+            if n <= 16 * 1024 && ubuf.len() as u64 >= n {
+                out.extend_from_slice(&ubuf.split_to(n as usize));
+                inline = n;
+            }
+        }
         if body::write_all(cw, &out, t).await.is_err() {
             return Err(Failure::Abort("connection_terminated"));
         }
@@ -930,7 +1077,7 @@ impl HttpProxy {
                 r
             }
             (Framing::None, _, _) => Ok(0),
-            (Framing::Length(n), _, _) => body::copy_length(ur, ubuf, cw, n, t).await,
+            (Framing::Length(n), _, _) => body::copy_length(ur, ubuf, cw, n - inline, t).await,
             (Framing::Chunked, Out::Dechunk, _) => {
                 body::copy_chunked(ur, ubuf, cw, false, max, t).await
             }

@@ -38,9 +38,16 @@ impl Gatehouse {
     }
 
     pub fn try_start(config: &str) -> Result<Gatehouse, String> {
+        // Test origins live on loopback, which the safe-by-default guard refuses: unless a
+        // test brings its own [policy], allow loopback destinations explicitly.
+        let config = if config.contains("[policy") {
+            config.to_string()
+        } else {
+            format!("{config}\n{LOOPBACK_POLICY}")
+        };
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let path = dir.path().join("gatehouse.toml");
-        std::fs::write(&path, config).map_err(|e| e.to_string())?;
+        std::fs::write(&path, &config).map_err(|e| e.to_string())?;
         let mut child = Command::new(BIN)
             .arg("--config")
             .arg(&path)
@@ -140,6 +147,24 @@ impl Gatehouse {
         }
     }
 
+    /// Waits up to 10 s for a log line (stderr) containing `needle`.
+    pub fn wait_stderr(&self, needle: &str) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.stderr.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(_) => panic!("no log line containing {needle:?} within 10s"),
+            }
+        }
+    }
+
+    /// The config file the process was started with (rewrite it, then SIGHUP, to reload).
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("gatehouse.toml")
+    }
+
     pub fn signal(&self, sig: &str) {
         let ok = Command::new("kill")
             .arg(format!("-{sig}"))
@@ -186,6 +211,14 @@ impl Drop for Gatehouse {
         let _ = self.child.wait();
     }
 }
+
+/// The policy the harness adds to configs without one: loopback destinations allowed.
+pub const LOOPBACK_POLICY: &str = r#"
+[[policy.rules]]
+name = "tests-reach-loopback"
+action = "allow"
+dest_addrs = ["127.0.0.0/8", "::1/128"]
+"#;
 
 fn field(line: &str, key: &str) -> Option<String> {
     let start = line.find(key)? + key.len();
@@ -607,4 +640,127 @@ pub async fn read_head(s: &mut tokio::net::TcpStream) -> bool {
         }
     }
     true
+}
+
+/// A listener config block for a SOCKS listener on port 0, plus extra keys.
+pub fn socks_listener(name: &str, extra: &str) -> String {
+    format!(
+        "[[listeners]]\nname = \"{name}\"\nkind = \"socks\"\nlisten = \"127.0.0.1:0\"\n{extra}\n"
+    )
+}
+
+/// A TCP echo server: every connection gets its own bytes back, then EOF after the client's.
+pub async fn tcp_echo() -> SocketAddr {
+    raw_origin(|mut s| async move {
+        let (mut r, mut w) = s.split();
+        let _ = tokio::io::copy(&mut r, &mut w).await;
+    })
+    .await
+}
+
+/// A UDP echo server that records every payload it received.
+pub struct UdpEcho {
+    pub addr: SocketAddr,
+    pub seen: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+}
+
+impl UdpEcho {
+    pub async fn start(bind: &str) -> UdpEcho {
+        let sock = UdpSocket::bind(bind).await.expect("bind udp echo");
+        let addr = sock.local_addr().expect("addr");
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let s = seen.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 65536];
+            while let Ok((n, from)) = sock.recv_from(&mut buf).await {
+                if let Ok(mut v) = s.lock() {
+                    v.push(buf[..n].to_vec());
+                }
+                let _ = sock.send_to(&buf[..n], from).await;
+            }
+        });
+        UdpEcho { addr, seen }
+    }
+
+    pub fn seen(&self) -> Vec<Vec<u8>> {
+        self.seen.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+}
+
+/// SOCKS5 over raw bytes: connects and negotiates "no authentication".
+pub async fn socks5_open(proxy: SocketAddr) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(proxy)
+        .await
+        .expect("connect to proxy");
+    s.write_all(&[5, 1, 0]).await.expect("greeting");
+    let mut m = [0u8; 2];
+    s.read_exact(&mut m).await.expect("method choice");
+    assert_eq!(m, [5, 0], "no-auth accepted");
+    s
+}
+
+/// A SOCKS5 request for an address.
+pub fn socks5_request(cmd: u8, addr: SocketAddr) -> Vec<u8> {
+    let mut v = vec![5, cmd, 0];
+    match addr.ip() {
+        IpAddr::V4(ip) => {
+            v.push(1);
+            v.extend_from_slice(&ip.octets());
+        }
+        IpAddr::V6(ip) => {
+            v.push(4);
+            v.extend_from_slice(&ip.octets());
+        }
+    }
+    v.extend_from_slice(&addr.port().to_be_bytes());
+    v
+}
+
+/// A SOCKS5 request for a name.
+pub fn socks5_request_name(cmd: u8, name: &str, port: u16) -> Vec<u8> {
+    let mut v = vec![5, cmd, 0, 3, name.len() as u8];
+    v.extend_from_slice(name.as_bytes());
+    v.extend_from_slice(&port.to_be_bytes());
+    v
+}
+
+/// Reads a SOCKS5 reply (IPv4 or IPv6 bound address): `(REP, BND)`.
+pub async fn socks5_reply(s: &mut tokio::net::TcpStream) -> (u8, SocketAddr) {
+    use tokio::io::AsyncReadExt;
+    let read = async {
+        let mut head = [0u8; 4];
+        s.read_exact(&mut head).await.expect("reply head");
+        assert_eq!((head[0], head[2]), (5, 0), "reply {head:?}");
+        let ip: IpAddr = match head[3] {
+            1 => {
+                let mut a = [0u8; 4];
+                s.read_exact(&mut a).await.expect("v4");
+                a.into()
+            }
+            4 => {
+                let mut a = [0u8; 16];
+                s.read_exact(&mut a).await.expect("v6");
+                a.into()
+            }
+            other => panic!("unexpected ATYP {other}"),
+        };
+        let mut p = [0u8; 2];
+        s.read_exact(&mut p).await.expect("port");
+        (head[1], SocketAddr::new(ip, u16::from_be_bytes(p)))
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .expect("a reply within 10s")
+}
+
+/// Everything the server still sends, up to its close (at most 10 s).
+pub async fn read_to_close(s: &mut tokio::net::TcpStream) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+        .await
+        .expect("server closes within 10s")
+        .expect("clean close");
+    out
 }

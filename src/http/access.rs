@@ -1,0 +1,299 @@
+//! The policy at the HTTP door: proxy authentication (407 + Basic, RFC 9110 section 11.7),
+//! the rule verdict for the request's destination, and the deny page. The rules themselves
+//! are in `crate::policy`; this module asks them and answers the client.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use base64::Engine as _;
+
+use super::codec::{self, Headers, RequestHead};
+use super::error::ProxyError;
+use super::proxy::{wants_keep_alive, Client, Exchange, HttpProxy};
+use crate::connector::Host;
+use crate::policy::{
+    headers::render_deny_page, AccessRequest, Action, Identity, Policy, Precheck, Protocol, Secret,
+    Verdict,
+};
+
+/// Where the policy lets a request go.
+pub(super) enum Access {
+    /// Connect directly, only to these (checked) addresses.
+    Direct {
+        addrs: Vec<SocketAddr>,
+        verdict: Verdict,
+    },
+    /// Through these parents, in failover order (`"direct"` means no parent).
+    Route {
+        parents: Arc<[String]>,
+        verdict: Verdict,
+    },
+    /// The client has been answered (407, 403, 429, DNS error); whether to keep the connection.
+    Answered(bool),
+}
+
+/// `Proxy-Authorization: Basic <base64(user:password)>`.
+fn basic_credentials(h: &Headers) -> Option<(String, Secret)> {
+    let v = h.get_str("proxy-authorization")?.trim();
+    let (scheme, token) = v.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(token.trim())
+        .ok()?;
+    let text = String::from_utf8(raw).ok()?;
+    let (user, pass) = text.split_once(':')?;
+    Some((user.to_string(), Secret::new(pass)))
+}
+
+impl HttpProxy {
+    /// Authenticates the client if its listener asks for it, then evaluates the rules for
+    /// `host:port` (resolving the name when an address condition or the guard needs it).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn authorize(
+        &self,
+        policy: &Policy,
+        client: &mut Client,
+        head: &RequestHead,
+        host: &Host,
+        port: u16,
+        protocol: Protocol,
+        close_on_error: bool,
+        ex: &mut Exchange,
+    ) -> Access {
+        let ip = client.peer.ip().to_canonical();
+        let identity = match self
+            .authenticate(policy, client, head, ip, close_on_error, ex)
+            .await
+        {
+            Ok(id) => id,
+            Err(keep) => return Access::Answered(keep),
+        };
+        ex.user = identity.as_ref().map(|i| i.name.clone());
+        let req = AccessRequest {
+            listener: &self.name,
+            client: ip,
+            user: identity.as_ref(),
+            dest_host: Some(host),
+            dest_port: port,
+            protocol,
+            method: Some(&head.method),
+            at: SystemTime::now(),
+        };
+        let (verdict, addrs) = match policy.precheck(&req) {
+            Precheck::Decided(v) => {
+                let addrs = match host {
+                    Host::Ip(ip) => vec![*ip],
+                    Host::Name(_) => Vec::new(),
+                };
+                (v, addrs)
+            }
+            Precheck::Resolve => match self.svc.connector.resolve(host).await {
+                Ok(addrs) => (policy.decide(&req, &addrs), addrs),
+                Err(e) => {
+                    self.send_error(client, &ProxyError::from(e), close_on_error, ex)
+                        .await;
+                    return Access::Answered(!close_on_error);
+                }
+            },
+        };
+        ex.rule = Some(verdict.rule.clone());
+        match verdict.action.clone() {
+            Action::Deny => {
+                let keep = self
+                    .send_denied(policy, client, head, &verdict, close_on_error, ex)
+                    .await;
+                Access::Answered(keep)
+            }
+            Action::Route(parents) => Access::Route { parents, verdict },
+            Action::Allow => {
+                let addrs = crate::connector::interleave(addrs)
+                    .into_iter()
+                    .map(|a| SocketAddr::new(a, port))
+                    .collect();
+                Access::Direct { addrs, verdict }
+            }
+        }
+    }
+
+    /// `Ok(identity)` when the client may go on (`None`: no login asked for); `Err(keep)`
+    /// when it has been answered with 407 or 429.
+    async fn authenticate(
+        &self,
+        policy: &Policy,
+        client: &mut Client,
+        head: &RequestHead,
+        ip: IpAddr,
+        close_on_error: bool,
+        ex: &mut Exchange,
+    ) -> Result<Option<Identity>, bool> {
+        if !policy.listener(&self.name).auth {
+            return Ok(None);
+        }
+        let Some((user, password)) = basic_credentials(&head.headers) else {
+            return Err(self
+                .send_407(policy, client, head, close_on_error, ex)
+                .await);
+        };
+        if let Err(retry) = self.svc.logins.check(ip) {
+            let err = ProxyError::new(
+                429,
+                "http_request_denied",
+                "too many failed logins from this address",
+            );
+            let mut h = Headers::default();
+            h.push("Retry-After", retry.as_secs().max(1).to_string());
+            h.push("Proxy-Status", err.proxy_status(self.proxy_name()));
+            ex.error = Some(err.kind);
+            let body = "429 Too Many Requests\ntoo many failed logins from this address\n";
+            let keep = self
+                .send_local(
+                    client,
+                    head,
+                    429,
+                    "Too Many Requests",
+                    h,
+                    "text/plain; charset=utf-8",
+                    body,
+                    close_on_error,
+                    ex,
+                )
+                .await;
+            return Err(keep);
+        }
+        let found = match policy.users() {
+            Some(users) => {
+                users
+                    .authenticate(&self.svc.auth_permits, &user, &password)
+                    .await
+            }
+            None => None,
+        };
+        match found {
+            Some(id) => Ok(Some(id)),
+            None => {
+                let _ = self.svc.logins.record_failure(ip);
+                tracing::info!(client = %client.peer, user = %user, "proxy authentication failed");
+                ex.user = Some(user);
+                Err(self
+                    .send_407(policy, client, head, close_on_error, ex)
+                    .await)
+            }
+        }
+    }
+
+    async fn send_407(
+        &self,
+        policy: &Policy,
+        client: &mut Client,
+        head: &RequestHead,
+        close: bool,
+        ex: &mut Exchange,
+    ) -> bool {
+        let body = "407 Proxy Authentication Required\n";
+        let mut h = Headers::default();
+        h.push(
+            "Proxy-Authenticate",
+            format!("Basic realm=\"{}\", charset=\"UTF-8\"", policy.realm()),
+        );
+        self.send_local(
+            client,
+            head,
+            407,
+            "Proxy Authentication Required",
+            h,
+            "text/plain; charset=utf-8",
+            body,
+            close,
+            ex,
+        )
+        .await
+    }
+
+    async fn send_denied(
+        &self,
+        policy: &Policy,
+        client: &mut Client,
+        head: &RequestHead,
+        v: &Verdict,
+        close: bool,
+        ex: &mut Exchange,
+    ) -> bool {
+        let page = render_deny_page(policy.deny_page(), &v.rule, &ex.target);
+        let mut h = Headers::default();
+        let detail = match &v.refusal {
+            Some(r) => format!("refused by rule {}: {r}", v.rule),
+            None => format!("denied by rule {}", v.rule),
+        };
+        let err = ProxyError::denied(detail);
+        h.push("Proxy-Status", err.proxy_status(self.proxy_name()));
+        ex.error = Some(err.kind);
+        self.send_local(
+            client,
+            head,
+            403,
+            "Forbidden",
+            h,
+            "text/html; charset=utf-8",
+            &page,
+            close,
+            ex,
+        )
+        .await
+    }
+
+    /// A response generated here, with a body; returns whether the connection stays open.
+    #[allow(clippy::too_many_arguments)]
+    async fn send_local(
+        &self,
+        client: &mut Client,
+        head: &RequestHead,
+        status: u16,
+        reason: &str,
+        mut h: Headers,
+        ctype: &str,
+        body: &str,
+        close: bool,
+        ex: &mut Exchange,
+    ) -> bool {
+        let keep = !close && wants_keep_alive(head) && !self.svc.shutdown.is_draining();
+        h.push("Content-Type", ctype);
+        h.push("Content-Length", body.len().to_string());
+        if !keep {
+            h.push("Connection", "close");
+        }
+        let mut out = Vec::with_capacity(256 + body.len());
+        codec::write_response_head(&mut out, status, reason, &h);
+        out.extend_from_slice(body.as_bytes());
+        ex.status = status;
+        ex.bytes_out += out.len() as u64;
+        super::body::write_all(&mut client.stream, &out, self.cfg.read_timeout)
+            .await
+            .is_ok()
+            && keep
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basic_credentials_parse() {
+        let mut h = Headers::default();
+        h.push(
+            "Proxy-Authorization",
+            "Basic YWxpY2U6czNjcjN0OndpdGg6Y29sb25z",
+        );
+        let (u, p) = basic_credentials(&h).expect("parsed");
+        assert_eq!((u.as_str(), p.expose()), ("alice", "s3cr3t:with:colons"));
+        let mut h = Headers::default();
+        h.push("Proxy-Authorization", "Bearer abc");
+        assert!(basic_credentials(&h).is_none());
+        let mut h = Headers::default();
+        h.push("Proxy-Authorization", "Basic !!!notbase64");
+        assert!(basic_credentials(&h).is_none());
+    }
+}

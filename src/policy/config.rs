@@ -1,0 +1,288 @@
+//! The `[policy]` section: typed, checked values. Every problem is reported through the
+//! [`Section`] with its key path; [`super::Policy::compile`] then only builds indexes and reads
+//! the users file.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+
+use toml_edit::Value;
+
+use super::login::LoginLimits;
+use super::rule_config::read_rule;
+pub use super::rule_config::{RuleAction, RuleSpec};
+use super::users::{CacheLimits, Secret};
+use crate::config::reader::{ConfigError, Problems, Section};
+use crate::connector::Host;
+
+/// The whole `[policy]` section. `Default` is what an absent section means: everything
+/// allowed except what the safe-by-default guard refuses, no users.
+#[derive(Debug, Clone)]
+pub struct PolicyConfig {
+    pub users_file: Option<PathBuf>,
+    /// Also refuse RFC 1918, CGNAT and ULA destinations (internet-facing deployments).
+    pub refuse_private: bool,
+    /// Zone of `time` conditions.
+    pub time_zone: jiff::tz::TimeZone,
+    /// HTML template of the 403 page (`{rule}`, `{target}`); the built-in one when `None`.
+    pub deny_page: Option<PathBuf>,
+    /// `Proxy-Authenticate: Basic realm="..."`.
+    pub realm: String,
+    /// Action when no rule matches, for listeners without their own `default`.
+    pub default_action: DefaultAction,
+    pub listeners: BTreeMap<String, ListenerPolicy>,
+    pub rules: Vec<RuleSpec>,
+    pub parents: Vec<ParentSpec>,
+    pub auth_cache: CacheLimits,
+    pub login: LoginLimits,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig {
+            users_file: None,
+            refuse_private: false,
+            time_zone: jiff::tz::TimeZone::system(),
+            deny_page: None,
+            realm: "gatehouse".into(),
+            default_action: DefaultAction::Allow,
+            listeners: BTreeMap::new(),
+            rules: Vec::new(),
+            parents: Vec::new(),
+            auth_cache: CacheLimits::default(),
+            login: LoginLimits::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DefaultAction {
+    Allow,
+    Deny,
+}
+
+/// `[policy.listeners.<name>]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListenerPolicy {
+    /// Overrides the policy-wide `default`.
+    pub default: Option<DefaultAction>,
+    /// Every client must log in (HTTP: 407 + Basic; SOCKS5: RFC 1929).
+    pub auth: bool,
+    /// SOCKS4: take the USERID field as the (unauthenticated) user name.
+    pub socks4_userid: bool,
+    /// Acknowledges that this listener is an open proxy (silences the open-proxy guard).
+    pub open: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParentKind {
+    /// An HTTP proxy: CONNECT for tunnels, absolute-form for plain requests.
+    Http,
+    Socks5,
+}
+
+/// One `[[policy.parents]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParentSpec {
+    pub name: String,
+    pub kind: ParentKind,
+    pub host: Host,
+    pub port: u16,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+}
+
+impl PolicyConfig {
+    /// Parses a TOML document holding a `[policy]` table (benchmarks, tools, tests).
+    pub fn from_toml(
+        text: &str,
+        listener_names: &[&str],
+    ) -> Result<PolicyConfig, Vec<ConfigError>> {
+        let doc = toml_edit::Document::parse(text.to_string()).map_err(|e| {
+            vec![ConfigError {
+                path: "<root>".into(),
+                line: None,
+                message: e.to_string(),
+            }]
+        })?;
+        let problems = Problems::new(text);
+        let root = Section::root(doc.as_table(), problems.clone());
+        let cfg = read_policy(&root.table("policy"), listener_names);
+        root.finish();
+        if problems.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(problems.into_vec())
+        }
+    }
+}
+
+/// Reads `[policy]`. `listener_names` are the configured listeners, so that rules and
+/// `[policy.listeners.*]` naming an unknown one are reported.
+pub(crate) fn read_policy(s: &Section<'_>, listener_names: &[&str]) -> PolicyConfig {
+    let d = PolicyConfig::default();
+    let default_action = s
+        .parse("default", "\"allow\" or \"deny\"", default_action)
+        .unwrap_or(DefaultAction::Allow);
+    let time_zone = s
+        .parse(
+            "time_zone",
+            "\"local\", \"UTC\" or a zone name such as \"Europe/Paris\"",
+            |v| match v.as_str().ok_or("not a string")? {
+                "local" => Ok(jiff::tz::TimeZone::system()),
+                name => jiff::tz::TimeZone::get(name).map_err(|e| e.to_string()),
+            },
+        )
+        .unwrap_or(d.time_zone);
+    let parents = read_parents(s);
+    let parent_names: Vec<&str> = parents.iter().map(|p| p.name.as_str()).collect();
+    let users_file = s.string("users_file").map(PathBuf::from);
+    let listeners = read_listeners(&s.table("listeners"), listener_names);
+    if users_file.is_none() && listeners.values().any(|l| l.auth) {
+        s.error_here("a listener requires auth but no users_file is set");
+    }
+    let mut rules = Vec::new();
+    let mut names = HashSet::new();
+    for (i, r) in s.tables("rules").iter().enumerate() {
+        let rule = read_rule(r, i, listener_names, &parent_names);
+        r.finish();
+        if let Some(rule) = rule {
+            if !names.insert(rule.name.clone()) {
+                r.error_at("name", format!("duplicate rule name {:?}", rule.name));
+            }
+            rules.push(rule);
+        }
+    }
+    let cache = s.table("auth_cache");
+    let auth_cache = CacheLimits {
+        ttl: cache.duration("ttl", d.auth_cache.ttl),
+        max_entries: cache.uint("max_entries", d.auth_cache.max_entries as u64, 0, 1 << 20)
+            as usize,
+    };
+    cache.finish();
+    let fl = s.table("failed_logins");
+    let login = LoginLimits {
+        max_failures: fl.uint("max_failures", u64::from(d.login.max_failures), 1, 1000) as u32,
+        window: fl.duration("window", d.login.window),
+        max_tracked: fl.uint("max_tracked", d.login.max_tracked as u64, 16, 1 << 24) as usize,
+    };
+    fl.finish();
+    let realm = s
+        .parse(
+            "realm",
+            "a realm name without quotes or control characters",
+            |v| {
+                let r = v.as_str().ok_or("not a string")?;
+                let ok =
+                    !r.is_empty() && r.chars().all(|c| !c.is_control() && c != '"' && c != '\\');
+                ok.then(|| r.to_string())
+                    .ok_or_else(|| "bad realm".to_string())
+            },
+        )
+        .unwrap_or(d.realm);
+    let cfg = PolicyConfig {
+        users_file,
+        refuse_private: s.bool("refuse_private", false),
+        time_zone,
+        deny_page: s.string("deny_page").map(PathBuf::from),
+        realm,
+        default_action,
+        listeners,
+        rules,
+        parents,
+        auth_cache,
+        login,
+    };
+    s.finish();
+    cfg
+}
+
+fn default_action(v: &Value) -> Result<DefaultAction, String> {
+    match v.as_str().ok_or("not a string")? {
+        "allow" => Ok(DefaultAction::Allow),
+        "deny" => Ok(DefaultAction::Deny),
+        _ => Err("unknown action".into()),
+    }
+}
+
+fn read_listeners(s: &Section<'_>, known: &[&str]) -> BTreeMap<String, ListenerPolicy> {
+    let mut out = BTreeMap::new();
+    for name in s.keys() {
+        let l = s.table(&name);
+        if !known.contains(&name.as_str()) {
+            l.error_here(format!("no listener is named {name:?}"));
+        }
+        let lp = ListenerPolicy {
+            default: l.parse("default", "\"allow\" or \"deny\"", default_action),
+            auth: l.bool("auth", false),
+            socks4_userid: l.bool("socks4_userid", false),
+            open: l.bool("open", false),
+        };
+        l.finish();
+        out.insert(name, lp);
+    }
+    out
+}
+
+fn read_parents(s: &Section<'_>) -> Vec<ParentSpec> {
+    let mut out: Vec<ParentSpec> = Vec::new();
+    for p in s.tables("parents") {
+        let name = p.string("name");
+        let url = p.parse(
+            "url",
+            "\"http://host:port\" or \"socks5://host:port\"",
+            parse_parent_url,
+        );
+        let username = p.string("username");
+        let password = p.string("password").map(Secret::new);
+        if username
+            .as_ref()
+            .is_some_and(|u| u.is_empty() || u.len() > 255)
+        {
+            p.error_at("username", "must be 1 to 255 bytes");
+        }
+        if username.is_some() != password.is_some() {
+            p.error_here("username and password go together");
+        }
+        match &name {
+            None => p.error_at("name", "every parent needs a name"),
+            Some(n) if n == "direct" => {
+                p.error_at("name", "\"direct\" is reserved (it means no parent)")
+            }
+            Some(n) if out.iter().any(|o| &o.name == n) => {
+                p.error_at("name", format!("duplicate parent {n:?}"))
+            }
+            _ => {}
+        }
+        p.finish();
+        if let (Some(name), Some((kind, host, port))) = (name, url) {
+            out.push(ParentSpec {
+                name,
+                kind,
+                host,
+                port,
+                username,
+                password,
+            });
+        }
+    }
+    out
+}
+
+fn parse_parent_url(v: &Value) -> Result<(ParentKind, Host, u16), String> {
+    let s = v.as_str().ok_or("not a string")?;
+    let (scheme, rest) = s.split_once("://").ok_or("no scheme")?;
+    let kind = match scheme.to_ascii_lowercase().as_str() {
+        "http" => ParentKind::Http,
+        "socks5" | "socks5h" => ParentKind::Socks5,
+        _ => return Err("scheme must be http or socks5".into()),
+    };
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    let (host, port) = rest.rsplit_once(':').ok_or("a port is required")?;
+    let port: u16 = port.parse().map_err(|_| "bad port".to_string())?;
+    let host = Host::parse(host).ok_or("bad host")?;
+    Ok((kind, host, port))
+}
+
+#[cfg(test)]
+#[path = "config_tests.rs"]
+mod tests;

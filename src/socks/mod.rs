@@ -1,0 +1,18 @@
+//! SOCKS server: SOCKS5 (RFC 1928, RFC 1929) with CONNECT, BIND and UDP ASSOCIATE, and
+//! SOCKS4/4a CONNECT and BIND, on one listener, optionally over TLS.
+//!
+//! - [`codec`]: the messages, pure decode/encode over bytes.
+//! - [`reply`]: the one mapping from failures to reply codes.
+//! - [`server`]: the async handler (handshake, authentication, the access-control seam,
+//!   CONNECT); [`bind`] and [`udp`] drive the other two commands.
+
+mod bind;
+mod client;
+pub mod codec;
+pub mod reply;
+pub mod server;
+pub mod tls;
+mod udp;
+
+pub use server::SocksServer;
+pub use udp::ClientFilter;

@@ -1,0 +1,356 @@
+//! The SOCKS listener: one task per client connection.
+//!
+//! ```text
+//! accept -> [TLS] -> first byte picks the version (5, or 4 when enabled)
+//!   SOCKS5: greeting -> method choice -> [RFC 1929 user/password] -> request
+//!   SOCKS4: request (4a: the name follows the user id)
+//!   (all of the above within handshake_timeout)
+//! -> admit (the access-control seam) -> CONNECT | BIND | UDP ASSOCIATE -> access log
+//! ```
+//! Every failure goes through [`Client::fail`], which answers with the reply code from
+//! [`super::reply`] and closes.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsAcceptor;
+
+use super::client::{Client, PlainTcp, Stage, Version};
+use super::codec::{self, Command, Target, METHOD_NONE, METHOD_PASSWORD};
+use super::reply::{Reply, SocksError};
+use super::{bind, udp};
+use crate::accesslog::AccessRecord;
+use crate::config::{AuthMethod, SocksListenerConfig};
+use crate::relay::{self, RelayEnd};
+use crate::server::Services;
+
+/// Per-listener state shared by its connections.
+pub struct SocksServer {
+    pub name: Arc<str>,
+    pub cfg: SocksListenerConfig,
+    pub svc: Arc<Services>,
+    pub tls: Option<TlsAcceptor>,
+}
+
+/// A decoded request, with who asked: what access control will look at.
+#[derive(Debug, Clone)]
+pub struct SocksRequest {
+    pub version: Version,
+    pub command: Command,
+    pub target: Target,
+    /// The authenticated user (SOCKS5 username/password), if any.
+    pub user: Option<String>,
+    pub client: SocketAddr,
+}
+
+/// What the access log gets to know about one session.
+pub(super) struct Session {
+    started: Instant,
+    pub request: Option<SocksRequest>,
+    pub reply: Reply,
+    pub upstream: Option<SocketAddr>,
+    pub error: Option<&'static str>,
+    /// Payload bytes relayed (TCP) or carried (UDP), each way.
+    pub relayed_in: u64,
+    pub relayed_out: u64,
+}
+
+impl SocksServer {
+    /// Serves one client connection until its session ends.
+    pub async fn serve(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
+        let _ = stream.set_nodelay(true);
+        let local = match stream.local_addr() {
+            Ok(a) => a,
+            Err(_) => return,
+        };
+        let mut s = Session {
+            started: Instant::now(),
+            request: None,
+            reply: Reply::GeneralFailure,
+            upstream: None,
+            error: None,
+            relayed_in: 0,
+            relayed_out: 0,
+        };
+        let (bytes_in, bytes_out, version) = match &self.tls {
+            None => self.session(Client::new(stream, peer, local), &mut s).await,
+            Some(acceptor) => {
+                match tokio::time::timeout(self.cfg.handshake_timeout, acceptor.accept(stream))
+                    .await
+                {
+                    Ok(Ok(tls)) => self.session(Client::new(tls, peer, local), &mut s).await,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, "TLS handshake failed: {e}");
+                        s.error = Some("tls_error");
+                        (0, 0, None)
+                    }
+                    Err(_) => {
+                        s.error = Some("handshake_timeout");
+                        (0, 0, None)
+                    }
+                }
+            }
+        };
+        self.record(peer, &s, bytes_in, bytes_out, version);
+    }
+
+    /// Runs the handshake and the command; returns the client-side byte counts.
+    async fn session<S>(&self, mut c: Client<S>, s: &mut Session) -> (u64, u64, Option<Version>)
+    where
+        S: AsyncRead + AsyncWrite + PlainTcp + Unpin + Send,
+    {
+        let handshake = tokio::select! {
+            r = tokio::time::timeout(self.cfg.handshake_timeout, self.handshake(&mut c)) => {
+                r.unwrap_or(Err(SocksError::HandshakeTimeout))
+            }
+            _ = self.svc.shutdown.draining() => Err(SocksError::Draining),
+        };
+        let result = match handshake {
+            Ok(req) => {
+                s.request = Some(req.clone());
+                match self.admit(&req) {
+                    Ok(()) => self.dispatch(&mut c, s, &req).await,
+                    Err(e) => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) => s.reply = Reply::Succeeded,
+            Err(e) => {
+                tracing::debug!(client = %c.peer, error = e.kind(), "{e}");
+                s.reply = e.reply();
+                s.error = Some(e.kind());
+                c.fail(&e).await;
+            }
+        }
+        (c.bytes_in, c.bytes_out, c.version)
+    }
+
+    /// Greeting, authentication and request, up to a decoded request.
+    async fn handshake<S>(&self, c: &mut Client<S>) -> Result<SocksRequest, SocksError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        match c.first_byte().await? {
+            5 => {}
+            4 => {
+                c.version = Some(Version::V4);
+                c.stage = Stage::Request;
+                if !self.cfg.socks4 {
+                    return Err(SocksError::Socks4Disabled);
+                }
+                let r = c.read_msg(codec::decode_socks4).await?;
+                return Ok(SocksRequest {
+                    version: Version::V4,
+                    command: r.command,
+                    target: r.target,
+                    user: None,
+                    client: c.peer,
+                });
+            }
+            other => return Err(codec::Malformed::Version(other).into()),
+        }
+        c.version = Some(Version::V5);
+        c.stage = Stage::Greeting;
+        let greeting = c.read_msg(codec::decode_greeting).await?;
+        let Some(method) = choose_method(&self.cfg.auth, &greeting.methods) else {
+            return Err(SocksError::NoAcceptableMethod);
+        };
+        c.send(&[5, method]).await?;
+        let mut user = None;
+        if method == METHOD_PASSWORD {
+            c.stage = Stage::Auth;
+            let creds = c.read_msg(codec::decode_credentials).await?;
+            let found = self
+                .cfg
+                .users
+                .iter()
+                .find(|u| u.name.as_bytes() == creds.user.as_slice());
+            // Compare a password even for an unknown user, so timing does not tell names apart.
+            let ok = match found {
+                Some(u) => u.password.matches(&creds.password),
+                None => {
+                    let _ = crate::config::Password::new("").matches(&creds.password);
+                    false
+                }
+            };
+            if !ok {
+                return Err(SocksError::AuthFailed);
+            }
+            c.send(&[1, 0]).await?;
+            user = found.map(|u| u.name.clone());
+        }
+        c.stage = Stage::Request;
+        let r = c.read_msg(codec::decode_request).await?;
+        Ok(SocksRequest {
+            version: Version::V5,
+            command: r.command,
+            target: r.target,
+            user,
+            client: c.peer,
+        })
+    }
+
+    /// Access control plugs in here: every request, decoded and authenticated, passes this
+    /// point before anything is connected, bound or resolved. An `Err` is answered with its
+    /// reply code (a policy denial will be `Reply::NotAllowed`). Today every request is
+    /// admitted; the listener's only rules are its authentication settings.
+    fn admit(&self, _req: &SocksRequest) -> Result<(), SocksError> {
+        Ok(())
+    }
+
+    async fn dispatch<S>(
+        &self,
+        c: &mut Client<S>,
+        s: &mut Session,
+        req: &SocksRequest,
+    ) -> Result<(), SocksError>
+    where
+        S: AsyncRead + AsyncWrite + PlainTcp + Unpin + Send,
+    {
+        match req.command {
+            Command::Connect => self.connect(c, s, &req.target).await,
+            Command::Bind => bind::run(self, c, s, &req.target).await,
+            Command::UdpAssociate => udp::run(self, c, s, &req.target).await,
+        }
+    }
+
+    async fn connect<S>(
+        &self,
+        c: &mut Client<S>,
+        s: &mut Session,
+        target: &Target,
+    ) -> Result<(), SocksError>
+    where
+        S: AsyncRead + AsyncWrite + PlainTcp + Unpin,
+    {
+        let up = self
+            .svc
+            .connector
+            .connect(&target.host, target.port)
+            .await?;
+        s.upstream = Some(up.peer);
+        let bound = up.stream.local_addr()?;
+        c.reply(Reply::Succeeded, bound).await?;
+        c.stage = Stage::Silent;
+        self.relay(c, s, up.stream).await;
+        Ok(())
+    }
+
+    /// The established stream (CONNECT upstream or BIND peer) joined to the client: spliced
+    /// in the kernel between plain sockets, copied through [`relay::relay`] otherwise.
+    pub(super) async fn relay<S>(&self, c: &mut Client<S>, s: &mut Session, mut other: TcpStream)
+    where
+        S: AsyncRead + AsyncWrite + PlainTcp + Unpin,
+    {
+        // Bytes the client sent ahead of the reply belong to the stream.
+        if !c.buf.is_empty() {
+            if other.write_all(&c.buf).await.is_err() {
+                s.error = Some("connection_terminated");
+                return;
+            }
+            s.relayed_in += c.buf.len() as u64;
+            c.buf.clear();
+        }
+        #[cfg(target_os = "linux")]
+        let (end, stats) = match c.stream.plain_tcp() {
+            Some(tcp) => crate::splice::relay_tcp(tcp, &other, self.cfg.idle_timeout).await,
+            None => relay::relay(&mut c.stream, &mut other, self.cfg.idle_timeout).await,
+        };
+        #[cfg(not(target_os = "linux"))]
+        let (end, stats) = relay::relay(&mut c.stream, &mut other, self.cfg.idle_timeout).await;
+        s.relayed_in += stats.a_to_b;
+        s.relayed_out += stats.b_to_a;
+        match end {
+            RelayEnd::Done => {}
+            RelayEnd::Idle => s.error = Some("idle_timeout"),
+            RelayEnd::Error(_) => s.error = Some("connection_terminated"),
+        }
+    }
+
+    /// One access-log record per session. `status` is the reply code: 0-8 for SOCKS5
+    /// (RFC 1928 REP), 90/91 for SOCKS4. A connection that sent nothing is not a session.
+    fn record(
+        &self,
+        peer: SocketAddr,
+        s: &Session,
+        bytes_in: u64,
+        bytes_out: u64,
+        version: Option<Version>,
+    ) {
+        if bytes_in == 0 && s.error != Some("tls_error") {
+            return;
+        }
+        let version = s.request.as_ref().map(|r| r.version).or(version);
+        let (v, status) = match version {
+            Some(Version::V4) => ("SOCKS4", u16::from(s.reply.socks4())),
+            _ => ("SOCKS5", u16::from(s.reply.code())),
+        };
+        let method = match s.request.as_ref().map(|r| r.command) {
+            Some(Command::Connect) => format!("{v}-CONNECT"),
+            Some(Command::Bind) => format!("{v}-BIND"),
+            Some(Command::UdpAssociate) => format!("{v}-UDP"),
+            None => v.to_string(),
+        };
+        let m = &self.svc.metrics;
+        m.request(&self.name, s.reply.metrics_status());
+        m.bytes(
+            &self.name,
+            bytes_in + s.relayed_in,
+            bytes_out + s.relayed_out,
+        );
+        self.svc.access_log.log(AccessRecord {
+            time: SystemTime::now(),
+            listener: self.name.clone(),
+            client: peer,
+            user: s.request.as_ref().and_then(|r| r.user.clone()),
+            rule: None,
+            method,
+            target: s
+                .request
+                .as_ref()
+                .map(|r| r.target.to_string())
+                .unwrap_or_else(|| "-".into()),
+            status,
+            bytes_in: bytes_in + s.relayed_in,
+            bytes_out: bytes_out + s.relayed_out,
+            duration: s.started.elapsed(),
+            upstream: s.upstream,
+            cache: None,
+            error: s.error,
+        });
+    }
+}
+
+/// RFC 1928 section 3: the first of the listener's methods (in its order) that the client
+/// offers, or `None` (answered with 0xFF).
+pub fn choose_method(accepted: &[AuthMethod], offered: &[u8]) -> Option<u8> {
+    accepted
+        .iter()
+        .map(|m| match m {
+            AuthMethod::None => METHOD_NONE,
+            AuthMethod::Password => METHOD_PASSWORD,
+        })
+        .find(|code| offered.contains(code))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn method_choice_follows_the_listener() {
+        use AuthMethod::*;
+        assert_eq!(choose_method(&[None], &[0]), Some(0));
+        assert_eq!(choose_method(&[None], &[2]), Option::None);
+        assert_eq!(choose_method(&[Password], &[0, 2]), Some(2));
+        assert_eq!(choose_method(&[Password], &[0]), Option::None);
+        assert_eq!(choose_method(&[Password, None], &[0, 2]), Some(2));
+        assert_eq!(choose_method(&[None, Password], &[2, 0]), Some(0));
+        assert_eq!(choose_method(&[None], &[1, 0x80, 0xFF]), Option::None);
+    }
+}

@@ -1,0 +1,225 @@
+//! UDP ASSOCIATE (RFC 1928 section 7): one relay per association.
+//!
+//! The client sends datagrams with a SOCKS UDP header to the relay socket; the relay strips the
+//! header and sends the payload to the destination from an outbound socket. Whatever arrives
+//! on an outbound socket is wrapped in a header naming its source and sent to the client.
+//!
+//! - Only the client's address is served: datagrams on the relay socket from any other IP, or
+//!   (once known) any other port, are dropped. The port is the one the request named, else
+//!   the source port of the first datagram.
+//! - Fragments (FRAG != 0) are dropped; this relay does not reassemble.
+//! - Names are resolved by the server (the shared connector's resolver and its cache).
+//! - The association ends when its TCP control connection closes, after `udp_idle_timeout`
+//!   with no datagram either way, or on shutdown.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::UdpSocket;
+use tokio::time::Instant;
+
+use super::client::{Client, Stage};
+use super::codec::{self, Target};
+use super::reply::{Reply, SocksError};
+use super::server::{Session, SocksServer};
+use crate::connector::interleave;
+
+/// Largest UDP payload plus room for a header.
+const DATAGRAM: usize = 64 * 1024 + 300;
+
+/// Which datagrams from the client's side are accepted. Pure, so it is unit-tested.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientFilter {
+    ip: IpAddr,
+    port: Option<u16>,
+}
+
+impl ClientFilter {
+    /// `control_peer`: the TCP control connection's client; `named_port`: DST.PORT of the
+    /// request (0 when the client does not know it yet).
+    pub fn new(control_peer: IpAddr, named_port: u16) -> Self {
+        ClientFilter {
+            ip: control_peer.to_canonical(),
+            port: (named_port != 0).then_some(named_port),
+        }
+    }
+
+    /// Whether `from` is the client; learns the port from the first accepted datagram.
+    pub fn accept(&mut self, from: SocketAddr) -> bool {
+        if from.ip().to_canonical() != self.ip {
+            return false;
+        }
+        match self.port {
+            Some(p) => p == from.port(),
+            None => {
+                self.port = Some(from.port());
+                true
+            }
+        }
+    }
+}
+
+pub(super) async fn run<S>(
+    srv: &SocksServer,
+    c: &mut Client<S>,
+    s: &mut Session,
+    target: &Target,
+) -> Result<(), SocksError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut filter = ClientFilter::new(c.peer.ip(), target.port);
+    let relay = UdpSocket::bind(SocketAddr::new(c.local.ip(), 0)).await?;
+    c.reply(Reply::Succeeded, relay.local_addr()?).await?;
+    c.stage = Stage::Silent;
+
+    let mut out = Outbound::default();
+    let mut client_addr: Option<SocketAddr> = None;
+    let mut from_client = vec![0u8; DATAGRAM];
+    let mut from_v4 = vec![0u8; DATAGRAM];
+    let mut from_v6 = vec![0u8; DATAGRAM];
+    let mut wrapped = Vec::with_capacity(DATAGRAM);
+    let idle = srv.cfg.udp_idle_timeout;
+    let deadline = tokio::time::sleep(idle);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            // The control connection: EOF or an error ends the association; data is ignored.
+            r = c.read_some(4096) => {
+                c.buf.clear();
+                if !matches!(r, Ok(n) if n > 0) {
+                    return Ok(());
+                }
+            }
+            r = relay.recv_from(&mut from_client) => {
+                let (n, from) = r?;
+                if !filter.accept(from) {
+                    tracing::debug!(%from, "UDP datagram from a foreign address dropped");
+                    continue;
+                }
+                client_addr = Some(from);
+                let Ok((header, used)) = codec::decode_udp(&from_client[..n]) else { continue };
+                if header.frag != 0 {
+                    continue;
+                }
+                let dest = match header.target.socket_addr() {
+                    Some(a) => a,
+                    None => match srv.svc.connector.resolve(&header.target.host).await {
+                        Ok(ips) => match interleave(ips).first() {
+                            Some(ip) => SocketAddr::new(*ip, header.target.port),
+                            None => continue,
+                        },
+                        Err(e) => {
+                            tracing::debug!("UDP destination dropped: {e}");
+                            continue;
+                        }
+                    },
+                };
+                let payload = &from_client[used..n];
+                if let Ok(sock) = out.socket(dest).await {
+                    if sock.send_to(payload, dest).await.is_ok() {
+                        s.relayed_in += payload.len() as u64;
+                        deadline.as_mut().reset(Instant::now() + idle);
+                    }
+                }
+            }
+            r = Outbound::recv(&out.v4, &mut from_v4) => {
+                if let (Ok((n, from)), Some(to)) = (r, client_addr) {
+                    if forward_back(&relay, &mut wrapped, from, &from_v4[..n], to).await {
+                        s.relayed_out += n as u64;
+                        deadline.as_mut().reset(Instant::now() + idle);
+                    }
+                }
+            }
+            r = Outbound::recv(&out.v6, &mut from_v6) => {
+                if let (Ok((n, from)), Some(to)) = (r, client_addr) {
+                    if forward_back(&relay, &mut wrapped, from, &from_v6[..n], to).await {
+                        s.relayed_out += n as u64;
+                        deadline.as_mut().reset(Instant::now() + idle);
+                    }
+                }
+            }
+            _ = &mut deadline => {
+                s.error = Some("udp_idle_timeout");
+                return Ok(());
+            }
+            _ = srv.svc.shutdown.draining() => return Ok(()),
+        }
+    }
+}
+
+/// Wraps a remote's datagram in a header naming its source and sends it to the client.
+async fn forward_back(
+    relay: &UdpSocket,
+    buf: &mut Vec<u8>,
+    from: SocketAddr,
+    payload: &[u8],
+    to: SocketAddr,
+) -> bool {
+    buf.clear();
+    let from = SocketAddr::new(from.ip().to_canonical(), from.port());
+    codec::encode_udp(&Target::ip(from), payload, buf);
+    relay.send_to(buf, to).await.is_ok()
+}
+
+/// Outbound sockets, one per address family, opened on first use.
+#[derive(Default)]
+struct Outbound {
+    v4: Option<UdpSocket>,
+    v6: Option<UdpSocket>,
+}
+
+impl Outbound {
+    async fn socket(&mut self, dest: SocketAddr) -> std::io::Result<&UdpSocket> {
+        let (slot, any) = match dest {
+            SocketAddr::V4(_) => (&mut self.v4, IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+            SocketAddr::V6(_) => (&mut self.v6, IpAddr::V6(Ipv6Addr::UNSPECIFIED)),
+        };
+        if slot.is_none() {
+            *slot = Some(UdpSocket::bind(SocketAddr::new(any, 0)).await?);
+        }
+        slot.as_ref()
+            .ok_or_else(|| std::io::Error::other("socket not open"))
+    }
+
+    async fn recv(
+        sock: &Option<UdpSocket>,
+        buf: &mut [u8],
+    ) -> std::io::Result<(usize, SocketAddr)> {
+        match sock {
+            Some(s) => s.recv_from(buf).await,
+            None => std::future::pending().await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn a(s: &str) -> SocketAddr {
+        s.parse().expect("addr")
+    }
+
+    #[test]
+    fn filter_learns_the_port_then_holds_it() {
+        let mut f = ClientFilter::new("127.0.0.1".parse().expect("ip"), 0);
+        assert!(!f.accept(a("127.0.0.2:5000")), "other IP");
+        assert!(
+            f.accept(a("127.0.0.1:5000")),
+            "first datagram teaches the port"
+        );
+        assert!(
+            f.accept(a("[::ffff:127.0.0.1]:5000")),
+            "mapped form is the same client"
+        );
+        assert!(!f.accept(a("127.0.0.1:5001")), "other port after learning");
+    }
+
+    #[test]
+    fn filter_with_named_port() {
+        let mut f = ClientFilter::new("::1".parse().expect("ip"), 7000);
+        assert!(!f.accept(a("[::1]:7001")));
+        assert!(f.accept(a("[::1]:7000")));
+    }
+}
