@@ -327,16 +327,25 @@ impl HttpProxy {
             h.push("Via", format!("1.1 {via}"));
         }
         self.connection_header(&mut h, req, keep);
-        let mut out = Vec::with_capacity(512 + served.body.len());
+        // A small body goes out with the head in one write; a large one is written from the
+        // stored bytes themselves, not copied behind the head.
+        let inline = served.body.len() <= 16 * 1024;
+        let mut out = Vec::with_capacity(512 + if inline { served.body.len() } else { 0 });
         codec::write_response_head(&mut out, served.head.status, &served.head.reason, &h);
-        out.extend_from_slice(&served.body);
+        if inline {
+            out.extend_from_slice(&served.body);
+        }
         ex.status = served.head.status;
         ex.cache = Some(served.status.log_word());
-        ex.bytes_out += out.len() as u64;
-        body::write_all(&mut client.stream, &out, self.cfg.read_timeout)
-            .await
-            .is_ok()
-            && keep
+        let t = self.cfg.read_timeout;
+        let mut ok = body::write_all(&mut client.stream, &out, t).await.is_ok();
+        if ok && !inline {
+            ok = body::write_all(&mut client.stream, &served.body, t)
+                .await
+                .is_ok();
+        }
+        ex.bytes_out += (out.len() + if inline { 0 } else { served.body.len() }) as u64;
+        ok && keep
     }
 
     fn connection_header(&self, h: &mut Headers, req: &RequestHead, keep: bool) {
