@@ -69,10 +69,24 @@ where
     let up = copy_half(&mut ar, &mut bw, &a_to_b, &last, epoch, up.as_ref());
     let down = copy_half(&mut br, &mut aw, &b_to_a, &last, epoch, down.as_ref());
     let both = async { tokio::try_join!(up, down).map(|_| ()) };
-    let idle = async {
+    drive(both, &last, epoch, idle_timeout, [&a_to_b, &b_to_a]).await
+}
+
+/// Runs both directions of a relay (any copy mechanism) until they end, or until nothing has
+/// moved for `idle` (`last` holds the milliseconds since `epoch` of the last traffic).
+pub(crate) async fn drive<F>(
+    both: F,
+    last: &AtomicU64,
+    epoch: Instant,
+    idle: Duration,
+    counts: [&AtomicU64; 2],
+) -> (RelayEnd, RelayStats)
+where
+    F: std::future::Future<Output = io::Result<()>>,
+{
+    let idle_out = async {
         loop {
-            let since = Duration::from_millis(last.load(Ordering::Relaxed));
-            let deadline = epoch + since + idle_timeout;
+            let deadline = epoch + Duration::from_millis(last.load(Ordering::Relaxed)) + idle;
             if Instant::now() >= deadline {
                 return;
             }
@@ -84,11 +98,11 @@ where
             Ok(()) => RelayEnd::Done,
             Err(e) => RelayEnd::Error(e),
         },
-        _ = idle => RelayEnd::Idle,
+        _ = idle_out => RelayEnd::Idle,
     };
     let stats = RelayStats {
-        a_to_b: a_to_b.load(Ordering::Relaxed),
-        b_to_a: b_to_a.load(Ordering::Relaxed),
+        a_to_b: counts[0].load(Ordering::Relaxed),
+        b_to_a: counts[1].load(Ordering::Relaxed),
     };
     (end, stats)
 }

@@ -30,27 +30,7 @@ pub async fn relay_tcp(a: &TcpStream, b: &TcpStream, idle: Duration) -> (RelayEn
     let up = splice_half(a, b, &a_to_b, &last, epoch);
     let down = splice_half(b, a, &b_to_a, &last, epoch);
     let both = async { tokio::try_join!(up, down).map(|_| ()) };
-    let idle_out = async {
-        loop {
-            let deadline = epoch + Duration::from_millis(last.load(Ordering::Relaxed)) + idle;
-            if Instant::now() >= deadline {
-                return;
-            }
-            tokio::time::sleep_until(deadline).await;
-        }
-    };
-    let end = tokio::select! {
-        r = both => match r {
-            Ok(()) => RelayEnd::Done,
-            Err(e) => RelayEnd::Error(e),
-        },
-        _ = idle_out => RelayEnd::Idle,
-    };
-    let stats = RelayStats {
-        a_to_b: a_to_b.load(Ordering::Relaxed),
-        b_to_a: b_to_a.load(Ordering::Relaxed),
-    };
-    (end, stats)
+    crate::relay::drive(both, &last, epoch, idle, [&a_to_b, &b_to_a]).await
 }
 
 fn pipe() -> io::Result<(OwnedFd, OwnedFd, usize)> {

@@ -371,7 +371,8 @@ fn read_http(l: &Section<'_>) -> HttpListenerConfig {
     }
 }
 
-fn parse_port_range(v: &toml_edit::Value) -> Result<PortRange, String> {
+/// A port (`443`) or range (`"8000-8999"`): `connect_ports`, policy rules' `ports`.
+pub(crate) fn parse_port_range(v: &toml_edit::Value) -> Result<PortRange, String> {
     if let Some(n) = v.as_integer() {
         let p = u16::try_from(n).map_err(|_| "not a port".to_string())?;
         return Ok(PortRange { first: p, last: p });

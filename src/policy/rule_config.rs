@@ -1,7 +1,6 @@
 //! One `[[policy.rules]]` entry: its conditions, action and header rewrites, read and checked.
 
 use ipnet::IpNet;
-use toml_edit::Value;
 
 use super::headers::{check_name, check_value, HeaderEdits};
 use super::matcher::{parse_net, Days, HostPattern, Schedule, TimeWindow};
@@ -145,7 +144,7 @@ pub(super) fn read_rule(
             r.array(
                 "ports",
                 "a port (443) or a range (\"8000-8999\")",
-                parse_port_range,
+                crate::config::parse_port_range,
             ),
         ),
         protocols: non_empty(
@@ -229,20 +228,4 @@ fn read_edits(t: &Section<'_>) -> HeaderEdits {
     };
     t.finish();
     edits
-}
-
-/// Same syntax as the listeners' `connect_ports`.
-fn parse_port_range(v: &Value) -> Result<PortRange, String> {
-    if let Some(n) = v.as_integer() {
-        let p = u16::try_from(n).map_err(|_| "not a port".to_string())?;
-        return Ok(PortRange { first: p, last: p });
-    }
-    let s = v.as_str().ok_or("not a port or range")?;
-    let (a, b) = s.split_once('-').unwrap_or((s, s));
-    let first: u16 = a.trim().parse().map_err(|_| "not a port".to_string())?;
-    let last: u16 = b.trim().parse().map_err(|_| "not a port".to_string())?;
-    if first > last {
-        return Err("range runs backwards".into());
-    }
-    Ok(PortRange { first, last })
 }
