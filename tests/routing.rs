@@ -221,3 +221,38 @@ async fn bandwidth_down_limit_is_observed_on_tunnels() {
     // 768 KiB at 256 KiB/s with a burst of 1/8 s: about 2.9 s. Allow for a busy machine.
     assert!((2.2..6.0).contains(&elapsed), "took {elapsed:.2}s");
 }
+
+// Multi-threaded: the origin keeps writing while the test reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bandwidth_down_limit_applies_to_http_bodies() {
+    const SIZE: usize = 768 * 1024;
+    let origin = raw_origin(|mut s: TcpStream| async move {
+        let mut buf = vec![0u8; 4096];
+        let _ = s.read(&mut buf).await;
+        let head =
+            format!("HTTP/1.1 200 OK\r\nContent-Length: {SIZE}\r\nConnection: close\r\n\r\n");
+        let _ = s.write_all(head.as_bytes()).await;
+        let _ = s.write_all(&vec![9u8; SIZE]).await;
+    })
+    .await;
+    let cfg = format!(
+        "{}[limits.per_client]\nbandwidth_down = \"256KiB\"\n",
+        http_listener("http", "")
+    );
+    let gh = Gatehouse::start(&cfg);
+    let started = Instant::now();
+    let (code, out, err) = curl(&[
+        "-x",
+        &gh.proxy_url("http"),
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{size_download}",
+        &format!("http://{origin}/big"),
+    ])
+    .await;
+    let elapsed = started.elapsed().as_secs_f64();
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(String::from_utf8_lossy(&out), SIZE.to_string());
+    assert!((2.2..6.0).contains(&elapsed), "took {elapsed:.2}s");
+}

@@ -26,6 +26,7 @@ use super::pool::PoolKey;
 use super::target::{self, HttpTarget, TargetError};
 use crate::accesslog::AccessRecord;
 use crate::config::HttpListenerConfig;
+use crate::limits::Throttled;
 use crate::policy::{Policy, Protocol, Rewrite};
 use crate::relay::{self, RelayEnd};
 use crate::server::Services;
@@ -901,11 +902,18 @@ impl HttpProxy {
                 )),
             });
         }
+        // Bandwidth limits apply to bodies too: the writes go through the client's throttles.
+        let throttles = self
+            .svc
+            .limits
+            .throttles(client.peer.ip(), ex.user.as_deref());
         let Client {
             stream, buf: cbuf, ..
         } = client;
-        let (mut cr, mut cw) = stream.split();
-        let (mut ur, mut uw) = up.stream.split();
+        let (mut cr, cw) = stream.split();
+        let (mut ur, uw) = up.stream.split();
+        let mut cw = Throttled::new(cw, throttles.down);
+        let mut uw = Throttled::new(uw, throttles.up);
         let max_trailer = self.cfg.max_header_bytes;
         let mut sent = 0u64;
         // No body to send: nothing to wait for on that side.

@@ -33,7 +33,7 @@ use std::net::{IpAddr, Ipv6Addr};
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 
-pub use bucket::Throttle;
+pub use bucket::{Throttle, Throttled};
 use keyed::{Buckets, Counts, Rate};
 
 /// The limits of one scope (per client address or per user). `None` is unlimited.
