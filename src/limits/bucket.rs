@@ -122,6 +122,80 @@ impl Throttle {
     }
 }
 
+/// A writer that pays for its bytes with a [`Throttle`] before writing them: bandwidth limits
+/// for streams that are not relayed by [`crate::relay`] (HTTP request and response bodies).
+pub struct Throttled<W> {
+    inner: W,
+    throttle: Option<Throttle>,
+    wait: Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>,
+    /// Bytes paid for and not yet written.
+    paid: usize,
+    pending: usize,
+}
+
+impl<W> Throttled<W> {
+    pub fn new(inner: W, throttle: Option<Throttle>) -> Self {
+        Throttled {
+            inner,
+            throttle,
+            wait: None,
+            paid: 0,
+            pending: 0,
+        }
+    }
+}
+
+impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Throttled<W> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        use std::task::Poll;
+        let this = self.get_mut();
+        let Some(t) = &this.throttle else {
+            return std::pin::Pin::new(&mut this.inner).poll_write(cx, buf);
+        };
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        if this.paid == 0 {
+            if this.wait.is_none() {
+                let (t, n) = (t.clone(), buf.len().min(t.max_chunk()).max(1));
+                this.pending = n;
+                this.wait = Some(Box::pin(async move { t.consume(n).await }));
+            }
+            if let Some(w) = this.wait.as_mut() {
+                if w.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+            }
+            this.wait = None;
+            this.paid = this.pending;
+        }
+        let n = buf.len().min(this.paid);
+        let r = std::pin::Pin::new(&mut this.inner).poll_write(cx, &buf[..n]);
+        if let Poll::Ready(Ok(written)) = r {
+            this.paid -= written.min(this.paid);
+        }
+        r
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,79 +276,5 @@ mod tests {
         assert_eq!(burst_for(100), 100);
         assert_eq!(burst_for(1 << 40), MAX_CHUNK);
         assert_eq!(Bucket::new(0).rate(), 1);
-    }
-}
-
-/// A writer that pays for its bytes with a [`Throttle`] before writing them: bandwidth limits
-/// for streams that are not relayed by [`crate::relay`] (HTTP request and response bodies).
-pub struct Throttled<W> {
-    inner: W,
-    throttle: Option<Throttle>,
-    wait: Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>,
-    /// Bytes paid for and not yet written.
-    paid: usize,
-    pending: usize,
-}
-
-impl<W> Throttled<W> {
-    pub fn new(inner: W, throttle: Option<Throttle>) -> Self {
-        Throttled {
-            inner,
-            throttle,
-            wait: None,
-            paid: 0,
-            pending: 0,
-        }
-    }
-}
-
-impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Throttled<W> {
-    fn poll_write(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        use std::task::Poll;
-        let this = self.get_mut();
-        let Some(t) = &this.throttle else {
-            return std::pin::Pin::new(&mut this.inner).poll_write(cx, buf);
-        };
-        if buf.is_empty() {
-            return Poll::Ready(Ok(0));
-        }
-        if this.paid == 0 {
-            if this.wait.is_none() {
-                let (t, n) = (t.clone(), buf.len().min(t.max_chunk()).max(1));
-                this.pending = n;
-                this.wait = Some(Box::pin(async move { t.consume(n).await }));
-            }
-            if let Some(w) = this.wait.as_mut() {
-                if w.as_mut().poll(cx).is_pending() {
-                    return Poll::Pending;
-                }
-            }
-            this.wait = None;
-            this.paid = this.pending;
-        }
-        let n = buf.len().min(this.paid);
-        let r = std::pin::Pin::new(&mut this.inner).poll_write(cx, &buf[..n]);
-        if let Poll::Ready(Ok(written)) = r {
-            this.paid -= written.min(this.paid);
-        }
-        r
-    }
-
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
