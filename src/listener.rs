@@ -107,15 +107,25 @@ async fn accept_loop(
             },
             _ = stop.cancelled() => return,
         };
-        svc.metrics.connections_total.get_or_create(&label).inc();
-        let open = svc.metrics.connections_open.get_or_create(&label).clone();
-        open.inc();
         let span = tracing::debug_span!("conn", listener = %name, %peer);
         // Not an `async move` wrapper: that would hold the connection future twice over.
         // Each kind is spawned on its own, so an HTTP task is not sized for a SOCKS one.
+        // Per-client connection limits: over them, the connection is closed at once.
+        let limit = match svc.limits.connection(peer.ip()) {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::debug!(listener = %name, %peer, "refused at accept: {e}");
+                drop(stream);
+                continue;
+            }
+        };
+        svc.metrics.connections_total.get_or_create(&label).inc();
+        let open = svc.metrics.connections_open.get_or_create(&label).clone();
+        open.inc();
         let _guard = ConnGuard {
             open,
             _permit: permit,
+            _limit: limit,
         };
         match &handler {
             Handler::Http(h) => {
@@ -136,6 +146,7 @@ async fn accept_loop(
 struct ConnGuard {
     open: prometheus_client::metrics::gauge::Gauge,
     _permit: tokio::sync::OwnedSemaphorePermit,
+    _limit: crate::limits::ConnGuard,
 }
 
 impl Drop for ConnGuard {

@@ -39,6 +39,10 @@ pub struct Services {
     pub auth_permits: tokio::sync::Semaphore,
     /// The generated proxy auto-config file, regenerated on reload.
     pub pac: arc_swap::ArcSwap<String>,
+    /// Per-client and per-user limits.
+    pub limits: crate::limits::Limits,
+    /// Bound on connecting to an upstream, also a parent's handshake.
+    pub connect_timeout: std::time::Duration,
 }
 
 /// The proxy's own addresses, refused as destinations: every listener's bound IP.
@@ -118,6 +122,8 @@ impl Server {
                     .unwrap_or(2),
             ),
             pac: arc_swap::ArcSwap::from_pointee(String::new()),
+            limits: crate::limits::Limits::new(&config.limits),
+            connect_timeout: config.upstream.connect_timeout,
         });
 
         let mut sockets = Vec::new();
@@ -229,6 +235,10 @@ impl Server {
                 format!("{:?}", self.config.admin) != format!("{:?}", new.admin),
             ),
             ("cache", self.config.cache != new.cache),
+            (
+                "limits",
+                format!("{:?}", self.config.limits) != format!("{:?}", new.limits),
+            ),
         ];
         for (section, changed) in restart_needed {
             if changed {

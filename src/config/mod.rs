@@ -41,6 +41,8 @@ pub struct Config {
     pub cache: crate::cache::config::CacheConfig,
     /// Users, rules, the destination guard, parents: one policy for every listener.
     pub policy: crate::policy::PolicyConfig,
+    /// Per-client and per-user connection, rate and bandwidth limits.
+    pub limits: crate::limits::LimitsConfig,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -277,6 +279,7 @@ fn read_config(root: &Section<'_>) -> Config {
     let cache = crate::cache::config::read_cache(&root.table("cache"));
     let names: Vec<&str> = listeners.iter().map(|l| l.name.as_str()).collect();
     let policy = crate::policy::config::read_policy(&root.table("policy"), &names);
+    let limits = crate::limits::config::read_limits(&root.table("limits"));
     let s = root.table("shutdown");
     let shutdown = ShutdownConfig {
         drain_timeout: s.duration("drain_timeout", Duration::from_secs(30)),
@@ -292,6 +295,7 @@ fn read_config(root: &Section<'_>) -> Config {
         shutdown,
         cache,
         policy,
+        limits,
     }
 }
 

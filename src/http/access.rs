@@ -100,6 +100,39 @@ impl HttpProxy {
             },
         };
         ex.rule = Some(verdict.rule.clone());
+        if verdict.action != Action::Deny {
+            // A logged-in user's requests and tunnels in flight count against its limit.
+            let user_slot = match &identity {
+                Some(id) => self.svc.limits.user_connection(&id.name).map(Some),
+                None => Ok(None),
+            };
+            let checked = user_slot.and_then(|slot| {
+                ex.user_slot = slot;
+                self.svc.limits.request(ip, ex.user.as_deref())
+            });
+            if let Err(e) = checked {
+                let err = ProxyError::new(429, "http_request_denied", e.to_string());
+                let mut h = Headers::default();
+                h.push("Retry-After", "1");
+                h.push("Proxy-Status", err.proxy_status(self.proxy_name()));
+                ex.error = Some(err.kind);
+                let body = format!("429 Too Many Requests\n{e}\n");
+                let keep = self
+                    .send_local(
+                        client,
+                        head,
+                        429,
+                        "Too Many Requests",
+                        h,
+                        "text/plain; charset=utf-8",
+                        &body,
+                        close_on_error,
+                        ex,
+                    )
+                    .await;
+                return Access::Answered(keep);
+            }
+        }
         match verdict.action.clone() {
             Action::Deny => {
                 let keep = self

@@ -29,6 +29,7 @@ use crate::config::HttpListenerConfig;
 use crate::policy::{Policy, Protocol, Rewrite};
 use crate::relay::{self, RelayEnd};
 use crate::server::Services;
+use crate::upstream::{connect_route, Direct, Mode, RouteUsed};
 
 /// Per-listener state shared by its connections.
 pub struct HttpProxy {
@@ -63,6 +64,10 @@ pub(super) struct Exchange {
     pub(super) rule: Option<Arc<str>>,
     /// Header rewrites of that rule.
     pub(super) rewrite: Option<Arc<Rewrite>>,
+    /// The parent (or `direct`) a routed request went through.
+    pub(super) route: Option<RouteUsed>,
+    /// Held while the request or tunnel lasts: the user's concurrent-connection slot.
+    pub(super) user_slot: Option<crate::limits::ConnGuard>,
 }
 
 impl HttpProxy {
@@ -159,6 +164,8 @@ impl HttpProxy {
             user: None,
             rule: None,
             rewrite: None,
+            route: None,
+            user_slot: None,
         };
         let keep = if head.method == "CONNECT" {
             self.tunnel(client, head, &mut ex).await
@@ -184,6 +191,8 @@ impl HttpProxy {
             user: None,
             rule: None,
             rewrite: None,
+            route: None,
+            user_slot: None,
         };
         self.send_error(client, &err, true, &mut ex).await;
         self.record(client, &ex);
@@ -301,7 +310,7 @@ impl HttpProxy {
         }
         ex.target = format!("{host}:{port}");
         let policy = client.policy.clone();
-        let allowed = match self
+        let via = match self
             .authorize(
                 &policy,
                 client,
@@ -315,16 +324,8 @@ impl HttpProxy {
             .await
         {
             Access::Answered(keep) => return keep,
-            Access::Direct { addrs, .. } => addrs,
-            Access::Route { parents, .. } => {
-                let err = ProxyError::new(
-                    502,
-                    "proxy_internal_error",
-                    format!("routing through parents {parents:?} is not available yet"),
-                );
-                self.send_error(client, &err, !keep, ex).await;
-                return keep;
-            }
+            Access::Direct { addrs, .. } => Via::Direct(addrs),
+            Access::Route { parents, .. } => Via::Route(parents),
         };
         let target = HttpTarget {
             authority: format!("{host}:{port}"),
@@ -332,16 +333,16 @@ impl HttpProxy {
             port,
             path: String::new(),
         };
-        let up = match self.connect_checked(&target, &allowed).await {
-            Ok(c) => c,
-            Err(e) => {
-                self.send_error(client, &ProxyError::from(e), !keep, ex)
-                    .await;
+        let (mut upstream, leftover) = match self
+            .open_upstream(&policy, &target, &via, Mode::Tunnel, ex)
+            .await
+        {
+            Ok(up) => up,
+            Err(err) => {
+                self.send_error(client, &err, !keep, ex).await;
                 return keep;
             }
         };
-        ex.upstream = Some(up.peer);
-        let mut upstream = up.stream;
         let established = b"HTTP/1.1 200 Connection established\r\n\r\n";
         if body::write_all(&mut client.stream, established, self.cfg.read_timeout)
             .await
@@ -351,6 +352,16 @@ impl HttpProxy {
         }
         ex.status = 200;
         ex.bytes_out += established.len() as u64;
+        // Bytes a parent sent past its handshake go to the client.
+        if !leftover.is_empty() {
+            if body::write_all(&mut client.stream, &leftover, self.cfg.read_timeout)
+                .await
+                .is_err()
+            {
+                return false;
+            }
+            ex.bytes_out += leftover.len() as u64;
+        }
         // Bytes the client sent right behind the CONNECT head belong to the tunnel.
         if !client.buf.is_empty() {
             if body::write_all(&mut upstream, &client.buf, self.cfg.read_timeout)
@@ -362,12 +373,7 @@ impl HttpProxy {
             ex.bytes_in += client.buf.len() as u64;
             client.buf.clear();
         }
-        let (end, stats) = relay::relay(
-            &mut client.stream,
-            &mut upstream,
-            self.cfg.tunnel_idle_timeout,
-        )
-        .await;
+        let (end, stats) = self.tunnel_relay(client, &mut upstream, ex).await;
         ex.bytes_in += stats.a_to_b;
         ex.bytes_out += stats.b_to_a;
         match end {
@@ -429,7 +435,7 @@ impl HttpProxy {
         }
 
         let policy = client.policy.clone();
-        let allowed = match self
+        let (via, verdict) = match self
             .authorize(
                 &policy,
                 client,
@@ -443,23 +449,12 @@ impl HttpProxy {
             .await
         {
             Access::Answered(keep) => return keep,
-            Access::Direct { addrs, verdict } => {
-                let r = &verdict.rewrite;
-                let edits = r.anonymous || !r.request.is_empty() || !r.response.is_empty();
-                ex.rewrite = edits.then(|| r.clone());
-                addrs
-            }
-            Access::Route { parents, verdict } => {
-                ex.rule = Some(verdict.rule.clone());
-                let err = ProxyError::new(
-                    502,
-                    "proxy_internal_error",
-                    format!("routing through parents {parents:?} is not available yet"),
-                );
-                self.send_error(client, &err, close_on_error, ex).await;
-                return !close_on_error;
-            }
+            Access::Direct { addrs, verdict } => (Via::Direct(addrs), verdict),
+            Access::Route { parents, verdict } => (Via::Route(parents), verdict),
         };
+        let r = &verdict.rewrite;
+        let edits = r.anonymous || !r.request.is_empty() || !r.response.is_empty();
+        ex.rewrite = edits.then(|| r.clone());
         let mut cc = None;
         let mut revalidation = None;
         if self.cfg.cache {
@@ -486,7 +481,7 @@ impl HttpProxy {
                 client,
                 sent,
                 &target,
-                &allowed,
+                &via,
                 framing,
                 &req_head,
                 cc.as_deref_mut(),
@@ -518,9 +513,7 @@ impl HttpProxy {
                     ex.rewrite.as_deref(),
                 );
                 match self
-                    .fetch(
-                        client, &head, &target, &allowed, framing, &req_head, None, ex,
-                    )
+                    .fetch(client, &head, &target, &via, framing, &req_head, None, ex)
                     .await
                 {
                     Fetched::Done(keep) => keep,
@@ -542,7 +535,7 @@ impl HttpProxy {
         client: &mut Client,
         head: &RequestHead,
         target: &HttpTarget,
-        allowed: &[SocketAddr],
+        via: &Via,
         framing: Framing,
         req_head: &[u8],
         mut cache: Option<&mut CacheCtx>,
@@ -558,24 +551,57 @@ impl HttpProxy {
         );
         let mut retried = false;
         loop {
-            // A pooled connection is used only if its address passed this request's check.
-            let pooled = self
-                .svc
-                .pool
-                .take(&key)
-                .filter(|(_, p)| allowed.contains(p));
-            let (stream, peer, reused) = match pooled {
-                Some((s, p)) => (s, p, true),
-                None => match self.connect_checked(target, allowed).await {
-                    Ok(c) => (c.stream, c.peer, false),
-                    Err(e) => return Fetched::Failed(ProxyError::from(e)),
-                },
+            let mut routed_head = None;
+            let (stream, peer, reused, leftover) = match via {
+                Via::Direct(allowed) => {
+                    // A pooled connection is used only if its address passed this check.
+                    let pooled = self
+                        .svc
+                        .pool
+                        .take(&key)
+                        .filter(|(_, p)| allowed.contains(p));
+                    match pooled {
+                        Some((s, p)) => (s, p, true, BytesMut::new()),
+                        None => match self.connect_checked(target, allowed).await {
+                            Ok(c) => (c.stream, c.peer, false, BytesMut::new()),
+                            Err(e) => return Fetched::Failed(ProxyError::from(e)),
+                        },
+                    }
+                }
+                Via::Route(_) => {
+                    let policy = client.policy.clone();
+                    match self
+                        .open_upstream(&policy, target, via, Mode::HttpForward, ex)
+                        .await
+                    {
+                        Ok((s, left)) => {
+                            if let Some(RouteUsed::Parent {
+                                name,
+                                absolute_form: true,
+                                ..
+                            }) = &ex.route
+                            {
+                                let auth = policy
+                                    .parent(name)
+                                    .and_then(crate::upstream::proxy_authorization);
+                                routed_head =
+                                    Some(absolute_form(req_head, target, auth.as_deref()));
+                            }
+                            let peer = ex
+                                .upstream
+                                .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+                            (s, peer, false, left)
+                        }
+                        Err(e) => return Fetched::Failed(e),
+                    }
+                }
             };
             ex.upstream = Some(peer);
             let mut up = Upstream {
                 stream,
-                buf: BytesMut::new(),
+                buf: leftover,
             };
+            let req_head = routed_head.as_deref().unwrap_or(req_head);
             if let Some(c) = cache.as_deref_mut() {
                 c.request_time = SystemTime::now();
             }
@@ -595,7 +621,9 @@ impl HttpProxy {
                     return Fetched::Done(self.tunnel_upgraded(client, up, ex).await)
                 }
                 Ok(done) => {
-                    if done.upstream_reusable && up.buf.is_empty() {
+                    // Connections through parents are not pooled (the pool is keyed by origin).
+                    if done.upstream_reusable && up.buf.is_empty() && matches!(via, Via::Direct(_))
+                    {
                         self.svc.pool.put(key, up.stream, peer);
                     }
                     return Fetched::Done(done.client_keep);
@@ -620,6 +648,79 @@ impl HttpProxy {
                     return Fetched::Aborted;
                 }
             }
+        }
+    }
+
+    /// Opens the upstream side of a tunnel or request: directly to the checked addresses, or
+    /// through the route's parents. Returns the stream and bytes a parent sent past its
+    /// handshake.
+    async fn open_upstream(
+        &self,
+        policy: &Policy,
+        target: &HttpTarget,
+        via: &Via,
+        mode: Mode,
+        ex: &mut Exchange,
+    ) -> Result<(TcpStream, bytes::BytesMut), ProxyError> {
+        match via {
+            Via::Direct(allowed) => {
+                let c = self.connect_checked(target, allowed).await?;
+                ex.upstream = Some(c.peer);
+                Ok((c.stream, bytes::BytesMut::new()))
+            }
+            Via::Route(parents) => {
+                // A `direct` entry in a route is not guard-checked by the verdict: refuse it
+                // unless the guard passes for the name's addresses.
+                let checked = self.guarded_addrs(policy, target).await;
+                let direct = match &checked {
+                    Some(a) => Direct::Addrs(a),
+                    None => Direct::Forbidden("guard"),
+                };
+                let r = connect_route(
+                    parents,
+                    policy,
+                    &self.svc.connector,
+                    &target.host,
+                    target.port,
+                    mode,
+                    direct,
+                    self.svc.connect_timeout,
+                )
+                .await
+                .map_err(ProxyError::from)?;
+                ex.upstream = Some(r.peer);
+                ex.route = Some(r.used.clone());
+                Ok((r.stream, r.leftover))
+            }
+        }
+    }
+
+    /// The destination's addresses if the guard lets every one through, for `direct`
+    /// entries of a route.
+    async fn guarded_addrs(&self, policy: &Policy, target: &HttpTarget) -> Option<Vec<SocketAddr>> {
+        let ips = self.svc.connector.resolve(&target.host).await.ok()?;
+        ips.iter().all(|ip| policy.guard(*ip).is_ok()).then(|| {
+            ips.iter()
+                .map(|ip| SocketAddr::new(*ip, target.port))
+                .collect()
+        })
+    }
+
+    /// A tunnel's relay: zero-copy splice between two plain sockets, or the copying relay
+    /// when bandwidth limits apply.
+    async fn tunnel_relay(
+        &self,
+        client: &mut Client,
+        upstream: &mut TcpStream,
+        ex: &Exchange,
+    ) -> (RelayEnd, relay::RelayStats) {
+        let ip = client.peer.ip();
+        let t = self.svc.limits.throttles(ip, ex.user.as_deref());
+        let idle = self.cfg.tunnel_idle_timeout;
+        if t.up.is_none() && t.down.is_none() {
+            crate::splice::relay_tcp(&client.stream, upstream, idle).await
+        } else {
+            relay::relay_limited(&mut client.stream, upstream, idle, t.up, t.down).await
         }
     }
 
@@ -668,12 +769,7 @@ impl HttpProxy {
             ex.bytes_out += up.buf.len() as u64;
             up.buf.clear();
         }
-        let (end, stats) = relay::relay(
-            &mut client.stream,
-            &mut up.stream,
-            self.cfg.tunnel_idle_timeout,
-        )
-        .await;
+        let (end, stats) = self.tunnel_relay(client, &mut up.stream, ex).await;
         ex.bytes_in += stats.a_to_b;
         ex.bytes_out += stats.b_to_a;
         if let RelayEnd::Error(_) = end {
@@ -1113,6 +1209,14 @@ struct Upstream {
     buf: BytesMut,
 }
 
+/// Where the policy sends a request.
+enum Via {
+    /// Directly, to these checked addresses (empty: the verdict needed no address).
+    Direct(Vec<SocketAddr>),
+    /// Through these parents, in failover order.
+    Route(Arc<[String]>),
+}
+
 /// How one upstream fetch ended.
 enum Fetched {
     /// Relayed; whether the client connection stays open.
@@ -1144,6 +1248,32 @@ enum Failure {
     BeforeResponse(ProxyError),
     /// Failed after the response started (or the client went away): close the connection.
     Abort(&'static str),
+}
+
+/// Turns an origin-form request head into the absolute-form one an HTTP parent proxy takes,
+/// with the parent's credentials.
+fn absolute_form(head: &[u8], target: &HttpTarget, auth: Option<&str>) -> Vec<u8> {
+    let line_end = head
+        .windows(2)
+        .position(|w| w == b"\r\n")
+        .unwrap_or(head.len());
+    let line = String::from_utf8_lossy(&head[..line_end]);
+    let mut parts = line.splitn(3, ' ');
+    let (method, path, version) = (
+        parts.next().unwrap_or("GET"),
+        parts.next().unwrap_or("/"),
+        parts.next().unwrap_or("HTTP/1.1"),
+    );
+    let mut out = format!("{method} http://{}{path} {version}", target.authority).into_bytes();
+    let rest = &head[line_end..];
+    // `rest` is "\r\nfields...\r\n\r\n": credentials go in before the blank line.
+    let body_start = rest.len().saturating_sub(2);
+    out.extend_from_slice(&rest[..body_start]);
+    if let Some(a) = auth {
+        out.extend_from_slice(format!("Proxy-Authorization: {a}\r\n").as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+    out
 }
 
 /// The protocols an HTTP/1.1 request asks to upgrade to (`Connection: upgrade` + `Upgrade`).
@@ -1216,6 +1346,22 @@ async fn read_head(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn absolute_form_for_a_parent() {
+        let target = HttpTarget {
+            host: crate::connector::Host::Name("o.test".into()),
+            port: 8080,
+            authority: "o.test:8080".into(),
+            path: "/p?q".into(),
+        };
+        let head = b"GET /p?q HTTP/1.1\r\nHost: o.test:8080\r\n\r\n";
+        let out = absolute_form(head, &target, Some("Basic dTpw"));
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            "GET http://o.test:8080/p?q HTTP/1.1\r\nHost: o.test:8080\r\nProxy-Authorization: Basic dTpw\r\n\r\n"
+        );
+    }
 
     #[test]
     fn hop_by_hop_fields_go() {

@@ -301,6 +301,12 @@ impl Policy {
         }
     }
 
+    /// The safe-by-default guard alone, with this policy's settings and own addresses: for
+    /// `direct` entries of a route, which the verdict did not check.
+    pub fn guard(&self, ip: IpAddr) -> Result<(), super::guard::Refusal> {
+        super::guard::check_destination(ip, self.refuse_private, &self.own_addrs)
+    }
+
     pub fn users(&self) -> Option<&Arc<Users>> {
         self.users.as_ref()
     }

@@ -452,6 +452,196 @@ pub async fn curl(args: &[&str]) -> (i32, Vec<u8>, String) {
     )
 }
 
+// ---- Cache tests (tests/cache*.rs) ----
+
+impl Origin {
+    /// How many requests the origin has answered for exactly `path` (path and query).
+    pub fn count(&self, path: &str) -> usize {
+        self.seen().iter().filter(|s| s.uri == path).count()
+    }
+
+    /// The requests the origin saw for `path`, oldest first.
+    pub fn seen_for(&self, path: &str) -> Vec<Seen> {
+        self.seen().into_iter().filter(|s| s.uri == path).collect()
+    }
+}
+
+/// A response with `status`, header fields and body, for scripted origins.
+pub fn response(
+    status: u16,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
+    let mut b = Response::builder().status(status);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    b.body(Full::new(body.into())).expect("valid response")
+}
+
+/// A reqwest client sending absolute-form requests through the listener `name`.
+pub fn proxied_client(gh: &Gatehouse, name: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .proxy(reqwest::Proxy::http(gh.proxy_url(name)).expect("proxy url"))
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
+}
+
+/// A response read whole.
+#[derive(Debug)]
+pub struct Fetched {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Fetched {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The body as text (lossy), for assertions.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// Our member of the Cache-Status list (RFC 9211), if any.
+    pub fn cache_status(&self) -> Option<&str> {
+        self.headers
+            .get_all("cache-status")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .find(|m| m.starts_with("Gatehouse"))
+    }
+}
+
+/// Sends `method url` with extra header fields and reads the whole response.
+pub async fn fetch(
+    client: &reqwest::Client,
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> Fetched {
+    let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+    let mut req = client.request(method, url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = req.send().await.unwrap_or_else(|e| panic!("{url}: {e}"));
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp
+        .bytes()
+        .await
+        .unwrap_or_else(|e| panic!("{url} body: {e}"));
+    Fetched {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// Field `n` (1-based) of a text access-log line. The 12th is the cache word.
+pub fn log_field(line: &str, n: usize) -> &str {
+    line.split_whitespace().nth(n - 1).unwrap_or("")
+}
+
+/// The sum of every sample of metric `name` (with any labels) on the admin listener, or
+/// `None` when the metric is absent.
+pub async fn metric(admin: SocketAddr, name: &str) -> Option<f64> {
+    let text = metrics_text(admin).await;
+    let mut found = None;
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
+        if !(rest.starts_with(' ') || rest.starts_with('{')) {
+            continue;
+        }
+        if let Some(v) = rest.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) {
+            *found.get_or_insert(0.0) += v;
+        }
+    }
+    found
+}
+
+/// The admin listener's /metrics text.
+pub async fn metrics_text(admin: SocketAddr) -> String {
+    let (code, body, err) = curl(&[&format!("http://{admin}/metrics")]).await;
+    assert_eq!(code, 0, "{err}");
+    String::from_utf8_lossy(&body).into_owned()
+}
+
+/// `len` bytes that differ with `seed` and position, so a torn or mixed-up body shows.
+pub fn pattern(seed: u32, len: usize) -> Bytes {
+    (0..len)
+        .map(|i| ((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 13) as u8)
+        .collect::<Vec<u8>>()
+        .into()
+}
+
+/// Gatehouse with a caching listener "http" and one reqwest client through it.
+pub struct Cached {
+    pub gh: Gatehouse,
+    pub client: reqwest::Client,
+}
+
+impl Cached {
+    pub fn start() -> Cached {
+        let cfg = format!(
+            "{}[cache]\nenabled = true\nmemory_size = \"16MiB\"\n",
+            http_listener("http", "cache = true")
+        );
+        let gh = Gatehouse::start(&cfg);
+        let client = proxied_client(&gh, "http");
+        Cached { gh, client }
+    }
+
+    /// Sends a request, reads the response and waits for its access-log line (written once
+    /// the proxy is done with the request, store included). Returns the log's cache word.
+    pub async fn send(&self, method: &str, url: &str, hs: &[(&str, &str)]) -> (Fetched, String) {
+        let r = fetch(&self.client, method, url, hs).await;
+        let line = self.gh.wait_log(&format!(" {method} {url} "));
+        (r, log_field(&line, 12).to_string())
+    }
+
+    pub async fn get(&self, url: &str, hs: &[(&str, &str)]) -> Fetched {
+        self.send("GET", url, hs).await.0
+    }
+}
+
+/// A counter-numbered origin: the handler gets the request and its 1-based number.
+pub async fn numbered(
+    f: impl Fn(&Seen, usize) -> hyper::Response<Full<Bytes>> + Send + Sync + 'static,
+) -> Origin {
+    let n = AtomicUsize::new(0);
+    Origin::start(Arc::new(move |s: &Seen| {
+        f(s, n.fetch_add(1, Ordering::SeqCst) + 1)
+    }))
+    .await
+}
+
+/// Reads one request head (up to 16 KiB) from a raw origin's connection; `false` on EOF or
+/// overflow.
+pub async fn read_head(s: &mut tokio::net::TcpStream) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut chunk).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+        if buf.len() > 16 * 1024 {
+            return false;
+        }
+    }
+    true
+}
+
 /// A listener config block for a SOCKS listener on port 0, plus extra keys.
 pub fn socks_listener(name: &str, extra: &str) -> String {
     format!(
