@@ -23,7 +23,6 @@ use super::codec::{Credentials, Target};
 use super::reply::SocksError;
 use super::server::{Session, SocksRequest, SocksServer};
 use crate::connector::{interleave, Host};
-use crate::policy::guard::check_destination;
 use crate::policy::{AccessRequest, Action, Identity, Policy, Precheck, Protocol, Secret};
 
 /// Where the policy lets a CONNECT (or BIND peer) go.
@@ -31,11 +30,11 @@ use crate::policy::{AccessRequest, Action, Identity, Policy, Precheck, Protocol,
 pub(super) enum Allowed {
     /// Directly, only to these checked addresses (never resolve again: DNS rebinding).
     Direct(Vec<SocketAddr>),
-    /// Through these parents, in failover order; `addrs` were evaluated by the rules (empty
-    /// when the name was not resolved) and are what a `direct` entry may use.
+    /// Through these parents, in failover order; `ips` were evaluated by the rules (empty
+    /// when the name was not resolved). See [`SocksServer::route_direct`].
     Route {
         parents: Arc<[String]>,
-        addrs: Vec<SocketAddr>,
+        ips: Vec<IpAddr>,
     },
 }
 
@@ -130,11 +129,30 @@ impl SocksServer {
                 refusal: verdict.refusal,
             }),
             Action::Allow => Ok(Allowed::Direct(addrs(ips))),
-            Action::Route(parents) => Ok(Allowed::Route {
-                parents,
-                addrs: addrs(route_direct_ips(ips)),
-            }),
+            Action::Route(parents) => Ok(Allowed::Route { parents, ips }),
         }
+    }
+
+    /// The addresses a `direct` entry of a route may connect to. A route verdict skips the
+    /// guard (a parent reaches the destination, not us), so they are checked here: `None`
+    /// (direct refused) unless the route has a `direct` entry and every address of the
+    /// destination passes the guard. A name no rule needed resolved is resolved only then.
+    pub(super) async fn route_direct(
+        &self,
+        policy: &Policy,
+        parents: &[String],
+        host: &Host,
+        port: u16,
+        ips: Vec<IpAddr>,
+    ) -> Option<Vec<SocketAddr>> {
+        if !parents.iter().any(|p| p == crate::upstream::DIRECT) {
+            return None;
+        }
+        let ips = match ips.is_empty() {
+            true => self.svc.connector.resolve(host).await.ok()?,
+            false => ips,
+        };
+        guarded(policy, ips, port)
     }
 
     /// One UDP datagram's destination: the checked address to send to, or why it is dropped.
@@ -204,14 +222,18 @@ fn literal(host: &Host) -> Vec<IpAddr> {
     }
 }
 
-/// A route verdict skips the policy's guard (a parent reaches the destination, not us), but a
-/// `direct` entry in the route connects from here: keep only addresses outside the guard's
-/// fixed categories (loopback, link-local, metadata, multicast, unspecified). An empty result
-/// makes `direct` refuse (`Direct::Forbidden`).
-pub(super) fn route_direct_ips(ips: Vec<IpAddr>) -> Vec<IpAddr> {
-    ips.into_iter()
-        .filter(|ip| check_destination(*ip, false, &[]).is_ok())
-        .collect()
+/// Every address through the policy's guard, or `None`: a name that mixes allowed and
+/// forbidden addresses is refused whole, as [`Policy::decide`] does.
+fn guarded(policy: &Policy, ips: Vec<IpAddr>, port: u16) -> Option<Vec<SocketAddr>> {
+    if ips.is_empty() || ips.iter().any(|ip| policy.guard(*ip).is_err()) {
+        return None;
+    }
+    Some(
+        interleave(ips)
+            .into_iter()
+            .map(|ip| SocketAddr::new(ip, port))
+            .collect(),
+    )
 }
 
 /// SOCKS4 USERID as an unauthenticated user, when the listener's policy allows it.
@@ -243,16 +265,23 @@ mod tests {
         Policy::compile_with_users(&cfg, Vec::new(), users).expect("compile")
     }
 
+    fn ips(list: &[&str]) -> Vec<IpAddr> {
+        list.iter().map(|s| s.parse().expect("ip")).collect()
+    }
+
     #[test]
-    fn route_direct_keeps_only_addresses_the_guard_allows() {
-        let ips: Vec<IpAddr> = ["127.0.0.1", "192.0.2.7", "169.254.169.254", "::1", "::ffff:127.0.0.1"]
-            .iter()
-            .map(|s| s.parse().expect("ip"))
-            .collect();
-        assert_eq!(
-            route_direct_ips(ips),
-            vec!["192.0.2.7".parse::<IpAddr>().expect("ip")]
-        );
+    fn route_direct_needs_every_address_past_the_guard() {
+        let p = policy("[policy]\n", None);
+        let ok = guarded(&p, ips(&["192.0.2.7", "2001:db8::1"]), 80).expect("public");
+        assert_eq!(ok.len(), 2);
+        assert_eq!(ok[0].port(), 80);
+        for bad in ["127.0.0.1", "169.254.169.254", "::1", "::ffff:127.0.0.1", "0.0.0.0"] {
+            assert_eq!(guarded(&p, ips(&["192.0.2.7", bad]), 80), None, "{bad}");
+        }
+        assert_eq!(guarded(&p, Vec::new(), 80), None, "nothing checked");
+        let private = policy("[policy]\nrefuse_private = true\n", None);
+        assert_eq!(guarded(&private, ips(&["10.1.2.3"]), 80), None);
+        assert!(guarded(&p, ips(&["10.1.2.3"]), 80).is_some());
     }
 
     #[test]

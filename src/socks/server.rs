@@ -52,6 +52,17 @@ pub struct SocksRequest {
     pub client: SocketAddr,
 }
 
+impl SocksRequest {
+    /// The user who proved who they are (SOCKS5 login); per-user limits count only them, not
+    /// a SOCKS4 USERID anyone can claim.
+    pub fn logged_in(&self) -> Option<&str> {
+        match self.version {
+            Version::V5 => self.identity.as_ref().map(|i| i.name.as_str()),
+            Version::V4 => None,
+        }
+    }
+}
+
 /// What [`SocksServer::admit`] let through, per command.
 enum Admitted {
     Connect(Allowed),
@@ -73,6 +84,8 @@ pub(super) struct Session {
     /// UDP: whether `rule` already names a denial; datagrams dropped (policy or DNS).
     pub udp_denied_seen: bool,
     pub udp_dropped: u64,
+    /// The logged-in user's connection slot (per-user limits), held until the session ends.
+    user_slot: Option<crate::limits::ConnGuard>,
     pub request: Option<SocksRequest>,
     pub reply: Reply,
     pub upstream: Option<SocketAddr>,
@@ -97,6 +110,7 @@ impl SocksServer {
             login: None,
             udp_denied_seen: false,
             udp_dropped: 0,
+            user_slot: None,
             request: None,
             reply: Reply::GeneralFailure,
             upstream: None,
@@ -234,6 +248,13 @@ impl SocksServer {
     /// (BIND: the expected peer); UDP ASSOCIATE names no destination, so each datagram is
     /// checked instead. An `Err` is answered with its reply code (a denial: 0x02 / 91).
     async fn admit(&self, s: &mut Session, req: &SocksRequest) -> Result<Admitted, SocksError> {
+        // Limits first: a refused command costs no lookup. A logged-in user holds one
+        // connection slot for the life of the session.
+        let limits = &self.svc.limits;
+        if let Some(name) = req.logged_in() {
+            s.user_slot = Some(limits.user_connection(name)?);
+        }
+        limits.request(req.client.ip(), req.logged_in())?;
         let t = &req.target;
         match req.command {
             Command::Connect => {
@@ -298,13 +319,15 @@ impl SocksServer {
                     .await?;
                 (up.stream, None)
             }
-            Allowed::Route { parents, addrs } => {
-                let direct = if addrs.is_empty() {
-                    Direct::Forbidden("guard")
-                } else {
-                    Direct::Addrs(&addrs)
-                };
+            Allowed::Route { parents, ips } => {
                 let policy = s.policy.clone();
+                let checked = self
+                    .route_direct(&policy, &parents, &target.host, target.port, ips)
+                    .await;
+                let direct = match &checked {
+                    Some(addrs) => Direct::Addrs(addrs),
+                    None => Direct::Forbidden("guard"),
+                };
                 let routed = upstream::connect_route(
                     &parents,
                     &policy,
@@ -313,7 +336,7 @@ impl SocksServer {
                     target.port,
                     Mode::Tunnel,
                     direct,
-                    self.cfg.handshake_timeout,
+                    self.svc.connect_timeout,
                 )
                 .await?;
                 tracing::debug!(target = %target, route = routed.used.name(), "SOCKS CONNECT routed");
@@ -347,13 +370,16 @@ impl SocksServer {
             s.relayed_in += c.buf.len() as u64;
             c.buf.clear();
         }
-        #[cfg(target_os = "linux")]
-        let (end, stats) = match c.stream.plain_tcp() {
-            Some(tcp) => crate::splice::relay_tcp(tcp, &other, self.cfg.idle_timeout).await,
-            None => relay::relay(&mut c.stream, &mut other, self.cfg.idle_timeout).await,
+        let idle = self.cfg.idle_timeout;
+        let user = s.request.as_ref().and_then(|r| r.logged_in());
+        let t = self.svc.limits.throttles(c.peer.ip(), user);
+        // Splicing moves bytes inside the kernel and cannot pace them: with a bandwidth
+        // limit, the copying relay is used.
+        let (end, stats) = match (c.stream.plain_tcp(), t.up.is_none() && t.down.is_none()) {
+            #[cfg(target_os = "linux")]
+            (Some(tcp), true) => crate::splice::relay_tcp(tcp, &other, idle).await,
+            _ => relay::relay_limited(&mut c.stream, &mut other, idle, t.up, t.down).await,
         };
-        #[cfg(not(target_os = "linux"))]
-        let (end, stats) = relay::relay(&mut c.stream, &mut other, self.cfg.idle_timeout).await;
         s.relayed_in += stats.a_to_b;
         s.relayed_out += stats.b_to_a;
         match end {
