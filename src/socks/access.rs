@@ -165,7 +165,13 @@ impl SocksServer {
         target: &Target,
     ) -> Result<SocketAddr, String> {
         let policy = s.policy.clone();
-        let areq = access_request(&self.name, req, Protocol::SocksUdp, &target.host, target.port);
+        let areq = access_request(
+            &self.name,
+            req,
+            Protocol::SocksUdp,
+            &target.host,
+            target.port,
+        );
         let (verdict, ips) = match policy.precheck(&areq) {
             Precheck::Decided(v) => (v, literal(&target.host)),
             Precheck::Resolve => match self.svc.connector.resolve(&target.host).await {
@@ -275,7 +281,13 @@ mod tests {
         let ok = guarded(&p, ips(&["192.0.2.7", "2001:db8::1"]), 80).expect("public");
         assert_eq!(ok.len(), 2);
         assert_eq!(ok[0].port(), 80);
-        for bad in ["127.0.0.1", "169.254.169.254", "::1", "::ffff:127.0.0.1", "0.0.0.0"] {
+        for bad in [
+            "127.0.0.1",
+            "169.254.169.254",
+            "::1",
+            "::ffff:127.0.0.1",
+            "0.0.0.0",
+        ] {
             assert_eq!(guarded(&p, ips(&["192.0.2.7", bad]), 80), None, "{bad}");
         }
         assert_eq!(guarded(&p, Vec::new(), 80), None, "nothing checked");
@@ -286,8 +298,8 @@ mod tests {
 
     #[test]
     fn socks4_userid_only_when_the_listener_allows_it() {
-        let hash = hash_password(&Secret::new("pw"), HashAlgorithm::Bcrypt { cost: 4 })
-            .expect("hash");
+        let hash =
+            hash_password(&Secret::new("pw"), HashAlgorithm::Bcrypt { cost: 4 }).expect("hash");
         let line = format_entry("bob", &hash, &["staff".into()]).expect("entry");
         let users = || Users::parse(&line, CacheLimits::default()).expect("users");
         let off = policy("[policy]\n", Some(users()));
@@ -297,7 +309,11 @@ mod tests {
             Some(users()),
         );
         let bob = socks4_identity(&on, "s", b"bob").expect("bob");
-        assert_eq!(bob.groups, vec!["staff".to_string()], "groups from the file");
+        assert_eq!(
+            bob.groups,
+            vec!["staff".to_string()],
+            "groups from the file"
+        );
         let eve = socks4_identity(&on, "s", b"eve").expect("unknown name still a name");
         assert!(eve.groups.is_empty());
         assert_eq!(socks4_identity(&on, "s", b""), None);

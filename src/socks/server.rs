@@ -265,10 +265,13 @@ impl SocksServer {
             }
             Command::Bind => match &t.host {
                 crate::connector::Host::Ip(ip) if ip.is_unspecified() => Ok(Admitted::Bind(None)),
-                host => match self.check(s, req, Protocol::SocksBind, host, t.port).await? {
-                    Allowed::Direct(addrs) => Ok(Admitted::Bind(Some(
-                        addrs.iter().map(|a| a.ip()).collect(),
-                    ))),
+                host => match self
+                    .check(s, req, Protocol::SocksBind, host, t.port)
+                    .await?
+                {
+                    Allowed::Direct(addrs) => {
+                        Ok(Admitted::Bind(Some(addrs.iter().map(|a| a.ip()).collect())))
+                    }
                     Allowed::Route { .. } => Err(self.route_unsupported(s, "BIND")),
                 },
             },
