@@ -3,9 +3,10 @@
 //!
 //! ```text
 //! request(DST = the peer expected to connect, or 0.0.0.0 for anyone)
+//!   -> the policy checks DST (protocol socks-bind; a name is resolved there)
 //!   -> listen on the local address that routes toward DST -> first reply (that address)
-//!   -> accept one connection within bind_timeout -> is it from DST? -> second reply (peer)
-//!   -> relay
+//!   -> accept one connection within bind_timeout -> is it from DST? (for "anyone": does the
+//!      policy allow the peer's address?) -> second reply (peer) -> relay
 //! ```
 
 use std::io;
@@ -14,27 +15,26 @@ use std::net::{IpAddr, SocketAddr};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 
+use super::access::Allowed;
 use super::client::{Client, PlainTcp, Stage};
-use super::codec::{Target, MAX_MESSAGE};
+use super::codec::MAX_MESSAGE;
 use super::reply::{Reply, SocksError};
-use super::server::{Session, SocksServer};
+use super::server::{Session, SocksRequest, SocksServer};
 use crate::connector::Host;
+use crate::policy::Protocol;
 
+/// `expected`: the peer addresses the policy checked; `None` (DST 0.0.0.0 or ::) lets anyone
+/// connect, and the policy then checks the peer that does.
 pub(super) async fn run<S>(
     srv: &SocksServer,
     c: &mut Client<S>,
     s: &mut Session,
-    target: &Target,
+    req: &SocksRequest,
+    expected: Option<Vec<IpAddr>>,
 ) -> Result<(), SocksError>
 where
     S: AsyncRead + AsyncWrite + PlainTcp + Unpin,
 {
-    // The peer the client named; `None` (0.0.0.0 or ::) lets anyone connect.
-    let expected: Option<Vec<IpAddr>> = match &target.host {
-        Host::Ip(ip) if ip.is_unspecified() => None,
-        Host::Ip(ip) => Some(vec![*ip]),
-        host => Some(srv.svc.connector.resolve(host).await?),
-    };
     let local_ip = match expected.as_deref() {
         Some([first, ..]) => route_toward(*first).unwrap_or(c.local.ip()),
         _ => c.local.ip(),
@@ -62,12 +62,24 @@ where
     // Exactly one connection: nobody else gets in after this.
     drop(listener);
     s.upstream = Some(peer);
-    if let Some(ips) = &expected {
-        if !ips
-            .iter()
-            .any(|ip| ip.to_canonical() == peer.ip().to_canonical())
-        {
-            return Err(SocksError::BindWrongPeer { got: peer });
+    match &expected {
+        Some(ips) => {
+            if !ips
+                .iter()
+                .any(|ip| ip.to_canonical() == peer.ip().to_canonical())
+            {
+                return Err(SocksError::BindWrongPeer { got: peer });
+            }
+        }
+        None => {
+            let host = Host::Ip(peer.ip().to_canonical());
+            match srv
+                .check(s, req, Protocol::SocksBind, &host, peer.port())
+                .await?
+            {
+                Allowed::Direct(_) => {}
+                Allowed::Route { .. } => return Err(srv.route_unsupported(s, "BIND")),
+            }
         }
     }
     let _ = stream.set_nodelay(true);

@@ -3,9 +3,11 @@
 //!
 //! - [`codec`]: the messages, pure decode/encode over bytes.
 //! - [`reply`]: the one mapping from failures to reply codes.
-//! - [`server`]: the async handler (handshake, authentication, the access-control seam,
-//!   CONNECT); [`bind`] and [`udp`] drive the other two commands.
+//! - [`access`]: the policy at this door (login, rule checks per command and per datagram).
+//! - [`server`]: the async handler (handshake, authentication, admission, CONNECT direct or
+//!   through parents); [`bind`] and [`udp`] drive the other two commands.
 
+mod access;
 mod bind;
 mod client;
 pub mod codec;

@@ -5,6 +5,7 @@ use std::io;
 
 use super::codec::Malformed;
 use crate::connector::ConnectError;
+use crate::upstream::ParentError;
 
 /// RFC 1928 section 6, `REP`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +30,21 @@ pub const SOCKS4_REJECTED: u8 = 91;
 impl Reply {
     pub fn code(self) -> u8 {
         self as u8
+    }
+
+    /// The reply for a code from elsewhere (a parent's answer); unknown codes are failures.
+    pub fn from_code(code: u8) -> Reply {
+        match code {
+            0x00 => Reply::Succeeded,
+            0x02 => Reply::NotAllowed,
+            0x03 => Reply::NetworkUnreachable,
+            0x04 => Reply::HostUnreachable,
+            0x05 => Reply::ConnectionRefused,
+            0x06 => Reply::TtlExpired,
+            0x07 => Reply::CommandNotSupported,
+            0x08 => Reply::AddressTypeNotSupported,
+            _ => Reply::GeneralFailure,
+        }
     }
 
     /// SOCKS4 has one failure code for everything.
@@ -78,6 +94,21 @@ pub enum SocksError {
     BindWrongPeer { got: std::net::SocketAddr },
     #[error("the server is shutting down")]
     Draining,
+    #[error("denied by rule {rule}{}", refusal.map(|r| format!(": {}", r.as_str())).unwrap_or_default())]
+    Denied {
+        rule: std::sync::Arc<str>,
+        refusal: Option<crate::policy::Refusal>,
+    },
+    #[error("rule {0} routes through parents, which cannot carry {1}")]
+    RouteUnsupported(std::sync::Arc<str>, &'static str),
+    #[error("too many failed logins from this address")]
+    LoginBlocked,
+    #[error("this listener requires a login, which SOCKS4 cannot carry")]
+    Socks4NeedsLogin,
+    #[error("{0}")]
+    Limit(#[from] crate::limits::LimitError),
+    #[error("{0}")]
+    Parent(#[from] ParentError),
     #[error("{0}")]
     Io(#[from] io::Error),
 }
@@ -100,6 +131,12 @@ impl SocksError {
             SocksError::BindTimeout => Reply::TtlExpired,
             SocksError::BindWrongPeer { .. } => Reply::NotAllowed,
             SocksError::Draining => Reply::GeneralFailure,
+            SocksError::Denied { .. }
+            | SocksError::RouteUnsupported(..)
+            | SocksError::LoginBlocked
+            | SocksError::Socks4NeedsLogin
+            | SocksError::Limit(_) => Reply::NotAllowed,
+            SocksError::Parent(e) => Reply::from_code(e.socks_reply()),
             SocksError::Io(e) => io_reply(e),
         }
     }
@@ -123,6 +160,12 @@ impl SocksError {
             SocksError::BindTimeout => "bind_timeout",
             SocksError::BindWrongPeer { .. } => "bind_wrong_peer",
             SocksError::Draining => "draining",
+            SocksError::Denied { .. } => "denied",
+            SocksError::RouteUnsupported(..) => "route_unsupported",
+            SocksError::LoginBlocked => "login_blocked",
+            SocksError::Socks4NeedsLogin => "auth_required",
+            SocksError::Limit(e) => e.kind(),
+            SocksError::Parent(e) => e.proxy_status_kind(),
             SocksError::Io(_) => "io_error",
         }
     }
@@ -202,12 +245,33 @@ mod tests {
             ),
             (SocksError::BindWrongPeer { got: addr() }, Reply::NotAllowed),
             (SocksError::BindTimeout, Reply::TtlExpired),
+            (
+                SocksError::Denied {
+                    rule: "r".into(),
+                    refusal: None,
+                },
+                Reply::NotAllowed,
+            ),
+            (
+                SocksError::RouteUnsupported("r".into(), "BIND"),
+                Reply::NotAllowed,
+            ),
+            (SocksError::LoginBlocked, Reply::NotAllowed),
+            (SocksError::Socks4NeedsLogin, Reply::NotAllowed),
+            (
+                ParentError::DirectForbidden("guard").into(),
+                Reply::NotAllowed,
+            ),
         ];
         for (err, want) in cases {
             assert_eq!(err.reply(), want, "{err}");
         }
         assert_eq!(Reply::Succeeded.code(), 0);
         assert_eq!(Reply::AddressTypeNotSupported.code(), 8);
+        for code in 0..=8 {
+            assert_eq!(Reply::from_code(code).code(), code);
+        }
+        assert_eq!(Reply::from_code(0x5a), Reply::GeneralFailure);
     }
 
     #[test]

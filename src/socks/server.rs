@@ -5,8 +5,9 @@
 //!   SOCKS5: greeting -> method choice -> [RFC 1929 user/password] -> request
 //!   SOCKS4: request (4a: the name follows the user id)
 //!   (all of the above within handshake_timeout)
-//! -> admit (the access-control seam) -> CONNECT | BIND | UDP ASSOCIATE -> access log
+//! -> admit (the policy, see [`super::access`]) -> CONNECT | BIND | UDP ASSOCIATE -> access log
 //! ```
+//! The session keeps the policy it was accepted under: a reload does not change it.
 //! Every failure goes through [`Client::fail`], which answers with the reply code from
 //! [`super::reply`] and closes.
 
@@ -18,14 +19,17 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
+use super::access::{self, Allowed};
 use super::client::{Client, PlainTcp, Stage, Version};
 use super::codec::{self, Command, Target, METHOD_NONE, METHOD_PASSWORD};
 use super::reply::{Reply, SocksError};
 use super::{bind, udp};
 use crate::accesslog::AccessRecord;
 use crate::config::{AuthMethod, SocksListenerConfig};
+use crate::policy::{Identity, Policy, Protocol};
 use crate::relay::{self, RelayEnd};
 use crate::server::Services;
+use crate::upstream::{self, Direct, Mode};
 
 /// Per-listener state shared by its connections.
 pub struct SocksServer {
@@ -41,14 +45,47 @@ pub struct SocksRequest {
     pub version: Version,
     pub command: Command,
     pub target: Target,
-    /// The authenticated user (SOCKS5 username/password), if any.
+    /// The user name for the log: logged in (SOCKS5), or a SOCKS4 USERID taken as a name.
     pub user: Option<String>,
+    /// Who the rules see (with groups from the policy's users file).
+    pub identity: Option<Identity>,
     pub client: SocketAddr,
+}
+
+impl SocksRequest {
+    /// The user who proved who they are (SOCKS5 login); per-user limits count only them, not
+    /// a SOCKS4 USERID anyone can claim.
+    pub fn logged_in(&self) -> Option<&str> {
+        match self.version {
+            Version::V5 => self.identity.as_ref().map(|i| i.name.as_str()),
+            Version::V4 => None,
+        }
+    }
+}
+
+/// What [`SocksServer::admit`] let through, per command.
+enum Admitted {
+    Connect(Allowed),
+    /// The peer addresses a BIND accepts; `None`: anyone (checked when it connects).
+    Bind(Option<Vec<std::net::IpAddr>>),
+    /// Every datagram is checked on its own.
+    Udp,
 }
 
 /// What the access log gets to know about one session.
 pub(super) struct Session {
     started: Instant,
+    /// The policy in force when the connection was accepted.
+    pub policy: Arc<Policy>,
+    /// The rule that decided (for UDP: the first datagram's, or the first denial's).
+    pub rule: Option<Arc<str>>,
+    /// The name a login attempt gave (logged when the login fails).
+    pub login: Option<String>,
+    /// UDP: whether `rule` already names a denial; datagrams dropped (policy or DNS).
+    pub udp_denied_seen: bool,
+    pub udp_dropped: u64,
+    /// The logged-in user's connection slot (per-user limits), held until the session ends.
+    user_slot: Option<crate::limits::ConnGuard>,
     pub request: Option<SocksRequest>,
     pub reply: Reply,
     pub upstream: Option<SocketAddr>,
@@ -68,6 +105,12 @@ impl SocksServer {
         };
         let mut s = Session {
             started: Instant::now(),
+            policy: self.svc.policy.current(),
+            rule: None,
+            login: None,
+            udp_denied_seen: false,
+            udp_dropped: 0,
+            user_slot: None,
             request: None,
             reply: Reply::GeneralFailure,
             upstream: None,
@@ -103,7 +146,7 @@ impl SocksServer {
         S: AsyncRead + AsyncWrite + PlainTcp + Unpin + Send,
     {
         let handshake = tokio::select! {
-            r = tokio::time::timeout(self.cfg.handshake_timeout, self.handshake(&mut c)) => {
+            r = tokio::time::timeout(self.cfg.handshake_timeout, self.handshake(&mut c, s)) => {
                 r.unwrap_or(Err(SocksError::HandshakeTimeout))
             }
             _ = self.svc.shutdown.draining() => Err(SocksError::Draining),
@@ -111,8 +154,8 @@ impl SocksServer {
         let result = match handshake {
             Ok(req) => {
                 s.request = Some(req.clone());
-                match self.admit(&req) {
-                    Ok(()) => self.dispatch(&mut c, s, &req).await,
+                match self.admit(s, &req).await {
+                    Ok(admitted) => self.dispatch(&mut c, s, &req, admitted).await,
                     Err(e) => Err(e),
                 }
             }
@@ -131,10 +174,16 @@ impl SocksServer {
     }
 
     /// Greeting, authentication and request, up to a decoded request.
-    async fn handshake<S>(&self, c: &mut Client<S>) -> Result<SocksRequest, SocksError>
+    async fn handshake<S>(
+        &self,
+        c: &mut Client<S>,
+        s: &mut Session,
+    ) -> Result<SocksRequest, SocksError>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
+        let policy = s.policy.clone();
+        let login_required = policy.listener(&self.name).auth;
         match c.first_byte().await? {
             5 => {}
             4 => {
@@ -144,11 +193,16 @@ impl SocksServer {
                     return Err(SocksError::Socks4Disabled);
                 }
                 let r = c.read_msg(codec::decode_socks4).await?;
+                if login_required {
+                    return Err(SocksError::Socks4NeedsLogin);
+                }
+                let identity = access::socks4_identity(&policy, &self.name, &r.user_id);
                 return Ok(SocksRequest {
                     version: Version::V4,
                     command: r.command,
                     target: r.target,
-                    user: None,
+                    user: identity.as_ref().map(|i| i.name.clone()),
+                    identity,
                     client: c.peer,
                 });
             }
@@ -157,32 +211,25 @@ impl SocksServer {
         c.version = Some(Version::V5);
         c.stage = Stage::Greeting;
         let greeting = c.read_msg(codec::decode_greeting).await?;
-        let Some(method) = choose_method(&self.cfg.auth, &greeting.methods) else {
+        // The policy's login replaces the listener's own methods.
+        let methods: &[AuthMethod] = if login_required {
+            &[AuthMethod::Password]
+        } else {
+            &self.cfg.auth
+        };
+        let Some(method) = choose_method(methods, &greeting.methods) else {
             return Err(SocksError::NoAcceptableMethod);
         };
         c.send(&[5, method]).await?;
-        let mut user = None;
+        let mut identity = None;
         if method == METHOD_PASSWORD {
             c.stage = Stage::Auth;
             let creds = c.read_msg(codec::decode_credentials).await?;
-            let found = self
-                .cfg
-                .users
-                .iter()
-                .find(|u| u.name.as_bytes() == creds.user.as_slice());
-            // Compare a password even for an unknown user, so timing does not tell names apart.
-            let ok = match found {
-                Some(u) => u.password.matches(&creds.password),
-                None => {
-                    let _ = crate::config::Password::new("").matches(&creds.password);
-                    false
-                }
-            };
-            if !ok {
-                return Err(SocksError::AuthFailed);
-            }
+            let id = self
+                .login(&policy, c.peer.ip().to_canonical(), &creds, s)
+                .await?;
             c.send(&[1, 0]).await?;
-            user = found.map(|u| u.name.clone());
+            identity = Some(id);
         }
         c.stage = Stage::Request;
         let r = c.read_msg(codec::decode_request).await?;
@@ -190,17 +237,52 @@ impl SocksServer {
             version: Version::V5,
             command: r.command,
             target: r.target,
-            user,
+            user: identity.as_ref().map(|i| i.name.clone()),
+            identity,
             client: c.peer,
         })
     }
 
-    /// Access control plugs in here: every request, decoded and authenticated, passes this
-    /// point before anything is connected, bound or resolved. An `Err` is answered with its
-    /// reply code (a policy denial will be `Reply::NotAllowed`). Today every request is
-    /// admitted; the listener's only rules are its authentication settings.
-    fn admit(&self, _req: &SocksRequest) -> Result<(), SocksError> {
-        Ok(())
+    /// The policy check: every request, decoded and authenticated, passes this point before
+    /// anything is connected or bound. CONNECT and BIND are checked for their destination
+    /// (BIND: the expected peer); UDP ASSOCIATE names no destination, so each datagram is
+    /// checked instead. An `Err` is answered with its reply code (a denial: 0x02 / 91).
+    async fn admit(&self, s: &mut Session, req: &SocksRequest) -> Result<Admitted, SocksError> {
+        // Limits first: a refused command costs no lookup. A logged-in user holds one
+        // connection slot for the life of the session.
+        let limits = &self.svc.limits;
+        if let Some(name) = req.logged_in() {
+            s.user_slot = Some(limits.user_connection(name)?);
+        }
+        limits.request(req.client.ip(), req.logged_in())?;
+        let t = &req.target;
+        match req.command {
+            Command::Connect => {
+                let allowed = self
+                    .check(s, req, Protocol::SocksConnect, &t.host, t.port)
+                    .await?;
+                Ok(Admitted::Connect(allowed))
+            }
+            Command::Bind => match &t.host {
+                crate::connector::Host::Ip(ip) if ip.is_unspecified() => Ok(Admitted::Bind(None)),
+                host => match self
+                    .check(s, req, Protocol::SocksBind, host, t.port)
+                    .await?
+                {
+                    Allowed::Direct(addrs) => {
+                        Ok(Admitted::Bind(Some(addrs.iter().map(|a| a.ip()).collect())))
+                    }
+                    Allowed::Route { .. } => Err(self.route_unsupported(s, "BIND")),
+                },
+            },
+            Command::UdpAssociate => Ok(Admitted::Udp),
+        }
+    }
+
+    pub(super) fn route_unsupported(&self, s: &Session, what: &'static str) -> SocksError {
+        let rule = s.rule.clone().unwrap_or_else(|| Arc::from("-"));
+        tracing::info!(listener = %self.name, %rule, "SOCKS {what} refused: the rule routes through parents, which cannot carry {what}");
+        SocksError::RouteUnsupported(rule, what)
     }
 
     async fn dispatch<S>(
@@ -208,36 +290,71 @@ impl SocksServer {
         c: &mut Client<S>,
         s: &mut Session,
         req: &SocksRequest,
+        admitted: Admitted,
     ) -> Result<(), SocksError>
     where
         S: AsyncRead + AsyncWrite + PlainTcp + Unpin + Send,
     {
-        match req.command {
-            Command::Connect => self.connect(c, s, &req.target).await,
-            Command::Bind => bind::run(self, c, s, &req.target).await,
-            Command::UdpAssociate => udp::run(self, c, s, &req.target).await,
+        match admitted {
+            Admitted::Connect(allowed) => self.connect(c, s, &req.target, allowed).await,
+            Admitted::Bind(expected) => bind::run(self, c, s, req, expected).await,
+            Admitted::Udp => udp::run(self, c, s, req).await,
         }
     }
 
+    /// CONNECT to the checked addresses, or through the route's parents.
     async fn connect<S>(
         &self,
         c: &mut Client<S>,
         s: &mut Session,
         target: &Target,
+        allowed: Allowed,
     ) -> Result<(), SocksError>
     where
         S: AsyncRead + AsyncWrite + PlainTcp + Unpin,
     {
-        let up = self
-            .svc
-            .connector
-            .connect(&target.host, target.port)
-            .await?;
-        s.upstream = Some(up.peer);
-        let bound = up.stream.local_addr()?;
+        let (stream, leftover) = match allowed {
+            Allowed::Direct(addrs) => {
+                let up = self
+                    .svc
+                    .connector
+                    .connect_addrs(&addrs, &target.to_string())
+                    .await?;
+                (up.stream, None)
+            }
+            Allowed::Route { parents, ips } => {
+                let policy = s.policy.clone();
+                let checked = self
+                    .route_direct(&policy, &parents, &target.host, target.port, ips)
+                    .await;
+                let direct = match &checked {
+                    Some(addrs) => Direct::Addrs(addrs),
+                    None => Direct::Forbidden("guard"),
+                };
+                let routed = upstream::connect_route(
+                    &parents,
+                    &policy,
+                    &self.svc.connector,
+                    &target.host,
+                    target.port,
+                    Mode::Tunnel,
+                    direct,
+                    self.svc.connect_timeout,
+                )
+                .await?;
+                tracing::debug!(target = %target, route = routed.used.name(), "SOCKS CONNECT routed");
+                (routed.stream, Some(routed.leftover))
+            }
+        };
+        s.upstream = Some(stream.peer_addr()?);
+        let bound = stream.local_addr()?;
         c.reply(Reply::Succeeded, bound).await?;
         c.stage = Stage::Silent;
-        self.relay(c, s, up.stream).await;
+        // The destination's first bytes, read by the parent handshake past its answer.
+        if let Some(first) = leftover.filter(|b| !b.is_empty()) {
+            c.send(&first).await?;
+        }
+        self.relay(c, s, stream).await;
         Ok(())
     }
 
@@ -256,13 +373,16 @@ impl SocksServer {
             s.relayed_in += c.buf.len() as u64;
             c.buf.clear();
         }
-        #[cfg(target_os = "linux")]
-        let (end, stats) = match c.stream.plain_tcp() {
-            Some(tcp) => crate::splice::relay_tcp(tcp, &other, self.cfg.idle_timeout).await,
-            None => relay::relay(&mut c.stream, &mut other, self.cfg.idle_timeout).await,
+        let idle = self.cfg.idle_timeout;
+        let user = s.request.as_ref().and_then(|r| r.logged_in());
+        let t = self.svc.limits.throttles(c.peer.ip(), user);
+        // Splicing moves bytes inside the kernel and cannot pace them: with a bandwidth
+        // limit, the copying relay is used.
+        let (end, stats) = match (c.stream.plain_tcp(), t.up.is_none() && t.down.is_none()) {
+            #[cfg(target_os = "linux")]
+            (Some(tcp), true) => crate::splice::relay_tcp(tcp, &other, idle).await,
+            _ => relay::relay_limited(&mut c.stream, &mut other, idle, t.up, t.down).await,
         };
-        #[cfg(not(target_os = "linux"))]
-        let (end, stats) = relay::relay(&mut c.stream, &mut other, self.cfg.idle_timeout).await;
         s.relayed_in += stats.a_to_b;
         s.relayed_out += stats.b_to_a;
         match end {
@@ -307,8 +427,12 @@ impl SocksServer {
             time: SystemTime::now(),
             listener: self.name.clone(),
             client: peer,
-            user: s.request.as_ref().and_then(|r| r.user.clone()),
-            rule: None,
+            user: s
+                .request
+                .as_ref()
+                .and_then(|r| r.user.clone())
+                .or_else(|| s.login.clone()),
+            rule: s.rule.clone(),
             method,
             target: s
                 .request

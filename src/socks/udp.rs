@@ -9,6 +9,9 @@
 //!   the source port of the first datagram.
 //! - Fragments (FRAG != 0) are dropped; this relay does not reassemble.
 //! - Names are resolved by the server (the shared connector's resolver and its cache).
+//! - Every datagram's destination is checked by the policy (protocol `socks-udp`) against the
+//!   address it is sent to; a denied one (or one a rule routes to parents, which cannot carry
+//!   UDP) is dropped and counted.
 //! - The association ends when its TCP control connection closes, after `udp_idle_timeout`
 //!   with no datagram either way, or on shutdown.
 
@@ -21,8 +24,7 @@ use tokio::time::Instant;
 use super::client::{Client, Stage};
 use super::codec::{self, Target};
 use super::reply::{Reply, SocksError};
-use super::server::{Session, SocksServer};
-use crate::connector::interleave;
+use super::server::{Session, SocksRequest, SocksServer};
 
 /// Largest UDP payload plus room for a header.
 const DATAGRAM: usize = 64 * 1024 + 300;
@@ -63,12 +65,12 @@ pub(super) async fn run<S>(
     srv: &SocksServer,
     c: &mut Client<S>,
     s: &mut Session,
-    target: &Target,
+    req: &SocksRequest,
 ) -> Result<(), SocksError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut filter = ClientFilter::new(c.peer.ip(), target.port);
+    let mut filter = ClientFilter::new(c.peer.ip(), req.target.port);
     let relay = UdpSocket::bind(SocketAddr::new(c.local.ip(), 0)).await?;
     c.reply(Reply::Succeeded, relay.local_addr()?).await?;
     c.stage = Stage::Silent;
@@ -102,18 +104,18 @@ where
                 if header.frag != 0 {
                     continue;
                 }
-                let dest = match header.target.socket_addr() {
-                    Some(a) => a,
-                    None => match srv.svc.connector.resolve(&header.target.host).await {
-                        Ok(ips) => match interleave(ips).first() {
-                            Some(ip) => SocketAddr::new(*ip, header.target.port),
-                            None => continue,
-                        },
-                        Err(e) => {
-                            tracing::debug!("UDP destination dropped: {e}");
-                            continue;
-                        }
-                    },
+                let dest = match srv.udp_destination(s, req, &header.target).await {
+                    Ok(a) => a,
+                    Err(why) => {
+                        s.udp_dropped += 1;
+                        tracing::debug!(
+                            client = %c.peer,
+                            target = %header.target,
+                            dropped = s.udp_dropped,
+                            "UDP datagram dropped: {why}"
+                        );
+                        continue;
+                    }
                 };
                 let payload = &from_client[used..n];
                 if let Ok(sock) = out.socket(dest).await {
