@@ -263,6 +263,12 @@ max_object_size = "2MiB"
 
 [access_log]
 path = "off"
+
+# The origin is on loopback, which the destination guard refuses unless a rule names it.
+[[policy.rules]]
+name = "bench-origin"
+action = "allow"
+dest_addrs = ["127.0.0.0/8"]
 EOF
 
     local o
