@@ -45,7 +45,7 @@ async fn http_parent_carries_a_tunnel_and_resolves_names_itself() {
 async fn http_parent_credentials_right_wrong_and_missing() {
     let echo = echo_server().await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let users = users_file(dir.path(), "carol", "pa55word");
+    let users = users_file(dir.path(), &[("carol", "pa55word", "")]);
     let gh = parent_gatehouse(
         echo.port(),
         &format!(
@@ -236,7 +236,7 @@ async fn failover_goes_to_the_next_parent_and_to_direct() {
 async fn plain_http_through_an_http_parent_uses_absolute_form_with_credentials() {
     let origin = Origin::fixed("through the parent").await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let users = users_file(dir.path(), "dave", "s3cret!");
+    let users = users_file(dir.path(), &[("dave", "s3cret!", "")]);
     let gh = parent_gatehouse(
         1,
         &format!(

@@ -8,32 +8,6 @@ use std::time::Duration;
 
 use common::*;
 
-/// Writes a users file with `gatehouse passwd` (the real CLI) and returns its path.
-fn users_file(gh_dir: &std::path::Path, entries: &[(&str, &str, &str)]) -> std::path::PathBuf {
-    let path = gh_dir.join("users.txt");
-    for (user, password, groups) in entries {
-        let mut cmd = std::process::Command::new(BIN);
-        cmd.args(["passwd", user, "--file"]).arg(&path);
-        if !groups.is_empty() {
-            cmd.args(["--groups", groups]);
-        }
-        let mut child = cmd
-            .stdin(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("run passwd");
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(format!("{password}\n").as_bytes())
-            .expect("write password");
-        assert!(child.wait().expect("wait").success());
-    }
-    path
-}
-
 fn status_line(out: &[u8]) -> String {
     String::from_utf8_lossy(out)
         .lines()

@@ -19,22 +19,7 @@ fn free_port() -> u16 {
 
 /// The parent: a plain HTTP proxy with its own name in Via, password required.
 fn start_parent(dir: &std::path::Path, extra_ports: &str) -> Gatehouse {
-    let users = dir.join("parent-users.txt");
-    let mut child = std::process::Command::new(BIN)
-        .args(["passwd", "child", "--file"])
-        .arg(&users)
-        .stdin(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("passwd");
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(b"chain-secret\n")
-        .expect("write");
-    assert!(child.wait().expect("wait").success());
+    let users = users_file(dir, &[("child", "chain-secret", "")]);
     Gatehouse::start(&format!(
         "{}[policy]\nusers_file = \"{}\"\n[policy.listeners.parent]\nauth = true\n{LOOPBACK_POLICY}",
         http_listener("parent", &format!("via = \"parent\"\nconnect_ports = [{extra_ports}]")),

@@ -16,32 +16,6 @@ use tokio::net::{TcpStream, UdpSocket};
 
 const LOOPBACK: &str = "127.0.0.1:0";
 
-/// Writes a users file with `gatehouse passwd` (the real CLI): (name, password, groups).
-fn users_file(dir: &std::path::Path, entries: &[(&str, &str, &str)]) -> std::path::PathBuf {
-    let path = dir.join("socks-users.txt");
-    for (user, password, groups) in entries {
-        let mut cmd = std::process::Command::new(BIN);
-        cmd.args(["passwd", user, "--file"]).arg(&path);
-        if !groups.is_empty() {
-            cmd.args(["--groups", groups]);
-        }
-        let mut child = cmd
-            .stdin(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("run passwd");
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(format!("{password}\n").as_bytes())
-            .expect("write password");
-        assert!(child.wait().expect("wait").success());
-    }
-    path
-}
-
 /// SOCKS5 CONNECT over raw bytes (no login): the reply code.
 async fn raw_connect(proxy: SocketAddr, request: &[u8]) -> (u8, TcpStream) {
     let mut s = socks5_open(proxy).await;

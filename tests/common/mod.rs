@@ -764,3 +764,29 @@ pub async fn read_to_close(s: &mut tokio::net::TcpStream) -> Vec<u8> {
         .expect("clean close");
     out
 }
+
+/// Writes a users file with `gatehouse passwd` (the real CLI): (name, password, groups).
+pub fn users_file(dir: &std::path::Path, entries: &[(&str, &str, &str)]) -> PathBuf {
+    let path = dir.join("users.txt");
+    for (user, password, groups) in entries {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["passwd", user, "--file"]).arg(&path);
+        if !groups.is_empty() {
+            cmd.args(["--groups", groups]);
+        }
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run passwd");
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(format!("{password}\n").as_bytes())
+            .expect("write password");
+        assert!(child.wait().expect("wait").success());
+    }
+    path
+}

@@ -16,7 +16,7 @@ use gatehouse::policy::{Policy, Secret};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::common::{raw_origin, BIN};
+use super::common::raw_origin;
 
 /// The first bytes the echo destination sends, before the client says anything.
 pub const GREETING: &[u8] = b"HELLO from echo\n";
@@ -112,27 +112,6 @@ pub fn client_side_with(policy_toml: &str) -> (Connector, Policy) {
 pub async fn closed_port() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     l.local_addr().expect("addr")
-}
-
-/// A users file written by `gatehouse passwd` (the real CLI).
-pub fn users_file(dir: &std::path::Path, user: &str, password: &str) -> std::path::PathBuf {
-    let path = dir.join("users.txt");
-    let mut child = std::process::Command::new(BIN)
-        .args(["passwd", user, "--file"])
-        .arg(&path)
-        .stdin(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("run passwd");
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(format!("{password}\n").as_bytes())
-        .expect("write password");
-    assert!(child.wait().expect("wait").success());
-    path
 }
 
 /// A SOCKS5 parent built on the `fast-socks5` crate's server, CONNECT only, optionally
