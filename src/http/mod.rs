@@ -6,6 +6,8 @@ mod cached;
 pub mod chunked;
 pub mod codec;
 pub mod error;
+mod exchange;
 pub mod pool;
 pub mod proxy;
 pub mod target;
+mod tunnel;

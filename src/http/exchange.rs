@@ -1,0 +1,387 @@
+//! One request/response exchange with an upstream: the request body goes up while the
+//! response (1xx, final head, body) comes down, in the framing each side can take.
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+use super::body::{self, CopyError};
+use super::cached::{CacheCtx, HeadAction};
+use super::codec::{self, Framing, HeadError, RequestHead, Version};
+use super::error::ProxyError;
+use crate::limits::Throttled;
+
+use super::proxy::{strip_hop_by_hop, wants_keep_alive, Client, Exchange, HttpProxy};
+
+pub(super) struct Upstream {
+    pub(super) stream: TcpStream,
+    pub(super) buf: BytesMut,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Out {
+    Raw,
+    Rechunk,
+    Dechunk,
+}
+
+pub(super) struct Done {
+    pub(super) client_keep: bool,
+    pub(super) upstream_reusable: bool,
+    /// The upstream answered 101 to an Upgrade request: tunnel from here on.
+    pub(super) upgraded: bool,
+}
+
+pub(super) enum Failure {
+    /// The upstream closed before sending a byte: on a pooled connection, safe to retry.
+    Stale,
+    /// Failed before any response reached the client: answer with this error.
+    BeforeResponse(ProxyError),
+    /// Failed after the response started (or the client went away): close the connection.
+    Abort(&'static str),
+}
+
+/// The protocols an HTTP/1.1 request asks to upgrade to (`Connection: upgrade` + `Upgrade`).
+pub(super) fn upgrade_request(req: &RequestHead) -> Option<&[u8]> {
+    if req.version == Version::Http11 && req.headers.has_token("connection", "upgrade") {
+        req.headers.get("upgrade")
+    } else {
+        None
+    }
+}
+
+impl HttpProxy {
+    /// Sends the request and relays the response. The request body goes upstream while the
+    /// response is awaited, so `Expect: 100-continue` and early responses both work.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn exchange(
+        &self,
+        client: &mut Client,
+        up: &mut Upstream,
+        head: &RequestHead,
+        framing: Framing,
+        req_head: &[u8],
+        cache: Option<&mut CacheCtx>,
+        ex: &mut Exchange,
+    ) -> Result<Done, Failure> {
+        let t = self.cfg.read_timeout;
+        if let Err(e) = body::write_all(&mut up.stream, req_head, t).await {
+            return Err(match e {
+                CopyError::Write(_) => Failure::Stale,
+                _ => Failure::BeforeResponse(ProxyError::new(
+                    504,
+                    "connection_write_timeout",
+                    e.to_string(),
+                )),
+            });
+        }
+        // Bandwidth limits apply to bodies too: the writes go through the client's throttles.
+        let throttles = self
+            .svc
+            .limits
+            .throttles(client.peer.ip(), ex.user.as_deref());
+        let Client {
+            stream, buf: cbuf, ..
+        } = client;
+        let (mut cr, cw) = stream.split();
+        let (mut ur, uw) = up.stream.split();
+        let mut cw = Throttled::new(cw, throttles.down);
+        let mut uw = Throttled::new(uw, throttles.up);
+        let max_trailer = self.cfg.max_header_bytes;
+        let mut sent = 0u64;
+        // No body to send: nothing to wait for on that side.
+        let mut body_result: Option<Result<(), CopyError>> =
+            (framing == Framing::None).then_some(Ok(()));
+        let response = {
+            let send = async {
+                let r = match framing {
+                    Framing::None | Framing::UntilClose => Ok(0),
+                    Framing::Length(n) => body::copy_length(&mut cr, cbuf, &mut uw, n, t).await,
+                    Framing::Chunked => {
+                        body::copy_chunked(&mut cr, cbuf, &mut uw, true, max_trailer, t).await
+                    }
+                };
+                r.map(|n| sent = n)
+            };
+            let recv = self.relay_response(&mut ur, &mut up.buf, &mut cw, head, cache, ex);
+            tokio::pin!(send, recv);
+            loop {
+                tokio::select! {
+                    r = &mut send, if body_result.is_none() => {
+                        match r {
+                            Err(e) if e.is_source() => {
+                                tracing::debug!(client = %self.name, "request body from client failed: {e}");
+                                body_result = Some(Err(e));
+                                break Err(Failure::Abort("http_request_error"));
+                            }
+                            r => body_result = Some(r),
+                        }
+                    }
+                    r = &mut recv => break r,
+                }
+            }
+        };
+        ex.bytes_in += sent;
+        let mut done = response?;
+        if !matches!(body_result, Some(Ok(()))) {
+            // The response ended before the request body did (or sending it failed): neither
+            // connection is at a message boundary any more.
+            done.client_keep = false;
+            done.upstream_reusable = false;
+        }
+        Ok(done)
+    }
+
+    /// Reads 1xx and final response heads from upstream, forwards them, and streams the body.
+    pub(super) async fn relay_response<R, W>(
+        &self,
+        ur: &mut R,
+        ubuf: &mut BytesMut,
+        cw: &mut W,
+        req: &RequestHead,
+        mut cache: Option<&mut CacheCtx>,
+        ex: &mut Exchange,
+    ) -> Result<Done, Failure>
+    where
+        R: tokio::io::AsyncRead + Unpin,
+        W: tokio::io::AsyncWrite + Unpin,
+    {
+        let t = self.cfg.read_timeout;
+        let max = self.cfg.max_header_bytes.max(64 * 1024);
+        let mut got_any = false;
+        let resp = loop {
+            let head = loop {
+                match codec::parse_response(ubuf, max) {
+                    Ok(Some((h, len))) => {
+                        let _ = ubuf.split_to(len);
+                        break h;
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        let kind = if matches!(e, HeadError::Invalid(_)) {
+                            "http_protocol_error"
+                        } else {
+                            "http_response_header_section_size"
+                        };
+                        return Err(Failure::BeforeResponse(ProxyError::new(
+                            502,
+                            kind,
+                            e.to_string(),
+                        )));
+                    }
+                }
+                ubuf.reserve(8192);
+                match timeout(t, ur.read_buf(ubuf)).await {
+                    Err(_) => {
+                        let err = ProxyError::new(
+                            504,
+                            "connection_read_timeout",
+                            "no response from upstream in time",
+                        );
+                        return Err(Failure::BeforeResponse(err));
+                    }
+                    Ok(Ok(0)) | Ok(Err(_)) if !got_any => return Err(Failure::Stale),
+                    Ok(Ok(0)) => {
+                        let err = ProxyError::new(
+                            502,
+                            "http_response_incomplete",
+                            "upstream closed mid-response head",
+                        );
+                        return Err(Failure::BeforeResponse(err));
+                    }
+                    Ok(Err(e)) => {
+                        let err = ProxyError::new(502, "connection_terminated", e.to_string());
+                        return Err(Failure::BeforeResponse(err));
+                    }
+                    Ok(Ok(_)) => got_any = true,
+                }
+            };
+            got_any = true;
+            if head.status == 101 {
+                let Some(asked) = upgrade_request(req) else {
+                    let err =
+                        ProxyError::new(502, "http_protocol_error", "unexpected 101 from upstream");
+                    return Err(Failure::BeforeResponse(err));
+                };
+                // Switching protocols: pass the 101 on; the caller then tunnels both sockets.
+                let mut h = head.headers.clone();
+                let chosen = h.get("upgrade").unwrap_or(asked).to_vec();
+                strip_hop_by_hop(&mut h);
+                h.push("Upgrade", chosen);
+                h.push("Connection", "upgrade");
+                if let Some(via) = &self.cfg.via {
+                    h.push("Via", format!("1.1 {via}"));
+                }
+                let mut out = Vec::new();
+                codec::write_response_head(&mut out, 101, &head.reason, &h);
+                if body::write_all(cw, &out, t).await.is_err() {
+                    return Err(Failure::Abort("connection_terminated"));
+                }
+                ex.status = 101;
+                ex.bytes_out += out.len() as u64;
+                return Ok(Done {
+                    client_keep: false,
+                    upstream_reusable: false,
+                    upgraded: true,
+                });
+            }
+            if head.status >= 200 {
+                break head;
+            }
+            // 1xx: forward to HTTP/1.1 clients (RFC 9110 section 15.2), never to HTTP/1.0 ones.
+            if req.version == Version::Http11 {
+                let mut h = head.headers.clone();
+                strip_hop_by_hop(&mut h);
+                let mut out = Vec::new();
+                codec::write_response_head(&mut out, head.status, &head.reason, &h);
+                if body::write_all(cw, &out, t).await.is_err() {
+                    return Err(Failure::Abort("connection_terminated"));
+                }
+                ex.bytes_out += out.len() as u64;
+            }
+        };
+
+        let up_framing = match codec::response_framing(&req.method, &resp) {
+            Ok(f) => f,
+            Err(e) => {
+                return Err(Failure::BeforeResponse(ProxyError::new(
+                    502,
+                    "http_protocol_error",
+                    e.to_string(),
+                )))
+            }
+        };
+        let client_11 = req.version == Version::Http11;
+        let draining = self.svc.shutdown.is_draining();
+        let upstream_reusable = up_framing != Framing::UntilClose
+            && !resp.headers.has_token("connection", "close")
+            && (resp.version == Version::Http11
+                || resp.headers.has_token("connection", "keep-alive"))
+            && !(resp.headers.contains("transfer-encoding")
+                && resp.headers.contains("content-length"));
+        let mut capture = false;
+        if let Some(cc) = cache.as_deref_mut() {
+            match cc.on_final_head(&resp).await {
+                HeadAction::Intercept => {
+                    // The cache answers the client; the upstream body (if any) is not read.
+                    return Ok(Done {
+                        client_keep: wants_keep_alive(req) && !draining,
+                        upstream_reusable: upstream_reusable && up_framing == Framing::None,
+                        upgraded: false,
+                    });
+                }
+                HeadAction::Capture => capture = true,
+                HeadAction::Relay => {}
+            }
+        }
+        // How the body reaches the client, and whether the client connection can stay open.
+        // A body the cache keeps is decoded, so it is re-chunked rather than passed through.
+        let (to_client, delimited) = match (up_framing, client_11) {
+            (Framing::UntilClose, true) => (Out::Rechunk, true),
+            (Framing::UntilClose, false) => (Out::Raw, false),
+            (Framing::Chunked, true) if capture => (Out::Rechunk, true),
+            (Framing::Chunked, true) => (Out::Raw, true),
+            (Framing::Chunked, false) => (Out::Dechunk, false),
+            _ => (Out::Raw, true),
+        };
+        let client_keep = wants_keep_alive(req) && delimited && !draining;
+
+        let mut h = resp.headers.clone();
+        strip_hop_by_hop(&mut h);
+        h.remove("proxy-authenticate");
+        if capture {
+            h.remove("trailer");
+        }
+        if let Some(r) = &ex.rewrite {
+            r.apply_response(&mut h);
+        }
+        if let Some(cc) = cache.as_deref() {
+            cc.status.append_to(&mut h);
+        }
+        match to_client {
+            Out::Rechunk => h.set("Transfer-Encoding", "chunked"),
+            Out::Dechunk => {
+                h.remove("transfer-encoding");
+                h.remove("trailer");
+            }
+            Out::Raw => {}
+        }
+        if let Some(via) = &self.cfg.via {
+            let v = if resp.version == Version::Http10 {
+                "1.0"
+            } else {
+                "1.1"
+            };
+            h.push("Via", format!("{v} {via}"));
+        }
+        if !client_keep {
+            h.push("Connection", "close");
+        } else if !client_11 {
+            h.push("Connection", "keep-alive");
+        }
+        let mut out = Vec::with_capacity(512);
+        codec::write_response_head(&mut out, resp.status, &resp.reason, &h);
+        // A small body already read with the head goes out in the same write.
+        let mut inline = 0u64;
+        if let (Framing::Length(n), false) = (up_framing, capture) {
+            if n <= 16 * 1024 && ubuf.len() as u64 >= n {
+                out.extend_from_slice(&ubuf.split_to(n as usize));
+                inline = n;
+            }
+        }
+        if body::write_all(cw, &out, t).await.is_err() {
+            return Err(Failure::Abort("connection_terminated"));
+        }
+        ex.status = resp.status;
+        ex.bytes_out += out.len() as u64;
+
+        let copied = match (up_framing, to_client, cache) {
+            (_, out, Some(cc)) if capture => {
+                let r = body::copy_decoded(
+                    ur,
+                    ubuf,
+                    cw,
+                    up_framing,
+                    out == Out::Rechunk,
+                    &mut |d| cc.on_data(d),
+                    max,
+                    t,
+                )
+                .await;
+                if r.is_ok() {
+                    cc.on_body_end(&resp);
+                }
+                r
+            }
+            (Framing::None, _, _) => Ok(0),
+            (Framing::Length(n), _, _) => body::copy_length(ur, ubuf, cw, n - inline, t).await,
+            (Framing::Chunked, Out::Dechunk, _) => {
+                body::copy_chunked(ur, ubuf, cw, false, max, t).await
+            }
+            (Framing::Chunked, _, _) => body::copy_chunked(ur, ubuf, cw, true, max, t).await,
+            (Framing::UntilClose, out, _) => {
+                body::copy_until_close(ur, ubuf, cw, out == Out::Rechunk, t).await
+            }
+        };
+        match copied {
+            Ok(n) => ex.bytes_out += n,
+            Err(e) => {
+                tracing::debug!("response body relay failed: {e}");
+                return Err(Failure::Abort(if e.is_source() {
+                    "http_response_incomplete"
+                } else {
+                    "connection_terminated"
+                }));
+            }
+        }
+        if cw.flush().await.is_err() {
+            return Err(Failure::Abort("connection_terminated"));
+        }
+        Ok(Done {
+            client_keep,
+            upstream_reusable,
+            upgraded: false,
+        })
+    }
+}

@@ -1,0 +1,270 @@
+//! CONNECT tunnels and the upstream side of tunnels and routed requests: directly to the
+//! addresses the policy checked, or through parent proxies; the relay (splice, or a copying
+//! relay when bandwidth limits apply).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpStream;
+
+use super::access::Access;
+use super::body;
+use super::codec::{self, Framing, RequestHead};
+use super::error::ProxyError;
+use super::target::{self, HttpTarget};
+use crate::policy::{Policy, Protocol};
+use crate::relay::{self, RelayEnd};
+use crate::upstream::{connect_route, Direct, Mode};
+
+use super::exchange::Upstream;
+use super::proxy::{wants_keep_alive, Client, Exchange, HttpProxy};
+
+/// Where the policy sends a request.
+pub(super) enum Via {
+    /// Directly, to these checked addresses (empty: the verdict needed no address).
+    Direct(Vec<SocketAddr>),
+    /// Through these parents, in failover order.
+    Route(Arc<[String]>),
+}
+
+impl HttpProxy {
+    pub(super) async fn tunnel(
+        &self,
+        client: &mut Client,
+        head: RequestHead,
+        ex: &mut Exchange,
+    ) -> bool {
+        let (host, port) = match target::parse_authority(&head.target, None) {
+            Ok(t) => t,
+            Err(e) => {
+                self.send_error(client, &ProxyError::bad_request(e.to_string()), true, ex)
+                    .await;
+                return false;
+            }
+        };
+        match codec::request_framing(&head) {
+            Ok(Framing::None) => {}
+            Ok(_) => {
+                let err = ProxyError::bad_request("CONNECT with a request body");
+                self.send_error(client, &err, true, ex).await;
+                return false;
+            }
+            Err(e) => {
+                self.send_error(client, &ProxyError::bad_request(e.to_string()), true, ex)
+                    .await;
+                return false;
+            }
+        }
+        let keep = wants_keep_alive(&head);
+        if !self.cfg.connect_ports.iter().any(|r| r.contains(port)) {
+            let err = ProxyError::denied(format!("CONNECT to port {port} is not allowed"));
+            self.send_error(client, &err, !keep, ex).await;
+            return keep;
+        }
+        ex.target = format!("{host}:{port}");
+        let policy = client.policy.clone();
+        let via = match self
+            .authorize(
+                &policy,
+                client,
+                &head,
+                &host,
+                port,
+                Protocol::Connect,
+                !keep,
+                ex,
+            )
+            .await
+        {
+            Access::Answered(keep) => return keep,
+            Access::Direct { addrs, .. } => Via::Direct(addrs),
+            Access::Route { parents, .. } => Via::Route(parents),
+        };
+        let target = HttpTarget {
+            authority: format!("{host}:{port}"),
+            host,
+            port,
+            path: String::new(),
+        };
+        let (mut upstream, leftover) = match self
+            .open_upstream(&policy, &target, &via, Mode::Tunnel, ex)
+            .await
+        {
+            Ok(up) => up,
+            Err(err) => {
+                self.send_error(client, &err, !keep, ex).await;
+                return keep;
+            }
+        };
+        let established = b"HTTP/1.1 200 Connection established\r\n\r\n";
+        if body::write_all(&mut client.stream, established, self.cfg.read_timeout)
+            .await
+            .is_err()
+        {
+            return false;
+        }
+        ex.status = 200;
+        ex.bytes_out += established.len() as u64;
+        // Bytes a parent sent past its handshake go to the client.
+        if !leftover.is_empty() {
+            if body::write_all(&mut client.stream, &leftover, self.cfg.read_timeout)
+                .await
+                .is_err()
+            {
+                return false;
+            }
+            ex.bytes_out += leftover.len() as u64;
+        }
+        // Bytes the client sent right behind the CONNECT head belong to the tunnel.
+        if !client.buf.is_empty() {
+            if body::write_all(&mut upstream, &client.buf, self.cfg.read_timeout)
+                .await
+                .is_err()
+            {
+                return false;
+            }
+            ex.bytes_in += client.buf.len() as u64;
+            client.buf.clear();
+        }
+        let (end, stats) = self.tunnel_relay(client, &mut upstream, ex).await;
+        ex.bytes_in += stats.a_to_b;
+        ex.bytes_out += stats.b_to_a;
+        match end {
+            RelayEnd::Done => {}
+            RelayEnd::Idle => ex.error = Some("connection_read_timeout"),
+            RelayEnd::Error(_) => ex.error = Some("connection_terminated"),
+        }
+        false
+    }
+
+    /// Opens the upstream side of a tunnel or request: directly to the checked addresses, or
+    /// through the route's parents. Returns the stream and bytes a parent sent past its
+    /// handshake.
+    pub(super) async fn open_upstream(
+        &self,
+        policy: &Policy,
+        target: &HttpTarget,
+        via: &Via,
+        mode: Mode,
+        ex: &mut Exchange,
+    ) -> Result<(TcpStream, bytes::BytesMut), ProxyError> {
+        match via {
+            Via::Direct(allowed) => {
+                let c = self.connect_checked(target, allowed).await?;
+                ex.upstream = Some(c.peer);
+                Ok((c.stream, bytes::BytesMut::new()))
+            }
+            Via::Route(parents) => {
+                // A `direct` entry in a route is not guard-checked by the verdict: refuse it
+                // unless the guard passes for the name's addresses.
+                let checked = self.guarded_addrs(policy, target).await;
+                let direct = match &checked {
+                    Some(a) => Direct::Addrs(a),
+                    None => Direct::Forbidden("guard"),
+                };
+                let r = connect_route(
+                    parents,
+                    policy,
+                    &self.svc.connector,
+                    &target.host,
+                    target.port,
+                    mode,
+                    direct,
+                    self.svc.connect_timeout,
+                )
+                .await
+                .map_err(ProxyError::from)?;
+                ex.upstream = Some(r.peer);
+                ex.route = Some(r.used.clone());
+                Ok((r.stream, r.leftover))
+            }
+        }
+    }
+
+    /// The destination's addresses if the guard lets every one through, for `direct`
+    /// entries of a route.
+    pub(super) async fn guarded_addrs(
+        &self,
+        policy: &Policy,
+        target: &HttpTarget,
+    ) -> Option<Vec<SocketAddr>> {
+        let ips = self.svc.connector.resolve(&target.host).await.ok()?;
+        ips.iter().all(|ip| policy.guard(*ip).is_ok()).then(|| {
+            ips.iter()
+                .map(|ip| SocketAddr::new(*ip, target.port))
+                .collect()
+        })
+    }
+
+    /// A tunnel's relay: zero-copy splice between two plain sockets, or the copying relay
+    /// when bandwidth limits apply.
+    pub(super) async fn tunnel_relay(
+        &self,
+        client: &mut Client,
+        upstream: &mut TcpStream,
+        ex: &Exchange,
+    ) -> (RelayEnd, relay::RelayStats) {
+        let ip = client.peer.ip();
+        let t = self.svc.limits.throttles(ip, ex.user.as_deref());
+        let idle = self.cfg.tunnel_idle_timeout;
+        if t.up.is_none() && t.down.is_none() {
+            crate::splice::relay_tcp(&client.stream, upstream, idle).await
+        } else {
+            relay::relay_limited(&mut client.stream, upstream, idle, t.up, t.down).await
+        }
+    }
+
+    /// Connects to the addresses the policy checked (for a name whose verdict needed no
+    /// address, the name is resolved here: only rules that cannot depend on it decided).
+    pub(super) async fn connect_checked(
+        &self,
+        target: &HttpTarget,
+        allowed: &[SocketAddr],
+    ) -> Result<crate::connector::Connected, crate::connector::ConnectError> {
+        if allowed.is_empty() {
+            self.svc.connector.connect(&target.host, target.port).await
+        } else {
+            self.svc
+                .connector
+                .connect_addrs(allowed, &target.authority)
+                .await
+        }
+    }
+
+    /// After a 101: relay both connections as a tunnel, bytes already read going first.
+    pub(super) async fn tunnel_upgraded(
+        &self,
+        client: &mut Client,
+        mut up: Upstream,
+        ex: &mut Exchange,
+    ) -> bool {
+        let t = self.cfg.read_timeout;
+        if !client.buf.is_empty() {
+            if body::write_all(&mut up.stream, &client.buf, t)
+                .await
+                .is_err()
+            {
+                return false;
+            }
+            ex.bytes_in += client.buf.len() as u64;
+            client.buf.clear();
+        }
+        if !up.buf.is_empty() {
+            if body::write_all(&mut client.stream, &up.buf, t)
+                .await
+                .is_err()
+            {
+                return false;
+            }
+            ex.bytes_out += up.buf.len() as u64;
+            up.buf.clear();
+        }
+        let (end, stats) = self.tunnel_relay(client, &mut up.stream, ex).await;
+        ex.bytes_in += stats.a_to_b;
+        ex.bytes_out += stats.b_to_a;
+        if let RelayEnd::Error(_) = end {
+            ex.error = Some("connection_terminated");
+        }
+        false
+    }
+}
