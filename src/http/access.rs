@@ -83,21 +83,26 @@ impl HttpProxy {
             at: SystemTime::now(),
         };
         let (verdict, addrs) = match policy.precheck(&req) {
-            Precheck::Decided(v) => {
+            // An allow for a name always carries checked addresses: resolve and decide.
+            Precheck::Decided(v)
+                if !(v.action == Action::Allow && matches!(host, Host::Name(_))) =>
+            {
                 let addrs = match host {
                     Host::Ip(ip) => vec![*ip],
                     Host::Name(_) => Vec::new(),
                 };
                 (v, addrs)
             }
-            Precheck::Resolve => match self.svc.connector.resolve(host).await {
-                Ok(addrs) => (policy.decide(&req, &addrs), addrs),
-                Err(e) => {
-                    self.send_error(client, &ProxyError::from(e), close_on_error, ex)
-                        .await;
-                    return Access::Answered(!close_on_error);
+            Precheck::Decided(_) | Precheck::Resolve => {
+                match self.svc.connector.resolve(host).await {
+                    Ok(addrs) => (policy.decide(&req, &addrs), addrs),
+                    Err(e) => {
+                        self.send_error(client, &ProxyError::from(e), close_on_error, ex)
+                            .await;
+                        return Access::Answered(!close_on_error);
+                    }
                 }
-            },
+            }
         };
         ex.rule = Some(verdict.rule.clone());
         if verdict.action != Action::Deny {

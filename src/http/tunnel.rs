@@ -156,8 +156,13 @@ impl HttpProxy {
             }
             Via::Route(parents) => {
                 // A `direct` entry in a route is not guard-checked by the verdict: refuse it
-                // unless the guard passes for the name's addresses.
-                let checked = self.guarded_addrs(policy, target).await;
+                // unless the guard passes for the name's addresses. Without one, the name
+                // is left to the parents (no lookup here).
+                let checked = if parents.iter().any(|p| p == crate::upstream::DIRECT) {
+                    self.guarded_addrs(policy, target).await
+                } else {
+                    None
+                };
                 let direct = match &checked {
                     Some(a) => Direct::Addrs(a),
                     None => Direct::Forbidden("guard"),
