@@ -116,24 +116,8 @@ impl HttpProxy {
                 self.svc.limits.request(ip, ex.user.as_deref())
             });
             if let Err(e) = checked {
-                let err = ProxyError::new(429, "http_request_denied", e.to_string());
-                let mut h = Headers::default();
-                h.push("Retry-After", "1");
-                h.push("Proxy-Status", err.proxy_status(self.proxy_name()));
-                ex.error = Some(err.kind);
-                let body = format!("429 Too Many Requests\n{e}\n");
                 let keep = self
-                    .send_local(
-                        client,
-                        head,
-                        429,
-                        "Too Many Requests",
-                        h,
-                        "text/plain; charset=utf-8",
-                        &body,
-                        close_on_error,
-                        ex,
-                    )
+                    .send_429(client, head, &e.to_string(), 1, close_on_error, ex)
                     .await;
                 return Access::Answered(keep);
             }
@@ -176,30 +160,11 @@ impl HttpProxy {
                 .await);
         };
         if let Err(retry) = self.svc.logins.check(ip) {
-            let err = ProxyError::new(
-                429,
-                "http_request_denied",
-                "too many failed logins from this address",
-            );
-            let mut h = Headers::default();
-            h.push("Retry-After", retry.as_secs().max(1).to_string());
-            h.push("Proxy-Status", err.proxy_status(self.proxy_name()));
-            ex.error = Some(err.kind);
-            let body = "429 Too Many Requests\ntoo many failed logins from this address\n";
-            let keep = self
-                .send_local(
-                    client,
-                    head,
-                    429,
-                    "Too Many Requests",
-                    h,
-                    "text/plain; charset=utf-8",
-                    body,
-                    close_on_error,
-                    ex,
-                )
-                .await;
-            return Err(keep);
+            let detail = "too many failed logins from this address";
+            let secs = retry.as_secs().max(1);
+            return Err(self
+                .send_429(client, head, detail, secs, close_on_error, ex)
+                .await);
         }
         let found = match policy.users() {
             Some(users) => {
@@ -220,6 +185,37 @@ impl HttpProxy {
                     .await)
             }
         }
+    }
+
+    /// 429 with Retry-After and Proxy-Status (a limit or the failed-login limiter).
+    async fn send_429(
+        &self,
+        client: &mut Client,
+        head: &RequestHead,
+        detail: &str,
+        retry_secs: u64,
+        close: bool,
+        ex: &mut Exchange,
+    ) -> bool {
+        let err = ProxyError::new(429, "http_request_denied", detail);
+        let mut h = Headers::default();
+        h.push("Retry-After", retry_secs.to_string());
+        h.push("Proxy-Status", err.proxy_status(self.proxy_name()));
+        ex.error = Some(err.kind);
+        let body = format!("429 Too Many Requests\n{detail}\n");
+        let ctype = "text/plain; charset=utf-8";
+        self.send_local(
+            client,
+            head,
+            429,
+            "Too Many Requests",
+            h,
+            ctype,
+            &body,
+            close,
+            ex,
+        )
+        .await
     }
 
     async fn send_407(

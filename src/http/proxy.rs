@@ -71,6 +71,27 @@ pub(super) struct Exchange {
     pub(super) user_slot: Option<crate::limits::ConnGuard>,
 }
 
+impl Exchange {
+    fn new(started: Instant, method: &str, target: &str, bytes_in: u64) -> Exchange {
+        Exchange {
+            started,
+            method: method.to_string(),
+            target: target.to_string(),
+            status: 0,
+            bytes_in,
+            bytes_out: 0,
+            upstream: None,
+            cache: None,
+            error: None,
+            user: None,
+            rule: None,
+            rewrite: None,
+            route: None,
+            user_slot: None,
+        }
+    }
+}
+
 impl HttpProxy {
     pub(super) fn proxy_name(&self) -> &str {
         self.cfg.via.as_deref().unwrap_or("gatehouse")
@@ -152,22 +173,7 @@ impl HttpProxy {
                 return false;
             }
         };
-        let mut ex = Exchange {
-            started,
-            method: head.method.clone(),
-            target: head.target.clone(),
-            status: 0,
-            bytes_in: head_len as u64,
-            bytes_out: 0,
-            upstream: None,
-            cache: None,
-            error: None,
-            user: None,
-            rule: None,
-            rewrite: None,
-            route: None,
-            user_slot: None,
-        };
+        let mut ex = Exchange::new(started, &head.method, &head.target, head_len as u64);
         let keep = if head.method == "CONNECT" {
             self.tunnel(client, head, &mut ex).await
         } else {
@@ -179,22 +185,7 @@ impl HttpProxy {
 
     /// Answers a request whose head could not be read, then the connection closes.
     async fn fail_early(&self, client: &mut Client, started: Instant, err: ProxyError) {
-        let mut ex = Exchange {
-            started,
-            method: "-".into(),
-            target: "-".into(),
-            status: 0,
-            bytes_in: client.buf.len() as u64,
-            bytes_out: 0,
-            upstream: None,
-            cache: None,
-            error: None,
-            user: None,
-            rule: None,
-            rewrite: None,
-            route: None,
-            user_slot: None,
-        };
+        let mut ex = Exchange::new(started, "-", "-", client.buf.len() as u64);
         self.send_error(client, &err, true, &mut ex).await;
         self.record(client, &ex);
         let _ = client.stream.shutdown().await;

@@ -389,7 +389,8 @@ fn domain(name: &[u8]) -> Result<Host, DecodeError> {
     Host::parse(s).ok_or(Malformed::Domain.into())
 }
 
-fn encode_target(t: &Target, out: &mut Vec<u8>) {
+/// `ATYP | ADDR | PORT`, shared with the SOCKS5 client for parent proxies.
+pub(crate) fn encode_target(t: &Target, out: &mut Vec<u8>) {
     match &t.host {
         Host::Ip(IpAddr::V4(ip)) => {
             out.push(ATYP_V4);

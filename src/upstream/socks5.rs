@@ -91,26 +91,11 @@ pub fn decode_password_status(buf: &[u8]) -> Result<Option<(bool, usize)>, Socks
 /// ATYP 3, so the parent resolves them (remote DNS); IPv4-mapped IPv6 goes as IPv4.
 pub fn encode_connect(host: &Host, port: u16, out: &mut Vec<u8>) {
     out.extend_from_slice(&[5, 1, 0]);
-    match host {
-        Host::Ip(ip) => match ip.to_canonical() {
-            IpAddr::V4(v4) => {
-                out.push(ATYP_V4);
-                out.extend_from_slice(&v4.octets());
-            }
-            IpAddr::V6(v6) => {
-                out.push(ATYP_V6);
-                out.extend_from_slice(&v6.octets());
-            }
-        },
-        Host::Name(n) => {
-            // Host::parse bounds names to 253 bytes.
-            let b = &n.as_bytes()[..n.len().min(255)];
-            out.push(ATYP_DOMAIN);
-            out.push(b.len() as u8);
-            out.extend_from_slice(b);
-        }
-    }
-    out.extend_from_slice(&port.to_be_bytes());
+    let target = crate::socks::codec::Target {
+        host: host.clone(),
+        port,
+    };
+    crate::socks::codec::encode_target(&target, out);
 }
 
 /// The reply to CONNECT: `VER | REP | RSV | ATYP | BND.ADDR | BND.PORT`. Returns `REP` and
