@@ -52,42 +52,6 @@ async fn tls_origin(dir: &std::path::Path) -> (std::net::SocketAddr, std::path::
     (addr, cert_path)
 }
 
-/// A TCP echo server.
-async fn echo_server() -> std::net::SocketAddr {
-    raw_origin(|mut s: TcpStream| async move {
-        let (mut r, mut w) = s.split();
-        let _ = tokio::io::copy(&mut r, &mut w).await;
-    })
-    .await
-}
-
-/// Opens a CONNECT tunnel through the proxy and returns the stream after the 200.
-async fn open_tunnel(proxy: std::net::SocketAddr, target: std::net::SocketAddr) -> TcpStream {
-    let mut s = TcpStream::connect(proxy).await.expect("connect proxy");
-    s.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
-        .await
-        .expect("write");
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        s.read_exact(&mut byte).await.expect("read head");
-        head.push(byte[0]);
-    }
-    assert!(
-        head.starts_with(b"HTTP/1.1 200"),
-        "{}",
-        String::from_utf8_lossy(&head)
-    );
-    s
-}
-
-async fn echo_roundtrip(s: &mut TcpStream, msg: &[u8]) {
-    s.write_all(msg).await.expect("write");
-    let mut back = vec![0u8; msg.len()];
-    s.read_exact(&mut back).await.expect("echo");
-    assert_eq!(back, msg);
-}
-
 #[tokio::test]
 async fn connect_tunnel_to_local_tls_server_with_curl() {
     let dir = tempfile::tempdir().expect("tmp");

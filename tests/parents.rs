@@ -28,7 +28,7 @@ fn parent_gatehouse(echo_port: u16, extra: &str) -> Gatehouse {
 
 #[tokio::test]
 async fn http_parent_carries_a_tunnel_and_resolves_names_itself() {
-    let echo = echo_server().await;
+    let echo = greeting_echo_server().await;
     let gh = parent_gatehouse(echo.port(), "");
     let p = spec("gh", ParentKind::Http, gh.addr("parent"), None);
     // Only the parent knows echo.test: the name must travel in the CONNECT line.
@@ -43,7 +43,7 @@ async fn http_parent_carries_a_tunnel_and_resolves_names_itself() {
 
 #[tokio::test]
 async fn http_parent_credentials_right_wrong_and_missing() {
-    let echo = echo_server().await;
+    let echo = greeting_echo_server().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let users = users_file(dir.path(), &[("carol", "pa55word", "")]);
     let gh = parent_gatehouse(
@@ -76,7 +76,7 @@ async fn http_parent_credentials_right_wrong_and_missing() {
 
 #[tokio::test]
 async fn a_parent_refusing_the_destination_is_reported_with_its_status() {
-    let echo = echo_server().await;
+    let echo = greeting_echo_server().await;
     let gh = parent_gatehouse(echo.port(), "");
     let p = spec("gh", ParentKind::Http, gh.addr("parent"), None);
     let (c, _) = client_side(&[]);
@@ -152,7 +152,7 @@ async fn unreachable_silent_and_garbage_parents_fail_cleanly() {
 
 #[tokio::test]
 async fn failover_goes_to_the_next_parent_and_to_direct() {
-    let echo = echo_server().await;
+    let echo = greeting_echo_server().await;
     let gh = parent_gatehouse(echo.port(), "");
     let closed = closed_port().await;
     let (c, policy) = client_side(&[
@@ -295,7 +295,7 @@ async fn plain_http_through_an_http_parent_uses_absolute_form_with_credentials()
 
 #[tokio::test]
 async fn socks5_parent_without_and_with_a_password() {
-    let echo = echo_server().await;
+    let echo = greeting_echo_server().await;
     let (c, _) = client_side(&[]);
     let open = socks5_parent(None).await;
     let p = spec("socks", ParentKind::Socks5, open, None);
@@ -347,7 +347,7 @@ async fn socks5_parent_without_and_with_a_password() {
 async fn an_http_client_through_a_socks_parent_and_back() {
     // Any door, any parent: route HTTP CONNECT-style traffic via SOCKS5, and a SOCKS-style
     // tunnel via the HTTP parent, through one route with both kinds.
-    let echo = echo_server().await;
+    let echo = greeting_echo_server().await;
     let gh = parent_gatehouse(echo.port(), "");
     let socks = socks5_parent(None).await;
     let (c, policy) = client_side(&[

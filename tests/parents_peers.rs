@@ -169,7 +169,7 @@ async fn dante_as_the_socks5_parent() {
         return;
     }
     let peer = dante();
-    let echo = echo_server().await;
+    let echo = greeting_echo_server().await;
     let (c, _) = client_side(&[]);
     let p = spec("dante", ParentKind::Socks5, peer.addr, None);
     for target in [
@@ -203,7 +203,7 @@ async fn squid_as_the_http_parent() {
         return;
     }
     let peer = squid();
-    let echo = echo_server().await;
+    let echo = greeting_echo_server().await;
     let origin = Origin::fixed("via squid").await;
     let (c, policy) = client_side(&[("squid", format!("http://{}", peer.addr))]);
     let p = policy.parent("squid").expect("parent").clone();

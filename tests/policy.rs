@@ -203,11 +203,7 @@ dest_addrs = ["127.0.0.0/8"]
 
 #[tokio::test]
 async fn connect_is_checked_by_the_same_rules() {
-    let echo = raw_origin(|mut s: tokio::net::TcpStream| async move {
-        let (mut r, mut w) = s.split();
-        let _ = tokio::io::copy(&mut r, &mut w).await;
-    })
-    .await;
+    let echo = echo_server().await;
     let cfg = format!(
         r#"{listener}
 [policy]

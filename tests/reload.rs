@@ -4,49 +4,13 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-async fn tunnel(proxy: std::net::SocketAddr, target: std::net::SocketAddr) -> TcpStream {
-    let mut s = TcpStream::connect(proxy).await.expect("connect proxy");
-    s.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
-        .await
-        .expect("write");
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        s.read_exact(&mut b).await.expect("read head");
-        head.push(b[0]);
-    }
-    assert!(
-        head.starts_with(b"HTTP/1.1 200"),
-        "{}",
-        String::from_utf8_lossy(&head)
-    );
-    s
-}
-
-async fn echo(s: &mut TcpStream, msg: &[u8]) {
-    s.write_all(msg).await.expect("write");
-    let mut back = vec![0u8; msg.len()];
-    tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut back))
-        .await
-        .expect("echo in time")
-        .expect("echo");
-    assert_eq!(back, msg);
-}
 
 // Multi-threaded: the echo server keeps running while the test blocks on the log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_applies_a_valid_config_and_keeps_tunnels() {
-    let echo_addr = raw_origin(|mut s: TcpStream| async move {
-        let (mut r, mut w) = s.split();
-        let _ = tokio::io::copy(&mut r, &mut w).await;
-    })
-    .await;
+    let echo_addr = echo_server().await;
     let origin = Origin::fixed("allowed").await;
     let listener = http_listener("http", &format!("connect_ports = [{}]", echo_addr.port()));
     let allow = format!("{listener}\n[[policy.rules]]\nname = \"loopback\"\naction = \"allow\"\ndest_addrs = [\"127.0.0.0/8\"]\n");
@@ -54,8 +18,8 @@ async fn sighup_applies_a_valid_config_and_keeps_tunnels() {
     let proxy = gh.addr("http");
     let (_, out, _) = curl(&["-x", &gh.proxy_url("http"), &origin.url("/")]).await;
     assert_eq!(out, b"allowed");
-    let mut t = tunnel(proxy, echo_addr).await;
-    echo(&mut t, b"before reload").await;
+    let mut t = open_tunnel(proxy, echo_addr).await;
+    echo_roundtrip(&mut t, b"before reload").await;
 
     // New config: the same listener, a deny-all policy, and a second listener.
     let deny = format!(
@@ -74,7 +38,7 @@ async fn sighup_applies_a_valid_config_and_keeps_tunnels() {
         .expect("second listener address in the log");
 
     // The established tunnel kept its old policy and still works.
-    echo(&mut t, b"after reload").await;
+    echo_roundtrip(&mut t, b"after reload").await;
     // New requests get the new policy, on both listeners.
     for p in [proxy, second] {
         let (_, out, _) = curl(&["-x", &format!("http://{p}"), "-i", &origin.url("/")]).await;
@@ -88,7 +52,7 @@ async fn sighup_applies_a_valid_config_and_keeps_tunnels() {
     gh.wait_stderr("keeping the running config");
     let (_, out, _) = curl(&["-x", &format!("http://{second}"), "-i", &origin.url("/")]).await;
     assert!(String::from_utf8_lossy(&out).starts_with("HTTP/1.1 403"));
-    echo(&mut t, b"still here").await;
+    echo_roundtrip(&mut t, b"still here").await;
 
     // Removing the second listener closes it; the first stays.
     std::fs::write(
@@ -103,5 +67,5 @@ async fn sighup_applies_a_valid_config_and_keeps_tunnels() {
         "removed listener still accepts"
     );
     assert!(TcpStream::connect(proxy).await.is_ok());
-    echo(&mut t, b"end").await;
+    echo_roundtrip(&mut t, b"end").await;
 }

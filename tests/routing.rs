@@ -55,11 +55,7 @@ dest_addrs = ["127.0.0.0/8"]
 async fn plain_http_and_connect_through_a_parent_with_failover() {
     let dir = tempfile::tempdir().expect("tmp");
     let origin = Origin::fixed("via the parent").await;
-    let echo = raw_origin(|mut s: TcpStream| async move {
-        let (mut r, mut w) = s.split();
-        let _ = tokio::io::copy(&mut r, &mut w).await;
-    })
-    .await;
+    let echo = echo_server().await;
     let parent = start_parent(dir.path(), &echo.port().to_string());
     let gh = Gatehouse::start(&child_config(
         &format!("connect_ports = [{}]", echo.port()),
@@ -91,21 +87,7 @@ async fn plain_http_and_connect_through_a_parent_with_failover() {
     let line = parent.wait_log("GET");
     assert!(line.contains(" child "), "the parent saw our login: {line}");
     // CONNECT: a tunnel through the parent.
-    let mut s = TcpStream::connect(gh.addr("http")).await.expect("connect");
-    s.write_all(format!("CONNECT {echo} HTTP/1.1\r\nHost: {echo}\r\n\r\n").as_bytes())
-        .await
-        .expect("write");
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        s.read_exact(&mut b).await.expect("head");
-        head.push(b[0]);
-    }
-    assert!(
-        head.starts_with(b"HTTP/1.1 200"),
-        "{}",
-        String::from_utf8_lossy(&head)
-    );
+    let mut s = open_tunnel(gh.addr("http"), echo).await;
     s.write_all(b"through two proxies").await.expect("write");
     let mut back = [0u8; 19];
     s.read_exact(&mut back).await.expect("echo");

@@ -790,3 +790,47 @@ pub fn users_file(dir: &std::path::Path, entries: &[(&str, &str, &str)]) -> Path
     }
     path
 }
+
+/// A TCP echo server.
+pub async fn echo_server() -> SocketAddr {
+    raw_origin(|mut s: tokio::net::TcpStream| async move {
+        let (mut r, mut w) = s.split();
+        let _ = tokio::io::copy(&mut r, &mut w).await;
+    })
+    .await
+}
+
+/// Opens a CONNECT tunnel through the proxy and returns the stream after the 200.
+pub async fn open_tunnel(proxy: SocketAddr, target: SocketAddr) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(proxy)
+        .await
+        .expect("connect proxy");
+    s.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).await.expect("read head");
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    s
+}
+
+/// Sends `msg` through an echoing tunnel and checks it comes back within 10 s.
+pub async fn echo_roundtrip(s: &mut tokio::net::TcpStream, msg: &[u8]) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(msg).await.expect("write");
+    let mut back = vec![0u8; msg.len()];
+    tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut back))
+        .await
+        .expect("echo in time")
+        .expect("echo");
+    assert_eq!(back, msg);
+}

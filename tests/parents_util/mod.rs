@@ -22,7 +22,7 @@ use super::common::raw_origin;
 pub const GREETING: &[u8] = b"HELLO from echo\n";
 
 /// A destination that greets, then echoes until EOF.
-pub async fn echo_server() -> SocketAddr {
+pub async fn greeting_echo_server() -> SocketAddr {
     raw_origin(|mut s| async move {
         if s.write_all(GREETING).await.is_err() {
             return;
