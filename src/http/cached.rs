@@ -287,22 +287,22 @@ impl HttpProxy {
             Outcome::Captured { head, body } => {
                 let key = cc.key.clone().or_else(|| primary_key(&cc.req));
                 let leader = cc.leader.take();
+                // The client already has the whole response; storing before this request
+                // ends (and before it is logged) means the next request for the URL, on
+                // any connection, finds it. Followers are done once the leader finishes.
                 if let Some(key) = key {
-                    // Store off the request path (the disk tier fsyncs); followers are done
-                    // once the leader finishes.
-                    let (cache, req, rt, st) = (
-                        cc.cache.clone(),
-                        cc.req.clone(),
-                        cc.request_time,
-                        cc.response_time,
-                    );
-                    tokio::spawn(async move {
-                        cache.store(&key, &req, &head, body, rt, st).await;
-                        if let Some(l) = leader {
-                            l.finish();
-                        }
-                    });
-                } else if let Some(l) = leader {
+                    cc.cache
+                        .store(
+                            &key,
+                            &cc.req,
+                            &head,
+                            body,
+                            cc.request_time,
+                            cc.response_time,
+                        )
+                        .await;
+                }
+                if let Some(l) = leader {
                     l.finish();
                 }
                 Finish::Done(keep)
