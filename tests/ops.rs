@@ -482,3 +482,37 @@ async fn udp_filter_any_passes_every_sender() {
         [b"stranger".to_vec(), b"peer".to_vec()]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_association_caches_name_lookups() {
+    use std::sync::atomic::Ordering;
+    let echo = UdpEcho::start("127.0.0.1:0").await;
+    // TTL 0: the resolver's own cache keeps nothing, so every lookup reaches this server.
+    let dns = Dns::start(&[("echo.test", "127.0.0.1".parse().expect("ip"))], 0).await;
+    let gh = Gatehouse::start(&format!("{}{}", socks_listener("s", ""), dns.config()));
+    let (_control, relay) = associate(gh.addr("s")).await;
+    let client = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    client.connect(relay).await.expect("connect");
+    let to_name = |payload: &[u8]| {
+        [
+            &[0, 0, 0, 3, 9][..],
+            b"echo.test",
+            &echo.addr.port().to_be_bytes(),
+            payload,
+        ]
+        .concat()
+    };
+    client.send(&to_name(b"one")).await.expect("send");
+    assert_eq!(recv_payload(&client).await, b"one");
+    let first = dns.queries.load(Ordering::SeqCst);
+    assert!(first > 0, "the name was looked up");
+    for p in [&b"two"[..], b"three"] {
+        client.send(&to_name(p)).await.expect("send");
+        assert_eq!(recv_payload(&client).await, p);
+    }
+    assert_eq!(
+        dns.queries.load(Ordering::SeqCst),
+        first,
+        "later datagrams to the name use the association's cache"
+    );
+}
