@@ -237,10 +237,8 @@ impl Server {
                 "access_log",
                 format!("{:?}", self.config.access_log) != format!("{:?}", new.access_log),
             ),
-            (
-                "admin",
-                format!("{:?}", self.config.admin) != format!("{:?}", new.admin),
-            ),
+            // Compared by value: its Debug masks the token.
+            ("admin", self.config.admin != new.admin),
             ("cache", self.config.cache != new.cache),
             (
                 "limits",

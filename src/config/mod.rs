@@ -151,7 +151,7 @@ pub struct AccessLogConfig {
     pub format: LogFormat,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
     /// Destinations the generated `/proxy.pac` sends DIRECT: `name`, `*.suffix` or a CIDR.
@@ -163,7 +163,7 @@ pub struct AdminConfig {
 }
 
 /// Where the admin token comes from: the config itself, or a file read at start-up.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum AdminToken {
     Inline(Password),
     File(PathBuf),
