@@ -76,6 +76,17 @@ impl AccessRecord {
 pub struct AccessLog {
     tx: Option<mpsc::Sender<AccessRecord>>,
     metrics: Arc<Metrics>,
+    /// Tells the writer to reopen its file (SIGUSR1, after logrotate moved it away).
+    reopen: Arc<tokio::sync::Notify>,
+}
+
+async fn open_file(path: &std::path::Path) -> anyhow::Result<tokio::fs::File> {
+    tokio::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot open access log {}: {e}", path.display()))
 }
 
 const QUEUE: usize = 16 * 1024;
@@ -83,30 +94,37 @@ const QUEUE: usize = 16 * 1024;
 impl AccessLog {
     /// Opens the log target and starts the writer task.
     pub async fn start(cfg: &AccessLogConfig, metrics: Arc<Metrics>) -> anyhow::Result<AccessLog> {
-        let out: Box<dyn AsyncWrite + Send + Unpin> = match &cfg.target {
-            LogTarget::Off => return Ok(AccessLog { tx: None, metrics }),
-            LogTarget::Stdout => Box::new(tokio::io::stdout()),
-            LogTarget::File(path) => Box::new(
-                tokio::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)
-                    .await
-                    .map_err(|e| {
-                        anyhow::anyhow!("cannot open access log {}: {e}", path.display())
-                    })?,
-            ),
+        let reopen = Arc::new(tokio::sync::Notify::new());
+        let (out, path): (Box<dyn AsyncWrite + Send + Unpin>, _) = match &cfg.target {
+            LogTarget::Off => return Ok(AccessLog::disabled(metrics)),
+            LogTarget::Stdout => (Box::new(tokio::io::stdout()), None),
+            LogTarget::File(path) => (Box::new(open_file(path).await?), Some(path.clone())),
         };
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(write_loop(rx, BufWriter::new(out), cfg.format));
+        let file = Reopen {
+            path,
+            signal: reopen.clone(),
+        };
+        tokio::spawn(write_loop(rx, BufWriter::new(out), cfg.format, file));
         Ok(AccessLog {
             tx: Some(tx),
             metrics,
+            reopen,
         })
     }
 
     pub fn disabled(metrics: Arc<Metrics>) -> AccessLog {
-        AccessLog { tx: None, metrics }
+        AccessLog {
+            tx: None,
+            metrics,
+            reopen: Arc::default(),
+        }
+    }
+
+    /// Reopens the log file at its configured path (records queued before go to the old
+    /// one). Nothing to do for stdout or off.
+    pub fn reopen(&self) {
+        self.reopen.notify_one();
     }
 
     pub fn log(&self, rec: AccessRecord) {
@@ -118,12 +136,39 @@ impl AccessLog {
     }
 }
 
+/// The writer's file and the signal to open it anew.
+struct Reopen {
+    path: Option<std::path::PathBuf>,
+    signal: Arc<tokio::sync::Notify>,
+}
+
 async fn write_loop(
     mut rx: mpsc::Receiver<AccessRecord>,
     mut out: BufWriter<Box<dyn AsyncWrite + Send + Unpin>>,
     format: LogFormat,
+    file: Reopen,
 ) {
-    while let Some(rec) = rx.recv().await {
+    loop {
+        let rec = tokio::select! {
+            biased;
+            _ = file.signal.notified() => {
+                let _ = out.flush().await;
+                if let Some(path) = &file.path {
+                    match open_file(path).await {
+                        Ok(f) => {
+                            out = BufWriter::new(Box::new(f));
+                            tracing::info!("access log reopened: {}", path.display());
+                        }
+                        Err(e) => tracing::error!("{e:#}; still writing to the old file"),
+                    }
+                }
+                continue;
+            }
+            rec = rx.recv() => match rec {
+                Some(rec) => rec,
+                None => break,
+            },
+        };
         let mut batch = vec![rec];
         while let Ok(more) = rx.try_recv() {
             batch.push(more);

@@ -1,4 +1,5 @@
-//! The admin listener (off unless configured): `/healthz` and `/metrics`.
+//! The admin listener (off unless configured): `/healthz`, `/metrics`, `/proxy.pac`, and
+//! `POST /cache/purge` (only with the configured bearer token).
 //!
 //! One request per connection, small bounded heads, short timeouts: it must stay cheap and
 //! must not be a way to tie up the proxy.
@@ -10,14 +11,18 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::config::Password;
 use crate::http::codec::{self, Headers};
+use crate::metrics::Format;
 use crate::server::Services;
 
 const MAX_HEAD: usize = 8 * 1024;
 const TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_CONNECTIONS: usize = 64;
 
-pub async fn serve(socket: TcpListener, svc: Arc<Services>) {
+/// Serves the admin listener. `token`: the bearer token for mutating endpoints (off without).
+pub async fn serve(socket: TcpListener, svc: Arc<Services>, token: Option<Password>) {
+    let token = Arc::new(token);
     let limit = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let Ok(permit) = limit.clone().acquire_owned().await else {
@@ -35,14 +40,20 @@ pub async fn serve(socket: TcpListener, svc: Arc<Services>) {
             _ = svc.shutdown.draining() => return,
         };
         let svc = svc.clone();
+        let token = token.clone();
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(TIMEOUT, handle(stream, &svc)).await;
+            let _ =
+                tokio::time::timeout(TIMEOUT, handle(stream, &svc, token.as_ref().as_ref())).await;
             drop(permit);
         });
     }
 }
 
-async fn handle(mut stream: TcpStream, svc: &Services) -> std::io::Result<()> {
+async fn handle(
+    mut stream: TcpStream,
+    svc: &Services,
+    token: Option<&Password>,
+) -> std::io::Result<()> {
     let mut buf = BytesMut::with_capacity(1024);
     let head = loop {
         match codec::parse_request(&buf, MAX_HEAD) {
@@ -58,7 +69,10 @@ async fn handle(mut stream: TcpStream, svc: &Services) -> std::io::Result<()> {
         .as_ref()
         .map(|h| h.target.split_once('?').unwrap_or((h.target.as_str(), "")));
     if let (Some(h), Some(("/cache/purge", query))) = (head.as_ref(), path_query) {
-        let (status, body) = purge(svc, &h.method, query).await;
+        let (status, body) = match authorize(token, &h.headers) {
+            Ok(()) => purge(svc, &h.method, query).await,
+            Err((status, why)) => (status, why.to_string()),
+        };
         return respond(&mut stream, status, "text/plain", &body).await;
     }
     let (status, ctype, body) = match head
@@ -78,11 +92,10 @@ async fn handle(mut stream: TcpStream, svc: &Services) -> std::io::Result<()> {
             "application/x-ns-proxy-autoconfig",
             svc.pac.load().as_ref().clone(),
         ),
-        Some(("GET", "/metrics")) => (
-            200,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            metrics_text(svc),
-        ),
+        Some(("GET", "/metrics")) => {
+            let format = Format::negotiate(head.as_ref().and_then(|h| h.headers.get_str("Accept")));
+            (200, format.content_type(), metrics_text(svc, format))
+        }
         Some((_, "/healthz" | "/metrics")) => {
             (405, "text/plain", "method not allowed\n".to_string())
         }
@@ -99,6 +112,9 @@ async fn respond(
 ) -> std::io::Result<()> {
     let mut h = Headers::default();
     h.push("Content-Type", ctype);
+    if status == 401 {
+        h.push("WWW-Authenticate", "Bearer realm=\"gatehouse admin\"");
+    }
     h.push("Content-Length", body.len().to_string());
     h.push("Connection", "close");
     let mut out = Vec::with_capacity(body.len() + 128);
@@ -132,81 +148,85 @@ async fn purge(svc: &Services, method: &str, query: &str) -> (u16, String) {
     }
 }
 
-/// The registry's metrics plus the cache's counters, read at scrape time.
-fn metrics_text(svc: &Services) -> String {
-    let mut text = svc.metrics.encode();
-    let Some(cache) = svc.cache.as_ref() else {
-        return text;
+/// The registry's metrics plus the cache's, read at scrape time, in the negotiated format.
+fn metrics_text(svc: &Services, format: Format) -> String {
+    let mut text = svc.metrics.encode_families();
+    if let Some(cache) = svc.cache.as_ref() {
+        cache.stats().encode_openmetrics(&mut text);
+    }
+    crate::metrics::finish(text, format)
+}
+
+/// Whether a request may use a mutating endpoint: `Ok` with the right bearer token, else the
+/// refusal to send. Without a configured token these endpoints are off. A request a browser
+/// sent for a web page (it carries `Origin`) is refused whatever it carries.
+fn authorize(token: Option<&Password>, headers: &Headers) -> Result<(), (u16, &'static str)> {
+    let Some(token) = token else {
+        return Err((
+            403,
+            "mutating admin endpoints are off: set [admin] token or token_file\n",
+        ));
     };
-    let eof = text.rfind("# EOF").unwrap_or(text.len());
-    text.truncate(eof);
-    let st = cache.stats();
-    let counters = [
-        ("hits", "Responses served from the cache", st.hits),
-        (
-            "misses",
-            "Cacheable requests not found in the cache",
-            st.misses,
-        ),
-        (
-            "stale_served",
-            "Stale responses served (stale-while-revalidate, stale-if-error)",
-            st.stale_served,
-        ),
-        (
-            "revalidations",
-            "Conditional requests sent to validate stored responses",
-            st.revalidations,
-        ),
-        (
-            "not_modified",
-            "Stored responses confirmed by a 304",
-            st.not_modified,
-        ),
-        ("stores", "Responses stored", st.stores),
-        (
-            "store_errors",
-            "Responses a tier failed to store",
-            st.store_errors,
-        ),
-        (
-            "invalidations",
-            "Stored responses invalidated by unsafe methods",
-            st.invalidations,
-        ),
-    ];
-    for (name, help, v) in counters {
-        text.push_str(&format!(
-            "# HELP gatehouse_cache_{name} {help}.\n# TYPE gatehouse_cache_{name} counter\ngatehouse_cache_{name}_total {v}\n"
-        ));
+    if headers.contains("Origin") {
+        return Err((403, "cross-origin requests are refused\n"));
     }
-    let tiers: Vec<_> = [("memory", st.memory), ("disk", st.disk)]
-        .into_iter()
-        .filter_map(|(n, t)| t.map(|t| (n, t)))
-        .collect();
-    type Field = fn(&crate::cache::store::TierStats) -> u64;
-    let gauges: [(&str, &str, Field); 2] = [
-        ("bytes", "Bytes stored, per tier", |t| t.bytes),
-        ("entries", "Entries stored, per tier", |t| t.entries),
-    ];
-    for (name, help, get) in gauges {
-        text.push_str(&format!(
-            "# HELP gatehouse_cache_{name} {help}.\n# TYPE gatehouse_cache_{name} gauge\n"
-        ));
-        for (n, t) in &tiers {
-            text.push_str(&format!(
-                "gatehouse_cache_{name}{{tier=\"{n}\"}} {}\n",
-                get(t)
-            ));
+    let given = headers
+        .get_str("Authorization")
+        .and_then(|v| v.trim().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("Bearer"))
+        .map(|(_, t)| t.trim());
+    match given {
+        Some(t) if token.matches(t.as_bytes()) => Ok(()),
+        _ => Err((401, "a valid Authorization: Bearer token is required\n")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(list: &[(&str, &str)]) -> Headers {
+        let mut h = Headers::default();
+        for (k, v) in list {
+            h.push(k, *v);
         }
+        h
     }
-    text.push_str("# HELP gatehouse_cache_evictions Entries evicted to make room, per tier.\n# TYPE gatehouse_cache_evictions counter\n");
-    for (n, t) in &tiers {
-        text.push_str(&format!(
-            "gatehouse_cache_evictions_total{{tier=\"{n}\"}} {}\n",
-            t.evictions
-        ));
+
+    #[test]
+    fn purge_needs_the_token() {
+        let t = Password::new("s3cret");
+        assert_eq!(authorize(None, &headers(&[])).map_err(|e| e.0), Err(403));
+        assert_eq!(
+            authorize(None, &headers(&[("Authorization", "Bearer s3cret")])).map_err(|e| e.0),
+            Err(403)
+        );
+        assert_eq!(
+            authorize(Some(&t), &headers(&[])).map_err(|e| e.0),
+            Err(401)
+        );
+        assert_eq!(
+            authorize(Some(&t), &headers(&[("Authorization", "Bearer s3cre")])).map_err(|e| e.0),
+            Err(401)
+        );
+        assert_eq!(
+            authorize(Some(&t), &headers(&[("Authorization", "Basic s3cret")])).map_err(|e| e.0),
+            Err(401)
+        );
+        assert_eq!(
+            authorize(Some(&t), &headers(&[("Authorization", "bearer s3cret")])),
+            Ok(())
+        );
+        assert_eq!(
+            authorize(
+                Some(&t),
+                &headers(&[
+                    ("Authorization", "Bearer s3cret"),
+                    ("Origin", "http://evil.example")
+                ])
+            )
+            .map_err(|e| e.0),
+            Err(403)
+        );
     }
-    text.push_str("# EOF\n");
-    text
 }

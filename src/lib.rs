@@ -21,4 +21,5 @@ pub mod shutdown;
 pub mod socks;
 #[cfg(target_os = "linux")]
 pub mod splice;
+pub mod startup;
 pub mod upstream;

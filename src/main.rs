@@ -89,8 +89,15 @@ fn main() -> ExitCode {
             print!("{}", gatehouse::config::DEFAULT_CONFIG.trim_start());
             ExitCode::SUCCESS
         }
-        Some(Command::Check) => match Config::parse(&text) {
-            Ok(c) => {
+        // `check` runs every start-up check short of binding: the same function the start uses.
+        Some(Command::Check) => match Config::parse(&text).and_then(|c| {
+            let p = gatehouse::startup::prepare(&c)?;
+            Ok((c, p))
+        }) {
+            Ok((c, p)) => {
+                for w in &p.warnings {
+                    eprintln!("gatehouse: {source}: warning: {w}");
+                }
                 println!("{source}: ok ({} listener(s))", c.listeners.len());
                 ExitCode::SUCCESS
             }
@@ -107,7 +114,17 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
+            let prepared = match gatehouse::startup::prepare(&config) {
+                Ok(p) => p,
+                Err(errs) => {
+                    report(&source, &errs);
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
             init_logging();
+            for w in &prepared.warnings {
+                tracing::warn!("{source}: {w}");
+            }
             raise_fd_limit();
             let rt = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -119,7 +136,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_START);
                 }
             };
-            match rt.block_on(run(config, cli.config.clone())) {
+            match rt.block_on(run(config, prepared, cli.config.clone())) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");
@@ -234,11 +251,18 @@ async fn reload(server: &mut Server, path: Option<&std::path::Path>) {
     }
 }
 
-async fn run(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
+async fn run(
+    config: Config,
+    prepared: gatehouse::startup::Prepared,
+    path: Option<PathBuf>,
+) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
-    let mut server = Server::start(&config).await?;
+    // Installed before anything runs: their default action would kill the process at once.
+    let mut usr1 = signal(SignalKind::user_defined1()).context("installing SIGUSR1 handler")?;
+    let mut usr2 = signal(SignalKind::user_defined2()).context("installing SIGUSR2 handler")?;
+    let mut server = Server::start_prepared(&config, prepared).await?;
     for (name, addr) in server.bound() {
         tracing::info!(listener = %name, %addr, "ready");
     }
@@ -247,11 +271,17 @@ async fn run(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
     }
     tracing::info!("all listeners ready");
 
-    // SIGHUP: reload. SIGTERM: graceful drain. SIGINT: exit at once. A second signal during
+    // SIGHUP: reload. SIGUSR1: reopen the access log file (after logrotate moved it).
+    // SIGUSR2: ignored. SIGTERM: graceful drain. SIGINT: exit at once. A second signal during
     // a drain: at once.
     loop {
         tokio::select! {
             _ = hup.recv() => reload(&mut server, path.as_deref()).await,
+            _ = usr1.recv() => {
+                server.services.access_log.reopen();
+                tracing::info!("SIGUSR1: reopening the access log");
+            }
+            _ = usr2.recv() => tracing::info!("SIGUSR2: ignored"),
             _ = term.recv() => break,
             _ = int.recv() => {
                 tracing::info!("SIGINT: exiting now");

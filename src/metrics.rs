@@ -119,12 +119,167 @@ impl Metrics {
         }
     }
 
-    /// The Prometheus text exposition format.
-    pub fn encode(&self) -> String {
+    /// The registry's families in OpenMetrics text, without the closing `# EOF` (so more
+    /// families can follow; see [`finish`]).
+    pub fn encode_families(&self) -> String {
         let mut out = String::new();
-        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+        if prometheus_client::encoding::text::encode_registry(&mut out, &self.registry).is_err() {
             out.clear();
         }
         out
+    }
+
+    /// The whole registry in OpenMetrics text.
+    pub fn encode(&self) -> String {
+        finish(self.encode_families(), Format::OpenMetrics)
+    }
+}
+
+/// The two exposition formats `/metrics` speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// The Prometheus text format 0.0.4 (what `promtool check metrics` reads).
+    Text,
+    /// OpenMetrics 1.0 text.
+    OpenMetrics,
+}
+
+impl Format {
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Text => "text/plain; version=0.0.4; charset=utf-8",
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        }
+    }
+
+    /// Picks the format from an `Accept` field: OpenMetrics when it is asked for at least as
+    /// strongly as plain text (Prometheus asks for it first), else the 0.0.4 text format,
+    /// which is also the answer to a request without `Accept`.
+    pub fn negotiate(accept: Option<&str>) -> Format {
+        let Some(accept) = accept else {
+            return Format::Text;
+        };
+        let (mut om, mut text) = (0.0f32, 0.0f32);
+        for range in accept.split(',') {
+            let mut parts = range.split(';').map(str::trim);
+            let media = parts.next().unwrap_or("").to_ascii_lowercase();
+            let q = parts
+                .filter_map(|p| p.split_once('='))
+                .find(|(k, _)| k.trim().eq_ignore_ascii_case("q"))
+                .and_then(|(_, v)| v.trim().parse::<f32>().ok())
+                .unwrap_or(1.0)
+                .clamp(0.0, 1.0);
+            match media.as_str() {
+                "application/openmetrics-text" => om = om.max(q),
+                "text/plain" | "text/*" | "*/*" => text = text.max(q),
+                _ => {}
+            }
+        }
+        if om > 0.0 && om >= text {
+            Format::OpenMetrics
+        } else {
+            Format::Text
+        }
+    }
+}
+
+/// Closes OpenMetrics families (from [`Metrics::encode_families`] and any appended after) in
+/// the wanted format. For the 0.0.4 text format a counter family is named with its `_total`
+/// suffix in `# HELP` and `# TYPE` (as its samples are), `# UNIT` and `# EOF` go, and
+/// `unknown` is `untyped`.
+pub fn finish(openmetrics: String, format: Format) -> String {
+    match format {
+        Format::OpenMetrics => openmetrics + "# EOF\n",
+        Format::Text => {
+            let counters: std::collections::HashSet<&str> = openmetrics
+                .lines()
+                .filter_map(|l| l.strip_prefix("# TYPE "))
+                .filter_map(|rest| rest.strip_suffix(" counter"))
+                .collect();
+            let mut out = String::with_capacity(openmetrics.len());
+            for line in openmetrics.lines() {
+                if line.starts_with("# UNIT ") || line == "# EOF" {
+                    continue;
+                }
+                let meta = ["# HELP ", "# TYPE "]
+                    .into_iter()
+                    .find_map(|p| line.strip_prefix(p).map(|rest| (p, rest)));
+                match meta {
+                    Some((p, rest)) => {
+                        let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                        let name = if counters.contains(name) {
+                            format!("{name}_total")
+                        } else {
+                            name.to_string()
+                        };
+                        let tail = if p == "# TYPE " && tail == "unknown" {
+                            "untyped"
+                        } else {
+                            tail
+                        };
+                        out.push_str(&format!("{p}{name} {tail}"));
+                    }
+                    // Exemplars are OpenMetrics only.
+                    None => out.push_str(line.split(" # {").next().unwrap_or(line)),
+                }
+                out.push('\n');
+            }
+            out
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn negotiation() {
+        assert_eq!(Format::negotiate(None), Format::Text);
+        assert_eq!(Format::negotiate(Some("text/plain")), Format::Text);
+        assert_eq!(Format::negotiate(Some("*/*")), Format::Text);
+        assert_eq!(
+            Format::negotiate(Some("application/openmetrics-text")),
+            Format::OpenMetrics
+        );
+        // What Prometheus sends.
+        assert_eq!(
+            Format::negotiate(Some(
+                "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+            )),
+            Format::OpenMetrics
+        );
+        assert_eq!(
+            Format::negotiate(Some("application/openmetrics-text;q=0.2, text/plain")),
+            Format::Text
+        );
+        assert_eq!(
+            Format::negotiate(Some("application/openmetrics-text;q=0")),
+            Format::Text
+        );
+    }
+
+    #[test]
+    fn text_format_names_counters_with_total_and_has_no_eof() {
+        let m = Metrics::new();
+        m.request("http", 200);
+        let text = finish(m.encode_families(), Format::Text);
+        assert!(
+            text.contains("# TYPE gatehouse_requests_total counter\n"),
+            "{text}"
+        );
+        assert!(text.contains("# HELP gatehouse_requests_total "), "{text}");
+        assert!(
+            text.contains("gatehouse_requests_total{listener=\"http\",class=\"2xx\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE gatehouse_upstream_connect_seconds histogram\n"),
+            "{text}"
+        );
+        assert!(!text.contains("# EOF"), "{text}");
+        let om = m.encode();
+        assert!(om.ends_with("# EOF\n"), "{om}");
+        assert!(om.contains("# TYPE gatehouse_requests counter\n"), "{om}");
     }
 }

@@ -4,13 +4,29 @@
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 
-use crate::config::{Config, ListenerKind, PacDirect};
+use crate::config::{AuthMethod, Config, ListenerConfig, ListenerKind, PacDirect};
+use crate::policy::PolicyConfig;
+
+/// Whether a browser can use this listener: every HTTP listener (browsers answer 407 with a
+/// login), and SOCKS listeners that need no login and no TLS (browsers speak SOCKS5 without
+/// authentication only).
+pub fn offered(l: &ListenerConfig, policy: &PolicyConfig) -> bool {
+    match &l.kind {
+        ListenerKind::Http(_) => true,
+        ListenerKind::Socks(s) => {
+            s.users.is_empty()
+                && s.tls.is_none()
+                && s.auth.contains(&AuthMethod::None)
+                && !policy.listeners.get(&l.name).is_some_and(|p| p.auth)
+        }
+    }
+}
 
 /// `FindProxyForURL` for this config: plain host names and the configured destinations go
-/// DIRECT; everything else goes through the HTTP listeners and the plain, password-less SOCKS
-/// listeners, in config order. There is no
+/// DIRECT; everything else goes through the [`offered`] listeners in config order. There is no
 /// DIRECT fallback: a proxy that is part of the firewall must not be bypassed when it is down.
 /// `bound` gives each listener's actual address (port 0 in the config becomes a real port).
+/// A listener bound to every address is named by `pac_host` (the config reader requires it).
 pub fn generate(config: &Config, bound: &[(String, SocketAddr)]) -> String {
     let admin = config.admin.as_ref();
     let host_of = |ip: IpAddr| -> Option<String> {
@@ -30,16 +46,14 @@ pub fn generate(config: &Config, bound: &[(String, SocketAddr)]) -> String {
                 .iter()
                 .find(|(n, _)| *n == l.name)
                 .map_or(l.listen, |(_, a)| *a);
-            match &l.kind {
-                ListenerKind::Http(_) => {
-                    host_of(addr.ip()).map(|h| format!("PROXY {h}:{}", addr.port()))
-                }
-                // Browsers speak SOCKS5 without authentication only.
-                ListenerKind::Socks(s) if s.users.is_empty() && s.tls.is_none() => {
-                    host_of(addr.ip()).map(|h| format!("SOCKS5 {h}:{}", addr.port()))
-                }
-                ListenerKind::Socks(_) => None,
+            if !offered(l, &config.policy) {
+                return None;
             }
+            let scheme = match &l.kind {
+                ListenerKind::Http(_) => "PROXY",
+                ListenerKind::Socks(_) => "SOCKS5",
+            };
+            host_of(addr.ip()).map(|h| format!("{scheme} {h}:{}", addr.port()))
         })
         .collect();
     let mut js = String::from("function FindProxyForURL(url, host) {\n");
@@ -47,7 +61,8 @@ pub fn generate(config: &Config, bound: &[(String, SocketAddr)]) -> String {
     for d in admin.map(|a| a.pac_direct.as_slice()).unwrap_or_default() {
         let cond = match d {
             PacDirect::Name(n) => format!("host == \"{n}\""),
-            PacDirect::Suffix(s) => format!("host == \"{s}\" || dnsDomainIs(host, \".{s}\")"),
+            PacDirect::Subdomains(s) => format!("dnsDomainIs(host, \".{s}\")"),
+            PacDirect::Domain(s) => format!("host == \"{s}\" || dnsDomainIs(host, \".{s}\")"),
             PacDirect::Net(ipnet::IpNet::V4(n)) => {
                 format!(
                     "isInNet(dnsResolve(host), \"{}\", \"{}\")",
@@ -122,5 +137,71 @@ open = true
             errs.iter().any(|e| e.path == "admin.pac_direct[0]"),
             "{errs:?}"
         );
+    }
+
+    fn pac(text: &str) -> String {
+        generate(&Config::parse(text).expect("valid"), &[])
+    }
+
+    #[test]
+    fn star_dot_is_subdomains_only_and_leading_dot_includes_the_name() {
+        let js = pac(
+            "[[listeners]]\nname=\"a\"\nkind=\"http\"\nlisten=\"127.0.0.1:3128\"\n[admin]\nlisten=\"127.0.0.1:2\"\npac_direct=[\"*.corp\", \".lan\"]\n",
+        );
+        assert!(
+            js.contains("if (dnsDomainIs(host, \".corp\")) return"),
+            "{js}"
+        );
+        assert!(
+            !js.contains("host == \"corp\""),
+            "*.corp must not match corp: {js}"
+        );
+        assert!(
+            js.contains("if (host == \"lan\" || dnsDomainIs(host, \".lan\")) return"),
+            "{js}"
+        );
+    }
+
+    #[test]
+    fn socks_listeners_that_need_a_login_are_never_offered() {
+        let js = pac(r#"
+[[listeners]]
+name = "plain"
+kind = "socks"
+listen = "127.0.0.1:1080"
+[[listeners]]
+name = "policy-auth"
+kind = "socks"
+listen = "127.0.0.1:1081"
+[[listeners]]
+name = "own-users"
+kind = "socks"
+listen = "127.0.0.1:1082"
+[[listeners.users]]
+name = "u"
+password = "p"
+[admin]
+listen = "127.0.0.1:9090"
+[policy]
+users_file = "/nonexistent"
+[policy.listeners.policy-auth]
+auth = true
+"#);
+        assert!(js.contains("return \"SOCKS5 127.0.0.1:1080\";"), "{js}");
+        assert!(!js.contains("1081") && !js.contains("1082"), "{js}");
+    }
+
+    #[test]
+    fn every_address_without_pac_host_is_a_config_error() {
+        let text = "[[listeners]]\nname=\"a\"\nkind=\"http\"\nlisten=\"0.0.0.0:3128\"\n[admin]\nlisten=\"127.0.0.1:2\"\n[policy.listeners.a]\nopen = true\n";
+        let errs = Config::parse(text).expect_err("invalid");
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].path, "admin.pac_host");
+        assert_eq!(errs[0].line, Some(5));
+        // With pac_host, or without an admin listener (no PAC), it is fine.
+        let ok = text.replace("[policy", "pac_host = \"proxy.example\"\n[policy");
+        assert!(pac(&ok).contains("PROXY proxy.example:3128"));
+        let no_admin = text.replace("[admin]\nlisten=\"127.0.0.1:2\"\n", "");
+        assert!(Config::parse(&no_admin).is_ok());
     }
 }

@@ -18,7 +18,7 @@ use crate::http::pool::Pool;
 use crate::listener;
 use crate::metrics::Metrics;
 use crate::policy::login::LoginLimiter;
-use crate::policy::{Policy, PolicyHolder};
+use crate::policy::PolicyHolder;
 use crate::shutdown::Shutdown;
 
 /// What every listener shares: one connector, one upstream pool, metrics, the access log and
@@ -59,16 +59,10 @@ pub fn own_addresses(config: &Config) -> Vec<std::net::IpAddr> {
     ips
 }
 
-/// Compiles the policy and applies the open-proxy guard to every listener.
-pub fn compile_policy(config: &Config) -> anyhow::Result<Policy> {
-    let policy =
-        Policy::compile(&config.policy, own_addresses(config)).context("compiling [policy]")?;
-    for l in &config.listeners {
-        if let Err(e) = policy.open_proxy_check(&l.name, l.listen.ip()) {
-            anyhow::bail!("{e}");
-        }
-    }
-    Ok(policy)
+/// Every start-up problem, one per line with its key path and line, as one error.
+fn problems(errs: Vec<crate::config::ConfigError>) -> anyhow::Error {
+    let lines: Vec<String> = errs.iter().map(ToString::to_string).collect();
+    anyhow::anyhow!("{}", lines.join("\n"))
 }
 
 pub struct Server {
@@ -84,11 +78,20 @@ impl Server {
     /// Binds all listeners and starts serving. Errors here are start-up errors (address in
     /// use, resolver configuration), reported before anything runs.
     pub async fn start(config: &Config) -> anyhow::Result<Server> {
+        let prepared = crate::startup::prepare(config).map_err(problems)?;
+        Self::start_prepared(config, prepared).await
+    }
+
+    /// Starts with what [`crate::startup::prepare`] checked and produced.
+    pub async fn start_prepared(
+        config: &Config,
+        prepared: crate::startup::Prepared,
+    ) -> anyhow::Result<Server> {
         let metrics = Arc::new(Metrics::new());
         let access_log = AccessLog::start(&config.access_log, metrics.clone()).await?;
         let connector = Connector::new(&config.dns, &config.upstream, metrics.clone())
             .context("setting up the DNS resolver")?;
-        let policy = compile_policy(config)?;
+        let policy = prepared.policy;
         let wanted = config
             .listeners
             .iter()
@@ -153,7 +156,11 @@ impl Server {
         let admin = match admin_socket {
             Some(s) => {
                 let addr = s.local_addr()?;
-                tokio::spawn(crate::admin::serve(s, services.clone()));
+                tokio::spawn(crate::admin::serve(
+                    s,
+                    services.clone(),
+                    prepared.admin_token,
+                ));
                 Some(addr)
             }
             None => None,
@@ -180,7 +187,7 @@ impl Server {
     /// Settings of the shared services ([dns], [upstream], [access_log], [admin], [cache],
     /// [shutdown]) need a restart; a change there is reported, not applied.
     pub async fn reload(&mut self, new: Config) -> anyhow::Result<()> {
-        let policy = compile_policy(&new)?;
+        let policy = crate::startup::prepare(&new).map_err(problems)?.policy;
         let old = std::mem::take(&mut self.listeners);
         let (keep, stop): (Vec<_>, Vec<_>) = old
             .into_iter()
@@ -230,10 +237,8 @@ impl Server {
                 "access_log",
                 format!("{:?}", self.config.access_log) != format!("{:?}", new.access_log),
             ),
-            (
-                "admin",
-                format!("{:?}", self.config.admin) != format!("{:?}", new.admin),
-            ),
+            // Compared by value: its Debug masks the token.
+            ("admin", self.config.admin != new.admin),
             ("cache", self.config.cache != new.cache),
             (
                 "limits",

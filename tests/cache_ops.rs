@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use tokio::io::AsyncWriteExt;
 
-const ADMIN: &str = "[admin]\nlisten = \"127.0.0.1:0\"\n";
+const ADMIN: &str = "[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"test-admin-token\"\n";
 
 /// A caching listener "http", the `[cache]` section (`enabled = true` unless `cache` says
 /// otherwise) and the admin listener.
@@ -32,6 +32,7 @@ async fn purge(admin: SocketAddr, param: &str, value: &str) -> (u16, String) {
     let enc: String = url::form_urlencoded::byte_serialize(value.as_bytes()).collect();
     let r = reqwest::Client::new()
         .post(format!("http://{admin}/cache/purge?{param}={enc}"))
+        .bearer_auth("test-admin-token")
         .send()
         .await
         .expect("purge request");

@@ -54,3 +54,81 @@ impl Cache {
         }
     }
 }
+
+impl CacheStats {
+    /// The cache's metric families in OpenMetrics text (without `# EOF`), read at scrape time.
+    pub fn encode_openmetrics(&self, text: &mut String) {
+        use std::fmt::Write as _;
+        let counters = [
+            ("hits", "Responses served from the cache", self.hits),
+            (
+                "misses",
+                "Cacheable requests not found in the cache",
+                self.misses,
+            ),
+            (
+                "stale_served",
+                "Stale responses served (stale-while-revalidate, stale-if-error)",
+                self.stale_served,
+            ),
+            (
+                "revalidations",
+                "Conditional requests sent to validate stored responses",
+                self.revalidations,
+            ),
+            (
+                "not_modified",
+                "Stored responses confirmed by a 304",
+                self.not_modified,
+            ),
+            ("stores", "Responses stored", self.stores),
+            (
+                "store_errors",
+                "Responses a tier failed to store",
+                self.store_errors,
+            ),
+            (
+                "invalidations",
+                "Stored responses invalidated by unsafe methods",
+                self.invalidations,
+            ),
+        ];
+        for (name, help, v) in counters {
+            let _ = write!(
+                text,
+                "# HELP gatehouse_cache_{name} {help}.\n# TYPE gatehouse_cache_{name} counter\ngatehouse_cache_{name}_total {v}\n"
+            );
+        }
+        let tiers: Vec<_> = [("memory", self.memory), ("disk", self.disk)]
+            .into_iter()
+            .filter_map(|(n, t)| t.map(|t| (n, t)))
+            .collect();
+        type Field = fn(&TierStats) -> u64;
+        let families: [(&str, &str, &str, Field); 3] = [
+            ("bytes", "gauge", "Bytes stored, per tier", |t| t.bytes),
+            ("entries", "gauge", "Entries stored, per tier", |t| {
+                t.entries
+            }),
+            (
+                "evictions",
+                "counter",
+                "Entries evicted to make room, per tier",
+                |t| t.evictions,
+            ),
+        ];
+        for (name, kind, help, get) in families {
+            let _ = write!(
+                text,
+                "# HELP gatehouse_cache_{name} {help}.\n# TYPE gatehouse_cache_{name} {kind}\n"
+            );
+            let sample = if kind == "counter" { "_total" } else { "" };
+            for (n, t) in &tiers {
+                let _ = writeln!(
+                    text,
+                    "gatehouse_cache_{name}{sample}{{tier=\"{n}\"}} {}",
+                    get(t)
+                );
+            }
+        }
+    }
+}

@@ -11,9 +11,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use reader::ConfigError;
+pub use reader::{ConfigError, KeyLines};
 use reader::{Problems, Section};
-pub use socks::{AuthMethod, Password, SocksListenerConfig, SocksUser, TlsFiles};
+pub use socks::{AuthMethod, Password, SocksListenerConfig, SocksUser, TlsFiles, UdpFilter};
 
 /// The built-in default: safe on any machine. Loopback only, memory only.
 pub const DEFAULT_CONFIG: &str = r#"
@@ -43,6 +43,8 @@ pub struct Config {
     pub policy: crate::policy::PolicyConfig,
     /// Per-client and per-user connection, rate and bandwidth limits.
     pub limits: crate::limits::LimitsConfig,
+    /// The line of every key in the file, for problems found at start-up.
+    pub lines: KeyLines,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -149,20 +151,31 @@ pub struct AccessLogConfig {
     pub format: LogFormat,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
     /// Destinations the generated `/proxy.pac` sends DIRECT: `name`, `*.suffix` or a CIDR.
     pub pac_direct: Vec<PacDirect>,
     /// The host name clients use to reach the proxy, for listeners bound to every address.
     pub pac_host: Option<String>,
+    /// Bearer token for the mutating endpoints (`/cache/purge`); they are off without one.
+    pub token: Option<AdminToken>,
+}
+
+/// Where the admin token comes from: the config itself, or a file read at start-up.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AdminToken {
+    Inline(Password),
+    File(PathBuf),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PacDirect {
     Name(String),
-    /// `*.example.com`: the name and every name under it.
-    Suffix(String),
+    /// `*.example.com`: every name under it, not the name itself (the policy's `*.`).
+    Subdomains(String),
+    /// `.example.com`: the name and every name under it (the policy's leading dot).
+    Domain(String),
     Net(ipnet::IpNet),
 }
 
@@ -175,11 +188,16 @@ fn parse_pac_direct(v: &toml_edit::Value) -> Result<PacDirect, String> {
     if let Ok(net) = s.parse::<ipnet::IpNet>() {
         return Ok(PacDirect::Net(net));
     }
-    let name = s.strip_prefix("*.").unwrap_or(&s);
+    let (name, kind): (&str, fn(String) -> PacDirect) = if let Some(n) = s.strip_prefix("*.") {
+        (n, PacDirect::Subdomains)
+    } else if let Some(n) = s.strip_prefix('.') {
+        (n, PacDirect::Domain)
+    } else {
+        (&s, PacDirect::Name)
+    };
     match crate::connector::Host::parse(name) {
-        Some(crate::connector::Host::Name(n)) if s.starts_with("*.") => Ok(PacDirect::Suffix(n)),
-        Some(crate::connector::Host::Name(n)) => Ok(PacDirect::Name(n)),
-        _ => Err("not a name, *.suffix or CIDR".into()),
+        Some(crate::connector::Host::Name(n)) => Ok(kind(n)),
+        _ => Err("not a name, *.suffix, .domain or CIDR".into()),
     }
 }
 
@@ -213,7 +231,10 @@ impl Config {
         let config = read_config(&root);
         root.finish();
         if problems.is_empty() {
-            Ok(config)
+            Ok(Config {
+                lines: problems.key_lines(),
+                ..config
+            })
         } else {
             Err(problems.into_vec())
         }
@@ -267,11 +288,27 @@ fn read_config(root: &Section<'_>) -> Config {
             )
             .unwrap_or_default();
         let pac_host = a.string("pac_host");
+        let token = a.string("token");
+        let token_file = a.string("token_file");
+        let token = match (token, token_file) {
+            (Some(_), Some(_)) => {
+                a.error_at("token_file", "give `token` or `token_file`, not both");
+                None
+            }
+            (Some(t), None) if t.trim().is_empty() => {
+                a.error_at("token", "must not be empty");
+                None
+            }
+            (Some(t), None) => Some(AdminToken::Inline(Password::new(t))),
+            (None, Some(f)) => Some(AdminToken::File(PathBuf::from(f))),
+            (None, None) => None,
+        };
         a.finish();
         listen.map(|listen| AdminConfig {
             listen,
             pac_direct,
             pac_host,
+            token,
         })
     } else {
         None
@@ -280,6 +317,23 @@ fn read_config(root: &Section<'_>) -> Config {
     let names: Vec<&str> = listeners.iter().map(|l| l.name.as_str()).collect();
     let policy = crate::policy::config::read_policy(&root.table("policy"), &names);
     let limits = crate::limits::config::read_limits(&root.table("limits"));
+    if admin.as_ref().is_some_and(|a| a.pac_host.is_none()) {
+        // A browser cannot reach "0.0.0.0": without pac_host such a listener cannot be
+        // offered, and a PAC file without it would send that traffic around the proxy.
+        let a = root.table("admin");
+        for l in &listeners {
+            if l.listen.ip().is_unspecified() && crate::pac::offered(l, &policy) {
+                a.error_at(
+                    "pac_host",
+                    format!(
+                        "required: listener {:?} listens on every address ({}); /proxy.pac \
+                         needs the name clients reach this host by",
+                        l.name, l.listen
+                    ),
+                );
+            }
+        }
+    }
     let s = root.table("shutdown");
     let shutdown = ShutdownConfig {
         drain_timeout: s.duration("drain_timeout", Duration::from_secs(30)),
@@ -296,6 +350,7 @@ fn read_config(root: &Section<'_>) -> Config {
         cache,
         policy,
         limits,
+        lines: KeyLines::default(),
     }
 }
 

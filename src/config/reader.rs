@@ -37,6 +37,37 @@ impl fmt::Display for ConfigError {
 pub struct Problems {
     inner: Rc<RefCell<Vec<ConfigError>>>,
     source: Rc<str>,
+    /// The line of every key path read, for problems found after parsing (start-up checks).
+    lines: Rc<RefCell<KeyLines>>,
+}
+
+/// Where each key path read from the file is: `listeners[0].tls.cert` -> line. Start-up
+/// checks that run after parsing (files, the open-proxy guard) report with these.
+#[derive(Debug, Clone, Default)]
+pub struct KeyLines(std::collections::BTreeMap<String, usize>);
+
+impl KeyLines {
+    /// The line of `path`, or of the nearest enclosing key that has one (`admin.pac_host`
+    /// falls back to `[admin]` when the key is absent).
+    pub fn line(&self, path: &str) -> Option<usize> {
+        let mut p = path;
+        loop {
+            if let Some(l) = self.0.get(p) {
+                return Some(*l);
+            }
+            let cut = p.rfind(['.', '['])?;
+            p = &p[..cut];
+        }
+    }
+
+    /// A problem at `path`, with its line.
+    pub fn error(&self, path: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            path: path.to_string(),
+            line: self.line(path),
+            message: message.into(),
+        }
+    }
 }
 
 impl Problems {
@@ -44,7 +75,20 @@ impl Problems {
         Problems {
             inner: Rc::default(),
             source: Rc::from(source),
+            lines: Rc::default(),
         }
+    }
+
+    fn record(&self, path: String, span: Option<std::ops::Range<usize>>) {
+        if let Some(s) = span {
+            let line = line_of(&self.source, s.start);
+            self.lines.borrow_mut().0.entry(path).or_insert(line);
+        }
+    }
+
+    /// The line of every key path read so far.
+    pub fn key_lines(&self) -> KeyLines {
+        self.lines.borrow().clone()
     }
 
     pub fn push(
@@ -146,6 +190,12 @@ impl<'a> Section<'a> {
     fn take(&self, key: &str) -> Option<&'a Item> {
         let item = self.item(key)?;
         self.seen.borrow_mut().push(key.to_string());
+        let span = self
+            .table
+            .and_then(|t| t.key(key))
+            .and_then(|k| k.span())
+            .or_else(|| item_span(item));
+        self.problems.record(self.path_of(key), span);
         Some(item)
     }
 
@@ -326,12 +376,15 @@ impl<'a> Section<'a> {
             return Vec::new();
         };
         let base = self.path_of(key);
-        let mk = |i: usize, t: &'a dyn TableLike, span| Section {
-            table: Some(t),
-            span,
-            path: format!("{base}[{i}]"),
-            seen: RefCell::default(),
-            problems: self.problems.clone(),
+        let mk = |i: usize, t: &'a dyn TableLike, span: Option<std::ops::Range<usize>>| {
+            self.problems.record(format!("{base}[{i}]"), span.clone());
+            Section {
+                table: Some(t),
+                span,
+                path: format!("{base}[{i}]"),
+                seen: RefCell::default(),
+                problems: self.problems.clone(),
+            }
         };
         if let Some(aot) = item.as_array_of_tables() {
             return aot

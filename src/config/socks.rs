@@ -22,6 +22,18 @@ pub struct SocksListenerConfig {
     /// The user database for username/password authentication.
     pub users: Vec<SocksUser>,
     pub tls: Option<TlsFiles>,
+    /// Which remote senders' datagrams a UDP association passes back to the client.
+    pub udp_filter: UdpFilter,
+}
+
+/// Filtering of inbound UDP, in the terms of RFC 4787 section 5 (NAT behaviour for UDP).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UdpFilter {
+    /// Address-dependent filtering: only replies from IP addresses the client has sent to
+    /// through this association (any port of them).
+    Address,
+    /// Endpoint-independent filtering: replies from any sender.
+    Any,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,6 +153,17 @@ pub(super) fn read_socks(l: &Section<'_>) -> SocksListenerConfig {
         auth,
         users,
         tls,
+        udp_filter: match l.string("udp_filter").as_deref() {
+            None | Some("address") => UdpFilter::Address,
+            Some("any") => UdpFilter::Any,
+            Some(other) => {
+                l.error_at(
+                    "udp_filter",
+                    format!("expected \"address\" or \"any\", found {other:?}"),
+                );
+                UdpFilter::Address
+            }
+        },
     }
 }
 

@@ -163,6 +163,7 @@ impl SocksServer {
         s: &mut Session,
         req: &SocksRequest,
         target: &Target,
+        names: &mut super::udp::NameCache,
     ) -> Result<SocketAddr, String> {
         let policy = s.policy.clone();
         let areq = access_request(
@@ -174,10 +175,25 @@ impl SocksServer {
         );
         let (verdict, ips) = match policy.precheck(&areq) {
             Precheck::Decided(v) => (v, literal(&target.host)),
-            Precheck::Resolve => match self.svc.connector.resolve(&target.host).await {
-                Ok(ips) => (policy.decide(&areq, &ips), ips),
-                Err(e) => return Err(e.to_string()),
-            },
+            Precheck::Resolve => {
+                let cached = match &target.host {
+                    Host::Name(n) => names.get(n, tokio::time::Instant::now()),
+                    _ => None,
+                };
+                let ips = match cached {
+                    Some(ips) => ips,
+                    None => match self.svc.connector.resolve(&target.host).await {
+                        Ok(ips) => {
+                            if let Host::Name(n) = &target.host {
+                                names.insert(n, ips.clone(), tokio::time::Instant::now());
+                            }
+                            ips
+                        }
+                        Err(e) => return Err(e.to_string()),
+                    },
+                };
+                (policy.decide(&areq, &ips), ips)
+            }
         };
         let denied = verdict.action != Action::Allow;
         if s.rule.is_none() || (denied && !s.udp_denied_seen) {

@@ -8,14 +8,22 @@
 //!   (once known) any other port, are dropped. The port is the one the request named, else
 //!   the source port of the first datagram.
 //! - Fragments (FRAG != 0) are dropped; this relay does not reassemble.
-//! - Names are resolved by the server (the shared connector's resolver and its cache).
+//! - Names are resolved by the server (the shared connector's resolver), and each association
+//!   keeps the answers for a short while in a small bounded cache of its own, so a stream of
+//!   datagrams to one name does not ask the resolver once per datagram.
+//! - Replies: with `udp_filter = "address"` (the default; RFC 4787 "address-dependent
+//!   filtering") only datagrams from IP addresses the client has sent to through this
+//!   association are passed back; others are dropped. `"any"` ("endpoint-independent
+//!   filtering") passes datagrams from any sender.
 //! - Every datagram's destination is checked by the policy (protocol `socks-udp`) against the
 //!   address it is sent to; a denied one (or one a rule routes to parents, which cannot carry
 //!   UDP) is dropped and counted.
 //! - The association ends when its TCP control connection closes, after `udp_idle_timeout`
 //!   with no datagram either way, or on shutdown.
 
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::UdpSocket;
@@ -25,6 +33,7 @@ use super::client::{Client, Stage};
 use super::codec::{self, Target};
 use super::reply::{Reply, SocksError};
 use super::server::{Session, SocksRequest, SocksServer};
+use crate::config::UdpFilter;
 
 /// Largest UDP payload plus room for a header.
 const DATAGRAM: usize = 64 * 1024 + 300;
@@ -61,6 +70,90 @@ impl ClientFilter {
     }
 }
 
+/// Which remote senders' datagrams go back to the client (RFC 4787 section 5 filtering).
+/// Pure, so it is unit-tested.
+#[derive(Debug)]
+pub struct ReplyFilter {
+    mode: UdpFilter,
+    /// Addresses the client sent to, oldest first; bounded, the oldest forgotten first.
+    order: VecDeque<IpAddr>,
+    sent_to: HashSet<IpAddr>,
+}
+
+/// Most destination addresses an association remembers for reply filtering.
+const MAX_PEERS: usize = 1024;
+
+impl ReplyFilter {
+    pub fn new(mode: UdpFilter) -> Self {
+        ReplyFilter {
+            mode,
+            order: VecDeque::new(),
+            sent_to: HashSet::new(),
+        }
+    }
+
+    /// The client sent a datagram to `ip`.
+    pub fn sent(&mut self, ip: IpAddr) {
+        if self.mode == UdpFilter::Any {
+            return;
+        }
+        let ip = ip.to_canonical();
+        if self.sent_to.insert(ip) {
+            self.order.push_back(ip);
+            if self.order.len() > MAX_PEERS {
+                if let Some(old) = self.order.pop_front() {
+                    self.sent_to.remove(&old);
+                }
+            }
+        }
+    }
+
+    /// Whether a datagram from `from` goes back to the client.
+    pub fn accepts(&self, from: SocketAddr) -> bool {
+        match self.mode {
+            UdpFilter::Any => true,
+            UdpFilter::Address => self.sent_to.contains(&from.ip().to_canonical()),
+        }
+    }
+}
+
+/// A small per-association cache of name lookups: at most `NAMES` names, each kept for
+/// `NAME_TTL` (the resolver's own cache honours TTLs; this only spares a lookup per datagram).
+#[derive(Debug, Default)]
+pub struct NameCache {
+    entries: HashMap<String, (Vec<IpAddr>, Instant)>,
+}
+
+const NAMES: usize = 32;
+const NAME_TTL: Duration = Duration::from_secs(30);
+
+impl NameCache {
+    pub fn get(&self, name: &str, now: Instant) -> Option<Vec<IpAddr>> {
+        self.entries
+            .get(name)
+            .filter(|(_, at)| now.saturating_duration_since(*at) < NAME_TTL)
+            .map(|(ips, _)| ips.clone())
+    }
+
+    pub fn insert(&mut self, name: &str, ips: Vec<IpAddr>, now: Instant) {
+        if self.entries.len() >= NAMES && !self.entries.contains_key(name) {
+            self.entries
+                .retain(|_, (_, at)| now.saturating_duration_since(*at) < NAME_TTL);
+            if self.entries.len() >= NAMES {
+                let oldest = self
+                    .entries
+                    .iter()
+                    .min_by_key(|(_, (_, at))| *at)
+                    .map(|(k, _)| k.clone());
+                if let Some(k) = oldest {
+                    self.entries.remove(&k);
+                }
+            }
+        }
+        self.entries.insert(name.to_string(), (ips, now));
+    }
+}
+
 pub(super) async fn run<S>(
     srv: &SocksServer,
     c: &mut Client<S>,
@@ -76,6 +169,8 @@ where
     c.stage = Stage::Silent;
 
     let mut out = Outbound::default();
+    let mut replies = ReplyFilter::new(srv.cfg.udp_filter);
+    let mut names = NameCache::default();
     let mut client_addr: Option<SocketAddr> = None;
     let mut from_client = vec![0u8; DATAGRAM];
     let mut from_v4 = vec![0u8; DATAGRAM];
@@ -104,7 +199,7 @@ where
                 if header.frag != 0 {
                     continue;
                 }
-                let dest = match srv.udp_destination(s, req, &header.target).await {
+                let dest = match srv.udp_destination(s, req, &header.target, &mut names).await {
                     Ok(a) => a,
                     Err(why) => {
                         s.udp_dropped += 1;
@@ -119,6 +214,7 @@ where
                 };
                 let payload = &from_client[used..n];
                 if let Ok(sock) = out.socket(dest).await {
+                    replies.sent(dest.ip());
                     if sock.send_to(payload, dest).await.is_ok() {
                         s.relayed_in += payload.len() as u64;
                         deadline.as_mut().reset(Instant::now() + idle);
@@ -127,6 +223,10 @@ where
             }
             r = Outbound::recv(&out.v4, &mut from_v4) => {
                 if let (Ok((n, from)), Some(to)) = (r, client_addr) {
+                    if !replies.accepts(from) {
+                        tracing::debug!(%from, "UDP reply from an address the client never sent to dropped");
+                        continue;
+                    }
                     if forward_back(&relay, &mut wrapped, from, &from_v4[..n], to).await {
                         s.relayed_out += n as u64;
                         deadline.as_mut().reset(Instant::now() + idle);
@@ -135,6 +235,10 @@ where
             }
             r = Outbound::recv(&out.v6, &mut from_v6) => {
                 if let (Ok((n, from)), Some(to)) = (r, client_addr) {
+                    if !replies.accepts(from) {
+                        tracing::debug!(%from, "UDP reply from an address the client never sent to dropped");
+                        continue;
+                    }
                     if forward_back(&relay, &mut wrapped, from, &from_v6[..n], to).await {
                         s.relayed_out += n as u64;
                         deadline.as_mut().reset(Instant::now() + idle);
@@ -216,6 +320,52 @@ mod tests {
             "mapped form is the same client"
         );
         assert!(!f.accept(a("127.0.0.1:5001")), "other port after learning");
+    }
+
+    #[test]
+    fn replies_only_from_addresses_sent_to() {
+        let mut f = ReplyFilter::new(UdpFilter::Address);
+        assert!(!f.accepts(a("192.0.2.1:53")), "nothing sent yet");
+        f.sent("192.0.2.1".parse().expect("ip"));
+        assert!(f.accepts(a("192.0.2.1:53")));
+        assert!(f.accepts(a("192.0.2.1:5353")), "any port of that address");
+        assert!(f.accepts(a("[::ffff:192.0.2.1]:53")), "mapped form");
+        assert!(!f.accepts(a("192.0.2.2:53")));
+        let any = ReplyFilter::new(UdpFilter::Any);
+        assert!(any.accepts(a("198.51.100.7:9")));
+    }
+
+    #[test]
+    fn reply_filter_is_bounded() {
+        let mut f = ReplyFilter::new(UdpFilter::Address);
+        for i in 0..(MAX_PEERS as u32 + 10) {
+            f.sent(IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i)));
+        }
+        assert_eq!(f.sent_to.len(), MAX_PEERS);
+        assert!(!f.accepts(SocketAddr::new(IpAddr::V4(Ipv4Addr::from(0x0a00_0000)), 1)));
+        assert!(f.accepts(SocketAddr::new(
+            IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + MAX_PEERS as u32 + 9)),
+            1
+        )));
+    }
+
+    #[test]
+    fn name_cache_expires_and_is_bounded() {
+        let now = Instant::now();
+        let ip: IpAddr = "192.0.2.9".parse().expect("ip");
+        let mut c = NameCache::default();
+        c.insert("a.example", vec![ip], now);
+        assert_eq!(c.get("a.example", now), Some(vec![ip]));
+        assert_eq!(c.get("a.example", now + NAME_TTL), None, "expired");
+        for i in 0..100 {
+            c.insert(
+                &format!("n{i}.example"),
+                vec![ip],
+                now + Duration::from_millis(i),
+            );
+        }
+        assert!(c.entries.len() <= NAMES);
+        assert!(c.get("n99.example", now + Duration::from_secs(1)).is_some());
     }
 
     #[test]
