@@ -18,7 +18,7 @@ use crate::http::pool::Pool;
 use crate::listener;
 use crate::metrics::Metrics;
 use crate::policy::login::LoginLimiter;
-use crate::policy::{Policy, PolicyHolder};
+use crate::policy::{LocalAddrs, Policy, PolicyHolder};
 use crate::shutdown::Shutdown;
 
 /// What every listener shares: one connector, one upstream pool, metrics, the access log and
@@ -43,9 +43,12 @@ pub struct Services {
     pub limits: crate::limits::Limits,
     /// Bound on connecting to an upstream, also a parent's handshake.
     pub connect_timeout: std::time::Duration,
+    /// The proxy's own addresses (interfaces, listeners), live; every policy reads it.
+    pub local: Arc<LocalAddrs>,
 }
 
-/// The proxy's own addresses, refused as destinations: every listener's bound IP.
+/// The proxy's own addresses from the config alone: every listener's bound IP. The live set
+/// ([`Services::local`]) adds every interface address and the listeners' ports.
 pub fn own_addresses(config: &Config) -> Vec<std::net::IpAddr> {
     let mut ips: Vec<_> = config
         .listeners
@@ -59,10 +62,12 @@ pub fn own_addresses(config: &Config) -> Vec<std::net::IpAddr> {
     ips
 }
 
-/// Compiles the policy and applies the open-proxy guard to every listener.
-pub fn compile_policy(config: &Config) -> anyhow::Result<Policy> {
-    let policy =
-        Policy::compile(&config.policy, own_addresses(config)).context("compiling [policy]")?;
+/// Compiles the policy (reading the live own-address set `local`) and applies the open-proxy
+/// guard to every listener.
+pub fn compile_policy(config: &Config, local: &Arc<LocalAddrs>) -> anyhow::Result<Policy> {
+    let policy = Policy::compile(&config.policy, own_addresses(config))
+        .context("compiling [policy]")?
+        .with_local(local.clone());
     for l in &config.listeners {
         if let Err(e) = policy.open_proxy_check(&l.name, l.listen.ip()) {
             anyhow::bail!("{e}");
@@ -88,7 +93,10 @@ impl Server {
         let access_log = AccessLog::start(&config.access_log, metrics.clone()).await?;
         let connector = Connector::new(&config.dns, &config.upstream, metrics.clone())
             .context("setting up the DNS resolver")?;
-        let policy = compile_policy(config)?;
+        // The kernel's address list before the first request; the watcher keeps it current.
+        let local = Arc::new(LocalAddrs::new());
+        crate::ifwatch::refresh(&local);
+        let policy = compile_policy(config, &local)?;
         let wanted = config
             .listeners
             .iter()
@@ -124,7 +132,9 @@ impl Server {
             pac: arc_swap::ArcSwap::from_pointee(String::new()),
             limits: crate::limits::Limits::new(&config.limits),
             connect_timeout: config.upstream.connect_timeout,
+            local,
         });
+        crate::ifwatch::spawn(&services.local).context("starting the address watcher")?;
 
         let mut sockets = Vec::new();
         for l in &config.listeners {
@@ -139,6 +149,11 @@ impl Server {
             None => None,
         };
 
+        let mut own: Vec<SocketAddr> = Vec::new();
+        for s in sockets.iter().map(|(_, s)| s).chain(admin_socket.iter()) {
+            own.push(s.local_addr()?);
+        }
+        services.local.set_listeners(own);
         let mut listeners = Vec::new();
         for (l, socket) in sockets {
             listeners.push(listener::spawn(socket, l, services.clone())?);
@@ -180,7 +195,8 @@ impl Server {
     /// Settings of the shared services ([dns], [upstream], [access_log], [admin], [cache],
     /// [shutdown]) need a restart; a change there is reported, not applied.
     pub async fn reload(&mut self, new: Config) -> anyhow::Result<()> {
-        let policy = compile_policy(&new)?;
+        crate::ifwatch::refresh(&self.services.local);
+        let policy = compile_policy(&new, &self.services.local)?;
         let old = std::mem::take(&mut self.listeners);
         let (keep, stop): (Vec<_>, Vec<_>) = old
             .into_iter()
@@ -213,6 +229,8 @@ impl Server {
             }
         }
         self.listeners.extend(keep);
+        let own = self.listeners.iter().map(|r| r.addr).chain(self.admin);
+        self.services.local.set_listeners(own.collect());
         self.services.policy.replace(policy);
         self.services
             .pac
