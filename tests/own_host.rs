@@ -306,7 +306,7 @@ async fn every_door_refuses_a_service_on_the_hosts_own_address() {
         "the origin saw only the direct probe and the controls"
     );
     // The access log names the refusal.
-    assert!(gh.wait_log(&OWN.to_string()).contains("guard"));
+    assert!(gh.wait_log(OWN).contains("guard"));
 }
 
 #[tokio::test]
