@@ -34,6 +34,7 @@ fn inside_private_netns(test: &str) -> bool {
             "link set lo up",
             "link add gh0 type veth peer name gh1",
             "addr add 10.200.0.1/24 dev gh0",
+            "addr add fd00:200::1/64 dev gh0 nodad",
             "link set gh0 up",
             "link set gh1 up",
         ] {
@@ -252,6 +253,12 @@ async fn every_door_refuses_a_service_on_the_hosts_own_address() {
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert!(get_through(s).await.ends_with("ok"));
     controls += 1;
+    // The host's IPv6 address (a ULA, which only `refuse_private` would refuse otherwise).
+    let own6: SocketAddr = format!("[fd00:200::1]:{port}").parse().expect("addr");
+    let (_, head) = connect(http, &own6.to_string()).await;
+    assert!(head.starts_with("HTTP/1.1 403"), "{own6}: {head}");
+    assert!(head.contains("own-address"), "{head}");
+    assert_eq!(socks5_connect(socks, socks5_request(1, own6)).await.0, 2);
 
     // SOCKS5 CONNECT, by address and by name.
     assert_eq!(socks5_connect(socks, socks5_request(1, own)).await.0, 2);
@@ -423,4 +430,49 @@ async fn a_request_carrying_our_own_via_is_a_loop() {
         .map(|v| v.to_str().unwrap_or(""))
         .collect();
     assert_eq!(vias, ["1.1 gatehouse", "1.1 edge-7"]);
+}
+
+/// A real loop between two proxies that route everything to each other: the request comes
+/// back to the first one with its own pseudonym in Via and ends there with 508.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_proxies_routing_to_each_other_stop_at_508() {
+    let origin = Origin::fixed("never reached").await;
+    let a_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port");
+    let route_to = |name: &str, addr: String| {
+        format!(
+            "[[policy.parents]]\nname = \"{name}\"\nurl = \"http://{addr}\"\n\
+             [[policy.rules]]\nname = \"loop\"\naction = \"route\"\nparents = [\"{name}\"]\n"
+        )
+    };
+    let b = Gatehouse::start(&format!(
+        "{}{}",
+        http_listener("b", "via = \"b-proxy\""),
+        route_to("a", format!("127.0.0.1:{a_port}"))
+    ));
+    let a = Gatehouse::start(&format!(
+        "[[listeners]]\nname = \"a\"\nkind = \"http\"\nlisten = \"127.0.0.1:{a_port}\"\n\
+         via = \"a-proxy\"\n{}",
+        route_to("b", b.addr("b").to_string())
+    ));
+    let (code, out, err) = curl(&[
+        "-s",
+        "-i",
+        "-m",
+        "10",
+        "-x",
+        &a.proxy_url("a"),
+        &origin.url("/"),
+    ])
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 508"), "{text}");
+    assert!(
+        text.contains("a-proxy; error=proxy_loop_detected"),
+        "{text}"
+    );
+    assert_eq!(origin.seen().len(), 0);
 }
