@@ -476,3 +476,24 @@ async fn two_proxies_routing_to_each_other_stop_at_508() {
     );
     assert_eq!(origin.seen().len(), 0);
 }
+
+/// A listener added by a reload is one of the proxy's own at once.
+#[tokio::test]
+async fn a_listener_added_by_reload_is_refused_as_a_destination() {
+    let first = http_listener("http", "connect_ports = [\"1-65535\"]");
+    let gh = Gatehouse::start(&first);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port");
+    let added = format!(
+        "{first}[[listeners]]\nname = \"added\"\nkind = \"socks\"\nlisten = \"127.0.0.1:{port}\"\n\
+         {LOOPBACK_POLICY}"
+    );
+    std::fs::write(gh.config_path(), added).expect("rewrite config");
+    gh.signal("HUP");
+    gh.wait_stderr("applied");
+    let (_, head) = connect(gh.addr("http"), &format!("127.0.0.1:{port}")).await;
+    assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+    assert!(head.contains("own-listener"), "{head}");
+}
