@@ -210,16 +210,18 @@ impl Policy {
             None => (self.default_for(req.listener), false),
         };
         if verdict.action == Action::Allow {
-            let refused = if !explicit {
-                self.check_guard(ip).err()
-            } else {
-                None
+            let refused = match explicit {
+                false => self.check_guard(ip).err(),
+                true => None,
             };
             // Even a rule that names the address never lets the proxy connect to itself.
             // BIND's destination is the expected peer, not a connection target.
-            let own_listener = req.protocol != super::Protocol::SocksBind
-                && self.local.load().is_own_listener(ip, req.dest_port);
-            if let Some(refusal) = refused.or(own_listener.then_some(Refusal::OwnListener)) {
+            let own_listener = || {
+                (req.protocol != super::Protocol::SocksBind
+                    && self.local.load().is_own_listener(ip, req.dest_port))
+                .then_some(Refusal::OwnListener)
+            };
+            if let Some(refusal) = refused.or_else(own_listener) {
                 return Verdict {
                     rule: Arc::from("guard"),
                     refusal: Some(refusal),
