@@ -10,6 +10,7 @@ pub mod cache;
 pub mod config;
 pub mod connector;
 pub mod http;
+pub mod ifwatch;
 pub mod limits;
 pub mod listener;
 pub mod metrics;

@@ -18,7 +18,7 @@ use crate::http::pool::Pool;
 use crate::listener;
 use crate::metrics::Metrics;
 use crate::policy::login::LoginLimiter;
-use crate::policy::PolicyHolder;
+use crate::policy::{LocalAddrs, PolicyHolder};
 use crate::shutdown::Shutdown;
 
 /// What every listener shares: one connector, one upstream pool, metrics, the access log and
@@ -43,9 +43,12 @@ pub struct Services {
     pub limits: crate::limits::Limits,
     /// Bound on connecting to an upstream, also a parent's handshake.
     pub connect_timeout: std::time::Duration,
+    /// The proxy's own addresses (interfaces, listeners), live; every policy reads it.
+    pub local: Arc<LocalAddrs>,
 }
 
-/// The proxy's own addresses, refused as destinations: every listener's bound IP.
+/// The proxy's own addresses from the config alone: every listener's bound IP. The live set
+/// ([`Services::local`]) adds every interface address and the listeners' ports.
 pub fn own_addresses(config: &Config) -> Vec<std::net::IpAddr> {
     let mut ips: Vec<_> = config
         .listeners
@@ -91,7 +94,10 @@ impl Server {
         let access_log = AccessLog::start(&config.access_log, metrics.clone()).await?;
         let connector = Connector::new(&config.dns, &config.upstream, metrics.clone())
             .context("setting up the DNS resolver")?;
-        let policy = prepared.policy;
+        // The kernel's address list before the first request; the watcher keeps it current.
+        let local = Arc::new(LocalAddrs::new());
+        crate::ifwatch::refresh(&local);
+        let policy = prepared.policy.with_local(local.clone());
         let wanted = config
             .listeners
             .iter()
@@ -127,7 +133,9 @@ impl Server {
             pac: arc_swap::ArcSwap::from_pointee(String::new()),
             limits: crate::limits::Limits::new(&config.limits),
             connect_timeout: config.upstream.connect_timeout,
+            local,
         });
+        crate::ifwatch::spawn(&services.local).context("starting the address watcher")?;
 
         let mut sockets = Vec::new();
         for l in &config.listeners {
@@ -142,6 +150,11 @@ impl Server {
             None => None,
         };
 
+        let mut own: Vec<SocketAddr> = Vec::new();
+        for s in sockets.iter().map(|(_, s)| s).chain(admin_socket.iter()) {
+            own.push(s.local_addr()?);
+        }
+        services.local.set_listeners(own);
         let mut listeners = Vec::new();
         for (l, socket) in sockets {
             listeners.push(listener::spawn(socket, l, services.clone())?);
@@ -187,7 +200,11 @@ impl Server {
     /// Settings of the shared services ([dns], [upstream], [access_log], [admin], [cache],
     /// [shutdown]) need a restart; a change there is reported, not applied.
     pub async fn reload(&mut self, new: Config) -> anyhow::Result<()> {
-        let policy = crate::startup::prepare(&new).map_err(problems)?.policy;
+        crate::ifwatch::refresh(&self.services.local);
+        let policy = crate::startup::prepare(&new)
+            .map_err(problems)?
+            .policy
+            .with_local(self.services.local.clone());
         let old = std::mem::take(&mut self.listeners);
         let (keep, stop): (Vec<_>, Vec<_>) = old
             .into_iter()
@@ -220,6 +237,8 @@ impl Server {
             }
         }
         self.listeners.extend(keep);
+        let own = self.listeners.iter().map(|r| r.addr).chain(self.admin);
+        self.services.local.set_listeners(own.collect());
         self.services.policy.replace(policy);
         self.services
             .pac

@@ -63,6 +63,14 @@ impl HttpProxy {
         close_on_error: bool,
         ex: &mut Exchange,
     ) -> Access {
+        if let Some(name) = self.cfg.via.as_deref() {
+            if super::loop_check::via_names(&head.headers, name) {
+                let detail = format!("the request already passed through {name} (Via)");
+                let err = ProxyError::new(508, "proxy_loop_detected", detail);
+                self.send_error(client, &err, close_on_error, ex).await;
+                return Access::Answered(!close_on_error);
+            }
+        }
         let ip = client.peer.ip().to_canonical();
         let identity = match self
             .authenticate(policy, client, head, ip, close_on_error, ex)

@@ -7,6 +7,7 @@ pub mod chunked;
 pub mod codec;
 pub mod error;
 mod exchange;
+mod loop_check;
 pub mod pool;
 pub mod proxy;
 pub mod target;

@@ -194,11 +194,13 @@ impl HttpProxy {
         target: &HttpTarget,
     ) -> Option<Vec<SocketAddr>> {
         let ips = self.svc.connector.resolve(&target.host).await.ok()?;
-        ips.iter().all(|ip| policy.guard(*ip).is_ok()).then(|| {
-            ips.iter()
-                .map(|ip| SocketAddr::new(*ip, target.port))
-                .collect()
-        })
+        ips.iter()
+            .all(|ip| policy.guard(*ip, target.port).is_ok())
+            .then(|| {
+                ips.iter()
+                    .map(|ip| SocketAddr::new(*ip, target.port))
+                    .collect()
+            })
     }
 
     /// A tunnel's relay: zero-copy splice between two plain sockets, or the copying relay

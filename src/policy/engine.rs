@@ -8,9 +8,10 @@ use std::sync::Arc;
 use super::config::{
     DefaultAction, ListenerPolicy, ParentSpec, PolicyConfig, RuleAction, RuleSpec,
 };
-use super::guard::check_destination;
+use super::guard::Refusal;
 use super::headers::{Rewrite, DEFAULT_DENY_PAGE};
 use super::index::HostIndex;
+use super::local::LocalAddrs;
 use super::matcher::{canonical, normalise_name, CidrSet, Schedule};
 use super::users::{Users, UsersError};
 use super::{AccessRequest, Action, Precheck, Verdict};
@@ -75,6 +76,8 @@ pub struct Policy {
     default_action: DefaultAction,
     refuse_private: bool,
     own_addrs: Vec<IpAddr>,
+    /// The live set of interface and listener addresses, shared with every other policy.
+    local: Arc<LocalAddrs>,
     time_zone: jiff::tz::TimeZone,
     users: Option<Arc<Users>>,
     parents: Vec<ParentSpec>,
@@ -128,7 +131,8 @@ impl Policy {
             listeners: cfg.listeners.clone().into_iter().collect(),
             default_action: cfg.default_action,
             refuse_private: cfg.refuse_private,
-            own_addrs: own_addrs.into_iter().map(canonical).collect(),
+            own_addrs: own_addrs.into_iter().map(super::guard::fold_v4).collect(),
+            local: Arc::new(LocalAddrs::new()),
             time_zone: cfg.time_zone.clone(),
             users: users.map(Arc::new),
             parents: cfg.parents.clone(),
@@ -137,6 +141,13 @@ impl Policy {
             allow_default: verdict("default", Action::Allow),
             deny_default: verdict("default", Action::Deny),
         })
+    }
+
+    /// Reads the proxy's own addresses from `local` (the server's live set, kept current
+    /// as interfaces change) besides the fixed `own_addrs` given to [`Policy::compile`].
+    pub fn with_local(mut self, local: Arc<LocalAddrs>) -> Policy {
+        self.local = local;
+        self
     }
 
     /// Step 1, before any DNS lookup.
@@ -198,8 +209,19 @@ impl Policy {
             Some(rule) => (&rule.verdict, rule.dest_addrs.is_some()),
             None => (self.default_for(req.listener), false),
         };
-        if verdict.action == Action::Allow && !explicit {
-            if let Err(refusal) = check_destination(ip, self.refuse_private, &self.own_addrs) {
+        if verdict.action == Action::Allow {
+            let refused = match explicit {
+                false => self.check_guard(ip).err(),
+                true => None,
+            };
+            // Even a rule that names the address never lets the proxy connect to itself.
+            // BIND's destination is the expected peer, not a connection target.
+            let own_listener = || {
+                (req.protocol != super::Protocol::SocksBind
+                    && self.local.load().is_own_listener(ip, req.dest_port))
+                .then_some(Refusal::OwnListener)
+            };
+            if let Some(refusal) = refused.or_else(own_listener) {
                 return Verdict {
                     rule: Arc::from("guard"),
                     refusal: Some(refusal),
@@ -301,10 +323,23 @@ impl Policy {
         }
     }
 
-    /// The safe-by-default guard alone, with this policy's settings and own addresses: for
-    /// `direct` entries of a route, which the verdict did not check.
-    pub fn guard(&self, ip: IpAddr) -> Result<(), super::guard::Refusal> {
-        super::guard::check_destination(ip, self.refuse_private, &self.own_addrs)
+    /// The safe-by-default guard alone, with this policy's settings and own addresses, and
+    /// the own-listener check for `ip:port`: for `direct` entries of a route, which the
+    /// verdict did not check.
+    pub fn guard(&self, ip: IpAddr, port: u16) -> Result<(), Refusal> {
+        self.check_guard(ip)?;
+        match self.local.load().is_own_listener(ip, port) {
+            true => Err(Refusal::OwnListener),
+            false => Ok(()),
+        }
+    }
+
+    /// The address categories and own addresses (fixed and live).
+    fn check_guard(&self, ip: IpAddr) -> Result<(), Refusal> {
+        let local = self.local.load();
+        super::guard::check_with(ip, self.refuse_private, |ip| {
+            self.own_addrs.contains(&ip) || local.is_own_address(ip)
+        })
     }
 
     pub fn users(&self) -> Option<&Arc<Users>> {

@@ -648,3 +648,74 @@ fn refusal_names_reach_the_verdict() {
         (Action::Deny, "guard", Some(Refusal::LinkLocal))
     );
 }
+
+#[test]
+fn the_live_own_address_set_applies_without_recompiling() {
+    let local = Arc::new(crate::policy::LocalAddrs::new());
+    let p = policy(RULES).with_local(local.clone());
+    let intra = req("intra.example");
+    assert_eq!(eval(&p, &intra, &["10.0.0.1"]), "allow:default");
+    // An address added to an interface after the policy was compiled.
+    local.set_interfaces(vec!["10.0.0.1".parse().expect("ip")]);
+    assert_eq!(eval(&p, &intra, &["10.0.0.1"]), "deny:guard:own-address");
+    assert_eq!(
+        eval(&p, &req("10.0.0.1"), &[]),
+        "deny:guard:own-address",
+        "a literal too"
+    );
+    assert_eq!(
+        p.guard("10.0.0.1".parse().expect("ip"), 443),
+        Err(Refusal::OwnAddress),
+        "a route's direct entry"
+    );
+    local.set_interfaces(vec![]);
+    assert_eq!(
+        eval(&p, &intra, &["10.0.0.1"]),
+        "allow:default",
+        "and removed"
+    );
+}
+
+#[test]
+fn an_own_listener_is_refused_even_when_a_rule_names_its_address() {
+    let local = Arc::new(crate::policy::LocalAddrs::new());
+    let p = policy(RULES).with_local(local.clone());
+    let app = |host: &'static str, proto| Req {
+        port: 9999,
+        proto,
+        ..req(host)
+    };
+    assert_eq!(
+        eval(&p, &app("127.0.0.1", Protocol::Connect), &[]),
+        "allow:local-app"
+    );
+    local.set_listeners(vec!["0.0.0.0:9999".parse().expect("addr")]);
+    for proto in [
+        Protocol::Connect,
+        Protocol::Http,
+        Protocol::SocksConnect,
+        Protocol::SocksUdp,
+    ] {
+        assert_eq!(
+            eval(&p, &app("127.0.0.1", proto), &[]),
+            "deny:guard:own-listener",
+            "{proto:?}"
+        );
+        assert_eq!(
+            eval(&p, &app("local.example", proto), &["127.0.0.1"]),
+            "deny:guard:own-listener",
+            "{proto:?}"
+        );
+    }
+    // BIND names the expected peer, not a connection target.
+    assert_eq!(
+        eval(&p, &app("127.0.0.1", Protocol::SocksBind), &[]),
+        "allow:local-app"
+    );
+    // Other ports of the named address stay allowed by the rule.
+    local.set_listeners(vec!["0.0.0.0:3128".parse().expect("addr")]);
+    assert_eq!(
+        eval(&p, &app("127.0.0.1", Protocol::Connect), &[]),
+        "allow:local-app"
+    );
+}

@@ -11,8 +11,12 @@
 //! | link-local    | 169.254.0.0/16 (metadata)    | fe80::/10            |
 //! | multicast     | 224.0.0.0/4                  | ff00::/8             |
 //! | broadcast     | 255.255.255.255, 240.0.0.0/4 |                      |
-//! | own address   | the proxy's own addresses, passed in              ||
+//! | own address   | every local interface address and listener address ||
 //! | private (opt) | 10/8, 172.16/12, 192.168/16, 100.64/10 (CGNAT) | fc00::/7, fec0::/10 |
+//!
+//! A connection to one of the proxy's own listeners (`(local address, listener port)`, see
+//! [`super::local`]) is refused as [`Refusal::OwnListener`] even when a rule names the
+//! address: the proxy never connects to itself.
 //!
 //! Private ranges are refused only with `refuse_private = true`. The check runs on the
 //! *resolved* address, so a public name pointing at 127.0.0.1 is refused too. IPv4 addresses
@@ -29,6 +33,7 @@ pub enum Refusal {
     Multicast,
     Broadcast,
     OwnAddress,
+    OwnListener,
     Private,
 }
 
@@ -41,6 +46,7 @@ impl Refusal {
             Refusal::Multicast => "multicast",
             Refusal::Broadcast => "broadcast",
             Refusal::OwnAddress => "own-address",
+            Refusal::OwnListener => "own-listener",
             Refusal::Private => "private",
         }
     }
@@ -55,18 +61,32 @@ impl std::fmt::Display for Refusal {
 /// Checks one resolved destination address. `own` holds the proxy's own addresses (listener
 /// and interface addresses); they are compared after IPv4-mapped folding.
 pub fn check_destination(ip: IpAddr, refuse_private: bool, own: &[IpAddr]) -> Result<(), Refusal> {
-    let ip = embedded_v4(ip);
-    if own.iter().any(|o| embedded_v4(*o) == ip) {
-        return Err(Refusal::OwnAddress);
-    }
-    match ip {
+    check_with(ip, refuse_private, |ip| {
+        own.iter().any(|o| fold_v4(*o) == ip)
+    })
+}
+
+/// Like [`check_destination`] with the own-address test given as a function of the folded
+/// address. The fixed categories come first, so `127.0.0.1` is still "loopback" although it
+/// is an interface address too; an own address in a private range is "own-address".
+pub fn check_with(
+    ip: IpAddr,
+    refuse_private: bool,
+    is_own: impl Fn(IpAddr) -> bool,
+) -> Result<(), Refusal> {
+    let ip = fold_v4(ip);
+    let category = match ip {
         IpAddr::V4(a) => check_v4(a, refuse_private),
         IpAddr::V6(a) => check_v6(a, refuse_private),
+    };
+    match category {
+        Ok(()) | Err(Refusal::Private) if is_own(ip) => Err(Refusal::OwnAddress),
+        other => other,
     }
 }
 
 /// `::ffff:a.b.c.d` and the NAT64 well-known prefix `64:ff9b::/96` carry an IPv4 address.
-fn embedded_v4(ip: IpAddr) -> IpAddr {
+pub fn fold_v4(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(a) => {
             if let Some(v4) = a.to_ipv4_mapped() {
@@ -205,5 +225,20 @@ mod tests {
             check_destination("203.0.113.6".parse().expect("ip"), false, &own),
             Ok(())
         );
+    }
+
+    #[test]
+    fn fixed_categories_name_the_refusal_before_own_address() {
+        let own: Vec<IpAddr> = ["127.0.0.1", "10.0.0.5", "fe80::1"]
+            .iter()
+            .map(|a| a.parse().expect("ip"))
+            .collect();
+        let check = |a: &str, private| check_destination(a.parse().expect("ip"), private, &own);
+        assert_eq!(check("127.0.0.1", false), Err(Refusal::Loopback));
+        assert_eq!(check("fe80::1", false), Err(Refusal::LinkLocal));
+        assert_eq!(check("10.0.0.5", false), Err(Refusal::OwnAddress));
+        assert_eq!(check("10.0.0.5", true), Err(Refusal::OwnAddress));
+        assert_eq!(check("10.0.0.6", true), Err(Refusal::Private));
+        assert_eq!(check("10.0.0.6", false), Ok(()));
     }
 }

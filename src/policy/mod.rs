@@ -32,7 +32,9 @@
 //!
 //! The guard ([`guard::check_destination`]) applies to every `Allow` - by a rule or by the
 //! listener's default - unless the deciding rule has a `dest_addrs` condition (which then
-//! names the address explicitly). It does not apply to `Route`.
+//! names the address explicitly). It does not apply to `Route`. The proxy's own addresses come
+//! from a live set ([`local::LocalAddrs`]) shared by every policy; `(local address, listener
+//! port)` is refused on every `Allow`, explicit or not, and for a route's `direct` entries.
 //!
 //! Time-of-day conditions are evaluated in the policy's `time_zone` (default: the system's
 //! local zone, UTC when the system has none).
@@ -43,6 +45,7 @@ pub mod guard;
 pub mod headers;
 pub mod holder;
 mod index;
+pub mod local;
 pub mod login;
 pub mod matcher;
 mod rule_config;
@@ -59,6 +62,7 @@ pub use engine::{OpenProxyError, Policy, PolicyError};
 pub use guard::Refusal;
 pub use headers::Rewrite;
 pub use holder::PolicyHolder;
+pub use local::LocalAddrs;
 pub use users::{Identity, Secret, Users};
 
 /// What kind of access a request asks for.

@@ -247,7 +247,7 @@ fn literal(host: &Host) -> Vec<IpAddr> {
 /// Every address through the policy's guard, or `None`: a name that mixes allowed and
 /// forbidden addresses is refused whole, as [`Policy::decide`] does.
 fn guarded(policy: &Policy, ips: Vec<IpAddr>, port: u16) -> Option<Vec<SocketAddr>> {
-    if ips.is_empty() || ips.iter().any(|ip| policy.guard(*ip).is_err()) {
+    if ips.is_empty() || ips.iter().any(|ip| policy.guard(*ip, port).is_err()) {
         return None;
     }
     Some(
