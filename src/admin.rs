@@ -174,6 +174,11 @@ fn metrics_text(svc: &Services) -> String {
             "Stored responses invalidated by unsafe methods",
             st.invalidations,
         ),
+        (
+            "collapsed",
+            "Requests that joined another request's upstream fetch",
+            st.collapsed,
+        ),
     ];
     for (name, help, v) in counters {
         text.push_str(&format!(

@@ -15,8 +15,9 @@ use super::pool::PoolKey;
 use super::proxy::{strip_hop_by_hop, wants_keep_alive, Client, Exchange, HttpProxy};
 use super::target::HttpTarget;
 use crate::cache::collapse::{Event, Follower, Join, Leader, SharedHead};
-use crate::cache::engine::Revalidation;
+use crate::cache::engine::{Fetch, Follow, Revalidation};
 use crate::cache::key::{is_safe_method, primary_key};
+use crate::cache::serve::respond;
 use crate::cache::{Cache, CacheStatus, Lookup, Served};
 use crate::server::Services;
 
@@ -62,6 +63,8 @@ pub(super) struct CacheCtx {
     pub reval: Option<Revalidation>,
     pub request_time: SystemTime,
     pub response_time: SystemTime,
+    /// The key's generation before going upstream (an invalidation meanwhile wins).
+    pub generation: u64,
     pub capture: Option<BytesMut>,
     pub outcome: Outcome,
 }
@@ -80,7 +83,12 @@ impl CacheCtx {
         key: Option<String>,
         status: CacheStatus,
     ) -> Box<CacheCtx> {
+        let generation = key
+            .clone()
+            .or_else(|| primary_key(req))
+            .map_or(0, |k| cache.generation(&k));
         Box::new(CacheCtx {
+            generation,
             cache,
             req: req.clone(),
             key,
@@ -121,9 +129,9 @@ impl CacheCtx {
             Ok(()) => {
                 if let (Some(l), Some(shared)) = (
                     self.leader.as_mut(),
-                    SharedHead::new(&self.req, resp, self.response_time),
+                    SharedHead::new(&self.req, resp, self.request_time, self.response_time),
                 ) {
-                    l.publish_head(shared.head, shared.vary);
+                    l.publish_head(shared);
                 }
                 self.status.stored = true;
                 self.capture = Some(BytesMut::new());
@@ -199,7 +207,8 @@ impl HttpProxy {
                     match cache.flights().join(&key) {
                         Join::Leader(l) => ctx.leader = Some(l),
                         Join::Follower(f) => {
-                            if let Some(keep) = self.follow(client, head, f, status, ex).await {
+                            let follow = self.follow(cache, client, head, f, status, ex).await;
+                            if let Some(keep) = follow {
                                 return Step::Answered(keep);
                             }
                         }
@@ -286,21 +295,22 @@ impl HttpProxy {
             }
             Outcome::Captured { head, body } => {
                 let key = cc.key.clone().or_else(|| primary_key(&cc.req));
-                let leader = cc.leader.take();
-                // The client already has the whole response; storing before this request
-                // ends (and before it is logged) means the next request for the URL, on
-                // any connection, finds it. Followers are done once the leader finishes.
+                let mut leader = cc.leader.take();
+                // The client already has the whole response. `store` makes the entry
+                // visible to every lookup at once; only then does the flight end (so no
+                // request finds neither), and the disk write finishes before this request
+                // ends (and is logged).
                 if let Some(key) = key {
-                    cc.cache
-                        .store(
-                            &key,
-                            &cc.req,
-                            &head,
-                            body,
-                            cc.request_time,
-                            cc.response_time,
-                        )
-                        .await;
+                    let fetch = Fetch {
+                        request_time: cc.request_time,
+                        response_time: cc.response_time,
+                        generation: cc.generation,
+                    };
+                    let store = cc.cache.store(&key, &cc.req, &head, body, fetch).await;
+                    if let Some(l) = leader.take() {
+                        l.finish();
+                    }
+                    store.finish().await;
                 }
                 if let Some(l) = leader {
                     l.finish();
@@ -357,9 +367,11 @@ impl HttpProxy {
     }
 
     /// A collapsed request: wait for the leader's response and stream it as it arrives.
-    /// `None`: go upstream instead (the response was not shareable, or not for this request).
+    /// `None`: go upstream instead (the response was not shareable, or the reuse rules
+    /// refuse it for this request, exactly as for a stored response).
     async fn follow(
         &self,
+        cache: &Cache,
         client: &mut Client,
         req: &RequestHead,
         mut f: Follower,
@@ -370,8 +382,26 @@ impl HttpProxy {
             Event::Head(h) => h,
             _ => return None,
         };
-        if !shared.accepts(req) {
-            return None;
+        status.collapsed = true;
+        status.fwd_status = Some(shared.head.status);
+        match cache.follower(req, &shared, SystemTime::now()) {
+            Follow::Upstream => return None,
+            Follow::Stream => {}
+            Follow::Whole => {
+                // A range or a conditional: answered from the complete body like a hit.
+                let mut body = BytesMut::new();
+                loop {
+                    match f.next().await {
+                        Event::Chunk(b) => body.extend_from_slice(&b),
+                        Event::End => break,
+                        // Nothing was sent yet: ask the origin instead.
+                        _ => return None,
+                    }
+                }
+                let stored = shared.stored(body.freeze());
+                let served = respond(req, &stored, SystemTime::now(), status);
+                return Some(self.send_served(client, req, served, ex).await);
+            }
         }
         let t = self.cfg.read_timeout;
         let head = &shared.head;
@@ -395,8 +425,6 @@ impl HttpProxy {
         if let Some(r) = &ex.rewrite {
             r.apply_response(&mut h);
         }
-        status.collapsed = true;
-        status.fwd_status = Some(head.status);
         status.append_to(&mut h);
         self.connection_header(&mut h, req, keep);
         let mut out = Vec::with_capacity(512);
@@ -538,15 +566,14 @@ async fn refresh(
     )
     .await;
     if copied.is_ok() && !over {
-        cache
-            .store(
-                &reval.key,
-                &req,
-                &head,
-                kept.freeze(),
-                request_time,
-                response_time,
-            )
+        let fetch = Fetch {
+            request_time,
+            response_time,
+            generation: reval.generation,
+        };
+        let store = cache
+            .store(&reval.key, &req, &head, kept.freeze(), fetch)
             .await;
+        store.finish().await;
     }
 }
