@@ -250,6 +250,17 @@ async fn a_follower_is_held_to_the_reuse_rules_of_a_hit() {
             4,
             "{tier}: each refusing request asked the origin"
         );
+        // A plain request takes the shared response as it arrives, with its Age (it was
+        // not generated for this request: section 5.1).
+        let mut plain = send(proxy, "GET", &url, "").await;
+        let (h, plain_got) = head(&mut plain).await;
+        let shared = Answer {
+            head: h,
+            body: vec![],
+        };
+        let status = shared.header("cache-status").unwrap_or("");
+        assert!(status.contains("collapsed"), "{tier}: {}", shared.head);
+        assert!(shared.header("age").is_some(), "{tier}: {}", shared.head);
         // A range request that joins the flight is answered 206 from the complete body.
         const JOINED: &str = "gatehouse_cache_collapsed_total";
         let before = metric(admin, JOINED).await.expect("collapsed counter");
@@ -261,11 +272,13 @@ async fn a_follower_is_held_to_the_reuse_rules_of_a_hit() {
         assert_eq!(a.header("content-range"), Some("bytes 0-3/65536"), "{tier}");
         assert_eq!(a.body, stalled_body()[..4], "{tier}");
         assert!(a.header("age").is_some(), "{tier}: {}", a.head);
-        // The leader's own response is whole.
+        // The leader's own response is whole, and so is the plain follower's.
         assert!(
             rest_of_body(&mut leader, got).await == stalled_body(),
             "{tier}"
         );
+        let body = rest_of_body(&mut plain, plain_got).await;
+        assert!(body == stalled_body(), "{tier}: follower body");
         assert_eq!(origin.gets(), 4, "{tier}");
     }
 }

@@ -44,7 +44,10 @@ use super::collapse::{Flights, SharedHead};
 use super::conditional::has_origin_preconditions;
 use super::config::CacheConfig;
 use super::directives::CacheControl;
-use super::freshness::{current_age, format_http_date, freshness_lifetime, within_stale_if_error};
+use super::freshness::{
+    current_age, format_http_date, freshness_lifetime, stale_when_disconnected,
+    within_stale_if_error,
+};
 use super::generation::Generations;
 use super::key::{invalidated_keys, is_safe_method, key_of_url, primary_key};
 use super::object::{Entry, StoredResponse};
@@ -55,7 +58,9 @@ use super::stats::{bump, Counters};
 use super::status::{CacheStatus, Fwd};
 use super::storable::{headers_to_store, storable, NotStorable};
 use super::store::{DiskTier, MemoryTier, StoreError, Tier};
-use super::validate::{merge_not_modified, revalidation_headers, selected_for_update};
+use super::validate::{
+    head_updates, merge_not_modified, revalidation_headers, selected_for_update,
+};
 use super::vary::secondary_key;
 use crate::http::codec::{Headers, RequestHead, ResponseHead};
 
@@ -474,6 +479,51 @@ impl Cache {
         Some(respond(req, &updated, now, status))
     }
 
+    /// A 200 arrived for a HEAD sent to the origin because the stored GET response `reval`
+    /// needed validation (section 4.3.5): a matching stored response takes the HEAD's header
+    /// fields like a 304's (framing fields excepted) and is freshened; one that does not
+    /// match is removed (it is stale in any case). Returns whether it was updated.
+    pub async fn head_response(
+        &self,
+        reval: &Revalidation,
+        req: &RequestHead,
+        head: &ResponseHead,
+        fetch: Fetch,
+    ) -> bool {
+        if !head_updates(&reval.stored.head, head) {
+            if head.status == 200 {
+                self.remove(&reval.key).await;
+            }
+            return false;
+        }
+        let mut merged = merge_not_modified(&reval.stored.head, head);
+        if !head.headers.contains("date") {
+            merged
+                .headers
+                .set("Date", format_http_date(fetch.response_time));
+        }
+        if !head.headers.contains("age") {
+            merged.headers.remove("age");
+        }
+        let updated = StoredResponse {
+            head: merged,
+            body: reval.stored.body.clone(),
+            request_time: fetch.request_time,
+            response_time: fetch.response_time,
+            vary: reval.stored.vary.clone(),
+        };
+        let get = RequestHead {
+            method: "GET".into(),
+            ..req.clone()
+        };
+        if storable(&get, &updated.head).is_err() {
+            self.remove(&reval.key).await;
+            return false;
+        }
+        let store = self.put(&reval.key, Arc::new(updated), reval.generation);
+        store.await.finish().await
+    }
+
     /// The origin failed (connection error, or 500/502/503/504): RFC 5861 section 4 lets a
     /// stale response be sent within its `stale-if-error` window.
     pub fn stale_if_error(
@@ -492,6 +542,31 @@ impl Cache {
         }
         bump(&self.counters.stale_served);
         let status = CacheStatus::hit(lifetime as i64 - age as i64).with_detail("stale-if-error");
+        Some(respond(req, stored, now, status))
+    }
+
+    /// The origin could not be reached or closed the connection before answering: with
+    /// `stale_if_unreachable` on, section 4.2.4 lets the cache, being disconnected, send the
+    /// stale response unless a directive forbids it ([`stale_when_disconnected`]). The
+    /// Cache-Status says so (`detail="origin-unreachable"`; no `Warning`, which RFC 9111
+    /// obsoleted).
+    pub fn stale_if_unreachable(
+        &self,
+        reval: &Revalidation,
+        req: &RequestHead,
+        now: SystemTime,
+    ) -> Option<Served> {
+        if !self.cfg.stale_if_unreachable {
+            return None;
+        }
+        let stored = &reval.stored;
+        let resp_cc = CacheControl::from_headers(&stored.head.headers);
+        let req_cc = request_cache_control(&req.headers);
+        if !stale_when_disconnected(&resp_cc, &req_cc) {
+            return None;
+        }
+        bump(&self.counters.stale_served);
+        let status = CacheStatus::hit(ttl(stored, now)).with_detail("origin-unreachable");
         Some(respond(req, stored, now, status))
     }
 

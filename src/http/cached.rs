@@ -16,6 +16,7 @@ use super::proxy::{strip_hop_by_hop, wants_keep_alive, Client, Exchange, HttpPro
 use super::target::HttpTarget;
 use crate::cache::collapse::{Event, Follower, Join, Leader, SharedHead};
 use crate::cache::engine::{Fetch, Follow, Revalidation};
+use crate::cache::freshness::current_age;
 use crate::cache::key::{is_safe_method, primary_key};
 use crate::cache::serve::respond;
 use crate::cache::{Cache, CacheStatus, Lookup, Served};
@@ -61,6 +62,8 @@ pub(super) struct CacheCtx {
     pub status: CacheStatus,
     pub leader: Option<Leader>,
     pub reval: Option<Revalidation>,
+    /// A HEAD sent upstream for a stored GET that needs validation (section 4.3.5).
+    pub head_reval: Option<Revalidation>,
     pub request_time: SystemTime,
     pub response_time: SystemTime,
     /// The key's generation before going upstream (an invalidation meanwhile wins).
@@ -95,6 +98,7 @@ impl CacheCtx {
             status,
             leader: None,
             reval: None,
+            head_reval: None,
             request_time: SystemTime::now(),
             response_time: SystemTime::now(),
             capture: None,
@@ -119,6 +123,18 @@ impl CacheCtx {
                     return HeadAction::Intercept;
                 }
             }
+        }
+        if let Some(reval) = &self.head_reval {
+            let fetch = Fetch {
+                request_time: self.request_time,
+                response_time: self.response_time,
+                generation: self.generation,
+            };
+            let updated = self
+                .cache
+                .head_response(reval, &self.req, resp, fetch)
+                .await;
+            self.status.stored = updated;
         }
         // RFC 9111 section 4.4: a non-error response to an unsafe method invalidates.
         if !is_safe_method(&self.req.method) && resp.status < 400 {
@@ -174,11 +190,14 @@ impl CacheCtx {
         }
     }
 
-    /// On an upstream failure, the stale response `stale-if-error` allows, if any.
+    /// On an upstream failure (unreachable, or closed before answering), the stale response
+    /// `stale-if-error` or, if configured, section 4.2.4 allows, if any.
     pub fn stale_on_error(&self) -> Option<Served> {
         let reval = self.reval.as_ref()?;
+        let now = SystemTime::now();
         self.cache
-            .stale_if_error(reval, &self.req, SystemTime::now())
+            .stale_if_error(reval, &self.req, now)
+            .or_else(|| self.cache.stale_if_unreachable(reval, &self.req, now))
     }
 }
 
@@ -231,8 +250,12 @@ impl HttpProxy {
                 Step::Forward(ctx, Some(up))
             }
             Lookup::Revalidate(reval) => {
-                // A HEAD whose stored GET needs validation: just ask the origin.
-                Step::Forward(CacheCtx::new(cache.clone(), head, None, reval.status), None)
+                // A HEAD whose stored GET needs validation: just ask the origin; a 200
+                // freshens the stored GET (RFC 9111 section 4.3.5, in `on_final_head`).
+                let mut ctx = CacheCtx::new(cache.clone(), head, None, reval.status.clone());
+                ctx.generation = reval.generation;
+                ctx.head_reval = Some(reval);
+                Step::Forward(ctx, None)
             }
             Lookup::StaleWhileRevalidate { served, reval } => {
                 let up = RequestHead {
@@ -412,6 +435,14 @@ impl HttpProxy {
             && (matches!(framing, Framing::None | Framing::Length(_)) || client_11)
             && !self.svc.shutdown.is_draining();
         let mut h = head.headers.clone();
+        // Not generated for this request: it carries its current age like a hit (section 5.1).
+        let age = current_age(
+            head,
+            shared.request_time,
+            shared.response_time,
+            SystemTime::now(),
+        );
+        h.set("Age", age.to_string());
         strip_hop_by_hop(&mut h);
         h.remove("trailer");
         if chunk {
