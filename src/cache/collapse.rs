@@ -165,6 +165,17 @@ impl Flights {
         })
     }
 
+    /// The key was invalidated: later requests must not join its flight (its response was
+    /// asked for before the invalidation). Followers already in it are served as usual; the
+    /// leader ends normally.
+    pub fn forget(&self, key: &str) {
+        self.inner
+            .map
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
+    }
+
     /// Requests that joined a flight as followers so far.
     pub fn joined(&self) -> u64 {
         self.inner.joined.load(std::sync::atomic::Ordering::Relaxed)

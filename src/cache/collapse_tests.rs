@@ -207,3 +207,30 @@ fn shared_head_is_the_stored_head_and_checks_vary() {
     assert!(!shared.accepts(&req("GET", "http://a.test/", &[("Accept-Language", "de")])));
     assert!(SharedHead::new(&leader_req, &resp(200, &[("Vary", "*")]), t(0), t(0)).is_none());
 }
+
+#[tokio::test]
+async fn a_forgotten_flight_takes_no_new_followers() {
+    let flights = Flights::new(1 << 20);
+    let Join::Leader(mut leader) = flights.join("k") else {
+        panic!("first is the leader")
+    };
+    let Join::Follower(early) = flights.join("k") else {
+        panic!("second follows")
+    };
+    flights.forget("k");
+    let Join::Leader(second) = flights.join("k") else {
+        panic!("after forget, a new leader")
+    };
+    leader.publish_head(shared(resp(200, &[]), vec![]));
+    assert!(leader.push(Bytes::from_static(b"ab")));
+    leader.finish();
+    // The early follower still gets the whole response; the new flight is untouched.
+    let (status, body, end) = drain(early).await;
+    assert_eq!(
+        (status, body.as_slice(), end),
+        (Some(200), &b"ab"[..], Event::End)
+    );
+    assert_eq!(flights.in_flight(), 1);
+    second.not_shared();
+    assert_eq!(flights.in_flight(), 0);
+}

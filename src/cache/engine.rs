@@ -593,6 +593,7 @@ impl Cache {
         let mut any = {
             let mut pending = self.lock_pending();
             self.generations.bump(key);
+            self.flights.forget(key);
             let p = pending.entries.remove(key).is_some();
             p | self.memory.as_ref().is_some_and(|m| m.remove_now(key))
         };
