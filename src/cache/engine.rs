@@ -8,27 +8,33 @@
 //!    - `OnlyIfCached(served)`: send the 504 in `served`. Done.
 //!    - `Bypass(status)`: forward the request unchanged and relay the response; add
 //!      `status` with [`CacheStatus::append_to`]. For an unsafe method, call
-//!      `cache.invalidate(&req, &resp_head).await` once the response head is in.
-//!    - `Miss { key, status }`: `cache.flights().join(&key)`.
-//!      - A follower calls `next()`: on `Head(shared)` it checks `shared.accepts(&req)` and
-//!        sends `shared.head` (Cache-Status `fwd=miss; collapsed`) then each `Chunk` until
-//!        `End`; on `GoUpstream` (or a head it does not accept) it proceeds as a leader
-//!        without a flight; on `Aborted` it ends its response like an upstream failure.
+//!      `cache.invalidate(&req, &resp_head).await` once the response head is in (it bumps
+//!      the key's generation: a store whose request went upstream before is dropped).
+//!    - `Miss { key, status }`: take `cache.generation(&key)`, then
+//!      `cache.flights().join(&key)`.
+//!      - A follower calls `next()`: on `Head(shared)` it asks `cache.follower(&req, &shared,
+//!        now)`: `Stream` sends `shared.head` (with Age; Cache-Status `fwd=miss; collapsed`)
+//!        then each `Chunk` until `End`; `Whole` collects the body and answers with
+//!        `respond()` like a hit (ranges, conditionals); `Upstream` (or `GoUpstream`)
+//!        proceeds as a leader without a flight; on `Aborted` mid-body it ends its response
+//!        like an upstream failure.
 //!      - A leader forwards the request and asks `cache.storable(&req, &resp_head)`. If `Ok`:
-//!        `leader.publish(SharedHead::new(&req, &resp_head, response_time)?)`, then
-//!        `leader.push(chunk)` for each body chunk while relaying it, collecting the body (at
-//!        most `max_object_size`; past it, stop collecting); at the end
-//!        `cache.store(&key, &req, &resp_head, body, request_time, response_time).await`
-//!        (its result is `status.stored`), then `leader.finish()`. If `Err`:
-//!        `leader.not_shared()` and relay as usual. Set `status.fwd_status` to the upstream
-//!        status and append `status` to the response.
-//!    - `Revalidate(reval)`: send a GET upstream with `reval.headers` (a HEAD client is
-//!      revalidated with GET too). On 304: `cache.revalidated(&reval, &req, &head304,
-//!      request_time, response_time, now).await` returns the response to send (`None`: the
-//!      304 did not match the stored response; repeat the request without validators and
-//!      treat it as a miss). On any other response: treat as a miss (`storable`/`store`),
-//!      except that on a 500/502/503/504 or a connection failure, `cache.stale_if_error(
-//!      &reval, &req, now)` may give a stale response to send instead.
+//!        `leader.publish_head(SharedHead::new(&req, &resp_head, request_time,
+//!        response_time)?)`, then `leader.push(chunk)` for each body chunk while relaying it,
+//!        collecting the body (at most `max_object_size`; past it, stop collecting); at the
+//!        end `let store = cache.store(&key, &req, &resp_head, body, fetch).await` (the entry
+//!        is visible now), `leader.finish()`, then `store.finish().await` (the disk write;
+//!        its result is `status.stored`). If `Err`: `leader.not_shared()` and relay as
+//!        usual. Set `status.fwd_status` to the upstream status and append `status`.
+//!    - `Revalidate(reval)`: send a GET upstream with `reval.headers` (a HEAD client sends
+//!      its HEAD, and a 200 goes to `cache.head_response(&reval, &req, &head, fetch)`). On
+//!      304: `cache.revalidated(&reval, &req, &head304, request_time, response_time,
+//!      now).await` returns the response to send (`None`: the 304 did not match the stored
+//!      response; repeat the request without validators and treat it as a miss). On any
+//!      other response: treat as a miss (`storable`/`store`), except that on a
+//!      500/502/503/504 or a connection failure, `cache.stale_if_error(&reval, &req, now)`
+//!      may give a stale response to send instead, and on a connection failure
+//!      `cache.stale_if_unreachable(&reval, &req, now)` too.
 //!    - `StaleWhileRevalidate { served, reval }`: send `served` now, and run the
 //!      `Revalidate` steps in a spawned task without a client.
 //! 2. The access log takes `status.log_word()`; metrics read [`Cache::stats`].
