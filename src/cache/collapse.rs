@@ -20,15 +20,20 @@ use bytes::Bytes;
 use tokio::sync::watch;
 
 use super::freshness::format_http_date;
+use super::object::StoredResponse;
 use super::storable::headers_to_store;
 use super::vary::{self, secondary_key, SecondaryKey};
 use crate::http::codec::{RequestHead, ResponseHead};
 
-/// The head a leader shares, with the request values its Vary nominated.
+/// The head a leader shares, with the request values its Vary nominated and the leader's
+/// request and response times (a follower computes the response's age from them, exactly as
+/// for a stored response).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SharedHead {
     pub head: ResponseHead,
     pub vary: SecondaryKey,
+    pub request_time: SystemTime,
+    pub response_time: SystemTime,
 }
 
 impl SharedHead {
@@ -40,12 +45,29 @@ impl SharedHead {
     pub fn new(
         req: &RequestHead,
         resp: &ResponseHead,
+        request_time: SystemTime,
         response_time: SystemTime,
     ) -> Option<SharedHead> {
         let vary = secondary_key(&req.headers, resp)?;
         let mut head = resp.clone();
         head.headers = headers_to_store(&resp.headers, &format_http_date(response_time));
-        Some(SharedHead { head, vary })
+        Some(SharedHead {
+            head,
+            vary,
+            request_time,
+            response_time,
+        })
+    }
+
+    /// The shared response with its complete body, as it will be stored.
+    pub fn stored(&self, body: Bytes) -> StoredResponse {
+        StoredResponse {
+            head: self.head.clone(),
+            body,
+            request_time: self.request_time,
+            response_time: self.response_time,
+            vary: self.vary.clone(),
+        }
     }
 
     /// Whether a follower's request may take this response: the fields its Vary nominates
@@ -89,6 +111,8 @@ impl Flight {
 struct Inner {
     map: Mutex<HashMap<String, Arc<Flight>>>,
     max_buffer: usize,
+    /// Requests that joined as followers, ever (for /metrics).
+    joined: std::sync::atomic::AtomicU64,
 }
 
 /// The in-flight map, shared by all requests of a cache.
@@ -108,6 +132,7 @@ impl Flights {
             inner: Arc::new(Inner {
                 map: Mutex::default(),
                 max_buffer,
+                joined: Default::default(),
             }),
         }
     }
@@ -116,6 +141,9 @@ impl Flights {
     pub fn join(&self, key: &str) -> Join {
         let mut map = self.inner.map.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(f) = map.get(key) {
+            self.inner
+                .joined
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return Join::Follower(Follower {
                 rx: f.changed.subscribe(),
                 flight: f.clone(),
@@ -135,6 +163,22 @@ impl Flights {
             flight,
             done: false,
         })
+    }
+
+    /// The key was invalidated: later requests must not join its flight (its response was
+    /// asked for before the invalidation). Followers already in it are served as usual; the
+    /// leader ends normally.
+    pub fn forget(&self, key: &str) {
+        self.inner
+            .map
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
+    }
+
+    /// Requests that joined a flight as followers so far.
+    pub fn joined(&self) -> u64 {
+        self.inner.joined.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Flights in progress (for tests and metrics).
@@ -160,9 +204,8 @@ impl Leader {
     }
 
     /// The response is storable: followers receive this head and then the body.
-    pub fn publish_head(&mut self, head: ResponseHead, vary: SecondaryKey) {
-        self.flight
-            .update(|s| s.head = Some(Arc::new(SharedHead { head, vary })));
+    pub fn publish_head(&mut self, shared: SharedHead) {
+        self.flight.update(|s| s.head = Some(Arc::new(shared)));
     }
 
     /// Passes one body chunk on. Returns false (and abandons the flight) when the buffered
@@ -221,7 +264,8 @@ impl Drop for Leader {
     }
 }
 
-/// What a follower does next.
+/// What a follower does next. A follower takes the head only if the cache's reuse rules
+/// accept it for its own request (`Cache::follower`); otherwise it goes upstream itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     /// Send this head (after checking its Vary against the follower's own request).

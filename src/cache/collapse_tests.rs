@@ -4,6 +4,16 @@ use std::time::Duration;
 use super::*;
 use crate::cache::testutil::resp;
 
+fn shared(head: crate::http::codec::ResponseHead, vary: SecondaryKey) -> SharedHead {
+    let t0 = crate::cache::testutil::t(0);
+    SharedHead {
+        head,
+        vary,
+        request_time: t0,
+        response_time: t0,
+    }
+}
+
 async fn drain(mut f: Follower) -> (Option<u16>, Vec<u8>, Event) {
     let mut status = None;
     let mut body = Vec::new();
@@ -31,7 +41,7 @@ async fn hundreds_of_concurrent_misses_make_one_fetch() {
                     // Every task has joined before the "upstream" answers.
                     joined.wait().await;
                     fetches.fetch_add(1, Ordering::SeqCst);
-                    leader.publish_head(resp(200, &[("Content-Length", "9")]), vec![]);
+                    leader.publish_head(shared(resp(200, &[("Content-Length", "9")]), vec![]));
                     for part in [&b"abc"[..], b"def", b"ghi"] {
                         assert!(leader.push(Bytes::copy_from_slice(part)));
                         tokio::task::yield_now().await;
@@ -66,7 +76,7 @@ async fn late_joiner_replays_from_the_start() {
     let Join::Leader(mut leader) = flights.join("k") else {
         panic!("first is leader")
     };
-    leader.publish_head(resp(200, &[]), vec![]);
+    leader.publish_head(shared(resp(200, &[]), vec![]));
     leader.push(Bytes::from_static(b"early "));
     let Join::Follower(f) = flights.join("k") else {
         panic!("second follows")
@@ -120,7 +130,7 @@ async fn leader_dropped_mid_body_aborts_followers() {
     let Join::Follower(f) = flights.join("k") else {
         panic!("follower")
     };
-    leader.publish_head(resp(200, &[]), vec![]);
+    leader.publish_head(shared(resp(200, &[]), vec![]));
     leader.push(Bytes::from_static(b"part"));
     let (status, body, end) = {
         let mut f = f;
@@ -147,7 +157,7 @@ async fn buffer_bound_abandons_the_flight() {
     let Join::Follower(mut waiting) = flights.join("k") else {
         panic!("follower")
     };
-    leader.publish_head(resp(200, &[]), vec![]);
+    leader.publish_head(shared(resp(200, &[]), vec![]));
     assert!(matches!(started.next().await, Event::Head(_)));
     assert!(leader.push(Bytes::from_static(b"12345")));
     assert!(!leader.push(Bytes::from_static(b"678901")));
@@ -170,7 +180,7 @@ async fn follower_sees_the_leaders_vary_key() {
         panic!("follower")
     };
     let vary = vec![("accept".to_string(), Some("text/html".to_string()))];
-    leader.publish_head(resp(200, &[("Vary", "Accept")]), vary.clone());
+    leader.publish_head(shared(resp(200, &[("Vary", "Accept")]), vary.clone()));
     match f.next().await {
         Event::Head(h) => assert_eq!(h.vary, vary),
         other => panic!("unexpected {other:?}"),
@@ -189,11 +199,38 @@ fn shared_head_is_the_stored_head_and_checks_vary() {
             ("Connection", "keep-alive"),
         ],
     );
-    let shared = SharedHead::new(&leader_req, &upstream, t(0)).expect("shareable");
+    let shared = SharedHead::new(&leader_req, &upstream, t(0), t(0)).expect("shareable");
     assert!(!shared.head.headers.contains("transfer-encoding"));
     assert!(!shared.head.headers.contains("connection"));
     assert!(shared.head.headers.contains("date"));
     assert!(shared.accepts(&req("GET", "http://a.test/", &[("Accept-Language", "EN")])));
     assert!(!shared.accepts(&req("GET", "http://a.test/", &[("Accept-Language", "de")])));
-    assert!(SharedHead::new(&leader_req, &resp(200, &[("Vary", "*")]), t(0)).is_none());
+    assert!(SharedHead::new(&leader_req, &resp(200, &[("Vary", "*")]), t(0), t(0)).is_none());
+}
+
+#[tokio::test]
+async fn a_forgotten_flight_takes_no_new_followers() {
+    let flights = Flights::new(1 << 20);
+    let Join::Leader(mut leader) = flights.join("k") else {
+        panic!("first is the leader")
+    };
+    let Join::Follower(early) = flights.join("k") else {
+        panic!("second follows")
+    };
+    flights.forget("k");
+    let Join::Leader(second) = flights.join("k") else {
+        panic!("after forget, a new leader")
+    };
+    leader.publish_head(shared(resp(200, &[]), vec![]));
+    assert!(leader.push(Bytes::from_static(b"ab")));
+    leader.finish();
+    // The early follower still gets the whole response; the new flight is untouched.
+    let (status, body, end) = drain(early).await;
+    assert_eq!(
+        (status, body.as_slice(), end),
+        (Some(200), &b"ab"[..], Event::End)
+    );
+    assert_eq!(flights.in_flight(), 1);
+    second.not_shared();
+    assert_eq!(flights.in_flight(), 0);
 }

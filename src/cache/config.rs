@@ -8,6 +8,7 @@
 //! disk_size = "1GiB"
 //! max_object_size = "8MiB"
 //! methods = ["GET", "HEAD"]
+//! stale_if_unreachable = false
 //! ```
 
 use std::path::PathBuf;
@@ -26,6 +27,9 @@ pub struct CacheConfig {
     pub max_object_size: u64,
     /// Whether HEAD requests are answered from stored GET responses (GET is always on).
     pub head: bool,
+    /// Serve a stale response when the origin cannot be reached or closes the connection
+    /// (RFC 9111 section 4.2.4), unless a directive forbids it.
+    pub stale_if_unreachable: bool,
 }
 
 pub const DEFAULT_MEMORY_SIZE: u64 = 64 << 20;
@@ -42,6 +46,7 @@ impl Default for CacheConfig {
             disk_size: DEFAULT_DISK_SIZE,
             max_object_size: DEFAULT_MAX_OBJECT_SIZE,
             head: true,
+            stale_if_unreachable: false,
         }
     }
 }
@@ -102,6 +107,7 @@ pub(crate) fn read_cache(s: &Section<'_>) -> CacheConfig {
             "must include \"GET\" (HEAD is answered from stored GET responses)",
         );
     }
+    let stale_if_unreachable = s.bool("stale_if_unreachable", false);
     s.finish();
     CacheConfig {
         enabled,
@@ -110,6 +116,7 @@ pub(crate) fn read_cache(s: &Section<'_>) -> CacheConfig {
         disk_size,
         max_object_size,
         head: methods.iter().any(|m| m == "HEAD"),
+        stale_if_unreachable,
     }
 }
 
@@ -144,7 +151,7 @@ mod tests {
     fn every_key() {
         let (c, errs) = read(
             "[cache]\nenabled = true\nmemory_size = \"16MiB\"\ndisk_dir = \"/tmp/gh\"\ndisk_size = \"2GiB\"\n\
-             max_object_size = \"1MiB\"\nmethods = [\"GET\"]\n",
+             max_object_size = \"1MiB\"\nmethods = [\"GET\"]\nstale_if_unreachable = true\n",
         );
         assert!(errs.is_empty(), "{errs:?}");
         assert_eq!(c.memory_size, 16 << 20);
@@ -152,6 +159,7 @@ mod tests {
         assert_eq!(c.disk_size, 2 << 30);
         assert_eq!(c.max_object_size, 1 << 20);
         assert!(!c.head && !c.handles("HEAD"));
+        assert!(c.stale_if_unreachable && !CacheConfig::default().stale_if_unreachable);
     }
 
     #[test]

@@ -8,42 +8,53 @@
 //!    - `OnlyIfCached(served)`: send the 504 in `served`. Done.
 //!    - `Bypass(status)`: forward the request unchanged and relay the response; add
 //!      `status` with [`CacheStatus::append_to`]. For an unsafe method, call
-//!      `cache.invalidate(&req, &resp_head).await` once the response head is in.
-//!    - `Miss { key, status }`: `cache.flights().join(&key)`.
-//!      - A follower calls `next()`: on `Head(shared)` it checks `shared.accepts(&req)` and
-//!        sends `shared.head` (Cache-Status `fwd=miss; collapsed`) then each `Chunk` until
-//!        `End`; on `GoUpstream` (or a head it does not accept) it proceeds as a leader
-//!        without a flight; on `Aborted` it ends its response like an upstream failure.
+//!      `cache.invalidate(&req, &resp_head).await` once the response head is in (it bumps
+//!      the key's generation: a store whose request went upstream before is dropped).
+//!    - `Miss { key, status }`: take `cache.generation(&key)`, then
+//!      `cache.flights().join(&key)`.
+//!      - A follower calls `next()`: on `Head(shared)` it asks `cache.follower(&req, &shared,
+//!        now)`: `Stream` sends `shared.head` (with Age; Cache-Status `fwd=miss; collapsed`)
+//!        then each `Chunk` until `End`; `Whole` collects the body and answers with
+//!        `respond()` like a hit (ranges, conditionals); `Upstream` (or `GoUpstream`)
+//!        proceeds as a leader without a flight; on `Aborted` mid-body it ends its response
+//!        like an upstream failure.
 //!      - A leader forwards the request and asks `cache.storable(&req, &resp_head)`. If `Ok`:
-//!        `leader.publish(SharedHead::new(&req, &resp_head, response_time)?)`, then
-//!        `leader.push(chunk)` for each body chunk while relaying it, collecting the body (at
-//!        most `max_object_size`; past it, stop collecting); at the end
-//!        `cache.store(&key, &req, &resp_head, body, request_time, response_time).await`
-//!        (its result is `status.stored`), then `leader.finish()`. If `Err`:
-//!        `leader.not_shared()` and relay as usual. Set `status.fwd_status` to the upstream
-//!        status and append `status` to the response.
-//!    - `Revalidate(reval)`: send a GET upstream with `reval.headers` (a HEAD client is
-//!      revalidated with GET too). On 304: `cache.revalidated(&reval, &req, &head304,
-//!      request_time, response_time, now).await` returns the response to send (`None`: the
-//!      304 did not match the stored response; repeat the request without validators and
-//!      treat it as a miss). On any other response: treat as a miss (`storable`/`store`),
-//!      except that on a 500/502/503/504 or a connection failure, `cache.stale_if_error(
-//!      &reval, &req, now)` may give a stale response to send instead.
+//!        `leader.publish_head(SharedHead::new(&req, &resp_head, request_time,
+//!        response_time)?)`, then `leader.push(chunk)` for each body chunk while relaying it,
+//!        collecting the body (at most `max_object_size`; past it, stop collecting); at the
+//!        end `let store = cache.store(&key, &req, &resp_head, body, fetch).await` (the entry
+//!        is visible now), `leader.finish()`, then `store.finish().await` (the disk write;
+//!        its result is `status.stored`). If `Err`: `leader.not_shared()` and relay as
+//!        usual. Set `status.fwd_status` to the upstream status and append `status`.
+//!    - `Revalidate(reval)`: send a GET upstream with `reval.headers` (a HEAD client sends
+//!      its HEAD, and a 200 goes to `cache.head_response(&reval, &req, &head, fetch)`). On
+//!      304: `cache.revalidated(&reval, &req, &head304, request_time, response_time,
+//!      now).await` returns the response to send (`None`: the 304 did not match the stored
+//!      response; repeat the request without validators and treat it as a miss). On any
+//!      other response: treat as a miss (`storable`/`store`), except that on a
+//!      500/502/503/504 or a connection failure, `cache.stale_if_error(&reval, &req, now)`
+//!      may give a stale response to send instead, and on a connection failure
+//!      `cache.stale_if_unreachable(&reval, &req, now)` too.
 //!    - `StaleWhileRevalidate { served, reval }`: send `served` now, and run the
 //!      `Revalidate` steps in a spawned task without a client.
 //! 2. The access log takes `status.log_word()`; metrics read [`Cache::stats`].
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
 use bytes::Bytes;
 
-use super::collapse::Flights;
+use super::collapse::{Flights, SharedHead};
 use super::conditional::has_origin_preconditions;
 use super::config::CacheConfig;
 use super::directives::CacheControl;
-use super::freshness::{current_age, format_http_date, freshness_lifetime, within_stale_if_error};
+use super::freshness::{
+    current_age, format_http_date, freshness_lifetime, stale_when_disconnected,
+    within_stale_if_error,
+};
+use super::generation::Generations;
 use super::key::{invalidated_keys, is_safe_method, key_of_url, primary_key};
 use super::object::{Entry, StoredResponse};
 use super::reuse::{only_if_cached, request_cache_control, reuse, Reuse};
@@ -53,7 +64,9 @@ use super::stats::{bump, Counters};
 use super::status::{CacheStatus, Fwd};
 use super::storable::{headers_to_store, storable, NotStorable};
 use super::store::{DiskTier, MemoryTier, StoreError, Tier};
-use super::validate::{merge_not_modified, revalidation_headers, selected_for_update};
+use super::validate::{
+    head_updates, merge_not_modified, revalidation_headers, selected_for_update,
+};
 use super::vary::secondary_key;
 use crate::http::codec::{Headers, RequestHead, ResponseHead};
 
@@ -63,6 +76,8 @@ pub use super::serve::Served;
 #[derive(Debug, Clone)]
 pub struct Revalidation {
     pub key: String,
+    /// The key's generation at lookup: a 304 merged after an invalidation is not stored.
+    pub generation: u64,
     pub stored: Arc<StoredResponse>,
     /// Request header fields for the conditional GET sent upstream.
     pub headers: Headers,
@@ -89,12 +104,90 @@ pub enum Refusal {
     Disabled,
 }
 
+/// One upstream exchange whose response may be stored: when it was sent and answered, and
+/// the key's generation ([`Cache::generation`]) taken before it was sent.
+#[derive(Debug, Clone, Copy)]
+pub struct Fetch {
+    pub request_time: SystemTime,
+    pub response_time: SystemTime,
+    pub generation: u64,
+}
+
+/// What a collapsed follower may do with the leader's response ([`Cache::follower`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Follow {
+    /// Stream the shared response as it arrives.
+    Stream,
+    /// Wait for the complete body, then answer like a stored hit (a range, a conditional).
+    Whole,
+    /// The reuse rules refuse it for this request: go upstream.
+    Upstream,
+}
+
+/// Entries being stored, visible to lookups before their slowest tier has them.
+#[derive(Default)]
+struct Pending {
+    entries: HashMap<String, (u64, Arc<Entry>)>,
+    next: u64,
+}
+
 pub struct Cache {
     cfg: CacheConfig,
     pub(super) memory: Option<MemoryTier>,
     pub(super) disk: Option<DiskTier>,
     flights: Flights,
     pub(super) counters: Counters,
+    generations: Arc<Generations>,
+    /// Lock order: this lock, then a tier's own. Store visibility, invalidation and memory
+    /// promotion all happen under it, so none can interleave inside another.
+    pending: Mutex<Pending>,
+}
+
+/// A store whose entry is visible already; [`Store::finish`] completes the disk write.
+#[must_use = "finish() writes the entry to disk and ends its pending state"]
+pub struct Store<'a> {
+    cache: &'a Cache,
+    key: String,
+    /// `None`: nothing was stored (an invalidation came first).
+    written: Option<(u64, Arc<Entry>)>,
+    generation: u64,
+    memory_ok: bool,
+}
+
+impl Store<'_> {
+    /// Writes the entry to the disk tier (if any) and returns whether any tier stored it.
+    pub async fn finish(self) -> bool {
+        let Some((token, entry)) = self.written else {
+            return false;
+        };
+        let cache = self.cache;
+        let mut ok = self.memory_ok;
+        if let Some(disk) = &cache.disk {
+            let (gens, key, generation) =
+                (cache.generations.clone(), self.key.clone(), self.generation);
+            match disk
+                .put_if(&self.key, entry, move || gens.current(&key) == generation)
+                .await
+            {
+                Ok(()) => ok = true,
+                Err(StoreError::Superseded) => ok = false,
+                Err(e) => {
+                    bump(&cache.counters.store_errors);
+                    tracing::debug!(tier = "disk", key = self.key, error = %e, "cache: not stored");
+                }
+            }
+        }
+        let mut pending = cache.lock_pending();
+        if pending.entries.get(&self.key).is_some_and(|p| p.0 == token) {
+            pending.entries.remove(&self.key);
+        }
+        let superseded = cache.generations.current(&self.key) != self.generation;
+        drop(pending);
+        if ok && !superseded {
+            bump(&cache.counters.stores);
+        }
+        ok && !superseded
+    }
 }
 
 impl Cache {
@@ -112,7 +205,19 @@ impl Cache {
             disk,
             flights,
             counters: Counters::default(),
+            generations: Arc::default(),
+            pending: Mutex::default(),
         })
+    }
+
+    fn lock_pending(&self) -> MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The key's generation now: take it before the request goes upstream and store with it
+    /// ([`Fetch::generation`]); an invalidation in between makes that store a no-op.
+    pub fn generation(&self, key: &str) -> u64 {
+        self.generations.current(key)
     }
 
     pub fn config(&self) -> &CacheConfig {
@@ -123,22 +228,25 @@ impl Cache {
         &self.flights
     }
 
-    fn tiers(&self) -> impl Iterator<Item = &dyn Tier> {
-        let m = self.memory.as_ref().map(|m| m as &dyn Tier);
-        let d = self.disk.as_ref().map(|d| d as &dyn Tier);
-        m.into_iter().chain(d)
-    }
-
+    /// The entry for `key`: one being stored, else memory, else disk (promoted to memory
+    /// unless an invalidation came while it was read).
     async fn get(&self, key: &str) -> Option<Arc<Entry>> {
-        if let Some(e) = match &self.memory {
-            Some(m) => m.get(key).await,
-            None => None,
-        } {
-            return Some(e);
+        {
+            let pending = self.lock_pending();
+            if let Some((_, e)) = pending.entries.get(key) {
+                return Some(e.clone());
+            }
+            if let Some(e) = self.memory.as_ref().and_then(|m| m.get_now(key)) {
+                return Some(e);
+            }
         }
+        let generation = self.generations.current(key);
         let e = self.disk.as_ref()?.get(key).await?;
         if let Some(m) = &self.memory {
-            let _ = m.put(key, e.clone()).await;
+            let _pending = self.lock_pending();
+            if self.generations.current(key) == generation {
+                let _ = m.put_now(key, e.clone());
+            }
         }
         Some(e)
     }
@@ -231,6 +339,7 @@ impl Cache {
     ) -> Revalidation {
         let headers = revalidation_headers(&req.headers, &stored.head);
         Revalidation {
+            generation: self.generations.current(&key),
             key,
             stored,
             headers,
@@ -255,50 +364,75 @@ impl Cache {
     }
 
     /// Stores a complete response (call after [`Cache::storable`] said yes and the whole body
-    /// arrived). Returns whether it was stored.
+    /// arrived). When this returns, the entry is visible to every lookup (or was dropped
+    /// because the key was invalidated after `fetch.generation` was taken); the returned
+    /// [`Store`] finishes the disk write. End a collapsing flight in between.
     pub async fn store(
         &self,
         key: &str,
         req: &RequestHead,
         resp: &ResponseHead,
         body: Bytes,
-        request_time: SystemTime,
-        response_time: SystemTime,
-    ) -> bool {
+        fetch: Fetch,
+    ) -> Store<'_> {
+        let nothing = Store {
+            cache: self,
+            key: key.to_string(),
+            written: None,
+            generation: fetch.generation,
+            memory_ok: false,
+        };
         if self.storable(req, resp).is_err() || body.len() as u64 > self.cfg.max_object_size {
-            return false;
+            return nothing;
         }
         let Some(vary) = secondary_key(&req.headers, resp) else {
-            return false;
+            return nothing;
         };
         let mut head = resp.clone();
-        head.headers = headers_to_store(&resp.headers, &format_http_date(response_time));
+        head.headers = headers_to_store(&resp.headers, &format_http_date(fetch.response_time));
         let stored = Arc::new(StoredResponse {
             head,
             body,
-            request_time,
-            response_time,
+            request_time: fetch.request_time,
+            response_time: fetch.response_time,
             vary,
         });
-        self.put(key, stored).await
+        self.put(key, stored, fetch.generation).await
     }
 
-    async fn put(&self, key: &str, stored: Arc<StoredResponse>) -> bool {
+    /// Makes the entry with `stored` added visible at once (pending map and memory tier),
+    /// unless the key's generation moved on since `generation`.
+    async fn put(&self, key: &str, stored: Arc<StoredResponse>, generation: u64) -> Store<'_> {
         let entry = Arc::new(self.get(key).await.unwrap_or_default().with(stored));
-        let mut ok = false;
-        for tier in self.tiers() {
-            match tier.put(key, entry.clone()).await {
-                Ok(()) => ok = true,
+        let mut store = Store {
+            cache: self,
+            key: key.to_string(),
+            written: None,
+            generation,
+            memory_ok: false,
+        };
+        let mut pending = self.lock_pending();
+        if self.generations.current(key) != generation {
+            return store;
+        }
+        pending.next += 1;
+        let token = pending.next;
+        if self.disk.is_some() {
+            pending
+                .entries
+                .insert(key.to_string(), (token, entry.clone()));
+        }
+        if let Some(m) = &self.memory {
+            match m.put_now(key, entry.clone()) {
+                Ok(()) => store.memory_ok = true,
                 Err(e) => {
                     bump(&self.counters.store_errors);
-                    tracing::debug!(tier = tier.name(), key, error = %e, "cache: not stored");
+                    tracing::debug!(tier = "memory", key, error = %e, "cache: not stored");
                 }
             }
         }
-        if ok {
-            bump(&self.counters.stores);
-        }
-        ok
+        store.written = Some((token, entry));
+        store
     }
 
     /// A 304 arrived for `reval`: merge it into the stored response (section 4.3.4), store
@@ -339,12 +473,61 @@ impl Cache {
             ..req.clone()
         };
         status.stored = storable(&get, &updated.head).is_ok()
-            && self.put(&reval.key, Arc::new(updated.clone())).await;
+            && self
+                .put(&reval.key, Arc::new(updated.clone()), reval.generation)
+                .await
+                .finish()
+                .await;
         if !status.stored {
             self.remove(&reval.key).await;
         }
         status.ttl = Some(ttl(&updated, now));
         Some(respond(req, &updated, now, status))
+    }
+
+    /// A 200 arrived for a HEAD sent to the origin because the stored GET response `reval`
+    /// needed validation (section 4.3.5): a matching stored response takes the HEAD's header
+    /// fields like a 304's (framing fields excepted) and is freshened; one that does not
+    /// match is removed (it is stale in any case). Returns whether it was updated.
+    pub async fn head_response(
+        &self,
+        reval: &Revalidation,
+        req: &RequestHead,
+        head: &ResponseHead,
+        fetch: Fetch,
+    ) -> bool {
+        if !head_updates(&reval.stored.head, head) {
+            if head.status == 200 {
+                self.remove(&reval.key).await;
+            }
+            return false;
+        }
+        let mut merged = merge_not_modified(&reval.stored.head, head);
+        if !head.headers.contains("date") {
+            merged
+                .headers
+                .set("Date", format_http_date(fetch.response_time));
+        }
+        if !head.headers.contains("age") {
+            merged.headers.remove("age");
+        }
+        let updated = StoredResponse {
+            head: merged,
+            body: reval.stored.body.clone(),
+            request_time: fetch.request_time,
+            response_time: fetch.response_time,
+            vary: reval.stored.vary.clone(),
+        };
+        let get = RequestHead {
+            method: "GET".into(),
+            ..req.clone()
+        };
+        if storable(&get, &updated.head).is_err() {
+            self.remove(&reval.key).await;
+            return false;
+        }
+        let store = self.put(&reval.key, Arc::new(updated), reval.generation);
+        store.await.finish().await
     }
 
     /// The origin failed (connection error, or 500/502/503/504): RFC 5861 section 4 lets a
@@ -368,6 +551,31 @@ impl Cache {
         Some(respond(req, stored, now, status))
     }
 
+    /// The origin could not be reached or closed the connection before answering: with
+    /// `stale_if_unreachable` on, section 4.2.4 lets the cache, being disconnected, send the
+    /// stale response unless a directive forbids it ([`stale_when_disconnected`]). The
+    /// Cache-Status says so (`detail="origin-unreachable"`; no `Warning`, which RFC 9111
+    /// obsoleted).
+    pub fn stale_if_unreachable(
+        &self,
+        reval: &Revalidation,
+        req: &RequestHead,
+        now: SystemTime,
+    ) -> Option<Served> {
+        if !self.cfg.stale_if_unreachable {
+            return None;
+        }
+        let stored = &reval.stored;
+        let resp_cc = CacheControl::from_headers(&stored.head.headers);
+        let req_cc = request_cache_control(&req.headers);
+        if !stale_when_disconnected(&resp_cc, &req_cc) {
+            return None;
+        }
+        bump(&self.counters.stale_served);
+        let status = CacheStatus::hit(ttl(stored, now)).with_detail("origin-unreachable");
+        Some(respond(req, stored, now, status))
+    }
+
     /// Section 4.4: after a non-error response to an unsafe method, drop what it changed.
     pub async fn invalidate(&self, req: &RequestHead, resp: &ResponseHead) -> usize {
         if is_safe_method(&req.method) {
@@ -385,10 +593,18 @@ impl Cache {
         n
     }
 
+    /// Removes `key` everywhere; the generation is bumped first, so a store that started
+    /// before this cannot land after it.
     async fn remove(&self, key: &str) -> bool {
-        let mut any = false;
-        for tier in self.tiers() {
-            any |= tier.remove(key).await;
+        let mut any = {
+            let mut pending = self.lock_pending();
+            self.generations.bump(key);
+            self.flights.forget(key);
+            let p = pending.entries.remove(key).is_some();
+            p | self.memory.as_ref().is_some_and(|m| m.remove_now(key))
+        };
+        if let Some(d) = &self.disk {
+            any |= d.remove(key).await;
         }
         any
     }
@@ -404,11 +620,47 @@ impl Cache {
     /// Admin purge of every URL starting with `prefix` (compared with normalised keys, e.g.
     /// `http://example.com/static/`). Returns the largest count any tier removed.
     pub async fn purge_prefix(&self, prefix: &str) -> usize {
-        let mut n = 0;
-        for tier in self.tiers() {
-            n = n.max(tier.remove_prefix(prefix).await);
+        let mut n = {
+            let mut pending = self.lock_pending();
+            self.generations.bump_all();
+            let before = pending.entries.len();
+            pending.entries.retain(|k, _| !k.starts_with(prefix));
+            before - pending.entries.len()
+        };
+        if let Some(m) = &self.memory {
+            n = n.max(m.remove_prefix(prefix).await);
+        }
+        if let Some(d) = &self.disk {
+            n = n.max(d.remove_prefix(prefix).await);
         }
         n
+    }
+
+    /// Whether a collapsed follower may take the leader's response: the same rules as a
+    /// stored hit (Vary, then [`reuse`] with the response's age now); a fresh or
+    /// acceptably stale response is taken, anything needing validation is not.
+    pub fn follower(&self, req: &RequestHead, shared: &SharedHead, now: SystemTime) -> Follow {
+        if !shared.accepts(req) {
+            return Follow::Upstream;
+        }
+        let req_cc = request_cache_control(&req.headers);
+        let resp_cc = CacheControl::from_headers(&shared.head.headers);
+        let lifetime = freshness_lifetime(&shared.head, &resp_cc, shared.response_time);
+        let age = current_age(&shared.head, shared.request_time, shared.response_time, now);
+        match reuse(&req_cc, &resp_cc, lifetime, age) {
+            Reuse::Fresh | Reuse::StaleAccepted => {}
+            Reuse::StaleWhileRevalidate | Reuse::Revalidate => return Follow::Upstream,
+        }
+        let h = &req.headers;
+        if req.method != "GET"
+            || h.contains("range")
+            || h.contains("if-none-match")
+            || h.contains("if-modified-since")
+        {
+            Follow::Whole
+        } else {
+            Follow::Stream
+        }
     }
 }
 

@@ -16,10 +16,21 @@ async fn fill(c: &Cache, rq: &RequestHead, rs: &ResponseHead, body: &str) -> boo
     match c.lookup(rq, t(0)).await {
         Lookup::Miss { key, .. } => {
             c.storable(rq, rs).is_ok()
-                && c.store(&key, rq, rs, Bytes::from(body.to_string()), t(0), t(0))
+                && c.store(&key, rq, rs, Bytes::from(body.to_string()), at(c, &key, 0))
+                    .await
+                    .finish()
                     .await
         }
         other => panic!("expected a miss, got {other:?}"),
+    }
+}
+
+/// An exchange sent and answered at t(secs), with the key's generation now.
+fn at(c: &Cache, key: &str, secs: i64) -> Fetch {
+    Fetch {
+        request_time: t(secs),
+        response_time: t(secs),
+        generation: c.generation(key),
     }
 }
 
@@ -94,10 +105,9 @@ async fn variants_are_never_mixed() {
     match c.lookup(&de, t(1)).await {
         Lookup::Miss { key, status } => {
             assert_eq!(status.fwd, Some(Fwd::VaryMiss));
-            assert!(
-                c.store(&key, &de, &vary, Bytes::from_static(b"hallo"), t(1), t(1))
-                    .await
-            );
+            let fetch = at(&c, &key, 1);
+            let body = Bytes::from_static(b"hallo");
+            assert!(c.store(&key, &de, &vary, body, fetch).await.finish().await);
         }
         other => panic!("{other:?}"),
     }
@@ -395,4 +405,133 @@ async fn disk_tier_serves_after_restart() {
     let st = c.stats();
     assert_eq!(st.disk.expect("disk").entries, 1);
     assert_eq!(st.memory.expect("memory").entries, 1, "promoted to memory");
+}
+
+/// The three tier set-ups every store-window case runs against.
+fn tier_setups(dir: &std::path::Path) -> Vec<(&'static str, CacheConfig)> {
+    let disk = |memory_size| CacheConfig {
+        memory_size,
+        disk_dir: Some(dir.to_path_buf()),
+        disk_size: 1 << 20,
+        ..CacheConfig::default()
+    };
+    vec![
+        ("memory", CacheConfig::default()),
+        ("disk", disk(0)),
+        ("both", disk(CacheConfig::default().memory_size)),
+    ]
+}
+
+#[tokio::test]
+async fn an_invalidation_wins_over_a_store_that_started_before_it() {
+    for (name, cfg) in tier_setups(tempfile::tempdir().expect("tmp").path()) {
+        let c = Cache::new(cfg).expect("cache");
+        let key = primary_key(&get(&[])).expect("key");
+        // The GET goes upstream (generation taken), then a POST invalidates the URL, then
+        // the GET's response arrives and is stored.
+        let fetch = at(&c, &key, 0);
+        c.invalidate(&req("POST", URL, &[]), &resp(204, &[])).await;
+        let store = c
+            .store(
+                &key,
+                &get(&[]),
+                &fresh60(),
+                Bytes::from_static(b"old"),
+                fetch,
+            )
+            .await;
+        assert!(!store.finish().await, "{name}: dropped");
+        assert!(
+            matches!(c.lookup(&get(&[]), t(1)).await, Lookup::Miss { .. }),
+            "{name}: the invalidation stands"
+        );
+        // The invalidation lands while the store is under way (visible, disk write pending).
+        let fetch = at(&c, &key, 0);
+        let store = c
+            .store(
+                &key,
+                &get(&[]),
+                &fresh60(),
+                Bytes::from_static(b"old"),
+                fetch,
+            )
+            .await;
+        c.invalidate(&req("DELETE", URL, &[]), &resp(200, &[]))
+            .await;
+        assert!(!store.finish().await, "{name}: dropped");
+        assert!(
+            matches!(c.lookup(&get(&[]), t(1)).await, Lookup::Miss { .. }),
+            "{name}: the invalidation stands"
+        );
+        // A store that starts after the invalidation is kept.
+        assert!(fill(&c, &get(&[]), &fresh60(), "new").await, "{name}");
+        assert_eq!(&hit(c.lookup(&get(&[]), t(1)).await).body[..], b"new");
+    }
+}
+
+#[tokio::test]
+async fn a_stored_entry_is_visible_before_its_disk_write_ends() {
+    for (name, cfg) in tier_setups(tempfile::tempdir().expect("tmp").path()) {
+        let c = Cache::new(cfg).expect("cache");
+        let key = primary_key(&get(&[])).expect("key");
+        let fetch = at(&c, &key, 0);
+        let store = c
+            .store(
+                &key,
+                &get(&[]),
+                &fresh60(),
+                Bytes::from_static(b"now"),
+                fetch,
+            )
+            .await;
+        let s = hit(c.lookup(&get(&[]), t(1)).await);
+        assert_eq!(&s.body[..], b"now", "{name}");
+        assert!(store.finish().await, "{name}");
+        assert_eq!(&hit(c.lookup(&get(&[]), t(1)).await).body[..], b"now");
+    }
+}
+
+#[test]
+fn a_follower_obeys_the_same_reuse_rules_as_a_hit() {
+    let c = cache();
+    let shared = |cc: &str| {
+        SharedHead::new(
+            &get(&[]),
+            &resp(200, &[("Date", &date(0)), ("Cache-Control", cc)]),
+            t(0),
+            t(0),
+        )
+        .expect("shareable")
+    };
+    let fresh = shared("max-age=60");
+    assert_eq!(c.follower(&get(&[]), &fresh, t(1)), Follow::Stream);
+    for (hs, why) in [
+        (vec![("Cache-Control", "no-cache")], "request no-cache"),
+        (vec![("Cache-Control", "min-fresh=100")], "min-fresh"),
+        (vec![("Cache-Control", "max-age=0")], "max-age=0 and age 1"),
+        (vec![("Pragma", "no-cache")], "Pragma"),
+    ] {
+        assert_eq!(
+            c.follower(&get(&hs), &fresh, t(1)),
+            Follow::Upstream,
+            "{why}"
+        );
+    }
+    assert_eq!(
+        c.follower(&get(&[]), &shared("no-cache"), t(1)),
+        Follow::Upstream,
+        "response no-cache"
+    );
+    assert_eq!(
+        c.follower(&get(&[]), &shared("max-age=0"), t(1)),
+        Follow::Upstream,
+        "stale"
+    );
+    for h in [
+        ("Range", "bytes=0-1"),
+        ("If-None-Match", "\"v1\""),
+        ("If-Modified-Since", "Mon, 01 Jan 2024 00:00:00 GMT"),
+    ] {
+        assert_eq!(c.follower(&get(&[h]), &fresh, t(1)), Follow::Whole, "{h:?}");
+    }
 }

@@ -24,10 +24,18 @@ fn secs_between(later: SystemTime, earlier: SystemTime) -> u64 {
     later.duration_since(earlier).map_or(0, |d| d.as_secs())
 }
 
-/// Section 5.1: `Age = delta-seconds`. "If the field value is invalid ... a cache SHOULD
-/// ignore it"; a missing or invalid Age counts as 0.
+/// Section 5.1: `Age = delta-seconds`. "Although it is defined as a singleton header field,
+/// a cache encountering a message with a list-based Age field value SHOULD use the first
+/// member of the field value, discarding subsequent ones" (`Age: 7200, 0` is 7200; so is a
+/// second Age line). "If the field value (after discarding additional members, as per
+/// above) is invalid ... a cache SHOULD ignore it"; a missing or invalid Age counts as 0.
 pub fn age_value(headers: &Headers) -> u64 {
-    headers.get_str("age").and_then(delta_seconds).unwrap_or(0)
+    headers
+        .get_str("age")
+        .and_then(|v| v.split(',').next())
+        .map(str::trim)
+        .and_then(delta_seconds)
+        .unwrap_or(0)
 }
 
 /// Section 4.2.3, Calculating Age:
@@ -171,6 +179,16 @@ pub fn within_stale_if_error(resp: &CacheControl, req: &CacheControl, staleness:
         .any(|cc| matches!(cc.seconds("stale-if-error"), Seconds::Valid(n) if staleness <= n))
 }
 
+/// Section 4.2.4: "A cache MUST NOT generate a stale response unless it is disconnected or
+/// doing so is explicitly permitted by the client or origin server". When the origin cannot
+/// be reached (or closes the connection before answering) the cache is disconnected, and may
+/// serve stale unless a response directive forbids it (`no-cache`, `must-revalidate`,
+/// `proxy-revalidate`, `s-maxage`: [`stale_forbidden`]) or the client asked for validation
+/// (request `no-cache`).
+pub fn stale_when_disconnected(resp: &CacheControl, req: &CacheControl) -> bool {
+    !stale_forbidden(resp) && !req.has("no-cache")
+}
+
 /// Seconds since the epoch, for storage.
 pub fn to_unix(t: SystemTime) -> u64 {
     secs_between(t, SystemTime::UNIX_EPOCH)
@@ -258,6 +276,38 @@ mod tests {
         // Explicit expiration present: no heuristic even if it is invalid.
         let r = resp(200, &[("Last-Modified", &date(-1000)), ("Expires", "soon")]);
         assert_eq!(heuristic_lifetime(&r, &CacheControl::default(), t(0)), None);
+    }
+
+    #[test]
+    fn a_list_based_age_uses_its_first_member() {
+        let age = |vs: &[&str]| {
+            let mut h = Headers::default();
+            for v in vs {
+                h.push("Age", v.as_bytes());
+            }
+            age_value(&h)
+        };
+        assert_eq!(age(&["7200, 0"]), 7200);
+        assert_eq!(age(&["7200", "0"]), 7200);
+        assert_eq!(age(&[" 30 ,x"]), 30);
+        assert_eq!(age(&["x, 30"]), 0, "an invalid first member is ignored");
+        assert_eq!(age(&["-1"]), 0);
+        assert_eq!(age(&[]), 0);
+    }
+
+    #[test]
+    fn stale_when_disconnected_unless_a_directive_forbids_it() {
+        let cc = CacheControl::parse;
+        assert!(stale_when_disconnected(&cc("max-age=1"), &cc("")));
+        for forbids in [
+            "no-cache",
+            "must-revalidate",
+            "proxy-revalidate",
+            "s-maxage=5",
+        ] {
+            assert!(!stale_when_disconnected(&cc(forbids), &cc("")), "{forbids}");
+        }
+        assert!(!stale_when_disconnected(&cc("max-age=1"), &cc("no-cache")));
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub mod config;
 pub mod directives;
 pub mod engine;
 pub mod freshness;
+pub mod generation;
 pub mod key;
 pub mod object;
 pub mod reuse;

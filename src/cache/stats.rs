@@ -16,6 +16,8 @@ pub struct CacheStats {
     pub stores: u64,
     pub store_errors: u64,
     pub invalidations: u64,
+    /// Requests that joined another request's upstream fetch (collapsed followers).
+    pub collapsed: u64,
     pub memory: Option<TierStats>,
     pub disk: Option<TierStats>,
 }
@@ -49,6 +51,7 @@ impl Cache {
             stores: load(&c.stores),
             store_errors: load(&c.store_errors),
             invalidations: load(&c.invalidations),
+            collapsed: self.flights().joined(),
             memory: self.memory.as_ref().map(|m| m.stats()),
             disk: self.disk.as_ref().map(|d| d.stats()),
         }
@@ -91,6 +94,11 @@ impl CacheStats {
                 "invalidations",
                 "Stored responses invalidated by unsafe methods",
                 self.invalidations,
+            ),
+            (
+                "collapsed",
+                "Requests that joined another request's upstream fetch",
+                self.collapsed,
             ),
         ];
         for (name, help, v) in counters {

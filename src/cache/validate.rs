@@ -59,11 +59,12 @@ pub fn revalidation_headers(client: &Headers, stored: &ResponseHead) -> Headers 
 /// > stored response, and that stored response also lacks a validator, then that stored
 /// > response is identified for update.
 ///
-/// Last-Modified is treated as a weak validator. One addition: a 304 without validators to a
-/// request that carried only this response's Last-Modified (no ETag stored) updates it. RFC
-/// 9110 section 15.4.5 does not ask a 304 to repeat Last-Modified, so without this a response
-/// validated by date could never be refreshed; the 304 can only be about the one
-/// representation we asked about.
+/// Last-Modified is treated as a weak validator. One addition: the cache's conditional request
+/// is always built from exactly one stored response (this one), so a 304 that carries no
+/// validator at all can only be about it and updates it, whether or not it has an ETag or a
+/// Last-Modified. RFC 9110 section 15.4.5 asks a 304 to repeat only ETag, and many servers
+/// send neither; without this such a response could never be freshened and the request would
+/// be sent again unconditionally.
 pub fn selected_for_update(stored: &ResponseHead, not_modified: &ResponseHead) -> bool {
     let new_tag = etag_of(&not_modified.headers);
     let old_tag = etag_of(&stored.headers);
@@ -74,9 +75,22 @@ pub fn selected_for_update(stored: &ResponseHead, not_modified: &ResponseHead) -
         (Some(_), None) => false,
         (Some(n), Some(o)) => n.weak_eq(o),
         (None, _) if new_lm.is_some() => new_lm == old_lm,
-        (None, Some(_)) => false,
-        (None, None) => true,
+        (None, _) => true,
     }
+}
+
+/// Section 4.3.5: whether a 200 to a HEAD the cache sent may update the stored GET response
+/// that request would have chosen. "if the stored response and HEAD response have matching
+/// values for any received validator fields (ETag and Last-Modified) and, if the HEAD
+/// response has a Content-Length header field, the value of Content-Length matches that of
+/// the stored response, the cache SHOULD update the stored response ...; otherwise, the
+/// cache SHOULD consider the stored response to be stale." `false`: consider it stale.
+pub fn head_updates(stored: &ResponseHead, head: &ResponseHead) -> bool {
+    let same = |name: &str| match head.headers.get_str(name) {
+        None => true,
+        Some(v) => stored.headers.get_str(name).map(str::trim) == Some(v.trim()),
+    };
+    head.status == 200 && same("etag") && same("last-modified") && same("content-length")
 }
 
 /// Fields of a 304 that never replace stored ones. Section 3.2: "the cache MUST add each
@@ -186,10 +200,40 @@ mod tests {
         ));
         assert!(selected_for_update(&stored, &resp(304, &[])));
         assert!(selected_for_update(&resp(200, &[]), &resp(304, &[])));
-        assert!(!selected_for_update(
+        // Our conditional request named exactly one stored response: a 304 without any
+        // validator is about that one, ETag or not.
+        assert!(selected_for_update(
             &resp(200, &[("ETag", "\"v1\"")]),
             &resp(304, &[])
         ));
+    }
+
+    #[test]
+    fn a_head_response_updates_only_a_matching_stored_get() {
+        let stored = resp(
+            200,
+            &[
+                ("ETag", "\"v1\""),
+                ("Content-Length", "5"),
+                ("Last-Modified", &date(0)),
+            ],
+        );
+        let head = |hs: &[(&str, &str)]| resp(200, hs);
+        assert!(head_updates(
+            &stored,
+            &head(&[("Cache-Control", "max-age=9")])
+        ));
+        assert!(head_updates(
+            &stored,
+            &head(&[("ETag", "\"v1\""), ("Content-Length", "5")])
+        ));
+        assert!(!head_updates(&stored, &head(&[("ETag", "\"v2\"")])));
+        assert!(!head_updates(&stored, &head(&[("Content-Length", "6")])));
+        assert!(!head_updates(
+            &stored,
+            &head(&[("Last-Modified", &date(9))])
+        ));
+        assert!(!head_updates(&stored, &resp(404, &[])));
     }
 
     #[test]

@@ -15,8 +15,10 @@ use super::pool::PoolKey;
 use super::proxy::{strip_hop_by_hop, wants_keep_alive, Client, Exchange, HttpProxy};
 use super::target::HttpTarget;
 use crate::cache::collapse::{Event, Follower, Join, Leader, SharedHead};
-use crate::cache::engine::Revalidation;
+use crate::cache::engine::{Fetch, Follow, Revalidation};
+use crate::cache::freshness::current_age;
 use crate::cache::key::{is_safe_method, primary_key};
+use crate::cache::serve::respond;
 use crate::cache::{Cache, CacheStatus, Lookup, Served};
 use crate::server::Services;
 
@@ -60,8 +62,12 @@ pub(super) struct CacheCtx {
     pub status: CacheStatus,
     pub leader: Option<Leader>,
     pub reval: Option<Revalidation>,
+    /// A HEAD sent upstream for a stored GET that needs validation (section 4.3.5).
+    pub head_reval: Option<Revalidation>,
     pub request_time: SystemTime,
     pub response_time: SystemTime,
+    /// The key's generation before going upstream (an invalidation meanwhile wins).
+    pub generation: u64,
     pub capture: Option<BytesMut>,
     pub outcome: Outcome,
 }
@@ -80,13 +86,19 @@ impl CacheCtx {
         key: Option<String>,
         status: CacheStatus,
     ) -> Box<CacheCtx> {
+        let generation = key
+            .clone()
+            .or_else(|| primary_key(req))
+            .map_or(0, |k| cache.generation(&k));
         Box::new(CacheCtx {
+            generation,
             cache,
             req: req.clone(),
             key,
             status,
             leader: None,
             reval: None,
+            head_reval: None,
             request_time: SystemTime::now(),
             response_time: SystemTime::now(),
             capture: None,
@@ -112,6 +124,18 @@ impl CacheCtx {
                 }
             }
         }
+        if let Some(reval) = &self.head_reval {
+            let fetch = Fetch {
+                request_time: self.request_time,
+                response_time: self.response_time,
+                generation: self.generation,
+            };
+            let updated = self
+                .cache
+                .head_response(reval, &self.req, resp, fetch)
+                .await;
+            self.status.stored = updated;
+        }
         // RFC 9111 section 4.4: a non-error response to an unsafe method invalidates.
         if !is_safe_method(&self.req.method) && resp.status < 400 {
             self.cache.invalidate(&self.req, resp).await;
@@ -121,9 +145,9 @@ impl CacheCtx {
             Ok(()) => {
                 if let (Some(l), Some(shared)) = (
                     self.leader.as_mut(),
-                    SharedHead::new(&self.req, resp, self.response_time),
+                    SharedHead::new(&self.req, resp, self.request_time, self.response_time),
                 ) {
-                    l.publish_head(shared.head, shared.vary);
+                    l.publish_head(shared);
                 }
                 self.status.stored = true;
                 self.capture = Some(BytesMut::new());
@@ -166,11 +190,14 @@ impl CacheCtx {
         }
     }
 
-    /// On an upstream failure, the stale response `stale-if-error` allows, if any.
+    /// On an upstream failure (unreachable, or closed before answering), the stale response
+    /// `stale-if-error` or, if configured, section 4.2.4 allows, if any.
     pub fn stale_on_error(&self) -> Option<Served> {
         let reval = self.reval.as_ref()?;
+        let now = SystemTime::now();
         self.cache
-            .stale_if_error(reval, &self.req, SystemTime::now())
+            .stale_if_error(reval, &self.req, now)
+            .or_else(|| self.cache.stale_if_unreachable(reval, &self.req, now))
     }
 }
 
@@ -199,7 +226,8 @@ impl HttpProxy {
                     match cache.flights().join(&key) {
                         Join::Leader(l) => ctx.leader = Some(l),
                         Join::Follower(f) => {
-                            if let Some(keep) = self.follow(client, head, f, status, ex).await {
+                            let follow = self.follow(cache, client, head, f, status, ex).await;
+                            if let Some(keep) = follow {
                                 return Step::Answered(keep);
                             }
                         }
@@ -222,8 +250,12 @@ impl HttpProxy {
                 Step::Forward(ctx, Some(up))
             }
             Lookup::Revalidate(reval) => {
-                // A HEAD whose stored GET needs validation: just ask the origin.
-                Step::Forward(CacheCtx::new(cache.clone(), head, None, reval.status), None)
+                // A HEAD whose stored GET needs validation: just ask the origin; a 200
+                // freshens the stored GET (RFC 9111 section 4.3.5, in `on_final_head`).
+                let mut ctx = CacheCtx::new(cache.clone(), head, None, reval.status.clone());
+                ctx.generation = reval.generation;
+                ctx.head_reval = Some(reval);
+                Step::Forward(ctx, None)
             }
             Lookup::StaleWhileRevalidate { served, reval } => {
                 let up = RequestHead {
@@ -286,21 +318,22 @@ impl HttpProxy {
             }
             Outcome::Captured { head, body } => {
                 let key = cc.key.clone().or_else(|| primary_key(&cc.req));
-                let leader = cc.leader.take();
-                // The client already has the whole response; storing before this request
-                // ends (and before it is logged) means the next request for the URL, on
-                // any connection, finds it. Followers are done once the leader finishes.
+                let mut leader = cc.leader.take();
+                // The client already has the whole response. `store` makes the entry
+                // visible to every lookup at once; only then does the flight end (so no
+                // request finds neither), and the disk write finishes before this request
+                // ends (and is logged).
                 if let Some(key) = key {
-                    cc.cache
-                        .store(
-                            &key,
-                            &cc.req,
-                            &head,
-                            body,
-                            cc.request_time,
-                            cc.response_time,
-                        )
-                        .await;
+                    let fetch = Fetch {
+                        request_time: cc.request_time,
+                        response_time: cc.response_time,
+                        generation: cc.generation,
+                    };
+                    let store = cc.cache.store(&key, &cc.req, &head, body, fetch).await;
+                    if let Some(l) = leader.take() {
+                        l.finish();
+                    }
+                    store.finish().await;
                 }
                 if let Some(l) = leader {
                     l.finish();
@@ -357,9 +390,11 @@ impl HttpProxy {
     }
 
     /// A collapsed request: wait for the leader's response and stream it as it arrives.
-    /// `None`: go upstream instead (the response was not shareable, or not for this request).
+    /// `None`: go upstream instead (the response was not shareable, or the reuse rules
+    /// refuse it for this request, exactly as for a stored response).
     async fn follow(
         &self,
+        cache: &Cache,
         client: &mut Client,
         req: &RequestHead,
         mut f: Follower,
@@ -370,8 +405,26 @@ impl HttpProxy {
             Event::Head(h) => h,
             _ => return None,
         };
-        if !shared.accepts(req) {
-            return None;
+        status.collapsed = true;
+        status.fwd_status = Some(shared.head.status);
+        match cache.follower(req, &shared, SystemTime::now()) {
+            Follow::Upstream => return None,
+            Follow::Stream => {}
+            Follow::Whole => {
+                // A range or a conditional: answered from the complete body like a hit.
+                let mut body = BytesMut::new();
+                loop {
+                    match f.next().await {
+                        Event::Chunk(b) => body.extend_from_slice(&b),
+                        Event::End => break,
+                        // Nothing was sent yet: ask the origin instead.
+                        _ => return None,
+                    }
+                }
+                let stored = shared.stored(body.freeze());
+                let served = respond(req, &stored, SystemTime::now(), status);
+                return Some(self.send_served(client, req, served, ex).await);
+            }
         }
         let t = self.cfg.read_timeout;
         let head = &shared.head;
@@ -382,6 +435,14 @@ impl HttpProxy {
             && (matches!(framing, Framing::None | Framing::Length(_)) || client_11)
             && !self.svc.shutdown.is_draining();
         let mut h = head.headers.clone();
+        // Not generated for this request: it carries its current age like a hit (section 5.1).
+        let age = current_age(
+            head,
+            shared.request_time,
+            shared.response_time,
+            SystemTime::now(),
+        );
+        h.set("Age", age.to_string());
         strip_hop_by_hop(&mut h);
         h.remove("trailer");
         if chunk {
@@ -395,8 +456,6 @@ impl HttpProxy {
         if let Some(r) = &ex.rewrite {
             r.apply_response(&mut h);
         }
-        status.collapsed = true;
-        status.fwd_status = Some(head.status);
         status.append_to(&mut h);
         self.connection_header(&mut h, req, keep);
         let mut out = Vec::with_capacity(512);
@@ -538,15 +597,14 @@ async fn refresh(
     )
     .await;
     if copied.is_ok() && !over {
-        cache
-            .store(
-                &reval.key,
-                &req,
-                &head,
-                kept.freeze(),
-                request_time,
-                response_time,
-            )
+        let fetch = Fetch {
+            request_time,
+            response_time,
+            generation: reval.generation,
+        };
+        let store = cache
+            .store(&reval.key, &req, &head, kept.freeze(), fetch)
             .await;
+        store.finish().await;
     }
 }

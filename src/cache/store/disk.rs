@@ -240,7 +240,14 @@ impl Inner {
         }
     }
 
-    fn put(&self, key: &str, entry: &Entry) -> Result<(), StoreError> {
+    /// Writes `entry` for `key`, unless `still_valid` (asked under the state lock, right
+    /// before the index commit) says the key was invalidated meanwhile.
+    fn put(
+        &self,
+        key: &str,
+        entry: &Entry,
+        still_valid: &dyn Fn() -> bool,
+    ) -> Result<(), StoreError> {
         let bytes = encode(entry);
         let size = bytes.len() as u64;
         if size > self.limit {
@@ -260,6 +267,10 @@ impl Inner {
             return Err(e.into());
         }
         let mut state = self.lock();
+        if !still_valid() {
+            let _ = fs::remove_file(&path);
+            return Err(StoreError::Superseded);
+        }
         let committed = (|| {
             let tx = self.db.begin_write().map_err(index_err)?;
             tx.open_table(INDEX)
@@ -297,6 +308,23 @@ impl Inner {
     }
 }
 
+impl DiskTier {
+    /// [`Tier::put`], except that the write is dropped if `still_valid` returns false when
+    /// the object is about to be committed (an invalidation that came first must win).
+    pub async fn put_if(
+        &self,
+        key: &str,
+        entry: Arc<Entry>,
+        still_valid: impl Fn() -> bool + Send + 'static,
+    ) -> Result<(), StoreError> {
+        let key = key.to_string();
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || inner.put(&key, &entry, &still_valid))
+            .await
+            .unwrap_or_else(|_| Err(StoreError::Index("disk writer task failed".into())))
+    }
+}
+
 /// Runs blocking disk work off the async threads.
 async fn blocking<T: Send + 'static>(
     inner: &Arc<Inner>,
@@ -320,14 +348,7 @@ impl Tier for DiskTier {
     }
 
     fn put<'a>(&'a self, key: &'a str, entry: Arc<Entry>) -> BoxFut<'a, Result<(), StoreError>> {
-        let key = key.to_string();
-        let failed = || Err(StoreError::Index("disk writer task failed".into()));
-        Box::pin(async move {
-            let inner = self.inner.clone();
-            tokio::task::spawn_blocking(move || inner.put(&key, &entry))
-                .await
-                .unwrap_or_else(|_| failed())
-        })
+        Box::pin(self.put_if(key, entry, || true))
     }
 
     fn remove<'a>(&'a self, key: &'a str) -> BoxFut<'a, bool> {

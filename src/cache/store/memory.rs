@@ -36,6 +36,24 @@ impl MemoryTier {
         }
     }
 
+    /// Synchronous forms, for the engine to call while it holds its visibility lock.
+    pub fn get_now(&self, key: &str) -> Option<Arc<Entry>> {
+        self.cache.get(key)
+    }
+
+    pub fn put_now(&self, key: &str, entry: Arc<Entry>) -> Result<(), StoreError> {
+        let w = entry.weight();
+        if w > self.capacity {
+            return Err(StoreError::TooLarge(w));
+        }
+        self.cache.insert(key.to_string(), entry);
+        Ok(())
+    }
+
+    pub fn remove_now(&self, key: &str) -> bool {
+        self.cache.remove(key).is_some()
+    }
+
     /// Applies moka's pending admissions and evictions now (tests and stats).
     pub fn sync(&self) {
         self.cache.run_pending_tasks();
@@ -48,22 +66,15 @@ impl Tier for MemoryTier {
     }
 
     fn get<'a>(&'a self, key: &'a str) -> BoxFut<'a, Option<Arc<Entry>>> {
-        Box::pin(async move { self.cache.get(key) })
+        Box::pin(async move { self.get_now(key) })
     }
 
     fn put<'a>(&'a self, key: &'a str, entry: Arc<Entry>) -> BoxFut<'a, Result<(), StoreError>> {
-        Box::pin(async move {
-            let w = entry.weight();
-            if w > self.capacity {
-                return Err(StoreError::TooLarge(w));
-            }
-            self.cache.insert(key.to_string(), entry);
-            Ok(())
-        })
+        Box::pin(async move { self.put_now(key, entry) })
     }
 
     fn remove<'a>(&'a self, key: &'a str) -> BoxFut<'a, bool> {
-        Box::pin(async move { self.cache.remove(key).is_some() })
+        Box::pin(async move { self.remove_now(key) })
     }
 
     fn remove_prefix<'a>(&'a self, prefix: &'a str) -> BoxFut<'a, usize> {

@@ -28,6 +28,9 @@ pub enum StoreError {
     Index(String),
     #[error("object of {0} bytes is larger than the tier")]
     TooLarge(u64),
+    /// The key was invalidated while the object was being written; it was not stored.
+    #[error("invalidated while being stored")]
+    Superseded,
 }
 
 /// Figures for /metrics.
