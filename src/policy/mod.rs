@@ -40,6 +40,7 @@
 pub mod config;
 mod engine;
 pub mod guard;
+pub mod hashpool;
 pub mod headers;
 pub mod holder;
 mod index;
