@@ -46,6 +46,7 @@ pub mod holder;
 mod index;
 pub mod login;
 pub mod matcher;
+pub mod passwd;
 mod rule_config;
 pub mod users;
 
