@@ -244,9 +244,14 @@ async fn reload(server: &mut Server, path: Option<&std::path::Path>) {
                 errs.len()
             );
         }
-        Ok(new) => match server.reload(new).await {
-            Ok(()) => tracing::info!("reload: {} applied", path.display()),
-            Err(e) => tracing::error!("reload: {e:#}"),
+        Ok(new) => match (users_file_warning(&new), server.reload(new).await) {
+            (warning, Ok(())) => {
+                tracing::info!("reload: {} applied", path.display());
+                if let Some(w) = warning {
+                    tracing::warn!("{w}");
+                }
+            }
+            (_, Err(e)) => tracing::error!("reload: {e:#}"),
         },
     }
 }

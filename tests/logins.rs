@@ -159,8 +159,8 @@ async fn a_right_password_gives_its_reservation_back() {
     let users = users_file(dir.path(), &[("alice", "wonderland", "")]);
     let gh = Gatehouse::start(&config(&users, 2, ""));
     let proxy = gh.addr("s");
-    // Distinct right logins (one is cached after its first check, so repeat one and vary
-    // nothing else): successes never use up the allowance.
+    // Right logins (the first is checked, the rest come from the cache) never use up the
+    // allowance.
     for _ in 0..4 {
         assert_eq!(socks_login(proxy, b"alice", b"wonderland").await, 0);
     }
@@ -203,6 +203,7 @@ async fn memory_stays_flat_under_200_parallel_wrong_guesses() {
         }
     }
     let after = gh.rss_kib();
+    eprintln!("RSS before {before} KiB, peak {peak} KiB, after {after} KiB");
     assert!(
         peak < before + 96 * 1024 && after < before + 64 * 1024,
         "RSS before {before} KiB, peak {peak} KiB, after {after} KiB"
@@ -220,6 +221,9 @@ async fn a_user_name_cannot_forge_an_access_log_line() {
     let gh = Gatehouse::start(&config(&users, 100, &extra));
     let forged = b"eve\n2026-01-01T00:00:00.000Z s 6.6.6.6:1 admin CONNECT bank:443 200 1 1";
     assert_ne!(socks_login(gh.addr("s"), forged, b"x").await, 0);
+    // The operational log (stderr) quotes the name too.
+    let logged = gh.wait_stderr("SOCKS login refused");
+    assert!(logged.contains(r#"user="eve\n2026-01-01"#), "{logged}");
     assert_ne!(
         http_login(gh.addr("http"), "mallory\r\nX 1 2 \"q\"", "x").await,
         200

@@ -177,7 +177,7 @@ impl HttpProxy {
                     .await)
             }
             Err(LoginRefusal::BadCredentials) => {
-                tracing::info!(client = %client.peer, user = %user, "proxy authentication failed");
+                tracing::info!(client = %client.peer, user = ?user, "proxy authentication failed");
                 ex.user = Some(user);
                 Err(self
                     .send_407(policy, client, head, close_on_error, ex)

@@ -63,7 +63,7 @@ impl SocksServer {
             logins.log_in_checked(client, || self.listener_user(creds))
         };
         result.map_err(|refused| {
-            tracing::info!(%client, user = %name, ?refused, "SOCKS login refused");
+            tracing::info!(%client, user = ?name, ?refused, "SOCKS login refused");
             match refused {
                 LoginRefusal::Blocked(_) => SocksError::LoginBlocked,
                 LoginRefusal::Overloaded => SocksError::LoginBusy,
