@@ -11,14 +11,14 @@
 //! Hashes are argon2id (`$argon2id$`, written by [`hash_password`]) or bcrypt (`$2y$`, `$2b$`,
 //! `$2a$`, as written by `htpasswd -B`). Verifying one costs tens to hundreds of milliseconds
 //! of CPU on purpose, so successful verifications are remembered in a small cache
-//! ([`super::users::Users::verify_cached`]); see [`VerifiedCache`] for its bounds.
+//! ([`super::users::Users::verify_cached`]); see [`VerifiedCache`] for its bounds. Checks run
+//! in the fixed hashing pool ([`super::hashpool`]), argon2 in one reused buffer per thread.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-use std::cell::RefCell;
 
 use argon2::password_hash::phc::PasswordHash;
 use argon2::password_hash::PasswordHasher;
@@ -308,9 +308,10 @@ impl Users {
         self.identity(name)
     }
 
-    /// Full verification: expensive (run it off the async threads, e.g. `spawn_blocking`,
-    /// and bound how many run at once). A success is cached. An unknown user costs the same
-    /// as a wrong password, so timing does not tell which names exist.
+    /// Full verification: expensive, so the server runs it in the hashing pool through
+    /// [`Users::authenticate`]. A success is cached. An unknown user is checked against the
+    /// dummy hash, so it costs what a wrong password costs and timing does not tell which
+    /// names exist.
     pub fn verify(&self, name: &str, password: &Secret) -> Option<Identity> {
         self.verify_at(name, password, Instant::now())
     }
