@@ -26,6 +26,11 @@ pub struct BytesLabels {
     pub direction: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub connections_open: Family<ListenerLabel, Gauge>,
@@ -34,6 +39,10 @@ pub struct Metrics {
     pub bytes_total: Family<BytesLabels, Counter>,
     pub upstream_connect_seconds: Histogram,
     pub access_log_dropped: Counter,
+    /// Password hash checks run (cache hits and refused logins run none).
+    pub password_verifications: Counter,
+    /// Failed proxy logins by reason: bad_credentials, blocked, overloaded.
+    pub login_failures: Family<ReasonLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -51,6 +60,18 @@ impl Metrics {
         let bytes_total = Family::<BytesLabels, Counter>::default();
         let upstream_connect_seconds = Histogram::new(exponential_buckets(0.0001, 4.0, 10));
         let access_log_dropped = Counter::default();
+        let password_verifications = Counter::default();
+        let login_failures = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "password_verifications",
+            "Password hash checks run for proxy logins",
+            password_verifications.clone(),
+        );
+        registry.register(
+            "login_failures",
+            "Failed proxy logins, by reason (bad_credentials, blocked, overloaded)",
+            login_failures.clone(),
+        );
         registry.register(
             "connections_open",
             "Client connections open now",
@@ -89,6 +110,8 @@ impl Metrics {
             bytes_total,
             upstream_connect_seconds,
             access_log_dropped,
+            password_verifications,
+            login_failures,
         }
     }
 
@@ -104,6 +127,14 @@ impl Metrics {
             .get_or_create(&RequestLabels {
                 listener: listener.to_string(),
                 class,
+            })
+            .inc();
+    }
+
+    pub fn login_failure(&self, reason: &str) {
+        self.login_failures
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_string(),
             })
             .inc();
     }

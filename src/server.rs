@@ -17,7 +17,8 @@ use crate::connector::Connector;
 use crate::http::pool::Pool;
 use crate::listener;
 use crate::metrics::Metrics;
-use crate::policy::login::LoginLimiter;
+use crate::policy::hashpool::HashPool;
+use crate::policy::login::Logins;
 use crate::policy::{LocalAddrs, PolicyHolder};
 use crate::shutdown::Shutdown;
 
@@ -33,10 +34,8 @@ pub struct Services {
     pub cache: Option<Arc<Cache>>,
     /// The compiled policy; a reload swaps it, connections keep the one they started with.
     pub policy: PolicyHolder,
-    /// Failed proxy logins per client address.
-    pub logins: LoginLimiter,
-    /// Bounds concurrent password hashing (bcrypt/argon2 are CPU-heavy on purpose).
-    pub auth_permits: tokio::sync::Semaphore,
+    /// Proxy logins: the failed-login limiter and the fixed password-hashing pool.
+    pub logins: Logins,
     /// The generated proxy auto-config file, regenerated on reload.
     pub pac: arc_swap::ArcSwap<String>,
     /// Per-client and per-user limits.
@@ -113,6 +112,8 @@ impl Server {
         } else {
             None
         };
+        let hashing = HashPool::for_this_machine().context("starting the hashing threads")?;
+        let logins = Logins::new(config.policy.login, hashing, metrics.clone());
         let services = Arc::new(Services {
             connector,
             pool: Pool::new(
@@ -124,12 +125,7 @@ impl Server {
             shutdown: Shutdown::new(),
             cache,
             policy: PolicyHolder::new(policy),
-            logins: LoginLimiter::new(config.policy.login),
-            auth_permits: tokio::sync::Semaphore::new(
-                std::thread::available_parallelism()
-                    .map(|n| n.get())
-                    .unwrap_or(2),
-            ),
+            logins,
             pac: arc_swap::ArcSwap::from_pointee(String::new()),
             limits: crate::limits::Limits::new(&config.limits),
             connect_timeout: config.upstream.connect_timeout,

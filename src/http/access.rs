@@ -12,6 +12,7 @@ use super::codec::{self, Headers, RequestHead};
 use super::error::ProxyError;
 use super::proxy::{wants_keep_alive, Client, Exchange, HttpProxy};
 use crate::connector::Host;
+use crate::policy::login::LoginRefusal;
 use crate::policy::{
     headers::render_deny_page, AccessRequest, Action, Identity, Policy, Precheck, Protocol, Secret,
     Verdict,
@@ -167,26 +168,24 @@ impl HttpProxy {
                 .send_407(policy, client, head, close_on_error, ex)
                 .await);
         };
-        if let Err(retry) = self.svc.logins.check(ip) {
-            let detail = "too many failed logins from this address";
-            let secs = retry.as_secs().max(1);
-            return Err(self
-                .send_429(client, head, detail, secs, close_on_error, ex)
-                .await);
-        }
-        let found = match policy.users() {
-            Some(users) => {
-                users
-                    .authenticate(&self.svc.auth_permits, &user, &password)
-                    .await
+        let users = policy.users();
+        match self.svc.logins.log_in(ip, users, &user, &password).await {
+            Ok(id) => Ok(Some(id)),
+            Err(refused @ (LoginRefusal::Blocked(_) | LoginRefusal::Overloaded)) => {
+                let (detail, secs) = match refused {
+                    LoginRefusal::Blocked(retry) => (
+                        "too many failed logins from this address",
+                        retry.as_secs().max(1),
+                    ),
+                    _ => ("too many logins being checked; retry shortly", 1),
+                };
+                ex.user = Some(user);
+                Err(self
+                    .send_429(client, head, detail, secs, close_on_error, ex)
+                    .await)
             }
-            None => None,
-        };
-        match found {
-            Some(id) => Ok(Some(id)),
-            None => {
-                let _ = self.svc.logins.record_failure(ip);
-                tracing::info!(client = %client.peer, user = %user, "proxy authentication failed");
+            Err(LoginRefusal::BadCredentials) => {
+                tracing::info!(client = %client.peer, user = ?user, "proxy authentication failed");
                 ex.user = Some(user);
                 Err(self
                     .send_407(policy, client, head, close_on_error, ex)

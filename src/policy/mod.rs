@@ -42,12 +42,14 @@
 pub mod config;
 mod engine;
 pub mod guard;
+pub mod hashpool;
 pub mod headers;
 pub mod holder;
 mod index;
 pub mod local;
 pub mod login;
 pub mod matcher;
+pub mod passwd;
 mod rule_config;
 pub mod users;
 
