@@ -292,7 +292,10 @@ impl HttpProxy {
         close: bool,
         ex: &mut Exchange,
     ) -> bool {
-        let keep = !close && wants_keep_alive(head) && !self.svc.shutdown.is_draining();
+        let keep = !close
+            && wants_keep_alive(head)
+            && client.body_drainable()
+            && !self.svc.shutdown.is_draining();
         h.push("Content-Type", ctype);
         h.push("Content-Length", body.len().to_string());
         if !keep {

@@ -39,6 +39,52 @@ impl CopyError {
     }
 }
 
+/// A writer that throws bytes away and fails once more than `limit` have been written: the
+/// target of a request body the proxy discards.
+pub struct BoundedSink {
+    written: u64,
+    limit: u64,
+}
+
+impl BoundedSink {
+    pub fn new(limit: u64) -> Self {
+        BoundedSink { written: 0, limit }
+    }
+
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+}
+
+impl AsyncWrite for BoundedSink {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        self.written += data.len() as u64;
+        std::task::Poll::Ready(if self.written > self.limit {
+            Err(io::Error::other("body larger than the discard bound"))
+        } else {
+            Ok(data.len())
+        })
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
 async fn fill<R: AsyncRead + Unpin>(
     r: &mut R,
     buf: &mut BytesMut,

@@ -318,7 +318,8 @@ impl HttpProxy {
         served: Served,
         ex: &mut Exchange,
     ) -> bool {
-        let keep = wants_keep_alive(req) && !self.svc.shutdown.is_draining();
+        let keep =
+            wants_keep_alive(req) && client.body_drainable() && !self.svc.shutdown.is_draining();
         let mut h = served.head.headers;
         if let Some(r) = &ex.rewrite {
             r.apply_response(&mut h);
@@ -380,6 +381,7 @@ impl HttpProxy {
         let chunk = matches!(framing, Framing::Chunked | Framing::UntilClose) && client_11;
         let keep = wants_keep_alive(req)
             && (matches!(framing, Framing::None | Framing::Length(_)) || client_11)
+            && client.body_drainable()
             && !self.svc.shutdown.is_draining();
         let mut h = head.headers.clone();
         strip_hop_by_hop(&mut h);

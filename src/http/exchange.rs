@@ -66,6 +66,8 @@ impl HttpProxy {
         ex: &mut Exchange,
     ) -> Result<Done, Failure> {
         let t = self.cfg.read_timeout;
+        // From here the body is this exchange's: read to its end, or the connection closes.
+        client.unread_body = None;
         if let Err(e) = body::write_all(&mut up.stream, req_head, t).await {
             return Err(match e {
                 CopyError::Write(_) => Failure::Stale,
