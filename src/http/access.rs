@@ -142,7 +142,7 @@ impl HttpProxy {
 
     /// `Ok(identity)` when the client may go on (`None`: no login asked for); `Err(keep)`
     /// when it has been answered with 407 or 429.
-    async fn authenticate(
+    pub(super) async fn authenticate(
         &self,
         policy: &Policy,
         client: &mut Client,

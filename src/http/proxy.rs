@@ -365,14 +365,14 @@ impl HttpProxy {
         };
         ex.target = format!("http://{}{}", target.authority, target.path);
 
-        // Max-Forwards (RFC 9110 section 7.6.2): TRACE and OPTIONS with 0 stop here.
+        // Max-Forwards (RFC 9110 section 7.6.2): TRACE and OPTIONS with 0 stop here, once the
+        // client has logged in and the rules have allowed the target.
         let mut max_forwards = None;
+        let mut answer_here = false;
         if head.method == "TRACE" || head.method == "OPTIONS" {
             if let Some(v) = head.headers.get_str("max-forwards") {
                 match v.trim().parse::<u32>() {
-                    Ok(0) => {
-                        return self.answer_max_forwards(client, &head, ex).await && !close_on_error
-                    }
+                    Ok(0) => answer_here = true,
                     Ok(n) => max_forwards = Some(n - 1),
                     Err(_) => {
                         self.send_error(
@@ -406,6 +406,9 @@ impl HttpProxy {
             Access::Direct { addrs, verdict } => (Via::Direct(addrs), verdict),
             Access::Route { parents, verdict } => (Via::Route(parents), verdict),
         };
+        if answer_here {
+            return self.answer_max_forwards(client, &head, ex).await && !close_on_error;
+        }
         let r = &verdict.rewrite;
         let edits = r.anonymous || !r.request.is_empty() || !r.response.is_empty();
         ex.rewrite = edits.then(|| r.clone());
@@ -658,7 +661,7 @@ impl HttpProxy {
     ) -> Vec<u8> {
         let mut h = head.headers.clone();
         let wants_trailers = h.has_token("te", "trailers");
-        let upgrade = upgrade_request(head).map(<[u8]>::to_vec);
+        let upgrade = upgrade_request(head, &self.cfg.upgrade_protocols);
         strip_hop_by_hop(&mut h);
         if let Some(protocols) = upgrade {
             // Upgrade is hop-by-hop, but a proxy that tunnels it re-sends it (RFC 9110 7.8).
@@ -667,6 +670,10 @@ impl HttpProxy {
         }
         h.remove("proxy-authorization");
         h.set("Host", target.authority.as_bytes());
+        // One Content-Length, even when the client sent an agreeing list (`5, 5`).
+        if let Some(n) = codec::request_content_length(head) {
+            h.set("Content-Length", n.to_string());
+        }
         if wants_trailers {
             h.push("TE", "trailers");
             h.push("Connection", "TE");
