@@ -349,3 +349,45 @@ async fn broken_transfers_log_the_bytes_moved() {
     let bytes_in: u64 = log_field(&line, 8).parse().expect("bytes in");
     assert!(bytes_in >= 1 << 20, "{line}");
 }
+
+#[tokio::test]
+async fn background_refresh_gives_up_on_endless_informational_responses() {
+    // The first request gets a stale-while-revalidate response; any later one (the
+    // background refresh) gets 102s until the proxy stops reading.
+    let (gave_up, mut gave_up_rx) = mpsc::unbounded_channel::<usize>();
+    let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let origin = raw_origin(move |mut s| {
+        let (gave_up, seen) = (gave_up.clone(), seen.clone());
+        async move {
+            while read_head(&mut s).await {
+                if seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                    let first = "HTTP/1.1 200 OK\r\nCache-Control: max-age=1, stale-while-revalidate=600\r\nAge: 30\r\nContent-Length: 2\r\n\r\nv1";
+                    if s.write_all(first.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                for n in 0..20_000 {
+                    if s.write_all(b"HTTP/1.1 102 Processing\r\n\r\n").await.is_err() {
+                        let _ = gave_up.send(n);
+                        return;
+                    }
+                }
+                // Still reading after 20,000: never signal.
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                return;
+            }
+        }
+    })
+    .await;
+    let c = Cached::start();
+    let url = format!("http://{origin}/swr");
+    c.get(&url, &[]).await;
+    let r = fetch(&c.client, "GET", &url, &[]).await;
+    assert_eq!(r.text(), "v1");
+    let n = tokio::time::timeout(Duration::from_secs(15), gave_up_rx.recv())
+        .await
+        .expect("the refresh stopped reading 1xx responses")
+        .expect("signal");
+    assert!(n < 20_000, "{n}");
+}

@@ -11,6 +11,7 @@ use tokio::io::AsyncReadExt;
 
 use super::body::{self, CopyError};
 use super::codec::{self, Framing, Headers, RequestHead, ResponseHead, Version};
+use super::exchange::MAX_INFORMATIONAL;
 use super::pool::PoolKey;
 use super::proxy::{strip_hop_by_hop, wants_keep_alive, Client, Exchange, HttpProxy};
 use super::target::HttpTarget;
@@ -477,12 +478,17 @@ async fn refresh(
         return;
     }
     let mut buf = BytesMut::new();
+    let mut informational = 0;
     let head = loop {
         match codec::parse_response(&buf, max_head) {
             Ok(Some((h, len))) => {
                 let _ = buf.split_to(len);
                 if h.status >= 200 {
                     break h;
+                }
+                informational += 1;
+                if informational > MAX_INFORMATIONAL {
+                    return;
                 }
                 continue;
             }
@@ -507,7 +513,13 @@ async fn refresh(
                 response_time,
             )
             .await;
-        if buf.is_empty() && !head.headers.has_token("connection", "close") {
+        // A 304 announcing a body leaves the connection at no known boundary.
+        let announces_body = head.headers.contains("transfer-encoding")
+            || head
+                .headers
+                .get_all("content-length")
+                .any(|v| v.trim_ascii() != b"0");
+        if buf.is_empty() && !announces_body && !head.headers.has_token("connection", "close") {
             svc.pool.put(key, stream, peer);
         }
         return;

@@ -43,7 +43,7 @@ pub(super) enum Failure {
 }
 
 /// Most 1xx responses relayed for one request; an upstream that sends more gets 502.
-const MAX_INFORMATIONAL: usize = 8;
+pub(super) const MAX_INFORMATIONAL: usize = 8;
 
 /// The protocols an HTTP/1.1 request asks to upgrade to (`Connection: upgrade` + `Upgrade`)
 /// that `allowed` (lower-case protocol names) lets through, as the `Upgrade` value to send
