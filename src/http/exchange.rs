@@ -281,10 +281,10 @@ impl HttpProxy {
                 }
                 let mut out = Vec::new();
                 codec::write_response_head(&mut out, 101, &head.reason, &h);
+                ex.status = 101;
                 if body::write_all(cw, &out, t).await.is_err() {
                     return Err(Failure::Abort("connection_terminated"));
                 }
-                ex.status = 101;
                 return Ok(Done {
                     client_keep: false,
                     upstream_reusable: false,
@@ -411,10 +411,11 @@ impl HttpProxy {
                 inline = n;
             }
         }
+        // The status logged is the one sent, even if the write breaks off half-way.
+        ex.status = resp.status;
         if body::write_all(cw, &out, t).await.is_err() {
             return Err(Failure::Abort("connection_terminated"));
         }
-        ex.status = resp.status;
 
         let copied = match (up_framing, to_client, cache) {
             (_, out, Some(cc)) if capture => {
