@@ -92,6 +92,9 @@ pub struct HttpListenerConfig {
     pub forwarded_for: bool,
     /// Whether responses go through the shared HTTP cache.
     pub cache: bool,
+    /// Protocols a request may ask to `Upgrade` to (lower-case names, `websocket`); other
+    /// offers are dropped before the request goes upstream, and a 101 to anything else is 502.
+    pub upgrade_protocols: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -423,6 +426,21 @@ fn read_http(l: &Section<'_>) -> HttpListenerConfig {
         via,
         forwarded_for: l.bool("forwarded_for", false),
         cache: l.bool("cache", false),
+        upgrade_protocols: l
+            .array(
+                "upgrade_protocols",
+                "a protocol name (\"websocket\")",
+                |v| match v.as_str() {
+                    Some(s)
+                        if !s.is_empty()
+                            && s.bytes().all(|b| b.is_ascii_graphic() && b != b',') =>
+                    {
+                        Ok(s.to_ascii_lowercase())
+                    }
+                    _ => Err("expected a protocol name such as \"websocket\"".into()),
+                },
+            )
+            .unwrap_or_else(|| vec!["websocket".to_string()]),
     }
 }
 
@@ -612,6 +630,26 @@ via = false
         assert!(h.via.is_none());
         assert!(h.connect_ports.iter().any(|r| r.contains(8050)));
         assert!(!h.connect_ports.iter().any(|r| r.contains(22)));
+        assert_eq!(h.upgrade_protocols, ["websocket"]);
+    }
+
+    #[test]
+    fn upgrade_protocols_list() {
+        let l = "[[listeners]]\nname = \"p\"\nkind = \"http\"\nlisten = \"127.0.0.1:0\"\n";
+        let c = Config::parse(&format!(
+            "{l}upgrade_protocols = [\"WebSocket\", \"h2c\"]\n"
+        ))
+        .expect("valid");
+        let ListenerKind::Http(h) = &c.listeners[0].kind else {
+            panic!("http listener")
+        };
+        assert_eq!(h.upgrade_protocols, ["websocket", "h2c"]);
+        let c = Config::parse(&format!("{l}upgrade_protocols = []\n")).expect("valid");
+        let ListenerKind::Http(h) = &c.listeners[0].kind else {
+            panic!("http listener")
+        };
+        assert!(h.upgrade_protocols.is_empty());
+        assert!(Config::parse(&format!("{l}upgrade_protocols = [\"a, b\"]\n")).is_err());
     }
 
     #[test]

@@ -64,14 +64,6 @@ impl HttpProxy {
         close_on_error: bool,
         ex: &mut Exchange,
     ) -> Access {
-        if let Some(name) = self.cfg.via.as_deref() {
-            if super::loop_check::via_names(&head.headers, name) {
-                let detail = format!("the request already passed through {name} (Via)");
-                let err = ProxyError::new(508, "proxy_loop_detected", detail);
-                self.send_error(client, &err, close_on_error, ex).await;
-                return Access::Answered(!close_on_error);
-            }
-        }
         let ip = client.peer.ip().to_canonical();
         let identity = match self
             .authenticate(policy, client, head, ip, close_on_error, ex)
@@ -81,6 +73,15 @@ impl HttpProxy {
             Err(keep) => return Access::Answered(keep),
         };
         ex.user = identity.as_ref().map(|i| i.name.clone());
+        // A loop is answered after the login, like every local answer on such a listener.
+        if let Some(name) = self.cfg.via.as_deref() {
+            if super::loop_check::via_names(&head.headers, name) {
+                let detail = format!("the request already passed through {name} (Via)");
+                let err = ProxyError::new(508, "proxy_loop_detected", detail);
+                self.send_error(client, &err, close_on_error, ex).await;
+                return Access::Answered(!close_on_error);
+            }
+        }
         let req = AccessRequest {
             listener: &self.name,
             client: ip,
@@ -151,7 +152,7 @@ impl HttpProxy {
 
     /// `Ok(identity)` when the client may go on (`None`: no login asked for); `Err(keep)`
     /// when it has been answered with 407 or 429.
-    async fn authenticate(
+    pub(super) async fn authenticate(
         &self,
         policy: &Policy,
         client: &mut Client,
@@ -299,7 +300,10 @@ impl HttpProxy {
         close: bool,
         ex: &mut Exchange,
     ) -> bool {
-        let keep = !close && wants_keep_alive(head) && !self.svc.shutdown.is_draining();
+        let keep = !close
+            && wants_keep_alive(head)
+            && client.body_drainable()
+            && !self.svc.shutdown.is_draining();
         h.push("Content-Type", ctype);
         h.push("Content-Length", body.len().to_string());
         if !keep {
