@@ -181,9 +181,10 @@ fn passwd(
 fn read_password(user: &str) -> anyhow::Result<gatehouse::policy::Secret> {
     use std::io::IsTerminal as _;
     if std::io::stdin().is_terminal() {
-        let first = rpassword::prompt_password(format!("Password for {user}: "))
+        use gatehouse::policy::passwd::prompt_without_echo;
+        let first = prompt_without_echo(&format!("Password for {user}: "))
             .context("reading the password")?;
-        let again = rpassword::prompt_password("Again: ").context("reading the password")?;
+        let again = prompt_without_echo("Again: ").context("reading the password")?;
         gatehouse::policy::passwd::confirm(&first, &again).map_err(anyhow::Error::msg)?;
         return Ok(gatehouse::policy::Secret::new(first));
     }
@@ -196,7 +197,6 @@ fn read_password(user: &str) -> anyhow::Result<gatehouse::policy::Secret> {
     Ok(gatehouse::policy::Secret::new(password))
 }
 
-/// A warning for a users file that others can read (the hashes can be cracked offline).
 fn report(source: &str, errs: &[ConfigError]) {
     eprintln!("gatehouse: {source}: {} problem(s):", errs.len());
     for e in errs {

@@ -28,6 +28,39 @@ pub fn readable_by_others(path: &Path) -> Option<String> {
     })
 }
 
+/// Asks for a password on the terminal that is standard input, as glibc's `getpass` does:
+/// echo goes off (typeahead discarded) *before* the prompt is written, so nothing typed after
+/// the prompt appears, then the terminal is restored whatever happens.
+pub fn prompt_without_echo(prompt: &str) -> std::io::Result<String> {
+    use rustix::termios::{tcgetattr, tcsetattr, LocalModes, OptionalActions};
+    use std::io::{BufRead as _, Write as _};
+    let stdin = std::io::stdin();
+    let saved = tcgetattr(&stdin)?;
+    let mut quiet = saved.clone();
+    quiet.local_modes.remove(LocalModes::ECHO);
+    quiet.local_modes.insert(LocalModes::ECHONL);
+    tcsetattr(&stdin, OptionalActions::Flush, &quiet)?;
+    struct Restore<'a>(&'a std::io::Stdin, rustix::termios::Termios);
+    impl Drop for Restore<'_> {
+        fn drop(&mut self) {
+            let _ = tcsetattr(self.0, OptionalActions::Now, &self.1);
+        }
+    }
+    let _restore = Restore(&stdin, saved);
+    let mut err = std::io::stderr();
+    err.write_all(prompt.as_bytes())?;
+    err.flush()?;
+    let mut line = String::new();
+    stdin.lock().read_line(&mut line)?;
+    if line.is_empty() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "end of input before a password",
+        ));
+    }
+    Ok(line.trim_end_matches(['\r', '\n']).to_string())
+}
+
 /// Adds `entry` (a whole users-file line) for `user` to the file at `path`, replacing the
 /// user's old line; the file is replaced atomically and is 0600 afterwards, whatever it was.
 pub fn update_file(path: &Path, user: &str, entry: &str) -> std::io::Result<()> {
