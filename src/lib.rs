@@ -6,6 +6,7 @@
 
 pub mod accesslog;
 pub mod admin;
+pub mod balance;
 pub mod cache;
 pub mod config;
 pub mod connector;
