@@ -38,7 +38,8 @@ pub fn generate(config: &Config, bound: &[(String, SocketAddr)]) -> String {
                 ListenerKind::Socks(s) if s.users.is_empty() && s.tls.is_none() => {
                     host_of(addr.ip()).map(|h| format!("SOCKS5 {h}:{}", addr.port()))
                 }
-                ListenerKind::Socks(_) => None,
+                // Socks with login, and balancers (not proxies for browsers).
+                ListenerKind::Socks(_) | ListenerKind::Tcp(_) | ListenerKind::Udp(_) => None,
             }
         })
         .collect();

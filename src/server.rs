@@ -43,6 +43,8 @@ pub struct Services {
     pub limits: crate::limits::Limits,
     /// Bound on connecting to an upstream, also a parent's handshake.
     pub connect_timeout: std::time::Duration,
+    /// `[[pools]]`: upstream servers of the balancing listeners, with their health.
+    pub pools: crate::pool::Pools,
 }
 
 /// The proxy's own addresses, refused as destinations: every listener's bound IP.
@@ -64,6 +66,10 @@ pub fn compile_policy(config: &Config) -> anyhow::Result<Policy> {
     let policy =
         Policy::compile(&config.policy, own_addresses(config)).context("compiling [policy]")?;
     for l in &config.listeners {
+        // A balancing listener's destinations are its pool: it cannot be an open proxy.
+        if matches!(l.kind, ListenerKind::Tcp(_) | ListenerKind::Udp(_)) {
+            continue;
+        }
         if let Err(e) = policy.open_proxy_check(&l.name, l.listen.ip()) {
             anyhow::bail!("{e}");
         }
@@ -110,7 +116,7 @@ impl Server {
                 config.upstream.pool_max_idle_per_host,
                 config.upstream.pool_idle_timeout,
             ),
-            metrics,
+            metrics: metrics.clone(),
             access_log,
             shutdown: Shutdown::new(),
             cache,
@@ -124,11 +130,15 @@ impl Server {
             pac: arc_swap::ArcSwap::from_pointee(String::new()),
             limits: crate::limits::Limits::new(&config.limits),
             connect_timeout: config.upstream.connect_timeout,
+            pools: crate::pool::Pools::new(&config.pools, metrics.clone()),
         });
+        services
+            .pools
+            .start_health_checks(&used_pools(config), &services);
 
         let mut sockets = Vec::new();
         for l in &config.listeners {
-            let socket = bind(l.listen)
+            let socket = bind_any(l)
                 .with_context(|| format!("listener {:?}: cannot listen on {}", l.name, l.listen))?;
             sockets.push((l.clone(), socket));
         }
@@ -141,7 +151,7 @@ impl Server {
 
         let mut listeners = Vec::new();
         for (l, socket) in sockets {
-            listeners.push(listener::spawn(socket, l, services.clone())?);
+            listeners.push(spawn_any(socket, l, services.clone())?);
         }
         let bound: Vec<_> = listeners
             .iter()
@@ -195,8 +205,8 @@ impl Server {
             if keep.iter().any(|r| r.cfg == *l) {
                 continue;
             }
-            match bind(l.listen) {
-                Ok(socket) => match listener::spawn(socket, l.clone(), self.services.clone()) {
+            match bind_any(l) {
+                Ok(socket) => match spawn_any(socket, l.clone(), self.services.clone()) {
                     Ok(r) => {
                         tracing::info!(listener = %l.name, addr = %r.addr, "ready");
                         self.listeners.push(r);
@@ -236,6 +246,10 @@ impl Server {
             ),
             ("cache", self.config.cache != new.cache),
             (
+                "pools",
+                format!("{:?}", self.config.pools) != format!("{:?}", new.pools),
+            ),
+            (
                 "limits",
                 format!("{:?}", self.config.limits) != format!("{:?}", new.limits),
             ),
@@ -250,6 +264,50 @@ impl Server {
             Some(e) => Err(e),
             None => Ok(()),
         }
+    }
+}
+
+/// The pools some listener balances over (only those get health checks).
+fn used_pools(config: &Config) -> Vec<&str> {
+    let mut used = Vec::new();
+    for l in &config.listeners {
+        match &l.kind {
+            ListenerKind::Tcp(t) => {
+                used.extend(t.pool.as_deref());
+                used.extend(t.sni.iter().map(|r| r.pool.as_str()));
+            }
+            ListenerKind::Udp(u) => used.push(u.pool.as_str()),
+            _ => {}
+        }
+    }
+    used
+}
+
+/// A bound listening socket: TCP for every kind but `udp`.
+enum Bound {
+    Tcp(TcpListener),
+    Udp(tokio::net::UdpSocket),
+}
+
+fn bind_any(l: &crate::config::ListenerConfig) -> std::io::Result<Bound> {
+    match l.kind {
+        ListenerKind::Udp(_) => {
+            let s = std::net::UdpSocket::bind(l.listen)?;
+            s.set_nonblocking(true)?;
+            Ok(Bound::Udp(tokio::net::UdpSocket::from_std(s)?))
+        }
+        _ => bind(l.listen).map(Bound::Tcp),
+    }
+}
+
+fn spawn_any(
+    b: Bound,
+    l: crate::config::ListenerConfig,
+    svc: Arc<Services>,
+) -> anyhow::Result<listener::Running> {
+    match b {
+        Bound::Tcp(s) => listener::spawn(s, l, svc),
+        Bound::Udp(s) => crate::l4::udp::spawn(s, l, svc),
     }
 }
 
