@@ -128,8 +128,17 @@ impl Listener {
             let now = self.now_ms();
             last.store(now, Ordering::Relaxed);
             let _ = unanswered.compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
-            // Never wait on one server's socket: a full buffer drops this datagram.
-            match up.try_send(data) {
+            // Never wait long on one server's socket: a full buffer drops this datagram. (A
+            // new socket is not known writable until polled once: that wait is short.)
+            let sent = match up.try_send(data) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    tokio::time::timeout(Duration::from_millis(10), up.send(data))
+                        .await
+                        .unwrap_or(Err(e))
+                }
+                r => r,
+            };
+            match sent {
                 Ok(sent) => {
                     self.svc.metrics.bytes(&self.name, sent as u64, 0);
                     self.pool.bytes(server, sent as u64, 0);
