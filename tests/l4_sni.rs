@@ -323,3 +323,44 @@ async fn bad_client_hellos_get_a_clean_close() {
         Ok(b"A".to_vec())
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminates_tls_and_sends_plain_tcp() {
+    // Plain TCP servers: each answers with its id, then echoes.
+    let plain = |id: u8| {
+        raw_origin(move |mut s| async move {
+            if s.write_all(&[id]).await.is_ok() {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            }
+        })
+    };
+    let (a, b) = (plain(b'a').await, plain(b'b').await);
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["a.test".into(), "b.test".into()]).expect("cert");
+    let dir = tempfile::tempdir().expect("dir");
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_path, cert.cert.pem()).expect("write cert");
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).expect("write key");
+    let tls = format!("tls = {{ cert = {cert_path:?}, key = {key_path:?} }}");
+    let gh = Gatehouse::start(&sni_config(a, b, &tls));
+    let proxy = gh.addr("sni");
+    let cfg = client_config(&[cert.cert.der()], &[]);
+    for (name, id) in [("a.test", b'a'), ("b.test", b'b')] {
+        let tcp = TcpStream::connect(proxy).await.expect("connect");
+        let connector = tokio_rustls::TlsConnector::from(cfg.clone());
+        let mut s = connector
+            .connect(ServerName::try_from(name).expect("name"), tcp)
+            .await
+            .expect("handshake with the balancer's certificate");
+        let mut got = [0u8; 1];
+        s.read_exact(&mut got).await.expect("id");
+        assert_eq!(got[0], id, "{name}");
+        s.write_all(b"ping").await.expect("write");
+        let mut echo = [0u8; 4];
+        s.read_exact(&mut echo).await.expect("echo");
+        assert_eq!(&echo, b"ping");
+    }
+    // A name no route takes: closed before the handshake completes.
+    assert!(tls_fetch(proxy, "c.test", cfg).await.is_err());
+}

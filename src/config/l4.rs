@@ -32,6 +32,9 @@ pub struct TcpListenerConfig {
     /// Peers allowed (and required) to send a PROXY header (v1 or v2). Empty: the listener
     /// does not accept PROXY headers. Non-empty: every other peer is refused.
     pub accept_proxy_from: Vec<ipnet::IpNet>,
+    /// Terminate TLS here (this certificate) and send plain TCP to the servers; SNI routes
+    /// then match the name from the handshake.
+    pub tls: Option<super::TlsFiles>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -128,6 +131,7 @@ pub(super) fn read_tcp(l: &Section<'_>, pools: &[&str]) -> TcpListenerConfig {
         })
         .unwrap_or_default();
     TcpListenerConfig {
+        tls: super::socks::read_tls_files(l),
         pool,
         sni,
         connect_attempts: l.uint("connect_attempts", 2, 1, 16) as u32,

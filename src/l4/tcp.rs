@@ -10,7 +10,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use anyhow::Context as _;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::client_hello::{self, Hello, HelloInfo};
@@ -35,6 +36,8 @@ pub struct TcpBalancer {
     /// Each SNI route's pool, in route order.
     routes: Vec<Arc<ServerPool>>,
     trusted: CidrSet,
+    /// Terminate TLS with this config (`tls` set) instead of passing it through.
+    tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
 }
 
 /// How a connection ended, for the access log.
@@ -65,7 +68,17 @@ impl TcpBalancer {
             .map(|r| pool(&r.pool))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let trusted = CidrSet::new(&cfg.accept_proxy_from);
+        let tls = match &cfg.tls {
+            Some(files) => Some(
+                crate::socks::tls::acceptor(files)
+                    .with_context(|| format!("listener {name:?}: TLS"))?
+                    .config()
+                    .clone(),
+            ),
+            None => None,
+        };
         Ok(TcpBalancer {
+            tls,
             name,
             cfg,
             svc,
@@ -156,18 +169,60 @@ impl TcpBalancer {
             return fail(out, 403, "destination_ip_prohibited");
         }
 
-        let pool = if self.cfg.sni.is_empty() {
+        let mut client = Client::Plain(client);
+        let pool = if let Some(config) = &self.tls {
+            let deadline = tokio::time::Instant::now() + self.cfg.handshake_timeout;
+            let Client::Plain(tcp) = client else {
+                unreachable!("plain until here")
+            };
+            let stream = Prefixed {
+                prefix: std::mem::take(&mut pending),
+                pos: 0,
+                inner: tcp,
+            };
+            let acceptor = tokio_rustls::LazyConfigAcceptor::new(
+                tokio_rustls::rustls::server::Acceptor::default(),
+                stream,
+            );
+            let start = match tokio::time::timeout_at(deadline, acceptor).await {
+                Ok(Ok(start)) => start,
+                Ok(Err(e)) => {
+                    tracing::debug!("no usable ClientHello: {e}");
+                    return fail(out, 400, "tls_protocol_error");
+                }
+                Err(_) => return fail(out, 400, "tls_protocol_error"),
+            };
+            let hello = start.client_hello();
+            let info = HelloInfo {
+                sni: hello.server_name().map(|n| n.to_ascii_lowercase()),
+                alpn: hello
+                    .alpn()
+                    .map(|a| a.map(<[u8]>::to_vec).collect())
+                    .unwrap_or_default(),
+            };
+            out.target = info.sni.clone().unwrap_or_else(|| "-".into());
+            let pool = self.route(&info);
+            if pool.is_none() {
+                tracing::debug!(sni = %out.target, "no route");
+                return fail(out, 421, "destination_not_found");
+            }
+            match tokio::time::timeout_at(deadline, start.into_stream(config.clone())).await {
+                Ok(Ok(tls)) => client = Client::Tls(Box::new(tls)),
+                Ok(Err(e)) => {
+                    tracing::debug!("TLS handshake failed: {e}");
+                    return fail(out, 400, "tls_protocol_error");
+                }
+                Err(_) => return fail(out, 400, "tls_protocol_error"),
+            }
+            pool
+        } else if self.cfg.sni.is_empty() {
             self.default.clone()
         } else {
+            let Client::Plain(tcp) = &mut client else {
+                unreachable!("plain until here")
+            };
             let deadline = tokio::time::Instant::now() + self.cfg.handshake_timeout;
-            match read_hello(
-                &mut client,
-                &mut pending,
-                self.cfg.max_client_hello,
-                deadline,
-            )
-            .await
-            {
+            match read_hello(tcp, &mut pending, self.cfg.max_client_hello, deadline).await {
                 Ok(info) => {
                     out.target = info.sni.clone().unwrap_or_else(|| "-".into());
                     self.route(&info)
@@ -203,7 +258,6 @@ impl TcpBalancer {
         };
         out.upstream = server.peer_addr().ok();
         let _ = server.set_nodelay(true);
-        let _ = client.set_nodelay(true);
 
         let mut first = match self.cfg.send_proxy {
             Some(ProxyVersion::V1) => proxy_protocol::encode_v1(*origin, dst),
@@ -219,7 +273,13 @@ impl TcpBalancer {
                 return fail(out, 502, "connection_terminated");
             }
         }
-        let (end, stats) = relay(&client, &server, self.cfg.idle_timeout).await;
+        let (end, stats) = match client {
+            Client::Plain(client) => {
+                let _ = client.set_nodelay(true);
+                relay(&client, &server, self.cfg.idle_timeout).await
+            }
+            Client::Tls(tls) => crate::relay::relay(tls, &mut server, self.cfg.idle_timeout).await,
+        };
         pool.finished(i);
         out.bytes_in = stats.a_to_b + pending.len() as u64;
         out.bytes_out = stats.b_to_a;
@@ -249,6 +309,66 @@ impl TcpBalancer {
             }
         }
         self.default.clone()
+    }
+}
+
+/// The client side once the server is chosen: the socket itself (passthrough: spliced), or
+/// the TLS session this listener terminated (copied).
+enum Client {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<Prefixed>>),
+}
+
+/// The client socket with bytes already read from it (after a PROXY header) put back in
+/// front, for the TLS handshake to read.
+pub struct Prefixed {
+    prefix: Vec<u8>,
+    pos: usize,
+    inner: TcpStream,
+}
+
+impl AsyncRead for Prefixed {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if this.pos < this.prefix.len() {
+            let n = (this.prefix.len() - this.pos).min(buf.remaining());
+            buf.put_slice(&this.prefix[this.pos..this.pos + n]);
+            this.pos += n;
+            if this.pos == this.prefix.len() {
+                this.prefix = Vec::new();
+                this.pos = 0;
+            }
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Prefixed {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
