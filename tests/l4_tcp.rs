@@ -472,3 +472,16 @@ fn example_contract_parses() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_names_resolve_through_dns_hosts() {
+    let a = IdServer::start(b'a').await;
+    let config = format!(
+        "[[listeners]]\nname = \"tcp\"\nkind = \"tcp\"\nlisten = \"127.0.0.1:0\"\npool = \"p\"\n\
+         [[pools]]\nname = \"p\"\n[[pools.servers]]\naddress = \"backend.test:{}\"\n\
+         [dns.hosts]\n\"backend.test\" = \"127.0.0.1\"\n",
+        a.addr.port()
+    );
+    let gh = Gatehouse::start(&config);
+    assert_eq!(which(gh.addr("tcp")).await, Some(b'a'));
+}
