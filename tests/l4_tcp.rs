@@ -369,6 +369,10 @@ async fn proxy_protocol_accepted_from_trusted_senders_only() {
         let mut echo = [0u8; 4];
         s.read_exact(&mut echo).await.expect("echo");
         assert_eq!(&echo, b"data");
+        drop(s);
+        // The access log names the client the balancer vouched for.
+        let log = trusted.wait_log(" TCP ");
+        assert_eq!(log_field(&log, 3), "203.0.113.7:5555", "{log}");
     }
     // Bad headers from the trusted sender: closed, nothing relayed.
     for bad in [
@@ -424,6 +428,9 @@ async fn policy_client_rules_apply() {
                   protocols = [\"tcp\"]\nclients = [\"127.0.0.0/8\"]\n";
     let gh = Gatehouse::start(&format!("{}\n{policy}", tcp_config("", &[a.addr], "")));
     assert_eq!(which(gh.addr("tcp")).await, None);
+    let line = gh.wait_log(" TCP ");
+    assert_eq!(log_field(&line, 7), "403", "{line}");
+    assert_eq!(log_field(&line, 14), "no-tcp", "{line}");
 }
 
 #[test]

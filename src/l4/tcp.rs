@@ -48,6 +48,8 @@ struct Outcome {
     upstream: Option<SocketAddr>,
     bytes_in: u64,
     bytes_out: u64,
+    /// The policy rule that refused the client.
+    rule: Option<Arc<str>>,
 }
 
 impl TcpBalancer {
@@ -103,7 +105,7 @@ impl TcpBalancer {
             listener: self.name.clone(),
             client: origin,
             user: None,
-            rule: None,
+            rule: out.rule,
             method: "TCP".into(),
             target: out.target,
             status: out.status,
@@ -129,6 +131,7 @@ impl TcpBalancer {
             upstream: None,
             bytes_in: 0,
             bytes_out: 0,
+            rule: None,
         };
         let fail = |mut out: Outcome, status: u16, error: &'static str| {
             out.status = status;
@@ -166,6 +169,7 @@ impl TcpBalancer {
             super::client_allowed(&policy, &self.name, origin.ip(), dst.port(), Protocol::Tcp)
         {
             tracing::debug!(%rule, "denied by policy");
+            out.rule = Some(Arc::from(rule.as_str()));
             return fail(out, 403, "destination_ip_prohibited");
         }
 
