@@ -235,7 +235,14 @@ async fn client_hello_in_many_segments_is_routed() {
         s.write_all(chunk).await.expect("write");
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    // The rest of the handshake, by hand, with certificate verification.
+    let got = finish_by_hand(&mut conn, &mut s).await;
+    assert_eq!(got, b"B");
+    assert!(!conn.is_handshaking());
+}
+
+/// The rest of a handshake whose ClientHello was sent by hand, with certificate verification;
+/// returns the first application bytes the server sent.
+async fn finish_by_hand(conn: &mut rustls::ClientConnection, s: &mut TcpStream) -> Vec<u8> {
     let mut buf = vec![0u8; 32 * 1024];
     let mut got = Vec::new();
     let drive = async {
@@ -263,8 +270,7 @@ async fn client_hello_in_many_segments_is_routed() {
     tokio::time::timeout(Duration::from_secs(10), drive)
         .await
         .expect("handshake within 10s");
-    assert_eq!(got, b"B");
-    assert!(!conn.is_handshaking());
+    got
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -362,5 +368,25 @@ async fn terminates_tls_and_sends_plain_tcp() {
         assert_eq!(&echo, b"ping");
     }
     // A name no route takes: closed before the handshake completes.
-    assert!(tls_fetch(proxy, "c.test", cfg).await.is_err());
+    assert!(tls_fetch(proxy, "c.test", cfg.clone()).await.is_err());
+    drop(gh);
+
+    // Behind a trusted balancer: the PROXY header and the ClientHello arrive together; the
+    // bytes after the header are handed to the TLS handshake.
+    let gh = Gatehouse::start(&sni_config(
+        a,
+        b,
+        &format!("{tls}\naccept_proxy_from = [\"127.0.0.0/8\"]"),
+    ));
+    let mut tcp = TcpStream::connect(gh.addr("sni")).await.expect("connect");
+    let (mut conn, hello) = client_hello(cfg, "b.test");
+    let first = [
+        &b"PROXY TCP4 203.0.113.7 198.51.100.1 5555 443\r\n"[..],
+        &hello,
+    ]
+    .concat();
+    tcp.write_all(&first)
+        .await
+        .expect("header and hello in one write");
+    assert_eq!(finish_by_hand(&mut conn, &mut tcp).await, b"b");
 }
