@@ -61,16 +61,17 @@ if ! command -v haproxy >/dev/null || ! command -v nginx >/dev/null; then
 fi
 command -v haproxy >/dev/null || die "haproxy is not installed"
 command -v nginx >/dev/null || die "nginx is not installed"
-# Debian's nginx builds the stream module as a dynamic module (libnginx-mod-stream).
+# Debian's nginx builds the stream module as a dynamic module (`--with-stream=dynamic`,
+# package libnginx-mod-stream); a build with it static needs no load_module.
+STREAM_SO=/usr/lib/nginx/modules/ngx_stream_module.so
 STREAM_MODULE=""
-for m in /usr/lib/nginx/modules/ngx_stream_module.so /usr/share/nginx/modules/ngx_stream_module.so; do
-    [ -f "$m" ] && STREAM_MODULE="load_module $m;" && break
-done
-if [ -z "$STREAM_MODULE" ] && ! nginx -V 2>&1 | grep -q -- '--with-stream\b'; then
-    log "installing libnginx-mod-stream"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libnginx-mod-stream >/dev/null
-    [ -f /usr/lib/nginx/modules/ngx_stream_module.so ] &&
-        STREAM_MODULE="load_module /usr/lib/nginx/modules/ngx_stream_module.so;"
+if nginx -V 2>&1 | grep -q -- '--with-stream=dynamic'; then
+    if [ ! -f "$STREAM_SO" ]; then
+        log "installing libnginx-mod-stream"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libnginx-mod-stream >/dev/null
+    fi
+    [ -f "$STREAM_SO" ] || die "nginx's stream module is not installed"
+    STREAM_MODULE="load_module $STREAM_SO;"
 fi
 
 log "building gatehouse and bench/loadgen (release)"
@@ -151,7 +152,8 @@ HA_R=$("$LG" free-port)
 cat >"$WORK/haproxy.cfg" <<EOF
 global
     nbthread $WORKERS
-    maxconn 100000
+    # HAProxy sizes its descriptor limit from maxconn (two per connection, plus splice pipes).
+    maxconn 4000
 defaults
     mode tcp
     option splice-auto
@@ -180,7 +182,7 @@ master_process on;
 worker_processes $WORKERS;
 pid $WORK/nginx.pid;
 error_log $WORK/nginx-error.log warn;
-events { worker_connections 100000; }
+events { worker_connections 8000; }
 stream {
     upstream source { server $SOURCE; }
     upstream echo { server $ECHO; }
