@@ -492,3 +492,40 @@ async fn server_names_resolve_through_dns_hosts() {
     let gh = Gatehouse::start(&config);
     assert_eq!(which(gh.addr("tcp")).await, Some(b'a'));
 }
+
+/// `addr=` of the log line.
+fn logged_addr(line: &str) -> SocketAddr {
+    line.split("addr=")
+        .nth(1)
+        .and_then(|a| a.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_adds_a_udp_listener_and_keeps_connections() {
+    let a = IdServer::start(b'a').await;
+    let base = tcp_config("", &[a.addr], "");
+    let gh = Gatehouse::start(&base);
+    let mut s = TcpStream::connect(gh.addr("tcp")).await.expect("connect");
+    let mut id = [0u8; 1];
+    s.read_exact(&mut id).await.expect("id");
+    // The same tcp listener, plus a udp listener over the existing pool ([[pools]] changes
+    // take effect at the next restart).
+    let added = format!(
+        "{base}\n[[listeners]]\nname = \"udp2\"\nkind = \"udp\"\nlisten = \"127.0.0.1:0\"\npool = \"p\"\n"
+    );
+    std::fs::write(gh.config_path(), &added).expect("rewrite config");
+    gh.signal("HUP");
+    let udp_addr = logged_addr(&gh.wait_stderr("listener=udp2"));
+    // The established connection goes on.
+    echo_roundtrip(&mut s, b"after reload").await;
+    // The new udp listener serves: its first datagram opens a session (pool p's server
+    // answers TCP only, so no reply is expected).
+    let c = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    c.send_to(b"x", udp_addr).await.expect("send");
+    let admin = gh.addr("admin");
+    wait_metric(admin, "gatehouse_connections_total", |v| v >= 2.0).await;
+}
