@@ -90,7 +90,7 @@ async fn echo_with_per_client_affinity() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_expire_after_the_timeout() {
     let a = id_echo(b'a').await;
-    let gh = Gatehouse::start(&udp_config(&[a], "session_timeout = \"200ms\"", ""));
+    let gh = Gatehouse::start(&udp_config(&[a], "session_timeout = \"1s\"", ""));
     let lb = gh.addr("udp");
     let c = client().await;
     assert!(ask(&c, lb, b"1", WAIT).await.is_some());
@@ -101,7 +101,7 @@ async fn sessions_expire_after_the_timeout() {
         Some(1.0)
     );
     // Idle past the session timeout: the next datagram opens a new session.
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     assert!(ask(&c, lb, b"3", WAIT).await.is_some());
     assert_eq!(
         metric(admin, "gatehouse_connections_total").await,
@@ -173,6 +173,15 @@ async fn silent_server_counts_as_failed() {
     assert_eq!(ask(&c, lb, b"q", Duration::from_millis(300)).await, None);
     let down = gh.wait_stderr("server down");
     assert!(down.contains(&silent_addr.to_string()), "{down}");
-    assert_eq!(ask(&c, lb, b"q", WAIT).await.as_deref(), Some(&b"lq"[..]));
+    // The session on the silent server ends just after that log line; a resend gets the live
+    // server.
+    let mut reply = None;
+    for _ in 0..5 {
+        reply = ask(&c, lb, b"q", Duration::from_millis(500)).await;
+        if reply.is_some() {
+            break;
+        }
+    }
+    assert_eq!(reply.as_deref(), Some(&b"lq"[..]));
     drop(silent);
 }

@@ -59,11 +59,6 @@ pub fn decode(buf: &[u8]) -> Result<Decoded, ProxyError> {
     Err(ProxyError::NotProxy)
 }
 
-/// Whether `buf` starts like a PROXY header (either version), from its first bytes.
-pub fn looks_like_proxy(buf: &[u8]) -> bool {
-    !matches!(decode(buf), Err(ProxyError::NotProxy))
-}
-
 fn decode_v1(buf: &[u8]) -> Result<Decoded, ProxyError> {
     let window = &buf[..buf.len().min(V1_MAX)];
     let Some(end) = window.windows(2).position(|w| w == b"\r\n") else {
@@ -336,9 +331,9 @@ mod tests {
         let mut v = encode_v2(sa("1.2.3.4:5"), sa("5.6.7.8:9"));
         v[14] = 0xff; // 65 KiB of TLVs
         assert_eq!(decode(&v), Err(ProxyError::TooLong));
-        assert!(looks_like_proxy(b"PRO"));
-        assert!(looks_like_proxy(b"\r\n\r\n"));
-        assert!(!looks_like_proxy(b"\x16\x03\x01"));
+        assert_eq!(decode(b"PRO"), Ok(Decoded::Incomplete));
+        assert_eq!(decode(b"\r\n\r\n"), Ok(Decoded::Incomplete));
+        assert_eq!(decode(b"\x16\x03\x01"), Err(ProxyError::NotProxy));
     }
 
     /// Seeded random input and mutations of valid headers: never a panic, never a length
