@@ -331,3 +331,97 @@ impl ServerPool {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{HealthCheckConfig, HealthCheckKind};
+    use crate::connector::Host;
+
+    fn pool(fail_open: bool) -> (ServerPool, Arc<Metrics>) {
+        let server = |port| ServerConfig {
+            host: Host::Ip("127.0.0.1".parse().expect("ip")),
+            port,
+            weight: 1,
+        };
+        let cfg = PoolConfig {
+            name: "p".into(),
+            servers: vec![server(1), server(2)],
+            algorithm: crate::balance::Algorithm::RoundRobin,
+            hash_key: HashKey::ClientIp,
+            fail_open,
+            slow_start: Duration::ZERO,
+            connect_timeout: Duration::from_secs(1),
+            health: Some(HealthCheckConfig {
+                kind: HealthCheckKind::Tcp,
+                interval: Duration::from_secs(1),
+                timeout: Duration::from_secs(1),
+                rise: 2,
+                fall: 2,
+                jitter: Duration::ZERO,
+            }),
+            passive: crate::balance::PassiveSettings {
+                max_failures: 1,
+                base_ejection: Duration::from_secs(60),
+                max_ejection: Duration::from_secs(60),
+            },
+        };
+        let metrics = Arc::new(Metrics::new());
+        (ServerPool::new(cfg, metrics.clone(), 7), metrics)
+    }
+
+    fn up(m: &Metrics, server: &str) -> i64 {
+        m.pool_server_up
+            .get_or_create(&ServerLabels {
+                pool: "p".into(),
+                server: server.into(),
+            })
+            .get()
+    }
+
+    const CLIENT: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+    #[test]
+    fn passive_failure_ejects_and_success_readmits() {
+        let (p, m) = pool(false);
+        assert_eq!(up(&m, "127.0.0.1:1"), 1);
+        p.failure(0, "test");
+        assert_eq!(up(&m, "127.0.0.1:1"), 0);
+        for _ in 0..4 {
+            let i = p.pick(CLIENT, &[]).expect("a server");
+            assert_eq!(i, 1);
+            p.finished(i);
+        }
+        // Only server 0 left to try, and it is ejected.
+        assert_eq!(p.pick(CLIENT, &[1]), None);
+        p.success(0);
+        assert_eq!(up(&m, "127.0.0.1:1"), 1);
+    }
+
+    #[test]
+    fn active_checks_need_fall_and_rise_in_a_row() {
+        let (p, m) = pool(false);
+        p.checked(1, false, "t");
+        assert_eq!(up(&m, "127.0.0.1:2"), 1, "one failure is not enough");
+        p.checked(1, false, "t");
+        assert_eq!(up(&m, "127.0.0.1:2"), 0);
+        assert_eq!(p.pick(CLIENT, &[0]), None);
+        p.checked(1, true, "t");
+        assert_eq!(up(&m, "127.0.0.1:2"), 0);
+        p.checked(1, true, "t");
+        assert_eq!(up(&m, "127.0.0.1:2"), 1);
+        assert_eq!(p.pick(CLIENT, &[0]), Some(1));
+    }
+
+    #[test]
+    fn fail_open_uses_down_servers() {
+        let (closed, _) = pool(false);
+        let (open, _) = pool(true);
+        for p in [&closed, &open] {
+            p.failure(0, "t");
+            p.failure(1, "t");
+        }
+        assert_eq!(closed.pick(CLIENT, &[]), None);
+        assert!(open.pick(CLIENT, &[]).is_some());
+    }
+}
