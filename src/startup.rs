@@ -65,7 +65,9 @@ pub fn prepare(config: &Config) -> Result<Prepared, Vec<ConfigError>> {
         }
     };
     for (i, l) in config.listeners.iter().enumerate() {
-        if let Some(p) = &policy {
+        // A balancing listener's destinations are its pool: it cannot be an open proxy.
+        let balancer = matches!(l.kind, ListenerKind::Tcp(_) | ListenerKind::Udp(_));
+        if let Some(p) = policy.as_ref().filter(|_| !balancer) {
             if let Err(e) = p.open_proxy_check(&l.name, l.listen.ip()) {
                 errors.push(lines.error(&format!("listeners[{i}].listen"), e.to_string()));
             }
