@@ -40,6 +40,10 @@ pub struct AccessRecord {
     pub cache: Option<&'static str>,
     /// Proxy-Status error name when the request failed at the proxy.
     pub error: Option<&'static str>,
+    /// HTTP listeners: the request's version (`HTTP/1.1`), Referer and User-Agent.
+    pub version: Option<&'static str>,
+    pub referer: Option<String>,
+    pub user_agent: Option<String>,
 }
 
 fn rfc3339<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
@@ -78,6 +82,156 @@ impl AccessRecord {
             opt(self.rule.as_deref()),
         )
     }
+
+    /// The record's status as an HTTP status: SOCKS reply codes mapped (success 200,
+    /// refused by the rules 403, unsupported command or address type 400, TTL expired 504,
+    /// other failures 502); HTTP and TCP statuses as they are.
+    pub fn http_status(&self) -> u16 {
+        match self.method.split('-').next() {
+            Some("SOCKS5") => match self.status {
+                0 => 200,
+                2 => 403,
+                7 | 8 => 400,
+                6 => 504,
+                _ => 502,
+            },
+            Some("SOCKS4") => match (self.status, self.error) {
+                (90, _) => 200,
+                (_, Some("denied")) => 403,
+                _ => 502,
+            },
+            _ => self.status,
+        }
+    }
+
+    /// Squid's result code: from the cache word on cached listeners, `TCP_TUNNEL` for a
+    /// CONNECT, SOCKS or TCP session that got through, `TCP_DENIED` for 403 and 407 (and a
+    /// refused session), `NONE` when no status was sent, `TCP_MISS` otherwise.
+    pub fn squid_code(&self) -> &'static str {
+        let status = self.http_status();
+        let tunnel =
+            self.method == "CONNECT" || self.method == "TCP" || self.method.starts_with("SOCKS");
+        match (self.cache, status) {
+            (_, 0) => "NONE",
+            (_, 403 | 407) => "TCP_DENIED",
+            (Some("hit"), _) => "TCP_HIT",
+            (Some("stale"), _) => "TCP_REFRESH_FAIL_OLD",
+            (Some("revalidated"), _) => "TCP_REFRESH_UNMODIFIED",
+            (Some("expired"), _) => "TCP_REFRESH_MODIFIED",
+            (Some("refresh"), _) => "TCP_CLIENT_REFRESH_MISS",
+            (Some(_), _) => "TCP_MISS",
+            (None, _) if tunnel => "TCP_TUNNEL",
+            (None, _) => "TCP_MISS",
+        }
+    }
+
+    /// Squid's native `access.log` line (`logformat squid %ts.%03tu %6tr %>a %Ss/%03>Hs
+    /// %<st %rm %ru %[un %Sh/%<a %mt`): end time in seconds with milliseconds, duration in
+    /// milliseconds, client IP, result code/status, bytes to the client, method, URL, user,
+    /// hierarchy code/upstream IP, content type (always `-`: the record has none).
+    pub fn to_squid(&self) -> String {
+        let since = self
+            .time
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        let hier = match self.upstream {
+            Some(a) => format!("HIER_DIRECT/{}", a.ip()),
+            None => "HIER_NONE/-".to_string(),
+        };
+        format!(
+            "{}.{:03} {:6} {} {}/{:03} {} {} {} {} {} -",
+            since.as_secs(),
+            since.subsec_millis(),
+            self.duration.as_millis(),
+            self.client.ip(),
+            self.squid_code(),
+            self.http_status(),
+            self.bytes_out,
+            // Squid's word for a request it could not parse.
+            match self.method.as_str() {
+                "-" => Cow::Borrowed("NONE"),
+                m => escape_field(m),
+            },
+            match self.target.as_str() {
+                "-" => Cow::Borrowed("-"),
+                t => escape_field(t),
+            },
+            self.user
+                .as_deref()
+                .map_or(Cow::Borrowed("-"), escape_field),
+            hier,
+        )
+    }
+
+    /// The Apache combined format (`%h %l %u %t "%r" %>s %b "%{Referer}i"
+    /// "%{User-agent}i"`). The request line is method, target and protocol: the HTTP
+    /// version for HTTP (a CONNECT's target is `host:port`), `CONNECT host:port SOCKS5` (or
+    /// `BIND`, `UDP`, and `SOCKS4`) for SOCKS sessions, `TCP target TCP` for layer-4
+    /// connections. `%b` is all bytes sent to the client (`-` for none); SOCKS reply codes
+    /// become HTTP statuses ([`Self::http_status`]).
+    pub fn to_combined(&self) -> String {
+        let (method, proto) = match self.method.split_once('-') {
+            Some((v @ ("SOCKS4" | "SOCKS5"), cmd)) => (cmd, v),
+            _ if self.method.starts_with("SOCKS") => ("-", self.method.as_str()),
+            _ => (
+                self.method.as_str(),
+                self.version
+                    .unwrap_or(if self.method == "TCP" { "TCP" } else { "-" }),
+            ),
+        };
+        let time = jiff::Timestamp::try_from(self.time)
+            .unwrap_or(jiff::Timestamp::UNIX_EPOCH)
+            .strftime("%d/%b/%Y:%H:%M:%S +0000");
+        // A request whose head could not be read has no request line: Apache writes `"-"`.
+        let request = if self.method == "-" {
+            "-".to_string()
+        } else {
+            format!(
+                "{} {} {}",
+                escape_field(method),
+                escape_field(&self.target),
+                escape_field(proto)
+            )
+        };
+        let bytes = match self.bytes_out {
+            0 => "-".to_string(),
+            n => n.to_string(),
+        };
+        format!(
+            "{} - {} [{}] \"{}\" {} {} \"{}\" \"{}\"",
+            self.client.ip(),
+            self.user
+                .as_deref()
+                .map_or(Cow::Borrowed("-"), escape_field),
+            time,
+            request,
+            self.http_status(),
+            bytes,
+            escape_quoted(self.referer.as_deref().unwrap_or("-")),
+            escape_quoted(self.user_agent.as_deref().unwrap_or("-")),
+        )
+    }
+}
+
+/// A quoted combined-log field, as Apache writes one: `"` and `\` get a backslash, bytes
+/// outside printable ASCII become `\xHH`; spaces stay.
+pub fn escape_quoted(s: &str) -> Cow<'_, str> {
+    let plain = |b: u8| (b' '..=b'~').contains(&b) && !matches!(b, b'"' | b'\\');
+    if s.bytes().all(plain) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for b in s.bytes() {
+        match b {
+            b'"' | b'\\' => {
+                out.push('\\');
+                out.push(char::from(b));
+            }
+            b if plain(b) => out.push(char::from(b)),
+            b => out.push_str(&format!("\\x{b:02x}")),
+        }
+    }
+    Cow::Owned(out)
 }
 
 /// A text-log field: bytes outside printable ASCII, the space, `"`, `'` and `\` become
@@ -210,6 +364,8 @@ async fn write_loop(
             let mut line = match format {
                 LogFormat::Text => rec.to_text(),
                 LogFormat::Json => serde_json::to_string(&rec).unwrap_or_default(),
+                LogFormat::Squid => rec.to_squid(),
+                LogFormat::Combined => rec.to_combined(),
             };
             line.push('\n');
             if let Err(e) = out.write_all(line.as_bytes()).await {
@@ -270,6 +426,9 @@ mod tests {
             upstream: None,
             cache: None,
             error: Some("auth_failed"),
+            version: None,
+            referer: None,
+            user_agent: None,
         }
     }
 
@@ -286,5 +445,156 @@ mod tests {
         let back: serde_json::Value = serde_json::from_str(&json).expect("parse");
         assert_eq!(back["user"], "eve\n2026 s 6.6.6.6:1 admin");
         assert_eq!(back["target"], "a b\u{85}\"c");
+    }
+
+    fn http(method: &str, target: &str, status: u16, cache: Option<&'static str>) -> AccessRecord {
+        AccessRecord {
+            time: SystemTime::UNIX_EPOCH + Duration::from_millis(1_764_993_799_042),
+            listener: "web".into(),
+            client: "127.0.0.1:50000".parse().expect("addr"),
+            user: None,
+            rule: Some("default".into()),
+            method: method.to_string(),
+            target: target.to_string(),
+            status,
+            bytes_in: 80,
+            bytes_out: 1234,
+            duration: Duration::from_micros(6_882),
+            upstream: Some("10.0.0.7:8080".parse().expect("addr")),
+            cache,
+            error: None,
+            version: Some("HTTP/1.1"),
+            referer: Some("http://a.test/".into()),
+            user_agent: Some("curl/8.5.0 (x86_64) \"quoted\"\n".into()),
+        }
+    }
+
+    #[test]
+    fn squid_native_line() {
+        let r = http("GET", "http://a.test/x", 200, Some("hit"));
+        assert_eq!(
+            r.to_squid(),
+            "1764993799.042      6 127.0.0.1 TCP_HIT/200 1234 GET http://a.test/x - HIER_DIRECT/10.0.0.7 -"
+        );
+        let words: Vec<_> = r
+            .to_squid()
+            .split_whitespace()
+            .map(str::to_string)
+            .collect();
+        assert_eq!(words.len(), 10);
+        let code = |r: &AccessRecord| {
+            let line = r.to_squid();
+            line.split_whitespace()
+                .nth(3)
+                .unwrap_or_default()
+                .to_string()
+        };
+        assert_eq!(code(&http("GET", "u", 200, Some("miss"))), "TCP_MISS/200");
+        assert_eq!(code(&http("GET", "u", 200, Some("bypass"))), "TCP_MISS/200");
+        assert_eq!(
+            code(&http("GET", "u", 200, Some("stale"))),
+            "TCP_REFRESH_FAIL_OLD/200"
+        );
+        assert_eq!(
+            code(&http("GET", "u", 304, Some("revalidated"))),
+            "TCP_REFRESH_UNMODIFIED/304"
+        );
+        assert_eq!(
+            code(&http("GET", "u", 200, Some("expired"))),
+            "TCP_REFRESH_MODIFIED/200"
+        );
+        assert_eq!(
+            code(&http("GET", "u", 200, Some("refresh"))),
+            "TCP_CLIENT_REFRESH_MISS/200"
+        );
+        assert_eq!(code(&http("GET", "u", 200, None)), "TCP_MISS/200");
+        assert_eq!(code(&http("GET", "u", 403, None)), "TCP_DENIED/403");
+        assert_eq!(code(&http("GET", "u", 407, None)), "TCP_DENIED/407");
+        assert_eq!(
+            code(&http("CONNECT", "a.test:443", 200, None)),
+            "TCP_TUNNEL/200"
+        );
+        assert_eq!(
+            code(&http("CONNECT", "a.test:443", 502, None)),
+            "TCP_TUNNEL/502"
+        );
+        assert_eq!(code(&http("-", "-", 0, None)), "NONE/000");
+        assert_eq!(
+            code(&http("SOCKS5-CONNECT", "a.test:443", 0, None)),
+            "TCP_TUNNEL/200"
+        );
+        assert_eq!(
+            code(&http("SOCKS5-CONNECT", "a.test:443", 2, None)),
+            "TCP_DENIED/403"
+        );
+        assert_eq!(
+            code(&http("SOCKS5-CONNECT", "a.test:443", 5, None)),
+            "TCP_TUNNEL/502"
+        );
+        assert_eq!(
+            code(&http("SOCKS4-CONNECT", "1.2.3.4:80", 90, None)),
+            "TCP_TUNNEL/200"
+        );
+        let mut denied4 = http("SOCKS4-CONNECT", "1.2.3.4:80", 91, None);
+        denied4.error = Some("denied");
+        assert_eq!(code(&denied4), "TCP_DENIED/403");
+        // No upstream, a user, and client text that would split a field.
+        let mut r = http("GE T", "http://a.test/a b", 502, None);
+        r.upstream = None;
+        r.user = Some("eve x".into());
+        let line = r.to_squid();
+        assert_eq!(line.split_whitespace().count(), 10, "{line}");
+        assert!(
+            line.ends_with(" GE\\x20T http://a.test/a\\x20b eve\\x20x HIER_NONE/- -"),
+            "{line}"
+        );
+        assert!(http("-", "-", 0, None).to_squid().contains(" NONE - "));
+    }
+
+    #[test]
+    fn combined_line() {
+        let mut r = http("GET", "http://a.test/x", 200, None);
+        r.user = Some("alice".into());
+        assert_eq!(
+            r.to_combined(),
+            "127.0.0.1 - alice [06/Dec/2025:04:03:19 +0000] \"GET http://a.test/x HTTP/1.1\" 200 1234 \"http://a.test/\" \"curl/8.5.0 (x86_64) \\\"quoted\\\"\\x0a\""
+        );
+        let mut r = http("SOCKS5-CONNECT", "a.test:443", 0, None);
+        (r.version, r.referer, r.user_agent, r.bytes_out) = (None, None, None, 0);
+        assert!(
+            r.to_combined()
+                .ends_with("\"CONNECT a.test:443 SOCKS5\" 200 - \"-\" \"-\""),
+            "{}",
+            r.to_combined()
+        );
+        let mut r = http("TCP", "10.0.0.7:8080", 200, None);
+        r.version = None;
+        assert!(
+            r.to_combined()
+                .contains("\"TCP 10.0.0.7:8080 TCP\" 200 1234"),
+            "{}",
+            r.to_combined()
+        );
+        let mut r = http("-", "-", 400, None);
+        r.version = None;
+        assert!(
+            r.to_combined().contains("] \"-\" 400 "),
+            "{}",
+            r.to_combined()
+        );
+        let r = http("GE T\"", "/a b", 200, None);
+        assert!(
+            r.to_combined()
+                .contains("\"GE\\x20T\\x22 /a\\x20b HTTP/1.1\""),
+            "{}",
+            r.to_combined()
+        );
+    }
+
+    #[test]
+    fn quoted_fields_escape_like_apache() {
+        assert_eq!(escape_quoted("Mozilla/5.0 (X11)"), "Mozilla/5.0 (X11)");
+        assert_eq!(escape_quoted("a\"b\\c"), "a\\\"b\\\\c");
+        assert_eq!(escape_quoted("x\r\ny\u{e9}"), "x\\x0d\\x0ay\\xc3\\xa9");
     }
 }

@@ -87,6 +87,25 @@ pub enum ConnectError {
     Io { addr: SocketAddr, source: io::Error },
 }
 
+impl ConnectError {
+    /// The `kind` label of `gatehouse_dns_failures_total` for a failed lookup: `timeout`,
+    /// `nxdomain`, `servfail`, `refused`, `no_address` (an answer without addresses) or
+    /// `other`.
+    pub fn dns_kind(&self) -> &'static str {
+        match self {
+            ConnectError::DnsTimeout { .. } => "timeout",
+            ConnectError::Dns { rcode, .. } => match rcode.as_deref() {
+                Some("NXDOMAIN") => "nxdomain",
+                Some("SERVFAIL") => "servfail",
+                Some("REFUSED") => "refused",
+                Some("NOERROR") => "no_address",
+                _ => "other",
+            },
+            _ => "other",
+        }
+    }
+}
+
 /// A connected upstream socket.
 #[derive(Debug)]
 pub struct Connected {
@@ -158,6 +177,15 @@ impl Connector {
                 IpAddr::V4(Ipv4Addr::LOCALHOST),
             ]);
         }
+        let started = Instant::now();
+        let result = self.lookup(name).await;
+        let failure = result.as_ref().err().map(ConnectError::dns_kind);
+        self.metrics.dns_lookup(started.elapsed(), failure);
+        result
+    }
+
+    /// A DNS lookup through the resolver.
+    async fn lookup(&self, name: &String) -> Result<Vec<IpAddr>, ConnectError> {
         // A fully qualified query: no search-domain guessing on behalf of clients.
         let fqdn = format!("{name}.");
         let lookup =

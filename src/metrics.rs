@@ -47,8 +47,48 @@ pub struct ServerBytesLabels {
     pub direction: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RuleLabel {
+    /// A rule's name from the config, `default` or `guard`.
+    pub rule: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReusedLabel {
+    /// "true" (an idle pooled connection) or "false" (a new connection).
+    pub reused: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RelayLabels {
+    /// connect, socks, tcp or upgrade.
+    pub kind: String,
+    /// "in" (from clients) or "out" (to clients).
+    pub direction: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: String,
+}
+
 pub struct Metrics {
     registry: Registry,
+    /// Requests, tunnels and sessions refused by the policy, by the rule that refused.
+    pub policy_denials: Family<RuleLabel, Counter>,
+    pub dns_lookup_seconds: Histogram,
+    /// Failed DNS lookups: timeout, nxdomain, servfail, refused, no_address, other.
+    pub dns_failures: Family<KindLabel, Counter>,
+    /// Direct HTTP requests sent upstream, by whether a pooled connection carried them.
+    pub upstream_pool_requests: Family<ReusedLabel, Counter>,
+    pub relay_bytes: Family<RelayLabels, Counter>,
+    /// Cached-listener requests by the access log's cache word.
+    pub cache_results: Family<ResultLabel, Counter>,
     /// 1 while a pool server may be picked (active checks up, not ejected), else 0.
     pub pool_server_up: Family<ServerLabels, Gauge>,
     /// Connections (TCP) or sessions (UDP) sent to a pool server.
@@ -157,8 +197,50 @@ impl Metrics {
             "Layer-4 connections closed because no pool server could be reached",
             listener_connect_errors.clone(),
         );
+        let policy_denials = Family::<RuleLabel, Counter>::default();
+        let dns_lookup_seconds = Histogram::new(exponential_buckets(0.0001, 4.0, 10));
+        let dns_failures = Family::<KindLabel, Counter>::default();
+        let upstream_pool_requests = Family::<ReusedLabel, Counter>::default();
+        let relay_bytes = Family::<RelayLabels, Counter>::default();
+        let cache_results = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "policy_denials",
+            "Requests, tunnels and sessions refused by the policy, by rule (a rule name, default or guard)",
+            policy_denials.clone(),
+        );
+        registry.register(
+            "dns_lookup_seconds",
+            "Time of DNS lookups sent to the resolver (static hosts and literals are not counted)",
+            dns_lookup_seconds.clone(),
+        );
+        registry.register(
+            "dns_failures",
+            "Failed DNS lookups, by kind (timeout, nxdomain, servfail, refused, no_address, other)",
+            dns_failures.clone(),
+        );
+        registry.register(
+            "upstream_pool_requests",
+            "Direct HTTP requests sent upstream, by whether a pooled idle connection carried them",
+            upstream_pool_requests.clone(),
+        );
+        registry.register(
+            "relay_bytes",
+            "Bytes relayed by tunnels and layer-4 connections, by kind (connect, socks, tcp, upgrade) and direction (in from clients, out to clients)",
+            relay_bytes.clone(),
+        );
+        registry.register(
+            "cache_results",
+            "Requests on cached listeners, by the cache result (hit, miss, stale, revalidated, expired, refresh, bypass)",
+            cache_results.clone(),
+        );
         Metrics {
             registry,
+            policy_denials,
+            dns_lookup_seconds,
+            dns_failures,
+            upstream_pool_requests,
+            relay_bytes,
+            cache_results,
             pool_server_up,
             pool_server_connections,
             pool_server_errors,
@@ -195,6 +277,56 @@ impl Metrics {
         self.login_failures
             .get_or_create(&ReasonLabel {
                 reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    /// A refusal by the policy; `rule` is a configured rule's name, `default` or `guard`.
+    pub fn denial(&self, rule: &str) {
+        self.policy_denials
+            .get_or_create(&RuleLabel {
+                rule: rule.to_string(),
+            })
+            .inc();
+    }
+
+    /// A DNS lookup that went to the resolver: its time and, when it failed, the kind.
+    pub fn dns_lookup(&self, took: std::time::Duration, failure: Option<&str>) {
+        self.dns_lookup_seconds.observe(took.as_secs_f64());
+        if let Some(kind) = failure {
+            self.dns_failures
+                .get_or_create(&KindLabel {
+                    kind: kind.to_string(),
+                })
+                .inc();
+        }
+    }
+
+    pub fn pool_request(&self, reused: bool) {
+        self.upstream_pool_requests
+            .get_or_create(&ReusedLabel {
+                reused: reused.to_string(),
+            })
+            .inc();
+    }
+
+    /// Bytes a relay moved: `kind` is connect, socks, tcp or upgrade.
+    pub fn relay(&self, kind: &str, from_client: u64, to_client: u64) {
+        for (direction, n) in [("in", from_client), ("out", to_client)] {
+            self.relay_bytes
+                .get_or_create(&RelayLabels {
+                    kind: kind.to_string(),
+                    direction: direction.to_string(),
+                })
+                .inc_by(n);
+        }
+    }
+
+    /// One request answered on a cached listener, by the access log's cache word.
+    pub fn cache_result(&self, result: &str) {
+        self.cache_results
+            .get_or_create(&ResultLabel {
+                result: result.to_string(),
             })
             .inc();
     }

@@ -158,6 +158,10 @@ pub enum LogTarget {
 pub enum LogFormat {
     Text,
     Json,
+    /// Squid's native `access.log` format.
+    Squid,
+    /// The Apache combined log format.
+    Combined,
 }
 
 #[derive(Debug, Clone)]
@@ -556,10 +560,12 @@ fn read_access_log(a: &Section<'_>) -> AccessLogConfig {
     let format = match a.string("format").as_deref() {
         None | Some("text") => LogFormat::Text,
         Some("json") => LogFormat::Json,
+        Some("squid") => LogFormat::Squid,
+        Some("combined") => LogFormat::Combined,
         Some(other) => {
             a.error_at(
                 "format",
-                format!("expected \"text\" or \"json\", found {other:?}"),
+                format!("expected \"text\", \"json\", \"squid\" or \"combined\", found {other:?}"),
             );
             LogFormat::Text
         }

@@ -134,6 +134,7 @@ impl HttpProxy {
         }
         match verdict.action.clone() {
             Action::Deny => {
+                self.svc.metrics.denial(&verdict.rule);
                 let keep = self
                     .send_denied(policy, client, head, &verdict, close_on_error, ex)
                     .await;

@@ -86,6 +86,10 @@ pub(super) struct Exchange {
     pub(super) user: Option<String>,
     /// The policy rule that decided.
     pub(super) rule: Option<Arc<str>>,
+    /// The request's HTTP version, Referer and User-Agent, for the access log.
+    pub(super) version: Option<&'static str>,
+    pub(super) referer: Option<String>,
+    pub(super) user_agent: Option<String>,
     /// Header rewrites of that rule.
     pub(super) rewrite: Option<Arc<Rewrite>>,
     /// The parent (or `direct`) a routed request went through.
@@ -108,6 +112,9 @@ impl Exchange {
             error: None,
             user: None,
             rule: None,
+            version: None,
+            referer: None,
+            user_agent: None,
             rewrite: None,
             route: None,
             user_slot: None,
@@ -198,6 +205,16 @@ impl HttpProxy {
             }
         };
         let mut ex = Exchange::new(started, &head.method, &head.target, head_len as u64);
+        let field = |n| {
+            head.headers
+                .get(n)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+        };
+        (ex.version, ex.referer, ex.user_agent) = (
+            Some(head.version.as_str()),
+            field("referer"),
+            field("user-agent"),
+        );
         client.unread_body = None;
         let mut keep = if head.method == "CONNECT" {
             self.tunnel(client, head, &mut ex).await
@@ -257,6 +274,9 @@ impl HttpProxy {
         let m = &self.svc.metrics;
         m.request(&self.name, ex.status);
         m.bytes(&self.name, ex.bytes_in, ex.bytes_out);
+        if let Some(word) = ex.cache {
+            m.cache_result(word);
+        }
         self.svc.access_log.log(AccessRecord {
             time: SystemTime::now(),
             listener: self.name.clone(),
@@ -272,6 +292,9 @@ impl HttpProxy {
             upstream: ex.upstream,
             cache: ex.cache,
             error: ex.error,
+            version: ex.version,
+            referer: ex.referer.clone(),
+            user_agent: ex.user_agent.clone(),
         });
     }
 
@@ -553,6 +576,9 @@ impl HttpProxy {
                     }
                 }
             };
+            if matches!(via, Via::Direct(_)) {
+                self.svc.metrics.pool_request(reused);
+            }
             ex.upstream = Some(peer);
             let mut up = Upstream {
                 stream,

@@ -136,6 +136,9 @@ impl HttpProxy {
             client.buf.clear();
         }
         let (end, stats) = self.tunnel_relay(client, &mut upstream, ex).await;
+        self.svc
+            .metrics
+            .relay("connect", stats.a_to_b, stats.b_to_a);
         ex.bytes_in += stats.a_to_b;
         ex.bytes_out += stats.b_to_a;
         match end {
@@ -276,6 +279,9 @@ impl HttpProxy {
             up.buf.clear();
         }
         let (end, stats) = self.tunnel_relay(client, &mut up.stream, ex).await;
+        self.svc
+            .metrics
+            .relay("upgrade", stats.a_to_b, stats.b_to_a);
         ex.bytes_in += stats.a_to_b;
         ex.bytes_out += stats.b_to_a;
         if let RelayEnd::Error(_) = end {

@@ -114,6 +114,9 @@ impl TcpBalancer {
             duration: started.elapsed(),
             upstream: out.upstream,
             cache: None,
+            version: None,
+            referer: None,
+            user_agent: None,
             error: out.error,
         });
     }
@@ -169,6 +172,7 @@ impl TcpBalancer {
             super::client_allowed(&policy, &self.name, origin.ip(), dst.port(), Protocol::Tcp)
         {
             tracing::debug!(%rule, "denied by policy");
+            self.svc.metrics.denial(&rule);
             out.rule = Some(Arc::from(rule.as_str()));
             return fail(out, 403, "destination_ip_prohibited");
         }
@@ -285,6 +289,7 @@ impl TcpBalancer {
             Client::Tls(tls) => crate::relay::relay(tls, &mut server, self.cfg.idle_timeout).await,
         };
         pool.finished(i);
+        self.svc.metrics.relay("tcp", stats.a_to_b, stats.b_to_a);
         out.bytes_in = stats.a_to_b + pending.len() as u64;
         out.bytes_out = stats.b_to_a;
         pool.bytes(i, out.bytes_in, out.bytes_out);

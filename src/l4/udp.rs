@@ -174,6 +174,7 @@ impl Listener {
             super::client_allowed(&policy, &self.name, client.ip(), port, Protocol::Udp)
         {
             tracing::debug!(listener = %self.name, %client, %rule, "denied by policy");
+            self.svc.metrics.denial(&rule);
             return None;
         }
         let mut tried = Vec::new();

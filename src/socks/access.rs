@@ -120,10 +120,13 @@ impl SocksServer {
                 .collect()
         };
         match verdict.action {
-            Action::Deny => Err(SocksError::Denied {
-                rule: verdict.rule,
-                refusal: verdict.refusal,
-            }),
+            Action::Deny => {
+                self.svc.metrics.denial(&verdict.rule);
+                Err(SocksError::Denied {
+                    rule: verdict.rule,
+                    refusal: verdict.refusal,
+                })
+            }
             Action::Allow => Ok(Allowed::Direct(addrs(ips))),
             Action::Route(parents) => Ok(Allowed::Route { parents, ips }),
         }
@@ -193,6 +196,9 @@ impl SocksServer {
         };
         let denied = verdict.action != Action::Allow;
         if s.rule.is_none() || (denied && !s.udp_denied_seen) {
+            if verdict.action == Action::Deny {
+                self.svc.metrics.denial(&verdict.rule);
+            }
             s.rule = Some(verdict.rule.clone());
             s.udp_denied_seen |= denied;
         }

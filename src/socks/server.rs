@@ -385,6 +385,7 @@ impl SocksServer {
         };
         s.relayed_in += stats.a_to_b;
         s.relayed_out += stats.b_to_a;
+        self.svc.metrics.relay("socks", stats.a_to_b, stats.b_to_a);
         match end {
             RelayEnd::Done => {}
             RelayEnd::Idle => s.error = Some("idle_timeout"),
@@ -445,6 +446,9 @@ impl SocksServer {
             duration: s.started.elapsed(),
             upstream: s.upstream,
             cache: None,
+            version: None,
+            referer: None,
+            user_agent: None,
             error: s.error,
         });
     }
