@@ -198,7 +198,7 @@ impl AccessRecord {
             n => n.to_string(),
         };
         format!(
-            "{} - {} [{}] \"{}\" {} {} \"{}\" \"{}\"",
+            "{} - {} [{}] \"{}\" {:03} {} \"{}\" \"{}\"",
             self.client.ip(),
             self.user
                 .as_deref()
@@ -572,6 +572,12 @@ mod tests {
         assert!(
             r.to_combined()
                 .contains("\"TCP 10.0.0.7:8080 TCP\" 200 1234"),
+            "{}",
+            r.to_combined()
+        );
+        let r = http("GET", "http://a.test/", 0, None);
+        assert!(
+            r.to_combined().contains("HTTP/1.1\" 000 1234 "),
             "{}",
             r.to_combined()
         );

@@ -355,6 +355,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn dns_failure_kinds() {
+        let dns = |rcode: Option<&str>| ConnectError::Dns {
+            host: "a.test".into(),
+            rcode: rcode.map(str::to_string),
+            detail: String::new(),
+        };
+        assert_eq!(dns(Some("NXDOMAIN")).dns_kind(), "nxdomain");
+        assert_eq!(dns(Some("SERVFAIL")).dns_kind(), "servfail");
+        assert_eq!(dns(Some("REFUSED")).dns_kind(), "refused");
+        assert_eq!(dns(Some("NOERROR")).dns_kind(), "no_address");
+        assert_eq!(dns(Some("FORMERR")).dns_kind(), "other");
+        assert_eq!(dns(None).dns_kind(), "other");
+        let timeout = ConnectError::DnsTimeout {
+            host: "a.test".into(),
+        };
+        assert_eq!(timeout.dns_kind(), "timeout");
+    }
+
+    #[test]
     fn host_parsing() {
         assert_eq!(
             Host::parse("Example.COM."),
