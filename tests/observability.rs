@@ -318,3 +318,76 @@ fn grafana_dashboard_uses_only_documented_metrics() {
     }
     assert!(exprs >= 14, "{exprs} queries");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_bytes_of_tcp_listeners_and_upgrades_and_guard_denials() {
+    // An origin that switches to an echo protocol after a 101.
+    let origin = raw_origin(|mut s: tokio::net::TcpStream| async move {
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            if s.read_exact(&mut b).await.is_err() {
+                return;
+            }
+            head.push(b[0]);
+        }
+        let _ = s
+            .write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo/1\r\nConnection: Upgrade\r\n\r\n")
+            .await;
+        let (mut r, mut w) = s.split();
+        let _ = tokio::io::copy(&mut r, &mut w).await;
+    })
+    .await;
+    let echo = tcp_echo().await;
+    let gh = Gatehouse::start(&format!(
+        "{}[[listeners]]\nname = \"tcp\"\nkind = \"tcp\"\nlisten = \"127.0.0.1:0\"\npool = \"p\"\n\
+         [[pools]]\nname = \"p\"\n[[pools.servers]]\naddress = \"{echo}\"\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n\
+         [[policy.rules]]\nname = \"origins\"\naction = \"allow\"\ndest_addrs = [\"127.0.0.1/32\"]\n",
+        http_listener("http", "upgrade_protocols = [\"echo\"]"),
+    ));
+
+    let mut s = tokio::net::TcpStream::connect(gh.addr("http"))
+        .await
+        .expect("connect");
+    let req = format!(
+        "GET http://{origin}/ws HTTP/1.1\r\nHost: {origin}\r\nUpgrade: echo/1\r\nConnection: Upgrade\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.expect("write");
+    assert!(read_head(&mut s).await);
+    roundtrip(&mut s).await;
+    drop(s);
+    gh.wait_log(" GET ");
+
+    let mut s = tokio::net::TcpStream::connect(gh.addr("tcp"))
+        .await
+        .expect("connect");
+    roundtrip(&mut s).await;
+    drop(s);
+    gh.wait_log(" TCP ");
+
+    // The guard refuses a loopback address no rule allows.
+    let (code, out, _) = curl(&[
+        "-x",
+        &gh.proxy_url("http"),
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "http://127.0.0.2:9/",
+    ])
+    .await;
+    assert_eq!((code, out.as_slice()), (0, b"403".as_slice()));
+    assert!(gh.wait_log("127.0.0.2").ends_with(" guard"));
+
+    let text = metrics_text(gh.addr("admin")).await;
+    for want in [
+        "gatehouse_relay_bytes_total{kind=\"upgrade\",direction=\"in\"} 5\n",
+        "gatehouse_relay_bytes_total{kind=\"upgrade\",direction=\"out\"} 5\n",
+        "gatehouse_relay_bytes_total{kind=\"tcp\",direction=\"in\"} 5\n",
+        "gatehouse_relay_bytes_total{kind=\"tcp\",direction=\"out\"} 5\n",
+        "gatehouse_policy_denials_total{rule=\"guard\"} 1\n",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in\n{text}");
+    }
+}
