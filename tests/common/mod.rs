@@ -754,6 +754,34 @@ pub async fn socks5_reply(s: &mut tokio::net::TcpStream) -> (u8, SocketAddr) {
         .expect("a reply within 10s")
 }
 
+/// UDP ASSOCIATE over a fresh control connection: `(control, relay address)`.
+pub async fn socks5_associate(proxy: SocketAddr) -> (tokio::net::TcpStream, SocketAddr) {
+    use tokio::io::AsyncWriteExt;
+    let mut control = socks5_open(proxy).await;
+    control
+        .write_all(&socks5_request(3, "0.0.0.0:0".parse().expect("addr")))
+        .await
+        .expect("UDP ASSOCIATE");
+    let (rep, relay) = socks5_reply(&mut control).await;
+    assert_eq!(rep, 0, "UDP ASSOCIATE refused");
+    (control, relay)
+}
+
+/// A SOCKS5 UDP request header (RFC 1928 section 7, no fragment) for an IPv4 target, then the
+/// payload.
+pub fn socks5_datagram(target: SocketAddr, payload: &[u8]) -> Vec<u8> {
+    let SocketAddr::V4(a) = target else {
+        panic!("an IPv4 target")
+    };
+    [
+        &[0, 0, 0, 1][..],
+        &a.ip().octets(),
+        &a.port().to_be_bytes(),
+        payload,
+    ]
+    .concat()
+}
+
 /// Everything the server still sends, up to its close (at most 10 s).
 pub async fn read_to_close(s: &mut tokio::net::TcpStream) -> Vec<u8> {
     use tokio::io::AsyncReadExt;
