@@ -124,8 +124,9 @@ impl HttpProxy {
                 return false;
             }
             ex.bytes_in += client.buf.len() as u64;
-            client.buf.clear();
         }
+        // An idle tunnel holds no buffer: the head's buffer is freed, not just emptied.
+        client.buf = bytes::BytesMut::new();
         let (end, stats) = self.tunnel_relay(client, &mut upstream, ex).await;
         ex.bytes_in += stats.a_to_b;
         ex.bytes_out += stats.b_to_a;
@@ -252,7 +253,6 @@ impl HttpProxy {
                 return false;
             }
             ex.bytes_in += client.buf.len() as u64;
-            client.buf.clear();
         }
         if !up.buf.is_empty() {
             if body::write_all(&mut client.stream, &up.buf, t)
@@ -262,8 +262,9 @@ impl HttpProxy {
                 return false;
             }
             ex.bytes_out += up.buf.len() as u64;
-            up.buf.clear();
         }
+        client.buf = bytes::BytesMut::new();
+        up.buf = bytes::BytesMut::new();
         let (end, stats) = self.tunnel_relay(client, &mut up.stream, ex).await;
         ex.bytes_in += stats.a_to_b;
         ex.bytes_out += stats.b_to_a;

@@ -371,8 +371,9 @@ impl SocksServer {
                 return;
             }
             s.relayed_in += c.buf.len() as u64;
-            c.buf.clear();
         }
+        // An idle relay holds no buffer: the handshake's buffer is freed, not just emptied.
+        c.buf = bytes::BytesMut::new();
         let idle = self.cfg.idle_timeout;
         let user = s.request.as_ref().and_then(|r| r.logged_in());
         let t = self.svc.limits.throttles(c.peer.ip(), user);
