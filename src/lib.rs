@@ -9,6 +9,7 @@ pub mod admin;
 pub mod cache;
 pub mod config;
 pub mod connector;
+pub mod fdlimit;
 pub mod http;
 pub mod limits;
 pub mod listener;

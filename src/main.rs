@@ -92,6 +92,9 @@ fn main() -> ExitCode {
         Some(Command::Check) => match Config::parse(&text) {
             Ok(c) => {
                 println!("{source}: ok ({} listener(s))", c.listeners.len());
+                if let Some(w) = fd_warning(&c) {
+                    eprintln!("gatehouse: {source}: warning: {w}");
+                }
                 ExitCode::SUCCESS
             }
             Err(errs) => {
@@ -109,6 +112,9 @@ fn main() -> ExitCode {
             };
             init_logging();
             raise_fd_limit();
+            if let Some(w) = fd_warning(&config) {
+                tracing::warn!("{w}");
+            }
             let rt = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
@@ -198,6 +204,13 @@ fn raise_fd_limit() {
             let _ = rlimit::Resource::NOFILE.set(hard, hard);
         }
     }
+}
+
+/// Whether the listeners' `max_connections` fit in the hard open-files limit (the one the
+/// server raises its soft limit to).
+fn fd_warning(config: &Config) -> Option<String> {
+    let hard = gatehouse::fdlimit::nofile_hard()?;
+    gatehouse::fdlimit::fit(config.listeners.iter().map(|l| l.max_connections), hard)
 }
 
 /// Re-reads the config file; a valid one replaces the running config, an invalid one is
