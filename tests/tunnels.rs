@@ -284,3 +284,36 @@ async fn out_of_descriptors_refuses_new_clients_cleanly() {
     let mut t = served.expect("served again after tunnels closed");
     echo_roundtrip(&mut t, b"back").await;
 }
+
+#[test]
+fn check_warns_when_max_connections_do_not_fit_the_open_files_limit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("g.toml");
+    let check = |max: u32| {
+        std::fs::write(
+            &path,
+            http_listener("http", &format!("max_connections = {max}")),
+        )
+        .expect("write");
+        let out = std::process::Command::new("sh")
+            .args([
+                "-c",
+                "ulimit -n 1024 && exec \"$0\" check --config \"$1\"",
+                BIN,
+            ])
+            .arg(&path)
+            .output()
+            .expect("run check");
+        assert!(out.status.success(), "a warning, not a refusal: {out:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let warned = check(10_000);
+    assert!(
+        warned.contains("warning") && warned.contains("open-files limit is 1024"),
+        "{warned}"
+    );
+    assert!(
+        !check(300).contains("warning"),
+        "300 connections fit in 1024"
+    );
+}
