@@ -177,7 +177,8 @@ impl HttpProxy {
         let keep = if head.method == "CONNECT" {
             self.tunnel(client, head, &mut ex).await
         } else {
-            self.forward(client, head, &mut ex).await
+            // Boxed: a tunnel's task then holds no forward-request state while it idles.
+            Box::pin(self.forward(client, head, &mut ex)).await
         };
         self.record(client, &ex);
         keep

@@ -63,18 +63,19 @@ impl HttpProxy {
         }
         ex.target = format!("{host}:{port}");
         let policy = client.policy.clone();
-        let via = match self
-            .authorize(
-                &policy,
-                client,
-                &head,
-                &host,
-                port,
-                Protocol::Connect,
-                !keep,
-                ex,
-            )
-            .await
+        // The steps before the relay are boxed: their state is freed once they are done, so
+        // an idle tunnel holds only the relay.
+        let via = match Box::pin(self.authorize(
+            &policy,
+            client,
+            &head,
+            &host,
+            port,
+            Protocol::Connect,
+            !keep,
+            ex,
+        ))
+        .await
         {
             Access::Answered(keep) => return keep,
             Access::Direct { addrs, .. } => Via::Direct(addrs),
@@ -86,16 +87,15 @@ impl HttpProxy {
             port,
             path: String::new(),
         };
-        let (mut upstream, leftover) = match self
-            .open_upstream(&policy, &target, &via, Mode::Tunnel, ex)
-            .await
-        {
-            Ok(up) => up,
-            Err(err) => {
-                self.send_error(client, &err, !keep, ex).await;
-                return keep;
-            }
-        };
+        drop(head);
+        let (mut upstream, leftover) =
+            match Box::pin(self.open_upstream(&policy, &target, &via, Mode::Tunnel, ex)).await {
+                Ok(up) => up,
+                Err(err) => {
+                    self.send_error(client, &err, !keep, ex).await;
+                    return keep;
+                }
+            };
         let established = b"HTTP/1.1 200 Connection established\r\n\r\n";
         if body::write_all(&mut client.stream, established, self.cfg.read_timeout)
             .await
