@@ -99,6 +99,9 @@ fn main() -> ExitCode {
                     eprintln!("gatehouse: {source}: warning: {w}");
                 }
                 println!("{source}: ok ({} listener(s))", c.listeners.len());
+                if let Some(w) = fd_warning(&c) {
+                    eprintln!("gatehouse: {source}: warning: {w}");
+                }
                 ExitCode::SUCCESS
             }
             Err(errs) => {
@@ -126,6 +129,9 @@ fn main() -> ExitCode {
                 tracing::warn!("{source}: {w}");
             }
             raise_fd_limit();
+            if let Some(w) = fd_warning(&config) {
+                tracing::warn!("{w}");
+            }
             let rt = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
@@ -221,6 +227,13 @@ fn raise_fd_limit() {
             let _ = rlimit::Resource::NOFILE.set(hard, hard);
         }
     }
+}
+
+/// Whether the listeners' `max_connections` fit in the hard open-files limit (the one the
+/// server raises its soft limit to).
+fn fd_warning(config: &Config) -> Option<String> {
+    let hard = gatehouse::fdlimit::nofile_hard()?;
+    gatehouse::fdlimit::fit(config.listeners.iter().map(|l| l.max_connections), hard)
 }
 
 /// Re-reads the config file; a valid one replaces the running config, an invalid one is
