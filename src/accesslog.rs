@@ -4,6 +4,7 @@
 //! slow disk never stalls a connection. If the writer falls behind, records are dropped and
 //! counted (`gatehouse_access_log_dropped`), never queued without bound.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -50,26 +51,55 @@ fn millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
 }
 
 impl AccessRecord {
+    /// One line of space-separated fields. Every field that can hold text from a client or
+    /// the config (listener, user, method, target, rule) goes through [`escape_field`], so a
+    /// field never holds a space, quote, control byte or newline: one record, one line, and
+    /// the same number of fields on every line.
     pub fn to_text(&self) -> String {
-        let dash = |o: Option<String>| o.unwrap_or_else(|| "-".to_string());
+        fn opt(o: Option<&str>) -> Cow<'_, str> {
+            o.map_or(Cow::Borrowed("-"), escape_field)
+        }
         format!(
             "{} {} {} {} {} {} {} {} {} {:.3}ms {} {} {} {}",
             humantime::format_rfc3339_millis(self.time),
-            self.listener,
+            escape_field(&self.listener),
             self.client,
-            dash(self.user.clone()),
-            self.method,
-            self.target,
+            opt(self.user.as_deref()),
+            escape_field(&self.method),
+            escape_field(&self.target),
             self.status,
             self.bytes_in,
             self.bytes_out,
             self.duration.as_secs_f64() * 1000.0,
-            dash(self.upstream.map(|a| a.to_string())),
+            self.upstream
+                .map_or_else(|| "-".to_string(), |a| a.to_string()),
             self.cache.unwrap_or("-"),
             self.error.unwrap_or("-"),
-            self.rule.as_deref().unwrap_or("-"),
+            opt(self.rule.as_deref()),
         )
     }
+}
+
+/// A text-log field: bytes outside printable ASCII, the space, `"`, `'` and `\` become
+/// `\xHH` (as nginx does), so a field is one whitespace-free token. An empty field and a
+/// lone `-` (which means "none") are escaped too, so neither can pass for the other.
+pub fn escape_field(s: &str) -> Cow<'_, str> {
+    let plain = |b: u8| b.is_ascii_graphic() && !matches!(b, b'"' | b'\'' | b'\\');
+    if !s.is_empty() && s != "-" && s.bytes().all(plain) {
+        return Cow::Borrowed(s);
+    }
+    if s.is_empty() {
+        return Cow::Borrowed("\"\"");
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for b in s.bytes() {
+        if plain(b) && s != "-" {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    Cow::Owned(out)
 }
 
 #[derive(Clone)]
@@ -191,4 +221,70 @@ async fn write_loop(
         }
     }
     let _ = out.flush().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_are_escaped_into_single_tokens() {
+        assert_eq!(escape_field("alice"), "alice");
+        assert_eq!(escape_field("GET"), "GET");
+        assert_eq!(
+            escape_field("http://a.test/x?y=1&z=%20"),
+            "http://a.test/x?y=1&z=%20"
+        );
+        assert_eq!(escape_field("eve\nforged line"), "eve\\x0aforged\\x20line");
+        assert_eq!(escape_field("a\r\t\0\x7f"), "a\\x0d\\x09\\x00\\x7f");
+        assert_eq!(
+            escape_field("say \"hi\" 'x' \\"),
+            "say\\x20\\x22hi\\x22\\x20\\x27x\\x27\\x20\\x5c"
+        );
+        assert_eq!(
+            escape_field("é"),
+            "\\xc3\\xa9",
+            "non-ASCII as its UTF-8 bytes"
+        );
+        assert_eq!(escape_field("\u{2028}"), "\\xe2\\x80\\xa8");
+        assert_eq!(escape_field(""), "\"\"");
+        assert_eq!(escape_field("-"), "\\x2d", "a lone dash is not 'none'");
+        assert_eq!(escape_field("a-b"), "a-b");
+        // The escape character itself is escaped, so an escape can always be undone.
+        assert_eq!(escape_field("\\x0a"), "\\x5cx0a");
+    }
+
+    fn record(user: &str, method: &str, target: &str) -> AccessRecord {
+        AccessRecord {
+            time: SystemTime::UNIX_EPOCH,
+            listener: "s".into(),
+            client: "127.0.0.1:1".parse().expect("addr"),
+            user: Some(user.to_string()),
+            rule: None,
+            method: method.to_string(),
+            target: target.to_string(),
+            status: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+            duration: Duration::ZERO,
+            upstream: None,
+            cache: None,
+            error: Some("auth_failed"),
+        }
+    }
+
+    #[test]
+    fn a_record_is_one_line_of_fourteen_fields_whatever_the_client_sent() {
+        let r = record("eve\n2026 s 6.6.6.6:1 admin", "GE T\r\n", "a b\u{85}\"c");
+        let text = r.to_text();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert_eq!(text.split(' ').count(), 14, "{text}");
+        assert!(text.contains(" eve\\x0a2026\\x20s\\x20"), "{text}");
+        // JSON: serde escapes control characters and quotes; one line per record too.
+        let json = serde_json::to_string(&r).expect("json");
+        assert_eq!(json.lines().count(), 1, "{json}");
+        let back: serde_json::Value = serde_json::from_str(&json).expect("parse");
+        assert_eq!(back["user"], "eve\n2026 s 6.6.6.6:1 admin");
+        assert_eq!(back["target"], "a b\u{85}\"c");
+    }
 }

@@ -6,16 +6,19 @@
 
 pub mod accesslog;
 pub mod admin;
+pub mod balance;
 pub mod cache;
 pub mod config;
 pub mod connector;
 pub mod http;
 pub mod ifwatch;
+pub mod l4;
 pub mod limits;
 pub mod listener;
 pub mod metrics;
 pub mod pac;
 pub mod policy;
+pub mod pool;
 pub mod relay;
 pub mod server;
 pub mod shutdown;

@@ -21,6 +21,7 @@ use crate::socks::{self, SocksServer};
 enum Handler {
     Http(Arc<HttpProxy>),
     Socks(Arc<SocksServer>),
+    Tcp(Arc<crate::l4::tcp::TcpBalancer>),
 }
 
 /// A listener's accept loop, as started: cancel `stop` to close it (connections it accepted
@@ -57,6 +58,14 @@ pub fn spawn(
                 None => None,
             },
         })),
+        ListenerKind::Tcp(t) => Handler::Tcp(Arc::new(crate::l4::tcp::TcpBalancer::new(
+            name.clone(),
+            t.clone(),
+            svc.clone(),
+        )?)),
+        ListenerKind::Udp(_) => {
+            anyhow::bail!("listener {name:?}: a udp listener has no accept loop")
+        }
     };
     tracing::info!(listener = %name, kind = cfg.kind.name(), %addr, "listening");
     let stop = svc.shutdown.child();
@@ -135,6 +144,11 @@ async fn accept_loop(
             }
             Handler::Socks(s) => {
                 let fut = s.clone().serve(stream, peer);
+                svc.shutdown
+                    .spawn(WithGuard { fut, _guard }.instrument(span));
+            }
+            Handler::Tcp(t) => {
+                let fut = t.clone().serve(stream, peer);
                 svc.shutdown
                     .spawn(WithGuard { fut, _guard }.instrument(span));
             }

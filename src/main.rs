@@ -316,47 +316,53 @@ fn main() -> ExitCode {
     }
 }
 
-/// `gatehouse passwd`: the password comes from standard input (first line), never argv.
+/// `gatehouse passwd`: on a terminal the password is asked twice without echo; otherwise it
+/// is the first line of standard input. Never argv. The file is written 0600.
 fn passwd(
     user: &str,
     groups: &[String],
     bcrypt: bool,
     file: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
+    use gatehouse::policy::passwd::{readable_by_others, update_file};
     use gatehouse::policy::users::{format_entry, hash_password, HashAlgorithm};
+    let password = read_password(user)?;
+    let alg = if bcrypt {
+        HashAlgorithm::Bcrypt { cost: 12 }
+    } else {
+        HashAlgorithm::Argon2id
+    };
+    let hash = hash_password(&password, alg)?;
+    let entry = format_entry(user, &hash, groups).map_err(anyhow::Error::msg)?;
+    let Some(path) = file else {
+        println!("{entry}");
+        return Ok(());
+    };
+    if let Some(warning) = readable_by_others(path) {
+        eprintln!("gatehouse passwd: warning: {warning}; it is rewritten 0600 now");
+    }
+    update_file(path, user, &entry).with_context(|| format!("writing {}", path.display()))?;
+    eprintln!("{}: entry for {user} written", path.display());
+    Ok(())
+}
+
+fn read_password(user: &str) -> anyhow::Result<gatehouse::policy::Secret> {
+    use std::io::IsTerminal as _;
+    if std::io::stdin().is_terminal() {
+        use gatehouse::policy::passwd::prompt_without_echo;
+        let first = prompt_without_echo(&format!("Password for {user}: "))
+            .context("reading the password")?;
+        let again = prompt_without_echo("Again: ").context("reading the password")?;
+        gatehouse::policy::passwd::confirm(&first, &again).map_err(anyhow::Error::msg)?;
+        return Ok(gatehouse::policy::Secret::new(first));
+    }
     let mut line = String::new();
     std::io::stdin()
         .read_line(&mut line)
         .context("reading the password from stdin")?;
     let password = line.trim_end_matches(['\r', '\n']);
     anyhow::ensure!(!password.is_empty(), "empty password on stdin");
-    let alg = if bcrypt {
-        HashAlgorithm::Bcrypt { cost: 12 }
-    } else {
-        HashAlgorithm::Argon2id
-    };
-    let hash = hash_password(&gatehouse::policy::Secret::new(password), alg)?;
-    let entry = format_entry(user, &hash, groups).map_err(anyhow::Error::msg)?;
-    let Some(path) = file else {
-        println!("{entry}");
-        return Ok(());
-    };
-    let old = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-    };
-    let mut out: Vec<&str> = old
-        .lines()
-        .filter(|l| l.split(':').next().map(str::trim) != Some(user))
-        .collect();
-    out.push(&entry);
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, out.join("\n") + "\n")
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
-    eprintln!("{}: entry for {user} written", path.display());
-    Ok(())
+    Ok(gatehouse::policy::Secret::new(password))
 }
 
 fn report(source: &str, errs: &[ConfigError]) {
@@ -412,9 +418,17 @@ async fn reload(server: &mut Server, path: Option<&std::path::Path>) {
                 errs.len()
             );
         }
-        Ok(new) => match server.reload(new).await {
-            Ok(()) => tracing::info!("reload: {} applied", path.display()),
-            Err(e) => tracing::error!("reload: {e:#}"),
+        Ok(new) => match (
+            gatehouse::startup::users_file_warning(&new),
+            server.reload(new).await,
+        ) {
+            (warning, Ok(())) => {
+                tracing::info!("reload: {} applied", path.display());
+                if let Some(w) = warning {
+                    tracing::warn!("{w}");
+                }
+            }
+            (_, Err(e)) => tracing::error!("reload: {e:#}"),
         },
     }
 }

@@ -26,14 +26,48 @@ pub struct BytesLabels {
     pub direction: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+/// One server of a `[[pools]]` entry.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServerLabels {
+    pub pool: String,
+    /// `host:port` as configured.
+    pub server: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServerBytesLabels {
+    pub pool: String,
+    pub server: String,
+    /// "to_server" or "from_server".
+    pub direction: String,
+}
+
 pub struct Metrics {
     registry: Registry,
+    /// 1 while a pool server may be picked (active checks up, not ejected), else 0.
+    pub pool_server_up: Family<ServerLabels, Gauge>,
+    /// Connections (TCP) or sessions (UDP) sent to a pool server.
+    pub pool_server_connections: Family<ServerLabels, Counter>,
+    /// Failed connects to a pool server (also UDP sessions ended by an error or no reply).
+    pub pool_server_errors: Family<ServerLabels, Counter>,
+    pub pool_server_bytes: Family<ServerBytesLabels, Counter>,
+    /// Layer-4 connections closed because no server of the pool could be reached.
+    pub listener_connect_errors: Family<ListenerLabel, Counter>,
     pub connections_open: Family<ListenerLabel, Gauge>,
     pub connections_total: Family<ListenerLabel, Counter>,
     pub requests_total: Family<RequestLabels, Counter>,
     pub bytes_total: Family<BytesLabels, Counter>,
     pub upstream_connect_seconds: Histogram,
     pub access_log_dropped: Counter,
+    /// Password hash checks run (cache hits and refused logins run none).
+    pub password_verifications: Counter,
+    /// Failed proxy logins by reason: bad_credentials, blocked, overloaded.
+    pub login_failures: Family<ReasonLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -51,6 +85,18 @@ impl Metrics {
         let bytes_total = Family::<BytesLabels, Counter>::default();
         let upstream_connect_seconds = Histogram::new(exponential_buckets(0.0001, 4.0, 10));
         let access_log_dropped = Counter::default();
+        let password_verifications = Counter::default();
+        let login_failures = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "password_verifications",
+            "Password hash checks run for proxy logins",
+            password_verifications.clone(),
+        );
+        registry.register(
+            "login_failures",
+            "Failed proxy logins, by reason (bad_credentials, blocked, overloaded)",
+            login_failures.clone(),
+        );
         registry.register(
             "connections_open",
             "Client connections open now",
@@ -81,14 +127,51 @@ impl Metrics {
             "Access log records dropped because the writer fell behind",
             access_log_dropped.clone(),
         );
+        let pool_server_up = Family::<ServerLabels, Gauge>::default();
+        let pool_server_connections = Family::<ServerLabels, Counter>::default();
+        let pool_server_errors = Family::<ServerLabels, Counter>::default();
+        let pool_server_bytes = Family::<ServerBytesLabels, Counter>::default();
+        let listener_connect_errors = Family::<ListenerLabel, Counter>::default();
+        registry.register(
+            "pool_server_up",
+            "1 while a pool server may be picked (health checks up, not ejected)",
+            pool_server_up.clone(),
+        );
+        registry.register(
+            "pool_server_connections",
+            "Connections (TCP) or sessions (UDP) sent to a pool server",
+            pool_server_connections.clone(),
+        );
+        registry.register(
+            "pool_server_errors",
+            "Failed connects to a pool server, or UDP sessions ended by an error or no reply",
+            pool_server_errors.clone(),
+        );
+        registry.register(
+            "pool_server_bytes",
+            "Bytes relayed to and from a pool server",
+            pool_server_bytes.clone(),
+        );
+        registry.register(
+            "listener_connect_errors",
+            "Layer-4 connections closed because no pool server could be reached",
+            listener_connect_errors.clone(),
+        );
         Metrics {
             registry,
+            pool_server_up,
+            pool_server_connections,
+            pool_server_errors,
+            pool_server_bytes,
+            listener_connect_errors,
             connections_open,
             connections_total,
             requests_total,
             bytes_total,
             upstream_connect_seconds,
             access_log_dropped,
+            password_verifications,
+            login_failures,
         }
     }
 
@@ -104,6 +187,14 @@ impl Metrics {
             .get_or_create(&RequestLabels {
                 listener: listener.to_string(),
                 class,
+            })
+            .inc();
+    }
+
+    pub fn login_failure(&self, reason: &str) {
+        self.login_failures
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_string(),
             })
             .inc();
     }

@@ -19,6 +19,8 @@ pub fn offered(l: &ListenerConfig, policy: &PolicyConfig) -> bool {
                 && s.auth.contains(&AuthMethod::None)
                 && !policy.listeners.get(&l.name).is_some_and(|p| p.auth)
         }
+        // Balancers are not proxies for browsers.
+        ListenerKind::Tcp(_) | ListenerKind::Udp(_) => false,
     }
 }
 
@@ -52,6 +54,8 @@ pub fn generate(config: &Config, bound: &[(String, SocketAddr)]) -> String {
             let scheme = match &l.kind {
                 ListenerKind::Http(_) => "PROXY",
                 ListenerKind::Socks(_) => "SOCKS5",
+                // Balancers are not proxies for browsers (`offered` says no).
+                ListenerKind::Tcp(_) | ListenerKind::Udp(_) => return None,
             };
             host_of(addr.ip()).map(|h| format!("{scheme} {h}:{}", addr.port()))
         })

@@ -17,7 +17,8 @@ use crate::connector::Connector;
 use crate::http::pool::Pool;
 use crate::listener;
 use crate::metrics::Metrics;
-use crate::policy::login::LoginLimiter;
+use crate::policy::hashpool::HashPool;
+use crate::policy::login::Logins;
 use crate::policy::{LocalAddrs, PolicyHolder};
 use crate::shutdown::Shutdown;
 
@@ -33,10 +34,8 @@ pub struct Services {
     pub cache: Option<Arc<Cache>>,
     /// The compiled policy; a reload swaps it, connections keep the one they started with.
     pub policy: PolicyHolder,
-    /// Failed proxy logins per client address.
-    pub logins: LoginLimiter,
-    /// Bounds concurrent password hashing (bcrypt/argon2 are CPU-heavy on purpose).
-    pub auth_permits: tokio::sync::Semaphore,
+    /// Proxy logins: the failed-login limiter and the fixed password-hashing pool.
+    pub logins: Logins,
     /// The generated proxy auto-config file, regenerated on reload.
     pub pac: arc_swap::ArcSwap<String>,
     /// Per-client and per-user limits.
@@ -45,6 +44,8 @@ pub struct Services {
     pub connect_timeout: std::time::Duration,
     /// The proxy's own addresses (interfaces, listeners), live; every policy reads it.
     pub local: Arc<LocalAddrs>,
+    /// `[[pools]]`: upstream servers of the balancing listeners, with their health.
+    pub pools: crate::pool::Pools,
 }
 
 /// The proxy's own addresses from the config alone: every listener's bound IP. The live set
@@ -113,33 +114,34 @@ impl Server {
         } else {
             None
         };
+        let hashing = HashPool::for_this_machine().context("starting the hashing threads")?;
+        let logins = Logins::new(config.policy.login, hashing, metrics.clone());
         let services = Arc::new(Services {
             connector,
             pool: Pool::new(
                 config.upstream.pool_max_idle_per_host,
                 config.upstream.pool_idle_timeout,
             ),
-            metrics,
+            metrics: metrics.clone(),
             access_log,
             shutdown: Shutdown::new(),
             cache,
             policy: PolicyHolder::new(policy),
-            logins: LoginLimiter::new(config.policy.login),
-            auth_permits: tokio::sync::Semaphore::new(
-                std::thread::available_parallelism()
-                    .map(|n| n.get())
-                    .unwrap_or(2),
-            ),
+            logins,
             pac: arc_swap::ArcSwap::from_pointee(String::new()),
             limits: crate::limits::Limits::new(&config.limits),
             connect_timeout: config.upstream.connect_timeout,
             local,
+            pools: crate::pool::Pools::new(&config.pools, metrics.clone()),
         });
         crate::ifwatch::spawn(&services.local).context("starting the address watcher")?;
+        services
+            .pools
+            .start_health_checks(&used_pools(config), &services);
 
         let mut sockets = Vec::new();
         for l in &config.listeners {
-            let socket = bind(l.listen)
+            let socket = bind_any(l)
                 .with_context(|| format!("listener {:?}: cannot listen on {}", l.name, l.listen))?;
             sockets.push((l.clone(), socket));
         }
@@ -151,13 +153,16 @@ impl Server {
         };
 
         let mut own: Vec<SocketAddr> = Vec::new();
-        for s in sockets.iter().map(|(_, s)| s).chain(admin_socket.iter()) {
+        for (_, s) in &sockets {
+            own.push(s.local_addr()?);
+        }
+        if let Some(s) = &admin_socket {
             own.push(s.local_addr()?);
         }
         services.local.set_listeners(own);
         let mut listeners = Vec::new();
         for (l, socket) in sockets {
-            listeners.push(listener::spawn(socket, l, services.clone())?);
+            listeners.push(spawn_any(socket, l, services.clone())?);
         }
         let bound: Vec<_> = listeners
             .iter()
@@ -219,8 +224,8 @@ impl Server {
             if keep.iter().any(|r| r.cfg == *l) {
                 continue;
             }
-            match bind(l.listen) {
-                Ok(socket) => match listener::spawn(socket, l.clone(), self.services.clone()) {
+            match bind_any(l) {
+                Ok(socket) => match spawn_any(socket, l.clone(), self.services.clone()) {
                     Ok(r) => {
                         tracing::info!(listener = %l.name, addr = %r.addr, "ready");
                         self.listeners.push(r);
@@ -260,6 +265,10 @@ impl Server {
             ("admin", self.config.admin != new.admin),
             ("cache", self.config.cache != new.cache),
             (
+                "pools",
+                format!("{:?}", self.config.pools) != format!("{:?}", new.pools),
+            ),
+            (
                 "limits",
                 format!("{:?}", self.config.limits) != format!("{:?}", new.limits),
             ),
@@ -274,6 +283,59 @@ impl Server {
             Some(e) => Err(e),
             None => Ok(()),
         }
+    }
+}
+
+/// The pools some listener balances over (only those get health checks).
+fn used_pools(config: &Config) -> Vec<&str> {
+    let mut used = Vec::new();
+    for l in &config.listeners {
+        match &l.kind {
+            ListenerKind::Tcp(t) => {
+                used.extend(t.pool.as_deref());
+                used.extend(t.sni.iter().map(|r| r.pool.as_str()));
+            }
+            ListenerKind::Udp(u) => used.push(u.pool.as_str()),
+            _ => {}
+        }
+    }
+    used
+}
+
+/// A bound listening socket: TCP for every kind but `udp`.
+enum Bound {
+    Tcp(TcpListener),
+    Udp(tokio::net::UdpSocket),
+}
+
+impl Bound {
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        match self {
+            Bound::Tcp(s) => s.local_addr(),
+            Bound::Udp(s) => s.local_addr(),
+        }
+    }
+}
+
+fn bind_any(l: &crate::config::ListenerConfig) -> std::io::Result<Bound> {
+    match l.kind {
+        ListenerKind::Udp(_) => {
+            let s = std::net::UdpSocket::bind(l.listen)?;
+            s.set_nonblocking(true)?;
+            Ok(Bound::Udp(tokio::net::UdpSocket::from_std(s)?))
+        }
+        _ => bind(l.listen).map(Bound::Tcp),
+    }
+}
+
+fn spawn_any(
+    b: Bound,
+    l: crate::config::ListenerConfig,
+    svc: Arc<Services>,
+) -> anyhow::Result<listener::Running> {
+    match b {
+        Bound::Tcp(s) => listener::spawn(s, l, svc),
+        Bound::Udp(s) => crate::l4::udp::spawn(s, l, svc),
     }
 }
 

@@ -22,6 +22,12 @@ pub struct Prepared {
     pub warnings: Vec<ConfigError>,
 }
 
+/// A users file others can read leaks password hashes to every local account.
+pub fn users_file_warning(config: &Config) -> Option<String> {
+    let path = config.policy.users_file.as_deref()?;
+    crate::policy::passwd::readable_by_others(path)
+}
+
 /// Runs every start-up check and reports every problem found.
 pub fn prepare(config: &Config) -> Result<Prepared, Vec<ConfigError>> {
     let lines = &config.lines;
@@ -59,7 +65,9 @@ pub fn prepare(config: &Config) -> Result<Prepared, Vec<ConfigError>> {
         }
     };
     for (i, l) in config.listeners.iter().enumerate() {
-        if let Some(p) = &policy {
+        // A balancing listener's destinations are its pool: it cannot be an open proxy.
+        let balancer = matches!(l.kind, ListenerKind::Tcp(_) | ListenerKind::Udp(_));
+        if let Some(p) = policy.as_ref().filter(|_| !balancer) {
             if let Err(e) = p.open_proxy_check(&l.name, l.listen.ip()) {
                 errors.push(lines.error(&format!("listeners[{i}].listen"), e.to_string()));
             }
@@ -84,6 +92,9 @@ pub fn prepare(config: &Config) -> Result<Prepared, Vec<ConfigError>> {
                 format!("cannot open {}: {e}", path.display()),
             ));
         }
+    }
+    if let Some(w) = users_file_warning(config) {
+        warnings.push(lines.error("policy.users_file", w));
     }
     let admin_token = match config.admin.as_ref().and_then(|a| a.token.as_ref()) {
         None => None,

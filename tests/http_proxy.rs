@@ -370,7 +370,8 @@ async fn upgrade_is_tunnelled_after_101() {
         let _ = tokio::io::copy(&mut r, &mut w).await;
     })
     .await;
-    let gh = Gatehouse::start(&http_listener("http", ""));
+    // Only listed protocols may turn the connection into a tunnel (default: websocket).
+    let gh = Gatehouse::start(&http_listener("http", "upgrade_protocols = [\"echo\"]"));
     let mut s = TcpStream::connect(gh.addr("http")).await.expect("connect");
     let req = format!("GET http://{origin}/ws HTTP/1.1\r\nHost: {origin}\r\nUpgrade: echo/1\r\nConnection: Upgrade\r\n\r\n");
     s.write_all(req.as_bytes()).await.expect("write");

@@ -3,6 +3,8 @@
 //! Nothing outside this module sees a raw string from the file: durations, sizes, addresses and
 //! port lists arrive already parsed. [`Config::parse`] reports every problem in the file at once.
 
+mod l4;
+mod pools;
 pub(crate) mod reader;
 mod socks;
 
@@ -11,6 +13,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use l4::{ProxyVersion, SniRoute, TcpListenerConfig, UdpListenerConfig};
+pub use pools::{HashKey, HealthCheckConfig, HealthCheckKind, PoolConfig, ServerConfig};
 pub use reader::{ConfigError, KeyLines};
 use reader::{Problems, Section};
 pub use socks::{AuthMethod, Password, SocksListenerConfig, SocksUser, TlsFiles, UdpFilter};
@@ -32,6 +36,8 @@ listen = "127.0.0.1:1080"
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listeners: Vec<ListenerConfig>,
+    /// Upstream server pools for the balancing listeners (`tcp`, `udp`).
+    pub pools: Vec<PoolConfig>,
     pub dns: DnsConfig,
     pub upstream: UpstreamConfig,
     pub access_log: AccessLogConfig,
@@ -61,6 +67,10 @@ pub struct ListenerConfig {
 pub enum ListenerKind {
     Http(HttpListenerConfig),
     Socks(SocksListenerConfig),
+    /// Layer-4 TCP balancing over a pool, optionally routed by TLS SNI.
+    Tcp(TcpListenerConfig),
+    /// UDP datagrams balanced over a pool with per-client affinity.
+    Udp(UdpListenerConfig),
 }
 
 impl ListenerKind {
@@ -68,6 +78,8 @@ impl ListenerKind {
         match self {
             ListenerKind::Http(_) => "http",
             ListenerKind::Socks(_) => "socks",
+            ListenerKind::Tcp(_) => "tcp",
+            ListenerKind::Udp(_) => "udp",
         }
     }
 }
@@ -92,6 +104,9 @@ pub struct HttpListenerConfig {
     pub forwarded_for: bool,
     /// Whether responses go through the shared HTTP cache.
     pub cache: bool,
+    /// Protocols a request may ask to `Upgrade` to (lower-case names, `websocket`); other
+    /// offers are dropped before the request goes upstream, and a 101 to anything else is 502.
+    pub upgrade_protocols: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -242,23 +257,28 @@ impl Config {
 }
 
 fn read_config(root: &Section<'_>) -> Config {
+    let pools = pools::read_pools(root);
+    let pool_names: Vec<&str> = pools.iter().map(|p| p.name.as_str()).collect();
     let mut listeners = Vec::new();
     let sections = root.tables("listeners");
     if !root.has("listeners") {
         root.error_at("listeners", "at least one [[listeners]] entry is required");
     }
     for l in &sections {
-        if let Some(cfg) = read_listener(l) {
+        if let Some(cfg) = read_listener(l, &pool_names) {
             if listeners
                 .iter()
                 .any(|o: &ListenerConfig| o.name == cfg.name)
             {
                 l.error_at("name", format!("duplicate listener name {:?}", cfg.name));
             }
-            if listeners
-                .iter()
-                .any(|o: &ListenerConfig| o.listen == cfg.listen && cfg.listen.port() != 0)
-            {
+            if listeners.iter().any(|o: &ListenerConfig| {
+                // A UDP and a TCP listener may share an address (DNS on port 53).
+                o.listen == cfg.listen
+                    && cfg.listen.port() != 0
+                    && matches!(o.kind, ListenerKind::Udp(_))
+                        == matches!(cfg.kind, ListenerKind::Udp(_))
+            }) {
                 l.error_at(
                     "listen",
                     format!("address {} is used by another listener", cfg.listen),
@@ -342,6 +362,7 @@ fn read_config(root: &Section<'_>) -> Config {
 
     Config {
         listeners,
+        pools,
         dns,
         upstream,
         access_log,
@@ -354,7 +375,7 @@ fn read_config(root: &Section<'_>) -> Config {
     }
 }
 
-fn read_listener(l: &Section<'_>) -> Option<ListenerConfig> {
+fn read_listener(l: &Section<'_>, pools: &[&str]) -> Option<ListenerConfig> {
     let name = l.string("name");
     if !l.has("name") {
         l.error_here("`name` is required");
@@ -367,16 +388,20 @@ fn read_listener(l: &Section<'_>) -> Option<ListenerConfig> {
     let kind = match l.string("kind").as_deref() {
         Some("http") => Some(ListenerKind::Http(read_http(l))),
         Some("socks") => Some(ListenerKind::Socks(socks::read_socks(l))),
+        Some("tcp") => Some(ListenerKind::Tcp(l4::read_tcp(l, pools))),
+        Some("udp") => Some(ListenerKind::Udp(l4::read_udp(l, pools))),
         Some(other) => {
             l.error_at(
                 "kind",
-                format!("unknown listener kind {other:?}; expected \"http\" or \"socks\""),
+                format!(
+                    "unknown listener kind {other:?}; expected \"http\", \"socks\", \"tcp\" or \"udp\""
+                ),
             );
             None
         }
         None => {
             if !l.has("kind") {
-                l.error_here("`kind` is required (\"http\" or \"socks\")");
+                l.error_here("`kind` is required (\"http\", \"socks\", \"tcp\" or \"udp\")");
             }
             None
         }
@@ -423,6 +448,21 @@ fn read_http(l: &Section<'_>) -> HttpListenerConfig {
         via,
         forwarded_for: l.bool("forwarded_for", false),
         cache: l.bool("cache", false),
+        upgrade_protocols: l
+            .array(
+                "upgrade_protocols",
+                "a protocol name (\"websocket\")",
+                |v| match v.as_str() {
+                    Some(s)
+                        if !s.is_empty()
+                            && s.bytes().all(|b| b.is_ascii_graphic() && b != b',') =>
+                    {
+                        Ok(s.to_ascii_lowercase())
+                    }
+                    _ => Err("expected a protocol name such as \"websocket\"".into()),
+                },
+            )
+            .unwrap_or_else(|| vec!["websocket".to_string()]),
     }
 }
 
@@ -612,6 +652,26 @@ via = false
         assert!(h.via.is_none());
         assert!(h.connect_ports.iter().any(|r| r.contains(8050)));
         assert!(!h.connect_ports.iter().any(|r| r.contains(22)));
+        assert_eq!(h.upgrade_protocols, ["websocket"]);
+    }
+
+    #[test]
+    fn upgrade_protocols_list() {
+        let l = "[[listeners]]\nname = \"p\"\nkind = \"http\"\nlisten = \"127.0.0.1:0\"\n";
+        let c = Config::parse(&format!(
+            "{l}upgrade_protocols = [\"WebSocket\", \"h2c\"]\n"
+        ))
+        .expect("valid");
+        let ListenerKind::Http(h) = &c.listeners[0].kind else {
+            panic!("http listener")
+        };
+        assert_eq!(h.upgrade_protocols, ["websocket", "h2c"]);
+        let c = Config::parse(&format!("{l}upgrade_protocols = []\n")).expect("valid");
+        let ListenerKind::Http(h) = &c.listeners[0].kind else {
+            panic!("http listener")
+        };
+        assert!(h.upgrade_protocols.is_empty());
+        assert!(Config::parse(&format!("{l}upgrade_protocols = [\"a, b\"]\n")).is_err());
     }
 
     #[test]

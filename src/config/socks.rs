@@ -83,6 +83,24 @@ impl std::fmt::Debug for Password {
     }
 }
 
+/// `tls = { cert = "...", key = "..." }` on a listener.
+pub(super) fn read_tls_files(l: &Section<'_>) -> Option<TlsFiles> {
+    if !l.has_table("tls") {
+        return None;
+    }
+    let t = l.table("tls");
+    let cert = t.string("cert").map(PathBuf::from);
+    let key = t.string("key").map(PathBuf::from);
+    if cert.is_none() {
+        t.error_here("`cert` (a PEM file) is required in tls");
+    }
+    if key.is_none() {
+        t.error_here("`key` (a PEM file) is required in tls");
+    }
+    t.finish();
+    cert.zip(key).map(|(cert, key)| TlsFiles { cert, key })
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct TlsFiles {
     /// PEM certificate chain.
@@ -129,21 +147,7 @@ pub(super) fn read_socks(l: &Section<'_>) -> SocksListenerConfig {
             "SOCKS4 cannot authenticate; it must be false when users are configured",
         );
     }
-    let tls = if l.has_table("tls") {
-        let t = l.table("tls");
-        let cert = t.string("cert").map(PathBuf::from);
-        let key = t.string("key").map(PathBuf::from);
-        if cert.is_none() {
-            t.error_here("`cert` (a PEM file) is required in tls");
-        }
-        if key.is_none() {
-            t.error_here("`key` (a PEM file) is required in tls");
-        }
-        t.finish();
-        cert.zip(key).map(|(cert, key)| TlsFiles { cert, key })
-    } else {
-        None
-    };
+    let tls = read_tls_files(l);
     SocksListenerConfig {
         handshake_timeout: l.duration("handshake_timeout", Duration::from_secs(10)),
         idle_timeout: l.duration("idle_timeout", Duration::from_secs(600)),

@@ -12,6 +12,7 @@ use super::codec::{self, Headers, RequestHead};
 use super::error::ProxyError;
 use super::proxy::{wants_keep_alive, Client, Exchange, HttpProxy};
 use crate::connector::Host;
+use crate::policy::login::LoginRefusal;
 use crate::policy::{
     headers::render_deny_page, AccessRequest, Action, Identity, Policy, Precheck, Protocol, Secret,
     Verdict,
@@ -63,14 +64,6 @@ impl HttpProxy {
         close_on_error: bool,
         ex: &mut Exchange,
     ) -> Access {
-        if let Some(name) = self.cfg.via.as_deref() {
-            if super::loop_check::via_names(&head.headers, name) {
-                let detail = format!("the request already passed through {name} (Via)");
-                let err = ProxyError::new(508, "proxy_loop_detected", detail);
-                self.send_error(client, &err, close_on_error, ex).await;
-                return Access::Answered(!close_on_error);
-            }
-        }
         let ip = client.peer.ip().to_canonical();
         let identity = match self
             .authenticate(policy, client, head, ip, close_on_error, ex)
@@ -80,6 +73,15 @@ impl HttpProxy {
             Err(keep) => return Access::Answered(keep),
         };
         ex.user = identity.as_ref().map(|i| i.name.clone());
+        // A loop is answered after the login, like every local answer on such a listener.
+        if let Some(name) = self.cfg.via.as_deref() {
+            if super::loop_check::via_names(&head.headers, name) {
+                let detail = format!("the request already passed through {name} (Via)");
+                let err = ProxyError::new(508, "proxy_loop_detected", detail);
+                self.send_error(client, &err, close_on_error, ex).await;
+                return Access::Answered(!close_on_error);
+            }
+        }
         let req = AccessRequest {
             listener: &self.name,
             client: ip,
@@ -150,7 +152,7 @@ impl HttpProxy {
 
     /// `Ok(identity)` when the client may go on (`None`: no login asked for); `Err(keep)`
     /// when it has been answered with 407 or 429.
-    async fn authenticate(
+    pub(super) async fn authenticate(
         &self,
         policy: &Policy,
         client: &mut Client,
@@ -167,26 +169,24 @@ impl HttpProxy {
                 .send_407(policy, client, head, close_on_error, ex)
                 .await);
         };
-        if let Err(retry) = self.svc.logins.check(ip) {
-            let detail = "too many failed logins from this address";
-            let secs = retry.as_secs().max(1);
-            return Err(self
-                .send_429(client, head, detail, secs, close_on_error, ex)
-                .await);
-        }
-        let found = match policy.users() {
-            Some(users) => {
-                users
-                    .authenticate(&self.svc.auth_permits, &user, &password)
-                    .await
+        let users = policy.users();
+        match self.svc.logins.log_in(ip, users, &user, &password).await {
+            Ok(id) => Ok(Some(id)),
+            Err(refused @ (LoginRefusal::Blocked(_) | LoginRefusal::Overloaded)) => {
+                let (detail, secs) = match refused {
+                    LoginRefusal::Blocked(retry) => (
+                        "too many failed logins from this address",
+                        retry.as_secs().max(1),
+                    ),
+                    _ => ("too many logins being checked; retry shortly", 1),
+                };
+                ex.user = Some(user);
+                Err(self
+                    .send_429(client, head, detail, secs, close_on_error, ex)
+                    .await)
             }
-            None => None,
-        };
-        match found {
-            Some(id) => Ok(Some(id)),
-            None => {
-                let _ = self.svc.logins.record_failure(ip);
-                tracing::info!(client = %client.peer, user = %user, "proxy authentication failed");
+            Err(LoginRefusal::BadCredentials) => {
+                tracing::info!(client = %client.peer, user = ?user, "proxy authentication failed");
                 ex.user = Some(user);
                 Err(self
                     .send_407(policy, client, head, close_on_error, ex)
@@ -300,7 +300,10 @@ impl HttpProxy {
         close: bool,
         ex: &mut Exchange,
     ) -> bool {
-        let keep = !close && wants_keep_alive(head) && !self.svc.shutdown.is_draining();
+        let keep = !close
+            && wants_keep_alive(head)
+            && client.body_drainable()
+            && !self.svc.shutdown.is_draining();
         h.push("Content-Type", ctype);
         h.push("Content-Length", body.len().to_string());
         if !keep {

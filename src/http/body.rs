@@ -39,6 +39,97 @@ impl CopyError {
     }
 }
 
+/// A writer that throws bytes away and fails once more than `limit` have been written: the
+/// target of a request body the proxy discards.
+pub struct BoundedSink {
+    written: u64,
+    limit: u64,
+}
+
+impl BoundedSink {
+    pub fn new(limit: u64) -> Self {
+        BoundedSink { written: 0, limit }
+    }
+
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+}
+
+impl AsyncWrite for BoundedSink {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        self.written += data.len() as u64;
+        std::task::Poll::Ready(if self.written > self.limit {
+            Err(io::Error::other("body larger than the discard bound"))
+        } else {
+            Ok(data.len())
+        })
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// A writer that counts the bytes it passes on: what the access log reports, also for a
+/// transfer that broke off half-way.
+pub struct Counted<W> {
+    inner: W,
+    written: u64,
+}
+
+impl<W> Counted<W> {
+    pub fn new(inner: W) -> Self {
+        Counted { inner, written: 0 }
+    }
+
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for Counted<W> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_write(cx, data);
+        if let std::task::Poll::Ready(Ok(n)) = r {
+            self.written += n as u64;
+        }
+        r
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
 async fn fill<R: AsyncRead + Unpin>(
     r: &mut R,
     buf: &mut BytesMut,

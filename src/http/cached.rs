@@ -11,6 +11,7 @@ use tokio::io::AsyncReadExt;
 
 use super::body::{self, CopyError};
 use super::codec::{self, Framing, Headers, RequestHead, ResponseHead, Version};
+use super::exchange::MAX_INFORMATIONAL;
 use super::pool::PoolKey;
 use super::proxy::{strip_hop_by_hop, wants_keep_alive, Client, Exchange, HttpProxy};
 use super::target::HttpTarget;
@@ -351,7 +352,8 @@ impl HttpProxy {
         served: Served,
         ex: &mut Exchange,
     ) -> bool {
-        let keep = wants_keep_alive(req) && !self.svc.shutdown.is_draining();
+        let keep =
+            wants_keep_alive(req) && client.body_drainable() && !self.svc.shutdown.is_draining();
         let mut h = served.head.headers;
         if let Some(r) = &ex.rewrite {
             r.apply_response(&mut h);
@@ -433,6 +435,7 @@ impl HttpProxy {
         let chunk = matches!(framing, Framing::Chunked | Framing::UntilClose) && client_11;
         let keep = wants_keep_alive(req)
             && (matches!(framing, Framing::None | Framing::Length(_)) || client_11)
+            && client.body_drainable()
             && !self.svc.shutdown.is_draining();
         let mut h = head.headers.clone();
         // Not generated for this request: it carries its current age like a hit (section 5.1).
@@ -534,12 +537,17 @@ async fn refresh(
         return;
     }
     let mut buf = BytesMut::new();
+    let mut informational = 0;
     let head = loop {
         match codec::parse_response(&buf, max_head) {
             Ok(Some((h, len))) => {
                 let _ = buf.split_to(len);
                 if h.status >= 200 {
                     break h;
+                }
+                informational += 1;
+                if informational > MAX_INFORMATIONAL {
+                    return;
                 }
                 continue;
             }
@@ -564,7 +572,13 @@ async fn refresh(
                 response_time,
             )
             .await;
-        if buf.is_empty() && !head.headers.has_token("connection", "close") {
+        // A 304 announcing a body leaves the connection at no known boundary.
+        let announces_body = head.headers.contains("transfer-encoding")
+            || head
+                .headers
+                .get_all("content-length")
+                .any(|v| v.trim_ascii() != b"0");
+        if buf.is_empty() && !announces_body && !head.headers.has_token("connection", "close") {
             svc.pool.put(key, stream, peer);
         }
         return;

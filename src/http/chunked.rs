@@ -15,6 +15,9 @@ use std::ops::Range;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Size,
+    /// Whitespace after the size: only more whitespace, `;` or CR may follow (`5 6` is not
+    /// a size).
+    SizeWs,
     Ext,
     SizeLf,
     Data,
@@ -22,7 +25,10 @@ enum State {
     DataLf,
     /// At the start of a trailer line (or the final empty line).
     TrailerStart,
-    TrailerLine,
+    /// In a trailer field's name (a token), before its colon.
+    TrailerName,
+    /// In a trailer field's value.
+    TrailerValue,
     TrailerLf,
     EndLf,
     Done,
@@ -68,6 +74,10 @@ pub struct ChunkedDecoder {
 /// Longest chunk-size line (size plus extensions) accepted.
 const MAX_SIZE_LINE: usize = 4096;
 
+/// Most hex digits in a chunk size: 15 digits is just under 2^60 bytes, more than anyone
+/// sends, and the 16th is where implementations start to disagree (overflow or wrap).
+const MAX_SIZE_DIGITS: u8 = 15;
+
 impl ChunkedDecoder {
     pub fn new(max_trailer: usize) -> Self {
         ChunkedDecoder {
@@ -107,7 +117,7 @@ impl ChunkedDecoder {
                 State::Size => {
                     self.bump_line()?;
                     if let Some(d) = hex(b) {
-                        if self.digits >= 16 {
+                        if self.digits >= MAX_SIZE_DIGITS {
                             return Err(ChunkError::Overflow);
                         }
                         self.size = (self.size << 4) | u64::from(d);
@@ -116,10 +126,22 @@ impl ChunkedDecoder {
                         return Err(ChunkError::BadSize);
                     } else if b == b'\r' {
                         self.state = State::SizeLf;
-                    } else if b == b';' || b == b' ' || b == b'\t' {
+                    } else if b == b';' {
                         self.state = State::Ext;
+                    } else if b == b' ' || b == b'\t' {
+                        self.state = State::SizeWs;
                     } else {
                         return Err(ChunkError::BadSize);
+                    }
+                }
+                State::SizeWs => {
+                    // RFC 9112 section 7.1.1: BWS may precede the `;` of an extension.
+                    self.bump_line()?;
+                    match b {
+                        b' ' | b'\t' => {}
+                        b';' => self.state = State::Ext,
+                        b'\r' => self.state = State::SizeLf,
+                        _ => return Err(ChunkError::BadSize),
                     }
                 }
                 State::Ext => {
@@ -158,11 +180,23 @@ impl ChunkedDecoder {
                     if b == b'\r' {
                         self.state = State::EndLf;
                     } else {
+                        // A trailer line is a field line: `token ":" value`.
                         self.trailer_byte(b)?;
-                        self.state = State::TrailerLine;
+                        if !is_tchar(b) {
+                            return Err(ChunkError::BadTrailer);
+                        }
+                        self.state = State::TrailerName;
                     }
                 }
-                State::TrailerLine => {
+                State::TrailerName => {
+                    self.trailer_byte(b)?;
+                    if b == b':' {
+                        self.state = State::TrailerValue;
+                    } else if !is_tchar(b) {
+                        return Err(ChunkError::BadTrailer);
+                    }
+                }
+                State::TrailerValue => {
                     if b == b'\r' {
                         self.state = State::TrailerLf;
                     } else {
@@ -214,6 +248,11 @@ impl ChunkedDecoder {
         }
         Ok(())
     }
+}
+
+/// RFC 9110 section 5.6.2 `tchar`: the characters of a field name.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 fn hex(b: u8) -> Option<u8> {
@@ -280,6 +319,57 @@ mod tests {
         assert_eq!(
             decode(long.as_bytes(), 100).err(),
             Some(ChunkError::LineTooLong)
+        );
+    }
+
+    /// Issue item 3: framing forms other parsers read differently are refused.
+    #[test]
+    fn rejects_ambiguous_framing() {
+        // `5 6`: one parser sees 5, another 0x56.
+        assert_eq!(
+            decode(b"5 6\r\nhello\r\n", 64).err(),
+            Some(ChunkError::BadSize)
+        );
+        // Bare LF ending a size line, an extension, or the data.
+        assert_eq!(decode(b"5\nhello\r\n", 64).err(), Some(ChunkError::BadSize));
+        assert_eq!(decode(b"5;a=b\nhello", 64).err(), Some(ChunkError::BadSize));
+        assert_eq!(decode(b"5 \nhello", 64).err(), Some(ChunkError::BadSize));
+        assert_eq!(
+            decode(b"5\r\nhello\n0\r\n\r\n", 64).err(),
+            Some(ChunkError::BadDataEnd)
+        );
+        assert_eq!(
+            decode(b"0\r\nX: 1\n\r\n", 64).err(),
+            Some(ChunkError::BadTrailer)
+        );
+        // 16 hex digits, even when the value is small.
+        assert_eq!(
+            decode(b"0000000000000005\r\nhello\r\n", 64).err(),
+            Some(ChunkError::Overflow)
+        );
+        assert_eq!(
+            decode(b"fffffffffffffff0\r\n", 64).err(),
+            Some(ChunkError::Overflow)
+        );
+        // A trailer line that is not a field line.
+        assert_eq!(
+            decode(b"0\r\nnot a field\r\n\r\n", 64).err(),
+            Some(ChunkError::BadTrailer)
+        );
+        assert_eq!(
+            decode(b"0\r\nGET / HTTP/1.1\r\n\r\n", 64).err(),
+            Some(ChunkError::BadTrailer)
+        );
+        assert_eq!(
+            decode(b"0\r\n: empty name\r\n\r\n", 64).err(),
+            Some(ChunkError::BadTrailer)
+        );
+        // Still fine: whitespace before an extension, 15 digits, a real trailer.
+        let ok = b"5 ;a=b\r\nhello\r\n000000000000000\r\nX-T: 1\r\n\r\n";
+        let (data, used, done) = decode(ok, 7).expect("valid");
+        assert_eq!(
+            (data.as_slice(), used, done),
+            (&b"hello"[..], ok.len(), true)
         );
     }
 

@@ -285,8 +285,30 @@ fn chunked_last(h: &Headers) -> Result<bool, HeadError> {
     }
 }
 
+/// Whether a field name that is not a framing field reads as one where `_` counts as `-`
+/// (CGI-style servers and some frameworks fold them): `Transfer_Encoding`, `Content_Length`.
+fn disguised_framing_field(name: &str) -> bool {
+    name.contains('_')
+        && ["content-length", "transfer-encoding"].iter().any(|f| {
+            f.len() == name.len()
+                && f.bytes()
+                    .zip(name.bytes())
+                    .all(|(a, b)| a == b.to_ascii_lowercase() || (a == b'-' && b == b'_'))
+        })
+}
+
 /// Body framing of a request, rejecting the ambiguous forms smuggling attacks use.
 pub fn request_framing(head: &RequestHead) -> Result<Framing, HeadError> {
+    if head
+        .headers
+        .0
+        .iter()
+        .any(|h| disguised_framing_field(&h.name))
+    {
+        return Err(HeadError::Invalid(
+            "header name that reads as Content-Length or Transfer-Encoding",
+        ));
+    }
     let has_te = head.headers.contains("transfer-encoding");
     if has_te {
         if head.headers.contains("content-length") {
@@ -333,6 +355,45 @@ pub fn response_framing(method: &str, head: &ResponseHead) -> Result<Framing, He
         Some(n) => Ok(Framing::Length(n)),
         None => Ok(Framing::UntilClose),
     }
+}
+
+/// Makes a response head's framing fields say one thing before it is passed on:
+/// - Transfer-Encoding wins over Content-Length, which is dropped (RFC 9112 section 6.3
+///   item 3: "MUST remove the received Content-Length field prior to forwarding");
+/// - 1xx, 204 and 304 have no body: Content-Length and Transfer-Encoding go (a 304's
+///   Content-Length would describe the stored body, and a wrong one desynchronises
+///   caches downstream);
+/// - an agreeing list (`5, 5`) becomes one value.
+///
+/// `framing` is what [`response_framing`] decided for this head; a HEAD response keeps its
+/// (single) Content-Length.
+pub fn normalise_response_framing(status: u16, framing: Framing, h: &mut Headers) {
+    if status < 200 || status == 204 || status == 304 {
+        h.remove("content-length");
+        h.remove("transfer-encoding");
+        return;
+    }
+    if h.contains("transfer-encoding") {
+        h.remove("content-length");
+        return;
+    }
+    let n = match framing {
+        Framing::Length(n) => Some(n),
+        _ => content_length(h).ok().flatten(),
+    };
+    if let Some(n) = n {
+        if h.count("content-length") > 1
+            || h.get("content-length") != Some(n.to_string().as_bytes())
+        {
+            h.set("Content-Length", n.to_string());
+        }
+    }
+}
+
+/// The Content-Length to forward for a request whose framing was accepted: one value, even
+/// when the client sent an agreeing list (`5, 5`) or repeated fields. `None`: no such field.
+pub fn request_content_length(head: &RequestHead) -> Option<u64> {
+    content_length(&head.headers).ok().flatten()
 }
 
 pub fn write_request_head(out: &mut Vec<u8>, method: &str, target: &str, headers: &Headers) {
@@ -448,6 +509,99 @@ mod tests {
             Ok(Framing::Chunked)
         );
         assert_eq!(framing("GET / HTTP/1.1\r\n\r\n"), Ok(Framing::None));
+    }
+
+    #[test]
+    fn refuses_names_that_read_as_framing_fields() {
+        for name in [
+            "Transfer_Encoding",
+            "content_length",
+            "CONTENT_LENGTH",
+            "Transfer-Encoding_",
+        ] {
+            let r = framing(&format!("POST / HTTP/1.1\r\n{name}: 5\r\n\r\n"));
+            assert_eq!(r.is_err(), name != "Transfer-Encoding_", "{name}");
+        }
+        assert_eq!(
+            framing("POST / HTTP/1.1\r\nX_Content_Length: 5\r\n\r\n"),
+            Ok(Framing::None)
+        );
+    }
+
+    #[test]
+    fn agreeing_content_length_list_is_forwarded_as_one() {
+        let (h, _) = req("POST / HTTP/1.1\r\nContent-Length: 5, 5\r\ncontent-length: 5\r\n\r\n")
+            .expect("ok")
+            .expect("complete");
+        assert_eq!(request_framing(&h), Ok(Framing::Length(5)));
+        assert_eq!(request_content_length(&h), Some(5));
+    }
+
+    #[test]
+    fn response_framing_fields_are_normalised() {
+        let resp = |s: &str| {
+            parse_response(s.as_bytes(), 8192)
+                .expect("ok")
+                .expect("complete")
+                .0
+        };
+        let fields = |s: &str, method: &str| {
+            let r = resp(s);
+            let f = response_framing(method, &r);
+            let mut h = r.headers.clone();
+            if let Ok(f) = f {
+                normalise_response_framing(r.status, f, &mut h);
+            }
+            (
+                f,
+                h.tokens("transfer-encoding"),
+                h.get_all("content-length")
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+                    .collect::<Vec<_>>(),
+            )
+        };
+        // Both: chunked wins, Content-Length is never passed on.
+        let (f, te, cl) = fields(
+            "HTTP/1.1 200 OK\r\nContent-Length: 9\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "GET",
+        );
+        assert_eq!(
+            (f, te, cl),
+            (Ok(Framing::Chunked), vec!["chunked".to_string()], vec![])
+        );
+        // A coding without chunked: kept, read until close.
+        let (f, te, cl) = fields(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nContent-Length: 3\r\n\r\n",
+            "GET",
+        );
+        assert_eq!(
+            (f, te, cl),
+            (Ok(Framing::UntilClose), vec!["gzip".to_string()], vec![])
+        );
+        // Differing lengths are an error (the proxy answers 502); an agreeing list is one.
+        assert!(
+            fields("HTTP/1.1 200 OK\r\nContent-Length: 5, 6\r\n\r\n", "GET")
+                .0
+                .is_err()
+        );
+        assert!(fields(
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+            "GET"
+        )
+        .0
+        .is_err());
+        let (f, _, cl) = fields("HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\n", "GET");
+        assert_eq!((f, cl), (Ok(Framing::Length(5)), vec!["5".to_string()]));
+        // 204 and 304 lose their framing fields; a HEAD response keeps its length.
+        for s in [
+            "HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n",
+            "HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+        ] {
+            let (f, te, cl) = fields(s, "GET");
+            assert_eq!((f, te, cl), (Ok(Framing::None), vec![], vec![]));
+        }
+        let (f, _, cl) = fields("HTTP/1.1 200 OK\r\nContent-Length: 70\r\n\r\n", "HEAD");
+        assert_eq!((f, cl), (Ok(Framing::None), vec!["70".to_string()]));
     }
 
     #[test]

@@ -8,7 +8,7 @@ use tokio::time::timeout;
 
 use super::body::{self, CopyError};
 use super::cached::{CacheCtx, HeadAction};
-use super::codec::{self, Framing, HeadError, RequestHead, Version};
+use super::codec::{self, Framing, HeadError, Headers, RequestHead, Version};
 use super::error::ProxyError;
 use crate::limits::Throttled;
 
@@ -42,13 +42,45 @@ pub(super) enum Failure {
     Abort(&'static str),
 }
 
-/// The protocols an HTTP/1.1 request asks to upgrade to (`Connection: upgrade` + `Upgrade`).
-pub(super) fn upgrade_request(req: &RequestHead) -> Option<&[u8]> {
-    if req.version == Version::Http11 && req.headers.has_token("connection", "upgrade") {
-        req.headers.get("upgrade")
-    } else {
-        None
+/// Most 1xx responses relayed for one request; an upstream that sends more gets 502.
+pub(super) const MAX_INFORMATIONAL: usize = 8;
+
+/// The protocols an HTTP/1.1 request asks to upgrade to (`Connection: upgrade` + `Upgrade`)
+/// that `allowed` (lower-case protocol names) lets through, as the `Upgrade` value to send
+/// upstream. `None`: no upgrade asked for, or none allowed - the request goes up as a plain
+/// one. An upgraded connection is a raw tunnel, so only listed protocols may open one.
+pub(super) fn upgrade_request(req: &RequestHead, allowed: &[String]) -> Option<Vec<u8>> {
+    if req.version != Version::Http11 || !req.headers.has_token("connection", "upgrade") {
+        return None;
     }
+    let offered = req
+        .headers
+        .get_all("upgrade")
+        .flat_map(|v| v.split(|b| *b == b','));
+    let kept: Vec<&[u8]> = offered
+        .map(<[u8]>::trim_ascii)
+        .filter(|p| upgrade_allowed(p, allowed))
+        .collect();
+    (!kept.is_empty()).then(|| kept.join(&b", "[..]))
+}
+
+/// Whether one `protocol-name["/"protocol-version]` is in the allow-list.
+pub(super) fn upgrade_allowed(protocol: &[u8], allowed: &[String]) -> bool {
+    let name = protocol.split(|b| *b == b'/').next().unwrap_or_default();
+    let name = String::from_utf8_lossy(name.trim_ascii()).to_ascii_lowercase();
+    !name.is_empty() && allowed.contains(&name)
+}
+
+/// The response's Transfer-Encoding when the proxy re-chunks the body: the codings it came
+/// with (gzip, ...) stay, chunked goes last.
+fn rechunked_codings(h: &Headers) -> String {
+    let mut codings: Vec<String> = h
+        .tokens("transfer-encoding")
+        .into_iter()
+        .filter(|c| c != "chunked")
+        .collect();
+    codings.push("chunked".into());
+    codings.join(", ")
 }
 
 impl HttpProxy {
@@ -66,6 +98,8 @@ impl HttpProxy {
         ex: &mut Exchange,
     ) -> Result<Done, Failure> {
         let t = self.cfg.read_timeout;
+        // From here the body is this exchange's: read to its end, or the connection closes.
+        client.unread_body = None;
         if let Err(e) = body::write_all(&mut up.stream, req_head, t).await {
             return Err(match e {
                 CopyError::Write(_) => Failure::Stale,
@@ -86,10 +120,9 @@ impl HttpProxy {
         } = client;
         let (mut cr, cw) = stream.split();
         let (mut ur, uw) = up.stream.split();
-        let mut cw = Throttled::new(cw, throttles.down);
-        let mut uw = Throttled::new(uw, throttles.up);
+        let mut cw = body::Counted::new(Throttled::new(cw, throttles.down));
+        let mut uw = body::Counted::new(Throttled::new(uw, throttles.up));
         let max_trailer = self.cfg.max_header_bytes;
-        let mut sent = 0u64;
         // No body to send: nothing to wait for on that side.
         let mut body_result: Option<Result<(), CopyError>> =
             (framing == Framing::None).then_some(Ok(()));
@@ -102,7 +135,7 @@ impl HttpProxy {
                         body::copy_chunked(&mut cr, cbuf, &mut uw, true, max_trailer, t).await
                     }
                 };
-                r.map(|n| sent = n)
+                r.map(|_| ())
             };
             let recv = self.relay_response(&mut ur, &mut up.buf, &mut cw, head, cache, ex);
             tokio::pin!(send, recv);
@@ -111,7 +144,6 @@ impl HttpProxy {
                     r = &mut send, if body_result.is_none() => {
                         match r {
                             Err(e) if e.is_source() => {
-                                tracing::debug!(client = %self.name, "request body from client failed: {e}");
                                 body_result = Some(Err(e));
                                 break Err(Failure::Abort("http_request_error"));
                             }
@@ -122,7 +154,31 @@ impl HttpProxy {
                 }
             }
         };
-        ex.bytes_in += sent;
+        // Bytes actually moved, also when a body broke off half-way.
+        ex.bytes_in += uw.written();
+        ex.bytes_out += cw.written();
+        if let (Err(Failure::Abort(_)), Some(Err(e))) = (&response, &body_result) {
+            // The request head has gone upstream, so both connections close. The log says
+            // why, and a client that has no response yet is told.
+            tracing::info!(client = %client.peer, "request body refused after its head went upstream: {e}");
+            if cw.written() == 0 {
+                match e {
+                    CopyError::Chunk(c) => {
+                        return Err(Failure::BeforeResponse(ProxyError::bad_request(format!(
+                            "bad chunked request body: {c}"
+                        ))))
+                    }
+                    CopyError::ReadTimeout(_) => {
+                        return Err(Failure::BeforeResponse(ProxyError::new(
+                            408,
+                            "http_request_error",
+                            "request body not received in time",
+                        )))
+                    }
+                    _ => {}
+                }
+            }
+        }
         let mut done = response?;
         if !matches!(body_result, Some(Ok(()))) {
             // The response ended before the request body did (or sending it failed): neither
@@ -150,6 +206,7 @@ impl HttpProxy {
         let t = self.cfg.read_timeout;
         let max = self.cfg.max_header_bytes.max(64 * 1024);
         let mut got_any = false;
+        let mut informational = 0;
         let resp = loop {
             let head = loop {
                 match codec::parse_response(ubuf, max) {
@@ -199,14 +256,23 @@ impl HttpProxy {
             };
             got_any = true;
             if head.status == 101 {
-                let Some(asked) = upgrade_request(req) else {
+                let allowed = &self.cfg.upgrade_protocols;
+                let Some(asked) = upgrade_request(req, allowed) else {
                     let err =
                         ProxyError::new(502, "http_protocol_error", "unexpected 101 from upstream");
                     return Err(Failure::BeforeResponse(err));
                 };
                 // Switching protocols: pass the 101 on; the caller then tunnels both sockets.
                 let mut h = head.headers.clone();
-                let chosen = h.get("upgrade").unwrap_or(asked).to_vec();
+                let chosen = h.get("upgrade").map_or(asked, <[u8]>::to_vec);
+                if !upgrade_allowed(&chosen, allowed) {
+                    let err = ProxyError::new(
+                        502,
+                        "http_protocol_error",
+                        "101 to a protocol not in upgrade_protocols",
+                    );
+                    return Err(Failure::BeforeResponse(err));
+                }
                 strip_hop_by_hop(&mut h);
                 h.push("Upgrade", chosen);
                 h.push("Connection", "upgrade");
@@ -215,11 +281,10 @@ impl HttpProxy {
                 }
                 let mut out = Vec::new();
                 codec::write_response_head(&mut out, 101, &head.reason, &h);
+                ex.status = 101;
                 if body::write_all(cw, &out, t).await.is_err() {
                     return Err(Failure::Abort("connection_terminated"));
                 }
-                ex.status = 101;
-                ex.bytes_out += out.len() as u64;
                 return Ok(Done {
                     client_keep: false,
                     upstream_reusable: false,
@@ -228,6 +293,15 @@ impl HttpProxy {
             }
             if head.status >= 200 {
                 break head;
+            }
+            informational += 1;
+            if informational > MAX_INFORMATIONAL {
+                let err = ProxyError::new(
+                    502,
+                    "http_protocol_error",
+                    format!("more than {MAX_INFORMATIONAL} 1xx responses"),
+                );
+                return Err(Failure::BeforeResponse(err));
             }
             // 1xx: forward to HTTP/1.1 clients (RFC 9110 section 15.2), never to HTTP/1.0 ones.
             if req.version == Version::Http11 {
@@ -238,7 +312,6 @@ impl HttpProxy {
                 if body::write_all(cw, &out, t).await.is_err() {
                     return Err(Failure::Abort("connection_terminated"));
                 }
-                ex.bytes_out += out.len() as u64;
             }
         };
 
@@ -259,7 +332,11 @@ impl HttpProxy {
             && (resp.version == Version::Http11
                 || resp.headers.has_token("connection", "keep-alive"))
             && !(resp.headers.contains("transfer-encoding")
-                && resp.headers.contains("content-length"));
+                && resp.headers.contains("content-length"))
+            // A 204/304 announcing a body: whatever follows it on the wire is not trusted.
+            && !((resp.status == 204 || resp.status == 304)
+                && (resp.headers.contains("transfer-encoding")
+                    || resp.headers.get_all("content-length").any(|v| v.trim_ascii() != b"0")));
         let mut capture = false;
         if let Some(cc) = cache.as_deref_mut() {
             match cc.on_final_head(&resp).await {
@@ -289,6 +366,7 @@ impl HttpProxy {
 
         let mut h = resp.headers.clone();
         strip_hop_by_hop(&mut h);
+        codec::normalise_response_framing(resp.status, up_framing, &mut h);
         h.remove("proxy-authenticate");
         if capture {
             h.remove("trailer");
@@ -300,7 +378,10 @@ impl HttpProxy {
             cc.status.append_to(&mut h);
         }
         match to_client {
-            Out::Rechunk => h.set("Transfer-Encoding", "chunked"),
+            Out::Rechunk => {
+                let codings = rechunked_codings(&h);
+                h.set("Transfer-Encoding", codings);
+            }
             Out::Dechunk => {
                 h.remove("transfer-encoding");
                 h.remove("trailer");
@@ -330,11 +411,11 @@ impl HttpProxy {
                 inline = n;
             }
         }
+        // The status logged is the one sent, even if the write breaks off half-way.
+        ex.status = resp.status;
         if body::write_all(cw, &out, t).await.is_err() {
             return Err(Failure::Abort("connection_terminated"));
         }
-        ex.status = resp.status;
-        ex.bytes_out += out.len() as u64;
 
         let copied = match (up_framing, to_client, cache) {
             (_, out, Some(cc)) if capture => {
@@ -365,7 +446,7 @@ impl HttpProxy {
             }
         };
         match copied {
-            Ok(n) => ex.bytes_out += n,
+            Ok(_) => {}
             Err(e) => {
                 tracing::debug!("response body relay failed: {e}");
                 return Err(Failure::Abort(if e.is_source() {
@@ -383,5 +464,47 @@ impl HttpProxy {
             upstream_reusable,
             upgraded: false,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(fields: &str) -> RequestHead {
+        let text = format!("GET http://o.test/ HTTP/1.1\r\nHost: o.test\r\n{fields}\r\n");
+        codec::parse_request(text.as_bytes(), 8192)
+            .expect("parses")
+            .expect("complete")
+            .0
+    }
+
+    #[test]
+    fn only_listed_upgrades_go_upstream() {
+        let ws = vec!["websocket".to_string()];
+        let up = |fields: &str| upgrade_request(&req(fields), &ws);
+        assert_eq!(
+            up("Connection: Upgrade\r\nUpgrade: WebSocket\r\n"),
+            Some(b"WebSocket".to_vec())
+        );
+        assert_eq!(
+            up("Connection: upgrade\r\nUpgrade: h2c, websocket/13, TLS/1.2\r\n"),
+            Some(b"websocket/13".to_vec())
+        );
+        assert_eq!(up("Connection: upgrade\r\nUpgrade: h2c\r\n"), None);
+        assert_eq!(up("Upgrade: websocket\r\n"), None, "no Connection: upgrade");
+        assert!(!upgrade_allowed(b"", &ws));
+        assert!(!upgrade_allowed(b"websockets", &ws));
+        assert!(upgrade_allowed(b" WEBSOCKET ", &ws));
+    }
+
+    #[test]
+    fn rechunking_keeps_other_codings() {
+        let mut h = Headers::default();
+        assert_eq!(rechunked_codings(&h), "chunked");
+        h.push("Transfer-Encoding", "gzip");
+        assert_eq!(rechunked_codings(&h), "gzip, chunked");
+        h.set("Transfer-Encoding", "gzip, chunked");
+        assert_eq!(rechunked_codings(&h), "gzip, chunked");
     }
 }

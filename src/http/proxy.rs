@@ -45,6 +45,29 @@ pub(super) struct Client {
     pub(super) peer: SocketAddr,
     /// The policy in force when the connection was accepted; a reload does not change it.
     pub(super) policy: Arc<Policy>,
+    /// The current request's body while nobody has started reading it. An exchange with the
+    /// upstream takes it (and closes the connection if it does not read it to the end); when
+    /// the request is answered here instead (cache, 4xx, TRACE), the connection loop discards
+    /// it before the next request is read, or closes. Never parsed as a request.
+    pub(super) unread_body: Option<Framing>,
+}
+
+/// Most body bytes the proxy reads and throws away to keep a connection open after answering
+/// a request itself (nginx's model: drain a small body, close on a large one). A larger
+/// declared length gets `Connection: close` at once; a chunked body that runs past the bound
+/// closes the connection after the answer.
+pub(super) const DRAIN_MAX: u64 = 64 * 1024;
+
+impl Client {
+    /// Whether the connection can stay open after a local answer, as far as the unread
+    /// request body is concerned.
+    pub(super) fn body_drainable(&self) -> bool {
+        match self.unread_body {
+            None | Some(Framing::None) | Some(Framing::Chunked) => true,
+            Some(Framing::Length(n)) => n <= DRAIN_MAX,
+            Some(Framing::UntilClose) => false,
+        }
+    }
 }
 
 /// What the access log gets to know about one request.
@@ -105,6 +128,7 @@ impl HttpProxy {
             buf: BytesMut::new(),
             peer,
             policy: self.svc.policy.current(),
+            unread_body: None,
         };
         loop {
             if client.buf.is_empty() {
@@ -174,13 +198,51 @@ impl HttpProxy {
             }
         };
         let mut ex = Exchange::new(started, &head.method, &head.target, head_len as u64);
-        let keep = if head.method == "CONNECT" {
+        client.unread_body = None;
+        let mut keep = if head.method == "CONNECT" {
             self.tunnel(client, head, &mut ex).await
         } else {
             self.forward(client, head, &mut ex).await
         };
+        // Answered without reading the body: discard it, so it is never read as the next
+        // request, or close.
+        if let Some(framing) = client.unread_body.take() {
+            keep = keep && self.discard_body(client, framing, &mut ex).await;
+        }
         self.record(client, &ex);
         keep
+    }
+
+    /// Reads and throws away a request body the proxy did not forward, up to [`DRAIN_MAX`]
+    /// bytes and within `read_timeout` (per read and in all). `false`: close the connection.
+    async fn discard_body(&self, client: &mut Client, framing: Framing, ex: &mut Exchange) -> bool {
+        let t = self.cfg.read_timeout;
+        let mut sink = body::BoundedSink::new(DRAIN_MAX);
+        let Client { stream, buf, .. } = client;
+        let drained = match framing {
+            Framing::None => return true,
+            Framing::Length(n) if n <= DRAIN_MAX => {
+                timeout(t, body::copy_length(stream, buf, &mut sink, n, t)).await
+            }
+            Framing::Chunked => {
+                let max_trailer = self.cfg.max_header_bytes;
+                timeout(
+                    t,
+                    body::copy_chunked(stream, buf, &mut sink, true, max_trailer, t),
+                )
+                .await
+            }
+            Framing::Length(_) | Framing::UntilClose => return false,
+        };
+        ex.bytes_in += sink.written();
+        match drained {
+            Ok(Ok(_)) => true,
+            Ok(Err(e)) => {
+                tracing::debug!(client = %client.peer, "unread request body not discarded: {e}");
+                false
+            }
+            Err(_) => false,
+        }
     }
 
     /// Answers a request whose head could not be read, then the connection closes.
@@ -254,7 +316,8 @@ impl HttpProxy {
         body: &[u8],
         ex: &mut Exchange,
     ) -> bool {
-        let keep = wants_keep_alive(req) && !self.svc.shutdown.is_draining();
+        let keep =
+            wants_keep_alive(req) && client.body_drainable() && !self.svc.shutdown.is_draining();
         h.push("Content-Length", body.len().to_string());
         if !keep {
             h.push("Connection", "close");
@@ -281,7 +344,10 @@ impl HttpProxy {
                 return false;
             }
         };
-        // With a body we cannot skip, a refused request ends the connection.
+        if framing != Framing::None {
+            client.unread_body = Some(framing);
+        }
+        // A refused request with a body ends the connection (its body is never read).
         let close_on_error = framing != Framing::None || !wants_keep_alive(&head);
         if head.version == Version::Http11 && head.headers.count("host") != 1 {
             let err = ProxyError::bad_request("HTTP/1.1 request without exactly one Host field");
@@ -299,14 +365,14 @@ impl HttpProxy {
         };
         ex.target = format!("http://{}{}", target.authority, target.path);
 
-        // Max-Forwards (RFC 9110 section 7.6.2): TRACE and OPTIONS with 0 stop here.
+        // Max-Forwards (RFC 9110 section 7.6.2): TRACE and OPTIONS with 0 stop here, once the
+        // client has logged in and the rules have allowed the target.
         let mut max_forwards = None;
+        let mut answer_here = false;
         if head.method == "TRACE" || head.method == "OPTIONS" {
             if let Some(v) = head.headers.get_str("max-forwards") {
                 match v.trim().parse::<u32>() {
-                    Ok(0) => {
-                        return self.answer_max_forwards(client, &head, ex).await && !close_on_error
-                    }
+                    Ok(0) => answer_here = true,
                     Ok(n) => max_forwards = Some(n - 1),
                     Err(_) => {
                         self.send_error(
@@ -340,6 +406,9 @@ impl HttpProxy {
             Access::Direct { addrs, verdict } => (Via::Direct(addrs), verdict),
             Access::Route { parents, verdict } => (Via::Route(parents), verdict),
         };
+        if answer_here {
+            return self.answer_max_forwards(client, &head, ex).await && !close_on_error;
+        }
         let r = &verdict.rewrite;
         let edits = r.anonymous || !r.request.is_empty() || !r.response.is_empty();
         ex.rewrite = edits.then(|| r.clone());
@@ -592,7 +661,7 @@ impl HttpProxy {
     ) -> Vec<u8> {
         let mut h = head.headers.clone();
         let wants_trailers = h.has_token("te", "trailers");
-        let upgrade = upgrade_request(head).map(<[u8]>::to_vec);
+        let upgrade = upgrade_request(head, &self.cfg.upgrade_protocols);
         strip_hop_by_hop(&mut h);
         if let Some(protocols) = upgrade {
             // Upgrade is hop-by-hop, but a proxy that tunnels it re-sends it (RFC 9110 7.8).
@@ -601,6 +670,10 @@ impl HttpProxy {
         }
         h.remove("proxy-authorization");
         h.set("Host", target.authority.as_bytes());
+        // One Content-Length, even when the client sent an agreeing list (`5, 5`).
+        if let Some(n) = codec::request_content_length(head) {
+            h.set("Content-Length", n.to_string());
+        }
         if wants_trailers {
             h.push("TE", "trailers");
             h.push("Connection", "TE");

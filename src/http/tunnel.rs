@@ -56,13 +56,22 @@ impl HttpProxy {
             }
         }
         let keep = wants_keep_alive(&head);
+        ex.target = format!("{host}:{port}");
+        let policy = client.policy.clone();
         if !self.cfg.connect_ports.iter().any(|r| r.contains(port)) {
+            // Log in first (on a listener that asks for it), so the refusal names the user.
+            let ip = client.peer.ip().to_canonical();
+            match self
+                .authenticate(&policy, client, &head, ip, !keep, ex)
+                .await
+            {
+                Ok(id) => ex.user = id.map(|i| i.name),
+                Err(keep) => return keep,
+            }
             let err = ProxyError::denied(format!("CONNECT to port {port} is not allowed"));
             self.send_error(client, &err, !keep, ex).await;
             return keep;
         }
-        ex.target = format!("{host}:{port}");
-        let policy = client.policy.clone();
         let via = match self
             .authorize(
                 &policy,

@@ -1,29 +1,30 @@
-//! Failed logins, counted and rate-limited per client address.
+//! Logins, counted and rate-limited per client address, with the password checks bounded.
 //!
-//! Each failed password check costs the client's address one cell of a GCRA bucket
-//! (`governor`): `max_failures` in a burst, refilled evenly over `window`. When a failure
-//! finds the bucket empty, the address is blocked until a cell is back, and while blocked its
-//! logins are refused *without* checking the password (so a brute force costs us no hashing).
-//! Successful logins cost nothing.
+//! Every login attempt that needs a password check first *reserves* one cell of its address's
+//! bucket (GCRA: `max_failures` in a burst, one back every `window / max_failures`). The
+//! reservation is taken before the hash is computed, under one lock, so N parallel guesses
+//! from one address never get more than the allowance checked. A right password gives its
+//! reservation back (successful logins cost nothing, as before; a success can only return the
+//! cell it took itself, so interleaving right logins buys a guesser nothing). A wrong one
+//! keeps it. An address whose bucket is empty is refused *without* checking the password
+//! until a cell is back, so a brute force costs us no hashing.
 //!
 //! IPv6 clients are counted per /64 (one subscriber usually holds a whole /64), IPv4 per
 //! address, IPv4-mapped IPv6 as IPv4.
 //!
-//! Memory is bounded: at most `max_tracked` addresses are counted or blocked at once. Beyond
-//! that, after dropping what has expired, new addresses are not counted (fail open: a flood
-//! from many addresses must not lock out everyone, and the hashing cost of those attempts is
-//! bounded separately by the verification permits).
+//! Memory is bounded: at most `max_tracked` addresses are counted at once. Beyond that, after
+//! dropping what has expired, new addresses are not counted (fail open: a flood from many
+//! addresses must not lock out everyone, and the hashing cost of those attempts is bounded
+//! separately by the fixed hashing pool and its queue, [`super::hashpool::HashPool`]).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr};
-use std::num::NonZeroU32;
-use std::sync::Mutex;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use governor::clock::{Clock, DefaultClock, Reference};
-use governor::middleware::NoOpMiddleware;
-use governor::state::keyed::HashMapStateStore;
-use governor::{Quota, RateLimiter};
+use super::hashpool::{HashPool, Overloaded};
+use super::users::{Identity, Secret, Users};
+use crate::metrics::Metrics;
 
 /// Settings of the failed-login limiter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,81 +48,78 @@ impl Default for LoginLimits {
 }
 
 /// The limiter. One per process (it outlives policy reloads, so a reload does not forgive).
-pub struct LoginLimiter<C: Clock = DefaultClock> {
-    limiter: RateLimiter<IpAddr, HashMapStateStore<IpAddr>, C, NoOpMiddleware<C::Instant>>,
-    blocked: Mutex<HashMap<IpAddr, C::Instant>>,
-    clock: C,
+pub struct LoginLimiter {
+    /// One cell comes back every `period`.
+    period: Duration,
+    /// `max_failures * period`: how far ahead of now a bucket's theoretical arrival time may be.
+    tolerance: Duration,
+    /// Per address: the theoretical arrival time (GCRA); an entry at or before now is empty.
+    tat: Mutex<HashMap<IpAddr, Instant>>,
     max_tracked: usize,
 }
 
-impl LoginLimiter<DefaultClock> {
+impl LoginLimiter {
     pub fn new(limits: LoginLimits) -> Self {
-        Self::with_clock(limits, DefaultClock::default())
-    }
-}
-
-impl<C: Clock + Clone> LoginLimiter<C> {
-    pub fn with_clock(limits: LoginLimits, clock: C) -> Self {
-        let burst = NonZeroU32::new(limits.max_failures).unwrap_or(NonZeroU32::MIN);
-        let per_cell = limits.window / burst.get();
-        let quota = Quota::with_period(per_cell.max(Duration::from_millis(1)))
-            .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
-            .allow_burst(burst);
+        let burst = limits.max_failures.max(1);
+        let period = (limits.window / burst).max(Duration::from_millis(1));
         LoginLimiter {
-            limiter: RateLimiter::hashmap_with_clock(quota, clock.clone()),
-            blocked: Mutex::new(HashMap::new()),
-            clock,
+            period,
+            tolerance: period * burst,
+            tat: Mutex::new(HashMap::new()),
             max_tracked: limits.max_tracked.max(1),
         }
     }
 
-    /// Before checking a password: `Err(retry_after)` while the address is blocked.
-    pub fn check(&self, client: IpAddr) -> Result<(), Duration> {
-        let key = key_of(client);
-        let now = self.clock.now();
-        let Ok(mut blocked) = self.blocked.lock() else {
-            return Ok(());
-        };
-        match blocked.get(&key) {
-            Some(until) if *until > now => Err(until.duration_since(now).into()),
-            Some(_) => {
-                blocked.remove(&key);
-                Ok(())
-            }
-            None => Ok(()),
-        }
+    /// Before checking a password: takes one cell, or `Err(retry_after)` while the address
+    /// has none left (the password must then not be checked).
+    pub fn reserve(&self, client: IpAddr) -> Result<(), Duration> {
+        self.reserve_at(client, Instant::now())
     }
 
-    /// After a wrong password. Returns `Err(retry_after)` when this failure blocks the address.
-    pub fn record_failure(&self, client: IpAddr) -> Result<(), Duration> {
+    /// After a right password: gives back the cell [`LoginLimiter::reserve`] took.
+    pub fn give_back(&self, client: IpAddr) {
+        self.give_back_at(client, Instant::now())
+    }
+
+    fn reserve_at(&self, client: IpAddr, now: Instant) -> Result<(), Duration> {
         let key = key_of(client);
-        let now = self.clock.now();
-        if self.limiter.len() >= self.max_tracked {
-            self.limiter.retain_recent();
-            if self.limiter.len() >= self.max_tracked {
+        let Ok(mut map) = self.tat.lock() else {
+            return Ok(());
+        };
+        let tat = map.get(&key).copied().unwrap_or(now).max(now);
+        let next = tat + self.period;
+        let allowed_at = now + self.tolerance;
+        if next > allowed_at {
+            return Err(next - allowed_at);
+        }
+        if map.len() >= self.max_tracked && !map.contains_key(&key) {
+            map.retain(|_, t| *t > now);
+            if map.len() >= self.max_tracked {
                 return Ok(());
             }
         }
-        let Err(not_until) = self.limiter.check_key(&key) else {
-            return Ok(());
-        };
-        let until = not_until.earliest_possible();
-        let Ok(mut blocked) = self.blocked.lock() else {
-            return Ok(());
-        };
-        if blocked.len() >= self.max_tracked && !blocked.contains_key(&key) {
-            blocked.retain(|_, u| *u > now);
-            if blocked.len() >= self.max_tracked {
-                return Ok(());
-            }
-        }
-        blocked.insert(key, until);
-        Err(until.duration_since(now).into())
+        map.insert(key, next);
+        Ok(())
     }
 
-    /// Addresses currently counted or blocked (for metrics and tests).
+    fn give_back_at(&self, client: IpAddr, now: Instant) {
+        let key = key_of(client);
+        let Ok(mut map) = self.tat.lock() else {
+            return;
+        };
+        if let Some(t) = map.get_mut(&key) {
+            match t.checked_sub(self.period) {
+                Some(back) if back > now => *t = back,
+                _ => {
+                    map.remove(&key);
+                }
+            }
+        }
+    }
+
+    /// Addresses currently counted (for metrics and tests).
     pub fn tracked(&self) -> usize {
-        self.limiter.len() + self.blocked.lock().map(|b| b.len()).unwrap_or(0)
+        self.tat.lock().map(|m| m.len()).unwrap_or(0)
     }
 }
 
@@ -135,78 +133,223 @@ fn key_of(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// Why a login did not succeed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginRefusal {
+    /// The address has no attempts left: nothing was checked. Retry after this long.
+    Blocked(Duration),
+    /// The hashing queue is full: nothing was checked (and nothing charged). Retry shortly.
+    Overloaded,
+    /// Unknown user or wrong password (charged against the address).
+    BadCredentials,
+}
+
+impl LoginRefusal {
+    fn reason(&self) -> &'static str {
+        match self {
+            LoginRefusal::Blocked(_) => "blocked",
+            LoginRefusal::Overloaded => "overloaded",
+            LoginRefusal::BadCredentials => "bad_credentials",
+        }
+    }
+}
+
+/// The limiter, the hashing pool and their metrics: what the listeners call to log someone in.
+pub struct Logins {
+    pub limiter: LoginLimiter,
+    pool: HashPool,
+    metrics: Arc<Metrics>,
+}
+
+impl Logins {
+    pub fn new(limits: LoginLimits, pool: HashPool, metrics: Arc<Metrics>) -> Logins {
+        Logins {
+            limiter: LoginLimiter::new(limits),
+            pool,
+            metrics,
+        }
+    }
+
+    /// A login against the users file: reserve, check (the cache first, then the hash in the
+    /// pool), give the reservation back on success. `users` is `None` when there is nothing to
+    /// check against (the attempt is still charged).
+    pub async fn log_in(
+        &self,
+        client: IpAddr,
+        users: Option<&Arc<Users>>,
+        name: &str,
+        password: &Secret,
+    ) -> Result<Identity, LoginRefusal> {
+        let result = self.checked(client, users, name, password).await;
+        if let Err(e) = &result {
+            self.failed(*e);
+        }
+        result
+    }
+
+    async fn checked(
+        &self,
+        client: IpAddr,
+        users: Option<&Arc<Users>>,
+        name: &str,
+        password: &Secret,
+    ) -> Result<Identity, LoginRefusal> {
+        self.limiter
+            .reserve(client)
+            .map_err(LoginRefusal::Blocked)?;
+        let found = match users {
+            Some(users) => {
+                let counter = self.metrics.password_verifications.clone();
+                match users
+                    .authenticate(&self.pool, &counter, name, password)
+                    .await
+                {
+                    Ok(found) => found,
+                    Err(Overloaded) => {
+                        // Not checked: not charged either.
+                        self.limiter.give_back(client);
+                        return Err(LoginRefusal::Overloaded);
+                    }
+                }
+            }
+            None => None,
+        };
+        self.settle(client, found)
+    }
+
+    /// A login checked elsewhere, cheaply (a listener's own user list): charged the same way.
+    pub fn log_in_checked(
+        &self,
+        client: IpAddr,
+        check: impl FnOnce() -> Option<Identity>,
+    ) -> Result<Identity, LoginRefusal> {
+        let result = self
+            .limiter
+            .reserve(client)
+            .map_err(LoginRefusal::Blocked)
+            .and_then(|()| self.settle(client, check()));
+        if let Err(e) = &result {
+            self.failed(*e);
+        }
+        result
+    }
+
+    fn settle(&self, client: IpAddr, found: Option<Identity>) -> Result<Identity, LoginRefusal> {
+        match found {
+            Some(id) => {
+                self.limiter.give_back(client);
+                Ok(id)
+            }
+            None => Err(LoginRefusal::BadCredentials),
+        }
+    }
+
+    fn failed(&self, e: LoginRefusal) {
+        self.metrics.login_failure(e.reason());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use governor::clock::FakeRelativeClock;
 
     fn ip(s: &str) -> IpAddr {
         s.parse().expect("ip")
     }
 
-    fn limiter(
-        max_failures: u32,
-        max_tracked: usize,
-    ) -> (LoginLimiter<FakeRelativeClock>, FakeRelativeClock) {
-        let clock = FakeRelativeClock::default();
-        let limits = LoginLimits {
+    fn limiter(max_failures: u32, max_tracked: usize) -> LoginLimiter {
+        LoginLimiter::new(LoginLimits {
             max_failures,
             window: Duration::from_secs(60),
             max_tracked,
-        };
-        (LoginLimiter::with_clock(limits, clock.clone()), clock)
+        })
     }
 
     #[test]
     fn blocks_after_the_burst_and_recovers() {
-        let (l, clock) = limiter(3, 100);
+        let l = limiter(3, 100);
+        let t0 = Instant::now();
         let a = ip("192.0.2.1");
         for _ in 0..3 {
-            assert_eq!(l.check(a), Ok(()));
-            assert_eq!(l.record_failure(a), Ok(()));
+            assert_eq!(l.reserve_at(a, t0), Ok(()));
         }
-        // The fourth failure finds the bucket empty: blocked for one cell (60s / 3).
-        assert_eq!(l.record_failure(a), Err(Duration::from_secs(20)));
-        assert_eq!(l.check(a), Err(Duration::from_secs(20)));
+        // The fourth attempt finds the bucket empty: refused for one cell (60s / 3).
+        assert_eq!(l.reserve_at(a, t0), Err(Duration::from_secs(20)));
         assert_eq!(
-            l.check(ip("192.0.2.2")),
+            l.reserve_at(a, t0),
+            Err(Duration::from_secs(20)),
+            "a refusal costs nothing"
+        );
+        assert_eq!(
+            l.reserve_at(ip("192.0.2.2"), t0),
             Ok(()),
             "other addresses unaffected"
         );
-        clock.advance(Duration::from_secs(19));
-        assert_eq!(l.check(a), Err(Duration::from_secs(1)));
-        clock.advance(Duration::from_secs(1));
-        assert_eq!(l.check(a), Ok(()));
-        // One cell came back: one more failure is allowed, the next blocks again.
-        assert_eq!(l.record_failure(a), Ok(()));
-        assert!(l.record_failure(a).is_err());
+        let t19 = t0 + Duration::from_secs(19);
+        assert_eq!(l.reserve_at(a, t19), Err(Duration::from_secs(1)));
+        // One cell came back: one more attempt is allowed, the next is refused again.
+        let t20 = t0 + Duration::from_secs(20);
+        assert_eq!(l.reserve_at(a, t20), Ok(()));
+        assert!(l.reserve_at(a, t20).is_err());
+    }
+
+    #[test]
+    fn parallel_reservations_never_exceed_the_allowance() {
+        let l = Arc::new(limiter(5, 100));
+        let a = ip("198.51.100.1");
+        let granted: usize = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..50)
+                .map(|_| s.spawn(|| usize::from(l.reserve(a).is_ok())))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap_or(0)).sum()
+        });
+        assert_eq!(granted, 5);
+    }
+
+    #[test]
+    fn a_success_gives_back_only_its_own_cell() {
+        let l = limiter(2, 100);
+        let t0 = Instant::now();
+        let a = ip("192.0.2.9");
+        for _ in 0..10 {
+            assert_eq!(l.reserve_at(a, t0), Ok(()));
+            l.give_back_at(a, t0);
+        }
+        assert_eq!(l.tracked(), 0, "successes leave nothing behind");
+        // Two failures use the allowance; a success in between does not add to it.
+        assert_eq!(l.reserve_at(a, t0), Ok(()));
+        assert_eq!(l.reserve_at(a, t0), Ok(()));
+        assert!(l.reserve_at(a, t0).is_err());
+        l.give_back_at(a, t0);
+        assert_eq!(l.reserve_at(a, t0), Ok(()), "the cell a success returned");
+        assert!(l.reserve_at(a, t0).is_err());
     }
 
     #[test]
     fn ipv6_counts_per_64_and_mapped_as_ipv4() {
-        let (l, _clock) = limiter(1, 100);
-        assert_eq!(l.record_failure(ip("2001:db8:1:2::1")), Ok(()));
-        assert!(l.record_failure(ip("2001:db8:1:2:ffff::9")).is_err());
-        assert!(l.check(ip("2001:db8:1:2::77")).is_err());
-        assert_eq!(l.check(ip("2001:db8:1:3::1")), Ok(()));
-        assert_eq!(l.record_failure(ip("::ffff:198.51.100.7")), Ok(()));
-        assert!(l.record_failure(ip("198.51.100.7")).is_err());
+        let l = limiter(1, 100);
+        let t0 = Instant::now();
+        assert_eq!(l.reserve_at(ip("2001:db8:1:2::1"), t0), Ok(()));
+        assert!(l.reserve_at(ip("2001:db8:1:2:ffff::9"), t0).is_err());
+        assert_eq!(l.reserve_at(ip("2001:db8:1:3::1"), t0), Ok(()));
+        assert_eq!(l.reserve_at(ip("::ffff:198.51.100.7"), t0), Ok(()));
+        assert!(l.reserve_at(ip("198.51.100.7"), t0).is_err());
     }
 
     #[test]
     fn tracking_is_bounded_and_fails_open() {
-        let (l, clock) = limiter(1, 10);
+        let l = limiter(1, 10);
+        let t0 = Instant::now();
         for i in 0..1000u32 {
             let a = IpAddr::from((0x0a00_0000 + i).to_be_bytes());
-            let _ = l.record_failure(a);
-            let _ = l.record_failure(a);
-            assert!(l.tracked() <= 20, "tracked {}", l.tracked());
+            let _ = l.reserve_at(a, t0);
+            let _ = l.reserve_at(a, t0);
+            assert!(l.tracked() <= 10, "tracked {}", l.tracked());
         }
-        // Once the states are stale (governor keeps them one period past their last use),
-        // they are dropped and new addresses are counted again.
-        clock.advance(Duration::from_secs(121));
+        // Once the states have expired they are dropped and new addresses are counted again.
+        let later = t0 + Duration::from_secs(61);
         let a = ip("203.0.113.9");
-        assert_eq!(l.record_failure(a), Ok(()));
-        assert!(l.record_failure(a).is_err());
+        assert_eq!(l.reserve_at(a, later), Ok(()));
+        assert!(l.reserve_at(a, later).is_err());
     }
 }

@@ -42,12 +42,14 @@
 pub mod config;
 mod engine;
 pub mod guard;
+pub mod hashpool;
 pub mod headers;
 pub mod holder;
 mod index;
 pub mod local;
 pub mod login;
 pub mod matcher;
+pub mod passwd;
 mod rule_config;
 pub mod users;
 
@@ -75,15 +77,21 @@ pub enum Protocol {
     SocksConnect,
     SocksBind,
     SocksUdp,
+    /// A connection to a `tcp` (layer-4 balancing) listener.
+    Tcp,
+    /// A UDP session on a `udp` (layer-4 balancing) listener.
+    Udp,
 }
 
 impl Protocol {
-    pub const ALL: [Protocol; 5] = [
+    pub const ALL: [Protocol; 7] = [
         Protocol::Http,
         Protocol::Connect,
         Protocol::SocksConnect,
         Protocol::SocksBind,
         Protocol::SocksUdp,
+        Protocol::Tcp,
+        Protocol::Udp,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -93,6 +101,8 @@ impl Protocol {
             Protocol::SocksConnect => "socks-connect",
             Protocol::SocksBind => "socks-bind",
             Protocol::SocksUdp => "socks-udp",
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
         }
     }
 

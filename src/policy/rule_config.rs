@@ -152,7 +152,7 @@ pub(super) fn read_rule(
             "protocols",
             r.array(
                 "protocols",
-                "http, connect, socks-connect, socks-bind or socks-udp",
+                "http, connect, socks-connect, socks-bind, socks-udp, tcp or udp",
                 |v| {
                     Protocol::parse(v.as_str().ok_or("not a string")?)
                         .ok_or_else(|| "unknown protocol".into())

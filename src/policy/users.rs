@@ -11,17 +11,22 @@
 //! Hashes are argon2id (`$argon2id$`, written by [`hash_password`]) or bcrypt (`$2y$`, `$2b$`,
 //! `$2a$`, as written by `htpasswd -B`). Verifying one costs tens to hundreds of milliseconds
 //! of CPU on purpose, so successful verifications are remembered in a small cache
-//! ([`super::users::Users::verify_cached`]); see [`VerifiedCache`] for its bounds.
+//! ([`super::users::Users::verify_cached`]); see [`VerifiedCache`] for its bounds. Checks run
+//! in the fixed hashing pool ([`super::hashpool`]), argon2 in one reused buffer per thread.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use argon2::password_hash::phc::PasswordHash;
-use argon2::password_hash::{PasswordHasher, PasswordVerifier};
-use argon2::Argon2;
+use argon2::password_hash::PasswordHasher;
+use argon2::{Argon2, Block};
+use prometheus_client::metrics::counter::Counter;
 use sha2::{Digest, Sha256};
+
+use super::hashpool::{HashPool, Overloaded};
 
 /// Longest user name (RFC 1929 carries it in one length byte).
 pub const MAX_NAME: usize = 255;
@@ -74,6 +79,104 @@ enum Hash {
     Argon2(String),
 }
 
+/// What a check of a hash costs: its algorithm and parameters (salt and digest aside).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Shape {
+    Bcrypt {
+        cost: u32,
+    },
+    Argon2 {
+        params: String,
+        version: Option<u32>,
+        len: usize,
+    },
+}
+
+impl Hash {
+    fn shape(&self) -> Option<Shape> {
+        match self {
+            Hash::Bcrypt(h) => {
+                let parts: bcrypt::HashParts = h.parse().ok()?;
+                Some(Shape::Bcrypt {
+                    cost: parts.get_cost(),
+                })
+            }
+            Hash::Argon2(h) => {
+                let ph = PasswordHash::new(h).ok()?;
+                Some(Shape::Argon2 {
+                    params: ph.params.to_string(),
+                    version: ph.version,
+                    len: ph.hash.map_or(0, |o| o.len()),
+                })
+            }
+        }
+    }
+
+    /// Checks `pw` against this hash. The one verifier for known and unknown users alike.
+    fn check(&self, pw: &[u8]) -> bool {
+        match self {
+            Hash::Bcrypt(h) => bcrypt::verify(pw, h).unwrap_or(false),
+            Hash::Argon2(h) => verify_argon2(pw, h),
+        }
+    }
+}
+
+/// An argon2 check that computes into this thread's reused buffer (see
+/// [`super::hashpool`]) instead of allocating the memory cost for every check.
+fn verify_argon2(pw: &[u8], phc: &str) -> bool {
+    let Ok(ph) = PasswordHash::new(phc) else {
+        return false;
+    };
+    let (Some(salt), Some(expected)) = (&ph.salt, &ph.hash) else {
+        return false;
+    };
+    let Ok(params) = argon2::Params::try_from(&ph) else {
+        return false;
+    };
+    let Ok(algorithm) = argon2::Algorithm::try_from(ph.algorithm.as_str()) else {
+        return false;
+    };
+    let version = match ph.version.map(argon2::Version::try_from) {
+        None => argon2::Version::default(),
+        Some(Ok(v)) => v,
+        Some(Err(_)) => return false,
+    };
+    let blocks = params.block_count();
+    let hasher = Argon2::new(algorithm, version, params);
+    let mut out = vec![0u8; expected.len()];
+    let done = with_argon2_memory(blocks, |memory| {
+        hasher
+            .hash_password_into_with_memory(pw, salt.as_ref(), &mut out, memory)
+            .is_ok()
+    });
+    // Constant time over the digest: no early exit on the first differing byte.
+    done && out.len() == expected.len()
+        && out
+            .iter()
+            .zip(expected.as_bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+thread_local! {
+    /// This thread's argon2 working memory, grown to the largest cost it has checked and kept
+    /// for the thread's life: the hashing threads are few and fixed, so this is bounded.
+    static ARGON2_MEMORY: RefCell<Vec<Block>> = const { RefCell::new(Vec::new()) };
+}
+
+fn with_argon2_memory<T>(blocks: usize, f: impl FnOnce(&mut [Block]) -> T) -> T {
+    ARGON2_MEMORY.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut memory) => {
+            if memory.len() < blocks {
+                memory.resize(blocks, Block::default());
+            }
+            f(&mut memory[..blocks])
+        }
+        // Re-entered (never, in practice): a buffer of its own.
+        Err(_) => f(&mut vec![Block::default(); blocks]),
+    })
+}
+
 #[derive(Clone)]
 struct Entry {
     hash: Hash,
@@ -106,6 +209,10 @@ pub enum UsersError {
 pub struct Users {
     entries: HashMap<String, Entry>,
     cache: Mutex<VerifiedCache>,
+    /// Checked for unknown user names so they cost what a known user's wrong password
+    /// costs: a hash of the algorithm and cost most of the file's entries use (the first
+    /// such entry's on a tie), made once when the file is loaded. `None` for an empty file.
+    dummy: Option<Hash>,
 }
 
 /// Shows the number of users only: hashes stay out of logs.
@@ -134,6 +241,7 @@ impl Users {
     pub fn parse(text: &str, cache: CacheLimits) -> Result<Users, Vec<LineError>> {
         let mut entries = HashMap::new();
         let mut errors = Vec::new();
+        let mut shapes: Vec<(Shape, usize, Hash)> = Vec::new();
         for (i, raw) in text.lines().enumerate() {
             let line = raw.trim();
             if line.is_empty() || line.starts_with('#') {
@@ -141,6 +249,12 @@ impl Users {
             }
             match parse_line(line) {
                 Ok((name, entry)) => {
+                    if let Some(shape) = entry.hash.shape() {
+                        match shapes.iter_mut().find(|(s, _, _)| *s == shape) {
+                            Some((_, n, _)) => *n += 1,
+                            None => shapes.push((shape, 1, entry.hash.clone())),
+                        }
+                    }
                     if entries.insert(name.clone(), entry).is_some() {
                         errors.push(LineError {
                             line: i + 1,
@@ -157,9 +271,12 @@ impl Users {
         if !errors.is_empty() {
             return Err(errors);
         }
+        // max_by_key keeps the last of equals: look from the end for the first.
+        let model = shapes.iter().rev().max_by_key(|(_, n, _)| *n);
         Ok(Users {
             entries,
             cache: Mutex::new(VerifiedCache::new(cache)),
+            dummy: model.and_then(|(_, _, h)| dummy_like(h)),
         })
     }
 
@@ -191,9 +308,10 @@ impl Users {
         self.identity(name)
     }
 
-    /// Full verification: expensive (run it off the async threads, e.g. `spawn_blocking`,
-    /// and bound how many run at once). A success is cached. An unknown user costs the same
-    /// as a wrong password, so timing does not tell which names exist.
+    /// Full verification: expensive, so the server runs it in the hashing pool through
+    /// [`Users::authenticate`]. A success is cached. An unknown user is checked against the
+    /// dummy hash, so it costs what a wrong password costs and timing does not tell which
+    /// names exist.
     pub fn verify(&self, name: &str, password: &Secret) -> Option<Identity> {
         self.verify_at(name, password, Instant::now())
     }
@@ -202,17 +320,14 @@ impl Users {
         if let Some(id) = self.verify_cached_at(name, password, now) {
             return Some(id);
         }
-        let pw = password.expose().as_bytes();
-        let Some(entry) = self.entries.get(name) else {
-            let _ = bcrypt::verify(pw, dummy_hash());
-            return None;
-        };
-        let ok = match &entry.hash {
-            Hash::Bcrypt(h) => bcrypt::verify(pw, h).unwrap_or(false),
-            Hash::Argon2(h) => PasswordHash::new(h)
-                .is_ok_and(|ph| Argon2::default().verify_password(pw, &ph).is_ok()),
-        };
-        if !ok {
+        self.verify_hash_at(name, password, now)
+    }
+
+    /// The hash check alone (the cache is not asked; a success is added to it).
+    fn verify_hash_at(&self, name: &str, password: &Secret, now: Instant) -> Option<Identity> {
+        let (hash, known) = self.hash_for(name);
+        let ok = hash.is_some_and(|h| h.check(password.expose().as_bytes()));
+        if !(ok && known) {
             return None;
         }
         if let Ok(mut cache) = self.cache.lock() {
@@ -221,29 +336,61 @@ impl Users {
         self.identity(name)
     }
 
-    /// The async face of [`Users::verify`]: the cache first, then the hash check on the
-    /// blocking pool, at most `permits` of them at once (argon2 takes 19 MiB each).
+    /// The hash a login as `name` is checked against: the user's own (`true`), or the dummy
+    /// for an unknown name (`false`), so both take the same verifier at the same cost.
+    fn hash_for(&self, name: &str) -> (Option<&Hash>, bool) {
+        match self.entries.get(name) {
+            Some(e) => (Some(&e.hash), true),
+            None => (self.dummy.as_ref(), false),
+        }
+    }
+
+    /// The async face of [`Users::verify`]: the cache first, then the hash check in the
+    /// hashing pool (`checks` counts those). `Err(Overloaded)` when the pool's queue is full:
+    /// nothing was checked.
     pub async fn authenticate(
         self: &Arc<Self>,
-        permits: &tokio::sync::Semaphore,
+        pool: &HashPool,
+        checks: &Counter,
         name: &str,
         password: &Secret,
-    ) -> Option<Identity> {
+    ) -> Result<Option<Identity>, Overloaded> {
         if let Some(id) = self.verify_cached(name, password) {
-            return Some(id);
+            return Ok(Some(id));
         }
-        let _permit = permits.acquire().await.ok()?;
         let (users, name, password) = (Arc::clone(self), name.to_string(), password.clone());
-        tokio::task::spawn_blocking(move || users.verify(&name, &password))
-            .await
-            .ok()
-            .flatten()
+        let checks = checks.clone();
+        pool.run(move || {
+            checks.inc();
+            users.verify_hash_at(&name, &password, Instant::now())
+        })
+        .await
     }
 }
 
-fn dummy_hash() -> &'static str {
-    static DUMMY: OnceLock<String> = OnceLock::new();
-    DUMMY.get_or_init(|| bcrypt::hash("gatehouse-dummy", 10).unwrap_or_default())
+/// A hash with the same algorithm and parameters as `model` (fresh salt). Its password
+/// need not be secret: a check against the dummy never logs anyone in.
+fn dummy_like(model: &Hash) -> Option<Hash> {
+    let pw = "gatehouse-unknown-user";
+    match model {
+        Hash::Bcrypt(h) => {
+            let parts: bcrypt::HashParts = h.parse().ok()?;
+            bcrypt::hash(pw, parts.get_cost()).ok().map(Hash::Bcrypt)
+        }
+        Hash::Argon2(h) => {
+            let ph = PasswordHash::new(h).ok()?;
+            let params = argon2::Params::try_from(&ph).ok()?;
+            let algorithm = argon2::Algorithm::try_from(ph.algorithm.as_str()).ok()?;
+            let version = match ph.version {
+                Some(v) => argon2::Version::try_from(v).ok()?,
+                None => argon2::Version::default(),
+            };
+            Argon2::new(algorithm, version, params)
+                .hash_password(pw.as_bytes())
+                .ok()
+                .map(|h| Hash::Argon2(h.to_string()))
+        }
+    }
 }
 
 fn cache_key(name: &str, password: &Secret) -> [u8; 32] {

@@ -182,26 +182,83 @@ fn hash_password_round_trips_through_the_file_format() {
 }
 
 #[tokio::test]
-async fn authenticate_verifies_off_the_runtime_and_caches() {
+async fn authenticate_verifies_in_the_pool_and_caches() {
     let u = Arc::new(users(&format!("alice:{}\n", bcrypt4("pw"))));
-    let permits = tokio::sync::Semaphore::new(1);
-    assert!(u
-        .authenticate(&permits, "alice", &Secret::new("pw"))
-        .await
-        .is_some());
+    let pool = HashPool::new(1, 4).expect("pool");
+    let checks = Counter::default();
+    let (pw, nope) = (Secret::new("pw"), Secret::new("nope"));
+    let ok = u.authenticate(&pool, &checks, "alice", &pw);
+    assert!(ok.await.expect("not overloaded").is_some());
     assert!(u.verify_cached("alice", &Secret::new("pw")).is_some());
-    assert!(u
-        .authenticate(&permits, "alice", &Secret::new("nope"))
-        .await
-        .is_none());
-    permits.close();
-    // Cached success needs no permit; a miss with no permits left fails closed.
-    assert!(u
-        .authenticate(&permits, "alice", &Secret::new("pw"))
-        .await
-        .is_some());
-    assert!(u
-        .authenticate(&permits, "alice", &Secret::new("other"))
-        .await
-        .is_none());
+    let wrong = u.authenticate(&pool, &checks, "alice", &nope);
+    assert!(wrong.await.expect("not overloaded").is_none());
+    assert_eq!(checks.get(), 2);
+    // A cached success runs no check.
+    let again = u.authenticate(&pool, &checks, "alice", &pw);
+    assert!(again.await.expect("not overloaded").is_some());
+    assert_eq!(checks.get(), 2);
+}
+
+/// Timing must not tell known names from unknown ones: an unknown name is checked by the
+/// same verifier against a dummy of the same algorithm and cost (not a timed test).
+#[test]
+fn unknown_users_are_checked_against_a_dummy_of_the_same_shape() {
+    let argon = |m: u32| {
+        let params = argon2::Params::new(m, 1, 1, None).expect("params");
+        Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
+            .hash_password(b"pw")
+            .expect("hash")
+            .to_string()
+    };
+    let text = format!(
+        "a:{}\nb:{}\nc:{}\nd:{}\n",
+        bcrypt4("x"),
+        argon(64),
+        argon(128),
+        argon(128)
+    );
+    let u = users(&text);
+    let (dummy, known) = u.hash_for("nobody");
+    assert!(!known);
+    let dummy = dummy.expect("a dummy");
+    let (c, _) = u.hash_for("c");
+    assert_eq!(
+        dummy.shape(),
+        c.and_then(Hash::shape),
+        "the most common shape"
+    );
+    assert!(matches!(dummy, Hash::Argon2(h) if h.contains("m=128,t=1,p=1")));
+    // The dummy is a real hash the verifier runs, and never logs anyone in.
+    assert!(dummy.check(b"gatehouse-unknown-user"));
+    assert_eq!(
+        u.verify("nobody", &Secret::new("gatehouse-unknown-user")),
+        None
+    );
+    // A bcrypt-only file gets a bcrypt dummy of the same cost.
+    let b = users(&format!("a:{}\n", bcrypt4("x")));
+    let (dummy, _) = b.hash_for("nobody");
+    let shape = dummy.and_then(Hash::shape);
+    assert_eq!(shape, Some(Shape::Bcrypt { cost: 4 }));
+    assert!(users("# nobody\n").hash_for("x").0.is_none());
+}
+
+/// The reused-buffer argon2 check agrees with the crate's own verifier, for every cost.
+#[test]
+fn argon2_checks_reuse_one_buffer_and_agree_with_the_crate() {
+    use argon2::password_hash::PasswordVerifier;
+    for m in [64, 256, 128, 64] {
+        let params = argon2::Params::new(m, 2, 1, Some(24)).expect("params");
+        let h = Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
+            .hash_password(b"right")
+            .expect("hash")
+            .to_string();
+        let ph = PasswordHash::new(&h).expect("phc");
+        for (pw, want) in [(&b"right"[..], true), (b"wrong", false), (b"", false)] {
+            assert_eq!(verify_argon2(pw, &h), want, "m={m} {pw:?}");
+            assert_eq!(Argon2::default().verify_password(pw, &ph).is_ok(), want);
+        }
+    }
+    // The buffer grew to the largest cost (256 KiB) and stayed.
+    assert_eq!(ARGON2_MEMORY.with(|m| m.borrow().len()), 256);
+    assert!(!verify_argon2(b"x", "$argon2id$v=19$m=64,t=1,p=1$bad"));
 }

@@ -23,6 +23,7 @@ use super::codec::{Credentials, Target};
 use super::reply::SocksError;
 use super::server::{Session, SocksRequest, SocksServer};
 use crate::connector::{interleave, Host};
+use crate::policy::login::LoginRefusal;
 use crate::policy::{AccessRequest, Action, Identity, Policy, Precheck, Protocol, Secret};
 
 /// Where the policy lets a CONNECT (or BIND peer) go.
@@ -50,30 +51,25 @@ impl SocksServer {
         // The name goes to the log even when the login fails; never the password.
         let name = String::from_utf8_lossy(&creds.user).into_owned();
         s.login = Some(name.clone());
-        if self.svc.logins.check(client).is_err() {
-            tracing::info!(%client, user = %name, "SOCKS login refused: too many failed logins");
-            return Err(SocksError::LoginBlocked);
-        }
-        let found = if policy.listener(&self.name).auth {
-            match (policy.users(), std::str::from_utf8(&creds.password)) {
-                (Some(users), Ok(pw)) => {
-                    users
-                        .authenticate(&self.svc.auth_permits, &name, &Secret::new(pw))
-                        .await
-                }
-                _ => None,
-            }
+        let logins = &self.svc.logins;
+        let result = if policy.listener(&self.name).auth {
+            // A password that is not UTF-8 matches no hash: charged, not checked.
+            let (users, pw) = match std::str::from_utf8(&creds.password) {
+                Ok(pw) => (policy.users(), pw),
+                Err(_) => (None, ""),
+            };
+            logins.log_in(client, users, &name, &Secret::new(pw)).await
         } else {
-            self.listener_user(creds)
+            logins.log_in_checked(client, || self.listener_user(creds))
         };
-        match found {
-            Some(id) => Ok(id),
-            None => {
-                let _ = self.svc.logins.record_failure(client);
-                tracing::info!(%client, user = %name, "SOCKS authentication failed");
-                Err(SocksError::AuthFailed)
+        result.map_err(|refused| {
+            tracing::info!(%client, user = ?name, ?refused, "SOCKS login refused");
+            match refused {
+                LoginRefusal::Blocked(_) => SocksError::LoginBlocked,
+                LoginRefusal::Overloaded => SocksError::LoginBusy,
+                LoginRefusal::BadCredentials => SocksError::AuthFailed,
             }
-        }
+        })
     }
 
     /// The listener's own `[[listeners.users]]`: a name, no groups.

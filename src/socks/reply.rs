@@ -103,6 +103,8 @@ pub enum SocksError {
     RouteUnsupported(std::sync::Arc<str>, &'static str),
     #[error("too many failed logins from this address")]
     LoginBlocked,
+    #[error("too many logins being checked; retry shortly")]
+    LoginBusy,
     #[error("this listener requires a login, which SOCKS4 cannot carry")]
     Socks4NeedsLogin,
     #[error("{0}")]
@@ -134,6 +136,7 @@ impl SocksError {
             SocksError::Denied { .. }
             | SocksError::RouteUnsupported(..)
             | SocksError::LoginBlocked
+            | SocksError::LoginBusy
             | SocksError::Socks4NeedsLogin
             | SocksError::Limit(_) => Reply::NotAllowed,
             SocksError::Parent(e) => Reply::from_code(e.socks_reply()),
@@ -163,6 +166,7 @@ impl SocksError {
             SocksError::Denied { .. } => "denied",
             SocksError::RouteUnsupported(..) => "route_unsupported",
             SocksError::LoginBlocked => "login_blocked",
+            SocksError::LoginBusy => "login_busy",
             SocksError::Socks4NeedsLogin => "auth_required",
             SocksError::Limit(e) => e.kind(),
             SocksError::Parent(e) => e.proxy_status_kind(),
@@ -257,6 +261,7 @@ mod tests {
                 Reply::NotAllowed,
             ),
             (SocksError::LoginBlocked, Reply::NotAllowed),
+            (SocksError::LoginBusy, Reply::NotAllowed),
             (SocksError::Socks4NeedsLogin, Reply::NotAllowed),
             (
                 ParentError::DirectForbidden("guard").into(),

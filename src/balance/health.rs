@@ -1,0 +1,119 @@
+//! Health as two small state machines, apart from the probing I/O.
+//!
+//! - **Active**: the results of periodic checks (HTTP or TCP connect). `fall` consecutive
+//!   failures take an up server down; `rise` consecutive successes bring a down server up
+//!   (HAProxy's `check inter rise fall`). A server starts up, so a pool serves at once.
+//! - **Passive**: what real traffic shows. `max_failures` consecutive failures (connect
+//!   failures, resets, 5xx when the pool counts them) eject the server for a back-off that
+//!   doubles with each ejection in a row, up to a ceiling; a success after readmission ends
+//!   the series.
+
+use std::time::{Duration, Instant};
+
+/// A change of state worth logging and counting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    Up,
+    Down,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ActiveHealth {
+    up: bool,
+    /// Consecutive results against the current state.
+    streak: u32,
+}
+
+impl Default for ActiveHealth {
+    fn default() -> Self {
+        ActiveHealth {
+            up: true,
+            streak: 0,
+        }
+    }
+}
+
+impl ActiveHealth {
+    pub fn is_up(&self) -> bool {
+        self.up
+    }
+
+    /// One check's result. `rise` and `fall` are at least 1.
+    pub fn observe(&mut self, ok: bool, rise: u32, fall: u32) -> Option<Transition> {
+        if ok == self.up {
+            self.streak = 0;
+            return None;
+        }
+        self.streak += 1;
+        let needed = if self.up { fall } else { rise };
+        if self.streak < needed.max(1) {
+            return None;
+        }
+        self.up = ok;
+        self.streak = 0;
+        Some(if ok { Transition::Up } else { Transition::Down })
+    }
+}
+
+/// Passive ejection settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PassiveSettings {
+    /// Consecutive failures that eject (0: passive checks off).
+    pub max_failures: u32,
+    /// First ejection's length; each further ejection in a row doubles it.
+    pub base_ejection: Duration,
+    pub max_ejection: Duration,
+}
+
+impl Default for PassiveSettings {
+    fn default() -> Self {
+        PassiveSettings {
+            max_failures: 5,
+            base_ejection: Duration::from_secs(10),
+            max_ejection: Duration::from_secs(300),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PassiveHealth {
+    failures: u32,
+    /// Ejections in a row (reset by a success after readmission).
+    ejections: u32,
+    until: Option<Instant>,
+}
+
+impl PassiveHealth {
+    pub fn is_ejected(&self, now: Instant) -> bool {
+        self.until.is_some_and(|u| now < u)
+    }
+
+    pub fn ejected_until(&self) -> Option<Instant> {
+        self.until
+    }
+
+    /// A request (or connection) to the server succeeded.
+    pub fn success(&mut self) -> Option<Transition> {
+        self.failures = 0;
+        self.ejections = 0;
+        self.until.take().map(|_| Transition::Up)
+    }
+
+    /// A request failed in a way that counts against the server. Returns `Down` when this
+    /// failure ejects it.
+    pub fn failure(&mut self, now: Instant, s: &PassiveSettings) -> Option<Transition> {
+        if s.max_failures == 0 || self.is_ejected(now) {
+            return None;
+        }
+        self.failures += 1;
+        if self.failures < s.max_failures {
+            return None;
+        }
+        self.failures = 0;
+        let factor = 1u32 << self.ejections.min(16);
+        let length = s.base_ejection.saturating_mul(factor).min(s.max_ejection);
+        self.ejections = self.ejections.saturating_add(1);
+        self.until = Some(now + length);
+        Some(Transition::Down)
+    }
+}
