@@ -140,7 +140,8 @@ fn check_warns_about_a_world_readable_token_file() {
     std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).expect("chmod");
     let (code, _, err) = run_with(dir.path(), &["check"], &text);
     assert_eq!(code, Some(0), "{err}");
-    assert!(!err.contains("warning"), "{err}");
+    // Other warnings (e.g. the open-files fit) may stand; none about the token file.
+    assert!(!err.contains("token_file"), "{err}");
     std::fs::remove_file(&token).expect("rm");
     let (code, _, err) = run_with(dir.path(), &["check"], &text);
     assert_eq!(code, Some(2), "{err}");
