@@ -26,4 +26,5 @@ pub mod socks;
 #[cfg(target_os = "linux")]
 pub mod splice;
 pub mod startup;
+pub mod stats;
 pub mod upstream;

@@ -224,20 +224,23 @@ fn raise_fd_limit() {
 }
 
 /// Re-reads the config file; a valid one replaces the running config, an invalid one is
-/// reported and changes nothing.
-async fn reload(server: &mut Server, path: Option<&std::path::Path>) {
+/// reported and changes nothing. Returns the warnings, or every problem (for the admin API).
+async fn reload(
+    server: &mut Server,
+    path: Option<&std::path::Path>,
+) -> Result<Vec<String>, Vec<String>> {
     let Some(path) = path else {
-        tracing::warn!("SIGHUP: running on the built-in default; nothing to reload");
-        return;
+        tracing::warn!("reload: running on the built-in default; nothing to reload");
+        return Err(vec![
+            "running on the built-in default config; nothing to reload".into(),
+        ]);
     };
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) => {
-            tracing::error!(
-                "reload: cannot read {}: {e}; keeping the running config",
-                path.display()
-            );
-            return;
+            let why = format!("cannot read {}: {e}", path.display());
+            tracing::error!("reload: {why}; keeping the running config");
+            return Err(vec![why]);
         }
     };
     match Config::parse(&text) {
@@ -249,6 +252,7 @@ async fn reload(server: &mut Server, path: Option<&std::path::Path>) {
                 "reload: {} problem(s); keeping the running config",
                 errs.len()
             );
+            Err(errs.iter().map(ToString::to_string).collect())
         }
         Ok(new) => match (
             gatehouse::startup::users_file_warning(&new),
@@ -256,12 +260,29 @@ async fn reload(server: &mut Server, path: Option<&std::path::Path>) {
         ) {
             (warning, Ok(())) => {
                 tracing::info!("reload: {} applied", path.display());
-                if let Some(w) = warning {
+                if let Some(w) = &warning {
                     tracing::warn!("{w}");
                 }
+                Ok(warning.into_iter().collect())
             }
-            (_, Err(e)) => tracing::error!("reload: {e:#}"),
+            (_, Err(e)) => {
+                tracing::error!("reload: {e:#}");
+                Err(format!("{e:#}").lines().map(str::to_string).collect())
+            }
         },
+    }
+}
+
+/// The next admin API request; never ready without an admin listener.
+async fn next_control(
+    rx: &mut Option<tokio::sync::mpsc::Receiver<gatehouse::admin::Control>>,
+) -> gatehouse::admin::Control {
+    match rx {
+        Some(rx) => match rx.recv().await {
+            Some(c) => c,
+            None => std::future::pending().await,
+        },
+        None => std::future::pending().await,
     }
 }
 
@@ -288,9 +309,22 @@ async fn run(
     // SIGHUP: reload. SIGUSR1: reopen the access log file (after logrotate moved it).
     // SIGUSR2: ignored. SIGTERM: graceful drain. SIGINT: exit at once. A second signal during
     // a drain: at once.
+    let mut control = server.control.take();
     loop {
         tokio::select! {
-            _ = hup.recv() => reload(&mut server, path.as_deref()).await,
+            _ = hup.recv() => {
+                let _ = reload(&mut server, path.as_deref()).await;
+            }
+            c = next_control(&mut control) => match c {
+                gatehouse::admin::Control::Reload(reply) => {
+                    tracing::info!("admin API: reload");
+                    let _ = reply.send(reload(&mut server, path.as_deref()).await);
+                }
+                gatehouse::admin::Control::Drain => {
+                    tracing::info!("admin API: drain");
+                    break;
+                }
+            },
             _ = usr1.recv() => {
                 server.services.access_log.reopen();
                 tracing::info!("SIGUSR1: reopening the access log");
@@ -306,7 +340,7 @@ async fn run(
     let shutdown = &server.services.shutdown;
     tracing::info!(
         in_flight = shutdown.in_flight(),
-        "SIGTERM: draining for up to {:?}",
+        "draining for up to {:?}",
         config.shutdown.drain_timeout
     );
     shutdown.begin();
