@@ -14,15 +14,24 @@ use std::time::{Duration, Instant};
 use common::*;
 use fantoccini::{Client, ClientBuilder, Locator};
 
-/// `chromedriver` on a free loopback port; killed on drop.
+/// `chromedriver` on a free loopback port, in a process group of its own with the browser it
+/// starts; on drop the whole group is ended (a failed test leaves no Chromium behind), and
+/// the browser's profile directory is removed.
 struct Driver {
     child: Child,
     port: u16,
+    profile: tempfile::TempDir,
 }
 
 impl Drop for Driver {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        let group = format!("-{}", self.child.id());
+        let _ = Command::new("kill").args(["-TERM", "--", &group]).status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
         let _ = self.child.wait();
     }
 }
@@ -32,14 +41,21 @@ fn start_driver() -> Driver {
         .and_then(|l| l.local_addr())
         .expect("a free port")
         .port();
+    use std::os::unix::process::CommandExt as _;
     let child = Command::new("chromedriver")
         .arg(format!("--port={port}"))
+        .process_group(0)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("chromedriver is installed (Debian: apt-get install chromium chromium-driver)");
-    let driver = Driver { child, port };
+    let profile = tempfile::tempdir().expect("a profile directory");
+    let driver = Driver {
+        child,
+        port,
+        profile,
+    };
     // Ready when it accepts connections (bounded).
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -61,6 +77,8 @@ async fn browser(driver: &Driver) -> Client {
                 "--disable-gpu",
                 "--disable-dev-shm-usage",
                 "--window-size=1280,1100",
+                "--disable-crash-reporter",
+                format!("--user-data-dir={}", driver.profile.path().display()),
             ]
         }),
     );
