@@ -208,3 +208,39 @@ async fn drain_through_the_api_stops_the_process_gracefully() {
         .expect("exits after the drain");
     assert!(status.success(), "{status:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_open_connections_and_pool_health() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let echo = tcp_echo().await;
+    let gh = Gatehouse::start(&format!(
+        "[[listeners]]\nname = \"tcp\"\nkind = \"tcp\"\nlisten = \"127.0.0.1:0\"\npool = \"p\"\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n\
+         [[pools]]\nname = \"p\"\n[[pools.servers]]\naddress = \"{echo}\"\n"
+    ));
+    let admin = gh.addr("admin");
+    let mut s = tokio::net::TcpStream::connect(gh.addr("tcp"))
+        .await
+        .expect("connect");
+    s.write_all(b"ping").await.expect("write");
+    let mut back = [0u8; 4];
+    s.read_exact(&mut back).await.expect("echo");
+    assert_eq!(&back, b"ping");
+
+    let open = status_until(admin, |s| listener(s, "tcp")["connections_open"] == 1).await;
+    let server = &open["pools"]["p"][0];
+    assert_eq!(server["server"], echo.to_string(), "{open:#}");
+    assert_eq!(server["up"], true);
+    assert_eq!(server["in_flight"], 1);
+    assert_eq!(listener(&open, "tcp")["kind"], "tcp");
+
+    drop(s);
+    let closed = status_until(admin, |s| listener(s, "tcp")["requests"] == 1).await;
+    assert_eq!(
+        listener(&closed, "tcp")["connections_open"],
+        0,
+        "{closed:#}"
+    );
+    assert_eq!(closed["pools"]["p"][0]["in_flight"], 0, "{closed:#}");
+    assert!(listener(&closed, "tcp")["bytes_in"].as_u64() >= Some(4));
+}
