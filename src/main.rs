@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use gatehouse::admin::ReloadOutcome;
 use gatehouse::config::{Config, ConfigError};
 use gatehouse::server::Server;
 use tokio::signal::unix::{signal, SignalKind};
@@ -224,14 +225,11 @@ fn raise_fd_limit() {
 }
 
 /// Re-reads the config file; a valid one replaces the running config, an invalid one is
-/// reported and changes nothing. Returns the warnings, or every problem (for the admin API).
-async fn reload(
-    server: &mut Server,
-    path: Option<&std::path::Path>,
-) -> Result<Vec<String>, Vec<String>> {
+/// reported and changes nothing. The outcome is for the admin API.
+async fn reload(server: &mut Server, path: Option<&std::path::Path>) -> ReloadOutcome {
     let Some(path) = path else {
         tracing::warn!("reload: running on the built-in default; nothing to reload");
-        return Err(vec![
+        return ReloadOutcome::Refused(vec![
             "running on the built-in default config; nothing to reload".into(),
         ]);
     };
@@ -240,10 +238,15 @@ async fn reload(
         Err(e) => {
             let why = format!("cannot read {}: {e}", path.display());
             tracing::error!("reload: {why}; keeping the running config");
-            return Err(vec![why]);
+            return ReloadOutcome::Refused(vec![why]);
         }
     };
-    match Config::parse(&text) {
+    // Every check short of binding, as `check` and the start run them, before anything changes.
+    let checked = Config::parse(&text).and_then(|c| {
+        gatehouse::startup::prepare(&c)?;
+        Ok(c)
+    });
+    match checked {
         Err(errs) => {
             for e in &errs {
                 tracing::error!("reload: {}: {e}", path.display());
@@ -252,7 +255,7 @@ async fn reload(
                 "reload: {} problem(s); keeping the running config",
                 errs.len()
             );
-            Err(errs.iter().map(ToString::to_string).collect())
+            ReloadOutcome::Refused(errs.iter().map(ToString::to_string).collect())
         }
         Ok(new) => match (
             gatehouse::startup::users_file_warning(&new),
@@ -263,11 +266,11 @@ async fn reload(
                 if let Some(w) = &warning {
                     tracing::warn!("{w}");
                 }
-                Ok(warning.into_iter().collect())
+                ReloadOutcome::Applied(warning.into_iter().collect())
             }
             (_, Err(e)) => {
                 tracing::error!("reload: {e:#}");
-                Err(format!("{e:#}").lines().map(str::to_string).collect())
+                ReloadOutcome::Partial(format!("{e:#}").lines().map(str::to_string).collect())
             }
         },
     }

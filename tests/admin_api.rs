@@ -176,6 +176,24 @@ async fn reload_through_the_api_refuses_a_bad_config_with_its_problems_and_appli
     let (code, out, _) = curl(&["-x", &gh.proxy_url("web"), &origin.url("/")]).await;
     assert_eq!((code, out.as_slice()), (0, &b"hello"[..]));
 
+    // Valid, but a new listener's port is taken: the rest is in force, the problem named.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let clash = format!(
+        "{good}\n[[listeners]]\nname = \"clash\"\nkind = \"http\"\nlisten = \"{}\"\n",
+        taken.local_addr().expect("addr")
+    );
+    std::fs::write(gh.config_path(), &clash).expect("write");
+    let (code, v) = post(admin, "/api/v1/reload", &auth).await;
+    assert_eq!(code, 500, "{v:#}");
+    assert_eq!(v["applied"], true);
+    assert!(
+        v["problems"][0]
+            .as_str()
+            .is_some_and(|p| p.contains("clash")),
+        "{v:#}"
+    );
+    drop(taken);
+
     let second = format!("{good}\n{}", http_listener("second", ""));
     std::fs::write(gh.config_path(), &second).expect("write");
     let (code, v) = post(admin, "/api/v1/reload", &auth).await;

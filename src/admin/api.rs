@@ -12,11 +12,21 @@ use crate::server::Services;
 /// A change asked for on the admin API, for the loop that owns the server (`main`).
 #[derive(Debug)]
 pub enum Control {
-    /// Re-read and apply the config file as SIGHUP does; the reply is the warnings when it
-    /// was applied, or every problem when it was refused.
-    Reload(oneshot::Sender<Result<Vec<String>, Vec<String>>>),
+    /// Re-read and apply the config file as SIGHUP does.
+    Reload(oneshot::Sender<ReloadOutcome>),
     /// Begin the graceful drain, as SIGTERM does.
     Drain,
+}
+
+/// What a reload did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReloadOutcome {
+    /// In force; with any warnings.
+    Applied(Vec<String>),
+    /// Refused: every problem; the running config stays.
+    Refused(Vec<String>),
+    /// In force, but part of it failed (a new listener could not be bound): the problems.
+    Partial(Vec<String>),
 }
 
 /// How long a reload may take before the API answers without its result.
@@ -54,11 +64,16 @@ async fn reload(control: &mpsc::Sender<Control>) -> (u16, Value) {
         );
     }
     match tokio::time::timeout(RELOAD_WAIT, rx).await {
-        Ok(Ok(Ok(warnings))) => (
+        Ok(Ok(ReloadOutcome::Applied(warnings))) => (
             200,
             json!({ "applied": true, "problems": [], "warnings": warnings }),
         ),
-        Ok(Ok(Err(problems))) => (422, json!({ "applied": false, "problems": problems })),
+        Ok(Ok(ReloadOutcome::Refused(problems))) => {
+            (422, json!({ "applied": false, "problems": problems }))
+        }
+        Ok(Ok(ReloadOutcome::Partial(problems))) => {
+            (500, json!({ "applied": true, "problems": problems }))
+        }
         Ok(Err(_)) => (
             503,
             json!({ "applied": false, "problems": ["the reload was dropped (shutting down?)"] }),

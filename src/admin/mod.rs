@@ -21,7 +21,7 @@ use crate::server::Services;
 mod api;
 mod dashboard;
 
-pub use api::Control;
+pub use api::{Control, ReloadOutcome};
 
 const MAX_HEAD: usize = 8 * 1024;
 const TIMEOUT: Duration = Duration::from_secs(10);
