@@ -5,7 +5,11 @@
 #   1. single-stream CONNECT throughput: BYTES from a source server through each SOCKS server,
 #      against the same stream sent directly over loopback;
 #   2. short-connection rate: COUNT sessions, CONC at a time, each a SOCKS5 handshake + CONNECT
-#      + a 64-byte echo + close; failed sessions are counted.
+#      + a 64-byte echo + close; failed sessions are counted;
+#   3. idle tunnels: IDLE tunnels opened (each checked with an echo) and held idle for HOLD
+#      seconds: SOCKS5 through each server, and HTTP CONNECT through Gatehouse; the server's
+#      descriptors and memory (PSS, all its processes) per idle tunnel, then every tunnel
+#      checked again.
 # Each measurement runs RUNS times (servers interleaved); medians are printed as a markdown
 # table at the end; raw outputs land in bench/results/socks-<time>/.
 #
@@ -13,13 +17,20 @@
 # 127.0.0.1; every load is bounded in bytes or count (and in time); every process started here
 # is killed on exit.
 #
-# Knobs (environment): RUNS=3 BYTES=4294967296 COUNT=20000 CONC=50 NICE=0
+# Knobs (environment): RUNS=3 BYTES=4294967296 COUNT=20000 CONC=50 NICE=0 IDLE=5000 HOLD=10
+# SCENARIOS="throughput rate idle" (any subset, e.g. SCENARIOS=idle IDLE=200 for a quick check)
 set -euo pipefail
 
 RUNS=${RUNS:-3}
 BYTES=${BYTES:-4294967296}
 COUNT=${COUNT:-20000}
 CONC=${CONC:-50}
+IDLE=${IDLE:-5000}
+HOLD=${HOLD:-10}
+SCENARIOS=${SCENARIOS:-throughput rate idle}
+has() { [[ " $SCENARIOS " == *" $1 "* ]]; }
+# Idle tunnels need descriptors: the load client and the echo server hold one per tunnel.
+ulimit -n "$(ulimit -Hn)"
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
@@ -129,9 +140,11 @@ socks pass {
 }
 EOF
 start danted danted -f "$WORK/danted.conf" -N 1
+DANTE_PID=${PIDS[-1]}
 
 MICRO_PORT=$("$LG" free-port)
 start microsocks microsocks -i 127.0.0.1 -p "$MICRO_PORT"
+MICRO_PID=${PIDS[-1]}
 
 for port in "$GH_PORT" "$DANTE_PORT" "$MICRO_PORT"; do
     "$LG" wait-port --addr "127.0.0.1:$port" || die "nothing listening on $port (see $WORK)"
@@ -161,6 +174,7 @@ LOAD=$(cut -d' ' -f1-3 /proc/loadavg)
 # --- 1. throughput ---------------------------------------------------------------------------
 
 for run in $(seq "$RUNS"); do
+    has throughput || break
     for name in "${NAMES[@]}"; do
         log "throughput run $run/$RUNS: $name"
         # shellcheck disable=SC2046
@@ -173,6 +187,7 @@ done
 # --- 2. connection rate ----------------------------------------------------------------------
 
 for run in $(seq "$RUNS"); do
+    has rate || break
     for name in "${NAMES[@]}"; do
         log "connection rate run $run/$RUNS: $name"
         # shellcheck disable=SC2046
@@ -182,7 +197,113 @@ for run in $(seq "$RUNS"); do
     done
 done
 
+# --- 3. idle tunnels ------------------------------------------------------------------------
+
+# usage SID: "descriptors PSS_KiB" summed over every process of the server's session (Dante
+# forks helpers; PSS shares their common pages out instead of counting them once each).
+usage() {
+    local fds=0 pss=0 p n
+    for p in $(pgrep -s "$1"); do
+        n=$(find "/proc/$p/fd" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l) || n=0
+        fds=$((fds + n))
+        n=$(awk '/^Pss:/ { print $2 }' "/proc/$p/smaps_rollup" 2>/dev/null) || n=0
+        pss=$((pss + ${n:-0}))
+    done
+    echo "$fds $pss"
+}
+
+# idle_run NAME PROXY KIND SID: IDLE tunnels through PROXY, measured while held.
+idle_run() {
+    local name=$1 proxy=$2 kind=$3 sid=$4 f0 m0 f1 m1 lg i
+    read -r f0 m0 < <(usage "$sid")
+    log "idle tunnels: $name ($IDLE $kind tunnels, held ${HOLD}s)"
+    run_nice "$LG" idle-tunnels --proxy "$proxy" --kind "$kind" --target "$ECHO" --count "$IDLE" \
+        --concurrency "$CONC" --hold "$HOLD" >"$WORK/idle-$name.out" 2>&1 &
+    lg=$!
+    PIDS+=("$lg")
+    # Opening is bounded by loadgen (10 s per tunnel, CONC at a time); this wait by 20 min.
+    for i in $(seq 12000); do
+        grep -q '^ready' "$WORK/idle-$name.out" && break
+        kill -0 "$lg" 2>/dev/null || break
+        sleep 0.1
+    done
+    grep -q '^ready' "$WORK/idle-$name.out" || die "idle-tunnels through $name did not get ready (see $WORK)"
+    sleep 1
+    read -r f1 m1 < <(usage "$sid")
+    wait "$lg" || die "idle-tunnels through $name failed (see $WORK)"
+    echo "fds_before=$f0 fds_held=$f1 pss_before_kib=$m0 pss_held_kib=$m1" >>"$WORK/idle-$name.out"
+    cat "$WORK/idle-$name.out" >&2
+    # Let the server close the tunnels before the next run (bounded: 30 s).
+    for i in $(seq 300); do
+        read -r f1 m1 < <(usage "$sid")
+        [ "$f1" -le $((f0 + 16)) ] && break
+        sleep 0.1
+    done
+}
+
+# idle_row NAME LABEL: one table row from a run's output.
+idle_row() {
+    local out="$WORK/idle-$1.out" opened failed ok f0 f1 m0 m1
+    opened=$(sed -n 's/^opened=\([0-9]*\).*/\1/p' "$out")
+    failed=$(sed -n 's/^opened=[0-9]* failed=\([0-9]*\).*/\1/p' "$out")
+    ok=$(sed -n 's/^still_ok=\([0-9]*\).*/\1/p' "$out")
+    f0=$(field "$out" fds_before)
+    f1=$(field "$out" fds_held)
+    m0=$(field "$out" pss_before_kib)
+    m1=$(field "$out" pss_held_kib)
+    awk -v l="$2" -v o="$opened" -v fa="$failed" -v k="$ok" -v f0="$f0" -v f1="$f1" -v m0="$m0" -v m1="$m1" \
+        'BEGIN { n = (o > 0) ? o : 1; printf "| %s | %d | %d | %d | %.2f | %.2f |\n", l, o, fa, k, (f1 - f0) / n, (m1 - m0) / n }'
+}
+
+# idle_gatehouse KIND: a fresh Gatehouse with one listener of KIND (so no run reuses memory
+# another freed), listening on IDLE_PORT. Every client is 127.0.0.1: no per-client limit.
+# (Not run in $(...): start must add to PIDS in this shell.)
+idle_gatehouse() {
+    local port
+    port=$("$LG" free-port)
+    IDLE_PORT=$port
+    {
+        printf '[[listeners]]\nname = "idle"\nkind = "%s"\nlisten = "127.0.0.1:%s"\n' "$1" "$port"
+        printf 'max_connections = 100000\n'
+        [ "$1" = http ] && printf 'connect_ports = [%s]\n' "${ECHO##*:}"
+        printf '\n[limits.per_client]\nmax_connections = 0\n\n[access_log]\npath = "off"\n'
+        printf '\n[[policy.rules]]\nname = "bench-loopback"\naction = "allow"\ndest_addrs = ["127.0.0.0/8"]\n'
+    } >"$WORK/gatehouse-idle-$1.toml"
+    start "gatehouse-idle-$1" "$GATEHOUSE" --config "$WORK/gatehouse-idle-$1.toml"
+    "$LG" wait-port --addr "127.0.0.1:$port" || die "gatehouse-idle-$1 did not start (see $WORK)"
+}
+
+if has idle; then
+    idle_gatehouse socks
+    idle_run gatehouse-socks "127.0.0.1:$IDLE_PORT" socks "${PIDS[-1]}"
+    idle_gatehouse http
+    idle_run gatehouse-http "127.0.0.1:$IDLE_PORT" http "${PIDS[-1]}"
+    idle_run dante "127.0.0.1:$DANTE_PORT" socks "$DANTE_PID"
+    idle_run microsocks "127.0.0.1:$MICRO_PORT" socks "$MICRO_PID"
+fi
+
 # --- report ----------------------------------------------------------------------------------
+
+report_idle() {
+    echo
+    echo "Idle tunnels: IDLE=$IDLE, opened $CONC at a time, each checked with a 16-byte echo, held ${HOLD}s, checked again."
+    echo
+    echo "| server | opened | failed | still working after the hold | descriptors per tunnel | PSS KiB per tunnel |"
+    echo "| --- | ---: | ---: | ---: | ---: | ---: |"
+    idle_row gatehouse-socks "gatehouse (SOCKS5)"
+    idle_row gatehouse-http "gatehouse (HTTP CONNECT)"
+    idle_row dante "dante (SOCKS5)"
+    idle_row microsocks "microsocks (SOCKS5)"
+}
+
+if ! has throughput || ! has rate; then
+    {
+        echo "Machine: $(nproc) cores, $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1), Linux $(uname -r); $(date -u +%Y-%m-%d)."
+        echo "Settings: SCENARIOS=\"$SCENARIOS\" IDLE=$IDLE HOLD=$HOLD CONC=$CONC NICE=$NICE; load average before: $LOAD."
+        if has idle; then report_idle; fi
+    } | tee "$WORK/summary.out"
+    exit 0
+fi
 
 DIRECT=$(for r in $(seq "$RUNS"); do field "$WORK/tput-direct-$r.out" MiB_per_s; done | median)
 {
@@ -203,4 +324,5 @@ DIRECT=$(for r in $(seq "$RUNS"); do field "$WORK/tput-direct-$r.out" MiB_per_s;
     done
     echo
     echo "\"failed\" is the total over all runs. Direct rows: the same client straight to the source or echo server."
+    if has idle; then report_idle; fi
 } | tee "$WORK/summary.out"

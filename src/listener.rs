@@ -1,6 +1,7 @@
 //! Accept loops. Every listener kind goes through here: a cap on concurrent connections,
 //! a tracing span per connection, the shared shutdown, then the kind's own handler.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::config::{ListenerConfig, ListenerKind};
+use crate::fdlimit;
 use crate::http::proxy::HttpProxy;
 use crate::metrics::Metrics;
 use crate::server::Services;
@@ -68,6 +70,8 @@ pub fn spawn(
         }
     };
     tracing::info!(listener = %name, kind = cfg.kind.name(), %addr, "listening");
+    // Opened now, while descriptors are to be had.
+    std::sync::LazyLock::force(&fdlimit::RESERVE);
     let stop = svc.shutdown.child();
     let task = tokio::spawn(accept_loop(
         socket,
@@ -107,8 +111,13 @@ async fn accept_loop(
         let (stream, peer) = tokio::select! {
             r = socket.accept() => match r {
                 Ok(s) => s,
+                Err(e) if fdlimit::is_exhausted(&e) => {
+                    // Out of descriptors: answer the waiting client with the reserve one.
+                    refuse_exhausted(&socket, &name, matches!(handler, Handler::Http(_))).await;
+                    continue;
+                }
                 Err(e) => {
-                    // EMFILE and friends: back off instead of spinning; never exit.
+                    // Anything else: back off instead of spinning; never exit.
                     tracing::warn!(listener = %name, "accept failed: {e}");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
@@ -154,6 +163,78 @@ async fn accept_loop(
             }
         }
     }
+}
+
+/// How long a client accepted only to be refused may take to send its first bytes (the
+/// accept loop and the reserve descriptor wait meanwhile).
+const REFUSE_WAIT: Duration = Duration::from_millis(250);
+
+/// `accept` failed for want of descriptors: closes the reserve descriptor, accepts the client
+/// at the head of the backlog, answers it in its protocol (see [`fdlimit::refusal`]), closes
+/// it and reopens the reserve. Connections already accepted are not touched. Without a
+/// reserve (another listener holds it, or it could not be reopened) it backs off instead.
+async fn refuse_exhausted(socket: &TcpListener, name: &str, http: bool) {
+    static LAST_WARN: AtomicU64 = AtomicU64::new(0);
+    let reserve = &*fdlimit::RESERVE;
+    if reserve.release() {
+        // Poll once: the client that made accept fail is still queued; if it went, nothing.
+        let accepted = std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(match socket.poll_accept(cx) {
+                std::task::Poll::Ready(r) => Some(r),
+                std::task::Poll::Pending => None,
+            })
+        })
+        .await;
+        if let Some(Ok((stream, peer))) = accepted {
+            refuse(&stream, http).await;
+            drop(stream);
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            if LAST_WARN.swap(now, Ordering::Relaxed) != now {
+                tracing::warn!(listener = %name, %peer, "out of file descriptors: refusing new clients");
+            } else {
+                tracing::debug!(listener = %name, %peer, "out of file descriptors: refused");
+            }
+        }
+        if reserve.refill() {
+            return;
+        }
+        tracing::debug!(listener = %name, "reserve descriptor not reopened");
+    } else {
+        tracing::debug!(listener = %name, "reserve descriptor spent");
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+}
+
+/// Answers a refused client: its first bytes are awaited briefly (they tell its protocol),
+/// what it sent is read (so the close is a FIN, not a reset that could discard the answer),
+/// the refusal written, the side shut. A client silent for [`REFUSE_WAIT`] is just closed.
+async fn refuse(stream: &tokio::net::TcpStream, http: bool) {
+    let deadline = tokio::time::Instant::now() + REFUSE_WAIT;
+    let mut first = [0u8; 1024];
+    // Readiness can be spurious: read until bytes, EOF, an error or the deadline.
+    let n = loop {
+        match stream.try_read(&mut first) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            r => break r.unwrap_or(0),
+        }
+        if tokio::time::timeout_at(deadline, stream.readable())
+            .await
+            .is_err()
+        {
+            break 0;
+        }
+    };
+    for _ in 0..16 {
+        let mut rest = [0u8; 1024];
+        match stream.try_read(&mut rest) {
+            Ok(m) if m > 0 => {}
+            _ => break,
+        }
+    }
+    let _ = stream.try_write(fdlimit::refusal(http, &first[..n]));
+    let _ = socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Write);
 }
 
 /// Held for a connection's life: counts it open and holds its `max_connections` slot.

@@ -1,11 +1,12 @@
 //! The `gatehouse` binary: command line, logging, signals. Everything else is in the library.
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 use gatehouse::admin::ReloadOutcome;
 use gatehouse::config::{Config, ConfigError};
 use gatehouse::server::Server;
@@ -15,15 +16,124 @@ use tokio::signal::unix::{signal, SignalKind};
 const EXIT_CONFIG: u8 = 2;
 const EXIT_START: u8 = 3;
 
+/// Read when no `--config` is given and the file exists (the Debian package installs it).
+const DEFAULT_CONFIG_PATH: &str = "/etc/gatehouse/gatehouse.toml";
+
+/// What `--help` and the man page say about the process's interface, from one list each.
+const CONFIG_NOTE: &str = "Without --config, /etc/gatehouse/gatehouse.toml is read when it exists;
+otherwise the built-in safe default runs (HTTP proxy on 127.0.0.1:3128, SOCKS on
+127.0.0.1:1080, loopback only; `gatehouse default-config` prints it).";
+const SIGNALS: &[(&str, &str)] = &[
+    (
+        "SIGHUP",
+        "reload the config file (an invalid file is reported, the running config kept)",
+    ),
+    ("SIGUSR1", "reopen the access log file (for logrotate)"),
+    (
+        "SIGTERM",
+        "drain: stop accepting, let requests and tunnels finish (shutdown.drain_timeout)",
+    ),
+    (
+        "SIGINT",
+        "exit at once (so does a second SIGTERM during a drain)",
+    ),
+    ("SIGUSR2", "ignored"),
+];
+const EXIT_CODES: &[(&str, &str)] = &[
+    ("0", "clean exit (check: the file is valid)"),
+    (
+        "2",
+        "bad config, or a start-up check failed (each problem listed with its key and line)",
+    ),
+    (
+        "3",
+        "start-up failure past those checks (address in use, ...)",
+    ),
+];
+const ENVIRONMENT: &[(&str, &str)] = &[
+    ("GATEHOUSE_LOG", "tracing filter for the operational log on stderr (default info; e.g. debug, gatehouse::connector=debug)"),
+    ("NOTIFY_SOCKET", "set by systemd for Type=notify: READY=1, RELOADING=1 and STOPPING=1 are sent there"),
+];
+
+/// The end of `--help`.
+fn help_footer() -> String {
+    let mut out = format!("Configuration:\n  {}\n", CONFIG_NOTE.replace('\n', "\n  "));
+    for (title, rows) in [
+        ("Signals", SIGNALS),
+        ("Exit codes", EXIT_CODES),
+        ("Environment", ENVIRONMENT),
+    ] {
+        out.push_str(&format!("\n{title}:\n"));
+        for (name, text) in rows {
+            out.push_str(&format!("  {name:<14} {text}\n"));
+        }
+    }
+    out
+}
+
+/// The man page: clap_mangen's sections from the command line, then FILES, SIGNALS, EXIT
+/// STATUS and ENVIRONMENT from the lists above.
+fn render_man(cmd: &clap::Command, w: &mut dyn std::io::Write) -> std::io::Result<()> {
+    let man = clap_mangen::Man::new(cmd.clone());
+    man.render_title(w)?;
+    man.render_name_section(w)?;
+    man.render_synopsis_section(w)?;
+    man.render_description_section(w)?;
+    man.render_options_section(w)?;
+    man.render_subcommands_section(w)?;
+    let esc = |t: &str| t.replace('\\', "\\e").replace('-', "\\-");
+    writeln!(
+        w,
+        ".SH FILES\n.TP\n{}\n{}",
+        esc(DEFAULT_CONFIG_PATH),
+        esc(CONFIG_NOTE)
+    )?;
+    for (title, rows) in [
+        ("SIGNALS", SIGNALS),
+        ("EXIT STATUS", EXIT_CODES),
+        ("ENVIRONMENT", ENVIRONMENT),
+    ] {
+        writeln!(w, ".SH {title}")?;
+        for (name, text) in rows {
+            writeln!(w, ".TP\n\\fB{}\\fR\n{}", esc(name), esc(text))?;
+        }
+    }
+    writeln!(
+        w,
+        ".SH SEE ALSO\nThe README and docs/ of the source tree; /usr/share/doc/gatehouse/."
+    )?;
+    man.render_version_section(w)
+}
+
+/// `gatehouse man [DIR]`: the main page to stdout, or every page (gatehouse.1 and one per
+/// subcommand) into DIR.
+fn man(dir: Option<&std::path::Path>) -> std::io::Result<()> {
+    let mut cmd = Cli::command().disable_help_subcommand(true);
+    cmd.build();
+    let Some(dir) = dir else {
+        let mut out = std::io::stdout().lock();
+        render_man(&cmd, &mut out)?;
+        return out.flush();
+    };
+    let mut main_page = std::fs::File::create(dir.join("gatehouse.1"))?;
+    render_man(&cmd, &mut main_page)?;
+    for sub in cmd.get_subcommands() {
+        clap_mangen::Man::new(sub.clone()).generate_to(dir)?;
+    }
+    Ok(())
+}
+
 #[derive(Parser)]
 #[command(
     name = "gatehouse",
     version,
-    about = "One proxy server for every job: HTTP forward proxy and CONNECT, SOCKS, reverse proxy"
+    about = "One proxy server for every job: HTTP forward proxy and CONNECT, SOCKS, reverse proxy",
+    after_help = help_footer()
 )]
 struct Cli {
-    /// Configuration file (TOML). Without it, the built-in safe default runs on loopback.
-    #[arg(short, long, global = true)]
+    /// Configuration file (TOML). Default: /etc/gatehouse/gatehouse.toml when it exists,
+    /// otherwise the built-in safe default on loopback.
+    #[arg(short, long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
@@ -31,8 +141,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Check a configuration file and report every problem in it.
-    Check,
+    /// Check a configuration file and report every problem in it (exit 0 valid, 2 not).
+    Check {
+        /// The file to check (the same as --config FILE).
+        #[arg(value_name = "FILE")]
+        file: Option<PathBuf>,
+    },
     /// Print the built-in default configuration.
     DefaultConfig,
     /// Hash a password (read from standard input) into a users-file entry. With --file, the
@@ -50,10 +164,61 @@ enum Command {
         #[arg(long)]
         file: Option<PathBuf>,
     },
+    /// Print the man page (roff, section 1) generated from this command line; with DIR,
+    /// write it and one page per subcommand there.
+    Man {
+        /// Directory to write gatehouse.1 and gatehouse-<command>.1 into.
+        #[arg(value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+    /// Print a shell completion script.
+    Completions {
+        /// bash, elvish, fish, powershell or zsh.
+        shell: clap_complete::Shell,
+    },
+}
+
+/// Which config file to read: the one named, else the default path when it exists, else none
+/// (the built-in default).
+fn choose_config(named: Option<PathBuf>, default_exists: bool) -> Option<PathBuf> {
+    named.or_else(|| default_exists.then(|| PathBuf::from(DEFAULT_CONFIG_PATH)))
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    match &cli.command {
+        Some(Command::Man { dir }) => {
+            return match man(dir.as_deref()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("gatehouse man: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Some(Command::Completions { shell }) => {
+            clap_complete::generate(
+                *shell,
+                &mut Cli::command(),
+                "gatehouse",
+                &mut std::io::stdout(),
+            );
+            return ExitCode::SUCCESS;
+        }
+        _ => {}
+    }
+    // `check FILE` is `check --config FILE`.
+    if let Some(Command::Check { file: Some(file) }) = &cli.command {
+        if cli.config.as_ref().is_some_and(|c| c != file) {
+            eprintln!("gatehouse check: give the file once (FILE or --config), not both");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+        cli.config = Some(file.clone());
+    }
+    cli.config = choose_config(
+        cli.config.take(),
+        std::path::Path::new(DEFAULT_CONFIG_PATH).exists(),
+    );
     if let Some(Command::Passwd {
         user,
         groups,
@@ -85,13 +250,15 @@ fn main() -> ExitCode {
         .map(|p| p.display().to_string())
         .unwrap_or_else(|| "<built-in default>".into());
     match cli.command {
-        Some(Command::Passwd { .. }) => ExitCode::SUCCESS,
+        Some(Command::Passwd { .. } | Command::Man { .. } | Command::Completions { .. }) => {
+            ExitCode::SUCCESS
+        }
         Some(Command::DefaultConfig) => {
             print!("{}", gatehouse::config::DEFAULT_CONFIG.trim_start());
             ExitCode::SUCCESS
         }
         // `check` runs every start-up check short of binding: the same function the start uses.
-        Some(Command::Check) => match Config::parse(&text).and_then(|c| {
+        Some(Command::Check { .. }) => match Config::parse(&text).and_then(|c| {
             let p = gatehouse::startup::prepare(&c)?;
             Ok((c, p))
         }) {
@@ -100,6 +267,9 @@ fn main() -> ExitCode {
                     eprintln!("gatehouse: {source}: warning: {w}");
                 }
                 println!("{source}: ok ({} listener(s))", c.listeners.len());
+                if let Some(w) = fd_warning(&c) {
+                    eprintln!("gatehouse: {source}: warning: {w}");
+                }
                 ExitCode::SUCCESS
             }
             Err(errs) => {
@@ -127,6 +297,9 @@ fn main() -> ExitCode {
                 tracing::warn!("{source}: {w}");
             }
             raise_fd_limit();
+            if let Some(w) = fd_warning(&config) {
+                tracing::warn!("{w}");
+            }
             let rt = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
@@ -224,6 +397,13 @@ fn raise_fd_limit() {
     }
 }
 
+/// Whether the listeners' `max_connections` fit in the hard open-files limit (the one the
+/// server raises its soft limit to).
+fn fd_warning(config: &Config) -> Option<String> {
+    let hard = gatehouse::fdlimit::nofile_hard()?;
+    gatehouse::fdlimit::fit(config.listeners.iter().map(|l| l.max_connections), hard)
+}
+
 /// Re-reads the config file; a valid one replaces the running config, an invalid one is
 /// reported and changes nothing. The outcome is for the admin API.
 async fn reload(server: &mut Server, path: Option<&std::path::Path>) -> ReloadOutcome {
@@ -289,6 +469,26 @@ async fn next_control(
     }
 }
 
+/// Tells the service manager (systemd, `Type=notify`) a state change; without
+/// `NOTIFY_SOCKET` this does nothing.
+fn notify(states: &[sd_notify::NotifyState]) {
+    if let Err(e) = sd_notify::notify(states) {
+        tracing::warn!("sd_notify: {e}");
+    }
+}
+
+/// A reload (SIGHUP or the admin API) with the service manager told around it.
+async fn notified_reload(server: &mut Server, path: Option<&std::path::Path>) -> ReloadOutcome {
+    // systemd (>= 253) wants the monotonic time with RELOADING=1.
+    match sd_notify::NotifyState::monotonic_usec_now() {
+        Ok(now) => notify(&[sd_notify::NotifyState::Reloading, now]),
+        Err(_) => notify(&[sd_notify::NotifyState::Reloading]),
+    }
+    let outcome = reload(server, path).await;
+    notify(&[sd_notify::NotifyState::Ready]);
+    outcome
+}
+
 async fn run(
     config: Config,
     prepared: gatehouse::startup::Prepared,
@@ -308,6 +508,7 @@ async fn run(
         tracing::info!(listener = "admin", %addr, "ready");
     }
     tracing::info!("all listeners ready");
+    notify(&[sd_notify::NotifyState::Ready]);
 
     // SIGHUP: reload. SIGUSR1: reopen the access log file (after logrotate moved it).
     // SIGUSR2: ignored. SIGTERM: graceful drain. SIGINT: exit at once. A second signal during
@@ -316,12 +517,12 @@ async fn run(
     loop {
         tokio::select! {
             _ = hup.recv() => {
-                let _ = reload(&mut server, path.as_deref()).await;
+                let _ = notified_reload(&mut server, path.as_deref()).await;
             }
             c = next_control(&mut control) => match c {
                 gatehouse::admin::Control::Reload(reply) => {
                     tracing::info!("admin API: reload");
-                    let _ = reply.send(reload(&mut server, path.as_deref()).await);
+                    let _ = reply.send(notified_reload(&mut server, path.as_deref()).await);
                 }
                 gatehouse::admin::Control::Drain => {
                     tracing::info!("admin API: drain");
@@ -335,11 +536,13 @@ async fn run(
             _ = usr2.recv() => tracing::info!("SIGUSR2: ignored"),
             _ = term.recv() => break,
             _ = int.recv() => {
+                notify(&[sd_notify::NotifyState::Stopping]);
                 tracing::info!("SIGINT: exiting now");
                 return Ok(());
             }
         }
     }
+    notify(&[sd_notify::NotifyState::Stopping]);
     let shutdown = &server.services.shutdown;
     tracing::info!(
         in_flight = shutdown.in_flight(),
@@ -355,4 +558,29 @@ async fn run(
         _ = int.recv() => tracing::warn!("SIGINT; exiting now"),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn named_config_wins_then_default_path_then_built_in() {
+        let named = PathBuf::from("x.toml");
+        assert_eq!(
+            choose_config(Some(named.clone()), true),
+            Some(named.clone())
+        );
+        assert_eq!(choose_config(Some(named.clone()), false), Some(named));
+        assert_eq!(
+            choose_config(None, true),
+            Some(PathBuf::from("/etc/gatehouse/gatehouse.toml"))
+        );
+        assert_eq!(choose_config(None, false), None);
+    }
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
 }

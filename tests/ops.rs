@@ -140,7 +140,8 @@ fn check_warns_about_a_world_readable_token_file() {
     std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).expect("chmod");
     let (code, _, err) = run_with(dir.path(), &["check"], &text);
     assert_eq!(code, Some(0), "{err}");
-    assert!(!err.contains("warning"), "{err}");
+    // Other warnings (e.g. the open-files fit) may stand; none about the token file.
+    assert!(!err.contains("token_file"), "{err}");
     std::fs::remove_file(&token).expect("rm");
     let (code, _, err) = run_with(dir.path(), &["check"], &text);
     assert_eq!(code, Some(2), "{err}");
@@ -401,31 +402,6 @@ async fn promtool_accepts_the_metrics() {
     );
 }
 
-/// UDP ASSOCIATE over a fresh control connection: (control, relay address).
-async fn associate(proxy: SocketAddr) -> (tokio::net::TcpStream, SocketAddr) {
-    let mut control = socks5_open(proxy).await;
-    control
-        .write_all(&socks5_request(3, "0.0.0.0:0".parse().expect("addr")))
-        .await
-        .expect("UDP ASSOCIATE");
-    let (rep, relay) = socks5_reply(&mut control).await;
-    assert_eq!(rep, 0);
-    (control, relay)
-}
-
-fn datagram(target: SocketAddr, payload: &[u8]) -> Vec<u8> {
-    let SocketAddr::V4(a) = target else {
-        panic!("v4")
-    };
-    [
-        &[0, 0, 0, 1][..],
-        &a.ip().octets(),
-        &a.port().to_be_bytes(),
-        payload,
-    ]
-    .concat()
-}
-
 async fn recv_payload(sock: &UdpSocket) -> Vec<u8> {
     let mut buf = vec![0u8; 65536];
     let n = tokio::time::timeout(Duration::from_secs(10), sock.recv(&mut buf))
@@ -440,13 +416,13 @@ async fn recv_payload(sock: &UdpSocket) -> Vec<u8> {
 /// the client gets, up to and including the peer's.
 async fn replies_seen(filter: &str) -> Vec<Vec<u8>> {
     let gh = Gatehouse::start(&socks_listener("s", filter));
-    let (_control, relay) = associate(gh.addr("s")).await;
+    let (_control, relay) = socks5_associate(gh.addr("s")).await;
     let client = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
     client.connect(relay).await.expect("connect");
     let peer = UdpSocket::bind("127.0.0.1:0").await.expect("bind peer");
     let peer_addr = peer.local_addr().expect("addr");
     client
-        .send(&datagram(peer_addr, b"hello"))
+        .send(&socks5_datagram(peer_addr, b"hello"))
         .await
         .expect("send");
     let mut buf = [0u8; 64];
@@ -490,7 +466,7 @@ async fn udp_association_caches_name_lookups() {
     // TTL 0: the resolver's own cache keeps nothing, so every lookup reaches this server.
     let dns = Dns::start(&[("echo.test", "127.0.0.1".parse().expect("ip"))], 0).await;
     let gh = Gatehouse::start(&format!("{}{}", socks_listener("s", ""), dns.config()));
-    let (_control, relay) = associate(gh.addr("s")).await;
+    let (_control, relay) = socks5_associate(gh.addr("s")).await;
     let client = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
     client.connect(relay).await.expect("connect");
     let to_name = |payload: &[u8]| {

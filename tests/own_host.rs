@@ -197,19 +197,6 @@ async fn socks4_connect(proxy: SocketAddr, ip: [u8; 4], port: u16, name: Option<
     r[1]
 }
 
-fn udp_datagram(target: SocketAddr, payload: &[u8]) -> Vec<u8> {
-    let SocketAddr::V4(a) = target else {
-        panic!("v4")
-    };
-    [
-        &[0, 0, 0, 1][..],
-        &a.ip().octets(),
-        &a.port().to_be_bytes(),
-        payload,
-    ]
-    .concat()
-}
-
 #[tokio::test]
 async fn every_door_refuses_a_service_on_the_hosts_own_address() {
     if !inside_private_netns("every_door_refuses_a_service_on_the_hosts_own_address") {
@@ -279,13 +266,7 @@ async fn every_door_refuses_a_service_on_the_hosts_own_address() {
     // SOCKS5 UDP ASSOCIATE: the datagram to the own address is dropped, the one to loopback
     // (sent after it on the same association) comes back.
     let echo = UdpEcho::start("0.0.0.0:0").await;
-    let mut control = socks5_open(socks).await;
-    control
-        .write_all(&socks5_request(3, "0.0.0.0:0".parse().expect("addr")))
-        .await
-        .expect("UDP ASSOCIATE");
-    let (rep, relay) = socks5_reply(&mut control).await;
-    assert_eq!(rep, 0);
+    let (_control, relay) = socks5_associate(socks).await;
     let client = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
     client
         .connect(("127.0.0.1", relay.port()))
@@ -293,10 +274,10 @@ async fn every_door_refuses_a_service_on_the_hosts_own_address() {
         .expect("connect to the relay");
     let own_udp = SocketAddr::new(OWN.parse().expect("ip"), echo.addr.port());
     let lo_udp = SocketAddr::from(([127, 0, 0, 1], echo.addr.port()));
-    let dropped = udp_datagram(own_udp, b"to the own address");
+    let dropped = socks5_datagram(own_udp, b"to the own address");
     client.send(&dropped).await.expect("send");
     client
-        .send(&udp_datagram(lo_udp, b"control"))
+        .send(&socks5_datagram(lo_udp, b"control"))
         .await
         .expect("send");
     let mut buf = vec![0u8; 65536];

@@ -122,18 +122,6 @@ async fn socks4_bind() {
     assert_eq!(&b, b"ok");
 }
 
-/// UDP ASSOCIATE over a fresh control connection: (control, relay address).
-async fn associate(proxy: SocketAddr) -> (TcpStream, SocketAddr) {
-    let mut control = socks5_open(proxy).await;
-    control
-        .write_all(&socks5_request(3, "0.0.0.0:0".parse().expect("addr")))
-        .await
-        .expect("UDP ASSOCIATE");
-    let (rep, relay) = socks5_reply(&mut control).await;
-    assert_eq!(rep, 0);
-    (control, relay)
-}
-
 fn datagram(frag: u8, target: &[u8], payload: &[u8]) -> Vec<u8> {
     [&[0, 0, frag][..], target, payload].concat()
 }
@@ -160,7 +148,7 @@ async fn udp_associate_ipv4_and_name_targets() {
         "{}[dns.hosts]\n\"echo.test\" = \"127.0.0.1\"\n",
         socks_listener("s", "")
     ));
-    let (mut control, relay) = associate(gh.addr("s")).await;
+    let (mut control, relay) = socks5_associate(gh.addr("s")).await;
     let client = UdpSocket::bind(LOOPBACK).await.expect("bind");
     client.connect(relay).await.expect("connect");
 
@@ -194,7 +182,7 @@ async fn udp_associate_ipv4_and_name_targets() {
 async fn udp_drops_foreign_senders_and_fragments() {
     let echo = UdpEcho::start(LOOPBACK).await;
     let gh = Gatehouse::start(&socks_listener("s", ""));
-    let (_control, relay) = associate(gh.addr("s")).await;
+    let (_control, relay) = socks5_associate(gh.addr("s")).await;
     let client = UdpSocket::bind(LOOPBACK).await.expect("bind");
     client.connect(relay).await.expect("connect");
     client
@@ -231,7 +219,7 @@ async fn udp_drops_foreign_senders_and_fragments() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn udp_association_idles_out_and_closes_control() {
     let gh = Gatehouse::start(&socks_listener("s", "udp_idle_timeout = \"300ms\""));
-    let (mut control, _relay) = associate(gh.addr("s")).await;
+    let (mut control, _relay) = socks5_associate(gh.addr("s")).await;
     assert!(read_to_close(&mut control).await.is_empty());
     assert!(gh.wait_log("SOCKS5-UDP").contains("udp_idle_timeout"));
 }

@@ -365,13 +365,7 @@ hosts = ["blocked.test"]
         denied_port = denied.addr.port(),
     );
     let gh = Gatehouse::start(&cfg);
-    let mut control = socks5_open(gh.addr("s")).await;
-    control
-        .write_all(&socks5_request(3, "0.0.0.0:0".parse().expect("addr")))
-        .await
-        .expect("UDP ASSOCIATE");
-    let (rep, relay) = socks5_reply(&mut control).await;
-    assert_eq!(rep, 0);
+    let (mut control, relay) = socks5_associate(gh.addr("s")).await;
     let client = UdpSocket::bind(LOOPBACK).await.expect("bind");
     client.connect(relay).await.expect("connect");
     let header = |target: &[u8]| [&[0, 0, 0][..], target].concat();

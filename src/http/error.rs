@@ -59,6 +59,10 @@ impl From<ConnectError> for ProxyError {
             ConnectError::Unreachable { .. } => {
                 ProxyError::new(502, "destination_ip_unroutable", detail)
             }
+            // Out of descriptors is this proxy's trouble, and passing: try again later.
+            ConnectError::Io { source, .. } if crate::fdlimit::is_exhausted(&source) => {
+                ProxyError::new(503, "proxy_internal_error", detail)
+            }
             ConnectError::Io { .. } => ProxyError::new(502, "proxy_internal_error", detail),
         }
     }
@@ -85,6 +89,21 @@ fn sf_string(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn out_of_descriptors_at_connect_is_503() {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 80));
+        let e = ProxyError::from(ConnectError::Io {
+            addr,
+            source: std::io::Error::from_raw_os_error(24),
+        });
+        assert_eq!(e.status, 503);
+        let e = ProxyError::from(ConnectError::Io {
+            addr,
+            source: std::io::Error::other("x"),
+        });
+        assert_eq!(e.status, 502);
+    }
 
     #[test]
     fn proxy_status_format() {

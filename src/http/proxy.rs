@@ -202,7 +202,8 @@ impl HttpProxy {
         let mut keep = if head.method == "CONNECT" {
             self.tunnel(client, head, &mut ex).await
         } else {
-            self.forward(client, head, &mut ex).await
+            // Boxed: a tunnel's task then holds no forward-request state while it idles.
+            Box::pin(self.forward(client, head, &mut ex)).await
         };
         // Answered without reading the body: discard it, so it is never read as the next
         // request, or close.

@@ -72,18 +72,19 @@ impl HttpProxy {
             self.send_error(client, &err, !keep, ex).await;
             return keep;
         }
-        let via = match self
-            .authorize(
-                &policy,
-                client,
-                &head,
-                &host,
-                port,
-                Protocol::Connect,
-                !keep,
-                ex,
-            )
-            .await
+        // The steps before the relay are boxed: their state is freed once they are done, so
+        // an idle tunnel holds only the relay.
+        let via = match Box::pin(self.authorize(
+            &policy,
+            client,
+            &head,
+            &host,
+            port,
+            Protocol::Connect,
+            !keep,
+            ex,
+        ))
+        .await
         {
             Access::Answered(keep) => return keep,
             Access::Direct { addrs, .. } => Via::Direct(addrs),
@@ -95,16 +96,15 @@ impl HttpProxy {
             port,
             path: String::new(),
         };
-        let (mut upstream, leftover) = match self
-            .open_upstream(&policy, &target, &via, Mode::Tunnel, ex)
-            .await
-        {
-            Ok(up) => up,
-            Err(err) => {
-                self.send_error(client, &err, !keep, ex).await;
-                return keep;
-            }
-        };
+        drop(head);
+        let (mut upstream, leftover) =
+            match Box::pin(self.open_upstream(&policy, &target, &via, Mode::Tunnel, ex)).await {
+                Ok(up) => up,
+                Err(err) => {
+                    self.send_error(client, &err, !keep, ex).await;
+                    return keep;
+                }
+            };
         let established = b"HTTP/1.1 200 Connection established\r\n\r\n";
         if body::write_all(&mut client.stream, established, self.cfg.read_timeout)
             .await
@@ -133,8 +133,9 @@ impl HttpProxy {
                 return false;
             }
             ex.bytes_in += client.buf.len() as u64;
-            client.buf.clear();
         }
+        // An idle tunnel holds no buffer: the head's buffer is freed, not just emptied.
+        client.buf = bytes::BytesMut::new();
         let (end, stats) = self.tunnel_relay(client, &mut upstream, ex).await;
         ex.bytes_in += stats.a_to_b;
         ex.bytes_out += stats.b_to_a;
@@ -263,7 +264,6 @@ impl HttpProxy {
                 return false;
             }
             ex.bytes_in += client.buf.len() as u64;
-            client.buf.clear();
         }
         if !up.buf.is_empty() {
             if body::write_all(&mut client.stream, &up.buf, t)
@@ -273,8 +273,9 @@ impl HttpProxy {
                 return false;
             }
             ex.bytes_out += up.buf.len() as u64;
-            up.buf.clear();
         }
+        client.buf = bytes::BytesMut::new();
+        up.buf = bytes::BytesMut::new();
         let (end, stats) = self.tunnel_relay(client, &mut up.stream, ex).await;
         ex.bytes_in += stats.a_to_b;
         ex.bytes_out += stats.b_to_a;

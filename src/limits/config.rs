@@ -29,13 +29,14 @@ impl LimitsConfig {
     }
 }
 
-/// Reads `[limits]` (an absent section gives [`LimitsConfig::default`]: no limits).
+/// Reads `[limits]` (an absent section gives [`LimitsConfig::default`]: only the per-client
+/// connection default).
 ///
 /// ```toml
 /// [limits]
 /// max_tracked = 65536
 /// [limits.per_client]
-/// max_connections = 64
+/// max_connections = 64       # default 1000; 0: no limit
 /// connections_per_second = 20
 /// requests_per_second = 100
 /// bandwidth_up = "1MiB"      # bytes per second; "1MiB/s" is accepted too
@@ -45,8 +46,11 @@ impl LimitsConfig {
 /// ```
 pub(crate) fn read_limits(s: &Section<'_>) -> LimitsConfig {
     let max_tracked = s.uint("max_tracked", DEFAULT_MAX_TRACKED as u64, 16, 1 << 24) as usize;
-    let per_client = read_set(&s.table("per_client"));
-    let per_user = read_set(&s.table("per_user"));
+    let per_client = read_set(
+        &s.table("per_client"),
+        Some(super::DEFAULT_PER_CLIENT_CONNECTIONS),
+    );
+    let per_user = read_set(&s.table("per_user"), None);
     s.finish();
     LimitsConfig {
         per_client,
@@ -55,11 +59,17 @@ pub(crate) fn read_limits(s: &Section<'_>) -> LimitsConfig {
     }
 }
 
-fn read_set(s: &Section<'_>) -> LimitSet {
+/// One scope's limits; `max_connections` is `default` when absent, and 0 turns it off.
+fn read_set(s: &Section<'_>, default: Option<u32>) -> LimitSet {
     let set = LimitSet {
-        max_connections: s
-            .has("max_connections")
-            .then(|| s.uint("max_connections", 1, 1, 1 << 24) as u32),
+        max_connections: if s.has("max_connections") {
+            match s.uint("max_connections", 0, 0, 1 << 24) as u32 {
+                0 => None,
+                n => Some(n),
+            }
+        } else {
+            default
+        },
         connections_per_second: rate(s, "connections_per_second"),
         requests_per_second: rate(s, "requests_per_second"),
         bandwidth_up: bandwidth(s, "bandwidth_up"),
@@ -114,10 +124,24 @@ mod tests {
     }
 
     #[test]
-    fn absent_means_unlimited() {
+    fn absent_means_only_the_per_client_connection_default() {
         let (cfg, errs) = parse("");
         assert!(errs.is_empty(), "{errs:?}");
         assert_eq!(cfg, LimitsConfig::default());
+        assert_eq!(cfg.per_client.max_connections, Some(1000));
+        assert_eq!(cfg.per_user, LimitSet::default());
+        let (cfg, _) = parse("[limits]\n[limits.per_client]\nrequests_per_second = 5\n");
+        assert_eq!(cfg.per_client.max_connections, Some(1000));
+    }
+
+    #[test]
+    fn zero_turns_the_connection_limit_off() {
+        let (cfg, errs) = parse(
+            "[limits.per_client]\nmax_connections = 0\n[limits.per_user]\nmax_connections = 0\n",
+        );
+        assert!(errs.is_empty(), "{errs:?}");
+        assert_eq!(cfg.per_client.max_connections, None);
+        assert_eq!(cfg.per_user.max_connections, None);
     }
 
     #[test]
@@ -159,7 +183,7 @@ bandwidth_down = 65536
 [limits]
 max_tracked = 1
 [limits.per_client]
-max_connections = 0
+max_connections = 1.5
 connections_per_second = 0
 requests_per_second = "lots"
 bandwidth_up = "12"

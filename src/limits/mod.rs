@@ -50,7 +50,8 @@ pub struct LimitSet {
     pub bandwidth_down: Option<u64>,
 }
 
-/// The `[limits]` section. `Default` (absent section): nothing is limited.
+/// The `[limits]` section. `Default` (absent section): nothing is limited but concurrent
+/// connections per client address ([`DEFAULT_PER_CLIENT_CONNECTIONS`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LimitsConfig {
     pub per_client: LimitSet,
@@ -61,10 +62,20 @@ pub struct LimitsConfig {
 
 pub const DEFAULT_MAX_TRACKED: usize = 65_536;
 
+/// Concurrent connections one client address may hold when `[limits]` does not say (0 there
+/// turns the limit off). High enough for an office of a few hundred people behind one NAT
+/// address (browsers keep 6-10 connections per busy host), low enough that one address
+/// cannot take a listener's 10,000 default slots.
+pub const DEFAULT_PER_CLIENT_CONNECTIONS: u32 = 1_000;
+
 impl Default for LimitsConfig {
+    /// An absent `[limits]` section: only the per-client connection default.
     fn default() -> Self {
         LimitsConfig {
-            per_client: LimitSet::default(),
+            per_client: LimitSet {
+                max_connections: Some(DEFAULT_PER_CLIENT_CONNECTIONS),
+                ..LimitSet::default()
+            },
             per_user: LimitSet::default(),
             max_tracked: DEFAULT_MAX_TRACKED,
         }

@@ -124,7 +124,10 @@ impl SocksServer {
                 match tokio::time::timeout(self.cfg.handshake_timeout, acceptor.accept(stream))
                     .await
                 {
-                    Ok(Ok(tls)) => self.session(Client::new(tls, peer, local), &mut s).await,
+                    // Boxed: a TLS session is larger, and rarer, than a plain one.
+                    Ok(Ok(tls)) => {
+                        Box::pin(self.session(Client::new(tls, peer, local), &mut s)).await
+                    }
                     Ok(Err(e)) => {
                         tracing::debug!(%peer, "TLS handshake failed: {e}");
                         s.error = Some("tls_error");
@@ -146,7 +149,9 @@ impl SocksServer {
         S: AsyncRead + AsyncWrite + PlainTcp + Unpin + Send,
     {
         let handshake = tokio::select! {
-            r = tokio::time::timeout(self.cfg.handshake_timeout, self.handshake(&mut c, s)) => {
+            // Each step before the relay is boxed, so its state is freed when it is done and
+            // an idle relay's task holds only the relay (see the README on idle tunnels).
+            r = tokio::time::timeout(self.cfg.handshake_timeout, Box::pin(self.handshake(&mut c, s))) => {
                 r.unwrap_or(Err(SocksError::HandshakeTimeout))
             }
             _ = self.svc.shutdown.draining() => Err(SocksError::Draining),
@@ -154,7 +159,7 @@ impl SocksServer {
         let result = match handshake {
             Ok(req) => {
                 s.request = Some(req.clone());
-                match self.admit(s, &req).await {
+                match Box::pin(self.admit(s, &req)).await {
                     Ok(admitted) => self.dispatch(&mut c, s, &req, admitted).await,
                     Err(e) => Err(e),
                 }
@@ -297,8 +302,8 @@ impl SocksServer {
     {
         match admitted {
             Admitted::Connect(allowed) => self.connect(c, s, &req.target, allowed).await,
-            Admitted::Bind(expected) => bind::run(self, c, s, req, expected).await,
-            Admitted::Udp => udp::run(self, c, s, req).await,
+            Admitted::Bind(expected) => Box::pin(bind::run(self, c, s, req, expected)).await,
+            Admitted::Udp => Box::pin(udp::run(self, c, s, req)).await,
         }
     }
 
@@ -313,7 +318,28 @@ impl SocksServer {
     where
         S: AsyncRead + AsyncWrite + PlainTcp + Unpin,
     {
-        let (stream, leftover) = match allowed {
+        let (stream, leftover) = Box::pin(self.open(s, target, allowed)).await?;
+        s.upstream = Some(stream.peer_addr()?);
+        let bound = stream.local_addr()?;
+        c.reply(Reply::Succeeded, bound).await?;
+        c.stage = Stage::Silent;
+        // The destination's first bytes, read by the parent handshake past its answer.
+        if let Some(first) = leftover.filter(|b| !b.is_empty()) {
+            c.send(&first).await?;
+        }
+        self.relay(c, s, stream).await;
+        Ok(())
+    }
+
+    /// The upstream of a CONNECT: the checked addresses, or the route's parents. Returns the
+    /// stream and, through parents, the bytes read past their handshake.
+    async fn open(
+        &self,
+        s: &mut Session,
+        target: &Target,
+        allowed: Allowed,
+    ) -> Result<(TcpStream, Option<bytes::BytesMut>), SocksError> {
+        Ok(match allowed {
             Allowed::Direct(addrs) => {
                 let up = self
                     .svc
@@ -345,17 +371,7 @@ impl SocksServer {
                 tracing::debug!(target = %target, route = routed.used.name(), "SOCKS CONNECT routed");
                 (routed.stream, Some(routed.leftover))
             }
-        };
-        s.upstream = Some(stream.peer_addr()?);
-        let bound = stream.local_addr()?;
-        c.reply(Reply::Succeeded, bound).await?;
-        c.stage = Stage::Silent;
-        // The destination's first bytes, read by the parent handshake past its answer.
-        if let Some(first) = leftover.filter(|b| !b.is_empty()) {
-            c.send(&first).await?;
-        }
-        self.relay(c, s, stream).await;
-        Ok(())
+        })
     }
 
     /// The established stream (CONNECT upstream or BIND peer) joined to the client: spliced
@@ -371,8 +387,9 @@ impl SocksServer {
                 return;
             }
             s.relayed_in += c.buf.len() as u64;
-            c.buf.clear();
         }
+        // An idle relay holds no buffer: the handshake's buffer is freed, not just emptied.
+        c.buf = bytes::BytesMut::new();
         let idle = self.cfg.idle_timeout;
         let user = s.request.as_ref().and_then(|r| r.logged_in());
         let t = self.svc.limits.throttles(c.peer.ip(), user);

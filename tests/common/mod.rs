@@ -38,6 +38,16 @@ impl Gatehouse {
     }
 
     pub fn try_start(config: &str) -> Result<Gatehouse, String> {
+        Self::try_start_with(config, None)
+    }
+
+    /// Starts gatehouse with its open-files limit (soft and hard) set to `nofile`.
+    pub fn start_with_nofile(config: &str, nofile: u32) -> Gatehouse {
+        Self::try_start_with(config, Some(nofile))
+            .unwrap_or_else(|e| panic!("gatehouse did not start: {e}"))
+    }
+
+    fn try_start_with(config: &str, nofile: Option<u32>) -> Result<Gatehouse, String> {
         // Test origins live on loopback, which the safe-by-default guard refuses: unless a
         // test brings its own [policy], allow loopback destinations explicitly.
         let config = if config.contains("[policy") {
@@ -48,7 +58,16 @@ impl Gatehouse {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let path = dir.path().join("gatehouse.toml");
         std::fs::write(&path, &config).map_err(|e| e.to_string())?;
-        let mut child = Command::new(BIN)
+        let mut cmd = match nofile {
+            None => Command::new(BIN),
+            Some(n) => {
+                // `exec` keeps the pid: the child's id is gatehouse's.
+                let mut c = Command::new("sh");
+                c.args(["-c", &format!("ulimit -n {n} && exec \"$0\" \"$@\""), BIN]);
+                c
+            }
+        };
+        let mut child = cmd
             .arg("--config")
             .arg(&path)
             .env("GATEHOUSE_LOG", "info")
@@ -198,6 +217,13 @@ impl Gatehouse {
             .find_map(|l| l.strip_prefix("VmRSS:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .expect("VmRSS")
+    }
+
+    /// Descriptors the process holds open now, from /proc.
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .expect("proc fd")
+            .count()
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -752,6 +778,34 @@ pub async fn socks5_reply(s: &mut tokio::net::TcpStream) -> (u8, SocketAddr) {
     tokio::time::timeout(Duration::from_secs(10), read)
         .await
         .expect("a reply within 10s")
+}
+
+/// UDP ASSOCIATE over a fresh control connection: `(control, relay address)`.
+pub async fn socks5_associate(proxy: SocketAddr) -> (tokio::net::TcpStream, SocketAddr) {
+    use tokio::io::AsyncWriteExt;
+    let mut control = socks5_open(proxy).await;
+    control
+        .write_all(&socks5_request(3, "0.0.0.0:0".parse().expect("addr")))
+        .await
+        .expect("UDP ASSOCIATE");
+    let (rep, relay) = socks5_reply(&mut control).await;
+    assert_eq!(rep, 0, "UDP ASSOCIATE refused");
+    (control, relay)
+}
+
+/// A SOCKS5 UDP request header (RFC 1928 section 7, no fragment) for an IPv4 target, then the
+/// payload.
+pub fn socks5_datagram(target: SocketAddr, payload: &[u8]) -> Vec<u8> {
+    let SocketAddr::V4(a) = target else {
+        panic!("an IPv4 target")
+    };
+    [
+        &[0, 0, 0, 1][..],
+        &a.ip().octets(),
+        &a.port().to_be_bytes(),
+        payload,
+    ]
+    .concat()
 }
 
 /// Everything the server still sends, up to its close (at most 10 s).

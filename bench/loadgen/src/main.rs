@@ -19,7 +19,8 @@ const USAGE: &str = "usage:
   loadgen wait-port --addr ADDR              wait (up to 10 s) until ADDR accepts connections
   loadgen socks-throughput [--proxy ADDR] --target ADDR [--bytes N]
   loadgen http-connect-throughput --proxy ADDR --target ADDR [--bytes N]
-  loadgen socks-rate [--proxy ADDR] --target ADDR [--count N] [--concurrency C] [--size B]";
+  loadgen socks-rate [--proxy ADDR] --target ADDR [--count N] [--concurrency C] [--size B]
+  loadgen idle-tunnels --proxy ADDR --kind socks|http --target ADDR [--count N] [--concurrency C] [--hold SECS]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -113,8 +114,79 @@ async fn run(args: Vec<String>) -> Result<(), Error> {
             let size = num(&args, "--size", 64)?.clamp(1, 65536) as usize;
             rate(proxy, target, count, conc, size).await
         }
+        "idle-tunnels" => {
+            let proxy = addr(&args, "--proxy")?;
+            let target = addr(&args, "--target")?;
+            let http = match opt(&args, "--kind").as_deref() {
+                Some("socks") => false,
+                Some("http") => true,
+                _ => return Err(format!("--kind socks|http is required\n{USAGE}").into()),
+            };
+            let count = num(&args, "--count", 5_000)?.min(100_000);
+            let conc = num(&args, "--concurrency", 50)?.clamp(1, 1_000);
+            let hold = num(&args, "--hold", 10)?.min(600);
+            idle_tunnels(proxy, target, http, count, conc, Duration::from_secs(hold)).await
+        }
         _ => Err(USAGE.into()),
     }
+}
+
+/// Opens `count` tunnels (`conc` handshakes at a time), each checked with one 16-byte echo,
+/// and holds them idle: prints `opened= failed= secs=` and then `ready`, holds for `hold`,
+/// checks every open tunnel still echoes and prints `still_ok= lost=`.
+async fn idle_tunnels(proxy: SocketAddr, target: SocketAddr, http: bool, count: u64, conc: u64, hold: Duration) -> Result<(), Error> {
+    let next = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..conc {
+        let (next, failed) = (next.clone(), failed.clone());
+        workers.push(tokio::spawn(async move {
+            let mut open = Vec::new();
+            while next.fetch_add(1, Ordering::Relaxed) < count {
+                let one = async {
+                    let mut s = if http { http_connect(proxy, target).await? } else { socks5_connect(proxy, target).await? };
+                    echo_check(&mut s).await?;
+                    Ok::<_, Error>(s)
+                };
+                match tokio::time::timeout(Duration::from_secs(10), one).await {
+                    Ok(Ok(s)) => open.push(s),
+                    _ => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            open
+        }));
+    }
+    let mut open = Vec::new();
+    for w in workers {
+        open.extend(w.await.map_err(|e| e.to_string())?);
+    }
+    println!("opened={} failed={} secs={:.3}", open.len(), failed.load(Ordering::Relaxed), started.elapsed().as_secs_f64());
+    println!("ready");
+    tokio::time::sleep(hold).await;
+    let mut ok = 0u64;
+    let total = open.len();
+    for mut s in open {
+        if matches!(tokio::time::timeout(Duration::from_secs(10), echo_check(&mut s)).await, Ok(Ok(()))) {
+            ok += 1;
+        }
+    }
+    println!("still_ok={ok} lost={}", total as u64 - ok);
+    Ok(())
+}
+
+/// Writes 16 bytes and reads them back.
+async fn echo_check(s: &mut TcpStream) -> Result<(), Error> {
+    let msg = [0x42u8; 16];
+    s.write_all(&msg).await?;
+    let mut back = [0u8; 16];
+    s.read_exact(&mut back).await?;
+    if back != msg {
+        return Err("echo mismatch".into());
+    }
+    Ok(())
 }
 
 #[derive(Clone, Copy)]
