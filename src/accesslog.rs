@@ -312,6 +312,7 @@ impl AccessLog {
     }
 
     pub fn log(&self, rec: AccessRecord) {
+        self.metrics.stats.record(&rec);
         if let Some(tx) = &self.tx {
             if tx.try_send(rec).is_err() {
                 self.metrics.access_log_dropped.inc();

@@ -122,6 +122,11 @@ pub struct Connector {
 }
 
 impl Connector {
+    /// The shared metrics (and live statistics).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     pub fn new(
         dns: &DnsConfig,
         cfg: &UpstreamConfig,

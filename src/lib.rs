@@ -27,4 +27,5 @@ pub mod socks;
 #[cfg(target_os = "linux")]
 pub mod splice;
 pub mod startup;
+pub mod stats;
 pub mod upstream;

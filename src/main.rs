@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
-
 use clap::{CommandFactory as _, Parser, Subcommand};
+use gatehouse::admin::ReloadOutcome;
 use gatehouse::config::{Config, ConfigError};
 use gatehouse::server::Server;
 use tokio::signal::unix::{signal, SignalKind};
@@ -405,23 +405,28 @@ fn fd_warning(config: &Config) -> Option<String> {
 }
 
 /// Re-reads the config file; a valid one replaces the running config, an invalid one is
-/// reported and changes nothing.
-async fn reload(server: &mut Server, path: Option<&std::path::Path>) {
+/// reported and changes nothing. The outcome is for the admin API.
+async fn reload(server: &mut Server, path: Option<&std::path::Path>) -> ReloadOutcome {
     let Some(path) = path else {
-        tracing::warn!("SIGHUP: running on the built-in default; nothing to reload");
-        return;
+        tracing::warn!("reload: running on the built-in default; nothing to reload");
+        return ReloadOutcome::Refused(vec![
+            "running on the built-in default config; nothing to reload".into(),
+        ]);
     };
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) => {
-            tracing::error!(
-                "reload: cannot read {}: {e}; keeping the running config",
-                path.display()
-            );
-            return;
+            let why = format!("cannot read {}: {e}", path.display());
+            tracing::error!("reload: {why}; keeping the running config");
+            return ReloadOutcome::Refused(vec![why]);
         }
     };
-    match Config::parse(&text) {
+    // Every check short of binding, as `check` and the start run them, before anything changes.
+    let checked = Config::parse(&text).and_then(|c| {
+        gatehouse::startup::prepare(&c)?;
+        Ok(c)
+    });
+    match checked {
         Err(errs) => {
             for e in &errs {
                 tracing::error!("reload: {}: {e}", path.display());
@@ -430,6 +435,7 @@ async fn reload(server: &mut Server, path: Option<&std::path::Path>) {
                 "reload: {} problem(s); keeping the running config",
                 errs.len()
             );
+            ReloadOutcome::Refused(errs.iter().map(ToString::to_string).collect())
         }
         Ok(new) => match (
             gatehouse::startup::users_file_warning(&new),
@@ -437,12 +443,29 @@ async fn reload(server: &mut Server, path: Option<&std::path::Path>) {
         ) {
             (warning, Ok(())) => {
                 tracing::info!("reload: {} applied", path.display());
-                if let Some(w) = warning {
+                if let Some(w) = &warning {
                     tracing::warn!("{w}");
                 }
+                ReloadOutcome::Applied(warning.into_iter().collect())
             }
-            (_, Err(e)) => tracing::error!("reload: {e:#}"),
+            (_, Err(e)) => {
+                tracing::error!("reload: {e:#}");
+                ReloadOutcome::Partial(format!("{e:#}").lines().map(str::to_string).collect())
+            }
         },
+    }
+}
+
+/// The next admin API request; never ready without an admin listener.
+async fn next_control(
+    rx: &mut Option<tokio::sync::mpsc::Receiver<gatehouse::admin::Control>>,
+) -> gatehouse::admin::Control {
+    match rx {
+        Some(rx) => match rx.recv().await {
+            Some(c) => c,
+            None => std::future::pending().await,
+        },
+        None => std::future::pending().await,
     }
 }
 
@@ -452,6 +475,18 @@ fn notify(states: &[sd_notify::NotifyState]) {
     if let Err(e) = sd_notify::notify(states) {
         tracing::warn!("sd_notify: {e}");
     }
+}
+
+/// A reload (SIGHUP or the admin API) with the service manager told around it.
+async fn notified_reload(server: &mut Server, path: Option<&std::path::Path>) -> ReloadOutcome {
+    // systemd (>= 253) wants the monotonic time with RELOADING=1.
+    match sd_notify::NotifyState::monotonic_usec_now() {
+        Ok(now) => notify(&[sd_notify::NotifyState::Reloading, now]),
+        Err(_) => notify(&[sd_notify::NotifyState::Reloading]),
+    }
+    let outcome = reload(server, path).await;
+    notify(&[sd_notify::NotifyState::Ready]);
+    outcome
 }
 
 async fn run(
@@ -478,17 +513,22 @@ async fn run(
     // SIGHUP: reload. SIGUSR1: reopen the access log file (after logrotate moved it).
     // SIGUSR2: ignored. SIGTERM: graceful drain. SIGINT: exit at once. A second signal during
     // a drain: at once.
+    let mut control = server.control.take();
     loop {
         tokio::select! {
             _ = hup.recv() => {
-                // systemd (>= 253) wants the monotonic time with RELOADING=1.
-                match sd_notify::NotifyState::monotonic_usec_now() {
-                    Ok(now) => notify(&[sd_notify::NotifyState::Reloading, now]),
-                    Err(_) => notify(&[sd_notify::NotifyState::Reloading]),
-                }
-                reload(&mut server, path.as_deref()).await;
-                notify(&[sd_notify::NotifyState::Ready]);
+                let _ = notified_reload(&mut server, path.as_deref()).await;
             }
+            c = next_control(&mut control) => match c {
+                gatehouse::admin::Control::Reload(reply) => {
+                    tracing::info!("admin API: reload");
+                    let _ = reply.send(notified_reload(&mut server, path.as_deref()).await);
+                }
+                gatehouse::admin::Control::Drain => {
+                    tracing::info!("admin API: drain");
+                    break;
+                }
+            },
             _ = usr1.recv() => {
                 server.services.access_log.reopen();
                 tracing::info!("SIGUSR1: reopening the access log");
@@ -506,7 +546,7 @@ async fn run(
     let shutdown = &server.services.shutdown;
     tracing::info!(
         in_flight = shutdown.in_flight(),
-        "SIGTERM: draining for up to {:?}",
+        "draining for up to {:?}",
         config.shutdown.drain_timeout
     );
     shutdown.begin();

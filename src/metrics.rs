@@ -108,6 +108,8 @@ pub struct Metrics {
     pub password_verifications: Counter,
     /// Failed proxy logins by reason: bad_credentials, blocked, overloaded.
     pub login_failures: Family<ReasonLabel, Counter>,
+    /// Live statistics for the admin API and dashboard (fed by the access-record tap).
+    pub stats: crate::stats::Stats,
 }
 
 impl Default for Metrics {
@@ -254,6 +256,7 @@ impl Metrics {
             access_log_dropped,
             password_verifications,
             login_failures,
+            stats: crate::stats::Stats::new(),
         }
     }
 

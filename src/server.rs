@@ -76,6 +76,8 @@ pub struct Server {
     pub admin: Option<SocketAddr>,
     /// The config in force (what a reload is compared with).
     config: Config,
+    /// Reload and drain requests from the admin API, for the loop that owns the server.
+    pub control: Option<tokio::sync::mpsc::Receiver<crate::admin::Control>>,
 }
 
 impl Server {
@@ -171,6 +173,11 @@ impl Server {
         services
             .pac
             .store(Arc::new(crate::pac::generate(config, &bound)));
+        services
+            .metrics
+            .stats
+            .set_listeners(listener_info(&listeners));
+        let (control_tx, control) = tokio::sync::mpsc::channel(1);
         let admin = match admin_socket {
             Some(s) => {
                 let addr = s.local_addr()?;
@@ -178,6 +185,7 @@ impl Server {
                     s,
                     services.clone(),
                     prepared.admin_token,
+                    control_tx,
                 ));
                 Some(addr)
             }
@@ -188,6 +196,7 @@ impl Server {
             listeners,
             admin,
             config: config.clone(),
+            control: Some(control),
         })
     }
 
@@ -248,6 +257,8 @@ impl Server {
         self.services
             .pac
             .store(Arc::new(crate::pac::generate(&new, &self.bound())));
+        let info = listener_info(&self.listeners);
+        self.services.metrics.stats.set_listeners(info);
         let restart_needed = [
             (
                 "dns",
@@ -284,6 +295,18 @@ impl Server {
             None => Ok(()),
         }
     }
+}
+
+/// The running listeners for the live statistics, in config order.
+fn listener_info(running: &[listener::Running]) -> Vec<crate::stats::ListenerInfo> {
+    running
+        .iter()
+        .map(|r| crate::stats::ListenerInfo {
+            name: r.cfg.name.clone(),
+            kind: r.cfg.kind.name(),
+            addr: r.addr,
+        })
+        .collect()
 }
 
 /// The pools some listener balances over (only those get health checks).

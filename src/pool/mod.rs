@@ -45,6 +45,14 @@ impl Pools {
         }
     }
 
+    /// Every pool's servers with their health, by pool name.
+    pub fn health(&self) -> std::collections::BTreeMap<String, Vec<ServerHealth>> {
+        self.by_name
+            .iter()
+            .map(|(name, pool)| (name.clone(), pool.health()))
+            .collect()
+    }
+
     pub fn get(&self, name: &str) -> Option<Arc<ServerPool>> {
         self.by_name.get(name).cloned()
     }
@@ -58,6 +66,15 @@ impl Pools {
             }
         }
     }
+}
+
+/// One pool server's health for the admin API.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ServerHealth {
+    pub server: String,
+    /// Whether it may be picked now (health checks up, not ejected).
+    pub up: bool,
+    pub in_flight: u64,
 }
 
 pub struct ServerPool {
@@ -118,6 +135,21 @@ impl ServerPool {
         // A panic while holding this lock cannot leave the balancer half-updated in a way
         // that matters more than stopping every connection would.
         self.balancer.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Each server's health now, in config order.
+    pub fn health(&self) -> Vec<ServerHealth> {
+        let now = Instant::now();
+        let b = self.lock();
+        self.labels
+            .iter()
+            .enumerate()
+            .map(|(i, l)| ServerHealth {
+                server: l.server.clone(),
+                up: b.server(i).is_available(now),
+                in_flight: b.server(i).in_flight(),
+            })
+            .collect()
     }
 
     pub fn server(&self, i: usize) -> &ServerConfig {

@@ -127,7 +127,12 @@ pub async fn connect_route(
         } else {
             match policy.parent(name) {
                 None => Err(ParentError::UnknownParent(name.clone())),
-                Some(p) => connect_parent(p, connector, host, port, mode, timeout).await,
+                Some(p) => {
+                    let r = connect_parent(p, connector, host, port, mode, timeout).await;
+                    let seen = r.as_ref().map(|_| ()).map_err(ToString::to_string);
+                    connector.metrics().stats.parent_result(name, seen);
+                    r
+                }
             }
         };
         match attempt {

@@ -1,5 +1,7 @@
-//! The admin listener (off unless configured): `/healthz`, `/metrics`, `/proxy.pac`, and
-//! `POST /cache/purge` (only with the configured bearer token).
+//! The admin listener (off unless configured): `/healthz`, `/metrics`, `/proxy.pac`, the
+//! JSON admin API under `/api/v1/` (`api.rs`), the live `/dashboard` (`dashboard.rs`), and
+//! `POST /cache/purge`. Reads are open on the admin listener; every change (purge, reload,
+//! drain) needs the configured bearer token ([`authorize`]).
 //!
 //! One request per connection, small bounded heads, short timeouts: it must stay cheap and
 //! must not be a way to tie up the proxy.
@@ -16,12 +18,23 @@ use crate::http::codec::{self, Headers};
 use crate::metrics::Format;
 use crate::server::Services;
 
+mod api;
+mod dashboard;
+
+pub use api::{Control, ReloadOutcome};
+
 const MAX_HEAD: usize = 8 * 1024;
 const TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_CONNECTIONS: usize = 64;
 
 /// Serves the admin listener. `token`: the bearer token for mutating endpoints (off without).
-pub async fn serve(socket: TcpListener, svc: Arc<Services>, token: Option<Password>) {
+/// `control`: where reload and drain requests go (the binary's signal loop serves them).
+pub async fn serve(
+    socket: TcpListener,
+    svc: Arc<Services>,
+    token: Option<Password>,
+    control: tokio::sync::mpsc::Sender<Control>,
+) {
     let token = Arc::new(token);
     let limit = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
@@ -41,9 +54,10 @@ pub async fn serve(socket: TcpListener, svc: Arc<Services>, token: Option<Passwo
         };
         let svc = svc.clone();
         let token = token.clone();
+        let control = control.clone();
         tokio::spawn(async move {
-            let _ =
-                tokio::time::timeout(TIMEOUT, handle(stream, &svc, token.as_ref().as_ref())).await;
+            let work = handle(stream, &svc, token.as_ref().as_ref(), &control);
+            let _ = tokio::time::timeout(TIMEOUT, work).await;
             drop(permit);
         });
     }
@@ -53,6 +67,7 @@ async fn handle(
     mut stream: TcpStream,
     svc: &Services,
     token: Option<&Password>,
+    control: &tokio::sync::mpsc::Sender<Control>,
 ) -> std::io::Result<()> {
     let mut buf = BytesMut::with_capacity(1024);
     let head = loop {
@@ -75,6 +90,19 @@ async fn handle(
         };
         return respond(&mut stream, status, "text/plain", &body).await;
     }
+    if let (Some(h), Some((path, _))) = (head.as_ref(), path_query) {
+        if let Some(endpoint) = path.strip_prefix("/api/v1/") {
+            let (status, body) = api::handle(
+                svc,
+                &h.method,
+                endpoint,
+                || authorize(token, &h.headers),
+                control,
+            )
+            .await;
+            return respond(&mut stream, status, "application/json", &body).await;
+        }
+    }
     let (status, ctype, body) = match head
         .as_ref()
         .map(|h| (h.method.as_str(), h.target.as_str()))
@@ -92,11 +120,12 @@ async fn handle(
             "application/x-ns-proxy-autoconfig",
             svc.pac.load().as_ref().clone(),
         ),
+        Some(("GET", "/dashboard")) => (200, "text/html; charset=utf-8", dashboard::PAGE.into()),
         Some(("GET", "/metrics")) => {
             let format = Format::negotiate(head.as_ref().and_then(|h| h.headers.get_str("Accept")));
             (200, format.content_type(), metrics_text(svc, format))
         }
-        Some((_, "/healthz" | "/metrics")) => {
+        Some((_, "/healthz" | "/metrics" | "/dashboard")) => {
             (405, "text/plain", "method not allowed\n".to_string())
         }
         Some(_) => (404, "text/plain", "not found\n".to_string()),
@@ -114,6 +143,15 @@ async fn respond(
     h.push("Content-Type", ctype);
     if status == 401 {
         h.push("WWW-Authenticate", "Bearer realm=\"gatehouse admin\"");
+    }
+    h.push("Cache-Control", "no-store");
+    if ctype.starts_with("text/html") {
+        // The dashboard is self-contained: nothing but its own inline code and this origin.
+        h.push(
+            "Content-Security-Policy",
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+             connect-src 'self'; img-src data:",
+        );
     }
     h.push("Content-Length", body.len().to_string());
     h.push("Connection", "close");
@@ -160,7 +198,10 @@ fn metrics_text(svc: &Services, format: Format) -> String {
 /// Whether a request may use a mutating endpoint: `Ok` with the right bearer token, else the
 /// refusal to send. Without a configured token these endpoints are off. A request a browser
 /// sent for a web page (it carries `Origin`) is refused whatever it carries.
-fn authorize(token: Option<&Password>, headers: &Headers) -> Result<(), (u16, &'static str)> {
+pub(crate) fn authorize(
+    token: Option<&Password>,
+    headers: &Headers,
+) -> Result<(), (u16, &'static str)> {
     let Some(token) = token else {
         return Err((
             403,
