@@ -425,6 +425,9 @@ mod tests {
             upstream: None,
             cache: None,
             error: None,
+            version: None,
+            referer: None,
+            user_agent: None,
         }
     }
 
