@@ -102,12 +102,24 @@ mod tests {
         });
         started_rx.await.expect("the job started");
         // Polled once, a check is queued (its caller then gives up; the job still runs).
+        let (ran_tx, ran_rx) = std::sync::mpsc::channel::<()>();
         for _ in 0..2 {
-            assert!(pool.run(|| 0).now_or_never().is_none(), "queued");
+            let ran = ran_tx.clone();
+            let job = move || {
+                let _ = ran.send(());
+                0
+            };
+            assert!(pool.run(job).now_or_never().is_none(), "queued");
         }
         assert_eq!(pool.run(|| 99).now_or_never(), Some(Err(Overloaded)));
         drop(hold_tx);
         assert_eq!(busy.await.expect("task"), Ok(()));
+        // Both queued jobs have left the queue once they ran: there is room again.
+        for _ in 0..2 {
+            ran_rx
+                .recv_timeout(Duration::from_secs(10))
+                .expect("a queued job ran");
+        }
         assert_eq!(pool.run(|| 1).await, Ok(1), "room again");
     }
 
