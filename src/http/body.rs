@@ -307,6 +307,43 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    let mut held = Vec::new();
+    let n = copy_decoded_holding(
+        r,
+        buf,
+        w,
+        framing,
+        chunk,
+        on_data,
+        max_trailer,
+        t,
+        &mut held,
+    )
+    .await?;
+    write_all(w, &held, t).await?;
+    Ok(n)
+}
+
+/// [`copy_decoded`], except that the bytes which let the client see the message end (the
+/// last piece of a Content-Length body, or the last chunk when re-chunking) are left in
+/// `held` for the caller to write: the cache makes a response visible before its client can
+/// have the whole of it, so a request sent right after always finds it.
+#[allow(clippy::too_many_arguments)]
+pub async fn copy_decoded_holding<R, W>(
+    r: &mut R,
+    buf: &mut BytesMut,
+    w: &mut W,
+    framing: super::codec::Framing,
+    chunk: bool,
+    on_data: &mut (dyn FnMut(&[u8]) + Send),
+    max_trailer: usize,
+    t: Duration,
+    held: &mut Vec<u8>,
+) -> Result<u64, CopyError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     use super::codec::Framing;
     let mut total = 0u64;
     match framing {
@@ -324,7 +361,11 @@ where
                     .await?;
                 }
                 let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-                emit(w, &buf[..n], chunk, t).await?;
+                if n as u64 == left && !chunk {
+                    held.extend_from_slice(&buf[..n]);
+                } else {
+                    emit(w, &buf[..n], chunk, t).await?;
+                }
                 on_data(&buf[..n]);
                 buf.advance(n);
                 left -= n as u64;
@@ -366,7 +407,7 @@ where
         },
     }
     if chunk {
-        write_all(w, b"0\r\n\r\n", t).await?;
+        held.extend_from_slice(b"0\r\n\r\n");
     }
     Ok(total)
 }

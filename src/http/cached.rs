@@ -191,6 +191,39 @@ impl CacheCtx {
         }
     }
 
+    /// Makes a captured response visible: `store` puts it where every lookup finds it, and
+    /// only then does the flight end (so no request finds neither). Called before the
+    /// client is sent the response's last bytes, so a request sent right after it always
+    /// finds the entry. The returned store's disk write is awaited before the request ends
+    /// (and is logged).
+    pub(super) async fn publish(&mut self) -> Option<crate::cache::engine::Store<'_>> {
+        if !matches!(self.outcome, Outcome::Captured { .. }) {
+            return None;
+        }
+        let Outcome::Captured { head, body } =
+            std::mem::replace(&mut self.outcome, Outcome::Relayed)
+        else {
+            return None;
+        };
+        let key = self.key.clone().or_else(|| primary_key(&self.req));
+        let leader = self.leader.take();
+        let store = match key {
+            Some(key) => {
+                let fetch = Fetch {
+                    request_time: self.request_time,
+                    response_time: self.response_time,
+                    generation: self.generation,
+                };
+                Some(self.cache.store(&key, &self.req, &head, body, fetch).await)
+            }
+            None => None,
+        };
+        if let Some(l) = leader {
+            l.finish();
+        }
+        store
+    }
+
     /// On an upstream failure (unreachable, or closed before answering), the stale response
     /// `stale-if-error` or, if configured, section 4.2.4 allows, if any.
     pub fn stale_on_error(&self) -> Option<Served> {
@@ -317,27 +350,12 @@ impl HttpProxy {
                     None => Finish::Refetch,
                 }
             }
-            Outcome::Captured { head, body } => {
-                let key = cc.key.clone().or_else(|| primary_key(&cc.req));
-                let mut leader = cc.leader.take();
-                // The client already has the whole response. `store` makes the entry
-                // visible to every lookup at once; only then does the flight end (so no
-                // request finds neither), and the disk write finishes before this request
-                // ends (and is logged).
-                if let Some(key) = key {
-                    let fetch = Fetch {
-                        request_time: cc.request_time,
-                        response_time: cc.response_time,
-                        generation: cc.generation,
-                    };
-                    let store = cc.cache.store(&key, &cc.req, &head, body, fetch).await;
-                    if let Some(l) = leader.take() {
-                        l.finish();
-                    }
+            // Normally published by the relay before the response's last bytes; here only
+            // if that did not happen.
+            captured @ Outcome::Captured { .. } => {
+                cc.outcome = captured;
+                if let Some(store) = cc.publish().await {
                     store.finish().await;
-                }
-                if let Some(l) = leader {
-                    l.finish();
                 }
                 Finish::Done(keep)
             }

@@ -419,7 +419,8 @@ impl HttpProxy {
 
         let copied = match (up_framing, to_client, cache) {
             (_, out, Some(cc)) if capture => {
-                let r = body::copy_decoded(
+                let mut held = Vec::new();
+                let r = body::copy_decoded_holding(
                     ur,
                     ubuf,
                     cw,
@@ -428,12 +429,28 @@ impl HttpProxy {
                     &mut |d| cc.on_data(d),
                     max,
                     t,
+                    &mut held,
                 )
                 .await;
-                if r.is_ok() {
-                    cc.on_body_end(&resp);
+                match r {
+                    Ok(n) => {
+                        cc.on_body_end(&resp);
+                        // Visible in the cache before the client can see the response end.
+                        let store = cc.publish().await;
+                        let mut sent = body::write_all(cw, &held, t).await;
+                        if sent.is_ok() {
+                            if let Err(e) = cw.flush().await {
+                                sent = Err(body::CopyError::Write(e));
+                            }
+                        }
+                        // The disk write finishes after the client has its answer.
+                        if let Some(store) = store {
+                            store.finish().await;
+                        }
+                        sent.map(|()| n)
+                    }
+                    Err(e) => Err(e),
                 }
-                r
             }
             (Framing::None, _, _) => Ok(0),
             (Framing::Length(n), _, _) => body::copy_length(ur, ubuf, cw, n - inline, t).await,
