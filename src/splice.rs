@@ -62,6 +62,9 @@ impl Pipe {
 pub struct PipePool {
     idle: Mutex<Vec<Pipe>>,
     max_idle: usize,
+    /// False only in tests of the copying fallback: every `take` fails as if out of
+    /// descriptors.
+    make: bool,
 }
 
 /// The process's pool, used by [`relay_tcp`].
@@ -72,6 +75,17 @@ impl PipePool {
         PipePool {
             idle: Mutex::new(Vec::new()),
             max_idle,
+            make: true,
+        }
+    }
+
+    /// A pool that never has a pipe (as when out of descriptors): tunnels copy every burst.
+    #[cfg(test)]
+    const fn empty_forever() -> PipePool {
+        PipePool {
+            idle: Mutex::new(Vec::new()),
+            max_idle: 0,
+            make: false,
         }
     }
 
@@ -79,6 +93,9 @@ impl PipePool {
     pub fn take(&self) -> io::Result<Pipe> {
         if let Some(p) = self.idle.lock().ok().and_then(|mut v| v.pop()) {
             return Ok(p);
+        }
+        if !self.make {
+            return Err(io::Error::from_raw_os_error(24)); // EMFILE
         }
         Pipe::new()
     }
@@ -345,6 +362,34 @@ mod tests {
                 b_to_a: 4
             }
         );
+    }
+
+    #[tokio::test]
+    async fn without_pipes_bursts_are_copied() {
+        static NONE: PipePool = PipePool::empty_forever();
+        let ((mut client, a), (b, mut server)) = pairs().await;
+        let relay =
+            tokio::spawn(
+                async move { relay_tcp_with(&NONE, &a, &b, Duration::from_secs(10)).await },
+            );
+        let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 249) as u8).collect();
+        let sent = data.clone();
+        let writer = tokio::spawn(async move {
+            client.write_all(&sent).await.expect("write");
+            client.shutdown().await.expect("half-close");
+            let mut back = Vec::new();
+            client.read_to_end(&mut back).await.expect("read");
+            back
+        });
+        let mut got = Vec::new();
+        server.read_to_end(&mut got).await.expect("read to EOF");
+        assert!(got == data, "bytes arrive intact and in order");
+        server.write_all(b"pong").await.expect("write");
+        server.shutdown().await.expect("shutdown");
+        assert_eq!(writer.await.expect("join"), b"pong");
+        let (end, stats) = relay.await.expect("join");
+        assert!(matches!(end, RelayEnd::Done), "{end:?}");
+        assert_eq!((stats.a_to_b, stats.b_to_a), (1_000_000, 4));
     }
 
     #[tokio::test]
