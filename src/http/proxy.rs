@@ -838,6 +838,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_idle_tunnel_task_is_small() {
+        /// The size of the future `f` returns, without making one.
+        fn returned<'a, A, B: 'a, F: std::future::Future>(
+            _: impl FnOnce(A, &'a mut B) -> F,
+        ) -> usize {
+            std::mem::size_of::<F>()
+        }
+        fn returned_owned<A, B, F: std::future::Future>(_: impl FnOnce(A, B) -> F) -> usize {
+            std::mem::size_of::<F>()
+        }
+        let task =
+            returned_owned(|p: Arc<HttpProxy>, (t, a): (TcpStream, SocketAddr)| p.serve(t, a));
+        let request = returned::<Arc<HttpProxy>, Client, _>(|p, c| p.one_request(c));
+        // What an idle CONNECT tunnel holds: the connection's task and the boxed request
+        // (the tunnel with its splice relay), the copying relay boxed apart.
+        assert!(
+            task + request <= 3072,
+            "HTTP connection task: {task} bytes, boxed request: {request} bytes"
+        );
+    }
+
+    #[test]
     fn absolute_form_for_a_parent() {
         let target = HttpTarget {
             host: crate::connector::Host::Name("o.test".into()),

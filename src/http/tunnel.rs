@@ -230,7 +230,16 @@ impl HttpProxy {
         if t.up.is_none() && t.down.is_none() {
             crate::splice::relay_tcp(&client.stream, upstream, idle).await
         } else {
-            relay::relay_limited(&mut client.stream, upstream, idle, t.up, t.down).await
+            // Boxed: the copying relay is larger than the splice one, and an idle spliced
+            // tunnel should not carry its state.
+            Box::pin(relay::relay_limited(
+                &mut client.stream,
+                upstream,
+                idle,
+                t.up,
+                t.down,
+            ))
+            .await
         }
     }
 
