@@ -268,6 +268,13 @@ impl Connector {
     }
 
     async fn race(&self, addrs: &[SocketAddr]) -> Result<Connected, ConnectError> {
+        // One address: nothing to race, so no task and no timer (the common case for pools
+        // and for names that resolve to one address).
+        if let [addr] = addrs {
+            return connect_one(*addr, self.source_for(addr))
+                .await
+                .map_err(|e| classify(*addr, e));
+        }
         let mut attempts = JoinSet::new();
         let mut next = addrs.iter();
         let mut last_err = None;
