@@ -322,8 +322,13 @@ impl HttpProxy {
         ex: &mut Exchange,
     ) -> Finish {
         ex.cache = Some(cc.status.log_word());
+        // The relay publishes a captured response before its last bytes; this is for a
+        // relay that ended without doing so.
+        if let Some(store) = cc.publish().await {
+            store.finish().await;
+        }
         match std::mem::replace(&mut cc.outcome, Outcome::Relayed) {
-            Outcome::Relayed => Finish::Done(keep),
+            Outcome::Relayed | Outcome::Captured { .. } => Finish::Done(keep),
             Outcome::Stale(served) => {
                 Finish::Done(self.send_served(client, &cc.req, served, ex).await && keep)
             }
@@ -349,15 +354,6 @@ impl HttpProxy {
                     }
                     None => Finish::Refetch,
                 }
-            }
-            // Normally published by the relay before the response's last bytes; here only
-            // if that did not happen.
-            captured @ Outcome::Captured { .. } => {
-                cc.outcome = captured;
-                if let Some(store) = cc.publish().await {
-                    store.finish().await;
-                }
-                Finish::Done(keep)
             }
         }
     }
