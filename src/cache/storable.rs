@@ -17,6 +17,8 @@ pub enum NotStorable {
     NoFreshness,
     VaryStar,
     SetCookie,
+    /// A transfer coding other than chunked (e.g. `gzip`): the stored body would lose it.
+    TransferCoding,
 }
 
 impl NotStorable {
@@ -31,6 +33,7 @@ impl NotStorable {
             NotStorable::NoFreshness => "no-freshness",
             NotStorable::VaryStar => "vary-star",
             NotStorable::SetCookie => "set-cookie",
+            NotStorable::TransferCoding => "transfer-coding",
         }
     }
 }
@@ -110,6 +113,16 @@ pub fn storable(req: &RequestHead, resp: &ResponseHead) -> Result<(), NotStorabl
     }
     if resp.headers.contains("set-cookie") && !explicitly_shared {
         return Err(NotStorable::SetCookie);
+    }
+    // Transfer-Encoding is not stored (it is hop-by-hop), so a body still in another coding
+    // would be served without it.
+    if resp
+        .headers
+        .tokens("transfer-encoding")
+        .iter()
+        .any(|t| !t.eq_ignore_ascii_case("chunked"))
+    {
+        return Err(NotStorable::TransferCoding);
     }
     Ok(())
 }
@@ -302,6 +315,15 @@ mod tests {
             ),
             Ok(())
         );
+    }
+
+    #[test]
+    fn a_transfer_coding_other_than_chunked_is_not_stored() {
+        let fresh = ("Cache-Control", "max-age=60");
+        let te = |v| check(&[], 200, &[fresh, ("Transfer-Encoding", v)]);
+        assert_eq!(te("chunked"), Ok(()));
+        assert_eq!(te("gzip"), Err(NotStorable::TransferCoding));
+        assert_eq!(te("gzip, chunked"), Err(NotStorable::TransferCoding));
     }
 
     #[test]
