@@ -140,24 +140,6 @@ address = "{b}"
     )
 }
 
-/// Reads until the balancer closes (EOF or reset); returns what came.
-async fn until_closed(s: &mut TcpStream) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut buf = [0u8; 1024];
-    let read = async {
-        loop {
-            match s.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => out.extend_from_slice(&buf[..n]),
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(10), read)
-        .await
-        .expect("closed within 10s");
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_names_two_servers_verified_end_to_end() {
     let a = TlsServer::start(&["a.test"], b"A").await;

@@ -74,25 +74,6 @@ fn tcp_config(listener_extra: &str, servers: &[SocketAddr], pool_extra: &str) ->
     c
 }
 
-/// Reads until the balancer closes (EOF or reset: it may close without reading what the
-/// client sent); returns what came.
-async fn until_closed(s: &mut TcpStream) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut buf = [0u8; 1024];
-    let read = async {
-        loop {
-            match s.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => out.extend_from_slice(&buf[..n]),
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(10), read)
-        .await
-        .expect("closed within 10s");
-    out
-}
-
 /// Polls a metric until `ok` holds (at most 5 s): counters are updated when a relay ends,
 /// just after the client saw the close.
 async fn wait_metric(admin: SocketAddr, name: &str, ok: impl Fn(f64) -> bool) -> f64 {

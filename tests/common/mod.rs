@@ -819,6 +819,26 @@ pub async fn read_to_close(s: &mut tokio::net::TcpStream) -> Vec<u8> {
     out
 }
 
+/// Reads until the peer closes, by EOF or by a reset (a balancer may close without reading
+/// what the client sent); returns what came (at most 10 s).
+pub async fn until_closed(s: &mut tokio::net::TcpStream) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 1024];
+    let read = async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .expect("closed within 10s");
+    out
+}
+
 /// Writes a users file with `gatehouse passwd` (the real CLI): (name, password, groups).
 pub fn users_file(dir: &std::path::Path, entries: &[(&str, &str, &str)]) -> PathBuf {
     let path = dir.join("users.txt");
