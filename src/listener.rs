@@ -17,7 +17,7 @@ use crate::fdlimit;
 use crate::http::proxy::HttpProxy;
 use crate::metrics::Metrics;
 use crate::server::Services;
-use crate::socks::{self, SocksServer};
+use crate::socks::SocksServer;
 
 /// The handler for one listener kind.
 enum Handler {
@@ -33,6 +33,9 @@ pub struct Running {
     pub addr: std::net::SocketAddr,
     pub stop: CancellationToken,
     pub task: tokio::task::JoinHandle<()>,
+    /// The listener's TLS, when it terminates TLS: a reload that keeps the listener calls
+    /// [`crate::tls::TlsServer::reload`] so new connections get the new certificates.
+    pub tls: Option<Arc<crate::tls::TlsServer>>,
 }
 
 pub fn spawn(
@@ -42,6 +45,17 @@ pub fn spawn(
 ) -> anyhow::Result<Running> {
     let addr = socket.local_addr()?;
     let name: Arc<str> = Arc::from(cfg.name.as_str());
+    let tls = match &cfg.kind {
+        ListenerKind::Socks(s) => s.tls.as_ref(),
+        ListenerKind::Tcp(t) => t.tls.as_ref(),
+        _ => None,
+    };
+    let tls = match tls {
+        Some(t) => Some(Arc::new(
+            crate::tls::TlsServer::new(t).with_context(|| format!("listener {name:?}: TLS"))?,
+        )),
+        None => None,
+    };
     let handler = match &cfg.kind {
         ListenerKind::Http(h) => Handler::Http(Arc::new(HttpProxy {
             name: name.clone(),
@@ -52,18 +66,13 @@ pub fn spawn(
             name: name.clone(),
             cfg: s.clone(),
             svc: svc.clone(),
-            tls: match &s.tls {
-                Some(files) => Some(
-                    socks::tls::acceptor(files)
-                        .with_context(|| format!("listener {name:?}: TLS"))?,
-                ),
-                None => None,
-            },
+            tls: tls.clone(),
         })),
         ListenerKind::Tcp(t) => Handler::Tcp(Arc::new(crate::l4::tcp::TcpBalancer::new(
             name.clone(),
             t.clone(),
             svc.clone(),
+            tls.clone(),
         )?)),
         ListenerKind::Udp(_) => {
             anyhow::bail!("listener {name:?}: a udp listener has no accept loop")
@@ -86,6 +95,7 @@ pub fn spawn(
         addr,
         stop,
         task,
+        tls,
     })
 }
 

@@ -250,6 +250,16 @@ impl Server {
                 }
             }
         }
+        // Kept listeners keep their socket; their certificate files are read again (checked
+        // above, so an error here is a file changed since).
+        for r in &keep {
+            if let Some(Err(e)) = r.tls.as_ref().map(|t| t.reload()) {
+                failed = Some(anyhow::anyhow!(
+                    "listener {:?}: TLS: {e}; keeping its old certificates",
+                    r.cfg.name
+                ));
+            }
+        }
         self.listeners.extend(keep);
         let own = self.listeners.iter().map(|r| r.addr).chain(self.admin);
         self.services.local.set_listeners(own.collect());

@@ -72,17 +72,30 @@ pub fn prepare(config: &Config) -> Result<Prepared, Vec<ConfigError>> {
                 errors.push(lines.error(&format!("listeners[{i}].listen"), e.to_string()));
             }
         }
-        if let ListenerKind::Socks(s) = &l.kind {
-            if let Some(files) = &s.tls {
-                if let Err((file, e)) = crate::socks::tls::load(files) {
-                    let key = match file {
-                        crate::socks::tls::TlsFile::Cert => "cert",
-                        crate::socks::tls::TlsFile::Key => "key",
-                    };
-                    errors
-                        .push(lines.error(&format!("listeners[{i}].tls.{key}"), format!("{e:#}")));
-                }
-            }
+        let tls = match &l.kind {
+            ListenerKind::Socks(s) => s.tls.as_ref(),
+            ListenerKind::Tcp(t) => t.tls.as_ref(),
+            _ => None,
+        };
+        if let Some((t, Err(e))) = tls.map(|t| (t, crate::tls::server::build(t))) {
+            let key = e.key(t.listed);
+            errors.push(lines.error(&format!("listeners[{i}].tls.{key}"), e.to_string()));
+        }
+    }
+    for (i, p) in config.pools.iter().enumerate() {
+        let Some(tls) = &p.tls else { continue };
+        if let Err(e) = crate::tls::TlsClient::new(tls) {
+            errors.push(lines.error(&format!("pools[{i}].tls.{}", e.key), e.to_string()));
+        }
+        if !tls.verify {
+            warnings.push(lines.error(
+                &format!("pools[{i}].tls.verify"),
+                format!(
+                    "pool {:?}: verify = false: any server certificate is accepted, so anyone \
+                     on the path can read and change this traffic",
+                    p.name
+                ),
+            ));
         }
     }
     if let LogTarget::File(path) = &config.access_log.target {

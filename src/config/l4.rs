@@ -32,9 +32,9 @@ pub struct TcpListenerConfig {
     /// Peers allowed (and required) to send a PROXY header (v1 or v2). Empty: the listener
     /// does not accept PROXY headers. Non-empty: every other peer is refused.
     pub accept_proxy_from: Vec<ipnet::IpNet>,
-    /// Terminate TLS here (this certificate) and send plain TCP to the servers; SNI routes
-    /// then match the name from the handshake.
-    pub tls: Option<super::TlsFiles>,
+    /// Terminate TLS here and send plain TCP (or the pool's own TLS) to the servers; SNI
+    /// routes then match the name from the handshake.
+    pub tls: Option<super::ServerTls>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -131,7 +131,7 @@ pub(super) fn read_tcp(l: &Section<'_>, pools: &[&str]) -> TcpListenerConfig {
         })
         .unwrap_or_default();
     TcpListenerConfig {
-        tls: super::socks::read_tls_files(l),
+        tls: super::tls::read_server_tls(l, &[]),
         pool,
         sni,
         connect_attempts: l.uint("connect_attempts", 2, 1, 16) as u32,

@@ -7,6 +7,7 @@ mod l4;
 mod pools;
 pub(crate) mod reader;
 mod socks;
+pub mod tls;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -17,7 +18,8 @@ pub use l4::{ProxyVersion, SniRoute, TcpListenerConfig, UdpListenerConfig};
 pub use pools::{HashKey, HealthCheckConfig, HealthCheckKind, PoolConfig, ServerConfig};
 pub use reader::{ConfigError, KeyLines};
 use reader::{Problems, Section};
-pub use socks::{AuthMethod, Password, SocksListenerConfig, SocksUser, TlsFiles, UdpFilter};
+pub use socks::{AuthMethod, Password, SocksListenerConfig, SocksUser, UdpFilter};
+pub use tls::{ClientTls, ServerTls, TlsFiles, TlsVersion};
 
 /// The built-in default: safe on any machine. Loopback only, memory only.
 pub const DEFAULT_CONFIG: &str = r#"
@@ -770,6 +772,6 @@ via = false
             .expect("valid")
             .tls
             .expect("tls");
-        assert_eq!(tls.key, PathBuf::from("k.pem"));
+        assert_eq!(tls.certificates[0].key, PathBuf::from("k.pem"));
     }
 }

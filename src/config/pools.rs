@@ -23,6 +23,8 @@ pub struct PoolConfig {
     /// Active checks; `None`: servers are up unless passive checks eject them.
     pub health: Option<HealthCheckConfig>,
     pub passive: PassiveSettings,
+    /// `[pools.tls]`: TLS to the servers (the `tcp` listener re-encrypts with it).
+    pub tls: Option<super::ClientTls>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -196,6 +198,7 @@ fn read_pool(p: &Section<'_>) -> Option<PoolConfig> {
         connect_timeout,
         health,
         passive,
+        tls: super::tls::read_client_tls(p),
     };
     Some(cfg)
 }

@@ -1,6 +1,5 @@
 //! `kind = "socks"` listener settings.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use super::reader::Section;
@@ -21,7 +20,7 @@ pub struct SocksListenerConfig {
     pub auth: Vec<AuthMethod>,
     /// The user database for username/password authentication.
     pub users: Vec<SocksUser>,
-    pub tls: Option<TlsFiles>,
+    pub tls: Option<super::ServerTls>,
     /// Which remote senders' datagrams a UDP association passes back to the client.
     pub udp_filter: UdpFilter,
 }
@@ -83,32 +82,6 @@ impl std::fmt::Debug for Password {
     }
 }
 
-/// `tls = { cert = "...", key = "..." }` on a listener.
-pub(super) fn read_tls_files(l: &Section<'_>) -> Option<TlsFiles> {
-    if !l.has_table("tls") {
-        return None;
-    }
-    let t = l.table("tls");
-    let cert = t.string("cert").map(PathBuf::from);
-    let key = t.string("key").map(PathBuf::from);
-    if cert.is_none() {
-        t.error_here("`cert` (a PEM file) is required in tls");
-    }
-    if key.is_none() {
-        t.error_here("`key` (a PEM file) is required in tls");
-    }
-    t.finish();
-    cert.zip(key).map(|(cert, key)| TlsFiles { cert, key })
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct TlsFiles {
-    /// PEM certificate chain.
-    pub cert: PathBuf,
-    /// PEM private key.
-    pub key: PathBuf,
-}
-
 pub(super) fn read_socks(l: &Section<'_>) -> SocksListenerConfig {
     let users = read_users(l);
     let auth = l.array("auth", "\"none\" or \"password\"", |v| match v.as_str() {
@@ -147,7 +120,7 @@ pub(super) fn read_socks(l: &Section<'_>) -> SocksListenerConfig {
             "SOCKS4 cannot authenticate; it must be false when users are configured",
         );
     }
-    let tls = read_tls_files(l);
+    let tls = super::tls::read_server_tls(l, &[]);
     SocksListenerConfig {
         handshake_timeout: l.duration("handshake_timeout", Duration::from_secs(10)),
         idle_timeout: l.duration("idle_timeout", Duration::from_secs(600)),

@@ -10,7 +10,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use anyhow::Context as _;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -20,7 +19,7 @@ use crate::accesslog::AccessRecord;
 use crate::config::{ProxyVersion, TcpListenerConfig};
 use crate::policy::matcher::CidrSet;
 use crate::policy::Protocol;
-use crate::pool::ServerPool;
+use crate::pool::{ServerPool, Upstream};
 use crate::relay::RelayEnd;
 use crate::server::Services;
 
@@ -36,8 +35,8 @@ pub struct TcpBalancer {
     /// Each SNI route's pool, in route order.
     routes: Vec<Arc<ServerPool>>,
     trusted: CidrSet,
-    /// Terminate TLS with this config (`tls` set) instead of passing it through.
-    tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    /// Terminate TLS (`tls` set) instead of passing it through; follows reloads.
+    tls: Option<Arc<crate::tls::TlsServer>>,
 }
 
 /// How a connection ended, for the access log.
@@ -57,6 +56,7 @@ impl TcpBalancer {
         name: Arc<str>,
         cfg: TcpListenerConfig,
         svc: Arc<Services>,
+        tls: Option<Arc<crate::tls::TlsServer>>,
     ) -> anyhow::Result<TcpBalancer> {
         let pool = |n: &str| {
             svc.pools
@@ -70,15 +70,6 @@ impl TcpBalancer {
             .map(|r| pool(&r.pool))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let trusted = CidrSet::new(&cfg.accept_proxy_from);
-        let tls = match &cfg.tls {
-            Some(files) => Some(
-                crate::socks::tls::acceptor(files)
-                    .with_context(|| format!("listener {name:?}: TLS"))?
-                    .config()
-                    .clone(),
-            ),
-            None => None,
-        };
         Ok(TcpBalancer {
             tls,
             name,
@@ -178,7 +169,7 @@ impl TcpBalancer {
         }
 
         let mut client = Client::Plain(client);
-        let pool = if let Some(config) = &self.tls {
+        let pool = if let Some(tls) = &self.tls {
             let deadline = tokio::time::Instant::now() + self.cfg.handshake_timeout;
             let Client::Plain(tcp) = client else {
                 unreachable!("plain until here")
@@ -214,7 +205,7 @@ impl TcpBalancer {
                 tracing::debug!(sni = %out.target, "no route");
                 return fail(out, 421, "destination_not_found");
             }
-            match tokio::time::timeout_at(deadline, start.into_stream(config.clone())).await {
+            match tokio::time::timeout_at(deadline, start.into_stream(tls.current())).await {
                 Ok(Ok(tls)) => client = Client::Tls(Box::new(tls)),
                 Ok(Err(e)) => {
                     tracing::debug!("TLS handshake failed: {e}");
@@ -256,37 +247,66 @@ impl TcpBalancer {
             Ok(s) => s,
             Err(e) => {
                 tracing::info!(listener = %self.name, "{e}");
-                self.svc
-                    .metrics
-                    .listener_connect_errors
-                    .get_or_create(&crate::metrics::Metrics::listener(&self.name))
-                    .inc();
+                self.connect_error();
                 return fail(out, 503, "connection_refused");
             }
         };
         out.upstream = server.peer_addr().ok();
         let _ = server.set_nodelay(true);
 
-        let mut first = match self.cfg.send_proxy {
+        // The PROXY header goes first, in the clear, also before a TLS handshake.
+        let header = match self.cfg.send_proxy {
             Some(ProxyVersion::V1) => proxy_protocol::encode_v1(*origin, dst),
             Some(ProxyVersion::V2) => proxy_protocol::encode_v2(*origin, dst),
             None => Vec::new(),
         };
-        first.extend_from_slice(&pending);
-        if !first.is_empty() {
-            if let Err(e) = server.write_all(&first).await {
+        if !header.is_empty() {
+            if let Err(e) = server.write_all(&header).await {
                 tracing::debug!("writing to the server failed: {e}");
                 pool.finished(i);
                 pool.failure(i, "write failed");
                 return fail(out, 502, "connection_terminated");
             }
         }
-        let (end, stats) = match client {
-            Client::Plain(client) => {
-                let _ = client.set_nodelay(true);
-                relay(&client, &server, self.cfg.idle_timeout).await
+        let mut server = match pool.secure(i, server).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::info!(listener = %self.name, pool = %pool.cfg.name, server = %pool.label(i), "TLS to the server failed: {e}");
+                pool.finished(i);
+                pool.failure(i, &format!("TLS failed: {e}"));
+                self.connect_error();
+                return fail(out, 502, "tls_protocol_error");
             }
-            Client::Tls(tls) => crate::relay::relay(tls, &mut server, self.cfg.idle_timeout).await,
+        };
+        if !pending.is_empty() {
+            let written = match &mut server {
+                Upstream::Plain(s) => s.write_all(&pending).await,
+                Upstream::Tls(s) => s.write_all(&pending).await,
+            };
+            if let Err(e) = written {
+                tracing::debug!("writing to the server failed: {e}");
+                pool.finished(i);
+                pool.failure(i, "write failed");
+                return fail(out, 502, "connection_terminated");
+            }
+        }
+        let idle = self.cfg.idle_timeout;
+        // Splice needs plain sockets both sides; TLS either side is copied.
+        let (end, stats) = match (client, server) {
+            (Client::Plain(client), Upstream::Plain(server)) => {
+                let _ = client.set_nodelay(true);
+                relay(&client, &server, idle).await
+            }
+            (Client::Plain(client), Upstream::Tls(server)) => {
+                let _ = client.set_nodelay(true);
+                crate::relay::relay(client, server, idle).await
+            }
+            (Client::Tls(tls), Upstream::Plain(mut server)) => {
+                crate::relay::relay(tls, &mut server, idle).await
+            }
+            (Client::Tls(tls), Upstream::Tls(server)) => {
+                crate::relay::relay(tls, server, idle).await
+            }
         };
         pool.finished(i);
         self.svc.metrics.relay("tcp", stats.a_to_b, stats.b_to_a);
@@ -302,6 +322,14 @@ impl TcpBalancer {
             }
         }
         out
+    }
+
+    fn connect_error(&self) {
+        self.svc
+            .metrics
+            .listener_connect_errors
+            .get_or_create(&crate::metrics::Metrics::listener(&self.name))
+            .inc();
     }
 
     /// First SNI route whose names (and ALPN, when it lists some) match; else the default.

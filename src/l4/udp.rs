@@ -72,6 +72,7 @@ pub fn spawn(
         addr,
         stop,
         task,
+        tls: None,
     })
 }
 

@@ -82,6 +82,15 @@ pub struct ServerPool {
     balancer: Mutex<Balancer>,
     metrics: Arc<Metrics>,
     labels: Vec<ServerLabels>,
+    /// `[pools.tls]`, loaded (start-up checks loaded it once already, so an error here is a
+    /// file changed since; connections then fail rather than go out in the clear).
+    tls: Option<Result<Arc<crate::tls::TlsClient>, String>>,
+}
+
+/// A connection to a pool server: plain, or TLS when the pool has `[pools.tls]`.
+pub enum Upstream {
+    Plain(TcpStream),
+    Tls(Box<crate::tls::client::TlsStream<TcpStream>>),
 }
 
 /// Why no connection to any server of the pool could be made.
@@ -123,7 +132,13 @@ impl ServerPool {
         for l in &labels {
             metrics.pool_server_up.get_or_create(l).set(1);
         }
+        let tls = cfg.tls.as_ref().map(|t| {
+            crate::tls::TlsClient::new(t)
+                .map(Arc::new)
+                .map_err(|e| format!("pool {:?}: TLS {}: {e}", cfg.name, e.key))
+        });
         ServerPool {
+            tls,
             cfg,
             balancer: Mutex::new(balancer),
             metrics,
@@ -330,6 +345,26 @@ impl ServerPool {
         Err(last.unwrap_or_else(|| PoolError::NoneAvailable(self.cfg.name.clone())))
     }
 
+    /// TLS to server `i` over a connected socket when the pool has `[pools.tls]` (within the
+    /// pool's connect timeout), else the socket as it is. An error is the caller's to count
+    /// against the server, like a failed connect.
+    pub async fn secure(&self, i: usize, tcp: TcpStream) -> std::io::Result<Upstream> {
+        let client = match &self.tls {
+            None => return Ok(Upstream::Plain(tcp)),
+            Some(Err(e)) => return Err(std::io::Error::other(e.clone())),
+            Some(Ok(c)) => c,
+        };
+        let host = self.cfg.servers[i].host.to_string();
+        match tokio::time::timeout(self.cfg.connect_timeout, client.connect(tcp, &host)).await {
+            Ok(Ok(tls)) => Ok(Upstream::Tls(Box::new(tls))),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "TLS handshake timed out",
+            )),
+        }
+    }
+
     /// One task per server: wait (interval plus jitter), check, record. Ends with the shutdown.
     fn start_health_checks(self: Arc<Self>, svc: Arc<Services>) {
         let Some(h) = self.cfg.health else { return };
@@ -397,6 +432,7 @@ mod tests {
                 base_ejection: Duration::from_secs(60),
                 max_ejection: Duration::from_secs(60),
             },
+            tls: None,
         };
         let metrics = Arc::new(Metrics::new());
         (ServerPool::new(cfg, metrics.clone(), 7), metrics)

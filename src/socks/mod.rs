@@ -13,7 +13,6 @@ mod client;
 pub mod codec;
 pub mod reply;
 pub mod server;
-pub mod tls;
 mod udp;
 
 pub use server::SocksServer;

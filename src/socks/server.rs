@@ -17,7 +17,6 @@ use std::time::{Instant, SystemTime};
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_rustls::TlsAcceptor;
 
 use super::access::{self, Allowed};
 use super::client::{Client, PlainTcp, Stage, Version};
@@ -36,7 +35,8 @@ pub struct SocksServer {
     pub name: Arc<str>,
     pub cfg: SocksListenerConfig,
     pub svc: Arc<Services>,
-    pub tls: Option<TlsAcceptor>,
+    /// TLS terminated before the SOCKS greeting (`tls` set); follows reloads.
+    pub tls: Option<Arc<crate::tls::TlsServer>>,
 }
 
 /// A decoded request, with who asked: what access control will look at.
@@ -132,7 +132,7 @@ impl SocksServer {
     /// A session over TLS: the handshake (within the handshake timeout), then [`Self::session`].
     async fn tls_session(
         &self,
-        acceptor: &TlsAcceptor,
+        acceptor: &crate::tls::TlsServer,
         stream: TcpStream,
         peer: SocketAddr,
         local: SocketAddr,

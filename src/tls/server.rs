@@ -1,0 +1,168 @@
+//! A listener's TLS: [`TlsServer`] holds the rustls config in force and swaps it on reload.
+//!
+//! ```text
+//! [listeners.tls] --load--> certificates (chain + key + SAN names) --> SniResolver
+//!                                                          ServerConfig (ALPN, versions)
+//! accept(tcp): the config in force now --> handshake --> TlsStream (ALPN, SNI on it)
+//! reload():    load the files again; on success swap, on error keep the old config
+//! ```
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert};
+use tokio_rustls::rustls::sign::CertifiedKey;
+use tokio_rustls::rustls::ServerConfig;
+
+use super::names::{san_dns_names, CertNames};
+use crate::config::ServerTls;
+
+/// Which file of which certificate a load problem is in (the config key to blame).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsFile {
+    Cert,
+    Key,
+}
+
+/// A certificate that could not be loaded: `index` into `certificates`, the file, the cause.
+#[derive(Debug, thiserror::Error)]
+#[error("{error:#}")]
+pub struct LoadError {
+    pub index: usize,
+    pub file: TlsFile,
+    pub error: anyhow::Error,
+}
+
+impl LoadError {
+    /// The key under the listener's `tls` table: `cert`/`key` for the one-certificate form,
+    /// `certificates[i].cert`/`.key` otherwise (`listed` says which form the file used).
+    pub fn key(&self, listed: bool) -> String {
+        let file = match self.file {
+            TlsFile::Cert => "cert",
+            TlsFile::Key => "key",
+        };
+        if listed {
+            format!("certificates[{}].{file}", self.index)
+        } else {
+            file.to_string()
+        }
+    }
+}
+
+/// Picks a listener's certificate by SNI (see [`CertNames`]).
+#[derive(Debug)]
+struct SniResolver {
+    certs: Vec<Arc<CertifiedKey>>,
+    names: CertNames,
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let i = self.names.choose(hello.server_name());
+        if i.is_none() {
+            tracing::debug!(sni = ?hello.server_name(), "TLS: no certificate for this name");
+        }
+        i.and_then(|i| self.certs.get(i).cloned())
+    }
+}
+
+/// Loads every certificate and builds the rustls config.
+pub fn build(cfg: &ServerTls) -> Result<ServerConfig, LoadError> {
+    let provider = super::provider();
+    let mut certs = Vec::with_capacity(cfg.certificates.len());
+    let mut names = Vec::with_capacity(cfg.certificates.len());
+    for (index, files) in cfg.certificates.iter().enumerate() {
+        let err = |file, error| LoadError { index, file, error };
+        let chain = super::read_certs(&files.cert).map_err(|e| err(TlsFile::Cert, e))?;
+        let san = san_dns_names(&chain[0]).map_err(|e| {
+            err(
+                TlsFile::Cert,
+                anyhow::anyhow!("{}: not a usable certificate: {e}", files.cert.display()),
+            )
+        })?;
+        let key = super::read_key(&files.key).map_err(|e| err(TlsFile::Key, e))?;
+        let ck = CertifiedKey::from_der(chain, key, &provider).map_err(|e| {
+            err(
+                TlsFile::Key,
+                anyhow::anyhow!(
+                    "{} and {} do not form a usable pair: {e}",
+                    files.cert.display(),
+                    files.key.display()
+                ),
+            )
+        })?;
+        certs.push(Arc::new(ck));
+        names.push(san);
+    }
+    let resolver = SniResolver {
+        names: CertNames::new(&names, cfg.default_cert),
+        certs,
+    };
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(super::versions(cfg.min_version))
+        .map_err(|e| LoadError {
+            index: 0,
+            file: TlsFile::Cert,
+            error: anyhow::anyhow!("TLS protocol versions: {e}"),
+        })?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(resolver));
+    config.alpn_protocols = super::alpn_bytes(&cfg.alpn);
+    Ok(config)
+}
+
+/// A listener's TLS: the config in force, swapped by [`TlsServer::reload`].
+pub struct TlsServer {
+    cfg: ServerTls,
+    config: ArcSwap<ServerConfig>,
+}
+
+/// A TLS session accepted by a listener, and what the handshake agreed.
+pub type TlsStream<IO> = tokio_rustls::server::TlsStream<IO>;
+
+impl TlsServer {
+    /// Loads the files; every error names the certificate and file at fault.
+    pub fn new(cfg: &ServerTls) -> Result<TlsServer, LoadError> {
+        Ok(TlsServer {
+            config: ArcSwap::from_pointee(build(cfg)?),
+            cfg: cfg.clone(),
+        })
+    }
+
+    /// Re-reads the certificate and key files. On success connections accepted from now on
+    /// get the new certificates; on an error the old ones stay and the error is returned.
+    pub fn reload(&self) -> Result<(), LoadError> {
+        let config = build(&self.cfg)?;
+        self.config.store(Arc::new(config));
+        Ok(())
+    }
+
+    /// The rustls config in force now (for a caller that reads the ClientHello first with
+    /// `tokio_rustls::LazyConfigAcceptor`).
+    pub fn current(&self) -> Arc<ServerConfig> {
+        self.config.load_full()
+    }
+
+    /// The handshake on an accepted connection, with the certificates in force now. The
+    /// caller bounds it in time. After it, `stream.get_ref().1` has the negotiated ALPN
+    /// (`alpn_protocol()`) and the client's SNI (`server_name()`); see [`alpn`] and [`sni`].
+    pub async fn accept<IO>(&self, io: IO) -> std::io::Result<TlsStream<IO>>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        tokio_rustls::TlsAcceptor::from(self.current())
+            .accept(io)
+            .await
+    }
+}
+
+/// The ALPN protocol the handshake chose, if any.
+pub fn alpn<IO>(s: &TlsStream<IO>) -> Option<&[u8]> {
+    s.get_ref().1.alpn_protocol()
+}
+
+/// The server name the client sent (SNI), if any.
+pub fn sni<IO>(s: &TlsStream<IO>) -> Option<&str> {
+    s.get_ref().1.server_name()
+}
