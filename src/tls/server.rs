@@ -166,3 +166,38 @@ pub fn alpn<IO>(s: &TlsStream<IO>) -> Option<&[u8]> {
 pub fn sni<IO>(s: &TlsStream<IO>) -> Option<&str> {
     s.get_ref().1.server_name()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::TlsFiles;
+
+    #[test]
+    fn a_bad_file_at_reload_keeps_the_old_config() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+        let c = rcgen::generate_simple_self_signed(vec!["a.test".into()]).expect("cert");
+        std::fs::write(&cert, c.cert.pem()).expect("write");
+        std::fs::write(&key, c.signing_key.serialize_pem()).expect("write");
+        let tls = TlsServer::new(&ServerTls::single(TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+        }))
+        .expect("loads");
+        let before = tls.current();
+        tls.reload().expect("same files reload");
+        assert!(!Arc::ptr_eq(&before, &tls.current()), "swapped");
+        let good = tls.current();
+        std::fs::write(&key, "junk").expect("write");
+        let e = tls.reload().expect_err("bad key");
+        assert_eq!((e.index, e.file), (0, TlsFile::Key));
+        assert_eq!(e.key(false), "key");
+        assert_eq!(e.key(true), "certificates[0].key");
+        assert!(Arc::ptr_eq(&good, &tls.current()), "old config kept");
+        // A key that is not the certificate's.
+        let other = rcgen::generate_simple_self_signed(vec!["b.test".into()]).expect("cert");
+        std::fs::write(&key, other.signing_key.serialize_pem()).expect("write");
+        let e = tls.reload().expect_err("mismatched pair");
+        assert!(e.to_string().contains("usable pair"), "{e}");
+    }
+}
