@@ -77,9 +77,23 @@ pub fn prepare(config: &Config) -> Result<Prepared, Vec<ConfigError>> {
             ListenerKind::Tcp(t) => t.tls.as_ref(),
             _ => None,
         };
-        if let Some((t, Err(e))) = tls.map(|t| (t, crate::tls::server::build(t))) {
-            let key = e.key(t.listed);
-            errors.push(lines.error(&format!("listeners[{i}].tls.{key}"), e.to_string()));
+        // With termination, a tcp listener's SNI routes match the handshake's name: a route
+        // name no certificate lists is worth a warning.
+        let routed: Vec<String> = match &l.kind {
+            ListenerKind::Tcp(t) => t.sni.iter().flat_map(|r| r.names.clone()).collect(),
+            _ => Vec::new(),
+        };
+        match tls.map(|t| (t, crate::tls::server::check(t, &routed))) {
+            Some((t, Err(e))) => {
+                let key = e.key(t.listed);
+                errors.push(lines.error(&format!("listeners[{i}].tls.{key}"), e.to_string()));
+            }
+            Some((_, Ok(ws))) => {
+                for w in ws {
+                    warnings.push(lines.error(&format!("listeners[{i}].tls"), w));
+                }
+            }
+            None => {}
         }
     }
     for (i, p) in config.pools.iter().enumerate() {

@@ -197,3 +197,58 @@ impl ServerCertVerifier for NoVerify {
         self.0.signature_verification_algorithms.supported_schemes()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unverified(server_name: Option<&str>) -> TlsClient {
+        TlsClient::new(&ClientTls {
+            ca_file: None,
+            server_name: server_name.map(str::to_string),
+            verify: false,
+            client_cert: None,
+            alpn: vec!["h2".into()],
+            min_version: crate::config::TlsVersion::V1_3,
+        })
+        .expect("no files to read")
+    }
+
+    #[test]
+    fn the_name_sent_and_verified() {
+        let c = unverified(None);
+        let name = |h: &str| c.server_name(h).map(|n| n.to_str().into_owned());
+        assert_eq!(name("backend.test").expect("name"), "backend.test");
+        assert_eq!(name("10.0.0.1").expect("ip"), "10.0.0.1");
+        assert_eq!(name("[::1]").expect("bracketed v6"), "::1");
+        assert!(name("a b").is_err());
+        let c = unverified(Some("fixed.test"));
+        assert_eq!(
+            c.server_name("10.0.0.1").expect("fixed").to_str(),
+            "fixed.test"
+        );
+    }
+
+    #[test]
+    fn missing_files_name_their_key() {
+        let mut cfg = ClientTls {
+            ca_file: Some("/nonexistent/ca.pem".into()),
+            server_name: None,
+            verify: true,
+            client_cert: None,
+            alpn: Vec::new(),
+            min_version: crate::config::TlsVersion::V1_2,
+        };
+        assert_eq!(TlsClient::new(&cfg).expect_err("no ca").key, "ca_file");
+        cfg.ca_file = None;
+        cfg.verify = false;
+        cfg.client_cert = Some(crate::config::TlsFiles {
+            cert: "/nonexistent/c.pem".into(),
+            key: "/nonexistent/k.pem".into(),
+        });
+        assert_eq!(
+            TlsClient::new(&cfg).expect_err("no cert").key,
+            "client_cert"
+        );
+    }
+}

@@ -69,6 +69,50 @@ impl ResolvesServerCert for SniResolver {
 
 /// Loads every certificate and builds the rustls config.
 pub fn build(cfg: &ServerTls) -> Result<ServerConfig, LoadError> {
+    build_named(cfg).map(|(config, _)| config)
+}
+
+/// Loads every certificate (as [`build`]) and says what is worth a warning: a certificate
+/// with no DNS name (served only as the default, or never), and each of `wanted` (names the
+/// listener routes) that no certificate lists.
+pub fn check(cfg: &ServerTls, wanted: &[String]) -> Result<Vec<String>, LoadError> {
+    let (_, names) = build_named(cfg)?;
+    let mut warnings = Vec::new();
+    for (i, n) in names.iter().enumerate() {
+        if n.is_empty() {
+            let path = cfg.certificates[i].cert.display();
+            let role = if cfg.default_cert == Some(i) {
+                "it is served only to names no other certificate lists"
+            } else {
+                "it is never served"
+            };
+            warnings.push(format!(
+                "{path} has no DNS subject alternative name; {role}"
+            ));
+        }
+    }
+    let listed = CertNames::new(&names, None);
+    for w in wanted {
+        // A route's `*.suffix` is covered when a name one label under it is.
+        let probe = match w.strip_prefix("*.") {
+            Some(suffix) => format!("x.{suffix}"),
+            None => w.clone(),
+        };
+        if listed.choose(Some(&probe)).is_none() {
+            let what = if cfg.strict_sni {
+                "refused (strict_sni)"
+            } else {
+                "given the default certificate"
+            };
+            warnings.push(format!(
+                "no certificate lists {w:?}, which an SNI route names; its clients are {what}"
+            ));
+        }
+    }
+    Ok(warnings)
+}
+
+fn build_named(cfg: &ServerTls) -> Result<(ServerConfig, Vec<Vec<String>>), LoadError> {
     let provider = super::provider();
     let mut certs = Vec::with_capacity(cfg.certificates.len());
     let mut names = Vec::with_capacity(cfg.certificates.len());
@@ -99,6 +143,7 @@ pub fn build(cfg: &ServerTls) -> Result<ServerConfig, LoadError> {
         names: CertNames::new(&names, cfg.default_cert),
         certs,
     };
+    let listed = names;
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(super::versions(cfg.min_version))
         .map_err(|e| LoadError {
@@ -109,7 +154,7 @@ pub fn build(cfg: &ServerTls) -> Result<ServerConfig, LoadError> {
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(resolver));
     config.alpn_protocols = super::alpn_bytes(&cfg.alpn);
-    Ok(config)
+    Ok((config, listed))
 }
 
 /// A listener's TLS: the config in force, swapped by [`TlsServer::reload`].
@@ -199,5 +244,38 @@ mod tests {
         std::fs::write(&key, other.signing_key.serialize_pem()).expect("write");
         let e = tls.reload().expect_err("mismatched pair");
         assert!(e.to_string().contains("usable pair"), "{e}");
+    }
+
+    #[test]
+    fn warnings_for_unnamed_certificates_and_uncovered_routes() {
+        let dir = tempfile::tempdir().expect("dir");
+        let write = |name: &str, names: Vec<String>| {
+            let c = rcgen::generate_simple_self_signed(names).expect("cert");
+            let files = TlsFiles {
+                cert: dir.path().join(format!("{name}.pem")),
+                key: dir.path().join(format!("{name}.key")),
+            };
+            std::fs::write(&files.cert, c.cert.pem()).expect("write");
+            std::fs::write(&files.key, c.signing_key.serialize_pem()).expect("write");
+            files
+        };
+        let mut cfg = ServerTls::single(write("a", vec!["*.b.test".into()]));
+        cfg.certificates.push(write("none", Vec::new()));
+        cfg.listed = true;
+        let wanted = ["x.b.test", "*.b.test", "c.test", "*.d.test"].map(String::from);
+        let w = check(&cfg, &wanted).expect("loads");
+        assert_eq!(w.len(), 3, "{w:?}");
+        assert!(
+            w[0].contains("none.pem") && w[0].contains("never served"),
+            "{w:?}"
+        );
+        assert!(
+            w[1].contains("\"c.test\"") && w[1].contains("default"),
+            "{w:?}"
+        );
+        assert!(w[2].contains("\"*.d.test\""), "{w:?}");
+        cfg.strict_sni = true;
+        cfg.default_cert = None;
+        assert!(check(&cfg, &wanted).expect("loads")[1].contains("strict_sni"));
     }
 }
