@@ -508,3 +508,51 @@ fn check_warns_about_an_unverified_pool() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("pools[0].tls.ca_file"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_header_goes_in_the_clear_before_the_servers_tls() {
+    let ca = Ca::new();
+    let leaf = ca.leaf(&["backend.test"]);
+    let server_config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(vec![leaf.der.clone()], leaf.key_der())
+        .expect("cert");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_config));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let backend = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            tokio::spawn(async move {
+                // The PROXY v1 line, a byte at a time, so nothing of the handshake is taken.
+                let mut line = Vec::new();
+                while !line.ends_with(b"\r\n") && line.len() < 108 {
+                    let mut b = [0u8; 1];
+                    if s.read_exact(&mut b).await.is_err() {
+                        return;
+                    }
+                    line.push(b[0]);
+                }
+                let _ = tx.send(String::from_utf8_lossy(&line).into_owned());
+                if let Ok(tls) = acceptor.accept(s).await {
+                    let (mut r, mut w) = tokio::io::split(tls);
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                }
+            });
+        }
+    });
+    let dir = tempfile::tempdir().expect("dir");
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).expect("write");
+    let pool = format!("[pools.tls]\nca_file = {ca_file:?}\nserver_name = \"backend.test\"\n");
+    let gh = Gatehouse::start(&config("send_proxy = \"v1\"", backend, &pool));
+    assert!(plain_echo_or_closed(gh.addr("t")).await, "echo over TLS");
+    let line = rx.recv().await.expect("a PROXY line");
+    assert!(
+        line.starts_with("PROXY TCP4 127.0.0.1 127.0.0.1 "),
+        "{line:?}"
+    );
+}

@@ -19,7 +19,7 @@ use crate::accesslog::AccessRecord;
 use crate::config::{ProxyVersion, TcpListenerConfig};
 use crate::policy::matcher::CidrSet;
 use crate::policy::Protocol;
-use crate::pool::{ServerPool, Upstream};
+use crate::pool::ServerPool;
 use crate::relay::RelayEnd;
 use crate::server::Services;
 
@@ -254,42 +254,49 @@ impl TcpBalancer {
         out.upstream = server.peer_addr().ok();
         let _ = server.set_nodelay(true);
 
-        // The PROXY header goes first, in the clear, also before a TLS handshake.
-        let header = match self.cfg.send_proxy {
+        // The PROXY header goes first, in the clear (before a TLS handshake with the server),
+        // then the bytes already read from the client: in the same write when in the clear.
+        let secure = pool.has_tls();
+        let mut first = match self.cfg.send_proxy {
             Some(ProxyVersion::V1) => proxy_protocol::encode_v1(*origin, dst),
             Some(ProxyVersion::V2) => proxy_protocol::encode_v2(*origin, dst),
             None => Vec::new(),
         };
-        if !header.is_empty() {
-            if let Err(e) = server.write_all(&header).await {
+        if !secure {
+            first.extend_from_slice(&pending);
+        }
+        if !first.is_empty() {
+            if let Err(e) = server.write_all(&first).await {
                 tracing::debug!("writing to the server failed: {e}");
                 pool.finished(i);
                 pool.failure(i, "write failed");
                 return fail(out, 502, "connection_terminated");
             }
         }
-        let mut server = match pool.secure(i, server).await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::info!(listener = %self.name, pool = %pool.cfg.name, server = %pool.label(i), "TLS to the server failed: {e}");
-                pool.finished(i);
-                pool.failure(i, &format!("TLS failed: {e}"));
-                self.connect_error();
-                return fail(out, 502, "tls_protocol_error");
-            }
-        };
-        if !pending.is_empty() {
-            let written = match &mut server {
-                Upstream::Plain(s) => s.write_all(&pending).await,
-                Upstream::Tls(s) => s.write_all(&pending).await,
+        let server = if secure {
+            // Boxed: a client handshake is large, and plain connections need not carry it.
+            let mut tls = match Box::pin(pool.secure(i, server)).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::info!(listener = %self.name, pool = %pool.cfg.name, server = %pool.label(i), "TLS to the server failed: {e}");
+                    pool.finished(i);
+                    pool.failure(i, &format!("TLS failed: {e}"));
+                    self.connect_error();
+                    return fail(out, 502, "tls_protocol_error");
+                }
             };
-            if let Err(e) = written {
-                tracing::debug!("writing to the server failed: {e}");
-                pool.finished(i);
-                pool.failure(i, "write failed");
-                return fail(out, 502, "connection_terminated");
+            if !pending.is_empty() {
+                if let Err(e) = tls.write_all(&pending).await {
+                    tracing::debug!("writing to the server failed: {e}");
+                    pool.finished(i);
+                    pool.failure(i, "write failed");
+                    return fail(out, 502, "connection_terminated");
+                }
             }
-        }
+            Upstream::Tls(tls)
+        } else {
+            Upstream::Plain(server)
+        };
         let idle = self.cfg.idle_timeout;
         // Splice needs plain sockets both sides; TLS either side is copied.
         let (end, stats) = match (client, server) {
@@ -354,6 +361,12 @@ impl TcpBalancer {
 enum Client {
     Plain(TcpStream),
     Tls(Box<tokio_rustls::server::TlsStream<Prefixed>>),
+}
+
+/// The server side: plain, or TLS when the pool has `[pools.tls]`.
+enum Upstream {
+    Plain(TcpStream),
+    Tls(Box<crate::tls::client::TlsStream<TcpStream>>),
 }
 
 /// The client socket with bytes already read from it (after a PROXY header) put back in

@@ -87,12 +87,6 @@ pub struct ServerPool {
     tls: Option<Result<Arc<crate::tls::TlsClient>, String>>,
 }
 
-/// A connection to a pool server: plain, or TLS when the pool has `[pools.tls]`.
-pub enum Upstream {
-    Plain(TcpStream),
-    Tls(Box<crate::tls::client::TlsStream<TcpStream>>),
-}
-
 /// Why no connection to any server of the pool could be made.
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
@@ -345,18 +339,27 @@ impl ServerPool {
         Err(last.unwrap_or_else(|| PoolError::NoneAvailable(self.cfg.name.clone())))
     }
 
-    /// TLS to server `i` over a connected socket when the pool has `[pools.tls]` (within the
-    /// pool's connect timeout), else the socket as it is. An error is the caller's to count
-    /// against the server, like a failed connect.
-    pub async fn secure(&self, i: usize, tcp: TcpStream) -> std::io::Result<Upstream> {
+    /// Whether the pool's servers are reached over TLS (`[pools.tls]`).
+    pub fn has_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// The TLS handshake with server `i` over a connected socket (within the pool's connect
+    /// timeout), for a pool with `[pools.tls]` (see [`ServerPool::has_tls`]; without it, an
+    /// error). An error is the caller's to count against the server, like a failed connect.
+    pub async fn secure(
+        &self,
+        i: usize,
+        tcp: TcpStream,
+    ) -> std::io::Result<Box<crate::tls::client::TlsStream<TcpStream>>> {
         let client = match &self.tls {
-            None => return Ok(Upstream::Plain(tcp)),
+            None => return Err(std::io::Error::other("the pool has no TLS")),
             Some(Err(e)) => return Err(std::io::Error::other(e.clone())),
             Some(Ok(c)) => c,
         };
         let host = self.cfg.servers[i].host.to_string();
         match tokio::time::timeout(self.cfg.connect_timeout, client.connect(tcp, &host)).await {
-            Ok(Ok(tls)) => Ok(Upstream::Tls(Box::new(tls))),
+            Ok(Ok(tls)) => Ok(Box::new(tls)),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
