@@ -188,3 +188,51 @@ async fn garbage_huge_heads_and_silence_fail_the_check() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(metric(admin, "gatehouse_pool_server_up").await, Some(1.0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passive_ejection_backs_off_and_readmits_without_traffic() {
+    let dead = {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        l.local_addr().expect("addr")
+    };
+    let live = HealthServer::start(Answer::Status(200)).await;
+    let gh = Gatehouse::start(&format!(
+        "[[listeners]]\nname = \"tcp\"\nkind = \"tcp\"\nlisten = \"127.0.0.1:0\"\npool = \"p\"\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n\
+         [[pools]]\nname = \"p\"\n\
+         [pools.passive]\nmax_failures = 1\nejection = \"300ms\"\nmax_ejection = \"1s\"\n\
+         [[pools.servers]]\naddress = \"{dead}\"\n[[pools.servers]]\naddress = \"{}\"\n",
+        live.addr
+    ));
+    let admin = gh.addr("admin");
+    let through = || async {
+        let mut c = tokio::net::TcpStream::connect(gh.addr("tcp"))
+            .await
+            .expect("connect");
+        c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("write");
+        let mut got = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut got)).await;
+        assert!(
+            got.starts_with(b"HTTP/1.1 200"),
+            "the retry reaches the live server"
+        );
+    };
+    // Round-robin sends the first connection to the dead server: ejected, retried elsewhere.
+    through().await;
+    let down = gh.wait_stderr("server down");
+    assert!(
+        down.contains(&dead.to_string()) && down.contains("ejected for 300ms"),
+        "{down}"
+    );
+    // Readmitted when the ejection ends, with no request needed to notice.
+    let up = gh.wait_stderr("server up");
+    assert!(up.contains("ejection over"), "{up}");
+    wait_up(admin, 2.0).await;
+    // Failing again before any success: twice as long.
+    through().await;
+    through().await;
+    let down = gh.wait_stderr("server down");
+    assert!(down.contains("ejected for 600ms"), "{down}");
+}

@@ -340,6 +340,12 @@ fn read_http_check(h: &Section<'_>) -> HttpCheck {
         }
         Ok(s.as_bytes().to_vec())
     });
+    if method == "HEAD" && body.is_some() {
+        h.error_at(
+            "expect_body",
+            "a HEAD response has no body: use method = \"GET\"",
+        );
+    }
     HttpCheck {
         method: method.to_string(),
         path,
@@ -494,7 +500,7 @@ first_byte_timeout = \"15s\"
 idle_timeout = \"30s\"
 {SRV}[pools.health]
 kind = \"http\"
-method = \"HEAD\"
+method = \"GET\"
 path = \"/healthz?full=1\"
 host = \"app.test\"
 expect_status = [\"200\", 204, \"301-302\"]
@@ -524,7 +530,7 @@ max_age = \"1h\"
         };
         assert_eq!(
             (c.method.as_str(), c.path.as_str()),
-            ("HEAD", "/healthz?full=1")
+            ("GET", "/healthz?full=1")
         );
         assert_eq!(c.host.as_deref(), Some("app.test"));
         assert!(c.expect.status.contains(204) && c.expect.status.contains(302));
@@ -580,6 +586,10 @@ max_age = \"1h\"
         assert_eq!(
             bad("[pools.health]\ntype = \"http\"\nexpect_status = [\"200\", \"600\"]\n"),
             ["pools[1].health.expect_status"]
+        );
+        assert_eq!(
+            bad("[pools.health]\ntype = \"http\"\nmethod = \"HEAD\"\nexpect_body = \"ok\"\n"),
+            ["pools[1].health.expect_body"]
         );
         assert_eq!(bad("retry_budget = 1.5\n"), ["pools[1].retry_budget"]);
         assert_eq!(bad("hash_key = \"header:\"\n"), ["pools[1].hash_key"]);

@@ -27,9 +27,26 @@ pub const MAX_HEAD: usize = 16 * 1024;
 /// Interim (1xx) responses skipped before the final one.
 const MAX_INTERIM: usize = 4;
 
-/// Starts one check task per server of `pool` (when it has `[pools.health]`). The tasks end
+/// Starts one check task per server of `pool` (when it has `[pools.health]`), and one task
+/// readmitting servers whose ejection ran out (when passive checks are on). The tasks end
 /// with the shutdown.
 pub(super) fn start(pool: Arc<ServerPool>, svc: Arc<Services>) {
+    if pool.cfg.passive.max_failures > 0 {
+        // Ejections that run out are readmitted (logged, gauge set) within a second even
+        // when no request comes to pick the server.
+        let pool = pool.clone();
+        let stop = svc.shutdown.child();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => pool.refresh(std::time::Instant::now()),
+                    _ = stop.cancelled() => return,
+                }
+            }
+        });
+    }
     let Some(h) = pool.cfg.health.clone() else {
         return;
     };

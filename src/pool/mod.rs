@@ -104,6 +104,14 @@ pub struct ServerPool {
     pool_label: PoolLabel,
 }
 
+/// [`ServerPool::pick_request`]'s answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Picked {
+    pub server: usize,
+    /// `Set-Cookie` value for the response (sticky pools, when the client lacks the cookie).
+    pub set_cookie: Option<String>,
+}
+
 /// Why no connection to any server of the pool could be made.
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
@@ -273,6 +281,42 @@ impl ServerPool {
         Some(i)
     }
 
+    /// The whole choice for one HTTP request: the server its sticky cookie names (when the
+    /// pool has `[pools.sticky]` and that server may take it), else a pick hashing the
+    /// pool's `hash_key` input from `headers`/`target` (the client address without one).
+    /// The server is in flight (call [`ServerPool::finished`]); `set_cookie` is the
+    /// `Set-Cookie` value to add to the response when the client's cookie is missing or
+    /// names another server. `tls`: the client came over TLS (`Secure`).
+    pub fn pick_request(
+        &self,
+        client: IpAddr,
+        headers: &crate::http::codec::Headers,
+        target: &str,
+        exclude: &[usize],
+        tls: bool,
+    ) -> Option<Picked> {
+        let token = self
+            .cfg
+            .sticky
+            .as_ref()
+            .and_then(|s| crate::balance::cookie(headers, &s.cookie));
+        let i = match token.and_then(|t| self.sticky_pick(t, exclude)) {
+            Some(i) => i,
+            None => {
+                let input = crate::balance::hash_input(&self.cfg.hash_key, headers, target);
+                self.pick_with(client, input, exclude)?
+            }
+        };
+        let set_cookie = match token {
+            Some(t) if t == self.tokens[i].as_bytes() => None,
+            _ => self.sticky_cookie(i, tls),
+        };
+        Some(Picked {
+            server: i,
+            set_cookie,
+        })
+    }
+
     /// Server `i`'s sticky-session token (the cookie's value).
     pub fn sticky_token(&self, i: usize) -> &str {
         &self.tokens[i]
@@ -311,7 +355,13 @@ impl ServerPool {
         let now = Instant::now();
         let mut b = self.lock();
         let t = b.server_mut(i).passive.failure(now, &self.cfg.passive);
-        self.after(&mut b, i, t, why);
+        match b.server(i).passive.ejected_until() {
+            Some(until) if t == Some(Transition::Down) => {
+                let why = format!("{why} (ejected for {:?})", until - now);
+                self.after(&mut b, i, t, &why);
+            }
+            _ => self.after(&mut b, i, t, why),
+        }
     }
 
     /// How an HTTP exchange with server `i` ended (passive health): a reset or a first-byte
@@ -384,6 +434,17 @@ impl ServerPool {
             .get_or_create(&self.labels[i])
             .observe(latency.as_secs_f64());
         self.lock().sample(i, latency, Instant::now());
+    }
+
+    /// Readmits every server whose passive ejection has run out by `now` (logged, gauge set).
+    fn refresh(&self, now: Instant) {
+        let mut b = self.lock();
+        for i in 0..b.len() {
+            let t = b.server_mut(i).passive.expire(now);
+            if t.is_some() {
+                self.after(&mut b, i, t, "passive: ejection over");
+            }
+        }
     }
 
     /// One active check's result.
@@ -711,5 +772,63 @@ mod tests {
             ),
             "{text}"
         );
+    }
+
+    #[test]
+    fn pick_request_follows_the_cookie_and_sets_it_when_needed() {
+        use crate::http::codec::Headers;
+        let (p, _) = pool(false);
+        let none = Headers::default();
+        let first = p
+            .pick_request(CLIENT, &none, "/", &[], true)
+            .expect("server");
+        p.finished(first.server);
+        let cookie = first.set_cookie.expect("a new client gets the cookie");
+        assert!(cookie.ends_with("; Secure"), "{cookie}");
+        let token = p.sticky_token(first.server).to_string();
+        let mut with = Headers::default();
+        with.push("Cookie", format!("other=1; GH_SRV={token}"));
+        for _ in 0..4 {
+            let again = p
+                .pick_request(CLIENT, &with, "/", &[], false)
+                .expect("server");
+            p.finished(again.server);
+            assert_eq!(
+                again,
+                Picked {
+                    server: first.server,
+                    set_cookie: None
+                }
+            );
+        }
+        // Its server is ejected: another one, and a cookie naming it.
+        p.failure(first.server, "t");
+        let moved = p
+            .pick_request(CLIENT, &with, "/", &[], false)
+            .expect("server");
+        assert_ne!(moved.server, first.server);
+        let other = p.sticky_token(moved.server).to_string();
+        assert_eq!(
+            moved.set_cookie,
+            Some(format!("GH_SRV={other}; Path=/; HttpOnly; SameSite=Lax"))
+        );
+        // Without [pools.sticky]: no cookie.
+        let (plain, _) = pool_with(false, |c| c.sticky = None);
+        let p2 = plain
+            .pick_request(CLIENT, &with, "/", &[], false)
+            .expect("server");
+        assert_eq!(p2.set_cookie, None);
+    }
+
+    #[test]
+    fn refresh_readmits_servers_whose_ejection_ran_out() {
+        let (p, m) = pool(false);
+        p.failure(0, "t");
+        assert_eq!(up(&m, "127.0.0.1:1"), 0);
+        p.refresh(Instant::now());
+        assert_eq!(up(&m, "127.0.0.1:1"), 0, "ejected for 60 s");
+        p.refresh(Instant::now() + Duration::from_secs(61));
+        assert_eq!(up(&m, "127.0.0.1:1"), 1);
+        assert_eq!(up(&m, "127.0.0.1:2"), 1);
     }
 }
