@@ -138,6 +138,8 @@ async fn a_server_answering_500_goes_down_and_200_brings_it_back() {
     let status: serde_json::Value = serde_json::from_slice(&body).expect("json");
     let servers = status["pools"]["p"].as_array().expect("pool p");
     assert_eq!(servers[0]["up"], false, "{servers:?}");
+    assert_eq!(servers[0]["checks_up"], false, "{servers:?}");
+    assert_eq!(servers[0]["ejected"], false, "{servers:?}");
     assert_eq!(servers[1]["up"], true, "{servers:?}");
 
     flaky.status.store(200, Ordering::SeqCst);

@@ -165,6 +165,20 @@ impl Balancer {
         &mut self.servers[i]
     }
 
+    /// Whether server `i` may take a request that must go to it (a sticky session): it is
+    /// not excluded and is available, or the request fails open and no other server that is
+    /// not excluded is available either. Changes no state (a refused sticky server does not
+    /// disturb round-robin's turns).
+    pub fn may_take(&self, i: usize, req: &Request<'_>, now: Instant) -> bool {
+        if i >= self.servers.len() || req.exclude.contains(&i) {
+            return false;
+        }
+        self.servers[i].is_available(now)
+            || (req.fail_open
+                && !(0..self.servers.len())
+                    .any(|j| !req.exclude.contains(&j) && self.servers[j].is_available(now)))
+    }
+
     /// Chooses a server for one request. The caller then calls [`Balancer::started`] and,
     /// when the request ends, [`Balancer::finished`].
     pub fn pick(&mut self, req: &Request<'_>, now: Instant) -> Pick {

@@ -508,3 +508,30 @@ fn header_keys_move_only_the_changed_servers_share() {
     }
     assert_eq!(back, moved);
 }
+
+#[test]
+fn may_take_checks_a_sticky_server_without_touching_turns() {
+    let (mut b, now) = balancer(Algorithm::RoundRobin, &[1, 1, 1]);
+    let req = Request::default();
+    assert!(b.may_take(1, &req, now));
+    assert!(!b.may_take(3, &req, now), "no such server");
+    let excl = Request {
+        exclude: &[1],
+        ..Request::default()
+    };
+    assert!(!b.may_take(1, &excl, now));
+    b.server_mut(1).disabled = true;
+    assert!(!b.may_take(1, &req, now));
+    // Asking changed nothing: the turns go on from the start.
+    assert_eq!(pick(&mut b, now), 0);
+    // Failing open: only when no other server could take it.
+    let open = Request {
+        fail_open: true,
+        ..Request::default()
+    };
+    assert!(!b.may_take(1, &open, now));
+    b.server_mut(0).disabled = true;
+    b.server_mut(2).disabled = true;
+    assert!(b.may_take(1, &open, now));
+    assert!(!b.may_take(1, &req, now));
+}

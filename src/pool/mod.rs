@@ -89,6 +89,10 @@ pub struct ServerHealth {
     pub server: String,
     /// Whether it may be picked now (health checks up, not ejected).
     pub up: bool,
+    /// What the active checks say (true without checks).
+    pub checks_up: bool,
+    /// Ejected by the passive checks now.
+    pub ejected: bool,
     pub in_flight: u64,
 }
 
@@ -187,6 +191,8 @@ impl ServerPool {
             .map(|(i, l)| ServerHealth {
                 server: l.server.clone(),
                 up: b.server(i).is_available(now),
+                checks_up: b.server(i).active.is_up(),
+                ejected: b.server(i).passive.is_ejected(now),
                 in_flight: b.server(i).in_flight(),
             })
             .collect()
@@ -260,21 +266,15 @@ impl ServerPool {
     /// cookie again ([`ServerPool::sticky_cookie`]).
     pub fn sticky_pick(&self, token: &[u8], exclude: &[usize]) -> Option<usize> {
         let i = self.tokens.iter().position(|t| t.as_bytes() == token)?;
-        if exclude.contains(&i) {
-            return None;
-        }
         let now = Instant::now();
         let mut b = self.lock();
-        let pick = b.pick(
-            &Request {
-                key: None,
-                exclude,
-                prefer: Some(i),
-                fail_open: self.cfg.fail_open,
-            },
-            now,
-        );
-        if pick != Pick::Server(i) {
+        let req = Request {
+            key: None,
+            exclude,
+            prefer: Some(i),
+            fail_open: self.cfg.fail_open,
+        };
+        if !b.may_take(i, &req, now) {
             return None;
         }
         self.take(&mut b, i, now);
