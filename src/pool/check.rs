@@ -321,4 +321,32 @@ mod tests {
         let r = probe_http(&mut ours, &check(None), "s", T).await;
         assert_eq!(r, Err("no response in time".into()));
     }
+
+    #[tokio::test]
+    async fn random_answers_never_panic_or_hang() {
+        let mut rng = fastrand::Rng::with_seed(9);
+        let pieces: [&[u8]; 8] = [
+            b"HTTP/1.1 200 OK\r\n",
+            b"Content-Length: 5\r\n",
+            b"Transfer-Encoding: chunked\r\n",
+            b"\r\n",
+            b"5\r\nhello\r\n0\r\n\r\n",
+            b"HTTP/1.1 100 Continue\r\n\r\n",
+            b"\xff\x00\n",
+            b"ok",
+        ];
+        for _ in 0..300 {
+            let mut answer = Vec::new();
+            for _ in 0..rng.usize(0..8) {
+                if rng.bool() {
+                    answer.extend_from_slice(pieces[rng.usize(0..pieces.len())]);
+                } else {
+                    answer.extend((0..rng.usize(0..40)).map(|_| rng.u8(..)));
+                }
+            }
+            let c = check(if rng.bool() { Some("ok") } else { None });
+            let r = tokio::time::timeout(Duration::from_secs(5), probe(&c, answer)).await;
+            assert!(r.is_ok(), "a probe hung");
+        }
+    }
 }
