@@ -9,7 +9,8 @@
 //! followed.
 //!
 //! For the reverse proxy (HTTP), beside `pick`/`connect`/`success`/`failure`/`finished`:
-//! [`ServerPool::pick_with`] (hash on a header, cookie or path), [`ServerPool::sticky_pick`]
+//! [`ServerPool::pick_request`] (the whole choice: sticky cookie, else the hash key), its
+//! parts [`ServerPool::pick_with`] (hash on a header, cookie or path), [`ServerPool::sticky_pick`]
 //! and [`ServerPool::sticky_cookie`] (sticky sessions), [`ServerPool::http_result`] (passive
 //! health from responses), [`ServerPool::request_started`] and [`ServerPool::try_retry`] (the
 //! retry budget), [`ServerPool::observe`] and [`ServerPool::retried`] (per-server metrics).
