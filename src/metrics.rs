@@ -39,6 +39,23 @@ pub struct ServerLabels {
     pub server: String,
 }
 
+/// A pool server's HTTP responses by status class.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServerClassLabels {
+    pub pool: String,
+    pub server: String,
+    /// "1xx" .. "5xx"
+    pub class: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolLabel {
+    pub pool: String,
+}
+
+/// A family of histograms, one per label set, all with the same buckets.
+pub type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ServerBytesLabels {
     pub pool: String,
@@ -96,6 +113,14 @@ pub struct Metrics {
     /// Failed connects to a pool server (also UDP sessions ended by an error or no reply).
     pub pool_server_errors: Family<ServerLabels, Counter>,
     pub pool_server_bytes: Family<ServerBytesLabels, Counter>,
+    /// HTTP responses from pool servers by status class (reverse proxy).
+    pub pool_server_requests: Family<ServerClassLabels, Counter>,
+    /// Time from a request sent to a pool server to its response head.
+    pub pool_server_response_seconds: HistogramFamily<ServerLabels>,
+    /// Retries sent to another server of the pool.
+    pub pool_retries: Family<PoolLabel, Counter>,
+    /// Retries not sent because the pool's retry budget was spent.
+    pub pool_retry_budget_exhausted: Family<PoolLabel, Counter>,
     /// Layer-4 connections closed because no server of the pool could be reached.
     pub listener_connect_errors: Family<ListenerLabel, Counter>,
     pub connections_open: Family<ListenerLabel, Gauge>,
@@ -174,6 +199,31 @@ impl Metrics {
         let pool_server_errors = Family::<ServerLabels, Counter>::default();
         let pool_server_bytes = Family::<ServerBytesLabels, Counter>::default();
         let listener_connect_errors = Family::<ListenerLabel, Counter>::default();
+        let pool_server_requests = Family::<ServerClassLabels, Counter>::default();
+        let pool_server_response_seconds: HistogramFamily<ServerLabels> =
+            Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.001, 2.0, 16)));
+        let pool_retries = Family::<PoolLabel, Counter>::default();
+        let pool_retry_budget_exhausted = Family::<PoolLabel, Counter>::default();
+        registry.register(
+            "pool_server_requests",
+            "HTTP responses from a pool server, by status class",
+            pool_server_requests.clone(),
+        );
+        registry.register(
+            "pool_server_response_seconds",
+            "Time from a request sent to a pool server to its response head",
+            pool_server_response_seconds.clone(),
+        );
+        registry.register(
+            "pool_retries",
+            "Requests retried on another server of the pool",
+            pool_retries.clone(),
+        );
+        registry.register(
+            "pool_retry_budget_exhausted",
+            "Retries not sent because the pool's retry budget was spent",
+            pool_retry_budget_exhausted.clone(),
+        );
         registry.register(
             "pool_server_up",
             "1 while a pool server may be picked (health checks up, not ejected)",
@@ -247,6 +297,10 @@ impl Metrics {
             pool_server_connections,
             pool_server_errors,
             pool_server_bytes,
+            pool_server_requests,
+            pool_server_response_seconds,
+            pool_retries,
+            pool_retry_budget_exhausted,
             listener_connect_errors,
             connections_open,
             connections_total,

@@ -433,7 +433,7 @@ fn example_contract_parses() {
     assert_eq!(pool.algorithm, gatehouse::balance::Algorithm::RoundRobin);
     let servers: Vec<String> = pool.servers.iter().map(|s| s.label()).collect();
     assert_eq!(servers, ["127.0.0.1:9101", "127.0.0.1:9102"]);
-    let h = pool.health.expect("health check");
+    let h = pool.health.as_ref().expect("health check");
     assert_eq!(h.kind, gatehouse::config::HealthCheckKind::Tcp);
     assert_eq!(h.interval, Duration::from_secs(1));
     assert_eq!((h.fall, h.rise), (2, 2));

@@ -6,7 +6,12 @@
 //! - **Passive**: what real traffic shows. `max_failures` consecutive failures (connect
 //!   failures, resets, 5xx when the pool counts them) eject the server for a back-off that
 //!   doubles with each ejection in a row, up to a ceiling; a success after readmission ends
-//!   the series.
+//!   the series. An HTTP pool also counts resets, first-byte timeouts and (with `on_5xx`)
+//!   5xx responses ([`HttpOutcome`]). An ejection that has run out readmits the server
+//!   ([`PassiveHealth::expire`]); failing again before any success doubles the next one.
+//!   Active checks do not cut an ejection short: a server that answers its health check but
+//!   fails real traffic would otherwise be readmitted every check interval and the back-off
+//!   would mean nothing.
 
 use std::time::{Duration, Instant};
 
@@ -63,6 +68,8 @@ pub struct PassiveSettings {
     /// First ejection's length; each further ejection in a row doubles it.
     pub base_ejection: Duration,
     pub max_ejection: Duration,
+    /// Whether 5xx responses count as failures (HTTP pools); resets and timeouts always do.
+    pub on_5xx: bool,
 }
 
 impl Default for PassiveSettings {
@@ -71,8 +78,20 @@ impl Default for PassiveSettings {
             max_failures: 5,
             base_ejection: Duration::from_secs(10),
             max_ejection: Duration::from_secs(300),
+            on_5xx: true,
         }
     }
+}
+
+/// How one HTTP exchange with a server ended, for passive health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpOutcome {
+    /// A response head with this status arrived.
+    Status(u16),
+    /// The connection failed or was reset (or closed) before a whole response head.
+    Reset,
+    /// No response head within the first-byte timeout.
+    Timeout,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -90,6 +109,27 @@ impl PassiveHealth {
 
     pub fn ejected_until(&self) -> Option<Instant> {
         self.until
+    }
+
+    /// Ends an ejection whose time has run out (the server is readmitted; the back-off series
+    /// goes on until a success). `Up` when this call readmitted it.
+    pub fn expire(&mut self, now: Instant) -> Option<Transition> {
+        match self.until {
+            Some(u) if u <= now => {
+                self.until = None;
+                Some(Transition::Up)
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether an HTTP exchange counts as a success (`true`) or a failure (`false`) for
+    /// passive health: resets and timeouts fail, and 5xx fails when `on_5xx` is set.
+    pub fn verdict(outcome: HttpOutcome, s: &PassiveSettings) -> bool {
+        match outcome {
+            HttpOutcome::Status(code) => !(s.on_5xx && (500..=599).contains(&code)),
+            HttpOutcome::Reset | HttpOutcome::Timeout => false,
+        }
     }
 
     /// A request (or connection) to the server succeeded.

@@ -18,12 +18,24 @@
 //! ejected it, and the caller has not excluded it (a retry never goes back to a server that
 //! already failed this request). When no server is eligible the pool either answers "none"
 //! (the caller sends 503) or, when it fails open, picks among all servers ignoring health.
+//!
+//! Beside the choice itself, for HTTP pools: `key.rs` (what a `hash` pool hashes, and the
+//! hash input from a request's headers or path), `sticky.rs` (opaque server tokens and the
+//! `Set-Cookie` value), `check.rs` (the HTTP health check's verdict), `budget.rs` (the retry
+//! budget over a sliding window), and `health.rs`'s [`HttpOutcome`] for passive checks.
 
+mod budget;
+mod check;
 mod health;
+mod key;
 mod ring;
 mod state;
+pub mod sticky;
 
-pub use health::{ActiveHealth, PassiveHealth, PassiveSettings, Transition};
+pub use budget::RetryBudget;
+pub use check::{Expect, StatusRanges, BODY_LIMIT};
+pub use health::{ActiveHealth, HttpOutcome, PassiveHealth, PassiveSettings, Transition};
+pub use key::{cookie, hash_input, HashKey};
 pub use ring::Ring;
 pub use state::ServerState;
 
@@ -153,6 +165,20 @@ impl Balancer {
         &mut self.servers[i]
     }
 
+    /// Whether server `i` may take a request that must go to it (a sticky session): it is
+    /// not excluded and is available, or the request fails open and no other server that is
+    /// not excluded is available either. Changes no state (a refused sticky server does not
+    /// disturb round-robin's turns).
+    pub fn may_take(&self, i: usize, req: &Request<'_>, now: Instant) -> bool {
+        if i >= self.servers.len() || req.exclude.contains(&i) {
+            return false;
+        }
+        self.servers[i].is_available(now)
+            || (req.fail_open
+                && !(0..self.servers.len())
+                    .any(|j| !req.exclude.contains(&j) && self.servers[j].is_available(now)))
+    }
+
     /// Chooses a server for one request. The caller then calls [`Balancer::started`] and,
     /// when the request ends, [`Balancer::finished`].
     pub fn pick(&mut self, req: &Request<'_>, now: Instant) -> Pick {
@@ -213,6 +239,13 @@ impl Balancer {
     /// A request went to server `i`.
     pub fn started(&mut self, i: usize) {
         self.servers[i].start();
+    }
+
+    /// A latency sample for server `i` (time to the response head), feeding P2C-EWMA, for a
+    /// request still in flight.
+    pub fn sample(&mut self, i: usize, rtt: Duration, now: Instant) {
+        let decay = self.settings.ewma_decay;
+        self.servers[i].sample(rtt, now, decay);
     }
 
     /// A request to server `i` ended; `rtt` is its latency (time to the response head) when it

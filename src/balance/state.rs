@@ -87,7 +87,14 @@ impl ServerState {
     /// `1 - exp(-elapsed / decay)`.
     pub fn finish(&mut self, rtt: Option<Duration>, now: Instant, decay: Duration) {
         self.in_flight = self.in_flight.saturating_sub(1);
-        let Some(rtt) = rtt else { return };
+        if let Some(rtt) = rtt {
+            self.sample(rtt, now, decay);
+        }
+    }
+
+    /// One latency sample (time to the response head) without ending a request: the reverse
+    /// proxy reports it when the head arrives, before the body is relayed.
+    pub fn sample(&mut self, rtt: Duration, now: Instant, decay: Duration) {
         let sample = rtt.as_nanos() as f64;
         self.ewma_ns = Some(match self.ewma_ns {
             None => sample,

@@ -325,6 +325,7 @@ fn passive_ejection_backs_off_exponentially_and_readmits() {
         max_failures: 3,
         base_ejection: Duration::from_secs(10),
         max_ejection: Duration::from_secs(35),
+        on_5xx: true,
     };
     let t0 = Instant::now();
     let mut p = PassiveHealth::default();
@@ -404,4 +405,133 @@ fn slow_start_ramps_a_returning_server() {
     // Done: equal shares.
     let c = counts(&mut b, now + Duration::from_secs(30), 1000);
     assert_eq!(c, vec![500, 500]);
+}
+
+#[test]
+fn http_outcomes_count_for_passive_health() {
+    let s = PassiveSettings {
+        max_failures: 2,
+        base_ejection: Duration::from_secs(10),
+        max_ejection: Duration::from_secs(60),
+        on_5xx: true,
+    };
+    assert!(PassiveHealth::verdict(HttpOutcome::Status(200), &s));
+    assert!(PassiveHealth::verdict(HttpOutcome::Status(404), &s));
+    assert!(!PassiveHealth::verdict(HttpOutcome::Status(502), &s));
+    assert!(!PassiveHealth::verdict(HttpOutcome::Reset, &s));
+    assert!(!PassiveHealth::verdict(HttpOutcome::Timeout, &s));
+    let lenient = PassiveSettings { on_5xx: false, ..s };
+    assert!(PassiveHealth::verdict(HttpOutcome::Status(503), &lenient));
+    assert!(!PassiveHealth::verdict(HttpOutcome::Reset, &lenient));
+}
+
+#[test]
+fn expired_ejection_readmits_once_and_the_series_goes_on() {
+    let s = PassiveSettings {
+        max_failures: 1,
+        base_ejection: Duration::from_secs(10),
+        max_ejection: Duration::from_secs(300),
+        on_5xx: true,
+    };
+    let t0 = Instant::now();
+    let mut p = PassiveHealth::default();
+    assert_eq!(p.failure(t0, &s), Some(Transition::Down));
+    assert_eq!(p.expire(t0 + Duration::from_secs(9)), None);
+    let t1 = t0 + Duration::from_secs(10);
+    assert_eq!(p.expire(t1), Some(Transition::Up));
+    assert_eq!(p.expire(t1), None, "readmitted once");
+    assert_eq!(p.ejected_until(), None);
+    // Failing again before any success: 20 s, then 40 s.
+    assert_eq!(p.failure(t1, &s), Some(Transition::Down));
+    assert!(p.is_ejected(t1 + Duration::from_secs(19)));
+    let t2 = t1 + Duration::from_secs(20);
+    assert_eq!(p.expire(t2), Some(Transition::Up));
+    p.failure(t2, &s);
+    assert!(p.is_ejected(t2 + Duration::from_secs(39)));
+    assert!(!p.is_ejected(t2 + Duration::from_secs(40)));
+    // A success after readmission ends the series: back to 10 s.
+    let t3 = t2 + Duration::from_secs(40);
+    p.expire(t3);
+    assert_eq!(p.success(), None, "already readmitted");
+    p.failure(t3, &s);
+    assert!(!p.is_ejected(t3 + Duration::from_secs(10)));
+}
+
+#[test]
+fn latency_samples_feed_p2c_without_ending_requests() {
+    let (mut b, now) = balancer(Algorithm::P2cEwma, &[1, 1]);
+    b.started(0);
+    b.sample(0, Duration::from_millis(300), now);
+    assert_eq!(b.server(0).in_flight(), 1);
+    b.finished(0, None, now);
+    let c = counts(&mut b, now, 100);
+    assert_eq!(c[0], 0, "{c:?}");
+}
+
+#[test]
+fn header_keys_move_only_the_changed_servers_share() {
+    use crate::http::codec::Headers;
+    let hash = Algorithm::Hash {
+        balance_factor: None,
+    };
+    let key = HashKey::parse("header:X-User").expect("key");
+    let now = Instant::now();
+    let four = specs(&[1, 1, 1, 1]);
+    let five = specs(&[1, 1, 1, 1, 1]);
+    let mut b4 = Balancer::new(hash, &four, Settings::default(), 1, now);
+    let mut b5 = Balancer::new(hash, &five, Settings::default(), 1, now);
+    let mut moved = 0;
+    let n = 10_000;
+    for u in 0..n {
+        let mut h = Headers::default();
+        h.push("x-user", format!("user-{u}@example.com"));
+        let input = hash_input(&key, &h, "/").expect("header present");
+        let k = std::str::from_utf8(input).expect("utf8");
+        let (a, b) = (hash_pick(&mut b4, k, now), hash_pick(&mut b5, k, now));
+        if a != b {
+            assert_eq!(b, 4, "moved between old servers");
+            moved += 1;
+        }
+    }
+    // The new server's share is a fifth.
+    assert!(
+        moved > n * 15 / 100 && moved < n * 25 / 100,
+        "moved {moved} of {n}"
+    );
+    // Removing it again moves exactly those keys back.
+    let mut back = 0;
+    for u in 0..n {
+        let k = format!("user-{u}@example.com");
+        if hash_pick(&mut b4, &k, now) != hash_pick(&mut b5, &k, now) {
+            back += 1;
+        }
+    }
+    assert_eq!(back, moved);
+}
+
+#[test]
+fn may_take_checks_a_sticky_server_without_touching_turns() {
+    let (mut b, now) = balancer(Algorithm::RoundRobin, &[1, 1, 1]);
+    let req = Request::default();
+    assert!(b.may_take(1, &req, now));
+    assert!(!b.may_take(3, &req, now), "no such server");
+    let excl = Request {
+        exclude: &[1],
+        ..Request::default()
+    };
+    assert!(!b.may_take(1, &excl, now));
+    b.server_mut(1).disabled = true;
+    assert!(!b.may_take(1, &req, now));
+    // Asking changed nothing: the turns go on from the start.
+    assert_eq!(pick(&mut b, now), 0);
+    // Failing open: only when no other server could take it.
+    let open = Request {
+        fail_open: true,
+        ..Request::default()
+    };
+    assert!(!b.may_take(1, &open, now));
+    b.server_mut(0).disabled = true;
+    b.server_mut(2).disabled = true;
+    assert!(b.may_take(1, &open, now));
+    assert!(!b.may_take(1, &req, now));
 }

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use super::reader::Section;
+use super::{HashKey, PoolConfig};
 
 /// PROXY protocol version sent to servers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,6 +154,36 @@ pub(super) fn read_udp(l: &Section<'_>, pools: &[&str]) -> UdpListenerConfig {
         session_timeout: l.duration("session_timeout", Duration::from_secs(30)),
         max_sessions: l.uint("max_sessions", 10_000, 1, 1_000_000) as usize,
         reply_timeout: l.duration("reply_timeout", Duration::from_secs(5)),
+    }
+}
+
+/// Layer 4 knows only the client's address: a `tcp` or `udp` listener may not use a pool
+/// that hashes on a header, cookie or path.
+pub(super) fn check_hash_keys(l: &Section<'_>, kind: &super::ListenerKind, pools: &[PoolConfig]) {
+    let used: Vec<(&str, &str)> = match kind {
+        super::ListenerKind::Tcp(t) => t
+            .pool
+            .iter()
+            .map(|p| ("pool", p.as_str()))
+            .chain(t.sni.iter().map(|r| ("sni", r.pool.as_str())))
+            .collect(),
+        super::ListenerKind::Udp(u) => vec![("pool", u.pool.as_str())],
+        _ => return,
+    };
+    for (key, name) in used {
+        if let Some(p) = pools.iter().find(|p| p.name == name) {
+            if p.hash_key != HashKey::ClientIp {
+                l.error_at(
+                    key,
+                    format!(
+                        "pool {name:?} hashes on {:?}, but a {} listener knows only the client \
+                         address: use hash_key = \"client_ip\" for this pool",
+                        p.hash_key.describe(),
+                        kind.name()
+                    ),
+                );
+            }
+        }
     }
 }
 

@@ -15,7 +15,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use l4::{ProxyVersion, SniRoute, TcpListenerConfig, UdpListenerConfig};
-pub use pools::{HashKey, HealthCheckConfig, HealthCheckKind, PoolConfig, ServerConfig};
+pub use pools::{
+    HashKey, HealthCheckConfig, HealthCheckKind, HttpCheck, PoolConfig, ServerConfig, StickyConfig,
+};
 pub use reader::{ConfigError, KeyLines};
 use reader::{Problems, Section};
 pub use socks::{AuthMethod, Password, SocksListenerConfig, SocksUser, UdpFilter};
@@ -272,6 +274,7 @@ fn read_config(root: &Section<'_>) -> Config {
     }
     for l in &sections {
         if let Some(cfg) = read_listener(l, &pool_names) {
+            l4::check_hash_keys(l, &cfg.kind, &pools);
             if listeners
                 .iter()
                 .any(|o: &ListenerConfig| o.name == cfg.name)

@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use super::reader::Section;
-use crate::balance::{Algorithm, PassiveSettings};
+pub use crate::balance::HashKey;
+use crate::balance::{Algorithm, Expect, PassiveSettings, StatusRanges};
 use crate::connector::Host;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -14,6 +15,16 @@ pub struct PoolConfig {
     pub algorithm: Algorithm,
     /// What `hash` hashes. Layer 4 knows only the client address.
     pub hash_key: HashKey,
+    /// Retries may add at most this share of the recent requests (0.2: 20%)...
+    pub retry_budget: f64,
+    /// ...plus this many per second however few requests come.
+    pub min_retries_per_sec: u32,
+    /// Sticky sessions by cookie (HTTP only).
+    pub sticky: Option<StickyConfig>,
+    /// HTTP: a server must start its response head within this time of the request being sent.
+    pub first_byte_timeout: Duration,
+    /// HTTP: an idle keep-alive connection to a server is closed after this time.
+    pub idle_timeout: Duration,
     /// Pick among all servers, ignoring health, when none is healthy.
     pub fail_open: bool,
     /// A server that comes back ramps from a tenth of its weight to all of it over this time.
@@ -43,19 +54,38 @@ impl ServerConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HashKey {
-    /// The client's IP address (source-address affinity).
-    ClientIp,
+/// `[pools.sticky]`: a cookie pins a client to the server that first answered it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StickyConfig {
+    /// The cookie's name (`GH_SRV` by default).
+    pub cookie: String,
+    /// `Max-Age` of the cookie; `None`: a session cookie.
+    pub max_age: Option<Duration>,
+    /// Mixed into the server tokens so they cannot be matched against guessed addresses.
+    pub secret: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HealthCheckKind {
     /// A TCP connect succeeds within the timeout.
     Tcp,
+    /// An HTTP/1.1 request gets an expected answer within the timeout.
+    Http(HttpCheck),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// `type = "http"`: one request per check on a new connection (`Connection: close`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpCheck {
+    /// `GET` or `HEAD`.
+    pub method: String,
+    /// Origin-form target, e.g. `/healthz`.
+    pub path: String,
+    /// The Host header; `None`: the server's `host:port`.
+    pub host: Option<String>,
+    pub expect: Expect,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HealthCheckConfig {
     pub kind: HealthCheckKind,
     pub interval: Duration,
@@ -118,16 +148,13 @@ fn read_pool(p: &Section<'_>) -> Option<PoolConfig> {
             Algorithm::RoundRobin
         }
     };
-    let hash_key = match p.string("hash_key").as_deref() {
-        None | Some("client-ip") => HashKey::ClientIp,
-        Some(other) => {
-            p.error_at(
-                "hash_key",
-                format!("unknown hash key {other:?}; expected \"client-ip\""),
-            );
-            HashKey::ClientIp
-        }
-    };
+    let hash_key = p
+        .parse(
+            "hash_key",
+            "\"client_ip\", \"header:NAME\", \"cookie:NAME\" or \"path\"",
+            |v| HashKey::parse(v.as_str().ok_or("not a string")?),
+        )
+        .unwrap_or(HashKey::ClientIp);
     let algorithm = match algorithm {
         Algorithm::Hash { .. } if p.has("hash_balance_factor") => Algorithm::Hash {
             balance_factor: Some(p.uint("hash_balance_factor", 150, 101, 10_000) as u32),
@@ -144,12 +171,28 @@ fn read_pool(p: &Section<'_>) -> Option<PoolConfig> {
     };
     let health = if p.has_table("health") {
         let h = p.table("health");
-        let kind = match h.string("type").as_deref() {
-            None | Some("tcp") => HealthCheckKind::Tcp,
+        // `kind` is accepted as another spelling of `type`.
+        let type_key = if h.has("kind") && !h.has("type") {
+            "kind"
+        } else {
+            "type"
+        };
+        let kind = match h.string(type_key).as_deref() {
+            None | Some("tcp") => {
+                for key in HTTP_CHECK_KEYS {
+                    if h.has(key) {
+                        h.error_at(key, "only applies with type = \"http\"");
+                        // Read, so it is not reported a second time as unknown.
+                        let _ = h.get(key, "", |_| Some(()));
+                    }
+                }
+                HealthCheckKind::Tcp
+            }
+            Some("http") => HealthCheckKind::Http(read_http_check(&h)),
             Some(other) => {
                 h.error_at(
-                    "type",
-                    format!("unknown health check type {other:?}; expected \"tcp\""),
+                    type_key,
+                    format!("unknown health check type {other:?}; expected \"tcp\" or \"http\""),
                 );
                 HealthCheckKind::Tcp
             }
@@ -178,6 +221,7 @@ fn read_pool(p: &Section<'_>) -> Option<PoolConfig> {
             max_failures: s.uint("max_failures", u64::from(d.max_failures), 0, 1000) as u32,
             base_ejection: s.duration("ejection", d.base_ejection),
             max_ejection: s.duration("max_ejection", d.max_ejection),
+            on_5xx: s.bool("on_5xx", d.on_5xx),
         };
         if cfg.max_ejection < cfg.base_ejection {
             s.error_at("max_ejection", "is shorter than `ejection`");
@@ -188,11 +232,49 @@ fn read_pool(p: &Section<'_>) -> Option<PoolConfig> {
     let fail_open = p.bool("fail_open", false);
     let slow_start = p.duration("slow_start", Duration::ZERO);
     let connect_timeout = p.duration("connect_timeout", Duration::from_secs(5));
+    let retry_budget = p
+        .get("retry_budget", "a number from 0 to 1", |v| {
+            v.as_float()
+                .or_else(|| v.as_integer().map(|i| i as f64))
+                .filter(|f| (0.0..=1.0).contains(f))
+        })
+        .unwrap_or(0.2);
+    let min_retries_per_sec = p.uint("min_retries_per_sec", 10, 0, 100_000) as u32;
+    let sticky = p.has_table("sticky").then(|| {
+        let s = p.table("sticky");
+        let cookie = s
+            .parse("cookie", "a cookie name", |v| {
+                let c = v.as_str().ok_or("not a string")?;
+                let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+                if c.is_empty() || c.len() > 64 || !c.bytes().all(token) {
+                    return Err("not a token of at most 64 characters".into());
+                }
+                Ok(c.to_string())
+            })
+            .unwrap_or_else(|| "GH_SRV".into());
+        let max_age = s
+            .has("max_age")
+            .then(|| s.duration("max_age", Duration::ZERO));
+        let secret = s.string("secret").unwrap_or_default();
+        s.finish();
+        StickyConfig {
+            cookie,
+            max_age,
+            secret,
+        }
+    });
+    let first_byte_timeout = p.duration("first_byte_timeout", Duration::from_secs(60));
+    let idle_timeout = p.duration("idle_timeout", Duration::from_secs(60));
     let cfg = PoolConfig {
         name: name?,
         servers,
         algorithm,
         hash_key,
+        retry_budget,
+        min_retries_per_sec,
+        sticky,
+        first_byte_timeout,
+        idle_timeout,
         fail_open,
         slow_start,
         connect_timeout,
@@ -201,6 +283,78 @@ fn read_pool(p: &Section<'_>) -> Option<PoolConfig> {
         tls: super::tls::read_client_tls(p),
     };
     Some(cfg)
+}
+
+/// The keys only an HTTP check reads.
+const HTTP_CHECK_KEYS: [&str; 5] = ["method", "path", "host", "expect_status", "expect_body"];
+
+fn read_http_check(h: &Section<'_>) -> HttpCheck {
+    let method = match h.string("method").as_deref() {
+        None | Some("GET") => "GET",
+        Some("HEAD") => "HEAD",
+        Some(other) => {
+            h.error_at(
+                "method",
+                format!("expected \"GET\" or \"HEAD\", found {other:?}"),
+            );
+            "GET"
+        }
+    };
+    let path = h
+        .parse("path", "a path such as \"/healthz\"", |v| {
+            let p = v.as_str().ok_or("not a string")?;
+            if !p.starts_with('/') || p.len() > 2048 || !p.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err("must start with / and hold only visible ASCII".into());
+            }
+            Ok(p.to_string())
+        })
+        .unwrap_or_else(|| "/".into());
+    let host = h.parse("host", "a Host header value such as \"app.test\"", |v| {
+        let s = v.as_str().ok_or("not a string")?;
+        if s.is_empty() || s.len() > 255 || !s.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err("empty, too long or not visible ASCII".into());
+        }
+        Ok(s.to_string())
+    });
+    let status = h
+        .parse(
+            "expect_status",
+            "statuses such as \"200-399\" or [\"200\", \"204\"]",
+            |v| {
+                let one = |v: &toml_edit::Value| -> Result<String, String> {
+                    match (v.as_str(), v.as_integer()) {
+                        (Some(s), _) => Ok(s.to_string()),
+                        (_, Some(i)) => Ok(i.to_string()),
+                        _ => Err("not a string or integer".into()),
+                    }
+                };
+                let items: Vec<String> = match v.as_array() {
+                    Some(a) => a.iter().map(one).collect::<Result<_, _>>()?,
+                    None => vec![one(v)?],
+                };
+                StatusRanges::parse_list(items.iter().map(String::as_str))
+            },
+        )
+        .unwrap_or_default();
+    let body = h.parse("expect_body", "a non-empty string", |v| {
+        let s = v.as_str().ok_or("not a string")?;
+        if s.is_empty() || s.len() > 1024 {
+            return Err("empty or longer than 1024 bytes".into());
+        }
+        Ok(s.as_bytes().to_vec())
+    });
+    if method == "HEAD" && body.is_some() {
+        h.error_at(
+            "expect_body",
+            "a HEAD response has no body: use method = \"GET\"",
+        );
+    }
+    HttpCheck {
+        method: method.to_string(),
+        path,
+        host,
+        expect: Expect { status, body },
+    }
 }
 
 fn read_server(s: &Section<'_>) -> Option<ServerConfig> {
@@ -236,6 +390,8 @@ pub(crate) fn parse_host_port(v: &toml_edit::Value) -> Result<(Host, u16), Strin
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use crate::config::Config;
 
     const LISTENER: &str =
@@ -286,7 +442,7 @@ ejection = \"5s\"
         );
         assert_eq!(p.servers[0].weight, 3);
         assert_eq!(p.servers[1].label(), "db.internal:5432");
-        let h = p.health.expect("health");
+        let h = p.health.as_ref().expect("health");
         assert_eq!((h.rise, h.fall), (2, 2));
         assert_eq!(p.passive.max_failures, 2);
         assert!(p.fail_open);
@@ -311,7 +467,7 @@ ejection = \"5s\"
         );
         assert_eq!(
             paths(&format!(
-                "[[pools]]\nname = \"p\"\n{srv}[pools.health]\ntype = \"http\"\nrise = 0\n"
+                "[[pools]]\nname = \"p\"\n{srv}[pools.health]\ntype = \"udp\"\nrise = 0\n"
             )),
             ["pools[0].health.type", "pools[0].health.rise"]
         );
@@ -322,5 +478,171 @@ ejection = \"5s\"
             ["pools[1].name"]
         );
         assert_eq!(paths("[[pools]]\nname = \"p\"\n"), ["pools[0]"]);
+    }
+
+    const SRV: &str = "[[pools.servers]]\naddress = \"127.0.0.1:1\"\n";
+
+    fn pool_only(pool: &str) -> Result<crate::config::PoolConfig, Vec<String>> {
+        // A listener that does not use the pool, so any hash key is allowed.
+        let other = "[[pools]]\nname = \"p\"\n[[pools.servers]]\naddress = \"127.0.0.1:2\"\n";
+        Config::parse(&format!("{LISTENER}{other}{pool}"))
+            .map(|c| c.pools[1].clone())
+            .map_err(|e| e.into_iter().map(|e| e.path).collect())
+    }
+
+    #[test]
+    fn http_pool_keys_parse() {
+        let p = pool_only(&format!(
+            "[[pools]]
+name = \"web\"
+algorithm = \"hash\"
+hash_key = \"cookie:sid\"
+retry_budget = 0.1
+min_retries_per_sec = 3
+first_byte_timeout = \"15s\"
+idle_timeout = \"30s\"
+{SRV}[pools.health]
+kind = \"http\"
+method = \"GET\"
+path = \"/healthz?full=1\"
+host = \"app.test\"
+expect_status = [\"200\", 204, \"301-302\"]
+expect_body = \"ok\"
+[pools.passive]
+on_5xx = false
+[pools.sticky]
+cookie = \"SRV\"
+max_age = \"1h\"
+"
+        ))
+        .expect("valid");
+        assert_eq!(p.hash_key, crate::balance::HashKey::Cookie("sid".into()));
+        assert_eq!((p.retry_budget, p.min_retries_per_sec), (0.1, 3));
+        assert_eq!(p.first_byte_timeout, Duration::from_secs(15));
+        assert_eq!(p.idle_timeout, Duration::from_secs(30));
+        assert!(!p.passive.on_5xx);
+        let sticky = p.sticky.expect("sticky");
+        assert_eq!(sticky.cookie, "SRV");
+        assert_eq!(sticky.max_age, Some(Duration::from_secs(3600)));
+        let Some(super::HealthCheckConfig {
+            kind: super::HealthCheckKind::Http(c),
+            ..
+        }) = p.health
+        else {
+            panic!("http check expected");
+        };
+        assert_eq!(
+            (c.method.as_str(), c.path.as_str()),
+            ("GET", "/healthz?full=1")
+        );
+        assert_eq!(c.host.as_deref(), Some("app.test"));
+        assert!(c.expect.status.contains(204) && c.expect.status.contains(302));
+        assert!(!c.expect.status.contains(200 + 1));
+        assert_eq!(c.expect.body.as_deref(), Some(&b"ok"[..]));
+
+        // Defaults.
+        let d = pool_only(&format!(
+            "[[pools]]\nname = \"d\"\n{SRV}[pools.health]\ntype = \"http\"\n"
+        ))
+        .expect("valid");
+        assert_eq!((d.retry_budget, d.min_retries_per_sec), (0.2, 10));
+        assert_eq!(d.first_byte_timeout, Duration::from_secs(60));
+        assert_eq!(d.idle_timeout, Duration::from_secs(60));
+        assert!(d.passive.on_5xx && d.sticky.is_none());
+        let Some(super::HealthCheckKind::Http(c)) = d.health.map(|h| h.kind) else {
+            panic!("http check expected");
+        };
+        assert_eq!(
+            (c.method.as_str(), c.path.as_str(), c.host),
+            ("GET", "/", None)
+        );
+        assert!(c.expect.status.contains(200) && c.expect.status.contains(399));
+        assert!(!c.expect.status.contains(400));
+        let s =
+            pool_only(&format!("[[pools]]\nname = \"s\"\n{SRV}[pools.sticky]\n")).expect("valid");
+        assert_eq!(s.sticky.expect("sticky").cookie, "GH_SRV");
+    }
+
+    #[test]
+    fn bad_http_pool_keys_reported_with_paths() {
+        let bad = |body: &str| {
+            pool_only(&format!("[[pools]]\nname = \"w\"\n{body}{SRV}")).expect_err("invalid")
+        };
+        assert_eq!(
+            bad(
+                "[pools.health]\ntype = \"http\"\nmethod = \"POST\"\npath = \"healthz\"\n\
+                 expect_status = \"2xx\"\nexpect_body = \"\"\nhost = \"a b\"\n"
+            ),
+            [
+                "pools[1].health.method",
+                "pools[1].health.path",
+                "pools[1].health.host",
+                "pools[1].health.expect_status",
+                "pools[1].health.expect_body",
+            ]
+        );
+        assert_eq!(
+            bad("[pools.health]\nexpect_status = \"200\"\n"),
+            ["pools[1].health.expect_status"],
+            "HTTP keys with a TCP check"
+        );
+        assert_eq!(
+            bad("[pools.health]\ntype = \"http\"\nexpect_status = [\"200\", \"600\"]\n"),
+            ["pools[1].health.expect_status"]
+        );
+        assert_eq!(
+            bad("[pools.health]\ntype = \"http\"\nmethod = \"HEAD\"\nexpect_body = \"ok\"\n"),
+            ["pools[1].health.expect_body"]
+        );
+        assert_eq!(bad("retry_budget = 1.5\n"), ["pools[1].retry_budget"]);
+        assert_eq!(bad("hash_key = \"header:\"\n"), ["pools[1].hash_key"]);
+        assert_eq!(bad("hash_key = \"query\"\n"), ["pools[1].hash_key"]);
+        assert_eq!(
+            bad("[pools.sticky]\ncookie = \"a b\"\ncolour = 1\n"),
+            ["pools[1].sticky.cookie", "pools[1].sticky.colour"]
+        );
+        assert_eq!(
+            bad("[pools.passive]\non_5xx = 1\n"),
+            ["pools[1].passive.on_5xx"]
+        );
+    }
+
+    #[test]
+    fn layer_4_listeners_refuse_request_hash_keys() {
+        for key in ["header:X-User", "cookie:sid", "path"] {
+            let text = format!(
+                "{LISTENER}[[pools]]\nname = \"p\"\nalgorithm = \"hash\"\nhash_key = \"{key}\"\n{SRV}"
+            );
+            let errs = Config::parse(&text).expect_err("invalid");
+            assert_eq!(errs.len(), 1, "{errs:?}");
+            assert_eq!(errs[0].path, "listeners[0].pool");
+            assert!(errs[0].message.contains("client_ip"), "{}", errs[0].message);
+        }
+        let udp = format!(
+            "[[listeners]]\nname = \"u\"\nkind = \"udp\"\nlisten = \"127.0.0.1:0\"\npool = \"p\"\n\
+             [[pools]]\nname = \"p\"\nhash_key = \"path\"\n{SRV}"
+        );
+        assert_eq!(paths_of(&udp), ["listeners[0].pool"]);
+        let sni = format!(
+            "[[listeners]]\nname = \"t\"\nkind = \"tcp\"\nlisten = \"127.0.0.1:0\"\n\
+             [[listeners.sni]]\nnames = [\"a.test\"]\npool = \"p\"\n\
+             [[pools]]\nname = \"p\"\nhash_key = \"path\"\n{SRV}"
+        );
+        assert_eq!(paths_of(&sni), ["listeners[0].sni"]);
+        // client_ip (either spelling) is fine at layer 4.
+        for key in ["client_ip", "client-ip"] {
+            Config::parse(&format!(
+                "{LISTENER}[[pools]]\nname = \"p\"\nhash_key = \"{key}\"\n{SRV}"
+            ))
+            .expect("valid");
+        }
+    }
+
+    fn paths_of(text: &str) -> Vec<String> {
+        Config::parse(text)
+            .expect_err("invalid")
+            .into_iter()
+            .map(|e| e.path)
+            .collect()
     }
 }

@@ -7,6 +7,16 @@
 //! per-server metrics. Server names are resolved through the shared connector on each connect
 //! (`[dns.hosts]` first; DNS answers are cached for their TTL), so a name that moves is
 //! followed.
+//!
+//! For the reverse proxy (HTTP), beside `pick`/`connect`/`success`/`failure`/`finished`:
+//! [`ServerPool::pick_request`] (the whole choice: sticky cookie, else the hash key), its
+//! parts [`ServerPool::pick_with`] (hash on a header, cookie or path), [`ServerPool::sticky_pick`]
+//! and [`ServerPool::sticky_cookie`] (sticky sessions), [`ServerPool::http_result`] (passive
+//! health from responses), [`ServerPool::request_started`] and [`ServerPool::try_retry`] (the
+//! retry budget), [`ServerPool::observe`] and [`ServerPool::retried`] (per-server metrics).
+//! Active checks (TCP connect or an HTTP request) are `check.rs`.
+
+mod check;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -15,11 +25,17 @@ use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
 
-use crate::balance::{Balancer, Pick, Request, ServerSpec, Settings, Transition};
+use crate::balance::{
+    Balancer, HttpOutcome, PassiveHealth, Pick, Request, RetryBudget, ServerSpec, Settings,
+    Transition,
+};
 use crate::config::{HashKey, PoolConfig, ServerConfig};
 use crate::connector::{ConnectError, Connector};
-use crate::metrics::{Metrics, ServerBytesLabels, ServerLabels};
+use crate::metrics::{Metrics, PoolLabel, ServerBytesLabels, ServerClassLabels, ServerLabels};
 use crate::server::Services;
+
+/// How far back the retry budget counts requests.
+const RETRY_WINDOW: Duration = Duration::from_secs(10);
 
 /// Every configured pool, by name.
 #[derive(Default)]
@@ -62,7 +78,7 @@ impl Pools {
     pub fn start_health_checks(&self, used: &[&str], svc: &Arc<Services>) {
         for (name, pool) in &self.by_name {
             if used.contains(&name.as_str()) {
-                pool.clone().start_health_checks(svc.clone());
+                check::start(pool.clone(), svc.clone());
             }
         }
     }
@@ -74,17 +90,34 @@ pub struct ServerHealth {
     pub server: String,
     /// Whether it may be picked now (health checks up, not ejected).
     pub up: bool,
+    /// What the active checks say (true without checks).
+    pub checks_up: bool,
+    /// Ejected by the passive checks now.
+    pub ejected: bool,
     pub in_flight: u64,
 }
 
 pub struct ServerPool {
     pub cfg: PoolConfig,
     balancer: Mutex<Balancer>,
+    /// Apart from the balancer's lock: every request deposits here.
+    budget: Mutex<RetryBudget>,
     metrics: Arc<Metrics>,
     labels: Vec<ServerLabels>,
     /// `[pools.tls]`, loaded (start-up checks loaded it once already, so an error here is a
     /// file changed since; connections then fail rather than go out in the clear).
     tls: Option<Result<Arc<crate::tls::TlsClient>, String>>,
+    /// Each server's sticky-session token (opaque, stable, never its address).
+    tokens: Vec<String>,
+    pool_label: PoolLabel,
+}
+
+/// [`ServerPool::pick_request`]'s answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Picked {
+    pub server: usize,
+    /// `Set-Cookie` value for the response (sticky pools, when the client lacks the cookie).
+    pub set_cookie: Option<String>,
 }
 
 /// Why no connection to any server of the pool could be made.
@@ -114,7 +147,14 @@ impl ServerPool {
             slow_start: cfg.slow_start,
             ..Settings::default()
         };
-        let balancer = Balancer::new(cfg.algorithm, &specs, settings, seed, Instant::now());
+        let now = Instant::now();
+        let balancer = Balancer::new(cfg.algorithm, &specs, settings, seed, now);
+        let budget = RetryBudget::new(cfg.retry_budget, cfg.min_retries_per_sec, RETRY_WINDOW, now);
+        let secret = cfg.sticky.as_ref().map_or("", |s| s.secret.as_str());
+        let tokens = specs
+            .iter()
+            .map(|s| crate::balance::sticky::token(&cfg.name, &s.name, secret))
+            .collect();
         let labels: Vec<ServerLabels> = cfg
             .servers
             .iter()
@@ -133,10 +173,15 @@ impl ServerPool {
         });
         ServerPool {
             tls,
+            pool_label: PoolLabel {
+                pool: cfg.name.clone(),
+            },
             cfg,
             balancer: Mutex::new(balancer),
+            budget: Mutex::new(budget),
             metrics,
             labels,
+            tokens,
         }
     }
 
@@ -156,6 +201,8 @@ impl ServerPool {
             .map(|(i, l)| ServerHealth {
                 server: l.server.clone(),
                 up: b.server(i).is_available(now),
+                checks_up: b.server(i).active.is_up(),
+                ejected: b.server(i).passive.is_ejected(now),
                 in_flight: b.server(i).in_flight(),
             })
             .collect()
@@ -172,17 +219,34 @@ impl ServerPool {
     /// Picks a server for a connection from `client`, not one of `exclude`, and counts it in
     /// flight; call [`ServerPool::finished`] when the connection ends.
     pub fn pick(&self, client: IpAddr, exclude: &[usize]) -> Option<usize> {
-        let key = match self.cfg.hash_key {
-            HashKey::ClientIp => match crate::policy::matcher::canonical(client) {
-                IpAddr::V4(v4) => v4.octets().to_vec(),
-                IpAddr::V6(v6) => v6.octets().to_vec(),
-            },
+        self.pick_with(client, None, exclude)
+    }
+
+    /// [`ServerPool::pick`] for an HTTP request: a `hash` pool whose `hash_key` is a header,
+    /// cookie or the path hashes `hash_input` (from [`crate::balance::hash_input`]); without
+    /// one (the request lacks the header or cookie) it hashes the client address.
+    pub fn pick_with(
+        &self,
+        client: IpAddr,
+        hash_input: Option<&[u8]>,
+        exclude: &[usize],
+    ) -> Option<usize> {
+        let ip;
+        let key: &[u8] = match (&self.cfg.hash_key, hash_input) {
+            (HashKey::ClientIp, _) | (_, None) => {
+                ip = match crate::policy::matcher::canonical(client) {
+                    IpAddr::V4(v4) => v4.octets().to_vec(),
+                    IpAddr::V6(v6) => v6.octets().to_vec(),
+                };
+                &ip
+            }
+            (_, Some(input)) => input,
         };
         let now = Instant::now();
         let mut b = self.lock();
         let pick = b.pick(
             &Request {
-                key: Some(&key),
+                key: Some(key),
                 exclude,
                 prefer: None,
                 fail_open: self.cfg.fail_open,
@@ -190,18 +254,94 @@ impl ServerPool {
             now,
         );
         let Pick::Server(i) = pick else { return None };
-        // An ejection that ran out: the server is back, slowly.
-        let s = b.server_mut(i);
-        if s.passive.ejected_until().is_some_and(|u| u <= now) {
-            s.readmitted(now);
-        }
+        self.take(&mut b, i, now);
+        Some(i)
+    }
+
+    /// Counts a picked server in flight; an ejection that ran out ends here (the server is
+    /// back, slowly).
+    fn take(&self, b: &mut Balancer, i: usize, now: Instant) {
+        let t = b.server_mut(i).passive.expire(now);
+        self.after(b, i, t, "passive: ejection over");
         b.started(i);
-        drop(b);
         self.metrics
             .pool_server_connections
             .get_or_create(&self.labels[i])
             .inc();
+    }
+
+    /// The server a sticky-session cookie names, when it is known, not in `exclude` and may be
+    /// picked now (up and not ejected; with `fail_open`, any server when none is healthy); it
+    /// is then in flight as after [`ServerPool::pick`]. `None`: pick normally, then set the
+    /// cookie again ([`ServerPool::sticky_cookie`]).
+    pub fn sticky_pick(&self, token: &[u8], exclude: &[usize]) -> Option<usize> {
+        let i = self.tokens.iter().position(|t| t.as_bytes() == token)?;
+        let now = Instant::now();
+        let mut b = self.lock();
+        let req = Request {
+            key: None,
+            exclude,
+            prefer: Some(i),
+            fail_open: self.cfg.fail_open,
+        };
+        if !b.may_take(i, &req, now) {
+            return None;
+        }
+        self.take(&mut b, i, now);
         Some(i)
+    }
+
+    /// The whole choice for one HTTP request: the server its sticky cookie names (when the
+    /// pool has `[pools.sticky]` and that server may take it), else a pick hashing the
+    /// pool's `hash_key` input from `headers`/`target` (the client address without one).
+    /// The server is in flight (call [`ServerPool::finished`]); `set_cookie` is the
+    /// `Set-Cookie` value to add to the response when the client's cookie is missing or
+    /// names another server. `tls`: the client came over TLS (`Secure`).
+    pub fn pick_request(
+        &self,
+        client: IpAddr,
+        headers: &crate::http::codec::Headers,
+        target: &str,
+        exclude: &[usize],
+        tls: bool,
+    ) -> Option<Picked> {
+        let token = self
+            .cfg
+            .sticky
+            .as_ref()
+            .and_then(|s| crate::balance::cookie(headers, &s.cookie));
+        let i = match token.and_then(|t| self.sticky_pick(t, exclude)) {
+            Some(i) => i,
+            None => {
+                let input = crate::balance::hash_input(&self.cfg.hash_key, headers, target);
+                self.pick_with(client, input, exclude)?
+            }
+        };
+        let set_cookie = match token {
+            Some(t) if t == self.tokens[i].as_bytes() => None,
+            _ => self.sticky_cookie(i, tls),
+        };
+        Some(Picked {
+            server: i,
+            set_cookie,
+        })
+    }
+
+    /// Server `i`'s sticky-session token (the cookie's value).
+    pub fn sticky_token(&self, i: usize) -> &str {
+        &self.tokens[i]
+    }
+
+    /// The `Set-Cookie` value pinning a client to server `i`, when the pool has
+    /// `[pools.sticky]`; `secure` adds `Secure` (the client came over TLS).
+    pub fn sticky_cookie(&self, i: usize, secure: bool) -> Option<String> {
+        let s = self.cfg.sticky.as_ref()?;
+        Some(crate::balance::sticky::set_cookie(
+            &s.cookie,
+            &self.tokens[i],
+            s.max_age,
+            secure,
+        ))
     }
 
     pub fn finished(&self, i: usize) {
@@ -225,12 +365,101 @@ impl ServerPool {
         let now = Instant::now();
         let mut b = self.lock();
         let t = b.server_mut(i).passive.failure(now, &self.cfg.passive);
-        self.after(&mut b, i, t, why);
+        match b.server(i).passive.ejected_until() {
+            Some(until) if t == Some(Transition::Down) => {
+                let why = format!("{why} (ejected for {:?})", until - now);
+                self.after(&mut b, i, t, &why);
+            }
+            _ => self.after(&mut b, i, t, why),
+        }
+    }
+
+    /// How an HTTP exchange with server `i` ended (passive health): a reset or a first-byte
+    /// timeout counts against it, as does a 5xx when `passive.on_5xx` is set; any other
+    /// response is a success.
+    pub fn http_result(&self, i: usize, outcome: HttpOutcome) {
+        if PassiveHealth::verdict(outcome, &self.cfg.passive) {
+            self.success(i);
+        } else {
+            let why = match outcome {
+                HttpOutcome::Status(s) => format!("passive: answered {s}"),
+                HttpOutcome::Reset => "passive: connection reset before a response".into(),
+                HttpOutcome::Timeout => "passive: no response head in time".into(),
+            };
+            self.failure(i, &why);
+        }
+    }
+
+    /// A client request (not a retry) is about to go to this pool: it earns the retry budget.
+    pub fn request_started(&self) {
+        self.budget
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .deposit(Instant::now());
+    }
+
+    /// Whether the retry budget allows one more retry now; `true` spends it.
+    pub fn try_retry(&self) -> bool {
+        let ok = self
+            .budget
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .try_withdraw(Instant::now());
+        if !ok {
+            self.metrics
+                .pool_retry_budget_exhausted
+                .get_or_create(&self.pool_label)
+                .inc();
+        }
+        ok
+    }
+
+    /// A request that failed at server `i` is being retried on another server (metrics).
+    pub fn retried(&self, i: usize) {
+        tracing::debug!(pool = %self.cfg.name, server = %self.label(i), "retrying on another server");
+        self.metrics
+            .pool_retries
+            .get_or_create(&self.pool_label)
+            .inc();
+    }
+
+    /// Server `i` answered with `status` after `latency` (request sent to response head):
+    /// per-server metrics, and a latency sample for `p2c-ewma`. Passive health is
+    /// [`ServerPool::http_result`].
+    pub fn observe(&self, i: usize, status: u16, latency: Duration) {
+        let class = match status {
+            100..=599 => format!("{}xx", status / 100),
+            _ => "other".to_string(),
+        };
+        self.metrics
+            .pool_server_requests
+            .get_or_create(&ServerClassLabels {
+                pool: self.cfg.name.clone(),
+                server: self.labels[i].server.clone(),
+                class,
+            })
+            .inc();
+        self.metrics
+            .pool_server_response_seconds
+            .get_or_create(&self.labels[i])
+            .observe(latency.as_secs_f64());
+        self.lock().sample(i, latency, Instant::now());
+    }
+
+    /// Readmits every server whose passive ejection has run out by `now` (logged, gauge set).
+    fn refresh(&self, now: Instant) {
+        let mut b = self.lock();
+        for i in 0..b.len() {
+            let t = b.server_mut(i).passive.expire(now);
+            if t.is_some() {
+                self.after(&mut b, i, t, "passive: ejection over");
+            }
+        }
     }
 
     /// One active check's result.
     fn checked(&self, i: usize, ok: bool, why: &str) {
-        let Some(h) = self.cfg.health else { return };
+        let Some(h) = &self.cfg.health else { return };
         let mut b = self.lock();
         let t = b.server_mut(i).active.observe(ok, h.rise, h.fall);
         self.after(&mut b, i, t, why);
@@ -367,39 +596,6 @@ impl ServerPool {
             )),
         }
     }
-
-    /// One task per server: wait (interval plus jitter), check, record. Ends with the shutdown.
-    fn start_health_checks(self: Arc<Self>, svc: Arc<Services>) {
-        let Some(h) = self.cfg.health else { return };
-        for i in 0..self.cfg.servers.len() {
-            let pool = self.clone();
-            let svc = svc.clone();
-            let stop = svc.shutdown.child();
-            tokio::spawn(async move {
-                let mut rng = fastrand::Rng::new();
-                loop {
-                    let jitter = if h.jitter.is_zero() {
-                        Duration::ZERO
-                    } else {
-                        h.jitter.mul_f64(rng.f64())
-                    };
-                    tokio::select! {
-                        _ = tokio::time::sleep(h.interval + jitter) => {}
-                        _ = stop.cancelled() => return,
-                    }
-                    let result = tokio::select! {
-                        r = tokio::time::timeout(h.timeout, pool.connect_one(i, &svc.connector)) => r,
-                        _ = stop.cancelled() => return,
-                    };
-                    match result {
-                        Ok(Ok(_stream)) => pool.checked(i, true, "tcp check passed"),
-                        Ok(Err(e)) => pool.checked(i, false, &format!("tcp check: {e}")),
-                        Err(_) => pool.checked(i, false, "tcp check timed out"),
-                    }
-                }
-            });
-        }
-    }
 }
 
 #[cfg(test)]
@@ -409,12 +605,19 @@ mod tests {
     use crate::connector::Host;
 
     fn pool(fail_open: bool) -> (ServerPool, Arc<Metrics>) {
+        pool_with(fail_open, |_| {})
+    }
+
+    fn pool_with(
+        fail_open: bool,
+        edit: impl FnOnce(&mut PoolConfig),
+    ) -> (ServerPool, Arc<Metrics>) {
         let server = |port| ServerConfig {
             host: Host::Ip("127.0.0.1".parse().expect("ip")),
             port,
             weight: 1,
         };
-        let cfg = PoolConfig {
+        let mut cfg = PoolConfig {
             name: "p".into(),
             servers: vec![server(1), server(2)],
             algorithm: crate::balance::Algorithm::RoundRobin,
@@ -434,9 +637,20 @@ mod tests {
                 max_failures: 1,
                 base_ejection: Duration::from_secs(60),
                 max_ejection: Duration::from_secs(60),
+                on_5xx: true,
             },
             tls: None,
+            retry_budget: 0.2,
+            min_retries_per_sec: 0,
+            sticky: Some(crate::config::StickyConfig {
+                cookie: "GH_SRV".into(),
+                max_age: None,
+                secret: String::new(),
+            }),
+            first_byte_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(60),
         };
+        edit(&mut cfg);
         let metrics = Arc::new(Metrics::new());
         (ServerPool::new(cfg, metrics.clone(), 7), metrics)
     }
@@ -494,5 +708,167 @@ mod tests {
         }
         assert_eq!(closed.pick(CLIENT, &[]), None);
         assert!(open.pick(CLIENT, &[]).is_some());
+    }
+
+    #[test]
+    fn http_results_eject_on_5xx_and_resets() {
+        let (p, m) = pool(false);
+        p.http_result(0, HttpOutcome::Status(404));
+        assert_eq!(up(&m, "127.0.0.1:1"), 1, "a 4xx is the client's problem");
+        p.http_result(0, HttpOutcome::Status(503));
+        assert_eq!(up(&m, "127.0.0.1:1"), 0);
+        p.http_result(1, HttpOutcome::Reset);
+        assert_eq!(up(&m, "127.0.0.1:2"), 0);
+        assert_eq!(p.pick(CLIENT, &[]), None);
+        let (lenient, m) = pool_with(false, |c| c.passive.on_5xx = false);
+        lenient.http_result(0, HttpOutcome::Status(503));
+        assert_eq!(up(&m, "127.0.0.1:1"), 1);
+        lenient.http_result(0, HttpOutcome::Timeout);
+        assert_eq!(up(&m, "127.0.0.1:1"), 0);
+    }
+
+    #[test]
+    fn retry_budget_is_per_pool_and_counted() {
+        let (p, m) = pool(false);
+        for _ in 0..10 {
+            p.request_started();
+        }
+        // 20% of 10 requests, no floor in this pool.
+        assert!(p.try_retry());
+        assert!(p.try_retry());
+        assert!(!p.try_retry());
+        p.retried(0);
+        let label = PoolLabel { pool: "p".into() };
+        assert_eq!(m.pool_retries.get_or_create(&label).get(), 1);
+        assert_eq!(m.pool_retry_budget_exhausted.get_or_create(&label).get(), 1);
+    }
+
+    #[test]
+    fn sticky_tokens_pick_their_server_while_it_is_up() {
+        let (p, _) = pool(false);
+        let t1 = p.sticky_token(1).to_string();
+        assert_ne!(t1, p.sticky_token(0));
+        assert!(!t1.contains("127.0.0.1"));
+        for _ in 0..3 {
+            assert_eq!(p.sticky_pick(t1.as_bytes(), &[]), Some(1));
+            p.finished(1);
+        }
+        assert_eq!(p.sticky_pick(b"unknown", &[]), None);
+        assert_eq!(p.sticky_pick(t1.as_bytes(), &[1]), None);
+        let cookie = p.sticky_cookie(1, false).expect("sticky pool");
+        assert_eq!(
+            cookie,
+            format!("GH_SRV={t1}; Path=/; HttpOnly; SameSite=Lax")
+        );
+        p.failure(1, "t");
+        assert_eq!(p.sticky_pick(t1.as_bytes(), &[]), None, "ejected");
+        let (plain, _) = pool_with(false, |c| c.sticky = None);
+        assert_eq!(plain.sticky_cookie(0, true), None);
+    }
+
+    #[test]
+    fn pick_with_hashes_the_request_key_or_falls_back_to_the_client() {
+        let (p, _) = pool_with(false, |c| {
+            c.algorithm = crate::balance::Algorithm::Hash {
+                balance_factor: None,
+            };
+            c.hash_key = HashKey::Header("X-User".into());
+        });
+        let mut on = [0usize; 2];
+        for u in 0..200 {
+            let key = format!("user-{u}");
+            let i = p
+                .pick_with(CLIENT, Some(key.as_bytes()), &[])
+                .expect("server");
+            p.finished(i);
+            assert_eq!(p.pick_with(CLIENT, Some(key.as_bytes()), &[]), Some(i));
+            p.finished(i);
+            on[i] += 1;
+        }
+        assert!(on[0] > 50 && on[1] > 50, "{on:?}");
+        // No header: the client's address decides, the same way every time.
+        let a = p.pick_with(CLIENT, None, &[]).expect("server");
+        p.finished(a);
+        assert_eq!(p.pick_with(CLIENT, None, &[]), Some(a));
+    }
+
+    #[test]
+    fn observe_counts_classes_and_latency() {
+        let (p, m) = pool(false);
+        p.observe(0, 204, Duration::from_millis(5));
+        p.observe(0, 503, Duration::from_millis(7));
+        p.observe(0, 200, Duration::from_millis(1));
+        let l = |class: &str| ServerClassLabels {
+            pool: "p".into(),
+            server: "127.0.0.1:1".into(),
+            class: class.into(),
+        };
+        assert_eq!(m.pool_server_requests.get_or_create(&l("2xx")).get(), 2);
+        assert_eq!(m.pool_server_requests.get_or_create(&l("5xx")).get(), 1);
+        let text = m.encode();
+        assert!(
+            text.contains(
+                "gatehouse_pool_server_response_seconds_count{pool=\"p\",server=\"127.0.0.1:1\"} 3"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn pick_request_follows_the_cookie_and_sets_it_when_needed() {
+        use crate::http::codec::Headers;
+        let (p, _) = pool(false);
+        let none = Headers::default();
+        let first = p
+            .pick_request(CLIENT, &none, "/", &[], true)
+            .expect("server");
+        p.finished(first.server);
+        let cookie = first.set_cookie.expect("a new client gets the cookie");
+        assert!(cookie.ends_with("; Secure"), "{cookie}");
+        let token = p.sticky_token(first.server).to_string();
+        let mut with = Headers::default();
+        with.push("Cookie", format!("other=1; GH_SRV={token}"));
+        for _ in 0..4 {
+            let again = p
+                .pick_request(CLIENT, &with, "/", &[], false)
+                .expect("server");
+            p.finished(again.server);
+            assert_eq!(
+                again,
+                Picked {
+                    server: first.server,
+                    set_cookie: None
+                }
+            );
+        }
+        // Its server is ejected: another one, and a cookie naming it.
+        p.failure(first.server, "t");
+        let moved = p
+            .pick_request(CLIENT, &with, "/", &[], false)
+            .expect("server");
+        assert_ne!(moved.server, first.server);
+        let other = p.sticky_token(moved.server).to_string();
+        assert_eq!(
+            moved.set_cookie,
+            Some(format!("GH_SRV={other}; Path=/; HttpOnly; SameSite=Lax"))
+        );
+        // Without [pools.sticky]: no cookie.
+        let (plain, _) = pool_with(false, |c| c.sticky = None);
+        let p2 = plain
+            .pick_request(CLIENT, &with, "/", &[], false)
+            .expect("server");
+        assert_eq!(p2.set_cookie, None);
+    }
+
+    #[test]
+    fn refresh_readmits_servers_whose_ejection_ran_out() {
+        let (p, m) = pool(false);
+        p.failure(0, "t");
+        assert_eq!(up(&m, "127.0.0.1:1"), 0);
+        p.refresh(Instant::now());
+        assert_eq!(up(&m, "127.0.0.1:1"), 0, "ejected for 60 s");
+        p.refresh(Instant::now() + Duration::from_secs(61));
+        assert_eq!(up(&m, "127.0.0.1:1"), 1);
+        assert_eq!(up(&m, "127.0.0.1:2"), 1);
     }
 }
