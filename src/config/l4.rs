@@ -156,7 +156,7 @@ pub(super) fn read_udp(l: &Section<'_>, pools: &[&str]) -> UdpListenerConfig {
     }
 }
 
-fn read_pool_ref(s: &Section<'_>, key: &str, pools: &[&str]) -> Option<String> {
+pub(super) fn read_pool_ref(s: &Section<'_>, key: &str, pools: &[&str]) -> Option<String> {
     let name = s.string(key)?;
     if pools.contains(&name.as_str()) {
         Some(name)

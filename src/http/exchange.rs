@@ -204,6 +204,7 @@ impl HttpProxy {
         W: tokio::io::AsyncWrite + Unpin,
     {
         let t = self.cfg.read_timeout;
+        let first_byte = ex.first_byte_timeout.unwrap_or(t);
         let max = self.cfg.max_header_bytes.max(64 * 1024);
         let mut got_any = false;
         let mut informational = 0;
@@ -229,7 +230,7 @@ impl HttpProxy {
                     }
                 }
                 ubuf.reserve(8192);
-                match timeout(t, ur.read_buf(ubuf)).await {
+                match timeout(if got_any { t } else { first_byte }, ur.read_buf(ubuf)).await {
                     Err(_) => {
                         let err = ProxyError::new(
                             504,
@@ -370,6 +371,9 @@ impl HttpProxy {
         h.remove("proxy-authenticate");
         if capture {
             h.remove("trailer");
+        }
+        if let Some(r) = &ex.reverse {
+            r.apply(&mut h);
         }
         if let Some(r) = &ex.rewrite {
             r.apply_response(&mut h);
