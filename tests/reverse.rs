@@ -598,3 +598,29 @@ fn the_shipped_example_parses_as_documented() {
         Some("127.0.0.1:9090".parse().expect("addr"))
     );
 }
+
+#[tokio::test]
+async fn policy_client_rules_and_request_limits_apply() {
+    let origin = Origin::fixed("ok").await;
+    let policy = format!(
+        "{LOOPBACK_POLICY}\n[[policy.rules]]\nname = \"no-delete\"\naction = \"deny\"\nlisteners = [\"rev\"]\nmethods = [\"DELETE\"]\n\n[limits.per_client]\nrequests_per_second = 1\n"
+    );
+    let gh = Gatehouse::start(&format!(
+        "{}{}{policy}",
+        listener("", &vhost("\"app.test\"", "p")),
+        pool("p", &[origin.addr], "")
+    ));
+    let r = raw(
+        &gh,
+        b"DELETE /x HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status(&r), 403, "{r}");
+    assert!(origin.seen().is_empty(), "refused before any server");
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        statuses.push(status(&get(&gh, "app.test", "/").await));
+    }
+    assert!(statuses.contains(&200), "{statuses:?}");
+    assert!(statuses.contains(&429), "{statuses:?}");
+}

@@ -95,6 +95,8 @@ pub struct ReverseTo {
     target: String,
     /// The client's Host field, as sent.
     host: Option<String>,
+    /// `http` or `https`: how the client reached the listener.
+    scheme: &'static str,
 }
 
 /// The response edits for the server that answered: fields hidden, links to the server's
@@ -220,6 +222,7 @@ impl HttpProxy {
             pool: rv.pools[i].clone(),
             target: route::rewrite_target(route, &target),
             host: host.clone(),
+            scheme: client.stream.scheme(),
         };
         // The cache keys on the public URL: host and path as the client asked.
         let authority = host.unwrap_or_default();
@@ -295,7 +298,7 @@ impl HttpProxy {
             rv.cfg.forwarded,
             rv.trusted.contains(peer.ip()),
             peer.ip(),
-            "http",
+            to.scheme,
             to.host.as_deref(),
         );
         if let Some(r) = rewrite {
@@ -399,7 +402,7 @@ impl HttpProxy {
                         format!("http://{}", pool.label(i)).to_ascii_lowercase(),
                         format!("http://{peer}"),
                     ],
-                    to: format!("http://{}", to.host.as_deref().unwrap_or_default()),
+                    to: format!("{}://{}", to.scheme, to.host.as_deref().unwrap_or_default()),
                 },
             }));
             let mut up = Upstream {

@@ -38,6 +38,13 @@ impl ClientStream {
         }
     }
 
+    /// The URI scheme clients reach this stream with (`Forwarded: proto=`, rewritten links).
+    pub fn scheme(&self) -> &'static str {
+        match self {
+            ClientStream::Tcp(_) => "http",
+        }
+    }
+
     /// Waits until the idle connection has something to read (or EOF, or an error), then
     /// reads once into `buf` without blocking. `Ok(0)`: EOF; `WouldBlock`: spurious wake-up,
     /// wait again. Holds no buffer while it waits.
