@@ -536,6 +536,21 @@ async fn a_body_over_max_body_is_413() {
     );
     let r = raw(&gh, big.as_bytes()).await;
     assert_eq!(status(&r), 413, "{r}");
+    // A chunked body has no length up front: cut off once its data passes the limit.
+    let chunked = format!(
+        "POST / HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\n\r\n400\r\n{}\r\n400\r\n{}\r\n0\r\n\r\n",
+        "y".repeat(1024),
+        "z".repeat(1024)
+    );
+    let r = raw(&gh, chunked.as_bytes()).await;
+    assert_eq!(status(&r), 413, "{r}");
+    let fits = format!(
+        "POST / HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n400\r\n{}\r\n0\r\n\r\n",
+        "y".repeat(1024)
+    );
+    let r = raw(&gh, fits.as_bytes()).await;
+    assert_eq!(status(&r), 200, "{r}");
+    assert_eq!(body(&r).len(), 1024, "{r}");
     let small =
         "POST / HTTP/1.1\r\nHost: app.test\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello";
     let r = raw(&gh, small.as_bytes()).await;

@@ -112,6 +112,8 @@ pub(super) struct Exchange {
     pub(super) reverse: Option<Box<super::reverse::ResponseEdits>>,
     /// Longest wait for the response head, when not `read_timeout` (reverse routes).
     pub(super) first_byte_timeout: Option<std::time::Duration>,
+    /// Largest request body sent upstream (a chunked one is cut off past it: 413).
+    pub(super) max_body: Option<u64>,
 }
 
 impl Exchange {
@@ -136,6 +138,7 @@ impl Exchange {
             user_slot: None,
             reverse: None,
             first_byte_timeout: None,
+            max_body: None,
         }
     }
 }

@@ -217,6 +217,7 @@ impl HttpProxy {
         }
         ex.rewrite = rv.edits[i].clone();
         ex.first_byte_timeout = Some(rv.cfg.first_byte_timeout);
+        ex.max_body = rv.cfg.max_body;
         let to = ReverseTo {
             route: i,
             pool: rv.pools[i].clone(),
@@ -337,6 +338,7 @@ impl HttpProxy {
         let mut framing = framing;
         if let Framing::Length(n) = framing {
             if idempotent(&head.method)
+                && client.unread_body == Some(framing)
                 && n <= route.retry_body_bytes
                 && !head.headers.has_token("expect", "100-continue")
             {
