@@ -639,3 +639,27 @@ async fn policy_client_rules_and_request_limits_apply() {
     assert!(statuses.contains(&200), "{statuses:?}");
     assert!(statuses.contains(&429), "{statuses:?}");
 }
+
+#[tokio::test]
+async fn a_caching_route_answers_repeats_from_the_shared_cache() {
+    let origin = Origin::start(Arc::new(|_: &Seen| {
+        response(200, &[("Cache-Control", "max-age=60")], "cached body")
+    }))
+    .await;
+    let hosts = "[[listeners.hosts]]\nnames = [\"app.test\", \"other.test\"]\n[[listeners.hosts.routes]]\npool = \"p\"\ncache = true\n";
+    let gh = Gatehouse::start(&format!(
+        "{}{}",
+        listener("", hosts),
+        pool("p", &[origin.addr], "")
+    ));
+    for _ in 0..3 {
+        let r = get(&gh, "app.test", "/page").await;
+        assert_eq!(status(&r), 200, "{r}");
+        assert_eq!(body(&r), "cached body");
+    }
+    assert_eq!(origin.count("/page"), 1, "repeats come from the cache");
+    // The key is the public URL: another host is another entry.
+    let r = get(&gh, "other.test", "/page").await;
+    assert_eq!(status(&r), 200, "{r}");
+    assert_eq!(origin.count("/page"), 2);
+}
