@@ -178,7 +178,7 @@ async fn round_robin_spreads_requests_over_both_servers() {
     let a = Origin::fixed("a").await;
     let b = Origin::fixed("b").await;
     let gh = Gatehouse::start(&format!(
-        "{}{}",
+        "{}{}[admin]\nlisten = \"127.0.0.1:0\"\n",
         listener("", &vhost("\"app.test\"", "p")),
         pool("p", &[a.addr, b.addr], "algorithm = \"round-robin\"")
     ));
@@ -202,6 +202,23 @@ async fn round_robin_spreads_requests_over_both_servers() {
         a.connection_count() + b.connection_count() < 10,
         "upstream connections are reused"
     );
+    // The pool's per-server counters see the requests and their bytes.
+    let admin = gh.addr("admin");
+    assert_eq!(
+        metric(admin, "gatehouse_pool_server_connections_total").await,
+        Some(10.0)
+    );
+    let mut bytes = 0.0;
+    for _ in 0..100 {
+        bytes = metric(admin, "gatehouse_pool_server_bytes_total")
+            .await
+            .unwrap_or(0.0);
+        if bytes > 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(bytes > 0.0, "per-server bytes counted");
 }
 
 #[tokio::test]

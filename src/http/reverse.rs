@@ -414,6 +414,7 @@ impl HttpProxy {
             if let Some(c) = cache.as_deref_mut() {
                 c.request_time = SystemTime::now();
             }
+            let (in0, out0) = (ex.bytes_in, ex.bytes_out);
             let r = self
                 .exchange(
                     client,
@@ -425,6 +426,8 @@ impl HttpProxy {
                     ex,
                 )
                 .await;
+            // Bytes to and from this server, for its byte counters.
+            pool.bytes(i, ex.bytes_in - in0, ex.bytes_out - out0);
             match r {
                 Ok(done) if done.upgraded => {
                     pool.success(i);
