@@ -21,6 +21,7 @@ pub mod pac;
 pub mod policy;
 pub mod pool;
 pub mod relay;
+pub mod reverse;
 pub mod server;
 pub mod shutdown;
 pub mod socks;

@@ -14,7 +14,7 @@ use tracing::Instrument;
 
 use crate::config::{ListenerConfig, ListenerKind};
 use crate::fdlimit;
-use crate::http::proxy::HttpProxy;
+use crate::http::proxy::{HttpProxy, Role};
 use crate::metrics::Metrics;
 use crate::server::Services;
 use crate::socks::SocksServer;
@@ -61,6 +61,16 @@ pub fn spawn(
             name: name.clone(),
             cfg: h.clone(),
             svc: svc.clone(),
+            role: Role::Forward,
+        })),
+        ListenerKind::Reverse(r) => Handler::Http(Arc::new(HttpProxy {
+            name: name.clone(),
+            cfg: r.http.clone(),
+            svc: svc.clone(),
+            role: Role::Reverse(Box::new(
+                crate::http::reverse::Reverse::new(r, &svc)
+                    .with_context(|| format!("listener {name:?}"))?,
+            )),
         })),
         ListenerKind::Socks(s) => Handler::Socks(Arc::new(SocksServer {
             name: name.clone(),

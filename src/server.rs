@@ -101,10 +101,11 @@ impl Server {
         let local = Arc::new(LocalAddrs::new());
         crate::ifwatch::refresh(&local);
         let policy = prepared.policy.with_local(local.clone());
-        let wanted = config
-            .listeners
-            .iter()
-            .any(|l| matches!(&l.kind, ListenerKind::Http(h) if h.cache));
+        let wanted = config.listeners.iter().any(|l| match &l.kind {
+            ListenerKind::Http(h) => h.cache,
+            ListenerKind::Reverse(r) => crate::reverse::uses_cache(r),
+            _ => false,
+        });
         let cache = if config.cache.enabled && wanted {
             // Opening the disk tier checks its index against its files: blocking work.
             let cfg = config.cache.clone();
@@ -329,6 +330,10 @@ fn used_pools(config: &Config) -> Vec<&str> {
                 used.extend(t.sni.iter().map(|r| r.pool.as_str()));
             }
             ListenerKind::Udp(u) => used.push(u.pool.as_str()),
+            ListenerKind::Reverse(r) => {
+                let routes = r.hosts.iter().flat_map(|h| &h.routes);
+                used.extend(routes.chain(&r.default).map(|r| r.pool.as_str()));
+            }
             _ => {}
         }
     }

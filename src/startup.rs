@@ -65,8 +65,12 @@ pub fn prepare(config: &Config) -> Result<Prepared, Vec<ConfigError>> {
         }
     };
     for (i, l) in config.listeners.iter().enumerate() {
-        // A balancing listener's destinations are its pool: it cannot be an open proxy.
-        let balancer = matches!(l.kind, ListenerKind::Tcp(_) | ListenerKind::Udp(_));
+        // A balancing listener's (and a reverse proxy's) destinations are its pools: it cannot
+        // be an open proxy.
+        let balancer = matches!(
+            l.kind,
+            ListenerKind::Tcp(_) | ListenerKind::Udp(_) | ListenerKind::Reverse(_)
+        );
         if let Some(p) = policy.as_ref().filter(|_| !balancer) {
             if let Err(e) = p.open_proxy_check(&l.name, l.listen.ip()) {
                 errors.push(lines.error(&format!("listeners[{i}].listen"), e.to_string()));

@@ -187,7 +187,7 @@ pub(super) fn check_hash_keys(l: &Section<'_>, kind: &super::ListenerKind, pools
     }
 }
 
-fn read_pool_ref(s: &Section<'_>, key: &str, pools: &[&str]) -> Option<String> {
+pub(super) fn read_pool_ref(s: &Section<'_>, key: &str, pools: &[&str]) -> Option<String> {
     let name = s.string(key)?;
     if pools.contains(&name.as_str()) {
         Some(name)

@@ -6,6 +6,7 @@
 mod l4;
 mod pools;
 pub(crate) mod reader;
+mod reverse;
 mod socks;
 pub mod tls;
 
@@ -20,6 +21,9 @@ pub use pools::{
 };
 pub use reader::{ConfigError, KeyLines};
 use reader::{Problems, Section};
+pub use reverse::{
+    ForwardedMode, HostName, PathRegex, ReverseListenerConfig, RouteConfig, VhostConfig,
+};
 pub use socks::{AuthMethod, Password, SocksListenerConfig, SocksUser, UdpFilter};
 pub use tls::{ClientTls, ServerTls, TlsFiles, TlsVersion};
 
@@ -75,6 +79,8 @@ pub enum ListenerKind {
     Tcp(TcpListenerConfig),
     /// UDP datagrams balanced over a pool with per-client affinity.
     Udp(UdpListenerConfig),
+    /// HTTP reverse proxy: virtual hosts and routes to pools.
+    Reverse(Box<ReverseListenerConfig>),
 }
 
 impl ListenerKind {
@@ -84,6 +90,7 @@ impl ListenerKind {
             ListenerKind::Socks(_) => "socks",
             ListenerKind::Tcp(_) => "tcp",
             ListenerKind::Udp(_) => "udp",
+            ListenerKind::Reverse(_) => "reverse",
         }
     }
 }
@@ -399,18 +406,23 @@ fn read_listener(l: &Section<'_>, pools: &[&str]) -> Option<ListenerConfig> {
         Some("socks") => Some(ListenerKind::Socks(socks::read_socks(l))),
         Some("tcp") => Some(ListenerKind::Tcp(l4::read_tcp(l, pools))),
         Some("udp") => Some(ListenerKind::Udp(l4::read_udp(l, pools))),
+        Some("reverse") => Some(ListenerKind::Reverse(Box::new(reverse::read_reverse(
+            l, pools,
+        )))),
         Some(other) => {
             l.error_at(
                 "kind",
                 format!(
-                    "unknown listener kind {other:?}; expected \"http\", \"socks\", \"tcp\" or \"udp\""
+                    "unknown listener kind {other:?}; expected \"http\", \"socks\", \"tcp\", \"udp\" or \"reverse\""
                 ),
             );
             None
         }
         None => {
             if !l.has("kind") {
-                l.error_here("`kind` is required (\"http\", \"socks\", \"tcp\" or \"udp\")");
+                l.error_here(
+                    "`kind` is required (\"http\", \"socks\", \"tcp\", \"udp\" or \"reverse\")",
+                );
             }
             None
         }
@@ -424,6 +436,29 @@ fn read_listener(l: &Section<'_>, pools: &[&str]) -> Option<ListenerConfig> {
 }
 
 fn read_http(l: &Section<'_>) -> HttpListenerConfig {
+    let connect_ports = l
+        .array(
+            "connect_ports",
+            "a port (443) or a range (\"8000-8999\")",
+            parse_port_range,
+        )
+        .unwrap_or_else(|| {
+            vec![PortRange {
+                first: 443,
+                last: 443,
+            }]
+        });
+    HttpListenerConfig {
+        connect_ports,
+        forwarded_for: l.bool("forwarded_for", false),
+        cache: l.bool("cache", false),
+        ..read_http_limits(l)
+    }
+}
+
+/// The HTTP settings the forward and the reverse proxy share: head size, timeouts, `via`,
+/// `upgrade_protocols`. The forward-only ones are left empty/off.
+fn read_http_limits(l: &Section<'_>) -> HttpListenerConfig {
     let via = match l.get("via", "a string or false", |v| {
         if let Some(s) = v.as_str() {
             (!s.is_empty() && s.bytes().all(|b| b.is_ascii_graphic())).then(|| Some(s.to_string()))
@@ -442,21 +477,10 @@ fn read_http(l: &Section<'_>) -> HttpListenerConfig {
         keepalive_timeout: l.duration("keepalive_timeout", Duration::from_secs(60)),
         read_timeout: l.duration("read_timeout", Duration::from_secs(60)),
         tunnel_idle_timeout: l.duration("tunnel_idle_timeout", Duration::from_secs(600)),
-        connect_ports: l
-            .array(
-                "connect_ports",
-                "a port (443) or a range (\"8000-8999\")",
-                parse_port_range,
-            )
-            .unwrap_or_else(|| {
-                vec![PortRange {
-                    first: 443,
-                    last: 443,
-                }]
-            }),
+        connect_ports: Vec::new(),
         via,
-        forwarded_for: l.bool("forwarded_for", false),
-        cache: l.bool("cache", false),
+        forwarded_for: false,
+        cache: false,
         upgrade_protocols: l
             .array(
                 "upgrade_protocols",

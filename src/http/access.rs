@@ -197,7 +197,7 @@ impl HttpProxy {
     }
 
     /// 429 with Retry-After and Proxy-Status (a limit or the failed-login limiter).
-    async fn send_429(
+    pub(super) async fn send_429(
         &self,
         client: &mut Client,
         head: &RequestHead,

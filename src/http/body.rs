@@ -30,6 +30,8 @@ pub enum CopyError {
     WriteTimeout(Duration),
     #[error("bad chunked body: {0}")]
     Chunk(#[from] ChunkError),
+    #[error("body larger than {0} bytes")]
+    TooLarge(u64),
 }
 
 impl CopyError {
@@ -203,8 +205,27 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    copy_chunked_capped(r, buf, w, raw, max_trailer, u64::MAX, t).await
+}
+
+/// [`copy_chunked`], refusing ([`CopyError::TooLarge`]) a body whose decoded data runs past
+/// `max_data` bytes before any byte past the bound is written.
+pub async fn copy_chunked_capped<R, W>(
+    r: &mut R,
+    buf: &mut BytesMut,
+    w: &mut W,
+    raw: bool,
+    max_trailer: usize,
+    max_data: u64,
+    t: Duration,
+) -> Result<u64, CopyError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     let mut dec = ChunkedDecoder::new(max_trailer);
     let mut total = 0u64;
+    let mut data = 0u64;
     loop {
         if buf.is_empty() {
             fill(r, buf, READ_CHUNK, t).await?;
@@ -213,6 +234,16 @@ where
         let mut used = 0;
         while used < buf.len() && !dec.is_done() {
             let p = dec.advance(&buf[used..])?;
+            if let Some(range) = &p.data {
+                data += range.len() as u64;
+                if data > max_data {
+                    if raw {
+                        // What was walked before this chunk's data is within the bound.
+                        write_all(w, &buf[..used], t).await?;
+                    }
+                    return Err(CopyError::TooLarge(max_data));
+                }
+            }
             if !raw {
                 if let Some(range) = p.data {
                     let (s, e) = (used + range.start, used + range.end);

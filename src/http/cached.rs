@@ -291,6 +291,14 @@ impl HttpProxy {
                 ctx.head_reval = Some(reval);
                 Step::Forward(ctx, None)
             }
+            Lookup::StaleWhileRevalidate { served, .. }
+                if matches!(self.role, super::proxy::Role::Reverse(_)) =>
+            {
+                // The background refresh connects to the target's host, which for a reverse
+                // proxy is its own public name, not a pool server: served stale, not
+                // refreshed in the background (the next request after the window refetches).
+                Step::Answered(self.send_served(client, head, served, ex).await)
+            }
             Lookup::StaleWhileRevalidate { served, reval } => {
                 let up = RequestHead {
                     method: "GET".into(),

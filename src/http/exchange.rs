@@ -123,6 +123,7 @@ impl HttpProxy {
         let mut cw = body::Counted::new(Throttled::new(cw, throttles.down));
         let mut uw = body::Counted::new(Throttled::new(uw, throttles.up));
         let max_trailer = self.cfg.max_header_bytes;
+        let max_body = ex.max_body.unwrap_or(u64::MAX);
         // No body to send: nothing to wait for on that side.
         let mut body_result: Option<Result<(), CopyError>> =
             (framing == Framing::None).then_some(Ok(()));
@@ -132,7 +133,16 @@ impl HttpProxy {
                     Framing::None | Framing::UntilClose => Ok(0),
                     Framing::Length(n) => body::copy_length(&mut cr, cbuf, &mut uw, n, t).await,
                     Framing::Chunked => {
-                        body::copy_chunked(&mut cr, cbuf, &mut uw, true, max_trailer, t).await
+                        body::copy_chunked_capped(
+                            &mut cr,
+                            cbuf,
+                            &mut uw,
+                            true,
+                            max_trailer,
+                            max_body,
+                            t,
+                        )
+                        .await
                     }
                 };
                 r.map(|_| ())
@@ -167,6 +177,13 @@ impl HttpProxy {
                         return Err(Failure::BeforeResponse(ProxyError::bad_request(format!(
                             "bad chunked request body: {c}"
                         ))))
+                    }
+                    CopyError::TooLarge(max) => {
+                        return Err(Failure::BeforeResponse(ProxyError::new(
+                            413,
+                            "http_request_error",
+                            format!("request body over the limit of {max} bytes"),
+                        )))
                     }
                     CopyError::ReadTimeout(_) => {
                         return Err(Failure::BeforeResponse(ProxyError::new(
@@ -204,6 +221,7 @@ impl HttpProxy {
         W: tokio::io::AsyncWrite + Unpin,
     {
         let t = self.cfg.read_timeout;
+        let first_byte = ex.first_byte_timeout.unwrap_or(t);
         let max = self.cfg.max_header_bytes.max(64 * 1024);
         let mut got_any = false;
         let mut informational = 0;
@@ -229,7 +247,7 @@ impl HttpProxy {
                     }
                 }
                 ubuf.reserve(8192);
-                match timeout(t, ur.read_buf(ubuf)).await {
+                match timeout(if got_any { t } else { first_byte }, ur.read_buf(ubuf)).await {
                     Err(_) => {
                         let err = ProxyError::new(
                             504,
@@ -370,6 +388,9 @@ impl HttpProxy {
         h.remove("proxy-authenticate");
         if capture {
             h.remove("trailer");
+        }
+        if let Some(r) = &ex.reverse {
+            r.apply(&mut h);
         }
         if let Some(r) = &ex.rewrite {
             r.apply_response(&mut h);

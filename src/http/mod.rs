@@ -10,5 +10,7 @@ mod exchange;
 mod loop_check;
 pub mod pool;
 pub mod proxy;
+pub mod reverse;
+pub mod stream;
 pub mod target;
 mod tunnel;

@@ -24,6 +24,7 @@ use super::codec::{self, Framing, HeadError, Headers, RequestHead, Version};
 use super::error::ProxyError;
 use super::exchange::{upgrade_request, Failure, Upstream};
 use super::pool::PoolKey;
+use super::stream::ClientStream;
 use super::target::{self, HttpTarget, TargetError};
 use super::tunnel::Via;
 use crate::accesslog::AccessRecord;
@@ -37,10 +38,21 @@ pub struct HttpProxy {
     pub name: Arc<str>,
     pub cfg: HttpListenerConfig,
     pub svc: Arc<Services>,
+    /// Where this listener's requests go: the forward proxy's targets and policy, or a
+    /// reverse proxy's route table and pools.
+    pub role: Role,
+}
+
+/// The per-listener step that decides where a request goes; every other stage is shared.
+pub enum Role {
+    /// Absolute-form targets (and CONNECT), the policy's verdict, parents.
+    Forward,
+    /// Host -> virtual host -> route -> pool.
+    Reverse(Box<super::reverse::Reverse>),
 }
 
 pub(super) struct Client {
-    pub(super) stream: TcpStream,
+    pub(super) stream: ClientStream,
     pub(super) buf: BytesMut,
     pub(super) peer: SocketAddr,
     /// The policy in force when the connection was accepted; a reload does not change it.
@@ -96,6 +108,12 @@ pub(super) struct Exchange {
     pub(super) route: Option<RouteUsed>,
     /// Held while the request or tunnel lasts: the user's concurrent-connection slot.
     pub(super) user_slot: Option<crate::limits::ConnGuard>,
+    /// A reverse proxy's response edits for the server that answers (hidden fields, links).
+    pub(super) reverse: Option<Box<super::reverse::ResponseEdits>>,
+    /// Longest wait for the response head, when not `read_timeout` (reverse routes).
+    pub(super) first_byte_timeout: Option<std::time::Duration>,
+    /// Largest request body sent upstream (a chunked one is cut off past it: 413).
+    pub(super) max_body: Option<u64>,
 }
 
 impl Exchange {
@@ -118,6 +136,9 @@ impl Exchange {
             rewrite: None,
             route: None,
             user_slot: None,
+            reverse: None,
+            first_byte_timeout: None,
+            max_body: None,
         }
     }
 }
@@ -130,6 +151,11 @@ impl HttpProxy {
     /// Serves one client connection until it closes, idles out, or the proxy drains.
     pub async fn serve(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
         let _ = stream.set_nodelay(true);
+        self.serve_stream(ClientStream::Tcp(stream), peer).await
+    }
+
+    /// Serves one client connection over any stream (plain TCP, TLS).
+    pub async fn serve_stream(self: Arc<Self>, stream: ClientStream, peer: SocketAddr) {
         let mut client = Client {
             stream,
             buf: BytesMut::new(),
@@ -144,15 +170,14 @@ impl HttpProxy {
                 let idle = tokio::time::sleep(self.cfg.keepalive_timeout);
                 tokio::pin!(idle);
                 loop {
-                    tokio::select! {
-                        r = client.stream.readable() => if r.is_err() { return },
-                        _ = &mut idle => return,
-                        _ = self.svc.shutdown.draining() => return,
-                    }
                     // Readiness can be spurious (a fresh socket): only a byte read, or EOF,
                     // ends the wait; the first read goes straight into the head buffer.
-                    client.buf.reserve(4096);
-                    match client.stream.try_read_buf(&mut client.buf) {
+                    let read = tokio::select! {
+                        r = client.stream.idle_read(&mut client.buf) => r,
+                        _ = &mut idle => return,
+                        _ = self.svc.shutdown.draining() => return,
+                    };
+                    match read {
                         Ok(0) => return,
                         Ok(_) => break,
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
@@ -216,11 +241,11 @@ impl HttpProxy {
             field("user-agent"),
         );
         client.unread_body = None;
-        let mut keep = if head.method == "CONNECT" {
-            self.tunnel(client, head, &mut ex).await
-        } else {
+        let mut keep = match &self.role {
+            Role::Forward if head.method == "CONNECT" => self.tunnel(client, head, &mut ex).await,
             // Boxed: a tunnel's task then holds no forward-request state while it idles.
-            Box::pin(self.forward(client, head, &mut ex)).await
+            Role::Forward => Box::pin(self.forward(client, head, &mut ex)).await,
+            Role::Reverse(r) => Box::pin(self.reverse(r, client, head, &mut ex)).await,
         };
         // Answered without reading the body: discard it, so it is never read as the next
         // request, or close.
@@ -359,25 +384,41 @@ impl HttpProxy {
             && keep
     }
 
-    async fn forward(&self, client: &mut Client, head: RequestHead, ex: &mut Exchange) -> bool {
-        let framing = match codec::request_framing(&head) {
+    /// The framing checks every request goes through, whoever decides where it goes: the
+    /// body's framing (refused: 400 and close) and exactly one Host in HTTP/1.1. Returns the
+    /// framing and whether a refusal closes the connection; `Err(keep)`: answered.
+    pub(super) async fn request_checks(
+        &self,
+        client: &mut Client,
+        head: &RequestHead,
+        ex: &mut Exchange,
+    ) -> Result<(Framing, bool), bool> {
+        let framing = match codec::request_framing(head) {
             Ok(f) => f,
             Err(e) => {
                 self.send_error(client, &ProxyError::bad_request(e.to_string()), true, ex)
                     .await;
-                return false;
+                return Err(false);
             }
         };
         if framing != Framing::None {
             client.unread_body = Some(framing);
         }
         // A refused request with a body ends the connection (its body is never read).
-        let close_on_error = framing != Framing::None || !wants_keep_alive(&head);
+        let close_on_error = framing != Framing::None || !wants_keep_alive(head);
         if head.version == Version::Http11 && head.headers.count("host") != 1 {
             let err = ProxyError::bad_request("HTTP/1.1 request without exactly one Host field");
             self.send_error(client, &err, true, ex).await;
-            return false;
+            return Err(false);
         }
+        Ok((framing, close_on_error))
+    }
+
+    async fn forward(&self, client: &mut Client, head: RequestHead, ex: &mut Exchange) -> bool {
+        let (framing, close_on_error) = match self.request_checks(client, &head, ex).await {
+            Ok(c) => c,
+            Err(keep) => return keep,
+        };
         let target = match target::parse_absolute(&head.target) {
             Ok(t) => t,
             Err(e) => {
@@ -436,11 +477,39 @@ impl HttpProxy {
         let r = &verdict.rewrite;
         let edits = r.anonymous || !r.request.is_empty() || !r.response.is_empty();
         ex.rewrite = edits.then(|| r.clone());
+        let to = Upward {
+            target: &target,
+            via: &via,
+            framing,
+            close_on_error,
+            max_forwards,
+            cache: self.cfg.cache,
+        };
+        self.deliver(client, head, &to, ex).await
+    }
+
+    /// The shared stages once a request's destination is known: the cache step, the
+    /// upstream request head, the exchange (request body up, response down), a stale answer
+    /// on an upstream error, the cache's finish (and one unconditional re-fetch).
+    pub(super) async fn deliver(
+        &self,
+        client: &mut Client,
+        head: RequestHead,
+        to: &Upward<'_>,
+        ex: &mut Exchange,
+    ) -> bool {
+        let Upward {
+            target,
+            via,
+            framing,
+            close_on_error,
+            ..
+        } = *to;
         let mut cc = None;
         let mut revalidation = None;
-        if self.cfg.cache {
+        if to.cache {
             if let Some(cache) = self.svc.cache.clone() {
-                match self.cache_step(&cache, client, &head, &target, ex).await {
+                match self.cache_step(&cache, client, &head, target, ex).await {
                     Step::Answered(keep) => return keep,
                     Step::Forward(ctx, up) => {
                         cc = Some(ctx);
@@ -450,19 +519,13 @@ impl HttpProxy {
             }
         }
         let sent = revalidation.as_ref().unwrap_or(&head);
-        let req_head = self.upstream_request(
-            sent,
-            &target,
-            client.peer,
-            max_forwards,
-            ex.rewrite.as_deref(),
-        );
+        let req_head = self.request_head(sent, to, client.peer, ex.rewrite.as_deref());
         let fetched = self
             .fetch(
                 client,
                 sent,
-                &target,
-                &via,
+                target,
+                via,
                 framing,
                 &req_head,
                 cc.as_deref_mut(),
@@ -486,15 +549,9 @@ impl HttpProxy {
             Finish::Done(keep) => keep,
             Finish::Refetch if keep => {
                 // The 304 matched nothing stored: ask again, unconditionally, uncached.
-                let req_head = self.upstream_request(
-                    &head,
-                    &target,
-                    client.peer,
-                    max_forwards,
-                    ex.rewrite.as_deref(),
-                );
+                let req_head = self.request_head(&head, to, client.peer, ex.rewrite.as_deref());
                 match self
-                    .fetch(client, &head, &target, &via, framing, &req_head, None, ex)
+                    .fetch(client, &head, target, via, framing, &req_head, None, ex)
                     .await
                 {
                     Fetched::Done(keep) => keep,
@@ -506,6 +563,20 @@ impl HttpProxy {
                 }
             }
             Finish::Refetch => false,
+        }
+    }
+
+    /// The request head sent upstream, by the listener's role.
+    fn request_head(
+        &self,
+        sent: &RequestHead,
+        to: &Upward<'_>,
+        peer: SocketAddr,
+        rewrite: Option<&Rewrite>,
+    ) -> Vec<u8> {
+        match to.via {
+            Via::Pool(r) => self.reverse_request(sent, r, peer, rewrite),
+            _ => self.upstream_request(sent, to.target, peer, to.max_forwards, rewrite),
         }
     }
 
@@ -522,6 +593,11 @@ impl HttpProxy {
         mut cache: Option<&mut CacheCtx>,
         ex: &mut Exchange,
     ) -> Fetched {
+        if let Via::Pool(r) = via {
+            return self
+                .fetch_pool(client, head, r, framing, req_head, cache, ex)
+                .await;
+        }
         let key = PoolKey {
             host: target.host.clone(),
             port: target.port,
@@ -548,6 +624,13 @@ impl HttpProxy {
                             Err(e) => return Fetched::Failed(ProxyError::from(e)),
                         },
                     }
+                }
+                Via::Pool(_) => {
+                    return Fetched::Failed(ProxyError::new(
+                        500,
+                        "proxy_internal_error",
+                        "a pool route goes through fetch_pool",
+                    ))
                 }
                 Via::Route(_) => {
                     let policy = client.policy.clone();
@@ -739,8 +822,21 @@ impl HttpProxy {
     }
 }
 
+/// Where a request goes once the listener's step has decided, for the shared stages.
+pub(super) struct Upward<'a> {
+    /// The origin's host, port and path: the cache key and the forward proxy's connect.
+    pub(super) target: &'a HttpTarget,
+    pub(super) via: &'a Via,
+    pub(super) framing: Framing,
+    /// Whether a refusal closes the client connection.
+    pub(super) close_on_error: bool,
+    pub(super) max_forwards: Option<u32>,
+    /// Whether the response goes through the shared cache.
+    pub(super) cache: bool,
+}
+
 /// How one upstream fetch ended.
-enum Fetched {
+pub(super) enum Fetched {
     /// Relayed; whether the client connection stays open.
     Done(bool),
     /// Nothing reached the client yet: answer with this error.

@@ -25,6 +25,8 @@ pub(super) enum Via {
     Direct(Vec<SocketAddr>),
     /// Through these parents, in failover order.
     Route(Arc<[String]>),
+    /// A reverse proxy's route: one of its pool's servers.
+    Pool(Box<super::reverse::ReverseTo>),
 }
 
 impl HttpProxy {
@@ -196,6 +198,11 @@ impl HttpProxy {
                 ex.route = Some(r.used.clone());
                 Ok((r.stream, r.leftover))
             }
+            Via::Pool(_) => Err(ProxyError::new(
+                500,
+                "proxy_internal_error",
+                "a pool route has no tunnel",
+            )),
         }
     }
 
@@ -227,8 +234,12 @@ impl HttpProxy {
         let ip = client.peer.ip();
         let t = self.svc.limits.throttles(ip, ex.user.as_deref());
         let idle = self.cfg.tunnel_idle_timeout;
-        if t.up.is_none() && t.down.is_none() {
-            crate::splice::relay_tcp(&client.stream, upstream, idle).await
+        let plain = client
+            .stream
+            .as_tcp()
+            .filter(|_| t.up.is_none() && t.down.is_none());
+        if let Some(tcp) = plain {
+            crate::splice::relay_tcp(tcp, upstream, idle).await
         } else {
             // Boxed: the copying relay is larger than the splice one, and an idle spliced
             // tunnel should not carry its state.

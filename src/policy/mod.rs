@@ -51,6 +51,7 @@ pub mod login;
 pub mod matcher;
 pub mod passwd;
 mod rule_config;
+pub(crate) use rule_config::read_edits;
 pub mod users;
 
 use std::net::IpAddr;

@@ -201,7 +201,7 @@ fn read_schedule(r: &Section<'_>) -> Option<Schedule> {
     Some(Schedule { windows, days })
 }
 
-fn read_edits(t: &Section<'_>) -> HeaderEdits {
+pub(crate) fn read_edits(t: &Section<'_>) -> HeaderEdits {
     let pairs = |key: &str| -> Vec<(String, String)> {
         let sub = t.table(key);
         let mut out = Vec::new();

@@ -1,0 +1,381 @@
+//! `kind = "reverse"`: a reverse-proxy listener. Virtual hosts by name, each with ordered
+//! routes to `[[pools]]`; the HTTP listener's timeouts and limits that apply to it.
+
+use std::time::Duration;
+
+use super::reader::Section;
+use super::HttpListenerConfig;
+use crate::policy::headers::HeaderEdits;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReverseListenerConfig {
+    /// Header size, timeouts, `upgrade_protocols`, `via` (off by default here).
+    pub http: HttpListenerConfig,
+    pub hosts: Vec<VhostConfig>,
+    /// The route for a Host no virtual host names; `None`: 404.
+    pub default: Option<RouteConfig>,
+    /// Peers whose `Forwarded`/`X-Forwarded-*` fields are kept (and appended to).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    pub forwarded: ForwardedMode,
+    /// Response fields removed before the client sees them (lower-case names).
+    pub hide_headers: Vec<String>,
+    /// Largest request body accepted (a larger Content-Length gets 413).
+    pub max_body: Option<u64>,
+    /// Further servers tried after the first attempt fails (connect error, or a reset or
+    /// close before any response byte).
+    pub retries: u32,
+    /// Longest wait for the response head once the request went up (504).
+    pub first_byte_timeout: Duration,
+    /// Idle keep-alive connections kept per server, and for how long.
+    pub idle_per_server: usize,
+    pub idle_timeout: Duration,
+}
+
+/// The fields that tell the servers who the client is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForwardedMode {
+    /// `Forwarded` (RFC 7239) only.
+    Rfc7239,
+    /// `X-Forwarded-For`, `-Proto`, `-Host` only.
+    XForwarded,
+    Both,
+    None,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct VhostConfig {
+    pub names: Vec<HostName>,
+    pub routes: Vec<RouteConfig>,
+}
+
+/// A virtual host's name: exact, or `*.suffix` (any name ending in `.suffix`, not the
+/// suffix itself). Lower case, no trailing dot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostName {
+    Exact(String),
+    Suffix(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteConfig {
+    /// Path prefix (`/` matches everything). A prefix not ending in `/` matches whole
+    /// segments: `/api` matches `/api`, `/api/x` and `/api?q`, not `/apix`.
+    pub path: String,
+    pub regex: Option<PathRegex>,
+    /// Upper-case methods; empty: any.
+    pub methods: Vec<String>,
+    /// Fields the request must carry with exactly this value (names lower case).
+    pub headers: Vec<(String, String)>,
+    pub pool: String,
+    /// Removed from the start of the path before it goes upstream ...
+    pub strip_prefix: Option<String>,
+    /// ... and this put in its place.
+    pub replace_prefix: Option<String>,
+    /// `Host` sent upstream; `None`: the client's.
+    pub host: Option<String>,
+    pub request_headers: HeaderEdits,
+    pub response_headers: HeaderEdits,
+    pub cache: bool,
+    /// A request body up to this size is kept so the request can be retried on another
+    /// server; 0: a request with a body is never retried.
+    pub retry_body_bytes: u64,
+}
+
+/// A compiled path regex; equal when the pattern text is.
+#[derive(Debug, Clone)]
+pub struct PathRegex(pub regex::Regex);
+
+impl PartialEq for PathRegex {
+    fn eq(&self, other: &PathRegex) -> bool {
+        self.0.as_str() == other.0.as_str()
+    }
+}
+
+/// The default `hide_headers`.
+pub const HIDE_DEFAULT: &[&str] = &[
+    "server",
+    "x-powered-by",
+    "x-aspnet-version",
+    "x-aspnetmvc-version",
+    "x-runtime",
+];
+
+pub(super) fn read_reverse(l: &Section<'_>, pools: &[&str]) -> ReverseListenerConfig {
+    let mut http = super::read_http_limits(l);
+    // A reverse proxy says nothing about itself unless asked.
+    if !l.has("via") {
+        http.via = None;
+    }
+    let mut hosts = Vec::new();
+    for h in l.tables("hosts") {
+        let names = h
+            .array("names", "a host name or \"*.suffix\"", parse_host_name)
+            .unwrap_or_default();
+        if names.is_empty() && !h.has("names") {
+            h.error_here("`names` is required (at least one)");
+        }
+        let mut routes = Vec::new();
+        let sections = h.tables("routes");
+        if sections.is_empty() {
+            h.error_here("at least one [[listeners.hosts.routes]] entry is required");
+        }
+        for r in sections {
+            if let Some(route) = read_route(&r, pools) {
+                routes.push(route);
+            }
+        }
+        h.finish();
+        hosts.push(VhostConfig { names, routes });
+    }
+    let default = if l.has_table("default") {
+        read_route(&l.table("default"), pools)
+    } else {
+        None
+    };
+    let forwarded = match l.string("forwarded").as_deref() {
+        None | Some("both") => ForwardedMode::Both,
+        Some("rfc7239") => ForwardedMode::Rfc7239,
+        Some("x-forwarded") => ForwardedMode::XForwarded,
+        Some("none") => ForwardedMode::None,
+        Some(other) => {
+            l.error_at(
+                "forwarded",
+                format!(
+                    "unknown value {other:?}; expected \"rfc7239\", \"x-forwarded\", \"both\" or \"none\""
+                ),
+            );
+            ForwardedMode::Both
+        }
+    };
+    let trusted_proxies = l
+        .array("trusted_proxies", "a CIDR such as \"10.0.0.0/8\"", |v| {
+            crate::policy::matcher::parse_net(v.as_str().ok_or("not a string")?)
+        })
+        .unwrap_or_default();
+    let hide_headers = l
+        .array("hide_headers", "a header name", |v| {
+            let s = v.as_str().ok_or("not a string")?;
+            crate::policy::headers::check_name(s)?;
+            Ok(s.to_ascii_lowercase())
+        })
+        .unwrap_or_else(|| HIDE_DEFAULT.iter().map(|s| s.to_string()).collect());
+    let max_body = l.has("max_body").then(|| l.size("max_body", u64::MAX));
+    ReverseListenerConfig {
+        http,
+        hosts,
+        default,
+        trusted_proxies,
+        forwarded,
+        hide_headers,
+        max_body,
+        retries: l.uint("retries", 2, 0, 16) as u32,
+        first_byte_timeout: l.duration("first_byte_timeout", Duration::from_secs(60)),
+        idle_per_server: l.uint("idle_per_server", 32, 0, 10_000) as usize,
+        idle_timeout: l.duration("idle_timeout", Duration::from_secs(60)),
+    }
+}
+
+fn read_route(r: &Section<'_>, pools: &[&str]) -> Option<RouteConfig> {
+    let path = r.string("path").unwrap_or_else(|| "/".into());
+    if !path.starts_with('/') {
+        r.error_at("path", "must start with /");
+    }
+    let regex = r.parse("regex", "a regular expression", |v| {
+        let s = v.as_str().ok_or("not a string")?;
+        regex::Regex::new(s)
+            .map(PathRegex)
+            .map_err(|e| e.to_string())
+    });
+    let methods = r
+        .array("methods", "a method such as \"GET\"", |v| {
+            let s = v.as_str().ok_or("not a string")?;
+            if s.is_empty() || !s.bytes().all(|b| b.is_ascii_alphabetic()) {
+                return Err("not a method".into());
+            }
+            Ok(s.to_ascii_uppercase())
+        })
+        .unwrap_or_default();
+    let headers = {
+        let t = r.table("headers");
+        let mut out = Vec::new();
+        for name in t.keys() {
+            if let Err(e) = crate::policy::headers::check_name(&name) {
+                t.error_at(&name, e);
+            }
+            if let Some(v) = t.string(&name) {
+                out.push((name.to_ascii_lowercase(), v));
+            }
+        }
+        t.finish();
+        out
+    };
+    let pool = super::l4::read_pool_ref(r, "pool", pools);
+    if !r.has("pool") {
+        r.error_here("`pool` is required");
+    }
+    let prefix = |key: &str| {
+        let v = r.string(key)?;
+        if !v.starts_with('/') {
+            r.error_at(key, "must start with /");
+        }
+        Some(v)
+    };
+    let strip_prefix = prefix("strip_prefix");
+    let replace_prefix = prefix("replace_prefix");
+    if replace_prefix.is_some() && strip_prefix.is_none() {
+        r.error_at(
+            "replace_prefix",
+            "needs `strip_prefix` (the prefix it replaces)",
+        );
+    }
+    let host = r.string("host");
+    if let Some(h) = &host {
+        if h.is_empty() || !h.bytes().all(|b| b.is_ascii_graphic()) {
+            r.error_at("host", "not a host name");
+        }
+    }
+    let request_headers = crate::policy::read_edits(&r.table("request_headers"));
+    let response_headers = crate::policy::read_edits(&r.table("response_headers"));
+    let route = RouteConfig {
+        path,
+        regex,
+        methods,
+        headers,
+        pool: pool?,
+        strip_prefix,
+        replace_prefix,
+        host,
+        request_headers,
+        response_headers,
+        cache: r.bool("cache", false),
+        retry_body_bytes: r.size("retry_body_bytes", 0).min(16 * 1024 * 1024),
+    };
+    r.finish();
+    Some(route)
+}
+
+fn parse_host_name(v: &toml_edit::Value) -> Result<HostName, String> {
+    let s = v
+        .as_str()
+        .ok_or("not a string")?
+        .trim_end_matches('.')
+        .to_ascii_lowercase();
+    let (name, suffix) = match s.strip_prefix("*.") {
+        Some(n) => (n, true),
+        None => (s.as_str(), false),
+    };
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+    {
+        return Err("not a host name or *.suffix".into());
+    }
+    Ok(if suffix {
+        HostName::Suffix(name.to_string())
+    } else {
+        HostName::Exact(name.to_string())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, ListenerKind};
+
+    const POOL: &str =
+        "[[pools]]\nname = \"app\"\n[[pools.servers]]\naddress = \"127.0.0.1:9001\"\n";
+
+    fn reverse(extra: &str) -> Result<ReverseListenerConfig, Vec<String>> {
+        let text = format!(
+            "{POOL}[[listeners]]\nname = \"r\"\nkind = \"reverse\"\nlisten = \"127.0.0.1:0\"\n{extra}\n"
+        );
+        Config::parse(&text)
+            .map(|c| match &c.listeners[0].kind {
+                ListenerKind::Reverse(r) => (**r).clone(),
+                other => panic!("not reverse: {other:?}"),
+            })
+            .map_err(|e| e.into_iter().map(|e| e.path).collect())
+    }
+
+    #[test]
+    fn full_listener_parses() {
+        let r = reverse(
+            r#"
+trusted_proxies = ["10.0.0.0/8"]
+forwarded = "rfc7239"
+max_body = "1MiB"
+retries = 1
+[[listeners.hosts]]
+names = ["App.Test.", "*.app.test"]
+[[listeners.hosts.routes]]
+path = "/api"
+regex = "^/api/v[0-9]+/"
+methods = ["get", "POST"]
+headers = { "X-Canary" = "1" }
+pool = "app"
+strip_prefix = "/api"
+replace_prefix = "/v2"
+host = "internal"
+cache = true
+retry_body_bytes = "64KiB"
+request_headers = { set = { "X-From" = "edge" } }
+response_headers = { remove = ["X-Debug"] }
+[listeners.default]
+pool = "app"
+"#,
+        )
+        .expect("valid");
+        assert_eq!(
+            r.hosts[0].names,
+            [
+                HostName::Exact("app.test".into()),
+                HostName::Suffix("app.test".into())
+            ]
+        );
+        let route = &r.hosts[0].routes[0];
+        assert_eq!(route.methods, ["GET", "POST"]);
+        assert_eq!(route.headers, [("x-canary".into(), "1".into())]);
+        assert_eq!(route.retry_body_bytes, 64 * 1024);
+        assert_eq!(route.request_headers.set[0].0, "X-From");
+        assert!(route.cache);
+        assert_eq!(r.forwarded, ForwardedMode::Rfc7239);
+        assert_eq!(r.max_body, Some(1024 * 1024));
+        assert_eq!(r.hide_headers[0], "server");
+        assert!(r.default.is_some());
+        assert!(r.http.via.is_none(), "no Via unless asked for");
+    }
+
+    #[test]
+    fn bad_settings_reported_with_paths() {
+        let route = |extra: &str| {
+            format!("[[listeners.hosts]]\nnames = [\"a.test\"]\n[[listeners.hosts.routes]]\npool = \"app\"\n{extra}")
+        };
+        assert_eq!(
+            reverse(&route("regex = \"(\"")).expect_err("bad"),
+            ["listeners[0].hosts[0].routes[0].regex"]
+        );
+        assert_eq!(
+            reverse("[[listeners.hosts]]\nnames = [\"a.test\"]\n[[listeners.hosts.routes]]\npool = \"nope\"\n")
+                .expect_err("bad"),
+            ["listeners[0].hosts[0].routes[0].pool"]
+        );
+        assert_eq!(
+            reverse(&route("replace_prefix = \"/x\"")).expect_err("bad"),
+            ["listeners[0].hosts[0].routes[0].replace_prefix"]
+        );
+        assert_eq!(
+            reverse("forwarded = \"sometimes\"").expect_err("bad"),
+            ["listeners[0].forwarded"]
+        );
+        assert_eq!(
+            reverse("[[listeners.hosts]]\nnames = [\"a b\"]\n[[listeners.hosts.routes]]\npool = \"app\"\n")
+                .expect_err("bad"),
+            ["listeners[0].hosts[0].names[0]"]
+        );
+        assert_eq!(
+            reverse(&route("colour = 1")).expect_err("bad"),
+            ["listeners[0].hosts[0].routes[0].colour"]
+        );
+    }
+}

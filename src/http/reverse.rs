@@ -1,0 +1,533 @@
+//! The reverse proxy's step on the shared HTTP pipeline: Host -> virtual host -> route ->
+//! pool, the policy's client rules and limits, then the shared stages (cache, exchange,
+//! access log) with a pool server as the upstream, tried again on another server when that
+//! is safe.
+//!
+//! ```text
+//! head + framing checks (shared) -> policy client rules, rate limit -> route table (404)
+//!   -> max_body (413) -> [cache step] -> request head (origin-form, Forwarded, edits)
+//!   -> pick server (503 when none) -> idle connection or connect -> exchange (shared)
+//!      connect failed, or closed/reset before any response byte: next server, when safe
+//! ```
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::BytesMut;
+use tokio::io::AsyncReadExt;
+
+use super::cached::CacheCtx;
+use super::codec::{self, Framing, Headers, RequestHead, Version};
+use super::error::ProxyError;
+use super::exchange::{upgrade_request, Failure, Upstream};
+use super::pool::{Pool, PoolKey};
+use super::proxy::{strip_hop_by_hop, Client, Exchange, Fetched, HttpProxy, Role, Upward};
+use super::target::HttpTarget;
+use super::tunnel::Via;
+use crate::config::ReverseListenerConfig;
+use crate::connector::Host;
+use crate::policy::headers::Rewrite;
+use crate::policy::matcher::CidrSet;
+use crate::policy::{AccessRequest, Action, Precheck, Protocol};
+use crate::pool::ServerPool;
+use crate::reverse::headers::{self, LinkRewrite};
+use crate::reverse::route::{self, Lookup, Table};
+use crate::server::Services;
+
+/// A reverse-proxy listener's routing state, built when the listener starts.
+pub struct Reverse {
+    cfg: ReverseListenerConfig,
+    table: Table,
+    /// Each route's pool, by route index.
+    pools: Vec<Arc<ServerPool>>,
+    /// Each route's header edits, by route index.
+    edits: Vec<Option<Arc<Rewrite>>>,
+    trusted: CidrSet,
+    hide: Arc<[String]>,
+    /// Idle connections to the servers, by server, for reuse.
+    idle: Arc<Pool>,
+}
+
+impl Reverse {
+    pub fn new(cfg: &ReverseListenerConfig, svc: &Services) -> anyhow::Result<Reverse> {
+        let table = Table::new(cfg);
+        let pools = table
+            .routes()
+            .iter()
+            .map(|r| {
+                svc.pools
+                    .get(&r.pool)
+                    .ok_or_else(|| anyhow::anyhow!("no pool named {:?}", r.pool))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let edits = table
+            .routes()
+            .iter()
+            .map(|r| {
+                let edits = !r.request_headers.is_empty() || !r.response_headers.is_empty();
+                edits.then(|| {
+                    Arc::new(Rewrite {
+                        request: r.request_headers.clone(),
+                        response: r.response_headers.clone(),
+                        anonymous: false,
+                    })
+                })
+            })
+            .collect();
+        Ok(Reverse {
+            trusted: CidrSet::new(&cfg.trusted_proxies),
+            hide: cfg.hide_headers.clone().into(),
+            idle: Pool::new(cfg.idle_per_server, cfg.idle_timeout),
+            cfg: cfg.clone(),
+            table,
+            pools,
+            edits,
+        })
+    }
+}
+
+/// Where one reverse-proxied request goes ([`Via::Pool`]).
+pub struct ReverseTo {
+    route: usize,
+    pool: Arc<ServerPool>,
+    /// The origin-form target sent upstream (after the route's prefix rewrite).
+    target: String,
+    /// The client's Host field, as sent.
+    host: Option<String>,
+    /// `http` or `https`: how the client reached the listener.
+    scheme: &'static str,
+}
+
+/// The response edits for the server that answered: fields hidden, links to the server's
+/// own address turned into the public origin.
+pub struct ResponseEdits {
+    hide: Arc<[String]>,
+    links: LinkRewrite,
+}
+
+impl ResponseEdits {
+    pub(super) fn apply(&self, h: &mut Headers) {
+        headers::hide(h, &self.hide);
+        self.links.apply(h);
+    }
+}
+
+/// Methods that may be sent twice (RFC 9110 section 9.2.2).
+fn idempotent(method: &str) -> bool {
+    matches!(
+        method,
+        "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
+    )
+}
+
+impl HttpProxy {
+    fn reverse_role(&self) -> Option<&Reverse> {
+        match &self.role {
+            Role::Reverse(r) => Some(r),
+            Role::Forward => None,
+        }
+    }
+
+    /// A reverse listener's step: where the request goes, then the shared stages.
+    pub(super) async fn reverse(
+        &self,
+        rv: &Reverse,
+        client: &mut Client,
+        mut head: RequestHead,
+        ex: &mut Exchange,
+    ) -> bool {
+        let (framing, close_on_error) = match self.request_checks(client, &head, ex).await {
+            Ok(c) => c,
+            Err(keep) => return keep,
+        };
+        // Origin-form; an absolute-form target (RFC 9112 section 3.2.2) gives its path, and
+        // its authority wins over Host.
+        let (host, target) = if head.target.starts_with('/') {
+            (
+                head.headers.get_str("host").map(str::to_string),
+                head.target.clone(),
+            )
+        } else if let Ok(t) = super::target::parse_absolute(&head.target) {
+            (Some(t.authority), t.path)
+        } else {
+            let err = ProxyError::bad_request("request target is not a path");
+            self.send_error(client, &err, close_on_error, ex).await;
+            return !close_on_error;
+        };
+        let host_name = host.as_deref().and_then(route::host_of);
+        ex.target = format!("http://{}{target}", host.as_deref().unwrap_or("-"));
+
+        // The policy's client rules (listener, client address, method, time) and the
+        // per-client request rate. Destinations are the pools: rules about them do not match.
+        let policy = client.policy.clone();
+        let ip = client.peer.ip().to_canonical();
+        let req = AccessRequest {
+            listener: &self.name,
+            client: ip,
+            user: None,
+            dest_host: None,
+            dest_port: client_port(client),
+            protocol: Protocol::Http,
+            method: Some(&head.method),
+            at: SystemTime::now(),
+        };
+        if let Precheck::Decided(v) = policy.precheck(&req) {
+            ex.rule = Some(v.rule.clone());
+            if v.action == Action::Deny {
+                self.svc.metrics.denial(&v.rule);
+                let err = ProxyError::denied("refused by the policy");
+                self.send_error(client, &err, close_on_error, ex).await;
+                return !close_on_error;
+            }
+        }
+        if let Err(e) = self.svc.limits.request(ip, None) {
+            return self
+                .send_429(client, &head, &e.to_string(), 1, close_on_error, ex)
+                .await;
+        }
+
+        let i = match rv
+            .table
+            .find(host_name.as_deref(), &head.method, &target, &head.headers)
+        {
+            Lookup::Route(i) => i,
+            Lookup::NoRoute => {
+                let err = ProxyError::new(404, "destination_not_found", "no route for this path");
+                self.send_error(client, &err, close_on_error, ex).await;
+                return !close_on_error;
+            }
+            Lookup::UnknownHost => {
+                let err = ProxyError::new(404, "destination_not_found", "unknown host");
+                self.send_error(client, &err, close_on_error, ex).await;
+                return !close_on_error;
+            }
+        };
+        let route = rv.table.route(i);
+        if let (Some(max), Some(n)) = (rv.cfg.max_body, codec::request_content_length(&head)) {
+            if n > max {
+                let err = ProxyError::new(
+                    413,
+                    "http_request_error",
+                    format!("request body of {n} bytes is over the limit of {max}"),
+                );
+                self.send_error(client, &err, true, ex).await;
+                return false;
+            }
+        }
+        ex.rewrite = rv.edits[i].clone();
+        ex.first_byte_timeout = Some(rv.cfg.first_byte_timeout);
+        ex.max_body = rv.cfg.max_body;
+        let to = ReverseTo {
+            route: i,
+            pool: rv.pools[i].clone(),
+            target: route::rewrite_target(route, &target),
+            host: host.clone(),
+            scheme: client.stream.scheme(),
+        };
+        // The cache keys on the public URL: host and path as the client asked.
+        let authority = host.unwrap_or_default();
+        let cache_target = HttpTarget {
+            host: Host::Name(host_name.unwrap_or_default()),
+            port: client
+                .stream
+                .as_tcp()
+                .and_then(|s| s.local_addr().ok())
+                .map_or(80, |a| a.port()),
+            authority: authority.clone(),
+            path: target.clone(),
+        };
+        head.target = format!("http://{authority}{target}");
+        let via = Via::Pool(Box::new(to));
+        let up = Upward {
+            target: &cache_target,
+            via: &via,
+            framing,
+            close_on_error,
+            max_forwards: None,
+            cache: route.cache,
+        };
+        self.deliver(client, head, &up, ex).await
+    }
+
+    /// The request head a pool server gets: origin-form with the route's target, the
+    /// client's Host (or the route's `host`), hop-by-hop fields removed, who the client is,
+    /// the route's request edits.
+    pub(super) fn reverse_request(
+        &self,
+        head: &RequestHead,
+        to: &ReverseTo,
+        peer: SocketAddr,
+        rewrite: Option<&Rewrite>,
+    ) -> Vec<u8> {
+        let Some(rv) = self.reverse_role() else {
+            return Vec::new();
+        };
+        let route = rv.table.route(to.route);
+        let mut h = head.headers.clone();
+        let wants_trailers = h.has_token("te", "trailers");
+        let upgrade = upgrade_request(head, &self.cfg.upgrade_protocols);
+        strip_hop_by_hop(&mut h);
+        if let Some(protocols) = upgrade {
+            h.push("Upgrade", protocols);
+            h.push("Connection", "upgrade");
+        }
+        h.remove("proxy-authorization");
+        if let Some(host) = &route.host {
+            h.set("Host", host.as_bytes());
+        }
+        if let Some(n) = codec::request_content_length(head) {
+            h.set("Content-Length", n.to_string());
+        }
+        if wants_trailers {
+            h.push("TE", "trailers");
+            h.push("Connection", "TE");
+        }
+        if head.version == Version::Http10 {
+            h.remove("expect");
+        }
+        if let Some(via) = &self.cfg.via {
+            let v = if head.version == Version::Http10 {
+                "1.0"
+            } else {
+                "1.1"
+            };
+            h.push("Via", format!("{v} {via}"));
+        }
+        headers::forwarded(
+            &mut h,
+            rv.cfg.forwarded,
+            rv.trusted.contains(peer.ip()),
+            peer.ip(),
+            to.scheme,
+            to.host.as_deref(),
+        );
+        if let Some(r) = rewrite {
+            r.apply_request(&mut h, &Host::Name(String::new()));
+        }
+        let mut out = Vec::with_capacity(512);
+        codec::write_request_head(&mut out, &head.method, &to.target, &h);
+        out
+    }
+
+    /// Sends the request to a server of the route's pool and relays the exchange. A failed
+    /// connect goes to another server (nothing was sent); a connection closed or reset
+    /// before any response byte goes to another server only for an idempotent request whose
+    /// body (if any) was kept in the replay buffer. Never once response bytes reached the
+    /// client.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn fetch_pool(
+        &self,
+        client: &mut Client,
+        head: &RequestHead,
+        to: &ReverseTo,
+        framing: Framing,
+        req_head: &[u8],
+        mut cache: Option<&mut CacheCtx>,
+        ex: &mut Exchange,
+    ) -> Fetched {
+        let Some(rv) = self.reverse_role() else {
+            return Fetched::Failed(ProxyError::new(500, "proxy_internal_error", "no routes"));
+        };
+        let route = rv.table.route(to.route);
+        let pool = &to.pool;
+        // The replay buffer: a body small enough is read first and sent with the head, so
+        // the whole request can go to another server. Not with `Expect: 100-continue`: that
+        // client waits for an answer before it sends the body.
+        let mut wire = std::borrow::Cow::Borrowed(req_head);
+        let mut framing = framing;
+        if let Framing::Length(n) = framing {
+            if idempotent(&head.method)
+                && client.unread_body == Some(framing)
+                && n <= route.retry_body_bytes
+                && !head.headers.has_token("expect", "100-continue")
+            {
+                match self.read_body(client, n).await {
+                    Ok(body) => {
+                        let mut w = req_head.to_vec();
+                        w.extend_from_slice(&body);
+                        ex.bytes_in += n;
+                        wire = std::borrow::Cow::Owned(w);
+                        framing = Framing::None;
+                        client.unread_body = None;
+                    }
+                    Err(err) => return Fetched::Failed(err),
+                }
+            }
+        }
+        let resend = idempotent(&head.method) && framing == Framing::None;
+        let ip = client.peer.ip();
+        let tries = 1 + rv.cfg.retries;
+        let mut tried: Vec<usize> = Vec::new();
+        let mut attempts = 0;
+        // Stale idle connections are retried on a fresh one without counting as a try.
+        let mut stale = 0;
+        let mut last: Option<ProxyError> = None;
+        while attempts < tries {
+            if attempts > 0 && !retry_allowed(pool) {
+                break;
+            }
+            attempts += 1;
+            let Some(i) = pool.pick(ip, &tried) else {
+                break;
+            };
+            let server = pool.server(i);
+            let key = PoolKey {
+                host: server.host.clone(),
+                port: server.port,
+            };
+            let (stream, peer, reused) = match rv.idle.take(&key) {
+                Some((s, p)) => (s, p, true),
+                None => match pool.connect_one(i, &self.svc.connector).await {
+                    Ok(s) => {
+                        let _ = s.set_nodelay(true);
+                        let p = s
+                            .peer_addr()
+                            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+                        (s, p, false)
+                    }
+                    Err(e) => {
+                        tracing::debug!(pool = %pool.cfg.name, server = %pool.label(i), "connect failed: {e}");
+                        pool.finished(i);
+                        pool.failure(i, &format!("connect failed: {e}"));
+                        tried.push(i);
+                        last = Some(ProxyError::from(e));
+                        continue;
+                    }
+                },
+            };
+            ex.upstream = Some(peer);
+            ex.reverse = Some(Box::new(ResponseEdits {
+                hide: rv.hide.clone(),
+                links: LinkRewrite {
+                    from: vec![
+                        format!("http://{}", pool.label(i)).to_ascii_lowercase(),
+                        format!("http://{peer}"),
+                    ],
+                    to: format!("{}://{}", to.scheme, to.host.as_deref().unwrap_or_default()),
+                },
+            }));
+            let mut up = Upstream {
+                stream,
+                buf: BytesMut::new(),
+            };
+            if let Some(c) = cache.as_deref_mut() {
+                c.request_time = SystemTime::now();
+            }
+            let (in0, out0) = (ex.bytes_in, ex.bytes_out);
+            let r = self
+                .exchange(
+                    client,
+                    &mut up,
+                    head,
+                    framing,
+                    &wire,
+                    cache.as_deref_mut(),
+                    ex,
+                )
+                .await;
+            // Bytes to and from this server, for its byte counters.
+            pool.bytes(i, ex.bytes_in - in0, ex.bytes_out - out0);
+            match r {
+                Ok(done) if done.upgraded => {
+                    pool.success(i);
+                    let keep = self.tunnel_upgraded(client, up, ex).await;
+                    pool.finished(i);
+                    return Fetched::Done(keep);
+                }
+                Ok(done) => {
+                    pool.success(i);
+                    pool.finished(i);
+                    if done.upstream_reusable && up.buf.is_empty() {
+                        rv.idle.put(key, up.stream, peer);
+                    }
+                    return Fetched::Done(done.client_keep);
+                }
+                Err(Failure::Stale) => {
+                    pool.finished(i);
+                    if reused && stale < 4 {
+                        // The server had closed an idle connection: not its fault.
+                        stale += 1;
+                        attempts -= 1;
+                    } else {
+                        pool.failure(i, "closed the connection before responding");
+                        tried.push(i);
+                    }
+                    last = Some(ProxyError::new(
+                        502,
+                        "connection_terminated",
+                        "upstream closed the connection before responding",
+                    ));
+                    if !resend {
+                        break;
+                    }
+                }
+                Err(Failure::BeforeResponse(err)) => {
+                    pool.finished(i);
+                    if err.kind != "http_request_error" {
+                        pool.failure(i, &err.detail);
+                    }
+                    return Fetched::Failed(err);
+                }
+                Err(Failure::Abort(kind)) => {
+                    pool.finished(i);
+                    ex.error = Some(kind);
+                    return Fetched::Aborted;
+                }
+            }
+        }
+        Fetched::Failed(last.unwrap_or_else(|| {
+            ProxyError::new(
+                503,
+                "destination_unavailable",
+                format!("pool {:?}: no server available", pool.cfg.name),
+            )
+        }))
+    }
+
+    /// Reads a whole request body of `n` bytes into memory (the replay buffer).
+    async fn read_body(&self, client: &mut Client, n: u64) -> Result<Vec<u8>, ProxyError> {
+        let t = self.cfg.read_timeout;
+        let n = n as usize;
+        let mut body = Vec::with_capacity(n);
+        let take = client.buf.len().min(n);
+        body.extend_from_slice(&client.buf.split_to(take));
+        let timed_out = || {
+            ProxyError::new(
+                408,
+                "http_request_error",
+                "request body not received in time",
+            )
+        };
+        let read = async {
+            while body.len() < n {
+                let mut chunk = vec![0u8; (n - body.len()).min(16 * 1024)];
+                match tokio::time::timeout(t, client.stream.read(&mut chunk)).await {
+                    Err(_) => return Err(timed_out()),
+                    Ok(Ok(0)) | Ok(Err(_)) => {
+                        return Err(ProxyError::bad_request("request body cut short"))
+                    }
+                    Ok(Ok(got)) => body.extend_from_slice(&chunk[..got]),
+                }
+            }
+            Ok(())
+        };
+        read.await?;
+        Ok(body)
+    }
+}
+
+/// The port the client connected to, for the policy's port conditions.
+fn client_port(client: &Client) -> u16 {
+    client
+        .stream
+        .as_tcp()
+        .and_then(|s| s.local_addr().ok())
+        .map_or(0, |a| a.port())
+}
+
+/// Whether one more try may go to the pool. The retry budget (at most a share of extra load
+/// per pool) plugs in here; until then every retry up to `retries` is allowed.
+fn retry_allowed(_pool: &ServerPool) -> bool {
+    true
+}
