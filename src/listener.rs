@@ -15,7 +15,7 @@ use tracing::Instrument;
 use crate::config::{ListenerConfig, ListenerKind};
 use crate::fdlimit;
 use crate::http::proxy::HttpProxy;
-use crate::metrics::Metrics;
+use crate::metrics::ListenerMetrics;
 use crate::server::Services;
 use crate::socks::{self, SocksServer};
 
@@ -64,6 +64,7 @@ pub fn spawn(
             name.clone(),
             t.clone(),
             svc.clone(),
+            addr,
         )?)),
         ListenerKind::Udp(_) => {
             anyhow::bail!("listener {name:?}: a udp listener has no accept loop")
@@ -98,7 +99,7 @@ async fn accept_loop(
     stop: CancellationToken,
 ) {
     let limit = Arc::new(Semaphore::new(max));
-    let label = Metrics::listener(&name);
+    let series = ListenerMetrics::new(&name);
     loop {
         // At the cap, stop accepting: new clients wait in the kernel's backlog.
         let permit = tokio::select! {
@@ -137,9 +138,7 @@ async fn accept_loop(
                 continue;
             }
         };
-        svc.metrics.connections_total.get_or_create(&label).inc();
-        let open = svc.metrics.connections_open.get_or_create(&label).clone();
-        open.inc();
+        let open = series.accepted(&svc.metrics);
         let _guard = ConnGuard {
             open,
             _permit: permit,

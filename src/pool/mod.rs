@@ -13,12 +13,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use tokio::net::TcpStream;
-
 use crate::balance::{Balancer, Pick, Request, ServerSpec, Settings, Transition};
 use crate::config::{HashKey, PoolConfig, ServerConfig};
-use crate::connector::{ConnectError, Connector};
-use crate::metrics::{Metrics, ServerBytesLabels, ServerLabels};
+use crate::connector::{ConnectError, Connected, Connector, Host};
+use crate::metrics::{Metrics, Series, ServerBytesLabels, ServerLabels};
 use crate::server::Services;
 
 /// Every configured pool, by name.
@@ -82,6 +80,17 @@ pub struct ServerPool {
     balancer: Mutex<Balancer>,
     metrics: Arc<Metrics>,
     labels: Vec<ServerLabels>,
+    /// Each server's series, looked up once (not per connection).
+    series: Vec<ServerSeries>,
+}
+
+/// One server's metric series.
+struct ServerSeries {
+    up: prometheus_client::metrics::gauge::Gauge,
+    connections: Series<ServerLabels, prometheus_client::metrics::counter::Counter>,
+    errors: Series<ServerLabels, prometheus_client::metrics::counter::Counter>,
+    to_server: Series<ServerBytesLabels, prometheus_client::metrics::counter::Counter>,
+    from_server: Series<ServerBytesLabels, prometheus_client::metrics::counter::Counter>,
 }
 
 /// Why no connection to any server of the pool could be made.
@@ -120,14 +129,33 @@ impl ServerPool {
                 server: s.label(),
             })
             .collect();
-        for l in &labels {
-            metrics.pool_server_up.get_or_create(l).set(1);
-        }
+        let series = labels
+            .iter()
+            .map(|l| {
+                let up = metrics.pool_server_up.get_or_create(l).clone();
+                up.set(1);
+                let bytes = |direction: &str| {
+                    Series::new(ServerBytesLabels {
+                        pool: l.pool.clone(),
+                        server: l.server.clone(),
+                        direction: direction.to_string(),
+                    })
+                };
+                ServerSeries {
+                    up,
+                    connections: Series::new(l.clone()),
+                    errors: Series::new(l.clone()),
+                    to_server: bytes("to_server"),
+                    from_server: bytes("from_server"),
+                }
+            })
+            .collect();
         ServerPool {
             cfg,
             balancer: Mutex::new(balancer),
             metrics,
             labels,
+            series,
         }
     }
 
@@ -163,17 +191,24 @@ impl ServerPool {
     /// Picks a server for a connection from `client`, not one of `exclude`, and counts it in
     /// flight; call [`ServerPool::finished`] when the connection ends.
     pub fn pick(&self, client: IpAddr, exclude: &[usize]) -> Option<usize> {
-        let key = match self.cfg.hash_key {
+        let (v4, v6);
+        let key: &[u8] = match self.cfg.hash_key {
             HashKey::ClientIp => match crate::policy::matcher::canonical(client) {
-                IpAddr::V4(v4) => v4.octets().to_vec(),
-                IpAddr::V6(v6) => v6.octets().to_vec(),
+                IpAddr::V4(a) => {
+                    v4 = a.octets();
+                    &v4
+                }
+                IpAddr::V6(a) => {
+                    v6 = a.octets();
+                    &v6
+                }
             },
         };
         let now = Instant::now();
         let mut b = self.lock();
         let pick = b.pick(
             &Request {
-                key: Some(&key),
+                key: Some(key),
                 exclude,
                 prefer: None,
                 fail_open: self.cfg.fail_open,
@@ -188,9 +223,9 @@ impl ServerPool {
         }
         b.started(i);
         drop(b);
-        self.metrics
-            .pool_server_connections
-            .get_or_create(&self.labels[i])
+        self.series[i]
+            .connections
+            .get(&self.metrics.pool_server_connections)
             .inc();
         Some(i)
     }
@@ -209,9 +244,9 @@ impl ServerPool {
     /// Real traffic failed at server `i`: a refused or timed-out connect, an ICMP error, no
     /// UDP reply (passive health).
     pub fn failure(&self, i: usize, why: &str) {
-        self.metrics
-            .pool_server_errors
-            .get_or_create(&self.labels[i])
+        self.series[i]
+            .errors
+            .get(&self.metrics.pool_server_errors)
             .inc();
         let now = Instant::now();
         let mut b = self.lock();
@@ -232,10 +267,7 @@ impl ServerPool {
         let now = Instant::now();
         b.server_mut(i).note(t, now);
         let up = b.server(i).is_available(now);
-        self.metrics
-            .pool_server_up
-            .get_or_create(&self.labels[i])
-            .set(i64::from(up));
+        self.series[i].up.set(i64::from(up));
         match t {
             Some(Transition::Down) => tracing::warn!(
                 pool = %self.cfg.name, server = %self.labels[i].server, "server down: {why}"
@@ -248,16 +280,10 @@ impl ServerPool {
     }
 
     pub fn bytes(&self, i: usize, to_server: u64, from_server: u64) {
-        for (direction, n) in [("to_server", to_server), ("from_server", from_server)] {
+        let s = &self.series[i];
+        for (series, n) in [(&s.to_server, to_server), (&s.from_server, from_server)] {
             if n > 0 {
-                self.metrics
-                    .pool_server_bytes
-                    .get_or_create(&ServerBytesLabels {
-                        pool: self.cfg.name.clone(),
-                        server: self.labels[i].server.clone(),
-                        direction: direction.to_string(),
-                    })
-                    .inc_by(n);
+                series.get(&self.metrics.pool_server_bytes).inc_by(n);
             }
         }
     }
@@ -281,16 +307,28 @@ impl ServerPool {
         &self,
         i: usize,
         connector: &Connector,
-    ) -> Result<TcpStream, ConnectError> {
-        let label = self.label(i).to_string();
+    ) -> Result<Connected, ConnectError> {
+        let label = self.label(i);
+        let s = self.server(i);
         let attempt = async {
-            let addrs = self.addrs(i, connector).await?;
-            connector.connect_addrs(&addrs, &label).await
+            match &s.host {
+                // An address needs no lookup (and no room in this future for one).
+                Host::Ip(ip) => {
+                    connector
+                        .connect_addrs(&[SocketAddr::new(*ip, s.port)], label)
+                        .await
+                }
+                Host::Name(_) => {
+                    let addrs = Box::pin(self.addrs(i, connector)).await?;
+                    connector.connect_addrs(&addrs, label).await
+                }
+            }
         };
         match tokio::time::timeout(self.cfg.connect_timeout, attempt).await {
-            Ok(Ok(c)) => Ok(c.stream),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(ConnectError::Timeout { target: label }),
+            Ok(r) => r,
+            Err(_) => Err(ConnectError::Timeout {
+                target: label.to_string(),
+            }),
         }
     }
 
@@ -302,7 +340,7 @@ impl ServerPool {
         client: IpAddr,
         attempts: u32,
         connector: &Connector,
-    ) -> Result<(usize, TcpStream), PoolError> {
+    ) -> Result<(usize, Connected), PoolError> {
         let mut tried = Vec::new();
         let mut last = None;
         for _ in 0..attempts.max(1) {
