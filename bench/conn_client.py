@@ -3,6 +3,8 @@
 
   conn_client.py echo PORTFILE           - an echo server on 127.0.0.1:0; writes its port to PORTFILE
   conn_client.py rate HOST:PORT COUNT    - COUNT sequential connections: connect, 64 B echo, close
+  conn_client.py origin PORTFILE         - an HTTP origin on 127.0.0.1:0 serving /1m (1 MiB) and
+                                            /small (100 B), Cache-Control: max-age=3600
   conn_client.py get HOST:PORT URL COUNT - COUNT GETs of absolute-form URL through a proxy,
                                             one keep-alive connection; checks the body length
 """
@@ -67,11 +69,36 @@ def get(addr, url, count):
         total += len(body)
     print(f"count={count} bytes={total}")
 
+def origin(portfile):
+    import http.server, random
+    rnd = random.Random(1)
+    bodies = {"/1m": bytes(rnd.getrandbits(8) for _ in range(1 << 20)), "/small": b"s" * 100}
+    class H(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        def do_GET(self):
+            body = bodies.get(self.path.split("?")[0])
+            if body is None:
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", "max-age=3600")
+            self.end_headers()
+            self.wfile.write(body)
+        def log_message(self, *a):
+            pass
+    s = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+    with open(portfile, "w") as f:
+        f.write(str(s.server_address[1]))
+    s.serve_forever()
+
 if __name__ == "__main__":
     cmd = sys.argv[1]
     if cmd == "echo":
         echo(sys.argv[2])
     elif cmd == "rate":
         rate(sys.argv[2], int(sys.argv[3]))
+    elif cmd == "origin":
+        origin(sys.argv[2])
     elif cmd == "get":
         get(sys.argv[2], sys.argv[3], int(sys.argv[4]))
