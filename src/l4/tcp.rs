@@ -114,7 +114,11 @@ impl TcpBalancer {
             user: None,
             rule: out.rule,
             method: "TCP".into(),
-            target: out.target,
+            target: if out.target.is_empty() {
+                "-".into()
+            } else {
+                out.target
+            },
             status: out.status,
             bytes_in: out.bytes_in,
             bytes_out: out.bytes_out,
@@ -137,7 +141,8 @@ impl TcpBalancer {
         let mut out = Outcome {
             status: 200,
             error: None,
-            target: "-".into(),
+            // Empty until known (logged as `-`): no allocation on the common path.
+            target: String::new(),
             upstream: None,
             bytes_in: 0,
             bytes_out: 0,
@@ -225,7 +230,7 @@ impl TcpBalancer {
             tracing::debug!(sni = %out.target, "no route");
             return fail(out, 421, "destination_not_found");
         };
-        if out.target == "-" {
+        if out.target.is_empty() || out.target == "-" {
             out.target = pool.cfg.name.clone();
         }
 
