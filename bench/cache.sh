@@ -21,6 +21,8 @@
 #
 # Knobs (environment): RUNS=3 DURATION=10s THREADS=2 CONNS=64 SERVERS="gatehouse varnish nginx squid"
 # GATEHOUSE=path/to/binary (default: build target/release/gatehouse)
+# NO_INSTALL=1: never run apt-get; a peer cache that is not installed (varnishd, squid) is
+# left out with a message saying so; nginx (also the origin), wrk and curl are still needed.
 # PIN=1: the caches on CPU 0, wrk on CPU 1 (taskset), so no server gets more of the shared
 # cores by having more threads than another.
 set -euo pipefail
@@ -69,6 +71,28 @@ die() { printf 'cache.sh: %s\n' "$*" >&2; exit 1; }
 install_missing() {
     export PATH="$PATH:/usr/sbin"
     local need=() pair
+    if [ "${NO_INSTALL:-0}" = 1 ]; then
+        local kept=() s bin
+        for s in "${SERVERS[@]}"; do
+            case $s in
+            varnish) bin=varnishd ;;
+            squid) bin=squid ;;
+            nginx) bin=nginx ;;
+            *) bin="" ;;
+            esac
+            if [ -n "$bin" ] && ! command -v "$bin" >/dev/null; then
+                log "$s is not installed ($bin missing; NO_INSTALL=1): left out of this run"
+            else
+                kept+=("$s")
+            fi
+        done
+        SERVERS=("${kept[@]}")
+        ((${#SERVERS[@]})) || die "no cache left to measure"
+        for pair in nginx wrk curl python3; do
+            command -v "$pair" >/dev/null || die "$pair is not installed (needed for the origin or the load; NO_INSTALL=1)"
+        done
+        return 0
+    fi
     for pair in varnishd:varnish nginx:nginx squid:squid wrk:wrk curl:curl; do
         command -v "${pair%%:*}" >/dev/null || need+=("${pair##*:}")
     done

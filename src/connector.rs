@@ -252,7 +252,18 @@ impl Connector {
         target: &str,
     ) -> Result<Connected, ConnectError> {
         let started = Instant::now();
-        let result = tokio::time::timeout(self.cfg.connect_timeout, self.race(addrs)).await;
+        let result = tokio::time::timeout(self.cfg.connect_timeout, async {
+            // One address: nothing to race, so no task and no timer (the common case for
+            // pools and for names that resolve to one address), and no room in the future
+            // for the race's state, which is boxed.
+            if let [addr] = addrs {
+                return connect_one(*addr, self.source_for(addr))
+                    .await
+                    .map_err(|e| classify(*addr, e));
+            }
+            Box::pin(self.race(addrs)).await
+        })
+        .await;
         match result {
             Ok(Ok(c)) => {
                 self.metrics
@@ -268,13 +279,6 @@ impl Connector {
     }
 
     async fn race(&self, addrs: &[SocketAddr]) -> Result<Connected, ConnectError> {
-        // One address: nothing to race, so no task and no timer (the common case for pools
-        // and for names that resolve to one address).
-        if let [addr] = addrs {
-            return connect_one(*addr, self.source_for(addr))
-                .await
-                .map_err(|e| classify(*addr, e));
-        }
         let mut attempts = JoinSet::new();
         let mut next = addrs.iter();
         let mut last_err = None;

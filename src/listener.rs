@@ -15,7 +15,7 @@ use tracing::Instrument;
 use crate::config::{ListenerConfig, ListenerKind};
 use crate::fdlimit;
 use crate::http::proxy::{HttpProxy, Role};
-use crate::metrics::Metrics;
+use crate::metrics::ListenerMetrics;
 use crate::server::Services;
 use crate::socks::SocksServer;
 
@@ -83,6 +83,7 @@ pub fn spawn(
             t.clone(),
             svc.clone(),
             tls.clone(),
+            addr,
         )?)),
         ListenerKind::Udp(_) => {
             anyhow::bail!("listener {name:?}: a udp listener has no accept loop")
@@ -118,7 +119,7 @@ async fn accept_loop(
     stop: CancellationToken,
 ) {
     let limit = Arc::new(Semaphore::new(max));
-    let label = Metrics::listener(&name);
+    let series = ListenerMetrics::new(&name);
     loop {
         // At the cap, stop accepting: new clients wait in the kernel's backlog.
         let permit = tokio::select! {
@@ -157,9 +158,7 @@ async fn accept_loop(
                 continue;
             }
         };
-        svc.metrics.connections_total.get_or_create(&label).inc();
-        let open = svc.metrics.connections_open.get_or_create(&label).clone();
-        open.inc();
+        let open = series.accepted(&svc.metrics);
         let _guard = ConnGuard {
             open,
             _permit: permit,

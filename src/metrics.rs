@@ -6,6 +6,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+use std::sync::OnceLock;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ListenerLabel {
@@ -135,6 +136,99 @@ pub struct Metrics {
     pub login_failures: Family<ReasonLabel, Counter>,
     /// Live statistics for the admin API and dashboard (fed by the access-record tap).
     pub stats: crate::stats::Stats,
+    /// `relay_bytes` for each kind in [`RELAY_KINDS`], in and out: looked up once.
+    relay_handles: [[OnceLock<Counter>; 2]; 4],
+}
+
+/// The relay kinds [`Metrics::relay`] keeps handles for.
+const RELAY_KINDS: [&str; 4] = ["connect", "socks", "tcp", "upgrade"];
+
+/// One series of a family with a label set fixed in advance, looked up once: the first
+/// [`Series::get`] creates it (exactly as `get_or_create` would, so a series that is never
+/// used never appears), later ones read a pointer instead of hashing the labels and taking
+/// the family's lock. Families are never cleared, so the handle stays the family's series.
+pub struct Series<L, M> {
+    label: L,
+    cell: OnceLock<M>,
+}
+
+impl<L, M> Series<L, M>
+where
+    L: Clone + std::hash::Hash + Eq,
+    M: Clone + Default,
+{
+    pub fn new(label: L) -> Self {
+        Series {
+            label,
+            cell: OnceLock::new(),
+        }
+    }
+
+    pub fn get(&self, family: &Family<L, M>) -> &M {
+        self.cell
+            .get_or_init(|| family.get_or_create(&self.label).clone())
+    }
+}
+
+/// A listener's own series, looked up once per listener instead of once per connection.
+pub struct ListenerMetrics {
+    connections_total: Series<ListenerLabel, Counter>,
+    connections_open: Series<ListenerLabel, Gauge>,
+    connect_errors: Series<ListenerLabel, Counter>,
+    /// `requests_total` by status class, 1xx to 5xx.
+    requests: [Series<RequestLabels, Counter>; 5],
+    bytes_in: Series<BytesLabels, Counter>,
+    bytes_out: Series<BytesLabels, Counter>,
+}
+
+impl ListenerMetrics {
+    pub fn new(listener: &str) -> ListenerMetrics {
+        let label = Metrics::listener(listener);
+        let bytes = |direction: &str| {
+            Series::new(BytesLabels {
+                listener: listener.to_string(),
+                direction: direction.to_string(),
+            })
+        };
+        ListenerMetrics {
+            connections_total: Series::new(label.clone()),
+            connections_open: Series::new(label.clone()),
+            connect_errors: Series::new(label),
+            requests: std::array::from_fn(|i| {
+                Series::new(RequestLabels {
+                    listener: listener.to_string(),
+                    class: format!("{}xx", i + 1),
+                })
+            }),
+            bytes_in: bytes("in"),
+            bytes_out: bytes("out"),
+        }
+    }
+
+    /// A connection accepted: counted, and its open gauge (decrement it when it closes).
+    pub fn accepted(&self, m: &Metrics) -> Gauge {
+        self.connections_total.get(&m.connections_total).inc();
+        let open = self.connections_open.get(&m.connections_open).clone();
+        open.inc();
+        open
+    }
+
+    /// As [`Metrics::request`].
+    pub fn request(&self, m: &Metrics, status: u16) {
+        let i = usize::from((status / 100).clamp(1, 5)) - 1;
+        self.requests[i].get(&m.requests_total).inc();
+    }
+
+    /// As [`Metrics::bytes`].
+    pub fn bytes(&self, m: &Metrics, from_client: u64, to_client: u64) {
+        self.bytes_in.get(&m.bytes_total).inc_by(from_client);
+        self.bytes_out.get(&m.bytes_total).inc_by(to_client);
+    }
+
+    /// A layer-4 connection no pool server could be reached for.
+    pub fn connect_error(&self, m: &Metrics) {
+        self.connect_errors.get(&m.listener_connect_errors).inc();
+    }
 }
 
 impl Default for Metrics {
@@ -311,6 +405,7 @@ impl Metrics {
             password_verifications,
             login_failures,
             stats: crate::stats::Stats::new(),
+            relay_handles: Default::default(),
         }
     }
 
@@ -369,6 +464,24 @@ impl Metrics {
 
     /// Bytes a relay moved: `kind` is connect, socks, tcp or upgrade.
     pub fn relay(&self, kind: &str, from_client: u64, to_client: u64) {
+        if let Some(k) = RELAY_KINDS.iter().position(|&known| known == kind) {
+            for (d, (direction, n)) in [("in", from_client), ("out", to_client)]
+                .into_iter()
+                .enumerate()
+            {
+                self.relay_handles[k][d]
+                    .get_or_init(|| {
+                        self.relay_bytes
+                            .get_or_create(&RelayLabels {
+                                kind: kind.to_string(),
+                                direction: direction.to_string(),
+                            })
+                            .clone()
+                    })
+                    .inc_by(n);
+            }
+            return;
+        }
         for (direction, n) in [("in", from_client), ("out", to_client)] {
             self.relay_bytes
                 .get_or_create(&RelayLabels {
@@ -537,6 +650,40 @@ mod tests {
             Format::negotiate(Some("application/openmetrics-text;q=0")),
             Format::Text
         );
+    }
+
+    #[test]
+    fn listener_series_are_the_families_series_created_on_first_use() {
+        let m = Metrics::new();
+        let l = ListenerMetrics::new("tcp1");
+        // Nothing used yet: no series in the output.
+        assert!(!m.encode().contains("listener=\"tcp1\""));
+        l.request(&m, 503);
+        l.request(&m, 503);
+        m.request("tcp1", 503);
+        l.bytes(&m, 3, 4);
+        let open = l.accepted(&m);
+        m.relay("tcp", 5, 6);
+        m.relay("tcp", 1, 1);
+        let text = m.encode();
+        for line in [
+            "gatehouse_requests_total{listener=\"tcp1\",class=\"5xx\"} 3\n",
+            "gatehouse_bytes_total{listener=\"tcp1\",direction=\"in\"} 3\n",
+            "gatehouse_bytes_total{listener=\"tcp1\",direction=\"out\"} 4\n",
+            "gatehouse_connections_total{listener=\"tcp1\"} 1\n",
+            "gatehouse_connections_open{listener=\"tcp1\"} 1\n",
+            "gatehouse_relay_bytes_total{kind=\"tcp\",direction=\"in\"} 6\n",
+            "gatehouse_relay_bytes_total{kind=\"tcp\",direction=\"out\"} 7\n",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
+        // Classes never answered stay absent, as with `get_or_create` per request.
+        assert!(!text.contains("class=\"2xx\""), "{text}");
+        assert!(!text.contains("listener_connect_errors_total{"), "{text}");
+        open.dec();
+        assert!(m
+            .encode()
+            .contains("gatehouse_connections_open{listener=\"tcp1\"} 0\n"));
     }
 
     #[test]

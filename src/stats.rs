@@ -193,6 +193,16 @@ impl<K: Hash + Eq + Clone + Ord> SpaceSaving<K> {
     }
 }
 
+impl SpaceSaving<String> {
+    /// [`SpaceSaving::add`] without making a `String` when the key is already counted.
+    fn add_str(&mut self, key: &str, n: u64) {
+        match self.counts.get_mut(key) {
+            Some((count, _)) => *count += n,
+            None => self.add(key.to_string(), n),
+        }
+    }
+}
+
 /// What the admin API shows: `GET /api/v1/status` serializes it (with more around it).
 #[derive(Debug, Clone, Serialize)]
 pub struct Snapshot {
@@ -292,7 +302,7 @@ impl Stats {
         }
         inner.clients.add(rec.client.ip().to_canonical(), 1);
         if let Some(d) = destination(&rec.target) {
-            inner.destinations.add(d, 1);
+            inner.destinations.add_str(&d, 1);
         }
     }
 
@@ -390,7 +400,7 @@ impl Stats {
 /// The destination of a record's target: the authority of an absolute URL (`http://h:p/x`
 /// gives `h:p`), else the target up to its first `/` (`host:port` of CONNECT and SOCKS).
 /// Without user information; cut to a bounded length; `None` when empty.
-pub fn destination(target: &str) -> Option<String> {
+pub fn destination(target: &str) -> Option<std::borrow::Cow<'_, str>> {
     let rest = target.split_once("://").map_or(target, |(_, r)| r);
     let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
     let authority = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
@@ -401,7 +411,12 @@ pub fn destination(target: &str) -> Option<String> {
     while !authority.is_char_boundary(end) {
         end -= 1;
     }
-    Some(authority[..end].to_ascii_lowercase())
+    let d = &authority[..end];
+    Some(if d.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(d.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(d)
+    })
 }
 
 #[cfg(test)]
@@ -543,6 +558,7 @@ mod tests {
     #[test]
     fn destinations_from_targets() {
         assert_eq!(destination("http://a.test/x").as_deref(), Some("a.test"));
+        assert_eq!(destination("http://A.Test/x").as_deref(), Some("a.test"));
         assert_eq!(destination("a.test:443").as_deref(), Some("a.test:443"));
         assert_eq!(destination("/relative"), None);
         assert_eq!(destination(""), None);

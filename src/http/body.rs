@@ -160,6 +160,40 @@ pub async fn write_all<W: AsyncWrite + Unpin>(
     }
 }
 
+/// Writes `head` and then `body` with vectored writes (`writev`: one system call for both
+/// while the socket takes them, and no copy of the body behind the head), within `t` for the
+/// whole.
+pub async fn write_all_two<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    head: &[u8],
+    body: &[u8],
+    t: Duration,
+) -> Result<(), CopyError> {
+    let write = async {
+        let (mut h, mut b) = (head, body);
+        while !h.is_empty() || !b.is_empty() {
+            let n = if h.is_empty() {
+                w.write(b).await?
+            } else {
+                let bufs = [io::IoSlice::new(h), io::IoSlice::new(b)];
+                w.write_vectored(&bufs).await?
+            };
+            if n == 0 {
+                return Err(io::Error::from(io::ErrorKind::WriteZero));
+            }
+            let from_head = n.min(h.len());
+            h = &h[from_head..];
+            b = &b[n - from_head..];
+        }
+        Ok(())
+    };
+    match timeout(t, write).await {
+        Err(_) => Err(CopyError::WriteTimeout(t)),
+        Ok(Err(e)) => Err(CopyError::Write(e)),
+        Ok(Ok(())) => Ok(()),
+    }
+}
+
 /// Copies exactly `len` body bytes. Returns the bytes copied.
 pub async fn copy_length<R, W>(
     r: &mut R,

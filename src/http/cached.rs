@@ -384,24 +384,18 @@ impl HttpProxy {
             h.push("Via", format!("1.1 {via}"));
         }
         self.connection_header(&mut h, req, keep);
-        // A small body goes out with the head in one write; a large one is written from the
-        // stored bytes themselves, not copied behind the head.
-        let inline = served.body.len() <= 16 * 1024;
-        let mut out = Vec::with_capacity(512 + if inline { served.body.len() } else { 0 });
+        // The head and the stored body go out together (one `writev` while the socket takes
+        // them): the body is written from the stored bytes themselves, never copied behind
+        // the head.
+        let mut out = Vec::with_capacity(512);
         codec::write_response_head(&mut out, served.head.status, &served.head.reason, &h);
-        if inline {
-            out.extend_from_slice(&served.body);
-        }
         ex.status = served.head.status;
         ex.cache = Some(served.status.log_word());
         let t = self.cfg.read_timeout;
-        let mut ok = body::write_all(&mut client.stream, &out, t).await.is_ok();
-        if ok && !inline {
-            ok = body::write_all(&mut client.stream, &served.body, t)
-                .await
-                .is_ok();
-        }
-        ex.bytes_out += (out.len() + if inline { 0 } else { served.body.len() }) as u64;
+        let ok = body::write_all_two(&mut client.stream, &out, &served.body, t)
+            .await
+            .is_ok();
+        ex.bytes_out += (out.len() + served.body.len()) as u64;
         ok && keep
     }
 

@@ -379,13 +379,8 @@ impl HttpProxy {
             let (stream, peer, reused) = match rv.idle.take(&key) {
                 Some((s, p)) => (s, p, true),
                 None => match pool.connect_one(i, &self.svc.connector).await {
-                    Ok(s) => {
-                        let _ = s.set_nodelay(true);
-                        let p = s
-                            .peer_addr()
-                            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-                        (s, p, false)
-                    }
+                    // The connector set TCP_NODELAY and knows the address it reached.
+                    Ok(c) => (c.stream, c.peer, false),
                     Err(e) => {
                         tracing::debug!(pool = %pool.cfg.name, server = %pool.label(i), "connect failed: {e}");
                         pool.finished(i);

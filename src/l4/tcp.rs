@@ -17,6 +17,7 @@ use super::client_hello::{self, Hello, HelloInfo};
 use super::proxy_protocol::{self, Decoded, Header};
 use crate::accesslog::AccessRecord;
 use crate::config::{ProxyVersion, TcpListenerConfig};
+use crate::metrics::ListenerMetrics;
 use crate::policy::matcher::CidrSet;
 use crate::policy::Protocol;
 use crate::pool::ServerPool;
@@ -37,6 +38,10 @@ pub struct TcpBalancer {
     trusted: CidrSet,
     /// Terminate TLS (`tls` set) instead of passing it through; follows reloads.
     tls: Option<Arc<crate::tls::TlsServer>>,
+    /// The listening socket's address: every accepted connection's local address, unless
+    /// it is a wildcard one.
+    local: SocketAddr,
+    series: ListenerMetrics,
 }
 
 /// How a connection ended, for the access log.
@@ -57,6 +62,7 @@ impl TcpBalancer {
         cfg: TcpListenerConfig,
         svc: Arc<Services>,
         tls: Option<Arc<crate::tls::TlsServer>>,
+        local: SocketAddr,
     ) -> anyhow::Result<TcpBalancer> {
         let pool = |n: &str| {
             svc.pools
@@ -72,6 +78,8 @@ impl TcpBalancer {
         let trusted = CidrSet::new(&cfg.accept_proxy_from);
         Ok(TcpBalancer {
             tls,
+            local,
+            series: ListenerMetrics::new(&name),
             name,
             cfg,
             svc,
@@ -85,12 +93,11 @@ impl TcpBalancer {
         let started = Instant::now();
         let mut origin = peer;
         let out = self.handle(client, peer, &mut origin).await;
+        let m = &self.svc.metrics;
         if out.bytes_in + out.bytes_out > 0 {
-            self.svc
-                .metrics
-                .bytes(&self.name, out.bytes_in, out.bytes_out);
+            self.series.bytes(m, out.bytes_in, out.bytes_out);
         }
-        self.svc.metrics.request(&self.name, out.status);
+        self.series.request(m, out.status);
         self.svc.access_log.log(AccessRecord {
             time: SystemTime::now(),
             listener: self.name.clone(),
@@ -98,7 +105,11 @@ impl TcpBalancer {
             user: None,
             rule: out.rule,
             method: "TCP".into(),
-            target: out.target,
+            target: if out.target.is_empty() {
+                "-".into()
+            } else {
+                out.target
+            },
             status: out.status,
             bytes_in: out.bytes_in,
             bytes_out: out.bytes_out,
@@ -121,7 +132,8 @@ impl TcpBalancer {
         let mut out = Outcome {
             status: 200,
             error: None,
-            target: "-".into(),
+            // Empty until known (logged as `-`): no allocation on the common path.
+            target: String::new(),
             upstream: None,
             bytes_in: 0,
             bytes_out: 0,
@@ -132,10 +144,15 @@ impl TcpBalancer {
             out.error = Some(error);
             out
         };
-        let Ok(local) = client.local_addr() else {
-            return fail(out, 500, "proxy_internal_error");
-        };
-        let mut dst = local;
+        // The connection's own address: the listener's, unless that is a wildcard and a PROXY
+        // header for the server needs the real one (the policy only reads the port).
+        let mut dst = self.local;
+        if self.local.ip().is_unspecified() && self.cfg.send_proxy.is_some() {
+            let Ok(local) = client.local_addr() else {
+                return fail(out, 500, "proxy_internal_error");
+            };
+            dst = local;
+        }
         // Bytes read from the client that the server must still get.
         let mut pending = Vec::new();
 
@@ -170,50 +187,18 @@ impl TcpBalancer {
 
         let mut client = Client::Plain(client);
         let pool = if let Some(tls) = &self.tls {
-            let deadline = tokio::time::Instant::now() + self.cfg.handshake_timeout;
             let Client::Plain(tcp) = client else {
                 unreachable!("plain until here")
             };
-            let stream = Prefixed {
-                prefix: std::mem::take(&mut pending),
-                pos: 0,
-                inner: tcp,
-            };
-            let acceptor = tokio_rustls::LazyConfigAcceptor::new(
-                tokio_rustls::rustls::server::Acceptor::default(),
-                stream,
-            );
-            let start = match tokio::time::timeout_at(deadline, acceptor).await {
-                Ok(Ok(start)) => start,
-                Ok(Err(e)) => {
-                    tracing::debug!("no usable ClientHello: {e}");
-                    return fail(out, 400, "tls_protocol_error");
+            // Boxed: the handshake's state is large, and a plain connection should not carry
+            // room for it.
+            match Box::pin(self.terminate(tls, tcp, &mut pending, &mut out)).await {
+                Ok((tls, pool)) => {
+                    client = Client::Tls(tls);
+                    pool
                 }
-                Err(_) => return fail(out, 400, "tls_protocol_error"),
-            };
-            let hello = start.client_hello();
-            let info = HelloInfo {
-                sni: hello.server_name().map(|n| n.to_ascii_lowercase()),
-                alpn: hello
-                    .alpn()
-                    .map(|a| a.map(<[u8]>::to_vec).collect())
-                    .unwrap_or_default(),
-            };
-            out.target = info.sni.clone().unwrap_or_else(|| "-".into());
-            let pool = self.route(&info);
-            if pool.is_none() {
-                tracing::debug!(sni = %out.target, "no route");
-                return fail(out, 421, "destination_not_found");
+                Err((status, error)) => return fail(out, status, error),
             }
-            match tokio::time::timeout_at(deadline, start.into_stream(tls.current())).await {
-                Ok(Ok(tls)) => client = Client::Tls(Box::new(tls)),
-                Ok(Err(e)) => {
-                    tracing::debug!("TLS handshake failed: {e}");
-                    return fail(out, 400, "tls_protocol_error");
-                }
-                Err(_) => return fail(out, 400, "tls_protocol_error"),
-            }
-            pool
         } else if self.cfg.sni.is_empty() {
             self.default.clone()
         } else {
@@ -236,11 +221,11 @@ impl TcpBalancer {
             tracing::debug!(sni = %out.target, "no route");
             return fail(out, 421, "destination_not_found");
         };
-        if out.target == "-" {
+        if out.target.is_empty() || out.target == "-" {
             out.target = pool.cfg.name.clone();
         }
 
-        let (i, mut server) = match pool
+        let (i, server) = match pool
             .connect(origin.ip(), self.cfg.connect_attempts, &self.svc.connector)
             .await
         {
@@ -251,8 +236,9 @@ impl TcpBalancer {
                 return fail(out, 503, "connection_refused");
             }
         };
-        out.upstream = server.peer_addr().ok();
-        let _ = server.set_nodelay(true);
+        // The connector set TCP_NODELAY on it.
+        out.upstream = Some(server.peer);
+        let mut server = server.stream;
 
         // The PROXY header goes first, in the clear (before a TLS handshake with the server),
         // then the bytes already read from the client: in the same write when in the clear.
@@ -306,13 +292,14 @@ impl TcpBalancer {
             }
             (Client::Plain(client), Upstream::Tls(server)) => {
                 let _ = client.set_nodelay(true);
-                crate::relay::relay(client, server, idle).await
+                Box::pin(crate::relay::relay(client, server, idle)).await
             }
+            // Boxed, as the handshakes: a passthrough connection carries no room for them.
             (Client::Tls(tls), Upstream::Plain(mut server)) => {
-                crate::relay::relay(tls, &mut server, idle).await
+                Box::pin(crate::relay::relay(tls, &mut server, idle)).await
             }
             (Client::Tls(tls), Upstream::Tls(server)) => {
-                crate::relay::relay(tls, server, idle).await
+                Box::pin(crate::relay::relay(tls, server, idle)).await
             }
         };
         pool.finished(i);
@@ -332,11 +319,59 @@ impl TcpBalancer {
     }
 
     fn connect_error(&self) {
-        self.svc
-            .metrics
-            .listener_connect_errors
-            .get_or_create(&crate::metrics::Metrics::listener(&self.name))
-            .inc();
+        self.series.connect_error(&self.svc.metrics);
+    }
+
+    /// Terminates TLS on a `tls` listener: the ClientHello (after any bytes already read)
+    /// picks the route, then the handshake with the certificates in force. `Err` holds the
+    /// status and error to log.
+    async fn terminate(
+        &self,
+        tls: &crate::tls::TlsServer,
+        tcp: TcpStream,
+        pending: &mut Vec<u8>,
+        out: &mut Outcome,
+    ) -> Result<(TlsClient, Option<Arc<ServerPool>>), (u16, &'static str)> {
+        let deadline = tokio::time::Instant::now() + self.cfg.handshake_timeout;
+        let stream = Prefixed {
+            prefix: std::mem::take(pending),
+            pos: 0,
+            inner: tcp,
+        };
+        let acceptor = tokio_rustls::LazyConfigAcceptor::new(
+            tokio_rustls::rustls::server::Acceptor::default(),
+            stream,
+        );
+        let start = match tokio::time::timeout_at(deadline, acceptor).await {
+            Ok(Ok(start)) => start,
+            Ok(Err(e)) => {
+                tracing::debug!("no usable ClientHello: {e}");
+                return Err((400, "tls_protocol_error"));
+            }
+            Err(_) => return Err((400, "tls_protocol_error")),
+        };
+        let hello = start.client_hello();
+        let info = HelloInfo {
+            sni: hello.server_name().map(|n| n.to_ascii_lowercase()),
+            alpn: hello
+                .alpn()
+                .map(|a| a.map(<[u8]>::to_vec).collect())
+                .unwrap_or_default(),
+        };
+        out.target = info.sni.clone().unwrap_or_else(|| "-".into());
+        let pool = self.route(&info);
+        if pool.is_none() {
+            tracing::debug!(sni = %out.target, "no route");
+            return Err((421, "destination_not_found"));
+        }
+        match tokio::time::timeout_at(deadline, start.into_stream(tls.current())).await {
+            Ok(Ok(tls)) => Ok((Box::new(tls), pool)),
+            Ok(Err(e)) => {
+                tracing::debug!("TLS handshake failed: {e}");
+                Err((400, "tls_protocol_error"))
+            }
+            Err(_) => Err((400, "tls_protocol_error")),
+        }
     }
 
     /// First SNI route whose names (and ALPN, when it lists some) match; else the default.
@@ -360,8 +395,10 @@ impl TcpBalancer {
 /// the TLS session this listener terminated (copied).
 enum Client {
     Plain(TcpStream),
-    Tls(Box<tokio_rustls::server::TlsStream<Prefixed>>),
+    Tls(TlsClient),
 }
+
+type TlsClient = Box<tokio_rustls::server::TlsStream<Prefixed>>;
 
 /// The server side: plain, or TLS when the pool has `[pools.tls]`.
 enum Upstream {

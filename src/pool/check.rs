@@ -75,7 +75,8 @@ pub(super) fn start(pool: Arc<ServerPool>, svc: Arc<Services>) {
                     let mut stream = pool
                         .connect_one(i, &svc.connector)
                         .await
-                        .map_err(|e| e.to_string())?;
+                        .map_err(|e| e.to_string())?
+                        .stream;
                     match &h.kind {
                         HealthCheckKind::Tcp => Ok(()),
                         HealthCheckKind::Http(c) => {

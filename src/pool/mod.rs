@@ -30,8 +30,10 @@ use crate::balance::{
     Transition,
 };
 use crate::config::{HashKey, PoolConfig, ServerConfig};
-use crate::connector::{ConnectError, Connector};
-use crate::metrics::{Metrics, PoolLabel, ServerBytesLabels, ServerClassLabels, ServerLabels};
+use crate::connector::{ConnectError, Connected, Connector, Host};
+use crate::metrics::{
+    Metrics, PoolLabel, Series, ServerBytesLabels, ServerClassLabels, ServerLabels,
+};
 use crate::server::Services;
 
 /// How far back the retry budget counts requests.
@@ -110,6 +112,8 @@ pub struct ServerPool {
     /// Each server's sticky-session token (opaque, stable, never its address).
     tokens: Vec<String>,
     pool_label: PoolLabel,
+    /// Each server's series, looked up once (not per connection).
+    series: Vec<ServerSeries>,
 }
 
 /// [`ServerPool::pick_request`]'s answer.
@@ -118,6 +122,15 @@ pub struct Picked {
     pub server: usize,
     /// `Set-Cookie` value for the response (sticky pools, when the client lacks the cookie).
     pub set_cookie: Option<String>,
+}
+
+/// One server's metric series.
+struct ServerSeries {
+    up: prometheus_client::metrics::gauge::Gauge,
+    connections: Series<ServerLabels, prometheus_client::metrics::counter::Counter>,
+    errors: Series<ServerLabels, prometheus_client::metrics::counter::Counter>,
+    to_server: Series<ServerBytesLabels, prometheus_client::metrics::counter::Counter>,
+    from_server: Series<ServerBytesLabels, prometheus_client::metrics::counter::Counter>,
 }
 
 /// Why no connection to any server of the pool could be made.
@@ -163,9 +176,27 @@ impl ServerPool {
                 server: s.label(),
             })
             .collect();
-        for l in &labels {
-            metrics.pool_server_up.get_or_create(l).set(1);
-        }
+        let series = labels
+            .iter()
+            .map(|l| {
+                let up = metrics.pool_server_up.get_or_create(l).clone();
+                up.set(1);
+                let bytes = |direction: &str| {
+                    Series::new(ServerBytesLabels {
+                        pool: l.pool.clone(),
+                        server: l.server.clone(),
+                        direction: direction.to_string(),
+                    })
+                };
+                ServerSeries {
+                    up,
+                    connections: Series::new(l.clone()),
+                    errors: Series::new(l.clone()),
+                    to_server: bytes("to_server"),
+                    from_server: bytes("from_server"),
+                }
+            })
+            .collect();
         let tls = cfg.tls.as_ref().map(|t| {
             crate::tls::TlsClient::new(t)
                 .map(Arc::new)
@@ -182,6 +213,7 @@ impl ServerPool {
             metrics,
             labels,
             tokens,
+            series,
         }
     }
 
@@ -231,15 +263,18 @@ impl ServerPool {
         hash_input: Option<&[u8]>,
         exclude: &[usize],
     ) -> Option<usize> {
-        let ip;
+        let (v4, v6);
         let key: &[u8] = match (&self.cfg.hash_key, hash_input) {
-            (HashKey::ClientIp, _) | (_, None) => {
-                ip = match crate::policy::matcher::canonical(client) {
-                    IpAddr::V4(v4) => v4.octets().to_vec(),
-                    IpAddr::V6(v6) => v6.octets().to_vec(),
-                };
-                &ip
-            }
+            (HashKey::ClientIp, _) | (_, None) => match crate::policy::matcher::canonical(client) {
+                IpAddr::V4(a) => {
+                    v4 = a.octets();
+                    &v4
+                }
+                IpAddr::V6(a) => {
+                    v6 = a.octets();
+                    &v6
+                }
+            },
             (_, Some(input)) => input,
         };
         let now = Instant::now();
@@ -264,9 +299,9 @@ impl ServerPool {
         let t = b.server_mut(i).passive.expire(now);
         self.after(b, i, t, "passive: ejection over");
         b.started(i);
-        self.metrics
-            .pool_server_connections
-            .get_or_create(&self.labels[i])
+        self.series[i]
+            .connections
+            .get(&self.metrics.pool_server_connections)
             .inc();
     }
 
@@ -358,9 +393,9 @@ impl ServerPool {
     /// Real traffic failed at server `i`: a refused or timed-out connect, an ICMP error, no
     /// UDP reply (passive health).
     pub fn failure(&self, i: usize, why: &str) {
-        self.metrics
-            .pool_server_errors
-            .get_or_create(&self.labels[i])
+        self.series[i]
+            .errors
+            .get(&self.metrics.pool_server_errors)
             .inc();
         let now = Instant::now();
         let mut b = self.lock();
@@ -470,10 +505,7 @@ impl ServerPool {
         let now = Instant::now();
         b.server_mut(i).note(t, now);
         let up = b.server(i).is_available(now);
-        self.metrics
-            .pool_server_up
-            .get_or_create(&self.labels[i])
-            .set(i64::from(up));
+        self.series[i].up.set(i64::from(up));
         match t {
             Some(Transition::Down) => tracing::warn!(
                 pool = %self.cfg.name, server = %self.labels[i].server, "server down: {why}"
@@ -486,16 +518,10 @@ impl ServerPool {
     }
 
     pub fn bytes(&self, i: usize, to_server: u64, from_server: u64) {
-        for (direction, n) in [("to_server", to_server), ("from_server", from_server)] {
+        let s = &self.series[i];
+        for (series, n) in [(&s.to_server, to_server), (&s.from_server, from_server)] {
             if n > 0 {
-                self.metrics
-                    .pool_server_bytes
-                    .get_or_create(&ServerBytesLabels {
-                        pool: self.cfg.name.clone(),
-                        server: self.labels[i].server.clone(),
-                        direction: direction.to_string(),
-                    })
-                    .inc_by(n);
+                series.get(&self.metrics.pool_server_bytes).inc_by(n);
             }
         }
     }
@@ -519,16 +545,28 @@ impl ServerPool {
         &self,
         i: usize,
         connector: &Connector,
-    ) -> Result<TcpStream, ConnectError> {
-        let label = self.label(i).to_string();
+    ) -> Result<Connected, ConnectError> {
+        let label = self.label(i);
+        let s = self.server(i);
         let attempt = async {
-            let addrs = self.addrs(i, connector).await?;
-            connector.connect_addrs(&addrs, &label).await
+            match &s.host {
+                // An address needs no lookup (and no room in this future for one).
+                Host::Ip(ip) => {
+                    connector
+                        .connect_addrs(&[SocketAddr::new(*ip, s.port)], label)
+                        .await
+                }
+                Host::Name(_) => {
+                    let addrs = Box::pin(self.addrs(i, connector)).await?;
+                    connector.connect_addrs(&addrs, label).await
+                }
+            }
         };
         match tokio::time::timeout(self.cfg.connect_timeout, attempt).await {
-            Ok(Ok(c)) => Ok(c.stream),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(ConnectError::Timeout { target: label }),
+            Ok(r) => r,
+            Err(_) => Err(ConnectError::Timeout {
+                target: label.to_string(),
+            }),
         }
     }
 
@@ -540,7 +578,7 @@ impl ServerPool {
         client: IpAddr,
         attempts: u32,
         connector: &Connector,
-    ) -> Result<(usize, TcpStream), PoolError> {
+    ) -> Result<(usize, Connected), PoolError> {
         let mut tried = Vec::new();
         let mut last = None;
         for _ in 0..attempts.max(1) {

@@ -1,0 +1,104 @@
+#!/usr/bin/env python3
+"""A bounded loopback client and echo server for instruction-count profiles (bench/count.sh).
+
+  conn_client.py echo PORTFILE           - an echo server on 127.0.0.1:0; writes its port to PORTFILE
+  conn_client.py rate HOST:PORT COUNT    - COUNT sequential connections: connect, 64 B echo, close
+  conn_client.py origin PORTFILE         - an HTTP origin on 127.0.0.1:0 serving /1m (1 MiB) and
+                                            /small (100 B), Cache-Control: max-age=3600
+  conn_client.py get HOST:PORT URL COUNT - COUNT GETs of absolute-form URL through a proxy,
+                                            one keep-alive connection; checks the body length
+"""
+import socket, sys, threading
+
+def echo(portfile):
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("127.0.0.1", 0))
+    s.listen(512)
+    with open(portfile, "w") as f:
+        f.write(str(s.getsockname()[1]))
+    def serve(c):
+        with c:
+            while True:
+                d = c.recv(65536)
+                if not d:
+                    return
+                c.sendall(d)
+    while True:
+        c, _ = s.accept()
+        threading.Thread(target=serve, args=(c,), daemon=True).start()
+
+def rate(addr, count):
+    host, port = addr.rsplit(":", 1)
+    msg = b"x" * 64
+    failed = 0
+    for _ in range(count):
+        try:
+            c = socket.create_connection((host, int(port)), timeout=10)
+            c.sendall(msg)
+            got = b""
+            while len(got) < 64:
+                d = c.recv(64 - len(got))
+                if not d:
+                    break
+                got += d
+            if got != msg:
+                failed += 1
+            c.close()
+        except OSError:
+            failed += 1
+    print(f"count={count} failed={failed}")
+
+def get(addr, url, count):
+    host, port = addr.rsplit(":", 1)
+    c = socket.create_connection((host, int(port)), timeout=30)
+    req = f"GET {url} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+    f = c.makefile("rb")
+    total = 0
+    for _ in range(count):
+        c.sendall(req)
+        length = None
+        while True:
+            line = f.readline()
+            if line in (b"\r\n", b""):
+                break
+            k, _, v = line.partition(b":")
+            if k.strip().lower() == b"content-length":
+                length = int(v.strip())
+        body = f.read(length)
+        total += len(body)
+    print(f"count={count} bytes={total}")
+
+def origin(portfile):
+    import http.server, random
+    rnd = random.Random(1)
+    bodies = {"/1m": bytes(rnd.getrandbits(8) for _ in range(1 << 20)), "/small": b"s" * 100}
+    class H(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        def do_GET(self):
+            body = bodies.get(self.path.split("?")[0])
+            if body is None:
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", "max-age=3600")
+            self.end_headers()
+            self.wfile.write(body)
+        def log_message(self, *a):
+            pass
+    s = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+    with open(portfile, "w") as f:
+        f.write(str(s.server_address[1]))
+    s.serve_forever()
+
+if __name__ == "__main__":
+    cmd = sys.argv[1]
+    if cmd == "echo":
+        echo(sys.argv[2])
+    elif cmd == "rate":
+        rate(sys.argv[2], int(sys.argv[3]))
+    elif cmd == "origin":
+        origin(sys.argv[2])
+    elif cmd == "get":
+        get(sys.argv[2], sys.argv[3], int(sys.argv[4]))
