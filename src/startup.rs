@@ -59,6 +59,7 @@ pub fn prepare(config: &Config) -> Result<Prepared, Vec<ConfigError>> {
                 PolicyError::DenyPage { .. } => "policy.deny_page",
                 PolicyError::Users(_) => "policy.users_file",
                 PolicyError::Regex(_) => "policy.rules",
+                PolicyError::Ldap(_) => "policy.ldap",
             };
             errors.push(lines.error(path, e.to_string()));
             None
