@@ -446,3 +446,91 @@ async fn config_problems_are_reported_with_their_keys() {
     assert!(err.contains("policy.ldap.url"), "{err}");
     assert!(err.contains("bind_dn_template"), "{err}");
 }
+
+/// The Kerberos side's entry point: a user's groups from the directory, without a password
+/// (as the service account).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_of_a_user_proven_elsewhere() {
+    use gatehouse::policy::config::PolicyConfig;
+    use gatehouse::policy::ldap::Directory;
+    let slapd = Slapd::start();
+    for ldap in [
+        search_ldap(&slapd.url(), ""),
+        format!(
+            "{}group_map = {{ \"cn=admins,{GROUPS}\" = \"ops\" }}\n",
+            template_ldap(
+                &slapd.url(),
+                &format!("bind_dn = \"{SERVICE_DN}\"\nbind_password = \"{SERVICE_PW}\"")
+            )
+        ),
+    ] {
+        let cfg = PolicyConfig::from_toml(&ldap, &[]).expect("config");
+        let d = Directory::new(cfg.ldap.as_ref().expect("ldap")).expect("directory");
+        let alice = d.groups_of("alice").await.expect("answer").expect("alice");
+        assert_eq!(
+            (alice.name.as_str(), alice.groups.clone()),
+            ("alice", vec!["staff".to_string()])
+        );
+        let bob = d.groups_of("BOB").await.expect("answer").expect("bob");
+        assert_eq!(bob.name, "bob", "the directory's spelling");
+        assert!(
+            bob.groups == ["admins"] || bob.groups == ["ops"],
+            "{:?}",
+            bob.groups
+        );
+        assert_eq!(d.groups_of("nobody").await, Ok(None));
+        assert_eq!(d.groups_of("*").await, Ok(None), "escaped: matches nobody");
+        assert_eq!(d.groups_of("a\0").await, Ok(None));
+    }
+}
+
+/// A directory that accepts connections and never answers: each login gives up after
+/// `timeout` (503), and beyond `max_connections` + `max_waiting` logins are refused at once
+/// (429), so a slow directory cannot pile up work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_directory_costs_bounded_time_and_work() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("ldap://{}", silent.local_addr().expect("addr"));
+    let (accepted_tx, mut accepted) = tokio::sync::mpsc::channel(16);
+    let hold = tokio::spawn(async move {
+        let mut kept = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            kept.push(s);
+            let _ = accepted_tx.send(()).await;
+        }
+    });
+    let ldap = template_ldap(
+        &url,
+        "timeout = \"2s\"\nmax_connections = 1\nmax_waiting = 0",
+    );
+    let gh = Gatehouse::start(&config(&ldap, 100));
+    let origin = Origin::fixed("x").await;
+    let started = Instant::now();
+    let first = {
+        let proxy = gh.addr("http");
+        tokio::spawn(async move { raw_basic(proxy, b"alice:alice-pw").await })
+    };
+    accepted
+        .recv()
+        .await
+        .expect("the first login reached the directory");
+    let (status, head) = get(&gh, &origin, "bob", "bob-pw").await;
+    assert_eq!(status, 429, "no slot and no room to wait: {head}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "refused at once"
+    );
+    assert_eq!(
+        first.await.expect("task"),
+        503,
+        "the silent directory timed out"
+    );
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(15),
+        "bounded by the timeout: {took:?}"
+    );
+    hold.abort();
+}

@@ -1,8 +1,8 @@
 //! A throwaway OpenLDAP server for the tests: Debian's `slapd` (installed by `.ci/run`, not
 //! the system instance) run from a temporary directory with its own `slapd.conf` and mdb
 //! database, on free loopback ports (plain + StartTLS, and ldaps) with a certificate from a
-//! test CA made here with rcgen. Ready when slapd says `slapd starting` on stderr; the test
-//! tree is then loaded with `ldapadd`. Killed on drop.
+//! test CA made here with rcgen. Ready when slapd says `slapd starting` on stderr and both
+//! ports accept a connection; the test tree is then loaded with `ldapadd`. Killed on drop.
 //!
 //! The tree (`dc=test`):
 //! - `uid=alice,ou=people` (password `alice-pw`), member of `cn=staff,ou=groups`
@@ -15,7 +15,7 @@
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 pub const ADMIN_DN: &str = "cn=admin,dc=test";
@@ -83,11 +83,12 @@ fn slapd_binary() -> PathBuf {
     );
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+/// Two distinct free loopback ports (both held until both are chosen).
+fn free_ports() -> (u16, u16) {
+    let bind = || std::net::TcpListener::bind("127.0.0.1:0").expect("a free loopback port");
+    let (a, b) = (bind(), bind());
+    let port = |l: &std::net::TcpListener| l.local_addr().expect("bound").port();
+    (port(&a), port(&b))
 }
 
 /// A running test slapd.
@@ -100,6 +101,8 @@ pub struct Slapd {
     pub tls_port: u16,
     /// The test CA's certificate (PEM) that signed slapd's certificate.
     pub ca_file: PathBuf,
+    /// Everything slapd wrote to stderr (for failure messages).
+    log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Slapd {
@@ -136,12 +139,14 @@ access to * by users read by * none
             d = d.display()
         );
         std::fs::write(d.join("slapd.conf"), conf).expect("slapd.conf");
+        let (port, tls_port) = free_ports();
         let mut s = Slapd {
             child: None,
             dir,
-            port: free_port(),
-            tls_port: free_port(),
+            port,
+            tls_port,
             ca_file,
+            log: Arc::new(Mutex::new(Vec::new())),
         };
         s.run();
         s.ldapadd(TREE);
@@ -180,20 +185,21 @@ access to * by users read by * none
             .expect("slapd runs");
         let err = child.stderr.take().expect("slapd stderr");
         let (tx, rx) = mpsc::channel();
+        let log = Arc::clone(&self.log);
         std::thread::spawn(move || {
             let mut tx = Some(tx);
-            let mut log = Vec::new();
             for line in BufReader::new(err).lines().map_while(Result::ok) {
-                if let Some(t) = &tx {
-                    log.push(line.clone());
-                    if line.contains("slapd starting") {
+                if let Ok(mut l) = log.lock() {
+                    l.push(line.clone());
+                }
+                if line.contains("slapd starting") {
+                    if let Some(t) = tx.take() {
                         let _ = t.send(Ok(()));
-                        tx = None;
                     }
                 }
             }
             if let Some(t) = tx {
-                let _ = t.send(Err(log.join("\n")));
+                let _ = t.send(Err(log.lock().map(|l| l.join("\n")).unwrap_or_default()));
             }
         });
         match rx.recv_timeout(Duration::from_secs(20)) {
@@ -205,6 +211,18 @@ access to * by users read by * none
             }
         }
         self.child = Some(child);
+        // "slapd starting" is printed when the listening sockets are bound, but their
+        // listen() runs on slapd's daemon thread a moment later: ready once both accept.
+        for port in [self.port, self.tls_port] {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "slapd not accepting on {port} within 10s"
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
     }
 
     /// Stops slapd (the database stays): the directory is down until [`Slapd::restart`].
@@ -240,8 +258,11 @@ access to * by users read by * none
         let out = child.wait_with_output().expect("tool finished");
         assert!(
             out.status.success(),
-            "{tool} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
+            "{tool} failed: {}\nslapd (ports {} and {}):\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.port,
+            self.tls_port,
+            self.log.lock().map(|l| l.join("\n")).unwrap_or_default()
         );
     }
 
