@@ -90,6 +90,10 @@ pub(crate) fn read_ldap(s: &Section<'_>) -> Option<LdapConfig> {
             "ldaps:// is TLS already; starttls goes with ldap://",
         );
     }
+    let tls = starttls || url.as_deref().is_some_and(|u| u.starts_with("ldaps:"));
+    if ca_file.is_some() && !tls {
+        s.error_at("ca_file", "needs ldaps:// or starttls = true");
+    }
     let template = s.string("bind_dn_template");
     let base = s.string("base");
     let filter = s.string("user_filter");
