@@ -534,3 +534,82 @@ async fn a_silent_directory_costs_bounded_time_and_work() {
     );
     hold.abort();
 }
+
+/// Idle connections are reused (one connection for many logins, never the previous user's
+/// bind state), and a stale one (the server side gone) is replaced without failing the login.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn directory_connections_are_reused_and_stale_ones_replaced() {
+    use gatehouse::policy::config::PolicyConfig;
+    use gatehouse::policy::ldap::Directory;
+    use gatehouse::policy::Secret;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let slapd = Slapd::start();
+    // A counting TCP relay in front of slapd; `cut` closes every relayed connection.
+    let relay = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let relay_addr = relay.local_addr().expect("addr");
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let cut = Arc::new(tokio::sync::Notify::new());
+    let upstream = format!("127.0.0.1:{}", slapd.port);
+    let (count, cut2) = (Arc::clone(&accepted), Arc::clone(&cut));
+    let relay_task = tokio::spawn(async move {
+        while let Ok((mut client, _)) = relay.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            let upstream = upstream.clone();
+            let cut = Arc::clone(&cut2);
+            tokio::spawn(async move {
+                let Ok(mut server) = TcpStream::connect(&upstream).await else {
+                    return;
+                };
+                tokio::select! {
+                    _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                    _ = cut.notified() => {}
+                }
+            });
+        }
+    });
+    let toml = template_ldap(
+        &format!("ldap://{relay_addr}"),
+        "cache_ttl = \"0s\"\nnegative_cache_ttl = \"0s\"\nmax_connections = 1",
+    );
+    let cfg = PolicyConfig::from_toml(&toml, &[]).expect("config");
+    let d = Directory::new(cfg.ldap.as_ref().expect("ldap")).expect("directory");
+    let login = |name: &'static str, pw: &'static str| {
+        let d = &d;
+        async move { d.log_in(name, &Secret::new(pw)).await.expect("an answer") }
+    };
+    let alice = login("alice", "alice-pw").await.expect("alice");
+    assert_eq!(alice.groups, ["staff"]);
+    let bob = login("bob", "bob-pw").await.expect("bob");
+    assert_eq!(
+        (bob.name.as_str(), bob.groups.clone()),
+        ("bob", vec!["admins".to_string()])
+    );
+    assert_eq!(login("alice", "wrong").await, None);
+    assert_eq!(
+        login("bob", "alice-pw").await,
+        None,
+        "alice's bind state is not bob's"
+    );
+    let again = login("bob", "bob-pw").await.expect("bob again");
+    assert_eq!(again.groups, ["admins"]);
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "one connection for five logins"
+    );
+
+    cut.notify_waiters();
+    let after = login("alice", "alice-pw")
+        .await
+        .expect("alice after the cut");
+    assert_eq!(after.groups, ["staff"]);
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        2,
+        "the stale connection was replaced"
+    );
+    relay_task.abort();
+}

@@ -9,8 +9,8 @@
 //! cache is asked (keyed by a salted hash of name and password), then a connection slot is
 //! taken (at most `max_connections` logins talk to the directory at once, at most
 //! `max_waiting` wait for a slot; beyond that the login is refused at once as "busy", like a
-//! full hashing queue), and on a fresh connection (TCP, then StartTLS or ldaps with the
-//! configured CA): bind as the user (template) or search for the user as the service account
+//! full hashing queue), and on an idle connection or a fresh one (TCP, then StartTLS or
+//! ldaps with the configured CA): bind as the user (template) or search for the user as the service account
 //! and bind as the DN found; then read the user's name attribute and groups. Every network
 //! step is bounded by `timeout`. An answer from the directory is cached; a directory that
 //! cannot be reached, answers late or answers with a server error is *unavailable*: never a
@@ -124,6 +124,9 @@ pub struct Directory {
     service_password: Option<Secret>,
     cache: Mutex<LoginCache>,
     slots: Semaphore,
+    /// Connections that finished a conversation cleanly, with when; at most
+    /// `max_connections` (each in use holds a slot, so no more are ever open).
+    idle: Mutex<Vec<(ldap3::Ldap, Instant)>>,
     waiting: AtomicUsize,
     down: AtomicBool,
 }
@@ -138,6 +141,17 @@ impl std::fmt::Debug for Directory {
 
 /// What one conversation with the directory found.
 type Found = Option<Identity>;
+
+/// An idle connection older than this is closed rather than reused (servers and firewalls
+/// drop idle connections; a stale one costs a retry).
+const IDLE_FOR: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// What a conversation is for.
+#[derive(Clone, Copy)]
+enum Job<'a> {
+    Login(&'a str, &'a Secret),
+    Lookup(&'a str),
+}
 
 impl Directory {
     /// Reads the CA and service password files; no connection is made here.
@@ -171,6 +185,7 @@ impl Directory {
             service_password,
             cache: Mutex::new(LoginCache::new(cfg.cache, salt)),
             slots: Semaphore::new(cfg.max_connections),
+            idle: Mutex::new(Vec::new()),
             waiting: AtomicUsize::new(0),
             down: AtomicBool::new(false),
         })
@@ -192,7 +207,7 @@ impl Directory {
         if let Some(answer) = self.cached(&key) {
             return Ok(answer);
         }
-        let found = self.talk(|| self.check_password(name, password)).await?;
+        let found = self.talk(Job::Login(name, password)).await?;
         self.remember(key, &found);
         Ok(found)
     }
@@ -209,7 +224,7 @@ impl Directory {
         if let Some(answer) = self.cached(&key) {
             return Ok(answer);
         }
-        let found = self.talk(|| self.look_up(name)).await?;
+        let found = self.talk(Job::Lookup(name)).await?;
         self.remember(key, &found);
         Ok(found)
     }
@@ -239,13 +254,10 @@ impl Directory {
         }
     }
 
-    /// Runs one conversation within a connection slot, bounded in time; notes the
-    /// directory going down and coming back in the log.
-    async fn talk<F, Fut>(&self, conversation: F) -> Result<Found, DirectoryError>
-    where
-        F: FnOnce() -> Fut,
-        Fut: std::future::Future<Output = Result<Found, DirectoryError>>,
-    {
+    /// Runs one conversation within a connection slot, bounded in time, on an idle
+    /// connection if there is one (retried once on a fresh connection if that fails: it may
+    /// have gone stale); notes the directory going down and coming back in the log.
+    async fn talk(&self, job: Job<'_>) -> Result<Found, DirectoryError> {
         let _permit = match self.slots.try_acquire() {
             Ok(p) => p,
             Err(_) => {
@@ -263,11 +275,30 @@ impl Directory {
         };
         // Each step has its own timeout; this bounds the whole (connect + up to five
         // operations) in case a step is slow without ever being late.
-        let whole = self.cfg.timeout * 6;
-        let result = match tokio::time::timeout(whole, conversation()).await {
-            Ok(r) => r,
-            Err(_) => Err(DirectoryError::Unavailable("timed out".into())),
+        let mut result = match self.checkout() {
+            Some(mut ldap) => {
+                let r = self.bounded(&mut ldap, job, true).await;
+                if r.is_ok() {
+                    self.checkin(ldap);
+                }
+                Some(r)
+            }
+            None => None,
         };
+        if !matches!(result, Some(Ok(_))) {
+            result = Some(match self.connect().await {
+                Ok(mut ldap) => {
+                    let r = self.bounded(&mut ldap, job, false).await;
+                    if r.is_ok() {
+                        self.checkin(ldap);
+                    }
+                    r
+                }
+                Err(e) => Err(e),
+            });
+        }
+        let result =
+            result.unwrap_or_else(|| Err(DirectoryError::Unavailable("no connection".into())));
         match &result {
             Err(DirectoryError::Unavailable(why)) => {
                 if !self.down.swap(true, Ordering::AcqRel) {
@@ -282,6 +313,48 @@ impl Directory {
             _ => {}
         }
         result
+    }
+
+    /// One conversation, cut at 6 x `timeout` in case steps are slow without being late.
+    async fn bounded(
+        &self,
+        ldap: &mut ldap3::Ldap,
+        job: Job<'_>,
+        reused: bool,
+    ) -> Result<Found, DirectoryError> {
+        let whole = self.cfg.timeout * 6;
+        let run = async {
+            match job {
+                Job::Login(name, password) => {
+                    self.check_password(ldap, name, password, reused).await
+                }
+                Job::Lookup(name) => self.look_up(ldap, name, reused).await,
+            }
+        };
+        match tokio::time::timeout(whole, run).await {
+            Ok(r) => r,
+            Err(_) => Err(DirectoryError::Unavailable("timed out".into())),
+        }
+    }
+
+    /// An idle connection that is still open and not too old.
+    fn checkout(&self) -> Option<ldap3::Ldap> {
+        let mut idle = self.idle.lock().ok()?;
+        while let Some((mut ldap, since)) = idle.pop() {
+            if since.elapsed() < IDLE_FOR && !ldap.is_closed() {
+                return Some(ldap);
+            }
+        }
+        None
+    }
+
+    /// Keeps a connection that finished a conversation cleanly for the next login.
+    fn checkin(&self, ldap: ldap3::Ldap) {
+        if let Ok(mut idle) = self.idle.lock() {
+            if idle.len() < self.cfg.max_connections {
+                idle.push((ldap, Instant::now()));
+            }
+        }
     }
 
     async fn connect(&self) -> Result<ldap3::Ldap, DirectoryError> {
@@ -302,14 +375,21 @@ impl Directory {
         Ok(ldap)
     }
 
-    /// Binds as the service account, if one is configured (else stays anonymous).
-    async fn bind_service(&self, ldap: &mut ldap3::Ldap) -> Result<(), DirectoryError> {
-        let (Some(dn), Some(pw)) = (&self.cfg.bind_dn, &self.service_password) else {
-            return Ok(());
+    /// Binds as the service account, if one is configured; else, with `anonymous`, binds
+    /// anonymously (a reused connection may still be bound as the previous user).
+    async fn bind_service(
+        &self,
+        ldap: &mut ldap3::Ldap,
+        anonymous: bool,
+    ) -> Result<(), DirectoryError> {
+        let (dn, pw) = match (&self.cfg.bind_dn, &self.service_password) {
+            (Some(dn), Some(pw)) => (dn.as_str(), pw.expose()),
+            _ if anonymous => ("", ""),
+            _ => return Ok(()),
         };
         let r = ldap
             .with_timeout(self.cfg.timeout)
-            .simple_bind(dn, pw.expose())
+            .simple_bind(dn, pw)
             .await
             .map_err(unavailable)?;
         match bind_outcome(r.rc) {
@@ -395,17 +475,22 @@ impl Directory {
         }
     }
 
-    async fn check_password(&self, name: &str, password: &Secret) -> Result<Found, DirectoryError> {
-        let mut ldap = self.connect().await?;
+    async fn check_password(
+        &self,
+        ldap: &mut ldap3::Ldap,
+        name: &str,
+        password: &Secret,
+        reused: bool,
+    ) -> Result<Found, DirectoryError> {
         let entry = match &self.cfg.bind {
             BindMode::Template(t) => {
                 let dn = fill(t, &dn_value(name), "");
-                if !self.bind_user(&mut ldap, &dn, password).await? {
+                if !self.bind_user(ldap, &dn, password).await? {
                     return Ok(None);
                 }
                 // Read as the user themself (or, with a service account, as that).
-                self.bind_service(&mut ldap).await?;
-                match self.user_entry(&mut ldap, name).await? {
+                self.bind_service(ldap, false).await?;
+                match self.user_entry(ldap, name).await? {
                     Some(e) => e,
                     // Bound, but cannot read the own entry: a name, no groups.
                     None => SearchEntry {
@@ -416,20 +501,18 @@ impl Directory {
                 }
             }
             BindMode::Search { .. } => {
-                self.bind_service(&mut ldap).await?;
-                let Some(entry) = self.user_entry(&mut ldap, name).await? else {
+                self.bind_service(ldap, reused).await?;
+                let Some(entry) = self.user_entry(ldap, name).await? else {
                     return Ok(None);
                 };
-                if !self.bind_user(&mut ldap, &entry.dn, password).await? {
+                if !self.bind_user(ldap, &entry.dn, password).await? {
                     return Ok(None);
                 }
-                self.bind_service(&mut ldap).await?;
+                self.bind_service(ldap, false).await?;
                 entry
             }
         };
-        let id = self.identity(&mut ldap, name, &entry).await;
-        let _ = ldap.unbind().await;
-        id.map(Some)
+        self.identity(ldap, name, &entry).await.map(Some)
     }
 
     /// `true` when the directory accepts `password` for `dn`.
@@ -454,15 +537,17 @@ impl Directory {
         }
     }
 
-    async fn look_up(&self, name: &str) -> Result<Found, DirectoryError> {
-        let mut ldap = self.connect().await?;
-        self.bind_service(&mut ldap).await?;
-        let Some(entry) = self.user_entry(&mut ldap, name).await? else {
+    async fn look_up(
+        &self,
+        ldap: &mut ldap3::Ldap,
+        name: &str,
+        reused: bool,
+    ) -> Result<Found, DirectoryError> {
+        self.bind_service(ldap, reused).await?;
+        let Some(entry) = self.user_entry(ldap, name).await? else {
             return Ok(None);
         };
-        let id = self.identity(&mut ldap, name, &entry).await;
-        let _ = ldap.unbind().await;
-        id.map(Some)
+        self.identity(ldap, name, &entry).await.map(Some)
     }
 
     /// The policy identity for an entry: its name, and its groups (from the attribute, or a
