@@ -222,3 +222,152 @@ pub(crate) fn read_ldap(s: &Section<'_>) -> Option<LdapConfig> {
         max_waiting,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::PolicyConfig;
+
+    fn parse(ldap: &str) -> Result<LdapConfig, Vec<String>> {
+        PolicyConfig::from_toml(&format!("[policy.ldap]\n{ldap}"), &[])
+            .map(|c| c.ldap.expect("ldap"))
+            .map_err(|errs| {
+                errs.iter()
+                    .map(|e| format!("{}: {}", e.path, e.message))
+                    .collect()
+            })
+    }
+
+    #[test]
+    fn bind_as_the_user_with_defaults() {
+        let c = parse("url = \"ldap://127.0.0.1:389\"\nbind_dn_template = \"uid={user},dc=x\"")
+            .expect("valid");
+        assert_eq!(c.bind, BindMode::Template("uid={user},dc=x".into()));
+        assert_eq!(c.groups, GroupSource::Attribute("memberOf".into()));
+        assert_eq!(c.name_attribute, "uid");
+        assert_eq!(c.cache.ttl, Duration::from_secs(60));
+        assert_eq!(c.cache.negative_ttl, Duration::from_secs(5));
+        assert_eq!((c.max_connections, c.max_waiting), (16, 256));
+        assert!(!c.starttls && c.ca_file.is_none() && c.bind_dn.is_none());
+    }
+
+    #[test]
+    fn search_then_bind_with_a_group_search_and_a_map() {
+        let c = parse(
+            "url = \"ldaps://ldap.example\"\nca_file = \"/ca.pem\"\nbase = \"ou=p,dc=x\"\n\
+             bind_dn = \"cn=svc,dc=x\"\nbind_password = \"pw\"\ngroup_base = \"ou=g,dc=x\"\n\
+             [policy.ldap.group_map]\n\"CN=Admins,OU=G,DC=X\" = \"ops\"\n",
+        )
+        .expect("valid");
+        assert_eq!(
+            c.bind,
+            BindMode::Search {
+                base: "ou=p,dc=x".into(),
+                filter: "(uid={user})".into()
+            }
+        );
+        assert_eq!(
+            c.groups,
+            GroupSource::Search {
+                base: "ou=g,dc=x".into(),
+                filter: "(member={dn})".into(),
+                name_attribute: "cn".into()
+            }
+        );
+        assert_eq!(
+            c.group_map.get("cn=admins,ou=g,dc=x").map(String::as_str),
+            Some("ops")
+        );
+        assert_eq!(
+            format!("{:?}", c.bind_password),
+            "Some(***)",
+            "never printed"
+        );
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_key() {
+        let cases: &[(&str, &str)] = &[
+            (
+                "bind_dn_template = \"uid={user}\"",
+                "policy.ldap.url: required",
+            ),
+            (
+                "url = \"http://x\"\nbind_dn_template = \"uid={user}\"",
+                "policy.ldap.url",
+            ),
+            (
+                "url = \"ldap://\"\nbind_dn_template = \"uid={user}\"",
+                "policy.ldap.url",
+            ),
+            (
+                "url = \"ldap://x/dc=x?uid\"\nbind_dn_template = \"uid={user}\"",
+                "policy.ldap.url",
+            ),
+            (
+                "url = \"ldap://x\"",
+                "bind_dn_template (bind as the user) or base",
+            ),
+            (
+                "url = \"ldap://x\"\nbind_dn_template = \"uid=a\"",
+                "policy.ldap.bind_dn_template: must contain {user}",
+            ),
+            (
+                "url = \"ldap://x\"\nbind_dn_template = \"uid={user}\"\nbase = \"dc=x\"",
+                "not both",
+            ),
+            (
+                "url = \"ldap://x\"\nbase = \"dc=x\"\nuser_filter = \"uid={user}\"",
+                "policy.ldap.user_filter",
+            ),
+            (
+                "url = \"ldaps://x\"\nstarttls = true\nbind_dn_template = \"uid={user}\"",
+                "policy.ldap.starttls",
+            ),
+            (
+                "url = \"ldap://x\"\nca_file = \"/ca\"\nbind_dn_template = \"uid={user}\"",
+                "policy.ldap.ca_file",
+            ),
+            (
+                "url = \"ldap://x\"\nbase = \"dc=x\"\nbind_dn = \"cn=s\"",
+                "policy.ldap.bind_dn",
+            ),
+            (
+                "url = \"ldap://x\"\nbase = \"dc=x\"\ngroup_filter = \"(member={dn})\"",
+                "policy.ldap.group_base",
+            ),
+            (
+                "url = \"ldap://x\"\nbase = \"dc=x\"\ntimeout = \"0s\"",
+                "policy.ldap.timeout",
+            ),
+            (
+                "url = \"ldap://x\"\nbase = \"dc=x\"\nmax_connections = 0",
+                "policy.ldap.max_connections",
+            ),
+            (
+                "url = \"ldap://x\"\nbase = \"dc=x\"\nbogus = 1",
+                "policy.ldap.bogus: unknown key",
+            ),
+            (
+                "url = \"ldap://x\"\nbase = \"dc=x\"\n[policy.ldap.group_map]\n\"cn=a\" = \"a b\"",
+                "policy.ldap.group_map",
+            ),
+        ];
+        for (toml, want) in cases {
+            let errs = parse(toml).expect_err(toml);
+            assert!(errs.iter().any(|e| e.contains(want)), "{toml}: {errs:?}");
+        }
+    }
+
+    #[test]
+    fn users_file_or_ldap_not_both_and_auth_needs_one() {
+        let both =
+            "[policy]\nusers_file = \"/u\"\n[policy.ldap]\nurl = \"ldap://x\"\nbase = \"dc=x\"\n";
+        let errs = PolicyConfig::from_toml(both, &[]).expect_err("both");
+        assert!(errs.iter().any(|e| e.path == "policy.ldap"), "{errs:?}");
+        let ldap_only = "[policy.listeners.h]\nauth = true\n[policy.ldap]\nurl = \"ldap://x\"\nbase = \"dc=x\"\n";
+        assert!(PolicyConfig::from_toml(ldap_only, &["h"]).is_ok());
+        let neither = "[policy.listeners.h]\nauth = true\n";
+        assert!(PolicyConfig::from_toml(neither, &["h"]).is_err());
+    }
+}
