@@ -211,7 +211,9 @@ impl Logins {
             .reserve(client)
             .map_err(LoginRefusal::Blocked)?;
         let found = match users {
-            UserSource::Ldap(directory) => match directory.log_in(name, password).await {
+            // Boxed: the directory conversation is a large future, and it would otherwise sit
+            // inline in every connection's request future for the connection's life.
+            UserSource::Ldap(directory) => match Box::pin(directory.log_in(name, password)).await {
                 Ok(found) => found,
                 Err(e) => {
                     // Not decided: not charged either, and never a way in.
