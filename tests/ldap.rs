@@ -613,3 +613,43 @@ async fn directory_connections_are_reused_and_stale_ones_replaced() {
     );
     relay_task.abort();
 }
+
+/// `gatehouse check` passes a search-then-bind config and warns about a service password file
+/// others can read.
+#[test]
+fn check_warns_about_a_readable_service_password_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("dir");
+    let pw = dir.path().join("ldap-password");
+    std::fs::write(&pw, "proxy-pw\n").expect("write");
+    std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let path = dir.path().join("g.toml");
+    let cfg = format!(
+        "{}[policy.listeners.http]\nauth = true\n[policy.ldap]\nurl = \"ldap://127.0.0.1:9\"\n\
+         base = \"{PEOPLE}\"\nbind_dn = \"{SERVICE_DN}\"\nbind_password_file = \"{}\"\n",
+        http_listener("http", ""),
+        pw.display()
+    );
+    std::fs::write(&path, cfg).expect("write");
+    let check = || {
+        let out = std::process::Command::new(BIN)
+            .arg("check")
+            .arg(&path)
+            .output()
+            .expect("check runs");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = check();
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        err.contains("policy.ldap.bind_password_file") && err.contains("readable by others"),
+        "{err}"
+    );
+    std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let (code, err) = check();
+    assert_eq!(code, Some(0), "{err}");
+    assert!(!err.contains("readable by others"), "{err}");
+}
