@@ -132,7 +132,7 @@ pub struct Metrics {
     pub access_log_dropped: Counter,
     /// Password hash checks run (cache hits and refused logins run none).
     pub password_verifications: Counter,
-    /// Failed proxy logins by reason: bad_credentials, blocked, overloaded.
+    /// Failed proxy logins by reason: bad_credentials, blocked, overloaded, unavailable.
     pub login_failures: Family<ReasonLabel, Counter>,
     /// Live statistics for the admin API and dashboard (fed by the access-record tap).
     pub stats: crate::stats::Stats,
@@ -255,7 +255,7 @@ impl Metrics {
         );
         registry.register(
             "login_failures",
-            "Failed proxy logins, by reason (bad_credentials, blocked, overloaded)",
+            "Failed proxy logins, by reason (bad_credentials, blocked, overloaded, unavailable)",
             login_failures.clone(),
         );
         registry.register(

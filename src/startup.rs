@@ -59,6 +59,7 @@ pub fn prepare(config: &Config) -> Result<Prepared, Vec<ConfigError>> {
                 PolicyError::DenyPage { .. } => "policy.deny_page",
                 PolicyError::Users(_) => "policy.users_file",
                 PolicyError::Regex(_) => "policy.rules",
+                PolicyError::Ldap(_) => "policy.ldap",
             };
             errors.push(lines.error(path, e.to_string()));
             None
@@ -126,6 +127,14 @@ pub fn prepare(config: &Config) -> Result<Prepared, Vec<ConfigError>> {
     }
     if let Some(w) = users_file_warning(config) {
         warnings.push(lines.error("policy.users_file", w));
+    }
+    let ldap_password = pc
+        .ldap
+        .as_ref()
+        .and_then(|l| l.bind_password_file.as_deref());
+    if let Some(w) = ldap_password.and_then(crate::policy::passwd::readable_by_others) {
+        let w = w.replacen("users file", "LDAP password file", 1);
+        warnings.push(lines.error("policy.ldap.bind_password_file", w));
     }
     let admin_token = match config.admin.as_ref().and_then(|a| a.token.as_ref()) {
         None => None,

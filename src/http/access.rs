@@ -170,7 +170,7 @@ impl HttpProxy {
                 .send_407(policy, client, head, close_on_error, ex)
                 .await);
         };
-        let users = policy.users();
+        let users = policy.user_source();
         match self.svc.logins.log_in(ip, users, &user, &password).await {
             Ok(id) => Ok(Some(id)),
             Err(refused @ (LoginRefusal::Blocked(_) | LoginRefusal::Overloaded)) => {
@@ -185,6 +185,17 @@ impl HttpProxy {
                 Err(self
                     .send_429(client, head, detail, secs, close_on_error, ex)
                     .await)
+            }
+            Err(LoginRefusal::Unavailable) => {
+                // Never an open door: the login is refused, the client told why.
+                tracing::info!(client = %client.peer, user = ?user, "login refused: the user directory is unavailable");
+                ex.user = Some(user);
+                let err = ProxyError::new(
+                    503,
+                    "proxy_internal_error",
+                    "the user directory is unavailable; retry later",
+                );
+                Err(self.send_503(client, head, &err, close_on_error, ex).await)
             }
             Err(LoginRefusal::BadCredentials) => {
                 tracing::info!(client = %client.peer, user = ?user, "proxy authentication failed");
@@ -218,6 +229,35 @@ impl HttpProxy {
             head,
             429,
             "Too Many Requests",
+            h,
+            ctype,
+            &body,
+            close,
+            ex,
+        )
+        .await
+    }
+
+    /// 503 with Proxy-Status and Retry-After (the user directory did not answer).
+    async fn send_503(
+        &self,
+        client: &mut Client,
+        head: &RequestHead,
+        err: &ProxyError,
+        close: bool,
+        ex: &mut Exchange,
+    ) -> bool {
+        let mut h = Headers::default();
+        h.push("Retry-After", "5");
+        h.push("Proxy-Status", err.proxy_status(self.proxy_name()));
+        ex.error = Some(err.kind);
+        let body = format!("503 Service Unavailable\n{}\n", err.detail);
+        let ctype = "text/plain; charset=utf-8";
+        self.send_local(
+            client,
+            head,
+            503,
+            "Service Unavailable",
             h,
             ctype,
             &body,

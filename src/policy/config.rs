@@ -34,6 +34,8 @@ pub struct PolicyConfig {
     pub parents: Vec<ParentSpec>,
     pub auth_cache: CacheLimits,
     pub login: LoginLimits,
+    /// `[policy.ldap]`: the directory as the user source instead of `users_file`.
+    pub ldap: Option<super::ldap::LdapConfig>,
 }
 
 impl Default for PolicyConfig {
@@ -50,6 +52,7 @@ impl Default for PolicyConfig {
             parents: Vec::new(),
             auth_cache: CacheLimits::default(),
             login: LoginLimits::default(),
+            ldap: None,
         }
     }
 }
@@ -137,8 +140,20 @@ pub(crate) fn read_policy(s: &Section<'_>, listener_names: &[&str]) -> PolicyCon
     let parent_names: Vec<&str> = parents.iter().map(|p| p.name.as_str()).collect();
     let users_file = s.string("users_file").map(PathBuf::from);
     let listeners = read_listeners(&s.table("listeners"), listener_names);
-    if users_file.is_none() && listeners.values().any(|l| l.auth) {
-        s.error_here("a listener requires auth but no users_file is set");
+    let ldap = if s.has_table("ldap") {
+        let l = s.table("ldap");
+        super::ldap::config::read_ldap(&l)
+    } else {
+        None
+    };
+    if users_file.is_some() && s.has_table("ldap") {
+        s.error_at(
+            "ldap",
+            "users come from users_file or [policy.ldap], not both",
+        );
+    }
+    if users_file.is_none() && !s.has_table("ldap") && listeners.values().any(|l| l.auth) {
+        s.error_here("a listener requires auth but no users_file or [policy.ldap] is set");
     }
     let mut rules = Vec::new();
     let mut names = HashSet::new();
@@ -191,6 +206,7 @@ pub(crate) fn read_policy(s: &Section<'_>, listener_names: &[&str]) -> PolicyCon
         parents,
         auth_cache,
         login,
+        ldap,
     };
     s.finish();
     cfg

@@ -29,6 +29,8 @@ pub enum PolicyError {
     },
     #[error("host regexes: {0}")]
     Regex(String),
+    #[error("{0}")]
+    Ldap(String),
 }
 
 /// Returned by [`Policy::open_proxy_check`].
@@ -80,6 +82,8 @@ pub struct Policy {
     local: Arc<LocalAddrs>,
     time_zone: jiff::tz::TimeZone,
     users: Option<Arc<Users>>,
+    /// `[policy.ldap]`: the directory users log in against instead of the users file.
+    ldap: Option<Arc<super::ldap::Directory>>,
     parents: Vec<ParentSpec>,
     deny_page: String,
     realm: String,
@@ -113,6 +117,12 @@ impl Policy {
             }
             None => DEFAULT_DENY_PAGE.to_string(),
         };
+        let ldap = match &cfg.ldap {
+            Some(l) => Some(Arc::new(
+                super::ldap::Directory::new(l).map_err(PolicyError::Ldap)?,
+            )),
+            None => None,
+        };
         let index = HostIndex::build(cfg.rules.iter().map(|r| r.hosts.as_slice()))
             .map_err(PolicyError::Regex)?;
         let hostless = (0..cfg.rules.len() as u32)
@@ -135,6 +145,7 @@ impl Policy {
             local: Arc::new(LocalAddrs::new()),
             time_zone: cfg.time_zone.clone(),
             users: users.map(Arc::new),
+            ldap,
             parents: cfg.parents.clone(),
             deny_page,
             realm: cfg.realm.clone(),
@@ -344,6 +355,20 @@ impl Policy {
 
     pub fn users(&self) -> Option<&Arc<Users>> {
         self.users.as_ref()
+    }
+
+    /// The directory, when `[policy.ldap]` is the user source.
+    pub fn ldap(&self) -> Option<&Arc<super::ldap::Directory>> {
+        self.ldap.as_ref()
+    }
+
+    /// Where logins are checked: the directory, else the users file.
+    pub fn user_source(&self) -> super::login::UserSource<'_> {
+        match (&self.ldap, &self.users) {
+            (Some(d), _) => super::login::UserSource::Ldap(d),
+            (None, Some(u)) => super::login::UserSource::File(u),
+            (None, None) => super::login::UserSource::Nobody,
+        }
     }
 
     pub fn parent(&self, name: &str) -> Option<&ParentSpec> {

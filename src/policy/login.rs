@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::hashpool::{HashPool, Overloaded};
+use super::ldap::{Directory, DirectoryError};
 use super::users::{Identity, Secret, Users};
 use crate::metrics::Metrics;
 
@@ -142,6 +143,8 @@ pub enum LoginRefusal {
     Overloaded,
     /// Unknown user or wrong password (charged against the address).
     BadCredentials,
+    /// The user directory did not answer: nothing was decided (and nothing charged).
+    Unavailable,
 }
 
 impl LoginRefusal {
@@ -150,8 +153,18 @@ impl LoginRefusal {
             LoginRefusal::Blocked(_) => "blocked",
             LoginRefusal::Overloaded => "overloaded",
             LoginRefusal::BadCredentials => "bad_credentials",
+            LoginRefusal::Unavailable => "unavailable",
         }
     }
+}
+
+/// Where a login is checked.
+#[derive(Clone, Copy)]
+pub enum UserSource<'a> {
+    /// No users at all: every attempt fails (and is charged).
+    Nobody,
+    File(&'a Arc<Users>),
+    Ldap(&'a Arc<Directory>),
 }
 
 /// The limiter, the hashing pool and their metrics: what the listeners call to log someone in.
@@ -170,13 +183,13 @@ impl Logins {
         }
     }
 
-    /// A login against the users file: reserve, check (the cache first, then the hash in the
-    /// pool), give the reservation back on success. `users` is `None` when there is nothing to
-    /// check against (the attempt is still charged).
+    /// A login against the users file or the directory: reserve, check (the cache first,
+    /// then the hash in the pool, or the directory), give the reservation back on success,
+    /// and also when nothing was decided (queue full, directory unavailable).
     pub async fn log_in(
         &self,
         client: IpAddr,
-        users: Option<&Arc<Users>>,
+        users: UserSource<'_>,
         name: &str,
         password: &Secret,
     ) -> Result<Identity, LoginRefusal> {
@@ -190,7 +203,7 @@ impl Logins {
     async fn checked(
         &self,
         client: IpAddr,
-        users: Option<&Arc<Users>>,
+        users: UserSource<'_>,
         name: &str,
         password: &Secret,
     ) -> Result<Identity, LoginRefusal> {
@@ -198,7 +211,20 @@ impl Logins {
             .reserve(client)
             .map_err(LoginRefusal::Blocked)?;
         let found = match users {
-            Some(users) => {
+            // Boxed: the directory conversation is a large future, and it would otherwise sit
+            // inline in every connection's request future for the connection's life.
+            UserSource::Ldap(directory) => match Box::pin(directory.log_in(name, password)).await {
+                Ok(found) => found,
+                Err(e) => {
+                    // Not decided: not charged either, and never a way in.
+                    self.limiter.give_back(client);
+                    return Err(match e {
+                        DirectoryError::Busy => LoginRefusal::Overloaded,
+                        DirectoryError::Unavailable(_) => LoginRefusal::Unavailable,
+                    });
+                }
+            },
+            UserSource::File(users) => {
                 let counter = self.metrics.password_verifications.clone();
                 match users
                     .authenticate(&self.pool, &counter, name, password)
@@ -212,7 +238,7 @@ impl Logins {
                     }
                 }
             }
-            None => None,
+            UserSource::Nobody => None,
         };
         self.settle(client, found)
     }

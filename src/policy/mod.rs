@@ -46,6 +46,7 @@ pub mod hashpool;
 pub mod headers;
 pub mod holder;
 mod index;
+pub mod ldap;
 pub mod local;
 pub mod login;
 pub mod matcher;

@@ -55,8 +55,8 @@ impl SocksServer {
         let result = if policy.listener(&self.name).auth {
             // A password that is not UTF-8 matches no hash: charged, not checked.
             let (users, pw) = match std::str::from_utf8(&creds.password) {
-                Ok(pw) => (policy.users(), pw),
-                Err(_) => (None, ""),
+                Ok(pw) => (policy.user_source(), pw),
+                Err(_) => (crate::policy::login::UserSource::Nobody, ""),
             };
             logins.log_in(client, users, &name, &Secret::new(pw)).await
         } else {
@@ -68,6 +68,7 @@ impl SocksServer {
                 LoginRefusal::Blocked(_) => SocksError::LoginBlocked,
                 LoginRefusal::Overloaded => SocksError::LoginBusy,
                 LoginRefusal::BadCredentials => SocksError::AuthFailed,
+                LoginRefusal::Unavailable => SocksError::LoginUnavailable,
             }
         })
     }

@@ -105,6 +105,8 @@ pub enum SocksError {
     LoginBlocked,
     #[error("too many logins being checked; retry shortly")]
     LoginBusy,
+    #[error("the user directory is unavailable")]
+    LoginUnavailable,
     #[error("this listener requires a login, which SOCKS4 cannot carry")]
     Socks4NeedsLogin,
     #[error("{0}")]
@@ -137,6 +139,7 @@ impl SocksError {
             | SocksError::RouteUnsupported(..)
             | SocksError::LoginBlocked
             | SocksError::LoginBusy
+            | SocksError::LoginUnavailable
             | SocksError::Socks4NeedsLogin
             | SocksError::Limit(_) => Reply::NotAllowed,
             SocksError::Parent(e) => Reply::from_code(e.socks_reply()),
@@ -167,6 +170,7 @@ impl SocksError {
             SocksError::RouteUnsupported(..) => "route_unsupported",
             SocksError::LoginBlocked => "login_blocked",
             SocksError::LoginBusy => "login_busy",
+            SocksError::LoginUnavailable => "login_unavailable",
             SocksError::Socks4NeedsLogin => "auth_required",
             SocksError::Limit(e) => e.kind(),
             SocksError::Parent(e) => e.proxy_status_kind(),
