@@ -12,6 +12,7 @@ pub mod config;
 pub mod connector;
 pub mod fdlimit;
 pub mod http;
+pub mod kerberos;
 pub mod ifwatch;
 pub mod l4;
 pub mod limits;

@@ -50,6 +50,10 @@ pub(super) struct Client {
     /// the request is answered here instead (cache, 4xx, TRACE), the connection loop discards
     /// it before the next request is read, or closes. Never parsed as a request.
     pub(super) unread_body: Option<Framing>,
+    /// Kerberos (Negotiate) authenticates the connection: its later requests are this user.
+    pub(super) login: Option<crate::policy::Identity>,
+    /// A Negotiate exchange that needs another leg.
+    pub(super) negotiating: Option<Box<crate::kerberos::gss::Acceptor>>,
 }
 
 /// Most body bytes the proxy reads and throws away to keep a connection open after answering
@@ -96,6 +100,8 @@ pub(super) struct Exchange {
     pub(super) route: Option<RouteUsed>,
     /// Held while the request or tunnel lasts: the user's concurrent-connection slot.
     pub(super) user_slot: Option<crate::limits::ConnGuard>,
+    /// `Proxy-Authenticate` for the response: a finished Negotiate's last token.
+    pub(super) auth_reply: Option<String>,
 }
 
 impl Exchange {
@@ -118,6 +124,7 @@ impl Exchange {
             rewrite: None,
             route: None,
             user_slot: None,
+            auth_reply: None,
         }
     }
 }
@@ -136,6 +143,8 @@ impl HttpProxy {
             peer,
             policy: self.svc.policy.current(),
             unread_body: None,
+            login: None,
+            negotiating: None,
         };
         loop {
             if client.buf.is_empty() {

@@ -10,6 +10,7 @@
 mod access;
 mod bind;
 mod client;
+mod gssapi;
 pub mod codec;
 pub mod reply;
 pub mod server;

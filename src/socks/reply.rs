@@ -111,6 +111,10 @@ pub enum SocksError {
     Limit(#[from] crate::limits::LimitError),
     #[error("{0}")]
     Parent(#[from] ParentError),
+    #[error("GSSAPI: {0}")]
+    Gssapi(String),
+    #[error("UDP ASSOCIATE on a GSSAPI-protected session (datagram encapsulation is not supported)")]
+    UdpProtected,
     #[error("{0}")]
     Io(#[from] io::Error),
 }
@@ -140,6 +144,8 @@ impl SocksError {
             | SocksError::Socks4NeedsLogin
             | SocksError::Limit(_) => Reply::NotAllowed,
             SocksError::Parent(e) => Reply::from_code(e.socks_reply()),
+            SocksError::Gssapi(_) => Reply::NotAllowed,
+            SocksError::UdpProtected => Reply::CommandNotSupported,
             SocksError::Io(e) => io_reply(e),
         }
     }
@@ -170,6 +176,8 @@ impl SocksError {
             SocksError::Socks4NeedsLogin => "auth_required",
             SocksError::Limit(e) => e.kind(),
             SocksError::Parent(e) => e.proxy_status_kind(),
+            SocksError::Gssapi(_) => "gssapi_failed",
+            SocksError::UdpProtected => "udp_protected",
             SocksError::Io(_) => "io_error",
         }
     }
