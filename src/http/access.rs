@@ -245,7 +245,9 @@ impl HttpProxy {
         let lp = policy.listener(&self.name);
         let ctx = match client.negotiating.take() {
             Some(ctx) => Ok(ctx),
-            None => crate::kerberos::gss::Acceptor::new(lp.kerberos_service.as_deref()).map(Box::new),
+            None => {
+                crate::kerberos::gss::Acceptor::new(lp.kerberos_service.as_deref()).map(Box::new)
+            }
         };
         let step = ctx.and_then(|mut ctx| ctx.step(token).map(|s| (ctx, s)));
         let refused = match step {
@@ -259,12 +261,14 @@ impl HttpProxy {
             Ok((_, crate::kerberos::gss::Step::Done { principal, token })) => {
                 match crate::kerberos::map_principal(&principal, &policy.kerberos().names) {
                     Some(name) => {
-                        let id = policy.users().and_then(|u| u.identity(&name)).unwrap_or(
-                            Identity {
-                                name,
-                                groups: Vec::new(),
-                            },
-                        );
+                        let id =
+                            policy
+                                .users()
+                                .and_then(|u| u.identity(&name))
+                                .unwrap_or(Identity {
+                                    name,
+                                    groups: Vec::new(),
+                                });
                         if let Ok(id) = logins.log_in_checked(ip, || Some(id)) {
                             tracing::debug!(client = %client.peer, %principal, user = %id.name, "Negotiate login");
                             ex.auth_reply =

@@ -76,10 +76,7 @@ mod imp {
             if !self.ctx.is_complete() {
                 return Ok(Step::Continue(out.unwrap_or_default()));
             }
-            let name = self
-                .ctx
-                .source_name()
-                .map_err(|e| err("client name", e))?;
+            let name = self.ctx.source_name().map_err(|e| err("client name", e))?;
             let shown = name.display_name().map_err(|e| err("client name", e))?;
             let principal = String::from_utf8(shown.to_vec())
                 .map_err(|_| GssError("client name is not UTF-8".into()))?;

@@ -207,7 +207,12 @@ pub fn negotiate_header(token: Option<&[u8]>) -> String {
 
 /// The `Proxy-Authenticate` values of a 407, in the listener's order; a listener with no
 /// method listed (`auth = true`) offers Basic.
-pub fn offers(negotiate: bool, basic: bool, negotiate_first: bool, basic_value: &str) -> Vec<String> {
+pub fn offers(
+    negotiate: bool,
+    basic: bool,
+    negotiate_first: bool,
+    basic_value: &str,
+) -> Vec<String> {
     let mut v = Vec::with_capacity(2);
     if basic || !negotiate {
         v.push(basic_value.to_string());
@@ -242,8 +247,14 @@ mod tests {
             decode_frame(&[5, 1, 0, 0], 1, MAX_TOKEN),
             Err(FrameError::Version(5))
         );
-        assert_eq!(decode_frame(&[1, 3], 1, MAX_TOKEN), Err(FrameError::Type(3, 1)));
-        assert_eq!(decode_frame(&[1, 0xff], 1, MAX_TOKEN), Err(FrameError::Aborted));
+        assert_eq!(
+            decode_frame(&[1, 3], 1, MAX_TOKEN),
+            Err(FrameError::Type(3, 1))
+        );
+        assert_eq!(
+            decode_frame(&[1, 0xff], 1, MAX_TOKEN),
+            Err(FrameError::Aborted)
+        );
         // The length alone refuses an oversized token: nothing more is waited for.
         assert_eq!(
             decode_frame(&[1, 1, 0x40, 0x01], 1, 16 * 1024),
@@ -254,7 +265,10 @@ mod tests {
         assert!(encode_frame(3, &vec![0; MAX_TOKEN + 1], &mut Vec::new()).is_none());
         let mut big = Vec::new();
         encode_frame(3, &vec![7; MAX_TOKEN], &mut big).expect("the largest fits");
-        assert_eq!(decode_frame(&big, 3, MAX_TOKEN).expect("max").1, MAX_TOKEN + 4);
+        assert_eq!(
+            decode_frame(&big, 3, MAX_TOKEN).expect("max").1,
+            MAX_TOKEN + 4
+        );
     }
 
     #[test]
@@ -265,7 +279,10 @@ mod tests {
         assert_eq!(Protection::choose(2, None), Some(Confidentiality));
         assert_eq!(Protection::choose(3, None), Some(Confidentiality));
         assert_eq!(Protection::choose(0, Integrity), Some(Integrity));
-        assert_eq!(Protection::choose(1, Confidentiality), Some(Confidentiality));
+        assert_eq!(
+            Protection::choose(1, Confidentiality),
+            Some(Confidentiality)
+        );
         assert_eq!(Protection::choose(4, None), Option::None);
         assert_eq!(Protection::parse("integrity"), Some(Integrity));
         assert_eq!(Protection::parse("clear"), Option::None);
@@ -274,14 +291,20 @@ mod tests {
     #[test]
     fn principals_map_to_user_names() {
         let strip = RealmMapping::Strip;
-        assert_eq!(map_principal("alice@EXAMPLE.ORG", &strip).as_deref(), Some("alice"));
+        assert_eq!(
+            map_principal("alice@EXAMPLE.ORG", &strip).as_deref(),
+            Some("alice")
+        );
         assert_eq!(map_principal("alice", &strip).as_deref(), Some("alice"));
         assert_eq!(
             map_principal("alice@EXAMPLE.ORG", &RealmMapping::Keep).as_deref(),
             Some("alice@EXAMPLE.ORG")
         );
         let only = RealmMapping::StripOnly("EXAMPLE.ORG".into());
-        assert_eq!(map_principal("bob@EXAMPLE.ORG", &only).as_deref(), Some("bob"));
+        assert_eq!(
+            map_principal("bob@EXAMPLE.ORG", &only).as_deref(),
+            Some("bob")
+        );
         assert_eq!(
             map_principal("bob@OTHER.ORG", &only).as_deref(),
             Some("bob@OTHER.ORG")
@@ -302,8 +325,14 @@ mod tests {
 
     #[test]
     fn negotiate_values() {
-        assert_eq!(negotiate_token("Negotiate YWJj", 100), Some(b"abc".to_vec()));
-        assert_eq!(negotiate_token("negotiate  YWJj ", 100), Some(b"abc".to_vec()));
+        assert_eq!(
+            negotiate_token("Negotiate YWJj", 100),
+            Some(b"abc".to_vec())
+        );
+        assert_eq!(
+            negotiate_token("negotiate  YWJj ", 100),
+            Some(b"abc".to_vec())
+        );
         assert_eq!(negotiate_token("Basic YWJj", 100), None);
         assert_eq!(negotiate_token("Negotiate", 100), None);
         assert_eq!(negotiate_token("Negotiate !!!", 100), None);

@@ -351,18 +351,16 @@ fn login_methods(v: &Value) -> Result<LoginMethods, String> {
 /// `[policy.kerberos]`.
 fn read_kerberos(k: &Section<'_>) -> KerberosConfig {
     let names = k
-        .parse(
-            "strip_realm",
-            "true, false or a realm name",
-            |v| match (v.as_bool(), v.as_str()) {
+        .parse("strip_realm", "true, false or a realm name", |v| {
+            match (v.as_bool(), v.as_str()) {
                 (Some(true), _) => Ok(crate::kerberos::RealmMapping::Strip),
                 (Some(false), _) => Ok(crate::kerberos::RealmMapping::Keep),
                 (_, Some(r)) if !r.is_empty() && !r.contains(['@', ' ']) => {
                     Ok(crate::kerberos::RealmMapping::StripOnly(r.to_string()))
                 }
                 _ => Err("not a realm".to_string()),
-            },
-        )
+            }
+        })
         .unwrap_or_default();
     let cfg = KerberosConfig {
         keytab: k.string("keytab").map(PathBuf::from),

@@ -17,8 +17,8 @@ use super::server::{Session, SocksServer};
 use crate::kerberos::gss::{Acceptor, Step};
 use crate::kerberos::socks::Sealed;
 use crate::kerberos::{
-    decode_frame, encode_frame, map_principal, FrameError, Frame, Protection, MAX_TOKEN,
-    MTYP_AUTH, MTYP_PROTECTION,
+    decode_frame, encode_frame, map_principal, Frame, FrameError, Protection, MAX_TOKEN, MTYP_AUTH,
+    MTYP_PROTECTION,
 };
 use crate::policy::login::LoginRefusal;
 use crate::policy::{Identity, Policy};

@@ -10,8 +10,8 @@
 mod access;
 mod bind;
 mod client;
-mod gssapi;
 pub mod codec;
+mod gssapi;
 pub mod reply;
 pub mod server;
 pub mod tls;

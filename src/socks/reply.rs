@@ -113,7 +113,9 @@ pub enum SocksError {
     Parent(#[from] ParentError),
     #[error("GSSAPI: {0}")]
     Gssapi(String),
-    #[error("UDP ASSOCIATE on a GSSAPI-protected session (datagram encapsulation is not supported)")]
+    #[error(
+        "UDP ASSOCIATE on a GSSAPI-protected session (datagram encapsulation is not supported)"
+    )]
     UdpProtected,
     #[error("{0}")]
     Io(#[from] io::Error),

@@ -411,7 +411,8 @@ impl SocksServer {
         let idle = self.cfg.idle_timeout;
         if let Some(mut sealed) = c.sealed.take() {
             // RFC 1961: every byte wrapped, so neither splice nor the plain copy.
-            let relay = crate::kerberos::socks::relay_sealed(&mut c.stream, &mut other, &mut sealed, idle);
+            let relay =
+                crate::kerberos::socks::relay_sealed(&mut c.stream, &mut other, &mut sealed, idle);
             let (end, stats) = Box::pin(relay).await;
             s.relayed_in += stats.a_to_b;
             s.relayed_out += stats.b_to_a;
