@@ -507,3 +507,47 @@ fn the_kerberos_example_checks() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test]
+async fn kerberos_users_get_their_groups_and_the_rules() {
+    let Some(_realm) = realm() else { return };
+    let dir = tempfile::tempdir().expect("dir");
+    let users = users_file(dir.path(), &[("alice", "unused-pw", "staff")]);
+    let origin = Origin::fixed("hello").await;
+    let echo = tcp_echo().await;
+    // Config text: the users file gives alice the group the SOCKS rule refuses.
+    let rules = format!(
+        "[[policy.rules]]\nname = \"no-socks-for-staff\"\naction = \"deny\"\ngroups = [\"staff\"]\nprotocols = [\"socks-connect\"]\n"
+    );
+    let cfg = config(&rules).replace(
+        "[policy.listeners.web]",
+        &format!(
+            "[policy]\nusers_file = \"{}\"\n\n[policy.listeners.web]",
+            users.display()
+        ),
+    );
+    let gh = Gatehouse::start(&cfg);
+    // HTTP: allowed, logged as alice.
+    let (_c, tok) = first_token("HTTP@localhost");
+    let head = http_once(
+        gh.addr("web"),
+        &origin.url("/"),
+        Some(&format!("Negotiate {}", b64(&tok))),
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let line = gh.next_log_line();
+    assert_eq!(log_field(&line, 4), "alice", "{line}");
+    // SOCKS: alice is in staff, so the rule refuses (reply 2), logged with the rule.
+    let mut s = socks_gssapi_greeting(gh.addr("socks")).await;
+    let mut ctx = client_ctx("rcmd@localhost");
+    assert_eq!(socks_login(&mut s, &mut ctx, 0).await, 0);
+    s.write_all(&socks5_request(1, echo))
+        .await
+        .expect("request");
+    let (rep, _) = socks5_reply(&mut s).await;
+    assert_eq!(rep, 2, "not allowed by ruleset");
+    let line = gh.next_log_line();
+    assert_eq!(log_field(&line, 4), "alice", "{line}");
+    assert!(line.contains("no-socks-for-staff"), "{line}");
+}
