@@ -516,10 +516,9 @@ async fn kerberos_users_get_their_groups_and_the_rules() {
     let origin = Origin::fixed("hello").await;
     let echo = tcp_echo().await;
     // Config text: the users file gives alice the group the SOCKS rule refuses.
-    let rules = format!(
-        "[[policy.rules]]\nname = \"no-socks-for-staff\"\naction = \"deny\"\ngroups = [\"staff\"]\nprotocols = [\"socks-connect\"]\n"
-    );
-    let cfg = config(&rules).replace(
+    let rules = "[[policy.rules]]\nname = \"no-socks-for-staff\"\naction = \"deny\"\n\
+                 groups = [\"staff\"]\nprotocols = [\"socks-connect\"]\n";
+    let cfg = config(rules).replace(
         "[policy.listeners.web]",
         &format!(
             "[policy]\nusers_file = \"{}\"\n\n[policy.listeners.web]",
