@@ -13,6 +13,7 @@ pub mod connector;
 pub mod fdlimit;
 pub mod http;
 pub mod ifwatch;
+pub mod kerberos;
 pub mod l4;
 pub mod limits;
 pub mod listener;

@@ -292,6 +292,11 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
+            // `[policy.kerberos] keytab`: the GSSAPI library reads KRB5_KTNAME. Set once,
+            // before any thread starts (a reload does not change it).
+            if let Some(keytab) = &config.policy.kerberos.keytab {
+                std::env::set_var("KRB5_KTNAME", keytab);
+            }
             init_logging();
             for w in &prepared.warnings {
                 tracing::warn!("{source}: {w}");

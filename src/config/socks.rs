@@ -41,6 +41,9 @@ pub enum AuthMethod {
     None,
     /// RFC 1929 method 0x02.
     Password,
+    /// RFC 1961 method 0x01 (Kerberos through GSSAPI); only from the policy's login
+    /// (`[policy.listeners.<name>] auth = ["gssapi"]`).
+    Gssapi,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -162,12 +162,34 @@ impl HttpProxy {
         close_on_error: bool,
         ex: &mut Exchange,
     ) -> Result<Option<Identity>, bool> {
-        if !policy.listener(&self.name).auth {
+        let lp = policy.listener(&self.name);
+        if !lp.auth {
             return Ok(None);
         }
-        let Some((user, password)) = basic_credentials(&head.headers) else {
+        // Negotiate authenticates the connection (RFC 4559 section 4.4; what browsers and
+        // curl expect): its later requests need no header.
+        if let Some(id) = &client.login {
+            return Ok(Some(id.clone()));
+        }
+        if lp.methods.kerberos {
+            let token = head
+                .headers
+                .get_str("proxy-authorization")
+                .and_then(|v| crate::kerberos::negotiate_token(v, crate::kerberos::MAX_TOKEN));
+            if let Some(token) = token {
+                return self
+                    .negotiate(policy, client, head, ip, &token, close_on_error, ex)
+                    .await;
+            }
+        }
+        let basic = match lp.methods.password {
+            true => basic_credentials(&head.headers),
+            false => None,
+        };
+        let Some((user, password)) = basic else {
+            client.negotiating = None;
             return Err(self
-                .send_407(policy, client, head, close_on_error, ex)
+                .send_407(policy, client, head, None, close_on_error, ex)
                 .await);
         };
         let users = policy.user_source();
@@ -201,10 +223,82 @@ impl HttpProxy {
                 tracing::info!(client = %client.peer, user = ?user, "proxy authentication failed");
                 ex.user = Some(user);
                 Err(self
-                    .send_407(policy, client, head, close_on_error, ex)
+                    .send_407(policy, client, head, None, close_on_error, ex)
                     .await)
             }
         }
+    }
+
+    /// One leg of a Negotiate (SPNEGO) exchange: the identity when the context is complete
+    /// (the connection is then logged in), else a 407 carrying the next token, or a clean 407
+    /// (charged in the failed-login limiter) when the token is refused.
+    #[allow(clippy::too_many_arguments)]
+    async fn negotiate(
+        &self,
+        policy: &Policy,
+        client: &mut Client,
+        head: &RequestHead,
+        ip: IpAddr,
+        token: &[u8],
+        close_on_error: bool,
+        ex: &mut Exchange,
+    ) -> Result<Option<Identity>, bool> {
+        let logins = &self.svc.logins;
+        // A blocked address is refused before its ticket is looked at.
+        if let Err(retry) = logins.limiter.reserve(ip) {
+            let secs = retry.as_secs().max(1);
+            let detail = "too many failed logins from this address";
+            return Err(self
+                .send_429(client, head, detail, secs, close_on_error, ex)
+                .await);
+        }
+        logins.limiter.give_back(ip);
+        let lp = policy.listener(&self.name);
+        let ctx = match client.negotiating.take() {
+            Some(ctx) => Ok(ctx),
+            None => {
+                crate::kerberos::gss::Acceptor::new(lp.kerberos_service.as_deref()).map(Box::new)
+            }
+        };
+        let step = ctx.and_then(|mut ctx| ctx.step(token).map(|s| (ctx, s)));
+        let refused = match step {
+            Ok((ctx, crate::kerberos::gss::Step::Continue(out))) => {
+                client.negotiating = Some(ctx);
+                let next = crate::kerberos::negotiate_header(Some(&out));
+                return Err(self
+                    .send_407(policy, client, head, Some(next), close_on_error, ex)
+                    .await);
+            }
+            Ok((_, crate::kerberos::gss::Step::Done { principal, token })) => {
+                match crate::kerberos::map_principal(&principal, &policy.kerberos().names) {
+                    Some(name) => {
+                        let id =
+                            policy
+                                .users()
+                                .and_then(|u| u.identity(&name))
+                                .unwrap_or(Identity {
+                                    name,
+                                    groups: Vec::new(),
+                                });
+                        if let Ok(id) = logins.log_in_checked(ip, || Some(id)) {
+                            tracing::debug!(client = %client.peer, %principal, user = %id.name, "Negotiate login");
+                            ex.auth_reply =
+                                token.map(|t| crate::kerberos::negotiate_header(Some(&t)));
+                            client.login = Some(id.clone());
+                            return Ok(Some(id));
+                        }
+                        format!("principal {principal:?}: login refused")
+                    }
+                    None => format!("principal {principal:?} is not a user name"),
+                }
+            }
+            Err(e) => e.0,
+        };
+        let _ = logins.log_in_checked(ip, || None);
+        tracing::info!(client = %client.peer, error = %refused, "Negotiate authentication failed");
+        Err(self
+            .send_407(policy, client, head, None, close_on_error, ex)
+            .await)
     }
 
     /// 429 with Retry-After and Proxy-Status (a limit or the failed-login limiter).
@@ -267,20 +361,28 @@ impl HttpProxy {
         .await
     }
 
+    /// 407 offering the listener's login methods; `negotiate`: a Negotiate exchange's next
+    /// token instead of the bare offer.
     async fn send_407(
         &self,
         policy: &Policy,
         client: &mut Client,
         head: &RequestHead,
+        negotiate: Option<String>,
         close: bool,
         ex: &mut Exchange,
     ) -> bool {
         let body = "407 Proxy Authentication Required\n";
         let mut h = Headers::default();
-        h.push(
-            "Proxy-Authenticate",
-            format!("Basic realm=\"{}\", charset=\"UTF-8\"", policy.realm()),
-        );
+        let m = policy.listener(&self.name).methods;
+        let basic = format!("Basic realm=\"{}\", charset=\"UTF-8\"", policy.realm());
+        let offers = match negotiate {
+            Some(next) => vec![next],
+            None => crate::kerberos::offers(m.kerberos, m.password, m.kerberos_first, &basic),
+        };
+        for v in offers {
+            h.push("Proxy-Authenticate", v);
+        }
         self.send_local(
             client,
             head,

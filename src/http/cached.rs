@@ -377,6 +377,9 @@ impl HttpProxy {
         let keep =
             wants_keep_alive(req) && client.body_drainable() && !self.svc.shutdown.is_draining();
         let mut h = served.head.headers;
+        if let Some(v) = ex.auth_reply.take() {
+            h.push("Proxy-Authenticate", v);
+        }
         if let Some(r) = &ex.rewrite {
             r.apply_response(&mut h);
         }

@@ -386,6 +386,10 @@ impl HttpProxy {
         strip_hop_by_hop(&mut h);
         codec::normalise_response_framing(resp.status, up_framing, &mut h);
         h.remove("proxy-authenticate");
+        // A Negotiate login finished on this request: the mutual-authentication token.
+        if let Some(v) = ex.auth_reply.take() {
+            h.push("Proxy-Authenticate", v);
+        }
         if capture {
             h.remove("trailer");
         }

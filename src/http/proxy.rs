@@ -62,6 +62,10 @@ pub(super) struct Client {
     /// the request is answered here instead (cache, 4xx, TRACE), the connection loop discards
     /// it before the next request is read, or closes. Never parsed as a request.
     pub(super) unread_body: Option<Framing>,
+    /// Kerberos (Negotiate) authenticates the connection: its later requests are this user.
+    pub(super) login: Option<crate::policy::Identity>,
+    /// A Negotiate exchange that needs another leg.
+    pub(super) negotiating: Option<Box<crate::kerberos::gss::Acceptor>>,
 }
 
 /// Most body bytes the proxy reads and throws away to keep a connection open after answering
@@ -114,6 +118,8 @@ pub(super) struct Exchange {
     pub(super) first_byte_timeout: Option<std::time::Duration>,
     /// Largest request body sent upstream (a chunked one is cut off past it: 413).
     pub(super) max_body: Option<u64>,
+    /// `Proxy-Authenticate` for the response: a finished Negotiate's last token.
+    pub(super) auth_reply: Option<String>,
 }
 
 impl Exchange {
@@ -139,6 +145,7 @@ impl Exchange {
             reverse: None,
             first_byte_timeout: None,
             max_body: None,
+            auth_reply: None,
         }
     }
 }
@@ -162,6 +169,8 @@ impl HttpProxy {
             peer,
             policy: self.svc.policy.current(),
             unread_body: None,
+            login: None,
+            negotiating: None,
         };
         loop {
             if client.buf.is_empty() {

@@ -107,10 +107,20 @@ impl HttpProxy {
                     return keep;
                 }
             };
-        let established = b"HTTP/1.1 200 Connection established\r\n\r\n";
-        if body::write_all(&mut client.stream, established, self.cfg.read_timeout)
-            .await
-            .is_err()
+        let established = match ex.auth_reply.take() {
+            // A Negotiate login finished on this CONNECT: the mutual-authentication token.
+            Some(v) => {
+                format!("HTTP/1.1 200 Connection established\r\nProxy-Authenticate: {v}\r\n\r\n")
+            }
+            None => "HTTP/1.1 200 Connection established\r\n\r\n".to_string(),
+        };
+        if body::write_all(
+            &mut client.stream,
+            established.as_bytes(),
+            self.cfg.read_timeout,
+        )
+        .await
+        .is_err()
         {
             return false;
         }

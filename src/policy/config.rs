@@ -36,6 +36,47 @@ pub struct PolicyConfig {
     pub login: LoginLimits,
     /// `[policy.ldap]`: the directory as the user source instead of `users_file`.
     pub ldap: Option<super::ldap::LdapConfig>,
+    /// `[policy.kerberos]`.
+    pub kerberos: KerberosConfig,
+}
+
+/// `[policy.kerberos]`: what every Kerberos login (SOCKS5 GSSAPI, HTTP Negotiate) shares.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KerberosConfig {
+    /// The service keytab; set as `KRB5_KTNAME` at start-up. `None`: the system's
+    /// (`KRB5_KTNAME` from the environment, else the default keytab).
+    pub keytab: Option<PathBuf>,
+    /// Principal to user name (`strip_realm`).
+    pub names: crate::kerberos::RealmMapping,
+}
+
+/// How a listener's clients may log in (`[policy.listeners.<name>] auth`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LoginMethods {
+    /// Basic (HTTP) / RFC 1929 (SOCKS5) against the users file.
+    pub password: bool,
+    /// Negotiate (HTTP) / GSSAPI (SOCKS5) with Kerberos.
+    pub kerberos: bool,
+    /// Kerberos is offered (HTTP) or preferred (SOCKS) before the password.
+    pub kerberos_first: bool,
+}
+
+impl LoginMethods {
+    /// SOCKS5 methods in order of preference.
+    pub fn socks(self) -> Vec<crate::config::AuthMethod> {
+        use crate::config::AuthMethod;
+        let mut m = Vec::with_capacity(2);
+        if self.kerberos {
+            m.push(AuthMethod::Gssapi);
+        }
+        if self.password {
+            m.insert(
+                usize::from(self.kerberos && self.kerberos_first),
+                AuthMethod::Password,
+            );
+        }
+        m
+    }
 }
 
 impl Default for PolicyConfig {
@@ -53,6 +94,7 @@ impl Default for PolicyConfig {
             auth_cache: CacheLimits::default(),
             login: LoginLimits::default(),
             ldap: None,
+            kerberos: KerberosConfig::default(),
         }
     }
 }
@@ -64,16 +106,37 @@ pub enum DefaultAction {
 }
 
 /// `[policy.listeners.<name>]`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListenerPolicy {
     /// Overrides the policy-wide `default`.
     pub default: Option<DefaultAction>,
-    /// Every client must log in (HTTP: 407 + Basic; SOCKS5: RFC 1929).
+    /// Every client must log in (HTTP: 407; SOCKS5: a login method), with `methods`.
     pub auth: bool,
+    /// `auth = true` is the password alone; `auth = ["negotiate", "basic"]` lists them.
+    pub methods: LoginMethods,
+    /// The Kerberos service principal this listener accepts tickets for
+    /// (`kerberos_service = "HTTP/localhost"`); `None`: any key in the keytab.
+    pub kerberos_service: Option<std::sync::Arc<str>>,
+    /// SOCKS5 GSSAPI: the least protection a session gets (`gssapi_protection`).
+    pub gssapi_protection: crate::kerberos::Protection,
     /// SOCKS4: take the USERID field as the (unauthenticated) user name.
     pub socks4_userid: bool,
     /// Acknowledges that this listener is an open proxy (silences the open-proxy guard).
     pub open: bool,
+}
+
+impl Default for ListenerPolicy {
+    fn default() -> Self {
+        ListenerPolicy {
+            default: None,
+            auth: false,
+            methods: LoginMethods::default(),
+            kerberos_service: None,
+            gssapi_protection: crate::kerberos::Protection::None,
+            socks4_userid: false,
+            open: false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,8 +215,15 @@ pub(crate) fn read_policy(s: &Section<'_>, listener_names: &[&str]) -> PolicyCon
             "users come from users_file or [policy.ldap], not both",
         );
     }
-    if users_file.is_none() && !s.has_table("ldap") && listeners.values().any(|l| l.auth) {
+    if users_file.is_none()
+        && !s.has_table("ldap")
+        && listeners.values().any(|l| l.methods.password)
+    {
         s.error_here("a listener requires auth but no users_file or [policy.ldap] is set");
+    }
+    let kerberos = read_kerberos(&s.table("kerberos"));
+    if listeners.values().any(|l| l.methods.kerberos) && !crate::kerberos::gss::AVAILABLE {
+        s.error_here(crate::kerberos::gss::MISSING);
     }
     let mut rules = Vec::new();
     let mut names = HashSet::new();
@@ -207,6 +277,7 @@ pub(crate) fn read_policy(s: &Section<'_>, listener_names: &[&str]) -> PolicyCon
         auth_cache,
         login,
         ldap,
+        kerberos,
     };
     s.finish();
     cfg
@@ -227,9 +298,40 @@ fn read_listeners(s: &Section<'_>, known: &[&str]) -> BTreeMap<String, ListenerP
         if !known.contains(&name.as_str()) {
             l.error_here(format!("no listener is named {name:?}"));
         }
+        let methods = l
+            .parse(
+                "auth",
+                "true, false or a list of \"basic\", \"negotiate\" (HTTP) / \"password\", \"gssapi\" (SOCKS)",
+                login_methods,
+            )
+            .unwrap_or_default();
+        let kerberos_service = l.parse(
+            "kerberos_service",
+            "a service principal such as \"HTTP/localhost\"",
+            |v| {
+                let p = v.as_str().ok_or("not a string")?;
+                let ok = !p.is_empty() && !p.chars().any(|c| c.is_control() || c == ' ');
+                ok.then(|| std::sync::Arc::from(p))
+                    .ok_or_else(|| "empty or with spaces".to_string())
+            },
+        );
+        let gssapi_protection = l
+            .parse(
+                "gssapi_protection",
+                "\"none\", \"integrity\" or \"confidentiality\"",
+                |v| {
+                    v.as_str()
+                        .and_then(crate::kerberos::Protection::parse)
+                        .ok_or_else(|| "unknown level".to_string())
+                },
+            )
+            .unwrap_or(crate::kerberos::Protection::None);
         let lp = ListenerPolicy {
             default: l.parse("default", "\"allow\" or \"deny\"", default_action),
-            auth: l.bool("auth", false),
+            auth: methods.password || methods.kerberos,
+            methods,
+            kerberos_service,
+            gssapi_protection,
             socks4_userid: l.bool("socks4_userid", false),
             open: l.bool("open", false),
         };
@@ -237,6 +339,54 @@ fn read_listeners(s: &Section<'_>, known: &[&str]) -> BTreeMap<String, ListenerP
         out.insert(name, lp);
     }
     out
+}
+
+/// `auth = true` (the password) or `auth = ["negotiate", "basic"]`.
+fn login_methods(v: &Value) -> Result<LoginMethods, String> {
+    if let Some(b) = v.as_bool() {
+        return Ok(LoginMethods {
+            password: b,
+            ..LoginMethods::default()
+        });
+    }
+    let list = v.as_array().ok_or("not a boolean or a list")?;
+    let mut m = LoginMethods::default();
+    for item in list.iter() {
+        match item.as_str() {
+            Some("basic" | "password") => m.password = true,
+            Some("negotiate" | "gssapi" | "kerberos") => {
+                m.kerberos_first |= !m.password;
+                m.kerberos = true;
+            }
+            _ => return Err(format!("unknown method {item}")),
+        }
+    }
+    if !m.password && !m.kerberos {
+        return Err("at least one method".into());
+    }
+    Ok(m)
+}
+
+/// `[policy.kerberos]`.
+fn read_kerberos(k: &Section<'_>) -> KerberosConfig {
+    let names = k
+        .parse("strip_realm", "true, false or a realm name", |v| {
+            match (v.as_bool(), v.as_str()) {
+                (Some(true), _) => Ok(crate::kerberos::RealmMapping::Strip),
+                (Some(false), _) => Ok(crate::kerberos::RealmMapping::Keep),
+                (_, Some(r)) if !r.is_empty() && !r.contains(['@', ' ']) => {
+                    Ok(crate::kerberos::RealmMapping::StripOnly(r.to_string()))
+                }
+                _ => Err("not a realm".to_string()),
+            }
+        })
+        .unwrap_or_default();
+    let cfg = KerberosConfig {
+        keytab: k.string("keytab").map(PathBuf::from),
+        names,
+    };
+    k.finish();
+    cfg
 }
 
 fn read_parents(s: &Section<'_>) -> Vec<ParentSpec> {

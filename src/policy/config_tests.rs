@@ -224,6 +224,13 @@ fn errors_name_their_key_paths() {
         ("[[policy.parents]]\nname = \"p\"\nurl = \"http://x\"\nusername = \"u\"", &[("policy.parents[0].url", "port"), ("policy.parents[0]", "go together")]),
         ("realm = \"a\\\"b\"", &[("policy.realm", "realm")]),
         ("failed_logins = { max_failures = 0 }", &[("policy.failed_logins.max_failures", "from 1")]),
+        ("[policy.listeners.http]\nauth = [\"negotiate\", \"basic\"]", &[("policy", "no users_file")]),
+        ("[policy.listeners.http]\nauth = []", &[("policy.listeners.http.auth", "at least one")]),
+        ("[policy.listeners.http]\nauth = [\"ntlm\"]", &[("policy.listeners.http.auth", "unknown method")]),
+        ("[policy.listeners.socks]\nauth = [\"gssapi\"]\ngssapi_protection = \"clear\"", &[("policy.listeners.socks.gssapi_protection", "unknown level")]),
+        ("[policy.listeners.http]\nauth = [\"negotiate\"]\nkerberos_service = \"HTTP/a b\"", &[("policy.listeners.http.kerberos_service", "spaces")]),
+        ("[policy.kerberos]\nstrip_realm = \"A@B\"", &[("policy.kerberos.strip_realm", "realm")]),
+        ("[policy.kerberos]\nkeytabs = \"x\"", &[("policy.kerberos.keytabs", "unknown key")]),
     ];
     for (body, want) in cases {
         let text = format!("[policy]\n{body}\n");
@@ -281,4 +288,57 @@ fn the_sample_compiles_into_a_policy() {
     std::fs::remove_file(dir.path().join("users.txt")).expect("rm");
     let err = crate::policy::Policy::compile(&cfg, vec![]).expect_err("users file gone");
     assert!(err.to_string().contains("users.txt"), "{err}");
+}
+
+#[test]
+fn kerberos_logins_need_no_users_file() {
+    let text = r#"
+[policy.kerberos]
+keytab = "/etc/gatehouse/proxy.keytab"
+strip_realm = "EXAMPLE.ORG"
+
+[policy.listeners.http]
+auth = ["negotiate"]
+kerberos_service = "HTTP/proxy.example.org"
+
+[policy.listeners.socks]
+auth = ["password", "gssapi"]
+gssapi_protection = "integrity"
+"#;
+    let text = format!("[policy]\nusers_file = \"u\"\n{text}");
+    let cfg = PolicyConfig::from_toml(&text, LISTENERS).expect("parses");
+    assert_eq!(
+        cfg.kerberos.keytab.as_deref(),
+        Some(std::path::Path::new("/etc/gatehouse/proxy.keytab"))
+    );
+    assert_eq!(
+        cfg.kerberos.names,
+        crate::kerberos::RealmMapping::StripOnly("EXAMPLE.ORG".into())
+    );
+    let http = &cfg.listeners["http"];
+    assert!(http.auth && http.methods.kerberos && !http.methods.password);
+    assert_eq!(
+        http.kerberos_service.as_deref(),
+        Some("HTTP/proxy.example.org")
+    );
+    let socks = &cfg.listeners["socks"];
+    use crate::config::AuthMethod;
+    assert_eq!(
+        socks.methods.socks(),
+        [AuthMethod::Password, AuthMethod::Gssapi]
+    );
+    assert_eq!(
+        socks.gssapi_protection,
+        crate::kerberos::Protection::Integrity
+    );
+    // Kerberos alone needs no users file; `auth = true` still does.
+    let alone = "[policy.listeners.http]\nauth = [\"negotiate\"]\n";
+    let cfg = PolicyConfig::from_toml(&format!("[policy]\n{alone}"), LISTENERS).expect("parses");
+    assert!(cfg.listeners["http"].auth);
+    let first = "[policy]\nusers_file = \"u\"\n[policy.listeners.socks]\nauth = [\"gssapi\", \"password\"]\n";
+    let cfg = PolicyConfig::from_toml(first, LISTENERS).expect("parses");
+    assert_eq!(
+        cfg.listeners["socks"].methods.socks(),
+        [AuthMethod::Gssapi, AuthMethod::Password]
+    );
 }

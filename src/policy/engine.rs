@@ -87,6 +87,7 @@ pub struct Policy {
     parents: Vec<ParentSpec>,
     deny_page: String,
     realm: String,
+    kerberos: super::config::KerberosConfig,
     allow_default: Verdict,
     deny_default: Verdict,
 }
@@ -149,6 +150,7 @@ impl Policy {
             parents: cfg.parents.clone(),
             deny_page,
             realm: cfg.realm.clone(),
+            kerberos: cfg.kerberos.clone(),
             allow_default: verdict("default", Action::Allow),
             deny_default: verdict("default", Action::Deny),
         })
@@ -382,6 +384,11 @@ impl Policy {
 
     pub fn realm(&self) -> &str {
         &self.realm
+    }
+
+    /// `[policy.kerberos]`.
+    pub fn kerberos(&self) -> &super::config::KerberosConfig {
+        &self.kerberos
     }
 
     pub fn rule_count(&self) -> usize {

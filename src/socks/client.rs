@@ -11,6 +11,7 @@ use tokio::net::TcpStream;
 
 use super::codec::{self, DecodeError, Decoded, Malformed, MAX_MESSAGE};
 use super::reply::{Reply, SocksError};
+use crate::kerberos::socks::{read_open, Sealed};
 
 /// The plain TCP socket under a client stream, when there is one: the relay splices between
 /// two plain sockets and copies otherwise (TLS must see the bytes).
@@ -47,6 +48,8 @@ pub enum Stage {
     Auth,
     /// A request was (being) read: a failure is answered with a reply code.
     Request,
+    /// RFC 1961 context or protection negotiation: a failure is answered with `[1, 0xff]`.
+    Gssapi,
 }
 
 pub struct Client<S> {
@@ -59,6 +62,8 @@ pub struct Client<S> {
     pub stage: Stage,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    /// RFC 1961 integrity or confidentiality: every later byte is wrapped both ways.
+    pub sealed: Option<Box<Sealed>>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
@@ -72,6 +77,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
             stage: Stage::Silent,
             bytes_in: 0,
             bytes_out: 0,
+            sealed: None,
         }
     }
 
@@ -107,8 +113,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         Ok(self.buf[0])
     }
 
-    /// One read of at most `limit` more bytes into the buffer; 0 at EOF.
+    /// One read of at most `limit` more bytes into the buffer; 0 at EOF. On a protected
+    /// session: the next whole message, unwrapped (however long).
     pub async fn read_some(&mut self, limit: usize) -> io::Result<usize> {
+        if let Some(sealed) = self.sealed.as_deref_mut() {
+            return match read_open(sealed, &mut self.stream, &mut self.bytes_in).await {
+                Ok(Some(plain)) => {
+                    self.buf.extend_from_slice(&plain);
+                    // An empty message is not the end of the stream.
+                    Ok(plain.len().max(1))
+                }
+                Ok(None) => Ok(0),
+                Err(e) => Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string())),
+            };
+        }
         let mut tmp = [0u8; MAX_MESSAGE];
         let n = self
             .stream
@@ -120,6 +138,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
     }
 
     pub async fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
+        if let Some(sealed) = self.sealed.as_deref_mut() {
+            let mut out = Vec::with_capacity(bytes.len() + 128);
+            sealed
+                .seal(bytes, &mut out)
+                .map_err(|e| io::Error::other(e.to_string()))?;
+            self.stream.write_all(&out).await?;
+            self.stream.flush().await?;
+            self.bytes_out += out.len() as u64;
+            return Ok(());
+        }
         self.stream.write_all(bytes).await?;
         self.stream.flush().await?;
         self.bytes_out += bytes.len() as u64;
@@ -159,6 +187,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
                     self.send(&out).await
                 }
                 Stage::Request => self.reply(err.reply(), unspecified).await,
+                Stage::Gssapi => {
+                    // Never wrapped: the client may not have the context.
+                    self.sealed = None;
+                    self.send(&crate::kerberos::ABORT).await
+                }
             };
         }
         self.stage = Stage::Silent;

@@ -18,6 +18,8 @@ pub const MAX_MESSAGE: usize = 520;
 pub const MAX_SOCKS4_FIELD: usize = 255;
 
 pub const METHOD_NONE: u8 = 0x00;
+/// RFC 1961.
+pub const METHOD_GSSAPI: u8 = 0x01;
 pub const METHOD_PASSWORD: u8 = 0x02;
 pub const METHOD_NO_ACCEPTABLE: u8 = 0xFF;
 

@@ -11,6 +11,7 @@ mod access;
 mod bind;
 mod client;
 pub mod codec;
+mod gssapi;
 pub mod reply;
 pub mod server;
 mod udp;

@@ -113,6 +113,12 @@ pub enum SocksError {
     Limit(#[from] crate::limits::LimitError),
     #[error("{0}")]
     Parent(#[from] ParentError),
+    #[error("GSSAPI: {0}")]
+    Gssapi(String),
+    #[error(
+        "UDP ASSOCIATE on a GSSAPI-protected session (datagram encapsulation is not supported)"
+    )]
+    UdpProtected,
     #[error("{0}")]
     Io(#[from] io::Error),
 }
@@ -143,6 +149,8 @@ impl SocksError {
             | SocksError::Socks4NeedsLogin
             | SocksError::Limit(_) => Reply::NotAllowed,
             SocksError::Parent(e) => Reply::from_code(e.socks_reply()),
+            SocksError::Gssapi(_) => Reply::NotAllowed,
+            SocksError::UdpProtected => Reply::CommandNotSupported,
             SocksError::Io(e) => io_reply(e),
         }
     }
@@ -174,6 +182,8 @@ impl SocksError {
             SocksError::Socks4NeedsLogin => "auth_required",
             SocksError::Limit(e) => e.kind(),
             SocksError::Parent(e) => e.proxy_status_kind(),
+            SocksError::Gssapi(_) => "gssapi_failed",
+            SocksError::UdpProtected => "udp_protected",
             SocksError::Io(_) => "io_error",
         }
     }

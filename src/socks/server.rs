@@ -20,7 +20,7 @@ use tokio::net::TcpStream;
 
 use super::access::{self, Allowed};
 use super::client::{Client, PlainTcp, Stage, Version};
-use super::codec::{self, Command, Target, METHOD_NONE, METHOD_PASSWORD};
+use super::codec::{self, Command, Target, METHOD_GSSAPI, METHOD_NONE, METHOD_PASSWORD};
 use super::reply::{Reply, SocksError};
 use super::{bind, udp};
 use crate::accesslog::AccessRecord;
@@ -228,8 +228,10 @@ impl SocksServer {
         c.stage = Stage::Greeting;
         let greeting = c.read_msg(codec::decode_greeting).await?;
         // The policy's login replaces the listener's own methods.
+        let login = policy.listener(&self.name).methods;
+        let policy_methods = login.socks();
         let methods: &[AuthMethod] = if login_required {
-            &[AuthMethod::Password]
+            &policy_methods
         } else {
             &self.cfg.auth
         };
@@ -246,6 +248,8 @@ impl SocksServer {
                 .await?;
             c.send(&[1, 0]).await?;
             identity = Some(id);
+        } else if method == METHOD_GSSAPI {
+            identity = Some(Box::pin(self.gssapi_login(&policy, c, s)).await?);
         }
         c.stage = Stage::Request;
         let r = c.read_msg(codec::decode_request).await?;
@@ -314,6 +318,9 @@ impl SocksServer {
         match admitted {
             Admitted::Connect(allowed) => self.connect(c, s, &req.target, allowed).await,
             Admitted::Bind(expected) => Box::pin(bind::run(self, c, s, req, expected)).await,
+            // RFC 1961 section 6 datagram encapsulation is not implemented: refused, not
+            // carried in the clear.
+            Admitted::Udp if c.sealed.is_some() => Err(SocksError::UdpProtected),
             Admitted::Udp => Box::pin(udp::run(self, c, s, req)).await,
         }
     }
@@ -402,6 +409,21 @@ impl SocksServer {
         // An idle relay holds no buffer: the handshake's buffer is freed, not just emptied.
         c.buf = bytes::BytesMut::new();
         let idle = self.cfg.idle_timeout;
+        if let Some(mut sealed) = c.sealed.take() {
+            // RFC 1961: every byte wrapped, so neither splice nor the plain copy.
+            let relay =
+                crate::kerberos::socks::relay_sealed(&mut c.stream, &mut other, &mut sealed, idle);
+            let (end, stats) = Box::pin(relay).await;
+            s.relayed_in += stats.a_to_b;
+            s.relayed_out += stats.b_to_a;
+            self.svc.metrics.relay("socks", stats.a_to_b, stats.b_to_a);
+            match end {
+                RelayEnd::Done => {}
+                RelayEnd::Idle => s.error = Some("idle_timeout"),
+                RelayEnd::Error(_) => s.error = Some("connection_terminated"),
+            }
+            return;
+        }
         let user = s.request.as_ref().and_then(|r| r.logged_in());
         let t = self.svc.limits.throttles(c.peer.ip(), user);
         // Splicing moves bytes inside the kernel and cannot pace them: with a bandwidth
@@ -501,6 +523,7 @@ pub fn choose_method(accepted: &[AuthMethod], offered: &[u8]) -> Option<u8> {
         .map(|m| match m {
             AuthMethod::None => METHOD_NONE,
             AuthMethod::Password => METHOD_PASSWORD,
+            AuthMethod::Gssapi => METHOD_GSSAPI,
         })
         .find(|code| offered.contains(code))
 }

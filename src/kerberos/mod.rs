@@ -1,0 +1,343 @@
+//! Kerberos logins: SOCKS5 GSSAPI (RFC 1961) and HTTP Negotiate (SPNEGO, RFC 4559), through
+//! the system's GSSAPI library (MIT krb5) with the `gssapi` cargo feature.
+//!
+//! Pure parts here, unit-tested without sockets: the RFC 1961 message framing
+//! ([`decode_frame`], [`encode_frame`]), the protection-level choice ([`Protection::choose`]),
+//! the `Negotiate` header value ([`negotiate_token`]) and the principal-to-user mapping
+//! ([`map_principal`]). The GSSAPI calls are in [`gss`] (a stub without the feature, which
+//! refuses every context); [`socks`] drives RFC 1961 on a SOCKS connection.
+//!
+//! The service keytab is found the system's way (`KRB5_KTNAME`, else the default keytab) and
+//! the realm configuration from `KRB5_CONFIG`; `[policy.kerberos] keytab` sets `KRB5_KTNAME`
+//! at start-up.
+
+use base64::Engine as _;
+
+pub mod gss;
+pub mod socks;
+
+/// RFC 1961 section 3: a token's length is two octets, so no token is longer.
+pub const MAX_TOKEN: usize = u16::MAX as usize;
+
+/// RFC 1961 message types.
+pub const MTYP_AUTH: u8 = 1;
+pub const MTYP_PROTECTION: u8 = 2;
+pub const MTYP_DATA: u8 = 3;
+/// The failure message `[1, 0xff]` (no length, no token).
+pub const MTYP_ABORT: u8 = 0xff;
+
+/// One RFC 1961 message: `ver(1)=1 | mtyp(1) | len(2, big-endian) | token(len)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    pub mtyp: u8,
+    pub token: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("GSSAPI message incomplete")]
+    Incomplete,
+    #[error("GSSAPI message version {0}, not 1")]
+    Version(u8),
+    #[error("GSSAPI message type {0:#04x} where {1:#04x} was expected")]
+    Type(u8, u8),
+    #[error("the client aborted the GSSAPI exchange")]
+    Aborted,
+    #[error("GSSAPI token longer than {0} bytes")]
+    TooLong(usize),
+}
+
+/// Decodes one message of type `want` from `buf`: the frame and the bytes used. `max` bounds
+/// the token (at most [`MAX_TOKEN`]); a longer one is refused as soon as its length is read.
+/// The client's abort `[1, 0xff]` is [`FrameError::Aborted`].
+pub fn decode_frame(buf: &[u8], want: u8, max: usize) -> Result<(Frame, usize), FrameError> {
+    let Some(&ver) = buf.first() else {
+        return Err(FrameError::Incomplete);
+    };
+    if ver != 1 {
+        return Err(FrameError::Version(ver));
+    }
+    let Some(&mtyp) = buf.get(1) else {
+        return Err(FrameError::Incomplete);
+    };
+    if mtyp == MTYP_ABORT {
+        return Err(FrameError::Aborted);
+    }
+    if mtyp != want {
+        return Err(FrameError::Type(mtyp, want));
+    }
+    let Some(len) = buf.get(2..4) else {
+        return Err(FrameError::Incomplete);
+    };
+    let len = usize::from(u16::from_be_bytes([len[0], len[1]]));
+    if len > max.min(MAX_TOKEN) {
+        return Err(FrameError::TooLong(max.min(MAX_TOKEN)));
+    }
+    match buf.get(4..4 + len) {
+        Some(token) => Ok((
+            Frame {
+                mtyp,
+                token: token.to_vec(),
+            },
+            4 + len,
+        )),
+        None => Err(FrameError::Incomplete),
+    }
+}
+
+/// Appends one message; `None` when the token does not fit the two-octet length.
+pub fn encode_frame(mtyp: u8, token: &[u8], out: &mut Vec<u8>) -> Option<()> {
+    let len = u16::try_from(token.len()).ok()?;
+    out.extend_from_slice(&[1, mtyp]);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(token);
+    Some(())
+}
+
+/// The failure message the server sends when the context cannot be established.
+pub const ABORT: [u8; 2] = [1, MTYP_ABORT];
+
+/// RFC 1961 section 4 protection levels (`0`, no protection, as Dante and curl use it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Protection {
+    /// Nothing is wrapped after the negotiation.
+    None = 0,
+    /// Every later message is wrapped for integrity (gss_wrap without confidentiality).
+    Integrity = 1,
+    /// Every later message is wrapped and encrypted.
+    Confidentiality = 2,
+}
+
+impl Protection {
+    pub fn parse(s: &str) -> Option<Protection> {
+        match s {
+            "none" => Some(Protection::None),
+            "integrity" => Some(Protection::Integrity),
+            "confidentiality" => Some(Protection::Confidentiality),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protection::None => "none",
+            Protection::Integrity => "integrity",
+            Protection::Confidentiality => "confidentiality",
+        }
+    }
+
+    /// The server's choice for the client's requested level: at least `minimum`, and at
+    /// least what the client asked for. Per-message selection (3) is not offered: such a
+    /// client gets confidentiality. `None` for a level that does not exist.
+    pub fn choose(requested: u8, minimum: Protection) -> Option<Protection> {
+        let asked = match requested {
+            0 => Protection::None,
+            1 => Protection::Integrity,
+            2 | 3 => Protection::Confidentiality,
+            _ => return None,
+        };
+        Some(asked.max(minimum))
+    }
+
+    pub fn wraps(self) -> bool {
+        self != Protection::None
+    }
+}
+
+/// How a principal becomes a user name the policy sees.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum RealmMapping {
+    /// `alice@EXAMPLE.ORG` -> `alice` (any realm).
+    #[default]
+    Strip,
+    /// The full principal is the name.
+    Keep,
+    /// Only this realm is stripped; principals of other realms keep theirs.
+    StripOnly(String),
+}
+
+/// The user name of `principal` under `mapping`; `None` for a name the policy cannot take
+/// (empty, control characters, or a user part that is not a valid user name).
+pub fn map_principal(principal: &str, mapping: &RealmMapping) -> Option<String> {
+    let (user, realm) = match principal.rsplit_once('@') {
+        Some((u, r)) => (u, Some(r)),
+        None => (principal, None),
+    };
+    if user.is_empty() || principal.chars().any(|c| c.is_control()) {
+        return None;
+    }
+    let strip = match (mapping, realm) {
+        (_, None) => true,
+        (RealmMapping::Strip, _) => true,
+        (RealmMapping::Keep, _) => false,
+        (RealmMapping::StripOnly(r), Some(realm)) => r == realm,
+    };
+    let name = if strip { user } else { principal };
+    crate::policy::users::check_user_name(name).ok()?;
+    Some(name.to_string())
+}
+
+/// `Proxy-Authorization: Negotiate <base64>`: the decoded token; `None` for another scheme
+/// or a value that is not base64 (or longer than `max` decoded bytes).
+pub fn negotiate_token(value: &str, max: usize) -> Option<Vec<u8>> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("negotiate") {
+        return None;
+    }
+    let token = token.trim();
+    if token.is_empty() || token.len() > max.div_ceil(3) * 4 + 4 {
+        return None;
+    }
+    base64::engine::general_purpose::STANDARD
+        .decode(token)
+        .ok()
+        .filter(|t| !t.is_empty() && t.len() <= max)
+}
+
+/// `Negotiate <base64>` for a `Proxy-Authenticate` header (bare `Negotiate` without a token).
+pub fn negotiate_header(token: Option<&[u8]>) -> String {
+    match token.filter(|t| !t.is_empty()) {
+        Some(t) => format!(
+            "Negotiate {}",
+            base64::engine::general_purpose::STANDARD.encode(t)
+        ),
+        None => "Negotiate".to_string(),
+    }
+}
+
+/// The `Proxy-Authenticate` values of a 407, in the listener's order; a listener with no
+/// method listed (`auth = true`) offers Basic.
+pub fn offers(
+    negotiate: bool,
+    basic: bool,
+    negotiate_first: bool,
+    basic_value: &str,
+) -> Vec<String> {
+    let mut v = Vec::with_capacity(2);
+    if basic || !negotiate {
+        v.push(basic_value.to_string());
+    }
+    if negotiate {
+        let at = if negotiate_first { 0 } else { v.len() };
+        v.insert(at, negotiate_header(None));
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_decode_with_bounds() {
+        let mut out = Vec::new();
+        encode_frame(MTYP_AUTH, b"tok", &mut out).expect("fits");
+        assert_eq!(out, [1, 1, 0, 3, b't', b'o', b'k']);
+        out.extend_from_slice(b"next");
+        let (f, used) = decode_frame(&out, MTYP_AUTH, MAX_TOKEN).expect("frame");
+        assert_eq!((f.mtyp, f.token.as_slice(), used), (1, &b"tok"[..], 7));
+        for cut in 0..7 {
+            assert_eq!(
+                decode_frame(&out[..cut], MTYP_AUTH, MAX_TOKEN),
+                Err(FrameError::Incomplete),
+                "{cut}"
+            );
+        }
+        assert_eq!(
+            decode_frame(&[5, 1, 0, 0], 1, MAX_TOKEN),
+            Err(FrameError::Version(5))
+        );
+        assert_eq!(
+            decode_frame(&[1, 3], 1, MAX_TOKEN),
+            Err(FrameError::Type(3, 1))
+        );
+        assert_eq!(
+            decode_frame(&[1, 0xff], 1, MAX_TOKEN),
+            Err(FrameError::Aborted)
+        );
+        // The length alone refuses an oversized token: nothing more is waited for.
+        assert_eq!(
+            decode_frame(&[1, 1, 0x40, 0x01], 1, 16 * 1024),
+            Err(FrameError::TooLong(16 * 1024))
+        );
+        let empty = decode_frame(&[1, 2, 0, 0], 2, 10).expect("empty token");
+        assert_eq!(empty.0.token, Vec::<u8>::new());
+        assert!(encode_frame(3, &vec![0; MAX_TOKEN + 1], &mut Vec::new()).is_none());
+        let mut big = Vec::new();
+        encode_frame(3, &vec![7; MAX_TOKEN], &mut big).expect("the largest fits");
+        assert_eq!(
+            decode_frame(&big, 3, MAX_TOKEN).expect("max").1,
+            MAX_TOKEN + 4
+        );
+    }
+
+    #[test]
+    fn protection_is_at_least_the_minimum() {
+        use Protection::*;
+        assert_eq!(Protection::choose(0, None), Some(None));
+        assert_eq!(Protection::choose(1, None), Some(Integrity));
+        assert_eq!(Protection::choose(2, None), Some(Confidentiality));
+        assert_eq!(Protection::choose(3, None), Some(Confidentiality));
+        assert_eq!(Protection::choose(0, Integrity), Some(Integrity));
+        assert_eq!(
+            Protection::choose(1, Confidentiality),
+            Some(Confidentiality)
+        );
+        assert_eq!(Protection::choose(4, None), Option::None);
+        assert_eq!(Protection::parse("integrity"), Some(Integrity));
+        assert_eq!(Protection::parse("clear"), Option::None);
+    }
+
+    #[test]
+    fn principals_map_to_user_names() {
+        let strip = RealmMapping::Strip;
+        assert_eq!(
+            map_principal("alice@EXAMPLE.ORG", &strip).as_deref(),
+            Some("alice")
+        );
+        assert_eq!(map_principal("alice", &strip).as_deref(), Some("alice"));
+        assert_eq!(
+            map_principal("alice@EXAMPLE.ORG", &RealmMapping::Keep).as_deref(),
+            Some("alice@EXAMPLE.ORG")
+        );
+        let only = RealmMapping::StripOnly("EXAMPLE.ORG".into());
+        assert_eq!(
+            map_principal("bob@EXAMPLE.ORG", &only).as_deref(),
+            Some("bob")
+        );
+        assert_eq!(
+            map_principal("bob@OTHER.ORG", &only).as_deref(),
+            Some("bob@OTHER.ORG")
+        );
+        assert_eq!(map_principal("@EXAMPLE.ORG", &strip), None);
+        assert_eq!(map_principal("a\nb@R", &strip), None);
+        assert_eq!(map_principal("a:b@R", &strip), None, "not a user name");
+    }
+
+    #[test]
+    fn offers_follow_the_listener() {
+        let b = "Basic realm=\"r\"";
+        assert_eq!(offers(false, true, false, b), [b]);
+        assert_eq!(offers(true, false, true, b), ["Negotiate"]);
+        assert_eq!(offers(true, true, true, b), ["Negotiate", b]);
+        assert_eq!(offers(true, true, false, b), [b, "Negotiate"]);
+    }
+
+    #[test]
+    fn negotiate_values() {
+        assert_eq!(
+            negotiate_token("Negotiate YWJj", 100),
+            Some(b"abc".to_vec())
+        );
+        assert_eq!(
+            negotiate_token("negotiate  YWJj ", 100),
+            Some(b"abc".to_vec())
+        );
+        assert_eq!(negotiate_token("Basic YWJj", 100), None);
+        assert_eq!(negotiate_token("Negotiate", 100), None);
+        assert_eq!(negotiate_token("Negotiate !!!", 100), None);
+        assert_eq!(negotiate_token("Negotiate YWJj", 2), None, "over the bound");
+        assert_eq!(negotiate_header(Some(b"abc")), "Negotiate YWJj");
+        assert_eq!(negotiate_header(None), "Negotiate");
+    }
+}
