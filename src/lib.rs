@@ -28,4 +28,5 @@ pub mod socks;
 pub mod splice;
 pub mod startup;
 pub mod stats;
+pub mod tunnel;
 pub mod upstream;

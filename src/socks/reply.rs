@@ -113,6 +113,11 @@ pub enum SocksError {
     Parent(#[from] ParentError),
     #[error("{0}")]
     Io(#[from] io::Error),
+    /// Through a tunnel agent: what the agent (or the relay, without one) answered.
+    #[error("tunnel: {0}")]
+    Tunnel(crate::tunnel::proto::OpenError),
+    #[error("{0} is not carried through a tunnel agent")]
+    AgentUnsupported(&'static str),
 }
 
 impl SocksError {
@@ -141,6 +146,8 @@ impl SocksError {
             | SocksError::Limit(_) => Reply::NotAllowed,
             SocksError::Parent(e) => Reply::from_code(e.socks_reply()),
             SocksError::Io(e) => io_reply(e),
+            SocksError::Tunnel(e) => Reply::from_code(e.socks_reply()),
+            SocksError::AgentUnsupported(_) => Reply::CommandNotSupported,
         }
     }
 
@@ -171,6 +178,8 @@ impl SocksError {
             SocksError::Limit(e) => e.kind(),
             SocksError::Parent(e) => e.proxy_status_kind(),
             SocksError::Io(_) => "io_error",
+            SocksError::Tunnel(e) => e.as_str(),
+            SocksError::AgentUnsupported(_) => "command_not_supported",
         }
     }
 }
