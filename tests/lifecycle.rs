@@ -380,6 +380,8 @@ fn check_reports_every_problem_and_exits_2() {
 #[test]
 fn every_shipped_example_config_is_valid() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    // The tunnel pair reads tunnel/relay.test.{crt,key}, made by `gatehouse cert`.
+    let certs = tunnel_certs();
     let mut checked = 0;
     for entry in std::fs::read_dir(&dir).expect("examples/ exists") {
         let path = entry.expect("entry").path();
@@ -391,6 +393,7 @@ fn every_shipped_example_config_is_valid() {
             let out = std::process::Command::new(BIN)
                 .args(args)
                 .arg(&path)
+                .current_dir(certs.path())
                 .output()
                 .expect("run");
             assert!(
@@ -415,6 +418,22 @@ fn every_shipped_example_config_is_valid() {
         .expect("run");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("127.0.0.1:3128"), "{text}");
+}
+
+/// A directory holding tunnel/relay.test.{crt,key}, as the tunnel examples expect.
+fn tunnel_certs() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = std::process::Command::new(BIN)
+        .args(["cert", "--name", "relay.test", "--out"])
+        .arg(dir.path().join("tunnel"))
+        .output()
+        .expect("run gatehouse cert");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir
 }
 
 /// The example configs, each with its text.
@@ -471,11 +490,17 @@ fn examples_are_loopback_distinct_commented_and_documented() {
 #[test]
 fn every_example_starts() {
     let cache = tempfile::tempdir().expect("tempdir");
+    let certs = tunnel_certs();
     for (name, text) in examples() {
-        let mut text = text.replace(
-            "/tmp/gatehouse-example-cache",
-            &cache.path().join(&name).display().to_string(),
-        );
+        let mut text = text
+            .replace(
+                "/tmp/gatehouse-example-cache",
+                &cache.path().join(&name).display().to_string(),
+            )
+            .replace(
+                "\"tunnel/",
+                &format!("\"{}/tunnel/", certs.path().display()),
+            );
         for port in ports_in(&text) {
             text = text.replace(&format!("127.0.0.1:{port}\""), "127.0.0.1:0\"");
         }

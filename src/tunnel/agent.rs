@@ -171,7 +171,11 @@ impl Agent {
         };
         let mut conn = match tokio::time::timeout(cfg.connect_timeout, dial).await {
             Ok(r) => r?,
-            Err(_) => return Err(SessionError::Connect("timed out".into())),
+            Err(_) => {
+                return Err(SessionError::Connect(
+                    "timed out (TCP, TLS, hello or HTTP/2 handshake)".into(),
+                ))
+            }
         };
         tracing::info!(agent = %cfg.name, relay = %format!("{host}:{port}"), "tunnel: connected to the relay");
         let ping = conn.ping_pong();

@@ -304,7 +304,11 @@ impl TunnelListener {
             tracing::info!(listener = %self.name, %peer, agent = %name, "tunnel: agent refused: the name is already connected");
             return End::Refused("duplicate");
         }
-        if tls.write_all(&[HelloReply::Accepted as u8]).await.is_err() {
+        let accepted = async {
+            tls.write_all(&[HelloReply::Accepted as u8]).await?;
+            tls.flush().await
+        };
+        if accepted.await.is_err() {
             return End::Closed("write failed".into());
         }
         let h2 = h2::client::Builder::new()

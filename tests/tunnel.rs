@@ -1,0 +1,582 @@
+//! End-to-end: reverse tunnels with the real binary in both roles. A relay (tunnel listener,
+//! a SOCKS listener `via_agent`, a published port) and an agent dialling it; targets the
+//! client reaches only through the agent.
+//!
+//! Most tests run on loopback, where "inside" is shown by names only the agent resolves
+//! (`[dns.hosts]` in the agent's config) and by the agent's allow-list. The private-network
+//! test puts the agent and its target in a network namespace of their own (see
+//! [`a_target_inside_a_private_network_is_reached_only_through_the_agent`]).
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const TOKEN: &str = "office-test-token";
+const T: Duration = Duration::from_secs(10);
+
+/// `gatehouse cert` output: the files and the printed fingerprint.
+struct Certs {
+    dir: tempfile::TempDir,
+    fingerprint: String,
+}
+
+impl Certs {
+    fn make() -> Certs {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = std::process::Command::new(BIN)
+            .args(["cert", "--name", "relay.test", "--out"])
+            .arg(dir.path().join("tunnel"))
+            .output()
+            .expect("run gatehouse cert");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let fingerprint = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        Certs { dir, fingerprint }
+    }
+
+    fn crt(&self) -> PathBuf {
+        self.dir.path().join("tunnel/relay.test.crt")
+    }
+
+    fn key(&self) -> PathBuf {
+        self.dir.path().join("tunnel/relay.test.key")
+    }
+}
+
+/// A relay: agents on `agents`, SOCKS through "office" on `socks`, its service "web" on `web`.
+fn relay_config(certs: &Certs, extra_agents: &str) -> String {
+    format!(
+        r#"
+[[listeners]]
+name = "agents"
+kind = "tunnel"
+listen = "127.0.0.1:0"
+tls = {{ cert = "{crt}", key = "{key}" }}
+heartbeat = "1s"
+dead_after = "3s"
+[[listeners.agents]]
+name = "office"
+token = "{TOKEN}"
+{extra_agents}
+[[listeners]]
+name = "socks"
+kind = "socks"
+listen = "127.0.0.1:0"
+via_agent = "office"
+
+[[listeners]]
+name = "web"
+kind = "published"
+listen = "127.0.0.1:0"
+agent = "office"
+service = "web"
+"#,
+        crt = certs.crt().display(),
+        key = certs.key().display(),
+    )
+}
+
+/// An agent "office" dialling `relays`, checking the relay with `verify` (a `ca = ...` or
+/// `fingerprint = ...` line), allowing `allow`, publishing `web` as "web", and resolving
+/// `inside.test` to 127.0.0.1 (a name the relay cannot resolve).
+fn agent_config(
+    relays: &[SocketAddr],
+    verify: &str,
+    token: &str,
+    allow: &str,
+    web: SocketAddr,
+) -> String {
+    let relays: Vec<String> = relays.iter().map(|r| format!("\"{r}\"")).collect();
+    format!(
+        r#"
+[agent]
+name = "office"
+token = "{token}"
+relays = [{relays}]
+server_name = "relay.test"
+{verify}
+allow = [{allow}]
+heartbeat = "1s"
+dead_after = "3s"
+reconnect_min = "50ms"
+reconnect_max = "500ms"
+connect_timeout = "3s"
+
+[agent.publish]
+web = "{web}"
+
+[dns.hosts]
+"inside.test" = "127.0.0.1"
+"#,
+        relays = relays.join(", ")
+    )
+}
+
+fn ca(certs: &Certs) -> String {
+    format!("ca = \"{}\"", certs.crt().display())
+}
+
+/// A relay and a connected agent.
+struct Pair {
+    relay: Gatehouse,
+    agent: Gatehouse,
+}
+
+fn start_pair(certs: &Certs, allow: &str, web: SocketAddr) -> Pair {
+    let relay = Gatehouse::start(&relay_config(certs, ""));
+    let agent = Gatehouse::start(&agent_config(
+        &[relay.addr("agents")],
+        &ca(certs),
+        TOKEN,
+        allow,
+        web,
+    ));
+    relay.wait_stderr("tunnel: agent connected");
+    Pair { relay, agent }
+}
+
+/// A SOCKS5 CONNECT by name through the relay: the reply code and the stream.
+async fn socks_connect(proxy: SocketAddr, host: &str, port: u16) -> (u8, TcpStream) {
+    let mut s = socks5_open(proxy).await;
+    s.write_all(&socks5_request_name(1, host, port))
+        .await
+        .expect("request");
+    let (rep, _) = socks5_reply(&mut s).await;
+    (rep, s)
+}
+
+/// One line echoed back through `s`.
+async fn echo_once(s: &mut TcpStream, msg: &[u8]) {
+    s.write_all(msg).await.expect("write");
+    let mut back = vec![0u8; msg.len()];
+    tokio::time::timeout(T, s.read_exact(&mut back))
+        .await
+        .expect("echo within 10s")
+        .expect("echo");
+    assert_eq!(back, msg);
+}
+
+#[test]
+fn cert_writes_a_private_key_and_prints_the_certificates_fingerprint() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let certs = Certs::make();
+    let mode = std::fs::metadata(certs.key())
+        .expect("key")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "key mode {mode:o}");
+    let pem = std::fs::read(certs.crt()).expect("crt");
+    let der = rustls_pemfile::certs(&mut pem.as_slice())
+        .next()
+        .expect("a certificate")
+        .expect("PEM");
+    let fp = gatehouse::tunnel::tls::fingerprint(der.as_ref());
+    assert_eq!(
+        certs.fingerprint,
+        gatehouse::tunnel::proto::format_fingerprint(&fp)
+    );
+}
+
+#[test]
+fn the_example_pair_parses_and_agrees() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let read = |f: &str| std::fs::read_to_string(root.join("examples").join(f)).expect(f);
+    let relay = gatehouse::config::Config::parse(&read("tunnel-relay.toml")).expect("relay");
+    let agent = gatehouse::config::Config::parse(&read("tunnel-agent.toml")).expect("agent");
+    let a = agent.agent.expect("[agent]");
+    use gatehouse::config::ListenerKind;
+    let by_name = |n: &str| {
+        relay
+            .listeners
+            .iter()
+            .find(|l| l.name == n)
+            .unwrap_or_else(|| panic!("listener {n}"))
+    };
+    let agents = by_name("agents");
+    assert_eq!(agents.listen, "127.0.0.1:7000".parse().expect("addr"));
+    let ListenerKind::Tunnel(t) = &agents.kind else {
+        panic!("tunnel listener")
+    };
+    assert_eq!(t.agents[0].name, a.name);
+    assert_eq!(t.agents[0].token, a.token);
+    let socks = by_name("office-socks");
+    assert_eq!(socks.listen, "127.0.0.1:1081".parse().expect("addr"));
+    assert!(
+        matches!(&socks.kind, ListenerKind::Socks(s) if s.via_agent.as_deref() == Some("office"))
+    );
+    let web = by_name("office-web");
+    assert_eq!(web.listen, "127.0.0.1:8001".parse().expect("addr"));
+    assert!(matches!(&web.kind, ListenerKind::Published(p) if p.agent == "office"));
+    assert_eq!(a.name, "office");
+    assert_eq!(a.relays, [("127.0.0.1".to_string(), 7000)]);
+    assert_eq!(a.server_name, "relay.test");
+    assert_eq!(
+        a.verify,
+        gatehouse::config::RelayVerify::Ca("tunnel/relay.test.crt".into())
+    );
+    assert_eq!(a.publish["web"], ("127.0.0.1".to_string(), 8000));
+    assert_eq!(a.allow.entries.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socks_and_a_published_port_reach_the_inside_through_the_agent() {
+    let certs = Certs::make();
+    let origin = Origin::fixed("inside").await;
+    let pair = start_pair(&certs, "\"127.0.0.1/32\"", origin.addr);
+    let socks = pair.relay.addr("socks");
+    // By a name only the agent can resolve: the relay never resolves it.
+    let url = format!("http://inside.test:{}/", origin.addr.port());
+    let (code, body, err) = curl(&["--socks5-hostname", &socks.to_string(), &url]).await;
+    assert_eq!((code, body.as_slice()), (0, &b"inside"[..]), "{err}");
+    let line = pair.relay.wait_log("SOCKS5-CONNECT");
+    assert!(
+        line.contains(&format!("inside.test:{}", origin.addr.port())),
+        "{line}"
+    );
+    // The published port, many clients at once.
+    let web = format!("http://{}/", pair.relay.addr("web"));
+    let mut all = Vec::new();
+    for _ in 0..20 {
+        let web = web.clone();
+        all.push(tokio::spawn(async move { curl(&[&web]).await }));
+    }
+    for t in all {
+        let (code, body, err) = t.await.expect("task");
+        assert_eq!((code, body.as_slice()), (0, &b"inside"[..]), "{err}");
+    }
+    drop(pair.agent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_token_is_refused_and_socks_then_has_no_way_in() {
+    let certs = Certs::make();
+    let origin = Origin::fixed("inside").await;
+    let relay = Gatehouse::start(&relay_config(&certs, ""));
+    let agent = Gatehouse::start(&agent_config(
+        &[relay.addr("agents")],
+        &ca(&certs),
+        "not-the-token",
+        "\"127.0.0.1/32\"",
+        origin.addr,
+    ));
+    relay.wait_stderr("agent refused: bad name or token");
+    agent.wait_stderr("refused this agent's name or token");
+    // No agent: the SOCKS client hears "network unreachable", the published port closes.
+    let (rep, _) = socks_connect(relay.addr("socks"), "inside.test", origin.addr.port()).await;
+    assert_eq!(rep, 3);
+    let mut s = TcpStream::connect(relay.addr("web"))
+        .await
+        .expect("connect");
+    let mut b = [0u8; 1];
+    let n = tokio::time::timeout(T, s.read(&mut b))
+        .await
+        .expect("closed within 10s");
+    assert!(matches!(n, Ok(0)), "{n:?}");
+    assert_eq!(origin.connection_count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_refuses_a_relay_with_another_certificate() {
+    let certs = Certs::make();
+    let other = Certs::make();
+    let origin = Origin::fixed("inside").await;
+    let relay = Gatehouse::start(&relay_config(&certs, ""));
+    // Verified against a different certificate for the same name.
+    let agent = Gatehouse::start(&agent_config(
+        &[relay.addr("agents")],
+        &ca(&other),
+        TOKEN,
+        "\"127.0.0.1/32\"",
+        origin.addr,
+    ));
+    let line = agent.wait_stderr("disconnected from the relay");
+    assert!(line.contains("TLS"), "{line}");
+    drop(agent);
+    // Pinned to the other certificate's fingerprint: refused as well.
+    let agent = Gatehouse::start(&agent_config(
+        &[relay.addr("agents")],
+        &format!("fingerprint = \"{}\"", other.fingerprint),
+        TOKEN,
+        "\"127.0.0.1/32\"",
+        origin.addr,
+    ));
+    let line = agent.wait_stderr("disconnected from the relay");
+    assert!(line.contains("pinned fingerprint"), "{line}");
+    drop(agent);
+    // Pinned to the right one: connected, and the token never went to the wrong relay.
+    let agent = Gatehouse::start(&agent_config(
+        &[relay.addr("agents")],
+        &format!("fingerprint = \"{}\"", certs.fingerprint),
+        TOKEN,
+        "\"127.0.0.1/32\"",
+        origin.addr,
+    ));
+    agent.wait_stderr("tunnel: connected to the relay");
+    relay.wait_stderr("tunnel: agent connected");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destinations_outside_the_allow_list_are_refused_by_the_agent() {
+    let certs = Certs::make();
+    let allowed = tcp_echo().await;
+    let other = tcp_echo().await;
+    let web = tcp_echo().await;
+    // One address and port by address; the name inside.test for any port, which the guard
+    // then refuses because it resolves to loopback.
+    let allow = format!("\"127.0.0.1:{}\", \"inside.test\"", allowed.port());
+    let pair = start_pair(&certs, &allow, web);
+    let socks = pair.relay.addr("socks");
+    let (rep, mut s) = socks_connect(socks, "127.0.0.1", allowed.port()).await;
+    assert_eq!(rep, 0);
+    echo_once(&mut s, b"allowed").await;
+    let (rep, _) = socks_connect(socks, "127.0.0.1", other.port()).await;
+    assert_eq!(rep, 2, "a port not listed");
+    let (rep, _) = socks_connect(socks, "inside.test", other.port()).await;
+    assert_eq!(rep, 2, "a listed name resolving to loopback (the guard)");
+    pair.agent.wait_stderr("stream refused");
+    // The published service's own address is reachable (it is published).
+    let (rep, mut s) = socks_connect(socks, "127.0.0.1", web.port()).await;
+    assert_eq!(rep, 0);
+    echo_once(&mut s, b"published").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_published_port_survives_the_agent_being_killed_and_restarted() {
+    let certs = Certs::make();
+    let origin = Origin::fixed("inside").await;
+    let relay = Gatehouse::start(&relay_config(&certs, ""));
+    let config = agent_config(
+        &[relay.addr("agents")],
+        &ca(&certs),
+        TOKEN,
+        "\"127.0.0.1/32\"",
+        origin.addr,
+    );
+    let agent = Gatehouse::start(&config);
+    relay.wait_stderr("tunnel: agent connected");
+    let web = format!("http://{}/", relay.addr("web"));
+    let (code, body, _) = curl(&[&web]).await;
+    assert_eq!((code, body.as_slice()), (0, &b"inside"[..]));
+    drop(agent); // killed
+    relay.wait_stderr("tunnel: agent disconnected");
+    // Bound, and closing cleanly while no agent is there.
+    let mut s = TcpStream::connect(relay.addr("web"))
+        .await
+        .expect("still bound");
+    let mut b = [0u8; 1];
+    let n = tokio::time::timeout(T, s.read(&mut b))
+        .await
+        .expect("closed within 10s");
+    assert!(matches!(n, Ok(0)), "{n:?}");
+    // A client retrying while the agent comes back: it gets through, and from then on every
+    // request does.
+    let client = tokio::spawn(async move {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (code, body, _) = curl(&["--max-time", "5", &web]).await;
+            if code == 0 && body == b"inside" {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the agent did not come back");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for _ in 0..10 {
+            let (code, body, err) = curl(&[&web]).await;
+            assert_eq!((code, body.as_slice()), (0, &b"inside"[..]), "{err}");
+        }
+    });
+    let agent = Gatehouse::start(&config);
+    relay.wait_stderr("tunnel: agent connected");
+    client.await.expect("the retrying client");
+    drop(agent);
+}
+
+/// A server that sends `total` bytes to each client and counts what it managed to write.
+async fn firehose(total: usize) -> (SocketAddr, Arc<AtomicU64>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let written = Arc::new(AtomicU64::new(0));
+    let w = written.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let w = w.clone();
+            tokio::spawn(async move {
+                let chunk = vec![7u8; 64 * 1024];
+                let mut left = total;
+                while left > 0 {
+                    let n = left.min(chunk.len());
+                    if s.write_all(&chunk[..n]).await.is_err() {
+                        return;
+                    }
+                    w.fetch_add(n as u64, Ordering::SeqCst);
+                    left -= n;
+                }
+            });
+        }
+    });
+    (addr, written)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_stalled_stream_does_not_hold_up_hundreds_of_others() {
+    let certs = Certs::make();
+    let echo = tcp_echo().await;
+    let (hose, written) = firehose(64 << 20).await;
+    let pair = start_pair(&certs, "\"127.0.0.1/32\"", echo);
+    let socks = pair.relay.addr("socks");
+    // The stalled stream: the client never reads what the destination keeps sending.
+    let (rep, _stalled) = socks_connect(socks, "127.0.0.1", hose.port()).await;
+    assert_eq!(rep, 0);
+    // Wait until the firehose is blocked: its count stops moving.
+    let mut last = u64::MAX;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = written.load(Ordering::SeqCst);
+        if now == last && now > 0 {
+            break;
+        }
+        last = now;
+    }
+    let stalled_at = written.load(Ordering::SeqCst);
+    // Then 300 streams, each a round trip of 16 KiB, all at once.
+    let started = Instant::now();
+    let mut all = Vec::new();
+    for i in 0..300u32 {
+        all.push(tokio::spawn(async move {
+            let (rep, mut s) = socks_connect(socks, "127.0.0.1", echo.port()).await;
+            assert_eq!(rep, 0, "stream {i}");
+            let msg = pattern(i, 16 * 1024);
+            echo_once(&mut s, &msg).await;
+        }));
+    }
+    for t in all {
+        t.await.expect("stream");
+    }
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(20), "300 streams took {took:?}");
+    // The stalled stream stayed stalled: its sender was held by flow control (windows and
+    // socket buffers), far short of the 64 MiB it wanted to send.
+    let now = written.load(Ordering::SeqCst);
+    assert!(now < 16 << 20, "the stalled stream moved {now} bytes");
+    assert!(now <= stalled_at + (4 << 20), "{stalled_at} -> {now}");
+}
+
+/// A TLS client to the relay's tunnel listener, trusting `certs`.
+async fn tls_to_relay(
+    certs: &Certs,
+    relay: SocketAddr,
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let connector =
+        gatehouse::tunnel::tls::connector(&gatehouse::config::RelayVerify::Ca(certs.crt()))
+            .expect("connector");
+    let tcp = TcpStream::connect(relay).await.expect("connect");
+    let name = tokio_rustls::rustls::pki_types::ServerName::try_from("relay.test").expect("name");
+    connector.connect(name, tcp).await.expect("TLS")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_from_an_agent_closes_that_agent_only() {
+    let certs = Certs::make();
+    let origin = Origin::fixed("inside").await;
+    let relay = Gatehouse::start(&relay_config(
+        &certs,
+        "[[listeners.agents]]\nname = \"evil\"\ntoken = \"evil-token\"\n",
+    ));
+    let agent = Gatehouse::start(&agent_config(
+        &[relay.addr("agents")],
+        &ca(&certs),
+        TOKEN,
+        "\"127.0.0.1/32\"",
+        origin.addr,
+    ));
+    relay.wait_stderr("agent=office");
+    let mut evil = tls_to_relay(&certs, relay.addr("agents")).await;
+    let hello = gatehouse::tunnel::proto::encode_hello(&gatehouse::tunnel::proto::Hello {
+        name: "evil".into(),
+        token: b"evil-token".to_vec(),
+    });
+    evil.write_all(&hello).await.expect("hello");
+    let mut answer = [0u8; 1];
+    evil.read_exact(&mut answer).await.expect("answer");
+    assert_eq!(answer[0], 0, "accepted");
+    // Not HTTP/2 at all, then a frame header claiming 16 MiB.
+    evil.write_all(b"HTTP/1.1 200 OK\r\n\r\n\xff\xff\xff\x00\x00\x00\x00\x00\x01")
+        .await
+        .expect("garbage");
+    let _ = evil.flush().await;
+    let mut rest = Vec::new();
+    let r = tokio::time::timeout(T, evil.read_to_end(&mut rest)).await;
+    assert!(
+        r.is_ok(),
+        "the relay did not close the bad agent's connection"
+    );
+    let line = relay.wait_stderr("agent disconnected");
+    assert!(line.contains("agent=evil"), "{line}");
+    // The good agent still carries traffic.
+    let web = format!("http://{}/", relay.addr("web"));
+    let (code, body, err) = curl(&[&web]).await;
+    assert_eq!((code, body.as_slice()), (0, &b"inside"[..]), "{err}");
+    drop(agent);
+}
+
+// Multi-threaded: the fake relay runs while the test blocks reading the agent's log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_from_a_relay_closes_that_connection_and_the_agent_fails_over() {
+    let certs = Certs::make();
+    let origin = Origin::fixed("inside").await;
+    // A hostile "relay" with the right certificate: accepts the hello, then sends garbage.
+    let acceptor = gatehouse::tunnel::tls::acceptor(&certs.crt(), &certs.key()).expect("acceptor");
+    let fake = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let fake_addr = fake.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = fake.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut head = [0u8; 7];
+                if tls.read_exact(&mut head).await.is_err() {
+                    return;
+                }
+                let _ = tls.write_all(&[0]).await;
+                let _ = tls.flush().await;
+                // A valid preface and SETTINGS, then HEADERS on stream 1 whose header block
+                // is not HPACK: a connection error.
+                let mut bytes = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+                bytes.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+                bytes.extend_from_slice(&[0, 0, 5, 1, 5, 0, 0, 0, 1, 0xff, 0xff, 0xff, 0xff, 0xff]);
+                let _ = tls.write_all(&bytes).await;
+                let _ = tls.flush().await;
+                let mut sink = Vec::new();
+                let _ = tls.read_to_end(&mut sink).await;
+            });
+        }
+    });
+    let relay = Gatehouse::start(&relay_config(&certs, ""));
+    let agent = Gatehouse::start(&agent_config(
+        &[fake_addr, relay.addr("agents")],
+        &ca(&certs),
+        TOKEN,
+        "\"127.0.0.1/32\"",
+        origin.addr,
+    ));
+    let line = agent.wait_stderr("disconnected from the relay");
+    assert!(line.contains(&fake_addr.to_string()), "{line}");
+    assert!(line.contains("connection lost"), "{line}");
+    relay.wait_stderr("tunnel: agent connected");
+    let web = format!("http://{}/", relay.addr("web"));
+    let (code, body, err) = curl(&[&web]).await;
+    assert_eq!((code, body.as_slice()), (0, &b"inside"[..]), "{err}");
+}
