@@ -580,3 +580,210 @@ async fn garbage_from_a_relay_closes_that_connection_and_the_agent_fails_over() 
     let (code, body, err) = curl(&[&web]).await;
     assert_eq!((code, body.as_slice()), (0, &b"inside"[..]), "{err}");
 }
+
+// ---- A real private network (Linux network namespaces) ----
+
+const INSIDE: &str = "GATEHOUSE_TEST_TUNNEL_NETNS";
+
+/// Outside: runs `test` again in a fresh network namespace ("the outside world": relay and
+/// client) and returns false. Inside it: returns true. Needs permission to create network
+/// namespaces (root, as CI runs); without it the test fails and says so, like
+/// tests/own_host.rs.
+fn in_fresh_netns(test: &str) -> bool {
+    if std::env::var_os(INSIDE).is_some() {
+        return true;
+    }
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let out = std::process::Command::new("unshare")
+        .arg("-n")
+        .arg("--")
+        .arg(exe)
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env(INSIDE, "1")
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run `unshare` ({e}): this test needs util-linux"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() && stderr.starts_with("unshare:") {
+        panic!(
+            "`unshare -n` is not permitted here: {stderr}\nThis test needs permission to create \
+             a network namespace (run it as root or with CAP_SYS_ADMIN, as CI does)."
+        );
+    }
+    assert!(
+        out.status.success(),
+        "inside the namespace:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stdout.contains("test result: ok. 1 passed"),
+        "the test did not run inside the namespace:\n{stdout}\n{stderr}"
+    );
+    false
+}
+
+fn run(cmd: &str, args: &str) {
+    let out = std::process::Command::new(cmd)
+        .args(args.split_whitespace())
+        .output()
+        .unwrap_or_else(|e| panic!("run {cmd}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {args}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A process holding a second network namespace ("the private network"), killed on drop.
+struct PrivateNet {
+    holder: std::process::Child,
+}
+
+impl PrivateNet {
+    /// The namespace, joined to this one by a veth pair: 10.201.0.1 here, 10.201.0.2 there.
+    fn create() -> PrivateNet {
+        run("ip", "link set lo up");
+        let holder = std::process::Command::new("unshare")
+            .args(["-n", "--", "sleep", "120"])
+            .spawn()
+            .expect("unshare -n sleep");
+        let net = PrivateNet { holder };
+        let pid = net.pid();
+        // The namespace exists once /proc/PID/ns/net differs from ours.
+        let ours = std::fs::read_link("/proc/self/ns/net").expect("our netns");
+        for _ in 0..200 {
+            if std::fs::read_link(format!("/proc/{pid}/ns/net"))
+                .ok()
+                .as_ref()
+                != Some(&ours)
+            {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        run("ip", "link add gh0 type veth peer name gh1");
+        run("ip", &format!("link set gh1 netns {pid}"));
+        run("ip", "addr add 10.201.0.1/24 dev gh0");
+        run("ip", "link set gh0 up");
+        for args in [
+            "link set lo up",
+            "addr add 10.201.0.2/24 dev gh1",
+            "link set gh1 up",
+        ] {
+            run("nsenter", &format!("-t {pid} -n ip {args}"));
+        }
+        net
+    }
+
+    fn pid(&self) -> u32 {
+        self.holder.id()
+    }
+
+    /// Runs gatehouse with `config` inside the private network; returns once it is ready.
+    fn gatehouse(&self, dir: &std::path::Path, name: &str, config: &str) -> std::process::Child {
+        use std::io::BufRead as _;
+        let path = dir.join(format!("{name}.toml"));
+        std::fs::write(&path, config).expect("write config");
+        let mut child = std::process::Command::new("nsenter")
+            .args(["-t", &self.pid().to_string(), "-n", BIN, "--config"])
+            .arg(&path)
+            .env("GATEHOUSE_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("nsenter gatehouse");
+        let err = child.stderr.take().expect("stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+                if line.contains("all listeners ready") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        rx.recv_timeout(T)
+            .unwrap_or_else(|_| panic!("{name} did not start inside the private network"));
+        child
+    }
+}
+
+impl Drop for PrivateNet {
+    fn drop(&mut self) {
+        let _ = self.holder.kill();
+        let _ = self.holder.wait();
+    }
+}
+
+/// The target is a web server (gatehouse's own /healthz) on the private network's loopback:
+/// nothing outside can reach it. The agent runs beside it and dials the relay over the veth
+/// pair; the client, outside, reaches the target through the relay's SOCKS5 port (curl
+/// --socks5-hostname, a name only the agent resolves) and through the published port.
+#[test]
+fn a_target_inside_a_private_network_is_reached_only_through_the_agent() {
+    if !in_fresh_netns("a_target_inside_a_private_network_is_reached_only_through_the_agent") {
+        return;
+    }
+    let certs = Certs::make();
+    let net = PrivateNet::create();
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The target: inside only, on its loopback.
+    let mut target = net.gatehouse(
+        dir.path(),
+        "target",
+        "[[listeners]]\nname = \"h\"\nkind = \"http\"\nlisten = \"127.0.0.1:0\"\n\
+         [admin]\nlisten = \"127.0.0.1:18080\"\n",
+    );
+    // The relay, outside: agents over the veth pair, SOCKS and the published port here.
+    let relay_text = relay_config(&certs, "").replacen(
+        "listen = \"127.0.0.1:0\"",
+        "listen = \"10.201.0.1:0\"",
+        1,
+    );
+    let relay = Gatehouse::start(&relay_text);
+    let web: SocketAddr = "127.0.0.1:18080".parse().expect("addr");
+    let mut agent = net.gatehouse(
+        dir.path(),
+        "agent",
+        &agent_config(
+            &[relay.addr("agents")],
+            &ca(&certs),
+            TOKEN,
+            "\"127.0.0.1:18080\"",
+            web,
+        ),
+    );
+    relay.wait_stderr("tunnel: agent connected");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        // Outside, the target's address is nobody's.
+        let (code, _, _) = curl(&["--max-time", "3", "http://127.0.0.1:18080/healthz"]).await;
+        assert_ne!(code, 0, "the target is reachable from outside");
+        let socks = relay.addr("socks").to_string();
+        let (code, body, err) = curl(&[
+            "--socks5-hostname",
+            &socks,
+            "http://inside.test:18080/healthz",
+        ])
+        .await;
+        assert_eq!((code, body.as_slice()), (0, &b"ok\n"[..]), "{err}");
+        let published = format!("http://{}/healthz", relay.addr("web"));
+        let (code, body, err) = curl(&[&published]).await;
+        assert_eq!((code, body.as_slice()), (0, &b"ok\n"[..]), "{err}");
+        // Inside, but not on the allow-list: refused by the agent.
+        let (code, _, err) = curl(&[
+            "--socks5-hostname",
+            &socks,
+            "http://10.201.0.2:18080/healthz",
+        ])
+        .await;
+        assert_ne!(code, 0, "{err}");
+        assert!(err.contains("SOCKS") || err.contains("connect"), "{err}");
+    });
+    let _ = agent.kill();
+    let _ = agent.wait();
+    let _ = target.kill();
+    let _ = target.wait();
+}
