@@ -402,6 +402,52 @@ async fn a_published_port_survives_the_agent_being_killed_and_restarted() {
     drop(agent);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_lists_agents_and_metrics_count_them() {
+    let certs = Certs::make();
+    let origin = Origin::fixed("inside").await;
+    let relay = Gatehouse::start(&format!(
+        "{}\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+        relay_config(&certs, "")
+    ));
+    let admin = relay.addr("admin");
+    assert_eq!(metric(admin, "gatehouse_tunnel_agents").await, Some(0.0));
+    let agent = Gatehouse::start(&agent_config(
+        &[relay.addr("agents")],
+        &ca(&certs),
+        TOKEN,
+        "\"127.0.0.1/32\"",
+        origin.addr,
+    ));
+    relay.wait_stderr("tunnel: agent connected");
+    let web = format!("http://{}/", relay.addr("web"));
+    let (code, body, _) = curl(&[&web]).await;
+    assert_eq!((code, body.as_slice()), (0, &b"inside"[..]));
+    let (code, body, err) = curl(&[&format!("http://{admin}/api/v1/agents")]).await;
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+    let agents = v["agents"].as_array().expect("agents");
+    assert_eq!(agents.len(), 1, "{v}");
+    assert_eq!(agents[0]["name"], "office");
+    assert_eq!(agents[0]["streams_total"], 1);
+    assert!(agents[0]["bytes_from_agent"].as_u64() > Some(0), "{v}");
+    assert_eq!(metric(admin, "gatehouse_tunnel_agents").await, Some(1.0));
+    let text = metrics_text(admin).await;
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("gatehouse_tunnel_bytes_total{")
+                && l.contains("agent=\"office\"")
+                && l.contains("service=\"web\"")
+                && l.contains("direction=\"out\"")
+                && !l.ends_with(" 0")),
+        "{text}"
+    );
+    drop(agent);
+    let line = relay.wait_stderr("tunnel: agent disconnected");
+    assert!(line.contains("reason="), "{line}");
+    assert_eq!(metric(admin, "gatehouse_tunnel_agents").await, Some(0.0));
+}
+
 /// A server that sends `total` bytes to each client and counts what it managed to write.
 async fn firehose(total: usize) -> (SocketAddr, Arc<AtomicU64>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
