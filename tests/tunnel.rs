@@ -448,6 +448,26 @@ async fn the_admin_api_lists_agents_and_metrics_count_them() {
     assert_eq!(metric(admin, "gatehouse_tunnel_agents").await, Some(0.0));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_relay_lets_streams_in_flight_finish() {
+    let certs = Certs::make();
+    let echo = tcp_echo().await;
+    let mut pair = start_pair(&certs, "\"127.0.0.1/32\"", echo);
+    let mut s = TcpStream::connect(pair.relay.addr("web"))
+        .await
+        .expect("connect");
+    echo_once(&mut s, b"before").await;
+    pair.relay.signal("TERM");
+    pair.relay.wait_stderr("draining");
+    // The stream goes on through the drain.
+    echo_once(&mut s, b"during the drain").await;
+    drop(s);
+    assert!(
+        pair.relay.wait_exit(T).is_some(),
+        "the relay did not exit once its last stream ended"
+    );
+}
+
 /// A server that sends `total` bytes to each client and counts what it managed to write.
 async fn firehose(total: usize) -> (SocketAddr, Arc<AtomicU64>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");

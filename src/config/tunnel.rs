@@ -266,3 +266,84 @@ pub(super) fn read_agent(a: &Section<'_>) -> Option<AgentConfig> {
     }
     Some(cfg)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Config, ListenerKind};
+    use super::*;
+
+    const TUNNEL: &str =
+        "[[listeners]]\nname = \"t\"\nkind = \"tunnel\"\nlisten = \"127.0.0.1:0\"\n";
+
+    fn problems(text: &str) -> Vec<String> {
+        Config::parse(text)
+            .expect_err("invalid")
+            .into_iter()
+            .map(|e| e.path)
+            .collect()
+    }
+
+    #[test]
+    fn a_tunnel_listener_needs_tls_and_valid_agents() {
+        let p = problems(&format!(
+            "{TUNNEL}[[listeners.agents]]\nname = \"a/b\"\ntoken = \"x\"\n\
+             [[listeners.agents]]\nname = \"c\"\n"
+        ));
+        assert!(p.contains(&"listeners[0]".to_string()), "{p:?}");
+        assert!(
+            p.contains(&"listeners[0].agents[0].name".to_string()),
+            "{p:?}"
+        );
+        assert!(p.contains(&"listeners[0].agents[1]".to_string()), "{p:?}");
+        let ok = Config::parse(&format!(
+            "{TUNNEL}tls = {{ cert = \"c\", key = \"k\" }}\n\
+             [[listeners.agents]]\nname = \"office\"\ntoken_file = \"/t\"\npool = true\n"
+        ))
+        .expect("valid");
+        let ListenerKind::Tunnel(t) = &ok.listeners[0].kind else {
+            panic!("tunnel")
+        };
+        assert_eq!(t.agents[0].token, Token::File("/t".into()));
+        assert!(t.agents[0].pool);
+        assert_eq!(t.dead_after, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn listeners_may_name_only_accepted_agents() {
+        let p = problems(
+            "[[listeners]]\nname = \"s\"\nkind = \"socks\"\nlisten = \"127.0.0.1:0\"\nvia_agent = \"nobody\"\n\
+             [[listeners]]\nname = \"p\"\nkind = \"published\"\nlisten = \"127.0.0.1:0\"\nagent = \"nobody\"\nservice = \"web\"\n",
+        );
+        assert_eq!(p, ["listeners[0].via_agent", "listeners[1].agent"]);
+    }
+
+    #[test]
+    fn the_agent_section_is_checked_whole() {
+        let p = problems(
+            "[agent]\nname = \"office\"\ntoken = \"t\"\nrelays = [\"nohost\"]\n\
+             ca = \"c.pem\"\nfingerprint = \"sha256:00\"\nallow = [\"10.0.0.0/8\", \"a b\"]\n\
+             [agent.publish]\n\"bad/name\" = \"127.0.0.1:1\"\nweb = \"127.0.0.1\"\n",
+        );
+        for want in [
+            "agent.relays[0]",
+            "agent",
+            "agent.fingerprint",
+            "agent.allow[1]",
+            "agent.publish.bad/name",
+            "agent.publish.web",
+        ] {
+            assert!(p.iter().any(|x| x == want), "missing {want} in {p:?}");
+        }
+        let c = Config::parse(
+            "[agent]\nname = \"office\"\ntoken = \"t\"\nrelays = [\"relay.example:7000\"]\n\
+             server_name = \"relay.test\"\nfingerprint = \"sha256:\
+             000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f\"\n",
+        )
+        .expect("valid");
+        let a = c.agent.expect("agent");
+        assert!(c.listeners.is_empty());
+        assert_eq!(a.relays, [("relay.example".to_string(), 7000)]);
+        assert!(matches!(a.verify, RelayVerify::Fingerprint(d) if d[31] == 0x1f));
+        assert!(a.allow.entries.is_empty(), "nothing allowed by default");
+    }
+}

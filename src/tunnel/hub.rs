@@ -348,6 +348,19 @@ impl TunnelListener {
             _ = heartbeat(ping, self.cfg.heartbeat, self.cfg.dead_after) => End::Dead,
             _ = self.svc.shutdown.draining() => End::Draining,
         };
+        if matches!(end, End::Draining) {
+            // The streams in flight finish first (the drain deadline bounds them): the
+            // connection is driven until none is open, or it ends.
+            let settled = async {
+                while agent.streams_open.load(Ordering::Relaxed) > 0 {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            };
+            tokio::select! {
+                _ = &mut conn => {}
+                _ = settled => {}
+            }
+        }
         agents.remove(&name, id);
         self.svc.metrics.tunnel_agents.dec();
         let reason = match &end {
