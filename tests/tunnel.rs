@@ -468,6 +468,72 @@ async fn a_draining_relay_lets_streams_in_flight_finish() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_agent_under_a_taken_name_is_refused_unless_it_is_a_pool() {
+    let certs = Certs::make();
+    let origin = Origin::fixed("inside").await;
+    let pair = start_pair(&certs, "\"127.0.0.1/32\"", origin.addr);
+    let config = agent_config(
+        &[pair.relay.addr("agents")],
+        &ca(&certs),
+        TOKEN,
+        "\"127.0.0.1/32\"",
+        origin.addr,
+    );
+    let second = Gatehouse::start(&config);
+    second.wait_stderr("already has an agent of this name connected");
+    pair.relay.wait_stderr("the name is already connected");
+    drop(second);
+    drop(pair);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_agents_in_a_pool_share_the_streams_and_one_may_die() {
+    let certs = Certs::make();
+    let origin = Origin::fixed("inside").await;
+    let relay_text = relay_config(&certs, "").replacen(
+        &format!("token = \"{TOKEN}\"\n"),
+        &format!("token = \"{TOKEN}\"\npool = true\n"),
+        1,
+    );
+    let relay = Gatehouse::start(&format!(
+        "{relay_text}\n[admin]\nlisten = \"127.0.0.1:0\"\n"
+    ));
+    let config = agent_config(
+        &[relay.addr("agents")],
+        &ca(&certs),
+        TOKEN,
+        "\"127.0.0.1/32\"",
+        origin.addr,
+    );
+    let a = Gatehouse::start(&config);
+    relay.wait_stderr("tunnel: agent connected");
+    let b = Gatehouse::start(&config);
+    relay.wait_stderr("tunnel: agent connected");
+    let web = format!("http://{}/", relay.addr("web"));
+    for _ in 0..10 {
+        let (code, body, err) = curl(&[&web]).await;
+        assert_eq!((code, body.as_slice()), (0, &b"inside"[..]), "{err}");
+    }
+    let (_, body, _) = curl(&[&format!("http://{}/api/v1/agents", relay.addr("admin"))]).await;
+    let v: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+    let agents = v["agents"].as_array().expect("agents");
+    assert_eq!(agents.len(), 2, "{v}");
+    for agent in agents {
+        assert!(
+            agent["streams_total"].as_u64() >= Some(4),
+            "not balanced: {v}"
+        );
+    }
+    drop(a); // killed
+    relay.wait_stderr("tunnel: agent disconnected");
+    for _ in 0..10 {
+        let (code, body, err) = curl(&[&web]).await;
+        assert_eq!((code, body.as_slice()), (0, &b"inside"[..]), "{err}");
+    }
+    drop(b);
+}
+
 /// A server that sends `total` bytes to each client and counts what it managed to write.
 async fn firehose(total: usize) -> (SocketAddr, Arc<AtomicU64>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
