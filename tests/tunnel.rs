@@ -534,6 +534,35 @@ async fn two_agents_in_a_pool_share_the_streams_and_one_may_die() {
     drop(b);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_reaches_the_relay_through_an_http_connect_proxy() {
+    let certs = Certs::make();
+    let origin = Origin::fixed("inside").await;
+    let relay = Gatehouse::start(&relay_config(&certs, ""));
+    let egress = Gatehouse::start(&http_listener("egress", "connect_ports = [\"1-65535\"]"));
+    let config = agent_config(
+        &[relay.addr("agents")],
+        &ca(&certs),
+        TOKEN,
+        "\"127.0.0.1/32\"",
+        origin.addr,
+    )
+    .replacen(
+        "server_name",
+        &format!("http_proxy = \"{}\"\nserver_name", egress.addr("egress")),
+        1,
+    );
+    let agent = Gatehouse::start(&config);
+    relay.wait_stderr("tunnel: agent connected");
+    let web = format!("http://{}/", relay.addr("web"));
+    let (code, body, err) = curl(&[&web]).await;
+    assert_eq!((code, body.as_slice()), (0, &b"inside"[..]), "{err}");
+    // The proxy logs its tunnel when it ends.
+    drop(agent);
+    let line = egress.wait_log("CONNECT");
+    assert!(line.contains(&relay.addr("agents").to_string()), "{line}");
+}
+
 /// A server that sends `total` bytes to each client and counts what it managed to write.
 async fn firehose(total: usize) -> (SocketAddr, Arc<AtomicU64>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");

@@ -158,6 +158,8 @@ pub struct AgentConfig {
     pub token: Token,
     /// `host:port` of each relay, in failover order.
     pub relays: Vec<(String, u16)>,
+    /// An HTTP proxy (`host:port`) the relays are reached through with CONNECT.
+    pub http_proxy: Option<(String, u16)>,
     /// The name the relay's certificate must carry (also the TLS SNI).
     pub server_name: String,
     pub verify: RelayVerify,
@@ -244,6 +246,7 @@ pub(super) fn read_agent(a: &Section<'_>) -> Option<AgentConfig> {
         name: name?,
         token: token?,
         relays,
+        http_proxy: a.parse("http_proxy", "\"host:port\"", parse_host_port),
         server_name: server_name?,
         verify: verify?,
         publish,

@@ -125,12 +125,15 @@ impl Agent {
         let cfg = &self.cfg;
         let dial = async {
             let h = Host::parse(host).ok_or_else(|| SessionError::Connect("bad host".into()))?;
-            let tcp = self
-                .svc
-                .connector
-                .connect(&h, port)
-                .await
-                .map_err(|e| SessionError::Connect(e.to_string()))?;
+            let tcp = match &cfg.http_proxy {
+                None => self
+                    .svc
+                    .connector
+                    .connect(&h, port)
+                    .await
+                    .map_err(|e| SessionError::Connect(e.to_string()))?,
+                Some((ph, pp)) => self.through_proxy(ph, *pp, &h, port).await?,
+            };
             let _ = tcp.stream.set_nodelay(true);
             let name =
                 tokio_rustls::rustls::pki_types::ServerName::try_from(cfg.server_name.clone())
@@ -193,6 +196,64 @@ impl Agent {
                 },
                 _ = &mut beat => return Err(SessionError::Dead(cfg.dead_after)),
             }
+        }
+    }
+
+    /// A tunnel to the relay through an HTTP CONNECT proxy (a corporate egress proxy).
+    async fn through_proxy(
+        &self,
+        proxy_host: &str,
+        proxy_port: u16,
+        host: &Host,
+        port: u16,
+    ) -> Result<crate::connector::Connected, SessionError> {
+        use crate::upstream::http_connect::{decode_answer, encode_connect, ConnectAnswer};
+        let failed = |e: String| SessionError::Connect(format!("through the HTTP proxy: {e}"));
+        let ph = Host::parse(proxy_host).ok_or_else(|| failed("bad proxy host".into()))?;
+        let mut tcp = self
+            .svc
+            .connector
+            .connect(&ph, proxy_port)
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        let spec = crate::policy::config::ParentSpec {
+            name: "agent-proxy".into(),
+            kind: crate::policy::config::ParentKind::Http,
+            host: ph,
+            port: proxy_port,
+            username: None,
+            password: None,
+        };
+        tcp.stream
+            .write_all(&encode_connect(&spec, host, port))
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        let mut buf = Vec::new();
+        loop {
+            match decode_answer(&buf).map_err(|e| failed(e.to_string()))? {
+                ConnectAnswer::Incomplete => {}
+                // The relay says nothing before the agent's TLS hello: no bytes may follow.
+                ConnectAnswer::Open { head_len } if head_len == buf.len() => return Ok(tcp),
+                ConnectAnswer::Open { .. } => {
+                    return Err(failed("bytes after the proxy's answer".into()))
+                }
+                ConnectAnswer::Refused { head } => {
+                    return Err(failed(format!("the proxy answered {}", head.status)))
+                }
+            }
+            if buf.len() >= crate::upstream::http_connect::MAX_RESPONSE_HEAD {
+                return Err(failed("answer head too long".into()));
+            }
+            let mut chunk = [0u8; 1024];
+            let n = tcp
+                .stream
+                .read(&mut chunk)
+                .await
+                .map_err(|e| failed(e.to_string()))?;
+            if n == 0 {
+                return Err(failed("closed before answering".into()));
+            }
+            buf.extend_from_slice(&chunk[..n]);
         }
     }
 
