@@ -563,6 +563,30 @@ async fn an_agent_reaches_the_relay_through_an_http_connect_proxy() {
     assert!(line.contains(&relay.addr("agents").to_string()), "{line}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_comes_back_after_the_relay_restarts() {
+    let certs = Certs::make();
+    let origin = Origin::fixed("inside").await;
+    let pair = start_pair(&certs, "\"127.0.0.1/32\"", origin.addr);
+    let (agents, web) = (pair.relay.addr("agents"), pair.relay.addr("web"));
+    // The same addresses again after the restart.
+    let fixed = relay_config(&certs, "")
+        .replacen("127.0.0.1:0", &agents.to_string(), 1)
+        .replacen(
+            "name = \"web\"\nkind = \"published\"\nlisten = \"127.0.0.1:0\"",
+            &format!("name = \"web\"\nkind = \"published\"\nlisten = \"{web}\""),
+            1,
+        );
+    let Pair { relay, agent } = pair;
+    drop(relay);
+    agent.wait_stderr("disconnected from the relay");
+    let relay = Gatehouse::start(&fixed);
+    relay.wait_stderr("tunnel: agent connected");
+    let (code, body, err) = curl(&[&format!("http://{web}/")]).await;
+    assert_eq!((code, body.as_slice()), (0, &b"inside"[..]), "{err}");
+    drop(agent);
+}
+
 /// A server that sends `total` bytes to each client and counts what it managed to write.
 async fn firehose(total: usize) -> (SocketAddr, Arc<AtomicU64>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");

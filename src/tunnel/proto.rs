@@ -272,9 +272,66 @@ pub fn format_fingerprint(digest: &[u8]) -> String {
     format!("sha256:{}", hex.join(":"))
 }
 
+/// Every decoder of untrusted tunnel input over arbitrary bytes (the fuzz target
+/// `tunnel_decoders` and a seeded test run it): no panic, lengths within the input, and what
+/// decodes re-encodes to the same bytes.
+pub fn check_all_decoders(data: &[u8]) {
+    if let Ok((h, used)) = decode_hello(data) {
+        assert!(used <= data.len());
+        assert_eq!(encode_hello(&h), data[..used]);
+    }
+    if let Ok(text) = std::str::from_utf8(data) {
+        if let Some(d) = parse_fingerprint(text) {
+            assert_eq!(parse_fingerprint(&format_fingerprint(&d)), Some(d));
+        }
+        let _ = super::allow::AllowEntry::parse(text);
+        if let Ok(req) = http::Request::builder()
+            .method(http::Method::CONNECT)
+            .uri(text)
+            .body(())
+        {
+            if let Some(open) = Open::from_request(&req) {
+                let again = open.to_request().ok();
+                assert_eq!(again.as_ref().and_then(Open::from_request), Some(open));
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn random_inputs_never_panic() {
+        let mut rng = fastrand::Rng::with_seed(11);
+        let valid = encode_hello(&Hello {
+            name: "office".into(),
+            token: b"t".to_vec(),
+        });
+        for _ in 0..20_000 {
+            let mut data = if rng.bool() {
+                valid.clone()
+            } else {
+                (0..rng.usize(0..40)).map(|_| rng.u8(..)).collect()
+            };
+            if !data.is_empty() && rng.bool() {
+                let i = rng.usize(..data.len());
+                data[i] = rng.u8(..);
+            }
+            check_all_decoders(&data);
+        }
+        for text in [
+            "10.0.0.1:80",
+            "[fd00::1]:22",
+            "a.b:1",
+            "x:0",
+            ":",
+            "sha256:",
+        ] {
+            check_all_decoders(text.as_bytes());
+        }
+    }
 
     #[test]
     fn hello_round_trips_and_is_decoded_from_any_split() {
