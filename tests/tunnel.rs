@@ -116,6 +116,11 @@ connect_timeout = "3s"
 [agent.publish]
 web = "{web}"
 
+# Never the system resolver: names not listed fail against a loopback port nobody serves.
+[dns]
+servers = ["127.0.0.1:9"]
+timeout = "1s"
+attempts = 1
 [dns.hosts]
 "inside.test" = "127.0.0.1"
 "#,
@@ -585,6 +590,38 @@ async fn the_agent_comes_back_after_the_relay_restarts() {
     let (code, body, err) = curl(&[&format!("http://{web}/")]).await;
     assert_eq!((code, body.as_slice()), (0, &b"inside"[..]), "{err}");
     drop(agent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_fail_cleanly_when_the_agent_goes_and_errors_map_to_socks_replies() {
+    let certs = Certs::make();
+    let echo = tcp_echo().await;
+    // A port nothing listens on: bind, note, close.
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind")
+        .local_addr()
+        .expect("addr");
+    let pair = start_pair(&certs, "\"127.0.0.1/32\"", echo);
+    let socks = pair.relay.addr("socks");
+    let (rep, _) = socks_connect(socks, "127.0.0.1", closed.port()).await;
+    assert_eq!(rep, 5, "connection refused inside");
+    let (rep, _) = socks_connect(socks, "nowhere.test", 80).await;
+    assert_eq!(rep, 4, "a name the agent cannot resolve");
+    let (rep, mut s) = socks_connect(socks, "127.0.0.1", echo.port()).await;
+    assert_eq!(rep, 0);
+    echo_once(&mut s, b"before").await;
+    let Pair { relay, agent } = pair;
+    drop(agent);
+    // The open stream ends (EOF or reset), promptly.
+    let mut b = [0u8; 16];
+    let r = tokio::time::timeout(T, s.read(&mut b))
+        .await
+        .expect("ended within 10s");
+    assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
+    relay.wait_stderr("tunnel: agent disconnected");
+    let (rep, _) = socks_connect(socks, "127.0.0.1", echo.port()).await;
+    assert_eq!(rep, 3, "no agent: network unreachable");
 }
 
 /// A server that sends `total` bytes to each client and counts what it managed to write.
