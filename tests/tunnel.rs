@@ -624,6 +624,49 @@ async fn streams_fail_cleanly_when_the_agent_goes_and_errors_map_to_socks_replie
     assert_eq!(rep, 3, "no agent: network unreachable");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_associate_goes_through_the_agent() {
+    let certs = Certs::make();
+    let echo = UdpEcho::start("127.0.0.1:0").await;
+    let web = tcp_echo().await;
+    let allow = format!("\"127.0.0.1:{}\"", echo.addr.port());
+    let pair = start_pair(&certs, &allow, web);
+    let (_control, relay) = socks5_associate(pair.relay.addr("socks")).await;
+    let client = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let mut buf = vec![0u8; 2048];
+    // Datagrams may be lost: a few tries, each waiting briefly for the echo.
+    let mut got = None;
+    for _ in 0..20 {
+        client
+            .send_to(&socks5_datagram(echo.addr, b"ping"), relay)
+            .await
+            .expect("send");
+        if let Ok(Ok((n, _))) =
+            tokio::time::timeout(Duration::from_millis(250), client.recv_from(&mut buf)).await
+        {
+            got = Some(buf[..n].to_vec());
+            break;
+        }
+    }
+    let got = got.expect("an echo through the agent");
+    // Wrapped with its source: the echo server's address, then the payload.
+    let mut want = vec![0, 0, 0, 1, 127, 0, 0, 1];
+    want.extend_from_slice(&echo.addr.port().to_be_bytes());
+    want.extend_from_slice(b"ping");
+    assert_eq!(got, want);
+    // A destination outside the allow-list: dropped at the agent, never sent.
+    let other = UdpEcho::start("127.0.0.1:0").await;
+    client
+        .send_to(&socks5_datagram(other.addr, b"nope"), relay)
+        .await
+        .expect("send");
+    let r = tokio::time::timeout(Duration::from_millis(500), client.recv_from(&mut buf)).await;
+    assert!(r.is_err(), "a reply from outside the allow-list");
+    assert!(other.seen().is_empty());
+}
+
 /// A server that sends `total` bytes to each client and counts what it managed to write.
 async fn firehose(total: usize) -> (SocketAddr, Arc<AtomicU64>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");

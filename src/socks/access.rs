@@ -99,10 +99,11 @@ impl SocksServer {
         &self,
         s: &mut Session,
         req: &SocksRequest,
+        protocol: Protocol,
+        t: &Target,
     ) -> Result<(), SocksError> {
         let policy = s.policy.clone();
-        let t = &req.target;
-        let areq = access_request(&self.name, req, Protocol::SocksConnect, &t.host, t.port);
+        let areq = access_request(&self.name, req, protocol, &t.host, t.port);
         let ip = match &t.host {
             Host::Ip(ip) => Some(*ip),
             Host::Name(_) => None,

@@ -15,6 +15,7 @@ pub mod reply;
 pub mod server;
 pub mod tls;
 mod udp;
+mod udp_agent;
 
 pub use server::SocksServer;
 pub use udp::ClientFilter;

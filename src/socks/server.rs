@@ -72,6 +72,8 @@ enum Admitted {
     Udp,
     /// CONNECT through this tunnel agent.
     Agent(Arc<str>),
+    /// UDP ASSOCIATE through this tunnel agent (each datagram checked on its own).
+    AgentUdp(Arc<str>),
 }
 
 /// What the access log gets to know about one session.
@@ -276,11 +278,11 @@ impl SocksServer {
         if let Some(agent) = &self.cfg.via_agent {
             return match req.command {
                 Command::Connect => {
-                    self.check_remote(s, req)?;
+                    self.check_remote(s, req, Protocol::SocksConnect, &req.target)?;
                     Ok(Admitted::Agent(Arc::from(agent.as_str())))
                 }
                 Command::Bind => Err(SocksError::AgentUnsupported("BIND")),
-                Command::UdpAssociate => Err(SocksError::AgentUnsupported("UDP ASSOCIATE")),
+                Command::UdpAssociate => Ok(Admitted::AgentUdp(Arc::from(agent.as_str()))),
             };
         }
         let t = &req.target;
@@ -328,6 +330,9 @@ impl SocksServer {
             Admitted::Bind(expected) => Box::pin(bind::run(self, c, s, req, expected)).await,
             Admitted::Udp => Box::pin(udp::run(self, c, s, req)).await,
             Admitted::Agent(agent) => Box::pin(self.connect_agent(c, s, &req.target, &agent)).await,
+            Admitted::AgentUdp(agent) => {
+                Box::pin(super::udp_agent::run(self, c, s, req, &agent)).await
+            }
         }
     }
 

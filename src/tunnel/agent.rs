@@ -264,6 +264,15 @@ impl Agent {
         mut respond: h2::server::SendResponse<Bytes>,
     ) {
         let open = Open::from_request(&req);
+        if open == Some(Open::Udp) {
+            let Ok(resp) = http::Response::builder().status(200).body(()) else {
+                return;
+            };
+            if let Ok(send) = respond.send_response(resp, false) {
+                self.udp(H2Stream::new(send, req.into_body())).await;
+            }
+            return;
+        }
         let result = match &open {
             None => Err(OpenError::BadRequest),
             Some(o) => self.open(o).await,
@@ -291,6 +300,96 @@ impl Agent {
         tracing::debug!(agent = %self.cfg.name, ?end, up = stats.a_to_b, down = stats.b_to_a, "tunnel: stream done");
     }
 
+    /// The addresses of `host` this agent may send to or connect to on `port`.
+    async fn allowed(&self, host: &Host, port: u16) -> Result<Vec<SocketAddr>, OpenError> {
+        let name = match host {
+            Host::Name(n) => Some(n.clone()),
+            Host::Ip(_) => None,
+        };
+        let ips = self
+            .svc
+            .connector
+            .resolve(host)
+            .await
+            .map_err(connect_error)?;
+        let local = self.svc.local.load();
+        let allowed: Vec<SocketAddr> = ips
+            .into_iter()
+            .filter(|ip| {
+                self.allow
+                    .check(name.as_deref(), *ip, port, |ip| local.is_own_address(ip))
+                    .is_ok()
+            })
+            .map(|ip| SocketAddr::new(ip, port))
+            .collect();
+        if allowed.is_empty() {
+            return Err(OpenError::NotAllowed);
+        }
+        Ok(allowed)
+    }
+
+    /// A UDP relay over one stream: each frame from the relay is a SOCKS5 UDP datagram naming
+    /// its destination (checked like a CONNECT's, per datagram); what comes back from an
+    /// address a datagram was sent to goes to the relay wrapped with its source. IPv4 only.
+    async fn udp(&self, mut h2: H2Stream) {
+        use crate::socks::codec::{decode_udp, encode_udp, Target};
+        use tokio::io::AsyncReadExt as _;
+        let Ok(sock) = tokio::net::UdpSocket::bind("0.0.0.0:0").await else {
+            return;
+        };
+        let mut inbound = bytes::BytesMut::new();
+        let mut sent_to: std::collections::HashSet<std::net::IpAddr> = Default::default();
+        let mut from_net = vec![0u8; proto::MAX_DATAGRAM];
+        let mut out = Vec::new();
+        let idle = self.cfg.idle_timeout;
+        loop {
+            tokio::select! {
+                r = tokio::time::timeout(idle, h2.read_buf(&mut inbound)) => {
+                    if !matches!(r, Ok(Ok(n)) if n > 0) {
+                        return;
+                    }
+                    while let Some((range, used)) = proto::decode_frame(&inbound) {
+                        let datagram = inbound[range].to_vec();
+                        let _ = inbound.split_to(used);
+                        let Ok((header, at)) = decode_udp(&datagram) else { continue };
+                        if header.frag != 0 {
+                            continue;
+                        }
+                        let dest = match self.allowed(&header.target.host, header.target.port).await {
+                            Ok(a) => a.into_iter().find(SocketAddr::is_ipv4),
+                            Err(e) => {
+                                tracing::debug!(target = %header.target, error = e.as_str(), "tunnel: UDP datagram dropped");
+                                None
+                            }
+                        };
+                        if let Some(dest) = dest {
+                            // Bounded: replies are accepted from at most 1024 addresses.
+                            if sent_to.len() < 1024 {
+                                sent_to.insert(dest.ip());
+                            }
+                            let _ = sock.send_to(&datagram[at..], dest).await;
+                        }
+                    }
+                    if inbound.len() > 2 + proto::MAX_DATAGRAM {
+                        return;
+                    }
+                }
+                r = sock.recv_from(&mut from_net) => {
+                    let Ok((n, from)) = r else { return };
+                    if !sent_to.contains(&from.ip()) {
+                        continue;
+                    }
+                    let mut datagram = Vec::with_capacity(n + 10);
+                    encode_udp(&Target::ip(from), &from_net[..n], &mut datagram);
+                    out.clear();
+                    if proto::encode_frame(&datagram, &mut out) && h2.write_all(&out).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
     async fn open(&self, what: &Open) -> Result<tokio::net::TcpStream, OpenError> {
         let connector = &self.svc.connector;
         match what {
@@ -303,6 +402,7 @@ impl Agent {
                     .map(|c| c.stream)
                     .map_err(connect_error)
             }
+            Open::Udp => Err(OpenError::BadRequest),
             Open::Tcp { host, port } => {
                 let h = Host::parse(host).ok_or(OpenError::BadRequest)?;
                 let name = match &h {

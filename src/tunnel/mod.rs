@@ -4,7 +4,7 @@
 //! ```text
 //! agent ── TCP ── TLS (relay cert checked: CA or pinned SHA-256) ── hello (name, token)
 //!       ── HTTP/2, roles reversed: agent = server, relay = client
-//! relay: one CONNECT stream per SOCKS CONNECT or published-port client
+//! relay: one CONNECT stream per SOCKS CONNECT, UDP association or published-port client
 //! agent: allow-list + destination guard, connect, 200, bytes both ways (h2 flow control)
 //! ```
 //!

@@ -19,6 +19,10 @@ pub const MAX_NAME: usize = 64;
 pub const MAX_TOKEN: usize = 1024;
 /// The header naming a published service.
 pub const SERVICE_HEADER: &str = "gatehouse-service";
+/// The header asking for a UDP relay (`gatehouse-open: udp`).
+pub const OPEN_HEADER: &str = "gatehouse-open";
+/// Largest datagram (SOCKS UDP header and payload) carried in one frame.
+pub const MAX_DATAGRAM: usize = 65_535;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hello {
@@ -121,6 +125,10 @@ pub enum Open {
     Tcp { host: String, port: u16 },
     /// A service the agent publishes.
     Service(String),
+    /// A UDP relay: the stream carries datagrams, each a [`encode_frame`] around a SOCKS5
+    /// UDP datagram (RFC 1928 section 7: header naming the destination, or on the way back
+    /// the source, then the payload).
+    Udp,
 }
 
 impl fmt::Display for Open {
@@ -129,6 +137,7 @@ impl fmt::Display for Open {
             Open::Tcp { host, port } if host.contains(':') => write!(f, "[{host}]:{port}"),
             Open::Tcp { host, port } => write!(f, "{host}:{port}"),
             Open::Service(name) => write!(f, "service {name}"),
+            Open::Udp => f.write_str("udp"),
         }
     }
 }
@@ -143,6 +152,7 @@ impl Open {
                 .uri(format!("{name}:0"))
                 .header(SERVICE_HEADER, name.as_str())
                 .body(()),
+            Open::Udp => b.uri("udp:0").header(OPEN_HEADER, "udp").body(()),
         }
     }
 
@@ -150,6 +160,9 @@ impl Open {
     pub fn from_request<B>(req: &http::Request<B>) -> Option<Open> {
         if req.method() != http::Method::CONNECT {
             return None;
+        }
+        if let Some(v) = req.headers().get(OPEN_HEADER) {
+            return (v.as_bytes() == b"udp").then_some(Open::Udp);
         }
         if let Some(v) = req.headers().get(SERVICE_HEADER) {
             let name = v.to_str().ok()?;
@@ -272,10 +285,33 @@ pub fn format_fingerprint(digest: &[u8]) -> String {
     format!("sha256:{}", hex.join(":"))
 }
 
+/// One datagram on a UDP stream: its length (u16, big-endian), then its bytes.
+pub fn encode_frame(datagram: &[u8], out: &mut Vec<u8>) -> bool {
+    let Ok(len) = u16::try_from(datagram.len()) else {
+        return false;
+    };
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(datagram);
+    true
+}
+
+/// The first whole frame in `buf`: its datagram's range and the bytes it took; `None` until
+/// one is whole.
+pub fn decode_frame(buf: &[u8]) -> Option<(std::ops::Range<usize>, usize)> {
+    let len = usize::from(u16::from_be_bytes([*buf.first()?, *buf.get(1)?]));
+    (buf.len() >= 2 + len).then_some((2..2 + len, 2 + len))
+}
+
 /// Every decoder of untrusted tunnel input over arbitrary bytes (the fuzz target
 /// `tunnel_decoders` and a seeded test run it): no panic, lengths within the input, and what
 /// decodes re-encodes to the same bytes.
 pub fn check_all_decoders(data: &[u8]) {
+    if let Some((range, used)) = decode_frame(data) {
+        assert!(used <= data.len() && range.end == used);
+        let mut again = Vec::new();
+        assert!(encode_frame(&data[range], &mut again));
+        assert_eq!(again, data[..used]);
+    }
     if let Ok((h, used)) = decode_hello(data) {
         assert!(used <= data.len());
         assert_eq!(encode_hello(&h), data[..used]);
@@ -383,6 +419,7 @@ mod tests {
                 port: 80,
             },
             Open::Service("web".into()),
+            Open::Udp,
         ] {
             let req = open.to_request().expect("request");
             assert_eq!(Open::from_request(&req), Some(open));
@@ -406,6 +443,17 @@ mod tests {
             .body(())
             .expect("req");
         assert_eq!(Open::from_request(&bad_service), None);
+    }
+
+    #[test]
+    fn frames_wait_for_their_whole_datagram() {
+        let mut out = Vec::new();
+        assert!(encode_frame(b"abc", &mut out));
+        assert_eq!(out, b"\x00\x03abc");
+        assert_eq!(decode_frame(&out), Some((2..5, 5)));
+        assert_eq!(decode_frame(&out[..4]), None);
+        assert_eq!(decode_frame(&[0]), None);
+        assert!(!encode_frame(&vec![0; 70_000], &mut out));
     }
 
     #[test]
