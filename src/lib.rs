@@ -31,4 +31,5 @@ pub mod splice;
 pub mod startup;
 pub mod stats;
 pub mod tls;
+pub mod tunnel;
 pub mod upstream;

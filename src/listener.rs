@@ -24,6 +24,8 @@ enum Handler {
     Http(Arc<HttpProxy>),
     Socks(Arc<SocksServer>),
     Tcp(Arc<crate::l4::tcp::TcpBalancer>),
+    Tunnel(Arc<crate::tunnel::TunnelListener>),
+    Published(Arc<crate::tunnel::published::Published>),
 }
 
 /// A listener's accept loop, as started: cancel `stop` to close it (connections it accepted
@@ -85,6 +87,17 @@ pub fn spawn(
             tls.clone(),
             addr,
         )?)),
+        ListenerKind::Tunnel(t) => Handler::Tunnel(Arc::new(
+            crate::tunnel::TunnelListener::new(name.clone(), t.clone(), svc.clone())
+                .with_context(|| format!("listener {name:?}"))?,
+        )),
+        ListenerKind::Published(p) => {
+            Handler::Published(Arc::new(crate::tunnel::published::Published {
+                name: name.clone(),
+                cfg: p.clone(),
+                svc: svc.clone(),
+            }))
+        }
         ListenerKind::Udp(_) => {
             anyhow::bail!("listener {name:?}: a udp listener has no accept loop")
         }
@@ -177,6 +190,16 @@ async fn accept_loop(
             }
             Handler::Tcp(t) => {
                 let fut = t.clone().serve(stream, peer);
+                svc.shutdown
+                    .spawn(WithGuard { fut, _guard }.instrument(span));
+            }
+            Handler::Tunnel(t) => {
+                let fut = t.clone().serve(stream, peer);
+                svc.shutdown
+                    .spawn(WithGuard { fut, _guard }.instrument(span));
+            }
+            Handler::Published(p) => {
+                let fut = p.clone().serve(stream, peer);
                 svc.shutdown
                     .spawn(WithGuard { fut, _guard }.instrument(span));
             }

@@ -171,6 +171,19 @@ enum Command {
         #[arg(value_name = "DIR")]
         dir: Option<PathBuf>,
     },
+    /// Make a self-signed certificate and key for a tunnel relay (NAME.crt and NAME.key in
+    /// DIR, the key 0600) and print the certificate's SHA-256 fingerprint, the form an
+    /// agent's `fingerprint` takes.
+    Cert {
+        /// The name the certificate is for (agents check it as `server_name`).
+        #[arg(long)]
+        name: String,
+        /// Directory to write the files into (created if missing).
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        out: PathBuf,
+    },
+    /// Run as a tunnel agent: the config (--config FILE) must have an [agent] section.
+    Agent,
     /// Print a shell completion script.
     Completions {
         /// bash, elvish, fish, powershell or zsh.
@@ -206,6 +219,15 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         _ => {}
+    }
+    if let Some(Command::Cert { name, out }) = &cli.command {
+        return match cert(name, out) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("gatehouse cert: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
     }
     // `check FILE` is `check --config FILE`.
     if let Some(Command::Check { file: Some(file) }) = &cli.command {
@@ -250,9 +272,12 @@ fn main() -> ExitCode {
         .map(|p| p.display().to_string())
         .unwrap_or_else(|| "<built-in default>".into());
     match cli.command {
-        Some(Command::Passwd { .. } | Command::Man { .. } | Command::Completions { .. }) => {
-            ExitCode::SUCCESS
-        }
+        Some(
+            Command::Passwd { .. }
+            | Command::Man { .. }
+            | Command::Completions { .. }
+            | Command::Cert { .. },
+        ) => ExitCode::SUCCESS,
         Some(Command::DefaultConfig) => {
             print!("{}", gatehouse::config::DEFAULT_CONFIG.trim_start());
             ExitCode::SUCCESS
@@ -277,7 +302,7 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_CONFIG)
             }
         },
-        None => {
+        command @ (None | Some(Command::Agent)) => {
             let config = match Config::parse(&text) {
                 Ok(c) => c,
                 Err(errs) => {
@@ -285,6 +310,10 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
+            if matches!(command, Some(Command::Agent)) && config.agent.is_none() {
+                eprintln!("gatehouse agent: {source} has no [agent] section");
+                return ExitCode::from(EXIT_CONFIG);
+            }
             let prepared = match gatehouse::startup::prepare(&config) {
                 Ok(p) => p,
                 Err(errs) => {
@@ -354,6 +383,32 @@ fn passwd(
     }
     update_file(path, user, &entry).with_context(|| format!("writing {}", path.display()))?;
     eprintln!("{}: entry for {user} written", path.display());
+    Ok(())
+}
+
+/// `gatehouse cert`: NAME.crt (0644) and NAME.key (0600) in `dir`, the fingerprint printed.
+fn cert(name: &str, dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let (cert, key, fp) = gatehouse::tunnel::tls::self_signed(name)?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let key_path = dir.join(format!("{name}.key"));
+    let cert_path = dir.join(format!("{name}.crt"));
+    let _ = std::fs::remove_file(&key_path);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&key_path)
+        .with_context(|| format!("writing {}", key_path.display()))?;
+    f.write_all(key.as_bytes())
+        .with_context(|| format!("writing {}", key_path.display()))?;
+    std::fs::write(&cert_path, cert).with_context(|| format!("writing {}", cert_path.display()))?;
+    eprintln!(
+        "wrote {} and {} (self-signed for {name})",
+        cert_path.display(),
+        key_path.display()
+    );
+    println!("{}", gatehouse::tunnel::proto::format_fingerprint(&fp));
     Ok(())
 }
 

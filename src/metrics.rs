@@ -136,8 +136,22 @@ pub struct Metrics {
     pub login_failures: Family<ReasonLabel, Counter>,
     /// Live statistics for the admin API and dashboard (fed by the access-record tap).
     pub stats: crate::stats::Stats,
+    /// Reverse-tunnel agents connected to this relay.
+    pub tunnel_agents: Gauge,
+    /// Streams open through agents (SOCKS and published ports).
+    pub tunnel_streams_open: Gauge,
+    /// Bytes through agents, by agent, service ("socks" for SOCKS) and direction.
+    pub tunnel_bytes: Family<TunnelLabels, Counter>,
     /// `relay_bytes` for each kind in [`RELAY_KINDS`], in and out: looked up once.
     relay_handles: [[OnceLock<Counter>; 2]; 4],
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TunnelLabels {
+    pub agent: String,
+    pub service: String,
+    /// "in" (from clients, to the agent) or "out" (to clients).
+    pub direction: String,
 }
 
 /// The relay kinds [`Metrics::relay`] keeps handles for.
@@ -349,6 +363,24 @@ impl Metrics {
         let upstream_pool_requests = Family::<ReusedLabel, Counter>::default();
         let relay_bytes = Family::<RelayLabels, Counter>::default();
         let cache_results = Family::<ResultLabel, Counter>::default();
+        let tunnel_agents = Gauge::default();
+        let tunnel_streams_open = Gauge::default();
+        let tunnel_bytes = Family::<TunnelLabels, Counter>::default();
+        registry.register(
+            "tunnel_agents",
+            "Reverse-tunnel agents connected to this relay",
+            tunnel_agents.clone(),
+        );
+        registry.register(
+            "tunnel_streams_open",
+            "Streams open through reverse-tunnel agents",
+            tunnel_streams_open.clone(),
+        );
+        registry.register(
+            "tunnel_bytes",
+            "Bytes relayed through reverse-tunnel agents, by agent, service (socks for SOCKS) and direction (in from clients, out to clients)",
+            tunnel_bytes.clone(),
+        );
         registry.register(
             "policy_denials",
             "Requests, tunnels and sessions refused by the policy, by rule (a rule name, default or guard)",
@@ -387,6 +419,9 @@ impl Metrics {
             upstream_pool_requests,
             relay_bytes,
             cache_results,
+            tunnel_agents,
+            tunnel_streams_open,
+            tunnel_bytes,
             pool_server_up,
             pool_server_connections,
             pool_server_errors,
@@ -499,6 +534,19 @@ impl Metrics {
                 result: result.to_string(),
             })
             .inc();
+    }
+
+    /// Bytes relayed through an agent.
+    pub fn tunnel_bytes(&self, agent: &str, service: &str, from_client: u64, to_client: u64) {
+        for (direction, n) in [("in", from_client), ("out", to_client)] {
+            self.tunnel_bytes
+                .get_or_create(&TunnelLabels {
+                    agent: agent.to_string(),
+                    service: service.to_string(),
+                    direction: direction.to_string(),
+                })
+                .inc_by(n);
+        }
     }
 
     pub fn bytes(&self, listener: &str, from_client: u64, to_client: u64) {

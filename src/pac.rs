@@ -20,7 +20,11 @@ pub fn offered(l: &ListenerConfig, policy: &PolicyConfig) -> bool {
                 && !policy.listeners.get(&l.name).is_some_and(|p| p.auth)
         }
         // Balancers are not proxies for browsers.
-        ListenerKind::Tcp(_) | ListenerKind::Udp(_) | ListenerKind::Reverse(_) => false,
+        ListenerKind::Tcp(_)
+        | ListenerKind::Udp(_)
+        | ListenerKind::Reverse(_)
+        | ListenerKind::Tunnel(_)
+        | ListenerKind::Published(_) => false,
     }
 }
 
@@ -55,9 +59,7 @@ pub fn generate(config: &Config, bound: &[(String, SocketAddr)]) -> String {
                 ListenerKind::Http(_) => "PROXY",
                 ListenerKind::Socks(_) => "SOCKS5",
                 // Balancers are not proxies for browsers (`offered` says no).
-                ListenerKind::Tcp(_) | ListenerKind::Udp(_) | ListenerKind::Reverse(_) => {
-                    return None
-                }
+                _ => return None,
             };
             host_of(addr.ip()).map(|h| format!("{scheme} {h}:{}", addr.port()))
         })

@@ -46,6 +46,8 @@ pub struct Services {
     pub local: Arc<LocalAddrs>,
     /// `[[pools]]`: upstream servers of the balancing listeners, with their health.
     pub pools: crate::pool::Pools,
+    /// Reverse-tunnel agents connected to this relay (empty unless a tunnel listener runs).
+    pub agents: crate::tunnel::Agents,
 }
 
 /// The proxy's own addresses from the config alone: every listener's bound IP. The live set
@@ -136,6 +138,7 @@ impl Server {
             connect_timeout: config.upstream.connect_timeout,
             local,
             pools: crate::pool::Pools::new(&config.pools, metrics.clone()),
+            agents: crate::tunnel::Agents::new(metrics.tunnel_streams_open.clone()),
         });
         crate::ifwatch::spawn(&services.local).context("starting the address watcher")?;
         services
@@ -178,6 +181,11 @@ impl Server {
             .metrics
             .stats
             .set_listeners(listener_info(&listeners));
+        if let Some(a) = &config.agent {
+            let agent =
+                crate::tunnel::agent::Agent::new(a.clone(), services.clone()).context("[agent]")?;
+            tokio::spawn(Arc::new(agent).run());
+        }
         let (control_tx, control) = tokio::sync::mpsc::channel(1);
         let admin = match admin_socket {
             Some(s) => {
@@ -294,6 +302,7 @@ impl Server {
                 "limits",
                 format!("{:?}", self.config.limits) != format!("{:?}", new.limits),
             ),
+            ("agent", self.config.agent != new.agent),
         ];
         for (section, changed) in restart_needed {
             if changed {

@@ -68,10 +68,18 @@ pub fn prepare(config: &Config) -> Result<Prepared, Vec<ConfigError>> {
     for (i, l) in config.listeners.iter().enumerate() {
         // A balancing listener's (and a reverse proxy's) destinations are its pools: it cannot
         // be an open proxy.
+        // Nor can a tunnel listener (agents only) or a published port (one service).
         let balancer = matches!(
             l.kind,
-            ListenerKind::Tcp(_) | ListenerKind::Udp(_) | ListenerKind::Reverse(_)
+            ListenerKind::Tcp(_)
+                | ListenerKind::Udp(_)
+                | ListenerKind::Reverse(_)
+                | ListenerKind::Tunnel(_)
+                | ListenerKind::Published(_)
         );
+        for (key, e) in crate::tunnel::check_listener(l) {
+            errors.push(lines.error(&format!("listeners[{i}].{key}"), format!("{e:#}")));
+        }
         if let Some(p) = policy.as_ref().filter(|_| !balancer) {
             if let Err(e) = p.open_proxy_check(&l.name, l.listen.ip()) {
                 errors.push(lines.error(&format!("listeners[{i}].listen"), e.to_string()));
@@ -115,6 +123,11 @@ pub fn prepare(config: &Config) -> Result<Prepared, Vec<ConfigError>> {
                     p.name
                 ),
             ));
+        }
+    }
+    if let Some(agent) = &config.agent {
+        for (key, e) in crate::tunnel::check_agent(agent) {
+            errors.push(lines.error(&format!("agent.{key}"), format!("{e:#}")));
         }
     }
     if let LogTarget::File(path) = &config.access_log.target {

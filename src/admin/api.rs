@@ -1,4 +1,5 @@
-//! The JSON admin API under `/api/v1/`: `GET status` (the overview), `POST reload` and
+//! The JSON admin API under `/api/v1/`: `GET status` (the overview), `GET agents` (the
+//! reverse-tunnel agents connected to this relay), `POST reload` and
 //! `POST drain` (token-protected, served by the binary's signal loop through [`Control`]).
 
 use std::time::Duration;
@@ -42,12 +43,15 @@ pub(super) async fn handle(
 ) -> (u16, String) {
     let (status, body) = match (method, endpoint) {
         ("GET", "status") => (200, status(svc)),
+        ("GET", "agents") => (200, json!({ "agents": svc.agents.list() })),
         ("POST", "reload" | "drain") => match authorize() {
             Err((status, why)) => (status, json!({ "error": why.trim_end() })),
             Ok(()) if endpoint == "reload" => reload(control).await,
             Ok(()) => drain(svc, control).await,
         },
-        (_, "status" | "reload" | "drain") => (405, json!({ "error": "method not allowed" })),
+        (_, "status" | "agents" | "reload" | "drain") => {
+            (405, json!({ "error": "method not allowed" }))
+        }
         _ => (404, json!({ "error": "no such endpoint" })),
     };
     let mut text = serde_json::to_string_pretty(&body).unwrap_or_default();

@@ -9,6 +9,7 @@ pub(crate) mod reader;
 mod reverse;
 mod socks;
 pub mod tls;
+mod tunnel;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -26,6 +27,9 @@ pub use reverse::{
 };
 pub use socks::{AuthMethod, Password, SocksListenerConfig, SocksUser, UdpFilter};
 pub use tls::{ClientTls, ServerTls, TlsFiles, TlsVersion};
+pub use tunnel::{
+    AcceptedAgent, AgentConfig, PublishedListenerConfig, RelayVerify, Token, TunnelListenerConfig,
+};
 
 /// The built-in default: safe on any machine. Loopback only, memory only.
 pub const DEFAULT_CONFIG: &str = r#"
@@ -57,6 +61,8 @@ pub struct Config {
     pub policy: crate::policy::PolicyConfig,
     /// Per-client and per-user connection, rate and bandwidth limits.
     pub limits: crate::limits::LimitsConfig,
+    /// `[agent]`: this process is a tunnel agent dialling out to relays.
+    pub agent: Option<AgentConfig>,
     /// The line of every key in the file, for problems found at start-up.
     pub lines: KeyLines,
 }
@@ -81,6 +87,10 @@ pub enum ListenerKind {
     Udp(UdpListenerConfig),
     /// HTTP reverse proxy: virtual hosts and routes to pools.
     Reverse(Box<ReverseListenerConfig>),
+    /// Where reverse-tunnel agents connect.
+    Tunnel(TunnelListenerConfig),
+    /// A port forwarding to a service an agent publishes.
+    Published(PublishedListenerConfig),
 }
 
 impl ListenerKind {
@@ -91,6 +101,8 @@ impl ListenerKind {
             ListenerKind::Tcp(_) => "tcp",
             ListenerKind::Udp(_) => "udp",
             ListenerKind::Reverse(_) => "reverse",
+            ListenerKind::Tunnel(_) => "tunnel",
+            ListenerKind::Published(_) => "published",
         }
     }
 }
@@ -276,12 +288,17 @@ fn read_config(root: &Section<'_>) -> Config {
     let pool_names: Vec<&str> = pools.iter().map(|p| p.name.as_str()).collect();
     let mut listeners = Vec::new();
     let sections = root.tables("listeners");
-    if !root.has("listeners") {
-        root.error_at("listeners", "at least one [[listeners]] entry is required");
+    if !root.has("listeners") && !root.has_table("agent") {
+        root.error_at(
+            "listeners",
+            "at least one [[listeners]] entry (or an [agent] section) is required",
+        );
     }
-    for l in &sections {
+    let mut section_of = Vec::new();
+    for (i, l) in sections.iter().enumerate() {
         if let Some(cfg) = read_listener(l, &pool_names) {
             l4::check_hash_keys(l, &cfg.kind, &pools);
+            section_of.push(i);
             if listeners
                 .iter()
                 .any(|o: &ListenerConfig| o.name == cfg.name)
@@ -303,9 +320,18 @@ fn read_config(root: &Section<'_>) -> Config {
             listeners.push(cfg);
         }
     }
+    check_agent_names(&listeners, &section_of, &sections);
     for l in sections {
         l.finish();
     }
+    let agent = if root.has_table("agent") {
+        let a = root.table("agent");
+        let cfg = tunnel::read_agent(&a);
+        a.finish();
+        cfg
+    } else {
+        None
+    };
 
     let dns = read_dns(&root.table("dns"));
     let upstream = read_upstream(&root.table("upstream"));
@@ -387,7 +413,37 @@ fn read_config(root: &Section<'_>) -> Config {
         cache,
         policy,
         limits,
+        agent,
         lines: KeyLines::default(),
+    }
+}
+
+/// Every agent a socks or published listener names must be accepted by a tunnel listener.
+fn check_agent_names(listeners: &[ListenerConfig], section_of: &[usize], sections: &[Section<'_>]) {
+    let accepted: Vec<&str> = listeners
+        .iter()
+        .filter_map(|l| match &l.kind {
+            ListenerKind::Tunnel(t) => Some(t.agents.iter().map(|a| a.name.as_str())),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    for (l, i) in listeners.iter().zip(section_of) {
+        let Some(s) = sections.get(*i) else { continue };
+        let (key, name) = match &l.kind {
+            ListenerKind::Socks(c) => match &c.via_agent {
+                Some(n) => ("via_agent", n),
+                None => continue,
+            },
+            ListenerKind::Published(p) => ("agent", &p.agent),
+            _ => continue,
+        };
+        if !accepted.contains(&name.as_str()) {
+            s.error_at(
+                key,
+                format!("no tunnel listener accepts an agent named {name:?}"),
+            );
+        }
     }
 }
 
@@ -409,11 +465,13 @@ fn read_listener(l: &Section<'_>, pools: &[&str]) -> Option<ListenerConfig> {
         Some("reverse") => Some(ListenerKind::Reverse(Box::new(reverse::read_reverse(
             l, pools,
         )))),
+        Some("tunnel") => tunnel::read_tunnel(l).map(ListenerKind::Tunnel),
+        Some("published") => tunnel::read_published(l).map(ListenerKind::Published),
         Some(other) => {
             l.error_at(
                 "kind",
                 format!(
-                    "unknown listener kind {other:?}; expected \"http\", \"socks\", \"tcp\", \"udp\" or \"reverse\""
+                    "unknown listener kind {other:?}; expected \"http\", \"socks\", \"tcp\", \"udp\", \"reverse\", \"tunnel\" or \"published\""
                 ),
             );
             None

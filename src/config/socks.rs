@@ -23,6 +23,8 @@ pub struct SocksListenerConfig {
     pub tls: Option<super::ServerTls>,
     /// Which remote senders' datagrams a UDP association passes back to the client.
     pub udp_filter: UdpFilter,
+    /// CONNECT goes through this tunnel agent instead of out of this host.
+    pub via_agent: Option<String>,
 }
 
 /// Filtering of inbound UDP, in the terms of RFC 4787 section 5 (NAT behaviour for UDP).
@@ -60,6 +62,11 @@ pub struct Password(String);
 impl Password {
     pub fn new(s: impl Into<String>) -> Password {
         Password(s.into())
+    }
+
+    /// The secret itself, for sending it (a tunnel agent's token).
+    pub fn expose(&self) -> &str {
+        &self.0
     }
 
     pub fn matches(&self, candidate: &[u8]) -> bool {
@@ -144,6 +151,7 @@ pub(super) fn read_socks(l: &Section<'_>) -> SocksListenerConfig {
                 UdpFilter::Address
             }
         },
+        via_agent: l.string("via_agent"),
     }
 }
 

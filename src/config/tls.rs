@@ -105,6 +105,18 @@ fn files(t: &Section<'_>) -> Option<TlsFiles> {
     cert.zip(key).map(|(cert, key)| TlsFiles { cert, key })
 }
 
+/// A listener's `tls = { cert, key }` when one certificate is all it takes (the reverse
+/// tunnel's relay end).
+pub(super) fn read_tls_files(l: &Section<'_>) -> Option<TlsFiles> {
+    if !l.has_table("tls") {
+        return None;
+    }
+    let t = l.table("tls");
+    let f = files(&t);
+    t.finish();
+    f
+}
+
 /// A listener's `tls` table, if any. `alpn` is the listener kind's default ALPN list.
 pub(super) fn read_server_tls(l: &Section<'_>, alpn: &[&str]) -> Option<ServerTls> {
     if !l.has_table("tls") {

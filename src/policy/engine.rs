@@ -245,6 +245,14 @@ impl Policy {
         verdict.clone()
     }
 
+    /// For a destination reached through a tunnel agent: the rules, without the guard (the
+    /// address is in the agent's network, whose own guard and allow-list apply there).
+    /// `ip` when the client gave an address; a name is not resolved here, so rules on
+    /// destination addresses cannot match it.
+    pub fn decide_remote(&self, req: &AccessRequest<'_>, ip: Option<IpAddr>) -> Verdict {
+        self.first_match(req, ip.map(canonical))
+    }
+
     /// First match without a destination (no address rules can match).
     fn first_match(&self, req: &AccessRequest<'_>, ip: Option<IpAddr>) -> Verdict {
         let mut time = LazyTime::new(req, &self.time_zone);

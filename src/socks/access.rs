@@ -94,6 +94,36 @@ impl SocksServer {
         })
     }
 
+    /// A CONNECT through a tunnel agent: the rules decide here (never resolving: names
+    /// resolve on the agent's side), the agent's allow-list and guard there.
+    pub(super) fn check_remote(
+        &self,
+        s: &mut Session,
+        req: &SocksRequest,
+        protocol: Protocol,
+        t: &Target,
+    ) -> Result<(), SocksError> {
+        let policy = s.policy.clone();
+        let areq = access_request(&self.name, req, protocol, &t.host, t.port);
+        let ip = match &t.host {
+            Host::Ip(ip) => Some(*ip),
+            Host::Name(_) => None,
+        };
+        let verdict = policy.decide_remote(&areq, ip);
+        s.rule = Some(verdict.rule.clone());
+        match verdict.action {
+            Action::Allow => Ok(()),
+            Action::Deny => {
+                self.svc.metrics.denial(&verdict.rule);
+                Err(SocksError::Denied {
+                    rule: verdict.rule,
+                    refusal: verdict.refusal,
+                })
+            }
+            Action::Route(_) => Err(self.route_unsupported(s, "a tunnelled CONNECT")),
+        }
+    }
+
     /// Evaluates the rules for `host:port`, resolving the name only when they need it.
     /// A denial is an error (reply 0x02); the deciding rule goes to the session's log record.
     pub(super) async fn check(

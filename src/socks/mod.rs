@@ -15,6 +15,7 @@ mod gssapi;
 pub mod reply;
 pub mod server;
 mod udp;
+mod udp_agent;
 
 pub use server::SocksServer;
 pub use udp::ClientFilter;

@@ -121,6 +121,11 @@ pub enum SocksError {
     UdpProtected,
     #[error("{0}")]
     Io(#[from] io::Error),
+    /// Through a tunnel agent: what the agent (or the relay, without one) answered.
+    #[error("tunnel: {0}")]
+    Tunnel(crate::tunnel::proto::OpenError),
+    #[error("{0} is not carried through a tunnel agent")]
+    AgentUnsupported(&'static str),
 }
 
 impl SocksError {
@@ -152,6 +157,8 @@ impl SocksError {
             SocksError::Gssapi(_) => Reply::NotAllowed,
             SocksError::UdpProtected => Reply::CommandNotSupported,
             SocksError::Io(e) => io_reply(e),
+            SocksError::Tunnel(e) => Reply::from_code(e.socks_reply()),
+            SocksError::AgentUnsupported(_) => Reply::CommandNotSupported,
         }
     }
 
@@ -185,6 +192,8 @@ impl SocksError {
             SocksError::Gssapi(_) => "gssapi_failed",
             SocksError::UdpProtected => "udp_protected",
             SocksError::Io(_) => "io_error",
+            SocksError::Tunnel(e) => e.as_str(),
+            SocksError::AgentUnsupported(_) => "command_not_supported",
         }
     }
 }

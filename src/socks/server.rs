@@ -70,6 +70,10 @@ enum Admitted {
     Bind(Option<Vec<std::net::IpAddr>>),
     /// Every datagram is checked on its own.
     Udp,
+    /// CONNECT through this tunnel agent.
+    Agent(Arc<str>),
+    /// UDP ASSOCIATE through this tunnel agent (each datagram checked on its own).
+    AgentUdp(Arc<str>),
 }
 
 /// What the access log gets to know about one session.
@@ -275,6 +279,16 @@ impl SocksServer {
             s.user_slot = Some(limits.user_connection(name)?);
         }
         limits.request(req.client.ip(), req.logged_in())?;
+        if let Some(agent) = &self.cfg.via_agent {
+            return match req.command {
+                Command::Connect => {
+                    self.check_remote(s, req, Protocol::SocksConnect, &req.target)?;
+                    Ok(Admitted::Agent(Arc::from(agent.as_str())))
+                }
+                Command::Bind => Err(SocksError::AgentUnsupported("BIND")),
+                Command::UdpAssociate => Ok(Admitted::AgentUdp(Arc::from(agent.as_str()))),
+            };
+        }
         let t = &req.target;
         match req.command {
             Command::Connect => {
@@ -322,7 +336,73 @@ impl SocksServer {
             // carried in the clear.
             Admitted::Udp if c.sealed.is_some() => Err(SocksError::UdpProtected),
             Admitted::Udp => Box::pin(udp::run(self, c, s, req)).await,
+            Admitted::Agent(agent) => Box::pin(self.connect_agent(c, s, &req.target, &agent)).await,
+            Admitted::AgentUdp(agent) => {
+                Box::pin(super::udp_agent::run(self, c, s, req, &agent)).await
+            }
         }
+    }
+
+    /// CONNECT through a tunnel agent: a stream on its connection instead of a socket from
+    /// the connector; the agent resolves the name and applies its allow-list.
+    async fn connect_agent<S>(
+        &self,
+        c: &mut Client<S>,
+        s: &mut Session,
+        target: &Target,
+        agent: &str,
+    ) -> Result<(), SocksError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let host = match &target.host {
+            crate::connector::Host::Name(n) => n.clone(),
+            crate::connector::Host::Ip(ip) => ip.to_string(),
+        };
+        let what = crate::tunnel::proto::Open::Tcp {
+            host,
+            port: target.port,
+        };
+        let mut opened = self
+            .svc
+            .agents
+            .open(agent, &what, self.svc.connect_timeout)
+            .await
+            .map_err(SocksError::Tunnel)?;
+        // The address the agent connected from is its own business: 0.0.0.0:0.
+        c.reply(Reply::Succeeded, SocketAddr::from(([0, 0, 0, 0], 0)))
+            .await?;
+        c.stage = Stage::Silent;
+        if !c.buf.is_empty() {
+            if opened.stream.write_all(&c.buf).await.is_err() {
+                s.error = Some("connection_terminated");
+                return Ok(());
+            }
+            s.relayed_in += c.buf.len() as u64;
+        }
+        c.buf = bytes::BytesMut::new();
+        let user = s.request.as_ref().and_then(|r| r.logged_in());
+        let t = self.svc.limits.throttles(c.peer.ip(), user);
+        let (end, stats) = relay::relay_limited(
+            &mut c.stream,
+            &mut opened.stream,
+            self.cfg.idle_timeout,
+            t.up,
+            t.down,
+        )
+        .await;
+        s.relayed_in += stats.a_to_b;
+        s.relayed_out += stats.b_to_a;
+        opened.count(stats.a_to_b, stats.b_to_a);
+        let m = &self.svc.metrics;
+        m.relay("socks", stats.a_to_b, stats.b_to_a);
+        m.tunnel_bytes(agent, "socks", stats.a_to_b, stats.b_to_a);
+        match end {
+            RelayEnd::Done => {}
+            RelayEnd::Idle => s.error = Some("idle_timeout"),
+            RelayEnd::Error(_) => s.error = Some("connection_terminated"),
+        }
+        Ok(())
     }
 
     /// CONNECT to the checked addresses, or through the route's parents.

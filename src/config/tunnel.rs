@@ -1,0 +1,353 @@
+//! Reverse tunnels: the relay's `kind = "tunnel"` listener (where agents connect), its
+//! `kind = "published"` ports, a socks listener's `via_agent`, and the `[agent]` section.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::reader::Section;
+use super::socks::Password;
+use super::tls::{read_tls_files, TlsFiles};
+use crate::tunnel::allow::{AllowEntry, AllowList};
+
+/// A token: in the config, or in a file read at start-up (first line, trimmed).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Token {
+    Inline(Password),
+    File(PathBuf),
+}
+
+impl Token {
+    pub fn load(&self) -> anyhow::Result<Password> {
+        match self {
+            Token::Inline(p) => Ok(p.clone()),
+            Token::File(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    anyhow::anyhow!("cannot read token file {}: {e}", path.display())
+                })?;
+                let t = text.lines().next().unwrap_or("").trim();
+                anyhow::ensure!(!t.is_empty(), "token file {} is empty", path.display());
+                Ok(Password::new(t))
+            }
+        }
+    }
+
+    pub fn expose(&self) -> anyhow::Result<Vec<u8>> {
+        Ok(self.load()?.expose().as_bytes().to_vec())
+    }
+}
+
+/// `token` or `token_file` in a section.
+fn read_token(s: &Section<'_>) -> Option<Token> {
+    match (s.string("token"), s.string("token_file")) {
+        (Some(_), Some(_)) => {
+            s.error_at("token_file", "give `token` or `token_file`, not both");
+            None
+        }
+        (Some(t), None) if t.is_empty() || t.len() > crate::tunnel::proto::MAX_TOKEN => {
+            s.error_at("token", "must be 1 to 1024 bytes");
+            None
+        }
+        (Some(t), None) => Some(Token::Inline(Password::new(t))),
+        (None, Some(f)) => Some(Token::File(PathBuf::from(f))),
+        (None, None) => {
+            s.error_here("`token` or `token_file` is required");
+            None
+        }
+    }
+}
+
+fn read_name(s: &Section<'_>, key: &str) -> Option<String> {
+    let name = s.string(key);
+    match &name {
+        None if !s.has(key) => s.error_here(format!("`{key}` is required")),
+        Some(n) if !crate::tunnel::proto::valid_name(n) => {
+            s.error_at(key, "1 to 64 letters, digits, '.', '_' or '-'")
+        }
+        _ => {}
+    }
+    name.filter(|n| crate::tunnel::proto::valid_name(n))
+}
+
+/// `kind = "tunnel"`: where agents connect.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TunnelListenerConfig {
+    /// The relay's certificate and key (`gatehouse cert` makes a self-signed pair).
+    pub tls: TlsFiles,
+    /// The agents allowed in.
+    pub agents: Vec<AcceptedAgent>,
+    /// TLS handshake plus hello.
+    pub handshake_timeout: Duration,
+    /// How often an idle connection is pinged.
+    pub heartbeat: Duration,
+    /// A ping unanswered for this long ends the connection.
+    pub dead_after: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AcceptedAgent {
+    pub name: String,
+    pub token: Token,
+    /// Several agents may connect under this name (streams are balanced over them).
+    pub pool: bool,
+}
+
+pub(super) fn read_tunnel(l: &Section<'_>) -> Option<TunnelListenerConfig> {
+    let tls = read_tls_files(l);
+    if !l.has_table("tls") {
+        l.error_here("`tls = { cert = ..., key = ... }` is required on a tunnel listener");
+    }
+    let mut agents: Vec<AcceptedAgent> = Vec::new();
+    for a in l.tables("agents") {
+        let name = read_name(&a, "name");
+        let token = read_token(&a);
+        let pool = a.bool("pool", false);
+        a.finish();
+        if let (Some(name), Some(token)) = (name, token) {
+            if agents.iter().any(|o| o.name == name) {
+                a.error_at("name", format!("duplicate agent {name:?}"));
+            }
+            agents.push(AcceptedAgent { name, token, pool });
+        }
+    }
+    let heartbeat = l.duration("heartbeat", Duration::from_secs(10));
+    let dead_after = l.duration("dead_after", Duration::from_secs(30));
+    if heartbeat.is_zero() {
+        l.error_at("heartbeat", "must be more than 0");
+    }
+    Some(TunnelListenerConfig {
+        tls: tls?,
+        agents,
+        handshake_timeout: l.duration("handshake_timeout", Duration::from_secs(10)),
+        heartbeat,
+        dead_after,
+    })
+}
+
+/// `kind = "published"`: a relay port forwarding to a service an agent publishes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PublishedListenerConfig {
+    pub agent: String,
+    pub service: String,
+    /// A connection with no traffic either way for this long is closed.
+    pub idle_timeout: Duration,
+}
+
+pub(super) fn read_published(l: &Section<'_>) -> Option<PublishedListenerConfig> {
+    let agent = read_name(l, "agent");
+    let service = read_name(l, "service");
+    Some(PublishedListenerConfig {
+        agent: agent?,
+        service: service?,
+        idle_timeout: l.duration("idle_timeout", Duration::from_secs(600)),
+    })
+}
+
+/// How the agent checks the relay's certificate.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RelayVerify {
+    /// Against this CA (or the relay's own self-signed certificate), for `server_name`.
+    Ca(PathBuf),
+    /// Exactly the certificate with this SHA-256 (DER) fingerprint.
+    Fingerprint([u8; 32]),
+}
+
+/// `[agent]`: this process dials relays and serves streams from them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentConfig {
+    pub name: String,
+    pub token: Token,
+    /// `host:port` of each relay, in failover order.
+    pub relays: Vec<(String, u16)>,
+    /// An HTTP proxy (`host:port`) the relays are reached through with CONNECT.
+    pub http_proxy: Option<(String, u16)>,
+    /// The name the relay's certificate must carry (also the TLS SNI).
+    pub server_name: String,
+    pub verify: RelayVerify,
+    /// Service name -> inside `host:port`.
+    pub publish: BTreeMap<String, (String, u16)>,
+    /// Destinations tunnelled SOCKS may reach (besides the published services).
+    pub allow: AllowList,
+    pub heartbeat: Duration,
+    pub dead_after: Duration,
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
+    /// Dialling a relay (TCP + TLS + hello).
+    pub connect_timeout: Duration,
+    /// A relayed stream with no traffic either way for this long is closed.
+    pub idle_timeout: Duration,
+}
+
+/// `"host:port"` (`"[v6]:port"`).
+fn parse_host_port(v: &toml_edit::Value) -> Result<(String, u16), String> {
+    let s = v.as_str().ok_or("not a string")?;
+    let (h, p) = s.rsplit_once(':').ok_or("expected \"host:port\"")?;
+    let port: u16 = p.parse().map_err(|_| format!("bad port {p:?}"))?;
+    let h = h.trim_start_matches('[').trim_end_matches(']');
+    if port == 0 || crate::connector::Host::parse(h).is_none() {
+        return Err("expected \"host:port\"".into());
+    }
+    Ok((h.to_ascii_lowercase(), port))
+}
+
+pub(super) fn read_agent(a: &Section<'_>) -> Option<AgentConfig> {
+    let name = read_name(a, "name");
+    let token = read_token(a);
+    let relays = a
+        .array("relays", "\"host:port\"", parse_host_port)
+        .unwrap_or_default();
+    if relays.is_empty() {
+        a.error_at("relays", "at least one relay address is required");
+    }
+    let server_name = a.string("server_name");
+    if server_name.is_none() {
+        a.error_here("`server_name` (the name in the relay's certificate) is required");
+    }
+    let verify = match (a.string("ca"), a.string("fingerprint")) {
+        (Some(_), Some(_)) => {
+            a.error_at("fingerprint", "give `ca` or `fingerprint`, not both");
+            None
+        }
+        (Some(ca), None) => Some(RelayVerify::Ca(PathBuf::from(ca))),
+        (None, Some(fp)) => match crate::tunnel::proto::parse_fingerprint(&fp) {
+            Some(d) => Some(RelayVerify::Fingerprint(d)),
+            None => {
+                a.error_at("fingerprint", "expected \"sha256:\" and 64 hex digits");
+                None
+            }
+        },
+        (None, None) => {
+            a.error_here("`ca` (a PEM file) or `fingerprint` is required to check the relay");
+            None
+        }
+    };
+    let p = a.table("publish");
+    let mut publish = BTreeMap::new();
+    for key in p.keys() {
+        if !crate::tunnel::proto::valid_name(&key) {
+            p.error_at(
+                &key,
+                "a service name is 1 to 64 letters, digits, '.', '_' or '-'",
+            );
+            continue;
+        }
+        if let Some(hp) = p.parse(&key, "\"host:port\"", parse_host_port) {
+            publish.insert(key, hp);
+        }
+    }
+    p.finish();
+    let allow = a
+        .array(
+            "allow",
+            "a CIDR, address or name, with an optional :port",
+            |v| AllowEntry::parse(v.as_str().ok_or("not a string")?),
+        )
+        .unwrap_or_default();
+    let cfg = AgentConfig {
+        name: name?,
+        token: token?,
+        relays,
+        http_proxy: a.parse("http_proxy", "\"host:port\"", parse_host_port),
+        server_name: server_name?,
+        verify: verify?,
+        publish,
+        allow: AllowList { entries: allow },
+        heartbeat: a.duration("heartbeat", Duration::from_secs(10)),
+        dead_after: a.duration("dead_after", Duration::from_secs(30)),
+        reconnect_min: a.duration("reconnect_min", Duration::from_millis(500)),
+        reconnect_max: a.duration("reconnect_max", Duration::from_secs(30)),
+        connect_timeout: a.duration("connect_timeout", Duration::from_secs(10)),
+        idle_timeout: a.duration("idle_timeout", Duration::from_secs(600)),
+    };
+    if cfg.heartbeat.is_zero() {
+        a.error_at("heartbeat", "must be more than 0");
+    }
+    if cfg.reconnect_min.is_zero() || cfg.reconnect_min > cfg.reconnect_max {
+        a.error_at(
+            "reconnect_min",
+            "must be more than 0 and at most reconnect_max",
+        );
+    }
+    Some(cfg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Config, ListenerKind};
+    use super::*;
+
+    const TUNNEL: &str =
+        "[[listeners]]\nname = \"t\"\nkind = \"tunnel\"\nlisten = \"127.0.0.1:0\"\n";
+
+    fn problems(text: &str) -> Vec<String> {
+        Config::parse(text)
+            .expect_err("invalid")
+            .into_iter()
+            .map(|e| e.path)
+            .collect()
+    }
+
+    #[test]
+    fn a_tunnel_listener_needs_tls_and_valid_agents() {
+        let p = problems(&format!(
+            "{TUNNEL}[[listeners.agents]]\nname = \"a/b\"\ntoken = \"x\"\n\
+             [[listeners.agents]]\nname = \"c\"\n"
+        ));
+        assert!(p.contains(&"listeners[0]".to_string()), "{p:?}");
+        assert!(
+            p.contains(&"listeners[0].agents[0].name".to_string()),
+            "{p:?}"
+        );
+        assert!(p.contains(&"listeners[0].agents[1]".to_string()), "{p:?}");
+        let ok = Config::parse(&format!(
+            "{TUNNEL}tls = {{ cert = \"c\", key = \"k\" }}\n\
+             [[listeners.agents]]\nname = \"office\"\ntoken_file = \"/t\"\npool = true\n"
+        ))
+        .expect("valid");
+        let ListenerKind::Tunnel(t) = &ok.listeners[0].kind else {
+            panic!("tunnel")
+        };
+        assert_eq!(t.agents[0].token, Token::File("/t".into()));
+        assert!(t.agents[0].pool);
+        assert_eq!(t.dead_after, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn listeners_may_name_only_accepted_agents() {
+        let p = problems(
+            "[[listeners]]\nname = \"s\"\nkind = \"socks\"\nlisten = \"127.0.0.1:0\"\nvia_agent = \"nobody\"\n\
+             [[listeners]]\nname = \"p\"\nkind = \"published\"\nlisten = \"127.0.0.1:0\"\nagent = \"nobody\"\nservice = \"web\"\n",
+        );
+        assert_eq!(p, ["listeners[0].via_agent", "listeners[1].agent"]);
+    }
+
+    #[test]
+    fn the_agent_section_is_checked_whole() {
+        let p = problems(
+            "[agent]\nname = \"office\"\ntoken = \"t\"\nrelays = [\"nohost\"]\n\
+             ca = \"c.pem\"\nfingerprint = \"sha256:00\"\nallow = [\"10.0.0.0/8\", \"a b\"]\n\
+             [agent.publish]\n\"bad/name\" = \"127.0.0.1:1\"\nweb = \"127.0.0.1\"\n",
+        );
+        for want in [
+            "agent.relays[0]",
+            "agent",
+            "agent.fingerprint",
+            "agent.allow[1]",
+            "agent.publish.bad/name",
+            "agent.publish.web",
+        ] {
+            assert!(p.iter().any(|x| x == want), "missing {want} in {p:?}");
+        }
+        let c = Config::parse(
+            "[agent]\nname = \"office\"\ntoken = \"t\"\nrelays = [\"relay.example:7000\"]\n\
+             server_name = \"relay.test\"\nfingerprint = \"sha256:\
+             000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f\"\n",
+        )
+        .expect("valid");
+        let a = c.agent.expect("agent");
+        assert!(c.listeners.is_empty());
+        assert_eq!(a.relays, [("relay.example".to_string(), 7000)]);
+        assert!(matches!(a.verify, RelayVerify::Fingerprint(d) if d[31] == 0x1f));
+        assert!(a.allow.entries.is_empty(), "nothing allowed by default");
+    }
+}

@@ -1,0 +1,111 @@
+//! UDP ASSOCIATE through a tunnel agent (`via_agent`): the association is one stream to the
+//! agent. Each datagram from the client (only from the client's address, as in [`super::udp`])
+//! is checked by the relay's rules for its destination, then goes to the agent whole, framed
+//! (`crate::tunnel::proto::encode_frame`); the agent resolves, checks its allow-list, sends,
+//! and returns replies already wrapped with their source, which go to the client as they are.
+
+use std::net::SocketAddr;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::UdpSocket;
+use tokio::time::Instant;
+
+use super::client::{Client, Stage};
+use super::codec;
+use super::reply::{Reply, SocksError};
+use super::server::{Session, SocksRequest, SocksServer};
+use super::udp::ClientFilter;
+use crate::policy::Protocol;
+use crate::tunnel::proto::{self, Open};
+
+pub(super) async fn run<S>(
+    srv: &SocksServer,
+    c: &mut Client<S>,
+    s: &mut Session,
+    req: &SocksRequest,
+    agent: &str,
+) -> Result<(), SocksError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut filter = ClientFilter::new(c.peer.ip(), req.target.port);
+    let mut opened = srv
+        .svc
+        .agents
+        .open(agent, &Open::Udp, srv.svc.connect_timeout)
+        .await
+        .map_err(SocksError::Tunnel)?;
+    let relay = UdpSocket::bind(SocketAddr::new(c.local.ip(), 0)).await?;
+    c.reply(Reply::Succeeded, relay.local_addr()?).await?;
+    c.stage = Stage::Silent;
+    let mut client_addr: Option<SocketAddr> = None;
+    let mut from_client = vec![0u8; proto::MAX_DATAGRAM];
+    let mut inbound = bytes::BytesMut::new();
+    let mut framed = Vec::new();
+    let idle = srv.cfg.udp_idle_timeout;
+    let deadline = tokio::time::sleep(idle);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            r = c.read_some(4096) => {
+                c.buf.clear();
+                if !matches!(r, Ok(n) if n > 0) {
+                    break;
+                }
+            }
+            r = relay.recv_from(&mut from_client) => {
+                let (n, from) = r?;
+                if !filter.accept(from) {
+                    continue;
+                }
+                client_addr = Some(from);
+                let Ok((header, used)) = codec::decode_udp(&from_client[..n]) else { continue };
+                if header.frag != 0 {
+                    continue;
+                }
+                if srv.check_remote(s, req, Protocol::SocksUdp, &header.target).is_err() {
+                    s.udp_dropped += 1;
+                    continue;
+                }
+                framed.clear();
+                if !proto::encode_frame(&from_client[..n], &mut framed) {
+                    continue;
+                }
+                if opened.stream.write_all(&framed).await.is_err() {
+                    s.error = Some("connection_terminated");
+                    break;
+                }
+                s.relayed_in += (n - used) as u64;
+                deadline.as_mut().reset(Instant::now() + idle);
+            }
+            r = opened.stream.read_buf(&mut inbound) => {
+                if !matches!(r, Ok(n) if n > 0) {
+                    s.error = Some("connection_terminated");
+                    break;
+                }
+                while let Some((range, used)) = proto::decode_frame(&inbound) {
+                    if let Some(to) = client_addr {
+                        if relay.send_to(&inbound[range.clone()], to).await.is_ok() {
+                            s.relayed_out += range.len() as u64;
+                        }
+                    }
+                    let _ = inbound.split_to(used);
+                }
+                if inbound.len() > 2 + proto::MAX_DATAGRAM {
+                    break;
+                }
+                deadline.as_mut().reset(Instant::now() + idle);
+            }
+            _ = &mut deadline => {
+                s.error = Some("udp_idle_timeout");
+                break;
+            }
+            _ = srv.svc.shutdown.draining() => break,
+        }
+    }
+    opened.count(s.relayed_in, s.relayed_out);
+    srv.svc
+        .metrics
+        .tunnel_bytes(agent, "socks", s.relayed_in, s.relayed_out);
+    Ok(())
+}

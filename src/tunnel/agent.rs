@@ -1,0 +1,472 @@
+//! The agent: dials its relays, proves itself, then serves the relay's streams as the
+//! HTTP/2 server on the connection it dialled.
+//!
+//! Relays are tried in the configured order (failover). A lost connection is redialled
+//! after a back-off that doubles from `reconnect_min` to `reconnect_max`, with up to half of
+//! it added at random (so agents cut off together do not return together); a connection that
+//! stayed up for a while starts the back-off again from the bottom.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::allow::{AllowList, Denied};
+use super::proto::{self, HelloReply, Open, OpenError};
+use super::stream::H2Stream;
+use crate::config::AgentConfig;
+use crate::connector::{ConnectError, Host};
+use crate::server::Services;
+
+/// The next wait before redialling: doubled, capped, plus up to half again at random.
+pub fn backoff(prev: Duration, min: Duration, max: Duration, rand01: f64) -> (Duration, Duration) {
+    let base = if prev.is_zero() {
+        min
+    } else {
+        (prev * 2).min(max)
+    };
+    let jitter = base.mul_f64(rand01.clamp(0.0, 1.0) / 2.0);
+    (base, base + jitter)
+}
+
+/// Why a session with a relay ended (logged with the reason).
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    #[error("TLS: {0}")]
+    Tls(std::io::Error),
+    #[error("the relay refused this agent's name or token")]
+    BadCredentials,
+    #[error("the relay already has an agent of this name connected")]
+    Duplicate,
+    #[error("handshake: {0}")]
+    Handshake(String),
+    #[error("connection lost: {0}")]
+    Lost(String),
+    #[error("no answer to a ping within {0:?}")]
+    Dead(Duration),
+}
+
+pub struct Agent {
+    cfg: AgentConfig,
+    svc: Arc<Services>,
+    tls: tokio_rustls::TlsConnector,
+    token: Vec<u8>,
+    allow: AllowList,
+}
+
+impl Agent {
+    pub fn new(cfg: AgentConfig, svc: Arc<Services>) -> anyhow::Result<Agent> {
+        let tls = super::tls::connector(&cfg.verify)?;
+        let token = cfg.token.expose()?;
+        // The published services' own addresses are reachable by SOCKS too.
+        let mut allow = cfg.allow.clone();
+        for (host, port) in cfg.publish.values() {
+            if let Ok(e) = super::allow::AllowEntry::parse(&format!("[{host}]:{port}"))
+                .or_else(|_| super::allow::AllowEntry::parse(&format!("{host}:{port}")))
+            {
+                allow.entries.push(e);
+            }
+        }
+        Ok(Agent {
+            cfg,
+            svc,
+            tls,
+            token,
+            allow,
+        })
+    }
+
+    /// Runs until the process drains: connect, serve, back off, again.
+    pub async fn run(self: Arc<Self>) {
+        let mut wait = Duration::ZERO;
+        loop {
+            for (host, port) in &self.cfg.relays {
+                let started = tokio::time::Instant::now();
+                let result = tokio::select! {
+                    r = self.session(host, *port) => r,
+                    _ = self.svc.shutdown.draining() => return,
+                };
+                let relay = format!("{host}:{port}");
+                match result {
+                    Ok(()) => {}
+                    Err(SessionError::Connect(e)) => {
+                        tracing::warn!(agent = %self.cfg.name, %relay, "tunnel: cannot reach the relay: {e}")
+                    }
+                    Err(e) => {
+                        tracing::warn!(agent = %self.cfg.name, %relay, reason = %e, "tunnel: disconnected from the relay")
+                    }
+                }
+                // Up for a while: the next failure starts the back-off from the bottom.
+                if started.elapsed() > self.cfg.reconnect_max {
+                    wait = Duration::ZERO;
+                }
+                let (base, sleep) = backoff(
+                    wait,
+                    self.cfg.reconnect_min,
+                    self.cfg.reconnect_max,
+                    fastrand::f64(),
+                );
+                wait = base;
+                tracing::info!(agent = %self.cfg.name, "tunnel: reconnecting in {sleep:?}");
+                tokio::select! {
+                    _ = tokio::time::sleep(sleep) => {}
+                    _ = self.svc.shutdown.draining() => return,
+                }
+            }
+        }
+    }
+
+    /// One connection to one relay, until it ends.
+    async fn session(self: &Arc<Self>, host: &str, port: u16) -> Result<(), SessionError> {
+        let cfg = &self.cfg;
+        let dial = async {
+            let h = Host::parse(host).ok_or_else(|| SessionError::Connect("bad host".into()))?;
+            let tcp = match &cfg.http_proxy {
+                None => self
+                    .svc
+                    .connector
+                    .connect(&h, port)
+                    .await
+                    .map_err(|e| SessionError::Connect(e.to_string()))?,
+                Some((ph, pp)) => self.through_proxy(ph, *pp, &h, port).await?,
+            };
+            let _ = tcp.stream.set_nodelay(true);
+            let name =
+                tokio_rustls::rustls::pki_types::ServerName::try_from(cfg.server_name.clone())
+                    .map_err(|e| SessionError::Handshake(e.to_string()))?;
+            let mut tls = self
+                .tls
+                .connect(name, tcp.stream)
+                .await
+                .map_err(SessionError::Tls)?;
+            let hello = proto::encode_hello(&proto::Hello {
+                name: cfg.name.clone(),
+                token: self.token.clone(),
+            });
+            tls.write_all(&hello)
+                .await
+                .map_err(|e| SessionError::Handshake(e.to_string()))?;
+            tls.flush()
+                .await
+                .map_err(|e| SessionError::Handshake(e.to_string()))?;
+            let mut answer = [0u8; 1];
+            tls.read_exact(&mut answer)
+                .await
+                .map_err(|e| SessionError::Handshake(format!("no answer to the hello: {e}")))?;
+            match HelloReply::from_byte(answer[0]) {
+                Some(HelloReply::Accepted) => {}
+                Some(HelloReply::BadCredentials) => return Err(SessionError::BadCredentials),
+                Some(HelloReply::Duplicate) => return Err(SessionError::Duplicate),
+                None => return Err(SessionError::Handshake("unknown answer".into())),
+            }
+            h2::server::Builder::new()
+                .initial_window_size(super::STREAM_WINDOW)
+                .initial_connection_window_size(super::CONNECTION_WINDOW)
+                .max_frame_size(super::MAX_FRAME)
+                .max_concurrent_streams(super::MAX_STREAMS)
+                .handshake::<_, Bytes>(tls)
+                .await
+                .map_err(|e| SessionError::Handshake(e.to_string()))
+        };
+        let mut conn = match tokio::time::timeout(cfg.connect_timeout, dial).await {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(SessionError::Connect(
+                    "timed out (TCP, TLS, hello or HTTP/2 handshake)".into(),
+                ))
+            }
+        };
+        tracing::info!(agent = %cfg.name, relay = %format!("{host}:{port}"), "tunnel: connected to the relay");
+        let ping = conn.ping_pong();
+        let beat = super::hub::heartbeat(ping, cfg.heartbeat, cfg.dead_after);
+        tokio::pin!(beat);
+        loop {
+            tokio::select! {
+                next = conn.accept() => match next {
+                    Some(Ok((req, respond))) => {
+                        let me = self.clone();
+                        self.svc.shutdown.spawn(async move { me.stream(req, respond).await });
+                    }
+                    Some(Err(e)) => return Err(SessionError::Lost(e.to_string())),
+                    None => return Err(SessionError::Lost("closed by the relay".into())),
+                },
+                _ = &mut beat => return Err(SessionError::Dead(cfg.dead_after)),
+            }
+        }
+    }
+
+    /// A tunnel to the relay through an HTTP CONNECT proxy (a corporate egress proxy).
+    async fn through_proxy(
+        &self,
+        proxy_host: &str,
+        proxy_port: u16,
+        host: &Host,
+        port: u16,
+    ) -> Result<crate::connector::Connected, SessionError> {
+        use crate::upstream::http_connect::{decode_answer, encode_connect, ConnectAnswer};
+        let failed = |e: String| SessionError::Connect(format!("through the HTTP proxy: {e}"));
+        let ph = Host::parse(proxy_host).ok_or_else(|| failed("bad proxy host".into()))?;
+        let mut tcp = self
+            .svc
+            .connector
+            .connect(&ph, proxy_port)
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        let spec = crate::policy::config::ParentSpec {
+            name: "agent-proxy".into(),
+            kind: crate::policy::config::ParentKind::Http,
+            host: ph,
+            port: proxy_port,
+            username: None,
+            password: None,
+        };
+        tcp.stream
+            .write_all(&encode_connect(&spec, host, port))
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        let mut buf = Vec::new();
+        loop {
+            match decode_answer(&buf).map_err(|e| failed(e.to_string()))? {
+                ConnectAnswer::Incomplete => {}
+                // The relay says nothing before the agent's TLS hello: no bytes may follow.
+                ConnectAnswer::Open { head_len } if head_len == buf.len() => return Ok(tcp),
+                ConnectAnswer::Open { .. } => {
+                    return Err(failed("bytes after the proxy's answer".into()))
+                }
+                ConnectAnswer::Refused { head } => {
+                    return Err(failed(format!("the proxy answered {}", head.status)))
+                }
+            }
+            if buf.len() >= crate::upstream::http_connect::MAX_RESPONSE_HEAD {
+                return Err(failed("answer head too long".into()));
+            }
+            let mut chunk = [0u8; 1024];
+            let n = tcp
+                .stream
+                .read(&mut chunk)
+                .await
+                .map_err(|e| failed(e.to_string()))?;
+            if n == 0 {
+                return Err(failed("closed before answering".into()));
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// One stream: open what it asks for, answer, relay.
+    async fn stream(
+        &self,
+        req: http::Request<h2::RecvStream>,
+        mut respond: h2::server::SendResponse<Bytes>,
+    ) {
+        let open = Open::from_request(&req);
+        if open == Some(Open::Udp) {
+            let Ok(resp) = http::Response::builder().status(200).body(()) else {
+                return;
+            };
+            if let Ok(send) = respond.send_response(resp, false) {
+                self.udp(H2Stream::new(send, req.into_body())).await;
+            }
+            return;
+        }
+        let result = match &open {
+            None => Err(OpenError::BadRequest),
+            Some(o) => self.open(o).await,
+        };
+        let tcp = match result {
+            Ok(tcp) => tcp,
+            Err(e) => {
+                tracing::info!(agent = %self.cfg.name, target = ?open.as_ref().map(|o| o.to_string()), error = e.as_str(), "tunnel: stream refused");
+                let resp = http::Response::builder().status(e.status()).body(());
+                if let Ok(resp) = resp {
+                    let _ = respond.send_response(resp, true);
+                }
+                return;
+            }
+        };
+        let Ok(resp) = http::Response::builder().status(200).body(()) else {
+            return;
+        };
+        let send = match respond.send_response(resp, false) {
+            Ok(s) => s,
+            Err(_) => return,
+        };
+        let h2 = H2Stream::new(send, req.into_body());
+        let (end, stats) = crate::relay::relay(tcp, h2, self.cfg.idle_timeout).await;
+        tracing::debug!(agent = %self.cfg.name, ?end, up = stats.a_to_b, down = stats.b_to_a, "tunnel: stream done");
+    }
+
+    /// The addresses of `host` this agent may send to or connect to on `port`.
+    async fn allowed(&self, host: &Host, port: u16) -> Result<Vec<SocketAddr>, OpenError> {
+        let name = match host {
+            Host::Name(n) => Some(n.clone()),
+            Host::Ip(_) => None,
+        };
+        let ips = self
+            .svc
+            .connector
+            .resolve(host)
+            .await
+            .map_err(connect_error)?;
+        let local = self.svc.local.load();
+        let allowed: Vec<SocketAddr> = ips
+            .into_iter()
+            .filter(|ip| {
+                self.allow
+                    .check(name.as_deref(), *ip, port, |ip| local.is_own_address(ip))
+                    .is_ok()
+            })
+            .map(|ip| SocketAddr::new(ip, port))
+            .collect();
+        if allowed.is_empty() {
+            return Err(OpenError::NotAllowed);
+        }
+        Ok(allowed)
+    }
+
+    /// A UDP relay over one stream: each frame from the relay is a SOCKS5 UDP datagram naming
+    /// its destination (checked like a CONNECT's, per datagram); what comes back from an
+    /// address a datagram was sent to goes to the relay wrapped with its source. IPv4 only.
+    async fn udp(&self, mut h2: H2Stream) {
+        use crate::socks::codec::{decode_udp, encode_udp, Target};
+        use tokio::io::AsyncReadExt as _;
+        let Ok(sock) = tokio::net::UdpSocket::bind("0.0.0.0:0").await else {
+            return;
+        };
+        let mut inbound = bytes::BytesMut::new();
+        let mut sent_to: std::collections::HashSet<std::net::IpAddr> = Default::default();
+        let mut from_net = vec![0u8; proto::MAX_DATAGRAM];
+        let mut out = Vec::new();
+        let idle = self.cfg.idle_timeout;
+        loop {
+            tokio::select! {
+                r = tokio::time::timeout(idle, h2.read_buf(&mut inbound)) => {
+                    if !matches!(r, Ok(Ok(n)) if n > 0) {
+                        return;
+                    }
+                    while let Some((range, used)) = proto::decode_frame(&inbound) {
+                        let datagram = inbound[range].to_vec();
+                        let _ = inbound.split_to(used);
+                        let Ok((header, at)) = decode_udp(&datagram) else { continue };
+                        if header.frag != 0 {
+                            continue;
+                        }
+                        let dest = match self.allowed(&header.target.host, header.target.port).await {
+                            Ok(a) => a.into_iter().find(SocketAddr::is_ipv4),
+                            Err(e) => {
+                                tracing::debug!(target = %header.target, error = e.as_str(), "tunnel: UDP datagram dropped");
+                                None
+                            }
+                        };
+                        if let Some(dest) = dest {
+                            // Bounded: replies are accepted from at most 1024 addresses.
+                            if sent_to.len() < 1024 {
+                                sent_to.insert(dest.ip());
+                            }
+                            let _ = sock.send_to(&datagram[at..], dest).await;
+                        }
+                    }
+                    if inbound.len() > 2 + proto::MAX_DATAGRAM {
+                        return;
+                    }
+                }
+                r = sock.recv_from(&mut from_net) => {
+                    let Ok((n, from)) = r else { return };
+                    if !sent_to.contains(&from.ip()) {
+                        continue;
+                    }
+                    let mut datagram = Vec::with_capacity(n + 10);
+                    encode_udp(&Target::ip(from), &from_net[..n], &mut datagram);
+                    out.clear();
+                    if proto::encode_frame(&datagram, &mut out) && h2.write_all(&out).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn open(&self, what: &Open) -> Result<tokio::net::TcpStream, OpenError> {
+        let connector = &self.svc.connector;
+        match what {
+            Open::Service(name) => {
+                let (host, port) = self.cfg.publish.get(name).ok_or(OpenError::NoService)?;
+                let h = Host::parse(host).ok_or(OpenError::NoService)?;
+                connector
+                    .connect(&h, *port)
+                    .await
+                    .map(|c| c.stream)
+                    .map_err(connect_error)
+            }
+            Open::Udp => Err(OpenError::BadRequest),
+            Open::Tcp { host, port } => {
+                let h = Host::parse(host).ok_or(OpenError::BadRequest)?;
+                let name = match &h {
+                    Host::Name(n) => Some(n.clone()),
+                    Host::Ip(_) => None,
+                };
+                let ips = connector.resolve(&h).await.map_err(connect_error)?;
+                let local = self.svc.local.load();
+                let mut allowed = Vec::new();
+                let mut refusal = None;
+                for ip in ips {
+                    match self
+                        .allow
+                        .check(name.as_deref(), ip, *port, |ip| local.is_own_address(ip))
+                    {
+                        Ok(()) => allowed.push(SocketAddr::new(ip, *port)),
+                        Err(d) => refusal = Some(d),
+                    }
+                }
+                if allowed.is_empty() {
+                    let why = match refusal {
+                        Some(Denied::Guard(r)) => r.as_str(),
+                        _ => "not in the allow-list",
+                    };
+                    tracing::debug!(target = %what, why, "tunnel: destination refused");
+                    return Err(OpenError::NotAllowed);
+                }
+                connector
+                    .connect_addrs(&allowed, &what.to_string())
+                    .await
+                    .map(|c| c.stream)
+                    .map_err(connect_error)
+            }
+        }
+    }
+}
+
+fn connect_error(e: ConnectError) -> OpenError {
+    match e {
+        ConnectError::Refused { .. } => OpenError::Refused,
+        ConnectError::Unreachable { .. } => OpenError::NetworkUnreachable,
+        ConnectError::Dns { .. }
+        | ConnectError::DnsTimeout { .. }
+        | ConnectError::Timeout { .. } => OpenError::HostUnreachable,
+        ConnectError::Io { .. } => OpenError::Failed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_the_cap_with_bounded_jitter() {
+        let (min, max) = (Duration::from_millis(500), Duration::from_secs(8));
+        let mut prev = Duration::ZERO;
+        let mut bases = Vec::new();
+        for _ in 0..7 {
+            let (base, sleep) = backoff(prev, min, max, 1.0);
+            assert!(sleep >= base && sleep <= base + base / 2);
+            bases.push(base.as_millis());
+            prev = base;
+        }
+        assert_eq!(bases, [500, 1000, 2000, 4000, 8000, 8000, 8000]);
+        assert_eq!(backoff(Duration::ZERO, min, max, 0.0).1, min);
+    }
+}

@@ -1,0 +1,426 @@
+//! The relay's side: the tunnel listener that takes agents in, and [`Agents`], the registry
+//! the SOCKS and published listeners open streams through.
+//!
+//! One agent connection, from accept to close:
+//! TLS handshake -> hello (name, token; within `handshake_timeout`) -> answer byte -> HTTP/2
+//! client handshake -> registered under its name -> pinged every `heartbeat` (no answer in
+//! `dead_after`: closed) -> removed. A protocol error from the agent (bad frames, a flood)
+//! ends that connection only; its streams fail and the listeners answer their clients.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsAcceptor;
+
+use super::proto::{self, HelloReply, Open, OpenError};
+use super::stream::H2Stream;
+use crate::config::{Password, TunnelListenerConfig};
+use crate::server::Services;
+
+/// One connected agent.
+pub struct AgentConn {
+    pub id: u64,
+    pub name: Arc<str>,
+    pub peer: SocketAddr,
+    pub since: SystemTime,
+    send: h2::client::SendRequest<Bytes>,
+    /// Streams open now, and opened in total.
+    pub streams_open: AtomicU64,
+    pub streams_total: AtomicU64,
+    /// Payload bytes relayed to and from the agent.
+    pub bytes_to: AtomicU64,
+    pub bytes_from: AtomicU64,
+}
+
+/// A connected agent's figures, for the admin API.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AgentInfo {
+    pub name: String,
+    pub peer: String,
+    pub connected_secs: u64,
+    pub streams_open: u64,
+    pub streams_total: u64,
+    pub bytes_to_agent: u64,
+    pub bytes_from_agent: u64,
+}
+
+/// Connected agents by name (several under one name when it is a pool).
+#[derive(Default)]
+pub struct Agents {
+    /// `gatehouse_tunnel_streams_open`.
+    gauge: prometheus_client::metrics::gauge::Gauge,
+    map: Mutex<HashMap<Arc<str>, Vec<Arc<AgentConn>>>>,
+    next_id: AtomicU64,
+    turn: AtomicUsize,
+}
+
+/// A stream through an agent, counted open until dropped.
+pub struct Opened {
+    pub stream: H2Stream,
+    pub agent: Arc<AgentConn>,
+    gauge: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl Drop for Opened {
+    fn drop(&mut self) {
+        self.agent.streams_open.fetch_sub(1, Ordering::Relaxed);
+        self.gauge.dec();
+    }
+}
+
+impl Opened {
+    /// Adds a finished relay's byte counts (client -> agent, agent -> client).
+    pub fn count(&self, to: u64, from: u64) {
+        self.agent.bytes_to.fetch_add(to, Ordering::Relaxed);
+        self.agent.bytes_from.fetch_add(from, Ordering::Relaxed);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Agents {
+    pub fn new(gauge: prometheus_client::metrics::gauge::Gauge) -> Agents {
+        Agents {
+            gauge,
+            ..Agents::default()
+        }
+    }
+
+    /// Whether `name` may connect now: not while another holds it, unless it is a pool.
+    fn vacant(&self, name: &str, pool: bool) -> bool {
+        pool || lock(&self.map).get(name).is_none_or(|v| v.is_empty())
+    }
+
+    fn register(&self, conn: Arc<AgentConn>, pool: bool) -> bool {
+        let mut map = lock(&self.map);
+        let list = map.entry(conn.name.clone()).or_default();
+        if !pool && !list.is_empty() {
+            return false;
+        }
+        list.push(conn);
+        true
+    }
+
+    fn remove(&self, name: &str, id: u64) {
+        let mut map = lock(&self.map);
+        if let Some(list) = map.get_mut(name) {
+            list.retain(|c| c.id != id);
+            if list.is_empty() {
+                map.remove(name);
+            }
+        }
+    }
+
+    /// The connected agents' figures, by name.
+    pub fn list(&self) -> Vec<AgentInfo> {
+        let map = lock(&self.map);
+        let mut out: Vec<AgentInfo> = map
+            .values()
+            .flatten()
+            .map(|c| AgentInfo {
+                name: c.name.to_string(),
+                peer: c.peer.to_string(),
+                connected_secs: c.since.elapsed().map_or(0, |d| d.as_secs()),
+                streams_open: c.streams_open.load(Ordering::Relaxed),
+                streams_total: c.streams_total.load(Ordering::Relaxed),
+                bytes_to_agent: c.bytes_to.load(Ordering::Relaxed),
+                bytes_from_agent: c.bytes_from.load(Ordering::Relaxed),
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name).then(a.peer.cmp(&b.peer)));
+        out
+    }
+
+    /// How many agent connections are up.
+    pub fn connected(&self) -> usize {
+        lock(&self.map).values().map(Vec::len).sum()
+    }
+
+    /// One of the agents connected under `name`, in turn.
+    fn pick(&self, name: &str) -> Option<Arc<AgentConn>> {
+        let map = lock(&self.map);
+        let list = map.get(name)?;
+        let i = self.turn.fetch_add(1, Ordering::Relaxed);
+        list.get(i % list.len().max(1)).cloned()
+    }
+
+    /// Opens `what` through agent `name`, waiting at most `timeout` for its answer. No agent
+    /// connected: [`OpenError::NetworkUnreachable`].
+    pub async fn open(
+        &self,
+        name: &str,
+        what: &Open,
+        timeout: Duration,
+    ) -> Result<Opened, OpenError> {
+        let agent = self.pick(name).ok_or(OpenError::NetworkUnreachable)?;
+        agent.streams_open.fetch_add(1, Ordering::Relaxed);
+        agent.streams_total.fetch_add(1, Ordering::Relaxed);
+        // From here on the count is undone by Opened's drop, or below on failure.
+        let result = tokio::time::timeout(timeout, open_on(&agent.send, what)).await;
+        match result {
+            Ok(Ok(stream)) => {
+                self.gauge.inc();
+                Ok(Opened {
+                    stream,
+                    agent,
+                    gauge: self.gauge.clone(),
+                })
+            }
+            Ok(Err(e)) => {
+                agent.streams_open.fetch_sub(1, Ordering::Relaxed);
+                Err(e)
+            }
+            Err(_) => {
+                agent.streams_open.fetch_sub(1, Ordering::Relaxed);
+                Err(OpenError::HostUnreachable)
+            }
+        }
+    }
+}
+
+async fn open_on(
+    send: &h2::client::SendRequest<Bytes>,
+    what: &Open,
+) -> Result<H2Stream, OpenError> {
+    let req = what.to_request().map_err(|_| OpenError::BadRequest)?;
+    let mut send = send.clone().ready().await.map_err(|e| {
+        tracing::debug!("tunnel: agent connection not ready: {e}");
+        OpenError::Failed
+    })?;
+    let (response, body) = send.send_request(req, false).map_err(|e| {
+        tracing::debug!("tunnel: cannot open a stream: {e}");
+        OpenError::Failed
+    })?;
+    let response = response.await.map_err(|e| {
+        tracing::debug!("tunnel: stream failed before its answer: {e}");
+        OpenError::Failed
+    })?;
+    let status = response.status().as_u16();
+    if status != 200 {
+        return Err(OpenError::from_status(status));
+    }
+    Ok(H2Stream::new(body, response.into_body()))
+}
+
+/// A `kind = "tunnel"` listener.
+pub struct TunnelListener {
+    pub name: Arc<str>,
+    pub cfg: TunnelListenerConfig,
+    pub svc: Arc<Services>,
+    pub tls: TlsAcceptor,
+    /// The accepted agents' tokens, loaded at start.
+    pub tokens: Vec<(String, Password, bool)>,
+}
+
+/// Why an agent connection ended, for the log.
+#[derive(Debug)]
+enum End {
+    Refused(&'static str),
+    Closed(String),
+    Dead,
+    Draining,
+}
+
+impl TunnelListener {
+    pub fn new(
+        name: Arc<str>,
+        cfg: TunnelListenerConfig,
+        svc: Arc<Services>,
+    ) -> anyhow::Result<TunnelListener> {
+        let tls = super::tls::acceptor(&cfg.tls.cert, &cfg.tls.key)?;
+        let mut tokens = Vec::new();
+        for a in &cfg.agents {
+            tokens.push((a.name.clone(), a.token.load()?, a.pool));
+        }
+        Ok(TunnelListener {
+            name,
+            cfg,
+            svc,
+            tls,
+            tokens,
+        })
+    }
+
+    /// Serves one agent connection until it ends.
+    pub async fn serve(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
+        let _ = stream.set_nodelay(true);
+        let end = self.session(stream, peer).await;
+        match end {
+            End::Refused(why) => {
+                tracing::info!(listener = %self.name, %peer, reason = why, "tunnel: agent refused")
+            }
+            other => tracing::debug!(listener = %self.name, %peer, "tunnel: {other:?}"),
+        }
+    }
+
+    /// The accepted agent's name and pool flag, or why not. Every configured token is
+    /// compared (in constant time each), so timing tells nothing about names or tokens.
+    fn authenticate(&self, hello: &proto::Hello) -> Option<(String, bool)> {
+        let mut found = None;
+        for (name, token, pool) in &self.tokens {
+            let token_ok = token.matches(&hello.token);
+            if token_ok && name == &hello.name {
+                found = Some((name.clone(), *pool));
+            }
+        }
+        found
+    }
+
+    async fn session(&self, stream: TcpStream, peer: SocketAddr) -> End {
+        let handshake = async {
+            let mut tls = self.tls.accept(stream).await.map_err(|e| {
+                tracing::debug!(%peer, "tunnel: TLS handshake failed: {e}");
+                End::Refused("tls_error")
+            })?;
+            let hello = read_hello(&mut tls)
+                .await
+                .map_err(|_| End::Refused("bad_hello"))?;
+            Ok::<_, End>((tls, hello))
+        };
+        let (mut tls, hello) =
+            match tokio::time::timeout(self.cfg.handshake_timeout, handshake).await {
+                Ok(Ok(x)) => x,
+                Ok(Err(e)) => return e,
+                Err(_) => return End::Refused("handshake_timeout"),
+            };
+        let agents = &self.svc.agents;
+        let Some((name, pool)) = self.authenticate(&hello) else {
+            let _ = tls.write_all(&[HelloReply::BadCredentials as u8]).await;
+            let _ = tls.shutdown().await;
+            tracing::info!(listener = %self.name, %peer, agent = %hello.name, "tunnel: agent refused: bad name or token");
+            return End::Refused("bad_credentials");
+        };
+        if !agents.vacant(&name, pool) {
+            let _ = tls.write_all(&[HelloReply::Duplicate as u8]).await;
+            let _ = tls.shutdown().await;
+            tracing::info!(listener = %self.name, %peer, agent = %name, "tunnel: agent refused: the name is already connected");
+            return End::Refused("duplicate");
+        }
+        let accepted = async {
+            tls.write_all(&[HelloReply::Accepted as u8]).await?;
+            tls.flush().await
+        };
+        if accepted.await.is_err() {
+            return End::Closed("write failed".into());
+        }
+        let h2 = h2::client::Builder::new()
+            .initial_window_size(super::STREAM_WINDOW)
+            .initial_connection_window_size(super::CONNECTION_WINDOW)
+            .max_frame_size(super::MAX_FRAME)
+            .enable_push(false)
+            .handshake::<_, Bytes>(tls);
+        let (send, mut conn) = match tokio::time::timeout(self.cfg.handshake_timeout, h2).await {
+            Ok(Ok(x)) => x,
+            Ok(Err(e)) => return End::Closed(format!("HTTP/2 handshake: {e}")),
+            Err(_) => return End::Refused("handshake_timeout"),
+        };
+        let ping = conn.ping_pong();
+        let id = agents.next_id.fetch_add(1, Ordering::Relaxed);
+        let agent = Arc::new(AgentConn {
+            id,
+            name: Arc::from(name.as_str()),
+            peer,
+            since: SystemTime::now(),
+            send,
+            streams_open: AtomicU64::new(0),
+            streams_total: AtomicU64::new(0),
+            bytes_to: AtomicU64::new(0),
+            bytes_from: AtomicU64::new(0),
+        });
+        if !agents.register(agent.clone(), pool) {
+            return End::Refused("duplicate");
+        }
+        self.svc.metrics.tunnel_agents.inc();
+        tracing::info!(listener = %self.name, %peer, agent = %name, "tunnel: agent connected");
+        let end = tokio::select! {
+            r = &mut conn => match r {
+                Ok(()) => End::Closed("closed by the agent".into()),
+                Err(e) => End::Closed(e.to_string()),
+            },
+            _ = heartbeat(ping, self.cfg.heartbeat, self.cfg.dead_after) => End::Dead,
+            _ = self.svc.shutdown.draining() => End::Draining,
+        };
+        if matches!(end, End::Draining) {
+            // The streams in flight finish first (the drain deadline bounds them): the
+            // connection is driven until none is open, or it ends.
+            let settled = async {
+                while agent.streams_open.load(Ordering::Relaxed) > 0 {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            };
+            tokio::select! {
+                _ = &mut conn => {}
+                _ = settled => {}
+            }
+        }
+        agents.remove(&name, id);
+        self.svc.metrics.tunnel_agents.dec();
+        let reason = match &end {
+            End::Closed(why) => why.clone(),
+            End::Dead => format!("no answer to a ping within {:?}", self.cfg.dead_after),
+            End::Draining => "draining".into(),
+            End::Refused(why) => why.to_string(),
+        };
+        tracing::info!(listener = %self.name, %peer, agent = %name, %reason, "tunnel: agent disconnected");
+        end
+    }
+}
+
+/// Reads exactly one hello (never past it: the bytes after it are HTTP/2).
+async fn read_hello<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> std::io::Result<proto::Hello> {
+    let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, "bad hello");
+    let mut buf = vec![0u8; proto::MAGIC.len() + 1];
+    s.read_exact(&mut buf).await?;
+    loop {
+        match proto::decode_hello(&buf) {
+            Ok((h, _)) => return Ok(h),
+            Err(proto::HelloError::Incomplete) => {}
+            Err(_) => return Err(bad()),
+        }
+        // What the decoder needs next: the name and the token length, then the token.
+        let at = proto::MAGIC.len() + 1;
+        let name_len = usize::from(buf[proto::MAGIC.len()]);
+        let want = if buf.len() < at + name_len + 2 {
+            at + name_len + 2
+        } else {
+            let l = &buf[at + name_len..at + name_len + 2];
+            at + name_len + 2 + usize::from(u16::from_be_bytes([l[0], l[1]]))
+        };
+        if want <= buf.len() {
+            return Err(bad());
+        }
+        let old = buf.len();
+        buf.resize(want, 0);
+        s.read_exact(&mut buf[old..]).await?;
+    }
+}
+
+/// Pings every `every`; returns when a ping goes unanswered for `dead_after` (or pinging
+/// fails: the connection is gone).
+pub async fn heartbeat(ping: Option<h2::PingPong>, every: Duration, dead_after: Duration) {
+    let Some(mut ping) = ping else {
+        return std::future::pending().await;
+    };
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        match tokio::time::timeout(dead_after, ping.ping(h2::Ping::opaque())).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::debug!("tunnel: ping failed: {e}");
+                return;
+            }
+            Err(_) => return,
+        }
+    }
+}

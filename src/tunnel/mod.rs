@@ -1,0 +1,70 @@
+//! Reverse tunnels: an agent inside a private network dials out to a relay, and the relay
+//! serves SOCKS5 (`via_agent`) and published ports through it. See `docs/tunnel.md`.
+//!
+//! ```text
+//! agent ── TCP ── TLS (relay cert checked: CA or pinned SHA-256) ── hello (name, token)
+//!       ── HTTP/2, roles reversed: agent = server, relay = client
+//! relay: one CONNECT stream per SOCKS CONNECT, UDP association or published-port client
+//! agent: allow-list + destination guard, connect, 200, bytes both ways (h2 flow control)
+//! ```
+//!
+//! - [`proto`]: the hello, the stream requests and answers (pure).
+//! - [`allow`]: the agent's allow-list (pure).
+//! - [`stream`]: an h2 stream as `AsyncRead + AsyncWrite`.
+//! - [`tls`]: both ends' rustls set-up, `gatehouse cert`.
+//! - [`hub`]: the relay: the tunnel listener, the registry of connected agents.
+//! - [`agent`]: the agent's dial/serve/reconnect loop.
+//! - [`published`]: a relay port forwarding to a published service.
+
+pub mod agent;
+pub mod allow;
+pub mod hub;
+pub mod proto;
+pub mod published;
+pub mod stream;
+pub mod tls;
+
+pub use hub::{Agents, TunnelListener};
+
+use crate::config::{AgentConfig, ListenerConfig, ListenerKind};
+
+/// Flow-control windows (bytes). Each stream may have [`STREAM_WINDOW`] unread in flight;
+/// the connection [`CONNECTION_WINDOW`], which is 128 stream windows: up to 127 streams whose
+/// readers have stalled (each holding a full window) leave room for the others to flow.
+pub const STREAM_WINDOW: u32 = 1 << 20;
+pub const CONNECTION_WINDOW: u32 = 128 << 20;
+/// The largest frame either side sends.
+pub const MAX_FRAME: u32 = 64 << 10;
+/// Streams the relay may have open on one agent connection at once.
+pub const MAX_STREAMS: u32 = 4096;
+
+/// Start-up checks of a tunnel listener: its TLS files and token files load.
+pub fn check_listener(l: &ListenerConfig) -> Vec<(String, anyhow::Error)> {
+    let mut out = Vec::new();
+    if let ListenerKind::Tunnel(t) = &l.kind {
+        if let Err(e) = tls::acceptor(&t.tls.cert, &t.tls.key) {
+            out.push(("tls".to_string(), e));
+        }
+        for (i, a) in t.agents.iter().enumerate() {
+            if let Err(e) = a.token.load() {
+                out.push((format!("agents[{i}].token_file"), e));
+            }
+        }
+    }
+    out
+}
+
+/// Start-up checks of `[agent]`: the relay verification and the token load.
+pub fn check_agent(a: &AgentConfig) -> Vec<(String, anyhow::Error)> {
+    let mut out = Vec::new();
+    if let Err(e) = tls::connector(&a.verify) {
+        out.push(("ca".to_string(), e));
+    }
+    if let Err(e) = a.token.load() {
+        out.push(("token_file".to_string(), e));
+    }
+    if let Err(e) = tokio_rustls::rustls::pki_types::ServerName::try_from(a.server_name.clone()) {
+        out.push(("server_name".to_string(), anyhow::anyhow!("{e}")));
+    }
+    out
+}

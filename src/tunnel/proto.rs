@@ -1,0 +1,489 @@
+//! The tunnel's own bytes, as pure code: the hello an agent sends after TLS (its name and
+//! token), the relay's one-byte answer, and what an opened stream asks for.
+//!
+//! ```text
+//! agent -> relay   "GHTUN1" | name len (u8) | name | token len (u16 BE) | token
+//! relay -> agent   status (u8): 0 accepted, 1 bad name or token, 2 name already connected
+//! then HTTP/2 with reversed roles: the agent is the server, the relay the client.
+//! A stream is one CONNECT request, :authority = what to open:
+//!   "host:port"            a TCP destination (the agent's allow-list and guard apply)
+//!   "NAME:0" + header gatehouse-service: NAME    a service the agent publishes
+//! the agent answers 200 (bytes flow both ways), or an error status (see [`OpenError`]).
+//! ```
+
+use std::fmt;
+
+pub const MAGIC: &[u8; 6] = b"GHTUN1";
+/// Longest agent name and token accepted in a hello.
+pub const MAX_NAME: usize = 64;
+pub const MAX_TOKEN: usize = 1024;
+/// The header naming a published service.
+pub const SERVICE_HEADER: &str = "gatehouse-service";
+/// The header asking for a UDP relay (`gatehouse-open: udp`).
+pub const OPEN_HEADER: &str = "gatehouse-open";
+/// Largest datagram (SOCKS UDP header and payload) carried in one frame.
+pub const MAX_DATAGRAM: usize = 65_535;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hello {
+    pub name: String,
+    pub token: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HelloError {
+    /// More bytes are needed.
+    Incomplete,
+    BadMagic,
+    BadName,
+    BadToken,
+}
+
+/// A valid agent or service name: 1-64 of `[A-Za-z0-9._-]`.
+pub fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_NAME
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+pub fn encode_hello(h: &Hello) -> Vec<u8> {
+    let mut out = Vec::with_capacity(9 + h.name.len() + h.token.len());
+    out.extend_from_slice(MAGIC);
+    out.push(h.name.len().min(255) as u8);
+    out.extend_from_slice(h.name.as_bytes());
+    out.extend_from_slice(&(h.token.len().min(u16::MAX as usize) as u16).to_be_bytes());
+    out.extend_from_slice(&h.token);
+    out
+}
+
+/// Decodes a hello from the start of `buf`: the hello and the bytes it took.
+pub fn decode_hello(buf: &[u8]) -> Result<(Hello, usize), HelloError> {
+    let n = buf.len().min(MAGIC.len());
+    if buf[..n] != MAGIC[..n] {
+        return Err(HelloError::BadMagic);
+    }
+    let Some(&name_len) = buf.get(MAGIC.len()) else {
+        return Err(HelloError::Incomplete);
+    };
+    let name_len = usize::from(name_len);
+    if name_len == 0 || name_len > MAX_NAME {
+        return Err(HelloError::BadName);
+    }
+    let at = MAGIC.len() + 1;
+    let Some(name) = buf.get(at..at + name_len) else {
+        return Err(HelloError::Incomplete);
+    };
+    let name = match std::str::from_utf8(name) {
+        Ok(s) if valid_name(s) => s.to_string(),
+        _ => return Err(HelloError::BadName),
+    };
+    let at = at + name_len;
+    let Some(len) = buf.get(at..at + 2) else {
+        return Err(HelloError::Incomplete);
+    };
+    let token_len = usize::from(u16::from_be_bytes([len[0], len[1]]));
+    if token_len == 0 || token_len > MAX_TOKEN {
+        return Err(HelloError::BadToken);
+    }
+    let at = at + 2;
+    let Some(token) = buf.get(at..at + token_len) else {
+        return Err(HelloError::Incomplete);
+    };
+    Ok((
+        Hello {
+            name,
+            token: token.to_vec(),
+        },
+        at + token_len,
+    ))
+}
+
+/// The relay's answer to a hello.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HelloReply {
+    Accepted = 0,
+    BadCredentials = 1,
+    Duplicate = 2,
+}
+
+impl HelloReply {
+    pub fn from_byte(b: u8) -> Option<HelloReply> {
+        match b {
+            0 => Some(HelloReply::Accepted),
+            1 => Some(HelloReply::BadCredentials),
+            2 => Some(HelloReply::Duplicate),
+            _ => None,
+        }
+    }
+}
+
+/// What a stream asks the agent to open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Open {
+    /// A TCP destination, by name or address; the agent resolves names.
+    Tcp { host: String, port: u16 },
+    /// A service the agent publishes.
+    Service(String),
+    /// A UDP relay: the stream carries datagrams, each a [`encode_frame`] around a SOCKS5
+    /// UDP datagram (RFC 1928 section 7: header naming the destination, or on the way back
+    /// the source, then the payload).
+    Udp,
+}
+
+impl fmt::Display for Open {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Open::Tcp { host, port } if host.contains(':') => write!(f, "[{host}]:{port}"),
+            Open::Tcp { host, port } => write!(f, "{host}:{port}"),
+            Open::Service(name) => write!(f, "service {name}"),
+            Open::Udp => f.write_str("udp"),
+        }
+    }
+}
+
+impl Open {
+    /// The request the relay sends for it.
+    pub fn to_request(&self) -> Result<http::Request<()>, http::Error> {
+        let b = http::Request::builder().method(http::Method::CONNECT);
+        match self {
+            Open::Tcp { .. } => b.uri(self.to_string()).body(()),
+            Open::Service(name) => b
+                .uri(format!("{name}:0"))
+                .header(SERVICE_HEADER, name.as_str())
+                .body(()),
+            Open::Udp => b.uri("udp:0").header(OPEN_HEADER, "udp").body(()),
+        }
+    }
+
+    /// What a request received by the agent asks for; `None` answers 400.
+    pub fn from_request<B>(req: &http::Request<B>) -> Option<Open> {
+        if req.method() != http::Method::CONNECT {
+            return None;
+        }
+        if let Some(v) = req.headers().get(OPEN_HEADER) {
+            return (v.as_bytes() == b"udp").then_some(Open::Udp);
+        }
+        if let Some(v) = req.headers().get(SERVICE_HEADER) {
+            let name = v.to_str().ok()?;
+            return valid_name(name).then(|| Open::Service(name.to_string()));
+        }
+        let auth = req.uri().authority()?;
+        let port = auth.port_u16().filter(|p| *p != 0)?;
+        let host = auth.host().trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            return None;
+        }
+        Some(Open::Tcp {
+            host: host.to_ascii_lowercase(),
+            port,
+        })
+    }
+}
+
+/// Why the agent did not open a stream: the status it answers with, and what the relay makes
+/// of it (a SOCKS reply code; a published port just closes the client).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenError {
+    /// 400: the request named nothing the agent understands.
+    BadRequest,
+    /// 403: outside the agent's allow-list, or refused by its destination guard.
+    NotAllowed,
+    /// 404: no such published service.
+    NoService,
+    /// 502: the destination refused the connection.
+    Refused,
+    /// 503: the agent's network cannot reach it (or the relay has no agent of that name).
+    NetworkUnreachable,
+    /// 504: the name did not resolve, or the connection timed out.
+    HostUnreachable,
+    /// Anything else: the stream was reset, the agent went away.
+    Failed,
+}
+
+impl OpenError {
+    pub fn status(self) -> u16 {
+        match self {
+            OpenError::BadRequest => 400,
+            OpenError::NotAllowed => 403,
+            OpenError::NoService => 404,
+            OpenError::Refused => 502,
+            OpenError::NetworkUnreachable => 503,
+            OpenError::HostUnreachable => 504,
+            OpenError::Failed => 500,
+        }
+    }
+
+    pub fn from_status(status: u16) -> OpenError {
+        match status {
+            400 => OpenError::BadRequest,
+            403 => OpenError::NotAllowed,
+            404 => OpenError::NoService,
+            502 => OpenError::Refused,
+            503 => OpenError::NetworkUnreachable,
+            504 => OpenError::HostUnreachable,
+            _ => OpenError::Failed,
+        }
+    }
+
+    /// The RFC 1928 reply code a SOCKS client gets.
+    pub fn socks_reply(self) -> u8 {
+        match self {
+            OpenError::NotAllowed | OpenError::NoService => 0x02,
+            OpenError::NetworkUnreachable => 0x03,
+            OpenError::HostUnreachable => 0x04,
+            OpenError::Refused => 0x05,
+            OpenError::BadRequest => 0x08,
+            OpenError::Failed => 0x01,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OpenError::BadRequest => "bad_request",
+            OpenError::NotAllowed => "not_allowed",
+            OpenError::NoService => "no_service",
+            OpenError::Refused => "connection_refused",
+            OpenError::NetworkUnreachable => "network_unreachable",
+            OpenError::HostUnreachable => "host_unreachable",
+            OpenError::Failed => "tunnel_failed",
+        }
+    }
+}
+
+impl fmt::Display for OpenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "agent answered {}: {}", self.status(), self.as_str())
+    }
+}
+
+impl std::error::Error for OpenError {}
+
+/// `sha256:` and 64 hex digits, optionally with colons between bytes (as `openssl x509
+/// -fingerprint` prints); case does not matter.
+pub fn parse_fingerprint(s: &str) -> Option<[u8; 32]> {
+    let hex: String = s
+        .trim()
+        .strip_prefix("sha256:")
+        .or_else(|| s.trim().strip_prefix("SHA256:"))?
+        .chars()
+        .filter(|c| *c != ':')
+        .collect();
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// The form [`parse_fingerprint`] takes: `sha256:` and lower-case hex, colon-separated.
+pub fn format_fingerprint(digest: &[u8]) -> String {
+    let hex: Vec<String> = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{}", hex.join(":"))
+}
+
+/// One datagram on a UDP stream: its length (u16, big-endian), then its bytes.
+pub fn encode_frame(datagram: &[u8], out: &mut Vec<u8>) -> bool {
+    let Ok(len) = u16::try_from(datagram.len()) else {
+        return false;
+    };
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(datagram);
+    true
+}
+
+/// The first whole frame in `buf`: its datagram's range and the bytes it took; `None` until
+/// one is whole.
+pub fn decode_frame(buf: &[u8]) -> Option<(std::ops::Range<usize>, usize)> {
+    let len = usize::from(u16::from_be_bytes([*buf.first()?, *buf.get(1)?]));
+    (buf.len() >= 2 + len).then_some((2..2 + len, 2 + len))
+}
+
+/// Every decoder of untrusted tunnel input over arbitrary bytes (the fuzz target
+/// `tunnel_decoders` and a seeded test run it): no panic, lengths within the input, and what
+/// decodes re-encodes to the same bytes.
+pub fn check_all_decoders(data: &[u8]) {
+    if let Some((range, used)) = decode_frame(data) {
+        assert!(used <= data.len() && range.end == used);
+        let mut again = Vec::new();
+        assert!(encode_frame(&data[range], &mut again));
+        assert_eq!(again, data[..used]);
+    }
+    if let Ok((h, used)) = decode_hello(data) {
+        assert!(used <= data.len());
+        assert_eq!(encode_hello(&h), data[..used]);
+    }
+    if let Ok(text) = std::str::from_utf8(data) {
+        if let Some(d) = parse_fingerprint(text) {
+            assert_eq!(parse_fingerprint(&format_fingerprint(&d)), Some(d));
+        }
+        let _ = super::allow::AllowEntry::parse(text);
+        if let Ok(req) = http::Request::builder()
+            .method(http::Method::CONNECT)
+            .uri(text)
+            .body(())
+        {
+            if let Some(open) = Open::from_request(&req) {
+                let again = open.to_request().ok();
+                assert_eq!(again.as_ref().and_then(Open::from_request), Some(open));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn random_inputs_never_panic() {
+        let mut rng = fastrand::Rng::with_seed(11);
+        let valid = encode_hello(&Hello {
+            name: "office".into(),
+            token: b"t".to_vec(),
+        });
+        for _ in 0..20_000 {
+            let mut data = if rng.bool() {
+                valid.clone()
+            } else {
+                (0..rng.usize(0..40)).map(|_| rng.u8(..)).collect()
+            };
+            if !data.is_empty() && rng.bool() {
+                let i = rng.usize(..data.len());
+                data[i] = rng.u8(..);
+            }
+            check_all_decoders(&data);
+        }
+        for text in [
+            "10.0.0.1:80",
+            "[fd00::1]:22",
+            "a.b:1",
+            "x:0",
+            ":",
+            "sha256:",
+        ] {
+            check_all_decoders(text.as_bytes());
+        }
+    }
+
+    #[test]
+    fn hello_round_trips_and_is_decoded_from_any_split() {
+        let h = Hello {
+            name: "office".into(),
+            token: b"s3cret".to_vec(),
+        };
+        let bytes = encode_hello(&h);
+        assert_eq!(decode_hello(&bytes), Ok((h.clone(), bytes.len())));
+        for cut in 0..bytes.len() {
+            assert_eq!(decode_hello(&bytes[..cut]), Err(HelloError::Incomplete));
+        }
+        let mut more = bytes.clone();
+        more.extend_from_slice(b"PRI *");
+        assert_eq!(decode_hello(&more), Ok((h, bytes.len())));
+    }
+
+    #[test]
+    fn bad_hellos_are_refused_not_waited_for() {
+        assert_eq!(decode_hello(b"GET / "), Err(HelloError::BadMagic));
+        assert_eq!(decode_hello(b"GH"), Err(HelloError::Incomplete));
+        assert_eq!(decode_hello(b"GX"), Err(HelloError::BadMagic));
+        assert_eq!(decode_hello(b"GHTUN1\x00"), Err(HelloError::BadName));
+        assert_eq!(decode_hello(b"GHTUN1\x41"), Err(HelloError::BadName));
+        assert_eq!(decode_hello(b"GHTUN1\x02a/"), Err(HelloError::BadName));
+        assert_eq!(
+            decode_hello(b"GHTUN1\x01a\x00\x00"),
+            Err(HelloError::BadToken)
+        );
+        assert_eq!(
+            decode_hello(b"GHTUN1\x01a\xff\xff"),
+            Err(HelloError::BadToken)
+        );
+    }
+
+    #[test]
+    fn open_requests_round_trip() {
+        for open in [
+            Open::Tcp {
+                host: "10.0.0.5".into(),
+                port: 22,
+            },
+            Open::Tcp {
+                host: "db.internal".into(),
+                port: 5432,
+            },
+            Open::Tcp {
+                host: "fd00::1".into(),
+                port: 80,
+            },
+            Open::Service("web".into()),
+            Open::Udp,
+        ] {
+            let req = open.to_request().expect("request");
+            assert_eq!(Open::from_request(&req), Some(open));
+        }
+    }
+
+    #[test]
+    fn odd_requests_are_rejected() {
+        let get = http::Request::get("http://a/").body(()).expect("req");
+        assert_eq!(Open::from_request(&get), None);
+        let no_port = http::Request::builder()
+            .method(http::Method::CONNECT)
+            .uri("a:0")
+            .body(())
+            .expect("req");
+        assert_eq!(Open::from_request(&no_port), None);
+        let bad_service = http::Request::builder()
+            .method(http::Method::CONNECT)
+            .uri("a:1")
+            .header(SERVICE_HEADER, "../x")
+            .body(())
+            .expect("req");
+        assert_eq!(Open::from_request(&bad_service), None);
+    }
+
+    #[test]
+    fn frames_wait_for_their_whole_datagram() {
+        let mut out = Vec::new();
+        assert!(encode_frame(b"abc", &mut out));
+        assert_eq!(out, b"\x00\x03abc");
+        assert_eq!(decode_frame(&out), Some((2..5, 5)));
+        assert_eq!(decode_frame(&out[..4]), None);
+        assert_eq!(decode_frame(&[0]), None);
+        assert!(!encode_frame(&vec![0; 70_000], &mut out));
+    }
+
+    #[test]
+    fn statuses_map_to_socks_replies() {
+        for e in [
+            OpenError::BadRequest,
+            OpenError::NotAllowed,
+            OpenError::NoService,
+            OpenError::Refused,
+            OpenError::NetworkUnreachable,
+            OpenError::HostUnreachable,
+        ] {
+            assert_eq!(OpenError::from_status(e.status()), e);
+        }
+        assert_eq!(OpenError::from_status(418), OpenError::Failed);
+        assert_eq!(OpenError::NotAllowed.socks_reply(), 2);
+        assert_eq!(OpenError::Refused.socks_reply(), 5);
+    }
+
+    #[test]
+    fn fingerprints_parse_in_both_forms() {
+        let d: Vec<u8> = (0..32).collect();
+        let s = format_fingerprint(&d);
+        assert_eq!(parse_fingerprint(&s).map(|a| a.to_vec()), Some(d.clone()));
+        let hex: String = d.iter().map(|b| format!("{b:02X}")).collect();
+        assert_eq!(
+            parse_fingerprint(&format!("SHA256:{hex}")).map(|a| a.to_vec()),
+            Some(d)
+        );
+        assert_eq!(parse_fingerprint("sha256:abcd"), None);
+        assert_eq!(parse_fingerprint("md5:00"), None);
+    }
+}
