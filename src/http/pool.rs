@@ -46,10 +46,21 @@ impl Pool {
 
     /// The most recently used live connection for `key`, if any.
     pub fn take(&self, key: &PoolKey) -> Option<(TcpStream, SocketAddr)> {
+        self.take_within(key, self.idle_timeout)
+    }
+
+    /// [`Pool::take`], with connections idle for `max_idle` or longer dropped (a shorter
+    /// limit than the pool's, e.g. a server pool's own `idle_timeout`).
+    pub fn take_within(
+        &self,
+        key: &PoolKey,
+        max_idle: Duration,
+    ) -> Option<(TcpStream, SocketAddr)> {
+        let max_idle = max_idle.min(self.idle_timeout);
         let mut idle = self.idle.lock().ok()?;
         let list = idle.get_mut(key)?;
         while let Some(c) = list.pop() {
-            if c.since.elapsed() < self.idle_timeout && is_quiet(&c.stream) {
+            if c.since.elapsed() < max_idle && is_quiet(&c.stream) {
                 if list.is_empty() {
                     idle.remove(key);
                 }

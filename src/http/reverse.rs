@@ -12,7 +12,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use bytes::BytesMut;
 use tokio::io::AsyncReadExt;
@@ -25,6 +25,7 @@ use super::pool::{Pool, PoolKey};
 use super::proxy::{strip_hop_by_hop, Client, Exchange, Fetched, HttpProxy, Role, Upward};
 use super::target::HttpTarget;
 use super::tunnel::Via;
+use crate::balance::HttpOutcome;
 use crate::config::ReverseListenerConfig;
 use crate::connector::Host;
 use crate::policy::headers::Rewrite;
@@ -104,12 +105,30 @@ pub struct ReverseTo {
 pub struct ResponseEdits {
     hide: Arc<[String]>,
     links: LinkRewrite,
+    /// The sticky-session cookie to set (the client lacks it or it names another server).
+    set_cookie: Option<String>,
+    /// When the final response head arrived (the server's latency ends here).
+    head_at: std::sync::OnceLock<Instant>,
 }
 
 impl ResponseEdits {
     pub(super) fn apply(&self, h: &mut Headers) {
+        let _ = self.head_at.set(Instant::now());
         headers::hide(h, &self.hide);
         self.links.apply(h);
+        if let Some(c) = &self.set_cookie {
+            h.push("Set-Cookie", c.as_bytes());
+        }
+    }
+}
+
+/// What a failure before the response head says about the server (passive health).
+fn outcome_of(err: &ProxyError) -> Option<HttpOutcome> {
+    match err.kind {
+        // The client's side of the exchange failed: not the server's fault.
+        "http_request_error" => None,
+        "connection_read_timeout" => Some(HttpOutcome::Timeout),
+        _ => Some(HttpOutcome::Reset),
     }
 }
 
@@ -216,7 +235,12 @@ impl HttpProxy {
             }
         }
         ex.rewrite = rv.edits[i].clone();
-        ex.first_byte_timeout = Some(rv.cfg.first_byte_timeout);
+        // The listener's and the pool's first-byte timeouts: the shorter wins.
+        ex.first_byte_timeout = Some(
+            rv.cfg
+                .first_byte_timeout
+                .min(rv.pools[i].cfg.first_byte_timeout),
+        );
         ex.max_body = rv.cfg.max_body;
         let to = ReverseTo {
             route: i,
@@ -358,25 +382,38 @@ impl HttpProxy {
         let resend = idempotent(&head.method) && framing == Framing::None;
         let ip = client.peer.ip();
         let tries = 1 + rv.cfg.retries;
+        let idle_max = rv.cfg.idle_timeout.min(pool.cfg.idle_timeout);
+        let secure = to.scheme == "https";
         let mut tried: Vec<usize> = Vec::new();
         let mut attempts = 0;
         // Stale idle connections are retried on a fresh one without counting as a try.
         let mut stale = 0;
         let mut last: Option<ProxyError> = None;
+        // The server the previous try failed at (a retry follows).
+        let mut failed_at: Option<usize> = None;
+        pool.request_started();
         while attempts < tries {
-            if attempts > 0 && !retry_allowed(pool) {
-                break;
+            if attempts > 0 {
+                // Each retry spends the pool's retry budget.
+                if !pool.try_retry() {
+                    break;
+                }
+                if let Some(f) = failed_at.take() {
+                    pool.retried(f);
+                }
             }
             attempts += 1;
-            let Some(i) = pool.pick(ip, &tried) else {
+            let Some(picked) = pool.pick_request(ip, &head.headers, &to.target, &tried, secure)
+            else {
                 break;
             };
+            let i = picked.server;
             let server = pool.server(i);
             let key = PoolKey {
                 host: server.host.clone(),
                 port: server.port,
             };
-            let (stream, peer, reused) = match rv.idle.take(&key) {
+            let (stream, peer, reused) = match rv.idle.take_within(&key, idle_max) {
                 Some((s, p)) => (s, p, true),
                 None => match pool.connect_one(i, &self.svc.connector).await {
                     Ok(s) => {
@@ -391,6 +428,7 @@ impl HttpProxy {
                         pool.finished(i);
                         pool.failure(i, &format!("connect failed: {e}"));
                         tried.push(i);
+                        failed_at = Some(i);
                         last = Some(ProxyError::from(e));
                         continue;
                     }
@@ -406,6 +444,8 @@ impl HttpProxy {
                     ],
                     to: format!("{}://{}", to.scheme, to.host.as_deref().unwrap_or_default()),
                 },
+                set_cookie: picked.set_cookie,
+                head_at: std::sync::OnceLock::new(),
             }));
             let mut up = Upstream {
                 stream,
@@ -415,6 +455,7 @@ impl HttpProxy {
                 c.request_time = SystemTime::now();
             }
             let (in0, out0) = (ex.bytes_in, ex.bytes_out);
+            let sent_at = Instant::now();
             let r = self
                 .exchange(
                     client,
@@ -428,15 +469,25 @@ impl HttpProxy {
                 .await;
             // Bytes to and from this server, for its byte counters.
             pool.bytes(i, ex.bytes_in - in0, ex.bytes_out - out0);
+            // A response head came: its status and latency, and passive health from it.
+            let answered = |ex: &Exchange| {
+                let at = ex
+                    .reverse
+                    .as_ref()
+                    .and_then(|r| r.head_at.get().copied())
+                    .unwrap_or_else(Instant::now);
+                pool.observe(i, ex.status, at.saturating_duration_since(sent_at));
+                pool.http_result(i, HttpOutcome::Status(ex.status));
+            };
             match r {
                 Ok(done) if done.upgraded => {
-                    pool.success(i);
+                    answered(ex);
                     let keep = self.tunnel_upgraded(client, up, ex).await;
                     pool.finished(i);
                     return Fetched::Done(keep);
                 }
                 Ok(done) => {
-                    pool.success(i);
+                    answered(ex);
                     pool.finished(i);
                     if done.upstream_reusable && up.buf.is_empty() {
                         rv.idle.put(key, up.stream, peer);
@@ -450,8 +501,9 @@ impl HttpProxy {
                         stale += 1;
                         attempts -= 1;
                     } else {
-                        pool.failure(i, "closed the connection before responding");
+                        pool.http_result(i, HttpOutcome::Reset);
                         tried.push(i);
+                        failed_at = Some(i);
                     }
                     last = Some(ProxyError::new(
                         502,
@@ -464,12 +516,19 @@ impl HttpProxy {
                 }
                 Err(Failure::BeforeResponse(err)) => {
                     pool.finished(i);
-                    if err.kind != "http_request_error" {
-                        pool.failure(i, &err.detail);
+                    if let Some(o) = outcome_of(&err) {
+                        pool.http_result(i, o);
                     }
                     return Fetched::Failed(err);
                 }
                 Err(Failure::Abort(kind)) => {
+                    if ex
+                        .reverse
+                        .as_ref()
+                        .is_some_and(|r| r.head_at.get().is_some())
+                    {
+                        answered(ex);
+                    }
                     pool.finished(i);
                     ex.error = Some(kind);
                     return Fetched::Aborted;
@@ -524,10 +583,4 @@ fn client_port(client: &Client) -> u16 {
         .as_tcp()
         .and_then(|s| s.local_addr().ok())
         .map_or(0, |a| a.port())
-}
-
-/// Whether one more try may go to the pool. The retry budget (at most a share of extra load
-/// per pool) plugs in here; until then every retry up to `retries` is allowed.
-fn retry_allowed(_pool: &ServerPool) -> bool {
-    true
 }
