@@ -29,6 +29,14 @@ pub struct ReverseListenerConfig {
     /// Idle keep-alive connections kept per server, and for how long.
     pub idle_per_server: usize,
     pub idle_timeout: Duration,
+    /// `[listeners.tls]`: TLS terminated here (HTTPS), certificates chosen by SNI.
+    pub tls: Option<super::ServerTls>,
+    /// Longest TLS handshake.
+    pub handshake_timeout: Duration,
+    /// A plain listener answers every request with 308 to the same URL over `https`.
+    pub redirect_https: bool,
+    /// The port in those redirects (443: none in the URL).
+    pub https_port: u16,
 }
 
 /// The fields that tell the servers who the client is.
@@ -160,6 +168,14 @@ pub(super) fn read_reverse(l: &Section<'_>, pools: &[&str]) -> ReverseListenerCo
         })
         .unwrap_or_else(|| HIDE_DEFAULT.iter().map(|s| s.to_string()).collect());
     let max_body = l.has("max_body").then(|| l.size("max_body", u64::MAX));
+    let tls = super::tls::read_server_tls(l, &["http/1.1"]);
+    let redirect_https = l.bool("redirect_https", false);
+    if redirect_https && tls.is_some() {
+        l.error_at(
+            "redirect_https",
+            "only for a plain listener (this one terminates TLS)",
+        );
+    }
     ReverseListenerConfig {
         http,
         hosts,
@@ -172,6 +188,11 @@ pub(super) fn read_reverse(l: &Section<'_>, pools: &[&str]) -> ReverseListenerCo
         first_byte_timeout: l.duration("first_byte_timeout", Duration::from_secs(60)),
         idle_per_server: l.uint("idle_per_server", 32, 0, 10_000) as usize,
         idle_timeout: l.duration("idle_timeout", Duration::from_secs(60)),
+        // HTTP/2 is not served yet: ALPN offers only http/1.1.
+        tls,
+        handshake_timeout: l.duration("handshake_timeout", Duration::from_secs(10)),
+        redirect_https,
+        https_port: l.uint("https_port", 443, 1, 65535) as u16,
     }
 }
 

@@ -154,6 +154,29 @@ impl HttpProxy {
         self.serve_stream(ClientStream::Tcp(stream), peer).await
     }
 
+    /// Serves one TLS client connection: the handshake (within the reverse listener's
+    /// `handshake_timeout`), then HTTP/1.1 over it.
+    pub async fn serve_tls(
+        self: Arc<Self>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        tls: Arc<crate::tls::TlsServer>,
+    ) {
+        let _ = stream.set_nodelay(true);
+        let limit = match &self.role {
+            Role::Reverse(r) => r.handshake_timeout(),
+            Role::Forward => self.cfg.header_read_timeout,
+        };
+        match timeout(limit, tls.accept(stream)).await {
+            Ok(Ok(s)) => {
+                self.serve_stream(ClientStream::Tls(Box::new(s)), peer)
+                    .await
+            }
+            Ok(Err(e)) => tracing::debug!(client = %peer, "TLS handshake failed: {e}"),
+            Err(_) => tracing::debug!(client = %peer, "TLS handshake timed out"),
+        }
+    }
+
     /// Serves one client connection over any stream (plain TCP, TLS).
     pub async fn serve_stream(self: Arc<Self>, stream: ClientStream, peer: SocketAddr) {
         let mut client = Client {

@@ -48,10 +48,16 @@ pub struct Reverse {
     hide: Arc<[String]>,
     /// Idle connections to the servers, by server, for reuse.
     idle: Arc<Pool>,
+    /// The listener's TLS (the certificates in force: which names a connection may serve).
+    tls: Option<Arc<crate::tls::TlsServer>>,
 }
 
 impl Reverse {
-    pub fn new(cfg: &ReverseListenerConfig, svc: &Services) -> anyhow::Result<Reverse> {
+    pub fn new(
+        cfg: &ReverseListenerConfig,
+        svc: &Services,
+        tls: Option<Arc<crate::tls::TlsServer>>,
+    ) -> anyhow::Result<Reverse> {
         let table = Table::new(cfg);
         let pools = table
             .routes()
@@ -80,11 +86,19 @@ impl Reverse {
             trusted: CidrSet::new(&cfg.trusted_proxies),
             hide: cfg.hide_headers.clone().into(),
             idle: Pool::new(cfg.idle_per_server, cfg.idle_timeout),
+            tls,
             cfg: cfg.clone(),
             table,
             pools,
             edits,
         })
+    }
+}
+
+impl Reverse {
+    /// Longest TLS handshake on this listener.
+    pub fn handshake_timeout(&self) -> std::time::Duration {
+        self.cfg.handshake_timeout
     }
 }
 
@@ -132,6 +146,28 @@ fn outcome_of(err: &ProxyError) -> Option<HttpOutcome> {
     }
 }
 
+/// Whether a request for `host` came on a TLS connection opened for another name (`sni`)
+/// whose certificate does not list `host` (`covers(sni, host)`): it is answered 421
+/// Misdirected Request (RFC 9110 section 15.5.20) rather than served under the wrong name.
+/// `host` is [`route::host_of`]'s form (lower case, no port).
+fn misdirected(sni: Option<&str>, host: Option<&str>, covers: impl Fn(&str, &str) -> bool) -> bool {
+    let (Some(sni), Some(host)) = (sni, host) else {
+        return false;
+    };
+    let sni = sni.trim_end_matches('.').to_ascii_lowercase();
+    sni != host && !covers(&sni, host)
+}
+
+/// The `https` URL a plain request is redirected to: the Host's name (without its port),
+/// `port` unless it is 443, the origin-form target as sent.
+fn https_location(host: &str, port: u16, target: &str) -> String {
+    if port == 443 {
+        format!("https://{host}{target}")
+    } else {
+        format!("https://{host}:{port}{target}")
+    }
+}
+
 /// Methods that may be sent twice (RFC 9110 section 9.2.2).
 fn idempotent(method: &str) -> bool {
     matches!(
@@ -175,7 +211,32 @@ impl HttpProxy {
             return !close_on_error;
         };
         let host_name = host.as_deref().and_then(route::host_of);
-        ex.target = format!("http://{}{target}", host.as_deref().unwrap_or("-"));
+        let scheme = client.stream.scheme();
+        ex.target = format!("{scheme}://{}{target}", host.as_deref().unwrap_or("-"));
+        let covers = |sni: &str, host: &str| rv.tls.as_ref().is_some_and(|t| t.covers(sni, host));
+        if misdirected(client.stream.sni(), host_name.as_deref(), covers) {
+            let err = ProxyError::new(
+                421,
+                "destination_not_found",
+                "this connection is for another host name (TLS SNI)",
+            );
+            self.send_error(client, &err, close_on_error, ex).await;
+            return !close_on_error;
+        }
+        if rv.cfg.redirect_https && scheme == "http" {
+            return match &host_name {
+                Some(h) => {
+                    let to = https_location(h, rv.cfg.https_port, &target);
+                    self.send_redirect(client, &to, close_on_error, ex).await;
+                    !close_on_error
+                }
+                None => {
+                    let err = ProxyError::bad_request("no Host to redirect to");
+                    self.send_error(client, &err, close_on_error, ex).await;
+                    !close_on_error
+                }
+            };
+        }
 
         // The policy's client rules (listener, client address, method, time) and the
         // per-client request rate. Destinations are the pools: rules about them do not match.
@@ -247,21 +308,17 @@ impl HttpProxy {
             pool: rv.pools[i].clone(),
             target: route::rewrite_target(route, &target),
             host: host.clone(),
-            scheme: client.stream.scheme(),
+            scheme,
         };
         // The cache keys on the public URL: host and path as the client asked.
         let authority = host.unwrap_or_default();
         let cache_target = HttpTarget {
             host: Host::Name(host_name.unwrap_or_default()),
-            port: client
-                .stream
-                .as_tcp()
-                .and_then(|s| s.local_addr().ok())
-                .map_or(80, |a| a.port()),
+            port: client.stream.tcp().local_addr().map_or(80, |a| a.port()),
             authority: authority.clone(),
             path: target.clone(),
         };
-        head.target = format!("http://{authority}{target}");
+        head.target = format!("{scheme}://{authority}{target}");
         let via = Via::Pool(Box::new(to));
         let up = Upward {
             target: &cache_target,
@@ -544,6 +601,27 @@ impl HttpProxy {
         }))
     }
 
+    /// `308 Permanent Redirect` to `location` (method and body kept by the client).
+    async fn send_redirect(
+        &self,
+        client: &mut Client,
+        location: &str,
+        close: bool,
+        ex: &mut Exchange,
+    ) {
+        let mut h = Headers::default();
+        h.push("Location", location.as_bytes());
+        h.push("Content-Length", "0");
+        if close {
+            h.push("Connection", "close");
+        }
+        let mut out = Vec::with_capacity(256);
+        codec::write_response_head(&mut out, 308, codec::reason(308), &h);
+        let _ = super::body::write_all(&mut client.stream, &out, self.cfg.read_timeout).await;
+        ex.status = 308;
+        ex.bytes_out += out.len() as u64;
+    }
+
     /// Reads a whole request body of `n` bytes into memory (the replay buffer).
     async fn read_body(&self, client: &mut Client, n: u64) -> Result<Vec<u8>, ProxyError> {
         let t = self.cfg.read_timeout;
@@ -578,9 +656,31 @@ impl HttpProxy {
 
 /// The port the client connected to, for the policy's port conditions.
 fn client_port(client: &Client) -> u16 {
-    client
-        .stream
-        .as_tcp()
-        .and_then(|s| s.local_addr().ok())
-        .map_or(0, |a| a.port())
+    client.stream.tcp().local_addr().map_or(0, |a| a.port())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sni_and_host_must_agree_unless_the_certificate_covers_both() {
+        let covers = |sni: &str, host: &str| sni == "a.test" && host == "www.a.test";
+        let never = |_: &str, _: &str| false;
+        assert!(!misdirected(None, Some("a.test"), never), "plain or no SNI");
+        assert!(!misdirected(Some("a.test"), None, never), "no Host");
+        assert!(!misdirected(Some("A.Test."), Some("a.test"), never));
+        assert!(misdirected(Some("b.test"), Some("a.test"), never));
+        assert!(!misdirected(Some("a.test"), Some("www.a.test"), covers));
+        assert!(misdirected(Some("a.test"), Some("b.test"), covers));
+    }
+
+    #[test]
+    fn https_location_drops_the_default_port() {
+        assert_eq!(
+            https_location("app.test", 443, "/a?b"),
+            "https://app.test/a?b"
+        );
+        assert_eq!(https_location("[::1]", 8443, "/"), "https://[::1]:8443/");
+    }
 }
