@@ -401,3 +401,103 @@ async fn a_plain_listener_with_redirect_https_answers_308() {
     );
     assert_eq!(a.connection_count(), 0, "nothing went to the pool");
 }
+
+/// An HTTPS origin (rustls + hyper) with `leaf`'s certificate answering `over tls` and the
+/// path; counts its TLS connections.
+async fn tls_origin(leaf: &Leaf) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::Ordering;
+    let key = rustls_pemfile::private_key(&mut leaf.key_pem.as_bytes())
+        .expect("pem")
+        .expect("key");
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_no_client_auth()
+    .with_single_cert(vec![leaf.der.clone()], key)
+    .expect("cert");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let conns = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let c = conns.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let (acceptor, c) = (acceptor.clone(), c.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(s).await else {
+                    return;
+                };
+                c.fetch_add(1, Ordering::SeqCst);
+                let svc = hyper::service::service_fn(
+                    |req: hyper::Request<hyper::body::Incoming>| async move {
+                        let body = format!("over tls {}", req.uri().path());
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                            http_body_util::Full::new(bytes::Bytes::from(body)),
+                        ))
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, conns)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_to_the_servers_verified_by_a_ca_file_and_a_wrong_ca_is_502() {
+    use std::sync::atomic::Ordering;
+    let ca = Ca::new();
+    let other = Ca::new();
+    let dir = tempfile::tempdir().expect("dir");
+    let good_ca = ca.write(dir.path());
+    let other_dir = tempfile::tempdir().expect("dir");
+    let wrong_ca = other.write(other_dir.path());
+    let (origin, conns) = tls_origin(&ca.leaf(&["origin.test"])).await;
+    // Two pools over the same server: one trusts its CA, one another CA.
+    let gh = Gatehouse::start(&format!(
+        "[[listeners]]\nname = \"rev\"\nkind = \"reverse\"\nlisten = \"127.0.0.1:0\"\n\
+         [[listeners.hosts]]\nnames = [\"good.test\"]\n[[listeners.hosts.routes]]\npool = \"good\"\n\
+         [[listeners.hosts]]\nnames = [\"wrong.test\"]\n[[listeners.hosts.routes]]\npool = \"wrong\"\n\
+         [[pools]]\nname = \"good\"\n[[pools.servers]]\naddress = \"{origin}\"\n\
+         [pools.tls]\nca_file = {good_ca:?}\nserver_name = \"origin.test\"\n\
+         [[pools]]\nname = \"wrong\"\n[[pools.servers]]\naddress = \"{origin}\"\n\
+         [pools.tls]\nca_file = {wrong_ca:?}\nserver_name = \"origin.test\"\n"
+    ));
+    let get = |host: &'static str, path: &'static str| {
+        let addr = gh.addr("rev");
+        async move {
+            let (code, out, err) = curl(&[
+                "-H",
+                &format!("Host: {host}"),
+                "-w",
+                " %{http_code}",
+                &format!("http://{addr}{path}"),
+            ])
+            .await;
+            assert_eq!(code, 0, "{err}");
+            String::from_utf8_lossy(&out).into_owned()
+        }
+    };
+    assert_eq!(get("good.test", "/one").await, "over tls /one 200");
+    // The TLS session went back to the idle pool and carries the next request.
+    assert_eq!(get("good.test", "/two").await, "over tls /two 200");
+    assert_eq!(
+        conns.load(Ordering::SeqCst),
+        1,
+        "one TLS connection, reused"
+    );
+    // The other pool does not take that session: its own handshake fails verification.
+    let wrong = get("wrong.test", "/").await;
+    assert!(wrong.ends_with(" 502"), "{wrong}");
+    assert_eq!(
+        conns.load(Ordering::SeqCst),
+        1,
+        "no request reached the server"
+    );
+}

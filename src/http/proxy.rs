@@ -22,7 +22,7 @@ use super::body;
 use super::cached::{CacheCtx, Finish, Step};
 use super::codec::{self, Framing, HeadError, Headers, RequestHead, Version};
 use super::error::ProxyError;
-use super::exchange::{upgrade_request, Failure, Upstream};
+use super::exchange::{upgrade_request, Failure, UpStream, Upstream};
 use super::pool::PoolKey;
 use super::stream::ClientStream;
 use super::target::{self, HttpTarget, TargetError};
@@ -688,7 +688,7 @@ impl HttpProxy {
             }
             ex.upstream = Some(peer);
             let mut up = Upstream {
-                stream,
+                stream: UpStream::Tcp(stream),
                 buf: leftover,
             };
             let req_head = routed_head.as_deref().unwrap_or(req_head);
@@ -712,9 +712,10 @@ impl HttpProxy {
                 }
                 Ok(done) => {
                     // Connections through parents are not pooled (the pool is keyed by origin).
-                    if done.upstream_reusable && up.buf.is_empty() && matches!(via, Via::Direct(_))
+                    if let (true, true, Via::Direct(_), UpStream::Tcp(s)) =
+                        (done.upstream_reusable, up.buf.is_empty(), via, up.stream)
                     {
-                        self.svc.pool.put(key, up.stream, peer);
+                        self.svc.pool.put(key, s, peer);
                     }
                     return Fetched::Done(done.client_keep);
                 }

@@ -20,7 +20,7 @@ use tokio::io::AsyncReadExt;
 use super::cached::CacheCtx;
 use super::codec::{self, Framing, Headers, RequestHead, Version};
 use super::error::ProxyError;
-use super::exchange::{upgrade_request, Failure, Upstream};
+use super::exchange::{upgrade_request, Failure, UpStream, Upstream};
 use super::pool::{Pool, PoolKey};
 use super::proxy::{strip_hop_by_hop, Client, Exchange, Fetched, HttpProxy, Role, Upward};
 use super::target::HttpTarget;
@@ -48,6 +48,8 @@ pub struct Reverse {
     hide: Arc<[String]>,
     /// Idle connections to the servers, by server, for reuse.
     idle: Arc<Pool>,
+    /// The same for TLS sessions to pools with `[pools.tls]`.
+    idle_tls: Arc<Pool<Box<crate::tls::client::TlsStream<tokio::net::TcpStream>>>>,
     /// The listener's TLS (the certificates in force: which names a connection may serve).
     tls: Option<Arc<crate::tls::TlsServer>>,
 }
@@ -86,6 +88,7 @@ impl Reverse {
             trusted: CidrSet::new(&cfg.trusted_proxies),
             hide: cfg.hide_headers.clone().into(),
             idle: Pool::new(cfg.idle_per_server, cfg.idle_timeout),
+            idle_tls: Pool::new(cfg.idle_per_server, cfg.idle_timeout),
             tls,
             cfg: cfg.clone(),
             table,
@@ -441,6 +444,7 @@ impl HttpProxy {
         let tries = 1 + rv.cfg.retries;
         let idle_max = rv.cfg.idle_timeout.min(pool.cfg.idle_timeout);
         let secure = to.scheme == "https";
+        let use_tls = pool.has_tls();
         let mut tried: Vec<usize> = Vec::new();
         let mut attempts = 0;
         // Stale idle connections are retried on a fresh one without counting as a try.
@@ -466,11 +470,25 @@ impl HttpProxy {
             };
             let i = picked.server;
             let server = pool.server(i);
+            // TLS sessions are kept apart, per pool (each pool has its own TLS settings).
             let key = PoolKey {
-                host: server.host.clone(),
+                host: if use_tls {
+                    Host::Name(format!("{}/{}", pool.cfg.name, server.host))
+                } else {
+                    server.host.clone()
+                },
                 port: server.port,
             };
-            let (stream, peer, reused) = match rv.idle.take_within(&key, idle_max) {
+            let idle = if use_tls {
+                rv.idle_tls
+                    .take_within(&key, idle_max)
+                    .map(|(s, p)| (UpStream::Tls(s), p))
+            } else {
+                rv.idle
+                    .take_within(&key, idle_max)
+                    .map(|(s, p)| (UpStream::Tcp(s), p))
+            };
+            let (stream, peer, reused) = match idle {
                 Some((s, p)) => (s, p, true),
                 None => match pool.connect_one(i, &self.svc.connector).await {
                     Ok(s) => {
@@ -478,7 +496,32 @@ impl HttpProxy {
                         let p = s
                             .peer_addr()
                             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-                        (s, p, false)
+                        if !use_tls {
+                            (UpStream::Tcp(s), p, false)
+                        } else {
+                            match pool.secure(i, s).await {
+                                Ok(t) => (UpStream::Tls(t), p, false),
+                                Err(e) => {
+                                    // Like a failed connect: nothing was sent; next server.
+                                    tracing::debug!(pool = %pool.cfg.name, server = %pool.label(i), "TLS handshake failed: {e}");
+                                    pool.finished(i);
+                                    pool.failure(i, &format!("TLS handshake failed: {e}"));
+                                    tried.push(i);
+                                    failed_at = Some(i);
+                                    let kind = if e.to_string().contains("certificate") {
+                                        "tls_certificate_error"
+                                    } else {
+                                        "tls_protocol_error"
+                                    };
+                                    last = Some(ProxyError::new(
+                                        502,
+                                        kind,
+                                        format!("TLS to {}: {e}", pool.label(i)),
+                                    ));
+                                    continue;
+                                }
+                            }
+                        }
                     }
                     Err(e) => {
                         tracing::debug!(pool = %pool.cfg.name, server = %pool.label(i), "connect failed: {e}");
@@ -495,10 +538,13 @@ impl HttpProxy {
             ex.reverse = Some(Box::new(ResponseEdits {
                 hide: rv.hide.clone(),
                 links: LinkRewrite {
-                    from: vec![
-                        format!("http://{}", pool.label(i)).to_ascii_lowercase(),
-                        format!("http://{peer}"),
-                    ],
+                    from: {
+                        let up = if use_tls { "https" } else { "http" };
+                        vec![
+                            format!("{up}://{}", pool.label(i)).to_ascii_lowercase(),
+                            format!("{up}://{peer}"),
+                        ]
+                    },
                     to: format!("{}://{}", to.scheme, to.host.as_deref().unwrap_or_default()),
                 },
                 set_cookie: picked.set_cookie,
@@ -547,7 +593,10 @@ impl HttpProxy {
                     answered(ex);
                     pool.finished(i);
                     if done.upstream_reusable && up.buf.is_empty() {
-                        rv.idle.put(key, up.stream, peer);
+                        match up.stream {
+                            UpStream::Tcp(s) => rv.idle.put(key, s, peer),
+                            UpStream::Tls(s) => rv.idle_tls.put(key, s, peer),
+                        }
                     }
                     return Fetched::Done(done.client_keep);
                 }
