@@ -453,8 +453,10 @@ impl HttpProxy {
         // The server the previous try failed at (a retry follows).
         let mut failed_at: Option<usize> = None;
         pool.request_started();
+        // The next try replaces a stale idle connection: not a retry, no budget spent.
+        let mut free_try = false;
         while attempts < tries {
-            if attempts > 0 {
+            if attempts > 0 && !std::mem::take(&mut free_try) {
                 // Each retry spends the pool's retry budget.
                 if !pool.try_retry() {
                     break;
@@ -606,6 +608,7 @@ impl HttpProxy {
                         // The server had closed an idle connection: not its fault.
                         stale += 1;
                         attempts -= 1;
+                        free_try = true;
                     } else {
                         pool.http_result(i, HttpOutcome::Reset);
                         tried.push(i);
