@@ -907,3 +907,37 @@ async fn an_active_http_check_takes_a_server_out_and_brings_it_back() {
     }
     assert!(back, "200 brings b back");
 }
+
+#[tokio::test]
+async fn the_pools_shorter_first_byte_timeout_wins_and_counts_against_the_server() {
+    // Reads the request, then says nothing (until the proxy gives up, bounded).
+    let silent = raw_origin(|mut s| async move {
+        if read_head(&mut s).await {
+            let _ = tokio::time::timeout(Duration::from_secs(10), read_to_close(&mut s)).await;
+        }
+    })
+    .await;
+    let gh = Gatehouse::start(&format!(
+        "{}{}[admin]\nlisten = \"127.0.0.1:0\"\n",
+        listener("", &vhost("\"app.test\"", "p")),
+        pool(
+            "p",
+            &[silent],
+            "first_byte_timeout = \"300ms\"\n[pools.passive]\nmax_failures = 1\nejection = \"60s\""
+        )
+    ));
+    let started = Instant::now();
+    let r = get(&gh, "app.test", "/").await;
+    assert_eq!(status(&r), 504, "{r}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the listener's 60 s did not apply"
+    );
+    let text = metrics_text(gh.addr("admin")).await;
+    assert!(
+        text.contains(&format!(
+            "gatehouse_pool_server_up{{pool=\"p\",server=\"{silent}\"}} 0"
+        )),
+        "a first-byte timeout ejects: {text}"
+    );
+}

@@ -319,6 +319,33 @@ mod tests {
             .map_err(|e| e.into_iter().map(|e| e.path).collect())
     }
 
+    const HOST: &str =
+        "[[listeners.hosts]]\nnames = [\"a.test\"]\n[[listeners.hosts.routes]]\npool = \"app\"\n";
+
+    #[test]
+    fn tls_offers_http11_only_and_redirect_is_for_plain_listeners() {
+        let r = reverse(&format!(
+            "handshake_timeout = \"3s\"\n[listeners.tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n{HOST}"
+        ))
+        .expect("valid");
+        let tls = r.tls.expect("tls");
+        assert_eq!(tls.alpn, ["http/1.1"], "no h2 until HTTP/2 is served");
+        assert_eq!(r.handshake_timeout, Duration::from_secs(3));
+        assert!(!r.redirect_https);
+        let r =
+            reverse(&format!("redirect_https = true\nhttps_port = 8443\n{HOST}")).expect("valid");
+        assert!(r.redirect_https && r.tls.is_none());
+        assert_eq!(r.https_port, 8443);
+        assert_eq!(reverse(HOST).expect("valid").https_port, 443);
+        assert_eq!(
+            reverse(&format!(
+                "redirect_https = true\n[listeners.tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n{HOST}"
+            ))
+            .err(),
+            Some(vec!["listeners[0].redirect_https".to_string()])
+        );
+    }
+
     #[test]
     fn full_listener_parses() {
         let r = reverse(

@@ -576,6 +576,12 @@ impl HttpProxy {
             pool.bytes(i, ex.bytes_in - in0, ex.bytes_out - out0);
             // A response head came: its status and latency, and passive health from it.
             let answered = |ex: &Exchange| {
+                if ex.status == 0 {
+                    // The cache answered from the server's head (a revalidation): it did
+                    // answer, with a status not recorded here.
+                    pool.success(i);
+                    return;
+                }
                 let at = ex
                     .reverse
                     .as_ref()
