@@ -501,3 +501,27 @@ async fn tls_to_the_servers_verified_by_a_ca_file_and_a_wrong_ca_is_502() {
         "no request reached the server"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sticky_cookies_over_tls_are_secure() {
+    let ca = Ca::new();
+    let dir = tempfile::tempdir().expect("dir");
+    let cafile = ca.write(dir.path());
+    let (_, _, tls) = two_certs(&ca, dir.path());
+    let a = Origin::fixed("from-a").await;
+    let b = Origin::fixed("from-b").await;
+    let gh = Gatehouse::start(&format!(
+        "{}[pools.sticky]\ncookie = \"SRV\"\n",
+        config(&tls, a.addr, b.addr)
+    ));
+    let (code, out, err) = curl_https(&gh, &cafile, "b.test", "/", &["-i"]).await;
+    assert_eq!(code, 0, "{err}");
+    let cookie = out
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
+        .unwrap_or_else(|| panic!("a cookie: {out}"));
+    assert!(
+        cookie.contains("SRV=") && cookie.contains("Secure"),
+        "{cookie}"
+    );
+}
