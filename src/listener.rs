@@ -22,6 +22,8 @@ use crate::socks::SocksServer;
 /// The handler for one listener kind.
 enum Handler {
     Http(Arc<HttpProxy>),
+    /// HTTP over TLS terminated here (a `reverse` listener with `[listeners.tls]`).
+    Https(Arc<HttpProxy>, Arc<crate::tls::TlsServer>),
     Socks(Arc<SocksServer>),
     Tcp(Arc<crate::l4::tcp::TcpBalancer>),
     Tunnel(Arc<crate::tunnel::TunnelListener>),
@@ -50,6 +52,7 @@ pub fn spawn(
     let tls = match &cfg.kind {
         ListenerKind::Socks(s) => s.tls.as_ref(),
         ListenerKind::Tcp(t) => t.tls.as_ref(),
+        ListenerKind::Reverse(r) => r.tls.as_ref(),
         _ => None,
     };
     let tls = match tls {
@@ -65,15 +68,21 @@ pub fn spawn(
             svc: svc.clone(),
             role: Role::Forward,
         })),
-        ListenerKind::Reverse(r) => Handler::Http(Arc::new(HttpProxy {
-            name: name.clone(),
-            cfg: r.http.clone(),
-            svc: svc.clone(),
-            role: Role::Reverse(Box::new(
-                crate::http::reverse::Reverse::new(r, &svc)
-                    .with_context(|| format!("listener {name:?}"))?,
-            )),
-        })),
+        ListenerKind::Reverse(r) => {
+            let proxy = Arc::new(HttpProxy {
+                name: name.clone(),
+                cfg: r.http.clone(),
+                svc: svc.clone(),
+                role: Role::Reverse(Box::new(
+                    crate::http::reverse::Reverse::new(r, &svc, tls.clone())
+                        .with_context(|| format!("listener {name:?}"))?,
+                )),
+            });
+            match &tls {
+                Some(t) => Handler::Https(proxy, t.clone()),
+                None => Handler::Http(proxy),
+            }
+        }
         ListenerKind::Socks(s) => Handler::Socks(Arc::new(SocksServer {
             name: name.clone(),
             cfg: s.clone(),
@@ -180,6 +189,11 @@ async fn accept_loop(
         match &handler {
             Handler::Http(h) => {
                 let fut = h.clone().serve(stream, peer);
+                svc.shutdown
+                    .spawn(WithGuard { fut, _guard }.instrument(span));
+            }
+            Handler::Https(h, tls) => {
+                let fut = h.clone().serve_tls(stream, peer, tls.clone());
                 svc.shutdown
                     .spawn(WithGuard { fut, _guard }.instrument(span));
             }

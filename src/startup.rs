@@ -88,12 +88,23 @@ pub fn prepare(config: &Config) -> Result<Prepared, Vec<ConfigError>> {
         let tls = match &l.kind {
             ListenerKind::Socks(s) => s.tls.as_ref(),
             ListenerKind::Tcp(t) => t.tls.as_ref(),
+            ListenerKind::Reverse(r) => r.tls.as_ref(),
             _ => None,
         };
         // With termination, a tcp listener's SNI routes match the handshake's name: a route
         // name no certificate lists is worth a warning.
         let routed: Vec<String> = match &l.kind {
             ListenerKind::Tcp(t) => t.sni.iter().flat_map(|r| r.names.clone()).collect(),
+            // A reverse listener's virtual hosts are reached by these names.
+            ListenerKind::Reverse(r) => r
+                .hosts
+                .iter()
+                .flat_map(|h| &h.names)
+                .map(|n| match n {
+                    crate::config::HostName::Exact(e) => e.clone(),
+                    crate::config::HostName::Suffix(s) => format!("*.{s}"),
+                })
+                .collect(),
             _ => Vec::new(),
         };
         match tls.map(|t| (t, crate::tls::server::check(t, &routed))) {

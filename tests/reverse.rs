@@ -687,3 +687,257 @@ async fn a_caching_route_answers_repeats_from_the_shared_cache() {
     assert_eq!(status(&r), 200, "{r}");
     assert_eq!(origin.count("/page"), 2);
 }
+
+/// An origin answering `200` with `name`, or `500` while `failing` is set; `/healthz` follows
+/// `sick` instead.
+async fn switchable(
+    name: &'static str,
+    failing: Arc<std::sync::atomic::AtomicBool>,
+    sick: Arc<std::sync::atomic::AtomicBool>,
+) -> Origin {
+    Origin::start(Arc::new(move |s: &Seen| {
+        let bad = if s.uri == "/healthz" {
+            sick.load(Ordering::SeqCst)
+        } else {
+            failing.load(Ordering::SeqCst)
+        };
+        response(if bad { 500 } else { 200 }, &[], name)
+    }))
+    .await
+}
+
+fn flag() -> Arc<std::sync::atomic::AtomicBool> {
+    Arc::new(std::sync::atomic::AtomicBool::new(false))
+}
+
+/// A GET with extra header lines (each ending in CRLF).
+async fn get_with(gh: &Gatehouse, path: &str, extra: &str) -> String {
+    raw(
+        gh,
+        format!("GET {path} HTTP/1.1\r\nHost: app.test\r\n{extra}Connection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn sticky_cookie_pins_the_client_and_moves_when_its_server_fails() {
+    let (fa, fb) = (flag(), flag());
+    let a = switchable("a", fa.clone(), flag()).await;
+    let b = switchable("b", fb.clone(), flag()).await;
+    let gh = Gatehouse::start(&format!(
+        "{}{}",
+        listener("", &vhost("\"app.test\"", "p")),
+        pool(
+            "p",
+            &[a.addr, b.addr],
+            "algorithm = \"round-robin\"\n[pools.passive]\nmax_failures = 1\nejection = \"60s\"\n[pools.sticky]\ncookie = \"SRV\""
+        )
+    ));
+    let first = get(&gh, "app.test", "/").await;
+    assert_eq!(status(&first), 200, "{first}");
+    let set = header(&first, "set-cookie").expect("a new client gets the cookie");
+    assert!(set.starts_with("SRV=") && set.contains("HttpOnly"), "{set}");
+    assert!(!set.contains("Secure"), "plain HTTP: {set}");
+    let cookie = set.split(';').next().expect("pair").to_string();
+    let pinned = body(&first).to_string();
+    // Round-robin would alternate; the cookie keeps every request on one server.
+    for _ in 0..6 {
+        let r = get_with(&gh, "/", &format!("Cookie: x=1; {cookie}\r\n")).await;
+        assert_eq!(body(&r), pinned, "{r}");
+        assert_eq!(
+            header(&r, "set-cookie"),
+            None,
+            "the cookie already names it"
+        );
+    }
+    // Its server fails (a 500 ejects it): the next request goes to the other one, which
+    // sets a cookie naming itself.
+    if pinned == "a" { &fa } else { &fb }.store(true, Ordering::SeqCst);
+    let r = get_with(&gh, "/", &format!("Cookie: {cookie}\r\n")).await;
+    assert_eq!(status(&r), 500, "{r}");
+    let r = get_with(&gh, "/", &format!("Cookie: {cookie}\r\n")).await;
+    assert_eq!(status(&r), 200, "{r}");
+    assert_ne!(body(&r), pinned);
+    let moved = header(&r, "set-cookie").expect("a new cookie");
+    assert!(
+        moved.starts_with("SRV=") && !moved.starts_with(&cookie),
+        "{moved}"
+    );
+}
+
+#[tokio::test]
+async fn hash_on_a_header_spreads_users_and_keeps_each_on_one_server() {
+    let a = Origin::fixed("a").await;
+    let b = Origin::fixed("b").await;
+    let gh = Gatehouse::start(&format!(
+        "{}{}",
+        listener("", &vhost("\"app.test\"", "p")),
+        pool(
+            "p",
+            &[a.addr, b.addr],
+            "algorithm = \"hash\"\nhash_key = \"header:X-User\""
+        )
+    ));
+    let mut on_a = 0;
+    for u in 0..24 {
+        let h = format!("X-User: user-{u}\r\n");
+        let first = body(&get_with(&gh, "/", &h).await).to_string();
+        assert!(first == "a" || first == "b", "{first}");
+        for _ in 0..2 {
+            assert_eq!(body(&get_with(&gh, "/", &h).await), first, "user-{u}");
+        }
+        on_a += usize::from(first == "a");
+    }
+    assert!(
+        (3..=21).contains(&on_a),
+        "both servers get users: {on_a} of 24 on a"
+    );
+}
+
+#[tokio::test]
+async fn a_server_answering_500_is_ejected_passively() {
+    let (fa, fb) = (flag(), flag());
+    let a = switchable("a", fa.clone(), flag()).await;
+    let b = switchable("b", fb, flag()).await;
+    fa.store(true, Ordering::SeqCst);
+    let gh = Gatehouse::start(&format!(
+        "{}{}[admin]\nlisten = \"127.0.0.1:0\"\n",
+        listener("", &vhost("\"app.test\"", "p")),
+        pool(
+            "p",
+            &[a.addr, b.addr],
+            "algorithm = \"round-robin\"\n[pools.passive]\nmax_failures = 2\nejection = \"60s\""
+        )
+    ));
+    let mut bodies = Vec::new();
+    for _ in 0..10 {
+        let r = get(&gh, "app.test", "/").await;
+        bodies.push((status(&r), body(&r).to_string()));
+    }
+    let errors = bodies.iter().filter(|(s, _)| *s == 500).count();
+    assert_eq!(errors, 2, "two 500s eject a: {bodies:?}");
+    assert!(
+        bodies[4..].iter().all(|(s, b)| *s == 200 && b == "b"),
+        "{bodies:?}"
+    );
+    let text = metrics_text(gh.addr("admin")).await;
+    assert!(
+        text.contains(&format!(
+            "gatehouse_pool_server_up{{pool=\"p\",server=\"{}\"}} 0",
+            a.addr
+        )),
+        "{text}"
+    );
+    assert_eq!(
+        metric(gh.addr("admin"), "gatehouse_pool_server_requests_total").await,
+        Some(10.0)
+    );
+}
+
+#[tokio::test]
+async fn an_exhausted_retry_budget_refuses_the_retry() {
+    let (bad1, hits1) = resetting_origin().await;
+    let (bad2, hits2) = resetting_origin().await;
+    let gh = Gatehouse::start(&format!(
+        "{}{}[admin]\nlisten = \"127.0.0.1:0\"\n",
+        listener("", &vhost("\"app.test\"", "p")),
+        pool(
+            "p",
+            &[bad1, bad2],
+            "retry_budget = 0.01\nmin_retries_per_sec = 0\n[pools.passive]\nmax_failures = 0"
+        )
+    ));
+    let r = get(&gh, "app.test", "/").await;
+    assert_eq!(status(&r), 502, "{r}");
+    let hits = hits1.load(Ordering::SeqCst) + hits2.load(Ordering::SeqCst);
+    assert_eq!(hits, 1, "no retry went to the other server");
+    let admin = gh.addr("admin");
+    assert_eq!(
+        metric(admin, "gatehouse_pool_retry_budget_exhausted_total").await,
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(admin, "gatehouse_pool_retries_total")
+            .await
+            .unwrap_or(0.0),
+        0.0
+    );
+}
+
+#[tokio::test]
+async fn an_active_http_check_takes_a_server_out_and_brings_it_back() {
+    let (sa, sb) = (flag(), flag());
+    let a = switchable("a", flag(), sa).await;
+    let b = switchable("b", flag(), sb.clone()).await;
+    let gh = Gatehouse::start(&format!(
+        "{}{}",
+        listener("", &vhost("\"app.test\"", "p")),
+        pool(
+            "p",
+            &[a.addr, b.addr],
+            "algorithm = \"round-robin\"\n[pools.health]\ntype = \"http\"\npath = \"/healthz\"\ninterval = \"50ms\"\nrise = 1\nfall = 1"
+        )
+    ));
+    // Four requests in a row on `a` only (round-robin would alternate): `b` is out.
+    sb.store(true, Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut out = false;
+    while Instant::now() < deadline {
+        let mut all_a = true;
+        for _ in 0..4 {
+            all_a &= body(&get(&gh, "app.test", "/").await) == "a";
+        }
+        if all_a {
+            out = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(out, "GET /healthz answering 500 takes b out");
+    sb.store(false, Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut back = false;
+    while Instant::now() < deadline {
+        if body(&get(&gh, "app.test", "/").await) == "b" {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(back, "200 brings b back");
+}
+
+#[tokio::test]
+async fn the_pools_shorter_first_byte_timeout_wins_and_counts_against_the_server() {
+    // Reads the request, then says nothing (until the proxy gives up, bounded).
+    let silent = raw_origin(|mut s| async move {
+        if read_head(&mut s).await {
+            let _ = tokio::time::timeout(Duration::from_secs(10), read_to_close(&mut s)).await;
+        }
+    })
+    .await;
+    let gh = Gatehouse::start(&format!(
+        "{}{}[admin]\nlisten = \"127.0.0.1:0\"\n",
+        listener("", &vhost("\"app.test\"", "p")),
+        pool(
+            "p",
+            &[silent],
+            "first_byte_timeout = \"300ms\"\n[pools.passive]\nmax_failures = 1\nejection = \"60s\""
+        )
+    ));
+    let started = Instant::now();
+    let r = get(&gh, "app.test", "/").await;
+    assert_eq!(status(&r), 504, "{r}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the listener's 60 s did not apply"
+    );
+    let text = metrics_text(gh.addr("admin")).await;
+    assert!(
+        text.contains(&format!(
+            "gatehouse_pool_server_up{{pool=\"p\",server=\"{silent}\"}} 0"
+        )),
+        "a first-byte timeout ejects: {text}"
+    );
+}

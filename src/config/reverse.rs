@@ -29,6 +29,14 @@ pub struct ReverseListenerConfig {
     /// Idle keep-alive connections kept per server, and for how long.
     pub idle_per_server: usize,
     pub idle_timeout: Duration,
+    /// `[listeners.tls]`: TLS terminated here (HTTPS), certificates chosen by SNI.
+    pub tls: Option<super::ServerTls>,
+    /// Longest TLS handshake.
+    pub handshake_timeout: Duration,
+    /// A plain listener answers every request with 308 to the same URL over `https`.
+    pub redirect_https: bool,
+    /// The port in those redirects (443: none in the URL).
+    pub https_port: u16,
 }
 
 /// The fields that tell the servers who the client is.
@@ -160,6 +168,14 @@ pub(super) fn read_reverse(l: &Section<'_>, pools: &[&str]) -> ReverseListenerCo
         })
         .unwrap_or_else(|| HIDE_DEFAULT.iter().map(|s| s.to_string()).collect());
     let max_body = l.has("max_body").then(|| l.size("max_body", u64::MAX));
+    let tls = super::tls::read_server_tls(l, &["http/1.1"]);
+    let redirect_https = l.bool("redirect_https", false);
+    if redirect_https && tls.is_some() {
+        l.error_at(
+            "redirect_https",
+            "only for a plain listener (this one terminates TLS)",
+        );
+    }
     ReverseListenerConfig {
         http,
         hosts,
@@ -172,6 +188,11 @@ pub(super) fn read_reverse(l: &Section<'_>, pools: &[&str]) -> ReverseListenerCo
         first_byte_timeout: l.duration("first_byte_timeout", Duration::from_secs(60)),
         idle_per_server: l.uint("idle_per_server", 32, 0, 10_000) as usize,
         idle_timeout: l.duration("idle_timeout", Duration::from_secs(60)),
+        // HTTP/2 is not served yet: ALPN offers only http/1.1.
+        tls,
+        handshake_timeout: l.duration("handshake_timeout", Duration::from_secs(10)),
+        redirect_https,
+        https_port: l.uint("https_port", 443, 1, 65535) as u16,
     }
 }
 
@@ -296,6 +317,33 @@ mod tests {
                 other => panic!("not reverse: {other:?}"),
             })
             .map_err(|e| e.into_iter().map(|e| e.path).collect())
+    }
+
+    const HOST: &str =
+        "[[listeners.hosts]]\nnames = [\"a.test\"]\n[[listeners.hosts.routes]]\npool = \"app\"\n";
+
+    #[test]
+    fn tls_offers_http11_only_and_redirect_is_for_plain_listeners() {
+        let r = reverse(&format!(
+            "handshake_timeout = \"3s\"\n[listeners.tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n{HOST}"
+        ))
+        .expect("valid");
+        let tls = r.tls.expect("tls");
+        assert_eq!(tls.alpn, ["http/1.1"], "no h2 until HTTP/2 is served");
+        assert_eq!(r.handshake_timeout, Duration::from_secs(3));
+        assert!(!r.redirect_https);
+        let r =
+            reverse(&format!("redirect_https = true\nhttps_port = 8443\n{HOST}")).expect("valid");
+        assert!(r.redirect_https && r.tls.is_none());
+        assert_eq!(r.https_port, 8443);
+        assert_eq!(reverse(HOST).expect("valid").https_port, 443);
+        assert_eq!(
+            reverse(&format!(
+                "redirect_https = true\n[listeners.tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n{HOST}"
+            ))
+            .err(),
+            Some(vec!["listeners[0].redirect_https".to_string()])
+        );
     }
 
     #[test]

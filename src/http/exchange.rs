@@ -1,6 +1,9 @@
 //! One request/response exchange with an upstream: the request body goes up while the
 //! response (1xx, final head, body) comes down, in the framing each side can take.
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -10,13 +13,96 @@ use super::body::{self, CopyError};
 use super::cached::{CacheCtx, HeadAction};
 use super::codec::{self, Framing, HeadError, Headers, RequestHead, Version};
 use super::error::ProxyError;
+use super::stream::{ReadHalf, WriteHalf};
 use crate::limits::Throttled;
 
 use super::proxy::{strip_hop_by_hop, wants_keep_alive, Client, Exchange, HttpProxy};
 
 pub(super) struct Upstream {
-    pub(super) stream: TcpStream,
+    pub(super) stream: UpStream,
     pub(super) buf: BytesMut,
+}
+
+/// The connection to an upstream: a plain socket (split natively, spliced in tunnels), or
+/// TLS to a pool server (`[pools.tls]`).
+pub(super) enum UpStream {
+    Tcp(TcpStream),
+    Tls(Box<crate::tls::client::TlsStream<TcpStream>>),
+}
+
+impl UpStream {
+    /// Borrowed read and write halves, usable at the same time.
+    pub(super) fn split(&mut self) -> (ReadHalf<'_>, WriteHalf<'_>) {
+        match self {
+            UpStream::Tcp(s) => {
+                let (r, w) = s.split();
+                (ReadHalf::Tcp(r), WriteHalf::Tcp(w))
+            }
+            UpStream::Tls(s) => {
+                let io: &mut dyn super::stream::Io = &mut **s;
+                let (r, w) = tokio::io::split(io);
+                (ReadHalf::Io(r), WriteHalf::Io(w))
+            }
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for UpStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            UpStream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            UpStream::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for UpStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            UpStream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            UpStream::Tls(s) => Pin::new(&mut **s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            UpStream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            UpStream::Tls(s) => Pin::new(&mut **s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            UpStream::Tcp(s) => s.is_write_vectored(),
+            UpStream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            UpStream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            UpStream::Tls(s) => Pin::new(&mut **s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            UpStream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            UpStream::Tls(s) => Pin::new(&mut **s).poll_shutdown(cx),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -19,20 +19,42 @@ pub struct PoolKey {
     pub port: u16,
 }
 
-struct Idle {
-    stream: TcpStream,
+/// A connection an idle pool can keep: it says, without blocking, whether the server still
+/// holds it open with nothing sent.
+pub trait Quiet: Send + 'static {
+    fn is_quiet(&self) -> bool;
+}
+
+impl Quiet for TcpStream {
+    fn is_quiet(&self) -> bool {
+        is_quiet(self)
+    }
+}
+
+/// TLS: the socket under it. Any byte there (a close_notify, stray data) makes it unusable;
+/// a connection found so is dropped, so the byte read from under the session does no harm.
+impl Quiet for Box<tokio_rustls::client::TlsStream<TcpStream>> {
+    fn is_quiet(&self) -> bool {
+        is_quiet(self.get_ref().0)
+    }
+}
+
+struct Idle<S> {
+    stream: S,
     peer: SocketAddr,
     since: Instant,
 }
 
-pub struct Pool {
-    idle: Mutex<HashMap<PoolKey, Vec<Idle>>>,
+/// Idle connections by server; `S`: plain sockets (the forward proxy, plain pools) or TLS
+/// sessions (pools with `[pools.tls]`).
+pub struct Pool<S = TcpStream> {
+    idle: Mutex<HashMap<PoolKey, Vec<Idle<S>>>>,
     max_per_host: usize,
     idle_timeout: Duration,
 }
 
-impl Pool {
-    pub fn new(max_per_host: usize, idle_timeout: Duration) -> Arc<Pool> {
+impl<S: Quiet> Pool<S> {
+    pub fn new(max_per_host: usize, idle_timeout: Duration) -> Arc<Pool<S>> {
         let pool = Arc::new(Pool {
             idle: Mutex::default(),
             max_per_host,
@@ -45,11 +67,18 @@ impl Pool {
     }
 
     /// The most recently used live connection for `key`, if any.
-    pub fn take(&self, key: &PoolKey) -> Option<(TcpStream, SocketAddr)> {
+    pub fn take(&self, key: &PoolKey) -> Option<(S, SocketAddr)> {
+        self.take_within(key, self.idle_timeout)
+    }
+
+    /// [`Pool::take`], with connections idle for `max_idle` or longer dropped (a shorter
+    /// limit than the pool's, e.g. a server pool's own `idle_timeout`).
+    pub fn take_within(&self, key: &PoolKey, max_idle: Duration) -> Option<(S, SocketAddr)> {
+        let max_idle = max_idle.min(self.idle_timeout);
         let mut idle = self.idle.lock().ok()?;
         let list = idle.get_mut(key)?;
         while let Some(c) = list.pop() {
-            if c.since.elapsed() < self.idle_timeout && is_quiet(&c.stream) {
+            if c.since.elapsed() < max_idle && c.stream.is_quiet() {
                 if list.is_empty() {
                     idle.remove(key);
                 }
@@ -60,7 +89,7 @@ impl Pool {
         None
     }
 
-    pub fn put(&self, key: PoolKey, stream: TcpStream, peer: SocketAddr) {
+    pub fn put(&self, key: PoolKey, stream: S, peer: SocketAddr) {
         if self.max_per_host == 0 {
             return;
         }
@@ -90,7 +119,7 @@ impl Pool {
             return;
         };
         idle.retain(|_, list| {
-            list.retain(|c| c.since.elapsed() < self.idle_timeout && is_quiet(&c.stream));
+            list.retain(|c| c.since.elapsed() < self.idle_timeout && c.stream.is_quiet());
             !list.is_empty()
         });
     }
@@ -102,7 +131,7 @@ fn is_quiet(stream: &TcpStream) -> bool {
     matches!(stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
 }
 
-async fn sweep(pool: Weak<Pool>, every: Duration) {
+async fn sweep<S: Quiet>(pool: Weak<Pool<S>>, every: Duration) {
     let every = every.max(Duration::from_millis(100)) / 2;
     loop {
         tokio::time::sleep(every).await;

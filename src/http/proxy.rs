@@ -22,7 +22,7 @@ use super::body;
 use super::cached::{CacheCtx, Finish, Step};
 use super::codec::{self, Framing, HeadError, Headers, RequestHead, Version};
 use super::error::ProxyError;
-use super::exchange::{upgrade_request, Failure, Upstream};
+use super::exchange::{upgrade_request, Failure, UpStream, Upstream};
 use super::pool::PoolKey;
 use super::stream::ClientStream;
 use super::target::{self, HttpTarget, TargetError};
@@ -159,6 +159,29 @@ impl HttpProxy {
     pub async fn serve(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
         let _ = stream.set_nodelay(true);
         self.serve_stream(ClientStream::Tcp(stream), peer).await
+    }
+
+    /// Serves one TLS client connection: the handshake (within the reverse listener's
+    /// `handshake_timeout`), then HTTP/1.1 over it.
+    pub async fn serve_tls(
+        self: Arc<Self>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        tls: Arc<crate::tls::TlsServer>,
+    ) {
+        let _ = stream.set_nodelay(true);
+        let limit = match &self.role {
+            Role::Reverse(r) => r.handshake_timeout(),
+            Role::Forward => self.cfg.header_read_timeout,
+        };
+        match timeout(limit, tls.accept(stream)).await {
+            Ok(Ok(s)) => {
+                self.serve_stream(ClientStream::Tls(Box::new(s)), peer)
+                    .await
+            }
+            Ok(Err(e)) => tracing::debug!(client = %peer, "TLS handshake failed: {e}"),
+            Err(_) => tracing::debug!(client = %peer, "TLS handshake timed out"),
+        }
     }
 
     /// Serves one client connection over any stream (plain TCP, TLS).
@@ -674,7 +697,7 @@ impl HttpProxy {
             }
             ex.upstream = Some(peer);
             let mut up = Upstream {
-                stream,
+                stream: UpStream::Tcp(stream),
                 buf: leftover,
             };
             let req_head = routed_head.as_deref().unwrap_or(req_head);
@@ -698,9 +721,10 @@ impl HttpProxy {
                 }
                 Ok(done) => {
                     // Connections through parents are not pooled (the pool is keyed by origin).
-                    if done.upstream_reusable && up.buf.is_empty() && matches!(via, Via::Direct(_))
+                    if let (true, true, Via::Direct(_), UpStream::Tcp(s)) =
+                        (done.upstream_reusable, up.buf.is_empty(), via, up.stream)
                     {
-                        self.svc.pool.put(key, up.stream, peer);
+                        self.svc.pool.put(key, s, peer);
                     }
                     return Fetched::Done(done.client_keep);
                 }

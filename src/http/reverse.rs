@@ -12,7 +12,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use bytes::BytesMut;
 use tokio::io::AsyncReadExt;
@@ -20,11 +20,12 @@ use tokio::io::AsyncReadExt;
 use super::cached::CacheCtx;
 use super::codec::{self, Framing, Headers, RequestHead, Version};
 use super::error::ProxyError;
-use super::exchange::{upgrade_request, Failure, Upstream};
+use super::exchange::{upgrade_request, Failure, UpStream, Upstream};
 use super::pool::{Pool, PoolKey};
 use super::proxy::{strip_hop_by_hop, Client, Exchange, Fetched, HttpProxy, Role, Upward};
 use super::target::HttpTarget;
 use super::tunnel::Via;
+use crate::balance::HttpOutcome;
 use crate::config::ReverseListenerConfig;
 use crate::connector::Host;
 use crate::policy::headers::Rewrite;
@@ -47,10 +48,18 @@ pub struct Reverse {
     hide: Arc<[String]>,
     /// Idle connections to the servers, by server, for reuse.
     idle: Arc<Pool>,
+    /// The same for TLS sessions to pools with `[pools.tls]`.
+    idle_tls: Arc<Pool<Box<crate::tls::client::TlsStream<tokio::net::TcpStream>>>>,
+    /// The listener's TLS (the certificates in force: which names a connection may serve).
+    tls: Option<Arc<crate::tls::TlsServer>>,
 }
 
 impl Reverse {
-    pub fn new(cfg: &ReverseListenerConfig, svc: &Services) -> anyhow::Result<Reverse> {
+    pub fn new(
+        cfg: &ReverseListenerConfig,
+        svc: &Services,
+        tls: Option<Arc<crate::tls::TlsServer>>,
+    ) -> anyhow::Result<Reverse> {
         let table = Table::new(cfg);
         let pools = table
             .routes()
@@ -79,11 +88,20 @@ impl Reverse {
             trusted: CidrSet::new(&cfg.trusted_proxies),
             hide: cfg.hide_headers.clone().into(),
             idle: Pool::new(cfg.idle_per_server, cfg.idle_timeout),
+            idle_tls: Pool::new(cfg.idle_per_server, cfg.idle_timeout),
+            tls,
             cfg: cfg.clone(),
             table,
             pools,
             edits,
         })
+    }
+}
+
+impl Reverse {
+    /// Longest TLS handshake on this listener.
+    pub fn handshake_timeout(&self) -> std::time::Duration {
+        self.cfg.handshake_timeout
     }
 }
 
@@ -104,12 +122,52 @@ pub struct ReverseTo {
 pub struct ResponseEdits {
     hide: Arc<[String]>,
     links: LinkRewrite,
+    /// The sticky-session cookie to set (the client lacks it or it names another server).
+    set_cookie: Option<String>,
+    /// When the final response head arrived (the server's latency ends here).
+    head_at: std::sync::OnceLock<Instant>,
 }
 
 impl ResponseEdits {
     pub(super) fn apply(&self, h: &mut Headers) {
+        let _ = self.head_at.set(Instant::now());
         headers::hide(h, &self.hide);
         self.links.apply(h);
+        if let Some(c) = &self.set_cookie {
+            h.push("Set-Cookie", c.as_bytes());
+        }
+    }
+}
+
+/// What a failure before the response head says about the server (passive health).
+fn outcome_of(err: &ProxyError) -> Option<HttpOutcome> {
+    match err.kind {
+        // The client's side of the exchange failed: not the server's fault.
+        "http_request_error" => None,
+        "connection_read_timeout" => Some(HttpOutcome::Timeout),
+        _ => Some(HttpOutcome::Reset),
+    }
+}
+
+/// Whether a request for `host` came on a TLS connection opened for another name (`sni`)
+/// whose certificate does not list `host` (`covers(sni, host)`): it is answered 421
+/// Misdirected Request (RFC 9110 section 15.5.20) rather than served under the wrong name.
+/// `host` is [`route::host_of`]'s form (lower case, no port).
+fn misdirected(sni: Option<&str>, host: Option<&str>, covers: impl Fn(&str, &str) -> bool) -> bool {
+    let (Some(sni), Some(host)) = (sni, host) else {
+        return false;
+    };
+    let sni = sni.trim_end_matches('.').to_ascii_lowercase();
+    sni != host && !covers(&sni, host)
+}
+
+/// The `https` URL a plain request is redirected to: the Host's name (without its port),
+/// `port` unless it is 443, the origin-form target as sent.
+fn https_location(host: &str, port: u16, target: &str) -> String {
+    if port == 443 {
+        format!("https://{host}{target}")
+    } else {
+        format!("https://{host}:{port}{target}")
     }
 }
 
@@ -156,7 +214,32 @@ impl HttpProxy {
             return !close_on_error;
         };
         let host_name = host.as_deref().and_then(route::host_of);
-        ex.target = format!("http://{}{target}", host.as_deref().unwrap_or("-"));
+        let scheme = client.stream.scheme();
+        ex.target = format!("{scheme}://{}{target}", host.as_deref().unwrap_or("-"));
+        let covers = |sni: &str, host: &str| rv.tls.as_ref().is_some_and(|t| t.covers(sni, host));
+        if misdirected(client.stream.sni(), host_name.as_deref(), covers) {
+            let err = ProxyError::new(
+                421,
+                "destination_not_found",
+                "this connection is for another host name (TLS SNI)",
+            );
+            self.send_error(client, &err, close_on_error, ex).await;
+            return !close_on_error;
+        }
+        if rv.cfg.redirect_https && scheme == "http" {
+            return match &host_name {
+                Some(h) => {
+                    let to = https_location(h, rv.cfg.https_port, &target);
+                    self.send_redirect(client, &to, close_on_error, ex).await;
+                    !close_on_error
+                }
+                None => {
+                    let err = ProxyError::bad_request("no Host to redirect to");
+                    self.send_error(client, &err, close_on_error, ex).await;
+                    !close_on_error
+                }
+            };
+        }
 
         // The policy's client rules (listener, client address, method, time) and the
         // per-client request rate. Destinations are the pools: rules about them do not match.
@@ -216,28 +299,29 @@ impl HttpProxy {
             }
         }
         ex.rewrite = rv.edits[i].clone();
-        ex.first_byte_timeout = Some(rv.cfg.first_byte_timeout);
+        // The listener's and the pool's first-byte timeouts: the shorter wins.
+        ex.first_byte_timeout = Some(
+            rv.cfg
+                .first_byte_timeout
+                .min(rv.pools[i].cfg.first_byte_timeout),
+        );
         ex.max_body = rv.cfg.max_body;
         let to = ReverseTo {
             route: i,
             pool: rv.pools[i].clone(),
             target: route::rewrite_target(route, &target),
             host: host.clone(),
-            scheme: client.stream.scheme(),
+            scheme,
         };
         // The cache keys on the public URL: host and path as the client asked.
         let authority = host.unwrap_or_default();
         let cache_target = HttpTarget {
             host: Host::Name(host_name.unwrap_or_default()),
-            port: client
-                .stream
-                .as_tcp()
-                .and_then(|s| s.local_addr().ok())
-                .map_or(80, |a| a.port()),
+            port: client.stream.tcp().local_addr().map_or(80, |a| a.port()),
             authority: authority.clone(),
             path: target.clone(),
         };
-        head.target = format!("http://{authority}{target}");
+        head.target = format!("{scheme}://{authority}{target}");
         let via = Via::Pool(Box::new(to));
         let up = Upward {
             target: &cache_target,
@@ -358,34 +442,93 @@ impl HttpProxy {
         let resend = idempotent(&head.method) && framing == Framing::None;
         let ip = client.peer.ip();
         let tries = 1 + rv.cfg.retries;
+        let idle_max = rv.cfg.idle_timeout.min(pool.cfg.idle_timeout);
+        let secure = to.scheme == "https";
+        let use_tls = pool.has_tls();
         let mut tried: Vec<usize> = Vec::new();
         let mut attempts = 0;
         // Stale idle connections are retried on a fresh one without counting as a try.
         let mut stale = 0;
         let mut last: Option<ProxyError> = None;
+        // The server the previous try failed at (a retry follows).
+        let mut failed_at: Option<usize> = None;
+        pool.request_started();
+        // The next try replaces a stale idle connection: not a retry, no budget spent.
+        let mut free_try = false;
         while attempts < tries {
-            if attempts > 0 && !retry_allowed(pool) {
-                break;
+            if attempts > 0 && !std::mem::take(&mut free_try) {
+                // Each retry spends the pool's retry budget.
+                if !pool.try_retry() {
+                    break;
+                }
+                if let Some(f) = failed_at.take() {
+                    pool.retried(f);
+                }
             }
             attempts += 1;
-            let Some(i) = pool.pick(ip, &tried) else {
+            let Some(picked) = pool.pick_request(ip, &head.headers, &to.target, &tried, secure)
+            else {
                 break;
             };
+            let i = picked.server;
             let server = pool.server(i);
+            // TLS sessions are kept apart, per pool (each pool has its own TLS settings).
             let key = PoolKey {
-                host: server.host.clone(),
+                host: if use_tls {
+                    Host::Name(format!("{}/{}", pool.cfg.name, server.host))
+                } else {
+                    server.host.clone()
+                },
                 port: server.port,
             };
-            let (stream, peer, reused) = match rv.idle.take(&key) {
+            let idle = if use_tls {
+                rv.idle_tls
+                    .take_within(&key, idle_max)
+                    .map(|(s, p)| (UpStream::Tls(s), p))
+            } else {
+                rv.idle
+                    .take_within(&key, idle_max)
+                    .map(|(s, p)| (UpStream::Tcp(s), p))
+            };
+            let (stream, peer, reused) = match idle {
                 Some((s, p)) => (s, p, true),
                 None => match pool.connect_one(i, &self.svc.connector).await {
                     // The connector set TCP_NODELAY and knows the address it reached.
-                    Ok(c) => (c.stream, c.peer, false),
+                    Ok(c) => {
+                        let (s, p) = (c.stream, c.peer);
+                        if !use_tls {
+                            (UpStream::Tcp(s), p, false)
+                        } else {
+                            match pool.secure(i, s).await {
+                                Ok(t) => (UpStream::Tls(t), p, false),
+                                Err(e) => {
+                                    // Like a failed connect: nothing was sent; next server.
+                                    tracing::debug!(pool = %pool.cfg.name, server = %pool.label(i), "TLS handshake failed: {e}");
+                                    pool.finished(i);
+                                    pool.failure(i, &format!("TLS handshake failed: {e}"));
+                                    tried.push(i);
+                                    failed_at = Some(i);
+                                    let kind = if e.to_string().contains("certificate") {
+                                        "tls_certificate_error"
+                                    } else {
+                                        "tls_protocol_error"
+                                    };
+                                    last = Some(ProxyError::new(
+                                        502,
+                                        kind,
+                                        format!("TLS to {}: {e}", pool.label(i)),
+                                    ));
+                                    continue;
+                                }
+                            }
+                        }
+                    }
                     Err(e) => {
                         tracing::debug!(pool = %pool.cfg.name, server = %pool.label(i), "connect failed: {e}");
                         pool.finished(i);
                         pool.failure(i, &format!("connect failed: {e}"));
                         tried.push(i);
+                        failed_at = Some(i);
                         last = Some(ProxyError::from(e));
                         continue;
                     }
@@ -395,12 +538,17 @@ impl HttpProxy {
             ex.reverse = Some(Box::new(ResponseEdits {
                 hide: rv.hide.clone(),
                 links: LinkRewrite {
-                    from: vec![
-                        format!("http://{}", pool.label(i)).to_ascii_lowercase(),
-                        format!("http://{peer}"),
-                    ],
+                    from: {
+                        let up = if use_tls { "https" } else { "http" };
+                        vec![
+                            format!("{up}://{}", pool.label(i)).to_ascii_lowercase(),
+                            format!("{up}://{peer}"),
+                        ]
+                    },
                     to: format!("{}://{}", to.scheme, to.host.as_deref().unwrap_or_default()),
                 },
+                set_cookie: picked.set_cookie,
+                head_at: std::sync::OnceLock::new(),
             }));
             let mut up = Upstream {
                 stream,
@@ -410,6 +558,7 @@ impl HttpProxy {
                 c.request_time = SystemTime::now();
             }
             let (in0, out0) = (ex.bytes_in, ex.bytes_out);
+            let sent_at = Instant::now();
             let r = self
                 .exchange(
                     client,
@@ -423,18 +572,37 @@ impl HttpProxy {
                 .await;
             // Bytes to and from this server, for its byte counters.
             pool.bytes(i, ex.bytes_in - in0, ex.bytes_out - out0);
+            // A response head came: its status and latency, and passive health from it.
+            let answered = |ex: &Exchange| {
+                if ex.status == 0 {
+                    // The cache answered from the server's head (a revalidation): it did
+                    // answer, with a status not recorded here.
+                    pool.success(i);
+                    return;
+                }
+                let at = ex
+                    .reverse
+                    .as_ref()
+                    .and_then(|r| r.head_at.get().copied())
+                    .unwrap_or_else(Instant::now);
+                pool.observe(i, ex.status, at.saturating_duration_since(sent_at));
+                pool.http_result(i, HttpOutcome::Status(ex.status));
+            };
             match r {
                 Ok(done) if done.upgraded => {
-                    pool.success(i);
+                    answered(ex);
                     let keep = self.tunnel_upgraded(client, up, ex).await;
                     pool.finished(i);
                     return Fetched::Done(keep);
                 }
                 Ok(done) => {
-                    pool.success(i);
+                    answered(ex);
                     pool.finished(i);
                     if done.upstream_reusable && up.buf.is_empty() {
-                        rv.idle.put(key, up.stream, peer);
+                        match up.stream {
+                            UpStream::Tcp(s) => rv.idle.put(key, s, peer),
+                            UpStream::Tls(s) => rv.idle_tls.put(key, s, peer),
+                        }
                     }
                     return Fetched::Done(done.client_keep);
                 }
@@ -444,9 +612,11 @@ impl HttpProxy {
                         // The server had closed an idle connection: not its fault.
                         stale += 1;
                         attempts -= 1;
+                        free_try = true;
                     } else {
-                        pool.failure(i, "closed the connection before responding");
+                        pool.http_result(i, HttpOutcome::Reset);
                         tried.push(i);
+                        failed_at = Some(i);
                     }
                     last = Some(ProxyError::new(
                         502,
@@ -459,12 +629,19 @@ impl HttpProxy {
                 }
                 Err(Failure::BeforeResponse(err)) => {
                     pool.finished(i);
-                    if err.kind != "http_request_error" {
-                        pool.failure(i, &err.detail);
+                    if let Some(o) = outcome_of(&err) {
+                        pool.http_result(i, o);
                     }
                     return Fetched::Failed(err);
                 }
                 Err(Failure::Abort(kind)) => {
+                    if ex
+                        .reverse
+                        .as_ref()
+                        .is_some_and(|r| r.head_at.get().is_some())
+                    {
+                        answered(ex);
+                    }
                     pool.finished(i);
                     ex.error = Some(kind);
                     return Fetched::Aborted;
@@ -478,6 +655,27 @@ impl HttpProxy {
                 format!("pool {:?}: no server available", pool.cfg.name),
             )
         }))
+    }
+
+    /// `308 Permanent Redirect` to `location` (method and body kept by the client).
+    async fn send_redirect(
+        &self,
+        client: &mut Client,
+        location: &str,
+        close: bool,
+        ex: &mut Exchange,
+    ) {
+        let mut h = Headers::default();
+        h.push("Location", location.as_bytes());
+        h.push("Content-Length", "0");
+        if close {
+            h.push("Connection", "close");
+        }
+        let mut out = Vec::with_capacity(256);
+        codec::write_response_head(&mut out, 308, codec::reason(308), &h);
+        let _ = super::body::write_all(&mut client.stream, &out, self.cfg.read_timeout).await;
+        ex.status = 308;
+        ex.bytes_out += out.len() as u64;
     }
 
     /// Reads a whole request body of `n` bytes into memory (the replay buffer).
@@ -514,15 +712,31 @@ impl HttpProxy {
 
 /// The port the client connected to, for the policy's port conditions.
 fn client_port(client: &Client) -> u16 {
-    client
-        .stream
-        .as_tcp()
-        .and_then(|s| s.local_addr().ok())
-        .map_or(0, |a| a.port())
+    client.stream.tcp().local_addr().map_or(0, |a| a.port())
 }
 
-/// Whether one more try may go to the pool. The retry budget (at most a share of extra load
-/// per pool) plugs in here; until then every retry up to `retries` is allowed.
-fn retry_allowed(_pool: &ServerPool) -> bool {
-    true
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sni_and_host_must_agree_unless_the_certificate_covers_both() {
+        let covers = |sni: &str, host: &str| sni == "a.test" && host == "www.a.test";
+        let never = |_: &str, _: &str| false;
+        assert!(!misdirected(None, Some("a.test"), never), "plain or no SNI");
+        assert!(!misdirected(Some("a.test"), None, never), "no Host");
+        assert!(!misdirected(Some("A.Test."), Some("a.test"), never));
+        assert!(misdirected(Some("b.test"), Some("a.test"), never));
+        assert!(!misdirected(Some("a.test"), Some("www.a.test"), covers));
+        assert!(misdirected(Some("a.test"), Some("b.test"), covers));
+    }
+
+    #[test]
+    fn https_location_drops_the_default_port() {
+        assert_eq!(
+            https_location("app.test", 443, "/a?b"),
+            "https://app.test/a?b"
+        );
+        assert_eq!(https_location("[::1]", 8443, "/"), "https://[::1]:8443/");
+    }
 }

@@ -1,18 +1,18 @@
-//! The client side of an HTTP connection: a plain TCP socket today; TLS (and any other
-//! transport) is one more variant. Everything in the HTTP pipeline reads and writes through
-//! [`ClientStream`]; only the splice relay needs the bare socket ([`ClientStream::as_tcp`]).
+//! The client side of an HTTP connection: a plain TCP socket, or TLS terminated by the
+//! listener. Everything in the HTTP pipeline reads and writes through [`ClientStream`]; only
+//! the splice relay needs the bare socket ([`ClientStream::as_tcp`], `None` for TLS: tunnels
+//! then take the copying relay).
 //!
-//! Adding a variant (e.g. `Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>)`) means one
-//! arm in each `match` below: `as_tcp` returns `None` (tunnels then take the copying relay),
-//! `split` returns [`ReadHalf::Io`]/[`WriteHalf::Io`] over `tokio::io::split(&mut *tls)`, and
-//! the idle wait reads through the stream.
+//! Another transport is one more variant: one arm in each `match` below (`split` returns
+//! [`ReadHalf::Io`]/[`WriteHalf::Io`] over `tokio::io::split`, the idle wait reads through
+//! the stream).
 
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::tcp;
 use tokio::net::TcpStream;
 
@@ -22,6 +22,7 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
 
 pub enum ClientStream {
     Tcp(TcpStream),
+    Tls(Box<crate::tls::server::TlsStream<TcpStream>>),
 }
 
 impl From<TcpStream> for ClientStream {
@@ -35,6 +36,23 @@ impl ClientStream {
     pub fn as_tcp(&self) -> Option<&TcpStream> {
         match self {
             ClientStream::Tcp(s) => Some(s),
+            ClientStream::Tls(_) => None,
+        }
+    }
+
+    /// The socket under the stream (addresses, socket options), whatever the transport.
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            ClientStream::Tcp(s) => s,
+            ClientStream::Tls(s) => s.get_ref().0,
+        }
+    }
+
+    /// The server name the client sent in its TLS handshake (SNI), if any.
+    pub fn sni(&self) -> Option<&str> {
+        match self {
+            ClientStream::Tcp(_) => None,
+            ClientStream::Tls(s) => crate::tls::server::sni(s),
         }
     }
 
@@ -42,6 +60,7 @@ impl ClientStream {
     pub fn scheme(&self) -> &'static str {
         match self {
             ClientStream::Tcp(_) => "http",
+            ClientStream::Tls(_) => "https",
         }
     }
 
@@ -55,6 +74,13 @@ impl ClientStream {
                 buf.reserve(4096);
                 s.try_read_buf(buf)
             }
+            // Plaintext may already sit decrypted inside rustls, where readiness of the
+            // socket would not show it: a real read (cancel-safe; the caller's select
+            // bounds it with the keep-alive timeout).
+            ClientStream::Tls(s) => {
+                buf.reserve(4096);
+                s.read_buf(buf).await
+            }
         }
     }
 
@@ -64,6 +90,11 @@ impl ClientStream {
             ClientStream::Tcp(s) => {
                 let (r, w) = s.split();
                 (ReadHalf::Tcp(r), WriteHalf::Tcp(w))
+            }
+            ClientStream::Tls(s) => {
+                let io: &mut dyn Io = &mut **s;
+                let (r, w) = tokio::io::split(io);
+                (ReadHalf::Io(r), WriteHalf::Io(w))
             }
         }
     }
@@ -88,6 +119,7 @@ impl AsyncRead for ClientStream {
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             ClientStream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            ClientStream::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
         }
     }
 }
@@ -100,6 +132,7 @@ impl AsyncWrite for ClientStream {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             ClientStream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            ClientStream::Tls(s) => Pin::new(&mut **s).poll_write(cx, buf),
         }
     }
 
@@ -110,24 +143,28 @@ impl AsyncWrite for ClientStream {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             ClientStream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            ClientStream::Tls(s) => Pin::new(&mut **s).poll_write_vectored(cx, bufs),
         }
     }
 
     fn is_write_vectored(&self) -> bool {
         match self {
             ClientStream::Tcp(s) => s.is_write_vectored(),
+            ClientStream::Tls(s) => s.is_write_vectored(),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             ClientStream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            ClientStream::Tls(s) => Pin::new(&mut **s).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             ClientStream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            ClientStream::Tls(s) => Pin::new(&mut **s).poll_shutdown(cx),
         }
     }
 }

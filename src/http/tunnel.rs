@@ -16,7 +16,7 @@ use crate::policy::{Policy, Protocol};
 use crate::relay::{self, RelayEnd};
 use crate::upstream::{connect_route, Direct, Mode};
 
-use super::exchange::Upstream;
+use super::exchange::{UpStream, Upstream};
 use super::proxy::{wants_keep_alive, Client, Exchange, HttpProxy};
 
 /// Where the policy sends a request.
@@ -309,7 +309,24 @@ impl HttpProxy {
         }
         client.buf = bytes::BytesMut::new();
         up.buf = bytes::BytesMut::new();
-        let (end, stats) = self.tunnel_relay(client, &mut up.stream, ex).await;
+        let (end, stats) = match &mut up.stream {
+            UpStream::Tcp(s) => self.tunnel_relay(client, s, ex).await,
+            // TLS to the server: only the copying relay can carry it.
+            UpStream::Tls(s) => {
+                let t = self
+                    .svc
+                    .limits
+                    .throttles(client.peer.ip(), ex.user.as_deref());
+                Box::pin(relay::relay_limited(
+                    &mut client.stream,
+                    &mut **s,
+                    self.cfg.tunnel_idle_timeout,
+                    t.up,
+                    t.down,
+                ))
+                .await
+            }
+        };
         self.svc
             .metrics
             .relay("upgrade", stats.a_to_b, stats.b_to_a);

@@ -229,6 +229,10 @@ mod tests {
             first_byte_timeout: Duration::ZERO,
             idle_per_server: 0,
             idle_timeout: Duration::ZERO,
+            tls: None,
+            handshake_timeout: Duration::ZERO,
+            redirect_https: false,
+            https_port: 443,
         })
     }
 

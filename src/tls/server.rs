@@ -161,6 +161,8 @@ fn build_named(cfg: &ServerTls) -> Result<(ServerConfig, Vec<Vec<String>>), Load
 pub struct TlsServer {
     cfg: ServerTls,
     config: ArcSwap<ServerConfig>,
+    /// Each certificate's SAN DNS names, as loaded with `config`.
+    names: ArcSwap<Vec<Vec<String>>>,
 }
 
 /// A TLS session accepted by a listener, and what the handshake agreed.
@@ -169,8 +171,10 @@ pub type TlsStream<IO> = tokio_rustls::server::TlsStream<IO>;
 impl TlsServer {
     /// Loads the files; every error names the certificate and file at fault.
     pub fn new(cfg: &ServerTls) -> Result<TlsServer, LoadError> {
+        let (config, names) = build_named(cfg)?;
         Ok(TlsServer {
-            config: ArcSwap::from_pointee(build(cfg)?),
+            config: ArcSwap::from_pointee(config),
+            names: ArcSwap::from_pointee(names),
             cfg: cfg.clone(),
         })
     }
@@ -178,9 +182,26 @@ impl TlsServer {
     /// Re-reads the certificate and key files. On success connections accepted from now on
     /// get the new certificates; on an error the old ones stay and the error is returned.
     pub fn reload(&self) -> Result<(), LoadError> {
-        let config = build(&self.cfg)?;
+        let (config, names) = build_named(&self.cfg)?;
         self.config.store(Arc::new(config));
+        self.names.store(Arc::new(names));
         Ok(())
+    }
+
+    /// Whether the certificate a handshake with server name `sni` gets also lists `host`
+    /// (exactly or by a `*.` wildcard): a connection opened for `sni` may then carry
+    /// requests for `host` (RFC 9110 section 7.4, connection reuse across names).
+    pub fn covers(&self, sni: &str, host: &str) -> bool {
+        let names = self.names.load();
+        let Some(i) = CertNames::new(&names, self.cfg.default_cert).choose(Some(sni)) else {
+            return false;
+        };
+        let Some(listed) = names.get(i) else {
+            return false;
+        };
+        CertNames::new(std::slice::from_ref(listed), None)
+            .choose(Some(host))
+            .is_some()
     }
 
     /// The rustls config in force now (for a caller that reads the ClientHello first with
