@@ -62,6 +62,7 @@ pub fn spawn(
             cfg: h.clone(),
             svc: svc.clone(),
             role: Role::Forward,
+            series: ListenerMetrics::new(&name),
         })),
         ListenerKind::Reverse(r) => Handler::Http(Arc::new(HttpProxy {
             name: name.clone(),
@@ -71,6 +72,7 @@ pub fn spawn(
                 crate::http::reverse::Reverse::new(r, &svc)
                     .with_context(|| format!("listener {name:?}"))?,
             )),
+            series: ListenerMetrics::new(&name),
         })),
         ListenerKind::Socks(s) => Handler::Socks(Arc::new(SocksServer {
             name: name.clone(),
