@@ -7,6 +7,9 @@
                                             /small (100 B), Cache-Control: max-age=3600
   conn_client.py get HOST:PORT URL COUNT - COUNT GETs of absolute-form URL through a proxy,
                                             one keep-alive connection; checks the body length
+  conn_client.py rget HOST:PORT HOST PATH COUNT - COUNT GETs of PATH with Host: HOST through a
+                                            reverse proxy, one keep-alive connection; counts
+                                            responses that are not 200
 """
 import socket, sys, threading
 
@@ -49,15 +52,20 @@ def rate(addr, count):
             failed += 1
     print(f"count={count} failed={failed}")
 
-def get(addr, url, count):
+def get(addr, url, count, vhost="x"):
     host, port = addr.rsplit(":", 1)
     c = socket.create_connection((host, int(port)), timeout=30)
-    req = f"GET {url} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+    extra = "" if vhost == "x" else "User-Agent: count/1\r\nAccept: */*\r\n"
+    req = f"GET {url} HTTP/1.1\r\nHost: {vhost}\r\n{extra}\r\n".encode()
     f = c.makefile("rb")
     total = 0
+    bad = 0
     for _ in range(count):
         c.sendall(req)
         length = None
+        status = f.readline()
+        if not status.startswith(b"HTTP/1.1 200"):
+            bad += 1
         while True:
             line = f.readline()
             if line in (b"\r\n", b""):
@@ -67,7 +75,7 @@ def get(addr, url, count):
                 length = int(v.strip())
         body = f.read(length)
         total += len(body)
-    print(f"count={count} bytes={total}")
+    print(f"count={count} bytes={total} not_200={bad}")
 
 def origin(portfile):
     import http.server, random
@@ -102,3 +110,5 @@ if __name__ == "__main__":
         origin(sys.argv[2])
     elif cmd == "get":
         get(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+    elif cmd == "rget":
+        get(sys.argv[2], sys.argv[4], int(sys.argv[5]), vhost=sys.argv[3])

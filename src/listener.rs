@@ -67,6 +67,7 @@ pub fn spawn(
             cfg: h.clone(),
             svc: svc.clone(),
             role: Role::Forward,
+            series: ListenerMetrics::new(&name),
         })),
         ListenerKind::Reverse(r) => {
             let proxy = Arc::new(HttpProxy {
@@ -77,6 +78,7 @@ pub fn spawn(
                     crate::http::reverse::Reverse::new(r, &svc, tls.clone())
                         .with_context(|| format!("listener {name:?}"))?,
                 )),
+                series: ListenerMetrics::new(&name),
             });
             match &tls {
                 Some(t) => Handler::Https(proxy, t.clone()),

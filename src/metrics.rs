@@ -169,7 +169,7 @@ pub struct Series<L, M> {
 impl<L, M> Series<L, M>
 where
     L: Clone + std::hash::Hash + Eq,
-    M: Clone + Default,
+    M: Clone,
 {
     pub fn new(label: L) -> Self {
         Series {
@@ -178,7 +178,10 @@ where
         }
     }
 
-    pub fn get(&self, family: &Family<L, M>) -> &M {
+    pub fn get<C>(&self, family: &Family<L, M, C>) -> &M
+    where
+        C: prometheus_client::metrics::family::MetricConstructor<M>,
+    {
         self.cell
             .get_or_init(|| family.get_or_create(&self.label).clone())
     }

@@ -72,8 +72,14 @@ impl Headers {
             .collect()
     }
 
+    /// Whether [`Headers::tokens`] would hold `token` (lower case), without building it.
     pub fn has_token(&self, name: &str, token: &str) -> bool {
-        self.tokens(name).iter().any(|t| t == token)
+        !token.is_empty()
+            && token.bytes().all(|b| !b.is_ascii_uppercase())
+            && self
+                .get_all(name)
+                .flat_map(|v| v.split(|b| *b == b','))
+                .any(|t| std::str::from_utf8(t).is_ok_and(|t| t.trim().eq_ignore_ascii_case(token)))
     }
 
     pub fn remove(&mut self, name: &str) {

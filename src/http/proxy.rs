@@ -41,6 +41,8 @@ pub struct HttpProxy {
     /// Where this listener's requests go: the forward proxy's targets and policy, or a
     /// reverse proxy's route table and pools.
     pub role: Role,
+    /// This listener's request and byte series, looked up once.
+    pub series: crate::metrics::ListenerMetrics,
 }
 
 /// The per-listener step that decides where a request goes; every other stage is shared.
@@ -330,8 +332,8 @@ impl HttpProxy {
 
     fn record(&self, client: &Client, ex: &Exchange) {
         let m = &self.svc.metrics;
-        m.request(&self.name, ex.status);
-        m.bytes(&self.name, ex.bytes_in, ex.bytes_out);
+        self.series.request(m, ex.status);
+        self.series.bytes(m, ex.bytes_in, ex.bytes_out);
         if let Some(word) = ex.cache {
             m.cache_result(word);
         }
@@ -916,23 +918,31 @@ pub(super) fn wants_keep_alive(req: &RequestHead) -> bool {
 /// plus the classic list. Transfer-Encoding and Trailer stay: bodies are passed on in their
 /// original framing, and the caller rewrites them where it changes the framing.
 pub fn strip_hop_by_hop(h: &mut Headers) {
-    for name in h.tokens("connection") {
-        if !matches!(
-            name.as_str(),
-            "transfer-encoding" | "content-length" | "host"
-        ) {
-            h.remove(&name);
-        }
-    }
-    for name in [
+    const ALWAYS: [&str; 5] = [
         "connection",
         "proxy-connection",
         "keep-alive",
         "te",
         "upgrade",
-    ] {
-        h.remove(name);
+    ];
+    // Names listed in Connection, other than those removed anyway (`close` and `keep-alive`
+    // are the usual ones: no list is built for them).
+    let mut listed: Vec<String> = Vec::new();
+    if h.contains("connection") {
+        listed = h
+            .tokens("connection")
+            .into_iter()
+            .filter(|n| {
+                !matches!(n.as_str(), "transfer-encoding" | "content-length" | "host")
+                    && !ALWAYS.contains(&n.as_str())
+            })
+            .collect();
     }
+    // One pass over the fields.
+    h.0.retain(|f| {
+        !(ALWAYS.iter().any(|n| f.name.eq_ignore_ascii_case(n))
+            || listed.iter().any(|n| f.name.eq_ignore_ascii_case(n)))
+    });
 }
 
 /// Reads one request head into the client's buffer. `Ok(None)`: the client closed cleanly

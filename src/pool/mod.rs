@@ -131,6 +131,9 @@ struct ServerSeries {
     errors: Series<ServerLabels, prometheus_client::metrics::counter::Counter>,
     to_server: Series<ServerBytesLabels, prometheus_client::metrics::counter::Counter>,
     from_server: Series<ServerBytesLabels, prometheus_client::metrics::counter::Counter>,
+    /// `pool_server_requests` by status class: 1xx to 5xx, then `other`.
+    requests: [Series<ServerClassLabels, prometheus_client::metrics::counter::Counter>; 6],
+    response_seconds: Series<ServerLabels, prometheus_client::metrics::histogram::Histogram>,
 }
 
 /// Why no connection to any server of the pool could be made.
@@ -194,6 +197,18 @@ impl ServerPool {
                     errors: Series::new(l.clone()),
                     to_server: bytes("to_server"),
                     from_server: bytes("from_server"),
+                    requests: std::array::from_fn(|c| {
+                        Series::new(ServerClassLabels {
+                            pool: l.pool.clone(),
+                            server: l.server.clone(),
+                            class: if c < 5 {
+                                format!("{}xx", c + 1)
+                            } else {
+                                "other".to_string()
+                            },
+                        })
+                    }),
+                    response_seconds: Series::new(l.clone()),
                 }
             })
             .collect();
@@ -463,20 +478,15 @@ impl ServerPool {
     /// [`ServerPool::http_result`].
     pub fn observe(&self, i: usize, status: u16, latency: Duration) {
         let class = match status {
-            100..=599 => format!("{}xx", status / 100),
-            _ => "other".to_string(),
+            100..=599 => usize::from(status / 100) - 1,
+            _ => 5,
         };
-        self.metrics
-            .pool_server_requests
-            .get_or_create(&ServerClassLabels {
-                pool: self.cfg.name.clone(),
-                server: self.labels[i].server.clone(),
-                class,
-            })
+        let s = &self.series[i];
+        s.requests[class]
+            .get(&self.metrics.pool_server_requests)
             .inc();
-        self.metrics
-            .pool_server_response_seconds
-            .get_or_create(&self.labels[i])
+        s.response_seconds
+            .get(&self.metrics.pool_server_response_seconds)
             .observe(latency.as_secs_f64());
         self.lock().sample(i, latency, Instant::now());
     }

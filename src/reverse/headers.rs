@@ -22,41 +22,51 @@ pub fn forwarded(
     host: Option<&str>,
 ) {
     if !trusted {
-        h.remove("forwarded");
-        for n in X_FORWARDED {
-            h.remove(n);
-        }
+        // One pass over the fields for the four names.
+        h.0.retain(|f| {
+            !(f.name.eq_ignore_ascii_case("forwarded")
+                || X_FORWARDED.iter().any(|n| f.name.eq_ignore_ascii_case(n)))
+        });
     }
     let ip = client.to_canonical();
     if matches!(mode, ForwardedMode::Rfc7239 | ForwardedMode::Both) {
+        let mut v = Vec::with_capacity(64);
+        v.extend_from_slice(b"for=");
         // RFC 7239 section 6: an IPv6 node is a quoted "[...]".
-        let node = if ip.is_ipv6() {
-            format!("\"[{ip}]\"")
+        if ip.is_ipv6() {
+            v.extend_from_slice(b"\"[");
+            push_ip(&mut v, ip);
+            v.extend_from_slice(b"]\"");
         } else {
-            ip.to_string()
-        };
-        let mut v = format!("for={node}");
+            push_ip(&mut v, ip);
+        }
         if let Some(host) = host.filter(|h| {
             h.bytes()
                 .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
         }) {
-            v.push_str(&format!(";host=\"{host}\""));
+            v.extend_from_slice(b";host=\"");
+            v.extend_from_slice(host.as_bytes());
+            v.push(b'"');
         }
-        v.push_str(&format!(";proto={proto}"));
+        v.extend_from_slice(b";proto=");
+        v.extend_from_slice(proto.as_bytes());
         // Several fields are one comma-separated list: this hop comes last.
         h.push("Forwarded", v);
     }
     if matches!(mode, ForwardedMode::XForwarded | ForwardedMode::Both) {
-        let before: Vec<String> = h
-            .get_all("x-forwarded-for")
-            .map(|v| String::from_utf8_lossy(v).trim().to_string())
-            .filter(|v| !v.is_empty())
-            .collect();
-        let mut list = before.join(", ");
-        if !list.is_empty() {
-            list.push_str(", ");
+        let mut list = Vec::with_capacity(48);
+        if h.contains("x-forwarded-for") {
+            let before: Vec<String> = h
+                .get_all("x-forwarded-for")
+                .map(|v| String::from_utf8_lossy(v).trim().to_string())
+                .filter(|v| !v.is_empty())
+                .collect();
+            list.extend_from_slice(before.join(", ").as_bytes());
+            if !list.is_empty() {
+                list.extend_from_slice(b", ");
+            }
         }
-        list.push_str(&ip.to_string());
+        push_ip(&mut list, ip);
         h.set("X-Forwarded-For", list);
         if !h.contains("x-forwarded-proto") {
             h.push("X-Forwarded-Proto", proto);
@@ -65,6 +75,32 @@ pub fn forwarded(
             if !h.contains("x-forwarded-host") {
                 h.push("X-Forwarded-Host", host);
             }
+        }
+    }
+}
+
+/// Appends `ip` as `Display` writes it; IPv4 without the formatting machinery (this runs
+/// for every request).
+fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (k, o) in v4.octets().into_iter().enumerate() {
+                if k > 0 {
+                    out.push(b'.');
+                }
+                if o >= 100 {
+                    out.push(b'0' + o / 100);
+                }
+                if o >= 10 {
+                    out.push(b'0' + o / 10 % 10);
+                }
+                out.push(b'0' + o % 10);
+            }
+        }
+        IpAddr::V6(v6) => {
+            use std::io::Write;
+            // Writing to a Vec cannot fail.
+            let _ = write!(out, "{v6}");
         }
     }
 }
@@ -275,6 +311,24 @@ mod tests {
                 "http://elsewhere.test/"
             ]
         );
+    }
+
+    #[test]
+    fn addresses_are_written_as_display_writes_them() {
+        for ip in [
+            "0.0.0.0",
+            "9.10.99.100",
+            "127.0.0.1",
+            "255.255.255.255",
+            "10.200.3.45",
+            "::1",
+            "2001:db8::8:800:200c:417a",
+        ] {
+            let ip: IpAddr = ip.parse().expect("an address");
+            let mut out = Vec::new();
+            push_ip(&mut out, ip);
+            assert_eq!(out, ip.to_string().into_bytes(), "{ip}");
+        }
     }
 
     #[test]

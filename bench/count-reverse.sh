@@ -1,0 +1,166 @@
+#!/usr/bin/env bash
+# bench/count-reverse.sh: instruction counts (valgrind callgrind, user space only) per HTTP/1.1
+# keep-alive request through a reverse proxy, for Gatehouse, nginx and HAProxy, on loopback.
+# Counts, not timings: they hold on a busy machine where wall-clock figures do not.
+#
+# The origin is a plain nginx serving a 1 KiB file (as in bench/reverse.sh; not measured). Each
+# proxy runs under callgrind twice, serving LOW and then HIGH sequential GETs on one keep-alive
+# client connection (bench/conn_client.py rget), and the difference of the two totals divided
+# by HIGH - LOW is the cost of one request without start-up, the first upstream connection and
+# shutdown. nginx runs with master_process off (one process, so callgrind sees the worker).
+#
+# Knobs: LOW=200 HIGH=2200 WORKERS=1 GATEHOUSE=target/release/gatehouse
+#        PEERS="gatehouse nginx haproxy"
+set -euo pipefail
+LOW=${LOW:-200}
+HIGH=${HIGH:-2200}
+WORKERS=${WORKERS:-1}
+PEERS=${PEERS:-"gatehouse nginx haproxy"}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+GATEHOUSE=${GATEHOUSE:-$ROOT/target/release/gatehouse}
+PY="python3 $ROOT/bench/conn_client.py"
+WORK=$(mktemp -d /tmp/gatehouse-count-reverse.XXXXXX)
+chmod 755 "$WORK"
+PIDS=()
+cleanup() {
+    local p
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP"; cp "$WORK"/*.callgrind "$KEEP"/ 2>/dev/null || true; fi
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+export PATH="$PATH:/usr/sbin"
+export TOKIO_WORKER_THREADS=$WORKERS
+command -v valgrind >/dev/null || { echo "count-reverse.sh: valgrind is not installed" >&2; exit 1; }
+command -v nginx >/dev/null || { echo "count-reverse.sh: nginx (the origin) is not installed" >&2; exit 1; }
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() {
+    for _ in $(seq 300); do
+        python3 -c "import socket,sys; socket.create_connection(('127.0.0.1',$1),1).close()" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+mkdir -p "$WORK/www" "$WORK/origin" "$WORK/proxy"
+head -c 1024 /dev/zero | tr '\0' 'x' >"$WORK/www/small"
+P_ORIGIN=$(free_port)
+cat >"$WORK/origin.conf" <<CONF
+daemon off;
+master_process off;
+worker_processes 1;
+pid $WORK/origin/nginx.pid;
+error_log $WORK/origin/error.log warn;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    keepalive_requests 1000000;
+    server {
+        listen 127.0.0.1:$P_ORIGIN;
+        root $WORK/www;
+    }
+}
+CONF
+nginx -c "$WORK/origin.conf" -p "$WORK/origin" >"$WORK/origin.log" 2>&1 &
+PIDS+=($!)
+wait_port "$P_ORIGIN" || { echo "count-reverse.sh: the origin did not listen" >&2; exit 1; }
+
+# run NAME N PORT CMD...: total instructions of CMD serving N requests, printed.
+run() {
+    local name=$1 n=$2 port=$3
+    shift 3
+    local out="$WORK/$name-$n.callgrind"
+    valgrind --tool=callgrind --callgrind-out-file="$out" "$@" >"$WORK/$name-$n.log" 2>&1 &
+    local pid=$!
+    wait_port "$port" || { echo "count-reverse.sh: $name did not listen" >&2; cat "$WORK/$name-$n.log" >&2; exit 1; }
+    $PY rget "127.0.0.1:$port" app.test /small "$n" >&2
+    kill -TERM "$pid"
+    wait "$pid" || true
+    sed -n 's/^summary: //p; s/^totals: //p' "$out" | head -1
+}
+
+for peer in $PEERS; do
+    port=$(free_port)
+    case $peer in
+    gatehouse)
+        cat >"$WORK/gatehouse.toml" <<TOML
+[[listeners]]
+name = "rev"
+kind = "reverse"
+listen = "127.0.0.1:$port"
+max_connections = 10000
+idle_per_server = 256
+[[listeners.hosts]]
+names = ["app.test"]
+[[listeners.hosts.routes]]
+pool = "origin"
+
+[[pools]]
+name = "origin"
+[[pools.servers]]
+address = "127.0.0.1:$P_ORIGIN"
+
+[access_log]
+path = "off"
+TOML
+        cmd=("$GATEHOUSE" --config "$WORK/gatehouse.toml")
+        ;;
+    nginx)
+        cat >"$WORK/nginx.conf" <<CONF
+daemon off;
+master_process off;
+worker_processes 1;
+pid $WORK/proxy/nginx.pid;
+error_log $WORK/proxy/error.log warn;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    keepalive_requests 1000000;
+    upstream origin {
+        server 127.0.0.1:$P_ORIGIN;
+        keepalive 256;
+    }
+    server {
+        listen 127.0.0.1:$port;
+        server_name app.test;
+        location / {
+            proxy_pass http://origin;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host \$host;
+            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+        }
+    }
+}
+CONF
+        cmd=(nginx -c "$WORK/nginx.conf" -p "$WORK/proxy")
+        ;;
+    haproxy)
+        command -v haproxy >/dev/null || { echo "count-reverse.sh: haproxy is not installed; skipped" >&2; continue; }
+        cat >"$WORK/haproxy.cfg" <<CFG
+global
+    nbthread $WORKERS
+    maxconn 4000
+defaults
+    mode http
+    option http-keep-alive
+    option forwardfor
+    http-reuse always
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+frontend web
+    bind 127.0.0.1:$port
+    default_backend origin
+backend origin
+    server o1 127.0.0.1:$P_ORIGIN
+CFG
+        cmd=(haproxy -db -f "$WORK/haproxy.cfg")
+        ;;
+    *) echo "count-reverse.sh: unknown peer $peer" >&2; exit 1 ;;
+    esac
+    lo=$(run "$peer" "$LOW" "$port" "${cmd[@]}")
+    hi=$(run "$peer" "$HIGH" "$port" "${cmd[@]}")
+    echo "$peer: $LOW requests $lo Ir, $HIGH requests $hi Ir, per request $(( (hi - lo) / (HIGH - LOW) )) Ir"
+done
