@@ -1,7 +1,7 @@
 //! Kerberos logins against a real KDC started here (tests/common/krb.rs): HTTP Negotiate with
 //! curl `--proxy-negotiate`, SOCKS5 GSSAPI with curl `--socks5-gssapi`, and a GSSAPI client
 //! written here (libgssapi) that negotiates integrity and confidentiality and checks the
-//! encapsulated bytes; refused tickets and tokens.
+//! encapsulated bytes, over TCP and in UDP datagrams; refused tickets, tokens and datagrams.
 //!
 //! All tests share one realm (the environment variables that point the GSSAPI library at it
 //! are set once, before any test uses the library). Where the KDC programs are missing the
@@ -422,22 +422,188 @@ async fn socks_gssapi_tampered_message_ends_the_session() {
 }
 
 #[tokio::test]
-async fn socks_gssapi_udp_on_a_protected_session_is_refused() {
+async fn socks_gssapi_confidentiality_refuses_unencrypted_messages() {
     let Some(_realm) = realm() else { return };
+    let echo = tcp_echo().await;
     let gh = Gatehouse::start(&config(""));
     let mut s = socks_gssapi_greeting(gh.addr("socks")).await;
     let mut ctx = client_ctx("rcmd@localhost");
     assert_eq!(socks_login(&mut s, &mut ctx, 2).await, 2);
-    let any: SocketAddr = "0.0.0.0:0".parse().expect("addr");
-    let w = ctx.wrap(true, &socks5_request(3, any)).expect("wrap");
+    let w = ctx.wrap(true, &socks5_request(1, echo)).expect("wrap");
     send_frame(&mut s, 3, &w).await;
-    let (mtyp, tok) = read_frame(&mut s).await;
-    assert_eq!(mtyp, 3, "the refusal is wrapped too");
-    assert_eq!(
-        &ctx.unwrap(&tok).expect("reply")[..2],
-        &[5, 7],
-        "command not supported"
-    );
+    let (_, tok) = read_frame(&mut s).await;
+    assert_eq!(&ctx.unwrap(&tok).expect("reply")[..2], &[5, 0]);
+    // Authentic, in sequence, but only integrity-protected: below the negotiated level.
+    let w = ctx.wrap(false, b"sent in the clear").expect("wrap");
+    send_frame(&mut s, 3, &w).await;
+    let rest = until_closed(&mut s).await;
+    assert!(rest.is_empty(), "nothing comes back: {rest:?}");
+}
+
+/// A client context without GSS_C_SEQUENCE_FLAG (replay detection only): datagrams may be
+/// lost or reordered, and the binding returns no message for a token out of sequence.
+fn udp_client_ctx(service: &str) -> ClientCtx {
+    let name = Name::new(service.as_bytes(), Some(GSS_NT_HOSTBASED_SERVICE)).expect("name");
+    let flags = CtxFlags::GSS_C_MUTUAL_FLAG
+        | CtxFlags::GSS_C_INTEG_FLAG
+        | CtxFlags::GSS_C_CONF_FLAG
+        | CtxFlags::GSS_C_REPLAY_FLAG;
+    ClientCtx::new(None, name, flags, Some(GSS_MECH_KRB5))
+}
+
+/// RFC 1961 section 5 for one datagram: `[1, 3, len(2), token]`.
+fn message(token: &[u8]) -> Vec<u8> {
+    [&[1, 3][..], &(token.len() as u16).to_be_bytes(), token].concat()
+}
+
+/// The next datagram on `sock` (at most 10 s).
+async fn next_datagram(sock: &tokio::net::UdpSocket) -> Vec<u8> {
+    let mut buf = vec![0u8; 65536];
+    let (n, _) = tokio::time::timeout(std::time::Duration::from_secs(10), sock.recv_from(&mut buf))
+        .await
+        .expect("a datagram within 10s")
+        .expect("recv");
+    buf.truncate(n);
+    buf
+}
+
+/// `gatehouse_socks_udp_dropped_total{reason}` on the admin listener (0 when absent).
+async fn dropped(admin: SocketAddr, reason: &str) -> f64 {
+    let text = metrics_text(admin).await;
+    let series = format!("gatehouse_socks_udp_dropped_total{{reason=\"{reason}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+// Multi-threaded: the UDP echo runs while the test thread waits for the log line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socks_gssapi_udp_datagrams_are_wrapped() {
+    let Some(_realm) = realm() else { return };
+    let echo = UdpEcho::start("127.0.0.1:0").await;
+    let gh = Gatehouse::start(&format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n{}",
+        config("")
+    ));
+    let admin = gh.addr("admin");
+    let (mut gssapi_drops, mut foreign_drops) = (0.0, 0.0);
+    let mut sent_to_echo = Vec::new();
+    for level in [1u8, 2] {
+        let encrypt = level == 2;
+        let mut s = socks_gssapi_greeting(gh.addr("socks")).await;
+        let mut ctx = udp_client_ctx("rcmd@localhost");
+        assert_eq!(socks_login(&mut s, &mut ctx, level).await, level);
+        let any: SocketAddr = "0.0.0.0:0".parse().expect("addr");
+        let w = ctx.wrap(encrypt, &socks5_request(3, any)).expect("wrap");
+        send_frame(&mut s, 3, &w).await;
+        let (mtyp, tok) = read_frame(&mut s).await;
+        assert_eq!(mtyp, 3, "the reply is wrapped");
+        let reply = ctx.unwrap(&tok).expect("unwrap reply");
+        assert_eq!(
+            &reply[..4],
+            &[5, 0, 0, 1],
+            "UDP ASSOCIATE granted: {reply:?}"
+        );
+        let relay = SocketAddr::from((
+            [reply[4], reply[5], reply[6], reply[7]],
+            u16::from_be_bytes([reply[8], reply[9]]),
+        ));
+        let a = tokio::net::UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let b = tokio::net::UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let secret = |n: &str| format!("level {level} datagram {n}: a secret payload").into_bytes();
+
+        // Before any authentic datagram: a forged message and a plain SOCKS datagram, from
+        // another port. Both dropped; neither teaches the relay the client's port.
+        b.send_to(&message(&[1, 2, 3, 4]), relay)
+            .await
+            .expect("send");
+        b.send_to(&socks5_datagram(echo.addr, &secret("plain")), relay)
+            .await
+            .expect("send");
+        gssapi_drops += 2.0;
+
+        // An authentic datagram goes to the echo in the clear and comes back wrapped.
+        let one = message(
+            &ctx.wrap(encrypt, &socks5_datagram(echo.addr, &secret("one")))
+                .expect("wrap"),
+        );
+        let visible = |d: &[u8], p: &[u8]| d.windows(p.len()).any(|x| x == p);
+        assert_eq!(visible(&one, &secret("one")), !encrypt);
+        a.send_to(&one, relay).await.expect("send");
+        let back = next_datagram(&a).await;
+        assert_eq!(&back[..2], &[1, 3], "an RFC 1961 message");
+        assert_eq!(
+            usize::from(u16::from_be_bytes([back[2], back[3]])),
+            back.len() - 4
+        );
+        assert_eq!(visible(&back, &secret("one")), !encrypt, "level {level}");
+        let plain = ctx.unwrap(&back[4..]).expect("unwrap the echo").to_vec();
+        assert_eq!(
+            plain,
+            socks5_datagram(echo.addr, &secret("one")),
+            "from the echo"
+        );
+        sent_to_echo.push(secret("one"));
+
+        // Garbled in transit, replayed, and (under confidentiality) not encrypted: dropped.
+        let mut garbled = message(
+            &ctx.wrap(encrypt, &socks5_datagram(echo.addr, &secret("garbled")))
+                .expect("wrap"),
+        );
+        let mid = garbled.len() / 2 + 2;
+        garbled[mid] ^= 0x01;
+        a.send_to(&garbled, relay).await.expect("send");
+        a.send_to(&one, relay).await.expect("send");
+        gssapi_drops += 2.0;
+        if encrypt {
+            let weak = ctx
+                .wrap(false, &socks5_datagram(echo.addr, &secret("weak")))
+                .expect("wrap");
+            a.send_to(&message(&weak), relay).await.expect("send");
+            gssapi_drops += 1.0;
+        }
+        // An authentic datagram from another port, now that the client's is known.
+        let other = ctx
+            .wrap(encrypt, &socks5_datagram(echo.addr, &secret("other port")))
+            .expect("wrap");
+        b.send_to(&message(&other), relay).await.expect("send");
+        foreign_drops += 1.0;
+
+        // The association still works.
+        let three = ctx
+            .wrap(encrypt, &socks5_datagram(echo.addr, &secret("three")))
+            .expect("wrap");
+        a.send_to(&message(&three), relay).await.expect("send");
+        let back = next_datagram(&a).await;
+        let plain = ctx.unwrap(&back[4..]).expect("unwrap the echo").to_vec();
+        assert_eq!(plain, socks5_datagram(echo.addr, &secret("three")));
+        sent_to_echo.push(secret("three"));
+        assert_eq!(
+            echo.seen(),
+            sent_to_echo,
+            "only authentic datagrams reached the echo"
+        );
+        assert_eq!(
+            dropped(admin, "gssapi").await,
+            gssapi_drops,
+            "level {level}"
+        );
+        assert_eq!(
+            dropped(admin, "foreign").await,
+            foreign_drops,
+            "level {level}"
+        );
+
+        // Closing the control connection ends the association.
+        drop(s);
+        let line = gh.next_log_line();
+        assert!(line.contains("SOCKS5-UDP"), "{line}");
+        assert_eq!(log_field(&line, 4), "alice", "{line}");
+    }
 }
 
 #[tokio::test]
