@@ -720,3 +720,137 @@ async fn kerberos_users_get_their_groups_and_the_rules() {
     assert_eq!(log_field(&line, 4), "alice", "{line}");
     assert!(line.contains("no-socks-for-staff"), "{line}");
 }
+
+/// A relay whose SOCKS listener requires GSSAPI and goes through agent "office", and that
+/// agent, allowed to reach `allow` (a TOML list's items): (relay, agent, the files they use).
+fn relay_and_agent(allow: &str) -> (Gatehouse, Gatehouse, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = std::process::Command::new(BIN)
+        .args(["cert", "--name", "relay.test", "--out"])
+        .arg(dir.path().join("tunnel"))
+        .output()
+        .expect("gatehouse cert");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let crt = dir.path().join("tunnel/relay.test.crt");
+    let key = dir.path().join("tunnel/relay.test.key");
+    let relay = Gatehouse::start(&format!(
+        r#"
+[[listeners]]
+name = "agents"
+kind = "tunnel"
+listen = "127.0.0.1:0"
+tls = {{ cert = "{crt}", key = "{key}" }}
+[[listeners.agents]]
+name = "office"
+token = "office-token"
+
+[[listeners]]
+name = "socks"
+kind = "socks"
+listen = "127.0.0.1:0"
+via_agent = "office"
+
+[policy.listeners.socks]
+auth = ["gssapi"]
+kerberos_service = "rcmd/localhost"
+{LOOPBACK_POLICY}"#,
+        crt = crt.display(),
+        key = key.display(),
+    ));
+    let agent = Gatehouse::start(&format!(
+        r#"
+[agent]
+name = "office"
+token = "office-token"
+relays = ["{relay}"]
+server_name = "relay.test"
+ca = "{crt}"
+allow = [{allow}]
+reconnect_min = "50ms"
+reconnect_max = "500ms"
+
+[dns]
+servers = ["127.0.0.1:9"]
+timeout = "1s"
+attempts = 1
+"#,
+        relay = relay.addr("agents"),
+        crt = crt.display(),
+    ));
+    relay.wait_stderr("tunnel: agent connected");
+    (relay, agent, dir)
+}
+
+// Multi-threaded: the echo servers run while the test thread waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socks_gssapi_through_a_tunnel_agent_stays_wrapped() {
+    let Some(_realm) = realm() else { return };
+    let tcp = tcp_echo().await;
+    let udp = UdpEcho::start("127.0.0.1:0").await;
+    let allow = format!("\"{tcp}\", \"{}\"", udp.addr);
+    let (relay, _agent, _dir) = relay_and_agent(&allow);
+    let proxy = relay.addr("socks");
+
+    // CONNECT: the stream to the agent is unwrapped, the way back wrapped and encrypted.
+    let mut s = socks_gssapi_greeting(proxy).await;
+    let mut ctx = client_ctx("rcmd@localhost");
+    assert_eq!(socks_login(&mut s, &mut ctx, 2).await, 2);
+    let w = ctx.wrap(true, &socks5_request(1, tcp)).expect("wrap");
+    send_frame(&mut s, 3, &w).await;
+    let (_, tok) = read_frame(&mut s).await;
+    assert_eq!(&ctx.unwrap(&tok).expect("reply")[..2], &[5, 0]);
+    let secret = b"through the agent: a secret payload";
+    send_frame(&mut s, 3, &ctx.wrap(true, secret).expect("wrap")).await;
+    let mut got = Vec::new();
+    while got.len() < secret.len() {
+        let (mtyp, tok) = read_frame(&mut s).await;
+        assert_eq!(mtyp, 3);
+        assert!(!tok.windows(secret.len()).any(|x| x == secret), "encrypted");
+        got.extend_from_slice(&ctx.unwrap(&tok).expect("unwrap echo"));
+    }
+    assert_eq!(got, secret);
+
+    // UDP ASSOCIATE through the agent: datagrams wrapped both ways between client and relay.
+    let mut s = socks_gssapi_greeting(proxy).await;
+    let mut ctx = udp_client_ctx("rcmd@localhost");
+    assert_eq!(socks_login(&mut s, &mut ctx, 2).await, 2);
+    let any: SocketAddr = "0.0.0.0:0".parse().expect("addr");
+    send_frame(
+        &mut s,
+        3,
+        &ctx.wrap(true, &socks5_request(3, any)).expect("wrap"),
+    )
+    .await;
+    let (_, tok) = read_frame(&mut s).await;
+    let reply = ctx.unwrap(&tok).expect("unwrap reply");
+    assert_eq!(&reply[..4], &[5, 0, 0, 1], "{reply:?}");
+    let relay_udp = SocketAddr::from((
+        [reply[4], reply[5], reply[6], reply[7]],
+        u16::from_be_bytes([reply[8], reply[9]]),
+    ));
+    let client = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let mut buf = vec![0u8; 65536];
+    let mut back = None;
+    // The agent's side of the association may not be up for the first datagram: a few tries.
+    for _ in 0..20 {
+        let d = ctx
+            .wrap(true, &socks5_datagram(udp.addr, b"ping through the agent"))
+            .expect("wrap");
+        client.send_to(&message(&d), relay_udp).await.expect("send");
+        let wait = std::time::Duration::from_millis(250);
+        if let Ok(Ok((n, _))) = tokio::time::timeout(wait, client.recv_from(&mut buf)).await {
+            back = Some(buf[..n].to_vec());
+            break;
+        }
+    }
+    let back = back.expect("an echo through the agent");
+    assert_eq!(&back[..2], &[1, 3], "an RFC 1961 message");
+    let plain = ctx.unwrap(&back[4..]).expect("unwrap").to_vec();
+    assert_eq!(plain, socks5_datagram(udp.addr, b"ping through the agent"));
+}
