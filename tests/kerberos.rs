@@ -854,3 +854,74 @@ async fn socks_gssapi_through_a_tunnel_agent_stays_wrapped() {
     let plain = ctx.unwrap(&back[4..]).expect("unwrap").to_vec();
     assert_eq!(plain, socks5_datagram(udp.addr, b"ping through the agent"));
 }
+
+/// A GSSAPI SOCKS login that the server refuses after the context is made: the client gets
+/// the server's last context token, then `[1, 0xff]` and the close.
+async fn socks_login_refused_after_context(proxy: SocketAddr) -> Vec<u8> {
+    let mut s = socks_gssapi_greeting(proxy).await;
+    let mut ctx = client_ctx("rcmd@localhost");
+    let tok = ctx.step(None, None).expect("init").expect("token").to_vec();
+    send_frame(&mut s, 1, &tok).await;
+    let (mtyp, tok) = read_frame(&mut s).await;
+    assert_eq!(mtyp, 1, "the server's context token");
+    ctx.step(Some(&tok), None).expect("mutual authentication");
+    until_closed(&mut s).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kerberos_users_get_their_groups_from_ldap_and_a_down_directory_refuses() {
+    let Some(_realm) = realm() else { return };
+    let mut slapd = common::ldap::Slapd::start();
+    let echo = tcp_echo().await;
+    let origin = Origin::fixed("hello").await;
+    // alice is in `staff` in the directory (memberOf), and only there: no users file.
+    let rules = "[[policy.rules]]\nname = \"no-socks-for-staff\"\naction = \"deny\"\n\
+                 groups = [\"staff\"]\nprotocols = [\"socks-connect\"]\n";
+    let ldap = format!(
+        "[policy.ldap]\nurl = \"{}\"\nuser_filter = \"(uid={{user}})\"\n\
+         bind_dn = \"{}\"\nbind_password = \"{}\"\nbase = \"{}\"\n",
+        slapd.url(),
+        common::ldap::SERVICE_DN,
+        common::ldap::SERVICE_PW,
+        common::ldap::PEOPLE,
+    );
+    let gh = Gatehouse::start(&format!("{}\n{ldap}", config(rules)));
+
+    // The directory is down: the tickets are good, but without the groups nobody gets in.
+    slapd.stop();
+    let (_c, tok) = first_token("HTTP@localhost");
+    let authz = format!("Negotiate {}", b64(&tok));
+    let head = http_once(gh.addr("web"), &origin.url("/"), Some(&authz)).await;
+    assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+    assert_eq!(
+        socks_login_refused_after_context(gh.addr("socks")).await,
+        [1, 0xff]
+    );
+    assert_eq!(origin.seen().len(), 0);
+    let line = gh.next_log_line();
+    assert_eq!(log_field(&line, 4), "alice", "{line}");
+    assert!(line.contains(" 503 "), "{line}");
+    // A refused SOCKS login logs the principal it proved.
+    let line = gh.next_log_line();
+    assert_eq!(log_field(&line, 4), "alice@GATEHOUSE.TEST", "{line}");
+    assert!(line.contains(" login_unavailable "), "{line}");
+
+    // Back up: alice's groups come from the directory and drive the rules.
+    slapd.restart();
+    let (_c, tok) = first_token("HTTP@localhost");
+    let authz = format!("Negotiate {}", b64(&tok));
+    let head = http_once(gh.addr("web"), &origin.url("/"), Some(&authz)).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let line = gh.next_log_line();
+    assert_eq!(log_field(&line, 4), "alice", "{line}");
+    let mut s = socks_gssapi_greeting(gh.addr("socks")).await;
+    let mut ctx = client_ctx("rcmd@localhost");
+    assert_eq!(socks_login(&mut s, &mut ctx, 0).await, 0);
+    s.write_all(&socks5_request(1, echo))
+        .await
+        .expect("request");
+    let (rep, _) = socks5_reply(&mut s).await;
+    assert_eq!(rep, 2, "staff may not use SOCKS CONNECT");
+    let line = gh.next_log_line();
+    assert!(line.contains("no-socks-for-staff"), "{line}");
+}
