@@ -458,7 +458,8 @@ impl Metrics {
 
     /// A SOCKS UDP datagram dropped: `foreign` (not from the client's address), `malformed`
     /// (no valid SOCKS UDP header), `fragment` (FRAG != 0), `gssapi` (on a protected session:
-    /// not one RFC 1961 message, below the negotiated protection, or refused by gss_unwrap),
+    /// not one RFC 1961 message, below the negotiated protection, or refused by gss_unwrap or
+    /// gss_wrap),
     /// `policy` (destination refused or not resolved), `too_large` (a reply that cannot be
     /// wrapped into one datagram).
     pub fn socks_udp_drop(&self, reason: &'static str) {

@@ -98,6 +98,14 @@ pub(super) fn unseal<'a>(
     }
 }
 
+/// The drop reason of a reply that could not be wrapped.
+pub(super) fn seal_drop_reason(e: &SealedError) -> &'static str {
+    match e {
+        SealedError::TooLarge => "too_large",
+        _ => "gssapi",
+    }
+}
+
 /// A SOCKS UDP header and data for the client: as they are, or wrapped (into `scratch`) on a
 /// protected session.
 pub(super) fn seal<'a>(
@@ -291,16 +299,9 @@ where
                         continue;
                     }
                     let back = Back { relay: &relay, to, buf: &mut wrapped, sealed_out: &mut sealed_out };
-                    match back.send(c.sealed.as_deref_mut(), from, &from_v4[..n]).await {
-                        Ok(true) => {
-                            s.relayed_out += n as u64;
-                            deadline.as_mut().reset(Instant::now() + idle);
-                        }
-                        Ok(false) => {}
-                        Err(e) => {
-                            metrics.socks_udp_drop("too_large");
-                            tracing::debug!(client = %c.peer, %from, error = %e, "UDP reply dropped");
-                        }
+                    if back.send(c.sealed.as_deref_mut(), from, &from_v4[..n], metrics).await {
+                        s.relayed_out += n as u64;
+                        deadline.as_mut().reset(Instant::now() + idle);
                     }
                 }
             }
@@ -311,16 +312,9 @@ where
                         continue;
                     }
                     let back = Back { relay: &relay, to, buf: &mut wrapped, sealed_out: &mut sealed_out };
-                    match back.send(c.sealed.as_deref_mut(), from, &from_v6[..n]).await {
-                        Ok(true) => {
-                            s.relayed_out += n as u64;
-                            deadline.as_mut().reset(Instant::now() + idle);
-                        }
-                        Ok(false) => {}
-                        Err(e) => {
-                            metrics.socks_udp_drop("too_large");
-                            tracing::debug!(client = %c.peer, %from, error = %e, "UDP reply dropped");
-                        }
+                    if back.send(c.sealed.as_deref_mut(), from, &from_v6[..n], metrics).await {
+                        s.relayed_out += n as u64;
+                        deadline.as_mut().reset(Instant::now() + idle);
                     }
                 }
             }
@@ -343,19 +337,26 @@ struct Back<'a> {
 
 impl Back<'_> {
     /// Puts a remote's datagram in a header naming its source (wrapped on a protected
-    /// session) and sends it to the client: whether it was sent; `Err` when it cannot be
-    /// wrapped into one datagram.
+    /// session) and sends it to the client: whether it was sent. One that cannot be wrapped
+    /// (too large for one datagram) is dropped and counted.
     async fn send(
         self,
         sealed: Option<&mut Sealed>,
         from: SocketAddr,
         payload: &[u8],
-    ) -> Result<bool, SealedError> {
+        metrics: &crate::metrics::Metrics,
+    ) -> bool {
         self.buf.clear();
         let from = SocketAddr::new(from.ip().to_canonical(), from.port());
         codec::encode_udp(&Target::ip(from), payload, self.buf);
-        let out = seal(sealed, self.buf, self.sealed_out)?;
-        Ok(self.relay.send_to(out, self.to).await.is_ok())
+        match seal(sealed, self.buf, self.sealed_out) {
+            Ok(out) => self.relay.send_to(out, self.to).await.is_ok(),
+            Err(e) => {
+                metrics.socks_udp_drop(seal_drop_reason(&e));
+                tracing::debug!(%from, to = %self.to, error = %e, "UDP reply dropped");
+                false
+            }
+        }
     }
 }
 

@@ -16,7 +16,7 @@ use super::client::{Client, Stage};
 use super::codec;
 use super::reply::{Reply, SocksError};
 use super::server::{Session, SocksRequest, SocksServer};
-use super::udp::{seal, unseal, ClientFilter};
+use super::udp::{seal, seal_drop_reason, unseal, ClientFilter};
 use crate::policy::Protocol;
 use crate::tunnel::proto::{self, Open};
 
@@ -108,7 +108,7 @@ where
                                     s.relayed_out += range.len() as u64;
                                 }
                             }
-                            Err(_) => metrics.socks_udp_drop("too_large"),
+                            Err(e) => metrics.socks_udp_drop(seal_drop_reason(&e)),
                         }
                     }
                     let _ = inbound.split_to(used);
