@@ -282,6 +282,42 @@ pub fn offers(
     v
 }
 
+/// Every decoder of bytes a client controls (the RFC 1961 frame of each type, a datagram, a
+/// wrap token's header, a `Negotiate` header value) over the same bytes, checking what a
+/// caller relies on. The fuzz target `kerberos_decoders` and the property test run this.
+pub fn check_all_decoders(data: &[u8]) {
+    for want in [MTYP_AUTH, MTYP_PROTECTION, MTYP_DATA] {
+        for max in [0, 16, MAX_TOKEN] {
+            if let Ok((frame, used)) = decode_frame(data, want, max) {
+                assert!(used <= data.len() && used == 4 + frame.token.len());
+                assert!(frame.token.len() <= max && frame.mtyp == want);
+                assert_eq!(&data[4..used], frame.token.as_slice());
+            }
+        }
+    }
+    if let Ok(token) = decode_datagram(data) {
+        assert_eq!(
+            token,
+            &data[4..],
+            "a datagram is one message, nothing after it"
+        );
+        let mut again = Vec::new();
+        encode_frame(MTYP_DATA, token, &mut again).expect("a decoded token fits");
+        assert_eq!(again, data, "round trip");
+    }
+    let sealed = wrap_token_sealed(data);
+    assert!(Protection::Integrity.admits(data) && Protection::None.admits(data));
+    assert_eq!(
+        Protection::Confidentiality.admits(data),
+        sealed != Some(false)
+    );
+    if let Ok(text) = std::str::from_utf8(data) {
+        if let Some(token) = negotiate_token(text, 64) {
+            assert!(!token.is_empty() && token.len() <= 64);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -401,6 +437,57 @@ mod tests {
         assert!(conf.admits(b"another mechanism's token"));
         assert!(integ.admits(&cfx(0x00)));
         assert!(integ.admits(&cfx(0x02)), "more than asked for is fine");
+    }
+
+    /// The fuzz target's checks over random bytes and over mutations of valid messages.
+    #[test]
+    fn random_inputs_never_panic() {
+        let mut cfx = vec![1, 3, 0, 20, 0x05, 0x04, 0x06, 0xff];
+        cfx.extend_from_slice(&[0; 16]);
+        let seeds: Vec<Vec<u8>> = vec![
+            vec![1, 1, 0, 3, b't', b'o', b'k'],
+            vec![1, 2, 0, 1, 2],
+            vec![1, 0xff],
+            cfx,
+            [
+                &[1u8, 3, 0, 30, 0x60, 0x1c][..],
+                &[
+                    0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x12, 0x01, 0x02, 0x02,
+                ],
+                &[0x02, 0x01, 0, 0, 0xff, 0xff],
+                &[0; 13],
+            ]
+            .concat(),
+            b"Negotiate YWJjZA==".to_vec(),
+        ];
+        let mut x: u64 = 0x6B72_6235_6765_7373;
+        let mut next = move || {
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        };
+        for _ in 0..20_000 {
+            let mut data = if next() % 3 == 0 {
+                (0..next() % 64).map(|_| next() as u8).collect()
+            } else {
+                seeds[next() as usize % seeds.len()].clone()
+            };
+            for _ in 0..next() % 4 {
+                if data.is_empty() {
+                    break;
+                }
+                let i = next() as usize % data.len();
+                match next() % 3 {
+                    0 => data[i] = next() as u8,
+                    1 => data.truncate(i),
+                    _ => data.insert(i, next() as u8),
+                }
+            }
+            check_all_decoders(&data);
+            // The token alone, as a wrap token (past the frame header).
+            check_all_decoders(data.get(4..).unwrap_or_default());
+        }
     }
 
     #[test]
