@@ -19,8 +19,9 @@ use std::sync::OnceLock;
 use base64::Engine as _;
 use common::*;
 use libgssapi::context::{ClientCtx, CtxFlags, SecurityContext};
+use libgssapi::credential::{Cred, CredUsage};
 use libgssapi::name::Name;
-use libgssapi::oid::{GSS_MECH_KRB5, GSS_NT_HOSTBASED_SERVICE};
+use libgssapi::oid::{GSS_MECH_KRB5, GSS_NT_HOSTBASED_SERVICE, GSS_NT_KRB5_PRINCIPAL};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -924,4 +925,58 @@ async fn kerberos_users_get_their_groups_from_ldap_and_a_down_directory_refuses(
     assert_eq!(rep, 2, "staff may not use SOCKS CONNECT");
     let line = gh.next_log_line();
     assert!(line.contains("no-socks-for-staff"), "{line}");
+}
+
+/// A client context for `service` on carol's credentials (tickets of three seconds, in
+/// memory: alice's ticket cache is not touched).
+fn carol_ctx(cred: &Cred, service: &str) -> ClientCtx {
+    let name = Name::new(service.as_bytes(), Some(GSS_NT_HOSTBASED_SERVICE)).expect("name");
+    let flags = CtxFlags::GSS_C_MUTUAL_FLAG | CtxFlags::GSS_C_REPLAY_FLAG;
+    ClientCtx::new(Some(cred.clone()), name, flags, Some(GSS_MECH_KRB5))
+}
+
+#[tokio::test]
+async fn an_expired_ticket_is_refused() {
+    let Some(_realm) = realm() else { return };
+    let origin = Origin::fixed("hello").await;
+    let gh = Gatehouse::start(&config(""));
+    let carol = Name::new(b"carol", Some(GSS_NT_KRB5_PRINCIPAL)).expect("name");
+    let cred = Cred::acquire_with_password(
+        Some(&carol),
+        krb::CAROL_PASSWORD,
+        None,
+        CredUsage::Initiate,
+        None,
+    )
+    .expect("carol's tickets");
+    // Two tokens made now, while the tickets are good: one is sent at once...
+    let token = |mut ctx: ClientCtx| ctx.step(None, None).expect("init").expect("token").to_vec();
+    let now = token(carol_ctx(&cred, "HTTP@localhost"));
+    let later = token(carol_ctx(&cred, "HTTP@localhost"));
+    let url = origin.url("/");
+    let head = http_once(
+        gh.addr("web"),
+        &url,
+        Some(&format!("Negotiate {}", b64(&now))),
+    )
+    .await;
+    assert!(
+        head.starts_with("HTTP/1.1 200"),
+        "carol's ticket is good: {head}"
+    );
+    // ...the other once the ticket has expired (past the realm's one-second clock skew).
+    let left = cred.lifetime().expect("lifetime");
+    assert!(left <= std::time::Duration::from_secs(3), "{left:?}");
+    tokio::time::sleep(left + std::time::Duration::from_millis(2500)).await;
+    let head = http_once(
+        gh.addr("web"),
+        &url,
+        Some(&format!("Negotiate {}", b64(&later))),
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 407"), "expired: {head}");
+    // Refused for its age, not as a replay or for anything else.
+    let why = gh.wait_stderr("Negotiate authentication failed");
+    assert!(why.contains("expired"), "{why}");
+    assert_eq!(origin.seen().len(), 1);
 }
