@@ -134,6 +134,8 @@ pub struct Metrics {
     pub password_verifications: Counter,
     /// Failed proxy logins by reason: bad_credentials, blocked, overloaded, unavailable.
     pub login_failures: Family<ReasonLabel, Counter>,
+    /// SOCKS UDP datagrams dropped, by reason (see [`Metrics::socks_udp_drop`]).
+    pub socks_udp_dropped: Family<ReasonLabel, Counter>,
     /// Live statistics for the admin API and dashboard (fed by the access-record tap).
     pub stats: crate::stats::Stats,
     /// Reverse-tunnel agents connected to this relay.
@@ -265,6 +267,12 @@ impl Metrics {
         let access_log_dropped = Counter::default();
         let password_verifications = Counter::default();
         let login_failures = Family::<ReasonLabel, Counter>::default();
+        let socks_udp_dropped = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "socks_udp_dropped",
+            "SOCKS UDP datagrams dropped, by reason (foreign, malformed, fragment, gssapi, policy, too_large)",
+            socks_udp_dropped.clone(),
+        );
         registry.register(
             "password_verifications",
             "Password hash checks run for proxy logins",
@@ -442,9 +450,24 @@ impl Metrics {
             access_log_dropped,
             password_verifications,
             login_failures,
+            socks_udp_dropped,
             stats: crate::stats::Stats::new(),
             relay_handles: Default::default(),
         }
+    }
+
+    /// A SOCKS UDP datagram dropped: `foreign` (not from the client's address), `malformed`
+    /// (no valid SOCKS UDP header), `fragment` (FRAG != 0), `gssapi` (on a protected session:
+    /// not one RFC 1961 message, below the negotiated protection, or refused by gss_unwrap or
+    /// gss_wrap),
+    /// `policy` (destination refused or not resolved), `too_large` (a reply that cannot be
+    /// wrapped into one datagram).
+    pub fn socks_udp_drop(&self, reason: &'static str) {
+        self.socks_udp_dropped
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_string(),
+            })
+            .inc();
     }
 
     pub fn listener(name: &str) -> ListenerLabel {

@@ -12,6 +12,7 @@ use super::codec::{self, Headers, RequestHead};
 use super::error::ProxyError;
 use super::proxy::{wants_keep_alive, Client, Exchange, HttpProxy};
 use crate::connector::Host;
+use crate::policy::ldap::DirectoryError;
 use crate::policy::login::LoginRefusal;
 use crate::policy::{
     headers::render_deny_page, AccessRequest, Action, Identity, Policy, Precheck, Protocol, Secret,
@@ -177,9 +178,10 @@ impl HttpProxy {
                 .get_str("proxy-authorization")
                 .and_then(|v| crate::kerberos::negotiate_token(v, crate::kerberos::MAX_TOKEN));
             if let Some(token) = token {
-                return self
-                    .negotiate(policy, client, head, ip, &token, close_on_error, ex)
-                    .await;
+                // Boxed: a Negotiate leg (with its directory lookup) is rare on a connection;
+                // an idle tunnel's task does not carry its state.
+                let leg = self.negotiate(policy, client, head, ip, &token, close_on_error, ex);
+                return Box::pin(leg).await;
             }
         }
         let basic = match lp.methods.password {
@@ -272,14 +274,18 @@ impl HttpProxy {
             Ok((_, crate::kerberos::gss::Step::Done { principal, token })) => {
                 match crate::kerberos::map_principal(&principal, &policy.kerberos().names) {
                     Some(name) => {
-                        let id =
-                            policy
-                                .users()
-                                .and_then(|u| u.identity(&name))
-                                .unwrap_or(Identity {
-                                    name,
-                                    groups: Vec::new(),
-                                });
+                        let id = match policy.kerberos_identity(name.clone()).await {
+                            Ok(id) => id,
+                            Err(e) => {
+                                // Not charged: the ticket was good. Never let in without
+                                // the groups the rules may deny by.
+                                tracing::info!(client = %client.peer, %principal, error = %e, "Negotiate login refused");
+                                ex.user = Some(name);
+                                return Err(self
+                                    .directory_refused(client, head, &e, close_on_error, ex)
+                                    .await);
+                            }
+                        };
                         if let Ok(id) = logins.log_in_checked(ip, || Some(id)) {
                             tracing::debug!(client = %client.peer, %principal, user = %id.name, "Negotiate login");
                             ex.auth_reply =
@@ -299,6 +305,33 @@ impl HttpProxy {
         Err(self
             .send_407(policy, client, head, None, close_on_error, ex)
             .await)
+    }
+
+    /// A Kerberos login the directory could not give groups for: 429 when too many logins
+    /// wait for it, else 503 (never let in without the groups).
+    async fn directory_refused(
+        &self,
+        client: &mut Client,
+        head: &RequestHead,
+        e: &DirectoryError,
+        close_on_error: bool,
+        ex: &mut Exchange,
+    ) -> bool {
+        match e {
+            DirectoryError::Busy => {
+                let detail = "too many logins being checked; retry shortly";
+                self.send_429(client, head, detail, 1, close_on_error, ex)
+                    .await
+            }
+            DirectoryError::Unavailable(_) => {
+                let err = ProxyError::new(
+                    503,
+                    "proxy_internal_error",
+                    "the user directory is unavailable; retry later",
+                );
+                self.send_503(client, head, &err, close_on_error, ex).await
+            }
+        }
     }
 
     /// 429 with Retry-After and Proxy-Status (a limit or the failed-login limiter).

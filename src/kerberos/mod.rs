@@ -2,7 +2,8 @@
 //! the system's GSSAPI library (MIT krb5) with the `gssapi` cargo feature.
 //!
 //! Pure parts here, unit-tested without sockets: the RFC 1961 message framing
-//! ([`decode_frame`], [`encode_frame`]), the protection-level choice ([`Protection::choose`]),
+//! ([`decode_frame`], [`encode_frame`], and [`decode_datagram`] for UDP), the protection-level
+//! choice ([`Protection::choose`]) and check ([`Protection::admits`]),
 //! the `Negotiate` header value ([`negotiate_token`]) and the principal-to-user mapping
 //! ([`map_principal`]). The GSSAPI calls are in [`gss`] (a stub without the feature, which
 //! refuses every context); [`socks`] drives RFC 1961 on a SOCKS connection.
@@ -45,12 +46,26 @@ pub enum FrameError {
     Aborted,
     #[error("GSSAPI token longer than {0} bytes")]
     TooLong(usize),
+    #[error("{0} bytes after the GSSAPI message in one datagram")]
+    Trailing(usize),
 }
 
 /// Decodes one message of type `want` from `buf`: the frame and the bytes used. `max` bounds
 /// the token (at most [`MAX_TOKEN`]); a longer one is refused as soon as its length is read.
 /// The client's abort `[1, 0xff]` is [`FrameError::Aborted`].
 pub fn decode_frame(buf: &[u8], want: u8, max: usize) -> Result<(Frame, usize), FrameError> {
+    let (token, used) = frame_token(buf, want, max)?;
+    Ok((
+        Frame {
+            mtyp: want,
+            token: token.to_vec(),
+        },
+        used,
+    ))
+}
+
+/// [`decode_frame`] without the copy: the token, borrowed, and the bytes used.
+fn frame_token(buf: &[u8], want: u8, max: usize) -> Result<(&[u8], usize), FrameError> {
     let Some(&ver) = buf.first() else {
         return Err(FrameError::Incomplete);
     };
@@ -74,14 +89,49 @@ pub fn decode_frame(buf: &[u8], want: u8, max: usize) -> Result<(Frame, usize), 
         return Err(FrameError::TooLong(max.min(MAX_TOKEN)));
     }
     match buf.get(4..4 + len) {
-        Some(token) => Ok((
-            Frame {
-                mtyp,
-                token: token.to_vec(),
-            },
-            4 + len,
-        )),
+        Some(token) => Ok((token, 4 + len)),
         None => Err(FrameError::Incomplete),
+    }
+}
+
+/// RFC 1961 section 5 for UDP: "The token is produced by encapsulating an entire SOCKS V5
+/// request or response, or UDP datagram" -- a datagram between client and proxy is exactly
+/// one data message `[1, 3, len(2), token]`, nothing before or after it. The token.
+pub fn decode_datagram(datagram: &[u8]) -> Result<&[u8], FrameError> {
+    let (token, used) = frame_token(datagram, MTYP_DATA, MAX_TOKEN)?;
+    match datagram.len() - used {
+        0 => Ok(token),
+        extra => Err(FrameError::Trailing(extra)),
+    }
+}
+
+/// Whether a Kerberos wrap token carries its data encrypted: the `Sealed` flag of an RFC 4121
+/// token (section 4.2.6.2: `05 04`, flags, where 0x02 is Sealed), or the SEAL_ALG of an RFC
+/// 1964 token (section 1.2.2: `0xffff` is none) inside its `0x60` framing. `None` for a token
+/// of another form (another mechanism's).
+///
+/// Read from the header before `gss_unwrap`, which then authenticates it (both token forms
+/// cover the header with their checksum), so the answer only ever refuses a message.
+pub fn wrap_token_sealed(token: &[u8]) -> Option<bool> {
+    if let [0x05, 0x04, flags, ..] = token {
+        return Some(flags & 0x02 != 0);
+    }
+    // RFC 1964: 0x60, a DER length, the Kerberos v5 mechanism OID, TOK_ID 02 01, SGN_ALG,
+    // SEAL_ALG.
+    const KRB5_OID: [u8; 11] = [
+        0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x12, 0x01, 0x02, 0x02,
+    ];
+    let rest = token.strip_prefix(&[0x60])?;
+    let (&first, rest) = rest.split_first()?;
+    let rest = match first {
+        0..=0x7f => rest,
+        0x81..=0x84 => rest.get(usize::from(first & 0x7f)..)?,
+        _ => return None,
+    };
+    let rest = rest.strip_prefix(&KRB5_OID)?;
+    match rest {
+        [0x02, 0x01, _, _, seal_hi, seal_lo, ..] => Some([*seal_hi, *seal_lo] != [0xff, 0xff]),
+        _ => None,
     }
 }
 
@@ -141,6 +191,14 @@ impl Protection {
 
     pub fn wraps(self) -> bool {
         self != Protection::None
+    }
+
+    /// Whether a client's wrap token meets this negotiated level: under confidentiality, a
+    /// Kerberos token that is not encrypted is refused (RFC 1961 section 4: the level applies
+    /// to every later message). A token of a form [`wrap_token_sealed`] cannot read is let
+    /// through to `gss_unwrap`.
+    pub fn admits(self, token: &[u8]) -> bool {
+        self != Protection::Confidentiality || wrap_token_sealed(token) != Some(false)
     }
 }
 
@@ -224,6 +282,42 @@ pub fn offers(
     v
 }
 
+/// Every decoder of bytes a client controls (the RFC 1961 frame of each type, a datagram, a
+/// wrap token's header, a `Negotiate` header value) over the same bytes, checking what a
+/// caller relies on. The fuzz target `kerberos_decoders` and the property test run this.
+pub fn check_all_decoders(data: &[u8]) {
+    for want in [MTYP_AUTH, MTYP_PROTECTION, MTYP_DATA] {
+        for max in [0, 16, MAX_TOKEN] {
+            if let Ok((frame, used)) = decode_frame(data, want, max) {
+                assert!(used <= data.len() && used == 4 + frame.token.len());
+                assert!(frame.token.len() <= max && frame.mtyp == want);
+                assert_eq!(&data[4..used], frame.token.as_slice());
+            }
+        }
+    }
+    if let Ok(token) = decode_datagram(data) {
+        assert_eq!(
+            token,
+            &data[4..],
+            "a datagram is one message, nothing after it"
+        );
+        let mut again = Vec::new();
+        encode_frame(MTYP_DATA, token, &mut again).expect("a decoded token fits");
+        assert_eq!(again, data, "round trip");
+    }
+    let sealed = wrap_token_sealed(data);
+    assert!(Protection::Integrity.admits(data) && Protection::None.admits(data));
+    assert_eq!(
+        Protection::Confidentiality.admits(data),
+        sealed != Some(false)
+    );
+    if let Ok(text) = std::str::from_utf8(data) {
+        if let Some(token) = negotiate_token(text, 64) {
+            assert!(!token.is_empty() && token.len() <= 64);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -269,6 +363,131 @@ mod tests {
             decode_frame(&big, 3, MAX_TOKEN).expect("max").1,
             MAX_TOKEN + 4
         );
+    }
+
+    #[test]
+    fn a_datagram_is_exactly_one_data_message() {
+        let mut d = Vec::new();
+        encode_frame(MTYP_DATA, b"wrapped", &mut d).expect("fits");
+        assert_eq!(decode_datagram(&d), Ok(&b"wrapped"[..]));
+        let mut longer = d.clone();
+        longer.extend_from_slice(b"xy");
+        assert_eq!(decode_datagram(&longer), Err(FrameError::Trailing(2)));
+        for cut in 0..d.len() {
+            assert_eq!(
+                decode_datagram(&d[..cut]),
+                Err(FrameError::Incomplete),
+                "{cut}"
+            );
+        }
+        assert_eq!(decode_datagram(&[1, 1, 0, 0]), Err(FrameError::Type(1, 3)));
+        assert_eq!(
+            decode_datagram(&[0, 0, 0, 1, 127, 0, 0, 1, 0, 7]),
+            Err(FrameError::Version(0)),
+            "a plain SOCKS UDP header is not a message"
+        );
+        assert_eq!(decode_datagram(&[1, 0xff]), Err(FrameError::Aborted));
+        assert_eq!(decode_datagram(&[1, 3, 0, 0]), Ok(&b""[..]));
+    }
+
+    #[test]
+    fn sealed_flag_of_wrap_tokens() {
+        // RFC 4121 wrap tokens: 05 04, flags (0x02 Sealed), filler ff, EC, RRC, SND_SEQ.
+        let cfx = |flags: u8| [&[0x05, 0x04, flags, 0xff][..], &[0; 12]].concat();
+        assert_eq!(wrap_token_sealed(&cfx(0x02)), Some(true));
+        assert_eq!(wrap_token_sealed(&cfx(0x06)), Some(true));
+        assert_eq!(wrap_token_sealed(&cfx(0x04)), Some(false));
+        assert_eq!(wrap_token_sealed(&cfx(0x01)), Some(false));
+        // RFC 1964 wrap tokens: 60 len OID, 02 01, SGN_ALG, SEAL_ALG (ffff: none).
+        let oid = [
+            0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x12, 0x01, 0x02, 0x02,
+        ];
+        let v1 = |len: &[u8], seal: [u8; 2]| {
+            [
+                &[0x60][..],
+                len,
+                &oid,
+                &[0x02, 0x01, 0x00, 0x00],
+                &seal,
+                &[0xff, 0xff],
+                &[0; 24],
+            ]
+            .concat()
+        };
+        assert_eq!(wrap_token_sealed(&v1(&[0x2b], [0x10, 0x00])), Some(true));
+        assert_eq!(wrap_token_sealed(&v1(&[0x2b], [0xff, 0xff])), Some(false));
+        assert_eq!(
+            wrap_token_sealed(&v1(&[0x82, 0x01, 0x00], [0x00, 0x00])),
+            Some(true),
+            "long-form length"
+        );
+        // Other forms, or cut short: not known.
+        assert_eq!(wrap_token_sealed(&[0x05]), None);
+        assert_eq!(wrap_token_sealed(&[0x04, 0x04, 0x00]), None);
+        assert_eq!(wrap_token_sealed(&v1(&[0x2b], [0xff, 0xff])[..16]), None);
+        assert_eq!(wrap_token_sealed(&[0x60, 0x85, 0, 0, 0, 0, 0]), None);
+        assert_eq!(wrap_token_sealed(b""), None);
+        let mut other_oid = v1(&[0x2b], [0xff, 0xff]);
+        other_oid[12] = 0x03;
+        assert_eq!(wrap_token_sealed(&other_oid), None);
+        // The negotiated level decides.
+        let (conf, integ) = (Protection::Confidentiality, Protection::Integrity);
+        assert!(!conf.admits(&cfx(0x00)));
+        assert!(conf.admits(&cfx(0x02)));
+        assert!(conf.admits(b"another mechanism's token"));
+        assert!(integ.admits(&cfx(0x00)));
+        assert!(integ.admits(&cfx(0x02)), "more than asked for is fine");
+    }
+
+    /// The fuzz target's checks over random bytes and over mutations of valid messages.
+    #[test]
+    fn random_inputs_never_panic() {
+        let mut cfx = vec![1, 3, 0, 20, 0x05, 0x04, 0x06, 0xff];
+        cfx.extend_from_slice(&[0; 16]);
+        let seeds: Vec<Vec<u8>> = vec![
+            vec![1, 1, 0, 3, b't', b'o', b'k'],
+            vec![1, 2, 0, 1, 2],
+            vec![1, 0xff],
+            cfx,
+            [
+                &[1u8, 3, 0, 30, 0x60, 0x1c][..],
+                &[
+                    0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x12, 0x01, 0x02, 0x02,
+                ],
+                &[0x02, 0x01, 0, 0, 0xff, 0xff],
+                &[0; 13],
+            ]
+            .concat(),
+            b"Negotiate YWJjZA==".to_vec(),
+        ];
+        let mut x: u64 = 0x6B72_6235_6765_7373;
+        let mut next = move || {
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        };
+        for _ in 0..20_000 {
+            let mut data = if next() % 3 == 0 {
+                (0..next() % 64).map(|_| next() as u8).collect()
+            } else {
+                seeds[next() as usize % seeds.len()].clone()
+            };
+            for _ in 0..next() % 4 {
+                if data.is_empty() {
+                    break;
+                }
+                let i = next() as usize % data.len();
+                match next() % 3 {
+                    0 => data[i] = next() as u8,
+                    1 => data.truncate(i),
+                    _ => data.insert(i, next() as u8),
+                }
+            }
+            check_all_decoders(&data);
+            // The token alone, as a wrap token (past the frame header).
+            check_all_decoders(data.get(4..).unwrap_or_default());
+        }
     }
 
     #[test]

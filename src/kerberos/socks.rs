@@ -1,7 +1,9 @@
 //! RFC 1961 section 5: once integrity or confidentiality is chosen, every later byte of the
-//! SOCKS connection travels in `[1, 3, len(2), gss_wrap(bytes)]` messages, both ways. [`Sealed`]
-//! is that layer's state; [`relay_sealed`] is the relay that unwraps the client's messages to
-//! the other side and wraps what comes back (the kernel splice cannot be used).
+//! SOCKS connection travels in `[1, 3, len(2), gss_wrap(bytes)]` messages, both ways, and so
+//! does every UDP datagram between the client and the proxy (one message per datagram, the
+//! token wrapping the SOCKS UDP header and data). [`Sealed`] is that layer's state;
+//! [`relay_sealed`] is the relay that unwraps the client's messages to the other side and
+//! wraps what comes back (the kernel splice cannot be used).
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
@@ -11,12 +13,17 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
 use super::gss::{Acceptor, GssError};
-use super::{decode_frame, encode_frame, FrameError, Protection, MAX_TOKEN, MTYP_DATA};
+use super::{
+    decode_datagram, decode_frame, encode_frame, FrameError, Protection, MAX_TOKEN, MTYP_DATA,
+};
 use crate::relay::{RelayEnd, RelayStats};
 
 /// Plain bytes per wrapped message from the server: with the wrap overhead (a few dozen
 /// bytes) well inside the two-octet length.
 pub const CHUNK: usize = 16 * 1024;
+
+/// The largest UDP payload (over IPv4): a wrapped datagram for the client must fit it.
+pub const MAX_DATAGRAM: usize = 65_507;
 
 /// An established, protected session: the context and the client's bytes not yet unwrapped.
 pub struct Sealed {
@@ -32,8 +39,10 @@ pub enum SealedError {
     Frame(#[from] FrameError),
     #[error(transparent)]
     Gss(#[from] GssError),
-    #[error("the message does not fit an RFC 1961 token")]
+    #[error("the message does not fit an RFC 1961 token or a datagram")]
     TooLarge,
+    #[error("a message below the negotiated protection (not encrypted)")]
+    Unprotected,
 }
 
 impl Sealed {
@@ -52,11 +61,36 @@ impl Sealed {
         match decode_frame(&self.raw, MTYP_DATA, MAX_TOKEN) {
             Ok((frame, used)) => {
                 self.raw.advance(used);
-                Ok(Some(self.ctx.unwrap(&frame.token)?))
+                Ok(Some(self.open_token(&frame.token)?))
             }
             Err(FrameError::Incomplete) => Ok(None),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// A datagram from the client, unwrapped: the SOCKS UDP request header and its data. An
+    /// error means the datagram is dropped; the association goes on.
+    pub fn open_datagram(&mut self, datagram: &[u8]) -> Result<Vec<u8>, SealedError> {
+        self.open_token(decode_datagram(datagram)?)
+    }
+
+    /// `plain` (a SOCKS UDP header and data) as one datagram for the client, in `out`.
+    pub fn seal_datagram(&mut self, plain: &[u8], out: &mut Vec<u8>) -> Result<(), SealedError> {
+        let encrypt = self.level == Protection::Confidentiality;
+        let token = self.ctx.wrap(encrypt, plain)?;
+        if 4 + token.len() > MAX_DATAGRAM {
+            return Err(SealedError::TooLarge);
+        }
+        encode_frame(MTYP_DATA, &token, out).ok_or(SealedError::TooLarge)
+    }
+
+    /// One token from the client: refused below the negotiated level, else unwrapped (which
+    /// checks its integrity and, as the client's context flags asked, its sequence).
+    fn open_token(&mut self, token: &[u8]) -> Result<Vec<u8>, SealedError> {
+        if !self.level.admits(token) {
+            return Err(SealedError::Unprotected);
+        }
+        Ok(self.ctx.unwrap(token)?)
     }
 }
 

@@ -399,6 +399,27 @@ impl Policy {
         &self.kerberos
     }
 
+    /// Who a Kerberos user (a principal already mapped to `name`) is to the rules: with the
+    /// groups of the user source -- the users file, or the directory (`[policy.ldap]`: the
+    /// user found as the service account, with its spelling and mapped groups) -- or the name
+    /// alone, with no groups, when the source does not list it (the ticket proved who it
+    /// is). A directory that cannot answer is an error: the login is refused, never let in
+    /// without the groups the rules may deny by.
+    pub async fn kerberos_identity(
+        &self,
+        name: String,
+    ) -> Result<super::Identity, super::ldap::DirectoryError> {
+        let listed = match (&self.ldap, &self.users) {
+            (Some(d), _) => d.groups_of(&name).await?,
+            (None, Some(u)) => u.identity(&name),
+            (None, None) => None,
+        };
+        Ok(listed.unwrap_or(super::Identity {
+            name,
+            groups: Vec::new(),
+        }))
+    }
+
     pub fn rule_count(&self) -> usize {
         self.rules.len()
     }

@@ -20,6 +20,7 @@ use crate::kerberos::{
     decode_frame, encode_frame, map_principal, Frame, FrameError, Protection, MAX_TOKEN, MTYP_AUTH,
     MTYP_PROTECTION,
 };
+use crate::policy::ldap::DirectoryError;
 use crate::policy::login::LoginRefusal;
 use crate::policy::{Identity, Policy};
 
@@ -66,13 +67,17 @@ impl SocksServer {
                 "principal {principal:?} is not a user name"
             )));
         };
-        let identity = policy
-            .users()
-            .and_then(|u| u.identity(&name))
-            .unwrap_or(Identity {
-                name,
-                groups: Vec::new(),
-            });
+        let identity = match Box::pin(policy.kerberos_identity(name)).await {
+            Ok(id) => id,
+            Err(e) => {
+                // Not charged: the ticket was good. Never let in without the groups.
+                tracing::info!(%client, %principal, error = %e, "SOCKS GSSAPI login refused");
+                return Err(match e {
+                    DirectoryError::Busy => SocksError::LoginBusy,
+                    DirectoryError::Unavailable(_) => SocksError::LoginUnavailable,
+                });
+            }
+        };
         charge(logins, client, Some(identity.clone()))?;
         self.protection(c, ctx, lp.gssapi_protection).await?;
         tracing::debug!(%client, %principal, user = %identity.name, "SOCKS GSSAPI login");

@@ -115,10 +115,6 @@ pub enum SocksError {
     Parent(#[from] ParentError),
     #[error("GSSAPI: {0}")]
     Gssapi(String),
-    #[error(
-        "UDP ASSOCIATE on a GSSAPI-protected session (datagram encapsulation is not supported)"
-    )]
-    UdpProtected,
     #[error("{0}")]
     Io(#[from] io::Error),
     /// Through a tunnel agent: what the agent (or the relay, without one) answered.
@@ -155,7 +151,6 @@ impl SocksError {
             | SocksError::Limit(_) => Reply::NotAllowed,
             SocksError::Parent(e) => Reply::from_code(e.socks_reply()),
             SocksError::Gssapi(_) => Reply::NotAllowed,
-            SocksError::UdpProtected => Reply::CommandNotSupported,
             SocksError::Io(e) => io_reply(e),
             SocksError::Tunnel(e) => Reply::from_code(e.socks_reply()),
             SocksError::AgentUnsupported(_) => Reply::CommandNotSupported,
@@ -190,7 +185,6 @@ impl SocksError {
             SocksError::Limit(e) => e.kind(),
             SocksError::Parent(e) => e.proxy_status_kind(),
             SocksError::Gssapi(_) => "gssapi_failed",
-            SocksError::UdpProtected => "udp_protected",
             SocksError::Io(_) => "io_error",
             SocksError::Tunnel(e) => e.as_str(),
             SocksError::AgentUnsupported(_) => "command_not_supported",

@@ -332,9 +332,7 @@ impl SocksServer {
         match admitted {
             Admitted::Connect(allowed) => self.connect(c, s, &req.target, allowed).await,
             Admitted::Bind(expected) => Box::pin(bind::run(self, c, s, req, expected)).await,
-            // RFC 1961 section 6 datagram encapsulation is not implemented: refused, not
-            // carried in the clear.
-            Admitted::Udp if c.sealed.is_some() => Err(SocksError::UdpProtected),
+            // On a protected GSSAPI session the datagrams are wrapped (RFC 1961 section 5).
             Admitted::Udp => Box::pin(udp::run(self, c, s, req)).await,
             Admitted::Agent(agent) => Box::pin(self.connect_agent(c, s, &req.target, &agent)).await,
             Admitted::AgentUdp(agent) => {
@@ -383,14 +381,22 @@ impl SocksServer {
         c.buf = bytes::BytesMut::new();
         let user = s.request.as_ref().and_then(|r| r.logged_in());
         let t = self.svc.limits.throttles(c.peer.ip(), user);
-        let (end, stats) = relay::relay_limited(
-            &mut c.stream,
-            &mut opened.stream,
-            self.cfg.idle_timeout,
-            t.up,
-            t.down,
-        )
-        .await;
+        let idle = self.cfg.idle_timeout;
+        let (end, stats) = match c.sealed.take() {
+            // RFC 1961: the stream to the agent is unwrapped, what comes back wrapped.
+            Some(mut sealed) => {
+                let relay = crate::kerberos::socks::relay_sealed(
+                    &mut c.stream,
+                    &mut opened.stream,
+                    &mut sealed,
+                    idle,
+                );
+                Box::pin(relay).await
+            }
+            None => {
+                relay::relay_limited(&mut c.stream, &mut opened.stream, idle, t.up, t.down).await
+            }
+        };
         s.relayed_in += stats.a_to_b;
         s.relayed_out += stats.b_to_a;
         opened.count(stats.a_to_b, stats.b_to_a);

@@ -18,9 +18,16 @@
 //! - Every datagram's destination is checked by the policy (protocol `socks-udp`) against the
 //!   address it is sent to; a denied one (or one a rule routes to parents, which cannot carry
 //!   UDP) is dropped and counted.
+//! - On a GSSAPI session with integrity or confidentiality (RFC 1961 section 5), every
+//!   datagram between the client and the relay is one `[1, 3, len, gss_wrap(header + data)]`
+//!   message at the negotiated level. A datagram that is not one, is below the level, or fails
+//!   gss_unwrap is dropped and counted; the port is learned only from one that unwraps, so a
+//!   forged datagram cannot take the association. The destination side stays plain UDP.
 //! - The association ends when its TCP control connection closes, after `udp_idle_timeout`
-//!   with no datagram either way, or on shutdown.
+//!   with no datagram either way, or on shutdown. Every dropped datagram counts in
+//!   `gatehouse_socks_udp_dropped_total` by reason.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
@@ -34,6 +41,7 @@ use super::codec::{self, Target};
 use super::reply::{Reply, SocksError};
 use super::server::{Session, SocksRequest, SocksServer};
 use crate::config::UdpFilter;
+use crate::kerberos::socks::{Sealed, SealedError};
 
 /// Largest UDP payload plus room for a header.
 const DATAGRAM: usize = 64 * 1024 + 300;
@@ -57,15 +65,60 @@ impl ClientFilter {
 
     /// Whether `from` is the client; learns the port from the first accepted datagram.
     pub fn accept(&mut self, from: SocketAddr) -> bool {
-        if from.ip().to_canonical() != self.ip {
-            return false;
+        let ok = self.admits(from);
+        if ok {
+            self.learn(from);
         }
-        match self.port {
-            Some(p) => p == from.port(),
-            None => {
-                self.port = Some(from.port());
-                true
-            }
+        ok
+    }
+
+    /// Whether `from` may be the client: its IP, and its port once known. Learns nothing.
+    pub fn admits(&self, from: SocketAddr) -> bool {
+        from.ip().to_canonical() == self.ip && self.port.is_none_or(|p| p == from.port())
+    }
+
+    /// A datagram from `from` proved to be the client's (it unwrapped): its port is held
+    /// from now on, if none was yet.
+    pub fn learn(&mut self, from: SocketAddr) {
+        if self.admits(from) {
+            self.port.get_or_insert(from.port());
+        }
+    }
+}
+
+/// A datagram from the client as the SOCKS UDP header and data: as it came, or unwrapped on a
+/// protected session.
+pub(super) fn unseal<'a>(
+    sealed: Option<&mut Sealed>,
+    datagram: &'a [u8],
+) -> Result<Cow<'a, [u8]>, SealedError> {
+    match sealed {
+        None => Ok(Cow::Borrowed(datagram)),
+        Some(s) => s.open_datagram(datagram).map(Cow::Owned),
+    }
+}
+
+/// The drop reason of a reply that could not be wrapped.
+pub(super) fn seal_drop_reason(e: &SealedError) -> &'static str {
+    match e {
+        SealedError::TooLarge => "too_large",
+        _ => "gssapi",
+    }
+}
+
+/// A SOCKS UDP header and data for the client: as they are, or wrapped (into `scratch`) on a
+/// protected session.
+pub(super) fn seal<'a>(
+    sealed: Option<&mut Sealed>,
+    plain: &'a [u8],
+    scratch: &'a mut Vec<u8>,
+) -> Result<&'a [u8], SealedError> {
+    match sealed {
+        None => Ok(plain),
+        Some(s) => {
+            scratch.clear();
+            s.seal_datagram(plain, scratch)?;
+            Ok(scratch)
         }
     }
 }
@@ -176,7 +229,9 @@ where
     let mut from_v4 = vec![0u8; DATAGRAM];
     let mut from_v6 = vec![0u8; DATAGRAM];
     let mut wrapped = Vec::with_capacity(DATAGRAM);
+    let mut sealed_out = Vec::new();
     let idle = srv.cfg.udp_idle_timeout;
+    let metrics = &srv.svc.metrics;
     let deadline = tokio::time::sleep(idle);
     tokio::pin!(deadline);
     loop {
@@ -190,19 +245,35 @@ where
             }
             r = relay.recv_from(&mut from_client) => {
                 let (n, from) = r?;
-                if !filter.accept(from) {
+                if !filter.admits(from) {
                     tracing::debug!(%from, "UDP datagram from a foreign address dropped");
+                    metrics.socks_udp_drop("foreign");
                     continue;
                 }
+                let datagram = match unseal(c.sealed.as_deref_mut(), &from_client[..n]) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        s.udp_dropped += 1;
+                        metrics.socks_udp_drop("gssapi");
+                        tracing::debug!(client = %c.peer, %from, error = %e, "protected UDP datagram dropped");
+                        continue;
+                    }
+                };
+                filter.learn(from);
                 client_addr = Some(from);
-                let Ok((header, used)) = codec::decode_udp(&from_client[..n]) else { continue };
+                let Ok((header, used)) = codec::decode_udp(&datagram) else {
+                    metrics.socks_udp_drop("malformed");
+                    continue;
+                };
                 if header.frag != 0 {
+                    metrics.socks_udp_drop("fragment");
                     continue;
                 }
                 let dest = match srv.udp_destination(s, req, &header.target, &mut names).await {
                     Ok(a) => a,
                     Err(why) => {
                         s.udp_dropped += 1;
+                        metrics.socks_udp_drop("policy");
                         tracing::debug!(
                             client = %c.peer,
                             target = %header.target,
@@ -212,7 +283,7 @@ where
                         continue;
                     }
                 };
-                let payload = &from_client[used..n];
+                let payload = &datagram[used..];
                 if let Ok(sock) = out.socket(dest).await {
                     replies.sent(dest.ip());
                     if sock.send_to(payload, dest).await.is_ok() {
@@ -227,7 +298,8 @@ where
                         tracing::debug!(%from, "UDP reply from an address the client never sent to dropped");
                         continue;
                     }
-                    if forward_back(&relay, &mut wrapped, from, &from_v4[..n], to).await {
+                    let back = Back { relay: &relay, to, buf: &mut wrapped, sealed_out: &mut sealed_out };
+                    if back.send(c.sealed.as_deref_mut(), from, &from_v4[..n], metrics).await {
                         s.relayed_out += n as u64;
                         deadline.as_mut().reset(Instant::now() + idle);
                     }
@@ -239,7 +311,8 @@ where
                         tracing::debug!(%from, "UDP reply from an address the client never sent to dropped");
                         continue;
                     }
-                    if forward_back(&relay, &mut wrapped, from, &from_v6[..n], to).await {
+                    let back = Back { relay: &relay, to, buf: &mut wrapped, sealed_out: &mut sealed_out };
+                    if back.send(c.sealed.as_deref_mut(), from, &from_v6[..n], metrics).await {
                         s.relayed_out += n as u64;
                         deadline.as_mut().reset(Instant::now() + idle);
                     }
@@ -254,18 +327,37 @@ where
     }
 }
 
-/// Wraps a remote's datagram in a header naming its source and sends it to the client.
-async fn forward_back(
-    relay: &UdpSocket,
-    buf: &mut Vec<u8>,
-    from: SocketAddr,
-    payload: &[u8],
+/// Where replies go: the relay socket, the client's address, and buffers reused per datagram.
+struct Back<'a> {
+    relay: &'a UdpSocket,
     to: SocketAddr,
-) -> bool {
-    buf.clear();
-    let from = SocketAddr::new(from.ip().to_canonical(), from.port());
-    codec::encode_udp(&Target::ip(from), payload, buf);
-    relay.send_to(buf, to).await.is_ok()
+    buf: &'a mut Vec<u8>,
+    sealed_out: &'a mut Vec<u8>,
+}
+
+impl Back<'_> {
+    /// Puts a remote's datagram in a header naming its source (wrapped on a protected
+    /// session) and sends it to the client: whether it was sent. One that cannot be wrapped
+    /// (too large for one datagram) is dropped and counted.
+    async fn send(
+        self,
+        sealed: Option<&mut Sealed>,
+        from: SocketAddr,
+        payload: &[u8],
+        metrics: &crate::metrics::Metrics,
+    ) -> bool {
+        self.buf.clear();
+        let from = SocketAddr::new(from.ip().to_canonical(), from.port());
+        codec::encode_udp(&Target::ip(from), payload, self.buf);
+        match seal(sealed, self.buf, self.sealed_out) {
+            Ok(out) => self.relay.send_to(out, self.to).await.is_ok(),
+            Err(e) => {
+                metrics.socks_udp_drop(seal_drop_reason(&e));
+                tracing::debug!(%from, to = %self.to, error = %e, "UDP reply dropped");
+                false
+            }
+        }
+    }
 }
 
 /// Outbound sockets, one per address family, opened on first use.
@@ -366,6 +458,26 @@ mod tests {
         }
         assert!(c.entries.len() <= NAMES);
         assert!(c.get("n99.example", now + Duration::from_secs(1)).is_some());
+    }
+
+    #[test]
+    fn filter_admits_without_learning() {
+        let mut f = ClientFilter::new("127.0.0.1".parse().expect("ip"), 0);
+        assert!(
+            f.admits(a("127.0.0.1:5000")),
+            "any port until one is learned"
+        );
+        assert!(f.admits(a("127.0.0.1:5001")), "admitting taught nothing");
+        assert!(!f.admits(a("127.0.0.2:5000")));
+        f.learn(a("127.0.0.2:6000"));
+        assert!(f.admits(a("127.0.0.1:5001")), "another IP teaches nothing");
+        f.learn(a("127.0.0.1:5001"));
+        assert!(!f.admits(a("127.0.0.1:5000")));
+        f.learn(a("127.0.0.1:5000"));
+        assert!(
+            f.admits(a("127.0.0.1:5001")) && !f.admits(a("127.0.0.1:5000")),
+            "the first learned port holds"
+        );
     }
 
     #[test]

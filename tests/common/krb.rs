@@ -16,6 +16,8 @@ use std::time::Duration;
 
 pub const REALM: &str = "GATEHOUSE.TEST";
 pub const ALICE_PASSWORD: &str = "alice-Pa55";
+/// `carol`'s tickets live three seconds (the test realm's clock skew allowance is one).
+pub const CAROL_PASSWORD: &str = "carol-Pa55";
 
 const PROGRAMS: [&str; 4] = [
     "/usr/sbin/krb5kdc",
@@ -42,7 +44,8 @@ impl Realm {
         }
     }
 
-    /// Creates the realm with `alice` (password [`ALICE_PASSWORD`]) and the services
+    /// Creates the realm with `alice` (password [`ALICE_PASSWORD`]), `bob`, `carol` (tickets
+    /// of three seconds, [`CAROL_PASSWORD`]) and the services
     /// `HTTP/localhost`, `rcmd/localhost` (in [`Realm::keytab`]) and `host/localhost` (not in
     /// it: a ticket the proxy cannot read), starts the KDC and waits until it serves.
     pub fn start() -> Result<Realm, String> {
@@ -69,6 +72,8 @@ impl Realm {
         for q in [
             format!("addprinc -pw {ALICE_PASSWORD} alice"),
             "addprinc -pw bob-Pa55 bob".to_string(),
+            // Tickets that expire three seconds after they are issued.
+            format!("addprinc -pw {CAROL_PASSWORD} -maxlife \"3 seconds\" carol"),
             "addprinc -randkey HTTP/localhost".to_string(),
             "addprinc -randkey rcmd/localhost".to_string(),
             "addprinc -randkey host/localhost".to_string(),
@@ -232,6 +237,7 @@ fn krb5_conf(port: u16) -> String {
     udp_preference_limit = 1
     forwardable = false
     ticket_lifetime = 1h
+    clockskew = 1
 
 [realms]
     {REALM} = {{
