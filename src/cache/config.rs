@@ -9,6 +9,7 @@
 //! max_object_size = "8MiB"
 //! methods = ["GET", "HEAD"]
 //! stale_if_unreachable = false
+//! targeted_fields = ["Gatehouse-Cache-Control", "CDN-Cache-Control"]
 //! ```
 
 use std::path::PathBuf;
@@ -30,6 +31,19 @@ pub struct CacheConfig {
     /// Serve a stale response when the origin cannot be reached or closes the connection
     /// (RFC 9111 section 4.2.4), unless a directive forbids it.
     pub stale_if_unreachable: bool,
+    /// RFC 9213 target list of the reverse proxy's cached routes (lower case, most
+    /// applicable first). The forward proxy reads Cache-Control only.
+    pub targeted_fields: Vec<String>,
+}
+
+/// The default target list: our own field, then CDN-Cache-Control.
+pub const DEFAULT_TARGETED_FIELDS: &[&str] = &["gatehouse-cache-control", "cdn-cache-control"];
+
+fn default_targets() -> Vec<String> {
+    DEFAULT_TARGETED_FIELDS
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
 }
 
 pub const DEFAULT_MEMORY_SIZE: u64 = 64 << 20;
@@ -47,6 +61,7 @@ impl Default for CacheConfig {
             max_object_size: DEFAULT_MAX_OBJECT_SIZE,
             head: true,
             stale_if_unreachable: false,
+            targeted_fields: default_targets(),
         }
     }
 }
@@ -108,6 +123,17 @@ pub(crate) fn read_cache(s: &Section<'_>) -> CacheConfig {
         );
     }
     let stale_if_unreachable = s.bool("stale_if_unreachable", false);
+    let targeted_fields = s
+        .array("targeted_fields", "a response field name", |v| {
+            let name = v.as_str().ok_or("not a string")?;
+            crate::policy::headers::check_name(name)?;
+            let name = name.to_ascii_lowercase();
+            if matches!(name.as_str(), "cache-control" | "expires" | "pragma") {
+                return Err("names a field the cache reads anyway".into());
+            }
+            Ok(name)
+        })
+        .unwrap_or_else(default_targets);
     s.finish();
     CacheConfig {
         enabled,
@@ -117,6 +143,7 @@ pub(crate) fn read_cache(s: &Section<'_>) -> CacheConfig {
         max_object_size,
         head: methods.iter().any(|m| m == "HEAD"),
         stale_if_unreachable,
+        targeted_fields,
     }
 }
 
@@ -151,7 +178,8 @@ mod tests {
     fn every_key() {
         let (c, errs) = read(
             "[cache]\nenabled = true\nmemory_size = \"16MiB\"\ndisk_dir = \"/tmp/gh\"\ndisk_size = \"2GiB\"\n\
-             max_object_size = \"1MiB\"\nmethods = [\"GET\"]\nstale_if_unreachable = true\n",
+             max_object_size = \"1MiB\"\nmethods = [\"GET\"]\nstale_if_unreachable = true\n\
+             targeted_fields = [\"Acme-Cache-Control\"]\n",
         );
         assert!(errs.is_empty(), "{errs:?}");
         assert_eq!(c.memory_size, 16 << 20);
@@ -160,6 +188,11 @@ mod tests {
         assert_eq!(c.max_object_size, 1 << 20);
         assert!(!c.head && !c.handles("HEAD"));
         assert!(c.stale_if_unreachable && !CacheConfig::default().stale_if_unreachable);
+        assert_eq!(c.targeted_fields, ["acme-cache-control"]);
+        assert_eq!(
+            CacheConfig::default().targeted_fields,
+            ["gatehouse-cache-control", "cdn-cache-control"]
+        );
     }
 
     #[test]
@@ -172,7 +205,8 @@ mod tests {
     #[test]
     fn bad_values_are_all_reported() {
         let (_, errs) = read(
-            "[cache]\nmemory_size = \"lots\"\ndisk_size = \"1GiB\"\nmax_object_size = 0\nmethods = [\"POST\", 3]\ncolour = 1\n",
+            "[cache]\nmemory_size = \"lots\"\ndisk_size = \"1GiB\"\nmax_object_size = 0\nmethods = [\"POST\", 3]\ncolour = 1\n\
+             targeted_fields = [\"Cache-Control\", \"a b\"]\n",
         );
         let joined = errs.join("\n");
         for needle in [
@@ -181,6 +215,8 @@ mod tests {
             "cache.max_object_size: must be larger than 0",
             "cache.methods[0]",
             "cache.methods[1]",
+            "cache.targeted_fields[0]",
+            "cache.targeted_fields[1]",
             "cache.colour: unknown key",
         ] {
             assert!(joined.contains(needle), "missing {needle:?} in:\n{joined}");

@@ -1,4 +1,5 @@
 use super::*;
+use crate::cache::key::primary_key;
 use crate::cache::testutil::{date, req, resp, t};
 
 const URL: &str = "http://origin.test/page";
@@ -534,4 +535,121 @@ fn a_follower_obeys_the_same_reuse_rules_as_a_hit() {
     ] {
         assert_eq!(c.follower(&get(&[h]), &fresh, t(1)), Follow::Whole, "{h:?}");
     }
+}
+
+fn reverse_profile() -> Arc<Profile> {
+    Arc::new(Profile {
+        targets: CacheConfig::default().targeted_fields,
+        ..Profile::default()
+    })
+}
+
+/// A miss stored under `p`, the response received at t(0).
+async fn fill_in(c: &Cache, p: &Arc<Profile>, rq: &RequestHead, rs: &ResponseHead) -> bool {
+    match c.lookup_in(rq, p, t(0)).await {
+        Lookup::Miss { key, .. } => {
+            c.storable_in(rq, rs, p).is_ok()
+                && c.store_in(&key, rq, rs, Bytes::from("x"), at(c, &key, 0), p)
+                    .await
+                    .finish()
+                    .await
+        }
+        other => panic!("expected a miss, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_targeted_field_decides_for_the_reverse_profile_only() {
+    let rs = resp(
+        200,
+        &[
+            ("Date", &date(0)),
+            ("Cache-Control", "no-store"),
+            ("CDN-Cache-Control", "max-age=60"),
+        ],
+    );
+    let fwd = cache();
+    assert!(
+        !fill(&fwd, &get(&[]), &rs, "x").await,
+        "the forward proxy obeys no-store"
+    );
+    let c = cache();
+    let p = reverse_profile();
+    assert!(fill_in(&c, &p, &get(&[]), &rs).await);
+    let s = hit(c.lookup_in(&get(&[]), &p, t(30)).await);
+    assert_eq!(s.status.ttl, Some(30));
+    assert!(matches!(
+        c.lookup_in(&get(&[]), &p, t(61)).await,
+        Lookup::Revalidate(_)
+    ));
+    // The same entry read by the forward proxy: Cache-Control says no-store... and the
+    // stored response is stale at once for it (no explicit freshness it can use).
+    assert!(!matches!(c.lookup(&get(&[]), t(1)).await, Lookup::Hit(_)));
+
+    // The targeted field can forbid what Cache-Control allows.
+    let rs = resp(
+        200,
+        &[
+            ("Date", &date(0)),
+            ("Cache-Control", "max-age=600"),
+            ("Gatehouse-Cache-Control", "no-store"),
+            ("CDN-Cache-Control", "max-age=60"),
+        ],
+    );
+    let c = cache();
+    assert!(
+        !fill_in(&c, &p, &get(&[]), &rs).await,
+        "our own field comes first"
+    );
+    // An invalid own field is ignored: CDN-Cache-Control is next.
+    let rs = resp(
+        200,
+        &[
+            ("Date", &date(0)),
+            ("Cache-Control", "no-store"),
+            ("Gatehouse-Cache-Control", "max-age=\"60"),
+            ("CDN-Cache-Control", "max-age=60, stale-while-revalidate=30"),
+        ],
+    );
+    assert!(fill_in(&c, &p, &get(&[]), &rs).await);
+    assert!(matches!(
+        c.lookup_in(&get(&[]), &p, t(70)).await,
+        Lookup::StaleWhileRevalidate { .. }
+    ));
+}
+
+#[tokio::test]
+async fn route_key_fields_make_separate_variants() {
+    let p = Arc::new(Profile {
+        ignore_query: crate::cache::profile::IgnoreQuery::Names(vec!["utm_*".into()]),
+        key_cookies: vec!["lang".into()],
+        ..Profile::default()
+    });
+    let c = cache();
+    let en = req(
+        "GET",
+        "http://origin.test/p?utm_source=a",
+        &[("Cookie", "lang=en")],
+    );
+    assert!(fill_in(&c, &p, &en, &fresh60()).await);
+    let same = req(
+        "GET",
+        "http://origin.test/p?utm_source=b",
+        &[("Cookie", "lang=en; x=1")],
+    );
+    hit(c.lookup_in(&same, &p, t(1)).await);
+    let de = req("GET", "http://origin.test/p", &[("Cookie", "lang=de")]);
+    assert!(matches!(
+        c.lookup_in(&de, &p, t(1)).await,
+        Lookup::Miss { .. }
+    ));
+    // The forward proxy keys on the whole URL: no entry for the utm_ URL.
+    assert!(matches!(c.lookup(&same, t(1)).await, Lookup::Miss { .. }));
+    // An unsafe method on any spelling of the URL drops every variant.
+    let post = req("POST", "http://origin.test/p?utm_medium=z", &[]);
+    assert_eq!(c.invalidate_in(&post, &resp(204, &[]), &p).await, 1);
+    assert!(matches!(
+        c.lookup_in(&same, &p, t(2)).await,
+        Lookup::Miss { .. }
+    ));
 }

@@ -54,7 +54,18 @@ impl Entry {
     /// response (as determined by the Date header field) is used". Variants are kept most
     /// recent first, so the first match wins.
     pub fn select(&self, req: &Headers) -> Option<&Arc<StoredResponse>> {
-        self.variants.iter().find(|v| vary::matches(&v.vary, req))
+        self.select_where(req, |_| true)
+    }
+
+    /// [`Entry::select`] among the variants `usable` accepts.
+    pub fn select_where(
+        &self,
+        req: &Headers,
+        usable: impl Fn(&StoredResponse) -> bool,
+    ) -> Option<&Arc<StoredResponse>> {
+        self.variants
+            .iter()
+            .find(|v| usable(v) && vary::matches(&v.vary, req))
     }
 
     /// This entry with `new` added in front, replacing any variant with the same secondary

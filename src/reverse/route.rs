@@ -189,6 +189,7 @@ mod tests {
             request_headers: Default::default(),
             response_headers: Default::default(),
             cache: false,
+            cache_key: Default::default(),
             retry_body_bytes: 0,
         }
     }
