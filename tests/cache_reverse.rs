@@ -17,8 +17,13 @@ fn config(origin: SocketAddr, route: &str, extra: &str) -> String {
         "{}[[listeners]]\nname = \"rev\"\nkind = \"reverse\"\nlisten = \"127.0.0.1:0\"\n\
          [[listeners.hosts]]\nnames = [\"app.test\"]\n[[listeners.hosts.routes]]\npool = \"p\"\n\
          cache = true\n{route}\n[[pools]]\nname = \"p\"\n[[pools.servers]]\naddress = \"{origin}\"\n\
-         [cache]\nmemory_size = \"8MiB\"\n{extra}\n",
+         [cache]\n{memory}{extra}\n",
         http_listener("fwd", "cache = true"),
+        memory = if extra.contains("memory_size") {
+            ""
+        } else {
+            "memory_size = \"8MiB\"\n"
+        },
     )
 }
 
@@ -240,4 +245,119 @@ async fn without_a_cache_key_the_query_and_cookies_are_as_before() {
     assert_ne!(body(&a), body(&b), "every parameter counts");
     assert_eq!(body(&a), body(&c), "cookies do not");
     assert_eq!(origin.seen().len(), 2);
+}
+
+const ADMIN: &str = "[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"test-admin-token\"\n";
+
+/// `POST /cache/purge?<query>` with the token: status and body.
+async fn purge(gh: &Gatehouse, query: &str) -> (u16, String) {
+    let r = reqwest::Client::new()
+        .post(format!("http://{}/cache/purge?{query}", gh.addr("admin")))
+        .bearer_auth("test-admin-token")
+        .send()
+        .await
+        .expect("purge request");
+    (
+        r.status().as_u16(),
+        r.text().await.expect("body").trim().to_string(),
+    )
+}
+
+/// An origin tagging `/a` (`product-1 all`) and `/b` (`product-2 all`), `/c` untagged, with
+/// a long stale-while-revalidate window; bodies are numbered.
+async fn tagging_origin(field: &'static str, a: &'static str, b: &'static str) -> Origin {
+    numbered(move |s: &Seen, n| {
+        let cc = ("Cache-Control", "max-age=60, stale-while-revalidate=600");
+        let fields: Vec<(&str, &str)> = match s.uri.as_str() {
+            "/a" => vec![cc, (field, a)],
+            "/b" => vec![cc, (field, b)],
+            _ => vec![cc],
+        };
+        response(200, &fields, format!("body {n}"))
+    })
+    .await
+}
+
+async fn purge_by_tag_on(tiers: &str) {
+    let origin = tagging_origin("Surrogate-Key", "product-1 all", "product-2 all").await;
+    let gh = Gatehouse::start(&format!("{}{ADMIN}", config(origin.addr, "", tiers)));
+    for p in ["/a", "/b", "/c"] {
+        let r = get(&gh, p, "").await;
+        assert_eq!(header(&r, "Surrogate-Key"), None, "removed by default: {r}");
+    }
+    assert_eq!(
+        purge(&gh, "tag=product-1").await,
+        (200, "1".into()),
+        "{tiers}"
+    );
+    get(&gh, "/a", "").await;
+    get(&gh, "/b", "").await;
+    assert_eq!((origin.count("/a"), origin.count("/b")), (2, 1), "{tiers}");
+    // Soft: /a and /b stay, stale: served at once (stale-while-revalidate), not refetched.
+    assert_eq!(
+        purge(&gh, "tag=all&soft=1").await,
+        (200, "2".into()),
+        "{tiers}"
+    );
+    let r = get(&gh, "/b", "").await;
+    assert_eq!(body(&r), "body 2", "{r}");
+    let status = header(&r, "Cache-Status").unwrap_or_default();
+    assert!(status.contains("stale-while-revalidate"), "{tiers}: {r}");
+    assert_eq!(origin.count("/b"), 1);
+    get(&gh, "/c", "").await;
+    assert_eq!(origin.count("/c"), 1, "untagged: untouched");
+    // Hard purge by prefix removes what soft purge kept.
+    assert_eq!(purge(&gh, "prefix=http://app.test/b").await.0, 200);
+    get(&gh, "/b", "").await;
+    assert_eq!(origin.count("/b"), 2, "{tiers}");
+    assert_eq!(purge(&gh, "tag=x&url=http://app.test/a").await.0, 400);
+    assert_eq!(purge(&gh, "tag=x&soft=maybe").await.0, 400);
+}
+
+#[tokio::test]
+async fn purge_by_tag_memory_tier() {
+    purge_by_tag_on("").await;
+}
+
+#[tokio::test]
+async fn purge_by_tag_disk_tier() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let tiers = format!(
+        "memory_size = 0\ndisk_dir = \"{}\"\ndisk_size = \"8MiB\"\nmax_object_size = \"1MiB\"",
+        dir.path().display()
+    );
+    purge_by_tag_on(&format!("{tiers}\n")).await;
+}
+
+#[tokio::test]
+async fn cache_tag_style_soft_purge_by_prefix_and_kept_tags() {
+    let origin = tagging_origin("Cache-Tag", "Product-1,all", "Product-2, all").await;
+    let gh = Gatehouse::start(&format!(
+        "{}{ADMIN}",
+        config(origin.addr, "", "tag_header = \"Cache-Tag\"").replace(
+            "kind = \"reverse\"\n",
+            "kind = \"reverse\"\nstrip_cache_tags = false\n"
+        )
+    ));
+    let r = get(&gh, "/a", "").await;
+    assert_eq!(header(&r, "Cache-Tag"), Some("Product-1,all"), "kept: {r}");
+    get(&gh, "/b", "").await;
+    assert_eq!(
+        purge(&gh, "tag=product-1").await.1,
+        "0",
+        "tags compare exactly"
+    );
+    assert_eq!(purge(&gh, "tag=Product-2").await.1, "1");
+    assert_eq!(purge(&gh, "prefix=http://app.test/&soft=true").await.1, "1");
+    let r = get(&gh, "/a", "").await;
+    assert!(
+        header(&r, "Cache-Status").is_some_and(|s| s.contains("stale-while-revalidate")),
+        "{r}"
+    );
+    assert_eq!(
+        header(&r, "Cache-Tag"),
+        Some("Product-1,all"),
+        "hits keep it too"
+    );
+    assert_eq!(origin.count("/a"), 1);
 }

@@ -34,6 +34,9 @@ pub struct CacheConfig {
     /// RFC 9213 target list of the reverse proxy's cached routes (lower case, most
     /// applicable first). The forward proxy reads Cache-Control only.
     pub targeted_fields: Vec<String>,
+    /// The response field naming a response's tags (lower case); `None`: no tags.
+    pub tag_header: Option<String>,
+    pub tag_separator: super::tags::Separator,
 }
 
 /// The default target list: our own field, then CDN-Cache-Control.
@@ -62,6 +65,8 @@ impl Default for CacheConfig {
             head: true,
             stale_if_unreachable: false,
             targeted_fields: default_targets(),
+            tag_header: Some("surrogate-key".into()),
+            tag_separator: super::tags::Separator::Space,
         }
     }
 }
@@ -134,6 +139,29 @@ pub(crate) fn read_cache(s: &Section<'_>) -> CacheConfig {
             Ok(name)
         })
         .unwrap_or_else(default_targets);
+    let tag_header = match s.string("tag_header") {
+        None => Some("surrogate-key".to_string()),
+        Some(n) if n.is_empty() => None,
+        Some(n) => {
+            if let Err(e) = crate::policy::headers::check_name(&n) {
+                s.error_at("tag_header", e);
+            }
+            Some(n.to_ascii_lowercase())
+        }
+    };
+    use super::tags::Separator;
+    let tag_separator = match s.string("tag_separator").as_deref() {
+        None if tag_header.as_deref() == Some("cache-tag") => Separator::Comma,
+        None | Some("space") => Separator::Space,
+        Some("comma") => Separator::Comma,
+        Some(other) => {
+            s.error_at(
+                "tag_separator",
+                format!("unknown value {other:?}; expected \"space\" or \"comma\""),
+            );
+            Separator::Space
+        }
+    };
     s.finish();
     CacheConfig {
         enabled,
@@ -144,6 +172,8 @@ pub(crate) fn read_cache(s: &Section<'_>) -> CacheConfig {
         head: methods.iter().any(|m| m == "HEAD"),
         stale_if_unreachable,
         targeted_fields,
+        tag_header,
+        tag_separator,
     }
 }
 
@@ -179,7 +209,7 @@ mod tests {
         let (c, errs) = read(
             "[cache]\nenabled = true\nmemory_size = \"16MiB\"\ndisk_dir = \"/tmp/gh\"\ndisk_size = \"2GiB\"\n\
              max_object_size = \"1MiB\"\nmethods = [\"GET\"]\nstale_if_unreachable = true\n\
-             targeted_fields = [\"Acme-Cache-Control\"]\n",
+             targeted_fields = [\"Acme-Cache-Control\"]\ntag_header = \"Cache-Tag\"\n",
         );
         assert!(errs.is_empty(), "{errs:?}");
         assert_eq!(c.memory_size, 16 << 20);
@@ -189,6 +219,10 @@ mod tests {
         assert!(!c.head && !c.handles("HEAD"));
         assert!(c.stale_if_unreachable && !CacheConfig::default().stale_if_unreachable);
         assert_eq!(c.targeted_fields, ["acme-cache-control"]);
+        assert_eq!(c.tag_header.as_deref(), Some("cache-tag"));
+        assert_eq!(c.tag_separator, crate::cache::tags::Separator::Comma);
+        let (c, _) = read("[cache]\ntag_header = \"\"\n");
+        assert_eq!(c.tag_header, None);
         assert_eq!(
             CacheConfig::default().targeted_fields,
             ["gatehouse-cache-control", "cdn-cache-control"]

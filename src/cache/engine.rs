@@ -168,8 +168,11 @@ impl Store<'_> {
         if let Some(disk) = &cache.disk {
             let (gens, key, generation) =
                 (cache.generations.clone(), self.key.clone(), self.generation);
+            let tags = cache.entry_tags(&entry);
             match disk
-                .put_if(&self.key, entry, move || gens.current(&key) == generation)
+                .put_if(&self.key, entry, tags, move || {
+                    gens.current(&key) == generation
+                })
                 .await
             {
                 Ok(()) => ok = true,
@@ -441,6 +444,7 @@ impl Cache {
             request_time: fetch.request_time,
             response_time: fetch.response_time,
             vary,
+            stale_since: None,
         });
         self.put(key, stored, fetch.generation).await
     }
@@ -449,6 +453,12 @@ impl Cache {
     /// unless the key's generation moved on since `generation`.
     async fn put(&self, key: &str, stored: Arc<StoredResponse>, generation: u64) -> Store<'_> {
         let entry = Arc::new(self.get(key).await.unwrap_or_default().with(stored));
+        self.put_entry(key, entry, generation)
+    }
+
+    /// Makes `entry` visible at once as the key's entry, unless the key's generation moved
+    /// on since `generation`.
+    fn put_entry(&self, key: &str, entry: Arc<Entry>, generation: u64) -> Store<'_> {
         let mut store = Store {
             cache: self,
             key: key.to_string(),
@@ -508,6 +518,7 @@ impl Cache {
             body: reval.stored.body.clone(),
             request_time,
             response_time,
+            stale_since: None,
             vary: reval.stored.vary.clone(),
         };
         let mut status = reval.status.clone();
@@ -562,6 +573,7 @@ impl Cache {
             head: merged,
             body: reval.stored.body.clone(),
             request_time: fetch.request_time,
+            stale_since: None,
             response_time: fetch.response_time,
             vary: reval.stored.vary.clone(),
         };
@@ -674,15 +686,128 @@ impl Cache {
 
     /// Admin purge of one URL (normalised like a request target). Returns entries removed.
     pub async fn purge(&self, url: &str) -> usize {
+        self.purge_url(url, false, SystemTime::now()).await
+    }
+
+    /// Admin purge of one URL; `soft`: marked stale instead of removed.
+    pub async fn purge_url(&self, url: &str, soft: bool, now: SystemTime) -> usize {
         match key_of_url(url) {
+            Some(key) if soft => usize::from(self.mark_stale(&key, now).await),
             Some(key) => usize::from(self.remove(&key).await),
             None => 0,
         }
     }
 
+    /// The tags of an entry (every variant's), by the `tag_header` setting.
+    fn entry_tags(&self, entry: &Entry) -> Vec<String> {
+        let Some(name) = &self.cfg.tag_header else {
+            return Vec::new();
+        };
+        let mut out: Vec<String> = Vec::new();
+        for v in &entry.variants {
+            for t in super::tags::parse(&v.head.headers, name, self.cfg.tag_separator) {
+                if !out.contains(&t) {
+                    out.push(t);
+                }
+            }
+        }
+        out
+    }
+
+    /// Admin purge of every entry tagged `tag` (in `tag_header`); `soft`: marked stale
+    /// instead of removed. Returns how many entries.
+    pub async fn purge_tag(&self, tag: &str, soft: bool, now: SystemTime) -> usize {
+        let has = |e: &Entry| self.entry_tags(e).iter().any(|t| t == tag);
+        let mut keys: Vec<String> = {
+            let pending = self.lock_pending();
+            // A store that went upstream before this may carry the tag: it is dropped.
+            self.generations.bump_all();
+            pending
+                .entries
+                .iter()
+                .filter(|(_, (_, e))| has(e))
+                .map(|(k, _)| k.clone())
+                .collect()
+        };
+        if let Some(m) = &self.memory {
+            keys.extend(m.keys_where(|_, e| has(e)));
+        }
+        if let Some(d) = &self.disk {
+            keys.extend(d.keys_tagged(tag));
+        }
+        self.purge_keys(keys, soft, now).await
+    }
+
+    async fn purge_keys(&self, mut keys: Vec<String>, soft: bool, now: SystemTime) -> usize {
+        keys.sort();
+        keys.dedup();
+        let mut n = 0;
+        for k in keys {
+            let done = if soft {
+                self.mark_stale(&k, now).await
+            } else {
+                self.remove(&k).await
+            };
+            n += usize::from(done);
+        }
+        n
+    }
+
+    /// Soft purge of one key: every stored variant becomes stale now (a store that went
+    /// upstream before is dropped, as for a removal). It may still be served stale where
+    /// the rules allow (`stale-while-revalidate`, `stale-if-error`) and is revalidated.
+    async fn mark_stale(&self, key: &str, now: SystemTime) -> bool {
+        let generation = {
+            let _pending = self.lock_pending();
+            self.generations.bump(key);
+            self.flights.forget(key);
+            self.generations.current(key)
+        };
+        let Some(entry) = self.get(key).await else {
+            return false;
+        };
+        let variants = entry
+            .variants
+            .iter()
+            .map(|v| match v.stale_since {
+                Some(_) => v.clone(),
+                None => Arc::new(StoredResponse {
+                    stale_since: Some(now),
+                    ..(**v).clone()
+                }),
+            })
+            .collect();
+        let marked = Arc::new(Entry { variants });
+        self.put_entry(key, marked, generation).finish().await
+    }
+
     /// Admin purge of every URL starting with `prefix` (compared with normalised keys, e.g.
     /// `http://example.com/static/`). Returns the largest count any tier removed.
     pub async fn purge_prefix(&self, prefix: &str) -> usize {
+        self.purge_prefix_as(prefix, false, SystemTime::now()).await
+    }
+
+    /// [`Cache::purge_prefix`]; `soft`: marked stale instead of removed (returns how many).
+    pub async fn purge_prefix_as(&self, prefix: &str, soft: bool, now: SystemTime) -> usize {
+        if soft {
+            let mut keys: Vec<String> = {
+                let pending = self.lock_pending();
+                self.generations.bump_all();
+                pending
+                    .entries
+                    .keys()
+                    .filter(|k| k.starts_with(prefix))
+                    .cloned()
+                    .collect()
+            };
+            if let Some(m) = &self.memory {
+                keys.extend(m.keys_where(|k, _| k.starts_with(prefix)));
+            }
+            if let Some(d) = &self.disk {
+                keys.extend(d.keys_prefixed(prefix));
+            }
+            return self.purge_keys(keys, true, now).await;
+        }
         let mut n = {
             let mut pending = self.lock_pending();
             self.generations.bump_all();
@@ -744,8 +869,13 @@ impl Cache {
 fn judge(stored: &StoredResponse, profile: &Profile, now: SystemTime) -> (CacheControl, u64, u64) {
     let decision = profile.decision(&stored.head);
     let cc = CacheControl::from_headers(&decision.headers);
-    let lifetime = freshness_lifetime(&decision, &cc, stored.response_time);
+    let mut lifetime = freshness_lifetime(&decision, &cc, stored.response_time);
     let age = current_age(&stored.head, stored.request_time, stored.response_time, now);
+    if let Some(at) = stored.stale_since {
+        // Soft-purged: stale from then on (its age then is the most it stays fresh).
+        let age_then = current_age(&stored.head, stored.request_time, stored.response_time, at);
+        lifetime = lifetime.min(age_then);
+    }
     (cc, lifetime, age)
 }
 

@@ -653,3 +653,95 @@ async fn route_key_fields_make_separate_variants() {
         Lookup::Miss { .. }
     ));
 }
+
+fn tagged(tags: &str) -> ResponseHead {
+    resp(
+        200,
+        &[
+            ("Date", &date(0)),
+            ("Cache-Control", "max-age=60, stale-while-revalidate=600"),
+            ("Surrogate-Key", tags),
+        ],
+    )
+}
+
+#[tokio::test]
+async fn purge_by_tag_hard_and_soft_on_every_tier() {
+    for i in 0..3 {
+        // A directory of its own per set-up: disk objects must not carry over.
+        let tmp = tempfile::tempdir().expect("tmp");
+        let (name, cfg) = tier_setups(tmp.path()).swap_remove(i);
+        let c = Cache::new(cfg.clone()).expect("cache");
+        let a = req("GET", "http://origin.test/a", &[]);
+        let b = req("GET", "http://origin.test/b", &[]);
+        let z = req("GET", "http://origin.test/z", &[]);
+        assert!(fill(&c, &a, &tagged("product-1 all"), "a").await, "{name}");
+        assert!(fill(&c, &b, &tagged("product-2 all"), "b").await, "{name}");
+        assert!(fill(&c, &z, &fresh60(), "z").await, "{name}");
+        assert_eq!(c.purge_tag("product-1", false, t(10)).await, 1, "{name}");
+        assert!(
+            matches!(c.lookup(&a, t(10)).await, Lookup::Miss { .. }),
+            "{name}"
+        );
+        hit(c.lookup(&b, t(10)).await);
+        // Soft: stale from the purge on, still served stale within its window.
+        assert_eq!(c.purge_tag("all", true, t(10)).await, 1, "{name}");
+        match c.lookup(&b, t(20)).await {
+            Lookup::StaleWhileRevalidate { served, .. } => {
+                assert_eq!(&served.body[..], b"b");
+                assert_eq!(served.status.ttl, Some(-10), "{name}: stale since t(10)");
+            }
+            other => panic!("{name}: {other:?}"),
+        }
+        hit(c.lookup(&z, t(20)).await);
+        assert_eq!(c.purge_tag("nothing", false, t(20)).await, 0);
+        // The disk tier keeps the tags and the soft purge across a restart.
+        if cfg.disk_dir.is_some() {
+            drop(c);
+            let c = Cache::new(cfg).expect("reopen");
+            assert!(matches!(
+                c.lookup(&b, t(20)).await,
+                Lookup::StaleWhileRevalidate { .. }
+            ));
+            assert_eq!(c.purge_tag("product-2", false, t(20)).await, 1, "{name}");
+            assert!(matches!(c.lookup(&b, t(20)).await, Lookup::Miss { .. }));
+        }
+    }
+}
+
+#[tokio::test]
+async fn soft_purge_by_url_and_prefix() {
+    let c = cache();
+    let a = req("GET", "http://origin.test/s/a", &[]);
+    let b = req("GET", "http://origin.test/s/b", &[]);
+    assert!(fill(&c, &a, &fresh60(), "a").await);
+    assert!(fill(&c, &b, &fresh60(), "b").await);
+    assert_eq!(c.purge_url("http://origin.test/s/a", true, t(5)).await, 1);
+    let Lookup::Revalidate(reval) = c.lookup(&a, t(6)).await else {
+        panic!("soft-purged: validated before reuse");
+    };
+    assert!(
+        reval.headers.contains("if-none-match"),
+        "the stored ETag is used"
+    );
+    // A 304 makes it fresh again.
+    let served = c
+        .revalidated(
+            &reval,
+            &a,
+            &resp(304, &[("Date", &date(6))]),
+            t(6),
+            t(6),
+            t(6),
+        )
+        .await
+        .expect("304 matches");
+    assert_eq!(&served.body[..], b"a");
+    hit(c.lookup(&a, t(7)).await);
+    assert_eq!(
+        c.purge_prefix_as("http://origin.test/s/", true, t(8)).await,
+        2
+    );
+    assert!(matches!(c.lookup(&b, t(9)).await, Lookup::Revalidate(_)));
+    assert!(matches!(c.lookup(&a, t(9)).await, Lookup::Revalidate(_)));
+}

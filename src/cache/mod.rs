@@ -27,6 +27,7 @@ pub mod stats;
 pub mod status;
 pub mod storable;
 pub mod store;
+pub mod tags;
 pub mod targeted;
 pub mod validate;
 pub mod vary;

@@ -44,6 +44,8 @@ pub struct Profile {
     pub key_headers: Vec<String>,
     /// Cookies whose values join the key.
     pub key_cookies: Vec<String>,
+    /// The cache-tag field, when it is removed before responses leave (lower case).
+    pub strip_tags: Option<String>,
 }
 
 /// The secondary-key name of a cookie.
@@ -122,6 +124,15 @@ impl Profile {
                 .all(|c| has(&format!("{COOKIE_PREFIX}{c}")))
     }
 
+    /// Removes what this cache consumes from a response on its way out: the targeted
+    /// fields and, when so configured, the cache-tag field.
+    pub fn strip(&self, h: &mut Headers) {
+        targeted::strip(h, &self.targets);
+        if let Some(t) = &self.strip_tags {
+            h.remove(t);
+        }
+    }
+
     /// The head the caching rules read for a response (RFC 9213: a valid targeted field
     /// replaces Cache-Control and Expires).
     pub fn decision<'a>(&self, head: &'a ResponseHead) -> Cow<'a, ResponseHead> {
@@ -173,6 +184,7 @@ mod tests {
             ignore_query: ignore,
             key_headers: headers.iter().map(|s| s.to_string()).collect(),
             key_cookies: cookies.iter().map(|s| s.to_string()).collect(),
+            strip_tags: None,
         }
     }
 

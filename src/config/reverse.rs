@@ -37,6 +37,8 @@ pub struct ReverseListenerConfig {
     pub redirect_https: bool,
     /// The port in those redirects (443: none in the URL).
     pub https_port: u16,
+    /// Remove the cache-tag field (`[cache] tag_header`) from responses.
+    pub strip_cache_tags: bool,
 }
 
 /// The fields that tell the servers who the client is.
@@ -274,6 +276,7 @@ pub(super) fn read_reverse(l: &Section<'_>, pools: &[&str]) -> ReverseListenerCo
         handshake_timeout: l.duration("handshake_timeout", Duration::from_secs(10)),
         redirect_https,
         https_port: l.uint("https_port", 443, 1, 65535) as u16,
+        strip_cache_tags: l.bool("strip_cache_tags", true),
     }
 }
 

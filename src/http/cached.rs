@@ -20,7 +20,7 @@ use crate::cache::engine::{Fetch, Follow, Revalidation};
 use crate::cache::freshness::current_age;
 use crate::cache::key::is_safe_method;
 use crate::cache::serve::respond;
-use crate::cache::{targeted, Cache, CacheStatus, Lookup, Profile, Served};
+use crate::cache::{Cache, CacheStatus, Lookup, Profile, Served};
 use crate::server::Services;
 
 /// What the cache decided before the upstream was asked.
@@ -408,7 +408,7 @@ impl HttpProxy {
             wants_keep_alive(req) && client.body_drainable() && !self.svc.shutdown.is_draining();
         let mut h = served.head.headers;
         if let Some(p) = &ex.cache_profile {
-            targeted::strip(&mut h, &p.targets);
+            p.strip(&mut h);
         }
         if let Some(v) = ex.auth_reply.take() {
             h.push("Proxy-Authenticate", v);
@@ -501,7 +501,7 @@ impl HttpProxy {
         );
         h.set("Age", age.to_string());
         strip_hop_by_hop(&mut h);
-        targeted::strip(&mut h, &profile.targets);
+        profile.strip(&mut h);
         h.remove("trailer");
         if chunk {
             h.set("Transfer-Encoding", "chunked");

@@ -483,7 +483,7 @@ impl HttpProxy {
             r.apply(&mut h);
         }
         if let Some(p) = &ex.cache_profile {
-            crate::cache::targeted::strip(&mut h, &p.targets);
+            p.strip(&mut h);
         }
         if let Some(r) = &ex.rewrite {
             r.apply_response(&mut h);

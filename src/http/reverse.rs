@@ -91,6 +91,11 @@ impl Reverse {
             .as_ref()
             .map(|c| c.config().targeted_fields.clone())
             .unwrap_or_default();
+        let strip_tags = svc
+            .cache
+            .as_ref()
+            .and_then(|c| c.config().tag_header.clone())
+            .filter(|_| cfg.strip_cache_tags);
         let profiles = table
             .routes()
             .iter()
@@ -101,14 +106,18 @@ impl Reverse {
                         ignore_query: r.cache_key.ignore_query.clone(),
                         key_headers: r.cache_key.headers.clone(),
                         key_cookies: r.cache_key.cookies.clone(),
+                        strip_tags: strip_tags.clone(),
                     })
                 })
             })
             .collect();
+        // The tag field goes on every route, cached or not.
+        let mut hide = cfg.hide_headers.clone();
+        hide.extend(strip_tags);
         Ok(Reverse {
             profiles,
             trusted: CidrSet::new(&cfg.trusted_proxies),
-            hide: cfg.hide_headers.clone().into(),
+            hide: hide.into(),
             idle: Pool::new(cfg.idle_per_server, cfg.idle_timeout),
             idle_tls: Pool::new(cfg.idle_per_server, cfg.idle_timeout),
             tls,

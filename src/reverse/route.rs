@@ -234,6 +234,7 @@ mod tests {
             handshake_timeout: Duration::ZERO,
             redirect_https: false,
             https_port: 443,
+            strip_cache_tags: true,
         })
     }
 
