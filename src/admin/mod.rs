@@ -162,7 +162,8 @@ async fn respond(
     stream.shutdown().await
 }
 
-/// `POST /cache/purge?url=<absolute URL>` or `?prefix=<URL prefix>`: answers the count removed.
+/// `POST /cache/purge?url=<absolute URL>`, `?prefix=<URL prefix>` or `?tag=<cache tag>`,
+/// with `&soft=1` to mark the entries stale instead of removing them: answers the count.
 async fn purge(svc: &Services, method: &str, query: &str) -> (u16, String) {
     if method != "POST" {
         return (405, "use POST\n".into());
@@ -172,17 +173,32 @@ async fn purge(svc: &Services, method: &str, query: &str) -> (u16, String) {
     };
     let mut url = None;
     let mut prefix = None;
+    let mut tag = None;
+    let mut soft = false;
     for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
         match k.as_ref() {
             "url" => url = Some(v.into_owned()),
             "prefix" => prefix = Some(v.into_owned()),
+            "tag" => tag = Some(v.into_owned()),
+            "soft" => match v.as_ref() {
+                "1" | "true" => soft = true,
+                "0" | "false" => soft = false,
+                _ => return (400, "soft= takes 1 or 0\n".into()),
+            },
             _ => {}
         }
     }
-    match (url, prefix) {
-        (Some(u), None) => (200, format!("{}\n", cache.purge(&u).await)),
-        (None, Some(p)) => (200, format!("{}\n", cache.purge_prefix(&p).await)),
-        _ => (400, "give exactly one of url= or prefix=\n".into()),
+    let now = std::time::SystemTime::now();
+    match (url, prefix, tag) {
+        (Some(u), None, None) => (200, format!("{}\n", cache.purge_url(&u, soft, now).await)),
+        (None, Some(p), None) => (
+            200,
+            format!("{}\n", cache.purge_prefix_as(&p, soft, now).await),
+        ),
+        (None, None, Some(t)) if !t.is_empty() => {
+            (200, format!("{}\n", cache.purge_tag(&t, soft, now).await))
+        }
+        _ => (400, "give exactly one of url=, prefix= or tag=\n".into()),
     }
 }
 

@@ -67,6 +67,7 @@ impl SharedHead {
             request_time: self.request_time,
             response_time: self.response_time,
             vary: self.vary.clone(),
+            stale_since: None,
         }
     }
 

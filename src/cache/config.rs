@@ -9,6 +9,7 @@
 //! max_object_size = "8MiB"
 //! methods = ["GET", "HEAD"]
 //! stale_if_unreachable = false
+//! targeted_fields = ["Gatehouse-Cache-Control", "CDN-Cache-Control"]
 //! ```
 
 use std::path::PathBuf;
@@ -30,6 +31,22 @@ pub struct CacheConfig {
     /// Serve a stale response when the origin cannot be reached or closes the connection
     /// (RFC 9111 section 4.2.4), unless a directive forbids it.
     pub stale_if_unreachable: bool,
+    /// RFC 9213 target list of the reverse proxy's cached routes (lower case, most
+    /// applicable first). The forward proxy reads Cache-Control only.
+    pub targeted_fields: Vec<String>,
+    /// The response field naming a response's tags (lower case); `None`: no tags.
+    pub tag_header: Option<String>,
+    pub tag_separator: super::tags::Separator,
+}
+
+/// The default target list: our own field, then CDN-Cache-Control.
+pub const DEFAULT_TARGETED_FIELDS: &[&str] = &["gatehouse-cache-control", "cdn-cache-control"];
+
+fn default_targets() -> Vec<String> {
+    DEFAULT_TARGETED_FIELDS
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
 }
 
 pub const DEFAULT_MEMORY_SIZE: u64 = 64 << 20;
@@ -47,6 +64,9 @@ impl Default for CacheConfig {
             max_object_size: DEFAULT_MAX_OBJECT_SIZE,
             head: true,
             stale_if_unreachable: false,
+            targeted_fields: default_targets(),
+            tag_header: Some("surrogate-key".into()),
+            tag_separator: super::tags::Separator::Space,
         }
     }
 }
@@ -108,6 +128,40 @@ pub(crate) fn read_cache(s: &Section<'_>) -> CacheConfig {
         );
     }
     let stale_if_unreachable = s.bool("stale_if_unreachable", false);
+    let targeted_fields = s
+        .array("targeted_fields", "a response field name", |v| {
+            let name = v.as_str().ok_or("not a string")?;
+            crate::policy::headers::check_name(name)?;
+            let name = name.to_ascii_lowercase();
+            if matches!(name.as_str(), "cache-control" | "expires" | "pragma") {
+                return Err("names a field the cache reads anyway".into());
+            }
+            Ok(name)
+        })
+        .unwrap_or_else(default_targets);
+    let tag_header = match s.string("tag_header") {
+        None => Some("surrogate-key".to_string()),
+        Some(n) if n.is_empty() => None,
+        Some(n) => {
+            if let Err(e) = crate::policy::headers::check_name(&n) {
+                s.error_at("tag_header", e);
+            }
+            Some(n.to_ascii_lowercase())
+        }
+    };
+    use super::tags::Separator;
+    let tag_separator = match s.string("tag_separator").as_deref() {
+        None if tag_header.as_deref() == Some("cache-tag") => Separator::Comma,
+        None | Some("space") => Separator::Space,
+        Some("comma") => Separator::Comma,
+        Some(other) => {
+            s.error_at(
+                "tag_separator",
+                format!("unknown value {other:?}; expected \"space\" or \"comma\""),
+            );
+            Separator::Space
+        }
+    };
     s.finish();
     CacheConfig {
         enabled,
@@ -117,6 +171,9 @@ pub(crate) fn read_cache(s: &Section<'_>) -> CacheConfig {
         max_object_size,
         head: methods.iter().any(|m| m == "HEAD"),
         stale_if_unreachable,
+        targeted_fields,
+        tag_header,
+        tag_separator,
     }
 }
 
@@ -151,7 +208,8 @@ mod tests {
     fn every_key() {
         let (c, errs) = read(
             "[cache]\nenabled = true\nmemory_size = \"16MiB\"\ndisk_dir = \"/tmp/gh\"\ndisk_size = \"2GiB\"\n\
-             max_object_size = \"1MiB\"\nmethods = [\"GET\"]\nstale_if_unreachable = true\n",
+             max_object_size = \"1MiB\"\nmethods = [\"GET\"]\nstale_if_unreachable = true\n\
+             targeted_fields = [\"Acme-Cache-Control\"]\ntag_header = \"Cache-Tag\"\n",
         );
         assert!(errs.is_empty(), "{errs:?}");
         assert_eq!(c.memory_size, 16 << 20);
@@ -160,6 +218,15 @@ mod tests {
         assert_eq!(c.max_object_size, 1 << 20);
         assert!(!c.head && !c.handles("HEAD"));
         assert!(c.stale_if_unreachable && !CacheConfig::default().stale_if_unreachable);
+        assert_eq!(c.targeted_fields, ["acme-cache-control"]);
+        assert_eq!(c.tag_header.as_deref(), Some("cache-tag"));
+        assert_eq!(c.tag_separator, crate::cache::tags::Separator::Comma);
+        let (c, _) = read("[cache]\ntag_header = \"\"\n");
+        assert_eq!(c.tag_header, None);
+        assert_eq!(
+            CacheConfig::default().targeted_fields,
+            ["gatehouse-cache-control", "cdn-cache-control"]
+        );
     }
 
     #[test]
@@ -172,7 +239,8 @@ mod tests {
     #[test]
     fn bad_values_are_all_reported() {
         let (_, errs) = read(
-            "[cache]\nmemory_size = \"lots\"\ndisk_size = \"1GiB\"\nmax_object_size = 0\nmethods = [\"POST\", 3]\ncolour = 1\n",
+            "[cache]\nmemory_size = \"lots\"\ndisk_size = \"1GiB\"\nmax_object_size = 0\nmethods = [\"POST\", 3]\ncolour = 1\n\
+             targeted_fields = [\"Cache-Control\", \"a b\"]\n",
         );
         let joined = errs.join("\n");
         for needle in [
@@ -181,6 +249,8 @@ mod tests {
             "cache.max_object_size: must be larger than 0",
             "cache.methods[0]",
             "cache.methods[1]",
+            "cache.targeted_fields[0]",
+            "cache.targeted_fields[1]",
             "cache.colour: unknown key",
         ] {
             assert!(joined.contains(needle), "missing {needle:?} in:\n{joined}");

@@ -55,10 +55,11 @@ use super::freshness::{
     within_stale_if_error,
 };
 use super::generation::Generations;
-use super::key::{invalidated_keys, is_safe_method, key_of_url, primary_key};
+use super::key::{invalidated_keys, is_safe_method, key_of_url};
 use super::object::{Entry, StoredResponse};
+use super::profile::Profile;
 use super::reuse::{only_if_cached, request_cache_control, reuse, Reuse};
-use super::serve::{only_if_cached_miss, respond, ttl};
+use super::serve::{only_if_cached_miss, respond};
 pub use super::stats::CacheStats;
 use super::stats::{bump, Counters};
 use super::status::{CacheStatus, Fwd};
@@ -83,6 +84,8 @@ pub struct Revalidation {
     pub headers: Headers,
     /// Cache-Status so far (`fwd=stale` or `fwd=request`).
     pub status: CacheStatus,
+    /// The profile the stored response was looked up with.
+    pub profile: Arc<Profile>,
 }
 
 #[derive(Debug)]
@@ -165,8 +168,11 @@ impl Store<'_> {
         if let Some(disk) = &cache.disk {
             let (gens, key, generation) =
                 (cache.generations.clone(), self.key.clone(), self.generation);
+            let tags = cache.entry_tags(&entry);
             match disk
-                .put_if(&self.key, entry, move || gens.current(&key) == generation)
+                .put_if(&self.key, entry, tags, move || {
+                    gens.current(&key) == generation
+                })
                 .await
             {
                 Ok(()) => ok = true,
@@ -251,8 +257,19 @@ impl Cache {
         Some(e)
     }
 
-    /// Step 1 of the call sequence: what to do with this request.
+    /// Step 1 of the call sequence: what to do with this request (the forward proxy's
+    /// profile: Cache-Control only, the URL as key).
     pub async fn lookup(&self, req: &RequestHead, now: SystemTime) -> Lookup {
+        self.lookup_in(req, &Arc::default(), now).await
+    }
+
+    /// [`Cache::lookup`] with a route's profile (targeted fields, key rules).
+    pub async fn lookup_in(
+        &self,
+        req: &RequestHead,
+        profile: &Arc<Profile>,
+        now: SystemTime,
+    ) -> Lookup {
         if !self.cfg.handles(&req.method) {
             return Lookup::Bypass(CacheStatus::forward(if self.cfg.enabled {
                 Fwd::Method
@@ -260,7 +277,7 @@ impl Cache {
                 Fwd::Bypass
             }));
         }
-        let Some(key) = primary_key(req) else {
+        let Some(key) = profile.primary_key(req) else {
             return Lookup::Bypass(CacheStatus::forward(Fwd::Bypass).with_detail("target"));
         };
         if has_origin_preconditions(req) {
@@ -268,7 +285,10 @@ impl Cache {
         }
         let req_cc = request_cache_control(&req.headers);
         let entry = self.get(&key).await;
-        let selected = entry.as_ref().and_then(|e| e.select(&req.headers)).cloned();
+        let selected = entry
+            .as_ref()
+            .and_then(|e| e.select_where(&req.headers, |v| profile.covers(&v.vary)))
+            .cloned();
         let Some(stored) = selected else {
             let fwd = if entry.is_some() {
                 Fwd::VaryMiss
@@ -277,9 +297,7 @@ impl Cache {
             };
             return self.miss(key, &req_cc, CacheStatus::forward(fwd));
         };
-        let resp_cc = CacheControl::from_headers(&stored.head.headers);
-        let lifetime = freshness_lifetime(&stored.head, &resp_cc, stored.response_time);
-        let age = current_age(&stored.head, stored.request_time, stored.response_time, now);
+        let (resp_cc, lifetime, age) = judge(&stored, profile, now);
         let ttl = lifetime as i64 - age as i64;
         match reuse(&req_cc, &resp_cc, lifetime, age) {
             Reuse::Fresh => {
@@ -298,7 +316,8 @@ impl Cache {
                     now,
                     CacheStatus::hit(ttl).with_detail("stale-while-revalidate"),
                 );
-                let reval = self.revalidation(key, req, stored, CacheStatus::forward(Fwd::Stale));
+                let status = CacheStatus::forward(Fwd::Stale);
+                let reval = self.revalidation(key, req, stored, status, profile);
                 Lookup::StaleWhileRevalidate { served, reval }
             }
             Reuse::Revalidate => {
@@ -317,7 +336,7 @@ impl Cache {
                 };
                 let mut status = CacheStatus::forward(fwd);
                 status.ttl = Some(ttl);
-                Lookup::Revalidate(self.revalidation(key, req, stored, status))
+                Lookup::Revalidate(self.revalidation(key, req, stored, status, profile))
             }
         }
     }
@@ -336,6 +355,7 @@ impl Cache {
         req: &RequestHead,
         stored: Arc<StoredResponse>,
         status: CacheStatus,
+        profile: &Arc<Profile>,
     ) -> Revalidation {
         let headers = revalidation_headers(&req.headers, &stored.head);
         Revalidation {
@@ -344,15 +364,26 @@ impl Cache {
             stored,
             headers,
             status,
+            profile: profile.clone(),
         }
     }
 
     /// Whether the upstream response to `req` may be stored (RFC rules, size, config).
     pub fn storable(&self, req: &RequestHead, resp: &ResponseHead) -> Result<(), Refusal> {
+        self.storable_in(req, resp, &Profile::default())
+    }
+
+    /// [`Cache::storable`] under a route's profile (a targeted field decides, RFC 9213).
+    pub fn storable_in(
+        &self,
+        req: &RequestHead,
+        resp: &ResponseHead,
+        profile: &Profile,
+    ) -> Result<(), Refusal> {
         if !self.cfg.enabled {
             return Err(Refusal::Disabled);
         }
-        storable(req, resp).map_err(Refusal::Rfc)?;
+        storable(req, &profile.decision(resp)).map_err(Refusal::Rfc)?;
         let declared = resp
             .headers
             .get_str("content-length")
@@ -375,6 +406,20 @@ impl Cache {
         body: Bytes,
         fetch: Fetch,
     ) -> Store<'_> {
+        self.store_in(key, req, resp, body, fetch, &Profile::default())
+            .await
+    }
+
+    /// [`Cache::store`] under a route's profile (its key fields join the secondary key).
+    pub async fn store_in(
+        &self,
+        key: &str,
+        req: &RequestHead,
+        resp: &ResponseHead,
+        body: Bytes,
+        fetch: Fetch,
+        profile: &Profile,
+    ) -> Store<'_> {
         let nothing = Store {
             cache: self,
             key: key.to_string(),
@@ -382,12 +427,15 @@ impl Cache {
             generation: fetch.generation,
             memory_ok: false,
         };
-        if self.storable(req, resp).is_err() || body.len() as u64 > self.cfg.max_object_size {
+        if self.storable_in(req, resp, profile).is_err()
+            || body.len() as u64 > self.cfg.max_object_size
+        {
             return nothing;
         }
         let Some(vary) = secondary_key(&req.headers, resp) else {
             return nothing;
         };
+        let vary = profile.with_extras(vary, &req.headers);
         let mut head = resp.clone();
         head.headers = headers_to_store(&resp.headers, &format_http_date(fetch.response_time));
         let stored = Arc::new(StoredResponse {
@@ -396,6 +444,7 @@ impl Cache {
             request_time: fetch.request_time,
             response_time: fetch.response_time,
             vary,
+            stale_since: None,
         });
         self.put(key, stored, fetch.generation).await
     }
@@ -404,6 +453,12 @@ impl Cache {
     /// unless the key's generation moved on since `generation`.
     async fn put(&self, key: &str, stored: Arc<StoredResponse>, generation: u64) -> Store<'_> {
         let entry = Arc::new(self.get(key).await.unwrap_or_default().with(stored));
+        self.put_entry(key, entry, generation)
+    }
+
+    /// Makes `entry` visible at once as the key's entry, unless the key's generation moved
+    /// on since `generation`.
+    fn put_entry(&self, key: &str, entry: Arc<Entry>, generation: u64) -> Store<'_> {
         let mut store = Store {
             cache: self,
             key: key.to_string(),
@@ -463,6 +518,7 @@ impl Cache {
             body: reval.stored.body.clone(),
             request_time,
             response_time,
+            stale_since: None,
             vary: reval.stored.vary.clone(),
         };
         let mut status = reval.status.clone();
@@ -472,7 +528,8 @@ impl Cache {
             method: "GET".into(),
             ..req.clone()
         };
-        status.stored = storable(&get, &updated.head).is_ok()
+        let profile = &reval.profile;
+        status.stored = storable(&get, &profile.decision(&updated.head)).is_ok()
             && self
                 .put(&reval.key, Arc::new(updated.clone()), reval.generation)
                 .await
@@ -481,7 +538,8 @@ impl Cache {
         if !status.stored {
             self.remove(&reval.key).await;
         }
-        status.ttl = Some(ttl(&updated, now));
+        let (_, lifetime, age) = judge(&updated, profile, now);
+        status.ttl = Some(lifetime as i64 - age as i64);
         Some(respond(req, &updated, now, status))
     }
 
@@ -515,6 +573,7 @@ impl Cache {
             head: merged,
             body: reval.stored.body.clone(),
             request_time: fetch.request_time,
+            stale_since: None,
             response_time: fetch.response_time,
             vary: reval.stored.vary.clone(),
         };
@@ -522,7 +581,7 @@ impl Cache {
             method: "GET".into(),
             ..req.clone()
         };
-        if storable(&get, &updated.head).is_err() {
+        if storable(&get, &reval.profile.decision(&updated.head)).is_err() {
             self.remove(&reval.key).await;
             return false;
         }
@@ -539,9 +598,7 @@ impl Cache {
         now: SystemTime,
     ) -> Option<Served> {
         let stored = &reval.stored;
-        let resp_cc = CacheControl::from_headers(&stored.head.headers);
-        let lifetime = freshness_lifetime(&stored.head, &resp_cc, stored.response_time);
-        let age = current_age(&stored.head, stored.request_time, stored.response_time, now);
+        let (resp_cc, lifetime, age) = judge(stored, &reval.profile, now);
         let req_cc = request_cache_control(&req.headers);
         if !within_stale_if_error(&resp_cc, &req_cc, age.saturating_sub(lifetime)) {
             return None;
@@ -566,23 +623,41 @@ impl Cache {
             return None;
         }
         let stored = &reval.stored;
-        let resp_cc = CacheControl::from_headers(&stored.head.headers);
+        let (resp_cc, lifetime, age) = judge(stored, &reval.profile, now);
         let req_cc = request_cache_control(&req.headers);
         if !stale_when_disconnected(&resp_cc, &req_cc) {
             return None;
         }
         bump(&self.counters.stale_served);
-        let status = CacheStatus::hit(ttl(stored, now)).with_detail("origin-unreachable");
+        let ttl = lifetime as i64 - age as i64;
+        let status = CacheStatus::hit(ttl).with_detail("origin-unreachable");
         Some(respond(req, stored, now, status))
     }
 
     /// Section 4.4: after a non-error response to an unsafe method, drop what it changed.
     pub async fn invalidate(&self, req: &RequestHead, resp: &ResponseHead) -> usize {
+        self.invalidate_in(req, resp, &Profile::default()).await
+    }
+
+    /// [`Cache::invalidate`] under a route's profile (its key rules apply to the URLs).
+    pub async fn invalidate_in(
+        &self,
+        req: &RequestHead,
+        resp: &ResponseHead,
+        profile: &Profile,
+    ) -> usize {
         if is_safe_method(&req.method) {
             return 0;
         }
         let mut n = 0;
-        for key in invalidated_keys(req, resp) {
+        let mut keys: Vec<String> = Vec::new();
+        for k in invalidated_keys(req, resp) {
+            let k = profile.rekey(&k);
+            if !keys.contains(&k) {
+                keys.push(k);
+            }
+        }
+        for key in keys {
             if self.remove(&key).await {
                 n += 1;
             }
@@ -611,15 +686,128 @@ impl Cache {
 
     /// Admin purge of one URL (normalised like a request target). Returns entries removed.
     pub async fn purge(&self, url: &str) -> usize {
+        self.purge_url(url, false, SystemTime::now()).await
+    }
+
+    /// Admin purge of one URL; `soft`: marked stale instead of removed.
+    pub async fn purge_url(&self, url: &str, soft: bool, now: SystemTime) -> usize {
         match key_of_url(url) {
+            Some(key) if soft => usize::from(self.mark_stale(&key, now).await),
             Some(key) => usize::from(self.remove(&key).await),
             None => 0,
         }
     }
 
+    /// The tags of an entry (every variant's), by the `tag_header` setting.
+    fn entry_tags(&self, entry: &Entry) -> Vec<String> {
+        let Some(name) = &self.cfg.tag_header else {
+            return Vec::new();
+        };
+        let mut out: Vec<String> = Vec::new();
+        for v in &entry.variants {
+            for t in super::tags::parse(&v.head.headers, name, self.cfg.tag_separator) {
+                if !out.contains(&t) {
+                    out.push(t);
+                }
+            }
+        }
+        out
+    }
+
+    /// Admin purge of every entry tagged `tag` (in `tag_header`); `soft`: marked stale
+    /// instead of removed. Returns how many entries.
+    pub async fn purge_tag(&self, tag: &str, soft: bool, now: SystemTime) -> usize {
+        let has = |e: &Entry| self.entry_tags(e).iter().any(|t| t == tag);
+        let mut keys: Vec<String> = {
+            let pending = self.lock_pending();
+            // A store that went upstream before this may carry the tag: it is dropped.
+            self.generations.bump_all();
+            pending
+                .entries
+                .iter()
+                .filter(|(_, (_, e))| has(e))
+                .map(|(k, _)| k.clone())
+                .collect()
+        };
+        if let Some(m) = &self.memory {
+            keys.extend(m.keys_where(|_, e| has(e)));
+        }
+        if let Some(d) = &self.disk {
+            keys.extend(d.keys_tagged(tag));
+        }
+        self.purge_keys(keys, soft, now).await
+    }
+
+    async fn purge_keys(&self, mut keys: Vec<String>, soft: bool, now: SystemTime) -> usize {
+        keys.sort();
+        keys.dedup();
+        let mut n = 0;
+        for k in keys {
+            let done = if soft {
+                self.mark_stale(&k, now).await
+            } else {
+                self.remove(&k).await
+            };
+            n += usize::from(done);
+        }
+        n
+    }
+
+    /// Soft purge of one key: every stored variant becomes stale now (a store that went
+    /// upstream before is dropped, as for a removal). It may still be served stale where
+    /// the rules allow (`stale-while-revalidate`, `stale-if-error`) and is revalidated.
+    async fn mark_stale(&self, key: &str, now: SystemTime) -> bool {
+        let generation = {
+            let _pending = self.lock_pending();
+            self.generations.bump(key);
+            self.flights.forget(key);
+            self.generations.current(key)
+        };
+        let Some(entry) = self.get(key).await else {
+            return false;
+        };
+        let variants = entry
+            .variants
+            .iter()
+            .map(|v| match v.stale_since {
+                Some(_) => v.clone(),
+                None => Arc::new(StoredResponse {
+                    stale_since: Some(now),
+                    ..(**v).clone()
+                }),
+            })
+            .collect();
+        let marked = Arc::new(Entry { variants });
+        self.put_entry(key, marked, generation).finish().await
+    }
+
     /// Admin purge of every URL starting with `prefix` (compared with normalised keys, e.g.
     /// `http://example.com/static/`). Returns the largest count any tier removed.
     pub async fn purge_prefix(&self, prefix: &str) -> usize {
+        self.purge_prefix_as(prefix, false, SystemTime::now()).await
+    }
+
+    /// [`Cache::purge_prefix`]; `soft`: marked stale instead of removed (returns how many).
+    pub async fn purge_prefix_as(&self, prefix: &str, soft: bool, now: SystemTime) -> usize {
+        if soft {
+            let mut keys: Vec<String> = {
+                let pending = self.lock_pending();
+                self.generations.bump_all();
+                pending
+                    .entries
+                    .keys()
+                    .filter(|k| k.starts_with(prefix))
+                    .cloned()
+                    .collect()
+            };
+            if let Some(m) = &self.memory {
+                keys.extend(m.keys_where(|k, _| k.starts_with(prefix)));
+            }
+            if let Some(d) = &self.disk {
+                keys.extend(d.keys_prefixed(prefix));
+            }
+            return self.purge_keys(keys, true, now).await;
+        }
         let mut n = {
             let mut pending = self.lock_pending();
             self.generations.bump_all();
@@ -640,12 +828,24 @@ impl Cache {
     /// stored hit (Vary, then [`reuse`] with the response's age now); a fresh or
     /// acceptably stale response is taken, anything needing validation is not.
     pub fn follower(&self, req: &RequestHead, shared: &SharedHead, now: SystemTime) -> Follow {
+        self.follower_in(req, shared, &Profile::default(), now)
+    }
+
+    /// [`Cache::follower`] under a route's profile.
+    pub fn follower_in(
+        &self,
+        req: &RequestHead,
+        shared: &SharedHead,
+        profile: &Profile,
+        now: SystemTime,
+    ) -> Follow {
         if !shared.accepts(req) {
             return Follow::Upstream;
         }
         let req_cc = request_cache_control(&req.headers);
-        let resp_cc = CacheControl::from_headers(&shared.head.headers);
-        let lifetime = freshness_lifetime(&shared.head, &resp_cc, shared.response_time);
+        let decision = profile.decision(&shared.head);
+        let resp_cc = CacheControl::from_headers(&decision.headers);
+        let lifetime = freshness_lifetime(&decision, &resp_cc, shared.response_time);
         let age = current_age(&shared.head, shared.request_time, shared.response_time, now);
         match reuse(&req_cc, &resp_cc, lifetime, age) {
             Reuse::Fresh | Reuse::StaleAccepted => {}
@@ -662,6 +862,21 @@ impl Cache {
             Follow::Stream
         }
     }
+}
+
+/// The response directives, freshness lifetime and current age of a stored response, as
+/// `profile` reads them (a targeted field decides where there is a valid one).
+fn judge(stored: &StoredResponse, profile: &Profile, now: SystemTime) -> (CacheControl, u64, u64) {
+    let decision = profile.decision(&stored.head);
+    let cc = CacheControl::from_headers(&decision.headers);
+    let mut lifetime = freshness_lifetime(&decision, &cc, stored.response_time);
+    let age = current_age(&stored.head, stored.request_time, stored.response_time, now);
+    if let Some(at) = stored.stale_since {
+        // Soft-purged: stale from then on (its age then is the most it stays fresh).
+        let age_then = current_age(&stored.head, stored.request_time, stored.response_time, at);
+        lifetime = lifetime.min(age_then);
+    }
+    (cc, lifetime, age)
 }
 
 #[cfg(test)]

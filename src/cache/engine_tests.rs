@@ -1,4 +1,5 @@
 use super::*;
+use crate::cache::key::primary_key;
 use crate::cache::testutil::{date, req, resp, t};
 
 const URL: &str = "http://origin.test/page";
@@ -534,4 +535,213 @@ fn a_follower_obeys_the_same_reuse_rules_as_a_hit() {
     ] {
         assert_eq!(c.follower(&get(&[h]), &fresh, t(1)), Follow::Whole, "{h:?}");
     }
+}
+
+fn reverse_profile() -> Arc<Profile> {
+    Arc::new(Profile {
+        targets: CacheConfig::default().targeted_fields,
+        ..Profile::default()
+    })
+}
+
+/// A miss stored under `p`, the response received at t(0).
+async fn fill_in(c: &Cache, p: &Arc<Profile>, rq: &RequestHead, rs: &ResponseHead) -> bool {
+    match c.lookup_in(rq, p, t(0)).await {
+        Lookup::Miss { key, .. } => {
+            c.storable_in(rq, rs, p).is_ok()
+                && c.store_in(&key, rq, rs, Bytes::from("x"), at(c, &key, 0), p)
+                    .await
+                    .finish()
+                    .await
+        }
+        other => panic!("expected a miss, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_targeted_field_decides_for_the_reverse_profile_only() {
+    let rs = resp(
+        200,
+        &[
+            ("Date", &date(0)),
+            ("Cache-Control", "no-store"),
+            ("CDN-Cache-Control", "max-age=60"),
+        ],
+    );
+    let fwd = cache();
+    assert!(
+        !fill(&fwd, &get(&[]), &rs, "x").await,
+        "the forward proxy obeys no-store"
+    );
+    let c = cache();
+    let p = reverse_profile();
+    assert!(fill_in(&c, &p, &get(&[]), &rs).await);
+    let s = hit(c.lookup_in(&get(&[]), &p, t(30)).await);
+    assert_eq!(s.status.ttl, Some(30));
+    assert!(matches!(
+        c.lookup_in(&get(&[]), &p, t(61)).await,
+        Lookup::Revalidate(_)
+    ));
+    // The same entry read by the forward proxy: Cache-Control says no-store... and the
+    // stored response is stale at once for it (no explicit freshness it can use).
+    assert!(!matches!(c.lookup(&get(&[]), t(1)).await, Lookup::Hit(_)));
+
+    // The targeted field can forbid what Cache-Control allows.
+    let rs = resp(
+        200,
+        &[
+            ("Date", &date(0)),
+            ("Cache-Control", "max-age=600"),
+            ("Gatehouse-Cache-Control", "no-store"),
+            ("CDN-Cache-Control", "max-age=60"),
+        ],
+    );
+    let c = cache();
+    assert!(
+        !fill_in(&c, &p, &get(&[]), &rs).await,
+        "our own field comes first"
+    );
+    // An invalid own field is ignored: CDN-Cache-Control is next.
+    let rs = resp(
+        200,
+        &[
+            ("Date", &date(0)),
+            ("Cache-Control", "no-store"),
+            ("Gatehouse-Cache-Control", "max-age=\"60"),
+            ("CDN-Cache-Control", "max-age=60, stale-while-revalidate=30"),
+        ],
+    );
+    assert!(fill_in(&c, &p, &get(&[]), &rs).await);
+    assert!(matches!(
+        c.lookup_in(&get(&[]), &p, t(70)).await,
+        Lookup::StaleWhileRevalidate { .. }
+    ));
+}
+
+#[tokio::test]
+async fn route_key_fields_make_separate_variants() {
+    let p = Arc::new(Profile {
+        ignore_query: crate::cache::profile::IgnoreQuery::Names(vec!["utm_*".into()]),
+        key_cookies: vec!["lang".into()],
+        ..Profile::default()
+    });
+    let c = cache();
+    let en = req(
+        "GET",
+        "http://origin.test/p?utm_source=a",
+        &[("Cookie", "lang=en")],
+    );
+    assert!(fill_in(&c, &p, &en, &fresh60()).await);
+    let same = req(
+        "GET",
+        "http://origin.test/p?utm_source=b",
+        &[("Cookie", "lang=en; x=1")],
+    );
+    hit(c.lookup_in(&same, &p, t(1)).await);
+    let de = req("GET", "http://origin.test/p", &[("Cookie", "lang=de")]);
+    assert!(matches!(
+        c.lookup_in(&de, &p, t(1)).await,
+        Lookup::Miss { .. }
+    ));
+    // The forward proxy keys on the whole URL: no entry for the utm_ URL.
+    assert!(matches!(c.lookup(&same, t(1)).await, Lookup::Miss { .. }));
+    // An unsafe method on any spelling of the URL drops every variant.
+    let post = req("POST", "http://origin.test/p?utm_medium=z", &[]);
+    assert_eq!(c.invalidate_in(&post, &resp(204, &[]), &p).await, 1);
+    assert!(matches!(
+        c.lookup_in(&same, &p, t(2)).await,
+        Lookup::Miss { .. }
+    ));
+}
+
+fn tagged(tags: &str) -> ResponseHead {
+    resp(
+        200,
+        &[
+            ("Date", &date(0)),
+            ("Cache-Control", "max-age=60, stale-while-revalidate=600"),
+            ("Surrogate-Key", tags),
+        ],
+    )
+}
+
+#[tokio::test]
+async fn purge_by_tag_hard_and_soft_on_every_tier() {
+    for i in 0..3 {
+        // A directory of its own per set-up: disk objects must not carry over.
+        let tmp = tempfile::tempdir().expect("tmp");
+        let (name, cfg) = tier_setups(tmp.path()).swap_remove(i);
+        let c = Cache::new(cfg.clone()).expect("cache");
+        let a = req("GET", "http://origin.test/a", &[]);
+        let b = req("GET", "http://origin.test/b", &[]);
+        let z = req("GET", "http://origin.test/z", &[]);
+        assert!(fill(&c, &a, &tagged("product-1 all"), "a").await, "{name}");
+        assert!(fill(&c, &b, &tagged("product-2 all"), "b").await, "{name}");
+        assert!(fill(&c, &z, &fresh60(), "z").await, "{name}");
+        assert_eq!(c.purge_tag("product-1", false, t(10)).await, 1, "{name}");
+        assert!(
+            matches!(c.lookup(&a, t(10)).await, Lookup::Miss { .. }),
+            "{name}"
+        );
+        hit(c.lookup(&b, t(10)).await);
+        // Soft: stale from the purge on, still served stale within its window.
+        assert_eq!(c.purge_tag("all", true, t(10)).await, 1, "{name}");
+        match c.lookup(&b, t(20)).await {
+            Lookup::StaleWhileRevalidate { served, .. } => {
+                assert_eq!(&served.body[..], b"b");
+                assert_eq!(served.status.ttl, Some(-10), "{name}: stale since t(10)");
+            }
+            other => panic!("{name}: {other:?}"),
+        }
+        hit(c.lookup(&z, t(20)).await);
+        assert_eq!(c.purge_tag("nothing", false, t(20)).await, 0);
+        // The disk tier keeps the tags and the soft purge across a restart.
+        if cfg.disk_dir.is_some() {
+            drop(c);
+            let c = Cache::new(cfg).expect("reopen");
+            assert!(matches!(
+                c.lookup(&b, t(20)).await,
+                Lookup::StaleWhileRevalidate { .. }
+            ));
+            assert_eq!(c.purge_tag("product-2", false, t(20)).await, 1, "{name}");
+            assert!(matches!(c.lookup(&b, t(20)).await, Lookup::Miss { .. }));
+        }
+    }
+}
+
+#[tokio::test]
+async fn soft_purge_by_url_and_prefix() {
+    let c = cache();
+    let a = req("GET", "http://origin.test/s/a", &[]);
+    let b = req("GET", "http://origin.test/s/b", &[]);
+    assert!(fill(&c, &a, &fresh60(), "a").await);
+    assert!(fill(&c, &b, &fresh60(), "b").await);
+    assert_eq!(c.purge_url("http://origin.test/s/a", true, t(5)).await, 1);
+    let Lookup::Revalidate(reval) = c.lookup(&a, t(6)).await else {
+        panic!("soft-purged: validated before reuse");
+    };
+    assert!(
+        reval.headers.contains("if-none-match"),
+        "the stored ETag is used"
+    );
+    // A 304 makes it fresh again.
+    let served = c
+        .revalidated(
+            &reval,
+            &a,
+            &resp(304, &[("Date", &date(6))]),
+            t(6),
+            t(6),
+            t(6),
+        )
+        .await
+        .expect("304 matches");
+    assert_eq!(&served.body[..], b"a");
+    hit(c.lookup(&a, t(7)).await);
+    assert_eq!(
+        c.purge_prefix_as("http://origin.test/s/", true, t(8)).await,
+        2
+    );
+    assert!(matches!(c.lookup(&b, t(9)).await, Lookup::Revalidate(_)));
+    assert!(matches!(c.lookup(&a, t(9)).await, Lookup::Revalidate(_)));
 }

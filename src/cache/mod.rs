@@ -20,17 +20,21 @@ pub mod freshness;
 pub mod generation;
 pub mod key;
 pub mod object;
+pub mod profile;
 pub mod reuse;
 pub mod serve;
 pub mod stats;
 pub mod status;
 pub mod storable;
 pub mod store;
+pub mod tags;
+pub mod targeted;
 pub mod validate;
 pub mod vary;
 
 pub use config::CacheConfig;
 pub use engine::{Cache, Lookup, Served};
+pub use profile::Profile;
 pub use status::{CacheStatus, Fwd};
 
 #[cfg(test)]

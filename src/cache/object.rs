@@ -22,6 +22,9 @@ pub struct StoredResponse {
     pub request_time: SystemTime,
     pub response_time: SystemTime,
     pub vary: SecondaryKey,
+    /// Soft purge: stale from this time on, whatever its freshness lifetime says (it may
+    /// still be served stale where the rules allow, and revalidated).
+    pub stale_since: Option<SystemTime>,
 }
 
 impl StoredResponse {
@@ -54,7 +57,18 @@ impl Entry {
     /// response (as determined by the Date header field) is used". Variants are kept most
     /// recent first, so the first match wins.
     pub fn select(&self, req: &Headers) -> Option<&Arc<StoredResponse>> {
-        self.variants.iter().find(|v| vary::matches(&v.vary, req))
+        self.select_where(req, |_| true)
+    }
+
+    /// [`Entry::select`] among the variants `usable` accepts.
+    pub fn select_where(
+        &self,
+        req: &Headers,
+        usable: impl Fn(&StoredResponse) -> bool,
+    ) -> Option<&Arc<StoredResponse>> {
+        self.variants
+            .iter()
+            .find(|v| usable(v) && vary::matches(&v.vary, req))
     }
 
     /// This entry with `new` added in front, replacing any variant with the same secondary
@@ -67,7 +81,9 @@ impl Entry {
     }
 }
 
-const MAGIC: &[u8; 4] = b"GHC1";
+/// GHC2 adds each variant's soft-purge time; GHC1 objects (without it) are still read.
+const MAGIC: &[u8; 4] = b"GHC2";
+const MAGIC_V1: &[u8; 4] = b"GHC1";
 /// Magic, CRC-32 and payload length.
 pub const PREFIX_LEN: usize = 4 + 4 + 8;
 
@@ -104,6 +120,8 @@ pub fn encode(entry: &Entry) -> Bytes {
             p.put_u8(value.is_some() as u8);
             put_bytes(&mut p, value.as_deref().unwrap_or("").as_bytes());
         }
+        // 0: not soft-purged; else seconds since the epoch plus one.
+        p.put_u64(v.stale_since.map_or(0, |t| to_unix(t).saturating_add(1)));
         p.put_u64(v.body.len() as u64);
         p.put_slice(&v.body);
     }
@@ -126,7 +144,8 @@ pub fn decode(buf: Bytes) -> Result<Entry, DecodeError> {
     if buf.len() < PREFIX_LEN {
         return Err(DecodeError::Truncated);
     }
-    if &buf[..4] != MAGIC {
+    let v2 = &buf[..4] == MAGIC;
+    if !v2 && &buf[..4] != MAGIC_V1 {
         return Err(DecodeError::Magic);
     }
     let crc = u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]);
@@ -172,6 +191,10 @@ pub fn decode(buf: Bytes) -> Result<Entry, DecodeError> {
             let value = r.string()?;
             vary.push((name, present.then_some(value)));
         }
+        let stale_since = match v2 {
+            true => r.u64()?.checked_sub(1).map(from_unix),
+            false => None,
+        };
         let body_len = usize::try_from(r.u64()?).map_err(|_| DecodeError::Malformed)?;
         let body = r.take(body_len)?;
         variants.push(Arc::new(StoredResponse {
@@ -185,6 +208,7 @@ pub fn decode(buf: Bytes) -> Result<Entry, DecodeError> {
             request_time,
             response_time,
             vary,
+            stale_since,
         }));
     }
     if r.pos != r.buf.len() {
@@ -251,6 +275,7 @@ mod tests {
             request_time: t(1),
             response_time: t(2),
             vary,
+            stale_since: None,
         })
     }
 
@@ -261,6 +286,28 @@ mod tests {
             .with(sample("world", vec![("accept".into(), None)]));
         let bytes = encode(&e);
         assert_eq!(decode(bytes).expect("decodes"), e);
+        // A soft-purged variant keeps its time (whole seconds).
+        let mut purged = (*sample("x", vec![])).clone();
+        purged.stale_since = Some(t(5));
+        let e = Entry::default().with(Arc::new(purged));
+        assert_eq!(decode(encode(&e)).expect("decodes"), e);
+    }
+
+    #[test]
+    fn version_1_objects_are_read() {
+        // GHC1: the same layout without the soft-purge time.
+        let e = Entry::default().with(sample("old", vec![]));
+        let v2 = encode(&e);
+        let payload = &v2[PREFIX_LEN..];
+        let body_at = payload.len() - 3 - 8 - 8;
+        let mut p1 = payload[..body_at].to_vec();
+        p1.extend_from_slice(&payload[body_at + 8..]);
+        let mut v1 = BytesMut::new();
+        v1.put_slice(MAGIC_V1);
+        v1.put_u32(crc32fast::hash(&p1));
+        v1.put_u64(p1.len() as u64);
+        v1.put_slice(&p1);
+        assert_eq!(decode(v1.freeze()).expect("decodes"), e);
     }
 
     #[test]

@@ -114,6 +114,7 @@ mod tests {
             request_time: t(0),
             response_time: t(0),
             vary: vec![],
+            stale_since: None,
         }
     }
 

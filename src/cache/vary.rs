@@ -49,6 +49,10 @@ pub fn vary_names(resp: &ResponseHead) -> Option<Vec<String>> {
 /// One field's value as compared: lines combined, whitespace around list commas removed,
 /// and for known fields case-folded (and member order dropped where it has no meaning).
 pub fn normalise(headers: &Headers, name: &str) -> Option<String> {
+    // A reverse route's cookie in the key (`cookie:NAME`, see `profile.rs`).
+    if let Some(cookie) = name.strip_prefix(super::profile::COOKIE_PREFIX) {
+        return super::profile::cookie(headers, cookie);
+    }
     if !headers.contains(name) {
         return None;
     }

@@ -37,6 +37,8 @@ pub struct ReverseListenerConfig {
     pub redirect_https: bool,
     /// The port in those redirects (443: none in the URL).
     pub https_port: u16,
+    /// Remove the cache-tag field (`[cache] tag_header`) from responses.
+    pub strip_cache_tags: bool,
 }
 
 /// The fields that tell the servers who the client is.
@@ -84,9 +86,90 @@ pub struct RouteConfig {
     pub request_headers: HeaderEdits,
     pub response_headers: HeaderEdits,
     pub cache: bool,
+    /// `cache_key`: query parameters left out of the key, request fields and cookies added.
+    pub cache_key: CacheKeyConfig,
     /// A request body up to this size is kept so the request can be retried on another
     /// server; 0: a request with a body is never retried.
     pub retry_body_bytes: u64,
+}
+
+/// A route's `cache_key` table.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CacheKeyConfig {
+    pub ignore_query: crate::cache::profile::IgnoreQuery,
+    /// Request field names (lower case).
+    pub headers: Vec<String>,
+    pub cookies: Vec<String>,
+}
+
+/// Most entries in each `cache_key` list.
+const MAX_KEY_ITEMS: usize = 16;
+
+fn read_cache_key(t: &Section<'_>) -> CacheKeyConfig {
+    use crate::cache::profile::IgnoreQuery;
+    let ignore_query = t
+        .parse(
+            "ignore_query",
+            "true, false or a list of parameter names",
+            |v| {
+                if let Some(b) = v.as_bool() {
+                    return Ok(if b {
+                        IgnoreQuery::All
+                    } else {
+                        IgnoreQuery::None
+                    });
+                }
+                let arr = v.as_array().ok_or("not a boolean or an array")?;
+                let mut names = Vec::new();
+                for n in arr {
+                    let n = n.as_str().ok_or("a name is not a string")?;
+                    if n.is_empty() || n == "*" {
+                        return Err("an empty name (use `ignore_query = true` for all)".into());
+                    }
+                    names.push(n.to_string());
+                }
+                if names.len() > 64 {
+                    return Err("more than 64 names".into());
+                }
+                Ok(IgnoreQuery::Names(names))
+            },
+        )
+        .unwrap_or_default();
+    let list = |key: &str, what: &str, check: &dyn Fn(&str) -> Result<(), String>| {
+        let v = t
+            .array(key, what, |v| {
+                let s = v.as_str().ok_or("not a string")?;
+                check(s)?;
+                Ok(s.to_string())
+            })
+            .unwrap_or_default();
+        if v.len() > MAX_KEY_ITEMS {
+            t.error_at(key, format!("at most {MAX_KEY_ITEMS} entries"));
+        }
+        v
+    };
+    let headers = list("headers", "a request field name", &|s| {
+        crate::policy::headers::check_name(s)
+    })
+    .into_iter()
+    .map(|h| h.to_ascii_lowercase())
+    .collect();
+    let cookies = list("cookies", "a cookie name", &|s| {
+        if s.is_empty()
+            || !s
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && !b"=;,\"".contains(&b))
+        {
+            return Err("not a cookie name".into());
+        }
+        Ok(())
+    });
+    t.finish();
+    CacheKeyConfig {
+        ignore_query,
+        headers,
+        cookies,
+    }
 }
 
 /// A compiled path regex; equal when the pattern text is.
@@ -193,6 +276,7 @@ pub(super) fn read_reverse(l: &Section<'_>, pools: &[&str]) -> ReverseListenerCo
         handshake_timeout: l.duration("handshake_timeout", Duration::from_secs(10)),
         redirect_https,
         https_port: l.uint("https_port", 443, 1, 65535) as u16,
+        strip_cache_tags: l.bool("strip_cache_tags", true),
     }
 }
 
@@ -255,6 +339,11 @@ fn read_route(r: &Section<'_>, pools: &[&str]) -> Option<RouteConfig> {
             r.error_at("host", "not a host name");
         }
     }
+    let cache_key = read_cache_key(&r.table("cache_key"));
+    let cache = r.bool("cache", false);
+    if !cache && r.has("cache_key") {
+        r.error_at("cache_key", "needs `cache = true`");
+    }
     let request_headers = crate::policy::read_edits(&r.table("request_headers"));
     let response_headers = crate::policy::read_edits(&r.table("response_headers"));
     let route = RouteConfig {
@@ -268,7 +357,8 @@ fn read_route(r: &Section<'_>, pools: &[&str]) -> Option<RouteConfig> {
         host,
         request_headers,
         response_headers,
-        cache: r.bool("cache", false),
+        cache,
+        cache_key,
         retry_body_bytes: r.size("retry_body_bytes", 0).min(16 * 1024 * 1024),
     };
     r.finish();
@@ -366,6 +456,7 @@ strip_prefix = "/api"
 replace_prefix = "/v2"
 host = "internal"
 cache = true
+cache_key = { ignore_query = ["utm_*", "fbclid"], headers = ["X-Device"], cookies = ["lang"] }
 retry_body_bytes = "64KiB"
 request_headers = { set = { "X-From" = "edge" } }
 response_headers = { remove = ["X-Debug"] }
@@ -387,6 +478,12 @@ pool = "app"
         assert_eq!(route.retry_body_bytes, 64 * 1024);
         assert_eq!(route.request_headers.set[0].0, "X-From");
         assert!(route.cache);
+        assert_eq!(
+            route.cache_key.ignore_query,
+            crate::cache::profile::IgnoreQuery::Names(vec!["utm_*".into(), "fbclid".into()])
+        );
+        assert_eq!(route.cache_key.headers, ["x-device"]);
+        assert_eq!(route.cache_key.cookies, ["lang"]);
         assert_eq!(r.forwarded, ForwardedMode::Rfc7239);
         assert_eq!(r.max_body, Some(1024 * 1024));
         assert_eq!(r.hide_headers[0], "server");
@@ -420,6 +517,30 @@ pool = "app"
             reverse("[[listeners.hosts]]\nnames = [\"a b\"]\n[[listeners.hosts.routes]]\npool = \"app\"\n")
                 .expect_err("bad"),
             ["listeners[0].hosts[0].names[0]"]
+        );
+        assert_eq!(
+            reverse(&route("cache_key = { headers = [\"X\"] }")).expect_err("bad"),
+            ["listeners[0].hosts[0].routes[0].cache_key"]
+        );
+        let mut errs = reverse(&route(
+            "cache = true\ncache_key = { ignore_query = [\"\"], headers = [\"a b\"], cookies = [\"a;b\"], x = 1 }",
+        ))
+        .expect_err("bad");
+        errs.sort();
+        assert_eq!(
+            errs,
+            [
+                "listeners[0].hosts[0].routes[0].cache_key.cookies[0]",
+                "listeners[0].hosts[0].routes[0].cache_key.headers[0]",
+                "listeners[0].hosts[0].routes[0].cache_key.ignore_query",
+                "listeners[0].hosts[0].routes[0].cache_key.x",
+            ]
+        );
+        let ok =
+            reverse(&route("cache = true\ncache_key = { ignore_query = true }")).expect("valid");
+        assert_eq!(
+            ok.hosts[0].routes[0].cache_key.ignore_query,
+            crate::cache::profile::IgnoreQuery::All
         );
         assert_eq!(
             reverse(&route("colour = 1")).expect_err("bad"),

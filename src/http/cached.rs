@@ -18,9 +18,9 @@ use super::target::HttpTarget;
 use crate::cache::collapse::{Event, Follower, Join, Leader, SharedHead};
 use crate::cache::engine::{Fetch, Follow, Revalidation};
 use crate::cache::freshness::current_age;
-use crate::cache::key::{is_safe_method, primary_key};
+use crate::cache::key::is_safe_method;
 use crate::cache::serve::respond;
-use crate::cache::{Cache, CacheStatus, Lookup, Served};
+use crate::cache::{Cache, CacheStatus, Lookup, Profile, Served};
 use crate::server::Services;
 
 /// What the cache decided before the upstream was asked.
@@ -57,6 +57,8 @@ pub(super) enum HeadAction {
 /// Per-request cache state carried through the upstream exchange.
 pub(super) struct CacheCtx {
     pub cache: Arc<Cache>,
+    /// The listener's or route's profile (targeted fields, key rules).
+    pub profile: Arc<Profile>,
     /// The client's request as received (the stored response's key and Vary values).
     pub req: RequestHead,
     pub key: Option<String>,
@@ -83,17 +85,19 @@ pub(super) enum Finish {
 impl CacheCtx {
     fn new(
         cache: Arc<Cache>,
+        profile: &Arc<Profile>,
         req: &RequestHead,
         key: Option<String>,
         status: CacheStatus,
     ) -> Box<CacheCtx> {
         let generation = key
             .clone()
-            .or_else(|| primary_key(req))
+            .or_else(|| profile.primary_key(req))
             .map_or(0, |k| cache.generation(&k));
         Box::new(CacheCtx {
             generation,
             cache,
+            profile: profile.clone(),
             req: req.clone(),
             key,
             status,
@@ -139,15 +143,19 @@ impl CacheCtx {
         }
         // RFC 9111 section 4.4: a non-error response to an unsafe method invalidates.
         if !is_safe_method(&self.req.method) && resp.status < 400 {
-            self.cache.invalidate(&self.req, resp).await;
+            self.cache
+                .invalidate_in(&self.req, resp, &self.profile)
+                .await;
         }
         self.status.fwd_status = Some(resp.status);
-        match self.cache.storable(&self.req, resp) {
+        match self.cache.storable_in(&self.req, resp, &self.profile) {
             Ok(()) => {
-                if let (Some(l), Some(shared)) = (
+                if let (Some(l), Some(mut shared)) = (
                     self.leader.as_mut(),
                     SharedHead::new(&self.req, resp, self.request_time, self.response_time),
                 ) {
+                    // Followers must match the route's key fields too.
+                    shared.vary = self.profile.with_extras(shared.vary, &self.req.headers);
                     l.publish_head(shared);
                 }
                 self.status.stored = true;
@@ -205,7 +213,10 @@ impl CacheCtx {
         else {
             return None;
         };
-        let key = self.key.clone().or_else(|| primary_key(&self.req));
+        let key = self
+            .key
+            .clone()
+            .or_else(|| self.profile.primary_key(&self.req));
         let leader = self.leader.take();
         let store = match key {
             Some(key) => {
@@ -214,7 +225,12 @@ impl CacheCtx {
                     response_time: self.response_time,
                     generation: self.generation,
                 };
-                Some(self.cache.store(&key, &self.req, &head, body, fetch).await)
+                let p = &self.profile;
+                Some(
+                    self.cache
+                        .store_in(&key, &self.req, &head, body, fetch, p)
+                        .await,
+                )
             }
             None => None,
         };
@@ -240,27 +256,39 @@ impl HttpProxy {
     pub(super) async fn cache_step(
         &self,
         cache: &Arc<Cache>,
+        profile: &Arc<Profile>,
         client: &mut Client,
         head: &RequestHead,
         target: &HttpTarget,
         ex: &mut Exchange,
     ) -> Step {
-        match cache.lookup(head, SystemTime::now()).await {
+        match cache.lookup_in(head, profile, SystemTime::now()).await {
             Lookup::Hit(served) | Lookup::OnlyIfCached(served) => {
                 Step::Answered(self.send_served(client, head, served, ex).await)
             }
             Lookup::Bypass(status) => {
-                let key = primary_key(head);
-                Step::Forward(CacheCtx::new(cache.clone(), head, key, status), None)
+                let key = profile.primary_key(head);
+                Step::Forward(
+                    CacheCtx::new(cache.clone(), profile, head, key, status),
+                    None,
+                )
             }
             Lookup::Miss { key, status } => {
-                let mut ctx = CacheCtx::new(cache.clone(), head, Some(key.clone()), status.clone());
+                let mut ctx = CacheCtx::new(
+                    cache.clone(),
+                    profile,
+                    head,
+                    Some(key.clone()),
+                    status.clone(),
+                );
                 // Only GET collapses: a follower is sent the leader's body.
                 if head.method == "GET" {
                     match cache.flights().join(&key) {
                         Join::Leader(l) => ctx.leader = Some(l),
                         Join::Follower(f) => {
-                            let follow = self.follow(cache, client, head, f, status, ex).await;
+                            let follow = self
+                                .follow(cache, profile, client, head, f, status, ex)
+                                .await;
                             if let Some(keep) = follow {
                                 return Step::Answered(keep);
                             }
@@ -276,6 +304,7 @@ impl HttpProxy {
                 };
                 let mut ctx = CacheCtx::new(
                     cache.clone(),
+                    profile,
                     head,
                     Some(reval.key.clone()),
                     reval.status.clone(),
@@ -286,7 +315,8 @@ impl HttpProxy {
             Lookup::Revalidate(reval) => {
                 // A HEAD whose stored GET needs validation: just ask the origin; a 200
                 // freshens the stored GET (RFC 9111 section 4.3.5, in `on_final_head`).
-                let mut ctx = CacheCtx::new(cache.clone(), head, None, reval.status.clone());
+                let status = reval.status.clone();
+                let mut ctx = CacheCtx::new(cache.clone(), profile, head, None, status);
                 ctx.generation = reval.generation;
                 ctx.head_reval = Some(reval);
                 Step::Forward(ctx, None)
@@ -377,6 +407,9 @@ impl HttpProxy {
         let keep =
             wants_keep_alive(req) && client.body_drainable() && !self.svc.shutdown.is_draining();
         let mut h = served.head.headers;
+        if let Some(p) = &ex.cache_profile {
+            p.strip(&mut h);
+        }
         if let Some(v) = ex.auth_reply.take() {
             h.push("Proxy-Authenticate", v);
         }
@@ -413,9 +446,11 @@ impl HttpProxy {
     /// A collapsed request: wait for the leader's response and stream it as it arrives.
     /// `None`: go upstream instead (the response was not shareable, or the reuse rules
     /// refuse it for this request, exactly as for a stored response).
+    #[allow(clippy::too_many_arguments)]
     async fn follow(
         &self,
         cache: &Cache,
+        profile: &Profile,
         client: &mut Client,
         req: &RequestHead,
         mut f: Follower,
@@ -428,7 +463,7 @@ impl HttpProxy {
         };
         status.collapsed = true;
         status.fwd_status = Some(shared.head.status);
-        match cache.follower(req, &shared, SystemTime::now()) {
+        match cache.follower_in(req, &shared, profile, SystemTime::now()) {
             Follow::Upstream => return None,
             Follow::Stream => {}
             Follow::Whole => {
@@ -466,6 +501,7 @@ impl HttpProxy {
         );
         h.set("Age", age.to_string());
         strip_hop_by_hop(&mut h);
+        profile.strip(&mut h);
         h.remove("trailer");
         if chunk {
             h.set("Transfer-Encoding", "chunked");

@@ -482,6 +482,9 @@ impl HttpProxy {
         if let Some(r) = &ex.reverse {
             r.apply(&mut h);
         }
+        if let Some(p) = &ex.cache_profile {
+            p.strip(&mut h);
+        }
         if let Some(r) = &ex.rewrite {
             r.apply_response(&mut h);
         }

@@ -122,6 +122,8 @@ pub(super) struct Exchange {
     pub(super) max_body: Option<u64>,
     /// `Proxy-Authenticate` for the response: a finished Negotiate's last token.
     pub(super) auth_reply: Option<String>,
+    /// The cache profile of a cached request: the fields it removes from the response.
+    pub(super) cache_profile: Option<Arc<crate::cache::Profile>>,
 }
 
 impl Exchange {
@@ -148,6 +150,7 @@ impl Exchange {
             first_byte_timeout: None,
             max_body: None,
             auth_reply: None,
+            cache_profile: None,
         }
     }
 }
@@ -517,7 +520,7 @@ impl HttpProxy {
             framing,
             close_on_error,
             max_forwards,
-            cache: self.cfg.cache,
+            cache: self.cfg.cache.then(crate::cache::Profile::forward),
         };
         self.deliver(client, head, &to, ex).await
     }
@@ -541,9 +544,13 @@ impl HttpProxy {
         } = *to;
         let mut cc = None;
         let mut revalidation = None;
-        if to.cache {
-            if let Some(cache) = self.svc.cache.clone() {
-                match self.cache_step(&cache, client, &head, target, ex).await {
+        if let (Some(profile), Some(cache)) = (&to.cache, self.svc.cache.clone()) {
+            ex.cache_profile = Some(profile.clone());
+            {
+                match self
+                    .cache_step(&cache, profile, client, &head, target, ex)
+                    .await
+                {
                     Step::Answered(keep) => return keep,
                     Step::Forward(ctx, up) => {
                         cc = Some(ctx);
@@ -866,8 +873,8 @@ pub(super) struct Upward<'a> {
     /// Whether a refusal closes the client connection.
     pub(super) close_on_error: bool,
     pub(super) max_forwards: Option<u32>,
-    /// Whether the response goes through the shared cache.
-    pub(super) cache: bool,
+    /// The cache profile when the response goes through the shared cache.
+    pub(super) cache: Option<Arc<crate::cache::Profile>>,
 }
 
 /// How one upstream fetch ended.

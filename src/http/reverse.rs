@@ -44,6 +44,8 @@ pub struct Reverse {
     pools: Vec<Arc<ServerPool>>,
     /// Each route's header edits, by route index.
     edits: Vec<Option<Arc<Rewrite>>>,
+    /// Each caching route's cache profile (targeted fields, key rules), by route index.
+    profiles: Vec<Option<Arc<crate::cache::Profile>>>,
     trusted: CidrSet,
     hide: Arc<[String]>,
     /// Idle connections to the servers, by server, for reuse.
@@ -84,9 +86,38 @@ impl Reverse {
                 })
             })
             .collect();
+        let targets = svc
+            .cache
+            .as_ref()
+            .map(|c| c.config().targeted_fields.clone())
+            .unwrap_or_default();
+        let strip_tags = svc
+            .cache
+            .as_ref()
+            .and_then(|c| c.config().tag_header.clone())
+            .filter(|_| cfg.strip_cache_tags);
+        let profiles = table
+            .routes()
+            .iter()
+            .map(|r| {
+                r.cache.then(|| {
+                    Arc::new(crate::cache::Profile {
+                        targets: targets.clone(),
+                        ignore_query: r.cache_key.ignore_query.clone(),
+                        key_headers: r.cache_key.headers.clone(),
+                        key_cookies: r.cache_key.cookies.clone(),
+                        strip_tags: strip_tags.clone(),
+                    })
+                })
+            })
+            .collect();
+        // The tag field goes on every route, cached or not.
+        let mut hide = cfg.hide_headers.clone();
+        hide.extend(strip_tags);
         Ok(Reverse {
+            profiles,
             trusted: CidrSet::new(&cfg.trusted_proxies),
-            hide: cfg.hide_headers.clone().into(),
+            hide: hide.into(),
             idle: Pool::new(cfg.idle_per_server, cfg.idle_timeout),
             idle_tls: Pool::new(cfg.idle_per_server, cfg.idle_timeout),
             tls,
@@ -329,7 +360,7 @@ impl HttpProxy {
             framing,
             close_on_error,
             max_forwards: None,
-            cache: route.cache,
+            cache: rv.profiles[i].clone(),
         };
         self.deliver(client, head, &up, ex).await
     }

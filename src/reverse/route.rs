@@ -189,6 +189,7 @@ mod tests {
             request_headers: Default::default(),
             response_headers: Default::default(),
             cache: false,
+            cache_key: Default::default(),
             retry_body_bytes: 0,
         }
     }
@@ -233,6 +234,7 @@ mod tests {
             handshake_timeout: Duration::ZERO,
             redirect_https: false,
             https_port: 443,
+            strip_cache_tags: true,
         })
     }
 

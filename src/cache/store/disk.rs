@@ -29,6 +29,8 @@ use super::{BoxFut, StoreError, Tier, TierStats};
 use crate::cache::object::{decode, encode, Entry};
 
 const INDEX: TableDefinition<&str, (u64, u64)> = TableDefinition::new("entries");
+/// Each entry's cache tags (newline-separated), for purges by tag without reading objects.
+const TAGS: TableDefinition<&str, &str> = TableDefinition::new("tags");
 
 #[derive(Clone, Copy)]
 struct Meta {
@@ -45,6 +47,9 @@ struct State {
     order: BTreeMap<u64, String>,
     total: u64,
     clock: u64,
+    /// Tag -> keys, and each key's tags.
+    tagged: HashMap<String, std::collections::HashSet<String>>,
+    key_tags: HashMap<String, Vec<String>>,
 }
 
 impl State {
@@ -74,7 +79,32 @@ impl State {
         old
     }
 
+    fn set_tags(&mut self, key: &str, tags: Vec<String>) {
+        self.untag(key);
+        for t in &tags {
+            self.tagged
+                .entry(t.clone())
+                .or_default()
+                .insert(key.to_string());
+        }
+        if !tags.is_empty() {
+            self.key_tags.insert(key.to_string(), tags);
+        }
+    }
+
+    fn untag(&mut self, key: &str) {
+        for t in self.key_tags.remove(key).unwrap_or_default() {
+            if let Some(keys) = self.tagged.get_mut(&t) {
+                keys.remove(key);
+                if keys.is_empty() {
+                    self.tagged.remove(&t);
+                }
+            }
+        }
+    }
+
     fn take(&mut self, key: &str) -> Option<Meta> {
+        self.untag(key);
         let m = self.entries.remove(key)?;
         self.order.remove(&m.used);
         self.total -= m.size;
@@ -136,6 +166,7 @@ impl Inner {
 
     fn rebuild(&self) -> Result<(), StoreError> {
         let mut rows: Vec<(String, u64, u64)> = Vec::new();
+        let mut loaded_tags: Vec<(String, Vec<String>)> = Vec::new();
         let tx = self.db.begin_write().map_err(index_err)?;
         {
             let mut table = tx.open_table(INDEX).map_err(index_err)?;
@@ -150,6 +181,15 @@ impl Inner {
             }
             for key in &bad {
                 table.remove(key.as_str()).map_err(index_err)?;
+            }
+            let mut tags_table = tx.open_table(TAGS).map_err(index_err)?;
+            for key in &bad {
+                tags_table.remove(key.as_str()).map_err(index_err)?;
+            }
+            for row in tags_table.iter().map_err(index_err)? {
+                let (k, v) = row.map_err(index_err)?;
+                let tags = v.value().split('\n').map(str::to_string).collect();
+                loaded_tags.push((k.value().to_string(), tags));
             }
         }
         tx.commit().map_err(index_err)?;
@@ -171,6 +211,11 @@ impl Inner {
         let mut state = self.lock();
         for (key, id, size) in rows {
             state.insert(&key, id, size);
+        }
+        for (key, tags) in loaded_tags {
+            if state.entries.contains_key(&key) {
+                state.set_tags(&key, tags);
+            }
         }
         self.evict_to(&mut state, self.limit)
     }
@@ -203,8 +248,10 @@ impl Inner {
         let tx = self.db.begin_write().map_err(index_err)?;
         {
             let mut table = tx.open_table(INDEX).map_err(index_err)?;
+            let mut tags = tx.open_table(TAGS).map_err(index_err)?;
             for k in keys {
                 table.remove(k).map_err(index_err)?;
+                tags.remove(k).map_err(index_err)?;
             }
         }
         tx.commit().map_err(index_err)
@@ -246,6 +293,7 @@ impl Inner {
         &self,
         key: &str,
         entry: &Entry,
+        tags: Vec<String>,
         still_valid: &dyn Fn() -> bool,
     ) -> Result<(), StoreError> {
         let bytes = encode(entry);
@@ -277,6 +325,13 @@ impl Inner {
                 .map_err(index_err)?
                 .insert(key, (id, size))
                 .map_err(index_err)?;
+            let mut t = tx.open_table(TAGS).map_err(index_err)?;
+            if tags.is_empty() {
+                t.remove(key).map_err(index_err)?;
+            } else {
+                t.insert(key, tags.join("\n").as_str()).map_err(index_err)?;
+            }
+            drop(t);
             tx.commit().map_err(index_err)
         })();
         if let Err(e) = committed {
@@ -286,6 +341,7 @@ impl Inner {
         if let Some(old) = state.insert(key, id, size) {
             let _ = fs::remove_file(self.path(old.id));
         }
+        state.set_tags(key, tags);
         self.evict_to(&mut state, self.limit)
     }
 
@@ -315,13 +371,35 @@ impl DiskTier {
         &self,
         key: &str,
         entry: Arc<Entry>,
+        tags: Vec<String>,
         still_valid: impl Fn() -> bool + Send + 'static,
     ) -> Result<(), StoreError> {
         let key = key.to_string();
         let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || inner.put(&key, &entry, &still_valid))
+        tokio::task::spawn_blocking(move || inner.put(&key, &entry, tags, &still_valid))
             .await
             .unwrap_or_else(|_| Err(StoreError::Index("disk writer task failed".into())))
+    }
+}
+
+impl DiskTier {
+    /// The keys stored with cache tag `tag`.
+    pub fn keys_tagged(&self, tag: &str) -> Vec<String> {
+        let s = self.inner.lock();
+        s.tagged
+            .get(tag)
+            .map(|k| k.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// The keys starting with `prefix`.
+    pub fn keys_prefixed(&self, prefix: &str) -> Vec<String> {
+        let s = self.inner.lock();
+        s.entries
+            .keys()
+            .filter(|k| k.starts_with(prefix))
+            .cloned()
+            .collect()
     }
 }
 
@@ -348,7 +426,7 @@ impl Tier for DiskTier {
     }
 
     fn put<'a>(&'a self, key: &'a str, entry: Arc<Entry>) -> BoxFut<'a, Result<(), StoreError>> {
-        Box::pin(self.put_if(key, entry, || true))
+        Box::pin(self.put_if(key, entry, Vec::new(), || true))
     }
 
     fn remove<'a>(&'a self, key: &'a str) -> BoxFut<'a, bool> {

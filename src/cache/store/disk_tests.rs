@@ -9,6 +9,7 @@ fn entry(body: &[u8]) -> Arc<Entry> {
         request_time: t(0),
         response_time: t(1),
         vary: vec![],
+        stale_since: None,
     })))
 }
 

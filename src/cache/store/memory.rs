@@ -54,6 +54,15 @@ impl MemoryTier {
         self.cache.remove(key).is_some()
     }
 
+    /// The keys whose entries `pred` accepts (a scan: for admin purges).
+    pub fn keys_where(&self, pred: impl Fn(&str, &Entry) -> bool) -> Vec<String> {
+        self.cache
+            .iter()
+            .filter(|(k, v)| pred(k, v))
+            .map(|(k, _)| k.to_string())
+            .collect()
+    }
+
     /// Applies moka's pending admissions and evictions now (tests and stats).
     pub fn sync(&self) {
         self.cache.run_pending_tasks();
@@ -115,6 +124,7 @@ mod tests {
             request_time: t(0),
             response_time: t(0),
             vary: vec![],
+            stale_since: None,
         })))
     }
 
