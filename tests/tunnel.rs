@@ -667,6 +667,66 @@ async fn udp_associate_goes_through_the_agent() {
     assert!(other.seen().is_empty());
 }
 
+/// BIND through the agent, on loopback: the agent listens where the expected peer routes
+/// to; a connection from another address than the expected one is refused (second reply
+/// 2), nobody connecting within the relay's bind_timeout ends it (6), and an expected peer
+/// outside the agent's allow-list is refused at once (2, no listening socket).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bind_through_the_agent_checks_the_peer_and_times_out() {
+    let certs = Certs::make();
+    let web = tcp_echo().await;
+    let relay = Gatehouse::start(&relay_config(&certs, "").replace(
+        "via_agent = \"office\"",
+        "via_agent = \"office\"\nbind_timeout = \"1s\"",
+    ));
+    let _agent = Gatehouse::start(&agent_config(
+        &[relay.addr("agents")],
+        &ca(&certs),
+        TOKEN,
+        "\"127.0.0.0/8\"",
+        web,
+    ));
+    relay.wait_stderr("tunnel: agent connected");
+    let socks = relay.addr("socks");
+    let bind = |expected: &str| {
+        let expected: SocketAddr = expected.parse().expect("addr");
+        async move {
+            let mut s = socks5_open(socks).await;
+            s.write_all(&socks5_request(2, expected))
+                .await
+                .expect("request");
+            let first = socks5_reply(&mut s).await;
+            (s, first)
+        }
+    };
+    // Expecting 127.0.0.2: the connection comes from 127.0.0.1.
+    let (mut s, (rep, bound)) = bind("127.0.0.2:0").await;
+    assert_eq!(rep, 0);
+    assert!(bound.ip().is_loopback() && bound.port() != 0, "{bound}");
+    let mut inside = TcpStream::connect(bound)
+        .await
+        .expect("connect to the BIND");
+    let (rep, _) = socks5_reply(&mut s).await;
+    assert_eq!(rep, 2, "a peer other than the expected one");
+    let line = relay.wait_log("SOCKS5-BIND");
+    assert!(line.contains("bind_wrong_peer"), "{line}");
+    let mut b = [0u8; 1];
+    let r = tokio::time::timeout(T, inside.read(&mut b))
+        .await
+        .expect("closed");
+    assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
+    // Nobody comes: the relay's bind_timeout (1s) ends it with TTL expired.
+    let (mut s, (rep, _)) = bind("127.0.0.1:0").await;
+    assert_eq!(rep, 0);
+    let started = Instant::now();
+    let (rep, _) = socks5_reply(&mut s).await;
+    assert_eq!(rep, 6, "bind timed out");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // Outside the allow-list: refused by the agent before it listens.
+    let (_s, (rep, _)) = bind("192.0.2.1:0").await;
+    assert_eq!(rep, 2);
+}
+
 /// A server that sends `total` bytes to each client and counts what it managed to write.
 async fn firehose(total: usize) -> (SocketAddr, Arc<AtomicU64>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -1051,4 +1111,88 @@ fn a_target_inside_a_private_network_is_reached_only_through_the_agent() {
     let _ = agent.wait();
     let _ = target.kill();
     let _ = target.wait();
+}
+
+/// SOCKS5 BIND through the agent into the private network: the client, outside, asks the
+/// relay for a BIND expecting a peer on the private network's loopback; the first reply
+/// carries the address the agent listens on there; a process inside connects to it, the
+/// second reply names it, and bytes flow both ways.
+#[test]
+fn bind_through_the_agent_takes_a_connection_from_inside_the_private_network() {
+    if !in_fresh_netns("bind_through_the_agent_takes_a_connection_from_inside_the_private_network")
+    {
+        return;
+    }
+    let certs = Certs::make();
+    let net = PrivateNet::create();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay_text = relay_config(&certs, "").replacen(
+        "listen = \"127.0.0.1:0\"",
+        "listen = \"10.201.0.1:0\"",
+        1,
+    );
+    let relay = Gatehouse::start(&relay_text);
+    let web: SocketAddr = "127.0.0.1:18080".parse().expect("addr");
+    let mut agent = net.gatehouse(
+        dir.path(),
+        "agent",
+        &agent_config(
+            &[relay.addr("agents")],
+            &ca(&certs),
+            TOKEN,
+            "\"127.0.0.1\"",
+            web,
+        ),
+    );
+    relay.wait_stderr("tunnel: agent connected");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let mut s = socks5_open(relay.addr("socks")).await;
+        s.write_all(&socks5_request(2, "127.0.0.1:0".parse().expect("addr")))
+            .await
+            .expect("request");
+        let (rep, bound) = socks5_reply(&mut s).await;
+        assert_eq!(rep, 0);
+        assert_eq!(bound.ip().to_string(), "127.0.0.1", "{bound}");
+        // Outside, that port is nobody's: the listening socket is in the private network.
+        assert!(TcpStream::connect(bound).await.is_err());
+        // Inside: connect to the announced address, say "inside", print what comes back.
+        let script = format!(
+            "exec 3<>/dev/tcp/127.0.0.1/{}; printf inside >&3; head -c 7 <&3",
+            bound.port()
+        );
+        let peer = tokio::process::Command::new("nsenter")
+            .args(["-t", &net.pid().to_string(), "-n", "bash", "-c", &script])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("nsenter bash");
+        let (rep, from) = socks5_reply(&mut s).await;
+        assert_eq!(rep, 0);
+        assert_eq!(from.ip().to_string(), "127.0.0.1", "{from}");
+        let mut got = [0u8; 6];
+        tokio::time::timeout(T, s.read_exact(&mut got))
+            .await
+            .expect("bytes from inside within 10s")
+            .expect("read");
+        assert_eq!(&got, b"inside");
+        s.write_all(b"outside").await.expect("write");
+        let out = tokio::time::timeout(T, peer.wait_with_output())
+            .await
+            .expect("the inside peer finished")
+            .expect("output");
+        assert_eq!(
+            out.stdout,
+            b"outside",
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    });
+    let _ = agent.kill();
+    let _ = agent.wait();
 }

@@ -74,6 +74,9 @@ enum Admitted {
     Agent(Arc<str>),
     /// UDP ASSOCIATE through this tunnel agent (each datagram checked on its own).
     AgentUdp(Arc<str>),
+    /// BIND at this tunnel agent (the expected peer checked, or anyone: checked when it
+    /// connects).
+    AgentBind(Arc<str>),
 }
 
 /// What the access log gets to know about one session.
@@ -285,7 +288,12 @@ impl SocksServer {
                     self.check_remote(s, req, Protocol::SocksConnect, &req.target)?;
                     Ok(Admitted::Agent(Arc::from(agent.as_str())))
                 }
-                Command::Bind => Err(SocksError::AgentUnsupported("BIND")),
+                Command::Bind => {
+                    if !bind::from_anyone(&req.target) {
+                        self.check_remote(s, req, Protocol::SocksBind, &req.target)?;
+                    }
+                    Ok(Admitted::AgentBind(Arc::from(agent.as_str())))
+                }
                 Command::UdpAssociate => Ok(Admitted::AgentUdp(Arc::from(agent.as_str()))),
             };
         }
@@ -340,6 +348,7 @@ impl SocksServer {
             Admitted::AgentUdp(agent) => {
                 Box::pin(super::udp_agent::run(self, c, s, req, &agent)).await
             }
+            Admitted::AgentBind(agent) => Box::pin(bind::run_agent(self, c, s, req, &agent)).await,
         }
     }
 
@@ -363,7 +372,7 @@ impl SocksServer {
             host,
             port: target.port,
         };
-        let mut opened = self
+        let opened = self
             .svc
             .agents
             .open(agent, &what, self.svc.connect_timeout)
@@ -373,10 +382,25 @@ impl SocksServer {
         c.reply(Reply::Succeeded, SocketAddr::from(([0, 0, 0, 0], 0)))
             .await?;
         c.stage = Stage::Silent;
+        self.relay_agent(c, s, opened, agent).await;
+        Ok(())
+    }
+
+    /// A stream through a tunnel agent joined to the client (whose bytes sent ahead of the
+    /// reply go first), counted for the agent.
+    pub(super) async fn relay_agent<S>(
+        &self,
+        c: &mut Client<S>,
+        s: &mut Session,
+        mut opened: crate::tunnel::hub::Opened,
+        agent: &str,
+    ) where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
         if !c.buf.is_empty() {
             if opened.stream.write_all(&c.buf).await.is_err() {
                 s.error = Some("connection_terminated");
-                return Ok(());
+                return;
             }
             s.relayed_in += c.buf.len() as u64;
         }
@@ -402,7 +426,6 @@ impl SocksServer {
             RelayEnd::Idle => s.error = Some("idle_timeout"),
             RelayEnd::Error(_) => s.error = Some("connection_terminated"),
         }
-        Ok(())
     }
 
     /// CONNECT to the checked addresses, or through the route's parents.
