@@ -1196,3 +1196,97 @@ fn bind_through_the_agent_takes_a_connection_from_inside_the_private_network() {
     let _ = agent.kill();
     let _ = agent.wait();
 }
+
+/// A policy rule routes to the agent (`action = "route"`, `agent = "office"`, by destination):
+/// an ordinary SOCKS listener (no `via_agent`) and the HTTP forward proxy, both CONNECT and
+/// absolute-URI requests, reach a target only the private network has, through the agent.
+/// Other destinations are not routed (and a name the relay cannot resolve then fails).
+#[test]
+fn a_policy_route_sends_socks_and_http_proxy_traffic_through_the_agent() {
+    if !in_fresh_netns("a_policy_route_sends_socks_and_http_proxy_traffic_through_the_agent") {
+        return;
+    }
+    let certs = Certs::make();
+    let net = PrivateNet::create();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut target = net.gatehouse(
+        dir.path(),
+        "target",
+        "[[listeners]]\nname = \"h\"\nkind = \"http\"\nlisten = \"127.0.0.1:0\"\n\
+         [admin]\nlisten = \"127.0.0.1:18080\"\n",
+    );
+    let relay = Gatehouse::start(&format!(
+        r#"
+[[listeners]]
+name = "agents"
+kind = "tunnel"
+listen = "10.201.0.1:0"
+tls = {{ cert = "{crt}", key = "{key}" }}
+[[listeners.agents]]
+name = "office"
+token = "{TOKEN}"
+
+[[listeners]]
+name = "socks"
+kind = "socks"
+listen = "127.0.0.1:0"
+
+{http}
+[[policy.rules]]
+name = "to-office"
+action = "route"
+agent = "office"
+hosts = ["inside.test"]
+
+[dns]
+servers = ["127.0.0.1:9"]
+timeout = "1s"
+attempts = 1
+"#,
+        crt = certs.crt().display(),
+        key = certs.key().display(),
+        http = http_listener("http", "connect_ports = [18080]"),
+    ));
+    let web: SocketAddr = "127.0.0.1:18080".parse().expect("addr");
+    let mut agent = net.gatehouse(
+        dir.path(),
+        "agent",
+        &agent_config(
+            &[relay.addr("agents")],
+            &ca(&certs),
+            TOKEN,
+            "\"127.0.0.1:18080\"",
+            web,
+        ),
+    );
+    relay.wait_stderr("tunnel: agent connected");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let url = "http://inside.test:18080/healthz";
+        let socks = relay.addr("socks").to_string();
+        let http = format!("http://{}", relay.addr("http"));
+        for args in [
+            vec!["--socks5-hostname", socks.as_str(), url],
+            vec!["-x", http.as_str(), url],
+            vec!["-p", "-x", http.as_str(), url],
+        ] {
+            let (code, body, err) = curl(&args).await;
+            assert_eq!(
+                (code, body.as_slice()),
+                (0, &b"ok\n"[..]),
+                "{args:?}: {err}"
+            );
+        }
+        // Not routed: the relay itself cannot reach the target.
+        let (code, body, _) = curl(&["-x", &http, "http://127.0.0.1:18080/healthz"]).await;
+        assert!(code != 0 || body != b"ok\n", "reached without the agent");
+    });
+    let _ = agent.kill();
+    let _ = agent.wait();
+    let _ = target.kill();
+    let _ = target.wait();
+}

@@ -303,6 +303,12 @@ impl SocksServer {
                 let allowed = self
                     .check(s, req, Protocol::SocksConnect, &t.host, t.port)
                     .await?;
+                // A rule routing to a tunnel agent: the stream goes through it.
+                if let Allowed::Route { parents, .. } = &allowed {
+                    if let Some(agent) = upstream::route_agent(parents) {
+                        return Ok(Admitted::Agent(Arc::from(agent)));
+                    }
+                }
                 Ok(Admitted::Connect(allowed))
             }
             Command::Bind => match &t.host {
@@ -344,6 +350,10 @@ impl SocksServer {
             // carried in the clear.
             Admitted::Udp if c.sealed.is_some() => Err(SocksError::UdpProtected),
             Admitted::Udp => Box::pin(udp::run(self, c, s, req)).await,
+            // RFC 1961 wrapping is not carried through an agent: refused, never in the clear.
+            Admitted::Agent(_) if c.sealed.is_some() => {
+                Err(SocksError::AgentUnsupported("a GSSAPI-protected CONNECT"))
+            }
             Admitted::Agent(agent) => Box::pin(self.connect_agent(c, s, &req.target, &agent)).await,
             Admitted::AgentUdp(agent) => {
                 Box::pin(super::udp_agent::run(self, c, s, req, &agent)).await
