@@ -667,6 +667,39 @@ async fn udp_associate_goes_through_the_agent() {
     assert!(other.seen().is_empty());
 }
 
+/// `mode = "all"`: one agent stays connected to two relays at once; each serves SOCKS
+/// through it, and one relay going away leaves the other serving without a reconnect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_in_mode_all_serves_two_relays_at_once() {
+    let certs = Certs::make();
+    let echo = tcp_echo().await;
+    let first = Gatehouse::start(&relay_config(&certs, ""));
+    let second = Gatehouse::start(&relay_config(&certs, ""));
+    let agent = Gatehouse::start(
+        &agent_config(
+            &[first.addr("agents"), second.addr("agents")],
+            &ca(&certs),
+            TOKEN,
+            "\"127.0.0.1/32\"",
+            echo,
+        )
+        .replacen("[agent]\n", "[agent]\nmode = \"all\"\n", 1),
+    );
+    first.wait_stderr("tunnel: agent connected");
+    second.wait_stderr("tunnel: agent connected");
+    for relay in [&first, &second] {
+        let (rep, mut s) = socks_connect(relay.addr("socks"), "inside.test", echo.port()).await;
+        assert_eq!(rep, 0);
+        echo_once(&mut s, b"both").await;
+    }
+    let socks = second.addr("socks");
+    drop(first);
+    agent.wait_stderr("disconnected from the relay");
+    let (rep, mut s) = socks_connect(socks, "inside.test", echo.port()).await;
+    assert_eq!(rep, 0, "the other relay still has the agent");
+    echo_once(&mut s, b"still").await;
+}
+
 /// BIND through the agent, on loopback: the agent listens where the expected peer routes
 /// to; a connection from another address than the expected one is refused (second reply
 /// 2), nobody connecting within the relay's bind_timeout ends it (6), and an expected peer

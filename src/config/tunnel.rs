@@ -157,8 +157,11 @@ pub enum RelayVerify {
 pub struct AgentConfig {
     pub name: String,
     pub token: Token,
-    /// `host:port` of each relay, in failover order.
+    /// `host:port` of each relay, in failover order (or all at once, `all_relays`).
     pub relays: Vec<(String, u16)>,
+    /// `mode = "all"`: connected to every relay at once; `"failover"` (the default): one at a
+    /// time, in order.
+    pub all_relays: bool,
     /// An HTTP proxy (`host:port`) the relays are reached through with CONNECT.
     pub http_proxy: Option<(String, u16)>,
     /// The name the relay's certificate must carry (also the TLS SNI).
@@ -199,6 +202,17 @@ pub(super) fn read_agent(a: &Section<'_>) -> Option<AgentConfig> {
     if relays.is_empty() {
         a.error_at("relays", "at least one relay address is required");
     }
+    let all_relays = match a.string("mode").as_deref() {
+        None | Some("failover") => false,
+        Some("all") => true,
+        Some(other) => {
+            a.error_at(
+                "mode",
+                format!("expected \"failover\" or \"all\", found {other:?}"),
+            );
+            false
+        }
+    };
     let server_name = a.string("server_name");
     if server_name.is_none() {
         a.error_here("`server_name` (the name in the relay's certificate) is required");
@@ -247,6 +261,7 @@ pub(super) fn read_agent(a: &Section<'_>) -> Option<AgentConfig> {
         name: name?,
         token: token?,
         relays,
+        all_relays,
         http_proxy: a.parse("http_proxy", "\"host:port\"", parse_host_port),
         server_name: server_name?,
         verify: verify?,
@@ -324,12 +339,13 @@ mod tests {
     #[test]
     fn the_agent_section_is_checked_whole() {
         let p = problems(
-            "[agent]\nname = \"office\"\ntoken = \"t\"\nrelays = [\"nohost\"]\n\
+            "[agent]\nname = \"office\"\ntoken = \"t\"\nrelays = [\"nohost\"]\nmode = \"some\"\n\
              ca = \"c.pem\"\nfingerprint = \"sha256:00\"\nallow = [\"10.0.0.0/8\", \"a b\"]\n\
              [agent.publish]\n\"bad/name\" = \"127.0.0.1:1\"\nweb = \"127.0.0.1\"\n",
         );
         for want in [
             "agent.relays[0]",
+            "agent.mode",
             "agent",
             "agent.fingerprint",
             "agent.allow[1]",
@@ -347,6 +363,7 @@ mod tests {
         let a = c.agent.expect("agent");
         assert!(c.listeners.is_empty());
         assert_eq!(a.relays, [("relay.example".to_string(), 7000)]);
+        assert!(!a.all_relays, "failover order by default");
         assert!(matches!(a.verify, RelayVerify::Fingerprint(d) if d[31] == 0x1f));
         assert!(a.allow.entries.is_empty(), "nothing allowed by default");
     }

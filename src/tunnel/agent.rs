@@ -80,11 +80,27 @@ impl Agent {
         })
     }
 
-    /// Runs until the process drains: connect, serve, back off, again.
+    /// Runs until the process drains: connect, serve, back off, again; with `mode = "all"`,
+    /// that for every relay at once, each with its own back-off.
     pub async fn run(self: Arc<Self>) {
+        if self.cfg.all_relays {
+            let each = self
+                .cfg
+                .relays
+                .iter()
+                .map(|r| self.clone().run_through(std::slice::from_ref(r).to_vec()));
+            futures_util::future::join_all(each).await;
+        } else {
+            let relays = self.cfg.relays.clone();
+            self.run_through(relays).await;
+        }
+    }
+
+    /// Keeps one connection up to `relays`, tried in order.
+    async fn run_through(self: Arc<Self>, relays: Vec<(String, u16)>) {
         let mut wait = Duration::ZERO;
         loop {
-            for (host, port) in &self.cfg.relays {
+            for (host, port) in &relays {
                 let started = tokio::time::Instant::now();
                 let result = tokio::select! {
                     r = self.session(host, *port) => r,
