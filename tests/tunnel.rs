@@ -700,6 +700,64 @@ async fn an_agent_in_mode_all_serves_two_relays_at_once() {
     echo_once(&mut s, b"still").await;
 }
 
+/// `send_proxy` on a published listener: the inside service gets a PROXY protocol header
+/// naming the real client (v1 and v2), then the client's bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_published_port_can_tell_the_service_the_real_client() {
+    use gatehouse::l4::proxy_protocol::{decode, Decoded, Header};
+    for version in ["v1", "v2"] {
+        let certs = Certs::make();
+        let service = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let web = service.local_addr().expect("addr");
+        let relay = Gatehouse::start(&relay_config(&certs, "").replace(
+            "service = \"web\"",
+            &format!("service = \"web\"\nsend_proxy = \"{version}\""),
+        ));
+        let _agent = Gatehouse::start(&agent_config(
+            &[relay.addr("agents")],
+            &ca(&certs),
+            TOKEN,
+            "",
+            web,
+        ));
+        relay.wait_stderr("tunnel: agent connected");
+        let published = relay.addr("web");
+        let mut client = TcpStream::connect(published).await.expect("connect");
+        client.write_all(b"hello").await.expect("write");
+        let (mut inside, _) = tokio::time::timeout(T, service.accept())
+            .await
+            .expect("a connection within 10s")
+            .expect("accept");
+        let mut buf = Vec::new();
+        let (header, len) = loop {
+            let mut chunk = [0u8; 256];
+            let n = tokio::time::timeout(T, inside.read(&mut chunk))
+                .await
+                .expect("bytes within 10s")
+                .expect("read");
+            assert!(n > 0, "closed before the header");
+            buf.extend_from_slice(&chunk[..n]);
+            match decode(&buf).expect("a PROXY header") {
+                Decoded::Done { header, len } if buf.len() >= len + 5 => break (header, len),
+                _ => {}
+            }
+        };
+        assert_eq!(
+            header,
+            Header::Proxied {
+                src: client.local_addr().expect("addr"),
+                dst: published,
+            },
+            "{version}"
+        );
+        assert_eq!(&buf[len..], b"hello");
+        inside.write_all(b"back").await.expect("write");
+        let mut got = [0u8; 4];
+        client.read_exact(&mut got).await.expect("read");
+        assert_eq!(&got, b"back");
+    }
+}
+
 /// BIND through the agent, on loopback: the agent listens where the expected peer routes
 /// to; a connection from another address than the expected one is refused (second reply
 /// 2), nobody connecting within the relay's bind_timeout ends it (6), and an expected peer

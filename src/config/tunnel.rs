@@ -131,15 +131,30 @@ pub struct PublishedListenerConfig {
     pub service: String,
     /// A connection with no traffic either way for this long is closed.
     pub idle_timeout: Duration,
+    /// A PROXY protocol header (the real client) sent first to the inside service.
+    pub send_proxy: Option<super::ProxyVersion>,
 }
 
 pub(super) fn read_published(l: &Section<'_>) -> Option<PublishedListenerConfig> {
     let agent = read_name(l, "agent");
     let service = read_name(l, "service");
+    let send_proxy = match l.string("send_proxy").as_deref() {
+        None | Some("off") => None,
+        Some("v1") => Some(super::ProxyVersion::V1),
+        Some("v2") => Some(super::ProxyVersion::V2),
+        Some(other) => {
+            l.error_at(
+                "send_proxy",
+                format!("expected \"off\", \"v1\" or \"v2\", found {other:?}"),
+            );
+            None
+        }
+    };
     Some(PublishedListenerConfig {
         agent: agent?,
         service: service?,
         idle_timeout: l.duration("idle_timeout", Duration::from_secs(600)),
+        send_proxy,
     })
 }
 
@@ -334,6 +349,40 @@ mod tests {
              [[listeners]]\nname = \"p\"\nkind = \"published\"\nlisten = \"127.0.0.1:0\"\nagent = \"nobody\"\nservice = \"web\"\n",
         );
         assert_eq!(p, ["listeners[0].via_agent", "listeners[1].agent"]);
+    }
+
+    #[test]
+    fn a_published_listener_sends_proxy_v1_or_v2_or_nothing() {
+        let published = |extra: &str| {
+            format!(
+                "{TUNNEL}tls = {{ cert = \"c\", key = \"k\" }}\n\
+                 [[listeners.agents]]\nname = \"office\"\ntoken = \"t\"\n\
+                 [[listeners]]\nname = \"p\"\nkind = \"published\"\nlisten = \"127.0.0.1:0\"\n\
+                 agent = \"office\"\nservice = \"web\"\n{extra}"
+            )
+        };
+        assert_eq!(
+            problems(&published("send_proxy = \"v3\"\n")),
+            ["listeners[1].send_proxy"]
+        );
+        for (extra, want) in [
+            ("", None),
+            ("send_proxy = \"off\"\n", None),
+            (
+                "send_proxy = \"v1\"\n",
+                Some(super::super::ProxyVersion::V1),
+            ),
+            (
+                "send_proxy = \"v2\"\n",
+                Some(super::super::ProxyVersion::V2),
+            ),
+        ] {
+            let c = Config::parse(&published(extra)).expect("valid");
+            let ListenerKind::Published(p) = &c.listeners[1].kind else {
+                panic!("published")
+            };
+            assert_eq!(p.send_proxy, want, "{extra}");
+        }
     }
 
     #[test]
