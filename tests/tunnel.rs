@@ -569,6 +569,37 @@ async fn an_agent_reaches_the_relay_through_an_http_connect_proxy() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_reaches_the_relay_through_a_socks5_proxy() {
+    let certs = Certs::make();
+    let origin = Origin::fixed("inside").await;
+    let relay = Gatehouse::start(&relay_config(&certs, ""));
+    let egress = Gatehouse::start(
+        "[[listeners]]\nname = \"egress\"\nkind = \"socks\"\nlisten = \"127.0.0.1:0\"\n",
+    );
+    let config = agent_config(
+        &[relay.addr("agents")],
+        &ca(&certs),
+        TOKEN,
+        "\"127.0.0.1/32\"",
+        origin.addr,
+    )
+    .replacen(
+        "server_name",
+        &format!("socks_proxy = \"{}\"\nserver_name", egress.addr("egress")),
+        1,
+    );
+    let agent = Gatehouse::start(&config);
+    relay.wait_stderr("tunnel: agent connected");
+    let web = format!("http://{}/", relay.addr("web"));
+    let (code, body, err) = curl(&[&web]).await;
+    assert_eq!((code, body.as_slice()), (0, &b"inside"[..]), "{err}");
+    // The proxy logs its session when it ends.
+    drop(agent);
+    let line = egress.wait_log("SOCKS5-CONNECT");
+    assert!(line.contains(&relay.addr("agents").to_string()), "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_comes_back_after_the_relay_restarts() {
     let certs = Certs::make();
     let origin = Origin::fixed("inside").await;

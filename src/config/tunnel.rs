@@ -179,6 +179,8 @@ pub struct AgentConfig {
     pub all_relays: bool,
     /// An HTTP proxy (`host:port`) the relays are reached through with CONNECT.
     pub http_proxy: Option<(String, u16)>,
+    /// A SOCKS5 proxy (`host:port`, no login) the relays are reached through instead.
+    pub socks_proxy: Option<(String, u16)>,
     /// The name the relay's certificate must carry (also the TLS SNI).
     pub server_name: String,
     pub verify: RelayVerify,
@@ -228,6 +230,12 @@ pub(super) fn read_agent(a: &Section<'_>) -> Option<AgentConfig> {
             false
         }
     };
+    if a.has("http_proxy") && a.has("socks_proxy") {
+        a.error_at(
+            "socks_proxy",
+            "give `http_proxy` or `socks_proxy`, not both",
+        );
+    }
     let server_name = a.string("server_name");
     if server_name.is_none() {
         a.error_here("`server_name` (the name in the relay's certificate) is required");
@@ -278,6 +286,7 @@ pub(super) fn read_agent(a: &Section<'_>) -> Option<AgentConfig> {
         relays,
         all_relays,
         http_proxy: a.parse("http_proxy", "\"host:port\"", parse_host_port),
+        socks_proxy: a.parse("socks_proxy", "\"host:port\"", parse_host_port),
         server_name: server_name?,
         verify: verify?,
         publish,
@@ -389,12 +398,14 @@ mod tests {
     fn the_agent_section_is_checked_whole() {
         let p = problems(
             "[agent]\nname = \"office\"\ntoken = \"t\"\nrelays = [\"nohost\"]\nmode = \"some\"\n\
+             http_proxy = \"p:3128\"\nsocks_proxy = \"p:1080\"\n\
              ca = \"c.pem\"\nfingerprint = \"sha256:00\"\nallow = [\"10.0.0.0/8\", \"a b\"]\n\
              [agent.publish]\n\"bad/name\" = \"127.0.0.1:1\"\nweb = \"127.0.0.1\"\n",
         );
         for want in [
             "agent.relays[0]",
             "agent.mode",
+            "agent.socks_proxy",
             "agent",
             "agent.fingerprint",
             "agent.allow[1]",

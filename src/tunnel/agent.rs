@@ -141,14 +141,15 @@ impl Agent {
         let cfg = &self.cfg;
         let dial = async {
             let h = Host::parse(host).ok_or_else(|| SessionError::Connect("bad host".into()))?;
-            let tcp = match &cfg.http_proxy {
-                None => self
+            let tcp = match (&cfg.http_proxy, &cfg.socks_proxy) {
+                (Some((ph, pp)), _) => self.through_proxy(ph, *pp, &h, port).await?,
+                (None, Some((ph, pp))) => self.through_socks(ph, *pp, &h, port).await?,
+                (None, None) => self
                     .svc
                     .connector
                     .connect(&h, port)
                     .await
                     .map_err(|e| SessionError::Connect(e.to_string()))?,
-                Some((ph, pp)) => self.through_proxy(ph, *pp, &h, port).await?,
             };
             let _ = tcp.stream.set_nodelay(true);
             // Where a BIND from anyone is announced: this host's address toward the relay.
@@ -220,6 +221,40 @@ impl Agent {
                 _ = &mut beat => return Err(SessionError::Dead(cfg.dead_after)),
             }
         }
+    }
+
+    /// A tunnel to the relay through a SOCKS5 proxy (no login).
+    async fn through_socks(
+        &self,
+        proxy_host: &str,
+        proxy_port: u16,
+        host: &Host,
+        port: u16,
+    ) -> Result<crate::connector::Connected, SessionError> {
+        let failed = |e: String| SessionError::Connect(format!("through the SOCKS5 proxy: {e}"));
+        let ph = Host::parse(proxy_host).ok_or_else(|| failed("bad proxy host".into()))?;
+        let mut tcp = self
+            .svc
+            .connector
+            .connect(&ph, proxy_port)
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        let spec = crate::policy::config::ParentSpec {
+            name: "agent-proxy".into(),
+            kind: crate::policy::config::ParentKind::Socks5,
+            host: ph,
+            port: proxy_port,
+            username: None,
+            password: None,
+        };
+        let left = crate::upstream::socks5_tunnel(&spec, &mut tcp.stream, host, port)
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        // The relay says nothing before the agent's TLS hello: no bytes may follow.
+        if !left.is_empty() {
+            return Err(failed("bytes after the proxy's answer".into()));
+        }
+        Ok(tcp)
     }
 
     /// A tunnel to the relay through an HTTP CONNECT proxy (a corporate egress proxy).

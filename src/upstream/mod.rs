@@ -302,7 +302,8 @@ fn sent(p: &ParentSpec) -> &'static str {
     }
 }
 
-async fn socks5_tunnel(
+/// A SOCKS5 CONNECT through the parent `p` on `s`: the bytes read past its reply.
+pub(crate) async fn socks5_tunnel(
     p: &ParentSpec,
     s: &mut TcpStream,
     host: &Host,
