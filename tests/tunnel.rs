@@ -569,6 +569,37 @@ async fn an_agent_reaches_the_relay_through_an_http_connect_proxy() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_reaches_the_relay_through_a_socks5_proxy() {
+    let certs = Certs::make();
+    let origin = Origin::fixed("inside").await;
+    let relay = Gatehouse::start(&relay_config(&certs, ""));
+    let egress = Gatehouse::start(
+        "[[listeners]]\nname = \"egress\"\nkind = \"socks\"\nlisten = \"127.0.0.1:0\"\n",
+    );
+    let config = agent_config(
+        &[relay.addr("agents")],
+        &ca(&certs),
+        TOKEN,
+        "\"127.0.0.1/32\"",
+        origin.addr,
+    )
+    .replacen(
+        "server_name",
+        &format!("socks_proxy = \"{}\"\nserver_name", egress.addr("egress")),
+        1,
+    );
+    let agent = Gatehouse::start(&config);
+    relay.wait_stderr("tunnel: agent connected");
+    let web = format!("http://{}/", relay.addr("web"));
+    let (code, body, err) = curl(&[&web]).await;
+    assert_eq!((code, body.as_slice()), (0, &b"inside"[..]), "{err}");
+    // The proxy logs its session when it ends.
+    drop(agent);
+    let line = egress.wait_log("SOCKS5-CONNECT");
+    assert!(line.contains(&relay.addr("agents").to_string()), "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_comes_back_after_the_relay_restarts() {
     let certs = Certs::make();
     let origin = Origin::fixed("inside").await;
@@ -665,6 +696,157 @@ async fn udp_associate_goes_through_the_agent() {
     let r = tokio::time::timeout(Duration::from_millis(500), client.recv_from(&mut buf)).await;
     assert!(r.is_err(), "a reply from outside the allow-list");
     assert!(other.seen().is_empty());
+}
+
+/// `mode = "all"`: one agent stays connected to two relays at once; each serves SOCKS
+/// through it, and one relay going away leaves the other serving without a reconnect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_in_mode_all_serves_two_relays_at_once() {
+    let certs = Certs::make();
+    let echo = tcp_echo().await;
+    let first = Gatehouse::start(&relay_config(&certs, ""));
+    let second = Gatehouse::start(&relay_config(&certs, ""));
+    let agent = Gatehouse::start(
+        &agent_config(
+            &[first.addr("agents"), second.addr("agents")],
+            &ca(&certs),
+            TOKEN,
+            "\"127.0.0.1/32\"",
+            echo,
+        )
+        .replacen("[agent]\n", "[agent]\nmode = \"all\"\n", 1),
+    );
+    first.wait_stderr("tunnel: agent connected");
+    second.wait_stderr("tunnel: agent connected");
+    for relay in [&first, &second] {
+        let (rep, mut s) = socks_connect(relay.addr("socks"), "inside.test", echo.port()).await;
+        assert_eq!(rep, 0);
+        echo_once(&mut s, b"both").await;
+    }
+    let socks = second.addr("socks");
+    drop(first);
+    agent.wait_stderr("disconnected from the relay");
+    let (rep, mut s) = socks_connect(socks, "inside.test", echo.port()).await;
+    assert_eq!(rep, 0, "the other relay still has the agent");
+    echo_once(&mut s, b"still").await;
+}
+
+/// `send_proxy` on a published listener: the inside service gets a PROXY protocol header
+/// naming the real client (v1 and v2), then the client's bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_published_port_can_tell_the_service_the_real_client() {
+    use gatehouse::l4::proxy_protocol::{decode, Decoded, Header};
+    for version in ["v1", "v2"] {
+        let certs = Certs::make();
+        let service = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let web = service.local_addr().expect("addr");
+        let relay = Gatehouse::start(&relay_config(&certs, "").replace(
+            "service = \"web\"",
+            &format!("service = \"web\"\nsend_proxy = \"{version}\""),
+        ));
+        let _agent = Gatehouse::start(&agent_config(
+            &[relay.addr("agents")],
+            &ca(&certs),
+            TOKEN,
+            "",
+            web,
+        ));
+        relay.wait_stderr("tunnel: agent connected");
+        let published = relay.addr("web");
+        let mut client = TcpStream::connect(published).await.expect("connect");
+        client.write_all(b"hello").await.expect("write");
+        let (mut inside, _) = tokio::time::timeout(T, service.accept())
+            .await
+            .expect("a connection within 10s")
+            .expect("accept");
+        let mut buf = Vec::new();
+        let (header, len) = loop {
+            let mut chunk = [0u8; 256];
+            let n = tokio::time::timeout(T, inside.read(&mut chunk))
+                .await
+                .expect("bytes within 10s")
+                .expect("read");
+            assert!(n > 0, "closed before the header");
+            buf.extend_from_slice(&chunk[..n]);
+            match decode(&buf).expect("a PROXY header") {
+                Decoded::Done { header, len } if buf.len() >= len + 5 => break (header, len),
+                _ => {}
+            }
+        };
+        assert_eq!(
+            header,
+            Header::Proxied {
+                src: client.local_addr().expect("addr"),
+                dst: published,
+            },
+            "{version}"
+        );
+        assert_eq!(&buf[len..], b"hello");
+        inside.write_all(b"back").await.expect("write");
+        let mut got = [0u8; 4];
+        client.read_exact(&mut got).await.expect("read");
+        assert_eq!(&got, b"back");
+    }
+}
+
+/// BIND through the agent, on loopback: the agent listens where the expected peer routes
+/// to; a connection from another address than the expected one is refused (second reply
+/// 2), nobody connecting within the relay's bind_timeout ends it (6), and an expected peer
+/// outside the agent's allow-list is refused at once (2, no listening socket).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bind_through_the_agent_checks_the_peer_and_times_out() {
+    let certs = Certs::make();
+    let web = tcp_echo().await;
+    let relay = Gatehouse::start(&relay_config(&certs, "").replace(
+        "via_agent = \"office\"",
+        "via_agent = \"office\"\nbind_timeout = \"1s\"",
+    ));
+    let _agent = Gatehouse::start(&agent_config(
+        &[relay.addr("agents")],
+        &ca(&certs),
+        TOKEN,
+        "\"127.0.0.0/8\"",
+        web,
+    ));
+    relay.wait_stderr("tunnel: agent connected");
+    let socks = relay.addr("socks");
+    let bind = |expected: &str| {
+        let expected: SocketAddr = expected.parse().expect("addr");
+        async move {
+            let mut s = socks5_open(socks).await;
+            s.write_all(&socks5_request(2, expected))
+                .await
+                .expect("request");
+            let first = socks5_reply(&mut s).await;
+            (s, first)
+        }
+    };
+    // Expecting 127.0.0.2: the connection comes from 127.0.0.1.
+    let (mut s, (rep, bound)) = bind("127.0.0.2:0").await;
+    assert_eq!(rep, 0);
+    assert!(bound.ip().is_loopback() && bound.port() != 0, "{bound}");
+    let mut inside = TcpStream::connect(bound)
+        .await
+        .expect("connect to the BIND");
+    let (rep, _) = socks5_reply(&mut s).await;
+    assert_eq!(rep, 2, "a peer other than the expected one");
+    let line = relay.wait_log("SOCKS5-BIND");
+    assert!(line.contains("bind_wrong_peer"), "{line}");
+    let mut b = [0u8; 1];
+    let r = tokio::time::timeout(T, inside.read(&mut b))
+        .await
+        .expect("closed");
+    assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
+    // Nobody comes: the relay's bind_timeout (1s) ends it with TTL expired.
+    let (mut s, (rep, _)) = bind("127.0.0.1:0").await;
+    assert_eq!(rep, 0);
+    let started = Instant::now();
+    let (rep, _) = socks5_reply(&mut s).await;
+    assert_eq!(rep, 6, "bind timed out");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // Outside the allow-list: refused by the agent before it listens.
+    let (_s, (rep, _)) = bind("192.0.2.1:0").await;
+    assert_eq!(rep, 2);
 }
 
 /// A server that sends `total` bytes to each client and counts what it managed to write.
@@ -1046,6 +1228,184 @@ fn a_target_inside_a_private_network_is_reached_only_through_the_agent() {
         .await;
         assert_ne!(code, 0, "{err}");
         assert!(err.contains("SOCKS") || err.contains("connect"), "{err}");
+    });
+    let _ = agent.kill();
+    let _ = agent.wait();
+    let _ = target.kill();
+    let _ = target.wait();
+}
+
+/// SOCKS5 BIND through the agent into the private network: the client, outside, asks the
+/// relay for a BIND expecting a peer on the private network's loopback; the first reply
+/// carries the address the agent listens on there; a process inside connects to it, the
+/// second reply names it, and bytes flow both ways.
+#[test]
+fn bind_through_the_agent_takes_a_connection_from_inside_the_private_network() {
+    if !in_fresh_netns("bind_through_the_agent_takes_a_connection_from_inside_the_private_network")
+    {
+        return;
+    }
+    let certs = Certs::make();
+    let net = PrivateNet::create();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay_text = relay_config(&certs, "").replacen(
+        "listen = \"127.0.0.1:0\"",
+        "listen = \"10.201.0.1:0\"",
+        1,
+    );
+    let relay = Gatehouse::start(&relay_text);
+    let web: SocketAddr = "127.0.0.1:18080".parse().expect("addr");
+    let mut agent = net.gatehouse(
+        dir.path(),
+        "agent",
+        &agent_config(
+            &[relay.addr("agents")],
+            &ca(&certs),
+            TOKEN,
+            "\"127.0.0.1\"",
+            web,
+        ),
+    );
+    relay.wait_stderr("tunnel: agent connected");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let mut s = socks5_open(relay.addr("socks")).await;
+        s.write_all(&socks5_request(2, "127.0.0.1:0".parse().expect("addr")))
+            .await
+            .expect("request");
+        let (rep, bound) = socks5_reply(&mut s).await;
+        assert_eq!(rep, 0);
+        assert_eq!(bound.ip().to_string(), "127.0.0.1", "{bound}");
+        // Outside, that port is nobody's: the listening socket is in the private network.
+        assert!(TcpStream::connect(bound).await.is_err());
+        // Inside: connect to the announced address, say "inside", print what comes back.
+        let script = format!(
+            "exec 3<>/dev/tcp/127.0.0.1/{}; printf inside >&3; head -c 7 <&3",
+            bound.port()
+        );
+        let peer = tokio::process::Command::new("nsenter")
+            .args(["-t", &net.pid().to_string(), "-n", "bash", "-c", &script])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("nsenter bash");
+        let (rep, from) = socks5_reply(&mut s).await;
+        assert_eq!(rep, 0);
+        assert_eq!(from.ip().to_string(), "127.0.0.1", "{from}");
+        let mut got = [0u8; 6];
+        tokio::time::timeout(T, s.read_exact(&mut got))
+            .await
+            .expect("bytes from inside within 10s")
+            .expect("read");
+        assert_eq!(&got, b"inside");
+        s.write_all(b"outside").await.expect("write");
+        let out = tokio::time::timeout(T, peer.wait_with_output())
+            .await
+            .expect("the inside peer finished")
+            .expect("output");
+        assert_eq!(
+            out.stdout,
+            b"outside",
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    });
+    let _ = agent.kill();
+    let _ = agent.wait();
+}
+
+/// A policy rule routes to the agent (`action = "route"`, `agent = "office"`, by destination):
+/// an ordinary SOCKS listener (no `via_agent`) and the HTTP forward proxy, both CONNECT and
+/// absolute-URI requests, reach a target only the private network has, through the agent.
+/// Other destinations are not routed (and a name the relay cannot resolve then fails).
+#[test]
+fn a_policy_route_sends_socks_and_http_proxy_traffic_through_the_agent() {
+    if !in_fresh_netns("a_policy_route_sends_socks_and_http_proxy_traffic_through_the_agent") {
+        return;
+    }
+    let certs = Certs::make();
+    let net = PrivateNet::create();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut target = net.gatehouse(
+        dir.path(),
+        "target",
+        "[[listeners]]\nname = \"h\"\nkind = \"http\"\nlisten = \"127.0.0.1:0\"\n\
+         [admin]\nlisten = \"127.0.0.1:18080\"\n",
+    );
+    let relay = Gatehouse::start(&format!(
+        r#"
+[[listeners]]
+name = "agents"
+kind = "tunnel"
+listen = "10.201.0.1:0"
+tls = {{ cert = "{crt}", key = "{key}" }}
+[[listeners.agents]]
+name = "office"
+token = "{TOKEN}"
+
+[[listeners]]
+name = "socks"
+kind = "socks"
+listen = "127.0.0.1:0"
+
+{http}
+[[policy.rules]]
+name = "to-office"
+action = "route"
+agent = "office"
+hosts = ["inside.test"]
+
+[dns]
+servers = ["127.0.0.1:9"]
+timeout = "1s"
+attempts = 1
+"#,
+        crt = certs.crt().display(),
+        key = certs.key().display(),
+        http = http_listener("http", "connect_ports = [18080]"),
+    ));
+    let web: SocketAddr = "127.0.0.1:18080".parse().expect("addr");
+    let mut agent = net.gatehouse(
+        dir.path(),
+        "agent",
+        &agent_config(
+            &[relay.addr("agents")],
+            &ca(&certs),
+            TOKEN,
+            "\"127.0.0.1:18080\"",
+            web,
+        ),
+    );
+    relay.wait_stderr("tunnel: agent connected");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let url = "http://inside.test:18080/healthz";
+        let socks = relay.addr("socks").to_string();
+        let http = format!("http://{}", relay.addr("http"));
+        for args in [
+            vec!["--socks5-hostname", socks.as_str(), url],
+            vec!["-x", http.as_str(), url],
+            vec!["-p", "-x", http.as_str(), url],
+        ] {
+            let (code, body, err) = curl(&args).await;
+            assert_eq!(
+                (code, body.as_slice()),
+                (0, &b"ok\n"[..]),
+                "{args:?}: {err}"
+            );
+        }
+        // Not routed: the relay itself cannot reach the target.
+        let (code, body, _) = curl(&["-x", &http, "http://127.0.0.1:18080/healthz"]).await;
+        assert!(code != 0 || body != b"ok\n", "reached without the agent");
     });
     let _ = agent.kill();
     let _ = agent.wait();

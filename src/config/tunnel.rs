@@ -131,15 +131,30 @@ pub struct PublishedListenerConfig {
     pub service: String,
     /// A connection with no traffic either way for this long is closed.
     pub idle_timeout: Duration,
+    /// A PROXY protocol header (the real client) sent first to the inside service.
+    pub send_proxy: Option<super::ProxyVersion>,
 }
 
 pub(super) fn read_published(l: &Section<'_>) -> Option<PublishedListenerConfig> {
     let agent = read_name(l, "agent");
     let service = read_name(l, "service");
+    let send_proxy = match l.string("send_proxy").as_deref() {
+        None | Some("off") => None,
+        Some("v1") => Some(super::ProxyVersion::V1),
+        Some("v2") => Some(super::ProxyVersion::V2),
+        Some(other) => {
+            l.error_at(
+                "send_proxy",
+                format!("expected \"off\", \"v1\" or \"v2\", found {other:?}"),
+            );
+            None
+        }
+    };
     Some(PublishedListenerConfig {
         agent: agent?,
         service: service?,
         idle_timeout: l.duration("idle_timeout", Duration::from_secs(600)),
+        send_proxy,
     })
 }
 
@@ -157,10 +172,15 @@ pub enum RelayVerify {
 pub struct AgentConfig {
     pub name: String,
     pub token: Token,
-    /// `host:port` of each relay, in failover order.
+    /// `host:port` of each relay, in failover order (or all at once, `all_relays`).
     pub relays: Vec<(String, u16)>,
+    /// `mode = "all"`: connected to every relay at once; `"failover"` (the default): one at a
+    /// time, in order.
+    pub all_relays: bool,
     /// An HTTP proxy (`host:port`) the relays are reached through with CONNECT.
     pub http_proxy: Option<(String, u16)>,
+    /// A SOCKS5 proxy (`host:port`, no login) the relays are reached through instead.
+    pub socks_proxy: Option<(String, u16)>,
     /// The name the relay's certificate must carry (also the TLS SNI).
     pub server_name: String,
     pub verify: RelayVerify,
@@ -198,6 +218,23 @@ pub(super) fn read_agent(a: &Section<'_>) -> Option<AgentConfig> {
         .unwrap_or_default();
     if relays.is_empty() {
         a.error_at("relays", "at least one relay address is required");
+    }
+    let all_relays = match a.string("mode").as_deref() {
+        None | Some("failover") => false,
+        Some("all") => true,
+        Some(other) => {
+            a.error_at(
+                "mode",
+                format!("expected \"failover\" or \"all\", found {other:?}"),
+            );
+            false
+        }
+    };
+    if a.has("http_proxy") && a.has("socks_proxy") {
+        a.error_at(
+            "socks_proxy",
+            "give `http_proxy` or `socks_proxy`, not both",
+        );
     }
     let server_name = a.string("server_name");
     if server_name.is_none() {
@@ -247,7 +284,9 @@ pub(super) fn read_agent(a: &Section<'_>) -> Option<AgentConfig> {
         name: name?,
         token: token?,
         relays,
+        all_relays,
         http_proxy: a.parse("http_proxy", "\"host:port\"", parse_host_port),
+        socks_proxy: a.parse("socks_proxy", "\"host:port\"", parse_host_port),
         server_name: server_name?,
         verify: verify?,
         publish,
@@ -322,14 +361,51 @@ mod tests {
     }
 
     #[test]
+    fn a_published_listener_sends_proxy_v1_or_v2_or_nothing() {
+        let published = |extra: &str| {
+            format!(
+                "{TUNNEL}tls = {{ cert = \"c\", key = \"k\" }}\n\
+                 [[listeners.agents]]\nname = \"office\"\ntoken = \"t\"\n\
+                 [[listeners]]\nname = \"p\"\nkind = \"published\"\nlisten = \"127.0.0.1:0\"\n\
+                 agent = \"office\"\nservice = \"web\"\n{extra}"
+            )
+        };
+        assert_eq!(
+            problems(&published("send_proxy = \"v3\"\n")),
+            ["listeners[1].send_proxy"]
+        );
+        for (extra, want) in [
+            ("", None),
+            ("send_proxy = \"off\"\n", None),
+            (
+                "send_proxy = \"v1\"\n",
+                Some(super::super::ProxyVersion::V1),
+            ),
+            (
+                "send_proxy = \"v2\"\n",
+                Some(super::super::ProxyVersion::V2),
+            ),
+        ] {
+            let c = Config::parse(&published(extra)).expect("valid");
+            let ListenerKind::Published(p) = &c.listeners[1].kind else {
+                panic!("published")
+            };
+            assert_eq!(p.send_proxy, want, "{extra}");
+        }
+    }
+
+    #[test]
     fn the_agent_section_is_checked_whole() {
         let p = problems(
-            "[agent]\nname = \"office\"\ntoken = \"t\"\nrelays = [\"nohost\"]\n\
+            "[agent]\nname = \"office\"\ntoken = \"t\"\nrelays = [\"nohost\"]\nmode = \"some\"\n\
+             http_proxy = \"p:3128\"\nsocks_proxy = \"p:1080\"\n\
              ca = \"c.pem\"\nfingerprint = \"sha256:00\"\nallow = [\"10.0.0.0/8\", \"a b\"]\n\
              [agent.publish]\n\"bad/name\" = \"127.0.0.1:1\"\nweb = \"127.0.0.1\"\n",
         );
         for want in [
             "agent.relays[0]",
+            "agent.mode",
+            "agent.socks_proxy",
             "agent",
             "agent.fingerprint",
             "agent.allow[1]",
@@ -347,6 +423,7 @@ mod tests {
         let a = c.agent.expect("agent");
         assert!(c.listeners.is_empty());
         assert_eq!(a.relays, [("relay.example".to_string(), 7000)]);
+        assert!(!a.all_relays, "failover order by default");
         assert!(matches!(a.verify, RelayVerify::Fingerprint(d) if d[31] == 0x1f));
         assert!(a.allow.entries.is_empty(), "nothing allowed by default");
     }

@@ -23,11 +23,13 @@ pub(super) struct Upstream {
     pub(super) buf: BytesMut,
 }
 
-/// The connection to an upstream: a plain socket (split natively, spliced in tunnels), or
-/// TLS to a pool server (`[pools.tls]`).
+/// The connection to an upstream: a plain socket (split natively, spliced in tunnels),
+/// TLS to a pool server (`[pools.tls]`), or a stream through a tunnel agent (a rule's
+/// `agent = ...`; never pooled).
 pub(super) enum UpStream {
     Tcp(TcpStream),
     Tls(Box<crate::tls::client::TlsStream<TcpStream>>),
+    Agent(Box<crate::tunnel::hub::Opened>),
 }
 
 impl UpStream {
@@ -40,6 +42,11 @@ impl UpStream {
             }
             UpStream::Tls(s) => {
                 let io: &mut dyn super::stream::Io = &mut **s;
+                let (r, w) = tokio::io::split(io);
+                (ReadHalf::Io(r), WriteHalf::Io(w))
+            }
+            UpStream::Agent(s) => {
+                let io: &mut dyn super::stream::Io = &mut s.stream;
                 let (r, w) = tokio::io::split(io);
                 (ReadHalf::Io(r), WriteHalf::Io(w))
             }
@@ -56,6 +63,7 @@ impl tokio::io::AsyncRead for UpStream {
         match self.get_mut() {
             UpStream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             UpStream::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
+            UpStream::Agent(s) => Pin::new(&mut s.stream).poll_read(cx, buf),
         }
     }
 }
@@ -69,6 +77,7 @@ impl tokio::io::AsyncWrite for UpStream {
         match self.get_mut() {
             UpStream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             UpStream::Tls(s) => Pin::new(&mut **s).poll_write(cx, buf),
+            UpStream::Agent(s) => Pin::new(&mut s.stream).poll_write(cx, buf),
         }
     }
 
@@ -80,6 +89,7 @@ impl tokio::io::AsyncWrite for UpStream {
         match self.get_mut() {
             UpStream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             UpStream::Tls(s) => Pin::new(&mut **s).poll_write_vectored(cx, bufs),
+            UpStream::Agent(s) => Pin::new(&mut s.stream).poll_write_vectored(cx, bufs),
         }
     }
 
@@ -87,6 +97,7 @@ impl tokio::io::AsyncWrite for UpStream {
         match self {
             UpStream::Tcp(s) => s.is_write_vectored(),
             UpStream::Tls(s) => s.is_write_vectored(),
+            UpStream::Agent(s) => s.stream.is_write_vectored(),
         }
     }
 
@@ -94,6 +105,7 @@ impl tokio::io::AsyncWrite for UpStream {
         match self.get_mut() {
             UpStream::Tcp(s) => Pin::new(s).poll_flush(cx),
             UpStream::Tls(s) => Pin::new(&mut **s).poll_flush(cx),
+            UpStream::Agent(s) => Pin::new(&mut s.stream).poll_flush(cx),
         }
     }
 
@@ -101,6 +113,7 @@ impl tokio::io::AsyncWrite for UpStream {
         match self.get_mut() {
             UpStream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
             UpStream::Tls(s) => Pin::new(&mut **s).poll_shutdown(cx),
+            UpStream::Agent(s) => Pin::new(&mut s.stream).poll_shutdown(cx),
         }
     }
 }

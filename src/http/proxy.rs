@@ -659,9 +659,9 @@ impl HttpProxy {
                         .take(&key)
                         .filter(|(_, p)| allowed.contains(p));
                     match pooled {
-                        Some((s, p)) => (s, p, true, BytesMut::new()),
+                        Some((s, p)) => (UpStream::Tcp(s), p, true, BytesMut::new()),
                         None => match self.connect_checked(target, allowed).await {
-                            Ok(c) => (c.stream, c.peer, false, BytesMut::new()),
+                            Ok(c) => (UpStream::Tcp(c.stream), c.peer, false, BytesMut::new()),
                             Err(e) => return Fetched::Failed(ProxyError::from(e)),
                         },
                     }
@@ -672,6 +672,34 @@ impl HttpProxy {
                         "proxy_internal_error",
                         "a pool route goes through fetch_pool",
                     ))
+                }
+                Via::Route(parents) if crate::upstream::route_agent(parents).is_some() => {
+                    let agent = crate::upstream::route_agent(parents).unwrap_or_default();
+                    let what = crate::tunnel::proto::Open::Tcp {
+                        host: super::tunnel::host_text(&target.host),
+                        port: target.port,
+                    };
+                    match self
+                        .svc
+                        .agents
+                        .open(agent, &what, self.svc.connect_timeout)
+                        .await
+                    {
+                        Ok(o) => (
+                            UpStream::Agent(Box::new(o)),
+                            SocketAddr::from(([0, 0, 0, 0], 0)),
+                            false,
+                            BytesMut::new(),
+                        ),
+                        Err(e) => {
+                            let status = super::tunnel::agent_status(e);
+                            return Fetched::Failed(ProxyError::new(
+                                status,
+                                e.as_str(),
+                                e.to_string(),
+                            ));
+                        }
+                    }
                 }
                 Via::Route(_) => {
                     let policy = client.policy.clone();
@@ -695,7 +723,7 @@ impl HttpProxy {
                             let peer = ex
                                 .upstream
                                 .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
-                            (s, peer, false, left)
+                            (UpStream::Tcp(s), peer, false, left)
                         }
                         Err(e) => return Fetched::Failed(e),
                     }
@@ -706,7 +734,7 @@ impl HttpProxy {
             }
             ex.upstream = Some(peer);
             let mut up = Upstream {
-                stream: UpStream::Tcp(stream),
+                stream,
                 buf: leftover,
             };
             let req_head = routed_head.as_deref().unwrap_or(req_head);

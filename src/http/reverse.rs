@@ -633,6 +633,7 @@ impl HttpProxy {
                         match up.stream {
                             UpStream::Tcp(s) => rv.idle.put(key, s, peer),
                             UpStream::Tls(s) => rv.idle_tls.put(key, s, peer),
+                            UpStream::Agent(_) => {}
                         }
                     }
                     return Fetched::Done(done.client_keep);

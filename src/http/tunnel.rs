@@ -92,6 +92,13 @@ impl HttpProxy {
             Access::Direct { addrs, .. } => Via::Direct(addrs),
             Access::Route { parents, .. } => Via::Route(parents),
         };
+        if let Via::Route(parents) = &via {
+            if let Some(agent) = crate::upstream::route_agent(parents) {
+                let agent = agent.to_string();
+                drop(head);
+                return Box::pin(self.tunnel_agent(client, &host, port, &agent, keep, ex)).await;
+            }
+        }
         let target = HttpTarget {
             authority: format!("{host}:{port}"),
             host,
@@ -235,6 +242,85 @@ impl HttpProxy {
 
     /// A tunnel's relay: zero-copy splice between two plain sockets, or the copying relay
     /// when bandwidth limits apply.
+    /// A CONNECT a rule routes to a tunnel agent: a stream through the agent (which
+    /// resolves the name and applies its allow-list), then the relay.
+    async fn tunnel_agent(
+        &self,
+        client: &mut Client,
+        host: &crate::connector::Host,
+        port: u16,
+        agent: &str,
+        keep: bool,
+        ex: &mut Exchange,
+    ) -> bool {
+        let what = crate::tunnel::proto::Open::Tcp {
+            host: host_text(host),
+            port,
+        };
+        let mut opened = match self
+            .svc
+            .agents
+            .open(agent, &what, self.svc.connect_timeout)
+            .await
+        {
+            Ok(o) => o,
+            Err(e) => {
+                let err = ProxyError::new(agent_status(e), e.as_str(), e.to_string());
+                self.send_error(client, &err, !keep, ex).await;
+                return keep;
+            }
+        };
+        let established = match ex.auth_reply.take() {
+            Some(v) => {
+                format!("HTTP/1.1 200 Connection established\r\nProxy-Authenticate: {v}\r\n\r\n")
+            }
+            None => "HTTP/1.1 200 Connection established\r\n\r\n".to_string(),
+        };
+        let timeout = self.cfg.read_timeout;
+        if body::write_all(&mut client.stream, established.as_bytes(), timeout)
+            .await
+            .is_err()
+        {
+            return false;
+        }
+        ex.status = 200;
+        ex.bytes_out += established.len() as u64;
+        if !client.buf.is_empty() {
+            if body::write_all(&mut opened.stream, &client.buf, timeout)
+                .await
+                .is_err()
+            {
+                return false;
+            }
+            ex.bytes_in += client.buf.len() as u64;
+        }
+        client.buf = bytes::BytesMut::new();
+        let t = self
+            .svc
+            .limits
+            .throttles(client.peer.ip(), ex.user.as_deref());
+        let (end, stats) = Box::pin(relay::relay_limited(
+            &mut client.stream,
+            &mut opened.stream,
+            self.cfg.tunnel_idle_timeout,
+            t.up,
+            t.down,
+        ))
+        .await;
+        opened.count(stats.a_to_b, stats.b_to_a);
+        let m = &self.svc.metrics;
+        m.relay("connect", stats.a_to_b, stats.b_to_a);
+        m.tunnel_bytes(agent, "http", stats.a_to_b, stats.b_to_a);
+        ex.bytes_in += stats.a_to_b;
+        ex.bytes_out += stats.b_to_a;
+        match end {
+            RelayEnd::Done => {}
+            RelayEnd::Idle => ex.error = Some("connection_read_timeout"),
+            RelayEnd::Error(_) => ex.error = Some("connection_terminated"),
+        }
+        false
+    }
+
     pub(super) async fn tunnel_relay(
         &self,
         client: &mut Client,
@@ -311,15 +397,16 @@ impl HttpProxy {
         up.buf = bytes::BytesMut::new();
         let (end, stats) = match &mut up.stream {
             UpStream::Tcp(s) => self.tunnel_relay(client, s, ex).await,
-            // TLS to the server: only the copying relay can carry it.
-            UpStream::Tls(s) => {
+            // TLS to the server, or a stream through an agent: only the copying relay can
+            // carry it.
+            other => {
                 let t = self
                     .svc
                     .limits
                     .throttles(client.peer.ip(), ex.user.as_deref());
                 Box::pin(relay::relay_limited(
                     &mut client.stream,
-                    &mut **s,
+                    other,
                     self.cfg.tunnel_idle_timeout,
                     t.up,
                     t.down,
@@ -336,5 +423,43 @@ impl HttpProxy {
             ex.error = Some("connection_terminated");
         }
         false
+    }
+}
+
+/// A host as the agent is asked for it: the name, or the address.
+pub(super) fn host_text(host: &crate::connector::Host) -> String {
+    match host {
+        crate::connector::Host::Name(n) => n.clone(),
+        crate::connector::Host::Ip(ip) => ip.to_string(),
+    }
+}
+
+/// The status a client gets when an agent does not open a stream.
+pub(super) fn agent_status(e: crate::tunnel::proto::OpenError) -> u16 {
+    use crate::tunnel::proto::OpenError;
+    match e {
+        OpenError::NotAllowed | OpenError::NoService => 403,
+        OpenError::NetworkUnreachable => 503,
+        OpenError::HostUnreachable => 504,
+        OpenError::BadRequest | OpenError::Refused | OpenError::Failed => 502,
+    }
+}
+
+#[cfg(test)]
+mod agent_tests {
+    use super::*;
+    use crate::tunnel::proto::OpenError;
+
+    #[test]
+    fn agent_refusals_become_statuses() {
+        assert_eq!(agent_status(OpenError::NotAllowed), 403);
+        assert_eq!(agent_status(OpenError::NetworkUnreachable), 503);
+        assert_eq!(agent_status(OpenError::HostUnreachable), 504);
+        assert_eq!(agent_status(OpenError::Refused), 502);
+        assert_eq!(
+            crate::upstream::route_agent(&["agent:office".to_string()]),
+            Some("office")
+        );
+        assert_eq!(crate::upstream::route_agent(&["direct".to_string()]), None);
     }
 }

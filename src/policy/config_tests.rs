@@ -183,6 +183,16 @@ fn parses_every_key() {
 }
 
 #[test]
+fn a_route_to_an_agent_is_one_agent_entry() {
+    let text = "[policy]\n[[policy.rules]]\naction = \"route\"\nagent = \"office\"\n";
+    let cfg = PolicyConfig::from_toml(text, LISTENERS).expect("parses");
+    let RuleAction::Route(route) = &cfg.rules[0].action else {
+        panic!("a route: {:?}", cfg.rules[0].action)
+    };
+    assert_eq!(crate::upstream::route_agent(route), Some("office"));
+}
+
+#[test]
 fn an_absent_section_is_the_safe_default() {
     let cfg = PolicyConfig::from_toml("", LISTENERS).expect("empty");
     assert_eq!(cfg.default_action, DefaultAction::Allow);
@@ -204,6 +214,9 @@ fn errors_name_their_key_paths() {
         ("[[policy.rules]]\naction = \"route\"", &[("policy.rules[0].parents", "needs parents")]),
         ("[[policy.rules]]\naction = \"route\"\nparents = [\"nope\"]", &[("policy.rules[0].parents[0]", "no [[policy.parents]]")]),
         ("[[policy.rules]]\naction = \"allow\"\nparents = [\"direct\"]", &[("policy.rules[0].parents", "only for")]),
+        ("[[policy.rules]]\naction = \"allow\"\nagent = \"office\"", &[("policy.rules[0].agent", "only for")]),
+        ("[[policy.rules]]\naction = \"route\"\nagent = \"of fice\"", &[("policy.rules[0].agent", "agent name")]),
+        ("[[policy.rules]]\naction = \"route\"\nagent = \"office\"\nparents = [\"direct\"]", &[("policy.rules[0].agent", "not both")]),
         ("[[policy.rules]]\naction = \"deny\"\nhosts = [\"ok.test\", \"re:(\"]", &[("policy.rules[0].hosts[1]", "regex")]),
         ("[[policy.rules]]\naction = \"deny\"\nhosts = [\"10.0.0.1\"]", &[("policy.rules[0].hosts[0]", "dest_addrs")]),
         ("[[policy.rules]]\naction = \"deny\"\nhosts = []", &[("policy.rules[0].hosts", "empty list")]),

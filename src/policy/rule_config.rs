@@ -79,13 +79,31 @@ pub(super) fn read_rule(
             .then(|| p.to_string())
             .ok_or_else(|| "no [[policy.parents]] entry has this name".into())
     });
+    let agent = r.string("agent");
+    if let Some(a) = &agent {
+        if !crate::tunnel::proto::valid_name(a) {
+            r.error_at("agent", "an agent name is 1-64 of A-Z a-z 0-9 . _ -");
+        }
+    }
     let action = match action_name.as_deref() {
         Some("allow") => RuleAction::Allow,
         Some("deny") => RuleAction::Deny,
+        Some("route") if r.has("agent") && r.has("parents") => {
+            r.error_at(
+                "agent",
+                "a route goes through parents or an agent, not both",
+            );
+            RuleAction::Deny
+        }
+        Some("route") if r.has("agent") => RuleAction::Route(vec![format!(
+            "{}{}",
+            crate::upstream::AGENT_PREFIX,
+            agent.clone().unwrap_or_default()
+        )]),
         Some("route") if !r.has("parents") => {
             r.error_at(
                 "parents",
-                "a route rule needs parents (names, or \"direct\")",
+                "a route rule needs parents (names, or \"direct\") or an agent",
             );
             RuleAction::Deny
         }
@@ -104,6 +122,9 @@ pub(super) fn read_rule(
     };
     if action_name.as_deref() != Some("route") && r.has("parents") {
         r.error_at("parents", "parents are only for action = \"route\"");
+    }
+    if action_name.as_deref() != Some("route") && r.has("agent") {
+        r.error_at("agent", "an agent is only for action = \"route\"");
     }
     let nets = |key: &str| {
         non_empty(

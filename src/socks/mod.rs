@@ -8,7 +8,7 @@
 //!   through parents); [`bind`] and [`udp`] drive the other two commands.
 
 mod access;
-mod bind;
+pub(crate) mod bind;
 mod client;
 pub mod codec;
 mod gssapi;

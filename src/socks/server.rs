@@ -74,6 +74,9 @@ enum Admitted {
     Agent(Arc<str>),
     /// UDP ASSOCIATE through this tunnel agent (each datagram checked on its own).
     AgentUdp(Arc<str>),
+    /// BIND at this tunnel agent (the expected peer checked, or anyone: checked when it
+    /// connects).
+    AgentBind(Arc<str>),
 }
 
 /// What the access log gets to know about one session.
@@ -285,7 +288,12 @@ impl SocksServer {
                     self.check_remote(s, req, Protocol::SocksConnect, &req.target)?;
                     Ok(Admitted::Agent(Arc::from(agent.as_str())))
                 }
-                Command::Bind => Err(SocksError::AgentUnsupported("BIND")),
+                Command::Bind => {
+                    if !bind::from_anyone(&req.target) {
+                        self.check_remote(s, req, Protocol::SocksBind, &req.target)?;
+                    }
+                    Ok(Admitted::AgentBind(Arc::from(agent.as_str())))
+                }
                 Command::UdpAssociate => Ok(Admitted::AgentUdp(Arc::from(agent.as_str()))),
             };
         }
@@ -295,6 +303,12 @@ impl SocksServer {
                 let allowed = self
                     .check(s, req, Protocol::SocksConnect, &t.host, t.port)
                     .await?;
+                // A rule routing to a tunnel agent: the stream goes through it.
+                if let Allowed::Route { parents, .. } = &allowed {
+                    if let Some(agent) = upstream::route_agent(parents) {
+                        return Ok(Admitted::Agent(Arc::from(agent)));
+                    }
+                }
                 Ok(Admitted::Connect(allowed))
             }
             Command::Bind => match &t.host {
@@ -334,10 +348,15 @@ impl SocksServer {
             Admitted::Bind(expected) => Box::pin(bind::run(self, c, s, req, expected)).await,
             // On a protected GSSAPI session the datagrams are wrapped (RFC 1961 section 5).
             Admitted::Udp => Box::pin(udp::run(self, c, s, req)).await,
+            // RFC 1961 wrapping is not carried through an agent: refused, never in the clear.
+            Admitted::Agent(_) if c.sealed.is_some() => {
+                Err(SocksError::AgentUnsupported("a GSSAPI-protected CONNECT"))
+            }
             Admitted::Agent(agent) => Box::pin(self.connect_agent(c, s, &req.target, &agent)).await,
             Admitted::AgentUdp(agent) => {
                 Box::pin(super::udp_agent::run(self, c, s, req, &agent)).await
             }
+            Admitted::AgentBind(agent) => Box::pin(bind::run_agent(self, c, s, req, &agent)).await,
         }
     }
 
@@ -361,7 +380,7 @@ impl SocksServer {
             host,
             port: target.port,
         };
-        let mut opened = self
+        let opened = self
             .svc
             .agents
             .open(agent, &what, self.svc.connect_timeout)
@@ -371,10 +390,25 @@ impl SocksServer {
         c.reply(Reply::Succeeded, SocketAddr::from(([0, 0, 0, 0], 0)))
             .await?;
         c.stage = Stage::Silent;
+        self.relay_agent(c, s, opened, agent).await;
+        Ok(())
+    }
+
+    /// A stream through a tunnel agent joined to the client (whose bytes sent ahead of the
+    /// reply go first), counted for the agent.
+    pub(super) async fn relay_agent<S>(
+        &self,
+        c: &mut Client<S>,
+        s: &mut Session,
+        mut opened: crate::tunnel::hub::Opened,
+        agent: &str,
+    ) where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
         if !c.buf.is_empty() {
             if opened.stream.write_all(&c.buf).await.is_err() {
                 s.error = Some("connection_terminated");
-                return Ok(());
+                return;
             }
             s.relayed_in += c.buf.len() as u64;
         }
@@ -408,7 +442,6 @@ impl SocksServer {
             RelayEnd::Idle => s.error = Some("idle_timeout"),
             RelayEnd::Error(_) => s.error = Some("connection_terminated"),
         }
-        Ok(())
     }
 
     /// CONNECT to the checked addresses, or through the route's parents.

@@ -6,7 +6,7 @@
 //! it added at random (so agents cut off together do not return together); a connection that
 //! stayed up for a while starts the back-off again from the bottom.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -80,11 +80,27 @@ impl Agent {
         })
     }
 
-    /// Runs until the process drains: connect, serve, back off, again.
+    /// Runs until the process drains: connect, serve, back off, again; with `mode = "all"`,
+    /// that for every relay at once, each with its own back-off.
     pub async fn run(self: Arc<Self>) {
+        if self.cfg.all_relays {
+            let each = self
+                .cfg
+                .relays
+                .iter()
+                .map(|r| self.clone().run_through(std::slice::from_ref(r).to_vec()));
+            futures_util::future::join_all(each).await;
+        } else {
+            let relays = self.cfg.relays.clone();
+            self.run_through(relays).await;
+        }
+    }
+
+    /// Keeps one connection up to `relays`, tried in order.
+    async fn run_through(self: Arc<Self>, relays: Vec<(String, u16)>) {
         let mut wait = Duration::ZERO;
         loop {
-            for (host, port) in &self.cfg.relays {
+            for (host, port) in &relays {
                 let started = tokio::time::Instant::now();
                 let result = tokio::select! {
                     r = self.session(host, *port) => r,
@@ -125,16 +141,23 @@ impl Agent {
         let cfg = &self.cfg;
         let dial = async {
             let h = Host::parse(host).ok_or_else(|| SessionError::Connect("bad host".into()))?;
-            let tcp = match &cfg.http_proxy {
-                None => self
+            let tcp = match (&cfg.http_proxy, &cfg.socks_proxy) {
+                (Some((ph, pp)), _) => self.through_proxy(ph, *pp, &h, port).await?,
+                (None, Some((ph, pp))) => self.through_socks(ph, *pp, &h, port).await?,
+                (None, None) => self
                     .svc
                     .connector
                     .connect(&h, port)
                     .await
                     .map_err(|e| SessionError::Connect(e.to_string()))?,
-                Some((ph, pp)) => self.through_proxy(ph, *pp, &h, port).await?,
             };
             let _ = tcp.stream.set_nodelay(true);
+            // Where a BIND from anyone is announced: this host's address toward the relay.
+            let local = tcp
+                .stream
+                .local_addr()
+                .map_err(|e| SessionError::Connect(e.to_string()))?
+                .ip();
             let name =
                 tokio_rustls::rustls::pki_types::ServerName::try_from(cfg.server_name.clone())
                     .map_err(|e| SessionError::Handshake(e.to_string()))?;
@@ -163,16 +186,17 @@ impl Agent {
                 Some(HelloReply::Duplicate) => return Err(SessionError::Duplicate),
                 None => return Err(SessionError::Handshake("unknown answer".into())),
             }
-            h2::server::Builder::new()
+            let conn = h2::server::Builder::new()
                 .initial_window_size(super::STREAM_WINDOW)
                 .initial_connection_window_size(super::CONNECTION_WINDOW)
                 .max_frame_size(super::MAX_FRAME)
                 .max_concurrent_streams(super::MAX_STREAMS)
                 .handshake::<_, Bytes>(tls)
                 .await
-                .map_err(|e| SessionError::Handshake(e.to_string()))
+                .map_err(|e| SessionError::Handshake(e.to_string()))?;
+            Ok((conn, local))
         };
-        let mut conn = match tokio::time::timeout(cfg.connect_timeout, dial).await {
+        let (mut conn, local) = match tokio::time::timeout(cfg.connect_timeout, dial).await {
             Ok(r) => r?,
             Err(_) => {
                 return Err(SessionError::Connect(
@@ -189,7 +213,7 @@ impl Agent {
                 next = conn.accept() => match next {
                     Some(Ok((req, respond))) => {
                         let me = self.clone();
-                        self.svc.shutdown.spawn(async move { me.stream(req, respond).await });
+                        self.svc.shutdown.spawn(async move { me.stream(req, respond, local).await });
                     }
                     Some(Err(e)) => return Err(SessionError::Lost(e.to_string())),
                     None => return Err(SessionError::Lost("closed by the relay".into())),
@@ -197,6 +221,40 @@ impl Agent {
                 _ = &mut beat => return Err(SessionError::Dead(cfg.dead_after)),
             }
         }
+    }
+
+    /// A tunnel to the relay through a SOCKS5 proxy (no login).
+    async fn through_socks(
+        &self,
+        proxy_host: &str,
+        proxy_port: u16,
+        host: &Host,
+        port: u16,
+    ) -> Result<crate::connector::Connected, SessionError> {
+        let failed = |e: String| SessionError::Connect(format!("through the SOCKS5 proxy: {e}"));
+        let ph = Host::parse(proxy_host).ok_or_else(|| failed("bad proxy host".into()))?;
+        let mut tcp = self
+            .svc
+            .connector
+            .connect(&ph, proxy_port)
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        let spec = crate::policy::config::ParentSpec {
+            name: "agent-proxy".into(),
+            kind: crate::policy::config::ParentKind::Socks5,
+            host: ph,
+            port: proxy_port,
+            username: None,
+            password: None,
+        };
+        let left = crate::upstream::socks5_tunnel(&spec, &mut tcp.stream, host, port)
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        // The relay says nothing before the agent's TLS hello: no bytes may follow.
+        if !left.is_empty() {
+            return Err(failed("bytes after the proxy's answer".into()));
+        }
+        Ok(tcp)
     }
 
     /// A tunnel to the relay through an HTTP CONNECT proxy (a corporate egress proxy).
@@ -262,8 +320,13 @@ impl Agent {
         &self,
         req: http::Request<h2::RecvStream>,
         mut respond: h2::server::SendResponse<Bytes>,
+        local: IpAddr,
     ) {
         let open = Open::from_request(&req);
+        if let Some(Open::Bind { host, port, wait }) = &open {
+            self.bind(host, *port, *wait, local, req, respond).await;
+            return;
+        }
         if open == Some(Open::Udp) {
             let Ok(resp) = http::Response::builder().status(200).body(()) else {
                 return;
@@ -298,6 +361,126 @@ impl Agent {
         let h2 = H2Stream::new(send, req.into_body());
         let (end, stats) = crate::relay::relay(tcp, h2, self.cfg.idle_timeout).await;
         tracing::debug!(agent = %self.cfg.name, ?end, up = stats.a_to_b, down = stats.b_to_a, "tunnel: stream done");
+    }
+
+    /// A SOCKS BIND: listen (on the address that routes toward the expected peer, or on
+    /// every address when anyone may connect, announced as this host's address toward the
+    /// relay), answer 200 with the address, take exactly one connection within `wait` (at
+    /// most `idle_timeout`), and tell the relay who it came from as a SOCKS5 reply: 0 and the
+    /// peer, 2 when the peer is not the expected one or not in the allow-list, 6 when nobody
+    /// came in time. Then the bytes flow both ways.
+    async fn bind(
+        &self,
+        host: &str,
+        port: u16,
+        wait: Duration,
+        local: IpAddr,
+        req: http::Request<h2::RecvStream>,
+        mut respond: h2::server::SendResponse<Bytes>,
+    ) {
+        let refuse = |mut respond: h2::server::SendResponse<Bytes>, e: OpenError| {
+            tracing::info!(agent = %self.cfg.name, target = %format!("bind from {host}:{port}"), error = e.as_str(), "tunnel: stream refused");
+            if let Ok(resp) = http::Response::builder().status(e.status()).body(()) {
+                let _ = respond.send_response(resp, true);
+            }
+        };
+        let Some(h) = Host::parse(host) else {
+            return refuse(respond, OpenError::BadRequest);
+        };
+        // The peers this BIND accepts: the allowed addresses of the one named, or anyone
+        // the allow-list admits (checked when it connects).
+        let expected: Option<Vec<IpAddr>> = match &h {
+            Host::Ip(ip) if ip.is_unspecified() => None,
+            _ => match self.allowed(&h, port).await {
+                Ok(addrs) => Some(addrs.iter().map(|a| a.ip().to_canonical()).collect()),
+                Err(e) => return refuse(respond, e),
+            },
+        };
+        let listen_ip = match expected.as_deref() {
+            Some([first, ..]) => crate::socks::bind::route_toward(*first).ok(),
+            _ => None,
+        }
+        .unwrap_or(match local {
+            IpAddr::V4(_) => IpAddr::from([0u8; 4]),
+            IpAddr::V6(_) => IpAddr::from([0u16; 8]),
+        });
+        let listener = match tokio::net::TcpListener::bind(SocketAddr::new(listen_ip, 0)).await {
+            Ok(l) => l,
+            Err(_) => return refuse(respond, OpenError::Failed),
+        };
+        let Ok(bound) = listener.local_addr() else {
+            return refuse(respond, OpenError::Failed);
+        };
+        let announced = if bound.ip().is_unspecified() {
+            SocketAddr::new(local, bound.port())
+        } else {
+            bound
+        };
+        let resp = http::Response::builder()
+            .status(200)
+            .header(proto::BOUND_HEADER, announced.to_string())
+            .body(());
+        let Ok(resp) = resp else { return };
+        let Ok(send) = respond.send_response(resp, false) else {
+            return;
+        };
+        let mut h2 = H2Stream::new(send, req.into_body());
+        // The relay sends nothing before the second reply; what it does send early (bounded)
+        // is kept for the inside connection. Its end or reset ends the wait.
+        let mut early = bytes::BytesMut::new();
+        let deadline = tokio::time::sleep(wait.min(self.cfg.idle_timeout));
+        tokio::pin!(deadline);
+        let accepted = loop {
+            tokio::select! {
+                r = listener.accept() => break r.ok(),
+                r = h2.read_buf(&mut early), if early.len() < 64 * 1024 => {
+                    if !matches!(r, Ok(n) if n > 0) {
+                        return;
+                    }
+                }
+                _ = &mut deadline => break None,
+                _ = self.svc.shutdown.draining() => return,
+            }
+        };
+        // Exactly one connection: nobody else gets in after this.
+        drop(listener);
+        let mut reply = Vec::new();
+        let Some((tcp, peer)) = accepted else {
+            tracing::info!(agent = %self.cfg.name, %announced, "tunnel: BIND: nobody connected in time");
+            crate::socks::codec::encode_reply(6, SocketAddr::from(([0u8; 4], 0)), &mut reply);
+            let _ = h2.write_all(&reply).await;
+            let _ = h2.shutdown().await;
+            return;
+        };
+        let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
+        let local_addrs = self.svc.local.load();
+        let admitted = match &expected {
+            Some(ips) => ips.contains(&peer.ip()),
+            None => self
+                .allow
+                .check(None, peer.ip(), peer.port(), |ip| {
+                    local_addrs.is_own_address(ip)
+                })
+                .is_ok(),
+        };
+        if !admitted {
+            tracing::info!(agent = %self.cfg.name, %peer, "tunnel: BIND: a connection from a peer not expected or not allowed");
+            crate::socks::codec::encode_reply(2, peer, &mut reply);
+            let _ = h2.write_all(&reply).await;
+            let _ = h2.shutdown().await;
+            return;
+        }
+        let _ = tcp.set_nodelay(true);
+        crate::socks::codec::encode_reply(0, peer, &mut reply);
+        if h2.write_all(&reply).await.is_err() {
+            return;
+        }
+        let mut tcp = tcp;
+        if !early.is_empty() && tcp.write_all(&early).await.is_err() {
+            return;
+        }
+        let (end, stats) = crate::relay::relay(tcp, h2, self.cfg.idle_timeout).await;
+        tracing::debug!(agent = %self.cfg.name, ?end, up = stats.a_to_b, down = stats.b_to_a, "tunnel: BIND stream done");
     }
 
     /// The addresses of `host` this agent may send to or connect to on `port`.
@@ -402,7 +585,7 @@ impl Agent {
                     .map(|c| c.stream)
                     .map_err(connect_error)
             }
-            Open::Udp => Err(OpenError::BadRequest),
+            Open::Udp | Open::Bind { .. } => Err(OpenError::BadRequest),
             Open::Tcp { host, port } => {
                 let h = Host::parse(host).ok_or(OpenError::BadRequest)?;
                 let name = match &h {

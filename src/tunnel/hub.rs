@@ -63,6 +63,8 @@ pub struct Agents {
 /// A stream through an agent, counted open until dropped.
 pub struct Opened {
     pub stream: H2Stream,
+    /// A BIND's listening address at the agent (its `gatehouse-bound` answer).
+    pub bound: Option<SocketAddr>,
     pub agent: Arc<AgentConn>,
     gauge: prometheus_client::metrics::gauge::Gauge,
 }
@@ -166,10 +168,11 @@ impl Agents {
         // From here on the count is undone by Opened's drop, or below on failure.
         let result = tokio::time::timeout(timeout, open_on(&agent.send, what)).await;
         match result {
-            Ok(Ok(stream)) => {
+            Ok(Ok((stream, bound))) => {
                 self.gauge.inc();
                 Ok(Opened {
                     stream,
+                    bound,
                     agent,
                     gauge: self.gauge.clone(),
                 })
@@ -189,7 +192,7 @@ impl Agents {
 async fn open_on(
     send: &h2::client::SendRequest<Bytes>,
     what: &Open,
-) -> Result<H2Stream, OpenError> {
+) -> Result<(H2Stream, Option<SocketAddr>), OpenError> {
     let req = what.to_request().map_err(|_| OpenError::BadRequest)?;
     let mut send = send.clone().ready().await.map_err(|e| {
         tracing::debug!("tunnel: agent connection not ready: {e}");
@@ -207,7 +210,12 @@ async fn open_on(
     if status != 200 {
         return Err(OpenError::from_status(status));
     }
-    Ok(H2Stream::new(body, response.into_body()))
+    let bound = response
+        .headers()
+        .get(proto::BOUND_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    Ok((H2Stream::new(body, response.into_body()), bound))
 }
 
 /// A `kind = "tunnel"` listener.

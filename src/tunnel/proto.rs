@@ -8,6 +8,11 @@
 //! A stream is one CONNECT request, :authority = what to open:
 //!   "host:port"            a TCP destination (the agent's allow-list and guard apply)
 //!   "NAME:0" + header gatehouse-service: NAME    a service the agent publishes
+//!   "udp:0" + header gatehouse-open: udp          a UDP relay (framed datagrams)
+//!   "host:port" + gatehouse-open: bind + gatehouse-timeout: MS
+//!                          a SOCKS BIND: listen for one connection from host (0.0.0.0:0:
+//!                          anyone), answered 200 with gatehouse-bound: ip:port, then a
+//!                          SOCKS5 reply (the peer, or why not) as the stream's first bytes
 //! the agent answers 200 (bytes flow both ways), or an error status (see [`OpenError`]).
 //! ```
 
@@ -21,6 +26,10 @@ pub const MAX_TOKEN: usize = 1024;
 pub const SERVICE_HEADER: &str = "gatehouse-service";
 /// The header asking for a UDP relay (`gatehouse-open: udp`).
 pub const OPEN_HEADER: &str = "gatehouse-open";
+/// The header of a BIND: how long the agent waits for the connection (milliseconds).
+pub const TIMEOUT_HEADER: &str = "gatehouse-timeout";
+/// The header of the agent's answer to a BIND: the address it listens on.
+pub const BOUND_HEADER: &str = "gatehouse-bound";
 /// Largest datagram (SOCKS UDP header and payload) carried in one frame.
 pub const MAX_DATAGRAM: usize = 65_535;
 
@@ -129,6 +138,13 @@ pub enum Open {
     /// UDP datagram (RFC 1928 section 7: header naming the destination, or on the way back
     /// the source, then the payload).
     Udp,
+    /// A SOCKS BIND: a listening socket for one connection from `host` (an unspecified
+    /// address: from anyone the agent's allow-list admits), waited for at most `wait`.
+    Bind {
+        host: String,
+        port: u16,
+        wait: std::time::Duration,
+    },
 }
 
 impl fmt::Display for Open {
@@ -138,6 +154,10 @@ impl fmt::Display for Open {
             Open::Tcp { host, port } => write!(f, "{host}:{port}"),
             Open::Service(name) => write!(f, "service {name}"),
             Open::Udp => f.write_str("udp"),
+            Open::Bind { host, port, .. } if host.contains(':') => {
+                write!(f, "bind from [{host}]:{port}")
+            }
+            Open::Bind { host, port, .. } => write!(f, "bind from {host}:{port}"),
         }
     }
 }
@@ -153,6 +173,17 @@ impl Open {
                 .header(SERVICE_HEADER, name.as_str())
                 .body(()),
             Open::Udp => b.uri("udp:0").header(OPEN_HEADER, "udp").body(()),
+            Open::Bind { host, port, wait } => {
+                let uri = if host.contains(':') {
+                    format!("[{host}]:{port}")
+                } else {
+                    format!("{host}:{port}")
+                };
+                b.uri(uri)
+                    .header(OPEN_HEADER, "bind")
+                    .header(TIMEOUT_HEADER, wait.as_millis().to_string())
+                    .body(())
+            }
         }
     }
 
@@ -162,7 +193,29 @@ impl Open {
             return None;
         }
         if let Some(v) = req.headers().get(OPEN_HEADER) {
-            return (v.as_bytes() == b"udp").then_some(Open::Udp);
+            return match v.as_bytes() {
+                b"udp" => Some(Open::Udp),
+                b"bind" => {
+                    let ms: u64 = req
+                        .headers()
+                        .get(TIMEOUT_HEADER)?
+                        .to_str()
+                        .ok()?
+                        .parse()
+                        .ok()?;
+                    let auth = req.uri().authority()?;
+                    let host = auth.host().trim_start_matches('[').trim_end_matches(']');
+                    if host.is_empty() {
+                        return None;
+                    }
+                    Some(Open::Bind {
+                        host: host.to_ascii_lowercase(),
+                        port: auth.port_u16()?,
+                        wait: std::time::Duration::from_millis(ms),
+                    })
+                }
+                _ => None,
+            };
         }
         if let Some(v) = req.headers().get(SERVICE_HEADER) {
             let name = v.to_str().ok()?;
@@ -420,6 +473,16 @@ mod tests {
             },
             Open::Service("web".into()),
             Open::Udp,
+            Open::Bind {
+                host: "0.0.0.0".into(),
+                port: 0,
+                wait: std::time::Duration::from_secs(120),
+            },
+            Open::Bind {
+                host: "fd00::1".into(),
+                port: 21,
+                wait: std::time::Duration::from_millis(1500),
+            },
         ] {
             let req = open.to_request().expect("request");
             assert_eq!(Open::from_request(&req), Some(open));
@@ -443,6 +506,24 @@ mod tests {
             .body(())
             .expect("req");
         assert_eq!(Open::from_request(&bad_service), None);
+        // A BIND names how long to wait, as a number of milliseconds.
+        for timeout in [None, Some("soon"), Some("-1")] {
+            let mut b = http::Request::builder()
+                .method(http::Method::CONNECT)
+                .uri("a:1")
+                .header(OPEN_HEADER, "bind");
+            if let Some(t) = timeout {
+                b = b.header(TIMEOUT_HEADER, t);
+            }
+            assert_eq!(Open::from_request(&b.body(()).expect("req")), None);
+        }
+        let other = http::Request::builder()
+            .method(http::Method::CONNECT)
+            .uri("a:1")
+            .header(OPEN_HEADER, "listen")
+            .body(())
+            .expect("req");
+        assert_eq!(Open::from_request(&other), None);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::proto::Open;
-use crate::config::PublishedListenerConfig;
+use crate::config::{ProxyVersion, PublishedListenerConfig};
 use crate::server::Services;
 
 pub struct Published {
@@ -35,6 +35,20 @@ impl Published {
             }
         };
         let mut opened = opened;
+        // The real client, first: the agent passes the bytes on to the service as they are.
+        if let Some(v) = self.cfg.send_proxy {
+            let Ok(local) = stream.local_addr() else {
+                return;
+            };
+            let header = match v {
+                ProxyVersion::V1 => crate::l4::proxy_protocol::encode_v1(peer, local),
+                ProxyVersion::V2 => crate::l4::proxy_protocol::encode_v2(peer, local),
+            };
+            if opened.stream.write_all(&header).await.is_err() {
+                let _ = stream.shutdown().await;
+                return;
+            }
+        }
         let (end, stats) =
             crate::relay::relay(&mut stream, &mut opened.stream, self.cfg.idle_timeout).await;
         opened.count(stats.a_to_b, stats.b_to_a);

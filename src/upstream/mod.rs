@@ -34,6 +34,17 @@ use http_connect::{ConnectAnswer, MAX_RESPONSE_HEAD};
 /// The route entry that means "no parent".
 pub const DIRECT: &str = "direct";
 
+/// How a rule's `agent = "NAME"` is kept in its route: the one entry `agent:NAME`.
+pub const AGENT_PREFIX: &str = "agent:";
+
+/// The tunnel agent a route goes through (a rule with `agent = ...`), if it does.
+pub fn route_agent(route: &[String]) -> Option<&str> {
+    match route {
+        [only] => only.strip_prefix(AGENT_PREFIX),
+        _ => None,
+    }
+}
+
 /// What the stream is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -291,7 +302,8 @@ fn sent(p: &ParentSpec) -> &'static str {
     }
 }
 
-async fn socks5_tunnel(
+/// A SOCKS5 CONNECT through the parent `p` on `s`: the bytes read past its reply.
+pub(crate) async fn socks5_tunnel(
     p: &ParentSpec,
     s: &mut TcpStream,
     host: &Host,
