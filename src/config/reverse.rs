@@ -16,6 +16,9 @@ pub struct ReverseListenerConfig {
     pub default: Option<RouteConfig>,
     /// Peers whose `Forwarded`/`X-Forwarded-*` fields are kept (and appended to).
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Peers that must start each connection with a PROXY protocol header (v1 or v2), whose
+    /// source address then is the client's. From any other peer such a header is refused.
+    pub accept_proxy_from: Vec<ipnet::IpNet>,
     pub forwarded: ForwardedMode,
     /// Response fields removed before the client sees them (lower-case names).
     pub hide_headers: Vec<String>,
@@ -160,6 +163,11 @@ pub(super) fn read_reverse(l: &Section<'_>, pools: &[&str]) -> ReverseListenerCo
             crate::policy::matcher::parse_net(v.as_str().ok_or("not a string")?)
         })
         .unwrap_or_default();
+    let accept_proxy_from = l
+        .array("accept_proxy_from", "a CIDR such as \"10.0.0.0/8\"", |v| {
+            crate::policy::matcher::parse_net(v.as_str().ok_or("not a string")?)
+        })
+        .unwrap_or_default();
     let hide_headers = l
         .array("hide_headers", "a header name", |v| {
             let s = v.as_str().ok_or("not a string")?;
@@ -181,6 +189,7 @@ pub(super) fn read_reverse(l: &Section<'_>, pools: &[&str]) -> ReverseListenerCo
         hosts,
         default,
         trusted_proxies,
+        accept_proxy_from,
         forwarded,
         hide_headers,
         max_body,

@@ -158,8 +158,11 @@ impl HttpProxy {
     }
 
     /// Serves one client connection until it closes, idles out, or the proxy drains.
-    pub async fn serve(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
+    pub async fn serve(self: Arc<Self>, mut stream: TcpStream, peer: SocketAddr) {
         let _ = stream.set_nodelay(true);
+        let Some(peer) = self.client_address(&mut stream, peer).await else {
+            return;
+        };
         self.serve_stream(ClientStream::Tcp(stream), peer).await
     }
 
@@ -167,11 +170,15 @@ impl HttpProxy {
     /// `handshake_timeout`), then HTTP/1.1 over it.
     pub async fn serve_tls(
         self: Arc<Self>,
-        stream: TcpStream,
+        mut stream: TcpStream,
         peer: SocketAddr,
         tls: Arc<crate::tls::TlsServer>,
     ) {
         let _ = stream.set_nodelay(true);
+        // A PROXY header comes before the TLS handshake.
+        let Some(peer) = self.client_address(&mut stream, peer).await else {
+            return;
+        };
         let limit = match &self.role {
             Role::Reverse(r) => r.handshake_timeout(),
             Role::Forward => self.cfg.header_read_timeout,

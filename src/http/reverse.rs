@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use bytes::BytesMut;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::cached::CacheCtx;
 use super::codec::{self, Framing, Headers, RequestHead, Version};
@@ -26,8 +26,9 @@ use super::proxy::{strip_hop_by_hop, Client, Exchange, Fetched, HttpProxy, Role,
 use super::target::HttpTarget;
 use super::tunnel::Via;
 use crate::balance::HttpOutcome;
-use crate::config::ReverseListenerConfig;
+use crate::config::{ProxyVersion, ReverseListenerConfig};
 use crate::connector::Host;
+use crate::l4::proxy_protocol;
 use crate::policy::headers::Rewrite;
 use crate::policy::matcher::CidrSet;
 use crate::policy::{AccessRequest, Action, Precheck, Protocol};
@@ -45,6 +46,8 @@ pub struct Reverse {
     /// Each route's header edits, by route index.
     edits: Vec<Option<Arc<Rewrite>>>,
     trusted: CidrSet,
+    /// `accept_proxy_from`: who must (and alone may) send a PROXY protocol header.
+    proxy_from: CidrSet,
     hide: Arc<[String]>,
     /// Idle connections to the servers, by server, for reuse.
     idle: Arc<Pool>,
@@ -86,6 +89,7 @@ impl Reverse {
             .collect();
         Ok(Reverse {
             trusted: CidrSet::new(&cfg.trusted_proxies),
+            proxy_from: CidrSet::new(&cfg.accept_proxy_from),
             hide: cfg.hide_headers.clone().into(),
             idle: Pool::new(cfg.idle_per_server, cfg.idle_timeout),
             idle_tls: Pool::new(cfg.idle_per_server, cfg.idle_timeout),
@@ -102,6 +106,12 @@ impl Reverse {
     /// Longest TLS handshake on this listener.
     pub fn handshake_timeout(&self) -> std::time::Duration {
         self.cfg.handshake_timeout
+    }
+
+    /// With `accept_proxy_from`: its senders, and the time a connection has to start.
+    pub(super) fn proxy_senders(&self) -> Option<(&CidrSet, std::time::Duration)> {
+        (!self.cfg.accept_proxy_from.is_empty())
+            .then_some((&self.proxy_from, self.cfg.handshake_timeout))
     }
 }
 
@@ -441,6 +451,7 @@ impl HttpProxy {
         }
         let resend = idempotent(&head.method) && framing == Framing::None;
         let ip = client.peer.ip();
+        let (ip_port, local) = (client.peer, client.stream.tcp().local_addr().ok());
         let tries = 1 + rv.cfg.retries;
         let idle_max = rv.cfg.idle_timeout.min(pool.cfg.idle_timeout);
         let secure = to.scheme == "https";
@@ -473,11 +484,14 @@ impl HttpProxy {
             let i = picked.server;
             let server = pool.server(i);
             // TLS sessions are kept apart, per pool (each pool has its own TLS settings).
+            // A connection that began with a PROXY header speaks for this client only.
             let key = PoolKey {
-                host: if use_tls {
-                    Host::Name(format!("{}/{}", pool.cfg.name, server.host))
-                } else {
-                    server.host.clone()
+                host: match (use_tls, pool.cfg.proxy_protocol) {
+                    (_, Some(_)) => {
+                        Host::Name(format!("{}/{}/{}", pool.cfg.name, server.host, client.peer))
+                    }
+                    (true, None) => Host::Name(format!("{}/{}", pool.cfg.name, server.host)),
+                    (false, None) => server.host.clone(),
                 },
                 port: server.port,
             };
@@ -492,7 +506,7 @@ impl HttpProxy {
             };
             let (stream, peer, reused) = match idle {
                 Some((s, p)) => (s, p, true),
-                None => match pool.connect_one(i, &self.svc.connector).await {
+                None => match self.connect_server(pool, i, ip_port, local).await {
                     // The connector set TCP_NODELAY and knows the address it reached.
                     Ok(c) => {
                         let (s, p) = (c.stream, c.peer);
@@ -655,6 +669,32 @@ impl HttpProxy {
                 format!("pool {:?}: no server available", pool.cfg.name),
             )
         }))
+    }
+
+    /// A new connection to server `i`, with the pool's PROXY header (`proxy_protocol`) sent
+    /// first, in the clear: the client's address, and the address it connected to.
+    async fn connect_server(
+        &self,
+        pool: &ServerPool,
+        i: usize,
+        client: SocketAddr,
+        local: Option<SocketAddr>,
+    ) -> Result<crate::connector::Connected, crate::connector::ConnectError> {
+        let mut c = pool.connect_one(i, &self.svc.connector).await?;
+        if let Some(v) = pool.cfg.proxy_protocol {
+            let dst = local.unwrap_or(c.peer);
+            let header = match v {
+                ProxyVersion::V1 => proxy_protocol::encode_v1(client, dst),
+                ProxyVersion::V2 => proxy_protocol::encode_v2(client, dst),
+            };
+            c.stream.write_all(&header).await.map_err(|source| {
+                crate::connector::ConnectError::Io {
+                    addr: c.peer,
+                    source,
+                }
+            })?;
+        }
+        Ok(c)
     }
 
     /// `308 Permanent Redirect` to `location` (method and body kept by the client).

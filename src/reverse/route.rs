@@ -222,6 +222,7 @@ mod tests {
                 .collect(),
             default,
             trusted_proxies: Vec::new(),
+            accept_proxy_from: Vec::new(),
             forwarded: ForwardedMode::Both,
             hide_headers: Vec::new(),
             max_body: None,
