@@ -75,7 +75,7 @@ pub fn spawn(
                 cfg: r.http.clone(),
                 svc: svc.clone(),
                 role: Role::Reverse(Box::new(
-                    crate::http::reverse::Reverse::new(r, &svc, tls.clone())
+                    crate::http::reverse::Reverse::new(&name, r, &svc, tls.clone())
                         .with_context(|| format!("listener {name:?}"))?,
                 )),
                 series: ListenerMetrics::new(&name),

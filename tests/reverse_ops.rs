@@ -217,3 +217,71 @@ async fn proxy_protocol_goes_to_servers_when_the_pool_says_so() {
     assert_eq!(&got[24..26], &5555u16.to_be_bytes());
     assert_eq!(&got[26..28], &rev.port().to_be_bytes());
 }
+
+#[tokio::test]
+async fn routes_are_counted_and_logged() {
+    let ok = Origin::fixed("ok").await;
+    let failing = Origin::start(std::sync::Arc::new(|_: &Seen| {
+        let mut r = hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from_static(
+            b"down",
+        )));
+        *r.status_mut() = hyper::StatusCode::BAD_GATEWAY;
+        r
+    }))
+    .await;
+    let hosts = r#"
+[[listeners.hosts]]
+names = ["app.test"]
+[[listeners.hosts.routes]]
+path = "/api"
+name = "api"
+pool = "bad"
+[[listeners.hosts.routes]]
+pool = "good"
+"#;
+    let gh = Gatehouse::start(&format!(
+        "{}{}{}[admin]\nlisten = \"127.0.0.1:0\"\n[access_log]\nformat = \"json\"\n",
+        listener("", hosts),
+        pool("good", &[ok.addr], ""),
+        pool("bad", &[failing.addr], "[pools.passive]\nmax_failures = 0")
+    ));
+    for path in ["/", "/page", "/api/x"] {
+        let req = format!("GET {path} HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n");
+        exchange(&gh, req.as_bytes()).await;
+    }
+    let mut lines = Vec::new();
+    for _ in 0..3 {
+        let line = gh.next_log_line();
+        let v: serde_json::Value = serde_json::from_str(&line).expect("JSON");
+        lines.push(v);
+    }
+    let by_target = |t: &str| {
+        lines
+            .iter()
+            .find(|v| v["target"].as_str().is_some_and(|x| x.ends_with(t)))
+            .cloned()
+            .unwrap_or_else(|| panic!("no record for {t}: {lines:?}"))
+    };
+    let page = by_target("/page");
+    assert_eq!(page["route"], "app.test/");
+    assert_eq!(page["pool"], "good");
+    assert_eq!(page["server"], ok.addr.to_string());
+    let api = by_target("/api/x");
+    assert_eq!(api["route"], "api");
+    assert_eq!(api["pool"], "bad");
+    assert_eq!(api["server"], failing.addr.to_string());
+    assert_eq!(api["status"], 502);
+
+    let admin = gh.addr("admin");
+    let text = metrics_text(admin).await;
+    let has = |needle: &str| {
+        assert!(
+            text.lines().any(|l| l.starts_with(needle)),
+            "{needle} not in\n{text}"
+        )
+    };
+    has(r#"gatehouse_route_requests_total{listener="rev",route="app.test/",class="2xx"} 2"#);
+    has(r#"gatehouse_route_requests_total{listener="rev",route="api",class="5xx"} 1"#);
+    has(r#"gatehouse_route_upstream_seconds_count{listener="rev",route="app.test/"} 2"#);
+    has(r#"gatehouse_route_upstream_seconds_count{listener="rev",route="api"} 1"#);
+}

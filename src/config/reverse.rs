@@ -69,6 +69,8 @@ pub enum HostName {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct RouteConfig {
+    /// The route's label in metrics and the access log (default: host and path).
+    pub name: Option<String>,
     /// Path prefix (`/` matches everything). A prefix not ending in `/` matches whole
     /// segments: `/api` matches `/api`, `/api/x` and `/api?q`, not `/apix`.
     pub path: String,
@@ -266,7 +268,14 @@ fn read_route(r: &Section<'_>, pools: &[&str]) -> Option<RouteConfig> {
     }
     let request_headers = crate::policy::read_edits(&r.table("request_headers"));
     let response_headers = crate::policy::read_edits(&r.table("response_headers"));
+    let name = r.string("name");
+    if let Some(n) = &name {
+        if n.is_empty() || n.len() > 128 || !n.bytes().all(|b| b.is_ascii_graphic()) {
+            r.error_at("name", "1 to 128 printable characters without spaces");
+        }
+    }
     let route = RouteConfig {
+        name,
         path,
         regex,
         methods,

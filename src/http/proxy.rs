@@ -122,6 +122,8 @@ pub(super) struct Exchange {
     pub(super) max_body: Option<u64>,
     /// `Proxy-Authenticate` for the response: a finished Negotiate's last token.
     pub(super) auth_reply: Option<String>,
+    /// Reverse listeners: the route, pool and server, for the access log.
+    pub(super) routed: Option<super::reverse::Routed>,
 }
 
 impl Exchange {
@@ -148,6 +150,7 @@ impl Exchange {
             first_byte_timeout: None,
             max_body: None,
             auth_reply: None,
+            routed: None,
         }
     }
 }
@@ -362,6 +365,9 @@ impl HttpProxy {
             version: ex.version,
             referer: ex.referer.clone(),
             user_agent: ex.user_agent.clone(),
+            route: ex.routed.as_ref().map(|r| r.route.clone()),
+            pool: ex.routed.as_ref().map(|r| r.pool.clone()),
+            server: ex.routed.as_ref().and_then(|r| r.server.clone()),
         });
     }
 

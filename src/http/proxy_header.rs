@@ -173,6 +173,9 @@ impl super::proxy::HttpProxy {
                     version: None,
                     referer: None,
                     user_agent: None,
+                    route: None,
+                    pool: None,
+                    server: None,
                 });
                 None
             }

@@ -29,6 +29,7 @@ use crate::balance::HttpOutcome;
 use crate::config::{ProxyVersion, ReverseListenerConfig};
 use crate::connector::Host;
 use crate::l4::proxy_protocol;
+use crate::metrics::{RouteClassLabels, RouteLabels, Series};
 use crate::policy::headers::Rewrite;
 use crate::policy::matcher::CidrSet;
 use crate::policy::{AccessRequest, Action, Precheck, Protocol};
@@ -36,6 +37,8 @@ use crate::pool::ServerPool;
 use crate::reverse::headers::{self, LinkRewrite};
 use crate::reverse::route::{self, Lookup, Table};
 use crate::server::Services;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::Histogram;
 
 /// A reverse-proxy listener's routing state, built when the listener starts.
 pub struct Reverse {
@@ -55,10 +58,29 @@ pub struct Reverse {
     idle_tls: Arc<Pool<Box<crate::tls::client::TlsStream<tokio::net::TcpStream>>>>,
     /// The listener's TLS (the certificates in force: which names a connection may serve).
     tls: Option<Arc<crate::tls::TlsServer>>,
+    /// Each route's label and series, by route index.
+    routes: Vec<RouteSeries>,
+}
+
+/// One route's label and metric series, looked up once.
+struct RouteSeries {
+    label: Arc<str>,
+    pool: Arc<str>,
+    /// `route_requests` by status class: 1xx to 5xx, then `other`.
+    requests: [Series<RouteClassLabels, Counter>; 6],
+    upstream: Series<RouteLabels, Histogram>,
+}
+
+/// Where a reverse request went, for the access log.
+pub struct Routed {
+    pub(super) route: Arc<str>,
+    pub(super) pool: Arc<str>,
+    pub(super) server: Option<Arc<str>>,
 }
 
 impl Reverse {
     pub fn new(
+        name: &str,
         cfg: &ReverseListenerConfig,
         svc: &Services,
         tls: Option<Arc<crate::tls::TlsServer>>,
@@ -87,7 +109,35 @@ impl Reverse {
                 })
             })
             .collect();
+        let routes = table
+            .labels(cfg)
+            .into_iter()
+            .zip(table.routes())
+            .map(|(label, r)| {
+                let labels = RouteLabels {
+                    listener: name.to_string(),
+                    route: label.clone(),
+                };
+                RouteSeries {
+                    requests: std::array::from_fn(|c| {
+                        Series::new(RouteClassLabels {
+                            listener: labels.listener.clone(),
+                            route: label.clone(),
+                            class: if c < 5 {
+                                format!("{}xx", c + 1)
+                            } else {
+                                "other".to_string()
+                            },
+                        })
+                    }),
+                    upstream: Series::new(labels),
+                    label: label.into(),
+                    pool: r.pool.as_str().into(),
+                }
+            })
+            .collect();
         Ok(Reverse {
+            routes,
             trusted: CidrSet::new(&cfg.trusted_proxies),
             proxy_from: CidrSet::new(&cfg.accept_proxy_from),
             hide: cfg.hide_headers.clone().into(),
@@ -341,7 +391,21 @@ impl HttpProxy {
             max_forwards: None,
             cache: route.cache,
         };
-        self.deliver(client, head, &up, ex).await
+        let rs = &rv.routes[i];
+        ex.routed = Some(Routed {
+            route: rs.label.clone(),
+            pool: rs.pool.clone(),
+            server: None,
+        });
+        let keep = self.deliver(client, head, &up, ex).await;
+        let class = match ex.status {
+            100..=599 => usize::from(ex.status / 100 - 1),
+            _ => 5,
+        };
+        rs.requests[class]
+            .get(&self.svc.metrics.route_requests)
+            .inc();
+        keep
     }
 
     /// The request head a pool server gets: origin-form with the route's target, the
@@ -549,6 +613,9 @@ impl HttpProxy {
                 },
             };
             ex.upstream = Some(peer);
+            if let Some(r) = ex.routed.as_mut() {
+                r.server = Some(pool.label(i).into());
+            }
             ex.reverse = Some(Box::new(ResponseEdits {
                 hide: rv.hide.clone(),
                 links: LinkRewrite {
@@ -599,7 +666,12 @@ impl HttpProxy {
                     .as_ref()
                     .and_then(|r| r.head_at.get().copied())
                     .unwrap_or_else(Instant::now);
-                pool.observe(i, ex.status, at.saturating_duration_since(sent_at));
+                let took = at.saturating_duration_since(sent_at);
+                pool.observe(i, ex.status, took);
+                rv.routes[to.route]
+                    .upstream
+                    .get(&self.svc.metrics.route_upstream_seconds)
+                    .observe(took.as_secs_f64());
                 pool.http_result(i, HttpOutcome::Status(ex.status));
             };
             match r {

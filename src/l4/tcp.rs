@@ -119,6 +119,9 @@ impl TcpBalancer {
             version: None,
             referer: None,
             user_agent: None,
+            route: None,
+            pool: None,
+            server: None,
             error: out.error,
         });
     }

@@ -70,6 +70,28 @@ impl Table {
         &self.routes[i]
     }
 
+    /// Each route's label for metrics and the access log, by route index: its `name`, else
+    /// its virtual host's first name followed by its path (`app.test/api`); the default
+    /// route is `default`.
+    pub fn labels(&self, cfg: &ReverseListenerConfig) -> Vec<String> {
+        let mut out: Vec<String> = Vec::with_capacity(self.routes.len());
+        for h in &cfg.hosts {
+            let host = match h.names.first() {
+                Some(HostName::Exact(n)) => n.clone(),
+                Some(HostName::Suffix(s)) => format!("*.{s}"),
+                None => String::new(),
+            };
+            out.extend(h.routes.iter().map(|r| match &r.name {
+                Some(n) => n.clone(),
+                None => format!("{host}{}", r.path),
+            }));
+        }
+        if let Some(d) = &cfg.default {
+            out.push(d.name.clone().unwrap_or_else(|| "default".into()));
+        }
+        out
+    }
+
     /// The virtual host for a Host value (already lower case, no port).
     fn vhost(&self, host: &str) -> Option<usize> {
         if let Some(i) = self.exact.get(host) {
@@ -178,6 +200,7 @@ mod tests {
 
     fn route(path: &str, pool: &str) -> RouteConfig {
         RouteConfig {
+            name: None,
             path: path.into(),
             regex: None,
             methods: Vec::new(),
