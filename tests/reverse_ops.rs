@@ -285,3 +285,135 @@ pool = "good"
     has(r#"gatehouse_route_upstream_seconds_count{listener="rev",route="app.test/"} 2"#);
     has(r#"gatehouse_route_upstream_seconds_count{listener="rev",route="api"} 1"#);
 }
+
+/// A WebSocket echo server (tokio-tungstenite).
+async fn ws_echo() -> SocketAddr {
+    use futures_util::{SinkExt, StreamExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(s).await else {
+                    return;
+                };
+                while let Some(Ok(m)) = ws.next().await {
+                    if (m.is_text() || m.is_binary()) && ws.send(m).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+// Multi-threaded: the load and the echo go on while the test waits for the reload's log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_under_load_drops_nothing_and_keeps_websockets() {
+    use futures_util::{SinkExt, StreamExt};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let a = Origin::fixed("a").await;
+    let b = Origin::fixed("b").await;
+    let ws_addr = ws_echo().await;
+    let config = |main: &str| {
+        let hosts = format!(
+            "[[listeners.hosts]]\nnames = [\"app.test\"]\n\
+             [[listeners.hosts.routes]]\npath = \"/ws\"\npool = \"ws\"\n\
+             [[listeners.hosts.routes]]\npool = \"{main}\"\n"
+        );
+        format!(
+            "{}{}{}{}",
+            listener("", &hosts),
+            pool("a", &[a.addr], ""),
+            pool("b", &[b.addr], ""),
+            pool("ws", &[ws_addr], "")
+        )
+    };
+    let gh = Gatehouse::start(&config("a"));
+    let rev = gh.addr("rev");
+
+    let tcp = TcpStream::connect(rev).await.expect("connect");
+    let (mut ws, resp) = tokio_tungstenite::client_async("ws://app.test/ws", tcp)
+        .await
+        .expect("handshake through the proxy");
+    assert_eq!(resp.status(), 101);
+    let mut echo = async |text: String| {
+        ws.send(Message::text(text.clone())).await.expect("send");
+        let got = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("echo in time")
+            .expect("a message")
+            .expect("ok");
+        assert_eq!(got.into_text().expect("text").as_str(), text);
+    };
+    echo("before".into()).await;
+
+    // The load: 4 clients, 500 requests each, a new connection per request.
+    const CLIENTS: usize = 4;
+    const EACH: usize = 500;
+    let failed = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let done = Arc::new(AtomicUsize::new(0));
+    let mut load = Vec::new();
+    for _ in 0..CLIENTS {
+        let (failed, done) = (failed.clone(), done.clone());
+        load.push(tokio::spawn(async move {
+            for _ in 0..EACH {
+                let got = async {
+                    let mut s = TcpStream::connect(rev).await.map_err(|e| e.to_string())?;
+                    s.write_all(GET).await.map_err(|e| e.to_string())?;
+                    let mut out = Vec::new();
+                    s.read_to_end(&mut out).await.map_err(|e| e.to_string())?;
+                    let text = String::from_utf8_lossy(&out).into_owned();
+                    if text.starts_with("HTTP/1.1 200")
+                        && (text.ends_with('a') || text.ends_with('b'))
+                    {
+                        Ok(())
+                    } else {
+                        Err(text)
+                    }
+                };
+                match tokio::time::timeout(Duration::from_secs(10), got).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => failed.lock().expect("lock").push(e),
+                    Err(_) => failed.lock().expect("lock").push("timed out".into()),
+                }
+                done.fetch_add(1, Ordering::SeqCst);
+            }
+        }));
+    }
+    // Reloads while the load runs: the main route moves between pools.
+    for (i, main) in ["b", "a", "b"].into_iter().enumerate() {
+        let target = (i + 1) * CLIENTS * EACH / 4;
+        while done.load(Ordering::SeqCst) < target {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        std::fs::write(gh.config_path(), config(main)).expect("rewrite config");
+        gh.signal("HUP");
+        tokio::task::block_in_place(|| gh.wait_stderr("applied"));
+        echo(format!("after reload {i}")).await;
+    }
+    for t in load {
+        tokio::time::timeout(Duration::from_secs(120), t)
+            .await
+            .expect("load finished in time")
+            .expect("load task");
+    }
+    let failed = failed.lock().expect("lock").clone();
+    assert!(
+        failed.is_empty(),
+        "{} failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(3)]
+    );
+    assert_eq!(done.load(Ordering::SeqCst), CLIENTS * EACH);
+    // The last reload is in force: the main route goes to pool b, on the same port.
+    let resp = exchange(&gh, GET).await;
+    assert!(resp.ends_with('b'), "{resp}");
+    echo("the end".into()).await;
+}
