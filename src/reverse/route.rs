@@ -225,6 +225,13 @@ mod tests {
     }
 
     fn table(hosts: Vec<(Vec<HostName>, Vec<RouteConfig>)>, default: Option<RouteConfig>) -> Table {
+        Table::new(&config(hosts, default))
+    }
+
+    fn config(
+        hosts: Vec<(Vec<HostName>, Vec<RouteConfig>)>,
+        default: Option<RouteConfig>,
+    ) -> ReverseListenerConfig {
         let http = HttpListenerConfig {
             max_header_bytes: 1024,
             header_read_timeout: Duration::ZERO,
@@ -237,7 +244,7 @@ mod tests {
             cache: false,
             upgrade_protocols: Vec::new(),
         };
-        Table::new(&ReverseListenerConfig {
+        ReverseListenerConfig {
             http,
             hosts: hosts
                 .into_iter()
@@ -257,7 +264,7 @@ mod tests {
             handshake_timeout: Duration::ZERO,
             redirect_https: false,
             https_port: 443,
-        })
+        }
     }
 
     fn pool_for(t: &Table, host: &str, method: &str, target: &str, h: &Headers) -> Option<String> {
@@ -393,5 +400,23 @@ mod tests {
         assert_eq!(host_of("a:b"), None);
         assert_eq!(host_of(""), None);
         assert_eq!(host_of("[::1"), None);
+    }
+
+    #[test]
+    fn route_labels_name_host_and_path() {
+        let mut named = route("/api", "p");
+        named.name = Some("api".into());
+        let cfg = config(
+            vec![
+                (vec![exact("app.test")], vec![named, route("/", "p")]),
+                (vec![suffix("w.test")], vec![route("/x", "p")]),
+            ],
+            Some(route("/", "p")),
+        );
+        let t = Table::new(&cfg);
+        assert_eq!(
+            t.labels(&cfg),
+            ["api", "app.test/", "*.w.test/x", "default"]
+        );
     }
 }
