@@ -417,3 +417,43 @@ async fn reload_under_load_drops_nothing_and_keeps_websockets() {
     assert!(resp.ends_with('b'), "{resp}");
     echo("the end".into()).await;
 }
+
+#[tokio::test]
+async fn own_error_pages_replace_server_5xx_pages() {
+    let failing = Origin::start(std::sync::Arc::new(|s: &Seen| {
+        let body: &'static [u8] = if s.uri == "/ok" {
+            b"fine"
+        } else {
+            b"Traceback: secret.py line 7"
+        };
+        let mut r =
+            hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from_static(body)));
+        if s.uri != "/ok" {
+            *r.status_mut() = hyper::StatusCode::INTERNAL_SERVER_ERROR;
+        }
+        r
+    }))
+    .await;
+    let gh = Gatehouse::start(&format!(
+        "{}{}",
+        listener("own_error_pages = true", &vhost("\"app.test\"", "p")),
+        pool("p", &[failing.addr], "[pools.passive]\nmax_failures = 0")
+    ));
+    let resp = exchange(&gh, GET).await;
+    assert!(resp.starts_with("HTTP/1.1 500"), "{resp}");
+    assert!(
+        resp.ends_with("\r\n\r\n500 Internal Server Error\n"),
+        "{resp}"
+    );
+    assert!(!resp.contains("secret"), "{resp}");
+    // Anything else passes as sent, and the connection stays usable after a replaced page.
+    let mut s = TcpStream::connect(gh.addr("rev")).await.expect("connect");
+    s.write_all(
+        b"GET /x HTTP/1.1\r\nHost: app.test\r\n\r\nGET /ok HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .expect("write");
+    let both = String::from_utf8_lossy(&until_closed(&mut s).await).into_owned();
+    assert!(both.starts_with("HTTP/1.1 500"), "{both}");
+    assert!(both.ends_with("fine"), "{both}");
+}

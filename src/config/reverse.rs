@@ -40,6 +40,8 @@ pub struct ReverseListenerConfig {
     pub redirect_https: bool,
     /// The port in those redirects (443: none in the URL).
     pub https_port: u16,
+    /// A server's 5xx response is replaced with Gatehouse's own page (same status).
+    pub own_error_pages: bool,
 }
 
 /// The fields that tell the servers who the client is.
@@ -204,6 +206,7 @@ pub(super) fn read_reverse(l: &Section<'_>, pools: &[&str]) -> ReverseListenerCo
         handshake_timeout: l.duration("handshake_timeout", Duration::from_secs(10)),
         redirect_https,
         https_port: l.uint("https_port", 443, 1, 65535) as u16,
+        own_error_pages: l.bool("own_error_pages", false),
     }
 }
 

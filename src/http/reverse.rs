@@ -186,6 +186,26 @@ pub struct ResponseEdits {
     set_cookie: Option<String>,
     /// When the final response head arrived (the server's latency ends here).
     head_at: std::sync::OnceLock<Instant>,
+    /// A 5xx from the server is answered with Gatehouse's own page instead.
+    pub(super) own_error_pages: bool,
+}
+
+/// Gatehouse's own page for a server's 5xx (`own_error_pages`): the status and its reason,
+/// nothing from the server. No body for HEAD.
+pub(super) fn own_error_page(status: u16, head: bool, keep: bool) -> Vec<u8> {
+    let body = format!("{status} {}\n", codec::reason(status));
+    let mut h = Headers::default();
+    h.push("Content-Type", "text/plain; charset=utf-8");
+    h.push("Content-Length", body.len().to_string());
+    if !keep {
+        h.push("Connection", "close");
+    }
+    let mut out = Vec::with_capacity(128 + body.len());
+    codec::write_response_head(&mut out, status, codec::reason(status), &h);
+    if !head {
+        out.extend_from_slice(body.as_bytes());
+    }
+    out
 }
 
 impl ResponseEdits {
@@ -630,6 +650,7 @@ impl HttpProxy {
                 },
                 set_cookie: picked.set_cookie,
                 head_at: std::sync::OnceLock::new(),
+                own_error_pages: rv.cfg.own_error_pages,
             }));
             let mut up = Upstream {
                 stream,
@@ -841,6 +862,22 @@ mod tests {
         assert!(misdirected(Some("b.test"), Some("a.test"), never));
         assert!(!misdirected(Some("a.test"), Some("www.a.test"), covers));
         assert!(misdirected(Some("a.test"), Some("b.test"), covers));
+    }
+
+    #[test]
+    fn own_error_pages_say_nothing_of_the_server() {
+        let page = String::from_utf8(own_error_page(503, false, true)).expect("text");
+        assert!(
+            page.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+            "{page}"
+        );
+        assert!(
+            page.ends_with("\r\n\r\n503 Service Unavailable\n"),
+            "{page}"
+        );
+        assert!(!page.contains("close"));
+        let head = String::from_utf8(own_error_page(500, true, false)).expect("text");
+        assert!(head.ends_with("Connection: close\r\n\r\n"), "{head}");
     }
 
     #[test]

@@ -264,6 +264,7 @@ mod tests {
             handshake_timeout: Duration::ZERO,
             redirect_https: false,
             https_port: 443,
+            own_error_pages: false,
         }
     }
 
