@@ -44,6 +44,11 @@ pub struct AccessRecord {
     pub version: Option<&'static str>,
     pub referer: Option<String>,
     pub user_agent: Option<String>,
+    /// Reverse listeners: the route that took the request, its pool, and the pool server
+    /// that answered (`host:port` as configured).
+    pub route: Option<Arc<str>>,
+    pub pool: Option<Arc<str>>,
+    pub server: Option<Arc<str>>,
 }
 
 fn rfc3339<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
@@ -430,6 +435,9 @@ mod tests {
             version: None,
             referer: None,
             user_agent: None,
+            route: None,
+            pool: None,
+            server: None,
         }
     }
 
@@ -467,6 +475,9 @@ mod tests {
             version: Some("HTTP/1.1"),
             referer: Some("http://a.test/".into()),
             user_agent: Some("curl/8.5.0 (x86_64) \"quoted\"\n".into()),
+            route: None,
+            pool: None,
+            server: None,
         }
     }
 

@@ -40,6 +40,10 @@ pub struct Running {
     /// The listener's TLS, when it terminates TLS: a reload that keeps the listener calls
     /// [`crate::tls::TlsServer::reload`] so new connections get the new certificates.
     pub tls: Option<Arc<crate::tls::TlsServer>>,
+    /// A second descriptor of the listening socket: a reload that changes the listener's
+    /// settings but not its address hands it to the new accept loop, so the port never
+    /// closes (clients wait in the backlog meanwhile instead of being refused).
+    pub socket: Option<std::net::TcpListener>,
 }
 
 pub fn spawn(
@@ -48,6 +52,9 @@ pub fn spawn(
     svc: Arc<Services>,
 ) -> anyhow::Result<Running> {
     let addr = socket.local_addr()?;
+    let std = socket.into_std()?;
+    let dup = std.try_clone().ok();
+    let socket = TcpListener::from_std(std)?;
     let name: Arc<str> = Arc::from(cfg.name.as_str());
     let tls = match &cfg.kind {
         ListenerKind::Socks(s) => s.tls.as_ref(),
@@ -75,7 +82,7 @@ pub fn spawn(
                 cfg: r.http.clone(),
                 svc: svc.clone(),
                 role: Role::Reverse(Box::new(
-                    crate::http::reverse::Reverse::new(r, &svc, tls.clone())
+                    crate::http::reverse::Reverse::new(&name, r, &svc, tls.clone())
                         .with_context(|| format!("listener {name:?}"))?,
                 )),
                 series: ListenerMetrics::new(&name),
@@ -131,6 +138,7 @@ pub fn spawn(
         stop,
         task,
         tls,
+        socket: dup,
     })
 }
 

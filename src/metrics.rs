@@ -49,6 +49,22 @@ pub struct ServerClassLabels {
     pub class: String,
 }
 
+/// A reverse listener's route (its `name`, or the first host name and the path).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub listener: String,
+    pub route: String,
+}
+
+/// A route's requests by status class.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteClassLabels {
+    pub listener: String,
+    pub route: String,
+    /// "1xx" .. "5xx", "other" (0: no answer was sent)
+    pub class: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PoolLabel {
     pub pool: String,
@@ -118,6 +134,10 @@ pub struct Metrics {
     pub pool_server_requests: Family<ServerClassLabels, Counter>,
     /// Time from a request sent to a pool server to its response head.
     pub pool_server_response_seconds: HistogramFamily<ServerLabels>,
+    /// Requests a reverse listener's route took, by status class.
+    pub route_requests: Family<RouteClassLabels, Counter>,
+    /// Time from a request sent to a route's pool server to its response head.
+    pub route_upstream_seconds: HistogramFamily<RouteLabels>,
     /// Retries sent to another server of the pool.
     pub pool_retries: Family<PoolLabel, Counter>,
     /// Retries not sent because the pool's retry budget was spent.
@@ -322,6 +342,19 @@ impl Metrics {
         let pool_server_response_seconds: HistogramFamily<ServerLabels> =
             Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.001, 2.0, 16)));
         let pool_retries = Family::<PoolLabel, Counter>::default();
+        let route_requests = Family::<RouteClassLabels, Counter>::default();
+        let route_upstream_seconds: HistogramFamily<RouteLabels> =
+            Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.001, 2.0, 16)));
+        registry.register(
+            "route_requests",
+            "Requests a reverse listener's route took, by status class",
+            route_requests.clone(),
+        );
+        registry.register(
+            "route_upstream_seconds",
+            "Time from a route's request sent to a pool server to its response head",
+            route_upstream_seconds.clone(),
+        );
         let pool_retry_budget_exhausted = Family::<PoolLabel, Counter>::default();
         registry.register(
             "pool_server_requests",
@@ -440,6 +473,8 @@ impl Metrics {
             pool_server_requests,
             pool_server_response_seconds,
             pool_retries,
+            route_requests,
+            route_upstream_seconds,
             pool_retry_budget_exhausted,
             listener_connect_errors,
             connections_open,

@@ -232,8 +232,24 @@ impl Server {
         let (keep, stop): (Vec<_>, Vec<_>) = old
             .into_iter()
             .partition(|r| new.listeners.contains(&r.cfg));
-        for r in stop {
-            tracing::info!(listener = %r.cfg.name, addr = %r.addr, "reload: closing listener");
+        // A changed listener (same name, same address) keeps its listening socket: the new
+        // accept loop takes it over, so the port is never closed.
+        let mut handover: Vec<(String, SocketAddr, std::net::TcpListener)> = Vec::new();
+        for mut r in stop {
+            let same = new.listeners.iter().any(|l| {
+                l.name == r.cfg.name
+                    && l.listen == r.cfg.listen
+                    && !matches!(l.kind, ListenerKind::Udp(_))
+            });
+            match r.socket.take() {
+                Some(s) if same => {
+                    tracing::info!(listener = %r.cfg.name, addr = %r.addr, "reload: restarting listener on its socket");
+                    handover.push((r.cfg.name.clone(), r.cfg.listen, s));
+                }
+                _ => {
+                    tracing::info!(listener = %r.cfg.name, addr = %r.addr, "reload: closing listener")
+                }
+            }
             r.stop.cancel();
             let _ = r.task.await;
         }
@@ -242,7 +258,15 @@ impl Server {
             if keep.iter().any(|r| r.cfg == *l) {
                 continue;
             }
-            match bind_any(l) {
+            let taken = handover
+                .iter()
+                .position(|(name, listen, _)| *name == l.name && *listen == l.listen)
+                .map(|i| handover.swap_remove(i).2);
+            let bound = match taken {
+                Some(s) => TcpListener::from_std(s).map(Bound::Tcp),
+                None => bind_any(l),
+            };
+            match bound {
                 Ok(socket) => match spawn_any(socket, l.clone(), self.services.clone()) {
                     Ok(r) => {
                         tracing::info!(listener = %l.name, addr = %r.addr, "ready");

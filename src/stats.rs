@@ -443,6 +443,9 @@ mod tests {
             version: None,
             referer: None,
             user_agent: None,
+            route: None,
+            pool: None,
+            server: None,
         }
     }
 

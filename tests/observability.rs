@@ -212,7 +212,7 @@ async fn json_lines_carry_every_documented_field() {
                 "field {key} is not in docs/access-log.md"
             );
         }
-        assert_eq!(obj.len(), 17, "{line}");
+        assert_eq!(obj.len(), 20, "{line}");
         assert!(v["duration"].is_f64(), "{line}");
         if i < 4 {
             assert_eq!(v["user_agent"], AGENT);

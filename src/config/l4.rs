@@ -114,18 +114,7 @@ pub(super) fn read_tcp(l: &Section<'_>, pools: &[&str]) -> TcpListenerConfig {
     if pool.is_none() && !l.has("sni") && !l.has("pool") {
         l.error_here("`pool` is required (or `[[listeners.sni]]` routes)");
     }
-    let send_proxy = match l.string("send_proxy").as_deref() {
-        None | Some("off") => None,
-        Some("v1") => Some(ProxyVersion::V1),
-        Some("v2") => Some(ProxyVersion::V2),
-        Some(other) => {
-            l.error_at(
-                "send_proxy",
-                format!("expected \"off\", \"v1\" or \"v2\", found {other:?}"),
-            );
-            None
-        }
-    };
+    let send_proxy = read_proxy_version(l, "send_proxy");
     let accept_proxy_from = l
         .array("accept_proxy_from", "a CIDR such as \"10.0.0.0/8\"", |v| {
             crate::policy::matcher::parse_net(v.as_str().ok_or("not a string")?)
@@ -194,6 +183,22 @@ pub(super) fn read_pool_ref(s: &Section<'_>, key: &str, pools: &[&str]) -> Optio
     } else {
         s.error_at(key, format!("no [[pools]] entry named {name:?}"));
         None
+    }
+}
+
+/// A PROXY protocol version key: `"off"` (or absent), `"v1"` or `"v2"`.
+pub(super) fn read_proxy_version(l: &Section<'_>, key: &str) -> Option<ProxyVersion> {
+    match l.string(key).as_deref() {
+        None | Some("off") => None,
+        Some("v1") => Some(ProxyVersion::V1),
+        Some("v2") => Some(ProxyVersion::V2),
+        Some(other) => {
+            l.error_at(
+                key,
+                format!("expected \"off\", \"v1\" or \"v2\", found {other:?}"),
+            );
+            None
+        }
     }
 }
 

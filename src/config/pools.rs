@@ -36,6 +36,9 @@ pub struct PoolConfig {
     pub passive: PassiveSettings,
     /// `[pools.tls]`: TLS to the servers (the `tcp` listener re-encrypts with it).
     pub tls: Option<super::ClientTls>,
+    /// A PROXY protocol header (v1 or v2) at the start of every connection to a server,
+    /// saying who the client is (in the clear, before any TLS).
+    pub proxy_protocol: Option<super::ProxyVersion>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -265,6 +268,7 @@ fn read_pool(p: &Section<'_>) -> Option<PoolConfig> {
     });
     let first_byte_timeout = p.duration("first_byte_timeout", Duration::from_secs(60));
     let idle_timeout = p.duration("idle_timeout", Duration::from_secs(60));
+    let proxy_protocol = super::l4::read_proxy_version(p, "proxy_protocol");
     let cfg = PoolConfig {
         name: name?,
         servers,
@@ -281,6 +285,7 @@ fn read_pool(p: &Section<'_>) -> Option<PoolConfig> {
         health,
         passive,
         tls: super::tls::read_client_tls(p),
+        proxy_protocol,
     };
     Some(cfg)
 }

@@ -16,6 +16,9 @@ pub struct ReverseListenerConfig {
     pub default: Option<RouteConfig>,
     /// Peers whose `Forwarded`/`X-Forwarded-*` fields are kept (and appended to).
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Peers that must start each connection with a PROXY protocol header (v1 or v2), whose
+    /// source address then is the client's. From any other peer such a header is refused.
+    pub accept_proxy_from: Vec<ipnet::IpNet>,
     pub forwarded: ForwardedMode,
     /// Response fields removed before the client sees them (lower-case names).
     pub hide_headers: Vec<String>,
@@ -39,6 +42,8 @@ pub struct ReverseListenerConfig {
     pub https_port: u16,
     /// Remove the cache-tag field (`[cache] tag_header`) from responses.
     pub strip_cache_tags: bool,
+    /// A server's 5xx response is replaced with Gatehouse's own page (same status).
+    pub own_error_pages: bool,
 }
 
 /// The fields that tell the servers who the client is.
@@ -68,6 +73,8 @@ pub enum HostName {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct RouteConfig {
+    /// The route's label in metrics and the access log (default: host and path).
+    pub name: Option<String>,
     /// Path prefix (`/` matches everything). A prefix not ending in `/` matches whole
     /// segments: `/api` matches `/api`, `/api/x` and `/api?q`, not `/apix`.
     pub path: String,
@@ -243,6 +250,11 @@ pub(super) fn read_reverse(l: &Section<'_>, pools: &[&str]) -> ReverseListenerCo
             crate::policy::matcher::parse_net(v.as_str().ok_or("not a string")?)
         })
         .unwrap_or_default();
+    let accept_proxy_from = l
+        .array("accept_proxy_from", "a CIDR such as \"10.0.0.0/8\"", |v| {
+            crate::policy::matcher::parse_net(v.as_str().ok_or("not a string")?)
+        })
+        .unwrap_or_default();
     let hide_headers = l
         .array("hide_headers", "a header name", |v| {
             let s = v.as_str().ok_or("not a string")?;
@@ -264,6 +276,7 @@ pub(super) fn read_reverse(l: &Section<'_>, pools: &[&str]) -> ReverseListenerCo
         hosts,
         default,
         trusted_proxies,
+        accept_proxy_from,
         forwarded,
         hide_headers,
         max_body,
@@ -277,6 +290,7 @@ pub(super) fn read_reverse(l: &Section<'_>, pools: &[&str]) -> ReverseListenerCo
         redirect_https,
         https_port: l.uint("https_port", 443, 1, 65535) as u16,
         strip_cache_tags: l.bool("strip_cache_tags", true),
+        own_error_pages: l.bool("own_error_pages", false),
     }
 }
 
@@ -346,7 +360,14 @@ fn read_route(r: &Section<'_>, pools: &[&str]) -> Option<RouteConfig> {
     }
     let request_headers = crate::policy::read_edits(&r.table("request_headers"));
     let response_headers = crate::policy::read_edits(&r.table("response_headers"));
+    let name = r.string("name");
+    if let Some(n) = &name {
+        if n.is_empty() || n.len() > 128 || !n.bytes().all(|b| b.is_ascii_graphic()) {
+            r.error_at("name", "1 to 128 printable characters without spaces");
+        }
+    }
     let route = RouteConfig {
+        name,
         path,
         regex,
         methods,

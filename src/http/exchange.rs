@@ -454,6 +454,26 @@ impl HttpProxy {
             && !((resp.status == 204 || resp.status == 304)
                 && (resp.headers.contains("transfer-encoding")
                     || resp.headers.get_all("content-length").any(|v| v.trim_ascii() != b"0")));
+        // A reverse listener with `own_error_pages`: a server's 5xx page is not relayed (it
+        // may tell too much about the server); Gatehouse's own, same status, goes instead.
+        // The server's body is not read (its connection is reused only when it had none).
+        if resp.status >= 500 && ex.reverse.as_ref().is_some_and(|r| r.own_error_pages) {
+            if let Some(r) = &ex.reverse {
+                r.apply(&mut Headers::default());
+            }
+            let client_keep = wants_keep_alive(req) && !draining;
+            let out =
+                super::reverse::own_error_page(resp.status, req.method == "HEAD", client_keep);
+            ex.status = resp.status;
+            if body::write_all(cw, &out, t).await.is_err() {
+                return Err(Failure::Abort("connection_terminated"));
+            }
+            return Ok(Done {
+                client_keep,
+                upstream_reusable: upstream_reusable && up_framing == Framing::None,
+                upgraded: false,
+            });
+        }
         let mut capture = false;
         if let Some(cc) = cache.as_deref_mut() {
             match cc.on_final_head(&resp).await {

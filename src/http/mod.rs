@@ -10,6 +10,7 @@ mod exchange;
 mod loop_check;
 pub mod pool;
 pub mod proxy;
+mod proxy_header;
 pub mod reverse;
 pub mod stream;
 pub mod target;

@@ -124,6 +124,8 @@ pub(super) struct Exchange {
     pub(super) auth_reply: Option<String>,
     /// The cache profile of a cached request: the fields it removes from the response.
     pub(super) cache_profile: Option<Arc<crate::cache::Profile>>,
+    /// Reverse listeners: the route, pool and server, for the access log.
+    pub(super) routed: Option<super::reverse::Routed>,
 }
 
 impl Exchange {
@@ -151,6 +153,7 @@ impl Exchange {
             max_body: None,
             auth_reply: None,
             cache_profile: None,
+            routed: None,
         }
     }
 }
@@ -161,8 +164,11 @@ impl HttpProxy {
     }
 
     /// Serves one client connection until it closes, idles out, or the proxy drains.
-    pub async fn serve(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
+    pub async fn serve(self: Arc<Self>, mut stream: TcpStream, peer: SocketAddr) {
         let _ = stream.set_nodelay(true);
+        let Some(peer) = self.client_address(&mut stream, peer).await else {
+            return;
+        };
         self.serve_stream(ClientStream::Tcp(stream), peer).await
     }
 
@@ -170,11 +176,15 @@ impl HttpProxy {
     /// `handshake_timeout`), then HTTP/1.1 over it.
     pub async fn serve_tls(
         self: Arc<Self>,
-        stream: TcpStream,
+        mut stream: TcpStream,
         peer: SocketAddr,
         tls: Arc<crate::tls::TlsServer>,
     ) {
         let _ = stream.set_nodelay(true);
+        // A PROXY header comes before the TLS handshake.
+        let Some(peer) = self.client_address(&mut stream, peer).await else {
+            return;
+        };
         let limit = match &self.role {
             Role::Reverse(r) => r.handshake_timeout(),
             Role::Forward => self.cfg.header_read_timeout,
@@ -358,6 +368,9 @@ impl HttpProxy {
             version: ex.version,
             referer: ex.referer.clone(),
             user_agent: ex.user_agent.clone(),
+            route: ex.routed.as_ref().map(|r| r.route.clone()),
+            pool: ex.routed.as_ref().map(|r| r.pool.clone()),
+            server: ex.routed.as_ref().and_then(|r| r.server.clone()),
         });
     }
 

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use bytes::BytesMut;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::cached::CacheCtx;
 use super::codec::{self, Framing, Headers, RequestHead, Version};
@@ -26,8 +26,10 @@ use super::proxy::{strip_hop_by_hop, Client, Exchange, Fetched, HttpProxy, Role,
 use super::target::HttpTarget;
 use super::tunnel::Via;
 use crate::balance::HttpOutcome;
-use crate::config::ReverseListenerConfig;
+use crate::config::{ProxyVersion, ReverseListenerConfig};
 use crate::connector::Host;
+use crate::l4::proxy_protocol;
+use crate::metrics::{RouteClassLabels, RouteLabels, Series};
 use crate::policy::headers::Rewrite;
 use crate::policy::matcher::CidrSet;
 use crate::policy::{AccessRequest, Action, Precheck, Protocol};
@@ -35,6 +37,8 @@ use crate::pool::ServerPool;
 use crate::reverse::headers::{self, LinkRewrite};
 use crate::reverse::route::{self, Lookup, Table};
 use crate::server::Services;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::Histogram;
 
 /// A reverse-proxy listener's routing state, built when the listener starts.
 pub struct Reverse {
@@ -47,6 +51,8 @@ pub struct Reverse {
     /// Each caching route's cache profile (targeted fields, key rules), by route index.
     profiles: Vec<Option<Arc<crate::cache::Profile>>>,
     trusted: CidrSet,
+    /// `accept_proxy_from`: who must (and alone may) send a PROXY protocol header.
+    proxy_from: CidrSet,
     hide: Arc<[String]>,
     /// Idle connections to the servers, by server, for reuse.
     idle: Arc<Pool>,
@@ -54,10 +60,29 @@ pub struct Reverse {
     idle_tls: Arc<Pool<Box<crate::tls::client::TlsStream<tokio::net::TcpStream>>>>,
     /// The listener's TLS (the certificates in force: which names a connection may serve).
     tls: Option<Arc<crate::tls::TlsServer>>,
+    /// Each route's label and series, by route index.
+    routes: Vec<RouteSeries>,
+}
+
+/// One route's label and metric series, looked up once.
+struct RouteSeries {
+    label: Arc<str>,
+    pool: Arc<str>,
+    /// `route_requests` by status class: 1xx to 5xx, then `other`.
+    requests: [Series<RouteClassLabels, Counter>; 6],
+    upstream: Series<RouteLabels, Histogram>,
+}
+
+/// Where a reverse request went, for the access log.
+pub struct Routed {
+    pub(super) route: Arc<str>,
+    pub(super) pool: Arc<str>,
+    pub(super) server: Option<Arc<str>>,
 }
 
 impl Reverse {
     pub fn new(
+        name: &str,
         cfg: &ReverseListenerConfig,
         svc: &Services,
         tls: Option<Arc<crate::tls::TlsServer>>,
@@ -114,9 +139,38 @@ impl Reverse {
         // The tag field goes on every route, cached or not.
         let mut hide = cfg.hide_headers.clone();
         hide.extend(strip_tags);
+        let routes = table
+            .labels(cfg)
+            .into_iter()
+            .zip(table.routes())
+            .map(|(label, r)| {
+                let labels = RouteLabels {
+                    listener: name.to_string(),
+                    route: label.clone(),
+                };
+                RouteSeries {
+                    requests: std::array::from_fn(|c| {
+                        Series::new(RouteClassLabels {
+                            listener: labels.listener.clone(),
+                            route: label.clone(),
+                            class: if c < 5 {
+                                format!("{}xx", c + 1)
+                            } else {
+                                "other".to_string()
+                            },
+                        })
+                    }),
+                    upstream: Series::new(labels),
+                    label: label.into(),
+                    pool: r.pool.as_str().into(),
+                }
+            })
+            .collect();
         Ok(Reverse {
             profiles,
+            routes,
             trusted: CidrSet::new(&cfg.trusted_proxies),
+            proxy_from: CidrSet::new(&cfg.accept_proxy_from),
             hide: hide.into(),
             idle: Pool::new(cfg.idle_per_server, cfg.idle_timeout),
             idle_tls: Pool::new(cfg.idle_per_server, cfg.idle_timeout),
@@ -133,6 +187,12 @@ impl Reverse {
     /// Longest TLS handshake on this listener.
     pub fn handshake_timeout(&self) -> std::time::Duration {
         self.cfg.handshake_timeout
+    }
+
+    /// With `accept_proxy_from`: its senders, and the time a connection has to start.
+    pub(super) fn proxy_senders(&self) -> Option<(&CidrSet, std::time::Duration)> {
+        (!self.cfg.accept_proxy_from.is_empty())
+            .then_some((&self.proxy_from, self.cfg.handshake_timeout))
     }
 }
 
@@ -157,6 +217,26 @@ pub struct ResponseEdits {
     set_cookie: Option<String>,
     /// When the final response head arrived (the server's latency ends here).
     head_at: std::sync::OnceLock<Instant>,
+    /// A 5xx from the server is answered with Gatehouse's own page instead.
+    pub(super) own_error_pages: bool,
+}
+
+/// Gatehouse's own page for a server's 5xx (`own_error_pages`): the status and its reason,
+/// nothing from the server. No body for HEAD.
+pub(super) fn own_error_page(status: u16, head: bool, keep: bool) -> Vec<u8> {
+    let body = format!("{status} {}\n", codec::reason(status));
+    let mut h = Headers::default();
+    h.push("Content-Type", "text/plain; charset=utf-8");
+    h.push("Content-Length", body.len().to_string());
+    if !keep {
+        h.push("Connection", "close");
+    }
+    let mut out = Vec::with_capacity(128 + body.len());
+    codec::write_response_head(&mut out, status, codec::reason(status), &h);
+    if !head {
+        out.extend_from_slice(body.as_bytes());
+    }
+    out
 }
 
 impl ResponseEdits {
@@ -362,7 +442,21 @@ impl HttpProxy {
             max_forwards: None,
             cache: rv.profiles[i].clone(),
         };
-        self.deliver(client, head, &up, ex).await
+        let rs = &rv.routes[i];
+        ex.routed = Some(Routed {
+            route: rs.label.clone(),
+            pool: rs.pool.clone(),
+            server: None,
+        });
+        let keep = self.deliver(client, head, &up, ex).await;
+        let class = match ex.status {
+            100..=599 => usize::from(ex.status / 100 - 1),
+            _ => 5,
+        };
+        rs.requests[class]
+            .get(&self.svc.metrics.route_requests)
+            .inc();
+        keep
     }
 
     /// The request head a pool server gets: origin-form with the route's target, the
@@ -472,6 +566,7 @@ impl HttpProxy {
         }
         let resend = idempotent(&head.method) && framing == Framing::None;
         let ip = client.peer.ip();
+        let (ip_port, local) = (client.peer, client.stream.tcp().local_addr().ok());
         let tries = 1 + rv.cfg.retries;
         let idle_max = rv.cfg.idle_timeout.min(pool.cfg.idle_timeout);
         let secure = to.scheme == "https";
@@ -504,11 +599,14 @@ impl HttpProxy {
             let i = picked.server;
             let server = pool.server(i);
             // TLS sessions are kept apart, per pool (each pool has its own TLS settings).
+            // A connection that began with a PROXY header speaks for this client only.
             let key = PoolKey {
-                host: if use_tls {
-                    Host::Name(format!("{}/{}", pool.cfg.name, server.host))
-                } else {
-                    server.host.clone()
+                host: match (use_tls, pool.cfg.proxy_protocol) {
+                    (_, Some(_)) => {
+                        Host::Name(format!("{}/{}/{}", pool.cfg.name, server.host, client.peer))
+                    }
+                    (true, None) => Host::Name(format!("{}/{}", pool.cfg.name, server.host)),
+                    (false, None) => server.host.clone(),
                 },
                 port: server.port,
             };
@@ -523,7 +621,7 @@ impl HttpProxy {
             };
             let (stream, peer, reused) = match idle {
                 Some((s, p)) => (s, p, true),
-                None => match pool.connect_one(i, &self.svc.connector).await {
+                None => match self.connect_server(pool, i, ip_port, local).await {
                     // The connector set TCP_NODELAY and knows the address it reached.
                     Ok(c) => {
                         let (s, p) = (c.stream, c.peer);
@@ -566,6 +664,9 @@ impl HttpProxy {
                 },
             };
             ex.upstream = Some(peer);
+            if let Some(r) = ex.routed.as_mut() {
+                r.server = Some(pool.label(i).into());
+            }
             ex.reverse = Some(Box::new(ResponseEdits {
                 hide: rv.hide.clone(),
                 links: LinkRewrite {
@@ -580,6 +681,7 @@ impl HttpProxy {
                 },
                 set_cookie: picked.set_cookie,
                 head_at: std::sync::OnceLock::new(),
+                own_error_pages: rv.cfg.own_error_pages,
             }));
             let mut up = Upstream {
                 stream,
@@ -616,7 +718,12 @@ impl HttpProxy {
                     .as_ref()
                     .and_then(|r| r.head_at.get().copied())
                     .unwrap_or_else(Instant::now);
-                pool.observe(i, ex.status, at.saturating_duration_since(sent_at));
+                let took = at.saturating_duration_since(sent_at);
+                pool.observe(i, ex.status, took);
+                rv.routes[to.route]
+                    .upstream
+                    .get(&self.svc.metrics.route_upstream_seconds)
+                    .observe(took.as_secs_f64());
                 pool.http_result(i, HttpOutcome::Status(ex.status));
             };
             match r {
@@ -687,6 +794,32 @@ impl HttpProxy {
                 format!("pool {:?}: no server available", pool.cfg.name),
             )
         }))
+    }
+
+    /// A new connection to server `i`, with the pool's PROXY header (`proxy_protocol`) sent
+    /// first, in the clear: the client's address, and the address it connected to.
+    async fn connect_server(
+        &self,
+        pool: &ServerPool,
+        i: usize,
+        client: SocketAddr,
+        local: Option<SocketAddr>,
+    ) -> Result<crate::connector::Connected, crate::connector::ConnectError> {
+        let mut c = pool.connect_one(i, &self.svc.connector).await?;
+        if let Some(v) = pool.cfg.proxy_protocol {
+            let dst = local.unwrap_or(c.peer);
+            let header = match v {
+                ProxyVersion::V1 => proxy_protocol::encode_v1(client, dst),
+                ProxyVersion::V2 => proxy_protocol::encode_v2(client, dst),
+            };
+            c.stream.write_all(&header).await.map_err(|source| {
+                crate::connector::ConnectError::Io {
+                    addr: c.peer,
+                    source,
+                }
+            })?;
+        }
+        Ok(c)
     }
 
     /// `308 Permanent Redirect` to `location` (method and body kept by the client).
@@ -761,6 +894,22 @@ mod tests {
         assert!(misdirected(Some("b.test"), Some("a.test"), never));
         assert!(!misdirected(Some("a.test"), Some("www.a.test"), covers));
         assert!(misdirected(Some("a.test"), Some("b.test"), covers));
+    }
+
+    #[test]
+    fn own_error_pages_say_nothing_of_the_server() {
+        let page = String::from_utf8(own_error_page(503, false, true)).expect("text");
+        assert!(
+            page.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+            "{page}"
+        );
+        assert!(
+            page.ends_with("\r\n\r\n503 Service Unavailable\n"),
+            "{page}"
+        );
+        assert!(!page.contains("close"));
+        let head = String::from_utf8(own_error_page(500, true, false)).expect("text");
+        assert!(head.ends_with("Connection: close\r\n\r\n"), "{head}");
     }
 
     #[test]

@@ -219,12 +219,38 @@ pub fn encode_v2(src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
     out
 }
 
+/// A header that names no client: v1 `PROXY UNKNOWN`, v2 LOCAL (what a health check from
+/// the proxy itself sends; the server uses the connection's own addresses).
+pub fn encode_local(v2: bool) -> Vec<u8> {
+    if !v2 {
+        return b"PROXY UNKNOWN\r\n".to_vec();
+    }
+    let mut out = V2_SIGNATURE.to_vec();
+    out.extend_from_slice(&[0x20, 0x00, 0x00, 0x00]);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn sa(s: &str) -> SocketAddr {
         s.parse().expect("addr")
+    }
+
+    #[test]
+    fn local_headers_decode_as_local() {
+        for v2 in [false, true] {
+            let wire = encode_local(v2);
+            let len = wire.len();
+            assert_eq!(
+                decode(&wire),
+                Ok(Decoded::Done {
+                    header: Header::Local,
+                    len
+                })
+            );
+        }
     }
 
     #[test]

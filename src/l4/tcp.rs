@@ -119,6 +119,9 @@ impl TcpBalancer {
             version: None,
             referer: None,
             user_agent: None,
+            route: None,
+            pool: None,
+            server: None,
             error: out.error,
         });
     }
@@ -147,7 +150,7 @@ impl TcpBalancer {
         // The connection's own address: the listener's, unless that is a wildcard and a PROXY
         // header for the server needs the real one (the policy only reads the port).
         let mut dst = self.local;
-        if self.local.ip().is_unspecified() && self.cfg.send_proxy.is_some() {
+        if self.local.ip().is_unspecified() {
             let Ok(local) = client.local_addr() else {
                 return fail(out, 500, "proxy_internal_error");
             };
@@ -243,7 +246,8 @@ impl TcpBalancer {
         // The PROXY header goes first, in the clear (before a TLS handshake with the server),
         // then the bytes already read from the client: in the same write when in the clear.
         let secure = pool.has_tls();
-        let mut first = match self.cfg.send_proxy {
+        // The listener's `send_proxy`, else the pool's `proxy_protocol`.
+        let mut first = match self.cfg.send_proxy.or(pool.cfg.proxy_protocol) {
             Some(ProxyVersion::V1) => proxy_protocol::encode_v1(*origin, dst),
             Some(ProxyVersion::V2) => proxy_protocol::encode_v2(*origin, dst),
             None => Vec::new(),

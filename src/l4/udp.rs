@@ -73,6 +73,7 @@ pub fn spawn(
         stop,
         task,
         tls: None,
+        socket: None,
     })
 }
 

@@ -80,6 +80,16 @@ pub(super) fn start(pool: Arc<ServerPool>, svc: Arc<Services>) {
                     match &h.kind {
                         HealthCheckKind::Tcp => Ok(()),
                         HealthCheckKind::Http(c) => {
+                            // A server that expects a PROXY header gets one that names no
+                            // client (the check is the proxy's own).
+                            if let Some(v) = pool.cfg.proxy_protocol {
+                                let local = crate::l4::proxy_protocol::encode_local(
+                                    v == crate::config::ProxyVersion::V2,
+                                );
+                                body::write_all(&mut stream, &local, h.timeout)
+                                    .await
+                                    .map_err(|e| e.to_string())?;
+                            }
                             probe_http(&mut stream, c, pool.label(i), h.timeout).await
                         }
                     }

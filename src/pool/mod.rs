@@ -688,6 +688,7 @@ mod tests {
                 on_5xx: true,
             },
             tls: None,
+            proxy_protocol: None,
             retry_budget: 0.2,
             min_retries_per_sec: 0,
             sticky: Some(crate::config::StickyConfig {

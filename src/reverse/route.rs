@@ -70,6 +70,28 @@ impl Table {
         &self.routes[i]
     }
 
+    /// Each route's label for metrics and the access log, by route index: its `name`, else
+    /// its virtual host's first name followed by its path (`app.test/api`); the default
+    /// route is `default`.
+    pub fn labels(&self, cfg: &ReverseListenerConfig) -> Vec<String> {
+        let mut out: Vec<String> = Vec::with_capacity(self.routes.len());
+        for h in &cfg.hosts {
+            let host = match h.names.first() {
+                Some(HostName::Exact(n)) => n.clone(),
+                Some(HostName::Suffix(s)) => format!("*.{s}"),
+                None => String::new(),
+            };
+            out.extend(h.routes.iter().map(|r| match &r.name {
+                Some(n) => n.clone(),
+                None => format!("{host}{}", r.path),
+            }));
+        }
+        if let Some(d) = &cfg.default {
+            out.push(d.name.clone().unwrap_or_else(|| "default".into()));
+        }
+        out
+    }
+
     /// The virtual host for a Host value (already lower case, no port).
     fn vhost(&self, host: &str) -> Option<usize> {
         if let Some(i) = self.exact.get(host) {
@@ -178,6 +200,7 @@ mod tests {
 
     fn route(path: &str, pool: &str) -> RouteConfig {
         RouteConfig {
+            name: None,
             path: path.into(),
             regex: None,
             methods: Vec::new(),
@@ -203,6 +226,13 @@ mod tests {
     }
 
     fn table(hosts: Vec<(Vec<HostName>, Vec<RouteConfig>)>, default: Option<RouteConfig>) -> Table {
+        Table::new(&config(hosts, default))
+    }
+
+    fn config(
+        hosts: Vec<(Vec<HostName>, Vec<RouteConfig>)>,
+        default: Option<RouteConfig>,
+    ) -> ReverseListenerConfig {
         let http = HttpListenerConfig {
             max_header_bytes: 1024,
             header_read_timeout: Duration::ZERO,
@@ -215,7 +245,7 @@ mod tests {
             cache: false,
             upgrade_protocols: Vec::new(),
         };
-        Table::new(&ReverseListenerConfig {
+        ReverseListenerConfig {
             http,
             hosts: hosts
                 .into_iter()
@@ -223,6 +253,7 @@ mod tests {
                 .collect(),
             default,
             trusted_proxies: Vec::new(),
+            accept_proxy_from: Vec::new(),
             forwarded: ForwardedMode::Both,
             hide_headers: Vec::new(),
             max_body: None,
@@ -235,7 +266,8 @@ mod tests {
             redirect_https: false,
             https_port: 443,
             strip_cache_tags: true,
-        })
+            own_error_pages: false,
+        }
     }
 
     fn pool_for(t: &Table, host: &str, method: &str, target: &str, h: &Headers) -> Option<String> {
@@ -371,5 +403,23 @@ mod tests {
         assert_eq!(host_of("a:b"), None);
         assert_eq!(host_of(""), None);
         assert_eq!(host_of("[::1"), None);
+    }
+
+    #[test]
+    fn route_labels_name_host_and_path() {
+        let mut named = route("/api", "p");
+        named.name = Some("api".into());
+        let cfg = config(
+            vec![
+                (vec![exact("app.test")], vec![named, route("/", "p")]),
+                (vec![suffix("w.test")], vec![route("/x", "p")]),
+            ],
+            Some(route("/", "p")),
+        );
+        let t = Table::new(&cfg);
+        assert_eq!(
+            t.labels(&cfg),
+            ["api", "app.test/", "*.w.test/x", "default"]
+        );
     }
 }

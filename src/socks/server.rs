@@ -629,6 +629,9 @@ impl SocksServer {
             version: None,
             referer: None,
             user_agent: None,
+            route: None,
+            pool: None,
+            server: None,
             error: s.error,
         });
     }
