@@ -103,6 +103,11 @@ impl Reverse {
     pub fn handshake_timeout(&self) -> std::time::Duration {
         self.cfg.handshake_timeout
     }
+
+    /// `[listeners.http2]`: HTTP/2 from clients.
+    pub fn http2(&self) -> &crate::config::Http2Config {
+        &self.cfg.http2
+    }
 }
 
 /// Where one reverse-proxied request goes ([`Via::Pool`]).
@@ -317,7 +322,7 @@ impl HttpProxy {
         let authority = host.unwrap_or_default();
         let cache_target = HttpTarget {
             host: Host::Name(host_name.unwrap_or_default()),
-            port: client.stream.tcp().local_addr().map_or(80, |a| a.port()),
+            port: client.stream.local_addr().map_or(80, |a| a.port()),
             authority: authority.clone(),
             path: target.clone(),
         };
@@ -712,7 +717,7 @@ impl HttpProxy {
 
 /// The port the client connected to, for the policy's port conditions.
 fn client_port(client: &Client) -> u16 {
-    client.stream.tcp().local_addr().map_or(0, |a| a.port())
+    client.stream.local_addr().map_or(0, |a| a.port())
 }
 
 #[cfg(test)]

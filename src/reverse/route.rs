@@ -233,6 +233,7 @@ mod tests {
             handshake_timeout: Duration::ZERO,
             redirect_https: false,
             https_port: 443,
+            http2: Default::default(),
         })
     }
 
