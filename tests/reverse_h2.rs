@@ -3,7 +3,7 @@
 //! concurrent streams on one connection spread over two servers, bodies both ways under
 //! flow control, the per-client request rate and the access log per stream, and bad input
 //! (malformed header blocks, CONNECT, oversized header lists, a connection error) written
-//! as raw frames.
+//! as raw frames), and a chunked response's trailers turned into HTTP/2 trailers.
 
 mod common;
 
@@ -596,4 +596,57 @@ async fn bad_streams_are_refused_one_by_one_and_bad_frames_end_the_connection() 
     // The server stays up for the next client.
     let send = h2_client(gh.addr("rev")).await;
     assert_eq!(h2_fetch(&send, "GET", "/after", None).await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunked_response_keeps_its_trailers_and_loses_its_hop_fields() {
+    // A server answering in chunks with trailer fields and a hop-by-hop field it names.
+    let origin = raw_origin(|mut s: TcpStream| async move {
+        if !read_head(&mut s).await {
+            return;
+        }
+        let _ = s
+            .write_all(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: X-Hop\r\n\
+                  X-Hop: 1\r\nKeep-Alive: timeout=5\r\nTrailer: grpc-status\r\n\r\n\
+                  5\r\nhello\r\n6\r\n world\r\n0\r\ngrpc-status: 0\r\ngrpc-message: fine\r\n\r\n",
+            )
+            .await;
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest).await;
+    })
+    .await;
+    let gh = Gatehouse::start(&config("[listeners.http2]\nh2c = true\n", &[origin], ""));
+    let send = h2_client(gh.addr("rev")).await;
+    let mut ready = send.ready().await.expect("ready");
+    let req = http::Request::builder()
+        .uri("http://app.test/t")
+        .header("te", "trailers")
+        .body(())
+        .expect("request");
+    let (resp, _) = ready.send_request(req, true).expect("send");
+    let resp = resp.await.expect("response");
+    assert_eq!(resp.status(), 200);
+    for hop in ["x-hop", "keep-alive", "connection", "transfer-encoding"] {
+        assert!(
+            !resp.headers().contains_key(hop),
+            "{hop}: {:?}",
+            resp.headers()
+        );
+    }
+    let mut body = resp.into_body();
+    let mut got = Vec::new();
+    while let Some(d) = body.data().await {
+        got.extend_from_slice(&d.expect("data"));
+    }
+    assert_eq!(got, b"hello world");
+    let trailers = body.trailers().await.expect("trailers").expect("some");
+    assert_eq!(
+        trailers.get("grpc-status").map(|v| v.as_bytes()),
+        Some(&b"0"[..])
+    );
+    assert_eq!(
+        trailers.get("grpc-message").map(|v| v.as_bytes()),
+        Some(&b"fine"[..])
+    );
 }
