@@ -3,7 +3,7 @@
 //! concurrent streams on one connection spread over two servers, bodies both ways under
 //! flow control, the per-client request rate and the access log per stream, and bad input
 //! (malformed header blocks, CONNECT, oversized header lists, a connection error) written
-//! as raw frames), and a chunked response's trailers turned into HTTP/2 trailers.
+//! as raw frames, and a chunked response's trailers turned into HTTP/2 trailers.
 
 mod common;
 
