@@ -1,7 +1,8 @@
 //! HTTP/2 from clients on reverse listeners (RFC 9113): ALPN `h2` over TLS, or h2c with
 //! prior knowledge on a plain listener. The `h2` crate speaks the protocol; each stream
 //! becomes one HTTP/1.1 request on the shared pipeline, so routing, pool choice, retries,
-//! header edits, limits and the access log are the same code as for HTTP/1.1.
+//! header edits, limits and the access log are the same code as for HTTP/1.1. An RFC 8441
+//! extended CONNECT for WebSocket goes up as the HTTP/1.1 Upgrade handshake.
 //!
 //! ```text
 //! h2 connection ── accept stream ──► h1_request (pure: pseudo-headers -> head)
@@ -124,16 +125,22 @@ pub enum BadRequest {
 /// `Transfer-Encoding: chunked` when a body without Content-Length follows
 /// (`body_follows`), and `Connection: close` (one request per pipe). Returns the head and
 /// whether the body must be chunked.
+///
+/// With `websocket_key` the request is an RFC 8441 extended CONNECT for WebSocket: it goes
+/// up as the HTTP/1.1 handshake (RFC 6455 section 4.1: `GET`, `Upgrade: websocket`,
+/// `Connection: Upgrade`, this `Sec-WebSocket-Key`), without a body.
 pub fn h1_request(
     method: &Method,
     uri: &http::Uri,
     fields: &HeaderMap,
     body_follows: bool,
+    websocket_key: Option<&str>,
 ) -> Result<(Vec<u8>, bool), BadRequest> {
     let path = uri
         .path_and_query()
         .map(|p| p.as_str())
         .filter(|p| p.starts_with('/') || (*p == "*" && method == Method::OPTIONS))
+        .filter(|_| method != Method::CONNECT || websocket_key.is_some())
         .ok_or(BadRequest::NoPath)?;
     let mut hosts = fields.get_all(http::header::HOST).iter();
     let host = hosts.next();
@@ -162,7 +169,7 @@ pub fn h1_request(
             return Err(BadRequest::ConnectionSpecific);
         }
         match n {
-            "host" => {}
+            "host" | "sec-websocket-key" => {}
             "cookie" => {
                 if !cookie.is_empty() {
                     cookie.extend_from_slice(b"; ");
@@ -175,6 +182,14 @@ pub fn h1_request(
     if !cookie.is_empty() {
         h.push("cookie", cookie);
     }
+    if let Some(key) = websocket_key {
+        h.push("Sec-WebSocket-Key", key);
+        h.push("Upgrade", "websocket");
+        h.push("Connection", "Upgrade");
+        let mut out = Vec::with_capacity(512);
+        codec::write_request_head(&mut out, "GET", path, &h);
+        return Ok((out, false));
+    }
     let chunked = body_follows && !fields.contains_key(http::header::CONTENT_LENGTH);
     if chunked {
         h.push("Transfer-Encoding", "chunked");
@@ -183,6 +198,23 @@ pub fn h1_request(
     let mut out = Vec::with_capacity(512);
     codec::write_request_head(&mut out, method.as_str(), path, &h);
     Ok((out, chunked))
+}
+
+/// A `Sec-WebSocket-Key` for the HTTP/1.1 leg of an extended CONNECT: 16 bytes, base64.
+/// HTTP/2 WebSocket has no key (RFC 8441 section 5); the server only checks its form, and
+/// its answer (`Sec-WebSocket-Accept`) is not passed on.
+fn websocket_key() -> String {
+    use base64::Engine;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let mut raw = [0u8; 16];
+    raw[..8].copy_from_slice(&t.to_be_bytes());
+    raw[8..].copy_from_slice(&n.to_be_bytes());
+    base64::engine::general_purpose::STANDARD.encode(raw)
 }
 
 /// The HTTP/2 response for an HTTP/1.1 head: status and fields, without the
@@ -284,7 +316,8 @@ impl HttpProxy {
             .max_header_list_size(limits.max_header_list_size)
             .initial_window_size(PIPE_BYTES as u32)
             .initial_connection_window_size(1024 * 1024)
-            .max_send_buffer_size(PIPE_BYTES);
+            .max_send_buffer_size(PIPE_BYTES)
+            .enable_connect_protocol();
         let mut conn = match timeout(
             self.cfg.header_read_timeout,
             builder.handshake::<_, Bytes>(io),
@@ -354,13 +387,23 @@ impl HttpProxy {
         scheme: &'static str,
     ) {
         let (parts, body) = req.into_parts();
-        if parts.method == Method::CONNECT {
-            // A tunnel (or extended CONNECT, which is not enabled) is not for a reverse proxy.
+        // RFC 8441 extended CONNECT: WebSocket only, as an HTTP/1.1 Upgrade upstream.
+        let protocol = parts.extensions.get::<h2::ext::Protocol>();
+        let websocket = protocol.is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"));
+        if parts.method == Method::CONNECT && !websocket {
+            // A tunnel, or another protocol: not for a reverse proxy.
             simple(&mut respond, 405, "CONNECT is not served here\n");
             return;
         }
+        let key = websocket.then(websocket_key);
         let follows = !body.is_end_stream();
-        let (head, chunked) = match h1_request(&parts.method, &parts.uri, &parts.headers, follows) {
+        let (head, chunked) = match h1_request(
+            &parts.method,
+            &parts.uri,
+            &parts.headers,
+            follows,
+            key.as_deref(),
+        ) {
             Ok(h) => h,
             Err(e) => {
                 tracing::debug!(client = %peer, "HTTP/2 request refused: {e}");
@@ -376,13 +419,18 @@ impl HttpProxy {
             scheme,
         }));
         let h1 = self.clone().serve_stream(pipe, peer);
-        let t = self.cfg.read_timeout;
+        // A WebSocket may idle as long as a tunnel.
+        let t = if websocket {
+            self.cfg.tunnel_idle_timeout
+        } else {
+            self.cfg.read_timeout
+        };
         let max = self.cfg.max_header_bytes.max(64 * 1024);
         let method = parts.method.as_str().to_string();
         let relay = async {
             let (rd, wr) = tokio::io::split(ours);
-            let up = send_request(wr, head, body, chunked, t);
-            let down = relay_response(rd, &mut respond, &method, max);
+            let up = send_request(wr, head, body, chunked, websocket, t);
+            let down = relay_response(rd, &mut respond, &method, max, websocket);
             tokio::pin!(up, down);
             let mut up_done = false;
             loop {
@@ -441,6 +489,7 @@ async fn send_request<W: AsyncWrite + Unpin>(
     head: Vec<u8>,
     mut body: RecvStream,
     chunked: bool,
+    websocket: bool,
     t: Duration,
 ) -> Result<(), RelayError> {
     wr.write_all(&head).await?;
@@ -459,6 +508,11 @@ async fn send_request<W: AsyncWrite + Unpin>(
             wr.write_all(&data).await?;
         }
         body.flow_control().release_capacity(n)?;
+    }
+    if websocket {
+        // The client ended its side of the WebSocket: half-close the tunnel.
+        wr.shutdown().await?;
+        return Ok(());
     }
     if chunked {
         let trailers = match timeout(t, body.trailers()).await {
@@ -486,6 +540,7 @@ async fn relay_response<R: AsyncRead + Unpin>(
     respond: &mut SendResponse<Bytes>,
     method: &str,
     max: usize,
+    websocket: bool,
 ) -> Result<(), Reason> {
     let mut buf = BytesMut::with_capacity(8192);
     let head = loop {
@@ -493,7 +548,7 @@ async fn relay_response<R: AsyncRead + Unpin>(
             Ok(Some((h, len))) => {
                 buf.advance(len);
                 // 1xx: the pipeline's own business (HTTP/2 needs no 100-continue here).
-                if h.status >= 200 {
+                if h.status >= 200 || (websocket && h.status == 101) {
                     break h;
                 }
                 continue;
@@ -507,12 +562,19 @@ async fn relay_response<R: AsyncRead + Unpin>(
             Ok(_) => {}
         }
     };
-    let framing = codec::response_framing(method, &head).map_err(|_| Reason::INTERNAL_ERROR)?;
     let mut fields = head.headers.clone();
-    if framing != Framing::None {
-        codec::normalise_response_framing(head.status, framing, &mut fields);
-    }
-    let resp = h2_response(head.status, &fields);
+    // The server switched to WebSocket: 200 to the extended CONNECT, then a tunnel.
+    let (status, framing) = if head.status == 101 {
+        fields.remove("sec-websocket-accept");
+        (200, Framing::UntilClose)
+    } else {
+        let framing = codec::response_framing(method, &head).map_err(|_| Reason::INTERNAL_ERROR)?;
+        if framing != Framing::None {
+            codec::normalise_response_framing(head.status, framing, &mut fields);
+        }
+        (head.status, framing)
+    };
+    let resp = h2_response(status, &fields);
     let mut send = respond
         .send_response(resp, framing == Framing::None)
         .map_err(|_| Reason::INTERNAL_ERROR)?;
@@ -633,7 +695,7 @@ mod tests {
     ) -> Result<(String, bool), BadRequest> {
         let m = Method::from_bytes(method.as_bytes()).expect("method");
         let u: http::Uri = uri.parse().expect("uri");
-        h1_request(&m, &u, &fields(list), body)
+        h1_request(&m, &u, &fields(list), body, None)
             .map(|(h, c)| (String::from_utf8(h).expect("utf-8"), c))
     }
 
@@ -670,6 +732,26 @@ mod tests {
         // No :authority: the Host field.
         let (h, _) = req("GET", "/x", &[("host", "h.test")], false).expect("ok");
         assert!(h.starts_with("GET /x HTTP/1.1\r\nHost: h.test\r\n"), "{h}");
+    }
+
+    #[test]
+    fn extended_connect_becomes_a_websocket_handshake() {
+        let m = Method::CONNECT;
+        let u: http::Uri = "https://app.test/chat".parse().expect("uri");
+        let f = fields(&[("sec-websocket-version", "13"), ("sec-websocket-key", "x")]);
+        let (h, chunked) = h1_request(&m, &u, &f, true, Some("a2V5")).expect("ok");
+        assert!(!chunked);
+        assert_eq!(
+            String::from_utf8(h).expect("utf-8"),
+            "GET /chat HTTP/1.1\r\nHost: app.test\r\nsec-websocket-version: 13\r\n\
+             Sec-WebSocket-Key: a2V5\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+        );
+        assert_eq!(
+            h1_request(&m, &u, &f, true, None).err(),
+            Some(BadRequest::NoPath),
+            "plain CONNECT never becomes a request"
+        );
+        assert_eq!(websocket_key().len(), 24);
     }
 
     #[test]
