@@ -23,7 +23,8 @@ pub use pools::{
 pub use reader::{ConfigError, KeyLines};
 use reader::{Problems, Section};
 pub use reverse::{
-    ForwardedMode, HostName, PathRegex, ReverseListenerConfig, RouteConfig, VhostConfig,
+    ForwardedMode, HostName, Http2Config, PathRegex, ReverseListenerConfig, RouteConfig,
+    VhostConfig,
 };
 pub use socks::{AuthMethod, Password, SocksListenerConfig, SocksUser, UdpFilter};
 pub use tls::{ClientTls, ServerTls, TlsFiles, TlsVersion};

@@ -44,6 +44,46 @@ pub struct ReverseListenerConfig {
     pub strip_cache_tags: bool,
     /// A server's 5xx response is replaced with Gatehouse's own page (same status).
     pub own_error_pages: bool,
+    /// `[listeners.http2]`: HTTP/2 from clients (ALPN `h2` over TLS, h2c on plain).
+    pub http2: Http2Config,
+}
+
+/// `[listeners.http2]` of a reverse listener.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Http2Config {
+    /// ALPN offers `h2` before `http/1.1` on a TLS listener (default on).
+    pub enabled: bool,
+    /// A plain listener takes HTTP/2 with prior knowledge (the connection preface).
+    pub h2c: bool,
+    /// Streams one connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS).
+    pub max_concurrent_streams: u32,
+    /// Largest header list a client may send (SETTINGS_MAX_HEADER_LIST_SIZE).
+    pub max_header_list_size: u32,
+}
+
+impl Default for Http2Config {
+    fn default() -> Http2Config {
+        Http2Config {
+            enabled: true,
+            h2c: false,
+            max_concurrent_streams: 100,
+            max_header_list_size: 32 * 1024,
+        }
+    }
+}
+
+fn read_http2(l: &Section<'_>, max_header_bytes: usize) -> Http2Config {
+    let t = l.table("http2");
+    let cfg = Http2Config {
+        enabled: t.bool("enabled", true),
+        h2c: t.bool("h2c", false),
+        max_concurrent_streams: t.uint("max_concurrent_streams", 100, 1, 10_000) as u32,
+        max_header_list_size: t
+            .size("max_header_list_size", max_header_bytes as u64)
+            .clamp(1024, 1024 * 1024) as u32,
+    };
+    t.finish();
+    cfg
 }
 
 /// The fields that tell the servers who the client is.
@@ -263,7 +303,21 @@ pub(super) fn read_reverse(l: &Section<'_>, pools: &[&str]) -> ReverseListenerCo
         })
         .unwrap_or_else(|| HIDE_DEFAULT.iter().map(|s| s.to_string()).collect());
     let max_body = l.has("max_body").then(|| l.size("max_body", u64::MAX));
-    let tls = super::tls::read_server_tls(l, &["http/1.1"]);
+    let http2 = read_http2(l, http.max_header_bytes);
+    let alpn: &[&str] = if http2.enabled {
+        &["h2", "http/1.1"]
+    } else {
+        &["http/1.1"]
+    };
+    let tls = super::tls::read_server_tls(l, alpn);
+    if let Some(t) = &tls {
+        if !http2.enabled && t.alpn.iter().any(|p| p == "h2") {
+            l.error_at(
+                "tls.alpn",
+                "lists h2, but [listeners.http2] enabled = false",
+            );
+        }
+    }
     let redirect_https = l.bool("redirect_https", false);
     if redirect_https && tls.is_some() {
         l.error_at(
@@ -284,13 +338,13 @@ pub(super) fn read_reverse(l: &Section<'_>, pools: &[&str]) -> ReverseListenerCo
         first_byte_timeout: l.duration("first_byte_timeout", Duration::from_secs(60)),
         idle_per_server: l.uint("idle_per_server", 32, 0, 10_000) as usize,
         idle_timeout: l.duration("idle_timeout", Duration::from_secs(60)),
-        // HTTP/2 is not served yet: ALPN offers only http/1.1.
         tls,
         handshake_timeout: l.duration("handshake_timeout", Duration::from_secs(10)),
         redirect_https,
         https_port: l.uint("https_port", 443, 1, 65535) as u16,
         strip_cache_tags: l.bool("strip_cache_tags", true),
         own_error_pages: l.bool("own_error_pages", false),
+        http2,
     }
 }
 
@@ -434,14 +488,41 @@ mod tests {
         "[[listeners.hosts]]\nnames = [\"a.test\"]\n[[listeners.hosts.routes]]\npool = \"app\"\n";
 
     #[test]
-    fn tls_offers_http11_only_and_redirect_is_for_plain_listeners() {
+    fn tls_offers_h2_unless_disabled_and_redirect_is_for_plain_listeners() {
         let r = reverse(&format!(
             "handshake_timeout = \"3s\"\n[listeners.tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n{HOST}"
         ))
         .expect("valid");
         let tls = r.tls.expect("tls");
-        assert_eq!(tls.alpn, ["http/1.1"], "no h2 until HTTP/2 is served");
+        assert_eq!(tls.alpn, ["h2", "http/1.1"]);
+        assert_eq!(r.http2, Http2Config::default());
         assert_eq!(r.handshake_timeout, Duration::from_secs(3));
+        let r = reverse(&format!(
+            "[listeners.http2]\nenabled = false\n[listeners.tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n{HOST}"
+        ))
+        .expect("valid");
+        assert_eq!(r.tls.expect("tls").alpn, ["http/1.1"]);
+        let r = reverse(&format!(
+            "[listeners.http2]\nh2c = true\nmax_concurrent_streams = 8\nmax_header_list_size = \"4KiB\"\n{HOST}"
+        ))
+        .expect("valid");
+        assert!(r.http2.h2c && r.http2.enabled);
+        assert_eq!(
+            (r.http2.max_concurrent_streams, r.http2.max_header_list_size),
+            (8, 4096)
+        );
+        assert_eq!(
+            reverse(&format!(
+                "[listeners.http2]\nmax_concurrent_streams = 0\nbogus = 1\n{HOST}"
+            ))
+            .err()
+            .map(|e| e.len()),
+            Some(2)
+        );
+        assert!(reverse(&format!(
+            "[listeners.http2]\nenabled = false\n[listeners.tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\nalpn = [\"h2\"]\n{HOST}"
+        ))
+        .is_err());
         assert!(!r.redirect_https);
         let r =
             reverse(&format!("redirect_https = true\nhttps_port = 8443\n{HOST}")).expect("valid");

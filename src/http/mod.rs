@@ -7,6 +7,7 @@ pub mod chunked;
 pub mod codec;
 pub mod error;
 mod exchange;
+pub mod h2_server;
 mod loop_check;
 pub mod pool;
 pub mod proxy;

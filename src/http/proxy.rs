@@ -169,6 +169,10 @@ impl HttpProxy {
         let Some(peer) = self.client_address(&mut stream, peer).await else {
             return;
         };
+        if self.http2().is_some_and(|h| h.h2c) {
+            // Boxed: an HTTP/1.1 connection's task stays as small as without h2c.
+            return Box::pin(self.serve_h2c(stream, peer)).await;
+        }
         self.serve_stream(ClientStream::Tcp(stream), peer).await
     }
 
@@ -190,6 +194,12 @@ impl HttpProxy {
             Role::Forward => self.cfg.header_read_timeout,
         };
         match timeout(limit, tls.accept(stream)).await {
+            Ok(Ok(s)) if crate::tls::server::alpn(&s) == Some(b"h2") => {
+                let sni = crate::tls::server::sni(&s).map(str::to_string);
+                if let Ok(local) = s.get_ref().0.local_addr() {
+                    Box::pin(self.serve_h2(s, peer, local, sni, "https")).await;
+                }
+            }
             Ok(Ok(s)) => {
                 self.serve_stream(ClientStream::Tls(Box::new(s)), peer)
                     .await
@@ -283,7 +293,11 @@ impl HttpProxy {
                 .map(|v| String::from_utf8_lossy(v).into_owned())
         };
         (ex.version, ex.referer, ex.user_agent) = (
-            Some(head.version.as_str()),
+            Some(if matches!(client.stream, ClientStream::H2(_)) {
+                "HTTP/2.0"
+            } else {
+                head.version.as_str()
+            }),
             field("referer"),
             field("user-agent"),
         );

@@ -194,6 +194,11 @@ impl Reverse {
         (!self.cfg.accept_proxy_from.is_empty())
             .then_some((&self.proxy_from, self.cfg.handshake_timeout))
     }
+
+    /// `[listeners.http2]`: HTTP/2 from clients.
+    pub fn http2(&self) -> &crate::config::Http2Config {
+        &self.cfg.http2
+    }
 }
 
 /// Where one reverse-proxied request goes ([`Via::Pool`]).
@@ -428,7 +433,7 @@ impl HttpProxy {
         let authority = host.unwrap_or_default();
         let cache_target = HttpTarget {
             host: Host::Name(host_name.unwrap_or_default()),
-            port: client.stream.tcp().local_addr().map_or(80, |a| a.port()),
+            port: client.stream.local_addr().map_or(80, |a| a.port()),
             authority: authority.clone(),
             path: target.clone(),
         };
@@ -566,7 +571,7 @@ impl HttpProxy {
         }
         let resend = idempotent(&head.method) && framing == Framing::None;
         let ip = client.peer.ip();
-        let (ip_port, local) = (client.peer, client.stream.tcp().local_addr().ok());
+        let (ip_port, local) = (client.peer, client.stream.local_addr().ok());
         let tries = 1 + rv.cfg.retries;
         let idle_max = rv.cfg.idle_timeout.min(pool.cfg.idle_timeout);
         let secure = to.scheme == "https";
@@ -877,7 +882,7 @@ impl HttpProxy {
 
 /// The port the client connected to, for the policy's port conditions.
 fn client_port(client: &Client) -> u16 {
-    client.stream.tcp().local_addr().map_or(0, |a| a.port())
+    client.stream.local_addr().map_or(0, |a| a.port())
 }
 
 #[cfg(test)]

@@ -23,6 +23,9 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
 pub enum ClientStream {
     Tcp(TcpStream),
     Tls(Box<crate::tls::server::TlsStream<TcpStream>>),
+    /// One HTTP/2 stream, carried to the HTTP/1.1 pipeline as a request over an in-memory
+    /// pipe (`http/h2_server.rs`).
+    H2(Box<super::h2_server::StreamPipe>),
 }
 
 impl From<TcpStream> for ClientStream {
@@ -36,15 +39,16 @@ impl ClientStream {
     pub fn as_tcp(&self) -> Option<&TcpStream> {
         match self {
             ClientStream::Tcp(s) => Some(s),
-            ClientStream::Tls(_) => None,
+            ClientStream::Tls(_) | ClientStream::H2(_) => None,
         }
     }
 
-    /// The socket under the stream (addresses, socket options), whatever the transport.
-    pub fn tcp(&self) -> &TcpStream {
+    /// The local address the client connected to, whatever the transport.
+    pub fn local_addr(&self) -> io::Result<std::net::SocketAddr> {
         match self {
-            ClientStream::Tcp(s) => s,
-            ClientStream::Tls(s) => s.get_ref().0,
+            ClientStream::Tcp(s) => s.local_addr(),
+            ClientStream::Tls(s) => s.get_ref().0.local_addr(),
+            ClientStream::H2(p) => Ok(p.local),
         }
     }
 
@@ -53,6 +57,7 @@ impl ClientStream {
         match self {
             ClientStream::Tcp(_) => None,
             ClientStream::Tls(s) => crate::tls::server::sni(s),
+            ClientStream::H2(p) => p.sni.as_deref(),
         }
     }
 
@@ -61,6 +66,7 @@ impl ClientStream {
         match self {
             ClientStream::Tcp(_) => "http",
             ClientStream::Tls(_) => "https",
+            ClientStream::H2(p) => p.scheme,
         }
     }
 
@@ -81,6 +87,10 @@ impl ClientStream {
                 buf.reserve(4096);
                 s.read_buf(buf).await
             }
+            ClientStream::H2(p) => {
+                buf.reserve(4096);
+                p.io.read_buf(buf).await
+            }
         }
     }
 
@@ -93,6 +103,11 @@ impl ClientStream {
             }
             ClientStream::Tls(s) => {
                 let io: &mut dyn Io = &mut **s;
+                let (r, w) = tokio::io::split(io);
+                (ReadHalf::Io(r), WriteHalf::Io(w))
+            }
+            ClientStream::H2(p) => {
+                let io: &mut dyn Io = &mut p.io;
                 let (r, w) = tokio::io::split(io);
                 (ReadHalf::Io(r), WriteHalf::Io(w))
             }
@@ -120,6 +135,7 @@ impl AsyncRead for ClientStream {
         match self.get_mut() {
             ClientStream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             ClientStream::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
+            ClientStream::H2(p) => Pin::new(&mut p.io).poll_read(cx, buf),
         }
     }
 }
@@ -133,6 +149,7 @@ impl AsyncWrite for ClientStream {
         match self.get_mut() {
             ClientStream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             ClientStream::Tls(s) => Pin::new(&mut **s).poll_write(cx, buf),
+            ClientStream::H2(p) => Pin::new(&mut p.io).poll_write(cx, buf),
         }
     }
 
@@ -144,6 +161,7 @@ impl AsyncWrite for ClientStream {
         match self.get_mut() {
             ClientStream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             ClientStream::Tls(s) => Pin::new(&mut **s).poll_write_vectored(cx, bufs),
+            ClientStream::H2(p) => Pin::new(&mut p.io).poll_write_vectored(cx, bufs),
         }
     }
 
@@ -151,6 +169,7 @@ impl AsyncWrite for ClientStream {
         match self {
             ClientStream::Tcp(s) => s.is_write_vectored(),
             ClientStream::Tls(s) => s.is_write_vectored(),
+            ClientStream::H2(p) => p.io.is_write_vectored(),
         }
     }
 
@@ -158,6 +177,7 @@ impl AsyncWrite for ClientStream {
         match self.get_mut() {
             ClientStream::Tcp(s) => Pin::new(s).poll_flush(cx),
             ClientStream::Tls(s) => Pin::new(&mut **s).poll_flush(cx),
+            ClientStream::H2(p) => Pin::new(&mut p.io).poll_flush(cx),
         }
     }
 
@@ -165,6 +185,7 @@ impl AsyncWrite for ClientStream {
         match self.get_mut() {
             ClientStream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
             ClientStream::Tls(s) => Pin::new(&mut **s).poll_shutdown(cx),
+            ClientStream::H2(p) => Pin::new(&mut p.io).poll_shutdown(cx),
         }
     }
 }

@@ -267,6 +267,7 @@ mod tests {
             https_port: 443,
             strip_cache_tags: true,
             own_error_pages: false,
+            http2: Default::default(),
         }
     }
 

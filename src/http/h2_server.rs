@@ -1,0 +1,833 @@
+//! HTTP/2 from clients on reverse listeners (RFC 9113): ALPN `h2` over TLS, or h2c with
+//! prior knowledge on a plain listener. The `h2` crate speaks the protocol; each stream
+//! becomes one HTTP/1.1 request on the shared pipeline, so routing, pool choice, retries,
+//! header edits, limits and the access log are the same code as for HTTP/1.1. An RFC 8441
+//! extended CONNECT for WebSocket goes up as the HTTP/1.1 Upgrade handshake.
+//!
+//! ```text
+//! h2 connection ── accept stream ──► h1_request (pure: pseudo-headers -> head)
+//!    │                                   │ in-memory pipe (ClientStream::H2)
+//!    │  request DATA (flow control) ───► HttpProxy::serve_stream (one request,
+//!    │                                   Connection: close) ── pool server (HTTP/1.1)
+//!    ◄── HEADERS, DATA, trailers ◄────── response head parsed, body de-chunked
+//! ```
+//!
+//! Memory per stream is bounded by the pipe ([`PIPE_BYTES`]) and the stream windows: a
+//! DATA frame's capacity is released only once its bytes are in the pipe, and response
+//! bytes are read from the pipe only as the client's window lets them go.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use h2::server::SendResponse;
+use h2::{Reason, RecvStream, SendStream};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream};
+use tokio::net::TcpStream;
+use tokio::task::JoinSet;
+use tokio::time::timeout;
+
+use super::chunked::ChunkedDecoder;
+use super::codec::{self, Framing, Headers};
+use super::proxy::{HttpProxy, Role};
+use super::stream::ClientStream;
+use crate::config::Http2Config;
+
+/// The HTTP/2 connection preface a client sends first (RFC 9113 section 3.4).
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Bytes buffered in each direction of a stream's pipe to the HTTP/1.1 pipeline.
+pub const PIPE_BYTES: usize = 64 * 1024;
+
+/// Largest piece of a response body read from the pipe before it is sent on.
+const SEND_CHUNK: usize = 16 * 1024;
+
+/// Fields that are about one HTTP/1.1 connection and must not appear in HTTP/2 (RFC 9113
+/// section 8.2.2); `te` is allowed only as `trailers`.
+const CONNECTION_SPECIFIC: [&str; 5] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// One HTTP/2 stream as the HTTP/1.1 pipeline sees its client: the far end of an in-memory
+/// pipe, with what the connection it came on says about the client.
+pub struct StreamPipe {
+    pub(super) io: DuplexStream,
+    /// The listener's address the connection reached.
+    pub(super) local: SocketAddr,
+    /// The TLS SNI of the connection, if any.
+    pub(super) sni: Option<String>,
+    pub(super) scheme: &'static str,
+}
+
+/// Whether `buf` (the first bytes of a connection) is the HTTP/2 preface: `Some(true)` all
+/// of it, `Some(false)` not it, `None` a prefix of it so far.
+pub fn preface_match(buf: &[u8]) -> Option<bool> {
+    let n = buf.len().min(PREFACE.len());
+    if buf[..n] != PREFACE[..n] {
+        Some(false)
+    } else if n == PREFACE.len() {
+        Some(true)
+    } else {
+        None
+    }
+}
+
+/// Peeks at a new plain connection: does it open with the HTTP/2 preface? Gives up (not
+/// h2) at EOF, an error or after `limit`.
+pub async fn prior_knowledge(tcp: &TcpStream, limit: Duration) -> bool {
+    let look = async {
+        let mut buf = [0u8; PREFACE.len()];
+        let mut seen = 0;
+        loop {
+            let n = match tcp.peek(&mut buf).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => n,
+            };
+            if let Some(is) = preface_match(&buf[..n]) {
+                return is;
+            }
+            if n == seen {
+                // A partial preface and nothing new: wait a little for the rest.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            seen = n;
+        }
+    };
+    timeout(limit, look).await.unwrap_or(false)
+}
+
+/// Why a stream's request is refused before it reaches the pipeline (answered 400).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BadRequest {
+    #[error("no :authority and no Host")]
+    NoAuthority,
+    #[error(":authority with userinfo")]
+    Userinfo,
+    #[error("Host differs from :authority")]
+    HostMismatch,
+    #[error("no :path")]
+    NoPath,
+    #[error("connection-specific header field")]
+    ConnectionSpecific,
+    #[error("field value with CR, LF or NUL")]
+    BadValue,
+}
+
+/// The HTTP/1.1 request head for an HTTP/2 request (RFC 9113 section 8.3.1): `:authority`
+/// as Host (a Host that names another authority is refused), `:path` as the target, cookie
+/// fields joined with `; ` (section 8.2.3), connection-specific fields refused; then
+/// `Transfer-Encoding: chunked` when a body without Content-Length follows
+/// (`body_follows`), and `Connection: close` (one request per pipe). Returns the head and
+/// whether the body must be chunked.
+///
+/// With `websocket_key` the request is an RFC 8441 extended CONNECT for WebSocket: it goes
+/// up as the HTTP/1.1 handshake (RFC 6455 section 4.1: `GET`, `Upgrade: websocket`,
+/// `Connection: Upgrade`, this `Sec-WebSocket-Key`), without a body.
+pub fn h1_request(
+    method: &Method,
+    uri: &http::Uri,
+    fields: &HeaderMap,
+    body_follows: bool,
+    websocket_key: Option<&str>,
+) -> Result<(Vec<u8>, bool), BadRequest> {
+    let path = uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .filter(|p| p.starts_with('/') || (*p == "*" && method == Method::OPTIONS))
+        .filter(|_| method != Method::CONNECT || websocket_key.is_some())
+        .ok_or(BadRequest::NoPath)?;
+    let mut hosts = fields.get_all(http::header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(BadRequest::HostMismatch);
+    }
+    let authority = match (uri.authority(), host) {
+        (Some(a), _) if a.as_str().contains('@') => return Err(BadRequest::Userinfo),
+        (Some(a), Some(h)) if !h.as_bytes().eq_ignore_ascii_case(a.as_str().as_bytes()) => {
+            return Err(BadRequest::HostMismatch)
+        }
+        (Some(a), _) => a.as_str().as_bytes().to_vec(),
+        (None, Some(h)) => h.as_bytes().to_vec(),
+        (None, None) => return Err(BadRequest::NoAuthority),
+    };
+    let mut h = Headers::default();
+    h.push("Host", authority);
+    let mut cookie: Vec<u8> = Vec::new();
+    for (name, value) in fields {
+        let v = value.as_bytes();
+        if v.iter().any(|b| matches!(b, b'\r' | b'\n' | 0)) {
+            return Err(BadRequest::BadValue);
+        }
+        let n = name.as_str();
+        if CONNECTION_SPECIFIC.contains(&n) || (n == "te" && !v.eq_ignore_ascii_case(b"trailers")) {
+            return Err(BadRequest::ConnectionSpecific);
+        }
+        match n {
+            "host" | "sec-websocket-key" => {}
+            "cookie" => {
+                if !cookie.is_empty() {
+                    cookie.extend_from_slice(b"; ");
+                }
+                cookie.extend_from_slice(v);
+            }
+            _ => h.push(n, v),
+        }
+    }
+    if !cookie.is_empty() {
+        h.push("cookie", cookie);
+    }
+    if let Some(key) = websocket_key {
+        h.push("Sec-WebSocket-Key", key);
+        h.push("Upgrade", "websocket");
+        h.push("Connection", "Upgrade");
+        let mut out = Vec::with_capacity(512);
+        codec::write_request_head(&mut out, "GET", path, &h);
+        return Ok((out, false));
+    }
+    let chunked = body_follows && !fields.contains_key(http::header::CONTENT_LENGTH);
+    if chunked {
+        h.push("Transfer-Encoding", "chunked");
+    }
+    h.push("Connection", "close");
+    let mut out = Vec::with_capacity(512);
+    codec::write_request_head(&mut out, method.as_str(), path, &h);
+    Ok((out, chunked))
+}
+
+/// A `Sec-WebSocket-Key` for the HTTP/1.1 leg of an extended CONNECT: 16 bytes, base64.
+/// HTTP/2 WebSocket has no key (RFC 8441 section 5); the server only checks its form, and
+/// its answer (`Sec-WebSocket-Accept`) is not passed on.
+fn websocket_key() -> String {
+    use base64::Engine;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let mut raw = [0u8; 16];
+    raw[..8].copy_from_slice(&t.to_be_bytes());
+    raw[8..].copy_from_slice(&n.to_be_bytes());
+    base64::engine::general_purpose::STANDARD.encode(raw)
+}
+
+/// The HTTP/2 response for an HTTP/1.1 head: status and fields, without the
+/// connection-specific ones and those `Connection` names (RFC 9113 section 8.2.2). Fields
+/// HTTP/2 cannot carry (a name that is not a token) are dropped.
+pub fn h2_response(status: u16, fields: &Headers) -> Response<()> {
+    let listed = fields.tokens("connection");
+    let mut resp = Response::new(());
+    *resp.status_mut() = http::StatusCode::from_u16(status)
+        .ok()
+        .filter(|_| (200..600).contains(&status))
+        .unwrap_or(http::StatusCode::BAD_GATEWAY);
+    let h = resp.headers_mut();
+    for f in &fields.0 {
+        let name = f.name.to_ascii_lowercase();
+        if CONNECTION_SPECIFIC.contains(&name.as_str()) || name == "te" || listed.contains(&name) {
+            continue;
+        }
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_bytes(&f.value),
+        ) {
+            h.append(n, v);
+        }
+    }
+    resp
+}
+
+/// The trailer fields at the end of a chunked body, from the bytes that followed its last
+/// data (`[CRLF] 0[;ext] CRLF *(field CRLF) CRLF`), for HTTP/2 trailers. Framing and
+/// connection-specific fields are dropped.
+pub fn chunked_trailers(tail: &[u8]) -> HeaderMap {
+    let mut out = HeaderMap::new();
+    let tail = tail.strip_prefix(b"\r\n").unwrap_or(tail);
+    let Some(eol) = tail.windows(2).position(|w| w == b"\r\n") else {
+        return out;
+    };
+    let section = &tail[eol + 2..];
+    let mut fields = [httparse::EMPTY_HEADER; codec::MAX_HEADERS];
+    let Ok(httparse::Status::Complete((_, fields))) = httparse::parse_headers(section, &mut fields)
+    else {
+        return out;
+    };
+    for f in fields.iter() {
+        let name = f.name.to_ascii_lowercase();
+        if CONNECTION_SPECIFIC.contains(&name.as_str())
+            || matches!(name.as_str(), "te" | "content-length" | "host" | "trailer")
+        {
+            continue;
+        }
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_bytes(f.value),
+        ) {
+            out.append(n, v);
+        }
+    }
+    out
+}
+
+impl HttpProxy {
+    /// A reverse listener's `[listeners.http2]`, if it has one.
+    pub(super) fn http2(&self) -> Option<&Http2Config> {
+        match &self.role {
+            Role::Reverse(r) => Some(r.http2()),
+            Role::Forward => None,
+        }
+    }
+
+    /// A plain connection on a listener with h2c: HTTP/2 when it opens with the preface
+    /// (prior knowledge), else HTTP/1.1 as usual.
+    pub(super) async fn serve_h2c(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
+        if prior_knowledge(&stream, self.cfg.keepalive_timeout).await {
+            if let Ok(local) = stream.local_addr() {
+                self.serve_h2(stream, peer, local, None, "http").await;
+            }
+            return;
+        }
+        self.serve_stream(ClientStream::Tcp(stream), peer).await
+    }
+
+    /// Serves one HTTP/2 connection: every stream becomes a request on the shared
+    /// pipeline. Ends when the client goes, the connection has had no stream open for
+    /// `keepalive_timeout`, or the proxy drains (GOAWAY, streams in flight finish).
+    pub(super) async fn serve_h2<IO>(
+        self: Arc<Self>,
+        io: IO,
+        peer: SocketAddr,
+        local: SocketAddr,
+        sni: Option<String>,
+        scheme: &'static str,
+    ) where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let limits = self.http2().cloned().unwrap_or_default();
+        let mut builder = h2::server::Builder::new();
+        builder
+            .max_concurrent_streams(limits.max_concurrent_streams)
+            .max_header_list_size(limits.max_header_list_size)
+            .initial_window_size(PIPE_BYTES as u32)
+            .initial_connection_window_size(1024 * 1024)
+            .max_send_buffer_size(PIPE_BYTES)
+            .enable_connect_protocol();
+        let mut conn = match timeout(
+            self.cfg.header_read_timeout,
+            builder.handshake::<_, Bytes>(io),
+        )
+        .await
+        {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                tracing::debug!(client = %peer, "HTTP/2 handshake failed: {e}");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(client = %peer, "HTTP/2 preface not received in time");
+                return;
+            }
+        };
+        let mut streams = JoinSet::new();
+        let keepalive = self.cfg.keepalive_timeout;
+        let idle = tokio::time::sleep(keepalive);
+        tokio::pin!(idle);
+        let mut closing = false;
+        loop {
+            tokio::select! {
+                r = conn.accept() => match r {
+                    Some(Ok((req, respond))) => {
+                        let me = self.clone();
+                        let sni = sni.clone();
+                        streams.spawn(async move {
+                            me.h2_stream(req, respond, peer, local, sni, scheme).await
+                        });
+                    }
+                    Some(Err(e)) => {
+                        tracing::debug!(client = %peer, "HTTP/2 connection error: {e}");
+                        break;
+                    }
+                    None => break,
+                },
+                Some(_) = streams.join_next() => {
+                    if streams.is_empty() {
+                        idle.as_mut().reset(tokio::time::Instant::now() + keepalive);
+                    }
+                }
+                _ = &mut idle, if streams.is_empty() && !closing => {
+                    conn.graceful_shutdown();
+                    closing = true;
+                }
+                _ = self.svc.shutdown.draining(), if !closing => {
+                    conn.graceful_shutdown();
+                    closing = true;
+                }
+            }
+        }
+        // The connection is gone: the streams' relays fail at once; each pipeline request
+        // still ends (within its timeouts) and writes its access-log line.
+        while streams.join_next().await.is_some() {}
+    }
+
+    /// One stream: refused here when HTTP/2 cannot carry it to the pipeline, else the
+    /// request goes through the pipe while its body and the response are relayed.
+    async fn h2_stream(
+        self: Arc<Self>,
+        req: Request<RecvStream>,
+        mut respond: SendResponse<Bytes>,
+        peer: SocketAddr,
+        local: SocketAddr,
+        sni: Option<String>,
+        scheme: &'static str,
+    ) {
+        let (parts, body) = req.into_parts();
+        // RFC 8441 extended CONNECT: WebSocket only, as an HTTP/1.1 Upgrade upstream.
+        let protocol = parts.extensions.get::<h2::ext::Protocol>();
+        let websocket = protocol.is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"));
+        if parts.method == Method::CONNECT && !websocket {
+            // A tunnel, or another protocol: not for a reverse proxy.
+            simple(&mut respond, 405, "CONNECT is not served here\n");
+            return;
+        }
+        let key = websocket.then(websocket_key);
+        let follows = !body.is_end_stream();
+        let (head, chunked) = match h1_request(
+            &parts.method,
+            &parts.uri,
+            &parts.headers,
+            follows,
+            key.as_deref(),
+        ) {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::debug!(client = %peer, "HTTP/2 request refused: {e}");
+                simple(&mut respond, 400, &format!("{e}\n"));
+                return;
+            }
+        };
+        let (ours, theirs) = tokio::io::duplex(PIPE_BYTES);
+        let pipe = ClientStream::H2(Box::new(StreamPipe {
+            io: theirs,
+            local,
+            sni,
+            scheme,
+        }));
+        let h1 = self.clone().serve_stream(pipe, peer);
+        // A WebSocket may idle as long as a tunnel.
+        let t = if websocket {
+            self.cfg.tunnel_idle_timeout
+        } else {
+            self.cfg.read_timeout
+        };
+        let max = self.cfg.max_header_bytes.max(64 * 1024);
+        let method = parts.method.as_str().to_string();
+        let relay = async {
+            let (rd, wr) = tokio::io::split(ours);
+            let up = send_request(wr, head, body, chunked, websocket, t);
+            let down = relay_response(rd, &mut respond, &method, max, websocket);
+            tokio::pin!(up, down);
+            let mut up_done = false;
+            loop {
+                tokio::select! {
+                    r = &mut up, if !up_done => {
+                        up_done = true;
+                        if let Err(e) = r {
+                            // The client's body broke off: the pipeline sees the pipe close.
+                            tracing::debug!(client = %peer, "HTTP/2 request body: {e}");
+                            return Err(Reason::CANCEL);
+                        }
+                    }
+                    r = &mut down => break r,
+                }
+            }
+        };
+        let ((), r) = tokio::join!(h1, relay);
+        if let Err(reason) = r {
+            respond.send_reset(reason);
+        }
+    }
+}
+
+/// A short text response of our own (the request never reaches the pipeline).
+fn simple(respond: &mut SendResponse<Bytes>, status: u16, text: &str) {
+    let mut resp = Response::new(());
+    *resp.status_mut() =
+        http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::BAD_REQUEST);
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp.headers_mut()
+        .insert(http::header::CONTENT_LENGTH, HeaderValue::from(text.len()));
+    if let Ok(mut s) = respond.send_response(resp, false) {
+        // Short enough for the initial window.
+        let _ = s.send_data(Bytes::copy_from_slice(text.as_bytes()), true);
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum RelayError {
+    #[error("pipe: {0}")]
+    Pipe(#[from] std::io::Error),
+    #[error("HTTP/2: {0}")]
+    H2(#[from] h2::Error),
+    #[error("request body not received in time")]
+    Timeout,
+}
+
+/// The request into the pipe: the head, then the body as its DATA frames come (chunked
+/// when it has no Content-Length, with the client's trailers), releasing each frame's
+/// window only once it is in the pipe.
+async fn send_request<W: AsyncWrite + Unpin>(
+    mut wr: W,
+    head: Vec<u8>,
+    mut body: RecvStream,
+    chunked: bool,
+    websocket: bool,
+    t: Duration,
+) -> Result<(), RelayError> {
+    wr.write_all(&head).await?;
+    loop {
+        let data = match timeout(t, body.data()).await {
+            Err(_) => return Err(RelayError::Timeout),
+            Ok(None) => break,
+            Ok(Some(d)) => d?,
+        };
+        let n = data.len();
+        if chunked && n > 0 {
+            wr.write_all(format!("{n:x}\r\n").as_bytes()).await?;
+            wr.write_all(&data).await?;
+            wr.write_all(b"\r\n").await?;
+        } else {
+            wr.write_all(&data).await?;
+        }
+        body.flow_control().release_capacity(n)?;
+    }
+    if websocket {
+        // The client ended its side of the WebSocket: half-close the tunnel.
+        wr.shutdown().await?;
+        return Ok(());
+    }
+    if chunked {
+        let trailers = match timeout(t, body.trailers()).await {
+            Err(_) => return Err(RelayError::Timeout),
+            Ok(r) => r?,
+        };
+        let mut end = b"0\r\n".to_vec();
+        for (name, value) in trailers.iter().flat_map(|m| m.iter()) {
+            end.extend_from_slice(name.as_str().as_bytes());
+            end.extend_from_slice(b": ");
+            end.extend_from_slice(value.as_bytes());
+            end.extend_from_slice(b"\r\n");
+        }
+        end.extend_from_slice(b"\r\n");
+        wr.write_all(&end).await?;
+    }
+    wr.flush().await?;
+    Ok(())
+}
+
+/// The pipeline's HTTP/1.1 response, out of the pipe, to the client as HEADERS, DATA
+/// (within the stream's window) and trailers. `Err`: reset the stream with this reason.
+async fn relay_response<R: AsyncRead + Unpin>(
+    mut rd: R,
+    respond: &mut SendResponse<Bytes>,
+    method: &str,
+    max: usize,
+    websocket: bool,
+) -> Result<(), Reason> {
+    let mut buf = BytesMut::with_capacity(8192);
+    let head = loop {
+        match codec::parse_response(&buf, max) {
+            Ok(Some((h, len))) => {
+                buf.advance(len);
+                // 1xx: the pipeline's own business (HTTP/2 needs no 100-continue here).
+                if h.status >= 200 || (websocket && h.status == 101) {
+                    break h;
+                }
+                continue;
+            }
+            Ok(None) => {}
+            Err(_) => return Err(Reason::INTERNAL_ERROR),
+        }
+        match rd.read_buf(&mut buf).await {
+            // The pipeline closed without an answer (e.g. while draining): safe to retry.
+            Ok(0) | Err(_) => return Err(Reason::REFUSED_STREAM),
+            Ok(_) => {}
+        }
+    };
+    let mut fields = head.headers.clone();
+    // The server switched to WebSocket: 200 to the extended CONNECT, then a tunnel.
+    let (status, framing) = if head.status == 101 {
+        fields.remove("sec-websocket-accept");
+        (200, Framing::UntilClose)
+    } else {
+        let framing = codec::response_framing(method, &head).map_err(|_| Reason::INTERNAL_ERROR)?;
+        if framing != Framing::None {
+            codec::normalise_response_framing(head.status, framing, &mut fields);
+        }
+        (head.status, framing)
+    };
+    let resp = h2_response(status, &fields);
+    let mut send = respond
+        .send_response(resp, framing == Framing::None)
+        .map_err(|_| Reason::INTERNAL_ERROR)?;
+    let broke = |_| Reason::INTERNAL_ERROR;
+    match framing {
+        Framing::None => return Ok(()),
+        Framing::Length(mut left) => {
+            while left > 0 {
+                if buf.is_empty() {
+                    fill(&mut rd, &mut buf).await.map_err(broke)?;
+                }
+                let take = (buf.len() as u64).min(left).min(SEND_CHUNK as u64) as usize;
+                left -= take as u64;
+                send_data(&mut send, buf.split_to(take).freeze())
+                    .await
+                    .map_err(|_| Reason::CANCEL)?;
+            }
+            send.send_data(Bytes::new(), true)
+                .map_err(|_| Reason::CANCEL)?;
+        }
+        Framing::UntilClose => loop {
+            if buf.is_empty() && rd.read_buf(&mut buf).await.map_err(broke)? == 0 {
+                send.send_data(Bytes::new(), true)
+                    .map_err(|_| Reason::CANCEL)?;
+                break;
+            }
+            let take = buf.len().min(SEND_CHUNK);
+            send_data(&mut send, buf.split_to(take).freeze())
+                .await
+                .map_err(|_| Reason::CANCEL)?;
+        },
+        Framing::Chunked => {
+            let mut dec = ChunkedDecoder::new(max);
+            // The framing bytes since the last data: at the end, the trailer section.
+            let mut tail: Vec<u8> = Vec::new();
+            loop {
+                if buf.is_empty() {
+                    fill(&mut rd, &mut buf).await.map_err(broke)?;
+                }
+                let p = dec.advance(&buf).map_err(|_| Reason::INTERNAL_ERROR)?;
+                match p.data {
+                    Some(r) => {
+                        let mut chunk = buf.split_to(p.consumed);
+                        chunk.advance(r.start);
+                        tail.clear();
+                        send_data(&mut send, chunk.freeze())
+                            .await
+                            .map_err(|_| Reason::CANCEL)?;
+                    }
+                    None => {
+                        tail.extend_from_slice(&buf[..p.consumed]);
+                        buf.advance(p.consumed);
+                    }
+                }
+                if p.done {
+                    break;
+                }
+            }
+            let trailers = chunked_trailers(&tail);
+            if trailers.is_empty() {
+                send.send_data(Bytes::new(), true)
+                    .map_err(|_| Reason::CANCEL)?;
+            } else {
+                send.send_trailers(trailers).map_err(|_| Reason::CANCEL)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reads more of the pipe; its end before the body's is an error.
+async fn fill<R: AsyncRead + Unpin>(rd: &mut R, buf: &mut BytesMut) -> std::io::Result<()> {
+    buf.reserve(SEND_CHUNK);
+    match rd.read_buf(buf).await? {
+        0 => Err(std::io::ErrorKind::UnexpectedEof.into()),
+        _ => Ok(()),
+    }
+}
+
+/// Sends `data` as the client's window allows (waiting for capacity), never buffering
+/// more than it in the h2 send queue.
+async fn send_data(send: &mut SendStream<Bytes>, mut data: Bytes) -> Result<(), h2::Error> {
+    while !data.is_empty() {
+        send.reserve_capacity(data.len());
+        match std::future::poll_fn(|cx| send.poll_capacity(cx)).await {
+            None => return Err(h2::Error::from(Reason::CANCEL)),
+            Some(Err(e)) => return Err(e),
+            Some(Ok(0)) => {}
+            Some(Ok(n)) => {
+                let piece = data.split_to(n.min(data.len()));
+                send.send_data(piece, false)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(list: &[(&str, &str)]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for (n, v) in list {
+            m.append(
+                HeaderName::from_bytes(n.as_bytes()).expect("name"),
+                HeaderValue::from_str(v).expect("value"),
+            );
+        }
+        m
+    }
+
+    fn req(
+        method: &str,
+        uri: &str,
+        list: &[(&str, &str)],
+        body: bool,
+    ) -> Result<(String, bool), BadRequest> {
+        let m = Method::from_bytes(method.as_bytes()).expect("method");
+        let u: http::Uri = uri.parse().expect("uri");
+        h1_request(&m, &u, &fields(list), body, None)
+            .map(|(h, c)| (String::from_utf8(h).expect("utf-8"), c))
+    }
+
+    #[test]
+    fn the_preface_is_recognised_from_its_first_bytes() {
+        assert_eq!(
+            preface_match(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
+            Some(true)
+        );
+        assert_eq!(
+            preface_match(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\nxx"),
+            Some(true)
+        );
+        assert_eq!(preface_match(b"PRI * HT"), None);
+        assert_eq!(preface_match(b"POST / HTTP/1.1"), Some(false));
+        assert_eq!(preface_match(b"G"), Some(false));
+    }
+
+    #[test]
+    fn authority_becomes_host_and_cookies_are_joined() {
+        let (h, chunked) = req(
+            "GET",
+            "https://app.test:8443/a?b=1",
+            &[("cookie", "a=1"), ("accept", "*/*"), ("cookie", "b=2")],
+            false,
+        )
+        .expect("ok");
+        assert!(!chunked);
+        assert_eq!(
+            h,
+            "GET /a?b=1 HTTP/1.1\r\nHost: app.test:8443\r\naccept: */*\r\ncookie: a=1; b=2\r\n\
+             Connection: close\r\n\r\n"
+        );
+        // No :authority: the Host field.
+        let (h, _) = req("GET", "/x", &[("host", "h.test")], false).expect("ok");
+        assert!(h.starts_with("GET /x HTTP/1.1\r\nHost: h.test\r\n"), "{h}");
+    }
+
+    #[test]
+    fn extended_connect_becomes_a_websocket_handshake() {
+        let m = Method::CONNECT;
+        let u: http::Uri = "https://app.test/chat".parse().expect("uri");
+        let f = fields(&[("sec-websocket-version", "13"), ("sec-websocket-key", "x")]);
+        let (h, chunked) = h1_request(&m, &u, &f, true, Some("a2V5")).expect("ok");
+        assert!(!chunked);
+        assert_eq!(
+            String::from_utf8(h).expect("utf-8"),
+            "GET /chat HTTP/1.1\r\nHost: app.test\r\nsec-websocket-version: 13\r\n\
+             Sec-WebSocket-Key: a2V5\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+        );
+        assert_eq!(
+            h1_request(&m, &u, &f, true, None).err(),
+            Some(BadRequest::NoPath),
+            "plain CONNECT never becomes a request"
+        );
+        assert_eq!(websocket_key().len(), 24);
+    }
+
+    #[test]
+    fn a_body_without_length_is_chunked() {
+        let (h, chunked) = req("POST", "http://a.test/", &[], true).expect("ok");
+        assert!(
+            chunked && h.contains("Transfer-Encoding: chunked\r\n"),
+            "{h}"
+        );
+        let (h, chunked) =
+            req("POST", "http://a.test/", &[("content-length", "3")], true).expect("ok");
+        assert!(!chunked && h.contains("content-length: 3\r\n"), "{h}");
+        assert!(!h.contains("Transfer-Encoding"));
+    }
+
+    #[test]
+    fn bad_requests_are_refused() {
+        assert_eq!(
+            req("GET", "/", &[], false).err(),
+            Some(BadRequest::NoAuthority)
+        );
+        assert_eq!(
+            req("GET", "http://a.test/", &[("host", "b.test")], false).err(),
+            Some(BadRequest::HostMismatch)
+        );
+        assert_eq!(
+            req("GET", "http://u@a.test/", &[], false).err(),
+            Some(BadRequest::Userinfo)
+        );
+        for f in [
+            ("connection", "close"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("keep-alive", "1"),
+            ("te", "gzip"),
+        ] {
+            assert_eq!(
+                req("GET", "http://a.test/", &[f], false).err(),
+                Some(BadRequest::ConnectionSpecific),
+                "{f:?}"
+            );
+        }
+        assert!(req("GET", "http://a.test/", &[("te", "trailers")], false).is_ok());
+    }
+
+    #[test]
+    fn responses_lose_connection_specific_fields() {
+        let mut h = Headers::default();
+        h.push("Connection", "close, X-Hop");
+        h.push("X-Hop", "1");
+        h.push("Keep-Alive", "timeout=5");
+        h.push("Transfer-Encoding", "chunked");
+        h.push("Content-Type", "text/plain");
+        h.push("Set-Cookie", "a=1");
+        h.push("Set-Cookie", "b=2");
+        h.push("Bad Name", "x");
+        let r = h2_response(200, &h);
+        let names: Vec<&str> = r.headers().keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["content-type", "set-cookie"]);
+        assert_eq!(r.headers().get_all("set-cookie").iter().count(), 2);
+        assert_eq!(h2_response(999, &h).status(), 502);
+    }
+
+    #[test]
+    fn trailers_come_from_the_end_of_a_chunked_body() {
+        let t = chunked_trailers(
+            b"\r\n0\r\ngrpc-status: 0\r\nGrpc-Message: ok\r\nConnection: x\r\n\r\n",
+        );
+        assert_eq!(t.len(), 2);
+        assert_eq!(t.get("grpc-status").map(|v| v.as_bytes()), Some(&b"0"[..]));
+        assert_eq!(
+            t.get("grpc-message").map(|v| v.as_bytes()),
+            Some(&b"ok"[..])
+        );
+        assert!(chunked_trailers(b"0;ext=1\r\n\r\n").is_empty());
+        assert!(chunked_trailers(b"").is_empty());
+        assert!(chunked_trailers(b"0\r\nnot a field\r\n\r\n").is_empty());
+    }
+}
