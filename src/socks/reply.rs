@@ -120,8 +120,6 @@ pub enum SocksError {
     /// Through a tunnel agent: what the agent (or the relay, without one) answered.
     #[error("tunnel: {0}")]
     Tunnel(crate::tunnel::proto::OpenError),
-    #[error("{0} is not carried through a tunnel agent")]
-    AgentUnsupported(&'static str),
 }
 
 impl SocksError {
@@ -153,7 +151,6 @@ impl SocksError {
             SocksError::Gssapi(_) => Reply::NotAllowed,
             SocksError::Io(e) => io_reply(e),
             SocksError::Tunnel(e) => Reply::from_code(e.socks_reply()),
-            SocksError::AgentUnsupported(_) => Reply::CommandNotSupported,
         }
     }
 
@@ -187,7 +184,6 @@ impl SocksError {
             SocksError::Gssapi(_) => "gssapi_failed",
             SocksError::Io(_) => "io_error",
             SocksError::Tunnel(e) => e.as_str(),
-            SocksError::AgentUnsupported(_) => "command_not_supported",
         }
     }
 }

@@ -348,10 +348,7 @@ impl SocksServer {
             Admitted::Bind(expected) => Box::pin(bind::run(self, c, s, req, expected)).await,
             // On a protected GSSAPI session the datagrams are wrapped (RFC 1961 section 5).
             Admitted::Udp => Box::pin(udp::run(self, c, s, req)).await,
-            // RFC 1961 wrapping is not carried through an agent: refused, never in the clear.
-            Admitted::Agent(_) if c.sealed.is_some() => {
-                Err(SocksError::AgentUnsupported("a GSSAPI-protected CONNECT"))
-            }
+            // Through an agent too, a protected GSSAPI session stays wrapped (relay_agent).
             Admitted::Agent(agent) => Box::pin(self.connect_agent(c, s, &req.target, &agent)).await,
             Admitted::AgentUdp(agent) => {
                 Box::pin(super::udp_agent::run(self, c, s, req, &agent)).await
