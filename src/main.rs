@@ -610,6 +610,8 @@ async fn run(
         }
     }
     notify(&[sd_notify::NotifyState::Stopping]);
+    // The spare descriptors kept for reloads would keep the ports open through the drain.
+    server.release_listening_sockets();
     let shutdown = &server.services.shutdown;
     tracing::info!(
         in_flight = shutdown.in_flight(),

@@ -222,6 +222,14 @@ impl Server {
     /// go on), new or changed ones start. On an error the old policy stays in force.
     /// Settings of the shared services ([dns], [upstream], [access_log], [admin], [cache],
     /// [shutdown]) need a restart; a change there is reported, not applied.
+    /// Drops each listener's spare descriptor (kept so a reload can hand the socket over):
+    /// once the accept loops stop, the ports close and new clients are refused.
+    pub fn release_listening_sockets(&mut self) {
+        for r in &mut self.listeners {
+            r.socket = None;
+        }
+    }
+
     pub async fn reload(&mut self, new: Config) -> anyhow::Result<()> {
         crate::ifwatch::refresh(&self.services.local);
         let policy = crate::startup::prepare(&new)
