@@ -1,7 +1,8 @@
 //! Kerberos logins against a real KDC started here (tests/common/krb.rs): HTTP Negotiate with
-//! curl `--proxy-negotiate`, SOCKS5 GSSAPI with curl `--socks5-gssapi`, and a GSSAPI client
-//! written here (libgssapi) that negotiates integrity and confidentiality and checks the
-//! encapsulated bytes, over TCP and in UDP datagrams; refused tickets, tokens and datagrams.
+//! curl `--proxy-negotiate`, SOCKS5 GSSAPI with curl `--socks5-gssapi` (ignored: no working curl
+//! on Debian 12), and a GSSAPI client written here (libgssapi) that negotiates integrity and
+//! confidentiality and checks the encapsulated bytes, over TCP and in UDP datagrams; refused
+//! tickets, tokens and datagrams.
 //!
 //! All tests share one realm (the environment variables that point the GSSAPI library at it
 //! are set once, before any test uses the library). Where the KDC programs are missing the
@@ -279,19 +280,32 @@ async fn failed_negotiate_logins_hit_the_limiter() {
     );
 }
 
+/// Ignored: no curl packaged for Debian 12 can do SOCKS5 GSSAPI with any server. curl 7.88
+/// (bookworm) and 8.14.1 (bookworm-backports, tried unpacked as a test-local binary) both set
+/// `allow_gssapi` only in the SOCKS state machine's first state, so a method-1 answer read
+/// after an EAGAIN fails with "SOCKS5 GSSAPI per-message authentication is not supported";
+/// and when 8.14.1 does read it at once, it sends its token and then waits for the server's in
+/// `pselect6` on no descriptor until it times out ("Failed to receive GSS-API authentication
+/// response"). Dante's client (`socksify`, dante-client) is built without GSSAPI in Debian.
+/// With a curl that works: `GATEHOUSE_SOCKS_GSSAPI_CURL=/path/to/curl cargo test --test
+/// kerberos curl_socks5 -- --ignored`.
 #[tokio::test]
-#[ignore = "curl 7.88 (Debian 12) cannot do SOCKS5 GSSAPI with any server: its non-blocking \
-            SOCKS state machine sets allow_gssapi only in the INIT state, so the method-1 answer \
-            read later fails with 'per-message authentication is not supported' (curl 8.x's \
-            rewrite fixed it). With a newer curl: cargo test --test kerberos -- --ignored"]
+#[ignore = "no Debian 12 curl (7.88, backports 8.14.1) can do SOCKS5 GSSAPI; see the comment"]
 async fn curl_socks5_gssapi_reaches_the_origin_as_alice() {
     let Some(_realm) = realm() else { return };
+    let curl_bin = std::env::var("GATEHOUSE_SOCKS_GSSAPI_CURL").unwrap_or_else(|_| "curl".into());
     let origin = Origin::fixed("hello").await;
     let gh = Gatehouse::start(&config(""));
     let proxy = format!("socks5://{}", localhost(gh.addr("socks")));
-    let (code, body, err) = curl(&["-v", "--socks5-gssapi", "-x", &proxy, &origin.url("/")]).await;
-    assert_eq!(code, 0, "{err}");
-    assert_eq!(body, b"hello");
+    let out = tokio::process::Command::new(&curl_bin)
+        .args(["-sS", "--max-time", "20", "-v", "--socks5-gssapi"])
+        .args(["-x", &proxy, &origin.url("/")])
+        .output()
+        .await
+        .expect("curl runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{curl_bin}: {err}");
+    assert_eq!(out.stdout, b"hello");
     let line = gh.next_log_line();
     assert_eq!(log_field(&line, 4), "alice", "{line}");
 }

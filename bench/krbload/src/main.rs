@@ -8,6 +8,10 @@
 //! - gssapi: SOCKS5 method 0x01 (RFC 1961): context, protection "none", CONNECT ECHO, a 16-byte
 //!   echo, close.
 //!
+//! `krbload basic --proxy ADDR --users U --target ECHO ...`: the same CONNECT as negotiate with
+//! `Proxy-Authorization: Basic` of `user<i>:pw<i>`, i cycling over 1..=U (for an LDAP-backed
+//! proxy: with more users than a cache TTL's worth of logins, each login is a directory bind).
+//!
 //! Prints `ok= failed= secs= logins_per_s= p50_ms= p99_ms=`. Loopback addresses only; each
 //! session is capped at 10 s.
 
@@ -68,9 +72,19 @@ async fn negotiate(proxy: SocketAddr, service: &str, target: SocketAddr) -> Res<
         .map_err(|e| e.to_string())?
         .ok_or("no token")?;
     let b64 = base64::engine::general_purpose::STANDARD.encode(&*tok);
+    connect_with(proxy, &format!("Negotiate {b64}"), target).await
+}
+
+async fn basic(proxy: SocketAddr, user: usize, target: SocketAddr) -> Res<()> {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(format!("user{user}:pw{user}"));
+    connect_with(proxy, &format!("Basic {b64}"), target).await
+}
+
+/// `CONNECT target` with `Proxy-Authorization: authz`, then the echo.
+async fn connect_with(proxy: SocketAddr, authz: &str, target: SocketAddr) -> Res<()> {
     let mut s = TcpStream::connect(proxy).await.map_err(|e| e.to_string())?;
     let req = format!(
-        "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nProxy-Authorization: Negotiate {b64}\r\n\r\n"
+        "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nProxy-Authorization: {authz}\r\n\r\n"
     );
     s.write_all(req.as_bytes())
         .await
@@ -134,7 +148,7 @@ async fn gssapi(proxy: SocketAddr, service: &str, target: SocketAddr) -> Res<()>
     let level = c.wrap(false, &[0]).map_err(|e| e.to_string())?;
     frame(&mut s, 2, &level).await?;
     let (_, chosen) = read_frame(&mut s).await?;
-    if &*c.unwrap(&chosen).map_err(|e| e.to_string())? != [0] {
+    if *c.unwrap(&chosen).map_err(|e| e.to_string())? != [0] {
         return Err("protection other than none".into());
     }
     let mut req = vec![5, 1, 0, 1];
@@ -162,10 +176,16 @@ async fn main() {
 }
 
 async fn run(args: &[String]) -> Res<()> {
-    let mode = args.get(1).cloned().ok_or("negotiate|gssapi")?;
+    let mode = args.get(1).cloned().ok_or("negotiate|gssapi|basic")?;
     let proxy = loopback(&arg(args, "--proxy").ok_or("--proxy")?)?;
     let target = loopback(&arg(args, "--target").ok_or("--target")?)?;
-    let service = arg(args, "--service").ok_or("--service")?;
+    let service = arg(args, "--service").unwrap_or_default();
+    if mode != "basic" && service.is_empty() {
+        return Err("--service".into());
+    }
+    let users: usize = arg(args, "--users")
+        .map_or(Ok(1), |v| v.parse())
+        .map_err(|_| "users")?;
     let count: usize = arg(args, "--count")
         .map_or(Ok(2000), |v| v.parse())
         .map_err(|_| "count")?;
@@ -181,12 +201,17 @@ async fn run(args: &[String]) -> Res<()> {
             let mut lat = Vec::new();
             let mut failed = 0usize;
             let mut last_err = String::new();
-            while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < count {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= count {
+                    break;
+                }
                 let t = Instant::now();
                 let one = async {
                     match mode.as_str() {
                         "negotiate" => negotiate(proxy, &service, target).await,
                         "gssapi" => gssapi(proxy, &service, target).await,
+                        "basic" => basic(proxy, i % users.max(1) + 1, target).await,
                         other => Err(format!("unknown mode {other}")),
                     }
                 };
