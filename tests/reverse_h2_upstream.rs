@@ -3,7 +3,9 @@
 //! HTTP/2 streams) share one upstream connection; trailers reach an HTTP/1.1 client that
 //! sent `TE: trailers` (and no other); a server's GOAWAY is followed by a new connection
 //! with no failed request; a gRPC server-streaming call from an HTTP/2 client keeps its
-//! messages and its `grpc-status` trailer, and a trailers-only error answer too.
+//! messages and its `grpc-status` trailer, and a trailers-only error answer too; a server
+//! that refuses connections is skipped; over TLS, h2 is chosen by ALPN (a server that does
+//! not choose it is a 502).
 
 mod common;
 
@@ -32,6 +34,11 @@ struct H2Origin {
 
 impl H2Origin {
     async fn start() -> H2Origin {
+        H2Origin::start_tls(None).await
+    }
+
+    /// Over TLS with `tls` (rustls), else h2c.
+    async fn start_tls(tls: Option<tokio_rustls::TlsAcceptor>) -> H2Origin {
         let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = l.local_addr().expect("addr");
         let accepted = Arc::new(AtomicUsize::new(0));
@@ -42,7 +49,19 @@ impl H2Origin {
             while let Ok((tcp, _)) = l.accept().await {
                 a.fetch_add(1, Ordering::SeqCst);
                 let (barrier, te) = (barrier.clone(), te.clone());
-                tokio::spawn(serve(tcp, barrier, te));
+                match &tls {
+                    None => {
+                        tokio::spawn(serve(tcp, barrier, te));
+                    }
+                    Some(acceptor) => {
+                        let acceptor = acceptor.clone();
+                        tokio::spawn(async move {
+                            if let Ok(s) = acceptor.accept(tcp).await {
+                                serve(s, barrier, te).await;
+                            }
+                        });
+                    }
+                }
             }
         });
         H2Origin {
@@ -53,7 +72,10 @@ impl H2Origin {
     }
 }
 
-async fn serve(tcp: TcpStream, barrier: Arc<Barrier>, te: Arc<Mutex<Vec<String>>>) {
+async fn serve<T>(tcp: T, barrier: Arc<Barrier>, te: Arc<Mutex<Vec<String>>>)
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let Ok(mut conn) = h2::server::handshake(tcp).await else {
         return;
     };
@@ -161,13 +183,19 @@ async fn answer(
 
 /// A reverse listener `rev` (h2c from clients on) -> pool `p` of `protocol = "h2"`.
 fn config(origin: SocketAddr) -> String {
-    format!(
-        "[[listeners]]\nname = \"rev\"\nkind = \"reverse\"\nlisten = \"127.0.0.1:0\"\n\
+    config_with(&[origin])
+}
+
+fn config_with(servers: &[SocketAddr]) -> String {
+    let mut s = "[[listeners]]\nname = \"rev\"\nkind = \"reverse\"\nlisten = \"127.0.0.1:0\"\n\
          [listeners.http2]\nh2c = true\n\
          [[listeners.hosts]]\nnames = [\"app.test\"]\n[[listeners.hosts.routes]]\npool = \"p\"\n\
-         [[pools]]\nname = \"p\"\nprotocol = \"h2\"\n\
-         [[pools.servers]]\naddress = \"{origin}\"\n"
-    )
+         [[pools]]\nname = \"p\"\nprotocol = \"h2\"\n"
+        .to_string();
+    for a in servers {
+        s.push_str(&format!("[[pools.servers]]\naddress = \"{a}\"\n"));
+    }
+    s
 }
 
 /// An h2c connection to the listener.
@@ -337,4 +365,104 @@ async fn grpc_server_streaming_keeps_messages_and_status() {
     assert_eq!(head["grpc-status"], "12", "trailers-only answer: {head:?}");
     assert!(body.is_empty());
     assert_eq!(origin.accepted.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_refuses_connections_is_skipped() {
+    let dead = {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        l.local_addr().expect("addr")
+    };
+    let origin = H2Origin::start().await;
+    let gh = Gatehouse::start(&config_with(&[dead, origin.addr]));
+    let addr = gh.addr("rev");
+    for _ in 0..4 {
+        let r = raw_get(addr, "/trailers", "").await;
+        assert!(
+            r.starts_with("HTTP/1.1 200"),
+            "retried on the live server: {r}"
+        );
+    }
+    assert_eq!(origin.accepted.load(Ordering::SeqCst), 1);
+}
+
+/// A CA file in `dir` and a TLS acceptor for `origin.test` signed by it, offering `alpn`.
+fn tls_acceptor(
+    dir: &std::path::Path,
+    alpn: &[&[u8]],
+) -> (std::path::PathBuf, tokio_rustls::TlsAcceptor) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType, IsCa,
+        KeyPair,
+    };
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.distinguished_name = DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "Gatehouse test CA");
+    let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().expect("key")).expect("ca");
+    let mut params = CertificateParams::new(vec!["origin.test".to_string()]).expect("params");
+    params.distinguished_name = DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "origin.test");
+    let key = KeyPair::generate().expect("key");
+    let leaf = params.signed_by(&key, &ca).expect("sign");
+    let cafile = dir.join("ca.pem");
+    std::fs::write(&cafile, ca.pem()).expect("write");
+    let key = rustls_pemfile::private_key(&mut key.serialize_pem().as_bytes())
+        .expect("pem")
+        .expect("key");
+    let mut config = tokio_rustls::rustls::ServerConfig::builder_with_provider(Arc::new(
+        tokio_rustls::rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_no_client_auth()
+    .with_single_cert(vec![leaf.der().clone()], key)
+    .expect("cert");
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    (cafile, tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_over_tls_is_chosen_by_alpn() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (cafile, acceptor) = tls_acceptor(dir.path(), &[b"h2"]);
+    let origin = H2Origin::start_tls(Some(acceptor)).await;
+    let other = tempfile::tempdir().expect("dir");
+    let (_, http11_only) = tls_acceptor(other.path(), &[]);
+    let old = H2Origin::start_tls(Some(http11_only)).await;
+    // Pool `p` speaks h2 to the h2 origin; pool `q` to an origin with no ALPN.
+    let gh = Gatehouse::start(&format!(
+        "[[listeners]]\nname = \"rev\"\nkind = \"reverse\"\nlisten = \"127.0.0.1:0\"\n\
+         [[listeners.hosts]]\nnames = [\"app.test\"]\n[[listeners.hosts.routes]]\npool = \"p\"\n\
+         [[listeners.hosts]]\nnames = [\"old.test\"]\n[[listeners.hosts.routes]]\npool = \"q\"\n\
+         [[pools]]\nname = \"p\"\nprotocol = \"h2\"\n[[pools.servers]]\naddress = \"{}\"\n\
+         [pools.tls]\nca_file = {cafile:?}\nserver_name = \"origin.test\"\n\
+         [[pools]]\nname = \"q\"\nprotocol = \"h2\"\n[[pools.servers]]\naddress = \"{}\"\n\
+         [pools.tls]\nverify = false\n",
+        origin.addr, old.addr
+    ));
+    let addr = gh.addr("rev");
+    for _ in 0..3 {
+        let r = raw_get(addr, "/trailers", "TE: trailers\r\n").await;
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+        assert!(r.ends_with("0\r\nx-checksum: abc\r\n\r\n"), "{r:?}");
+    }
+    assert_eq!(
+        origin.accepted.load(Ordering::SeqCst),
+        1,
+        "one TLS connection"
+    );
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(b"GET / HTTP/1.1\r\nHost: old.test\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let r = String::from_utf8_lossy(&read_to_close(&mut s).await).into_owned();
+    assert!(
+        r.starts_with("HTTP/1.1 502") && r.contains("ALPN"),
+        "no h2 by ALPN: {r}"
+    );
 }

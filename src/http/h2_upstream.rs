@@ -417,7 +417,7 @@ async fn relay_answer<W: AsyncWrite + Unpin>(
     t: Duration,
 ) -> Result<(), StreamError> {
     let resp = response.await.map_err(|e| {
-        if e.is_go_away() || e.is_io() || e.reason() == Some(h2::Reason::REFUSED_STREAM) {
+        if e.is_go_away() || e.is_io() {
             StreamError::Gone(e)
         } else {
             StreamError::Stream(e)
