@@ -68,8 +68,32 @@ struct Life {
     ended: AtomicBool,
 }
 
-/// Held while a connection to a server is being opened (see [`H2Pool::stream`]).
-pub(super) struct Opening(#[allow(dead_code)] tokio::sync::OwnedMutexGuard<()>);
+/// Held while a connection to a server is being opened (see [`H2Pool::stream`]). When
+/// nobody else waits for that server, its lock leaves the map (keys with a PROXY header
+/// are per client, so the map must not keep them).
+pub(super) struct Opening {
+    _guard: tokio::sync::OwnedMutexGuard<()>,
+    lock: Arc<tokio::sync::Mutex<()>>,
+    key: PoolKey,
+    pool: std::sync::Weak<H2Pool>,
+}
+
+impl Drop for Opening {
+    fn drop(&mut self) {
+        let Some(pool) = self.pool.upgrade() else {
+            return;
+        };
+        if let Ok(mut m) = pool.opening.lock() {
+            // The map's, the guard's and ours: no waiter.
+            let alone = m
+                .get(&self.key)
+                .is_some_and(|l| Arc::ptr_eq(l, &self.lock) && Arc::strong_count(l) <= 3);
+            if alone {
+                m.remove(&self.key);
+            }
+        };
+    }
+}
 
 /// What a stream needs besides its connection.
 #[derive(Clone, Copy)]
@@ -106,10 +130,16 @@ impl H2Pool {
             Ok(mut m) => m.entry(key.clone()).or_default().clone(),
             Err(_) => Arc::default(),
         };
-        let guard = lock.lock_owned().await;
+        let guard = lock.clone().lock_owned().await;
+        let opening = Opening {
+            _guard: guard,
+            lock,
+            key: key.clone(),
+            pool: Arc::downgrade(self),
+        };
         match self.live(key, opts) {
             Some(s) => Ok(s),
-            None => Err(Opening(guard)),
+            None => Err(opening),
         }
     }
 
@@ -578,6 +608,25 @@ mod tests {
             .expect("parses")
             .expect("complete")
             .0
+    }
+
+    #[tokio::test]
+    async fn opening_locks_do_not_outlive_their_openers() {
+        let pool = H2Pool::new(Duration::from_secs(1), Duration::from_secs(1), 1024);
+        let key = PoolKey {
+            host: crate::connector::Host::Name("a".into()),
+            port: 1,
+        };
+        let opts = StreamOpts {
+            scheme: "http",
+            wait: Duration::from_secs(1),
+        };
+        let Err(opening) = pool.stream(&key, opts).await else {
+            panic!("no connection yet: the caller opens one");
+        };
+        assert_eq!(pool.opening.lock().expect("lock").len(), 1);
+        drop(opening);
+        assert!(pool.opening.lock().expect("lock").is_empty());
     }
 
     #[test]
