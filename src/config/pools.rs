@@ -39,6 +39,9 @@ pub struct PoolConfig {
     /// A PROXY protocol header (v1 or v2) at the start of every connection to a server,
     /// saying who the client is (in the clear, before any TLS).
     pub proxy_protocol: Option<super::ProxyVersion>,
+    /// `protocol = "h2"`: the reverse proxy speaks HTTP/2 to the servers (ALPN `h2` over
+    /// `[pools.tls]`, prior knowledge in the clear), many requests per connection.
+    pub h2: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -269,6 +272,23 @@ fn read_pool(p: &Section<'_>) -> Option<PoolConfig> {
     let first_byte_timeout = p.duration("first_byte_timeout", Duration::from_secs(60));
     let idle_timeout = p.duration("idle_timeout", Duration::from_secs(60));
     let proxy_protocol = super::l4::read_proxy_version(p, "proxy_protocol");
+    let h2 = match p.string("protocol").as_deref() {
+        None | Some("http1") => false,
+        Some("h2") => true,
+        Some(other) => {
+            p.error_at("protocol", format!("{other:?} is not \"http1\" or \"h2\""));
+            false
+        }
+    };
+    let mut tls = super::tls::read_client_tls(p);
+    if let (true, Some(t)) = (h2, tls.as_mut()) {
+        // HTTP/2 over TLS is chosen by ALPN (RFC 9113 section 3.2).
+        if t.alpn.is_empty() {
+            t.alpn = vec!["h2".into()];
+        } else if !t.alpn.iter().any(|a| a == "h2") {
+            p.error_at("tls.alpn", "must offer \"h2\" with protocol = \"h2\"");
+        }
+    }
     let cfg = PoolConfig {
         name: name?,
         servers,
@@ -284,8 +304,9 @@ fn read_pool(p: &Section<'_>) -> Option<PoolConfig> {
         connect_timeout,
         health,
         passive,
-        tls: super::tls::read_client_tls(p),
+        tls,
         proxy_protocol,
+        h2,
     };
     Some(cfg)
 }
@@ -566,6 +587,25 @@ max_age = \"1h\"
         let s =
             pool_only(&format!("[[pools]]\nname = \"s\"\n{SRV}[pools.sticky]\n")).expect("valid");
         assert_eq!(s.sticky.expect("sticky").cookie, "GH_SRV");
+    }
+
+    #[test]
+    fn h2_pools_offer_h2_by_alpn() {
+        let p = |body: &str| pool_only(&format!("[[pools]]\nname = \"h\"\n{body}{SRV}"));
+        assert!(!p("").expect("valid").h2, "http1 by default");
+        assert!(!p("protocol = \"http1\"\n").expect("valid").h2);
+        let plain = p("protocol = \"h2\"\n").expect("valid");
+        assert!(plain.h2 && plain.tls.is_none(), "h2c");
+        let tls = p("protocol = \"h2\"\n[pools.tls]\nverify = false\n").expect("valid");
+        assert_eq!(tls.tls.expect("tls").alpn, ["h2"]);
+        assert_eq!(
+            p("protocol = \"h3\"\n").expect_err("invalid"),
+            ["pools[1].protocol"]
+        );
+        assert_eq!(
+            p("protocol = \"h2\"\n[pools.tls]\nalpn = [\"http/1.1\"]\n").expect_err("invalid"),
+            ["pools[1].tls.alpn"]
+        );
     }
 
     #[test]

@@ -30,6 +30,9 @@ pub(super) enum UpStream {
     Tcp(TcpStream),
     Tls(Box<crate::tls::client::TlsStream<TcpStream>>),
     Agent(Box<crate::tunnel::hub::Opened>),
+    /// One HTTP/2 stream to a pool server with `protocol = "h2"`, seen as an HTTP/1.1
+    /// connection (`h2_upstream`); never pooled.
+    Pipe(tokio::io::DuplexStream),
 }
 
 impl UpStream {
@@ -50,6 +53,11 @@ impl UpStream {
                 let (r, w) = tokio::io::split(io);
                 (ReadHalf::Io(r), WriteHalf::Io(w))
             }
+            UpStream::Pipe(s) => {
+                let io: &mut dyn super::stream::Io = s;
+                let (r, w) = tokio::io::split(io);
+                (ReadHalf::Io(r), WriteHalf::Io(w))
+            }
         }
     }
 }
@@ -64,6 +72,7 @@ impl tokio::io::AsyncRead for UpStream {
             UpStream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             UpStream::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
             UpStream::Agent(s) => Pin::new(&mut s.stream).poll_read(cx, buf),
+            UpStream::Pipe(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
 }
@@ -78,6 +87,7 @@ impl tokio::io::AsyncWrite for UpStream {
             UpStream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             UpStream::Tls(s) => Pin::new(&mut **s).poll_write(cx, buf),
             UpStream::Agent(s) => Pin::new(&mut s.stream).poll_write(cx, buf),
+            UpStream::Pipe(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
 
@@ -90,6 +100,7 @@ impl tokio::io::AsyncWrite for UpStream {
             UpStream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             UpStream::Tls(s) => Pin::new(&mut **s).poll_write_vectored(cx, bufs),
             UpStream::Agent(s) => Pin::new(&mut s.stream).poll_write_vectored(cx, bufs),
+            UpStream::Pipe(s) => Pin::new(s).poll_write_vectored(cx, bufs),
         }
     }
 
@@ -98,6 +109,7 @@ impl tokio::io::AsyncWrite for UpStream {
             UpStream::Tcp(s) => s.is_write_vectored(),
             UpStream::Tls(s) => s.is_write_vectored(),
             UpStream::Agent(s) => s.stream.is_write_vectored(),
+            UpStream::Pipe(s) => s.is_write_vectored(),
         }
     }
 
@@ -106,6 +118,7 @@ impl tokio::io::AsyncWrite for UpStream {
             UpStream::Tcp(s) => Pin::new(s).poll_flush(cx),
             UpStream::Tls(s) => Pin::new(&mut **s).poll_flush(cx),
             UpStream::Agent(s) => Pin::new(&mut s.stream).poll_flush(cx),
+            UpStream::Pipe(s) => Pin::new(s).poll_flush(cx),
         }
     }
 
@@ -114,6 +127,7 @@ impl tokio::io::AsyncWrite for UpStream {
             UpStream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
             UpStream::Tls(s) => Pin::new(&mut **s).poll_shutdown(cx),
             UpStream::Agent(s) => Pin::new(&mut s.stream).poll_shutdown(cx),
+            UpStream::Pipe(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 }

@@ -46,7 +46,7 @@ const SEND_CHUNK: usize = 16 * 1024;
 
 /// Fields that are about one HTTP/1.1 connection and must not appear in HTTP/2 (RFC 9113
 /// section 8.2.2); `te` is allowed only as `trailers`.
-const CONNECTION_SPECIFIC: [&str; 5] = [
+pub(super) const CONNECTION_SPECIFIC: [&str; 5] = [
     "connection",
     "keep-alive",
     "proxy-connection",
@@ -646,7 +646,10 @@ async fn relay_response<R: AsyncRead + Unpin>(
 }
 
 /// Reads more of the pipe; its end before the body's is an error.
-async fn fill<R: AsyncRead + Unpin>(rd: &mut R, buf: &mut BytesMut) -> std::io::Result<()> {
+pub(super) async fn fill<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    buf: &mut BytesMut,
+) -> std::io::Result<()> {
     buf.reserve(SEND_CHUNK);
     match rd.read_buf(buf).await? {
         0 => Err(std::io::ErrorKind::UnexpectedEof.into()),
@@ -656,7 +659,10 @@ async fn fill<R: AsyncRead + Unpin>(rd: &mut R, buf: &mut BytesMut) -> std::io::
 
 /// Sends `data` as the client's window allows (waiting for capacity), never buffering
 /// more than it in the h2 send queue.
-async fn send_data(send: &mut SendStream<Bytes>, mut data: Bytes) -> Result<(), h2::Error> {
+pub(super) async fn send_data(
+    send: &mut SendStream<Bytes>,
+    mut data: Bytes,
+) -> Result<(), h2::Error> {
     while !data.is_empty() {
         send.reserve_capacity(data.len());
         match std::future::poll_fn(|cx| send.poll_capacity(cx)).await {

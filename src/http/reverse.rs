@@ -58,6 +58,8 @@ pub struct Reverse {
     idle: Arc<Pool>,
     /// The same for TLS sessions to pools with `[pools.tls]`.
     idle_tls: Arc<Pool<Box<crate::tls::client::TlsStream<tokio::net::TcpStream>>>>,
+    /// HTTP/2 connections to the servers of `protocol = "h2"` pools, one per server.
+    h2: Arc<super::h2_upstream::H2Pool>,
     /// The listener's TLS (the certificates in force: which names a connection may serve).
     tls: Option<Arc<crate::tls::TlsServer>>,
     /// Each route's label and series, by route index.
@@ -174,6 +176,11 @@ impl Reverse {
             hide: hide.into(),
             idle: Pool::new(cfg.idle_per_server, cfg.idle_timeout),
             idle_tls: Pool::new(cfg.idle_per_server, cfg.idle_timeout),
+            h2: super::h2_upstream::H2Pool::new(
+                cfg.idle_timeout,
+                cfg.http.read_timeout,
+                cfg.http.max_header_bytes,
+            ),
             tls,
             cfg: cfg.clone(),
             table,
@@ -615,7 +622,21 @@ impl HttpProxy {
                 },
                 port: server.port,
             };
-            let idle = if use_tls {
+            // `protocol = "h2"`: a stream on the server's connection, or the right to open it.
+            let mut h2_open = None;
+            let h2_opts = super::h2_upstream::StreamOpts {
+                scheme: if use_tls { "https" } else { "http" },
+                wait: ex.first_byte_timeout.unwrap_or(self.cfg.read_timeout),
+            };
+            let idle = if pool.cfg.h2 {
+                match rv.h2.stream(&key, h2_opts).await {
+                    Ok(s) => Some(s),
+                    Err(opening) => {
+                        h2_open = Some(opening);
+                        None
+                    }
+                }
+            } else if use_tls {
                 rv.idle_tls
                     .take_within(&key, idle_max)
                     .map(|(s, p)| (UpStream::Tls(s), p))
@@ -667,6 +688,29 @@ impl HttpProxy {
                         continue;
                     }
                 },
+            };
+            let (stream, reused) = match h2_open.take() {
+                None => (stream, reused),
+                Some(opening) => {
+                    let limit = pool.cfg.connect_timeout;
+                    match rv
+                        .h2
+                        .open(opening, key.clone(), stream, peer, h2_opts, limit)
+                        .await
+                    {
+                        Ok(s) => (s, false),
+                        Err(e) => {
+                            // Like a failed connect: no request was sent; next server.
+                            pool.finished(i);
+                            pool.failure(i, &e);
+                            tried.push(i);
+                            failed_at = Some(i);
+                            let msg = format!("HTTP/2 to {}: {e}", pool.label(i));
+                            last = Some(ProxyError::new(502, "http_protocol_error", msg));
+                            continue;
+                        }
+                    }
+                }
             };
             ex.upstream = Some(peer);
             if let Some(r) = ex.routed.as_mut() {
@@ -745,7 +789,7 @@ impl HttpProxy {
                         match up.stream {
                             UpStream::Tcp(s) => rv.idle.put(key, s, peer),
                             UpStream::Tls(s) => rv.idle_tls.put(key, s, peer),
-                            UpStream::Agent(_) => {}
+                            UpStream::Agent(_) | UpStream::Pipe(_) => {}
                         }
                     }
                     return Fetched::Done(done.client_keep);

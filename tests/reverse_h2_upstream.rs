@@ -1,0 +1,468 @@
+//! HTTP/2 to pool servers (`protocol = "h2"`, h2c with prior knowledge): an origin written
+//! with the h2 crate counts its connections. Many requests at once (HTTP/1.1 from curl and
+//! HTTP/2 streams) share one upstream connection; trailers reach an HTTP/1.1 client that
+//! sent `TE: trailers` (and no other); a server's GOAWAY is followed by a new connection
+//! with no failed request; a gRPC server-streaming call from an HTTP/2 client keeps its
+//! messages and its `grpc-status` trailer, and a trailers-only error answer too; a server
+//! that refuses connections is skipped; over TLS, h2 is chosen by ALPN (a server that does
+//! not choose it is a 502).
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use h2::server::SendResponse;
+use http::{HeaderMap, HeaderValue, Request, Response};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Barrier, Notify};
+
+/// Concurrent requests the origin holds until all have arrived.
+const AT_ONCE: usize = 16;
+
+/// An h2c origin: how many connections it accepted, the `te` fields it saw.
+struct H2Origin {
+    addr: SocketAddr,
+    accepted: Arc<AtomicUsize>,
+    te_seen: Arc<Mutex<Vec<String>>>,
+}
+
+impl H2Origin {
+    async fn start() -> H2Origin {
+        H2Origin::start_tls(None).await
+    }
+
+    /// Over TLS with `tls` (rustls), else h2c.
+    async fn start_tls(tls: Option<tokio_rustls::TlsAcceptor>) -> H2Origin {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let te_seen = Arc::new(Mutex::new(Vec::new()));
+        let barrier = Arc::new(Barrier::new(AT_ONCE));
+        let (a, te) = (accepted.clone(), te_seen.clone());
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = l.accept().await {
+                a.fetch_add(1, Ordering::SeqCst);
+                let (barrier, te) = (barrier.clone(), te.clone());
+                match &tls {
+                    None => {
+                        tokio::spawn(serve(tcp, barrier, te));
+                    }
+                    Some(acceptor) => {
+                        let acceptor = acceptor.clone();
+                        tokio::spawn(async move {
+                            if let Ok(s) = acceptor.accept(tcp).await {
+                                serve(s, barrier, te).await;
+                            }
+                        });
+                    }
+                }
+            }
+        });
+        H2Origin {
+            addr,
+            accepted,
+            te_seen,
+        }
+    }
+}
+
+async fn serve<T>(tcp: T, barrier: Arc<Barrier>, te: Arc<Mutex<Vec<String>>>)
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let Ok(mut conn) = h2::server::handshake(tcp).await else {
+        return;
+    };
+    let goaway = Arc::new(Notify::new());
+    loop {
+        tokio::select! {
+            next = conn.accept() => match next {
+                Some(Ok((req, respond))) => {
+                    let t = req
+                        .headers()
+                        .get("te")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_string();
+                    te.lock().expect("lock").push(t);
+                    tokio::spawn(answer(req, respond, barrier.clone(), goaway.clone()));
+                }
+                _ => return,
+            },
+            _ = goaway.notified() => conn.graceful_shutdown(),
+        }
+    }
+}
+
+fn fields(list: &[(&'static str, &'static str)]) -> HeaderMap {
+    let mut m = HeaderMap::new();
+    for (n, v) in list {
+        m.append(*n, HeaderValue::from_static(v));
+    }
+    m
+}
+
+/// A gRPC message: not compressed, its length, the bytes.
+fn grpc_frame(msg: &[u8]) -> Bytes {
+    let mut out = vec![0u8];
+    out.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+    out.extend_from_slice(msg);
+    Bytes::from(out)
+}
+
+async fn answer(
+    req: Request<h2::RecvStream>,
+    mut respond: SendResponse<Bytes>,
+    barrier: Arc<Barrier>,
+    goaway: Arc<Notify>,
+) {
+    let path = req.uri().path().to_string();
+    let mut body = req.into_body();
+    let mut got = Vec::new();
+    while let Some(Ok(d)) = body.data().await {
+        let _ = body.flow_control().release_capacity(d.len());
+        got.extend_from_slice(&d);
+    }
+    let ok = |ct: &'static str| {
+        let mut r = Response::new(());
+        r.headers_mut()
+            .insert("content-type", HeaderValue::from_static(ct));
+        r
+    };
+    match path.as_str() {
+        "/wait" => {
+            barrier.wait().await;
+            if let Ok(mut s) = respond.send_response(ok("text/plain"), false) {
+                let _ = s.send_data(Bytes::from_static(b"together"), true);
+            }
+        }
+        "/trailers" => {
+            if let Ok(mut s) = respond.send_response(ok("text/plain"), false) {
+                let _ = s.send_data(Bytes::from_static(b"part1 "), false);
+                let _ = s.send_data(Bytes::from_static(b"part2"), false);
+                let _ = s.send_trailers(fields(&[("x-checksum", "abc")]));
+            }
+        }
+        "/bye" => {
+            if let Ok(mut s) = respond.send_response(ok("text/plain"), false) {
+                let _ = s.send_data(Bytes::from_static(b"bye"), true);
+            }
+            goaway.notify_one();
+        }
+        "/pkg.Greeter/Stream" => {
+            // The request is one message; the answer three, then the status trailer.
+            assert_eq!(&got[..], &grpc_frame(b"hi")[..], "request message intact");
+            if let Ok(mut s) = respond.send_response(ok("application/grpc"), false) {
+                for m in [&b"one"[..], b"two", b"three"] {
+                    let _ = s.send_data(grpc_frame(m), false);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                let _ = s.send_trailers(fields(&[("grpc-status", "0"), ("grpc-message", "done")]));
+            }
+        }
+        "/pkg.Greeter/Missing" => {
+            // Trailers-only: the status in the head, which ends the stream.
+            let mut r = ok("application/grpc");
+            r.headers_mut()
+                .insert("grpc-status", HeaderValue::from_static("12"));
+            let _ = respond.send_response(r, true);
+        }
+        _ => {
+            let mut r = Response::new(());
+            *r.status_mut() = http::StatusCode::NOT_FOUND;
+            let _ = respond.send_response(r, true);
+        }
+    }
+}
+
+/// A reverse listener `rev` (h2c from clients on) -> pool `p` of `protocol = "h2"`.
+fn config(origin: SocketAddr) -> String {
+    config_with(&[origin])
+}
+
+fn config_with(servers: &[SocketAddr]) -> String {
+    let mut s = "[[listeners]]\nname = \"rev\"\nkind = \"reverse\"\nlisten = \"127.0.0.1:0\"\n\
+         [listeners.http2]\nh2c = true\n\
+         [[listeners.hosts]]\nnames = [\"app.test\"]\n[[listeners.hosts.routes]]\npool = \"p\"\n\
+         [[pools]]\nname = \"p\"\nprotocol = \"h2\"\n"
+        .to_string();
+    for a in servers {
+        s.push_str(&format!("[[pools.servers]]\naddress = \"{a}\"\n"));
+    }
+    s
+}
+
+/// An h2c connection to the listener.
+async fn h2_client(addr: SocketAddr) -> h2::client::SendRequest<Bytes> {
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let (send, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    send
+}
+
+/// One request over HTTP/2: (status, head fields, body, trailers).
+async fn h2_call(
+    send: &h2::client::SendRequest<Bytes>,
+    req: Request<()>,
+    body: Option<Bytes>,
+) -> (u16, HeaderMap, Vec<u8>, Option<HeaderMap>) {
+    let mut send = send.clone().ready().await.expect("ready");
+    let (resp, mut up) = send
+        .send_request(req, body.is_none())
+        .expect("send_request");
+    if let Some(b) = body {
+        up.send_data(b, true).expect("body");
+    }
+    let resp = resp.await.expect("response");
+    let (parts, mut body) = resp.into_parts();
+    let mut got = Vec::new();
+    while let Some(d) = body.data().await {
+        let d = d.expect("data");
+        let _ = body.flow_control().release_capacity(d.len());
+        got.extend_from_slice(&d);
+    }
+    let trailers = body.trailers().await.expect("trailers");
+    (parts.status.as_u16(), parts.headers, got, trailers)
+}
+
+fn get(path: &str) -> Request<()> {
+    Request::builder()
+        .uri(format!("http://app.test{path}"))
+        .body(())
+        .expect("request")
+}
+
+/// An HTTP/1.1 request on its own connection, the raw response.
+async fn raw_get(addr: SocketAddr, path: &str, extra: &str) -> String {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: app.test\r\n{extra}Connection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.expect("write");
+    String::from_utf8_lossy(&read_to_close(&mut s).await).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_share_one_upstream_connection() {
+    let origin = H2Origin::start().await;
+    let gh = Gatehouse::start(&config(origin.addr));
+    let addr = gh.addr("rev");
+    let url = format!("http://app.test:{}/wait", addr.port());
+    let resolve = format!("app.test:{}:127.0.0.1", addr.port());
+    let client = h2_client(addr).await;
+    let mut all = tokio::task::JoinSet::new();
+    // Half over HTTP/1.1 (curl, one connection each), half as streams of one HTTP/2
+    // connection: the origin answers none until all are in flight.
+    for n in 0..AT_ONCE {
+        if n % 2 == 0 {
+            let (url, resolve) = (url.clone(), resolve.clone());
+            all.spawn(async move {
+                let (code, out, err) = curl(&["-s", "--resolve", &resolve, &url]).await;
+                assert_eq!(code, 0, "{err}");
+                String::from_utf8_lossy(&out).into_owned()
+            });
+        } else {
+            let client = client.clone();
+            all.spawn(async move {
+                let (status, _, body, _) = h2_call(&client, get("/wait"), None).await;
+                assert_eq!(status, 200);
+                String::from_utf8_lossy(&body).into_owned()
+            });
+        }
+    }
+    let answers = tokio::time::timeout(Duration::from_secs(30), all.join_all())
+        .await
+        .expect("all answered: they were in flight together");
+    assert!(answers.iter().all(|a| a == "together"), "{answers:?}");
+    assert_eq!(origin.accepted.load(Ordering::SeqCst), 1, "one connection");
+    let te = origin.te_seen.lock().expect("lock").clone();
+    assert!(te.iter().all(|t| t == "trailers"), "{te:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trailers_reach_http11_clients_that_ask_and_goaway_is_survived() {
+    let origin = H2Origin::start().await;
+    let gh = Gatehouse::start(&config(origin.addr));
+    let addr = gh.addr("rev");
+    let with = raw_get(addr, "/trailers", "TE: trailers\r\n").await;
+    assert!(with.starts_with("HTTP/1.1 200"), "{with}");
+    assert!(
+        with.contains("Transfer-Encoding: chunked") || with.contains("transfer-encoding: chunked"),
+        "{with}"
+    );
+    assert!(with.ends_with("0\r\nx-checksum: abc\r\n\r\n"), "{with:?}");
+    let without = raw_get(addr, "/trailers", "").await;
+    assert!(without.contains("part1 "), "{without}");
+    assert!(
+        without.ends_with("0\r\n\r\n"),
+        "trailers dropped: {without:?}"
+    );
+    assert_eq!(origin.accepted.load(Ordering::SeqCst), 1);
+
+    // The server says GOAWAY after answering: the next requests go on a new connection.
+    let bye = raw_get(addr, "/bye", "").await;
+    assert!(
+        bye.starts_with("HTTP/1.1 200") && bye.contains("\r\nbye\r\n"),
+        "{bye}"
+    );
+    for _ in 0..5 {
+        let r = raw_get(addr, "/trailers", "").await;
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    }
+    assert_eq!(
+        origin.accepted.load(Ordering::SeqCst),
+        2,
+        "one new connection"
+    );
+    let missing = raw_get(addr, "/nothing", "").await;
+    assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_server_streaming_keeps_messages_and_status() {
+    let origin = H2Origin::start().await;
+    let gh = Gatehouse::start(&config(origin.addr));
+    let client = h2_client(gh.addr("rev")).await;
+    let call = |path: &str| {
+        Request::builder()
+            .method("POST")
+            .uri(format!("http://app.test{path}"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .expect("request")
+    };
+    let (status, head, body, trailers) = h2_call(
+        &client,
+        call("/pkg.Greeter/Stream"),
+        Some(grpc_frame(b"hi")),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(head["content-type"], "application/grpc");
+    let want: Vec<u8> = [&b"one"[..], b"two", b"three"]
+        .iter()
+        .flat_map(|m| grpc_frame(m).to_vec())
+        .collect();
+    assert_eq!(body, want, "three messages in order");
+    let t = trailers.expect("trailers");
+    assert_eq!(t["grpc-status"], "0");
+    assert_eq!(t["grpc-message"], "done");
+
+    let (status, head, body, _) = h2_call(
+        &client,
+        call("/pkg.Greeter/Missing"),
+        Some(grpc_frame(b"hi")),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(head["grpc-status"], "12", "trailers-only answer: {head:?}");
+    assert!(body.is_empty());
+    assert_eq!(origin.accepted.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_refuses_connections_is_skipped() {
+    let dead = {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        l.local_addr().expect("addr")
+    };
+    let origin = H2Origin::start().await;
+    let gh = Gatehouse::start(&config_with(&[dead, origin.addr]));
+    let addr = gh.addr("rev");
+    for _ in 0..4 {
+        let r = raw_get(addr, "/trailers", "").await;
+        assert!(
+            r.starts_with("HTTP/1.1 200"),
+            "retried on the live server: {r}"
+        );
+    }
+    assert_eq!(origin.accepted.load(Ordering::SeqCst), 1);
+}
+
+/// A CA file in `dir` and a TLS acceptor for `origin.test` signed by it, offering `alpn`.
+fn tls_acceptor(
+    dir: &std::path::Path,
+    alpn: &[&[u8]],
+) -> (std::path::PathBuf, tokio_rustls::TlsAcceptor) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType, IsCa,
+        KeyPair,
+    };
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.distinguished_name = DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "Gatehouse test CA");
+    let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().expect("key")).expect("ca");
+    let mut params = CertificateParams::new(vec!["origin.test".to_string()]).expect("params");
+    params.distinguished_name = DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "origin.test");
+    let key = KeyPair::generate().expect("key");
+    let leaf = params.signed_by(&key, &ca).expect("sign");
+    let cafile = dir.join("ca.pem");
+    std::fs::write(&cafile, ca.pem()).expect("write");
+    let key = rustls_pemfile::private_key(&mut key.serialize_pem().as_bytes())
+        .expect("pem")
+        .expect("key");
+    let mut config = tokio_rustls::rustls::ServerConfig::builder_with_provider(Arc::new(
+        tokio_rustls::rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_no_client_auth()
+    .with_single_cert(vec![leaf.der().clone()], key)
+    .expect("cert");
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    (cafile, tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_over_tls_is_chosen_by_alpn() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (cafile, acceptor) = tls_acceptor(dir.path(), &[b"h2"]);
+    let origin = H2Origin::start_tls(Some(acceptor)).await;
+    let other = tempfile::tempdir().expect("dir");
+    let (_, http11_only) = tls_acceptor(other.path(), &[]);
+    let old = H2Origin::start_tls(Some(http11_only)).await;
+    // Pool `p` speaks h2 to the h2 origin; pool `q` to an origin with no ALPN.
+    let gh = Gatehouse::start(&format!(
+        "[[listeners]]\nname = \"rev\"\nkind = \"reverse\"\nlisten = \"127.0.0.1:0\"\n\
+         [[listeners.hosts]]\nnames = [\"app.test\"]\n[[listeners.hosts.routes]]\npool = \"p\"\n\
+         [[listeners.hosts]]\nnames = [\"old.test\"]\n[[listeners.hosts.routes]]\npool = \"q\"\n\
+         [[pools]]\nname = \"p\"\nprotocol = \"h2\"\n[[pools.servers]]\naddress = \"{}\"\n\
+         [pools.tls]\nca_file = {cafile:?}\nserver_name = \"origin.test\"\n\
+         [[pools]]\nname = \"q\"\nprotocol = \"h2\"\n[[pools.servers]]\naddress = \"{}\"\n\
+         [pools.tls]\nverify = false\n",
+        origin.addr, old.addr
+    ));
+    let addr = gh.addr("rev");
+    for _ in 0..3 {
+        let r = raw_get(addr, "/trailers", "TE: trailers\r\n").await;
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+        assert!(r.ends_with("0\r\nx-checksum: abc\r\n\r\n"), "{r:?}");
+    }
+    assert_eq!(
+        origin.accepted.load(Ordering::SeqCst),
+        1,
+        "one TLS connection"
+    );
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(b"GET / HTTP/1.1\r\nHost: old.test\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let r = String::from_utf8_lossy(&read_to_close(&mut s).await).into_owned();
+    assert!(
+        r.starts_with("HTTP/1.1 502") && r.contains("ALPN"),
+        "no h2 by ALPN: {r}"
+    );
+}
