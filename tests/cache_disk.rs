@@ -349,3 +349,52 @@ async fn large_disk_hits_are_sent_from_the_file() {
     assert_eq!(origin.count("/big"), 2);
     stop(gh);
 }
+
+/// An HTTP/2 client (h2c on a reverse listener) cannot take `sendfile`: the large disk-tier
+/// body is read into memory and sent through the HTTP/2 stream, bytes unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_disk_hits_to_http2_clients_are_copied() {
+    const LEN: usize = 300_000;
+    let origin = pattern_origin(LEN).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = format!(
+        "[[listeners]]\nname = \"rev\"\nkind = \"reverse\"\nlisten = \"127.0.0.1:0\"\n\
+         [listeners.http2]\nh2c = true\n\
+         [[listeners.hosts]]\nnames = [\"app.test\"]\n[[listeners.hosts.routes]]\npool = \"p\"\n\
+         cache = true\n[[pools]]\nname = \"p\"\n[[pools.servers]]\naddress = \"{}\"\n\
+         [cache]\nenabled = true\nmemory_size = \"0\"\ndisk_dir = \"{}\"\ndisk_size = \"1GiB\"\n\
+         max_object_size = \"8MiB\"\n",
+        origin.addr,
+        dir.path().display()
+    );
+    let gh = Gatehouse::start(&cfg);
+    let port = gh.addr("rev").port();
+    let resolve = format!("app.test:{port}:127.0.0.1");
+    let url = format!("http://app.test:{port}/h2big");
+    let want = pattern(seed("/h2big"), LEN);
+    let get = || async {
+        let (code, out, err) = curl(&[
+            "--http2-prior-knowledge",
+            "--resolve",
+            &resolve,
+            "-D",
+            "/dev/stderr",
+            &url,
+        ])
+        .await;
+        assert_eq!(code, 0, "{err}");
+        (err, out)
+    };
+    let (_, body) = get().await;
+    assert!(body == want, "miss body");
+    gh.wait_log("/h2big");
+    until_settled(dir.path()).await;
+    for _ in 0..3 {
+        let (head, body) = get().await;
+        assert!(head.starts_with("HTTP/2 200"), "{head}");
+        assert!(head.contains("hit"), "{head}");
+        assert!(body == want, "HTTP/2 hit body differs");
+    }
+    assert_eq!(origin.count("/h2big"), 1);
+    stop(gh);
+}
