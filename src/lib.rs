@@ -23,10 +23,11 @@ pub mod policy;
 pub mod pool;
 pub mod relay;
 pub mod reverse;
+#[cfg(target_os = "linux")]
+pub mod sendfile;
 pub mod server;
 pub mod shutdown;
 pub mod socks;
-#[cfg(target_os = "linux")]
 pub mod splice;
 pub mod startup;
 pub mod stats;

@@ -237,3 +237,164 @@ async fn damaged_object_files_are_misses() {
     }
     get_all_and_stop(&cfg, &origin, &paths, LEN, 3).await;
 }
+
+/// Disk tier only (no memory tier): every hit is read from the disk tier.
+fn disk_only_config(dir: &Path) -> String {
+    format!(
+        "{}[cache]\nenabled = true\nmemory_size = \"0\"\ndisk_dir = \"{}\"\n\
+         disk_size = \"1GiB\"\nmax_object_size = \"8MiB\"\n",
+        http_listener("http", "cache = true"),
+        dir.display()
+    )
+}
+
+/// Waits until every object file last changed more than the disk tier's settle time (2 s)
+/// ago: from then on a good check of a large object is remembered and its body is sent
+/// from the file.
+async fn until_settled(dir: &Path) {
+    let files = object_files(dir);
+    assert!(!files.is_empty(), "no object file");
+    for f in files {
+        let changed = std::fs::metadata(&f)
+            .expect("stat")
+            .modified()
+            .expect("mtime");
+        let ready = changed + Duration::from_millis(2100);
+        if let Ok(wait) = ready.duration_since(std::time::SystemTime::now()) {
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+async fn curl_proxied(gh: &Gatehouse, args: &[&str]) -> (String, Vec<u8>) {
+    let proxy = gh.proxy_url("http");
+    let mut all = vec!["-x", proxy.as_str(), "-D", "/dev/stderr"];
+    all.extend_from_slice(args);
+    let (code, body, head) = curl(&all).await;
+    assert_eq!(code, 0, "curl {args:?}: {head}");
+    (head, body)
+}
+
+/// Large disk-tier hits leave the body in the object file and send it with `sendfile(2)`:
+/// full, range and HEAD answers carry the right bytes, clients that leave mid-body cost
+/// nothing, and an object damaged in place after its check is checked again, never served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_disk_hits_are_sent_from_the_file() {
+    const LEN: usize = (1 << 20) + 123;
+    let origin = pattern_origin(LEN).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let gh = Gatehouse::start(&disk_only_config(dir.path()));
+    let url = origin.url("/big");
+    let want = pattern(seed("/big"), LEN);
+    let (_, body) = curl_proxied(&gh, &[&url]).await;
+    assert!(body == want, "miss body");
+    gh.wait_log(&url);
+    until_settled(dir.path()).await;
+    // The first hit checks the whole object and remembers it; the later ones use the file.
+    for _ in 0..3 {
+        let (head, body) = curl_proxied(&gh, &[&url]).await;
+        assert!(head.contains("hit"), "{head}");
+        assert!(body == want, "full hit body differs");
+    }
+    let (head, body) = curl_proxied(&gh, &["-r", "1000-500999", &url]).await;
+    assert!(head.starts_with("HTTP/1.1 206"), "{head}");
+    assert!(head.contains("bytes 1000-500999/1048699"), "{head}");
+    assert!(body == want[1000..501_000], "range body differs");
+    let (head, body) = curl_proxied(&gh, &["-r", "-77", &url]).await;
+    assert!(head.starts_with("HTTP/1.1 206"), "{head}");
+    assert!(body == want[LEN - 77..], "suffix range body differs");
+    let (head, body) = curl_proxied(&gh, &["-I", &url]).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.contains(&format!("Content-Length: {LEN}")), "{head}");
+    // -I prints the head on stdout too: nothing else came.
+    assert!(body == head.as_bytes());
+    assert_eq!(origin.count("/big"), 1);
+
+    // Clients that go away mid-body: no descriptor kept, the next hit is whole.
+    let fds = gh.open_fds();
+    for _ in 0..20 {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(gh.addr("http"))
+            .await
+            .expect("connect");
+        let req = format!("GET {url} HTTP/1.1\r\nHost: x\r\n\r\n");
+        s.write_all(req.as_bytes()).await.expect("send");
+        let mut some = [0u8; 4096];
+        let _ = s.read(&mut some).await.expect("read");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while gh.open_fds() > fds {
+        assert!(
+            Instant::now() < deadline,
+            "descriptors left: {} > {fds}",
+            gh.open_fds()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (_, body) = curl_proxied(&gh, &[&url]).await;
+    assert!(body == want, "hit after aborted clients differs");
+
+    // Damaged in place (same size) after its check: the identity changed, the object is
+    // checked again, found bad, dropped and fetched again.
+    for f in object_files(dir.path()) {
+        use std::os::unix::fs::FileExt;
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&f)
+            .expect("open object");
+        file.write_all_at(b"DAMAGED", 600_000).expect("damage");
+    }
+    let (_, body) = curl_proxied(&gh, &[&url]).await;
+    assert!(body == want, "damaged body served");
+    assert_eq!(origin.count("/big"), 2);
+    stop(gh);
+}
+
+/// An HTTP/2 client (h2c on a reverse listener) cannot take `sendfile`: the large disk-tier
+/// body is read into memory and sent through the HTTP/2 stream, bytes unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_disk_hits_to_http2_clients_are_copied() {
+    const LEN: usize = 300_000;
+    let origin = pattern_origin(LEN).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = format!(
+        "[[listeners]]\nname = \"rev\"\nkind = \"reverse\"\nlisten = \"127.0.0.1:0\"\n\
+         [listeners.http2]\nh2c = true\n\
+         [[listeners.hosts]]\nnames = [\"app.test\"]\n[[listeners.hosts.routes]]\npool = \"p\"\n\
+         cache = true\n[[pools]]\nname = \"p\"\n[[pools.servers]]\naddress = \"{}\"\n\
+         [cache]\nenabled = true\nmemory_size = \"0\"\ndisk_dir = \"{}\"\ndisk_size = \"1GiB\"\n\
+         max_object_size = \"8MiB\"\n",
+        origin.addr,
+        dir.path().display()
+    );
+    let gh = Gatehouse::start(&cfg);
+    let port = gh.addr("rev").port();
+    let resolve = format!("app.test:{port}:127.0.0.1");
+    let url = format!("http://app.test:{port}/h2big");
+    let want = pattern(seed("/h2big"), LEN);
+    let get = || async {
+        let (code, out, err) = curl(&[
+            "--http2-prior-knowledge",
+            "--resolve",
+            &resolve,
+            "-D",
+            "/dev/stderr",
+            &url,
+        ])
+        .await;
+        assert_eq!(code, 0, "{err}");
+        (err, out)
+    };
+    let (_, body) = get().await;
+    assert!(body == want, "miss body");
+    gh.wait_log("/h2big");
+    until_settled(dir.path()).await;
+    for _ in 0..3 {
+        let (head, body) = get().await;
+        assert!(head.starts_with("HTTP/2 200"), "{head}");
+        assert!(head.contains("hit"), "{head}");
+        assert!(body == want, "HTTP/2 hit body differs");
+    }
+    assert_eq!(origin.count("/h2big"), 1);
+    stop(gh);
+}

@@ -68,6 +68,7 @@ impl SharedHead {
             response_time: self.response_time,
             vary: self.vary.clone(),
             stale_since: None,
+            file: None,
         }
     }
 

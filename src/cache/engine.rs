@@ -445,6 +445,7 @@ impl Cache {
             response_time: fetch.response_time,
             vary,
             stale_since: None,
+            file: None,
         });
         self.put(key, stored, fetch.generation).await
     }
@@ -480,6 +481,8 @@ impl Cache {
         if let Some(m) = &self.memory {
             match m.put_now(key, entry.clone()) {
                 Ok(()) => store.memory_ok = true,
+                // Bodies left in disk-tier files: the disk tier keeps serving them.
+                Err(StoreError::OnDisk) => {}
                 Err(e) => {
                     bump(&self.counters.store_errors);
                     tracing::debug!(tier = "memory", key, error = %e, "cache: not stored");
@@ -519,6 +522,7 @@ impl Cache {
             request_time,
             response_time,
             stale_since: None,
+            file: reval.stored.file.clone(),
             vary: reval.stored.vary.clone(),
         };
         let mut status = reval.status.clone();
@@ -574,6 +578,7 @@ impl Cache {
             body: reval.stored.body.clone(),
             request_time: fetch.request_time,
             stale_since: None,
+            file: reval.stored.file.clone(),
             response_time: fetch.response_time,
             vary: reval.stored.vary.clone(),
         };

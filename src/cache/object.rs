@@ -1,6 +1,9 @@
 //! What is stored: per primary key, the variants (RFC 9111 section 4.1) with their heads,
 //! bodies, times and secondary keys; and the checksummed byte form the disk tier writes.
 
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -25,6 +28,46 @@ pub struct StoredResponse {
     /// Soft purge: stale from this time on, whatever its freshness lifetime says (it may
     /// still be served stale where the rules allow, and revalidated).
     pub stale_since: Option<SystemTime>,
+    /// The body still in the disk tier's object file (then `body` is empty): served from the
+    /// file with `sendfile(2)` to plain TCP clients, read into memory for anything else.
+    pub file: Option<FileBody>,
+}
+
+/// Body bytes at `offset..offset + len` of an open disk-tier object file. Object files are
+/// never written after they are renamed into place, and an open file outlives its deletion,
+/// so the bytes stay what the tier verified for as long as this is held.
+#[derive(Debug, Clone)]
+pub struct FileBody {
+    pub file: Arc<File>,
+    pub offset: u64,
+    pub len: u64,
+}
+
+impl PartialEq for FileBody {
+    fn eq(&self, o: &FileBody) -> bool {
+        Arc::ptr_eq(&self.file, &o.file) && self.offset == o.offset && self.len == o.len
+    }
+}
+
+impl Eq for FileBody {}
+
+impl FileBody {
+    /// `len` bytes from `first` (relative to this body); the caller checked the bounds.
+    pub fn slice(&self, first: u64, len: u64) -> FileBody {
+        FileBody {
+            file: self.file.clone(),
+            offset: self.offset + first,
+            len,
+        }
+    }
+
+    /// The bytes, read into memory (blocking).
+    pub fn read(&self) -> io::Result<Bytes> {
+        let len = usize::try_from(self.len).map_err(|_| io::Error::other("body too large"))?;
+        let mut buf = vec![0u8; len];
+        self.file.read_exact_at(&mut buf, self.offset)?;
+        Ok(Bytes::from(buf))
+    }
 }
 
 impl StoredResponse {
@@ -37,7 +80,21 @@ impl StoredResponse {
             .iter()
             .map(|h| h.name.len() + h.value.len() + 16)
             .sum();
-        self.body.len() as u64 + head as u64 + 128
+        self.body_len() + head as u64 + 128
+    }
+
+    /// The body's length, wherever it is.
+    pub fn body_len(&self) -> u64 {
+        self.file.as_ref().map_or(self.body.len() as u64, |f| f.len)
+    }
+
+    /// This response with its body in memory (blocking read when it is in a file).
+    pub fn loaded(&self) -> io::Result<StoredResponse> {
+        let mut r = self.clone();
+        if let Some(f) = r.file.take() {
+            r.body = f.read()?;
+        }
+        Ok(r)
     }
 }
 
@@ -69,6 +126,24 @@ impl Entry {
         self.variants
             .iter()
             .find(|v| usable(v) && vary::matches(&v.vary, req))
+    }
+
+    /// Whether some variant's body is still in a disk-tier file.
+    pub fn has_file_bodies(&self) -> bool {
+        self.variants.iter().any(|v| v.file.is_some())
+    }
+
+    /// This entry with every body in memory (blocking reads).
+    pub fn loaded(&self) -> io::Result<Entry> {
+        let variants = self
+            .variants
+            .iter()
+            .map(|v| match v.file {
+                Some(_) => v.loaded().map(Arc::new),
+                None => Ok(v.clone()),
+            })
+            .collect::<io::Result<_>>()?;
+        Ok(Entry { variants })
     }
 
     /// This entry with `new` added in front, replacing any variant with the same secondary
@@ -144,14 +219,7 @@ pub fn decode(buf: Bytes) -> Result<Entry, DecodeError> {
     if buf.len() < PREFIX_LEN {
         return Err(DecodeError::Truncated);
     }
-    let v2 = &buf[..4] == MAGIC;
-    if !v2 && &buf[..4] != MAGIC_V1 {
-        return Err(DecodeError::Magic);
-    }
-    let crc = u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]);
-    let mut len8 = [0u8; 8];
-    len8.copy_from_slice(&buf[8..16]);
-    let len = u64::from_be_bytes(len8);
+    let (v2, crc, len) = prefix(&buf)?;
     let payload = buf.slice(PREFIX_LEN..);
     if (payload.len() as u64) < len {
         return Err(DecodeError::Truncated);
@@ -162,10 +230,61 @@ pub fn decode(buf: Bytes) -> Result<Entry, DecodeError> {
     if crc32fast::hash(&payload) != crc {
         return Err(DecodeError::Checksum);
     }
-    let mut r = Reader {
-        buf: payload,
-        pos: 0,
-    };
+    let end = payload.len() as u64;
+    parse(
+        Reader {
+            buf: payload,
+            base: 0,
+            pos: 0,
+            end,
+            file: None,
+        },
+        v2,
+    )
+}
+
+/// Bytes read from an object file per read when decoding it in place.
+const WINDOW: usize = 64 * 1024;
+
+/// Decodes the object file `file` of `size` bytes in place, WITHOUT checking its CRC (the
+/// caller verified this very file before): heads are read, and each body of at least
+/// `file_min` bytes is left in the file ([`StoredResponse::file`]), so a large object costs
+/// one small read. Structure and lengths are still checked; `size` must be the file's
+/// length (the caller's `fstat`), as a body left in the file is not read here.
+pub fn decode_file(file: Arc<File>, size: u64, file_min: u64) -> Result<Entry, DecodeError> {
+    let mut head = vec![0u8; PREFIX_LEN];
+    if size < PREFIX_LEN as u64 || file.read_exact_at(&mut head, 0).is_err() {
+        return Err(DecodeError::Truncated);
+    }
+    let (v2, _, len) = prefix(&head)?;
+    if len != size - PREFIX_LEN as u64 {
+        return Err(DecodeError::Malformed);
+    }
+    parse(
+        Reader {
+            buf: Bytes::new(),
+            base: 0,
+            pos: 0,
+            end: len,
+            file: Some((file, file_min)),
+        },
+        v2,
+    )
+}
+
+/// Magic (whether GHC2), CRC and payload length from the first [`PREFIX_LEN`] bytes.
+fn prefix(buf: &[u8]) -> Result<(bool, u32, u64), DecodeError> {
+    let v2 = &buf[..4] == MAGIC;
+    if !v2 && &buf[..4] != MAGIC_V1 {
+        return Err(DecodeError::Magic);
+    }
+    let crc = u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]);
+    let mut len8 = [0u8; 8];
+    len8.copy_from_slice(&buf[8..16]);
+    Ok((v2, crc, u64::from_be_bytes(len8)))
+}
+
+fn parse(mut r: Reader, v2: bool) -> Result<Entry, DecodeError> {
     let n = r.u16()?;
     let mut variants = Vec::with_capacity(usize::from(n).min(MAX_VARIANTS));
     for _ in 0..n {
@@ -195,8 +314,8 @@ pub fn decode(buf: Bytes) -> Result<Entry, DecodeError> {
             true => r.u64()?.checked_sub(1).map(from_unix),
             false => None,
         };
-        let body_len = usize::try_from(r.u64()?).map_err(|_| DecodeError::Malformed)?;
-        let body = r.take(body_len)?;
+        let body_len = r.u64()?;
+        let (body, file) = r.body(body_len)?;
         variants.push(Arc::new(StoredResponse {
             head: ResponseHead {
                 version,
@@ -209,29 +328,72 @@ pub fn decode(buf: Bytes) -> Result<Entry, DecodeError> {
             response_time,
             vary,
             stale_since,
+            file,
         }));
     }
-    if r.pos != r.buf.len() {
+    if r.pos != r.end {
         return Err(DecodeError::Malformed);
     }
     Ok(Entry { variants })
 }
 
+/// Reads the payload: from memory (`buf` is all of it), or from an object file through a
+/// window (`buf` holds payload bytes `base..base + buf.len()`).
 struct Reader {
     buf: Bytes,
-    pos: usize,
+    base: u64,
+    pos: u64,
+    end: u64,
+    /// The file, and the body length from which bodies stay in it.
+    file: Option<(Arc<File>, u64)>,
 }
 
 impl Reader {
     fn take(&mut self, n: usize) -> Result<Bytes, DecodeError> {
         let end = self
             .pos
-            .checked_add(n)
-            .filter(|e| *e <= self.buf.len())
+            .checked_add(n as u64)
+            .filter(|e| *e <= self.end)
             .ok_or(DecodeError::Malformed)?;
-        let out = self.buf.slice(self.pos..end);
+        if end > self.base + self.buf.len() as u64 {
+            let Some((file, _)) = &self.file else {
+                return Err(DecodeError::Malformed);
+            };
+            let want = n.max(WINDOW).min((self.end - self.pos) as usize);
+            let mut w = vec![0u8; want];
+            file.read_exact_at(&mut w, PREFIX_LEN as u64 + self.pos)
+                .map_err(|_| DecodeError::Truncated)?;
+            self.buf = Bytes::from(w);
+            self.base = self.pos;
+        }
+        let at = (self.pos - self.base) as usize;
+        let out = self.buf.slice(at..at + n);
         self.pos = end;
         Ok(out)
+    }
+
+    /// A body of `n` bytes: in memory, or left in the file when large enough.
+    fn body(&mut self, n: u64) -> Result<(Bytes, Option<FileBody>), DecodeError> {
+        match &self.file {
+            Some((file, min)) if n >= *min => {
+                let end = self
+                    .pos
+                    .checked_add(n)
+                    .filter(|e| *e <= self.end)
+                    .ok_or(DecodeError::Malformed)?;
+                let body = FileBody {
+                    file: file.clone(),
+                    offset: PREFIX_LEN as u64 + self.pos,
+                    len: n,
+                };
+                self.pos = end;
+                Ok((Bytes::new(), Some(body)))
+            }
+            _ => {
+                let n = usize::try_from(n).map_err(|_| DecodeError::Malformed)?;
+                Ok((self.take(n)?, None))
+            }
+        }
     }
 
     fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
@@ -276,6 +438,7 @@ mod tests {
             response_time: t(2),
             vary,
             stale_since: None,
+            file: None,
         })
     }
 
@@ -327,6 +490,40 @@ mod tests {
             decode(Bytes::from_static(b"XXXX0000000000000000")),
             Err(DecodeError::Magic)
         );
+    }
+
+    fn in_file(bytes: &[u8]) -> Arc<File> {
+        use std::io::Write;
+        let mut f = tempfile::tempfile().expect("tempfile");
+        f.write_all(bytes).expect("write");
+        Arc::new(f)
+    }
+
+    #[test]
+    fn decoded_in_place_leaves_large_bodies_in_the_file() {
+        let big = |n: usize, seed: u8| {
+            let body: String = (0..n)
+                .map(|i| (b'a' + (i as u8 ^ seed) % 26) as char)
+                .collect();
+            body
+        };
+        let k = |v: &str| vec![("accept".to_string(), Some(v.to_string()))];
+        // Heads after the first 64 KiB window, small and large bodies mixed.
+        let e = Entry::default()
+            .with(sample(&big(100_000, 1), k("a")))
+            .with(sample("small", k("b")))
+            .with(sample(&big(70_000, 2), k("c")));
+        let bytes = encode(&e);
+        let file = in_file(&bytes);
+        let lazy = decode_file(file.clone(), bytes.len() as u64, 50_000).expect("decodes");
+        let where_: Vec<bool> = lazy.variants.iter().map(|v| v.file.is_some()).collect();
+        assert_eq!(where_, [true, false, true]);
+        assert_eq!(lazy.variants[0].body_len(), 70_000);
+        assert_eq!(lazy.loaded().expect("loaded"), e);
+        // A file of another length than its prefix says, or cut short, is refused.
+        assert!(decode_file(file, bytes.len() as u64 - 1, 50_000).is_err());
+        let cut = in_file(&bytes[..bytes.len() - 10]);
+        assert!(decode_file(cut, bytes.len() as u64 - 10, 50_000).is_err());
     }
 
     #[test]

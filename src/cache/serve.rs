@@ -8,7 +8,7 @@ use bytes::Bytes;
 use super::conditional::{self, Condition, RangeAnswer};
 use super::directives::CacheControl;
 use super::freshness::{current_age, freshness_lifetime};
-use super::object::StoredResponse;
+use super::object::{FileBody, StoredResponse};
 use super::status::CacheStatus;
 use crate::http::codec::{Headers, RequestHead, ResponseHead, Version};
 
@@ -17,9 +17,18 @@ use crate::http::codec::{Headers, RequestHead, ResponseHead, Version};
 pub struct Served {
     /// Complete head: Content-Length, Age and Cache-Status are set.
     pub head: ResponseHead,
-    /// Empty for HEAD, 304 and 416.
+    /// Empty for HEAD, 304 and 416, and when the body is in `file`.
     pub body: Bytes,
+    /// The body (or the range of it) still in a disk-tier object file.
+    pub file: Option<FileBody>,
     pub status: CacheStatus,
+}
+
+impl Served {
+    /// Body bytes to send, wherever they are.
+    pub fn body_len(&self) -> u64 {
+        self.file.as_ref().map_or(self.body.len() as u64, |f| f.len)
+    }
 }
 
 /// Remaining freshness in seconds (negative when stale), for Cache-Status `ttl`.
@@ -40,30 +49,43 @@ pub fn respond(
     now: SystemTime,
     status: CacheStatus,
 ) -> Served {
-    let len = stored.body.len() as u64;
-    let (mut head, mut body) = match conditional::evaluate(req, &stored.head, stored.response_time)
-    {
-        Condition::NotModified => (conditional::not_modified_head(&stored.head), Bytes::new()),
-        Condition::Full => match conditional::range(req, &stored.head, len) {
-            RangeAnswer::Partial { first, last } => (
-                conditional::partial_head(&stored.head, first, last, len),
-                stored.body.slice(first as usize..=last as usize),
-            ),
-            RangeAnswer::Unsatisfiable => (
-                conditional::unsatisfiable_head(&stored.head, len),
+    let len = stored.body_len();
+    let (mut head, mut body, mut file) =
+        match conditional::evaluate(req, &stored.head, stored.response_time) {
+            Condition::NotModified => (
+                conditional::not_modified_head(&stored.head),
                 Bytes::new(),
+                None,
             ),
-            RangeAnswer::Full => {
-                let mut head = stored.head.clone();
-                if head.status != 204 && head.status != 304 {
-                    head.headers.set("Content-Length", len.to_string());
+            Condition::Full => match conditional::range(req, &stored.head, len) {
+                RangeAnswer::Partial { first, last } => (
+                    conditional::partial_head(&stored.head, first, last, len),
+                    match stored.file {
+                        Some(_) => Bytes::new(),
+                        None => stored.body.slice(first as usize..=last as usize),
+                    },
+                    stored
+                        .file
+                        .as_ref()
+                        .map(|f| f.slice(first, last - first + 1)),
+                ),
+                RangeAnswer::Unsatisfiable => (
+                    conditional::unsatisfiable_head(&stored.head, len),
+                    Bytes::new(),
+                    None,
+                ),
+                RangeAnswer::Full => {
+                    let mut head = stored.head.clone();
+                    if head.status != 204 && head.status != 304 {
+                        head.headers.set("Content-Length", len.to_string());
+                    }
+                    (head, stored.body.clone(), stored.file.clone())
                 }
-                (head, stored.body.clone())
-            }
-        },
-    };
+            },
+        };
     if req.method == "HEAD" {
         body = Bytes::new();
+        file = None;
     }
     let age = current_age(&stored.head, stored.request_time, stored.response_time, now);
     head.headers.set("Age", age.to_string());
@@ -72,7 +94,12 @@ pub fn respond(
         head.reason = crate::http::codec::reason(head.status).to_string();
     }
     status.append_to(&mut head.headers);
-    Served { head, body, status }
+    Served {
+        head,
+        body,
+        file,
+        status,
+    }
 }
 
 /// The 504 for `only-if-cached` without a usable stored response (RFC 9111 section
@@ -90,6 +117,7 @@ pub fn only_if_cached_miss(status: CacheStatus) -> Served {
             headers,
         },
         body: Bytes::new(),
+        file: None,
         status,
     }
 }
@@ -115,6 +143,7 @@ mod tests {
             response_time: t(0),
             vary: vec![],
             stale_since: None,
+            file: None,
         }
     }
 

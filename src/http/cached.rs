@@ -422,16 +422,36 @@ impl HttpProxy {
         self.connection_header(&mut h, req, keep);
         // The head and the stored body go out together (one `writev` while the socket takes
         // them): the body is written from the stored bytes themselves, never copied behind
-        // the head.
+        // the head. A body still in a disk-tier file goes to a plain TCP client with
+        // `sendfile(2)`; to TLS and HTTP/2 clients it is read into memory first.
         let mut out = Vec::with_capacity(512);
         codec::write_response_head(&mut out, served.head.status, &served.head.reason, &h);
         ex.status = served.head.status;
         ex.cache = Some(served.status.log_word());
         let t = self.cfg.read_timeout;
-        let ok = body::write_all_two(&mut client.stream, &out, &served.body, t)
-            .await
-            .is_ok();
-        ex.bytes_out += (out.len() + served.body.len()) as u64;
+        ex.bytes_out += out.len() as u64
+            + served
+                .file
+                .as_ref()
+                .map_or(served.body.len() as u64, |f| f.len);
+        let ok = match (&served.file, client.stream.as_tcp()) {
+            (None, _) => body::write_all_two(&mut client.stream, &out, &served.body, t)
+                .await
+                .is_ok(),
+            (Some(f), Some(tcp)) => {
+                let send = crate::sendfile::send_head_and_file(tcp, &out, &f.file, f.offset, f.len);
+                matches!(tokio::time::timeout(t, send).await, Ok(Ok(())))
+            }
+            (Some(f), None) => {
+                let f = f.clone();
+                match tokio::task::spawn_blocking(move || f.read()).await {
+                    Ok(Ok(bytes)) => body::write_all_two(&mut client.stream, &out, &bytes, t)
+                        .await
+                        .is_ok(),
+                    _ => false,
+                }
+            }
+        };
         ok && keep
     }
 

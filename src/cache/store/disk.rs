@@ -10,7 +10,12 @@
 //! -9 at any point leaves either the old row (old file intact) or the new row (new file
 //! complete); a leftover `.tmp` or unreferenced file is deleted at the next start.
 //! Read: the file's length and CRC-32 are checked; a mismatch (e.g. the disk lost the tail
-//! of a file) is a miss and the entry is dropped.
+//! of a file) is a miss and the entry is dropped. Large objects (at least [`FILE_BODY_MIN`]
+//! bytes) are checked once per file identity (inode, size, mtime, ctime; see
+//! [`Identity`]): after a good check, later reads of the same unchanged file skip the CRC
+//! and leave bodies of [`FILE_BODY_MIN`] bytes or more in the file, for `sendfile(2)`.
+//! Any change made through the file system (a write, truncate, utimes, a replaced file)
+//! changes the identity and the object is checked again before it is served.
 //! Start: every index row whose file is missing or of the wrong size is dropped, orphan files
 //! are deleted, and the oldest objects are evicted until the total fits the limit.
 //! Eviction: least recently used (order kept in memory; after a restart, write order).
@@ -18,19 +23,67 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io::Write;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use redb::{Database, ReadableTable, TableDefinition};
 
 use super::{BoxFut, StoreError, Tier, TierStats};
-use crate::cache::object::{decode, encode, Entry};
+use crate::cache::object::{decode, decode_file, encode, Entry};
 
 const INDEX: TableDefinition<&str, (u64, u64)> = TableDefinition::new("entries");
 /// Each entry's cache tags (newline-separated), for purges by tag without reading objects.
 const TAGS: TableDefinition<&str, &str> = TableDefinition::new("tags");
+
+/// Objects this large are checked once per [`Identity`]; bodies this large are served from
+/// the file. Smaller objects are read whole and checked on every read.
+pub const FILE_BODY_MIN: u64 = 64 * 1024;
+
+/// How old a file's last change must be before a good check is remembered. File times tick
+/// coarsely (a few ms on Linux, 2 s on FAT): a change in the same tick as the check would
+/// leave the identity unchanged ("racily clean", as git calls it). Younger files are read
+/// and checked whole, as small ones are.
+pub const SETTLE: Duration = Duration::from_secs(2);
+
+/// What identifies one unchanged object file: a write or truncate through the file system
+/// moves `mtime` and `ctime`, `utimes` moves `ctime`, a replacement changes the inode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Identity {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Identity {
+    pub fn of(m: &fs::Metadata) -> Identity {
+        Identity {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.len(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        }
+    }
+
+    /// Whether the file last changed at least `settle` before `now` (see [`SETTLE`]).
+    pub fn settled(&self, now: SystemTime, settle: Duration) -> bool {
+        let latest = self.mtime.max(self.ctime);
+        let Ok(now) = now.duration_since(SystemTime::UNIX_EPOCH) else {
+            return false;
+        };
+        let changed = Duration::new(
+            latest.0.max(0) as u64,
+            latest.1.clamp(0, 999_999_999) as u32,
+        );
+        changed + settle <= now
+    }
+}
 
 #[derive(Clone, Copy)]
 struct Meta {
@@ -38,6 +91,8 @@ struct Meta {
     size: u64,
     /// Recency stamp (position in `State::order`).
     used: u64,
+    /// The object file's identity when its CRC was last found good (large objects only).
+    verified: Option<Identity>,
 }
 
 #[derive(Default)]
@@ -72,6 +127,7 @@ impl State {
                 id,
                 size,
                 used: self.clock,
+                verified: None,
             },
         );
         self.order.insert(self.clock, key.to_string());
@@ -119,6 +175,8 @@ struct Inner {
     state: Mutex<State>,
     next_id: AtomicU64,
     evictions: AtomicU64,
+    /// [`SETTLE`]; shorter in unit tests.
+    settle: Duration,
 }
 
 #[derive(Clone)]
@@ -134,6 +192,11 @@ impl DiskTier {
     /// Opens (or creates) the tier in `dir`, validating the index against the files. Blocking:
     /// call before serving or from the blocking pool.
     pub fn open(dir: &Path, limit: u64) -> Result<DiskTier, StoreError> {
+        DiskTier::open_with(dir, limit, SETTLE)
+    }
+
+    /// [`DiskTier::open`] with another settle time (tests).
+    pub fn open_with(dir: &Path, limit: u64, settle: Duration) -> Result<DiskTier, StoreError> {
         let objects = dir.join("objects");
         fs::create_dir_all(&objects)?;
         let db = Database::builder()
@@ -147,6 +210,7 @@ impl DiskTier {
             state: Mutex::new(State::default()),
             next_id: AtomicU64::new(1),
             evictions: AtomicU64::new(0),
+            settle,
         };
         inner.rebuild()?;
         Ok(DiskTier {
@@ -259,12 +323,16 @@ impl Inner {
 
     fn get(&self, key: &str) -> Option<Arc<Entry>> {
         let meta = self.lock().touch(key)?;
-        let ok = fs::read(self.path(meta.id))
-            .ok()
-            .filter(|b| b.len() as u64 == meta.size)
-            .and_then(|b| decode(Bytes::from(b)).ok());
-        match ok {
-            Some(entry) => Some(Arc::new(entry)),
+        match self.read(&meta) {
+            Some((entry, verified)) => {
+                if let Some(ident) = verified {
+                    let mut state = self.lock();
+                    if let Some(m) = state.entries.get_mut(key).filter(|m| m.id == meta.id) {
+                        m.verified = Some(ident);
+                    }
+                }
+                Some(Arc::new(entry))
+            }
             None => {
                 tracing::warn!(
                     key,
@@ -275,6 +343,30 @@ impl Inner {
                 None
             }
         }
+    }
+
+    /// Reads object `meta.id`: in place without the CRC when this unchanged file was checked
+    /// before, else whole and checked (returning the identity to remember when the object is
+    /// large and its file settled). `None`: unreadable, wrong size or corrupt.
+    fn read(&self, meta: &Meta) -> Option<(Entry, Option<Identity>)> {
+        let file = fs::File::open(self.path(meta.id)).ok()?;
+        let ident = Identity::of(&file.metadata().ok()?);
+        if ident.size != meta.size {
+            return None;
+        }
+        if meta.verified == Some(ident) {
+            return decode_file(Arc::new(file), meta.size, FILE_BODY_MIN)
+                .ok()
+                .map(|e| (e, None));
+        }
+        let mut buf = vec![0u8; usize::try_from(meta.size).ok()?];
+        file.read_exact_at(&mut buf, 0).ok()?;
+        let entry = decode(Bytes::from(buf)).ok()?;
+        let remember = meta.size >= FILE_BODY_MIN
+            && ident.settled(SystemTime::now(), self.settle)
+            // Unchanged while it was read (the check covers the bytes of this identity).
+            && file.metadata().is_ok_and(|m| Identity::of(&m) == ident);
+        Some((entry, remember.then_some(ident)))
     }
 
     /// Removes `key` only if it still points at object `id` (a newer write may have won).
@@ -296,6 +388,14 @@ impl Inner {
         tags: Vec<String>,
         still_valid: &dyn Fn() -> bool,
     ) -> Result<(), StoreError> {
+        let loaded;
+        let entry = match entry.has_file_bodies() {
+            true => {
+                loaded = entry.loaded()?;
+                &loaded
+            }
+            false => entry,
+        };
         let bytes = encode(entry);
         let size = bytes.len() as u64;
         if size > self.limit {

@@ -10,6 +10,7 @@ fn entry(body: &[u8]) -> Arc<Entry> {
         response_time: t(1),
         vary: vec![],
         stale_since: None,
+        file: None,
     })))
 }
 
@@ -84,6 +85,99 @@ async fn corrupt_body_of_right_length_is_detected_on_read() {
     assert!(d.get(K).await.is_none());
     assert_eq!(d.stats().entries, 0);
     assert!(d.get(K).await.is_none());
+}
+
+fn big_body() -> Vec<u8> {
+    (0..300_000u32).map(|i| (i % 251) as u8).collect()
+}
+
+/// Reads `K` until the tier serves its body from the file (the check was remembered once
+/// the file settled), returning that entry.
+async fn until_file_backed(d: &DiskTier) -> Arc<Entry> {
+    for _ in 0..400 {
+        let e = d.get(K).await.expect("hit");
+        if e.has_file_bodies() {
+            return e;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("never served from the file");
+}
+
+#[tokio::test]
+async fn large_object_is_checked_once_then_left_in_its_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = DiskTier::open_with(dir.path(), 1 << 22, Duration::from_millis(50)).expect("open");
+    let e = entry(&big_body());
+    d.put(K, e.clone()).await.expect("put");
+    // Just written: not settled, read whole and checked.
+    let first = d.get(K).await.expect("hit");
+    assert!(!first.has_file_bodies());
+    assert_eq!(*first, *e);
+    let lazy = until_file_backed(&d).await;
+    let v = &lazy.variants[0];
+    assert!(v.body.is_empty());
+    assert_eq!(v.body_len(), 300_000);
+    assert_eq!(v.head, e.variants[0].head);
+    assert_eq!(lazy.loaded().expect("loaded"), *e);
+    // Storing it again (a freshened copy) writes the bytes, not the file reference.
+    d.put(K, lazy.clone()).await.expect("put");
+    assert_eq!(*d.get(K).await.expect("hit"), *e);
+}
+
+#[tokio::test]
+async fn large_object_damaged_after_its_check_is_checked_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = DiskTier::open_with(dir.path(), 1 << 22, Duration::from_millis(50)).expect("open");
+    d.put(K, entry(&big_body())).await.expect("put");
+    until_file_backed(&d).await;
+    // In place, same size, through the file system: mtime and ctime move on.
+    let f = object_files(dir.path()).remove(0);
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&f)
+        .expect("open")
+        .write_all_at(b"XXXX", 200_000)
+        .expect("damage");
+    assert!(d.get(K).await.is_none());
+    assert_eq!(d.stats().entries, 0);
+}
+
+#[tokio::test]
+async fn large_object_with_its_times_put_back_is_checked_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = DiskTier::open_with(dir.path(), 1 << 22, Duration::from_millis(50)).expect("open");
+    d.put(K, entry(&big_body())).await.expect("put");
+    until_file_backed(&d).await;
+    let f = object_files(dir.path()).remove(0);
+    let mtime = fs::metadata(&f).expect("meta").modified().expect("mtime");
+    let file = fs::OpenOptions::new().write(true).open(&f).expect("open");
+    file.write_all_at(b"XXXX", 200_000).expect("damage");
+    // Setting mtime back still moves ctime.
+    file.set_modified(mtime).expect("utimes");
+    assert!(d.get(K).await.is_none());
+}
+
+#[tokio::test]
+async fn small_objects_are_checked_on_every_read() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = DiskTier::open_with(dir.path(), 1 << 22, Duration::ZERO).expect("open");
+    d.put(K, entry(&[3u8; 1000])).await.expect("put");
+    for _ in 0..3 {
+        assert!(!d.get(K).await.expect("hit").has_file_bodies());
+    }
+    assert!(d.inner.lock().entries[K].verified.is_none());
+}
+
+#[test]
+fn identity_settles_after_the_margin() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = dir.path().join("f");
+    fs::write(&p, b"x").expect("write");
+    let id = Identity::of(&fs::metadata(&p).expect("meta"));
+    let now = SystemTime::now();
+    assert!(!id.settled(now, Duration::from_secs(60)));
+    assert!(id.settled(now + Duration::from_secs(61), Duration::from_secs(60)));
 }
 
 #[tokio::test]

@@ -41,7 +41,12 @@ impl MemoryTier {
         self.cache.get(key)
     }
 
+    /// An entry whose bodies are still in disk-tier files is not taken (it would hold their
+    /// descriptors): such entries are served from the disk tier.
     pub fn put_now(&self, key: &str, entry: Arc<Entry>) -> Result<(), StoreError> {
+        if entry.has_file_bodies() {
+            return Err(StoreError::OnDisk);
+        }
         let w = entry.weight();
         if w > self.capacity {
             return Err(StoreError::TooLarge(w));
@@ -125,6 +130,7 @@ mod tests {
             response_time: t(0),
             vary: vec![],
             stale_since: None,
+            file: None,
         })))
     }
 

@@ -31,6 +31,9 @@ pub enum StoreError {
     /// The key was invalidated while the object was being written; it was not stored.
     #[error("invalidated while being stored")]
     Superseded,
+    /// The memory tier does not take an entry whose bodies are still in disk-tier files.
+    #[error("body is in a disk-tier file")]
+    OnDisk,
 }
 
 /// Figures for /metrics.
