@@ -23,8 +23,8 @@ pub use pools::{
 pub use reader::{ConfigError, KeyLines};
 use reader::{Problems, Section};
 pub use reverse::{
-    ForwardedMode, HostName, Http2Config, PathRegex, ReverseListenerConfig, RouteConfig,
-    VhostConfig,
+    ForwardedMode, HostName, Http2Config, PathRegex, ReverseListenerConfig, RouteAgent,
+    RouteConfig, VhostConfig,
 };
 pub use socks::{AuthMethod, Password, SocksListenerConfig, SocksUser, UdpFilter};
 pub use tls::{ClientTls, ServerTls, TlsFiles, TlsVersion};
@@ -419,7 +419,8 @@ fn read_config(root: &Section<'_>) -> Config {
     }
 }
 
-/// Every agent a socks or published listener names must be accepted by a tunnel listener.
+/// Every agent a socks or published listener, or a reverse route, names must be accepted by
+/// a tunnel listener.
 fn check_agent_names(listeners: &[ListenerConfig], section_of: &[usize], sections: &[Section<'_>]) {
     let accepted: Vec<&str> = listeners
         .iter()
@@ -431,6 +432,23 @@ fn check_agent_names(listeners: &[ListenerConfig], section_of: &[usize], section
         .collect();
     for (l, i) in listeners.iter().zip(section_of) {
         let Some(s) = sections.get(*i) else { continue };
+        if let ListenerKind::Reverse(r) = &l.kind {
+            let hosts = r.hosts.iter().enumerate().flat_map(|(j, h)| {
+                let routes = h.routes.iter().enumerate();
+                routes.map(move |(k, r)| (format!("hosts[{j}].routes[{k}].agent"), r))
+            });
+            let default = r.default.iter().map(|r| ("default.agent".to_string(), r));
+            for (key, route) in hosts.chain(default) {
+                if let Some(a) = &route.agent {
+                    if !accepted.contains(&a.agent.as_str()) {
+                        let msg =
+                            format!("no tunnel listener accepts an agent named {:?}", a.agent);
+                        s.error_at(&key, msg);
+                    }
+                }
+            }
+            continue;
+        }
         let (key, name) = match &l.kind {
             ListenerKind::Socks(c) => match &c.via_agent {
                 Some(n) => ("via_agent", n),
