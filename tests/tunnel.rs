@@ -839,6 +839,143 @@ async fn udp_associate_goes_through_the_agent() {
     assert!(other.seen().is_empty());
 }
 
+/// A relay whose plain SOCKS listener (no `via_agent`) sends `inside.test` through agent
+/// "office" by a policy rule; the relay itself cannot resolve that name.
+fn rule_relay(certs: &Certs) -> Gatehouse {
+    let relay = Gatehouse::start(&format!(
+        r#"
+[[listeners]]
+name = "agents"
+kind = "tunnel"
+listen = "127.0.0.1:0"
+tls = {{ cert = "{crt}", key = "{key}" }}
+[[listeners.agents]]
+name = "office"
+token = "{TOKEN}"
+
+[[listeners]]
+name = "socks"
+kind = "socks"
+listen = "127.0.0.1:0"
+bind_timeout = "5s"
+
+[[policy.rules]]
+name = "to-office"
+action = "route"
+agent = "office"
+hosts = ["inside.test"]
+
+[dns]
+servers = ["127.0.0.1:9"]
+timeout = "1s"
+attempts = 1
+"#,
+        crt = certs.crt().display(),
+        key = certs.key().display(),
+    ));
+    relay
+}
+
+/// A SOCKS5 UDP datagram to `name:port`.
+fn socks5_datagram_to_name(name: &str, port: u16, payload: &[u8]) -> Vec<u8> {
+    let mut d = vec![0, 0, 0, 3, name.len() as u8];
+    d.extend_from_slice(name.as_bytes());
+    d.extend_from_slice(&port.to_be_bytes());
+    d.extend_from_slice(payload);
+    d
+}
+
+/// A rule's `agent` carries UDP ASSOCIATE: datagrams to a name the rule picks go through the
+/// agent (which alone resolves it) and the echo comes back; others are sent as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_routes_udp_datagrams_through_the_agent() {
+    let certs = Certs::make();
+    let echo = UdpEcho::start("127.0.0.1:0").await;
+    let web = tcp_echo().await;
+    let relay = rule_relay(&certs);
+    let _agent = Gatehouse::start(&agent_config(
+        &[relay.addr("agents")],
+        &ca(&certs),
+        TOKEN,
+        &format!("\"127.0.0.1:{}\"", echo.addr.port()),
+        web,
+    ));
+    relay.wait_stderr("tunnel: agent connected");
+    let (_control, relay_udp) = socks5_associate(relay.addr("socks")).await;
+    let client = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let mut buf = vec![0u8; 2048];
+    let mut got = None;
+    for _ in 0..20 {
+        let d = socks5_datagram_to_name("inside.test", echo.addr.port(), b"ping");
+        client.send_to(&d, relay_udp).await.expect("send");
+        if let Ok(Ok((n, _))) =
+            tokio::time::timeout(Duration::from_millis(250), client.recv_from(&mut buf)).await
+        {
+            got = Some(buf[..n].to_vec());
+            break;
+        }
+    }
+    let got = got.expect("an echo through the agent");
+    let mut want = vec![0, 0, 0, 1, 127, 0, 0, 1];
+    want.extend_from_slice(&echo.addr.port().to_be_bytes());
+    want.extend_from_slice(b"ping");
+    assert_eq!(got, want);
+}
+
+/// A rule's `agent` carries BIND: the expected peer is a name only the agent resolves; the
+/// agent listens, the peer connects, bytes flow both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_routes_bind_through_the_agent() {
+    let certs = Certs::make();
+    let web = tcp_echo().await;
+    let relay = rule_relay(&certs);
+    let _agent = Gatehouse::start(&agent_config(
+        &[relay.addr("agents")],
+        &ca(&certs),
+        TOKEN,
+        "\"127.0.0.1\"",
+        web,
+    ));
+    relay.wait_stderr("tunnel: agent connected");
+    let mut s = socks5_open(relay.addr("socks")).await;
+    s.write_all(&socks5_request_name(2, "inside.test", 0))
+        .await
+        .expect("request");
+    let (rep, bound) = socks5_reply(&mut s).await;
+    assert_eq!(rep, 0, "the first reply");
+    assert!(bound.ip().is_loopback() && bound.port() != 0, "{bound}");
+    let mut peer = TcpStream::connect(bound)
+        .await
+        .expect("connect to the BIND");
+    let (rep, from) = socks5_reply(&mut s).await;
+    assert_eq!(rep, 0, "the second reply");
+    assert_eq!(from, peer.local_addr().expect("addr"));
+    echo_pair(&mut peer, &mut s).await;
+    drop((peer, s));
+    let line = relay.wait_log("SOCKS5-BIND");
+    assert!(line.contains("to-office"), "{line}");
+}
+
+/// Bytes both ways between two ends of one relayed connection.
+async fn echo_pair(a: &mut TcpStream, b: &mut TcpStream) {
+    a.write_all(b"from-peer").await.expect("write");
+    let mut got = [0u8; 9];
+    tokio::time::timeout(T, b.read_exact(&mut got))
+        .await
+        .expect("within 10s")
+        .expect("read");
+    assert_eq!(&got, b"from-peer");
+    b.write_all(b"from-client").await.expect("write");
+    let mut got = [0u8; 11];
+    tokio::time::timeout(T, a.read_exact(&mut got))
+        .await
+        .expect("within 10s")
+        .expect("read");
+    assert_eq!(&got, b"from-client");
+}
+
 /// `mode = "all"`: one agent stays connected to two relays at once; each serves SOCKS
 /// through it, and one relay going away leaves the other serving without a reconnect.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
