@@ -859,6 +859,10 @@ kind = "socks"
 listen = "127.0.0.1:0"
 bind_timeout = "5s"
 
+{http}
+[admin]
+listen = "127.0.0.1:0"
+
 [[policy.rules]]
 name = "to-office"
 action = "route"
@@ -872,8 +876,41 @@ attempts = 1
 "#,
         crt = certs.crt().display(),
         key = certs.key().display(),
+        http = http_listener("http", ""),
     ));
     relay
+}
+
+/// Absolute-URI requests a rule sends through an agent count in
+/// `gatehouse_tunnel_bytes_total{service="http"}` (and for the agent in the admin API).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn absolute_uri_requests_through_an_agent_are_counted() {
+    let certs = Certs::make();
+    let origin = Origin::fixed("inside").await;
+    let relay = rule_relay(&certs);
+    let admin = relay.addr("admin");
+    let _agent = Gatehouse::start(&agent_config(
+        &[relay.addr("agents")],
+        &ca(&certs),
+        TOKEN,
+        &format!("\"127.0.0.1:{}\"", origin.addr.port()),
+        origin.addr,
+    ));
+    relay.wait_stderr("tunnel: agent connected");
+    let url = format!("http://inside.test:{}/", origin.addr.port());
+    let (code, body, err) = curl(&["-x", &relay.proxy_url("http"), &url]).await;
+    assert_eq!((code, body.as_slice()), (0, &b"inside"[..]), "{err}");
+    let text = metrics_text(admin).await;
+    let counted = |direction: &str| {
+        text.lines().any(|l| {
+            l.starts_with("gatehouse_tunnel_bytes_total{")
+                && l.contains("agent=\"office\"")
+                && l.contains("service=\"http\"")
+                && l.contains(&format!("direction=\"{direction}\""))
+                && !l.ends_with(" 0")
+        })
+    };
+    assert!(counted("in") && counted("out"), "{text}");
 }
 
 /// A SOCKS5 UDP datagram to `name:port`.

@@ -378,7 +378,15 @@ fn read_config(root: &Section<'_>) -> Config {
     };
     let cache = crate::cache::config::read_cache(&root.table("cache"));
     let names: Vec<&str> = listeners.iter().map(|l| l.name.as_str()).collect();
-    let policy = crate::policy::config::read_policy(&root.table("policy"), &names);
+    let agents: Vec<&str> = listeners
+        .iter()
+        .filter_map(|l| match &l.kind {
+            ListenerKind::Tunnel(t) => Some(t.agents.iter().map(|a| a.name.as_str())),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    let policy = crate::policy::config::read_policy(&root.table("policy"), &names, Some(&agents));
     let limits = crate::limits::config::read_limits(&root.table("limits"));
     if admin.as_ref().is_some_and(|a| a.pac_host.is_none()) {
         // A browser cannot reach "0.0.0.0": without pac_host such a listener cannot be

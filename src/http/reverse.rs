@@ -889,7 +889,9 @@ impl HttpProxy {
                 .observe(at.saturating_duration_since(sent_at).as_secs_f64());
         }
         let count = |ex: &Exchange, up: &Upstream| {
-            let (to_agent, from_agent) = (ex.bytes_in - in0, ex.bytes_out - out0);
+            // The request head went to the agent too (the client's count has it already).
+            let to_agent = req_head.len() as u64 + ex.bytes_in - in0;
+            let from_agent = ex.bytes_out - out0;
             if let UpStream::Agent(o) = &up.stream {
                 o.count(to_agent, from_agent);
             }
@@ -899,7 +901,8 @@ impl HttpProxy {
         match r {
             Ok(done) if done.upgraded => {
                 let keep = self.tunnel_upgraded(client, up, ex).await;
-                let (to_agent, from_agent) = (ex.bytes_in - in0, ex.bytes_out - out0);
+                let to_agent = req_head.len() as u64 + ex.bytes_in - in0;
+                let from_agent = ex.bytes_out - out0;
                 let m = &self.svc.metrics;
                 m.tunnel_bytes(&via.agent, &via.service, to_agent, from_agent);
                 Fetched::Done(keep)
