@@ -373,7 +373,8 @@ fn used_pools(config: &Config) -> Vec<&str> {
             ListenerKind::Udp(u) => used.push(u.pool.as_str()),
             ListenerKind::Reverse(r) => {
                 let routes = r.hosts.iter().flat_map(|h| &h.routes);
-                used.extend(routes.chain(&r.default).map(|r| r.pool.as_str()));
+                let pools = routes.chain(&r.default).filter(|r| r.agent.is_none());
+                used.extend(pools.map(|r| r.pool.as_str()));
             }
             _ => {}
         }

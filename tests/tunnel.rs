@@ -263,6 +263,147 @@ async fn socks_and_a_published_port_reach_the_inside_through_the_agent() {
     drop(pair.agent);
 }
 
+/// A reverse listener on the relay routing `app.example` through agent "office" to its
+/// service "web" (`agent` + `service` on a route).
+const VHOST: &str = r#"
+[[listeners]]
+name = "sites"
+kind = "reverse"
+listen = "127.0.0.1:0"
+[[listeners.hosts]]
+names = ["app.example"]
+[[listeners.hosts.routes]]
+agent = "office"
+service = "web"
+request_headers = { set = { "X-Edge" = "relay" } }
+response_headers = { set = { "X-Served-By" = "gatehouse" } }
+"#;
+
+/// An origin answering with the fields a reverse proxy sets, one per line.
+async fn header_echo() -> Origin {
+    Origin::start(Arc::new(|s: &Seen| {
+        let h = |n: &str| {
+            s.headers
+                .get(n)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-")
+                .to_string()
+        };
+        let body = format!(
+            "host={}\nforwarded={}\nxff={}\nedge={}\npath={}\n",
+            h("host"),
+            h("forwarded"),
+            h("x-forwarded-for"),
+            h("x-edge"),
+            s.uri
+        );
+        hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from(body)))
+    }))
+    .await
+}
+
+/// A virtual host on the relay's reverse listener is served by the agent's inside service:
+/// 503 while no agent is connected, then Host routing, header edits, Forwarded and the
+/// access log as for a pool, for many clients at once; another Host gets 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_virtual_host_on_a_reverse_listener_goes_through_the_agent() {
+    let certs = Certs::make();
+    let origin = header_echo().await;
+    let relay = Gatehouse::start(&format!("{}{VHOST}", relay_config(&certs, "")));
+    let sites = relay.addr("sites");
+    let resolve = format!("app.example:{}:127.0.0.1", sites.port());
+    let url = format!("http://app.example:{}/a/b?c=1", sites.port());
+    let (code, out, err) = curl(&[
+        "-sS",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--resolve",
+        &resolve,
+        &url,
+    ])
+    .await;
+    assert_eq!(
+        (code, out.as_slice()),
+        (0, &b"503"[..]),
+        "no agent yet: {err}"
+    );
+    let agent = Gatehouse::start(&agent_config(
+        &[relay.addr("agents")],
+        &ca(&certs),
+        TOKEN,
+        "",
+        origin.addr,
+    ));
+    relay.wait_stderr("tunnel: agent connected");
+    let (code, body, err) = curl(&["-sS", "-i", "--resolve", &resolve, &url]).await;
+    assert_eq!(code, 0, "{err}");
+    let text = String::from_utf8_lossy(&body).to_ascii_lowercase();
+    assert!(text.starts_with("http/1.1 200"), "{text}");
+    assert!(text.contains("x-served-by: gatehouse"), "{text}");
+    assert!(
+        text.contains(&format!("host=app.example:{}\n", sites.port())),
+        "{text}"
+    );
+    assert!(text.contains("forwarded=for=127.0.0.1;"), "{text}");
+    assert!(text.contains("xff=127.0.0.1\n"), "{text}");
+    assert!(text.contains("edge=relay\n"), "{text}");
+    assert!(text.contains("path=/a/b?c=1\n"), "{text}");
+    // The access log: the 503 without an agent, then the 200.
+    let line = relay.wait_log("app.example");
+    assert!(line.contains(" 503 "), "{line}");
+    let line = relay.wait_log("app.example");
+    assert!(line.contains("/a/b?c=1 200 "), "{line}");
+    // Another name: no such virtual host.
+    let other = format!("other.example:{}:127.0.0.1", sites.port());
+    let (_, out, _) = curl(&[
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--resolve",
+        &other,
+        &format!("http://other.example:{}/", sites.port()),
+    ])
+    .await;
+    assert_eq!(out, b"404");
+    // Many clients at once, each a keep-alive connection with several requests.
+    let mut all = Vec::new();
+    for i in 0..40 {
+        let (resolve, sites) = (resolve.clone(), sites.port());
+        all.push(tokio::spawn(async move {
+            let a = format!("http://app.example:{sites}/n/{i}");
+            let b = format!("http://app.example:{sites}/m/{i}");
+            curl(&["-sS", "--resolve", &resolve, &a, &b]).await
+        }));
+    }
+    for (i, t) in all.into_iter().enumerate() {
+        let (code, body, err) = t.await.expect("task");
+        let text = String::from_utf8_lossy(&body);
+        assert_eq!(code, 0, "{err}");
+        assert!(text.contains(&format!("path=/n/{i}\n")), "{text}");
+        assert!(text.contains(&format!("path=/m/{i}\n")), "{text}");
+    }
+    assert_eq!(origin.seen().len(), 81);
+    // The agent gone: a clean 503 again.
+    drop(agent);
+    relay.wait_stderr("tunnel: agent disconnected");
+    let (_, out, _) = curl(&[
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--resolve",
+        &resolve,
+        &url,
+    ])
+    .await;
+    assert_eq!(out, b"503");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_token_is_refused_and_socks_then_has_no_way_in() {
     let certs = Certs::make();
@@ -696,6 +837,180 @@ async fn udp_associate_goes_through_the_agent() {
     let r = tokio::time::timeout(Duration::from_millis(500), client.recv_from(&mut buf)).await;
     assert!(r.is_err(), "a reply from outside the allow-list");
     assert!(other.seen().is_empty());
+}
+
+/// A relay whose plain SOCKS listener (no `via_agent`) sends `inside.test` through agent
+/// "office" by a policy rule; the relay itself cannot resolve that name.
+fn rule_relay(certs: &Certs) -> Gatehouse {
+    let relay = Gatehouse::start(&format!(
+        r#"
+[[listeners]]
+name = "agents"
+kind = "tunnel"
+listen = "127.0.0.1:0"
+tls = {{ cert = "{crt}", key = "{key}" }}
+[[listeners.agents]]
+name = "office"
+token = "{TOKEN}"
+
+[[listeners]]
+name = "socks"
+kind = "socks"
+listen = "127.0.0.1:0"
+bind_timeout = "5s"
+
+{http}
+[admin]
+listen = "127.0.0.1:0"
+
+[[policy.rules]]
+name = "to-office"
+action = "route"
+agent = "office"
+hosts = ["inside.test"]
+
+[dns]
+servers = ["127.0.0.1:9"]
+timeout = "1s"
+attempts = 1
+"#,
+        crt = certs.crt().display(),
+        key = certs.key().display(),
+        http = http_listener("http", ""),
+    ));
+    relay
+}
+
+/// Absolute-URI requests a rule sends through an agent count in
+/// `gatehouse_tunnel_bytes_total{service="http"}` (and for the agent in the admin API).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn absolute_uri_requests_through_an_agent_are_counted() {
+    let certs = Certs::make();
+    let origin = Origin::fixed("inside").await;
+    let relay = rule_relay(&certs);
+    let admin = relay.addr("admin");
+    let _agent = Gatehouse::start(&agent_config(
+        &[relay.addr("agents")],
+        &ca(&certs),
+        TOKEN,
+        &format!("\"127.0.0.1:{}\"", origin.addr.port()),
+        origin.addr,
+    ));
+    relay.wait_stderr("tunnel: agent connected");
+    let url = format!("http://inside.test:{}/", origin.addr.port());
+    let (code, body, err) = curl(&["-x", &relay.proxy_url("http"), &url]).await;
+    assert_eq!((code, body.as_slice()), (0, &b"inside"[..]), "{err}");
+    let text = metrics_text(admin).await;
+    let counted = |direction: &str| {
+        text.lines().any(|l| {
+            l.starts_with("gatehouse_tunnel_bytes_total{")
+                && l.contains("agent=\"office\"")
+                && l.contains("service=\"http\"")
+                && l.contains(&format!("direction=\"{direction}\""))
+                && !l.ends_with(" 0")
+        })
+    };
+    assert!(counted("in") && counted("out"), "{text}");
+}
+
+/// A SOCKS5 UDP datagram to `name:port`.
+fn socks5_datagram_to_name(name: &str, port: u16, payload: &[u8]) -> Vec<u8> {
+    let mut d = vec![0, 0, 0, 3, name.len() as u8];
+    d.extend_from_slice(name.as_bytes());
+    d.extend_from_slice(&port.to_be_bytes());
+    d.extend_from_slice(payload);
+    d
+}
+
+/// A rule's `agent` carries UDP ASSOCIATE: datagrams to a name the rule picks go through the
+/// agent (which alone resolves it) and the echo comes back; others are sent as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_routes_udp_datagrams_through_the_agent() {
+    let certs = Certs::make();
+    let echo = UdpEcho::start("127.0.0.1:0").await;
+    let web = tcp_echo().await;
+    let relay = rule_relay(&certs);
+    let _agent = Gatehouse::start(&agent_config(
+        &[relay.addr("agents")],
+        &ca(&certs),
+        TOKEN,
+        &format!("\"127.0.0.1:{}\"", echo.addr.port()),
+        web,
+    ));
+    relay.wait_stderr("tunnel: agent connected");
+    let (_control, relay_udp) = socks5_associate(relay.addr("socks")).await;
+    let client = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let mut buf = vec![0u8; 2048];
+    let mut got = None;
+    for _ in 0..20 {
+        let d = socks5_datagram_to_name("inside.test", echo.addr.port(), b"ping");
+        client.send_to(&d, relay_udp).await.expect("send");
+        if let Ok(Ok((n, _))) =
+            tokio::time::timeout(Duration::from_millis(250), client.recv_from(&mut buf)).await
+        {
+            got = Some(buf[..n].to_vec());
+            break;
+        }
+    }
+    let got = got.expect("an echo through the agent");
+    let mut want = vec![0, 0, 0, 1, 127, 0, 0, 1];
+    want.extend_from_slice(&echo.addr.port().to_be_bytes());
+    want.extend_from_slice(b"ping");
+    assert_eq!(got, want);
+}
+
+/// A rule's `agent` carries BIND: the expected peer is a name only the agent resolves; the
+/// agent listens, the peer connects, bytes flow both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_routes_bind_through_the_agent() {
+    let certs = Certs::make();
+    let web = tcp_echo().await;
+    let relay = rule_relay(&certs);
+    let _agent = Gatehouse::start(&agent_config(
+        &[relay.addr("agents")],
+        &ca(&certs),
+        TOKEN,
+        "\"127.0.0.1\"",
+        web,
+    ));
+    relay.wait_stderr("tunnel: agent connected");
+    let mut s = socks5_open(relay.addr("socks")).await;
+    s.write_all(&socks5_request_name(2, "inside.test", 0))
+        .await
+        .expect("request");
+    let (rep, bound) = socks5_reply(&mut s).await;
+    assert_eq!(rep, 0, "the first reply");
+    assert!(bound.ip().is_loopback() && bound.port() != 0, "{bound}");
+    let mut peer = TcpStream::connect(bound)
+        .await
+        .expect("connect to the BIND");
+    let (rep, from) = socks5_reply(&mut s).await;
+    assert_eq!(rep, 0, "the second reply");
+    assert_eq!(from, peer.local_addr().expect("addr"));
+    echo_pair(&mut peer, &mut s).await;
+    drop((peer, s));
+    let line = relay.wait_log("SOCKS5-BIND");
+    assert!(line.contains("to-office"), "{line}");
+}
+
+/// Bytes both ways between two ends of one relayed connection.
+async fn echo_pair(a: &mut TcpStream, b: &mut TcpStream) {
+    a.write_all(b"from-peer").await.expect("write");
+    let mut got = [0u8; 9];
+    tokio::time::timeout(T, b.read_exact(&mut got))
+        .await
+        .expect("within 10s")
+        .expect("read");
+    assert_eq!(&got, b"from-peer");
+    b.write_all(b"from-client").await.expect("write");
+    let mut got = [0u8; 11];
+    tokio::time::timeout(T, a.read_exact(&mut got))
+        .await
+        .expect("within 10s")
+        .expect("read");
+    assert_eq!(&got, b"from-client");
 }
 
 /// `mode = "all"`: one agent stays connected to two relays at once; each serves SOCKS
@@ -1179,8 +1494,9 @@ fn a_target_inside_a_private_network_is_reached_only_through_the_agent() {
         "[[listeners]]\nname = \"h\"\nkind = \"http\"\nlisten = \"127.0.0.1:0\"\n\
          [admin]\nlisten = \"127.0.0.1:18080\"\n",
     );
-    // The relay, outside: agents over the veth pair, SOCKS and the published port here.
-    let relay_text = relay_config(&certs, "").replacen(
+    // The relay, outside: agents over the veth pair, SOCKS, the published port and the
+    // virtual host app.example here.
+    let relay_text = format!("{}{VHOST}", relay_config(&certs, "")).replacen(
         "listen = \"127.0.0.1:0\"",
         "listen = \"10.201.0.1:0\"",
         1,
@@ -1219,6 +1535,21 @@ fn a_target_inside_a_private_network_is_reached_only_through_the_agent() {
         let published = format!("http://{}/healthz", relay.addr("web"));
         let (code, body, err) = curl(&[&published]).await;
         assert_eq!((code, body.as_slice()), (0, &b"ok\n"[..]), "{err}");
+        // The virtual host on the relay's reverse listener, many clients at once.
+        let port = relay.addr("sites").port();
+        let resolve = format!("app.example:{port}:127.0.0.1");
+        let mut all = Vec::new();
+        for _ in 0..30 {
+            let resolve = resolve.clone();
+            all.push(tokio::spawn(async move {
+                let url = format!("http://app.example:{port}/healthz");
+                curl(&["--resolve", &resolve, &url, &url]).await
+            }));
+        }
+        for t in all {
+            let (code, body, err) = t.await.expect("task");
+            assert_eq!((code, body.as_slice()), (0, &b"ok\nok\n"[..]), "{err}");
+        }
         // Inside, but not on the allow-list: refused by the agent.
         let (code, _, err) = curl(&[
             "--socks5-hostname",

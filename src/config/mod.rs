@@ -23,8 +23,8 @@ pub use pools::{
 pub use reader::{ConfigError, KeyLines};
 use reader::{Problems, Section};
 pub use reverse::{
-    ForwardedMode, HostName, Http2Config, PathRegex, ReverseListenerConfig, RouteConfig,
-    VhostConfig,
+    ForwardedMode, HostName, Http2Config, PathRegex, ReverseListenerConfig, RouteAgent,
+    RouteConfig, VhostConfig,
 };
 pub use socks::{AuthMethod, Password, SocksListenerConfig, SocksUser, UdpFilter};
 pub use tls::{ClientTls, ServerTls, TlsFiles, TlsVersion};
@@ -378,7 +378,15 @@ fn read_config(root: &Section<'_>) -> Config {
     };
     let cache = crate::cache::config::read_cache(&root.table("cache"));
     let names: Vec<&str> = listeners.iter().map(|l| l.name.as_str()).collect();
-    let policy = crate::policy::config::read_policy(&root.table("policy"), &names);
+    let agents: Vec<&str> = listeners
+        .iter()
+        .filter_map(|l| match &l.kind {
+            ListenerKind::Tunnel(t) => Some(t.agents.iter().map(|a| a.name.as_str())),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    let policy = crate::policy::config::read_policy(&root.table("policy"), &names, Some(&agents));
     let limits = crate::limits::config::read_limits(&root.table("limits"));
     if admin.as_ref().is_some_and(|a| a.pac_host.is_none()) {
         // A browser cannot reach "0.0.0.0": without pac_host such a listener cannot be
@@ -419,7 +427,8 @@ fn read_config(root: &Section<'_>) -> Config {
     }
 }
 
-/// Every agent a socks or published listener names must be accepted by a tunnel listener.
+/// Every agent a socks or published listener, or a reverse route, names must be accepted by
+/// a tunnel listener.
 fn check_agent_names(listeners: &[ListenerConfig], section_of: &[usize], sections: &[Section<'_>]) {
     let accepted: Vec<&str> = listeners
         .iter()
@@ -431,6 +440,23 @@ fn check_agent_names(listeners: &[ListenerConfig], section_of: &[usize], section
         .collect();
     for (l, i) in listeners.iter().zip(section_of) {
         let Some(s) = sections.get(*i) else { continue };
+        if let ListenerKind::Reverse(r) = &l.kind {
+            let hosts = r.hosts.iter().enumerate().flat_map(|(j, h)| {
+                let routes = h.routes.iter().enumerate();
+                routes.map(move |(k, r)| (format!("hosts[{j}].routes[{k}].agent"), r))
+            });
+            let default = r.default.iter().map(|r| ("default.agent".to_string(), r));
+            for (key, route) in hosts.chain(default) {
+                if let Some(a) = &route.agent {
+                    if !accepted.contains(&a.agent.as_str()) {
+                        let msg =
+                            format!("no tunnel listener accepts an agent named {:?}", a.agent);
+                        s.error_at(&key, msg);
+                    }
+                }
+            }
+            continue;
+        }
         let (key, name) = match &l.kind {
             ListenerKind::Socks(c) => match &c.via_agent {
                 Some(n) => ("via_agent", n),

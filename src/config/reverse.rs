@@ -123,7 +123,11 @@ pub struct RouteConfig {
     pub methods: Vec<String>,
     /// Fields the request must carry with exactly this value (names lower case).
     pub headers: Vec<(String, String)>,
+    /// The pool's name; for a route through an agent, `agent:AGENT/SERVICE` (its label).
     pub pool: String,
+    /// `agent` + `service`: the route goes through a tunnel agent to a service it publishes,
+    /// instead of a pool.
+    pub agent: Option<RouteAgent>,
     /// Removed from the start of the path before it goes upstream ...
     pub strip_prefix: Option<String>,
     /// ... and this put in its place.
@@ -138,6 +142,13 @@ pub struct RouteConfig {
     /// A request body up to this size is kept so the request can be retried on another
     /// server; 0: a request with a body is never retried.
     pub retry_body_bytes: u64,
+}
+
+/// A route served through a tunnel agent (`agent = "office"`, `service = "web"`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteAgent {
+    pub agent: String,
+    pub service: String,
 }
 
 /// A route's `cache_key` table.
@@ -348,6 +359,44 @@ pub(super) fn read_reverse(l: &Section<'_>, pools: &[&str]) -> ReverseListenerCo
     }
 }
 
+/// A route's destination: `pool = "NAME"`, or `agent` + `service` (a service the agent
+/// publishes, reached through its tunnel).
+fn read_destination(r: &Section<'_>, pools: &[&str]) -> (Option<String>, Option<RouteAgent>) {
+    if !r.has("agent") && !r.has("service") {
+        let pool = super::l4::read_pool_ref(r, "pool", pools);
+        if !r.has("pool") {
+            r.error_here("`pool` is required (or `agent` and `service`)");
+        }
+        return (pool, None);
+    }
+    if r.has("pool") {
+        r.error_at("pool", "a route goes to a pool or an agent, not both");
+        let _ = r.string("pool");
+    }
+    let name = |key: &str| {
+        let v = r.string(key);
+        match &v {
+            Some(n) if !crate::tunnel::proto::valid_name(n) => {
+                r.error_at(key, "a name is 1-64 of A-Z a-z 0-9 . _ -");
+                None
+            }
+            Some(_) => v,
+            None => {
+                r.error_here(format!("`{key}` is required with `agent` or `service`"));
+                None
+            }
+        }
+    };
+    let (agent, service) = (name("agent"), name("service"));
+    match (agent, service) {
+        (Some(agent), Some(service)) => (
+            Some(format!("agent:{agent}/{service}")),
+            Some(RouteAgent { agent, service }),
+        ),
+        _ => (None, None),
+    }
+}
+
 fn read_route(r: &Section<'_>, pools: &[&str]) -> Option<RouteConfig> {
     let path = r.string("path").unwrap_or_else(|| "/".into());
     if !path.starts_with('/') {
@@ -382,10 +431,7 @@ fn read_route(r: &Section<'_>, pools: &[&str]) -> Option<RouteConfig> {
         t.finish();
         out
     };
-    let pool = super::l4::read_pool_ref(r, "pool", pools);
-    if !r.has("pool") {
-        r.error_here("`pool` is required");
-    }
+    let (pool, agent) = read_destination(r, pools);
     let prefix = |key: &str| {
         let v = r.string(key)?;
         if !v.starts_with('/') {
@@ -427,6 +473,7 @@ fn read_route(r: &Section<'_>, pools: &[&str]) -> Option<RouteConfig> {
         methods,
         headers,
         pool: pool?,
+        agent,
         strip_prefix,
         replace_prefix,
         host,
@@ -591,6 +638,52 @@ pool = "app"
         assert_eq!(r.hide_headers[0], "server");
         assert!(r.default.is_some());
         assert!(r.http.via.is_none(), "no Via unless asked for");
+    }
+
+    #[test]
+    fn a_route_may_go_through_an_agent_it_names() {
+        const TUNNEL: &str = "[[listeners]]\nname = \"t\"\nkind = \"tunnel\"\nlisten = \"127.0.0.1:0\"\ntls = { cert = \"c\", key = \"k\" }\n[[listeners.agents]]\nname = \"office\"\ntoken = \"x\"\n";
+        let route = |extra: &str| {
+            format!("[[listeners.hosts]]\nnames = [\"a.test\"]\n[[listeners.hosts.routes]]\n{extra}\n{TUNNEL}")
+        };
+        let r = reverse(&route("agent = \"office\"\nservice = \"web\"")).expect("valid");
+        let r0 = &r.hosts[0].routes[0];
+        assert_eq!(
+            r0.agent,
+            Some(RouteAgent {
+                agent: "office".into(),
+                service: "web".into()
+            })
+        );
+        assert_eq!(r0.pool, "agent:office/web");
+        let bad = |extra: &str| {
+            let mut e = reverse(&route(extra)).expect_err("bad");
+            e.sort();
+            e
+        };
+        assert_eq!(
+            bad("agent = \"home\"\nservice = \"web\""),
+            ["listeners[0].hosts[0].routes[0].agent"],
+            "no tunnel listener accepts it"
+        );
+        assert_eq!(
+            bad("agent = \"office\""),
+            ["listeners[0].hosts[0].routes[0]"],
+            "no service"
+        );
+        assert_eq!(
+            bad("agent = \"office\"\nservice = \"a b\""),
+            ["listeners[0].hosts[0].routes[0].service"]
+        );
+        assert_eq!(
+            bad("agent = \"office\"\nservice = \"web\"\npool = \"app\""),
+            ["listeners[0].hosts[0].routes[0].pool"]
+        );
+        let d = reverse(&format!(
+            "[listeners.default]\nagent = \"nobody\"\nservice = \"web\"\n{TUNNEL}"
+        ))
+        .expect_err("bad");
+        assert_eq!(d, ["listeners[0].default.agent"]);
     }
 
     #[test]

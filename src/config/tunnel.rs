@@ -361,6 +361,19 @@ mod tests {
     }
 
     #[test]
+    fn policy_rules_may_route_only_to_accepted_agents() {
+        let text = |agent: &str| {
+            format!(
+                "{TUNNEL}tls = {{ cert = \"c\", key = \"k\" }}\n\
+                 [[listeners.agents]]\nname = \"office\"\ntoken = \"t\"\n\
+                 [[policy.rules]]\naction = \"route\"\nagent = \"{agent}\"\n"
+            )
+        };
+        assert!(Config::parse(&text("office")).is_ok());
+        assert_eq!(problems(&text("home")), ["policy.rules[0].agent"]);
+    }
+
+    #[test]
     fn a_published_listener_sends_proxy_v1_or_v2_or_nothing() {
         let published = |extra: &str| {
             format!(

@@ -768,7 +768,23 @@ impl HttpProxy {
             if let Some(c) = cache.as_deref_mut() {
                 c.request_time = SystemTime::now();
             }
-            match self
+            // Through an agent: the exchange's bytes count for it (`service="http"`).
+            let agent = match (&up.stream, via) {
+                (UpStream::Agent(_), Via::Route(parents)) => crate::upstream::route_agent(parents),
+                _ => None,
+            };
+            let (in0, out0) = (ex.bytes_in, ex.bytes_out);
+            let count = |ex: &Exchange, up: Option<&Upstream>| {
+                let Some(a) = agent else { return };
+                // The request head went to the agent too (the client's count has it already).
+                let to = req_head.len() as u64 + ex.bytes_in - in0;
+                let from = ex.bytes_out - out0;
+                if let Some(UpStream::Agent(o)) = up.map(|u| &u.stream) {
+                    o.count(to, from);
+                }
+                self.svc.metrics.tunnel_bytes(a, "http", to, from);
+            };
+            let r = self
                 .exchange(
                     client,
                     &mut up,
@@ -778,10 +794,15 @@ impl HttpProxy {
                     cache.as_deref_mut(),
                     ex,
                 )
-                .await
-            {
+                .await;
+            if !matches!(&r, Ok(done) if done.upgraded) {
+                count(ex, Some(&up));
+            }
+            match r {
                 Ok(done) if done.upgraded => {
-                    return Fetched::Done(self.tunnel_upgraded(client, up, ex).await)
+                    let keep = self.tunnel_upgraded(client, up, ex).await;
+                    count(ex, None);
+                    return Fetched::Done(keep);
                 }
                 Ok(done) => {
                     // Connections through parents are not pooled (the pool is keyed by origin).

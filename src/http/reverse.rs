@@ -44,8 +44,8 @@ use prometheus_client::metrics::histogram::Histogram;
 pub struct Reverse {
     cfg: ReverseListenerConfig,
     table: Table,
-    /// Each route's pool, by route index.
-    pools: Vec<Arc<ServerPool>>,
+    /// Each route's pool, by route index (`None`: the route goes through an agent).
+    pools: Vec<Option<Arc<ServerPool>>>,
     /// Each route's header edits, by route index.
     edits: Vec<Option<Arc<Rewrite>>>,
     /// Each caching route's cache profile (targeted fields, key rules), by route index.
@@ -93,10 +93,13 @@ impl Reverse {
         let pools = table
             .routes()
             .iter()
-            .map(|r| {
-                svc.pools
+            .map(|r| match &r.agent {
+                Some(_) => Ok(None),
+                None => svc
+                    .pools
                     .get(&r.pool)
-                    .ok_or_else(|| anyhow::anyhow!("no pool named {:?}", r.pool))
+                    .map(Some)
+                    .ok_or_else(|| anyhow::anyhow!("no pool named {:?}", r.pool)),
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         let edits = table
@@ -211,7 +214,8 @@ impl Reverse {
 /// Where one reverse-proxied request goes ([`Via::Pool`]).
 pub struct ReverseTo {
     route: usize,
-    pool: Arc<ServerPool>,
+    /// `None`: the route's `agent` and `service`.
+    pool: Option<Arc<ServerPool>>,
     /// The origin-form target sent upstream (after the route's prefix rewrite).
     target: String,
     /// The client's Host field, as sent.
@@ -291,6 +295,18 @@ fn https_location(host: &str, port: u16, target: &str) -> String {
         format!("https://{host}{target}")
     } else {
         format!("https://{host}:{port}{target}")
+    }
+}
+
+/// A reverse route's answer when its agent cannot open the stream: no agent connected 503,
+/// the agent's connect timed out or the name did not resolve 504, anything else (no such
+/// service, refused, not allowed) 502: the client asked for a site, not a destination.
+fn agent_failure(e: crate::tunnel::proto::OpenError) -> (u16, &'static str) {
+    use crate::tunnel::proto::OpenError;
+    match e {
+        OpenError::NetworkUnreachable => (503, "destination_unavailable"),
+        OpenError::HostUnreachable => (504, "connection_timeout"),
+        other => (502, other.as_str()),
     }
 }
 
@@ -423,10 +439,11 @@ impl HttpProxy {
         }
         ex.rewrite = rv.edits[i].clone();
         // The listener's and the pool's first-byte timeouts: the shorter wins.
+        let pool_first_byte = rv.pools[i].as_ref().map(|p| p.cfg.first_byte_timeout);
         ex.first_byte_timeout = Some(
             rv.cfg
                 .first_byte_timeout
-                .min(rv.pools[i].cfg.first_byte_timeout),
+                .min(pool_first_byte.unwrap_or(rv.cfg.first_byte_timeout)),
         );
         ex.max_body = rv.cfg.max_body;
         let to = ReverseTo {
@@ -551,7 +568,11 @@ impl HttpProxy {
             return Fetched::Failed(ProxyError::new(500, "proxy_internal_error", "no routes"));
         };
         let route = rv.table.route(to.route);
-        let pool = &to.pool;
+        let Some(pool) = &to.pool else {
+            return self
+                .fetch_agent(rv, client, head, to, framing, req_head, cache, ex)
+                .await;
+        };
         // The replay buffer: a body small enough is read first and sent with the head, so
         // the whole request can go to another server. Not with `Expect: 100-continue`: that
         // client waits for an answer before it sends the body.
@@ -845,6 +866,115 @@ impl HttpProxy {
         }))
     }
 
+    /// A route's request through its agent, to the service the agent publishes: one stream
+    /// per request (not kept for the next), never retried. No agent connected: 503.
+    #[allow(clippy::too_many_arguments)]
+    async fn fetch_agent(
+        &self,
+        rv: &Reverse,
+        client: &mut Client,
+        head: &RequestHead,
+        to: &ReverseTo,
+        framing: Framing,
+        req_head: &[u8],
+        cache: Option<&mut CacheCtx>,
+        ex: &mut Exchange,
+    ) -> Fetched {
+        let Some(via) = rv.table.route(to.route).agent.as_ref() else {
+            return Fetched::Failed(ProxyError::new(500, "proxy_internal_error", "no pool"));
+        };
+        let what = crate::tunnel::proto::Open::Service(via.service.clone());
+        let opened = match self
+            .svc
+            .agents
+            .open(&via.agent, &what, self.svc.connect_timeout)
+            .await
+        {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::debug!(agent = %via.agent, service = %via.service, "reverse: {e}");
+                let (status, kind) = agent_failure(e);
+                let msg = format!("agent {:?}, service {:?}: {e}", via.agent, via.service);
+                return Fetched::Failed(ProxyError::new(status, kind, msg));
+            }
+        };
+        let label: Arc<str> = Arc::from(format!("{}/{}", via.agent, via.service));
+        ex.upstream = Some(SocketAddr::from(([0, 0, 0, 0], 0)));
+        if let Some(r) = ex.routed.as_mut() {
+            r.server = Some(label);
+        }
+        ex.reverse = Some(Box::new(ResponseEdits {
+            hide: rv.hide.clone(),
+            links: LinkRewrite {
+                from: Vec::new(),
+                to: String::new(),
+            },
+            set_cookie: None,
+            head_at: std::sync::OnceLock::new(),
+            own_error_pages: rv.cfg.own_error_pages,
+        }));
+        let mut cache = cache;
+        if let Some(c) = cache.as_deref_mut() {
+            c.request_time = SystemTime::now();
+        }
+        let mut up = Upstream {
+            stream: UpStream::Agent(Box::new(opened)),
+            buf: BytesMut::new(),
+        };
+        let (in0, out0) = (ex.bytes_in, ex.bytes_out);
+        let sent_at = Instant::now();
+        let r = self
+            .exchange(client, &mut up, head, framing, req_head, cache, ex)
+            .await;
+        if let Some(at) = ex.reverse.as_ref().and_then(|r| r.head_at.get().copied()) {
+            rv.routes[to.route]
+                .upstream
+                .get(&self.svc.metrics.route_upstream_seconds)
+                .observe(at.saturating_duration_since(sent_at).as_secs_f64());
+        }
+        let count = |ex: &Exchange, up: &Upstream| {
+            // The request head went to the agent too (the client's count has it already).
+            let to_agent = req_head.len() as u64 + ex.bytes_in - in0;
+            let from_agent = ex.bytes_out - out0;
+            if let UpStream::Agent(o) = &up.stream {
+                o.count(to_agent, from_agent);
+            }
+            let m = &self.svc.metrics;
+            m.tunnel_bytes(&via.agent, &via.service, to_agent, from_agent);
+        };
+        match r {
+            Ok(done) if done.upgraded => {
+                let keep = self.tunnel_upgraded(client, up, ex).await;
+                let to_agent = req_head.len() as u64 + ex.bytes_in - in0;
+                let from_agent = ex.bytes_out - out0;
+                let m = &self.svc.metrics;
+                m.tunnel_bytes(&via.agent, &via.service, to_agent, from_agent);
+                Fetched::Done(keep)
+            }
+            Ok(done) => {
+                count(ex, &up);
+                Fetched::Done(done.client_keep)
+            }
+            Err(Failure::Stale) => {
+                count(ex, &up);
+                Fetched::Failed(ProxyError::new(
+                    502,
+                    "connection_terminated",
+                    "the service closed the connection before responding",
+                ))
+            }
+            Err(Failure::BeforeResponse(err)) => {
+                count(ex, &up);
+                Fetched::Failed(err)
+            }
+            Err(Failure::Abort(kind)) => {
+                count(ex, &up);
+                ex.error = Some(kind);
+                Fetched::Aborted
+            }
+        }
+    }
+
     /// A new connection to server `i`, with the pool's PROXY header (`proxy_protocol`) sent
     /// first, in the clear: the client's address, and the address it connected to.
     async fn connect_server(
@@ -959,6 +1089,22 @@ mod tests {
         assert!(!page.contains("close"));
         let head = String::from_utf8(own_error_page(500, true, false)).expect("text");
         assert!(head.ends_with("Connection: close\r\n\r\n"), "{head}");
+    }
+
+    #[test]
+    fn agent_failures_say_what_the_site_visitor_needs() {
+        use crate::tunnel::proto::OpenError;
+        assert_eq!(agent_failure(OpenError::NetworkUnreachable).0, 503);
+        assert_eq!(agent_failure(OpenError::HostUnreachable).0, 504);
+        for e in [
+            OpenError::NoService,
+            OpenError::NotAllowed,
+            OpenError::Refused,
+            OpenError::Failed,
+            OpenError::BadRequest,
+        ] {
+            assert_eq!(agent_failure(e), (502, e.as_str()));
+        }
     }
 
     #[test]

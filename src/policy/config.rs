@@ -172,7 +172,7 @@ impl PolicyConfig {
         })?;
         let problems = Problems::new(text);
         let root = Section::root(doc.as_table(), problems.clone());
-        let cfg = read_policy(&root.table("policy"), listener_names);
+        let cfg = read_policy(&root.table("policy"), listener_names, None);
         root.finish();
         if problems.is_empty() {
             Ok(cfg)
@@ -183,8 +183,13 @@ impl PolicyConfig {
 }
 
 /// Reads `[policy]`. `listener_names` are the configured listeners, so that rules and
-/// `[policy.listeners.*]` naming an unknown one are reported.
-pub(crate) fn read_policy(s: &Section<'_>, listener_names: &[&str]) -> PolicyConfig {
+/// `[policy.listeners.*]` naming an unknown one are reported; `agents`, when given, the
+/// agents the tunnel listeners accept, so that a rule routing to another is reported.
+pub(crate) fn read_policy(
+    s: &Section<'_>,
+    listener_names: &[&str],
+    agents: Option<&[&str]>,
+) -> PolicyConfig {
     let d = PolicyConfig::default();
     let default_action = s
         .parse("default", "\"allow\" or \"deny\"", default_action)
@@ -228,7 +233,7 @@ pub(crate) fn read_policy(s: &Section<'_>, listener_names: &[&str]) -> PolicyCon
     let mut rules = Vec::new();
     let mut names = HashSet::new();
     for (i, r) in s.tables("rules").iter().enumerate() {
-        let rule = read_rule(r, i, listener_names, &parent_names);
+        let rule = read_rule(r, i, listener_names, &parent_names, agents);
         r.finish();
         if let Some(rule) = rule {
             if !names.insert(rule.name.clone()) {

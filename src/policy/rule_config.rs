@@ -71,6 +71,7 @@ pub(super) fn read_rule(
     i: usize,
     listeners: &[&str],
     parents: &[&str],
+    agents: Option<&[&str]>,
 ) -> Option<RuleSpec> {
     let name = r.string("name").unwrap_or_else(|| format!("rules[{i}]"));
     let action_name = r.string("action");
@@ -83,6 +84,11 @@ pub(super) fn read_rule(
     if let Some(a) = &agent {
         if !crate::tunnel::proto::valid_name(a) {
             r.error_at("agent", "an agent name is 1-64 of A-Z a-z 0-9 . _ -");
+        } else if agents.is_some_and(|known| !known.contains(&a.as_str())) {
+            r.error_at(
+                "agent",
+                format!("no tunnel listener accepts an agent named {a:?}"),
+            );
         }
     }
     let action = match action_name.as_deref() {

@@ -206,6 +206,7 @@ mod tests {
             methods: Vec::new(),
             headers: Vec::new(),
             pool: pool.into(),
+            agent: None,
             strip_prefix: None,
             replace_prefix: None,
             host: None,

@@ -194,7 +194,7 @@ impl SocksServer {
         req: &SocksRequest,
         target: &Target,
         names: &mut super::udp::NameCache,
-    ) -> Result<SocketAddr, String> {
+    ) -> Result<UdpDest, String> {
         let policy = s.policy.clone();
         let areq = access_request(
             &self.name,
@@ -236,8 +236,12 @@ impl SocksServer {
         match verdict.action {
             Action::Allow => interleave(ips)
                 .first()
-                .map(|ip| SocketAddr::new(*ip, target.port))
+                .map(|ip| UdpDest::Direct(SocketAddr::new(*ip, target.port)))
                 .ok_or_else(|| "no address".to_string()),
+            Action::Route(parents) if crate::upstream::route_agent(&parents).is_some() => {
+                let agent = crate::upstream::route_agent(&parents).unwrap_or_default();
+                Ok(UdpDest::Agent(std::sync::Arc::from(agent)))
+            }
             Action::Deny => Err(match verdict.refusal {
                 Some(r) => format!("denied by rule {}: {}", verdict.rule, r.as_str()),
                 None => format!("denied by rule {}", verdict.rule),
@@ -248,6 +252,14 @@ impl SocksServer {
             )),
         }
     }
+}
+
+/// Where one UDP datagram goes: sent from here to this address, or through a tunnel agent
+/// (a rule's `agent`), which resolves the name and checks its allow-list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum UdpDest {
+    Direct(SocketAddr),
+    Agent(std::sync::Arc<str>),
 }
 
 fn access_request<'a>(

@@ -320,7 +320,11 @@ impl SocksServer {
                     Allowed::Direct(addrs) => {
                         Ok(Admitted::Bind(Some(addrs.iter().map(|a| a.ip()).collect())))
                     }
-                    Allowed::Route { .. } => Err(self.route_unsupported(s, "BIND")),
+                    // A rule routing to a tunnel agent: the agent listens inside its network.
+                    Allowed::Route { parents, .. } => match upstream::route_agent(&parents) {
+                        Some(agent) => Ok(Admitted::AgentBind(Arc::from(agent))),
+                        None => Err(self.route_unsupported(s, "BIND")),
+                    },
                 },
             },
             Command::UdpAssociate => Ok(Admitted::Udp),

@@ -17,7 +17,9 @@
 //!   filtering") passes datagrams from any sender.
 //! - Every datagram's destination is checked by the policy (protocol `socks-udp`) against the
 //!   address it is sent to; a denied one (or one a rule routes to parents, which cannot carry
-//!   UDP) is dropped and counted.
+//!   UDP) is dropped and counted. One a rule routes to a tunnel agent goes whole to that agent
+//!   on one stream for the association (see [`super::udp_agent`] for the framing); its
+//!   replies come back the same way.
 //! - On a GSSAPI session with integrity or confidentiality (RFC 1961 section 5), every
 //!   datagram between the client and the relay is one `[1, 3, len, gss_wrap(header + data)]`
 //!   message at the negotiated level. A datagram that is not one, is below the level, or fails
@@ -30,12 +32,14 @@
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::UdpSocket;
 use tokio::time::Instant;
 
+use super::access::UdpDest;
 use super::client::{Client, Stage};
 use super::codec::{self, Target};
 use super::reply::{Reply, SocksError};
@@ -225,6 +229,7 @@ where
     let mut replies = ReplyFilter::new(srv.cfg.udp_filter);
     let mut names = NameCache::default();
     let mut client_addr: Option<SocketAddr> = None;
+    let mut leg = AgentLeg::default();
     let mut from_client = vec![0u8; DATAGRAM];
     let mut from_v4 = vec![0u8; DATAGRAM];
     let mut from_v6 = vec![0u8; DATAGRAM];
@@ -240,7 +245,7 @@ where
             r = c.read_some(4096) => {
                 c.buf.clear();
                 if !matches!(r, Ok(n) if n > 0) {
-                    return Ok(());
+                    break;
                 }
             }
             r = relay.recv_from(&mut from_client) => {
@@ -270,7 +275,22 @@ where
                     continue;
                 }
                 let dest = match srv.udp_destination(s, req, &header.target, &mut names).await {
-                    Ok(a) => a,
+                    Ok(UdpDest::Direct(a)) => a,
+                    Ok(UdpDest::Agent(name)) => {
+                        // A rule routes this datagram to an agent: the whole SOCKS datagram
+                        // goes to it on the association's one stream there.
+                        match leg.send(srv, name, &datagram).await {
+                            Ok(()) => {
+                                s.relayed_in += (datagram.len() - used) as u64;
+                                deadline.as_mut().reset(Instant::now() + idle);
+                            }
+                            Err(why) => {
+                                s.udp_dropped += 1;
+                                metrics.socks_udp_drop(why);
+                            }
+                        }
+                        continue;
+                    }
                     Err(why) => {
                         s.udp_dropped += 1;
                         metrics.socks_udp_drop("policy");
@@ -318,12 +338,128 @@ where
                     }
                 }
             }
+            r = leg.recv() => {
+                // Replies through the agent come framed, each a SOCKS datagram naming its
+                // source (the agent filters them by the addresses it sent to).
+                let Some(r) = r else {
+                    // The agent or its connection went: the next datagram opens a new stream.
+                    leg.close(srv);
+                    continue;
+                };
+                let Some(to) = client_addr else { continue };
+                for datagram in r {
+                    match seal(c.sealed.as_deref_mut(), &datagram, &mut sealed_out) {
+                        Ok(out) => {
+                            if relay.send_to(out, to).await.is_ok() {
+                                s.relayed_out += datagram.len() as u64;
+                                leg.from += datagram.len() as u64;
+                                deadline.as_mut().reset(Instant::now() + idle);
+                            }
+                        }
+                        Err(e) => metrics.socks_udp_drop(seal_drop_reason(&e)),
+                    }
+                }
+            }
             _ = &mut deadline => {
                 s.error = Some("udp_idle_timeout");
-                return Ok(());
+                break;
             }
-            _ = srv.svc.shutdown.draining() => return Ok(()),
+            _ = srv.svc.shutdown.draining() => break,
         }
+    }
+    leg.finish(srv);
+    Ok(())
+}
+
+/// The association's stream to the agent a rule routes datagrams to (opened by the first
+/// such datagram; one agent per association: datagrams a rule sends to another are dropped).
+#[derive(Default)]
+struct AgentLeg {
+    open: Option<(Arc<str>, crate::tunnel::hub::Opened)>,
+    inbound: bytes::BytesMut,
+    framed: Vec<u8>,
+    /// Payload bytes to and from the agent.
+    to: u64,
+    from: u64,
+}
+
+impl AgentLeg {
+    async fn send(
+        &mut self,
+        srv: &SocksServer,
+        name: Arc<str>,
+        datagram: &[u8],
+    ) -> Result<(), &'static str> {
+        use tokio::io::AsyncWriteExt as _;
+        if self.open.as_ref().is_some_and(|(n, _)| *n != name) {
+            return Err("policy");
+        }
+        if self.open.is_none() {
+            let what = crate::tunnel::proto::Open::Udp;
+            let opened = srv
+                .svc
+                .agents
+                .open(&name, &what, srv.svc.connect_timeout)
+                .await
+                .map_err(|e| {
+                    tracing::debug!(agent = %name, "UDP datagram dropped: {e}");
+                    "policy"
+                })?;
+            self.open = Some((name, opened));
+        }
+        self.framed.clear();
+        if !crate::tunnel::proto::encode_frame(datagram, &mut self.framed) {
+            return Err("too_large");
+        }
+        let Some((_, o)) = self.open.as_mut() else {
+            return Err("policy");
+        };
+        if o.stream.write_all(&self.framed).await.is_err() {
+            // The agent went away: the next datagram opens a new stream.
+            self.close(srv);
+            return Err("policy");
+        }
+        self.to += datagram.len() as u64;
+        Ok(())
+    }
+
+    /// The next whole datagrams from the agent (`None`: the stream ended or misbehaved);
+    /// pending while no stream is open.
+    async fn recv(&mut self) -> Option<Vec<Vec<u8>>> {
+        use tokio::io::AsyncReadExt as _;
+        let Some((_, o)) = self.open.as_mut() else {
+            return std::future::pending().await;
+        };
+        let r = o.stream.read_buf(&mut self.inbound).await;
+        let mut out = Vec::new();
+        if !matches!(r, Ok(n) if n > 0) {
+            self.inbound.clear();
+            return None;
+        }
+        while let Some((range, used)) = crate::tunnel::proto::decode_frame(&self.inbound) {
+            out.push(self.inbound[range].to_vec());
+            let _ = self.inbound.split_to(used);
+        }
+        // What is left is part of one frame, never more than a whole one.
+        if self.inbound.len() > 2 + crate::tunnel::proto::MAX_DATAGRAM {
+            self.inbound.clear();
+            return None;
+        }
+        Some(out)
+    }
+
+    fn close(&mut self, srv: &SocksServer) {
+        if let Some((name, o)) = self.open.take() {
+            o.count(self.to, self.from);
+            srv.svc
+                .metrics
+                .tunnel_bytes(&name, "socks", self.to, self.from);
+            (self.to, self.from) = (0, 0);
+        }
+    }
+
+    fn finish(mut self, srv: &SocksServer) {
+        self.close(srv);
     }
 }
 
