@@ -146,14 +146,15 @@ fn opt_time<S: serde::Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok,
 /// key seen more than `total / capacity` times is guaranteed to be in it.
 struct SpaceSaving<K> {
     capacity: usize,
-    counts: HashMap<K, (u64, u64)>,
+    /// A fast hasher: at most `capacity` keys, so colliding keys cannot grow it.
+    counts: HashMap<K, (u64, u64), foldhash::fast::RandomState>,
 }
 
 impl<K> Default for SpaceSaving<K> {
     fn default() -> Self {
         SpaceSaving {
             capacity: SUMMARY,
-            counts: HashMap::new(),
+            counts: HashMap::default(),
         }
     }
 }
@@ -522,7 +523,7 @@ mod tests {
     fn space_saving_keeps_the_heavy_hitters_in_bounded_space() {
         let mut ss = SpaceSaving::<String> {
             capacity: 8,
-            counts: HashMap::new(),
+            counts: HashMap::default(),
         };
         for round in 0..100 {
             ss.add("big".into(), 5);

@@ -5,8 +5,6 @@
 //! defences (Content-Length together with Transfer-Encoding, differing Content-Lengths), and a
 //! bound on the head's size and header count.
 
-use std::fmt::Write as _;
-
 /// Most header fields accepted in one head.
 pub const MAX_HEADERS: usize = 128;
 
@@ -412,11 +410,29 @@ pub fn write_request_head(out: &mut Vec<u8>, method: &str, target: &str, headers
 }
 
 pub fn write_response_head(out: &mut Vec<u8>, status: u16, reason: &str, headers: &Headers) {
-    let mut line = String::with_capacity(32);
-    let _ = write!(line, "HTTP/1.1 {status} {reason}\r\n");
-    out.extend_from_slice(line.as_bytes());
+    // The status line without the formatting machinery (this runs for every response).
+    out.extend_from_slice(b"HTTP/1.1 ");
+    push_decimal(out, u64::from(status));
+    out.push(b' ');
+    out.extend_from_slice(reason.as_bytes());
+    out.extend_from_slice(b"\r\n");
     headers.write_to(out);
     out.extend_from_slice(b"\r\n");
+}
+
+/// Appends `n` in decimal, as `Display` writes it.
+pub fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
 }
 
 /// The standard reason phrase for statuses the proxy generates itself.
@@ -672,6 +688,18 @@ mod tests {
                 let _ = response_framing("GET", &head);
             }
         }
+    }
+
+    #[test]
+    fn decimals_and_status_lines() {
+        for n in [0u64, 7, 10, 200, 999, 65535, u64::MAX] {
+            let mut out = Vec::new();
+            push_decimal(&mut out, n);
+            assert_eq!(out, n.to_string().as_bytes());
+        }
+        let mut out = Vec::new();
+        write_response_head(&mut out, 404, "Not Found", &Headers::default());
+        assert_eq!(out, b"HTTP/1.1 404 Not Found\r\n\r\n");
     }
 
     #[test]

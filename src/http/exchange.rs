@@ -338,7 +338,7 @@ impl HttpProxy {
         let max = self.cfg.max_header_bytes.max(64 * 1024);
         let mut got_any = false;
         let mut informational = 0;
-        let resp = loop {
+        let mut resp = loop {
             let head = loop {
                 match codec::parse_response(ubuf, max) {
                     Ok(Some((h, len))) => {
@@ -515,7 +515,12 @@ impl HttpProxy {
         };
         let client_keep = wants_keep_alive(req) && delimited && !draining;
 
-        let mut h = resp.headers.clone();
+        // The head's fields are edited in place; a captured response keeps them for the cache.
+        let mut h = if capture {
+            resp.headers.clone()
+        } else {
+            std::mem::take(&mut resp.headers)
+        };
         strip_hop_by_hop(&mut h);
         codec::normalise_response_framing(resp.status, up_framing, &mut h);
         h.remove("proxy-authenticate");

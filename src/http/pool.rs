@@ -48,7 +48,8 @@ struct Idle<S> {
 /// Idle connections by server; `S`: plain sockets (the forward proxy, plain pools) or TLS
 /// sessions (pools with `[pools.tls]`).
 pub struct Pool<S = TcpStream> {
-    idle: Mutex<HashMap<PoolKey, Vec<Idle<S>>>>,
+    /// A fast hasher: keys are servers the proxy connected to.
+    idle: Mutex<HashMap<PoolKey, Vec<Idle<S>>, foldhash::fast::RandomState>>,
     max_per_host: usize,
     idle_timeout: Duration,
 }
@@ -77,15 +78,13 @@ impl<S: Quiet> Pool<S> {
         let max_idle = max_idle.min(self.idle_timeout);
         let mut idle = self.idle.lock().ok()?;
         let list = idle.get_mut(key)?;
+        // An emptied list stays (the next `put` reuses it); the sweep removes it.
+        let now = Instant::now();
         while let Some(c) = list.pop() {
-            if c.since.elapsed() < max_idle && c.stream.is_quiet() {
-                if list.is_empty() {
-                    idle.remove(key);
-                }
+            if now.saturating_duration_since(c.since) < max_idle && c.stream.is_quiet() {
                 return Some((c.stream, c.peer));
             }
         }
-        idle.remove(key);
         None
     }
 

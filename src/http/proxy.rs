@@ -313,7 +313,7 @@ impl HttpProxy {
         if let Some(framing) = client.unread_body.take() {
             keep = keep && self.discard_body(client, framing, &mut ex).await;
         }
-        self.record(client, &ex);
+        self.record(client, ex);
         keep
     }
 
@@ -353,25 +353,28 @@ impl HttpProxy {
     async fn fail_early(&self, client: &mut Client, started: Instant, err: ProxyError) {
         let mut ex = Exchange::new(started, "-", "-", client.buf.len() as u64);
         self.send_error(client, &err, true, &mut ex).await;
-        self.record(client, &ex);
+        self.record(client, ex);
         let _ = client.stream.shutdown().await;
     }
 
-    fn record(&self, client: &Client, ex: &Exchange) {
+    /// Counts the finished request and hands its record to the access log (and the live
+    /// statistics): the exchange's strings move into the record.
+    fn record(&self, client: &Client, ex: Exchange) {
         let m = &self.svc.metrics;
         self.series.request(m, ex.status);
         self.series.bytes(m, ex.bytes_in, ex.bytes_out);
         if let Some(word) = ex.cache {
             m.cache_result(word);
         }
+        let routed = ex.routed;
         self.svc.access_log.log(AccessRecord {
             time: SystemTime::now(),
             listener: self.name.clone(),
             client: client.peer,
-            user: ex.user.clone(),
-            rule: ex.rule.clone(),
-            method: ex.method.clone(),
-            target: ex.target.clone(),
+            user: ex.user,
+            rule: ex.rule,
+            method: ex.method,
+            target: ex.target,
             status: ex.status,
             bytes_in: ex.bytes_in,
             bytes_out: ex.bytes_out,
@@ -380,11 +383,11 @@ impl HttpProxy {
             cache: ex.cache,
             error: ex.error,
             version: ex.version,
-            referer: ex.referer.clone(),
-            user_agent: ex.user_agent.clone(),
-            route: ex.routed.as_ref().map(|r| r.route.clone()),
-            pool: ex.routed.as_ref().map(|r| r.pool.clone()),
-            server: ex.routed.as_ref().and_then(|r| r.server.clone()),
+            referer: ex.referer,
+            user_agent: ex.user_agent,
+            route: routed.as_ref().map(|r| r.route.clone()),
+            pool: routed.as_ref().map(|r| r.pool.clone()),
+            server: routed.and_then(|r| r.server),
         });
     }
 

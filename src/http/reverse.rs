@@ -219,7 +219,7 @@ pub struct ReverseTo {
     /// The origin-form target sent upstream (after the route's prefix rewrite).
     target: String,
     /// The client's Host field, as sent.
-    host: Option<String>,
+    host: Option<Arc<str>>,
     /// `http` or `https`: how the client reached the listener.
     scheme: &'static str,
 }
@@ -228,7 +228,8 @@ pub struct ReverseTo {
 /// own address turned into the public origin.
 pub struct ResponseEdits {
     hide: Arc<[String]>,
-    links: LinkRewrite,
+    /// None through a tunnel agent: no server address to rewrite.
+    links: Option<Links>,
     /// The sticky-session cookie to set (the client lacks it or it names another server).
     set_cookie: Option<String>,
     /// When the final response head arrived (the server's latency ends here).
@@ -255,11 +256,44 @@ pub(super) fn own_error_page(status: u16, head: bool, keep: bool) -> Vec<u8> {
     out
 }
 
+/// What the link rewrite for the server that answered is made of; the rewrite itself is
+/// built only for a response that has a link field.
+struct Links {
+    /// The pool speaks TLS to its servers.
+    tls: bool,
+    pool: Arc<ServerPool>,
+    server: usize,
+    /// The address connected to.
+    peer: SocketAddr,
+    /// The listener's scheme and the client's Host.
+    scheme: &'static str,
+    host: Option<Arc<str>>,
+}
+
+impl Links {
+    fn rewrite(&self) -> LinkRewrite {
+        let up = if self.tls { "https" } else { "http" };
+        LinkRewrite {
+            from: vec![
+                format!("{up}://{}", self.pool.label(self.server)).to_ascii_lowercase(),
+                format!("{up}://{}", self.peer),
+            ],
+            to: format!(
+                "{}://{}",
+                self.scheme,
+                self.host.as_deref().unwrap_or_default()
+            ),
+        }
+    }
+}
+
 impl ResponseEdits {
     pub(super) fn apply(&self, h: &mut Headers) {
         let _ = self.head_at.set(Instant::now());
         headers::hide(h, &self.hide);
-        self.links.apply(h);
+        if let Some(links) = self.links.as_ref().filter(|_| headers::has_links(h)) {
+            links.rewrite().apply(h);
+        }
         if let Some(c) = &self.set_cookie {
             h.push("Set-Cookie", c.as_bytes());
         }
@@ -310,6 +344,16 @@ fn agent_failure(e: crate::tunnel::proto::OpenError) -> (u16, &'static str) {
     }
 }
 
+/// `scheme://authority/target`, without the formatting machinery (twice per request).
+fn absolute_url(scheme: &str, authority: &str, target: &str) -> String {
+    let mut url = String::with_capacity(scheme.len() + 3 + authority.len() + target.len());
+    url.push_str(scheme);
+    url.push_str("://");
+    url.push_str(authority);
+    url.push_str(target);
+    url
+}
+
 /// Methods that may be sent twice (RFC 9110 section 9.2.2).
 fn idempotent(method: &str) -> bool {
     matches!(
@@ -354,7 +398,7 @@ impl HttpProxy {
         };
         let host_name = host.as_deref().and_then(route::host_of);
         let scheme = client.stream.scheme();
-        ex.target = format!("{scheme}://{}{target}", host.as_deref().unwrap_or("-"));
+        ex.target = absolute_url(scheme, host.as_deref().unwrap_or("-"), &target);
         let covers = |sni: &str, host: &str| rv.tls.as_ref().is_some_and(|t| t.covers(sni, host));
         if misdirected(client.stream.sni(), host_name.as_deref(), covers) {
             let err = ProxyError::new(
@@ -450,7 +494,7 @@ impl HttpProxy {
             route: i,
             pool: rv.pools[i].clone(),
             target: route::rewrite_target(route, &target),
-            host: host.clone(),
+            host: host.as_deref().map(Arc::from),
             scheme,
         };
         // The cache keys on the public URL: host and path as the client asked.
@@ -461,7 +505,7 @@ impl HttpProxy {
             authority: authority.clone(),
             path: target.clone(),
         };
-        head.target = format!("{scheme}://{authority}{target}");
+        head.target = absolute_url(scheme, &authority, &target);
         let via = Via::Pool(Box::new(to));
         let up = Upward {
             target: &cache_target,
@@ -739,16 +783,14 @@ impl HttpProxy {
             }
             ex.reverse = Some(Box::new(ResponseEdits {
                 hide: rv.hide.clone(),
-                links: LinkRewrite {
-                    from: {
-                        let up = if use_tls { "https" } else { "http" };
-                        vec![
-                            format!("{up}://{}", pool.label(i)).to_ascii_lowercase(),
-                            format!("{up}://{peer}"),
-                        ]
-                    },
-                    to: format!("{}://{}", to.scheme, to.host.as_deref().unwrap_or_default()),
-                },
+                links: Some(Links {
+                    tls: use_tls,
+                    pool: pool.clone(),
+                    server: i,
+                    peer,
+                    scheme: to.scheme,
+                    host: to.host.clone(),
+                }),
                 set_cookie: picked.set_cookie,
                 head_at: std::sync::OnceLock::new(),
                 own_error_pages: rv.cfg.own_error_pages,
@@ -905,10 +947,7 @@ impl HttpProxy {
         }
         ex.reverse = Some(Box::new(ResponseEdits {
             hide: rv.hide.clone(),
-            links: LinkRewrite {
-                from: Vec::new(),
-                to: String::new(),
-            },
+            links: None,
             set_cookie: None,
             head_at: std::sync::OnceLock::new(),
             own_error_pages: rv.cfg.own_error_pages,
@@ -1105,6 +1144,15 @@ mod tests {
         ] {
             assert_eq!(agent_failure(e), (502, e.as_str()));
         }
+    }
+
+    #[test]
+    fn absolute_urls() {
+        assert_eq!(
+            absolute_url("https", "app.test:8443", "/a?b"),
+            "https://app.test:8443/a?b"
+        );
+        assert_eq!(absolute_url("http", "-", "/"), "http://-/");
     }
 
     #[test]

@@ -122,6 +122,18 @@ pub struct LinkRewrite {
     pub to: String,
 }
 
+/// The fields [`LinkRewrite::apply`] rewrites.
+fn is_link_field(name: &str) -> bool {
+    name.eq_ignore_ascii_case("location")
+        || name.eq_ignore_ascii_case("content-location")
+        || name.eq_ignore_ascii_case("refresh")
+}
+
+/// Whether `h` has a field [`LinkRewrite::apply`] may rewrite.
+pub fn has_links(h: &Headers) -> bool {
+    h.0.iter().any(|f| is_link_field(&f.name))
+}
+
 impl LinkRewrite {
     /// Rewrites `Location`, `Content-Location` and the URL of `Refresh`.
     pub fn apply(&self, h: &mut Headers) {
