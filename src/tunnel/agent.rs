@@ -18,6 +18,7 @@ use super::proto::{self, HelloReply, Open, OpenError};
 use super::stream::H2Stream;
 use crate::config::AgentConfig;
 use crate::connector::{ConnectError, Host};
+use crate::policy::config::ParentKind;
 use crate::server::Services;
 
 /// The next wait before redialling: doubled, capped, plus up to half again at random.
@@ -142,8 +143,14 @@ impl Agent {
         let dial = async {
             let h = Host::parse(host).ok_or_else(|| SessionError::Connect("bad host".into()))?;
             let tcp = match (&cfg.http_proxy, &cfg.socks_proxy) {
-                (Some((ph, pp)), _) => self.through_proxy(ph, *pp, &h, port).await?,
-                (None, Some((ph, pp))) => self.through_socks(ph, *pp, &h, port).await?,
+                (Some((ph, pp)), _) => {
+                    self.through_egress(ParentKind::Http, ph, *pp, &h, port)
+                        .await?
+                }
+                (None, Some((ph, pp))) => {
+                    self.through_egress(ParentKind::Socks5, ph, *pp, &h, port)
+                        .await?
+                }
                 (None, None) => self
                     .svc
                     .connector
@@ -223,15 +230,21 @@ impl Agent {
         }
     }
 
-    /// A tunnel to the relay through a SOCKS5 proxy (no login).
-    async fn through_socks(
+    /// A tunnel to the relay through an egress proxy (HTTP CONNECT or SOCKS5, no login), with
+    /// the same handshakes as parent proxies use.
+    async fn through_egress(
         &self,
+        kind: crate::policy::config::ParentKind,
         proxy_host: &str,
         proxy_port: u16,
         host: &Host,
         port: u16,
     ) -> Result<crate::connector::Connected, SessionError> {
-        let failed = |e: String| SessionError::Connect(format!("through the SOCKS5 proxy: {e}"));
+        let what = match kind {
+            ParentKind::Socks5 => "SOCKS5",
+            ParentKind::Http => "HTTP",
+        };
+        let failed = |e: String| SessionError::Connect(format!("through the {what} proxy: {e}"));
         let ph = Host::parse(proxy_host).ok_or_else(|| failed("bad proxy host".into()))?;
         let mut tcp = self
             .svc
@@ -241,78 +254,26 @@ impl Agent {
             .map_err(|e| failed(e.to_string()))?;
         let spec = crate::policy::config::ParentSpec {
             name: "agent-proxy".into(),
-            kind: crate::policy::config::ParentKind::Socks5,
+            kind,
             host: ph,
             port: proxy_port,
             username: None,
             password: None,
         };
-        let left = crate::upstream::socks5_tunnel(&spec, &mut tcp.stream, host, port)
-            .await
-            .map_err(|e| failed(e.to_string()))?;
+        let left = match kind {
+            ParentKind::Socks5 => {
+                crate::upstream::socks5_tunnel(&spec, &mut tcp.stream, host, port).await
+            }
+            ParentKind::Http => {
+                crate::upstream::http_tunnel(&spec, &mut tcp.stream, host, port).await
+            }
+        }
+        .map_err(|e| failed(e.to_string()))?;
         // The relay says nothing before the agent's TLS hello: no bytes may follow.
         if !left.is_empty() {
             return Err(failed("bytes after the proxy's answer".into()));
         }
         Ok(tcp)
-    }
-
-    /// A tunnel to the relay through an HTTP CONNECT proxy (a corporate egress proxy).
-    async fn through_proxy(
-        &self,
-        proxy_host: &str,
-        proxy_port: u16,
-        host: &Host,
-        port: u16,
-    ) -> Result<crate::connector::Connected, SessionError> {
-        use crate::upstream::http_connect::{decode_answer, encode_connect, ConnectAnswer};
-        let failed = |e: String| SessionError::Connect(format!("through the HTTP proxy: {e}"));
-        let ph = Host::parse(proxy_host).ok_or_else(|| failed("bad proxy host".into()))?;
-        let mut tcp = self
-            .svc
-            .connector
-            .connect(&ph, proxy_port)
-            .await
-            .map_err(|e| failed(e.to_string()))?;
-        let spec = crate::policy::config::ParentSpec {
-            name: "agent-proxy".into(),
-            kind: crate::policy::config::ParentKind::Http,
-            host: ph,
-            port: proxy_port,
-            username: None,
-            password: None,
-        };
-        tcp.stream
-            .write_all(&encode_connect(&spec, host, port))
-            .await
-            .map_err(|e| failed(e.to_string()))?;
-        let mut buf = Vec::new();
-        loop {
-            match decode_answer(&buf).map_err(|e| failed(e.to_string()))? {
-                ConnectAnswer::Incomplete => {}
-                // The relay says nothing before the agent's TLS hello: no bytes may follow.
-                ConnectAnswer::Open { head_len } if head_len == buf.len() => return Ok(tcp),
-                ConnectAnswer::Open { .. } => {
-                    return Err(failed("bytes after the proxy's answer".into()))
-                }
-                ConnectAnswer::Refused { head } => {
-                    return Err(failed(format!("the proxy answered {}", head.status)))
-                }
-            }
-            if buf.len() >= crate::upstream::http_connect::MAX_RESPONSE_HEAD {
-                return Err(failed("answer head too long".into()));
-            }
-            let mut chunk = [0u8; 1024];
-            let n = tcp
-                .stream
-                .read(&mut chunk)
-                .await
-                .map_err(|e| failed(e.to_string()))?;
-            if n == 0 {
-                return Err(failed("closed before answering".into()));
-            }
-            buf.extend_from_slice(&chunk[..n]);
-        }
     }
 
     /// One stream: open what it asks for, answer, relay.

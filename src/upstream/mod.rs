@@ -247,7 +247,8 @@ async fn handshake(
     }
 }
 
-async fn http_tunnel(
+/// An HTTP CONNECT through the parent `p` on `s`: the bytes read past its answer head.
+pub(crate) async fn http_tunnel(
     p: &ParentSpec,
     s: &mut TcpStream,
     host: &Host,
