@@ -7,12 +7,18 @@
 # (connect, 64-byte echo, close; bench/conn_client.py), and the difference of the two totals
 # divided by HIGH - LOW is the cost of one connection without start-up and shutdown.
 #
+# TOOL=strace counts system calls instead (strace -f -c; the kernel's side of the cost that
+# callgrind does not see), with the same LOW/HIGH difference, and prints the calls of the HIGH
+# run by name.
+#
 # Knobs: LOW=200 HIGH=2200 WORKERS=2 GATEHOUSE=target/release/gatehouse PEERS="gatehouse haproxy"
+#        TOOL=callgrind|strace
 set -euo pipefail
 LOW=${LOW:-200}
 HIGH=${HIGH:-2200}
 WORKERS=${WORKERS:-2}
 PEERS=${PEERS:-"gatehouse haproxy"}
+TOOL=${TOOL:-callgrind}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 GATEHOUSE=${GATEHOUSE:-$ROOT/target/release/gatehouse}
 PY="python3 $ROOT/bench/conn_client.py"
@@ -27,7 +33,11 @@ cleanup() {
 trap cleanup EXIT
 export PATH="$PATH:/usr/sbin"
 export TOKIO_WORKER_THREADS=$WORKERS
-command -v valgrind >/dev/null || { echo "count.sh: valgrind is not installed (apt-get install valgrind)" >&2; exit 1; }
+case $TOOL in
+callgrind) command -v valgrind >/dev/null || { echo "count.sh: valgrind is not installed (apt-get install valgrind)" >&2; exit 1; } ;;
+strace) command -v strace >/dev/null || { echo "count.sh: strace is not installed (apt-get install strace)" >&2; exit 1; } ;;
+*) echo "count.sh: TOOL is callgrind or strace" >&2; exit 1 ;;
+esac
 
 $PY echo "$WORK/echo.port" &
 PIDS+=($!)
@@ -46,14 +56,27 @@ wait_port() {
 run() {
     local name=$1 n=$2 port=$3
     shift 3
-    local out="$WORK/$name-$n.callgrind"
-    valgrind --tool=callgrind --callgrind-out-file="$out" "$@" >"$WORK/$name-$n.log" 2>&1 &
+    local out="$WORK/$name-$n.$TOOL"
+    if [ "$TOOL" = strace ]; then
+        strace -f -c -o "$out" "$@" >"$WORK/$name-$n.log" 2>&1 &
+    else
+        valgrind --tool=callgrind --callgrind-out-file="$out" "$@" >"$WORK/$name-$n.log" 2>&1 &
+    fi
     local pid=$!
     wait_port "$port" || { echo "count.sh: $name did not listen (see $WORK/$name-$n.log)" >&2; cat "$WORK/$name-$n.log" >&2; exit 1; }
     $PY rate "127.0.0.1:$port" "$n" >&2
-    kill -TERM "$pid"
+    if [ "$TOOL" = strace ]; then
+        # Stop the traced program, not strace (which would detach and leave it running).
+        pkill -TERM -P "$pid" || true
+    else
+        kill -TERM "$pid"
+    fi
     wait "$pid" || true
-    sed -n 's/^summary: //p; s/^totals: //p' "$out" | head -1
+    if [ "$TOOL" = strace ]; then
+        awk '$NF == "total" { print $4 }' "$out"
+    else
+        sed -n 's/^summary: //p; s/^totals: //p' "$out" | head -1
+    fi
 }
 
 for peer in $PEERS; do
@@ -102,5 +125,10 @@ CFG
     esac
     lo=$(run "$peer" "$LOW" "$port" "${cmd[@]}")
     hi=$(run "$peer" "$HIGH" "$port" "${cmd[@]}")
-    echo "$peer: $LOW conns $lo Ir, $HIGH conns $hi Ir, per connection $(( (hi - lo) / (HIGH - LOW) )) Ir"
+    if [ "$TOOL" = strace ]; then
+        echo "$peer: $LOW conns $lo calls, $HIGH conns $hi calls, per connection $(( (hi - lo) * 100 / (HIGH - LOW) ))e-2 system calls"
+        awk -v n="$HIGH" '$NF != "total" && $4 ~ /^[0-9]+$/ && $4 >= n / 2 { printf "    %-16s %6.2f per connection (HIGH run)\n", $NF, $4 / n }' "$WORK/$peer-$HIGH.strace"
+    else
+        echo "$peer: $LOW conns $lo Ir, $HIGH conns $hi Ir, per connection $(( (hi - lo) / (HIGH - LOW) )) Ir"
+    fi
 done

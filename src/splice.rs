@@ -122,6 +122,9 @@ impl PipePool {
 }
 
 /// Splices `a <-> b` until both directions finish, one fails, or nothing moves for `idle`.
+///
+/// The first EOF is passed on with `shutdown(Write)`; the second is not: the relay is over,
+/// and the caller closes (drops) both sockets, which sends it.
 pub async fn relay_tcp(a: &TcpStream, b: &TcpStream, idle: Duration) -> (RelayEnd, RelayStats) {
     relay_tcp_with(&POOL, a, b, idle).await
 }
@@ -144,8 +147,12 @@ pub async fn relay_tcp_with(
     let mut down = Half::default();
     let end = std::future::poll_fn(|cx| {
         let mut moved = false;
-        for (half, src, dst) in [(&mut up, a, b), (&mut down, b, a)] {
-            match half.poll(cx, pool, src, dst, &mut moved) {
+        for dir in 0..2 {
+            let (half, peer, src, dst) = match dir {
+                0 => (&mut up, &down, a, b),
+                _ => (&mut down, &up, b, a),
+            };
+            match half.poll(cx, pool, src, dst, peer.done(), &mut moved) {
                 Poll::Ready(Err(e)) => return Poll::Ready(RelayEnd::Error(e)),
                 Poll::Ready(Ok(())) | Poll::Pending => {}
             }
@@ -219,6 +226,7 @@ impl Half {
         pool: &PipePool,
         src: &TcpStream,
         dst: &TcpStream,
+        peer_done: bool,
         moved: &mut bool,
     ) -> Poll<io::Result<()>> {
         let flags = SpliceFlags::NONBLOCK | SpliceFlags::MOVE;
@@ -228,7 +236,7 @@ impl Half {
                 HalfState::Waiting if !self.bulk => {
                     ready!(src.poll_read_ready(cx))?;
                     match self.copy_first(src, dst, moved) {
-                        Ok(true) => self.finish(pool, dst),
+                        Ok(true) => self.finish(pool, dst, peer_done),
                         Ok(false) => {}
                         Err(e) => return Poll::Ready(Err(e)),
                     }
@@ -271,7 +279,7 @@ impl Half {
                     match src.try_io(Interest::READABLE, || {
                         Ok(splice(src, None, &pipe.w, None, pipe.size, flags)?)
                     }) {
-                        Ok(0) => self.finish(pool, dst),
+                        Ok(0) => self.finish(pool, dst, peer_done),
                         Ok(n) => {
                             *moved = true;
                             self.state = match std::mem::take(&mut self.state) {
@@ -301,7 +309,7 @@ impl Half {
                     }
                 }
                 HalfState::Copying { buf, at, end } => match src.try_read(buf) {
-                    Ok(0) => self.finish(pool, dst),
+                    Ok(0) => self.finish(pool, dst, peer_done),
                     Ok(n) => {
                         (*at, *end) = (0, n);
                         *moved = true;
@@ -372,12 +380,16 @@ impl Half {
     }
 
     /// The source reached EOF with nothing left to write: the (empty) pipe goes back to the
-    /// pool and the EOF is passed on (half-close); the other direction keeps going.
-    fn finish(&mut self, pool: &PipePool, dst: &TcpStream) {
+    /// pool and the EOF is passed on (half-close); the other direction keeps going. If the
+    /// other direction has ended already, so does the relay, and the caller's close of both
+    /// sockets sends this FIN: no `shutdown` call (HAProxy's one per connection, not two).
+    fn finish(&mut self, pool: &PipePool, dst: &TcpStream, peer_done: bool) {
         if let HalfState::Piped { pipe, .. } = std::mem::replace(&mut self.state, HalfState::Done) {
             pool.give(pipe);
         }
-        let _ = socket2::SockRef::from(dst).shutdown(std::net::Shutdown::Write);
+        if !peer_done {
+            let _ = socket2::SockRef::from(dst).shutdown(std::net::Shutdown::Write);
+        }
     }
 }
 
