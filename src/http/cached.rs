@@ -1,7 +1,8 @@
-//! The forward proxy's side of the shared cache: the lookup before going upstream, answers
-//! from the cache, request collapsing followers, what happens to a response head and body on
-//! the way through. Background refreshes (stale-while-revalidate) are in `refresh.rs`. The RFC 9111 decisions themselves are in
-//! `crate::cache`; this module only drives them.
+//! The proxy's side of the shared cache (forward and reverse): the lookup before going
+//! upstream, answers from the cache, request collapsing followers, what happens to a
+//! response head and body on the way through. Background refreshes (stale-while-revalidate)
+//! are in `refresh.rs`. The RFC 9111 decisions themselves are in `crate::cache`; this module
+//! only drives them.
 
 use std::sync::Arc;
 use std::time::SystemTime;
