@@ -321,3 +321,40 @@ async fn a_refresh_in_flight_is_drained_at_shutdown() {
     assert_eq!(r.text(), "v2", "{:?}", r.cache_status());
     assert_eq!(origin.count("/d"), 2);
 }
+
+/// A refresh that fails (a 503, no `stale-if-error` needed while stale-while-revalidate
+/// lasts) leaves the stored response as it was and frees the key: a later stale hit is
+/// still served the stored body and starts the next refresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_refresh_keeps_the_stale_response() {
+    let origin = numbered(|_, n| {
+        if n == 1 {
+            response(
+                200,
+                &[
+                    ("Cache-Control", "max-age=1, stale-while-revalidate=600"),
+                    ("Age", "30"),
+                    ("ETag", "\"v1\""),
+                ],
+                "v1",
+            )
+        } else {
+            response(503, &[], "down")
+        }
+    })
+    .await;
+    let gh = Gatehouse::start(&config(origin.addr, "memory_size = \"8MiB\""));
+    let f = Front::reverse(&gh);
+    assert_eq!(f.get("/e").await.text(), "v1");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    // Each stale hit is answered "v1"; the refreshes fail one after another.
+    while origin.count("/e") < 3 {
+        let r = f.get("/e").await;
+        assert_eq!((r.status, r.text().as_str()), (200, "v1"));
+        assert!(
+            Instant::now() < deadline,
+            "no second refresh after the first failed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

@@ -6,9 +6,10 @@
 //! addresses, or its parents) and a reverse route's pool (server choice, retries, passive
 //! health, idle connections). A 304 freshens the stored response, a storable 200 replaces
 //! it, a 5xx within `stale-if-error` and any failure leave it as it is (served stale until
-//! its windows end). `Cache::start_refresh` keeps it to one per key and `background_refreshes`
-//! at once; the task is tracked by the shutdown, which waits for it (bounded by the upstream
-//! timeouts) and starts no new one once draining.
+//! its windows end). `Cache::start_refresh` keeps it to one per key and
+//! `background_refreshes` at once; the task is tracked by the shutdown, which waits for it
+//! (bounded by the upstream timeouts) and starts no new one once draining. It goes through
+//! the bandwidth throttles of the client (and user) whose stale hit started it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -45,6 +46,8 @@ struct Job {
     first_byte_timeout: Option<std::time::Duration>,
     max_body: Option<u64>,
     routed: Option<Routed>,
+    /// The user whose request found the stale response (bandwidth throttles).
+    user: Option<String>,
     /// The key's refresh slot, held until the refresh ends.
     _slot: RefreshSlot,
 }
@@ -93,6 +96,7 @@ impl HttpProxy {
             first_byte_timeout: ex.first_byte_timeout,
             max_body: ex.max_body,
             routed: ex.routed.clone(),
+            user: ex.user.clone(),
             _slot: slot,
         };
         self.svc
@@ -125,6 +129,7 @@ impl HttpProxy {
         ex.max_body = job.max_body;
         ex.cache_profile = Some(job.profile.clone());
         ex.routed = job.routed.clone();
+        ex.user = job.user.clone();
         let to = Upward {
             target: &job.target,
             via: &job.via,
