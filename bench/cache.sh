@@ -20,11 +20,25 @@
 # load is bounded in time; every process started here is killed on exit.
 #
 # Knobs (environment): RUNS=3 DURATION=10s THREADS=2 CONNS=64 SERVERS="gatehouse varnish nginx squid"
+# TIER=memory|disk SQUID_STORE=aufs|ufs (TIER=disk only)
 # GATEHOUSE=path/to/binary (default: build target/release/gatehouse)
 # NO_INSTALL=1: never run apt-get; a peer cache that is not installed (varnishd, squid) is
 # left out with a message saying so; nginx (also the origin), wrk and curl are still needed.
 # PIN=1: the caches on CPU 0, wrk on CPU 1 (taskset), so no server gets more of the shared
 # cores by having more threads than another.
+#
+# TIER=disk: large objects (/1m, 1 MiB, and /16m, 16 MiB) served from each cache's on-disk
+# store instead of memory:
+#   - gatehouse: disk tier only (`memory_size = "0"`, `disk_dir`); plain TCP clients get the
+#     body with sendfile(2) from the object file (docs/cache.md). A file is checked whole
+#     (CRC) on every read until it is 2 s old, so the warm-up waits 3 s and reads each object
+#     once more before the load;
+#   - Varnish: file storage (`-s file,<dir>/varnish.bin,1G`);
+#   - nginx: proxy_cache (on disk in both modes; sendfile on);
+#   - Squid: `cache_dir $SQUID_STORE` (aufs by default, ufs possible) with cache_mem 8 MB and
+#     nothing over 64 KB kept in memory, so both objects come from the cache_dir.
+# The object files sit in the page cache after the warm-up (loopback, repeated hits): this
+# measures each cache's path from its files to the socket, not the disk device.
 set -euo pipefail
 
 RUNS=${RUNS:-3}
@@ -32,7 +46,17 @@ DURATION=${DURATION:-10s}
 THREADS=${THREADS:-2}
 CONNS=${CONNS:-64}
 read -r -a SERVERS <<<"${SERVERS:-gatehouse varnish nginx squid}"
-OBJECTS=(small 1m)
+TIER=${TIER:-memory}
+SQUID_STORE=${SQUID_STORE:-aufs}
+case $TIER in
+    memory) OBJECTS=(small 1m) ;;
+    disk) OBJECTS=(1m 16m) ;;
+    *) printf 'cache.sh: TIER is memory or disk\n' >&2; exit 1 ;;
+esac
+case $SQUID_STORE in
+    aufs | ufs) ;;
+    *) printf 'cache.sh: SQUID_STORE is aufs or ufs\n' >&2; exit 1 ;;
+esac
 PIN=${PIN:-0}
 SERVER_CPU=()
 WRK_CPU=()
@@ -43,7 +67,7 @@ fi
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
-RESULTS="$ROOT/bench/results/cache-$STAMP"
+RESULTS="$ROOT/bench/results/cache-$TIER-$STAMP"
 WORK=$(mktemp -d /tmp/gatehouse-cache-bench.XXXXXX)
 chmod 755 "$WORK"
 PIDS=()
@@ -197,6 +221,7 @@ write_configs() {
     mkdir -p "$WORK/www" "$WORK/origin" "$WORK/nginx" "$WORK/nginx/cache" "$WORK/varnish" "$WORK/squid"
     printf '%099d\n' 0 >"$WORK/www/small"
     head -c 1048576 /dev/urandom >"$WORK/www/1m"
+    [ "$TIER" = disk ] && head -c 16777216 /dev/urandom >"$WORK/www/16m"
     chmod -R a+rX "$WORK/www"
 
     cat >"$WORK/origin.conf" <<EOF
@@ -248,16 +273,24 @@ $(nginx_temps "$WORK/nginx")
 }
 EOF
 
-    # Squid: memory cache only (no cache_dir), objects up to 2 MB in memory.
+    # Squid: memory cache only (no cache_dir), objects up to 2 MB in memory; TIER=disk: a
+    # cache_dir, and only objects up to 64 KB in memory.
+    local squid_store="cache_mem 256 MB
+maximum_object_size_in_memory 2 MB
+maximum_object_size 2 MB"
+    if [ "$TIER" = disk ]; then
+        squid_store="cache_mem 8 MB
+maximum_object_size_in_memory 64 KB
+maximum_object_size 32 MB
+cache_dir $SQUID_STORE $WORK/squid/cache 1024 16 256"
+    fi
     cat >"$WORK/squid.conf" <<EOF
 http_port 127.0.0.1:$P_SQUID
 visible_hostname gatehouse-bench
 acl localhost_src src 127.0.0.1/32
 http_access allow localhost_src
 http_access deny all
-cache_mem 256 MB
-maximum_object_size_in_memory 2 MB
-maximum_object_size 2 MB
+$squid_store
 memory_replacement_policy lru
 access_log none
 cache_store_log none
@@ -270,7 +303,18 @@ max_filedescriptors 16384
 shutdown_lifetime 1 seconds
 EOF
     touch "$WORK/squid/cache.log"
+    mkdir -p "$WORK/squid/cache"
     chown -R proxy "$WORK/squid" 2>/dev/null || true
+
+    local gatehouse_store='memory_size = "256MiB"
+max_object_size = "2MiB"'
+    if [ "$TIER" = disk ]; then
+        mkdir -p "$WORK/gatehouse-disk"
+        gatehouse_store="memory_size = \"0\"
+disk_dir = \"$WORK/gatehouse-disk\"
+disk_size = \"1GiB\"
+max_object_size = \"32MiB\""
+    fi
 
     cat >"$WORK/gatehouse.toml" <<EOF
 [[listeners]]
@@ -282,8 +326,7 @@ cache = true
 
 [cache]
 enabled = true
-memory_size = "256MiB"
-max_object_size = "2MiB"
+$gatehouse_store
 
 [access_log]
 path = "off"
@@ -315,11 +358,22 @@ start_servers() {
             gatehouse)
                 start gatehouse "$P_GATEHOUSE" env GATEHOUSE_LOG=warn "$GATEHOUSE" --config "$WORK/gatehouse.toml" ;;
             varnish)
+                local storage=malloc,256m
+                if [ "$TIER" = disk ]; then
+                    mkdir -p "$WORK/varnish-store"
+                    chmod 777 "$WORK/varnish-store"
+                    storage="file,$WORK/varnish-store/varnish.bin,1G"
+                fi
                 start varnish "$P_VARNISH" varnishd -F -n "$WORK/varnish" -a "127.0.0.1:$P_VARNISH" \
-                    -b "127.0.0.1:$P_ORIGIN" -s malloc,256m -T none ;;
+                    -b "127.0.0.1:$P_ORIGIN" -s "$storage" -T none ;;
             nginx)
                 start nginx "$P_NGINX" nginx -c "$WORK/nginx.conf" -p "$WORK/nginx/" -e "$WORK/nginx/error.log" ;;
             squid)
+                if [ "$TIER" = disk ]; then
+                    # Creates the cache_dir's swap directories, then exits.
+                    squid -N -z -f "$WORK/squid.conf" >"$WORK/squid.z.out" 2>&1 ||
+                        die "squid -z failed: $(cat "$WORK/squid.z.out")"
+                fi
                 start squid "$P_SQUID" squid -N -f "$WORK/squid.conf" ;;
             *) die "unknown server $s" ;;
         esac
@@ -352,6 +406,17 @@ warm_and_check() {
             check_hit "$s" "$o" || die "$s does not answer /$o from cache: $(cat "$WORK/check-$s-$o.out")"
         done
     done
+    if [ "$TIER" = disk ]; then
+        # Gatehouse checks a disk object whole until its file is 2 s old (docs/cache.md);
+        # one more hit each after that records the file's identity. Squid and Varnish get
+        # the same extra hit.
+        sleep 3
+        for s in "${SERVERS[@]}"; do
+            for o in "${OBJECTS[@]}"; do
+                check_hit "$s" "$o" || die "$s does not answer /$o from cache after the wait"
+            done
+        done
+    fi
 }
 
 # --- measurements ----------------------------------------------------------------------------
@@ -430,7 +495,7 @@ report() {
     echo "Versions: ${versions[*]}, nginx $(nginx -v 2>&1 | sed 's/.*\///') as origin, wrk $(wrk -v 2>&1 | head -1 | awk '{print $2}')."
     local pinned="load generator and servers share the cores"
     [ "$PIN" = 1 ] && pinned="servers pinned to CPU 0, wrk to CPU 1"
-    echo "Load: wrk -t$THREADS -c$CONNS -d$DURATION --latency per server and object; medians of $RUNS interleaved runs; $pinned."
+    echo "Load: wrk -t$THREADS -c$CONNS -d$DURATION --latency per server and object; medians of $RUNS interleaved runs; $pinned. Tier: $TIER."
     echo
     echo "| server | object | req/s | p99 (ms) | wrk errors | server CPU µs/request |"
     echo "| --- | --- | ---: | ---: | ---: | ---: |"
@@ -441,6 +506,12 @@ report() {
                 varnish) label="Varnish (reverse proxy, malloc)" ;;
                 nginx) label="nginx proxy_cache (reverse proxy)" ;;
                 squid) label="Squid (forward proxy, cache_mem)" ;;
+            esac
+            [ "$TIER" = disk ] && case $s in
+                gatehouse) label="Gatehouse (forward proxy, disk tier, sendfile)" ;;
+                varnish) label="Varnish (reverse proxy, -s file)" ;;
+                nginx) label="nginx proxy_cache (reverse proxy, on disk)" ;;
+                squid) label="Squid (forward proxy, cache_dir $SQUID_STORE)" ;;
             esac
             echo "| $label | /$o | $(col 1 "$WORK/rps-$s-$o.out") | $(col 2 "$WORK/rps-$s-$o.out") |" \
                 "$(col 3 "$WORK/rps-$s-$o.out") | $(col 4 "$WORK/rps-$s-$o.out") |"

@@ -69,23 +69,24 @@ pub fn spawn(
         None => None,
     };
     let handler = match &cfg.kind {
-        ListenerKind::Http(h) => Handler::Http(Arc::new(HttpProxy {
+        ListenerKind::Http(h) => Handler::Http(Arc::new_cyclic(|me| HttpProxy {
             name: name.clone(),
             cfg: h.clone(),
             svc: svc.clone(),
             role: Role::Forward,
             series: ListenerMetrics::new(&name),
+            me: me.clone(),
         })),
         ListenerKind::Reverse(r) => {
-            let proxy = Arc::new(HttpProxy {
+            let reverse = crate::http::reverse::Reverse::new(&name, r, &svc, tls.clone())
+                .with_context(|| format!("listener {name:?}"))?;
+            let proxy = Arc::new_cyclic(|me| HttpProxy {
                 name: name.clone(),
                 cfg: r.http.clone(),
                 svc: svc.clone(),
-                role: Role::Reverse(Box::new(
-                    crate::http::reverse::Reverse::new(&name, r, &svc, tls.clone())
-                        .with_context(|| format!("listener {name:?}"))?,
-                )),
+                role: Role::Reverse(Box::new(reverse)),
                 series: ListenerMetrics::new(&name),
+                me: me.clone(),
             });
             match &tls {
                 Some(t) => Handler::Https(proxy, t.clone()),

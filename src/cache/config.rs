@@ -9,6 +9,7 @@
 //! max_object_size = "8MiB"
 //! methods = ["GET", "HEAD"]
 //! stale_if_unreachable = false
+//! background_refreshes = 32           # stale-while-revalidate refreshes at once
 //! targeted_fields = ["Gatehouse-Cache-Control", "CDN-Cache-Control"]
 //! ```
 
@@ -31,6 +32,9 @@ pub struct CacheConfig {
     /// Serve a stale response when the origin cannot be reached or closes the connection
     /// (RFC 9111 section 4.2.4), unless a directive forbids it.
     pub stale_if_unreachable: bool,
+    /// Most stale-while-revalidate refreshes running at once (one per key); 0: none, a
+    /// stale response is then served until its window ends and revalidated in-line after.
+    pub background_refreshes: usize,
     /// RFC 9213 target list of the reverse proxy's cached routes (lower case, most
     /// applicable first). The forward proxy reads Cache-Control only.
     pub targeted_fields: Vec<String>,
@@ -52,6 +56,9 @@ fn default_targets() -> Vec<String> {
 pub const DEFAULT_MEMORY_SIZE: u64 = 64 << 20;
 pub const DEFAULT_DISK_SIZE: u64 = 1 << 30;
 pub const DEFAULT_MAX_OBJECT_SIZE: u64 = 8 << 20;
+pub const DEFAULT_BACKGROUND_REFRESHES: usize = 32;
+/// The largest `background_refreshes` accepted (each holds an upstream connection).
+pub const MAX_BACKGROUND_REFRESHES: usize = 4096;
 
 impl Default for CacheConfig {
     /// The built-in default: a 64 MiB memory cache, no disk.
@@ -64,6 +71,7 @@ impl Default for CacheConfig {
             max_object_size: DEFAULT_MAX_OBJECT_SIZE,
             head: true,
             stale_if_unreachable: false,
+            background_refreshes: DEFAULT_BACKGROUND_REFRESHES,
             targeted_fields: default_targets(),
             tag_header: Some("surrogate-key".into()),
             tag_separator: super::tags::Separator::Space,
@@ -128,6 +136,14 @@ pub(crate) fn read_cache(s: &Section<'_>) -> CacheConfig {
         );
     }
     let stale_if_unreachable = s.bool("stale_if_unreachable", false);
+    let background_refreshes = s.uint(
+        "background_refreshes",
+        DEFAULT_BACKGROUND_REFRESHES as u64,
+        0,
+        MAX_BACKGROUND_REFRESHES as u64,
+    );
+    let background_refreshes =
+        usize::try_from(background_refreshes).unwrap_or(DEFAULT_BACKGROUND_REFRESHES);
     let targeted_fields = s
         .array("targeted_fields", "a response field name", |v| {
             let name = v.as_str().ok_or("not a string")?;
@@ -171,6 +187,7 @@ pub(crate) fn read_cache(s: &Section<'_>) -> CacheConfig {
         max_object_size,
         head: methods.iter().any(|m| m == "HEAD"),
         stale_if_unreachable,
+        background_refreshes,
         targeted_fields,
         tag_header,
         tag_separator,
@@ -209,6 +226,7 @@ mod tests {
         let (c, errs) = read(
             "[cache]\nenabled = true\nmemory_size = \"16MiB\"\ndisk_dir = \"/tmp/gh\"\ndisk_size = \"2GiB\"\n\
              max_object_size = \"1MiB\"\nmethods = [\"GET\"]\nstale_if_unreachable = true\n\
+             background_refreshes = 4\n\
              targeted_fields = [\"Acme-Cache-Control\"]\ntag_header = \"Cache-Tag\"\n",
         );
         assert!(errs.is_empty(), "{errs:?}");
@@ -218,6 +236,7 @@ mod tests {
         assert_eq!(c.max_object_size, 1 << 20);
         assert!(!c.head && !c.handles("HEAD"));
         assert!(c.stale_if_unreachable && !CacheConfig::default().stale_if_unreachable);
+        assert_eq!(c.background_refreshes, 4);
         assert_eq!(c.targeted_fields, ["acme-cache-control"]);
         assert_eq!(c.tag_header.as_deref(), Some("cache-tag"));
         assert_eq!(c.tag_separator, crate::cache::tags::Separator::Comma);
@@ -240,7 +259,7 @@ mod tests {
     fn bad_values_are_all_reported() {
         let (_, errs) = read(
             "[cache]\nmemory_size = \"lots\"\ndisk_size = \"1GiB\"\nmax_object_size = 0\nmethods = [\"POST\", 3]\ncolour = 1\n\
-             targeted_fields = [\"Cache-Control\", \"a b\"]\n",
+             targeted_fields = [\"Cache-Control\", \"a b\"]\nbackground_refreshes = 5000\n",
         );
         let joined = errs.join("\n");
         for needle in [
@@ -252,6 +271,7 @@ mod tests {
             "cache.targeted_fields[0]",
             "cache.targeted_fields[1]",
             "cache.colour: unknown key",
+            "cache.background_refreshes",
         ] {
             assert!(joined.contains(needle), "missing {needle:?} in:\n{joined}");
         }

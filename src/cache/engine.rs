@@ -58,6 +58,7 @@ use super::generation::Generations;
 use super::key::{invalidated_keys, is_safe_method, key_of_url};
 use super::object::{Entry, StoredResponse};
 use super::profile::Profile;
+use super::refresh::{RefreshSlot, Refreshes, Refused};
 use super::reuse::{only_if_cached, request_cache_control, reuse, Reuse};
 use super::serve::{only_if_cached_miss, respond};
 pub use super::stats::CacheStats;
@@ -144,6 +145,8 @@ pub struct Cache {
     /// Lock order: this lock, then a tier's own. Store visibility, invalidation and memory
     /// promotion all happen under it, so none can interleave inside another.
     pending: Mutex<Pending>,
+    /// stale-while-revalidate refreshes running (one per key, bounded).
+    refreshes: Arc<Refreshes>,
 }
 
 /// A store whose entry is visible already; [`Store::finish`] completes the disk write.
@@ -205,6 +208,7 @@ impl Cache {
             _ => None,
         };
         let flights = Flights::new(usize::try_from(cfg.max_object_size).unwrap_or(usize::MAX));
+        let cfg_refreshes = cfg.background_refreshes;
         Ok(Cache {
             cfg,
             memory,
@@ -213,6 +217,7 @@ impl Cache {
             counters: Counters::default(),
             generations: Arc::default(),
             pending: Mutex::default(),
+            refreshes: Refreshes::new(cfg_refreshes),
         })
     }
 
@@ -232,6 +237,19 @@ impl Cache {
 
     pub fn flights(&self) -> &Flights {
         &self.flights
+    }
+
+    /// The background refreshes (stale-while-revalidate) running.
+    pub fn refreshes(&self) -> &Arc<Refreshes> {
+        &self.refreshes
+    }
+
+    /// Takes `key`'s background refresh slot ([`Refreshes::start`]: one per key, bounded by
+    /// `background_refreshes`); counted as a revalidation when it starts.
+    pub fn start_refresh(&self, key: &str) -> Result<RefreshSlot, Refused> {
+        let slot = self.refreshes.start(key)?;
+        bump(&self.counters.revalidations);
+        Ok(slot)
     }
 
     /// The entry for `key`: one being stored, else memory, else disk (promoted to memory

@@ -8,6 +8,7 @@
 //! - [`store`]: the storage tiers behind one small trait (memory: moka W-TinyLFU; disk:
 //!   redb index plus atomically renamed, checksummed body files).
 //! - [`collapse`]: request collapsing (one upstream fetch per key, followers stream it).
+//! - [`refresh`]: background refreshes (stale-while-revalidate): one per key, bounded.
 //! - [`engine`]: [`Cache`], the API the proxy calls (see its docs for the call sequence).
 //! - [`config`]: the `cache` config section.
 
@@ -21,6 +22,7 @@ pub mod generation;
 pub mod key;
 pub mod object;
 pub mod profile;
+pub mod refresh;
 pub mod reuse;
 pub mod serve;
 pub mod stats;

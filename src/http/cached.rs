@@ -1,27 +1,24 @@
-//! The forward proxy's side of the shared cache: the lookup before going upstream, answers
-//! from the cache, request collapsing followers, what happens to a response head and body on
-//! the way through, and background refreshes. The RFC 9111 decisions themselves are in
-//! `crate::cache`; this module only drives them.
+//! The proxy's side of the shared cache (forward and reverse): the lookup before going
+//! upstream, answers from the cache, request collapsing followers, what happens to a
+//! response head and body on the way through. Background refreshes (stale-while-revalidate)
+//! are in `refresh.rs`. The RFC 9111 decisions themselves are in `crate::cache`; this module
+//! only drives them.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::AsyncReadExt;
 
-use super::body::{self, CopyError};
+use super::body;
 use super::codec::{self, Framing, Headers, RequestHead, ResponseHead, Version};
-use super::exchange::MAX_INFORMATIONAL;
-use super::pool::PoolKey;
-use super::proxy::{strip_hop_by_hop, wants_keep_alive, Client, Exchange, HttpProxy};
-use super::target::HttpTarget;
+use super::proxy::{strip_hop_by_hop, wants_keep_alive, Client, Exchange, HttpProxy, Upward};
+use super::stream::ClientStream;
 use crate::cache::collapse::{Event, Follower, Join, Leader, SharedHead};
 use crate::cache::engine::{Fetch, Follow, Revalidation};
 use crate::cache::freshness::current_age;
 use crate::cache::key::is_safe_method;
 use crate::cache::serve::respond;
 use crate::cache::{Cache, CacheStatus, Lookup, Profile, Served};
-use crate::server::Services;
 
 /// What the cache decided before the upstream was asked.
 pub(super) enum Step {
@@ -83,7 +80,7 @@ pub(super) enum Finish {
 }
 
 impl CacheCtx {
-    fn new(
+    pub(super) fn new(
         cache: Arc<Cache>,
         profile: &Arc<Profile>,
         req: &RequestHead,
@@ -259,7 +256,7 @@ impl HttpProxy {
         profile: &Arc<Profile>,
         client: &mut Client,
         head: &RequestHead,
-        target: &HttpTarget,
+        to: &Upward<'_>,
         ex: &mut Exchange,
     ) -> Step {
         match cache.lookup_in(head, profile, SystemTime::now()).await {
@@ -321,31 +318,10 @@ impl HttpProxy {
                 ctx.head_reval = Some(reval);
                 Step::Forward(ctx, None)
             }
-            Lookup::StaleWhileRevalidate { served, .. }
-                if matches!(self.role, super::proxy::Role::Reverse(_)) =>
-            {
-                // The background refresh connects to the target's host, which for a reverse
-                // proxy is its own public name, not a pool server: served stale, not
-                // refreshed in the background (the next request after the window refetches).
-                Step::Answered(self.send_served(client, head, served, ex).await)
-            }
             Lookup::StaleWhileRevalidate { served, reval } => {
-                let up = RequestHead {
-                    method: "GET".into(),
-                    headers: reval.headers.clone(),
-                    ..head.clone()
-                };
-                let bytes =
-                    self.upstream_request(&up, target, client.peer, None, ex.rewrite.as_deref());
-                tokio::spawn(refresh(
-                    self.svc.clone(),
-                    target.clone(),
-                    bytes,
-                    head.clone(),
-                    reval,
-                    self.cfg.read_timeout,
-                    self.cfg.max_header_bytes.max(64 * 1024),
-                ));
+                // RFC 5861 section 3: answered stale now; the revalidation runs without a
+                // client, through the same upstream path as a miss.
+                self.refresh_in_background(client, head, reval, profile, to, ex);
                 Step::Answered(self.send_served(client, head, served, ex).await)
             }
         }
@@ -404,6 +380,10 @@ impl HttpProxy {
         served: Served,
         ex: &mut Exchange,
     ) -> bool {
+        if matches!(client.stream, ClientStream::Discard(_)) {
+            // A background refresh: nobody to answer, nothing to read from a file.
+            return false;
+        }
         let keep =
             wants_keep_alive(req) && client.body_drainable() && !self.svc.shutdown.is_draining();
         let mut h = served.head.headers;
@@ -577,123 +557,5 @@ impl HttpProxy {
                 }
             }
         }
-    }
-}
-
-/// stale-while-revalidate: one conditional request to the origin with no client waiting.
-async fn refresh(
-    svc: Arc<Services>,
-    target: HttpTarget,
-    request: Vec<u8>,
-    req: RequestHead,
-    reval: Revalidation,
-    t: Duration,
-    max_head: usize,
-) {
-    let Some(cache) = svc.cache.clone() else {
-        return;
-    };
-    let key = PoolKey {
-        host: target.host.clone(),
-        port: target.port,
-    };
-    let (mut stream, peer) = match svc.pool.take(&key) {
-        Some(s) => s,
-        None => match svc.connector.connect(&target.host, target.port).await {
-            Ok(c) => (c.stream, c.peer),
-            Err(e) => {
-                tracing::debug!("background refresh of {}: {e}", req.target);
-                return;
-            }
-        },
-    };
-    let request_time = SystemTime::now();
-    if body::write_all(&mut stream, &request, t).await.is_err() {
-        return;
-    }
-    let mut buf = BytesMut::new();
-    let mut informational = 0;
-    let head = loop {
-        match codec::parse_response(&buf, max_head) {
-            Ok(Some((h, len))) => {
-                let _ = buf.split_to(len);
-                if h.status >= 200 {
-                    break h;
-                }
-                informational += 1;
-                if informational > MAX_INFORMATIONAL {
-                    return;
-                }
-                continue;
-            }
-            Ok(None) => {}
-            Err(_) => return,
-        }
-        buf.reserve(8192);
-        match tokio::time::timeout(t, stream.read_buf(&mut buf)).await {
-            Ok(Ok(n)) if n > 0 => {}
-            _ => return,
-        }
-    };
-    let response_time = SystemTime::now();
-    if head.status == 304 {
-        let _ = cache
-            .revalidated(
-                &reval,
-                &req,
-                &head,
-                request_time,
-                response_time,
-                response_time,
-            )
-            .await;
-        // A 304 announcing a body leaves the connection at no known boundary.
-        let announces_body = head.headers.contains("transfer-encoding")
-            || head
-                .headers
-                .get_all("content-length")
-                .any(|v| v.trim_ascii() != b"0");
-        if buf.is_empty() && !announces_body && !head.headers.has_token("connection", "close") {
-            svc.pool.put(key, stream, peer);
-        }
-        return;
-    }
-    let Ok(framing) = codec::response_framing("GET", &head) else {
-        return;
-    };
-    if cache.storable(&req, &head).is_err() {
-        return;
-    }
-    let limit = usize::try_from(cache.config().max_object_size).unwrap_or(usize::MAX);
-    let mut kept = BytesMut::new();
-    let mut over = false;
-    let mut sink = tokio::io::sink();
-    let copied: Result<u64, CopyError> = body::copy_decoded(
-        &mut stream,
-        &mut buf,
-        &mut sink,
-        framing,
-        false,
-        &mut |d| {
-            if kept.len() + d.len() > limit {
-                over = true;
-            } else {
-                kept.extend_from_slice(d);
-            }
-        },
-        max_head,
-        t,
-    )
-    .await;
-    if copied.is_ok() && !over {
-        let fetch = Fetch {
-            request_time,
-            response_time,
-            generation: reval.generation,
-        };
-        let store = cache
-            .store(&reval.key, &req, &head, kept.freeze(), fetch)
-            .await;
-        store.finish().await;
     }
 }

@@ -13,6 +13,7 @@ mod loop_check;
 pub mod pool;
 pub mod proxy;
 mod proxy_header;
+mod refresh;
 pub mod reverse;
 pub mod stream;
 pub mod target;

@@ -43,6 +43,8 @@ pub struct HttpProxy {
     pub role: Role,
     /// This listener's request and byte series, looked up once.
     pub series: crate::metrics::ListenerMetrics,
+    /// The `Arc` this proxy lives in (`Arc::new_cyclic`): background refreshes hold it.
+    pub me: std::sync::Weak<HttpProxy>,
 }
 
 /// The per-listener step that decides where a request goes; every other stage is shared.
@@ -129,7 +131,7 @@ pub(super) struct Exchange {
 }
 
 impl Exchange {
-    fn new(started: Instant, method: &str, target: &str, bytes_in: u64) -> Exchange {
+    pub(super) fn new(started: Instant, method: &str, target: &str, bytes_in: u64) -> Exchange {
         Exchange {
             started,
             method: method.to_string(),
@@ -578,7 +580,7 @@ impl HttpProxy {
             ex.cache_profile = Some(profile.clone());
             {
                 match self
-                    .cache_step(&cache, profile, client, &head, target, ex)
+                    .cache_step(&cache, profile, client, &head, to, ex)
                     .await
                 {
                     Step::Answered(keep) => return keep,
@@ -638,7 +640,7 @@ impl HttpProxy {
     }
 
     /// The request head sent upstream, by the listener's role.
-    fn request_head(
+    pub(super) fn request_head(
         &self,
         sent: &RequestHead,
         to: &Upward<'_>,
@@ -653,7 +655,7 @@ impl HttpProxy {
 
     /// Sends `req_head` upstream (pooled or new connection) and relays the exchange.
     #[allow(clippy::too_many_arguments)]
-    async fn fetch(
+    pub(super) async fn fetch(
         &self,
         client: &mut Client,
         head: &RequestHead,

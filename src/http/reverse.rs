@@ -76,6 +76,7 @@ struct RouteSeries {
 }
 
 /// Where a reverse request went, for the access log.
+#[derive(Clone)]
 pub struct Routed {
     pub(super) route: Arc<str>,
     pub(super) pool: Arc<str>,
@@ -212,6 +213,7 @@ impl Reverse {
 }
 
 /// Where one reverse-proxied request goes ([`Via::Pool`]).
+#[derive(Clone)]
 pub struct ReverseTo {
     route: usize,
     /// `None`: the route's `agent` and `service`.

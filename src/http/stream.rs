@@ -26,6 +26,56 @@ pub enum ClientStream {
     /// One HTTP/2 stream, carried to the HTTP/1.1 pipeline as a request over an in-memory
     /// pipe (`http/h2_server.rs`).
     H2(Box<super::h2_server::StreamPipe>),
+    /// No client: a background refresh (stale-while-revalidate) runs the normal upstream
+    /// path with a client that reads EOF and takes every byte written and drops it.
+    Discard(Box<Discard>),
+}
+
+/// The client of a background request: what its request came in on, and a sink.
+pub struct Discard {
+    /// The listener's address the request that started it reached.
+    pub local: Option<std::net::SocketAddr>,
+    pub scheme: &'static str,
+}
+
+impl AsyncRead for Discard {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        _: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for Discard {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Poll::Ready(Ok(bufs.iter().map(|b| b.len()).sum()))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
 }
 
 impl From<TcpStream> for ClientStream {
@@ -39,7 +89,7 @@ impl ClientStream {
     pub fn as_tcp(&self) -> Option<&TcpStream> {
         match self {
             ClientStream::Tcp(s) => Some(s),
-            ClientStream::Tls(_) | ClientStream::H2(_) => None,
+            ClientStream::Tls(_) | ClientStream::H2(_) | ClientStream::Discard(_) => None,
         }
     }
 
@@ -49,6 +99,9 @@ impl ClientStream {
             ClientStream::Tcp(s) => s.local_addr(),
             ClientStream::Tls(s) => s.get_ref().0.local_addr(),
             ClientStream::H2(p) => Ok(p.local),
+            ClientStream::Discard(d) => d
+                .local
+                .ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected)),
         }
     }
 
@@ -58,6 +111,7 @@ impl ClientStream {
             ClientStream::Tcp(_) => None,
             ClientStream::Tls(s) => crate::tls::server::sni(s),
             ClientStream::H2(p) => p.sni.as_deref(),
+            ClientStream::Discard(_) => None,
         }
     }
 
@@ -67,6 +121,7 @@ impl ClientStream {
             ClientStream::Tcp(_) => "http",
             ClientStream::Tls(_) => "https",
             ClientStream::H2(p) => p.scheme,
+            ClientStream::Discard(d) => d.scheme,
         }
     }
 
@@ -91,6 +146,7 @@ impl ClientStream {
                 buf.reserve(4096);
                 p.io.read_buf(buf).await
             }
+            ClientStream::Discard(_) => Ok(0),
         }
     }
 
@@ -108,6 +164,11 @@ impl ClientStream {
             }
             ClientStream::H2(p) => {
                 let io: &mut dyn Io = &mut p.io;
+                let (r, w) = tokio::io::split(io);
+                (ReadHalf::Io(r), WriteHalf::Io(w))
+            }
+            ClientStream::Discard(d) => {
+                let io: &mut dyn Io = &mut **d;
                 let (r, w) = tokio::io::split(io);
                 (ReadHalf::Io(r), WriteHalf::Io(w))
             }
@@ -136,6 +197,7 @@ impl AsyncRead for ClientStream {
             ClientStream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             ClientStream::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
             ClientStream::H2(p) => Pin::new(&mut p.io).poll_read(cx, buf),
+            ClientStream::Discard(d) => Pin::new(&mut **d).poll_read(cx, buf),
         }
     }
 }
@@ -150,6 +212,7 @@ impl AsyncWrite for ClientStream {
             ClientStream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             ClientStream::Tls(s) => Pin::new(&mut **s).poll_write(cx, buf),
             ClientStream::H2(p) => Pin::new(&mut p.io).poll_write(cx, buf),
+            ClientStream::Discard(d) => Pin::new(&mut **d).poll_write(cx, buf),
         }
     }
 
@@ -162,6 +225,7 @@ impl AsyncWrite for ClientStream {
             ClientStream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             ClientStream::Tls(s) => Pin::new(&mut **s).poll_write_vectored(cx, bufs),
             ClientStream::H2(p) => Pin::new(&mut p.io).poll_write_vectored(cx, bufs),
+            ClientStream::Discard(d) => Pin::new(&mut **d).poll_write_vectored(cx, bufs),
         }
     }
 
@@ -170,6 +234,7 @@ impl AsyncWrite for ClientStream {
             ClientStream::Tcp(s) => s.is_write_vectored(),
             ClientStream::Tls(s) => s.is_write_vectored(),
             ClientStream::H2(p) => p.io.is_write_vectored(),
+            ClientStream::Discard(_) => true,
         }
     }
 
@@ -178,6 +243,7 @@ impl AsyncWrite for ClientStream {
             ClientStream::Tcp(s) => Pin::new(s).poll_flush(cx),
             ClientStream::Tls(s) => Pin::new(&mut **s).poll_flush(cx),
             ClientStream::H2(p) => Pin::new(&mut p.io).poll_flush(cx),
+            ClientStream::Discard(d) => Pin::new(&mut **d).poll_flush(cx),
         }
     }
 
@@ -186,6 +252,7 @@ impl AsyncWrite for ClientStream {
             ClientStream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
             ClientStream::Tls(s) => Pin::new(&mut **s).poll_shutdown(cx),
             ClientStream::H2(p) => Pin::new(&mut p.io).poll_shutdown(cx),
+            ClientStream::Discard(d) => Pin::new(&mut **d).poll_shutdown(cx),
         }
     }
 }

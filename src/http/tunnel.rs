@@ -20,6 +20,7 @@ use super::exchange::{UpStream, Upstream};
 use super::proxy::{wants_keep_alive, Client, Exchange, HttpProxy};
 
 /// Where the policy sends a request.
+#[derive(Clone)]
 pub(super) enum Via {
     /// Directly, to these checked addresses (empty: the verdict needed no address).
     Direct(Vec<SocketAddr>),
