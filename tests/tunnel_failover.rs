@@ -166,3 +166,89 @@ address = "{direct}"
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
+
+/// A rule routing `inside.test` to agent "office" with `parents = ["corp"]` beside it: while
+/// no agent is connected the HTTP parent carries SOCKS CONNECTs, HTTP CONNECTs and
+/// absolute-URI requests; once the agent is there it carries them (its stream count rises,
+/// the parent sees nothing more). The relay cannot resolve the name itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_falls_back_to_its_parents_while_the_agent_is_away() {
+    let certs = Certs::make();
+    let origin = Origin::fixed("inside").await;
+    let any_port = "connect_ports = [\"1-65535\"]";
+    let parent_keys = format!("{any_port}\nvia = \"corp-proxy\"");
+    let parent = Gatehouse::start(&format!("{}{NO_DNS}", http_listener("http", &parent_keys)));
+    let relay = Gatehouse::start(&format!(
+        r#"{tunnel}
+[[listeners]]
+name = "socks"
+kind = "socks"
+listen = "127.0.0.1:0"
+
+{http}
+[admin]
+listen = "127.0.0.1:0"
+
+[[policy.parents]]
+name = "corp"
+url = "http://{parent}"
+
+[[policy.rules]]
+name = "to-office"
+action = "route"
+agent = "office"
+parents = ["corp"]
+hosts = ["inside.test"]
+
+[dns]
+servers = ["127.0.0.1:9"]
+timeout = "1s"
+attempts = 1
+"#,
+        tunnel = tunnel_listener(&certs, false),
+        http = http_listener("http", any_port),
+        parent = parent.addr("http"),
+    ));
+    let url = format!("http://inside.test:{}/", origin.addr.port());
+    let socks = format!("socks5h://{}", relay.addr("socks"));
+    let proxy = relay.proxy_url("http");
+    let all = |url: String, socks: String, proxy: String| async move {
+        for args in [
+            vec!["-x", &proxy, &url],
+            vec!["-p", "-x", &proxy, &url],
+            vec!["-x", &socks, &url],
+        ] {
+            let (code, body, err) = curl(&args).await;
+            assert_eq!(
+                (code, body.as_slice()),
+                (0, &b"inside"[..]),
+                "{args:?}: {err}"
+            );
+        }
+    };
+    // No agent: the parent carries all three.
+    all(url.clone(), socks.clone(), proxy.clone()).await;
+    for _ in 0..3 {
+        parent.wait_log("inside.test");
+    }
+    let admin = relay.addr("admin");
+    let agents = || async move {
+        let (_, out, _) = curl(&[&format!("http://{admin}/api/v1/agents")]).await;
+        let v: serde_json::Value = serde_json::from_slice(&out).expect("JSON");
+        v["agents"][0]["streams_total"].as_u64()
+    };
+    assert_eq!(agents().await, None, "no agent yet");
+
+    // The agent connected: it carries them.
+    let _agent = Gatehouse::start(&agent_config(
+        &certs,
+        "office",
+        &[relay.addr("agents")],
+        &format!("\"127.0.0.1:{}\"", origin.addr.port()),
+        origin.addr,
+    ));
+    relay.wait_stderr("tunnel: agent connected");
+    all(url, socks, proxy).await;
+    assert_eq!(agents().await, Some(3));
+    assert_eq!(origin.seen().len(), 6);
+}
