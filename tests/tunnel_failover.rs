@@ -252,3 +252,69 @@ attempts = 1
     assert_eq!(agents().await, Some(3));
     assert_eq!(origin.seen().len(), 6);
 }
+
+/// A relay publishing the agent's service "web" on its listener "web".
+fn publishing_relay(certs: &Certs) -> Gatehouse {
+    Gatehouse::start(&format!(
+        r#"{}
+[[listeners]]
+name = "web"
+kind = "published"
+listen = "127.0.0.1:0"
+agent = "office"
+service = "web"
+"#,
+        tunnel_listener(certs, false)
+    ))
+}
+
+/// SIGHUP on a running agent: an unchanged `[agent]` keeps its session (a relayed stream
+/// goes on); new relays make it reconnect there (the old relay loses it); a changed token
+/// reaches the relay too (refused there).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_reconnects_an_agent_only_when_its_section_changed() {
+    let certs = Certs::make();
+    let echo = echo_server().await;
+    let (a, b) = (publishing_relay(&certs), publishing_relay(&certs));
+    let first = agent_config(&certs, "office", &[a.addr("agents")], "", echo);
+    let agent = Gatehouse::start(&first);
+    a.wait_stderr("tunnel: agent connected");
+    let mut kept = tokio::net::TcpStream::connect(a.addr("web"))
+        .await
+        .expect("connect");
+    echo_roundtrip(&mut kept, b"before").await;
+
+    // The same section again: nothing moves.
+    std::fs::write(agent.config_path(), &first).expect("rewrite");
+    agent.signal("HUP");
+    agent.wait_stderr("applied");
+    echo_roundtrip(&mut kept, b"after an unchanged reload").await;
+
+    // Another relay: the agent leaves the first and serves through the second.
+    let second = agent_config(&certs, "office", &[b.addr("agents")], "", echo);
+    std::fs::write(agent.config_path(), &second).expect("rewrite");
+    agent.signal("HUP");
+    agent.wait_stderr("reconnecting with the new settings");
+    b.wait_stderr("tunnel: agent connected");
+    a.wait_stderr("tunnel: agent disconnected");
+    let mut moved = tokio::net::TcpStream::connect(b.addr("web"))
+        .await
+        .expect("connect");
+    echo_roundtrip(&mut moved, b"through the second relay").await;
+    let mut stale = tokio::net::TcpStream::connect(a.addr("web"))
+        .await
+        .expect("connect");
+    assert!(
+        until_closed(&mut stale).await.is_empty(),
+        "the first relay has no agent any more"
+    );
+    // The stream through the first relay went with the old session.
+    assert!(until_closed(&mut kept).await.is_empty());
+
+    // Another token: the relay hears it (and refuses it).
+    std::fs::write(agent.config_path(), second.replace(TOKEN, "another-token")).expect("rewrite");
+    agent.signal("HUP");
+    agent.wait_stderr("reconnecting with the new settings");
+    b.wait_stderr("tunnel: agent refused");
+    agent.wait_stderr("refused this agent's name or token");
+}
