@@ -248,9 +248,16 @@ attempts = 1
         origin.addr,
     ));
     relay.wait_stderr("tunnel: agent connected");
-    all(url, socks, proxy).await;
+    all(url, socks, proxy.clone()).await;
     assert_eq!(agents().await, Some(3));
     assert_eq!(origin.seen().len(), 6);
+
+    // The agent there but refusing (a port outside its allow-list): the parent again.
+    let other = Origin::fixed("other").await;
+    let url = format!("http://inside.test:{}/", other.addr.port());
+    let (code, body, err) = curl(&["-x", &proxy, &url]).await;
+    assert_eq!((code, body.as_slice()), (0, &b"other"[..]), "{err}");
+    parent.wait_log(&format!("inside.test:{}", other.addr.port()));
 }
 
 /// A relay publishing the agent's service "web" on its listener "web".
