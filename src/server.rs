@@ -80,6 +80,8 @@ pub struct Server {
     config: Config,
     /// Reload and drain requests from the admin API, for the loop that owns the server.
     pub control: Option<tokio::sync::mpsc::Receiver<crate::admin::Control>>,
+    /// The running `[agent]`, if any.
+    agent: Option<crate::tunnel::agent::Running>,
 }
 
 impl Server {
@@ -181,11 +183,14 @@ impl Server {
             .metrics
             .stats
             .set_listeners(listener_info(&listeners));
-        if let Some(a) = &config.agent {
-            let agent =
-                crate::tunnel::agent::Agent::new(a.clone(), services.clone()).context("[agent]")?;
-            tokio::spawn(Arc::new(agent).run());
-        }
+        let agent = match &config.agent {
+            Some(a) => {
+                let agent = crate::tunnel::agent::Agent::new(a.clone(), services.clone())
+                    .context("[agent]")?;
+                Some(crate::tunnel::agent::Running::start(agent))
+            }
+            None => None,
+        };
         let (control_tx, control) = tokio::sync::mpsc::channel(1);
         let admin = match admin_socket {
             Some(s) => {
@@ -206,6 +211,7 @@ impl Server {
             admin,
             config: config.clone(),
             control: Some(control),
+            agent,
         })
     }
 
@@ -310,6 +316,9 @@ impl Server {
             .store(Arc::new(crate::pac::generate(&new, &self.bound())));
         let info = listener_info(&self.listeners);
         self.services.metrics.stats.set_listeners(info);
+        if let Err(e) = self.reload_agent(&new).await {
+            failed = Some(e);
+        }
         let restart_needed = [
             (
                 "dns",
@@ -334,7 +343,6 @@ impl Server {
                 "limits",
                 format!("{:?}", self.config.limits) != format!("{:?}", new.limits),
             ),
-            ("agent", self.config.agent != new.agent),
         ];
         for (section, changed) in restart_needed {
             if changed {
@@ -346,6 +354,36 @@ impl Server {
             Some(e) => Err(e),
             None => Ok(()),
         }
+    }
+}
+
+impl Server {
+    /// `[agent]` on reload: an agent whose settings or token changed closes its relay
+    /// connections (the streams on them end) and dials again with the new ones; an
+    /// unchanged one is left alone, sessions and all. A new section starts an agent, a
+    /// removed one stops it. On an error the running agent stays.
+    async fn reload_agent(&mut self, new: &Config) -> anyhow::Result<()> {
+        use crate::tunnel::agent::{Agent, Running};
+        let Some(cfg) = &new.agent else {
+            if let Some(old) = self.agent.take() {
+                tracing::info!("reload: [agent] removed; disconnecting from the relays");
+                old.stop().await;
+            }
+            return Ok(());
+        };
+        let fresh = Agent::new(cfg.clone(), self.services.clone())
+            .map_err(|e| anyhow::anyhow!("[agent]: {e}; keeping the running agent"))?;
+        match self.agent.take() {
+            Some(old) if old.agent().same_as(&fresh) => self.agent = Some(old),
+            old => {
+                if let Some(old) = old {
+                    tracing::info!(agent = %cfg.name, "reload: [agent] changed; reconnecting with the new settings");
+                    old.stop().await;
+                }
+                self.agent = Some(Running::start(fresh));
+            }
+        }
+        Ok(())
     }
 }
 

@@ -322,6 +322,7 @@ fn read_config(root: &Section<'_>) -> Config {
         }
     }
     check_agent_names(&listeners, &section_of, &sections);
+    check_pool_agents(root, &pools, &listeners);
     for l in sections {
         l.finish();
     }
@@ -470,6 +471,66 @@ fn check_agent_names(listeners: &[ListenerConfig], section_of: &[usize], section
                 key,
                 format!("no tunnel listener accepts an agent named {name:?}"),
             );
+        }
+    }
+}
+
+/// A pool server naming an agent: the agent must be accepted by a tunnel listener, and only
+/// `reverse` listeners may use its pool (layer 4 connects to addresses).
+fn check_pool_agents(root: &Section<'_>, pools: &[PoolConfig], listeners: &[ListenerConfig]) {
+    if !pools.iter().any(PoolConfig::has_agent_servers) {
+        return;
+    }
+    let accepted: Vec<&str> = listeners
+        .iter()
+        .filter_map(|l| match &l.kind {
+            ListenerKind::Tunnel(t) => Some(t.agents.iter().map(|a| a.name.as_str())),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    for p in root.tables("pools") {
+        let name = p.string("name");
+        let Some(cfg) = pools.iter().find(|c| Some(&c.name) == name.as_ref()) else {
+            continue;
+        };
+        for (k, s) in cfg.servers.iter().enumerate() {
+            if let Some(a) = &s.agent {
+                if !accepted.contains(&a.agent.as_str()) {
+                    p.error_at(
+                        &format!("servers[{k}].agent"),
+                        format!("no tunnel listener accepts an agent named {:?}", a.agent),
+                    );
+                }
+            }
+        }
+    }
+    for l in listeners {
+        let used: Vec<&str> = match &l.kind {
+            ListenerKind::Tcp(t) => t
+                .pool
+                .iter()
+                .map(String::as_str)
+                .chain(t.sni.iter().map(|r| r.pool.as_str()))
+                .collect(),
+            ListenerKind::Udp(u) => vec![u.pool.as_str()],
+            _ => continue,
+        };
+        for name in used {
+            if pools
+                .iter()
+                .any(|p| p.name == name && p.has_agent_servers())
+            {
+                root.error_at(
+                    "listeners",
+                    format!(
+                        "listener {:?}: pool {name:?} has servers reached through an agent, \
+                         which only a reverse listener can use (a `published` listener \
+                         forwards a port to an agent)",
+                        l.name
+                    ),
+                );
+            }
         }
     }
 }

@@ -51,12 +51,25 @@ pub struct ServerConfig {
     pub host: Host,
     pub port: u16,
     pub weight: u32,
+    /// `agent` + `service`: a service a tunnel agent publishes, reached through the agent
+    /// (reverse proxy only); `host` is then the agent's name and `port` 0.
+    pub agent: Option<super::RouteAgent>,
 }
 
 impl ServerConfig {
-    /// `host:port` as written in metrics and logs.
+    /// `host:port` as written in metrics and logs; `agent:AGENT/SERVICE` through an agent.
     pub fn label(&self) -> String {
-        format!("{}:{}", self.host, self.port)
+        match &self.agent {
+            Some(a) => format!("agent:{}/{}", a.agent, a.service),
+            None => format!("{}:{}", self.host, self.port),
+        }
+    }
+}
+
+impl PoolConfig {
+    /// Whether a server of this pool is reached through a tunnel agent.
+    pub fn has_agent_servers(&self) -> bool {
+        self.servers.iter().any(|s| s.agent.is_some())
     }
 }
 
@@ -289,6 +302,19 @@ fn read_pool(p: &Section<'_>) -> Option<PoolConfig> {
             p.error_at("tls.alpn", "must offer \"h2\" with protocol = \"h2\"");
         }
     }
+    if servers.iter().any(|s| s.agent.is_some()) {
+        // The stream through the agent is the connection: nothing to encrypt or to prefix.
+        for key in ["tls", "proxy_protocol", "protocol"] {
+            let set = match key {
+                "tls" => tls.is_some(),
+                "proxy_protocol" => proxy_protocol.is_some(),
+                _ => h2,
+            };
+            if set {
+                p.error_at(key, "not with servers reached through an agent");
+            }
+        }
+    }
     let cfg = PoolConfig {
         name: name?,
         servers,
@@ -384,6 +410,9 @@ fn read_http_check(h: &Section<'_>) -> HttpCheck {
 }
 
 fn read_server(s: &Section<'_>) -> Option<ServerConfig> {
+    if s.has("agent") || s.has("service") {
+        return read_agent_server(s);
+    }
     let addr = s.parse(
         "address",
         "\"ip:port\", \"[ipv6]:port\" or \"name:port\"",
@@ -394,7 +423,47 @@ fn read_server(s: &Section<'_>) -> Option<ServerConfig> {
     }
     let weight = s.uint("weight", 1, 1, 1000) as u32;
     let (host, port) = addr?;
-    Some(ServerConfig { host, port, weight })
+    Some(ServerConfig {
+        host,
+        port,
+        weight,
+        agent: None,
+    })
+}
+
+/// `agent = "office"` + `service = "web"` in place of `address` (frp's `customDomains`
+/// backends, an nginx `upstream` whose server is a tunnel).
+fn read_agent_server(s: &Section<'_>) -> Option<ServerConfig> {
+    if s.has("address") {
+        s.error_at(
+            "address",
+            "a server is an `address` or an `agent`, not both",
+        );
+        let _ = s.string("address");
+    }
+    let name = |key: &str| {
+        let v = s.string(key);
+        match &v {
+            Some(n) if !crate::tunnel::proto::valid_name(n) => {
+                s.error_at(key, "a name is 1-64 of A-Z a-z 0-9 . _ -");
+                None
+            }
+            Some(_) => v,
+            None => {
+                s.error_here(format!("`{key}` is required with `agent` or `service`"));
+                None
+            }
+        }
+    };
+    let (agent, service) = (name("agent"), name("service"));
+    let weight = s.uint("weight", 1, 1, 1000) as u32;
+    let (agent, service) = (agent?, service?);
+    Some(ServerConfig {
+        host: Host::Name(agent.clone()),
+        port: 0,
+        weight,
+        agent: Some(super::RouteAgent { agent, service }),
+    })
 }
 
 /// `"10.0.0.1:5432"`, `"[::1]:53"` or `"db.internal:5432"`.
@@ -689,5 +758,84 @@ max_age = \"1h\"
             .into_iter()
             .map(|e| e.path)
             .collect()
+    }
+
+    const RELAY: &str = "[[listeners]]\nname = \"agents\"\nkind = \"tunnel\"\n\
+                         listen = \"127.0.0.1:0\"\ntls = { cert = \"c\", key = \"k\" }\n\
+                         [[listeners.agents]]\nname = \"office\"\ntoken = \"t\"\n\
+                         [[listeners]]\nname = \"sites\"\nkind = \"reverse\"\n\
+                         listen = \"127.0.0.1:0\"\n[listeners.default]\npool = \"p\"\n";
+
+    #[test]
+    fn a_server_may_be_a_service_through_an_agent() {
+        let c = Config::parse(&format!(
+            "{RELAY}[[pools]]\nname = \"p\"\n\
+             [[pools.servers]]\nagent = \"office\"\nservice = \"web\"\nweight = 3\n\
+             [[pools.servers]]\naddress = \"127.0.0.1:8000\"\n"
+        ))
+        .expect("valid");
+        let s = &c.pools[0].servers;
+        assert_eq!(s[0].label(), "agent:office/web");
+        assert_eq!(s[0].weight, 3);
+        assert_eq!(
+            s[0].agent,
+            Some(crate::config::RouteAgent {
+                agent: "office".into(),
+                service: "web".into()
+            })
+        );
+        assert_eq!(
+            (s[1].label(), s[1].agent.is_none()),
+            ("127.0.0.1:8000".into(), true)
+        );
+        assert!(c.pools[0].has_agent_servers());
+    }
+
+    #[test]
+    fn agent_servers_are_checked() {
+        let errs = |pool: &str, extra: &str| -> Vec<String> {
+            Config::parse(&format!("{RELAY}{extra}[[pools]]\nname = \"p\"\n{pool}"))
+                .expect_err("invalid")
+                .into_iter()
+                .map(|e| e.path)
+                .collect()
+        };
+        let srv = "[[pools.servers]]\nagent = \"office\"\nservice = \"web\"\n";
+        // Both spellings of a server, half of one, a bad name, an agent nobody accepts.
+        assert_eq!(
+            errs(&format!("{srv}address = \"127.0.0.1:1\"\n"), ""),
+            ["pools[0].servers[0].address"]
+        );
+        assert_eq!(
+            errs("[[pools.servers]]\nagent = \"office\"\n", ""),
+            ["pools[0].servers[0]"]
+        );
+        assert_eq!(
+            errs(
+                "[[pools.servers]]\nagent = \"a b\"\nservice = \"web\"\n",
+                ""
+            ),
+            ["pools[0].servers[0].agent"]
+        );
+        assert_eq!(
+            errs(
+                "[[pools.servers]]\nagent = \"home\"\nservice = \"web\"\n",
+                ""
+            ),
+            ["pools[0].servers[0].agent"]
+        );
+        // Nothing to encrypt or prefix on a stream through an agent.
+        assert_eq!(
+            errs(&format!("proxy_protocol = \"v2\"\n{srv}"), ""),
+            ["pools[0].proxy_protocol"]
+        );
+        assert_eq!(
+            errs(&format!("protocol = \"h2\"\n{srv}"), ""),
+            ["pools[0].protocol"]
+        );
+        // Layer 4 connects to addresses.
+        let tcp = "[[listeners]]\nname = \"t\"\nkind = \"tcp\"\nlisten = \"127.0.0.1:0\"\n\
+                   pool = \"p\"\n";
+        assert_eq!(errs(srv, tcp), ["listeners"]);
     }
 }

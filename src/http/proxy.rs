@@ -705,59 +705,64 @@ impl HttpProxy {
                         "a pool route goes through fetch_pool",
                     ))
                 }
-                Via::Route(parents) if crate::upstream::route_agent(parents).is_some() => {
-                    let agent = crate::upstream::route_agent(parents).unwrap_or_default();
-                    let what = crate::tunnel::proto::Open::Tcp {
-                        host: super::tunnel::host_text(&target.host),
-                        port: target.port,
-                    };
-                    match self
-                        .svc
-                        .agents
-                        .open(agent, &what, self.svc.connect_timeout)
-                        .await
-                    {
-                        Ok(o) => (
+                Via::Route(parents) => {
+                    // Through a tunnel agent (a rule's `agent`); when it is not there or cannot
+                    // open the stream, the rule's fallback parents (or direct), if any.
+                    let mut fallback = None;
+                    let mut through_agent = None;
+                    if let Some(agent) = crate::upstream::route_agent(parents) {
+                        match Box::pin(self.open_agent(&target.host, target.port, agent)).await {
+                            Ok(o) => through_agent = Some(o),
+                            Err(e) => {
+                                let rest = crate::upstream::agent_fallback(parents);
+                                if rest.is_empty() {
+                                    let status = super::tunnel::agent_status(e);
+                                    return Fetched::Failed(ProxyError::new(
+                                        status,
+                                        e.as_str(),
+                                        e.to_string(),
+                                    ));
+                                }
+                                tracing::debug!(%agent, "request: {e}; trying the rule's fallback");
+                                fallback = Some(Via::Route(std::sync::Arc::from(rest)));
+                            }
+                        }
+                    }
+                    match through_agent {
+                        Some(o) => (
                             UpStream::Agent(Box::new(o)),
                             SocketAddr::from(([0, 0, 0, 0], 0)),
                             false,
                             BytesMut::new(),
                         ),
-                        Err(e) => {
-                            let status = super::tunnel::agent_status(e);
-                            return Fetched::Failed(ProxyError::new(
-                                status,
-                                e.as_str(),
-                                e.to_string(),
-                            ));
-                        }
-                    }
-                }
-                Via::Route(_) => {
-                    let policy = client.policy.clone();
-                    match self
-                        .open_upstream(&policy, target, via, Mode::HttpForward, ex)
-                        .await
-                    {
-                        Ok((s, left)) => {
-                            if let Some(RouteUsed::Parent {
-                                name,
-                                absolute_form: true,
-                                ..
-                            }) = &ex.route
+                        None => {
+                            let via = fallback.as_ref().unwrap_or(via);
+                            let policy = client.policy.clone();
+                            match self
+                                .open_upstream(&policy, target, via, Mode::HttpForward, ex)
+                                .await
                             {
-                                let auth = policy
-                                    .parent(name)
-                                    .and_then(crate::upstream::proxy_authorization);
-                                routed_head =
-                                    Some(absolute_form(req_head, target, auth.as_deref()));
+                                Ok((s, left)) => {
+                                    if let Some(RouteUsed::Parent {
+                                        name,
+                                        absolute_form: true,
+                                        ..
+                                    }) = &ex.route
+                                    {
+                                        let auth = policy
+                                            .parent(name)
+                                            .and_then(crate::upstream::proxy_authorization);
+                                        routed_head =
+                                            Some(absolute_form(req_head, target, auth.as_deref()));
+                                    }
+                                    let peer = ex
+                                        .upstream
+                                        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+                                    (UpStream::Tcp(s), peer, false, left)
+                                }
+                                Err(e) => return Fetched::Failed(e),
                             }
-                            let peer = ex
-                                .upstream
-                                .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
-                            (UpStream::Tcp(s), peer, false, left)
                         }
-                        Err(e) => return Fetched::Failed(e),
                     }
                 }
             };

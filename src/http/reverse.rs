@@ -695,7 +695,10 @@ impl HttpProxy {
                 scheme: if use_tls { "https" } else { "http" },
                 wait: ex.first_byte_timeout.unwrap_or(self.cfg.read_timeout),
             };
-            let idle = if pool.cfg.h2 {
+            let idle = if server.agent.is_some() {
+                // A stream through the agent per request: nothing idle to take.
+                None
+            } else if pool.cfg.h2 {
                 match rv.h2.stream(&key, h2_opts).await {
                     Ok(s) => Some(s),
                     Err(opening) => {
@@ -714,6 +717,18 @@ impl HttpProxy {
             };
             let (stream, peer, reused) = match idle {
                 Some((s, p)) => (s, p, true),
+                None if server.agent.is_some() => match self.open_agent_server(pool, i).await {
+                    Ok(s) => (s, SocketAddr::from(([0, 0, 0, 0], 0)), false),
+                    Err(e) => {
+                        // Like a failed connect: nothing was sent; next server.
+                        pool.finished(i);
+                        pool.failure(i, &e.detail);
+                        tried.push(i);
+                        failed_at = Some(i);
+                        last = Some(e);
+                        continue;
+                    }
+                },
                 None => match self.connect_server(pool, i, ip_port, local).await {
                     // The connector set TCP_NODELAY and knows the address it reached.
                     Ok(c) => {
@@ -783,9 +798,11 @@ impl HttpProxy {
             if let Some(r) = ex.routed.as_mut() {
                 r.server = Some(pool.label(i).into());
             }
+            let through_agent = server.agent.is_some();
             ex.reverse = Some(Box::new(ResponseEdits {
                 hide: rv.hide.clone(),
-                links: Some(Links {
+                // Through an agent: no server address to rewrite.
+                links: (!through_agent).then(|| Links {
                     tls: use_tls,
                     pool: pool.clone(),
                     server: i,
@@ -819,6 +836,13 @@ impl HttpProxy {
                 .await;
             // Bytes to and from this server, for its byte counters.
             pool.bytes(i, ex.bytes_in - in0, ex.bytes_out - out0);
+            if let (Some(via), UpStream::Agent(o)) = (&server.agent, &up.stream) {
+                let to_agent = wire.len() as u64 + ex.bytes_in - in0;
+                let from_agent = ex.bytes_out - out0;
+                o.count(to_agent, from_agent);
+                let m = &self.svc.metrics;
+                m.tunnel_bytes(&via.agent, &via.service, to_agent, from_agent);
+            }
             // A response head came: its status and latency, and passive health from it.
             let answered = |ex: &Exchange| {
                 if ex.status == 0 {
@@ -911,7 +935,9 @@ impl HttpProxy {
     }
 
     /// A route's request through its agent, to the service the agent publishes: one stream
-    /// per request (not kept for the next), never retried. No agent connected: 503.
+    /// per request (not kept for the next). A failed open goes to another agent of the
+    /// name (a pool), up to `retries` times; once the stream is open it is not retried. No
+    /// agent connected: 503.
     #[allow(clippy::too_many_arguments)]
     async fn fetch_agent(
         &self,
@@ -928,10 +954,12 @@ impl HttpProxy {
             return Fetched::Failed(ProxyError::new(500, "proxy_internal_error", "no pool"));
         };
         let what = crate::tunnel::proto::Open::Service(via.service.clone());
+        // A failed open sent nothing: another agent of a pool may take it (`retries`).
+        let tries = 1 + rv.cfg.retries as usize;
         let opened = match self
             .svc
             .agents
-            .open(&via.agent, &what, self.svc.connect_timeout)
+            .open_retrying(&via.agent, &what, self.svc.connect_timeout, tries)
             .await
         {
             Ok(o) => o,
@@ -1012,6 +1040,25 @@ impl HttpProxy {
                 count(ex, &up);
                 ex.error = Some(kind);
                 Fetched::Aborted
+            }
+        }
+    }
+
+    /// A stream to pool server `i`, a service a tunnel agent publishes, within the pool's
+    /// `connect_timeout`. Failing is like a failed connect (nothing was sent).
+    async fn open_agent_server(&self, pool: &ServerPool, i: usize) -> Result<UpStream, ProxyError> {
+        let Some(via) = pool.server(i).agent.as_ref() else {
+            return Err(ProxyError::new(500, "proxy_internal_error", "not an agent"));
+        };
+        let what = crate::tunnel::proto::Open::Service(via.service.clone());
+        let limit = pool.cfg.connect_timeout;
+        match self.svc.agents.open(&via.agent, &what, limit).await {
+            Ok(o) => Ok(UpStream::Agent(Box::new(o))),
+            Err(e) => {
+                tracing::debug!(pool = %pool.cfg.name, server = %pool.label(i), "reverse: {e}");
+                let (status, kind) = agent_failure(e);
+                let msg = format!("{}: {e}", pool.label(i));
+                Err(ProxyError::new(status, kind, msg))
             }
         }
     }

@@ -77,7 +77,7 @@ impl HttpProxy {
         }
         // The steps before the relay are boxed: their state is freed once they are done, so
         // an idle tunnel holds only the relay.
-        let via = match Box::pin(self.authorize(
+        let mut via = match Box::pin(self.authorize(
             &policy,
             client,
             &head,
@@ -93,11 +93,14 @@ impl HttpProxy {
             Access::Direct { addrs, .. } => Via::Direct(addrs),
             Access::Route { parents, .. } => Via::Route(parents),
         };
+        drop(head);
         if let Via::Route(parents) = &via {
-            if let Some(agent) = crate::upstream::route_agent(parents) {
-                let agent = agent.to_string();
-                drop(head);
-                return Box::pin(self.tunnel_agent(client, &host, port, &agent, keep, ex)).await;
+            if crate::upstream::route_agent(parents).is_some() {
+                let parents = parents.clone();
+                match Box::pin(self.connect_agent(client, &host, port, parents, keep, ex)).await {
+                    Ok(keep) => return keep,
+                    Err(fallback) => via = fallback,
+                }
             }
         }
         let target = HttpTarget {
@@ -106,7 +109,6 @@ impl HttpProxy {
             port,
             path: String::new(),
         };
-        drop(head);
         let (mut upstream, leftover) =
             match Box::pin(self.open_upstream(&policy, &target, &via, Mode::Tunnel, ex)).await {
                 Ok(up) => up,
@@ -243,34 +245,62 @@ impl HttpProxy {
 
     /// A tunnel's relay: zero-copy splice between two plain sockets, or the copying relay
     /// when bandwidth limits apply.
-    /// A CONNECT a rule routes to a tunnel agent: a stream through the agent (which
-    /// resolves the name and applies its allow-list), then the relay.
-    async fn tunnel_agent(
+    /// A CONNECT a rule routes to a tunnel agent: through the agent (the answer sent and the
+    /// tunnel relayed: `Ok(keep)`), or, when it is not there or cannot open the stream and
+    /// the rule has fallback parents, `Err` with those as the route to take instead.
+    async fn connect_agent(
         &self,
         client: &mut Client,
         host: &crate::connector::Host,
         port: u16,
-        agent: &str,
+        route: std::sync::Arc<[String]>,
         keep: bool,
         ex: &mut Exchange,
-    ) -> bool {
+    ) -> Result<bool, Via> {
+        let agent = crate::upstream::route_agent(&route).unwrap_or_default();
+        match self.open_agent(host, port, agent).await {
+            Ok(opened) => Ok(self.tunnel_agent(client, opened, agent, ex).await),
+            Err(e) => {
+                let fallback = crate::upstream::agent_fallback(&route);
+                if fallback.is_empty() {
+                    let err = ProxyError::new(agent_status(e), e.as_str(), e.to_string());
+                    self.send_error(client, &err, !keep, ex).await;
+                    return Ok(keep);
+                }
+                // The rule's fallback: its parents (or direct), as a route of their own.
+                tracing::debug!(%agent, "CONNECT: {e}; trying the rule's fallback");
+                Err(Via::Route(std::sync::Arc::from(fallback)))
+            }
+        }
+    }
+
+    /// A stream to `host:port` through `agent` (which resolves the name and applies its
+    /// allow-list).
+    pub(super) async fn open_agent(
+        &self,
+        host: &crate::connector::Host,
+        port: u16,
+        agent: &str,
+    ) -> Result<crate::tunnel::hub::Opened, crate::tunnel::proto::OpenError> {
         let what = crate::tunnel::proto::Open::Tcp {
             host: host_text(host),
             port,
         };
-        let mut opened = match self
-            .svc
+        self.svc
             .agents
             .open(agent, &what, self.svc.connect_timeout)
             .await
-        {
-            Ok(o) => o,
-            Err(e) => {
-                let err = ProxyError::new(agent_status(e), e.as_str(), e.to_string());
-                self.send_error(client, &err, !keep, ex).await;
-                return keep;
-            }
-        };
+    }
+
+    /// A CONNECT a rule routes to a tunnel agent, its stream open: the answer, then the
+    /// relay.
+    async fn tunnel_agent(
+        &self,
+        client: &mut Client,
+        mut opened: crate::tunnel::hub::Opened,
+        agent: &str,
+        ex: &mut Exchange,
+    ) -> bool {
         let established = match ex.auth_reply.take() {
             Some(v) => {
                 format!("HTTP/1.1 200 Connection established\r\nProxy-Authenticate: {v}\r\n\r\n")
@@ -462,5 +492,8 @@ mod agent_tests {
             Some("office")
         );
         assert_eq!(crate::upstream::route_agent(&["direct".to_string()]), None);
+        let route = ["agent:office".to_string(), "direct".to_string()];
+        assert_eq!(crate::upstream::route_agent(&route), Some("office"));
+        assert_eq!(crate::upstream::agent_fallback(&route), ["direct"]);
     }
 }

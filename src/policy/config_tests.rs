@@ -190,6 +190,21 @@ fn a_route_to_an_agent_is_one_agent_entry() {
         panic!("a route: {:?}", cfg.rules[0].action)
     };
     assert_eq!(crate::upstream::route_agent(route), Some("office"));
+    assert!(crate::upstream::agent_fallback(route).is_empty());
+}
+
+#[test]
+fn parents_beside_an_agent_are_its_fallback_in_order() {
+    let text = "[policy]\n[[policy.parents]]\nname = \"corp\"\n\
+                url = \"http://127.0.0.1:3128\"\n[[policy.rules]]\naction = \"route\"\n\
+                agent = \"office\"\nparents = [\"corp\", \"direct\"]\n";
+    let cfg = PolicyConfig::from_toml(text, LISTENERS).expect("parses");
+    let RuleAction::Route(route) = &cfg.rules[0].action else {
+        panic!("a route: {:?}", cfg.rules[0].action)
+    };
+    assert_eq!(crate::upstream::route_agent(route), Some("office"));
+    assert_eq!(crate::upstream::agent_fallback(route), ["corp", "direct"]);
+    assert!(crate::upstream::agent_fallback(&["corp".to_string()]).is_empty());
 }
 
 #[test]
@@ -216,7 +231,6 @@ fn errors_name_their_key_paths() {
         ("[[policy.rules]]\naction = \"allow\"\nparents = [\"direct\"]", &[("policy.rules[0].parents", "only for")]),
         ("[[policy.rules]]\naction = \"allow\"\nagent = \"office\"", &[("policy.rules[0].agent", "only for")]),
         ("[[policy.rules]]\naction = \"route\"\nagent = \"of fice\"", &[("policy.rules[0].agent", "agent name")]),
-        ("[[policy.rules]]\naction = \"route\"\nagent = \"office\"\nparents = [\"direct\"]", &[("policy.rules[0].agent", "not both")]),
         ("[[policy.rules]]\naction = \"deny\"\nhosts = [\"ok.test\", \"re:(\"]", &[("policy.rules[0].hosts[1]", "regex")]),
         ("[[policy.rules]]\naction = \"deny\"\nhosts = [\"10.0.0.1\"]", &[("policy.rules[0].hosts[0]", "dest_addrs")]),
         ("[[policy.rules]]\naction = \"deny\"\nhosts = []", &[("policy.rules[0].hosts", "empty list")]),

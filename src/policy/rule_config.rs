@@ -94,18 +94,17 @@ pub(super) fn read_rule(
     let action = match action_name.as_deref() {
         Some("allow") => RuleAction::Allow,
         Some("deny") => RuleAction::Deny,
-        Some("route") if r.has("agent") && r.has("parents") => {
-            r.error_at(
-                "agent",
-                "a route goes through parents or an agent, not both",
-            );
-            RuleAction::Deny
-        }
-        Some("route") if r.has("agent") => RuleAction::Route(vec![format!(
-            "{}{}",
-            crate::upstream::AGENT_PREFIX,
-            agent.clone().unwrap_or_default()
-        )]),
+        // `parents` beside `agent`: the fallback, in order, when the agent is not there or
+        // cannot open the stream.
+        Some("route") if r.has("agent") => RuleAction::Route(
+            std::iter::once(format!(
+                "{}{}",
+                crate::upstream::AGENT_PREFIX,
+                agent.clone().unwrap_or_default()
+            ))
+            .chain(parent_list.clone())
+            .collect(),
+        ),
         Some("route") if !r.has("parents") => {
             r.error_at(
                 "parents",

@@ -51,6 +51,10 @@ pub(super) fn start(pool: Arc<ServerPool>, svc: Arc<Services>) {
         return;
     };
     for i in 0..pool.cfg.servers.len() {
+        if pool.cfg.servers[i].agent.is_some() {
+            // Through an agent: judged by its opens and answers only (passive checks).
+            continue;
+        }
         let pool = pool.clone();
         let svc = svc.clone();
         let h = h.clone();

@@ -664,6 +664,7 @@ mod tests {
             host: Host::Ip("127.0.0.1".parse().expect("ip")),
             port,
             weight: 1,
+            agent: None,
         };
         let mut cfg = PoolConfig {
             name: "p".into(),

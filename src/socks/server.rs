@@ -70,8 +70,9 @@ enum Admitted {
     Bind(Option<Vec<std::net::IpAddr>>),
     /// Every datagram is checked on its own.
     Udp,
-    /// CONNECT through this tunnel agent.
-    Agent(Arc<str>),
+    /// CONNECT through this tunnel agent; else, when it is not there or cannot open the
+    /// stream, through the rule's fallback parents (`Allowed::Route`).
+    Agent(Arc<str>, Option<Allowed>),
     /// UDP ASSOCIATE through this tunnel agent (each datagram checked on its own).
     AgentUdp(Arc<str>),
     /// BIND at this tunnel agent (the expected peer checked, or anyone: checked when it
@@ -286,7 +287,7 @@ impl SocksServer {
             return match req.command {
                 Command::Connect => {
                     self.check_remote(s, req, Protocol::SocksConnect, &req.target)?;
-                    Ok(Admitted::Agent(Arc::from(agent.as_str())))
+                    Ok(Admitted::Agent(Arc::from(agent.as_str()), None))
                 }
                 Command::Bind => {
                     if !bind::from_anyone(&req.target) {
@@ -304,9 +305,14 @@ impl SocksServer {
                     .check(s, req, Protocol::SocksConnect, &t.host, t.port)
                     .await?;
                 // A rule routing to a tunnel agent: the stream goes through it.
-                if let Allowed::Route { parents, .. } = &allowed {
+                if let Allowed::Route { parents, ips } = &allowed {
                     if let Some(agent) = upstream::route_agent(parents) {
-                        return Ok(Admitted::Agent(Arc::from(agent)));
+                        let rest = upstream::agent_fallback(parents);
+                        let fallback = (!rest.is_empty()).then(|| Allowed::Route {
+                            parents: Arc::from(rest),
+                            ips: ips.clone(),
+                        });
+                        return Ok(Admitted::Agent(Arc::from(agent), fallback));
                     }
                 }
                 Ok(Admitted::Connect(allowed))
@@ -353,7 +359,18 @@ impl SocksServer {
             // On a protected GSSAPI session the datagrams are wrapped (RFC 1961 section 5).
             Admitted::Udp => Box::pin(udp::run(self, c, s, req)).await,
             // Through an agent too, a protected GSSAPI session stays wrapped (relay_agent).
-            Admitted::Agent(agent) => Box::pin(self.connect_agent(c, s, &req.target, &agent)).await,
+            Admitted::Agent(agent, None) => {
+                Box::pin(self.connect_agent(c, s, &req.target, &agent)).await
+            }
+            Admitted::Agent(agent, Some(fallback)) => {
+                match self.open_agent(&req.target, &agent).await {
+                    Ok(opened) => Box::pin(self.relay_opened(c, s, opened, &agent)).await,
+                    Err(e) => {
+                        tracing::debug!(listener = %self.name, %agent, "SOCKS CONNECT: {e}; trying the rule's fallback");
+                        self.connect(c, s, &req.target, fallback).await
+                    }
+                }
+            }
             Admitted::AgentUdp(agent) => {
                 Box::pin(super::udp_agent::run(self, c, s, req, &agent)).await
             }
@@ -373,6 +390,19 @@ impl SocksServer {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
+        let opened = self
+            .open_agent(target, agent)
+            .await
+            .map_err(SocksError::Tunnel)?;
+        self.relay_opened(c, s, opened, agent).await
+    }
+
+    /// A stream to `target` through `agent`.
+    async fn open_agent(
+        &self,
+        target: &Target,
+        agent: &str,
+    ) -> Result<crate::tunnel::hub::Opened, crate::tunnel::proto::OpenError> {
         let host = match &target.host {
             crate::connector::Host::Name(n) => n.clone(),
             crate::connector::Host::Ip(ip) => ip.to_string(),
@@ -381,12 +411,23 @@ impl SocksServer {
             host,
             port: target.port,
         };
-        let opened = self
-            .svc
+        self.svc
             .agents
             .open(agent, &what, self.svc.connect_timeout)
             .await
-            .map_err(SocksError::Tunnel)?;
+    }
+
+    /// The success reply for a stream open through `agent`, then the relay.
+    async fn relay_opened<S>(
+        &self,
+        c: &mut Client<S>,
+        s: &mut Session,
+        opened: crate::tunnel::hub::Opened,
+        agent: &str,
+    ) -> Result<(), SocksError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
         // The address the agent connected from is its own business: 0.0.0.0:0.
         c.reply(Reply::Succeeded, SocketAddr::from(([0, 0, 0, 0], 0)))
             .await?;

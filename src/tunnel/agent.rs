@@ -32,6 +32,38 @@ pub fn backoff(prev: Duration, min: Duration, max: Duration, rand01: f64) -> (Du
     (base, base + jitter)
 }
 
+/// A running `[agent]`: its task, stopped on reload when the section changed.
+pub struct Running {
+    agent: Arc<Agent>,
+    stop: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    pub fn start(agent: Agent) -> Running {
+        let agent = Arc::new(agent);
+        let stop = tokio_util::sync::CancellationToken::new();
+        let (run, stopped) = (agent.clone().run(), stop.clone());
+        let task = tokio::spawn(async move {
+            tokio::select! {
+                _ = run => {}
+                _ = stopped.cancelled() => {}
+            }
+        });
+        Running { agent, stop, task }
+    }
+
+    pub fn agent(&self) -> &Agent {
+        &self.agent
+    }
+
+    /// Closes its relay connections (the streams on them end) and waits for that.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
+
 /// Why a session with a relay ended (logged with the reason).
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -79,6 +111,13 @@ impl Agent {
             token,
             allow,
         })
+    }
+
+    /// Whether `other` would dial the same relays the same way as this one: the same
+    /// `[agent]` settings (relays, services, allow-list, egress, timings, verification) and
+    /// the same token (a `token_file` is read again: its contents may have changed).
+    pub fn same_as(&self, other: &Agent) -> bool {
+        self.cfg == other.cfg && self.token == other.token
     }
 
     /// Runs until the process drains: connect, serve, back off, again; with `mode = "all"`,

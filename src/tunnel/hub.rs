@@ -146,12 +146,21 @@ impl Agents {
         lock(&self.map).values().map(Vec::len).sum()
     }
 
-    /// One of the agents connected under `name`, in turn.
-    fn pick(&self, name: &str) -> Option<Arc<AgentConn>> {
+    /// One of the agents connected under `name`, in turn, none of the connections `not`.
+    fn pick(&self, name: &str, not: &[u64]) -> Option<Arc<AgentConn>> {
         let map = lock(&self.map);
         let list = map.get(name)?;
         let i = self.turn.fetch_add(1, Ordering::Relaxed);
-        list.get(i % list.len().max(1)).cloned()
+        let n = list.len();
+        (0..n)
+            .map(|k| &list[(i + k) % n])
+            .find(|c| !not.contains(&c.id))
+            .cloned()
+    }
+
+    /// Whether an agent is connected under `name` now.
+    pub fn is_connected(&self, name: &str) -> bool {
+        lock(&self.map).get(name).is_some_and(|v| !v.is_empty())
     }
 
     /// Opens `what` through agent `name`, waiting at most `timeout` for its answer. No agent
@@ -162,7 +171,50 @@ impl Agents {
         what: &Open,
         timeout: Duration,
     ) -> Result<Opened, OpenError> {
-        let agent = self.pick(name).ok_or(OpenError::NetworkUnreachable)?;
+        let agent = self.pick(name, &[]).ok_or(OpenError::NetworkUnreachable)?;
+        self.open_at(agent, what, timeout).await
+    }
+
+    /// [`Agents::open`], and after a failed open another agent connected under `name` (a
+    /// pool), up to `tries` opens in all, each on a connection not tried yet. Nothing of the
+    /// client's request has gone anywhere before a stream is open, so any failure the next
+    /// agent may not share is worth another try ([`OpenError::retry_elsewhere`]). The last
+    /// failure is returned.
+    pub async fn open_retrying(
+        &self,
+        name: &str,
+        what: &Open,
+        timeout: Duration,
+        tries: usize,
+    ) -> Result<Opened, OpenError> {
+        let mut tried: Vec<u64> = Vec::new();
+        let mut last = OpenError::NetworkUnreachable;
+        while tried.len() < tries.max(1) {
+            let Some(agent) = self.pick(name, &tried) else {
+                break;
+            };
+            tried.push(agent.id);
+            match self.open_at(agent, what, timeout).await {
+                Ok(o) => return Ok(o),
+                Err(e) => {
+                    tracing::debug!(agent = %name, tries = tried.len(), "tunnel: open failed: {e}");
+                    last = e;
+                    if !e.retry_elsewhere() {
+                        break;
+                    }
+                }
+            }
+        }
+        Err(last)
+    }
+
+    /// Opens `what` on one agent connection.
+    pub async fn open_at(
+        &self,
+        agent: Arc<AgentConn>,
+        what: &Open,
+        timeout: Duration,
+    ) -> Result<Opened, OpenError> {
         agent.streams_open.fetch_add(1, Ordering::Relaxed);
         agent.streams_total.fetch_add(1, Ordering::Relaxed);
         // From here on the count is undone by Opened's drop, or below on failure.

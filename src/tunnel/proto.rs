@@ -267,6 +267,12 @@ impl OpenError {
         }
     }
 
+    /// Whether another agent of the same name may do better: every failure but a request
+    /// the relay itself got wrong (each agent would refuse it alike).
+    pub fn retry_elsewhere(self) -> bool {
+        self != OpenError::BadRequest
+    }
+
     pub fn from_status(status: u16) -> OpenError {
         match status {
             400 => OpenError::BadRequest,
@@ -390,6 +396,22 @@ pub fn check_all_decoders(data: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_bad_request_is_not_worth_another_agent() {
+        use OpenError::*;
+        for e in [
+            NotAllowed,
+            NoService,
+            Refused,
+            NetworkUnreachable,
+            HostUnreachable,
+            Failed,
+        ] {
+            assert!(e.retry_elsewhere(), "{e:?}");
+        }
+        assert!(!BadRequest.retry_elsewhere());
+    }
 
     #[test]
     fn random_inputs_never_panic() {

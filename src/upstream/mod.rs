@@ -37,11 +37,19 @@ pub const DIRECT: &str = "direct";
 /// How a rule's `agent = "NAME"` is kept in its route: the one entry `agent:NAME`.
 pub const AGENT_PREFIX: &str = "agent:";
 
-/// The tunnel agent a route goes through (a rule with `agent = ...`), if it does.
+/// The tunnel agent a route goes through (a rule with `agent = ...`), if it does: its
+/// first entry. The entries after it are the fallback ([`agent_fallback`]).
 pub fn route_agent(route: &[String]) -> Option<&str> {
-    match route {
-        [only] => only.strip_prefix(AGENT_PREFIX),
-        _ => None,
+    route.first()?.strip_prefix(AGENT_PREFIX)
+}
+
+/// A route to an agent: the parents (or `direct`) tried, in order, when no agent of that
+/// name is connected or the open fails (a rule's `parents` beside `agent`). Empty: none,
+/// the failure is the answer. Not an agent route: empty.
+pub fn agent_fallback(route: &[String]) -> &[String] {
+    match route_agent(route) {
+        Some(_) => &route[1..],
+        None => &[],
     }
 }
 

@@ -1,0 +1,327 @@
+//! End-to-end: failing over around tunnel agents. HTTP virtual hosts through a pool of
+//! agents retry a failed stream open on another agent; `[[pools.servers]]` may name an
+//! agent's service beside ordinary servers, with passive ejection on failed opens.
+
+mod common;
+mod tunnel_util;
+
+use std::net::SocketAddr;
+
+use common::*;
+use tunnel_util::*;
+
+/// A GET of `path` on the relay's virtual host `app.example`: (status, body).
+async fn get(sites: SocketAddr, path: &str) -> (String, String) {
+    let resolve = format!("app.example:{}:127.0.0.1", sites.port());
+    let url = format!("http://app.example:{}{path}", sites.port());
+    let (code, out, err) = curl(&["-s", "-w", "\n%{http_code}", "--resolve", &resolve, &url]).await;
+    assert_eq!(code, 0, "{err}");
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let (body, status) = text.rsplit_once('\n').expect("status line");
+    (status.to_string(), body.to_string())
+}
+
+/// A reverse listener "sites" whose `app.example` is served by `route` (TOML keys).
+fn sites(route: &str) -> String {
+    format!(
+        r#"
+[[listeners]]
+name = "sites"
+kind = "reverse"
+listen = "127.0.0.1:0"
+[[listeners.hosts]]
+names = ["app.example"]
+[[listeners.hosts.routes]]
+{route}
+"#
+    )
+}
+
+/// Two agents in the pool "office": one whose service "web" refuses every connection, one
+/// whose service answers. Every request through the virtual host is answered: an open the
+/// first agent fails goes to the second (nothing of the request was sent). With no retries
+/// the same pair fails requests, so the retry is what saves them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_open_goes_to_another_agent_of_the_pool() {
+    let certs = Certs::make();
+    let origin = Origin::fixed("inside").await;
+    let dead = closed_port().await;
+    let route = "agent = \"office\"\nservice = \"web\"\n";
+    let relay = Gatehouse::start(&format!(
+        "{}{}",
+        tunnel_listener(&certs, true),
+        sites(route)
+    ));
+    let relays = [relay.addr("agents")];
+    let _broken = Gatehouse::start(&agent_config(&certs, "office", &relays, "", dead));
+    relay.wait_stderr("tunnel: agent connected");
+    let _good = Gatehouse::start(&agent_config(&certs, "office", &relays, "", origin.addr));
+    relay.wait_stderr("tunnel: agent connected");
+    for i in 0..12 {
+        let (status, body) = get(relay.addr("sites"), &format!("/{i}")).await;
+        assert_eq!(
+            (status.as_str(), body.as_str()),
+            ("200", "inside"),
+            "request {i}"
+        );
+    }
+    assert_eq!(origin.seen().len(), 12);
+
+    // The same agents behind a listener with `retries = 0`: the refused opens reach clients.
+    let no_retry = Gatehouse::start(&format!(
+        "{}{}",
+        tunnel_listener(&certs, true),
+        sites(route).replace(
+            "listen = \"127.0.0.1:0\"\n[[listeners.hosts]]",
+            "listen = \"127.0.0.1:0\"\nretries = 0\n[[listeners.hosts]]"
+        )
+    ));
+    let relays = [no_retry.addr("agents")];
+    let _broken = Gatehouse::start(&agent_config(&certs, "office", &relays, "", dead));
+    no_retry.wait_stderr("tunnel: agent connected");
+    let _good = Gatehouse::start(&agent_config(&certs, "office", &relays, "", origin.addr));
+    no_retry.wait_stderr("tunnel: agent connected");
+    let mut failed = 0;
+    for i in 0..12 {
+        let (status, _) = get(no_retry.addr("sites"), &format!("/{i}")).await;
+        if status == "502" {
+            failed += 1;
+        }
+    }
+    assert!(
+        failed >= 4,
+        "round-robin sent only {failed} of 12 to the broken agent"
+    );
+}
+
+/// A pool mixing a service through agent "office" with an ordinary server: requests are
+/// balanced over both; with the agent gone, its failed opens go to the other server (no
+/// client sees an error) and passive checks eject it; once the agent is back and the
+/// ejection over, it serves again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_server_may_be_a_service_through_an_agent() {
+    let certs = Certs::make();
+    let inside = Origin::fixed("inside").await;
+    let direct = Origin::fixed("direct").await;
+    let relay = Gatehouse::start(&format!(
+        r#"{tunnel}{sites}
+[admin]
+listen = "127.0.0.1:0"
+
+[[pools]]
+name = "app"
+[pools.passive]
+max_failures = 2
+ejection = "1s"
+[[pools.servers]]
+agent = "office"
+service = "web"
+[[pools.servers]]
+address = "{direct}"
+"#,
+        tunnel = tunnel_listener(&certs, false),
+        sites = sites("pool = \"app\""),
+        direct = direct.addr,
+    ));
+    let relays = [relay.addr("agents")];
+    let agent_cfg = agent_config(&certs, "office", &relays, "", inside.addr);
+    let agent = Gatehouse::start(&agent_cfg);
+    relay.wait_stderr("tunnel: agent connected");
+    let mut bodies = Vec::new();
+    for i in 0..8 {
+        let (status, body) = get(relay.addr("sites"), &format!("/{i}")).await;
+        assert_eq!(status, "200", "{body}");
+        bodies.push(body);
+    }
+    assert!(bodies.iter().any(|b| b == "inside"), "{bodies:?}");
+    assert!(bodies.iter().any(|b| b == "direct"), "{bodies:?}");
+
+    drop(agent);
+    relay.wait_stderr("tunnel: agent disconnected");
+    for i in 0..8 {
+        let (status, body) = get(relay.addr("sites"), &format!("/gone/{i}")).await;
+        assert_eq!((status.as_str(), body.as_str()), ("200", "direct"));
+    }
+    let admin = relay.addr("admin");
+    let (_, out, _) = curl(&[&format!("http://{admin}/api/v1/status")]).await;
+    let v: serde_json::Value = serde_json::from_slice(&out).expect("JSON");
+    let server = &v["pools"]["app"][0];
+    assert_eq!(server["server"], "agent:office/web", "{v:#}");
+    assert_eq!(server["ejected"], true, "{v:#}");
+
+    // Back: once the ejection runs out, requests reach the agent's service again.
+    let _agent = Gatehouse::start(&agent_cfg);
+    relay.wait_stderr("tunnel: agent connected");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (status, body) = get(relay.addr("sites"), "/back").await;
+        assert_eq!(status, "200");
+        if body == "inside" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agent's service never came back"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// A rule routing `inside.test` to agent "office" with `parents = ["corp"]` beside it: while
+/// no agent is connected the HTTP parent carries SOCKS CONNECTs, HTTP CONNECTs and
+/// absolute-URI requests; once the agent is there it carries them (its stream count rises,
+/// the parent sees nothing more). The relay cannot resolve the name itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_falls_back_to_its_parents_while_the_agent_is_away() {
+    let certs = Certs::make();
+    let origin = Origin::fixed("inside").await;
+    let any_port = "connect_ports = [\"1-65535\"]";
+    let parent_keys = format!("{any_port}\nvia = \"corp-proxy\"");
+    let parent = Gatehouse::start(&format!("{}{NO_DNS}", http_listener("http", &parent_keys)));
+    let relay = Gatehouse::start(&format!(
+        r#"{tunnel}
+[[listeners]]
+name = "socks"
+kind = "socks"
+listen = "127.0.0.1:0"
+
+{http}
+[admin]
+listen = "127.0.0.1:0"
+
+[[policy.parents]]
+name = "corp"
+url = "http://{parent}"
+
+[[policy.rules]]
+name = "to-office"
+action = "route"
+agent = "office"
+parents = ["corp"]
+hosts = ["inside.test"]
+
+[dns]
+servers = ["127.0.0.1:9"]
+timeout = "1s"
+attempts = 1
+"#,
+        tunnel = tunnel_listener(&certs, false),
+        http = http_listener("http", any_port),
+        parent = parent.addr("http"),
+    ));
+    let url = format!("http://inside.test:{}/", origin.addr.port());
+    let socks = format!("socks5h://{}", relay.addr("socks"));
+    let proxy = relay.proxy_url("http");
+    let all = |url: String, socks: String, proxy: String| async move {
+        for args in [
+            vec!["-x", &proxy, &url],
+            vec!["-p", "-x", &proxy, &url],
+            vec!["-x", &socks, &url],
+        ] {
+            let (code, body, err) = curl(&args).await;
+            assert_eq!(
+                (code, body.as_slice()),
+                (0, &b"inside"[..]),
+                "{args:?}: {err}"
+            );
+        }
+    };
+    // No agent: the parent carries all three.
+    all(url.clone(), socks.clone(), proxy.clone()).await;
+    for _ in 0..3 {
+        parent.wait_log("inside.test");
+    }
+    let admin = relay.addr("admin");
+    let agents = || async move {
+        let (_, out, _) = curl(&[&format!("http://{admin}/api/v1/agents")]).await;
+        let v: serde_json::Value = serde_json::from_slice(&out).expect("JSON");
+        v["agents"][0]["streams_total"].as_u64()
+    };
+    assert_eq!(agents().await, None, "no agent yet");
+
+    // The agent connected: it carries them.
+    let _agent = Gatehouse::start(&agent_config(
+        &certs,
+        "office",
+        &[relay.addr("agents")],
+        &format!("\"127.0.0.1:{}\"", origin.addr.port()),
+        origin.addr,
+    ));
+    relay.wait_stderr("tunnel: agent connected");
+    all(url, socks, proxy.clone()).await;
+    assert_eq!(agents().await, Some(3));
+    assert_eq!(origin.seen().len(), 6);
+
+    // The agent there but refusing (a port outside its allow-list): the parent again.
+    let other = Origin::fixed("other").await;
+    let url = format!("http://inside.test:{}/", other.addr.port());
+    let (code, body, err) = curl(&["-x", &proxy, &url]).await;
+    assert_eq!((code, body.as_slice()), (0, &b"other"[..]), "{err}");
+    parent.wait_log(&format!("inside.test:{}", other.addr.port()));
+}
+
+/// A relay publishing the agent's service "web" on its listener "web".
+fn publishing_relay(certs: &Certs) -> Gatehouse {
+    Gatehouse::start(&format!(
+        r#"{}
+[[listeners]]
+name = "web"
+kind = "published"
+listen = "127.0.0.1:0"
+agent = "office"
+service = "web"
+"#,
+        tunnel_listener(certs, false)
+    ))
+}
+
+/// SIGHUP on a running agent: an unchanged `[agent]` keeps its session (a relayed stream
+/// goes on); new relays make it reconnect there (the old relay loses it); a changed token
+/// reaches the relay too (refused there).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_reconnects_an_agent_only_when_its_section_changed() {
+    let certs = Certs::make();
+    let echo = echo_server().await;
+    let (a, b) = (publishing_relay(&certs), publishing_relay(&certs));
+    let first = agent_config(&certs, "office", &[a.addr("agents")], "", echo);
+    let agent = Gatehouse::start(&first);
+    a.wait_stderr("tunnel: agent connected");
+    let mut kept = tokio::net::TcpStream::connect(a.addr("web"))
+        .await
+        .expect("connect");
+    echo_roundtrip(&mut kept, b"before").await;
+
+    // The same section again: nothing moves.
+    std::fs::write(agent.config_path(), &first).expect("rewrite");
+    agent.signal("HUP");
+    agent.wait_stderr("applied");
+    echo_roundtrip(&mut kept, b"after an unchanged reload").await;
+
+    // Another relay: the agent leaves the first and serves through the second.
+    let second = agent_config(&certs, "office", &[b.addr("agents")], "", echo);
+    std::fs::write(agent.config_path(), &second).expect("rewrite");
+    agent.signal("HUP");
+    agent.wait_stderr("reconnecting with the new settings");
+    b.wait_stderr("tunnel: agent connected");
+    a.wait_stderr("tunnel: agent disconnected");
+    let mut moved = tokio::net::TcpStream::connect(b.addr("web"))
+        .await
+        .expect("connect");
+    echo_roundtrip(&mut moved, b"through the second relay").await;
+    let mut stale = tokio::net::TcpStream::connect(a.addr("web"))
+        .await
+        .expect("connect");
+    assert!(
+        until_closed(&mut stale).await.is_empty(),
+        "the first relay has no agent any more"
+    );
+    // The stream through the first relay went with the old session.
+    assert!(until_closed(&mut kept).await.is_empty());
+
+    // Another token: the relay hears it (and refuses it).
+    std::fs::write(agent.config_path(), second.replace(TOKEN, "another-token")).expect("rewrite");
+    agent.signal("HUP");
+    agent.wait_stderr("reconnecting with the new settings");
+    b.wait_stderr("tunnel: agent refused");
+    agent.wait_stderr("refused this agent's name or token");
+}
