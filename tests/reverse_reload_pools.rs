@@ -1,8 +1,8 @@
 //! `[[pools]]` changed by SIGHUP: servers added take traffic, servers removed take none (nor
 //! health checks), a server down by its checks stays down across reloads of its pool and of
-//! others, the `tcp` listener follows too, and requests, keep-alive connections and a
-//! WebSocket to a removed server go on undisturbed while pools change under load. Real
-//! binary, real origins on loopback.
+//! others, the `tcp` and `udp` listeners follow too (open UDP sessions keep their server),
+//! and requests, keep-alive connections and a WebSocket to a removed server go on
+//! undisturbed while pools change under load. Real binary, real origins on loopback.
 
 mod common;
 
@@ -378,4 +378,58 @@ async fn pools_change_under_load_and_nothing_is_dropped() {
     let by = spread(rev, "app.test", 6).await;
     assert_eq!(by.get("a"), None, "{by:?}");
     assert_eq!(a.count("/x"), before);
+}
+
+/// A UDP server that answers every datagram with its id followed by the payload.
+async fn udp_id_echo(id: u8) -> SocketAddr {
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = sock.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 2048];
+        while let Ok((n, from)) = sock.recv_from(&mut buf).await {
+            let mut reply = vec![id];
+            reply.extend_from_slice(&buf[..n]);
+            let _ = sock.send_to(&reply, from).await;
+        }
+    });
+    addr
+}
+
+/// Sends `msg` from `sock` to `to`; the id of the server that answered.
+async fn udp_ask(sock: &tokio::net::UdpSocket, to: SocketAddr, msg: &[u8]) -> u8 {
+    sock.send_to(msg, to).await.expect("send");
+    let mut buf = vec![0u8; 2048];
+    let (n, _) = tokio::time::timeout(Duration::from_secs(5), sock.recv_from(&mut buf))
+        .await
+        .expect("a reply in time")
+        .expect("recv");
+    assert_eq!(&buf[1..n], msg);
+    buf[0]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_sessions_keep_their_server_and_new_ones_use_the_new_pool() {
+    let (a, b) = (udp_id_echo(b'a').await, udp_id_echo(b'b').await);
+    let config = |server: SocketAddr| {
+        format!(
+            "[[listeners]]\nname = \"udp\"\nkind = \"udp\"\nlisten = \"127.0.0.1:0\"\npool = \"u\"\n{}",
+            pool("u", &[server], "")
+        )
+    };
+    let gh = Gatehouse::start(&config(a));
+    let lb = gh.addr("udp");
+    let old = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    assert_eq!(udp_ask(&old, lb, b"one").await, b'a');
+    // a leaves the pool, b joins: the session already open stays with a; a new client's goes
+    // to b, on the same listener.
+    reload(&gh, &config(b));
+    assert_eq!(udp_ask(&old, lb, b"two").await, b'a');
+    let new = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    assert_eq!(udp_ask(&new, lb, b"three").await, b'b');
 }
