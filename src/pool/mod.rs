@@ -15,6 +15,12 @@
 //! health from responses), [`ServerPool::request_started`] and [`ServerPool::try_retry`] (the
 //! retry budget), [`ServerPool::observe`] and [`ServerPool::retried`] (per-server metrics).
 //! Active checks (TCP connect or an HTTP request) are `check.rs`.
+//!
+//! Reload: [`Pools::reload`] keeps unchanged pools, replaces a changed one by its
+//! [`ServerPool::successor`] (the state of servers that stay carried over by
+//! `balance::reload`), and retires removed ones. Listeners hold a [`LivePool`] and take its
+//! current pool per request or connection; a replaced pool forwards what requests still on
+//! it report about a server that stays to the successor (`with_server`, `live`).
 
 mod check;
 
