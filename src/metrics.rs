@@ -200,6 +200,10 @@ where
         }
     }
 
+    pub fn label(&self) -> &L {
+        &self.label
+    }
+
     pub fn get<C>(&self, family: &Family<L, M, C>) -> &M
     where
         C: prometheus_client::metrics::family::MetricConstructor<M>,

@@ -223,11 +223,6 @@ impl Server {
             .collect()
     }
 
-    /// Applies a new, already parsed config (SIGHUP). The policy is swapped at once for new
-    /// connections; listeners that were removed or changed stop accepting (their connections
-    /// go on), new or changed ones start. On an error the old policy stays in force.
-    /// Settings of the shared services ([dns], [upstream], [access_log], [admin], [cache],
-    /// [shutdown]) need a restart; a change there is reported, not applied.
     /// Drops each listener's spare descriptor (kept so a reload can hand the socket over):
     /// once the accept loops stop, the ports close and new clients are refused.
     pub fn release_listening_sockets(&mut self) {
@@ -236,12 +231,24 @@ impl Server {
         }
     }
 
+    /// Applies a new, already parsed config (SIGHUP). The policy is swapped at once for new
+    /// connections; `[[pools]]` are added, replaced (servers that stay keep their health) or
+    /// removed ([`crate::pool::Pools::reload`]); listeners that were removed or changed stop
+    /// accepting (their connections go on), new or changed ones start. On an error the old
+    /// policy stays in force. Settings of the shared services ([dns], [upstream],
+    /// [access_log], [admin], [cache], [limits], [agent]) need a restart; a change there is
+    /// reported, not applied.
     pub async fn reload(&mut self, new: Config) -> anyhow::Result<()> {
         crate::ifwatch::refresh(&self.services.local);
         let policy = crate::startup::prepare(&new)
             .map_err(problems)?
             .policy
             .with_local(self.services.local.clone());
+        // Pools first: listeners started below look theirs up, and kept ones take the new
+        // pool objects on their next request or connection.
+        self.services
+            .pools
+            .reload(&new.pools, &used_pools(&new), &self.services);
         let old = std::mem::take(&mut self.listeners);
         let (keep, stop): (Vec<_>, Vec<_>) = old
             .into_iter()
@@ -335,10 +342,6 @@ impl Server {
             // Compared by value: its Debug masks the token.
             ("admin", self.config.admin != new.admin),
             ("cache", self.config.cache != new.cache),
-            (
-                "pools",
-                format!("{:?}", self.config.pools) != format!("{:?}", new.pools),
-            ),
             (
                 "limits",
                 format!("{:?}", self.config.limits) != format!("{:?}", new.limits),

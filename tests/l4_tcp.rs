@@ -491,8 +491,7 @@ async fn reload_adds_a_udp_listener_and_keeps_connections() {
     let mut s = TcpStream::connect(gh.addr("tcp")).await.expect("connect");
     let mut id = [0u8; 1];
     s.read_exact(&mut id).await.expect("id");
-    // The same tcp listener, plus a udp listener over the existing pool ([[pools]] changes
-    // take effect at the next restart).
+    // The same tcp listener, plus a udp listener over the existing pool.
     let added = format!(
         "{base}\n[[listeners]]\nname = \"udp2\"\nkind = \"udp\"\nlisten = \"127.0.0.1:0\"\npool = \"p\"\n"
     );

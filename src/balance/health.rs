@@ -3,6 +3,9 @@
 //! - **Active**: the results of periodic checks (HTTP or TCP connect). `fall` consecutive
 //!   failures take an up server down; `rise` consecutive successes bring a down server up
 //!   (HAProxy's `check inter rise fall`). A server starts up, so a pool serves at once.
+//!   A server added by a reload starts up *on probation* (HAProxy's default `init-state
+//!   up`): its first failed check takes it down at once, its first passed one ends the
+//!   probation.
 //! - **Passive**: what real traffic shows. `max_failures` consecutive failures (connect
 //!   failures, resets, 5xx when the pool counts them) eject the server for a back-off that
 //!   doubles with each ejection in a row, up to a ceiling; a success after readmission ends
@@ -27,6 +30,8 @@ pub struct ActiveHealth {
     up: bool,
     /// Consecutive results against the current state.
     streak: u32,
+    /// Up but not yet proven by a check: one failure takes it down.
+    probation: bool,
 }
 
 impl Default for ActiveHealth {
@@ -34,17 +39,32 @@ impl Default for ActiveHealth {
         ActiveHealth {
             up: true,
             streak: 0,
+            probation: false,
         }
     }
 }
 
 impl ActiveHealth {
+    /// Up until its first check: a failure then takes it down at once (a server added by a
+    /// reload, HAProxy's `init-state up`).
+    pub fn on_probation() -> ActiveHealth {
+        ActiveHealth {
+            probation: true,
+            ..ActiveHealth::default()
+        }
+    }
+
     pub fn is_up(&self) -> bool {
         self.up
     }
 
     /// One check's result. `rise` and `fall` are at least 1.
     pub fn observe(&mut self, ok: bool, rise: u32, fall: u32) -> Option<Transition> {
+        let fall = if std::mem::take(&mut self.probation) {
+            1
+        } else {
+            fall
+        };
         if ok == self.up {
             self.streak = 0;
             return None;

@@ -23,11 +23,13 @@
 //! hash input from a request's headers or path), `sticky.rs` (opaque server tokens and the
 //! `Set-Cookie` value), `check.rs` (the HTTP health check's verdict), `budget.rs` (the retry
 //! budget over a sliding window), and `health.rs`'s [`HttpOutcome`] for passive checks.
+//! `reload.rs` carries a pool's state into its new configuration on reload.
 
 mod budget;
 mod check;
 mod health;
 mod key;
+pub mod reload;
 mod ring;
 mod state;
 pub mod sticky;

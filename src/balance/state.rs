@@ -36,8 +36,23 @@ impl ServerState {
         }
     }
 
+    /// A server added to a running pool (a reload): it ramps up over slow start, and its
+    /// first failed active check takes it down (HAProxy's `init-state up`).
+    pub fn added(weight: u32, now: Instant) -> ServerState {
+        ServerState {
+            active: ActiveHealth::on_probation(),
+            since: now,
+            ..ServerState::new(weight, now)
+        }
+    }
+
     pub fn weight(&self) -> u32 {
         self.weight
+    }
+
+    /// A reload changed the server's weight (at least 1); everything else is kept.
+    pub fn set_weight(&mut self, weight: u32) {
+        self.weight = weight.max(1);
     }
 
     pub fn in_flight(&self) -> u64 {

@@ -45,7 +45,7 @@ pub struct Reverse {
     cfg: ReverseListenerConfig,
     table: Table,
     /// Each route's pool, by route index (`None`: the route goes through an agent).
-    pools: Vec<Option<Arc<ServerPool>>>,
+    pools: Vec<Option<Arc<crate::pool::LivePool>>>,
     /// Each route's header edits, by route index.
     edits: Vec<Option<Arc<Rewrite>>>,
     /// Each caching route's cache profile (targeted fields, key rules), by route index.
@@ -485,7 +485,9 @@ impl HttpProxy {
         }
         ex.rewrite = rv.edits[i].clone();
         // The listener's and the pool's first-byte timeouts: the shorter wins.
-        let pool_first_byte = rv.pools[i].as_ref().map(|p| p.cfg.first_byte_timeout);
+        // The pool in force now (a reload may have replaced it); this request keeps it.
+        let pool = rv.pools[i].as_ref().map(|p| p.current());
+        let pool_first_byte = pool.as_ref().map(|p| p.cfg.first_byte_timeout);
         ex.first_byte_timeout = Some(
             rv.cfg
                 .first_byte_timeout
@@ -494,7 +496,7 @@ impl HttpProxy {
         ex.max_body = rv.cfg.max_body;
         let to = ReverseTo {
             route: i,
-            pool: rv.pools[i].clone(),
+            pool,
             target: route::rewrite_target(route, &target),
             host: host.as_deref().map(Arc::from),
             scheme,
@@ -681,10 +683,20 @@ impl HttpProxy {
             // A connection that began with a PROXY header speaks for this client only.
             let key = PoolKey {
                 host: match (use_tls, pool.cfg.proxy_protocol) {
-                    (_, Some(_)) => {
-                        Host::Name(format!("{}/{}/{}", pool.cfg.name, server.host, client.peer))
-                    }
-                    (true, None) => Host::Name(format!("{}/{}", pool.cfg.name, server.host)),
+                    (_, Some(_)) => Host::Name(format!(
+                        "{}~{}/{}/{}",
+                        pool.cfg.name,
+                        pool.tls_epoch(),
+                        server.host,
+                        client.peer
+                    )),
+                    // The epoch changes when a reload changes `[pools.tls]`.
+                    (true, None) => Host::Name(format!(
+                        "{}~{}/{}",
+                        pool.cfg.name,
+                        pool.tls_epoch(),
+                        server.host
+                    )),
                     (false, None) => server.host.clone(),
                 },
                 port: server.port,

@@ -20,7 +20,7 @@ use crate::config::{ProxyVersion, TcpListenerConfig};
 use crate::metrics::ListenerMetrics;
 use crate::policy::matcher::CidrSet;
 use crate::policy::Protocol;
-use crate::pool::ServerPool;
+use crate::pool::{LivePool, ServerPool};
 use crate::relay::RelayEnd;
 use crate::server::Services;
 
@@ -31,10 +31,11 @@ pub struct TcpBalancer {
     pub name: Arc<str>,
     pub cfg: TcpListenerConfig,
     pub svc: Arc<Services>,
-    /// The pool for connections no SNI route takes.
-    default: Option<Arc<ServerPool>>,
+    /// The pool for connections no SNI route takes (each connection takes the one in force
+    /// when it arrives: a reload may replace it).
+    default: Option<Arc<LivePool>>,
     /// Each SNI route's pool, in route order.
-    routes: Vec<Arc<ServerPool>>,
+    routes: Vec<Arc<LivePool>>,
     trusted: CidrSet,
     /// Terminate TLS (`tls` set) instead of passing it through; follows reloads.
     tls: Option<Arc<crate::tls::TlsServer>>,
@@ -203,7 +204,7 @@ impl TcpBalancer {
                 Err((status, error)) => return fail(out, status, error),
             }
         } else if self.cfg.sni.is_empty() {
-            self.default.clone()
+            self.default.as_ref().map(|p| p.current())
         } else {
             let Client::Plain(tcp) = &mut client else {
                 unreachable!("plain until here")
@@ -387,11 +388,11 @@ impl TcpBalancer {
                         .iter()
                         .any(|a| info.alpn.iter().any(|o| o == a.as_bytes()));
                 if alpn_ok && r.matches_name(sni) {
-                    return Some(pool.clone());
+                    return Some(pool.current());
                 }
             }
         }
-        self.default.clone()
+        self.default.as_ref().map(|p| p.current())
     }
 }
 

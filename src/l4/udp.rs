@@ -22,13 +22,16 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{ListenerConfig, ListenerKind, UdpListenerConfig};
 use crate::metrics::Metrics;
 use crate::policy::Protocol;
-use crate::pool::ServerPool;
+use crate::pool::{LivePool, ServerPool};
 use crate::server::Services;
 
 /// Largest datagram relayed (the UDP maximum).
 const MAX_DATAGRAM: usize = 65_535;
 
 struct Session {
+    /// The pool in force when the session opened (a reload may replace it; the session
+    /// stays with its server), and the server's index in it.
+    pool: Arc<ServerPool>,
     server: usize,
     up: Arc<UdpSocket>,
     /// Milliseconds since the listener's epoch: last datagram either way, first datagram sent
@@ -38,6 +41,15 @@ struct Session {
 }
 
 type Sessions = Arc<Mutex<HashMap<SocketAddr, Session>>>;
+
+/// A session's pool, server, socket to it, and its two clocks.
+type OpenSession = (
+    Arc<ServerPool>,
+    usize,
+    Arc<UdpSocket>,
+    Arc<AtomicU64>,
+    Arc<AtomicU64>,
+);
 
 /// Binds nothing: `socket` is already bound. Starts the loop; cancel `stop` to end it.
 pub fn spawn(
@@ -81,7 +93,7 @@ struct Listener {
     name: Arc<str>,
     cfg: UdpListenerConfig,
     svc: Arc<Services>,
-    pool: Arc<ServerPool>,
+    pool: Arc<LivePool>,
     sock: Arc<UdpSocket>,
     sessions: Sessions,
     epoch: Instant,
@@ -113,6 +125,7 @@ impl Listener {
                 let map = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
                 map.get(&client).map(|s| {
                     (
+                        s.pool.clone(),
                         s.server,
                         s.up.clone(),
                         s.last.clone(),
@@ -120,7 +133,7 @@ impl Listener {
                     )
                 })
             };
-            let (server, up, last, unanswered) = match existing {
+            let (pool, server, up, last, unanswered) = match existing {
                 Some(s) => s,
                 None => match self.open(client, &label).await {
                     Some(s) => s,
@@ -143,7 +156,7 @@ impl Listener {
             match sent {
                 Ok(sent) => {
                     self.svc.metrics.bytes(&self.name, sent as u64, 0);
-                    self.pool.bytes(server, sent as u64, 0);
+                    pool.bytes(server, sent as u64, 0);
                 }
                 Err(e) => {
                     tracing::debug!(listener = %self.name, %client, "send to server failed: {e}")
@@ -160,7 +173,7 @@ impl Listener {
         &self,
         client: SocketAddr,
         label: &crate::metrics::ListenerLabel,
-    ) -> Option<(usize, Arc<UdpSocket>, Arc<AtomicU64>, Arc<AtomicU64>)> {
+    ) -> Option<OpenSession> {
         let count = self
             .sessions
             .lock()
@@ -179,9 +192,10 @@ impl Listener {
             self.svc.metrics.denial(&rule);
             return None;
         }
+        let pool = self.pool.current();
         let mut tried = Vec::new();
         let (server, up) = loop {
-            let i = match self.pool.pick(client.ip(), &tried) {
+            let i = match pool.pick(client.ip(), &tried) {
                 Some(i) => i,
                 None => {
                     self.svc
@@ -193,13 +207,13 @@ impl Listener {
                     return None;
                 }
             };
-            match self.connect(i).await {
+            match self.connect(&pool, i).await {
                 Ok(s) => break (i, Arc::new(s)),
                 Err(e) => {
-                    self.pool.finished(i);
-                    self.pool.failure(i, &format!("udp: {e}"));
+                    pool.finished(i);
+                    pool.failure(i, &format!("udp: {e}"));
                     tried.push(i);
-                    if tried.len() >= self.pool.cfg.servers.len() {
+                    if tried.len() >= pool.cfg.servers.len() {
                         return None;
                     }
                 }
@@ -218,6 +232,7 @@ impl Listener {
             .insert(
                 client,
                 Session {
+                    pool: pool.clone(),
                     server,
                     up: up.clone(),
                     last: last.clone(),
@@ -231,7 +246,7 @@ impl Listener {
                 server,
                 up: up.clone(),
                 sock: self.sock.clone(),
-                pool: self.pool.clone(),
+                pool: pool.clone(),
                 svc: self.svc.clone(),
                 sessions: self.sessions.clone(),
                 last: last.clone(),
@@ -243,14 +258,13 @@ impl Listener {
             }
             .run(),
         );
-        Some((server, up, last, unanswered))
+        Some((pool, server, up, last, unanswered))
     }
 
     /// A socket from an ephemeral port of the server's family, connected to the server (so
     /// only its datagrams are received, and ICMP errors are reported).
-    async fn connect(&self, i: usize) -> std::io::Result<UdpSocket> {
-        let addrs = self
-            .pool
+    async fn connect(&self, pool: &ServerPool, i: usize) -> std::io::Result<UdpSocket> {
+        let addrs = pool
             .addrs(i, &self.svc.connector)
             .await
             .map_err(std::io::Error::other)?;

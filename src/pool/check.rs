@@ -29,13 +29,19 @@ const MAX_INTERIM: usize = 4;
 
 /// Starts one check task per server of `pool` (when it has `[pools.health]`), and one task
 /// readmitting servers whose ejection ran out (when passive checks are on). The tasks end
-/// with the shutdown.
-pub(super) fn start(pool: Arc<ServerPool>, svc: Arc<Services>) {
+/// when `stop` is cancelled (the shutdown, or a reload that replaced or removed the pool).
+/// A server marked in `added` (new at a reload) is checked at once, not after an interval.
+pub(super) fn start(
+    pool: Arc<ServerPool>,
+    svc: Arc<Services>,
+    stop: tokio_util::sync::CancellationToken,
+    added: &[bool],
+) {
     if pool.cfg.passive.max_failures > 0 {
         // Ejections that run out are readmitted (logged, gauge set) within a second even
         // when no request comes to pick the server.
         let pool = pool.clone();
-        let stop = svc.shutdown.child();
+        let stop = stop.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -58,7 +64,8 @@ pub(super) fn start(pool: Arc<ServerPool>, svc: Arc<Services>) {
         let pool = pool.clone();
         let svc = svc.clone();
         let h = h.clone();
-        let stop = svc.shutdown.child();
+        let stop = stop.clone();
+        let mut wait_first = !added.get(i).copied().unwrap_or(false);
         tokio::spawn(async move {
             let mut rng = fastrand::Rng::new();
             let name = match h.kind {
@@ -71,8 +78,13 @@ pub(super) fn start(pool: Arc<ServerPool>, svc: Arc<Services>) {
                 } else {
                     h.jitter.mul_f64(rng.f64())
                 };
+                let wait = if std::mem::replace(&mut wait_first, true) {
+                    h.interval + jitter
+                } else {
+                    Duration::ZERO
+                };
                 tokio::select! {
-                    _ = tokio::time::sleep(h.interval + jitter) => {}
+                    _ = tokio::time::sleep(wait) => {}
                     _ = stop.cancelled() => return,
                 }
                 let once = async {

@@ -15,6 +15,12 @@
 //! health from responses), [`ServerPool::request_started`] and [`ServerPool::try_retry`] (the
 //! retry budget), [`ServerPool::observe`] and [`ServerPool::retried`] (per-server metrics).
 //! Active checks (TCP connect or an HTTP request) are `check.rs`.
+//!
+//! Reload: [`Pools::reload`] keeps unchanged pools, replaces a changed one by its
+//! [`ServerPool::successor`] (the state of servers that stay carried over by
+//! `balance::reload`), and retires removed ones. Listeners hold a [`LivePool`] and take its
+//! current pool per request or connection; a replaced pool forwards what requests still on
+//! it report about a server that stays to the successor (`with_server`, `live`).
 
 mod check;
 
@@ -36,54 +42,211 @@ use crate::metrics::{
 };
 use crate::server::Services;
 
+/// The balancer's view of a pool's servers.
+fn specs(cfg: &PoolConfig) -> Vec<ServerSpec> {
+    cfg.servers
+        .iter()
+        .map(|s| ServerSpec {
+            name: s.label(),
+            weight: s.weight,
+        })
+        .collect()
+}
+
+fn settings(cfg: &PoolConfig) -> Settings {
+    Settings {
+        slow_start: cfg.slow_start,
+        ..Settings::default()
+    }
+}
+
+/// `[pools.tls]`, loaded (start-up checks loaded it once already, so an error here is a
+/// file changed since; connections then fail rather than go out in the clear).
+fn load_tls(cfg: &PoolConfig) -> Option<Result<Arc<crate::tls::TlsClient>, String>> {
+    cfg.tls.as_ref().map(|t| {
+        crate::tls::TlsClient::new(t)
+            .map(Arc::new)
+            .map_err(|e| format!("pool {:?}: TLS {}: {e}", cfg.name, e.key))
+    })
+}
+
 /// How far back the retry budget counts requests.
 const RETRY_WINDOW: Duration = Duration::from_secs(10);
 
-/// Every configured pool, by name.
-#[derive(Default)]
+/// Every configured pool, by name. A reload ([`Pools::reload`]) adds, replaces and removes
+/// pools; listeners hold a [`LivePool`] and take its current [`ServerPool`] per request or
+/// connection, so they see the new pool without being restarted.
 pub struct Pools {
-    by_name: HashMap<String, Arc<ServerPool>>,
+    by_name: Mutex<HashMap<String, Arc<LivePool>>>,
+    metrics: Arc<Metrics>,
+    seed: u64,
+}
+
+/// One pool name's current [`ServerPool`], replaced by a reload that changes the pool. A
+/// request or connection keeps the `ServerPool` it started with (server indices are that
+/// object's); what it reports about a server that stays reaches the current one.
+pub struct LivePool {
+    current: arc_swap::ArcSwap<ServerPool>,
+    /// Stops the current pool's health-check tasks (`None`: none running).
+    checks: Mutex<Option<tokio_util::sync::CancellationToken>>,
+}
+
+impl LivePool {
+    fn new(pool: ServerPool) -> LivePool {
+        LivePool {
+            current: arc_swap::ArcSwap::from_pointee(pool),
+            checks: Mutex::new(None),
+        }
+    }
+
+    /// The pool in force now.
+    pub fn current(&self) -> Arc<ServerPool> {
+        self.current.load_full()
+    }
+
+    /// Starts the current pool's checks (stopping any running ones); `added` servers check
+    /// at once.
+    fn start_checks(&self, svc: &Arc<Services>, added: &[bool]) {
+        let stop = svc.shutdown.child();
+        check::start(self.current(), svc.clone(), stop.clone(), added);
+        let old = self
+            .checks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .replace(stop);
+        if let Some(old) = old {
+            old.cancel();
+        }
+    }
+
+    fn stop_checks(&self) {
+        let old = self.checks.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(old) = old {
+            old.cancel();
+        }
+    }
+
+    fn checks_running(&self) -> bool {
+        self.checks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    }
 }
 
 impl Pools {
     pub fn new(cfgs: &[PoolConfig], metrics: Arc<Metrics>) -> Pools {
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(1);
+        let seed = clock_seed();
+        let by_name = cfgs
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let pool = ServerPool::new(c.clone(), metrics.clone(), seed ^ i as u64);
+                (c.name.clone(), Arc::new(LivePool::new(pool)))
+            })
+            .collect();
         Pools {
-            by_name: cfgs
-                .iter()
-                .enumerate()
-                .map(|(i, c)| {
-                    let pool = ServerPool::new(c.clone(), metrics.clone(), seed ^ i as u64);
-                    (c.name.clone(), Arc::new(pool))
-                })
-                .collect(),
+            by_name: Mutex::new(by_name),
+            metrics,
+            seed,
         }
+    }
+
+    fn map(&self) -> MutexGuard<'_, HashMap<String, Arc<LivePool>>> {
+        self.by_name.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Every pool's servers with their health, by pool name.
     pub fn health(&self) -> std::collections::BTreeMap<String, Vec<ServerHealth>> {
-        self.by_name
+        self.map()
             .iter()
-            .map(|(name, pool)| (name.clone(), pool.health()))
+            .map(|(name, pool)| (name.clone(), pool.current().health()))
             .collect()
     }
 
-    pub fn get(&self, name: &str) -> Option<Arc<ServerPool>> {
-        self.by_name.get(name).cloned()
+    pub fn get(&self, name: &str) -> Option<Arc<LivePool>> {
+        self.map().get(name).cloned()
     }
 
     /// Starts the active health checks of every pool that has them (only pools some listener
-    /// uses are worth checking; `used` names them). The tasks end with the shutdown.
+    /// uses are worth checking; `used` names them). The tasks end with the shutdown, or when
+    /// a reload replaces or removes their pool.
     pub fn start_health_checks(&self, used: &[&str], svc: &Arc<Services>) {
-        for (name, pool) in &self.by_name {
+        for (name, pool) in self.map().iter() {
             if used.contains(&name.as_str()) {
-                check::start(pool.clone(), svc.clone());
+                pool.start_checks(svc, &[]);
             }
         }
     }
+
+    /// Applies a reload's `[[pools]]`: a pool whose settings are unchanged is the same object
+    /// (its checks run on, started or stopped as `used` now says); a changed one is replaced
+    /// by its [`ServerPool::successor`] (servers that stay keep their state; its checks
+    /// restart, added servers checked at once); a new one starts fresh; a removed one stops
+    /// its checks and drops its servers' metric series. Requests in flight finish on the
+    /// objects they started with.
+    pub fn reload(&self, cfgs: &[PoolConfig], used: &[&str], svc: &Arc<Services>) {
+        let mut map = self.map();
+        map.retain(|name, live| {
+            let keep = cfgs.iter().any(|c| c.name == *name);
+            if !keep {
+                live.stop_checks();
+                live.current().retire();
+                tracing::info!(pool = %name, "reload: pool removed");
+            }
+            keep
+        });
+        let salt = clock_seed();
+        for (k, c) in cfgs.iter().enumerate() {
+            let seed = self.seed.rotate_left(17) ^ salt ^ k as u64;
+            let used_now = used.contains(&c.name.as_str());
+            match map.get(&c.name) {
+                Some(live) => {
+                    let old = live.current();
+                    if old.cfg == *c {
+                        match (used_now, live.checks_running()) {
+                            (true, false) => live.start_checks(svc, &[]),
+                            (false, true) => live.stop_checks(),
+                            _ => {}
+                        }
+                        continue;
+                    }
+                    let (new, added) = old.successor(c.clone(), self.metrics.clone(), seed);
+                    let stayed = added.iter().filter(|a| !**a).count();
+                    tracing::info!(
+                        pool = %c.name,
+                        kept = stayed,
+                        added = added.len() - stayed,
+                        removed = old.cfg.servers.len().saturating_sub(stayed),
+                        "reload: pool changed"
+                    );
+                    live.current.store(new);
+                    if used_now {
+                        live.start_checks(svc, &added);
+                    } else {
+                        live.stop_checks();
+                    }
+                }
+                None => {
+                    let pool = ServerPool::new(c.clone(), self.metrics.clone(), seed);
+                    let live = Arc::new(LivePool::new(pool));
+                    if used_now {
+                        live.start_checks(svc, &[]);
+                    }
+                    tracing::info!(pool = %c.name, "reload: pool added");
+                    map.insert(c.name.clone(), live);
+                }
+            }
+        }
+    }
+}
+
+/// A seed for the balancers' random choices.
+fn clock_seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1)
 }
 
 /// One pool server's health for the admin API.
@@ -114,6 +277,19 @@ pub struct ServerPool {
     pool_label: PoolLabel,
     /// Each server's series, looked up once (not per connection).
     series: Vec<ServerSeries>,
+    /// Counts changes of `[pools.tls]` across reloads: part of the key of idle TLS
+    /// connections, so one made with the old settings is not reused.
+    tls_epoch: u64,
+    /// Set once, when a reload replaced or removed this pool.
+    next: std::sync::OnceLock<Next>,
+}
+
+/// Where a replaced pool's servers went.
+struct Next {
+    /// The successor; `None`: the pool was removed.
+    pool: Option<Arc<ServerPool>>,
+    /// Each server's index in the successor (`None`: removed).
+    moved: Vec<Option<usize>>,
 }
 
 /// [`ServerPool::pick_request`]'s answer.
@@ -151,25 +327,124 @@ pub enum PoolError {
 
 impl ServerPool {
     pub fn new(cfg: PoolConfig, metrics: Arc<Metrics>, seed: u64) -> ServerPool {
-        let specs: Vec<ServerSpec> = cfg
+        let now = Instant::now();
+        let balancer = Balancer::new(cfg.algorithm, &specs(&cfg), settings(&cfg), seed, now);
+        let budget = RetryBudget::new(cfg.retry_budget, cfg.min_retries_per_sec, RETRY_WINDOW, now);
+        let tls = load_tls(&cfg);
+        Self::assemble(cfg, metrics, balancer, budget, tls, 0)
+    }
+
+    /// The pool a reload makes of this one for `cfg` (same name, other settings): servers
+    /// that stay keep their state ([`crate::balance::reload::carry`]), the retry budget and
+    /// the TLS client are kept when their settings are. From now on, what requests in flight
+    /// on this pool report about a server that stays goes to the successor. Also returns,
+    /// per new server, whether it was added.
+    pub fn successor(
+        &self,
+        cfg: PoolConfig,
+        metrics: Arc<Metrics>,
+        seed: u64,
+    ) -> (Arc<ServerPool>, Vec<bool>) {
+        let now = Instant::now();
+        let b = self.lock();
+        let old_names: Vec<&str> = self.labels.iter().map(|l| l.server.as_str()).collect();
+        let specs = specs(&cfg);
+        let carried = crate::balance::reload::carry(
+            &b,
+            self.cfg.algorithm,
+            &old_names,
+            crate::balance::reload::NewPool {
+                algo: cfg.algorithm,
+                servers: &specs,
+                settings: settings(&cfg),
+                checks: cfg.health.is_some(),
+                passive: cfg.passive.max_failures > 0,
+                seed,
+            },
+            now,
+        );
+        let budget = if (cfg.retry_budget, cfg.min_retries_per_sec)
+            == (self.cfg.retry_budget, self.cfg.min_retries_per_sec)
+        {
+            self.budget
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+        } else {
+            RetryBudget::new(cfg.retry_budget, cfg.min_retries_per_sec, RETRY_WINDOW, now)
+        };
+        let (tls, epoch) = if cfg.tls == self.cfg.tls {
+            (self.tls.clone(), self.tls_epoch)
+        } else {
+            (load_tls(&cfg), self.tls_epoch.wrapping_add(1))
+        };
+        let new = Arc::new(Self::assemble(
+            cfg,
+            metrics,
+            carried.balancer,
+            budget,
+            tls,
+            epoch,
+        ));
+        for (i, l) in self.labels.iter().enumerate() {
+            if carried.moved[i].is_none() && !new.labels.contains(l) {
+                self.forget_series(i);
+            }
+        }
+        // Under the lock: every report made before this went into the state just carried,
+        // every one after goes to the successor.
+        let _ = self.next.set(Next {
+            pool: Some(new.clone()),
+            moved: carried.moved,
+        });
+        drop(b);
+        (new, carried.added)
+    }
+
+    /// The pool was removed by a reload: its servers' series leave `/metrics`; requests
+    /// still in flight finish on it.
+    pub fn retire(&self) {
+        let b = self.lock();
+        for i in 0..self.labels.len() {
+            self.forget_series(i);
+        }
+        let _ = self.next.set(Next {
+            pool: None,
+            moved: vec![None; self.labels.len()],
+        });
+        drop(b);
+    }
+
+    /// Removes server `i`'s series from the metric families.
+    fn forget_series(&self, i: usize) {
+        let m = &self.metrics;
+        let l = &self.labels[i];
+        m.pool_server_up.remove(l);
+        m.pool_server_connections.remove(l);
+        m.pool_server_errors.remove(l);
+        m.pool_server_response_seconds.remove(l);
+        let s = &self.series[i];
+        for b in [&s.to_server, &s.from_server] {
+            m.pool_server_bytes.remove(b.label());
+        }
+        for r in &s.requests {
+            m.pool_server_requests.remove(r.label());
+        }
+    }
+
+    fn assemble(
+        cfg: PoolConfig,
+        metrics: Arc<Metrics>,
+        balancer: Balancer,
+        budget: RetryBudget,
+        tls: Option<Result<Arc<crate::tls::TlsClient>, String>>,
+        tls_epoch: u64,
+    ) -> ServerPool {
+        let secret = cfg.sticky.as_ref().map_or("", |s| s.secret.as_str());
+        let tokens = cfg
             .servers
             .iter()
-            .map(|s| ServerSpec {
-                name: s.label(),
-                weight: s.weight,
-            })
-            .collect();
-        let settings = Settings {
-            slow_start: cfg.slow_start,
-            ..Settings::default()
-        };
-        let now = Instant::now();
-        let balancer = Balancer::new(cfg.algorithm, &specs, settings, seed, now);
-        let budget = RetryBudget::new(cfg.retry_budget, cfg.min_retries_per_sec, RETRY_WINDOW, now);
-        let secret = cfg.sticky.as_ref().map_or("", |s| s.secret.as_str());
-        let tokens = specs
-            .iter()
-            .map(|s| crate::balance::sticky::token(&cfg.name, &s.name, secret))
+            .map(|s| crate::balance::sticky::token(&cfg.name, &s.label(), secret))
             .collect();
         let labels: Vec<ServerLabels> = cfg
             .servers
@@ -179,11 +454,13 @@ impl ServerPool {
                 server: s.label(),
             })
             .collect();
+        let now = Instant::now();
         let series = labels
             .iter()
-            .map(|l| {
+            .enumerate()
+            .map(|(i, l)| {
                 let up = metrics.pool_server_up.get_or_create(l).clone();
-                up.set(1);
+                up.set(i64::from(balancer.server(i).is_available(now)));
                 let bytes = |direction: &str| {
                     Series::new(ServerBytesLabels {
                         pool: l.pool.clone(),
@@ -212,11 +489,6 @@ impl ServerPool {
                 }
             })
             .collect();
-        let tls = cfg.tls.as_ref().map(|t| {
-            crate::tls::TlsClient::new(t)
-                .map(Arc::new)
-                .map_err(|e| format!("pool {:?}: TLS {}: {e}", cfg.name, e.key))
-        });
         ServerPool {
             tls,
             pool_label: PoolLabel {
@@ -229,6 +501,55 @@ impl ServerPool {
             labels,
             tokens,
             series,
+            tls_epoch,
+            next: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Part of the key of an idle TLS connection to this pool: changes when a reload
+    /// changes `[pools.tls]`.
+    pub fn tls_epoch(&self) -> u64 {
+        self.tls_epoch
+    }
+
+    /// Runs `f` on the pool that holds server `i`'s state now, under its lock: this one, or
+    /// (after reloads that kept the server) the newest successor. The flag says whether the
+    /// server is still configured (its metric series exist).
+    fn with_server<R>(
+        &self,
+        i: usize,
+        f: impl FnOnce(&ServerPool, &mut Balancer, usize, bool) -> R,
+    ) -> R {
+        let mut b = self.lock();
+        match self.next.get() {
+            None => f(self, &mut b, i, true),
+            Some(next) => match (&next.pool, next.moved.get(i).copied().flatten()) {
+                (Some(p), Some(j)) => {
+                    drop(b);
+                    p.with_server(j, f)
+                }
+                _ => f(self, &mut b, i, false),
+            },
+        }
+    }
+
+    /// [`ServerPool::with_server`] without the lock, for metrics: the pool and index of
+    /// server `i` now, and whether it is still configured.
+    fn live(&self, i: usize) -> (&ServerPool, usize, bool) {
+        match self.next.get() {
+            None => (self, i, true),
+            Some(next) => match (&next.pool, next.moved.get(i).copied().flatten()) {
+                (Some(p), Some(j)) => p.live(j),
+                _ => (self, i, false),
+            },
+        }
+    }
+
+    /// The newest successor of this pool (itself when not replaced), for pool-wide state.
+    fn newest(&self) -> &ServerPool {
+        match self.next.get().and_then(|n| n.pool.as_ref()) {
+            Some(p) => p.newest(),
+            None => self,
         }
     }
 
@@ -304,20 +625,32 @@ impl ServerPool {
             now,
         );
         let Pick::Server(i) = pick else { return None };
-        self.take(&mut b, i, now);
+        self.take(b, i, now);
         Some(i)
     }
 
     /// Counts a picked server in flight; an ejection that ran out ends here (the server is
-    /// back, slowly).
-    fn take(&self, b: &mut Balancer, i: usize, now: Instant) {
+    /// back, slowly). A pick made on a pool a reload just replaced is counted where the
+    /// server's state now is.
+    fn take(&self, mut b: MutexGuard<'_, Balancer>, i: usize, now: Instant) {
+        if self.next.get().is_none() {
+            Self::take_here(self, &mut b, i, now, true);
+        } else {
+            drop(b);
+            self.with_server(i, |p, b, j, live| Self::take_here(p, b, j, now, live));
+        }
+    }
+
+    fn take_here(p: &ServerPool, b: &mut Balancer, i: usize, now: Instant, live: bool) {
         let t = b.server_mut(i).passive.expire(now);
-        self.after(b, i, t, "passive: ejection over");
+        p.after(b, i, t, "passive: ejection over", live);
         b.started(i);
-        self.series[i]
-            .connections
-            .get(&self.metrics.pool_server_connections)
-            .inc();
+        if live {
+            p.series[i]
+                .connections
+                .get(&p.metrics.pool_server_connections)
+                .inc();
+        }
     }
 
     /// The server a sticky-session cookie names, when it is known, not in `exclude` and may be
@@ -327,7 +660,7 @@ impl ServerPool {
     pub fn sticky_pick(&self, token: &[u8], exclude: &[usize]) -> Option<usize> {
         let i = self.tokens.iter().position(|t| t.as_bytes() == token)?;
         let now = Instant::now();
-        let mut b = self.lock();
+        let b = self.lock();
         let req = Request {
             key: None,
             exclude,
@@ -337,7 +670,7 @@ impl ServerPool {
         if !b.may_take(i, &req, now) {
             return None;
         }
-        self.take(&mut b, i, now);
+        self.take(b, i, now);
         Some(i)
     }
 
@@ -395,33 +728,36 @@ impl ServerPool {
     }
 
     pub fn finished(&self, i: usize) {
-        self.lock().finished(i, None, Instant::now());
+        let now = Instant::now();
+        self.with_server(i, |_, b, j, _| b.finished(j, None, now));
     }
 
     /// Real traffic reached server `i` (passive health).
     pub fn success(&self, i: usize) {
-        let mut b = self.lock();
-        let t = b.server_mut(i).passive.success();
-        self.after(&mut b, i, t, "passive: answered again");
+        self.with_server(i, |p, b, j, live| {
+            let t = b.server_mut(j).passive.success();
+            p.after(b, j, t, "passive: answered again", live);
+        });
     }
 
     /// Real traffic failed at server `i`: a refused or timed-out connect, an ICMP error, no
     /// UDP reply (passive health).
     pub fn failure(&self, i: usize, why: &str) {
-        self.series[i]
-            .errors
-            .get(&self.metrics.pool_server_errors)
-            .inc();
-        let now = Instant::now();
-        let mut b = self.lock();
-        let t = b.server_mut(i).passive.failure(now, &self.cfg.passive);
-        match b.server(i).passive.ejected_until() {
-            Some(until) if t == Some(Transition::Down) => {
-                let why = format!("{why} (ejected for {:?})", until - now);
-                self.after(&mut b, i, t, &why);
-            }
-            _ => self.after(&mut b, i, t, why),
+        let (p, j, live) = self.live(i);
+        if live {
+            p.series[j].errors.get(&p.metrics.pool_server_errors).inc();
         }
+        let now = Instant::now();
+        self.with_server(i, |p, b, j, live| {
+            let t = b.server_mut(j).passive.failure(now, &p.cfg.passive);
+            match b.server(j).passive.ejected_until() {
+                Some(until) if t == Some(Transition::Down) => {
+                    let why = format!("{why} (ejected for {:?})", until - now);
+                    p.after(b, j, t, &why, live);
+                }
+                _ => p.after(b, j, t, why, live),
+            }
+        });
     }
 
     /// How an HTTP exchange with server `i` ended (passive health): a reset or a first-byte
@@ -442,7 +778,8 @@ impl ServerPool {
 
     /// A client request (not a retry) is about to go to this pool: it earns the retry budget.
     pub fn request_started(&self) {
-        self.budget
+        self.newest()
+            .budget
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .deposit(Instant::now());
@@ -451,6 +788,7 @@ impl ServerPool {
     /// Whether the retry budget allows one more retry now; `true` spends it.
     pub fn try_retry(&self) -> bool {
         let ok = self
+            .newest()
             .budget
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -481,14 +819,16 @@ impl ServerPool {
             100..=599 => usize::from(status / 100) - 1,
             _ => 5,
         };
-        let s = &self.series[i];
-        s.requests[class]
-            .get(&self.metrics.pool_server_requests)
-            .inc();
-        s.response_seconds
-            .get(&self.metrics.pool_server_response_seconds)
-            .observe(latency.as_secs_f64());
-        self.lock().sample(i, latency, Instant::now());
+        let (p, j, live) = self.live(i);
+        if live {
+            let s = &p.series[j];
+            s.requests[class].get(&p.metrics.pool_server_requests).inc();
+            s.response_seconds
+                .get(&p.metrics.pool_server_response_seconds)
+                .observe(latency.as_secs_f64());
+        }
+        let now = Instant::now();
+        self.with_server(i, |_, b, j, _| b.sample(j, latency, now));
     }
 
     /// Readmits every server whose passive ejection has run out by `now` (logged, gauge set).
@@ -497,25 +837,30 @@ impl ServerPool {
         for i in 0..b.len() {
             let t = b.server_mut(i).passive.expire(now);
             if t.is_some() {
-                self.after(&mut b, i, t, "passive: ejection over");
+                self.after(&mut b, i, t, "passive: ejection over", true);
             }
         }
     }
 
-    /// One active check's result.
+    /// One active check's result (a check that ends just after a reload replaced the pool
+    /// counts in the successor, under its settings).
     fn checked(&self, i: usize, ok: bool, why: &str) {
-        let Some(h) = &self.cfg.health else { return };
-        let mut b = self.lock();
-        let t = b.server_mut(i).active.observe(ok, h.rise, h.fall);
-        self.after(&mut b, i, t, why);
+        self.with_server(i, |p, b, j, live| {
+            let Some(h) = &p.cfg.health else { return };
+            let t = b.server_mut(j).active.observe(ok, h.rise, h.fall);
+            p.after(b, j, t, why, live);
+        });
     }
 
-    /// Logs a transition, applies slow start, and sets the server's `up` gauge.
-    fn after(&self, b: &mut Balancer, i: usize, t: Option<Transition>, why: &str) {
+    /// Logs a transition, applies slow start, and sets the server's `up` gauge (`live`: the
+    /// server is still configured, so its series exist).
+    fn after(&self, b: &mut Balancer, i: usize, t: Option<Transition>, why: &str, live: bool) {
         let now = Instant::now();
         b.server_mut(i).note(t, now);
-        let up = b.server(i).is_available(now);
-        self.series[i].up.set(i64::from(up));
+        if live {
+            let up = b.server(i).is_available(now);
+            self.series[i].up.set(i64::from(up));
+        }
         match t {
             Some(Transition::Down) => tracing::warn!(
                 pool = %self.cfg.name, server = %self.labels[i].server, "server down: {why}"
@@ -528,10 +873,14 @@ impl ServerPool {
     }
 
     pub fn bytes(&self, i: usize, to_server: u64, from_server: u64) {
-        let s = &self.series[i];
+        let (p, j, live) = self.live(i);
+        if !live {
+            return;
+        }
+        let s = &p.series[j];
         for (series, n) in [(&s.to_server, to_server), (&s.from_server, from_server)] {
             if n > 0 {
-                series.get(&self.metrics.pool_server_bytes).inc_by(n);
+                series.get(&p.metrics.pool_server_bytes).inc_by(n);
             }
         }
     }
@@ -909,6 +1258,96 @@ mod tests {
             .pick_request(CLIENT, &with, "/", &[], false)
             .expect("server");
         assert_eq!(p2.set_cookie, None);
+    }
+
+    fn server_cfg(port: u16, weight: u32) -> ServerConfig {
+        ServerConfig {
+            host: Host::Ip("127.0.0.1".parse().expect("ip")),
+            port,
+            weight,
+        }
+    }
+
+    fn in_flight(p: &ServerPool) -> Vec<u64> {
+        p.health().iter().map(|h| h.in_flight).collect()
+    }
+
+    #[test]
+    fn a_successor_keeps_health_and_takes_reports_from_requests_in_flight() {
+        let (old, m) = pool(false);
+        // Server 2 down by checks; a request in flight on server 1.
+        old.checked(1, false, "t");
+        old.checked(1, false, "t");
+        let started = old.pick(CLIENT, &[1]).expect("server 1");
+        assert_eq!(started, 0);
+        let mut cfg = old.cfg.clone();
+        cfg.servers = vec![server_cfg(3, 1), server_cfg(2, 1), server_cfg(1, 5)];
+        let (new, added) = old.successor(cfg, m.clone(), 1);
+        assert_eq!(added, vec![true, false, false]);
+        assert_eq!(in_flight(&new), vec![0, 0, 1]);
+        assert!(!new.health()[1].checks_up, "127.0.0.1:2 stays down");
+        assert_eq!(up(&m, "127.0.0.1:2"), 0);
+        assert_eq!(up(&m, "127.0.0.1:3"), 1);
+        // The request that outlived the reload ends, and its failure counts, in the new pool.
+        old.failure(started, "t");
+        old.finished(started);
+        assert_eq!(in_flight(&new), vec![0, 0, 0]);
+        assert!(new.health()[2].ejected);
+        assert_eq!(up(&m, "127.0.0.1:1"), 0);
+        // A late check on the old pool lands in the new one too.
+        old.checked(1, true, "t");
+        old.checked(1, true, "t");
+        assert!(new.health()[1].checks_up);
+        // A pick on the replaced pool is counted where the server's state now is.
+        let (_, m2) = pool(false);
+        let (a, _) = pool(false);
+        let (b, _) = a.successor(a.cfg.clone(), m2, 2);
+        let i = a.pick(CLIENT, &[]).expect("server");
+        assert_eq!(in_flight(&b)[i], 1);
+        a.finished(i);
+        assert_eq!(in_flight(&b)[i], 0);
+    }
+
+    #[test]
+    fn removed_servers_and_pools_leave_the_metrics() {
+        let (old, m) = pool(false);
+        old.bytes(1, 10, 10);
+        let i = old.pick(CLIENT, &[0]).expect("server 2");
+        let mut cfg = old.cfg.clone();
+        cfg.servers.truncate(1);
+        let (new, _) = old.successor(cfg, m.clone(), 1);
+        let text = m.encode();
+        assert!(!text.contains("127.0.0.1:2"), "{text}");
+        assert!(text.contains("server=\"127.0.0.1:1\""), "{text}");
+        // The request on the removed server ends without bringing its series back.
+        old.bytes(i, 5, 5);
+        old.failure(i, "t");
+        old.finished(i);
+        assert!(!m.encode().contains("127.0.0.1:2"));
+        new.retire();
+        assert!(!m.encode().contains("pool=\"p\",server"), "{}", m.encode());
+    }
+
+    #[test]
+    fn tls_epoch_changes_only_with_the_tls_settings() {
+        let (old, m) = pool(false);
+        let mut cfg = old.cfg.clone();
+        cfg.algorithm = crate::balance::Algorithm::LeastRequests;
+        let (same, _) = old.successor(cfg.clone(), m.clone(), 1);
+        assert_eq!(same.tls_epoch(), old.tls_epoch());
+        cfg.tls = Some(crate::config::ClientTls {
+            ca_file: None,
+            server_name: Some("app.test".into()),
+            verify: true,
+            client_cert: None,
+            alpn: Vec::new(),
+            min_version: crate::config::TlsVersion::V1_2,
+        });
+        let (tls, _) = same.successor(cfg.clone(), m.clone(), 1);
+        assert_ne!(tls.tls_epoch(), same.tls_epoch());
+        cfg.slow_start = Duration::from_secs(1);
+        let (kept, _) = tls.successor(cfg, m, 1);
+        assert_eq!(kept.tls_epoch(), tls.tls_epoch());
     }
 
     #[test]
