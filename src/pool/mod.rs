@@ -1265,6 +1265,7 @@ mod tests {
             host: Host::Ip("127.0.0.1".parse().expect("ip")),
             port,
             weight,
+            agent: None,
         }
     }
 
