@@ -1,5 +1,6 @@
-//! Big cache hits, byte for byte: 1 MiB and 10 MiB objects served from the memory tier and
-//! from the disk tier, whole (curl) and as ranges, compared by SHA-256 with what the origin
+//! Big cache hits, byte for byte: 1 MiB and 10 MiB objects served from the memory tier (its
+//! sealed memory files), from the disk tier and from both, whole (curl, HTTP/1.1 and h2) and
+//! as ranges, compared by SHA-256 with what the origin
 //! sent; and a damaged disk object is never served, even after it was served intact once.
 
 mod common;
@@ -15,8 +16,12 @@ const MIB: usize = 1 << 20;
 
 #[derive(Clone, Copy, Debug)]
 enum Tier {
+    /// Large bodies in sealed memory files, sent with sendfile.
     Memory,
     Disk,
+    /// Both: hits from the memory tier's memory files, and the disk tier writes its file
+    /// from them.
+    Both,
 }
 
 fn config(tier: Tier, dir: &Path) -> String {
@@ -24,6 +29,10 @@ fn config(tier: Tier, dir: &Path) -> String {
         Tier::Memory => "memory_size = \"64MiB\"\n".to_string(),
         Tier::Disk => format!(
             "memory_size = \"0\"\ndisk_dir = \"{}\"\ndisk_size = \"1GiB\"\n",
+            dir.display()
+        ),
+        Tier::Both => format!(
+            "memory_size = \"64MiB\"\ndisk_dir = \"{}\"\ndisk_size = \"1GiB\"\n",
             dir.display()
         ),
     };
@@ -137,6 +146,64 @@ async fn big_hits(tier: Tier, len: usize) {
         );
     }
     assert_eq!(o.count(&path), 1, "{tier:?}: every hit came from the cache");
+    if let Tier::Both = tier {
+        // The disk tier's object holds the whole body (read back from the memory file).
+        let sizes: Vec<u64> = object_files(&dir.path().join("cache"))
+            .iter()
+            .filter_map(|f| std::fs::metadata(f).ok().map(|m| m.len()))
+            .collect();
+        assert!(
+            sizes.iter().any(|s| *s > len as u64),
+            "a disk object with the body: {sizes:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn one_mib_from_both_tiers() {
+    big_hits(Tier::Both, MIB).await;
+}
+
+/// An HTTP/2 client (curl, h2c) of a reverse route gets a 1 MiB memory-tier hit: the body
+/// is read back from its memory file (no sendfile to an h2 stream), byte for byte.
+#[tokio::test]
+async fn one_mib_memory_hit_to_an_http2_client() {
+    let o = origin(MIB).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let gh = Gatehouse::start(&format!(
+        "[[listeners]]\nname = \"rev\"\nkind = \"reverse\"\nlisten = \"127.0.0.1:0\"\n\
+         [listeners.http2]\nh2c = true\n\
+         [[listeners.hosts]]\nnames = [\"app.test\"]\n[[listeners.hosts.routes]]\npool = \"p\"\n\
+         cache = true\n[[pools]]\nname = \"p\"\n[[pools.servers]]\naddress = \"{}\"\n\
+         [cache]\nenabled = true\nmemory_size = \"64MiB\"\nmax_object_size = \"16MiB\"\n",
+        o.addr
+    ));
+    let url = format!("http://app.test:{}/h2big", gh.addr("rev").port());
+    let resolve = format!("app.test:{}:127.0.0.1", gh.addr("rev").port());
+    let want = pattern(seed("/h2big"), MIB);
+    for round in 0..3 {
+        let heads = dir.path().join(format!("h2-{round}"));
+        let heads_s = heads.display().to_string();
+        let (code, body, err) = curl(&[
+            "--http2-prior-knowledge",
+            "--resolve",
+            &resolve,
+            "-D",
+            &heads_s,
+            &url,
+        ])
+        .await;
+        assert_eq!(code, 0, "curl: {err}");
+        let text = std::fs::read_to_string(&heads)
+            .expect("headers")
+            .to_ascii_lowercase();
+        assert!(text.starts_with("http/2 200"), "{text}");
+        if round > 0 {
+            assert!(text.contains("gatehouse; hit"), "round {round}: {text}");
+        }
+        assert_eq!(sha(&body), sha(&want), "round {round}");
+    }
+    assert_eq!(o.count("/h2big"), 1, "the hits came from the cache");
 }
 
 #[tokio::test]

@@ -471,6 +471,12 @@ impl Cache {
     /// Makes the entry with `stored` added visible at once (pending map and memory tier),
     /// unless the key's generation moved on since `generation`.
     async fn put(&self, key: &str, stored: Arc<StoredResponse>, generation: u64) -> Store<'_> {
+        // With a memory tier, a large body goes into a sealed memory file, so its hits leave
+        // with `sendfile(2)` (the disk tier, if any, reads it back once to write its file).
+        let stored = match self.memory {
+            Some(_) => super::sealed::large_body_sealed(stored),
+            None => stored,
+        };
         let entry = Arc::new(self.get(key).await.unwrap_or_default().with(stored));
         self.put_entry(key, entry, generation)
     }

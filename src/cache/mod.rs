@@ -24,6 +24,7 @@ pub mod object;
 pub mod profile;
 pub mod refresh;
 pub mod reuse;
+pub mod sealed;
 pub mod serve;
 pub mod stats;
 pub mod status;

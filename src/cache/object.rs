@@ -33,14 +33,18 @@ pub struct StoredResponse {
     pub file: Option<FileBody>,
 }
 
-/// Body bytes at `offset..offset + len` of an open disk-tier object file. Object files are
-/// never written after they are renamed into place, and an open file outlives its deletion,
-/// so the bytes stay what the tier verified for as long as this is held.
+/// Body bytes at `offset..offset + len` of an open file: a disk-tier object file, or a
+/// sealed memory file of the memory tier ([`crate::cache::sealed`]). Object files are never
+/// written after they are renamed into place, memory files are sealed against writes, and an
+/// open file outlives its deletion, so the bytes stay what was stored for as long as this is
+/// held.
 #[derive(Debug, Clone)]
 pub struct FileBody {
     pub file: Arc<File>,
     pub offset: u64,
     pub len: u64,
+    /// A sealed memory file (its pages are memory; reading it never waits for a disk).
+    pub in_memory: bool,
 }
 
 impl PartialEq for FileBody {
@@ -58,6 +62,7 @@ impl FileBody {
             file: self.file.clone(),
             offset: self.offset + first,
             len,
+            in_memory: self.in_memory,
         }
     }
 
@@ -128,9 +133,16 @@ impl Entry {
             .find(|v| usable(v) && vary::matches(&v.vary, req))
     }
 
-    /// Whether some variant's body is still in a disk-tier file.
+    /// Whether some variant's body is in a file (a disk-tier file or a memory file).
     pub fn has_file_bodies(&self) -> bool {
         self.variants.iter().any(|v| v.file.is_some())
+    }
+
+    /// Whether some variant's body is still in a disk-tier file.
+    pub fn has_disk_file_bodies(&self) -> bool {
+        self.variants
+            .iter()
+            .any(|v| v.file.as_ref().is_some_and(|f| !f.in_memory))
     }
 
     /// This entry with every body in memory (blocking reads).
@@ -385,6 +397,7 @@ impl Reader {
                     file: file.clone(),
                     offset: PREFIX_LEN as u64 + self.pos,
                     len: n,
+                    in_memory: false,
                 };
                 self.pos = end;
                 Ok((Bytes::new(), Some(body)))

@@ -402,8 +402,9 @@ impl HttpProxy {
         self.connection_header(&mut h, req, keep);
         // The head and the stored body go out together (one `writev` while the socket takes
         // them): the body is written from the stored bytes themselves, never copied behind
-        // the head. A body still in a disk-tier file goes to a plain TCP client with
-        // `sendfile(2)`; to TLS and HTTP/2 clients it is read into memory first.
+        // the head. A body in a file (a disk-tier file, or the memory tier's sealed memory
+        // file for large bodies) goes to a plain TCP client with `sendfile(2)`; to TLS and
+        // HTTP/2 clients it is read into memory first.
         let mut out = Vec::with_capacity(512);
         codec::write_response_head(&mut out, served.head.status, &served.head.reason, &h);
         ex.status = served.head.status;
@@ -422,6 +423,13 @@ impl HttpProxy {
                 let send = crate::sendfile::send_head_and_file(tcp, &out, &f.file, f.offset, f.len);
                 matches!(tokio::time::timeout(t, send).await, Ok(Ok(())))
             }
+            // A memory file: read at once (no disk to wait for).
+            (Some(f), None) if f.in_memory => match f.read() {
+                Ok(bytes) => body::write_all_two(&mut client.stream, &out, &bytes, t)
+                    .await
+                    .is_ok(),
+                Err(_) => false,
+            },
             (Some(f), None) => {
                 let f = f.clone();
                 match tokio::task::spawn_blocking(move || f.read()).await {

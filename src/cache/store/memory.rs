@@ -42,9 +42,10 @@ impl MemoryTier {
     }
 
     /// An entry whose bodies are still in disk-tier files is not taken (it would hold their
-    /// descriptors): such entries are served from the disk tier.
+    /// descriptors): such entries are served from the disk tier. Bodies in sealed memory
+    /// files ([`crate::cache::sealed`]) are the memory tier's own.
     pub fn put_now(&self, key: &str, entry: Arc<Entry>) -> Result<(), StoreError> {
-        if entry.has_file_bodies() {
+        if entry.has_disk_file_bodies() {
             return Err(StoreError::OnDisk);
         }
         let w = entry.weight();
