@@ -272,6 +272,7 @@ idle_once() {
     kill "$helper" 2>/dev/null || true
     wait "$helper" || true
     echo "rss_half_kib=$mid rss_all_kib=$after" >>"$out"
+    grep -q "^opened=$IDLE_CLIENTS failed=0 " "$out" || die "$name: not all $IDLE_CLIENTS idle clients opened (see $out)"
     awk -v m="$mid" -v a="$after" -v n=$((IDLE_CLIENTS - IDLE_CLIENTS / 2)) '
         /^opened=/ { split($1, o, "="); split($2, f, "=") }
         END { printf "%.2f %d %d\n", (a - m) / n, o[2], f[2] }
@@ -376,6 +377,10 @@ pool = "origin"
 name = "origin"
 [[pools.servers]]
 address = "127.0.0.1:$P_ORIGIN"
+
+# All clients come from 127.0.0.1: no per-address cap (default 1000), as for nginx and HAProxy.
+[limits.per_client]
+max_connections = 0
 
 [access_log]
 path = "off"
