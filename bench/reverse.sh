@@ -10,8 +10,9 @@
 #   h1         wrk over plain HTTP/1.1 keep-alive (plus the origin directly, for reference)
 #   tls-h1     wrk over TLS, HTTP/1.1 keep-alive
 #   tls-h2     h2load over TLS, HTTP/2 (H2_CONNS connections, H2_STREAMS streams each)
-#   handshake  new TLS handshakes/s: HS_CLIENTS `openssl s_time -new` processes, each a full
-#              handshake per connection (never a resumed session), then close
+#   handshake  new TLS handshakes/s: bench/loadgen tls-handshakes, HS_CONNS at a time, each a
+#              full handshake per connection (rustls, resumption off: never a resumed
+#              session), then close
 #   idle       memory per idle keep-alive client: IDLE_CLIENTS connections, one GET each, held
 #              open; the proxy's RSS (VmRSS summed over its processes) after minus before,
 #              divided by IDLE_CLIENTS; plain HTTP/1.1 and TLS
@@ -21,9 +22,9 @@
 # bench/results/reverse-<time>/.
 #
 # TLS, the same for all three: TLS 1.3 only, TLS_AES_128_GCM_SHA256, X25519, one ECDSA P-256
-# certificate made here with openssl. The clients (wrk, h2load, openssl, all OpenSSL) get
-# those through an OPENSSL_CONF written here; Gatehouse (rustls) follows the client's order,
-# nginx and HAProxy are also configured to them. Session tickets stay at each server's
+# certificate made here with openssl. wrk and h2load (OpenSSL) get those through an
+# OPENSSL_CONF written here, loadgen's handshake client offers nothing else; Gatehouse
+# (rustls) follows the client's order, nginx and HAProxy are also configured to them. Session tickets stay at each server's
 # default (all three issue them); no client here resumes a session.
 #
 # Needs root for apt-get (only when nginx, haproxy, wrk, h2load or openssl is missing). All
@@ -31,7 +32,7 @@
 # killed on exit.
 #
 # Knobs (environment): RUNS=3 DURATION=10 THREADS=2 CONNS=64 WORKERS=1 SIZE=1024
-#   H2_CONNS=50 H2_STREAMS=10 HS_CLIENTS=8 IDLE_CLIENTS=2000
+#   H2_CONNS=50 H2_STREAMS=10 HS_CONNS=32 IDLE_CLIENTS=2000
 #   SCENARIOS="h1 tls-h1 tls-h2 handshake idle"
 #   GATEHOUSE_BIN=path: use that binary instead of building target/release/gatehouse
 # A smoke run (checks the script, measures nothing worth keeping):
@@ -47,7 +48,7 @@ WORKERS=${WORKERS:-1}
 SIZE=${SIZE:-1024}
 H2_CONNS=${H2_CONNS:-50}
 H2_STREAMS=${H2_STREAMS:-10}
-HS_CLIENTS=${HS_CLIENTS:-8}
+HS_CONNS=${HS_CONNS:-32}
 IDLE_CLIENTS=${IDLE_CLIENTS:-2000}
 SCENARIOS=${SCENARIOS:-h1 tls-h1 tls-h2 handshake idle}
 PROXIES=(gatehouse nginx haproxy)
@@ -110,6 +111,11 @@ else
     GATEHOUSE="$ROOT/target/release/gatehouse"
 fi
 [ -x "$GATEHOUSE" ] || die "no gatehouse binary at $GATEHOUSE"
+if want handshake; then
+    log "building bench/loadgen (release)"
+    cargo build --release --quiet --manifest-path "$ROOT/bench/loadgen/Cargo.toml"
+    LOADGEN="$ROOT/bench/loadgen/target/release/loadgen"
+fi
 
 # --- helpers ---------------------------------------------------------------------------------
 
@@ -223,29 +229,20 @@ h2load_once() {
     echo "$rps $p99 $err $(cpu_us $((c1 - c0)) "$ok")"
 }
 
-# One handshake run: HS_CLIENTS `openssl s_time -new` in parallel, each a full TLS handshake
-# per connection, then close. Prints "handshakes_per_s - errors cpu_us_per_handshake".
+# One handshake run: bench/loadgen's tls-handshakes, HS_CONNS connections at a time, each a
+# full TLS handshake (rustls client, resumption off), then close. Prints "handshakes_per_s
+# p99_ms errors cpu_us_per_handshake" (p99: connect + handshake, as the client saw it).
 handshake_once() {
-    local port=$1 out=$2 pid=$3 c0 c1 t0 t1 i total fails pids=()
+    local port=$1 out=$2 pid=$3 c0 c1 n rate p99 fails
     c0=$(cpu_ticks "$pid")
-    t0=$(date +%s.%N)
-    for i in $(seq "$HS_CLIENTS"); do
-        OPENSSL_CONF="$WORK/client.cnf" timeout $((DURATION + 30)) openssl s_time \
-            -connect "127.0.0.1:$port" -new -time "$DURATION" >"$out.$i" 2>&1 &
-        pids+=($!)
-    done
-    fails=0
-    for i in "${pids[@]}"; do
-        wait "$i" || fails=$((fails + 1))
-    done
-    t1=$(date +%s.%N)
+    timeout $((DURATION + 30)) "$LOADGEN" tls-handshakes --target "127.0.0.1:$port" \
+        --secs "$DURATION" --concurrency "$HS_CONNS" >"$out" 2>&1 || true
     c1=$(cpu_ticks "$pid")
-    cat "$out".* >"$out"
-    rm -f "$out".*
-    # "N connections in T real seconds, ..."
-    total=$(awk '/connections in .* real seconds/ { n += $1 } END { print n + 0 }' "$out")
-    awk -v n="$total" -v t0="$t0" -v t1="$t1" -v f="$fails" -v cpu="$(cpu_us $((c1 - c0)) "$total")" \
-        'BEGIN { printf "%.1f - %d %s\n", n / (t1 - t0), f, cpu }'
+    # handshakes=N failed=N secs=S per_s=R p99_ms=P
+    read -r n fails rate p99 < <(awk '/^handshakes=/ {
+        for (i = 1; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
+        print v["handshakes"], v["failed"], v["per_s"], v["p99_ms"] }' "$out")
+    echo "${rate:-0} ${p99:-0} ${fails:-1} $(cpu_us $((c1 - c0)) "${n:-0}")"
 }
 
 # One idle-memory run against a freshly started proxy (memory freed by earlier load would
@@ -281,8 +278,8 @@ idle_once() {
 
 # wait_file FILE PID OUT: until FILE exists (at most 120 s, and while PID lives).
 wait_file() {
-    local i
-    for i in $(seq 1200); do
+    local _
+    for _ in $(seq 1200); do
         [ -e "$1" ] && return 0
         kill -0 "$2" 2>/dev/null || break
         sleep 0.1
@@ -540,7 +537,7 @@ label() {
     echo "Machine: $(nproc) cores, $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1), Linux $(uname -r); $(date -u +%Y-%m-%d); gatehouse at $(cd "$ROOT" && git rev-parse --short HEAD)."
     echo "Versions: $(nginx -v 2>&1 | sed 's/.*: //'), $(haproxy -v | head -1 | awk '{print "HAProxy " $3}'), $(wrk -v 2>&1 | head -1 | awk '{print "wrk " $2}'), $(h2load --version | head -1), $(openssl version | awk '{print "OpenSSL " $2}')."
     echo "TLS agreed: gatehouse ${TLS_AGREED[gatehouse]}; nginx ${TLS_AGREED[nginx]}; haproxy ${TLS_AGREED[haproxy]}."
-    echo "Load: WORKERS=$WORKERS, GET of a $SIZE-byte file; h1 and tls-h1: wrk -t$THREADS -c$CONNS -d${DURATION}s --latency; tls-h2: h2load -t$THREADS -c$H2_CONNS -m$H2_STREAMS -D$DURATION; handshake: $HS_CLIENTS x openssl s_time -new -time $DURATION; idle: $IDLE_CLIENTS connections; medians of $RUNS runs; load average before: $LOAD."
+    echo "Load: WORKERS=$WORKERS, GET of a $SIZE-byte file; h1 and tls-h1: wrk -t$THREADS -c$CONNS -d${DURATION}s --latency; tls-h2: h2load -t$THREADS -c$H2_CONNS -m$H2_STREAMS -D$DURATION; handshake: loadgen tls-handshakes --concurrency $HS_CONNS --secs $DURATION (p99: connect + handshake); idle: $IDLE_CLIENTS connections; medians of $RUNS runs; load average before: $LOAD."
     echo
     echo "| scenario | server | req/s (handshakes/s) | p99 (ms) | errors | CPU µs per request (handshake) |"
     echo "| --- | --- | ---: | ---: | ---: | ---: |"
@@ -571,7 +568,7 @@ label() {
         g2=$(col "$scen" gatehouse 2) n2=$(col "$scen" nginx 2) h2=$(col "$scen" haproxy 2)
         g4=$(col "$scen" gatehouse 4) n4=$(col "$scen" nginx 4) h4=$(col "$scen" haproxy 4)
         if [ "$scen" = handshake ]; then
-            best=nginx rate=$(ratio "$g1" "$n1") p99="-"
+            best=nginx rate=$(ratio "$g1" "$n1") p99="$(ratio "$g2" "$n2"), $(ratio "$g2" "$h2")"
             met=$(awk -v g="$g1" -v n="$n1" 'BEGIN { print (g >= n) ? "yes" : "**no**" }')
         else
             best=$(awk -v n="$n1" -v h="$h1" 'BEGIN { print (n >= h) ? "nginx" : "haproxy" }')
