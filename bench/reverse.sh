@@ -53,6 +53,15 @@ IDLE_CLIENTS=${IDLE_CLIENTS:-2000}
 SCENARIOS=${SCENARIOS:-h1 tls-h1 tls-h2 handshake idle}
 PROXIES=(gatehouse nginx haproxy)
 
+log() { printf '== %s\n' "$*" >&2; }
+die() { printf 'reverse.sh: %s\n' "$*" >&2; exit 1; }
+
+case "$DURATION" in '' | *[!0-9]*) die "DURATION is whole seconds (e.g. 10), not $DURATION" ;; esac
+for s in $SCENARIOS; do
+    case "$s" in h1 | tls-h1 | tls-h2 | handshake | idle) ;; *) die "unknown scenario $s" ;; esac
+done
+want() { case " $SCENARIOS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
+
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 RESULTS="$ROOT/bench/results/reverse-$STAMP"
@@ -75,14 +84,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-log() { printf '== %s\n' "$*" >&2; }
-die() { printf 'reverse.sh: %s\n' "$*" >&2; exit 1; }
 
-case "$DURATION" in '' | *[!0-9]*) die "DURATION is whole seconds (e.g. 10), not $DURATION" ;; esac
-for s in $SCENARIOS; do
-    case "$s" in h1 | tls-h1 | tls-h2 | handshake | idle) ;; *) die "unknown scenario $s" ;; esac
-done
-want() { case " $SCENARIOS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 
 # --- tools -----------------------------------------------------------------------------------
 
