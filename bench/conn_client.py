@@ -10,6 +10,14 @@
   conn_client.py rget HOST:PORT HOST PATH COUNT - COUNT GETs of PATH with Host: HOST through a
                                             reverse proxy, one keep-alive connection; counts
                                             responses that are not 200
+  conn_client.py idle HOST:PORT HOST COUNT plain|tls READYFILE HOLD - opens COUNT keep-alive
+                                            connections (TLS 1.3 without session resumption
+                                            with `tls`), one GET /small with Host: HOST on each;
+                                            after half of them creates READYFILE.half and waits
+                                            (at most 60 s) for READYFILE.go; after all prints
+                                            "opened= failed= secs=", creates READYFILE, keeps
+                                            them idle HOLD seconds (at most 600, or until
+                                            SIGTERM), then closes them and exits
 """
 import socket, sys, threading
 
@@ -100,6 +108,69 @@ def origin(portfile):
         f.write(str(s.server_address[1]))
     s.serve_forever()
 
+def read_response(c):
+    """Reads one HTTP/1.1 response with a Content-Length; True when it is a 200."""
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        d = c.recv(65536)
+        if not d:
+            return False
+        buf += d
+    head, _, body = buf.partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        k, _, v = line.partition(b":")
+        if k.strip().lower() == b"content-length":
+            length = int(v.strip())
+    while len(body) < length:
+        d = c.recv(65536)
+        if not d:
+            return False
+        body += d
+    return head.startswith(b"HTTP/1.1 200")
+
+def idle(addr, vhost, count, mode, readyfile, hold):
+    import os, signal, ssl, time
+    hold = min(hold, 600)
+    # Bounded whatever happens: opening gets 180 s (60 of them waiting at half), then the hold.
+    signal.signal(signal.SIGALRM, lambda *_: sys.exit(2))
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    signal.alarm(180 + hold)
+    host, port = addr.rsplit(":", 1)
+    ctx = None
+    if mode == "tls":
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    req = f"GET /small HTTP/1.1\r\nHost: {vhost}\r\n\r\n".encode()
+    conns, failed, t0 = [], 0, time.monotonic()
+    for i in range(count):
+        if i == count // 2:
+            open(readyfile + ".half", "w").close()
+            waited = time.monotonic() + 60
+            while not os.path.exists(readyfile + ".go") and time.monotonic() < waited:
+                time.sleep(0.05)
+        try:
+            c = socket.create_connection((host, int(port)), timeout=10)
+            if ctx is not None:
+                c = ctx.wrap_socket(c)  # a new session each time: no resumption
+            c.sendall(req)
+            if read_response(c):
+                conns.append(c)
+            else:
+                failed += 1
+                c.close()
+        except OSError:
+            failed += 1
+    print(f"opened={len(conns)} failed={failed} secs={time.monotonic() - t0:.2f}", flush=True)
+    open(readyfile, "w").close()
+    deadline = time.monotonic() + hold
+    while time.monotonic() < deadline:
+        time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+    for c in conns:
+        c.close()
+
 if __name__ == "__main__":
     cmd = sys.argv[1]
     if cmd == "echo":
@@ -112,3 +183,5 @@ if __name__ == "__main__":
         get(sys.argv[2], sys.argv[3], int(sys.argv[4]))
     elif cmd == "rget":
         get(sys.argv[2], sys.argv[4], int(sys.argv[5]), vhost=sys.argv[3])
+    elif cmd == "idle":
+        idle(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5], sys.argv[6], int(sys.argv[7]))

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+mod tls;
+
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
 const USAGE: &str = "usage:
@@ -20,7 +22,8 @@ const USAGE: &str = "usage:
   loadgen socks-throughput [--proxy ADDR] --target ADDR [--bytes N]
   loadgen http-connect-throughput --proxy ADDR --target ADDR [--bytes N]
   loadgen socks-rate [--proxy ADDR] --target ADDR [--count N] [--concurrency C] [--size B]
-  loadgen idle-tunnels --proxy ADDR --kind socks|http --target ADDR [--count N] [--concurrency C] [--hold SECS]";
+  loadgen idle-tunnels --proxy ADDR --kind socks|http --target ADDR [--count N] [--concurrency C] [--hold SECS]
+  loadgen tls-handshakes --target ADDR [--secs S] [--concurrency C]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -126,6 +129,12 @@ async fn run(args: Vec<String>) -> Result<(), Error> {
             let conc = num(&args, "--concurrency", 50)?.clamp(1, 1_000);
             let hold = num(&args, "--hold", 10)?.min(600);
             idle_tunnels(proxy, target, http, count, conc, Duration::from_secs(hold)).await
+        }
+        "tls-handshakes" => {
+            let target = addr(&args, "--target")?;
+            let secs = num(&args, "--secs", 10)?.clamp(1, 300);
+            let conc = num(&args, "--concurrency", 32)?.clamp(1, 1_000);
+            tls::handshakes(target, Duration::from_secs(secs), conc).await
         }
         _ => Err(USAGE.into()),
     }
