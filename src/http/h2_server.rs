@@ -437,10 +437,20 @@ impl HttpProxy {
                 tokio::select! {
                     r = &mut up, if !up_done => {
                         up_done = true;
-                        if let Err(e) = r {
+                        match r {
+                            // The pipeline stopped taking the body (its answer came first,
+                            // e.g. a server that answered without reading it all): the
+                            // answer goes out, and h2 then resets with NO_ERROR (RFC 9113
+                            // section 8.1).
+                            Err(RelayError::Pipe(e)) => {
+                                tracing::debug!(client = %peer, "HTTP/2 request body not taken: {e}");
+                            }
                             // The client's body broke off: the pipeline sees the pipe close.
-                            tracing::debug!(client = %peer, "HTTP/2 request body: {e}");
-                            return Err(Reason::CANCEL);
+                            Err(e) => {
+                                tracing::debug!(client = %peer, "HTTP/2 request body: {e}");
+                                return Err(Reason::CANCEL);
+                            }
+                            Ok(()) => {}
                         }
                     }
                     r = &mut down => break r,

@@ -286,8 +286,16 @@ impl H2Pool {
             tokio::select! {
                 r = &mut pump, if !pumped => {
                     pumped = true;
-                    // The client's body broke off: the stream is reset (dropped) at once.
-                    r?;
+                    match r {
+                        // The server stopped the request body: a server may answer in
+                        // full and then reset with NO_ERROR (RFC 9113 section 8.1); the
+                        // answer, or its own error, decides.
+                        Err(StreamError::Stream(e)) => {
+                            tracing::debug!(server = %c.peer, "request body not sent: {e}");
+                        }
+                        // The client's body broke off: the stream is reset (dropped) at once.
+                        r => r?,
+                    }
                 }
                 r = &mut answer => return r,
             }
