@@ -149,6 +149,19 @@ async fn answer(
                 let _ = s.send_trailers(fields(&[("x-checksum", "abc")]));
             }
         }
+        "/early" => {
+            // 103 Early Hints, then the answer: how many body bytes came.
+            let mut hint = Response::new(());
+            *hint.status_mut() = http::StatusCode::from_u16(103).expect("103");
+            hint.headers_mut().insert(
+                "link",
+                HeaderValue::from_static("</style.css>; rel=preload; as=style"),
+            );
+            let _ = respond.send_informational(hint);
+            if let Ok(mut s) = respond.send_response(ok("text/plain"), false) {
+                let _ = s.send_data(Bytes::from(format!("got {}", got.len())), true);
+            }
+        }
         "/bye" => {
             if let Ok(mut s) = respond.send_response(ok("text/plain"), false) {
                 let _ = s.send_data(Bytes::from_static(b"bye"), true);
@@ -465,4 +478,64 @@ async fn h2_over_tls_is_chosen_by_alpn() {
         r.starts_with("HTTP/1.1 502") && r.contains("ALPN"),
         "no h2 by ALPN: {r}"
     );
+}
+
+/// curl's `-D -` output: each response head in order (1xx and final), as status lines and
+/// fields, then the body.
+async fn curl_heads(args: &[&str]) -> String {
+    let mut all = vec!["-s", "-D", "-"];
+    all.extend_from_slice(args);
+    let (code, out, err) = curl(&all).await;
+    assert_eq!(code, 0, "{err}");
+    String::from_utf8_lossy(&out).replace("\r\n", "\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn early_hints_and_100_continue_reach_http11_and_h2_clients() {
+    let origin = H2Origin::start().await;
+    let gh = Gatehouse::start(&config(origin.addr));
+    let url = format!("http://app.test:{}/early", gh.addr("rev").port());
+    let resolve = format!("app.test:{}:127.0.0.1", gh.addr("rev").port());
+    let r = ["--resolve", resolve.as_str()];
+
+    // HTTP/1.1: the 103 head, its Link field, then the 200.
+    let out = curl_heads(&[r[0], r[1], "--http1.1", &url]).await;
+    let hint = out.find("HTTP/1.1 103 Early Hints\n").expect(&out);
+    let link = out
+        .find("link: </style.css>; rel=preload; as=style\n")
+        .expect(&out);
+    let ok = out.find("HTTP/1.1 200").expect(&out);
+    assert!(hint < link && link < ok, "{out}");
+    assert!(out.ends_with("got 0"), "{out}");
+
+    // HTTP/2 (prior knowledge): an informational HEADERS frame before the final one.
+    let out = curl_heads(&[r[0], r[1], "--http2-prior-knowledge", &url]).await;
+    let hint = out.find("HTTP/2 103 \n").expect(&out);
+    let link = out
+        .find("link: </style.css>; rel=preload; as=style\n")
+        .expect(&out);
+    let ok = out.find("HTTP/2 200").expect(&out);
+    assert!(hint < link && link < ok, "{out}");
+
+    // Expect: 100-continue: the client gets 100 and sends its body; the 103 follows.
+    let body = "x".repeat(100_000);
+    for version in ["--http1.1", "--http2-prior-knowledge"] {
+        let out = curl_heads(&[
+            r[0],
+            r[1],
+            version,
+            "--expect100-timeout",
+            "30",
+            "-H",
+            "Expect: 100-continue",
+            "--data-binary",
+            &body,
+            &url,
+        ])
+        .await;
+        let cont = out.find(" 100").expect(&out);
+        let hint = out.find(" 103").expect(&out);
+        assert!(cont < hint, "{out}");
+        assert!(out.ends_with("got 100000"), "{version}: {out}");
+    }
 }
