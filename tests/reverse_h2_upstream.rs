@@ -5,7 +5,9 @@
 //! with no failed request; a gRPC server-streaming call from an HTTP/2 client keeps its
 //! messages and its `grpc-status` trailer, and a trailers-only error answer too; a server
 //! that refuses connections is skipped; over TLS, h2 is chosen by ALPN (a server that does
-//! not choose it is a 502).
+//! not choose it is a 502); 103 Early Hints and 100-continue reach curl over HTTP/1.1 and
+//! HTTP/2; a WebSocket (HTTP/1.1 Upgrade or RFC 8441) to an h2 pool gets an HTTP/1.1
+//! connection of its own, over TLS by ALPN `http/1.1`.
 
 mod common;
 
@@ -147,6 +149,19 @@ async fn answer(
                 let _ = s.send_data(Bytes::from_static(b"part1 "), false);
                 let _ = s.send_data(Bytes::from_static(b"part2"), false);
                 let _ = s.send_trailers(fields(&[("x-checksum", "abc")]));
+            }
+        }
+        "/early" => {
+            // 103 Early Hints, then the answer: how many body bytes came.
+            let mut hint = Response::new(());
+            *hint.status_mut() = http::StatusCode::from_u16(103).expect("103");
+            hint.headers_mut().insert(
+                "link",
+                HeaderValue::from_static("</style.css>; rel=preload; as=style"),
+            );
+            let _ = respond.send_informational(hint);
+            if let Ok(mut s) = respond.send_response(ok("text/plain"), false) {
+                let _ = s.send_data(Bytes::from(format!("got {}", got.len())), true);
             }
         }
         "/bye" => {
@@ -465,4 +480,213 @@ async fn h2_over_tls_is_chosen_by_alpn() {
         r.starts_with("HTTP/1.1 502") && r.contains("ALPN"),
         "no h2 by ALPN: {r}"
     );
+}
+
+/// curl's `-D -` output: each response head in order (1xx and final), as status lines and
+/// fields, then the body.
+async fn curl_heads(args: &[&str]) -> String {
+    let mut all = vec!["-s", "-D", "-"];
+    all.extend_from_slice(args);
+    let (code, out, err) = curl(&all).await;
+    assert_eq!(code, 0, "{err}");
+    String::from_utf8_lossy(&out).replace("\r\n", "\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn early_hints_and_100_continue_reach_http11_and_h2_clients() {
+    let origin = H2Origin::start().await;
+    let gh = Gatehouse::start(&config(origin.addr));
+    let url = format!("http://app.test:{}/early", gh.addr("rev").port());
+    let resolve = format!("app.test:{}:127.0.0.1", gh.addr("rev").port());
+    let r = ["--resolve", resolve.as_str()];
+
+    // HTTP/1.1: the 103 head, its Link field, then the 200.
+    let out = curl_heads(&[r[0], r[1], "--http1.1", &url]).await;
+    let hint = out.find("HTTP/1.1 103 Early Hints\n").expect(&out);
+    let link = out
+        .find("link: </style.css>; rel=preload; as=style\n")
+        .expect(&out);
+    let ok = out.find("HTTP/1.1 200").expect(&out);
+    assert!(hint < link && link < ok, "{out}");
+    assert!(out.ends_with("got 0"), "{out}");
+
+    // HTTP/2 (prior knowledge): an informational HEADERS frame before the final one.
+    let out = curl_heads(&[r[0], r[1], "--http2-prior-knowledge", &url]).await;
+    let hint = out.find("HTTP/2 103 \n").expect(&out);
+    let link = out
+        .find("link: </style.css>; rel=preload; as=style\n")
+        .expect(&out);
+    let ok = out.find("HTTP/2 200").expect(&out);
+    assert!(hint < link && link < ok, "{out}");
+
+    // Expect: 100-continue: the client gets 100 and sends its body; the 103 follows.
+    let body = "x".repeat(100_000);
+    for version in ["--http1.1", "--http2-prior-knowledge"] {
+        let out = curl_heads(&[
+            r[0],
+            r[1],
+            version,
+            "--expect100-timeout",
+            "30",
+            "-H",
+            "Expect: 100-continue",
+            "--data-binary",
+            &body,
+            &url,
+        ])
+        .await;
+        let cont = out.find(" 100").expect(&out);
+        let hint = out.find(" 103").expect(&out);
+        assert!(cont < hint, "{out}");
+        assert!(out.ends_with("got 100000"), "{version}: {out}");
+    }
+}
+
+/// An origin that speaks h2c (prior knowledge) and, to a connection that does not open with
+/// the preface, HTTP/1.1 WebSocket (tungstenite echo); over TLS with `tls`, h2 or WebSocket
+/// as ALPN chose: (address, h2 connections, WebSocket connections).
+async fn h2_and_websocket_origin(
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let (h2n, wsn) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (h, w) = (h2n.clone(), wsn.clone());
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = l.accept().await {
+            let (h, w, tls) = (h.clone(), w.clone(), tls.clone());
+            tokio::spawn(async move {
+                let Some(acceptor) = tls else {
+                    let mut first = [0u8; 3];
+                    while tcp.peek(&mut first).await.unwrap_or(0) < 3 {
+                        tcp.readable().await.expect("readable");
+                    }
+                    return h2_or_websocket(tcp, &first == b"PRI", h, w).await;
+                };
+                let Ok(t) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let h2 = t.get_ref().1.alpn_protocol() == Some(&b"h2"[..]);
+                h2_or_websocket(t, h2, h, w).await
+            });
+        }
+    });
+    (addr, h2n, wsn)
+}
+
+async fn h2_or_websocket<T>(io: T, h2: bool, h: Arc<AtomicUsize>, w: Arc<AtomicUsize>)
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use futures_util::{SinkExt, StreamExt};
+    if h2 {
+        h.fetch_add(1, Ordering::SeqCst);
+        let te = Arc::new(Mutex::new(Vec::new()));
+        return serve(io, Arc::new(Barrier::new(1)), te).await;
+    }
+    w.fetch_add(1, Ordering::SeqCst);
+    let Ok(mut ws) = tokio_tungstenite::accept_async(io).await else {
+        return;
+    };
+    while let Some(Ok(m)) = ws.next().await {
+        if (m.is_text() || m.is_binary()) && ws.send(m).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A WebSocket through the listener at `rev` with tungstenite's client (HTTP/1.1 Upgrade),
+/// `n` messages echoed.
+async fn websocket_echo(rev: SocketAddr, n: usize) {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let tcp = TcpStream::connect(rev).await.expect("connect");
+    let (mut ws, resp) = tokio_tungstenite::client_async("ws://app.test/chat", tcp)
+        .await
+        .expect("handshake through the proxy");
+    assert_eq!(resp.status(), 101);
+    for i in 0..n {
+        let text = format!("message {i}");
+        ws.send(Message::text(text.clone())).await.expect("send");
+        let m = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("echo in time")
+            .expect("open")
+            .expect("message");
+        assert_eq!(m, Message::text(text));
+    }
+    ws.close(None).await.expect("close");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_to_an_h2_pool_goes_over_http11() {
+    let (origin, h2n, wsn) = h2_and_websocket_origin(None).await;
+    let gh = Gatehouse::start(&config(origin));
+    let rev = gh.addr("rev");
+
+    // A plain request goes over HTTP/2.
+    let send = h2_client(rev).await;
+    let (status, _, body, _) = h2_call(&send, get("/early"), None).await;
+    assert_eq!((status, &body[..]), (200, &b"got 0"[..]));
+    assert_eq!(h2n.load(Ordering::SeqCst), 1);
+
+    // An HTTP/1.1 Upgrade (tungstenite's client): its own HTTP/1.1 connection, and the echo.
+    websocket_echo(rev, 20).await;
+    assert_eq!(wsn.load(Ordering::SeqCst), 1);
+
+    // RFC 8441 from an HTTP/2 client: the same HTTP/1.1 handshake to the server.
+    let mut ready = send.clone().ready().await.expect("ready");
+    let req = http::Request::builder()
+        .method("CONNECT")
+        .uri("http://app.test/chat")
+        .header("sec-websocket-version", "13")
+        .extension(h2::ext::Protocol::from("websocket"))
+        .body(())
+        .expect("request");
+    let (resp, mut up) = ready.send_request(req, false).expect("extended CONNECT");
+    let resp = resp.await.expect("response");
+    assert_eq!(resp.status(), 200, "{:?}", resp.headers());
+    let mut down = resp.into_body();
+    // A masked text frame "hello" (RFC 6455 section 5.2); the echo comes unmasked.
+    let mask = [1u8, 2, 3, 4];
+    let mut f = vec![0x81, 0x80 | 5];
+    f.extend_from_slice(&mask);
+    f.extend(b"hello".iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    up.send_data(Bytes::from(f), false).expect("send");
+    let mut got = Vec::new();
+    while got.len() < 7 {
+        let d = tokio::time::timeout(Duration::from_secs(10), down.data())
+            .await
+            .expect("echo in time")
+            .expect("open")
+            .expect("data");
+        let _ = down.flow_control().release_capacity(d.len());
+        got.extend_from_slice(&d);
+    }
+    assert_eq!(got, b"\x81\x05hello");
+    assert_eq!(wsn.load(Ordering::SeqCst), 2);
+    // Still one HTTP/2 connection to the server for everything else.
+    let (status, _, _, _) = h2_call(&send, get("/early"), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(h2n.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_to_an_h2_pool_over_tls_asks_for_http11_by_alpn() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (cafile, acceptor) = tls_acceptor(dir.path(), &[b"h2", b"http/1.1"]);
+    let (origin, h2n, wsn) = h2_and_websocket_origin(Some(acceptor)).await;
+    let gh = Gatehouse::start(&format!(
+        "[[listeners]]\nname = \"rev\"\nkind = \"reverse\"\nlisten = \"127.0.0.1:0\"\n\
+         [[listeners.hosts]]\nnames = [\"app.test\"]\n[[listeners.hosts.routes]]\npool = \"p\"\n\
+         [[pools]]\nname = \"p\"\nprotocol = \"h2\"\n[[pools.servers]]\naddress = \"{origin}\"\n\
+         [pools.tls]\nca_file = {cafile:?}\nserver_name = \"origin.test\"\n"
+    ));
+    let rev = gh.addr("rev");
+    let r = raw_get(rev, "/early", "").await;
+    assert!(r.starts_with("HTTP/1.1 103"), "{r}");
+    assert_eq!(h2n.load(Ordering::SeqCst), 1, "h2 chosen by ALPN");
+    websocket_echo(rev, 5).await;
+    assert_eq!(wsn.load(Ordering::SeqCst), 1, "http/1.1 chosen by ALPN");
+    assert_eq!(h2n.load(Ordering::SeqCst), 1);
 }

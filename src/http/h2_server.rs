@@ -243,6 +243,16 @@ pub fn h2_response(status: u16, fields: &Headers) -> Response<()> {
     resp
 }
 
+/// An interim (1xx) response for HTTP/2: none for 101 (no such status in HTTP/2).
+pub fn h2_interim(status: u16, fields: &Headers) -> Option<Response<()>> {
+    if !(100..200).contains(&status) || status == 101 {
+        return None;
+    }
+    let mut resp = h2_response(200, fields);
+    *resp.status_mut() = http::StatusCode::from_u16(status).ok()?;
+    Some(resp)
+}
+
 /// The trailer fields at the end of a chunked body, from the bytes that followed its last
 /// data (`[CRLF] 0[;ext] CRLF *(field CRLF) CRLF`), for HTTP/2 trailers. Framing and
 /// connection-specific fields are dropped.
@@ -437,10 +447,20 @@ impl HttpProxy {
                 tokio::select! {
                     r = &mut up, if !up_done => {
                         up_done = true;
-                        if let Err(e) = r {
+                        match r {
+                            // The pipeline stopped taking the body (its answer came first,
+                            // e.g. a server that answered without reading it all): the
+                            // answer goes out, and h2 then resets with NO_ERROR (RFC 9113
+                            // section 8.1).
+                            Err(RelayError::Pipe(e)) => {
+                                tracing::debug!(client = %peer, "HTTP/2 request body not taken: {e}");
+                            }
                             // The client's body broke off: the pipeline sees the pipe close.
-                            tracing::debug!(client = %peer, "HTTP/2 request body: {e}");
-                            return Err(Reason::CANCEL);
+                            Err(e) => {
+                                tracing::debug!(client = %peer, "HTTP/2 request body: {e}");
+                                return Err(Reason::CANCEL);
+                            }
+                            Ok(()) => {}
                         }
                     }
                     r = &mut down => break r,
@@ -547,9 +567,14 @@ async fn relay_response<R: AsyncRead + Unpin>(
         match codec::parse_response(&buf, max) {
             Ok(Some((h, len))) => {
                 buf.advance(len);
-                // 1xx: the pipeline's own business (HTTP/2 needs no 100-continue here).
                 if h.status >= 200 || (websocket && h.status == 101) {
                     break h;
+                }
+                // 1xx (100 Continue, 103 Early Hints): an informational HEADERS frame.
+                if let Some(r) = h2_interim(h.status, &h.headers) {
+                    respond
+                        .send_informational(r)
+                        .map_err(|_| Reason::INTERNAL_ERROR)?;
                 }
                 continue;
             }
@@ -819,6 +844,20 @@ mod tests {
         assert_eq!(names, ["content-type", "set-cookie"]);
         assert_eq!(r.headers().get_all("set-cookie").iter().count(), 2);
         assert_eq!(h2_response(999, &h).status(), 502);
+    }
+
+    #[test]
+    fn interim_responses_keep_their_status_but_not_101() {
+        let mut h = Headers::default();
+        h.push("Link", "</a.css>; rel=preload");
+        h.push("Connection", "keep-alive");
+        let r = h2_interim(103, &h).expect("103");
+        assert_eq!(r.status(), 103);
+        let names: Vec<&str> = r.headers().keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["link"]);
+        assert_eq!(h2_interim(100, &h).expect("100").status(), 100);
+        assert!(h2_interim(101, &h).is_none());
+        assert!(h2_interim(200, &h).is_none());
     }
 
     #[test]

@@ -19,9 +19,12 @@
 //! before responding, which the reverse proxy retries like an HTTP/1.1 one.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -286,8 +289,16 @@ impl H2Pool {
             tokio::select! {
                 r = &mut pump, if !pumped => {
                     pumped = true;
-                    // The client's body broke off: the stream is reset (dropped) at once.
-                    r?;
+                    match r {
+                        // The server stopped the request body: a server may answer in
+                        // full and then reset with NO_ERROR (RFC 9113 section 8.1); the
+                        // answer, or its own error, decides.
+                        Err(StreamError::Stream(e)) => {
+                            tracing::debug!(server = %c.peer, "request body not sent: {e}");
+                        }
+                        // The client's body broke off: the stream is reset (dropped) at once.
+                        r => r?,
+                    }
                 }
                 r = &mut answer => return r,
             }
@@ -446,13 +457,44 @@ async fn relay_answer<W: AsyncWrite + Unpin>(
     trailers_wanted: bool,
     t: Duration,
 ) -> Result<(), StreamError> {
-    let resp = response.await.map_err(|e| {
+    let gone = |e: h2::Error| {
         if e.is_go_away() || e.is_io() {
             StreamError::Gone(e)
         } else {
             StreamError::Stream(e)
         }
-    })?;
+    };
+    // Interim answers (103 Early Hints, ...) go on as HTTP/1.1 1xx heads, then the final.
+    let mut response = response;
+    let mut interim_open = true;
+    let mut interim = 0;
+    let resp = loop {
+        let next = std::future::poll_fn(|cx| {
+            if interim_open {
+                match response.poll_informational(cx) {
+                    Poll::Ready(Some(r)) => return Poll::Ready(Answer::Interim(r)),
+                    Poll::Ready(None) => interim_open = false,
+                    Poll::Pending => {}
+                }
+            }
+            Pin::new(&mut response).poll(cx).map(Answer::Final)
+        })
+        .await;
+        match next {
+            Answer::Final(r) => break r.map_err(gone)?,
+            Answer::Interim(r) => {
+                let r = r.map_err(gone)?;
+                interim += 1;
+                if interim > MAX_INTERIM {
+                    return Err(StreamError::Request("too many 1xx responses".into()));
+                }
+                if let Some(head) = h1_interim_head(r.status().as_u16(), r.headers()) {
+                    wr.write_all(&head).await?;
+                    wr.flush().await?;
+                }
+            }
+        }
+    };
     let (parts, mut body) = resp.into_parts();
     let (head, out) = h1_response_head(
         parts.status.as_u16(),
@@ -492,6 +534,39 @@ async fn relay_answer<W: AsyncWrite + Unpin>(
     }
     wr.flush().await?;
     Ok(())
+}
+
+/// What the response future gave: a 1xx, or the final answer.
+enum Answer {
+    Interim(Result<http::Response<()>, h2::Error>),
+    Final(Result<http::Response<h2::RecvStream>, h2::Error>),
+}
+
+/// 1xx answers relayed per stream, at most (the exchange has its own, lower, limit).
+const MAX_INTERIM: usize = 64;
+
+/// The HTTP/1.1 head for an interim (1xx) HTTP/2 answer, without the connection-specific
+/// fields; none for `100 Continue` (the request's `Expect` is answered here, not sent up)
+/// and `101` (not a valid HTTP/2 status).
+fn h1_interim_head(status: u16, fields: &HeaderMap) -> Option<Vec<u8>> {
+    if !(102..200).contains(&status) || status == 101 {
+        return None;
+    }
+    let mut h = Headers::default();
+    for (name, value) in fields {
+        let n = name.as_str();
+        if CONNECTION_SPECIFIC.contains(&n) || n == "te" {
+            continue;
+        }
+        h.push(n, value.as_bytes());
+    }
+    let reason = http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("");
+    let mut out = Vec::with_capacity(128);
+    codec::write_response_head(&mut out, status, reason, &h);
+    Some(out)
 }
 
 /// How the HTTP/1.1 response carries the body.
@@ -675,6 +750,22 @@ mod tests {
             head.contains("grpc-status: 5\r\ncontent-length: 0\r\n"),
             "{head}"
         );
+    }
+
+    #[test]
+    fn interim_answers_become_http11_heads_but_not_100_or_101() {
+        let mut f = HeaderMap::new();
+        f.insert("link", HeaderValue::from_static("</a.css>; rel=preload"));
+        f.insert("connection", HeaderValue::from_static("close"));
+        let head = String::from_utf8(h1_interim_head(103, &f).expect("103")).expect("text");
+        assert_eq!(
+            head,
+            "HTTP/1.1 103 Early Hints\r\nlink: </a.css>; rel=preload\r\n\r\n"
+        );
+        assert!(h1_interim_head(100, &f).is_none());
+        assert!(h1_interim_head(101, &f).is_none());
+        assert!(h1_interim_head(200, &f).is_none());
+        assert!(h1_interim_head(102, &HeaderMap::new()).is_some());
     }
 
     #[test]

@@ -652,6 +652,8 @@ impl HttpProxy {
         let idle_max = rv.cfg.idle_timeout.min(pool.cfg.idle_timeout);
         let secure = to.scheme == "https";
         let use_tls = pool.has_tls();
+        // An `h2` pool takes WebSocket upgrades over HTTP/1.1: a connection of their own.
+        let h2 = pool.cfg.h2 && upgrade_request(head, &self.cfg.upgrade_protocols).is_none();
         let mut tried: Vec<usize> = Vec::new();
         let mut attempts = 0;
         // Stale idle connections are retried on a fresh one without counting as a try.
@@ -710,7 +712,7 @@ impl HttpProxy {
             let idle = if server.agent.is_some() {
                 // A stream through the agent per request: nothing idle to take.
                 None
-            } else if pool.cfg.h2 {
+            } else if h2 {
                 match rv.h2.stream(&key, h2_opts).await {
                     Ok(s) => Some(s),
                     Err(opening) => {
@@ -748,7 +750,7 @@ impl HttpProxy {
                         if !use_tls {
                             (UpStream::Tcp(s), p, false)
                         } else {
-                            match pool.secure(i, s).await {
+                            match pool.secure_as(i, s, pool.cfg.h2 && !h2).await {
                                 Ok(t) => (UpStream::Tls(t), p, false),
                                 Err(e) => {
                                     // Like a failed connect: nothing was sent; next server.

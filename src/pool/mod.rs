@@ -272,6 +272,9 @@ pub struct ServerPool {
     /// `[pools.tls]`, loaded (start-up checks loaded it once already, so an error here is a
     /// file changed since; connections then fail rather than go out in the clear).
     tls: Option<Result<Arc<crate::tls::TlsClient>, String>>,
+    /// For a `protocol = "h2"` pool over TLS: the same settings with ALPN `http/1.1`, for
+    /// the requests that need HTTP/1.1 (WebSocket upgrades).
+    tls_h1: Option<Arc<crate::tls::TlsClient>>,
     /// Each server's sticky-session token (opaque, stable, never its address).
     tokens: Vec<String>,
     pool_label: PoolLabel,
@@ -489,8 +492,15 @@ impl ServerPool {
                 }
             })
             .collect();
+        // WebSocket to an h2 pool goes over HTTP/1.1: its TLS offers only that by ALPN.
+        let tls_h1 = cfg.tls.as_ref().filter(|_| cfg.h2).and_then(|t| {
+            let mut t = t.clone();
+            t.alpn = vec!["http/1.1".into()];
+            crate::tls::TlsClient::new(&t).ok().map(Arc::new)
+        });
         ServerPool {
             tls,
+            tls_h1,
             pool_label: PoolLabel {
                 pool: cfg.name.clone(),
             },
@@ -978,10 +988,22 @@ impl ServerPool {
         i: usize,
         tcp: TcpStream,
     ) -> std::io::Result<Box<crate::tls::client::TlsStream<TcpStream>>> {
-        let client = match &self.tls {
-            None => return Err(std::io::Error::other("the pool has no TLS")),
-            Some(Err(e)) => return Err(std::io::Error::other(e.clone())),
-            Some(Ok(c)) => c,
+        self.secure_as(i, tcp, false).await
+    }
+
+    /// [`ServerPool::secure`], offering only `http/1.1` by ALPN when `h1` is set (an `h2`
+    /// pool's connection for a WebSocket upgrade).
+    pub async fn secure_as(
+        &self,
+        i: usize,
+        tcp: TcpStream,
+        h1: bool,
+    ) -> std::io::Result<Box<crate::tls::client::TlsStream<TcpStream>>> {
+        let client = match (&self.tls, &self.tls_h1) {
+            (None, _) => return Err(std::io::Error::other("the pool has no TLS")),
+            (Some(Err(e)), _) => return Err(std::io::Error::other(e.clone())),
+            (Some(Ok(_)), Some(c)) if h1 => c,
+            (Some(Ok(c)), _) => c,
         };
         let host = self.cfg.servers[i].host.to_string();
         match tokio::time::timeout(self.cfg.connect_timeout, client.connect(tcp, &host)).await {
