@@ -74,10 +74,15 @@ if nginx -V 2>&1 | grep -q -- '--with-stream=dynamic'; then
     STREAM_MODULE="load_module $STREAM_SO;"
 fi
 
-log "building gatehouse and bench/loadgen (release)"
-(cd "$ROOT" && cargo build --release --quiet --bin gatehouse)
+# GATEHOUSE=path/to/binary skips building it (e.g. a copy of the commit under test).
+if [ -z "${GATEHOUSE:-}" ]; then
+    log "building gatehouse (release)"
+    (cd "$ROOT" && cargo build --release --quiet --bin gatehouse)
+    GATEHOUSE="$ROOT/target/release/gatehouse"
+fi
+[ -x "$GATEHOUSE" ] || die "no gatehouse binary at $GATEHOUSE"
+log "building bench/loadgen (release)"
 cargo build --release --quiet --manifest-path "$ROOT/bench/loadgen/Cargo.toml"
-GATEHOUSE="$ROOT/target/release/gatehouse"
 LG="$ROOT/bench/loadgen/target/release/loadgen"
 
 # --- servers ---------------------------------------------------------------------------------
