@@ -8,9 +8,9 @@
 //! [`a_target_inside_a_private_network_is_reached_only_through_the_agent`]).
 
 mod common;
+mod tunnel_util;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,41 +18,9 @@ use std::time::{Duration, Instant};
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tunnel_util::{Certs, NO_DNS, TOKEN};
 
-const TOKEN: &str = "office-test-token";
 const T: Duration = Duration::from_secs(10);
-
-/// `gatehouse cert` output: the files and the printed fingerprint.
-struct Certs {
-    dir: tempfile::TempDir,
-    fingerprint: String,
-}
-
-impl Certs {
-    fn make() -> Certs {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let out = std::process::Command::new(BIN)
-            .args(["cert", "--name", "relay.test", "--out"])
-            .arg(dir.path().join("tunnel"))
-            .output()
-            .expect("run gatehouse cert");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let fingerprint = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        Certs { dir, fingerprint }
-    }
-
-    fn crt(&self) -> PathBuf {
-        self.dir.path().join("tunnel/relay.test.crt")
-    }
-
-    fn key(&self) -> PathBuf {
-        self.dir.path().join("tunnel/relay.test.key")
-    }
-}
 
 /// A relay: agents on `agents`, SOCKS through "office" on `socks`, its service "web" on `web`.
 fn relay_config(certs: &Certs, extra_agents: &str) -> String {
@@ -115,15 +83,7 @@ connect_timeout = "3s"
 
 [agent.publish]
 web = "{web}"
-
-# Never the system resolver: names not listed fail against a loopback port nobody serves.
-[dns]
-servers = ["127.0.0.1:9"]
-timeout = "1s"
-attempts = 1
-[dns.hosts]
-"inside.test" = "127.0.0.1"
-"#,
+{NO_DNS}"#,
         relays = relays.join(", ")
     )
 }

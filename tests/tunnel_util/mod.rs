@@ -1,5 +1,8 @@
-//! What the tunnel failover tests share: `gatehouse cert` output, a relay's tunnel listener
-//! and an agent's config (the same shapes as `tests/tunnel.rs`).
+//! What the tunnel tests share: `gatehouse cert` output, a relay's tunnel listener and an
+//! agent's config.
+
+// Each test file uses part of it.
+#![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,9 +11,10 @@ use crate::common::BIN;
 
 pub const TOKEN: &str = "office-test-token";
 
-/// `gatehouse cert` output: the files.
+/// `gatehouse cert` output: the files and the printed fingerprint.
 pub struct Certs {
     dir: tempfile::TempDir,
+    pub fingerprint: String,
 }
 
 impl Certs {
@@ -26,7 +30,8 @@ impl Certs {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        Certs { dir }
+        let fingerprint = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        Certs { dir, fingerprint }
     }
 
     pub fn crt(&self) -> PathBuf {
