@@ -23,9 +23,6 @@ use std::time::{Duration, Instant};
 
 use futures_util::stream::{self, Stream, StreamExt};
 use hyper_util::rt::TokioIo;
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType, IsCa, KeyPair,
-};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::rustls::{self, pki_types::ServerName};
 use tonic::metadata::{MetadataMap, MetadataValue};
@@ -203,25 +200,12 @@ async fn grpc_server() -> SocketAddr {
 /// A CA and a leaf for `app.test`, written into `dir`: (the CA's certificate, the
 /// `[listeners.tls]` table).
 fn tls_files(dir: &Path) -> (rustls::pki_types::CertificateDer<'static>, String) {
-    let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.distinguished_name = DistinguishedName::new();
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "Gatehouse test CA");
-    let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().expect("key")).expect("ca");
-    let mut params = CertificateParams::new(vec!["app.test".to_string()]).expect("params");
-    params.distinguished_name = DistinguishedName::new();
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "app.test");
-    let key = KeyPair::generate().expect("key");
-    let leaf = params.signed_by(&key, &ca).expect("sign");
+    let pki = test_pki("app.test");
     let (cert, keyfile): (PathBuf, PathBuf) = (dir.join("app.pem"), dir.join("app.key"));
-    std::fs::write(&cert, leaf.pem()).expect("write");
-    std::fs::write(&keyfile, key.serialize_pem()).expect("write");
+    std::fs::write(&cert, &pki.leaf_pem).expect("write");
+    std::fs::write(&keyfile, &pki.key_pem).expect("write");
     (
-        ca.der().clone(),
+        pki.ca_der,
         format!("[listeners.tls]\ncert = {cert:?}\nkey = {keyfile:?}\n"),
     )
 }

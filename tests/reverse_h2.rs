@@ -13,9 +13,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType, IsCa, KeyPair,
-};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -35,24 +32,11 @@ fn config(extra: &str, servers: &[SocketAddr], tail: &str) -> String {
 
 /// A CA and a leaf for `app.test`, written into `dir`: (CA file, `[listeners.tls]` table).
 fn tls_files(dir: &Path) -> (PathBuf, String) {
-    let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.distinguished_name = DistinguishedName::new();
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "Gatehouse test CA");
-    let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().expect("key")).expect("ca");
-    let mut params = CertificateParams::new(vec!["app.test".to_string()]).expect("params");
-    params.distinguished_name = DistinguishedName::new();
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "app.test");
-    let key = KeyPair::generate().expect("key");
-    let leaf = params.signed_by(&key, &ca).expect("sign");
+    let pki = test_pki("app.test");
     let (cafile, cert, keyfile) = (dir.join("ca.pem"), dir.join("app.pem"), dir.join("app.key"));
-    std::fs::write(&cafile, ca.pem()).expect("write");
-    std::fs::write(&cert, leaf.pem()).expect("write");
-    std::fs::write(&keyfile, key.serialize_pem()).expect("write");
+    std::fs::write(&cafile, &pki.ca_pem).expect("write");
+    std::fs::write(&cert, &pki.leaf_pem).expect("write");
+    std::fs::write(&keyfile, &pki.key_pem).expect("write");
     (
         cafile,
         format!("[listeners.tls]\ncert = {cert:?}\nkey = {keyfile:?}\n"),

@@ -406,27 +406,10 @@ fn tls_acceptor(
     dir: &std::path::Path,
     alpn: &[&[u8]],
 ) -> (std::path::PathBuf, tokio_rustls::TlsAcceptor) {
-    use rcgen::{
-        BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType, IsCa,
-        KeyPair,
-    };
-    let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.distinguished_name = DistinguishedName::new();
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "Gatehouse test CA");
-    let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().expect("key")).expect("ca");
-    let mut params = CertificateParams::new(vec!["origin.test".to_string()]).expect("params");
-    params.distinguished_name = DistinguishedName::new();
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "origin.test");
-    let key = KeyPair::generate().expect("key");
-    let leaf = params.signed_by(&key, &ca).expect("sign");
+    let pki = test_pki("origin.test");
     let cafile = dir.join("ca.pem");
-    std::fs::write(&cafile, ca.pem()).expect("write");
-    let key = rustls_pemfile::private_key(&mut key.serialize_pem().as_bytes())
+    std::fs::write(&cafile, &pki.ca_pem).expect("write");
+    let key = rustls_pemfile::private_key(&mut pki.key_pem.as_bytes())
         .expect("pem")
         .expect("key");
     let mut config = tokio_rustls::rustls::ServerConfig::builder_with_provider(Arc::new(
@@ -435,7 +418,7 @@ fn tls_acceptor(
     .with_safe_default_protocol_versions()
     .expect("versions")
     .with_no_client_auth()
-    .with_single_cert(vec![leaf.der().clone()], key)
+    .with_single_cert(vec![pki.leaf_der], key)
     .expect("cert");
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     (cafile, tokio_rustls::TlsAcceptor::from(Arc::new(config)))

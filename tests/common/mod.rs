@@ -910,3 +910,40 @@ pub async fn echo_roundtrip(s: &mut tokio::net::TcpStream, msg: &[u8]) {
         .expect("echo");
     assert_eq!(back, msg);
 }
+
+/// A throwaway CA and a leaf it signed for `name` (rcgen), as the TLS tests write them out.
+pub struct TestPki {
+    pub ca_pem: String,
+    pub ca_der: tokio_rustls::rustls::pki_types::CertificateDer<'static>,
+    pub leaf_pem: String,
+    pub leaf_der: tokio_rustls::rustls::pki_types::CertificateDer<'static>,
+    pub key_pem: String,
+}
+
+/// [`TestPki`] for `name`: a CA "Gatehouse test CA" and a leaf with `name` as its only
+/// subject alternative name and common name.
+pub fn test_pki(name: &str) -> TestPki {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType, IsCa,
+        KeyPair,
+    };
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.distinguished_name = DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "Gatehouse test CA");
+    let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().expect("key")).expect("ca");
+    let mut params = CertificateParams::new(vec![name.to_string()]).expect("params");
+    params.distinguished_name = DistinguishedName::new();
+    params.distinguished_name.push(DnType::CommonName, name);
+    let key = KeyPair::generate().expect("key");
+    let leaf = params.signed_by(&key, &ca).expect("sign");
+    TestPki {
+        ca_pem: ca.pem(),
+        ca_der: ca.der().clone(),
+        leaf_pem: leaf.pem(),
+        leaf_der: leaf.der().clone(),
+        key_pem: key.serialize_pem(),
+    }
+}
