@@ -503,6 +503,48 @@ async fn tls_to_the_servers_verified_by_a_ca_file_and_a_wrong_ca_is_502() {
     );
 }
 
+/// A pool's CA file replaced under the same path is read again by a reload that changes no
+/// setting (as nginx and HAProxy do): the pool that failed verification now connects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_reads_a_replaced_ca_file_of_an_unchanged_pool() {
+    let ca = Ca::new();
+    let other = Ca::new();
+    let dir = tempfile::tempdir().expect("dir");
+    let ca_path = other.write(dir.path());
+    let (origin, conns) = tls_origin(&ca.leaf(&["origin.test"])).await;
+    let config = format!(
+        "[[listeners]]\nname = \"rev\"\nkind = \"reverse\"\nlisten = \"127.0.0.1:0\"\n\
+         [[listeners.hosts]]\nnames = [\"app.test\"]\n[[listeners.hosts.routes]]\npool = \"web\"\n\
+         [[pools]]\nname = \"web\"\n[[pools.servers]]\naddress = \"{origin}\"\n\
+         [pools.tls]\nca_file = {ca_path:?}\nserver_name = \"origin.test\"\n"
+    );
+    let gh = Gatehouse::start(&config);
+    let addr = gh.addr("rev");
+    let get = || async move {
+        let (code, out, err) = curl(&[
+            "-H",
+            "Host: app.test",
+            "-w",
+            " %{http_code}",
+            &format!("http://{addr}/x"),
+        ])
+        .await;
+        assert_eq!(code, 0, "{err}");
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    let before = get().await;
+    assert!(before.ends_with(" 502"), "the wrong CA first: {before}");
+    // The same path now holds the CA that signed the server; the config text is the same.
+    std::fs::create_dir(dir.path().join("new")).expect("dir");
+    let good = ca.write(&dir.path().join("new"));
+    std::fs::rename(&good, &ca_path).expect("replace the CA file");
+    std::fs::write(gh.config_path(), &config).expect("rewrite config");
+    gh.signal("HUP");
+    gh.wait_stderr("applied");
+    assert_eq!(get().await, "over tls /x 200");
+    assert_eq!(conns.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sticky_cookies_over_tls_are_secure() {
     let ca = Ca::new();

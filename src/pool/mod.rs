@@ -70,6 +70,29 @@ fn load_tls(cfg: &PoolConfig) -> Option<Result<Arc<crate::tls::TlsClient>, Strin
     })
 }
 
+/// A digest of the files `[pools.tls]` names (CA file, client certificate and key) as they
+/// are on disk now; 0 without TLS. A reload compares it so that files replaced under the
+/// same paths are loaded again even when no setting changed, as nginx and HAProxy read them
+/// on every reload. A file that cannot be read hashes its error kind.
+fn tls_files_digest(cfg: &PoolConfig) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let Some(t) = &cfg.tls else { return 0 };
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let cert = t.client_cert.as_ref();
+    for path in [
+        t.ca_file.as_ref(),
+        cert.map(|c| &c.cert),
+        cert.map(|c| &c.key),
+    ] {
+        match path.map(std::fs::read) {
+            None => 0u8.hash(&mut h),
+            Some(Ok(bytes)) => bytes.hash(&mut h),
+            Some(Err(e)) => format!("{:?}", e.kind()).hash(&mut h),
+        }
+    }
+    h.finish() | 1
+}
+
 /// How far back the retry budget counts requests.
 const RETRY_WINDOW: Duration = Duration::from_secs(10);
 
@@ -179,7 +202,8 @@ impl Pools {
         }
     }
 
-    /// Applies a reload's `[[pools]]`: a pool whose settings are unchanged is the same object
+    /// Applies a reload's `[[pools]]`: a pool whose settings and `[pools.tls]` files are
+    /// unchanged is the same object
     /// (its checks run on, started or stopped as `used` now says); a changed one is replaced
     /// by its [`ServerPool::successor`] (servers that stay keep their state; its checks
     /// restart, added servers checked at once); a new one starts fresh; a removed one stops
@@ -203,7 +227,8 @@ impl Pools {
             match map.get(&c.name) {
                 Some(live) => {
                     let old = live.current();
-                    if old.cfg == *c {
+                    let files_changed = old.tls_files_changed();
+                    if old.cfg == *c && !files_changed {
                         match (used_now, live.checks_running()) {
                             (true, false) => live.start_checks(svc, &[]),
                             (false, true) => live.stop_checks(),
@@ -215,6 +240,7 @@ impl Pools {
                     let stayed = added.iter().filter(|a| !**a).count();
                     tracing::info!(
                         pool = %c.name,
+                        tls_files_changed = files_changed,
                         kept = stayed,
                         added = added.len() - stayed,
                         removed = old.cfg.servers.len().saturating_sub(stayed),
@@ -283,6 +309,8 @@ pub struct ServerPool {
     /// Counts changes of `[pools.tls]` across reloads: part of the key of idle TLS
     /// connections, so one made with the old settings is not reused.
     tls_epoch: u64,
+    /// [`tls_files_digest`] of the files the TLS client was loaded from.
+    tls_files: u64,
     /// Set once, when a reload replaced or removed this pool.
     next: std::sync::OnceLock<Next>,
 }
@@ -333,8 +361,9 @@ impl ServerPool {
         let now = Instant::now();
         let balancer = Balancer::new(cfg.algorithm, &specs(&cfg), settings(&cfg), seed, now);
         let budget = RetryBudget::new(cfg.retry_budget, cfg.min_retries_per_sec, RETRY_WINDOW, now);
+        let files = tls_files_digest(&cfg);
         let tls = load_tls(&cfg);
-        Self::assemble(cfg, metrics, balancer, budget, tls, 0)
+        Self::assemble(cfg, metrics, balancer, budget, (tls, files), 0)
     }
 
     /// The pool a reload makes of this one for `cfg` (same name, other settings): servers
@@ -376,7 +405,8 @@ impl ServerPool {
         } else {
             RetryBudget::new(cfg.retry_budget, cfg.min_retries_per_sec, RETRY_WINDOW, now)
         };
-        let (tls, epoch) = if cfg.tls == self.cfg.tls {
+        let files = tls_files_digest(&cfg);
+        let (tls, epoch) = if cfg.tls == self.cfg.tls && files == self.tls_files {
             (self.tls.clone(), self.tls_epoch)
         } else {
             (load_tls(&cfg), self.tls_epoch.wrapping_add(1))
@@ -386,7 +416,7 @@ impl ServerPool {
             metrics,
             carried.balancer,
             budget,
-            tls,
+            (tls, files),
             epoch,
         ));
         for (i, l) in self.labels.iter().enumerate() {
@@ -440,7 +470,7 @@ impl ServerPool {
         metrics: Arc<Metrics>,
         balancer: Balancer,
         budget: RetryBudget,
-        tls: Option<Result<Arc<crate::tls::TlsClient>, String>>,
+        (tls, tls_files): (Option<Result<Arc<crate::tls::TlsClient>, String>>, u64),
         tls_epoch: u64,
     ) -> ServerPool {
         let secret = cfg.sticky.as_ref().map_or("", |s| s.secret.as_str());
@@ -512,8 +542,14 @@ impl ServerPool {
             tokens,
             series,
             tls_epoch,
+            tls_files,
             next: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Whether the files `[pools.tls]` names changed on disk since this pool loaded them.
+    pub fn tls_files_changed(&self) -> bool {
+        tls_files_digest(&self.cfg) != self.tls_files
     }
 
     /// Part of the key of an idle TLS connection to this pool: changes when a reload
@@ -1371,6 +1407,34 @@ mod tests {
         cfg.slow_start = Duration::from_secs(1);
         let (kept, _) = tls.successor(cfg, m, 1);
         assert_eq!(kept.tls_epoch(), tls.tls_epoch());
+    }
+
+    #[test]
+    fn tls_files_replaced_under_the_same_path_count_as_a_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "first").unwrap();
+        let (old, m) = pool(false);
+        let mut cfg = old.cfg.clone();
+        cfg.tls = Some(crate::config::ClientTls {
+            ca_file: Some(ca.clone()),
+            server_name: Some("app.test".into()),
+            verify: true,
+            client_cert: None,
+            alpn: Vec::new(),
+            min_version: crate::config::TlsVersion::V1_2,
+        });
+        let (tls, _) = old.successor(cfg.clone(), m.clone(), 1);
+        assert!(!tls.tls_files_changed());
+        let (same, _) = tls.successor(cfg.clone(), m.clone(), 1);
+        assert_eq!(same.tls_epoch(), tls.tls_epoch());
+        std::fs::write(&ca, "second").unwrap();
+        assert!(same.tls_files_changed());
+        let (reread, _) = same.successor(cfg.clone(), m.clone(), 1);
+        assert_ne!(reread.tls_epoch(), same.tls_epoch());
+        assert!(!reread.tls_files_changed());
+        std::fs::remove_file(&ca).unwrap();
+        assert!(reread.tls_files_changed(), "a file gone is a change too");
     }
 
     #[test]
