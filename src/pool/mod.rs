@@ -1411,9 +1411,9 @@ mod tests {
 
     #[test]
     fn tls_files_replaced_under_the_same_path_count_as_a_change() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().expect("dir");
         let ca = dir.path().join("ca.pem");
-        std::fs::write(&ca, "first").unwrap();
+        std::fs::write(&ca, "first").expect("write");
         let (old, m) = pool(false);
         let mut cfg = old.cfg.clone();
         cfg.tls = Some(crate::config::ClientTls {
@@ -1428,12 +1428,12 @@ mod tests {
         assert!(!tls.tls_files_changed());
         let (same, _) = tls.successor(cfg.clone(), m.clone(), 1);
         assert_eq!(same.tls_epoch(), tls.tls_epoch());
-        std::fs::write(&ca, "second").unwrap();
+        std::fs::write(&ca, "second").expect("write");
         assert!(same.tls_files_changed());
         let (reread, _) = same.successor(cfg.clone(), m.clone(), 1);
         assert_ne!(reread.tls_epoch(), same.tls_epoch());
         assert!(!reread.tls_files_changed());
-        std::fs::remove_file(&ca).unwrap();
+        std::fs::remove_file(&ca).expect("remove");
         assert!(reread.tls_files_changed(), "a file gone is a change too");
     }
 
