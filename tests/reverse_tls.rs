@@ -534,6 +534,10 @@ async fn a_reload_reads_a_replaced_ca_file_of_an_unchanged_pool() {
     };
     let before = get().await;
     assert!(before.ends_with(" 502"), "the wrong CA first: {before}");
+    assert!(
+        !before.contains(&origin.to_string()) && !before.contains("certificate"),
+        "a reverse proxy's 502 names no server: {before}"
+    );
     // The same path now holds the CA that signed the server; the config text is the same.
     std::fs::create_dir(dir.path().join("new")).expect("dir");
     let good = ca.write(&dir.path().join("new"));

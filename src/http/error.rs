@@ -37,8 +37,17 @@ impl ProxyError {
         for (k, val) in &self.params {
             v.push_str(&format!("; {k}={}", sf_string(val)));
         }
-        v.push_str(&format!("; details={}", sf_string(&self.detail)));
+        if !self.detail.is_empty() {
+            v.push_str(&format!("; details={}", sf_string(&self.detail)));
+        }
         v
+    }
+
+    /// The same error as a reverse proxy shows it to outside clients: the status and the
+    /// RFC 9209 error type only. A server error's detail and parameters name servers
+    /// (address, port, TLS or DNS findings) that a reverse proxy hides; the log keeps them.
+    pub fn without_detail(&self) -> ProxyError {
+        ProxyError::new(self.status, self.kind, String::new())
     }
 }
 
@@ -103,6 +112,18 @@ mod tests {
             source: std::io::Error::other("x"),
         });
         assert_eq!(e.status, 502);
+    }
+
+    #[test]
+    fn without_detail_keeps_status_and_type_only() {
+        let mut e = ProxyError::new(502, "tls_certificate_error", "TLS to 10.0.0.5:443: bad");
+        e.params.push(("rcode", "NXDOMAIN".into()));
+        let public = e.without_detail();
+        assert_eq!(public.status, 502);
+        assert_eq!(
+            public.proxy_status("gatehouse"),
+            "gatehouse; error=tls_certificate_error"
+        );
     }
 
     #[test]

@@ -401,13 +401,28 @@ impl HttpProxy {
         close: bool,
         ex: &mut Exchange,
     ) {
-        tracing::debug!(client = %client.peer, status = err.status, error = err.kind, "{}", err.detail);
-        let body = format!(
-            "{} {}\n{}\n",
-            err.status,
-            codec::reason(err.status),
-            err.detail
-        );
+        // A reverse proxy hides its servers: a 5xx it makes names none of them (nginx and
+        // HAProxy answer with the reason phrase alone). The detail goes to the log instead,
+        // at warn as nginx's error log has it (Debug-quoted: it may carry a server's bytes).
+        let public;
+        let err = if err.status >= 500 && matches!(self.role, Role::Reverse(_)) {
+            tracing::warn!(client = %client.peer, status = err.status, error = err.kind, detail = ?err.detail, "answered with an error of its own");
+            public = err.without_detail();
+            &public
+        } else {
+            tracing::debug!(client = %client.peer, status = err.status, error = err.kind, "{}", err.detail);
+            err
+        };
+        let body = if err.detail.is_empty() {
+            format!("{} {}\n", err.status, codec::reason(err.status))
+        } else {
+            format!(
+                "{} {}\n{}\n",
+                err.status,
+                codec::reason(err.status),
+                err.detail
+            )
+        };
         let mut h = Headers::default();
         h.push("Content-Type", "text/plain; charset=utf-8");
         h.push("Content-Length", body.len().to_string());
