@@ -138,6 +138,10 @@ pub struct Metrics {
     pub route_requests: Family<RouteClassLabels, Counter>,
     /// Time from a request sent to a route's pool server to its response head.
     pub route_upstream_seconds: HistogramFamily<RouteLabels>,
+    /// A route's whole request: from its head read to the last byte of the answer.
+    pub route_request_seconds: HistogramFamily<RouteLabels>,
+    /// Requests of a route retried on another server.
+    pub route_retries: Family<RouteLabels, Counter>,
     /// Retries sent to another server of the pool.
     pub pool_retries: Family<PoolLabel, Counter>,
     /// Retries not sent because the pool's retry budget was spent.
@@ -359,6 +363,19 @@ impl Metrics {
             "Time from a route's request sent to a pool server to its response head",
             route_upstream_seconds.clone(),
         );
+        let route_request_seconds: HistogramFamily<RouteLabels> =
+            Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.001, 2.0, 16)));
+        registry.register(
+            "route_request_seconds",
+            "A route's whole request, from its head read to the last byte of the answer",
+            route_request_seconds.clone(),
+        );
+        let route_retries = Family::<RouteLabels, Counter>::default();
+        registry.register(
+            "route_retries",
+            "Requests of a route retried on another server",
+            route_retries.clone(),
+        );
         let pool_retry_budget_exhausted = Family::<PoolLabel, Counter>::default();
         registry.register(
             "pool_server_requests",
@@ -479,6 +496,8 @@ impl Metrics {
             pool_retries,
             route_requests,
             route_upstream_seconds,
+            route_request_seconds,
+            route_retries,
             pool_retry_budget_exhausted,
             listener_connect_errors,
             connections_open,

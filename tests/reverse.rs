@@ -581,7 +581,7 @@ async fn a_small_get_body_is_replayed_on_the_other_server() {
     let (bad, hits) = resetting_origin().await;
     let hosts = "[[listeners.hosts]]\nnames = [\"app.test\"]\n[[listeners.hosts.routes]]\npool = \"p\"\nretry_body_bytes = \"1KiB\"\n";
     let gh = Gatehouse::start(&format!(
-        "{}{}",
+        "{}{}[admin]\nlisten = \"127.0.0.1:0\"\n",
         listener("", hosts),
         pool("p", &[bad, live.addr], "[pools.passive]\nmax_failures = 0")
     ));
@@ -600,6 +600,20 @@ async fn a_small_get_body_is_replayed_on_the_other_server() {
         "the bad server got one of them"
     );
     assert_eq!(live.count("/x"), 2);
+    // The retry is counted for the pool and for the route.
+    let admin = gh.addr("admin");
+    assert_eq!(
+        metric(admin, "gatehouse_pool_retries_total").await,
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(admin, "gatehouse_route_retries_total").await,
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(admin, "gatehouse_route_request_seconds_count").await,
+        Some(2.0)
+    );
 }
 
 #[test]

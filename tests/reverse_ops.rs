@@ -284,6 +284,8 @@ pool = "good"
     has(r#"gatehouse_route_requests_total{listener="rev",route="api",class="5xx"} 1"#);
     has(r#"gatehouse_route_upstream_seconds_count{listener="rev",route="app.test/"} 2"#);
     has(r#"gatehouse_route_upstream_seconds_count{listener="rev",route="api"} 1"#);
+    has(r#"gatehouse_route_request_seconds_count{listener="rev",route="app.test/"} 2"#);
+    has(r#"gatehouse_route_request_seconds_count{listener="rev",route="api"} 1"#);
 }
 
 /// A WebSocket echo server (tokio-tungstenite).

@@ -73,6 +73,9 @@ struct RouteSeries {
     /// `route_requests` by status class: 1xx to 5xx, then `other`.
     requests: [Series<RouteClassLabels, Counter>; 6],
     upstream: Series<RouteLabels, Histogram>,
+    /// `route_request_seconds`: the whole request.
+    request: Series<RouteLabels, Histogram>,
+    retries: Series<RouteLabels, Counter>,
 }
 
 /// Where a reverse request went, for the access log.
@@ -166,6 +169,8 @@ impl Reverse {
                             },
                         })
                     }),
+                    request: Series::new(labels.clone()),
+                    retries: Series::new(labels.clone()),
                     upstream: Series::new(labels),
                     label: label.into(),
                     pool: r.pool.as_str().into(),
@@ -533,6 +538,9 @@ impl HttpProxy {
         rs.requests[class]
             .get(&self.svc.metrics.route_requests)
             .inc();
+        rs.request
+            .get(&self.svc.metrics.route_request_seconds)
+            .observe(ex.started.elapsed().as_secs_f64());
         keep
     }
 
@@ -672,6 +680,10 @@ impl HttpProxy {
                 }
                 if let Some(f) = failed_at.take() {
                     pool.retried(f);
+                    rv.routes[to.route]
+                        .retries
+                        .get(&self.svc.metrics.route_retries)
+                        .inc();
                 }
             }
             attempts += 1;
