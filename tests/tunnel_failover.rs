@@ -325,3 +325,55 @@ async fn a_reload_reconnects_an_agent_only_when_its_section_changed() {
     b.wait_stderr("tunnel: agent refused");
     agent.wait_stderr("refused this agent's name or token");
 }
+
+/// A published port and a SOCKS listener over the pool "office", where one agent fails
+/// every open (its service refuses, and its allow-list has nothing for SOCKS) and the other
+/// serves: every client gets through, because a failed open goes to the other agent
+/// (nothing of the client's bytes had gone anywhere).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn published_ports_and_socks_retry_a_failed_open_on_another_agent() {
+    let certs = Certs::make();
+    let origin = Origin::fixed("inside").await;
+    let dead = closed_port().await;
+    let relay = Gatehouse::start(&format!(
+        r#"{}
+[[listeners]]
+name = "web"
+kind = "published"
+listen = "127.0.0.1:0"
+agent = "office"
+service = "web"
+
+[[listeners]]
+name = "socks"
+kind = "socks"
+listen = "127.0.0.1:0"
+via_agent = "office"
+"#,
+        tunnel_listener(&certs, true)
+    ));
+    let relays = [relay.addr("agents")];
+    let _broken = Gatehouse::start(&agent_config(&certs, "office", &relays, "", dead));
+    relay.wait_stderr("tunnel: agent connected");
+    let allow = "\"127.0.0.0/8\"";
+    let _good = Gatehouse::start(&agent_config(&certs, "office", &relays, allow, origin.addr));
+    relay.wait_stderr("tunnel: agent connected");
+    let web = relay.addr("web");
+    let socks = relay.addr("socks").to_string();
+    let through_socks = format!("http://inside.test:{}/", origin.addr.port());
+    for i in 0..8 {
+        let (code, body, err) = curl(&[&format!("http://{web}/p{i}")]).await;
+        assert_eq!(
+            (code, body.as_slice()),
+            (0, &b"inside"[..]),
+            "published {i}: {err}"
+        );
+        let (code, body, err) = curl(&["--socks5-hostname", &socks, &through_socks]).await;
+        assert_eq!(
+            (code, body.as_slice()),
+            (0, &b"inside"[..]),
+            "socks {i}: {err}"
+        );
+    }
+    assert_eq!(origin.seen().len(), 16);
+}

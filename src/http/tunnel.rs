@@ -288,7 +288,7 @@ impl HttpProxy {
         };
         self.svc
             .agents
-            .open(agent, &what, self.svc.connect_timeout)
+            .open_failover(agent, &what, self.svc.connect_timeout)
             .await
     }
 

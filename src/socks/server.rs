@@ -413,7 +413,7 @@ impl SocksServer {
         };
         self.svc
             .agents
-            .open(agent, &what, self.svc.connect_timeout)
+            .open_failover(agent, &what, self.svc.connect_timeout)
             .await
     }
 

@@ -23,6 +23,10 @@ use super::stream::H2Stream;
 use crate::config::{Password, TunnelListenerConfig};
 use crate::server::Services;
 
+/// Stream opens a client's connection may try among the agents of a pool before it fails:
+/// HAProxy's default `retries 3` (each open bounded by the connect timeout).
+pub const POOL_TRIES: usize = 3;
+
 /// One connected agent.
 pub struct AgentConn {
     pub id: u64,
@@ -173,6 +177,19 @@ impl Agents {
     ) -> Result<Opened, OpenError> {
         let agent = self.pick(name, &[]).ok_or(OpenError::NetworkUnreachable)?;
         self.open_at(agent, what, timeout).await
+    }
+
+    /// [`Agents::open_retrying`] with [`POOL_TRIES`]: what published ports, SOCKS and HTTP
+    /// CONNECTs and absolute-URI requests through an agent use. Under a pool name a failed
+    /// open goes to another agent (nothing of the client's bytes went anywhere yet); under
+    /// a single agent's name it is one try, as [`Agents::open`].
+    pub async fn open_failover(
+        &self,
+        name: &str,
+        what: &Open,
+        timeout: Duration,
+    ) -> Result<Opened, OpenError> {
+        self.open_retrying(name, what, timeout, POOL_TRIES).await
     }
 
     /// [`Agents::open`], and after a failed open another agent connected under `name` (a

@@ -23,7 +23,7 @@ impl Published {
         let _ = stream.set_nodelay(true);
         let what = Open::Service(self.cfg.service.clone());
         let opened = tokio::select! {
-            r = self.svc.agents.open(&self.cfg.agent, &what, self.svc.connect_timeout) => r,
+            r = self.svc.agents.open_failover(&self.cfg.agent, &what, self.svc.connect_timeout) => r,
             _ = self.svc.shutdown.draining() => return,
         };
         let opened = match opened {
