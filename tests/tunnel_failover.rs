@@ -377,3 +377,50 @@ via_agent = "office"
     }
     assert_eq!(origin.seen().len(), 16);
 }
+
+/// Agents of a pool take new streams by the fewest open (HAProxy's `leastconn`), not in
+/// turn: agent "a" holds four published-port connections open when agent "b" joins, so
+/// every new connection goes to "b" (round-robin would send half to "a").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_agent_with_fewer_streams_open_takes_the_next() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let certs = Certs::make();
+    let a = Origin::fixed("a").await;
+    let b = Origin::fixed("b").await;
+    let relay = Gatehouse::start(&format!(
+        "{}\n[[listeners]]\nname = \"web\"\nkind = \"published\"\nlisten = \"127.0.0.1:0\"\n\
+         agent = \"office\"\nservice = \"web\"\n",
+        tunnel_listener(&certs, true)
+    ));
+    let relays = [relay.addr("agents")];
+    let _a = Gatehouse::start(&agent_config(&certs, "office", &relays, "", a.addr));
+    relay.wait_stderr("tunnel: agent connected");
+    let web = relay.addr("web");
+    // Four keep-alive connections through "a", each answered once and then held open.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let mut s = tokio::net::TcpStream::connect(web).await.expect("connect");
+        s.write_all(b"GET / HTTP/1.1\r\nHost: inside\r\n\r\n")
+            .await
+            .expect("write");
+        let mut buf = vec![0u8; 1024];
+        let mut got = Vec::new();
+        while !got.ends_with(b"\r\n\r\na") {
+            let n = s.read(&mut buf).await.expect("read");
+            assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+        held.push(s);
+    }
+    let _b = Gatehouse::start(&agent_config(&certs, "office", &relays, "", b.addr));
+    relay.wait_stderr("tunnel: agent connected");
+    for i in 0..6 {
+        let (code, body, err) = curl(&[&format!("http://{web}/n{i}")]).await;
+        assert_eq!(
+            (code, body.as_slice()),
+            (0, &b"b"[..]),
+            "connection {i}: {err}"
+        );
+    }
+    drop(held);
+}

@@ -27,6 +27,23 @@ use crate::server::Services;
 /// HAProxy's default `retries 3` (each open bounded by the connect timeout).
 pub const POOL_TRIES: usize = 3;
 
+/// Which of a pool's agents takes the next stream: the fewest streams open (HAProxy's
+/// `leastconn`, so a slow or busy agent gets fewer), ties broken in turn from `turn` so
+/// idle agents still alternate. `loads`: each agent's streams open, `None` for one not to
+/// take (tried already).
+pub fn least_streams(
+    loads: impl ExactSizeIterator<Item = Option<u64>>,
+    turn: usize,
+) -> Option<usize> {
+    let loads: Vec<Option<u64>> = loads.collect();
+    let n = loads.len();
+    (0..n)
+        .map(|k| (turn + k) % n)
+        .filter_map(|i| loads[i].map(|open| (open, i)))
+        .min_by_key(|&(open, _)| open)
+        .map(|(_, i)| i)
+}
+
 /// One connected agent.
 pub struct AgentConn {
     pub id: u64,
@@ -150,16 +167,17 @@ impl Agents {
         lock(&self.map).values().map(Vec::len).sum()
     }
 
-    /// One of the agents connected under `name`, in turn, none of the connections `not`.
+    /// One of the agents connected under `name`, none of the connections `not`: the one
+    /// with the fewest streams open, ties taken in turn ([`least_streams`]).
     fn pick(&self, name: &str, not: &[u64]) -> Option<Arc<AgentConn>> {
         let map = lock(&self.map);
         let list = map.get(name)?;
-        let i = self.turn.fetch_add(1, Ordering::Relaxed);
-        let n = list.len();
-        (0..n)
-            .map(|k| &list[(i + k) % n])
-            .find(|c| !not.contains(&c.id))
-            .cloned()
+        let turn = self.turn.fetch_add(1, Ordering::Relaxed);
+        let loads = list.iter().map(|c| {
+            let open = c.streams_open.load(Ordering::Relaxed);
+            (!not.contains(&c.id)).then_some(open)
+        });
+        least_streams(loads, turn).map(|i| list[i].clone())
     }
 
     /// Whether an agent is connected under `name` now.
@@ -499,5 +517,29 @@ pub async fn heartbeat(ping: Option<h2::PingPong>, every: Duration, dead_after: 
             }
             Err(_) => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod pick_tests {
+    use super::least_streams;
+
+    #[test]
+    fn the_agent_with_fewest_streams_takes_the_next() {
+        let loads = [Some(4), Some(1), Some(3)];
+        for turn in 0..6 {
+            assert_eq!(least_streams(loads.into_iter(), turn), Some(1));
+        }
+    }
+
+    #[test]
+    fn ties_go_in_turn_and_tried_agents_are_skipped() {
+        let idle = [Some(0), Some(0), Some(0)];
+        let picks: Vec<_> = (0..6).map(|t| least_streams(idle.into_iter(), t)).collect();
+        assert_eq!(picks, [0, 1, 2, 0, 1, 2].map(Some));
+        let tried = [None, Some(5), None];
+        assert_eq!(least_streams(tried.into_iter(), 0), Some(1));
+        assert_eq!(least_streams([None, None].into_iter(), 3), None);
+        assert_eq!(least_streams(std::iter::empty::<Option<u64>>(), 0), None);
     }
 }
