@@ -260,19 +260,19 @@ attempts = 1
     parent.wait_log(&format!("inside.test:{}", other.addr.port()));
 }
 
-/// A relay publishing the agent's service "web" on its listener "web".
-fn publishing_relay(certs: &Certs) -> Gatehouse {
-    Gatehouse::start(&format!(
-        r#"{}
+/// A listener "web" publishing agent "office"'s service "web".
+const PUBLISHED_WEB: &str = r#"
 [[listeners]]
 name = "web"
 kind = "published"
 listen = "127.0.0.1:0"
 agent = "office"
 service = "web"
-"#,
-        tunnel_listener(certs, false)
-    ))
+"#;
+
+/// A relay publishing the agent's service "web" on its listener "web".
+fn publishing_relay(certs: &Certs) -> Gatehouse {
+    Gatehouse::start(&format!("{}{PUBLISHED_WEB}", tunnel_listener(certs, false)))
 }
 
 /// SIGHUP on a running agent: an unchanged `[agent]` keeps its session (a relayed stream
@@ -336,20 +336,8 @@ async fn published_ports_and_socks_retry_a_failed_open_on_another_agent() {
     let origin = Origin::fixed("inside").await;
     let dead = closed_port().await;
     let relay = Gatehouse::start(&format!(
-        r#"{}
-[[listeners]]
-name = "web"
-kind = "published"
-listen = "127.0.0.1:0"
-agent = "office"
-service = "web"
-
-[[listeners]]
-name = "socks"
-kind = "socks"
-listen = "127.0.0.1:0"
-via_agent = "office"
-"#,
+        "{}{PUBLISHED_WEB}\n[[listeners]]\nname = \"socks\"\nkind = \"socks\"\n\
+         listen = \"127.0.0.1:0\"\nvia_agent = \"office\"\n",
         tunnel_listener(&certs, true)
     ));
     let relays = [relay.addr("agents")];
@@ -387,11 +375,7 @@ async fn a_pool_agent_with_fewer_streams_open_takes_the_next() {
     let certs = Certs::make();
     let a = Origin::fixed("a").await;
     let b = Origin::fixed("b").await;
-    let relay = Gatehouse::start(&format!(
-        "{}\n[[listeners]]\nname = \"web\"\nkind = \"published\"\nlisten = \"127.0.0.1:0\"\n\
-         agent = \"office\"\nservice = \"web\"\n",
-        tunnel_listener(&certs, true)
-    ));
+    let relay = Gatehouse::start(&format!("{}{PUBLISHED_WEB}", tunnel_listener(&certs, true)));
     let relays = [relay.addr("agents")];
     let _a = Gatehouse::start(&agent_config(&certs, "office", &relays, "", a.addr));
     relay.wait_stderr("tunnel: agent connected");
