@@ -34,3 +34,4 @@ pub mod stats;
 pub mod tls;
 pub mod tunnel;
 pub mod upstream;
+pub mod workers;

@@ -20,6 +20,7 @@ use crate::server::Services;
 use crate::socks::SocksServer;
 
 /// The handler for one listener kind.
+#[derive(Clone)]
 enum Handler {
     Http(Arc<HttpProxy>),
     /// HTTP over TLS terminated here (a `reverse` listener with `[listeners.tls]`).
@@ -192,43 +193,83 @@ async fn accept_loop(
             }
         };
         let open = series.accepted(&svc.metrics);
+        let (worker, slot) = match &svc.workers {
+            Some(w) => {
+                let (h, slot) = w.pick();
+                (Some(h.clone()), Some(slot))
+            }
+            None => (None, None),
+        };
         let _guard = ConnGuard {
             open,
             _permit: permit,
             _limit: limit,
+            _slot: slot,
         };
-        match &handler {
-            Handler::Http(h) => {
-                let fut = h.clone().serve(stream, peer);
-                svc.shutdown
-                    .spawn(WithGuard { fut, _guard }.instrument(span));
+        let Some(worker) = worker else {
+            match &handler {
+                Handler::Http(h) => {
+                    let fut = h.clone().serve(stream, peer);
+                    svc.shutdown
+                        .spawn(WithGuard { fut, _guard }.instrument(span));
+                }
+                Handler::Https(h, tls) => {
+                    let fut = h.clone().serve_tls(stream, peer, tls.clone());
+                    svc.shutdown
+                        .spawn(WithGuard { fut, _guard }.instrument(span));
+                }
+                Handler::Socks(s) => {
+                    let fut = s.clone().serve(stream, peer);
+                    svc.shutdown
+                        .spawn(WithGuard { fut, _guard }.instrument(span));
+                }
+                Handler::Tcp(t) => {
+                    let fut = t.clone().serve(stream, peer);
+                    svc.shutdown
+                        .spawn(WithGuard { fut, _guard }.instrument(span));
+                }
+                Handler::Tunnel(t) => {
+                    let fut = t.clone().serve(stream, peer);
+                    svc.shutdown
+                        .spawn(WithGuard { fut, _guard }.instrument(span));
+                }
+                Handler::Published(p) => {
+                    let fut = p.clone().serve(stream, peer);
+                    svc.shutdown
+                        .spawn(WithGuard { fut, _guard }.instrument(span));
+                }
             }
-            Handler::Https(h, tls) => {
-                let fut = h.clone().serve_tls(stream, peer, tls.clone());
-                svc.shutdown
-                    .spawn(WithGuard { fut, _guard }.instrument(span));
+            continue;
+        };
+        // `[runtime] per_core`: the connection moves to a worker's own event loop and stays
+        // there (deregistered here, registered there).
+        let std = match stream.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(listener = %name, %peer, "cannot hand over to a worker: {e}");
+                continue;
             }
-            Handler::Socks(s) => {
-                let fut = s.clone().serve(stream, peer);
-                svc.shutdown
-                    .spawn(WithGuard { fut, _guard }.instrument(span));
+        };
+        let handler = handler.clone();
+        let fut = async move {
+            let stream = match tokio::net::TcpStream::from_std(std) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!("cannot register on the worker: {e}");
+                    return;
+                }
+            };
+            match handler {
+                Handler::Http(h) => h.serve(stream, peer).await,
+                Handler::Https(h, tls) => h.serve_tls(stream, peer, tls).await,
+                Handler::Socks(s) => s.serve(stream, peer).await,
+                Handler::Tcp(t) => t.serve(stream, peer).await,
+                Handler::Tunnel(t) => t.serve(stream, peer).await,
+                Handler::Published(p) => p.serve(stream, peer).await,
             }
-            Handler::Tcp(t) => {
-                let fut = t.clone().serve(stream, peer);
-                svc.shutdown
-                    .spawn(WithGuard { fut, _guard }.instrument(span));
-            }
-            Handler::Tunnel(t) => {
-                let fut = t.clone().serve(stream, peer);
-                svc.shutdown
-                    .spawn(WithGuard { fut, _guard }.instrument(span));
-            }
-            Handler::Published(p) => {
-                let fut = p.clone().serve(stream, peer);
-                svc.shutdown
-                    .spawn(WithGuard { fut, _guard }.instrument(span));
-            }
-        }
+        };
+        svc.shutdown
+            .spawn_on(WithGuard { fut, _guard }.instrument(span), &worker);
     }
 }
 
@@ -309,6 +350,8 @@ struct ConnGuard {
     open: prometheus_client::metrics::gauge::Gauge,
     _permit: tokio::sync::OwnedSemaphorePermit,
     _limit: crate::limits::ConnGuard,
+    /// The connection's place in its worker's count (`[runtime] per_core`).
+    _slot: Option<crate::workers::Slot>,
 }
 
 impl Drop for ConnGuard {

@@ -341,10 +341,21 @@ fn main() -> ExitCode {
             if let Some(w) = fd_warning(&config) {
                 tracing::warn!("{w}");
             }
-            let rt = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
+            // `[runtime] per_core`: connections run on their own worker threads
+            // (`gatehouse::workers`); this runtime keeps only accept loops, health checks,
+            // the admin listener and reloads. Otherwise it is the shared scheduler.
+            let built = if config.runtime.per_core {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+            } else {
+                let mut b = tokio::runtime::Builder::new_multi_thread();
+                if config.runtime.workers > 0 {
+                    b.worker_threads(config.runtime.workers);
+                }
+                b.enable_all().build()
+            };
+            let rt = match built {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("gatehouse: cannot start the runtime: {e}");

@@ -48,6 +48,8 @@ pub struct Services {
     pub pools: crate::pool::Pools,
     /// Reverse-tunnel agents connected to this relay (empty unless a tunnel listener runs).
     pub agents: crate::tunnel::Agents,
+    /// `[runtime] per_core`: the worker threads accepted connections are handed to.
+    pub workers: Option<Arc<crate::workers::Workers>>,
 }
 
 /// The proxy's own addresses from the config alone: every listener's bound IP. The live set
@@ -141,6 +143,13 @@ impl Server {
             local,
             pools: crate::pool::Pools::new(&config.pools, metrics.clone()),
             agents: crate::tunnel::Agents::new(metrics.tunnel_streams_open.clone()),
+            workers: match config.runtime.per_core {
+                true => Some(Arc::new(
+                    crate::workers::Workers::start(crate::workers::count(&config.runtime))
+                        .context("starting the worker threads")?,
+                )),
+                false => None,
+            },
         });
         crate::ifwatch::spawn(&services.local).context("starting the address watcher")?;
         services
@@ -236,7 +245,7 @@ impl Server {
     /// removed ([`crate::pool::Pools::reload`]); listeners that were removed or changed stop
     /// accepting (their connections go on), new or changed ones start. On an error the old
     /// policy stays in force. Settings of the shared services ([dns], [upstream],
-    /// [access_log], [admin], [cache], [limits], [agent]) need a restart; a change there is
+    /// [access_log], [admin], [cache], [limits], [runtime], [agent]) need a restart; a change there is
     /// reported, not applied.
     pub async fn reload(&mut self, new: Config) -> anyhow::Result<()> {
         crate::ifwatch::refresh(&self.services.local);
@@ -346,6 +355,7 @@ impl Server {
                 "limits",
                 format!("{:?}", self.config.limits) != format!("{:?}", new.limits),
             ),
+            ("runtime", self.config.runtime != new.runtime),
         ];
         for (section, changed) in restart_needed {
             if changed {

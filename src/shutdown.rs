@@ -48,6 +48,14 @@ impl Shutdown {
         self.tasks.spawn(fut);
     }
 
+    /// [`Shutdown::spawn`] on another runtime (a per-core worker's).
+    pub fn spawn_on<F>(&self, fut: F, handle: &tokio::runtime::Handle)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.tasks.spawn_on(fut, handle);
+    }
+
     /// Resolves when draining has begun and every tracked task has finished.
     pub async fn drained(&self) {
         self.tasks.wait().await

@@ -56,6 +56,7 @@ pub struct Config {
     pub access_log: AccessLogConfig,
     pub admin: Option<AdminConfig>,
     pub shutdown: ShutdownConfig,
+    pub runtime: RuntimeConfig,
     /// The one shared HTTP cache store; listeners opt in with `cache = true`.
     pub cache: crate::cache::config::CacheConfig,
     /// Users, rules, the destination guard, parents: one policy for every listener.
@@ -244,6 +245,17 @@ fn parse_pac_direct(v: &toml_edit::Value) -> Result<PacDirect, String> {
     }
 }
 
+/// `[runtime]`: the threads that serve connections.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RuntimeConfig {
+    /// Worker threads; 0: one per CPU core (or `TOKIO_WORKER_THREADS`).
+    pub workers: usize,
+    /// Each worker runs its own event loop and keeps the connections handed to it, as
+    /// nginx's worker processes and HAProxy's threads do; `false`: one shared, work-stealing
+    /// scheduler.
+    pub per_core: bool,
+}
+
 #[derive(Debug, Clone)]
 pub struct ShutdownConfig {
     /// After SIGTERM, in-flight requests and tunnels get this long to finish.
@@ -411,6 +423,12 @@ fn read_config(root: &Section<'_>) -> Config {
         drain_timeout: s.duration("drain_timeout", Duration::from_secs(30)),
     };
     s.finish();
+    let r = root.table("runtime");
+    let runtime = RuntimeConfig {
+        workers: r.uint("workers", 0, 0, 1024) as usize,
+        per_core: r.bool("per_core", false),
+    };
+    r.finish();
 
     Config {
         listeners,
@@ -420,6 +438,7 @@ fn read_config(root: &Section<'_>) -> Config {
         access_log,
         admin,
         shutdown,
+        runtime,
         cache,
         policy,
         limits,

@@ -297,7 +297,12 @@ impl HttpProxy {
     /// A plain connection on a listener with h2c: HTTP/2 when it opens with the preface
     /// (prior knowledge), else HTTP/1.1 as usual.
     pub(super) async fn serve_h2c(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
-        if prior_knowledge(&stream, self.cfg.keepalive_timeout).await {
+        // A client that has sent nothing yet is idle: a drain closes it at once.
+        let h2 = tokio::select! {
+            h2 = prior_knowledge(&stream, self.cfg.keepalive_timeout) => h2,
+            _ = self.svc.shutdown.draining() => return,
+        };
+        if h2 {
             if let Ok(local) = stream.local_addr() {
                 self.serve_h2(stream, peer, local, None, "http").await;
             }

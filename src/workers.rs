@@ -1,0 +1,122 @@
+//! `[runtime] per_core = true`: one event loop per worker thread, each keeping the
+//! connections handed to it (nginx's worker processes, HAProxy's threads, Pingora's
+//! `work_stealing = false`).
+//!
+//! ```text
+//! accept loop (main runtime) ── into_std ──► least-busy worker (current-thread runtime)
+//!                                            └─ from_std, serve: the connection and every
+//!                                               task it spawns stay on that thread
+//! ```
+//!
+//! With the shared, work-stealing scheduler (the default) a connection's task moves to
+//! whichever thread polled the I/O driver or went idle first, and waking it on the other
+//! thread costs a futex call; here it never moves. What the workers share (pools, cache,
+//! limits, metrics) is the same `Arc`ed state as before. An upstream keep-alive connection
+//! made on one worker and reused from another still works (its readiness comes from the
+//! first worker's event loop), only less cheaply.
+//!
+//! The choice of worker is pure ([`least_busy`]); the threads live until the process ends.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use tokio::runtime::Handle;
+
+/// How many workers `[runtime]` asks for: `workers`, else `TOKIO_WORKER_THREADS`, else
+/// one per CPU core.
+pub fn count(cfg: &crate::config::RuntimeConfig) -> usize {
+    if cfg.workers > 0 {
+        return cfg.workers;
+    }
+    std::env::var("TOKIO_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|n| *n > 0)
+        .or_else(|| std::thread::available_parallelism().ok().map(usize::from))
+        .unwrap_or(1)
+}
+
+/// The worker threads, each with its own current-thread runtime.
+pub struct Workers {
+    handles: Vec<Handle>,
+    /// Connections each worker serves now.
+    busy: Arc<[AtomicUsize]>,
+    turn: AtomicUsize,
+}
+
+/// Holds one connection's place in its worker's count; dropped with the connection.
+pub struct Slot {
+    busy: Arc<[AtomicUsize]>,
+    index: usize,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.busy[self.index].fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Which worker takes the next connection: the fewest connections now, ties in turn from
+/// `turn` so idle workers alternate. `None` only for no workers.
+pub fn least_busy(busy: &[usize], turn: usize) -> Option<usize> {
+    let n = busy.len();
+    (0..n).map(|k| (turn + k) % n).min_by_key(|&i| busy[i])
+}
+
+impl Workers {
+    /// Starts `n` worker threads (at least one).
+    pub fn start(n: usize) -> std::io::Result<Workers> {
+        let n = n.max(1);
+        let mut handles = Vec::with_capacity(n);
+        for i in 0..n {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            handles.push(rt.handle().clone());
+            std::thread::Builder::new()
+                .name(format!("gatehouse-worker-{i}"))
+                .spawn(move || rt.block_on(std::future::pending::<()>()))?;
+        }
+        let busy: Arc<[AtomicUsize]> = (0..n).map(|_| AtomicUsize::new(0)).collect();
+        Ok(Workers {
+            handles,
+            busy,
+            turn: AtomicUsize::new(0),
+        })
+    }
+
+    /// The worker for the next connection, and its place in that worker's count.
+    pub fn pick(&self) -> (&Handle, Slot) {
+        let busy: Vec<usize> = self
+            .busy
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect();
+        let turn = self.turn.fetch_add(1, Ordering::Relaxed);
+        let i = least_busy(&busy, turn).unwrap_or(0);
+        self.busy[i].fetch_add(1, Ordering::Relaxed);
+        let slot = Slot {
+            busy: self.busy.clone(),
+            index: i,
+        };
+        (&self.handles[i], slot)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::least_busy;
+
+    #[test]
+    fn the_least_busy_worker_takes_the_next_connection() {
+        assert_eq!(least_busy(&[3, 1, 2], 0), Some(1));
+        assert_eq!(least_busy(&[3, 1, 2], 2), Some(1));
+        assert_eq!(least_busy(&[], 5), None);
+    }
+
+    #[test]
+    fn idle_workers_take_connections_in_turn() {
+        let picks: Vec<_> = (0..4).map(|t| least_busy(&[0, 0], t)).collect();
+        assert_eq!(picks, [0, 1, 0, 1].map(Some));
+    }
+}

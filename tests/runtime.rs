@@ -1,0 +1,112 @@
+//! `[runtime]`: `per_core = true` hands each accepted connection to one of `workers` threads,
+//! each with its own event loop. Every listener kind still serves (reverse HTTP/1.1 and h2c,
+//! the forward proxy, SOCKS5), the worker threads exist, and SIGTERM drains them. Real
+//! binary, curl, origins on loopback.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+/// The names of the process's threads.
+fn thread_names(pid: u32) -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    dir.filter_map(|t| t.ok())
+        .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+        .map(|n| n.trim().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_core_workers_serve_every_listener_kind_and_drain() {
+    let origin = Origin::fixed("hello").await;
+    let mut gh = Gatehouse::start(&format!(
+        "[runtime]\nworkers = 2\nper_core = true\n\
+         [[listeners]]\nname = \"rev\"\nkind = \"reverse\"\nlisten = \"127.0.0.1:0\"\n\
+         [listeners.http2]\nh2c = true\n\
+         [[listeners.hosts]]\nnames = [\"app.test\"]\n[[listeners.hosts.routes]]\npool = \"p\"\n\
+         [[pools]]\nname = \"p\"\n[[pools.servers]]\naddress = \"{}\"\n\
+         {}{}",
+        origin.addr,
+        http_listener("fwd", ""),
+        socks_listener("socks", ""),
+    ));
+    let workers = thread_names(gh.pid())
+        .into_iter()
+        .filter(|n| n.starts_with("gatehouse-worke"))
+        .count();
+    assert_eq!(workers, 2, "{:?}", thread_names(gh.pid()));
+
+    // Reverse, HTTP/1.1: six requests on one keep-alive connection, then three more clients
+    // at once (they spread over both workers).
+    let rev = gh.addr("rev");
+    let urls: Vec<String> = (0..6).map(|i| format!("http://{rev}/k{i}")).collect();
+    let mut args = vec!["-H", "Host: app.test"];
+    args.extend(urls.iter().map(String::as_str));
+    let (code, out, err) = curl(&args).await;
+    assert_eq!(
+        (code, out.as_slice()),
+        (0, &b"hellohellohellohellohellohello"[..]),
+        "{err}"
+    );
+    let several = (0..3).map(|i| async move {
+        let url = format!("http://{rev}/c{i}");
+        curl(&["-H", "Host: app.test", &url]).await
+    });
+    for (code, out, err) in futures_util::future::join_all(several).await {
+        assert_eq!((code, out.as_slice()), (0, &b"hello"[..]), "{err}");
+    }
+    // Reverse, h2c with prior knowledge: each stream is a task on the connection's worker.
+    // (One URL per curl: curl 7.88 fails to reuse a prior-knowledge connection, its bug
+    // #10634, fixed in 8.0.)
+    let h2_url = format!("http://{rev}/h2");
+    let args = ["--http2-prior-knowledge", "-H", "Host: app.test", &h2_url];
+    let (code, out, err) = curl(&args).await;
+    assert_eq!((code, out.as_slice()), (0, &b"hello"[..]), "{err}");
+    // The forward proxy and SOCKS5.
+    let url = origin.url("/fwd");
+    let (code, out, err) = curl(&["-x", &gh.proxy_url("fwd"), &url]).await;
+    assert_eq!((code, out.as_slice()), (0, &b"hello"[..]), "{err}");
+    let socks = gh.addr("socks").to_string();
+    let (code, out, err) = curl(&["--socks5", &socks, &url]).await;
+    assert_eq!((code, out.as_slice()), (0, &b"hello"[..]), "{err}");
+    assert_eq!(origin.seen().len(), 12);
+
+    // SIGTERM with an idle keep-alive client on a worker: it is closed, the process exits 0.
+    let idle = tokio::net::TcpStream::connect(rev).await.expect("connect");
+    gh.signal("TERM");
+    let status = gh
+        .wait_exit(Duration::from_secs(20))
+        .expect("exited in time");
+    assert!(status.success(), "{status:?}");
+    drop(idle);
+}
+
+#[test]
+fn runtime_keys_are_checked() {
+    let bad = gatehouse::config::Config::parse(&format!(
+        "[runtime]\nworkers = 5000\n{}",
+        http_listener("p", "")
+    ))
+    .err()
+    .map(|e| format!("{e:?}"))
+    .unwrap_or_default();
+    assert!(bad.contains("runtime.workers"), "{bad}");
+    let unknown = gatehouse::config::Config::parse(&format!(
+        "[runtime]\nthreads = 2\n{}",
+        http_listener("p", "")
+    ))
+    .err()
+    .map(|e| format!("{e:?}"))
+    .unwrap_or_default();
+    assert!(unknown.contains("unknown key"), "{unknown}");
+    let ok = gatehouse::config::Config::parse(&format!(
+        "[runtime]\nworkers = 3\nper_core = true\n{}",
+        http_listener("p", "")
+    ))
+    .expect("valid");
+    assert_eq!((ok.runtime.workers, ok.runtime.per_core), (3, true));
+}
