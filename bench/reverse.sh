@@ -31,7 +31,7 @@
 # traffic stays on 127.0.0.1; every load is bounded in time; every process started here is
 # killed on exit.
 #
-# Knobs (environment): RUNS=3 DURATION=10 THREADS=2 CONNS=64 WORKERS=1 SIZE=1024
+# Knobs (environment): RUNS=3 DURATION=10 THREADS=2 CONNS=64 WORKERS=1 PER_CORE=0 SIZE=1024
 #   H2_CONNS=50 H2_STREAMS=10 HS_CONNS=32 IDLE_CLIENTS=2000
 #   SCENARIOS="h1 tls-h1 tls-h2 handshake idle"
 #   GATEHOUSE_BIN=path: use that binary instead of building target/release/gatehouse
@@ -383,6 +383,10 @@ max_connections = 0
 
 [access_log]
 path = "off"
+
+# PER_CORE=1: each worker thread its own event loop (nginx's and HAProxy's model).
+[runtime]
+per_core = $( [ "${PER_CORE:-0}" = 1 ] && echo true || echo false )
 EOF
 
 cat >"$WORK/nginx.conf" <<EOF
@@ -539,7 +543,7 @@ label() {
     echo "Machine: $(nproc) cores, $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1), Linux $(uname -r); $(date -u +%Y-%m-%d); gatehouse at $(cd "$ROOT" && git rev-parse --short HEAD)."
     echo "Versions: $(nginx -v 2>&1 | sed 's/.*: //'), $(haproxy -v | head -1 | awk '{print "HAProxy " $3}'), $(wrk -v 2>&1 | head -1 | awk '{print "wrk " $2}'), $(h2load --version | head -1), $(openssl version | awk '{print "OpenSSL " $2}')."
     echo "TLS agreed: gatehouse ${TLS_AGREED[gatehouse]}; nginx ${TLS_AGREED[nginx]}; haproxy ${TLS_AGREED[haproxy]}."
-    echo "Load: WORKERS=$WORKERS, GET of a $SIZE-byte file; h1 and tls-h1: wrk -t$THREADS -c$CONNS -d${DURATION}s --latency; tls-h2: h2load -t$THREADS -c$H2_CONNS -m$H2_STREAMS -D$DURATION; handshake: loadgen tls-handshakes --concurrency $HS_CONNS --secs $DURATION (p99: connect + handshake); idle: $IDLE_CLIENTS connections; medians of $RUNS runs; load average before: $LOAD."
+    echo "Load: WORKERS=$WORKERS, PER_CORE=${PER_CORE:-0}, GET of a $SIZE-byte file; h1 and tls-h1: wrk -t$THREADS -c$CONNS -d${DURATION}s --latency; tls-h2: h2load -t$THREADS -c$H2_CONNS -m$H2_STREAMS -D$DURATION; handshake: loadgen tls-handshakes --concurrency $HS_CONNS --secs $DURATION (p99: connect + handshake); idle: $IDLE_CLIENTS connections; medians of $RUNS runs; load average before: $LOAD."
     echo
     echo "| scenario | server | req/s (handshakes/s) | p99 (ms) | errors | CPU µs per request (handshake) |"
     echo "| --- | --- | ---: | ---: | ---: | ---: |"
