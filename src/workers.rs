@@ -22,6 +22,17 @@ use std::sync::Arc;
 
 use tokio::runtime::Handle;
 
+thread_local! {
+    /// This thread's worker index; `None` off the worker threads.
+    static INDEX: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+/// The worker thread this code runs on (`[runtime] per_core`), if any: what per-worker
+/// state (the idle upstream connections) is keyed by.
+pub fn current() -> Option<usize> {
+    INDEX.with(std::cell::Cell::get)
+}
+
 /// How many workers `[runtime]` asks for: `workers`, else `TOKIO_WORKER_THREADS`, else
 /// one per CPU core.
 pub fn count(cfg: &crate::config::RuntimeConfig) -> usize {
@@ -75,7 +86,10 @@ impl Workers {
             handles.push(rt.handle().clone());
             std::thread::Builder::new()
                 .name(format!("gatehouse-worker-{i}"))
-                .spawn(move || rt.block_on(std::future::pending::<()>()))?;
+                .spawn(move || {
+                    INDEX.with(|c| c.set(Some(i)));
+                    rt.block_on(std::future::pending::<()>())
+                })?;
         }
         let busy: Arc<[AtomicUsize]> = (0..n).map(|_| AtomicUsize::new(0)).collect();
         Ok(Workers {

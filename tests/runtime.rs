@@ -52,6 +52,8 @@ async fn per_core_workers_serve_every_listener_kind_and_drain() {
         (0, &b"hellohellohellohellohellohello"[..]),
         "{err}"
     );
+    // One upstream connection carried them: idle between requests in its worker's shard.
+    assert_eq!(origin.connection_count(), 1);
     let several = (0..3).map(|i| async move {
         let url = format!("http://{rev}/c{i}");
         curl(&["-H", "Host: app.test", &url]).await

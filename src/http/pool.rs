@@ -3,6 +3,10 @@
 //! A connection is returned only after a response ended cleanly with nothing left unread.
 //! Before reuse it is checked without blocking: if the server has closed it (EOF) or sent
 //! stray bytes, it is dropped. Idle connections expire after the pool's idle timeout.
+//!
+//! With `[runtime] per_core` each worker thread keeps its own idle lists (a shard), as each
+//! nginx worker keeps its own `keepalive` cache: a connection is reused on the event loop it
+//! is registered with, and `max_per_host` holds per worker.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -39,6 +43,11 @@ impl Quiet for Box<tokio_rustls::client::TlsStream<TcpStream>> {
     }
 }
 
+type IdleMap<S> = HashMap<PoolKey, Vec<Idle<S>>, foldhash::fast::RandomState>;
+
+/// Shards of a pool: worker threads beyond this share them.
+const SHARDS: usize = 16;
+
 struct Idle<S> {
     stream: S,
     peer: SocketAddr,
@@ -48,8 +57,9 @@ struct Idle<S> {
 /// Idle connections by server; `S`: plain sockets (the forward proxy, plain pools) or TLS
 /// sessions (pools with `[pools.tls]`).
 pub struct Pool<S = TcpStream> {
-    /// A fast hasher: keys are servers the proxy connected to.
-    idle: Mutex<HashMap<PoolKey, Vec<Idle<S>>, foldhash::fast::RandomState>>,
+    /// One shard per worker thread ([`crate::workers::current`]); shard 0 serves every
+    /// thread of the shared scheduler. A fast hasher: keys are servers the proxy connected to.
+    idle: Box<[Mutex<IdleMap<S>>]>,
     max_per_host: usize,
     idle_timeout: Duration,
 }
@@ -57,7 +67,7 @@ pub struct Pool<S = TcpStream> {
 impl<S: Quiet> Pool<S> {
     pub fn new(max_per_host: usize, idle_timeout: Duration) -> Arc<Pool<S>> {
         let pool = Arc::new(Pool {
-            idle: Mutex::default(),
+            idle: (0..SHARDS).map(|_| Mutex::default()).collect(),
             max_per_host,
             idle_timeout,
         });
@@ -76,7 +86,7 @@ impl<S: Quiet> Pool<S> {
     /// limit than the pool's, e.g. a server pool's own `idle_timeout`).
     pub fn take_within(&self, key: &PoolKey, max_idle: Duration) -> Option<(S, SocketAddr)> {
         let max_idle = max_idle.min(self.idle_timeout);
-        let mut idle = self.idle.lock().ok()?;
+        let mut idle = self.shard().lock().ok()?;
         let list = idle.get_mut(key)?;
         // An emptied list stays (the next `put` reuses it); the sweep removes it.
         let now = Instant::now();
@@ -92,7 +102,7 @@ impl<S: Quiet> Pool<S> {
         if self.max_per_host == 0 {
             return;
         }
-        let Ok(mut idle) = self.idle.lock() else {
+        let Ok(mut idle) = self.shard().lock() else {
             return;
         };
         let list = idle.entry(key).or_default();
@@ -106,21 +116,32 @@ impl<S: Quiet> Pool<S> {
         });
     }
 
+    /// This thread's shard.
+    fn shard(&self) -> &Mutex<IdleMap<S>> {
+        &self.idle[crate::workers::current().unwrap_or(0) % SHARDS]
+    }
+
     pub fn idle_count(&self) -> usize {
         self.idle
-            .lock()
-            .map(|m| m.values().map(Vec::len).sum())
-            .unwrap_or(0)
+            .iter()
+            .filter_map(|s| {
+                s.lock()
+                    .ok()
+                    .map(|m| m.values().map(Vec::len).sum::<usize>())
+            })
+            .sum()
     }
 
     fn expire(&self) {
-        let Ok(mut idle) = self.idle.lock() else {
-            return;
-        };
-        idle.retain(|_, list| {
-            list.retain(|c| c.since.elapsed() < self.idle_timeout && c.stream.is_quiet());
-            !list.is_empty()
-        });
+        for shard in self.idle.iter() {
+            let Ok(mut idle) = shard.lock() else {
+                continue;
+            };
+            idle.retain(|_, list| {
+                list.retain(|c| c.since.elapsed() < self.idle_timeout && c.stream.is_quiet());
+                !list.is_empty()
+            });
+        }
     }
 }
 
