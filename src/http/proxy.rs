@@ -59,6 +59,9 @@ pub(super) struct Client {
     pub(super) stream: ClientStream,
     pub(super) buf: BytesMut,
     pub(super) peer: SocketAddr,
+    /// The listener's address the client connected to, read once per connection (not a
+    /// `getsockname` per request).
+    pub(super) local: Option<SocketAddr>,
     /// The policy in force when the connection was accepted; a reload does not change it.
     pub(super) policy: Arc<Policy>,
     /// The current request's body while nobody has started reading it. An exchange with the
@@ -214,6 +217,7 @@ impl HttpProxy {
     /// Serves one client connection over any stream (plain TCP, TLS).
     pub async fn serve_stream(self: Arc<Self>, stream: ClientStream, peer: SocketAddr) {
         let mut client = Client {
+            local: stream.local_addr().ok(),
             stream,
             buf: BytesMut::new(),
             peer,
