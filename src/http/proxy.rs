@@ -226,12 +226,19 @@ impl HttpProxy {
             login: None,
             negotiating: None,
         };
+        // One keep-alive deadline for the connection, moved on for each idle wait: pushing a
+        // timer later costs no trip to the timer wheel, a new one a register and a remove.
+        let idle = tokio::time::sleep(self.cfg.keepalive_timeout);
+        tokio::pin!(idle);
+        let mut first = true;
         loop {
             if client.buf.is_empty() {
                 // Idle: hold no buffer, only the socket, until the next request starts.
                 client.buf = BytesMut::new();
-                let idle = tokio::time::sleep(self.cfg.keepalive_timeout);
-                tokio::pin!(idle);
+                if !std::mem::take(&mut first) {
+                    idle.as_mut()
+                        .reset(tokio::time::Instant::now() + self.cfg.keepalive_timeout);
+                }
                 loop {
                     // Readiness can be spurious (a fresh socket): only a byte read, or EOF,
                     // ends the wait; the first read goes straight into the head buffer.
