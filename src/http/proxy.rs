@@ -1029,23 +1029,26 @@ pub fn strip_hop_by_hop(h: &mut Headers) {
         "te",
         "upgrade",
     ];
+    const KEPT: [&str; 3] = ["transfer-encoding", "content-length", "host"];
     // Names listed in Connection, other than those removed anyway (`close` and `keep-alive`
-    // are the usual ones: no list is built for them).
-    let mut listed: Vec<String> = Vec::new();
-    if h.contains("connection") {
-        listed = h
-            .tokens("connection")
-            .into_iter()
-            .filter(|n| {
-                !matches!(n.as_str(), "transfer-encoding" | "content-length" | "host")
-                    && !ALWAYS.contains(&n.as_str())
-            })
-            .collect();
+    // are the usual ones: nothing is allocated for them).
+    let mut listed: Vec<Vec<u8>> = Vec::new();
+    for t in h
+        .get_all("connection")
+        .flat_map(|v| v.split(|b| *b == b','))
+    {
+        let t = t.trim_ascii();
+        let known = |n: &&str| n.as_bytes().eq_ignore_ascii_case(t);
+        if !t.is_empty() && !KEPT.iter().any(known) && !ALWAYS.iter().any(known) {
+            listed.push(t.to_vec());
+        }
     }
     // One pass over the fields.
     h.0.retain(|f| {
         !(ALWAYS.iter().any(|n| f.name.eq_ignore_ascii_case(n))
-            || listed.iter().any(|n| f.name.eq_ignore_ascii_case(n)))
+            || listed
+                .iter()
+                .any(|n| f.name.as_bytes().eq_ignore_ascii_case(n)))
     });
 }
 
@@ -1132,5 +1135,19 @@ mod tests {
         strip_hop_by_hop(&mut h);
         let names: Vec<_> = h.0.iter().map(|f| f.name.as_str()).collect();
         assert_eq!(names, ["Transfer-Encoding", "X-Kept"]);
+    }
+
+    #[test]
+    fn connection_cannot_remove_framing_or_host() {
+        let mut h = Headers::default();
+        h.push("Host", "a.test");
+        h.push("Connection", " Content-Length ,HOST, ,transfer-encoding");
+        h.push("connection", "x-a\t, CLOSE");
+        h.push("Content-Length", "3");
+        h.push("X-A", "1");
+        h.push("x-b", "2");
+        strip_hop_by_hop(&mut h);
+        let names: Vec<_> = h.0.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, ["Host", "Content-Length", "x-b"]);
     }
 }
