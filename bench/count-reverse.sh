@@ -9,13 +9,18 @@
 # by HIGH - LOW is the cost of one request without start-up, the first upstream connection and
 # shutdown. nginx runs with master_process off (one process, so callgrind sees the worker).
 #
+# TOOL=strace counts system calls instead (strace -f -c; the kernel's side of the cost that
+# callgrind does not see), with the same LOW/HIGH difference, and prints the calls of the HIGH
+# run by name.
+#
 # Knobs: LOW=200 HIGH=2200 WORKERS=1 GATEHOUSE=target/release/gatehouse
-#        PEERS="gatehouse nginx haproxy"
+#        PEERS="gatehouse nginx haproxy" TOOL=callgrind|strace
 set -euo pipefail
 LOW=${LOW:-200}
 HIGH=${HIGH:-2200}
 WORKERS=${WORKERS:-1}
 PEERS=${PEERS:-"gatehouse nginx haproxy"}
+TOOL=${TOOL:-callgrind}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 GATEHOUSE=${GATEHOUSE:-$ROOT/target/release/gatehouse}
 PY="python3 $ROOT/bench/conn_client.py"
@@ -25,13 +30,17 @@ PIDS=()
 cleanup() {
     local p
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP"; cp "$WORK"/*.callgrind "$KEEP"/ 2>/dev/null || true; fi
+    if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP"; cp "$WORK"/*.callgrind "$WORK"/*.strace "$KEEP"/ 2>/dev/null || true; fi
     rm -rf "$WORK"
 }
 trap cleanup EXIT
 export PATH="$PATH:/usr/sbin"
 export TOKIO_WORKER_THREADS=$WORKERS
-command -v valgrind >/dev/null || { echo "count-reverse.sh: valgrind is not installed" >&2; exit 1; }
+case $TOOL in
+callgrind) command -v valgrind >/dev/null || { echo "count-reverse.sh: valgrind is not installed" >&2; exit 1; } ;;
+strace) command -v strace >/dev/null || { echo "count-reverse.sh: strace is not installed" >&2; exit 1; } ;;
+*) echo "count-reverse.sh: TOOL is callgrind or strace" >&2; exit 1 ;;
+esac
 command -v nginx >/dev/null || { echo "count-reverse.sh: nginx (the origin) is not installed" >&2; exit 1; }
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -66,18 +75,31 @@ nginx -c "$WORK/origin.conf" -p "$WORK/origin" >"$WORK/origin.log" 2>&1 &
 PIDS+=($!)
 wait_port "$P_ORIGIN" || { echo "count-reverse.sh: the origin did not listen" >&2; exit 1; }
 
-# run NAME N PORT CMD...: total instructions of CMD serving N requests, printed.
+# run NAME N PORT CMD...: total instructions (or system calls) of CMD serving N requests, printed.
 run() {
     local name=$1 n=$2 port=$3
     shift 3
-    local out="$WORK/$name-$n.callgrind"
-    valgrind --tool=callgrind --callgrind-out-file="$out" "$@" >"$WORK/$name-$n.log" 2>&1 &
+    local out="$WORK/$name-$n.$TOOL"
+    if [ "$TOOL" = strace ]; then
+        strace -f -c -o "$out" "$@" >"$WORK/$name-$n.log" 2>&1 &
+    else
+        valgrind --tool=callgrind --callgrind-out-file="$out" "$@" >"$WORK/$name-$n.log" 2>&1 &
+    fi
     local pid=$!
     wait_port "$port" || { echo "count-reverse.sh: $name did not listen" >&2; cat "$WORK/$name-$n.log" >&2; exit 1; }
     $PY rget "127.0.0.1:$port" app.test /small "$n" >&2
-    kill -TERM "$pid"
+    if [ "$TOOL" = strace ]; then
+        # Stop the traced program, not strace (which would detach and leave it running).
+        pkill -TERM -P "$pid" || true
+    else
+        kill -TERM "$pid"
+    fi
     wait "$pid" || true
-    sed -n 's/^summary: //p; s/^totals: //p' "$out" | head -1
+    if [ "$TOOL" = strace ]; then
+        awk '$NF == "total" { print $4 }' "$out"
+    else
+        sed -n 's/^summary: //p; s/^totals: //p' "$out" | head -1
+    fi
 }
 
 for peer in $PEERS; do
@@ -162,5 +184,10 @@ CFG
     esac
     lo=$(run "$peer" "$LOW" "$port" "${cmd[@]}")
     hi=$(run "$peer" "$HIGH" "$port" "${cmd[@]}")
-    echo "$peer: $LOW requests $lo Ir, $HIGH requests $hi Ir, per request $(( (hi - lo) / (HIGH - LOW) )) Ir"
+    if [ "$TOOL" = strace ]; then
+        echo "$peer: $LOW requests $lo calls, $HIGH requests $hi calls, per request $(( (hi - lo) * 100 / (HIGH - LOW) ))e-2 system calls"
+        awk -v n="$HIGH" '$NF != "total" && $4 ~ /^[0-9]+$/ && $4 >= n / 2 { printf "    %-16s %6.2f per request (HIGH run)\n", $NF, $4 / n }' "$WORK/$peer-$HIGH.strace"
+    else
+        echo "$peer: $LOW requests $lo Ir, $HIGH requests $hi Ir, per request $(( (hi - lo) / (HIGH - LOW) )) Ir"
+    fi
 done

@@ -402,9 +402,22 @@ impl Stats {
 /// gives `h:p`), else the target up to its first `/` (`host:port` of CONNECT and SOCKS).
 /// Without user information; cut to a bounded length; `None` when empty.
 pub fn destination(target: &str) -> Option<std::borrow::Cow<'_, str>> {
-    let rest = target.split_once("://").map_or(target, |(_, r)| r);
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    let authority = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    // Byte searches (every delimiter is ASCII): a `char`-pattern split was most of the cost
+    // of counting a request.
+    // (A `str` pattern would build a two-way searcher per call.)
+    let rest = target
+        .as_bytes()
+        .windows(3)
+        .position(|w| w == b"://")
+        .map_or(target, |i| &target[i + 3..]);
+    let end = rest
+        .bytes()
+        .position(|b| matches!(b, b'/' | b'?' | b'#'))
+        .unwrap_or(rest.len());
+    let authority = &rest[..end];
+    let authority = authority
+        .rfind('@')
+        .map_or(authority, |i| &authority[i + 1..]);
     if authority.is_empty() {
         return None;
     }
@@ -567,6 +580,16 @@ mod tests {
         assert_eq!(destination("/relative"), None);
         assert_eq!(destination(""), None);
         assert_eq!(destination("http://[::1]:80/").as_deref(), Some("[::1]:80"));
+        assert_eq!(
+            destination("http://u:p@B.test:8080?q").as_deref(),
+            Some("b.test:8080")
+        );
+        assert_eq!(
+            destination("https://a@b@c.test#f").as_deref(),
+            Some("c.test")
+        );
+        assert_eq!(destination("http://"), None);
+        assert_eq!(destination("é.test/x").as_deref(), Some("é.test"));
         let long = format!("{}é", "a".repeat(254));
         assert_eq!(destination(&long).map(|d| d.len()), Some(254));
     }

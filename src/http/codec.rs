@@ -183,10 +183,12 @@ pub fn parse_request(
     buf: &[u8],
     max_bytes: usize,
 ) -> Result<Option<(RequestHead, usize)>, HeadError> {
-    let mut raw = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut raw);
+    // Uninitialised slots: httparse writes the ones it fills, so a parse does not first
+    // write 128 empty fields (4 KiB).
+    let mut raw = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
     let status = httparse::ParserConfig::default()
-        .parse_request(&mut req, buf)
+        .parse_request_with_uninit_headers(&mut req, buf, &mut raw)
         .map_err(map_err)?;
     match status {
         httparse::Status::Partial => {
@@ -216,10 +218,13 @@ pub fn parse_response(
     buf: &[u8],
     max_bytes: usize,
 ) -> Result<Option<(ResponseHead, usize)>, HeadError> {
-    let mut raw = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut raw);
+    if buf.is_empty() {
+        return Ok(None);
+    }
+    let mut raw = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
     let status = httparse::ParserConfig::default()
-        .parse_response(&mut resp, buf)
+        .parse_response_with_uninit_headers(&mut resp, buf, &mut raw)
         .map_err(map_err)?;
     match status {
         httparse::Status::Partial => {
@@ -495,6 +500,33 @@ mod tests {
         assert_eq!(req(&big), Err(HeadError::TooLarge(8192)));
         let complete_big = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(9000));
         assert_eq!(req(&complete_big), Err(HeadError::TooLarge(8192)));
+    }
+
+    #[test]
+    fn header_count_bound_and_empty_input() {
+        let fields = |n: usize| {
+            (0..n)
+                .map(|i| format!("X-{i}: v{i}\r\n"))
+                .collect::<String>()
+        };
+        let (h, _) = req(&format!("GET / HTTP/1.1\r\n{}\r\n", fields(MAX_HEADERS)))
+            .expect("ok")
+            .expect("complete");
+        assert_eq!(h.headers.0.len(), MAX_HEADERS);
+        assert_eq!(h.headers.get_str("x-127"), Some("v127"));
+        let over = format!("GET / HTTP/1.1\r\n{}\r\n", fields(MAX_HEADERS + 1));
+        assert_eq!(req(&over), Err(HeadError::TooManyHeaders));
+        let resp = format!("HTTP/1.1 200 OK\r\n{}\r\n", fields(MAX_HEADERS + 1));
+        assert_eq!(
+            parse_response(resp.as_bytes(), 1 << 20),
+            Err(HeadError::TooManyHeaders)
+        );
+        let (r, _) = parse_response(b"HTTP/1.1 204 No Content\r\nA: b\r\n\r\n", 8192)
+            .expect("ok")
+            .expect("complete");
+        assert_eq!((r.status, r.headers.get_str("a")), (204, Some("b")));
+        assert_eq!(parse_response(b"", 8192), Ok(None));
+        assert_eq!(req(""), Ok(None));
     }
 
     #[test]

@@ -59,6 +59,9 @@ pub(super) struct Client {
     pub(super) stream: ClientStream,
     pub(super) buf: BytesMut,
     pub(super) peer: SocketAddr,
+    /// The listener's address the client connected to, read once per connection (not a
+    /// `getsockname` per request).
+    pub(super) local: Option<SocketAddr>,
     /// The policy in force when the connection was accepted; a reload does not change it.
     pub(super) policy: Arc<Policy>,
     /// The current request's body while nobody has started reading it. An exchange with the
@@ -214,6 +217,7 @@ impl HttpProxy {
     /// Serves one client connection over any stream (plain TCP, TLS).
     pub async fn serve_stream(self: Arc<Self>, stream: ClientStream, peer: SocketAddr) {
         let mut client = Client {
+            local: stream.local_addr().ok(),
             stream,
             buf: BytesMut::new(),
             peer,
@@ -222,12 +226,19 @@ impl HttpProxy {
             login: None,
             negotiating: None,
         };
+        // One keep-alive deadline for the connection, moved on for each idle wait: pushing a
+        // timer later costs no trip to the timer wheel, a new one a register and a remove.
+        let idle = tokio::time::sleep(self.cfg.keepalive_timeout);
+        tokio::pin!(idle);
+        let mut first = true;
         loop {
             if client.buf.is_empty() {
                 // Idle: hold no buffer, only the socket, until the next request starts.
                 client.buf = BytesMut::new();
-                let idle = tokio::time::sleep(self.cfg.keepalive_timeout);
-                tokio::pin!(idle);
+                if !std::mem::take(&mut first) {
+                    idle.as_mut()
+                        .reset(tokio::time::Instant::now() + self.cfg.keepalive_timeout);
+                }
                 loop {
                     // Readiness can be spurious (a fresh socket): only a byte read, or EOF,
                     // ends the wait; the first read goes straight into the head buffer.
@@ -1033,23 +1044,26 @@ pub fn strip_hop_by_hop(h: &mut Headers) {
         "te",
         "upgrade",
     ];
+    const KEPT: [&str; 3] = ["transfer-encoding", "content-length", "host"];
     // Names listed in Connection, other than those removed anyway (`close` and `keep-alive`
-    // are the usual ones: no list is built for them).
-    let mut listed: Vec<String> = Vec::new();
-    if h.contains("connection") {
-        listed = h
-            .tokens("connection")
-            .into_iter()
-            .filter(|n| {
-                !matches!(n.as_str(), "transfer-encoding" | "content-length" | "host")
-                    && !ALWAYS.contains(&n.as_str())
-            })
-            .collect();
+    // are the usual ones: nothing is allocated for them).
+    let mut listed: Vec<Vec<u8>> = Vec::new();
+    for t in h
+        .get_all("connection")
+        .flat_map(|v| v.split(|b| *b == b','))
+    {
+        let t = t.trim_ascii();
+        let known = |n: &&str| n.as_bytes().eq_ignore_ascii_case(t);
+        if !t.is_empty() && !KEPT.iter().any(known) && !ALWAYS.iter().any(known) {
+            listed.push(t.to_vec());
+        }
     }
     // One pass over the fields.
     h.0.retain(|f| {
         !(ALWAYS.iter().any(|n| f.name.eq_ignore_ascii_case(n))
-            || listed.iter().any(|n| f.name.eq_ignore_ascii_case(n)))
+            || listed
+                .iter()
+                .any(|n| f.name.as_bytes().eq_ignore_ascii_case(n)))
     });
 }
 
@@ -1136,5 +1150,19 @@ mod tests {
         strip_hop_by_hop(&mut h);
         let names: Vec<_> = h.0.iter().map(|f| f.name.as_str()).collect();
         assert_eq!(names, ["Transfer-Encoding", "X-Kept"]);
+    }
+
+    #[test]
+    fn connection_cannot_remove_framing_or_host() {
+        let mut h = Headers::default();
+        h.push("Host", "a.test");
+        h.push("Connection", " Content-Length ,HOST, ,transfer-encoding");
+        h.push("connection", "x-a\t, CLOSE");
+        h.push("Content-Length", "3");
+        h.push("X-A", "1");
+        h.push("x-b", "2");
+        strip_hop_by_hop(&mut h);
+        let names: Vec<_> = h.0.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, ["Host", "Content-Length", "x-b"]);
     }
 }

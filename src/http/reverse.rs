@@ -510,7 +510,7 @@ impl HttpProxy {
         let authority = host.unwrap_or_default();
         let cache_target = HttpTarget {
             host: Host::Name(host_name.unwrap_or_default()),
-            port: client.stream.local_addr().map_or(80, |a| a.port()),
+            port: client.local.map_or(80, |a| a.port()),
             authority: authority.clone(),
             path: target.clone(),
         };
@@ -655,7 +655,7 @@ impl HttpProxy {
         }
         let resend = idempotent(&head.method) && framing == Framing::None;
         let ip = client.peer.ip();
-        let (ip_port, local) = (client.peer, client.stream.local_addr().ok());
+        let (ip_port, local) = (client.peer, client.local);
         let tries = 1 + rv.cfg.retries;
         let idle_max = rv.cfg.idle_timeout.min(pool.cfg.idle_timeout);
         let secure = to.scheme == "https";
@@ -1170,7 +1170,7 @@ impl HttpProxy {
 
 /// The port the client connected to, for the policy's port conditions.
 fn client_port(client: &Client) -> u16 {
-    client.stream.local_addr().map_or(0, |a| a.port())
+    client.local.map_or(0, |a| a.port())
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, Interest, ReadBuf};
 use tokio::net::tcp;
 use tokio::net::TcpStream;
 
@@ -133,7 +133,24 @@ impl ClientStream {
             ClientStream::Tcp(s) => {
                 s.readable().await?;
                 buf.reserve(4096);
-                s.try_read_buf(buf)
+                let s: &TcpStream = s;
+                let room = buf.capacity() - buf.len();
+                let mut got = 0;
+                // A short read drained the socket: its readiness is cleared at once (what
+                // tokio's own `poll_read` does, and `try_read` does not), so the wait for the
+                // next request costs no `read` that finds nothing. Cleared only if no new
+                // event came in since it was read, so no wake-up is lost.
+                let read = s.try_io(Interest::READABLE, || {
+                    got = s.try_read_buf(buf)?;
+                    if got > 0 && got < room {
+                        return Err(io::ErrorKind::WouldBlock.into());
+                    }
+                    Ok(got)
+                });
+                match read {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => Ok(got),
+                    r => r,
+                }
             }
             // Plaintext may already sit decrypted inside rustls, where readiness of the
             // socket would not show it: a real read (cancel-safe; the caller's select
