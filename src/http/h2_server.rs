@@ -6,31 +6,35 @@
 //!
 //! ```text
 //! h2 connection ── accept stream ──► h1_request (pure: pseudo-headers -> head)
-//!    │                                   │ in-memory pipe (ClientStream::H2)
-//!    │  request DATA (flow control) ───► HttpProxy::serve_stream (one request,
-//!    │                                   Connection: close) ── pool server (HTTP/1.1)
-//!    ◄── HEADERS, DATA, trailers ◄────── response head parsed, body de-chunked
+//!    │                                   │
+//!    │  request DATA (flow control) ───► H2Stream (ClientStream::H2) read by
+//!    │                                   HttpProxy::serve_stream (one request,
+//!    │                                   Connection: close) ── pool server
+//!    ◄── HEADERS, DATA, trailers ◄────── H2Stream written: head parsed, body de-framed
 //! ```
 //!
-//! Memory per stream is bounded by the pipe ([`PIPE_BYTES`]) and the stream windows: a
-//! DATA frame's capacity is released only once its bytes are in the pipe, and response
-//! bytes are read from the pipe only as the client's window lets them go.
+//! The stream's task runs `serve_stream` itself on an [`H2Stream`]: reads hand out the
+//! request head and then the DATA frames, writes turn the response into HEADERS, DATA
+//! and trailers (see `h2_stream.rs`); there is no pipe and no relay in between. Memory
+//! per stream is bounded by the stream windows: a DATA frame's window is released only as
+//! the pipeline reads its bytes, and a response write is taken only once the previous one
+//! has window.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use h2::server::SendResponse;
 use h2::{Reason, RecvStream, SendStream};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 use tokio::time::timeout;
 
-use super::chunked::ChunkedDecoder;
-use super::codec::{self, Framing, Headers};
+use super::codec::{self, Headers};
+use super::h2_stream::H2Stream;
 use super::proxy::{HttpProxy, Role};
 use super::stream::ClientStream;
 use crate::config::Http2Config;
@@ -38,10 +42,11 @@ use crate::config::Http2Config;
 /// The HTTP/2 connection preface a client sends first (RFC 9113 section 3.4).
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// Bytes buffered in each direction of a stream's pipe to the HTTP/1.1 pipeline.
+/// Each stream's initial window (both ways), and the bytes buffered in each direction of
+/// the in-memory pipe to an HTTP/2 server (`h2_upstream`).
 pub const PIPE_BYTES: usize = 64 * 1024;
 
-/// Largest piece of a response body read from the pipe before it is sent on.
+/// Largest piece of a body read from a pipe before it is sent on.
 const SEND_CHUNK: usize = 16 * 1024;
 
 /// Fields that are about one HTTP/1.1 connection and must not appear in HTTP/2 (RFC 9113
@@ -53,17 +58,6 @@ pub(super) const CONNECTION_SPECIFIC: [&str; 5] = [
     "transfer-encoding",
     "upgrade",
 ];
-
-/// One HTTP/2 stream as the HTTP/1.1 pipeline sees its client: the far end of an in-memory
-/// pipe, with what the connection it came on says about the client.
-pub struct StreamPipe {
-    pub(super) io: DuplexStream,
-    /// The listener's address the connection reached.
-    pub(super) local: SocketAddr,
-    /// The TLS SNI of the connection, if any.
-    pub(super) sni: Option<String>,
-    pub(super) scheme: &'static str,
-}
 
 /// Whether `buf` (the first bytes of a connection) is the HTTP/2 preface: `Some(true)` all
 /// of it, `Some(false)` not it, `None` a prefix of it so far.
@@ -228,15 +222,17 @@ pub fn h2_response(status: u16, fields: &Headers) -> Response<()> {
         .filter(|_| (200..600).contains(&status))
         .unwrap_or(http::StatusCode::BAD_GATEWAY);
     let h = resp.headers_mut();
+    h.reserve(fields.0.len());
     for f in &fields.0 {
-        let name = f.name.to_ascii_lowercase();
-        if CONNECTION_SPECIFIC.contains(&name.as_str()) || name == "te" || listed.contains(&name) {
+        // `HeaderName` lower-cases (a known name without allocating).
+        let Ok(n) = HeaderName::from_bytes(f.name.as_bytes()) else {
+            continue;
+        };
+        let name = n.as_str();
+        if CONNECTION_SPECIFIC.contains(&name) || name == "te" || listed.iter().any(|l| l == name) {
             continue;
         }
-        if let (Ok(n), Ok(v)) = (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_bytes(&f.value),
-        ) {
+        if let Ok(v) = HeaderValue::from_bytes(&f.value) {
             h.append(n, v);
         }
     }
@@ -421,56 +417,19 @@ impl HttpProxy {
                 return;
             }
         };
-        let (ours, theirs) = tokio::io::duplex(PIPE_BYTES);
-        let pipe = ClientStream::H2(Box::new(StreamPipe {
-            io: theirs,
-            local,
-            sni,
-            scheme,
-        }));
-        let h1 = self.clone().serve_stream(pipe, peer);
-        // A WebSocket may idle as long as a tunnel.
-        let t = if websocket {
-            self.cfg.tunnel_idle_timeout
-        } else {
-            self.cfg.read_timeout
-        };
         let max = self.cfg.max_header_bytes.max(64 * 1024);
-        let method = parts.method.as_str().to_string();
-        let relay = async {
-            let (rd, wr) = tokio::io::split(ours);
-            let up = send_request(wr, head, body, chunked, websocket, t);
-            let down = relay_response(rd, &mut respond, &method, max, websocket);
-            tokio::pin!(up, down);
-            let mut up_done = false;
-            loop {
-                tokio::select! {
-                    r = &mut up, if !up_done => {
-                        up_done = true;
-                        match r {
-                            // The pipeline stopped taking the body (its answer came first,
-                            // e.g. a server that answered without reading it all): the
-                            // answer goes out, and h2 then resets with NO_ERROR (RFC 9113
-                            // section 8.1).
-                            Err(RelayError::Pipe(e)) => {
-                                tracing::debug!(client = %peer, "HTTP/2 request body not taken: {e}");
-                            }
-                            // The client's body broke off: the pipeline sees the pipe close.
-                            Err(e) => {
-                                tracing::debug!(client = %peer, "HTTP/2 request body: {e}");
-                                return Err(Reason::CANCEL);
-                            }
-                            Ok(()) => {}
-                        }
-                    }
-                    r = &mut down => break r,
-                }
-            }
-        };
-        let ((), r) = tokio::join!(h1, relay);
-        if let Err(reason) = r {
-            respond.send_reset(reason);
-        }
+        let stream = H2Stream::new(
+            head,
+            body,
+            chunked,
+            respond,
+            &parts.method,
+            websocket,
+            max,
+            (local, sni, scheme),
+        );
+        self.serve_stream(ClientStream::H2(Box::new(stream)), peer)
+            .await;
     }
 }
 
@@ -489,185 +448,6 @@ fn simple(respond: &mut SendResponse<Bytes>, status: u16, text: &str) {
         // Short enough for the initial window.
         let _ = s.send_data(Bytes::copy_from_slice(text.as_bytes()), true);
     }
-}
-
-#[derive(Debug, thiserror::Error)]
-enum RelayError {
-    #[error("pipe: {0}")]
-    Pipe(#[from] std::io::Error),
-    #[error("HTTP/2: {0}")]
-    H2(#[from] h2::Error),
-    #[error("request body not received in time")]
-    Timeout,
-}
-
-/// The request into the pipe: the head, then the body as its DATA frames come (chunked
-/// when it has no Content-Length, with the client's trailers), releasing each frame's
-/// window only once it is in the pipe.
-async fn send_request<W: AsyncWrite + Unpin>(
-    mut wr: W,
-    head: Vec<u8>,
-    mut body: RecvStream,
-    chunked: bool,
-    websocket: bool,
-    t: Duration,
-) -> Result<(), RelayError> {
-    wr.write_all(&head).await?;
-    loop {
-        let data = match timeout(t, body.data()).await {
-            Err(_) => return Err(RelayError::Timeout),
-            Ok(None) => break,
-            Ok(Some(d)) => d?,
-        };
-        let n = data.len();
-        if chunked && n > 0 {
-            wr.write_all(format!("{n:x}\r\n").as_bytes()).await?;
-            wr.write_all(&data).await?;
-            wr.write_all(b"\r\n").await?;
-        } else {
-            wr.write_all(&data).await?;
-        }
-        body.flow_control().release_capacity(n)?;
-    }
-    if websocket {
-        // The client ended its side of the WebSocket: half-close the tunnel.
-        wr.shutdown().await?;
-        return Ok(());
-    }
-    if chunked {
-        let trailers = match timeout(t, body.trailers()).await {
-            Err(_) => return Err(RelayError::Timeout),
-            Ok(r) => r?,
-        };
-        let mut end = b"0\r\n".to_vec();
-        for (name, value) in trailers.iter().flat_map(|m| m.iter()) {
-            end.extend_from_slice(name.as_str().as_bytes());
-            end.extend_from_slice(b": ");
-            end.extend_from_slice(value.as_bytes());
-            end.extend_from_slice(b"\r\n");
-        }
-        end.extend_from_slice(b"\r\n");
-        wr.write_all(&end).await?;
-    }
-    wr.flush().await?;
-    Ok(())
-}
-
-/// The pipeline's HTTP/1.1 response, out of the pipe, to the client as HEADERS, DATA
-/// (within the stream's window) and trailers. `Err`: reset the stream with this reason.
-async fn relay_response<R: AsyncRead + Unpin>(
-    mut rd: R,
-    respond: &mut SendResponse<Bytes>,
-    method: &str,
-    max: usize,
-    websocket: bool,
-) -> Result<(), Reason> {
-    let mut buf = BytesMut::with_capacity(8192);
-    let head = loop {
-        match codec::parse_response(&buf, max) {
-            Ok(Some((h, len))) => {
-                buf.advance(len);
-                if h.status >= 200 || (websocket && h.status == 101) {
-                    break h;
-                }
-                // 1xx (100 Continue, 103 Early Hints): an informational HEADERS frame.
-                if let Some(r) = h2_interim(h.status, &h.headers) {
-                    respond
-                        .send_informational(r)
-                        .map_err(|_| Reason::INTERNAL_ERROR)?;
-                }
-                continue;
-            }
-            Ok(None) => {}
-            Err(_) => return Err(Reason::INTERNAL_ERROR),
-        }
-        match rd.read_buf(&mut buf).await {
-            // The pipeline closed without an answer (e.g. while draining): safe to retry.
-            Ok(0) | Err(_) => return Err(Reason::REFUSED_STREAM),
-            Ok(_) => {}
-        }
-    };
-    let mut fields = head.headers.clone();
-    // The server switched to WebSocket: 200 to the extended CONNECT, then a tunnel.
-    let (status, framing) = if head.status == 101 {
-        fields.remove("sec-websocket-accept");
-        (200, Framing::UntilClose)
-    } else {
-        let framing = codec::response_framing(method, &head).map_err(|_| Reason::INTERNAL_ERROR)?;
-        if framing != Framing::None {
-            codec::normalise_response_framing(head.status, framing, &mut fields);
-        }
-        (head.status, framing)
-    };
-    let resp = h2_response(status, &fields);
-    let mut send = respond
-        .send_response(resp, framing == Framing::None)
-        .map_err(|_| Reason::INTERNAL_ERROR)?;
-    let broke = |_| Reason::INTERNAL_ERROR;
-    match framing {
-        Framing::None => return Ok(()),
-        Framing::Length(mut left) => {
-            while left > 0 {
-                if buf.is_empty() {
-                    fill(&mut rd, &mut buf).await.map_err(broke)?;
-                }
-                let take = (buf.len() as u64).min(left).min(SEND_CHUNK as u64) as usize;
-                left -= take as u64;
-                send_data(&mut send, buf.split_to(take).freeze())
-                    .await
-                    .map_err(|_| Reason::CANCEL)?;
-            }
-            send.send_data(Bytes::new(), true)
-                .map_err(|_| Reason::CANCEL)?;
-        }
-        Framing::UntilClose => loop {
-            if buf.is_empty() && rd.read_buf(&mut buf).await.map_err(broke)? == 0 {
-                send.send_data(Bytes::new(), true)
-                    .map_err(|_| Reason::CANCEL)?;
-                break;
-            }
-            let take = buf.len().min(SEND_CHUNK);
-            send_data(&mut send, buf.split_to(take).freeze())
-                .await
-                .map_err(|_| Reason::CANCEL)?;
-        },
-        Framing::Chunked => {
-            let mut dec = ChunkedDecoder::new(max);
-            // The framing bytes since the last data: at the end, the trailer section.
-            let mut tail: Vec<u8> = Vec::new();
-            loop {
-                if buf.is_empty() {
-                    fill(&mut rd, &mut buf).await.map_err(broke)?;
-                }
-                let p = dec.advance(&buf).map_err(|_| Reason::INTERNAL_ERROR)?;
-                match p.data {
-                    Some(r) => {
-                        let mut chunk = buf.split_to(p.consumed);
-                        chunk.advance(r.start);
-                        tail.clear();
-                        send_data(&mut send, chunk.freeze())
-                            .await
-                            .map_err(|_| Reason::CANCEL)?;
-                    }
-                    None => {
-                        tail.extend_from_slice(&buf[..p.consumed]);
-                        buf.advance(p.consumed);
-                    }
-                }
-                if p.done {
-                    break;
-                }
-            }
-            let trailers = chunked_trailers(&tail);
-            if trailers.is_empty() {
-                send.send_data(Bytes::new(), true)
-                    .map_err(|_| Reason::CANCEL)?;
-            } else {
-                send.send_trailers(trailers).map_err(|_| Reason::CANCEL)?;
-            }
-        }
-    }
-    Ok(())
 }
 
 /// Reads more of the pipe; its end before the body's is an error.
