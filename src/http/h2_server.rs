@@ -33,7 +33,7 @@ use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 use tokio::time::timeout;
 
-use super::codec::{self, Headers};
+use super::codec::{self, Framing, Headers};
 use super::h2_stream::H2Stream;
 use super::proxy::{HttpProxy, Role};
 use super::stream::ClientStream;
@@ -146,12 +146,28 @@ pub fn h1_request(
         (Some(a), Some(h)) if !h.as_bytes().eq_ignore_ascii_case(a.as_str().as_bytes()) => {
             return Err(BadRequest::HostMismatch)
         }
-        (Some(a), _) => a.as_str().as_bytes().to_vec(),
-        (None, Some(h)) => h.as_bytes().to_vec(),
+        (Some(a), _) => a.as_str().as_bytes(),
+        (None, Some(h)) => h.as_bytes(),
         (None, None) => return Err(BadRequest::NoAuthority),
     };
-    let mut h = Headers::default();
-    h.push("Host", authority);
+    // Written straight out as `codec::write_request_head` would (no field list built).
+    let mut out = Vec::with_capacity(256 + fields.len() * 48);
+    let line = |out: &mut Vec<u8>, name: &[u8], value: &[u8]| {
+        out.extend_from_slice(name);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    };
+    let method = if websocket_key.is_some() {
+        "GET"
+    } else {
+        method.as_str()
+    };
+    out.extend_from_slice(method.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(path.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    line(&mut out, b"Host", authority);
     let mut cookie: Vec<u8> = Vec::new();
     for (name, value) in fields {
         let v = value.as_bytes();
@@ -170,27 +186,25 @@ pub fn h1_request(
                 }
                 cookie.extend_from_slice(v);
             }
-            _ => h.push(n, v),
+            _ => line(&mut out, n.as_bytes(), v),
         }
     }
     if !cookie.is_empty() {
-        h.push("cookie", cookie);
+        line(&mut out, b"cookie", &cookie);
     }
     if let Some(key) = websocket_key {
-        h.push("Sec-WebSocket-Key", key);
-        h.push("Upgrade", "websocket");
-        h.push("Connection", "Upgrade");
-        let mut out = Vec::with_capacity(512);
-        codec::write_request_head(&mut out, "GET", path, &h);
+        line(&mut out, b"Sec-WebSocket-Key", key.as_bytes());
+        line(&mut out, b"Upgrade", b"websocket");
+        line(&mut out, b"Connection", b"Upgrade");
+        out.extend_from_slice(b"\r\n");
         return Ok((out, false));
     }
     let chunked = body_follows && !fields.contains_key(http::header::CONTENT_LENGTH);
     if chunked {
-        h.push("Transfer-Encoding", "chunked");
+        line(&mut out, b"Transfer-Encoding", b"chunked");
     }
-    h.push("Connection", "close");
-    let mut out = Vec::with_capacity(512);
-    codec::write_request_head(&mut out, method.as_str(), path, &h);
+    line(&mut out, b"Connection", b"close");
+    out.extend_from_slice(b"\r\n");
     Ok((out, chunked))
 }
 
@@ -214,7 +228,7 @@ fn websocket_key() -> String {
 /// The HTTP/2 response for an HTTP/1.1 head: status and fields, without the
 /// connection-specific ones and those `Connection` names (RFC 9113 section 8.2.2). Fields
 /// HTTP/2 cannot carry (a name that is not a token) are dropped.
-pub fn h2_response(status: u16, fields: &Headers) -> Response<()> {
+pub fn h2_response(status: u16, fields: Headers) -> Response<()> {
     let listed = fields.tokens("connection");
     let mut resp = Response::new(());
     *resp.status_mut() = http::StatusCode::from_u16(status)
@@ -223,7 +237,7 @@ pub fn h2_response(status: u16, fields: &Headers) -> Response<()> {
         .unwrap_or(http::StatusCode::BAD_GATEWAY);
     let h = resp.headers_mut();
     h.reserve(fields.0.len());
-    for f in &fields.0 {
+    for f in fields.0 {
         // `HeaderName` lower-cases (a known name without allocating).
         let Ok(n) = HeaderName::from_bytes(f.name.as_bytes()) else {
             continue;
@@ -232,15 +246,141 @@ pub fn h2_response(status: u16, fields: &Headers) -> Response<()> {
         if CONNECTION_SPECIFIC.contains(&name) || name == "te" || listed.iter().any(|l| l == name) {
             continue;
         }
-        if let Ok(v) = HeaderValue::from_bytes(&f.value) {
+        // The value's bytes move into the field without a copy.
+        if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(f.value)) {
             h.append(n, v);
         }
     }
     resp
 }
 
+/// A response head the pipeline wrote, read for HTTP/2 ([`h2_head`]).
+#[derive(Debug)]
+pub enum H2Head {
+    /// An informational (1xx) head to send before the final one; `None`: nothing to send
+    /// (a 101 that is not a WebSocket answer).
+    Interim(Option<Response<()>>),
+    /// The final head and how its body is framed in the bytes that follow.
+    Final(Response<()>, Framing),
+}
+
+/// The HTTP/2 form of the HTTP/1.1 response head at the start of `buf` (`Ok(None)`:
+/// incomplete), and its length: what `codec::parse_response` (bounds, status range, field
+/// values), `codec::response_framing` / `normalise_response_framing` and [`h2_response`] do
+/// in turn, without building the intermediate field list. With `websocket`, a 101 is the
+/// server's switch: 200 without `Sec-WebSocket-Accept`, then a tunnel (`UntilClose`).
+/// `head_request`: the response to a HEAD has no body.
+pub fn h2_head(
+    buf: &[u8],
+    max: usize,
+    websocket: bool,
+    head_request: bool,
+) -> Result<Option<(H2Head, usize)>, codec::HeadError> {
+    use codec::HeadError;
+    let mut raw = [httparse::EMPTY_HEADER; codec::MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut raw);
+    let len = match httparse::ParserConfig::default().parse_response(&mut resp, buf) {
+        Ok(httparse::Status::Partial) if buf.len() > max => return Err(HeadError::TooLarge(max)),
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Ok(httparse::Status::Complete(len)) if len > max => return Err(HeadError::TooLarge(max)),
+        Ok(httparse::Status::Complete(len)) => len,
+        Err(_) => return Err(HeadError::Invalid("bad response head")),
+    };
+    let status = resp.code.unwrap_or(0);
+    if !(100..=999).contains(&status) {
+        return Err(HeadError::Invalid("invalid status code"));
+    }
+    let raw: &[httparse::Header<'_>] = resp.headers;
+    if raw
+        .iter()
+        .any(|h| h.value.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0))
+    {
+        return Err(HeadError::Invalid("forbidden character in header value"));
+    }
+    // Fields `Connection` names, lower case.
+    let mut listed: Vec<String> = Vec::new();
+    for h in raw
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+    {
+        for t in h.value.split(|b| *b == b',') {
+            let t = String::from_utf8_lossy(t).trim().to_ascii_lowercase();
+            if !t.is_empty() {
+                listed.push(t);
+            }
+        }
+    }
+    // Every field HTTP/2 may carry, except those named in `skip`.
+    let fields = |skip: &[&str]| {
+        let mut m = HeaderMap::with_capacity(raw.len());
+        for f in raw {
+            let Ok(n) = HeaderName::from_bytes(f.name.as_bytes()) else {
+                continue;
+            };
+            let name = n.as_str();
+            if CONNECTION_SPECIFIC.contains(&name)
+                || name == "te"
+                || skip.contains(&name)
+                || listed.iter().any(|l| l == name)
+            {
+                continue;
+            }
+            if let Ok(v) = HeaderValue::from_bytes(f.value) {
+                m.append(n, v);
+            }
+        }
+        m
+    };
+    let response = |status: u16, headers: HeaderMap| {
+        let mut r = Response::new(());
+        *r.status_mut() =
+            http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::BAD_GATEWAY);
+        *r.headers_mut() = headers;
+        r
+    };
+    if status == 101 && websocket {
+        let r = response(200, fields(&["sec-websocket-accept"]));
+        return Ok(Some((H2Head::Final(r, Framing::UntilClose), len)));
+    }
+    if status < 200 {
+        let interim = (status != 101).then(|| response(status, fields(&[])));
+        return Ok(Some((H2Head::Interim(interim), len)));
+    }
+    // The framing fields alone, through the codec's own rules.
+    let mut framing_fields = Headers::default();
+    for f in raw.iter().filter(|f| {
+        f.name.eq_ignore_ascii_case("content-length")
+            || f.name.eq_ignore_ascii_case("transfer-encoding")
+    }) {
+        framing_fields.push(f.name, f.value);
+    }
+    let mut head = codec::ResponseHead {
+        version: codec::Version::Http11,
+        status,
+        reason: String::new(),
+        headers: framing_fields,
+    };
+    let method = if head_request { "HEAD" } else { "GET" };
+    let framing = codec::response_framing(method, &head)?;
+    if framing != Framing::None {
+        codec::normalise_response_framing(status, framing, &mut head.headers);
+    }
+    let status = if (200..600).contains(&status) {
+        status
+    } else {
+        502
+    };
+    let mut h = fields(&["content-length"]);
+    for n in head.headers.get_all("content-length") {
+        if let Ok(v) = HeaderValue::from_bytes(n) {
+            h.append(http::header::CONTENT_LENGTH, v);
+        }
+    }
+    Ok(Some((H2Head::Final(response(status, h), framing), len)))
+}
+
 /// An interim (1xx) response for HTTP/2: none for 101 (no such status in HTTP/2).
-pub fn h2_interim(status: u16, fields: &Headers) -> Option<Response<()>> {
+pub fn h2_interim(status: u16, fields: Headers) -> Option<Response<()>> {
     if !(100..200).contains(&status) || status == 101 {
         return None;
     }
@@ -619,11 +759,11 @@ mod tests {
         h.push("Set-Cookie", "a=1");
         h.push("Set-Cookie", "b=2");
         h.push("Bad Name", "x");
-        let r = h2_response(200, &h);
+        let r = h2_response(200, h.clone());
         let names: Vec<&str> = r.headers().keys().map(|k| k.as_str()).collect();
         assert_eq!(names, ["content-type", "set-cookie"]);
         assert_eq!(r.headers().get_all("set-cookie").iter().count(), 2);
-        assert_eq!(h2_response(999, &h).status(), 502);
+        assert_eq!(h2_response(999, h).status(), 502);
     }
 
     #[test]
@@ -631,13 +771,106 @@ mod tests {
         let mut h = Headers::default();
         h.push("Link", "</a.css>; rel=preload");
         h.push("Connection", "keep-alive");
-        let r = h2_interim(103, &h).expect("103");
+        let r = h2_interim(103, h.clone()).expect("103");
         assert_eq!(r.status(), 103);
         let names: Vec<&str> = r.headers().keys().map(|k| k.as_str()).collect();
         assert_eq!(names, ["link"]);
-        assert_eq!(h2_interim(100, &h).expect("100").status(), 100);
-        assert!(h2_interim(101, &h).is_none());
-        assert!(h2_interim(200, &h).is_none());
+        assert_eq!(h2_interim(100, h.clone()).expect("100").status(), 100);
+        assert!(h2_interim(101, h.clone()).is_none());
+        assert!(h2_interim(200, h.clone()).is_none());
+    }
+
+    fn head(raw: &str, websocket: bool, head_request: bool) -> (H2Head, usize) {
+        h2_head(raw.as_bytes(), 64 * 1024, websocket, head_request)
+            .expect("valid")
+            .expect("complete")
+    }
+
+    fn names(r: &Response<()>) -> Vec<&str> {
+        r.headers().keys().map(|k| k.as_str()).collect()
+    }
+
+    #[test]
+    fn response_heads_are_read_for_http2() {
+        let raw = "HTTP/1.1 200 OK\r\nConnection: close, X-Hop\r\nX-Hop: 1\r\n\
+                   Content-Type: text/plain\r\nContent-Length: 5, 5\r\nSet-Cookie: a=1\r\n\
+                   Set-Cookie: b=2\r\nKeep-Alive: x\r\n\r\nhello";
+        let (h, len) = head(raw, false, false);
+        assert_eq!(len, raw.len() - 5);
+        let H2Head::Final(r, framing) = h else {
+            panic!("final")
+        };
+        assert_eq!((r.status().as_u16(), framing), (200, Framing::Length(5)));
+        assert_eq!(names(&r), ["content-type", "set-cookie", "content-length"]);
+        assert_eq!(r.headers().get_all("set-cookie").iter().count(), 2);
+        assert_eq!(r.headers()["content-length"], "5");
+        // Chunked (the coding goes), and a HEAD's length stays as it is.
+        let (h, _) = head(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 9\r\n\r\n",
+            false,
+            false,
+        );
+        let H2Head::Final(r, framing) = h else {
+            panic!("final")
+        };
+        assert_eq!(framing, Framing::Chunked);
+        assert!(r.headers().is_empty(), "{:?}", r.headers());
+        let (h, _) = head("HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\n", false, true);
+        let H2Head::Final(r, framing) = h else {
+            panic!("final")
+        };
+        assert_eq!(
+            (framing, r.headers()["content-length"].as_bytes()),
+            (Framing::None, &b"7"[..])
+        );
+        // No length: until the pipeline closes; odd statuses become 502.
+        let (h, _) = head("HTTP/1.1 799 Odd\r\n\r\n", false, false);
+        let H2Head::Final(r, framing) = h else {
+            panic!("final")
+        };
+        assert_eq!((r.status().as_u16(), framing), (502, Framing::UntilClose));
+    }
+
+    #[test]
+    fn interim_and_websocket_heads() {
+        let (h, _) = head(
+            "HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n",
+            false,
+            false,
+        );
+        let H2Head::Interim(Some(r)) = h else {
+            panic!("interim")
+        };
+        assert_eq!((r.status().as_u16(), names(&r)), (103, vec!["link"]));
+        let switch = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                      Connection: Upgrade\r\nSec-WebSocket-Accept: x\r\nX-A: 1\r\n\r\n";
+        assert!(matches!(
+            head(switch, false, false).0,
+            H2Head::Interim(None)
+        ));
+        let H2Head::Final(r, framing) = head(switch, true, false).0 else {
+            panic!("final")
+        };
+        assert_eq!((r.status().as_u16(), framing), (200, Framing::UntilClose));
+        assert_eq!(names(&r), ["x-a"]);
+    }
+
+    #[test]
+    fn bad_or_partial_response_heads() {
+        assert!(matches!(
+            h2_head(b"HTTP/1.1 200 OK\r\nA: b", 1024, false, false),
+            Ok(None)
+        ));
+        assert!(h2_head(&[b'x'; 10], 4, false, false).is_err());
+        assert!(h2_head(b"HTTP/1.1 200 OK\r\nA: b\r\n\r\n", 8, false, false).is_err());
+        assert!(h2_head(b"HTTP/1.1 099 x\r\n\r\n", 1024, false, false).is_err());
+        assert!(h2_head(
+            b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
+            1024,
+            false,
+            false
+        )
+        .is_err());
     }
 
     #[test]

@@ -28,8 +28,8 @@ use http::HeaderMap;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::chunked::ChunkedDecoder;
-use super::codec::{self, Framing};
-use super::h2_server::{chunked_trailers, h2_interim, h2_response};
+use super::codec::Framing;
+use super::h2_server::{chunked_trailers, h2_head, H2Head};
 
 /// One HTTP/2 stream, read and written by the HTTP/1.1 pipeline as its client connection.
 pub struct H2Stream {
@@ -288,54 +288,34 @@ impl ResponseSide {
         let n = buf.len().min(room);
         self.head.extend_from_slice(&buf[..n]);
         loop {
-            let (h, len) = match codec::parse_response(&self.head, self.max_head) {
+            let parsed = h2_head(&self.head, self.max_head, self.websocket, self.head_request);
+            let (head, len) = match parsed {
                 Ok(Some(p)) => p,
                 Ok(None) => return Ok(n),
                 Err(e) => return Err(self.fail(Reason::INTERNAL_ERROR, e)),
             };
             self.head.advance(len);
-            if h.status < 200 && !(self.websocket && h.status == 101) {
+            let (resp, framing) = match head {
                 // 1xx (100 Continue, 103 Early Hints): an informational HEADERS frame.
-                if let Some(r) = h2_interim(h.status, &h.headers) {
-                    if let Err(e) = self.respond.send_informational(r) {
-                        return Err(self.fail(Reason::INTERNAL_ERROR, e));
+                H2Head::Interim(r) => {
+                    if let Some(r) = r {
+                        if let Err(e) = self.respond.send_informational(r) {
+                            return Err(self.fail(Reason::INTERNAL_ERROR, e));
+                        }
                     }
+                    continue;
                 }
-                continue;
-            }
-            // The server switched to WebSocket: 200 to the extended CONNECT, then a tunnel.
-            let (status, framing) = if h.status == 101 {
-                (200, Framing::UntilClose)
-            } else {
-                let method = if self.head_request { "HEAD" } else { "GET" };
-                match codec::response_framing(method, &h) {
-                    Ok(f) => (h.status, f),
-                    Err(e) => return Err(self.fail(Reason::INTERNAL_ERROR, e)),
-                }
+                H2Head::Final(r, f) => (r, f),
             };
-            let mut fields = h.headers;
-            if h.status == 101 {
-                fields.remove("sec-websocket-accept");
-            } else if framing != Framing::None {
-                codec::normalise_response_framing(status, framing, &mut fields);
-            }
-            let end = framing == Framing::None;
-            let send = match self
-                .respond
-                .send_response(h2_response(status, &fields), end)
-            {
+            // No body (HEAD, 204, 304, an empty one): END_STREAM on the HEADERS frame.
+            let end = matches!(framing, Framing::None | Framing::Length(0));
+            let send = match self.respond.send_response(resp, end) {
                 Ok(s) => s,
                 Err(e) => return Err(self.fail(Reason::INTERNAL_ERROR, e)),
             };
             self.body = match framing {
-                Framing::None => {
+                Framing::None | Framing::Length(0) => {
                     self.state = RespState::Done;
-                    return Ok(n);
-                }
-                Framing::Length(0) => {
-                    self.send = Some(send);
-                    self.end = Some(End::Data);
-                    self.finish_end();
                     return Ok(n);
                 }
                 Framing::Length(left) => BodyState::Length(left),
