@@ -7,8 +7,9 @@
 //! the last chunk's trailer section), then EOF. A frame's window is released only as its
 //! bytes are read, so an unread request body stays bounded by the stream window.
 //!
-//! Writing to it takes the pipeline's HTTP/1.1 response: 1xx heads become informational
-//! HEADERS, the final head becomes HEADERS (with the framing fields gone), body bytes are
+//! Writing to it takes the pipeline's HTTP/1.1 response (heads read by
+//! `h2_server::h2_head`): 1xx heads become informational HEADERS, the final head becomes
+//! HEADERS (END_STREAM on it when there is no body), body bytes are
 //! de-framed (Content-Length counted, chunked decoded) on the fly and sent as DATA; a
 //! chunked body's trailer section becomes a trailing HEADERS frame. A write is taken once
 //! the previous one's bytes have window in the `h2` send queue, so at most one write waits
