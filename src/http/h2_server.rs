@@ -277,9 +277,12 @@ pub fn h2_head(
     head_request: bool,
 ) -> Result<Option<(H2Head, usize)>, codec::HeadError> {
     use codec::HeadError;
-    let mut raw = [httparse::EMPTY_HEADER; codec::MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut raw);
-    let len = match httparse::ParserConfig::default().parse_response(&mut resp, buf) {
+    // Uninitialised slots: no 4 KiB of empty headers written per response.
+    let mut slots = [const { std::mem::MaybeUninit::uninit() }; codec::MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut resp, buf, &mut slots);
+    let len = match parsed {
         Ok(httparse::Status::Partial) if buf.len() > max => return Err(HeadError::TooLarge(max)),
         Ok(httparse::Status::Partial) => return Ok(None),
         Ok(httparse::Status::Complete(len)) if len > max => return Err(HeadError::TooLarge(max)),
