@@ -3,7 +3,8 @@
 //! concurrent streams on one connection spread over two servers, bodies both ways under
 //! flow control, the per-client request rate and the access log per stream, and bad input
 //! (malformed header blocks, CONNECT, oversized header lists, a connection error) written
-//! as raw frames, and a chunked response's trailers turned into HTTP/2 trailers.
+//! as raw frames, a chunked response's trailers turned into HTTP/2 trailers, and big
+//! responses through the window while a sibling stream is reset mid-body.
 
 mod common;
 
@@ -730,4 +731,96 @@ async fn websocket_over_h2_extended_connect_reaches_an_http11_server() {
     })
     .await;
     assert!(end.is_ok(), "the stream ends after the close");
+}
+
+/// A big chunked body (odd chunk sizes, chunk-size lines split across writes) with
+/// trailers, for the test below: 1 MiB of `pattern(3, ..)`.
+fn big_chunked() -> (Bytes, Vec<u8>) {
+    let body = pattern(3, 1024 * 1024);
+    let mut wire = Vec::new();
+    for piece in body.chunks(7001) {
+        wire.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+        wire.extend_from_slice(piece);
+        wire.extend_from_slice(b"\r\n");
+    }
+    wire.extend_from_slice(b"0\r\nx-digest: done\r\n\r\n");
+    (body, wire)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn big_responses_pass_the_window_intact_and_a_reset_stream_leaves_others_alone() {
+    // Each request: the head, then the chunked body in 1000-byte writes (so framing lines
+    // straddle writes), then the trailers.
+    let origin = raw_origin(|mut s: TcpStream| async move {
+        while read_head(&mut s).await {
+            let (_, wire) = big_chunked();
+            let head =
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-digest\r\n\r\n";
+            if s.write_all(head).await.is_err() {
+                return;
+            }
+            for w in wire.chunks(1000) {
+                if s.write_all(w).await.is_err() {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    let gh = Gatehouse::start(&config("[listeners.http2]\nh2c = true\n", &[origin], ""));
+    let send = h2_client(gh.addr("rev")).await;
+    let get = |path: &str| {
+        http::Request::builder()
+            .uri(format!("http://app.test{path}"))
+            .header("te", "trailers")
+            .body(())
+            .expect("request")
+    };
+    // A stream the client gives up on after its first DATA frame.
+    let mut ready = send.clone().ready().await.expect("ready");
+    let (doomed, _) = ready.send_request(get("/doomed"), true).expect("send");
+    // Two streams read to the end at the same time.
+    let whole = |send: h2::client::SendRequest<Bytes>, path: &'static str| async move {
+        let mut ready = send.ready().await.expect("ready");
+        let req = http::Request::builder()
+            .uri(format!("http://app.test{path}"))
+            .header("te", "trailers")
+            .body(())
+            .expect("request");
+        let (resp, _) = ready.send_request(req, true).expect("send");
+        let resp = resp.await.expect("response");
+        assert_eq!(resp.status(), 200);
+        let mut body = resp.into_body();
+        let mut got = Vec::new();
+        while let Some(d) = body.data().await {
+            let d = d.expect("data");
+            body.flow_control()
+                .release_capacity(d.len())
+                .expect("release");
+            got.extend_from_slice(&d);
+        }
+        let trailers = body.trailers().await.expect("trailers").expect("some");
+        (got, trailers)
+    };
+    let a = tokio::spawn(whole(send.clone(), "/a"));
+    let b = tokio::spawn(whole(send.clone(), "/b"));
+    let doomed = doomed.await.expect("response");
+    let mut db = doomed.into_body();
+    let first = db.data().await.expect("a frame").expect("data");
+    assert!(!first.is_empty());
+    // The client resets the stream mid-body.
+    drop(db);
+    let (expected, _) = big_chunked();
+    for t in [a, b] {
+        let (got, trailers) = t.await.expect("task");
+        assert_eq!(got.len(), expected.len());
+        assert!(got == expected[..], "the body came through unchanged");
+        assert_eq!(
+            trailers.get("x-digest").map(|v| v.as_bytes()),
+            Some(&b"done"[..])
+        );
+    }
+    // The connection is still good for more.
+    let (got, _) = whole(send.clone(), "/after").await;
+    assert_eq!(got.len(), expected.len());
 }

@@ -6,31 +6,35 @@
 //!
 //! ```text
 //! h2 connection ── accept stream ──► h1_request (pure: pseudo-headers -> head)
-//!    │                                   │ in-memory pipe (ClientStream::H2)
-//!    │  request DATA (flow control) ───► HttpProxy::serve_stream (one request,
-//!    │                                   Connection: close) ── pool server (HTTP/1.1)
-//!    ◄── HEADERS, DATA, trailers ◄────── response head parsed, body de-chunked
+//!    │                                   │
+//!    │  request DATA (flow control) ───► H2Stream (ClientStream::H2) read by
+//!    │                                   HttpProxy::serve_stream (one request,
+//!    │                                   Connection: close) ── pool server
+//!    ◄── HEADERS, DATA, trailers ◄────── H2Stream written: head parsed, body de-framed
 //! ```
 //!
-//! Memory per stream is bounded by the pipe ([`PIPE_BYTES`]) and the stream windows: a
-//! DATA frame's capacity is released only once its bytes are in the pipe, and response
-//! bytes are read from the pipe only as the client's window lets them go.
+//! The stream's task runs `serve_stream` itself on an [`H2Stream`]: reads hand out the
+//! request head and then the DATA frames, writes turn the response into HEADERS, DATA
+//! and trailers (see `h2_stream.rs`); there is no pipe and no relay in between. Memory
+//! per stream is bounded by the stream windows: a DATA frame's window is released only as
+//! the pipeline reads its bytes, and a response write is taken only once the previous one
+//! has window.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use h2::server::SendResponse;
 use h2::{Reason, RecvStream, SendStream};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 use tokio::time::timeout;
 
-use super::chunked::ChunkedDecoder;
 use super::codec::{self, Framing, Headers};
+use super::h2_stream::H2Stream;
 use super::proxy::{HttpProxy, Role};
 use super::stream::ClientStream;
 use crate::config::Http2Config;
@@ -38,10 +42,11 @@ use crate::config::Http2Config;
 /// The HTTP/2 connection preface a client sends first (RFC 9113 section 3.4).
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// Bytes buffered in each direction of a stream's pipe to the HTTP/1.1 pipeline.
+/// Each stream's initial window (both ways), and the bytes buffered in each direction of
+/// the in-memory pipe to an HTTP/2 server (`h2_upstream`).
 pub const PIPE_BYTES: usize = 64 * 1024;
 
-/// Largest piece of a response body read from the pipe before it is sent on.
+/// Largest piece of a body read from a pipe before it is sent on.
 const SEND_CHUNK: usize = 16 * 1024;
 
 /// Fields that are about one HTTP/1.1 connection and must not appear in HTTP/2 (RFC 9113
@@ -53,17 +58,6 @@ pub(super) const CONNECTION_SPECIFIC: [&str; 5] = [
     "transfer-encoding",
     "upgrade",
 ];
-
-/// One HTTP/2 stream as the HTTP/1.1 pipeline sees its client: the far end of an in-memory
-/// pipe, with what the connection it came on says about the client.
-pub struct StreamPipe {
-    pub(super) io: DuplexStream,
-    /// The listener's address the connection reached.
-    pub(super) local: SocketAddr,
-    /// The TLS SNI of the connection, if any.
-    pub(super) sni: Option<String>,
-    pub(super) scheme: &'static str,
-}
 
 /// Whether `buf` (the first bytes of a connection) is the HTTP/2 preface: `Some(true)` all
 /// of it, `Some(false)` not it, `None` a prefix of it so far.
@@ -152,12 +146,28 @@ pub fn h1_request(
         (Some(a), Some(h)) if !h.as_bytes().eq_ignore_ascii_case(a.as_str().as_bytes()) => {
             return Err(BadRequest::HostMismatch)
         }
-        (Some(a), _) => a.as_str().as_bytes().to_vec(),
-        (None, Some(h)) => h.as_bytes().to_vec(),
+        (Some(a), _) => a.as_str().as_bytes(),
+        (None, Some(h)) => h.as_bytes(),
         (None, None) => return Err(BadRequest::NoAuthority),
     };
-    let mut h = Headers::default();
-    h.push("Host", authority);
+    // Written straight out as `codec::write_request_head` would (no field list built).
+    let mut out = Vec::with_capacity(256 + fields.len() * 48);
+    let line = |out: &mut Vec<u8>, name: &[u8], value: &[u8]| {
+        out.extend_from_slice(name);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    };
+    let method = if websocket_key.is_some() {
+        "GET"
+    } else {
+        method.as_str()
+    };
+    out.extend_from_slice(method.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(path.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    line(&mut out, b"Host", authority);
     let mut cookie: Vec<u8> = Vec::new();
     for (name, value) in fields {
         let v = value.as_bytes();
@@ -176,27 +186,25 @@ pub fn h1_request(
                 }
                 cookie.extend_from_slice(v);
             }
-            _ => h.push(n, v),
+            _ => line(&mut out, n.as_bytes(), v),
         }
     }
     if !cookie.is_empty() {
-        h.push("cookie", cookie);
+        line(&mut out, b"cookie", &cookie);
     }
     if let Some(key) = websocket_key {
-        h.push("Sec-WebSocket-Key", key);
-        h.push("Upgrade", "websocket");
-        h.push("Connection", "Upgrade");
-        let mut out = Vec::with_capacity(512);
-        codec::write_request_head(&mut out, "GET", path, &h);
+        line(&mut out, b"Sec-WebSocket-Key", key.as_bytes());
+        line(&mut out, b"Upgrade", b"websocket");
+        line(&mut out, b"Connection", b"Upgrade");
+        out.extend_from_slice(b"\r\n");
         return Ok((out, false));
     }
     let chunked = body_follows && !fields.contains_key(http::header::CONTENT_LENGTH);
     if chunked {
-        h.push("Transfer-Encoding", "chunked");
+        line(&mut out, b"Transfer-Encoding", b"chunked");
     }
-    h.push("Connection", "close");
-    let mut out = Vec::with_capacity(512);
-    codec::write_request_head(&mut out, method.as_str(), path, &h);
+    line(&mut out, b"Connection", b"close");
+    out.extend_from_slice(b"\r\n");
     Ok((out, chunked))
 }
 
@@ -220,7 +228,7 @@ fn websocket_key() -> String {
 /// The HTTP/2 response for an HTTP/1.1 head: status and fields, without the
 /// connection-specific ones and those `Connection` names (RFC 9113 section 8.2.2). Fields
 /// HTTP/2 cannot carry (a name that is not a token) are dropped.
-pub fn h2_response(status: u16, fields: &Headers) -> Response<()> {
+pub fn h2_response(status: u16, fields: Headers) -> Response<()> {
     let listed = fields.tokens("connection");
     let mut resp = Response::new(());
     *resp.status_mut() = http::StatusCode::from_u16(status)
@@ -228,23 +236,154 @@ pub fn h2_response(status: u16, fields: &Headers) -> Response<()> {
         .filter(|_| (200..600).contains(&status))
         .unwrap_or(http::StatusCode::BAD_GATEWAY);
     let h = resp.headers_mut();
-    for f in &fields.0 {
-        let name = f.name.to_ascii_lowercase();
-        if CONNECTION_SPECIFIC.contains(&name.as_str()) || name == "te" || listed.contains(&name) {
+    h.reserve(fields.0.len());
+    for f in fields.0 {
+        // `HeaderName` lower-cases (a known name without allocating).
+        let Ok(n) = HeaderName::from_bytes(f.name.as_bytes()) else {
+            continue;
+        };
+        let name = n.as_str();
+        if CONNECTION_SPECIFIC.contains(&name) || name == "te" || listed.iter().any(|l| l == name) {
             continue;
         }
-        if let (Ok(n), Ok(v)) = (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_bytes(&f.value),
-        ) {
+        // The value's bytes move into the field without a copy.
+        if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(f.value)) {
             h.append(n, v);
         }
     }
     resp
 }
 
+/// A response head the pipeline wrote, read for HTTP/2 ([`h2_head`]).
+#[derive(Debug)]
+pub enum H2Head {
+    /// An informational (1xx) head to send before the final one; `None`: nothing to send
+    /// (a 101 that is not a WebSocket answer).
+    Interim(Option<Response<()>>),
+    /// The final head and how its body is framed in the bytes that follow.
+    Final(Response<()>, Framing),
+}
+
+/// The HTTP/2 form of the HTTP/1.1 response head at the start of `buf` (`Ok(None)`:
+/// incomplete), and its length: what `codec::parse_response` (bounds, status range, field
+/// values), `codec::response_framing` / `normalise_response_framing` and [`h2_response`] do
+/// in turn, without building the intermediate field list. With `websocket`, a 101 is the
+/// server's switch: 200 without `Sec-WebSocket-Accept`, then a tunnel (`UntilClose`).
+/// `head_request`: the response to a HEAD has no body.
+pub fn h2_head(
+    buf: &[u8],
+    max: usize,
+    websocket: bool,
+    head_request: bool,
+) -> Result<Option<(H2Head, usize)>, codec::HeadError> {
+    use codec::HeadError;
+    // Uninitialised slots: no 4 KiB of empty headers written per response.
+    let mut slots = [const { std::mem::MaybeUninit::uninit() }; codec::MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut resp, buf, &mut slots);
+    let len = match parsed {
+        Ok(httparse::Status::Partial) if buf.len() > max => return Err(HeadError::TooLarge(max)),
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Ok(httparse::Status::Complete(len)) if len > max => return Err(HeadError::TooLarge(max)),
+        Ok(httparse::Status::Complete(len)) => len,
+        Err(_) => return Err(HeadError::Invalid("bad response head")),
+    };
+    let status = resp.code.unwrap_or(0);
+    if !(100..=999).contains(&status) {
+        return Err(HeadError::Invalid("invalid status code"));
+    }
+    let raw: &[httparse::Header<'_>] = resp.headers;
+    if raw
+        .iter()
+        .any(|h| h.value.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0))
+    {
+        return Err(HeadError::Invalid("forbidden character in header value"));
+    }
+    // Fields `Connection` names, lower case.
+    let mut listed: Vec<String> = Vec::new();
+    for h in raw
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+    {
+        for t in h.value.split(|b| *b == b',') {
+            let t = String::from_utf8_lossy(t).trim().to_ascii_lowercase();
+            if !t.is_empty() {
+                listed.push(t);
+            }
+        }
+    }
+    // Every field HTTP/2 may carry, except those named in `skip`.
+    let fields = |skip: &[&str]| {
+        let mut m = HeaderMap::with_capacity(raw.len());
+        for f in raw {
+            let Ok(n) = HeaderName::from_bytes(f.name.as_bytes()) else {
+                continue;
+            };
+            let name = n.as_str();
+            if CONNECTION_SPECIFIC.contains(&name)
+                || name == "te"
+                || skip.contains(&name)
+                || listed.iter().any(|l| l == name)
+            {
+                continue;
+            }
+            if let Ok(v) = HeaderValue::from_bytes(f.value) {
+                m.append(n, v);
+            }
+        }
+        m
+    };
+    let response = |status: u16, headers: HeaderMap| {
+        let mut r = Response::new(());
+        *r.status_mut() =
+            http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::BAD_GATEWAY);
+        *r.headers_mut() = headers;
+        r
+    };
+    if status == 101 && websocket {
+        let r = response(200, fields(&["sec-websocket-accept"]));
+        return Ok(Some((H2Head::Final(r, Framing::UntilClose), len)));
+    }
+    if status < 200 {
+        let interim = (status != 101).then(|| response(status, fields(&[])));
+        return Ok(Some((H2Head::Interim(interim), len)));
+    }
+    // The framing fields alone, through the codec's own rules.
+    let mut framing_fields = Headers::default();
+    for f in raw.iter().filter(|f| {
+        f.name.eq_ignore_ascii_case("content-length")
+            || f.name.eq_ignore_ascii_case("transfer-encoding")
+    }) {
+        framing_fields.push(f.name, f.value);
+    }
+    let mut head = codec::ResponseHead {
+        version: codec::Version::Http11,
+        status,
+        reason: String::new(),
+        headers: framing_fields,
+    };
+    let method = if head_request { "HEAD" } else { "GET" };
+    let framing = codec::response_framing(method, &head)?;
+    if framing != Framing::None {
+        codec::normalise_response_framing(status, framing, &mut head.headers);
+    }
+    let status = if (200..600).contains(&status) {
+        status
+    } else {
+        502
+    };
+    let mut h = fields(&["content-length"]);
+    for n in head.headers.get_all("content-length") {
+        if let Ok(v) = HeaderValue::from_bytes(n) {
+            h.append(http::header::CONTENT_LENGTH, v);
+        }
+    }
+    Ok(Some((H2Head::Final(response(status, h), framing), len)))
+}
+
 /// An interim (1xx) response for HTTP/2: none for 101 (no such status in HTTP/2).
-pub fn h2_interim(status: u16, fields: &Headers) -> Option<Response<()>> {
+pub fn h2_interim(status: u16, fields: Headers) -> Option<Response<()>> {
     if !(100..200).contains(&status) || status == 101 {
         return None;
     }
@@ -426,56 +565,19 @@ impl HttpProxy {
                 return;
             }
         };
-        let (ours, theirs) = tokio::io::duplex(PIPE_BYTES);
-        let pipe = ClientStream::H2(Box::new(StreamPipe {
-            io: theirs,
-            local,
-            sni,
-            scheme,
-        }));
-        let h1 = self.clone().serve_stream(pipe, peer);
-        // A WebSocket may idle as long as a tunnel.
-        let t = if websocket {
-            self.cfg.tunnel_idle_timeout
-        } else {
-            self.cfg.read_timeout
-        };
         let max = self.cfg.max_header_bytes.max(64 * 1024);
-        let method = parts.method.as_str().to_string();
-        let relay = async {
-            let (rd, wr) = tokio::io::split(ours);
-            let up = send_request(wr, head, body, chunked, websocket, t);
-            let down = relay_response(rd, &mut respond, &method, max, websocket);
-            tokio::pin!(up, down);
-            let mut up_done = false;
-            loop {
-                tokio::select! {
-                    r = &mut up, if !up_done => {
-                        up_done = true;
-                        match r {
-                            // The pipeline stopped taking the body (its answer came first,
-                            // e.g. a server that answered without reading it all): the
-                            // answer goes out, and h2 then resets with NO_ERROR (RFC 9113
-                            // section 8.1).
-                            Err(RelayError::Pipe(e)) => {
-                                tracing::debug!(client = %peer, "HTTP/2 request body not taken: {e}");
-                            }
-                            // The client's body broke off: the pipeline sees the pipe close.
-                            Err(e) => {
-                                tracing::debug!(client = %peer, "HTTP/2 request body: {e}");
-                                return Err(Reason::CANCEL);
-                            }
-                            Ok(()) => {}
-                        }
-                    }
-                    r = &mut down => break r,
-                }
-            }
-        };
-        let ((), r) = tokio::join!(h1, relay);
-        if let Err(reason) = r {
-            respond.send_reset(reason);
-        }
+        let stream = H2Stream::new(
+            head,
+            body,
+            chunked,
+            respond,
+            &parts.method,
+            websocket,
+            max,
+            (local, sni, scheme),
+        );
+        self.serve_stream(ClientStream::H2(Box::new(stream)), peer)
+            .await;
     }
 }
 
@@ -494,185 +596,6 @@ fn simple(respond: &mut SendResponse<Bytes>, status: u16, text: &str) {
         // Short enough for the initial window.
         let _ = s.send_data(Bytes::copy_from_slice(text.as_bytes()), true);
     }
-}
-
-#[derive(Debug, thiserror::Error)]
-enum RelayError {
-    #[error("pipe: {0}")]
-    Pipe(#[from] std::io::Error),
-    #[error("HTTP/2: {0}")]
-    H2(#[from] h2::Error),
-    #[error("request body not received in time")]
-    Timeout,
-}
-
-/// The request into the pipe: the head, then the body as its DATA frames come (chunked
-/// when it has no Content-Length, with the client's trailers), releasing each frame's
-/// window only once it is in the pipe.
-async fn send_request<W: AsyncWrite + Unpin>(
-    mut wr: W,
-    head: Vec<u8>,
-    mut body: RecvStream,
-    chunked: bool,
-    websocket: bool,
-    t: Duration,
-) -> Result<(), RelayError> {
-    wr.write_all(&head).await?;
-    loop {
-        let data = match timeout(t, body.data()).await {
-            Err(_) => return Err(RelayError::Timeout),
-            Ok(None) => break,
-            Ok(Some(d)) => d?,
-        };
-        let n = data.len();
-        if chunked && n > 0 {
-            wr.write_all(format!("{n:x}\r\n").as_bytes()).await?;
-            wr.write_all(&data).await?;
-            wr.write_all(b"\r\n").await?;
-        } else {
-            wr.write_all(&data).await?;
-        }
-        body.flow_control().release_capacity(n)?;
-    }
-    if websocket {
-        // The client ended its side of the WebSocket: half-close the tunnel.
-        wr.shutdown().await?;
-        return Ok(());
-    }
-    if chunked {
-        let trailers = match timeout(t, body.trailers()).await {
-            Err(_) => return Err(RelayError::Timeout),
-            Ok(r) => r?,
-        };
-        let mut end = b"0\r\n".to_vec();
-        for (name, value) in trailers.iter().flat_map(|m| m.iter()) {
-            end.extend_from_slice(name.as_str().as_bytes());
-            end.extend_from_slice(b": ");
-            end.extend_from_slice(value.as_bytes());
-            end.extend_from_slice(b"\r\n");
-        }
-        end.extend_from_slice(b"\r\n");
-        wr.write_all(&end).await?;
-    }
-    wr.flush().await?;
-    Ok(())
-}
-
-/// The pipeline's HTTP/1.1 response, out of the pipe, to the client as HEADERS, DATA
-/// (within the stream's window) and trailers. `Err`: reset the stream with this reason.
-async fn relay_response<R: AsyncRead + Unpin>(
-    mut rd: R,
-    respond: &mut SendResponse<Bytes>,
-    method: &str,
-    max: usize,
-    websocket: bool,
-) -> Result<(), Reason> {
-    let mut buf = BytesMut::with_capacity(8192);
-    let head = loop {
-        match codec::parse_response(&buf, max) {
-            Ok(Some((h, len))) => {
-                buf.advance(len);
-                if h.status >= 200 || (websocket && h.status == 101) {
-                    break h;
-                }
-                // 1xx (100 Continue, 103 Early Hints): an informational HEADERS frame.
-                if let Some(r) = h2_interim(h.status, &h.headers) {
-                    respond
-                        .send_informational(r)
-                        .map_err(|_| Reason::INTERNAL_ERROR)?;
-                }
-                continue;
-            }
-            Ok(None) => {}
-            Err(_) => return Err(Reason::INTERNAL_ERROR),
-        }
-        match rd.read_buf(&mut buf).await {
-            // The pipeline closed without an answer (e.g. while draining): safe to retry.
-            Ok(0) | Err(_) => return Err(Reason::REFUSED_STREAM),
-            Ok(_) => {}
-        }
-    };
-    let mut fields = head.headers.clone();
-    // The server switched to WebSocket: 200 to the extended CONNECT, then a tunnel.
-    let (status, framing) = if head.status == 101 {
-        fields.remove("sec-websocket-accept");
-        (200, Framing::UntilClose)
-    } else {
-        let framing = codec::response_framing(method, &head).map_err(|_| Reason::INTERNAL_ERROR)?;
-        if framing != Framing::None {
-            codec::normalise_response_framing(head.status, framing, &mut fields);
-        }
-        (head.status, framing)
-    };
-    let resp = h2_response(status, &fields);
-    let mut send = respond
-        .send_response(resp, framing == Framing::None)
-        .map_err(|_| Reason::INTERNAL_ERROR)?;
-    let broke = |_| Reason::INTERNAL_ERROR;
-    match framing {
-        Framing::None => return Ok(()),
-        Framing::Length(mut left) => {
-            while left > 0 {
-                if buf.is_empty() {
-                    fill(&mut rd, &mut buf).await.map_err(broke)?;
-                }
-                let take = (buf.len() as u64).min(left).min(SEND_CHUNK as u64) as usize;
-                left -= take as u64;
-                send_data(&mut send, buf.split_to(take).freeze())
-                    .await
-                    .map_err(|_| Reason::CANCEL)?;
-            }
-            send.send_data(Bytes::new(), true)
-                .map_err(|_| Reason::CANCEL)?;
-        }
-        Framing::UntilClose => loop {
-            if buf.is_empty() && rd.read_buf(&mut buf).await.map_err(broke)? == 0 {
-                send.send_data(Bytes::new(), true)
-                    .map_err(|_| Reason::CANCEL)?;
-                break;
-            }
-            let take = buf.len().min(SEND_CHUNK);
-            send_data(&mut send, buf.split_to(take).freeze())
-                .await
-                .map_err(|_| Reason::CANCEL)?;
-        },
-        Framing::Chunked => {
-            let mut dec = ChunkedDecoder::new(max);
-            // The framing bytes since the last data: at the end, the trailer section.
-            let mut tail: Vec<u8> = Vec::new();
-            loop {
-                if buf.is_empty() {
-                    fill(&mut rd, &mut buf).await.map_err(broke)?;
-                }
-                let p = dec.advance(&buf).map_err(|_| Reason::INTERNAL_ERROR)?;
-                match p.data {
-                    Some(r) => {
-                        let mut chunk = buf.split_to(p.consumed);
-                        chunk.advance(r.start);
-                        tail.clear();
-                        send_data(&mut send, chunk.freeze())
-                            .await
-                            .map_err(|_| Reason::CANCEL)?;
-                    }
-                    None => {
-                        tail.extend_from_slice(&buf[..p.consumed]);
-                        buf.advance(p.consumed);
-                    }
-                }
-                if p.done {
-                    break;
-                }
-            }
-            let trailers = chunked_trailers(&tail);
-            if trailers.is_empty() {
-                send.send_data(Bytes::new(), true)
-                    .map_err(|_| Reason::CANCEL)?;
-            } else {
-                send.send_trailers(trailers).map_err(|_| Reason::CANCEL)?;
-            }
-        }
-    }
-    Ok(())
 }
 
 /// Reads more of the pipe; its end before the body's is an error.
@@ -844,11 +767,11 @@ mod tests {
         h.push("Set-Cookie", "a=1");
         h.push("Set-Cookie", "b=2");
         h.push("Bad Name", "x");
-        let r = h2_response(200, &h);
+        let r = h2_response(200, h.clone());
         let names: Vec<&str> = r.headers().keys().map(|k| k.as_str()).collect();
         assert_eq!(names, ["content-type", "set-cookie"]);
         assert_eq!(r.headers().get_all("set-cookie").iter().count(), 2);
-        assert_eq!(h2_response(999, &h).status(), 502);
+        assert_eq!(h2_response(999, h).status(), 502);
     }
 
     #[test]
@@ -856,13 +779,106 @@ mod tests {
         let mut h = Headers::default();
         h.push("Link", "</a.css>; rel=preload");
         h.push("Connection", "keep-alive");
-        let r = h2_interim(103, &h).expect("103");
+        let r = h2_interim(103, h.clone()).expect("103");
         assert_eq!(r.status(), 103);
         let names: Vec<&str> = r.headers().keys().map(|k| k.as_str()).collect();
         assert_eq!(names, ["link"]);
-        assert_eq!(h2_interim(100, &h).expect("100").status(), 100);
-        assert!(h2_interim(101, &h).is_none());
-        assert!(h2_interim(200, &h).is_none());
+        assert_eq!(h2_interim(100, h.clone()).expect("100").status(), 100);
+        assert!(h2_interim(101, h.clone()).is_none());
+        assert!(h2_interim(200, h.clone()).is_none());
+    }
+
+    fn head(raw: &str, websocket: bool, head_request: bool) -> (H2Head, usize) {
+        h2_head(raw.as_bytes(), 64 * 1024, websocket, head_request)
+            .expect("valid")
+            .expect("complete")
+    }
+
+    fn names(r: &Response<()>) -> Vec<&str> {
+        r.headers().keys().map(|k| k.as_str()).collect()
+    }
+
+    #[test]
+    fn response_heads_are_read_for_http2() {
+        let raw = "HTTP/1.1 200 OK\r\nConnection: close, X-Hop\r\nX-Hop: 1\r\n\
+                   Content-Type: text/plain\r\nContent-Length: 5, 5\r\nSet-Cookie: a=1\r\n\
+                   Set-Cookie: b=2\r\nKeep-Alive: x\r\n\r\nhello";
+        let (h, len) = head(raw, false, false);
+        assert_eq!(len, raw.len() - 5);
+        let H2Head::Final(r, framing) = h else {
+            panic!("final")
+        };
+        assert_eq!((r.status().as_u16(), framing), (200, Framing::Length(5)));
+        assert_eq!(names(&r), ["content-type", "set-cookie", "content-length"]);
+        assert_eq!(r.headers().get_all("set-cookie").iter().count(), 2);
+        assert_eq!(r.headers()["content-length"], "5");
+        // Chunked (the coding goes), and a HEAD's length stays as it is.
+        let (h, _) = head(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 9\r\n\r\n",
+            false,
+            false,
+        );
+        let H2Head::Final(r, framing) = h else {
+            panic!("final")
+        };
+        assert_eq!(framing, Framing::Chunked);
+        assert!(r.headers().is_empty(), "{:?}", r.headers());
+        let (h, _) = head("HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\n", false, true);
+        let H2Head::Final(r, framing) = h else {
+            panic!("final")
+        };
+        assert_eq!(
+            (framing, r.headers()["content-length"].as_bytes()),
+            (Framing::None, &b"7"[..])
+        );
+        // No length: until the pipeline closes; odd statuses become 502.
+        let (h, _) = head("HTTP/1.1 799 Odd\r\n\r\n", false, false);
+        let H2Head::Final(r, framing) = h else {
+            panic!("final")
+        };
+        assert_eq!((r.status().as_u16(), framing), (502, Framing::UntilClose));
+    }
+
+    #[test]
+    fn interim_and_websocket_heads() {
+        let (h, _) = head(
+            "HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n",
+            false,
+            false,
+        );
+        let H2Head::Interim(Some(r)) = h else {
+            panic!("interim")
+        };
+        assert_eq!((r.status().as_u16(), names(&r)), (103, vec!["link"]));
+        let switch = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                      Connection: Upgrade\r\nSec-WebSocket-Accept: x\r\nX-A: 1\r\n\r\n";
+        assert!(matches!(
+            head(switch, false, false).0,
+            H2Head::Interim(None)
+        ));
+        let H2Head::Final(r, framing) = head(switch, true, false).0 else {
+            panic!("final")
+        };
+        assert_eq!((r.status().as_u16(), framing), (200, Framing::UntilClose));
+        assert_eq!(names(&r), ["x-a"]);
+    }
+
+    #[test]
+    fn bad_or_partial_response_heads() {
+        assert!(matches!(
+            h2_head(b"HTTP/1.1 200 OK\r\nA: b", 1024, false, false),
+            Ok(None)
+        ));
+        assert!(h2_head(&[b'x'; 10], 4, false, false).is_err());
+        assert!(h2_head(b"HTTP/1.1 200 OK\r\nA: b\r\n\r\n", 8, false, false).is_err());
+        assert!(h2_head(b"HTTP/1.1 099 x\r\n\r\n", 1024, false, false).is_err());
+        assert!(h2_head(
+            b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
+            1024,
+            false,
+            false
+        )
+        .is_err());
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod codec;
 pub mod error;
 mod exchange;
 pub mod h2_server;
+pub mod h2_stream;
 mod h2_upstream;
 mod loop_check;
 pub mod pool;

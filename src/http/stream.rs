@@ -23,9 +23,8 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
 pub enum ClientStream {
     Tcp(TcpStream),
     Tls(Box<crate::tls::server::TlsStream<TcpStream>>),
-    /// One HTTP/2 stream, carried to the HTTP/1.1 pipeline as a request over an in-memory
-    /// pipe (`http/h2_server.rs`).
-    H2(Box<super::h2_server::StreamPipe>),
+    /// One HTTP/2 stream, read and written as HTTP/1.1 bytes (`http/h2_stream.rs`).
+    H2(Box<super::h2_stream::H2Stream>),
     /// No client: a background refresh (stale-while-revalidate) runs the normal upstream
     /// path with a client that reads EOF and takes every byte written and drops it.
     Discard(Box<Discard>),
@@ -161,7 +160,7 @@ impl ClientStream {
             }
             ClientStream::H2(p) => {
                 buf.reserve(4096);
-                p.io.read_buf(buf).await
+                p.read_buf(buf).await
             }
             ClientStream::Discard(_) => Ok(0),
         }
@@ -180,7 +179,7 @@ impl ClientStream {
                 (ReadHalf::Io(r), WriteHalf::Io(w))
             }
             ClientStream::H2(p) => {
-                let io: &mut dyn Io = &mut p.io;
+                let io: &mut dyn Io = &mut **p;
                 let (r, w) = tokio::io::split(io);
                 (ReadHalf::Io(r), WriteHalf::Io(w))
             }
@@ -213,7 +212,7 @@ impl AsyncRead for ClientStream {
         match self.get_mut() {
             ClientStream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             ClientStream::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
-            ClientStream::H2(p) => Pin::new(&mut p.io).poll_read(cx, buf),
+            ClientStream::H2(p) => Pin::new(&mut **p).poll_read(cx, buf),
             ClientStream::Discard(d) => Pin::new(&mut **d).poll_read(cx, buf),
         }
     }
@@ -228,7 +227,7 @@ impl AsyncWrite for ClientStream {
         match self.get_mut() {
             ClientStream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             ClientStream::Tls(s) => Pin::new(&mut **s).poll_write(cx, buf),
-            ClientStream::H2(p) => Pin::new(&mut p.io).poll_write(cx, buf),
+            ClientStream::H2(p) => Pin::new(&mut **p).poll_write(cx, buf),
             ClientStream::Discard(d) => Pin::new(&mut **d).poll_write(cx, buf),
         }
     }
@@ -241,7 +240,7 @@ impl AsyncWrite for ClientStream {
         match self.get_mut() {
             ClientStream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             ClientStream::Tls(s) => Pin::new(&mut **s).poll_write_vectored(cx, bufs),
-            ClientStream::H2(p) => Pin::new(&mut p.io).poll_write_vectored(cx, bufs),
+            ClientStream::H2(p) => Pin::new(&mut **p).poll_write_vectored(cx, bufs),
             ClientStream::Discard(d) => Pin::new(&mut **d).poll_write_vectored(cx, bufs),
         }
     }
@@ -250,7 +249,7 @@ impl AsyncWrite for ClientStream {
         match self {
             ClientStream::Tcp(s) => s.is_write_vectored(),
             ClientStream::Tls(s) => s.is_write_vectored(),
-            ClientStream::H2(p) => p.io.is_write_vectored(),
+            ClientStream::H2(_) => false,
             ClientStream::Discard(_) => true,
         }
     }
@@ -259,7 +258,7 @@ impl AsyncWrite for ClientStream {
         match self.get_mut() {
             ClientStream::Tcp(s) => Pin::new(s).poll_flush(cx),
             ClientStream::Tls(s) => Pin::new(&mut **s).poll_flush(cx),
-            ClientStream::H2(p) => Pin::new(&mut p.io).poll_flush(cx),
+            ClientStream::H2(p) => Pin::new(&mut **p).poll_flush(cx),
             ClientStream::Discard(d) => Pin::new(&mut **d).poll_flush(cx),
         }
     }
@@ -268,7 +267,7 @@ impl AsyncWrite for ClientStream {
         match self.get_mut() {
             ClientStream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
             ClientStream::Tls(s) => Pin::new(&mut **s).poll_shutdown(cx),
-            ClientStream::H2(p) => Pin::new(&mut p.io).poll_shutdown(cx),
+            ClientStream::H2(p) => Pin::new(&mut **p).poll_shutdown(cx),
             ClientStream::Discard(d) => Pin::new(&mut **d).poll_shutdown(cx),
         }
     }
