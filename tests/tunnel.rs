@@ -185,9 +185,12 @@ fn the_example_pair_parses_and_agrees() {
     assert!(matches!(&web.kind, ListenerKind::Published(p) if p.agent == "office"));
     assert_eq!(a.name, "office");
     assert_eq!(a.relays, [("127.0.0.1".to_string(), 7000)]);
-    assert_eq!(a.server_name, "relay.test");
+    // TLS on both sides (the default transport).
+    assert_eq!(t.transport, gatehouse::config::Transport::Tls);
+    let tls = a.tls.as_ref().expect("TLS to the relay");
+    assert_eq!(tls.server_name, "relay.test");
     assert_eq!(
-        a.verify,
+        tls.verify,
         gatehouse::config::RelayVerify::Ca("tunnel/relay.test.crt".into())
     );
     assert_eq!(a.publish["web"], ("127.0.0.1".to_string(), 8000));

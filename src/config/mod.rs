@@ -29,7 +29,8 @@ pub use reverse::{
 pub use socks::{AuthMethod, Password, SocksListenerConfig, SocksUser, UdpFilter};
 pub use tls::{ClientTls, ServerTls, TlsFiles, TlsVersion};
 pub use tunnel::{
-    AcceptedAgent, AgentConfig, PublishedListenerConfig, RelayVerify, Token, TunnelListenerConfig,
+    AcceptedAgent, AgentConfig, PublishedListenerConfig, RelayTls, RelayVerify, Token, Transport,
+    TunnelListenerConfig,
 };
 
 /// The built-in default: safe on any machine. Loopback only, memory only.

@@ -69,11 +69,47 @@ fn read_name(s: &Section<'_>, key: &str) -> Option<String> {
     name.filter(|n| crate::tunnel::proto::valid_name(n))
 }
 
+/// How the agent-relay connection is carried: `transport = "tls"` (the default) or
+/// `"tcp"` (plain, opt-in: the token and every stream travel in the clear, for links already
+/// protected such as WireGuard, IPsec or loopback). Both sides must agree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Transport {
+    #[default]
+    Tls,
+    Tcp,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Tls => "tls",
+            Transport::Tcp => "tcp",
+        }
+    }
+}
+
+fn read_transport(s: &Section<'_>) -> Transport {
+    match s.string("transport").as_deref() {
+        None | Some("tls") => Transport::Tls,
+        Some("tcp") => Transport::Tcp,
+        Some(other) => {
+            s.error_at(
+                "transport",
+                format!("expected \"tls\" or \"tcp\", found {other:?}"),
+            );
+            Transport::Tls
+        }
+    }
+}
+
 /// `kind = "tunnel"`: where agents connect.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TunnelListenerConfig {
-    /// The relay's certificate and key (`gatehouse cert` makes a self-signed pair).
-    pub tls: TlsFiles,
+    /// `transport = "tcp"`: plain TCP, no TLS (then `tls` is `None`).
+    pub transport: Transport,
+    /// The relay's certificate and key (`gatehouse cert` makes a self-signed pair); `None`
+    /// only with `transport = "tcp"`.
+    pub tls: Option<TlsFiles>,
     /// The agents allowed in.
     pub agents: Vec<AcceptedAgent>,
     /// TLS handshake plus hello.
@@ -93,9 +129,17 @@ pub struct AcceptedAgent {
 }
 
 pub(super) fn read_tunnel(l: &Section<'_>) -> Option<TunnelListenerConfig> {
+    let transport = read_transport(l);
     let tls = read_tls_files(l);
-    if !l.has_table("tls") {
-        l.error_here("`tls = { cert = ..., key = ... }` is required on a tunnel listener");
+    match transport {
+        Transport::Tls if !l.has_table("tls") => l.error_here(
+            "`tls = { cert = ..., key = ... }` is required on a tunnel listener \
+             (or `transport = \"tcp\"` for plain TCP)",
+        ),
+        Transport::Tcp if l.has_table("tls") => {
+            l.error_at("tls", "not used with `transport = \"tcp\"` (plain TCP)")
+        }
+        _ => {}
     }
     let mut agents: Vec<AcceptedAgent> = Vec::new();
     for a in l.tables("agents") {
@@ -115,8 +159,12 @@ pub(super) fn read_tunnel(l: &Section<'_>) -> Option<TunnelListenerConfig> {
     if heartbeat.is_zero() {
         l.error_at("heartbeat", "must be more than 0");
     }
+    if transport == Transport::Tls && tls.is_none() {
+        return None;
+    }
     Some(TunnelListenerConfig {
-        tls: tls?,
+        transport,
+        tls: tls.filter(|_| transport == Transport::Tls),
         agents,
         handshake_timeout: l.duration("handshake_timeout", Duration::from_secs(10)),
         heartbeat,
@@ -167,6 +215,14 @@ pub enum RelayVerify {
     Fingerprint([u8; 32]),
 }
 
+/// The agent's TLS to the relay: the name checked and how.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RelayTls {
+    /// The name the relay's certificate must carry (also the TLS SNI).
+    pub server_name: String,
+    pub verify: RelayVerify,
+}
+
 /// `[agent]`: this process dials relays and serves streams from them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AgentConfig {
@@ -179,11 +235,13 @@ pub struct AgentConfig {
     pub all_relays: bool,
     /// An HTTP proxy (`host:port`) the relays are reached through with CONNECT.
     pub http_proxy: Option<(String, u16)>,
-    /// A SOCKS5 proxy (`host:port`, no login) the relays are reached through instead.
+    /// A SOCKS5 proxy (`host:port`) the relays are reached through instead.
     pub socks_proxy: Option<(String, u16)>,
-    /// The name the relay's certificate must carry (also the TLS SNI).
-    pub server_name: String,
-    pub verify: RelayVerify,
+    /// The egress proxy's login (`proxy_user` with `proxy_password` or
+    /// `proxy_password_file`): HTTP `Proxy-Authorization: Basic`, SOCKS5 RFC 1929.
+    pub proxy_login: Option<(String, Token)>,
+    /// TLS to the relays (`transport = "tls"`, the default); `None` with `transport = "tcp"`.
+    pub tls: Option<RelayTls>,
     /// Service name -> inside `host:port`.
     pub publish: BTreeMap<String, (String, u16)>,
     /// Destinations tunnelled SOCKS may reach (besides the published services).
@@ -208,6 +266,46 @@ fn parse_host_port(v: &toml_edit::Value) -> Result<(String, u16), String> {
         return Err("expected \"host:port\"".into());
     }
     Ok((h.to_ascii_lowercase(), port))
+}
+
+/// `proxy_user` and `proxy_password` (or `proxy_password_file`): the egress proxy's login.
+fn read_proxy_login(a: &Section<'_>) -> Option<(String, Token)> {
+    let user = a.string("proxy_user");
+    let password = match (a.string("proxy_password"), a.string("proxy_password_file")) {
+        (Some(_), Some(_)) => {
+            a.error_at(
+                "proxy_password_file",
+                "give `proxy_password` or `proxy_password_file`, not both",
+            );
+            return None;
+        }
+        (Some(p), None) => Some(Token::Inline(Password::new(p))),
+        (None, Some(f)) => Some(Token::File(PathBuf::from(f))),
+        (None, None) => None,
+    };
+    if !a.has("http_proxy") && !a.has("socks_proxy") && (user.is_some() || password.is_some()) {
+        a.error_at("proxy_user", "a login needs `http_proxy` or `socks_proxy`");
+    }
+    match (user, password) {
+        // RFC 1929 carries each field in at most 255 bytes.
+        (Some(u), _) if u.is_empty() || u.len() > 255 || u.contains(':') => {
+            a.error_at("proxy_user", "1 to 255 bytes, without ':'");
+            None
+        }
+        (Some(u), Some(p)) => Some((u, p)),
+        (None, None) => None,
+        (Some(_), None) => {
+            a.error_at(
+                "proxy_user",
+                "needs `proxy_password` or `proxy_password_file`",
+            );
+            None
+        }
+        (None, Some(_)) => {
+            a.error_at("proxy_password", "needs `proxy_user`");
+            None
+        }
+    }
 }
 
 pub(super) fn read_agent(a: &Section<'_>) -> Option<AgentConfig> {
@@ -236,11 +334,21 @@ pub(super) fn read_agent(a: &Section<'_>) -> Option<AgentConfig> {
             "give `http_proxy` or `socks_proxy`, not both",
         );
     }
+    let transport = read_transport(a);
+    let proxy_login = read_proxy_login(a);
+    if transport == Transport::Tcp {
+        for key in ["server_name", "ca", "fingerprint"] {
+            if a.has(key) {
+                a.error_at(key, "not used with `transport = \"tcp\"` (plain TCP)");
+            }
+        }
+    }
     let server_name = a.string("server_name");
-    if server_name.is_none() {
+    if server_name.is_none() && transport == Transport::Tls {
         a.error_here("`server_name` (the name in the relay's certificate) is required");
     }
     let verify = match (a.string("ca"), a.string("fingerprint")) {
+        _ if transport == Transport::Tcp => None,
         (Some(_), Some(_)) => {
             a.error_at("fingerprint", "give `ca` or `fingerprint`, not both");
             None
@@ -287,8 +395,14 @@ pub(super) fn read_agent(a: &Section<'_>) -> Option<AgentConfig> {
         all_relays,
         http_proxy: a.parse("http_proxy", "\"host:port\"", parse_host_port),
         socks_proxy: a.parse("socks_proxy", "\"host:port\"", parse_host_port),
-        server_name: server_name?,
-        verify: verify?,
+        proxy_login,
+        tls: match transport {
+            Transport::Tls => Some(RelayTls {
+                server_name: server_name?,
+                verify: verify?,
+            }),
+            Transport::Tcp => None,
+        },
         publish,
         allow: AllowList { entries: allow },
         heartbeat: a.duration("heartbeat", Duration::from_secs(10)),
@@ -437,7 +551,85 @@ mod tests {
         assert!(c.listeners.is_empty());
         assert_eq!(a.relays, [("relay.example".to_string(), 7000)]);
         assert!(!a.all_relays, "failover order by default");
-        assert!(matches!(a.verify, RelayVerify::Fingerprint(d) if d[31] == 0x1f));
+        let tls = a.tls.expect("TLS by default");
+        assert!(matches!(tls.verify, RelayVerify::Fingerprint(d) if d[31] == 0x1f));
         assert!(a.allow.entries.is_empty(), "nothing allowed by default");
+    }
+
+    #[test]
+    fn the_plain_transport_is_explicit_on_both_sides() {
+        // The relay: TLS by default (and then `tls` is required); `tcp` takes no `tls`.
+        let tunnel = |extra: &str| {
+            format!("{TUNNEL}{extra}[[listeners.agents]]\nname = \"office\"\ntoken = \"t\"\n")
+        };
+        let c = Config::parse(&tunnel("tls = { cert = \"c\", key = \"k\" }\n")).expect("tls");
+        let ListenerKind::Tunnel(t) = &c.listeners[0].kind else {
+            panic!("tunnel")
+        };
+        assert_eq!(t.transport, Transport::Tls);
+        assert!(t.tls.is_some());
+        let c = Config::parse(&tunnel("transport = \"tcp\"\n")).expect("tcp");
+        let ListenerKind::Tunnel(t) = &c.listeners[0].kind else {
+            panic!("tunnel")
+        };
+        assert_eq!((t.transport, t.tls.is_none()), (Transport::Tcp, true));
+        assert_eq!(problems(&tunnel("transport = \"tls\"\n")), ["listeners[0]"]);
+        assert_eq!(
+            problems(&tunnel(
+                "transport = \"tcp\"\ntls = { cert = \"c\", key = \"k\" }\n"
+            )),
+            ["listeners[0].tls"]
+        );
+        assert!(problems(&tunnel("transport = \"udp\"\n"))
+            .contains(&"listeners[0].transport".to_string()));
+        // The agent: `tcp` needs no verification and takes none.
+        let agent = "[agent]\nname = \"office\"\ntoken = \"t\"\nrelays = [\"r:7000\"]\n";
+        let c = Config::parse(&format!("{agent}transport = \"tcp\"\n")).expect("tcp agent");
+        assert_eq!(c.agent.expect("agent").tls, None);
+        let p = problems(&format!(
+            "{agent}transport = \"tcp\"\nserver_name = \"r\"\nca = \"c.pem\"\n"
+        ));
+        assert_eq!(p, ["agent.server_name", "agent.ca"]);
+        assert!(
+            problems(agent).contains(&"agent".to_string()),
+            "TLS by default"
+        );
+    }
+
+    #[test]
+    fn an_egress_login_needs_a_user_a_password_and_a_proxy() {
+        let agent = "[agent]\nname = \"office\"\ntoken = \"t\"\nrelays = [\"r:7000\"]\n\
+                     transport = \"tcp\"\n";
+        let c = Config::parse(&format!(
+            "{agent}http_proxy = \"p:3128\"\nproxy_user = \"alice\"\nproxy_password_file = \"/pw\"\n"
+        ))
+        .expect("valid");
+        let login = c.agent.expect("agent").proxy_login.expect("login");
+        assert_eq!(login, ("alice".to_string(), Token::File("/pw".into())));
+        for (extra, want) in [
+            (
+                "http_proxy = \"p:1\"\nproxy_user = \"alice\"\n",
+                "agent.proxy_user",
+            ),
+            (
+                "socks_proxy = \"p:1\"\nproxy_password = \"x\"\n",
+                "agent.proxy_password",
+            ),
+            (
+                "proxy_user = \"a\"\nproxy_password = \"x\"\n",
+                "agent.proxy_user",
+            ),
+            (
+                "http_proxy = \"p:1\"\nproxy_user = \"a:b\"\nproxy_password = \"x\"\n",
+                "agent.proxy_user",
+            ),
+            (
+                "http_proxy = \"p:1\"\nproxy_user = \"a\"\nproxy_password = \"x\"\n\
+                 proxy_password_file = \"/pw\"\n",
+                "agent.proxy_password_file",
+            ),
+        ] {
+            assert_eq!(problems(&format!("{agent}{extra}")), [want], "{extra}");
+        }
     }
 }

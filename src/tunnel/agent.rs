@@ -71,6 +71,10 @@ pub enum SessionError {
     Connect(String),
     #[error("TLS: {0}")]
     Tls(std::io::Error),
+    #[error("the relay closed the connection during the TLS handshake (a relay with `transport = \"tcp\"` does that: `transport` must be the same on both sides)")]
+    TlsClosed,
+    #[error("the relay wants TLS but this agent has `transport = \"tcp\"` (`transport` must be the same on both sides)")]
+    WantsTls,
     #[error("the relay refused this agent's name or token")]
     BadCredentials,
     #[error("the relay already has an agent of this name connected")]
@@ -86,15 +90,28 @@ pub enum SessionError {
 pub struct Agent {
     cfg: AgentConfig,
     svc: Arc<Services>,
-    tls: tokio_rustls::TlsConnector,
+    /// `None` with `transport = "tcp"` (plain).
+    tls: Option<tokio_rustls::TlsConnector>,
     token: Vec<u8>,
+    /// The egress proxy's login, read at start (and again on reload).
+    proxy_login: Option<(String, crate::policy::users::Secret)>,
     allow: AllowList,
 }
 
 impl Agent {
     pub fn new(cfg: AgentConfig, svc: Arc<Services>) -> anyhow::Result<Agent> {
-        let tls = super::tls::connector(&cfg.verify)?;
+        let tls = match &cfg.tls {
+            Some(t) => Some(super::tls::connector(&t.verify)?),
+            None => {
+                tracing::warn!(agent = %cfg.name, "tunnel: transport = \"tcp\": this agent's token and every stream travel IN THE CLEAR to the relay; use it only on a link already protected (WireGuard, IPsec, loopback)");
+                None
+            }
+        };
         let token = cfg.token.expose()?;
+        let proxy_login = match &cfg.proxy_login {
+            Some((user, password)) => Some((user.clone(), proxy_password(password)?)),
+            None => None,
+        };
         // The published services' own addresses are reachable by SOCKS too.
         let mut allow = cfg.allow.clone();
         for (host, port) in cfg.publish.values() {
@@ -109,6 +126,7 @@ impl Agent {
             svc,
             tls,
             token,
+            proxy_login,
             allow,
         })
     }
@@ -117,7 +135,7 @@ impl Agent {
     /// `[agent]` settings (relays, services, allow-list, egress, timings, verification) and
     /// the same token (a `token_file` is read again: its contents may have changed).
     pub fn same_as(&self, other: &Agent) -> bool {
-        self.cfg == other.cfg && self.token == other.token
+        self.cfg == other.cfg && self.token == other.token && self.proxy_login == other.proxy_login
     }
 
     /// Runs until the process drains: connect, serve, back off, again; with `mode = "all"`,
@@ -179,6 +197,9 @@ impl Agent {
     /// One connection to one relay, until it ends.
     async fn session(self: &Arc<Self>, host: &str, port: u16) -> Result<(), SessionError> {
         let cfg = &self.cfg;
+        let deadline = tokio::time::Instant::now() + cfg.connect_timeout;
+        let timed_out =
+            || SessionError::Connect("timed out (TCP, TLS, hello or HTTP/2 handshake)".into());
         let dial = async {
             let h = Host::parse(host).ok_or_else(|| SessionError::Connect("bad host".into()))?;
             let tcp = match (&cfg.http_proxy, &cfg.socks_proxy) {
@@ -198,59 +219,83 @@ impl Agent {
                     .map_err(|e| SessionError::Connect(e.to_string()))?,
             };
             let _ = tcp.stream.set_nodelay(true);
-            // Where a BIND from anyone is announced: this host's address toward the relay.
-            let local = tcp
-                .stream
-                .local_addr()
-                .map_err(|e| SessionError::Connect(e.to_string()))?
-                .ip();
-            let name =
-                tokio_rustls::rustls::pki_types::ServerName::try_from(cfg.server_name.clone())
-                    .map_err(|e| SessionError::Handshake(e.to_string()))?;
-            let mut tls = self
-                .tls
-                .connect(name, tcp.stream)
-                .await
-                .map_err(SessionError::Tls)?;
+            Ok(tcp.stream)
+        };
+        let tcp = tokio::time::timeout_at(deadline, dial)
+            .await
+            .map_err(|_| timed_out())??;
+        // Where a BIND from anyone is announced: this host's address toward the relay.
+        let local = tcp
+            .local_addr()
+            .map_err(|e| SessionError::Connect(e.to_string()))?
+            .ip();
+        let relay = format!("{host}:{port}");
+        match (&self.tls, &cfg.tls) {
+            (Some(connector), Some(t)) => {
+                let name =
+                    tokio_rustls::rustls::pki_types::ServerName::try_from(t.server_name.clone())
+                        .map_err(|e| SessionError::Handshake(e.to_string()))?;
+                let tls = tokio::time::timeout_at(deadline, connector.connect(name, tcp))
+                    .await
+                    .map_err(|_| timed_out())?
+                    .map_err(|e| match e.kind() {
+                        std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset => {
+                            SessionError::TlsClosed
+                        }
+                        _ => SessionError::Tls(e),
+                    })?;
+                self.serve(tls, deadline, local, &relay).await
+            }
+            _ => self.serve(tcp, deadline, local, &relay).await,
+        }
+    }
+
+    /// The hello, the HTTP/2 handshake (both by `deadline`), then the relay's streams until
+    /// the connection ends.
+    async fn serve<S>(
+        self: &Arc<Self>,
+        mut io: S,
+        deadline: tokio::time::Instant,
+        local: IpAddr,
+        relay: &str,
+    ) -> Result<(), SessionError>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let cfg = &self.cfg;
+        let handshake = async {
             let hello = proto::encode_hello(&proto::Hello {
                 name: cfg.name.clone(),
                 token: self.token.clone(),
             });
-            tls.write_all(&hello)
+            io.write_all(&hello)
                 .await
                 .map_err(|e| SessionError::Handshake(e.to_string()))?;
-            tls.flush()
+            io.flush()
                 .await
                 .map_err(|e| SessionError::Handshake(e.to_string()))?;
             let mut answer = [0u8; 1];
-            tls.read_exact(&mut answer)
+            io.read_exact(&mut answer)
                 .await
                 .map_err(|e| SessionError::Handshake(format!("no answer to the hello: {e}")))?;
             match HelloReply::from_byte(answer[0]) {
                 Some(HelloReply::Accepted) => {}
                 Some(HelloReply::BadCredentials) => return Err(SessionError::BadCredentials),
                 Some(HelloReply::Duplicate) => return Err(SessionError::Duplicate),
+                Some(HelloReply::WantsTls) => return Err(SessionError::WantsTls),
                 None => return Err(SessionError::Handshake("unknown answer".into())),
             }
-            let conn = h2::server::Builder::new()
-                .initial_window_size(super::STREAM_WINDOW)
-                .initial_connection_window_size(super::CONNECTION_WINDOW)
-                .max_frame_size(super::MAX_FRAME)
-                .max_concurrent_streams(super::MAX_STREAMS)
-                .handshake::<_, Bytes>(tls)
+            super::h2_server()
+                .handshake::<_, Bytes>(io)
                 .await
-                .map_err(|e| SessionError::Handshake(e.to_string()))?;
-            Ok((conn, local))
+                .map_err(|e| SessionError::Handshake(e.to_string()))
         };
-        let (mut conn, local) = match tokio::time::timeout(cfg.connect_timeout, dial).await {
-            Ok(r) => r?,
-            Err(_) => {
-                return Err(SessionError::Connect(
-                    "timed out (TCP, TLS, hello or HTTP/2 handshake)".into(),
-                ))
-            }
-        };
-        tracing::info!(agent = %cfg.name, relay = %format!("{host}:{port}"), "tunnel: connected to the relay");
+        let mut conn = tokio::time::timeout_at(deadline, handshake)
+            .await
+            .map_err(|_| {
+                SessionError::Connect("timed out (TCP, TLS, hello or HTTP/2 handshake)".into())
+            })??;
+        tracing::info!(agent = %cfg.name, %relay, transport = cfg.tls.as_ref().map_or("tcp", |_| "tls"), "tunnel: connected to the relay");
         let ping = conn.ping_pong();
         let beat = super::hub::heartbeat(ping, cfg.heartbeat, cfg.dead_after);
         tokio::pin!(beat);
@@ -269,8 +314,8 @@ impl Agent {
         }
     }
 
-    /// A tunnel to the relay through an egress proxy (HTTP CONNECT or SOCKS5, no login), with
-    /// the same handshakes as parent proxies use.
+    /// A tunnel to the relay through an egress proxy (HTTP CONNECT or SOCKS5, with the
+    /// configured login if any), with the same handshakes as parent proxies use.
     async fn through_egress(
         &self,
         kind: crate::policy::config::ParentKind,
@@ -296,8 +341,8 @@ impl Agent {
             kind,
             host: ph,
             port: proxy_port,
-            username: None,
-            password: None,
+            username: self.proxy_login.as_ref().map(|(u, _)| u.clone()),
+            password: self.proxy_login.as_ref().map(|(_, p)| p.clone()),
         };
         let left = match kind {
             ParentKind::Socks5 => {
@@ -621,6 +666,18 @@ impl Agent {
             }
         }
     }
+}
+
+/// The egress proxy's password (`proxy_password` or the first line of
+/// `proxy_password_file`), at most 255 bytes (RFC 1929).
+pub fn proxy_password(p: &crate::config::Token) -> anyhow::Result<crate::policy::users::Secret> {
+    let p = p.load()?;
+    let p = p.expose();
+    anyhow::ensure!(
+        !p.is_empty() && p.len() <= 255,
+        "the egress proxy's password must be 1 to 255 bytes"
+    );
+    Ok(crate::policy::users::Secret::new(p))
 }
 
 fn connect_error(e: ConnectError) -> OpenError {

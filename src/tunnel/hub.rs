@@ -310,7 +310,8 @@ pub struct TunnelListener {
     pub name: Arc<str>,
     pub cfg: TunnelListenerConfig,
     pub svc: Arc<Services>,
-    pub tls: TlsAcceptor,
+    /// `None` with `transport = "tcp"` (plain).
+    pub tls: Option<TlsAcceptor>,
     /// The accepted agents' tokens, loaded at start.
     pub tokens: Vec<(String, Password, bool)>,
 }
@@ -330,7 +331,13 @@ impl TunnelListener {
         cfg: TunnelListenerConfig,
         svc: Arc<Services>,
     ) -> anyhow::Result<TunnelListener> {
-        let tls = super::tls::acceptor(&cfg.tls.cert, &cfg.tls.key)?;
+        let tls = match &cfg.tls {
+            Some(files) => Some(super::tls::acceptor(&files.cert, &files.key)?),
+            None => {
+                tracing::warn!(listener = %name, "tunnel: transport = \"tcp\": agents' tokens and every stream travel IN THE CLEAR on this listener; use it only on a link already protected (WireGuard, IPsec, loopback)");
+                None
+            }
+        };
         let mut tokens = Vec::new();
         for a in &cfg.agents {
             tokens.push((a.name.clone(), a.token.load()?, a.pool));
@@ -369,23 +376,80 @@ impl TunnelListener {
         found
     }
 
-    async fn session(&self, stream: TcpStream, peer: SocketAddr) -> End {
-        let handshake = async {
-            let mut tls = self.tls.accept(stream).await.map_err(|e| {
-                tracing::debug!(%peer, "tunnel: TLS handshake failed: {e}");
-                End::Refused("tls_error")
-            })?;
-            let hello = read_hello(&mut tls)
-                .await
-                .map_err(|_| End::Refused("bad_hello"))?;
-            Ok::<_, End>((tls, hello))
+    async fn session(&self, mut stream: TcpStream, peer: SocketAddr) -> End {
+        // The first byte tells a TLS ClientHello from the plain hello: an agent whose
+        // `transport` differs from this listener's is refused with a clear reason (and, when
+        // it speaks plain TCP to a TLS listener, told so in one byte it can read).
+        let first = async {
+            let mut b = [0u8; 1];
+            match stream.peek(&mut b).await {
+                Ok(1) => Ok(proto::sniff(b[0])),
+                _ => Err(End::Refused("bad_hello")),
+            }
         };
-        let (mut tls, hello) =
-            match tokio::time::timeout(self.cfg.handshake_timeout, handshake).await {
-                Ok(Ok(x)) => x,
-                Ok(Err(e)) => return e,
-                Err(_) => return End::Refused("handshake_timeout"),
-            };
+        let first = match tokio::time::timeout(self.cfg.handshake_timeout, first).await {
+            Ok(Ok(f)) => f,
+            Ok(Err(e)) => return e,
+            Err(_) => return End::Refused("handshake_timeout"),
+        };
+        match (&self.tls, first) {
+            (Some(_), proto::FirstByte::Plain) => {
+                // The hello is read (bounded, timed) so that closing sends FIN, not RST,
+                // and the one-byte answer reaches the agent.
+                let hello =
+                    tokio::time::timeout(self.cfg.handshake_timeout, read_hello(&mut stream));
+                let agent = match hello.await {
+                    Ok(Ok(h)) => h.name,
+                    _ => "?".into(),
+                };
+                tracing::warn!(listener = %self.name, %peer, %agent, "tunnel: agent refused: it speaks plain TCP (`transport = \"tcp\"`), this listener wants TLS");
+                let _ = stream.write_all(&[HelloReply::WantsTls as u8]).await;
+                let _ = stream.shutdown().await;
+                End::Refused("transport_mismatch")
+            }
+            (Some(acceptor), _) => {
+                let handshake = async {
+                    let mut tls = acceptor.accept(stream).await.map_err(|e| {
+                        tracing::debug!(%peer, "tunnel: TLS handshake failed: {e}");
+                        End::Refused("tls_error")
+                    })?;
+                    let hello = read_hello(&mut tls)
+                        .await
+                        .map_err(|_| End::Refused("bad_hello"))?;
+                    Ok::<_, End>((tls, hello))
+                };
+                match tokio::time::timeout(self.cfg.handshake_timeout, handshake).await {
+                    Ok(Ok((tls, hello))) => self.admit(tls, hello, peer).await,
+                    Ok(Err(e)) => e,
+                    Err(_) => End::Refused("handshake_timeout"),
+                }
+            }
+            (None, proto::FirstByte::Tls) => {
+                tracing::warn!(listener = %self.name, %peer, "tunnel: agent refused: it speaks TLS, this listener has `transport = \"tcp\"` (plain)");
+                // Its ClientHello is taken (one bounded read) so that closing sends FIN, not
+                // RST: the agent sees the close and says why.
+                let mut sink = vec![0u8; 16 * 1024];
+                let _ = tokio::time::timeout(Duration::from_secs(1), stream.read(&mut sink)).await;
+                let _ = stream.shutdown().await;
+                End::Refused("transport_mismatch")
+            }
+            (None, _) => {
+                let hello = read_hello(&mut stream);
+                match tokio::time::timeout(self.cfg.handshake_timeout, hello).await {
+                    Ok(Ok(hello)) => self.admit(stream, hello, peer).await,
+                    Ok(Err(_)) => End::Refused("bad_hello"),
+                    Err(_) => End::Refused("handshake_timeout"),
+                }
+            }
+        }
+    }
+
+    /// After the hello: the credentials, the answer, HTTP/2, and the agent's registration
+    /// until its connection ends.
+    async fn admit<S>(&self, mut tls: S, hello: proto::Hello, peer: SocketAddr) -> End
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let agents = &self.svc.agents;
         let Some((name, pool)) = self.authenticate(&hello) else {
             let _ = tls.write_all(&[HelloReply::BadCredentials as u8]).await;
@@ -406,12 +470,7 @@ impl TunnelListener {
         if accepted.await.is_err() {
             return End::Closed("write failed".into());
         }
-        let h2 = h2::client::Builder::new()
-            .initial_window_size(super::STREAM_WINDOW)
-            .initial_connection_window_size(super::CONNECTION_WINDOW)
-            .max_frame_size(super::MAX_FRAME)
-            .enable_push(false)
-            .handshake::<_, Bytes>(tls);
+        let h2 = super::h2_client().handshake::<_, Bytes>(tls);
         let (send, mut conn) = match tokio::time::timeout(self.cfg.handshake_timeout, h2).await {
             Ok(Ok(x)) => x,
             Ok(Err(e)) => return End::Closed(format!("HTTP/2 handshake: {e}")),

@@ -38,12 +38,34 @@ pub const MAX_FRAME: u32 = 64 << 10;
 /// Streams the relay may have open on one agent connection at once.
 pub const MAX_STREAMS: u32 = 4096;
 
+/// The relay's HTTP/2 settings (the client of the reversed roles).
+pub fn h2_client() -> h2::client::Builder {
+    let mut b = h2::client::Builder::new();
+    b.initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(MAX_FRAME)
+        .enable_push(false);
+    b
+}
+
+/// The agent's HTTP/2 settings (the server on the connection it dialled).
+pub fn h2_server() -> h2::server::Builder {
+    let mut b = h2::server::Builder::new();
+    b.initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(MAX_FRAME)
+        .max_concurrent_streams(MAX_STREAMS);
+    b
+}
+
 /// Start-up checks of a tunnel listener: its TLS files and token files load.
 pub fn check_listener(l: &ListenerConfig) -> Vec<(String, anyhow::Error)> {
     let mut out = Vec::new();
     if let ListenerKind::Tunnel(t) = &l.kind {
-        if let Err(e) = tls::acceptor(&t.tls.cert, &t.tls.key) {
-            out.push(("tls".to_string(), e));
+        if let Some(files) = &t.tls {
+            if let Err(e) = tls::acceptor(&files.cert, &files.key) {
+                out.push(("tls".to_string(), e));
+            }
         }
         for (i, a) in t.agents.iter().enumerate() {
             if let Err(e) = a.token.load() {
@@ -57,14 +79,22 @@ pub fn check_listener(l: &ListenerConfig) -> Vec<(String, anyhow::Error)> {
 /// Start-up checks of `[agent]`: the relay verification and the token load.
 pub fn check_agent(a: &AgentConfig) -> Vec<(String, anyhow::Error)> {
     let mut out = Vec::new();
-    if let Err(e) = tls::connector(&a.verify) {
-        out.push(("ca".to_string(), e));
+    if let Some(t) = &a.tls {
+        if let Err(e) = tls::connector(&t.verify) {
+            out.push(("ca".to_string(), e));
+        }
+        if let Err(e) = tokio_rustls::rustls::pki_types::ServerName::try_from(t.server_name.clone())
+        {
+            out.push(("server_name".to_string(), anyhow::anyhow!("{e}")));
+        }
     }
     if let Err(e) = a.token.load() {
         out.push(("token_file".to_string(), e));
     }
-    if let Err(e) = tokio_rustls::rustls::pki_types::ServerName::try_from(a.server_name.clone()) {
-        out.push(("server_name".to_string(), anyhow::anyhow!("{e}")));
+    if let Some((_, password)) = &a.proxy_login {
+        if let Err(e) = agent::proxy_password(password) {
+            out.push(("proxy_password_file".to_string(), e));
+        }
     }
     out
 }

@@ -114,6 +114,26 @@ pub enum HelloReply {
     Accepted = 0,
     BadCredentials = 1,
     Duplicate = 2,
+    /// Sent in the clear by a TLS relay to an agent that spoke plain TCP to it.
+    WantsTls = 3,
+}
+
+/// What the first byte an agent sends says about its transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FirstByte {
+    /// A TLS handshake record (content type 22).
+    Tls,
+    /// The plain hello's magic.
+    Plain,
+    Other,
+}
+
+pub fn sniff(first: u8) -> FirstByte {
+    match first {
+        0x16 => FirstByte::Tls,
+        b if b == MAGIC[0] => FirstByte::Plain,
+        _ => FirstByte::Other,
+    }
 }
 
 impl HelloReply {
@@ -122,6 +142,7 @@ impl HelloReply {
             0 => Some(HelloReply::Accepted),
             1 => Some(HelloReply::BadCredentials),
             2 => Some(HelloReply::Duplicate),
+            3 => Some(HelloReply::WantsTls),
             _ => None,
         }
     }
@@ -396,6 +417,19 @@ pub fn check_all_decoders(data: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_first_byte_tells_tls_from_the_plain_hello() {
+        let hello = encode_hello(&Hello {
+            name: "a".into(),
+            token: b"t".to_vec(),
+        });
+        assert_eq!(sniff(hello[0]), FirstByte::Plain);
+        assert_eq!(sniff(0x16), FirstByte::Tls);
+        assert_eq!(sniff(b'P'), FirstByte::Other);
+        assert_eq!(HelloReply::from_byte(3), Some(HelloReply::WantsTls));
+        assert_eq!(HelloReply::from_byte(4), None);
+    }
 
     #[test]
     fn only_a_bad_request_is_not_worth_another_agent() {
