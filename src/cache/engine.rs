@@ -60,7 +60,7 @@ use super::object::{Entry, StoredResponse};
 use super::profile::Profile;
 use super::refresh::{RefreshSlot, Refreshes, Refused};
 use super::reuse::{only_if_cached, request_cache_control, reuse, Reuse};
-use super::serve::{only_if_cached_miss, respond};
+use super::serve::{only_if_cached_miss, respond, respond_aged};
 pub use super::stats::CacheStats;
 use super::stats::{bump, Counters};
 use super::status::{CacheStatus, Fwd};
@@ -320,18 +320,18 @@ impl Cache {
         match reuse(&req_cc, &resp_cc, lifetime, age) {
             Reuse::Fresh => {
                 bump(&self.counters.hits);
-                Lookup::Hit(respond(req, &stored, now, CacheStatus::hit(ttl)))
+                Lookup::Hit(respond_aged(req, &stored, age, CacheStatus::hit(ttl)))
             }
             Reuse::StaleAccepted => {
                 bump(&self.counters.stale_served);
-                Lookup::Hit(respond(req, &stored, now, CacheStatus::hit(ttl)))
+                Lookup::Hit(respond_aged(req, &stored, age, CacheStatus::hit(ttl)))
             }
             Reuse::StaleWhileRevalidate => {
                 bump(&self.counters.stale_served);
-                let served = respond(
+                let served = respond_aged(
                     req,
                     &stored,
-                    now,
+                    age,
                     CacheStatus::hit(ttl).with_detail("stale-while-revalidate"),
                 );
                 let status = CacheStatus::forward(Fwd::Stale);

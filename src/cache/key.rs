@@ -37,7 +37,131 @@ fn usable(mut url: Url) -> Option<Url> {
 
 /// The primary key string for a request, or `None` when the target cannot be cached.
 pub fn primary_key(req: &RequestHead) -> Option<String> {
-    target_url(req).map(String::from)
+    plain_key(req).or_else(|| target_url(req).map(String::from))
+}
+
+/// The key of a target that is already in the `url` crate's normal form, built without
+/// parsing it as a URL (no IDNA pass, no host or path rewriting: every hit builds its key).
+/// `None` when the target is anything else (upper case, IPv6, IDNA, percent-encoded dots,
+/// dot segments, a fragment, characters the parser would encode...): the caller then takes
+/// [`target_url`], which gives the same key for everything this accepts.
+pub fn plain_key(req: &RequestHead) -> Option<String> {
+    let t = req.target.as_str();
+    let (scheme, authority, rest) = if t.starts_with('/') {
+        ("http://", req.headers.get_str("host")?.trim(), t)
+    } else {
+        let (scheme, after) = if let Some(a) = t.strip_prefix("http://") {
+            ("http://", a)
+        } else {
+            ("https://", t.strip_prefix("https://")?)
+        };
+        let end = after.find(['/', '?']).unwrap_or(after.len());
+        (scheme, &after[..end], &after[end..])
+    };
+    let default_port = if scheme == "http://" { 80 } else { 443 };
+    let (host, port) = match authority.split_once(':') {
+        Some((h, p)) => (h, Some(p)),
+        None => (authority, None),
+    };
+    if !plain_host(host) {
+        return None;
+    }
+    let port = match port {
+        None => None,
+        Some(p) => {
+            if p.is_empty() || p.len() > 5 || p.starts_with('0') {
+                return None;
+            }
+            if !p.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            let n: u32 = p.parse().ok()?;
+            if n > 65535 {
+                return None;
+            }
+            (n != default_port).then_some(p)
+        }
+    };
+    let (path, query) = match rest.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (rest, None),
+    };
+    if !(path.is_empty() || plain_path(path)) || !query.is_none_or(plain_query) {
+        return None;
+    }
+    let mut key = String::with_capacity(scheme.len() + authority.len() + rest.len() + 1);
+    key.push_str(scheme);
+    key.push_str(host);
+    if let Some(p) = port {
+        key.push(':');
+        key.push_str(p);
+    }
+    if path.is_empty() {
+        key.push('/');
+    } else {
+        key.push_str(path);
+    }
+    if let Some(q) = query {
+        key.push('?');
+        key.push_str(q);
+    }
+    Some(key)
+}
+
+/// A host name the URL parser leaves as it is: lower-case ASCII letters, digits, inner
+/// hyphens, non-empty labels, no IDNA (`xn--`) label; if the last label is numeric, a dotted
+/// quad in its normal form.
+fn plain_host(host: &str) -> bool {
+    if host.is_empty() {
+        return false;
+    }
+    let labels_ok = host.split('.').all(|l| {
+        let b = l.as_bytes();
+        !b.is_empty()
+            && b.iter()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+            && b[0] != b'-'
+            && b[b.len() - 1] != b'-'
+            && b.get(2..4) != Some(b"--")
+    });
+    if !labels_ok {
+        return false;
+    }
+    let last = host.rsplit('.').next().unwrap_or_default();
+    if last.starts_with("0x") {
+        return false;
+    }
+    if !last.bytes().all(|c| c.is_ascii_digit()) {
+        return true;
+    }
+    // An IPv4 address: only the form the parser writes back (four decimal octets).
+    let octets: Vec<&str> = host.split('.').collect();
+    octets.len() == 4
+        && octets.iter().all(|o| {
+            o.len() <= 3
+                && o.bytes().all(|c| c.is_ascii_digit())
+                && (o.len() == 1 || !o.starts_with('0'))
+                && o.parse::<u16>().is_ok_and(|n| n <= 255)
+        })
+}
+
+/// Path bytes the parser neither encodes nor rewrites (no `\\`, no dot segments, no `%2e`).
+fn plain_path(path: &str) -> bool {
+    let b = path.as_bytes();
+    b.first() == Some(&b'/')
+        && b.iter()
+            .all(|&c| c.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/%".contains(&c))
+        && !path.contains("/.")
+        && !b
+            .windows(3)
+            .any(|w| w[0] == b'%' && w[1] == b'2' && (w[2] | 0x20) == b'e')
+}
+
+/// Query bytes the parser leaves as they are (for `http` and `https`).
+fn plain_query(query: &str) -> bool {
+    query
+        .bytes()
+        .all(|c| c.is_ascii_alphanumeric() || b"-._~!$&()*+,;=:@/?%".contains(&c))
 }
 
 /// The key for an absolute URL given by an operator (purge) or found in a header.
@@ -121,6 +245,86 @@ mod tests {
             Some("http://b.test/p")
         );
         assert_eq!(key("/p", &[]), None);
+    }
+
+    /// Every key the fast path builds is the one the URL parser gives.
+    #[test]
+    fn plain_keys_match_the_url_parser() {
+        let slow = |target: &str, hs: &[(&str, &str)]| {
+            target_url(&req("GET", target, hs)).map(String::from)
+        };
+        let fast = |target: &str, hs: &[(&str, &str)]| plain_key(&req("GET", target, hs));
+        for t in [
+            "http://127.0.0.1:8080/small",
+            "http://a.test/x?q=1&r=%41",
+            "http://a.test",
+            "http://a.test?q",
+            "https://a.test:443/",
+            "http://a.test:443/",
+            "https://a-b.c9.test:8443/p/q;r=1/~s@t:u",
+            "http://1a.test/",
+            "http://a.123.test/x",
+            "http://10.0.0.255/",
+            "http://a.test:80/",
+        ] {
+            assert!(fast(t, &[]).is_some(), "{t} takes the fast path");
+            assert_eq!(fast(t, &[]), slow(t, &[]), "{t}");
+        }
+        for t in [
+            "http://A.test/",
+            "http://a.test:0080/",
+            "http://a.test:/",
+            "http://a.test:99999/",
+            "http://127.1/",
+            "http://127.000.0.1/",
+            "http://0x7f.0.0.1/",
+            "http://256.0.0.1/",
+            "http://1.2.3/",
+            "http://xn--nxasmq6b.test/",
+            "http://a..test/",
+            "http://a.test./",
+            "http://-a.test/",
+            "http://[::1]/",
+            "http://u@a.test/",
+            "http://a.test/./x",
+            "http://a.test/a/../b",
+            "http://a.test/%2e%2E/b",
+            "http://a.test/a\\b",
+            "http://a.test/a b",
+            "http://a.test/a#frag",
+            "http://a.test/?q='",
+            "http://a.test/{x}",
+            "http://a_b.test/",
+            "ftp://a.test/",
+            "HTTP://a.test/",
+        ] {
+            assert_eq!(fast(t, &[]), None, "{t} goes the slow way");
+        }
+        for host in ["b.test", "b.test:8080", "B.test", "b.test:80", " b.test "] {
+            let hs = [("Host", host)];
+            if let Some(k) = fast("/p?x=1", &hs) {
+                assert_eq!(Some(k), slow("/p?x=1", &hs), "{host}");
+            }
+        }
+        assert_eq!(
+            fast("/p", &[("Host", "b.test:8080")]).as_deref(),
+            Some("http://b.test:8080/p")
+        );
+        // Random targets over an alphabet of the characters that matter.
+        let alphabet = b"aZ09.-:/?#%2eE@_\\ '{}~x";
+        let mut seed = 0x2545_f491_u64;
+        for i in 0..30_000 {
+            let mut t = String::from(["http://", "http://a.test/", "https://b.c:8"][i % 3]);
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            let n = (seed >> 59) as usize + 1;
+            for _ in 0..n {
+                seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                t.push(alphabet[(seed >> 33) as usize % alphabet.len()] as char);
+            }
+            if let Some(k) = fast(&t, &[]) {
+                assert_eq!(Some(k), slow(&t, &[]), "{t}");
+            }
+        }
     }
 
     #[test]

@@ -19,7 +19,7 @@ use std::borrow::Cow;
 
 use url::Url;
 
-use super::key::target_url;
+use super::key::{plain_key, target_url};
 use super::targeted;
 use super::vary::{self, SecondaryKey};
 use crate::http::codec::{Headers, RequestHead, ResponseHead};
@@ -62,6 +62,11 @@ impl Profile {
 
     /// The primary key of a request under this profile (`None`: not cacheable).
     pub fn primary_key(&self, req: &RequestHead) -> Option<String> {
+        if self.ignore_query == IgnoreQuery::None {
+            if let Some(key) = plain_key(req) {
+                return Some(key);
+            }
+        }
         target_url(req).map(|u| self.key_of(u))
     }
 

@@ -49,6 +49,18 @@ pub fn respond(
     now: SystemTime,
     status: CacheStatus,
 ) -> Served {
+    let age = current_age(&stored.head, stored.request_time, stored.response_time, now);
+    respond_aged(req, stored, age, status)
+}
+
+/// [`respond`] with the stored response's current age (section 4.2.3) already known (a
+/// lookup computes it to judge freshness; a hit need not parse the dates twice).
+pub fn respond_aged(
+    req: &RequestHead,
+    stored: &StoredResponse,
+    age: u64,
+    status: CacheStatus,
+) -> Served {
     let len = stored.body_len();
     let (mut head, mut body, mut file) =
         match conditional::evaluate(req, &stored.head, stored.response_time) {
@@ -77,7 +89,7 @@ pub fn respond(
                 RangeAnswer::Full => {
                     let mut head = stored.head.clone();
                     if head.status != 204 && head.status != 304 {
-                        head.headers.set("Content-Length", len.to_string());
+                        head.headers.set("Content-Length", decimal(len));
                     }
                     (head, stored.body.clone(), stored.file.clone())
                 }
@@ -87,8 +99,7 @@ pub fn respond(
         body = Bytes::new();
         file = None;
     }
-    let age = current_age(&stored.head, stored.request_time, stored.response_time, now);
-    head.headers.set("Age", age.to_string());
+    head.headers.set("Age", decimal(age));
     head.version = Version::Http11;
     if head.reason.is_empty() {
         head.reason = crate::http::codec::reason(head.status).to_string();
@@ -100,6 +111,13 @@ pub fn respond(
         file,
         status,
     }
+}
+
+/// `n` in decimal, without the formatting machinery (every hit writes two numbers).
+fn decimal(n: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(20);
+    crate::http::codec::push_decimal(&mut out, n);
+    out
 }
 
 /// The 504 for `only-if-cached` without a usable stored response (RFC 9111 section

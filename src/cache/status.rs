@@ -107,7 +107,8 @@ impl CacheStatus {
 
     /// The member's text, e.g. `Gatehouse; hit; ttl=376` or `Gatehouse; fwd=uri-miss; stored`.
     pub fn value(&self) -> String {
-        let mut out = String::from(CACHE_NAME);
+        let mut out = String::with_capacity(48);
+        out.push_str(CACHE_NAME);
         if self.hit {
             out.push_str("; hit");
         }
@@ -116,10 +117,16 @@ impl CacheStatus {
             out.push_str(fwd.as_str());
         }
         if let Some(s) = self.fwd_status {
-            out.push_str(&format!("; fwd-status={s}"));
+            out.push_str("; fwd-status=");
+            push_decimal(&mut out, u64::from(s));
         }
         if let Some(t) = self.ttl {
-            out.push_str(&format!("; ttl={t}"));
+            // Every hit writes this: no formatting machinery.
+            out.push_str("; ttl=");
+            if t < 0 {
+                out.push('-');
+            }
+            push_decimal(&mut out, t.unsigned_abs());
         }
         if self.stored {
             out.push_str("; stored");
@@ -129,7 +136,9 @@ impl CacheStatus {
         }
         if let Some(d) = self.detail {
             // An sf-string: our details never contain '"' or '\'.
-            out.push_str(&format!("; detail=\"{d}\""));
+            out.push_str("; detail=\"");
+            out.push_str(d);
+            out.push('"');
         }
         out
     }
@@ -140,6 +149,21 @@ impl CacheStatus {
     }
 }
 
+/// Appends `n` in decimal to a string, as `Display` writes it.
+fn push_decimal(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend(digits[i..].iter().map(|&d| char::from(d)));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,6 +172,15 @@ mod tests {
     fn hit_with_ttl() {
         assert_eq!(CacheStatus::hit(376).value(), "Gatehouse; hit; ttl=376");
         assert_eq!(CacheStatus::hit(-12).log_word(), "stale");
+        assert_eq!(CacheStatus::hit(-12).value(), "Gatehouse; hit; ttl=-12");
+        assert_eq!(CacheStatus::hit(0).value(), "Gatehouse; hit; ttl=0");
+        let mut s = CacheStatus::forward(Fwd::Stale).with_detail("x");
+        s.fwd_status = Some(304);
+        s.ttl = Some(i64::MIN);
+        assert_eq!(
+            s.value(),
+            "Gatehouse; fwd=stale; fwd-status=304; ttl=-9223372036854775808; detail=\"x\""
+        );
     }
 
     #[test]
