@@ -150,18 +150,10 @@ impl CacheStatus {
 }
 
 /// Appends `n` in decimal to a string, as `Display` writes it.
-fn push_decimal(out: &mut String, mut n: u64) {
+fn push_decimal(out: &mut String, n: u64) {
     let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend(digits[i..].iter().map(|&d| char::from(d)));
+    let d = crate::http::codec::decimal_digits(n, &mut digits);
+    out.extend(d.iter().map(|&d| char::from(d)));
 }
 
 #[cfg(test)]

@@ -426,8 +426,13 @@ pub fn write_response_head(out: &mut Vec<u8>, status: u16, reason: &str, headers
 }
 
 /// Appends `n` in decimal, as `Display` writes it.
-pub fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+pub fn push_decimal(out: &mut Vec<u8>, n: u64) {
     let mut digits = [0u8; 20];
+    out.extend_from_slice(decimal_digits(n, &mut digits));
+}
+
+/// `n` in decimal ASCII digits, written at the end of `digits`, without `core::fmt`.
+pub fn decimal_digits(mut n: u64, digits: &mut [u8; 20]) -> &[u8] {
     let mut i = digits.len();
     loop {
         i -= 1;
@@ -437,7 +442,7 @@ pub fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
             break;
         }
     }
-    out.extend_from_slice(&digits[i..]);
+    &digits[i..]
 }
 
 /// The standard reason phrase for statuses the proxy generates itself.
