@@ -79,7 +79,11 @@ impl Workers {
     pub fn start(n: usize) -> std::io::Result<Workers> {
         let n = n.max(1);
         let mut handles = Vec::with_capacity(n);
+        // Each thread reports once it runs (named, its index set), so `start` returns with
+        // every worker up: nothing is handed to a thread that is not there yet.
+        let (up_tx, up_rx) = std::sync::mpsc::channel::<()>();
         for i in 0..n {
+            let up = up_tx.clone();
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
@@ -88,8 +92,15 @@ impl Workers {
                 .name(format!("gatehouse-worker-{i}"))
                 .spawn(move || {
                     INDEX.with(|c| c.set(Some(i)));
+                    let _ = up.send(());
                     rt.block_on(std::future::pending::<()>())
                 })?;
+        }
+        drop(up_tx);
+        for _ in 0..n {
+            if up_rx.recv().is_err() {
+                return Err(std::io::Error::other("a worker thread ended as it started"));
+            }
         }
         let busy: Arc<[AtomicUsize]> = (0..n).map(|_| AtomicUsize::new(0)).collect();
         Ok(Workers {
