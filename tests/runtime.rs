@@ -54,6 +54,14 @@ async fn per_core_workers_serve_every_listener_kind_and_drain() {
     );
     // One upstream connection carried them: idle between requests in its worker's shard.
     assert_eq!(origin.connection_count(), 1);
+    // Three clients one after another land on alternate workers; the one idle upstream
+    // connection is taken over by the other worker instead of a second one being opened.
+    for i in 0..3 {
+        let url = format!("http://{rev}/s{i}");
+        let (code, out, err) = curl(&["-H", "Host: app.test", &url]).await;
+        assert_eq!((code, out.as_slice()), (0, &b"hello"[..]), "{err}");
+    }
+    assert_eq!(origin.connection_count(), 1, "taken over, not reopened");
     let several = (0..3).map(|i| async move {
         let url = format!("http://{rev}/c{i}");
         curl(&["-H", "Host: app.test", &url]).await
@@ -75,7 +83,7 @@ async fn per_core_workers_serve_every_listener_kind_and_drain() {
     let socks = gh.addr("socks").to_string();
     let (code, out, err) = curl(&["--socks5", &socks, &url]).await;
     assert_eq!((code, out.as_slice()), (0, &b"hello"[..]), "{err}");
-    assert_eq!(origin.seen().len(), 12);
+    assert_eq!(origin.seen().len(), 15);
 
     // SIGTERM with an idle keep-alive client on a worker: it is closed, the process exits 0.
     let idle = tokio::net::TcpStream::connect(rev).await.expect("connect");

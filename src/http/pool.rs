@@ -6,7 +6,8 @@
 //!
 //! With `[runtime] per_core` each worker thread keeps its own idle lists (a shard), as each
 //! nginx worker keeps its own `keepalive` cache: a connection is reused on the event loop it
-//! is registered with, and `max_per_host` holds per worker.
+//! is registered with, and `max_per_host` holds per worker. A worker with none idle for a
+//! server takes over another worker's before it opens a new connection.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -84,9 +85,30 @@ impl<S: Quiet> Pool<S> {
 
     /// [`Pool::take`], with connections idle for `max_idle` or longer dropped (a shorter
     /// limit than the pool's, e.g. a server pool's own `idle_timeout`).
+    ///
+    /// With `[runtime] per_core`, this worker's own shard first; when it has none for `key`,
+    /// another worker's idle connection is taken over (as HAProxy's threads take over each
+    /// other's idle connections) rather than opening a new one: its readiness still comes
+    /// from the event loop it was registered with, which costs a cross-thread wake-up, far
+    /// less than a new connection (and a TLS handshake) to the server.
     pub fn take_within(&self, key: &PoolKey, max_idle: Duration) -> Option<(S, SocketAddr)> {
         let max_idle = max_idle.min(self.idle_timeout);
-        let mut idle = self.shard().lock().ok()?;
+        let Some(own) = crate::workers::current() else {
+            return self.take_from(0, key, max_idle);
+        };
+        let own = own % SHARDS;
+        (0..SHARDS)
+            .map(|k| (own + k) % SHARDS)
+            .find_map(|i| self.take_from(i, key, max_idle))
+    }
+
+    fn take_from(
+        &self,
+        shard: usize,
+        key: &PoolKey,
+        max_idle: Duration,
+    ) -> Option<(S, SocketAddr)> {
+        let mut idle = self.idle[shard].lock().ok()?;
         let list = idle.get_mut(key)?;
         // An emptied list stays (the next `put` reuses it); the sweep removes it.
         let now = Instant::now();
