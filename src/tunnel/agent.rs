@@ -235,7 +235,9 @@ impl Agent {
                 let name =
                     tokio_rustls::rustls::pki_types::ServerName::try_from(t.server_name.clone())
                         .map_err(|e| SessionError::Handshake(e.to_string()))?;
-                let tls = tokio::time::timeout_at(deadline, connector.connect(name, tcp))
+                // rustls reads one record at a time: the socket is read in big gulps below it.
+                let tcp = tokio::io::BufReader::with_capacity(super::TLS_READ_BUFFER, tcp);
+                let mut tls = tokio::time::timeout_at(deadline, connector.connect(name, tcp))
                     .await
                     .map_err(|_| timed_out())?
                     .map_err(|e| match e.kind() {
@@ -244,6 +246,9 @@ impl Agent {
                         }
                         _ => SessionError::Tls(e),
                     })?;
+                tls.get_mut()
+                    .1
+                    .set_buffer_limit(Some(super::TLS_WRITE_BUFFER));
                 self.serve(tls, deadline, local, &relay).await
             }
             _ => self.serve(tcp, deadline, local, &relay).await,

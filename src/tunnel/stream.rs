@@ -4,7 +4,7 @@
 //! Flow control is h2's, per stream: received bytes are released to the peer's window only
 //! when the reader takes them, so a stream whose far end stalls stops its sender without
 //! holding up the connection's other streams (the connection window is sized for that, see
-//! [`super::WINDOWS`]). Writing waits for send capacity. A shutdown sends END_STREAM (the
+//! [`super::CONNECTION_WINDOW`]). Writing waits for send capacity. A shutdown sends END_STREAM (the
 //! half-close); dropping the stream before that resets it.
 
 use std::io;
@@ -15,8 +15,9 @@ use bytes::{Buf, Bytes};
 use h2::{RecvStream, SendStream};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Most bytes offered to h2 in one write (it frames them by the peer's frame size).
-const MAX_WRITE: usize = 64 * 1024;
+/// Most bytes offered to h2 in one write (it frames them by the peer's frame size): one
+/// frame's worth.
+const MAX_WRITE: usize = super::MAX_FRAME as usize;
 
 pub struct H2Stream {
     send: SendStream<Bytes>,
