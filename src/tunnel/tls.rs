@@ -97,6 +97,15 @@ pub fn connector(verify: &RelayVerify) -> anyhow::Result<TlsConnector> {
     Ok(TlsConnector::from(Arc::new(config)))
 }
 
+/// SHA-256 of the CA file's contents (`ca = ...`; `None` for a pinned fingerprint or a file
+/// that cannot be read), so a reload notices a CA replaced under the same path.
+pub fn ca_digest(verify: &RelayVerify) -> Option<[u8; 32]> {
+    match verify {
+        RelayVerify::Ca(path) => std::fs::read(path).ok().map(|b| fingerprint(&b)),
+        RelayVerify::Fingerprint(_) => None,
+    }
+}
+
 /// SHA-256 of a certificate (DER), what `gatehouse cert` prints and `fingerprint` pins.
 pub fn fingerprint(der: &[u8]) -> [u8; 32] {
     let d = sha2::Sha256::digest(der);
