@@ -7,16 +7,21 @@
 #      port, against nginx directly;
 #   3. SOCKS5 connect + 64-byte echo + close per second through the relay's via_agent SOCKS
 #      port (rathole has no SOCKS: "n/a"), against the echo server directly.
-# Gatehouse's transport is always TLS (rustls); rathole runs its default plain TCP transport.
+# Gatehouse runs twice: its default TLS transport (rustls) and its opt-in plain TCP transport
+# (`transport = "tcp"`), each a relay and agent pair of its own; rathole runs its default plain
+# TCP transport.
 # Medians of RUNS runs are printed as a markdown table; raw outputs land in
 # bench/results/tunnel-<time>/.
 #
-# Needs rathole (`cargo install rathole`, at ~/.cargo/bin/rathole or on PATH), nginx and wrk.
+# Needs rathole (`cargo install rathole`, at ~/.cargo/bin/rathole or on PATH; not with a PATHS
+# that leaves it out), nginx and wrk.
 # All traffic stays on 127.0.0.1; every load is bounded in bytes, count or time; every process
 # started here is killed on exit.
 #
 # Knobs (environment): RUNS=3 BYTES=4294967296 COUNT=20000 CONC=50 DURATION=10s THREADS=2
 #   CONNS=50 WORKERS=2 NICE=0 BUILD=release (BUILD=debug: use target/debug, for a smoke test)
+#   PATHS="direct gatehouse gatehouse-plain rathole" (the columns, in this order; a subset for a
+#   quick comparison)
 set -euo pipefail
 
 RUNS=${RUNS:-3}
@@ -29,6 +34,9 @@ CONNS=${CONNS:-50}
 WORKERS=${WORKERS:-2}
 NICE=${NICE:-0}
 BUILD=${BUILD:-release}
+PATHS=${PATHS:-direct gatehouse gatehouse-plain rathole}
+read -r -a NAMES <<<"$PATHS"
+want() { [[ " $PATHS " == *" $1 "* ]]; }
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
@@ -58,7 +66,9 @@ die() { printf 'tunnel.sh: %s\n' "$*" >&2; exit 1; }
 # --- tools -----------------------------------------------------------------------------------
 
 export PATH="$PATH:/usr/sbin:$HOME/.cargo/bin"
-command -v rathole >/dev/null || die "rathole is not installed (cargo install rathole)"
+if want rathole; then
+    command -v rathole >/dev/null || die "rathole is not installed (cargo install rathole)"
+fi
 command -v nginx >/dev/null || die "nginx is not installed"
 command -v wrk >/dev/null || die "wrk is not installed"
 
@@ -120,19 +130,32 @@ EOF
 start nginx nginx -c "$WORK/nginx.conf" -p "$WORK"
 WEB="127.0.0.1:$P_WEB"
 
-# Gatehouse: relay (TLS transport, published ports, SOCKS via the agent) and agent.
+# Gatehouse: relay (published ports, SOCKS via the agent) and agent, once with the TLS
+# transport (suffix "") and once with the plain one (suffix "-plain").
 "$GATEHOUSE" cert --name relay.test --out "$WORK/tunnel" >"$WORK/cert.out" 2>&1
-GH_AGENTS=$("$LG" free-port)
-GH_BULK=$("$LG" free-port)
-GH_WEB=$("$LG" free-port)
-GH_SOCKS=$("$LG" free-port)
 TOKEN=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
-cat >"$WORK/relay.toml" <<EOF
+declare -A GH_BULK GH_WEB GH_SOCKS
+# gatehouse_pair SUFFIX TRANSPORT: the ports are kept under the path's name, gatehouse$SUFFIX.
+gatehouse_pair() {
+    local sfx=$1 transport=$2 agents transport_relay transport_agent k="gatehouse$1"
+    agents=$("$LG" free-port)
+    GH_BULK[$k]=$("$LG" free-port)
+    GH_WEB[$k]=$("$LG" free-port)
+    GH_SOCKS[$k]=$("$LG" free-port)
+    if [ "$transport" = tcp ]; then
+        transport_relay='transport = "tcp"'
+        transport_agent='transport = "tcp"'
+    else
+        transport_relay="tls = { cert = \"$WORK/tunnel/relay.test.crt\", key = \"$WORK/tunnel/relay.test.key\" }"
+        transport_agent="server_name = \"relay.test\"
+ca = \"$WORK/tunnel/relay.test.crt\""
+    fi
+    cat >"$WORK/relay$sfx.toml" <<EOF
 [[listeners]]
 name = "agents"
 kind = "tunnel"
-listen = "127.0.0.1:$GH_AGENTS"
-tls = { cert = "$WORK/tunnel/relay.test.crt", key = "$WORK/tunnel/relay.test.key" }
+listen = "127.0.0.1:$agents"
+$transport_relay
 [[listeners.agents]]
 name = "bench"
 token = "$TOKEN"
@@ -140,7 +163,7 @@ token = "$TOKEN"
 [[listeners]]
 name = "bulk"
 kind = "published"
-listen = "127.0.0.1:$GH_BULK"
+listen = "127.0.0.1:${GH_BULK[$k]}"
 agent = "bench"
 service = "bulk"
 max_connections = 100000
@@ -148,7 +171,7 @@ max_connections = 100000
 [[listeners]]
 name = "web"
 kind = "published"
-listen = "127.0.0.1:$GH_WEB"
+listen = "127.0.0.1:${GH_WEB[$k]}"
 agent = "bench"
 service = "web"
 max_connections = 100000
@@ -156,20 +179,19 @@ max_connections = 100000
 [[listeners]]
 name = "socks"
 kind = "socks"
-listen = "127.0.0.1:$GH_SOCKS"
+listen = "127.0.0.1:${GH_SOCKS[$k]}"
 via_agent = "bench"
 max_connections = 100000
 
 [access_log]
 path = "off"
 EOF
-cat >"$WORK/agent.toml" <<EOF
+    cat >"$WORK/agent$sfx.toml" <<EOF
 [agent]
 name = "bench"
 token = "$TOKEN"
-relays = ["127.0.0.1:$GH_AGENTS"]
-server_name = "relay.test"
-ca = "$WORK/tunnel/relay.test.crt"
+relays = ["127.0.0.1:$agents"]
+$transport_agent
 allow = ["$ECHO"]
 [agent.publish]
 bulk = "$SOURCE"
@@ -178,15 +200,21 @@ web = "$WEB"
 [access_log]
 path = "off"
 EOF
-start gh-relay env TOKIO_WORKER_THREADS="$WORKERS" "$GATEHOUSE" --config "$WORK/relay.toml"
-"$LG" wait-port --addr "127.0.0.1:$GH_AGENTS" || die "the relay did not start (see $WORK)"
-start gh-agent env TOKIO_WORKER_THREADS="$WORKERS" "$GATEHOUSE" agent --config "$WORK/agent.toml"
+    start "gh-relay$sfx" env TOKIO_WORKER_THREADS="$WORKERS" "$GATEHOUSE" --config "$WORK/relay$sfx.toml"
+    "$LG" wait-port --addr "127.0.0.1:$agents" || die "the relay did not start (see $WORK)"
+    start "gh-agent$sfx" env TOKIO_WORKER_THREADS="$WORKERS" "$GATEHOUSE" agent --config "$WORK/agent$sfx.toml"
+}
+if want gatehouse; then gatehouse_pair "" tls; fi
+if want gatehouse-plain; then gatehouse_pair "-plain" tcp; fi
 
 # rathole: server and client, plain TCP transport, the same services.
-RH_CTRL=$("$LG" free-port)
-RH_BULK=$("$LG" free-port)
-RH_WEB=$("$LG" free-port)
-cat >"$WORK/rathole-server.toml" <<EOF
+RH_BULK=
+RH_WEB=
+if want rathole; then
+    RH_CTRL=$("$LG" free-port)
+    RH_BULK=$("$LG" free-port)
+    RH_WEB=$("$LG" free-port)
+    cat >"$WORK/rathole-server.toml" <<EOF
 [server]
 bind_addr = "127.0.0.1:$RH_CTRL"
 [server.services.bulk]
@@ -196,7 +224,7 @@ bind_addr = "127.0.0.1:$RH_BULK"
 token = "$TOKEN"
 bind_addr = "127.0.0.1:$RH_WEB"
 EOF
-cat >"$WORK/rathole-client.toml" <<EOF
+    cat >"$WORK/rathole-client.toml" <<EOF
 [client]
 remote_addr = "127.0.0.1:$RH_CTRL"
 [client.services.bulk]
@@ -206,25 +234,35 @@ local_addr = "$SOURCE"
 token = "$TOKEN"
 local_addr = "$WEB"
 EOF
-start rh-server env TOKIO_WORKER_THREADS="$WORKERS" rathole --server "$WORK/rathole-server.toml"
-start rh-client env TOKIO_WORKER_THREADS="$WORKERS" rathole --client "$WORK/rathole-client.toml"
+    start rh-server env TOKIO_WORKER_THREADS="$WORKERS" rathole --server "$WORK/rathole-server.toml"
+    start rh-client env TOKIO_WORKER_THREADS="$WORKERS" rathole --client "$WORK/rathole-client.toml"
+fi
 
-for port in "$P_WEB" "$GH_BULK" "$GH_WEB" "$GH_SOCKS" "$RH_BULK" "$RH_WEB"; do
-    "$LG" wait-port --addr "127.0.0.1:$port" || die "nothing listening on $port (see $WORK)"
+declare -A BULK=([direct]="$SOURCE") HTTP=([direct]="$WEB") SOCKS=()
+for sfx in "" "-plain"; do
+    if want "gatehouse$sfx"; then
+        BULK[gatehouse$sfx]="127.0.0.1:${GH_BULK[gatehouse$sfx]}"
+        HTTP[gatehouse$sfx]="127.0.0.1:${GH_WEB[gatehouse$sfx]}"
+        SOCKS[gatehouse$sfx]="127.0.0.1:${GH_SOCKS[gatehouse$sfx]}"
+    fi
+done
+if want rathole; then
+    BULK[rathole]="127.0.0.1:$RH_BULK"
+    HTTP[rathole]="127.0.0.1:$RH_WEB"
+fi
+for name in "${NAMES[@]}"; do
+    [ -n "${HTTP[$name]:-}" ] || die "unknown path $name in PATHS"
+    "$LG" wait-port --addr "${HTTP[$name]}" || die "nothing listening on ${HTTP[$name]} (see $WORK)"
+    "$LG" wait-port --addr "${BULK[$name]}" || die "nothing listening on ${BULK[$name]} (see $WORK)"
 done
 # The agents are connected once a request goes through each.
-for i in $(seq 100); do
-    if curl -s -o /dev/null -m 2 "http://127.0.0.1:$GH_WEB/small" &&
-        curl -s -o /dev/null -m 2 "http://127.0.0.1:$RH_WEB/small"; then
-        break
-    fi
-    [ "$i" = 100 ] && die "the tunnels did not come up (see $WORK)"
-    sleep 0.1
+for name in "${NAMES[@]}"; do
+    for i in $(seq 100); do
+        curl -s -o /dev/null -m 2 "http://${HTTP[$name]}/small" && break
+        [ "$i" = 100 ] && die "the $name tunnel did not come up (see $WORK)"
+        sleep 0.1
+    done
 done
-
-declare -A BULK=([direct]="$SOURCE" [gatehouse]="127.0.0.1:$GH_BULK" [rathole]="127.0.0.1:$RH_BULK")
-declare -A HTTP=([direct]="$WEB" [gatehouse]="127.0.0.1:$GH_WEB" [rathole]="127.0.0.1:$RH_WEB")
-NAMES=(direct gatehouse rathole)
 
 field() { tail -1 "$1" | tr ' ' '\n' | sed -n "s/^$2=//p"; }
 median() { sort -g | awk '{ v[NR] = $1 } END { if (NR) print v[int((NR + 1) / 2)] }'; }
@@ -265,13 +303,18 @@ done
 # --- 3. SOCKS5 connect + echo + close --------------------------------------------------------
 
 for run in $(seq "$RUNS"); do
-    log "SOCKS5 rate run $run/$RUNS: direct"
-    run_nice "$LG" socks-rate --target "$ECHO" --count "$COUNT" --concurrency "$CONC" \
-        >"$WORK/rate-direct-$run.out"
-    log "SOCKS5 rate run $run/$RUNS: gatehouse (through the agent)"
-    run_nice "$LG" socks-rate --proxy "127.0.0.1:$GH_SOCKS" --target "$ECHO" --count "$COUNT" \
-        --concurrency "$CONC" >"$WORK/rate-gatehouse-$run.out"
-    cat "$WORK/rate-direct-$run.out" "$WORK/rate-gatehouse-$run.out" >&2
+    for name in "${NAMES[@]}"; do
+        [ "$name" = rathole ] && continue
+        log "SOCKS5 rate run $run/$RUNS: $name"
+        if [ "$name" = direct ]; then
+            run_nice "$LG" socks-rate --target "$ECHO" --count "$COUNT" --concurrency "$CONC" \
+                >"$WORK/rate-direct-$run.out"
+        else
+            run_nice "$LG" socks-rate --proxy "${SOCKS[$name]}" --target "$ECHO" --count "$COUNT" \
+                --concurrency "$CONC" >"$WORK/rate-$name-$run.out"
+        fi
+        cat "$WORK/rate-$name-$run.out" >&2
+    done
 done
 
 # --- report ----------------------------------------------------------------------------------
@@ -281,11 +324,14 @@ http_col() { cut -d' ' -f"$3" "$WORK/http-$1-$2.out"; }
 rate() { field "$WORK/rate-$1-$2.out" "$3"; }
 {
     echo "Machine: $(nproc) cores, $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1), Linux $(uname -r); $(date -u +%Y-%m-%d)."
-    echo "Versions: gatehouse $("$GATEHOUSE" --version | awk '{print $2}') ($BUILD, TLS transport); rathole ($(rathole --version 2>/dev/null | tr -s ' \n' ' ' | cut -c1-80)) (plain TCP transport); $(nginx -v 2>&1 | sed 's/.*: //'); wrk."
-    echo "Settings: RUNS=$RUNS BYTES=$BYTES COUNT=$COUNT CONC=$CONC DURATION=$DURATION THREADS=$THREADS CONNS=$CONNS WORKERS=$WORKERS; medians; load average before: $LOAD."
+    rh="not run"
+    if want rathole; then rh="$(rathole --version 2>/dev/null | tr -s ' \n' ' ' | cut -c1-80)"; fi
+    echo "Versions: gatehouse $("$GATEHOUSE" --version | awk '{print $2}') ($BUILD; TLS and plain transports); rathole ($rh) (plain TCP transport); $(nginx -v 2>&1 | sed 's/.*: //'); wrk."
+    echo "Settings: PATHS=\"$PATHS\" RUNS=$RUNS BYTES=$BYTES COUNT=$COUNT CONC=$CONC DURATION=$DURATION THREADS=$THREADS CONNS=$CONNS WORKERS=$WORKERS; medians; load average before: $LOAD."
     echo
     echo "| path | bulk (Gbit/s) | HTTP req/s | HTTP p99 (ms) | HTTP errors | SOCKS5 connect+echo+close/s | SOCKS5 p99 (ms) |"
     echo "|---|---|---|---|---|---|---|"
+    declare -A LABEL=([direct]="direct" [gatehouse]="gatehouse (TLS)" [gatehouse-plain]="gatehouse (plain)" [rathole]="rathole (plain)")
     for name in "${NAMES[@]}"; do
         s_rate="n/a"
         s_p99="n/a"
@@ -293,6 +339,6 @@ rate() { field "$WORK/rate-$1-$2.out" "$3"; }
             s_rate=$(for r in $(seq "$RUNS"); do rate "$name" "$r" conn_per_s; done | median)
             s_p99=$(for r in $(seq "$RUNS"); do rate "$name" "$r" p99_ms; done | median)
         fi
-        echo "| $name | $(for r in $(seq "$RUNS"); do tput "$name" "$r"; done | median) | $(for r in $(seq "$RUNS"); do http_col "$name" "$r" 1; done | median) | $(for r in $(seq "$RUNS"); do http_col "$name" "$r" 2; done | median) | $(for r in $(seq "$RUNS"); do http_col "$name" "$r" 3; done | median) | $s_rate | $s_p99 |"
+        echo "| ${LABEL[$name]} | $(for r in $(seq "$RUNS"); do tput "$name" "$r"; done | median) | $(for r in $(seq "$RUNS"); do http_col "$name" "$r" 1; done | median) | $(for r in $(seq "$RUNS"); do http_col "$name" "$r" 2; done | median) | $(for r in $(seq "$RUNS"); do http_col "$name" "$r" 3; done | median) | $s_rate | $s_p99 |"
     done
 } | tee "$WORK/report.out"

@@ -2,18 +2,24 @@
 //!
 //! Each direction copies until EOF, then half-closes the other side (`shutdown(Write)`) and
 //! lets the opposite direction go on: one side's EOF is not the end of the conversation.
-//! An idle direction waits for one byte holding no buffer; a buffer is allocated when bytes
-//! arrive and dropped as soon as a read would wait, so an idle tunnel holds no buffer. Buffers
-//! start at [`START_BUF`] and grow to [`MAX_BUF`] for bulk streams. A tunnel with no traffic either way for the idle
-//! timeout is closed.
+//! An idle direction holds no buffer: its next read lands in a scratch buffer of the thread
+//! that polls it, and goes straight on to the writer in the same poll when the writer takes it
+//! all (a short request costs one read and one write, and no allocation). Only when the writer
+//! pushes back (or a throttle paces the direction) are the bytes moved to a buffer of the
+//! direction's own, kept while reads complete at once and dropped as soon as one would wait.
+//! Reads start at [`START_BUF`] and grow to [`MAX_BUF`] for bulk streams. A tunnel with no
+//! traffic either way for the idle timeout is closed.
 
+use std::cell::RefCell;
 use std::io;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use crate::limits::Throttle;
 
@@ -108,6 +114,27 @@ where
     (end, stats)
 }
 
+thread_local! {
+    /// Where an idle direction's next read lands (see [`poll_first`]): one per thread, up to
+    /// [`MAX_BUF`], so a direction waiting for bytes holds no buffer of its own.
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// What the first read after an idle wait came to.
+enum First {
+    /// The reader's EOF.
+    Eof,
+    /// This many bytes were read and written at once, all of them.
+    Passed(usize),
+    /// `written` bytes went on at once; the other `n` wait in `buf[..n]` (`buf` is as long as
+    /// the read could be), to be written before the burst goes on.
+    Held {
+        buf: Vec<u8>,
+        n: usize,
+        written: usize,
+    },
+}
+
 async fn copy_half<R, W>(
     r: &mut R,
     w: &mut W,
@@ -121,19 +148,32 @@ where
     W: AsyncWrite + Unpin,
 {
     let chunk = throttle.map_or(MAX_BUF, |t| t.max_chunk().min(MAX_BUF));
-    // The size the next burst's buffer starts at: grows for bulk streams.
+    // The size of the next read: grows for bulk streams.
     let mut size = START_BUF.min(chunk);
+    // A throttled direction's bytes wait for the bucket before they are written.
+    let pass = throttle.is_none();
     loop {
-        // Idle: wait for one byte holding no buffer.
-        let mut first = [0u8; 1];
-        if r.read(&mut first).await? == 0 {
-            // Half-close: pass the EOF on; the other direction keeps going.
-            let _ = w.shutdown().await;
-            return Ok(());
-        }
-        let mut buf = vec![0u8; size];
-        buf[0] = first[0];
-        let mut n = 1 + read_now(r, &mut buf[1..]).await?;
+        // Idle: wait for bytes holding no buffer.
+        let first = std::future::poll_fn(|cx| poll_first(cx, r, w, size, pass)).await?;
+        let (mut buf, mut n) = match first {
+            First::Eof => {
+                // Half-close: pass the EOF on; the other direction keeps going.
+                let _ = w.shutdown().await;
+                return Ok(());
+            }
+            First::Passed(n) => {
+                count.fetch_add(n as u64, Ordering::Relaxed);
+                last.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+                if n == size && size < chunk {
+                    size = (size * 4).min(chunk);
+                }
+                continue;
+            }
+            First::Held { buf, n, written } => {
+                count.fetch_add(written as u64, Ordering::Relaxed);
+                (buf, n)
+            }
+        };
         // A burst: copy while reads complete at once; drop the buffer when they would wait.
         loop {
             last.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
@@ -156,6 +196,69 @@ where
     }
 }
 
+/// One read of up to `size` bytes into this thread's scratch buffer and, with `pass`, a write
+/// of them to `w` in the same poll; whatever `w` does not take at once is copied into a buffer
+/// of the direction's own. Pending while nothing is ready to read.
+fn poll_first<R, W>(
+    cx: &mut Context<'_>,
+    r: &mut R,
+    w: &mut W,
+    size: usize,
+    pass: bool,
+) -> Poll<io::Result<First>>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+        Ok(mut scratch) => {
+            if scratch.len() < size {
+                scratch.resize(size, 0);
+            }
+            poll_first_in(cx, r, w, &mut scratch[..size], pass)
+        }
+        // Only if the reader or writer ran another relay inside its poll: a buffer of its own.
+        Err(_) => poll_first_in(cx, r, w, &mut vec![0u8; size], pass),
+    })
+}
+
+fn poll_first_in<R, W>(
+    cx: &mut Context<'_>,
+    r: &mut R,
+    w: &mut W,
+    buf: &mut [u8],
+    pass: bool,
+) -> Poll<io::Result<First>>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut rb = ReadBuf::new(buf);
+    ready!(Pin::new(&mut *r).poll_read(cx, &mut rb))?;
+    let got = rb.filled();
+    if got.is_empty() {
+        return Poll::Ready(Ok(First::Eof));
+    }
+    let mut written = 0;
+    if pass {
+        // Pending leaves the task's waker registered: at worst one wake-up for nothing.
+        if let Poll::Ready(res) = Pin::new(&mut *w).poll_write(cx, got) {
+            written = res?;
+        }
+    }
+    if written >= got.len() {
+        return Poll::Ready(Ok(First::Passed(got.len())));
+    }
+    let rest = &got[written..];
+    let mut held = vec![0u8; rb.capacity()];
+    held[..rest.len()].copy_from_slice(rest);
+    Poll::Ready(Ok(First::Held {
+        buf: held,
+        n: rest.len(),
+        written,
+    }))
+}
+
 /// One read that does not wait: the bytes ready now, or 0 if none are (or at EOF). A pending
 /// read leaves the task's waker registered, which at worst wakes it once for nothing.
 async fn read_now<R: AsyncRead + Unpin>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
@@ -163,10 +266,10 @@ async fn read_now<R: AsyncRead + Unpin>(r: &mut R, buf: &mut [u8]) -> io::Result
         return Ok(0);
     }
     std::future::poll_fn(|cx| {
-        let mut rb = tokio::io::ReadBuf::new(buf);
-        match std::pin::Pin::new(&mut *r).poll_read(cx, &mut rb) {
-            std::task::Poll::Pending => std::task::Poll::Ready(Ok(0)),
-            std::task::Poll::Ready(res) => std::task::Poll::Ready(res.map(|()| rb.filled().len())),
+        let mut rb = ReadBuf::new(buf);
+        match Pin::new(&mut *r).poll_read(cx, &mut rb) {
+            Poll::Pending => Poll::Ready(Ok(0)),
+            Poll::Ready(res) => Poll::Ready(res.map(|()| rb.filled().len())),
         }
     })
     .await
@@ -175,7 +278,7 @@ async fn read_now<R: AsyncRead + Unpin>(r: &mut R, buf: &mut [u8]) -> io::Result
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::duplex;
+    use tokio::io::{duplex, AsyncReadExt};
 
     #[tokio::test]
     async fn half_close_keeps_other_direction() {

@@ -326,6 +326,31 @@ async fn a_reload_reconnects_an_agent_only_when_its_section_changed() {
     agent.wait_stderr("refused this agent's name or token");
 }
 
+/// A CA file replaced under the same path is a change, as a `token_file` is: the agent whose
+/// CA did not verify the relay reconnects, on a reload of the same text, with the new CA.
+/// (Before, the reload found the section unchanged and kept the old CA's connector.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_notices_a_ca_file_replaced_under_the_same_path() {
+    let (certs, other) = (Certs::make(), Certs::make());
+    let echo = echo_server().await;
+    let relay = publishing_relay(&certs);
+    // The agent's CA file holds another certificate at first: the relay's does not verify.
+    let config = agent_config(&other, "office", &[relay.addr("agents")], "", echo);
+    let agent = Gatehouse::start(&config);
+    let refused = agent.wait_stderr("tunnel: disconnected from the relay");
+    assert!(refused.contains("TLS"), "{refused}");
+
+    std::fs::copy(certs.crt(), other.crt()).expect("replace the CA file");
+    std::fs::write(agent.config_path(), &config).expect("rewrite");
+    agent.signal("HUP");
+    agent.wait_stderr("reconnecting with the new settings");
+    relay.wait_stderr("tunnel: agent connected");
+    let mut s = tokio::net::TcpStream::connect(relay.addr("web"))
+        .await
+        .expect("connect");
+    echo_roundtrip(&mut s, b"verified by the new CA").await;
+}
+
 /// A published port and a SOCKS listener over the pool "office", where one agent fails
 /// every open (its service refuses, and its allow-list has nothing for SOCKS) and the other
 /// serves: every client gets through, because a failed open goes to the other agent

@@ -92,6 +92,8 @@ pub struct Agent {
     svc: Arc<Services>,
     /// `None` with `transport = "tcp"` (plain).
     tls: Option<tokio_rustls::TlsConnector>,
+    /// [`super::tls::ca_digest`] of the CA file `tls` was built from, read before it.
+    ca_digest: Option<[u8; 32]>,
     token: Vec<u8>,
     /// The egress proxy's login, read at start (and again on reload).
     proxy_login: Option<(String, crate::policy::users::Secret)>,
@@ -100,6 +102,11 @@ pub struct Agent {
 
 impl Agent {
     pub fn new(cfg: AgentConfig, svc: Arc<Services>) -> anyhow::Result<Agent> {
+        // Before the connector loads the file: a file replaced in between differs next time.
+        let ca_digest = cfg
+            .tls
+            .as_ref()
+            .and_then(|t| super::tls::ca_digest(&t.verify));
         let tls = match &cfg.tls {
             Some(t) => Some(super::tls::connector(&t.verify)?),
             None => {
@@ -125,6 +132,7 @@ impl Agent {
             cfg,
             svc,
             tls,
+            ca_digest,
             token,
             proxy_login,
             allow,
@@ -132,10 +140,14 @@ impl Agent {
     }
 
     /// Whether `other` would dial the same relays the same way as this one: the same
-    /// `[agent]` settings (relays, services, allow-list, egress, timings, verification) and
-    /// the same token (a `token_file` is read again: its contents may have changed).
+    /// `[agent]` settings (relays, services, allow-list, egress, timings, verification), the
+    /// same token (a `token_file` is read again: its contents may have changed) and the same
+    /// CA file contents (a CA replaced under the same path is a change).
     pub fn same_as(&self, other: &Agent) -> bool {
-        self.cfg == other.cfg && self.token == other.token && self.proxy_login == other.proxy_login
+        self.cfg == other.cfg
+            && self.token == other.token
+            && self.proxy_login == other.proxy_login
+            && self.ca_digest == other.ca_digest
     }
 
     /// Runs until the process drains: connect, serve, back off, again; with `mode = "all"`,
@@ -235,7 +247,9 @@ impl Agent {
                 let name =
                     tokio_rustls::rustls::pki_types::ServerName::try_from(t.server_name.clone())
                         .map_err(|e| SessionError::Handshake(e.to_string()))?;
-                let tls = tokio::time::timeout_at(deadline, connector.connect(name, tcp))
+                // rustls reads one record at a time: the socket is read in big gulps below it.
+                let tcp = tokio::io::BufReader::with_capacity(super::TLS_READ_BUFFER, tcp);
+                let mut tls = tokio::time::timeout_at(deadline, connector.connect(name, tcp))
                     .await
                     .map_err(|_| timed_out())?
                     .map_err(|e| match e.kind() {
@@ -244,6 +258,9 @@ impl Agent {
                         }
                         _ => SessionError::Tls(e),
                     })?;
+                tls.get_mut()
+                    .1
+                    .set_buffer_limit(Some(super::TLS_WRITE_BUFFER));
                 self.serve(tls, deadline, local, &relay).await
             }
             _ => self.serve(tcp, deadline, local, &relay).await,

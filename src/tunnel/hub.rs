@@ -409,10 +409,15 @@ impl TunnelListener {
             }
             (Some(acceptor), _) => {
                 let handshake = async {
+                    let stream =
+                        tokio::io::BufReader::with_capacity(super::TLS_READ_BUFFER, stream);
                     let mut tls = acceptor.accept(stream).await.map_err(|e| {
                         tracing::debug!(%peer, "tunnel: TLS handshake failed: {e}");
                         End::Refused("tls_error")
                     })?;
+                    tls.get_mut()
+                        .1
+                        .set_buffer_limit(Some(super::TLS_WRITE_BUFFER));
                     let hello = read_hello(&mut tls)
                         .await
                         .map_err(|_| End::Refused("bad_hello"))?;

@@ -29,14 +29,31 @@ pub use hub::{Agents, TunnelListener};
 use crate::config::{AgentConfig, ListenerConfig, ListenerKind};
 
 /// Flow-control windows (bytes). Each stream may have [`STREAM_WINDOW`] unread in flight;
-/// the connection [`CONNECTION_WINDOW`], which is 128 stream windows: up to 127 streams whose
-/// readers have stalled (each holding a full window) leave room for the others to flow.
+/// the connection [`CONNECTION_WINDOW`], which is 128 stream windows: up to
+/// [`STALLED_STREAMS`] streams whose readers have stalled (each holding a full window) leave
+/// room for the others to flow.
 pub const STREAM_WINDOW: u32 = 1 << 20;
 pub const CONNECTION_WINDOW: u32 = 128 << 20;
-/// The largest frame either side sends.
-pub const MAX_FRAME: u32 = 64 << 10;
+/// Streams that may stall at once, each holding a full stream window, while the others
+/// still flow (`tests/tunnel.rs`, one stalled stream beside 300 echoes).
+pub const STALLED_STREAMS: u64 = 127;
+/// The largest frame either side sends: 256 KiB, so a bulk stream costs one frame header,
+/// one write and one wake-up per 256 KiB rather than per 16 KiB (h2's default).
+pub const MAX_FRAME: u32 = 256 << 10;
+/// Read buffer under rustls: it asks the socket for one record (at most ~16 KiB) at a time,
+/// so reads are gathered here first: one `recvfrom` per up to 256 KiB of records.
+pub const TLS_READ_BUFFER: usize = 256 << 10;
+/// Encrypted bytes rustls takes in before a write must wait for the socket (its default is
+/// 64 KiB): a whole frame, so one frame goes out as one `writev` of its records.
+pub const TLS_WRITE_BUFFER: usize = (MAX_FRAME as usize) + (64 << 10);
 /// Streams the relay may have open on one agent connection at once.
 pub const MAX_STREAMS: u32 = 4096;
+
+// The window rule: the connection window stays above the windows the stalled streams hold.
+const _: () = assert!(CONNECTION_WINDOW as u64 > STREAM_WINDOW as u64 * STALLED_STREAMS);
+// A frame fits in a stream window, and rustls takes a whole frame before a write waits.
+const _: () = assert!(MAX_FRAME <= STREAM_WINDOW);
+const _: () = assert!(TLS_WRITE_BUFFER > MAX_FRAME as usize);
 
 /// The relay's HTTP/2 settings (the client of the reversed roles).
 pub fn h2_client() -> h2::client::Builder {
