@@ -66,6 +66,32 @@ web = "{web}"
     )
 }
 
+/// `[runtime] per_core` on both sides: the relay hands clients and the agent connection to
+/// its workers; the agent's streams go to its workers while its relay connection stays on the
+/// main thread. Concurrent clients through the published port all get their answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_core_workers_carry_a_published_port_on_both_sides() {
+    let origin = Origin::fixed("inside").await;
+    let per_core = "[runtime]\nworkers = 2\nper_core = true\n";
+    let relay = Gatehouse::start(&format!("{per_core}{}", plain_relay()));
+    relay.wait_stderr("IN THE CLEAR");
+    let agent = Gatehouse::start(&format!(
+        "{per_core}{}",
+        plain_agent(relay.addr("agents"), origin.addr)
+    ));
+    relay.wait_stderr("tunnel: agent connected");
+    let web = relay.addr("web");
+    let clients = (0..6).map(|i| async move {
+        let url = format!("http://{web}/p{i}");
+        curl(&[&url]).await
+    });
+    for (code, body, err) in futures_util::future::join_all(clients).await {
+        assert_eq!((code, body.as_slice()), (0, &b"inside"[..]), "{err}");
+    }
+    assert_eq!(origin.seen().len(), 6);
+    drop(agent);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_plain_transport_carries_socks_and_a_published_port() {
     let origin = Origin::fixed("inside").await;

@@ -321,7 +321,25 @@ impl Agent {
                 next = conn.accept() => match next {
                     Some(Ok((req, respond))) => {
                         let me = self.clone();
-                        self.svc.shutdown.spawn(async move { me.stream(req, respond, local).await });
+                        match &self.svc.workers {
+                            // `[runtime] per_core`: the relay connection stays on this thread,
+                            // its streams (a connect and a relay each) go to the least busy
+                            // worker, so one agent connection's streams use every core.
+                            Some(w) => {
+                                let (worker, slot) = w.pick();
+                                self.svc.shutdown.spawn_on(
+                                    async move {
+                                        let _slot = slot;
+                                        me.stream(req, respond, local).await
+                                    },
+                                    worker,
+                                );
+                            }
+                            None => self
+                                .svc
+                                .shutdown
+                                .spawn(async move { me.stream(req, respond, local).await }),
+                        }
                     }
                     Some(Err(e)) => return Err(SessionError::Lost(e.to_string())),
                     None => return Err(SessionError::Lost("closed by the relay".into())),
