@@ -269,9 +269,10 @@ pub enum H2Head {
 /// values), `codec::response_framing` / `normalise_response_framing` and [`h2_response`] do
 /// in turn, without building the intermediate field list. With `websocket`, a 101 is the
 /// server's switch: 200 without `Sec-WebSocket-Accept`, then a tunnel (`UntilClose`).
-/// `head_request`: the response to a HEAD has no body.
+/// `head_request`: the response to a HEAD has no body. The field values share `buf`'s
+/// memory (no copy per field).
 pub fn h2_head(
-    buf: &[u8],
+    buf: &Bytes,
     max: usize,
     websocket: bool,
     head_request: bool,
@@ -300,14 +301,14 @@ pub fn h2_head(
     {
         return Err(HeadError::Invalid("forbidden character in header value"));
     }
-    // Fields `Connection` names, lower case.
-    let mut listed: Vec<String> = Vec::new();
+    // Fields `Connection` names (trimmed, compared without case).
+    let mut listed: Vec<&[u8]> = Vec::new();
     for h in raw
         .iter()
         .filter(|h| h.name.eq_ignore_ascii_case("connection"))
     {
         for t in h.value.split(|b| *b == b',') {
-            let t = String::from_utf8_lossy(t).trim().to_ascii_lowercase();
+            let t = t.trim_ascii();
             if !t.is_empty() {
                 listed.push(t);
             }
@@ -324,11 +325,14 @@ pub fn h2_head(
             if CONNECTION_SPECIFIC.contains(&name)
                 || name == "te"
                 || skip.contains(&name)
-                || listed.iter().any(|l| l == name)
+                || listed
+                    .iter()
+                    .any(|l| l.eq_ignore_ascii_case(name.as_bytes()))
             {
                 continue;
             }
-            if let Ok(v) = HeaderValue::from_bytes(f.value) {
+            // The value's bytes stay where they are in `buf`.
+            if let Ok(v) = HeaderValue::from_maybe_shared(buf.slice_ref(f.value)) {
                 m.append(n, v);
             }
         }
@@ -349,7 +353,22 @@ pub fn h2_head(
         let interim = (status != 101).then(|| response(status, fields(&[])));
         return Ok(Some((H2Head::Interim(interim), len)));
     }
-    // The framing fields alone, through the codec's own rules.
+    // The usual head (the pipeline normalised it): one plain Content-Length, no
+    // Transfer-Encoding, a status with a body. Its field goes as it is.
+    if let Some(n) = plain_length(raw).filter(|_| (200..600).contains(&status)) {
+        if status != 204 && status != 304 {
+            let framing = if head_request {
+                Framing::None
+            } else {
+                Framing::Length(n)
+            };
+            return Ok(Some((
+                H2Head::Final(response(status, fields(&[])), framing),
+                len,
+            )));
+        }
+    }
+    // Otherwise the framing fields alone, through the codec's own rules.
     let mut framing_fields = Headers::default();
     for f in raw.iter().filter(|f| {
         f.name.eq_ignore_ascii_case("content-length")
@@ -380,6 +399,30 @@ pub fn h2_head(
         }
     }
     Ok(Some((H2Head::Final(response(status, h), framing), len)))
+}
+
+/// The length of a head with exactly one Content-Length in canonical form (digits, no
+/// leading zero, at most 18) and no Transfer-Encoding: the case where
+/// `codec::normalise_response_framing` changes nothing.
+fn plain_length(raw: &[httparse::Header<'_>]) -> Option<u64> {
+    let mut found = None;
+    for f in raw {
+        if f.name.eq_ignore_ascii_case("transfer-encoding") {
+            return None;
+        }
+        if f.name.eq_ignore_ascii_case("content-length") {
+            let v = f.value;
+            let canonical = !v.is_empty()
+                && v.len() <= 18
+                && v.iter().all(u8::is_ascii_digit)
+                && (v[0] != b'0' || v.len() == 1);
+            if found.is_some() || !canonical {
+                return None;
+            }
+            found = Some(v.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')));
+        }
+    }
+    found
 }
 
 /// An interim (1xx) response for HTTP/2: none for 101 (no such status in HTTP/2).
@@ -789,9 +832,14 @@ mod tests {
     }
 
     fn head(raw: &str, websocket: bool, head_request: bool) -> (H2Head, usize) {
-        h2_head(raw.as_bytes(), 64 * 1024, websocket, head_request)
-            .expect("valid")
-            .expect("complete")
+        h2_head(
+            &Bytes::from(raw.to_owned()),
+            64 * 1024,
+            websocket,
+            head_request,
+        )
+        .expect("valid")
+        .expect("complete")
     }
 
     fn names(r: &Response<()>) -> Vec<&str> {
@@ -840,6 +888,43 @@ mod tests {
     }
 
     #[test]
+    fn a_plain_length_goes_as_it_is_and_others_are_normalised() {
+        let final_head = |raw: &str, head_request: bool| match head(raw, false, head_request).0 {
+            H2Head::Final(r, f) => (r, f),
+            H2Head::Interim(_) => panic!("final"),
+        };
+        let (r, f) = final_head(
+            "HTTP/1.1 200 OK\r\nContent-Length: 1024\r\nConnection: close\r\nClose: x\r\n\r\n",
+            false,
+        );
+        assert_eq!(
+            (f, names(&r)),
+            (Framing::Length(1024), vec!["content-length"])
+        );
+        let (r, f) = final_head("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", false);
+        assert_eq!(
+            (f, r.headers()["content-length"].as_bytes()),
+            (Framing::Length(0), &b"0"[..])
+        );
+        let (r, f) = final_head("HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", true);
+        assert_eq!(
+            (f, r.headers()["content-length"].as_bytes()),
+            (Framing::None, &b"9"[..])
+        );
+        // Not canonical: through the codec's rules (one value, no leading zeros).
+        let (r, f) = final_head("HTTP/1.1 200 OK\r\nContent-Length: 007\r\n\r\n", false);
+        assert_eq!(
+            (f, r.headers()["content-length"].as_bytes()),
+            (Framing::Length(7), &b"7"[..])
+        );
+        // No body for 204 and 304, whatever the head says.
+        for s in [204, 304] {
+            let raw = format!("HTTP/1.1 {s} x\r\nContent-Length: 5\r\n\r\n");
+            assert_eq!(final_head(&raw, false).1, Framing::None, "{s}");
+        }
+    }
+
+    #[test]
     fn interim_and_websocket_heads() {
         let (h, _) = head(
             "HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n",
@@ -866,14 +951,31 @@ mod tests {
     #[test]
     fn bad_or_partial_response_heads() {
         assert!(matches!(
-            h2_head(b"HTTP/1.1 200 OK\r\nA: b", 1024, false, false),
+            h2_head(
+                &Bytes::from_static(b"HTTP/1.1 200 OK\r\nA: b"),
+                1024,
+                false,
+                false
+            ),
             Ok(None)
         ));
-        assert!(h2_head(&[b'x'; 10], 4, false, false).is_err());
-        assert!(h2_head(b"HTTP/1.1 200 OK\r\nA: b\r\n\r\n", 8, false, false).is_err());
-        assert!(h2_head(b"HTTP/1.1 099 x\r\n\r\n", 1024, false, false).is_err());
+        assert!(h2_head(&Bytes::from_static(&[b'x'; 10]), 4, false, false).is_err());
         assert!(h2_head(
-            b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
+            &Bytes::from_static(b"HTTP/1.1 200 OK\r\nA: b\r\n\r\n"),
+            8,
+            false,
+            false
+        )
+        .is_err());
+        assert!(h2_head(
+            &Bytes::from_static(b"HTTP/1.1 099 x\r\n\r\n"),
+            1024,
+            false,
+            false
+        )
+        .is_err());
+        assert!(h2_head(
+            &Bytes::from_static(b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n"),
             1024,
             false,
             false

@@ -13,7 +13,8 @@
 //! de-framed (Content-Length counted, chunked decoded) on the fly and sent as DATA; a
 //! chunked body's trailer section becomes a trailing HEADERS frame. A write is taken once
 //! the previous one's bytes have window in the `h2` send queue, so at most one write waits
-//! there beyond the client's window. The stream ends (END_STREAM, or trailers) as soon as
+//! there beyond the client's window (the write that completes the body is queued at once,
+//! window or not: nothing follows it). The stream ends (END_STREAM, or trailers) as soon as
 //! the body does; a stream dropped before its response is whole is reset
 //! (`REFUSED_STREAM` with no response head yet: safe to retry; `INTERNAL_ERROR` mid-body).
 
@@ -245,6 +246,18 @@ impl ResponseSide {
                 self.out = Bytes::new();
                 break;
             };
+            if matches!(self.end, Some(End::Data)) {
+                // The body's last bytes (often all of it): queued at once with END_STREAM,
+                // as no later write can wait behind them; h2 sends them as the window opens.
+                let out = std::mem::take(&mut self.out);
+                if let Err(e) = send.send_data(out, true) {
+                    return Poll::Ready(Err(self.fail(Reason::CANCEL, e)));
+                }
+                self.end = None;
+                self.send = None;
+                self.state = RespState::Done;
+                break;
+            }
             send.reserve_capacity(self.out.len());
             let n = match ready!(send.poll_capacity(cx)) {
                 None => return Poll::Ready(Err(self.fail(Reason::CANCEL, "stream closed"))),
@@ -255,15 +268,8 @@ impl ResponseSide {
                 continue;
             }
             let piece = self.out.split_to(n.min(self.out.len()));
-            // The last piece of a plain body carries END_STREAM itself.
-            let last = self.out.is_empty() && matches!(self.end, Some(End::Data));
-            if let Err(e) = send.send_data(piece, last) {
+            if let Err(e) = send.send_data(piece, false) {
                 return Poll::Ready(Err(self.fail(Reason::CANCEL, e)));
-            }
-            if last {
-                self.end = None;
-                self.send = None;
-                self.state = RespState::Done;
             }
         }
         self.finish_end();
@@ -287,15 +293,26 @@ impl ResponseSide {
     fn take_head(&mut self, buf: &[u8]) -> io::Result<usize> {
         let room = (self.max_head + 1).saturating_sub(self.head.len());
         let n = buf.len().min(room);
-        self.head.extend_from_slice(&buf[..n]);
+        // The head so far and these bytes in one buffer, which the response's field values
+        // and the body bytes that came with the head then share (one copy in all).
+        let mut all = if self.head.is_empty() {
+            Bytes::copy_from_slice(&buf[..n])
+        } else {
+            self.head.extend_from_slice(&buf[..n]);
+            self.head.split().freeze()
+        };
         loop {
-            let parsed = h2_head(&self.head, self.max_head, self.websocket, self.head_request);
+            let parsed = h2_head(&all, self.max_head, self.websocket, self.head_request);
             let (head, len) = match parsed {
                 Ok(Some(p)) => p,
-                Ok(None) => return Ok(n),
+                Ok(None) => {
+                    // Not whole yet (rare: the pipeline writes a head at once).
+                    self.head.extend_from_slice(&all);
+                    return Ok(n);
+                }
                 Err(e) => return Err(self.fail(Reason::INTERNAL_ERROR, e)),
             };
-            self.head.advance(len);
+            all.advance(len);
             let (resp, framing) = match head {
                 // 1xx (100 Continue, 103 Early Hints): an informational HEADERS frame.
                 H2Head::Interim(r) => {
@@ -328,24 +345,28 @@ impl ResponseSide {
             self.send = Some(send);
             self.state = RespState::Body;
             // Body bytes that came with the head.
-            let rest = self.head.split();
-            self.take_body(&rest)?;
+            self.take_body(&all, Some(&all))?;
             return Ok(n);
         }
     }
 
     /// Takes body bytes (`out` is empty): the data goes to `out`, the framing is dropped.
-    fn take_body(&mut self, buf: &[u8]) -> io::Result<()> {
+    /// `shared`: the same bytes as `buf`, already owned (sliced rather than copied).
+    fn take_body(&mut self, buf: &[u8], shared: Option<&Bytes>) -> io::Result<()> {
+        let owned = |take: usize| match shared {
+            Some(b) => b.slice(..take),
+            None => Bytes::copy_from_slice(&buf[..take]),
+        };
         match &mut self.body {
             BodyState::Length(left) => {
                 let take = (buf.len() as u64).min(*left) as usize;
                 *left -= take as u64;
-                self.out = Bytes::copy_from_slice(&buf[..take]);
+                self.out = owned(take);
                 if *left == 0 {
                     self.end = Some(End::Data);
                 }
             }
-            BodyState::UntilClose => self.out = Bytes::copy_from_slice(buf),
+            BodyState::UntilClose => self.out = owned(buf.len()),
             BodyState::Chunked(dec, tail) => {
                 let mut out = BytesMut::new();
                 let mut rest = buf;
@@ -383,7 +404,7 @@ impl ResponseSide {
         let n = match self.state {
             RespState::Head => self.take_head(buf)?,
             RespState::Body => {
-                self.take_body(buf)?;
+                self.take_body(buf, None)?;
                 buf.len()
             }
             // Past the end of the response (nothing the pipeline sends): dropped.

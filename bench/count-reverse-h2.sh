@@ -1,0 +1,203 @@
+#!/usr/bin/env bash
+# bench/count-reverse-h2.sh: instruction counts (valgrind callgrind, user space only) per
+# HTTP/2 request through a reverse proxy (h2c with prior knowledge, from h2load), for
+# Gatehouse, nginx and HAProxy, on loopback. Counts, not timings: they hold on a busy machine
+# where wall-clock figures do not. The HTTP/2 twin of bench/count-reverse.sh.
+#
+# The origin is a plain nginx serving a 1 KiB file over HTTP/1.1 (not measured). Each proxy
+# runs under callgrind twice, serving LOW and then HIGH GETs from `h2load --h2c`-style prior
+# knowledge on ONE client connection with STREAMS concurrent streams (-c1 -mSTREAMS; 1:
+# sequential, e.g. 10: multiplexed), and the difference of the two totals divided by
+# HIGH - LOW is the cost of one request without start-up, the connection set-up and shutdown.
+#
+# TOOL=strace counts system calls instead (strace -f -c), with the same LOW/HIGH difference,
+# and prints the calls of the HIGH run by name.
+#
+# Knobs: LOW=200 HIGH=2200 STREAMS=1 WORKERS=1 GATEHOUSE=target/release/gatehouse
+#        PEERS="gatehouse nginx haproxy" TOOL=callgrind|strace KEEP=dir (keep the outputs)
+set -euo pipefail
+LOW=${LOW:-200}
+HIGH=${HIGH:-2200}
+STREAMS=${STREAMS:-1}
+WORKERS=${WORKERS:-1}
+PEERS=${PEERS:-"gatehouse nginx haproxy"}
+TOOL=${TOOL:-callgrind}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+GATEHOUSE=${GATEHOUSE:-$ROOT/target/release/gatehouse}
+WORK=$(mktemp -d /tmp/gatehouse-count-reverse-h2.XXXXXX)
+chmod 755 "$WORK"
+PIDS=()
+cleanup() {
+    local p
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP"; cp "$WORK"/*.callgrind "$WORK"/*.strace "$KEEP"/ 2>/dev/null || true; fi
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+export PATH="$PATH:/usr/sbin"
+export TOKIO_WORKER_THREADS=$WORKERS
+case $TOOL in
+callgrind) command -v valgrind >/dev/null || { echo "count-reverse-h2.sh: valgrind is not installed" >&2; exit 1; } ;;
+strace) command -v strace >/dev/null || { echo "count-reverse-h2.sh: strace is not installed" >&2; exit 1; } ;;
+*) echo "count-reverse-h2.sh: TOOL is callgrind or strace" >&2; exit 1 ;;
+esac
+for c in nginx h2load; do
+    command -v $c >/dev/null || { echo "count-reverse-h2.sh: $c is not installed" >&2; exit 1; }
+done
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() {
+    for _ in $(seq 300); do
+        python3 -c "import socket,sys; socket.create_connection(('127.0.0.1',$1),1).close()" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+mkdir -p "$WORK/www" "$WORK/origin" "$WORK/proxy"
+head -c 1024 /dev/zero | tr '\0' 'x' >"$WORK/www/small"
+P_ORIGIN=$(free_port)
+cat >"$WORK/origin.conf" <<CONF
+daemon off;
+master_process off;
+worker_processes 1;
+pid $WORK/origin/nginx.pid;
+error_log $WORK/origin/error.log warn;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    keepalive_requests 1000000;
+    server {
+        listen 127.0.0.1:$P_ORIGIN;
+        root $WORK/www;
+    }
+}
+CONF
+nginx -c "$WORK/origin.conf" -p "$WORK/origin" >"$WORK/origin.log" 2>&1 &
+PIDS+=($!)
+wait_port "$P_ORIGIN" || { echo "count-reverse-h2.sh: the origin did not listen" >&2; exit 1; }
+
+# run NAME N PORT CMD...: total instructions (or system calls) of CMD serving N requests, printed.
+run() {
+    local name=$1 n=$2 port=$3
+    shift 3
+    local out="$WORK/$name-$n.$TOOL"
+    if [ "$TOOL" = strace ]; then
+        strace -f -c -o "$out" "$@" >"$WORK/$name-$n.log" 2>&1 &
+    else
+        valgrind --tool=callgrind --callgrind-out-file="$out" "$@" >"$WORK/$name-$n.log" 2>&1 &
+    fi
+    local pid=$!
+    wait_port "$port" || { echo "count-reverse-h2.sh: $name did not listen" >&2; cat "$WORK/$name-$n.log" >&2; exit 1; }
+    # One connection: the readiness probe above was a separate, already closed one.
+    h2load -n "$n" -c 1 -m "$STREAMS" -H ':authority: app.test' \
+        "http://127.0.0.1:$port/small" >"$WORK/$name-$n.h2load" 2>&1 ||
+        { cat "$WORK/$name-$n.h2load" >&2; exit 1; }
+    grep -q "requests: $n total, $n started, $n done, $n succeeded" "$WORK/$name-$n.h2load" ||
+        { echo "count-reverse-h2.sh: $name did not answer every request" >&2; cat "$WORK/$name-$n.h2load" >&2; exit 1; }
+    if [ "$TOOL" = strace ]; then
+        # Stop the traced program, not strace (which would detach and leave it running).
+        pkill -TERM -P "$pid" || true
+    else
+        kill -TERM "$pid"
+    fi
+    wait "$pid" || true
+    if [ "$TOOL" = strace ]; then
+        awk '$NF == "total" { print $4 }' "$out"
+    else
+        sed -n 's/^summary: //p; s/^totals: //p' "$out" | head -1
+    fi
+}
+
+for peer in $PEERS; do
+    port=$(free_port)
+    case $peer in
+    gatehouse)
+        cat >"$WORK/gatehouse.toml" <<TOML
+[[listeners]]
+name = "rev"
+kind = "reverse"
+listen = "127.0.0.1:$port"
+max_connections = 10000
+idle_per_server = 256
+[listeners.http2]
+h2c = true
+[[listeners.hosts]]
+names = ["app.test"]
+[[listeners.hosts.routes]]
+pool = "origin"
+
+[[pools]]
+name = "origin"
+[[pools.servers]]
+address = "127.0.0.1:$P_ORIGIN"
+
+[access_log]
+path = "off"
+TOML
+        cmd=("$GATEHOUSE" --config "$WORK/gatehouse.toml")
+        ;;
+    nginx)
+        cat >"$WORK/nginx.conf" <<CONF
+daemon off;
+master_process off;
+worker_processes 1;
+pid $WORK/proxy/nginx.pid;
+error_log $WORK/proxy/error.log warn;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    keepalive_requests 1000000;
+    http2_max_requests 1000000;
+    upstream origin {
+        server 127.0.0.1:$P_ORIGIN;
+        keepalive 256;
+    }
+    server {
+        listen 127.0.0.1:$port http2;
+        server_name app.test;
+        location / {
+            proxy_pass http://origin;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host \$host;
+            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+        }
+    }
+}
+CONF
+        cmd=(nginx -c "$WORK/nginx.conf" -p "$WORK/proxy")
+        ;;
+    haproxy)
+        command -v haproxy >/dev/null || { echo "count-reverse-h2.sh: haproxy is not installed; skipped" >&2; continue; }
+        cat >"$WORK/haproxy.cfg" <<CFG
+global
+    nbthread $WORKERS
+    maxconn 4000
+defaults
+    mode http
+    option http-keep-alive
+    option forwardfor
+    http-reuse always
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+frontend web
+    bind 127.0.0.1:$port proto h2
+    default_backend origin
+backend origin
+    server o1 127.0.0.1:$P_ORIGIN
+CFG
+        cmd=(haproxy -db -f "$WORK/haproxy.cfg")
+        ;;
+    *) echo "count-reverse-h2.sh: unknown peer $peer" >&2; exit 1 ;;
+    esac
+    lo=$(run "$peer" "$LOW" "$port" "${cmd[@]}")
+    hi=$(run "$peer" "$HIGH" "$port" "${cmd[@]}")
+    if [ "$TOOL" = strace ]; then
+        echo "$peer (-m$STREAMS): $LOW requests $lo calls, $HIGH requests $hi calls, per request $(( (hi - lo) * 100 / (HIGH - LOW) ))e-2 system calls"
+        awk -v n="$HIGH" '$NF != "total" && $4 ~ /^[0-9]+$/ && $4 >= n / 10 { printf "    %-16s %6.2f per request (HIGH run)\n", $NF, $4 / n }' "$WORK/$peer-$HIGH.strace"
+    else
+        echo "$peer (-m$STREAMS): $LOW requests $lo Ir, $HIGH requests $hi Ir, per request $(( (hi - lo) / (HIGH - LOW) )) Ir"
+    fi
+done
