@@ -61,15 +61,13 @@ impl SharedHead {
 
     /// The shared response with its complete body, as it will be stored.
     pub fn stored(&self, body: Bytes) -> StoredResponse {
-        StoredResponse {
-            head: self.head.clone(),
+        StoredResponse::new(
+            self.head.clone(),
             body,
-            request_time: self.request_time,
-            response_time: self.response_time,
-            vary: self.vary.clone(),
-            stale_since: None,
-            file: None,
-        }
+            self.request_time,
+            self.response_time,
+            self.vary.clone(),
+        )
     }
 
     /// Whether a follower's request may take this response: the fields its Vary nominates

@@ -39,6 +39,7 @@
 //!      `Revalidate` steps in a spawned task without a client.
 //! 2. The access log takes `status.log_word()`; metrics read [`Cache::stats`].
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -456,15 +457,13 @@ impl Cache {
         let vary = profile.with_extras(vary, &req.headers);
         let mut head = resp.clone();
         head.headers = headers_to_store(&resp.headers, &format_http_date(fetch.response_time));
-        let stored = Arc::new(StoredResponse {
+        let stored = Arc::new(StoredResponse::new(
             head,
             body,
-            request_time: fetch.request_time,
-            response_time: fetch.response_time,
+            fetch.request_time,
+            fetch.response_time,
             vary,
-            stale_since: None,
-            file: None,
-        });
+        ));
         self.put(key, stored, fetch.generation).await
     }
 
@@ -540,15 +539,15 @@ impl Cache {
         if !not_modified.headers.contains("age") {
             head.headers.remove("age");
         }
-        let updated = StoredResponse {
+        let mut updated = StoredResponse::new(
             head,
-            body: reval.stored.body.clone(),
+            reval.stored.body.clone(),
             request_time,
             response_time,
-            stale_since: None,
-            file: reval.stored.file.clone(),
-            vary: reval.stored.vary.clone(),
-        };
+            reval.stored.vary.clone(),
+        );
+        updated.file = reval.stored.file.clone();
+        let updated = Arc::new(updated);
         let mut status = reval.status.clone();
         status.fwd_status = Some(304);
         // An update may have made the response unstorable (e.g. the 304 added no-store).
@@ -559,7 +558,7 @@ impl Cache {
         let profile = &reval.profile;
         status.stored = storable(&get, &profile.decision(&updated.head)).is_ok()
             && self
-                .put(&reval.key, Arc::new(updated.clone()), reval.generation)
+                .put(&reval.key, updated.clone(), reval.generation)
                 .await
                 .finish()
                 .await;
@@ -597,15 +596,14 @@ impl Cache {
         if !head.headers.contains("age") {
             merged.headers.remove("age");
         }
-        let updated = StoredResponse {
-            head: merged,
-            body: reval.stored.body.clone(),
-            request_time: fetch.request_time,
-            stale_since: None,
-            file: reval.stored.file.clone(),
-            response_time: fetch.response_time,
-            vary: reval.stored.vary.clone(),
-        };
+        let mut updated = StoredResponse::new(
+            merged,
+            reval.stored.body.clone(),
+            fetch.request_time,
+            fetch.response_time,
+            reval.stored.vary.clone(),
+        );
+        updated.file = reval.stored.file.clone();
         let get = RequestHead {
             method: "GET".into(),
             ..req.clone()
@@ -800,10 +798,11 @@ impl Cache {
             .iter()
             .map(|v| match v.stale_since {
                 Some(_) => v.clone(),
-                None => Arc::new(StoredResponse {
-                    stale_since: Some(now),
-                    ..(**v).clone()
-                }),
+                None => {
+                    let mut marked = (**v).clone();
+                    marked.stale_since = Some(now);
+                    Arc::new(marked)
+                }
             })
             .collect();
         let marked = Arc::new(Entry { variants });
@@ -894,16 +893,28 @@ impl Cache {
 }
 
 /// The response directives, freshness lifetime and current age of a stored response, as
-/// `profile` reads them (a targeted field decides where there is a valid one).
-fn judge(stored: &StoredResponse, profile: &Profile, now: SystemTime) -> (CacheControl, u64, u64) {
-    let decision = profile.decision(&stored.head);
-    let cc = CacheControl::from_headers(&decision.headers);
-    let mut lifetime = freshness_lifetime(&decision, &cc, stored.response_time);
-    let age = current_age(&stored.head, stored.request_time, stored.response_time, now);
+/// `profile` reads them (a targeted field decides where there is a valid one). Without a
+/// targeted field these come from what the stored response parsed when it was stored.
+fn judge<'a>(
+    stored: &'a StoredResponse,
+    profile: &Profile,
+    now: SystemTime,
+) -> (Cow<'a, CacheControl>, u64, u64) {
+    let (cc, mut lifetime) = match profile.decision(&stored.head) {
+        Cow::Borrowed(_) => {
+            let p = stored.parsed();
+            (Cow::Borrowed(&p.cc), p.lifetime)
+        }
+        Cow::Owned(decision) => {
+            let cc = CacheControl::from_headers(&decision.headers);
+            let lifetime = freshness_lifetime(&decision, &cc, stored.response_time);
+            (Cow::Owned(cc), lifetime)
+        }
+    };
+    let age = stored.current_age(now);
     if let Some(at) = stored.stale_since {
         // Soft-purged: stale from then on (its age then is the most it stays fresh).
-        let age_then = current_age(&stored.head, stored.request_time, stored.response_time, at);
-        lifetime = lifetime.min(age_then);
+        lifetime = lifetime.min(stored.current_age(at));
     }
     (cc, lifetime, age)
 }

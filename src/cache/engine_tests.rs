@@ -59,9 +59,9 @@ async fn miss_store_hit_with_age_and_cache_status() {
     assert!(fill(&c, &get(&[]), &fresh60(), "hello").await);
     let s = hit(c.lookup(&get(&[]), t(10)).await);
     assert_eq!(&s.body[..], b"hello");
-    assert_eq!(s.head.headers.get_str("age"), Some("10"));
+    assert_eq!(s.head().headers.get_str("age"), Some("10"));
     assert_eq!(
-        s.head.headers.get_str("cache-status"),
+        s.head().headers.get_str("cache-status"),
         Some("Gatehouse; hit; ttl=50")
     );
     assert_eq!(s.status.log_word(), "hit");
@@ -183,18 +183,18 @@ async fn stale_revalidates_and_304_is_merged() {
         .revalidated(&reval, &client, &nm, t(20), t(20), t(20))
         .await
         .expect("selected");
-    assert_eq!(s.head.status, 200);
+    assert_eq!(s.head().status, 200);
     assert_eq!(&s.body[..], b"body");
-    assert_eq!(s.head.headers.get_str("x-v"), Some("new"));
+    assert_eq!(s.head().headers.get_str("x-v"), Some("new"));
     assert_eq!(
-        s.head.headers.get_str("cache-status"),
+        s.head().headers.get_str("cache-status"),
         Some("Gatehouse; fwd=stale; fwd-status=304; ttl=100; stored")
     );
     assert_eq!(s.status.log_word(), "revalidated");
     // Fresh again, from the merged head.
     let h = hit(c.lookup(&client, t(50)).await);
-    assert_eq!(h.head.headers.get_str("age"), Some("30"));
-    assert_eq!(h.head.headers.get_str("x-v"), Some("new"));
+    assert_eq!(h.head().headers.get_str("age"), Some("30"));
+    assert_eq!(h.head().headers.get_str("x-v"), Some("new"));
 }
 
 #[tokio::test]
@@ -284,7 +284,7 @@ async fn stale_if_error_window() {
         .expect("within window");
     assert_eq!(&s.body[..], b"old");
     assert!(s
-        .head
+        .head()
         .headers
         .get_str("cache-status")
         .expect("status")
@@ -299,7 +299,7 @@ async fn only_if_cached_gives_504_without_a_usable_response() {
         .lookup(&get(&[("Cache-Control", "only-if-cached")]), t(0))
         .await
     {
-        Lookup::OnlyIfCached(s) => assert_eq!(s.head.status, 504),
+        Lookup::OnlyIfCached(s) => assert_eq!(s.head().status, 504),
         other => panic!("{other:?}"),
     }
     let r = resp(200, &[("Date", &date(0)), ("Cache-Control", "max-age=10")]);
@@ -322,11 +322,11 @@ async fn head_conditional_and_range_from_a_stored_get() {
     assert!(fill(&c, &get(&[]), &fresh60(), "0123456789").await);
     let h = hit(c.lookup(&req("HEAD", URL, &[]), t(1)).await);
     assert!(h.body.is_empty());
-    assert_eq!(h.head.headers.get_str("content-length"), Some("10"));
+    assert_eq!(h.head().headers.get_str("content-length"), Some("10"));
     let nm = hit(c.lookup(&get(&[("If-None-Match", "W/\"v1\"")]), t(1)).await);
-    assert_eq!(nm.head.status, 304);
+    assert_eq!(nm.head().status, 304);
     let part = hit(c.lookup(&get(&[("Range", "bytes=-3")]), t(1)).await);
-    assert_eq!((part.head.status, &part.body[..]), (206, &b"789"[..]));
+    assert_eq!((part.head().status, &part.body[..]), (206, &b"789"[..]));
     let no_head = Cache::new(CacheConfig {
         head: false,
         ..CacheConfig::default()
@@ -402,7 +402,7 @@ async fn disk_tier_serves_after_restart() {
     let c = Cache::new(cfg).expect("reopen");
     let s = hit(c.lookup(&get(&[]), t(30)).await);
     assert_eq!(&s.body[..], b"persisted");
-    assert_eq!(s.head.headers.get_str("age"), Some("30"));
+    assert_eq!(s.head().headers.get_str("age"), Some("30"));
     let st = c.stats();
     assert_eq!(st.disk.expect("disk").entries, 1);
     assert_eq!(st.memory.expect("memory").entries, 1, "promoted to memory");
@@ -744,4 +744,129 @@ async fn soft_purge_by_url_and_prefix() {
     );
     assert!(matches!(c.lookup(&b, t(9)).await, Lookup::Revalidate(_)));
     assert!(matches!(c.lookup(&a, t(9)).await, Lookup::Revalidate(_)));
+}
+
+/// The judgement from what a stored response parsed when it was stored is the one a fresh
+/// parse of its head gives: same directives, lifetime, age, and so the same reuse, stale
+/// and Cache-Status ttl decisions, over the freshness and reuse cases of those modules.
+#[test]
+fn judging_from_the_stored_parse_equals_parsing_again() {
+    use crate::cache::freshness::{stale_when_disconnected, within_stale_if_error};
+    let heads = [
+        resp(200, &[("Date", &date(0)), ("Cache-Control", "max-age=60")]),
+        resp(200, &[("Cache-Control", "s-maxage=30, max-age=60")]),
+        resp(
+            200,
+            &[
+                ("Cache-Control", "max-age=10"),
+                ("Cache-Control", "max-age=20"),
+            ],
+        ),
+        resp(200, &[("Cache-Control", "max-age=abc")]),
+        resp(200, &[("Date", &date(0)), ("Expires", &date(100))]),
+        resp(200, &[("Expires", "0")]),
+        resp(200, &[("Expires", &date(100)), ("Expires", &date(200))]),
+        resp(200, &[("Date", &date(0)), ("Last-Modified", &date(-1000))]),
+        resp(302, &[("Last-Modified", &date(-1000))]),
+        resp(
+            302,
+            &[("Last-Modified", &date(-1000)), ("Cache-Control", "public")],
+        ),
+        resp(200, &[("Cache-Control", "no-cache, max-age=60")]),
+        resp(200, &[("Cache-Control", "max-age=1, must-revalidate")]),
+        resp(200, &[("Cache-Control", "max-age=1, proxy-revalidate")]),
+        resp(
+            200,
+            &[("Cache-Control", "max-age=10, stale-while-revalidate=20")],
+        ),
+        resp(200, &[("Cache-Control", "max-age=10, stale-if-error=60")]),
+        resp(
+            200,
+            &[
+                ("Date", &date(-10)),
+                ("Age", "7200, 0"),
+                ("Cache-Control", "max-age=9000"),
+            ],
+        ),
+        resp(200, &[("Age", "-3"), ("Cache-Control", "max-age=5")]),
+        resp(
+            200,
+            &[("Date", &date(500)), ("Cache-Control", "max-age=50")],
+        ),
+        resp(
+            200,
+            &[
+                ("Date", "not a date"),
+                ("Cache-Control", "MAX-AGE=\"30\", Public"),
+            ],
+        ),
+        resp(
+            200,
+            &[
+                ("CDN-Cache-Control", "max-age=500"),
+                ("Cache-Control", "max-age=5"),
+            ],
+        ),
+        resp(200, &[]),
+    ];
+    let requests = [
+        "",
+        "max-age=5",
+        "max-age=x",
+        "min-fresh=10",
+        "max-stale",
+        "max-stale=30",
+        "no-cache",
+        "stale-if-error=100",
+    ];
+    let targeted = Profile {
+        targets: vec!["cdn-cache-control".into()],
+        ..Profile::default()
+    };
+    for head in &heads {
+        for profile in [&Profile::default(), &targeted] {
+            for stale_since in [None, Some(t(20))] {
+                let mut stored =
+                    StoredResponse::new(head.clone(), Bytes::new(), t(-2), t(0), vec![]);
+                stored.stale_since = stale_since;
+                for now in [0, 5, 15, 40, 70, 500, 10_000] {
+                    let now = t(now);
+                    let (cc, lifetime, age) = judge(&stored, profile, now);
+                    // Everything parsed again, as every lookup did before.
+                    let decision = profile.decision(head);
+                    let cc2 = CacheControl::from_headers(&decision.headers);
+                    let mut lifetime2 = freshness_lifetime(&decision, &cc2, t(0));
+                    let age2 = current_age(head, t(-2), t(0), now);
+                    if let Some(at) = stale_since {
+                        lifetime2 = lifetime2.min(current_age(head, t(-2), t(0), at));
+                    }
+                    let what = format!("{head:?} {:?} {now:?}", profile.targets);
+                    assert_eq!((&*cc, lifetime, age), (&cc2, lifetime2, age2), "{what}");
+                    for r in requests {
+                        let req_cc = CacheControl::parse(r);
+                        assert_eq!(
+                            reuse(&req_cc, &cc, lifetime, age),
+                            reuse(&req_cc, &cc2, lifetime2, age2),
+                            "{what} {r}"
+                        );
+                        let staleness = age.saturating_sub(lifetime);
+                        assert_eq!(
+                            within_stale_if_error(&cc, &req_cc, staleness),
+                            within_stale_if_error(&cc2, &req_cc, staleness),
+                        );
+                        assert_eq!(
+                            stale_when_disconnected(&cc, &req_cc),
+                            stale_when_disconnected(&cc2, &req_cc)
+                        );
+                    }
+                    assert_eq!(
+                        crate::cache::serve::ttl(&stored, now),
+                        freshness_lifetime(head, &CacheControl::from_headers(&head.headers), t(0))
+                            as i64
+                            - age2 as i64
+                    );
+                }
+            }
+        }
+    }
 }

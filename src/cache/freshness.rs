@@ -57,13 +57,34 @@ pub fn current_age(
     response_time: SystemTime,
     now: SystemTime,
 ) -> u64 {
-    let date_value = http_date(&head.headers, "date").unwrap_or(response_time);
+    let initial = initial_age(
+        http_date(&head.headers, "date"),
+        age_value(&head.headers),
+        request_time,
+        response_time,
+    );
+    resident_age(initial, response_time, now)
+}
+
+/// The `corrected_initial_age` of [`current_age`], from a head's Date (`None`: absent or
+/// invalid) and [`age_value`]: fixed once the response is in, so a stored response keeps it.
+pub fn initial_age(
+    date: Option<SystemTime>,
+    age_value: u64,
+    request_time: SystemTime,
+    response_time: SystemTime,
+) -> u64 {
+    let date_value = date.unwrap_or(response_time);
     let apparent_age = secs_between(response_time, date_value);
     let response_delay = secs_between(response_time, request_time);
-    let corrected_age_value = age_value(&head.headers).saturating_add(response_delay);
-    let corrected_initial_age = apparent_age.max(corrected_age_value);
+    let corrected_age_value = age_value.saturating_add(response_delay);
+    apparent_age.max(corrected_age_value)
+}
+
+/// [`current_age`] from the [`initial_age`]: plus the resident time.
+pub fn resident_age(initial_age: u64, response_time: SystemTime, now: SystemTime) -> u64 {
     let resident_time = secs_between(now, response_time);
-    corrected_initial_age
+    initial_age
         .saturating_add(resident_time)
         .min(DELTA_SECONDS_MAX)
 }

@@ -55,11 +55,14 @@ pub fn plain_key(req: &RequestHead) -> Option<String> {
         } else {
             ("https://", t.strip_prefix("https://")?)
         };
-        let end = after.find(['/', '?']).unwrap_or(after.len());
+        let end = after
+            .bytes()
+            .position(|b| b == b'/' || b == b'?')
+            .unwrap_or(after.len());
         (scheme, &after[..end], &after[end..])
     };
     let default_port = if scheme == "http://" { 80 } else { 443 };
-    let (host, port) = match authority.split_once(':') {
+    let (host, port) = match split_once_byte(authority, b':') {
         Some((h, p)) => (h, Some(p)),
         None => (authority, None),
     };
@@ -82,7 +85,7 @@ pub fn plain_key(req: &RequestHead) -> Option<String> {
             (n != default_port).then_some(p)
         }
     };
-    let (path, query) = match rest.split_once('?') {
+    let (path, query) = match split_once_byte(rest, b'?') {
         Some((p, q)) => (p, Some(q)),
         None => (rest, None),
     };
@@ -108,41 +111,50 @@ pub fn plain_key(req: &RequestHead) -> Option<String> {
     Some(key)
 }
 
+/// `s` split at the first `c` (an ASCII byte), like `str::split_once` without the searcher.
+fn split_once_byte(s: &str, c: u8) -> Option<(&str, &str)> {
+    let i = s.bytes().position(|b| b == c)?;
+    Some((&s[..i], &s[i + 1..]))
+}
+
 /// A host name the URL parser leaves as it is: lower-case ASCII letters, digits, inner
 /// hyphens, non-empty labels, no IDNA (`xn--`) label; if the last label is numeric, a dotted
-/// quad in its normal form.
+/// quad in its normal form. One pass over the labels, nothing allocated.
 fn plain_host(host: &str) -> bool {
-    if host.is_empty() {
-        return false;
-    }
-    let labels_ok = host.split('.').all(|l| {
-        let b = l.as_bytes();
-        !b.is_empty()
+    let mut labels = 0usize;
+    let mut octets = true;
+    let mut last: &[u8] = &[];
+    for b in host.as_bytes().split(|&c| c == b'.') {
+        let ok = !b.is_empty()
             && b.iter()
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
             && b[0] != b'-'
             && b[b.len() - 1] != b'-'
-            && b.get(2..4) != Some(b"--")
-    });
-    if !labels_ok {
+            && b.get(2..4) != Some(b"--");
+        if !ok {
+            // Also an empty host: one empty label.
+            return false;
+        }
+        labels += 1;
+        octets = octets && normal_octet(b);
+        last = b;
+    }
+    if last.starts_with(b"0x") {
         return false;
     }
-    let last = host.rsplit('.').next().unwrap_or_default();
-    if last.starts_with("0x") {
-        return false;
-    }
-    if !last.bytes().all(|c| c.is_ascii_digit()) {
+    if !last.iter().all(u8::is_ascii_digit) {
         return true;
     }
     // An IPv4 address: only the form the parser writes back (four decimal octets).
-    let octets: Vec<&str> = host.split('.').collect();
-    octets.len() == 4
-        && octets.iter().all(|o| {
-            o.len() <= 3
-                && o.bytes().all(|c| c.is_ascii_digit())
-                && (o.len() == 1 || !o.starts_with('0'))
-                && o.parse::<u16>().is_ok_and(|n| n <= 255)
-        })
+    labels == 4 && octets
+}
+
+/// A decimal octet as the URL parser writes it: 0 to 255, no leading zero.
+fn normal_octet(o: &[u8]) -> bool {
+    o.len() <= 3
+        && o.iter().all(u8::is_ascii_digit)
+        && (o.len() == 1 || o[0] != b'0')
+        && o.iter().fold(0u16, |n, &c| n * 10 + u16::from(c - b'0')) <= 255
 }
 
 /// Path bytes the parser neither encodes nor rewrites (no `\\`, no dot segments, no `%2e`).
@@ -151,7 +163,7 @@ fn plain_path(path: &str) -> bool {
     b.first() == Some(&b'/')
         && b.iter()
             .all(|&c| c.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/%".contains(&c))
-        && !path.contains("/.")
+        && !b.windows(2).any(|w| w == b"/.")
         && !b
             .windows(3)
             .any(|w| w[0] == b'%' && w[1] == b'2' && (w[2] | 0x20) == b'e')

@@ -9,9 +9,12 @@ use std::time::SystemTime;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::freshness::{from_unix, to_unix};
+use super::directives::CacheControl;
+use super::freshness::{
+    age_value, freshness_lifetime, from_unix, http_date, initial_age, resident_age, to_unix,
+};
 use super::vary::{self, SecondaryKey};
-use crate::http::codec::{Header, Headers, ResponseHead, Version};
+use crate::http::codec::{self, Header, Headers, ResponseHead, Version};
 
 /// Most variants kept per URL; the oldest goes first.
 pub const MAX_VARIANTS: usize = 8;
@@ -31,6 +34,77 @@ pub struct StoredResponse {
     /// The body still in the disk tier's object file (then `body` is empty): served from the
     /// file with `sendfile(2)` to plain TCP clients, read into memory for anything else.
     pub file: Option<FileBody>,
+    /// What every hit reads from `head`, worked out once by [`StoredResponse::new`]. `head`
+    /// and the times are not changed after that (make a new one instead).
+    parsed: Parsed,
+}
+
+/// What the hits of a stored response need from its head, parsed once when it is stored (or
+/// read back from disk) instead of on every hit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parsed {
+    /// The head's Cache-Control directives.
+    pub cc: CacheControl,
+    /// Its freshness lifetime (section 4.2.1) as read without a targeted field.
+    pub lifetime: u64,
+    /// Its `corrected_initial_age` (section 4.2.3, [`initial_age`]): a hit's current age is
+    /// this plus the time since the response came in.
+    pub initial_age: u64,
+    /// The start of the head of a full response (see [`full_head_start`]).
+    pub wire: Bytes,
+}
+
+impl Parsed {
+    pub fn of(head: &ResponseHead, request_time: SystemTime, response_time: SystemTime) -> Parsed {
+        let cc = CacheControl::from_headers(&head.headers);
+        Parsed {
+            lifetime: freshness_lifetime(head, &cc, response_time),
+            cc,
+            initial_age: initial_age(
+                http_date(&head.headers, "date"),
+                age_value(&head.headers),
+                request_time,
+                response_time,
+            ),
+            wire: full_head_start(head),
+        }
+    }
+}
+
+/// Whether a full response from this stored head gets its Content-Length set from the body
+/// (every status but 204 and 304, which keep what was stored).
+pub fn sets_length(status: u16) -> bool {
+    status != 204 && status != 304
+}
+
+/// The serialized start of the HTTP/1.1 head a full response from `head` is sent with: the
+/// status line (the standard reason phrase when none was stored) and the stored fields
+/// without Age and, where [`sets_length`], Content-Length, in their order. A hit appends
+/// Content-Length, Age and Cache-Status, as `serve::respond` sets them (at the end).
+pub fn full_head_start(head: &ResponseHead) -> Bytes {
+    let length = sets_length(head.status);
+    let mut out = Vec::with_capacity(64 + head.headers.0.len() * 40);
+    out.extend_from_slice(b"HTTP/1.1 ");
+    codec::push_decimal(&mut out, u64::from(head.status));
+    out.push(b' ');
+    let reason = match head.reason.as_str() {
+        "" => codec::reason(head.status),
+        r => r,
+    };
+    out.extend_from_slice(reason.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for h in &head.headers.0 {
+        if h.name.eq_ignore_ascii_case("age")
+            || (length && h.name.eq_ignore_ascii_case("content-length"))
+        {
+            continue;
+        }
+        out.extend_from_slice(h.name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(&h.value);
+        out.extend_from_slice(b"\r\n");
+    }
+    Bytes::from(out)
 }
 
 /// Body bytes at `offset..offset + len` of an open file: a disk-tier object file, or a
@@ -76,6 +150,52 @@ impl FileBody {
 }
 
 impl StoredResponse {
+    /// A stored response, not soft-purged, its body in memory; its head parsed once here.
+    pub fn new(
+        head: ResponseHead,
+        body: Bytes,
+        request_time: SystemTime,
+        response_time: SystemTime,
+        vary: SecondaryKey,
+    ) -> StoredResponse {
+        let parsed = Parsed::of(&head, request_time, response_time);
+        StoredResponse {
+            head,
+            body,
+            request_time,
+            response_time,
+            vary,
+            stale_since: None,
+            file: None,
+            parsed,
+        }
+    }
+
+    /// This response with another head (parsed again), times kept.
+    pub fn with_head(&self, head: ResponseHead) -> StoredResponse {
+        StoredResponse {
+            parsed: Parsed::of(&head, self.request_time, self.response_time),
+            head,
+            ..self.clone()
+        }
+    }
+
+    /// The head as parsed when this was made. Debug builds check that it still matches
+    /// the head (nothing changed `head` or the times since).
+    pub fn parsed(&self) -> &Parsed {
+        debug_assert_eq!(
+            self.parsed,
+            Parsed::of(&self.head, self.request_time, self.response_time),
+            "a stored head changed after it was parsed"
+        );
+        &self.parsed
+    }
+
+    /// Section 4.2.3: its current age at `now` ([`crate::cache::freshness::current_age`]).
+    pub fn current_age(&self, now: SystemTime) -> u64 {
+        resident_age(self.parsed().initial_age, self.response_time, now)
+    }
+
     /// Bytes this response costs in memory (body plus a rough head size).
     pub fn weight(&self) -> u64 {
         let head: usize = self
@@ -85,7 +205,7 @@ impl StoredResponse {
             .iter()
             .map(|h| h.name.len() + h.value.len() + 16)
             .sum();
-        self.body_len() + head as u64 + 128
+        self.body_len() + head as u64 + self.parsed.wire.len() as u64 + 128
     }
 
     /// The body's length, wherever it is.
@@ -328,20 +448,16 @@ fn parse(mut r: Reader, v2: bool) -> Result<Entry, DecodeError> {
         };
         let body_len = r.u64()?;
         let (body, file) = r.body(body_len)?;
-        variants.push(Arc::new(StoredResponse {
-            head: ResponseHead {
-                version,
-                status,
-                reason,
-                headers: Headers(headers),
-            },
-            body,
-            request_time,
-            response_time,
-            vary,
-            stale_since,
-            file,
-        }));
+        let head = ResponseHead {
+            version,
+            status,
+            reason,
+            headers: Headers(headers),
+        };
+        let mut v = StoredResponse::new(head, body, request_time, response_time, vary);
+        v.stale_since = stale_since;
+        v.file = file;
+        variants.push(Arc::new(v));
     }
     if r.pos != r.end {
         return Err(DecodeError::Malformed);
@@ -444,15 +560,13 @@ mod tests {
     use crate::cache::testutil::{resp, t};
 
     pub(crate) fn sample(body: &str, vary: SecondaryKey) -> Arc<StoredResponse> {
-        Arc::new(StoredResponse {
-            head: resp(200, &[("Content-Type", "text/plain"), ("ETag", "\"1\"")]),
-            body: Bytes::from(body.to_string()),
-            request_time: t(1),
-            response_time: t(2),
+        Arc::new(StoredResponse::new(
+            resp(200, &[("Content-Type", "text/plain"), ("ETag", "\"1\"")]),
+            Bytes::from(body.to_string()),
+            t(1),
+            t(2),
             vary,
-            stale_since: None,
-            file: None,
-        })
+        ))
     }
 
     #[test]

@@ -138,6 +138,13 @@ impl Profile {
         }
     }
 
+    /// Whether [`Profile::strip`] would remove any of `h` (a hit can then send the stored
+    /// fields as they are).
+    pub fn strips_any(&self, h: &Headers) -> bool {
+        self.targets.iter().any(|t| h.contains(t))
+            || self.strip_tags.as_ref().is_some_and(|t| h.contains(t))
+    }
+
     /// The head the caching rules read for a response (RFC 9213: a valid targeted field
     /// replaces Cache-Control and Expires).
     pub fn decision<'a>(&self, head: &'a ResponseHead) -> Cow<'a, ResponseHead> {

@@ -108,39 +108,48 @@ impl CacheStatus {
     /// The member's text, e.g. `Gatehouse; hit; ttl=376` or `Gatehouse; fwd=uri-miss; stored`.
     pub fn value(&self) -> String {
         let mut out = String::with_capacity(48);
-        out.push_str(CACHE_NAME);
+        self.write(&mut out);
+        out
+    }
+
+    /// Appends [`CacheStatus::value`] to bytes being written (a hit's head).
+    pub fn write_value(&self, out: &mut Vec<u8>) {
+        self.write(out);
+    }
+
+    fn write(&self, out: &mut impl Text) {
+        out.put(CACHE_NAME);
         if self.hit {
-            out.push_str("; hit");
+            out.put("; hit");
         }
         if let Some(fwd) = self.fwd {
-            out.push_str("; fwd=");
-            out.push_str(fwd.as_str());
+            out.put("; fwd=");
+            out.put(fwd.as_str());
         }
         if let Some(s) = self.fwd_status {
-            out.push_str("; fwd-status=");
-            push_decimal(&mut out, u64::from(s));
+            out.put("; fwd-status=");
+            put_decimal(out, u64::from(s));
         }
         if let Some(t) = self.ttl {
             // Every hit writes this: no formatting machinery.
-            out.push_str("; ttl=");
+            out.put("; ttl=");
             if t < 0 {
-                out.push('-');
+                out.put("-");
             }
-            push_decimal(&mut out, t.unsigned_abs());
+            put_decimal(out, t.unsigned_abs());
         }
         if self.stored {
-            out.push_str("; stored");
+            out.put("; stored");
         }
         if self.collapsed {
-            out.push_str("; collapsed");
+            out.put("; collapsed");
         }
         if let Some(d) = self.detail {
             // An sf-string: our details never contain '"' or '\'.
-            out.push_str("; detail=\"");
-            out.push_str(d);
-            out.push('"');
+            out.put("; detail=\"");
+            out.put(d);
+            out.put("\"");
         }
-        out
     }
 
     /// Appends this member to a response's Cache-Status list.
@@ -149,11 +158,29 @@ impl CacheStatus {
     }
 }
 
-/// Appends `n` in decimal to a string, as `Display` writes it.
-fn push_decimal(out: &mut String, n: u64) {
+/// Where a member's text is written: a `String`, or the bytes of a head.
+trait Text {
+    fn put(&mut self, s: &str);
+}
+
+impl Text for String {
+    fn put(&mut self, s: &str) {
+        self.push_str(s);
+    }
+}
+
+impl Text for Vec<u8> {
+    fn put(&mut self, s: &str) {
+        self.extend_from_slice(s.as_bytes());
+    }
+}
+
+/// Appends `n` in decimal, as `Display` writes it.
+fn put_decimal(out: &mut impl Text, n: u64) {
     let mut digits = [0u8; 20];
     let d = crate::http::codec::decimal_digits(n, &mut digits);
-    out.extend(d.iter().map(|&d| char::from(d)));
+    // ASCII digits: always UTF-8.
+    out.put(std::str::from_utf8(d).unwrap_or_default());
 }
 
 #[cfg(test)]
@@ -173,6 +200,23 @@ mod tests {
             s.value(),
             "Gatehouse; fwd=stale; fwd-status=304; ttl=-9223372036854775808; detail=\"x\""
         );
+    }
+
+    #[test]
+    fn written_value_is_the_value() {
+        let mut s = CacheStatus::forward(Fwd::Stale).with_detail("x");
+        s.fwd_status = Some(304);
+        s.ttl = Some(-3);
+        s.stored = true;
+        s.collapsed = true;
+        for status in [s, CacheStatus::hit(7), CacheStatus::default()] {
+            let mut out = b"Cache-Status: ".to_vec();
+            status.write_value(&mut out);
+            assert_eq!(
+                out,
+                format!("Cache-Status: {}", status.value()).into_bytes()
+            );
+        }
     }
 
     #[test]

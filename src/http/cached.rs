@@ -386,28 +386,48 @@ impl HttpProxy {
         }
         let keep =
             wants_keep_alive(req) && client.body_drainable() && !self.svc.shutdown.is_draining();
-        let mut h = served.head.headers;
-        if let Some(p) = &ex.cache_profile {
-            p.strip(&mut h);
-        }
-        if let Some(v) = ex.auth_reply.take() {
-            h.push("Proxy-Authenticate", v);
-        }
-        if let Some(r) = &ex.rewrite {
-            r.apply_response(&mut h);
-        }
+        // The fields added for this client, after the head's own: Proxy-Authenticate (the
+        // first `auth` of them), then Via and Connection, which come after a rewrite.
+        let mut extra = Headers::default();
+        let auth = match ex.auth_reply.take() {
+            Some(v) => {
+                extra.push("Proxy-Authenticate", v);
+                1
+            }
+            None => 0,
+        };
+        let rewritten = ex.rewrite.is_some();
         if let Some(via) = &self.cfg.via {
-            h.push("Via", format!("1.1 {via}"));
+            extra.push("Via", format!("1.1 {via}"));
         }
-        self.connection_header(&mut h, req, keep);
+        self.connection_header(&mut extra, req, keep);
         // The head and the stored body go out together (one `writev` while the socket takes
         // them): the body is written from the stored bytes themselves, never copied behind
         // the head. A body in a file (a disk-tier file, or the memory tier's sealed memory
         // file for large bodies) goes to a plain TCP client with `sendfile(2)`; to TLS and
         // HTTP/2 clients it is read into memory first.
         let mut out = Vec::with_capacity(512);
-        codec::write_response_head(&mut out, served.head.status, &served.head.reason, &h);
-        ex.status = served.head.status;
+        // A full hit whose stored fields go out untouched is written from the stored
+        // response's serialized head; anything else is built field by field.
+        let untouched = !rewritten
+            && served
+                .stored_fields()
+                .is_some_and(|f| !ex.cache_profile.as_ref().is_some_and(|p| p.strips_any(f)));
+        if !(untouched && served.write_stored_head(&mut out, &extra)) {
+            let head = served.head();
+            let mut h = head.headers.clone();
+            if let Some(p) = &ex.cache_profile {
+                p.strip(&mut h);
+            }
+            let (before, after) = extra.0.split_at(auth);
+            h.0.extend_from_slice(before);
+            if let Some(r) = &ex.rewrite {
+                r.apply_response(&mut h);
+            }
+            h.0.extend_from_slice(after);
+            codec::write_response_head(&mut out, head.status, &head.reason, &h);
+        }
+        ex.status = served.status_code();
         ex.cache = Some(served.status.log_word());
         let t = self.cfg.read_timeout;
         ex.bytes_out += out.len() as u64
@@ -485,7 +505,7 @@ impl HttpProxy {
                         _ => return None,
                     }
                 }
-                let stored = shared.stored(body.freeze());
+                let stored = Arc::new(shared.stored(body.freeze()));
                 let served = respond(req, &stored, SystemTime::now(), status);
                 return Some(self.send_served(client, req, served, ex).await);
             }

@@ -3,15 +3,13 @@ use crate::cache::object::StoredResponse;
 use crate::cache::testutil::{resp, t};
 
 fn entry(body: &[u8]) -> Arc<Entry> {
-    Arc::new(Entry::default().with(Arc::new(StoredResponse {
-        head: resp(200, &[("ETag", "\"1\"")]),
-        body: Bytes::copy_from_slice(body),
-        request_time: t(0),
-        response_time: t(1),
-        vary: vec![],
-        stale_since: None,
-        file: None,
-    })))
+    Arc::new(Entry::default().with(Arc::new(StoredResponse::new(
+        resp(200, &[("ETag", "\"1\"")]),
+        Bytes::copy_from_slice(body),
+        t(0),
+        t(1),
+        vec![],
+    ))))
 }
 
 fn object_files(dir: &Path) -> Vec<PathBuf> {
@@ -325,9 +323,9 @@ async fn crash_writer() {
             break;
         }
         let mut e = (*entry(&vec![(i % 251) as u8; CRASH_BODY])).clone();
-        let mut v = (*e.variants[0]).clone();
-        v.head.headers.set("X-Seq", i.to_string());
-        e.variants[0] = Arc::new(v);
+        let mut head = e.variants[0].head.clone();
+        head.headers.set("X-Seq", i.to_string());
+        e.variants[0] = Arc::new(e.variants[0].with_head(head));
         // Announce each write as it starts, so the parent can kill us in the middle of one.
         println!("PUT {i}");
         d.put(&crash_key(i), Arc::new(e)).await.expect("put");

@@ -124,15 +124,13 @@ mod tests {
     use bytes::Bytes;
 
     fn entry(size: usize) -> Arc<Entry> {
-        Arc::new(Entry::default().with(Arc::new(StoredResponse {
-            head: resp(200, &[]),
-            body: Bytes::from(vec![b'x'; size]),
-            request_time: t(0),
-            response_time: t(0),
-            vary: vec![],
-            stale_since: None,
-            file: None,
-        })))
+        Arc::new(Entry::default().with(Arc::new(StoredResponse::new(
+            resp(200, &[]),
+            Bytes::from(vec![b'x'; size]),
+            t(0),
+            t(0),
+            vec![],
+        ))))
     }
 
     #[tokio::test]
