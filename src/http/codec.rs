@@ -91,81 +91,59 @@ impl PartialEq<&str> for HeaderName {
 }
 
 /// `name` as a static string when it is a common field name written exactly so (usual
-/// case or lower case). The match on bytes compiles to a decision tree on length and
-/// bytes, cheaper than allocating and freeing a copy.
+/// case or lower case). Length, first and last letter pick the one candidate (a jump
+/// table, not a string match per name); one comparison then confirms it. Cheaper than
+/// allocating and freeing a copy.
 fn known_name(name: &str) -> Option<&'static str> {
-    Some(match name.as_bytes() {
-        b"Host" => "Host",
-        b"host" => "host",
-        b"Date" => "Date",
-        b"date" => "date",
-        b"ETag" => "ETag",
-        b"etag" => "etag",
-        b"Etag" => "Etag",
-        b"Vary" => "Vary",
-        b"vary" => "vary",
-        b"Accept" => "Accept",
-        b"accept" => "accept",
-        b"Server" => "Server",
-        b"server" => "server",
-        b"Cookie" => "Cookie",
-        b"cookie" => "cookie",
-        b"Origin" => "Origin",
-        b"origin" => "origin",
-        b"Pragma" => "Pragma",
-        b"pragma" => "pragma",
-        b"Expires" => "Expires",
-        b"expires" => "expires",
-        b"Referer" => "Referer",
-        b"referer" => "referer",
-        b"Upgrade" => "Upgrade",
-        b"upgrade" => "upgrade",
-        b"Location" => "Location",
-        b"location" => "location",
-        b"Forwarded" => "Forwarded",
-        b"forwarded" => "forwarded",
-        b"Keep-Alive" => "Keep-Alive",
-        b"keep-alive" => "keep-alive",
-        b"Set-Cookie" => "Set-Cookie",
-        b"set-cookie" => "set-cookie",
-        b"Connection" => "Connection",
-        b"connection" => "connection",
-        b"User-Agent" => "User-Agent",
-        b"user-agent" => "user-agent",
-        b"Content-Type" => "Content-Type",
-        b"content-type" => "content-type",
-        b"X-Request-Id" => "X-Request-Id",
-        b"x-request-id" => "x-request-id",
-        b"Accept-Ranges" => "Accept-Ranges",
-        b"accept-ranges" => "accept-ranges",
-        b"Authorization" => "Authorization",
-        b"authorization" => "authorization",
-        b"Cache-Control" => "Cache-Control",
-        b"cache-control" => "cache-control",
-        b"If-None-Match" => "If-None-Match",
-        b"if-none-match" => "if-none-match",
-        b"Last-Modified" => "Last-Modified",
-        b"last-modified" => "last-modified",
-        b"Content-Length" => "Content-Length",
-        b"content-length" => "content-length",
-        b"Accept-Encoding" => "Accept-Encoding",
-        b"accept-encoding" => "accept-encoding",
-        b"Accept-Language" => "Accept-Language",
-        b"accept-language" => "accept-language",
-        b"X-Forwarded-For" => "X-Forwarded-For",
-        b"x-forwarded-for" => "x-forwarded-for",
-        b"Content-Encoding" => "Content-Encoding",
-        b"content-encoding" => "content-encoding",
-        b"X-Forwarded-Host" => "X-Forwarded-Host",
-        b"x-forwarded-host" => "x-forwarded-host",
-        b"Transfer-Encoding" => "Transfer-Encoding",
-        b"transfer-encoding" => "transfer-encoding",
-        b"X-Forwarded-Proto" => "X-Forwarded-Proto",
-        b"x-forwarded-proto" => "x-forwarded-proto",
-        b"If-Modified-Since" => "If-Modified-Since",
-        b"if-modified-since" => "if-modified-since",
+    let b = name.as_bytes();
+    let (first, last) = (
+        b.first()?.to_ascii_lowercase(),
+        b[b.len() - 1].to_ascii_lowercase(),
+    );
+    let (usual, lower): (&'static str, &'static str) = match (b.len(), first, last) {
+        (4, b'h', b't') => ("Host", "host"),
+        (4, b'd', b'e') => ("Date", "date"),
+        (4, b'e', b'g') => ("ETag", "etag"),
+        (4, b'v', b'y') => ("Vary", "vary"),
+        (6, b'a', b't') => ("Accept", "accept"),
+        (6, b's', b'r') => ("Server", "server"),
+        (6, b'c', b'e') => ("Cookie", "cookie"),
+        (6, b'o', b'n') => ("Origin", "origin"),
+        (6, b'p', b'a') => ("Pragma", "pragma"),
+        (7, b'e', b's') => ("Expires", "expires"),
+        (7, b'r', b'r') => ("Referer", "referer"),
+        (7, b'u', b'e') => ("Upgrade", "upgrade"),
+        (8, b'l', b'n') => ("Location", "location"),
+        (9, b'f', b'd') => ("Forwarded", "forwarded"),
+        (10, b'k', b'e') => ("Keep-Alive", "keep-alive"),
+        (10, b's', b'e') => ("Set-Cookie", "set-cookie"),
+        (10, b'c', b'n') => ("Connection", "connection"),
+        (10, b'u', b't') => ("User-Agent", "user-agent"),
+        (12, b'c', b'e') => ("Content-Type", "content-type"),
+        (12, b'x', b'd') => ("X-Request-Id", "x-request-id"),
+        (13, b'a', b's') => ("Accept-Ranges", "accept-ranges"),
+        (13, b'a', b'n') => ("Authorization", "authorization"),
+        (13, b'c', b'l') => ("Cache-Control", "cache-control"),
+        (13, b'i', b'h') => ("If-None-Match", "if-none-match"),
+        (13, b'l', b'd') => ("Last-Modified", "last-modified"),
+        (14, b'c', b'h') => ("Content-Length", "content-length"),
+        (15, b'a', b'g') => ("Accept-Encoding", "accept-encoding"),
+        (15, b'a', b'e') => ("Accept-Language", "accept-language"),
+        (15, b'x', b'r') => ("X-Forwarded-For", "x-forwarded-for"),
+        (16, b'c', b'g') => ("Content-Encoding", "content-encoding"),
+        (16, b'x', b't') => ("X-Forwarded-Host", "x-forwarded-host"),
+        (17, b't', b'g') => ("Transfer-Encoding", "transfer-encoding"),
+        (17, b'x', b'o') => ("X-Forwarded-Proto", "x-forwarded-proto"),
+        (17, b'i', b'e') => ("If-Modified-Since", "if-modified-since"),
         _ => return None,
-    })
+    };
+    if b == usual.as_bytes() {
+        Some(usual)
+    } else if b == lower.as_bytes() {
+        Some(lower)
+    } else {
+        None
+    }
 }
 
 /// What a header field's value can be built from ([`Headers::push`], [`Headers::set`]).
@@ -992,6 +970,50 @@ mod tests {
         }
         assert_eq!(known_name("Server"), Some("Server"));
         assert_eq!(known_name("Servers"), None);
+        // Same length and first and last letters, another name.
+        assert_eq!(known_name("Hoot"), None);
+        assert_eq!(known_name("Etag"), None);
+        let every = [
+            "Host",
+            "Date",
+            "ETag",
+            "Vary",
+            "Accept",
+            "Server",
+            "Cookie",
+            "Origin",
+            "Pragma",
+            "Expires",
+            "Referer",
+            "Upgrade",
+            "Location",
+            "Forwarded",
+            "Keep-Alive",
+            "Set-Cookie",
+            "Connection",
+            "User-Agent",
+            "Content-Type",
+            "X-Request-Id",
+            "Accept-Ranges",
+            "Authorization",
+            "Cache-Control",
+            "If-None-Match",
+            "Last-Modified",
+            "Content-Length",
+            "Accept-Encoding",
+            "Accept-Language",
+            "X-Forwarded-For",
+            "Content-Encoding",
+            "X-Forwarded-Host",
+            "Transfer-Encoding",
+            "X-Forwarded-Proto",
+            "If-Modified-Since",
+        ];
+        for n in every {
+            assert_eq!(known_name(n), Some(n));
+            let lower = n.to_ascii_lowercase();
+            assert_eq!(known_name(&lower), Some(lower.as_str()));
+        }
         assert_eq!(HeaderName::from("Via".to_string()), HeaderName::new("Via"));
     }
 
