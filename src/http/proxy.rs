@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
@@ -1091,10 +1091,11 @@ async fn read_head(
         if !client.buf.is_empty() {
             // Tolerate empty lines before a request (RFC 9112 section 2.2).
             while client.buf.starts_with(b"\r\n") {
-                let _ = client.buf.split_to(2);
+                // `advance`, not `split_to`: no shared copy of the buffer is made.
+                client.buf.advance(2);
             }
             if let Some((head, len)) = codec::parse_request(&client.buf, max)? {
-                let _ = client.buf.split_to(len);
+                client.buf.advance(len);
                 return Ok(Some((head, len)));
             }
         }

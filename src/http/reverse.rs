@@ -558,7 +558,10 @@ impl HttpProxy {
             return Vec::new();
         };
         let route = rv.table.route(to.route);
-        let mut h = head.headers.clone();
+        // Room for the fields added below (Forwarded, X-Forwarded-*, Via, ...) without
+        // regrowing the list.
+        let mut h = Headers(Vec::with_capacity(head.headers.0.len() + 8));
+        h.0.extend(head.headers.0.iter().cloned());
         let wants_trailers = h.has_token("te", "trailers");
         let upgrade = upgrade_request(head, &self.cfg.upgrade_protocols);
         strip_hop_by_hop(&mut h);
