@@ -137,13 +137,44 @@ fn known_name(name: &str) -> Option<&'static str> {
         (17, b'i', b'e') => ("If-Modified-Since", "if-modified-since"),
         _ => return None,
     };
-    if b == usual.as_bytes() {
+    // Equal lengths (the match keyed on it): compared by machine words, no `memcmp` call.
+    if same_bytes(b, usual.as_bytes()) {
         Some(usual)
-    } else if b == lower.as_bytes() {
+    } else if same_bytes(b, lower.as_bytes()) {
         Some(lower)
     } else {
         None
     }
+}
+
+/// Whether `a` and `b`, of the same length (4 to 24 bytes, as the names above), are equal,
+/// by two or three overlapping words; any other length is compared as slices.
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    match n {
+        4..=8 => word4(a, 0) == word4(b, 0) && word4(a, n - 4) == word4(b, n - 4),
+        9..=24 => {
+            word8(a, 0) == word8(b, 0)
+                && word8(a, n - 8) == word8(b, n - 8)
+                && (n <= 16 || word8(a, 8) == word8(b, 8))
+        }
+        _ => a == b,
+    }
+}
+
+fn word4(s: &[u8], at: usize) -> u32 {
+    let mut w = [0u8; 4];
+    w.copy_from_slice(&s[at..at + 4]);
+    u32::from_ne_bytes(w)
+}
+
+fn word8(s: &[u8], at: usize) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&s[at..at + 8]);
+    u64::from_ne_bytes(w)
 }
 
 /// What a header field's value can be built from ([`Headers::push`], [`Headers::set`]).
@@ -1049,5 +1080,19 @@ mod tests {
         fields.set("A", Bytes::from_static(b"x"));
         assert_eq!(fields.get("a"), Some(&b"x"[..]));
         assert_eq!(fields.0.len(), 2);
+    }
+
+    #[test]
+    fn same_bytes_compares_every_byte() {
+        for n in 0..30usize {
+            let a: Vec<u8> = (0..n as u8).map(|i| b'a' + i % 26).collect();
+            assert!(same_bytes(&a, &a.clone()), "{n}");
+            for k in 0..n {
+                let mut b = a.clone();
+                b[k] ^= 0x20;
+                assert!(!same_bytes(&a, &b), "{n} {k}");
+            }
+            assert!(!same_bytes(&a, &a[..n.saturating_sub(1)]) || n == 0);
+        }
     }
 }
