@@ -317,12 +317,25 @@ impl AccessLog {
     }
 
     pub fn log(&self, rec: AccessRecord) {
-        self.metrics.stats.record(&rec);
+        self.log_at(rec, std::time::Instant::now());
+    }
+
+    /// [`AccessLog::log`] with the clock already read (`now`: when the request ended).
+    pub fn log_at(&self, rec: AccessRecord, now: std::time::Instant) {
+        self.metrics.stats.record_at(&rec, now);
         if let Some(tx) = &self.tx {
             if tx.try_send(rec).is_err() {
                 self.metrics.access_log_dropped.inc();
             }
         }
+    }
+}
+
+impl AccessLog {
+    /// Whether records are written anywhere (`false`: `path = "off"`; the live statistics
+    /// still see every record, but not its wall-clock `time`).
+    pub fn writes(&self) -> bool {
+        self.tx.is_some()
     }
 }
 

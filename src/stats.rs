@@ -281,14 +281,18 @@ impl Stats {
         let mut g = self.lock();
         let inner = &mut *g;
         let bytes = rec.bytes_in + rec.bytes_out;
-        let known = inner.listeners.contains_key(&rec.listener);
-        if known || inner.listeners.len() < MAX_NAMES {
-            let l = inner.listeners.entry(rec.listener.clone()).or_default();
+        let count = |l: &mut ListenerCounters| {
             l.requests += 1;
             l.bytes_in += rec.bytes_in;
             l.bytes_out += rec.bytes_out;
             l.errors += u64::from(rec.error.is_some());
             l.ring.add(sec, 1, bytes);
+        };
+        // One lookup when the listener is known (every record but its first).
+        if let Some(l) = inner.listeners.get_mut(&rec.listener) {
+            count(l);
+        } else if inner.listeners.len() < MAX_NAMES {
+            count(inner.listeners.entry(rec.listener.clone()).or_default());
         }
         if let Some(e) = rec.error {
             *inner.errors.entry(e).or_default() += 1;
@@ -297,8 +301,10 @@ impl Stats {
             *inner.cache.entry(c).or_default() += 1;
         }
         if let Some(rule) = &rec.rule {
-            if inner.rules.contains_key(rule) || inner.rules.len() < MAX_NAMES {
-                *inner.rules.entry(rule.clone()).or_default() += 1;
+            if let Some(n) = inner.rules.get_mut(rule) {
+                *n += 1;
+            } else if inner.rules.len() < MAX_NAMES {
+                inner.rules.insert(rule.clone(), 1);
             }
         }
         inner.clients.add(rec.client.ip().to_canonical(), 1);

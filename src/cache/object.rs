@@ -433,7 +433,10 @@ fn parse(mut r: Reader, v2: bool) -> Result<Entry, DecodeError> {
         for _ in 0..r.u16()? {
             let name = r.string()?;
             let value = r.take_u32_len()?.to_vec();
-            headers.push(Header { name, value });
+            headers.push(Header {
+                name: name.into(),
+                value: value.into(),
+            });
         }
         let mut vary = Vec::new();
         for _ in 0..r.u16()? {

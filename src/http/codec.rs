@@ -23,11 +23,219 @@ impl Version {
     }
 }
 
+use std::borrow::Cow;
+
+use bytes::Bytes;
+
+/// A header field's name as received (case is kept when forwarding). Common names are
+/// static strings, so parsing a head does not allocate one `String` per field.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct HeaderName(Cow<'static, str>);
+
+impl HeaderName {
+    /// The name, borrowing a static string when `name` is a common field name spelt
+    /// exactly so (in its usual case or all lower case).
+    pub fn new(name: &str) -> HeaderName {
+        match known_name(name) {
+            Some(known) => HeaderName(Cow::Borrowed(known)),
+            None => HeaderName(Cow::Owned(name.to_string())),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for HeaderName {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for HeaderName {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for HeaderName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<String> for HeaderName {
+    fn from(name: String) -> HeaderName {
+        HeaderName(Cow::Owned(name))
+    }
+}
+
+impl From<&str> for HeaderName {
+    fn from(name: &str) -> HeaderName {
+        HeaderName::new(name)
+    }
+}
+
+impl PartialEq<str> for HeaderName {
+    fn eq(&self, other: &str) -> bool {
+        *self.0 == *other
+    }
+}
+
+impl PartialEq<&str> for HeaderName {
+    fn eq(&self, other: &&str) -> bool {
+        *self.0 == **other
+    }
+}
+
+/// `name` as a static string when it is a common field name written exactly so (usual
+/// case or lower case). Length, first and last letter pick the one candidate (a jump
+/// table, not a string match per name); one comparison then confirms it. Cheaper than
+/// allocating and freeing a copy.
+fn known_name(name: &str) -> Option<&'static str> {
+    let b = name.as_bytes();
+    let (first, last) = (
+        b.first()?.to_ascii_lowercase(),
+        b[b.len() - 1].to_ascii_lowercase(),
+    );
+    let (usual, lower): (&'static str, &'static str) = match (b.len(), first, last) {
+        (4, b'h', b't') => ("Host", "host"),
+        (4, b'd', b'e') => ("Date", "date"),
+        (4, b'e', b'g') => ("ETag", "etag"),
+        (4, b'v', b'y') => ("Vary", "vary"),
+        (6, b'a', b't') => ("Accept", "accept"),
+        (6, b's', b'r') => ("Server", "server"),
+        (6, b'c', b'e') => ("Cookie", "cookie"),
+        (6, b'o', b'n') => ("Origin", "origin"),
+        (6, b'p', b'a') => ("Pragma", "pragma"),
+        (7, b'e', b's') => ("Expires", "expires"),
+        (7, b'r', b'r') => ("Referer", "referer"),
+        (7, b'u', b'e') => ("Upgrade", "upgrade"),
+        (8, b'l', b'n') => ("Location", "location"),
+        (9, b'f', b'd') => ("Forwarded", "forwarded"),
+        (10, b'k', b'e') => ("Keep-Alive", "keep-alive"),
+        (10, b's', b'e') => ("Set-Cookie", "set-cookie"),
+        (10, b'c', b'n') => ("Connection", "connection"),
+        (10, b'u', b't') => ("User-Agent", "user-agent"),
+        (12, b'c', b'e') => ("Content-Type", "content-type"),
+        (12, b'x', b'd') => ("X-Request-Id", "x-request-id"),
+        (13, b'a', b's') => ("Accept-Ranges", "accept-ranges"),
+        (13, b'a', b'n') => ("Authorization", "authorization"),
+        (13, b'c', b'l') => ("Cache-Control", "cache-control"),
+        (13, b'i', b'h') => ("If-None-Match", "if-none-match"),
+        (13, b'l', b'd') => ("Last-Modified", "last-modified"),
+        (14, b'c', b'h') => ("Content-Length", "content-length"),
+        (15, b'a', b'g') => ("Accept-Encoding", "accept-encoding"),
+        (15, b'a', b'e') => ("Accept-Language", "accept-language"),
+        (15, b'x', b'r') => ("X-Forwarded-For", "x-forwarded-for"),
+        (16, b'c', b'g') => ("Content-Encoding", "content-encoding"),
+        (16, b'x', b't') => ("X-Forwarded-Host", "x-forwarded-host"),
+        (17, b't', b'g') => ("Transfer-Encoding", "transfer-encoding"),
+        (17, b'x', b'o') => ("X-Forwarded-Proto", "x-forwarded-proto"),
+        (17, b'i', b'e') => ("If-Modified-Since", "if-modified-since"),
+        _ => return None,
+    };
+    // Equal lengths (the match keyed on it): compared by machine words, no `memcmp` call.
+    if same_bytes(b, usual.as_bytes()) {
+        Some(usual)
+    } else if same_bytes(b, lower.as_bytes()) {
+        Some(lower)
+    } else {
+        None
+    }
+}
+
+/// Whether `a` and `b`, of the same length (4 to 24 bytes, as the names above), are equal,
+/// by two or three overlapping words; any other length is compared as slices.
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    match n {
+        4..=8 => word4(a, 0) == word4(b, 0) && word4(a, n - 4) == word4(b, n - 4),
+        9..=24 => {
+            word8(a, 0) == word8(b, 0)
+                && word8(a, n - 8) == word8(b, n - 8)
+                && (n <= 16 || word8(a, 8) == word8(b, 8))
+        }
+        _ => a == b,
+    }
+}
+
+fn word4(s: &[u8], at: usize) -> u32 {
+    let mut w = [0u8; 4];
+    w.copy_from_slice(&s[at..at + 4]);
+    u32::from_ne_bytes(w)
+}
+
+fn word8(s: &[u8], at: usize) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&s[at..at + 8]);
+    u64::from_ne_bytes(w)
+}
+
+/// What a header field's value can be built from ([`Headers::push`], [`Headers::set`]).
+pub trait IntoValue {
+    fn into_value(self) -> Bytes;
+}
+
+impl IntoValue for Bytes {
+    fn into_value(self) -> Bytes {
+        self
+    }
+}
+
+impl IntoValue for Vec<u8> {
+    fn into_value(self) -> Bytes {
+        Bytes::from(self)
+    }
+}
+
+impl IntoValue for String {
+    fn into_value(self) -> Bytes {
+        Bytes::from(self)
+    }
+}
+
+impl IntoValue for &[u8] {
+    fn into_value(self) -> Bytes {
+        Bytes::copy_from_slice(self)
+    }
+}
+
+impl<const N: usize> IntoValue for &[u8; N] {
+    fn into_value(self) -> Bytes {
+        Bytes::copy_from_slice(self)
+    }
+}
+
+impl IntoValue for &str {
+    fn into_value(self) -> Bytes {
+        Bytes::copy_from_slice(self.as_bytes())
+    }
+}
+
+impl IntoValue for &String {
+    fn into_value(self) -> Bytes {
+        Bytes::copy_from_slice(self.as_bytes())
+    }
+}
+
+impl IntoValue for &Vec<u8> {
+    fn into_value(self) -> Bytes {
+        Bytes::copy_from_slice(self)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Header {
     /// As received (case is kept when forwarding).
-    pub name: String,
-    pub value: Vec<u8>,
+    pub name: HeaderName,
+    /// A slice of the parsed head's one buffer, or its own bytes when set by the proxy.
+    pub value: Bytes,
 }
 
 /// Header fields in order, with case-insensitive lookup.
@@ -39,7 +247,7 @@ impl Headers {
         self.0
             .iter()
             .find(|h| h.name.eq_ignore_ascii_case(name))
-            .map(|h| h.value.as_slice())
+            .map(|h| &h.value[..])
     }
 
     pub fn get_str(&self, name: &str) -> Option<&str> {
@@ -50,7 +258,7 @@ impl Headers {
         self.0
             .iter()
             .filter(move |h| h.name.eq_ignore_ascii_case(name))
-            .map(|h| h.value.as_slice())
+            .map(|h| &h.value[..])
     }
 
     pub fn count(&self, name: &str) -> usize {
@@ -84,19 +292,27 @@ impl Headers {
         self.0.retain(|h| !h.name.eq_ignore_ascii_case(name));
     }
 
-    pub fn push(&mut self, name: &str, value: impl Into<Vec<u8>>) {
+    /// Appends a field. Owned values (`Vec<u8>`, `String`, `Bytes`) move in; borrowed ones
+    /// are copied.
+    pub fn push(&mut self, name: &str, value: impl IntoValue) {
         self.0.push(Header {
-            name: name.to_string(),
-            value: value.into(),
+            name: HeaderName::new(name),
+            value: value.into_value(),
         });
     }
 
-    pub fn set(&mut self, name: &str, value: impl Into<Vec<u8>>) {
+    pub fn set(&mut self, name: &str, value: impl IntoValue) {
         self.remove(name);
         self.push(name, value);
     }
 
     fn write_to(&self, out: &mut Vec<u8>) {
+        out.reserve(
+            self.0
+                .iter()
+                .map(|h| h.name.len() + h.value.len() + 4)
+                .sum(),
+        );
         for h in &self.0 {
             out.extend_from_slice(h.name.as_bytes());
             out.extend_from_slice(b": ");
@@ -150,19 +366,38 @@ fn version_of(v: Option<u8>) -> Result<Version, HeadError> {
     }
 }
 
-fn collect_headers(raw: &[httparse::Header<'_>]) -> Result<Headers, HeadError> {
+/// The fields of a parsed head. `head` is the head's bytes, which `raw` points into: they
+/// are copied once, and every value is a slice of that copy (no allocation per field).
+fn collect_headers(head: &[u8], raw: &[httparse::Header<'_>]) -> Result<Headers, HeadError> {
+    // httparse admits bytes that RFC 9110 section 5.5 forbids in field values.
+    if raw
+        .iter()
+        .any(|h| h.value.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0))
+    {
+        return Err(HeadError::Invalid("forbidden character in header value"));
+    }
+    let shared = Bytes::copy_from_slice(head);
     let mut out = Vec::with_capacity(raw.len());
     for h in raw {
-        // httparse admits bytes that RFC 9110 section 5.5 forbids in field values.
-        if h.value.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0) {
-            return Err(HeadError::Invalid("forbidden character in header value"));
-        }
         out.push(Header {
-            name: h.name.to_string(),
-            value: h.value.to_vec(),
+            name: HeaderName::new(h.name),
+            value: match value_range(head, h.value) {
+                Some(r) => shared.slice(r),
+                None => Bytes::copy_from_slice(h.value),
+            },
         });
     }
     Ok(Headers(out))
+}
+
+/// Where `part` lies within `whole`, when it is a (non-empty) sub-slice of it.
+fn value_range(whole: &[u8], part: &[u8]) -> Option<std::ops::Range<usize>> {
+    if part.is_empty() {
+        return None;
+    }
+    let start = (part.as_ptr() as usize).checked_sub(whole.as_ptr() as usize)?;
+    let end = start.checked_add(part.len())?;
+    (end <= whole.len()).then_some(start..end)
 }
 
 fn map_err(e: httparse::Error) -> HeadError {
@@ -206,7 +441,7 @@ pub fn parse_request(
                 method: req.method.unwrap_or_default().to_string(),
                 target: req.path.unwrap_or_default().to_string(),
                 version: version_of(req.version)?,
-                headers: collect_headers(req.headers)?,
+                headers: collect_headers(&buf[..len], req.headers)?,
             };
             Ok(Some((head, len)))
         }
@@ -247,7 +482,7 @@ pub fn parse_response(
                     version: version_of(resp.version)?,
                     status: code,
                     reason: resp.reason.unwrap_or_default().to_string(),
-                    headers: collect_headers(resp.headers)?,
+                    headers: collect_headers(&buf[..len], resp.headers)?,
                 },
                 len,
             )))
@@ -391,10 +626,10 @@ pub fn normalise_response_framing(status: u16, framing: Framing, h: &mut Headers
         _ => content_length(h).ok().flatten(),
     };
     if let Some(n) = n {
-        if h.count("content-length") > 1
-            || h.get("content-length") != Some(n.to_string().as_bytes())
-        {
-            h.set("Content-Length", n.to_string());
+        let mut digits = [0u8; 20];
+        let n = decimal_digits(n, &mut digits);
+        if h.count("content-length") > 1 || h.get("content-length") != Some(n) {
+            h.set("Content-Length", Bytes::copy_from_slice(n));
         }
     }
 }
@@ -750,5 +985,114 @@ mod tests {
             ["keep-alive", "x-foo", "close"]
         );
         assert!(h.headers.has_token("Connection", "close"));
+    }
+
+    #[test]
+    fn common_names_are_static_and_keep_their_case() {
+        for n in ["Host", "host", "Content-Length", "x-forwarded-for", "ETag"] {
+            let name = HeaderName::new(n);
+            assert_eq!(name.as_str(), n);
+            assert!(matches!(name.0, Cow::Borrowed(_)), "{n}");
+        }
+        for n in ["HOST", "X-Custom", "content-Length", ""] {
+            let name = HeaderName::new(n);
+            assert_eq!(name.as_str(), n);
+            assert!(matches!(name.0, Cow::Owned(_)), "{n}");
+        }
+        assert_eq!(known_name("Server"), Some("Server"));
+        assert_eq!(known_name("Servers"), None);
+        // Same length and first and last letters, another name.
+        assert_eq!(known_name("Hoot"), None);
+        assert_eq!(known_name("Etag"), None);
+        let every = [
+            "Host",
+            "Date",
+            "ETag",
+            "Vary",
+            "Accept",
+            "Server",
+            "Cookie",
+            "Origin",
+            "Pragma",
+            "Expires",
+            "Referer",
+            "Upgrade",
+            "Location",
+            "Forwarded",
+            "Keep-Alive",
+            "Set-Cookie",
+            "Connection",
+            "User-Agent",
+            "Content-Type",
+            "X-Request-Id",
+            "Accept-Ranges",
+            "Authorization",
+            "Cache-Control",
+            "If-None-Match",
+            "Last-Modified",
+            "Content-Length",
+            "Accept-Encoding",
+            "Accept-Language",
+            "X-Forwarded-For",
+            "Content-Encoding",
+            "X-Forwarded-Host",
+            "Transfer-Encoding",
+            "X-Forwarded-Proto",
+            "If-Modified-Since",
+        ];
+        for n in every {
+            assert_eq!(known_name(n), Some(n));
+            let lower = n.to_ascii_lowercase();
+            assert_eq!(known_name(&lower), Some(lower.as_str()));
+        }
+        assert_eq!(HeaderName::from("Via".to_string()), HeaderName::new("Via"));
+    }
+
+    #[test]
+    fn value_range_finds_sub_slices_only() {
+        let whole = b"Host: a.example\r\n";
+        assert_eq!(value_range(whole, &whole[6..15]), Some(6..15));
+        assert_eq!(value_range(whole, &whole[..]), Some(0..whole.len()));
+        assert_eq!(value_range(whole, &whole[3..3]), None);
+        let other = b"a.example".to_vec();
+        assert_eq!(value_range(whole, &other), None);
+        assert_eq!(value_range(&whole[..5], &whole[3..8]), None);
+    }
+
+    #[test]
+    fn parsed_values_share_the_head_and_write_back_unchanged() {
+        let text = "GET / HTTP/1.1\r\nHost: a.example\r\nX-Empty:\r\nX-Long: a b  c\r\n\r\n";
+        let (h, n) = req(text).expect("ok").expect("complete");
+        assert_eq!(n, text.len());
+        assert_eq!(h.headers.get("host"), Some(&b"a.example"[..]));
+        assert_eq!(h.headers.get("x-empty"), Some(&b""[..]));
+        assert_eq!(h.headers.get("x-long"), Some(&b"a b  c"[..]));
+        let mut out = Vec::new();
+        write_request_head(&mut out, &h.method, &h.target, &h.headers);
+        assert_eq!(
+            out,
+            b"GET / HTTP/1.1\r\nHost: a.example\r\nX-Empty: \r\nX-Long: a b  c\r\n\r\n"
+        );
+        let mut fields = Headers::default();
+        let borrowed = String::from("v");
+        fields.push("A", &borrowed[..]);
+        fields.push("B", b"w".to_vec());
+        fields.set("A", Bytes::from_static(b"x"));
+        assert_eq!(fields.get("a"), Some(&b"x"[..]));
+        assert_eq!(fields.0.len(), 2);
+    }
+
+    #[test]
+    fn same_bytes_compares_every_byte() {
+        for n in 0..30usize {
+            let a: Vec<u8> = (0..n as u8).map(|i| b'a' + i % 26).collect();
+            assert!(same_bytes(&a, &a.clone()), "{n}");
+            for k in 0..n {
+                let mut b = a.clone();
+                b[k] ^= 0x20;
+                assert!(!same_bytes(&a, &b), "{n} {k}");
+            }
+            assert!(!same_bytes(&a, &a[..n.saturating_sub(1)]) || n == 0);
+        }
     }
 }

@@ -4,7 +4,7 @@
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
@@ -342,7 +342,8 @@ impl HttpProxy {
             let head = loop {
                 match codec::parse_response(ubuf, max) {
                     Ok(Some((h, len))) => {
-                        let _ = ubuf.split_to(len);
+                        // `advance`, not `split_to`: no shared copy of the buffer is made.
+                        ubuf.advance(len);
                         break h;
                     }
                     Ok(None) => {}
@@ -567,15 +568,17 @@ impl HttpProxy {
         } else if !client_11 {
             h.push("Connection", "keep-alive");
         }
-        let mut out = Vec::with_capacity(512);
+        // A small body already read with the head goes out in the same write (the buffer
+        // is sized for both: no regrowth).
+        let inline = match (up_framing, capture) {
+            (Framing::Length(n), false) if n <= 16 * 1024 && ubuf.len() as u64 >= n => n,
+            _ => 0,
+        };
+        let mut out = Vec::with_capacity(512 + inline as usize);
         codec::write_response_head(&mut out, resp.status, &resp.reason, &h);
-        // A small body already read with the head goes out in the same write.
-        let mut inline = 0u64;
-        if let (Framing::Length(n), false) = (up_framing, capture) {
-            if n <= 16 * 1024 && ubuf.len() as u64 >= n {
-                out.extend_from_slice(&ubuf.split_to(n as usize));
-                inline = n;
-            }
+        if inline > 0 {
+            out.extend_from_slice(&ubuf[..inline as usize]);
+            ubuf.advance(inline as usize);
         }
         // The status logged is the one sent, even if the write breaks off half-way.
         ex.status = resp.status;

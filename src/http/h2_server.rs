@@ -247,7 +247,7 @@ pub fn h2_response(status: u16, fields: Headers) -> Response<()> {
             continue;
         }
         // The value's bytes move into the field without a copy.
-        if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(f.value)) {
+        if let Ok(v) = HeaderValue::from_maybe_shared(f.value) {
             h.append(n, v);
         }
     }

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
@@ -300,9 +300,12 @@ impl HttpProxy {
             }
         };
         let mut ex = Exchange::new(started, &head.method, &head.target, head_len as u64);
+        // Only the log line shows Referer and User-Agent: no copies when nothing is written.
+        let writes = self.svc.access_log.writes();
         let field = |n| {
             head.headers
                 .get(n)
+                .filter(|_| writes)
                 .map(|v| String::from_utf8_lossy(v).into_owned())
         };
         (ex.version, ex.referer, ex.user_agent) = (
@@ -380,28 +383,39 @@ impl HttpProxy {
             m.cache_result(word);
         }
         let routed = ex.routed;
-        self.svc.access_log.log(AccessRecord {
-            time: SystemTime::now(),
-            listener: self.name.clone(),
-            client: client.peer,
-            user: ex.user,
-            rule: ex.rule,
-            method: ex.method,
-            target: ex.target,
-            status: ex.status,
-            bytes_in: ex.bytes_in,
-            bytes_out: ex.bytes_out,
-            duration: ex.started.elapsed(),
-            upstream: ex.upstream,
-            cache: ex.cache,
-            error: ex.error,
-            version: ex.version,
-            referer: ex.referer,
-            user_agent: ex.user_agent,
-            route: routed.as_ref().map(|r| r.route.clone()),
-            pool: routed.as_ref().map(|r| r.pool.clone()),
-            server: routed.and_then(|r| r.server),
-        });
+        // One reading of each clock: the wall clock only when a log line will show it.
+        let log = &self.svc.access_log;
+        let now = Instant::now();
+        let time = if log.writes() {
+            SystemTime::now()
+        } else {
+            SystemTime::UNIX_EPOCH
+        };
+        log.log_at(
+            AccessRecord {
+                time,
+                listener: self.name.clone(),
+                client: client.peer,
+                user: ex.user,
+                rule: ex.rule,
+                method: ex.method,
+                target: ex.target,
+                status: ex.status,
+                bytes_in: ex.bytes_in,
+                bytes_out: ex.bytes_out,
+                duration: now.saturating_duration_since(ex.started),
+                upstream: ex.upstream,
+                cache: ex.cache,
+                error: ex.error,
+                version: ex.version,
+                referer: ex.referer,
+                user_agent: ex.user_agent,
+                route: routed.as_ref().map(|r| r.route.clone()),
+                pool: routed.as_ref().map(|r| r.pool.clone()),
+                server: routed.and_then(|r| r.server),
+            },
+            now,
+        );
     }
 
     /// Writes a short error response with a Proxy-Status field.
@@ -1077,10 +1091,11 @@ async fn read_head(
         if !client.buf.is_empty() {
             // Tolerate empty lines before a request (RFC 9112 section 2.2).
             while client.buf.starts_with(b"\r\n") {
-                let _ = client.buf.split_to(2);
+                // `advance`, not `split_to`: no shared copy of the buffer is made.
+                client.buf.advance(2);
             }
             if let Some((head, len)) = codec::parse_request(&client.buf, max)? {
-                let _ = client.buf.split_to(len);
+                client.buf.advance(len);
                 return Ok(Some((head, len)));
             }
         }

@@ -508,13 +508,13 @@ impl HttpProxy {
         };
         // The cache keys on the public URL: host and path as the client asked.
         let authority = host.unwrap_or_default();
+        head.target = absolute_url(scheme, &authority, &target);
         let cache_target = HttpTarget {
             host: Host::Name(host_name.unwrap_or_default()),
             port: client.local.map_or(80, |a| a.port()),
-            authority: authority.clone(),
-            path: target.clone(),
+            authority,
+            path: target,
         };
-        head.target = absolute_url(scheme, &authority, &target);
         let via = Via::Pool(Box::new(to));
         let up = Upward {
             target: &cache_target,
@@ -558,7 +558,10 @@ impl HttpProxy {
             return Vec::new();
         };
         let route = rv.table.route(to.route);
-        let mut h = head.headers.clone();
+        // Room for the fields added below (Forwarded, X-Forwarded-*, Via, ...) without
+        // regrowing the list.
+        let mut h = Headers(Vec::with_capacity(head.headers.0.len() + 8));
+        h.0.extend(head.headers.0.iter().cloned());
         let wants_trailers = h.has_token("te", "trailers");
         let upgrade = upgrade_request(head, &self.cfg.upgrade_protocols);
         strip_hop_by_hop(&mut h);
@@ -822,7 +825,7 @@ impl HttpProxy {
             };
             ex.upstream = Some(peer);
             if let Some(r) = ex.routed.as_mut() {
-                r.server = Some(pool.label(i).into());
+                r.server = Some(pool.shared_label(i));
             }
             let through_agent = server.agent.is_some();
             ex.reverse = Some(Box::new(ResponseEdits {
@@ -883,7 +886,7 @@ impl HttpProxy {
                     .and_then(|r| r.head_at.get().copied())
                     .unwrap_or_else(Instant::now);
                 let took = at.saturating_duration_since(sent_at);
-                pool.observe(i, ex.status, took);
+                pool.observe_at(i, ex.status, took, at);
                 rv.routes[to.route]
                     .upstream
                     .get(&self.svc.metrics.route_upstream_seconds)

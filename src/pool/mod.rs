@@ -295,6 +295,8 @@ pub struct ServerPool {
     budget: Mutex<RetryBudget>,
     metrics: Arc<Metrics>,
     labels: Vec<ServerLabels>,
+    /// Each server's label as shared text, for the access records of its requests.
+    shared_labels: Vec<Arc<str>>,
     /// `[pools.tls]`, loaded (start-up checks loaded it once already, so an error here is a
     /// file changed since; connections then fail rather than go out in the clear).
     tls: Option<Result<Arc<crate::tls::TlsClient>, String>>,
@@ -487,6 +489,10 @@ impl ServerPool {
                 server: s.label(),
             })
             .collect();
+        let shared_labels = labels
+            .iter()
+            .map(|l| Arc::from(l.server.as_str()))
+            .collect();
         let now = Instant::now();
         let series = labels
             .iter()
@@ -537,6 +543,7 @@ impl ServerPool {
             cfg,
             balancer: Mutex::new(balancer),
             budget: Mutex::new(budget),
+            shared_labels,
             metrics,
             labels,
             tokens,
@@ -630,6 +637,11 @@ impl ServerPool {
         &self.labels[i].server
     }
 
+    /// [`ServerPool::label`], shared (no copy per request).
+    pub fn shared_label(&self, i: usize) -> Arc<str> {
+        self.shared_labels[i].clone()
+    }
+
     /// Picks a server for a connection from `client`, not one of `exclude`, and counts it in
     /// flight; call [`ServerPool::finished`] when the connection ends.
     pub fn pick(&self, client: IpAddr, exclude: &[usize]) -> Option<usize> {
@@ -689,7 +701,7 @@ impl ServerPool {
 
     fn take_here(p: &ServerPool, b: &mut Balancer, i: usize, now: Instant, live: bool) {
         let t = b.server_mut(i).passive.expire(now);
-        p.after(b, i, t, "passive: ejection over", live);
+        p.after(b, i, t, "passive: ejection over", live, now);
         b.started(i);
         if live {
             p.series[i]
@@ -780,9 +792,10 @@ impl ServerPool {
 
     /// Real traffic reached server `i` (passive health).
     pub fn success(&self, i: usize) {
+        let now = Instant::now();
         self.with_server(i, |p, b, j, live| {
             let t = b.server_mut(j).passive.success();
-            p.after(b, j, t, "passive: answered again", live);
+            p.after(b, j, t, "passive: answered again", live, now);
         });
     }
 
@@ -799,9 +812,9 @@ impl ServerPool {
             match b.server(j).passive.ejected_until() {
                 Some(until) if t == Some(Transition::Down) => {
                     let why = format!("{why} (ejected for {:?})", until - now);
-                    p.after(b, j, t, &why, live);
+                    p.after(b, j, t, &why, live, now);
                 }
-                _ => p.after(b, j, t, why, live),
+                _ => p.after(b, j, t, why, live, now),
             }
         });
     }
@@ -861,6 +874,11 @@ impl ServerPool {
     /// per-server metrics, and a latency sample for `p2c-ewma`. Passive health is
     /// [`ServerPool::http_result`].
     pub fn observe(&self, i: usize, status: u16, latency: Duration) {
+        self.observe_at(i, status, latency, Instant::now());
+    }
+
+    /// [`ServerPool::observe`] with the clock already read (`now`: when the head came).
+    pub fn observe_at(&self, i: usize, status: u16, latency: Duration, now: Instant) {
         let class = match status {
             100..=599 => usize::from(status / 100) - 1,
             _ => 5,
@@ -873,7 +891,6 @@ impl ServerPool {
                 .get(&p.metrics.pool_server_response_seconds)
                 .observe(latency.as_secs_f64());
         }
-        let now = Instant::now();
         self.with_server(i, |_, b, j, _| b.sample(j, latency, now));
     }
 
@@ -883,7 +900,7 @@ impl ServerPool {
         for i in 0..b.len() {
             let t = b.server_mut(i).passive.expire(now);
             if t.is_some() {
-                self.after(&mut b, i, t, "passive: ejection over", true);
+                self.after(&mut b, i, t, "passive: ejection over", true, now);
             }
         }
     }
@@ -894,14 +911,22 @@ impl ServerPool {
         self.with_server(i, |p, b, j, live| {
             let Some(h) = &p.cfg.health else { return };
             let t = b.server_mut(j).active.observe(ok, h.rise, h.fall);
-            p.after(b, j, t, why, live);
+            p.after(b, j, t, why, live, Instant::now());
         });
     }
 
     /// Logs a transition, applies slow start, and sets the server's `up` gauge (`live`: the
-    /// server is still configured, so its series exist).
-    fn after(&self, b: &mut Balancer, i: usize, t: Option<Transition>, why: &str, live: bool) {
-        let now = Instant::now();
+    /// server is still configured, so its series exist). `now`: the caller's reading of the
+    /// clock (one per event, not one per step).
+    fn after(
+        &self,
+        b: &mut Balancer,
+        i: usize,
+        t: Option<Transition>,
+        why: &str,
+        live: bool,
+        now: Instant,
+    ) {
         b.server_mut(i).note(t, now);
         if live {
             let up = b.server(i).is_available(now);

@@ -160,7 +160,7 @@ impl LinkRewrite {
             if let Some(v) = self.rewrite(&f.value[start..]) {
                 let mut value = f.value[..start].to_vec();
                 value.extend_from_slice(&v);
-                f.value = value;
+                f.value = value.into();
             }
         }
     }
