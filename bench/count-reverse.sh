@@ -9,18 +9,24 @@
 # by HIGH - LOW is the cost of one request without start-up, the first upstream connection and
 # shutdown. nginx runs with master_process off (one process, so callgrind sees the worker).
 #
+# PROTO=h2c: HTTP/2 with prior knowledge from h2load instead, on ONE client connection with
+# STREAMS concurrent streams (-c1 -mSTREAMS; 1: sequential, e.g. 10: multiplexed); the origin
+# stays HTTP/1.1.
+#
 # TOOL=strace counts system calls instead (strace -f -c; the kernel's side of the cost that
 # callgrind does not see), with the same LOW/HIGH difference, and prints the calls of the HIGH
 # run by name.
 #
-# Knobs: LOW=200 HIGH=2200 WORKERS=1 GATEHOUSE=target/release/gatehouse
-#        PEERS="gatehouse nginx haproxy" TOOL=callgrind|strace
+# Knobs: LOW=200 HIGH=2200 WORKERS=1 GATEHOUSE=target/release/gatehouse PROTO=h1|h2c STREAMS=1
+#        PEERS="gatehouse nginx haproxy" TOOL=callgrind|strace KEEP=dir (keep the outputs)
 set -euo pipefail
 LOW=${LOW:-200}
 HIGH=${HIGH:-2200}
 WORKERS=${WORKERS:-1}
 PEERS=${PEERS:-"gatehouse nginx haproxy"}
 TOOL=${TOOL:-callgrind}
+PROTO=${PROTO:-h1}
+STREAMS=${STREAMS:-1}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 GATEHOUSE=${GATEHOUSE:-$ROOT/target/release/gatehouse}
 PY="python3 $ROOT/bench/conn_client.py"
@@ -42,6 +48,7 @@ strace) command -v strace >/dev/null || { echo "count-reverse.sh: strace is not 
 *) echo "count-reverse.sh: TOOL is callgrind or strace" >&2; exit 1 ;;
 esac
 command -v nginx >/dev/null || { echo "count-reverse.sh: nginx (the origin) is not installed" >&2; exit 1; }
+[ "$PROTO" != h2c ] || command -v h2load >/dev/null || { echo "count-reverse.sh: h2load (nghttp2-client) is not installed" >&2; exit 1; }
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() {
@@ -87,7 +94,16 @@ run() {
     fi
     local pid=$!
     wait_port "$port" || { echo "count-reverse.sh: $name did not listen" >&2; cat "$WORK/$name-$n.log" >&2; exit 1; }
-    $PY rget "127.0.0.1:$port" app.test /small "$n" >&2
+    if [ "$PROTO" = h2c ]; then
+        # One connection: the readiness probe above was a separate, already closed one.
+        h2load -n "$n" -c 1 -m "$STREAMS" -H ':authority: app.test' \
+            "http://127.0.0.1:$port/small" >"$WORK/$name-$n.h2load" 2>&1 ||
+            { cat "$WORK/$name-$n.h2load" >&2; exit 1; }
+        grep -q "requests: $n total, $n started, $n done, $n succeeded" "$WORK/$name-$n.h2load" ||
+            { echo "count-reverse.sh: $name did not answer every request" >&2; cat "$WORK/$name-$n.h2load" >&2; exit 1; }
+    else
+        $PY rget "127.0.0.1:$port" app.test /small "$n" >&2
+    fi
     if [ "$TOOL" = strace ]; then
         # Stop the traced program, not strace (which would detach and leave it running).
         pkill -TERM -P "$pid" || true
@@ -113,6 +129,7 @@ kind = "reverse"
 listen = "127.0.0.1:$port"
 max_connections = 10000
 idle_per_server = 256
+$( [ "$PROTO" = h2c ] && printf '[listeners.http2]\nh2c = true' )
 [[listeners.hosts]]
 names = ["app.test"]
 [[listeners.hosts.routes]]
@@ -139,12 +156,13 @@ events { worker_connections 1024; }
 http {
     access_log off;
     keepalive_requests 1000000;
+    http2_max_requests 1000000;
     upstream origin {
         server 127.0.0.1:$P_ORIGIN;
         keepalive 256;
     }
     server {
-        listen 127.0.0.1:$port;
+        listen 127.0.0.1:$port$( [ "$PROTO" = h2c ] && echo ' http2');
         server_name app.test;
         location / {
             proxy_pass http://origin;
@@ -173,7 +191,7 @@ defaults
     timeout client 60s
     timeout server 60s
 frontend web
-    bind 127.0.0.1:$port
+    bind 127.0.0.1:$port$( [ "$PROTO" = h2c ] && echo ' proto h2')
     default_backend origin
 backend origin
     server o1 127.0.0.1:$P_ORIGIN
@@ -185,9 +203,9 @@ CFG
     lo=$(run "$peer" "$LOW" "$port" "${cmd[@]}")
     hi=$(run "$peer" "$HIGH" "$port" "${cmd[@]}")
     if [ "$TOOL" = strace ]; then
-        echo "$peer: $LOW requests $lo calls, $HIGH requests $hi calls, per request $(( (hi - lo) * 100 / (HIGH - LOW) ))e-2 system calls"
-        awk -v n="$HIGH" '$NF != "total" && $4 ~ /^[0-9]+$/ && $4 >= n / 2 { printf "    %-16s %6.2f per request (HIGH run)\n", $NF, $4 / n }' "$WORK/$peer-$HIGH.strace"
+        echo "$peer ($PROTO, -m$STREAMS): $LOW requests $lo calls, $HIGH requests $hi calls, per request $(( (hi - lo) * 100 / (HIGH - LOW) ))e-2 system calls"
+        awk -v n="$HIGH" '$NF != "total" && $4 ~ /^[0-9]+$/ && $4 >= n / 10 { printf "    %-16s %6.2f per request (HIGH run)\n", $NF, $4 / n }' "$WORK/$peer-$HIGH.strace"
     else
-        echo "$peer: $LOW requests $lo Ir, $HIGH requests $hi Ir, per request $(( (hi - lo) / (HIGH - LOW) )) Ir"
+        echo "$peer ($PROTO, -m$STREAMS): $LOW requests $lo Ir, $HIGH requests $hi Ir, per request $(( (hi - lo) / (HIGH - LOW) )) Ir"
     fi
 done
