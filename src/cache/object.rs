@@ -99,10 +99,7 @@ pub fn full_head_start(head: &ResponseHead) -> Bytes {
         {
             continue;
         }
-        out.extend_from_slice(h.name.as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(&h.value);
-        out.extend_from_slice(b"\r\n");
+        crate::http::codec::push_field(&mut out, h.name.as_bytes(), &h.value);
     }
     Bytes::from(out)
 }

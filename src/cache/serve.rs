@@ -100,12 +100,7 @@ impl Served {
         out.extend_from_slice(b"\r\nCache-Status: ");
         self.status.write_value(out);
         out.extend_from_slice(b"\r\n");
-        for h in &extra.0 {
-            out.extend_from_slice(h.name.as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(&h.value);
-            out.extend_from_slice(b"\r\n");
-        }
+        extra.write_to(out);
         out.extend_from_slice(b"\r\n");
         true
     }

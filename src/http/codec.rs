@@ -306,7 +306,8 @@ impl Headers {
         self.push(name, value);
     }
 
-    fn write_to(&self, out: &mut Vec<u8>) {
+    /// Every field as `name: value CRLF`, in order.
+    pub fn write_to(&self, out: &mut Vec<u8>) {
         out.reserve(
             self.0
                 .iter()
@@ -314,12 +315,17 @@ impl Headers {
                 .sum(),
         );
         for h in &self.0 {
-            out.extend_from_slice(h.name.as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(&h.value);
-            out.extend_from_slice(b"\r\n");
+            push_field(out, h.name.as_bytes(), &h.value);
         }
     }
+}
+
+/// One field line, `name: value CRLF` (the caller has checked both).
+pub fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

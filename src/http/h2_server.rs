@@ -152,12 +152,7 @@ pub fn h1_request(
     };
     // Written straight out as `codec::write_request_head` would (no field list built).
     let mut out = Vec::with_capacity(256 + fields.len() * 48);
-    let line = |out: &mut Vec<u8>, name: &[u8], value: &[u8]| {
-        out.extend_from_slice(name);
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value);
-        out.extend_from_slice(b"\r\n");
-    };
+    let line = crate::http::codec::push_field;
     let method = if websocket_key.is_some() {
         "GET"
     } else {

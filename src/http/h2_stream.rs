@@ -123,10 +123,7 @@ fn give(src: &mut Bytes, buf: &mut ReadBuf<'_>) -> usize {
 fn last_chunk(trailers: Option<&HeaderMap>) -> Bytes {
     let mut end = b"0\r\n".to_vec();
     for (name, value) in trailers.iter().flat_map(|m| m.iter()) {
-        end.extend_from_slice(name.as_str().as_bytes());
-        end.extend_from_slice(b": ");
-        end.extend_from_slice(value.as_bytes());
-        end.extend_from_slice(b"\r\n");
+        crate::http::codec::push_field(&mut end, name.as_str().as_bytes(), value.as_bytes());
     }
     end.extend_from_slice(b"\r\n");
     Bytes::from(end)

@@ -665,10 +665,7 @@ fn last_chunk(trailers: &HeaderMap) -> Vec<u8> {
         {
             continue;
         }
-        end.extend_from_slice(name.as_str().as_bytes());
-        end.extend_from_slice(b": ");
-        end.extend_from_slice(value.as_bytes());
-        end.extend_from_slice(b"\r\n");
+        crate::http::codec::push_field(&mut end, name.as_str().as_bytes(), value.as_bytes());
     }
     end.extend_from_slice(b"\r\n");
     end

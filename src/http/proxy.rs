@@ -909,12 +909,7 @@ impl HttpProxy {
                 )
                 .as_bytes(),
             );
-            for f in &echo.0 {
-                body.extend_from_slice(f.name.as_bytes());
-                body.extend_from_slice(b": ");
-                body.extend_from_slice(&f.value);
-                body.extend_from_slice(b"\r\n");
-            }
+            echo.write_to(&mut body);
             body.extend_from_slice(b"\r\n");
             h.push("Content-Type", "message/http");
             self.respond_local(client, head, h, &body, ex).await
