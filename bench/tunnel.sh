@@ -20,11 +20,13 @@
 #
 # Knobs (environment): RUNS=3 BYTES=4294967296 COUNT=20000 CONC=50 DURATION=10s THREADS=2
 #   CONNS=50 WORKERS=2 NICE=0 BUILD=release (BUILD=debug: use target/debug, for a smoke test)
+#   PER_CORE=0 (1: Gatehouse's relay and agent with `[runtime] per_core = true`)
 #   PATHS="direct gatehouse gatehouse-plain rathole" (the columns, in this order; a subset for a
 #   quick comparison)
 set -euo pipefail
 
 RUNS=${RUNS:-3}
+runtime_per_core=$( [ "${PER_CORE:-0}" = 1 ] && echo true || echo false )
 BYTES=${BYTES:-4294967296}
 COUNT=${COUNT:-20000}
 CONC=${CONC:-50}
@@ -151,6 +153,8 @@ gatehouse_pair() {
 ca = \"$WORK/tunnel/relay.test.crt\""
     fi
     cat >"$WORK/relay$sfx.toml" <<EOF
+[runtime]
+per_core = $runtime_per_core
 [[listeners]]
 name = "agents"
 kind = "tunnel"
@@ -187,6 +191,8 @@ max_connections = 100000
 path = "off"
 EOF
     cat >"$WORK/agent$sfx.toml" <<EOF
+[runtime]
+per_core = $runtime_per_core
 [agent]
 name = "bench"
 token = "$TOKEN"
@@ -327,7 +333,7 @@ rate() { field "$WORK/rate-$1-$2.out" "$3"; }
     rh="not run"
     if want rathole; then rh="$(rathole --version 2>/dev/null | tr -s ' \n' ' ' | cut -c1-80)"; fi
     echo "Versions: gatehouse $("$GATEHOUSE" --version | awk '{print $2}') ($BUILD; TLS and plain transports); rathole ($rh) (plain TCP transport); $(nginx -v 2>&1 | sed 's/.*: //'); wrk."
-    echo "Settings: PATHS=\"$PATHS\" RUNS=$RUNS BYTES=$BYTES COUNT=$COUNT CONC=$CONC DURATION=$DURATION THREADS=$THREADS CONNS=$CONNS WORKERS=$WORKERS; medians; load average before: $LOAD."
+    echo "Settings: PATHS=\"$PATHS\" RUNS=$RUNS BYTES=$BYTES COUNT=$COUNT CONC=$CONC DURATION=$DURATION THREADS=$THREADS CONNS=$CONNS WORKERS=$WORKERS PER_CORE=${PER_CORE:-0}; medians; load average before: $LOAD."
     echo
     echo "| path | bulk (Gbit/s) | HTTP req/s | HTTP p99 (ms) | HTTP errors | SOCKS5 connect+echo+close/s | SOCKS5 p99 (ms) |"
     echo "|---|---|---|---|---|---|---|"
