@@ -204,7 +204,9 @@ CFG
     hi=$(run "$peer" "$HIGH" "$port" "${cmd[@]}")
     if [ "$TOOL" = strace ]; then
         echo "$peer ($PROTO, -m$STREAMS): $LOW requests $lo calls, $HIGH requests $hi calls, per request $(( (hi - lo) * 100 / (HIGH - LOW) ))e-2 system calls"
-        awk -v n="$HIGH" '$NF != "total" && $4 ~ /^[0-9]+$/ && $4 >= n / 10 { printf "    %-16s %6.2f per request (HIGH run)\n", $NF, $4 / n }' "$WORK/$peer-$HIGH.strace"
+        # Calls made at least every other request (h1), or every tenth (h2c: a write serves
+        # several multiplexed streams).
+        awk -v n="$HIGH" -v every="$( [ "$PROTO" = h2c ] && echo 10 || echo 2)" '$NF != "total" && $4 ~ /^[0-9]+$/ && $4 >= n / every { printf "    %-16s %6.2f per request (HIGH run)\n", $NF, $4 / n }' "$WORK/$peer-$HIGH.strace"
     else
         echo "$peer ($PROTO, -m$STREAMS): $LOW requests $lo Ir, $HIGH requests $hi Ir, per request $(( (hi - lo) / (HIGH - LOW) )) Ir"
     fi
