@@ -23,7 +23,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use crate::limits::Throttle;
 
-const START_BUF: usize = 16 * 1024;
+pub(crate) const START_BUF: usize = 16 * 1024;
 const MAX_BUF: usize = 256 * 1024;
 
 /// Bytes moved each way, also when the relay ended with an error.
@@ -210,15 +210,21 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    with_scratch(size, |buf| poll_first_in(cx, r, w, buf, pass))
+}
+
+/// Runs `f` on `size` bytes of this thread's scratch buffer (for a read whose bytes are
+/// passed on or copied before `f` returns).
+pub(crate) fn with_scratch<T>(size: usize, f: impl FnOnce(&mut [u8]) -> T) -> T {
     SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
         Ok(mut scratch) => {
             if scratch.len() < size {
                 scratch.resize(size, 0);
             }
-            poll_first_in(cx, r, w, &mut scratch[..size], pass)
+            f(&mut scratch[..size])
         }
         // Only if the reader or writer ran another relay inside its poll: a buffer of its own.
-        Err(_) => poll_first_in(cx, r, w, &mut vec![0u8; size], pass),
+        Err(_) => f(&mut vec![0u8; size]),
     })
 }
 

@@ -330,7 +330,7 @@ impl HttpProxy {
             .svc
             .limits
             .throttles(client.peer.ip(), ex.user.as_deref());
-        let (end, stats) = Box::pin(relay::relay_limited(
+        let (end, stats) = Box::pin(crate::tunnel::stream::relay_limited(
             &mut client.stream,
             &mut opened.stream,
             self.cfg.tunnel_idle_timeout,

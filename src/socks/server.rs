@@ -470,7 +470,8 @@ impl SocksServer {
                 Box::pin(relay).await
             }
             None => {
-                relay::relay_limited(&mut c.stream, &mut opened.stream, idle, t.up, t.down).await
+                let s = &mut opened.stream;
+                crate::tunnel::stream::relay_limited(&mut c.stream, s, idle, t.up, t.down).await
             }
         };
         s.relayed_in += stats.a_to_b;

@@ -438,8 +438,8 @@ impl Agent {
             Ok(s) => s,
             Err(_) => return,
         };
-        let h2 = H2Stream::new(send, req.into_body());
-        let (end, stats) = crate::relay::relay(tcp, h2, self.cfg.idle_timeout).await;
+        let mut h2 = H2Stream::new(send, req.into_body());
+        let (end, stats) = super::stream::relay(tcp, &mut h2, self.cfg.idle_timeout).await;
         tracing::debug!(agent = %self.cfg.name, ?end, up = stats.a_to_b, down = stats.b_to_a, "tunnel: stream done");
     }
 
@@ -559,7 +559,7 @@ impl Agent {
         if !early.is_empty() && tcp.write_all(&early).await.is_err() {
             return;
         }
-        let (end, stats) = crate::relay::relay(tcp, h2, self.cfg.idle_timeout).await;
+        let (end, stats) = super::stream::relay(tcp, &mut h2, self.cfg.idle_timeout).await;
         tracing::debug!(agent = %self.cfg.name, ?end, up = stats.a_to_b, down = stats.b_to_a, "tunnel: BIND stream done");
     }
 

@@ -7,13 +7,19 @@
 //! [`super::CONNECTION_WINDOW`]). Writing waits for send capacity. A shutdown sends END_STREAM (the
 //! half-close); dropping the stream before that resets it.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 use h2::{RecvStream, SendStream};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::time::Instant;
+
+use crate::relay::{RelayEnd, RelayStats};
 
 /// Most bytes offered to h2 in one write (it frames them by the peer's frame size): one
 /// frame's worth.
@@ -146,6 +152,255 @@ impl AsyncWrite for H2Stream {
     }
 }
 
+/// Joins a byte stream (the client's socket, or the inside connection at the agent) to an
+/// HTTP/2 stream without copying the bytes in between: what is read from `a` becomes the DATA
+/// frames' own buffers, and received DATA frames are written to `a` as they are (several in
+/// one vectored write), their window released once `a` has taken them. Otherwise as
+/// [`crate::relay::relay`]: half-closes pass on, an idle direction holds no buffer of its own
+/// (its next read lands in the thread's scratch buffer), and the tunnel ends after `idle` with
+/// nothing moving. `a_to_b` counts `a`'s bytes into the stream.
+pub async fn relay<A>(a: A, h2: &mut H2Stream, idle: Duration) -> (RelayEnd, RelayStats)
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut ar, mut aw) = tokio::io::split(a);
+    let epoch = Instant::now();
+    let last = AtomicU64::new(0);
+    let a_to_b = AtomicU64::new(0);
+    let b_to_a = AtomicU64::new(0);
+    let moved = |count: &AtomicU64, n: usize| {
+        count.fetch_add(n as u64, Ordering::Relaxed);
+        last.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+    };
+    let H2Stream {
+        send,
+        recv,
+        pending,
+        eof,
+        shut,
+        failed,
+    } = h2;
+    let up = async {
+        if *shut {
+            return Ok(());
+        }
+        let r = socket_to_stream(&mut ar, send, |n| moved(&a_to_b, n)).await;
+        *shut = true;
+        r
+    };
+    let down = async {
+        if let Some(e) = failed.take() {
+            return Err(e);
+        }
+        let first = std::mem::take(pending);
+        stream_to_socket(recv, first, *eof, &mut aw, |n| moved(&b_to_a, n)).await
+    };
+    let both = async { tokio::try_join!(up, down).map(|_| ()) };
+    crate::relay::drive(both, &last, epoch, idle, [&a_to_b, &b_to_a]).await
+}
+
+/// [`relay`], or with bandwidth limits the ordinary [`crate::relay::relay_limited`] (which
+/// paces each read before its bytes go on).
+pub async fn relay_limited<A>(
+    a: A,
+    h2: &mut H2Stream,
+    idle: Duration,
+    up: Option<crate::limits::Throttle>,
+    down: Option<crate::limits::Throttle>,
+) -> (RelayEnd, RelayStats)
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+{
+    if up.is_none() && down.is_none() {
+        return relay(a, h2, idle).await;
+    }
+    crate::relay::relay_limited(a, h2, idle, up, down).await
+}
+
+/// Sends `data` on the stream as the peer's window allows.
+async fn send_all(send: &mut SendStream<Bytes>, mut data: Bytes) -> io::Result<()> {
+    while !data.is_empty() {
+        send.reserve_capacity(data.len());
+        let cap = std::future::poll_fn(|cx| loop {
+            let n = send.capacity();
+            if n > 0 {
+                return Poll::Ready(Ok(n));
+            }
+            match ready!(send.poll_capacity(cx)) {
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Poll::Ready(Err(io_err(e))),
+                None => return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
+            }
+        })
+        .await?;
+        let part = data.split_to(cap.min(data.len()));
+        send.send_data(part, false).map_err(io_err)?;
+    }
+    Ok(())
+}
+
+/// `r` into the stream until `r`'s EOF, which ends the stream (END_STREAM).
+async fn socket_to_stream<R>(
+    r: &mut R,
+    send: &mut SendStream<Bytes>,
+    moved: impl Fn(usize),
+) -> io::Result<()>
+where
+    R: AsyncRead + Unpin,
+{
+    let mut size = crate::relay::START_BUF;
+    loop {
+        // Idle: no buffer is held while waiting. Until the stream has shown itself a bulk one,
+        // the read lands in the thread's scratch buffer and only its bytes are copied out;
+        // after that, a frame's buffer is taken at each poll (a pending one gives it back).
+        let first = std::future::poll_fn(|cx| {
+            if size < MAX_WRITE {
+                return crate::relay::with_scratch(size, |buf| {
+                    let mut rb = ReadBuf::new(buf);
+                    ready!(Pin::new(&mut *r).poll_read(cx, &mut rb))?;
+                    Poll::Ready(Ok::<_, io::Error>(Bytes::copy_from_slice(rb.filled())))
+                });
+            }
+            let mut buf = BytesMut::with_capacity(MAX_WRITE);
+            ready!(std::pin::pin!(r.read_buf(&mut buf)).poll(cx))?;
+            Poll::Ready(Ok(buf.freeze()))
+        })
+        .await?;
+        if first.is_empty() {
+            send.reserve_capacity(0);
+            return send.send_data(Bytes::new(), true).map_err(io_err);
+        }
+        let n = first.len();
+        send_all(send, first).await?;
+        moved(n);
+        if n < size {
+            continue;
+        }
+        if size < MAX_WRITE {
+            size = (size * 4).min(MAX_WRITE);
+            continue;
+        }
+        // A bulk burst: read straight into buffers that become the frames, while reads
+        // complete at once; the buffer goes as soon as one would wait.
+        let mut buf = BytesMut::new();
+        loop {
+            buf.reserve(MAX_WRITE);
+            let n = std::future::poll_fn(|cx| {
+                let read = r.read_buf(&mut buf);
+                match std::pin::pin!(read).poll(cx) {
+                    // Nothing ready now (an EOF is seen by the next idle read).
+                    Poll::Pending => Poll::Ready(Ok(0)),
+                    Poll::Ready(res) => Poll::Ready(res),
+                }
+            })
+            .await?;
+            if n == 0 {
+                break;
+            }
+            send_all(send, buf.split().freeze()).await?;
+            moved(n);
+        }
+    }
+}
+
+/// Most DATA frames gathered into one write.
+const MAX_GATHER: usize = 64;
+
+/// The stream's DATA into `w` until END_STREAM, which half-closes `w`. `first` holds bytes
+/// an earlier read left over; `eof`: END_STREAM was already seen.
+async fn stream_to_socket<W>(
+    recv: &mut RecvStream,
+    first: Bytes,
+    mut eof: bool,
+    w: &mut W,
+    moved: impl Fn(usize),
+) -> io::Result<()>
+where
+    W: AsyncWrite + Unpin,
+{
+    let mut chunks: Vec<Bytes> = Vec::new();
+    if !first.is_empty() {
+        chunks.push(first);
+    }
+    loop {
+        let mut failed = None;
+        if chunks.is_empty() && !eof {
+            match std::future::poll_fn(|cx| recv.poll_data(cx)).await {
+                Some(Ok(b)) => chunks.push(b),
+                Some(Err(e)) => return Err(io_err(e)),
+                None => eof = true,
+            }
+        }
+        // Every frame already received goes in the same write.
+        while !eof && chunks.len() < MAX_GATHER {
+            let next = std::future::poll_fn(|cx| match recv.poll_data(cx) {
+                // The waker stays registered: at worst one wake-up for nothing.
+                Poll::Pending => Poll::Ready(Some(None)),
+                Poll::Ready(r) => Poll::Ready(r.map(Some)),
+            })
+            .await;
+            match next {
+                Some(Some(Ok(b))) => chunks.push(b),
+                // The bytes first; the error after them.
+                Some(Some(Err(e))) => {
+                    failed = Some(io_err(e));
+                    break;
+                }
+                Some(None) => break,
+                None => eof = true,
+            }
+        }
+        chunks.retain(|c| !c.is_empty());
+        let n: usize = chunks.iter().map(Bytes::len).sum();
+        if n > 0 {
+            write_all_chunks(w, &mut chunks).await?;
+            // Taken by `w`: the peer may send as many more.
+            let _ = recv.flow_control().release_capacity(n);
+            moved(n);
+        }
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        if eof {
+            let _ = w.shutdown().await;
+            return Ok(());
+        }
+    }
+}
+
+/// Writes every chunk, in vectored writes where `w` takes them; leaves `chunks` empty.
+async fn write_all_chunks<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    chunks: &mut Vec<Bytes>,
+) -> io::Result<()> {
+    let mut at = 0;
+    while at < chunks.len() {
+        let n = if chunks.len() - at == 1 {
+            w.write(&chunks[at]).await?
+        } else {
+            let slices: Vec<io::IoSlice<'_>> =
+                chunks[at..].iter().map(|c| io::IoSlice::new(c)).collect();
+            w.write_vectored(&slices).await?
+        };
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        let mut left = n;
+        while left > 0 {
+            let c = &mut chunks[at];
+            if left >= c.len() {
+                left -= c.len();
+                at += 1;
+            } else {
+                c.advance(left);
+                left = 0;
+            }
+        }
+    }
+    chunks.clear();
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -237,5 +492,67 @@ mod tests {
         assert_eq!(&buf[..n], b"last words");
         let e = stream.read(&mut buf).await.expect_err("then the reset");
         assert_eq!(e.kind(), io::ErrorKind::BrokenPipe);
+    }
+
+    /// An h2 stream from a client (its `H2Stream`, the byte-stream view) to a server that
+    /// joins it with [`relay`] to `inside`, whose far end echoes: what the client sends, in
+    /// small writes and in bursts bigger than a frame, comes back intact and in order, the
+    /// client's half-close reaches `inside` and the echo's reaches the client.
+    #[tokio::test]
+    async fn relay_without_copies_carries_bulk_both_ways_with_half_closes() {
+        let (c, s) = tokio::io::duplex(1 << 20);
+        let (inside, mut echo) = tokio::io::duplex(100_000);
+        let server = tokio::spawn(async move {
+            let mut conn = h2::server::Builder::new()
+                .initial_window_size(1 << 20)
+                .max_frame_size(super::super::MAX_FRAME)
+                .handshake::<_, Bytes>(s)
+                .await
+                .expect("server handshake");
+            let (req, mut respond) = conn.accept().await.expect("one").expect("stream");
+            // Driven until the client goes (what the relay queued last still has to leave).
+            tokio::spawn(async move { while let Some(Ok(_)) = conn.accept().await {} });
+            let send = respond
+                .send_response(http::Response::new(()), false)
+                .expect("answer");
+            let mut h2 = H2Stream::new(send, req.into_body());
+            relay(inside, &mut h2, Duration::from_secs(10)).await
+        });
+        let echoer = tokio::spawn(async move {
+            let (mut r, mut w) = tokio::io::split(&mut echo);
+            tokio::io::copy(&mut r, &mut w).await.expect("echo");
+            w.shutdown().await.expect("echo EOF");
+        });
+        let (client, conn) = h2::client::Builder::new()
+            .initial_window_size(1 << 20)
+            .max_frame_size(super::super::MAX_FRAME)
+            .handshake::<_, Bytes>(c)
+            .await
+            .expect("client handshake");
+        tokio::spawn(conn);
+        let mut client = client.ready().await.expect("ready");
+        let (resp, send) = ask(&mut client);
+        let recv = resp.await.expect("answered").into_body();
+        let stream = H2Stream::new(send, recv);
+        let (mut cr, mut cw) = tokio::io::split(stream);
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let sent = data.clone();
+        let writer = tokio::spawn(async move {
+            // Small writes (not so many tiny frames that h2's guard against them trips).
+            for small in sent[..30_000].chunks(300) {
+                cw.write_all(small).await.expect("small write");
+            }
+            cw.write_all(&sent[30_000..]).await.expect("bulk write");
+            cw.shutdown().await.expect("half-close");
+        });
+        let mut got = Vec::new();
+        cr.read_to_end(&mut got).await.expect("echo to EOF");
+        assert!(got == data, "{} bytes back, intact and in order", got.len());
+        writer.await.expect("writer");
+        echoer.await.expect("echoer");
+        let (end, stats) = server.await.expect("server");
+        assert!(matches!(end, RelayEnd::Done), "{end:?}");
+        assert_eq!(stats.a_to_b, 3_000_000);
+        assert_eq!(stats.b_to_a, 3_000_000);
     }
 }
