@@ -6,8 +6,10 @@
 //! messages and its `grpc-status` trailer, and a trailers-only error answer too; a server
 //! that refuses connections is skipped; over TLS, h2 is chosen by ALPN (a server that does
 //! not choose it is a 502); 103 Early Hints and 100-continue reach curl over HTTP/1.1 and
-//! HTTP/2; a WebSocket (HTTP/1.1 Upgrade or RFC 8441) to an h2 pool gets an HTTP/1.1
-//! connection of its own, over TLS by ALPN `http/1.1`.
+//! HTTP/2; a WebSocket (HTTP/1.1 Upgrade or RFC 8441) to an h2 pool whose server does not
+//! announce extended CONNECT gets an HTTP/1.1 connection of its own, over TLS by ALPN
+//! `http/1.1`; to an h2c-only server that announces it, an extended CONNECT stream on the
+//! server's connection (tungstenite echoing on both ends).
 
 mod common;
 
@@ -675,4 +677,219 @@ async fn websocket_to_an_h2_pool_over_tls_asks_for_http11_by_alpn() {
     websocket_echo(rev, 5).await;
     assert_eq!(wsn.load(Ordering::SeqCst), 1, "http/1.1 chosen by ALPN");
     assert_eq!(h2n.load(Ordering::SeqCst), 1);
+}
+
+/// An h2c-only origin (no HTTP/1.1 at all, as a tonic server): a GET gets `200 ok`; with
+/// `connect_protocol` it announces `SETTINGS_ENABLE_CONNECT_PROTOCOL` and an RFC 8441
+/// extended CONNECT for `websocket` gets 200 and a tungstenite echo on the stream:
+/// (address, connections, WebSocket streams).
+async fn h2c_websocket_origin(
+    connect_protocol: bool,
+) -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let (conns, streams) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (c, w) = (conns.clone(), streams.clone());
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = l.accept().await {
+            c.fetch_add(1, Ordering::SeqCst);
+            let w = w.clone();
+            tokio::spawn(async move {
+                let mut b = h2::server::Builder::new();
+                if connect_protocol {
+                    b.enable_connect_protocol();
+                }
+                let Ok(mut conn) = b.handshake::<_, Bytes>(tcp).await else {
+                    return;
+                };
+                while let Some(Ok((req, mut respond))) = conn.accept().await {
+                    let ws = req.method() == http::Method::CONNECT
+                        && req
+                            .extensions()
+                            .get::<h2::ext::Protocol>()
+                            .is_some_and(|p| p.as_str() == "websocket");
+                    if !ws {
+                        let mut send = respond
+                            .send_response(Response::new(()), false)
+                            .expect("respond");
+                        let _ = send.send_data(Bytes::from_static(b"ok"), true);
+                        continue;
+                    }
+                    w.fetch_add(1, Ordering::SeqCst);
+                    assert!(req.headers().get("sec-websocket-key").is_none());
+                    let mut ok = Response::new(());
+                    if let Some(p) = req.headers().get("sec-websocket-protocol") {
+                        ok.headers_mut().insert("sec-websocket-protocol", p.clone());
+                    }
+                    let send = respond.send_response(ok, false).expect("200");
+                    let io = bridge(send, req.into_body());
+                    tokio::spawn(echo(io));
+                }
+            });
+        }
+    });
+    (addr, conns, streams)
+}
+
+/// A WebSocket echo (tungstenite, server role) on an already open stream.
+async fn echo(io: tokio::io::DuplexStream) {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::protocol::Role;
+    let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(io, Role::Server, None).await;
+    while let Some(Ok(m)) = ws.next().await {
+        if (m.is_text() || m.is_binary()) && ws.send(m).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// One HTTP/2 stream as a byte stream: its DATA both ways through an in-memory pipe.
+fn bridge(mut send: h2::SendStream<Bytes>, mut recv: h2::RecvStream) -> tokio::io::DuplexStream {
+    use tokio::io::AsyncReadExt;
+    let (near, far) = tokio::io::duplex(64 * 1024);
+    let (mut rd, mut wr) = tokio::io::split(far);
+    tokio::spawn(async move {
+        while let Some(Ok(d)) = recv.data().await {
+            let _ = recv.flow_control().release_capacity(d.len());
+            if wr.write_all(&d).await.is_err() {
+                return;
+            }
+        }
+        let _ = wr.shutdown().await;
+    });
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = rd.read(&mut buf).await.unwrap_or(0);
+            if n == 0 {
+                let _ = send.send_data(Bytes::new(), true);
+                return;
+            }
+            send.reserve_capacity(n);
+            let mut data = Bytes::copy_from_slice(&buf[..n]);
+            while !data.is_empty() {
+                match std::future::poll_fn(|cx| send.poll_capacity(cx)).await {
+                    Some(Ok(c)) if c > 0 => {
+                        let piece = data.split_to(c.min(data.len()));
+                        if send.send_data(piece, false).is_err() {
+                            return;
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                    _ => return,
+                }
+            }
+        }
+    });
+    near
+}
+
+/// `n` text messages echoed on an open WebSocket, then a close.
+async fn echo_messages<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>, n: usize)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    for i in 0..n {
+        let text = format!("message {i} {}", "x".repeat(i * 100));
+        ws.send(Message::text(text.clone())).await.expect("send");
+        let m = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("echo in time")
+            .expect("open")
+            .expect("message");
+        assert_eq!(m, Message::text(text));
+    }
+    ws.close(None).await.expect("close");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_to_an_h2c_only_server_goes_as_extended_connect() {
+    let (origin, conns, streams) = h2c_websocket_origin(true).await;
+    let gh = Gatehouse::start(&config(origin));
+    let rev = gh.addr("rev");
+
+    // An HTTP/1.1 Upgrade first (no connection to the server yet): tungstenite's client
+    // checks the Sec-WebSocket-Accept made for its key, and the subprotocol comes back.
+    let tcp = TcpStream::connect(rev).await.expect("connect");
+    let req = http::Request::builder()
+        .uri("ws://app.test/chat")
+        .header("host", "app.test")
+        .header("connection", "Upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-protocol", "chat.v1")
+        .header(
+            "sec-websocket-key",
+            tokio_tungstenite::tungstenite::handshake::client::generate_key(),
+        )
+        .body(())
+        .expect("request");
+    let (mut ws, resp) = tokio_tungstenite::client_async(req, tcp)
+        .await
+        .expect("handshake through the proxy");
+    assert_eq!(resp.status(), 101);
+    assert_eq!(resp.headers()["sec-websocket-protocol"], "chat.v1");
+    echo_messages(&mut ws, 30).await;
+    assert_eq!(streams.load(Ordering::SeqCst), 1);
+
+    // A plain request shares the server's one connection.
+    let send = h2_client(rev).await;
+    let (status, _, body, _) = h2_call(&send, get("/"), None).await;
+    assert_eq!((status, &body[..]), (200, &b"ok"[..]));
+
+    // RFC 8441 from an HTTP/2 client, end to end: tungstenite (client role) on the stream.
+    let mut ready = send.clone().ready().await.expect("ready");
+    let req = http::Request::builder()
+        .method("CONNECT")
+        .uri("http://app.test/chat")
+        .header("sec-websocket-version", "13")
+        .extension(h2::ext::Protocol::from("websocket"))
+        .body(())
+        .expect("request");
+    let (resp, up) = ready.send_request(req, false).expect("extended CONNECT");
+    let resp = resp.await.expect("response");
+    assert_eq!(resp.status(), 200, "{:?}", resp.headers());
+    assert!(resp.headers().get("sec-websocket-accept").is_none());
+    let io = bridge(up, resp.into_body());
+    let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+        io,
+        tokio_tungstenite::tungstenite::protocol::Role::Client,
+        None,
+    )
+    .await;
+    echo_messages(&mut ws, 30).await;
+    assert_eq!(streams.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        conns.load(Ordering::SeqCst),
+        1,
+        "one HTTP/2 connection for all"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_to_an_h2c_only_server_without_extended_connect_is_a_502() {
+    let (origin, conns, streams) = h2c_websocket_origin(false).await;
+    let gh = Gatehouse::start(&config(origin));
+    let rev = gh.addr("rev");
+    // The server did not announce SETTINGS_ENABLE_CONNECT_PROTOCOL: HTTP/1.1 is tried on a
+    // connection of its own, which an h2c-only server does not speak.
+    let r = raw_get(
+        rev,
+        "/chat",
+        "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 502"), "{r}");
+    assert_eq!(streams.load(Ordering::SeqCst), 0);
+    assert_eq!(conns.load(Ordering::SeqCst), 2, "HTTP/2, then HTTP/1.1");
+    // Plain requests still go over the HTTP/2 connection.
+    let r = raw_get(rev, "/", "").await;
+    assert!(
+        r.starts_with("HTTP/1.1 200") && r.contains("\r\nok\r\n"),
+        "{r}"
+    );
+    assert_eq!(conns.load(Ordering::SeqCst), 2);
 }
