@@ -9,7 +9,9 @@
 //! HTTP/2; a WebSocket (HTTP/1.1 Upgrade or RFC 8441) to an h2 pool whose server does not
 //! announce extended CONNECT gets an HTTP/1.1 connection of its own, over TLS by ALPN
 //! `http/1.1`; to an h2c-only server that announces it, an extended CONNECT stream on the
-//! server's connection (tungstenite echoing on both ends).
+//! server's connection (tungstenite echoing on both ends). A drain closes an idle upstream
+//! connection with GOAWAY at once (not one with a stream in flight), and so does a reload
+//! that removes its server.
 
 mod common;
 
@@ -892,4 +894,213 @@ async fn websocket_to_an_h2c_only_server_without_extended_connect_is_a_502() {
         "{r}"
     );
     assert_eq!(conns.load(Ordering::SeqCst), 2);
+}
+
+/// A TCP stream that keeps every byte the client sent.
+struct Tap {
+    io: TcpStream,
+    seen: Arc<Mutex<Vec<u8>>>,
+}
+
+impl tokio::io::AsyncRead for Tap {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut self.io).poll_read(cx, buf);
+        if let std::task::Poll::Ready(Ok(())) = &r {
+            let got = buf.filled()[before..].to_vec();
+            self.seen.lock().expect("lock").extend_from_slice(&got);
+        }
+        r
+    }
+}
+
+impl tokio::io::AsyncWrite for Tap {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// Whether the client's bytes (preface, then frames) hold a GOAWAY with `NO_ERROR`.
+fn goaway_no_error(bytes: &[u8]) -> bool {
+    let mut rest = bytes.get(24..).unwrap_or_default();
+    while rest.len() >= 9 {
+        let len = u32::from_be_bytes([0, rest[0], rest[1], rest[2]]) as usize;
+        let Some(payload) = rest.get(9..9 + len) else {
+            return false;
+        };
+        if rest[3] == 7 && payload.len() >= 8 && payload[4..8] == [0, 0, 0, 0] {
+            return true;
+        }
+        rest = &rest[9 + len..];
+    }
+    false
+}
+
+/// An h2c origin that watches its connections: `GET /hold` is answered only after
+/// `release` (and says `held` when it arrives), anything else `ok`; each connection's
+/// client bytes land in `closed` once it ends.
+struct Watched {
+    addr: SocketAddr,
+    accepted: Arc<AtomicUsize>,
+    closed: Arc<Mutex<Vec<Vec<u8>>>>,
+    ended: Arc<Notify>,
+    held: Arc<Notify>,
+    release: Arc<Notify>,
+}
+
+impl Watched {
+    async fn start() -> Watched {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let w = Watched {
+            addr: l.local_addr().expect("addr"),
+            accepted: Arc::default(),
+            closed: Arc::default(),
+            ended: Arc::default(),
+            held: Arc::default(),
+            release: Arc::default(),
+        };
+        let (accepted, closed, ended) = (w.accepted.clone(), w.closed.clone(), w.ended.clone());
+        let (held, release) = (w.held.clone(), w.release.clone());
+        tokio::spawn(async move {
+            while let Ok((io, _)) = l.accept().await {
+                accepted.fetch_add(1, Ordering::SeqCst);
+                let seen = Arc::new(Mutex::new(Vec::new()));
+                let tap = Tap {
+                    io,
+                    seen: seen.clone(),
+                };
+                let (closed, ended) = (closed.clone(), ended.clone());
+                let (held, release) = (held.clone(), release.clone());
+                tokio::spawn(async move {
+                    if let Ok(mut conn) = h2::server::handshake(tap).await {
+                        while let Some(Ok((req, mut respond))) = conn.accept().await {
+                            let (held, release) = (held.clone(), release.clone());
+                            tokio::spawn(async move {
+                                if req.uri().path() == "/hold" {
+                                    held.notify_one();
+                                    release.notified().await;
+                                }
+                                let Ok(mut send) = respond.send_response(Response::new(()), false)
+                                else {
+                                    return;
+                                };
+                                let _ = send.send_data(Bytes::from_static(b"ok"), true);
+                            });
+                        }
+                    }
+                    let bytes = seen.lock().expect("lock").clone();
+                    closed.lock().expect("lock").push(bytes);
+                    ended.notify_one();
+                });
+            }
+        });
+        w
+    }
+
+    /// Waits (10 s at most) for a connection to end; its client's bytes.
+    async fn next_closed(&self) -> Vec<u8> {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                if let Some(b) = self.closed.lock().expect("lock").pop() {
+                    return b;
+                }
+                self.ended.notified().await;
+            }
+        })
+        .await
+        .expect("the connection closed in time")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn draining_closes_idle_upstream_connections_with_goaway() {
+    let (idle, busy) = (Watched::start().await, Watched::start().await);
+    let gh = Gatehouse::start(&format!(
+        "[[listeners]]\nname = \"rev\"\nkind = \"reverse\"\nlisten = \"127.0.0.1:0\"\n\
+         [[listeners.hosts]]\nnames = [\"app.test\"]\n\
+         [[listeners.hosts.routes]]\npath = \"/hold\"\npool = \"q\"\n\
+         [[listeners.hosts.routes]]\npool = \"p\"\n\
+         [[pools]]\nname = \"p\"\nprotocol = \"h2\"\n[[pools.servers]]\naddress = \"{}\"\n\
+         [[pools]]\nname = \"q\"\nprotocol = \"h2\"\n[[pools.servers]]\naddress = \"{}\"\n",
+        idle.addr, busy.addr
+    ));
+    let mut gh = gh;
+    let rev = gh.addr("rev");
+    let r = raw_get(rev, "/", "").await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    // A request in flight on the other server keeps the proxy running while it drains.
+    let held = busy.held.notified();
+    let hold = tokio::spawn(raw_get(rev, "/hold", ""));
+    held.await;
+    gh.signal("TERM");
+    // The idle connection is closed at once, with GOAWAY NO_ERROR...
+    let bytes = idle.next_closed().await;
+    assert!(goaway_no_error(&bytes), "no GOAWAY in {bytes:?}");
+    // ... the busy one is not while its stream is in flight, and the stream finishes.
+    assert!(busy.closed.lock().expect("lock").is_empty());
+    busy.release.notify_one();
+    let r = tokio::time::timeout(Duration::from_secs(10), hold)
+        .await
+        .expect("answered in time")
+        .expect("task");
+    assert!(
+        r.starts_with("HTTP/1.1 200") && r.contains("\r\nok\r\n"),
+        "{r}"
+    );
+    assert!(gh.wait_exit(Duration::from_secs(10)).is_some(), "exits");
+    assert_eq!(idle.accepted.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_removes_a_server_closes_its_connection() {
+    let (gone, kept) = (Watched::start().await, Watched::start().await);
+    let rr = |servers: &[SocketAddr]| {
+        config_with(servers).replace(
+            "protocol = \"h2\"\n",
+            "protocol = \"h2\"\nalgorithm = \"round-robin\"\n",
+        )
+    };
+    let both = rr(&[gone.addr, kept.addr]);
+    let gh = Gatehouse::start(&both);
+    let rev = gh.addr("rev");
+    for _ in 0..4 {
+        let r = raw_get(rev, "/", "").await;
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    }
+    assert_eq!(gone.accepted.load(Ordering::SeqCst), 1);
+    assert_eq!(kept.accepted.load(Ordering::SeqCst), 1);
+    std::fs::write(gh.config_path(), rr(&[kept.addr])).expect("rewrite config");
+    gh.signal("HUP");
+    gh.wait_stderr("applied");
+    // The removed server's connection closes (GOAWAY NO_ERROR) while the proxy runs on.
+    let bytes = gone.next_closed().await;
+    assert!(goaway_no_error(&bytes), "no GOAWAY in {bytes:?}");
+    for _ in 0..4 {
+        let r = raw_get(rev, "/", "").await;
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    }
+    // The server that stays keeps its one connection.
+    assert_eq!(kept.accepted.load(Ordering::SeqCst), 1);
+    assert!(kept.closed.lock().expect("lock").is_empty());
+    assert_eq!(gone.accepted.load(Ordering::SeqCst), 1);
 }

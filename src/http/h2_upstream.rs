@@ -39,6 +39,8 @@ use super::codec::{self, Framing, Headers, RequestHead};
 use super::exchange::UpStream;
 use super::h2_server::{chunked_trailers, fill, send_data, CONNECTION_SPECIFIC, PIPE_BYTES};
 use super::pool::PoolKey;
+use crate::pool::ServerPool;
+use crate::shutdown::Shutdown;
 
 /// Stream and connection flow-control windows we offer servers: the response bytes a
 /// server may send ahead of the client reading them.
@@ -53,6 +55,8 @@ pub struct H2Pool {
     idle_timeout: Duration,
     read_timeout: Duration,
     max_head: usize,
+    /// Its drain closes every connection once its streams are done.
+    shutdown: Shutdown,
 }
 
 #[derive(Clone)]
@@ -74,6 +78,26 @@ struct Life {
     settled: AtomicBool,
     /// To ask the server for that PING answer (one asker at a time).
     ping: tokio::sync::Mutex<Option<h2::PingPong>>,
+    /// The pool server the connection was opened for, followed across reloads: once a
+    /// reload removes it, the connection takes no new streams and closes when idle.
+    server: Mutex<Option<(Arc<ServerPool>, usize)>>,
+}
+
+impl Life {
+    /// Whether the server is still configured (its pool's newest successor has it).
+    fn server_configured(&self) -> bool {
+        let Ok(mut s) = self.server.lock() else {
+            return true;
+        };
+        match s.as_ref().map(|(p, i)| p.server_now(*i)) {
+            None => true,
+            Some(Some(now)) => {
+                *s = Some(now);
+                true
+            }
+            Some(None) => false,
+        }
+    }
 }
 
 /// How a WebSocket goes to a server of an `h2` pool (see [`H2Pool::websocket`]).
@@ -123,13 +147,19 @@ pub(super) struct StreamOpts {
 }
 
 impl H2Pool {
-    pub fn new(idle_timeout: Duration, read_timeout: Duration, max_head: usize) -> Arc<H2Pool> {
+    pub fn new(
+        idle_timeout: Duration,
+        read_timeout: Duration,
+        max_head: usize,
+        shutdown: Shutdown,
+    ) -> Arc<H2Pool> {
         Arc::new(H2Pool {
             conns: Mutex::default(),
             opening: Mutex::default(),
             idle_timeout,
             read_timeout,
             max_head: max_head.max(64 * 1024),
+            shutdown,
         })
     }
 
@@ -203,14 +233,14 @@ impl H2Pool {
     /// Starts HTTP/2 on a new connection to `key` (the preface, SETTINGS) and opens a
     /// stream on it. Over TLS the server must have chosen `h2` by ALPN. For a `websocket`,
     /// `None` when the server does not take extended CONNECT (the connection stays for
-    /// other requests).
+    /// other requests). `server` is the pool server it is for (followed across reloads).
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn open(
         self: &Arc<Self>,
         _opening: Opening,
         key: PoolKey,
         io: UpStream,
-        peer: SocketAddr,
+        (peer, server): (SocketAddr, (Arc<ServerPool>, usize)),
         opts: StreamOpts,
         limit: Duration,
         websocket: bool,
@@ -237,6 +267,7 @@ impl H2Pool {
             ended: AtomicBool::new(false),
             settled: AtomicBool::new(false),
             ping: tokio::sync::Mutex::new(conn.ping_pong()),
+            server: Mutex::new(Some(server)),
         });
         let c = Conn { send, peer, life };
         if let Ok(mut m) = self.conns.lock() {
@@ -247,6 +278,7 @@ impl H2Pool {
             key.clone(),
             conn,
             c.life.clone(),
+            self.shutdown.clone(),
         ));
         if websocket && !self.extended_connect(&c).await {
             return Ok(None);
@@ -468,21 +500,25 @@ impl StreamError {
     }
 }
 
-/// The connection's task: drives it until it ends, or until it has had no stream for the
-/// pool's idle time.
+/// The connection's task: drives it until it ends. It stops taking new streams once it
+/// has had none for the pool's idle time, when the proxy drains, or when a reload removed
+/// its server; then, its streams done and no handle left, the h2 crate closes it with
+/// GOAWAY (`NO_ERROR`).
 async fn drive<T>(
     pool: std::sync::Weak<H2Pool>,
     key: PoolKey,
     conn: h2::client::Connection<T, Bytes>,
     life: Arc<Life>,
+    shutdown: Shutdown,
 ) where
     T: AsyncRead + AsyncWrite + Unpin,
 {
     let idle = pool
         .upgrade()
         .map_or(Duration::from_secs(60), |p| p.idle_timeout);
-    let every = (idle / 2).max(Duration::from_millis(50));
+    let every = close_check_every(idle);
     tokio::pin!(conn);
+    let mut closing = false;
     loop {
         tokio::select! {
             r = &mut conn => {
@@ -491,12 +527,22 @@ async fn drive<T>(
                 }
                 break;
             }
-            _ = tokio::time::sleep(every) => {
+            _ = shutdown.draining(), if !closing => closing = true,
+            _ = tokio::time::sleep(every), if !closing => {
                 let quiet = life.active.load(Ordering::Acquire) == 0
                     && life.last_used.lock().map_or(true, |t| t.elapsed() >= idle);
-                if quiet {
-                    break;
+                closing = quiet || !life.server_configured();
+                if !closing {
+                    continue;
                 }
+            }
+        }
+        if closing && !life.ended.swap(true, Ordering::AcqRel) {
+            // No new streams: the map lets go of its handle, the streams in flight of
+            // theirs as they end.
+            tracing::debug!(server = ?key, "HTTP/2 connection to a server closing");
+            if let Some(p) = pool.upgrade() {
+                p.forget(&key, &life);
             }
         }
     }
@@ -504,6 +550,12 @@ async fn drive<T>(
     if let Some(p) = pool.upgrade() {
         p.forget(&key, &life);
     }
+}
+
+/// How often a connection looks at its idle time and its server's removal: half the idle
+/// time, between 50 ms and 1 s.
+fn close_check_every(idle: Duration) -> Duration {
+    (idle / 2).clamp(Duration::from_millis(50), Duration::from_secs(1))
 }
 
 /// The request body out of the pipe into DATA frames (within the server's window), then
@@ -911,7 +963,12 @@ mod tests {
 
     #[tokio::test]
     async fn opening_locks_do_not_outlive_their_openers() {
-        let pool = H2Pool::new(Duration::from_secs(1), Duration::from_secs(1), 1024);
+        let pool = H2Pool::new(
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+            1024,
+            Shutdown::new(),
+        );
         let key = PoolKey {
             host: crate::connector::Host::Name("a".into()),
             port: 1,
@@ -926,6 +983,22 @@ mod tests {
         assert_eq!(pool.opening.lock().expect("lock").len(), 1);
         drop(opening);
         assert!(pool.opening.lock().expect("lock").is_empty());
+    }
+
+    #[test]
+    fn connections_look_at_closing_often_enough() {
+        assert_eq!(
+            close_check_every(Duration::from_secs(60)),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            close_check_every(Duration::from_millis(400)),
+            Duration::from_millis(200)
+        );
+        assert_eq!(
+            close_check_every(Duration::from_millis(10)),
+            Duration::from_millis(50)
+        );
     }
 
     #[test]

@@ -189,6 +189,7 @@ impl Reverse {
                 cfg.idle_timeout,
                 cfg.http.read_timeout,
                 cfg.http.max_header_bytes,
+                svc.shutdown.clone(),
             ),
             tls,
             cfg: cfg.clone(),
@@ -829,7 +830,15 @@ impl HttpProxy {
                     let limit = pool.cfg.connect_timeout;
                     match rv
                         .h2
-                        .open(opening, key.clone(), stream, peer, h2_opts, limit, ws)
+                        .open(
+                            opening,
+                            key.clone(),
+                            stream,
+                            (peer, (pool.clone(), i)),
+                            h2_opts,
+                            limit,
+                            ws,
+                        )
                         .await
                     {
                         Ok(Some(s)) => (s, false),
