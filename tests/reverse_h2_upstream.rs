@@ -9,7 +9,8 @@
 //! HTTP/2; a WebSocket (HTTP/1.1 Upgrade or RFC 8441) to an h2 pool whose server does not
 //! announce extended CONNECT gets an HTTP/1.1 connection of its own, over TLS by ALPN
 //! `http/1.1`; to an h2c-only server that announces it, an extended CONNECT stream on the
-//! server's connection (tungstenite echoing on both ends). A drain closes an idle upstream
+//! server's connection (tungstenite echoing on both ends), whose stream ends when the
+//! client goes away. A drain closes an idle upstream
 //! connection with GOAWAY at once (not one with a stream in flight), and so does a reload
 //! that removes its server.
 
@@ -684,53 +685,59 @@ async fn websocket_to_an_h2_pool_over_tls_asks_for_http11_by_alpn() {
 /// An h2c-only origin (no HTTP/1.1 at all, as a tonic server): a GET gets `200 ok`; with
 /// `connect_protocol` it announces `SETTINGS_ENABLE_CONNECT_PROTOCOL` and an RFC 8441
 /// extended CONNECT for `websocket` gets 200 and a tungstenite echo on the stream:
-/// (address, connections, WebSocket streams).
+/// (address, connections, WebSocket streams, notified as a connection ends).
 async fn h2c_websocket_origin(
     connect_protocol: bool,
-) -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+) -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>, Arc<Notify>) {
     let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = l.local_addr().expect("addr");
     let (conns, streams) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let (c, w) = (conns.clone(), streams.clone());
+    let ended = Arc::new(Notify::new());
+    let (c, w, e) = (conns.clone(), streams.clone(), ended.clone());
     tokio::spawn(async move {
         while let Ok((tcp, _)) = l.accept().await {
             c.fetch_add(1, Ordering::SeqCst);
-            let w = w.clone();
+            let (w, e) = (w.clone(), e.clone());
             tokio::spawn(async move {
-                let mut b = h2::server::Builder::new();
-                if connect_protocol {
-                    b.enable_connect_protocol();
-                }
-                let Ok(mut conn) = b.handshake::<_, Bytes>(tcp).await else {
-                    return;
-                };
-                while let Some(Ok((req, mut respond))) = conn.accept().await {
-                    let ws = req.method() == http::Method::CONNECT
-                        && req
-                            .extensions()
-                            .get::<h2::ext::Protocol>()
-                            .is_some_and(|p| p.as_str() == "websocket");
-                    if !ws {
-                        let mut send = respond
-                            .send_response(Response::new(()), false)
-                            .expect("respond");
-                        let _ = send.send_data(Bytes::from_static(b"ok"), true);
-                        continue;
-                    }
-                    w.fetch_add(1, Ordering::SeqCst);
-                    assert!(req.headers().get("sec-websocket-key").is_none());
-                    let mut ok = Response::new(());
-                    if let Some(p) = req.headers().get("sec-websocket-protocol") {
-                        ok.headers_mut().insert("sec-websocket-protocol", p.clone());
-                    }
-                    let send = respond.send_response(ok, false).expect("200");
-                    let io = bridge(send, req.into_body());
-                    tokio::spawn(echo(io));
-                }
+                serve_websockets(tcp, connect_protocol, w).await;
+                e.notify_one();
             });
         }
     });
-    (addr, conns, streams)
+    (addr, conns, streams, ended)
+}
+
+async fn serve_websockets(tcp: TcpStream, connect_protocol: bool, w: Arc<AtomicUsize>) {
+    let mut b = h2::server::Builder::new();
+    if connect_protocol {
+        b.enable_connect_protocol();
+    }
+    let Ok(mut conn) = b.handshake::<_, Bytes>(tcp).await else {
+        return;
+    };
+    while let Some(Ok((req, mut respond))) = conn.accept().await {
+        let ws = req.method() == http::Method::CONNECT
+            && req
+                .extensions()
+                .get::<h2::ext::Protocol>()
+                .is_some_and(|p| p.as_str() == "websocket");
+        if !ws {
+            let mut send = respond
+                .send_response(Response::new(()), false)
+                .expect("respond");
+            let _ = send.send_data(Bytes::from_static(b"ok"), true);
+            continue;
+        }
+        w.fetch_add(1, Ordering::SeqCst);
+        assert!(req.headers().get("sec-websocket-key").is_none());
+        let mut ok = Response::new(());
+        if let Some(p) = req.headers().get("sec-websocket-protocol") {
+            ok.headers_mut().insert("sec-websocket-protocol", p.clone());
+        }
+        let send = respond.send_response(ok, false).expect("200");
+        let io = bridge(send, req.into_body());
+        tokio::spawn(echo(io));
+    }
 }
 
 /// A WebSocket echo (tungstenite, server role) on an already open stream.
@@ -791,6 +798,15 @@ async fn echo_messages<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>, n: usi
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
+    echo_messages_open(ws, n).await;
+    ws.close(None).await.expect("close");
+}
+
+/// `n` text messages echoed on an open WebSocket.
+async fn echo_messages_open<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>, n: usize)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
     for i in 0..n {
@@ -803,12 +819,11 @@ where
             .expect("message");
         assert_eq!(m, Message::text(text));
     }
-    ws.close(None).await.expect("close");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_to_an_h2c_only_server_goes_as_extended_connect() {
-    let (origin, conns, streams) = h2c_websocket_origin(true).await;
+    let (origin, conns, streams, _) = h2c_websocket_origin(true).await;
     let gh = Gatehouse::start(&config(origin));
     let rev = gh.addr("rev");
 
@@ -872,7 +887,7 @@ async fn websocket_to_an_h2c_only_server_goes_as_extended_connect() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_to_an_h2c_only_server_without_extended_connect_is_a_502() {
-    let (origin, conns, streams) = h2c_websocket_origin(false).await;
+    let (origin, conns, streams, _) = h2c_websocket_origin(false).await;
     let gh = Gatehouse::start(&config(origin));
     let rev = gh.addr("rev");
     // The server did not announce SETTINGS_ENABLE_CONNECT_PROTOCOL: HTTP/1.1 is tried on a
@@ -1103,4 +1118,29 @@ async fn a_reload_that_removes_a_server_closes_its_connection() {
     assert_eq!(kept.accepted.load(Ordering::SeqCst), 1);
     assert!(kept.closed.lock().expect("lock").is_empty());
     assert_eq!(gone.accepted.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_gone_from_the_client_frees_its_upstream_stream() {
+    use futures_util::SinkExt;
+    let (origin, conns, streams, ended) = h2c_websocket_origin(true).await;
+    let gh = Gatehouse::start(&config(origin).replace(
+        "[listeners.http2]",
+        "idle_timeout = \"300ms\"\n[listeners.http2]",
+    ));
+    let rev = gh.addr("rev");
+    let tcp = TcpStream::connect(rev).await.expect("connect");
+    let (mut ws, _) = tokio_tungstenite::client_async("ws://app.test/chat", tcp)
+        .await
+        .expect("handshake through the proxy");
+    echo_messages_open(&mut ws, 3).await;
+    // The client vanishes without a close handshake: the stream ends, and with no stream
+    // left the idle connection closes.
+    let _ = ws.flush().await;
+    drop(ws);
+    tokio::time::timeout(Duration::from_secs(10), ended.notified())
+        .await
+        .expect("the upstream connection closed once the WebSocket was gone");
+    assert_eq!(streams.load(Ordering::SeqCst), 1);
+    assert_eq!(conns.load(Ordering::SeqCst), 1);
 }

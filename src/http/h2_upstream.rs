@@ -430,7 +430,11 @@ impl H2Pool {
             Ok(Ok(s)) => s,
         };
         let (response, mut up) = send.send_request(req, false).map_err(StreamError::Gone)?;
-        let resp = response.await.map_err(gone)?;
+        // The exchange gives up after its first-byte timeout; so does this stream.
+        let resp = match timeout(opts.wait, response).await {
+            Err(_) => return Err(StreamError::Request("no answer to the CONNECT".into())),
+            Ok(r) => r.map_err(gone)?,
+        };
         if !resp.status().is_success() {
             // Refused (e.g. 403, 404): an ordinary response; the stream ends here.
             let _ = up.send_data(Bytes::new(), true);
@@ -463,7 +467,20 @@ impl H2Pool {
             wr.shutdown().await?;
             Ok::<(), StreamError>(())
         };
-        tokio::try_join!(upward, downward).map(|_| ())
+        tokio::pin!(upward, downward);
+        tokio::select! {
+            // The server ended its side: the client's may go on until it ends too.
+            r = &mut downward => {
+                r?;
+                upward.await
+            }
+            // The client's side ended (or the tunnel closed): the server has the read
+            // timeout to end its side, then the stream is reset.
+            r = &mut upward => {
+                r?;
+                timeout(self.read_timeout, downward).await.unwrap_or(Ok(()))
+            }
+        }
     }
 }
 
