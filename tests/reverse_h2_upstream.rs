@@ -9,8 +9,8 @@
 //! HTTP/2; a WebSocket (HTTP/1.1 Upgrade or RFC 8441) to an h2 pool whose server does not
 //! announce extended CONNECT gets an HTTP/1.1 connection of its own, over TLS by ALPN
 //! `http/1.1`; to an h2c-only server that announces it, an extended CONNECT stream on the
-//! server's connection (tungstenite echoing on both ends), whose stream ends when the
-//! client goes away. A drain closes an idle upstream
+//! server's connection (tungstenite echoing on both ends; also over TLS to a server that
+//! offers ALPN `h2` alone), whose stream ends when the client goes away. A drain closes an idle upstream
 //! connection with GOAWAY at once (not one with a stream in flight), and so does a reload
 //! that removes its server.
 
@@ -707,7 +707,10 @@ async fn h2c_websocket_origin(
     (addr, conns, streams, ended)
 }
 
-async fn serve_websockets(tcp: TcpStream, connect_protocol: bool, w: Arc<AtomicUsize>) {
+async fn serve_websockets<T>(tcp: T, connect_protocol: bool, w: Arc<AtomicUsize>)
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let mut b = h2::server::Builder::new();
     if connect_protocol {
         b.enable_connect_protocol();
@@ -1143,4 +1146,33 @@ async fn a_websocket_gone_from_the_client_frees_its_upstream_stream() {
         .expect("the upstream connection closed once the WebSocket was gone");
     assert_eq!(streams.load(Ordering::SeqCst), 1);
     assert_eq!(conns.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_to_an_h2_only_server_over_tls_goes_as_extended_connect() {
+    // The server offers ALPN `h2` alone: the WebSocket's connection must ask for it.
+    let dir = tempfile::tempdir().expect("dir");
+    let (cafile, acceptor) = tls_acceptor(dir.path(), &[b"h2"]);
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let origin = l.local_addr().expect("addr");
+    let streams = Arc::new(AtomicUsize::new(0));
+    let w = streams.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = l.accept().await {
+            let (acceptor, w) = (acceptor.clone(), w.clone());
+            tokio::spawn(async move {
+                if let Ok(t) = acceptor.accept(tcp).await {
+                    serve_websockets(t, true, w).await;
+                }
+            });
+        }
+    });
+    let gh = Gatehouse::start(&format!(
+        "[[listeners]]\nname = \"rev\"\nkind = \"reverse\"\nlisten = \"127.0.0.1:0\"\n\
+         [[listeners.hosts]]\nnames = [\"app.test\"]\n[[listeners.hosts.routes]]\npool = \"p\"\n\
+         [[pools]]\nname = \"p\"\nprotocol = \"h2\"\n[[pools.servers]]\naddress = \"{origin}\"\n\
+         [pools.tls]\nca_file = {cafile:?}\nserver_name = \"origin.test\"\n"
+    ));
+    websocket_echo(gh.addr("rev"), 10).await;
+    assert_eq!(streams.load(Ordering::SeqCst), 1);
 }
