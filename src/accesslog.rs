@@ -60,16 +60,17 @@ fn millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
 }
 
 impl AccessRecord {
-    /// One line of space-separated fields. Every field that can hold text from a client or
-    /// the config (listener, user, method, target, rule) goes through [`escape_field`], so a
-    /// field never holds a space, quote, control byte or newline: one record, one line, and
-    /// the same number of fields on every line.
+    /// One line of 14 space-separated fields, and three more (route, pool, server) for a
+    /// request a reverse listener's route took. Every field that can hold text from a
+    /// client or the config (listener, user, method, target, rule, route, pool, server)
+    /// goes through [`escape_field`], so a field never holds a space, quote, control byte
+    /// or newline: one record, one line, and a fixed number of fields.
     pub fn to_text(&self) -> String {
         fn opt(o: Option<&str>) -> Cow<'_, str> {
             o.map_or(Cow::Borrowed("-"), escape_field)
         }
         format!(
-            "{} {} {} {} {} {} {} {} {} {:.3}ms {} {} {} {}",
+            "{} {} {} {} {} {} {} {} {} {:.3}ms {} {} {} {}{}",
             humantime::format_rfc3339_millis(self.time),
             escape_field(&self.listener),
             self.client,
@@ -85,6 +86,22 @@ impl AccessRecord {
             self.cache.unwrap_or("-"),
             self.error.unwrap_or("-"),
             opt(self.rule.as_deref()),
+            self.routed_fields(),
+        )
+    }
+
+    /// ` route pool server` (escaped, `-` for no server) when a reverse listener's route
+    /// took the request, else nothing: the trailing fields of `text` and `squid` lines.
+    fn routed_fields(&self) -> String {
+        let Some(route) = self.route.as_deref() else {
+            return String::new();
+        };
+        let (pool, server) = (self.pool.as_deref(), self.server.as_deref());
+        format!(
+            " {} {} {}",
+            escape_field(route),
+            pool.map_or(Cow::Borrowed("-"), escape_field),
+            server.map_or(Cow::Borrowed("-"), escape_field)
         )
     }
 
@@ -133,7 +150,10 @@ impl AccessRecord {
     /// Squid's native `access.log` line (`logformat squid %ts.%03tu %6tr %>a %Ss/%03>Hs
     /// %<st %rm %ru %[un %Sh/%<a %mt`): end time in seconds with milliseconds, duration in
     /// milliseconds, client IP, result code/status, bytes to the client, method, URL, user,
-    /// hierarchy code/upstream IP, content type (always `-`: the record has none).
+    /// hierarchy code/upstream IP, content type (always `-`: the record has none). A
+    /// request a reverse listener's route took gets three more fields at the end (route,
+    /// pool, server), as a Squid `logformat` that appends fields to the native ones would
+    /// write: readers of the native format take the first ten.
     pub fn to_squid(&self) -> String {
         let since = self
             .time
@@ -144,7 +164,7 @@ impl AccessRecord {
             None => "HIER_NONE/-".to_string(),
         };
         format!(
-            "{}.{:03} {:6} {} {}/{:03} {} {} {} {} {} -",
+            "{}.{:03} {:6} {} {}/{:03} {} {} {} {} {} -{}",
             since.as_secs(),
             since.subsec_millis(),
             self.duration.as_millis(),
@@ -165,6 +185,7 @@ impl AccessRecord {
                 .as_deref()
                 .map_or(Cow::Borrowed("-"), escape_field),
             hier,
+            self.routed_fields(),
         )
     }
 
@@ -456,10 +477,17 @@ mod tests {
 
     #[test]
     fn a_record_is_one_line_of_fourteen_fields_whatever_the_client_sent() {
-        let r = record("eve\n2026 s 6.6.6.6:1 admin", "GE T\r\n", "a b\u{85}\"c");
+        let mut r = record("eve\n2026 s 6.6.6.6:1 admin", "GE T\r\n", "a b\u{85}\"c");
         let text = r.to_text();
         assert_eq!(text.lines().count(), 1, "{text}");
         assert_eq!(text.split(' ').count(), 14, "{text}");
+        // A route took the request: its route, pool and server follow.
+        r.route = Some("app test/".into());
+        r.pool = Some("web".into());
+        r.server = Some("10.0.0.5:80".into());
+        let text = r.to_text();
+        assert_eq!(text.split(' ').count(), 17, "{text}");
+        assert!(text.ends_with(" app\\x20test/ web 10.0.0.5:80"), "{text}");
         assert!(text.contains(" eve\\x0a2026\\x20s\\x20"), "{text}");
         // JSON: serde escapes control characters and quotes; one line per record too.
         let json = serde_json::to_string(&r).expect("json");
@@ -492,6 +520,34 @@ mod tests {
             pool: None,
             server: None,
         }
+    }
+
+    #[test]
+    fn squid_lines_of_routed_requests_end_with_route_pool_and_server() {
+        let mut r = http("GET", "http://app.test/x", 200, None);
+        r.route = Some("app.test/".into());
+        r.pool = Some("web".into());
+        r.server = Some("10.0.0.7:8080".into());
+        assert_eq!(
+            r.to_squid(),
+            "1764993799.042      6 127.0.0.1 TCP_MISS/200 1234 GET http://app.test/x - HIER_DIRECT/10.0.0.7 - app.test/ web 10.0.0.7:8080"
+        );
+        // No server picked (503): `-`; names from the config are escaped into one field.
+        r.server = None;
+        r.route = Some("my route".into());
+        assert!(
+            r.to_squid().ends_with(" - my\\x20route web -"),
+            "{}",
+            r.to_squid()
+        );
+        assert_eq!(r.to_squid().split_whitespace().count(), 13);
+        // The combined format stays Apache's.
+        assert!(
+            r.to_combined()
+                .ends_with("\"http://a.test/\" \"curl/8.5.0 (x86_64) \\\"quoted\\\"\\x0a\""),
+            "{}",
+            r.to_combined()
+        );
     }
 
     #[test]

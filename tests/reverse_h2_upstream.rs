@@ -6,8 +6,13 @@
 //! messages and its `grpc-status` trailer, and a trailers-only error answer too; a server
 //! that refuses connections is skipped; over TLS, h2 is chosen by ALPN (a server that does
 //! not choose it is a 502); 103 Early Hints and 100-continue reach curl over HTTP/1.1 and
-//! HTTP/2; a WebSocket (HTTP/1.1 Upgrade or RFC 8441) to an h2 pool gets an HTTP/1.1
-//! connection of its own, over TLS by ALPN `http/1.1`.
+//! HTTP/2; a WebSocket (HTTP/1.1 Upgrade or RFC 8441) to an h2 pool whose server does not
+//! announce extended CONNECT gets an HTTP/1.1 connection of its own, over TLS by ALPN
+//! `http/1.1`; to an h2c-only server that announces it, an extended CONNECT stream on the
+//! server's connection (tungstenite echoing on both ends; also over TLS to a server that
+//! offers ALPN `h2` alone), whose stream ends when the client goes away. A drain closes an idle upstream
+//! connection with GOAWAY at once (not one with a stream in flight), and so does a reload
+//! that removes its server.
 
 mod common;
 
@@ -675,4 +680,499 @@ async fn websocket_to_an_h2_pool_over_tls_asks_for_http11_by_alpn() {
     websocket_echo(rev, 5).await;
     assert_eq!(wsn.load(Ordering::SeqCst), 1, "http/1.1 chosen by ALPN");
     assert_eq!(h2n.load(Ordering::SeqCst), 1);
+}
+
+/// An h2c-only origin (no HTTP/1.1 at all, as a tonic server): a GET gets `200 ok`; with
+/// `connect_protocol` it announces `SETTINGS_ENABLE_CONNECT_PROTOCOL` and an RFC 8441
+/// extended CONNECT for `websocket` gets 200 and a tungstenite echo on the stream:
+/// (address, connections, WebSocket streams, notified as a connection ends).
+async fn h2c_websocket_origin(
+    connect_protocol: bool,
+) -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>, Arc<Notify>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let (conns, streams) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let ended = Arc::new(Notify::new());
+    let (c, w, e) = (conns.clone(), streams.clone(), ended.clone());
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = l.accept().await {
+            c.fetch_add(1, Ordering::SeqCst);
+            let (w, e) = (w.clone(), e.clone());
+            tokio::spawn(async move {
+                serve_websockets(tcp, connect_protocol, w).await;
+                e.notify_one();
+            });
+        }
+    });
+    (addr, conns, streams, ended)
+}
+
+async fn serve_websockets<T>(tcp: T, connect_protocol: bool, w: Arc<AtomicUsize>)
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut b = h2::server::Builder::new();
+    if connect_protocol {
+        b.enable_connect_protocol();
+    }
+    let Ok(mut conn) = b.handshake::<_, Bytes>(tcp).await else {
+        return;
+    };
+    while let Some(Ok((req, mut respond))) = conn.accept().await {
+        let ws = req.method() == http::Method::CONNECT
+            && req
+                .extensions()
+                .get::<h2::ext::Protocol>()
+                .is_some_and(|p| p.as_str() == "websocket");
+        if !ws {
+            let mut send = respond
+                .send_response(Response::new(()), false)
+                .expect("respond");
+            let _ = send.send_data(Bytes::from_static(b"ok"), true);
+            continue;
+        }
+        w.fetch_add(1, Ordering::SeqCst);
+        assert!(req.headers().get("sec-websocket-key").is_none());
+        let mut ok = Response::new(());
+        if let Some(p) = req.headers().get("sec-websocket-protocol") {
+            ok.headers_mut().insert("sec-websocket-protocol", p.clone());
+        }
+        let send = respond.send_response(ok, false).expect("200");
+        let io = bridge(send, req.into_body());
+        tokio::spawn(echo(io));
+    }
+}
+
+/// A WebSocket echo (tungstenite, server role) on an already open stream.
+async fn echo(io: tokio::io::DuplexStream) {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::protocol::Role;
+    let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(io, Role::Server, None).await;
+    while let Some(Ok(m)) = ws.next().await {
+        if (m.is_text() || m.is_binary()) && ws.send(m).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// One HTTP/2 stream as a byte stream: its DATA both ways through an in-memory pipe.
+fn bridge(mut send: h2::SendStream<Bytes>, mut recv: h2::RecvStream) -> tokio::io::DuplexStream {
+    use tokio::io::AsyncReadExt;
+    let (near, far) = tokio::io::duplex(64 * 1024);
+    let (mut rd, mut wr) = tokio::io::split(far);
+    tokio::spawn(async move {
+        while let Some(Ok(d)) = recv.data().await {
+            let _ = recv.flow_control().release_capacity(d.len());
+            if wr.write_all(&d).await.is_err() {
+                return;
+            }
+        }
+        let _ = wr.shutdown().await;
+    });
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = rd.read(&mut buf).await.unwrap_or(0);
+            if n == 0 {
+                let _ = send.send_data(Bytes::new(), true);
+                return;
+            }
+            send.reserve_capacity(n);
+            let mut data = Bytes::copy_from_slice(&buf[..n]);
+            while !data.is_empty() {
+                match std::future::poll_fn(|cx| send.poll_capacity(cx)).await {
+                    Some(Ok(c)) if c > 0 => {
+                        let piece = data.split_to(c.min(data.len()));
+                        if send.send_data(piece, false).is_err() {
+                            return;
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                    _ => return,
+                }
+            }
+        }
+    });
+    near
+}
+
+/// `n` text messages echoed on an open WebSocket, then a close.
+async fn echo_messages<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>, n: usize)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    echo_messages_open(ws, n).await;
+    ws.close(None).await.expect("close");
+}
+
+/// `n` text messages echoed on an open WebSocket.
+async fn echo_messages_open<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>, n: usize)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    for i in 0..n {
+        let text = format!("message {i} {}", "x".repeat(i * 100));
+        ws.send(Message::text(text.clone())).await.expect("send");
+        let m = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("echo in time")
+            .expect("open")
+            .expect("message");
+        assert_eq!(m, Message::text(text));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_to_an_h2c_only_server_goes_as_extended_connect() {
+    let (origin, conns, streams, _) = h2c_websocket_origin(true).await;
+    let gh = Gatehouse::start(&config(origin));
+    let rev = gh.addr("rev");
+
+    // An HTTP/1.1 Upgrade first (no connection to the server yet): tungstenite's client
+    // checks the Sec-WebSocket-Accept made for its key, and the subprotocol comes back.
+    let tcp = TcpStream::connect(rev).await.expect("connect");
+    let req = http::Request::builder()
+        .uri("ws://app.test/chat")
+        .header("host", "app.test")
+        .header("connection", "Upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-protocol", "chat.v1")
+        .header(
+            "sec-websocket-key",
+            tokio_tungstenite::tungstenite::handshake::client::generate_key(),
+        )
+        .body(())
+        .expect("request");
+    let (mut ws, resp) = tokio_tungstenite::client_async(req, tcp)
+        .await
+        .expect("handshake through the proxy");
+    assert_eq!(resp.status(), 101);
+    assert_eq!(resp.headers()["sec-websocket-protocol"], "chat.v1");
+    echo_messages(&mut ws, 30).await;
+    assert_eq!(streams.load(Ordering::SeqCst), 1);
+
+    // A plain request shares the server's one connection.
+    let send = h2_client(rev).await;
+    let (status, _, body, _) = h2_call(&send, get("/"), None).await;
+    assert_eq!((status, &body[..]), (200, &b"ok"[..]));
+
+    // RFC 8441 from an HTTP/2 client, end to end: tungstenite (client role) on the stream.
+    let mut ready = send.clone().ready().await.expect("ready");
+    let req = http::Request::builder()
+        .method("CONNECT")
+        .uri("http://app.test/chat")
+        .header("sec-websocket-version", "13")
+        .extension(h2::ext::Protocol::from("websocket"))
+        .body(())
+        .expect("request");
+    let (resp, up) = ready.send_request(req, false).expect("extended CONNECT");
+    let resp = resp.await.expect("response");
+    assert_eq!(resp.status(), 200, "{:?}", resp.headers());
+    assert!(resp.headers().get("sec-websocket-accept").is_none());
+    let io = bridge(up, resp.into_body());
+    let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+        io,
+        tokio_tungstenite::tungstenite::protocol::Role::Client,
+        None,
+    )
+    .await;
+    echo_messages(&mut ws, 30).await;
+    assert_eq!(streams.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        conns.load(Ordering::SeqCst),
+        1,
+        "one HTTP/2 connection for all"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_to_an_h2c_only_server_without_extended_connect_is_a_502() {
+    let (origin, conns, streams, _) = h2c_websocket_origin(false).await;
+    let gh = Gatehouse::start(&config(origin));
+    let rev = gh.addr("rev");
+    // The server did not announce SETTINGS_ENABLE_CONNECT_PROTOCOL: HTTP/1.1 is tried on a
+    // connection of its own, which an h2c-only server does not speak.
+    let r = raw_get(
+        rev,
+        "/chat",
+        "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 502"), "{r}");
+    assert_eq!(streams.load(Ordering::SeqCst), 0);
+    assert_eq!(conns.load(Ordering::SeqCst), 2, "HTTP/2, then HTTP/1.1");
+    // Plain requests still go over the HTTP/2 connection.
+    let r = raw_get(rev, "/", "").await;
+    assert!(
+        r.starts_with("HTTP/1.1 200") && r.contains("\r\nok\r\n"),
+        "{r}"
+    );
+    assert_eq!(conns.load(Ordering::SeqCst), 2);
+}
+
+/// A TCP stream that keeps every byte the client sent.
+struct Tap {
+    io: TcpStream,
+    seen: Arc<Mutex<Vec<u8>>>,
+}
+
+impl tokio::io::AsyncRead for Tap {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut self.io).poll_read(cx, buf);
+        if let std::task::Poll::Ready(Ok(())) = &r {
+            let got = buf.filled()[before..].to_vec();
+            self.seen.lock().expect("lock").extend_from_slice(&got);
+        }
+        r
+    }
+}
+
+impl tokio::io::AsyncWrite for Tap {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// Whether the client's bytes (preface, then frames) hold a GOAWAY with `NO_ERROR`.
+fn goaway_no_error(bytes: &[u8]) -> bool {
+    let mut rest = bytes.get(24..).unwrap_or_default();
+    while rest.len() >= 9 {
+        let len = u32::from_be_bytes([0, rest[0], rest[1], rest[2]]) as usize;
+        let Some(payload) = rest.get(9..9 + len) else {
+            return false;
+        };
+        if rest[3] == 7 && payload.len() >= 8 && payload[4..8] == [0, 0, 0, 0] {
+            return true;
+        }
+        rest = &rest[9 + len..];
+    }
+    false
+}
+
+/// An h2c origin that watches its connections: `GET /hold` is answered only after
+/// `release` (and says `held` when it arrives), anything else `ok`; each connection's
+/// client bytes land in `closed` once it ends.
+struct Watched {
+    addr: SocketAddr,
+    accepted: Arc<AtomicUsize>,
+    closed: Arc<Mutex<Vec<Vec<u8>>>>,
+    ended: Arc<Notify>,
+    held: Arc<Notify>,
+    release: Arc<Notify>,
+}
+
+impl Watched {
+    async fn start() -> Watched {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let w = Watched {
+            addr: l.local_addr().expect("addr"),
+            accepted: Arc::default(),
+            closed: Arc::default(),
+            ended: Arc::default(),
+            held: Arc::default(),
+            release: Arc::default(),
+        };
+        let (accepted, closed, ended) = (w.accepted.clone(), w.closed.clone(), w.ended.clone());
+        let (held, release) = (w.held.clone(), w.release.clone());
+        tokio::spawn(async move {
+            while let Ok((io, _)) = l.accept().await {
+                accepted.fetch_add(1, Ordering::SeqCst);
+                let seen = Arc::new(Mutex::new(Vec::new()));
+                let tap = Tap {
+                    io,
+                    seen: seen.clone(),
+                };
+                let (closed, ended) = (closed.clone(), ended.clone());
+                let (held, release) = (held.clone(), release.clone());
+                tokio::spawn(async move {
+                    if let Ok(mut conn) = h2::server::handshake(tap).await {
+                        while let Some(Ok((req, mut respond))) = conn.accept().await {
+                            let (held, release) = (held.clone(), release.clone());
+                            tokio::spawn(async move {
+                                if req.uri().path() == "/hold" {
+                                    held.notify_one();
+                                    release.notified().await;
+                                }
+                                let Ok(mut send) = respond.send_response(Response::new(()), false)
+                                else {
+                                    return;
+                                };
+                                let _ = send.send_data(Bytes::from_static(b"ok"), true);
+                            });
+                        }
+                    }
+                    let bytes = seen.lock().expect("lock").clone();
+                    closed.lock().expect("lock").push(bytes);
+                    ended.notify_one();
+                });
+            }
+        });
+        w
+    }
+
+    /// Waits (10 s at most) for a connection to end; its client's bytes.
+    async fn next_closed(&self) -> Vec<u8> {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                if let Some(b) = self.closed.lock().expect("lock").pop() {
+                    return b;
+                }
+                self.ended.notified().await;
+            }
+        })
+        .await
+        .expect("the connection closed in time")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn draining_closes_idle_upstream_connections_with_goaway() {
+    let (idle, busy) = (Watched::start().await, Watched::start().await);
+    let gh = Gatehouse::start(&format!(
+        "[[listeners]]\nname = \"rev\"\nkind = \"reverse\"\nlisten = \"127.0.0.1:0\"\n\
+         [[listeners.hosts]]\nnames = [\"app.test\"]\n\
+         [[listeners.hosts.routes]]\npath = \"/hold\"\npool = \"q\"\n\
+         [[listeners.hosts.routes]]\npool = \"p\"\n\
+         [[pools]]\nname = \"p\"\nprotocol = \"h2\"\n[[pools.servers]]\naddress = \"{}\"\n\
+         [[pools]]\nname = \"q\"\nprotocol = \"h2\"\n[[pools.servers]]\naddress = \"{}\"\n",
+        idle.addr, busy.addr
+    ));
+    let mut gh = gh;
+    let rev = gh.addr("rev");
+    let r = raw_get(rev, "/", "").await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    // A request in flight on the other server keeps the proxy running while it drains.
+    let held = busy.held.notified();
+    let hold = tokio::spawn(raw_get(rev, "/hold", ""));
+    held.await;
+    gh.signal("TERM");
+    // The idle connection is closed at once, with GOAWAY NO_ERROR...
+    let bytes = idle.next_closed().await;
+    assert!(goaway_no_error(&bytes), "no GOAWAY in {bytes:?}");
+    // ... the busy one is not while its stream is in flight, and the stream finishes.
+    assert!(busy.closed.lock().expect("lock").is_empty());
+    busy.release.notify_one();
+    let r = tokio::time::timeout(Duration::from_secs(10), hold)
+        .await
+        .expect("answered in time")
+        .expect("task");
+    assert!(
+        r.starts_with("HTTP/1.1 200") && r.contains("\r\nok\r\n"),
+        "{r}"
+    );
+    assert!(gh.wait_exit(Duration::from_secs(10)).is_some(), "exits");
+    assert_eq!(idle.accepted.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_removes_a_server_closes_its_connection() {
+    let (gone, kept) = (Watched::start().await, Watched::start().await);
+    let rr = |servers: &[SocketAddr]| {
+        config_with(servers).replace(
+            "protocol = \"h2\"\n",
+            "protocol = \"h2\"\nalgorithm = \"round-robin\"\n",
+        )
+    };
+    let both = rr(&[gone.addr, kept.addr]);
+    let gh = Gatehouse::start(&both);
+    let rev = gh.addr("rev");
+    for _ in 0..4 {
+        let r = raw_get(rev, "/", "").await;
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    }
+    assert_eq!(gone.accepted.load(Ordering::SeqCst), 1);
+    assert_eq!(kept.accepted.load(Ordering::SeqCst), 1);
+    std::fs::write(gh.config_path(), rr(&[kept.addr])).expect("rewrite config");
+    gh.signal("HUP");
+    gh.wait_stderr("applied");
+    // The removed server's connection closes (GOAWAY NO_ERROR) while the proxy runs on.
+    let bytes = gone.next_closed().await;
+    assert!(goaway_no_error(&bytes), "no GOAWAY in {bytes:?}");
+    for _ in 0..4 {
+        let r = raw_get(rev, "/", "").await;
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    }
+    // The server that stays keeps its one connection.
+    assert_eq!(kept.accepted.load(Ordering::SeqCst), 1);
+    assert!(kept.closed.lock().expect("lock").is_empty());
+    assert_eq!(gone.accepted.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_gone_from_the_client_frees_its_upstream_stream() {
+    use futures_util::SinkExt;
+    let (origin, conns, streams, ended) = h2c_websocket_origin(true).await;
+    let gh = Gatehouse::start(&config(origin).replace(
+        "[listeners.http2]",
+        "idle_timeout = \"300ms\"\n[listeners.http2]",
+    ));
+    let rev = gh.addr("rev");
+    let tcp = TcpStream::connect(rev).await.expect("connect");
+    let (mut ws, _) = tokio_tungstenite::client_async("ws://app.test/chat", tcp)
+        .await
+        .expect("handshake through the proxy");
+    echo_messages_open(&mut ws, 3).await;
+    // The client vanishes without a close handshake: the stream ends, and with no stream
+    // left the idle connection closes.
+    let _ = ws.flush().await;
+    drop(ws);
+    tokio::time::timeout(Duration::from_secs(10), ended.notified())
+        .await
+        .expect("the upstream connection closed once the WebSocket was gone");
+    assert_eq!(streams.load(Ordering::SeqCst), 1);
+    assert_eq!(conns.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_to_an_h2_only_server_over_tls_goes_as_extended_connect() {
+    // The server offers ALPN `h2` alone: the WebSocket's connection must ask for it.
+    let dir = tempfile::tempdir().expect("dir");
+    let (cafile, acceptor) = tls_acceptor(dir.path(), &[b"h2"]);
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let origin = l.local_addr().expect("addr");
+    let streams = Arc::new(AtomicUsize::new(0));
+    let w = streams.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = l.accept().await {
+            let (acceptor, w) = (acceptor.clone(), w.clone());
+            tokio::spawn(async move {
+                if let Ok(t) = acceptor.accept(tcp).await {
+                    serve_websockets(t, true, w).await;
+                }
+            });
+        }
+    });
+    let gh = Gatehouse::start(&format!(
+        "[[listeners]]\nname = \"rev\"\nkind = \"reverse\"\nlisten = \"127.0.0.1:0\"\n\
+         [[listeners.hosts]]\nnames = [\"app.test\"]\n[[listeners.hosts.routes]]\npool = \"p\"\n\
+         [[pools]]\nname = \"p\"\nprotocol = \"h2\"\n[[pools.servers]]\naddress = \"{origin}\"\n\
+         [pools.tls]\nca_file = {cafile:?}\nserver_name = \"origin.test\"\n"
+    ));
+    websocket_echo(gh.addr("rev"), 10).await;
+    assert_eq!(streams.load(Ordering::SeqCst), 1);
 }

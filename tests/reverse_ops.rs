@@ -459,3 +459,48 @@ async fn own_error_pages_replace_server_5xx_pages() {
     assert!(both.starts_with("HTTP/1.1 500"), "{both}");
     assert!(both.ends_with("fine"), "{both}");
 }
+
+#[tokio::test]
+async fn text_and_squid_lines_carry_route_pool_and_server() {
+    let ok = Origin::fixed("ok").await;
+    for format in ["text", "squid", "combined"] {
+        let gh = Gatehouse::start(&format!(
+            "{}{}[access_log]\nformat = \"{format}\"\n",
+            listener("", &vhost("\"app.test\"", "good")),
+            pool("good", &[ok.addr], ""),
+        ));
+        exchange(&gh, GET).await;
+        let routed = gh.next_log_line();
+        exchange(
+            &gh,
+            b"GET / HTTP/1.1\r\nHost: other.test\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        let unrouted = gh.next_log_line();
+        let f: Vec<&str> = routed.split_whitespace().collect();
+        let g: Vec<&str> = unrouted.split_whitespace().collect();
+        let server = ok.addr.to_string();
+        match format {
+            // The 14 fields, then the three for a routed request only.
+            "text" => {
+                assert_eq!(f.len(), 17, "{routed}");
+                assert_eq!(f[14..], ["app.test/", "good", server.as_str()], "{routed}");
+                assert_eq!(g.len(), 14, "{unrouted}");
+                assert_eq!(g[6], "404", "{unrouted}");
+            }
+            // The ten native fields, then the three for a routed request only.
+            "squid" => {
+                assert_eq!(f[3], "TCP_MISS/200", "{routed}");
+                assert_eq!(f.len(), 13, "{routed}");
+                assert_eq!(f[10..], ["app.test/", "good", server.as_str()], "{routed}");
+                assert_eq!(g[3], "TCP_MISS/404", "{unrouted}");
+                assert_eq!(g.len(), 10, "{unrouted}");
+            }
+            // Apache's combined format, unchanged.
+            _ => {
+                assert!(routed.ends_with("\"-\" \"-\""), "{routed}");
+                assert!(!routed.contains("good"), "{routed}");
+            }
+        }
+    }
+}

@@ -39,6 +39,8 @@ use super::codec::{self, Framing, Headers, RequestHead};
 use super::exchange::UpStream;
 use super::h2_server::{chunked_trailers, fill, send_data, CONNECTION_SPECIFIC, PIPE_BYTES};
 use super::pool::PoolKey;
+use crate::pool::ServerPool;
+use crate::shutdown::Shutdown;
 
 /// Stream and connection flow-control windows we offer servers: the response bytes a
 /// server may send ahead of the client reading them.
@@ -53,6 +55,8 @@ pub struct H2Pool {
     idle_timeout: Duration,
     read_timeout: Duration,
     max_head: usize,
+    /// Its drain closes every connection once its streams are done.
+    shutdown: Shutdown,
 }
 
 #[derive(Clone)]
@@ -69,6 +73,41 @@ struct Life {
     last_used: Mutex<Instant>,
     /// The connection ended, failed or was told to go away: no new streams.
     ended: AtomicBool,
+    /// The server's first SETTINGS are known to have been read (a PING it answered came
+    /// after them): whether it takes extended CONNECT can be asked.
+    settled: AtomicBool,
+    /// To ask the server for that PING answer (one asker at a time).
+    ping: tokio::sync::Mutex<Option<h2::PingPong>>,
+    /// The pool server the connection was opened for, followed across reloads: once a
+    /// reload removes it, the connection takes no new streams and closes when idle.
+    server: Mutex<Option<(Arc<ServerPool>, usize)>>,
+}
+
+impl Life {
+    /// Whether the server is still configured (its pool's newest successor has it).
+    fn server_configured(&self) -> bool {
+        let Ok(mut s) = self.server.lock() else {
+            return true;
+        };
+        match s.as_ref().map(|(p, i)| p.server_now(*i)) {
+            None => true,
+            Some(Some(now)) => {
+                *s = Some(now);
+                true
+            }
+            Some(None) => false,
+        }
+    }
+}
+
+/// How a WebSocket goes to a server of an `h2` pool (see [`H2Pool::websocket`]).
+pub(super) enum Websocket {
+    /// An RFC 8441 extended CONNECT stream on the server's connection.
+    Stream(UpStream, SocketAddr),
+    /// The server did not announce `SETTINGS_ENABLE_CONNECT_PROTOCOL`: HTTP/1.1.
+    Http1,
+    /// No connection yet: the caller connects and calls [`H2Pool::open`] (`websocket`).
+    Open(Opening),
 }
 
 /// Held while a connection to a server is being opened (see [`H2Pool::stream`]). When
@@ -108,13 +147,19 @@ pub(super) struct StreamOpts {
 }
 
 impl H2Pool {
-    pub fn new(idle_timeout: Duration, read_timeout: Duration, max_head: usize) -> Arc<H2Pool> {
+    pub fn new(
+        idle_timeout: Duration,
+        read_timeout: Duration,
+        max_head: usize,
+        shutdown: Shutdown,
+    ) -> Arc<H2Pool> {
         Arc::new(H2Pool {
             conns: Mutex::default(),
             opening: Mutex::default(),
             idle_timeout,
             read_timeout,
             max_head: max_head.max(64 * 1024),
+            shutdown,
         })
     }
 
@@ -126,8 +171,47 @@ impl H2Pool {
         key: &PoolKey,
         opts: StreamOpts,
     ) -> Result<(UpStream, SocketAddr), Opening> {
-        if let Some(s) = self.live(key, opts) {
-            return Ok(s);
+        let c = self.conn(key).await?;
+        let peer = c.peer;
+        Ok((self.start(key.clone(), c, opts), peer))
+    }
+
+    /// A WebSocket to `key`: an extended CONNECT stream when the server's live connection
+    /// allows it (its SETTINGS read first), HTTP/1.1 when it does not, or the right to open
+    /// the connection.
+    pub(super) async fn websocket(self: &Arc<Self>, key: &PoolKey, opts: StreamOpts) -> Websocket {
+        match self.conn(key).await {
+            Err(opening) => Websocket::Open(opening),
+            Ok(c) if self.extended_connect(&c).await => {
+                let peer = c.peer;
+                Websocket::Stream(self.start(key.clone(), c, opts), peer)
+            }
+            Ok(_) => Websocket::Http1,
+        }
+    }
+
+    /// Whether the server announced `SETTINGS_ENABLE_CONNECT_PROTOCOL` (RFC 8441 section
+    /// 3). Its SETTINGS come first on the connection, so once it answered a PING sent after
+    /// the handshake they have been read; without an answer within the read timeout, no.
+    async fn extended_connect(&self, c: &Conn) -> bool {
+        if !c.life.settled.load(Ordering::Acquire) {
+            let mut ping = c.life.ping.lock().await;
+            if !c.life.settled.load(Ordering::Acquire) {
+                if let Some(p) = ping.as_mut() {
+                    let pong = timeout(self.read_timeout, p.ping(h2::Ping::opaque())).await;
+                    if matches!(pong, Ok(Ok(_))) {
+                        c.life.settled.store(true, Ordering::Release);
+                    }
+                }
+            }
+        }
+        c.life.settled.load(Ordering::Acquire) && c.send.is_extended_connect_protocol_enabled()
+    }
+
+    /// The live connection to `key`, or (none being open) the right to open one.
+    async fn conn(self: &Arc<Self>, key: &PoolKey) -> Result<Conn, Opening> {
+        if let Some(c) = self.live(key) {
+            return Ok(c);
         }
         let lock = match self.opening.lock() {
             Ok(mut m) => m.entry(key.clone()).or_default().clone(),
@@ -140,23 +224,27 @@ impl H2Pool {
             key: key.clone(),
             pool: Arc::downgrade(self),
         };
-        match self.live(key, opts) {
-            Some(s) => Ok(s),
+        match self.live(key) {
+            Some(c) => Ok(c),
             None => Err(opening),
         }
     }
 
     /// Starts HTTP/2 on a new connection to `key` (the preface, SETTINGS) and opens a
-    /// stream on it. Over TLS the server must have chosen `h2` by ALPN.
+    /// stream on it. Over TLS the server must have chosen `h2` by ALPN. For a `websocket`,
+    /// `None` when the server does not take extended CONNECT (the connection stays for
+    /// other requests). `server` is the pool server it is for (followed across reloads).
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn open(
         self: &Arc<Self>,
         _opening: Opening,
         key: PoolKey,
         io: UpStream,
-        peer: SocketAddr,
+        (peer, server): (SocketAddr, (Arc<ServerPool>, usize)),
         opts: StreamOpts,
         limit: Duration,
-    ) -> Result<UpStream, String> {
+        websocket: bool,
+    ) -> Result<Option<UpStream>, String> {
         if let UpStream::Tls(t) = &io {
             if t.get_ref().1.alpn_protocol() != Some(&b"h2"[..]) {
                 return Err("the server did not choose h2 by ALPN".into());
@@ -168,7 +256,7 @@ impl H2Pool {
             .max_header_list_size(self.max_head as u32)
             .enable_push(false)
             .handshake::<_, Bytes>(io);
-        let (send, conn) = match timeout(limit, handshake).await {
+        let (send, mut conn) = match timeout(limit, handshake).await {
             Err(_) => return Err("HTTP/2 handshake timed out".into()),
             Ok(Err(e)) => return Err(format!("HTTP/2 handshake: {e}")),
             Ok(Ok(c)) => c,
@@ -177,6 +265,9 @@ impl H2Pool {
             active: AtomicUsize::new(0),
             last_used: Mutex::new(Instant::now()),
             ended: AtomicBool::new(false),
+            settled: AtomicBool::new(false),
+            ping: tokio::sync::Mutex::new(conn.ping_pong()),
+            server: Mutex::new(Some(server)),
         });
         let c = Conn { send, peer, life };
         if let Ok(mut m) = self.conns.lock() {
@@ -187,20 +278,20 @@ impl H2Pool {
             key.clone(),
             conn,
             c.life.clone(),
+            self.shutdown.clone(),
         ));
-        Ok(self.start(key, c, opts))
+        if websocket && !self.extended_connect(&c).await {
+            return Ok(None);
+        }
+        Ok(Some(self.start(key, c, opts)))
     }
 
-    /// A stream on the connection to `key`, if it is live.
-    fn live(self: &Arc<Self>, key: &PoolKey, opts: StreamOpts) -> Option<(UpStream, SocketAddr)> {
-        let c = {
-            let m = self.conns.lock().ok()?;
-            m.get(key)
-                .filter(|c| !c.life.ended.load(Ordering::Acquire))?
-                .clone()
-        };
-        let peer = c.peer;
-        Some((self.start(key.clone(), c, opts), peer))
+    /// The connection to `key`, if it is live.
+    fn live(&self, key: &PoolKey) -> Option<Conn> {
+        let m = self.conns.lock().ok()?;
+        m.get(key)
+            .filter(|c| !c.life.ended.load(Ordering::Acquire))
+            .cloned()
     }
 
     /// The pipe for one request, its task started.
@@ -263,6 +354,9 @@ impl H2Pool {
         };
         let framing =
             codec::request_framing(&head).map_err(|e| StreamError::Request(e.to_string()))?;
+        if let Some(key) = websocket_key(&head) {
+            return self.run_websocket(c, (rd, wr), buf, &head, key, opts).await;
+        }
         let req = h2_request(&head, opts.scheme).map_err(|e| StreamError::Request(e.into()))?;
         let trailers_wanted = head.headers.has_token("te", "trailers");
         if framing != Framing::None && head.headers.has_token("expect", "100-continue") {
@@ -306,6 +400,100 @@ impl H2Pool {
     }
 }
 
+impl H2Pool {
+    /// A WebSocket handshake from the pipe as an RFC 8441 extended CONNECT: the server's
+    /// 2xx becomes the HTTP/1.1 `101` (with the `Sec-WebSocket-Accept` for the handshake's
+    /// key, which HTTP/2 does not carry), then bytes flow both ways as DATA frames until
+    /// either side ends. Another answer is relayed as a response.
+    async fn run_websocket<R, W>(
+        &self,
+        c: &Conn,
+        (mut rd, mut wr): (R, W),
+        buf: BytesMut,
+        head: &RequestHead,
+        key: String,
+        opts: StreamOpts,
+    ) -> Result<(), StreamError>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let req =
+            h2_websocket_request(head, opts.scheme).map_err(|e| StreamError::Request(e.into()))?;
+        let mut send = match timeout(opts.wait, c.send.clone().ready()).await {
+            Err(_) => {
+                return Err(StreamError::Request(
+                    "no stream free on the connection".into(),
+                ))
+            }
+            Ok(Err(e)) => return Err(StreamError::Gone(e)),
+            Ok(Ok(s)) => s,
+        };
+        let (response, mut up) = send.send_request(req, false).map_err(StreamError::Gone)?;
+        // The exchange gives up after its first-byte timeout; so does this stream.
+        let resp = match timeout(opts.wait, response).await {
+            Err(_) => return Err(StreamError::Request("no answer to the CONNECT".into())),
+            Ok(r) => r.map_err(gone)?,
+        };
+        if !resp.status().is_success() {
+            // Refused (e.g. 403, 404): an ordinary response; the stream ends here.
+            let _ = up.send_data(Bytes::new(), true);
+            return write_answer(&mut wr, resp, "GET", false, self.read_timeout).await;
+        }
+        let (parts, mut down) = resp.into_parts();
+        wr.write_all(&h1_switch_head(&parts.headers, &key)).await?;
+        wr.flush().await?;
+        let upward = async {
+            let mut buf = buf;
+            loop {
+                if buf.is_empty() && fill(&mut rd, &mut buf).await.is_err() {
+                    // The tunnel ended (or half-closed) on the client's side.
+                    return up
+                        .send_data(Bytes::new(), true)
+                        .map_err(StreamError::Stream);
+                }
+                send_data(&mut up, buf.split().freeze())
+                    .await
+                    .map_err(StreamError::Stream)?;
+            }
+        };
+        let downward = async {
+            while let Some(d) = down.data().await {
+                let d = d.map_err(StreamError::Stream)?;
+                wr.write_all(&d).await?;
+                wr.flush().await?;
+                let _ = down.flow_control().release_capacity(d.len());
+            }
+            wr.shutdown().await?;
+            Ok::<(), StreamError>(())
+        };
+        tokio::pin!(upward, downward);
+        tokio::select! {
+            // The server ended its side: the client's may go on until it ends too.
+            r = &mut downward => {
+                r?;
+                upward.await
+            }
+            // The client's side ended (or the tunnel closed): the server has the read
+            // timeout to end its side, then the stream is reset.
+            r = &mut upward => {
+                r?;
+                timeout(self.read_timeout, downward).await.unwrap_or(Ok(()))
+            }
+        }
+    }
+}
+
+/// A stream error as the response future or a body read gave it: the connection's, or
+/// this stream's alone.
+fn gone(e: h2::Error) -> StreamError {
+    if e.is_go_away() || e.is_io() {
+        StreamError::Gone(e)
+    } else {
+        StreamError::Stream(e)
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 enum StreamError {
     #[error("{0}")]
@@ -329,21 +517,25 @@ impl StreamError {
     }
 }
 
-/// The connection's task: drives it until it ends, or until it has had no stream for the
-/// pool's idle time.
+/// The connection's task: drives it until it ends. It stops taking new streams once it
+/// has had none for the pool's idle time, when the proxy drains, or when a reload removed
+/// its server; then, its streams done and no handle left, the h2 crate closes it with
+/// GOAWAY (`NO_ERROR`).
 async fn drive<T>(
     pool: std::sync::Weak<H2Pool>,
     key: PoolKey,
     conn: h2::client::Connection<T, Bytes>,
     life: Arc<Life>,
+    shutdown: Shutdown,
 ) where
     T: AsyncRead + AsyncWrite + Unpin,
 {
     let idle = pool
         .upgrade()
         .map_or(Duration::from_secs(60), |p| p.idle_timeout);
-    let every = (idle / 2).max(Duration::from_millis(50));
+    let every = close_check_every(idle);
     tokio::pin!(conn);
+    let mut closing = false;
     loop {
         tokio::select! {
             r = &mut conn => {
@@ -352,12 +544,22 @@ async fn drive<T>(
                 }
                 break;
             }
-            _ = tokio::time::sleep(every) => {
+            _ = shutdown.draining(), if !closing => closing = true,
+            _ = tokio::time::sleep(every), if !closing => {
                 let quiet = life.active.load(Ordering::Acquire) == 0
                     && life.last_used.lock().map_or(true, |t| t.elapsed() >= idle);
-                if quiet {
-                    break;
+                closing = quiet || !life.server_configured();
+                if !closing {
+                    continue;
                 }
+            }
+        }
+        if closing && !life.ended.swap(true, Ordering::AcqRel) {
+            // No new streams: the map lets go of its handle, the streams in flight of
+            // theirs as they end.
+            tracing::debug!(server = ?key, "HTTP/2 connection to a server closing");
+            if let Some(p) = pool.upgrade() {
+                p.forget(&key, &life);
             }
         }
     }
@@ -365,6 +567,12 @@ async fn drive<T>(
     if let Some(p) = pool.upgrade() {
         p.forget(&key, &life);
     }
+}
+
+/// How often a connection looks at its idle time and its server's removal: half the idle
+/// time, between 50 ms and 1 s.
+fn close_check_every(idle: Duration) -> Duration {
+    (idle / 2).clamp(Duration::from_millis(50), Duration::from_secs(1))
 }
 
 /// The request body out of the pipe into DATA frames (within the server's window), then
@@ -457,13 +665,6 @@ async fn relay_answer<W: AsyncWrite + Unpin>(
     trailers_wanted: bool,
     t: Duration,
 ) -> Result<(), StreamError> {
-    let gone = |e: h2::Error| {
-        if e.is_go_away() || e.is_io() {
-            StreamError::Gone(e)
-        } else {
-            StreamError::Stream(e)
-        }
-    };
     // Interim answers (103 Early Hints, ...) go on as HTTP/1.1 1xx heads, then the final.
     let mut response = response;
     let mut interim_open = true;
@@ -495,6 +696,18 @@ async fn relay_answer<W: AsyncWrite + Unpin>(
             }
         }
     };
+    write_answer(wr, resp, method, trailers_wanted, t).await
+}
+
+/// A final HTTP/2 answer into the pipe as an HTTP/1.1 response: its head, then its body
+/// (chunked with the trailers when its length is not known).
+async fn write_answer<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    resp: http::Response<h2::RecvStream>,
+    method: &str,
+    trailers_wanted: bool,
+    t: Duration,
+) -> Result<(), StreamError> {
     let (parts, mut body) = resp.into_parts();
     let (head, out) = h1_response_head(
         parts.status.as_u16(),
@@ -619,6 +832,89 @@ fn h2_request(head: &RequestHead, scheme: &str) -> Result<Request<()>, &'static 
     Ok(req)
 }
 
+/// The `Sec-WebSocket-Key` of a WebSocket handshake (RFC 6455 section 4.1: `GET` with
+/// `Upgrade: websocket` and `Connection: Upgrade`), which then goes as extended CONNECT.
+fn websocket_key(head: &RequestHead) -> Option<String> {
+    let handshake = head.method == "GET"
+        && head.headers.has_token("upgrade", "websocket")
+        && head.headers.has_token("connection", "upgrade");
+    handshake
+        .then(|| head.headers.get_str("sec-websocket-key"))
+        .flatten()
+        .map(|k| k.trim().to_string())
+}
+
+/// The extended CONNECT (RFC 8441 section 4) for a WebSocket handshake: `:protocol
+/// websocket`, `:path` the target, the handshake's fields (`Sec-WebSocket-Version`,
+/// `-Protocol`, `-Extensions`, `Origin`, ...) without `Sec-WebSocket-Key` (HTTP/2
+/// WebSocket has none, section 5) and the connection-specific ones.
+fn h2_websocket_request(head: &RequestHead, scheme: &str) -> Result<Request<()>, &'static str> {
+    let host = head.headers.get_str("host").ok_or("no Host")?;
+    if !head.target.starts_with('/') {
+        return Err("not an origin-form target");
+    }
+    let uri = http::Uri::builder()
+        .scheme(scheme)
+        .authority(host)
+        .path_and_query(head.target.as_str())
+        .build()
+        .map_err(|_| "bad Host or target")?;
+    let mut req = Request::new(());
+    *req.method_mut() = http::Method::CONNECT;
+    *req.uri_mut() = uri;
+    req.extensions_mut()
+        .insert(h2::ext::Protocol::from_static("websocket"));
+    let listed = head.headers.tokens("connection");
+    let h = req.headers_mut();
+    for f in &head.headers.0 {
+        let name = f.name.to_ascii_lowercase();
+        if CONNECTION_SPECIFIC.contains(&name.as_str())
+            || matches!(
+                name.as_str(),
+                "host" | "te" | "expect" | "content-length" | "sec-websocket-key"
+            )
+            || listed.contains(&name)
+        {
+            continue;
+        }
+        let n = HeaderName::from_bytes(name.as_bytes()).map_err(|_| "bad field name")?;
+        let v = HeaderValue::from_bytes(&f.value).map_err(|_| "bad field value")?;
+        h.append(n, v);
+    }
+    Ok(req)
+}
+
+/// RFC 6455 section 4.2.2: base64 of the SHA-1 of the key and the protocol's GUID.
+fn websocket_accept(key: &str) -> String {
+    use base64::Engine;
+    let mut d = ring::digest::Context::new(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY);
+    d.update(key.as_bytes());
+    d.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    base64::engine::general_purpose::STANDARD.encode(d.finish())
+}
+
+/// The HTTP/1.1 `101` for a server's 2xx to an extended CONNECT: `Upgrade: websocket`,
+/// the accept value for `key`, and the server's fields (its chosen subprotocol and
+/// extensions) without the connection-specific ones.
+fn h1_switch_head(fields: &HeaderMap, key: &str) -> Vec<u8> {
+    let mut h = Headers::default();
+    h.push("Upgrade", "websocket");
+    h.push("Connection", "Upgrade");
+    h.push("Sec-WebSocket-Accept", websocket_accept(key));
+    for (name, value) in fields {
+        let n = name.as_str();
+        if CONNECTION_SPECIFIC.contains(&n)
+            || matches!(n, "te" | "content-length" | "sec-websocket-accept")
+        {
+            continue;
+        }
+        h.push(n, value.as_bytes());
+    }
+    let mut out = Vec::with_capacity(256);
+    codec::write_response_head(&mut out, 101, "Switching Protocols", &h);
+    out
+}
+
 /// The HTTP/1.1 head for an HTTP/2 response, and how its body follows: as its
 /// `content-length` says, else chunked (room for trailers); nothing for HEAD, 204, 304 or
 /// a head that ended the stream.
@@ -684,7 +980,12 @@ mod tests {
 
     #[tokio::test]
     async fn opening_locks_do_not_outlive_their_openers() {
-        let pool = H2Pool::new(Duration::from_secs(1), Duration::from_secs(1), 1024);
+        let pool = H2Pool::new(
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+            1024,
+            Shutdown::new(),
+        );
         let key = PoolKey {
             host: crate::connector::Host::Name("a".into()),
             port: 1,
@@ -699,6 +1000,22 @@ mod tests {
         assert_eq!(pool.opening.lock().expect("lock").len(), 1);
         drop(opening);
         assert!(pool.opening.lock().expect("lock").is_empty());
+    }
+
+    #[test]
+    fn connections_look_at_closing_often_enough() {
+        assert_eq!(
+            close_check_every(Duration::from_secs(60)),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            close_check_every(Duration::from_millis(400)),
+            Duration::from_millis(200)
+        );
+        assert_eq!(
+            close_check_every(Duration::from_millis(10)),
+            Duration::from_millis(50)
+        );
     }
 
     #[test]
@@ -763,6 +1080,56 @@ mod tests {
         assert!(h1_interim_head(101, &f).is_none());
         assert!(h1_interim_head(200, &f).is_none());
         assert!(h1_interim_head(102, &HeaderMap::new()).is_some());
+    }
+
+    #[test]
+    fn websocket_handshakes_become_extended_connect() {
+        let head = req("GET /chat?room=1 HTTP/1.1\r\nHost: app.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: chat\r\nOrigin: http://app.test\r\n\r\n");
+        assert_eq!(
+            websocket_key(&head).as_deref(),
+            Some("dGhlIHNhbXBsZSBub25jZQ==")
+        );
+        let r = h2_websocket_request(&head, "http").expect("maps");
+        assert_eq!(r.method(), "CONNECT");
+        assert_eq!(r.uri().to_string(), "http://app.test/chat?room=1");
+        let p = r
+            .extensions()
+            .get::<h2::ext::Protocol>()
+            .expect(":protocol");
+        assert_eq!(p.as_str(), "websocket");
+        let names: Vec<&str> = r.headers().keys().map(|k| k.as_str()).collect();
+        assert_eq!(
+            names,
+            ["sec-websocket-version", "sec-websocket-protocol", "origin"]
+        );
+        // Not a WebSocket handshake: no key, another method, or no Connection: Upgrade.
+        let no_key =
+            "GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
+        assert!(websocket_key(&req(no_key)).is_none());
+        let post = "POST / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: x\r\n\r\n";
+        assert!(websocket_key(&req(post)).is_none());
+        let plain =
+            "GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nSec-WebSocket-Key: x\r\n\r\n";
+        assert!(websocket_key(&req(plain)).is_none());
+    }
+
+    #[test]
+    fn the_switch_carries_the_accept_for_the_clients_key() {
+        // RFC 6455 section 1.3's example.
+        assert_eq!(
+            websocket_accept("dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+        let mut f = HeaderMap::new();
+        f.insert("sec-websocket-protocol", HeaderValue::from_static("chat"));
+        f.insert("sec-websocket-accept", HeaderValue::from_static("bogus"));
+        f.insert("content-length", HeaderValue::from_static("0"));
+        let head = String::from_utf8(h1_switch_head(&f, "dGhlIHNhbXBsZSBub25jZQ==")).expect("text");
+        assert_eq!(
+            head,
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\nsec-websocket-protocol: chat\r\n\r\n"
+        );
     }
 
     #[test]

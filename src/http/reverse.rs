@@ -189,6 +189,7 @@ impl Reverse {
                 cfg.idle_timeout,
                 cfg.http.read_timeout,
                 cfg.http.max_header_bytes,
+                svc.shutdown.clone(),
             ),
             tls,
             cfg: cfg.clone(),
@@ -663,8 +664,14 @@ impl HttpProxy {
         let idle_max = rv.cfg.idle_timeout.min(pool.cfg.idle_timeout);
         let secure = to.scheme == "https";
         let use_tls = pool.has_tls();
-        // An `h2` pool takes WebSocket upgrades over HTTP/1.1: a connection of their own.
-        let h2 = pool.cfg.h2 && upgrade_request(head, &self.cfg.upgrade_protocols).is_none();
+        // An `h2` pool takes a WebSocket as an extended CONNECT stream when the server
+        // announced it (RFC 8441), else over HTTP/1.1 on a connection of its own, as any
+        // other upgrade.
+        let upgrade = upgrade_request(head, &self.cfg.upgrade_protocols);
+        let h2 = pool.cfg.h2 && upgrade.is_none();
+        let ws = pool.cfg.h2
+            && upgrade.is_some_and(|u| u.eq_ignore_ascii_case(b"websocket"))
+            && head.headers.get("sec-websocket-key").is_some();
         let mut tried: Vec<usize> = Vec::new();
         let mut attempts = 0;
         // Stale idle connections are retried on a fresh one without counting as a try.
@@ -724,8 +731,25 @@ impl HttpProxy {
                 scheme: if use_tls { "https" } else { "http" },
                 wait: ex.first_byte_timeout.unwrap_or(self.cfg.read_timeout),
             };
+            // A WebSocket to an `h2` pool: over HTTP/2 only if the server takes it.
+            let mut h2 = h2;
+            let mut ws_h2 = None;
+            if ws && server.agent.is_none() {
+                match rv.h2.websocket(&key, h2_opts).await {
+                    super::h2_upstream::Websocket::Stream(s, p) => ws_h2 = Some((s, p)),
+                    super::h2_upstream::Websocket::Http1 => {}
+                    super::h2_upstream::Websocket::Open(opening) => {
+                        h2 = true;
+                        h2_open = Some(opening);
+                    }
+                }
+            }
             let idle = if server.agent.is_some() {
                 // A stream through the agent per request: nothing idle to take.
+                None
+            } else if ws_h2.is_some() {
+                ws_h2
+            } else if h2_open.is_some() {
                 None
             } else if h2 {
                 match rv.h2.stream(&key, h2_opts).await {
@@ -806,10 +830,32 @@ impl HttpProxy {
                     let limit = pool.cfg.connect_timeout;
                     match rv
                         .h2
-                        .open(opening, key.clone(), stream, peer, h2_opts, limit)
+                        .open(
+                            opening,
+                            key.clone(),
+                            stream,
+                            (peer, (pool.clone(), i)),
+                            h2_opts,
+                            limit,
+                            ws,
+                        )
                         .await
                     {
-                        Ok(s) => (s, false),
+                        Ok(Some(s)) => (s, false),
+                        Ok(None) => {
+                            // No extended CONNECT on the server's new connection (kept for
+                            // other requests): the WebSocket goes over HTTP/1.1.
+                            match self.connect_http1(pool, i, ip_port, local, use_tls).await {
+                                Ok((s, _)) => (s, false),
+                                Err(e) => {
+                                    pool.finished(i);
+                                    tried.push(i);
+                                    failed_at = Some(i);
+                                    last = Some(e);
+                                    continue;
+                                }
+                            }
+                        }
                         Err(e) => {
                             // Like a failed connect: no request was sent; next server.
                             pool.finished(i);
@@ -1088,6 +1134,42 @@ impl HttpProxy {
                 let (status, kind) = agent_failure(e);
                 let msg = format!("{}: {e}", pool.label(i));
                 Err(ProxyError::new(status, kind, msg))
+            }
+        }
+    }
+
+    /// An HTTP/1.1 connection to server `i` (over `[pools.tls]` with ALPN `http/1.1`):
+    /// a WebSocket to an `h2` pool whose server turned out not to take extended CONNECT.
+    /// A failure is reported to the pool's passive health.
+    async fn connect_http1(
+        &self,
+        pool: &ServerPool,
+        i: usize,
+        client: SocketAddr,
+        local: Option<SocketAddr>,
+        tls: bool,
+    ) -> Result<(UpStream, SocketAddr), ProxyError> {
+        let c = match self.connect_server(pool, i, client, local).await {
+            Ok(c) => c,
+            Err(e) => {
+                pool.failure(i, &format!("connect failed: {e}"));
+                return Err(ProxyError::from(e));
+            }
+        };
+        if !tls {
+            return Ok((UpStream::Tcp(c.stream), c.peer));
+        }
+        match pool.secure_as(i, c.stream, true).await {
+            Ok(t) => Ok((UpStream::Tls(t), c.peer)),
+            Err(e) => {
+                pool.failure(i, &format!("TLS handshake failed: {e}"));
+                let kind = if e.to_string().contains("certificate") {
+                    "tls_certificate_error"
+                } else {
+                    "tls_protocol_error"
+                };
+                let msg = format!("TLS to {}: {e}", pool.label(i));
+                Err(ProxyError::new(502, kind, msg))
             }
         }
     }

@@ -586,6 +586,19 @@ impl ServerPool {
         }
     }
 
+    /// Where server `i` is configured now: this pool, or (after reloads that kept the
+    /// server) the newest successor, with its index there; `None` once a reload removed
+    /// the server or its pool.
+    pub fn server_now(self: &Arc<Self>, i: usize) -> Option<(Arc<ServerPool>, usize)> {
+        match self.next.get() {
+            None => Some((self.clone(), i)),
+            Some(next) => match (&next.pool, next.moved.get(i).copied().flatten()) {
+                (Some(p), Some(j)) => p.server_now(j),
+                _ => None,
+            },
+        }
+    }
+
     /// [`ServerPool::with_server`] without the lock, for metrics: the pool and index of
     /// server `i` now, and whether it is still configured.
     fn live(&self, i: usize) -> (&ServerPool, usize, bool) {
