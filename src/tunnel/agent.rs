@@ -79,6 +79,8 @@ pub enum SessionError {
     BadCredentials,
     #[error("the relay already has an agent of this name connected")]
     Duplicate,
+    #[error("the relay has as many links of this agent as it takes (its `max_links`)")]
+    TooManyLinks,
     #[error("handshake: {0}")]
     Handshake(String),
     #[error("connection lost: {0}")]
@@ -98,6 +100,9 @@ pub struct Agent {
     /// The egress proxy's login, read at start (and again on reload).
     proxy_login: Option<(String, crate::policy::users::Secret)>,
     allow: AllowList,
+    /// This agent's session id, sent in each link's hello with `connections` > 1 (the
+    /// relay takes links with the same id as one agent).
+    session: [u8; proto::SESSION_LEN],
 }
 
 impl Agent {
@@ -136,6 +141,7 @@ impl Agent {
             token,
             proxy_login,
             allow,
+            session: std::array::from_fn(|_| fastrand::u8(..)),
         })
     }
 
@@ -151,39 +157,49 @@ impl Agent {
     }
 
     /// Runs until the process drains: connect, serve, back off, again; with `mode = "all"`,
-    /// that for every relay at once, each with its own back-off.
+    /// that for every relay at once, each with its own back-off; and `connections` times
+    /// over (each link with its own reconnect loop, back-off and heartbeats).
     pub async fn run(self: Arc<Self>) {
-        if self.cfg.all_relays {
-            let each = self
-                .cfg
-                .relays
-                .iter()
-                .map(|r| self.clone().run_through(std::slice::from_ref(r).to_vec()));
-            futures_util::future::join_all(each).await;
+        let links = self.cfg.connections.max(1);
+        let groups: Vec<Vec<(String, u16)>> = if self.cfg.all_relays {
+            self.cfg.relays.iter().map(|r| vec![r.clone()]).collect()
         } else {
-            let relays = self.cfg.relays.clone();
-            self.run_through(relays).await;
-        }
+            vec![self.cfg.relays.clone()]
+        };
+        let each = groups.iter().flat_map(|relays| {
+            (0..links).map(|link| self.clone().run_through(relays.clone(), link))
+        });
+        futures_util::future::join_all(each).await;
     }
 
-    /// Keeps one connection up to `relays`, tried in order.
-    async fn run_through(self: Arc<Self>, relays: Vec<(String, u16)>) {
+    /// What this link says in its hello: nothing with `connections = 1` (today's hello, which
+    /// every relay understands), else the session, its index and the count.
+    fn link(&self, index: u8) -> Option<proto::Link> {
+        (self.cfg.connections > 1).then_some(proto::Link {
+            session: self.session,
+            index,
+            count: self.cfg.connections,
+        })
+    }
+
+    /// Keeps one connection (link `link`) up to `relays`, tried in order.
+    async fn run_through(self: Arc<Self>, relays: Vec<(String, u16)>, link: u8) {
         let mut wait = Duration::ZERO;
         loop {
             for (host, port) in &relays {
                 let started = tokio::time::Instant::now();
                 let result = tokio::select! {
-                    r = self.session(host, *port) => r,
+                    r = self.session(host, *port, link) => r,
                     _ = self.svc.shutdown.draining() => return,
                 };
                 let relay = format!("{host}:{port}");
                 match result {
                     Ok(()) => {}
                     Err(SessionError::Connect(e)) => {
-                        tracing::warn!(agent = %self.cfg.name, %relay, "tunnel: cannot reach the relay: {e}")
+                        tracing::warn!(agent = %self.cfg.name, %relay, link = link + 1, "tunnel: cannot reach the relay: {e}")
                     }
                     Err(e) => {
-                        tracing::warn!(agent = %self.cfg.name, %relay, reason = %e, "tunnel: disconnected from the relay")
+                        tracing::warn!(agent = %self.cfg.name, %relay, link = link + 1, reason = %e, "tunnel: disconnected from the relay")
                     }
                 }
                 // Up for a while: the next failure starts the back-off from the bottom.
@@ -197,7 +213,7 @@ impl Agent {
                     fastrand::f64(),
                 );
                 wait = base;
-                tracing::info!(agent = %self.cfg.name, "tunnel: reconnecting in {sleep:?}");
+                tracing::info!(agent = %self.cfg.name, link = link + 1, "tunnel: reconnecting in {sleep:?}");
                 tokio::select! {
                     _ = tokio::time::sleep(sleep) => {}
                     _ = self.svc.shutdown.draining() => return,
@@ -206,8 +222,13 @@ impl Agent {
         }
     }
 
-    /// One connection to one relay, until it ends.
-    async fn session(self: &Arc<Self>, host: &str, port: u16) -> Result<(), SessionError> {
+    /// One connection (link `link`) to one relay, until it ends.
+    async fn session(
+        self: &Arc<Self>,
+        host: &str,
+        port: u16,
+        link: u8,
+    ) -> Result<(), SessionError> {
         let cfg = &self.cfg;
         let deadline = tokio::time::Instant::now() + cfg.connect_timeout;
         let timed_out =
@@ -261,9 +282,9 @@ impl Agent {
                 tls.get_mut()
                     .1
                     .set_buffer_limit(Some(super::TLS_WRITE_BUFFER));
-                self.serve(tls, deadline, local, &relay).await
+                self.serve(tls, deadline, local, &relay, link).await
             }
-            _ => self.serve(tcp, deadline, local, &relay).await,
+            _ => self.serve(tcp, deadline, local, &relay, link).await,
         }
     }
 
@@ -275,6 +296,7 @@ impl Agent {
         deadline: tokio::time::Instant,
         local: IpAddr,
         relay: &str,
+        link: u8,
     ) -> Result<(), SessionError>
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -284,6 +306,7 @@ impl Agent {
             let hello = proto::encode_hello(&proto::Hello {
                 name: cfg.name.clone(),
                 token: self.token.clone(),
+                link: self.link(link),
             });
             io.write_all(&hello)
                 .await
@@ -300,6 +323,7 @@ impl Agent {
                 Some(HelloReply::BadCredentials) => return Err(SessionError::BadCredentials),
                 Some(HelloReply::Duplicate) => return Err(SessionError::Duplicate),
                 Some(HelloReply::WantsTls) => return Err(SessionError::WantsTls),
+                Some(HelloReply::TooManyLinks) => return Err(SessionError::TooManyLinks),
                 None => return Err(SessionError::Handshake("unknown answer".into())),
             }
             super::h2_server()
@@ -312,7 +336,7 @@ impl Agent {
             .map_err(|_| {
                 SessionError::Connect("timed out (TCP, TLS, hello or HTTP/2 handshake)".into())
             })??;
-        tracing::info!(agent = %cfg.name, %relay, transport = cfg.tls.as_ref().map_or("tcp", |_| "tls"), "tunnel: connected to the relay");
+        tracing::info!(agent = %cfg.name, %relay, link = link + 1, transport = cfg.tls.as_ref().map_or("tcp", |_| "tls"), "tunnel: connected to the relay");
         let ping = conn.ping_pong();
         let beat = super::hub::heartbeat(ping, cfg.heartbeat, cfg.dead_after);
         tokio::pin!(beat);
