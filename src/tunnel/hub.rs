@@ -1,10 +1,12 @@
 //! The relay's side: the tunnel listener that takes agents in, and [`Agents`], the registry
 //! the SOCKS and published listeners open streams through.
 //!
-//! One agent connection, from accept to close:
-//! TLS handshake -> hello (name, token; within `handshake_timeout`) -> answer byte -> HTTP/2
-//! client handshake -> registered under its name -> pinged every `heartbeat` (no answer in
-//! `dead_after`: closed) -> removed. A protocol error from the agent (bad frames, a flood)
+//! One agent connection (a "link"; an agent with `connections = N` keeps N, each with the
+//! same session id in its hello), from accept to close:
+//! TLS handshake -> hello (name, token, session; within `handshake_timeout`) -> admission
+//! ([`admission`]: a new agent, another link of a connected one, a duplicate, or one link too
+//! many) -> answer byte -> HTTP/2 client handshake -> registered under its name -> pinged
+//! every `heartbeat` (no answer in `dead_after`: closed) -> removed. A protocol error from the agent (bad frames, a flood)
 //! ends that connection only; its streams fail and the listeners answer their clients.
 
 use std::collections::HashMap;
@@ -364,7 +366,8 @@ impl Agents {
     /// [`Agents::open_retrying`] with [`POOL_TRIES`]: what published ports, SOCKS and HTTP
     /// CONNECTs and absolute-URI requests through an agent use. Under a pool name a failed
     /// open goes to another agent (nothing of the client's bytes went anywhere yet); under
-    /// a single agent's name it is one try, as [`Agents::open`].
+    /// a single agent's name it is one try, as [`Agents::open`], unless the link itself
+    /// failed and the agent has another.
     pub async fn open_failover(
         &self,
         name: &str,
@@ -375,10 +378,12 @@ impl Agents {
     }
 
     /// [`Agents::open`], and after a failed open another agent connected under `name` (a
-    /// pool), up to `tries` opens in all, each on a connection not tried yet. Nothing of the
+    /// pool), up to `tries` opens in all, each on a link not tried yet. Nothing of the
     /// client's request has gone anywhere before a stream is open, so any failure the next
-    /// agent may not share is worth another try ([`OpenError::retry_elsewhere`]). The last
-    /// failure is returned.
+    /// agent may not share is worth another try ([`OpenError::retry_elsewhere`]). An agent
+    /// that answered the open itself (refused, unreachable, timed out) is not asked again on
+    /// another of its links; a link that failed as a connection ([`OpenError::Failed`]: reset,
+    /// gone) leaves the agent's other links eligible. The last failure is returned.
     pub async fn open_retrying(
         &self,
         name: &str,
