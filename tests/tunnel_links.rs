@@ -249,6 +249,35 @@ async fn a_cut_link_leaves_the_other_serving_and_redials_alone() {
     drop(agent);
 }
 
+/// `mode = "failover"` with two relays: a cut link redials the relay its agent's other link
+/// is on (the first), not the next one in its list; a lone link would have gone round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_failover_a_cut_link_rejoins_the_relay_of_its_agent() {
+    let certs = Certs::make();
+    let origin = Origin::fixed("inside").await;
+    let (first, second) = (relay(&certs, ""), relay(&certs, ""));
+    let middle = Middlebox::start(first.addr("agents")).await;
+    let config = agent_config(
+        &certs,
+        "office",
+        &[middle.addr, second.addr("agents")],
+        "",
+        origin.addr,
+    )
+    .replacen("[agent]\n", "[agent]\nconnections = 2\n", 1);
+    let agent = Gatehouse::start(&config);
+    wait_links(first.addr("admin"), 2).await;
+    middle.cut(1);
+    first.wait_stderr("tunnel: agent link disconnected");
+    first.wait_stderr("tunnel: agent link connected");
+    wait_links(first.addr("admin"), 2).await;
+    assert_eq!(middle.accepted(), 3);
+    let v = agents(second.addr("admin")).await;
+    assert_eq!(v["agents"], serde_json::json!([]), "{v}");
+    many_gets(first.addr("web"), 4).await;
+    drop(agent);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_relay_bounds_the_links_of_one_agent() {
     let certs = Certs::make();
