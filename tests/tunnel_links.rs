@@ -183,11 +183,15 @@ async fn a_pool_of_agents_with_several_links_balances_by_agent_then_link() {
     }
 }
 
-/// A TCP forwarder between the agent and the relay whose connections the test can cut.
+/// One forwarded connection: its copying task and its freeze switch.
+type Forwarded = (tokio::task::JoinHandle<()>, Arc<tokio::sync::Notify>);
+
+/// A TCP forwarder between the agent and the relay whose connections the test can cut or
+/// freeze.
 struct Middlebox {
     addr: SocketAddr,
-    /// Each connection's two copying tasks, in the order accepted.
-    conns: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    /// Each connection, in the order accepted.
+    conns: Arc<Mutex<Vec<Forwarded>>>,
 }
 
 impl Middlebox {
@@ -196,16 +200,22 @@ impl Middlebox {
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let conns: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
+        let conns: Arc<Mutex<Vec<Forwarded>>> = Arc::default();
         let list = conns.clone();
         tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
+                let freeze = Arc::new(tokio::sync::Notify::new());
+                let frozen = freeze.clone();
                 let task = tokio::spawn(async move {
                     if let Ok(mut outbound) = tokio::net::TcpStream::connect(to).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                            // Nothing passes any more, and both sockets stay open.
+                            _ = frozen.notified() => std::future::pending::<()>().await,
+                        }
                     }
                 });
-                list.lock().expect("lock").push(task);
+                list.lock().expect("lock").push((task, freeze));
             }
         });
         Middlebox { addr, conns }
@@ -217,7 +227,12 @@ impl Middlebox {
 
     /// Cuts connection `i`: both its sockets close.
     fn cut(&self, i: usize) {
-        self.conns.lock().expect("lock")[i].abort();
+        self.conns.lock().expect("lock")[i].0.abort();
+    }
+
+    /// Freezes connection `i`: nothing passes, nothing closes (a half-open connection).
+    fn freeze(&self, i: usize) {
+        self.conns.lock().expect("lock")[i].1.notify_one();
     }
 }
 
@@ -275,6 +290,40 @@ async fn with_failover_a_cut_link_rejoins_the_relay_of_its_agent() {
     let v = agents(second.addr("admin")).await;
     assert_eq!(v["agents"], serde_json::json!([]), "{v}");
     many_gets(first.addr("web"), 4).await;
+    drop(agent);
+}
+
+/// A link that goes silent (frozen in the middlebox): the agent gives it up after its
+/// `dead_after` (1s here) and redials it; the relay, whose `dead_after` is 30s, still holds
+/// the old one, and the new link (same session, same index) replaces it at once, within
+/// `max_links = 2`. Every request after that is served (none goes to the silent link).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redialled_link_replaces_the_silent_one_the_relay_still_holds() {
+    let certs = Certs::make();
+    let origin = Origin::fixed("inside").await;
+    let tunnel = tunnel_listener(&certs, false)
+        .replacen("dead_after = \"3s\"", "dead_after = \"30s\"", 1)
+        .replacen("pool = false\n", "pool = false\nmax_links = 2\n", 1);
+    let relay = Gatehouse::start(&format!("{tunnel}{WEB_AND_ADMIN}"));
+    let admin = relay.addr("admin");
+    let middle = Middlebox::start(relay.addr("agents")).await;
+    let config = agent_with_links(&certs, middle.addr, origin.addr, 2).replacen(
+        "dead_after = \"3s\"",
+        "dead_after = \"1s\"",
+        1,
+    );
+    let agent = Gatehouse::start(&config);
+    wait_links(admin, 2).await;
+    middle.freeze(0);
+    agent.wait_stderr("no answer to a ping");
+    let line = relay.wait_stderr("replacing the one this agent redialled");
+    assert!(line.contains("agent=office"), "{line}");
+    let line = relay.wait_stderr("tunnel: agent link disconnected");
+    assert!(line.contains("replaced"), "{line}");
+    let v = wait_links(admin, 2).await;
+    assert_eq!(v["agents"].as_array().map(Vec::len), Some(1), "{v}");
+    assert_eq!(metric(admin, "gatehouse_tunnel_agents").await, Some(1.0));
+    many_gets(relay.addr("web"), 10).await;
     drop(agent);
 }
 

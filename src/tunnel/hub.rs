@@ -57,6 +57,23 @@ pub enum Admission {
     Duplicate,
     /// The agent has `max_links` links here already.
     TooManyLinks,
+    /// The agent redialled a link the relay still holds ([`stale_link`]): the new one takes
+    /// its place.
+    Replace,
+}
+
+/// A link's session id and index (from a `GHTUN2` hello).
+pub type LinkKey = ([u8; proto::SESSION_LEN], u8);
+
+/// Which connected link a hello with `key` makes stale: the one with the same session and
+/// index. An agent dials link N again only after its link N ended, so a relay still holding
+/// one has not seen it go yet (a half-open connection, a heartbeat not yet missed).
+pub fn stale_link(
+    connected: impl Iterator<Item = Option<LinkKey>>,
+    key: Option<LinkKey>,
+) -> Option<usize> {
+    let key = key?;
+    connected.into_iter().position(|c| c == Some(key))
 }
 
 /// Whether a hello carrying `session` (`None`: a one-link agent) may connect under a name
@@ -127,6 +144,10 @@ pub struct AgentConn {
     pub since: SystemTime,
     /// The agent's session id (`None`: a one-link agent).
     pub session: Option<[u8; proto::SESSION_LEN]>,
+    /// Its index among the agent's links (`None`: a one-link agent).
+    pub index: Option<u8>,
+    /// Cancelled when a new link of the agent replaces it ([`stale_link`]).
+    pub replaced: tokio_util::sync::CancellationToken,
     /// Which agent it is a link of: the id of that agent's first link.
     pub agent: u64,
     send: h2::client::SendRequest<Bytes>,
@@ -226,6 +247,19 @@ struct Applicant<'a> {
     pool: bool,
     max_links: usize,
     session: Option<[u8; proto::SESSION_LEN]>,
+    index: Option<u8>,
+}
+
+impl Applicant<'_> {
+    fn key(&self) -> Option<LinkKey> {
+        Some((self.session?, self.index?))
+    }
+}
+
+impl AgentConn {
+    fn key(&self) -> Option<LinkKey> {
+        Some((self.session?, self.index?))
+    }
 }
 
 impl Agents {
@@ -239,7 +273,11 @@ impl Agents {
     /// Whether `who` may connect now ([`admission`]).
     fn admission(&self, who: &Applicant<'_>) -> Admission {
         let map = lock(&self.map);
-        let connected = map.get(who.name).into_iter().flatten().map(|c| c.session);
+        let list = map.get(who.name).map_or(&[][..], Vec::as_slice);
+        if stale_link(list.iter().map(|c| c.key()), who.key()).is_some() {
+            return Admission::Replace;
+        }
+        let connected = list.iter().map(|c| c.session);
         admission(connected, who.session.as_ref(), who.pool, who.max_links)
     }
 
@@ -252,12 +290,21 @@ impl Agents {
     ) -> Result<(Arc<AgentConn>, Admission), Admission> {
         let mut map = lock(&self.map);
         let list = map.entry(Arc::from(who.name)).or_default();
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        if let Some(i) = stale_link(list.iter().map(|c| c.key()), who.key()) {
+            // Out of the list now (its session task ends and finds it gone), so it neither
+            // counts toward `max_links` nor takes streams; its agent is the new link's.
+            let old = list.remove(i);
+            old.replaced.cancel();
+            let conn = Arc::new(make(id, old.agent));
+            list.push(conn.clone());
+            return Ok((conn, Admission::Replace));
+        }
         let connected = list.iter().map(|c| c.session);
         let verdict = admission(connected, who.session.as_ref(), who.pool, who.max_links);
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let agent = match verdict {
             Admission::New => id,
-            Admission::Join => list
+            Admission::Join | Admission::Replace => list
                 .iter()
                 .find(|c| c.session.is_some() && c.session == who.session)
                 .map_or(id, |c| c.agent),
@@ -273,14 +320,16 @@ impl Agents {
         Ok((conn, verdict))
     }
 
-    /// Removes a link; whether it was its agent's last.
+    /// Removes a link; whether it was its agent's last (never for a link replaced already,
+    /// which is out of the list).
     fn remove(&self, conn: &AgentConn) -> bool {
         let mut map = lock(&self.map);
         let Some(list) = map.get_mut(&*conn.name) else {
-            return true;
+            return false;
         };
+        let before = list.len();
         list.retain(|c| c.id != conn.id);
-        let last = !list.iter().any(|c| c.agent == conn.agent);
+        let last = list.len() < before && !list.iter().any(|c| c.agent == conn.agent);
         if list.is_empty() {
             map.remove(&*conn.name);
         }
@@ -645,6 +694,7 @@ impl TunnelListener {
             pool,
             max_links: usize::from(max_links),
             session: hello.link.map(|l| l.session),
+            index: hello.link.map(|l| l.index),
         };
         let link = hello.link.map_or(1, |l| l.index + 1);
         let refuse = |verdict: Admission| match verdict {
@@ -684,6 +734,8 @@ impl TunnelListener {
             peer,
             since: SystemTime::now(),
             session: who.session,
+            index: who.index,
+            replaced: tokio_util::sync::CancellationToken::new(),
             agent,
             send,
             streams_open: AtomicU64::new(0),
@@ -695,6 +747,10 @@ impl TunnelListener {
             Ok((agent, Admission::New)) => {
                 self.svc.metrics.tunnel_agents.inc();
                 tracing::info!(listener = %self.name, %peer, agent = %name, link, "tunnel: agent connected");
+                agent
+            }
+            Ok((agent, Admission::Replace)) => {
+                tracing::info!(listener = %self.name, %peer, agent = %name, link, "tunnel: agent link connected, replacing the one this agent redialled");
                 agent
             }
             Ok((agent, _)) => {
@@ -710,6 +766,7 @@ impl TunnelListener {
                 Err(e) => End::Closed(e.to_string()),
             },
             _ = heartbeat(ping, self.cfg.heartbeat, self.cfg.dead_after) => End::Dead,
+            _ = agent.replaced.cancelled() => End::Closed("replaced by the agent's new link".into()),
             _ = self.svc.shutdown.draining() => End::Draining,
         };
         if matches!(end, End::Draining) {
@@ -788,7 +845,7 @@ pub async fn heartbeat(ping: Option<h2::PingPong>, every: Duration, dead_after: 
 
 #[cfg(test)]
 mod pick_tests {
-    use super::{admission, least_streams, pick_link, Admission, LinkLoad};
+    use super::{admission, least_streams, pick_link, stale_link, Admission, LinkLoad};
 
     #[test]
     fn links_of_one_session_join_others_need_a_free_name_or_a_pool() {
@@ -840,6 +897,18 @@ mod pick_tests {
             admission([b, a].into_iter(), a.as_ref(), true, 2),
             Admission::Join
         );
+    }
+
+    #[test]
+    fn a_redialled_link_replaces_the_one_with_its_session_and_index() {
+        let (a, b) = ([1u8; 16], [2u8; 16]);
+        let connected = [Some((a, 0)), None, Some((b, 1)), Some((a, 1))];
+        assert_eq!(stale_link(connected.into_iter(), Some((a, 1))), Some(3));
+        assert_eq!(stale_link(connected.into_iter(), Some((b, 1))), Some(2));
+        // Another index, another session, or a one-link agent: nothing is stale.
+        assert_eq!(stale_link(connected.into_iter(), Some((a, 2))), None);
+        assert_eq!(stale_link(connected.into_iter(), Some(([3; 16], 0))), None);
+        assert_eq!(stale_link(connected.into_iter(), None), None);
     }
 
     fn link(agent: u64, open: u64) -> LinkLoad {
