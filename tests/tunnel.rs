@@ -1230,6 +1230,7 @@ async fn garbage_from_an_agent_closes_that_agent_only() {
     let hello = gatehouse::tunnel::proto::encode_hello(&gatehouse::tunnel::proto::Hello {
         name: "evil".into(),
         token: b"evil-token".to_vec(),
+        link: None,
     });
     evil.write_all(&hello).await.expect("hello");
     let mut answer = [0u8; 1];

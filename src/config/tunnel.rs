@@ -10,6 +10,9 @@ use super::socks::Password;
 use super::tls::{read_tls_files, TlsFiles};
 use crate::tunnel::allow::{AllowEntry, AllowList};
 
+/// Bound of `connections` (agent) and `max_links` (relay).
+const MAX_LINKS: u64 = crate::tunnel::proto::MAX_LINKS as u64;
+
 /// A token: in the config, or in a file read at start-up (first line, trimmed).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Token {
@@ -126,6 +129,8 @@ pub struct AcceptedAgent {
     pub token: Token,
     /// Several agents may connect under this name (streams are balanced over them).
     pub pool: bool,
+    /// Links one agent process (one session) may keep on this listener at once.
+    pub max_links: u8,
 }
 
 pub(super) fn read_tunnel(l: &Section<'_>) -> Option<TunnelListenerConfig> {
@@ -146,12 +151,18 @@ pub(super) fn read_tunnel(l: &Section<'_>) -> Option<TunnelListenerConfig> {
         let name = read_name(&a, "name");
         let token = read_token(&a);
         let pool = a.bool("pool", false);
+        let max_links = a.uint("max_links", MAX_LINKS, 1, MAX_LINKS) as u8;
         a.finish();
         if let (Some(name), Some(token)) = (name, token) {
             if agents.iter().any(|o| o.name == name) {
                 a.error_at("name", format!("duplicate agent {name:?}"));
             }
-            agents.push(AcceptedAgent { name, token, pool });
+            agents.push(AcceptedAgent {
+                name,
+                token,
+                pool,
+                max_links,
+            });
         }
     }
     let heartbeat = l.duration("heartbeat", Duration::from_secs(10));
@@ -233,6 +244,8 @@ pub struct AgentConfig {
     /// `mode = "all"`: connected to every relay at once; `"failover"` (the default): one at a
     /// time, in order.
     pub all_relays: bool,
+    /// `connections`: links kept to each relay it is connected to (1 to 16, default 1).
+    pub connections: u8,
     /// An HTTP proxy (`host:port`) the relays are reached through with CONNECT.
     pub http_proxy: Option<(String, u16)>,
     /// A SOCKS5 proxy (`host:port`) the relays are reached through instead.
@@ -393,6 +406,7 @@ pub(super) fn read_agent(a: &Section<'_>) -> Option<AgentConfig> {
         token: token?,
         relays,
         all_relays,
+        connections: a.uint("connections", 1, 1, MAX_LINKS) as u8,
         http_proxy: a.parse("http_proxy", "\"host:port\"", parse_host_port),
         socks_proxy: a.parse("socks_proxy", "\"host:port\"", parse_host_port),
         proxy_login,
@@ -551,9 +565,47 @@ mod tests {
         assert!(c.listeners.is_empty());
         assert_eq!(a.relays, [("relay.example".to_string(), 7000)]);
         assert!(!a.all_relays, "failover order by default");
+        assert_eq!(a.connections, 1, "one link by default");
         let tls = a.tls.expect("TLS by default");
         assert!(matches!(tls.verify, RelayVerify::Fingerprint(d) if d[31] == 0x1f));
         assert!(a.allow.entries.is_empty(), "nothing allowed by default");
+    }
+
+    #[test]
+    fn links_are_bounded_on_both_sides() {
+        let agent = |n: &str| {
+            format!(
+                "[agent]\nname = \"office\"\ntoken = \"t\"\nrelays = [\"r:7000\"]\n\
+                 transport = \"tcp\"\nconnections = {n}\n"
+            )
+        };
+        let c = Config::parse(&agent("16")).expect("16 links");
+        assert_eq!(c.agent.expect("agent").connections, 16);
+        for bad in ["0", "17", "-1", "\"2\""] {
+            assert_eq!(problems(&agent(bad)), ["agent.connections"], "{bad}");
+        }
+        let relay = |n: &str| {
+            format!(
+                "{TUNNEL}transport = \"tcp\"\n[[listeners.agents]]\nname = \"office\"\n\
+                 token = \"t\"\n{n}"
+            )
+        };
+        let max = |text: &str| {
+            let c = Config::parse(text).expect("valid");
+            let ListenerKind::Tunnel(t) = &c.listeners[0].kind else {
+                panic!("tunnel")
+            };
+            t.agents[0].max_links
+        };
+        assert_eq!(max(&relay("")), 16, "as many as an agent may keep");
+        assert_eq!(max(&relay("max_links = 2\n")), 2);
+        for bad in ["max_links = 0\n", "max_links = 17\n"] {
+            assert_eq!(
+                problems(&relay(bad)),
+                ["listeners[0].agents[0].max_links"],
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! stayed up for a while starts the back-off again from the bottom.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,6 +31,32 @@ pub fn backoff(prev: Duration, min: Duration, max: Duration, rand01: f64) -> (Du
     };
     let jitter = base.mul_f64(rand01.clamp(0.0, 1.0) / 2.0);
     (base, base + jitter)
+}
+
+/// Which of a failover list's relays a link dials next: one where other links of this agent
+/// are connected now (`up`: links connected per relay), so the agent's links stay together
+/// on the relay it fails over to; else `next`, the one after the relay this link tried last
+/// (wrapping), as a lone link goes round its list.
+pub fn next_relay(up: &[usize], next: usize) -> usize {
+    up.iter()
+        .position(|&n| n > 0)
+        .unwrap_or(next % up.len().max(1))
+}
+
+/// Counts a link connected to a relay while it lives.
+struct LinkUp<'a>(&'a AtomicUsize);
+
+impl<'a> LinkUp<'a> {
+    fn new(n: &'a AtomicUsize) -> LinkUp<'a> {
+        n.fetch_add(1, Ordering::Relaxed);
+        LinkUp(n)
+    }
+}
+
+impl Drop for LinkUp<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// A running `[agent]`: its task, stopped on reload when the section changed.
@@ -79,6 +106,8 @@ pub enum SessionError {
     BadCredentials,
     #[error("the relay already has an agent of this name connected")]
     Duplicate,
+    #[error("the relay has as many links of this agent as it takes (its `max_links`)")]
+    TooManyLinks,
     #[error("handshake: {0}")]
     Handshake(String),
     #[error("connection lost: {0}")]
@@ -98,6 +127,9 @@ pub struct Agent {
     /// The egress proxy's login, read at start (and again on reload).
     proxy_login: Option<(String, crate::policy::users::Secret)>,
     allow: AllowList,
+    /// This agent's session id, sent in each link's hello with `connections` > 1 (the
+    /// relay takes links with the same id as one agent).
+    session: [u8; proto::SESSION_LEN],
 }
 
 impl Agent {
@@ -136,6 +168,7 @@ impl Agent {
             token,
             proxy_login,
             allow,
+            session: std::array::from_fn(|_| fastrand::u8(..)),
         })
     }
 
@@ -151,63 +184,94 @@ impl Agent {
     }
 
     /// Runs until the process drains: connect, serve, back off, again; with `mode = "all"`,
-    /// that for every relay at once, each with its own back-off.
+    /// that for every relay at once, each with its own back-off; and `connections` times
+    /// over (each link with its own reconnect loop, back-off and heartbeats).
     pub async fn run(self: Arc<Self>) {
-        if self.cfg.all_relays {
-            let each = self
-                .cfg
-                .relays
-                .iter()
-                .map(|r| self.clone().run_through(std::slice::from_ref(r).to_vec()));
-            futures_util::future::join_all(each).await;
+        let links = self.cfg.connections.max(1);
+        let groups: Vec<Vec<(String, u16)>> = if self.cfg.all_relays {
+            self.cfg.relays.iter().map(|r| vec![r.clone()]).collect()
         } else {
-            let relays = self.cfg.relays.clone();
-            self.run_through(relays).await;
+            vec![self.cfg.relays.clone()]
+        };
+        let mut each = Vec::new();
+        for relays in groups {
+            let up: Arc<[AtomicUsize]> = relays.iter().map(|_| AtomicUsize::new(0)).collect();
+            for link in 0..links {
+                each.push(self.clone().run_through(relays.clone(), up.clone(), link));
+            }
         }
+        futures_util::future::join_all(each).await;
     }
 
-    /// Keeps one connection up to `relays`, tried in order.
-    async fn run_through(self: Arc<Self>, relays: Vec<(String, u16)>) {
+    /// What this link says in its hello: nothing with `connections = 1` (today's hello, which
+    /// every relay understands), else the session, its index and the count.
+    fn link(&self, index: u8) -> Option<proto::Link> {
+        (self.cfg.connections > 1).then_some(proto::Link {
+            session: self.session,
+            index,
+            count: self.cfg.connections,
+        })
+    }
+
+    /// Keeps one connection (link `link`) up to `relays`, tried in order ([`next_relay`];
+    /// `up`: the links of this agent connected to each of them).
+    async fn run_through(
+        self: Arc<Self>,
+        relays: Vec<(String, u16)>,
+        up: Arc<[AtomicUsize]>,
+        link: u8,
+    ) {
         let mut wait = Duration::ZERO;
+        let mut next = 0;
         loop {
-            for (host, port) in &relays {
-                let started = tokio::time::Instant::now();
-                let result = tokio::select! {
-                    r = self.session(host, *port) => r,
-                    _ = self.svc.shutdown.draining() => return,
-                };
-                let relay = format!("{host}:{port}");
-                match result {
-                    Ok(()) => {}
-                    Err(SessionError::Connect(e)) => {
-                        tracing::warn!(agent = %self.cfg.name, %relay, "tunnel: cannot reach the relay: {e}")
-                    }
-                    Err(e) => {
-                        tracing::warn!(agent = %self.cfg.name, %relay, reason = %e, "tunnel: disconnected from the relay")
-                    }
+            let counts: Vec<usize> = up.iter().map(|n| n.load(Ordering::Relaxed)).collect();
+            let at = next_relay(&counts, next);
+            next = at + 1;
+            let (Some((host, port)), Some(up)) = (relays.get(at), up.get(at)) else {
+                return;
+            };
+            let started = tokio::time::Instant::now();
+            let result = tokio::select! {
+                r = self.session(host, *port, link, up) => r,
+                _ = self.svc.shutdown.draining() => return,
+            };
+            let relay = format!("{host}:{port}");
+            match result {
+                Ok(()) => {}
+                Err(SessionError::Connect(e)) => {
+                    tracing::warn!(agent = %self.cfg.name, %relay, link = link + 1, "tunnel: cannot reach the relay: {e}")
                 }
-                // Up for a while: the next failure starts the back-off from the bottom.
-                if started.elapsed() > self.cfg.reconnect_max {
-                    wait = Duration::ZERO;
+                Err(e) => {
+                    tracing::warn!(agent = %self.cfg.name, %relay, link = link + 1, reason = %e, "tunnel: disconnected from the relay")
                 }
-                let (base, sleep) = backoff(
-                    wait,
-                    self.cfg.reconnect_min,
-                    self.cfg.reconnect_max,
-                    fastrand::f64(),
-                );
-                wait = base;
-                tracing::info!(agent = %self.cfg.name, "tunnel: reconnecting in {sleep:?}");
-                tokio::select! {
-                    _ = tokio::time::sleep(sleep) => {}
-                    _ = self.svc.shutdown.draining() => return,
-                }
+            }
+            // Up for a while: the next failure starts the back-off from the bottom.
+            if started.elapsed() > self.cfg.reconnect_max {
+                wait = Duration::ZERO;
+            }
+            let (base, sleep) = backoff(
+                wait,
+                self.cfg.reconnect_min,
+                self.cfg.reconnect_max,
+                fastrand::f64(),
+            );
+            wait = base;
+            tracing::info!(agent = %self.cfg.name, link = link + 1, "tunnel: reconnecting in {sleep:?}");
+            tokio::select! {
+                _ = tokio::time::sleep(sleep) => {}
+                _ = self.svc.shutdown.draining() => return,
             }
         }
     }
 
-    /// One connection to one relay, until it ends.
-    async fn session(self: &Arc<Self>, host: &str, port: u16) -> Result<(), SessionError> {
+    /// One connection (link `link`) to one relay, until it ends.
+    async fn session(
+        self: &Arc<Self>,
+        host: &str,
+        port: u16,
+        link: u8,
+        up: &AtomicUsize,
+    ) -> Result<(), SessionError> {
         let cfg = &self.cfg;
         let deadline = tokio::time::Instant::now() + cfg.connect_timeout;
         let timed_out =
@@ -261,9 +325,9 @@ impl Agent {
                 tls.get_mut()
                     .1
                     .set_buffer_limit(Some(super::TLS_WRITE_BUFFER));
-                self.serve(tls, deadline, local, &relay).await
+                self.serve(tls, deadline, local, &relay, link, up).await
             }
-            _ => self.serve(tcp, deadline, local, &relay).await,
+            _ => self.serve(tcp, deadline, local, &relay, link, up).await,
         }
     }
 
@@ -275,6 +339,8 @@ impl Agent {
         deadline: tokio::time::Instant,
         local: IpAddr,
         relay: &str,
+        link: u8,
+        up: &AtomicUsize,
     ) -> Result<(), SessionError>
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -284,6 +350,7 @@ impl Agent {
             let hello = proto::encode_hello(&proto::Hello {
                 name: cfg.name.clone(),
                 token: self.token.clone(),
+                link: self.link(link),
             });
             io.write_all(&hello)
                 .await
@@ -300,6 +367,7 @@ impl Agent {
                 Some(HelloReply::BadCredentials) => return Err(SessionError::BadCredentials),
                 Some(HelloReply::Duplicate) => return Err(SessionError::Duplicate),
                 Some(HelloReply::WantsTls) => return Err(SessionError::WantsTls),
+                Some(HelloReply::TooManyLinks) => return Err(SessionError::TooManyLinks),
                 None => return Err(SessionError::Handshake("unknown answer".into())),
             }
             super::h2_server()
@@ -312,7 +380,8 @@ impl Agent {
             .map_err(|_| {
                 SessionError::Connect("timed out (TCP, TLS, hello or HTTP/2 handshake)".into())
             })??;
-        tracing::info!(agent = %cfg.name, %relay, transport = cfg.tls.as_ref().map_or("tcp", |_| "tls"), "tunnel: connected to the relay");
+        let _up = LinkUp::new(up);
+        tracing::info!(agent = %cfg.name, %relay, link = link + 1, transport = cfg.tls.as_ref().map_or("tcp", |_| "tls"), "tunnel: connected to the relay");
         let ping = conn.ping_pong();
         let beat = super::hub::heartbeat(ping, cfg.heartbeat, cfg.dead_after);
         tokio::pin!(beat);
@@ -729,6 +798,20 @@ fn connect_error(e: ConnectError) -> OpenError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn links_go_where_the_others_are_else_round_their_list() {
+        // Nobody connected: the list in order, wrapping (a lone link's failover).
+        let none = [0, 0, 0];
+        let order: Vec<usize> = [0, 1, 2, 3, 4].map(|n| next_relay(&none, n)).to_vec();
+        assert_eq!(order, [0, 1, 2, 0, 1]);
+        // Others of this agent on the second relay: that one, whatever comes next.
+        for n in 0..4 {
+            assert_eq!(next_relay(&[0, 2, 0], n), 1);
+        }
+        assert_eq!(next_relay(&[1], 5), 0);
+        assert_eq!(next_relay(&[], 3), 0);
+    }
 
     #[test]
     fn backoff_doubles_to_the_cap_with_bounded_jitter() {

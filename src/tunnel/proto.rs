@@ -3,7 +3,10 @@
 //!
 //! ```text
 //! agent -> relay   "GHTUN1" | name len (u8) | name | token len (u16 BE) | token
-//! relay -> agent   status (u8): 0 accepted, 1 bad name or token, 2 name already connected
+//!              or  "GHTUN2" | the same | session id (16 bytes) | link index (u8) | links (u8)
+//!                  (an agent keeping several links: `connections` > 1)
+//! relay -> agent   status (u8): 0 accepted, 1 bad name or token, 2 name already connected,
+//!                  3 TLS wanted, 4 too many links of this session
 //! then HTTP/2 with reversed roles: the agent is the server, the relay the client.
 //! A stream is one CONNECT request, :authority = what to open:
 //!   "host:port"            a TCP destination (the agent's allow-list and guard apply)
@@ -19,9 +22,18 @@
 use std::fmt;
 
 pub const MAGIC: &[u8; 6] = b"GHTUN1";
+/// The magic of a hello that names its link ([`Link`]): the same first five bytes.
+pub const MAGIC_LINKS: &[u8; 6] = b"GHTUN2";
 /// Longest agent name and token accepted in a hello.
 pub const MAX_NAME: usize = 64;
 pub const MAX_TOKEN: usize = 1024;
+/// Most links one agent process keeps to one relay (`connections`), and most a relay takes
+/// from one session (`max_links`).
+pub const MAX_LINKS: u8 = 16;
+/// Bytes of an agent's session id.
+pub const SESSION_LEN: usize = 16;
+/// Bytes a [`MAGIC_LINKS`] hello carries after the token: session id, index, links.
+const LINK_LEN: usize = SESSION_LEN + 2;
 /// The header naming a published service.
 pub const SERVICE_HEADER: &str = "gatehouse-service";
 /// The header asking for a UDP relay (`gatehouse-open: udp`).
@@ -37,6 +49,21 @@ pub const MAX_DATAGRAM: usize = 65_535;
 pub struct Hello {
     pub name: String,
     pub token: Vec<u8>,
+    /// Which link of which agent process this is; `None`: a one-link agent (the
+    /// [`MAGIC`] hello, as every agent before `connections` sent).
+    pub link: Option<Link>,
+}
+
+/// One of the several connections ("links") an agent process keeps to a relay: links with the
+/// same `session` are one agent, not duplicates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Link {
+    /// Random, made once per agent process (and again when a reload changes `[agent]`).
+    pub session: [u8; SESSION_LEN],
+    /// This link's index, below `count`.
+    pub index: u8,
+    /// How many links the agent keeps (its `connections`), 1 to [`MAX_LINKS`].
+    pub count: u8,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,6 +73,8 @@ pub enum HelloError {
     BadMagic,
     BadName,
     BadToken,
+    /// A link index or count out of range.
+    BadLink,
 }
 
 /// A valid agent or service name: 1-64 of `[A-Za-z0-9._-]`.
@@ -57,21 +86,56 @@ pub fn valid_name(s: &str) -> bool {
 }
 
 pub fn encode_hello(h: &Hello) -> Vec<u8> {
-    let mut out = Vec::with_capacity(9 + h.name.len() + h.token.len());
-    out.extend_from_slice(MAGIC);
+    let mut out = Vec::with_capacity(9 + LINK_LEN + h.name.len() + h.token.len());
+    out.extend_from_slice(if h.link.is_some() { MAGIC_LINKS } else { MAGIC });
     out.push(h.name.len().min(255) as u8);
     out.extend_from_slice(h.name.as_bytes());
     out.extend_from_slice(&(h.token.len().min(u16::MAX as usize) as u16).to_be_bytes());
     out.extend_from_slice(&h.token);
+    if let Some(link) = &h.link {
+        out.extend_from_slice(&link.session);
+        out.push(link.index);
+        out.push(link.count);
+    }
     out
+}
+
+/// Whether `buf` starts like either magic (as far as it goes); `Some(true)` once it is
+/// known to be [`MAGIC_LINKS`].
+fn magic(buf: &[u8]) -> Result<Option<bool>, HelloError> {
+    let n = buf.len().min(MAGIC.len() - 1);
+    if buf[..n] != MAGIC[..n] {
+        return Err(HelloError::BadMagic);
+    }
+    match buf.get(MAGIC.len() - 1) {
+        None => Ok(None),
+        Some(&b) if b == MAGIC[5] => Ok(Some(false)),
+        Some(&b) if b == MAGIC_LINKS[5] => Ok(Some(true)),
+        Some(_) => Err(HelloError::BadMagic),
+    }
+}
+
+/// The length of the hello starting `buf`, as far as the bytes read tell (the fields whose
+/// lengths are not read yet count as empty): what to read before decoding again. Call it
+/// after [`decode_hello`] said [`HelloError::Incomplete`], so the lengths read are in bounds.
+pub fn hello_needs(buf: &[u8]) -> usize {
+    let at = MAGIC.len() + 1;
+    let Some(&name_len) = buf.get(MAGIC.len()) else {
+        return at;
+    };
+    let at = at + usize::from(name_len) + 2;
+    let Some(len) = buf.get(at - 2..at) else {
+        return at;
+    };
+    let links = matches!(magic(buf), Ok(Some(true)));
+    at + usize::from(u16::from_be_bytes([len[0], len[1]])) + if links { LINK_LEN } else { 0 }
 }
 
 /// Decodes a hello from the start of `buf`: the hello and the bytes it took.
 pub fn decode_hello(buf: &[u8]) -> Result<(Hello, usize), HelloError> {
-    let n = buf.len().min(MAGIC.len());
-    if buf[..n] != MAGIC[..n] {
-        return Err(HelloError::BadMagic);
-    }
+    let Some(links) = magic(buf)? else {
+        return Err(HelloError::Incomplete);
+    };
     let Some(&name_len) = buf.get(MAGIC.len()) else {
         return Err(HelloError::Incomplete);
     };
@@ -99,12 +163,32 @@ pub fn decode_hello(buf: &[u8]) -> Result<(Hello, usize), HelloError> {
     let Some(token) = buf.get(at..at + token_len) else {
         return Err(HelloError::Incomplete);
     };
+    let at = at + token_len;
+    let link = if links {
+        let Some(l) = buf.get(at..at + LINK_LEN) else {
+            return Err(HelloError::Incomplete);
+        };
+        let mut session = [0u8; SESSION_LEN];
+        session.copy_from_slice(&l[..SESSION_LEN]);
+        let (index, count) = (l[SESSION_LEN], l[SESSION_LEN + 1]);
+        if count == 0 || count > MAX_LINKS || index >= count {
+            return Err(HelloError::BadLink);
+        }
+        Some(Link {
+            session,
+            index,
+            count,
+        })
+    } else {
+        None
+    };
     Ok((
         Hello {
             name,
             token: token.to_vec(),
+            link,
         },
-        at + token_len,
+        at + if links { LINK_LEN } else { 0 },
     ))
 }
 
@@ -116,6 +200,8 @@ pub enum HelloReply {
     Duplicate = 2,
     /// Sent in the clear by a TLS relay to an agent that spoke plain TCP to it.
     WantsTls = 3,
+    /// The relay has as many links of this agent's session as it takes (`max_links`).
+    TooManyLinks = 4,
 }
 
 /// What the first byte an agent sends says about its transport.
@@ -143,6 +229,7 @@ impl HelloReply {
             1 => Some(HelloReply::BadCredentials),
             2 => Some(HelloReply::Duplicate),
             3 => Some(HelloReply::WantsTls),
+            4 => Some(HelloReply::TooManyLinks),
             _ => None,
         }
     }
@@ -423,12 +510,14 @@ mod tests {
         let hello = encode_hello(&Hello {
             name: "a".into(),
             token: b"t".to_vec(),
+            link: None,
         });
         assert_eq!(sniff(hello[0]), FirstByte::Plain);
         assert_eq!(sniff(0x16), FirstByte::Tls);
         assert_eq!(sniff(b'P'), FirstByte::Other);
         assert_eq!(HelloReply::from_byte(3), Some(HelloReply::WantsTls));
-        assert_eq!(HelloReply::from_byte(4), None);
+        assert_eq!(HelloReply::from_byte(4), Some(HelloReply::TooManyLinks));
+        assert_eq!(HelloReply::from_byte(5), None);
     }
 
     #[test]
@@ -453,6 +542,7 @@ mod tests {
         let valid = encode_hello(&Hello {
             name: "office".into(),
             token: b"t".to_vec(),
+            link: None,
         });
         for _ in 0..20_000 {
             let mut data = if rng.bool() {
@@ -483,8 +573,11 @@ mod tests {
         let h = Hello {
             name: "office".into(),
             token: b"s3cret".to_vec(),
+            link: None,
         };
         let bytes = encode_hello(&h);
+        assert_eq!(&bytes[..6], MAGIC, "a one-link agent sends today's hello");
+        assert_eq!(bytes.len(), 6 + 1 + 6 + 2 + 6);
         assert_eq!(decode_hello(&bytes), Ok((h.clone(), bytes.len())));
         for cut in 0..bytes.len() {
             assert_eq!(decode_hello(&bytes[..cut]), Err(HelloError::Incomplete));
@@ -492,6 +585,60 @@ mod tests {
         let mut more = bytes.clone();
         more.extend_from_slice(b"PRI *");
         assert_eq!(decode_hello(&more), Ok((h, bytes.len())));
+    }
+
+    const LINK: Link = Link {
+        session: [7; SESSION_LEN],
+        index: 1,
+        count: 2,
+    };
+
+    #[test]
+    fn a_hello_with_a_session_round_trips_and_is_read_byte_exactly() {
+        let h = Hello {
+            name: "office".into(),
+            token: b"s3cret".to_vec(),
+            link: Some(LINK),
+        };
+        let bytes = encode_hello(&h);
+        assert_eq!(&bytes[..6], MAGIC_LINKS);
+        assert_eq!(bytes.len(), 6 + 1 + 6 + 2 + 6 + 16 + 2);
+        assert_eq!(bytes[bytes.len() - 2..], [1, 2]);
+        assert_eq!(decode_hello(&bytes), Ok((h.clone(), bytes.len())));
+        // What a reader asks for next never goes past the hello, and reaches it.
+        let mut read = 0;
+        for cut in 0..bytes.len() {
+            assert_eq!(decode_hello(&bytes[..cut]), Err(HelloError::Incomplete));
+            let needs = hello_needs(&bytes[..cut]);
+            assert!(needs > cut && needs <= bytes.len(), "{cut}: {needs}");
+            read = read.max(needs);
+        }
+        assert_eq!(read, bytes.len());
+        let mut more = bytes.clone();
+        more.extend_from_slice(b"PRI *");
+        assert_eq!(decode_hello(&more), Ok((h, bytes.len())));
+    }
+
+    #[test]
+    fn bad_links_are_refused() {
+        let with = |index: u8, count: u8| {
+            let mut b = encode_hello(&Hello {
+                name: "a".into(),
+                token: b"t".to_vec(),
+                link: Some(LINK),
+            });
+            let n = b.len();
+            b[n - 2] = index;
+            b[n - 1] = count;
+            decode_hello(&b).map(|(h, _)| h.link)
+        };
+        assert_eq!(with(0, 0), Err(HelloError::BadLink));
+        assert_eq!(with(2, 2), Err(HelloError::BadLink));
+        assert_eq!(with(0, MAX_LINKS + 1), Err(HelloError::BadLink));
+        assert_eq!(with(255, 255), Err(HelloError::BadLink));
+        assert!(matches!(with(MAX_LINKS - 1, MAX_LINKS), Ok(Some(l)) if l.index == 15));
+        assert_eq!(decode_hello(b"GHTUN3"), Err(HelloError::BadMagic));
+        assert_eq!(decode_hello(b"GHTUN2\x00"), Err(HelloError::BadName));
     }
 
     #[test]
