@@ -4,7 +4,8 @@
 //! flow control, the per-client request rate and the access log per stream, and bad input
 //! (malformed header blocks, CONNECT, oversized header lists, a connection error) written
 //! as raw frames, a chunked response's trailers turned into HTTP/2 trailers, and big
-//! responses through the window while a sibling stream is reset mid-body.
+//! responses through the window while a sibling stream is reset mid-body, and GOAWAY on a
+//! connection idle past `keepalive_timeout`.
 
 mod common;
 
@@ -602,6 +603,31 @@ async fn bad_streams_are_refused_one_by_one_and_bad_frames_end_the_connection() 
     // The server stays up for the next client.
     let send = h2_client(gh.addr("rev")).await;
     assert_eq!(h2_fetch(&send, "GET", "/after", None).await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_is_told_goaway_after_keepalive_timeout() {
+    let origin = Origin::fixed("ok").await;
+    let gh = Gatehouse::start(&config(
+        "keepalive_timeout = \"300ms\"\n[listeners.http2]\nh2c = true\n",
+        &[origin.addr],
+        "",
+    ));
+    let mut s = TcpStream::connect(gh.addr("rev")).await.expect("connect");
+    let mut out = PREFACE.to_vec();
+    out.extend(frame(0x4, 0, 0, &[]));
+    out.extend(headers(1, &GET));
+    s.write_all(&out).await.expect("write");
+    // The answer, to its END_STREAM.
+    let ended = |f: &[(u8, u8, u32, Vec<u8>)]| {
+        f.iter()
+            .any(|f| f.2 == 1 && matches!(f.0, 0x0 | 0x1) && f.1 & 0x1 != 0)
+    };
+    let frames = read_frames(&mut s, ended).await;
+    assert!(ended(&frames), "{frames:?}");
+    // Then nothing open: GOAWAY (h2 closes once the client acknowledges its PING).
+    let frames = read_frames(&mut s, |f| f.iter().any(|f| f.0 == 0x7)).await;
+    assert!(frames.iter().any(|f| f.0 == 0x7), "GOAWAY: {frames:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -102,6 +102,11 @@ impl<W> Counted<W> {
     pub fn written(&self) -> u64 {
         self.written
     }
+
+    /// The writer, and the count to add to for what is passed to it directly.
+    pub fn parts(&mut self) -> (&mut W, &mut u64) {
+        (&mut self.inner, &mut self.written)
+    }
 }
 
 impl<W: AsyncWrite + Unpin> AsyncWrite for Counted<W> {

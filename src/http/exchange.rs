@@ -196,6 +196,39 @@ fn rechunked_codings(h: &Headers) -> String {
     codings.join(", ")
 }
 
+/// What the response goes to the client through: the client's write half, paying for its
+/// bytes with the client's bandwidth limits and counting them.
+pub(super) type ClientWriter<'a> = body::Counted<Throttled<WriteHalf<'a>>>;
+
+/// Hands an HTTP/2 stream the final response head as values, with the body bytes read with
+/// it (`Ok(true)`), instead of HTTP/1.1 text for it to parse again; counted as the bytes
+/// that text would have been. `Ok(false)`: not an HTTP/2 stream (or one with bandwidth
+/// limits, which pay per written byte): write the text.
+fn h2_head_values(
+    cw: &mut ClientWriter<'_>,
+    status: u16,
+    reason: &str,
+    h: &Headers,
+    body: &[u8],
+) -> std::io::Result<bool> {
+    let (w, written) = cw.parts();
+    let Some(side) = w.unthrottled().and_then(|w| w.h2()) else {
+        return Ok(false);
+    };
+    if !side.take_head_values(status, &h.0, body)? {
+        return Ok(false);
+    }
+    *written += (response_head_len(status, reason, h) + body.len()) as u64;
+    Ok(true)
+}
+
+/// The length of the head `codec::write_response_head` writes.
+fn response_head_len(status: u16, reason: &str, h: &Headers) -> usize {
+    let digits = status.checked_ilog10().map_or(1, |d| d as usize + 1);
+    let fields: usize = h.0.iter().map(|f| f.name.len() + f.value.len() + 4).sum();
+    "HTTP/1.1 ".len() + digits + 1 + reason.len() + 2 + fields + 2
+}
+
 impl HttpProxy {
     /// Sends the request and relays the response. The request body goes upstream while the
     /// response is awaited, so `Expect: 100-continue` and early responses both work.
@@ -320,18 +353,17 @@ impl HttpProxy {
     }
 
     /// Reads 1xx and final response heads from upstream, forwards them, and streams the body.
-    pub(super) async fn relay_response<R, W>(
+    pub(super) async fn relay_response<R>(
         &self,
         ur: &mut R,
         ubuf: &mut BytesMut,
-        cw: &mut W,
+        cw: &mut ClientWriter<'_>,
         req: &RequestHead,
         mut cache: Option<&mut CacheCtx>,
         ex: &mut Exchange,
     ) -> Result<Done, Failure>
     where
         R: tokio::io::AsyncRead + Unpin,
-        W: tokio::io::AsyncWrite + Unpin,
     {
         let t = self.cfg.read_timeout;
         let first_byte = ex.first_byte_timeout.unwrap_or(t);
@@ -574,16 +606,23 @@ impl HttpProxy {
             (Framing::Length(n), false) if n <= 16 * 1024 && ubuf.len() as u64 >= n => n,
             _ => 0,
         };
-        let mut out = Vec::with_capacity(512 + inline as usize);
-        codec::write_response_head(&mut out, resp.status, &resp.reason, &h);
-        if inline > 0 {
-            out.extend_from_slice(&ubuf[..inline as usize]);
-            ubuf.advance(inline as usize);
-        }
         // The status logged is the one sent, even if the write breaks off half-way.
         ex.status = resp.status;
-        if body::write_all(cw, &out, t).await.is_err() {
-            return Err(Failure::Abort("connection_terminated"));
+        let with_head = &ubuf[..inline as usize];
+        match h2_head_values(cw, resp.status, &resp.reason, &h, with_head) {
+            Ok(true) => ubuf.advance(inline as usize),
+            Ok(false) => {
+                let mut out = Vec::with_capacity(512 + inline as usize);
+                codec::write_response_head(&mut out, resp.status, &resp.reason, &h);
+                if inline > 0 {
+                    out.extend_from_slice(with_head);
+                    ubuf.advance(inline as usize);
+                }
+                if body::write_all(cw, &out, t).await.is_err() {
+                    return Err(Failure::Abort("connection_terminated"));
+                }
+            }
+            Err(_) => return Err(Failure::Abort("connection_terminated")),
         }
 
         let copied = match (up_framing, to_client, cache) {
@@ -682,6 +721,20 @@ mod tests {
         assert!(!upgrade_allowed(b"", &ws));
         assert!(!upgrade_allowed(b"websockets", &ws));
         assert!(upgrade_allowed(b" WEBSOCKET ", &ws));
+    }
+
+    #[test]
+    fn the_head_length_is_what_would_be_written() {
+        let mut h = Headers::default();
+        for status in [200, 404, 99, 1000] {
+            for reason in ["", "OK"] {
+                let mut out = Vec::new();
+                codec::write_response_head(&mut out, status, reason, &h);
+                assert_eq!(response_head_len(status, reason, &h), out.len());
+                h.push("Content-Length", "1024");
+                h.push("X-Long", "a".repeat(300));
+            }
+        }
     }
 
     #[test]

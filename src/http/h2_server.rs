@@ -10,27 +10,34 @@
 //!    │  request DATA (flow control) ───► H2Stream (ClientStream::H2) read by
 //!    │                                   HttpProxy::serve_stream (one request,
 //!    │                                   Connection: close) ── pool server
-//!    ◄── HEADERS, DATA, trailers ◄────── H2Stream written: head parsed, body de-framed
+//!    ◄── HEADERS, DATA, trailers ◄────── H2Stream written: head as values, body de-framed
 //! ```
 //!
-//! The stream's task runs `serve_stream` itself on an [`H2Stream`]: reads hand out the
+//! Each stream runs `serve_stream` itself on an [`H2Stream`], as one future inside the
+//! connection's task (a `FuturesUnordered` polled beside the `h2` connection: no task
+//! spawned per stream, and one stream's wait holds up no other): reads hand out the
 //! request head and then the DATA frames, writes turn the response into HEADERS, DATA
-//! and trailers (see `h2_stream.rs`); there is no pipe and no relay in between. Memory
+//! and trailers (see `h2_stream.rs`); there is no pipe and no relay in between. The final
+//! response head reaches the stream as values (status and fields, [`h2_head_of`]), not
+//! as HTTP/1.1 text to parse again. Memory
 //! per stream is bounded by the stream windows: a DATA frame's window is released only as
 //! the pipeline reads its bytes, and a response write is taken only once the previous one
 //! has window.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::task::AtomicWaker;
 use h2::server::SendResponse;
 use h2::{Reason, RecvStream, SendStream};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio::task::JoinSet;
 use tokio::time::timeout;
 
 use super::codec::{self, Framing, Headers};
@@ -286,23 +293,72 @@ pub fn h2_head(
         Err(_) => return Err(HeadError::Invalid("bad response head")),
     };
     let status = resp.code.unwrap_or(0);
+    let head = h2_head_of(status, &*resp.headers, buf, websocket, head_request)?;
+    Ok(Some((head, len)))
+}
+
+/// A response head's field as [`h2_head_of`] reads it: from the HTTP/1.1 bytes the
+/// pipeline wrote (`httparse`), or from the pipeline's own field list (`codec::Header`).
+pub trait HeadField {
+    fn name(&self) -> &str;
+    fn value(&self) -> &[u8];
+    /// The value as shared bytes (no copy); `buf`: the parsed head's buffer, if any.
+    fn shared(&self, buf: &Bytes) -> Bytes;
+}
+
+impl HeadField for httparse::Header<'_> {
+    fn name(&self) -> &str {
+        self.name
+    }
+    fn value(&self) -> &[u8] {
+        self.value
+    }
+    fn shared(&self, buf: &Bytes) -> Bytes {
+        buf.slice_ref(self.value)
+    }
+}
+
+impl HeadField for codec::Header {
+    fn name(&self) -> &str {
+        self.name.as_str()
+    }
+    fn value(&self) -> &[u8] {
+        &self.value
+    }
+    fn shared(&self, _: &Bytes) -> Bytes {
+        self.value.clone()
+    }
+}
+
+/// The HTTP/2 form of a response head given as values (status and fields, in the order
+/// the pipeline would write them): what [`h2_head`] does once the bytes are parsed. The
+/// pipeline hands an HTTP/2 stream its final head this way (no text written and read
+/// again); both paths share this function, so they cannot drift apart.
+pub fn h2_head_of<F: HeadField>(
+    status: u16,
+    raw: &[F],
+    buf: &Bytes,
+    websocket: bool,
+    head_request: bool,
+) -> Result<H2Head, codec::HeadError> {
+    use codec::HeadError;
     if !(100..=999).contains(&status) {
         return Err(HeadError::Invalid("invalid status code"));
     }
-    let raw: &[httparse::Header<'_>] = resp.headers;
-    if raw
-        .iter()
-        .any(|h| h.value.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0))
-    {
+    if raw.iter().any(|h| {
+        h.value()
+            .iter()
+            .any(|&b| b == b'\r' || b == b'\n' || b == 0)
+    }) {
         return Err(HeadError::Invalid("forbidden character in header value"));
     }
     // Fields `Connection` names (trimmed, compared without case).
     let mut listed: Vec<&[u8]> = Vec::new();
     for h in raw
         .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+        .filter(|h| h.name().eq_ignore_ascii_case("connection"))
     {
-        for t in h.value.split(|b| *b == b',') {
+        for t in h.value().split(|b| *b == b',') {
             let t = t.trim_ascii();
             if !t.is_empty() {
                 listed.push(t);
@@ -313,7 +369,7 @@ pub fn h2_head(
     let fields = |skip: &[&str]| {
         let mut m = HeaderMap::with_capacity(raw.len());
         for f in raw {
-            let Ok(n) = HeaderName::from_bytes(f.name.as_bytes()) else {
+            let Ok(n) = HeaderName::from_bytes(f.name().as_bytes()) else {
                 continue;
             };
             let name = n.as_str();
@@ -327,7 +383,7 @@ pub fn h2_head(
                 continue;
             }
             // The value's bytes stay where they are in `buf`.
-            if let Ok(v) = HeaderValue::from_maybe_shared(buf.slice_ref(f.value)) {
+            if let Ok(v) = HeaderValue::from_maybe_shared(f.shared(buf)) {
                 m.append(n, v);
             }
         }
@@ -342,11 +398,11 @@ pub fn h2_head(
     };
     if status == 101 && websocket {
         let r = response(200, fields(&["sec-websocket-accept"]));
-        return Ok(Some((H2Head::Final(r, Framing::UntilClose), len)));
+        return Ok(H2Head::Final(r, Framing::UntilClose));
     }
     if status < 200 {
         let interim = (status != 101).then(|| response(status, fields(&[])));
-        return Ok(Some((H2Head::Interim(interim), len)));
+        return Ok(H2Head::Interim(interim));
     }
     // The usual head (the pipeline normalised it): one plain Content-Length, no
     // Transfer-Encoding, a status with a body. Its field goes as it is.
@@ -357,19 +413,16 @@ pub fn h2_head(
             } else {
                 Framing::Length(n)
             };
-            return Ok(Some((
-                H2Head::Final(response(status, fields(&[])), framing),
-                len,
-            )));
+            return Ok(H2Head::Final(response(status, fields(&[])), framing));
         }
     }
     // Otherwise the framing fields alone, through the codec's own rules.
     let mut framing_fields = Headers::default();
     for f in raw.iter().filter(|f| {
-        f.name.eq_ignore_ascii_case("content-length")
-            || f.name.eq_ignore_ascii_case("transfer-encoding")
+        f.name().eq_ignore_ascii_case("content-length")
+            || f.name().eq_ignore_ascii_case("transfer-encoding")
     }) {
-        framing_fields.push(f.name, f.value);
+        framing_fields.push(f.name(), f.value());
     }
     let mut head = codec::ResponseHead {
         version: codec::Version::Http11,
@@ -393,20 +446,20 @@ pub fn h2_head(
             h.append(http::header::CONTENT_LENGTH, v);
         }
     }
-    Ok(Some((H2Head::Final(response(status, h), framing), len)))
+    Ok(H2Head::Final(response(status, h), framing))
 }
 
 /// The length of a head with exactly one Content-Length in canonical form (digits, no
 /// leading zero, at most 18) and no Transfer-Encoding: the case where
 /// `codec::normalise_response_framing` changes nothing.
-fn plain_length(raw: &[httparse::Header<'_>]) -> Option<u64> {
+fn plain_length<F: HeadField>(raw: &[F]) -> Option<u64> {
     let mut found = None;
     for f in raw {
-        if f.name.eq_ignore_ascii_case("transfer-encoding") {
+        if f.name().eq_ignore_ascii_case("transfer-encoding") {
             return None;
         }
-        if f.name.eq_ignore_ascii_case("content-length") {
-            let v = f.value;
+        if f.name().eq_ignore_ascii_case("content-length") {
+            let v = f.value();
             let canonical = !v.is_empty()
                 && v.len() <= 18
                 && v.iter().all(u8::is_ascii_digit)
@@ -460,6 +513,50 @@ pub fn chunked_trailers(tail: &[u8]) -> HeaderMap {
         }
     }
     out
+}
+
+/// Wakes a connection's task and notes that the `h2` connection itself is to be polled
+/// (its socket is ready, or a stream queued frames for it to send).
+struct ConnWake {
+    woken: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Wake for ConnWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
+type Accepted = Result<(Request<RecvStream>, SendResponse<Bytes>), h2::Error>;
+
+/// The connection's next stream: polls `conn` (with `waker`, which goes through `wake`)
+/// only when it was woken since it last returned `Pending`. After a stream it is polled
+/// again: more may wait, already read, that nothing will wake it for.
+fn accept<'a, IO>(
+    conn: &'a mut h2::server::Connection<IO, Bytes>,
+    wake: &'a ConnWake,
+    waker: &'a Waker,
+) -> impl std::future::Future<Output = Option<Accepted>> + 'a
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    std::future::poll_fn(move |cx| {
+        wake.task.register(cx.waker());
+        if !wake.woken.swap(false, Ordering::AcqRel) {
+            return Poll::Pending;
+        }
+        let r = conn.poll_accept(&mut Context::from_waker(waker));
+        if r.is_ready() {
+            wake.woken.store(true, Ordering::Release);
+        }
+        r
+    })
 }
 
 impl HttpProxy {
@@ -526,20 +623,34 @@ impl HttpProxy {
                 return;
             }
         };
-        let mut streams = JoinSet::new();
+        // The streams run inside this task, polled beside the connection: no task spawned
+        // per stream, and a stream's response is flushed in the same wake-up that wrote it.
+        // A stream that waits (upstream, window) holds up no other: each is its own future.
+        let mut streams = FuturesUnordered::new();
+        // The connection is polled only when it asked to be (its socket, or a stream that
+        // queued frames), not each time the task wakes for one of the streams.
+        let wake = Arc::new(ConnWake {
+            woken: AtomicBool::new(true),
+            task: AtomicWaker::new(),
+        });
+        let conn_waker = Waker::from(wake.clone());
         let keepalive = self.cfg.keepalive_timeout;
         let idle = tokio::time::sleep(keepalive);
         tokio::pin!(idle);
         let mut closing = false;
         loop {
             tokio::select! {
-                r = conn.accept() => match r {
+                // Streams first, then the connection: what they wrote goes out at once.
+                biased;
+                Some(()) = streams.next() => {
+                    if streams.is_empty() {
+                        idle.as_mut().reset(tokio::time::Instant::now() + keepalive);
+                    }
+                }
+                r = accept(&mut conn, &wake, &conn_waker) => match r {
                     Some(Ok((req, respond))) => {
                         let me = self.clone();
-                        let sni = sni.clone();
-                        streams.spawn(async move {
-                            me.h2_stream(req, respond, peer, local, sni, scheme).await
-                        });
+                        streams.push(me.h2_stream(req, respond, peer, local, sni.clone(), scheme));
                     }
                     Some(Err(e)) => {
                         tracing::debug!(client = %peer, "HTTP/2 connection error: {e}");
@@ -547,24 +658,21 @@ impl HttpProxy {
                     }
                     None => break,
                 },
-                Some(_) = streams.join_next() => {
-                    if streams.is_empty() {
-                        idle.as_mut().reset(tokio::time::Instant::now() + keepalive);
-                    }
-                }
                 _ = &mut idle, if streams.is_empty() && !closing => {
                     conn.graceful_shutdown();
+                    wake.woken.store(true, Ordering::Release);
                     closing = true;
                 }
                 _ = self.svc.shutdown.draining(), if !closing => {
                     conn.graceful_shutdown();
+                    wake.woken.store(true, Ordering::Release);
                     closing = true;
                 }
             }
         }
         // The connection is gone: the streams' relays fail at once; each pipeline request
         // still ends (within its timeouts) and writes its access-log line.
-        while streams.join_next().await.is_some() {}
+        while streams.next().await.is_some() {}
     }
 
     /// One stream: refused here when HTTP/2 cannot carry it to the pipeline, else the
@@ -941,6 +1049,58 @@ mod tests {
         };
         assert_eq!((r.status().as_u16(), framing), (200, Framing::UntilClose));
         assert_eq!(names(&r), ["x-a"]);
+    }
+
+    #[test]
+    fn a_head_given_as_values_is_read_as_its_text_would_be() {
+        let heads: [(u16, &[(&str, &str)]); 6] = [
+            (
+                200,
+                &[("Content-Length", "5"), ("Content-Type", "text/plain")],
+            ),
+            (
+                200,
+                &[
+                    ("Connection", "close, X-Hop"),
+                    ("X-Hop", "1"),
+                    ("Keep-Alive", "x"),
+                    ("Set-Cookie", "a=1"),
+                    ("Set-Cookie", "b=2"),
+                    ("Content-Length", "007"),
+                ],
+            ),
+            (200, &[("Transfer-Encoding", "chunked"), ("Trailer", "x")]),
+            (204, &[("Content-Length", "5")]),
+            (304, &[("ETag", "\"a\"")]),
+            (404, &[("Via", "1.1 gatehouse")]),
+        ];
+        for (status, fields) in heads {
+            let mut h = Headers::default();
+            for (n, v) in fields {
+                h.push(n, *v);
+            }
+            for head_request in [false, true] {
+                let mut text = Vec::new();
+                codec::write_response_head(&mut text, status, "x", &h);
+                let from_text = head(
+                    std::str::from_utf8(&text).expect("utf-8"),
+                    false,
+                    head_request,
+                )
+                .0;
+                let from_values =
+                    h2_head_of(status, &h.0, &Bytes::new(), false, head_request).expect("valid");
+                let (H2Head::Final(a, fa), H2Head::Final(b, fb)) = (from_text, from_values) else {
+                    panic!("final heads")
+                };
+                assert_eq!((a.status(), fa), (b.status(), fb), "{status} {fields:?}");
+                assert_eq!(a.headers(), b.headers(), "{status} {fields:?}");
+            }
+        }
+        // What the text could not carry is refused as values too.
+        let mut h = Headers::default();
+        h.push("X-Bad", "a\r\nb");
+        assert!(h2_head_of(200, &h.0, &Bytes::new(), false, false).is_err());
     }
 
     #[test]

@@ -8,8 +8,9 @@
 //! bytes are read, so an unread request body stays bounded by the stream window.
 //!
 //! Writing to it takes the pipeline's HTTP/1.1 response (heads read by
-//! `h2_server::h2_head`): 1xx heads become informational HEADERS, the final head becomes
-//! HEADERS (END_STREAM on it when there is no body), body bytes are
+//! `h2_server::h2_head`, or the final head given as values, `take_head_values`): 1xx
+//! heads become informational HEADERS, the final head becomes HEADERS (END_STREAM on it
+//! when there is no body), body bytes are
 //! de-framed (Content-Length counted, chunked decoded) on the fly and sent as DATA; a
 //! chunked body's trailer section becomes a trailing HEADERS frame. A write is taken once
 //! the previous one's bytes have window in the `h2` send queue, so at most one write waits
@@ -30,8 +31,8 @@ use http::HeaderMap;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::chunked::ChunkedDecoder;
-use super::codec::Framing;
-use super::h2_server::{chunked_trailers, h2_head, H2Head};
+use super::codec::{self, Framing};
+use super::h2_server::{chunked_trailers, h2_head, h2_head_of, H2Head};
 
 /// One HTTP/2 stream, read and written by the HTTP/1.1 pipeline as its client connection.
 pub struct H2Stream {
@@ -91,6 +92,14 @@ impl H2Stream {
     }
 }
 
+impl H2Stream {
+    /// The request and response sides, read and written at the same time (no lock
+    /// between them, unlike `tokio::io::split`).
+    pub(super) fn split(&mut self) -> (&mut RequestSide, &mut ResponseSide) {
+        (&mut self.req, &mut self.resp)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ReqState {
     /// DATA frames may still come.
@@ -101,7 +110,8 @@ enum ReqState {
     Done,
 }
 
-struct RequestSide {
+/// The reading side of an [`H2Stream`]: the request.
+pub struct RequestSide {
     /// Bytes handed out before anything else: the head, a chunk's framing.
     pending: Bytes,
     /// The rest of the DATA frame being handed out (its window not yet released).
@@ -202,7 +212,8 @@ enum End {
     Trailers(HeaderMap),
 }
 
-struct ResponseSide {
+/// The writing side of an [`H2Stream`]: the response.
+pub struct ResponseSide {
     respond: SendResponse<Bytes>,
     head_request: bool,
     websocket: bool,
@@ -322,29 +333,68 @@ impl ResponseSide {
                 }
                 H2Head::Final(r, f) => (r, f),
             };
-            // No body (HEAD, 204, 304, an empty one): END_STREAM on the HEADERS frame.
-            let end = matches!(framing, Framing::None | Framing::Length(0));
-            let send = match self.respond.send_response(resp, end) {
-                Ok(s) => s,
-                Err(e) => return Err(self.fail(Reason::INTERNAL_ERROR, e)),
-            };
-            self.body = match framing {
-                Framing::None | Framing::Length(0) => {
-                    self.state = RespState::Done;
-                    return Ok(n);
-                }
-                Framing::Length(left) => BodyState::Length(left),
-                Framing::UntilClose => BodyState::UntilClose,
-                Framing::Chunked => {
-                    BodyState::Chunked(ChunkedDecoder::new(self.max_head), Vec::new())
-                }
-            };
-            self.send = Some(send);
-            self.state = RespState::Body;
-            // Body bytes that came with the head.
-            self.take_body(&all, Some(&all))?;
+            // Body bytes that came with the head follow it.
+            self.final_head(resp, framing, &all)?;
             return Ok(n);
         }
+    }
+
+    /// Takes the final response head as values (the pipeline's status and fields, as it
+    /// would have written them) and the body bytes read with it: what writing the head as
+    /// HTTP/1.1 bytes would do, without the text. `Ok(false)`: not now (a head was already
+    /// begun as bytes, or the response is past its head); write the bytes instead.
+    pub(super) fn take_head_values(
+        &mut self,
+        status: u16,
+        fields: &[codec::Header],
+        body: &[u8],
+    ) -> io::Result<bool> {
+        if self.state != RespState::Head || !self.head.is_empty() || !self.out.is_empty() {
+            return Ok(false);
+        }
+        let head = match h2_head_of(
+            status,
+            fields,
+            &Bytes::new(),
+            self.websocket,
+            self.head_request,
+        ) {
+            Ok(h) => h,
+            Err(e) => return Err(self.fail(Reason::INTERNAL_ERROR, e)),
+        };
+        let H2Head::Final(resp, framing) = head else {
+            // A 1xx: the byte path (rare) handles it.
+            return Ok(false);
+        };
+        self.final_head(resp, framing, &Bytes::copy_from_slice(body))?;
+        Ok(true)
+    }
+
+    /// Sends the final head, then takes the body bytes that came with it (`body`).
+    fn final_head(
+        &mut self,
+        resp: http::Response<()>,
+        framing: Framing,
+        body: &Bytes,
+    ) -> io::Result<()> {
+        // No body (HEAD, 204, 304, an empty one): END_STREAM on the HEADERS frame.
+        let end = matches!(framing, Framing::None | Framing::Length(0));
+        let send = match self.respond.send_response(resp, end) {
+            Ok(s) => s,
+            Err(e) => return Err(self.fail(Reason::INTERNAL_ERROR, e)),
+        };
+        self.body = match framing {
+            Framing::None | Framing::Length(0) => {
+                self.state = RespState::Done;
+                return Ok(());
+            }
+            Framing::Length(left) => BodyState::Length(left),
+            Framing::UntilClose => BodyState::UntilClose,
+            Framing::Chunked => BodyState::Chunked(ChunkedDecoder::new(self.max_head), Vec::new()),
+        };
+        self.send = Some(send);
+        self.state = RespState::Body;
+        self.take_body(body, Some(body))
     }
 
     /// Takes body bytes (`out` is empty): the data goes to `out`, the framing is dropped.
@@ -452,6 +502,34 @@ impl Drop for ResponseSide {
             }
             RespState::Done => {}
         }
+    }
+}
+
+impl AsyncRead for RequestSide {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.get_mut().poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ResponseSide {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.get_mut().poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.get_mut().poll_out(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.get_mut().poll_shutdown(cx)
     }
 }
 

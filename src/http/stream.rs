@@ -16,6 +16,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, Interest, ReadBuf};
 use tokio::net::tcp;
 use tokio::net::TcpStream;
 
+use super::h2_stream::{RequestSide, ResponseSide};
+
 /// Any byte stream a borrowed half can be split from.
 pub trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
@@ -179,9 +181,8 @@ impl ClientStream {
                 (ReadHalf::Io(r), WriteHalf::Io(w))
             }
             ClientStream::H2(p) => {
-                let io: &mut dyn Io = &mut **p;
-                let (r, w) = tokio::io::split(io);
-                (ReadHalf::Io(r), WriteHalf::Io(w))
+                let (r, w) = p.split();
+                (ReadHalf::H2(r), WriteHalf::H2(w))
             }
             ClientStream::Discard(d) => {
                 let io: &mut dyn Io = &mut **d;
@@ -196,11 +197,25 @@ pub enum ReadHalf<'a> {
     Tcp(tcp::ReadHalf<'a>),
     /// A stream without a native split (TLS): `tokio::io::split` over a borrow of it.
     Io(tokio::io::ReadHalf<&'a mut dyn Io>),
+    /// An HTTP/2 stream's request side.
+    H2(&'a mut RequestSide),
 }
 
 pub enum WriteHalf<'a> {
     Tcp(tcp::WriteHalf<'a>),
     Io(tokio::io::WriteHalf<&'a mut dyn Io>),
+    /// An HTTP/2 stream's response side, which also takes a response head as values.
+    H2(&'a mut ResponseSide),
+}
+
+impl WriteHalf<'_> {
+    /// The HTTP/2 stream's response side, when this writes to one.
+    pub fn h2(&mut self) -> Option<&mut ResponseSide> {
+        match self {
+            WriteHalf::H2(s) => Some(s),
+            _ => None,
+        }
+    }
 }
 
 impl AsyncRead for ClientStream {
@@ -282,6 +297,7 @@ impl AsyncRead for ReadHalf<'_> {
         match self.get_mut() {
             ReadHalf::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             ReadHalf::Io(s) => Pin::new(s).poll_read(cx, buf),
+            ReadHalf::H2(s) => Pin::new(&mut **s).poll_read(cx, buf),
         }
     }
 }
@@ -295,6 +311,7 @@ impl AsyncWrite for WriteHalf<'_> {
         match self.get_mut() {
             WriteHalf::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             WriteHalf::Io(s) => Pin::new(s).poll_write(cx, buf),
+            WriteHalf::H2(s) => Pin::new(&mut **s).poll_write(cx, buf),
         }
     }
 
@@ -306,6 +323,7 @@ impl AsyncWrite for WriteHalf<'_> {
         match self.get_mut() {
             WriteHalf::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             WriteHalf::Io(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            WriteHalf::H2(s) => Pin::new(&mut **s).poll_write_vectored(cx, bufs),
         }
     }
 
@@ -313,6 +331,7 @@ impl AsyncWrite for WriteHalf<'_> {
         match self {
             WriteHalf::Tcp(s) => s.is_write_vectored(),
             WriteHalf::Io(s) => s.is_write_vectored(),
+            WriteHalf::H2(_) => false,
         }
     }
 
@@ -320,6 +339,7 @@ impl AsyncWrite for WriteHalf<'_> {
         match self.get_mut() {
             WriteHalf::Tcp(s) => Pin::new(s).poll_flush(cx),
             WriteHalf::Io(s) => Pin::new(s).poll_flush(cx),
+            WriteHalf::H2(s) => Pin::new(&mut **s).poll_flush(cx),
         }
     }
 
@@ -327,6 +347,7 @@ impl AsyncWrite for WriteHalf<'_> {
         match self.get_mut() {
             WriteHalf::Tcp(s) => Pin::new(s).poll_shutdown(cx),
             WriteHalf::Io(s) => Pin::new(s).poll_shutdown(cx),
+            WriteHalf::H2(s) => Pin::new(&mut **s).poll_shutdown(cx),
         }
     }
 }

@@ -143,6 +143,11 @@ impl<W> Throttled<W> {
             pending: 0,
         }
     }
+
+    /// The writer itself, when there is no limit to pay for its bytes.
+    pub fn unthrottled(&mut self) -> Option<&mut W> {
+        self.throttle.is_none().then_some(&mut self.inner)
+    }
 }
 
 impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Throttled<W> {
