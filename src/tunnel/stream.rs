@@ -303,11 +303,83 @@ where
     }
 }
 
-/// Most DATA frames gathered into one write.
+/// Most slices in one vectored write.
 const MAX_GATHER: usize = 64;
+
+/// A DATA frame shorter than this is copied onto the run of small frames before it, not kept
+/// as it came (h2's own threshold for a "small" frame).
+const SMALL_FRAME: usize = 256;
+
+/// Received DATA waiting for the socket: frames as they came, except that small ones are
+/// copied together into runs, so a flood of tiny frames costs one slot per run. Its bytes are
+/// bounded by the stream's window (their capacity is released only once written).
+#[derive(Default)]
+struct Backlog {
+    /// Large frames, and the runs of small ones that came before each of them.
+    chunks: std::collections::VecDeque<Bytes>,
+    /// The run of small frames after the last chunk.
+    run: BytesMut,
+}
+
+impl Backlog {
+    fn push(&mut self, frame: Bytes) {
+        if frame.len() < SMALL_FRAME {
+            self.run.extend_from_slice(&frame);
+            return;
+        }
+        if !self.run.is_empty() {
+            self.chunks.push_back(self.run.split().freeze());
+        }
+        self.chunks.push_back(frame);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.chunks.is_empty() && self.run.is_empty()
+    }
+
+    /// Up to [`MAX_GATHER`] slices, oldest first.
+    fn slices<'a>(&'a self, iov: &mut [io::IoSlice<'a>; MAX_GATHER]) -> usize {
+        let mut k = 0;
+        for c in &self.chunks {
+            if k == MAX_GATHER {
+                return k;
+            }
+            iov[k] = io::IoSlice::new(c);
+            k += 1;
+        }
+        if k < MAX_GATHER && !self.run.is_empty() {
+            iov[k] = io::IoSlice::new(&self.run);
+            k += 1;
+        }
+        k
+    }
+
+    /// Drops the first `n` bytes (written).
+    fn advance(&mut self, mut n: usize) {
+        while n > 0 {
+            let Some(c) = self.chunks.front_mut() else {
+                self.run.advance(n);
+                return;
+            };
+            if n < c.len() {
+                c.advance(n);
+                return;
+            }
+            n -= c.len();
+            self.chunks.pop_front();
+        }
+    }
+}
 
 /// The stream's DATA into `w` until END_STREAM, which half-closes `w`. `first` holds bytes
 /// an earlier read left over; `eof`: END_STREAM was already seen.
+///
+/// Frames are taken from h2 as soon as they arrive, also while `w` pushes back: h2 counts
+/// small DATA frames left in its own buffers against the whole connection and ends it
+/// (GOAWAY `ENHANCE_YOUR_CALM`) when too many pile up, so one client that trickles bytes to
+/// a service that does not read must not take every other stream on the link down with it.
+/// The window is still released only for bytes `w` took, so the peer can send no more than
+/// the stream's window ahead.
 async fn stream_to_socket<W>(
     recv: &mut RecvStream,
     first: Bytes,
@@ -318,86 +390,46 @@ async fn stream_to_socket<W>(
 where
     W: AsyncWrite + Unpin,
 {
-    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut backlog = Backlog::default();
     if !first.is_empty() {
-        chunks.push(first);
+        backlog.push(first);
     }
-    loop {
-        let mut failed = None;
-        if chunks.is_empty() && !eof {
-            match std::future::poll_fn(|cx| recv.poll_data(cx)).await {
-                Some(Ok(b)) => chunks.push(b),
-                Some(Err(e)) => return Err(io_err(e)),
-                None => eof = true,
+    let mut failed: Option<io::Error> = None;
+    std::future::poll_fn(|cx| loop {
+        while !eof && failed.is_none() {
+            match recv.poll_data(cx) {
+                Poll::Ready(Some(Ok(b))) => backlog.push(b),
+                // The bytes before it first.
+                Poll::Ready(Some(Err(e))) => failed = Some(io_err(e)),
+                Poll::Ready(None) => eof = true,
+                Poll::Pending => break,
             }
         }
-        // Every frame already received goes in the same write.
-        while !eof && chunks.len() < MAX_GATHER {
-            let next = std::future::poll_fn(|cx| match recv.poll_data(cx) {
-                // The waker stays registered: at worst one wake-up for nothing.
-                Poll::Pending => Poll::Ready(Some(None)),
-                Poll::Ready(r) => Poll::Ready(r.map(Some)),
-            })
-            .await;
-            match next {
-                Some(Some(Ok(b))) => chunks.push(b),
-                // The bytes first; the error after them.
-                Some(Some(Err(e))) => {
-                    failed = Some(io_err(e));
-                    break;
-                }
-                Some(None) => break,
-                None => eof = true,
+        if backlog.is_empty() {
+            if let Some(e) = failed.take() {
+                return Poll::Ready(Err(e));
             }
-        }
-        chunks.retain(|c| !c.is_empty());
-        let n: usize = chunks.iter().map(Bytes::len).sum();
-        if n > 0 {
-            write_all_chunks(w, &mut chunks).await?;
-            // Taken by `w`: the peer may send as many more.
-            let _ = recv.flow_control().release_capacity(n);
-            moved(n);
-        }
-        if let Some(e) = failed {
-            return Err(e);
-        }
-        if eof {
-            let _ = w.shutdown().await;
-            return Ok(());
-        }
-    }
-}
-
-/// Writes every chunk, in vectored writes where `w` takes them; leaves `chunks` empty.
-async fn write_all_chunks<W: AsyncWrite + Unpin>(
-    w: &mut W,
-    chunks: &mut Vec<Bytes>,
-) -> io::Result<()> {
-    let mut at = 0;
-    while at < chunks.len() {
-        let n = if chunks.len() - at == 1 {
-            w.write(&chunks[at]).await?
-        } else {
-            let slices: Vec<io::IoSlice<'_>> =
-                chunks[at..].iter().map(|c| io::IoSlice::new(c)).collect();
-            w.write_vectored(&slices).await?
-        };
-        if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        let mut left = n;
-        while left > 0 {
-            let c = &mut chunks[at];
-            if left >= c.len() {
-                left -= c.len();
-                at += 1;
+            // Pending: h2 has the waker.
+            return if eof {
+                Poll::Ready(Ok(()))
             } else {
-                c.advance(left);
-                left = 0;
-            }
+                Poll::Pending
+            };
         }
-    }
-    chunks.clear();
+        let mut iov = [io::IoSlice::new(&[]); MAX_GATHER];
+        let k = backlog.slices(&mut iov);
+        // Pending: `w` has the waker, and h2 too unless the stream has ended.
+        let n = ready!(Pin::new(&mut *w).poll_write_vectored(cx, &iov[..k]))?;
+        if n == 0 {
+            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+        }
+        backlog.advance(n);
+        // Taken by `w`: the peer may send as many more.
+        let _ = recv.flow_control().release_capacity(n);
+        moved(n);
+    })
+    .await?;
+    let _ = w.shutdown().await;
     Ok(())
 }
 
@@ -554,5 +586,73 @@ mod tests {
         assert!(matches!(end, RelayEnd::Done), "{end:?}");
         assert_eq!(stats.a_to_b, 3_000_000);
         assert_eq!(stats.b_to_a, 3_000_000);
+    }
+
+    #[test]
+    fn a_backlog_keeps_big_frames_and_copies_small_ones_into_runs() {
+        let mut b = Backlog::default();
+        for _ in 0..1000 {
+            b.push(Bytes::from_static(b"x"));
+        }
+        assert!(b.chunks.is_empty(), "small frames make one run");
+        b.push(Bytes::from(vec![b'B'; 300]));
+        b.push(Bytes::from_static(b"yz"));
+        let lens = |b: &Backlog| {
+            let mut iov = [io::IoSlice::new(&[]); MAX_GATHER];
+            let k = b.slices(&mut iov);
+            iov[..k].iter().map(|s| s.to_vec()).collect::<Vec<_>>()
+        };
+        let parts: Vec<usize> = lens(&b).iter().map(Vec::len).collect();
+        assert_eq!(parts, [1000, 300, 2]);
+        b.advance(1100);
+        let got: Vec<u8> = lens(&b).concat();
+        assert_eq!(got, [vec![b'B'; 200], b"yz".to_vec()].concat());
+        b.advance(202);
+        assert!(b.is_empty());
+    }
+
+    /// h2 ends a whole connection (GOAWAY `ENHANCE_YOUR_CALM`) when too many small DATA
+    /// frames sit unread in its buffers. A stream whose inside end does not read, fed one
+    /// byte per frame, must not do that to the other streams of its connection: the relay
+    /// takes frames as they come even while the socket pushes back.
+    #[tokio::test]
+    async fn a_trickle_into_a_service_that_does_not_read_leaves_the_connection_up() {
+        let (c, s) = tokio::io::duplex(1 << 20);
+        // The service's end is kept but never read: 64 bytes fill it.
+        let (inside, _service) = tokio::io::duplex(64);
+        tokio::spawn(async move {
+            let mut conn = h2::server::handshake(s).await.expect("server handshake");
+            let (req, mut respond) = conn.accept().await.expect("A").expect("A");
+            let send = respond
+                .send_response(http::Response::new(()), false)
+                .expect("answer A");
+            tokio::spawn(async move {
+                let mut h2 = H2Stream::new(send, req.into_body());
+                relay(inside, &mut h2, Duration::from_secs(30)).await
+            });
+            while let Some(Ok((_, mut respond))) = conn.accept().await {
+                let _ = respond.send_response(http::Response::new(()), true);
+            }
+        });
+        let (client, mut conn) = h2::client::handshake(c).await.expect("client handshake");
+        let mut pings = conn.ping_pong().expect("ping_pong");
+        tokio::spawn(conn);
+        let mut client = client.ready().await.expect("ready");
+        let (a, mut send_a) = ask(&mut client);
+        a.await.expect("A answered");
+        // Well over h2's allowance for this connection's window (about 128 such frames),
+        // each one received before the next is sent.
+        for _ in 0..600 {
+            send_a.reserve_capacity(1);
+            send_a
+                .send_data(Bytes::from_static(b"."), false)
+                .expect("one byte");
+            pings.ping(h2::Ping::opaque()).await.expect("pong");
+        }
+        let (b, _send_b) = ask(&mut client);
+        let b = b
+            .await
+            .expect("the connection is still up for another stream");
+        assert_eq!(b.status(), http::StatusCode::OK);
     }
 }
