@@ -667,7 +667,12 @@ pub fn normalise_response_framing(status: u16, framing: Framing, h: &mut Headers
     if let Some(n) = n {
         let mut digits = [0u8; 20];
         let n = decimal_digits(n, &mut digits);
-        if h.count("content-length") > 1 || h.get("content-length") != Some(n) {
+        // One pass: exactly one field, with exactly these digits, stays as it is.
+        let kept = {
+            let mut sent = h.get_all("content-length");
+            sent.next() == Some(n) && sent.next().is_none()
+        };
+        if !kept {
             h.set("Content-Length", Bytes::copy_from_slice(n));
         }
     }

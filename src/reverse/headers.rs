@@ -163,9 +163,14 @@ pub struct LinkRewrite {
 
 /// The fields [`LinkRewrite::apply`] rewrites.
 fn is_link_field(name: &str) -> bool {
-    name.eq_ignore_ascii_case("location")
-        || name.eq_ignore_ascii_case("content-location")
-        || name.eq_ignore_ascii_case("refresh")
+    // The length picks the one candidate.
+    let is = |n: &str| name.eq_ignore_ascii_case(n);
+    match name.len() {
+        7 => is("refresh"),
+        8 => is("location"),
+        16 => is("content-location"),
+        _ => false,
+    }
 }
 
 /// Whether `h` has a field [`LinkRewrite::apply`] may rewrite.
@@ -381,6 +386,16 @@ mod tests {
             let ip: IpAddr = ip.parse().expect("an address");
             let mut buf = [0u8; IP_TEXT_MAX];
             assert_eq!(ip_text(ip, &mut buf), ip.to_string().as_bytes(), "{ip}");
+        }
+    }
+
+    #[test]
+    fn link_fields_by_name_in_any_case() {
+        for n in ["Location", "content-location", "REFRESH"] {
+            assert!(is_link_field(n), "{n}");
+        }
+        for n in ["locations", "content-locatiom", "refrash", "link", ""] {
+            assert!(!is_link_field(n), "{n}");
         }
     }
 
