@@ -125,6 +125,10 @@ pub struct Balancer {
     cursor: usize,
     ring: Option<Ring>,
     rng: fastrand::Rng,
+    /// [`Balancer::pick`]'s lists (which servers are eligible, their weights), kept between
+    /// picks so that a pick allocates nothing.
+    eligible: Vec<bool>,
+    weights: Vec<u64>,
 }
 
 impl Balancer {
@@ -148,6 +152,8 @@ impl Balancer {
             cursor: 0,
             ring,
             rng: fastrand::Rng::with_seed(seed),
+            eligible: Vec::new(),
+            weights: Vec::new(),
         }
     }
 
@@ -184,16 +190,32 @@ impl Balancer {
     /// Chooses a server for one request. The caller then calls [`Balancer::started`] and,
     /// when the request ends, [`Balancer::finished`].
     pub fn pick(&mut self, req: &Request<'_>, now: Instant) -> Pick {
-        let mut eligible: Vec<bool> = (0..self.servers.len())
-            .map(|i| !req.exclude.contains(&i) && self.servers[i].is_available(now))
-            .collect();
+        let mut eligible = std::mem::take(&mut self.eligible);
+        let mut weights = std::mem::take(&mut self.weights);
+        let pick = self.pick_in(req, now, &mut eligible, &mut weights);
+        (self.eligible, self.weights) = (eligible, weights);
+        pick
+    }
+
+    /// [`Balancer::pick`] with its two lists lent by the caller (filled here).
+    fn pick_in(
+        &mut self,
+        req: &Request<'_>,
+        now: Instant,
+        eligible: &mut Vec<bool>,
+        weights: &mut Vec<u64>,
+    ) -> Pick {
+        eligible.clear();
+        eligible.extend(
+            (0..self.servers.len())
+                .map(|i| !req.exclude.contains(&i) && self.servers[i].is_available(now)),
+        );
         if !eligible.iter().any(|e| *e) {
             if !req.fail_open {
                 return Pick::NoneEligible;
             }
-            eligible = (0..self.servers.len())
-                .map(|i| !req.exclude.contains(&i))
-                .collect();
+            eligible.clear();
+            eligible.extend((0..self.servers.len()).map(|i| !req.exclude.contains(&i)));
             if !eligible.iter().any(|e| *e) {
                 return Pick::NoneEligible;
             }
@@ -203,23 +225,23 @@ impl Balancer {
                 return Pick::Server(p);
             }
         }
-        let weights: Vec<u64> = (0..self.servers.len())
-            .map(|i| {
-                if eligible[i] {
-                    self.servers[i].effective_weight(now, self.settings.slow_start)
-                } else {
-                    0
-                }
-            })
-            .collect();
+        weights.clear();
+        weights.extend((0..self.servers.len()).map(|i| {
+            if eligible[i] {
+                self.servers[i].effective_weight(now, self.settings.slow_start)
+            } else {
+                0
+            }
+        }));
+        let (eligible, weights) = (&eligible[..], &weights[..]);
         let chosen = match self.algo {
-            Algorithm::RoundRobin => self.smooth_wrr(&weights),
-            Algorithm::LeastRequests => self.least_requests(&weights),
-            Algorithm::P2cEwma => self.p2c(&weights, now),
-            Algorithm::Random => self.weighted_random(&weights),
+            Algorithm::RoundRobin => self.smooth_wrr(weights),
+            Algorithm::LeastRequests => self.least_requests(weights),
+            Algorithm::P2cEwma => self.p2c(weights, now),
+            Algorithm::Random => self.weighted_random(weights),
             Algorithm::Hash { balance_factor } => match (req.key, &self.ring) {
                 (Some(key), Some(ring)) => {
-                    let bound = balance_factor.map(|f| self.load_bound(f, &eligible));
+                    let bound = balance_factor.map(|f| self.load_bound(f, eligible));
                     ring.lookup(key, |i| {
                         eligible[i]
                             && bound
@@ -229,7 +251,7 @@ impl Balancer {
                     // Every eligible server is at its bound: plain consistent hashing.
                     .or_else(|| ring.lookup(key, |i| eligible[i]))
                 }
-                _ => self.smooth_wrr(&weights),
+                _ => self.smooth_wrr(weights),
             },
         };
         match chosen {

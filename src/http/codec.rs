@@ -284,12 +284,14 @@ impl Headers {
             && token.bytes().all(|b| !b.is_ascii_uppercase())
             && self
                 .get_all(name)
-                .flat_map(|v| v.split(|b| *b == b','))
-                .any(|t| std::str::from_utf8(t).is_ok_and(|t| t.trim().eq_ignore_ascii_case(token)))
+                .any(|v| v.split(|b| *b == b',').any(|t| token_is(t, token)))
     }
 
+    /// Removes every field named `name`; a head without one is only read.
     pub fn remove(&mut self, name: &str) {
-        self.0.retain(|h| !h.name.eq_ignore_ascii_case(name));
+        if self.contains(name) {
+            self.0.retain(|h| !h.name.eq_ignore_ascii_case(name));
+        }
     }
 
     /// Appends a field. Owned values (`Vec<u8>`, `String`, `Bytes`) move in; borrowed ones
@@ -318,6 +320,20 @@ impl Headers {
             push_field(out, h.name.as_bytes(), &h.value);
         }
     }
+}
+
+/// Whether one list element `t` (untrimmed) is `token` (ASCII), as [`Headers::tokens`]
+/// compares: trimmed of whitespace (`str::trim`), case-insensitive. An ASCII element is
+/// compared as bytes; only one with other bytes goes through UTF-8 decoding.
+fn token_is(t: &[u8], token: &str) -> bool {
+    // `char::is_whitespace` for ASCII: tab, LF, VT, FF, CR, space.
+    let ws = |b: &u8| matches!(b, b'\t' | b'\n' | 0x0b | 0x0c | b'\r' | b' ');
+    let start = t.iter().position(|b| !ws(b)).unwrap_or(t.len());
+    let end = t.iter().rposition(|b| !ws(b)).map_or(start, |e| e + 1);
+    if t[start..end].eq_ignore_ascii_case(token.as_bytes()) {
+        return true;
+    }
+    !t.is_ascii() && std::str::from_utf8(t).is_ok_and(|s| s.trim().eq_ignore_ascii_case(token))
 }
 
 /// One field line, `name: value CRLF` (the caller has checked both).
@@ -376,10 +392,7 @@ fn version_of(v: Option<u8>) -> Result<Version, HeadError> {
 /// are copied once, and every value is a slice of that copy (no allocation per field).
 fn collect_headers(head: &[u8], raw: &[httparse::Header<'_>]) -> Result<Headers, HeadError> {
     // httparse admits bytes that RFC 9110 section 5.5 forbids in field values.
-    if raw
-        .iter()
-        .any(|h| h.value.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0))
-    {
+    if raw.iter().any(|h| has_forbidden_byte(h.value)) {
         return Err(HeadError::Invalid("forbidden character in header value"));
     }
     let shared = Bytes::copy_from_slice(head);
@@ -394,6 +407,26 @@ fn collect_headers(head: &[u8], raw: &[httparse::Header<'_>]) -> Result<Headers,
         });
     }
     Ok(Headers(out))
+}
+
+/// Whether `value` holds CR, LF or NUL. Eight bytes at a time: a word none of whose bytes
+/// is below 0x0e (as nearly every header byte is) holds none of the three; only a word that
+/// has such a byte (a tab, say) is looked at byte by byte.
+fn has_forbidden_byte(value: &[u8]) -> bool {
+    let bad = |b: &u8| matches!(b, b'\r' | b'\n' | 0);
+    let words = value.chunks_exact(8);
+    let tail = words.remainder();
+    for w in words {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(w);
+        let x = u64::from_ne_bytes(word);
+        // Some byte of `x` is below 0x0e (the "hasless" bit trick: exact for any < 0x80).
+        const ONES: u64 = u64::MAX / 255;
+        if x.wrapping_sub(ONES * 0x0e) & !x & (ONES * 0x80) != 0 && w.iter().any(bad) {
+            return true;
+        }
+    }
+    tail.iter().any(bad)
 }
 
 /// Where `part` lies within `whole`, when it is a (non-empty) sub-slice of it.
@@ -634,7 +667,12 @@ pub fn normalise_response_framing(status: u16, framing: Framing, h: &mut Headers
     if let Some(n) = n {
         let mut digits = [0u8; 20];
         let n = decimal_digits(n, &mut digits);
-        if h.count("content-length") > 1 || h.get("content-length") != Some(n) {
+        // One pass: exactly one field, with exactly these digits, stays as it is.
+        let kept = {
+            let mut sent = h.get_all("content-length");
+            sent.next() == Some(n) && sent.next().is_none()
+        };
+        if !kept {
             h.set("Content-Length", Bytes::copy_from_slice(n));
         }
     }
@@ -991,6 +1029,53 @@ mod tests {
             ["keep-alive", "x-foo", "close"]
         );
         assert!(h.headers.has_token("Connection", "close"));
+        assert!(h.headers.has_token("Connection", "x-foo"));
+        assert!(!h.headers.has_token("Connection", "upgrade"));
+        assert!(
+            !h.headers.has_token("Connection", "Close"),
+            "tokens are lower case"
+        );
+    }
+
+    #[test]
+    fn forbidden_bytes_are_found_anywhere() {
+        let slow = |v: &[u8]| v.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0);
+        for len in 0..26 {
+            for at in 0..len {
+                for b in 0..=255u8 {
+                    let mut v = vec![b'a'; len];
+                    v[at] = b;
+                    assert_eq!(has_forbidden_byte(&v), slow(&v), "{v:?}");
+                    // Beside bytes just above and below the bound, and high ones.
+                    for other in [0x0d, 0x0e, 0x0f, 0x09, 0x80, 0xff] {
+                        let mut w = vec![other; len];
+                        w[at] = b;
+                        assert_eq!(has_forbidden_byte(&w), slow(&w), "{w:?}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn list_elements_are_trimmed_as_str_trim_does() {
+        for (t, is) in [
+            (&b"close"[..], true),
+            (b" \tClose\r\x0b", true),
+            (b"\x0c\nCLOSE ", true),
+            (b"clos", false),
+            (b"close x", false),
+            (b"", false),
+            (b"   ", false),
+            // Unicode whitespace around it, as `str::trim` removes.
+            ("\u{a0}close\u{2003}".as_bytes(), true),
+            ("cl\u{f6}se".as_bytes(), false),
+            (b"\xffclose", false),
+        ] {
+            let old = std::str::from_utf8(t).is_ok_and(|s| s.trim().eq_ignore_ascii_case("close"));
+            assert_eq!(old, is, "{t:?}");
+            assert_eq!(token_is(t, "close"), is, "{t:?}");
+        }
     }
 
     #[test]

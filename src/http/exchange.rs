@@ -392,7 +392,7 @@ impl HttpProxy {
                         )));
                     }
                 }
-                ubuf.reserve(8192);
+                super::stream::room_for(ubuf, 8192);
                 match timeout(if got_any { t } else { first_byte }, ur.read_buf(ubuf)).await {
                     Err(_) => {
                         let err = ProxyError::new(

@@ -1046,13 +1046,6 @@ pub(super) fn wants_keep_alive(req: &RequestHead) -> bool {
 /// plus the classic list. Transfer-Encoding and Trailer stay: bodies are passed on in their
 /// original framing, and the caller rewrites them where it changes the framing.
 pub fn strip_hop_by_hop(h: &mut Headers) {
-    const ALWAYS: [&str; 5] = [
-        "connection",
-        "proxy-connection",
-        "keep-alive",
-        "te",
-        "upgrade",
-    ];
     const KEPT: [&str; 3] = ["transfer-encoding", "content-length", "host"];
     // Names listed in Connection, other than those removed anyway (`close` and `keep-alive`
     // are the usual ones: nothing is allocated for them).
@@ -1062,18 +1055,35 @@ pub fn strip_hop_by_hop(h: &mut Headers) {
         .flat_map(|v| v.split(|b| *b == b','))
     {
         let t = t.trim_ascii();
-        let known = |n: &&str| n.as_bytes().eq_ignore_ascii_case(t);
-        if !t.is_empty() && !KEPT.iter().any(known) && !ALWAYS.iter().any(known) {
+        let kept = KEPT.iter().any(|n| n.as_bytes().eq_ignore_ascii_case(t));
+        if !t.is_empty() && !kept && !always_hop_by_hop(t) {
             listed.push(t.to_vec());
         }
     }
-    // One pass over the fields.
-    h.0.retain(|f| {
-        !(ALWAYS.iter().any(|n| f.name.eq_ignore_ascii_case(n))
+    let goes = |f: &super::codec::Header| {
+        always_hop_by_hop(f.name.as_bytes())
             || listed
                 .iter()
-                .any(|n| f.name.as_bytes().eq_ignore_ascii_case(n)))
-    });
+                .any(|n| f.name.as_bytes().eq_ignore_ascii_case(n))
+    };
+    // One pass over the fields, and none that moves them when nothing goes.
+    if h.0.iter().any(goes) {
+        h.0.retain(|f| !goes(f));
+    }
+}
+
+/// Whether `name` is one of the fields that are always hop-by-hop: Connection,
+/// Proxy-Connection, Keep-Alive, TE and Upgrade (any case). The length picks the one or
+/// two candidates.
+fn always_hop_by_hop(name: &[u8]) -> bool {
+    let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
+    match name.len() {
+        2 => is("te"),
+        7 => is("upgrade"),
+        10 => is("connection") || is("keep-alive"),
+        16 => is("proxy-connection"),
+        _ => false,
+    }
 }
 
 /// Reads one request head into the client's buffer. `Ok(None)`: the client closed cleanly
@@ -1160,6 +1170,31 @@ mod tests {
         strip_hop_by_hop(&mut h);
         let names: Vec<_> = h.0.iter().map(|f| f.name.as_str()).collect();
         assert_eq!(names, ["Transfer-Encoding", "X-Kept"]);
+    }
+
+    #[test]
+    fn always_hop_by_hop_names_in_any_case() {
+        for n in [
+            "te",
+            "TE",
+            "Upgrade",
+            "connection",
+            "Keep-Alive",
+            "PROXY-CONNECTION",
+        ] {
+            assert!(always_hop_by_hop(n.as_bytes()), "{n}");
+        }
+        for n in [
+            "t",
+            "tf",
+            "upgrades",
+            "connectio",
+            "keep-alivf",
+            "proxy-connectiom",
+            "",
+        ] {
+            assert!(!always_hop_by_hop(n.as_bytes()), "{n}");
+        }
     }
 
     #[test]

@@ -391,11 +391,12 @@ impl HttpProxy {
             Err(keep) => return keep,
         };
         // Origin-form; an absolute-form target (RFC 9112 section 3.2.2) gives its path, and
-        // its authority wins over Host.
+        // its authority wins over Host. The head's target is taken, not copied: it is
+        // replaced by the public URL below before anything reads it again.
         let (host, target) = if head.target.starts_with('/') {
             (
                 head.headers.get_str("host").map(str::to_string),
-                head.target.clone(),
+                std::mem::take(&mut head.target),
             )
         } else if let Ok(t) = super::target::parse_absolute(&head.target) {
             (Some(t.authority), t.path)

@@ -18,6 +18,17 @@ use tokio::net::TcpStream;
 
 use super::h2_stream::{RequestSide, ResponseSide};
 
+/// Room for `n` more bytes in a read buffer. One that holds no memory yet (an idle client
+/// connection's, each exchange's upstream one) is made with room for `n` at once: the
+/// same capacity `reserve` gives it, without `reserve`'s growth path.
+pub(super) fn room_for(buf: &mut BytesMut, n: usize) {
+    if buf.capacity() == 0 {
+        *buf = BytesMut::with_capacity(n);
+    } else {
+        buf.reserve(n);
+    }
+}
+
 /// Any byte stream a borrowed half can be split from.
 pub trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
@@ -133,7 +144,7 @@ impl ClientStream {
         match self {
             ClientStream::Tcp(s) => {
                 s.readable().await?;
-                buf.reserve(4096);
+                room_for(buf, 4096);
                 let s: &TcpStream = s;
                 let room = buf.capacity() - buf.len();
                 let mut got = 0;
@@ -349,5 +360,23 @@ impl AsyncWrite for WriteHalf<'_> {
             WriteHalf::Io(s) => Pin::new(s).poll_shutdown(cx),
             WriteHalf::H2(s) => Pin::new(&mut **s).poll_shutdown(cx),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn room_for_a_read() {
+        let mut fresh = BytesMut::new();
+        room_for(&mut fresh, 4096);
+        let mut grown = BytesMut::new();
+        grown.reserve(4096);
+        assert_eq!(fresh.capacity(), grown.capacity(), "as reserve makes it");
+        let mut held = BytesMut::from(&b"GET /"[..]);
+        room_for(&mut held, 100);
+        assert_eq!(&held[..], b"GET /", "bytes kept");
+        assert!(held.capacity() - held.len() >= 100);
     }
 }

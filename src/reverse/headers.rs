@@ -5,10 +5,10 @@
 
 use std::net::IpAddr;
 
+use bytes::Bytes;
+
 use crate::config::ForwardedMode;
 use crate::http::codec::Headers;
-
-const X_FORWARDED: [&str; 3] = ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"];
 
 /// Adds the client's identity. From a trusted peer (another proxy in front) the incoming
 /// fields are kept and this hop is appended; from anyone else they are removed first (a
@@ -18,32 +18,43 @@ pub fn forwarded(
     mode: ForwardedMode,
     trusted: bool,
     client: IpAddr,
-    proto: &str,
+    proto: &'static str,
     host: Option<&str>,
 ) {
     if !trusted {
-        // One pass over the fields for the four names.
-        h.0.retain(|f| {
-            !(f.name.eq_ignore_ascii_case("forwarded")
-                || X_FORWARDED.iter().any(|n| f.name.eq_ignore_ascii_case(n)))
-        });
+        // One pass over the fields for the four names, none that moves them when there is
+        // none of them.
+        if h.0.iter().any(|f| is_forwarding(f.name.as_bytes())) {
+            h.0.retain(|f| !is_forwarding(f.name.as_bytes()));
+        }
     }
     let ip = client.to_canonical();
+    let mut text = [0u8; IP_TEXT_MAX];
+    let ip_text = ip_text(ip, &mut text);
     if matches!(mode, ForwardedMode::Rfc7239 | ForwardedMode::Both) {
-        let mut v = Vec::with_capacity(64);
+        let host = host.filter(|h| {
+            h.bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+        });
+        // Sized exactly: a full `Vec` becomes the field's `Bytes` without another
+        // allocation.
+        let len = "for=".len()
+            + ip_text.len()
+            + if ip.is_ipv6() { 4 } else { 0 }
+            + host.map_or(0, |h| ";host=\"\"".len() + h.len())
+            + ";proto=".len()
+            + proto.len();
+        let mut v = Vec::with_capacity(len);
         v.extend_from_slice(b"for=");
         // RFC 7239 section 6: an IPv6 node is a quoted "[...]".
         if ip.is_ipv6() {
             v.extend_from_slice(b"\"[");
-            push_ip(&mut v, ip);
+            v.extend_from_slice(ip_text);
             v.extend_from_slice(b"]\"");
         } else {
-            push_ip(&mut v, ip);
+            v.extend_from_slice(ip_text);
         }
-        if let Some(host) = host.filter(|h| {
-            h.bytes()
-                .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
-        }) {
+        if let Some(host) = host {
             v.extend_from_slice(b";host=\"");
             v.extend_from_slice(host.as_bytes());
             v.push(b'"');
@@ -54,55 +65,81 @@ pub fn forwarded(
         h.push("Forwarded", v);
     }
     if matches!(mode, ForwardedMode::XForwarded | ForwardedMode::Both) {
-        let mut list = Vec::with_capacity(48);
-        if h.contains("x-forwarded-for") {
+        // From anyone untrusted the incoming X-Forwarded-* are gone already.
+        if trusted && h.contains("x-forwarded-for") {
             let before: Vec<String> = h
                 .get_all("x-forwarded-for")
                 .map(|v| String::from_utf8_lossy(v).trim().to_string())
                 .filter(|v| !v.is_empty())
                 .collect();
-            list.extend_from_slice(before.join(", ").as_bytes());
+            let mut list = before.join(", ").into_bytes();
             if !list.is_empty() {
                 list.extend_from_slice(b", ");
             }
+            list.extend_from_slice(ip_text);
+            h.set("X-Forwarded-For", list);
+        } else {
+            h.push("X-Forwarded-For", ip_text);
         }
-        push_ip(&mut list, ip);
-        h.set("X-Forwarded-For", list);
-        if !h.contains("x-forwarded-proto") {
-            h.push("X-Forwarded-Proto", proto);
+        if !(trusted && h.contains("x-forwarded-proto")) {
+            h.push("X-Forwarded-Proto", Bytes::from_static(proto.as_bytes()));
         }
         if let Some(host) = host {
-            if !h.contains("x-forwarded-host") {
+            if !(trusted && h.contains("x-forwarded-host")) {
                 h.push("X-Forwarded-Host", host);
             }
         }
     }
 }
 
-/// Appends `ip` as `Display` writes it; IPv4 without the formatting machinery (this runs
+/// Whether `name` is Forwarded or one of the X-Forwarded-* fields this proxy writes (any
+/// case). The length picks the one candidate.
+fn is_forwarding(name: &[u8]) -> bool {
+    let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
+    match name.len() {
+        9 => is("forwarded"),
+        15 => is("x-forwarded-for"),
+        16 => is("x-forwarded-host"),
+        17 => is("x-forwarded-proto"),
+        _ => false,
+    }
+}
+
+/// The longest text of an address: `ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255`.
+const IP_TEXT_MAX: usize = 45;
+
+/// `ip` as `Display` writes it, in `buf`; IPv4 without the formatting machinery (this runs
 /// for every request).
-fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
+fn ip_text(ip: IpAddr, buf: &mut [u8; IP_TEXT_MAX]) -> &[u8] {
+    let mut n = 0;
     match ip {
         IpAddr::V4(v4) => {
+            let mut put = |b: u8| {
+                buf[n] = b;
+                n += 1;
+            };
             for (k, o) in v4.octets().into_iter().enumerate() {
                 if k > 0 {
-                    out.push(b'.');
+                    put(b'.');
                 }
                 if o >= 100 {
-                    out.push(b'0' + o / 100);
+                    put(b'0' + o / 100);
                 }
                 if o >= 10 {
-                    out.push(b'0' + o / 10 % 10);
+                    put(b'0' + o / 10 % 10);
                 }
-                out.push(b'0' + o % 10);
+                put(b'0' + o % 10);
             }
         }
         IpAddr::V6(v6) => {
             use std::io::Write;
-            // Writing to a Vec cannot fail.
-            let _ = write!(out, "{v6}");
+            let mut rest = &mut buf[..];
+            // The longest address fits: writing cannot fail.
+            let _ = write!(rest, "{v6}");
+            n = IP_TEXT_MAX - rest.len();
         }
     }
+    &buf[..n]
 }
 
 /// Removes every field named in `names` (lower case).
@@ -126,9 +163,14 @@ pub struct LinkRewrite {
 
 /// The fields [`LinkRewrite::apply`] rewrites.
 fn is_link_field(name: &str) -> bool {
-    name.eq_ignore_ascii_case("location")
-        || name.eq_ignore_ascii_case("content-location")
-        || name.eq_ignore_ascii_case("refresh")
+    // The length picks the one candidate.
+    let is = |n: &str| name.eq_ignore_ascii_case(n);
+    match name.len() {
+        7 => is("refresh"),
+        8 => is("location"),
+        16 => is("content-location"),
+        _ => false,
+    }
 }
 
 /// Whether `h` has a field [`LinkRewrite::apply`] may rewrite.
@@ -337,11 +379,44 @@ mod tests {
             "10.200.3.45",
             "::1",
             "2001:db8::8:800:200c:417a",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+            "::ffff:255.255.255.255",
+            "1111:2222:3333:4444:5555:6666:255.255.255.255",
         ] {
             let ip: IpAddr = ip.parse().expect("an address");
-            let mut out = Vec::new();
-            push_ip(&mut out, ip);
-            assert_eq!(out, ip.to_string().into_bytes(), "{ip}");
+            let mut buf = [0u8; IP_TEXT_MAX];
+            assert_eq!(ip_text(ip, &mut buf), ip.to_string().as_bytes(), "{ip}");
+        }
+    }
+
+    #[test]
+    fn link_fields_by_name_in_any_case() {
+        for n in ["Location", "content-location", "REFRESH"] {
+            assert!(is_link_field(n), "{n}");
+        }
+        for n in ["locations", "content-locatiom", "refrash", "link", ""] {
+            assert!(!is_link_field(n), "{n}");
+        }
+    }
+
+    #[test]
+    fn forwarding_fields_by_name_in_any_case() {
+        for n in [
+            "Forwarded",
+            "x-forwarded-for",
+            "X-Forwarded-Host",
+            "X-FORWARDED-PROTO",
+        ] {
+            assert!(is_forwarding(n.as_bytes()), "{n}");
+        }
+        for n in [
+            "forwarder",
+            "x-forwarded-fox",
+            "x-forwarded-port",
+            "x-real-ip",
+            "",
+        ] {
+            assert!(!is_forwarding(n.as_bytes()), "{n}");
         }
     }
 
