@@ -797,6 +797,25 @@ enum BodyOut {
 /// `:path` the origin-form target, without the connection-specific fields (RFC 9113
 /// section 8.2.2) and `Expect`; `te: trailers` always (gRPC servers require it).
 fn h2_request(head: &RequestHead, scheme: &str) -> Result<Request<()>, &'static str> {
+    let mut req = h2_request_of(head, scheme, &["te", "expect", "http2-settings"])?;
+    let method = http::Method::from_bytes(head.method.as_bytes()).map_err(|_| "bad method")?;
+    if method == http::Method::CONNECT {
+        return Err("CONNECT");
+    }
+    *req.method_mut() = method;
+    req.headers_mut()
+        .insert(http::header::TE, HeaderValue::from_static("trailers"));
+    Ok(req)
+}
+
+/// A `GET` to `:authority` from `Host` and `:path` the origin-form target, with `head`'s
+/// fields but for `Host`, the connection-specific ones (RFC 9113 section 8.2.2), those
+/// `Connection` lists and `skip` (lower case).
+fn h2_request_of(
+    head: &RequestHead,
+    scheme: &str,
+    skip: &[&str],
+) -> Result<Request<()>, &'static str> {
     let host = head.headers.get_str("host").ok_or("no Host")?;
     if !head.target.starts_with('/') {
         return Err("not an origin-form target");
@@ -807,19 +826,15 @@ fn h2_request(head: &RequestHead, scheme: &str) -> Result<Request<()>, &'static 
         .path_and_query(head.target.as_str())
         .build()
         .map_err(|_| "bad Host or target")?;
-    let method = http::Method::from_bytes(head.method.as_bytes()).map_err(|_| "bad method")?;
-    if method == http::Method::CONNECT {
-        return Err("CONNECT");
-    }
     let mut req = Request::new(());
-    *req.method_mut() = method;
     *req.uri_mut() = uri;
     let listed = head.headers.tokens("connection");
     let h = req.headers_mut();
     for f in &head.headers.0 {
         let name = f.name.to_ascii_lowercase();
         if CONNECTION_SPECIFIC.contains(&name.as_str())
-            || matches!(name.as_str(), "host" | "te" | "expect" | "http2-settings")
+            || name == "host"
+            || skip.contains(&name.as_str())
             || listed.contains(&name)
         {
             continue;
@@ -828,7 +843,6 @@ fn h2_request(head: &RequestHead, scheme: &str) -> Result<Request<()>, &'static 
         let v = HeaderValue::from_bytes(&f.value).map_err(|_| "bad field value")?;
         h.append(n, v);
     }
-    h.insert(http::header::TE, HeaderValue::from_static("trailers"));
     Ok(req)
 }
 
@@ -849,38 +863,11 @@ fn websocket_key(head: &RequestHead) -> Option<String> {
 /// `-Protocol`, `-Extensions`, `Origin`, ...) without `Sec-WebSocket-Key` (HTTP/2
 /// WebSocket has none, section 5) and the connection-specific ones.
 fn h2_websocket_request(head: &RequestHead, scheme: &str) -> Result<Request<()>, &'static str> {
-    let host = head.headers.get_str("host").ok_or("no Host")?;
-    if !head.target.starts_with('/') {
-        return Err("not an origin-form target");
-    }
-    let uri = http::Uri::builder()
-        .scheme(scheme)
-        .authority(host)
-        .path_and_query(head.target.as_str())
-        .build()
-        .map_err(|_| "bad Host or target")?;
-    let mut req = Request::new(());
+    let skip = ["te", "expect", "content-length", "sec-websocket-key"];
+    let mut req = h2_request_of(head, scheme, &skip)?;
     *req.method_mut() = http::Method::CONNECT;
-    *req.uri_mut() = uri;
     req.extensions_mut()
         .insert(h2::ext::Protocol::from_static("websocket"));
-    let listed = head.headers.tokens("connection");
-    let h = req.headers_mut();
-    for f in &head.headers.0 {
-        let name = f.name.to_ascii_lowercase();
-        if CONNECTION_SPECIFIC.contains(&name.as_str())
-            || matches!(
-                name.as_str(),
-                "host" | "te" | "expect" | "content-length" | "sec-websocket-key"
-            )
-            || listed.contains(&name)
-        {
-            continue;
-        }
-        let n = HeaderName::from_bytes(name.as_bytes()).map_err(|_| "bad field name")?;
-        let v = HeaderValue::from_bytes(&f.value).map_err(|_| "bad field value")?;
-        h.append(n, v);
-    }
     Ok(req)
 }
 
