@@ -66,6 +66,20 @@ struct Conn {
     life: Arc<Life>,
 }
 
+impl Conn {
+    /// A sender for one new stream, once the server's stream limit leaves room (within
+    /// `wait`).
+    async fn ready(&self, wait: Duration) -> Result<SendRequest<Bytes>, StreamError> {
+        match timeout(wait, self.send.clone().ready()).await {
+            Err(_) => Err(StreamError::Request(
+                "no stream free on the connection".into(),
+            )),
+            Ok(Err(e)) => Err(StreamError::Gone(e)),
+            Ok(Ok(s)) => Ok(s),
+        }
+    }
+}
+
 /// What the connection's task and its streams share.
 struct Life {
     /// Streams in flight.
@@ -363,15 +377,7 @@ impl H2Pool {
             // The server is not asked (HTTP/2 needs no 100-continue here): go ahead.
             wr.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
         }
-        let mut send = match timeout(opts.wait, c.send.clone().ready()).await {
-            Err(_) => {
-                return Err(StreamError::Request(
-                    "no stream free on the connection".into(),
-                ))
-            }
-            Ok(Err(e)) => return Err(StreamError::Gone(e)),
-            Ok(Ok(s)) => s,
-        };
+        let mut send = c.ready(opts.wait).await?;
         let (response, body) = send
             .send_request(req, framing == Framing::None)
             .map_err(StreamError::Gone)?;
@@ -420,15 +426,7 @@ impl H2Pool {
     {
         let req =
             h2_websocket_request(head, opts.scheme).map_err(|e| StreamError::Request(e.into()))?;
-        let mut send = match timeout(opts.wait, c.send.clone().ready()).await {
-            Err(_) => {
-                return Err(StreamError::Request(
-                    "no stream free on the connection".into(),
-                ))
-            }
-            Ok(Err(e)) => return Err(StreamError::Gone(e)),
-            Ok(Ok(s)) => s,
-        };
+        let mut send = c.ready(opts.wait).await?;
         let (response, mut up) = send.send_request(req, false).map_err(StreamError::Gone)?;
         // The exchange gives up after its first-byte timeout; so does this stream.
         let resp = match timeout(opts.wait, response).await {

@@ -118,24 +118,15 @@ impl AsyncWrite for H2Stream {
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
         }
-        let this = &mut *self;
-        let want = buf.len().min(MAX_WRITE);
-        loop {
-            this.send.reserve_capacity(want);
-            let n = this.send.capacity();
-            if n > 0 {
-                let n = n.min(want);
-                this.send
-                    .send_data(Bytes::copy_from_slice(&buf[..n]), false)
-                    .map_err(io_err)?;
-                return Poll::Ready(Ok(n));
-            }
-            match ready!(this.send.poll_capacity(cx)) {
-                Some(Ok(_)) => continue,
-                Some(Err(e)) => return Poll::Ready(Err(io_err(e))),
-                None => return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
-            }
-        }
+        let n = ready!(poll_send_capacity(
+            &mut self.send,
+            cx,
+            buf.len().min(MAX_WRITE)
+        ))?;
+        self.send
+            .send_data(Bytes::copy_from_slice(&buf[..n]), false)
+            .map_err(io_err)?;
+        Poll::Ready(Ok(n))
     }
 
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -220,23 +211,32 @@ where
 /// Sends `data` on the stream as the peer's window allows.
 async fn send_all(send: &mut SendStream<Bytes>, mut data: Bytes) -> io::Result<()> {
     while !data.is_empty() {
-        send.reserve_capacity(data.len());
-        let cap = std::future::poll_fn(|cx| loop {
-            let n = send.capacity();
-            if n > 0 {
-                return Poll::Ready(Ok(n));
-            }
-            match ready!(send.poll_capacity(cx)) {
-                Some(Ok(_)) => continue,
-                Some(Err(e)) => return Poll::Ready(Err(io_err(e))),
-                None => return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
-            }
-        })
-        .await?;
-        let part = data.split_to(cap.min(data.len()));
-        send.send_data(part, false).map_err(io_err)?;
+        let want = data.len();
+        let n = std::future::poll_fn(|cx| poll_send_capacity(send, cx, want)).await?;
+        send.send_data(data.split_to(n), false).map_err(io_err)?;
     }
     Ok(())
+}
+
+/// Waits until the stream may send some of `want` bytes (asking h2 for them): how many, at
+/// most `want`.
+fn poll_send_capacity(
+    send: &mut SendStream<Bytes>,
+    cx: &mut Context<'_>,
+    want: usize,
+) -> Poll<io::Result<usize>> {
+    loop {
+        send.reserve_capacity(want);
+        let n = send.capacity();
+        if n > 0 {
+            return Poll::Ready(Ok(n.min(want)));
+        }
+        match ready!(send.poll_capacity(cx)) {
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => return Poll::Ready(Err(io_err(e))),
+            None => return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
+        }
+    }
 }
 
 /// `r` into the stream until `r`'s EOF, which ends the stream (END_STREAM).
