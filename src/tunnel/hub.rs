@@ -760,6 +760,11 @@ impl TunnelListener {
             // The answer went out already: the agent learns it from the connection closing.
             Err(verdict) => return refuse(verdict).1,
         };
+        // With several streams open, their frames leave in one write (see `batch`).
+        let mut conn = super::batch::Batched::new(conn, {
+            let agent = agent.clone();
+            move || agent.streams_open.load(Ordering::Relaxed) > 1
+        });
         let end = tokio::select! {
             r = &mut conn => match r {
                 Ok(()) => End::Closed("closed by the agent".into()),

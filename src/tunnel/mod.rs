@@ -18,6 +18,7 @@
 
 pub mod agent;
 pub mod allow;
+pub mod batch;
 pub mod hub;
 pub mod proto;
 pub mod published;
