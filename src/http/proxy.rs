@@ -259,7 +259,7 @@ impl HttpProxy {
             }
             // Everything past the idle wait lives in its own heap future, so an idle
             // connection's task stays small.
-            if !Box::pin(self.clone().one_request(&mut client)).await
+            if !boxed(|| self.clone().one_request(&mut client)).await
                 || self.svc.shutdown.is_draining()
             {
                 let _ = client.stream.shutdown().await;
@@ -321,8 +321,8 @@ impl HttpProxy {
         let mut keep = match &self.role {
             Role::Forward if head.method == "CONNECT" => self.tunnel(client, head, &mut ex).await,
             // Boxed: a tunnel's task then holds no forward-request state while it idles.
-            Role::Forward => Box::pin(self.forward(client, head, &mut ex)).await,
-            Role::Reverse(r) => Box::pin(self.reverse(r, client, head, &mut ex)).await,
+            Role::Forward => boxed(|| self.forward(client, head, &mut ex)).await,
+            Role::Reverse(r) => boxed(|| self.reverse(r, client, head, &mut ex)).await,
         };
         // Answered without reading the body: discard it, so it is never read as the next
         // request, or close.
@@ -1032,6 +1032,14 @@ fn absolute_form(head: &[u8], target: &HttpTarget, auth: Option<&str>) -> Vec<u8
     }
     out.extend_from_slice(b"\r\n");
     out
+}
+
+/// `Box::pin(f())`, with the future made in its heap slot. `Box::pin(future)` makes the
+/// future on the stack first and copies all of it into the box: kilobytes per request for a
+/// request's state machine (its size, not the few bytes an unstarted one holds).
+#[inline(always)]
+pub(super) fn boxed<F: std::future::Future>(f: impl FnOnce() -> F) -> std::pin::Pin<Box<F>> {
+    Box::into_pin(Box::write(Box::new_uninit(), f()))
 }
 
 /// Whether the client asked for its connection to stay open after this exchange.
