@@ -20,7 +20,7 @@ use tokio::time::timeout;
 use super::access::Access;
 use super::body;
 use super::cached::{CacheCtx, Finish, Step};
-use super::codec::{self, Framing, HeadError, Headers, RequestHead, Version};
+use super::codec::{self, eq_ignore_case, Framing, HeadError, Headers, RequestHead, Version};
 use super::error::ProxyError;
 use super::exchange::{upgrade_request, Failure, UpStream, Upstream};
 use super::pool::PoolKey;
@@ -1063,16 +1063,14 @@ pub fn strip_hop_by_hop(h: &mut Headers) {
         .flat_map(|v| v.split(|b| *b == b','))
     {
         let t = t.trim_ascii();
-        let kept = KEPT.iter().any(|n| n.as_bytes().eq_ignore_ascii_case(t));
+        let kept = KEPT.iter().any(|n| eq_ignore_case(n.as_bytes(), t));
         if !t.is_empty() && !kept && !always_hop_by_hop(t) {
             listed.push(t.to_vec());
         }
     }
     let goes = |f: &super::codec::Header| {
         always_hop_by_hop(f.name.as_bytes())
-            || listed
-                .iter()
-                .any(|n| f.name.as_bytes().eq_ignore_ascii_case(n))
+            || listed.iter().any(|n| eq_ignore_case(f.name.as_bytes(), n))
     };
     // One pass over the fields, and none that moves them when nothing goes.
     if h.0.iter().any(goes) {
@@ -1084,7 +1082,7 @@ pub fn strip_hop_by_hop(h: &mut Headers) {
 /// Proxy-Connection, Keep-Alive, TE and Upgrade (any case). The length picks the one or
 /// two candidates.
 fn always_hop_by_hop(name: &[u8]) -> bool {
-    let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
+    let is = |n: &str| eq_ignore_case(name, n.as_bytes());
     match name.len() {
         2 => is("te"),
         7 => is("upgrade"),
