@@ -20,7 +20,7 @@ use tokio::time::timeout;
 use super::access::Access;
 use super::body;
 use super::cached::{CacheCtx, Finish, Step};
-use super::codec::{self, Framing, HeadError, Headers, RequestHead, Version};
+use super::codec::{self, eq_ignore_case, Framing, HeadError, Headers, RequestHead, Version};
 use super::error::ProxyError;
 use super::exchange::{upgrade_request, Failure, UpStream, Upstream};
 use super::pool::PoolKey;
@@ -259,7 +259,7 @@ impl HttpProxy {
             }
             // Everything past the idle wait lives in its own heap future, so an idle
             // connection's task stays small.
-            if !Box::pin(self.clone().one_request(&mut client)).await
+            if !boxed(|| self.clone().one_request(&mut client)).await
                 || self.svc.shutdown.is_draining()
             {
                 let _ = client.stream.shutdown().await;
@@ -321,8 +321,8 @@ impl HttpProxy {
         let mut keep = match &self.role {
             Role::Forward if head.method == "CONNECT" => self.tunnel(client, head, &mut ex).await,
             // Boxed: a tunnel's task then holds no forward-request state while it idles.
-            Role::Forward => Box::pin(self.forward(client, head, &mut ex)).await,
-            Role::Reverse(r) => Box::pin(self.reverse(r, client, head, &mut ex)).await,
+            Role::Forward => boxed(|| self.forward(client, head, &mut ex)).await,
+            Role::Reverse(r) => boxed(|| self.reverse(r, client, head, &mut ex)).await,
         };
         // Answered without reading the body: discard it, so it is never read as the next
         // request, or close.
@@ -1034,6 +1034,14 @@ fn absolute_form(head: &[u8], target: &HttpTarget, auth: Option<&str>) -> Vec<u8
     out
 }
 
+/// `Box::pin(f())`, with the future made in its heap slot. `Box::pin(future)` makes the
+/// future on the stack first and copies all of it into the box: kilobytes per request for a
+/// request's state machine (its size, not the few bytes an unstarted one holds).
+#[inline(always)]
+pub(super) fn boxed<F: std::future::Future>(f: impl FnOnce() -> F) -> std::pin::Pin<Box<F>> {
+    Box::into_pin(Box::write(Box::new_uninit(), f()))
+}
+
 /// Whether the client asked for its connection to stay open after this exchange.
 pub(super) fn wants_keep_alive(req: &RequestHead) -> bool {
     match req.version {
@@ -1055,16 +1063,14 @@ pub fn strip_hop_by_hop(h: &mut Headers) {
         .flat_map(|v| v.split(|b| *b == b','))
     {
         let t = t.trim_ascii();
-        let kept = KEPT.iter().any(|n| n.as_bytes().eq_ignore_ascii_case(t));
+        let kept = KEPT.iter().any(|n| eq_ignore_case(n.as_bytes(), t));
         if !t.is_empty() && !kept && !always_hop_by_hop(t) {
             listed.push(t.to_vec());
         }
     }
     let goes = |f: &super::codec::Header| {
         always_hop_by_hop(f.name.as_bytes())
-            || listed
-                .iter()
-                .any(|n| f.name.as_bytes().eq_ignore_ascii_case(n))
+            || listed.iter().any(|n| eq_ignore_case(f.name.as_bytes(), n))
     };
     // One pass over the fields, and none that moves them when nothing goes.
     if h.0.iter().any(goes) {
@@ -1076,7 +1082,7 @@ pub fn strip_hop_by_hop(h: &mut Headers) {
 /// Proxy-Connection, Keep-Alive, TE and Upgrade (any case). The length picks the one or
 /// two candidates.
 fn always_hop_by_hop(name: &[u8]) -> bool {
-    let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
+    let is = |n: &str| eq_ignore_case(name, n.as_bytes());
     match name.len() {
         2 => is("te"),
         7 => is("upgrade"),

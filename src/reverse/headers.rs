@@ -147,8 +147,15 @@ pub fn hide(h: &mut Headers, names: &[String]) {
     if names.is_empty() {
         return;
     }
-    // One pass over the fields for all the names.
-    h.0.retain(|f| !names.iter().any(|n| f.name.eq_ignore_ascii_case(n)));
+    let hidden = |f: &crate::http::codec::Header| {
+        names
+            .iter()
+            .any(|n| crate::http::codec::eq_ignore_case(f.name.as_bytes(), n.as_bytes()))
+    };
+    // One pass over the fields for all the names, and none that moves them when none goes.
+    if h.0.iter().any(hidden) {
+        h.0.retain(|f| !hidden(f));
+    }
 }
 
 /// How a server's own origin is turned into the public one in links it sends.

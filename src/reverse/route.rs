@@ -130,8 +130,9 @@ pub fn host_of(authority: &str) -> Option<String> {
         let end = rest.find(']')?;
         &a[..end + 2]
     } else {
-        match a.rsplit_once(':') {
-            Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        // The last `:` by bytes (`rsplit_once` runs a char searcher).
+        match a.bytes().rposition(|b| b == b':') {
+            Some(i) if a.as_bytes()[i + 1..].iter().all(u8::is_ascii_digit) => &a[..i],
             Some(_) => return None,
             None => a,
         }
