@@ -600,6 +600,10 @@ pub fn chunked_trailers(tail: &[u8]) -> HeaderMap {
 /// (its socket is ready, or a stream queued frames for it to send).
 struct ConnWake {
     woken: AtomicBool,
+    /// Set while the task polls its streams: a wake-up then (a stream queued frames) only
+    /// marks the connection as due, as the task polls it right after its streams, before
+    /// it can wait; waking the task too would only poll it once more for nothing.
+    in_streams: AtomicBool,
     task: AtomicWaker,
 }
 
@@ -609,9 +613,25 @@ impl Wake for ConnWake {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        self.woken.store(true, Ordering::Release);
-        self.task.wake();
+        // Sequentially consistent with `poll_streams`: a wake-up from another thread that
+        // still sees `in_streams` set stored `woken` before the task's `accept` reads it.
+        self.woken.store(true, Ordering::SeqCst);
+        if !self.in_streams.load(Ordering::SeqCst) {
+            self.task.wake();
+        }
     }
+}
+
+/// The next finished stream, polled with `wake.in_streams` set (see [`ConnWake`]).
+fn poll_streams<F: std::future::Future<Output = ()>>(
+    streams: &mut FuturesUnordered<F>,
+    wake: &ConnWake,
+    cx: &mut Context<'_>,
+) -> Poll<Option<()>> {
+    wake.in_streams.store(true, Ordering::SeqCst);
+    let r = streams.poll_next_unpin(cx);
+    wake.in_streams.store(false, Ordering::SeqCst);
+    r
 }
 
 type Accepted = Result<(Request<RecvStream>, SendResponse<Bytes>), h2::Error>;
@@ -629,7 +649,7 @@ where
 {
     std::future::poll_fn(move |cx| {
         wake.task.register(cx.waker());
-        if !wake.woken.swap(false, Ordering::AcqRel) {
+        if !wake.woken.swap(false, Ordering::SeqCst) {
             return Poll::Pending;
         }
         let r = conn.poll_accept(&mut Context::from_waker(waker));
@@ -712,18 +732,23 @@ impl HttpProxy {
         // queued frames), not each time the task wakes for one of the streams.
         let wake = Arc::new(ConnWake {
             woken: AtomicBool::new(true),
+            in_streams: AtomicBool::new(false),
             task: AtomicWaker::new(),
         });
         let conn_waker = Waker::from(wake.clone());
         let keepalive = self.cfg.keepalive_timeout;
         let idle = tokio::time::sleep(keepalive);
         tokio::pin!(idle);
+        // One wait for the drain, registered once (not a new waiter per pass of the loop).
+        let drain = self.svc.shutdown.draining();
+        tokio::pin!(drain);
         let mut closing = false;
         loop {
             tokio::select! {
-                // Streams first, then the connection: what they wrote goes out at once.
+                // Streams first, then the connection (never skipped before the task waits:
+                // see `ConnWake`): what they wrote goes out at once.
                 biased;
-                Some(()) = streams.next() => {
+                Some(()) = std::future::poll_fn(|cx| poll_streams(&mut streams, &wake, cx)) => {
                     if streams.is_empty() {
                         idle.as_mut().reset(tokio::time::Instant::now() + keepalive);
                     }
@@ -744,7 +769,7 @@ impl HttpProxy {
                     wake.woken.store(true, Ordering::Release);
                     closing = true;
                 }
-                _ = self.svc.shutdown.draining(), if !closing => {
+                _ = &mut drain, if !closing => {
                     conn.graceful_shutdown();
                     wake.woken.store(true, Ordering::Release);
                     closing = true;
