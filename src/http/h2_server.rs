@@ -5,7 +5,7 @@
 //! extended CONNECT for WebSocket goes up as the HTTP/1.1 Upgrade handshake.
 //!
 //! ```text
-//! h2 connection ── accept stream ──► h1_request (pure: pseudo-headers -> head)
+//! h2 connection ── accept stream ──► h2_request_head (pure: pseudo-headers -> head)
 //!    │                                   │
 //!    │  request DATA (flow control) ───► H2Stream (ClientStream::H2) read by
 //!    │                                   HttpProxy::serve_stream (one request,
@@ -15,14 +15,14 @@
 //!
 //! Each stream runs `serve_stream` itself on an [`H2Stream`], as one future inside the
 //! connection's task (a `FuturesUnordered` polled beside the `h2` connection: no task
-//! spawned per stream, and one stream's wait holds up no other): reads hand out the
-//! request head and then the DATA frames, writes turn the response into HEADERS, DATA
-//! and trailers (see `h2_stream.rs`); there is no pipe and no relay in between. The final
-//! response head reaches the stream as values (status and fields, [`h2_head_of`]), not
-//! as HTTP/1.1 text to parse again. Memory
-//! per stream is bounded by the stream windows: a DATA frame's window is released only as
-//! the pipeline reads its bytes, and a response write is taken only once the previous one
-//! has window.
+//! spawned per stream, and one stream's wait holds up no other): the request head is
+//! taken as values (method, target, fields: [`h2_request_head`]), reads hand out the
+//! DATA frames, writes turn the response into HEADERS, DATA and trailers (see
+//! `h2_stream.rs`); there is no pipe and no relay in between. The final response head
+//! also reaches the stream as values (status and fields, [`h2_head_of`]): neither head
+//! is written as HTTP/1.1 text to be parsed again. Memory per stream is bounded by the
+//! stream windows: a DATA frame's window is released only as the pipeline reads its
+//! bytes, and a response write is taken only once the previous one has window.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -41,7 +41,7 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 
 use super::codec::{self, Framing, Headers};
-use super::h2_stream::H2Stream;
+use super::h2_stream::{H2Stream, Head};
 use super::proxy::{HttpProxy, Role};
 use super::stream::ClientStream;
 use crate::config::Http2Config;
@@ -130,6 +130,9 @@ pub enum BadRequest {
 /// With `websocket_key` the request is an RFC 8441 extended CONNECT for WebSocket: it goes
 /// up as the HTTP/1.1 handshake (RFC 6455 section 4.1: `GET`, `Upgrade: websocket`,
 /// `Connection: Upgrade`, this `Sec-WebSocket-Key`), without a body.
+///
+/// A stream hands the pipeline this head as values ([`h2_request_head`]); the text is
+/// for the heads values cannot carry.
 pub fn h1_request(
     method: &Method,
     uri: &http::Uri,
@@ -137,12 +140,104 @@ pub fn h1_request(
     body_follows: bool,
     websocket_key: Option<&str>,
 ) -> Result<(Vec<u8>, bool), BadRequest> {
+    let (method, path) = request_line(method, uri, websocket_key)?;
+    // Written straight out as `codec::write_request_head` would (no field list built).
+    let mut out = Vec::with_capacity(256 + fields.len() * 48);
+    out.extend_from_slice(method.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(path.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let chunked = request_fields(uri, fields, body_follows, websocket_key, |n, v| {
+        codec::push_field(&mut out, n.as_bytes(), v)
+    })?;
+    out.extend_from_slice(b"\r\n");
+    Ok((out, chunked))
+}
+
+/// The head [`h1_request`] writes, as the values `codec::parse_request` reads back from
+/// that text (the same names in the same order, each value trimmed of the blanks around
+/// it as the parser trims them, all values slices of one buffer), and the text's length
+/// (the bytes the access log counts); nothing is written or parsed. Returns the head,
+/// its length and whether the body must be chunked. `Ok(None)`: a head the values cannot
+/// stand for, with more fields than a head may have (`codec::MAX_HEADERS`) or longer
+/// than `max` bytes: the caller sends the text, which the pipeline refuses as it refuses
+/// any such head.
+pub fn h2_request_head(
+    method: &Method,
+    uri: &http::Uri,
+    fields: &HeaderMap,
+    body_follows: bool,
+    websocket_key: Option<&str>,
+    max: usize,
+) -> Result<Option<(codec::RequestHead, usize, bool)>, BadRequest> {
+    let (method, path) = request_line(method, uri, websocket_key)?;
+    // Room for every value: those of the fields, the authority, and the few added.
+    let room = fields.values().map(|v| v.len()).sum::<usize>()
+        + uri.authority().map_or(0, |a| a.as_str().len())
+        + websocket_key.map_or(0, str::len)
+        + 64;
+    let mut values = bytes::BytesMut::with_capacity(room);
+    let mut list = Vec::with_capacity(fields.len() + 3);
+    // The text: request line, fields, blank line.
+    let mut len = method.len() + 1 + path.len() + " HTTP/1.1\r\n".len() + 2;
+    let chunked = request_fields(uri, fields, body_follows, websocket_key, |n, v| {
+        len += n.len() + v.len() + 4;
+        values.extend_from_slice(trim_blanks(v));
+        list.push(codec::Header {
+            name: codec::HeaderName::new(n),
+            value: values.split().freeze(),
+        });
+    })?;
+    if list.len() > codec::MAX_HEADERS || len > max {
+        return Ok(None);
+    }
+    let head = codec::RequestHead {
+        method: method.to_string(),
+        target: path.to_string(),
+        version: codec::Version::Http11,
+        headers: Headers(list),
+    };
+    Ok(Some((head, len, chunked)))
+}
+
+/// `v` without the spaces and tabs around it (what the HTTP/1.1 parser drops).
+fn trim_blanks(v: &[u8]) -> &[u8] {
+    let blank = |b: &u8| *b == b' ' || *b == b'\t';
+    let start = v.iter().position(|b| !blank(b)).unwrap_or(v.len());
+    let end = v.iter().rposition(|b| !blank(b)).map_or(start, |e| e + 1);
+    &v[start..end]
+}
+
+/// The HTTP/1.1 request line's method (`GET` for an extended CONNECT) and target
+/// (`:path`; `*` only for OPTIONS, none for a plain CONNECT).
+fn request_line<'a>(
+    method: &'a Method,
+    uri: &'a http::Uri,
+    websocket_key: Option<&str>,
+) -> Result<(&'a str, &'a str), BadRequest> {
     let path = uri
         .path_and_query()
         .map(|p| p.as_str())
         .filter(|p| p.starts_with('/') || (*p == "*" && method == Method::OPTIONS))
         .filter(|_| method != Method::CONNECT || websocket_key.is_some())
         .ok_or(BadRequest::NoPath)?;
+    let method = if websocket_key.is_some() {
+        "GET"
+    } else {
+        method.as_str()
+    };
+    Ok((method, path))
+}
+
+/// The HTTP/1.1 head's fields for an HTTP/2 request, in order, each handed to `line` as
+/// name and value (see [`h1_request`]); whether the body must be chunked.
+fn request_fields(
+    uri: &http::Uri,
+    fields: &HeaderMap,
+    body_follows: bool,
+    websocket_key: Option<&str>,
+    mut line: impl FnMut(&str, &[u8]),
+) -> Result<bool, BadRequest> {
     let mut hosts = fields.get_all(http::header::HOST).iter();
     let host = hosts.next();
     if hosts.next().is_some() {
@@ -157,19 +252,7 @@ pub fn h1_request(
         (None, Some(h)) => h.as_bytes(),
         (None, None) => return Err(BadRequest::NoAuthority),
     };
-    // Written straight out as `codec::write_request_head` would (no field list built).
-    let mut out = Vec::with_capacity(256 + fields.len() * 48);
-    let line = crate::http::codec::push_field;
-    let method = if websocket_key.is_some() {
-        "GET"
-    } else {
-        method.as_str()
-    };
-    out.extend_from_slice(method.as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(path.as_bytes());
-    out.extend_from_slice(b" HTTP/1.1\r\n");
-    line(&mut out, b"Host", authority);
+    line("Host", authority);
     let mut cookie: Vec<u8> = Vec::new();
     for (name, value) in fields {
         let v = value.as_bytes();
@@ -188,26 +271,24 @@ pub fn h1_request(
                 }
                 cookie.extend_from_slice(v);
             }
-            _ => line(&mut out, n.as_bytes(), v),
+            _ => line(n, v),
         }
     }
     if !cookie.is_empty() {
-        line(&mut out, b"cookie", &cookie);
+        line("cookie", &cookie);
     }
     if let Some(key) = websocket_key {
-        line(&mut out, b"Sec-WebSocket-Key", key.as_bytes());
-        line(&mut out, b"Upgrade", b"websocket");
-        line(&mut out, b"Connection", b"Upgrade");
-        out.extend_from_slice(b"\r\n");
-        return Ok((out, false));
+        line("Sec-WebSocket-Key", key.as_bytes());
+        line("Upgrade", b"websocket");
+        line("Connection", b"Upgrade");
+        return Ok(false);
     }
     let chunked = body_follows && !fields.contains_key(http::header::CONTENT_LENGTH);
     if chunked {
-        line(&mut out, b"Transfer-Encoding", b"chunked");
+        line("Transfer-Encoding", b"chunked");
     }
-    line(&mut out, b"Connection", b"close");
-    out.extend_from_slice(b"\r\n");
-    Ok((out, chunked))
+    line("Connection", b"close");
+    Ok(chunked)
 }
 
 /// A `Sec-WebSocket-Key` for the HTTP/1.1 leg of an extended CONNECT: 16 bytes, base64.
@@ -519,6 +600,10 @@ pub fn chunked_trailers(tail: &[u8]) -> HeaderMap {
 /// (its socket is ready, or a stream queued frames for it to send).
 struct ConnWake {
     woken: AtomicBool,
+    /// Set while the task polls its streams: a wake-up then (a stream queued frames) only
+    /// marks the connection as due, as the task polls it right after its streams, before
+    /// it can wait; waking the task too would only poll it once more for nothing.
+    in_streams: AtomicBool,
     task: AtomicWaker,
 }
 
@@ -528,9 +613,25 @@ impl Wake for ConnWake {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        self.woken.store(true, Ordering::Release);
-        self.task.wake();
+        // Sequentially consistent with `poll_streams`: a wake-up from another thread that
+        // still sees `in_streams` set stored `woken` before the task's `accept` reads it.
+        self.woken.store(true, Ordering::SeqCst);
+        if !self.in_streams.load(Ordering::SeqCst) {
+            self.task.wake();
+        }
     }
+}
+
+/// The next finished stream, polled with `wake.in_streams` set (see [`ConnWake`]).
+fn poll_streams<F: std::future::Future<Output = ()>>(
+    streams: &mut FuturesUnordered<F>,
+    wake: &ConnWake,
+    cx: &mut Context<'_>,
+) -> Poll<Option<()>> {
+    wake.in_streams.store(true, Ordering::SeqCst);
+    let r = streams.poll_next_unpin(cx);
+    wake.in_streams.store(false, Ordering::SeqCst);
+    r
 }
 
 type Accepted = Result<(Request<RecvStream>, SendResponse<Bytes>), h2::Error>;
@@ -548,7 +649,7 @@ where
 {
     std::future::poll_fn(move |cx| {
         wake.task.register(cx.waker());
-        if !wake.woken.swap(false, Ordering::AcqRel) {
+        if !wake.woken.swap(false, Ordering::SeqCst) {
             return Poll::Pending;
         }
         let r = conn.poll_accept(&mut Context::from_waker(waker));
@@ -631,18 +732,23 @@ impl HttpProxy {
         // queued frames), not each time the task wakes for one of the streams.
         let wake = Arc::new(ConnWake {
             woken: AtomicBool::new(true),
+            in_streams: AtomicBool::new(false),
             task: AtomicWaker::new(),
         });
         let conn_waker = Waker::from(wake.clone());
         let keepalive = self.cfg.keepalive_timeout;
         let idle = tokio::time::sleep(keepalive);
         tokio::pin!(idle);
+        // One wait for the drain, registered once (not a new waiter per pass of the loop).
+        let drain = self.svc.shutdown.draining();
+        tokio::pin!(drain);
         let mut closing = false;
         loop {
             tokio::select! {
-                // Streams first, then the connection: what they wrote goes out at once.
+                // Streams first, then the connection (never skipped before the task waits:
+                // see `ConnWake`): what they wrote goes out at once.
                 biased;
-                Some(()) = streams.next() => {
+                Some(()) = std::future::poll_fn(|cx| poll_streams(&mut streams, &wake, cx)) => {
                     if streams.is_empty() {
                         idle.as_mut().reset(tokio::time::Instant::now() + keepalive);
                     }
@@ -663,7 +769,7 @@ impl HttpProxy {
                     wake.woken.store(true, Ordering::Release);
                     closing = true;
                 }
-                _ = self.svc.shutdown.draining(), if !closing => {
+                _ = &mut drain, if !closing => {
                     conn.graceful_shutdown();
                     wake.woken.store(true, Ordering::Release);
                     closing = true;
@@ -697,13 +803,16 @@ impl HttpProxy {
         }
         let key = websocket.then(websocket_key);
         let follows = !body.is_end_stream();
-        let (head, chunked) = match h1_request(
-            &parts.method,
-            &parts.uri,
-            &parts.headers,
-            follows,
-            key.as_deref(),
-        ) {
+        let (m, uri, fields) = (&parts.method, &parts.uri, &parts.headers);
+        let key = key.as_deref();
+        // The head as values; as text only when values cannot stand for it (too many
+        // fields, too long: the pipeline then refuses it as any such head).
+        let head = match h2_request_head(m, uri, fields, follows, key, self.cfg.max_header_bytes) {
+            Ok(Some((head, len, chunked))) => Ok((Head::Values(head, len), chunked)),
+            Ok(None) => h1_request(m, uri, fields, follows, key).map(|(t, c)| (Head::Text(t), c)),
+            Err(e) => Err(e),
+        };
+        let (head, chunked) = match head {
             Ok(h) => h,
             Err(e) => {
                 tracing::debug!(client = %peer, "HTTP/2 request refused: {e}");
@@ -786,7 +895,7 @@ mod tests {
         for (n, v) in list {
             m.append(
                 HeaderName::from_bytes(n.as_bytes()).expect("name"),
-                HeaderValue::from_str(v).expect("value"),
+                HeaderValue::from_bytes(v.as_bytes()).expect("value"),
             );
         }
         m
@@ -900,6 +1009,107 @@ mod tests {
             );
         }
         assert!(req("GET", "http://a.test/", &[("te", "trailers")], false).is_ok());
+    }
+
+    #[test]
+    fn a_request_head_as_values_is_what_its_text_parses_to() {
+        // Method, URI, fields, whether a body follows, the WebSocket key.
+        type Case<'a> = (
+            &'a str,
+            &'a str,
+            &'a [(&'a str, &'a str)],
+            bool,
+            Option<&'a str>,
+        );
+        let cases: &[Case] = &[
+            (
+                "GET",
+                "https://app.test:8443/a?b=1",
+                &[("accept", "*/*")],
+                false,
+                None,
+            ),
+            (
+                "POST",
+                "http://a.test/up",
+                &[
+                    ("cookie", " a=1 "),
+                    ("x-pad", "\t v \t"),
+                    ("cookie", "b=2\t"),
+                ],
+                true,
+                None,
+            ),
+            (
+                "PUT",
+                "/p",
+                &[("host", "h.test"), ("content-length", "3")],
+                true,
+                None,
+            ),
+            (
+                "OPTIONS",
+                "http://a.test",
+                &[("x-empty", ""), ("x-blank", "  ")],
+                false,
+                None,
+            ),
+            (
+                "DELETE",
+                "http://a.test/%7Ex/\"q\"",
+                &[("user-agent", "ü")],
+                false,
+                None,
+            ),
+            (
+                "CONNECT",
+                "https://a.test/chat",
+                &[("sec-websocket-key", "x")],
+                true,
+                Some("a2V5"),
+            ),
+        ];
+        for &(m, u, list, body, key) in cases {
+            let m = Method::from_bytes(m.as_bytes()).expect("method");
+            let u: http::Uri = u.parse().expect("uri");
+            let f = fields(list);
+            let (text, chunked) = h1_request(&m, &u, &f, body, key).expect("ok");
+            let (parsed, len) = codec::parse_request(&text, 1 << 20)
+                .expect("parses")
+                .expect("whole");
+            let (values, n, c) = h2_request_head(&m, &u, &f, body, key, 1 << 20)
+                .expect("ok")
+                .expect("values");
+            assert_eq!(values, parsed, "{u}");
+            assert_eq!((n, c), (len, chunked), "{u}");
+        }
+        // The same refusals as the text.
+        let f = fields(&[("connection", "close")]);
+        let u: http::Uri = "http://a.test/".parse().expect("uri");
+        assert_eq!(
+            h2_request_head(&Method::GET, &u, &f, false, None, 1 << 20).err(),
+            Some(BadRequest::ConnectionSpecific)
+        );
+        // Heads the values cannot stand for go as text (refused by the pipeline's parser).
+        let many: Vec<(String, String)> = (0..codec::MAX_HEADERS)
+            .map(|i| (format!("x-{i}"), "1".to_string()))
+            .collect();
+        let many: Vec<(&str, &str)> = many.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+        let f = fields(&many);
+        let (text, _) = h1_request(&Method::GET, &u, &f, false, None).expect("ok");
+        assert_eq!(
+            codec::parse_request(&text, 1 << 20).err(),
+            Some(codec::HeadError::TooManyHeaders)
+        );
+        assert_eq!(
+            h2_request_head(&Method::GET, &u, &f, false, None, 1 << 20),
+            Ok(None)
+        );
+        let f = fields(&[]);
+        let (text, _) = h1_request(&Method::GET, &u, &f, false, None).expect("ok");
+        let at = |max| h2_request_head(&Method::GET, &u, &f, false, None, max).expect("ok");
+        assert!(at(text.len()).is_some());
+        assert!(at(text.len() - 1).is_none());
     }
 
     #[test]

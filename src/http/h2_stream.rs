@@ -1,8 +1,10 @@
 //! One HTTP/2 stream as the HTTP/1.1 pipeline's client ([`H2Stream`], behind
 //! `ClientStream::H2`), with no pipe and no relay task in between.
 //!
-//! Reading it yields the request as HTTP/1.1 bytes: the head made from the HEADERS frame
-//! (`h2_server::h1_request`), then the DATA frames straight out of the `h2` receive
+//! The request head made from the HEADERS frame is taken as values
+//! (`h2_server::h2_request_head`, [`H2Stream::take_head`]; one that values cannot carry
+//! is read as text first, `h2_server::h1_request`); reading the stream yields the body as
+//! HTTP/1.1 bytes: the DATA frames straight out of the `h2` receive
 //! buffer (chunk-framed when the request has no Content-Length, the client's trailers as
 //! the last chunk's trailer section), then EOF. A frame's window is released only as its
 //! bytes are read, so an unread request body stays bounded by the stream window.
@@ -31,7 +33,7 @@ use http::HeaderMap;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::chunked::ChunkedDecoder;
-use super::codec::{self, Framing};
+use super::codec::{self, Framing, RequestHead};
 use super::h2_server::{chunked_trailers, h2_head, h2_head_of, H2Head};
 
 /// One HTTP/2 stream, read and written by the HTTP/1.1 pipeline as its client connection.
@@ -41,17 +43,28 @@ pub struct H2Stream {
     /// The TLS SNI of the connection, if any.
     pub(super) sni: Option<String>,
     pub(super) scheme: &'static str,
+    /// The request head given as values, until the pipeline takes it.
+    head: Option<(RequestHead, usize)>,
     req: RequestSide,
     resp: ResponseSide,
 }
 
+/// How a stream's request head reaches the pipeline.
+pub enum Head {
+    /// As values (`h2_server::h2_request_head`), with the length its text would have:
+    /// nothing written, nothing parsed.
+    Values(RequestHead, usize),
+    /// As HTTP/1.1 text, read and parsed as any client's (`h2_server::h1_request`).
+    Text(Vec<u8>),
+}
+
 impl H2Stream {
-    /// The stream whose request head (HTTP/1.1 bytes) is `head`, whose body comes from
-    /// `body` (chunk-framed when `chunked`), and whose response goes to `respond`.
-    /// `method` decides the response framing (HEAD); `max_head` bounds a response head.
+    /// The stream whose request head is `head`, whose body comes from `body`
+    /// (chunk-framed when `chunked`), and whose response goes to `respond`. `method`
+    /// decides the response framing (HEAD); `max_head` bounds a response head.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        head: Vec<u8>,
+        head: Head,
         body: RecvStream,
         chunked: bool,
         respond: SendResponse<Bytes>,
@@ -65,12 +78,17 @@ impl H2Stream {
         } else {
             ReqState::Body
         };
+        let (head, pending) = match head {
+            Head::Values(h, len) => (Some((h, len)), Bytes::new()),
+            Head::Text(t) => (None, Bytes::from(t)),
+        };
         H2Stream {
             local,
             sni,
             scheme,
+            head,
             req: RequestSide {
-                pending: Bytes::from(head),
+                pending,
                 data: Bytes::new(),
                 body,
                 chunked,
@@ -93,6 +111,17 @@ impl H2Stream {
 }
 
 impl H2Stream {
+    /// The request head given as values and its text's length, taken once; `None`: the
+    /// head comes as bytes (or was taken).
+    pub(super) fn take_head(&mut self) -> Option<(RequestHead, usize)> {
+        self.head.take()
+    }
+
+    /// Whether a request head given as values waits to be taken.
+    pub(super) fn has_head(&self) -> bool {
+        self.head.is_some()
+    }
+
     /// The request and response sides, read and written at the same time (no lock
     /// between them, unlike `tokio::io::split`).
     pub(super) fn split(&mut self) -> (&mut RequestSide, &mut ResponseSide) {

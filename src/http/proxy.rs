@@ -232,7 +232,8 @@ impl HttpProxy {
         tokio::pin!(idle);
         let mut first = true;
         loop {
-            if client.buf.is_empty() {
+            // (An HTTP/2 stream's head given as values is there already: no wait.)
+            if client.buf.is_empty() && !client.stream.has_head() {
                 // Idle: hold no buffer, only the socket, until the next request starts.
                 client.buf = BytesMut::new();
                 if !std::mem::take(&mut first) {
@@ -1098,6 +1099,9 @@ async fn read_head(
     client: &mut Client,
     max: usize,
 ) -> Result<Option<(RequestHead, usize)>, HeadError> {
+    if let Some(head) = client.stream.take_head() {
+        return Ok(Some(head));
+    }
     loop {
         if !client.buf.is_empty() {
             // Tolerate empty lines before a request (RFC 9112 section 2.2).

@@ -127,6 +127,20 @@ impl ClientStream {
         }
     }
 
+    /// An HTTP/2 stream's request head given as values and its text's length, taken once;
+    /// `None` for every other stream (their heads are read as bytes).
+    pub fn take_head(&mut self) -> Option<(super::codec::RequestHead, usize)> {
+        match self {
+            ClientStream::H2(p) => p.take_head(),
+            _ => None,
+        }
+    }
+
+    /// Whether a request head given as values waits ([`ClientStream::take_head`]).
+    pub fn has_head(&self) -> bool {
+        matches!(self, ClientStream::H2(p) if p.has_head())
+    }
+
     /// The URI scheme clients reach this stream with (`Forwarded: proto=`, rewritten links).
     pub fn scheme(&self) -> &'static str {
         match self {
