@@ -4,7 +4,7 @@
 # Gatehouse (TLS and plain transports) and rathole, on loopback. Counts, not timings: they hold
 # on a busy machine where wall-clock figures do not.
 #
-# The origin is a plain nginx serving a 1 KiB file behind the agent (rathole: its client). The
+# The origin is a plain nginx serving a SIZE-byte file (1 KiB; bench/tunnel.sh uses 100) behind the agent (rathole: its client). The
 # relay and the agent (rathole's server and client) both run under the tool, twice: serving LOW
 # and then HIGH GETs, and the difference of the two totals (relay + agent) divided by
 # HIGH - LOW is the cost of one request on both sides without start-up, the link's handshake
@@ -18,13 +18,14 @@
 # request: a timing after all (clock-tick resolution, so use large LOW/HIGH, e.g. 20000/220000),
 # but of CPU spent, not of throughput; the kernel's share of the relaying is in it.
 #
-# Knobs: LOW=200 HIGH=2200 CONC=1 WORKERS=2 GATEHOUSE=target/release/gatehouse
+# Knobs: LOW=200 HIGH=2200 CONC=1 SIZE=1024 WORKERS=2 GATEHOUSE=target/release/gatehouse
 #        PEERS="gatehouse gatehouse-plain rathole" TOOL=callgrind|strace|cpu KEEP=dir
 # All traffic stays on 127.0.0.1; every process started here is stopped on exit.
 set -euo pipefail
 LOW=${LOW:-200}
 HIGH=${HIGH:-2200}
 CONC=${CONC:-1}
+SIZE=${SIZE:-1024}
 WORKERS=${WORKERS:-2}
 PEERS=${PEERS:-"gatehouse gatehouse-plain rathole"}
 TOOL=${TOOL:-callgrind}
@@ -73,7 +74,7 @@ wait_http() {
 }
 
 mkdir -p "$WORK/www" "$WORK/origin"
-head -c 1024 /dev/zero | tr '\0' 'x' >"$WORK/www/small"
+head -c "$SIZE" /dev/zero | tr '\0' 'x' >"$WORK/www/small"
 P_ORIGIN=$(free_port)
 cat >"$WORK/origin.conf" <<CONF
 daemon off;

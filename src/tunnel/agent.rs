@@ -387,7 +387,7 @@ impl Agent {
                 None => return Err(SessionError::Handshake("unknown answer".into())),
             }
             super::h2_server()
-                .handshake::<_, Bytes>(io)
+                .handshake::<_, Bytes>(super::batch::LinkIo::new(io))
                 .await
                 .map_err(|e| SessionError::Handshake(e.to_string()))
         };
