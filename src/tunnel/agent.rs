@@ -44,22 +44,6 @@ pub fn next_relay(up: &[usize], next: usize) -> usize {
 }
 
 /// Counts a link connected to a relay while it lives.
-/// One stream of a link open (for `batch`): counted from its acceptance to its task's end.
-struct StreamOpen(Arc<AtomicUsize>);
-
-impl StreamOpen {
-    fn new(n: &Arc<AtomicUsize>) -> StreamOpen {
-        n.fetch_add(1, Ordering::Relaxed);
-        StreamOpen(n.clone())
-    }
-}
-
-impl Drop for StreamOpen {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 struct LinkUp<'a>(&'a AtomicUsize);
 
 impl<'a> LinkUp<'a> {
@@ -387,7 +371,7 @@ impl Agent {
                 None => return Err(SessionError::Handshake("unknown answer".into())),
             }
             super::h2_server()
-                .handshake::<_, Bytes>(super::batch::LinkIo::new(io))
+                .handshake::<_, Bytes>(super::linkio::LinkIo::new(io))
                 .await
                 .map_err(|e| SessionError::Handshake(e.to_string()))
         };
@@ -401,16 +385,11 @@ impl Agent {
         let ping = conn.ping_pong();
         let beat = super::hub::heartbeat(ping, cfg.heartbeat, cfg.dead_after);
         tokio::pin!(beat);
-        // With several streams open, their frames leave in one write (see `batch`).
-        let batch = super::batch::Batch::new();
-        let open = Arc::new(AtomicUsize::new(0));
         loop {
-            let busy = open.load(Ordering::Relaxed) > 1;
             tokio::select! {
-                next = std::future::poll_fn(|cx| batch.poll(cx, busy, |cx| conn.poll_accept(cx))) => match next {
+                next = conn.accept() => match next {
                     Some(Ok((req, respond))) => {
                         let me = self.clone();
-                        let counted = StreamOpen::new(&open);
                         match &self.svc.workers {
                             // `[runtime] per_core`: the relay connection stays on this thread,
                             // its streams (a connect and a relay each) go to the least busy
@@ -420,7 +399,6 @@ impl Agent {
                                 self.svc.shutdown.spawn_on(
                                     async move {
                                         let _slot = slot;
-                                        let _counted = counted;
                                         me.stream(req, respond, local).await
                                     },
                                     worker,
@@ -429,10 +407,7 @@ impl Agent {
                             None => self
                                 .svc
                                 .shutdown
-                                .spawn(async move {
-                                    let _counted = counted;
-                                    me.stream(req, respond, local).await
-                                }),
+                                .spawn(async move { me.stream(req, respond, local).await }),
                         }
                     }
                     Some(Err(e)) => return Err(SessionError::Lost(e.to_string())),

@@ -721,7 +721,7 @@ impl TunnelListener {
         if accepted.await.is_err() {
             return End::Closed("write failed".into());
         }
-        let h2 = super::h2_client().handshake::<_, Bytes>(super::batch::LinkIo::new(tls));
+        let h2 = super::h2_client().handshake::<_, Bytes>(super::linkio::LinkIo::new(tls));
         let (send, mut conn) = match tokio::time::timeout(self.cfg.handshake_timeout, h2).await {
             Ok(Ok(x)) => x,
             Ok(Err(e)) => return End::Closed(format!("HTTP/2 handshake: {e}")),
@@ -760,11 +760,6 @@ impl TunnelListener {
             // The answer went out already: the agent learns it from the connection closing.
             Err(verdict) => return refuse(verdict).1,
         };
-        // With several streams open, their frames leave in one write (see `batch`).
-        let mut conn = super::batch::Batched::new(conn, {
-            let agent = agent.clone();
-            move || agent.streams_open.load(Ordering::Relaxed) > 1
-        });
         let end = tokio::select! {
             r = &mut conn => match r {
                 Ok(()) => End::Closed("closed by the agent".into()),

@@ -18,8 +18,8 @@
 
 pub mod agent;
 pub mod allow;
-pub mod batch;
 pub mod hub;
+pub mod linkio;
 pub mod proto;
 pub mod published;
 pub mod stream;
