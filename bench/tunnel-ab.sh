@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# bench/tunnel-ab.sh LABEL=BINARY[:ENV=VALUE] ... [rathole=x]: two or more Gatehouse builds (and
+# rathole) side by side on short HTTP requests through a published port: one relay and agent
+# pair per build, nginx serving a SIZE-byte file behind all of them, wrk -t2 -c50 against each
+# in turn, ROUNDS alternating rounds (so a slow moment of the machine hits every build).
+# For comparing two commits of the tunnel; bench/tunnel.sh is the benchmark of record.
+#   bench/tunnel-ab.sh before=/path/gatehouse-old after=target/release/gatehouse rathole=x
+# Knobs: ROUNDS=3 DUR=6s SIZE=100 TRANSPORT=tcp|tls
+# All traffic stays on 127.0.0.1; wrk runs are bounded by DUR; everything started is killed.
+set -u
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+export PATH="$PATH:/usr/sbin:$HOME/.cargo/bin"
+ROUNDS=${ROUNDS:-3}; DUR=${DUR:-6s}; SIZE=${SIZE:-100}; TRANSPORT=${TRANSPORT:-tcp}
+WORK=$(mktemp -d /tmp/ab.XXXXXX); chmod 755 $WORK
+PIDS=()
+trap 'for p in "${PIDS[@]}"; do kill $p 2>/dev/null; done; sleep 0.5; rm -rf $WORK' EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+mkdir -p $WORK/www; head -c $SIZE /dev/zero | tr '\0' x > $WORK/www/small
+PW=$(free_port)
+cat > $WORK/nginx.conf <<C
+daemon off; master_process on; worker_processes 1; pid $WORK/nginx.pid; error_log $WORK/ne.log warn;
+events { worker_connections 4000; }
+http { access_log off; server { listen 127.0.0.1:$PW; root $WORK/www; keepalive_requests 1000000; } }
+C
+nginx -c $WORK/nginx.conf -p $WORK & PIDS+=($!)
+"${GH_CERT:-$ROOT/target/release/gatehouse}" cert --name relay.test --out $WORK/tunnel >/dev/null 2>&1
+TOKEN=abcdefabcdefabcdefabcdef
+declare -A WEB
+i=0
+for spec in "$@"; do
+  label=${spec%%=*}; rest=${spec#*=}; bin=${rest%%:*}; envs=""; [[ "$rest" == *:* ]] && envs=${rest#*:}
+  i=$((i+1)); ctrl=$(free_port); web=$(free_port); WEB[$label]=$web
+  if [ "$label" = rathole ]; then
+    printf '[server]\nbind_addr = "127.0.0.1:%s"\n[server.services.web]\ntoken = "%s"\nbind_addr = "127.0.0.1:%s"\n' $ctrl $TOKEN $web > $WORK/rs.toml
+    printf '[client]\nremote_addr = "127.0.0.1:%s"\n[client.services.web]\ntoken = "%s"\nlocal_addr = "127.0.0.1:%s"\n' $ctrl $TOKEN $PW > $WORK/rc.toml
+    TOKIO_WORKER_THREADS=2 rathole --server $WORK/rs.toml > $WORK/rs.log 2>&1 & PIDS+=($!)
+    sleep 0.3
+    TOKIO_WORKER_THREADS=2 rathole --client $WORK/rc.toml > $WORK/rc.log 2>&1 & PIDS+=($!)
+  else
+    if [ "$TRANSPORT" = tcp ]; then tr='transport = "tcp"'; ta='transport = "tcp"'; else tr="tls = { cert = \"$WORK/tunnel/relay.test.crt\", key = \"$WORK/tunnel/relay.test.key\" }"; ta="server_name = \"relay.test\"
+ca = \"$WORK/tunnel/relay.test.crt\""; fi
+    cat > $WORK/r$i.toml <<T
+[[listeners]]
+name = "agents"
+kind = "tunnel"
+listen = "127.0.0.1:$ctrl"
+$tr
+[[listeners.agents]]
+name = "bench"
+token = "$TOKEN"
+[[listeners]]
+name = "web"
+kind = "published"
+listen = "127.0.0.1:$web"
+agent = "bench"
+service = "web"
+max_connections = 100000
+[access_log]
+path = "off"
+T
+    cat > $WORK/a$i.toml <<T
+[agent]
+name = "bench"
+token = "$TOKEN"
+relays = ["127.0.0.1:$ctrl"]
+$ta
+[agent.publish]
+web = "127.0.0.1:$PW"
+[access_log]
+path = "off"
+T
+    env $envs TOKIO_WORKER_THREADS=2 $bin --config $WORK/r$i.toml > $WORK/r$i.log 2>&1 & PIDS+=($!)
+    sleep 0.3
+    env $envs TOKIO_WORKER_THREADS=2 $bin agent --config $WORK/a$i.toml > $WORK/a$i.log 2>&1 & PIDS+=($!)
+  fi
+done
+for spec in "$@"; do label=${spec%%=*}; for k in $(seq 100); do curl -sf -o /dev/null -m 2 http://127.0.0.1:${WEB[$label]}/small && break; sleep 0.1; done; done
+for r in $(seq $ROUNDS); do
+  for spec in "$@"; do label=${spec%%=*}
+    out=$(wrk -t2 -c50 -d$DUR --latency http://127.0.0.1:${WEB[$label]}/small 2>&1)
+    rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}'); p99=$(echo "$out" | awk '/^ +99%/ {print $2}')
+    echo "round $r $label rps=$rps p99=$p99"
+  done
+done
