@@ -354,8 +354,9 @@ fn same_length_eq_ignore_case(a: &[u8], b: &[u8]) -> bool {
         return a.eq_ignore_ascii_case(b);
     }
     if n <= 8 {
-        // Two overlapping words cover 4 to 8 bytes.
-        return word4_eq(word4(a, 0), word4(b, 0)) && word4_eq(word4(a, n - 4), word4(b, n - 4));
+        // Two overlapping four-byte words cover 4 to 8 bytes; compared as one.
+        let pair = |s: &[u8]| u64::from(word4(s, 0)) << 32 | u64::from(word4(s, n - 4));
+        return word8_eq(pair(a), pair(b));
     }
     let mut at = 0;
     while at + 8 < n {
@@ -377,14 +378,6 @@ fn word8_eq(x: u64, y: u64) -> bool {
     d == 0 || (d & !CASE == 0 && lower8(x) == lower8(y))
 }
 
-/// [`word8_eq`] for four bytes.
-#[inline]
-fn word4_eq(x: u32, y: u32) -> bool {
-    const CASE: u32 = u32::MAX / 255 * 0x20;
-    let d = x ^ y;
-    d == 0 || (d & !CASE == 0 && lower4(x) == lower4(y))
-}
-
 /// `x` with each ASCII capital letter byte made small; other bytes unchanged.
 fn lower8(x: u64) -> u64 {
     const ONES: u64 = u64::MAX / 255;
@@ -393,16 +386,6 @@ fn lower8(x: u64) -> u64 {
     // Top bit set where the byte is at least `A`, and where it is past `Z`.
     let from_a = low.wrapping_add(ONES * u64::from(0x80 - b'A'));
     let past_z = low.wrapping_add(ONES * u64::from(0x7f - b'Z'));
-    let capital = from_a & !past_z & !x & (ONES * 0x80);
-    x | (capital >> 2)
-}
-
-/// [`lower8`] for four bytes.
-fn lower4(x: u32) -> u32 {
-    const ONES: u32 = u32::MAX / 255;
-    let low = x & (ONES * 0x7f);
-    let from_a = low.wrapping_add(ONES * u32::from(0x80 - b'A'));
-    let past_z = low.wrapping_add(ONES * u32::from(0x7f - b'Z'));
     let capital = from_a & !past_z & !x & (ONES * 0x80);
     x | (capital >> 2)
 }
