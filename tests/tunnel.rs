@@ -1190,10 +1190,11 @@ async fn one_stalled_stream_does_not_hold_up_hundreds_of_others() {
     }
     let took = started.elapsed();
     assert!(took < Duration::from_secs(20), "300 streams took {took:?}");
-    // The stalled stream stayed stalled: its sender was held by flow control (windows and
-    // socket buffers), far short of the 64 MiB it wanted to send.
+    // The stalled stream stayed stalled: its sender was held by flow control (the 4 MiB
+    // stream window plus the socket buffers of both hops, about 13 MiB here), far short of
+    // the 64 MiB it wanted to send.
     let now = written.load(Ordering::SeqCst);
-    assert!(now < 16 << 20, "the stalled stream moved {now} bytes");
+    assert!(now < 32 << 20, "the stalled stream moved {now} bytes");
     assert!(now <= stalled_at + (4 << 20), "{stalled_at} -> {now}");
 }
 

@@ -33,8 +33,16 @@ use crate::config::{AgentConfig, ListenerConfig, ListenerKind};
 /// the connection [`CONNECTION_WINDOW`], which is 128 stream windows: up to
 /// [`STALLED_STREAMS`] streams whose readers have stalled (each holding a full window) leave
 /// room for the others to flow.
-pub const STREAM_WINDOW: u32 = 1 << 20;
-pub const CONNECTION_WINDOW: u32 = 128 << 20;
+///
+/// 4 MiB is what one bulk stream needs to keep both ends busy on a 2-core host: with 1 MiB
+/// the sender waited for WINDOW_UPDATEs (the machine sat 20% idle during a TLS bulk transfer,
+/// 10% with 4 MiB) and a bulk stream was 9-17% slower (`MODE=bulk bench/tunnel-ab.sh`, TLS
+/// and plain; docs/benchmarks.md). It is also about what Linux lets one TCP connection buffer (`tcp_wmem`'s
+/// 4 MiB), so a stalled stream costs what a stalled visitor of a one-connection-per-visitor
+/// tunnel costs in the kernel. The price: up to [`CONNECTION_WINDOW`] (512 MiB) buffered per
+/// link when 127 visitors stop reading at once.
+pub const STREAM_WINDOW: u32 = 4 << 20;
+pub const CONNECTION_WINDOW: u32 = 512 << 20;
 /// Streams that may stall at once, each holding a full stream window, while the others
 /// still flow (`tests/tunnel.rs`, one stalled stream beside 300 echoes).
 pub const STALLED_STREAMS: u64 = 127;
