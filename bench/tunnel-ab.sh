@@ -94,22 +94,26 @@ T
   fi
 done
 for spec in "$@"; do label=${spec%%=*}; for k in $(seq 100); do curl -sf -o /dev/null -m 2 http://127.0.0.1:${WEB[$label]}/small && break; sleep 0.1; done; done
+# The share of the machine's CPU time left idle between the /proc/stat samples c0 and c1
+# (fields 4-5 of its cpu line: idle and iowait).
+idle_share() {
+  awk -v a="${c0[*]}" -v b="${c1[*]}" 'BEGIN { n = split(a, x); split(b, y); t = 0
+    for (i = 2; i <= n; i++) t += y[i] - x[i]
+    printf "%.1f", 100 * ((y[5] - x[5]) + (y[6] - x[6])) / (t ? t : 1) }'
+}
 for r in $(seq $ROUNDS); do
   for spec in "$@"; do label=${spec%%=*}
     if [ "$MODE" = bulk ]; then
       read -r -a c0 < <(grep '^cpu ' /proc/stat)
       out=$($LG socks-throughput --target 127.0.0.1:${BULK[$label]} --bytes $BYTES 2>&1)
       read -r -a c1 < <(grep '^cpu ' /proc/stat)
-      # The share of the machine's CPU time left idle during the transfer (fields 4-5 of
-      # /proc/stat's cpu line: idle and iowait).
-      idle=$(awk -v a="${c0[*]}" -v b="${c1[*]}" 'BEGIN { n = split(a, x); split(b, y); t = 0
-        for (i = 2; i <= n; i++) t += y[i] - x[i]
-        printf "%.1f", 100 * ((y[5] - x[5]) + (y[6] - x[6])) / (t ? t : 1) }')
-      echo "round $r $label $(echo "$out" | grep -o 'Gbit_per_s=[0-9.]*') idle=$idle%"
+      echo "round $r $label $(echo "$out" | grep -o 'Gbit_per_s=[0-9.]*') idle=$(idle_share)%"
       continue
     fi
+    read -r -a c0 < <(grep '^cpu ' /proc/stat)
     out=$(wrk -t2 -c50 -d$DUR --latency http://127.0.0.1:${WEB[$label]}/small 2>&1)
+    read -r -a c1 < <(grep '^cpu ' /proc/stat)
     rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}'); p99=$(echo "$out" | awk '/^ +99%/ {print $2}')
-    echo "round $r $label rps=$rps p99=$p99"
+    echo "round $r $label rps=$rps p99=$p99 idle=$(idle_share)%"
   done
 done
