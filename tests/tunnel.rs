@@ -367,6 +367,148 @@ async fn a_virtual_host_on_a_reverse_listener_goes_through_the_agent() {
     assert_eq!(out, b"503");
 }
 
+/// A virtual host through an agent keeps its stream between requests, as a pool keeps an
+/// idle connection: the agent holds one connection to the service for requests from
+/// different clients one after the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_virtual_host_reuses_the_stream_to_the_agents_service() {
+    let certs = Certs::make();
+    let origin = Origin::fixed("inside").await;
+    let relay = Gatehouse::start(&format!("{}{VHOST}", relay_config(&certs, "")));
+    let _agent = Gatehouse::start(&agent_config(
+        &[relay.addr("agents")],
+        &ca(&certs),
+        TOKEN,
+        "",
+        origin.addr,
+    ));
+    relay.wait_stderr("tunnel: agent connected");
+    let sites = relay.addr("sites").port();
+    let resolve = format!("app.example:{sites}:127.0.0.1");
+    for i in 0..4 {
+        // A new client connection each time.
+        let url = format!("http://app.example:{sites}/{i}");
+        let (code, body, err) = curl(&["--resolve", &resolve, &url]).await;
+        assert_eq!((code, body.as_slice()), (0, &b"inside"[..]), "{err}");
+    }
+    assert_eq!(origin.seen().len(), 4);
+    assert_eq!(origin.connections.load(Ordering::SeqCst), 1);
+}
+
+/// A service that speaks out of turn: after its answer, a second (unasked) response on the
+/// same connection. The kept stream carries those bytes, so it is not used again: the next
+/// client gets the next real answer, never the smuggled one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_stream_with_stray_bytes_is_not_reused() {
+    let certs = Certs::make();
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let service = listener.local_addr().expect("addr");
+    let (sent_tx, mut sent) = tokio::sync::mpsc::unbounded_channel::<()>();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let sent_tx = sent_tx.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                loop {
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    head.clear();
+                    let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                    if s.write_all(ok).await.is_err() {
+                        return;
+                    }
+                    // Apart from the answer (a segment of its own), the smuggled one.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    let evil = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nevil";
+                    let _ = s.write_all(evil).await;
+                    let _ = sent_tx.send(());
+                }
+            });
+        }
+    });
+    let relay = Gatehouse::start(&format!("{}{VHOST}", relay_config(&certs, "")));
+    let _agent = Gatehouse::start(&agent_config(
+        &[relay.addr("agents")],
+        &ca(&certs),
+        TOKEN,
+        "",
+        service,
+    ));
+    relay.wait_stderr("tunnel: agent connected");
+    let sites = relay.addr("sites").port();
+    let resolve = format!("app.example:{sites}:127.0.0.1");
+    for i in 0..3 {
+        let url = format!("http://app.example:{sites}/{i}");
+        let (code, body, err) = curl(&["--resolve", &resolve, &url]).await;
+        assert_eq!(
+            (code, body.as_slice()),
+            (0, &b"ok"[..]),
+            "request {i}: {err}"
+        );
+        // The stray bytes are on their way before the next request.
+        tokio::time::timeout(T, sent.recv())
+            .await
+            .expect("stray sent");
+    }
+}
+
+/// A service that answers one request per connection and then closes it (without saying
+/// so): a kept stream it ended is not used again, or when the end crosses the next request,
+/// that request goes again on a new stream. No client sees an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_stream_the_service_closed_is_replaced() {
+    let certs = Certs::make();
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let service = listener.local_addr().expect("addr");
+    let accepted = Arc::new(AtomicU64::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    .await;
+                // Closed here, with no `Connection: close` announced.
+            });
+        }
+    });
+    let relay = Gatehouse::start(&format!("{}{VHOST}", relay_config(&certs, "")));
+    let _agent = Gatehouse::start(&agent_config(
+        &[relay.addr("agents")],
+        &ca(&certs),
+        TOKEN,
+        "",
+        service,
+    ));
+    relay.wait_stderr("tunnel: agent connected");
+    let sites = relay.addr("sites").port();
+    let resolve = format!("app.example:{sites}:127.0.0.1");
+    for i in 0..5 {
+        let url = format!("http://app.example:{sites}/{i}");
+        let (code, body, err) = curl(&["--resolve", &resolve, &url]).await;
+        assert_eq!(
+            (code, body.as_slice()),
+            (0, &b"ok"[..]),
+            "request {i}: {err}"
+        );
+    }
+    assert!(accepted.load(Ordering::SeqCst) >= 5);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_token_is_refused_and_socks_then_has_no_way_in() {
     let certs = Certs::make();

@@ -40,17 +40,20 @@ names = ["app.example"]
 /// Two agents in the pool "office": one whose service "web" refuses every connection, one
 /// whose service answers. Every request through the virtual host is answered: an open the
 /// first agent fails goes to the second (nothing of the request was sent). With no retries
-/// the same pair fails requests, so the retry is what saves them.
+/// the same pair fails requests, so the retry is what saves them. No stream is kept between
+/// requests (`idle_per_server = 0`), so each request opens one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_open_goes_to_another_agent_of_the_pool() {
     let certs = Certs::make();
     let origin = Origin::fixed("inside").await;
     let dead = closed_port().await;
     let route = "agent = \"office\"\nservice = \"web\"\n";
+    let listen = "listen = \"127.0.0.1:0\"\n[[listeners.hosts]]";
+    let keep_none = "listen = \"127.0.0.1:0\"\nidle_per_server = 0\n[[listeners.hosts]]";
     let relay = Gatehouse::start(&format!(
         "{}{}",
         tunnel_listener(&certs, true),
-        sites(route)
+        sites(route).replace(listen, keep_none)
     ));
     let relays = [relay.addr("agents")];
     let _broken = Gatehouse::start(&agent_config(&certs, "office", &relays, "", dead));
@@ -71,10 +74,7 @@ async fn a_failed_open_goes_to_another_agent_of_the_pool() {
     let no_retry = Gatehouse::start(&format!(
         "{}{}",
         tunnel_listener(&certs, true),
-        sites(route).replace(
-            "listen = \"127.0.0.1:0\"\n[[listeners.hosts]]",
-            "listen = \"127.0.0.1:0\"\nretries = 0\n[[listeners.hosts]]"
-        )
+        sites(route).replace(listen, &keep_none.replace("\n[[", "\nretries = 0\n[["))
     ));
     let relays = [no_retry.addr("agents")];
     let _broken = Gatehouse::start(&agent_config(&certs, "office", &relays, "", dead));
@@ -432,4 +432,35 @@ async fn a_pool_agent_with_fewer_streams_open_takes_the_next() {
         );
     }
     drop(held);
+}
+
+/// A pool server through an agent keeps its stream between requests, as an ordinary server
+/// keeps its idle connection: the agent's service sees one connection for several requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_server_through_an_agent_keeps_its_stream() {
+    let certs = Certs::make();
+    let inside = Origin::fixed("inside").await;
+    let relay = Gatehouse::start(&format!(
+        r#"{tunnel}{sites}
+[[pools]]
+name = "app"
+[[pools.servers]]
+agent = "office"
+service = "web"
+"#,
+        tunnel = tunnel_listener(&certs, false),
+        sites = sites("pool = \"app\""),
+    ));
+    let relays = [relay.addr("agents")];
+    let _agent = Gatehouse::start(&agent_config(&certs, "office", &relays, "", inside.addr));
+    relay.wait_stderr("tunnel: agent connected");
+    for i in 0..4 {
+        let (status, body) = get(relay.addr("sites"), &format!("/{i}")).await;
+        assert_eq!((status.as_str(), body.as_str()), ("200", "inside"), "{i}");
+    }
+    assert_eq!(inside.seen().len(), 4);
+    assert_eq!(
+        inside.connections.load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
 }

@@ -25,7 +25,7 @@ pub(super) struct Upstream {
 
 /// The connection to an upstream: a plain socket (split natively, spliced in tunnels),
 /// TLS to a pool server (`[pools.tls]`), or a stream through a tunnel agent (a rule's
-/// `agent = ...`; never pooled).
+/// `agent = ...`, pooled only for a reverse pool's server; a forward rule's is not).
 pub(super) enum UpStream {
     Tcp(TcpStream),
     Tls(Box<crate::tls::client::TlsStream<TcpStream>>),

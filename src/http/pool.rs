@@ -27,19 +27,27 @@ pub struct PoolKey {
 /// A connection an idle pool can keep: it says, without blocking, whether the server still
 /// holds it open with nothing sent.
 pub trait Quiet: Send + 'static {
-    fn is_quiet(&self) -> bool;
+    fn is_quiet(&mut self) -> bool;
 }
 
 impl Quiet for TcpStream {
-    fn is_quiet(&self) -> bool {
+    fn is_quiet(&mut self) -> bool {
         is_quiet(self)
+    }
+}
+
+/// A stream through a tunnel agent (a pool server with `agent = ...`): quiet while nothing
+/// came on it and neither side ended it.
+impl Quiet for Box<crate::tunnel::hub::Opened> {
+    fn is_quiet(&mut self) -> bool {
+        self.stream.is_quiet()
     }
 }
 
 /// TLS: the socket under it. Any byte there (a close_notify, stray data) makes it unusable;
 /// a connection found so is dropped, so the byte read from under the session does no harm.
 impl Quiet for Box<tokio_rustls::client::TlsStream<TcpStream>> {
-    fn is_quiet(&self) -> bool {
+    fn is_quiet(&mut self) -> bool {
         is_quiet(self.get_ref().0)
     }
 }
@@ -55,8 +63,8 @@ struct Idle<S> {
     since: Instant,
 }
 
-/// Idle connections by server; `S`: plain sockets (the forward proxy, plain pools) or TLS
-/// sessions (pools with `[pools.tls]`).
+/// Idle connections by server; `S`: plain sockets (the forward proxy, plain pools), TLS
+/// sessions (pools with `[pools.tls]`) or streams through a tunnel agent.
 pub struct Pool<S = TcpStream> {
     /// One shard per worker thread ([`crate::workers::current`]); shard 0 serves every
     /// thread of the shared scheduler. A fast hasher: keys are servers the proxy connected to.
@@ -112,7 +120,7 @@ impl<S: Quiet> Pool<S> {
         let list = idle.get_mut(key)?;
         // An emptied list stays (the next `put` reuses it); the sweep removes it.
         let now = Instant::now();
-        while let Some(c) = list.pop() {
+        while let Some(mut c) = list.pop() {
             if now.saturating_duration_since(c.since) < max_idle && c.stream.is_quiet() {
                 return Some((c.stream, c.peer));
             }
@@ -160,7 +168,7 @@ impl<S: Quiet> Pool<S> {
                 continue;
             };
             idle.retain(|_, list| {
-                list.retain(|c| c.since.elapsed() < self.idle_timeout && c.stream.is_quiet());
+                list.retain_mut(|c| c.since.elapsed() < self.idle_timeout && c.stream.is_quiet());
                 !list.is_empty()
             });
         }

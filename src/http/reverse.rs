@@ -58,6 +58,9 @@ pub struct Reverse {
     idle: Arc<Pool>,
     /// The same for TLS sessions to pools with `[pools.tls]`.
     idle_tls: Arc<Pool<Box<crate::tls::client::TlsStream<tokio::net::TcpStream>>>>,
+    /// The same for streams through tunnel agents (servers with `agent = ...`), by agent
+    /// and service: each is a connection the agent holds open to its inside service.
+    idle_agent: Arc<Pool<Box<crate::tunnel::hub::Opened>>>,
     /// HTTP/2 connections to the servers of `protocol = "h2"` pools, one per server.
     h2: Arc<super::h2_upstream::H2Pool>,
     /// The listener's TLS (the certificates in force: which names a connection may serve).
@@ -185,6 +188,7 @@ impl Reverse {
             hide: hide.into(),
             idle: Pool::new(cfg.idle_per_server, cfg.idle_timeout),
             idle_tls: Pool::new(cfg.idle_per_server, cfg.idle_timeout),
+            idle_agent: Pool::new(cfg.idle_per_server, cfg.idle_timeout),
             h2: super::h2_upstream::H2Pool::new(
                 cfg.idle_timeout,
                 cfg.http.read_timeout,
@@ -368,6 +372,18 @@ fn idempotent(method: &str) -> bool {
         method,
         "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
     )
+}
+
+/// The idle-pool key of streams to `service` through `agent` (a route's `agent`, or a pool
+/// server's: both keep their streams in `Reverse::idle_agent`).
+fn agent_key(agent: &str, service: &str) -> Host {
+    Host::Name(format!("{agent}/{service}"))
+}
+
+/// A request that may go to another connection after the first ended before answering:
+/// an idempotent method and no body (nothing of the client's was consumed).
+fn resendable(head: &RequestHead, framing: Framing) -> bool {
+    idempotent(&head.method) && framing == Framing::None
 }
 
 impl HttpProxy {
@@ -658,7 +674,7 @@ impl HttpProxy {
                 }
             }
         }
-        let resend = idempotent(&head.method) && framing == Framing::None;
+        let resend = resendable(head, framing);
         let ip = client.peer.ip();
         let (ip_port, local) = (client.peer, client.local);
         let tries = 1 + rv.cfg.retries;
@@ -707,8 +723,10 @@ impl HttpProxy {
             // TLS sessions are kept apart, per pool (each pool has its own TLS settings).
             // A connection that began with a PROXY header speaks for this client only.
             let key = PoolKey {
-                host: match (use_tls, pool.cfg.proxy_protocol) {
-                    (_, Some(_)) => Host::Name(format!(
+                host: match (&server.agent, use_tls, pool.cfg.proxy_protocol) {
+                    // Through an agent (its own idle pool): the agent and its service.
+                    (Some(via), _, _) => agent_key(&via.agent, &via.service),
+                    (None, _, Some(_)) => Host::Name(format!(
                         "{}~{}/{}/{}",
                         pool.cfg.name,
                         pool.tls_epoch(),
@@ -716,13 +734,13 @@ impl HttpProxy {
                         client.peer
                     )),
                     // The epoch changes when a reload changes `[pools.tls]`.
-                    (true, None) => Host::Name(format!(
+                    (None, true, None) => Host::Name(format!(
                         "{}~{}/{}",
                         pool.cfg.name,
                         pool.tls_epoch(),
                         server.host
                     )),
-                    (false, None) => server.host.clone(),
+                    (None, false, None) => server.host.clone(),
                 },
                 port: server.port,
             };
@@ -746,8 +764,9 @@ impl HttpProxy {
                 }
             }
             let idle = if server.agent.is_some() {
-                // A stream through the agent per request: nothing idle to take.
-                None
+                rv.idle_agent
+                    .take_within(&key, idle_max)
+                    .map(|(s, p)| (UpStream::Agent(s), p))
             } else if ws_h2.is_some() {
                 ws_h2
             } else if h2_open.is_some() {
@@ -954,7 +973,8 @@ impl HttpProxy {
                         match up.stream {
                             UpStream::Tcp(s) => rv.idle.put(key, s, peer),
                             UpStream::Tls(s) => rv.idle_tls.put(key, s, peer),
-                            UpStream::Agent(_) | UpStream::Pipe(_) => {}
+                            UpStream::Agent(s) => rv.idle_agent.put(key, s, peer),
+                            UpStream::Pipe(_) => {}
                         }
                     }
                     return Fetched::Done(done.client_keep);
@@ -1032,19 +1052,28 @@ impl HttpProxy {
         let what = crate::tunnel::proto::Open::Service(via.service.clone());
         // A failed open sent nothing: another agent of a pool may take it (`retries`).
         let tries = 1 + rv.cfg.retries as usize;
-        let opened = match self
-            .svc
-            .agents
-            .open_retrying(&via.agent, &what, self.svc.connect_timeout, tries)
-            .await
-        {
-            Ok(o) => o,
-            Err(e) => {
-                tracing::debug!(agent = %via.agent, service = %via.service, "reverse: {e}");
-                let (status, kind) = agent_failure(e);
-                let msg = format!("agent {:?}, service {:?}: {e}", via.agent, via.service);
-                return Fetched::Failed(ProxyError::new(status, kind, msg));
-            }
+        // A stream kept from an earlier exchange (the agent still holds its connection to
+        // the service) first; a new one when none is idle.
+        let key = PoolKey {
+            host: agent_key(&via.agent, &via.service),
+            port: 0,
+        };
+        let (opened, reused) = match rv.idle_agent.take_within(&key, rv.cfg.idle_timeout) {
+            Some((o, _)) => (o, true),
+            None => match self
+                .svc
+                .agents
+                .open_retrying(&via.agent, &what, self.svc.connect_timeout, tries)
+                .await
+            {
+                Ok(o) => (Box::new(o), false),
+                Err(e) => {
+                    tracing::debug!(agent = %via.agent, service = %via.service, "reverse: {e}");
+                    let (status, kind) = agent_failure(e);
+                    let msg = format!("agent {:?}, service {:?}: {e}", via.agent, via.service);
+                    return Fetched::Failed(ProxyError::new(status, kind, msg));
+                }
+            },
         };
         let label: Arc<str> = Arc::from(format!("{}/{}", via.agent, via.service));
         ex.upstream = Some(SocketAddr::from(([0, 0, 0, 0], 0)));
@@ -1063,14 +1092,50 @@ impl HttpProxy {
             c.request_time = SystemTime::now();
         }
         let mut up = Upstream {
-            stream: UpStream::Agent(Box::new(opened)),
+            stream: UpStream::Agent(opened),
             buf: BytesMut::new(),
         };
         let (in0, out0) = (ex.bytes_in, ex.bytes_out);
-        let sent_at = Instant::now();
-        let r = self
-            .exchange(client, &mut up, head, framing, req_head, cache, ex)
+        let mut sent_at = Instant::now();
+        let mut r = self
+            .exchange(
+                client,
+                &mut up,
+                head,
+                framing,
+                req_head,
+                cache.as_deref_mut(),
+                ex,
+            )
             .await;
+        // A kept stream the service had closed meanwhile (it ended before a byte of the
+        // answer): the request goes again on a new stream when it may (idempotent, no body),
+        // as with a pool's idle connection.
+        if reused && matches!(r, Err(Failure::Stale)) && resendable(head, framing) {
+            match self
+                .svc
+                .agents
+                .open_retrying(&via.agent, &what, self.svc.connect_timeout, tries)
+                .await
+            {
+                Ok(o) => {
+                    up = Upstream {
+                        stream: UpStream::Agent(Box::new(o)),
+                        buf: BytesMut::new(),
+                    };
+                    sent_at = Instant::now();
+                    r = self
+                        .exchange(client, &mut up, head, framing, req_head, cache, ex)
+                        .await;
+                }
+                Err(e) => {
+                    tracing::debug!(agent = %via.agent, service = %via.service, "reverse: {e}");
+                    let (status, kind) = agent_failure(e);
+                    let msg = format!("agent {:?}, service {:?}: {e}", via.agent, via.service);
+                    return Fetched::Failed(ProxyError::new(status, kind, msg));
+                }
+            }
+        }
         if let Some(at) = ex.reverse.as_ref().and_then(|r| r.head_at.get().copied()) {
             rv.routes[to.route]
                 .upstream
@@ -1098,6 +1163,12 @@ impl HttpProxy {
             }
             Ok(done) => {
                 count(ex, &up);
+                if done.upstream_reusable && up.buf.is_empty() {
+                    if let UpStream::Agent(o) = up.stream {
+                        rv.idle_agent
+                            .put(key, o, SocketAddr::from(([0, 0, 0, 0], 0)));
+                    }
+                }
                 Fetched::Done(done.client_keep)
             }
             Err(Failure::Stale) => {

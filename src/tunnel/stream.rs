@@ -35,6 +35,21 @@ pub struct H2Stream {
     failed: Option<io::Error>,
 }
 
+impl H2Stream {
+    /// True when the stream can carry another exchange: nothing received and not ended by
+    /// either side (no END_STREAM, no reset, the link still up). A keep-alive pool asks this
+    /// of an idle stream before reusing it; bytes arriving on an idle stream (a server that
+    /// spoke out of turn) make it unusable, as on an idle socket. Polls with a no-op waker:
+    /// nothing waits on an idle stream.
+    pub fn is_quiet(&mut self) -> bool {
+        if !self.pending.is_empty() || self.eof || self.shut || self.failed.is_some() {
+            return false;
+        }
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        matches!(self.recv.poll_data(&mut cx), Poll::Pending)
+    }
+}
+
 fn io_err(e: h2::Error) -> io::Error {
     if e.is_io() {
         return e
