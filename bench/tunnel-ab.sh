@@ -2,11 +2,13 @@
 # bench/tunnel-ab.sh LABEL=BINARY[:ENV=VALUE] ... [rathole=x]: two or more Gatehouse builds (and
 # rathole) side by side through a published port: one relay and agent pair per build, ROUNDS
 # alternating rounds (so a slow moment of the machine hits every build). MODE=http: nginx serves
-# a SIZE-byte file behind all of them, wrk -t2 -c50 against each in turn. MODE=bulk: one stream
-# of BYTES from bench/loadgen's source through each (as bench/tunnel.sh's bulk column).
+# a SIZE-byte file behind all of them, wrk -t2 -c50 against each in turn. MODE=vhost: the same
+# through a virtual host of a `reverse` listener on the relay whose route names the agent's
+# service (Gatehouse builds only). MODE=bulk: one stream of BYTES from bench/loadgen's source
+# through each (as bench/tunnel.sh's bulk column).
 # For comparing two commits of the tunnel; bench/tunnel.sh is the benchmark of record.
 #   bench/tunnel-ab.sh before=/path/gatehouse-old after=target/release/gatehouse rathole=x
-# Knobs: ROUNDS=3 DUR=6s SIZE=100 TRANSPORT=tcp|tls MODE=http|bulk BYTES=4294967296
+# Knobs: ROUNDS=3 DUR=6s SIZE=100 TRANSPORT=tcp|tls MODE=http|vhost|bulk BYTES=4294967296
 # All traffic stays on 127.0.0.1; wrk runs are bounded by DUR; everything started is killed.
 set -u
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -37,11 +39,11 @@ if [ "$MODE" = bulk ]; then
 fi
 "${GH_CERT:-$ROOT/target/release/gatehouse}" cert --name relay.test --out $WORK/tunnel >/dev/null 2>&1
 TOKEN=abcdefabcdefabcdefabcdef
-declare -A WEB BULK
+declare -A WEB BULK VHOST
 i=0
 for spec in "$@"; do
   label=${spec%%=*}; rest=${spec#*=}; bin=${rest%%:*}; envs=""; [[ "$rest" == *:* ]] && envs=${rest#*:}
-  i=$((i+1)); ctrl=$(free_port); web=$(free_port); WEB[$label]=$web; bulk=$(free_port); BULK[$label]=$bulk
+  i=$((i+1)); ctrl=$(free_port); web=$(free_port); WEB[$label]=$web; bulk=$(free_port); BULK[$label]=$bulk; vhost=$(free_port); VHOST[$label]=$vhost
   if [ "$label" = rathole ]; then
     printf '[server]\nbind_addr = "127.0.0.1:%s"\n[server.services.web]\ntoken = "%s"\nbind_addr = "127.0.0.1:%s"\n[server.services.bulk]\ntoken = "%s"\nbind_addr = "127.0.0.1:%s"\n' $ctrl $TOKEN $web $TOKEN $bulk > $WORK/rs.toml
     printf '[client]\nremote_addr = "127.0.0.1:%s"\n[client.services.web]\ntoken = "%s"\nlocal_addr = "127.0.0.1:%s"\n[client.services.bulk]\ntoken = "%s"\nlocal_addr = "%s"\n' $ctrl $TOKEN $PW $TOKEN $SRC > $WORK/rc.toml
@@ -73,6 +75,15 @@ kind = "published"
 listen = "127.0.0.1:$bulk"
 agent = "bench"
 service = "bulk"
+[[listeners]]
+name = "sites"
+kind = "reverse"
+listen = "127.0.0.1:$vhost"
+[[listeners.hosts]]
+names = ["app.test"]
+[[listeners.hosts.routes]]
+agent = "bench"
+service = "web"
 [access_log]
 path = "off"
 T
@@ -111,7 +122,15 @@ for r in $(seq $ROUNDS); do
       continue
     fi
     read -r -a c0 < <(grep '^cpu ' /proc/stat)
-    out=$(wrk -t2 -c50 -d$DUR --latency http://127.0.0.1:${WEB[$label]}/small 2>&1)
+    if [ "$MODE" = vhost ] && [ "$label" = rathole ]; then
+      echo "round $r rathole n/a (no virtual hosts)"
+      continue
+    fi
+    if [ "$MODE" = vhost ]; then
+      out=$(wrk -t2 -c50 -d$DUR --latency -H "Host: app.test" http://127.0.0.1:${VHOST[$label]}/small 2>&1)
+    else
+      out=$(wrk -t2 -c50 -d$DUR --latency http://127.0.0.1:${WEB[$label]}/small 2>&1)
+    fi
     read -r -a c1 < <(grep '^cpu ' /proc/stat)
     rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}'); p99=$(echo "$out" | awk '/^ +99%/ {print $2}')
     echo "round $r $label rps=$rps p99=$p99 idle=$(idle_share)%"
