@@ -27,6 +27,9 @@ use crate::shutdown::Shutdown;
 pub struct Services {
     pub connector: Connector,
     pub pool: Arc<Pool>,
+    /// Idle streams through tunnel agents of the forward proxy (a rule's `agent`), by agent
+    /// and destination: the same limits as `pool`.
+    pub agent_pool: Arc<Pool<Box<crate::tunnel::hub::Opened>>>,
     pub metrics: Arc<Metrics>,
     pub access_log: AccessLog,
     pub shutdown: Shutdown,
@@ -128,6 +131,10 @@ impl Server {
         let services = Arc::new(Services {
             connector,
             pool: Pool::new(
+                config.upstream.pool_max_idle_per_host,
+                config.upstream.pool_idle_timeout,
+            ),
+            agent_pool: Pool::new(
                 config.upstream.pool_max_idle_per_host,
                 config.upstream.pool_idle_timeout,
             ),

@@ -395,6 +395,48 @@ async fn a_virtual_host_reuses_the_stream_to_the_agents_service() {
     assert_eq!(origin.connections.load(Ordering::SeqCst), 1);
 }
 
+/// Absolute-URI requests the forward proxy routes to an agent (a policy rule) keep their
+/// stream between requests, by agent and destination: the destination sees one connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forward_requests_routed_to_an_agent_keep_their_stream() {
+    let certs = Certs::make();
+    let origin = Origin::fixed("inside").await;
+    let relay = Gatehouse::start(&format!(
+        r#"{relay}
+{http}
+[[policy.rules]]
+name = "to-office"
+action = "route"
+agent = "office"
+hosts = ["inside.test"]
+
+[dns]
+servers = ["127.0.0.1:9"]
+timeout = "1s"
+attempts = 1
+"#,
+        relay = relay_config(&certs, ""),
+        http = http_listener("http", ""),
+    ));
+    let _agent = Gatehouse::start(&agent_config(
+        &[relay.addr("agents")],
+        &ca(&certs),
+        TOKEN,
+        "\"127.0.0.1/32\"",
+        origin.addr,
+    ));
+    relay.wait_stderr("tunnel: agent connected");
+    let proxy = format!("http://{}", relay.addr("http"));
+    for i in 0..4 {
+        // A new client connection each time.
+        let url = format!("http://inside.test:{}/{i}", origin.addr.port());
+        let (code, body, err) = curl(&["-x", &proxy, &url]).await;
+        assert_eq!((code, body.as_slice()), (0, &b"inside"[..]), "{err}");
+    }
+    assert_eq!(origin.seen().len(), 4);
+    assert_eq!(origin.connections.load(Ordering::SeqCst), 1);
+}
+
 /// A service that speaks out of turn: after its answer, a second (unasked) response on the
 /// same connection. The kept stream carries those bytes, so it is not used again: the next
 /// client gets the next real answer, never the smuggled one.

@@ -751,29 +751,41 @@ impl HttpProxy {
                     // open the stream, the rule's fallback parents (or direct), if any.
                     let mut fallback = None;
                     let mut through_agent = None;
+                    let mut kept = false;
                     if let Some(agent) = crate::upstream::route_agent(parents) {
-                        match Box::pin(self.open_agent(&target.host, target.port, agent)).await {
-                            Ok(o) => through_agent = Some(o),
-                            Err(e) => {
-                                let rest = crate::upstream::agent_fallback(parents);
-                                if rest.is_empty() {
-                                    let status = super::tunnel::agent_status(e);
-                                    return Fetched::Failed(ProxyError::new(
-                                        status,
-                                        e.as_str(),
-                                        e.to_string(),
-                                    ));
+                        // A stream kept from an earlier request to the same destination
+                        // through the same agent (the agent still holds its connection).
+                        let idle = (!retried)
+                            .then(|| self.svc.agent_pool.take(&agent_key(agent, &key)))
+                            .flatten();
+                        if let Some((o, _)) = idle {
+                            through_agent = Some(o);
+                            kept = true;
+                        } else {
+                            match Box::pin(self.open_agent(&target.host, target.port, agent)).await
+                            {
+                                Ok(o) => through_agent = Some(Box::new(o)),
+                                Err(e) => {
+                                    let rest = crate::upstream::agent_fallback(parents);
+                                    if rest.is_empty() {
+                                        let status = super::tunnel::agent_status(e);
+                                        return Fetched::Failed(ProxyError::new(
+                                            status,
+                                            e.as_str(),
+                                            e.to_string(),
+                                        ));
+                                    }
+                                    tracing::debug!(%agent, "request: {e}; trying the rule's fallback");
+                                    fallback = Some(Via::Route(std::sync::Arc::from(rest)));
                                 }
-                                tracing::debug!(%agent, "request: {e}; trying the rule's fallback");
-                                fallback = Some(Via::Route(std::sync::Arc::from(rest)));
                             }
                         }
                     }
                     match through_agent {
                         Some(o) => (
-                            UpStream::Agent(Box::new(o)),
+                            UpStream::Agent(o),
                             SocketAddr::from(([0, 0, 0, 0], 0)),
-                            false,
+                            kept,
                             BytesMut::new(),
                         ),
                         None => {
@@ -856,11 +868,16 @@ impl HttpProxy {
                     return Fetched::Done(keep);
                 }
                 Ok(done) => {
-                    // Connections through parents are not pooled (the pool is keyed by origin).
-                    if let (true, true, Via::Direct(_), UpStream::Tcp(s)) =
-                        (done.upstream_reusable, up.buf.is_empty(), via, up.stream)
-                    {
-                        self.svc.pool.put(key, s, peer);
+                    // Connections through parents are not pooled (the pool is keyed by origin);
+                    // streams through an agent are, by agent and origin.
+                    match (done.upstream_reusable && up.buf.is_empty(), via, up.stream) {
+                        (true, Via::Direct(_), UpStream::Tcp(s)) => self.svc.pool.put(key, s, peer),
+                        (true, Via::Route(_), UpStream::Agent(o)) => {
+                            if let Some(a) = agent {
+                                self.svc.agent_pool.put(agent_key(a, &key), o, peer);
+                            }
+                        }
+                        _ => {}
                     }
                     return Fetched::Done(done.client_keep);
                 }
@@ -1011,6 +1028,17 @@ pub(super) enum Fetched {
 
 /// Turns an origin-form request head into the absolute-form one an HTTP parent proxy takes,
 /// with the parent's credentials.
+/// The idle-pool key of streams to `origin` through `agent` (`Services::agent_pool`).
+fn agent_key(agent: &str, origin: &PoolKey) -> PoolKey {
+    PoolKey {
+        host: crate::connector::Host::Name(format!(
+            "{agent:?}>{}",
+            super::tunnel::host_text(&origin.host)
+        )),
+        port: origin.port,
+    }
+}
+
 fn absolute_form(head: &[u8], target: &HttpTarget, auth: Option<&str>) -> Vec<u8> {
     let line_end = head
         .windows(2)
