@@ -367,6 +367,55 @@ async fn a_virtual_host_on_a_reverse_listener_goes_through_the_agent() {
     assert_eq!(out, b"503");
 }
 
+/// A relay whose virtual host `app.example` (on listener "sites") is the service `service`
+/// of a connected agent "office".
+struct VhostPair {
+    _relay: Gatehouse,
+    _agent: Gatehouse,
+    port: u16,
+}
+
+impl VhostPair {
+    async fn start(certs: &Certs, service: SocketAddr) -> VhostPair {
+        let relay = Gatehouse::start(&format!("{}{VHOST}", relay_config(certs, "")));
+        let agent = Gatehouse::start(&agent_config(
+            &[relay.addr("agents")],
+            &ca(certs),
+            TOKEN,
+            "",
+            service,
+        ));
+        relay.wait_stderr("tunnel: agent connected");
+        let port = relay.addr("sites").port();
+        VhostPair {
+            _relay: relay,
+            _agent: agent,
+            port,
+        }
+    }
+
+    /// curl's GET of `/{i}` on a new client connection: (exit code, body).
+    async fn get(&self, i: usize) -> (i32, Vec<u8>, String) {
+        let resolve = format!("app.example:{}:127.0.0.1", self.port);
+        let url = format!("http://app.example:{}/{i}", self.port);
+        curl(&["--resolve", &resolve, &url]).await
+    }
+}
+
+/// Reads one request head (up to its blank line) from a raw service connection; false at
+/// EOF or on an error.
+async fn read_request_head(s: &mut TcpStream) -> bool {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut buf).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    true
+}
+
 /// A virtual host through an agent keeps its stream between requests, as a pool keeps an
 /// idle connection: the agent holds one connection to the service for requests from
 /// different clients one after the other.
@@ -374,21 +423,9 @@ async fn a_virtual_host_on_a_reverse_listener_goes_through_the_agent() {
 async fn a_virtual_host_reuses_the_stream_to_the_agents_service() {
     let certs = Certs::make();
     let origin = Origin::fixed("inside").await;
-    let relay = Gatehouse::start(&format!("{}{VHOST}", relay_config(&certs, "")));
-    let _agent = Gatehouse::start(&agent_config(
-        &[relay.addr("agents")],
-        &ca(&certs),
-        TOKEN,
-        "",
-        origin.addr,
-    ));
-    relay.wait_stderr("tunnel: agent connected");
-    let sites = relay.addr("sites").port();
-    let resolve = format!("app.example:{sites}:127.0.0.1");
+    let pair = VhostPair::start(&certs, origin.addr).await;
     for i in 0..4 {
-        // A new client connection each time.
-        let url = format!("http://app.example:{sites}/{i}");
-        let (code, body, err) = curl(&["--resolve", &resolve, &url]).await;
+        let (code, body, err) = pair.get(i).await;
         assert_eq!((code, body.as_slice()), (0, &b"inside"[..]), "{err}");
     }
     assert_eq!(origin.seen().len(), 4);
@@ -450,16 +487,7 @@ async fn a_kept_stream_with_stray_bytes_is_not_reused() {
         while let Ok((mut s, _)) = listener.accept().await {
             let sent_tx = sent_tx.clone();
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 1024];
-                loop {
-                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match s.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => head.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    head.clear();
+                while read_request_head(&mut s).await {
                     let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
                     if s.write_all(ok).await.is_err() {
                         return;
@@ -473,20 +501,9 @@ async fn a_kept_stream_with_stray_bytes_is_not_reused() {
             });
         }
     });
-    let relay = Gatehouse::start(&format!("{}{VHOST}", relay_config(&certs, "")));
-    let _agent = Gatehouse::start(&agent_config(
-        &[relay.addr("agents")],
-        &ca(&certs),
-        TOKEN,
-        "",
-        service,
-    ));
-    relay.wait_stderr("tunnel: agent connected");
-    let sites = relay.addr("sites").port();
-    let resolve = format!("app.example:{sites}:127.0.0.1");
+    let pair = VhostPair::start(&certs, service).await;
     for i in 0..3 {
-        let url = format!("http://app.example:{sites}/{i}");
-        let (code, body, err) = curl(&["--resolve", &resolve, &url]).await;
+        let (code, body, err) = pair.get(i).await;
         assert_eq!(
             (code, body.as_slice()),
             (0, &b"ok"[..]),
@@ -513,35 +530,17 @@ async fn a_kept_stream_the_service_closed_is_replaced() {
         while let Ok((mut s, _)) = listener.accept().await {
             count.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
+                if read_request_head(&mut s).await {
+                    let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                    let _ = s.write_all(ok).await;
                 }
-                let _ = s
-                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-                    .await;
                 // Closed here, with no `Connection: close` announced.
             });
         }
     });
-    let relay = Gatehouse::start(&format!("{}{VHOST}", relay_config(&certs, "")));
-    let _agent = Gatehouse::start(&agent_config(
-        &[relay.addr("agents")],
-        &ca(&certs),
-        TOKEN,
-        "",
-        service,
-    ));
-    relay.wait_stderr("tunnel: agent connected");
-    let sites = relay.addr("sites").port();
-    let resolve = format!("app.example:{sites}:127.0.0.1");
+    let pair = VhostPair::start(&certs, service).await;
     for i in 0..5 {
-        let url = format!("http://app.example:{sites}/{i}");
-        let (code, body, err) = curl(&["--resolve", &resolve, &url]).await;
+        let (code, body, err) = pair.get(i).await;
         assert_eq!(
             (code, body.as_slice()),
             (0, &b"ok"[..]),
