@@ -367,6 +367,21 @@ async fn a_virtual_host_on_a_reverse_listener_goes_through_the_agent() {
     assert_eq!(out, b"503");
 }
 
+/// A policy rule sending `inside.test` through agent "office"; the relay itself resolves
+/// nothing (a loopback port nobody serves).
+const TO_OFFICE: &str = r#"
+[[policy.rules]]
+name = "to-office"
+action = "route"
+agent = "office"
+hosts = ["inside.test"]
+
+[dns]
+servers = ["127.0.0.1:9"]
+timeout = "1s"
+attempts = 1
+"#;
+
 /// A relay whose virtual host `app.example` (on listener "sites") is the service `service`
 /// of a connected agent "office".
 struct VhostPair {
@@ -441,17 +456,7 @@ async fn forward_requests_routed_to_an_agent_keep_their_stream() {
     let relay = Gatehouse::start(&format!(
         r#"{relay}
 {http}
-[[policy.rules]]
-name = "to-office"
-action = "route"
-agent = "office"
-hosts = ["inside.test"]
-
-[dns]
-servers = ["127.0.0.1:9"]
-timeout = "1s"
-attempts = 1
-"#,
+{TO_OFFICE}"#,
         relay = relay_config(&certs, ""),
         http = http_listener("http", ""),
     ));
@@ -1009,17 +1014,7 @@ bind_timeout = "5s"
 [admin]
 listen = "127.0.0.1:0"
 
-[[policy.rules]]
-name = "to-office"
-action = "route"
-agent = "office"
-hosts = ["inside.test"]
-
-[dns]
-servers = ["127.0.0.1:9"]
-timeout = "1s"
-attempts = 1
-"#,
+{TO_OFFICE}"#,
         crt = certs.crt().display(),
         key = certs.key().display(),
         http = http_listener("http", ""),
@@ -1833,17 +1828,7 @@ kind = "socks"
 listen = "127.0.0.1:0"
 
 {http}
-[[policy.rules]]
-name = "to-office"
-action = "route"
-agent = "office"
-hosts = ["inside.test"]
-
-[dns]
-servers = ["127.0.0.1:9"]
-timeout = "1s"
-attempts = 1
-"#,
+{TO_OFFICE}"#,
         crt = certs.crt().display(),
         key = certs.key().display(),
         http = http_listener("http", "connect_ports = [18080]"),
