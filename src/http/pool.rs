@@ -28,6 +28,11 @@ pub struct PoolKey {
 /// holds it open with nothing sent.
 pub trait Quiet: Send + 'static {
     fn is_quiet(&mut self) -> bool;
+
+    /// Whether it may be kept at all (checked when it is put back).
+    fn keepable(&self) -> bool {
+        true
+    }
 }
 
 impl Quiet for TcpStream {
@@ -41,6 +46,11 @@ impl Quiet for TcpStream {
 impl Quiet for Box<crate::tunnel::hub::Opened> {
     fn is_quiet(&mut self) -> bool {
         self.stream.is_quiet()
+    }
+
+    /// Not while its link has half its stream slots open.
+    fn keepable(&self) -> bool {
+        (**self).keepable()
     }
 }
 
@@ -129,7 +139,7 @@ impl<S: Quiet> Pool<S> {
     }
 
     pub fn put(&self, key: PoolKey, stream: S, peer: SocketAddr) {
-        if self.max_per_host == 0 {
+        if self.max_per_host == 0 || !stream.keepable() {
             return;
         }
         let Ok(mut idle) = self.shard().lock() else {

@@ -1026,8 +1026,6 @@ pub(super) enum Fetched {
     Aborted,
 }
 
-/// Turns an origin-form request head into the absolute-form one an HTTP parent proxy takes,
-/// with the parent's credentials.
 /// The idle-pool key of streams to `origin` through `agent` (`Services::agent_pool`).
 fn agent_key(agent: &str, origin: &PoolKey) -> PoolKey {
     PoolKey {
@@ -1039,6 +1037,8 @@ fn agent_key(agent: &str, origin: &PoolKey) -> PoolKey {
     }
 }
 
+/// Turns an origin-form request head into the absolute-form one an HTTP parent proxy takes,
+/// with the parent's credentials.
 fn absolute_form(head: &[u8], target: &HttpTarget, auth: Option<&str>) -> Vec<u8> {
     let line_end = head
         .windows(2)

@@ -229,6 +229,12 @@ impl Drop for Opened {
 }
 
 impl Opened {
+    /// Whether a keep-alive pool may keep this stream after its exchange
+    /// ([`super::may_keep_idle`] of its link).
+    pub fn keepable(&self) -> bool {
+        super::may_keep_idle(self.agent.streams_open.load(Ordering::Relaxed))
+    }
+
     /// Adds a finished relay's byte counts (client -> agent, agent -> client).
     pub fn count(&self, to: u64, from: u64) {
         self.agent.bytes_to.fetch_add(to, Ordering::Relaxed);

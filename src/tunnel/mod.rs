@@ -58,6 +58,13 @@ pub const TLS_WRITE_BUFFER: usize = (MAX_FRAME as usize) + (64 << 10);
 /// Streams the relay may have open on one agent connection at once.
 pub const MAX_STREAMS: u32 = 4096;
 
+/// Whether a keep-alive pool may keep an idle stream of a link with `streams_open` streams
+/// open (the idle one included): only while that is under half of [`MAX_STREAMS`], so kept
+/// streams (a forward proxy's, one per destination) never take the slots new streams need.
+pub fn may_keep_idle(streams_open: u64) -> bool {
+    streams_open < u64::from(MAX_STREAMS / 2)
+}
+
 // The window rule: the connection window stays above the windows the stalled streams hold.
 const _: () = assert!(CONNECTION_WINDOW as u64 > STREAM_WINDOW as u64 * STALLED_STREAMS);
 // A frame fits in a stream window, and rustls takes a whole frame before a write waits.
@@ -123,4 +130,17 @@ pub fn check_agent(a: &AgentConfig) -> Vec<(String, anyhow::Error)> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idle_streams_are_kept_only_while_the_link_has_half_its_slots_free() {
+        assert!(may_keep_idle(1));
+        assert!(may_keep_idle(u64::from(MAX_STREAMS / 2) - 1));
+        assert!(!may_keep_idle(u64::from(MAX_STREAMS / 2)));
+        assert!(!may_keep_idle(u64::from(MAX_STREAMS)));
+    }
 }
