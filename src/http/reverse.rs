@@ -376,7 +376,7 @@ fn idempotent(method: &str) -> bool {
 
 /// The idle-pool key of streams to `service` through `agent` (a route's `agent`, or a pool
 /// server's: both keep their streams in `Reverse::idle_agent`).
-fn agent_key(agent: &str, service: &str) -> Host {
+fn agent_service_key(agent: &str, service: &str) -> Host {
     Host::Name(format!("{agent}/{service}"))
 }
 
@@ -725,7 +725,7 @@ impl HttpProxy {
             let key = PoolKey {
                 host: match (&server.agent, use_tls, pool.cfg.proxy_protocol) {
                     // Through an agent (its own idle pool): the agent and its service.
-                    (Some(via), _, _) => agent_key(&via.agent, &via.service),
+                    (Some(via), _, _) => agent_service_key(&via.agent, &via.service),
                     (None, _, Some(_)) => Host::Name(format!(
                         "{}~{}/{}/{}",
                         pool.cfg.name,
@@ -1055,24 +1055,14 @@ impl HttpProxy {
         // A stream kept from an earlier exchange (the agent still holds its connection to
         // the service) first; a new one when none is idle.
         let key = PoolKey {
-            host: agent_key(&via.agent, &via.service),
+            host: agent_service_key(&via.agent, &via.service),
             port: 0,
         };
         let (opened, reused) = match rv.idle_agent.take_within(&key, rv.cfg.idle_timeout) {
             Some((o, _)) => (o, true),
-            None => match self
-                .svc
-                .agents
-                .open_retrying(&via.agent, &what, self.svc.connect_timeout, tries)
-                .await
-            {
-                Ok(o) => (Box::new(o), false),
-                Err(e) => {
-                    tracing::debug!(agent = %via.agent, service = %via.service, "reverse: {e}");
-                    let (status, kind) = agent_failure(e);
-                    let msg = format!("agent {:?}, service {:?}: {e}", via.agent, via.service);
-                    return Fetched::Failed(ProxyError::new(status, kind, msg));
-                }
+            None => match self.open_route_agent(via, &what, tries).await {
+                Ok(o) => (o, false),
+                Err(e) => return Fetched::Failed(e),
             },
         };
         let label: Arc<str> = Arc::from(format!("{}/{}", via.agent, via.service));
@@ -1112,29 +1102,18 @@ impl HttpProxy {
         // answer): the request goes again on a new stream when it may (idempotent, no body),
         // as with a pool's idle connection.
         if reused && matches!(r, Err(Failure::Stale)) && resendable(head, framing) {
-            match self
-                .svc
-                .agents
-                .open_retrying(&via.agent, &what, self.svc.connect_timeout, tries)
-                .await
-            {
-                Ok(o) => {
-                    up = Upstream {
-                        stream: UpStream::Agent(Box::new(o)),
-                        buf: BytesMut::new(),
-                    };
-                    sent_at = Instant::now();
-                    r = self
-                        .exchange(client, &mut up, head, framing, req_head, cache, ex)
-                        .await;
-                }
-                Err(e) => {
-                    tracing::debug!(agent = %via.agent, service = %via.service, "reverse: {e}");
-                    let (status, kind) = agent_failure(e);
-                    let msg = format!("agent {:?}, service {:?}: {e}", via.agent, via.service);
-                    return Fetched::Failed(ProxyError::new(status, kind, msg));
-                }
-            }
+            let o = match self.open_route_agent(via, &what, tries).await {
+                Ok(o) => o,
+                Err(e) => return Fetched::Failed(e),
+            };
+            up = Upstream {
+                stream: UpStream::Agent(o),
+                buf: BytesMut::new(),
+            };
+            sent_at = Instant::now();
+            r = self
+                .exchange(client, &mut up, head, framing, req_head, cache, ex)
+                .await;
         }
         if let Some(at) = ex.reverse.as_ref().and_then(|r| r.head_at.get().copied()) {
             rv.routes[to.route]
@@ -1187,6 +1166,31 @@ impl HttpProxy {
                 count(ex, &up);
                 ex.error = Some(kind);
                 Fetched::Aborted
+            }
+        }
+    }
+
+    /// A new stream to a route's agent service (`tries` opens, each on an agent of the name
+    /// not tried yet); failing, the error the client gets.
+    async fn open_route_agent(
+        &self,
+        via: &crate::config::RouteAgent,
+        what: &crate::tunnel::proto::Open,
+        tries: usize,
+    ) -> Result<Box<crate::tunnel::hub::Opened>, ProxyError> {
+        let limit = self.svc.connect_timeout;
+        match self
+            .svc
+            .agents
+            .open_retrying(&via.agent, what, limit, tries)
+            .await
+        {
+            Ok(o) => Ok(Box::new(o)),
+            Err(e) => {
+                tracing::debug!(agent = %via.agent, service = %via.service, "reverse: {e}");
+                let (status, kind) = agent_failure(e);
+                let msg = format!("agent {:?}, service {:?}: {e}", via.agent, via.service);
+                Err(ProxyError::new(status, kind, msg))
             }
         }
     }
