@@ -16,7 +16,8 @@
 #
 # TOOL=cpu: no tool; the user + system CPU time the processes used (from /proc/PID/stat), per
 # request: a timing after all (clock-tick resolution, so use large LOW/HIGH, e.g. 20000/220000),
-# but of CPU spent, not of throughput; the kernel's share of the relaying is in it.
+# but of CPU spent, not of throughput; the kernel's share of the relaying is in it. CPU=user or
+# CPU=sys counts only that part.
 #
 # Knobs: LOW=200 HIGH=2200 CONC=1 SIZE=1024 WORKERS=2 GATEHOUSE=target/release/gatehouse
 #        PEERS="gatehouse gatehouse-plain rathole" TOOL=callgrind|strace|cpu KEEP=dir
@@ -114,8 +115,10 @@ under() {
 }
 stop() {
     if [ "$TOOL" = cpu ]; then
-        # user + system CPU time in clock ticks, read before the process ends
-        awk '{ print $14 + $15 }' "/proc/$1/stat" >"$WORK/$2.cpu"
+        # user and/or system CPU time in clock ticks (CPU=all|user|sys), read before the
+        # process ends
+        awk -v which="${CPU:-all}" '{ print which == "user" ? $14 : which == "sys" ? $15 : $14 + $15 }' \
+            "/proc/$1/stat" >"$WORK/$2.cpu"
     fi
     if [ "$TOOL" = strace ]; then
         # Stop the traced program, not strace (which would detach and leave it running).
@@ -228,7 +231,7 @@ EOF
     echo "$(total "$peer-$n-relay") $(total "$peer-$n-agent")"
 }
 
-case $TOOL in strace) unit="system calls" ;; cpu) unit="µs of CPU (user + system)" ;; *) unit=Ir ;; esac
+case $TOOL in strace) unit="system calls" ;; cpu) case ${CPU:-all} in user) unit="µs of user CPU" ;; sys) unit="µs of system CPU" ;; *) unit="µs of CPU (user + system)" ;; esac ;; *) unit=Ir ;; esac
 for peer in $PEERS; do
     read -r lo_r lo_a <<<"$(run "$peer" "$LOW")"
     read -r hi_r hi_a <<<"$(run "$peer" "$HIGH")"

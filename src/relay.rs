@@ -8,7 +8,9 @@
 //! pushes back (or a throttle paces the direction) are the bytes moved to a buffer of the
 //! direction's own, kept while reads complete at once and dropped as soon as one would wait.
 //! Reads start at [`START_BUF`] and grow to [`MAX_BUF`] for bulk streams. A tunnel with no
-//! traffic either way for the idle timeout is closed.
+//! traffic either way for the idle timeout is closed: the copy loops only count bytes, and a
+//! timer looks at the counts four times per timeout, so the close comes between 1 and 1.25
+//! timeouts after the last byte.
 
 use std::cell::RefCell;
 use std::io;
@@ -16,8 +18,6 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
-
-use tokio::time::Instant;
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
@@ -68,36 +68,57 @@ where
 {
     let (mut ar, mut aw) = tokio::io::split(a);
     let (mut br, mut bw) = tokio::io::split(b);
-    let epoch = Instant::now();
-    let last = AtomicU64::new(0);
+    let pulse = AtomicU64::new(0);
     let a_to_b = AtomicU64::new(0);
     let b_to_a = AtomicU64::new(0);
 
-    let up = copy_half(&mut ar, &mut bw, &a_to_b, &last, epoch, up.as_ref());
-    let down = copy_half(&mut br, &mut aw, &b_to_a, &last, epoch, down.as_ref());
+    let up = copy_half(&mut ar, &mut bw, &a_to_b, &pulse, up.as_ref());
+    let down = copy_half(&mut br, &mut aw, &b_to_a, &pulse, down.as_ref());
     let both = async { tokio::try_join!(up, down).map(|_| ()) };
-    drive(both, &last, epoch, idle_timeout, [&a_to_b, &b_to_a]).await
+    drive(both, idle_timeout, [&a_to_b, &b_to_a], &pulse).await
 }
 
+/// How many times per idle timeout a relay looks at its byte counts: it ends between `idle`
+/// and `idle * (1 + 1 / IDLE_CHECKS)` after the last byte moved.
+const IDLE_CHECKS: u32 = 4;
+
 /// Runs both directions of a relay (any copy mechanism) until they end, or until nothing has
-/// moved for `idle` (`last` holds the milliseconds since `epoch` of the last traffic).
+/// moved for `idle`. Nothing moved means none of `counts` (the bytes each way) and `pulse` (bumped
+/// by a direction that holds bytes it has read, e.g. while a throttle paces them) changed over
+/// [`IDLE_CHECKS`] checks in a row, one every `idle / IDLE_CHECKS`: the copy loops only add to
+/// counters, with no clock reading per read or write.
 pub(crate) async fn drive<F>(
     both: F,
-    last: &AtomicU64,
-    epoch: Instant,
     idle: Duration,
     counts: [&AtomicU64; 2],
+    pulse: &AtomicU64,
 ) -> (RelayEnd, RelayStats)
 where
     F: std::future::Future<Output = io::Result<()>>,
 {
+    let moved = || {
+        counts[0].load(Ordering::Relaxed)
+            + counts[1].load(Ordering::Relaxed)
+            + pulse.load(Ordering::Relaxed)
+    };
     let idle_out = async {
+        let tick = (idle / IDLE_CHECKS).max(Duration::from_millis(1));
+        let mut seen = moved();
+        let mut quiet = 0;
         loop {
-            let deadline = epoch + Duration::from_millis(last.load(Ordering::Relaxed)) + idle;
-            if Instant::now() >= deadline {
+            // From now, not from the last check: a late check never makes up for lost ticks
+            // with quick ones that would see nothing new.
+            tokio::time::sleep(tick).await;
+            let now = moved();
+            if now != seen {
+                seen = now;
+                quiet = 0;
+                continue;
+            }
+            quiet += 1;
+            if quiet >= IDLE_CHECKS {
                 return;
             }
-            tokio::time::sleep_until(deadline).await;
         }
     };
     let end = tokio::select! {
@@ -139,8 +160,7 @@ async fn copy_half<R, W>(
     r: &mut R,
     w: &mut W,
     count: &AtomicU64,
-    last: &AtomicU64,
-    epoch: Instant,
+    pulse: &AtomicU64,
     throttle: Option<&Throttle>,
 ) -> io::Result<()>
 where
@@ -163,7 +183,6 @@ where
             }
             First::Passed(n) => {
                 count.fetch_add(n as u64, Ordering::Relaxed);
-                last.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
                 if n == size && size < chunk {
                     size = (size * 4).min(chunk);
                 }
@@ -176,13 +195,13 @@ where
         };
         // A burst: copy while reads complete at once; drop the buffer when they would wait.
         loop {
-            last.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
             if let Some(t) = throttle {
+                // Bytes read and waiting for the bucket: not idle.
+                pulse.fetch_add(1, Ordering::Relaxed);
                 t.consume(n).await;
             }
             w.write_all(&buf[..n]).await?;
             count.fetch_add(n as u64, Ordering::Relaxed);
-            last.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
             if n == buf.len() && buf.len() < chunk {
                 size = (buf.len() * 4).min(chunk);
                 buf.resize(size, 0);
@@ -346,5 +365,34 @@ mod tests {
         let (b, _server) = duplex(64);
         let (end, _) = relay(a, b, Duration::from_secs(30)).await;
         assert!(matches!(end, RelayEnd::Idle));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn traffic_keeps_a_tunnel_and_the_idle_time_counts_from_the_last_byte() {
+        let (client, a) = duplex(64);
+        let (b, mut server) = duplex(64);
+        let idle = Duration::from_secs(30);
+        let start = tokio::time::Instant::now();
+        let relay = tokio::spawn(relay(a, b, idle));
+        let (_cr, mut cw) = tokio::io::split(client);
+        // A byte every 25 s (under the idle time, but more than a check apart) for 200 s.
+        let mut byte = [0u8; 1];
+        for _ in 0..8 {
+            tokio::time::sleep(Duration::from_secs(25)).await;
+            cw.write_all(b"x").await.expect("write");
+            server.read_exact(&mut byte).await.expect("relayed");
+            assert!(!relay.is_finished(), "a tunnel with traffic stays");
+        }
+        let last = tokio::time::Instant::now();
+        let (end, stats) = relay.await.expect("join");
+        assert!(matches!(end, RelayEnd::Idle));
+        assert_eq!(stats.a_to_b, 8);
+        let quiet = tokio::time::Instant::now() - last;
+        assert!(quiet >= idle, "ended {quiet:?} after the last byte");
+        assert!(
+            quiet <= idle + idle / IDLE_CHECKS,
+            "ended {quiet:?} after the last byte"
+        );
+        assert!(last - start >= Duration::from_secs(200));
     }
 }

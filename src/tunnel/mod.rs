@@ -32,7 +32,8 @@ use crate::config::{AgentConfig, ListenerConfig, ListenerKind};
 /// Flow-control windows (bytes). Each stream may have [`STREAM_WINDOW`] unread in flight;
 /// the connection [`CONNECTION_WINDOW`], which is 128 stream windows: up to
 /// [`STALLED_STREAMS`] streams whose readers have stalled (each holding a full window) leave
-/// room for the others to flow.
+/// room for the others to flow, whatever the others hold back ([`RESERVE_AHEAD`],
+/// [`RELEASE_BATCH`]).
 ///
 /// 4 MiB is what one bulk stream needs to keep both ends busy on a 2-core host: with 1 MiB
 /// the sender waited for WINDOW_UPDATEs (the machine sat 20% idle during a TLS bulk transfer,
@@ -40,12 +41,12 @@ use crate::config::{AgentConfig, ListenerConfig, ListenerKind};
 /// and plain; docs/benchmarks.md). It is also about what Linux lets one TCP connection buffer (`tcp_wmem`'s
 /// 4 MiB), so a stalled stream costs what a stalled visitor of a one-connection-per-visitor
 /// tunnel costs in the kernel. The price: up to [`CONNECTION_WINDOW`] (512 MiB) buffered per
-/// link when 127 visitors stop reading at once.
+/// link when 128 visitors stop reading at once.
 pub const STREAM_WINDOW: u32 = 4 << 20;
 pub const CONNECTION_WINDOW: u32 = 512 << 20;
 /// Streams that may stall at once, each holding a full stream window, while the others
 /// still flow (`tests/tunnel.rs`, one stalled stream beside 300 echoes).
-pub const STALLED_STREAMS: u64 = 127;
+pub const STALLED_STREAMS: u64 = 111;
 /// The largest frame either side sends: 256 KiB, so a bulk stream costs one frame header,
 /// one write and one wake-up per 256 KiB rather than per 16 KiB (h2's default).
 pub const MAX_FRAME: u32 = 256 << 10;
@@ -65,8 +66,22 @@ pub fn may_keep_idle(streams_open: u64) -> bool {
     streams_open < u64::from(MAX_STREAMS / 2)
 }
 
-// The window rule: the connection window stays above the windows the stalled streams hold.
-const _: () = assert!(CONNECTION_WINDOW as u64 > STREAM_WINDOW as u64 * STALLED_STREAMS);
+/// Send capacity a stream asks h2 for ahead of need when it holds less than a write wants, so
+/// short messages do not each ask (and take the connection's lock): see
+/// `stream::poll_send_capacity`. Unused, it is part of the connection window the stream holds.
+pub const RESERVE_AHEAD: usize = 8 << 10;
+/// Received bytes a relayed stream has written on but not yet released to the peer's window:
+/// released in batches of this (each release takes the connection's lock). Also part of the
+/// connection window a stream may hold.
+pub const RELEASE_BATCH: usize = 8 << 10;
+
+// The window rule: the connection window stays above the windows the stalled streams hold,
+// plus what every other stream may hold back by the two batches above.
+const _: () = assert!(
+    CONNECTION_WINDOW as u64
+        > STREAM_WINDOW as u64 * STALLED_STREAMS
+            + (RESERVE_AHEAD + RELEASE_BATCH) as u64 * MAX_STREAMS as u64
+);
 // A frame fits in a stream window, and rustls takes a whole frame before a write waits.
 const _: () = assert!(MAX_FRAME <= STREAM_WINDOW);
 const _: () = assert!(TLS_WRITE_BUFFER > MAX_FRAME as usize);

@@ -17,7 +17,6 @@ use std::time::Duration;
 use bytes::{Buf, Bytes, BytesMut};
 use h2::{RecvStream, SendStream};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::time::Instant;
 
 use crate::relay::{RelayEnd, RelayStats};
 
@@ -170,13 +169,10 @@ where
     A: AsyncRead + AsyncWrite + Unpin,
 {
     let (mut ar, mut aw) = tokio::io::split(a);
-    let epoch = Instant::now();
-    let last = AtomicU64::new(0);
     let a_to_b = AtomicU64::new(0);
     let b_to_a = AtomicU64::new(0);
     let moved = |count: &AtomicU64, n: usize| {
         count.fetch_add(n as u64, Ordering::Relaxed);
-        last.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
     };
     let H2Stream {
         send,
@@ -202,7 +198,7 @@ where
         stream_to_socket(recv, first, *eof, &mut aw, |n| moved(&b_to_a, n)).await
     };
     let both = async { tokio::try_join!(up, down).map(|_| ()) };
-    crate::relay::drive(both, &last, epoch, idle, [&a_to_b, &b_to_a]).await
+    crate::relay::drive(both, idle, [&a_to_b, &b_to_a], &AtomicU64::new(0)).await
 }
 
 /// [`relay`], or with bandwidth limits the ordinary [`crate::relay::relay_limited`] (which
@@ -233,15 +229,21 @@ async fn send_all(send: &mut SendStream<Bytes>, mut data: Bytes) -> io::Result<(
     Ok(())
 }
 
-/// Waits until the stream may send some of `want` bytes (asking h2 for them): how many, at
-/// most `want`.
+/// Waits until the stream may send some of `want` bytes: how many, at most `want`. When what
+/// the stream holds is short, it asks h2 for at least [`super::RESERVE_AHEAD`], so a stream of
+/// short messages asks once per many of them (each ask takes the connection's lock) instead of
+/// before each.
 fn poll_send_capacity(
     send: &mut SendStream<Bytes>,
     cx: &mut Context<'_>,
     want: usize,
 ) -> Poll<io::Result<usize>> {
+    let n = send.capacity();
+    if n >= want {
+        return Poll::Ready(Ok(want));
+    }
     loop {
-        send.reserve_capacity(want);
+        send.reserve_capacity(want.max(super::RESERVE_AHEAD));
         let n = send.capacity();
         if n > 0 {
             return Poll::Ready(Ok(n.min(want)));
@@ -410,7 +412,8 @@ where
         backlog.push(first);
     }
     let mut failed: Option<io::Error> = None;
-    std::future::poll_fn(|cx| loop {
+    let mut unreleased = 0;
+    let done = std::future::poll_fn(|cx| loop {
         while !eof && failed.is_none() {
             match recv.poll_data(cx) {
                 Poll::Ready(Some(Ok(b))) => backlog.push(b),
@@ -439,11 +442,20 @@ where
             return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
         }
         backlog.advance(n);
-        // Taken by `w`: the peer may send as many more.
-        let _ = recv.flow_control().release_capacity(n);
+        // Taken by `w`: the peer may send as many more, told in batches (each release takes
+        // the connection's lock).
+        unreleased += n;
+        if unreleased >= super::RELEASE_BATCH {
+            let _ = recv.flow_control().release_capacity(unreleased);
+            unreleased = 0;
+        }
         moved(n);
     })
-    .await?;
+    .await;
+    if unreleased > 0 {
+        let _ = recv.flow_control().release_capacity(unreleased);
+    }
+    done?;
     let _ = w.shutdown().await;
     Ok(())
 }
