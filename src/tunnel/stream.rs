@@ -413,43 +413,48 @@ where
     }
     let mut failed: Option<io::Error> = None;
     let mut unreleased = 0;
-    let done = std::future::poll_fn(|cx| loop {
-        while !eof && failed.is_none() {
-            match recv.poll_data(cx) {
-                Poll::Ready(Some(Ok(b))) => backlog.push(b),
-                // The bytes before it first.
-                Poll::Ready(Some(Err(e))) => failed = Some(io_err(e)),
-                Poll::Ready(None) => eof = true,
-                Poll::Pending => break,
+    let done = std::future::poll_fn(|cx| {
+        // h2 said "nothing more" in this poll, so it holds the waker: once the backlog is
+        // written there is no need to ask again (each ask takes the connection's lock).
+        let mut asked = false;
+        loop {
+            while !eof && failed.is_none() && !asked {
+                match recv.poll_data(cx) {
+                    Poll::Ready(Some(Ok(b))) => backlog.push(b),
+                    // The bytes before it first.
+                    Poll::Ready(Some(Err(e))) => failed = Some(io_err(e)),
+                    Poll::Ready(None) => eof = true,
+                    Poll::Pending => asked = true,
+                }
             }
-        }
-        if backlog.is_empty() {
-            if let Some(e) = failed.take() {
-                return Poll::Ready(Err(e));
+            if backlog.is_empty() {
+                if let Some(e) = failed.take() {
+                    return Poll::Ready(Err(e));
+                }
+                // Pending: h2 has the waker.
+                return if eof {
+                    Poll::Ready(Ok(()))
+                } else {
+                    Poll::Pending
+                };
             }
-            // Pending: h2 has the waker.
-            return if eof {
-                Poll::Ready(Ok(()))
-            } else {
-                Poll::Pending
-            };
+            let mut iov = [io::IoSlice::new(&[]); MAX_GATHER];
+            let k = backlog.slices(&mut iov);
+            // Pending: `w` has the waker, and h2 too unless the stream has ended.
+            let n = ready!(Pin::new(&mut *w).poll_write_vectored(cx, &iov[..k]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            backlog.advance(n);
+            // Taken by `w`: the peer may send as many more, told in batches (each release takes
+            // the connection's lock).
+            unreleased += n;
+            if unreleased >= super::RELEASE_BATCH {
+                let _ = recv.flow_control().release_capacity(unreleased);
+                unreleased = 0;
+            }
+            moved(n);
         }
-        let mut iov = [io::IoSlice::new(&[]); MAX_GATHER];
-        let k = backlog.slices(&mut iov);
-        // Pending: `w` has the waker, and h2 too unless the stream has ended.
-        let n = ready!(Pin::new(&mut *w).poll_write_vectored(cx, &iov[..k]))?;
-        if n == 0 {
-            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-        }
-        backlog.advance(n);
-        // Taken by `w`: the peer may send as many more, told in batches (each release takes
-        // the connection's lock).
-        unreleased += n;
-        if unreleased >= super::RELEASE_BATCH {
-            let _ = recv.flow_control().release_capacity(unreleased);
-            unreleased = 0;
-        }
-        moved(n);
     })
     .await;
     if unreleased > 0 {
