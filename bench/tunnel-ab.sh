@@ -8,12 +8,12 @@
 # through each (as bench/tunnel.sh's bulk column).
 # For comparing two commits of the tunnel; bench/tunnel.sh is the benchmark of record.
 #   bench/tunnel-ab.sh before=/path/gatehouse-old after=target/release/gatehouse rathole=x
-# Knobs: ROUNDS=3 DUR=6s SIZE=100 TRANSPORT=tcp|tls MODE=http|vhost|bulk BYTES=4294967296
+# Knobs: WORKERS=2 (tokio worker threads of every relay and agent, rathole too) ROUNDS=3 DUR=6s SIZE=100 TRANSPORT=tcp|tls MODE=http|vhost|bulk BYTES=4294967296
 # All traffic stays on 127.0.0.1; wrk runs are bounded by DUR; everything started is killed.
 set -u
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 export PATH="$PATH:/usr/sbin:$HOME/.cargo/bin"
-ROUNDS=${ROUNDS:-3}; DUR=${DUR:-6s}; SIZE=${SIZE:-100}; TRANSPORT=${TRANSPORT:-tcp}
+WORKERS=${WORKERS:-2}; ROUNDS=${ROUNDS:-3}; DUR=${DUR:-6s}; SIZE=${SIZE:-100}; TRANSPORT=${TRANSPORT:-tcp}
 MODE=${MODE:-http}; BYTES=${BYTES:-4294967296}
 LG=$ROOT/bench/loadgen/target/release/loadgen
 if [ "$MODE" = bulk ]; then
@@ -47,9 +47,9 @@ for spec in "$@"; do
   if [ "$label" = rathole ]; then
     printf '[server]\nbind_addr = "127.0.0.1:%s"\n[server.services.web]\ntoken = "%s"\nbind_addr = "127.0.0.1:%s"\n[server.services.bulk]\ntoken = "%s"\nbind_addr = "127.0.0.1:%s"\n' $ctrl $TOKEN $web $TOKEN $bulk > $WORK/rs.toml
     printf '[client]\nremote_addr = "127.0.0.1:%s"\n[client.services.web]\ntoken = "%s"\nlocal_addr = "127.0.0.1:%s"\n[client.services.bulk]\ntoken = "%s"\nlocal_addr = "%s"\n' $ctrl $TOKEN $PW $TOKEN $SRC > $WORK/rc.toml
-    TOKIO_WORKER_THREADS=2 rathole --server $WORK/rs.toml > $WORK/rs.log 2>&1 & PIDS+=($!)
+    TOKIO_WORKER_THREADS=$WORKERS rathole --server $WORK/rs.toml > $WORK/rs.log 2>&1 & PIDS+=($!)
     sleep 0.3
-    TOKIO_WORKER_THREADS=2 rathole --client $WORK/rc.toml > $WORK/rc.log 2>&1 & PIDS+=($!)
+    TOKIO_WORKER_THREADS=$WORKERS rathole --client $WORK/rc.toml > $WORK/rc.log 2>&1 & PIDS+=($!)
   else
     if [ "$TRANSPORT" = tcp ]; then tr='transport = "tcp"'; ta='transport = "tcp"'; else tr="tls = { cert = \"$WORK/tunnel/relay.test.crt\", key = \"$WORK/tunnel/relay.test.key\" }"; ta="server_name = \"relay.test\"
 ca = \"$WORK/tunnel/relay.test.crt\""; fi
@@ -99,9 +99,9 @@ bulk = "$SRC"
 [access_log]
 path = "off"
 T
-    env $envs TOKIO_WORKER_THREADS=2 $bin --config $WORK/r$i.toml > $WORK/r$i.log 2>&1 & PIDS+=($!)
+    env $envs TOKIO_WORKER_THREADS=$WORKERS $bin --config $WORK/r$i.toml > $WORK/r$i.log 2>&1 & PIDS+=($!)
     sleep 0.3
-    env $envs TOKIO_WORKER_THREADS=2 $bin agent --config $WORK/a$i.toml > $WORK/a$i.log 2>&1 & PIDS+=($!)
+    env $envs TOKIO_WORKER_THREADS=$WORKERS $bin agent --config $WORK/a$i.toml > $WORK/a$i.log 2>&1 & PIDS+=($!)
   fi
 done
 for spec in "$@"; do label=${spec%%=*}; for k in $(seq 100); do curl -sf -o /dev/null -m 2 http://127.0.0.1:${WEB[$label]}/small && break; sleep 0.1; done; done

@@ -13,12 +13,15 @@
 //! timeouts after the last byte.
 
 use std::cell::RefCell;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{ready, Context, Poll};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll, Wake, Waker};
 use std::time::Duration;
 
+use futures_util::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use crate::limits::Throttle;
@@ -74,8 +77,76 @@ where
 
     let up = copy_half(&mut ar, &mut bw, &a_to_b, &pulse, up.as_ref());
     let down = copy_half(&mut br, &mut aw, &b_to_a, &pulse, down.as_ref());
-    let both = async { tokio::try_join!(up, down).map(|_| ()) };
+    let both = join_directions(up, down);
     drive(both, idle_timeout, [&a_to_b, &b_to_a], &pulse).await
+}
+
+/// One direction's wake-ups: set by whatever that direction waits on (its socket, its h2
+/// stream), so [`join_directions`] polls only the direction that has something to do.
+struct Woken {
+    woken: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Wake for Woken {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
+/// Runs the two directions of a relay to their ends, the first error ending both (as
+/// `try_join!`), but polls a direction only when it was woken: a reply arriving for the
+/// client does not also poll the client's idle socket, nor a request read from it the
+/// stream's idle receive side (each such poll costs a readiness check or a lock).
+pub(crate) async fn join_directions<U, D>(up: U, down: D) -> io::Result<()>
+where
+    U: Future<Output = io::Result<()>>,
+    D: Future<Output = io::Result<()>>,
+{
+    let flags = [0, 1].map(|_| {
+        Arc::new(Woken {
+            // Both are polled once at the start.
+            woken: AtomicBool::new(true),
+            task: AtomicWaker::new(),
+        })
+    });
+    let wakers = [0, 1].map(|i| Waker::from(Arc::clone(&flags[i])));
+    let mut up = std::pin::pin!(up);
+    let mut down = std::pin::pin!(down);
+    let mut done = [false; 2];
+    std::future::poll_fn(|cx| {
+        for i in 0..2 {
+            if done[i] {
+                continue;
+            }
+            // Registered before the flag is read: a wake-up in between is not lost.
+            flags[i].task.register(cx.waker());
+            if !flags[i].woken.swap(false, Ordering::AcqRel) {
+                continue;
+            }
+            let mut dcx = Context::from_waker(&wakers[i]);
+            let polled = if i == 0 {
+                up.as_mut().poll(&mut dcx)
+            } else {
+                down.as_mut().poll(&mut dcx)
+            };
+            if let Poll::Ready(r) = polled {
+                r?;
+                done[i] = true;
+            }
+        }
+        if done == [true, true] {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Pending
+        }
+    })
+    .await
 }
 
 /// How many times per idle timeout a relay looks at its byte counts: it ends between `idle`
@@ -94,7 +165,7 @@ pub(crate) async fn drive<F>(
     pulse: &AtomicU64,
 ) -> (RelayEnd, RelayStats)
 where
-    F: std::future::Future<Output = io::Result<()>>,
+    F: Future<Output = io::Result<()>>,
 {
     let moved = || {
         counts[0].load(Ordering::Relaxed)
@@ -365,6 +436,49 @@ mod tests {
         let (b, _server) = duplex(64);
         let (end, _) = relay(a, b, Duration::from_secs(30)).await;
         assert!(matches!(end, RelayEnd::Idle));
+    }
+
+    #[tokio::test]
+    async fn a_direction_is_polled_only_when_it_was_woken() {
+        let polls = std::sync::atomic::AtomicUsize::new(0);
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let (_stop, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
+        tx.send(()).expect("receiver is there");
+        // Up: takes the message, then yields three times (each a wake-up of its own), then
+        // ends.
+        let up = async {
+            rx.await.expect("sent");
+            for _ in 0..3 {
+                tokio::task::yield_now().await;
+            }
+            Ok(())
+        };
+        // Down: counts its polls; nothing ever wakes it.
+        let down = std::future::poll_fn(|cx| {
+            polls.fetch_add(1, Ordering::Relaxed);
+            Pin::new(&mut stop_rx).poll(cx).map(|_| Ok(()))
+        });
+        let r = tokio::time::timeout(Duration::from_millis(200), join_directions(up, down)).await;
+        assert!(r.is_err(), "down never ends, so neither does the pair");
+        // Polled once at the start, not again at each of up's four wake-ups.
+        assert_eq!(polls.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn the_first_error_ends_both_directions() {
+        let up = async { Err::<(), _>(io::Error::from(io::ErrorKind::ConnectionReset)) };
+        let down = std::future::pending::<io::Result<()>>();
+        let r = join_directions(up, down).await;
+        assert_eq!(
+            r.expect_err("up failed").kind(),
+            io::ErrorKind::ConnectionReset
+        );
+        let up = async { Ok(()) };
+        let down = async {
+            tokio::task::yield_now().await;
+            Ok(())
+        };
+        join_directions(up, down).await.expect("both end");
     }
 
     #[tokio::test(start_paused = true)]

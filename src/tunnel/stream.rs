@@ -197,7 +197,7 @@ where
         let first = std::mem::take(pending);
         stream_to_socket(recv, first, *eof, &mut aw, |n| moved(&b_to_a, n)).await
     };
-    let both = async { tokio::try_join!(up, down).map(|_| ()) };
+    let both = crate::relay::join_directions(up, down);
     crate::relay::drive(both, idle, [&a_to_b, &b_to_a], &AtomicU64::new(0)).await
 }
 
