@@ -98,7 +98,7 @@ impl<S: Quiet> Pool<S> {
 
     /// The most recently used live connection for `key`, if any.
     pub fn take(&self, key: &PoolKey) -> Option<(S, SocketAddr)> {
-        self.take_within(key, self.idle_timeout)
+        self.take_within(key, self.idle_timeout, Instant::now())
     }
 
     /// [`Pool::take`], with connections idle for `max_idle` or longer dropped (a shorter
@@ -109,15 +109,22 @@ impl<S: Quiet> Pool<S> {
     /// other's idle connections) rather than opening a new one: its readiness still comes
     /// from the event loop it was registered with, which costs a cross-thread wake-up, far
     /// less than a new connection (and a TLS handshake) to the server.
-    pub fn take_within(&self, key: &PoolKey, max_idle: Duration) -> Option<(S, SocketAddr)> {
+    ///
+    /// `now`: the caller's clock reading (one per request serves every step of it).
+    pub fn take_within(
+        &self,
+        key: &PoolKey,
+        max_idle: Duration,
+        now: Instant,
+    ) -> Option<(S, SocketAddr)> {
         let max_idle = max_idle.min(self.idle_timeout);
         let Some(own) = crate::workers::current() else {
-            return self.take_from(0, key, max_idle);
+            return self.take_from(0, key, max_idle, now);
         };
         let own = own % SHARDS;
         (0..SHARDS)
             .map(|k| (own + k) % SHARDS)
-            .find_map(|i| self.take_from(i, key, max_idle))
+            .find_map(|i| self.take_from(i, key, max_idle, now))
     }
 
     fn take_from(
@@ -125,11 +132,11 @@ impl<S: Quiet> Pool<S> {
         shard: usize,
         key: &PoolKey,
         max_idle: Duration,
+        now: Instant,
     ) -> Option<(S, SocketAddr)> {
         let mut idle = self.idle[shard].lock().ok()?;
         let list = idle.get_mut(key)?;
         // An emptied list stays (the next `put` reuses it); the sweep removes it.
-        let now = Instant::now();
         while let Some(mut c) = list.pop() {
             if now.saturating_duration_since(c.since) < max_idle && c.stream.is_quiet() {
                 return Some((c.stream, c.peer));
@@ -139,6 +146,11 @@ impl<S: Quiet> Pool<S> {
     }
 
     pub fn put(&self, key: PoolKey, stream: S, peer: SocketAddr) {
+        self.put_at(key, stream, peer, Instant::now());
+    }
+
+    /// [`Pool::put`] with the clock already read (`now`: when the connection went idle).
+    pub fn put_at(&self, key: PoolKey, stream: S, peer: SocketAddr, now: Instant) {
         if self.max_per_host == 0 || !stream.keepable() {
             return;
         }
@@ -152,7 +164,7 @@ impl<S: Quiet> Pool<S> {
         list.push(Idle {
             stream,
             peer,
-            since: Instant::now(),
+            since: now,
         });
     }
 

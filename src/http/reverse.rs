@@ -696,10 +696,16 @@ impl HttpProxy {
         let mut last: Option<ProxyError> = None;
         // The server the previous try failed at (a retry follows).
         let mut failed_at: Option<usize> = None;
-        pool.request_started();
+        // One clock reading for the steps of a try (budget, pick, idle pool, the latency's
+        // start on a kept connection); read again for each further try.
+        let mut now = Instant::now();
+        pool.request_started(now);
         // The next try replaces a stale idle connection: not a retry, no budget spent.
         let mut free_try = false;
         while attempts < tries {
+            if attempts > 0 {
+                now = Instant::now();
+            }
             if attempts > 0 && !std::mem::take(&mut free_try) {
                 // Each retry spends the pool's retry budget.
                 if !pool.try_retry() {
@@ -714,7 +720,8 @@ impl HttpProxy {
                 }
             }
             attempts += 1;
-            let Some(picked) = pool.pick_request(ip, &head.headers, &to.target, &tried, secure)
+            let Some(picked) =
+                pool.pick_request(ip, &head.headers, &to.target, &tried, secure, now)
             else {
                 break;
             };
@@ -765,7 +772,7 @@ impl HttpProxy {
             }
             let idle = if server.agent.is_some() {
                 rv.idle_agent
-                    .take_within(&key, idle_max)
+                    .take_within(&key, idle_max, now)
                     .map(|(s, p)| (UpStream::Agent(s), p))
             } else if ws_h2.is_some() {
                 ws_h2
@@ -781,11 +788,11 @@ impl HttpProxy {
                 }
             } else if use_tls {
                 rv.idle_tls
-                    .take_within(&key, idle_max)
+                    .take_within(&key, idle_max, now)
                     .map(|(s, p)| (UpStream::Tls(s), p))
             } else {
                 rv.idle
-                    .take_within(&key, idle_max)
+                    .take_within(&key, idle_max, now)
                     .map(|(s, p)| (UpStream::Tcp(s), p))
             };
             let (stream, peer, reused) = match idle {
@@ -917,7 +924,8 @@ impl HttpProxy {
                 c.request_time = SystemTime::now();
             }
             let (in0, out0) = (ex.bytes_in, ex.bytes_out);
-            let sent_at = Instant::now();
+            // A kept connection was taken just now; a new one took its connect time since.
+            let sent_at = if reused { now } else { Instant::now() };
             let r = self
                 .exchange(
                     client,
@@ -939,12 +947,14 @@ impl HttpProxy {
                 m.tunnel_bytes(&via.agent, &via.service, to_agent, from_agent);
             }
             // A response head came: its status and latency, and passive health from it.
-            let answered = |ex: &Exchange| {
+            // Returns when the head came (for the steps after it).
+            let answered = |ex: &Exchange| -> Instant {
                 if ex.status == 0 {
                     // The cache answered from the server's head (a revalidation): it did
                     // answer, with a status not recorded here.
-                    pool.success(i);
-                    return;
+                    let now = Instant::now();
+                    pool.success_at(i, now);
+                    return now;
                 }
                 let at = ex
                     .reverse
@@ -957,7 +967,8 @@ impl HttpProxy {
                     .upstream
                     .get(&self.svc.metrics.route_upstream_seconds)
                     .observe(took.as_secs_f64());
-                pool.http_result(i, HttpOutcome::Status(ex.status));
+                pool.http_result_at(i, HttpOutcome::Status(ex.status), at);
+                at
             };
             match r {
                 Ok(done) if done.upgraded => {
@@ -967,8 +978,9 @@ impl HttpProxy {
                     return Fetched::Done(keep);
                 }
                 Ok(done) => {
-                    answered(ex);
-                    pool.finished(i);
+                    // Ends the request's count in flight (no latency sample: the clock
+                    // reading is not used).
+                    pool.finished_at(i, answered(ex));
                     if done.upstream_reusable && up.buf.is_empty() {
                         match up.stream {
                             UpStream::Tcp(s) => rv.idle.put(key, s, peer),
@@ -1058,13 +1070,17 @@ impl HttpProxy {
             host: agent_service_key(&via.agent, &via.service),
             port: 0,
         };
-        let (opened, reused) = match rv.idle_agent.take_within(&key, rv.cfg.idle_timeout) {
-            Some((o, _)) => (o, true),
-            None => match self.open_route_agent(via, &what, tries).await {
-                Ok(o) => (o, false),
-                Err(e) => return Fetched::Failed(e),
-            },
-        };
+        let (opened, reused) =
+            match rv
+                .idle_agent
+                .take_within(&key, rv.cfg.idle_timeout, Instant::now())
+            {
+                Some((o, _)) => (o, true),
+                None => match self.open_route_agent(via, &what, tries).await {
+                    Ok(o) => (o, false),
+                    Err(e) => return Fetched::Failed(e),
+                },
+            };
         let label: Arc<str> = Arc::from(format!("{}/{}", via.agent, via.service));
         ex.upstream = Some(SocketAddr::from(([0, 0, 0, 0], 0)));
         if let Some(r) = ex.routed.as_mut() {

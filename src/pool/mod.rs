@@ -658,17 +658,19 @@ impl ServerPool {
     /// Picks a server for a connection from `client`, not one of `exclude`, and counts it in
     /// flight; call [`ServerPool::finished`] when the connection ends.
     pub fn pick(&self, client: IpAddr, exclude: &[usize]) -> Option<usize> {
-        self.pick_with(client, None, exclude)
+        self.pick_with(client, None, exclude, Instant::now())
     }
 
     /// [`ServerPool::pick`] for an HTTP request: a `hash` pool whose `hash_key` is a header,
     /// cookie or the path hashes `hash_input` (from [`crate::balance::hash_input`]); without
-    /// one (the request lacks the header or cookie) it hashes the client address.
+    /// one (the request lacks the header or cookie) it hashes the client address. `now`: the
+    /// caller's clock reading (one per request serves every step of it).
     pub fn pick_with(
         &self,
         client: IpAddr,
         hash_input: Option<&[u8]>,
         exclude: &[usize],
+        now: Instant,
     ) -> Option<usize> {
         let (v4, v6);
         let key: &[u8] = match (&self.cfg.hash_key, hash_input) {
@@ -684,7 +686,6 @@ impl ServerPool {
             },
             (_, Some(input)) => input,
         };
-        let now = Instant::now();
         let mut b = self.lock();
         let pick = b.pick(
             &Request {
@@ -728,9 +729,8 @@ impl ServerPool {
     /// picked now (up and not ejected; with `fail_open`, any server when none is healthy); it
     /// is then in flight as after [`ServerPool::pick`]. `None`: pick normally, then set the
     /// cookie again ([`ServerPool::sticky_cookie`]).
-    pub fn sticky_pick(&self, token: &[u8], exclude: &[usize]) -> Option<usize> {
+    pub fn sticky_pick(&self, token: &[u8], exclude: &[usize], now: Instant) -> Option<usize> {
         let i = self.tokens.iter().position(|t| t.as_bytes() == token)?;
-        let now = Instant::now();
         let b = self.lock();
         let req = Request {
             key: None,
@@ -758,17 +758,18 @@ impl ServerPool {
         target: &str,
         exclude: &[usize],
         tls: bool,
+        now: Instant,
     ) -> Option<Picked> {
         let token = self
             .cfg
             .sticky
             .as_ref()
             .and_then(|s| crate::balance::cookie(headers, &s.cookie));
-        let i = match token.and_then(|t| self.sticky_pick(t, exclude)) {
+        let i = match token.and_then(|t| self.sticky_pick(t, exclude, now)) {
             Some(i) => i,
             None => {
                 let input = crate::balance::hash_input(&self.cfg.hash_key, headers, target);
-                self.pick_with(client, input, exclude)?
+                self.pick_with(client, input, exclude, now)?
             }
         };
         let set_cookie = match token {
@@ -799,13 +800,21 @@ impl ServerPool {
     }
 
     pub fn finished(&self, i: usize) {
-        let now = Instant::now();
+        self.finished_at(i, Instant::now());
+    }
+
+    /// [`ServerPool::finished`] with the clock already read.
+    pub fn finished_at(&self, i: usize, now: Instant) {
         self.with_server(i, |_, b, j, _| b.finished(j, None, now));
     }
 
     /// Real traffic reached server `i` (passive health).
     pub fn success(&self, i: usize) {
-        let now = Instant::now();
+        self.success_at(i, Instant::now());
+    }
+
+    /// [`ServerPool::success`] with the clock already read.
+    pub fn success_at(&self, i: usize, now: Instant) {
         self.with_server(i, |p, b, j, live| {
             let t = b.server_mut(j).passive.success();
             p.after(b, j, t, "passive: answered again", live, now);
@@ -836,8 +845,14 @@ impl ServerPool {
     /// timeout counts against it, as does a 5xx when `passive.on_5xx` is set; any other
     /// response is a success.
     pub fn http_result(&self, i: usize, outcome: HttpOutcome) {
+        self.http_result_at(i, outcome, Instant::now());
+    }
+
+    /// [`ServerPool::http_result`] with the clock already read (`now`: when the outcome was
+    /// known).
+    pub fn http_result_at(&self, i: usize, outcome: HttpOutcome, now: Instant) {
         if PassiveHealth::verdict(outcome, &self.cfg.passive) {
-            self.success(i);
+            self.success_at(i, now);
         } else {
             let why = match outcome {
                 HttpOutcome::Status(s) => format!("passive: answered {s}"),
@@ -849,12 +864,12 @@ impl ServerPool {
     }
 
     /// A client request (not a retry) is about to go to this pool: it earns the retry budget.
-    pub fn request_started(&self) {
+    pub fn request_started(&self, now: Instant) {
         self.newest()
             .budget
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .deposit(Instant::now());
+            .deposit(now);
     }
 
     /// Whether the retry budget allows one more retry now; `true` spends it.
@@ -1227,7 +1242,7 @@ mod tests {
     fn retry_budget_is_per_pool_and_counted() {
         let (p, m) = pool(false);
         for _ in 0..10 {
-            p.request_started();
+            p.request_started(Instant::now());
         }
         // 20% of 10 requests, no floor in this pool.
         assert!(p.try_retry());
@@ -1246,18 +1261,22 @@ mod tests {
         assert_ne!(t1, p.sticky_token(0));
         assert!(!t1.contains("127.0.0.1"));
         for _ in 0..3 {
-            assert_eq!(p.sticky_pick(t1.as_bytes(), &[]), Some(1));
+            assert_eq!(p.sticky_pick(t1.as_bytes(), &[], Instant::now()), Some(1));
             p.finished(1);
         }
-        assert_eq!(p.sticky_pick(b"unknown", &[]), None);
-        assert_eq!(p.sticky_pick(t1.as_bytes(), &[1]), None);
+        assert_eq!(p.sticky_pick(b"unknown", &[], Instant::now()), None);
+        assert_eq!(p.sticky_pick(t1.as_bytes(), &[1], Instant::now()), None);
         let cookie = p.sticky_cookie(1, false).expect("sticky pool");
         assert_eq!(
             cookie,
             format!("GH_SRV={t1}; Path=/; HttpOnly; SameSite=Lax")
         );
         p.failure(1, "t");
-        assert_eq!(p.sticky_pick(t1.as_bytes(), &[]), None, "ejected");
+        assert_eq!(
+            p.sticky_pick(t1.as_bytes(), &[], Instant::now()),
+            None,
+            "ejected"
+        );
         let (plain, _) = pool_with(false, |c| c.sticky = None);
         assert_eq!(plain.sticky_cookie(0, true), None);
     }
@@ -1274,18 +1293,23 @@ mod tests {
         for u in 0..200 {
             let key = format!("user-{u}");
             let i = p
-                .pick_with(CLIENT, Some(key.as_bytes()), &[])
+                .pick_with(CLIENT, Some(key.as_bytes()), &[], Instant::now())
                 .expect("server");
             p.finished(i);
-            assert_eq!(p.pick_with(CLIENT, Some(key.as_bytes()), &[]), Some(i));
+            assert_eq!(
+                p.pick_with(CLIENT, Some(key.as_bytes()), &[], Instant::now()),
+                Some(i)
+            );
             p.finished(i);
             on[i] += 1;
         }
         assert!(on[0] > 50 && on[1] > 50, "{on:?}");
         // No header: the client's address decides, the same way every time.
-        let a = p.pick_with(CLIENT, None, &[]).expect("server");
+        let a = p
+            .pick_with(CLIENT, None, &[], Instant::now())
+            .expect("server");
         p.finished(a);
-        assert_eq!(p.pick_with(CLIENT, None, &[]), Some(a));
+        assert_eq!(p.pick_with(CLIENT, None, &[], Instant::now()), Some(a));
     }
 
     #[test]
@@ -1316,7 +1340,7 @@ mod tests {
         let (p, _) = pool(false);
         let none = Headers::default();
         let first = p
-            .pick_request(CLIENT, &none, "/", &[], true)
+            .pick_request(CLIENT, &none, "/", &[], true, Instant::now())
             .expect("server");
         p.finished(first.server);
         let cookie = first.set_cookie.expect("a new client gets the cookie");
@@ -1326,7 +1350,7 @@ mod tests {
         with.push("Cookie", format!("other=1; GH_SRV={token}"));
         for _ in 0..4 {
             let again = p
-                .pick_request(CLIENT, &with, "/", &[], false)
+                .pick_request(CLIENT, &with, "/", &[], false, Instant::now())
                 .expect("server");
             p.finished(again.server);
             assert_eq!(
@@ -1340,7 +1364,7 @@ mod tests {
         // Its server is ejected: another one, and a cookie naming it.
         p.failure(first.server, "t");
         let moved = p
-            .pick_request(CLIENT, &with, "/", &[], false)
+            .pick_request(CLIENT, &with, "/", &[], false, Instant::now())
             .expect("server");
         assert_ne!(moved.server, first.server);
         let other = p.sticky_token(moved.server).to_string();
@@ -1351,7 +1375,7 @@ mod tests {
         // Without [pools.sticky]: no cookie.
         let (plain, _) = pool_with(false, |c| c.sticky = None);
         let p2 = plain
-            .pick_request(CLIENT, &with, "/", &[], false)
+            .pick_request(CLIENT, &with, "/", &[], false, Instant::now())
             .expect("server");
         assert_eq!(p2.set_cookie, None);
     }
