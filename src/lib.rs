@@ -10,6 +10,7 @@ pub mod balance;
 pub mod cache;
 pub mod config;
 pub mod connector;
+pub mod deadline;
 pub mod fdlimit;
 pub mod http;
 pub mod ifwatch;

@@ -7,9 +7,9 @@
 use std::io;
 use std::time::Duration;
 
+use crate::deadline::within;
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::time::timeout;
 
 use super::chunked::{ChunkError, ChunkedDecoder};
 
@@ -145,7 +145,7 @@ async fn fill<R: AsyncRead + Unpin>(
 ) -> Result<usize, CopyError> {
     buf.reserve(limit.clamp(1, READ_CHUNK));
     let mut lim = (&mut *r).take(limit as u64);
-    match timeout(t, lim.read_buf(buf)).await {
+    match within(t, lim.read_buf(buf)).await {
         Err(_) => Err(CopyError::ReadTimeout(t)),
         Ok(Err(e)) => Err(CopyError::Read(e)),
         Ok(Ok(0)) => Err(CopyError::Eof),
@@ -158,7 +158,7 @@ pub async fn write_all<W: AsyncWrite + Unpin>(
     data: &[u8],
     t: Duration,
 ) -> Result<(), CopyError> {
-    match timeout(t, w.write_all(data)).await {
+    match within(t, w.write_all(data)).await {
         Err(_) => Err(CopyError::WriteTimeout(t)),
         Ok(Err(e)) => Err(CopyError::Write(e)),
         Ok(Ok(())) => Ok(()),
@@ -192,7 +192,7 @@ pub async fn write_all_two<W: AsyncWrite + Unpin>(
         }
         Ok(())
     };
-    match timeout(t, write).await {
+    match within(t, write).await {
         Err(_) => Err(CopyError::WriteTimeout(t)),
         Ok(Err(e)) => Err(CopyError::Write(e)),
         Ok(Ok(())) => Ok(()),

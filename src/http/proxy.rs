@@ -272,7 +272,8 @@ impl HttpProxy {
     /// Reads one request head and answers it. Returns whether the connection stays open.
     async fn one_request(self: Arc<Self>, client: &mut Client) -> bool {
         let started = Instant::now();
-        let head = timeout(
+        // The head is usually in the buffer already: no timer unless it has to be waited for.
+        let head = crate::deadline::within(
             self.cfg.header_read_timeout,
             read_head(client, self.cfg.max_header_bytes),
         )
