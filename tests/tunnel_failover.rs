@@ -464,3 +464,118 @@ service = "web"
         1
     );
 }
+
+/// A service that expects a PROXY v1 line first on each connection (as nginx's
+/// `proxy_protocol` does), keeps the lines, and answers every request on the connection
+/// with the source port that line named.
+async fn proxied_service() -> (SocketAddr, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = lines.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut s = tokio::io::BufReader::new(s);
+                let mut line = String::new();
+                if s.read_line(&mut line).await.unwrap_or(0) == 0 {
+                    return;
+                }
+                seen.lock().expect("lock").push(line.trim_end().to_string());
+                // "PROXY TCP4 src dst sport dport"
+                let sport = line.split(' ').nth(4).unwrap_or("?").to_string();
+                loop {
+                    // A request head (GETs only: no body).
+                    let mut got = false;
+                    loop {
+                        let mut h = String::new();
+                        if s.read_line(&mut h).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if h == "\r\n" {
+                            break;
+                        }
+                        got = true;
+                    }
+                    if !got {
+                        return;
+                    }
+                    let resp = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{sport}",
+                        sport.len()
+                    );
+                    if s.get_mut().write_all(resp.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, lines)
+}
+
+/// `proxy_protocol` on a pool whose server is a service through an agent: each stream
+/// begins with the PROXY header of the client it serves, and a stream is kept for later
+/// requests of the same client connection only (two requests on one client connection
+/// share a stream; another client connection gets a stream, and a header, of its own).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_server_through_an_agent_gets_the_client_in_a_proxy_header() {
+    let pool = "[[pools]]\nname = \"app\"\nproxy_protocol = \"v1\"\n\
+                [[pools.servers]]\nagent = \"office\"\nservice = \"web\"\n";
+    client_in_proxy_header(pool, "pool = \"app\"").await;
+}
+
+/// The same for a route with `agent`, `service` and `send_proxy`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_through_an_agent_sends_the_client_in_a_proxy_header() {
+    let route = "agent = \"office\"\nservice = \"web\"\nsend_proxy = \"v1\"";
+    client_in_proxy_header("", route).await;
+}
+
+async fn client_in_proxy_header(pools: &str, route: &str) {
+    let certs = Certs::make();
+    let (service, lines) = proxied_service().await;
+    let relay = Gatehouse::start(&format!(
+        "{tunnel}{sites}\n{pools}",
+        tunnel = tunnel_listener(&certs, false),
+        sites = sites(route),
+    ));
+    let relays = [relay.addr("agents")];
+    let _agent = Gatehouse::start(&agent_config(&certs, "office", &relays, "", service));
+    relay.wait_stderr("tunnel: agent connected");
+    let port = relay.addr("sites").port();
+    let resolve = format!("app.example:{port}:127.0.0.1");
+    let url = format!("http://app.example:{port}/");
+    let mut client_ports = Vec::new();
+    for _ in 0..2 {
+        // Two requests on one client connection; each answer is the source port the
+        // service's PROXY line named, then curl's status and its own local port.
+        let w = " %{http_code} %{local_port}\n";
+        let (code, out, err) = curl(&["-s", "-w", w, "--resolve", &resolve, &url, &url]).await;
+        assert_eq!(code, 0, "{err}");
+        let text = String::from_utf8_lossy(&out).into_owned();
+        let rows: Vec<Vec<&str>> = text.lines().map(|l| l.split(' ').collect()).collect();
+        assert_eq!(rows.len(), 2, "{text}");
+        for r in &rows {
+            assert_eq!(r.len(), 3, "{text}");
+            assert_eq!(r[1], "200", "{text}");
+            assert_eq!(r[0], r[2], "the header names this client: {text}");
+        }
+        assert_eq!(rows[0][2], rows[1][2], "one client connection: {text}");
+        client_ports.push(rows[0][2].to_string());
+    }
+    assert_ne!(client_ports[0], client_ports[1]);
+    let lines = lines.lock().expect("lock").clone();
+    assert_eq!(lines.len(), 2, "a stream per client connection: {lines:?}");
+    for (line, cport) in lines.iter().zip(&client_ports) {
+        assert_eq!(
+            line,
+            &format!("PROXY TCP4 127.0.0.1 127.0.0.1 {cport} {port}"),
+            "{lines:?}"
+        );
+    }
+}

@@ -303,11 +303,11 @@ fn read_pool(p: &Section<'_>) -> Option<PoolConfig> {
         }
     }
     if servers.iter().any(|s| s.agent.is_some()) {
-        // The stream through the agent is the connection: nothing to encrypt or to prefix.
-        for key in ["tls", "proxy_protocol", "protocol"] {
+        // The stream through the agent is the connection: nothing to encrypt (the link is).
+        // A PROXY header goes first on the stream, as on a connection.
+        for key in ["tls", "protocol"] {
             let set = match key {
                 "tls" => tls.is_some(),
-                "proxy_protocol" => proxy_protocol.is_some(),
                 _ => h2,
             };
             if set {
@@ -462,7 +462,12 @@ fn read_agent_server(s: &Section<'_>) -> Option<ServerConfig> {
         host: Host::Name(agent.clone()),
         port: 0,
         weight,
-        agent: Some(super::RouteAgent { agent, service }),
+        agent: Some(super::RouteAgent {
+            agent,
+            service,
+            // The pool's `proxy_protocol` applies.
+            send_proxy: None,
+        }),
     })
 }
 
@@ -781,7 +786,8 @@ max_age = \"1h\"
             s[0].agent,
             Some(crate::config::RouteAgent {
                 agent: "office".into(),
-                service: "web".into()
+                service: "web".into(),
+                send_proxy: None,
             })
         );
         assert_eq!(
@@ -824,10 +830,14 @@ max_age = \"1h\"
             ),
             ["pools[0].servers[0].agent"]
         );
-        // Nothing to encrypt or prefix on a stream through an agent.
+        // Nothing to encrypt on a stream through an agent; a PROXY header may go first.
+        let c = Config::parse(&format!(
+            "{RELAY}[[pools]]\nname = \"p\"\nproxy_protocol = \"v2\"\n{srv}"
+        ))
+        .expect("valid");
         assert_eq!(
-            errs(&format!("proxy_protocol = \"v2\"\n{srv}"), ""),
-            ["pools[0].proxy_protocol"]
+            c.pools[0].proxy_protocol,
+            Some(super::super::ProxyVersion::V2)
         );
         assert_eq!(
             errs(&format!("protocol = \"h2\"\n{srv}"), ""),

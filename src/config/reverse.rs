@@ -149,6 +149,9 @@ pub struct RouteConfig {
 pub struct RouteAgent {
     pub agent: String,
     pub service: String,
+    /// `send_proxy`: a PROXY header first on each stream to the service (the client's
+    /// address); such a stream is kept for its client connection only.
+    pub send_proxy: Option<super::ProxyVersion>,
 }
 
 /// A route's `cache_key` table.
@@ -388,10 +391,15 @@ fn read_destination(r: &Section<'_>, pools: &[&str]) -> (Option<String>, Option<
         }
     };
     let (agent, service) = (name("agent"), name("service"));
+    let send_proxy = super::l4::read_proxy_version(r, "send_proxy");
     match (agent, service) {
         (Some(agent), Some(service)) => (
             Some(format!("agent:{agent}/{service}")),
-            Some(RouteAgent { agent, service }),
+            Some(RouteAgent {
+                agent,
+                service,
+                send_proxy,
+            }),
         ),
         _ => (None, None),
     }
@@ -652,10 +660,17 @@ pool = "app"
             r0.agent,
             Some(RouteAgent {
                 agent: "office".into(),
-                service: "web".into()
+                service: "web".into(),
+                send_proxy: None,
             })
         );
         assert_eq!(r0.pool, "agent:office/web");
+        let r = reverse(&route(
+            "agent = \"office\"\nservice = \"web\"\nsend_proxy = \"v2\"",
+        ))
+        .expect("valid");
+        let via = r.hosts[0].routes[0].agent.as_ref().expect("agent");
+        assert_eq!(via.send_proxy, Some(super::super::ProxyVersion::V2));
         let bad = |extra: &str| {
             let mut e = reverse(&route(extra)).expect_err("bad");
             e.sort();

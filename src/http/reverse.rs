@@ -380,6 +380,31 @@ fn agent_service_key(agent: &str, service: &str) -> Host {
     Host::Name(format!("{agent}/{service}"))
 }
 
+/// Writes a PROXY header (`v`) first on a new stream through an agent, as
+/// [`HttpProxy::connect_server`] does on a connection: the client's address, and the address
+/// it connected to (without one, the unspecified address of the client's family). The agent
+/// passes it on to the service as it is. Failing is like a failed connect.
+async fn send_proxy_header(
+    o: &mut crate::tunnel::hub::Opened,
+    v: ProxyVersion,
+    client: SocketAddr,
+    local: Option<SocketAddr>,
+    label: &str,
+) -> Result<(), ProxyError> {
+    let dst = local.unwrap_or_else(|| match client {
+        SocketAddr::V4(_) => SocketAddr::from(([0, 0, 0, 0], 0)),
+        SocketAddr::V6(_) => SocketAddr::from(([0u16; 8], 0)),
+    });
+    let header = match v {
+        ProxyVersion::V1 => proxy_protocol::encode_v1(client, dst),
+        ProxyVersion::V2 => proxy_protocol::encode_v2(client, dst),
+    };
+    o.stream.write_all(&header).await.map_err(|e| {
+        let msg = format!("{label}: PROXY header: {e}");
+        ProxyError::new(502, "connection_terminated", msg)
+    })
+}
+
 /// A request that may go to another connection after the first ended before answering:
 /// an idempotent method and no body (nothing of the client's was consumed).
 fn resendable(head: &RequestHead, framing: Framing) -> bool {
@@ -731,8 +756,12 @@ impl HttpProxy {
             // A connection that began with a PROXY header speaks for this client only.
             let key = PoolKey {
                 host: match (&server.agent, use_tls, pool.cfg.proxy_protocol) {
-                    // Through an agent (its own idle pool): the agent and its service.
-                    (Some(via), _, _) => agent_service_key(&via.agent, &via.service),
+                    // Through an agent (its own idle pool): the agent and its service; a
+                    // stream that began with a PROXY header speaks for this client only.
+                    (Some(via), _, Some(_)) => {
+                        Host::Name(format!("{}/{}~{}", via.agent, via.service, client.peer))
+                    }
+                    (Some(via), _, None) => agent_service_key(&via.agent, &via.service),
                     (None, _, Some(_)) => Host::Name(format!(
                         "{}~{}/{}/{}",
                         pool.cfg.name,
@@ -797,18 +826,20 @@ impl HttpProxy {
             };
             let (stream, peer, reused) = match idle {
                 Some((s, p)) => (s, p, true),
-                None if server.agent.is_some() => match self.open_agent_server(pool, i).await {
-                    Ok(s) => (s, SocketAddr::from(([0, 0, 0, 0], 0)), false),
-                    Err(e) => {
-                        // Like a failed connect: nothing was sent; next server.
-                        pool.finished(i);
-                        pool.failure(i, &e.detail);
-                        tried.push(i);
-                        failed_at = Some(i);
-                        last = Some(e);
-                        continue;
+                None if server.agent.is_some() => {
+                    match self.open_agent_server(pool, i, ip_port, local).await {
+                        Ok(s) => (s, SocketAddr::from(([0, 0, 0, 0], 0)), false),
+                        Err(e) => {
+                            // Like a failed connect: nothing was sent; next server.
+                            pool.finished(i);
+                            pool.failure(i, &e.detail);
+                            tried.push(i);
+                            failed_at = Some(i);
+                            last = Some(e);
+                            continue;
+                        }
                     }
-                },
+                }
                 None => match self.connect_server(pool, i, ip_port, local).await {
                     // The connector set TCP_NODELAY and knows the address it reached.
                     Ok(c) => {
@@ -1067,7 +1098,11 @@ impl HttpProxy {
         // A stream kept from an earlier exchange (the agent still holds its connection to
         // the service) first; a new one when none is idle.
         let key = PoolKey {
-            host: agent_service_key(&via.agent, &via.service),
+            host: match via.send_proxy {
+                // A stream that began with a PROXY header speaks for this client only.
+                Some(_) => Host::Name(format!("{}/{}~{}", via.agent, via.service, client.peer)),
+                None => agent_service_key(&via.agent, &via.service),
+            },
             port: 0,
         };
         let (opened, reused) =
@@ -1076,7 +1111,10 @@ impl HttpProxy {
                 .take_within(&key, rv.cfg.idle_timeout, Instant::now())
             {
                 Some((o, _)) => (o, true),
-                None => match self.open_route_agent(via, &what, tries).await {
+                None => match self
+                    .open_route_agent(via, &what, tries, (client.peer, client.local))
+                    .await
+                {
                     Ok(o) => (o, false),
                     Err(e) => return Fetched::Failed(e),
                 },
@@ -1118,7 +1156,10 @@ impl HttpProxy {
         // answer): the request goes again on a new stream when it may (idempotent, no body),
         // as with a pool's idle connection.
         if reused && matches!(r, Err(Failure::Stale)) && resendable(head, framing) {
-            let o = match self.open_route_agent(via, &what, tries).await {
+            let o = match self
+                .open_route_agent(via, &what, tries, (client.peer, client.local))
+                .await
+            {
                 Ok(o) => o,
                 Err(e) => return Fetched::Failed(e),
             };
@@ -1193,6 +1234,7 @@ impl HttpProxy {
         via: &crate::config::RouteAgent,
         what: &crate::tunnel::proto::Open,
         tries: usize,
+        client: (SocketAddr, Option<SocketAddr>),
     ) -> Result<Box<crate::tunnel::hub::Opened>, ProxyError> {
         let limit = self.svc.connect_timeout;
         match self
@@ -1201,7 +1243,13 @@ impl HttpProxy {
             .open_retrying(&via.agent, what, limit, tries)
             .await
         {
-            Ok(o) => Ok(Box::new(o)),
+            Ok(mut o) => {
+                if let Some(v) = via.send_proxy {
+                    let label = format!("{}/{}", via.agent, via.service);
+                    send_proxy_header(&mut o, v, client.0, client.1, &label).await?;
+                }
+                Ok(Box::new(o))
+            }
             Err(e) => {
                 tracing::debug!(agent = %via.agent, service = %via.service, "reverse: {e}");
                 let (status, kind) = agent_failure(e);
@@ -1212,15 +1260,27 @@ impl HttpProxy {
     }
 
     /// A stream to pool server `i`, a service a tunnel agent publishes, within the pool's
-    /// `connect_timeout`. Failing is like a failed connect (nothing was sent).
-    async fn open_agent_server(&self, pool: &ServerPool, i: usize) -> Result<UpStream, ProxyError> {
+    /// `connect_timeout`. Failing is like a failed connect (nothing was sent). With the
+    /// pool's `proxy_protocol`, a PROXY header goes first (see [`send_proxy_header`]).
+    async fn open_agent_server(
+        &self,
+        pool: &ServerPool,
+        i: usize,
+        client: SocketAddr,
+        local: Option<SocketAddr>,
+    ) -> Result<UpStream, ProxyError> {
         let Some(via) = pool.server(i).agent.as_ref() else {
             return Err(ProxyError::new(500, "proxy_internal_error", "not an agent"));
         };
         let what = crate::tunnel::proto::Open::Service(via.service.clone());
         let limit = pool.cfg.connect_timeout;
         match self.svc.agents.open(&via.agent, &what, limit).await {
-            Ok(o) => Ok(UpStream::Agent(Box::new(o))),
+            Ok(mut o) => {
+                if let Some(v) = pool.cfg.proxy_protocol {
+                    send_proxy_header(&mut o, v, client, local, pool.label(i)).await?;
+                }
+                Ok(UpStream::Agent(Box::new(o)))
+            }
             Err(e) => {
                 tracing::debug!(pool = %pool.cfg.name, server = %pool.label(i), "reverse: {e}");
                 let (status, kind) = agent_failure(e);
