@@ -990,6 +990,37 @@ async fn udp_associate_goes_through_the_agent() {
     assert!(other.seen().is_empty());
 }
 
+/// UDP ASSOCIATE through the agent to an IPv6 destination (the agent's socket is
+/// dual-stack): the echo from `[::1]` comes back wrapped with its IPv6 source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_associate_through_the_agent_reaches_ipv6() {
+    let certs = Certs::make();
+    let echo = UdpEcho::start("[::1]:0").await;
+    let web = tcp_echo().await;
+    let allow = format!("\"[::1]:{}\"", echo.addr.port());
+    let pair = start_pair(&certs, &allow, web);
+    let (_control, relay) = socks5_associate(pair.relay.addr("socks")).await;
+    let client = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let mut buf = vec![0u8; 2048];
+    let mut got = None;
+    for _ in 0..20 {
+        client
+            .send_to(&socks5_datagram(echo.addr, b"ping6"), relay)
+            .await
+            .expect("send");
+        if let Ok(Ok((n, _))) =
+            tokio::time::timeout(Duration::from_millis(250), client.recv_from(&mut buf)).await
+        {
+            got = Some(buf[..n].to_vec());
+            break;
+        }
+    }
+    let got = got.expect("an echo from [::1] through the agent");
+    assert_eq!(got, socks5_datagram(echo.addr, b"ping6"));
+}
+
 /// A relay whose plain SOCKS listener (no `via_agent`) sends `inside.test` through agent
 /// "office" by a policy rule; the relay itself cannot resolve that name.
 fn rule_relay(certs: &Certs) -> Gatehouse {

@@ -662,11 +662,12 @@ impl Agent {
 
     /// A UDP relay over one stream: each frame from the relay is a SOCKS5 UDP datagram naming
     /// its destination (checked like a CONNECT's, per datagram); what comes back from an
-    /// address a datagram was sent to goes to the relay wrapped with its source. IPv4 only.
+    /// address a datagram was sent to goes to the relay wrapped with its source. IPv4 and
+    /// IPv6 through one dual-stack socket; IPv4 only on a host without IPv6.
     async fn udp(&self, mut h2: H2Stream) {
         use crate::socks::codec::{decode_udp, encode_udp, Target};
         use tokio::io::AsyncReadExt as _;
-        let Ok(sock) = tokio::net::UdpSocket::bind("0.0.0.0:0").await else {
+        let Some((sock, dual)) = udp_socket() else {
             return;
         };
         let mut inbound = bytes::BytesMut::new();
@@ -688,7 +689,7 @@ impl Agent {
                             continue;
                         }
                         let dest = match self.allowed(&header.target.host, header.target.port).await {
-                            Ok(a) => a.into_iter().find(SocketAddr::is_ipv4),
+                            Ok(a) => a.into_iter().find(|d| dual || d.is_ipv4()),
                             Err(e) => {
                                 tracing::debug!(target = %header.target, error = e.as_str(), "tunnel: UDP datagram dropped");
                                 None
@@ -699,7 +700,7 @@ impl Agent {
                             if sent_to.len() < 1024 {
                                 sent_to.insert(dest.ip());
                             }
-                            let _ = sock.send_to(&datagram[at..], dest).await;
+                            let _ = sock.send_to(&datagram[at..], on_socket(dest, dual)).await;
                         }
                     }
                     if inbound.len() > 2 + proto::MAX_DATAGRAM {
@@ -708,6 +709,8 @@ impl Agent {
                 }
                 r = sock.recv_from(&mut from_net) => {
                     let Ok((n, from)) = r else { return };
+                    // An IPv4 source arrives on the dual-stack socket as a mapped address.
+                    let from = SocketAddr::new(from.ip().to_canonical(), from.port());
                     if !sent_to.contains(&from.ip()) {
                         continue;
                     }
@@ -772,6 +775,39 @@ impl Agent {
     }
 }
 
+/// The agent's UDP socket for one association: dual-stack (`[::]`, IPv4 as mapped
+/// addresses, whatever `net.ipv6.bindv6only` says) where the host has IPv6, else `0.0.0.0`.
+/// `true` with the dual-stack one.
+fn udp_socket() -> Option<(tokio::net::UdpSocket, bool)> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let dual = || -> std::io::Result<std::net::UdpSocket> {
+        let s = Socket::new(Domain::IPV6, Type::DGRAM, Some(Protocol::UDP))?;
+        s.set_only_v6(false)?;
+        s.bind(&SocketAddr::from(([0u16; 8], 0)).into())?;
+        s.set_nonblocking(true)?;
+        Ok(s.into())
+    };
+    let v4 = || -> std::io::Result<std::net::UdpSocket> {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
+        s.set_nonblocking(true)?;
+        Ok(s)
+    };
+    if let Ok(s) = dual().and_then(tokio::net::UdpSocket::from_std) {
+        return Some((s, true));
+    }
+    v4().and_then(tokio::net::UdpSocket::from_std)
+        .ok()
+        .map(|s| (s, false))
+}
+
+/// `dest` as the UDP socket takes it: an IPv4 address mapped into IPv6 on the dual-stack one.
+fn on_socket(dest: SocketAddr, dual: bool) -> SocketAddr {
+    match dest {
+        SocketAddr::V4(a) if dual => SocketAddr::new(a.ip().to_ipv6_mapped().into(), a.port()),
+        other => other,
+    }
+}
+
 /// The egress proxy's password (`proxy_password` or the first line of
 /// `proxy_password_file`), at most 255 bytes (RFC 1929).
 pub fn proxy_password(p: &crate::config::Token) -> anyhow::Result<crate::policy::users::Secret> {
@@ -811,6 +847,18 @@ mod tests {
         }
         assert_eq!(next_relay(&[1], 5), 0);
         assert_eq!(next_relay(&[], 3), 0);
+    }
+
+    #[test]
+    fn ipv4_destinations_are_mapped_on_the_dual_stack_socket_only() {
+        let v4: SocketAddr = "10.0.0.5:53".parse().expect("v4");
+        let v6: SocketAddr = "[fd00::5]:53".parse().expect("v6");
+        assert_eq!(
+            on_socket(v4, true),
+            "[::ffff:10.0.0.5]:53".parse().expect("mapped")
+        );
+        assert_eq!(on_socket(v4, false), v4);
+        assert_eq!(on_socket(v6, true), v6);
     }
 
     #[test]

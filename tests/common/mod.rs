@@ -798,16 +798,22 @@ pub async fn socks5_associate(proxy: SocketAddr) -> (tokio::net::TcpStream, Sock
 /// A SOCKS5 UDP request header (RFC 1928 section 7, no fragment) for an IPv4 target, then the
 /// payload.
 pub fn socks5_datagram(target: SocketAddr, payload: &[u8]) -> Vec<u8> {
-    let SocketAddr::V4(a) = target else {
-        panic!("an IPv4 target")
-    };
-    [
-        &[0, 0, 0, 1][..],
-        &a.ip().octets(),
-        &a.port().to_be_bytes(),
-        payload,
-    ]
-    .concat()
+    match target {
+        SocketAddr::V4(a) => [
+            &[0, 0, 0, 1][..],
+            &a.ip().octets(),
+            &a.port().to_be_bytes(),
+            payload,
+        ]
+        .concat(),
+        SocketAddr::V6(a) => [
+            &[0, 0, 0, 4][..],
+            &a.ip().octets(),
+            &a.port().to_be_bytes(),
+            payload,
+        ]
+        .concat(),
+    }
 }
 
 /// Everything the server still sends, up to its close (at most 10 s).
