@@ -352,9 +352,9 @@ async fn a_reload_notices_a_ca_file_replaced_under_the_same_path() {
 }
 
 /// A published port and a SOCKS listener over the pool "office", where one agent fails
-/// every open (its service refuses, and its allow-list has nothing for SOCKS) and the other
-/// serves: every client gets through, because a failed open goes to the other agent
-/// (nothing of the client's bytes had gone anywhere).
+/// every open (its service refuses, and its allow-list has nothing for SOCKS: CONNECT and
+/// BIND) and the other serves: every client gets through, because a failed open goes to the
+/// other agent (nothing of the client's bytes had gone anywhere).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn published_ports_and_socks_retry_a_failed_open_on_another_agent() {
     let certs = Certs::make();
@@ -387,6 +387,15 @@ async fn published_ports_and_socks_retry_a_failed_open_on_another_agent() {
             (0, &b"inside"[..]),
             "socks {i}: {err}"
         );
+        // BIND: the broken agent's allow-list refuses the expected peer, the other listens.
+        let mut s = socks5_open(relay.addr("socks")).await;
+        let peer: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+        tokio::io::AsyncWriteExt::write_all(&mut s, &socks5_request(2, peer))
+            .await
+            .expect("request");
+        let (rep, bound) = socks5_reply(&mut s).await;
+        assert_eq!(rep, 0, "bind {i}");
+        assert!(bound.port() != 0, "bind {i}: {bound}");
     }
     assert_eq!(origin.seen().len(), 16);
 }

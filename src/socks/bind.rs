@@ -133,7 +133,7 @@ where
     let mut opened = srv
         .svc
         .agents
-        .open(agent, &what, srv.svc.connect_timeout)
+        .open_failover(agent, &what, srv.svc.connect_timeout)
         .await
         .map_err(SocksError::Tunnel)?;
     let bound = opened.bound.ok_or(SocksError::Tunnel(OpenError::Failed))?;

@@ -399,7 +399,7 @@ impl AgentLeg {
             let opened = srv
                 .svc
                 .agents
-                .open(&name, &what, srv.svc.connect_timeout)
+                .open_failover(&name, &what, srv.svc.connect_timeout)
                 .await
                 .map_err(|e| {
                     tracing::debug!(agent = %name, "UDP datagram dropped: {e}");

@@ -34,7 +34,7 @@ where
     let mut opened = srv
         .svc
         .agents
-        .open(agent, &Open::Udp, srv.svc.connect_timeout)
+        .open_failover(agent, &Open::Udp, srv.svc.connect_timeout)
         .await
         .map_err(SocksError::Tunnel)?;
     let relay = UdpSocket::bind(SocketAddr::new(c.local.ip(), 0)).await?;

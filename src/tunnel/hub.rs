@@ -418,8 +418,8 @@ impl Agents {
         self.open_at(agent, what, timeout).await
     }
 
-    /// [`Agents::open_retrying`] with [`POOL_TRIES`]: what published ports, SOCKS and HTTP
-    /// CONNECTs and absolute-URI requests through an agent use. Under a pool name a failed
+    /// [`Agents::open_retrying`] with [`POOL_TRIES`]: what published ports, SOCKS (CONNECT,
+    /// BIND, UDP ASSOCIATE), HTTP CONNECTs and absolute-URI requests through an agent use. Under a pool name a failed
     /// open goes to another agent (nothing of the client's bytes went anywhere yet); under
     /// a single agent's name it is one try, as [`Agents::open`], unless the link itself
     /// failed and the agent has another.
