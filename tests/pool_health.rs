@@ -238,3 +238,42 @@ async fn passive_ejection_backs_off_and_readmits_without_traffic() {
     let down = gh.wait_stderr("server down");
     assert!(down.contains("ejected for 600ms"), "{down}");
 }
+
+/// `init_state = "down"`: a server starts down (no request goes to it before a check passed),
+/// a server that fails its checks stays down without ever having been up, and one passed
+/// check brings a server up (without the setting, a server starts up and needs `fall`
+/// failed checks to go down).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_state_down_holds_servers_back_until_a_check_passes() {
+    let failing = HealthServer::start(Answer::Status(500)).await;
+    let gh = Gatehouse::start(
+        &config(&[failing.addr])
+            .replace("[pools.passive]", "init_state = \"down\"\n[pools.passive]"),
+    );
+    let admin = gh.addr("admin");
+    // Down from the start: before, during and after its first failed checks.
+    assert_eq!(metric(admin, "gatehouse_pool_server_up").await, Some(0.0));
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while failing.heads.lock().expect("lock").len() < 3 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("checked three times");
+    assert_eq!(metric(admin, "gatehouse_pool_server_up").await, Some(0.0));
+    // A client is refused at once: no server up.
+    let mut c = tokio::net::TcpStream::connect(gh.addr("tcp"))
+        .await
+        .expect("connect");
+    let mut b = [0u8; 1];
+    let r = tokio::time::timeout(Duration::from_secs(5), c.read(&mut b)).await;
+    assert!(matches!(r, Ok(Ok(0)) | Ok(Err(_))), "{r:?}");
+    // One passed check brings it up (rise is 2).
+    failing.status.store(200, Ordering::SeqCst);
+    wait_up(admin, 1.0).await;
+    let lines = gh.stderr_until("server up");
+    assert!(
+        !lines.iter().any(|l| l.contains("server down")),
+        "it never was up, so it never went down: {lines:?}"
+    );
+}

@@ -5,7 +5,8 @@
 //!   (HAProxy's `check inter rise fall`). A server starts up, so a pool serves at once.
 //!   A server added by a reload starts up *on probation* (HAProxy's default `init-state
 //!   up`): its first failed check takes it down at once, its first passed one ends the
-//!   probation.
+//!   probation. `[pools.health] init_state` ([`InitState`]) chooses otherwise, at start and
+//!   for added servers alike.
 //! - **Passive**: what real traffic shows. `max_failures` consecutive failures (connect
 //!   failures, resets, 5xx when the pool counts them) eject the server for a back-off that
 //!   doubles with each ejection in a row, up to a ceiling; a success after readmission ends
@@ -25,12 +26,27 @@ pub enum Transition {
     Down,
 }
 
+/// A server's active health before its first check (`[pools.health] init_state`, HAProxy's
+/// `init-state`): up or down, and whether the first check alone may change that.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InitState {
+    /// Up; `fall` failed checks take it down (a server present at start, by default).
+    FullyUp,
+    /// Up; its first failed check takes it down (a server a reload adds, by default).
+    Up,
+    /// Down; its first passed check brings it up.
+    Down,
+    /// Down; `rise` passed checks bring it up.
+    FullyDown,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ActiveHealth {
     up: bool,
     /// Consecutive results against the current state.
     streak: u32,
-    /// Up but not yet proven by a check: one failure takes it down.
+    /// Not yet checked, and the first check alone decides: one failure takes an up server
+    /// down, one success brings a down one up.
     probation: bool,
 }
 
@@ -45,12 +61,18 @@ impl Default for ActiveHealth {
 }
 
 impl ActiveHealth {
-    /// Up until its first check: a failure then takes it down at once (a server added by a
-    /// reload, HAProxy's `init-state up`).
-    pub fn on_probation() -> ActiveHealth {
+    /// The state before the first check.
+    pub fn initial(init: InitState) -> ActiveHealth {
+        let (up, probation) = match init {
+            InitState::FullyUp => (true, false),
+            InitState::Up => (true, true),
+            InitState::Down => (false, true),
+            InitState::FullyDown => (false, false),
+        };
         ActiveHealth {
-            probation: true,
-            ..ActiveHealth::default()
+            up,
+            streak: 0,
+            probation,
         }
     }
 
@@ -60,10 +82,10 @@ impl ActiveHealth {
 
     /// One check's result. `rise` and `fall` are at least 1.
     pub fn observe(&mut self, ok: bool, rise: u32, fall: u32) -> Option<Transition> {
-        let fall = if std::mem::take(&mut self.probation) {
-            1
+        let (rise, fall) = if std::mem::take(&mut self.probation) {
+            (1, 1)
         } else {
-            fall
+            (rise, fall)
         };
         if ok == self.up {
             self.streak = 0;

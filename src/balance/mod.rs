@@ -36,7 +36,9 @@ pub mod sticky;
 
 pub use budget::RetryBudget;
 pub use check::{Expect, StatusRanges, BODY_LIMIT};
-pub use health::{ActiveHealth, HttpOutcome, PassiveHealth, PassiveSettings, Transition};
+pub use health::{
+    ActiveHealth, HttpOutcome, InitState, PassiveHealth, PassiveSettings, Transition,
+};
 pub use key::{cookie, hash_input, HashKey};
 pub use ring::Ring;
 pub use state::ServerState;
@@ -77,6 +79,10 @@ pub struct Settings {
     pub default_rtt: Duration,
     /// How fast old latency samples fade (P2C-EWMA decay time constant).
     pub ewma_decay: Duration,
+    /// Active health before the first check (`[pools.health] init_state`), for servers at
+    /// start and added by a reload alike. `None`: fully up at start, up on probation when
+    /// added ([`ServerState::added`]).
+    pub init: Option<InitState>,
 }
 
 impl Default for Settings {
@@ -85,6 +91,7 @@ impl Default for Settings {
             slow_start: Duration::ZERO,
             default_rtt: Duration::from_millis(1),
             ewma_decay: Duration::from_secs(10),
+            init: None,
         }
     }
 }
@@ -146,7 +153,13 @@ impl Balancer {
             settings,
             servers: specs
                 .iter()
-                .map(|s| ServerState::new(s.weight, now))
+                .map(|s| {
+                    let mut state = ServerState::new(s.weight, now);
+                    if let Some(init) = settings.init {
+                        state.active = ActiveHealth::initial(init);
+                    }
+                    state
+                })
                 .collect(),
             current: vec![0; specs.len()],
             cursor: 0,

@@ -81,7 +81,7 @@ pub fn carry(
                 }
                 s
             }
-            _ => super::ServerState::added(spec.weight, now),
+            _ => super::ServerState::added(spec.weight, now, new.settings.init),
         };
         *balancer.server_mut(j) = state;
     }
@@ -237,6 +237,53 @@ mod tests {
             None,
             "probation over: fall applies"
         );
+    }
+
+    #[test]
+    fn init_state_sets_health_before_the_first_check_at_start_and_when_added() {
+        use crate::balance::{ActiveHealth, InitState, Transition};
+        // (state, up before any check, the first check's verdict: a pass, a fail)
+        let cases = [
+            (InitState::FullyUp, true, [None, None]),
+            (InitState::Up, true, [None, Some(Transition::Down)]),
+            (InitState::Down, false, [Some(Transition::Up), None]),
+            (InitState::FullyDown, false, [None, None]),
+        ];
+        for (init, up, first) in cases {
+            let h = ActiveHealth::initial(init);
+            assert_eq!(h.is_up(), up, "{init:?}");
+            for (ok, want) in [true, false].into_iter().zip(first) {
+                let mut h = h;
+                assert_eq!(h.observe(ok, 3, 3), want, "{init:?}, first check {ok}");
+            }
+        }
+        // After the first check, rise and fall apply: fully down needs `rise` passes.
+        let mut h = ActiveHealth::initial(InitState::FullyDown);
+        assert_eq!(h.observe(true, 2, 2), None);
+        assert_eq!(h.observe(true, 2, 2), Some(Transition::Up));
+        // The pool's setting applies at start and to a server a reload adds.
+        let now = Instant::now();
+        let (old, specs) = old_pool(now);
+        let new = [spec("c:1", 1), spec("n:1", 1)];
+        let mut np = new_pool(Algorithm::RoundRobin, &new);
+        np.settings.init = Some(InitState::Down);
+        let c = carry(&old, Algorithm::RoundRobin, &names(&specs), np, now);
+        assert!(!c.balancer.server(1).is_available(now), "added, down");
+        assert!(
+            c.balancer.server(0).is_available(now),
+            "kept: its own state"
+        );
+        let fresh = Balancer::new(
+            Algorithm::RoundRobin,
+            &specs,
+            Settings {
+                init: Some(InitState::FullyDown),
+                ..Settings::default()
+            },
+            1,
+            now,
+        );
+        assert!(!fresh.server(0).is_available(now), "at start, down");
     }
 
     #[test]

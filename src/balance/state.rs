@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::health::{ActiveHealth, PassiveHealth, Transition};
+use super::health::{ActiveHealth, InitState, PassiveHealth, Transition};
 
 #[derive(Debug, Clone)]
 pub struct ServerState {
@@ -36,11 +36,12 @@ impl ServerState {
         }
     }
 
-    /// A server added to a running pool (a reload): it ramps up over slow start, and its
-    /// first failed active check takes it down (HAProxy's `init-state up`).
-    pub fn added(weight: u32, now: Instant) -> ServerState {
+    /// A server added to a running pool (a reload): it ramps up over slow start, and by
+    /// default its first failed active check takes it down (HAProxy's `init-state up`);
+    /// `init` (the pool's `init_state`) replaces that.
+    pub fn added(weight: u32, now: Instant, init: Option<InitState>) -> ServerState {
         ServerState {
-            active: ActiveHealth::on_probation(),
+            active: ActiveHealth::initial(init.unwrap_or(InitState::Up)),
             since: now,
             ..ServerState::new(weight, now)
         }

@@ -116,6 +116,9 @@ pub struct HealthCheckConfig {
     /// Each wait between checks is lengthened by a random amount up to this, so checks of
     /// many servers do not fire together.
     pub jitter: Duration,
+    /// `init_state`: health before the first check, for servers at start and added by a
+    /// reload (`None`: fully up at start, up on probation when added).
+    pub init_state: Option<crate::balance::InitState>,
 }
 
 pub(super) fn read_pools(root: &Section<'_>) -> Vec<PoolConfig> {
@@ -227,6 +230,22 @@ fn read_pool(p: &Section<'_>) -> Option<PoolConfig> {
             rise: h.uint("rise", 2, 1, 100) as u32,
             fall: h.uint("fall", 3, 1, 100) as u32,
             jitter: h.duration("jitter", Duration::ZERO),
+            init_state: h.parse(
+                "init_state",
+                "\"fully-up\", \"up\", \"down\" or \"fully-down\"",
+                |v| {
+                    use crate::balance::InitState;
+                    match v.as_str() {
+                        Some("fully-up") => Ok(InitState::FullyUp),
+                        Some("up") => Ok(InitState::Up),
+                        Some("down") => Ok(InitState::Down),
+                        Some("fully-down") => Ok(InitState::FullyDown),
+                        _ => {
+                            Err("expected \"fully-up\", \"up\", \"down\" or \"fully-down\"".into())
+                        }
+                    }
+                },
+            ),
         };
         h.finish();
         Some(cfg)
@@ -527,6 +546,7 @@ interval = \"1s\"
 rise = 2
 fall = 2
 jitter = \"100ms\"
+init_state = \"fully-down\"
 [pools.passive]
 max_failures = 2
 ejection = \"5s\"
@@ -544,6 +564,7 @@ ejection = \"5s\"
         assert_eq!(p.servers[1].label(), "db.internal:5432");
         let h = p.health.as_ref().expect("health");
         assert_eq!((h.rise, h.fall), (2, 2));
+        assert_eq!(h.init_state, Some(crate::balance::InitState::FullyDown));
         assert_eq!(p.passive.max_failures, 2);
         assert!(p.fail_open);
     }
@@ -570,6 +591,12 @@ ejection = \"5s\"
                 "[[pools]]\nname = \"p\"\n{srv}[pools.health]\ntype = \"udp\"\nrise = 0\n"
             )),
             ["pools[0].health.type", "pools[0].health.rise"]
+        );
+        assert_eq!(
+            paths(&format!(
+                "[[pools]]\nname = \"p\"\n{srv}[pools.health]\ninit_state = \"maybe\"\n"
+            )),
+            ["pools[0].health.init_state"]
         );
         assert_eq!(
             paths(&format!(

@@ -56,6 +56,7 @@ fn specs(cfg: &PoolConfig) -> Vec<ServerSpec> {
 fn settings(cfg: &PoolConfig) -> Settings {
     Settings {
         slow_start: cfg.slow_start,
+        init: cfg.health.as_ref().and_then(|h| h.init_state),
         ..Settings::default()
     }
 }
@@ -1141,6 +1142,7 @@ mod tests {
                 rise: 2,
                 fall: 2,
                 jitter: Duration::ZERO,
+                init_state: None,
             }),
             passive: crate::balance::PassiveSettings {
                 max_failures: 1,

@@ -181,6 +181,26 @@ impl Gatehouse {
         }
     }
 
+    /// Every log line (stderr) up to and including the first containing `needle`, waiting
+    /// up to 10 s.
+    pub fn stderr_until(&self, needle: &str) -> Vec<String> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut lines = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.stderr.recv_timeout(left) {
+                Ok(line) => {
+                    let done = line.contains(needle);
+                    lines.push(line);
+                    if done {
+                        return lines;
+                    }
+                }
+                Err(_) => panic!("no log line containing {needle:?} within 10s: {lines:?}"),
+            }
+        }
+    }
+
     /// The config file the process was started with (rewrite it, then SIGHUP, to reload).
     pub fn config_path(&self) -> PathBuf {
         self.dir.path().join("gatehouse.toml")
