@@ -914,6 +914,63 @@ async fn websocket_to_an_h2c_only_server_without_extended_connect_is_a_502() {
     assert_eq!(conns.load(Ordering::SeqCst), 2);
 }
 
+/// `websocket = "h1"`: a WebSocket to an `h2` pool goes as an HTTP/1.1 Upgrade on a
+/// connection of its own even to a server that announced extended CONNECT (this one speaks
+/// only h2c, so that connection fails: 502, and no WebSocket stream was asked for).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_h1_never_uses_extended_connect() {
+    let (origin, conns, streams, _) = h2c_websocket_origin(true).await;
+    let cfg = config(origin).replace(
+        "protocol = \"h2\"\n",
+        "protocol = \"h2\"\nwebsocket = \"h1\"\n",
+    );
+    let gh = Gatehouse::start(&cfg);
+    let rev = gh.addr("rev");
+    // The HTTP/2 connection first (a plain request), so the server's SETTINGS are known.
+    let r = raw_get(rev, "/", "").await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    let r = raw_get(
+        rev,
+        "/chat",
+        "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 502"), "{r}");
+    assert_eq!(streams.load(Ordering::SeqCst), 0, "no extended CONNECT");
+    assert_eq!(conns.load(Ordering::SeqCst), 2, "HTTP/2, then HTTP/1.1");
+}
+
+/// `websocket = "h2"`: a server that did not announce extended CONNECT gets no WebSocket at
+/// all (502 at once), not an HTTP/1.1 Upgrade (which this server would have taken: see
+/// `websocket_to_an_h2_pool_goes_over_http11`); plain requests still go over HTTP/2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_h2_refuses_a_server_without_extended_connect() {
+    let (origin, h2n, wsn) = h2_and_websocket_origin(None).await;
+    let cfg = config(origin).replace(
+        "protocol = \"h2\"\n",
+        "protocol = \"h2\"\nwebsocket = \"h2\"\n",
+    );
+    let gh = Gatehouse::start(&cfg);
+    let rev = gh.addr("rev");
+    for warm in [false, true] {
+        // Before any connection to the server (the one opened for the WebSocket tells), and
+        // with its connection up.
+        let r = raw_get(
+            rev,
+            "/chat",
+            "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+        )
+        .await;
+        assert!(r.starts_with("HTTP/1.1 502"), "warm {warm}: {r}");
+        assert_eq!(wsn.load(Ordering::SeqCst), 0, "no HTTP/1.1 Upgrade");
+    }
+    let r = raw_get(rev, "/early", "").await;
+    assert!(r.contains("got 0"), "{r}");
+    assert_eq!(h2n.load(Ordering::SeqCst), 1, "one HTTP/2 connection");
+}
+
 /// A TCP stream that keeps every byte the client sent.
 struct Tap {
     io: TcpStream,

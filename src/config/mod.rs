@@ -19,6 +19,7 @@ use std::time::Duration;
 pub use l4::{ProxyVersion, SniRoute, TcpListenerConfig, UdpListenerConfig};
 pub use pools::{
     HashKey, HealthCheckConfig, HealthCheckKind, HttpCheck, PoolConfig, ServerConfig, StickyConfig,
+    WebsocketMode,
 };
 pub use reader::{ConfigError, KeyLines};
 use reader::{Problems, Section};

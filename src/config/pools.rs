@@ -42,6 +42,8 @@ pub struct PoolConfig {
     /// `protocol = "h2"`: the reverse proxy speaks HTTP/2 to the servers (ALPN `h2` over
     /// `[pools.tls]`, prior knowledge in the clear), many requests per connection.
     pub h2: bool,
+    /// `websocket`: how a WebSocket goes to a server of an `h2` pool (HAProxy's `ws`).
+    pub websocket: WebsocketMode,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,6 +121,20 @@ pub struct HealthCheckConfig {
     /// `init_state`: health before the first check, for servers at start and added by a
     /// reload (`None`: fully up at start, up on probation when added).
     pub init_state: Option<crate::balance::InitState>,
+}
+
+/// A pool's `websocket` (HAProxy's server `ws` keyword): how a WebSocket goes to a server
+/// of an `h2` pool.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum WebsocketMode {
+    /// RFC 8441 extended CONNECT when the server announced it, else HTTP/1.1 Upgrade on a
+    /// connection of its own.
+    #[default]
+    Auto,
+    /// Always HTTP/1.1 Upgrade on a connection of its own.
+    H1,
+    /// Only extended CONNECT: a server that did not announce it gets none (502).
+    H2,
 }
 
 pub(super) fn read_pools(root: &Section<'_>) -> Vec<PoolConfig> {
@@ -312,6 +328,22 @@ fn read_pool(p: &Section<'_>) -> Option<PoolConfig> {
             false
         }
     };
+    let websocket = match p.string("websocket").as_deref() {
+        None | Some("auto") => WebsocketMode::Auto,
+        Some("h1") => WebsocketMode::H1,
+        Some("h2") if h2 => WebsocketMode::H2,
+        Some("h2") => {
+            p.error_at("websocket", "\"h2\" needs protocol = \"h2\"");
+            WebsocketMode::Auto
+        }
+        Some(other) => {
+            p.error_at(
+                "websocket",
+                format!("{other:?} is not \"auto\", \"h1\" or \"h2\""),
+            );
+            WebsocketMode::Auto
+        }
+    };
     let mut tls = super::tls::read_client_tls(p);
     if let (true, Some(t)) = (h2, tls.as_mut()) {
         // HTTP/2 over TLS is chosen by ALPN (RFC 9113 section 3.2).
@@ -352,6 +384,7 @@ fn read_pool(p: &Section<'_>) -> Option<PoolConfig> {
         tls,
         proxy_protocol,
         h2,
+        websocket,
     };
     Some(cfg)
 }
@@ -598,6 +631,17 @@ ejection = \"5s\"
             )),
             ["pools[0].health.init_state"]
         );
+        // `websocket = "h2"` needs an h2 pool; anything but auto, h1, h2 is refused.
+        for bad in [
+            "websocket = \"h2\"\n",
+            "protocol = \"h2\"\nwebsocket = \"h3\"\n",
+        ] {
+            assert_eq!(
+                paths(&format!("[[pools]]\nname = \"p\"\n{bad}{srv}")),
+                ["pools[0].websocket"],
+                "{bad}"
+            );
+        }
         assert_eq!(
             paths(&format!(
                 "[[pools]]\nname = \"p\"\n{srv}[[pools]]\nname = \"p\"\n{srv}"

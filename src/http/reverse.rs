@@ -712,8 +712,18 @@ impl HttpProxy {
         let upgrade = upgrade_request(head, &self.cfg.upgrade_protocols);
         let h2 = pool.cfg.h2 && upgrade.is_none();
         let ws = pool.cfg.h2
+            && pool.cfg.websocket != crate::config::WebsocketMode::H1
             && upgrade.is_some_and(|u| u.eq_ignore_ascii_case(b"websocket"))
             && head.headers.get("sec-websocket-key").is_some();
+        // `websocket = "h2"`: a server without extended CONNECT gets no WebSocket at all.
+        let ws_only_h2 = ws && pool.cfg.websocket == crate::config::WebsocketMode::H2;
+        let no_extended_connect = |i: usize| {
+            let msg = format!(
+                "{} did not announce WebSockets over HTTP/2 (RFC 8441), and the pool has websocket = \"h2\"",
+                pool.label(i)
+            );
+            ProxyError::new(502, "http_protocol_error", msg)
+        };
         let mut tried: Vec<usize> = Vec::new();
         let mut attempts = 0;
         // Stale idle connections are retried on a fresh one without counting as a try.
@@ -792,6 +802,13 @@ impl HttpProxy {
             if ws && server.agent.is_none() {
                 match rv.h2.websocket(&key, h2_opts).await {
                     super::h2_upstream::Websocket::Stream(s, p) => ws_h2 = Some((s, p)),
+                    super::h2_upstream::Websocket::Http1 if ws_only_h2 => {
+                        // Not the server's fault: another server of the pool may take it.
+                        pool.finished(i);
+                        tried.push(i);
+                        last = Some(no_extended_connect(i));
+                        continue;
+                    }
                     super::h2_upstream::Websocket::Http1 => {}
                     super::h2_upstream::Websocket::Open(opening) => {
                         h2 = true;
@@ -900,6 +917,14 @@ impl HttpProxy {
                         .await
                     {
                         Ok(Some(s)) => (s, false),
+                        Ok(None) if ws_only_h2 => {
+                            // No extended CONNECT on the server's new connection (kept for
+                            // other requests), and no HTTP/1.1 instead.
+                            pool.finished(i);
+                            tried.push(i);
+                            last = Some(no_extended_connect(i));
+                            continue;
+                        }
                         Ok(None) => {
                             // No extended CONNECT on the server's new connection (kept for
                             // other requests): the WebSocket goes over HTTP/1.1.

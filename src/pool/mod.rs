@@ -1153,6 +1153,7 @@ mod tests {
             tls: None,
             proxy_protocol: None,
             h2: false,
+            websocket: Default::default(),
             retry_budget: 0.2,
             min_retries_per_sec: 0,
             sticky: Some(crate::config::StickyConfig {
