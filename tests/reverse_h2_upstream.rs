@@ -261,6 +261,18 @@ fn get(path: &str) -> Request<()> {
 }
 
 /// An HTTP/1.1 request on its own connection, the raw response.
+/// An HTTP/1.1 WebSocket handshake for `/chat` sent raw to the listener at `rev`: what came
+/// back.
+async fn websocket_handshake(rev: SocketAddr) -> String {
+    raw_get(
+        rev,
+        "/chat",
+        "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+    )
+    .await
+}
+
 async fn raw_get(addr: SocketAddr, path: &str, extra: &str) -> String {
     let mut s = TcpStream::connect(addr).await.expect("connect");
     let req = format!("GET {path} HTTP/1.1\r\nHost: app.test\r\n{extra}Connection: close\r\n\r\n");
@@ -895,13 +907,7 @@ async fn websocket_to_an_h2c_only_server_without_extended_connect_is_a_502() {
     let rev = gh.addr("rev");
     // The server did not announce SETTINGS_ENABLE_CONNECT_PROTOCOL: HTTP/1.1 is tried on a
     // connection of its own, which an h2c-only server does not speak.
-    let r = raw_get(
-        rev,
-        "/chat",
-        "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
-    )
-    .await;
+    let r = websocket_handshake(rev).await;
     assert!(r.starts_with("HTTP/1.1 502"), "{r}");
     assert_eq!(streams.load(Ordering::SeqCst), 0);
     assert_eq!(conns.load(Ordering::SeqCst), 2, "HTTP/2, then HTTP/1.1");
@@ -929,13 +935,7 @@ async fn websocket_h1_never_uses_extended_connect() {
     // The HTTP/2 connection first (a plain request), so the server's SETTINGS are known.
     let r = raw_get(rev, "/", "").await;
     assert!(r.starts_with("HTTP/1.1 200"), "{r}");
-    let r = raw_get(
-        rev,
-        "/chat",
-        "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
-    )
-    .await;
+    let r = websocket_handshake(rev).await;
     assert!(r.starts_with("HTTP/1.1 502"), "{r}");
     assert_eq!(streams.load(Ordering::SeqCst), 0, "no extended CONNECT");
     assert_eq!(conns.load(Ordering::SeqCst), 2, "HTTP/2, then HTTP/1.1");
@@ -956,13 +956,7 @@ async fn websocket_h2_refuses_a_server_without_extended_connect() {
     for warm in [false, true] {
         // Before any connection to the server (the one opened for the WebSocket tells), and
         // with its connection up.
-        let r = raw_get(
-            rev,
-            "/chat",
-            "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
-        )
-        .await;
+        let r = websocket_handshake(rev).await;
         assert!(r.starts_with("HTTP/1.1 502"), "warm {warm}: {r}");
         assert_eq!(wsn.load(Ordering::SeqCst), 0, "no HTTP/1.1 Upgrade");
     }

@@ -947,33 +947,52 @@ async fn streams_fail_cleanly_when_the_agent_goes_and_errors_map_to_socks_replie
     assert_eq!(rep, 3, "no agent: network unreachable");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn udp_associate_goes_through_the_agent() {
-    let certs = Certs::make();
-    let echo = UdpEcho::start("127.0.0.1:0").await;
+/// A relay and agent whose allow-list lets `allow` in, a UDP association through the
+/// relay's SOCKS listener, and a client socket: (pair, control connection, relay's UDP
+/// address, client).
+async fn udp_pair(
+    certs: &Certs,
+    allow: &str,
+) -> (Pair, TcpStream, SocketAddr, tokio::net::UdpSocket) {
     let web = tcp_echo().await;
-    let allow = format!("\"127.0.0.1:{}\"", echo.addr.port());
-    let pair = start_pair(&certs, &allow, web);
-    let (_control, relay) = socks5_associate(pair.relay.addr("socks")).await;
+    let pair = start_pair(certs, allow, web);
+    let (control, relay) = socks5_associate(pair.relay.addr("socks")).await;
     let client = tokio::net::UdpSocket::bind("127.0.0.1:0")
         .await
         .expect("bind");
+    (pair, control, relay, client)
+}
+
+/// `payload` to `target` through the relay's UDP address; the first datagram back.
+/// Datagrams may be lost: a few tries, each waiting briefly for the echo.
+async fn udp_echo_through(
+    client: &tokio::net::UdpSocket,
+    relay: SocketAddr,
+    target: SocketAddr,
+    payload: &[u8],
+) -> Vec<u8> {
     let mut buf = vec![0u8; 2048];
-    // Datagrams may be lost: a few tries, each waiting briefly for the echo.
-    let mut got = None;
     for _ in 0..20 {
         client
-            .send_to(&socks5_datagram(echo.addr, b"ping"), relay)
+            .send_to(&socks5_datagram(target, payload), relay)
             .await
             .expect("send");
         if let Ok(Ok((n, _))) =
             tokio::time::timeout(Duration::from_millis(250), client.recv_from(&mut buf)).await
         {
-            got = Some(buf[..n].to_vec());
-            break;
+            return buf[..n].to_vec();
         }
     }
-    let got = got.expect("an echo through the agent");
+    panic!("no echo from {target} through the agent")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_associate_goes_through_the_agent() {
+    let certs = Certs::make();
+    let echo = UdpEcho::start("127.0.0.1:0").await;
+    let allow = format!("\"127.0.0.1:{}\"", echo.addr.port());
+    let (_pair, _control, relay, client) = udp_pair(&certs, &allow).await;
+    let got = udp_echo_through(&client, relay, echo.addr, b"ping").await;
     // Wrapped with its source: the echo server's address, then the payload.
     let mut want = vec![0, 0, 0, 1, 127, 0, 0, 1];
     want.extend_from_slice(&echo.addr.port().to_be_bytes());
@@ -985,6 +1004,7 @@ async fn udp_associate_goes_through_the_agent() {
         .send_to(&socks5_datagram(other.addr, b"nope"), relay)
         .await
         .expect("send");
+    let mut buf = vec![0u8; 2048];
     let r = tokio::time::timeout(Duration::from_millis(500), client.recv_from(&mut buf)).await;
     assert!(r.is_err(), "a reply from outside the allow-list");
     assert!(other.seen().is_empty());
@@ -996,28 +1016,9 @@ async fn udp_associate_goes_through_the_agent() {
 async fn udp_associate_through_the_agent_reaches_ipv6() {
     let certs = Certs::make();
     let echo = UdpEcho::start("[::1]:0").await;
-    let web = tcp_echo().await;
     let allow = format!("\"[::1]:{}\"", echo.addr.port());
-    let pair = start_pair(&certs, &allow, web);
-    let (_control, relay) = socks5_associate(pair.relay.addr("socks")).await;
-    let client = tokio::net::UdpSocket::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let mut buf = vec![0u8; 2048];
-    let mut got = None;
-    for _ in 0..20 {
-        client
-            .send_to(&socks5_datagram(echo.addr, b"ping6"), relay)
-            .await
-            .expect("send");
-        if let Ok(Ok((n, _))) =
-            tokio::time::timeout(Duration::from_millis(250), client.recv_from(&mut buf)).await
-        {
-            got = Some(buf[..n].to_vec());
-            break;
-        }
-    }
-    let got = got.expect("an echo from [::1] through the agent");
+    let (_pair, _control, relay, client) = udp_pair(&certs, &allow).await;
+    let got = udp_echo_through(&client, relay, echo.addr, b"ping6").await;
     assert_eq!(got, socks5_datagram(echo.addr, b"ping6"));
 }
 
