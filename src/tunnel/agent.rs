@@ -508,7 +508,8 @@ impl Agent {
             Err(_) => return,
         };
         let mut h2 = H2Stream::new(send, req.into_body());
-        let (end, stats) = super::stream::relay(tcp, &mut h2, self.cfg.idle_timeout).await;
+        let mut tcp = tcp;
+        let (end, stats) = super::stream::relay_tcp(&mut tcp, &mut h2, self.cfg.idle_timeout).await;
         tracing::debug!(agent = %self.cfg.name, ?end, up = stats.a_to_b, down = stats.b_to_a, "tunnel: stream done");
     }
 
@@ -628,7 +629,7 @@ impl Agent {
         if !early.is_empty() && tcp.write_all(&early).await.is_err() {
             return;
         }
-        let (end, stats) = super::stream::relay(tcp, &mut h2, self.cfg.idle_timeout).await;
+        let (end, stats) = super::stream::relay_tcp(&mut tcp, &mut h2, self.cfg.idle_timeout).await;
         tracing::debug!(agent = %self.cfg.name, ?end, up = stats.a_to_b, down = stats.b_to_a, "tunnel: BIND stream done");
     }
 

@@ -50,7 +50,7 @@ impl Published {
             }
         }
         let (end, stats) =
-            super::stream::relay(&mut stream, &mut opened.stream, self.cfg.idle_timeout).await;
+            super::stream::relay_tcp(&mut stream, &mut opened.stream, self.cfg.idle_timeout).await;
         opened.count(stats.a_to_b, stats.b_to_a);
         self.svc.metrics.tunnel_bytes(
             &self.cfg.agent,

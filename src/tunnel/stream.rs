@@ -168,7 +168,31 @@ pub async fn relay<A>(a: A, h2: &mut H2Stream, idle: Duration) -> (RelayEnd, Rel
 where
     A: AsyncRead + AsyncWrite + Unpin,
 {
-    let (mut ar, mut aw) = tokio::io::split(a);
+    let (ar, aw) = tokio::io::split(a);
+    relay_halves(ar, aw, h2, idle).await
+}
+
+/// [`relay`] for a TCP socket: its two halves borrowed (`TcpStream::split`), with no lock
+/// between them as `tokio::io::split` has for any stream.
+pub async fn relay_tcp(
+    tcp: &mut tokio::net::TcpStream,
+    h2: &mut H2Stream,
+    idle: Duration,
+) -> (RelayEnd, RelayStats) {
+    let (ar, aw) = tcp.split();
+    relay_halves(ar, aw, h2, idle).await
+}
+
+async fn relay_halves<R, W>(
+    mut ar: R,
+    mut aw: W,
+    h2: &mut H2Stream,
+    idle: Duration,
+) -> (RelayEnd, RelayStats)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     let a_to_b = AtomicU64::new(0);
     let b_to_a = AtomicU64::new(0);
     let moved = |count: &AtomicU64, n: usize| {
