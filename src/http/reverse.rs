@@ -376,8 +376,13 @@ fn idempotent(method: &str) -> bool {
 
 /// The idle-pool key of streams to `service` through `agent` (a route's `agent`, or a pool
 /// server's: both keep their streams in `Reverse::idle_agent`).
-fn agent_service_key(agent: &str, service: &str) -> Host {
-    Host::Name(format!("{agent}/{service}"))
+/// The idle-pool key of streams to `service` through `agent`; with `client` (the streams
+/// began with a PROXY header for it), that client's own.
+fn agent_service_key(agent: &str, service: &str, client: Option<SocketAddr>) -> Host {
+    match client {
+        Some(c) => Host::Name(format!("{agent}/{service}~{c}")),
+        None => Host::Name(format!("{agent}/{service}")),
+    }
 }
 
 /// Writes a PROXY header (`v`) first on a new stream through an agent, as
@@ -395,10 +400,7 @@ async fn send_proxy_header(
         SocketAddr::V4(_) => SocketAddr::from(([0, 0, 0, 0], 0)),
         SocketAddr::V6(_) => SocketAddr::from(([0u16; 8], 0)),
     });
-    let header = match v {
-        ProxyVersion::V1 => proxy_protocol::encode_v1(client, dst),
-        ProxyVersion::V2 => proxy_protocol::encode_v2(client, dst),
-    };
+    let header = proxy_protocol::encode(v, client, dst);
     o.stream.write_all(&header).await.map_err(|e| {
         let msg = format!("{label}: PROXY header: {e}");
         ProxyError::new(502, "connection_terminated", msg)
@@ -768,10 +770,9 @@ impl HttpProxy {
                 host: match (&server.agent, use_tls, pool.cfg.proxy_protocol) {
                     // Through an agent (its own idle pool): the agent and its service; a
                     // stream that began with a PROXY header speaks for this client only.
-                    (Some(via), _, Some(_)) => {
-                        Host::Name(format!("{}/{}~{}", via.agent, via.service, client.peer))
+                    (Some(via), _, pp) => {
+                        agent_service_key(&via.agent, &via.service, pp.map(|_| client.peer))
                     }
-                    (Some(via), _, None) => agent_service_key(&via.agent, &via.service),
                     (None, _, Some(_)) => Host::Name(format!(
                         "{}~{}/{}/{}",
                         pool.cfg.name,
@@ -1123,11 +1124,12 @@ impl HttpProxy {
         // A stream kept from an earlier exchange (the agent still holds its connection to
         // the service) first; a new one when none is idle.
         let key = PoolKey {
-            host: match via.send_proxy {
-                // A stream that began with a PROXY header speaks for this client only.
-                Some(_) => Host::Name(format!("{}/{}~{}", via.agent, via.service, client.peer)),
-                None => agent_service_key(&via.agent, &via.service),
-            },
+            // A stream that began with a PROXY header speaks for this client only.
+            host: agent_service_key(
+                &via.agent,
+                &via.service,
+                via.send_proxy.map(|_| client.peer),
+            ),
             port: 0,
         };
         let (opened, reused) =
@@ -1363,10 +1365,7 @@ impl HttpProxy {
         let mut c = pool.connect_one(i, &self.svc.connector).await?;
         if let Some(v) = pool.cfg.proxy_protocol {
             let dst = local.unwrap_or(c.peer);
-            let header = match v {
-                ProxyVersion::V1 => proxy_protocol::encode_v1(client, dst),
-                ProxyVersion::V2 => proxy_protocol::encode_v2(client, dst),
-            };
+            let header = proxy_protocol::encode(v, client, dst);
             c.stream.write_all(&header).await.map_err(|source| {
                 crate::connector::ConnectError::Io {
                     addr: c.peer,

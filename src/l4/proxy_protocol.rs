@@ -176,6 +176,14 @@ fn same_family(src: SocketAddr, dst: SocketAddr) -> (SocketAddr, SocketAddr) {
     }
 }
 
+/// The header of version `v`: [`encode_v1`] or [`encode_v2`].
+pub fn encode(v: crate::config::ProxyVersion, src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
+    match v {
+        crate::config::ProxyVersion::V1 => encode_v1(src, dst),
+        crate::config::ProxyVersion::V2 => encode_v2(src, dst),
+    }
+}
+
 /// `PROXY TCP4 <src> <dst> <sport> <dport>\r\n`.
 pub fn encode_v1(src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
     let (src, dst) = same_family(src, dst);

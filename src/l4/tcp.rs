@@ -16,7 +16,7 @@ use tokio::net::TcpStream;
 use super::client_hello::{self, Hello, HelloInfo};
 use super::proxy_protocol::{self, Decoded, Header};
 use crate::accesslog::AccessRecord;
-use crate::config::{ProxyVersion, TcpListenerConfig};
+use crate::config::TcpListenerConfig;
 use crate::metrics::ListenerMetrics;
 use crate::policy::matcher::CidrSet;
 use crate::policy::Protocol;
@@ -249,8 +249,7 @@ impl TcpBalancer {
         let secure = pool.has_tls();
         // The listener's `send_proxy`, else the pool's `proxy_protocol`.
         let mut first = match self.cfg.send_proxy.or(pool.cfg.proxy_protocol) {
-            Some(ProxyVersion::V1) => proxy_protocol::encode_v1(*origin, dst),
-            Some(ProxyVersion::V2) => proxy_protocol::encode_v2(*origin, dst),
+            Some(v) => proxy_protocol::encode(v, *origin, dst),
             None => Vec::new(),
         };
         if !secure {

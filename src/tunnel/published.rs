@@ -9,7 +9,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::proto::Open;
-use crate::config::{ProxyVersion, PublishedListenerConfig};
+use crate::config::PublishedListenerConfig;
 use crate::server::Services;
 
 pub struct Published {
@@ -40,10 +40,7 @@ impl Published {
             let Ok(local) = stream.local_addr() else {
                 return;
             };
-            let header = match v {
-                ProxyVersion::V1 => crate::l4::proxy_protocol::encode_v1(peer, local),
-                ProxyVersion::V2 => crate::l4::proxy_protocol::encode_v2(peer, local),
-            };
+            let header = crate::l4::proxy_protocol::encode(v, peer, local);
             if opened.stream.write_all(&header).await.is_err() {
                 let _ = stream.shutdown().await;
                 return;
