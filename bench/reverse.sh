@@ -163,6 +163,17 @@ cpu_ticks() {
     echo "$total"
 }
 
+# "user system" CPU ticks of a process and its children, apart (for the raw outputs).
+cpu_split() {
+    local u=0 s=0 p a b
+    for p in $(procs "$1"); do
+        read -r a b < <(awk '{print $14, $15}' "/proc/$p/stat" 2>/dev/null || echo "0 0")
+        u=$((u + ${a:-0}))
+        s=$((s + ${b:-0}))
+    done
+    echo "$u $s"
+}
+
 # Resident memory (KiB, VmRSS) of a process and its children.
 rss_kib() {
     local total=0 p k
@@ -183,11 +194,15 @@ log_p99() {
 
 # One wrk run against URL: prints "rps p99_ms errors cpu_us_per_request".
 wrk_once() {
-    local url=$1 out=$2 pid=$3 c0 c1
+    local url=$1 out=$2 pid=$3 c0 c1 s0 s1
     c0=$(cpu_ticks "$pid")
+    s0=$(cpu_split "$pid")
     OPENSSL_CONF="$WORK/client.cnf" timeout $((DURATION + 30)) wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" --latency \
         -H "Host: app.test" "$url" >"$out" 2>&1 || true
     c1=$(cpu_ticks "$pid")
+    s1=$(cpu_split "$pid")
+    # The proxy's user and system ticks apart, for the raw output (the table has their sum).
+    echo "cpu_ticks_user_sys_before=${s0/ /,} after=${s1/ /,} hz=$(getconf CLK_TCK)" >>"$out"
     awk -v ticks=$((c1 - c0)) -v hz="$(getconf CLK_TCK)" '
         /^Requests\/sec:/ { rps = $2 }
         /^ +99%/ {
