@@ -35,6 +35,8 @@
 #   H2_CONNS=50 H2_STREAMS=10 HS_CONNS=32 IDLE_CLIENTS=2000
 #   SCENARIOS="h1 tls-h1 tls-h2 handshake idle"
 #   GATEHOUSE_BIN=path: use that binary instead of building target/release/gatehouse
+#   SYSCALLS=1: count each proxy's system calls by kind during the wrk runs (perf stat on
+#   kernel tracepoints, needs linux-perf and root), into the raw outputs' *.out.syscalls
 # A smoke run (checks the script, measures nothing worth keeping):
 #   RUNS=1 DURATION=2 IDLE_CLIENTS=200 bench/reverse.sh
 set -euo pipefail
@@ -78,7 +80,7 @@ cleanup() {
         wait "$p" 2>/dev/null || true
     done
     mkdir -p "$RESULTS"
-    cp "$WORK"/*.out "$WORK"/*.conf "$WORK"/*.cfg "$WORK"/*.toml "$WORK"/*.cnf "$WORK"/*.log "$RESULTS"/ 2>/dev/null || true
+    cp "$WORK"/*.out "$WORK"/*.syscalls "$WORK"/*.conf "$WORK"/*.cfg "$WORK"/*.toml "$WORK"/*.cnf "$WORK"/*.log "$RESULTS"/ 2>/dev/null || true
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -197,8 +199,22 @@ wrk_once() {
     local url=$1 out=$2 pid=$3 c0 c1 s0 s1
     c0=$(cpu_ticks "$pid")
     s0=$(cpu_split "$pid")
+    local perf=""
+    if [ "${SYSCALLS:-0}" = 1 ]; then
+        # The proxy's system calls by kind during the load (kernel tracepoints, not timings).
+        perf stat -x, -o "$out.syscalls" -p "$(procs "$pid" | paste -sd,)" -e raw_syscalls:sys_enter \
+            -e syscalls:sys_enter_epoll_wait -e syscalls:sys_enter_recvfrom -e syscalls:sys_enter_sendto \
+            -e syscalls:sys_enter_read -e syscalls:sys_enter_write -e syscalls:sys_enter_writev \
+            -e syscalls:sys_enter_readv -e syscalls:sys_enter_futex -e syscalls:sys_enter_sched_yield &
+        perf=$!
+    fi
     OPENSSL_CONF="$WORK/client.cnf" timeout $((DURATION + 30)) wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" --latency \
         -H "Host: app.test" "$url" >"$out" 2>&1 || true
+    if [ -n "$perf" ]; then
+        kill -INT "$perf" 2>/dev/null || true
+        wait "$perf" 2>/dev/null || true
+        awk '/ requests in / { print "requests=" $1 }' "$out" >>"$out.syscalls"
+    fi
     c1=$(cpu_ticks "$pid")
     s1=$(cpu_split "$pid")
     # The proxy's user and system ticks apart, for the raw output (the table has their sum).

@@ -33,6 +33,11 @@ pub fn current() -> Option<usize> {
     INDEX.with(std::cell::Cell::get)
 }
 
+/// Marks this thread as worker `index` (each worker thread does, as it starts).
+pub(crate) fn mark_current(index: usize) {
+    INDEX.with(|c| c.set(Some(index)));
+}
+
 /// How many workers `[runtime]` asks for: `workers`, else `TOKIO_WORKER_THREADS`, else
 /// one per CPU core.
 pub fn count(cfg: &crate::config::RuntimeConfig) -> usize {
@@ -91,7 +96,7 @@ impl Workers {
             std::thread::Builder::new()
                 .name(format!("gatehouse-worker-{i}"))
                 .spawn(move || {
-                    INDEX.with(|c| c.set(Some(i)));
+                    mark_current(i);
                     let _ = up.send(());
                     rt.block_on(std::future::pending::<()>())
                 })?;
