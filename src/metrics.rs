@@ -1,10 +1,12 @@
 //! Prometheus metrics, served by the admin listener's `/metrics`.
 
+pub mod sharded;
+pub use sharded::{Counter, Histogram};
+
 use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::histogram::exponential_buckets;
 use prometheus_client::registry::Registry;
 use std::sync::OnceLock;
 

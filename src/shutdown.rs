@@ -37,14 +37,7 @@ impl Signal {
     /// This thread's wait list: the per-core worker's own, or (on the shared scheduler,
     /// whose tasks move between threads) one picked per thread.
     fn shard(&self) -> &Notify {
-        thread_local! {
-            static PICK: usize = {
-                static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-                NEXT.fetch_add(1, Ordering::Relaxed)
-            };
-        }
-        let i = crate::workers::current().unwrap_or_else(|| PICK.with(|p| *p));
-        &self.shards[i % SHARDS]
+        &self.shards[crate::workers::shard_index() % SHARDS]
     }
 }
 

@@ -33,6 +33,19 @@ pub fn current() -> Option<usize> {
     INDEX.with(std::cell::Cell::get)
 }
 
+/// The shard of per-thread state this thread writes: the per-core worker's index, or on
+/// other threads (the shared scheduler's) a number given to each thread when it first asks,
+/// so that threads spread over the shards.
+pub fn shard_index() -> usize {
+    thread_local! {
+        static PICK: usize = {
+            static NEXT: AtomicUsize = AtomicUsize::new(0);
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        };
+    }
+    current().unwrap_or_else(|| PICK.with(|p| *p))
+}
+
 /// Marks this thread as worker `index` (each worker thread does, as it starts).
 pub(crate) fn mark_current(index: usize) {
     INDEX.with(|c| c.set(Some(index)));

@@ -29,6 +29,8 @@ use crate::balance::HttpOutcome;
 use crate::config::{ProxyVersion, ReverseListenerConfig};
 use crate::connector::Host;
 use crate::l4::proxy_protocol;
+use crate::metrics::Counter;
+use crate::metrics::Histogram;
 use crate::metrics::{RouteClassLabels, RouteLabels, Series};
 use crate::policy::headers::Rewrite;
 use crate::policy::matcher::CidrSet;
@@ -37,8 +39,6 @@ use crate::pool::ServerPool;
 use crate::reverse::headers::{self, LinkRewrite};
 use crate::reverse::route::{self, Lookup, Table};
 use crate::server::Services;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::histogram::Histogram;
 
 /// A reverse-proxy listener's routing state, built when the listener starts.
 pub struct Reverse {

@@ -20,10 +20,10 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::metrics::Counter;
 use argon2::password_hash::phc::PasswordHash;
 use argon2::password_hash::PasswordHasher;
 use argon2::{Argon2, Block};
-use prometheus_client::metrics::counter::Counter;
 use sha2::{Digest, Sha256};
 
 use super::hashpool::{HashPool, Overloaded};

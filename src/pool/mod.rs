@@ -337,13 +337,13 @@ pub struct Picked {
 /// One server's metric series.
 struct ServerSeries {
     up: prometheus_client::metrics::gauge::Gauge,
-    connections: Series<ServerLabels, prometheus_client::metrics::counter::Counter>,
-    errors: Series<ServerLabels, prometheus_client::metrics::counter::Counter>,
-    to_server: Series<ServerBytesLabels, prometheus_client::metrics::counter::Counter>,
-    from_server: Series<ServerBytesLabels, prometheus_client::metrics::counter::Counter>,
+    connections: Series<ServerLabels, crate::metrics::Counter>,
+    errors: Series<ServerLabels, crate::metrics::Counter>,
+    to_server: Series<ServerBytesLabels, crate::metrics::Counter>,
+    from_server: Series<ServerBytesLabels, crate::metrics::Counter>,
     /// `pool_server_requests` by status class: 1xx to 5xx, then `other`.
-    requests: [Series<ServerClassLabels, prometheus_client::metrics::counter::Counter>; 6],
-    response_seconds: Series<ServerLabels, prometheus_client::metrics::histogram::Histogram>,
+    requests: [Series<ServerClassLabels, crate::metrics::Counter>; 6],
+    response_seconds: Series<ServerLabels, crate::metrics::Histogram>,
 }
 
 /// Why no connection to any server of the pool could be made.
