@@ -33,22 +33,36 @@ const MAX_NAMES: usize = 1024;
 /// Longest destination kept (longer ones are cut).
 const MAX_DESTINATION: usize = 255;
 
-/// The live statistics, shared by every connection (one short lock per record).
+/// The live statistics, shared by every connection: one short lock per record, of this
+/// thread's shard (a per-core worker's own), so the two cores do not pass one lock's cache
+/// line between them on every request. A snapshot adds the shards up.
 pub struct Stats {
     start: Instant,
-    inner: Mutex<Inner>,
+    shards: Box<[Shard]>,
+    shared: Mutex<Shared>,
 }
 
+/// One thread shard's counts, on cache lines of its own.
+#[repr(align(128))]
 #[derive(Default)]
-struct Inner {
+struct Shard(Mutex<Tally>);
+
+/// What the records add to.
+#[derive(Default)]
+struct Tally {
     listeners: BTreeMap<Arc<str>, ListenerCounters>,
-    /// The configured listeners (name, kind, address), set at start and on reload.
-    configured: Vec<ListenerInfo>,
     errors: BTreeMap<&'static str, u64>,
     rules: BTreeMap<Arc<str>, u64>,
     cache: BTreeMap<&'static str, u64>,
     clients: SpaceSaving<IpAddr>,
     destinations: SpaceSaving<String>,
+}
+
+/// What is set apart from the records (at start, on reload, by connects through parents).
+#[derive(Default)]
+struct Shared {
+    /// The configured listeners (name, kind, address), set at start and on reload.
+    configured: Vec<ListenerInfo>,
     parents: BTreeMap<String, ParentHealth>,
 }
 
@@ -181,7 +195,25 @@ impl<K: Hash + Eq + Clone + Ord> SpaceSaving<K> {
         self.counts.insert(key, (min + n, min));
     }
 
+    /// Its keys with their counts, and its smallest count when it is full.
+    fn summary(&self) -> Summary<K> {
+        let full = self.counts.len() >= self.capacity;
+        Summary {
+            entries: self
+                .counts
+                .iter()
+                .map(|(k, (c, e))| (k.clone(), *c, *e))
+                .collect(),
+            floor: if full {
+                self.counts.values().map(|(c, _)| *c).min()
+            } else {
+                None
+            },
+        }
+    }
+
     /// The `n` largest, largest first (ties by key), with their possible overestimate.
+    #[cfg(test)]
     fn top(&self, n: usize) -> Vec<(K, u64, u64)> {
         let mut all: Vec<_> = self
             .counts
@@ -258,13 +290,22 @@ impl Stats {
     pub fn starting_at(start: Instant) -> Stats {
         Stats {
             start,
-            inner: Mutex::default(),
+            shards: (0..crate::metrics::sharded::shards())
+                .map(|_| Shard::default())
+                .collect(),
+            shared: Mutex::default(),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner> {
+    /// This thread's shard.
+    fn tally(&self) -> MutexGuard<'_, Tally> {
+        let i = crate::workers::shard_index() % self.shards.len();
         // Counters only: a panic elsewhere cannot leave them in a state worse than stale.
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        self.shards[i].0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Shared> {
+        self.shared.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn second(&self, now: Instant) -> u64 {
@@ -278,7 +319,7 @@ impl Stats {
 
     pub fn record_at(&self, rec: &AccessRecord, now: Instant) {
         let sec = self.second(now);
-        let mut g = self.lock();
+        let mut g = self.tally();
         let inner = &mut *g;
         let bytes = rec.bytes_in + rec.bytes_out;
         let count = |l: &mut ListenerCounters| {
@@ -347,11 +388,12 @@ impl Stats {
 
     pub fn snapshot_at(&self, now: Instant) -> Snapshot {
         let sec = self.second(now);
+        let t = self.merged(sec);
         let g = self.lock();
-        let empty = ListenerCounters::default();
+        let empty = Merged::default();
         let one = |name: &str, kind, addr| {
-            let c = g.listeners.get(name).unwrap_or(&empty);
-            let series = c.ring.series(sec);
+            let c = t.listeners.get(name).unwrap_or(&empty);
+            let series = c.series.clone();
             let recent = &series[series.len().saturating_sub(RATE_SECONDS as usize)..];
             let per_second = |f: fn(&Sample) -> u64| {
                 recent.iter().map(f).sum::<u64>() as f64 / RATE_SECONDS as f64
@@ -375,7 +417,7 @@ impl Stats {
             .map(|l| one(&l.name, l.kind, Some(l.addr)))
             .collect();
         // Listeners removed by a reload keep their counts.
-        for name in g.listeners.keys() {
+        for name in t.listeners.keys() {
             if !g.configured.iter().any(|l| *l.name == **name) {
                 listeners.push(one(name, "", None));
             }
@@ -389,19 +431,125 @@ impl Stats {
         Snapshot {
             uptime_seconds: sec,
             listeners,
-            errors: g.errors.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
-            rules: g.rules.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
-            cache_statuses: g.cache.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
-            top_clients: top(g
+            errors: t.errors.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            rules: t.rules.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            cache_statuses: t.cache.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            top_clients: top(t
                 .clients
-                .top(TOP)
                 .into_iter()
                 .map(|(k, c, e)| (k.to_string(), c, e))
                 .collect()),
-            top_destinations: top(g.destinations.top(TOP)),
+            top_destinations: top(t.destinations),
             parents: g.parents.clone(),
         }
     }
+
+    /// Every shard's counts added up (the rings as their series at `sec`).
+    fn merged(&self, sec: u64) -> MergedTally {
+        let mut m = MergedTally::default();
+        let mut clients = Vec::with_capacity(self.shards.len());
+        let mut destinations = Vec::with_capacity(self.shards.len());
+        for shard in self.shards.iter() {
+            let t = shard.0.lock().unwrap_or_else(|e| e.into_inner());
+            for (name, c) in &t.listeners {
+                let e = m.listeners.entry(name.clone()).or_default();
+                e.requests += c.requests;
+                e.errors += c.errors;
+                e.bytes_in += c.bytes_in;
+                e.bytes_out += c.bytes_out;
+                let series = c.ring.series(sec);
+                if e.series.is_empty() {
+                    e.series = series;
+                } else {
+                    for (a, b) in e.series.iter_mut().zip(series) {
+                        a.requests += b.requests;
+                        a.bytes += b.bytes;
+                    }
+                }
+            }
+            for (k, v) in &t.errors {
+                *m.errors.entry(k).or_default() += v;
+            }
+            for (k, v) in &t.rules {
+                *m.rules.entry(k.clone()).or_default() += v;
+            }
+            for (k, v) in &t.cache {
+                *m.cache.entry(k).or_default() += v;
+            }
+            clients.push(t.clients.summary());
+            destinations.push(t.destinations.summary());
+        }
+        m.clients = merge_top(clients, TOP);
+        m.destinations = merge_top(destinations, TOP);
+        m
+    }
+}
+
+/// One listener's counts over the shards.
+#[derive(Default)]
+struct Merged {
+    requests: u64,
+    errors: u64,
+    bytes_in: u64,
+    bytes_out: u64,
+    series: Vec<Sample>,
+}
+
+#[derive(Default)]
+struct MergedTally {
+    listeners: BTreeMap<Arc<str>, Merged>,
+    errors: BTreeMap<&'static str, u64>,
+    rules: BTreeMap<Arc<str>, u64>,
+    cache: BTreeMap<&'static str, u64>,
+    clients: Vec<(IpAddr, u64, u64)>,
+    destinations: Vec<(String, u64, u64)>,
+}
+
+/// One shard's heavy-hitters summary: its keys with count and possible overestimate, and
+/// whether it is full (then a key it lacks may still have been counted there, up to its
+/// smallest count, before being replaced).
+struct Summary<K> {
+    entries: Vec<(K, u64, u64)>,
+    floor: Option<u64>,
+}
+
+/// The `n` largest of several shards' summaries (each of [`SUMMARY`] keys at most), largest
+/// first (ties by key): a key's counts and overestimates added up, plus, for each full
+/// summary without it, that summary's smallest count as a further possible overestimate
+/// (mergeable summaries, Agarwal et al. 2012). A key seen more than `total / SUMMARY`
+/// times in all is more than that share of some shard's records, so that shard kept it.
+fn merge_top<K: Hash + Eq + Clone + Ord>(
+    summaries: Vec<Summary<K>>,
+    n: usize,
+) -> Vec<(K, u64, u64)> {
+    let mut all: HashMap<K, (u64, u64, usize)> = HashMap::new();
+    for s in &summaries {
+        for (k, c, e) in &s.entries {
+            let v = all.entry(k.clone()).or_default();
+            v.0 += c;
+            v.1 += e;
+            v.2 += 1;
+        }
+    }
+    let mut out: Vec<(K, u64, u64)> = all
+        .into_iter()
+        .map(|(k, (c, e, seen_in))| {
+            // The floors of the full summaries that lack this key.
+            let missing: u64 = if seen_in == summaries.len() {
+                0
+            } else {
+                summaries
+                    .iter()
+                    .filter(|s| !s.entries.iter().any(|(x, _, _)| *x == k))
+                    .filter_map(|s| s.floor)
+                    .sum()
+            };
+            (k, c, e + missing)
+        })
+        .collect();
+    out.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    out.truncate(n);
+    out
 }
 
 /// The destination of a record's target: the authority of an absolute URL (`http://h:p/x`
@@ -516,8 +664,60 @@ mod tests {
                 t0 + Duration::from_secs(i),
             );
         }
-        let g = s.lock();
+        let g = s.tally();
         assert!(g.listeners["l"].ring.samples.len() <= WINDOW);
+    }
+
+    /// Records counted on four worker threads (each shard its own) show in one snapshot as
+    /// if one thread had counted them all: totals, the per-second series, errors, and the
+    /// heavy hitters, whose counts add up across the shards.
+    #[test]
+    fn shards_add_up_in_the_snapshot() {
+        let t0 = Instant::now();
+        let s = Stats::starting_at(t0);
+        s.set_listeners(vec![ListenerInfo {
+            name: "l".into(),
+            kind: "http",
+            addr: "127.0.0.1:1".parse().expect("addr"),
+        }]);
+        std::thread::scope(|scope| {
+            for w in 0..4usize {
+                let s = &s;
+                scope.spawn(move || {
+                    crate::workers::mark_current(w);
+                    for i in 0..100u64 {
+                        // One heavy client and destination everywhere, and 100 light ones
+                        // per thread: more keys than a summary holds.
+                        let (client, target) = if i % 2 == 0 {
+                            ("10.0.0.1:5".to_string(), "heavy.test:443".to_string())
+                        } else {
+                            (format!("10.{w}.{}.2:5", i), format!("t{w}-{i}.test:443"))
+                        };
+                        let mut r = rec("l", &client, &target, 10);
+                        if i % 10 == 0 {
+                            r.error = Some("destination_unavailable");
+                        }
+                        s.record_at(&r, t0 + Duration::from_millis(1500));
+                    }
+                });
+            }
+        });
+        let snap = s.snapshot_at(t0 + Duration::from_secs(3));
+        let l = &snap.listeners[0];
+        assert_eq!(l.requests, 400);
+        assert_eq!(l.errors, 40);
+        // Second 1 holds all 400 (10 bytes in and 20 out each).
+        assert_eq!(l.series[WINDOW - 2].requests, 400);
+        assert_eq!(l.series[WINDOW - 2].bytes, 12_000);
+        assert_eq!(snap.errors.get("destination_unavailable"), Some(&40));
+        assert_eq!(snap.top_clients[0].key, "10.0.0.1");
+        assert!(
+            snap.top_clients[0].count >= 200,
+            "{:?}",
+            snap.top_clients[0]
+        );
+        assert_eq!(snap.top_destinations[0].key, "heavy.test:443");
+        assert!(snap.top_destinations[0].count >= 200);
     }
 
     #[test]

@@ -18,7 +18,7 @@ use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::{MetricType, TypedMetric};
 
 /// How many shards a series keeps: one per CPU (per-core workers beyond it share), at most 16.
-fn shards() -> usize {
+pub(crate) fn shards() -> usize {
     static N: OnceLock<usize> = OnceLock::new();
     *N.get_or_init(|| {
         std::thread::available_parallelism()
