@@ -1019,12 +1019,11 @@ impl HttpProxy {
                     .and_then(|r| r.head_at.get().copied())
                     .unwrap_or_else(Instant::now);
                 let took = at.saturating_duration_since(sent_at);
-                pool.observe_at(i, ex.status, took, at);
+                pool.answered_at(i, ex.status, took, at);
                 rv.routes[to.route]
                     .upstream
                     .get(&self.svc.metrics.route_upstream_seconds)
                     .observe(took.as_secs_f64());
-                pool.http_result_at(i, HttpOutcome::Status(ex.status), at);
                 at
             };
             match r {

@@ -908,6 +908,29 @@ impl ServerPool {
 
     /// [`ServerPool::observe`] with the clock already read (`now`: when the head came).
     pub fn observe_at(&self, i: usize, status: u16, latency: Duration, now: Instant) {
+        self.count_response(i, status, latency);
+        self.with_server(i, |_, b, j, _| b.sample(j, latency, now));
+    }
+
+    /// [`ServerPool::observe_at`] and [`ServerPool::http_result_at`] for a response head
+    /// with `status`, under one taking of the balancer's lock when passive health counts it
+    /// a success (nearly always): the lock every request of every thread takes.
+    pub fn answered_at(&self, i: usize, status: u16, latency: Duration, now: Instant) {
+        if !PassiveHealth::verdict(HttpOutcome::Status(status), &self.cfg.passive) {
+            self.observe_at(i, status, latency, now);
+            self.http_result_at(i, HttpOutcome::Status(status), now);
+            return;
+        }
+        self.count_response(i, status, latency);
+        self.with_server(i, |p, b, j, live| {
+            b.sample(j, latency, now);
+            let t = b.server_mut(j).passive.success();
+            p.after(b, j, t, "passive: answered again", live, now);
+        });
+    }
+
+    /// Server `i`'s response metrics: its status class and latency.
+    fn count_response(&self, i: usize, status: u16, latency: Duration) {
         let class = match status {
             100..=599 => usize::from(status / 100) - 1,
             _ => 5,
@@ -920,7 +943,6 @@ impl ServerPool {
                 .get(&p.metrics.pool_server_response_seconds)
                 .observe(latency.as_secs_f64());
         }
-        self.with_server(i, |_, b, j, _| b.sample(j, latency, now));
     }
 
     /// Readmits every server whose passive ejection has run out by `now` (logged, gauge set).
@@ -958,8 +980,12 @@ impl ServerPool {
     ) {
         b.server_mut(i).note(t, now);
         if live {
-            let up = b.server(i).is_available(now);
-            self.series[i].up.set(i64::from(up));
+            // Stored only when it changes: a read leaves the cache line shared between the
+            // cores, a store on every answered request took it from the other core.
+            let up = i64::from(b.server(i).is_available(now));
+            if self.series[i].up.get() != up {
+                self.series[i].up.set(up);
+            }
         }
         match t {
             Some(Transition::Down) => tracing::warn!(
