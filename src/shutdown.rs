@@ -9,6 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::Notify;
+
+use crate::workers::Apart;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -27,7 +29,7 @@ pub struct Shutdown {
 #[derive(Default)]
 struct Signal {
     draining: AtomicBool,
-    shards: [Notify; SHARDS],
+    shards: [Apart<Notify>; SHARDS],
 }
 
 /// Wait lists of the drain signal: per-core worker threads beyond this share them.

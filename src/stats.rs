@@ -43,9 +43,7 @@ pub struct Stats {
 }
 
 /// One thread shard's counts, on cache lines of its own.
-#[repr(align(128))]
-#[derive(Default)]
-struct Shard(Mutex<Tally>);
+type Shard = crate::workers::Apart<Mutex<Tally>>;
 
 /// What the records add to.
 #[derive(Default)]

@@ -33,6 +33,20 @@ pub fn current() -> Option<usize> {
     INDEX.with(std::cell::Cell::get)
 }
 
+/// A value on cache lines of its own (two: the adjacent-line prefetcher fetches pairs), so
+/// that writes to it (a lock's word, a shard's counts) do not take the line of its
+/// neighbours, read by the other core, with them: false sharing.
+#[repr(align(128))]
+#[derive(Default, Debug)]
+pub struct Apart<T>(pub T);
+
+impl<T> std::ops::Deref for Apart<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
 /// The shard of per-thread state this thread writes: the per-core worker's index, or on
 /// other threads (the shared scheduler's) a number given to each thread when it first asks,
 /// so that threads spread over the shards.

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 
 use crate::connector::Host;
+use crate::workers::Apart;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PoolKey {
@@ -98,7 +99,7 @@ struct Idle<S> {
 pub struct Pool<S = TcpStream> {
     /// One shard per worker thread ([`crate::workers::current`]); shard 0 serves every
     /// thread of the shared scheduler. A fast hasher: keys are servers the proxy connected to.
-    idle: Box<[Mutex<IdleMap<S>>]>,
+    idle: Box<[Apart<Mutex<IdleMap<S>>>]>,
     max_per_host: usize,
     idle_timeout: Duration,
 }
@@ -106,7 +107,7 @@ pub struct Pool<S = TcpStream> {
 impl<S: Quiet> Pool<S> {
     pub fn new(max_per_host: usize, idle_timeout: Duration) -> Arc<Pool<S>> {
         let pool = Arc::new(Pool {
-            idle: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            idle: (0..SHARDS).map(|_| Apart(Mutex::default())).collect(),
             max_per_host,
             idle_timeout,
         });

@@ -33,21 +33,13 @@ fn mine(n: usize) -> usize {
     crate::workers::shard_index() % n
 }
 
-/// One cache-line pair (the adjacent-line prefetcher fetches two) for each shard's slots.
-#[repr(align(128))]
-#[derive(Default)]
-struct Slot(AtomicU64);
+/// One shard's count, on cache lines of its own.
+type Slot = crate::workers::Apart<AtomicU64>;
 
 /// A monotonic count (a Prometheus counter).
 #[derive(Clone, Debug)]
 pub struct Counter {
     slots: Arc<[Slot]>,
-}
-
-impl std::fmt::Debug for Slot {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.load(Ordering::Relaxed).fmt(f)
-    }
 }
 
 impl Default for Counter {

@@ -291,9 +291,11 @@ pub struct ServerHealth {
 
 pub struct ServerPool {
     pub cfg: PoolConfig,
-    balancer: Mutex<Balancer>,
+    /// On cache lines of its own, as the budget's: every request of every thread takes
+    /// these locks, and the fields around them are read on every request too.
+    balancer: crate::workers::Apart<Mutex<Balancer>>,
     /// Apart from the balancer's lock: every request deposits here.
-    budget: Mutex<RetryBudget>,
+    budget: crate::workers::Apart<Mutex<RetryBudget>>,
     metrics: Arc<Metrics>,
     labels: Vec<ServerLabels>,
     /// Each server's label as shared text, for the access records of its requests.
@@ -542,8 +544,8 @@ impl ServerPool {
                 pool: cfg.name.clone(),
             },
             cfg,
-            balancer: Mutex::new(balancer),
-            budget: Mutex::new(budget),
+            balancer: crate::workers::Apart(Mutex::new(balancer)),
+            budget: crate::workers::Apart(Mutex::new(budget)),
             shared_labels,
             metrics,
             labels,
