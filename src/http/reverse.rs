@@ -34,7 +34,7 @@ use crate::metrics::Histogram;
 use crate::metrics::{RouteClassLabels, RouteLabels, Series};
 use crate::policy::headers::Rewrite;
 use crate::policy::matcher::CidrSet;
-use crate::policy::{AccessRequest, Action, Precheck, Protocol};
+use crate::policy::{AccessRequest, Action, Protocol};
 use crate::pool::ServerPool;
 use crate::reverse::headers::{self, LinkRewrite};
 use crate::reverse::route::{self, Lookup, Table};
@@ -478,7 +478,6 @@ impl HttpProxy {
 
         // The policy's client rules (listener, client address, method, time) and the
         // per-client request rate. Destinations are the pools: rules about them do not match.
-        let policy = client.policy.clone();
         let ip = client.peer.ip().to_canonical();
         let req = AccessRequest {
             listener: &self.name,
@@ -490,14 +489,17 @@ impl HttpProxy {
             method: Some(&head.method),
             at: SystemTime::now(),
         };
-        if let Precheck::Decided(v) = policy.precheck(&req) {
-            ex.rule = Some(v.rule.clone());
-            if v.action == Action::Deny {
-                self.svc.metrics.denial(&v.rule);
-                let err = ProxyError::denied("refused by the policy");
-                self.send_error(client, &err, close_on_error, ex).await;
-                return !close_on_error;
+        // Borrowed from the policy, not copied: only the rule's name goes on (to the log).
+        let v = client.policy.client_verdict(&req);
+        let deny = v.action == Action::Deny;
+        ex.rule = Some(v.rule.clone());
+        if deny {
+            if let Some(rule) = &ex.rule {
+                self.svc.metrics.denial(rule);
             }
+            let err = ProxyError::denied("refused by the policy");
+            self.send_error(client, &err, close_on_error, ex).await;
+            return !close_on_error;
         }
         if let Err(e) = self.svc.limits.request(ip, None) {
             return self

@@ -255,6 +255,11 @@ impl Policy {
 
     /// First match without a destination (no address rules can match).
     fn first_match(&self, req: &AccessRequest<'_>, ip: Option<IpAddr>) -> Verdict {
+        self.first_match_ref(req, ip).clone()
+    }
+
+    /// [`Policy::first_match`], borrowed from the policy.
+    fn first_match_ref(&self, req: &AccessRequest<'_>, ip: Option<IpAddr>) -> &Verdict {
         let mut time = LazyTime::new(req, &self.time_zone);
         let mut found = None;
         self.for_candidates(req, |rule| {
@@ -264,9 +269,15 @@ impl Policy {
             }
             yes
         });
-        found
-            .unwrap_or_else(|| self.default_for(req.listener))
-            .clone()
+        found.unwrap_or_else(|| self.default_for(req.listener))
+    }
+
+    /// The verdict of the rules about clients for a request with no destination to check
+    /// (a reverse listener's: `req.dest_host` is ignored), borrowed: what
+    /// [`Policy::precheck`] decides for it, without copying the verdict's shared parts
+    /// (their reference counts are written by every request of every thread).
+    pub fn client_verdict(&self, req: &AccessRequest<'_>) -> &Verdict {
+        self.first_match_ref(req, None)
     }
 
     /// Calls `f` on the rules that can match, in order, until it returns true. Rules with a

@@ -719,3 +719,88 @@ fn an_own_listener_is_refused_even_when_a_rule_names_its_address() {
         "allow:local-app"
     );
 }
+
+/// What a reverse listener asks (no destination): `client_verdict` borrows the verdict
+/// `precheck` decides, for clients, methods, listeners and times that match different rules.
+#[test]
+fn client_verdict_is_what_precheck_decides_without_a_destination() {
+    let p = policy(
+        r#"
+[policy]
+default = "allow"
+time_zone = "UTC"
+[policy.listeners.public]
+default = "deny"
+[[policy.rules]]
+name = "office"
+action = "allow"
+clients = ["10.0.0.0/8"]
+listeners = ["public"]
+[[policy.rules]]
+name = "no-delete"
+action = "deny"
+methods = ["DELETE"]
+[[policy.rules]]
+name = "weekend"
+action = "deny"
+listeners = ["http"]
+days = ["sat-sun"]
+"#,
+    );
+    let cases = [
+        (
+            "public",
+            "10.1.2.3",
+            "GET",
+            "2026-11-23T10:00:00Z",
+            "allow:office",
+        ),
+        (
+            "public",
+            "192.0.2.1",
+            "GET",
+            "2026-11-23T10:00:00Z",
+            "deny:default",
+        ),
+        (
+            "http",
+            "192.0.2.1",
+            "DELETE",
+            "2026-11-23T10:00:00Z",
+            "deny:no-delete",
+        ),
+        (
+            "http",
+            "192.0.2.1",
+            "GET",
+            "2026-11-28T10:00:00Z",
+            "deny:weekend",
+        ),
+        (
+            "http",
+            "192.0.2.1",
+            "GET",
+            "2026-11-23T10:00:00Z",
+            "allow:default",
+        ),
+    ];
+    for (listener, client, method, time, want) in cases {
+        let a = AccessRequest {
+            listener,
+            client: client.parse().expect("client"),
+            user: None,
+            dest_host: None,
+            dest_port: 80,
+            protocol: Protocol::Http,
+            method: Some(method),
+            at: at(time),
+        };
+        let Precheck::Decided(decided) = p.precheck(&a) else {
+            panic!("no destination: decided at once");
+        };
+        let borrowed = p.client_verdict(&a);
+        let show = |v: &Verdict| format!("{}:{}", v.action.as_str(), v.rule);
+        assert_eq!(show(borrowed), show(&decided));
+        assert_eq!(show(borrowed), want, "{listener} {client} {method} {time}");
+    }
+}
