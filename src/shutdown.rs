@@ -50,7 +50,7 @@ impl Shutdown {
 
     /// Begin draining: no new connections, no new requests on kept-alive ones.
     pub fn begin(&self) {
-        // The flag first: a wait that enables itself after a shard's wake-up below sees it.
+        // The flag first: a wait made after the wake-ups below sees it (see `draining`).
         self.signal.draining.store(true, Ordering::SeqCst);
         for shard in &self.signal.shards {
             shard.notify_waiters();
