@@ -75,23 +75,52 @@ impl RetryBudget {
 
     /// Retries the window allows in all (used and unused).
     pub fn allowance(&mut self, now: Instant) -> u64 {
-        self.advance(now);
-        let requests: u64 = self.counts.iter().map(|c| c.0).sum();
+        let (requests, _) = self.window_counts(now);
+        self.allowance_for(requests)
+    }
+
+    /// Retries allowed for `requests` requests in the window, the floor included.
+    fn allowance_for(&self, requests: u64) -> u64 {
         // Whole seconds of floor the window holds (a sub-second window keeps at least one).
         let floor = (self.min_per_sec * self.window().as_millis() as u64).div_ceil(1000);
         requests.saturating_mul(self.ratio_milli) / 1000 + floor
     }
 
+    /// The requests and retries the window holds at `now`.
+    fn window_counts(&mut self, now: Instant) -> (u64, u64) {
+        self.advance(now);
+        self.counts
+            .iter()
+            .fold((0, 0), |(a, b), c| (a + c.0, b + c.1))
+    }
+
     /// Whether one retry may go now; when it may, it is counted against the budget.
     pub fn try_withdraw(&mut self, now: Instant) -> bool {
-        let allowed = self.allowance(now);
-        let used: u64 = self.counts.iter().map(|c| c.1).sum();
-        if used >= allowed {
-            return false;
-        }
-        self.slot().1 += 1;
-        true
+        try_withdraw_sharded(&mut [self], 0, now)
     }
+}
+
+/// A budget kept in shards, one per thread shard, each counting its own thread's requests
+/// (so that the requests of both cores do not write one lock's cache line): a retry is
+/// weighed against the requests and retries of all of them, with the floor counted once,
+/// exactly as one budget would weigh it, and counted in shard `own`. The shards share
+/// their settings and clock origin.
+pub fn try_withdraw_sharded(shards: &mut [&mut RetryBudget], own: usize, now: Instant) -> bool {
+    let (mut requests, mut used) = (0u64, 0u64);
+    for b in shards.iter_mut() {
+        let (r, u) = b.window_counts(now);
+        requests += r;
+        used += u;
+    }
+    let n = shards.len();
+    let Some(first) = shards.first() else {
+        return false;
+    };
+    if used >= first.allowance_for(requests) {
+        return false;
+    }
+    shards[own % n].slot().1 += 1;
+    true
 }
 
 #[cfg(test)]
@@ -156,6 +185,34 @@ mod tests {
         let much_later = t + Duration::from_secs(100);
         assert_eq!(b.allowance(much_later), 0);
         assert_eq!(b.allowance(t), 0);
+    }
+
+    /// Requests counted in three shards allow the retries one budget with all of them
+    /// would, the floor once; the retries are counted wherever they went.
+    #[test]
+    fn shards_weigh_a_retry_as_one_budget() {
+        let t = Instant::now();
+        let template = RetryBudget::new(0.2, 1, WINDOW, t);
+        let (mut a, mut b, mut c) = (template.clone(), template.clone(), template.clone());
+        let mut one = template;
+        for i in 0..100 {
+            [&mut a, &mut b, &mut c][i % 3].deposit(t);
+            one.deposit(t);
+        }
+        let mut sharded = 0;
+        for i in 0..100 {
+            if try_withdraw_sharded(&mut [&mut a, &mut b, &mut c], i % 3, t) {
+                sharded += 1;
+            }
+        }
+        // 100 × 0.2 + a floor of 1 per second over 10 s.
+        assert_eq!(sharded, 30);
+        assert_eq!(retries_allowed(&mut one, t, 100), 30);
+        // Each shard counted the retries made from it.
+        let used = |x: &mut RetryBudget| x.window_counts(t).1;
+        assert_eq!(used(&mut a) + used(&mut b) + used(&mut c), 30);
+        assert_eq!(used(&mut a), 10);
+        assert!(!try_withdraw_sharded(&mut [], 0, t));
     }
 
     #[test]

@@ -34,7 +34,7 @@ mod ring;
 mod state;
 pub mod sticky;
 
-pub use budget::RetryBudget;
+pub use budget::{try_withdraw_sharded, RetryBudget};
 pub use check::{Expect, StatusRanges, BODY_LIMIT};
 pub use health::{
     ActiveHealth, HttpOutcome, InitState, PassiveHealth, PassiveSettings, Transition,

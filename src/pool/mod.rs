@@ -32,8 +32,8 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 
 use crate::balance::{
-    Balancer, HttpOutcome, PassiveHealth, Pick, Request, RetryBudget, ServerSpec, Settings,
-    Transition,
+    try_withdraw_sharded, Balancer, HttpOutcome, PassiveHealth, Pick, Request, RetryBudget,
+    ServerSpec, Settings, Transition,
 };
 use crate::config::{HashKey, PoolConfig, ServerConfig};
 use crate::connector::{ConnectError, Connected, Connector, Host};
@@ -291,11 +291,13 @@ pub struct ServerHealth {
 
 pub struct ServerPool {
     pub cfg: PoolConfig,
-    /// On cache lines of its own, as the budget's: every request of every thread takes
-    /// these locks, and the fields around them are read on every request too.
+    /// On cache lines of its own: every request of every thread takes this lock, and the
+    /// fields around it are read on every request too.
     balancer: crate::workers::Apart<Mutex<Balancer>>,
-    /// Apart from the balancer's lock: every request deposits here.
-    budget: crate::workers::Apart<Mutex<RetryBudget>>,
+    /// Apart from the balancer's lock, one shard per thread shard
+    /// ([`crate::workers::shard_index`]): every request deposits in its thread's; a retry
+    /// is weighed against all of them ([`try_withdraw_sharded`]).
+    budget: Box<[crate::workers::Apart<Mutex<RetryBudget>>]>,
     metrics: Arc<Metrics>,
     labels: Vec<ServerLabels>,
     /// Each server's label as shared text, for the access records of its requests.
@@ -366,6 +368,7 @@ impl ServerPool {
         let now = Instant::now();
         let balancer = Balancer::new(cfg.algorithm, &specs(&cfg), settings(&cfg), seed, now);
         let budget = RetryBudget::new(cfg.retry_budget, cfg.min_retries_per_sec, RETRY_WINDOW, now);
+        let budget = vec![budget; crate::metrics::sharded::shards()];
         let files = tls_files_digest(&cfg);
         let tls = load_tls(&cfg);
         Self::assemble(cfg, metrics, balancer, budget, (tls, files), 0)
@@ -404,11 +407,12 @@ impl ServerPool {
             == (self.cfg.retry_budget, self.cfg.min_retries_per_sec)
         {
             self.budget
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone()
+                .iter()
+                .map(|b| b.lock().unwrap_or_else(|e| e.into_inner()).clone())
+                .collect()
         } else {
-            RetryBudget::new(cfg.retry_budget, cfg.min_retries_per_sec, RETRY_WINDOW, now)
+            let b = RetryBudget::new(cfg.retry_budget, cfg.min_retries_per_sec, RETRY_WINDOW, now);
+            vec![b; crate::metrics::sharded::shards()]
         };
         let files = tls_files_digest(&cfg);
         let (tls, epoch) = if cfg.tls == self.cfg.tls && files == self.tls_files {
@@ -474,7 +478,7 @@ impl ServerPool {
         cfg: PoolConfig,
         metrics: Arc<Metrics>,
         balancer: Balancer,
-        budget: RetryBudget,
+        budget: Vec<RetryBudget>,
         (tls, tls_files): (Option<Result<Arc<crate::tls::TlsClient>, String>>, u64),
         tls_epoch: u64,
     ) -> ServerPool {
@@ -545,7 +549,10 @@ impl ServerPool {
             },
             cfg,
             balancer: crate::workers::Apart(Mutex::new(balancer)),
-            budget: crate::workers::Apart(Mutex::new(budget)),
+            budget: budget
+                .into_iter()
+                .map(|b| crate::workers::Apart(Mutex::new(b)))
+                .collect(),
             shared_labels,
             metrics,
             labels,
@@ -868,21 +875,25 @@ impl ServerPool {
 
     /// A client request (not a retry) is about to go to this pool: it earns the retry budget.
     pub fn request_started(&self, now: Instant) {
-        self.newest()
-            .budget
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .deposit(now);
+        let budget = &self.newest().budget;
+        if let Some(b) = budget.get(crate::workers::shard_index() % budget.len().max(1)) {
+            b.lock().unwrap_or_else(|e| e.into_inner()).deposit(now);
+        }
     }
 
     /// Whether the retry budget allows one more retry now; `true` spends it.
     pub fn try_retry(&self) -> bool {
-        let ok = self
-            .newest()
-            .budget
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .try_withdraw(Instant::now());
+        let budget = &self.newest().budget;
+        // Every shard's lock, always in index order (no two callers wait on each other).
+        let mut held: Vec<_> = budget
+            .iter()
+            .map(|b| b.lock().unwrap_or_else(|e| e.into_inner()))
+            .collect();
+        let mut shards: Vec<&mut RetryBudget> = held.iter_mut().map(|g| &mut **g).collect();
+        let own = crate::workers::shard_index();
+        let ok = try_withdraw_sharded(&mut shards, own, Instant::now());
+        drop(shards);
+        drop(held);
         if !ok {
             self.metrics
                 .pool_retry_budget_exhausted
