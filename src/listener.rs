@@ -76,6 +76,7 @@ pub fn spawn(
             svc: svc.clone(),
             role: Role::Forward,
             series: ListenerMetrics::new(&name),
+            local_name: crate::workers::LocalName::new(name.clone()),
             me: me.clone(),
         })),
         ListenerKind::Reverse(r) => {
@@ -87,6 +88,7 @@ pub fn spawn(
                 svc: svc.clone(),
                 role: Role::Reverse(Box::new(reverse)),
                 series: ListenerMetrics::new(&name),
+                local_name: crate::workers::LocalName::new(name.clone()),
                 me: me.clone(),
             });
             match &tls {

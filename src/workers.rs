@@ -47,6 +47,40 @@ impl<T> std::ops::Deref for Apart<T> {
     }
 }
 
+/// A shared name (a listener's, a route's, a server's) that every request copies into its
+/// access record, with a copy per thread shard: each made by the first thread of its shard
+/// that asks, so from that thread's allocator heap, away from the other copies. Cloning the
+/// one `Arc` for every request of every thread wrote a reference count both cores share.
+pub struct LocalName {
+    name: Arc<str>,
+    copies: Box<[std::sync::OnceLock<Arc<str>>]>,
+}
+
+impl LocalName {
+    pub fn new(name: Arc<str>) -> LocalName {
+        let n = crate::metrics::sharded::shards();
+        LocalName {
+            name,
+            copies: (0..n).map(|_| std::sync::OnceLock::new()).collect(),
+        }
+    }
+
+    /// This thread shard's copy (the same text).
+    pub fn here(&self) -> Arc<str> {
+        match self.copies.get(shard_index() % self.copies.len().max(1)) {
+            Some(c) => c.get_or_init(|| Arc::from(&*self.name)).clone(),
+            None => self.name.clone(),
+        }
+    }
+}
+
+impl std::ops::Deref for LocalName {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.name
+    }
+}
+
 /// The shard of per-thread state this thread writes: the per-core worker's index, or on
 /// other threads (the shared scheduler's) a number given to each thread when it first asks,
 /// so that threads spread over the shards.
@@ -163,6 +197,30 @@ impl Workers {
 #[cfg(test)]
 mod tests {
     use super::least_busy;
+
+    /// Each worker thread gets its own copy of a name (its own allocation, so its own
+    /// reference count), the same one each time; all say the same text.
+    #[test]
+    fn a_local_name_is_one_copy_per_worker() {
+        let name = super::LocalName::new("rev".into());
+        let (a, a_again, b) = std::thread::scope(|s| {
+            let on = |w: usize| {
+                let name = &name;
+                s.spawn(move || {
+                    super::mark_current(w);
+                    (name.here(), name.here())
+                })
+            };
+            let (a, a_again) = on(0).join().expect("worker 0");
+            let (b, _) = on(1).join().expect("worker 1");
+            (a, a_again, b)
+        });
+        assert_eq!((&*a, &*b, &*name), ("rev", "rev", "rev"));
+        assert!(std::sync::Arc::ptr_eq(&a, &a_again));
+        if crate::metrics::sharded::shards() > 1 {
+            assert!(!std::sync::Arc::ptr_eq(&a, &b));
+        }
+    }
 
     #[test]
     fn the_least_busy_worker_takes_the_next_connection() {

@@ -43,6 +43,8 @@ pub struct HttpProxy {
     pub role: Role,
     /// This listener's request and byte series, looked up once.
     pub series: crate::metrics::ListenerMetrics,
+    /// `name`, copied per thread shard for the access records.
+    pub local_name: crate::workers::LocalName,
     /// The `Arc` this proxy lives in (`Arc::new_cyclic`): background refreshes hold it.
     pub me: std::sync::Weak<HttpProxy>,
 }
@@ -398,7 +400,7 @@ impl HttpProxy {
         log.log_at(
             AccessRecord {
                 time,
-                listener: self.name.clone(),
+                listener: self.local_name.here(),
                 client: client.peer,
                 user: ex.user,
                 rule: ex.rule,

@@ -71,8 +71,9 @@ pub struct Reverse {
 
 /// One route's label and metric series, looked up once.
 struct RouteSeries {
-    label: Arc<str>,
-    pool: Arc<str>,
+    /// Copied per thread shard into each request's record.
+    label: crate::workers::LocalName,
+    pool: crate::workers::LocalName,
     /// `route_requests` by status class: 1xx to 5xx, then `other`.
     requests: [Series<RouteClassLabels, Counter>; 6],
     upstream: Series<RouteLabels, Histogram>,
@@ -175,8 +176,8 @@ impl Reverse {
                     request: Series::new(labels.clone()),
                     retries: Series::new(labels.clone()),
                     upstream: Series::new(labels),
-                    label: label.into(),
-                    pool: r.pool.as_str().into(),
+                    label: crate::workers::LocalName::new(label.into()),
+                    pool: crate::workers::LocalName::new(r.pool.as_str().into()),
                 }
             })
             .collect();
@@ -573,8 +574,8 @@ impl HttpProxy {
         };
         let rs = &rv.routes[i];
         ex.routed = Some(Routed {
-            route: rs.label.clone(),
-            pool: rs.pool.clone(),
+            route: rs.label.here(),
+            pool: rs.pool.here(),
             server: None,
         });
         let keep = self.deliver(client, head, &up, ex).await;

@@ -301,7 +301,7 @@ pub struct ServerPool {
     metrics: Arc<Metrics>,
     labels: Vec<ServerLabels>,
     /// Each server's label as shared text, for the access records of its requests.
-    shared_labels: Vec<Arc<str>>,
+    shared_labels: Vec<crate::workers::LocalName>,
     /// `[pools.tls]`, loaded (start-up checks loaded it once already, so an error here is a
     /// file changed since; connections then fail rather than go out in the clear).
     tls: Option<Result<Arc<crate::tls::TlsClient>, String>>,
@@ -498,7 +498,7 @@ impl ServerPool {
             .collect();
         let shared_labels = labels
             .iter()
-            .map(|l| Arc::from(l.server.as_str()))
+            .map(|l| crate::workers::LocalName::new(Arc::from(l.server.as_str())))
             .collect();
         let now = Instant::now();
         let series = labels
@@ -662,7 +662,7 @@ impl ServerPool {
 
     /// [`ServerPool::label`], shared (no copy per request).
     pub fn shared_label(&self, i: usize) -> Arc<str> {
-        self.shared_labels[i].clone()
+        self.shared_labels[i].here()
     }
 
     /// Picks a server for a connection from `client`, not one of `exclude`, and counts it in
