@@ -391,7 +391,12 @@ impl Stats {
         let empty = Merged::default();
         let one = |name: &str, kind, addr| {
             let c = t.listeners.get(name).unwrap_or(&empty);
-            let series = c.series.clone();
+            // A listener no record has reached yet: a window of zeros, as for any other.
+            let series = if c.series.is_empty() {
+                vec![Sample::default(); WINDOW]
+            } else {
+                c.series.clone()
+            };
             let recent = &series[series.len().saturating_sub(RATE_SECONDS as usize)..];
             let per_second = |f: fn(&Sample) -> u64| {
                 recent.iter().map(f).sum::<u64>() as f64 / RATE_SECONDS as f64
@@ -678,6 +683,10 @@ mod tests {
             kind: "http",
             addr: "127.0.0.1:1".parse().expect("addr"),
         }]);
+        // Before any record: a window of zeros.
+        let quiet = s.snapshot_at(t0);
+        assert_eq!(quiet.listeners[0].requests, 0);
+        assert_eq!(quiet.listeners[0].series, vec![Sample::default(); WINDOW]);
         std::thread::scope(|scope| {
             for w in 0..4usize {
                 let s = &s;
