@@ -288,7 +288,7 @@ impl Stats {
     pub fn starting_at(start: Instant) -> Stats {
         Stats {
             start,
-            shards: (0..crate::metrics::sharded::shards())
+            shards: (0..crate::workers::shard_count())
                 .map(|_| Shard::default())
                 .collect(),
             shared: Mutex::default(),

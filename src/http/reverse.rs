@@ -29,9 +29,7 @@ use crate::balance::HttpOutcome;
 use crate::config::{ProxyVersion, ReverseListenerConfig};
 use crate::connector::Host;
 use crate::l4::proxy_protocol;
-use crate::metrics::Counter;
-use crate::metrics::Histogram;
-use crate::metrics::{RouteClassLabels, RouteLabels, Series};
+use crate::metrics::{Counter, Histogram, RouteClassLabels, RouteLabels, Series};
 use crate::policy::headers::Rewrite;
 use crate::policy::matcher::CidrSet;
 use crate::policy::{AccessRequest, Action, Protocol};
@@ -376,8 +374,7 @@ fn idempotent(method: &str) -> bool {
 }
 
 /// The idle-pool key of streams to `service` through `agent` (a route's `agent`, or a pool
-/// server's: both keep their streams in `Reverse::idle_agent`).
-/// The idle-pool key of streams to `service` through `agent`; with `client` (the streams
+/// server's: both keep their streams in `Reverse::idle_agent`); with `client` (the streams
 /// began with a PROXY header for it), that client's own.
 fn agent_service_key(agent: &str, service: &str, client: Option<SocketAddr>) -> Host {
     match client {
@@ -493,11 +490,9 @@ impl HttpProxy {
         // Borrowed from the policy, not copied: only the rule's name goes on (to the log).
         let v = client.policy.client_verdict(&req);
         let deny = v.action == Action::Deny;
-        ex.rule = Some(v.rule.clone());
+        let rule = ex.rule.insert(v.rule.clone());
         if deny {
-            if let Some(rule) = &ex.rule {
-                self.svc.metrics.denial(rule);
-            }
+            self.svc.metrics.denial(rule);
             let err = ProxyError::denied("refused by the policy");
             self.send_error(client, &err, close_on_error, ex).await;
             return !close_on_error;

@@ -12,21 +12,12 @@
 //! `EncodeMetric` with the sums.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::{MetricType, TypedMetric};
 
-/// How many shards a series keeps: one per CPU (per-core workers beyond it share), at most 16.
-pub(crate) fn shards() -> usize {
-    static N: OnceLock<usize> = OnceLock::new();
-    *N.get_or_init(|| {
-        std::thread::available_parallelism()
-            .map(usize::from)
-            .unwrap_or(1)
-            .clamp(1, 16)
-    })
-}
+use crate::workers::shard_count as shards;
 
 /// This thread's shard, below `n`.
 fn mine(n: usize) -> usize {

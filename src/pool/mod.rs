@@ -368,7 +368,7 @@ impl ServerPool {
         let now = Instant::now();
         let balancer = Balancer::new(cfg.algorithm, &specs(&cfg), settings(&cfg), seed, now);
         let budget = RetryBudget::new(cfg.retry_budget, cfg.min_retries_per_sec, RETRY_WINDOW, now);
-        let budget = vec![budget; crate::metrics::sharded::shards()];
+        let budget = vec![budget; crate::workers::shard_count()];
         let files = tls_files_digest(&cfg);
         let tls = load_tls(&cfg);
         Self::assemble(cfg, metrics, balancer, budget, (tls, files), 0)
@@ -412,7 +412,7 @@ impl ServerPool {
                 .collect()
         } else {
             let b = RetryBudget::new(cfg.retry_budget, cfg.min_retries_per_sec, RETRY_WINDOW, now);
-            vec![b; crate::metrics::sharded::shards()]
+            vec![b; crate::workers::shard_count()]
         };
         let files = tls_files_digest(&cfg);
         let (tls, epoch) = if cfg.tls == self.cfg.tls && files == self.tls_files {
@@ -660,7 +660,7 @@ impl ServerPool {
         &self.labels[i].server
     }
 
-    /// [`ServerPool::label`], shared (no copy per request).
+    /// [`ServerPool::label`], shared: this thread shard's copy ([`crate::workers::LocalName`]).
     pub fn shared_label(&self, i: usize) -> Arc<str> {
         self.shared_labels[i].here()
     }
