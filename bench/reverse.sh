@@ -35,7 +35,7 @@
 #   H2_CONNS=50 H2_STREAMS=10 HS_CONNS=32 IDLE_CLIENTS=2000
 #   SCENARIOS="h1 tls-h1 tls-h2 handshake idle"
 #   GATEHOUSE_BIN=path: use that binary instead of building target/release/gatehouse
-#   SYSCALLS=1: count each proxy's system calls by kind during the wrk runs (perf stat on
+#   SYSCALLS=1: count each proxy's system calls by kind during the wrk and h2load runs (perf stat on
 #   kernel tracepoints, needs linux-perf and root), into the raw outputs' *.out.syscalls
 # A smoke run (checks the script, measures nothing worth keeping):
 #   RUNS=1 DURATION=2 IDLE_CLIENTS=200 bench/reverse.sh
@@ -194,27 +194,37 @@ log_p99() {
     cut -f3 "$1" | sort -n | awk '{ v[NR] = $1 } END { i = int(NR * 0.99); if (i < 1) i = 1; printf "%.3f", NR ? v[i] / 1000 : 0 }'
 }
 
+# With SYSCALLS=1: counts the proxy's system calls by kind during a load (kernel tracepoints,
+# not timings) into OUT.syscalls; the perf process is left in SYSCALLS_PID for syscalls_stop.
+syscalls_start() {
+    local out=$1 pid=$2
+    SYSCALLS_PID=""
+    [ "${SYSCALLS:-0}" = 1 ] || return 0
+    perf stat -x, -o "$out.syscalls" -p "$(procs "$pid" | paste -sd,)" -e raw_syscalls:sys_enter \
+        -e syscalls:sys_enter_epoll_wait -e syscalls:sys_enter_recvfrom -e syscalls:sys_enter_sendto \
+        -e syscalls:sys_enter_read -e syscalls:sys_enter_write -e syscalls:sys_enter_writev \
+        -e syscalls:sys_enter_readv -e syscalls:sys_enter_futex -e syscalls:sys_enter_sched_yield \
+        >/dev/null 2>&1 &
+    SYSCALLS_PID=$!
+}
+
+# syscalls_stop OUT REQUESTS: ends the count and notes the requests it covers.
+syscalls_stop() {
+    [ -n "$SYSCALLS_PID" ] || return 0
+    kill -INT "$SYSCALLS_PID" 2>/dev/null || true
+    wait "$SYSCALLS_PID" 2>/dev/null || true
+    echo "requests=$2" >>"$1.syscalls"
+}
+
 # One wrk run against URL: prints "rps p99_ms errors cpu_us_per_request".
 wrk_once() {
     local url=$1 out=$2 pid=$3 c0 c1 s0 s1
     c0=$(cpu_ticks "$pid")
     s0=$(cpu_split "$pid")
-    local perf=""
-    if [ "${SYSCALLS:-0}" = 1 ]; then
-        # The proxy's system calls by kind during the load (kernel tracepoints, not timings).
-        perf stat -x, -o "$out.syscalls" -p "$(procs "$pid" | paste -sd,)" -e raw_syscalls:sys_enter \
-            -e syscalls:sys_enter_epoll_wait -e syscalls:sys_enter_recvfrom -e syscalls:sys_enter_sendto \
-            -e syscalls:sys_enter_read -e syscalls:sys_enter_write -e syscalls:sys_enter_writev \
-            -e syscalls:sys_enter_readv -e syscalls:sys_enter_futex -e syscalls:sys_enter_sched_yield &
-        perf=$!
-    fi
+    syscalls_start "$out" "$pid"
     OPENSSL_CONF="$WORK/client.cnf" timeout $((DURATION + 30)) wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" --latency \
         -H "Host: app.test" "$url" >"$out" 2>&1 || true
-    if [ -n "$perf" ]; then
-        kill -INT "$perf" 2>/dev/null || true
-        wait "$perf" 2>/dev/null || true
-        awk '/ requests in / { print "requests=" $1 }' "$out" >>"$out.syscalls"
-    fi
+    syscalls_stop "$out" "$(awk '/ requests in / { print $1 }' "$out")"
     c1=$(cpu_ticks "$pid")
     s1=$(cpu_split "$pid")
     # The proxy's user and system ticks apart, for the raw output (the table has their sum).
@@ -240,11 +250,17 @@ wrk_once() {
 h2load_once() {
     local url=$1 out=$2 pid=$3 c0 c1 reqlog="$WORK/h2load.reqs" p99 rps ok err
     rm -f "$reqlog"
+    local s0 s1
     c0=$(cpu_ticks "$pid")
+    s0=$(cpu_split "$pid")
+    syscalls_start "$out" "$pid"
     OPENSSL_CONF="$WORK/client.cnf" timeout $((DURATION + 30)) h2load -t"$THREADS" \
         -c"$H2_CONNS" -m"$H2_STREAMS" -D"$DURATION" -H ":authority: app.test" \
         --log-file="$reqlog" "$url" >"$out" 2>&1 || true
     c1=$(cpu_ticks "$pid")
+    s1=$(cpu_split "$pid")
+    syscalls_stop "$out" "$(awk '/^requests:/ { print $8 }' "$out")"
+    echo "cpu_ticks_user_sys_before=${s0/ /,} after=${s1/ /,} hz=$(getconf CLK_TCK)" >>"$out"
     p99=0
     if [ -s "$reqlog" ]; then
         p99=$(log_p99 "$reqlog")

@@ -12,6 +12,7 @@ pub mod config;
 pub mod connector;
 pub mod deadline;
 pub mod fdlimit;
+pub mod gather;
 pub mod http;
 pub mod ifwatch;
 pub mod kerberos;

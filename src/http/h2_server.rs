@@ -708,9 +708,10 @@ impl HttpProxy {
             .initial_connection_window_size(1024 * 1024)
             .max_send_buffer_size(PIPE_BYTES)
             .enable_connect_protocol();
+        // The frames of the streams served in one pass leave in one write (`Gather`).
         let mut conn = match timeout(
             self.cfg.header_read_timeout,
-            builder.handshake::<_, Bytes>(io),
+            builder.handshake::<_, Bytes>(crate::gather::Gather::new(io)),
         )
         .await
         {

@@ -371,7 +371,7 @@ impl Agent {
                 None => return Err(SessionError::Handshake("unknown answer".into())),
             }
             super::h2_server()
-                .handshake::<_, Bytes>(super::linkio::LinkIo::new(io))
+                .handshake::<_, Bytes>(crate::gather::Gather::new(io))
                 .await
                 .map_err(|e| SessionError::Handshake(e.to_string()))
         };

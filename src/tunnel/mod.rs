@@ -19,7 +19,6 @@
 pub mod agent;
 pub mod allow;
 pub mod hub;
-pub mod linkio;
 pub mod proto;
 pub mod published;
 pub mod stream;

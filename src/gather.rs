@@ -1,0 +1,261 @@
+//! One write for the frames of many HTTP/2 streams: an h2 connection's socket as the `h2`
+//! crate sees it ([`Gather`]). Used by the reverse tunnel's links (both ends) and by HTTP/2
+//! client connections on `reverse` listeners.
+//!
+//! `h2` writes its buffer out before each frame it does not copy (256 bytes or more with
+//! vectored writes, 1 KiB without) and calls `poll_flush` each time: with many short
+//! responses in flight, each left in a write of its own (one `writev`, one TLS record, one
+//! TCP segment and one wake-up of the peer per response; HAProxy sends about six 1 KiB
+//! responses per write under the same load). Here the writes of one pass of the connection
+//! are gathered and leave together, in one write at the end of the pass or of the next one.
+
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// An h2 connection's socket as h2 sees it: writes of less than [`GATHER`] bytes are gathered
+/// (a larger one goes out behind what is gathered, in one vectored write with it). It reports
+/// no vectored writes, so h2 copies a frame of less than 1 KiB into its own write buffer
+/// behind the ones before it.
+///
+/// **The flush is put off once.** `h2` flushes after every frame it did not copy, not only at
+/// the end of a pass over its streams, and cannot say which flush is the last. So the first
+/// `poll_flush` with bytes gathered only wakes the connection's task and returns; the bytes
+/// go out at the first `poll_flush` after the connection has read again, which `h2` does at
+/// the start of every pass (it reads until the socket has nothing, then writes what its
+/// streams queued, then flushes): the responses of all the streams served in one pass, and
+/// of those served by the time the task runs again, leave in one write. A flush is put off
+/// at most one pass; `poll_shutdown` writes everything out.
+pub struct Gather<S> {
+    io: S,
+    buf: Vec<u8>,
+    /// How much of `buf` went out already.
+    sent: usize,
+    /// A flush was put off (and the task woken); the next one after a read writes out.
+    deferred: bool,
+    /// The connection read since the flush was put off: a new pass.
+    read_since: bool,
+}
+
+/// Writes below this are gathered (h2's own write buffer is 16 KiB).
+pub const GATHER: usize = 16 * 1024;
+
+impl<S> Gather<S> {
+    pub fn new(io: S) -> Self {
+        Self {
+            io,
+            buf: Vec::new(),
+            sent: 0,
+            deferred: false,
+            read_since: false,
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> Gather<S> {
+    /// Writes out what is gathered, with `then` behind it in the same write when there is
+    /// one; `Ready(n)`: `n` bytes of `then` went too.
+    fn poll_drain(&mut self, cx: &mut Context<'_>, then: &[u8]) -> Poll<std::io::Result<usize>> {
+        while self.sent < self.buf.len() {
+            let pending = &self.buf[self.sent..];
+            let n = if then.is_empty() {
+                ready!(Pin::new(&mut self.io).poll_write(cx, pending))?
+            } else {
+                let parts = [std::io::IoSlice::new(pending), std::io::IoSlice::new(then)];
+                ready!(Pin::new(&mut self.io).poll_write_vectored(cx, &parts))?
+            };
+            if n == 0 {
+                return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+            }
+            if n < pending.len() {
+                self.sent += n;
+                continue;
+            }
+            let of_then = n - pending.len();
+            self.buf.clear();
+            self.sent = 0;
+            return Poll::Ready(Ok(of_then));
+        }
+        self.buf.clear();
+        self.sent = 0;
+        Poll::Ready(Ok(0))
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Gather<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        this.read_since = true;
+        Pin::new(&mut this.io).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Gather<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        if this.buf.len() + data.len() < GATHER {
+            this.buf.extend_from_slice(data);
+            return Poll::Ready(Ok(data.len()));
+        }
+        if this.sent < this.buf.len() {
+            let n = ready!(this.poll_drain(cx, data))?;
+            if n > 0 {
+                return Poll::Ready(Ok(n));
+            }
+        }
+        Pin::new(&mut this.io).poll_write(cx, data)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if this.sent < this.buf.len() {
+            if !this.deferred {
+                // Put off: more of this pass (or the next) may follow; see the type's doc.
+                this.deferred = true;
+                this.read_since = false;
+                cx.waker().wake_by_ref();
+                return Poll::Ready(Ok(()));
+            }
+            if !this.read_since {
+                // Still the pass that put it off.
+                return Poll::Ready(Ok(()));
+            }
+        }
+        ready!(this.poll_drain(cx, &[]))?;
+        this.deferred = false;
+        Pin::new(&mut this.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_drain(cx, &[]))?;
+        this.deferred = false;
+        Pin::new(&mut this.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::task::{Wake, Waker};
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn tcp_pair() -> (tokio::net::TcpStream, tokio::net::TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (a, b) = tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
+        (a.expect("connect"), b.expect("accept").0)
+    }
+
+    /// A waker that counts its wake-ups.
+    struct Count(AtomicUsize);
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Whether `b` receives any byte within 50 ms.
+    async fn nothing_arrives(b: &mut tokio::net::TcpStream) -> bool {
+        let mut probe = [0u8; 16];
+        tokio::time::timeout(Duration::from_millis(50), b.read(&mut probe))
+            .await
+            .is_err()
+    }
+
+    #[tokio::test]
+    async fn a_pass_s_writes_leave_together_after_the_next_read() {
+        let (a, mut b) = tcp_pair().await;
+        let mut link = Gather::new(a);
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        // One pass: a frame, a flush (as h2 does after a frame it did not copy), another
+        // frame, another flush: the first flush is put off and wakes the task once; the
+        // second, still in the same pass (no read since), is put off too.
+        link.write_all(b"one-").await.expect("write");
+        assert!(Pin::new(&mut link).poll_flush(&mut cx).is_ready());
+        assert_eq!(
+            count.0.load(Ordering::SeqCst),
+            1,
+            "the put-off flush wakes the task"
+        );
+        link.write_all(b"two-").await.expect("write");
+        assert!(Pin::new(&mut link).poll_flush(&mut cx).is_ready());
+        assert_eq!(
+            count.0.load(Ordering::SeqCst),
+            1,
+            "woken once per put-off flush"
+        );
+        assert!(
+            nothing_arrives(&mut b).await,
+            "bytes left before the next pass"
+        );
+        // The next pass: h2 reads first (nothing there: Pending), writes, then flushes.
+        let mut rbuf = [0u8; 8];
+        let mut read = ReadBuf::new(&mut rbuf);
+        assert!(Pin::new(&mut link)
+            .poll_read(&mut cx, &mut read)
+            .is_pending());
+        link.write_all(b"three").await.expect("write");
+        assert!(Pin::new(&mut link).poll_flush(&mut cx).is_ready());
+        let mut got = vec![0u8; 13];
+        b.read_exact(&mut got).await.expect("read");
+        assert_eq!(&got, b"one-two-three");
+        // All went out: the next flush has nothing to put off and wakes nobody.
+        let before = count.0.load(Ordering::SeqCst);
+        assert!(Pin::new(&mut link).poll_flush(&mut cx).is_ready());
+        assert_eq!(count.0.load(Ordering::SeqCst), before);
+    }
+
+    #[tokio::test]
+    async fn shutdown_writes_out_what_a_put_off_flush_left() {
+        let (a, mut b) = tcp_pair().await;
+        let mut link = Gather::new(a);
+        link.write_all(b"last words").await.expect("write");
+        link.flush().await.expect("flush");
+        assert!(nothing_arrives(&mut b).await, "the first flush is put off");
+        link.shutdown().await.expect("shutdown");
+        let mut got = Vec::new();
+        b.read_to_end(&mut got).await.expect("read");
+        assert_eq!(&got, b"last words");
+    }
+
+    #[tokio::test]
+    async fn large_writes_follow_the_gathered_ones_in_order() {
+        let (a, mut b) = tcp_pair().await;
+        let mut link = Gather::new(a);
+        let big: Vec<u8> = (0..3 * GATHER).map(|i| (i % 251) as u8).collect();
+        link.write_all(b"small").await.expect("write");
+        let writer = async {
+            // Too large to gather: it goes out at once, behind what was gathered.
+            link.write_all(&big).await.expect("write");
+            link
+        };
+        let reader = async {
+            let mut got = vec![0u8; 5 + big.len()];
+            b.read_exact(&mut got).await.expect("read");
+            got
+        };
+        let (_link, got) = tokio::join!(writer, reader);
+        assert_eq!(&got[..5], b"small");
+        assert!(got[5..] == big[..], "the large write arrived changed");
+    }
+}
