@@ -27,6 +27,13 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// streams queued, then flushes): the responses of all the streams served in one pass, and
 /// of those served by the time the task runs again, leave in one write. A flush is put off
 /// at most one pass; `poll_shutdown` writes everything out.
+///
+/// Putting a flush off costs one more pass of the connection. When that pass brought nothing
+/// to go with the bytes (one message in flight at a time, as in an interactive session), the
+/// next flushes write at once (each write of h2 then leaves as before) before a flush is put
+/// off again: after [`PATIENCE`] such passes in a row, 1 flush, then 2, 4, 8 and at most
+/// [`SKIP`] while the put-off ones keep gathering nothing (under load one now and then gathers
+/// nothing, which is no reason to stop); a put-off flush that gathered more starts again.
 pub struct Gather<S> {
     io: S,
     buf: Vec<u8>,
@@ -36,7 +43,21 @@ pub struct Gather<S> {
     deferred: bool,
     /// The connection read since the flush was put off: a new pass.
     read_since: bool,
+    /// Bytes were written since the last `poll_flush`.
+    wrote: bool,
+    /// Groups of writes (each ended by a `poll_flush`) gathered since the last write out.
+    groups: u8,
+    /// Flushes left that write at once, without being put off.
+    skip: u8,
+    /// Put-off flushes in a row that gathered nothing more.
+    streak: u32,
 }
+
+/// The most flushes that write at once after put-off ones gathered nothing more.
+pub const SKIP: u8 = 16;
+
+/// Put-off flushes in a row that gather nothing more before flushes write at once.
+pub const PATIENCE: u32 = 4;
 
 /// Writes below this are gathered (h2's own write buffer is 16 KiB).
 pub const GATHER: usize = 16 * 1024;
@@ -49,6 +70,10 @@ impl<S> Gather<S> {
             sent: 0,
             deferred: false,
             read_since: false,
+            wrote: false,
+            groups: 0,
+            skip: 0,
+            streak: 0,
         }
     }
 }
@@ -102,6 +127,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Gather<S> {
         data: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
+        this.wrote = true;
         if this.buf.len() + data.len() < GATHER {
             this.buf.extend_from_slice(data);
             return Poll::Ready(Ok(data.len()));
@@ -117,21 +143,34 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Gather<S> {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
+        if std::mem::take(&mut this.wrote) {
+            this.groups = this.groups.saturating_add(1);
+        }
         if this.sent < this.buf.len() {
-            if !this.deferred {
+            if !this.deferred && this.skip > 0 {
+                this.skip -= 1;
+            } else if !this.deferred {
                 // Put off: more of this pass (or the next) may follow; see the type's doc.
                 this.deferred = true;
                 this.read_since = false;
                 cx.waker().wake_by_ref();
                 return Poll::Ready(Ok(()));
-            }
-            if !this.read_since {
+            } else if !this.read_since {
                 // Still the pass that put it off.
                 return Poll::Ready(Ok(()));
+            } else if this.groups < 2 {
+                // The pass it was put off for brought nothing more: write at once for a while.
+                this.streak = this.streak.saturating_add(1);
+                if this.streak >= PATIENCE {
+                    this.skip = (1u8 << (this.streak - PATIENCE).min(4)).min(SKIP);
+                }
+            } else {
+                this.streak = 0;
             }
         }
         ready!(this.poll_drain(cx, &[]))?;
         this.deferred = false;
+        this.groups = 0;
         Pin::new(&mut this.io).poll_flush(cx)
     }
 
@@ -223,6 +262,100 @@ mod tests {
         let before = count.0.load(Ordering::SeqCst);
         assert!(Pin::new(&mut link).poll_flush(&mut cx).is_ready());
         assert_eq!(count.0.load(Ordering::SeqCst), before);
+    }
+
+    #[tokio::test]
+    async fn after_a_put_off_flush_that_gathered_nothing_more_flushes_write_at_once() {
+        let (a, mut b) = tcp_pair().await;
+        let mut link = Gather::new(a);
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut rbuf = [0u8; 8];
+        // One message, its flush put off; the next pass (a read, no writes) writes it out.
+        link.write_all(b"alone").await.expect("write");
+        assert!(Pin::new(&mut link).poll_flush(&mut cx).is_ready());
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        let mut read = ReadBuf::new(&mut rbuf);
+        assert!(Pin::new(&mut link)
+            .poll_read(&mut cx, &mut read)
+            .is_pending());
+        assert!(Pin::new(&mut link).poll_flush(&mut cx).is_ready());
+        let mut got = [0u8; 5];
+        b.read_exact(&mut got).await.expect("read");
+        assert_eq!(&got, b"alone");
+        // That pass brought nothing more; after PATIENCE such passes in a row the next flush
+        // writes at once, unwoken; then one is put off again, and gathers nothing more again:
+        // then 2 write at once, then 4...
+        let mut wakes = 1;
+        let runs = std::iter::repeat_n(0u8, PATIENCE as usize - 1).chain([1, 2, 4, 8, 16, 16]);
+        for run in runs {
+            for i in 0..run {
+                link.write_all(&[i]).await.expect("write");
+                assert!(Pin::new(&mut link).poll_flush(&mut cx).is_ready());
+                let mut one = [0u8; 1];
+                tokio::time::timeout(Duration::from_secs(5), b.read_exact(&mut one))
+                    .await
+                    .expect("the flush wrote at once")
+                    .expect("read");
+                assert_eq!(one[0], i);
+            }
+            assert_eq!(
+                count.0.load(Ordering::SeqCst),
+                wakes,
+                "no flush was put off"
+            );
+            // Then a flush is put off again, and its next pass brings nothing more.
+            link.write_all(b"next").await.expect("write");
+            assert!(Pin::new(&mut link).poll_flush(&mut cx).is_ready());
+            wakes += 1;
+            assert_eq!(
+                count.0.load(Ordering::SeqCst),
+                wakes,
+                "this flush was put off"
+            );
+            let mut read = ReadBuf::new(&mut rbuf);
+            assert!(Pin::new(&mut link)
+                .poll_read(&mut cx, &mut read)
+                .is_pending());
+            assert!(Pin::new(&mut link).poll_flush(&mut cx).is_ready());
+            let mut got = [0u8; 4];
+            b.read_exact(&mut got).await.expect("read");
+            assert_eq!(&got, b"next");
+        }
+        // A put-off flush that gathers more (a write in the next pass) ends the skipping.
+        for i in 0..SKIP {
+            link.write_all(&[i]).await.expect("write");
+            assert!(Pin::new(&mut link).poll_flush(&mut cx).is_ready());
+            let mut one = [0u8; 1];
+            tokio::time::timeout(Duration::from_secs(5), b.read_exact(&mut one))
+                .await
+                .expect("the flush wrote at once")
+                .expect("read");
+            // Back to the scheduler: tokio's budget of socket operations per poll of this
+            // task would make a later write wait.
+            tokio::task::yield_now().await;
+        }
+        link.write_all(b"one-").await.expect("write");
+        assert!(Pin::new(&mut link).poll_flush(&mut cx).is_ready());
+        let mut read = ReadBuf::new(&mut rbuf);
+        assert!(Pin::new(&mut link)
+            .poll_read(&mut cx, &mut read)
+            .is_pending());
+        link.write_all(b"two").await.expect("write");
+        assert!(Pin::new(&mut link).poll_flush(&mut cx).is_ready());
+        let mut got = [0u8; 7];
+        b.read_exact(&mut got).await.expect("read");
+        assert_eq!(&got, b"one-two");
+        let before = count.0.load(Ordering::SeqCst);
+        link.write_all(b"put off").await.expect("write");
+        assert!(Pin::new(&mut link).poll_flush(&mut cx).is_ready());
+        assert_eq!(
+            count.0.load(Ordering::SeqCst),
+            before + 1,
+            "put off at once"
+        );
+        assert!(nothing_arrives(&mut b).await);
     }
 
     #[tokio::test]
