@@ -24,6 +24,7 @@
 #   LINKS=1 (Gatehouse's agents keep `connections = LINKS` links to their relay, 1-16)
 #   PATHS="direct gatehouse gatehouse-plain rathole" (the columns, in this order; a subset for a
 #   quick comparison)
+#   GATEHOUSE_BIN=path: use that binary instead of building target/$BUILD/gatehouse
 set -euo pipefail
 
 RUNS=${RUNS:-3}
@@ -81,13 +82,17 @@ command -v nginx >/dev/null || die "nginx is not installed"
 command -v wrk >/dev/null || die "wrk is not installed"
 
 log "building gatehouse ($BUILD) and bench/loadgen (release)"
-if [ "$BUILD" = release ]; then
+if [ -n "${GATEHOUSE_BIN:-}" ]; then
+    GATEHOUSE=$GATEHOUSE_BIN
+elif [ "$BUILD" = release ]; then
     (cd "$ROOT" && cargo build --release --quiet --bin gatehouse)
+    GATEHOUSE="$ROOT/target/$BUILD/gatehouse"
 else
     (cd "$ROOT" && cargo build --quiet --bin gatehouse)
+    GATEHOUSE="$ROOT/target/$BUILD/gatehouse"
 fi
+[ -x "$GATEHOUSE" ] || die "no gatehouse binary at $GATEHOUSE"
 cargo build --release --quiet --manifest-path "$ROOT/bench/loadgen/Cargo.toml"
-GATEHOUSE="$ROOT/target/$BUILD/gatehouse"
 LG="$ROOT/bench/loadgen/target/release/loadgen"
 
 # --- servers ---------------------------------------------------------------------------------

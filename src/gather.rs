@@ -1,6 +1,7 @@
 //! One write for the frames of many HTTP/2 streams: an h2 connection's socket as the `h2`
-//! crate sees it ([`Gather`]). Used by the reverse tunnel's links (both ends) and by HTTP/2
-//! client connections on `reverse` listeners.
+//! crate sees it ([`Gather`]). Used by HTTP/2 client connections on `reverse` listeners and
+//! HTTP/2 connections to servers, and, without putting flushes off ([`Gather::eager`]), by
+//! the reverse tunnel's links (both ends).
 //!
 //! `h2` writes its buffer out before each frame it does not copy (256 bytes or more with
 //! vectored writes, 1 KiB without) and calls `poll_flush` each time: with many short
@@ -51,6 +52,8 @@ pub struct Gather<S> {
     skip: u8,
     /// Put-off flushes in a row that gathered nothing more.
     streak: u32,
+    /// Flushes may be put off ([`Gather::new`]); without, each writes out ([`Gather::eager`]).
+    defer: bool,
 }
 
 /// The most flushes that write at once after put-off ones gathered nothing more.
@@ -63,6 +66,7 @@ pub const PATIENCE: u32 = 4;
 pub const GATHER: usize = 16 * 1024;
 
 impl<S> Gather<S> {
+    /// Writes gathered, the first flush of a pass put off (see the type's doc).
     pub fn new(io: S) -> Self {
         Self {
             io,
@@ -74,6 +78,16 @@ impl<S> Gather<S> {
             groups: 0,
             skip: 0,
             streak: 0,
+            defer: true,
+        }
+    }
+
+    /// Writes gathered until each flush, none put off: the tunnel's links (see
+    /// docs/tunnel.md for why they do not put flushes off).
+    pub fn eager(io: S) -> Self {
+        Self {
+            defer: false,
+            ..Self::new(io)
         }
     }
 }
@@ -147,7 +161,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Gather<S> {
             this.groups = this.groups.saturating_add(1);
         }
         if this.sent < this.buf.len() {
-            if !this.deferred && this.skip > 0 {
+            if !this.defer {
+                // Written out at every flush.
+            } else if !this.deferred && this.skip > 0 {
                 this.skip -= 1;
             } else if !this.deferred {
                 // Put off: more of this pass (or the next) may follow; see the type's doc.
@@ -356,6 +372,19 @@ mod tests {
             "put off at once"
         );
         assert!(nothing_arrives(&mut b).await);
+    }
+
+    #[tokio::test]
+    async fn an_eager_gather_writes_out_at_every_flush() {
+        let (a, mut b) = tcp_pair().await;
+        let mut link = Gather::eager(a);
+        link.write_all(b"head-").await.expect("write");
+        link.write_all(b"one-").await.expect("write");
+        assert!(nothing_arrives(&mut b).await, "bytes left before the flush");
+        link.flush().await.expect("flush");
+        let mut got = [0u8; 9];
+        b.read_exact(&mut got).await.expect("read");
+        assert_eq!(&got, b"head-one-");
     }
 
     #[tokio::test]

@@ -269,7 +269,8 @@ impl H2Pool {
             .initial_connection_window_size(CONNECTION_WINDOW)
             .max_header_list_size(self.max_head as u32)
             .enable_push(false)
-            .handshake::<_, Bytes>(io);
+            // The requests of one pass leave in one write (`Gather`).
+            .handshake::<_, Bytes>(crate::gather::Gather::new(io));
         let (send, mut conn) = match timeout(limit, handshake).await {
             Err(_) => return Err("HTTP/2 handshake timed out".into()),
             Ok(Err(e)) => return Err(format!("HTTP/2 handshake: {e}")),

@@ -371,7 +371,7 @@ impl Agent {
                 None => return Err(SessionError::Handshake("unknown answer".into())),
             }
             super::h2_server()
-                .handshake::<_, Bytes>(crate::gather::Gather::new(io))
+                .handshake::<_, Bytes>(crate::gather::Gather::eager(io))
                 .await
                 .map_err(|e| SessionError::Handshake(e.to_string()))
         };

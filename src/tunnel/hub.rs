@@ -727,7 +727,7 @@ impl TunnelListener {
         if accepted.await.is_err() {
             return End::Closed("write failed".into());
         }
-        let h2 = super::h2_client().handshake::<_, Bytes>(crate::gather::Gather::new(tls));
+        let h2 = super::h2_client().handshake::<_, Bytes>(crate::gather::Gather::eager(tls));
         let (send, mut conn) = match tokio::time::timeout(self.cfg.handshake_timeout, h2).await {
             Ok(Ok(x)) => x,
             Ok(Err(e)) => return End::Closed(format!("HTTP/2 handshake: {e}")),
