@@ -206,13 +206,14 @@ mod tests {
     use std::task::{Wake, Waker};
     use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
 
-    async fn tcp_pair() -> (tokio::net::TcpStream, tokio::net::TcpStream) {
+    async fn tcp_pair() -> (TcpStream, TcpStream) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let (a, b) = tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
+        let (a, b) = tokio::join!(TcpStream::connect(addr), listener.accept());
         (a.expect("connect"), b.expect("accept").0)
     }
 
@@ -227,8 +228,57 @@ mod tests {
         }
     }
 
+    /// A gathering socket driven by hand, as `h2` drives it, with a counting waker.
+    struct Driven {
+        link: Gather<TcpStream>,
+        count: Arc<Count>,
+        waker: Waker,
+    }
+
+    impl Driven {
+        fn new(link: Gather<TcpStream>) -> Self {
+            let count = Arc::new(Count(AtomicUsize::new(0)));
+            let waker = Waker::from(count.clone());
+            Self { link, count, waker }
+        }
+
+        fn wakes(&self) -> usize {
+            self.count.0.load(Ordering::SeqCst)
+        }
+
+        /// A write and a flush, as `h2` makes them after a frame it did not copy; the flush
+        /// completes at once (written out or put off).
+        async fn write_flush(&mut self, bytes: &[u8]) {
+            self.link.write_all(bytes).await.expect("write");
+            let mut cx = Context::from_waker(&self.waker);
+            assert!(Pin::new(&mut self.link).poll_flush(&mut cx).is_ready());
+        }
+
+        /// The start of `h2`'s next pass: a read that finds nothing.
+        fn read_nothing(&mut self) {
+            let mut rbuf = [0u8; 8];
+            let mut read = ReadBuf::new(&mut rbuf);
+            let mut cx = Context::from_waker(&self.waker);
+            assert!(Pin::new(&mut self.link)
+                .poll_read(&mut cx, &mut read)
+                .is_pending());
+        }
+    }
+
+    /// `b` receives `want` next, within 5 s. Then back to the scheduler: tokio's budget of
+    /// socket operations per poll of this task would make a later write wait.
+    async fn receives(b: &mut TcpStream, want: &[u8]) {
+        let mut got = vec![0u8; want.len()];
+        tokio::time::timeout(Duration::from_secs(5), b.read_exact(&mut got))
+            .await
+            .expect("the bytes arrived in time")
+            .expect("read");
+        assert_eq!(got, want);
+        tokio::task::yield_now().await;
+    }
+
     /// Whether `b` receives any byte within 50 ms.
-    async fn nothing_arrives(b: &mut tokio::net::TcpStream) -> bool {
+    async fn nothing_arrives(b: &mut TcpStream) -> bool {
         let mut probe = [0u8; 16];
         tokio::time::timeout(Duration::from_millis(50), b.read(&mut probe))
             .await
@@ -238,139 +288,67 @@ mod tests {
     #[tokio::test]
     async fn a_pass_s_writes_leave_together_after_the_next_read() {
         let (a, mut b) = tcp_pair().await;
-        let mut link = Gather::new(a);
-        let count = Arc::new(Count(AtomicUsize::new(0)));
-        let waker = Waker::from(count.clone());
-        let mut cx = Context::from_waker(&waker);
-        // One pass: a frame, a flush (as h2 does after a frame it did not copy), another
-        // frame, another flush: the first flush is put off and wakes the task once; the
-        // second, still in the same pass (no read since), is put off too.
-        link.write_all(b"one-").await.expect("write");
-        assert!(Pin::new(&mut link).poll_flush(&mut cx).is_ready());
-        assert_eq!(
-            count.0.load(Ordering::SeqCst),
-            1,
-            "the put-off flush wakes the task"
-        );
-        link.write_all(b"two-").await.expect("write");
-        assert!(Pin::new(&mut link).poll_flush(&mut cx).is_ready());
-        assert_eq!(
-            count.0.load(Ordering::SeqCst),
-            1,
-            "woken once per put-off flush"
-        );
+        let mut d = Driven::new(Gather::new(a));
+        // One pass: a frame and a flush, another frame and flush: the first flush is put off
+        // and wakes the task once; the second, still in the same pass (no read since), is
+        // put off too.
+        d.write_flush(b"one-").await;
+        assert_eq!(d.wakes(), 1, "the put-off flush wakes the task");
+        d.write_flush(b"two-").await;
+        assert_eq!(d.wakes(), 1, "woken once per put-off flush");
         assert!(
             nothing_arrives(&mut b).await,
             "bytes left before the next pass"
         );
-        // The next pass: h2 reads first (nothing there: Pending), writes, then flushes.
-        let mut rbuf = [0u8; 8];
-        let mut read = ReadBuf::new(&mut rbuf);
-        assert!(Pin::new(&mut link)
-            .poll_read(&mut cx, &mut read)
-            .is_pending());
-        link.write_all(b"three").await.expect("write");
-        assert!(Pin::new(&mut link).poll_flush(&mut cx).is_ready());
-        let mut got = vec![0u8; 13];
-        b.read_exact(&mut got).await.expect("read");
-        assert_eq!(&got, b"one-two-three");
+        // The next pass: h2 reads first (nothing there), writes, then flushes.
+        d.read_nothing();
+        d.write_flush(b"three").await;
+        receives(&mut b, b"one-two-three").await;
         // All went out: the next flush has nothing to put off and wakes nobody.
-        let before = count.0.load(Ordering::SeqCst);
-        assert!(Pin::new(&mut link).poll_flush(&mut cx).is_ready());
-        assert_eq!(count.0.load(Ordering::SeqCst), before);
+        d.write_flush(b"").await;
+        assert_eq!(d.wakes(), 1);
     }
 
     #[tokio::test]
-    async fn after_a_put_off_flush_that_gathered_nothing_more_flushes_write_at_once() {
+    async fn after_put_off_flushes_that_gathered_nothing_more_flushes_write_at_once() {
         let (a, mut b) = tcp_pair().await;
-        let mut link = Gather::new(a);
-        let count = Arc::new(Count(AtomicUsize::new(0)));
-        let waker = Waker::from(count.clone());
-        let mut cx = Context::from_waker(&waker);
-        let mut rbuf = [0u8; 8];
+        let mut d = Driven::new(Gather::new(a));
         // One message, its flush put off; the next pass (a read, no writes) writes it out.
-        link.write_all(b"alone").await.expect("write");
-        assert!(Pin::new(&mut link).poll_flush(&mut cx).is_ready());
-        assert_eq!(count.0.load(Ordering::SeqCst), 1);
-        let mut read = ReadBuf::new(&mut rbuf);
-        assert!(Pin::new(&mut link)
-            .poll_read(&mut cx, &mut read)
-            .is_pending());
-        assert!(Pin::new(&mut link).poll_flush(&mut cx).is_ready());
-        let mut got = [0u8; 5];
-        b.read_exact(&mut got).await.expect("read");
-        assert_eq!(&got, b"alone");
+        d.write_flush(b"alone").await;
+        assert_eq!(d.wakes(), 1);
+        d.read_nothing();
+        d.write_flush(b"").await;
+        receives(&mut b, b"alone").await;
         // That pass brought nothing more; after PATIENCE such passes in a row the next flush
-        // writes at once, unwoken; then one is put off again, and gathers nothing more again:
-        // then 2 write at once, then 4...
+        // writes at once, unwoken; then one is put off again and gathers nothing more again:
+        // then 2 write at once, then 4, up to SKIP.
         let mut wakes = 1;
         let runs = std::iter::repeat_n(0u8, PATIENCE as usize - 1).chain([1, 2, 4, 8, 16, 16]);
         for run in runs {
             for i in 0..run {
-                link.write_all(&[i]).await.expect("write");
-                assert!(Pin::new(&mut link).poll_flush(&mut cx).is_ready());
-                let mut one = [0u8; 1];
-                tokio::time::timeout(Duration::from_secs(5), b.read_exact(&mut one))
-                    .await
-                    .expect("the flush wrote at once")
-                    .expect("read");
-                assert_eq!(one[0], i);
+                d.write_flush(&[i]).await;
+                receives(&mut b, &[i]).await;
             }
-            assert_eq!(
-                count.0.load(Ordering::SeqCst),
-                wakes,
-                "no flush was put off"
-            );
-            // Then a flush is put off again, and its next pass brings nothing more.
-            link.write_all(b"next").await.expect("write");
-            assert!(Pin::new(&mut link).poll_flush(&mut cx).is_ready());
+            assert_eq!(d.wakes(), wakes, "no flush was put off");
+            d.write_flush(b"next").await;
             wakes += 1;
-            assert_eq!(
-                count.0.load(Ordering::SeqCst),
-                wakes,
-                "this flush was put off"
-            );
-            let mut read = ReadBuf::new(&mut rbuf);
-            assert!(Pin::new(&mut link)
-                .poll_read(&mut cx, &mut read)
-                .is_pending());
-            assert!(Pin::new(&mut link).poll_flush(&mut cx).is_ready());
-            let mut got = [0u8; 4];
-            b.read_exact(&mut got).await.expect("read");
-            assert_eq!(&got, b"next");
+            assert_eq!(d.wakes(), wakes, "this flush was put off");
+            d.read_nothing();
+            d.write_flush(b"").await;
+            receives(&mut b, b"next").await;
         }
         // A put-off flush that gathers more (a write in the next pass) ends the skipping.
         for i in 0..SKIP {
-            link.write_all(&[i]).await.expect("write");
-            assert!(Pin::new(&mut link).poll_flush(&mut cx).is_ready());
-            let mut one = [0u8; 1];
-            tokio::time::timeout(Duration::from_secs(5), b.read_exact(&mut one))
-                .await
-                .expect("the flush wrote at once")
-                .expect("read");
-            // Back to the scheduler: tokio's budget of socket operations per poll of this
-            // task would make a later write wait.
-            tokio::task::yield_now().await;
+            d.write_flush(&[i]).await;
+            receives(&mut b, &[i]).await;
         }
-        link.write_all(b"one-").await.expect("write");
-        assert!(Pin::new(&mut link).poll_flush(&mut cx).is_ready());
-        let mut read = ReadBuf::new(&mut rbuf);
-        assert!(Pin::new(&mut link)
-            .poll_read(&mut cx, &mut read)
-            .is_pending());
-        link.write_all(b"two").await.expect("write");
-        assert!(Pin::new(&mut link).poll_flush(&mut cx).is_ready());
-        let mut got = [0u8; 7];
-        b.read_exact(&mut got).await.expect("read");
-        assert_eq!(&got, b"one-two");
-        let before = count.0.load(Ordering::SeqCst);
-        link.write_all(b"put off").await.expect("write");
-        assert!(Pin::new(&mut link).poll_flush(&mut cx).is_ready());
-        assert_eq!(
-            count.0.load(Ordering::SeqCst),
-            before + 1,
-            "put off at once"
-        );
+        d.write_flush(b"one-").await;
+        d.read_nothing();
+        d.write_flush(b"two").await;
+        receives(&mut b, b"one-two").await;
+        let before = d.wakes();
+        d.write_flush(b"put off").await;
+        assert_eq!(d.wakes(), before + 1, "put off at once");
         assert!(nothing_arrives(&mut b).await);
     }
 
@@ -382,9 +360,7 @@ mod tests {
         link.write_all(b"one-").await.expect("write");
         assert!(nothing_arrives(&mut b).await, "bytes left before the flush");
         link.flush().await.expect("flush");
-        let mut got = [0u8; 9];
-        b.read_exact(&mut got).await.expect("read");
-        assert_eq!(&got, b"head-one-");
+        receives(&mut b, b"head-one-").await;
     }
 
     #[tokio::test]
