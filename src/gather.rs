@@ -27,7 +27,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// the start of every pass (it reads until the socket has nothing, then writes what its
 /// streams queued, then flushes): the responses of all the streams served in one pass, and
 /// of those served by the time the task runs again, leave in one write. A flush is put off
-/// at most one pass; `poll_shutdown` writes everything out.
+/// at most one pass; `poll_shutdown` writes everything out. A connection keeps at most
+/// [`KEEP`] bytes of gathering buffer between writes.
 ///
 /// Putting a flush off costs one more pass of the connection. When that pass brought nothing
 /// to go with the bytes (one message in flight at a time, as in an interactive session), the
@@ -112,15 +113,27 @@ impl<S: AsyncWrite + Unpin> Gather<S> {
                 continue;
             }
             let of_then = n - pending.len();
-            self.buf.clear();
-            self.sent = 0;
+            self.emptied();
             return Poll::Ready(Ok(of_then));
         }
-        self.buf.clear();
-        self.sent = 0;
+        self.emptied();
         Poll::Ready(Ok(0))
     }
+
+    /// All gathered bytes went out. A buffer grown past [`KEEP`] is given back, so that an
+    /// idle connection holds no more than that (a busy one allocates it again per write).
+    fn emptied(&mut self) {
+        self.sent = 0;
+        if self.buf.capacity() > KEEP {
+            self.buf = Vec::new();
+        } else {
+            self.buf.clear();
+        }
+    }
 }
+
+/// The most gathering buffer a connection keeps between writes.
+pub const KEEP: usize = 4096;
 
 impl<S: AsyncRead + Unpin> AsyncRead for Gather<S> {
     fn poll_read(
@@ -374,6 +387,28 @@ mod tests {
         let mut got = Vec::new();
         b.read_to_end(&mut got).await.expect("read");
         assert_eq!(&got, b"last words");
+    }
+
+    #[tokio::test]
+    async fn a_large_gathering_buffer_is_given_back_once_written_out() {
+        let (a, mut b) = tcp_pair().await;
+        let mut link = Gather::eager(a);
+        let chunk = vec![7u8; 1000];
+        for _ in 0..12 {
+            link.write_all(&chunk).await.expect("write");
+        }
+        assert!(link.buf.capacity() > KEEP);
+        link.flush().await.expect("flush");
+        receives(&mut b, &[7u8; 12_000]).await;
+        assert!(
+            link.buf.capacity() <= KEEP,
+            "an idle connection keeps {}",
+            link.buf.capacity()
+        );
+        link.write_all(b"small").await.expect("write");
+        link.flush().await.expect("flush");
+        let kept = link.buf.capacity();
+        assert!(kept > 0 && kept <= KEEP, "a small buffer is kept: {kept}");
     }
 
     #[tokio::test]
