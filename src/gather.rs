@@ -173,10 +173,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Gather<S> {
         if std::mem::take(&mut this.wrote) {
             this.groups = this.groups.saturating_add(1);
         }
-        if this.sent < this.buf.len() {
-            if !this.defer {
-                // Written out at every flush.
-            } else if !this.deferred && this.skip > 0 {
+        // `eager`: written out at every flush.
+        if this.defer && this.sent < this.buf.len() {
+            if !this.deferred && this.skip > 0 {
                 this.skip -= 1;
             } else if !this.deferred {
                 // Put off: more of this pass (or the next) may follow; see the type's doc.

@@ -39,7 +39,7 @@ impl Signal {
     /// This thread's wait list: the per-core worker's own, or (on the shared scheduler,
     /// whose tasks move between threads) one picked per thread.
     fn shard(&self) -> &Notify {
-        &self.shards[crate::workers::shard_index() % SHARDS]
+        &self.shards[crate::workers::slot_of(SHARDS)]
     }
 }
 

@@ -297,7 +297,7 @@ impl Stats {
 
     /// This thread's shard.
     fn tally(&self) -> MutexGuard<'_, Tally> {
-        let i = crate::workers::shard_index() % self.shards.len();
+        let i = crate::workers::slot_of(self.shards.len());
         // Counters only: a panic elsewhere cannot leave them in a state worse than stale.
         self.shards[i].0.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -67,7 +67,7 @@ impl LocalName {
 
     /// This thread shard's copy (the same text).
     pub fn here(&self) -> Arc<str> {
-        match self.copies.get(shard_index() % self.copies.len().max(1)) {
+        match self.copies.get(slot_of(self.copies.len())) {
             Some(c) => c.get_or_init(|| Arc::from(&*self.name)).clone(),
             None => self.name.clone(),
         }
@@ -104,6 +104,12 @@ pub fn shard_index() -> usize {
         };
     }
     current().unwrap_or_else(|| PICK.with(|p| *p))
+}
+
+/// This thread's slot among `len` per-shard slots ([`shard_index`] wrapped; 0 when there are
+/// none, so that `slots.get(slot_of(slots.len()))` is `None` rather than a division by zero).
+pub fn slot_of(len: usize) -> usize {
+    shard_index() % len.max(1)
 }
 
 /// Marks this thread as worker `index` (each worker thread does, as it starts).

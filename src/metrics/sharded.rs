@@ -17,12 +17,7 @@ use std::sync::Arc;
 use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::{MetricType, TypedMetric};
 
-use crate::workers::shard_count as shards;
-
-/// This thread's shard, below `n`.
-fn mine(n: usize) -> usize {
-    crate::workers::shard_index() % n
-}
+use crate::workers::{shard_count as shards, slot_of};
 
 /// One shard's count, on cache lines of its own.
 type Slot = crate::workers::Apart<AtomicU64>;
@@ -47,7 +42,7 @@ impl Counter {
     }
 
     pub fn inc_by(&self, v: u64) {
-        self.slots[mine(self.slots.len())]
+        self.slots[slot_of(self.slots.len())]
             .0
             .fetch_add(v, Ordering::Relaxed);
     }
@@ -128,7 +123,7 @@ impl Histogram {
     }
 
     pub fn observe(&self, v: f64) {
-        let s = &self.shards[mine(self.shards.len())];
+        let s = &self.shards[slot_of(self.shards.len())];
         // The first bucket whose bound holds `v`; NaN and beyond every bound: `+Inf`.
         let i = self
             .bounds

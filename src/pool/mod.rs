@@ -876,7 +876,7 @@ impl ServerPool {
     /// A client request (not a retry) is about to go to this pool: it earns the retry budget.
     pub fn request_started(&self, now: Instant) {
         let budget = &self.newest().budget;
-        if let Some(b) = budget.get(crate::workers::shard_index() % budget.len().max(1)) {
+        if let Some(b) = budget.get(crate::workers::slot_of(budget.len())) {
             b.lock().unwrap_or_else(|e| e.into_inner()).deposit(now);
         }
     }
