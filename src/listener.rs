@@ -197,7 +197,17 @@ async fn accept_loop(
         let open = series.accepted(&svc.metrics);
         let (worker, slot) = match &svc.workers {
             Some(w) => {
-                let (h, slot) = w.pick();
+                // A published port's connection (a `via_agent` SOCKS client's) is one stream
+                // on a link of its agent: on the worker driving such a link, its frames wake
+                // no other thread.
+                let (h, slot) = match &handler {
+                    Handler::Published(p) => w.pick_among(&svc.agents.homes(&p.cfg.agent)),
+                    Handler::Socks(s) => match &s.cfg.via_agent {
+                        Some(agent) => w.pick_among(&svc.agents.homes(agent)),
+                        None => w.pick(),
+                    },
+                    _ => w.pick(),
+                };
                 (Some(h.clone()), Some(slot))
             }
             None => (None, None),

@@ -158,6 +158,17 @@ pub fn least_busy(busy: &[usize], turn: usize) -> Option<usize> {
     (0..n).map(|k| (turn + k) % n).min_by_key(|&i| busy[i])
 }
 
+/// [`least_busy`] among the workers `among` only (those of them that exist); all of them
+/// when `among` names none that does.
+pub fn least_busy_among(busy: &[usize], among: &[usize], turn: usize) -> Option<usize> {
+    let n = busy.len();
+    (0..n)
+        .map(|k| (turn + k) % n)
+        .filter(|i| among.contains(i))
+        .min_by_key(|&i| busy[i])
+        .or_else(|| least_busy(busy, turn))
+}
+
 impl Workers {
     /// Starts `n` worker threads (at least one).
     pub fn start(n: usize) -> std::io::Result<Workers> {
@@ -196,19 +207,31 @@ impl Workers {
 
     /// The worker for the next connection, and its place in that worker's count.
     pub fn pick(&self) -> (&Handle, Slot) {
+        self.pick_among(&[])
+    }
+
+    /// [`Workers::pick`] among the workers `among` (the least busy of them; any worker when
+    /// `among` names none): a published port's connection goes to a worker that drives a
+    /// link of its agent, so its stream's frames never wake another thread.
+    pub fn pick_among(&self, among: &[usize]) -> (&Handle, Slot) {
         let busy: Vec<usize> = self
             .busy
             .iter()
             .map(|b| b.load(Ordering::Relaxed))
             .collect();
         let turn = self.turn.fetch_add(1, Ordering::Relaxed);
-        let i = least_busy(&busy, turn).unwrap_or(0);
+        let i = least_busy_among(&busy, among, turn).unwrap_or(0);
         self.busy[i].fetch_add(1, Ordering::Relaxed);
         let slot = Slot {
             busy: self.busy.clone(),
             index: i,
         };
         (&self.handles[i], slot)
+    }
+
+    /// Worker `i`'s runtime (`i` wrapped to the workers there are).
+    pub fn handle(&self, i: usize) -> &Handle {
+        &self.handles[i % self.handles.len()]
     }
 }
 
@@ -245,6 +268,23 @@ mod tests {
         assert_eq!(least_busy(&[3, 1, 2], 0), Some(1));
         assert_eq!(least_busy(&[3, 1, 2], 2), Some(1));
         assert_eq!(least_busy(&[], 5), None);
+    }
+
+    #[test]
+    fn a_connection_goes_to_the_least_busy_of_the_workers_named() {
+        use super::least_busy_among;
+        // Worker 0 is busier, but it is the one named.
+        assert_eq!(least_busy_among(&[3, 1, 2], &[0], 1), Some(0));
+        assert_eq!(least_busy_among(&[3, 1, 2], &[0, 2], 0), Some(2));
+        // Ties among the named ones go in turn.
+        let picks: Vec<_> = (0..4)
+            .map(|t| least_busy_among(&[0, 5, 0], &[0, 2], t))
+            .collect();
+        assert_eq!(picks, [0, 2, 2, 0].map(Some));
+        // None named, or none that exists: any worker.
+        assert_eq!(least_busy_among(&[3, 1, 2], &[], 0), Some(1));
+        assert_eq!(least_busy_among(&[3, 1, 2], &[7], 0), Some(1));
+        assert_eq!(least_busy_among(&[], &[0], 0), None);
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! takes them as one agent (one entry in the admin API, with its links; the agents gauge
 //! counts it once), spreads streams over them, refuses a second agent process under the same
 //! name (its own session) as a duplicate, bounds the links of one agent (`max_links`), and a
-//! link cut by a TCP middlebox of the test's leaves the other serving until it redials.
+//! link cut by a TCP middlebox of the test's leaves the other serving until it redials; with
+//! `[runtime] per_core` each link sits on a worker of its own.
 
 mod common;
 mod tunnel_util;
@@ -76,6 +77,47 @@ async fn many_gets(web: SocketAddr, n: usize) {
     for (code, body, err) in futures_util::future::join_all(all).await {
         assert_eq!((code, body.as_slice()), (0, &b"inside"[..]), "{err}");
     }
+}
+
+/// `[runtime] per_core` with two workers on both sides and two links: the relay drives the
+/// links on different workers (the admin API says which), published clients go to those
+/// workers, and both links carry streams.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_core_links_sit_on_their_own_workers_and_both_carry_streams() {
+    let certs = Certs::make();
+    let origin = Origin::fixed("inside").await;
+    let per_core = "[runtime]\nworkers = 2\nper_core = true\n";
+    let tunnel = tunnel_listener(&certs, false);
+    let relay = Gatehouse::start(&format!("{per_core}{tunnel}{WEB_AND_ADMIN}"));
+    let admin = relay.addr("admin");
+    let _agent = Gatehouse::start(&format!(
+        "{per_core}{}",
+        agent_with_links(&certs, relay.addr("agents"), origin.addr, 2)
+    ));
+    let v = wait_links(admin, 2).await;
+    let mut workers: Vec<u64> = v["agents"][0]["per_link"]
+        .as_array()
+        .expect("per_link")
+        .iter()
+        .map(|l| l["worker"].as_u64().expect("a worker per link"))
+        .collect();
+    workers.sort_unstable();
+    assert_eq!(workers, [0, 1], "{v}");
+
+    many_gets(relay.addr("web"), 40).await;
+    assert_eq!(origin.seen().len(), 40);
+    let v = agents(admin).await;
+    let per_link: Vec<u64> = v["agents"][0]["per_link"]
+        .as_array()
+        .expect("per_link")
+        .iter()
+        .map(|l| l["streams_total"].as_u64().unwrap_or(0))
+        .collect();
+    assert_eq!(per_link.iter().sum::<u64>(), 40, "{v}");
+    assert!(
+        per_link.iter().all(|n| *n > 0),
+        "a link took no stream: {v}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -67,8 +67,9 @@ web = "{web}"
 }
 
 /// `[runtime] per_core` on both sides: the relay hands clients and the agent connection to
-/// its workers; the agent's streams go to its workers while its relay connection stays on the
-/// main thread. Concurrent clients through the published port all get their answer.
+/// its workers (each client to the worker driving the link); the agent runs its relay
+/// connection and that connection's streams on one worker. Concurrent clients through the
+/// published port all get their answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_core_workers_carry_a_published_port_on_both_sides() {
     let origin = Origin::fixed("inside").await;

@@ -59,6 +59,16 @@ impl Drop for LinkUp<'_> {
     }
 }
 
+/// A link's task on a per-core worker, aborted when its agent's `run` is dropped (a reload
+/// that stops the agent), as the links `run` drives itself are.
+struct Aborting(tokio::task::JoinHandle<()>);
+
+impl Drop for Aborting {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// A running `[agent]`: its task, stopped on reload when the section changed.
 pub struct Running {
     agent: Arc<Agent>,
@@ -194,11 +204,23 @@ impl Agent {
             vec![self.cfg.relays.clone()]
         };
         let mut each = Vec::new();
+        let mut on_workers = Vec::new();
+        let mut k = 0;
         for relays in groups {
             let up: Arc<[AtomicUsize]> = relays.iter().map(|_| AtomicUsize::new(0)).collect();
             for link in 0..links {
-                each.push(self.clone().run_through(relays.clone(), up.clone(), link));
+                let run = self.clone().run_through(relays.clone(), up.clone(), link);
+                match &self.svc.workers {
+                    // `[runtime] per_core`: each link on a worker of its own in turn, its
+                    // streams beside it (see `serve`).
+                    Some(w) => on_workers.push(Aborting(w.handle(k).spawn(run))),
+                    None => each.push(run),
+                }
+                k += 1;
             }
+        }
+        for task in &mut on_workers {
+            let _ = (&mut task.0).await;
         }
         futures_util::future::join_all(each).await;
     }
@@ -390,25 +412,13 @@ impl Agent {
                 next = conn.accept() => match next {
                     Some(Ok((req, respond))) => {
                         let me = self.clone();
-                        match &self.svc.workers {
-                            // `[runtime] per_core`: the relay connection stays on this thread,
-                            // its streams (a connect and a relay each) go to the least busy
-                            // worker, so one agent connection's streams use every core.
-                            Some(w) => {
-                                let (worker, slot) = w.pick();
-                                self.svc.shutdown.spawn_on(
-                                    async move {
-                                        let _slot = slot;
-                                        me.stream(req, respond, local).await
-                                    },
-                                    worker,
-                                );
-                            }
-                            None => self
-                                .svc
-                                .shutdown
-                                .spawn(async move { me.stream(req, respond, local).await }),
-                        }
+                        // `[runtime] per_core`: this link runs on a worker of its own
+                        // (`run`), and its streams (a connect and a relay each) stay on
+                        // it: their frames wake no other thread. `connections` = cores
+                        // spreads the streams over every core.
+                        self.svc
+                            .shutdown
+                            .spawn(async move { me.stream(req, respond, local).await });
                     }
                     Some(Err(e)) => return Err(SessionError::Lost(e.to_string())),
                     None => return Err(SessionError::Lost("closed by the relay".into())),

@@ -101,17 +101,21 @@ pub fn admission(
 }
 
 /// One link connected under a name, for [`pick_link`]: the agent it belongs to, its streams
-/// open, and whether it may take this stream (not tried yet).
+/// open, whether it may take this stream (not tried yet), and whether the thread asking
+/// drives it (`[runtime] per_core`: the link's event loop is this worker's).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LinkLoad {
     pub agent: u64,
     pub open: u64,
     pub eligible: bool,
+    pub local: bool,
 }
 
 /// Which link takes the next stream: first the agent with the fewest streams open over all
 /// its links (so an agent with four links gets no more than one with one), then its eligible
-/// link with the fewest, ties in turn at both levels ([`least_streams`]).
+/// link with the fewest, ties in turn at both levels ([`least_streams`]). Among that agent's
+/// links, those driven by the asking thread come first: a stream there wakes no other
+/// thread for its frames (the connection was handed to this worker for it).
 pub fn pick_link(links: &[LinkLoad], turn: usize) -> Option<usize> {
     // (agent, streams open over its links, has an eligible link), in order of appearance.
     let mut agents: Vec<(u64, u64, bool)> = Vec::new();
@@ -126,9 +130,12 @@ pub fn pick_link(links: &[LinkLoad], turn: usize) -> Option<usize> {
     }
     let n = agents.len();
     let chosen = agents[least_streams(agents.iter().map(|a| a.2.then_some(a.1)), turn)?].0;
-    let members: Vec<usize> = (0..links.len())
+    let mut members: Vec<usize> = (0..links.len())
         .filter(|&i| links[i].agent == chosen)
         .collect();
+    if members.iter().any(|&i| links[i].eligible && links[i].local) {
+        members.retain(|&i| links[i].local);
+    }
     let loads = members
         .iter()
         .map(|&i| links[i].eligible.then_some(links[i].open));
@@ -150,6 +157,8 @@ pub struct AgentConn {
     pub replaced: tokio_util::sync::CancellationToken,
     /// Which agent it is a link of: the id of that agent's first link.
     pub agent: u64,
+    /// The per-core worker whose event loop drives it (`[runtime] per_core`), else `None`.
+    pub home: Option<usize>,
     send: h2::client::SendRequest<Bytes>,
     /// Streams open now, and opened in total.
     pub streams_open: AtomicU64,
@@ -181,6 +190,8 @@ pub struct AgentInfo {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct LinkInfo {
     pub peer: String,
+    /// The per-core worker driving it (`[runtime] per_core`), else `None`.
+    pub worker: Option<usize>,
     pub connected_secs: u64,
     pub streams_open: u64,
     pub streams_total: u64,
@@ -192,6 +203,7 @@ impl AgentConn {
     fn info(&self) -> LinkInfo {
         LinkInfo {
             peer: self.peer.to_string(),
+            worker: self.home,
             connected_secs: self.since.elapsed().map_or(0, |d| d.as_secs()),
             streams_open: self.streams_open.load(Ordering::Relaxed),
             streams_total: self.streams_total.load(Ordering::Relaxed),
@@ -388,15 +400,32 @@ impl Agents {
         let map = lock(&self.map);
         let list = map.get(name)?;
         let turn = self.turn.fetch_add(1, Ordering::Relaxed);
+        let here = crate::workers::current();
         let loads: Vec<LinkLoad> = list
             .iter()
             .map(|c| LinkLoad {
                 agent: c.agent,
                 open: c.streams_open.load(Ordering::Relaxed),
                 eligible: !not.contains(&c.id) && !not_agents.contains(&c.agent),
+                local: c.home.is_some() && c.home == here,
             })
             .collect();
         pick_link(&loads, turn).map(|i| list[i].clone())
+    }
+
+    /// The per-core workers that drive links connected under `name` (none without
+    /// `[runtime] per_core`): where a connection for that name is best served.
+    pub fn homes(&self, name: &str) -> Vec<usize> {
+        let map = lock(&self.map);
+        let mut homes: Vec<usize> = map
+            .get(name)
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c.home)
+            .collect();
+        homes.sort_unstable();
+        homes.dedup();
+        homes
     }
 
     /// Whether an agent is connected under `name` now.
@@ -743,6 +772,7 @@ impl TunnelListener {
             index: who.index,
             replaced: tokio_util::sync::CancellationToken::new(),
             agent,
+            home: crate::workers::current(),
             send,
             streams_open: AtomicU64::new(0),
             streams_total: AtomicU64::new(0),
@@ -922,7 +952,33 @@ mod pick_tests {
             agent,
             open,
             eligible: true,
+            local: false,
         }
+    }
+
+    #[test]
+    fn a_link_driven_by_the_asking_thread_takes_the_stream_first() {
+        let local = |agent, open| LinkLoad {
+            local: true,
+            ..link(agent, open)
+        };
+        // Agent 1's links: the local one, though it has more streams open.
+        let links = [link(1, 0), local(1, 5), link(1, 1)];
+        for turn in 0..4 {
+            assert_eq!(pick_link(&links, turn), Some(1));
+        }
+        // Two local links take turns by their own load.
+        let links = [local(1, 2), link(1, 0), local(1, 2)];
+        let picks: Vec<_> = (0..2).map(|t| pick_link(&links, t)).collect();
+        assert_eq!(picks, [Some(0), Some(2)]);
+        // A local link already tried: the others, by load.
+        let mut links = [link(1, 3), local(1, 0), link(1, 1)];
+        links[1].eligible = false;
+        assert_eq!(pick_link(&links, 0), Some(2));
+        // The agents still balance first: agent 2 has fewer streams than agent 1, whose
+        // link is the local one.
+        let links = [local(1, 4), link(2, 1)];
+        assert_eq!(pick_link(&links, 0), Some(1));
     }
 
     #[test]
