@@ -20,7 +20,8 @@
 #
 # Knobs (environment): RUNS=3 BYTES=4294967296 COUNT=20000 CONC=50 DURATION=10s THREADS=2
 #   CONNS=50 WORKERS=2 NICE=0 BUILD=release (BUILD=debug: use target/debug, for a smoke test)
-#   PER_CORE=0 (1: Gatehouse's relay and agent with `[runtime] per_core = true`)
+#   PER_CORE=1 (Gatehouse's relay and agent with `[runtime] per_core = true`, as the tunnel
+#   examples set; 0: the shared, work-stealing scheduler, `[runtime]`'s default)
 #   LINKS=1 (Gatehouse's agents keep `connections = LINKS` links to their relay, 1-16)
 #   PATHS="direct gatehouse gatehouse-plain rathole" (the columns, in this order; a subset for a
 #   quick comparison)
@@ -33,7 +34,7 @@ case $LINKS in
     [1-9] | 1[0-6]) ;;
     *) printf 'tunnel.sh: LINKS must be 1 to 16\n' >&2; exit 1 ;;
 esac
-runtime_per_core=$( [ "${PER_CORE:-0}" = 1 ] && echo true || echo false )
+runtime_per_core=$( [ "${PER_CORE:-1}" = 1 ] && echo true || echo false )
 BYTES=${BYTES:-4294967296}
 COUNT=${COUNT:-20000}
 CONC=${CONC:-50}
@@ -345,7 +346,7 @@ rate() { field "$WORK/rate-$1-$2.out" "$3"; }
     rh="not run"
     if want rathole; then rh="$(rathole --version 2>/dev/null | tr -s ' \n' ' ' | cut -c1-80)"; fi
     echo "Versions: gatehouse $("$GATEHOUSE" --version | awk '{print $2}') ($BUILD; TLS and plain transports); rathole ($rh) (plain TCP transport); $(nginx -v 2>&1 | sed 's/.*: //'); wrk."
-    echo "Settings: PATHS=\"$PATHS\" RUNS=$RUNS BYTES=$BYTES COUNT=$COUNT CONC=$CONC DURATION=$DURATION THREADS=$THREADS CONNS=$CONNS WORKERS=$WORKERS PER_CORE=${PER_CORE:-0} LINKS=$LINKS; medians; load average before: $LOAD."
+    echo "Settings: PATHS=\"$PATHS\" RUNS=$RUNS BYTES=$BYTES COUNT=$COUNT CONC=$CONC DURATION=$DURATION THREADS=$THREADS CONNS=$CONNS WORKERS=$WORKERS PER_CORE=${PER_CORE:-1} LINKS=$LINKS; medians; load average before: $LOAD."
     echo
     echo "| path | bulk (Gbit/s) | HTTP req/s | HTTP p99 (ms) | HTTP errors | SOCKS5 connect+echo+close/s | SOCKS5 p99 (ms) |"
     echo "|---|---|---|---|---|---|---|"

@@ -195,6 +195,8 @@ fn the_example_pair_parses_and_agrees() {
     );
     assert_eq!(a.publish["web"], ("127.0.0.1".to_string(), 8000));
     assert_eq!(a.allow.entries.len(), 1);
+    // One event loop per core on both sides: a link and its streams stay on one.
+    assert!(relay.runtime.per_core && agent.runtime.per_core);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
