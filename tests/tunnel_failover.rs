@@ -326,6 +326,39 @@ async fn a_reload_reconnects_an_agent_only_when_its_section_changed() {
     agent.wait_stderr("refused this agent's name or token");
 }
 
+/// With `[runtime] per_core` an agent's links run as tasks of their own on its workers: a
+/// reload that changes the section still ends them all (the old relay loses the agent, not
+/// only one of its links) and the new ones serve.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_moves_a_per_core_agent_with_all_its_links() {
+    let certs = Certs::make();
+    let echo = echo_server().await;
+    let (a, b) = (publishing_relay(&certs), publishing_relay(&certs));
+    let config = |relay| {
+        let agent = agent_config(&certs, "office", &[relay], "", echo);
+        let agent = agent.replacen("[agent]\n", "[agent]\nconnections = 2\n", 1);
+        format!("[runtime]\nworkers = 2\nper_core = true\n{agent}")
+    };
+    let agent = Gatehouse::start(&config(a.addr("agents")));
+    a.wait_stderr("tunnel: agent connected");
+    a.wait_stderr("tunnel: agent link connected");
+
+    std::fs::write(agent.config_path(), config(b.addr("agents"))).expect("rewrite");
+    agent.signal("HUP");
+    agent.wait_stderr("reconnecting with the new settings");
+    b.wait_stderr("tunnel: agent connected");
+    // Logged once the agent's last link is gone.
+    a.wait_stderr("tunnel: agent disconnected");
+    let mut moved = tokio::net::TcpStream::connect(b.addr("web"))
+        .await
+        .expect("connect");
+    echo_roundtrip(&mut moved, b"through the second relay").await;
+    let mut stale = tokio::net::TcpStream::connect(a.addr("web"))
+        .await
+        .expect("connect");
+    assert!(until_closed(&mut stale).await.is_empty());
+}
+
 /// A CA file replaced under the same path is a change, as a `token_file` is: the agent whose
 /// CA did not verify the relay reconnects, on a reload of the same text, with the new CA.
 /// (Before, the reload found the section unchanged and kept the old CA's connector.)
