@@ -299,22 +299,7 @@ async fn a_reload_reconnects_an_agent_only_when_its_section_changed() {
 
     // Another relay: the agent leaves the first and serves through the second.
     let second = agent_config(&certs, "office", &[b.addr("agents")], "", echo);
-    std::fs::write(agent.config_path(), &second).expect("rewrite");
-    agent.signal("HUP");
-    agent.wait_stderr("reconnecting with the new settings");
-    b.wait_stderr("tunnel: agent connected");
-    a.wait_stderr("tunnel: agent disconnected");
-    let mut moved = tokio::net::TcpStream::connect(b.addr("web"))
-        .await
-        .expect("connect");
-    echo_roundtrip(&mut moved, b"through the second relay").await;
-    let mut stale = tokio::net::TcpStream::connect(a.addr("web"))
-        .await
-        .expect("connect");
-    assert!(
-        until_closed(&mut stale).await.is_empty(),
-        "the first relay has no agent any more"
-    );
+    reload_to_another_relay(&agent, &second, &a, &b).await;
     // The stream through the first relay went with the old session.
     assert!(until_closed(&mut kept).await.is_empty());
 
@@ -343,20 +328,35 @@ async fn a_reload_moves_a_per_core_agent_with_all_its_links() {
     a.wait_stderr("tunnel: agent connected");
     a.wait_stderr("tunnel: agent link connected");
 
-    std::fs::write(agent.config_path(), config(b.addr("agents"))).expect("rewrite");
+    // "agent disconnected" is logged once the agent's last link is gone.
+    reload_to_another_relay(&agent, &config(b.addr("agents")), &a, &b).await;
+}
+
+/// Rewrites `agent`'s config to `config` (which dials `to` instead of `from`) and reloads
+/// it: the agent reconnects, `to` takes it, `from` loses it; a client of `to`'s published
+/// port gets through, one of `from`'s is closed at once.
+async fn reload_to_another_relay(
+    agent: &Gatehouse,
+    config: &str,
+    from: &Gatehouse,
+    to: &Gatehouse,
+) {
+    std::fs::write(agent.config_path(), config).expect("rewrite");
     agent.signal("HUP");
     agent.wait_stderr("reconnecting with the new settings");
-    b.wait_stderr("tunnel: agent connected");
-    // Logged once the agent's last link is gone.
-    a.wait_stderr("tunnel: agent disconnected");
-    let mut moved = tokio::net::TcpStream::connect(b.addr("web"))
+    to.wait_stderr("tunnel: agent connected");
+    from.wait_stderr("tunnel: agent disconnected");
+    let mut moved = tokio::net::TcpStream::connect(to.addr("web"))
         .await
         .expect("connect");
     echo_roundtrip(&mut moved, b"through the second relay").await;
-    let mut stale = tokio::net::TcpStream::connect(a.addr("web"))
+    let mut stale = tokio::net::TcpStream::connect(from.addr("web"))
         .await
         .expect("connect");
-    assert!(until_closed(&mut stale).await.is_empty());
+    assert!(
+        until_closed(&mut stale).await.is_empty(),
+        "the first relay has no agent any more"
+    );
 }
 
 /// A CA file replaced under the same path is a change, as a `token_file` is: the agent whose
