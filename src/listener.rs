@@ -200,13 +200,14 @@ async fn accept_loop(
                 // A published port's connection (a `via_agent` SOCKS client's) is one stream
                 // on a link of its agent: on the worker driving such a link, its frames wake
                 // no other thread.
-                let (h, slot) = match &handler {
-                    Handler::Published(p) => w.pick_among(&svc.agents.homes(&p.cfg.agent)),
-                    Handler::Socks(s) => match &s.cfg.via_agent {
-                        Some(agent) => w.pick_among(&svc.agents.homes(agent)),
-                        None => w.pick(),
-                    },
-                    _ => w.pick(),
+                let agent = match &handler {
+                    Handler::Published(p) => Some(p.cfg.agent.as_str()),
+                    Handler::Socks(s) => s.cfg.via_agent.as_deref(),
+                    _ => None,
+                };
+                let (h, slot) = match agent {
+                    Some(agent) => w.pick_among(&svc.agents.homes(agent)),
+                    None => w.pick(),
                 };
                 (Some(h.clone()), Some(slot))
             }

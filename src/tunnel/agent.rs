@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::task::AbortOnDropHandle;
 
 use super::allow::{AllowList, Denied};
 use super::proto::{self, HelloReply, Open, OpenError};
@@ -56,16 +57,6 @@ impl<'a> LinkUp<'a> {
 impl Drop for LinkUp<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// A link's task on a per-core worker, aborted when its agent's `run` is dropped (a reload
-/// that stops the agent), as the links `run` drives itself are.
-struct Aborting(tokio::task::JoinHandle<()>);
-
-impl Drop for Aborting {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 
@@ -212,15 +203,16 @@ impl Agent {
                 let run = self.clone().run_through(relays.clone(), up.clone(), link);
                 match &self.svc.workers {
                     // `[runtime] per_core`: each link on a worker of its own in turn, its
-                    // streams beside it (see `serve`).
-                    Some(w) => on_workers.push(Aborting(w.handle(k).spawn(run))),
+                    // streams beside it (see `serve`); aborted when `run` is dropped (a
+                    // reload that stops the agent), as the links it drives itself end.
+                    Some(w) => on_workers.push(AbortOnDropHandle::new(w.handle(k).spawn(run))),
                     None => each.push(run),
                 }
                 k += 1;
             }
         }
         for task in &mut on_workers {
-            let _ = (&mut task.0).await;
+            let _ = task.await;
         }
         futures_util::future::join_all(each).await;
     }
