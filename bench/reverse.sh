@@ -16,6 +16,12 @@
 #   idle       memory per idle keep-alive client: IDLE_CLIENTS connections, one GET each, held
 #              open; the proxy's RSS (VmRSS summed over its processes) after minus before,
 #              divided by IDLE_CLIENTS; plain HTTP/1.1 and TLS
+# In h1 and tls-h1 a fourth server runs beside the three as a reference, not a contender:
+# HAProxy in `mode tcp` (a layer-4 relay: each client connection relayed to an origin
+# connection of its own, TLS terminated on the tls-h1 port). It makes the same system calls
+# per request as an HTTP proxy with keep-alive upstreams and does no HTTP work at all, so
+# its requests/s is about the most any proxy in front of this origin can serve here; the
+# report gives it as a ratio to the better HTTP peer. L4_REF=0 leaves it out.
 # Per run: requests/s (handshakes/s), p99 latency, errors, and the proxy's CPU time per
 # request (user + system of all its processes, from /proc). Medians are printed as markdown
 # tables, with the ratios to the aims of issue 9; raw outputs land in
@@ -31,8 +37,9 @@
 # traffic stays on 127.0.0.1; every load is bounded in time; every process started here is
 # killed on exit.
 #
-# Knobs (environment): RUNS=3 DURATION=10 THREADS=2 CONNS=64 WORKERS=1 PER_CORE=0 SIZE=1024
-#   H2_CONNS=50 H2_STREAMS=10 HS_CONNS=32 IDLE_CLIENTS=2000
+# Knobs (environment): RUNS=3 DURATION=10 THREADS=2 CONNS=64 WORKERS=1 PER_CORE=1 SIZE=1024
+#   H2_CONNS=50 H2_STREAMS=10 HS_CONNS=32 IDLE_CLIENTS=2000 L4_REF=1
+#   PER_CORE=0: Gatehouse with `[runtime] per_core = false` (the shared scheduler)
 #   SCENARIOS="h1 tls-h1 tls-h2 handshake idle"
 #   GATEHOUSE_BIN=path: use that binary instead of building target/release/gatehouse
 #   SYSCALLS=1: count each proxy's system calls by kind during the wrk and h2load runs (perf stat on
@@ -54,6 +61,7 @@ HS_CONNS=${HS_CONNS:-32}
 IDLE_CLIENTS=${IDLE_CLIENTS:-2000}
 SCENARIOS=${SCENARIOS:-h1 tls-h1 tls-h2 handshake idle}
 PROXIES=(gatehouse nginx haproxy)
+L4_REF=${L4_REF:-1}
 
 log() { printf '== %s\n' "$*" >&2; }
 die() { printf 'reverse.sh: %s\n' "$*" >&2; exit 1; }
@@ -350,6 +358,8 @@ P_HAPROXY=$(free_port)
 T_GATEHOUSE=$(free_port)
 T_NGINX=$(free_port)
 T_HAPROXY=$(free_port)
+P_L4=$(free_port)
+T_L4=$(free_port)
 
 mkdir -p "$WORK/www" "$WORK/origin" "$WORK/proxy"
 head -c "$SIZE" /dev/zero | tr '\0' 'x' >"$WORK/www/small"
@@ -431,9 +441,10 @@ max_connections = 0
 [access_log]
 path = "off"
 
-# PER_CORE=1: each worker thread its own event loop (nginx's and HAProxy's model).
+# PER_CORE=1 (the default, as Gatehouse's own): each worker thread its own event loop
+# (nginx's and HAProxy's model); PER_CORE=0: the shared scheduler.
 [runtime]
-per_core = $( [ "${PER_CORE:-0}" = 1 ] && echo true || echo false )
+per_core = $( [ "${PER_CORE:-1}" = 1 ] && echo true || echo false )
 EOF
 
 cat >"$WORK/nginx.conf" <<EOF
@@ -490,6 +501,29 @@ frontend web
 backend origin
     server o1 127.0.0.1:$P_ORIGIN
 EOF
+
+# The layer-4 reference (L4_REF=1): HAProxy relaying bytes, no HTTP parsing, no header
+# edits, no upstream pool; the same TLS settings as the HTTP peers.
+cat >"$WORK/haproxy-l4.cfg" <<EOF
+global
+    nbthread $WORKERS
+    maxconn 8000
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+frontend relay
+    bind 127.0.0.1:$P_L4
+    bind 127.0.0.1:$T_L4 ssl crt $WORK/haproxy.pem alpn http/1.1 ssl-min-ver TLSv1.3 ciphersuites TLS_AES_128_GCM_SHA256 curves X25519
+    default_backend origin
+backend origin
+    server o1 127.0.0.1:$P_ORIGIN
+EOF
+if [ "$L4_REF" = 1 ]; then
+    start l4 "$P_L4" haproxy -db -f "$WORK/haproxy-l4.cfg"
+    wait_port "$T_L4"
+fi
 
 # start_proxy NAME: starts it (again) and waits for both its listeners.
 start_proxy() {
@@ -549,7 +583,12 @@ done
 # --- load ------------------------------------------------------------------------------------
 
 LOAD=$(cut -d' ' -f1-3 /proc/loadavg)
-servers_of() { if [ "$1" = h1 ]; then echo origin "${PROXIES[@]}"; else echo "${PROXIES[@]}"; fi; }
+# The origin directly in h1, the layer-4 reference (L4_REF=1) in h1 and tls-h1.
+servers_of() {
+    local l4=""
+    case "$1" in h1 | tls-h1) [ "$L4_REF" = 1 ] && l4=l4 ;; esac
+    if [ "$1" = h1 ]; then echo origin "${PROXIES[@]}" $l4; else echo "${PROXIES[@]}" $l4; fi
+}
 for scen in $SCENARIOS; do
     for run in $(seq "$RUNS"); do
         for s in $(servers_of "$scen"); do
@@ -590,7 +629,7 @@ label() {
     echo "Machine: $(nproc) cores, $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1), Linux $(uname -r); $(date -u +%Y-%m-%d); gatehouse at $(cd "$ROOT" && git rev-parse --short HEAD)."
     echo "Versions: $(nginx -v 2>&1 | sed 's/.*: //'), $(haproxy -v | head -1 | awk '{print "HAProxy " $3}'), $(wrk -v 2>&1 | head -1 | awk '{print "wrk " $2}'), $(h2load --version | head -1), $(openssl version | awk '{print "OpenSSL " $2}')."
     echo "TLS agreed: gatehouse ${TLS_AGREED[gatehouse]}; nginx ${TLS_AGREED[nginx]}; haproxy ${TLS_AGREED[haproxy]}."
-    echo "Load: WORKERS=$WORKERS, PER_CORE=${PER_CORE:-0}, GET of a $SIZE-byte file; h1 and tls-h1: wrk -t$THREADS -c$CONNS -d${DURATION}s --latency; tls-h2: h2load -t$THREADS -c$H2_CONNS -m$H2_STREAMS -D$DURATION; handshake: loadgen tls-handshakes --concurrency $HS_CONNS --secs $DURATION (p99: connect + handshake); idle: $IDLE_CLIENTS connections; medians of $RUNS runs; load average before: $LOAD."
+    echo "Load: WORKERS=$WORKERS, PER_CORE=${PER_CORE:-1}, GET of a $SIZE-byte file; h1 and tls-h1: wrk -t$THREADS -c$CONNS -d${DURATION}s --latency; tls-h2: h2load -t$THREADS -c$H2_CONNS -m$H2_STREAMS -D$DURATION; handshake: loadgen tls-handshakes --concurrency $HS_CONNS --secs $DURATION (p99: connect + handshake); idle: $IDLE_CLIENTS connections; medians of $RUNS runs; load average before: $LOAD."
     echo
     echo "| scenario | server | req/s (handshakes/s) | p99 (ms) | errors | CPU µs per request (handshake) |"
     echo "| --- | --- | ---: | ---: | ---: | ---: |"
@@ -599,6 +638,7 @@ label() {
         for s in $(servers_of "$scen"); do
             name=$s
             [ "$s" = origin ] && name="origin (direct, no proxy)"
+            [ "$s" = l4 ] && name="haproxy mode tcp (layer-4 relay: reference, no HTTP work)"
             echo "| $(label "$scen") | $name | $(col "$scen" "$s" 1) | $(col "$scen" "$s" 2) | $(col "$scen" "$s" 3) | $(col "$scen" "$s" 4) |"
         done
     done
@@ -633,6 +673,14 @@ label() {
         fi
         echo "| $(label "$scen") | $rate (of $best) | $p99 | $(ratio "$g4" "$n4"), $(ratio "$g4" "$h4") | $met |"
     done
+    if [ "$L4_REF" = 1 ]; then
+        for scen in h1 tls-h1; do
+            want "$scen" || continue
+            l=$(col "$scen" l4 1) n1=$(col "$scen" nginx 1) h1=$(col "$scen" haproxy 1)
+            bv=$(awk -v n="$n1" -v h="$h1" 'BEGIN { print (n >= h) ? n : h }')
+            echo "| $(label "$scen"): the layer-4 relay (reference) | $(ratio "$l" "$bv") of the better peer; gatehouse / relay $(ratio "$(col "$scen" gatehouse 1)" "$l") | - | - | (reference) |"
+        done
+    fi
     if want idle; then
         echo "| idle memory per client (h1; TLS) | - | - | - | gatehouse / nginx $(ratio "$(col idle gatehouse 1)" "$(col idle nginx 1)"); $(ratio "$(col idle gatehouse 4)" "$(col idle nginx 4)"), / haproxy $(ratio "$(col idle gatehouse 1)" "$(col idle haproxy 1)"); $(ratio "$(col idle gatehouse 4)" "$(col idle haproxy 4)") (no aim) |"
     fi

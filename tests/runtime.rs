@@ -1,7 +1,8 @@
-//! `[runtime]`: `per_core = true` hands each accepted connection to one of `workers` threads,
-//! each with its own event loop. Every listener kind still serves (reverse HTTP/1.1 and h2c,
-//! the forward proxy, SOCKS5), the worker threads exist, and SIGTERM drains them. Real
-//! binary, curl, origins on loopback.
+//! `[runtime]`: `per_core = true` (the default) hands each accepted connection to one of
+//! `workers` threads, each with its own event loop. Every listener kind still serves (reverse
+//! HTTP/1.1 and h2c, the forward proxy, SOCKS5), the worker threads exist, and SIGTERM drains
+//! them; `per_core = false` (one shared scheduler) serves them all as well. Real binary, curl,
+//! origins on loopback.
 
 mod common;
 
@@ -119,4 +120,57 @@ fn runtime_keys_are_checked() {
     ))
     .expect("valid");
     assert_eq!((ok.runtime.workers, ok.runtime.per_core), (3, true));
+    // Unset: per-core workers, one per core.
+    let unset = gatehouse::config::Config::parse(&http_listener("p", "")).expect("valid");
+    assert_eq!((unset.runtime.workers, unset.runtime.per_core), (0, true));
+    let shared = gatehouse::config::Config::parse(&format!(
+        "[runtime]\nper_core = false\n{}",
+        http_listener("p", "")
+    ))
+    .expect("valid");
+    assert!(!shared.runtime.per_core);
+}
+
+/// `per_core = false`: one shared, work-stealing scheduler and no worker threads of
+/// Gatehouse's own; reverse HTTP/1.1 and h2c, the forward proxy and SOCKS5 serve, and
+/// SIGTERM ends the process cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shared_scheduler_serves_every_listener_kind() {
+    let origin = Origin::fixed("hello").await;
+    let mut gh = Gatehouse::start(&format!(
+        "[runtime]\nworkers = 2\nper_core = false\n\
+         [[listeners]]\nname = \"rev\"\nkind = \"reverse\"\nlisten = \"127.0.0.1:0\"\n\
+         [listeners.http2]\nh2c = true\n\
+         [[listeners.hosts]]\nnames = [\"app.test\"]\n[[listeners.hosts.routes]]\npool = \"p\"\n\
+         [[pools]]\nname = \"p\"\n[[pools.servers]]\naddress = \"{}\"\n\
+         {}{}",
+        origin.addr,
+        http_listener("fwd", ""),
+        socks_listener("socks", ""),
+    ));
+    let names = thread_names(gh.pid());
+    assert!(
+        !names.iter().any(|n| n.starts_with("gatehouse-worke")),
+        "{names:?}"
+    );
+    let rev = gh.addr("rev");
+    let url = format!("http://{rev}/a");
+    let (code, out, err) = curl(&["-H", "Host: app.test", &url]).await;
+    assert_eq!((code, out.as_slice()), (0, &b"hello"[..]), "{err}");
+    let h2_url = format!("http://{rev}/h2");
+    let args = ["--http2-prior-knowledge", "-H", "Host: app.test", &h2_url];
+    let (code, out, err) = curl(&args).await;
+    assert_eq!((code, out.as_slice()), (0, &b"hello"[..]), "{err}");
+    let url = origin.url("/fwd");
+    let (code, out, err) = curl(&["-x", &gh.proxy_url("fwd"), &url]).await;
+    assert_eq!((code, out.as_slice()), (0, &b"hello"[..]), "{err}");
+    let socks = gh.addr("socks").to_string();
+    let (code, out, err) = curl(&["--socks5", &socks, &url]).await;
+    assert_eq!((code, out.as_slice()), (0, &b"hello"[..]), "{err}");
+    assert_eq!(origin.seen().len(), 4);
+    gh.signal("TERM");
+    let status = gh
+        .wait_exit(Duration::from_secs(20))
+        .expect("exited in time");
+    assert!(status.success(), "{status:?}");
 }

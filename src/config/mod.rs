@@ -248,14 +248,23 @@ fn parse_pac_direct(v: &toml_edit::Value) -> Result<PacDirect, String> {
 }
 
 /// `[runtime]`: the threads that serve connections.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuntimeConfig {
     /// Worker threads; 0: one per CPU core (or `TOKIO_WORKER_THREADS`).
     pub workers: usize,
     /// Each worker runs its own event loop and keeps the connections handed to it, as
-    /// nginx's worker processes and HAProxy's threads do; `false`: one shared, work-stealing
-    /// scheduler.
+    /// nginx's worker processes and HAProxy's threads do (the default); `false`: one shared,
+    /// work-stealing scheduler.
     pub per_core: bool,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> RuntimeConfig {
+        RuntimeConfig {
+            workers: 0,
+            per_core: true,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -428,7 +437,7 @@ fn read_config(root: &Section<'_>) -> Config {
     let r = root.table("runtime");
     let runtime = RuntimeConfig {
         workers: r.uint("workers", 0, 0, 1024) as usize,
-        per_core: r.bool("per_core", false),
+        per_core: r.bool("per_core", true),
     };
     r.finish();
 
