@@ -19,7 +19,7 @@
 # Needs root for apt-get (only when a tool is missing). All traffic stays on 127.0.0.1; every
 # load is bounded in time; every process started here is killed on exit.
 #
-# Knobs (environment): RUNS=3 DURATION=10s THREADS=2 CONNS=64 PER_CORE=0 SERVERS="gatehouse varnish nginx squid"
+# Knobs (environment): RUNS=3 DURATION=10s THREADS=2 CONNS=64 PER_CORE=1 SERVERS="gatehouse varnish nginx squid"
 # TIER=memory|disk SQUID_STORE=aufs|ufs (TIER=disk only)
 # GATEHOUSE=path/to/binary (default: build target/release/gatehouse)
 # NO_INSTALL=1: never run apt-get; a peer cache that is not installed (varnishd, squid) is
@@ -176,10 +176,12 @@ wait_port() {
 }
 
 # start NAME PORT COMMAND...: runs a server in the background; its pid goes in PID_<NAME>.
+# Each in a session of its own (setsid), as a service runs: with the kernel's autogroup
+# scheduling a server in the load generator's session would share its CPU share with wrk.
 start() {
     local name=$1 port=$2
     shift 2
-    "${SERVER_CPU[@]}" "$@" >"$WORK/$name.server.out" 2>&1 &
+    setsid "${SERVER_CPU[@]}" "$@" >"$WORK/$name.server.out" 2>&1 &
     PIDS+=($!)
     printf -v "PID_$name" '%s' "$!"
     wait_port "$port"
@@ -319,7 +321,7 @@ max_object_size = \"32MiB\""
     cat >"$WORK/gatehouse.toml" <<EOF
 # PER_CORE=1: two worker threads, each its own event loop (nginx's model: its two workers).
 [runtime]
-per_core = $( [ "${PER_CORE:-0}" = 1 ] && echo true || echo false )
+per_core = $( [ "${PER_CORE:-1}" = 1 ] && echo true || echo false )
 
 [[listeners]]
 name = "bench"
@@ -499,7 +501,7 @@ report() {
     echo "Versions: ${versions[*]}, nginx $(nginx -v 2>&1 | sed 's/.*\///') as origin, wrk $(wrk -v 2>&1 | head -1 | awk '{print $2}')."
     local pinned="load generator and servers share the cores"
     [ "$PIN" = 1 ] && pinned="servers pinned to CPU 0, wrk to CPU 1"
-    echo "Load: wrk -t$THREADS -c$CONNS -d$DURATION --latency per server and object; medians of $RUNS interleaved runs; $pinned. Tier: $TIER. Gatehouse per_core: ${PER_CORE:-0}."
+    echo "Load: wrk -t$THREADS -c$CONNS -d$DURATION --latency per server and object; medians of $RUNS interleaved runs; $pinned. Tier: $TIER. Gatehouse per_core: ${PER_CORE:-1}."
     echo
     echo "| server | object | req/s | p99 (ms) | wrk errors | server CPU µs/request |"
     echo "| --- | --- | ---: | ---: | ---: | ---: |"

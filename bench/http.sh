@@ -95,10 +95,12 @@ wait_port() {
 }
 
 # Starts a server in the background: start NAME PORT COMMAND...; its pid goes in PID_<NAME>.
+# Each in a session of its own (setsid), as a service runs: with the kernel's autogroup
+# scheduling a server in the load generator's session would share its CPU share with wrk.
 start() {
     local name=$1 port=$2
     shift 2
-    "$@" >"$WORK/$name.server.out" 2>&1 &
+    setsid "$@" >"$WORK/$name.server.out" 2>&1 &
     PIDS+=($!)
     printf -v "PID_$name" '%s' "$!"
     wait_port "$port"

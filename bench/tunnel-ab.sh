@@ -8,8 +8,8 @@
 # through each (as bench/tunnel.sh's bulk column).
 # For comparing two commits of the tunnel; bench/tunnel.sh is the benchmark of record.
 #   bench/tunnel-ab.sh before=/path/gatehouse-old after=target/release/gatehouse rathole=x
-# Knobs: WORKERS=2 (tokio worker threads of every relay and agent, rathole too) PER_CORE=0 (1: Gatehouse's relays
-# and agents with `[runtime] per_core = true`) ROUNDS=3 DUR=6s SIZE=100 TRANSPORT=tcp|tls MODE=http|vhost|bulk BYTES=4294967296
+# Knobs: WORKERS=2 (tokio worker threads of every relay and agent, rathole too) PER_CORE=1 (0: Gatehouse's relays
+# and agents with `[runtime] per_core = false`) ROUNDS=3 DUR=6s SIZE=100 TRANSPORT=tcp|tls MODE=http|vhost|bulk BYTES=4294967296
 # All traffic stays on 127.0.0.1; wrk runs are bounded by DUR; everything started is killed.
 set -u
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -17,7 +17,7 @@ export PATH="$PATH:/usr/sbin:$HOME/.cargo/bin"
 WORKERS=${WORKERS:-2}; ROUNDS=${ROUNDS:-3}; DUR=${DUR:-6s}; SIZE=${SIZE:-100}; TRANSPORT=${TRANSPORT:-tcp}
 MODE=${MODE:-http}; BYTES=${BYTES:-4294967296}
 RUNTIME="[runtime]
-per_core = $( [ "${PER_CORE:-0}" = 1 ] && echo true || echo false )"
+per_core = $( [ "${PER_CORE:-1}" = 1 ] && echo true || echo false )"
 LG=$ROOT/bench/loadgen/target/release/loadgen
 if [ "$MODE" = bulk ]; then
   cargo build --release --quiet --manifest-path "$ROOT/bench/loadgen/Cargo.toml" || exit 1
