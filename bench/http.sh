@@ -15,6 +15,7 @@
 # load is bounded in time or count; every process started here is killed on exit.
 #
 # Knobs (environment): RUNS=3 DURATION=10s THREADS=2 CONNS=64 BULK_BYTES=4GiB IDLE_CLIENTS=5000
+#   PER_CORE=1 (Gatehouse's `[runtime] per_core`, its default; 0: the shared scheduler)
 set -euo pipefail
 
 RUNS=${RUNS:-3}
@@ -255,6 +256,9 @@ connect_ports = [$P_SINK]
 
 [access_log]
 path = "off"
+
+[runtime]
+per_core = $( [ "${PER_CORE:-1}" = 1 ] && echo true || echo false )
 
 # The origin and the sink are on loopback, which the destination guard refuses by default.
 [[policy.rules]]

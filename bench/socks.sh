@@ -19,6 +19,7 @@
 #
 # Knobs (environment): RUNS=3 BYTES=4294967296 COUNT=20000 CONC=50 NICE=0 IDLE=5000 HOLD=10
 # SCENARIOS="throughput rate idle" (any subset, e.g. SCENARIOS=idle IDLE=200 for a quick check)
+#   PER_CORE=1 (Gatehouse's `[runtime] per_core`, its default; 0: the shared scheduler)
 set -euo pipefail
 
 RUNS=${RUNS:-3}
@@ -119,6 +120,9 @@ max_connections = 100000
 
 [access_log]
 path = "off"
+
+[runtime]
+per_core = $( [ "${PER_CORE:-1}" = 1 ] && echo true || echo false )
 EOF
 start gatehouse "$GATEHOUSE" --config "$WORK/gatehouse.toml"
 
@@ -267,6 +271,7 @@ idle_gatehouse() {
         printf 'max_connections = 100000\n'
         [ "$1" = http ] && printf 'connect_ports = [%s]\n' "${ECHO##*:}"
         printf '\n[limits.per_client]\nmax_connections = 0\n\n[access_log]\npath = "off"\n'
+        printf '\n[runtime]\nper_core = %s\n' "$( [ "${PER_CORE:-1}" = 1 ] && echo true || echo false )"
         printf '\n[[policy.rules]]\nname = "bench-loopback"\naction = "allow"\ndest_addrs = ["127.0.0.0/8"]\n'
     } >"$WORK/gatehouse-idle-$1.toml"
     start "gatehouse-idle-$1" "$GATEHOUSE" --config "$WORK/gatehouse-idle-$1.toml"
