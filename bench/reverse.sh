@@ -20,8 +20,9 @@
 # HAProxy in `mode tcp` (a layer-4 relay: each client connection relayed to an origin
 # connection of its own, TLS terminated on the tls-h1 port). It makes the same system calls
 # per request as an HTTP proxy with keep-alive upstreams and does no HTTP work at all, so
-# its requests/s is about the most any proxy in front of this origin can serve here; the
-# report gives it as a ratio to the better HTTP peer. L4_REF=0 leaves it out.
+# its requests/s shows what a proxy that spends nothing on HTTP reaches here (with
+# HAProxy's own event loop and OpenSSL's TLS: a cheaper TLS can pass it); the report gives
+# it as a ratio to the better HTTP peer. L4_REF=0 leaves it out.
 # Per run: requests/s (handshakes/s), p99 latency, errors, and the proxy's CPU time per
 # request (user + system of all its processes, from /proc). Medians are printed as markdown
 # tables, with the ratios to the aims of issue 9; raw outputs land in
