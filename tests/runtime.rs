@@ -21,11 +21,19 @@ fn thread_names(pid: u32) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn per_core_workers_serve_every_listener_kind_and_drain() {
-    let origin = Origin::fixed("hello").await;
-    let mut gh = Gatehouse::start(&format!(
-        "[runtime]\nworkers = 2\nper_core = true\n\
+/// How many of Gatehouse's own worker threads (`per_core`) the process has.
+fn worker_threads(pid: u32) -> usize {
+    thread_names(pid)
+        .into_iter()
+        .filter(|n| n.starts_with("gatehouse-worke"))
+        .count()
+}
+
+/// Two workers, `per_core` as given: a reverse listener (h2c allowed) in front of `origin`,
+/// a forward proxy and a SOCKS5 listener.
+fn every_kind(origin: &Origin, per_core: bool) -> String {
+    format!(
+        "[runtime]\nworkers = 2\nper_core = {per_core}\n\
          [[listeners]]\nname = \"rev\"\nkind = \"reverse\"\nlisten = \"127.0.0.1:0\"\n\
          [listeners.http2]\nh2c = true\n\
          [[listeners.hosts]]\nnames = [\"app.test\"]\n[[listeners.hosts.routes]]\npool = \"p\"\n\
@@ -34,12 +42,31 @@ async fn per_core_workers_serve_every_listener_kind_and_drain() {
         origin.addr,
         http_listener("fwd", ""),
         socks_listener("socks", ""),
-    ));
-    let workers = thread_names(gh.pid())
-        .into_iter()
-        .filter(|n| n.starts_with("gatehouse-worke"))
-        .count();
-    assert_eq!(workers, 2, "{:?}", thread_names(gh.pid()));
+    )
+}
+
+/// One GET each through the reverse listener over h2c, the forward proxy and SOCKS5.
+async fn h2c_forward_and_socks(gh: &Gatehouse, origin: &Origin) {
+    // Reverse, h2c with prior knowledge: with `per_core` each stream is a task on the
+    // connection's worker. (One URL per curl: curl 7.88 fails to reuse a prior-knowledge
+    // connection, its bug #10634, fixed in 8.0.)
+    let h2_url = format!("http://{}/h2", gh.addr("rev"));
+    let args = ["--http2-prior-knowledge", "-H", "Host: app.test", &h2_url];
+    let (code, out, err) = curl(&args).await;
+    assert_eq!((code, out.as_slice()), (0, &b"hello"[..]), "{err}");
+    let url = origin.url("/fwd");
+    let (code, out, err) = curl(&["-x", &gh.proxy_url("fwd"), &url]).await;
+    assert_eq!((code, out.as_slice()), (0, &b"hello"[..]), "{err}");
+    let socks = gh.addr("socks").to_string();
+    let (code, out, err) = curl(&["--socks5", &socks, &url]).await;
+    assert_eq!((code, out.as_slice()), (0, &b"hello"[..]), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_core_workers_serve_every_listener_kind_and_drain() {
+    let origin = Origin::fixed("hello").await;
+    let mut gh = Gatehouse::start(&every_kind(&origin, true));
+    assert_eq!(worker_threads(gh.pid()), 2, "{:?}", thread_names(gh.pid()));
 
     // Reverse, HTTP/1.1: six requests on one keep-alive connection, then three more clients
     // at once (they spread over both workers).
@@ -70,20 +97,7 @@ async fn per_core_workers_serve_every_listener_kind_and_drain() {
     for (code, out, err) in futures_util::future::join_all(several).await {
         assert_eq!((code, out.as_slice()), (0, &b"hello"[..]), "{err}");
     }
-    // Reverse, h2c with prior knowledge: each stream is a task on the connection's worker.
-    // (One URL per curl: curl 7.88 fails to reuse a prior-knowledge connection, its bug
-    // #10634, fixed in 8.0.)
-    let h2_url = format!("http://{rev}/h2");
-    let args = ["--http2-prior-knowledge", "-H", "Host: app.test", &h2_url];
-    let (code, out, err) = curl(&args).await;
-    assert_eq!((code, out.as_slice()), (0, &b"hello"[..]), "{err}");
-    // The forward proxy and SOCKS5.
-    let url = origin.url("/fwd");
-    let (code, out, err) = curl(&["-x", &gh.proxy_url("fwd"), &url]).await;
-    assert_eq!((code, out.as_slice()), (0, &b"hello"[..]), "{err}");
-    let socks = gh.addr("socks").to_string();
-    let (code, out, err) = curl(&["--socks5", &socks, &url]).await;
-    assert_eq!((code, out.as_slice()), (0, &b"hello"[..]), "{err}");
+    h2c_forward_and_socks(&gh, &origin).await;
     assert_eq!(origin.seen().len(), 15);
 
     // SIGTERM with an idle keep-alive client on a worker: it is closed, the process exits 0.
@@ -137,36 +151,12 @@ fn runtime_keys_are_checked() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_shared_scheduler_serves_every_listener_kind() {
     let origin = Origin::fixed("hello").await;
-    let mut gh = Gatehouse::start(&format!(
-        "[runtime]\nworkers = 2\nper_core = false\n\
-         [[listeners]]\nname = \"rev\"\nkind = \"reverse\"\nlisten = \"127.0.0.1:0\"\n\
-         [listeners.http2]\nh2c = true\n\
-         [[listeners.hosts]]\nnames = [\"app.test\"]\n[[listeners.hosts.routes]]\npool = \"p\"\n\
-         [[pools]]\nname = \"p\"\n[[pools.servers]]\naddress = \"{}\"\n\
-         {}{}",
-        origin.addr,
-        http_listener("fwd", ""),
-        socks_listener("socks", ""),
-    ));
-    let names = thread_names(gh.pid());
-    assert!(
-        !names.iter().any(|n| n.starts_with("gatehouse-worke")),
-        "{names:?}"
-    );
-    let rev = gh.addr("rev");
-    let url = format!("http://{rev}/a");
+    let mut gh = Gatehouse::start(&every_kind(&origin, false));
+    assert_eq!(worker_threads(gh.pid()), 0, "{:?}", thread_names(gh.pid()));
+    let url = format!("http://{}/a", gh.addr("rev"));
     let (code, out, err) = curl(&["-H", "Host: app.test", &url]).await;
     assert_eq!((code, out.as_slice()), (0, &b"hello"[..]), "{err}");
-    let h2_url = format!("http://{rev}/h2");
-    let args = ["--http2-prior-knowledge", "-H", "Host: app.test", &h2_url];
-    let (code, out, err) = curl(&args).await;
-    assert_eq!((code, out.as_slice()), (0, &b"hello"[..]), "{err}");
-    let url = origin.url("/fwd");
-    let (code, out, err) = curl(&["-x", &gh.proxy_url("fwd"), &url]).await;
-    assert_eq!((code, out.as_slice()), (0, &b"hello"[..]), "{err}");
-    let socks = gh.addr("socks").to_string();
-    let (code, out, err) = curl(&["--socks5", &socks, &url]).await;
-    assert_eq!((code, out.as_slice()), (0, &b"hello"[..]), "{err}");
+    h2c_forward_and_socks(&gh, &origin).await;
     assert_eq!(origin.seen().len(), 4);
     gh.signal("TERM");
     let status = gh
