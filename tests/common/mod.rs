@@ -181,6 +181,30 @@ impl Gatehouse {
         }
     }
 
+    /// The first log line (stderr) containing each of `needles`, in the order of `needles`
+    /// whatever order they come in (two tasks on different threads may log in either),
+    /// waiting up to 10 s for all of them.
+    pub fn wait_stderr_all(&self, needles: &[&str]) -> Vec<String> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut found: Vec<Option<String>> = vec![None; needles.len()];
+        while found.iter().any(Option::is_none) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.stderr.recv_timeout(left) {
+                Ok(line) => {
+                    let slot = needles
+                        .iter()
+                        .zip(found.iter_mut())
+                        .find(|(n, f)| f.is_none() && line.contains(**n));
+                    if let Some((_, f)) = slot {
+                        *f = Some(line);
+                    }
+                }
+                Err(_) => panic!("not every one of {needles:?} logged within 10s: {found:?}"),
+            }
+        }
+        found.into_iter().flatten().collect()
+    }
+
     /// Every log line (stderr) up to and including the first containing `needle`, waiting
     /// up to 10 s.
     pub fn stderr_until(&self, needle: &str) -> Vec<String> {
