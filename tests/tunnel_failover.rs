@@ -325,8 +325,8 @@ async fn a_reload_moves_a_per_core_agent_with_all_its_links() {
         format!("[runtime]\nworkers = 2\nper_core = true\n{agent}")
     };
     let agent = Gatehouse::start(&config(a.addr("agents")));
-    a.wait_stderr("tunnel: agent connected");
-    a.wait_stderr("tunnel: agent link connected");
+    // Its two links are admitted on two threads: their lines come in either order.
+    a.wait_stderr_all(&["tunnel: agent connected", "tunnel: agent link connected"]);
 
     // "agent disconnected" is logged once the agent's last link is gone.
     reload_to_another_relay(&agent, &config(b.addr("agents")), &a, &b).await;
