@@ -257,6 +257,11 @@ connect_ports = [$P_SINK]
 [access_log]
 path = "off"
 
+# Every client is 127.0.0.1: no per-address cap (default 1000), which would refuse most of
+# the idle clients (Squid, tinyproxy, nginx and HAProxy have none).
+[limits.per_client]
+max_connections = 0
+
 [runtime]
 per_core = $( [ "${PER_CORE:-1}" = 1 ] && echo true || echo false )
 
