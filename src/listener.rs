@@ -1,6 +1,7 @@
 //! Accept loops. Every listener kind goes through here: a cap on concurrent connections,
 //! a tracing span per connection, the shared shutdown, then the kind's own handler.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,7 +36,7 @@ enum Handler {
 /// go on), then await `task`.
 pub struct Running {
     pub cfg: ListenerConfig,
-    pub addr: std::net::SocketAddr,
+    pub addr: SocketAddr,
     pub stop: CancellationToken,
     pub task: tokio::task::JoinHandle<()>,
     /// The listener's TLS, when it terminates TLS: a reload that keeps the listener calls
@@ -183,8 +184,6 @@ async fn accept_loop(
             _ = stop.cancelled() => return,
         };
         let span = tracing::debug_span!("conn", listener = %name, %peer);
-        // Not an `async move` wrapper: that would hold the connection future twice over.
-        // Each kind is spawned on its own, so an HTTP task is not sized for a SOCKS one.
         // Per-client connection limits: over them, the connection is closed at once.
         let limit = match svc.limits.connection(peer.ip()) {
             Ok(g) => g,
@@ -213,103 +212,103 @@ async fn accept_loop(
             }
             None => (None, None),
         };
-        let _guard = ConnGuard {
+        let guard = ConnGuard {
             open,
             _permit: permit,
             _limit: limit,
             _slot: slot,
         };
-        let Some(worker) = worker else {
-            match &handler {
-                Handler::Http(h) => {
-                    let fut = h.clone().serve(stream, peer);
-                    svc.shutdown
-                        .spawn(WithGuard { fut, _guard }.instrument(span));
-                }
-                Handler::Https(h, tls) => {
-                    let fut = h.clone().serve_tls(stream, peer, tls.clone());
-                    svc.shutdown
-                        .spawn(WithGuard { fut, _guard }.instrument(span));
-                }
-                Handler::Socks(s) => {
-                    let fut = s.clone().serve(stream, peer);
-                    svc.shutdown
-                        .spawn(WithGuard { fut, _guard }.instrument(span));
-                }
-                Handler::Tcp(t) => {
-                    let fut = t.clone().serve(stream, peer);
-                    svc.shutdown
-                        .spawn(WithGuard { fut, _guard }.instrument(span));
-                }
-                Handler::Tunnel(t) => {
-                    let fut = t.clone().serve(stream, peer);
-                    svc.shutdown
-                        .spawn(WithGuard { fut, _guard }.instrument(span));
-                }
-                Handler::Published(p) => {
-                    let fut = p.clone().serve(stream, peer);
-                    svc.shutdown
-                        .spawn(WithGuard { fut, _guard }.instrument(span));
-                }
-            }
-            continue;
+        // Each kind is spawned on its own (`Accepted::spawn` once per kind), so an HTTP task is
+        // not sized for a SOCKS one: one future over all six kinds would size every
+        // connection's task for the largest (with `per_core`, an idle HTTP/1.1 client held
+        // about 12 KiB instead of under 2).
+        let on = Accepted {
+            svc: &svc,
+            worker: worker.as_ref(),
+            stream,
+            peer,
+            guard,
+            span,
         };
-        // `[runtime] per_core`: the connection moves to a worker's own event loop and stays
-        // there (deregistered here, registered there).
-        let std = match stream.into_std() {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::debug!(listener = %name, %peer, "cannot hand over to a worker: {e}");
-                continue;
-            }
-        };
-        // As above, each kind is spawned on its own: one future over all six kinds would size
-        // every connection's task for the largest (an idle HTTP/1.1 client held about 12 KiB
-        // instead of under 2).
         match &handler {
             Handler::Http(h) => {
                 let h = h.clone();
-                let fut = registered(std, peer, move |s| h.serve(s, peer));
-                svc.shutdown
-                    .spawn_on(WithGuard { fut, _guard }.instrument(span), &worker);
+                on.spawn(move |s| h.serve(s, peer));
             }
             Handler::Https(h, tls) => {
                 let (h, tls) = (h.clone(), tls.clone());
-                let fut = registered(std, peer, move |s| h.serve_tls(s, peer, tls));
-                svc.shutdown
-                    .spawn_on(WithGuard { fut, _guard }.instrument(span), &worker);
+                on.spawn(move |s| h.serve_tls(s, peer, tls));
             }
             Handler::Socks(x) => {
                 let x = x.clone();
-                let fut = registered(std, peer, move |s| x.serve(s, peer));
-                svc.shutdown
-                    .spawn_on(WithGuard { fut, _guard }.instrument(span), &worker);
+                on.spawn(move |s| x.serve(s, peer));
             }
             Handler::Tcp(t) => {
                 let t = t.clone();
-                let fut = registered(std, peer, move |s| t.serve(s, peer));
-                svc.shutdown
-                    .spawn_on(WithGuard { fut, _guard }.instrument(span), &worker);
+                on.spawn(move |s| t.serve(s, peer));
             }
             Handler::Tunnel(t) => {
                 let t = t.clone();
-                let fut = registered(std, peer, move |s| t.serve(s, peer));
-                svc.shutdown
-                    .spawn_on(WithGuard { fut, _guard }.instrument(span), &worker);
+                on.spawn(move |s| t.serve(s, peer));
             }
             Handler::Published(p) => {
                 let p = p.clone();
-                let fut = registered(std, peer, move |s| p.serve(s, peer));
-                svc.shutdown
-                    .spawn_on(WithGuard { fut, _guard }.instrument(span), &worker);
+                on.spawn(move |s| p.serve(s, peer));
             }
         }
     }
 }
 
+/// One accepted connection on its way to its task: the worker it was handed to
+/// (`[runtime] per_core`; `None`: the shared scheduler), its guard and its span.
+struct Accepted<'a> {
+    svc: &'a Services,
+    worker: Option<&'a tokio::runtime::Handle>,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    guard: ConnGuard,
+    span: tracing::Span,
+}
+
+impl Accepted<'_> {
+    /// Spawns `serve` for the connection: here with the shared scheduler, or on its worker's
+    /// own event loop (`per_core`: deregistered here, registered there). The task holds
+    /// `serve`'s future itself (no `async move` wrapper holding it twice over).
+    fn spawn<F, Fut>(self, serve: F)
+    where
+        F: FnOnce(tokio::net::TcpStream) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let Accepted {
+            svc,
+            worker,
+            stream,
+            peer,
+            guard: _guard,
+            span,
+        } = self;
+        let Some(worker) = worker else {
+            let fut = serve(stream);
+            svc.shutdown
+                .spawn(WithGuard { fut, _guard }.instrument(span));
+            return;
+        };
+        let std = match stream.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                span.in_scope(|| tracing::debug!("cannot hand over to a worker: {e}"));
+                return;
+            }
+        };
+        let fut = registered(std, peer, serve);
+        svc.shutdown
+            .spawn_on(WithGuard { fut, _guard }.instrument(span), worker);
+    }
+}
+
 /// A connection handed to a worker (`[runtime] per_core`): registered with that worker's
 /// event loop where it runs, then served by `serve`.
-async fn registered<F, Fut>(std: std::net::TcpStream, peer: std::net::SocketAddr, serve: F)
+async fn registered<F, Fut>(std: std::net::TcpStream, peer: SocketAddr, serve: F)
 where
     F: FnOnce(tokio::net::TcpStream) -> Fut,
     Fut: std::future::Future<Output = ()>,
