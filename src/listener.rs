@@ -56,7 +56,6 @@ pub fn spawn(
     let addr = socket.local_addr()?;
     let std = socket.into_std()?;
     let dup = std.try_clone().ok();
-    let socket = TcpListener::from_std(std)?;
     let name: Arc<str> = Arc::from(cfg.name.as_str());
     let tls = match &cfg.kind {
         ListenerKind::Socks(s) => s.tls.as_ref(),
@@ -129,14 +128,44 @@ pub fn spawn(
     // Opened now, while descriptors are to be had.
     std::sync::LazyLock::force(&fdlimit::RESERVE);
     let stop = svc.shutdown.child();
-    let task = tokio::spawn(accept_loop(
-        socket,
-        cfg.max_connections,
-        name,
-        handler,
-        svc,
-        stop.clone(),
-    ));
+    let limit = Arc::new(Semaphore::new(cfg.max_connections));
+    let task = match svc.workers.clone() {
+        // `[runtime] per_core`: every worker accepts from the listening socket itself (a
+        // descriptor of it registered with the worker's own event loop), so a connection is
+        // served where it was accepted, with no hand-over between threads.
+        Some(workers) => {
+            let mut loops = Vec::with_capacity(workers.len());
+            for i in 0..workers.len() {
+                let worker = workers.handle(i);
+                let socket = {
+                    let _on = worker.enter();
+                    TcpListener::from_std(std.try_clone()?)?
+                };
+                loops.push(worker.spawn(accept_loop(
+                    socket,
+                    limit.clone(),
+                    name.clone(),
+                    handler.clone(),
+                    svc.clone(),
+                    stop.clone(),
+                )));
+            }
+            drop(std);
+            tokio::spawn(async move {
+                for l in loops {
+                    let _ = l.await;
+                }
+            })
+        }
+        None => tokio::spawn(accept_loop(
+            TcpListener::from_std(std)?,
+            limit,
+            name,
+            handler,
+            svc,
+            stop.clone(),
+        )),
+    };
     Ok(Running {
         cfg,
         addr,
@@ -147,15 +176,17 @@ pub fn spawn(
     })
 }
 
+/// Accepts connections from `socket` until `stop`: on the main runtime (the shared
+/// scheduler), or on one per-core worker (one such loop per worker, all on the same
+/// listening socket, sharing `limit`).
 async fn accept_loop(
     socket: TcpListener,
-    max: usize,
+    limit: Arc<Semaphore>,
     name: Arc<str>,
     handler: Handler,
     svc: Arc<Services>,
     stop: CancellationToken,
 ) {
-    let limit = Arc::new(Semaphore::new(max));
     let series = ListenerMetrics::new(&name);
     loop {
         // At the cap, stop accepting: new clients wait in the kernel's backlog.
@@ -204,11 +235,11 @@ async fn accept_loop(
                     Handler::Socks(s) => s.cfg.via_agent.as_deref(),
                     _ => None,
                 };
-                let (h, slot) = match agent {
-                    Some(agent) => w.pick_among(&svc.agents.homes(agent)),
-                    None => w.pick(),
-                };
-                (Some(h.clone()), Some(slot))
+                let homes = agent.map(|a| svc.agents.homes(a)).unwrap_or_default();
+                let (i, slot) = w.place(&homes);
+                // Served here (this worker keeps it), or handed over.
+                let over = (crate::workers::current() != Some(i)).then(|| w.handle(i).clone());
+                (over, Some(slot))
             }
             None => (None, None),
         };
@@ -259,8 +290,8 @@ async fn accept_loop(
     }
 }
 
-/// One accepted connection on its way to its task: the worker it was handed to
-/// (`[runtime] per_core`; `None`: the shared scheduler), its guard and its span.
+/// One accepted connection on its way to its task: the worker it is handed to
+/// (`[runtime] per_core`; `None`: served on this runtime), its guard and its span.
 struct Accepted<'a> {
     svc: &'a Services,
     worker: Option<&'a tokio::runtime::Handle>,
@@ -271,8 +302,9 @@ struct Accepted<'a> {
 }
 
 impl Accepted<'_> {
-    /// Spawns `serve` for the connection: here with the shared scheduler, or on its worker's
-    /// own event loop (`per_core`: deregistered here, registered there). The task holds
+    /// Spawns `serve` for the connection: here (the shared scheduler, or the per-core worker
+    /// that accepted it), or on another worker's own event loop (deregistered here,
+    /// registered there). The task holds
     /// `serve`'s future itself (no `async move` wrapper holding it twice over).
     fn spawn<F, Fut>(self, serve: F)
     where

@@ -342,8 +342,9 @@ fn main() -> ExitCode {
                 tracing::warn!("{w}");
             }
             // `[runtime] per_core`: connections run on their own worker threads
-            // (`gatehouse::workers`); this runtime keeps only accept loops, health checks,
-            // the admin listener and reloads. Otherwise it is the shared scheduler.
+            // (`gatehouse::workers`), each of which accepts from the listeners itself; this
+            // runtime keeps health checks, the admin listener and reloads. Otherwise it is
+            // the shared scheduler.
             let built = if config.runtime.per_core {
                 tokio::runtime::Builder::new_current_thread()
                     .enable_all()

@@ -1,21 +1,28 @@
 //! `[runtime] per_core = true`: one event loop per worker thread, each keeping the
-//! connections handed to it (nginx's worker processes, HAProxy's threads, Pingora's
+//! connections it serves (nginx's worker processes, HAProxy's threads, Pingora's
 //! `work_stealing = false`).
 //!
 //! ```text
-//! accept loop (main runtime) ── into_std ──► least-busy worker (current-thread runtime)
-//!                                            └─ from_std, serve: the connection and every
-//!                                               task it spawns stay on that thread
+//! listening socket ──┬─► worker 0 (current-thread runtime): accept loop ─► serve here
+//!  (one per listener,│                                        └─ or hand over ([`keeps`])
+//!   each worker holds└─► worker 1: accept loop ─► serve here
+//!   a descriptor of it)
 //! ```
 //!
-//! With the shared, work-stealing scheduler (the default) a connection's task moves to
-//! whichever thread polled the I/O driver or went idle first, and waking it on the other
-//! thread costs a futex call; here it never moves. What the workers share (pools, cache,
-//! limits, metrics) is the same `Arc`ed state as before. An upstream keep-alive connection
-//! made on one worker and reused from another still works (its readiness comes from the
-//! first worker's event loop), only less cheaply.
+//! Every worker accepts from the listener itself (each registers its own descriptor of the
+//! one listening socket, as nginx's workers do without `reuseport`): a connection is
+//! served on the thread that accepted it, with no hand-over between threads, unless that
+//! worker already serves clearly more connections than another ([`keeps`]), or the
+//! connection belongs with a tunnel agent's link served elsewhere. With the shared,
+//! work-stealing scheduler a connection's task moves to whichever thread polled the I/O
+//! driver or went idle first, and waking it on the other thread costs a futex call; here
+//! it never moves. What the workers share (pools, cache, limits, metrics) is the same
+//! `Arc`ed state as before. An upstream keep-alive connection made on one worker and reused
+//! from another still works (its readiness comes from the first worker's event loop), only
+//! less cheaply.
 //!
-//! The choice of worker is pure ([`least_busy`]); the threads live until the process ends.
+//! The choice of worker is pure ([`keeps`], [`least_busy`]); the threads live until the
+//! process ends.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -134,14 +141,15 @@ pub fn count(cfg: &crate::config::RuntimeConfig) -> usize {
 /// The worker threads, each with its own current-thread runtime.
 pub struct Workers {
     handles: Vec<Handle>,
-    /// Connections each worker serves now.
-    busy: Arc<[AtomicUsize]>,
+    /// Connections each worker serves now (each count on cache lines of its own: every
+    /// worker writes its own as it accepts).
+    busy: Arc<[Apart<AtomicUsize>]>,
     turn: AtomicUsize,
 }
 
 /// Holds one connection's place in its worker's count; dropped with the connection.
 pub struct Slot {
-    busy: Arc<[AtomicUsize]>,
+    busy: Arc<[Apart<AtomicUsize>]>,
     index: usize,
 }
 
@@ -156,6 +164,26 @@ impl Drop for Slot {
 pub fn least_busy(busy: &[usize], turn: usize) -> Option<usize> {
     let n = busy.len();
     (0..n).map(|k| (turn + k) % n).min_by_key(|&i| busy[i])
+}
+
+/// How many more connections than the least busy candidate the accepting worker may serve
+/// and still keep a new one: an eighth more, and 8 (so that light load never hands over).
+pub fn slack(least: usize) -> usize {
+    8 + least / 8
+}
+
+/// Whether worker `local`, which accepted a connection, serves it itself: it is one of the
+/// workers `among` (any worker, when `among` names none that exists) and serves at most
+/// [`slack`] more connections than the least busy of them.
+pub fn keeps(busy: &[usize], local: usize, among: &[usize]) -> bool {
+    let n = busy.len();
+    let named = among.iter().any(|&i| i < n);
+    let candidate = |i: &usize| !named || among.contains(i);
+    if local >= n || !candidate(&local) {
+        return false;
+    }
+    let least = (0..n).filter(candidate).map(|i| busy[i]).min();
+    least.is_some_and(|m| busy[local] <= m + slack(m))
 }
 
 /// [`least_busy`] among the workers `among` only (those of them that exist); all of them
@@ -197,7 +225,7 @@ impl Workers {
                 return Err(std::io::Error::other("a worker thread ended as it started"));
             }
         }
-        let busy: Arc<[AtomicUsize]> = (0..n).map(|_| AtomicUsize::new(0)).collect();
+        let busy: Arc<[Apart<AtomicUsize>]> = (0..n).map(|_| Apart::default()).collect();
         Ok(Workers {
             handles,
             busy,
@@ -205,28 +233,40 @@ impl Workers {
         })
     }
 
-    /// The worker for the next connection, and its place in that worker's count.
-    pub fn pick(&self) -> (&Handle, Slot) {
-        self.pick_among(&[])
+    /// How many worker threads there are.
+    pub fn len(&self) -> usize {
+        self.handles.len()
     }
 
-    /// [`Workers::pick`] among the workers `among` (the least busy of them; any worker when
-    /// `among` names none): a published port's connection goes to a worker that drives a
-    /// link of its agent, so its stream's frames never wake another thread.
-    pub fn pick_among(&self, among: &[usize]) -> (&Handle, Slot) {
+    /// Never true: [`Workers::start`] starts at least one.
+    pub fn is_empty(&self) -> bool {
+        self.handles.is_empty()
+    }
+
+    /// The worker that serves a connection accepted on this thread: this worker when it
+    /// [`keeps`] it, otherwise the least busy of the workers `among` (of all, when `among`
+    /// names none); and the connection's place in that worker's count.
+    pub fn place(&self, among: &[usize]) -> (usize, Slot) {
         let busy: Vec<usize> = self
             .busy
             .iter()
             .map(|b| b.load(Ordering::Relaxed))
             .collect();
-        let turn = self.turn.fetch_add(1, Ordering::Relaxed);
-        let i = least_busy_among(&busy, among, turn).unwrap_or(0);
+        // The turn is only taken for a connection handed over: one kept on its worker writes
+        // no count but its own worker's.
+        let i = match current().filter(|&l| keeps(&busy, l, among)) {
+            Some(l) => l,
+            None => {
+                let turn = self.turn.fetch_add(1, Ordering::Relaxed);
+                least_busy_among(&busy, among, turn).unwrap_or(0)
+            }
+        };
         self.busy[i].fetch_add(1, Ordering::Relaxed);
         let slot = Slot {
             busy: self.busy.clone(),
             index: i,
         };
-        (&self.handles[i], slot)
+        (i, slot)
     }
 
     /// Worker `i`'s runtime (`i` wrapped to the workers there are).
@@ -285,6 +325,51 @@ mod tests {
         assert_eq!(least_busy_among(&[3, 1, 2], &[], 0), Some(1));
         assert_eq!(least_busy_among(&[3, 1, 2], &[7], 0), Some(1));
         assert_eq!(least_busy_among(&[], &[0], 0), None);
+    }
+
+    /// A worker serves what it accepted while it is within the slack of the least busy one;
+    /// beyond it, the connection goes to the least busy; a connection that belongs with
+    /// other workers (a tunnel agent's) goes to them.
+    #[test]
+    fn a_worker_keeps_what_it_accepted_unless_clearly_busier() {
+        use super::{keeps, slack};
+        assert_eq!((slack(0), slack(80), slack(800)), (8, 18, 108));
+        // Light load: always kept, whichever worker accepted.
+        assert!(keeps(&[8, 0], 0, &[]));
+        assert!(keeps(&[0, 8], 0, &[]));
+        assert!(!keeps(&[9, 0], 0, &[]));
+        // An eighth more than the least busy, plus 8.
+        assert!(keeps(&[98, 80], 0, &[]));
+        assert!(!keeps(&[99, 80], 0, &[]));
+        assert!(keeps(&[908, 800, 2000], 0, &[]));
+        // Not one of the workers named: never kept; one of them: compared with them only.
+        assert!(!keeps(&[0, 50], 0, &[1]));
+        assert!(keeps(&[60, 50, 0], 0, &[0, 1]));
+        assert!(!keeps(&[60, 50, 0], 0, &[0, 2]));
+        // Names that do not exist count as none; a worker that does not exist keeps nothing.
+        assert!(keeps(&[3, 0], 0, &[7]));
+        assert!(!keeps(&[0, 0], 2, &[]));
+        assert!(!keeps(&[], 0, &[]));
+    }
+
+    /// Connections accepted always on worker 0 (the case of a worker that always wakes first)
+    /// still spread: worker 0 keeps them until it is past the slack, then the other takes
+    /// them, and the two stay within the slack of each other.
+    #[test]
+    fn connections_accepted_on_one_worker_still_spread() {
+        use super::{keeps, least_busy, slack};
+        let mut busy = [0usize, 0];
+        for turn in 0..1000 {
+            let i = if keeps(&busy, 0, &[]) {
+                0
+            } else {
+                least_busy(&busy, turn).expect("two workers")
+            };
+            busy[i] += 1;
+        }
+        assert_eq!(busy[0] + busy[1], 1000);
+        assert!(busy[0] - busy[1] <= slack(busy[1]) + 1, "{busy:?}");
+        assert!(busy[1] > 400, "{busy:?}");
     }
 
     #[test]
