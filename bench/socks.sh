@@ -20,6 +20,7 @@
 # Knobs (environment): RUNS=3 BYTES=4294967296 COUNT=20000 CONC=50 NICE=0 IDLE=5000 HOLD=10
 # SCENARIOS="throughput rate idle" (any subset, e.g. SCENARIOS=idle IDLE=200 for a quick check)
 #   PER_CORE=1 (Gatehouse's `[runtime] per_core`, its default; 0: the shared scheduler)
+#   GATEHOUSE_BIN=path (measure that binary; default: build this tree's release binary)
 set -euo pipefail
 
 RUNS=${RUNS:-3}
@@ -71,9 +72,10 @@ command -v danted >/dev/null || die "danted is not installed"
 command -v microsocks >/dev/null || die "microsocks is not installed"
 
 log "building gatehouse and bench/loadgen (release)"
-(cd "$ROOT" && cargo build --release --quiet --bin gatehouse)
+# GATEHOUSE_BIN: measure that binary instead of building this tree's (an A/B of two builds).
+[ -n "${GATEHOUSE_BIN:-}" ] || (cd "$ROOT" && cargo build --release --quiet --bin gatehouse)
 cargo build --release --quiet --manifest-path "$ROOT/bench/loadgen/Cargo.toml"
-GATEHOUSE="$ROOT/target/release/gatehouse"
+GATEHOUSE=${GATEHOUSE_BIN:-$ROOT/target/release/gatehouse}
 LG="$ROOT/bench/loadgen/target/release/loadgen"
 
 # --- servers ---------------------------------------------------------------------------------
@@ -123,6 +125,12 @@ path = "off"
 
 [runtime]
 per_core = $( [ "${PER_CORE:-1}" = 1 ] && echo true || echo false )
+
+# The source and echo servers are on loopback, which the destination guard refuses by default.
+[[policy.rules]]
+name = "bench-reach-loopback"
+action = "allow"
+dest_addrs = ["127.0.0.0/8"]
 EOF
 start gatehouse "$GATEHOUSE" --config "$WORK/gatehouse.toml"
 
@@ -168,10 +176,11 @@ proxy_args() {
     true
 }
 
-# field FILE KEY: the value of KEY=... on the last line of FILE.
-field() { tail -1 "$1" | tr ' ' '\n' | sed -n "s/^$2=//p"; }
+# field FILE KEY: the value of KEY=... on the last line of FILE; nothing when FILE is absent
+# (a scenario left out, which the report shows as "-").
+field() { if [ -f "$1" ]; then tail -1 "$1" | tr ' ' '\n' | sed -n "s/^$2=//p"; fi; }
 
-median() { sort -g | awk '{ v[NR] = $1 } END { if (NR) print v[int((NR + 1) / 2)] }'; }
+median() { sort -g | awk '{ v[NR] = $1 } END { print NR ? v[int((NR + 1) / 2)] : "-" }'; }
 
 LOAD=$(cut -d' ' -f1-3 /proc/loadavg)
 
@@ -301,7 +310,7 @@ report_idle() {
     idle_row microsocks "microsocks (SOCKS5)"
 }
 
-if ! has throughput || ! has rate; then
+if ! has throughput && ! has rate; then
     {
         echo "Machine: $(nproc) cores, $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1), Linux $(uname -r); $(date -u +%Y-%m-%d)."
         echo "Settings: SCENARIOS=\"$SCENARIOS\" IDLE=$IDLE HOLD=$HOLD CONC=$CONC NICE=$NICE; load average before: $LOAD."
@@ -309,21 +318,20 @@ if ! has throughput || ! has rate; then
     } | tee "$WORK/summary.out"
     exit 0
 fi
-
 DIRECT=$(for r in $(seq "$RUNS"); do field "$WORK/tput-direct-$r.out" MiB_per_s; done | median)
 {
     echo "Machine: $(nproc) cores, $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1), Linux $(uname -r); $(date -u +%Y-%m-%d)."
-    echo "Settings: RUNS=$RUNS BYTES=$BYTES COUNT=$COUNT CONC=$CONC NICE=$NICE; medians of $RUNS runs; load average before: $LOAD."
+    echo "Settings: SCENARIOS=\"$SCENARIOS\" RUNS=$RUNS BYTES=$BYTES COUNT=$COUNT CONC=$CONC NICE=$NICE; medians of $RUNS runs; load average before: $LOAD."
     echo
     echo "| server | CONNECT throughput (MiB/s) | % of direct | connections/s | failed | p50 ms | p99 ms |"
     echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
     for name in "${NAMES[@]}"; do
         t=$(for r in $(seq "$RUNS"); do field "$WORK/tput-$name-$r.out" MiB_per_s; done | median)
         c=$(for r in $(seq "$RUNS"); do field "$WORK/rate-$name-$r.out" conn_per_s; done | median)
-        f=$(for r in $(seq "$RUNS"); do field "$WORK/rate-$name-$r.out" failed; done | awk '{ s += $1 } END { print s + 0 }')
+        f=$(for r in $(seq "$RUNS"); do field "$WORK/rate-$name-$r.out" failed; done | awk '{ s += $1 } END { print NR ? s : "-" }')
         p50=$(for r in $(seq "$RUNS"); do field "$WORK/rate-$name-$r.out" p50_ms; done | median)
         p99=$(for r in $(seq "$RUNS"); do field "$WORK/rate-$name-$r.out" p99_ms; done | median)
-        pct=$(awk -v a="$t" -v b="$DIRECT" 'BEGIN { printf "%.0f%%", 100 * a / b }')
+        pct=$(awk -v a="$t" -v b="$DIRECT" 'BEGIN { if (b + 0 > 0) printf "%.0f%%", 100 * a / b; else print "-" }')
         [ "$name" = direct ] && name="direct (no proxy)"
         echo "| $name | $t | $pct | $c | $f | $p50 | $p99 |"
     done
