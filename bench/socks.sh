@@ -133,6 +133,7 @@ action = "allow"
 dest_addrs = ["127.0.0.0/8"]
 EOF
 start gatehouse "$GATEHOUSE" --config "$WORK/gatehouse.toml"
+GH_PID=${PIDS[-1]}
 
 DANTE_PORT=$("$LG" free-port)
 cat >"$WORK/danted.conf" <<EOF
@@ -161,6 +162,20 @@ MICRO_PID=${PIDS[-1]}
 for port in "$GH_PORT" "$DANTE_PORT" "$MICRO_PORT"; do
     "$LG" wait-port --addr "127.0.0.1:$port" || die "nothing listening on $port (see $WORK)"
 done
+
+# Each server's session (its processes), for the CPU it spends: none for direct.
+declare -A SID=([direct]="" [gatehouse]=$GH_PID [dante]=$DANTE_PID [microsocks]=$MICRO_PID)
+
+# cpu_ticks SID: user + system clock ticks of every process of the session (threads included),
+# with those of the children each has reaped (Dante forks: its ended helpers count too).
+cpu_ticks() {
+    local p t=0 n
+    for p in $(pgrep -s "$1"); do
+        n=$(awk '{ print $14 + $15 + $16 + $17 }' "/proc/$p/stat" 2>/dev/null) || n=0
+        t=$((t + ${n:-0}))
+    done
+    echo "$t"
+}
 
 declare -A PROXY=(
     [direct]=""
@@ -204,8 +219,16 @@ for run in $(seq "$RUNS"); do
     for name in "${NAMES[@]}"; do
         log "connection rate run $run/$RUNS: $name"
         # shellcheck disable=SC2046
+        sid=${SID[$name]}
+        [ -z "$sid" ] || c0=$(cpu_ticks "$sid")
         run_nice "$LG" socks-rate $(proxy_args "$name") --target "$ECHO" --count "$COUNT" --concurrency "$CONC" \
-            >"$WORK/rate-$name-$run.out"
+            >"$WORK/rate-$name-$run.out.tmp"
+        # The server's CPU per session (µs; all its processes), on the line the report reads.
+        cpu=-
+        [ -z "$sid" ] || cpu=$(awk -v d=$(($(cpu_ticks "$sid") - c0)) -v hz="$(getconf CLK_TCK)" -v n="$COUNT" \
+            'BEGIN { printf "%.1f", d * 1e6 / hz / n }')
+        sed "\$s/\$/ cpu_us_per_session=$cpu/" "$WORK/rate-$name-$run.out.tmp" >"$WORK/rate-$name-$run.out"
+        rm -f "$WORK/rate-$name-$run.out.tmp"
         cat "$WORK/rate-$name-$run.out" >&2
     done
 done
@@ -323,19 +346,20 @@ DIRECT=$(for r in $(seq "$RUNS"); do field "$WORK/tput-direct-$r.out" MiB_per_s;
     echo "Machine: $(nproc) cores, $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1), Linux $(uname -r); $(date -u +%Y-%m-%d)."
     echo "Settings: SCENARIOS=\"$SCENARIOS\" RUNS=$RUNS BYTES=$BYTES COUNT=$COUNT CONC=$CONC NICE=$NICE; medians of $RUNS runs; load average before: $LOAD."
     echo
-    echo "| server | CONNECT throughput (MiB/s) | % of direct | connections/s | failed | p50 ms | p99 ms |"
-    echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+    echo "| server | CONNECT throughput (MiB/s) | % of direct | connections/s | failed | p50 ms | p99 ms | server CPU µs per session |"
+    echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     for name in "${NAMES[@]}"; do
         t=$(for r in $(seq "$RUNS"); do field "$WORK/tput-$name-$r.out" MiB_per_s; done | median)
         c=$(for r in $(seq "$RUNS"); do field "$WORK/rate-$name-$r.out" conn_per_s; done | median)
         f=$(for r in $(seq "$RUNS"); do field "$WORK/rate-$name-$r.out" failed; done | awk '{ s += $1 } END { print NR ? s : "-" }')
         p50=$(for r in $(seq "$RUNS"); do field "$WORK/rate-$name-$r.out" p50_ms; done | median)
         p99=$(for r in $(seq "$RUNS"); do field "$WORK/rate-$name-$r.out" p99_ms; done | median)
+        cpu=$(for r in $(seq "$RUNS"); do field "$WORK/rate-$name-$r.out" cpu_us_per_session | { grep -v '^-$' || true; }; done | median)
         pct=$(awk -v a="$t" -v b="$DIRECT" 'BEGIN { if (b + 0 > 0) printf "%.0f%%", 100 * a / b; else print "-" }')
         [ "$name" = direct ] && name="direct (no proxy)"
-        echo "| $name | $t | $pct | $c | $f | $p50 | $p99 |"
+        echo "| $name | $t | $pct | $c | $f | $p50 | $p99 | $cpu |"
     done
     echo
-    echo "\"failed\" is the total over all runs. Direct rows: the same client straight to the source or echo server."
+    echo "\"failed\" is the total over all runs. Direct rows: the same client straight to the source or echo server. Server CPU per session: user + system time of all the server's processes (threads included) over the rate runs, per session."
     if has idle; then report_idle; fi
 } | tee "$WORK/summary.out"
