@@ -134,23 +134,27 @@ pub fn spawn(
         // descriptor of it registered with the worker's own event loop), so a connection is
         // served where it was accepted, with no hand-over between threads.
         Some(workers) => {
-            let mut loops = Vec::with_capacity(workers.len());
+            // Every descriptor registered before any loop starts: an error leaves no loop
+            // accepting behind a listener that failed to start.
+            let mut sockets = Vec::with_capacity(workers.len());
             for i in 0..workers.len() {
-                let worker = workers.handle(i);
-                let socket = {
-                    let _on = worker.enter();
-                    TcpListener::from_std(std.try_clone()?)?
-                };
-                loops.push(worker.spawn(accept_loop(
-                    socket,
-                    limit.clone(),
-                    name.clone(),
-                    handler.clone(),
-                    svc.clone(),
-                    stop.clone(),
-                )));
+                let _on = workers.handle(i).enter();
+                sockets.push(TcpListener::from_std(std.try_clone()?)?);
             }
             drop(std);
+            let loops: Vec<_> = (0..workers.len())
+                .zip(sockets)
+                .map(|(i, socket)| {
+                    workers.handle(i).spawn(accept_loop(
+                        socket,
+                        limit.clone(),
+                        name.clone(),
+                        handler.clone(),
+                        svc.clone(),
+                        stop.clone(),
+                    ))
+                })
+                .collect();
             tokio::spawn(async move {
                 for l in loops {
                     let _ = l.await;
