@@ -64,10 +64,9 @@ impl HttpProxy {
         if !self.cfg.connect_ports.iter().any(|r| r.contains(port)) {
             // Log in first (on a listener that asks for it), so the refusal names the user.
             let ip = client.peer.ip().to_canonical();
-            match self
-                .authenticate(&policy, client, &head, ip, !keep, ex)
-                .await
-            {
+            // Boxed, as the steps below: a login's state (Negotiate, LDAP) is not kept in
+            // every tunnel's future.
+            match Box::pin(self.authenticate(&policy, client, &head, ip, !keep, ex)).await {
                 Ok(id) => ex.user = id.map(|i| i.name),
                 Err(keep) => return keep,
             }
