@@ -308,8 +308,8 @@ struct Accepted<'a> {
 impl Accepted<'_> {
     /// Spawns `serve` for the connection: here (the shared scheduler, or the per-core worker
     /// that accepted it), or on another worker's own event loop (deregistered here,
-    /// registered there). The task holds
-    /// `serve`'s future itself (no `async move` wrapper holding it twice over).
+    /// registered there). The task holds `serve`'s future itself (no `async move` wrapper
+    /// holding it twice over).
     fn spawn<F, Fut>(self, serve: F)
     where
         F: FnOnce(tokio::net::TcpStream) -> Fut + Send + 'static,

@@ -13,7 +13,10 @@
 //! one listening socket, as nginx's workers do without `reuseport`): a connection is
 //! served on the thread that accepted it, with no hand-over between threads, unless that
 //! worker already serves clearly more connections than another ([`keeps`]), or the
-//! connection belongs with a tunnel agent's link served elsewhere. With the shared,
+//! connection belongs with a tunnel agent's link served elsewhere. The cost: a new
+//! connection wakes every worker that waits in its event loop (tokio registers without
+//! `EPOLLEXCLUSIVE`); one accepts it, the others find nothing and wait again. Under load the
+//! workers are awake anyway; this was measured on 2 cores only. With the shared,
 //! work-stealing scheduler a connection's task moves to whichever thread polled the I/O
 //! driver or went idle first, and waking it on the other thread costs a futex call; here
 //! it never moves. What the workers share (pools, cache, limits, metrics) is the same
