@@ -115,10 +115,10 @@ async fn every_parent_failing_is_a_502_with_the_parent_named() {
 }
 
 #[tokio::test]
-async fn requests_per_second_and_concurrent_connections_per_client() {
+async fn requests_per_second_per_client() {
     let origin = Origin::fixed("ok").await;
     let cfg = format!(
-        "{}[limits.per_client]\nrequests_per_second = 2\nmax_connections = 2\n",
+        "{}[limits.per_client]\nrequests_per_second = 2\n",
         http_listener("http", "")
     );
     let gh = Gatehouse::start(&cfg);
@@ -139,10 +139,48 @@ async fn requests_per_second_and_concurrent_connections_per_client() {
     }
     assert_eq!(statuses[0], "200", "{statuses:?}");
     assert!(statuses.iter().any(|s| s == "429"), "{statuses:?}");
-    // Two idle connections use the client's two slots; a third is closed at once.
-    let _a = TcpStream::connect(gh.addr("http")).await.expect("a");
-    let _b = TcpStream::connect(gh.addr("http")).await.expect("b");
-    let mut c = TcpStream::connect(gh.addr("http"))
+}
+
+/// Opens a connection and sends one keep-alive GET through it: `Some` once the response
+/// came back (the connection was served and holds a slot), `None` if it was closed first.
+async fn served(proxy: std::net::SocketAddr, origin: &Origin) -> Option<TcpStream> {
+    let mut s = TcpStream::connect(proxy).await.expect("connect");
+    let req = format!(
+        "GET {} HTTP/1.1\r\nHost: {}\r\n\r\n",
+        origin.url("/"),
+        origin.addr
+    );
+    s.write_all(req.as_bytes()).await.ok()?;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.ends_with(b"\r\n\r\nok") {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("an answer or a close in time")
+            .ok()?;
+        if n == 0 {
+            return None;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    Some(s)
+}
+
+#[tokio::test]
+async fn concurrent_connections_per_client() {
+    let origin = Origin::fixed("ok").await;
+    let cfg = format!(
+        "{}[limits.per_client]\nmax_connections = 2\n",
+        http_listener("http", "")
+    );
+    let gh = Gatehouse::start(&cfg);
+    let proxy = gh.addr("http");
+    // Each connection is served (its response read back) before the next one opens: the
+    // workers accept in parallel, so only a served connection surely holds its slot.
+    let a = served(proxy, &origin).await.expect("the first is served");
+    let _b = served(proxy, &origin).await.expect("the second is served");
+    // Both slots taken: a third is closed at once, before any request.
+    let mut c = TcpStream::connect(proxy)
         .await
         .expect("c connects at TCP level");
     let mut buf = [0u8; 1];
@@ -153,6 +191,19 @@ async fn requests_per_second_and_concurrent_connections_per_client() {
         matches!(n, Ok(0) | Err(_)),
         "third connection was served: {n:?}"
     );
+    // A slot given back is taken again: the server notices the close on its own time, so
+    // the new connection may still find both slots held for a moment.
+    drop(a);
+    let again = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let Some(s) = served(proxy, &origin).await {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(again.is_ok(), "the freed slot was never given out again");
 }
 
 // Multi-threaded: the source server keeps writing while the test reads.
