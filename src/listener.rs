@@ -19,6 +19,7 @@ use crate::http::proxy::{HttpProxy, Role};
 use crate::metrics::ListenerMetrics;
 use crate::server::Services;
 use crate::socks::SocksServer;
+use crate::workers::Placing;
 
 /// The handler for one listener kind.
 #[derive(Clone)]
@@ -240,7 +241,13 @@ async fn accept_loop(
                     _ => None,
                 };
                 let homes = agent.map(|a| svc.agents.homes(a)).unwrap_or_default();
-                let (i, slot) = w.place(&homes);
+                // An agent's link goes where the fewest links are (wherever accepted): the
+                // agent dials several to use several cores.
+                let placing = match &handler {
+                    Handler::Tunnel(_) => Placing::Link,
+                    _ => Placing::Client { among: &homes },
+                };
+                let (i, slot) = w.place(placing);
                 // Served here (this worker keeps it), or handed over.
                 let over = (crate::workers::current() != Some(i)).then(|| w.handle(i).clone());
                 (over, Some(slot))

@@ -13,7 +13,10 @@
 //! one listening socket, as nginx's workers do without `reuseport`): a connection is
 //! served on the thread that accepted it, with no hand-over between threads, unless that
 //! worker already serves clearly more connections than another ([`keeps`]), or the
-//! connection belongs with a tunnel agent's link served elsewhere. The cost: a new
+//! connection belongs with a tunnel agent's link served elsewhere. A tunnel agent's link
+//! itself always goes to the worker driving the fewest links ([`Placing::Link`]): an agent
+//! dials several links so that they run on several cores, and two links accepted by the
+//! same worker would share one. The cost: a new
 //! connection wakes every worker that waits in its event loop (tokio registers without
 //! `EPOLLEXCLUSIVE`); one accepts it, the others find nothing and wait again. Under load the
 //! workers are awake anyway; this was measured on 2 cores only. With the shared,
@@ -147,18 +150,36 @@ pub struct Workers {
     /// Connections each worker serves now (each count on cache lines of its own: every
     /// worker writes its own as it accepts).
     busy: Arc<[Apart<AtomicUsize>]>,
+    /// Tunnel agents' links each worker drives now (counted in `busy` too).
+    links: Arc<[Apart<AtomicUsize>]>,
     turn: AtomicUsize,
 }
 
-/// Holds one connection's place in its worker's count; dropped with the connection.
+/// What a connection is, for choosing its worker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Placing<'a> {
+    /// Any client: kept on the worker that accepted it unless that one is clearly busier
+    /// ([`keeps`]); a connection that belongs with a tunnel agent's links names the
+    /// workers driving them.
+    Client { among: &'a [usize] },
+    /// A tunnel agent's link: on the worker driving the fewest links, wherever accepted.
+    Link,
+}
+
+/// Holds one connection's place in its worker's counts; dropped with the connection.
 pub struct Slot {
     busy: Arc<[Apart<AtomicUsize>]>,
+    /// The link count too, for a link.
+    links: Option<Arc<[Apart<AtomicUsize>]>>,
     index: usize,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
         self.busy[self.index].fetch_sub(1, Ordering::Relaxed);
+        if let Some(links) = &self.links {
+            links[self.index].fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -228,10 +249,11 @@ impl Workers {
                 return Err(std::io::Error::other("a worker thread ended as it started"));
             }
         }
-        let busy: Arc<[Apart<AtomicUsize>]> = (0..n).map(|_| Apart::default()).collect();
+        let counts = || -> Arc<[Apart<AtomicUsize>]> { (0..n).map(|_| Apart::default()).collect() };
         Ok(Workers {
             handles,
-            busy,
+            busy: counts(),
+            links: counts(),
             turn: AtomicUsize::new(0),
         })
     }
@@ -246,27 +268,35 @@ impl Workers {
         self.handles.is_empty()
     }
 
-    /// The worker that serves a connection accepted on this thread: this worker when it
+    /// The worker that serves a connection accepted on this thread, and the connection's
+    /// place in that worker's counts. A client ([`Placing::Client`]): this worker when it
     /// [`keeps`] it, otherwise the least busy of the workers `among` (of all, when `among`
-    /// names none); and the connection's place in that worker's count.
-    pub fn place(&self, among: &[usize]) -> (usize, Slot) {
-        let busy: Vec<usize> = self
-            .busy
-            .iter()
-            .map(|b| b.load(Ordering::Relaxed))
-            .collect();
+    /// names none). A link ([`Placing::Link`]): the worker driving the fewest links.
+    pub fn place(&self, placing: Placing<'_>) -> (usize, Slot) {
+        let load = |counts: &[Apart<AtomicUsize>]| -> Vec<usize> {
+            counts.iter().map(|b| b.load(Ordering::Relaxed)).collect()
+        };
         // The turn is only taken for a connection handed over: one kept on its worker writes
         // no count but its own worker's.
-        let i = match current().filter(|&l| keeps(&busy, l, among)) {
-            Some(l) => l,
-            None => {
-                let turn = self.turn.fetch_add(1, Ordering::Relaxed);
-                least_busy_among(&busy, among, turn).unwrap_or(0)
+        let turn = || self.turn.fetch_add(1, Ordering::Relaxed);
+        let i = match placing {
+            Placing::Link => least_busy(&load(&self.links), turn()).unwrap_or(0),
+            Placing::Client { among } => {
+                let busy = load(&self.busy);
+                match current().filter(|&l| keeps(&busy, l, among)) {
+                    Some(l) => l,
+                    None => least_busy_among(&busy, among, turn()).unwrap_or(0),
+                }
             }
         };
         self.busy[i].fetch_add(1, Ordering::Relaxed);
+        let links = (placing == Placing::Link).then(|| {
+            self.links[i].fetch_add(1, Ordering::Relaxed);
+            self.links.clone()
+        });
         let slot = Slot {
             busy: self.busy.clone(),
+            links,
             index: i,
         };
         (i, slot)
@@ -379,5 +409,37 @@ mod tests {
     fn idle_workers_take_connections_in_turn() {
         let picks: Vec<_> = (0..4).map(|t| least_busy(&[0, 0], t)).collect();
         assert_eq!(picks, [0, 1, 0, 1].map(Some));
+    }
+
+    /// A tunnel agent's links spread over the workers by their own count, whatever other
+    /// connections the workers serve, and a link that ends frees its worker for the next.
+    #[test]
+    fn links_go_to_the_worker_driving_the_fewest() {
+        use super::{Placing, Workers};
+        let w = Workers::start(2).expect("two workers");
+        // Three clients, from this (non-worker) thread: spread by connections.
+        let clients: Vec<_> = (0..3)
+            .map(|_| w.place(Placing::Client { among: &[] }))
+            .collect();
+        let (first, first_slot) = w.place(Placing::Link);
+        let (second, _second_slot) = w.place(Placing::Link);
+        assert_ne!(first, second, "two links on one worker");
+        drop(first_slot);
+        let (third, _third_slot) = w.place(Placing::Link);
+        assert_eq!(third, first, "the freed worker takes the next link");
+        // Clients still go by connections: the links count there too.
+        let busy: Vec<usize> = w
+            .busy
+            .iter()
+            .map(|b| b.load(std::sync::atomic::Ordering::Relaxed))
+            .collect();
+        assert_eq!(busy.iter().sum::<usize>(), 5, "{busy:?}");
+        drop(clients);
+        let busy: Vec<usize> = w
+            .busy
+            .iter()
+            .map(|b| b.load(std::sync::atomic::Ordering::Relaxed))
+            .collect();
+        assert_eq!(busy.iter().sum::<usize>(), 2, "{busy:?}");
     }
 }
