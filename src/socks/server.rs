@@ -105,36 +105,47 @@ pub(super) struct Session {
 
 impl SocksServer {
     /// Serves one client connection until its session ends.
-    pub async fn serve(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
-        let _ = stream.set_nodelay(true);
-        let local = match stream.local_addr() {
-            Ok(a) => a,
-            Err(_) => return,
-        };
-        let mut s = Session {
-            started: Instant::now(),
-            policy: self.svc.policy.current(),
-            rule: None,
-            login: None,
-            udp_denied_seen: false,
-            udp_dropped: 0,
-            user_slot: None,
-            request: None,
-            reply: Reply::GeneralFailure,
-            upstream: None,
-            error: None,
-            relayed_in: 0,
-            relayed_out: 0,
-        };
-        let (bytes_in, bytes_out, version) = match &self.tls {
-            None => self.session(Client::new(stream, peer, local), &mut s).await,
-            // Boxed: a TLS session (its handshake, its stream) is larger, and rarer, than a
-            // plain one, and a plain session's task does not carry its state.
-            Some(acceptor) => {
-                Box::pin(self.tls_session(acceptor, stream, peer, local, &mut s)).await
-            }
-        };
-        self.record(peer, &s, bytes_in, bytes_out, version);
+    ///
+    /// This, [`Self::session`] and [`Self::dispatch`] return `async move` blocks rather than
+    /// being `async fn`s: an `async fn` keeps each argument twice in its state (as passed and
+    /// as its local), and an idle tunnel's task holds all three states, nested.
+    #[allow(clippy::manual_async_fn)]
+    pub fn serve(
+        self: Arc<Self>,
+        stream: TcpStream,
+        peer: SocketAddr,
+    ) -> impl std::future::Future<Output = ()> + Send {
+        async move {
+            let _ = stream.set_nodelay(true);
+            let local = match stream.local_addr() {
+                Ok(a) => a,
+                Err(_) => return,
+            };
+            let mut s = Session {
+                started: Instant::now(),
+                policy: self.svc.policy.current(),
+                rule: None,
+                login: None,
+                udp_denied_seen: false,
+                udp_dropped: 0,
+                user_slot: None,
+                request: None,
+                reply: Reply::GeneralFailure,
+                upstream: None,
+                error: None,
+                relayed_in: 0,
+                relayed_out: 0,
+            };
+            let (bytes_in, bytes_out, version) = match &self.tls {
+                None => self.session(Client::new(stream, peer, local), &mut s).await,
+                // Boxed: a TLS session (its handshake, its stream) is larger, and rarer, than a
+                // plain one, and a plain session's task does not carry its state.
+                Some(acceptor) => {
+                    Box::pin(self.tls_session(acceptor, stream, peer, local, &mut s)).await
+                }
+            };
+            self.record(peer, &s, bytes_in, bytes_out, version);
+        }
     }
 
     /// A session over TLS: the handshake (within the handshake timeout), then [`Self::session`].
@@ -162,39 +173,47 @@ impl SocksServer {
     }
 
     /// Runs the handshake and the command; returns the client-side byte counts.
-    async fn session<S>(&self, mut c: Client<S>, s: &mut Session) -> (u64, u64, Option<Version>)
+    // Not an `async fn`: see `serve`.
+    #[allow(clippy::manual_async_fn)]
+    fn session<'a, S>(
+        &'a self,
+        mut c: Client<S>,
+        s: &'a mut Session,
+    ) -> impl std::future::Future<Output = (u64, u64, Option<Version>)> + Send + 'a
     where
-        S: AsyncRead + AsyncWrite + PlainTcp + Unpin + Send,
+        S: AsyncRead + AsyncWrite + PlainTcp + Unpin + Send + 'a,
     {
-        let handshake = tokio::select! {
-            // Each step before the relay is boxed, so its state is freed when it is done and
-            // an idle relay's task holds only the relay (see the README on idle tunnels).
-            r = tokio::time::timeout(self.cfg.handshake_timeout, Box::pin(self.handshake(&mut c, s))) => {
-                r.unwrap_or(Err(SocksError::HandshakeTimeout))
-            }
-            _ = self.svc.shutdown.draining() => Err(SocksError::Draining),
-        };
-        let result = match handshake {
-            Ok(req) => {
-                s.request = Some(req.clone());
-                match Box::pin(self.admit(s, &req)).await {
-                    Ok(admitted) => self.dispatch(&mut c, s, &req, admitted).await,
-                    Err(e) => Err(e),
+        async move {
+            let handshake = tokio::select! {
+                // Each step before the relay is boxed, so its state is freed when it is done and
+                // an idle relay's task holds only the relay (see the README on idle tunnels).
+                r = tokio::time::timeout(self.cfg.handshake_timeout, Box::pin(self.handshake(&mut c, s))) => {
+                    r.unwrap_or(Err(SocksError::HandshakeTimeout))
+                }
+                _ = self.svc.shutdown.draining() => Err(SocksError::Draining),
+            };
+            let result = match handshake {
+                Ok(req) => {
+                    s.request = Some(req.clone());
+                    match Box::pin(self.admit(s, &req)).await {
+                        Ok(admitted) => self.dispatch(&mut c, s, &req, admitted).await,
+                        Err(e) => Err(e),
+                    }
+                }
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(()) => s.reply = Reply::Succeeded,
+                Err(e) => {
+                    tracing::debug!(client = %c.peer, error = e.kind(), "{e}");
+                    s.reply = e.reply();
+                    s.error = Some(e.kind());
+                    // Boxed: the error reply's state is not kept by an idle relay.
+                    Box::pin(c.fail(&e)).await;
                 }
             }
-            Err(e) => Err(e),
-        };
-        match result {
-            Ok(()) => s.reply = Reply::Succeeded,
-            Err(e) => {
-                tracing::debug!(client = %c.peer, error = e.kind(), "{e}");
-                s.reply = e.reply();
-                s.error = Some(e.kind());
-                // Boxed: the error reply's state is not kept by an idle relay.
-                Box::pin(c.fail(&e)).await;
-            }
+            (c.bytes_in, c.bytes_out, c.version)
         }
-        (c.bytes_in, c.bytes_out, c.version)
     }
 
     /// Greeting, authentication and request, up to a decoded request.
@@ -343,38 +362,62 @@ impl SocksServer {
         SocksError::RouteUnsupported(rule, what)
     }
 
-    async fn dispatch<S>(
+    // Not an `async fn`: see `serve`.
+    #[allow(clippy::manual_async_fn)]
+    fn dispatch<'a, S>(
+        &'a self,
+        c: &'a mut Client<S>,
+        s: &'a mut Session,
+        req: &'a SocksRequest,
+        admitted: Admitted,
+    ) -> impl std::future::Future<Output = Result<(), SocksError>> + Send + 'a
+    where
+        S: AsyncRead + AsyncWrite + PlainTcp + Unpin + Send + 'a,
+    {
+        async move {
+            match admitted {
+                Admitted::Connect(allowed) => self.connect(c, s, &req.target, allowed).await,
+                Admitted::Bind(expected) => Box::pin(bind::run(self, c, s, req, expected)).await,
+                // On a protected GSSAPI session the datagrams are wrapped (RFC 1961 section 5).
+                Admitted::Udp => Box::pin(udp::run(self, c, s, req)).await,
+                // Through an agent too, a protected GSSAPI session stays wrapped (relay_agent).
+                Admitted::Agent(agent, None) => {
+                    Box::pin(self.connect_agent(c, s, &req.target, &agent)).await
+                }
+                // Boxed: the open's result, kept while the fallback runs, would widen the
+                // state of every session, an idle direct tunnel's too.
+                Admitted::Agent(agent, Some(fallback)) => {
+                    Box::pin(self.connect_agent_or(c, s, &req.target, &agent, fallback)).await
+                }
+                Admitted::AgentUdp(agent) => {
+                    Box::pin(super::udp_agent::run(self, c, s, req, &agent)).await
+                }
+                Admitted::AgentBind(agent) => {
+                    Box::pin(bind::run_agent(self, c, s, req, &agent)).await
+                }
+            }
+        }
+    }
+
+    /// CONNECT through a tunnel agent, else (no such agent connected, or the open failed)
+    /// through the rule's `fallback` parents.
+    async fn connect_agent_or<S>(
         &self,
         c: &mut Client<S>,
         s: &mut Session,
-        req: &SocksRequest,
-        admitted: Admitted,
+        target: &Target,
+        agent: &str,
+        fallback: Allowed,
     ) -> Result<(), SocksError>
     where
         S: AsyncRead + AsyncWrite + PlainTcp + Unpin + Send,
     {
-        match admitted {
-            Admitted::Connect(allowed) => self.connect(c, s, &req.target, allowed).await,
-            Admitted::Bind(expected) => Box::pin(bind::run(self, c, s, req, expected)).await,
-            // On a protected GSSAPI session the datagrams are wrapped (RFC 1961 section 5).
-            Admitted::Udp => Box::pin(udp::run(self, c, s, req)).await,
-            // Through an agent too, a protected GSSAPI session stays wrapped (relay_agent).
-            Admitted::Agent(agent, None) => {
-                Box::pin(self.connect_agent(c, s, &req.target, &agent)).await
+        match self.open_agent(target, agent).await {
+            Ok(opened) => Box::pin(self.relay_opened(c, s, opened, agent)).await,
+            Err(e) => {
+                tracing::debug!(listener = %self.name, %agent, "SOCKS CONNECT: {e}; trying the rule's fallback");
+                self.connect(c, s, target, fallback).await
             }
-            Admitted::Agent(agent, Some(fallback)) => {
-                match self.open_agent(&req.target, &agent).await {
-                    Ok(opened) => Box::pin(self.relay_opened(c, s, opened, &agent)).await,
-                    Err(e) => {
-                        tracing::debug!(listener = %self.name, %agent, "SOCKS CONNECT: {e}; trying the rule's fallback");
-                        self.connect(c, s, &req.target, fallback).await
-                    }
-                }
-            }
-            Admitted::AgentUdp(agent) => {
-                Box::pin(super::udp_agent::run(self, c, s, req, &agent)).await
-            }
-            Admitted::AgentBind(agent) => Box::pin(bind::run_agent(self, c, s, req, &agent)).await,
         }
     }
 
