@@ -7,6 +7,11 @@
 //!   ENFILE, the listener closes the reserve, accepts the waiting client, answers it (HTTP
 //!   503, a SOCKS refusal) and closes it, then reopens the reserve: the client gets an answer
 //!   instead of waiting in the backlog, and no accepted connection is closed to make room.
+//!   With per-core workers each accepting on its own, another worker may take the freed
+//!   descriptor first: a worker that accepts while the reserve is lent refuses that client
+//!   the same way, and a reserve whose refill found no descriptor is taken back from the
+//!   next one freed ([`Reserve::recover`]). Best effort under that race, exact with one
+//!   worker.
 //! - A tunnel that cannot get a pipe copies that burst instead (`splice.rs`); an upstream
 //!   connect that fails for want of descriptors is answered 503 / SOCKS general failure.
 
@@ -61,6 +66,8 @@ pub static RESERVE: std::sync::LazyLock<Reserve> = std::sync::LazyLock::new(Rese
 /// One descriptor held back for answering clients when the process is out of them.
 pub struct Reserve {
     file: Mutex<Option<File>>,
+    /// Released by a listener that is answering with it now (until its `refill`).
+    lent: std::sync::atomic::AtomicBool,
 }
 
 impl Default for Reserve {
@@ -71,20 +78,26 @@ impl Default for Reserve {
 
 impl Reserve {
     /// Opens the reserve (`/dev/null`); if that fails, the reserve is empty until
-    /// [`Reserve::refill`] succeeds.
+    /// [`Reserve::refill`] or [`Reserve::recover`] succeeds.
     pub fn new() -> Reserve {
         Reserve {
             file: Mutex::new(File::open("/dev/null").ok()),
+            lent: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
     /// Closes the reserve descriptor so the next descriptor the process needs can be had.
-    /// Returns false if the reserve was already spent (another listener is using it).
+    /// Returns false if the reserve was already spent (another listener is using it, or
+    /// it could not be reopened).
     pub fn release(&self) -> bool {
         let Ok(mut f) = self.file.lock() else {
             return false;
         };
-        f.take().is_some()
+        let had = f.take().is_some();
+        if had {
+            self.lent.store(true, std::sync::atomic::Ordering::Release);
+        }
+        had
     }
 
     /// Reopens the reserve after it was released; true if it is held again.
@@ -95,7 +108,27 @@ impl Reserve {
         if f.is_none() {
             *f = File::open("/dev/null").ok();
         }
+        self.lent.store(false, std::sync::atomic::Ordering::Release);
         f.is_some()
+    }
+
+    /// Reopens a reserve that was lost, not one lent out now: another thread may take the
+    /// descriptor a release freed (a worker's accept, a connect) before the refill, which
+    /// then fails; the next time the process runs out, a descriptor freed since is taken
+    /// back as the reserve. True if the reserve is held.
+    pub fn recover(&self) -> bool {
+        let Ok(mut f) = self.file.lock() else {
+            return false;
+        };
+        if f.is_none() && !self.lent.load(std::sync::atomic::Ordering::Acquire) {
+            *f = File::open("/dev/null").ok();
+        }
+        f.is_some()
+    }
+
+    /// Whether a listener is answering a client with the reserve's descriptor now.
+    pub fn is_lent(&self) -> bool {
+        self.lent.load(std::sync::atomic::Ordering::Acquire)
     }
 
     pub fn is_held(&self) -> bool {
@@ -165,5 +198,21 @@ mod tests {
         assert!(!r.release(), "spent once");
         assert!(r.refill());
         assert!(r.is_held());
+    }
+
+    #[test]
+    fn a_lost_reserve_is_recovered_but_a_lent_one_is_not() {
+        let r = Reserve::new();
+        assert!(r.release());
+        assert!(
+            !r.recover(),
+            "lent to a listener answering with it: left alone"
+        );
+        assert!(!r.is_held());
+        // A refill that found no descriptor (another thread took it) leaves it lost.
+        r.lent.store(false, std::sync::atomic::Ordering::Release);
+        assert!(r.recover(), "lost: reopened");
+        assert!(r.is_held());
+        assert!(r.release(), "and usable again");
     }
 }

@@ -219,6 +219,13 @@ async fn accept_loop(
             },
             _ = stop.cancelled() => return,
         };
+        if fdlimit::RESERVE.is_lent() {
+            // Out of descriptors, and another worker freed the reserve's to answer the client
+            // whose accept failed: this accept most likely took that descriptor. Answer this
+            // client as that one would have been, so the descriptor goes back to the reserve.
+            refuse(&stream, matches!(handler, Handler::Http(_))).await;
+            continue;
+        }
         let span = tracing::debug_span!("conn", listener = %name, %peer);
         // Per-client connection limits: over them, the connection is closed at once.
         let limit = match svc.limits.connection(peer.ip()) {
@@ -373,6 +380,9 @@ const REFUSE_WAIT: Duration = Duration::from_millis(250);
 async fn refuse_exhausted(socket: &TcpListener, name: &str, http: bool) {
     static LAST_WARN: AtomicU64 = AtomicU64::new(0);
     let reserve = &*fdlimit::RESERVE;
+    // A reserve lost to a race (its freed descriptor taken by another worker's accept or a
+    // connect before the refill) is taken back first, from a descriptor freed since.
+    reserve.recover();
     if reserve.release() {
         // Poll once: the client that made accept fail is still queued; if it went, nothing.
         let accepted = std::future::poll_fn(|cx| {
