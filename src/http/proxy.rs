@@ -288,7 +288,7 @@ impl HttpProxy {
                     }
                     HeadError::Invalid(_) => ProxyError::bad_request(e.to_string()),
                 };
-                self.fail_early(client, started, err).await;
+                Box::pin(self.fail_early(client, started, err)).await;
                 return false;
             }
             Err(_) => {
@@ -297,7 +297,7 @@ impl HttpProxy {
                     "http_request_error",
                     "request head not received in time",
                 );
-                self.fail_early(client, started, err).await;
+                Box::pin(self.fail_early(client, started, err)).await;
                 return false;
             }
         };

@@ -37,12 +37,41 @@ impl HttpProxy {
         head: RequestHead,
         ex: &mut Exchange,
     ) -> bool {
+        // Boxed: the setup (the head, the login, the policy's answer, the connect, the
+        // replies) is freed once done, so an idle tunnel's task holds only the relay.
+        let mut upstream = match Box::pin(self.tunnel_open(client, head, ex)).await {
+            Ok(up) => up,
+            Err(keep) => return keep,
+        };
+        let (end, stats) = self.tunnel_relay(client, &mut upstream, ex).await;
+        self.svc
+            .metrics
+            .relay("connect", stats.a_to_b, stats.b_to_a);
+        ex.bytes_in += stats.a_to_b;
+        ex.bytes_out += stats.b_to_a;
+        match end {
+            RelayEnd::Done => {}
+            RelayEnd::Idle => ex.error = Some("connection_read_timeout"),
+            RelayEnd::Error(_) => ex.error = Some("connection_terminated"),
+        }
+        false
+    }
+
+    /// A CONNECT up to its relay: the checks, the stream to the target (or an answer of
+    /// its own: `Err(keep the client connection)`), `200 Connection established`, and the
+    /// bytes either side sent early. The client's buffer is freed.
+    async fn tunnel_open(
+        &self,
+        client: &mut Client,
+        head: RequestHead,
+        ex: &mut Exchange,
+    ) -> Result<TcpStream, bool> {
         let (host, port) = match target::parse_authority(&head.target, None) {
             Ok(t) => t,
             Err(e) => {
                 self.send_error(client, &ProxyError::bad_request(e.to_string()), true, ex)
                     .await;
-                return false;
+                return Err(false);
             }
         };
         match codec::request_framing(&head) {
@@ -50,12 +79,12 @@ impl HttpProxy {
             Ok(_) => {
                 let err = ProxyError::bad_request("CONNECT with a request body");
                 self.send_error(client, &err, true, ex).await;
-                return false;
+                return Err(false);
             }
             Err(e) => {
                 self.send_error(client, &ProxyError::bad_request(e.to_string()), true, ex)
                     .await;
-                return false;
+                return Err(false);
             }
         }
         let keep = wants_keep_alive(&head);
@@ -64,31 +93,31 @@ impl HttpProxy {
         if !self.cfg.connect_ports.iter().any(|r| r.contains(port)) {
             // Log in first (on a listener that asks for it), so the refusal names the user.
             let ip = client.peer.ip().to_canonical();
-            // Boxed, as the steps below: a login's state (Negotiate, LDAP) is not kept in
-            // every tunnel's future.
-            match Box::pin(self.authenticate(&policy, client, &head, ip, !keep, ex)).await {
+            match self
+                .authenticate(&policy, client, &head, ip, !keep, ex)
+                .await
+            {
                 Ok(id) => ex.user = id.map(|i| i.name),
-                Err(keep) => return keep,
+                Err(keep) => return Err(keep),
             }
             let err = ProxyError::denied(format!("CONNECT to port {port} is not allowed"));
             self.send_error(client, &err, !keep, ex).await;
-            return keep;
+            return Err(keep);
         }
-        // The steps before the relay are boxed: their state is freed once they are done, so
-        // an idle tunnel holds only the relay.
-        let mut via = match Box::pin(self.authorize(
-            &policy,
-            client,
-            &head,
-            &host,
-            port,
-            Protocol::Connect,
-            !keep,
-            ex,
-        ))
-        .await
+        let mut via = match self
+            .authorize(
+                &policy,
+                client,
+                &head,
+                &host,
+                port,
+                Protocol::Connect,
+                !keep,
+                ex,
+            )
+            .await
         {
-            Access::Answered(keep) => return keep,
+            Access::Answered(keep) => return Err(keep),
             Access::Direct { addrs, .. } => Via::Direct(addrs),
             Access::Route { parents, .. } => Via::Route(parents),
         };
@@ -97,7 +126,7 @@ impl HttpProxy {
             if crate::upstream::route_agent(parents).is_some() {
                 let parents = parents.clone();
                 match Box::pin(self.connect_agent(client, &host, port, parents, keep, ex)).await {
-                    Ok(keep) => return keep,
+                    Ok(keep) => return Err(keep),
                     Err(fallback) => via = fallback,
                 }
             }
@@ -108,14 +137,16 @@ impl HttpProxy {
             port,
             path: String::new(),
         };
-        let (mut upstream, leftover) =
-            match Box::pin(self.open_upstream(&policy, &target, &via, Mode::Tunnel, ex)).await {
-                Ok(up) => up,
-                Err(err) => {
-                    self.send_error(client, &err, !keep, ex).await;
-                    return keep;
-                }
-            };
+        let (mut upstream, leftover) = match self
+            .open_upstream(&policy, &target, &via, Mode::Tunnel, ex)
+            .await
+        {
+            Ok(up) => up,
+            Err(err) => {
+                self.send_error(client, &err, !keep, ex).await;
+                return Err(keep);
+            }
+        };
         let established = match ex.auth_reply.take() {
             // A Negotiate login finished on this CONNECT: the mutual-authentication token.
             Some(v) => {
@@ -131,7 +162,7 @@ impl HttpProxy {
         .await
         .is_err()
         {
-            return false;
+            return Err(false);
         }
         ex.status = 200;
         ex.bytes_out += established.len() as u64;
@@ -141,7 +172,7 @@ impl HttpProxy {
                 .await
                 .is_err()
             {
-                return false;
+                return Err(false);
             }
             ex.bytes_out += leftover.len() as u64;
         }
@@ -151,24 +182,13 @@ impl HttpProxy {
                 .await
                 .is_err()
             {
-                return false;
+                return Err(false);
             }
             ex.bytes_in += client.buf.len() as u64;
         }
         // An idle tunnel holds no buffer: the head's buffer is freed, not just emptied.
         client.buf = bytes::BytesMut::new();
-        let (end, stats) = self.tunnel_relay(client, &mut upstream, ex).await;
-        self.svc
-            .metrics
-            .relay("connect", stats.a_to_b, stats.b_to_a);
-        ex.bytes_in += stats.a_to_b;
-        ex.bytes_out += stats.b_to_a;
-        match end {
-            RelayEnd::Done => {}
-            RelayEnd::Idle => ex.error = Some("connection_read_timeout"),
-            RelayEnd::Error(_) => ex.error = Some("connection_terminated"),
-        }
-        false
+        Ok(upstream)
     }
 
     /// Opens the upstream side of a tunnel or request: directly to the checked addresses, or
