@@ -1177,8 +1177,11 @@ mod tests {
         let request = returned::<HttpProxy, Client, _>(|p, c| p.one_request(c));
         // What an idle CONNECT tunnel holds: the connection's task and the boxed request
         // (the tunnel with its splice relay), the copying relay boxed apart.
+        // 912 + 1,440 bytes on 2026-12-07; 872 + 1,824 when the tunnel kept its setup's
+        // locals beside the relay (an idle CONNECT tunnel 4.2 KiB against 3.3: the boxed
+        // request then falls in mimalloc's 2 KiB size class instead of 1.5 KiB).
         assert!(
-            task + request <= 3072,
+            task + request <= 2560,
             "HTTP connection task: {task} bytes, boxed request: {request} bytes"
         );
     }

@@ -752,7 +752,10 @@ mod tests {
         // every other step (handshake, TLS, the copying relay, error replies) boxed apart.
         // It was 7008 bytes (debug build) when the copying relay and the error reply were
         // inline.
-        assert!(size <= 3072, "SOCKS connection task: {size} bytes");
+        // 1,952 bytes on 2026-12-07; 2,472 when each async fn kept its arguments twice and an
+        // agent route's fallback was inline (an idle tunnel 3.7 KiB against 3.25: the task
+        // then falls in mimalloc's 3 KiB size class instead of 2.5 KiB).
+        assert!(size <= 2048, "SOCKS connection task: {size} bytes");
     }
 
     #[test]
