@@ -47,13 +47,7 @@ impl HttpProxy {
         self.svc
             .metrics
             .relay("connect", stats.a_to_b, stats.b_to_a);
-        ex.bytes_in += stats.a_to_b;
-        ex.bytes_out += stats.b_to_a;
-        match end {
-            RelayEnd::Done => {}
-            RelayEnd::Idle => ex.error = Some("connection_read_timeout"),
-            RelayEnd::Error(_) => ex.error = Some("connection_terminated"),
-        }
+        relay_ended(ex, end, &stats);
         false
     }
 
@@ -361,13 +355,7 @@ impl HttpProxy {
         let m = &self.svc.metrics;
         m.relay("connect", stats.a_to_b, stats.b_to_a);
         m.tunnel_bytes(agent, "http", stats.a_to_b, stats.b_to_a);
-        ex.bytes_in += stats.a_to_b;
-        ex.bytes_out += stats.b_to_a;
-        match end {
-            RelayEnd::Done => {}
-            RelayEnd::Idle => ex.error = Some("connection_read_timeout"),
-            RelayEnd::Error(_) => ex.error = Some("connection_terminated"),
-        }
+        relay_ended(ex, end, &stats);
         false
     }
 
@@ -492,6 +480,17 @@ pub(super) fn agent_status(e: crate::tunnel::proto::OpenError) -> u16 {
         OpenError::NetworkUnreachable => 503,
         OpenError::HostUnreachable => 504,
         OpenError::BadRequest | OpenError::Refused | OpenError::Failed => 502,
+    }
+}
+
+/// A tunnel's relay has ended: its byte counts and how it ended, for the access log.
+fn relay_ended(ex: &mut Exchange, end: RelayEnd, stats: &relay::RelayStats) {
+    ex.bytes_in += stats.a_to_b;
+    ex.bytes_out += stats.b_to_a;
+    match end {
+        RelayEnd::Done => {}
+        RelayEnd::Idle => ex.error = Some("connection_read_timeout"),
+        RelayEnd::Error(_) => ex.error = Some("connection_terminated"),
     }
 }
 
