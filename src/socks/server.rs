@@ -381,13 +381,10 @@ impl SocksServer {
                 // On a protected GSSAPI session the datagrams are wrapped (RFC 1961 section 5).
                 Admitted::Udp => Box::pin(udp::run(self, c, s, req)).await,
                 // Through an agent too, a protected GSSAPI session stays wrapped (relay_agent).
-                Admitted::Agent(agent, None) => {
-                    Box::pin(self.connect_agent(c, s, &req.target, &agent)).await
-                }
-                // Boxed: the open's result, kept while the fallback runs, would widen the
-                // state of every session, an idle direct tunnel's too.
-                Admitted::Agent(agent, Some(fallback)) => {
-                    Box::pin(self.connect_agent_or(c, s, &req.target, &agent, fallback)).await
+                // Boxed: the open's result, kept while a fallback runs, would widen the state
+                // of every session, an idle direct tunnel's too.
+                Admitted::Agent(agent, fallback) => {
+                    Box::pin(self.connect_agent(c, s, &req.target, &agent, fallback)).await
                 }
                 Admitted::AgentUdp(agent) => {
                     Box::pin(super::udp_agent::run(self, c, s, req, &agent)).await
@@ -399,45 +396,29 @@ impl SocksServer {
         }
     }
 
-    /// CONNECT through a tunnel agent, else (no such agent connected, or the open failed)
-    /// through the rule's `fallback` parents.
-    async fn connect_agent_or<S>(
-        &self,
-        c: &mut Client<S>,
-        s: &mut Session,
-        target: &Target,
-        agent: &str,
-        fallback: Allowed,
-    ) -> Result<(), SocksError>
-    where
-        S: AsyncRead + AsyncWrite + PlainTcp + Unpin + Send,
-    {
-        match self.open_agent(target, agent).await {
-            Ok(opened) => Box::pin(self.relay_opened(c, s, opened, agent)).await,
-            Err(e) => {
-                tracing::debug!(listener = %self.name, %agent, "SOCKS CONNECT: {e}; trying the rule's fallback");
-                self.connect(c, s, target, fallback).await
-            }
-        }
-    }
-
     /// CONNECT through a tunnel agent: a stream on its connection instead of a socket from
-    /// the connector; the agent resolves the name and applies its allow-list.
+    /// the connector; the agent resolves the name and applies its allow-list. When no such
+    /// agent is connected or the open fails, through the rule's `fallback` parents if it
+    /// has any (boxed: rarer, and an idle agent stream need not hold its state).
     async fn connect_agent<S>(
         &self,
         c: &mut Client<S>,
         s: &mut Session,
         target: &Target,
         agent: &str,
+        fallback: Option<Allowed>,
     ) -> Result<(), SocksError>
     where
-        S: AsyncRead + AsyncWrite + Unpin,
+        S: AsyncRead + AsyncWrite + PlainTcp + Unpin + Send,
     {
-        let opened = self
-            .open_agent(target, agent)
-            .await
-            .map_err(SocksError::Tunnel)?;
-        self.relay_opened(c, s, opened, agent).await
+        match (self.open_agent(target, agent).await, fallback) {
+            (Ok(opened), _) => self.relay_opened(c, s, opened, agent).await,
+            (Err(e), None) => Err(SocksError::Tunnel(e)),
+            (Err(e), Some(fallback)) => {
+                tracing::debug!(listener = %self.name, %agent, "SOCKS CONNECT: {e}; trying the rule's fallback");
+                Box::pin(self.connect(c, s, target, fallback)).await
+            }
+        }
     }
 
     /// A stream to `target` through `agent`.
