@@ -45,6 +45,9 @@
 #   GATEHOUSE_BIN=path: use that binary instead of building target/release/gatehouse
 #   SYSCALLS=1: count each proxy's system calls by kind during the wrk and h2load runs (perf stat on
 #   kernel tracepoints, needs linux-perf and root), into the raw outputs' *.out.syscalls
+#   PROFILE=1: sample each proxy's stacks during the wrk and h2load runs (perf record -g, cpu-clock;
+#   needs linux-perf and root) into *.out.perf.data, with a flat profile (self time) in *.out.profile
+#   (the sampler costs the proxy CPU: take figures from a run without it)
 # A smoke run (checks the script, measures nothing worth keeping):
 #   RUNS=1 DURATION=2 IDLE_CLIENTS=200 bench/reverse.sh
 set -euo pipefail
@@ -89,7 +92,7 @@ cleanup() {
         wait "$p" 2>/dev/null || true
     done
     mkdir -p "$RESULTS"
-    cp "$WORK"/*.out "$WORK"/*.syscalls "$WORK"/*.conf "$WORK"/*.cfg "$WORK"/*.toml "$WORK"/*.cnf "$WORK"/*.log "$RESULTS"/ 2>/dev/null || true
+    cp "$WORK"/*.out "$WORK"/*.syscalls "$WORK"/*.profile "$WORK"/*.perf.data "$WORK"/*.conf "$WORK"/*.cfg "$WORK"/*.toml "$WORK"/*.cnf "$WORK"/*.log "$RESULTS"/ 2>/dev/null || true
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -203,6 +206,12 @@ log_p99() {
     cut -f3 "$1" | sort -n | awk '{ v[NR] = $1 } END { i = int(NR * 0.99); if (i < 1) i = 1; printf "%.3f", NR ? v[i] / 1000 : 0 }'
 }
 
+# The machine's CPU ticks in all, and those stolen by the hypervisor (/proc/stat): a run
+# taken while the host gave the guest's CPUs to others measures the host, not the proxies.
+host_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9, $9 }' /proc/stat; }
+# steal_pct T0 STEAL0 T1 STEAL1: the share of the interval's CPU time stolen, in percent.
+steal_pct() { awk -v t="$(($3 - $1))" -v s="$(($4 - $2))" 'BEGIN { printf "%.1f", (t > 0) ? s * 100 / t : 0 }'; }
+
 # With SYSCALLS=1: counts the proxy's system calls by kind during a load (kernel tracepoints,
 # not timings) into OUT.syscalls; the perf process is left in SYSCALLS_PID for syscalls_stop.
 syscalls_start() {
@@ -215,6 +224,26 @@ syscalls_start() {
         -e syscalls:sys_enter_readv -e syscalls:sys_enter_futex -e syscalls:sys_enter_sched_yield \
         >/dev/null 2>&1 &
     SYSCALLS_PID=$!
+}
+
+# With PROFILE=1: samples the proxy's stacks during a load (`perf record` on the cpu-clock
+# software event, which works without a PMU, 999 Hz) and writes the flat profile by DSO and
+# symbol (self time) into OUT.profile; the perf process is left in PROFILE_PID.
+profile_start() {
+    local out=$1 pid=$2
+    PROFILE_PID=""
+    [ "${PROFILE:-0}" = 1 ] || return 0
+    perf record -q -e cpu-clock -F 999 -g -o "$out.perf.data" -p "$(procs "$pid" | paste -sd,)" \
+        >/dev/null 2>&1 &
+    PROFILE_PID=$!
+}
+
+profile_stop() {
+    [ -n "$PROFILE_PID" ] || return 0
+    kill -INT "$PROFILE_PID" 2>/dev/null || true
+    wait "$PROFILE_PID" 2>/dev/null || true
+    perf report -q -i "$1.perf.data" -g none --no-children --sort dso,sym --percent-limit 0.3 \
+        >"$1.profile" 2>/dev/null || true
 }
 
 # syscalls_stop OUT REQUESTS: ends the count and notes the requests it covers.
@@ -231,9 +260,11 @@ wrk_once() {
     c0=$(cpu_ticks "$pid")
     s0=$(cpu_split "$pid")
     syscalls_start "$out" "$pid"
+    profile_start "$out" "$pid"
     OPENSSL_CONF="$WORK/client.cnf" timeout $((DURATION + 30)) wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" --latency \
         -H "Host: app.test" "$url" >"$out" 2>&1 || true
     syscalls_stop "$out" "$(awk '/ requests in / { print $1 }' "$out")"
+    profile_stop "$out"
     c1=$(cpu_ticks "$pid")
     s1=$(cpu_split "$pid")
     # The proxy's user and system ticks apart, for the raw output (the table has their sum).
@@ -263,12 +294,14 @@ h2load_once() {
     c0=$(cpu_ticks "$pid")
     s0=$(cpu_split "$pid")
     syscalls_start "$out" "$pid"
+    profile_start "$out" "$pid"
     OPENSSL_CONF="$WORK/client.cnf" timeout $((DURATION + 30)) h2load -t"$THREADS" \
         -c"$H2_CONNS" -m"$H2_STREAMS" -D"$DURATION" -H ":authority: app.test" \
         --log-file="$reqlog" "$url" >"$out" 2>&1 || true
     c1=$(cpu_ticks "$pid")
     s1=$(cpu_split "$pid")
     syscalls_stop "$out" "$(awk '/^requests:/ { print $8 }' "$out")"
+    profile_stop "$out"
     echo "cpu_ticks_user_sys_before=${s0/ /,} after=${s1/ /,} hz=$(getconf CLK_TCK)" >>"$out"
     p99=0
     if [ -s "$reqlog" ]; then
@@ -597,6 +630,7 @@ for scen in $SCENARIOS; do
             tls_var="T_${s^^}"
             pid_var="PID_$s"
             out="$WORK/$scen-$s-$run.out"
+            read -r t0 st0 < <(host_ticks)
             case "$scen" in
             h1) r=$(wrk_once "http://127.0.0.1:${!port_var}/small" "$out" "${!pid_var}") ;;
             tls-h1) r=$(wrk_once "https://127.0.0.1:${!tls_var}/small" "$out" "${!pid_var}") ;;
@@ -610,7 +644,10 @@ for scen in $SCENARIOS; do
                 ;;
             esac
             echo "$r" >"$WORK/result-$scen-$s-$run.out"
-            log "$scen run $run $s: $r"
+            read -r t1 st1 < <(host_ticks)
+            steal=$(steal_pct "$t0" "$st0" "$t1" "$st1")
+            echo "$steal" >"$WORK/steal-$scen-$s-$run.out"
+            log "$scen run $run $s: $r (steal ${steal}%)"
         done
     done
 done
@@ -631,6 +668,7 @@ label() {
     echo "Versions: $(nginx -v 2>&1 | sed 's/.*: //'), $(haproxy -v | head -1 | awk '{print "HAProxy " $3}'), $(wrk -v 2>&1 | head -1 | awk '{print "wrk " $2}'), $(h2load --version | head -1), $(openssl version | awk '{print "OpenSSL " $2}')."
     echo "TLS agreed: gatehouse ${TLS_AGREED[gatehouse]}; nginx ${TLS_AGREED[nginx]}; haproxy ${TLS_AGREED[haproxy]}."
     echo "Load: WORKERS=$WORKERS, PER_CORE=${PER_CORE:-1}, GET of a $SIZE-byte file; h1 and tls-h1: wrk -t$THREADS -c$CONNS -d${DURATION}s --latency; tls-h2: h2load -t$THREADS -c$H2_CONNS -m$H2_STREAMS -D$DURATION; handshake: loadgen tls-handshakes --concurrency $HS_CONNS --secs $DURATION (p99: connect + handshake); idle: $IDLE_CLIENTS connections; medians of $RUNS runs; load average before: $LOAD."
+    echo "CPU time stolen by the hypervisor during a run (/proc/stat steal): at most $(cat "$WORK"/steal-*.out | sort -g | tail -1)%, median $(cat "$WORK"/steal-*.out | median)% (a run above a few percent measured the host: redo it)."
     echo
     echo "| scenario | server | req/s (handshakes/s) | p99 (ms) | errors | CPU µs per request (handshake) |"
     echo "| --- | --- | ---: | ---: | ---: | ---: |"
