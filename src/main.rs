@@ -12,12 +12,14 @@ use gatehouse::config::{Config, ConfigError};
 use gatehouse::server::Server;
 use tokio::signal::unix::{signal, SignalKind};
 
+mod alloc;
+
 /// mimalloc instead of glibc's malloc: a proxy allocates and frees many small, short-lived
 /// buffers per request, and glibc's allocator was 40% of the instructions of a reverse-proxied
 /// request (bench/count-reverse.sh). Only the binary sets it; the library leaves the choice to
-/// whoever links it.
+/// whoever links it. `alloc` says why it is not the `mimalloc` crate's wrapper.
 #[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOC: alloc::MiMalloc = alloc::MiMalloc;
 
 /// Exit codes, distinct so scripts can tell a bad config from a failed start.
 const EXIT_CONFIG: u8 = 2;
