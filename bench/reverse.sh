@@ -44,7 +44,8 @@
 #   SCENARIOS="h1 tls-h1 tls-h2 handshake idle"
 #   GATEHOUSE_BIN=path: use that binary instead of building target/release/gatehouse
 #   SYSCALLS=1: count each proxy's system calls by kind during the wrk and h2load runs (perf stat on
-#   kernel tracepoints, needs linux-perf and root), into the raw outputs' *.out.syscalls
+#   kernel tracepoints, needs linux-perf and root), into the raw outputs' *.out.syscalls, and the
+#   machine's thread wake-ups and context switches (sched tracepoints) into *.out.wakeups
 #   PROFILE=1: sample each proxy's stacks during the wrk and h2load runs (perf record -g, cpu-clock;
 #   needs linux-perf and root) into *.out.perf.data, with a flat profile (self time) in *.out.profile
 #   (the sampler costs the proxy CPU: take figures from a run without it)
@@ -92,7 +93,7 @@ cleanup() {
         wait "$p" 2>/dev/null || true
     done
     mkdir -p "$RESULTS"
-    cp "$WORK"/*.out "$WORK"/*.syscalls "$WORK"/*.profile "$WORK"/*.perf.data "$WORK"/*.conf "$WORK"/*.cfg "$WORK"/*.toml "$WORK"/*.cnf "$WORK"/*.log "$RESULTS"/ 2>/dev/null || true
+    cp "$WORK"/*.out "$WORK"/*.syscalls "$WORK"/*.wakeups "$WORK"/*.profile "$WORK"/*.perf.data "$WORK"/*.conf "$WORK"/*.cfg "$WORK"/*.toml "$WORK"/*.cnf "$WORK"/*.log "$RESULTS"/ 2>/dev/null || true
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -224,6 +225,11 @@ syscalls_start() {
         -e syscalls:sys_enter_readv -e syscalls:sys_enter_futex -e syscalls:sys_enter_sched_yield \
         >/dev/null 2>&1 &
     SYSCALLS_PID=$!
+    # Machine-wide: how often a thread (the client's, the origin's, the proxy's) was woken from
+    # sleep, and context switches. A proxy that hands data to a sleeping peer pays for the
+    # wake-up inside its own send on loopback.
+    perf stat -x, -a -o "$out.wakeups" -e sched:sched_wakeup -e sched:sched_switch >/dev/null 2>&1 &
+    WAKEUPS_PID=$!
 }
 
 # With PROFILE=1: samples the proxy's stacks during a load (`perf record` on the cpu-clock
@@ -252,6 +258,9 @@ syscalls_stop() {
     kill -INT "$SYSCALLS_PID" 2>/dev/null || true
     wait "$SYSCALLS_PID" 2>/dev/null || true
     echo "requests=$2" >>"$1.syscalls"
+    kill -INT "$WAKEUPS_PID" 2>/dev/null || true
+    wait "$WAKEUPS_PID" 2>/dev/null || true
+    echo "requests=$2" >>"$1.wakeups"
 }
 
 # One wrk run against URL: prints "rps p99_ms errors cpu_us_per_request".
