@@ -4,13 +4,14 @@
 //! alignment Rust gives (1 for a byte buffer, 8 for most boxes). mimalloc v3 takes that path's
 //! quick exit only for requests up to 1 KiB whose free block happens to be aligned; a larger
 //! one whose size class is not a power of two (a boxed request future of 1,440 bytes, a
-//! 2,560-byte task) goes through its generic aligned path and is *over-allocated* by
-//! `align - 1` bytes: extra instructions on every such allocation, and sometimes the next size
-//! class up. But every mimalloc block is aligned to at least 8 bytes (block sizes are whole
-//! machine words and a page's first block is 16-aligned), so for an alignment of 8 or less
-//! plain `mi_malloc` already gives what the layout asks, on its quickest path. Larger
-//! alignments keep the aligned calls. (The same reasoning as std's own `System` allocator,
-//! which calls `malloc` when the alignment is within what `malloc` guarantees.)
+//! read buffer with a response head and its body) goes through its generic aligned path and
+//! is *over-allocated* by `align - 1` bytes: extra instructions on every such allocation, and
+//! sometimes the next size class up. But every mimalloc block is aligned to at least 8 bytes
+//! (block sizes are whole machine words and a page's first block is 16-aligned), so for an
+//! alignment of 8 or less plain `mi_malloc` already gives what the layout asks, on its
+//! quickest path. Larger alignments (tokio's tasks are cache-line aligned) keep the aligned
+//! calls. (The same reasoning as std's own `System` allocator, which calls `malloc` when the
+//! alignment is within what `malloc` guarantees.)
 //!
 //! The one `unsafe` of the binary: a global allocator is an FFI boundary by nature. It is
 //! checked by the tests below and by every test that runs the binary.
