@@ -44,10 +44,7 @@ impl HttpProxy {
             Err(keep) => return keep,
         };
         let (end, stats) = self.tunnel_relay(client, &mut upstream, ex).await;
-        self.svc
-            .metrics
-            .relay("connect", stats.a_to_b, stats.b_to_a);
-        relay_ended(ex, end, &stats);
+        self.relay_ended(ex, end, &stats);
         false
     }
 
@@ -352,11 +349,26 @@ impl HttpProxy {
         ))
         .await;
         opened.count(stats.a_to_b, stats.b_to_a);
-        let m = &self.svc.metrics;
-        m.relay("connect", stats.a_to_b, stats.b_to_a);
-        m.tunnel_bytes(agent, "http", stats.a_to_b, stats.b_to_a);
-        relay_ended(ex, end, &stats);
+        self.svc
+            .metrics
+            .tunnel_bytes(agent, "http", stats.a_to_b, stats.b_to_a);
+        self.relay_ended(ex, end, &stats);
         false
+    }
+
+    /// A CONNECT tunnel's relay has ended: its bytes in the relay metrics, and its byte
+    /// counts and how it ended for the access log.
+    fn relay_ended(&self, ex: &mut Exchange, end: RelayEnd, stats: &relay::RelayStats) {
+        self.svc
+            .metrics
+            .relay("connect", stats.a_to_b, stats.b_to_a);
+        ex.bytes_in += stats.a_to_b;
+        ex.bytes_out += stats.b_to_a;
+        match end {
+            RelayEnd::Done => {}
+            RelayEnd::Idle => ex.error = Some("connection_read_timeout"),
+            RelayEnd::Error(_) => ex.error = Some("connection_terminated"),
+        }
     }
 
     pub(super) async fn tunnel_relay(
@@ -480,17 +492,6 @@ pub(super) fn agent_status(e: crate::tunnel::proto::OpenError) -> u16 {
         OpenError::NetworkUnreachable => 503,
         OpenError::HostUnreachable => 504,
         OpenError::BadRequest | OpenError::Refused | OpenError::Failed => 502,
-    }
-}
-
-/// A tunnel's relay has ended: its byte counts and how it ended, for the access log.
-fn relay_ended(ex: &mut Exchange, end: RelayEnd, stats: &relay::RelayStats) {
-    ex.bytes_in += stats.a_to_b;
-    ex.bytes_out += stats.b_to_a;
-    match end {
-        RelayEnd::Done => {}
-        RelayEnd::Idle => ex.error = Some("connection_read_timeout"),
-        RelayEnd::Error(_) => ex.error = Some("connection_terminated"),
     }
 }
 
