@@ -19,6 +19,10 @@
 #
 # Knobs: LOW=200 HIGH=2200 WORKERS=1 GATEHOUSE=target/release/gatehouse PROTO=h1|h2c STREAMS=1
 #        PEERS="gatehouse nginx haproxy" TOOL=callgrind|strace KEEP=dir (keep the outputs)
+#        CONNS=1 SIM=0|1
+#
+# CONNS=64 SIM=1 (h1 on 64 connections, h2load --h1, with the simulated caches) is what
+# docs/benchmarks.md compares the proxies' instruction-cache misses with.
 set -euo pipefail
 LOW=${LOW:-200}
 HIGH=${HIGH:-2200}
@@ -27,6 +31,16 @@ PEERS=${PEERS:-"gatehouse nginx haproxy"}
 TOOL=${TOOL:-callgrind}
 PROTO=${PROTO:-h1}
 STREAMS=${STREAMS:-1}
+# CONNS (h1 only): keep-alive client connections served at once, as under load (the data
+# the proxy touches per request then no longer stays in the caches between requests).
+CONNS=${CONNS:-1}
+# SIM=1: callgrind also simulates the caches (I1, D1, last level) and the branch predictor,
+# and each of those events is printed per request: Ir (instructions), Dr/Dw (data reads and
+# writes), I1mr (instruction fetches missing the 32 KiB first-level cache), D1mr/D1mw, the
+# last-level misses, Bc/Bcm (conditional branches, mispredicted), Bi/Bim (indirect). What
+# the code's size and layout cost, which the instruction count alone does not show.
+SIM_ARGS=""
+[ "${SIM:-0}" = 1 ] && SIM_ARGS="--cache-sim=yes --branch-sim=yes"
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 GATEHOUSE=${GATEHOUSE:-$ROOT/target/release/gatehouse}
 PY="python3 $ROOT/bench/conn_client.py"
@@ -48,7 +62,7 @@ strace) command -v strace >/dev/null || { echo "count-reverse.sh: strace is not 
 *) echo "count-reverse.sh: TOOL is callgrind or strace" >&2; exit 1 ;;
 esac
 command -v nginx >/dev/null || { echo "count-reverse.sh: nginx (the origin) is not installed" >&2; exit 1; }
-[ "$PROTO" != h2c ] || command -v h2load >/dev/null || { echo "count-reverse.sh: h2load (nghttp2-client) is not installed" >&2; exit 1; }
+[ "$PROTO" != h2c ] && [ "$CONNS" = 1 ] || command -v h2load >/dev/null || { echo "count-reverse.sh: h2load (nghttp2-client) is not installed" >&2; exit 1; }
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() {
@@ -90,13 +104,18 @@ run() {
     if [ "$TOOL" = strace ]; then
         strace -f -c -o "$out" "$@" >"$WORK/$name-$n.log" 2>&1 &
     else
-        valgrind --tool=callgrind --callgrind-out-file="$out" "$@" >"$WORK/$name-$n.log" 2>&1 &
+        # shellcheck disable=SC2086
+        valgrind --tool=callgrind $SIM_ARGS --callgrind-out-file="$out" "$@" >"$WORK/$name-$n.log" 2>&1 &
     fi
     local pid=$!
     wait_port "$port" || { echo "count-reverse.sh: $name did not listen" >&2; cat "$WORK/$name-$n.log" >&2; exit 1; }
-    if [ "$PROTO" = h2c ]; then
-        # One connection: the readiness probe above was a separate, already closed one.
-        h2load -n "$n" -c 1 -m "$STREAMS" -H ':authority: app.test' \
+    if [ "$PROTO" = h2c ] || [ "$CONNS" -gt 1 ]; then
+        # h2c: one connection (the readiness probe above was a separate, already closed
+        # one); h1 with CONNS > 1: that many keep-alive connections, one request at a time
+        # on each (h2load --h1).
+        local mode=(-c 1 -m "$STREAMS")
+        [ "$PROTO" = h2c ] || mode=(--h1 -c "$CONNS" -m 1)
+        h2load -n "$n" "${mode[@]}" -H ':authority: app.test' \
             "http://127.0.0.1:$port/small" >"$WORK/$name-$n.h2load" 2>&1 ||
             { cat "$WORK/$name-$n.h2load" >&2; exit 1; }
         grep -q "requests: $n total, $n started, $n done, $n succeeded" "$WORK/$name-$n.h2load" ||
@@ -208,6 +227,17 @@ CFG
         # several multiplexed streams).
         awk -v n="$HIGH" -v every="$( [ "$PROTO" = h2c ] && echo 10 || echo 2)" '$NF != "total" && $4 ~ /^[0-9]+$/ && $4 >= n / every { printf "    %-16s %6.2f per request (HIGH run)\n", $NF, $4 / n }' "$WORK/$peer-$HIGH.strace"
     else
-        echo "$peer ($PROTO, -m$STREAMS): $LOW requests $lo Ir, $HIGH requests $hi Ir, per request $(( (hi - lo) / (HIGH - LOW) )) Ir"
+        if [ "${SIM:-0}" = 1 ]; then
+            # Ir Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw Bc Bcm Bi Bim, each per request.
+            awk -v lo="$lo" -v hi="$hi" -v n=$((HIGH - LOW)) -v peer="$peer ($PROTO, -c$CONNS -m$STREAMS)" 'BEGIN {
+                split("Ir Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw Bc Bcm Bi Bim", e, " ")
+                split(lo, a, " "); split(hi, b, " ")
+                printf "%s per request (simulated caches and branch predictor):", peer
+                for (i = 1; i <= 13; i++) printf " %s %.0f", e[i], (b[i] - a[i]) / n
+                printf "\n"
+            }'
+        else
+            echo "$peer ($PROTO, -m$STREAMS): $LOW requests $lo Ir, $HIGH requests $hi Ir, per request $(( (hi - lo) / (HIGH - LOW) )) Ir"
+        fi
     fi
 done
